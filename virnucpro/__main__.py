@@ -1,0 +1,5 @@
+"""`python -m virnucpro` runs the command line."""
+
+from virnucpro.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""The `virnucpro` command line: parses options and calls one function per command.
+
+Heavy libraries (torch, h5py) are imported inside the commands that need them, so `--help`,
+`--version` and `prepare` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from virnucpro import __version__
+from virnucpro.console import error
+from virnucpro.errors import ExitCode, VirnucproError
+
+app = typer.Typer(
+    name="virnucpro",
+    help="Identify viral short sequences: six-frame ORFs embedded by DNABERT-S and ESM-2, "
+         "classified by the original VirNucPro MLP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="Download, check or create model weights.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+ThreadsOption = typer.Option(None, "--threads", min=1,
+                             help="CPU threads to use (default: the CPUs this process may use).")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"virnucpro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback,
+                                       is_eager=True, help="Print the version and exit.")) -> None:
+    """Identify viral short sequences (VirNucPro, re-implemented)."""
+
+
+@app.command()
+def prepare(
+    inputs: List[Path] = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); "
+                                                  "several files form one sample."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for shards and tables."),
+    chunk_size: int = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 500 (the "
+                                                             "classifiers were trained per length)."),
+    allow_any_chunk_size: bool = typer.Option(False, "--allow-any-chunk-size",
+                                              help="Accept a chunk size other than 300/500."),
+    shard_size: int = typer.Option(50_000, "--shard-size", min=1,
+                                   help="ORF records per shard (one embed task each)."),
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Chunk, translate six frames and write ORF shards for `embed`."""
+    from virnucpro.prepare import check_chunk_size, prepare as run_prepare
+
+    check_chunk_size(chunk_size, allow_any_chunk_size)
+    run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size)
+
+
+@models_app.command("download")
+def models_download(
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Models directory (default: "
+                                        "$VIRNUCPRO_MODELS, else the user data directory)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Download one role: esm2, dnabert_s, "
+                                       "classifier_300 or classifier_500."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing every source "
+                                         "host (site mirrors)."),
+) -> None:
+    """Download ESM-2 3B, DNABERT-S and the original classifiers (resumable, verified)."""
+    from virnucpro import store
+
+    store.download(dest=dest, only=only, mirror=mirror)
+
+
+@models_app.command("check")
+def models_check(directory: Optional[Path] = typer.Argument(None, help="Models directory.")) -> None:
+    """Report which models are present and whether their checksums hold."""
+    from virnucpro import store
+
+    store.check(directory)
+
+
+@models_app.command("tiny")
+def models_tiny(directory: Path = typer.Argument(..., help="Directory to create.")) -> None:
+    """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
+    from virnucpro import store
+
+    store.make_tiny(directory)
+
+
+def _report_bug(exc: BaseException) -> int:
+    """Unexpected exception: one line for the user, the traceback in a file for the bug report."""
+    fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
+    with os.fdopen(fd, "w") as handle:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=handle)
+    error(f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}; "
+          f"please report it with the traceback saved in {path}")
+    return ExitCode.UNEXPECTED
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry: run the app and map every failure to a CONTRACTS.md exit code.
+
+    Usage errors are handled by typer itself (exit 2); our errors print one message and exit with
+    their code; anything else is a bug, reported with its traceback saved to a file.
+    """
+    try:
+        app(args=argv, prog_name="virnucpro")
+    except VirnucproError as exc:
+        error(str(exc))
+        sys.exit(int(exc.code))
+    except Exception as exc:  # noqa: BLE001 - last resort, turned into a bug report
+        sys.exit(int(_report_bug(exc)))

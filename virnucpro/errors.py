@@ -1,0 +1,80 @@
+"""The exit-code table of CONTRACTS.md and the errors that carry those codes.
+
+Every user-facing failure is raised as a `VirnucproError` subclass; the CLI prints its one-line
+message and exits with its code. Nextflow's retry rules use the same numbers.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes shared by the CLI and the Nextflow configuration."""
+
+    OK = 0
+    UNEXPECTED = 1
+    USAGE = 2
+    BAD_INPUT = 3
+    MODELS = 4
+    INCONSISTENT = 5
+    INTERRUPTED = 6
+    GPU_OOM = 7
+    DEVICE = 8
+    NUMERICAL = 9
+
+
+class VirnucproError(Exception):
+    """A failure the user can act on: one message, one exit code, no traceback."""
+
+    code: ExitCode = ExitCode.UNEXPECTED
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
+
+
+class BadInputError(VirnucproError):
+    """Input file missing, unreadable, not FASTA/FASTQ, duplicate ids, protein given as DNA."""
+
+    code = ExitCode.BAD_INPUT
+
+
+class ModelsError(VirnucproError):
+    """Models missing, not downloadable (offline) or failing their checksum."""
+
+    code = ExitCode.MODELS
+
+
+class InconsistentInputsError(VirnucproError):
+    """Files from different stages do not belong together (models, chunk size, missing shard)."""
+
+    code = ExitCode.INCONSISTENT
+
+
+class InterruptedByUser(VirnucproError):
+    """A signal arrived; a checkpoint was saved and a rerun resumes."""
+
+    code = ExitCode.INTERRUPTED
+
+
+class GpuOutOfMemory(VirnucproError):
+    """One sequence alone does not fit in GPU memory."""
+
+    code = ExitCode.GPU_OOM
+
+
+class DeviceError(VirnucproError):
+    """CUDA or other device failure (including `--device cuda` without a GPU)."""
+
+    code = ExitCode.DEVICE
+
+
+class NumericalError(VirnucproError):
+    """NaN or Inf in embeddings or scores."""
+
+    code = ExitCode.NUMERICAL
