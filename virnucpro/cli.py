@@ -56,7 +56,7 @@ def prepare(
                                                              "classifiers were trained per length)."),
     allow_any_chunk_size: bool = typer.Option(False, "--allow-any-chunk-size",
                                               help="Accept a chunk size other than 300/500."),
-    shard_size: int = typer.Option(50_000, "--shard-size", min=1,
+    shard_size: int = typer.Option(100_000, "--shard-size", min=1,
                                    help="ORF records per shard (one embed task each)."),
     threads: Optional[int] = ThreadsOption,
 ) -> None:

@@ -1,0 +1,186 @@
+"""Input handling of `prepare`: formats, compression, and every bad input with its message and exit 3."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from virnucpro import prepared as fmt
+
+GOOD = ">s1 first\nATGAAACCCGGGTTTAAACCCGGGTTTAAACCC\n>s2\nATGGCGGCGGCGGCGGCGGCG\n"
+
+
+def shard_text(outdir: Path) -> str:
+    return "".join((outdir / s["file"]).read_text().split("\n", 1)[1]
+                   for s in fmt.load_manifest(outdir)["shards"])
+
+
+@pytest.fixture
+def good_output(tmp_path, run_cli):
+    path = tmp_path / "good.fa"
+    path.write_text(GOOD)
+    code, _ = run_cli("prepare", path, "--outdir", tmp_path / "good")
+    assert code == 0
+    return shard_text(tmp_path / "good")
+
+
+@pytest.mark.parametrize("variant", ["gzip", "bzip2", "fastq", "crlf", "lowercase", "wrapped", "gzip_multimember"])
+def test_equivalent_encodings_give_the_same_records(tmp_path, run_cli, good_output, variant):
+    path = tmp_path / "input"
+    if variant == "gzip":
+        path.write_bytes(gzip.compress(GOOD.encode()))
+    elif variant == "gzip_multimember":
+        half = GOOD.index(">s2")
+        path.write_bytes(gzip.compress(GOOD[:half].encode()) + gzip.compress(GOOD[half:].encode()))
+    elif variant == "bzip2":
+        path.write_bytes(bz2.compress(GOOD.encode()))
+    elif variant == "fastq":
+        records = [block.split("\n", 1) for block in GOOD[1:].split("\n>")]
+        path.write_text("".join(f"@{h}\n{s.strip()}\n+\n{'I' * len(s.strip())}\n" for h, s in records))
+    elif variant == "crlf":
+        path.write_bytes(GOOD.replace("\n", "\r\n").encode())
+    elif variant == "lowercase":
+        path.write_text("\n".join(line if line.startswith(">") else line.lower() for line in GOOD.split("\n")))
+    elif variant == "wrapped":
+        path.write_text(">s1 first\nATGAAACCCGG\nGTTTAAACCCGGG\n\nTTTAAACCC\n>s2\nATGGCGGCG\nGCGGCGGCGGCG")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    assert shard_text(tmp_path / "out") == good_output
+
+
+def test_several_files_form_one_sample(tmp_path, run_cli, good_output):
+    first, second = tmp_path / "a.fa", tmp_path / "b.fa.gz"
+    half = GOOD.index(">s2")
+    first.write_text(GOOD[:half])
+    second.write_bytes(gzip.compress(GOOD[half:].encode()))
+    code, _ = run_cli("prepare", first, second, "--outdir", tmp_path / "out")
+    assert code == 0
+    assert shard_text(tmp_path / "out") == good_output
+    manifest = fmt.load_manifest(tmp_path / "out")
+    assert [i["records"] for i in manifest["inputs"]] == [1, 1]
+    assert manifest["inputs"][1]["sha256"] == fmt.sha256_of(second)
+
+
+def test_empty_records_are_skipped_counted_and_listed(tmp_path, run_cli):
+    path = tmp_path / "in.fa"
+    path.write_text(">e1\n>s1\nATGAAACCC\n>e2\n\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0 and "2 empty record(s) skipped" in message
+    manifest = fmt.load_manifest(tmp_path / "out")
+    assert manifest["counts"]["empty_sequences"] == 2 and manifest["counts"]["sequences"] == 3
+    rows = {r["sequence_id"]: r["status"] for r in fmt.read_table(tmp_path / "out" / fmt.SEQUENCES)}
+    assert rows == {"e1": "empty", "s1": "ok", "e2": "empty"}
+
+
+def test_iupac_and_gap_symbols_pass_and_u_warns(tmp_path, run_cli):
+    path = tmp_path / "in.fa"
+    path.write_text(">s1\nATGNNNRYKM-.*AAACCC\n>s2\nAUGAAACCC\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0
+    assert "s2" in message and "contains U" in message
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+BAD_INPUTS = {
+    "missing": (None, ["not found", "missing.fa"]),
+    "empty_file": (b"", ["is empty"]),
+    "only_blank_lines": (b"\n\n  \n", ["is empty"]),
+    "not_fasta": (b"hello world\nthis is text\n", ["not FASTA or FASTQ", "hello world"]),
+    "binary": (bytes(range(256)) * 20, ["binary data"]),
+    "truncated_gzip": (gzip.compress(GOOD.encode() * 50)[:-30], ["truncated gzip"]),
+    "truncated_bzip2": (bz2.compress(GOOD.encode() * 50)[:-30], ["bzip2"]),
+    "corrupt_gzip": (b"\x1f\x8b" + b"\x00garbage" * 20, ["not a valid gzip"]),
+    "protein": (b">p1 some protein\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n", ["'p1'", "protein"]),
+    "digits": (b">d1\nACGT12ACGT\n", ["'d1'", "'12'"]),
+    "duplicate_ids": (b">x\nACGT\n>y\nACGT\n>x dup\nACGT\n", ["duplicate sequence id 'x'", "line 1", "line 5"]),
+    "no_id": (b">s1\nACGT\n> \nACGT\n", ["line 3", "no sequence id"]),
+    "fastq_truncated": (b"@r1\nACGT\n+\nII\n", ["'r1'", "truncated"]),
+    "fastq_bad_quality": (b"@r1\nACGT\n+\nIIIIII\n", ["'r1'", "6 quality"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exit_3_with_clear_message_and_no_output(tmp_path, run_cli, case):
+    data, expected = BAD_INPUTS[case]
+    path = tmp_path / "missing.fa" if data is None else write(tmp_path / f"{case}.in", data)
+    out = tmp_path / "out"
+    code, message = run_cli("prepare", path, "--outdir", out)
+    assert code == 3, message
+    assert "Traceback" not in message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_duplicate_ids_across_files_name_both(tmp_path, run_cli):
+    a = write(tmp_path / "a.fa", ">x\nACGT\n")
+    b = write(tmp_path / "b.fa", ">y\nACGT\n>x\nACGTA\n")
+    code, message = run_cli("prepare", a, b, "--outdir", tmp_path / "out")
+    assert code == 3 and "'x'" in message and "a.fa" in message and "b.fa line 3" in message
+
+
+def test_unreadable_file(tmp_path, run_cli):
+    path = write(tmp_path / "locked.fa", GOOD)
+    path.chmod(0)
+    try:
+        if path.open("rb"):  # root reads anything: nothing to test then
+            pytest.skip("running as root: permissions are not enforced")
+    except PermissionError:
+        code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+        assert code == 3 and "cannot read" in message
+    finally:
+        path.chmod(0o644)
+
+
+def test_chunk_size_other_than_300_500_needs_opt_in(tmp_path, run_cli):
+    path = write(tmp_path / "in.fa", GOOD)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out", "--chunk-size", "400")
+    assert code == 3 and "--allow-any-chunk-size" in message
+    code, _ = run_cli("prepare", path, "--outdir", tmp_path / "out", "--chunk-size", "400",
+                      "--allow-any-chunk-size")
+    assert code == 0 and fmt.load_manifest(tmp_path / "out")["chunk_size"] == 400
+
+
+def test_outdir_with_foreign_content_is_refused(tmp_path, run_cli):
+    path = write(tmp_path / "in.fa", GOOD)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code, message = run_cli("prepare", path, "--outdir", out)
+    assert code == 3 and "not empty" in message
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_ten_mbp_contig_in_bounded_memory(tmp_path):
+    """A 10 Mbp record is prepared in a fresh process whose peak memory stays far below what
+    holding per-codon Python objects would need (and within a small multiple of the record)."""
+    path = tmp_path / "contig.fa"
+    script = (
+        "import random, sys\n"
+        "rng = random.Random(1)\n"
+        "seq = ''.join(rng.choices('ACGT', k=10_000_000))\n"
+        "with open(sys.argv[1], 'w') as out:\n"
+        "    out.write('>contig\\n')\n"
+        "    out.writelines(seq[i:i+80] + '\\n' for i in range(0, len(seq), 80))\n")
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    measure = ("import resource, subprocess, sys\n"
+               "rc = subprocess.run(sys.argv[1:]).returncode\n"
+               "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    result = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "virnucpro", "prepare",
+                             str(path), "--outdir", str(tmp_path / "out")], capture_output=True, text=True)
+    rc, peak_kb = map(int, result.stdout.split())
+    assert rc == 0, result.stderr
+    manifest = fmt.load_manifest(tmp_path / "out")
+    assert manifest["counts"]["chunks"] == 20_000 and manifest["counts"]["bases"] == 10_000_000
+    assert peak_kb < 250 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"

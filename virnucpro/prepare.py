@@ -1,0 +1,486 @@
+"""The `prepare` stage: chunk every input record, translate six frames, keep stop-free frames.
+
+Reproduces the original VirNucPro exactly (SPEC §1 steps 1-3): its chunk placement (including the
+short last chunk), codons with non-ACGT letters silently dropped, the `+1` nucleotide of each ORF.
+Translation is vectorised with numpy over batches of chunks; records stream through, so memory is
+bounded by the longest record plus one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from virnucpro import __version__
+from virnucpro import prepared as fmt
+from virnucpro.console import Progress, info, warn
+from virnucpro.errors import BadInputError
+from virnucpro.seqio import HashingTextStream, invalid_letters, read_records
+
+BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
+STANDARD_CHUNK_SIZES = (300, 500)
+FRAME_LABELS = ("F1", "F2", "F3", "R1", "R2", "R3")
+PROTEIN_LIKE = set("EFILPQJOZefilpqjoz")
+
+
+def check_chunk_size(chunk_size: int, allow_any: bool) -> None:
+    """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in."""
+    if chunk_size < 3:
+        raise BadInputError(f"--chunk-size {chunk_size} is too small", "use 300 or 500")
+    if chunk_size not in STANDARD_CHUNK_SIZES and not allow_any:
+        raise BadInputError(f"--chunk-size {chunk_size}: the classifiers were trained for 300 and 500 only",
+                            "use 300 or 500, or add --allow-any-chunk-size with your own --classifier")
+
+
+# --- chunking (SPEC §1 step 1) --------------------------------------------------------------
+
+def chunk_starts(length: int, size: int) -> list[tuple[int, int]]:
+    """(start, length) of each chunk of a record, placed exactly as the original places them."""
+    n = math.ceil(length / size)
+    extra = n * size - length
+    low = extra // n
+    n_up = extra - low * (n - 1)
+    shifts = ([low + 1] * n_up + [low] * (n - 1 - n_up) + [0])[:n]
+    spans, shifted = [], 0
+    for k in range(n):
+        start = k * size - shifted
+        spans.append((start, min(size, length - start)))
+        shifted += shifts[k]
+    return spans
+
+
+# --- six-frame translation (SPEC §1 steps 2-3) ----------------------------------------------
+
+def _codon_table() -> np.ndarray:
+    """Amino acid byte for each codon coded base-5 (A C G T other); 0 marks a dropped codon."""
+    from Bio.Data.CodonTable import standard_dna_table
+
+    bases = "ACGT"
+    table = np.zeros(125, dtype=np.uint8)
+    for i, a in enumerate(bases):
+        for j, b in enumerate(bases):
+            for k, c in enumerate(bases):
+                codon = a + b + c
+                amino = "*" if codon in standard_dna_table.stop_codons else standard_dna_table.forward_table[codon]
+                table[25 * i + 5 * j + k] = ord(amino)
+    return table
+
+
+CODON_TABLE = _codon_table()
+BASE_CODE = np.full(256, 4, dtype=np.uint8)
+for _code, (_upper, _lower) in enumerate(zip(b"ACGT", b"acgt")):
+    BASE_CODE[_upper] = BASE_CODE[_lower] = _code
+COMPLEMENT_CODE = np.array([3, 2, 1, 0, 4], dtype=np.uint8)
+REVCOMP = str.maketrans("ACGTacgt", "TGCAtgca")
+STOP = ord("*")
+
+
+def _codon_aminos(codes: np.ndarray) -> np.ndarray:
+    """Amino acid (or 0) of the codon starting at each position of a base-code buffer."""
+    padded = np.concatenate([codes, np.full(2, 4, dtype=np.uint8)])
+    index = padded[:-2] * 25 + padded[1:-1] * 5 + padded[2:]
+    return CODON_TABLE[index]
+
+
+@dataclass
+class Orf:
+    """One stop-free frame of a chunk: the original's record id, nucleotide (+1 base) and protein."""
+
+    chunk: int  # index into the batch
+    label: str
+    nucleotide: str
+    protein: str
+
+
+def _frames_with_stop(aminos: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                      ascending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk, frame) of every in-frame stop codon of one strand buffer.
+
+    Stops are sparse, so locating them is far cheaper than scanning every frame codon by codon.
+    `offsets` give where each chunk starts in the buffer; on the reverse strand they descend.
+    """
+    positions = np.flatnonzero(aminos == STOP)
+    if ascending:
+        chunk = np.searchsorted(offsets, positions, side="right") - 1
+    else:
+        chunk = len(offsets) - np.searchsorted(offsets[::-1], positions, side="right")
+    relative = positions - offsets[chunk]
+    inside = relative <= lengths[chunk] - 3  # codons straddling two chunks do not exist
+    return chunk[inside], relative[inside] % 3
+
+
+def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
+    """Stop-free, non-empty frames of chunks, in chunk order then F1 F2 F3 R1 R2 R3.
+
+    Translation reads the chunks case-blind; ORF nucleotides come from the upper-cased strand, as
+    in the original.
+    """
+    if not chunks:
+        return []
+    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    total = int(lengths.sum())
+    reverse_offsets = total - offsets - lengths
+    codes = BASE_CODE[np.frombuffer("".join(chunks).encode("latin-1"), dtype=np.uint8)]
+    forward = _codon_aminos(codes)
+    reverse = _codon_aminos(COMPLEMENT_CODE[codes[::-1]])
+
+    frame = np.arange(3)
+    counts = np.maximum(0, (lengths[:, None] - np.tile(frame, 2)[None, :]) // 3)
+    open_frame = counts > 0
+    chunk, shift = _frames_with_stop(forward, offsets, lengths, ascending=True)
+    open_frame[chunk, shift] = False
+    chunk, shift = _frames_with_stop(reverse, reverse_offsets, lengths, ascending=False)
+    open_frame[chunk, 3 + shift] = False
+    candidates = np.flatnonzero(open_frame.ravel())
+    if not len(candidates):
+        return []
+
+    chunk, slot = np.divmod(candidates, 6)
+    starts = np.where(slot < 3, offsets[chunk] + slot, total + reverse_offsets[chunk] + slot - 3)
+    n_codons = counts.ravel()[candidates]
+    seg_begin = np.cumsum(n_codons) - n_codons
+    within = np.arange(int(n_codons.sum()), dtype=np.int64) - np.repeat(seg_begin, n_codons)
+    gathered = np.concatenate([forward, reverse])[np.repeat(starts, n_codons) + 3 * within]
+    valid = gathered != 0
+    valid_cum = np.concatenate([[0], np.cumsum(valid)])
+    n_amino = valid_cum[seg_begin + n_codons] - valid_cum[seg_begin]
+    protein_bytes = gathered[valid].tobytes().decode("ascii")
+    protein_ends = np.cumsum(n_amino)
+
+    orfs: list[Orf] = []
+    reverse_cache: dict[int, str] = {}
+    begin = 0
+    for k, s, end, size in zip(chunk.tolist(), slot.tolist(), protein_ends.tolist(), n_amino.tolist()):
+        protein = protein_bytes[begin:end]
+        begin = end
+        if not size:
+            continue  # every codon of the frame was dropped: the original keeps no empty protein
+        if s < 3:
+            strand = chunks[k].upper()
+        else:
+            strand = reverse_cache.get(k)
+            if strand is None:
+                strand = reverse_cache[k] = chunks[k].upper().translate(REVCOMP)[::-1]
+        nucleotide = strand[s % 3: s % 3 + 3 * size + 1]
+        orfs.append(Orf(k, FRAME_LABELS[s], nucleotide, protein))
+    return orfs
+
+
+# --- streaming the sample through ----------------------------------------------------------
+
+@dataclass
+class SequenceRow:
+    """Per-record bookkeeping until all of its chunks have been translated."""
+
+    id: str
+    length: int
+    n_chunks: int
+    chunks_done: int = 0
+    n_orfs: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.length == 0:
+            return "empty"
+        return "ok" if self.n_orfs else "no_orf"
+
+
+@dataclass
+class Counts:
+    sequences: int = 0
+    empty_sequences: int = 0
+    bases: int = 0
+    chunks: int = 0
+    chunks_without_orf: int = 0
+    orfs: int = 0
+
+
+class ShardWriter:
+    """Writes ORF records into numbered shard bodies; the first line (which needs the shard count)
+    is added when the sample is complete."""
+
+    def __init__(self, directory: Path, shard_size: int):
+        self.directory, self.shard_size = directory, shard_size
+        self.bodies: list[Path] = []
+        self.records: list[int] = []
+        self._handle = None
+
+    def _open_next(self) -> None:
+        if self._handle:
+            self._handle.close()
+        body = self.directory / (fmt.shard_name(len(self.bodies)) + ".body")
+        self.bodies.append(body)
+        self.records.append(0)
+        self._handle = open(body, "w", encoding="ascii", newline="\n")
+
+    def write(self, orf_id: str, nucleotide: str, protein: str) -> None:
+        if self._handle is None or self.records[-1] >= self.shard_size:
+            self._open_next()
+        self._handle.write(f"{orf_id}\t{nucleotide}\t{protein}\n")
+        self.records[-1] += 1
+
+    def finish(self, chunk_size: int) -> list[dict]:
+        """Turn bodies into final shard files with their first line and header; return manifest rows."""
+        if self._handle is None:
+            self._open_next()
+        self._handle.close()
+        rows = []
+        of = len(self.bodies)
+        for index, (body, records) in enumerate(zip(self.bodies, self.records)):
+            final = body.with_suffix("")
+            digest = hashlib.sha256()
+            with open(final, "wb") as out:
+                head = (fmt.shard_first_line(chunk_size, index, of)
+                        + "\t".join(fmt.SHARD_COLUMNS) + "\n").encode("ascii")
+                out.write(head)
+                digest.update(head)
+                with open(body, "rb") as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        out.write(block)
+                        digest.update(block)
+            body.unlink()
+            rows.append({"file": f"{fmt.SHARD_DIR}/{final.name}", "index": index,
+                         "records": records, "sha256": digest.hexdigest()})
+        return rows
+
+
+class SamplePreparer:
+    """Turns the records of one sample into shards and tables, chunk batch by chunk batch."""
+
+    def __init__(self, workdir: Path, chunk_size: int, shard_size: int):
+        self.chunk_size = chunk_size
+        self.counts = Counts()
+        self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
+        self.sequences = open(workdir / fmt.SEQUENCES, "w", encoding="utf-8", newline="\n")
+        self.chunks = open(workdir / fmt.CHUNKS, "w", encoding="utf-8", newline="\n")
+        self.sequences.write("\t".join(fmt.SEQUENCES_HEADER) + "\n")
+        self.chunks.write("\t".join(fmt.CHUNKS_HEADER) + "\n")
+        self.pending_records: deque[SequenceRow] = deque()
+        # the chunk batch, as parallel lists: owning record, chunk id, start, chunk text
+        self.batch_records: list[SequenceRow] = []
+        self.batch_ids: list[str] = []
+        self.batch_starts: list[int] = []
+        self.batch_chunks: list[str] = []
+        self.batch_bases = 0
+
+    def add(self, record_id: str, sequence: str) -> None:
+        counts = self.counts
+        counts.sequences += 1
+        length = len(sequence)
+        counts.bases += length
+        if not length:
+            counts.empty_sequences += 1
+            self.pending_records.append(SequenceRow(record_id, 0, 0))
+            return
+        if length <= self.chunk_size:  # the common short-read case: one chunk, the whole record
+            row = SequenceRow(record_id, length, 1)
+            self.pending_records.append(row)
+            self._add_chunk(row, f"{record_id}_chunk_1", 0, sequence)
+            return
+        spans = chunk_starts(length, self.chunk_size)
+        row = SequenceRow(record_id, length, len(spans))
+        self.pending_records.append(row)
+        for k, (start, size) in enumerate(spans, start=1):
+            self._add_chunk(row, f"{record_id}_chunk_{k}", start, sequence[start:start + size])
+
+    def _add_chunk(self, row: SequenceRow, chunk_id: str, start: int, chunk: str) -> None:
+        self.batch_records.append(row)
+        self.batch_ids.append(chunk_id)
+        self.batch_starts.append(start)
+        self.batch_chunks.append(chunk)
+        self.batch_bases += len(chunk)
+        if self.batch_bases >= BATCH_BASES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Translate the pending chunks and write their ORFs, chunk rows and finished records."""
+        records, ids, starts, chunks = self.batch_records, self.batch_ids, self.batch_starts, self.batch_chunks
+        self.batch_records, self.batch_ids, self.batch_starts, self.batch_chunks = [], [], [], []
+        self.batch_bases = 0
+        orfs = six_frame_orfs(chunks)
+        per_chunk = [0] * len(chunks)
+        write = self.shards.write
+        for orf in orfs:
+            write(ids[orf.chunk] + orf.label, orf.nucleotide, orf.protein)
+            per_chunk[orf.chunk] += 1
+        self.counts.orfs += len(orfs)
+        self.counts.chunks += len(chunks)
+        self.counts.chunks_without_orf += per_chunk.count(0)
+        self.chunks.write("".join(
+            f"{chunk_id}\t{row.id}\t{start}\t{len(chunk)}\t{n_orfs}\n"
+            for chunk_id, row, start, chunk, n_orfs in zip(ids, records, starts, chunks, per_chunk)))
+        for row, n_orfs in zip(records, per_chunk):
+            row.chunks_done += 1
+            row.n_orfs += n_orfs
+        self._write_finished_records()
+
+    def _write_finished_records(self) -> None:
+        while self.pending_records and self.pending_records[0].chunks_done == self.pending_records[0].n_chunks:
+            row = self.pending_records.popleft()
+            self.sequences.write(f"{row.id}\t{row.length}\t{row.n_chunks}\t{row.n_orfs}\t{row.status}\n")
+
+    def finish(self) -> list[dict]:
+        self.flush()
+        self.sequences.close()
+        self.chunks.close()
+        return self.shards.finish(self.chunk_size)
+
+
+# --- input checks ------------------------------------------------------------------------------
+
+@dataclass
+class InputSummary:
+    path: Path
+    sha256: str = ""
+    records: int = 0
+
+
+@dataclass
+class IdRegistry:
+    """8-byte hashes of every record id seen, so duplicates are found without holding the ids."""
+
+    hashes: array = field(default_factory=lambda: array("q"))
+
+    @staticmethod
+    def digest(record_id: str) -> int:
+        """Python's own 64-bit string hash: stable within this process, which is all we need."""
+        return hash(record_id)
+
+    def add(self, record_id: str) -> None:
+        self.hashes.append(self.digest(record_id))
+
+    def repeated_hashes(self) -> set[int]:
+        values = np.frombuffer(self.hashes, dtype=np.int64) if len(self.hashes) else np.zeros(0, np.int64)
+        ordered = np.sort(values)
+        return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+
+
+def _check_letters(record_id: str, sequence: str, path: Path, line: int, warned_u: list[str]) -> None:
+    bad = invalid_letters(sequence)
+    if bad:
+        shown = "".join(sorted(set(bad)))[:20]
+        looks_protein = any(c in PROTEIN_LIKE for c in bad)
+        raise BadInputError(
+            f"{path}, record '{record_id}' (line {line}) has characters that are no nucleotide "
+            f"code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
+            "give nucleotide sequences (IUPAC codes, N, '-', '.', '*' are accepted)")
+    if ("U" in sequence or "u" in sequence) and len(warned_u) < 3:
+        warned_u.append(record_id)
+        warn(f"record '{record_id}' contains U (RNA?); as in the original, codons with U are dropped, "
+             "not read as T")
+
+
+def _stream_inputs(summaries: list[InputSummary], registry: IdRegistry,
+                   progress: Progress) -> Iterator[tuple[str, str]]:
+    """Validated (id, sequence) of every record of every input file, in order."""
+    warned_u: list[str] = []
+    for summary in summaries:
+        stream = HashingTextStream(summary.path)
+        reported = 0
+        for record in read_records(stream):
+            _check_letters(record.id, record.sequence, summary.path, record.line, warned_u)
+            registry.add(record.id)
+            summary.records += 1
+            if stream.bytes_read > reported:
+                progress.advance(stream.bytes_read - reported)
+                reported = stream.bytes_read
+            yield record.id, record.sequence
+        summary.sha256 = stream.sha256.hexdigest()
+        if summary.records == 0:
+            raise BadInputError(f"{summary.path} holds no records", "give a FASTA or FASTQ file with sequences")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reported properly when the file is opened
+
+
+def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
+    """Second pass, only when hashes repeat: confirm real duplicate ids and name them."""
+    seen: dict[str, tuple[Path, int]] = {}
+    for path in inputs:
+        for record in read_records(HashingTextStream(path)):
+            if IdRegistry.digest(record.id) not in repeated:
+                continue
+            if record.id in seen:
+                first_path, first_line = seen[record.id]
+                raise BadInputError(
+                    f"duplicate sequence id '{record.id}': {first_path} line {first_line} and "
+                    f"{path} line {record.line}",
+                    "make ids unique (e.g. prefix them with the sample or file name)")
+            seen[record.id] = (path, record.line)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def _claim_outdir(outdir: Path) -> Path:
+    """A fresh working directory beside `outdir`; `outdir` itself must be new, empty or ours."""
+    if outdir.exists() and any(outdir.iterdir()) and not (outdir / fmt.MANIFEST).exists():
+        raise BadInputError(f"--outdir {outdir} exists, is not empty and is not a prepare directory",
+                            "choose a new directory")
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    work = outdir.parent / f".{outdir.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / fmt.SHARD_DIR).mkdir(parents=True)
+    return work
+
+
+def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_size: int = 100_000) -> dict:
+    """Run the prepare stage; returns the manifest. Nothing appears at `outdir` unless it succeeds."""
+    inputs = [Path(p) for p in inputs]
+    outdir = Path(outdir)
+    work = _claim_outdir(outdir)
+    try:
+        summaries = [InputSummary(path) for path in inputs]
+        registry = IdRegistry()
+        preparer = SamplePreparer(work, chunk_size, shard_size)
+        progress = Progress("prepare", total=sum(_file_size(p) for p in inputs), unit="input bytes")
+        for record_id, sequence in _stream_inputs(summaries, registry, progress):
+            preparer.add(record_id, sequence)
+        shards = preparer.finish()
+        progress.close()
+        repeated = registry.repeated_hashes()
+        if repeated:
+            _name_duplicates(inputs, repeated)
+        manifest = _manifest(chunk_size, summaries, shards, preparer.counts)
+        fmt.write_json_atomic(work / fmt.MANIFEST, manifest)
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        work.rename(outdir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _report(manifest, outdir)
+    return manifest
+
+
+def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict], counts: Counts) -> dict:
+    return {
+        "format_version": fmt.FORMAT_VERSION,
+        "virnucpro_version": __version__,
+        "chunk_size": chunk_size,
+        "inputs": [{"path": str(s.path), "sha256": s.sha256, "records": s.records} for s in summaries],
+        "shards": shards,
+        "counts": vars(counts),
+    }
+
+
+def _report(manifest: dict, outdir: Path) -> None:
+    counts = manifest["counts"]
+    if counts["empty_sequences"]:
+        warn(f"{counts['empty_sequences']} empty record(s) skipped (listed as 'empty' in "
+             f"{outdir / fmt.SEQUENCES})")
+    info(f"prepared {counts['sequences']:,} sequences ({counts['bases']:,} bp) -> {counts['chunks']:,} "
+         f"chunks of {manifest['chunk_size']} -> {counts['orfs']:,} ORFs in {len(manifest['shards'])} "
+         f"shard(s); {counts['chunks_without_orf']:,} chunks without ORF -> {outdir}")

@@ -1,0 +1,240 @@
+"""Streaming FASTA/FASTQ reader: compression and format detected from content, input hashed on the fly.
+
+Memory is O(longest record): the raw file is read in blocks, decompressed incrementally and split
+into lines; only the record being assembled is held. Every problem is a `BadInputError` naming the
+file (and line or record) and the fix.
+"""
+
+from __future__ import annotations
+
+import bz2
+import itertools
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from virnucpro.errors import BadInputError
+
+BLOCK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+BZIP2_MAGIC = b"BZh"
+
+# Letters a nucleotide record may hold: IUPAC codes plus the gap/stop symbols the original tolerates
+# (codons containing anything but ACGT are dropped during translation, as in the original).
+NUCLEOTIDE_SYMBOLS = b"ACGTUNRYSWKMBDHV-.*acgtunryswkmbdhv"
+
+
+@dataclass
+class Record:
+    """One input record: `id` is the first whitespace-delimited word of the header."""
+
+    id: str
+    sequence: str
+    line: int  # 1-based line of the header, for messages
+
+
+def _decompressor(kind: str):
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    return bz2.BZ2Decompressor()
+
+
+class HashingTextStream:
+    """Reads a possibly compressed file as text lines while computing the sha256 of its raw bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sha256 = hashlib.sha256()
+        self.bytes_read = 0
+        try:
+            self._raw = open(path, "rb")
+        except FileNotFoundError:
+            raise BadInputError(f"input file not found: {path}", "check the path") from None
+        except IsADirectoryError:
+            raise BadInputError(f"input is a directory, not a file: {path}",
+                                "give the FASTA/FASTQ files inside it") from None
+        except OSError as exc:
+            raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
+                                "check the file permissions") from None
+        head = self._read_raw()
+        self.compression = ("gzip" if head.startswith(GZIP_MAGIC)
+                            else "bzip2" if head.startswith(BZIP2_MAGIC) else "none")
+        self._pending = head
+
+    def _read_raw(self) -> bytes:
+        try:
+            block = self._raw.read(BLOCK)
+        except OSError as exc:
+            raise BadInputError(f"cannot read input file {self.path}: {exc.strerror}",
+                                "check the file and the storage it is on") from None
+        self.sha256.update(block)
+        self.bytes_read += len(block)
+        return block
+
+    def _plain_blocks(self) -> Iterator[bytes]:
+        """Decompressed blocks; multi-member gzip and multi-stream bzip2 are followed."""
+        block = self._pending
+        if self.compression == "none":
+            while block:
+                yield block
+                block = self._read_raw()
+            return
+        decomp = _decompressor(self.compression)
+        name = self.compression
+        while True:
+            if not block:
+                if not decomp.eof:
+                    raise BadInputError(f"{self.path} is a truncated {name} file (it ends in the "
+                                        "middle of the compressed stream)",
+                                        "download or copy the file again")
+                return
+            try:
+                yield decomp.decompress(block)
+            except (OSError, zlib.error, EOFError, ValueError) as exc:
+                raise BadInputError(f"{self.path} is not a valid {name} file ({exc})",
+                                    "check that the file is not corrupt") from None
+            if decomp.eof:
+                rest = decomp.unused_data
+                if rest.strip(b"\x00"):
+                    decomp = _decompressor(self.compression)
+                    block = rest
+                    continue
+                block = self._read_raw()
+                if block:
+                    decomp = _decompressor(self.compression)
+                continue
+            block = self._read_raw()
+
+    def text_blocks(self) -> Iterator[str]:
+        """Decoded text in large blocks that end at a line end (except possibly the last one).
+
+        latin-1 maps every byte to one character, so nothing fails to decode and every byte stays
+        inspectable for the checks that follow.
+        """
+        carry = b""
+        checked = False
+        for block in self._plain_blocks():
+            if not checked and block:
+                checked = True
+                self._reject_binary(block)
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                carry += block
+                continue
+            yield (carry + block[:cut + 1]).decode("latin-1")
+            carry = block[cut + 1:]
+        if carry:
+            yield carry.decode("latin-1")
+        self._raw.close()
+
+    def lines(self) -> Iterator[str]:
+        """Text lines without line endings (LF or CRLF)."""
+        for block in self.text_blocks():
+            lines = block.split("\n")
+            if lines[-1] == "":
+                lines.pop()
+            for line in lines:
+                yield line.rstrip("\r")
+
+    def _reject_binary(self, block: bytes) -> None:
+        sample = block[:4096]
+        if b"\x00" in sample or sum(c < 9 or 13 < c < 32 or c > 126 for c in sample) > len(sample) // 20:
+            raise BadInputError(f"{self.path} is binary data, not FASTA/FASTQ text",
+                                "give a FASTA or FASTQ file (plain, gzip or bzip2)")
+
+
+def _record_id(header: str, path: Path, line: int) -> str:
+    words = header[1:].split()
+    if not words:
+        raise BadInputError(f"{path}, line {line}: header '{header.strip()}' has no sequence id",
+                            "give every record a name after '>' or '@'")
+    return words[0]
+
+
+def _fasta_record(text: str, path: Path, line: int) -> Record:
+    """A record from its text after '>': the header line, then sequence lines."""
+    header, _, body = text.partition("\n")
+    rid = _record_id(">" + header, path, line)
+    return Record(rid, body.replace("\n", "").replace("\r", "").replace(" ", ""), line)
+
+
+def _fasta_records(blocks: Iterator[str], first_block: str, path: Path) -> Iterator[Record]:
+    """Split line-aligned text blocks at '\n>' into records: the cost is per record, not per line."""
+    start = first_block.index(">")
+    line = first_block.count("\n", 0, start) + 1
+    pieces: list[str] = []  # text of the record being assembled, after its '>'
+    parts = first_block[start + 1:].split("\n>")
+    for block in itertools.chain([None], blocks):
+        if block is not None:
+            if block.startswith(">"):  # the previous block ended a line: a record starts here
+                pieces[-1] = pieces[-1][:-1]
+                parts = [""] + block[1:].split("\n>")
+            else:
+                parts = block.split("\n>")
+        pieces.append(parts[0])
+        for part in parts[1:]:
+            text = "".join(pieces)
+            yield _fasta_record(text, path, line)
+            line += text.count("\n") + 1
+            pieces = [part]
+    yield _fasta_record("".join(pieces), path, line)
+
+
+def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], path: Path) -> Iterator[Record]:
+    header: tuple[int, str] | None = first
+    while header is not None:
+        line_no, text = header
+        if not text.startswith("@"):
+            raise BadInputError(f"{path}, line {line_no}: expected a FASTQ header starting with '@', "
+                                f"found '{text[:40]}'", "check that the FASTQ file is complete")
+        rid = _record_id(text, path, line_no)
+        seq_parts: list[str] = []
+        for number, text in lines:
+            if text.startswith("+"):
+                break
+            seq_parts.append(text.strip())
+        else:
+            raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has no '+' line",
+                                "the file is truncated or not FASTQ")
+        sequence = "".join(seq_parts)
+        quality = 0
+        while quality < len(sequence):
+            nxt = next(lines, None)
+            if nxt is None:
+                raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has fewer quality "
+                                    "characters than bases", "the file is truncated")
+            quality += len(nxt[1].strip())
+        if quality != len(sequence):
+            raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has {quality} quality "
+                                f"characters for {len(sequence)} bases", "check the FASTQ file")
+        yield Record(rid, sequence, line_no)
+        header = next(((n, t) for n, t in lines if t.strip()), None)
+
+
+def read_records(stream: HashingTextStream) -> Iterator[Record]:
+    """Records of one file, FASTA or FASTQ decided by the first non-blank character."""
+    blocks = stream.text_blocks()
+    first_block = next((b for b in blocks if b.strip()), None)
+    if first_block is None:
+        raise BadInputError(f"{stream.path} is empty (no records)", "give a FASTA or FASTQ file with sequences")
+    marker = first_block.lstrip()[0]
+    if marker == ">":
+        yield from _fasta_records(blocks, first_block, stream.path)
+    elif marker == "@":
+        lines = (line.rstrip("\r") for b in itertools.chain([first_block], blocks) for line in b.split("\n"))
+        numbered = ((n, text) for n, text in enumerate(lines, start=1))
+        first = next((n, t) for n, t in numbered if t.strip())
+        yield from _fastq_records(numbered, first, stream.path)
+    else:
+        line = first_block.lstrip().split("\n", 1)[0]
+        number = first_block[:len(first_block) - len(first_block.lstrip())].count("\n") + 1
+        raise BadInputError(f"{stream.path} is not FASTA or FASTQ: line {number} starts with "
+                            f"'{line[:30]}' instead of '>' or '@'",
+                            "give a nucleotide FASTA or FASTQ file")
+
+
+def invalid_letters(sequence: str) -> str:
+    """Characters of `sequence` that are no IUPAC nucleotide code (empty string when all are valid)."""
+    return sequence.encode("latin-1").translate(None, NUCLEOTIDE_SYMBOLS).decode("latin-1")
