@@ -27,3 +27,23 @@ def run_cli(capsys):
         captured = capsys.readouterr()
         return int(exit_info.value.code or 0), captured.err + captured.out
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """Tiny random models in the real on-disk formats, written by `virnucpro models tiny`."""
+    from virnucpro import store
+
+    directory = tmp_path_factory.mktemp("models") / "tiny"
+    store.make_tiny(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def golden_prepared(tmp_path_factory, reference_dir) -> Path:
+    """The golden mixed sample prepared at chunk size 500 in shards of 60 ORFs (356 ORFs, 6 shards)."""
+    from virnucpro.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "mixed"
+    prepare([reference_dir / "golden" / "mixed.fa"], out, chunk_size=500, shard_size=60)
+    return out

@@ -67,6 +67,33 @@ def prepare(
     run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size)
 
 
+@app.command()
+def embed(
+    shard: Path = typer.Argument(..., help="A prepare shard (shards/shard_NNNNN.tsv)."),
+    models: Optional[Path] = typer.Option(None, "--models", help="Models directory (default: "
+                                          "$VIRNUCPRO_MODELS, else the user data directory)."),
+    out: Path = typer.Option(..., "--out", help="HDF5 embedding shard to write."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where resumable "
+                                                  "checkpoints live (default: OUT.ckpt/)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, fp16 on GPU), "
+                                  "fp32, fp16 or bf16."),
+    token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="Tokens per "
+                                               "forward (default: 4096 on CPU, 65536 on GPU)."),
+    checkpoint_every: int = typer.Option(2000, "--checkpoint-every", min=1,
+                                         help="Save a checkpoint every N records."),
+    checkpoint_seconds: float = typer.Option(600.0, "--checkpoint-seconds", min=1,
+                                             help="...and at least every S seconds."),
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
+    from virnucpro.embed import embed as run_embed
+
+    run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device,
+              precision=precision, token_budget=token_budget, checkpoint_every=checkpoint_every,
+              checkpoint_seconds=checkpoint_seconds, threads=threads)
+
+
 @models_app.command("download")
 def models_download(
     dest: Optional[Path] = typer.Option(None, "--dest", help="Models directory (default: "

@@ -1,0 +1,209 @@
+"""The embed stage: exact vectors, resume after kills, checkpoints that are never misused, OOM halving."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro import h5shard
+from virnucpro import prepared as fmt
+from virnucpro.embed import embed
+from virnucpro.encoders.dnabert_s import DnabertSEncoder
+from virnucpro.encoders.esm2 import Esm2Encoder
+from virnucpro.errors import GpuOutOfMemory
+from virnucpro.store import locate
+
+
+def read_h5(path: Path):
+    with h5shard.open_h5(path) as handle:
+        ids = [v.decode() for v in handle["ids"][:]]
+        return ids, handle["dnabert_s"][:], handle["esm2"][:], dict(handle.attrs)
+
+
+def shard(prepared: Path, index: int = 0) -> Path:
+    return prepared / "shards" / fmt.shard_name(index)
+
+
+def test_shard_equals_encoders_called_one_by_one(tmp_path, tiny_models, golden_prepared):
+    out = tmp_path / "s.h5"
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=25)
+    ids, nuc, prot, attrs = read_h5(out)
+    records = list(fmt.read_shard(shard(golden_prepared)))
+    assert ids == [r[0] for r in records]
+    models = locate(tiny_models)
+    dnabert = DnabertSEncoder(models.dnabert_s, torch.device("cpu"), torch.float32)
+    esm = Esm2Encoder(models.esm2, torch.device("cpu"), torch.float32)
+    for row, (_, nucleotide, protein) in enumerate(records):
+        expected_nuc = dnabert.embed(dnabert.tokenize([nucleotide]))[0].numpy()
+        expected_prot = esm.embed(esm.tokenize([protein]))[0].numpy()
+        np.testing.assert_allclose(nuc[row], expected_nuc, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(prot[row], expected_prot, atol=1e-5, rtol=0)
+    info = fmt.shard_info(shard(golden_prepared))
+    assert (attrs["shard_index"], attrs["shard_of"], attrs["shard_sha256"]) == (0, info.of, info.sha256)
+    assert attrs["precision"] == "fp32" and attrs["device"] == "cpu" and attrs["chunk_size"] == 500
+    assert not (tmp_path / "s.h5.ckpt").exists(), "a finished shard removes its checkpoints"
+
+
+def test_duplicate_sequences_computed_once_but_every_record_has_a_row(tmp_path, tiny_models, capsys):
+    path = tmp_path / "dups.fa"
+    orf = "ATGGCGGCGGCGGCGGCGGCGAAACCCGGG"
+    path.write_text(f">a\n{orf}\n>b\n{orf}\n>c\n{orf.lower()}\n")
+    from virnucpro.prepare import prepare
+    prepare([path], tmp_path / "prep")
+    out = tmp_path / "d.h5"
+    embed(shard(tmp_path / "prep"), out, models=tiny_models, device="cpu")
+    ids, nuc, prot, _ = read_h5(out)
+    assert len(ids) == 3 * len(ids) // 3 and len(ids) >= 3
+    per_record = len(ids) // 3
+    np.testing.assert_array_equal(nuc[:per_record], nuc[per_record:2 * per_record])
+    np.testing.assert_array_equal(prot[:per_record], prot[2 * per_record:])
+    assert f"computed {per_record} nucleotide and {per_record} protein sequences" in capsys.readouterr().err
+
+
+def test_empty_shard_gives_valid_empty_hdf5(tmp_path, tiny_models, reference_dir):
+    from virnucpro.prepare import prepare
+    prepare([reference_dir / "vanilla" / "test_sequences_small.fa"], tmp_path / "prep")
+    out = tmp_path / "e.h5"
+    embed(shard(tmp_path / "prep"), out, models=tiny_models, device="cpu")
+    ids, nuc, prot, attrs = read_h5(out)
+    assert ids == [] and nuc.shape == (0, 48) and prot.shape[0] == 0 and attrs["shard_of"] == 1
+
+
+def embed_command(shard_path: Path, out: Path, models: Path, every: int = 10) -> list[str]:
+    return [sys.executable, "-m", "virnucpro", "embed", str(shard_path), "--models", str(models),
+            "--out", str(out), "--device", "cpu", "--checkpoint-every", str(every), "--threads", "1"]
+
+
+def wait_for_parts(folder: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(folder.glob("*/part_*.npz"))) >= count:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"embed finished before {count} checkpoint parts existed: make the shard bigger")
+        time.sleep(0.02)
+    pytest.fail("no checkpoint parts appeared")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_models, golden_prepared):
+    out = tmp_path_factory.mktemp("full") / "s.h5"
+    subprocess.run(embed_command(shard(golden_prepared), out, tiny_models), check=True, capture_output=True)
+    return read_h5(out)
+
+
+@pytest.mark.parametrize("kill_signal,expected_code", [(signal.SIGKILL, -signal.SIGKILL),
+                                                      (signal.SIGTERM, 6), (signal.SIGUSR2, 6)])
+def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, tiny_models, golden_prepared, uninterrupted,
+                                                      kill_signal, expected_code):
+    out = tmp_path / "s.h5"
+    command = embed_command(shard(golden_prepared), out, tiny_models)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    wait_for_parts(tmp_path / "s.h5.ckpt", 2, process)
+    process.send_signal(kill_signal)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == expected_code, stderr
+    if expected_code == 6:
+        assert "checkpoint saved" in stderr and "rerun the same command to resume" in stderr
+    assert not out.exists()
+
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed_at = int(rerun.stderr.split("resuming from checkpoint at record ")[1].split()[0].replace(",", ""))
+    assert resumed_at > 0
+    nucleotides = int(rerun.stderr.split("computed ")[1].split()[0].replace(",", ""))
+    assert 0 < nucleotides < 60, "only the rest was computed"
+    ids, nuc, prot, _ = read_h5(out)
+    assert ids == uninterrupted[0]
+    np.testing.assert_array_equal(nuc, uninterrupted[1])  # same token budget: bit-identical
+    np.testing.assert_array_equal(prot, uninterrupted[2])
+    assert not (tmp_path / "s.h5.ckpt").exists()
+
+
+def test_corrupt_part_is_detected_and_recomputed(tmp_path, tiny_models, golden_prepared, uninterrupted):
+    out = tmp_path / "s.h5"
+    command = embed_command(shard(golden_prepared), out, tiny_models)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    wait_for_parts(tmp_path / "s.h5.ckpt", 2, process)
+    process.kill()
+    process.communicate()
+    part = sorted((tmp_path / "s.h5.ckpt").glob("*/part_*.npz"))[0]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "damaged" in rerun.stderr
+    ids, nuc, prot, _ = read_h5(out)
+    np.testing.assert_array_equal(nuc, uninterrupted[1])
+    np.testing.assert_array_equal(prot, uninterrupted[2])
+
+
+def test_checkpoint_of_other_inputs_or_precision_is_never_used(tmp_path, tiny_models, golden_prepared, capsys):
+    ckpt = tmp_path / "ckpt"
+    # a run of another shard, interrupted, leaves its parts in the same checkpoint directory
+    other = shard(golden_prepared, 1)
+    process = subprocess.Popen(embed_command(other, tmp_path / "other.h5", tiny_models) + ["--checkpoint-dir", str(ckpt)],
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_parts(ckpt, 1, process)
+    process.kill()
+    process.communicate()
+    foreign = list(ckpt.iterdir())
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_dir=ckpt)
+    assert "resuming" not in capsys.readouterr().err
+    assert list(ckpt.iterdir()) == foreign, "the other shard's checkpoint is left alone"
+    embed(other, tmp_path / "other_bf16.h5", models=tiny_models, device="cpu", precision="bf16",
+          checkpoint_dir=ckpt)
+    assert "resuming" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prepared, uninterrupted, monkeypatch,
+                                              capsys, keep_torch_threads):
+    original = Esm2Encoder.embed
+
+    def small_memory(self, tokens, *args, **kwargs):
+        if sum(len(t) for t in tokens) > 400:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return original(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(Esm2Encoder, "embed", small_memory)
+    out = tmp_path / "s.h5"
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=10, threads=1)
+    assert "halving" in capsys.readouterr().err
+    ids, nuc, prot, _ = read_h5(out)
+    np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(nuc, uninterrupted[1])
+
+    def no_memory(self, tokens, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(Esm2Encoder, "embed", no_memory)
+    with pytest.raises(GpuOutOfMemory) as error:
+        embed(shard(golden_prepared), tmp_path / "never.h5", models=tiny_models, device="cpu")
+    assert error.value.code == 7 and "does not fit" in str(error.value)
+    assert not (tmp_path / "never.h5").exists()
+
+
+def test_missing_models_exit_4_and_cuda_without_gpu_exit_8(tmp_path, run_cli, golden_prepared, tiny_models):
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tmp_path / "nothing", "--out", tmp_path / "x.h5")
+    assert code == 4 and "virnucpro models download" in message
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "x.h5",
+                            "--device", "cuda")
+    assert code == 8 and "no GPU" in message

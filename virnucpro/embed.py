@@ -1,0 +1,410 @@
+"""The `embed` stage: one prepare shard in, one HDF5 embedding shard out, resumable mid-shard.
+
+Work is laid out deterministically: records are taken in windows of `--checkpoint-every`; the
+distinct nucleotide and protein sequences that first occur in a window are embedded in
+length-grouped batches (each distinct sequence once per shard). Finished batches are saved as
+atomic, checksummed part files under a key folder that names the inputs, models and precision, so a
+rerun (Nextflow retry in a new work dir, or a person) recomputes only what is missing, with the
+same batches, hence the same vectors.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from virnucpro import h5shard
+from virnucpro import prepared as fmt
+from virnucpro.console import Progress, info, warn
+from virnucpro.errors import (DeviceError, GpuOutOfMemory, InconsistentInputsError,
+                              InterruptedByUser)
+
+ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
+CHECKPOINT_FORMAT = 1
+DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+# --- device and precision ------------------------------------------------------------------------
+
+def resolve_device(requested: str):
+    """`auto`: first visible GPU else CPU (with a warning); `cuda` without a GPU fails at once."""
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"unknown --device {requested}", "use auto, cpu or cuda")
+    has_gpu = torch.cuda.is_available()
+    if requested == "cuda" and not has_gpu:
+        raise DeviceError("--device cuda was requested but no GPU is visible to this process",
+                          "check CUDA_VISIBLE_DEVICES / the job's GPU request, or use --device cpu")
+    if requested == "auto" and not has_gpu:
+        warn("no GPU visible: embedding on the CPU (slow for real models; use a GPU for real data)")
+    return torch.device("cuda" if requested != "cpu" and has_gpu else "cpu")
+
+
+def resolve_precision(requested: str, device) -> str:
+    """`auto`: fp32 on CPU, fp16 on GPU (ESM-2 was trained in fp16)."""
+    if requested not in ("auto", "fp32", "fp16", "bf16"):
+        raise DeviceError(f"unknown --precision {requested}", "use auto, fp32, fp16 or bf16")
+    if requested == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return requested
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+# --- distinct sequences ---------------------------------------------------------------------------
+
+@dataclass
+class Distinct:
+    """Distinct sequences of one role in order of first occurrence, and each record's index into them."""
+
+    sequences: list[str] = field(default_factory=list)
+    of_record: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    first_seen_before: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> "Distinct":
+        index: dict[str, int] = {}
+        of_record = np.empty(len(values), dtype=np.int64)
+        for i, value in enumerate(values):
+            of_record[i] = index.setdefault(value, len(index))
+        # first_seen_before[r] = number of distinct sequences first seen in records [0, r)
+        new = np.zeros(len(values) + 1, dtype=np.int64)
+        if len(values):
+            firsts = np.zeros(len(values), dtype=bool)
+            firsts[np.unique(of_record, return_index=True)[1]] = True
+            new[1:] = np.cumsum(firsts)
+        return cls(list(index), of_record, new)
+
+    def new_in(self, start: int, stop: int) -> range:
+        """Distinct indices first seen in records [start, stop): always a contiguous range."""
+        return range(int(self.first_seen_before[start]), int(self.first_seen_before[stop]))
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+def checkpoint_key(shard_sha256: str, models: dict, precision: str) -> str:
+    """Names the inputs, models and precision: a checkpoint of anything else is never used."""
+    identity = {"format": CHECKPOINT_FORMAT, "shard": shard_sha256, "precision": precision,
+                "models": {role: models[role]["sha256"] for role in ROLES}}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class CheckpointStore:
+    """Part files `part_NNNNN.<sha256>.npz` under the key folder, each written atomically.
+
+    A part holds, per role, distinct-sequence indices and their vectors. Its file name carries the
+    sha256 of its bytes, so a damaged part is detected, ignored and recomputed.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(folder / "lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InconsistentInputsError(f"another embed process holds the checkpoint lock {folder / 'lock'}",
+                                          "wait for it to finish, or stop it; a rerun then resumes") from None
+        self.next_part = 0
+        self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
+        self.pending = []
+
+    def load(self) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        parts = []
+        for path in sorted(self.folder.glob("part_*.npz")):
+            number, _, digest = path.name[len("part_"):-len(".npz")].partition(".")
+            self.next_part = max(self.next_part, int(number) + 1)
+            if fmt.sha256_of(path) != digest:
+                warn(f"checkpoint part {path.name} is damaged (checksum mismatch): recomputing its records")
+                path.unlink()
+                continue
+            with np.load(path) as data:
+                parts.append({role: (data[f"{role}_index"], data[f"{role}_vectors"]) for role in ROLES})
+        return parts
+
+    def save(self, vectors: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
+        number = self.next_part
+        self.next_part += 1
+        arrays = {}
+        for role in ROLES:
+            indices, blocks = vectors[role]
+            arrays[f"{role}_index"] = np.asarray(indices, dtype=np.int64)
+            arrays[f"{role}_vectors"] = (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
+        self.pending.append(self.writer.submit(self._write, number, arrays))
+
+    def _write(self, number: int, arrays: dict) -> None:
+        tmp = self.folder / f".part_{number:05d}.tmp.npz"
+        np.savez(tmp, **arrays)
+        digest = fmt.sha256_of(tmp)
+        os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
+
+    def flush(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.shutdown()
+        self._lock.close()
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()  # the checkpoint directory, when no other key remains
+        except OSError:
+            pass
+
+
+# --- signals -------------------------------------------------------------------------------------------
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR2/SIGINT into a flag checked between batches (the batch in flight finishes)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the computation -----------------------------------------------------------------------------
+
+class Embedder:
+    """Runs both encoders over the distinct sequences of a shard, batch by batch, with OOM halving."""
+
+    def __init__(self, encoders: dict, token_budget: int, device):
+        self.encoders, self.device = encoders, device
+        self.token_budget = {role: token_budget for role in encoders}  # halved per model on OOM
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def batches(self, role: str, tokens: dict, indices: range) -> list[list[int]]:
+        from virnucpro.encoders.batching import plan_batches
+
+        local = plan_batches([len(tokens[i]) for i in indices], self.token_budget[role])
+        return [[indices[j] for j in batch] for batch in local]
+
+    def run(self, role: str, tokens: dict, batch: list[int]) -> np.ndarray:
+        """Pooled vectors of one batch; on GPU out-of-memory, halve it (exit 7 only for one sequence)."""
+        import torch
+
+        try:
+            vectors = self.encoders[role].embed([tokens[i] for i in batch])
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise GpuOutOfMemory(f"{role}: one sequence of {len(tokens[batch[0]])} tokens does not fit "
+                                     "in GPU memory", "use a GPU with more memory, or --device cpu") from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.token_budget[role] = max(1, self.token_budget[role] // 2)
+            warn(f"{role}: GPU out of memory on a batch of {len(batch)}; halving (token budget now "
+                 f"{self.token_budget[role]})")
+            half = len(batch) // 2
+            return np.concatenate([self.run(role, tokens, batch[:half]), self.run(role, tokens, batch[half:])])
+        except RuntimeError as exc:
+            if self.device.type == "cuda" and "CUDA" in str(exc):
+                raise DeviceError(f"{role}: CUDA failure: {str(exc).splitlines()[0]}",
+                                  "check the GPU (nvidia-smi); a rerun resumes from the last checkpoint") from None
+            raise
+        lengths = [len(tokens[i]) for i in batch]
+        self.real_tokens += sum(lengths)
+        self.padded_tokens += len(batch) * max(lengths)
+        return vectors.numpy().astype(np.float32, copy=False)
+
+
+def _load_encoders(model_set, device, precision: str) -> dict:
+    from virnucpro.encoders.dnabert_s import DnabertSEncoder
+    from virnucpro.encoders.esm2 import Esm2Encoder
+
+    dtype = torch_dtype(precision)
+    return {"dnabert_s": DnabertSEncoder(model_set.dnabert_s, device, dtype),
+            "esm2": Esm2Encoder(model_set.esm2, device, dtype)}
+
+
+def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Path | None = None,
+          device: str = "auto", precision: str = "auto", token_budget: int | None = None,
+          checkpoint_every: int = 2000, checkpoint_seconds: float = 600.0, threads: int | None = None,
+          model_set=None) -> Path:
+    """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs."""
+    from virnucpro import store
+    from virnucpro.encoders import check_finite
+
+    shard, out = Path(shard), Path(out)
+    shard_meta = fmt.shard_info(shard)
+    records = list(fmt.read_shard(shard))
+    ids = [r[0] for r in records]
+    model_set = model_set or store.locate(models, roles=ROLES)
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    _set_threads(threads)
+    budget = token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type]
+    identity = model_set.identity(ROLES)
+
+    key = checkpoint_key(shard_meta.sha256, identity, precision)
+    checkpoints = CheckpointStore(Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / key)
+    try:
+        encoders = _load_encoders(model_set, torch_device, precision)
+        distinct = {"dnabert_s": Distinct.of([r[1] for r in records]),
+                    "esm2": Distinct.of([r[2] for r in records])}
+        known = {role: np.zeros((len(distinct[role].sequences), encoders[role].width), np.float32)
+                 for role in ROLES}
+        done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
+        _restore(checkpoints, known, done)
+        _log_resume(ids, distinct, done)
+
+        embedder = Embedder(encoders, budget, torch_device)
+        _compute(embedder, distinct, known, done, checkpoints, len(ids), checkpoint_every, checkpoint_seconds)
+        for role in ROLES:
+            if len(known[role]):
+                check_finite(known[role], distinct[role].sequences)
+
+        def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+            return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)
+
+        attrs = {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
+                 "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
+                 "device": torch_device.type, "tiny": bool(model_set.tiny)}
+        h5shard.write_shard(out, ids, rows, (encoders["dnabert_s"].width, encoders["esm2"].width), attrs)
+    except BaseException:
+        checkpoints.close()
+        raise
+    checkpoints.remove()
+    info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
+    return out
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> None:
+    for part in checkpoints.load():
+        for role, (indices, vectors) in part.items():
+            if not len(indices):
+                continue
+            if (indices.max() >= len(done[role]) or vectors.shape[1] != known[role].shape[1]):
+                warn(f"checkpoint part does not fit this shard ({role}): ignoring it")
+                continue
+            known[role][indices] = vectors
+            done[role][indices] = True
+
+
+def _covered_records(distinct: dict, done: dict, n_records: int) -> int:
+    """Length of the record prefix whose vectors are all known."""
+    covered = n_records
+    for role in ROLES:
+        missing = np.flatnonzero(~done[role][distinct[role].of_record]) if n_records else []
+        if len(missing):
+            covered = min(covered, int(missing[0]))
+    return covered
+
+
+def _log_resume(ids: list[str], distinct: dict, done: dict) -> None:
+    if not any(d.any() for d in done.values()):
+        return
+    at = _covered_records(distinct, done, len(ids))
+    counts = ", ".join(f"{int(done[r].sum()):,}/{len(done[r]):,} {r}" for r in ROLES)
+    info(f"resuming from checkpoint at record {at:,} of {len(ids):,} (distinct sequences already "
+         f"embedded: {counts})")
+
+
+def _work_items(distinct: dict, done: dict, n_records: int, checkpoint_every: int):
+    """(window end, role, distinct indices) still to do, window by window, DNABERT-S first."""
+    for start in range(0, n_records, checkpoint_every):
+        stop = min(n_records, start + checkpoint_every)
+        for role in ROLES:
+            indices = distinct[role].new_in(start, stop)
+            if not done[role][indices.start:indices.stop].all():
+                yield stop, role, indices
+
+
+def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkpoints: CheckpointStore,
+             n_records: int, checkpoint_every: int, checkpoint_seconds: float) -> None:
+    """Embed every missing distinct sequence, window by window, saving parts as it goes.
+
+    Tokenization of the next work item runs in a background thread while this one computes.
+    """
+    todo = sum(int((~done[r]).sum()) for r in ROLES)
+    progress = Progress("embed", total=todo, unit="sequences")
+    unsaved = {role: ([], []) for role in ROLES}
+    last_save = time.monotonic()
+    computed = {role: 0 for role in ROLES}
+
+    def save() -> None:
+        nonlocal unsaved, last_save
+        if any(unsaved[r][0] for r in ROLES):
+            checkpoints.save(unsaved)
+        unsaved = {role: ([], []) for role in ROLES}
+        last_save = time.monotonic()
+
+    def tokenize(item):
+        _, role, indices = item
+        seqs = [distinct[role].sequences[i] for i in indices]
+        return dict(zip(indices, embedder.encoders[role].tokenize(seqs)))
+
+    items = list(_work_items(distinct, done, n_records, checkpoint_every))
+    with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead:
+        upcoming = ahead.submit(tokenize, items[0]) if items else None
+        for number, (window_end, role, indices) in enumerate(items):
+            tokens = upcoming.result()
+            upcoming = ahead.submit(tokenize, items[number + 1]) if number + 1 < len(items) else None
+            for batch in embedder.batches(role, tokens, indices):
+                if done[role][batch].all():
+                    continue
+                vectors = embedder.run(role, tokens, batch)
+                missing = [k for k, i in enumerate(batch) if not done[role][i]]
+                chosen = [batch[k] for k in missing]
+                known[role][chosen] = vectors[missing]
+                done[role][chosen] = True
+                unsaved[role][0].extend(chosen)
+                unsaved[role][1].append(vectors[missing])
+                computed[role] += len(chosen)
+                progress.advance(len(chosen), tokens=sum(len(tokens[i]) for i in batch))
+                if stop.signal_name:
+                    save()
+                    checkpoints.flush()
+                    at = _covered_records(distinct, done, n_records)
+                    raise InterruptedByUser(f"{stop.signal_name} received: checkpoint saved "
+                                            f"({at:,} of {n_records:,} records complete)",
+                                            "rerun the same command to resume")
+                if time.monotonic() - last_save >= checkpoint_seconds:
+                    save()
+            if number + 1 == len(items) or items[number + 1][0] != window_end:
+                save()  # the window is complete
+    elapsed = progress.close()
+    waste = 1 - embedder.real_tokens / embedder.padded_tokens if embedder.padded_tokens else 0.0
+    info(f"computed {computed['dnabert_s']:,} nucleotide and {computed['esm2']:,} protein sequences in "
+         f"{elapsed:,.1f}s ({embedder.real_tokens / max(elapsed, 1e-9):,.0f} real tokens/s; padding "
+         f"in planned batches {waste:.1%})")
