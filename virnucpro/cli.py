@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,6 +31,13 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Download, check or create model weights.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+class ModelRole(str, Enum):
+    esm2 = "esm2"
+    dnabert_s = "dnabert_s"
+    classifier_300 = "classifier_300"
+    classifier_500 = "classifier_500"
+
 
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
@@ -94,19 +102,70 @@ def embed(
               checkpoint_seconds=checkpoint_seconds, threads=threads)
 
 
+@app.command()
+def predict(
+    prepared: Path = typer.Option(..., "--prepared", help="The prepare output directory."),
+    embeddings: List[Path] = typer.Option(..., "--embeddings", help="Every embedding shard of the "
+                                          "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
+    more_embeddings: Optional[List[Path]] = typer.Argument(None, hidden=True),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for tables and report."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Classifier .pth/.safetensors "
+                                              "(default: the original one for the chunk size)."),
+    models: Optional[Path] = typer.Option(None, "--models", help="Models directory holding the "
+                                          "classifiers (default: $VIRNUCPRO_MODELS, else the user data directory)."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a "
+                                    "sequence's scored chunks that must be virus to call it virus."),
+) -> None:
+    """Classify every ORF and write the original tables, per-chunk/per-sequence tables and a report."""
+    from virnucpro.predict import predict as run_predict
+
+    run_predict(prepared, list(embeddings) + list(more_embeddings or []), outdir,
+                classifier=classifier, models=models, threshold=threshold)
+
+
+@app.command()
+def run(
+    inputs: List[Path] = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); "
+                                                  "several files form one sample."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory."),
+    chunk_size: int = typer.Option(500, "--chunk-size", help="300 or 500."),
+    allow_any_chunk_size: bool = typer.Option(False, "--allow-any-chunk-size",
+                                              help="Accept a chunk size other than 300/500."),
+    models: Optional[Path] = typer.Option(None, "--models", help="Models directory (default: "
+                                          "$VIRNUCPRO_MODELS, else the user data directory)."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Classifier file "
+                                              "(default: the original one for the chunk size)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
+    keep_embeddings: bool = typer.Option(False, "--keep-embeddings",
+                                         help="Keep the HDF5 embeddings under OUTDIR/embeddings/."),
+    offline: bool = typer.Option(False, "--offline", help="Never download; missing models are an error."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
+                                    help="Fraction of virus chunks to call a sequence virus."),
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
+    from virnucpro.prepare import check_chunk_size
+    from virnucpro.run import run as run_all
+
+    check_chunk_size(chunk_size, allow_any_chunk_size)
+    run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device,
+            precision=precision, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
+            threshold=threshold)
+
+
 @models_app.command("download")
 def models_download(
     dest: Optional[Path] = typer.Option(None, "--dest", help="Models directory (default: "
                                         "$VIRNUCPRO_MODELS, else the user data directory)."),
-    only: Optional[str] = typer.Option(None, "--only", help="Download one role: esm2, dnabert_s, "
-                                       "classifier_300 or classifier_500."),
+    only: Optional[ModelRole] = typer.Option(None, "--only", help="Download one role only."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing every source "
                                          "host (site mirrors)."),
 ) -> None:
     """Download ESM-2 3B, DNABERT-S and the original classifiers (resumable, verified)."""
     from virnucpro import store
 
-    store.download(dest=dest, only=only, mirror=mirror)
+    store.download(dest=dest, only=only.value if only else None, mirror=mirror)
 
 
 @models_app.command("check")

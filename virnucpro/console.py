@@ -6,20 +6,21 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err.print(f"[dim]virnucpro[/dim] {message}", markup=True)
+    err.print(f"[dim]virnucpro[/dim] {escape(message)}", markup=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", markup=True)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", markup=True)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
 
 
 class Progress:

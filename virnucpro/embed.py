@@ -11,6 +11,7 @@ same batches, hence the same vectors.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -77,6 +78,7 @@ class Distinct:
     sequences: list[str] = field(default_factory=list)
     of_record: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     first_seen_before: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    first_record: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @classmethod
     def of(cls, values: Sequence[str]) -> "Distinct":
@@ -86,11 +88,12 @@ class Distinct:
             of_record[i] = index.setdefault(value, len(index))
         # first_seen_before[r] = number of distinct sequences first seen in records [0, r)
         new = np.zeros(len(values) + 1, dtype=np.int64)
+        first_record = np.unique(of_record, return_index=True)[1]  # in distinct order
         if len(values):
             firsts = np.zeros(len(values), dtype=bool)
-            firsts[np.unique(of_record, return_index=True)[1]] = True
+            firsts[first_record] = True
             new[1:] = np.cumsum(firsts)
-        return cls(list(index), of_record, new)
+        return cls(list(index), of_record, new, first_record)
 
     def new_in(self, start: int, stop: int) -> range:
         """Distinct indices first seen in records [start, stop): always a contiguous range."""
@@ -241,13 +244,19 @@ class Embedder:
         return vectors.numpy().astype(np.float32, copy=False)
 
 
-def _load_encoders(model_set, device, precision: str) -> dict:
+@functools.lru_cache(maxsize=1)
+def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, precision: str) -> dict:
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
     from virnucpro.encoders.esm2 import Esm2Encoder
 
     dtype = torch_dtype(precision)
-    return {"dnabert_s": DnabertSEncoder(model_set.dnabert_s, device, dtype),
-            "esm2": Esm2Encoder(model_set.esm2, device, dtype)}
+    return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype), "esm2": Esm2Encoder(esm2, device, dtype)}
+
+
+def _load_encoders(model_set, device, precision: str) -> dict:
+    """Both encoders; kept loaded across the shards of one process (`run`), keyed by model checksums."""
+    identity = json.dumps(model_set.identity(ROLES), sort_keys=True)
+    return _load_encoders_cached(model_set.dnabert_s, model_set.esm2, identity, device, precision)
 
 
 def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Path | None = None,
@@ -285,7 +294,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
         _compute(embedder, distinct, known, done, checkpoints, len(ids), checkpoint_every, checkpoint_seconds)
         for role in ROLES:
             if len(known[role]):
-                check_finite(known[role], distinct[role].sequences)
+                check_finite(known[role], [ids[r] for r in distinct[role].first_record])
 
         def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
             return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)

@@ -1,0 +1,187 @@
+"""The original MLPClassifier, its restricted loader and predict_proba."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from store_fixtures import malicious_pickle_bytes, save_malicious_torch  # noqa: E402
+
+from virnucpro import classifier  # noqa: E402
+from virnucpro.classifier import (STATE_KEYS, MLPClassifier, load_classifier,  # noqa: E402
+                                  pickle_globals, predict_proba, save_original_way)
+from virnucpro.errors import ExitCode, ModelsError, NumericalError  # noqa: E402
+
+# The original training script, reduced to what matters: the class lives in __main__ and the
+# whole model is saved with torch.save(model). It also writes the expected probabilities.
+ORIGINAL_SCRIPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class MLPClassifier(nn.Module):
+        def __init__(self, input_dim, hidden_dim, num_class):
+            super(MLPClassifier, self).__init__()
+            self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+            self.bn1 = nn.BatchNorm1d(hidden_dim)
+            self.output_layer = nn.Linear(hidden_dim, num_class)
+            self.dropout = nn.Dropout(0.5)
+            self.init_weights()
+
+        def init_weights(self):
+            nn.init.xavier_uniform_(self.hidden_layer.weight)
+            nn.init.xavier_uniform_(self.output_layer.weight)
+
+        def forward(self, x):
+            x = self.hidden_layer(x)
+            x = self.bn1(x)
+            x = F.relu(x)
+            x = self.dropout(x)
+            x = self.output_layer(x)
+            return x
+
+    torch.manual_seed(3)
+    model = MLPClassifier(24, 512, 2)
+    model.train()
+    for _ in range(3):  # move the BatchNorm running statistics away from 0/1
+        model(torch.randn(64, 24) * 2 + 0.5)
+    torch.save(model, sys.argv[1])
+    model.eval()
+    x = torch.from_numpy(np.load(sys.argv[2]))
+    with torch.no_grad():
+        np.save(sys.argv[3], F.softmax(model(x), dim=1).numpy())
+''')
+
+
+@pytest.fixture(scope="module")
+def original_pth(tmp_path_factory):
+    """A classifier saved exactly the original way, by a script run as __main__."""
+    folder = tmp_path_factory.mktemp("original")
+    script = folder / "train.py"
+    script.write_text(ORIGINAL_SCRIPT)
+    features = np.random.default_rng(0).normal(size=(16, 24)).astype(np.float32)
+    np.save(folder / "x.npy", features)
+    subprocess.run([sys.executable, str(script), str(folder / "model.pth"), str(folder / "x.npy"),
+                    str(folder / "expected.npy")], check=True, cwd=folder)
+    return folder / "model.pth", features, np.load(folder / "expected.npy")
+
+
+def test_state_dict_names_match_the_original():
+    assert set(MLPClassifier().state_dict()) == set(STATE_KEYS)
+    model = MLPClassifier()
+    assert model.input_dim == 3328
+    assert model.output_layer.out_features == 2
+
+
+def test_loads_whole_model_pickled_from_main(original_pth):
+    path, features, expected = original_pth
+    assert "__main__.MLPClassifier" in pickle_globals(classifier._pickles_in(path))
+    model = load_classifier(path)
+    assert type(model) is MLPClassifier and not model.training
+    assert model.input_dim == 24
+    probs = predict_proba(model, features)
+    assert probs.dtype == np.float32 and probs.shape == (16, 2)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_loads_state_dict_and_safetensors(original_pth, tmp_path):
+    from safetensors.torch import save_file
+
+    path, features, expected = original_pth
+    model = load_classifier(path)
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    save_file(model.state_dict(), str(tmp_path / "sd.safetensors"))
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "wrapped.pth")
+    for name in ("sd.pth", "sd.safetensors", "wrapped.pth"):
+        np.testing.assert_allclose(predict_proba(load_classifier(tmp_path / name), features),
+                                   expected, atol=1e-6)
+
+
+def test_save_original_way_references_main(tmp_path):
+    torch.manual_seed(0)
+    model = MLPClassifier(10, 512, 2).eval()
+    save_original_way(model, tmp_path / "m.pth")
+    assert "__main__.MLPClassifier" in pickle_globals(classifier._pickles_in(tmp_path / "m.pth"))
+    assert not hasattr(sys.modules["__main__"], "MLPClassifier")
+    x = torch.randn(5, 10)
+    np.testing.assert_allclose(predict_proba(load_classifier(tmp_path / "m.pth"), x),
+                               predict_proba(model, x), atol=0)
+
+
+@pytest.mark.parametrize("kind", ["torch_zip", "pickle_protocol2", "pickle_protocol4"])
+def test_refuses_malicious_pickle_without_running_it(tmp_path, kind):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "300_model.pth"
+    if kind == "torch_zip":
+        save_malicious_torch(evil, str(marker))
+    else:
+        evil.write_bytes(malicious_pickle_bytes(str(marker), protocol=int(kind[-1])))
+    with pytest.raises(ModelsError) as info:
+        load_classifier(evil)
+    assert info.value.code == ExitCode.MODELS
+    assert "system" in str(info.value)  # names the offending global (posix.system / nt.system)
+    assert not marker.exists()
+
+
+def test_torch_layer_refuses_even_if_static_scan_missed(tmp_path, monkeypatch):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    save_malicious_torch(evil, str(marker))
+    monkeypatch.setattr(classifier, "pickle_globals", lambda data: [])
+    with pytest.raises(ModelsError, match="system"):
+        load_classifier(evil)
+    assert not marker.exists()
+
+
+def test_refuses_other_classes_and_garbage(tmp_path):
+    torch.save(torch.nn.Linear(3, 2), tmp_path / "linear.pth")
+    with pytest.raises(ModelsError, match="not an MLPClassifier"):
+        load_classifier(tmp_path / "linear.pth")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other_sd.pth")
+    with pytest.raises(ModelsError, match="missing"):
+        load_classifier(tmp_path / "other_sd.pth")
+    (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(ModelsError):
+        load_classifier(tmp_path / "junk.pth")
+    with pytest.raises(ModelsError, match="does not exist"):
+        load_classifier(tmp_path / "absent.pth")
+
+
+def test_refuses_unknown_main_class(tmp_path):
+    script = tmp_path / "save.py"
+    script.write_text(textwrap.dedent('''
+        import sys, torch
+        class Other(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layer = torch.nn.Linear(2, 2)
+        torch.save(Other(), sys.argv[1])
+    '''))
+    subprocess.run([sys.executable, str(script), str(tmp_path / "o.pth")], check=True)
+    with pytest.raises(ModelsError, match="__main__.Other"):
+        load_classifier(tmp_path / "o.pth")
+
+
+def test_predict_proba_checks():
+    torch.manual_seed(1)
+    model = MLPClassifier(6, 16, 2).eval()
+    x = np.random.default_rng(1).normal(size=(9, 6)).astype(np.float32)
+    first, second = predict_proba(model, x), predict_proba(model, x, batch_size=2)
+    np.testing.assert_allclose(first, second, atol=1e-6)  # eval mode: no dropout, batch-independent
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ModelsError, match="width 6"):
+        predict_proba(model, np.zeros((2, 5), dtype=np.float32))
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(NumericalError):
+        predict_proba(model, bad)
+    assert predict_proba(model, np.zeros((0, 6), dtype=np.float32)).shape == (0, 2)

@@ -1,0 +1,223 @@
+"""predict and run: original tables, our tables, report, shard checks, resume, order independence."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro import h5shard
+from virnucpro import prepared as fmt
+from virnucpro.embed import embed
+from virnucpro.predict import predict
+from virnucpro.store import locate
+
+TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "sequences.tsv")
+
+
+@pytest.fixture(scope="module")
+def golden_embeddings(tmp_path_factory, golden_prepared, tiny_models) -> list[Path]:
+    folder = tmp_path_factory.mktemp("h5")
+    manifest = fmt.load_manifest(golden_prepared)
+    paths = []
+    for shard in manifest["shards"]:
+        out = folder / Path(shard["file"]).with_suffix(".h5").name
+        embed(golden_prepared / shard["file"], out, models=tiny_models, device="cpu")
+        paths.append(out)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def golden_predicted(tmp_path_factory, golden_prepared, golden_embeddings, tiny_models) -> Path:
+    out = tmp_path_factory.mktemp("pred") / "out"
+    predict(golden_prepared, golden_embeddings, out, models=tiny_models)
+    return out
+
+
+def table(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()]
+
+
+def test_tables_reconcile_with_prepare_counts(golden_prepared, golden_predicted):
+    counts = fmt.load_manifest(golden_prepared)["counts"]
+    results = table(golden_predicted / "prediction_results.txt")
+    assert results[0] == ["Sequence_ID", "Prediction", "score1", "score2"]
+    assert len(results) - 1 == counts["orfs"] == 356
+    orf_ids = [r[0] for r in results[1:]]
+    prepared_ids = [rec[0] for s in sorted(golden_prepared.glob("shards/*.tsv")) for rec in fmt.read_shard(s)]
+    assert orf_ids == prepared_ids, "one row per ORF, input order"
+    chunks = table(golden_predicted / "chunks.tsv")[1:]
+    assert len(chunks) == counts["chunks"]
+    assert sum(c[7] == "no_orf" for c in chunks) == counts["chunks_without_orf"]
+    highest = table(golden_predicted / "prediction_results_highestscore.csv")[1:]
+    assert len(highest) == counts["chunks"] - counts["chunks_without_orf"]
+    sequences = table(golden_predicted / "sequences.tsv")[1:]
+    assert len(sequences) == counts["sequences"]
+    assert sum(int(s[2]) for s in sequences) == counts["chunks"]
+
+
+def test_scores_match_a_hand_computed_mlp(golden_prepared, golden_embeddings, golden_predicted, tiny_models):
+    """features -> Linear -> BatchNorm (running stats) -> ReLU -> Linear -> softmax, by hand in float64."""
+    from virnucpro.classifier import load_classifier
+
+    state = load_classifier(locate(tiny_models).classifier(500)).state_dict()
+    w = {k: v.double().numpy() for k, v in state.items() if v.dtype.is_floating_point}
+    ids, features = [], []
+    for path in golden_embeddings:
+        for block_ids, block in h5shard.iter_rows(path):
+            ids += block_ids
+            features.append(block)
+    x = np.concatenate(features).astype(np.float64)
+    h = x @ w["hidden_layer.weight"].T + w["hidden_layer.bias"]
+    h = (h - w["bn1.running_mean"]) / np.sqrt(w["bn1.running_var"] + 1e-5) * w["bn1.weight"] + w["bn1.bias"]
+    logits = np.maximum(h, 0) @ w["output_layer.weight"].T + w["output_layer.bias"]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    rows = table(golden_predicted / "prediction_results.txt")[1:]
+    assert [r[0] for r in rows] == ids
+    written = np.array([[float(r[2]), float(r[3])] for r in rows])
+    np.testing.assert_allclose(written, expected, atol=1e-6, rtol=0)
+    assert [r[1] for r in rows] == ["virus" if p[1] > p[0] else "others" for p in written]
+
+
+def test_original_table_formats(golden_predicted, reference_dir):
+    ours = (golden_predicted / "prediction_results.txt").read_text().splitlines()
+    theirs = (reference_dir / "vanilla/test_with_orfs_prediction_results.txt").read_text().splitlines()
+    assert ours[0] == theirs[0]
+    row = re.compile(r"^\S+\t(virus|others)\t\S+\t\S+$")
+    assert all(row.match(line) for line in ours[1:] + theirs[1:])
+    for line in ours[1:]:  # scores are str() of numpy float32: the text round-trips exactly
+        for text in line.split("\t")[2:]:
+            assert str(np.float32(float(text))) == text
+    high = (golden_predicted / "prediction_results_highestscore.csv").read_text().splitlines()
+    ref_high = (reference_dir / "vanilla/test_with_orfs_prediction_results_highestscore.csv").read_text().splitlines()
+    assert high[0] == ref_high[0] == "Modified_ID\tIs_Virus"
+    assert all(re.match(r"^\S+\t(True|False)$", line) for line in high[1:])
+
+
+def test_highestscore_sorted_like_pandas_groupby_and_uses_the_original_rule(golden_predicted):
+    rows = table(golden_predicted / "prediction_results.txt")[1:]
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for orf_id, _, s1, s2 in rows:
+        groups.setdefault(orf_id[:-2], []).append((float(s1), float(s2)))
+    expected = [[chunk, str(max(s[1] for s in scores) >= max(s[0] for s in scores))]
+                for chunk, scores in sorted(groups.items())]
+    high = table(golden_predicted / "prediction_results_highestscore.csv")[1:]
+    assert high == expected
+    ids = [h[0] for h in high]
+    assert ids == sorted(ids) and ids != sorted(ids, key=lambda c: (c.split("_chunk_")[0], int(c.split("_chunk_")[1])))
+
+
+def test_reference_tables_reproduced_from_their_scores(tmp_path, reference_dir):
+    """The vanilla highest-score table follows from its own prediction table by our per-chunk rule."""
+    from virnucpro.predict import ChunkScore, _update_chunk, write_highest
+
+    chunks: dict[str, ChunkScore] = {}
+    for orf_id, _, s1, s2 in table(reference_dir / "vanilla/test_with_orfs_prediction_results.txt")[1:]:
+        _update_chunk(chunks, orf_id, float(s2), float(s1))
+    write_highest(chunks, tmp_path)
+    assert ((tmp_path / "prediction_results_highestscore.csv").read_text()
+            == (reference_dir / "vanilla/test_with_orfs_prediction_results_highestscore.csv").read_text())
+
+
+def test_shard_order_does_not_matter(tmp_path, golden_prepared, golden_embeddings, golden_predicted, tiny_models):
+    shuffled = golden_embeddings[:]
+    random.Random(3).shuffle(shuffled)
+    assert shuffled != golden_embeddings
+    predict(golden_prepared, shuffled, tmp_path / "out", models=tiny_models)
+    for name in TABLES:
+        assert (tmp_path / "out" / name).read_text() == (golden_predicted / name).read_text()
+
+
+def test_missing_repeated_and_foreign_shards_exit_5(tmp_path, run_cli, golden_prepared, golden_embeddings,
+                                                    tiny_models, reference_dir):
+    base = ["predict", "--prepared", golden_prepared, "--outdir", tmp_path / "o", "--models", tiny_models]
+    code, message = run_cli(*base, "--embeddings", *golden_embeddings[:-1])
+    assert code == 5 and "missing" in message and "shard_00005" in message
+    code, message = run_cli(*base, "--embeddings", *golden_embeddings, golden_embeddings[0])
+    assert code == 5 and "repeats shard 0" in message
+    from virnucpro.prepare import prepare
+    prepare([reference_dir / "vanilla/test_with_orfs.fa"], tmp_path / "other")
+    embed(tmp_path / "other/shards/shard_00000.tsv", tmp_path / "foreign.h5", models=tiny_models, device="cpu")
+    code, message = run_cli(*base, "--embeddings", *golden_embeddings[1:], tmp_path / "foreign.h5")
+    assert code == 5 and "foreign.h5" in message and "not part of this prepared sample" in message
+    other_models = tmp_path / "other_models.h5"
+    shutil.copy(golden_embeddings[2], other_models)
+    with h5shard.open_h5(other_models, "a") as handle:
+        models = json.loads(handle.attrs["models"])
+        models["esm2"]["sha256"] = "0" * 64
+        handle.attrs["models"] = json.dumps(models)
+    code, message = run_cli(*base, "--embeddings", *golden_embeddings[:2], other_models, *golden_embeddings[3:])
+    assert code == 5 and "other models" in message
+    assert not (tmp_path / "o" / "prediction_results.txt").exists()
+
+
+def test_precision_difference_only_warns(tmp_path, golden_prepared, golden_embeddings, tiny_models, capsys):
+    bf16 = tmp_path / "bf16.h5"
+    embed(golden_prepared / "shards" / fmt.shard_name(1), bf16, models=tiny_models, device="cpu", precision="bf16")
+    predict(golden_prepared, [golden_embeddings[0], bf16, *golden_embeddings[2:]], tmp_path / "o", models=tiny_models)
+    assert "different precisions" in capsys.readouterr().err
+
+
+def test_no_orf_sample(tmp_path, run_cli, reference_dir, tiny_models):
+    code, message = run_cli("run", reference_dir / "vanilla/test_sequences_small.fa", "--outdir", tmp_path / "o",
+                            "--models", tiny_models, "--device", "cpu")
+    assert code == 0, message
+    assert (tmp_path / "o/prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
+    assert (tmp_path / "o/prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
+    calls = {row[-1] for row in table(tmp_path / "o/sequences.tsv")[1:]}
+    assert calls == {"no_orf"}
+    assert not (tmp_path / "o/.virnucpro-work").exists()
+
+
+def test_report_is_self_contained_and_agrees_with_tables(golden_predicted, golden_prepared):
+    page = (golden_predicted / "report.html").read_text()
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page, re.I), "no external URL"
+    assert "<script" not in page and "<link" not in page
+    assert "TINY RANDOM MODELS" in page
+    counts = fmt.load_manifest(golden_prepared)["counts"]
+    calls = [row[-1] for row in table(golden_predicted / "sequences.tsv")[1:]]
+    for value, label in ((counts["sequences"], "input sequences"), (calls.count("virus"), "called virus"),
+                         (calls.count("others"), "called others"), (calls.count("no_orf"), "without any ORF")):
+        assert f"<b>{value:,}</b><span>{label}</span>" in page
+    assert "DOES NOT RECONCILE" not in page and page.count("reconciles") == 3
+    info = json.loads((golden_predicted / "run_info.json").read_text())
+    assert info["tiny_models"] is True and info["inputs"][0]["sha256"]
+    assert set(info["models"]) == {"dnabert_s", "esm2"} and len(info["classifier"]["sha256"]) == 64
+
+
+def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_dir, tiny_models):
+    fasta = reference_dir / "golden/mixed.fa"
+    chained = tmp_path / "chained"
+    cli = [sys.executable, "-m", "virnucpro"]
+    subprocess.run(cli + ["prepare", str(fasta), "--outdir", str(chained / "prep")], check=True, capture_output=True)
+    shard = chained / "prep/shards/shard_00000.tsv"
+    subprocess.run(cli + ["embed", str(shard), "--models", str(tiny_models), "--out", str(chained / "s.h5"),
+                          "--device", "cpu"], check=True, capture_output=True)
+    subprocess.run(cli + ["predict", "--prepared", str(chained / "prep"), "--embeddings", str(chained / "s.h5"),
+                          "--outdir", str(chained / "out"), "--models", str(tiny_models)], check=True, capture_output=True)
+
+    out = tmp_path / "run"
+    command = cli + ["run", str(fasta), "--outdir", str(out), "--models", str(tiny_models), "--device", "cpu"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / ".virnucpro-work/checkpoints").glob("*/part_*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.communicate()
+    assert (out / ".virnucpro-work/prepared/manifest.json").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "prepare: already done" in rerun.stderr and "resuming from checkpoint" in rerun.stderr
+    for name in TABLES:
+        assert (out / name).read_text() == (chained / "out" / name).read_text(), name
+    assert not (out / ".virnucpro-work").exists()

@@ -1,0 +1,273 @@
+"""Models directory: tiny models in the real formats, locate/ensure/check, the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from virnucpro import store  # noqa: E402
+from virnucpro.classifier import _pickles_in, load_classifier, pickle_globals, predict_proba  # noqa: E402
+from virnucpro.cli import main  # noqa: E402
+from virnucpro.errors import ExitCode, ModelsError  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dnabert_s_tiny"
+if not REFERENCE.is_dir():  # the checkout may live elsewhere; the shared folder does not move
+    REFERENCE = Path("/work/shared/reference/dnabert_s_tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("models") / "tiny"
+    started = time.monotonic()
+    store.make_tiny(directory)
+    assert time.monotonic() - started < 15  # ~1 s here; generous for slow CI
+    return directory
+
+
+def _copy(tiny: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "models"
+    shutil.copytree(tiny, target)
+    return target
+
+
+# ------------------------------------------------------------------------- tiny: real formats
+
+def test_tiny_is_deterministic(tiny, tmp_path):
+    again = tmp_path / "again"
+    store.make_tiny(again)
+    first = json.loads((tiny / "manifest.json").read_text())
+    second = json.loads((again / "manifest.json").read_text())
+    assert first == second
+    for role, entry in first["models"].items():
+        assert entry["tiny"] is True
+        for rel in entry["files"]:
+            assert (tiny / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_tiny_esm2_loads_with_fair_esm_and_has_real_key_names(tiny):
+    import esm
+    from esm.pretrained import load_model_and_alphabet_local
+
+    path = tiny / "esm2_tiny.pt"
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        model, alphabet = load_model_and_alphabet_local(path)
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        regression = torch.load(tiny / "esm2_tiny-contact-regression.pt", weights_only=True)
+    cfg = data["cfg"]["model"]
+    reference = esm.model.esm2.ESM2(num_layers=cfg.encoder_layers, embed_dim=cfg.encoder_embed_dim,
+                                    attention_heads=cfg.encoder_attention_heads,
+                                    alphabet=alphabet, token_dropout=cfg.token_dropout)
+    expected = {k for k in reference.state_dict() if not k.startswith("contact_head.")}
+    published = {("encoder." + k if k.startswith("lm_head.") else "encoder.sentence_encoder." + k)
+                 for k in expected}
+    assert set(data["model"]) == published
+    assert set(regression["model"]) == {"contact_head.regression.weight",
+                                        "contact_head.regression.bias"}
+    _, _, tokens = alphabet.get_batch_converter()([("a", "MKTAYIAKQR"), ("b", "MKV")])
+    with torch.no_grad():
+        reps = model.eval()(tokens, repr_layers=[cfg.encoder_layers])["representations"]
+    pooled = reps[cfg.encoder_layers][:, 1:4].mean(1)
+    assert torch.isfinite(pooled).all() and not torch.allclose(pooled[0], pooled[1], atol=1e-3)
+
+
+def test_tiny_dnabert_matches_reference_layout(tiny):
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    folder = tiny / "DNABERT-S-tiny"
+    mine_cfg = json.loads((folder / "config.json").read_text())
+    ref_cfg = json.loads((REFERENCE / "config.json").read_text())
+    assert set(mine_cfg) == set(ref_cfg)
+    with safe_open(str(folder / "model.safetensors"), "pt") as mine, \
+            safe_open(str(REFERENCE / "model.safetensors"), "pt") as ref:
+        assert set(mine.keys()) == set(ref.keys())
+        for key in ref.keys():  # same tiny sizes as the reference, so same shapes
+            assert mine.get_slice(key).get_shape() == ref.get_slice(key).get_shape(), key
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for token_id, token in enumerate(store.DNABERT_SPECIAL_TOKENS):
+        assert tokenizer.token_to_id(token) == token_id
+    encoding = tokenizer.encode("ACGTACGTAAN" + "R")
+    assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]"
+    assert encoding.tokens[-2] == "[UNK]"  # IUPAC letters other than N are unknown
+    assert tokenizer.get_vocab_size() == mine_cfg["vocab_size"]
+
+
+def test_tiny_classifiers_are_original_pickles_of_matching_width(tiny):
+    width = json.loads((tiny / "DNABERT-S-tiny" / "config.json").read_text())["hidden_size"]
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        width += torch.load(tiny / "esm2_tiny.pt", weights_only=True)["cfg"]["model"].encoder_embed_dim
+    outputs = []
+    for name in ("300_model_tiny.pth", "500_model_tiny.pth"):
+        assert "__main__.MLPClassifier" in pickle_globals(_pickles_in(tiny / name))
+        model = load_classifier(tiny / name)
+        assert model.input_dim == width
+        outputs.append(predict_proba(model, np.random.default_rng(0).normal(size=(50, width))))
+    assert outputs[0][:, 1].std() > 0.01  # not a constant classifier
+    assert not np.allclose(outputs[0], outputs[1])
+
+
+# ------------------------------------------------------------------------- locate
+
+def test_locate_tiny(tiny):
+    models = store.locate(tiny)
+    assert models.tiny is True
+    assert models.esm2 == tiny / "esm2_tiny.pt"
+    assert models.dnabert_s == tiny / "DNABERT-S-tiny"
+    assert models.classifier(300) == tiny / "300_model_tiny.pth"
+    assert models.classifier(500) == tiny / "500_model_tiny.pth"
+    manifest = json.loads((tiny / "manifest.json").read_text())["models"]
+    assert models.sha256["esm2"] == manifest["esm2"]["sha256"]["esm2_tiny.pt"]
+    assert models.sha256["classifier_500"] == manifest["classifier_500"]["sha256"]["500_model_tiny.pth"]
+    identity = {Path(rel).name: digest for rel, digest in manifest["dnabert_s"]["sha256"].items()
+                if Path(rel).name in ("config.json", "model.safetensors", "tokenizer.json")}
+    lines = "".join(f"{name}\t{identity[name]}\n" for name in sorted(identity))
+    assert models.sha256["dnabert_s"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert models.identity()["esm2"] == {"name": "esm2_tiny", "sha256": models.sha256["esm2"]}
+    with pytest.raises(ModelsError, match="chunk size 400"):
+        models.classifier(400)
+    only = store.locate(tiny, roles=["esm2", "dnabert_s"])
+    assert set(only.paths) == {"esm2", "dnabert_s"}
+
+
+def test_locate_hand_staged_standard_names(tiny, tmp_path):
+    staged = tmp_path / "staged"
+    (staged / "DNABERT-S").mkdir(parents=True)
+    shutil.copy(tiny / "esm2_tiny.pt", staged / "esm2_t36_3B_UR50D.pt")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copy(tiny / "DNABERT-S-tiny" / name, staged / "DNABERT-S" / name)
+    shutil.copy(tiny / "300_model_tiny.pth", staged / "300_model.pth")
+    shutil.copy(tiny / "500_model_tiny.pth", staged / "500_model.pth")
+    models = store.locate(staged)
+    assert models.tiny is False
+    assert models.esm2 == staged / "esm2_t36_3B_UR50D.pt"
+    assert models.dnabert_s == staged / "DNABERT-S"
+    assert models.names["esm2"] == "esm2_t36_3B_UR50D"
+    # same bytes, same identity, whatever the layout
+    assert models.sha256 == store.locate(tiny).sha256
+    store.check(staged)  # the missing contact-regression file is only a note
+
+
+def test_missing_role_names_the_fix(tiny, tmp_path):
+    models = _copy(tiny, tmp_path)
+    (models / "500_model_tiny.pth").unlink()
+    with pytest.raises(ModelsError) as info:
+        store.locate(models)
+    assert info.value.code == ExitCode.MODELS
+    assert "classifier_500" in str(info.value)
+    assert f"virnucpro models download --dest {models} --only classifier_500" in str(info.value)
+    store.locate(models, roles=["esm2", "dnabert_s", "classifier_300"])  # others still fine
+
+    empty = tmp_path / "nothing-here"
+    with pytest.raises(ModelsError, match=r"virnucpro models download --dest \S*nothing-here"):
+        store.locate(empty)
+
+
+def test_checksum_mismatch(tiny, tmp_path):
+    models = _copy(tiny, tmp_path)
+    path = models / "DNABERT-S-tiny" / "config.json"
+    path.write_text(path.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
+    with pytest.raises(ModelsError, match="checksum mismatch for dnabert_s") as info:
+        store.locate(models)
+    assert "--only dnabert_s" in str(info.value)
+    with pytest.raises(ModelsError, match="checksum mismatch"):
+        store.ensure(models, offline=False)  # never silently replaced
+    with pytest.raises(ModelsError, match="checksum mismatch"):
+        store.check(models)
+
+
+def test_hash_cache_and_full_check(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "_CACHE_MIN_BYTES", 0)
+    models = _copy(tiny, tmp_path)
+    store.locate(models)
+    cache = json.loads((models / store.HASH_CACHE).read_text())
+    assert "esm2_tiny.pt" in cache
+    # Same size and mtime, different bytes: the cached locate trusts the stamp, check does not.
+    path = models / "esm2_tiny.pt"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    store.locate(models)
+    with pytest.raises(ModelsError, match="checksum mismatch for esm2"):
+        store.check(models)
+
+
+def test_check_refuses_malicious_classifier(tiny, tmp_path):
+    from store_fixtures import save_malicious_torch
+
+    staged = tmp_path / "staged"
+    shutil.copytree(tiny, staged)
+    (staged / "manifest.json").unlink()
+    (staged / "DNABERT-S").mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copy(staged / "DNABERT-S-tiny" / name, staged / "DNABERT-S" / name)
+    shutil.copy(staged / "esm2_tiny.pt", staged / "esm2_t36_3B_UR50D.pt")
+    shutil.copy(staged / "500_model_tiny.pth", staged / "500_model.pth")
+    save_malicious_torch(staged / "300_model.pth", str(tmp_path / "PWNED"))
+    with pytest.raises(ModelsError, match="refused"):
+        store.check(staged)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_models_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIRNUCPRO_MODELS", str(tmp_path / "env"))
+    assert store.models_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert store.models_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("VIRNUCPRO_MODELS")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert store.models_dir(None) == tmp_path / "xdg" / "virnucpro" / "models"
+        monkeypatch.delenv("XDG_DATA_HOME")
+        assert store.models_dir(None) == tmp_path / "home" / ".local/share/virnucpro/models"
+
+
+def test_ensure_offline(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert store.ensure(tiny, offline=True).tiny  # everything present: no network needed
+    models = _copy(tiny, tmp_path)
+    (models / "300_model_tiny.pth").unlink()
+    with pytest.raises(ModelsError, match=r"--offline") as info:
+        store.ensure(models, offline=True)
+    assert "virnucpro models download --dest" in str(info.value)
+    assert "VIRNUCPRO_MODELS" in str(info.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelsError, match="HF_HUB_OFFLINE"):
+        store.ensure(models, offline=False)
+    assert store.ensure(models, roles=["esm2", "classifier_500"], offline=False).paths
+
+
+# ------------------------------------------------------------------------- CLI
+
+def _run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return int(info.value.code or 0)
+
+
+def test_cli_tiny_then_check(tmp_path, capsys):
+    assert _run_cli(["models", "tiny", str(tmp_path / "m")]) == 0
+    assert _run_cli(["models", "check", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "all models present and verified" in err and "tiny" in err
+
+
+def test_cli_check_missing_exits_4(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _run_cli(["models", "check", str(tmp_path / "empty")]) == ExitCode.MODELS
+    err = capsys.readouterr().err
+    assert "virnucpro models download --dest" in err
+    assert "esm2" in err and "classifier_300" in err

@@ -1,0 +1,346 @@
+"""The original VirNucPro classifier (SPEC §1 step 7) and a loader that never runs code from a file.
+
+The published `300_model.pth` / `500_model.pth` are whole models saved with `torch.save(model)` from
+a script, so their pickle names the class `__main__.MLPClassifier`. Unpickling such a file normally
+imports and calls whatever the pickle names; here every global the pickle refers to is checked
+against a short allow-list first (statically, without executing anything), and the file is then
+read with torch's `weights_only` unpickler, which maps `__main__.MLPClassifier` onto our class.
+The loaded object is never used directly: its tensors are copied into a freshly built
+`MLPClassifier`, so nothing but numbers survives from the file.
+
+Also accepted: a state_dict saved with `torch.save(model.state_dict())` and a `.safetensors` file
+with the same key names.
+"""
+
+from __future__ import annotations
+
+import io
+import pickletools
+import re
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.errors import ModelsError, NumericalError
+
+#: The state_dict keys of the original classifier (``num_batches_tracked`` may be absent).
+STATE_KEYS = (
+    "hidden_layer.weight", "hidden_layer.bias",
+    "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+    "output_layer.weight", "output_layer.bias",
+)
+
+#: Classes a pickled whole model may name, besides torch's own tensor/storage/rebuild globals.
+_MODULE_CLASSES = {
+    "torch.nn.modules.linear.Linear": nn.Linear,
+    "torch.nn.modules.batchnorm.BatchNorm1d": nn.BatchNorm1d,
+    "torch.nn.modules.activation.ReLU": nn.ReLU,
+    "torch.nn.modules.dropout.Dropout": nn.Dropout,
+    "torch.nn.modules.container.Sequential": nn.Sequential,
+}
+
+
+class MLPClassifier(nn.Module):
+    """`Linear(in, 512) → BatchNorm1d(512) → ReLU → Dropout(0.5) → Linear(512, 2)`.
+
+    Attribute names and constructor arguments are those of the original code, so its state_dict
+    keys match (`hidden_layer`, `bn1`, `output_layer`, `dropout`). The ReLU is functional there, not
+    a submodule, and stays so here: an unpickled original model has no `relu` attribute.
+    """
+
+    def __init__(self, input_dim: int = 3328, hidden_dim: int = 512, num_class: int = 2):
+        super().__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+        nn.init.xavier_uniform_(self.hidden_layer.weight)
+        nn.init.xavier_uniform_(self.output_layer.weight)
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the feature vector: DNABERT-S width + ESM-2 width (3328 for the real models)."""
+        return self.hidden_layer.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hidden_layer(x)
+        x = self.bn1(x)
+        x = F.relu(x)
+        x = self.dropout(x)
+        return self.output_layer(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Static inspection of pickles
+# --------------------------------------------------------------------------------------------
+
+def _allowed_globals() -> set[str]:
+    from torch import _weights_only_unpickler as wou
+
+    allowed = set(wou._get_allowed_globals().keys())  # tensors, storages, rebuild functions
+    allowed.update(_MODULE_CLASSES)
+    allowed.update({"__main__.MLPClassifier", "virnucpro.classifier.MLPClassifier",
+                    "collections.OrderedDict", "builtins.set"})
+    return allowed
+
+
+def _map_py2_name(module: str, name: str) -> str:
+    """Protocol-2 pickles (torch.save's default) use Python 2 names such as `__builtin__.set`."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+               "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def pickle_globals(data: bytes) -> list[str]:
+    """Every global (`module.name`) the pickle stream(s) in `data` would import, in order.
+
+    Pure disassembly with `pickletools`; nothing is imported or called. Handles GLOBAL and
+    protocol-4 STACK_GLOBAL (whose two strings may come from the memo). Stops quietly at data
+    that is not a pickle (the raw storages that follow the pickles in torch's legacy format).
+    """
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        start = stream.tell()
+        strings: list[Any] = []
+        memo: dict[int, Any] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                name = op.name
+                if name == "GLOBAL":
+                    module, _, attr = str(arg).partition(" ")
+                    found.append(_map_py2_name(module, attr))
+                    strings.append(None)
+                elif name == "STACK_GLOBAL":
+                    attr = strings.pop() if strings else None
+                    module = strings.pop() if strings else None
+                    if isinstance(module, str) and isinstance(attr, str):
+                        found.append(f"{module}.{attr}")
+                    else:
+                        found.append("<unresolvable STACK_GLOBAL>")
+                    strings.append(None)
+                elif name in _STRING_OPS:
+                    strings.append(arg if isinstance(arg, str) else
+                                   arg.decode("latin-1") if isinstance(arg, bytes) else arg)
+                elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif name in ("BINGET", "LONG_BINGET", "GET"):
+                    strings.append(memo.get(int(arg)))
+                elif name not in ("FRAME", "PROTO"):
+                    strings.append(None)
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: stop scanning
+            break
+        if stream.tell() == start:
+            break
+    return found
+
+
+def _pickles_in(path: Path) -> bytes:
+    """The pickle bytes of a torch checkpoint: `*/data.pkl` of the zip format, else the file."""
+    raw = path.read_bytes()
+    if zipfile.is_zipfile(io.BytesIO(raw)):
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if not names:
+                raise ModelsError(f"{path}: a zip file without data.pkl is not a torch checkpoint")
+            return archive.read(names[0])
+    return raw
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return 0 < header_len < 100_000_000 and head[8:9] == b"{"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+def _refuse(path: Path, offending: list[str]) -> ModelsError:
+    names = ", ".join(dict.fromkeys(offending))
+    return ModelsError(
+        f"refusing to load classifier {path}: it refers to {names}, which is not part of an "
+        f"MLPClassifier checkpoint (loading it could run code)",
+        hint="use the original 300_model.pth/500_model.pth (`virnucpro models download`) or a "
+             "state_dict/.safetensors file")
+
+
+def _tensor(value: Any, what: str, path: Path) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ModelsError(f"{path}: {what} is a {type(value).__name__}, not a tensor")
+    return value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
+
+
+def _state_from_module(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """Read the tensors out of an unpickled original model without calling any of its methods."""
+    modules = vars(obj).get("_modules", {})
+    state: dict[str, torch.Tensor] = {}
+    eps = 1e-5
+    for sub, kind in (("hidden_layer", nn.Linear), ("bn1", nn.BatchNorm1d),
+                      ("output_layer", nn.Linear)):
+        module = modules.get(sub)
+        if not isinstance(module, kind):
+            raise ModelsError(f"{path}: the pickled MLPClassifier has no {kind.__name__} `{sub}`")
+        fields = vars(module)
+        for key, value in {**fields.get("_parameters", {}), **fields.get("_buffers", {})}.items():
+            if value is not None:
+                state[f"{sub}.{key}"] = _tensor(value, f"{sub}.{key}", path)
+        if sub == "bn1":
+            raw_eps = fields.get("eps", 1e-5)
+            if not isinstance(raw_eps, float) or not 0 < raw_eps < 1:
+                raise ModelsError(f"{path}: bn1.eps is not a small positive float")
+            eps = raw_eps
+    return state, eps
+
+
+def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> MLPClassifier:
+    state = dict(state)
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    required = [k for k in STATE_KEYS if k != "bn1.num_batches_tracked"]
+    missing = [k for k in required if k not in state]
+    unexpected = [k for k in state if k not in STATE_KEYS]
+    if missing or unexpected:
+        raise ModelsError(f"{path} is not an MLPClassifier state_dict"
+                          + (f"; missing {', '.join(missing)}" if missing else "")
+                          + (f"; unexpected {', '.join(unexpected[:5])}" if unexpected else ""))
+    for key in state:
+        state[key] = _tensor(state[key], key, path)
+    hidden_w, out_w = state["hidden_layer.weight"], state["output_layer.weight"]
+    if hidden_w.dim() != 2 or out_w.dim() != 2 or out_w.shape[1] != hidden_w.shape[0]:
+        raise ModelsError(f"{path}: inconsistent layer shapes {tuple(hidden_w.shape)} and "
+                          f"{tuple(out_w.shape)}")
+    hidden_dim, input_dim = hidden_w.shape
+    model = MLPClassifier(int(input_dim), int(hidden_dim), int(out_w.shape[0]))
+    model.bn1.eps = eps
+    if "bn1.num_batches_tracked" not in state:
+        state["bn1.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelsError(f"{path}: tensors do not fit an MLPClassifier: {exc}") from None
+    return model.eval()
+
+
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.<>]+)")
+
+
+def load_classifier(path: Path) -> MLPClassifier:
+    """Load the classifier in eval mode on CPU from an original `.pth`, a state_dict or safetensors.
+
+    Raises `ModelsError` (exit 4) naming the offending global for any pickle that refers to
+    anything but the MLP's modules and torch's tensor machinery; such a file is never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelsError(f"classifier file {path} does not exist",
+                          hint="virnucpro models download --only classifier_500")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _build(load_file(str(path), device="cpu"), path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None
+
+    try:
+        offending = [g for g in pickle_globals(_pickles_in(path)) if g not in _allowed_globals()]
+    except zipfile.BadZipFile as exc:
+        raise ModelsError(f"{path} is not a torch checkpoint: {exc}") from None
+    if offending:
+        raise _refuse(path, offending)
+
+    safe = [(MLPClassifier, "__main__.MLPClassifier"), MLPClassifier,
+            *[(cls, name) for name, cls in _MODULE_CLASSES.items()]]
+    try:
+        with torch.serialization.safe_globals(safe):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure of an untrusted file is exit 4
+        message = str(exc)
+        match = _GLOBAL_IN_MESSAGE.search(message)
+        if match:
+            raise _refuse(path, [match.group(1)]) from None
+        first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        raise ModelsError(f"cannot load classifier {path}: {first_line}") from None
+
+    if isinstance(obj, MLPClassifier):
+        state, eps = _state_from_module(obj, path)
+        return _build(state, path, eps)
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model_state_dict"):
+            if isinstance(obj.get(wrapper), Mapping):
+                obj = obj[wrapper]
+        if all(isinstance(k, str) for k in obj):
+            return _build(OrderedDict(obj), path)
+    raise ModelsError(f"{path} holds a {type(obj).__name__}, not an MLPClassifier or its state_dict")
+
+
+def save_original_way(model: MLPClassifier, path: Path) -> None:
+    """`torch.save(model)` exactly as the original training script did: class `__main__.MLPClassifier`.
+
+    Pickle records a class by module and name and checks that the name resolves to the same object,
+    so a same-named subclass is registered on `__main__` just for the duration of the save.
+    """
+    import sys
+
+    main = sys.modules["__main__"]
+    original_cls = type("MLPClassifier", (MLPClassifier,), {"__module__": "__main__",
+                                                            "__qualname__": "MLPClassifier"})
+    sentinel = object()
+    previous = getattr(main, "MLPClassifier", sentinel)
+    clone = original_cls.__new__(original_cls)
+    clone.__dict__.update(model.__dict__)
+    try:
+        setattr(main, "MLPClassifier", original_cls)
+        torch.save(clone, str(path))
+    finally:
+        if previous is sentinel:
+            delattr(main, "MLPClassifier")
+        else:
+            setattr(main, "MLPClassifier", previous)
+
+
+@torch.no_grad()
+def predict_proba(model: MLPClassifier, features: Any, batch_size: int = 65536) -> np.ndarray:
+    """Softmax class probabilities, float32 `(n, 2)`: column 0 'others', column 1 'virus'.
+
+    `features` is an `(n, input_dim)` array or tensor (DNABERT-S vector then ESM-2 vector, the
+    original's concatenation order). Runs in eval mode on the model's device; NaN/Inf in the result
+    raises `NumericalError` (exit 9).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    if x.dim() != 2 or x.shape[1] != model.input_dim:
+        raise ModelsError(f"classifier expects features of width {model.input_dim}, got shape "
+                          f"{tuple(x.shape)} (embeddings from other models?)")
+    out = np.empty((x.shape[0], model.output_layer.out_features), dtype=np.float32)
+    for start in range(0, x.shape[0], batch_size):
+        batch = x[start:start + batch_size].to(device=device, dtype=torch.float32)
+        out[start:start + batch.shape[0]] = F.softmax(model(batch), dim=1).cpu().numpy()
+    if not np.isfinite(out).all():
+        raise NumericalError("the classifier produced NaN/Inf scores (non-finite embeddings?)")
+    return out

@@ -1,0 +1,192 @@
+"""Batching shared by both encoders: length-grouped batches, row packing, masks and pooling.
+
+Two levels:
+
+* `plan_batches` (caller side) splits a shard into batches of similar token length whose padded
+  size (``n_sequences * longest``) stays within a token budget. Because ORFs of one chunk size are
+  nearly equal in length this wastes almost nothing, and it bounds the memory of one forward.
+* `pack` (encoder side) lays one such batch out as rows of at most ``capacity`` tokens (default:
+  the longest sequence of the batch), placing several short sequences in one row. Every token
+  carries the slot of its sequence within the row and its position within that sequence, so
+  attention is block-diagonal (a token sees only its own sequence), positions restart per
+  sequence, and padding never reaches a real token. A plain padded batch is the special case of
+  one sequence per row.
+
+Pooling is a batched matrix product with a per-row weight matrix (deterministic, fp32), so a
+sequence's vector does not depend on which sequences share its batch or row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Group item indices into batches of similar length within a token budget.
+
+    `lengths` are token counts including special tokens. Items are taken longest first; a batch
+    is closed when adding the next item would make ``len(batch) * longest`` exceed `token_budget`
+    (the padded size, which bounds the packed size too). An item longer than the budget gets a
+    batch of its own. Every index appears exactly once; within a batch indices run from long to
+    short, and batches run from long to short (an out-of-memory batch shows up first).
+    """
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be positive, got {token_budget}")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        length = int(lengths[i])
+        if current and max(longest, length) * (len(current) + 1) > token_budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing packing of items into rows holding at most `capacity` tokens.
+
+    An item longer than `capacity` gets a row of its own. Returns item indices per row.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    if not order:
+        return []
+    shortest = int(lengths[order[-1]])
+    rows: list[list[int]] = []
+    free: list[int] = []
+    open_rows: list[int] = []  # rows that can still take the shortest item
+    for i in order:
+        length = int(lengths[i])
+        placed = False
+        for pos, r in enumerate(open_rows):
+            if free[r] >= length:
+                rows[r].append(i)
+                free[r] -= length
+                if free[r] < shortest:
+                    open_rows.pop(pos)
+                placed = True
+                break
+        if not placed:
+            rows.append([i])
+            free.append(capacity - length)
+            if free[-1] >= shortest:
+                open_rows.append(len(rows) - 1)
+    return rows
+
+
+@dataclass
+class PackedBatch:
+    """One batch laid out as rows; tensors live on the target device.
+
+    ids (R, T) int64 token ids (padding = pad id); slot (R, T) int64 slot of the sequence within
+    its row, -1 for padding; pos (R, T) int64 position within the sequence; pool (R, S, T) float32
+    pooling weights (row s of pool[r] averages the tokens pooled for slot s); where (N, 2) int64
+    (row, slot) of each input sequence in input order.
+    """
+
+    ids: torch.Tensor
+    slot: torch.Tensor
+    pos: torch.Tensor
+    pool: torch.Tensor
+    where: torch.Tensor
+    one_per_row_no_pad: bool
+
+    def attention_mask(self) -> Optional[torch.Tensor]:
+        """Boolean (R, 1, T, T) block-diagonal mask (True = may attend), or None when not needed.
+
+        Padding tokens attend only to padding, so their rows never become all-masked (no NaN) and
+        real tokens never see them.
+        """
+        if self.one_per_row_no_pad:
+            return None
+        return (self.slot[:, :, None] == self.slot[:, None, :]).unsqueeze(1)
+
+    def gather(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(R, S, D) pooled slots -> (N, D) in input order."""
+        return pooled[self.where[:, 0], self.where[:, 1]]
+
+
+def pack(
+    tokens: Sequence[np.ndarray],
+    pad_id: int,
+    device: torch.device,
+    pool_range: Callable[[int], tuple[int, int]],
+    packed: bool = True,
+    capacity: Optional[int] = None,
+    multiple_of: int = 1,
+    token_scale: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+) -> tuple[PackedBatch, Optional[torch.Tensor]]:
+    """Lay `tokens` out as rows (several sequences per row when `packed`, else one per row).
+
+    `pool_range(length) -> (start, stop)` gives the token positions averaged for a sequence of
+    that many tokens. `token_scale(ids) -> float32 array` (optional) gives a per-token factor for
+    one sequence (ESM-2 token dropout); it is returned as an (R, T) float32 tensor, 0 on padding.
+    """
+    lengths = [int(len(t)) for t in tokens]
+    if not lengths:
+        raise ValueError("empty batch")
+    longest = max(lengths)
+    if packed:
+        rows = pack_rows(lengths, max(capacity or longest, longest))
+    else:
+        rows = [[i] for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))]
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    width = -(-width // multiple_of) * multiple_of
+    n_rows, n_slots = len(rows), max(len(row) for row in rows)
+
+    ids = np.full((n_rows, width), pad_id, dtype=np.int64)
+    slot = np.full((n_rows, width), -1, dtype=np.int64)
+    pos = np.zeros((n_rows, width), dtype=np.int64)
+    pool = np.zeros((n_rows, n_slots, width), dtype=np.float32)
+    where = np.zeros((len(lengths), 2), dtype=np.int64)
+    scale = np.zeros((n_rows, width), dtype=np.float32) if token_scale is not None else None
+    for r, row in enumerate(rows):
+        offset = 0
+        for s, i in enumerate(row):
+            length = lengths[i]
+            span = slice(offset, offset + length)
+            ids[r, span] = tokens[i]
+            slot[r, span] = s
+            pos[r, span] = np.arange(length)
+            start, stop = pool_range(length)
+            if stop <= start:
+                raise ValueError(f"sequence {i} has nothing to pool ({length} tokens)")
+            pool[r, s, offset + start:offset + stop] = 1.0 / (stop - start)
+            if scale is not None:
+                scale[r, span] = token_scale(ids[r, span])
+            where[i] = (r, s)
+            offset += length
+    full = all(len(row) == 1 for row in rows) and all(lengths[row[0]] == width for row in rows)
+    batch = PackedBatch(
+        ids=torch.from_numpy(ids).to(device),
+        slot=torch.from_numpy(slot).to(device),
+        pos=torch.from_numpy(pos).to(device),
+        pool=torch.from_numpy(pool).to(device),
+        where=torch.from_numpy(where).to(device),
+        one_per_row_no_pad=full,
+    )
+    return batch, (torch.from_numpy(scale).to(device) if scale is not None else None)
+
+
+def pooled_mean(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Masked means of `hidden` (R, T, D) per sequence, accumulated in fp32 -> (N, D) float32."""
+    return batch.gather(torch.bmm(batch.pool, hidden.float()))
+
+
+def check_token_ids(tokens: Sequence[np.ndarray], vocab_size: int, model: str) -> None:
+    """Refuse ids outside the embedding table (on CUDA they would be a device-side assert)."""
+    for i, t in enumerate(tokens):
+        t = np.asarray(t)
+        if t.ndim != 1 or t.size == 0:
+            raise ValueError(f"{model}: token array {i} must be a non-empty 1-D array")
+        if t.min() < 0 or t.max() >= vocab_size:
+            raise ValueError(f"{model}: token array {i} has ids outside 0..{vocab_size - 1}")

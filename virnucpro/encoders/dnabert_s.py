@@ -1,0 +1,263 @@
+"""DNABERT-S as a plain PyTorch module (no remote code), loading the Hugging Face folder.
+
+Architecture (SPEC §3): embeddings ``LayerNorm(word + token_type[0])`` without position
+embeddings; per layer a fused QKV projection, attention with a symmetric ALiBi bias, output
+projection and post-LayerNorm, then a GeGLU MLP (``gelu(h[:, :I]) * h[:, I:]``, exact GELU) and a
+second post-LayerNorm. The embedding of a sequence is the mean of the last hidden state over all
+its tokens including [CLS] and [SEP] (what the original VirNucPro computes, one sequence at a
+time). The pooler and the MLM head (``cls.*``) are never computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.encoders import describe_load_error
+from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
+from virnucpro.errors import ModelsError
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """ALiBi head slopes; for a non-power-of-two count, the power-of-two series below it is
+    completed by every other slope of the series twice as long."""
+
+    def series(n: int) -> list[float]:
+        first = 2.0 ** (-8.0 / n)
+        return [first ** (k + 1) for k in range(n)]
+
+    if n_heads & (n_heads - 1) == 0:
+        return series(n_heads)
+    lower = 2 ** int(math.floor(math.log2(n_heads)))
+    return series(lower) + series(2 * lower)[0::2][: n_heads - lower]
+
+
+class _Layer(nn.Module):
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.intermediate = intermediate
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.attn_norm = nn.LayerNorm(hidden, eps=eps)
+        self.gated = nn.Linear(hidden, 2 * intermediate, bias=False)
+        self.mlp_out = nn.Linear(intermediate, hidden)
+        self.mlp_norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        rows, width, hidden = x.shape
+        qkv = self.qkv(x).view(rows, width, 3, self.heads, hidden // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        att = att.transpose(1, 2).reshape(rows, width, hidden)
+        x = self.attn_norm(x + self.attn_out(att))
+        h = self.gated(x)
+        h = F.gelu(h[..., : self.intermediate]) * h[..., self.intermediate:]
+        return self.mlp_norm(x + self.mlp_out(h))
+
+
+class DnabertSModule(nn.Module):
+    """The encoder part of DNABERT-S (embeddings + layers), nothing else."""
+
+    def __init__(self, vocab: int, hidden: int, layers: int, heads: int, intermediate: int,
+                 eps: float, type_vocab: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.word = nn.Embedding(vocab, hidden)
+        self.token_type = nn.Embedding(type_vocab, hidden)
+        self.emb_norm = nn.LayerNorm(hidden, eps=eps)
+        self.layers = nn.ModuleList(_Layer(hidden, heads, intermediate, eps) for _ in range(layers))
+        self.slopes = alibi_slopes(heads)
+
+    def alibi(self, pos: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """(R, H, T, T) additive bias: -slope_h * |i - j| within a sequence, -inf elsewhere."""
+        dist = (pos[:, :, None] - pos[:, None, :]).abs().to(torch.float32)
+        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=pos.device)
+        bias = dist.unsqueeze(1) * (-slopes).view(1, -1, 1, 1)
+        if mask is not None:
+            bias = bias.masked_fill(~mask, float("-inf"))
+        return bias.to(dtype)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.emb_norm(self.word(ids) + self.token_type.weight[0])
+        bias = self.alibi(pos, mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+
+# checkpoint key (after an optional "bert." prefix) -> our parameter name
+_EMB_KEYS = {
+    "embeddings.word_embeddings.weight": "word.weight",
+    "embeddings.token_type_embeddings.weight": "token_type.weight",
+    "embeddings.LayerNorm.weight": "emb_norm.weight",
+    "embeddings.LayerNorm.bias": "emb_norm.bias",
+}
+_LAYER_KEYS = {
+    "attention.self.Wqkv.weight": "qkv.weight",
+    "attention.self.Wqkv.bias": "qkv.bias",
+    "attention.output.dense.weight": "attn_out.weight",
+    "attention.output.dense.bias": "attn_out.bias",
+    "attention.output.LayerNorm.weight": "attn_norm.weight",
+    "attention.output.LayerNorm.bias": "attn_norm.bias",
+    "mlp.gated_layers.weight": "gated.weight",
+    "mlp.wo.weight": "mlp_out.weight",
+    "mlp.wo.bias": "mlp_out.bias",
+    "mlp.layernorm.weight": "mlp_norm.weight",
+    "mlp.layernorm.bias": "mlp_norm.bias",
+}
+# present in real checkpoints, never computed
+_UNUSED_PREFIXES = ("cls.", "pooler.")
+_UNUSED_KEYS = {"embeddings.position_ids", "embeddings.token_type_ids"}
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelsError(f"DNABERT-S: {path} is missing", hint="virnucpro models download --only dnabert_s")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({exc})") from exc
+    need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    missing = [k for k in need if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ModelsError(f"DNABERT-S: {path} lacks integer field(s) {', '.join(missing)}")
+    if cfg["hidden_size"] % cfg["num_attention_heads"]:
+        raise ModelsError(f"DNABERT-S: {path}: hidden_size {cfg['hidden_size']} is not a multiple of "
+                          f"num_attention_heads {cfg['num_attention_heads']}")
+    return cfg
+
+
+def _weights(folder: Path) -> tuple[Path, dict]:
+    st, binfile = folder / "model.safetensors", folder / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+            return st, load_file(str(st), device="cpu")
+        if binfile.is_file():
+            try:
+                state = torch.load(str(binfile), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+                state = torch.load(str(binfile), map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+            return binfile, state
+    except ModelsError:
+        raise
+    except Exception as exc:  # corrupt, truncated or not weights at all
+        path = st if st.is_file() else binfile
+        raise ModelsError(f"DNABERT-S: cannot read weights {path}: {describe_load_error(exc)}",
+                          hint="re-download it: virnucpro models download --only dnabert_s") from exc
+    raise ModelsError(f"DNABERT-S: neither model.safetensors nor pytorch_model.bin in {folder}",
+                      hint="virnucpro models download --only dnabert_s")
+
+
+def _map_state(path: Path, state: dict, n_layers: int) -> dict[str, torch.Tensor]:
+    wanted = dict(_EMB_KEYS)
+    for i in range(n_layers):
+        for key, ours in _LAYER_KEYS.items():
+            wanted[f"encoder.layer.{i}.{key}"] = f"layers.{i}.{ours}"
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, tensor in state.items():
+        bare = key[len("bert."):] if key.startswith("bert.") else key
+        if bare in wanted:
+            mapped[wanted[bare]] = tensor
+        elif not (key.startswith(_UNUSED_PREFIXES) or bare.startswith(_UNUSED_PREFIXES)
+                  or bare in _UNUSED_KEYS):
+            unexpected.append(key)
+    missing = [k for k, ours in wanted.items() if ours not in mapped]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s), e.g. {', '.join(sorted(missing)[:3])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(sorted(unexpected)[:3])}")
+    if problems:
+        raise ModelsError(f"DNABERT-S: {path} does not match its config.json: " + "; ".join(problems))
+    return mapped
+
+
+def _tokenizer(folder: Path, vocab: int):
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ModelsError(f"DNABERT-S: {path} is missing", hint="virnucpro models download --only dnabert_s")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelsError(f"DNABERT-S: {path} is not a valid tokenizer ({exc})") from exc
+    # the original calls tokenizer(seq) without truncation or padding
+    tok.no_truncation()
+    tok.no_padding()
+    cls_id, sep_id, pad_id = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+    if cls_id is None or sep_id is None:
+        raise ModelsError(f"DNABERT-S: {path} lacks the [CLS]/[SEP] tokens")
+    probe = tok.encode("ACGT").ids
+    if not probe or probe[0] != cls_id or probe[-1] != sep_id:
+        raise ModelsError(f"DNABERT-S: {path} does not add [CLS] ... [SEP] around a sequence")
+    if tok.get_vocab_size(with_added_tokens=True) > vocab:
+        raise ModelsError(f"DNABERT-S: {path} has {tok.get_vocab_size(with_added_tokens=True)} tokens "
+                          f"but the model's vocab_size is {vocab}")
+    return tok, (pad_id if pad_id is not None else 0)
+
+
+class DnabertSEncoder:
+    """Loads a DNABERT-S folder and turns nucleotide sequences into pooled vectors."""
+
+    name = "dnabert_s"
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype = torch.float32):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelsError(f"DNABERT-S: model folder {folder} is missing",
+                              hint="virnucpro models download --only dnabert_s")
+        cfg = _config(folder)
+        path, state = _weights(folder)
+        self.width = int(cfg["hidden_size"])
+        self.vocab_size = int(cfg["vocab_size"])
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.tokenizer, self.pad_id = _tokenizer(folder, self.vocab_size)
+        with torch.device("meta"):
+            module = DnabertSModule(self.vocab_size, self.width, int(cfg["num_hidden_layers"]),
+                                    int(cfg["num_attention_heads"]), int(cfg["intermediate_size"]),
+                                    float(cfg.get("layer_norm_eps", 1e-12)),
+                                    int(cfg.get("type_vocab_size", 2)))
+        mapped = _map_state(path, state, int(cfg["num_hidden_layers"]))
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        for key, tensor in mapped.items():
+            if tuple(tensor.shape) != expected[key]:
+                raise ModelsError(f"DNABERT-S: {path}: tensor for {key} has shape {tuple(tensor.shape)}, "
+                                  f"config.json implies {expected[key]}")
+        module.load_state_dict(mapped, strict=True, assign=True)
+        self.module = module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+
+    def tokenize(self, sequences: list[str]) -> list[np.ndarray]:
+        """Token ids (int64) of each sequence, with [CLS] ... [SEP], as the HF tokenizer gives."""
+        return [np.asarray(e.ids, dtype=np.int64)
+                for e in self.tokenizer.encode_batch(list(sequences), add_special_tokens=True)]
+
+    def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
+        """Mean of the last hidden state over all tokens of each sequence -> (N, width) float32 CPU.
+
+        All sequences go through one forward; with `packed` several short ones may share a row
+        (block-diagonal attention), otherwise it is a padded batch. torch.cuda.OutOfMemoryError
+        propagates to the caller, who retries with fewer sequences.
+        """
+        if len(tokens) == 0:
+            return torch.empty((0, self.width), dtype=torch.float32)
+        check_token_ids(tokens, self.vocab_size, "DNABERT-S")
+        batch, _ = pack(tokens, self.pad_id, self.device, lambda n: (0, n), packed=packed,
+                        multiple_of=8 if self.device.type == "cuda" else 1)
+        with torch.inference_mode():
+            hidden = self.module(batch.ids, batch.pos, batch.attention_mask())
+            return pooled_mean(hidden, batch).cpu()

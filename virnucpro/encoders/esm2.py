@@ -1,0 +1,320 @@
+"""ESM-2 as a plain PyTorch module, loading fair-esm checkpoints of any size.
+
+Same math as fair-esm's `esm.model.esm2.ESM2` up to the final layer norm: token embedding with
+the token-dropout rescale (x 0.88 / (1 - fraction of <mask> tokens); x 0.88 without masks),
+pre-LayerNorm layers with rotary self-attention (fp32 angles, cos and sin even when the weights
+are fp16/bf16) and an exact-erf GELU MLP, then `emb_layer_norm_after`. The LM head and the
+contact head are never computed. The embedding of a protein is the mean of the last layer over
+residues 1..min(1024, L) (no BOS/EOS/padding), as the original VirNucPro computes it from
+`repr_layers=[36]` on the whole, untruncated sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.encoders import describe_load_error
+from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
+from virnucpro.errors import ModelsError
+
+# fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
+# filler to a multiple of 8, then <mask>.
+_STANDARD = "LAGVSERTIDPKQNFYMHWCXBUZO.-"
+TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *_STANDARD, "<null_1>", "<mask>"]
+TOKEN_ID = {t: i for i, t in enumerate(TOKENS)}
+CLS, PAD, EOS, MASK = (TOKEN_ID[t] for t in ("<cls>", "<pad>", "<eos>", "<mask>"))
+_LOOKUP = np.full(256, -1, dtype=np.int64)
+for _i, _t in enumerate(TOKENS):
+    if len(_t) == 1:
+        _LOOKUP[ord(_t)] = _i
+_SPECIAL = re.compile(r"(<[^<>\s]+>)")
+
+MAX_POOLED_RESIDUES = 1024  # the original's truncation_seq_length (pooling only)
+_TOKEN_DROPOUT_TRAIN = 0.15 * 0.8
+
+
+def encode_protein(seq: str) -> np.ndarray:
+    """<cls> + residues + <eos>, as fair-esm's batch converter (no truncation) encodes them.
+
+    Special tokens written in the text (e.g. ``<mask>``) become that token; whitespace is
+    dropped; any other character unknown to the alphabet is an error (fair-esm raises KeyError).
+    """
+    if "<" in seq or any(c.isspace() for c in seq):
+        parts: list[int] = []
+        for k, piece in enumerate(_SPECIAL.split(seq)):
+            if k % 2:  # a "<...>" token
+                if piece not in TOKEN_ID:
+                    raise ValueError(f"unknown ESM token {piece!r}")
+                parts.append(TOKEN_ID[piece])
+            elif piece.strip():
+                parts.extend(encode_protein("".join(piece.split()))[1:-1].tolist())
+        body = np.asarray(parts, dtype=np.int64)
+    else:
+        raw = np.frombuffer(seq.encode("latin-1", errors="replace"), dtype=np.uint8)
+        body = _LOOKUP[raw]
+        if (body < 0).any():
+            bad = seq[int(np.flatnonzero(body < 0)[0])]
+            raise ValueError(f"character {bad!r} is not in the ESM alphabet")
+    out = np.empty(len(body) + 2, dtype=np.int64)
+    out[0], out[-1] = CLS, EOS
+    out[1:-1] = body
+    return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class _Layer(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.attn_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_out = nn.Linear(dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        rows, width, dim = x.shape
+        qkv = self.qkv(self.attn_norm(x)).view(rows, width, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q32, k32 = q.float(), k.float()
+        q = (q32 * cos + _rotate_half(q32) * sin).to(x.dtype)
+        k = (k32 * cos + _rotate_half(k32) * sin).to(x.dtype)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.attn_out(att.transpose(1, 2).reshape(rows, width, dim))
+        return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
+
+
+class Esm2Module(nn.Module):
+    """ESM-2 trunk: embeddings, layers, final layer norm (no LM or contact head)."""
+
+    def __init__(self, layers: int, dim: int, heads: int, vocab: int = len(TOKENS)):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(_Layer(dim, heads) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(dim)
+
+    def rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (R, 1, T, head_dim), always fp32."""
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=pos.device,
+                                                  dtype=torch.float32) / self.head_dim))
+        angles = pos.to(torch.float32).unsqueeze(-1) * inv_freq
+        angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)
+        return angles.cos(), angles.sin()
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.embed(ids) * scale.unsqueeze(-1).to(self.embed.weight.dtype)
+        cos, sin = self.rotary(pos)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.final_norm(x)
+
+
+_LAYER_KEYS = {
+    "self_attn_layer_norm.weight": "attn_norm.weight",
+    "self_attn_layer_norm.bias": "attn_norm.bias",
+    "self_attn.out_proj.weight": "attn_out.weight",
+    "self_attn.out_proj.bias": "attn_out.bias",
+    "final_layer_norm.weight": "mlp_norm.weight",
+    "final_layer_norm.bias": "mlp_norm.bias",
+    "fc1.weight": "fc1.weight",
+    "fc1.bias": "fc1.bias",
+    "fc2.weight": "fc2.weight",
+    "fc2.bias": "fc2.bias",
+}
+_QKV = ("q_proj", "k_proj", "v_proj")
+_UNUSED_PREFIXES = ("lm_head.", "contact_head.")
+
+
+def _field(cfg, *names):
+    for name in names:
+        value = cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _read_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelsError(f"ESM-2: checkpoint {path} is missing",
+                          hint="virnucpro models download --only esm2")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc):
+                    raise
+                data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelsError(f"ESM-2: cannot read checkpoint {path}: {describe_load_error(exc)}",
+                          hint="re-download it: virnucpro models download --only esm2") from exc
+    return data
+
+
+def _architecture(path: Path, data: Mapping, state: Mapping) -> tuple[int, int, int, bool]:
+    cfg = None
+    if isinstance(data.get("cfg"), Mapping) and data["cfg"].get("model") is not None:
+        cfg = data["cfg"]["model"]
+    elif data.get("args") is not None:
+        cfg = data["args"]
+    if cfg is None:
+        raise ModelsError(f"ESM-2: {path} has neither cfg['model'] nor args")
+    heads = _field(cfg, "encoder_attention_heads", "attention_heads")
+    if not isinstance(heads, int) or heads < 1:
+        raise ModelsError(f"ESM-2: {path}: configuration lacks the number of attention heads")
+    emb = state.get("embed_tokens.weight")
+    if emb is None:
+        raise ModelsError(f"ESM-2: {path}: missing key embed_tokens.weight")
+    found_layers = {int(m.group(1)) for k in state for m in [re.match(r"layers\.(\d+)\.", k)] if m}
+    layers = _field(cfg, "encoder_layers", "layers")
+    dim = _field(cfg, "encoder_embed_dim", "embed_dim")
+    layers = len(found_layers) if layers is None else int(layers)
+    dim = int(emb.shape[1]) if dim is None else int(dim)
+    token_dropout = _field(cfg, "token_dropout")
+    token_dropout = True if token_dropout is None else bool(token_dropout)
+    if tuple(emb.shape) != (len(TOKENS), dim):
+        raise ModelsError(f"ESM-2: {path}: embed_tokens.weight has shape {tuple(emb.shape)}, "
+                          f"expected ({len(TOKENS)}, {dim}) for the ESM-2 alphabet and embed dim")
+    if dim % heads or (dim // heads) % 2:
+        raise ModelsError(f"ESM-2: {path}: embed dim {dim} does not split into {heads} heads "
+                          f"of even size")
+    return layers, dim, heads, token_dropout
+
+
+def _map_state(path: Path, state: Mapping, layers: int) -> dict[str, torch.Tensor]:
+    mapped: dict[str, torch.Tensor] = {}
+    consumed = set()
+
+    def take(key: str) -> torch.Tensor | None:
+        if key in state:
+            consumed.add(key)
+            return state[key]
+        return None
+
+    missing = []
+    for ours, theirs in (("embed.weight", "embed_tokens.weight"),
+                         ("final_norm.weight", "emb_layer_norm_after.weight"),
+                         ("final_norm.bias", "emb_layer_norm_after.bias")):
+        t = take(theirs)
+        if t is None:
+            missing.append(theirs)
+        else:
+            mapped[ours] = t
+    for i in range(layers):
+        pre = f"layers.{i}."
+        for theirs, ours in _LAYER_KEYS.items():
+            t = take(pre + theirs)
+            if t is None:
+                missing.append(pre + theirs)
+            else:
+                mapped[f"layers.{i}.{ours}"] = t
+        for kind in ("weight", "bias"):
+            parts = [take(f"{pre}self_attn.{p}.{kind}") for p in _QKV]
+            if any(p is None for p in parts):
+                missing.extend(f"{pre}self_attn.{p}.{kind}" for p, t in zip(_QKV, parts) if t is None)
+            else:
+                mapped[f"layers.{i}.qkv.{kind}"] = torch.cat(parts, dim=0)
+        take(pre + "self_attn.rot_emb.inv_freq")  # recomputed in fp32
+    unexpected = [k for k in state if k not in consumed and not k.startswith(_UNUSED_PREFIXES)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s), e.g. {', '.join(sorted(missing)[:3])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(sorted(unexpected)[:3])}")
+    if problems:
+        raise ModelsError(f"ESM-2: {path} does not match an ESM-2 with {layers} layers: "
+                          + "; ".join(problems))
+    return mapped
+
+
+def _strip_prefixes(state: Mapping) -> dict:
+    # fair-esm's own upgrade: drop "encoder.sentence_encoder." then "encoder."
+    pattern = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+    return {pattern.sub("", k): v for k, v in state.items()}
+
+
+class Esm2Encoder:
+    """Loads a fair-esm ESM-2 checkpoint and turns proteins into pooled vectors."""
+
+    name = "esm2"
+
+    def __init__(self, checkpoint: Path, device: torch.device, dtype: torch.dtype = torch.float32):
+        path = Path(checkpoint)
+        self._build(path, _read_checkpoint(path), device, dtype)
+
+    @classmethod
+    def from_checkpoint_data(cls, data: Mapping, device: torch.device,
+                             dtype: torch.dtype = torch.float32, label: str = "<memory>") -> "Esm2Encoder":
+        """Build from an already loaded fair-esm checkpoint dict (benchmarks, tests)."""
+        self = cls.__new__(cls)
+        self._build(Path(label), data, device, dtype)
+        return self
+
+    def _build(self, path: Path, data: Mapping, device, dtype: torch.dtype) -> None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+            raise ModelsError(f"ESM-2: {path} is not a fair-esm checkpoint (no 'model' state dict)")
+        state = _strip_prefixes(data["model"])
+        layers, dim, heads, token_dropout = _architecture(path, data, state)
+        mapped = _map_state(path, state, layers)
+        with torch.device("meta"):
+            module = Esm2Module(layers, dim, heads)
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        for key, tensor in mapped.items():
+            if tuple(tensor.shape) != expected[key]:
+                raise ModelsError(f"ESM-2: {path}: tensor for {key} has shape {tuple(tensor.shape)}, "
+                                  f"expected {expected[key]}")
+        module.load_state_dict(mapped, strict=True, assign=True)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.width = dim
+        self.num_layers = layers
+        self.token_dropout = token_dropout
+        self.module = module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+
+    def tokenize(self, sequences: list[str]) -> list[np.ndarray]:
+        """<cls> + residues + <eos> ids (int64) per protein."""
+        return [encode_protein(s) for s in sequences]
+
+    def _token_scale(self, ids: np.ndarray) -> np.ndarray:
+        scale = np.ones(len(ids), dtype=np.float32)
+        if self.token_dropout:
+            masked = ids == MASK
+            scale[:] = (1.0 - _TOKEN_DROPOUT_TRAIN) / (1.0 - masked.sum() / len(ids))
+            scale[masked] = 0.0
+        return scale
+
+    def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
+        """Mean of the last layer over residues 1..min(1024, L) -> (N, width) float32 on CPU.
+
+        One forward for all; with `packed` several short proteins may share a row (block-diagonal
+        attention, rotary positions restarting per protein), otherwise a padded batch.
+        torch.cuda.OutOfMemoryError propagates to the caller.
+        """
+        if len(tokens) == 0:
+            return torch.empty((0, self.width), dtype=torch.float32)
+        check_token_ids(tokens, len(TOKENS), "ESM-2")
+        batch, scale = pack(tokens, PAD, self.device,
+                            lambda n: (1, 1 + min(MAX_POOLED_RESIDUES, n - 2)), packed=packed,
+                            multiple_of=8 if self.device.type == "cuda" else 1,
+                            token_scale=self._token_scale)
+        with torch.inference_mode():
+            hidden = self.module(batch.ids, batch.pos, scale, batch.attention_mask())
+            return pooled_mean(hidden, batch).cpu()

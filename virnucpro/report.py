@@ -1,0 +1,125 @@
+"""report.html: one self-contained page (inline CSS and SVG, no external URL) a person can trust.
+
+Every number on it comes from the same counts and tables that predict writes, and the page shows
+how input sequences reconcile to chunks, ORFs and table rows.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;
+color:#1d2733;line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde3ea;
+padding-bottom:.3rem}.sub{color:#5b6b7c;margin-top:0}
+.banner{background:#fff3cd;border:1px solid #e0b400;padding:.8rem 1rem;border-radius:6px;font-weight:600}
+.cards{display:flex;gap:.8rem;flex-wrap:wrap}.card{flex:1 1 9rem;border:1px solid #dde3ea;border-radius:8px;
+padding:.7rem .9rem}.card b{display:block;font-size:1.5rem}.card span{color:#5b6b7c;font-size:.85rem}
+.virus b{color:#b4232a}.others b{color:#1f6f43}
+table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{text-align:left;padding:.3rem .5rem;
+border-bottom:1px solid #edf0f4}th{background:#f5f7fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1f6f43}.bad{color:#b4232a}footer{margin-top:2.5rem;color:#5b6b7c;font-size:.8rem}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _histogram_svg(counts: list[int]) -> str:
+    width, height, pad = 640, 220, 32
+    top = max(counts) if any(counts) else 1
+    bar = (width - 2 * pad) / len(counts)
+    parts = [f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'aria-label="Histogram of ORF virus scores">']
+    for i, count in enumerate(counts):
+        h = (height - 2 * pad) * count / top
+        x, y = pad + i * bar, height - pad - h
+        colour = "#b4232a" if (i + 0.5) / len(counts) >= 0.5 else "#1f6f43"
+        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colour}">'
+                     f'<title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {count:,} ORFs</title></rect>')
+    axis_y = height - pad
+    parts.append(f'<line x1="{pad}" y1="{axis_y}" x2="{width - pad}" y2="{axis_y}" stroke="#5b6b7c"/>')
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        x = pad + tick * (width - 2 * pad)
+        parts.append(f'<text x="{x:.1f}" y="{axis_y + 16}" font-size="11" text-anchor="middle" '
+                     f'fill="#5b6b7c">{tick:g}</text>')
+    parts.append(f'<text x="{pad}" y="{pad - 10}" font-size="11" fill="#5b6b7c">max bin: {top:,} ORFs</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> str:
+    checks = [
+        ("input sequences", counts["sequences"],
+         f"{counts['sequences'] - counts['empty_sequences']:,} with bases + {counts['empty_sequences']:,} empty"),
+        ("chunks", counts["chunks"],
+         f"{n_chunks_scored:,} with ORFs + {counts['chunks_without_orf']:,} without",
+         n_chunks_scored + counts["chunks_without_orf"] == counts["chunks"]),
+        ("ORFs (stop-free frames)", counts["orfs"], f"{rows:,} rows in prediction_results.txt", rows == counts["orfs"]),
+        ("sequences called", sum(calls.values()),
+         " + ".join(f"{calls[k]:,} {k}" for k in ("virus", "others", "no_orf", "empty")),
+         sum(calls.values()) == counts["sequences"]),
+    ]
+    body = []
+    for check in checks:
+        label, value, detail = check[:3]
+        status = "" if len(check) == 3 else ('<span class="ok">reconciles</span>' if check[3]
+                                             else '<span class="bad">DOES NOT RECONCILE</span>')
+        body.append(f"<tr><td>{_e(label)}</td><td class='n'>{value:,}</td><td>{_e(detail)}</td><td>{status}</td></tr>")
+    return ("<table><tr><th>stage</th><th>count</th><th>breakdown</th><th>check</th></tr>"
+            + "".join(body) + "</table>")
+
+
+def _top_table(top: list) -> str:
+    if not top:
+        return "<p>No sequence had an ORF to score.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td><td class='n'>{length:,}</td><td class='n'>{n_chunks}</td>"
+        f"<td class='n'>{fraction:.2f}</td><td class='n'>{best:.4f}</td><td>{_e(call)}</td></tr>"
+        for fraction, best, name, length, n_chunks, call in top)
+    return ("<table><tr><th>sequence</th><th>length (bp)</th><th>chunks</th><th>fraction virus</th>"
+            "<th>max virus score</th><th>call</th></tr>" + rows + "</table>")
+
+
+def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, summary: dict,
+                 histogram: list[int], run_info: dict) -> None:
+    counts, calls = manifest["counts"], summary["calls"]
+    banner = ('<p class="banner">Made with TINY RANDOM MODELS (tests only): these scores mean nothing.</p>'
+              if run_info["tiny_models"] else "")
+    inputs = "".join(f"<tr><td>{_e(i['path'])}</td><td class='n'>{i['records']:,}</td>"
+                     f"<td><code>{_e(i['sha256'][:16])}…</code></td></tr>" for i in manifest["inputs"])
+    seconds = ", ".join(f"{stage} {value:,.1f} s" for stage, value in run_info["seconds"].items())
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>virnucpro report</title>
+<style>{STYLE}</style></head><body>
+<h1>virnucpro report</h1>
+<p class="sub">virnucpro {_e(run_info['virnucpro_version'])} · chunk size {manifest['chunk_size']} ·
+threshold {run_info['threshold']:g} · precision {_e(', '.join(run_info['precision']))} ·
+device {_e(', '.join(run_info['device']))}</p>
+{banner}
+<div class="cards">
+<div class="card"><b>{counts['sequences']:,}</b><span>input sequences</span></div>
+<div class="card virus"><b>{calls['virus']:,}</b><span>called virus</span></div>
+<div class="card others"><b>{calls['others']:,}</b><span>called others</span></div>
+<div class="card"><b>{calls['no_orf']:,}</b><span>without any ORF</span></div>
+<div class="card"><b>{calls['empty']:,}</b><span>empty records</span></div>
+</div>
+<h2>From input to answers</h2>
+{_reconciliation(counts, rows, n_chunks_scored, calls)}
+<p>A sequence is called virus when at least {run_info['threshold']:g} of its chunks that have ORFs are
+virus chunks; a chunk is virus when its best ORF's virus score is at least its best others score (the
+original's rule).</p>
+<h2>Virus score of every ORF</h2>
+{_histogram_svg(histogram)}
+<h2>Top sequences</h2>
+{_top_table(summary['top'])}
+<h2>Inputs</h2>
+<table><tr><th>file</th><th>records</th><th>sha256</th></tr>{inputs}</table>
+<footer>Tables: prediction_results.txt and prediction_results_highestscore.csv (original format),
+chunks.tsv, sequences.tsv; provenance in run_info.json. Time: {_e(seconds)}.</footer>
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")

@@ -1,0 +1,93 @@
+"""`virnucpro run`: prepare -> embed every shard -> predict, in one process, resumable.
+
+Intermediate files live in `OUTDIR/.virnucpro-work/` while it runs. A rerun after a kill skips a
+finished prepare (same inputs, same chunk size) and finished embedding shards, and resumes the
+interrupted shard from its checkpoint. After success the work folder is removed (embeddings are
+kept under `OUTDIR/embeddings/` with `--keep-embeddings`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from virnucpro import h5shard
+from virnucpro import prepared as fmt
+from virnucpro.console import info
+from virnucpro.errors import VirnucproError
+
+WORK = ".virnucpro-work"
+
+
+def _prepare_is_current(prepared: Path, inputs: Sequence[Path], chunk_size: int) -> bool:
+    """A finished prepare of exactly these input files (by content) at this chunk size."""
+    try:
+        manifest = fmt.load_manifest(prepared)
+    except VirnucproError:
+        return False
+    if manifest["chunk_size"] != chunk_size or len(manifest["inputs"]) != len(inputs):
+        return False
+    return all(Path(path).is_file() and fmt.sha256_of(Path(path)) == entry["sha256"]
+               for path, entry in zip(inputs, manifest["inputs"]))
+
+
+def _embedding_is_current(h5: Path, shard: dict) -> bool:
+    if not h5.exists():
+        return False
+    try:
+        return h5shard.read_info(h5).shard_sha256 == shard["sha256"]
+    except VirnucproError:
+        return False
+
+
+def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Path | None = None,
+        classifier: Path | None = None, device: str = "auto", precision: str = "auto",
+        keep_embeddings: bool = False, offline: bool = False, threads: int | None = None,
+        threshold: float = 0.5, token_budget: int | None = None) -> Path:
+    """All stages for one sample; returns the output directory."""
+    from virnucpro import store
+    from virnucpro.embed import embed
+    from virnucpro.predict import predict
+    from virnucpro.prepare import prepare
+
+    inputs = [Path(p) for p in inputs]
+    outdir = Path(outdir)
+    work = outdir / WORK
+    prepared = work / "prepared"
+    seconds: dict[str, float] = {}
+
+    started = time.monotonic()
+    if _prepare_is_current(prepared, inputs, chunk_size):
+        info(f"prepare: already done for these inputs ({prepared}), reusing it")
+        manifest = fmt.load_manifest(prepared)
+    else:
+        manifest = prepare(inputs, prepared, chunk_size=chunk_size)
+    seconds["prepare"] = round(time.monotonic() - started, 3)
+
+    roles = ["esm2", "dnabert_s"] + ([] if classifier else [f"classifier_{chunk_size}"])
+    model_set = store.ensure(models, roles=roles, offline=offline)
+
+    started = time.monotonic()
+    embeddings = []
+    for shard in manifest["shards"]:
+        h5 = work / "embeddings" / Path(shard["file"]).with_suffix(".h5").name
+        h5.parent.mkdir(parents=True, exist_ok=True)
+        if _embedding_is_current(h5, shard):
+            info(f"embed: {h5.name} already done, reusing it")
+        else:
+            embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=device,
+                  precision=precision, token_budget=token_budget, threads=threads, model_set=model_set)
+        embeddings.append(h5)
+    seconds["embed"] = round(time.monotonic() - started, 3)
+
+    predict(prepared, embeddings, outdir, classifier=classifier or model_set.classifier(chunk_size),
+            threshold=threshold, stage_seconds=seconds)
+    if keep_embeddings:
+        kept = outdir / "embeddings"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.move(str(work / "embeddings"), kept)
+        info(f"embeddings kept in {kept}")
+    shutil.rmtree(work, ignore_errors=True)
+    return outdir
