@@ -25,7 +25,8 @@ sys.path.insert(0, str(HERE))
 from synthetic import write_reads  # noqa: E402
 
 # A plain implementation of the original algorithm (SPEC §1 steps 1-3): per-line FASTA parsing,
-# per-codon dictionary translation, string concatenation. Run as a script in a subprocess.
+# per-codon dictionary translation, string concatenation, plus the same bookkeeping `prepare` does
+# (duplicate ids, chunk and sequence tables), so both sides do the whole command's work.
 PURE_PYTHON = r'''
 import math, sys
 from Bio.Data.CodonTable import standard_dna_table
@@ -65,16 +66,26 @@ def translate(s, f):
     return out
 
 inp, out, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with open(out, "w") as w:
+seen = set()
+with open(out, "w") as w, open(out + ".chunks", "w") as wc, open(out + ".sequences", "w") as ws:
     for rid, seq in records(inp):
+        if rid in seen:
+            sys.exit(f"duplicate id {rid}")
+        seen.add(rid)
+        n_seq = 0
         for k, chunk in chunks(seq, size):
             up = chunk.upper()
             rc = up.translate(COMP)[::-1]
+            n_chunk = 0
             for strand, label in ((up, "F"), (rc, "R")):
                 for f in range(3):
                     protein = translate(strand, f)
                     if protein and "*" not in protein:
                         w.write(f"{rid}_chunk_{k + 1}{label}{f + 1}\t{strand[f:f + 3 * len(protein) + 1]}\t{protein}\n")
+                        n_chunk += 1
+            wc.write(f"{rid}_chunk_{k + 1}\t{rid}\t{len(chunk)}\t{n_chunk}\n")
+            n_seq += n_chunk
+        ws.write(f"{rid}\t{len(seq)}\t{n_seq}\n")
 '''
 
 MEASURE = r'''

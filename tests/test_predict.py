@@ -221,3 +221,36 @@ def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_
     for name in TABLES:
         assert (out / name).read_text() == (chained / "out" / name).read_text(), name
     assert not (out / ".virnucpro-work").exists()
+
+
+def test_predict_refuses_to_write_into_the_prepared_directory(run_cli, golden_prepared, golden_embeddings, tiny_models):
+    before = (golden_prepared / "chunks.tsv").read_text()
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", golden_prepared, "--models", tiny_models)
+    assert code == 3 and "choose another --outdir" in message
+    assert (golden_prepared / "chunks.tsv").read_text() == before
+
+
+def test_run_rerun_with_other_precision_recomputes_embeddings(tmp_path, reference_dir, tiny_models, run_cli):
+    from virnucpro.run import WORK
+
+    fasta = reference_dir / "vanilla/test_with_orfs.fa"
+    out = tmp_path / "o"
+    assert run_cli("run", fasta, "--outdir", out, "--models", tiny_models, "--device", "cpu",
+                   "--precision", "bf16", "--keep-embeddings")[0] == 0
+    # leave a finished bf16 embedding where a rerun would look for it
+    (out / WORK / "embeddings").mkdir(parents=True)
+    shutil.copy(out / "embeddings" / "shard_00000.h5", out / WORK / "embeddings" / "shard_00000.h5")
+    code, message = run_cli("run", fasta, "--outdir", out, "--models", tiny_models, "--device", "cpu",
+                            "--precision", "fp32")
+    assert code == 0 and "already done" not in message.split("prepare")[-1]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["precision"] == ["fp32"]
+
+
+def test_run_checks_models_before_preparing(tmp_path, reference_dir, run_cli):
+    out = tmp_path / "o"
+    code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", out,
+                            "--models", tmp_path / "none", "--offline")
+    assert code == 4 and "models" in message
+    assert not (out / ".virnucpro-work" / "prepared").exists()

@@ -145,8 +145,6 @@ def test_unreadable_file(tmp_path, run_cli):
 
 def test_chunk_size_other_than_300_500_needs_opt_in(tmp_path, run_cli):
     path = write(tmp_path / "in.fa", GOOD)
-    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out", "--chunk-size", "400")
-    assert code == 3 and "--allow-any-chunk-size" in message
     code, _ = run_cli("prepare", path, "--outdir", tmp_path / "out", "--chunk-size", "400",
                       "--allow-any-chunk-size")
     assert code == 0 and fmt.load_manifest(tmp_path / "out")["chunk_size"] == 400
@@ -184,3 +182,53 @@ def test_ten_mbp_contig_in_bounded_memory(tmp_path):
     manifest = fmt.load_manifest(tmp_path / "out")
     assert manifest["counts"]["chunks"] == 20_000 and manifest["counts"]["bases"] == 10_000_000
     assert peak_kb < 250 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+@pytest.mark.parametrize("variant", ["cr_only", "bom", "utf8_id"])
+def test_old_mac_line_ends_bom_and_unicode_ids(tmp_path, run_cli, variant):
+    path = tmp_path / "in.fa"
+    if variant == "cr_only":
+        path.write_bytes(b">a x\rATGAAACCCGGG\r>b\rATGCCCAAA\r")
+        expected = ["a", "b"]
+    elif variant == "bom":
+        path.write_bytes(b"\xef\xbb\xbf>a\nATGAAACCCGGG\n")
+        expected = ["a"]
+    else:
+        path.write_bytes(">s\u00e9q-\u03b1 d\u00e9sc\nATGAAACCCGGG\n".encode())
+        expected = ["s\u00e9q-\u03b1"]
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    rows = list(fmt.read_table(tmp_path / "out" / fmt.SEQUENCES))
+    assert [r["sequence_id"] for r in rows] == expected
+    assert all(r["length"] != "0" for r in rows)
+    orf_ids = [line.split("\t")[0] for line in shard_text(tmp_path / "out").splitlines()[1:]]
+    assert orf_ids and orf_ids[0].startswith(expected[0] + "_chunk_1")
+
+
+def test_outdir_holding_a_foreign_manifest_is_refused(tmp_path, run_cli):
+    path = write(tmp_path / "in.fa", GOOD)
+    out = tmp_path / "models-like"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"format_version": 1, "models": {}}')
+    (out / "thesis.txt").write_text("precious")
+    code, message = run_cli("prepare", path, "--outdir", out)
+    assert code == 3 and "not a prepare directory" in message
+    assert (out / "thesis.txt").read_text() == "precious"
+
+
+def test_rerun_replaces_its_own_earlier_output(tmp_path, run_cli):
+    path = write(tmp_path / "in.fa", GOOD)
+    assert run_cli("prepare", path, "--outdir", tmp_path / "out")[0] == 0
+    path.write_text(GOOD.replace(">s2", ">s3"))
+    assert run_cli("prepare", path, "--outdir", tmp_path / "out")[0] == 0
+    assert [r["sequence_id"] for r in fmt.read_table(tmp_path / "out" / fmt.SEQUENCES)] == ["s1", "s3"]
+
+
+def test_bad_option_values_are_usage_errors(tmp_path, run_cli):
+    path = write(tmp_path / "in.fa", GOOD)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out", "--chunk-size", "400")
+    assert code == 2 and "--allow-any-chunk-size" in message
+    code, _ = run_cli("embed", tmp_path / "x.tsv", "--out", tmp_path / "x.h5", "--precision", "fp8")
+    assert code == 2
+    code, _ = run_cli("run", path, "--outdir", tmp_path / "o", "--device", "tpu")
+    assert code == 2

@@ -283,8 +283,14 @@ def load_classifier(path: Path) -> MLPClassifier:
         match = _GLOBAL_IN_MESSAGE.search(message)
         if match:
             raise _refuse(path, [match.group(1)]) from None
+        # torch's own text may advise weights_only=False: exactly the unsafe load we refuse
         first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-        raise ModelsError(f"cannot load classifier {path}: {first_line}") from None
+        if "weights_only" in first_line:
+            first_line = type(exc).__name__
+        raise ModelsError(f"cannot load classifier {path}: not an original .pth, a state_dict or a "
+                          f"safetensors file ({first_line})",
+                          hint="give the 300_model.pth/500_model.pth of VirNucPro or a file saved from "
+                               "virnucpro's MLPClassifier") from None
 
     if isinstance(obj, MLPClassifier):
         state, eps = _state_from_module(obj, path)

@@ -19,6 +19,7 @@ import typer
 from virnucpro import __version__
 from virnucpro.console import error
 from virnucpro.errors import ExitCode, VirnucproError
+from virnucpro.threads import limit_threads
 
 app = typer.Typer(
     name="virnucpro",
@@ -37,6 +38,32 @@ class ModelRole(str, Enum):
     dnabert_s = "dnabert_s"
     classifier_300 = "classifier_300"
     classifier_500 = "classifier_500"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+STANDARD_CHUNK_SIZES = (300, 500)
+
+
+def _check_chunk_size(chunk_size: int, allow_any: bool) -> None:
+    """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in (exit 2)."""
+    if chunk_size < 3:
+        raise typer.BadParameter(f"{chunk_size} is too small; use 300 or 500", param_hint="--chunk-size")
+    if chunk_size not in STANDARD_CHUNK_SIZES and not allow_any:
+        raise typer.BadParameter(f"{chunk_size}: the classifiers were trained for 300 and 500 only; use "
+                                 "one of them, or add --allow-any-chunk-size with your own --classifier",
+                                 param_hint="--chunk-size")
 
 
 ThreadsOption = typer.Option(None, "--threads", min=1,
@@ -69,9 +96,10 @@ def prepare(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Chunk, translate six frames and write ORF shards for `embed`."""
-    from virnucpro.prepare import check_chunk_size, prepare as run_prepare
+    limit_threads(threads)
+    from virnucpro.prepare import prepare as run_prepare
 
-    check_chunk_size(chunk_size, allow_any_chunk_size)
+    _check_chunk_size(chunk_size, allow_any_chunk_size)
     run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size)
 
 
@@ -83,9 +111,9 @@ def embed(
     out: Path = typer.Option(..., "--out", help="HDF5 embedding shard to write."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where resumable "
                                                   "checkpoints live (default: OUT.ckpt/)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, fp16 on GPU), "
-                                  "fp32, fp16 or bf16."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, "
+                                        "fp16 on GPU."),
     token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="Tokens per "
                                                "forward (default: 4096 on CPU, 65536 on GPU)."),
     checkpoint_every: int = typer.Option(2000, "--checkpoint-every", min=1,
@@ -95,10 +123,11 @@ def embed(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
+    threads = limit_threads(threads)
     from virnucpro.embed import embed as run_embed
 
-    run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device,
-              precision=precision, token_budget=token_budget, checkpoint_every=checkpoint_every,
+    run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
+              precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
               checkpoint_seconds=checkpoint_seconds, threads=threads)
 
 
@@ -135,8 +164,9 @@ def run(
                                           "$VIRNUCPRO_MODELS, else the user data directory)."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Classifier file "
                                               "(default: the original one for the chunk size)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, "
+                                        "fp16 on GPU."),
     keep_embeddings: bool = typer.Option(False, "--keep-embeddings",
                                          help="Keep the HDF5 embeddings under OUTDIR/embeddings/."),
     offline: bool = typer.Option(False, "--offline", help="Never download; missing models are an error."),
@@ -145,12 +175,12 @@ def run(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
-    from virnucpro.prepare import check_chunk_size
+    threads = limit_threads(threads)
     from virnucpro.run import run as run_all
 
-    check_chunk_size(chunk_size, allow_any_chunk_size)
-    run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device,
-            precision=precision, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
+    _check_chunk_size(chunk_size, allow_any_chunk_size)
+    run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
+            precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
             threshold=threshold)
 
 

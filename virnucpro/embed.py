@@ -265,7 +265,6 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
           model_set=None) -> Path:
     """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs."""
     from virnucpro import store
-    from virnucpro.encoders import check_finite
 
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
@@ -291,10 +290,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
         _log_resume(ids, distinct, done)
 
         embedder = Embedder(encoders, budget, torch_device)
-        _compute(embedder, distinct, known, done, checkpoints, len(ids), checkpoint_every, checkpoint_seconds)
-        for role in ROLES:
-            if len(known[role]):
-                check_finite(known[role], [ids[r] for r in distinct[role].first_record])
+        _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
 
         def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
             return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)
@@ -360,11 +356,15 @@ def _work_items(distinct: dict, done: dict, n_records: int, checkpoint_every: in
 
 
 def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkpoints: CheckpointStore,
-             n_records: int, checkpoint_every: int, checkpoint_seconds: float) -> None:
+             record_ids: list[str], checkpoint_every: int, checkpoint_seconds: float) -> None:
     """Embed every missing distinct sequence, window by window, saving parts as it goes.
 
-    Tokenization of the next work item runs in a background thread while this one computes.
+    Tokenization of the next work item runs in a background thread while this one computes; a
+    non-finite vector stops the run before it can reach a checkpoint (exit 9).
     """
+    from virnucpro.encoders import check_finite
+
+    n_records = len(record_ids)
     todo = sum(int((~done[r]).sum()) for r in ROLES)
     progress = Progress("embed", total=todo, unit="sequences")
     unsaved = {role: ([], []) for role in ROLES}
@@ -393,6 +393,7 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
                 if done[role][batch].all():
                     continue
                 vectors = embedder.run(role, tokens, batch)
+                check_finite(vectors, [record_ids[distinct[role].first_record[i]] for i in batch])
                 missing = [k for k, i in enumerate(batch) if not done[role][i]]
                 chosen = [batch[k] for k in missing]
                 known[role][chosen] = vectors[missing]

@@ -19,7 +19,7 @@ import numpy as np
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import info, warn
-from virnucpro.errors import InconsistentInputsError
+from virnucpro.errors import BadInputError, InconsistentInputsError
 
 RESULTS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
@@ -226,6 +226,10 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     started = time.monotonic()
     prepared, outdir = Path(prepared), Path(outdir)
     manifest = fmt.load_manifest(prepared)
+    if outdir.resolve() == prepared.resolve():
+        raise BadInputError(f"--outdir {outdir} is the --prepared directory: its chunks.tsv and "
+                            "sequences.tsv would be overwritten while being read",
+                            "choose another --outdir")
     shards = order_shards(manifest, embeddings)
     tiny = any(_shard_is_tiny(s) for s in shards)
     if classifier is None:

@@ -9,6 +9,7 @@ bounded by the longest record plus one batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 from array import array
@@ -26,18 +27,8 @@ from virnucpro.errors import BadInputError
 from virnucpro.seqio import HashingTextStream, invalid_letters, read_records
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
-STANDARD_CHUNK_SIZES = (300, 500)
 FRAME_LABELS = ("F1", "F2", "F3", "R1", "R2", "R3")
 PROTEIN_LIKE = set("EFILPQJOZefilpqjoz")
-
-
-def check_chunk_size(chunk_size: int, allow_any: bool) -> None:
-    """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in."""
-    if chunk_size < 3:
-        raise BadInputError(f"--chunk-size {chunk_size} is too small", "use 300 or 500")
-    if chunk_size not in STANDARD_CHUNK_SIZES and not allow_any:
-        raise BadInputError(f"--chunk-size {chunk_size}: the classifiers were trained for 300 and 500 only",
-                            "use 300 or 500, or add --allow-any-chunk-size with your own --classifier")
 
 
 # --- chunking (SPEC §1 step 1) --------------------------------------------------------------
@@ -220,7 +211,7 @@ class ShardWriter:
         body = self.directory / (fmt.shard_name(len(self.bodies)) + ".body")
         self.bodies.append(body)
         self.records.append(0)
-        self._handle = open(body, "w", encoding="ascii", newline="\n")
+        self._handle = open(body, "w", encoding="utf-8", newline="\n")
 
     def write(self, orf_id: str, nucleotide: str, protein: str) -> None:
         if self._handle is None or self.records[-1] >= self.shard_size:
@@ -240,7 +231,7 @@ class ShardWriter:
             digest = hashlib.sha256()
             with open(final, "wb") as out:
                 head = (fmt.shard_first_line(chunk_size, index, of)
-                        + "\t".join(fmt.SHARD_COLUMNS) + "\n").encode("ascii")
+                        + "\t".join(fmt.SHARD_COLUMNS) + "\n").encode("utf-8")
                 out.write(head)
                 digest.update(head)
                 with open(body, "rb") as src:
@@ -424,11 +415,25 @@ def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
 
 # --- the command ---------------------------------------------------------------------------------
 
+def _is_prepare_directory(directory: Path) -> bool:
+    """Holds a prepare manifest (not merely some file called manifest.json) and nothing foreign."""
+    try:
+        manifest = json.loads((directory / fmt.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    ours = {fmt.MANIFEST, fmt.SEQUENCES, fmt.CHUNKS, fmt.SHARD_DIR}
+    return (isinstance(manifest, dict) and {"chunk_size", "shards", "counts", "inputs"} <= set(manifest)
+            and {p.name for p in directory.iterdir()} <= ours)
+
+
 def _claim_outdir(outdir: Path) -> Path:
-    """A fresh working directory beside `outdir`; `outdir` itself must be new, empty or ours."""
-    if outdir.exists() and any(outdir.iterdir()) and not (outdir / fmt.MANIFEST).exists():
+    """A fresh working directory beside `outdir`; `outdir` itself must be new, empty or a previous
+    prepare output (which is replaced only once the new one is complete)."""
+    if outdir.exists() and not outdir.is_dir():
+        raise BadInputError(f"--outdir {outdir} is a file", "choose a directory path")
+    if outdir.exists() and any(outdir.iterdir()) and not _is_prepare_directory(outdir):
         raise BadInputError(f"--outdir {outdir} exists, is not empty and is not a prepare directory",
-                            "choose a new directory")
+                            "choose a new directory (prepare replaces only its own earlier output)")
     outdir.parent.mkdir(parents=True, exist_ok=True)
     work = outdir.parent / f".{outdir.name}.partial"
     shutil.rmtree(work, ignore_errors=True)

@@ -74,7 +74,7 @@ def _parse_first_line(path: Path, line: str) -> dict[str, int]:
 def shard_info(path: Path) -> ShardInfo:
     """Header fields and checksum of a shard, without reading its records into memory."""
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
     except OSError as exc:
         raise BadInputError(f"cannot read shard {path}: {exc.strerror}", "check the path") from None
@@ -84,7 +84,7 @@ def shard_info(path: Path) -> ShardInfo:
 
 def read_shard(path: Path) -> Iterator[tuple[str, str, str]]:
     """(id, nucleotide, protein) of every ORF record of a shard, in order."""
-    with open(path, encoding="ascii") as handle:
+    with open(path, encoding="utf-8") as handle:
         _parse_first_line(path, handle.readline())
         header = handle.readline().rstrip("\n").split("\t")
         if tuple(header) != SHARD_COLUMNS:

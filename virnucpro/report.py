@@ -19,7 +19,7 @@ padding-bottom:.3rem}.sub{color:#5b6b7c;margin-top:0}
 padding:.7rem .9rem}.card b{display:block;font-size:1.5rem}.card span{color:#5b6b7c;font-size:.85rem}
 .virus b{color:#b4232a}.others b{color:#1f6f43}
 table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{text-align:left;padding:.3rem .5rem;
-border-bottom:1px solid #edf0f4}th{background:#f5f7fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
+border-bottom:1px solid #edf0f4}th{background:#f5f7fa}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1f6f43}.bad{color:#b4232a}footer{margin-top:2.5rem;color:#5b6b7c;font-size:.8rem}
 """
 
@@ -69,7 +69,7 @@ def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) 
         status = "" if len(check) == 3 else ('<span class="ok">reconciles</span>' if check[3]
                                              else '<span class="bad">DOES NOT RECONCILE</span>')
         body.append(f"<tr><td>{_e(label)}</td><td class='n'>{value:,}</td><td>{_e(detail)}</td><td>{status}</td></tr>")
-    return ("<table><tr><th>stage</th><th>count</th><th>breakdown</th><th>check</th></tr>"
+    return ("<table><tr><th>stage</th><th class='n'>count</th><th>breakdown</th><th>check</th></tr>"
             + "".join(body) + "</table>")
 
 
@@ -80,8 +80,9 @@ def _top_table(top: list) -> str:
         f"<tr><td>{_e(name)}</td><td class='n'>{length:,}</td><td class='n'>{n_chunks}</td>"
         f"<td class='n'>{fraction:.2f}</td><td class='n'>{best:.4f}</td><td>{_e(call)}</td></tr>"
         for fraction, best, name, length, n_chunks, call in top)
-    return ("<table><tr><th>sequence</th><th>length (bp)</th><th>chunks</th><th>fraction virus</th>"
-            "<th>max virus score</th><th>call</th></tr>" + rows + "</table>")
+    return ("<table><tr><th>sequence</th><th class='n'>length (bp)</th><th class='n'>chunks</th>"
+            "<th class='n'>fraction virus</th><th class='n'>max virus score</th><th>call</th></tr>"
+            + rows + "</table>")
 
 
 def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, summary: dict,
@@ -117,7 +118,7 @@ original's rule).</p>
 <h2>Top sequences</h2>
 {_top_table(summary['top'])}
 <h2>Inputs</h2>
-<table><tr><th>file</th><th>records</th><th>sha256</th></tr>{inputs}</table>
+<table><tr><th>file</th><th class='n'>records</th><th>sha256</th></tr>{inputs}</table>
 <footer>Tables: prediction_results.txt and prediction_results_highestscore.csv (original format),
 chunks.tsv, sequences.tsv; provenance in run_info.json. Time: {_e(seconds)}.</footer>
 </body></html>

@@ -33,13 +33,15 @@ def _prepare_is_current(prepared: Path, inputs: Sequence[Path], chunk_size: int)
                for path, entry in zip(inputs, manifest["inputs"]))
 
 
-def _embedding_is_current(h5: Path, shard: dict) -> bool:
+def _embedding_is_current(h5: Path, shard: dict, models: dict, precision: str) -> bool:
+    """A finished embedding of this shard with these models at this precision."""
     if not h5.exists():
         return False
     try:
-        return h5shard.read_info(h5).shard_sha256 == shard["sha256"]
+        info_ = h5shard.read_info(h5)
     except VirnucproError:
         return False
+    return info_.shard_sha256 == shard["sha256"] and info_.models == models and info_.precision == precision
 
 
 def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Path | None = None,
@@ -48,7 +50,7 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         threshold: float = 0.5, token_budget: int | None = None) -> Path:
     """All stages for one sample; returns the output directory."""
     from virnucpro import store
-    from virnucpro.embed import embed
+    from virnucpro.embed import ROLES, embed, resolve_device, resolve_precision
     from virnucpro.predict import predict
     from virnucpro.prepare import prepare
 
@@ -58,6 +60,12 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     prepared = work / "prepared"
     seconds: dict[str, float] = {}
 
+    roles = list(ROLES) + ([] if classifier else [f"classifier_{chunk_size}"])
+    model_set = store.ensure(models, roles=roles, offline=offline)  # before hours of work, not after
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    identity = model_set.identity(ROLES)
+
     started = time.monotonic()
     if _prepare_is_current(prepared, inputs, chunk_size):
         info(f"prepare: already done for these inputs ({prepared}), reusing it")
@@ -66,18 +74,15 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         manifest = prepare(inputs, prepared, chunk_size=chunk_size)
     seconds["prepare"] = round(time.monotonic() - started, 3)
 
-    roles = ["esm2", "dnabert_s"] + ([] if classifier else [f"classifier_{chunk_size}"])
-    model_set = store.ensure(models, roles=roles, offline=offline)
-
     started = time.monotonic()
     embeddings = []
     for shard in manifest["shards"]:
         h5 = work / "embeddings" / Path(shard["file"]).with_suffix(".h5").name
         h5.parent.mkdir(parents=True, exist_ok=True)
-        if _embedding_is_current(h5, shard):
+        if _embedding_is_current(h5, shard, identity, precision):
             info(f"embed: {h5.name} already done, reusing it")
         else:
-            embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=device,
+            embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=torch_device.type,
                   precision=precision, token_budget=token_budget, threads=threads, model_set=model_set)
         embeddings.append(h5)
     seconds["embed"] = round(time.monotonic() - started, 3)

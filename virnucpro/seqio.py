@@ -20,6 +20,7 @@ from virnucpro.errors import BadInputError
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 # Letters a nucleotide record may hold: IUPAC codes plus the gap/stop symbols the original tolerates
 # (codons containing anything but ACGT are dropped during translation, as in the original).
@@ -110,23 +111,30 @@ class HashingTextStream:
     def text_blocks(self) -> Iterator[str]:
         """Decoded text in large blocks that end at a line end (except possibly the last one).
 
-        latin-1 maps every byte to one character, so nothing fails to decode and every byte stays
-        inspectable for the checks that follow.
+        Text is UTF-8 (ids may hold any character; a byte that is not UTF-8 becomes U+FFFD and is
+        then reported where it matters); a UTF-8 byte-order mark is dropped; old Mac files whose
+        lines end in a lone CR are read as lines too, as the original's text-mode reading does.
         """
         carry = b""
-        checked = False
+        first = True
+        cr_only = False
         for block in self._plain_blocks():
-            if not checked and block:
-                checked = True
+            if first and block:
+                first = False
                 self._reject_binary(block)
+                if block.startswith(UTF8_BOM):
+                    block = block[len(UTF8_BOM):]
+                cr_only = b"\r" in block and b"\n" not in block
+            if cr_only:
+                block = block.replace(b"\r", b"\n")
             cut = block.rfind(b"\n")
             if cut < 0:
                 carry += block
                 continue
-            yield (carry + block[:cut + 1]).decode("latin-1")
+            yield (carry + block[:cut + 1]).decode("utf-8", errors="replace")
             carry = block[cut + 1:]
         if carry:
-            yield carry.decode("latin-1")
+            yield carry.decode("utf-8", errors="replace")
         self._raw.close()
 
     def lines(self) -> Iterator[str]:
@@ -139,8 +147,10 @@ class HashingTextStream:
                 yield line.rstrip("\r")
 
     def _reject_binary(self, block: bytes) -> None:
+        """NUL bytes or many control characters: not text (bytes >= 128 may be UTF-8 text)."""
         sample = block[:4096]
-        if b"\x00" in sample or sum(c < 9 or 13 < c < 32 or c > 126 for c in sample) > len(sample) // 20:
+        controls = sum(c < 9 or 13 < c < 32 or c == 127 for c in sample)
+        if b"\x00" in sample or controls > len(sample) // 20:
             raise BadInputError(f"{self.path} is binary data, not FASTA/FASTQ text",
                                 "give a FASTA or FASTQ file (plain, gzip or bzip2)")
 
@@ -237,4 +247,6 @@ def read_records(stream: HashingTextStream) -> Iterator[Record]:
 
 def invalid_letters(sequence: str) -> str:
     """Characters of `sequence` that are no IUPAC nucleotide code (empty string when all are valid)."""
-    return sequence.encode("latin-1").translate(None, NUCLEOTIDE_SYMBOLS).decode("latin-1")
+    if not sequence.isascii():
+        return "".join(c for c in sequence if not c.isascii() or c.encode() not in NUCLEOTIDE_SYMBOLS)
+    return sequence.encode("ascii").translate(None, NUCLEOTIDE_SYMBOLS).decode("ascii")

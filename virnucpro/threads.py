@@ -1,0 +1,32 @@
+"""`--threads`: one cap for every CPU thread pool (torch, BLAS/OpenMP, tokenizers' rayon).
+
+Applied at the start of a command, before the heavy libraries load, so their pools start at the
+right size. The default is the CPUs this process may use (its affinity mask, which SLURM and
+containers set), not the machine's core count.
+"""
+
+from __future__ import annotations
+
+import os
+
+POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def limit_threads(threads: int | None) -> int:
+    """Cap the thread pools at `threads` (default: available CPUs); returns the cap."""
+    count = threads or available_cpus()
+    for name in POOL_VARIABLES:
+        if threads or name not in os.environ:
+            os.environ[name] = str(count)
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+    return count
