@@ -1,0 +1,59 @@
+# virnucpro: the CLI with its pinned dependencies on a CUDA-enabled PyTorch, for the Nextflow
+# pipeline (process.container in conf/base.config) and for running by hand.
+#
+#   docker build -t virnucpro:0.1.0 .
+#   docker run --rm --gpus all -v "$PWD:/data" -w /data virnucpro:0.1.0 virnucpro run reads.fa --models /data/models --outdir out
+#
+# PyTorch's wheels on PyPI for Linux x86_64 bundle the CUDA libraries (torch 2.13: CUDA 13, which
+# needs an NVIDIA driver >= 580 on the host); the host provides only the driver (--gpus / --nv).
+# Every dependency of pyproject.toml is pinned here, inside its range there, and nothing else
+# (tests/test_nextflow_static.py checks both); the pins are the versions the pipeline was tested with.
+FROM python:3.12-slim-bookworm
+
+# procps: `ps`, which Nextflow's task wrapper needs for its resource trace
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends procps=2:4.0.2-3 \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN pip install --no-cache-dir \
+        torch==2.13.0 \
+        fair-esm==2.0.0 \
+        transformers==5.23.0 \
+        tokenizers==0.23.3 \
+        safetensors==0.8.0 \
+        huggingface_hub==2.4.0 \
+        h5py==3.16.0 \
+        biopython==1.88 \
+        numpy==2.4.6 \
+        typer==0.29.2 \
+        rich==15.0.0
+
+# The package itself, without letting pip pick other versions of anything
+COPY pyproject.toml README.md /src/
+COPY virnucpro /src/virnucpro
+RUN pip install --no-cache-dir --no-deps /src \
+    && pip check \
+    && rm -rf /src \
+    && virnucpro --version
+
+# Non-root. Caches in /tmp and a world-writable home, because Nextflow runs the container as the
+# calling user (docker -u $(id -u):$(id -g); Singularity/Apptainer as the user).
+# Offline by default: models come from a models directory (--models), never from a hub at run
+# time; `virnucpro models download` (the pipeline's download step) does not depend on these.
+RUN useradd --create-home --uid 1000 --shell /bin/bash virnucpro \
+    && chmod 1777 /home/virnucpro
+ENV HOME=/home/virnucpro \
+    XDG_CACHE_HOME=/tmp/virnucpro-cache \
+    HF_HOME=/tmp/virnucpro-cache/huggingface \
+    TORCH_HOME=/tmp/virnucpro-cache/torch \
+    HF_HUB_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1
+USER 1000:1000
+WORKDIR /home/virnucpro
+
+CMD ["virnucpro", "--help"]

@@ -1,0 +1,21 @@
+// Tiny random models in the real on-disk formats, for the `test` profile (no download, CPU, seconds).
+// Everything computed with them is marked as made with tiny models.
+process VIRNUCPRO_MODELS_TINY {
+    tag 'tiny'
+    label 'process_single'
+
+    output:
+    path 'tiny_models', type: 'dir', emit: models
+    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
+
+    script:
+    """
+    virnucpro models tiny tiny_models
+    """
+
+    stub:
+    """
+    mkdir -p tiny_models
+    echo '{"format_version": 1, "models": {}, "stub": true}' > tiny_models/manifest.json
+    """
+}

@@ -1,0 +1,33 @@
+// Chunk the reads of one sample, translate six frames and write the ORF shards (one EMBED task each).
+// Wraps `virnucpro prepare` (CONTRACTS.md: "Prepare output directory").
+process VIRNUCPRO_PREPARE {
+    tag "${meta.id}"
+    label 'process_medium'
+
+    input:
+    tuple val(meta), path(reads, stageAs: 'input/*')
+
+    output:
+    tuple val(meta), path('prepared', type: 'dir'), emit: prepared
+    tuple val(meta), path('prepared/shards/shard_*.tsv', arity: '1..*'), emit: shards
+    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    virnucpro prepare \\
+        ${reads} \\
+        --outdir prepared \\
+        --threads ${task.cpus} \\
+        ${args}
+    """
+
+    stub:
+    """
+    mkdir -p prepared/shards
+    echo '{"format_version": 1, "stub": true}' > prepared/manifest.json
+    printf 'sequence_id\\tlength\\tn_chunks\\tn_orfs\\tstatus\\n' > prepared/sequences.tsv
+    printf 'chunk_id\\tsequence_id\\tstart\\tlength\\tn_orfs\\n' > prepared/chunks.tsv
+    printf '# virnucpro-shard format_version=1 chunk_size=500 index=0 of=1\\nid\\tnucleotide\\tprotein\\n' > prepared/shards/shard_00000.tsv
+    """
+}

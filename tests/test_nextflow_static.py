@@ -1,0 +1,341 @@
+"""Static checks of the pipeline that the Nextflow language server does not make: channel names
+and call arity across files, parameters between config and schema, config selectors, the exit
+codes the retry rules use, the test profile against the schema. Pure Python, no Java needed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from nextflow_helpers import (
+    REPO,
+    assignments,
+    config_params,
+    mask,
+    out_references,
+    parse_pipeline,
+    pipeline_files,
+    process_calls,
+    profile_bodies,
+    profile_params,
+    selector_blocks,
+)
+from virnucpro import __version__
+from virnucpro.errors import ExitCode
+
+SCRIPTS = parse_pipeline()
+PROCESSES = {p.name: p for s in SCRIPTS.values() for p in s.processes}
+WORKFLOWS = {w.name: w for s in SCRIPTS.values() for w in s.workflows if w.name}
+CONFIG = REPO / "nextflow.config"
+SCHEMA = json.loads((REPO / "nextflow_schema.json").read_text())
+CONFIG_TEXTS = {p: p.read_text() for p in pipeline_files(REPO, (".config",))}
+
+# Every module wraps one CLI command of CONTRACTS.md
+EXPECTED_PROCESSES = {"VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT",
+                      "VIRNUCPRO_MODELS_DOWNLOAD", "VIRNUCPRO_MODELS_TINY"}
+
+
+def _components(script):
+    """alias -> Process or Workflow, for what a script includes (and defines itself)."""
+    found = {}
+    for include in script.includes:
+        if include.path is None:
+            continue
+        assert include.path.is_file(), f"{script.path}: include from {include.source} resolves to no file"
+        target = SCRIPTS[include.path]
+        for alias, name in include.names.items():
+            defined = {p.name: p for p in target.processes} | {w.name: w for w in target.workflows if w.name}
+            assert name in defined or re.match(r"^[a-z]", name), \
+                f"{script.path}: {name} is not defined in {include.source}"
+            if name in defined:
+                found[alias] = defined[name]
+    found.update({p.name: p for p in script.processes})
+    found.update({w.name: w for w in script.workflows if w.name})
+    return found
+
+
+def _schema_params():
+    params = {}
+    for group in SCHEMA.get("$defs", {}).values():
+        params.update(group["properties"])
+    params.update(SCHEMA.get("properties", {}))
+    return params
+
+
+def test_every_module_exists_once():
+    assert set(PROCESSES) == EXPECTED_PROCESSES
+    names = [p.name for s in SCRIPTS.values() for p in s.processes]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("path", sorted(SCRIPTS), ids=lambda p: str(p.relative_to(REPO)))
+def test_out_references_name_declared_emits(path):
+    script = SCRIPTS[path]
+    components = _components(script)
+    for workflow in script.workflows:
+        for name, emit, line in out_references(workflow.body):
+            assert name in components, f"{path}: {name}.out.{emit} (line {line} of the workflow): {name} is not included"
+            component = components[name]
+            emits = component.emits
+            assert emit in emits, f"{path}: {name}.out.{emit}: {name} emits only {emits}"
+
+
+@pytest.mark.parametrize("path", sorted(SCRIPTS), ids=lambda p: str(p.relative_to(REPO)))
+def test_calls_pass_one_argument_per_input(path):
+    script = SCRIPTS[path]
+    components = _components(script)
+    for workflow in script.workflows:
+        for name, line, args in process_calls(workflow.body, components):
+            component = components[name]
+            expected = len(component.inputs) if hasattr(component, "inputs") else len(component.takes)
+            assert len(args) == expected, \
+                f"{path}: {name}(...) at line {line} of the workflow passes {len(args)} arguments, it takes {expected}"
+
+
+def test_every_process_is_called():
+    called = {name for s in SCRIPTS.values() for w in s.workflows
+              for name, _line, _args in process_calls(w.body, list(PROCESSES) + list(WORKFLOWS))}
+    assert set(PROCESSES) | set(WORKFLOWS) <= called
+
+
+def test_every_process_has_a_stub_a_label_and_versions_on_the_topic():
+    for process in PROCESSES.values():
+        assert process.stub and process.stub.strip(), f"{process.name} has no stub: block"
+        assert len(process.labels) == 1, f"{process.name}: labels {process.labels}"
+        topics = [o for o in process.outputs if o.topic == "versions"]
+        assert topics and all(o.evals for o in topics), f"{process.name} publishes no versions to the topic"
+        assert all(o.emit and o.emit.startswith("versions_") for o in topics)
+
+
+def test_schema_and_config_params_agree():
+    config = config_params(CONFIG)
+    schema = _schema_params()
+    assert set(config) - set(schema) == set(), "params in nextflow.config missing from nextflow_schema.json"
+    assert set(schema) - set(config) == set(), "params in nextflow_schema.json missing from nextflow.config"
+    for name, value in config.items():
+        if "default" in schema[name] or value not in (None, False):
+            assert schema[name].get("default") == value, f"default of {name}: schema {schema[name].get('default')!r}, config {value!r}"
+    for name, spec in schema.items():
+        assert spec.get("description"), f"schema param {name} has no description"
+        assert spec.get("type"), f"schema param {name} has no type"
+
+
+def test_schema_is_draft_2020_12_and_groups_are_all_used():
+    assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    refs = {entry["$ref"] for entry in SCHEMA["allOf"]}
+    assert refs == {f"#/$defs/{name}" for name in SCHEMA["$defs"]}
+
+
+def test_every_params_reference_exists():
+    known = set(config_params(CONFIG))
+    texts = {p: p.read_text() for p in pipeline_files()}
+    for path, text in texts.items():
+        for name in re.findall(r"(?<![.\w])params\.(\w+)", mask(text)):
+            assert name in known, f"{path}: params.{name} is not a pipeline parameter"
+
+
+def test_params_are_read_only_in_the_entry_workflow_and_configs():
+    for path, script in SCRIPTS.items():
+        for workflow in script.workflows:
+            if workflow.name is not None:
+                assert "params." not in mask(workflow.body), f"{path}: workflow {workflow.name} reads params"
+        for process in script.processes:
+            assert "params." not in mask(process.script + (process.stub or "")), f"{process.name} reads params"
+
+
+@pytest.mark.parametrize("profile", ["test", "test_full", "gpu"])
+def test_profile_params_validate_against_the_schema(profile):
+    params = {**config_params(CONFIG), **profile_params(profile)}
+    params = {k: v for k, v in params.items() if v is not None}  # nf-schema skips unset params
+    if profile != "gpu":
+        params["outdir"] = "results"
+        assert "input" in params
+    else:
+        params.update(input="reads.fa", outdir="results")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+@pytest.mark.parametrize("profile", ["test", "test_full"])
+def test_test_profile_inputs_exist(profile):
+    pattern = profile_params(profile)["input"]
+    assert sorted(Path("/").glob(pattern.lstrip("/"))), f"{profile}: --input {pattern} matches no file"
+
+
+def test_samplesheet_schema_accepts_a_sheet_of_the_test_inputs(tmp_path):
+    sheet_schema = json.loads((REPO / "assets" / "schema_input.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(sheet_schema)
+    files = sorted((REPO / "assets" / "test").glob("sample_*"))
+    sheet = tmp_path / "samples.csv"
+    with open(sheet, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample", "file"])
+        writer.writerows([["together", str(f)] for f in files])
+    with open(sheet, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    jsonschema.validate(rows, sheet_schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"sample": "bad name/with slash", "file": str(files[0])}], sheet_schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"sample": "no_file"}], sheet_schema)
+
+
+def test_selectors_match_processes_and_labels():
+    labels_used = {label for p in PROCESSES.values() for label in p.labels}
+    labels_configured = set()
+    for path, text in CONFIG_TEXTS.items():
+        for name in selector_blocks(text, "withName"):
+            assert name in PROCESSES, f"{path}: withName: '{name}' matches no process"
+        labels_configured |= set(selector_blocks(text, "withLabel"))
+    assert labels_configured - labels_used == set(), "withLabel selectors for labels no process has"
+    assert labels_used - labels_configured == set(), "process labels with no resources in conf/base.config"
+
+
+def _retry_codes(closure: str) -> set:
+    match = re.search(r"task\.exitStatus\s+in\s+\[([\d,\s]+)\]\s*\?\s*'retry'\s*:\s*'finish'", closure)
+    assert match, f"unexpected errorStrategy: {closure}"
+    return {int(x) for x in match.group(1).split(",")}
+
+
+def test_retry_rules_use_the_cli_exit_codes():
+    base = CONFIG_TEXTS[REPO / "conf" / "base.config"]
+    scheduler_kills = {137, 140, 143}
+    embed = assignments(selector_blocks(base, "withLabel")["process_gpu"][0])["errorStrategy"]
+    assert _retry_codes(embed) == {int(ExitCode.INTERRUPTED), int(ExitCode.GPU_OOM), int(ExitCode.DEVICE)} | scheduler_kills
+    default = re.search(r"^\s*errorStrategy\s*=\s*(\{[^\n]*\})", base, re.M).group(1)
+    assert _retry_codes(default) == scheduler_kills
+    assert PROCESSES["VIRNUCPRO_EMBED"].labels == ["process_gpu"]
+
+
+def test_resources_scale_with_the_attempt():
+    base = CONFIG_TEXTS[REPO / "conf" / "base.config"]
+    for label, (body,) in selector_blocks(base, "withLabel").items():
+        closures = assignments(body)
+        for directive in ("memory", "time"):
+            assert "task.attempt" in closures.get(directive, ""), f"{label}: {directive} does not scale with task.attempt"
+
+
+def test_lenient_cache_and_local_storedir_download():
+    base = CONFIG_TEXTS[REPO / "conf" / "base.config"]
+    assert re.search(r"^\s*cache\s*=\s*'lenient'", base, re.M)
+    download = PROCESSES["VIRNUCPRO_MODELS_DOWNLOAD"]
+    assert re.search(r"^\s*executor\s+'local'", download.path.read_text(), re.M)
+    modules = selector_blocks(CONFIG_TEXTS[REPO / "conf" / "modules.config"], "withName")
+    assert "params.models_store" in assignments(modules["VIRNUCPRO_MODELS_DOWNLOAD"][0])["storeDir"]
+
+
+def test_required_profiles_exist():
+    profiles = profile_bodies(CONFIG.read_text())
+    assert {"docker", "singularity", "apptainer", "gpu", "slurm", "awsbatch", "google", "test", "test_full"} <= set(profiles)
+    assert "--gres=gpu:1" in profiles["slurm"]
+    assert re.search(r"accelerator\s*=", profiles["gpu"])
+    assert profile_params("gpu") == {"device": "cuda"}
+    assert profile_params("test")["tiny_models"] is True and profile_params("test")["device"] == "cpu"
+
+
+def test_versions_agree():
+    manifest = re.search(r"manifest\s*\{[^}]*version\s*=\s*'([^']+)'", CONFIG.read_text()).group(1)
+    container = re.search(r"container\s*=\s*'[^':]+:([^']+)'", CONFIG_TEXTS[REPO / "conf" / "base.config"]).group(1)
+    assert manifest == __version__ == container
+
+
+# nf-schema's `validation` scope (its documented options): the language server cannot check
+# this scope offline, so the names we use are checked here.
+NF_SCHEMA_OPTIONS = {"parametersSchema", "monochromeLogs", "lenientMode", "ignoreParams", "defaultIgnoreParams",
+                     "maxErrValSize", "help.enabled", "help.shortParameter", "help.fullParameter",
+                     "help.showHiddenParameter", "help.showHidden", "help.beforeText", "help.command",
+                     "help.afterText", "summary.beforeText", "summary.afterText", "summary.hideParams",
+                     "logging.unrecognisedParams", "logging.unrecognisedHeaders"}
+
+
+def test_validation_scope_uses_known_nf_schema_options():
+    text = CONFIG.read_text()
+    body = re.search(r"^validation\s*\{(.*?)^\}", text, re.M | re.S).group(1)
+    used, scope = set(), []
+    for line in body.splitlines():
+        line = line.strip()
+        if line.endswith("{"):
+            scope.append(line[:-1].strip())
+        elif line == "}":
+            scope.pop()
+        elif "=" in line:
+            used.add(".".join(scope + [line.split("=")[0].strip()]))
+    assert used and used <= NF_SCHEMA_OPTIONS, used - NF_SCHEMA_OPTIONS
+    help_params = {"help", "help_full", "show_hidden"}
+    assert help_params <= set(config_params(CONFIG))
+
+
+# --------------------------------------------------------------------------------------------------
+# Dockerfile against pyproject.toml
+# --------------------------------------------------------------------------------------------------
+
+def _pyproject_dependencies():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {canonicalize_name(r.name): r.specifier for r in map(Requirement, project["dependencies"])}
+
+
+def _dockerfile_pins():
+    from packaging.utils import canonicalize_name
+
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    pins = {}
+    for run in re.findall(r"^RUN (.*)$", text, re.M):
+        for command in re.split(r"&&|;", run):
+            if re.match(r"\s*(python3? -m )?pip3? install\b", command):
+                for name, version in re.findall(r"(?<![\w=/.-])([A-Za-z0-9][\w.-]*)==([\w.+!-]+)", command):
+                    pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_dockerfile_pins_every_pyproject_dependency_within_its_range():
+    deps, pins = _pyproject_dependencies(), _dockerfile_pins()
+    assert set(deps) - set(pins) == set(), "pyproject dependencies the image does not pin"
+    assert set(pins) - set(deps) == set(), "the image installs packages pyproject does not declare"
+    for name, version in pins.items():
+        assert deps[name].contains(version, prereleases=True), f"{name}=={version} outside pyproject's {deps[name]}"
+
+
+def test_dockerfile_installs_the_package_without_other_versions():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"pip install --no-cache-dir --no-deps /src\s*\\\n\s*&& pip check", text)
+    assert re.search(r"^USER \d+", text, re.M), "the image must not run as root"
+    copied = re.findall(r"^COPY (.+) /src/", text, re.M)
+    assert copied == ["pyproject.toml README.md", "virnucpro"]
+    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!virnucpro/"} <= set(ignore)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROCESSES))
+def test_module_meta_yml_matches_the_module(name):
+    yaml = pytest.importorskip("yaml")
+    process = PROCESSES[name]
+    meta = yaml.safe_load((process.path.parent / "meta.yml").read_text())
+    assert meta["name"] == name.lower()
+
+    def keys(entry):  # a channel: one {name: spec} or a tuple of them
+        items = entry if isinstance(entry, list) else [entry]
+        return [next(iter(item)) for item in items]
+
+    assert [keys(channel) for channel in meta["input"]] == \
+        [[n for _q, n, _s in declaration.names] for declaration in process.inputs]
+    assert list(meta["output"]) == process.emits
+
+
+def test_docs_list_every_parameter_and_profile():
+    docs = (REPO / "docs" / "nextflow.md").read_text()
+    table_rows = set(re.findall(r"^\| `--(\w+)`", docs, re.M))
+    assert table_rows == set(_schema_params()), "docs/nextflow.md parameter table out of step with the schema"
+    for profile in profile_bodies(CONFIG.read_text()):
+        assert f"`{profile}`" in docs, f"profile {profile} is not described in docs/nextflow.md"
