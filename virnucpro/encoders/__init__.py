@@ -53,6 +53,16 @@ def describe_load_error(exc: BaseException) -> str:
     return f"corrupt, truncated or not a weights file ({cause})"
 
 
+def key_mismatch(missing: Sequence[str], unexpected: Sequence[str]) -> str:
+    """One phrase naming what a checkpoint lacks and what it has in excess ('' when it fits)."""
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s), e.g. {', '.join(sorted(missing)[:3])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(sorted(unexpected)[:3])}")
+    return "; ".join(problems)
+
+
 def __getattr__(name: str):
     # lazy, so `import virnucpro.encoders` does not pull torch in before it is needed
     if name == "DnabertSEncoder":

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error
+from virnucpro.encoders import describe_load_error, key_mismatch
 from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
 from virnucpro.errors import ModelsError
 
@@ -175,13 +175,9 @@ def _map_state(path: Path, state: dict, n_layers: int) -> dict[str, torch.Tensor
                   or bare in _UNUSED_KEYS):
             unexpected.append(key)
     missing = [k for k, ours in wanted.items() if ours not in mapped]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s), e.g. {', '.join(sorted(missing)[:3])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(sorted(unexpected)[:3])}")
+    problems = key_mismatch(missing, unexpected)
     if problems:
-        raise ModelsError(f"DNABERT-S: {path} does not match its config.json: " + "; ".join(problems))
+        raise ModelsError(f"DNABERT-S: {path} does not match its config.json: {problems}")
     return mapped
 
 

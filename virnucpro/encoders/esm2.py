@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error
+from virnucpro.encoders import describe_load_error, key_mismatch
 from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
 from virnucpro.errors import ModelsError
 
@@ -234,14 +234,9 @@ def _map_state(path: Path, state: Mapping, layers: int) -> dict[str, torch.Tenso
                 mapped[f"layers.{i}.qkv.{kind}"] = torch.cat(parts, dim=0)
         take(pre + "self_attn.rot_emb.inv_freq")  # recomputed in fp32
     unexpected = [k for k in state if k not in consumed and not k.startswith(_UNUSED_PREFIXES)]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s), e.g. {', '.join(sorted(missing)[:3])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(sorted(unexpected)[:3])}")
+    problems = key_mismatch(missing, unexpected)
     if problems:
-        raise ModelsError(f"ESM-2: {path} does not match an ESM-2 with {layers} layers: "
-                          + "; ".join(problems))
+        raise ModelsError(f"ESM-2: {path} does not match an ESM-2 with {layers} layers: {problems}")
     return mapped
 
 
