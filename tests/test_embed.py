@@ -174,14 +174,15 @@ def keep_torch_threads():
 
 def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prepared, uninterrupted, monkeypatch,
                                               capsys, keep_torch_threads):
-    original = Esm2Encoder.embed
+    original = Esm2Encoder.forward
 
-    def small_memory(self, tokens, *args, **kwargs):
-        if sum(len(t) for t in tokens) > 400:
+    def small_memory(self, collated):
+        batch, _ = collated
+        if int((batch.slot >= 0).sum()) > 400:  # real tokens of the batch
             raise torch.cuda.OutOfMemoryError("simulated")
-        return original(self, tokens, *args, **kwargs)
+        return original(self, collated)
 
-    monkeypatch.setattr(Esm2Encoder, "embed", small_memory)
+    monkeypatch.setattr(Esm2Encoder, "forward", small_memory)
     out = tmp_path / "s.h5"
     embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=10, threads=1)
     assert "halving" in capsys.readouterr().err
@@ -189,10 +190,10 @@ def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prep
     np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=0)
     np.testing.assert_array_equal(nuc, uninterrupted[1])
 
-    def no_memory(self, tokens, *args, **kwargs):
+    def no_memory(self, collated):
         raise torch.cuda.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(Esm2Encoder, "embed", no_memory)
+    monkeypatch.setattr(Esm2Encoder, "forward", no_memory)
     with pytest.raises(GpuOutOfMemory) as error:
         embed(shard(golden_prepared), tmp_path / "never.h5", models=tiny_models, device="cpu")
     assert error.value.code == 7 and "does not fit" in str(error.value)

@@ -216,12 +216,18 @@ class Embedder:
         local = plan_batches([len(tokens[i]) for i in indices], self.token_budget[role])
         return [[indices[j] for j in batch] for batch in local]
 
-    def run(self, role: str, tokens: dict, batch: list[int]) -> np.ndarray:
+    def collate(self, role: str, tokens: dict, batch: list[int]):
+        """Host-side layout of a batch (runs in the prefetch thread)."""
+        return self.encoders[role].collate([tokens[i] for i in batch])
+
+    def run(self, role: str, tokens: dict, batch: list[int], collated=None) -> np.ndarray:
         """Pooled vectors of one batch; on GPU out-of-memory, halve it (exit 7 only for one sequence)."""
         import torch
 
         try:
-            vectors = self.encoders[role].embed([tokens[i] for i in batch])
+            if collated is None:
+                collated = self.collate(role, tokens, batch)
+            vectors = self.encoders[role].forward(collated)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise GpuOutOfMemory(f"{role}: one sequence of {len(tokens[batch[0]])} tokens does not fit "
@@ -359,8 +365,9 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
              record_ids: list[str], checkpoint_every: int, checkpoint_seconds: float) -> None:
     """Embed every missing distinct sequence, window by window, saving parts as it goes.
 
-    Tokenization of the next work item runs in a background thread while this one computes; a
-    non-finite vector stops the run before it can reach a checkpoint (exit 9).
+    Tokenization of the next work item and the host-side layout of the next batch (pinned memory
+    on a GPU) run in background threads while the current batch computes; a non-finite vector
+    stops the run before it can reach a checkpoint (exit 9).
     """
     from virnucpro.encoders import check_finite
 
@@ -384,15 +391,19 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
         return dict(zip(indices, embedder.encoders[role].tokenize(seqs)))
 
     items = list(_work_items(distinct, done, n_records, checkpoint_every))
-    with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead:
+    with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead, \
+            ThreadPoolExecutor(max_workers=1) as layouts:
         upcoming = ahead.submit(tokenize, items[0]) if items else None
         for number, (window_end, role, indices) in enumerate(items):
             tokens = upcoming.result()
             upcoming = ahead.submit(tokenize, items[number + 1]) if number + 1 < len(items) else None
-            for batch in embedder.batches(role, tokens, indices):
-                if done[role][batch].all():
-                    continue
-                vectors = embedder.run(role, tokens, batch)
+            batches = [b for b in embedder.batches(role, tokens, indices) if not done[role][b].all()]
+            next_layout = layouts.submit(embedder.collate, role, tokens, batches[0]) if batches else None
+            for position, batch in enumerate(batches):
+                collated = next_layout.result()
+                if position + 1 < len(batches):  # lay out the next batch while this one computes
+                    next_layout = layouts.submit(embedder.collate, role, tokens, batches[position + 1])
+                vectors = embedder.run(role, tokens, batch, collated)
                 check_finite(vectors, [record_ids[distinct[role].first_record[i]] for i in batch])
                 missing = [k for k, i in enumerate(batch) if not done[role][i]]
                 chosen = [batch[k] for k in missing]

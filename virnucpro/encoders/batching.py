@@ -110,6 +110,11 @@ class PackedBatch:
             return None
         return (self.slot[:, :, None] == self.slot[:, None, :]).unsqueeze(1)
 
+    def to(self, device: torch.device) -> "PackedBatch":
+        """The same batch on `device`, copied without blocking the host."""
+        return PackedBatch(*(to_device(t, device) for t in (self.ids, self.slot, self.pos, self.pool, self.where)),
+                           one_per_row_no_pad=self.one_per_row_no_pad)
+
     def gather(self, pooled: torch.Tensor) -> torch.Tensor:
         """(R, S, D) pooled slots -> (N, D) in input order."""
         return pooled[self.where[:, 0], self.where[:, 1]]
@@ -126,6 +131,9 @@ def pack(
     token_scale: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> tuple[PackedBatch, Optional[torch.Tensor]]:
     """Lay `tokens` out as rows (several sequences per row when `packed`, else one per row).
+
+    Tensors stay on the host (page-locked when `device` is a GPU); `PackedBatch.to` moves them, so
+    this work can run in a background thread while the GPU computes the previous batch.
 
     `pool_range(length) -> (start, stop)` gives the token positions averaged for a sequence of
     that many tokens. `token_scale(ids) -> float32 array` (optional) gives a per-token factor for
@@ -166,15 +174,25 @@ def pack(
             where[i] = (r, s)
             offset += length
     full = all(len(row) == 1 for row in rows) and all(lengths[row[0]] == width for row in rows)
+    pinned = torch.device(device).type == "cuda"
     batch = PackedBatch(
-        ids=torch.from_numpy(ids).to(device),
-        slot=torch.from_numpy(slot).to(device),
-        pos=torch.from_numpy(pos).to(device),
-        pool=torch.from_numpy(pool).to(device),
-        where=torch.from_numpy(where).to(device),
-        one_per_row_no_pad=full,
+        ids=_host(ids, pinned), slot=_host(slot, pinned), pos=_host(pos, pinned), pool=_host(pool, pinned),
+        where=_host(where, pinned), one_per_row_no_pad=full,
     )
-    return batch, (torch.from_numpy(scale).to(device) if scale is not None else None)
+    return batch, (_host(scale, pinned) if scale is not None else None)
+
+
+def _host(array: np.ndarray, pinned: bool) -> torch.Tensor:
+    """A CPU tensor, page-locked when it is bound for a GPU so the copy can be asynchronous."""
+    tensor = torch.from_numpy(array)
+    return tensor.pin_memory() if pinned else tensor
+
+
+def to_device(tensor: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
+    """Non-blocking copy (from pinned memory) to the device; CPU tensors stay as they are."""
+    if tensor is None or tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=True)
 
 
 def pooled_mean(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:

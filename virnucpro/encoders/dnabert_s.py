@@ -242,6 +242,20 @@ class DnabertSEncoder:
         return [np.asarray(e.ids, dtype=np.int64)
                 for e in self.tokenizer.encode_batch(list(sequences), add_special_tokens=True)]
 
+    def collate(self, tokens: Sequence[np.ndarray], packed: bool = True):
+        """Host-side batch layout (thread-safe, no GPU work): what `forward` consumes."""
+        check_token_ids(tokens, self.vocab_size, "DNABERT-S")
+        batch, _ = pack(tokens, self.pad_id, self.device, lambda n: (0, n), packed=packed,
+                        multiple_of=8 if self.device.type == "cuda" else 1)
+        return batch
+
+    def forward(self, batch) -> torch.Tensor:
+        """Pooled vectors (N, width) float32 on CPU of a collated batch; OOM propagates."""
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            hidden = self.module(batch.ids, batch.pos, batch.attention_mask())
+            return pooled_mean(hidden, batch).cpu()
+
     def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
         """Mean of the last hidden state over all tokens of each sequence -> (N, width) float32 CPU.
 
@@ -251,9 +265,4 @@ class DnabertSEncoder:
         """
         if len(tokens) == 0:
             return torch.empty((0, self.width), dtype=torch.float32)
-        check_token_ids(tokens, self.vocab_size, "DNABERT-S")
-        batch, _ = pack(tokens, self.pad_id, self.device, lambda n: (0, n), packed=packed,
-                        multiple_of=8 if self.device.type == "cuda" else 1)
-        with torch.inference_mode():
-            hidden = self.module(batch.ids, batch.pos, batch.attention_mask())
-            return pooled_mean(hidden, batch).cpu()
+        return self.forward(self.collate(tokens, packed))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.encoders import describe_load_error, key_mismatch
-from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
+from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean, to_device
 from virnucpro.errors import ModelsError
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
@@ -296,6 +296,21 @@ class Esm2Encoder:
             scale[masked] = 0.0
         return scale
 
+    def collate(self, tokens: Sequence[np.ndarray], packed: bool = True) -> tuple:
+        """Host-side batch layout (thread-safe, no GPU work): what `forward` consumes."""
+        check_token_ids(tokens, len(TOKENS), "ESM-2")
+        return pack(tokens, PAD, self.device, lambda n: (1, 1 + min(MAX_POOLED_RESIDUES, n - 2)),
+                    packed=packed, multiple_of=8 if self.device.type == "cuda" else 1,
+                    token_scale=self._token_scale)
+
+    def forward(self, collated: tuple) -> torch.Tensor:
+        """Pooled vectors (N, width) float32 on CPU of a collated batch; OOM propagates."""
+        batch, scale = collated
+        batch, scale = batch.to(self.device), to_device(scale, self.device)
+        with torch.inference_mode():
+            hidden = self.module(batch.ids, batch.pos, scale, batch.attention_mask())
+            return pooled_mean(hidden, batch).cpu()
+
     def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
         """Mean of the last layer over residues 1..min(1024, L) -> (N, width) float32 on CPU.
 
@@ -305,11 +320,4 @@ class Esm2Encoder:
         """
         if len(tokens) == 0:
             return torch.empty((0, self.width), dtype=torch.float32)
-        check_token_ids(tokens, len(TOKENS), "ESM-2")
-        batch, scale = pack(tokens, PAD, self.device,
-                            lambda n: (1, 1 + min(MAX_POOLED_RESIDUES, n - 2)), packed=packed,
-                            multiple_of=8 if self.device.type == "cuda" else 1,
-                            token_scale=self._token_scale)
-        with torch.inference_mode():
-            hidden = self.module(batch.ids, batch.pos, scale, batch.attention_mask())
-            return pooled_mean(hidden, batch).cpu()
+        return self.forward(self.collate(tokens, packed))
