@@ -232,3 +232,12 @@ def test_bad_option_values_are_usage_errors(tmp_path, run_cli):
     assert code == 2
     code, _ = run_cli("run", path, "--outdir", tmp_path / "o", "--device", "tpu")
     assert code == 2
+
+
+def test_duplicates_found_across_spilled_hash_buckets(tmp_path, run_cli, monkeypatch):
+    from virnucpro.prepare import IdRegistry
+
+    monkeypatch.setattr(IdRegistry, "BUFFER", 3)
+    path = write(tmp_path / "in.fa", "".join(f">r{i}\nACGTACGT\n" for i in range(20)) + ">r4\nACGT\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "duplicate sequence id 'r4'" in message and "line 9" in message

@@ -14,7 +14,7 @@ import math
 import shutil
 from array import array
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -50,35 +50,39 @@ def chunk_starts(length: int, size: int) -> list[tuple[int, int]]:
 
 # --- six-frame translation (SPEC §1 steps 2-3) ----------------------------------------------
 
-def _codon_table() -> np.ndarray:
-    """Amino acid byte for each codon coded base-5 (A C G T other); 0 marks a dropped codon."""
+def _codon_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per codon coded base-5 (A C G T other) at a forward position: the amino acid it reads as on
+    the forward strand, the amino acid its reverse complement reads as on the reverse strand (0
+    marks a dropped codon), and whether it is a stop on the forward (1) or reverse (2) strand."""
     from Bio.Data.CodonTable import standard_dna_table
 
-    bases = "ACGT"
-    table = np.zeros(125, dtype=np.uint8)
-    for i, a in enumerate(bases):
-        for j, b in enumerate(bases):
-            for k, c in enumerate(bases):
-                codon = a + b + c
-                amino = "*" if codon in standard_dna_table.stop_codons else standard_dna_table.forward_table[codon]
-                table[25 * i + 5 * j + k] = ord(amino)
-    return table
+    def amino(codon: str) -> str:
+        return "*" if codon in standard_dna_table.stop_codons else standard_dna_table.forward_table[codon]
+
+    complement = {"A": "T", "C": "G", "G": "C", "T": "A"}
+    forward, reverse, stop = (np.zeros(125, dtype=np.uint8) for _ in range(3))
+    for i, a in enumerate("ACGT"):
+        for j, b in enumerate("ACGT"):
+            for k, c in enumerate("ACGT"):
+                index = 25 * i + 5 * j + k
+                forward[index] = ord(amino(a + b + c))
+                reverse[index] = ord(amino(complement[c] + complement[b] + complement[a]))
+                stop[index] = 1 if forward[index] == STOP else 2 if reverse[index] == STOP else 0
+    return forward, reverse, stop
 
 
-CODON_TABLE = _codon_table()
+STOP = ord("*")
+FORWARD_AMINO, REVERSE_AMINO, STOP_STRAND = _codon_tables()
 BASE_CODE = np.full(256, 4, dtype=np.uint8)
 for _code, (_upper, _lower) in enumerate(zip(b"ACGT", b"acgt")):
     BASE_CODE[_upper] = BASE_CODE[_lower] = _code
-COMPLEMENT_CODE = np.array([3, 2, 1, 0, 4], dtype=np.uint8)
 REVCOMP = str.maketrans("ACGTacgt", "TGCAtgca")
-STOP = ord("*")
 
 
-def _codon_aminos(codes: np.ndarray) -> np.ndarray:
-    """Amino acid (or 0) of the codon starting at each position of a base-code buffer."""
+def _codon_index(codes: np.ndarray) -> np.ndarray:
+    """Base-5 code of the three bases starting at each position (positions past the end read 'other')."""
     padded = np.concatenate([codes, np.full(2, 4, dtype=np.uint8)])
-    index = padded[:-2] * 25 + padded[1:-1] * 5 + padded[2:]
-    return CODON_TABLE[index]
+    return padded[:-2] * 25 + padded[1:-1] * 5 + padded[2:]
 
 
 @dataclass
@@ -91,21 +95,21 @@ class Orf:
     protein: str
 
 
-def _frames_with_stop(aminos: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                      ascending: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(chunk, frame) of every in-frame stop codon of one strand buffer.
+def _frames_with_stop(codons: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk, slot) of every frame holding a stop codon; slots 0-2 are F1-F3, 3-5 are R1-R3.
 
-    Stops are sparse, so locating them is far cheaper than scanning every frame codon by codon.
-    `offsets` give where each chunk starts in the buffer; on the reverse strand they descend.
+    Stops are sparse, so locating them is far cheaper than reading every frame codon by codon. A
+    reverse-strand stop is found at the forward position of its reverse complement: a codon at
+    chunk position p lies at reverse-strand position L-3-p.
     """
-    positions = np.flatnonzero(aminos == STOP)
-    if ascending:
-        chunk = np.searchsorted(offsets, positions, side="right") - 1
-    else:
-        chunk = len(offsets) - np.searchsorted(offsets[::-1], positions, side="right")
+    strand = STOP_STRAND[codons]
+    positions = np.flatnonzero(strand)
+    chunk = np.searchsorted(offsets, positions, side="right") - 1
     relative = positions - offsets[chunk]
     inside = relative <= lengths[chunk] - 3  # codons straddling two chunks do not exist
-    return chunk[inside], relative[inside] % 3
+    chunk, relative, reverse = chunk[inside], relative[inside], strand[positions[inside]] == 2
+    slot = np.where(reverse, 3 + (lengths[chunk] - 3 - relative) % 3, relative % 3)
+    return chunk, slot
 
 
 def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
@@ -118,29 +122,29 @@ def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
         return []
     lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    total = int(lengths.sum())
-    reverse_offsets = total - offsets - lengths
-    codes = BASE_CODE[np.frombuffer("".join(chunks).encode("latin-1"), dtype=np.uint8)]
-    forward = _codon_aminos(codes)
-    reverse = _codon_aminos(COMPLEMENT_CODE[codes[::-1]])
+    codons = _codon_index(BASE_CODE[np.frombuffer("".join(chunks).encode("ascii"), dtype=np.uint8)])
 
     frame = np.arange(3)
     counts = np.maximum(0, (lengths[:, None] - np.tile(frame, 2)[None, :]) // 3)
     open_frame = counts > 0
-    chunk, shift = _frames_with_stop(forward, offsets, lengths, ascending=True)
-    open_frame[chunk, shift] = False
-    chunk, shift = _frames_with_stop(reverse, reverse_offsets, lengths, ascending=False)
-    open_frame[chunk, 3 + shift] = False
+    chunk, slot = _frames_with_stop(codons, offsets, lengths)
+    open_frame[chunk, slot] = False
     candidates = np.flatnonzero(open_frame.ravel())
     if not len(candidates):
         return []
 
     chunk, slot = np.divmod(candidates, 6)
-    starts = np.where(slot < 3, offsets[chunk] + slot, total + reverse_offsets[chunk] + slot - 3)
     n_codons = counts.ravel()[candidates]
+    shift = slot % 3
+    reverse = slot >= 3
+    # forward frames read ascending from offset+shift; reverse frames read the forward codons at
+    # chunk positions L-3-shift, L-6-shift, ... (descending)
+    starts = np.where(reverse, offsets[chunk] + lengths[chunk] - 3 - shift, offsets[chunk] + shift)
+    steps = np.where(reverse, -3, 3)
     seg_begin = np.cumsum(n_codons) - n_codons
     within = np.arange(int(n_codons.sum()), dtype=np.int64) - np.repeat(seg_begin, n_codons)
-    gathered = np.concatenate([forward, reverse])[np.repeat(starts, n_codons) + 3 * within]
+    element_codons = codons[np.repeat(starts, n_codons) + np.repeat(steps, n_codons) * within]
+    gathered = np.where(np.repeat(reverse, n_codons), REVERSE_AMINO[element_codons], FORWARD_AMINO[element_codons])
     valid = gathered != 0
     valid_cum = np.concatenate([[0], np.cumsum(valid)])
     n_amino = valid_cum[seg_begin + n_codons] - valid_cum[seg_begin]
@@ -335,11 +339,20 @@ class InputSummary:
     records: int = 0
 
 
-@dataclass
 class IdRegistry:
-    """8-byte hashes of every record id seen, so duplicates are found without holding the ids."""
+    """64-bit hashes of every record id, so duplicates are found without holding the ids.
 
-    hashes: array = field(default_factory=lambda: array("q"))
+    Hashes are buffered, then spilled to 16 bucket files by their top bits; at the end each bucket
+    is sorted on its own. Memory stays flat as inputs grow (1/16 of the hashes at most, at the end).
+    """
+
+    BUFFER = 1 << 16
+    BUCKETS = 16
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.buffer = array("q")
 
     @staticmethod
     def digest(record_id: str) -> int:
@@ -347,12 +360,30 @@ class IdRegistry:
         return hash(record_id)
 
     def add(self, record_id: str) -> None:
-        self.hashes.append(self.digest(record_id))
+        self.buffer.append(hash(record_id))
+        if len(self.buffer) >= self.BUFFER:
+            self._spill()
+
+    def _bucket(self, index: int) -> Path:
+        return self.directory / f"ids_{index:02d}.bin"
+
+    def _spill(self) -> None:
+        values = np.frombuffer(self.buffer, dtype=np.int64)
+        buckets = (values.view(np.uint64) >> np.uint64(60)).astype(np.int64)
+        for index in range(self.BUCKETS):
+            with open(self._bucket(index), "ab") as handle:
+                values[buckets == index].tofile(handle)
+        self.buffer = array("q")
 
     def repeated_hashes(self) -> set[int]:
-        values = np.frombuffer(self.hashes, dtype=np.int64) if len(self.hashes) else np.zeros(0, np.int64)
-        ordered = np.sort(values)
-        return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        self._spill()
+        repeated: set[int] = set()
+        for index in range(self.BUCKETS):
+            ordered = np.sort(np.fromfile(self._bucket(index), dtype=np.int64))
+            repeated.update(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+            self._bucket(index).unlink()
+        self.directory.rmdir()
+        return repeated
 
 
 def _check_letters(record_id: str, sequence: str, path: Path, line: int, warned_u: list[str]) -> None:
@@ -448,7 +479,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     work = _claim_outdir(outdir)
     try:
         summaries = [InputSummary(path) for path in inputs]
-        registry = IdRegistry()
+        registry = IdRegistry(work / ".ids")
         preparer = SamplePreparer(work, chunk_size, shard_size)
         progress = Progress("prepare", total=sum(_file_size(p) for p in inputs), unit="input bytes")
         for record_id, sequence in _stream_inputs(summaries, registry, progress):
