@@ -155,3 +155,11 @@ def test_short_last_chunk_1490_at_500():
     assert original_chunks("A" * 1490, 500) == ["A" * 500, "A" * 500, "A" * 498]
     from virnucpro.prepare import chunk_starts
     assert chunk_starts(1490, 500) == [(0, 500), (496, 500), (992, 498)]
+
+
+def test_outputs_do_not_depend_on_worker_processes(reference_dir, tmp_path):
+    for threads in (1, 3):
+        prepare([reference_dir / "golden/mixed.fa"], tmp_path / f"t{threads}", chunk_size=300, shard_size=100,
+                threads=threads)
+    for name in ("sequences.tsv", "chunks.tsv", "manifest.json", "shards/shard_00003.tsv"):
+        assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t3" / name).read_bytes(), name

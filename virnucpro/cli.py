@@ -96,11 +96,11 @@ def prepare(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Chunk, translate six frames and write ORF shards for `embed`."""
-    limit_threads(threads)
+    threads = limit_threads(threads)
     from virnucpro.prepare import prepare as run_prepare
 
     _check_chunk_size(chunk_size, allow_any_chunk_size)
-    run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size)
+    run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size, threads=threads)
 
 
 @app.command()

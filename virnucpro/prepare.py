@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import shutil
 from array import array
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -25,6 +27,7 @@ from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import BadInputError
 from virnucpro.seqio import HashingTextStream, invalid_letters, read_records
+from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
 FRAME_LABELS = ("F1", "F2", "F3", "R1", "R2", "R3")
@@ -217,11 +220,15 @@ class ShardWriter:
         self.records.append(0)
         self._handle = open(body, "w", encoding="utf-8", newline="\n")
 
-    def write(self, orf_id: str, nucleotide: str, protein: str) -> None:
-        if self._handle is None or self.records[-1] >= self.shard_size:
-            self._open_next()
-        self._handle.write(f"{orf_id}\t{nucleotide}\t{protein}\n")
-        self.records[-1] += 1
+    def write_lines(self, lines: list[str]) -> None:
+        """Append formatted ORF lines, starting a new shard every `shard_size` records."""
+        while lines:
+            if self._handle is None or self.records[-1] >= self.shard_size:
+                self._open_next()
+            room = self.shard_size - self.records[-1]
+            self._handle.write("".join(lines[:room]))
+            self.records[-1] += len(lines[:room])
+            lines = lines[room:]
 
     def finish(self, chunk_size: int) -> list[dict]:
         """Turn bodies into final shard files with their first line and header; return manifest rows."""
@@ -248,10 +255,57 @@ class ShardWriter:
         return rows
 
 
-class SamplePreparer:
-    """Turns the records of one sample into shards and tables, chunk batch by chunk batch."""
+@dataclass
+class TranslatedBatch:
+    """What one chunk batch contributes: shard lines, ORFs per chunk, chunks.tsv rows."""
 
-    def __init__(self, workdir: Path, chunk_size: int, shard_size: int):
+    orf_lines: list[str]
+    per_chunk: list[int]
+    chunk_rows: str
+
+
+def translate_batch(chunk_ids: list[str], sequence_ids: list[str], starts: list[int],
+                    chunks: list[str]) -> TranslatedBatch:
+    """Six-frame ORFs of a chunk batch, formatted; a pure function, so it can run in a worker."""
+    per_chunk = [0] * len(chunks)
+    lines = []
+    for orf in six_frame_orfs(chunks):
+        lines.append(f"{chunk_ids[orf.chunk]}{orf.label}\t{orf.nucleotide}\t{orf.protein}\n")
+        per_chunk[orf.chunk] += 1
+    rows = "".join(f"{chunk_id}\t{sequence_id}\t{start}\t{len(chunk)}\t{n_orfs}\n" for chunk_id, sequence_id,
+                   start, chunk, n_orfs in zip(chunk_ids, sequence_ids, starts, chunks, per_chunk))
+    return TranslatedBatch(lines, per_chunk, rows)
+
+
+class InlineExecutor:
+    """The executor interface, run in this process (one thread: no worker to feed)."""
+
+    def submit(self, function, *args) -> Future:
+        future: Future = Future()
+        future.set_result(function(*args))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def _executor(workers: int):
+    if workers < 1:
+        return InlineExecutor()
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+
+class SamplePreparer:
+    """Turns the records of one sample into shards and tables, chunk batch by chunk batch.
+
+    With workers, batches are translated in other processes while this one keeps parsing; results
+    are applied strictly in batch order, so outputs do not depend on the number of workers.
+    """
+
+    def __init__(self, workdir: Path, chunk_size: int, shard_size: int, workers: int = 0):
+        self.executor = _executor(workers)
+        self.in_flight: deque = deque()
+        self.depth = max(1, workers) + 1
         self.chunk_size = chunk_size
         self.counts = Counts()
         self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
@@ -279,7 +333,13 @@ class SamplePreparer:
         if length <= self.chunk_size:  # the common short-read case: one chunk, the whole record
             row = SequenceRow(record_id, length, 1)
             self.pending_records.append(row)
-            self._add_chunk(row, f"{record_id}_chunk_1", 0, sequence)
+            self.batch_records.append(row)
+            self.batch_ids.append(f"{record_id}_chunk_1")
+            self.batch_starts.append(0)
+            self.batch_chunks.append(sequence)
+            self.batch_bases += length
+            if self.batch_bases >= BATCH_BASES:
+                self.flush()
             return
         spans = chunk_starts(length, self.chunk_size)
         row = SequenceRow(record_id, length, len(spans))
@@ -297,34 +357,46 @@ class SamplePreparer:
             self.flush()
 
     def flush(self) -> None:
-        """Translate the pending chunks and write their ORFs, chunk rows and finished records."""
-        records, ids, starts, chunks = self.batch_records, self.batch_ids, self.batch_starts, self.batch_chunks
+        """Send the pending chunks to be translated; apply finished batches in order."""
+        if self.batch_chunks:
+            future = self.executor.submit(translate_batch, self.batch_ids, [r.id for r in self.batch_records],
+                                          self.batch_starts, self.batch_chunks)
+            self.in_flight.append((self.batch_records, future))
         self.batch_records, self.batch_ids, self.batch_starts, self.batch_chunks = [], [], [], []
         self.batch_bases = 0
-        orfs = six_frame_orfs(chunks)
-        per_chunk = [0] * len(chunks)
-        write = self.shards.write
-        for orf in orfs:
-            write(ids[orf.chunk] + orf.label, orf.nucleotide, orf.protein)
-            per_chunk[orf.chunk] += 1
-        self.counts.orfs += len(orfs)
-        self.counts.chunks += len(chunks)
-        self.counts.chunks_without_orf += per_chunk.count(0)
-        self.chunks.write("".join(
-            f"{chunk_id}\t{row.id}\t{start}\t{len(chunk)}\t{n_orfs}\n"
-            for chunk_id, row, start, chunk, n_orfs in zip(ids, records, starts, chunks, per_chunk)))
-        for row, n_orfs in zip(records, per_chunk):
+        while len(self.in_flight) > self.depth:
+            self._apply(*self.in_flight.popleft())
+
+    def _apply(self, records: list[SequenceRow], future: Future) -> None:
+        """Write one translated batch: ORFs into shards, chunk rows, then finished records."""
+        result: TranslatedBatch = future.result()
+        self.shards.write_lines(result.orf_lines)
+        self.chunks.write(result.chunk_rows)
+        self.counts.orfs += len(result.orf_lines)
+        self.counts.chunks += len(records)
+        self.counts.chunks_without_orf += result.per_chunk.count(0)
+        for row, n_orfs in zip(records, result.per_chunk):
             row.chunks_done += 1
             row.n_orfs += n_orfs
         self._write_finished_records()
 
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
     def _write_finished_records(self) -> None:
-        while self.pending_records and self.pending_records[0].chunks_done == self.pending_records[0].n_chunks:
-            row = self.pending_records.popleft()
-            self.sequences.write(f"{row.id}\t{row.length}\t{row.n_chunks}\t{row.n_orfs}\t{row.status}\n")
+        """Rows of sequences.tsv for the records at the front whose chunks are all applied."""
+        pending, rows = self.pending_records, []
+        while pending and pending[0].chunks_done == pending[0].n_chunks:
+            row = pending.popleft()
+            rows.append(f"{row.id}\t{row.length}\t{row.n_chunks}\t{row.n_orfs}\t{row.status}\n")
+        self.sequences.write("".join(rows))
 
     def finish(self) -> list[dict]:
         self.flush()
+        while self.in_flight:
+            self._apply(*self.in_flight.popleft())
+        self._write_finished_records()  # records after the last chunk (empty ones)
+        self.close()
         self.sequences.close()
         self.chunks.close()
         return self.shards.finish(self.chunk_size)
@@ -472,15 +544,21 @@ def _claim_outdir(outdir: Path) -> Path:
     return work
 
 
-def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_size: int = 100_000) -> dict:
-    """Run the prepare stage; returns the manifest. Nothing appears at `outdir` unless it succeeds."""
+def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_size: int = 100_000,
+            threads: int | None = None) -> dict:
+    """Run the prepare stage; returns the manifest. Nothing appears at `outdir` unless it succeeds.
+
+    With more than one thread, translation runs in `threads - 1` worker processes while this
+    process reads and checks the input.
+    """
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
     work = _claim_outdir(outdir)
+    preparer = None
     try:
         summaries = [InputSummary(path) for path in inputs]
         registry = IdRegistry(work / ".ids")
-        preparer = SamplePreparer(work, chunk_size, shard_size)
+        preparer = SamplePreparer(work, chunk_size, shard_size, workers=(threads or available_cpus()) - 1)
         progress = Progress("prepare", total=sum(_file_size(p) for p in inputs), unit="input bytes")
         for record_id, sequence in _stream_inputs(summaries, registry, progress):
             preparer.add(record_id, sequence)
@@ -495,6 +573,8 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
             shutil.rmtree(outdir)
         work.rename(outdir)
     except BaseException:
+        if preparer is not None:
+            preparer.close()
         shutil.rmtree(work, ignore_errors=True)
         raise
     _report(manifest, outdir)

@@ -156,7 +156,8 @@ class HashingTextStream:
 
 
 def _record_id(header: str, path: Path, line: int) -> str:
-    words = header[1:].split()
+    """The first whitespace-delimited word of a header given without its '>' or '@'."""
+    words = header.split(None, 1)
     if not words:
         raise BadInputError(f"{path}, line {line}: header '{header.strip()}' has no sequence id",
                             "give every record a name after '>' or '@'")
@@ -166,8 +167,11 @@ def _record_id(header: str, path: Path, line: int) -> str:
 def _fasta_record(text: str, path: Path, line: int) -> Record:
     """A record from its text after '>': the header line, then sequence lines."""
     header, _, body = text.partition("\n")
-    rid = _record_id(">" + header, path, line)
-    return Record(rid, body.replace("\n", "").replace("\r", "").replace(" ", ""), line)
+    rid = _record_id(header, path, line)
+    sequence = body.replace("\n", "")
+    if "\r" in sequence or " " in sequence:
+        sequence = sequence.replace("\r", "").replace(" ", "")
+    return Record(rid, sequence, line)
 
 
 def _fasta_records(blocks: Iterator[str], first_block: str, path: Path) -> Iterator[Record]:
@@ -199,7 +203,7 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
         if not text.startswith("@"):
             raise BadInputError(f"{path}, line {line_no}: expected a FASTQ header starting with '@', "
                                 f"found '{text[:40]}'", "check that the FASTQ file is complete")
-        rid = _record_id(text, path, line_no)
+        rid = _record_id(text[1:], path, line_no)
         seq_parts: list[str] = []
         for number, text in lines:
             if text.startswith("+"):
