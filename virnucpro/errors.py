@@ -37,6 +37,10 @@ class VirnucproError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
 
+    def __reduce__(self):
+        # keep the hint when the error crosses a process boundary (prepare's workers)
+        return (self.__class__, (self.message, self.hint))
+
 
 class BadInputError(VirnucproError):
     """Input file missing, unreadable, not FASTA/FASTQ, duplicate ids, protein given as DNA."""

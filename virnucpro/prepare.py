@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import BadInputError
-from virnucpro.seqio import HashingTextStream, invalid_letters, read_records
+from virnucpro.seqio import HashingTextStream, Record, RecordGroup, invalid_letters, read_records, record_groups
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
@@ -76,6 +76,7 @@ def _codon_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 STOP = ord("*")
 FORWARD_AMINO, REVERSE_AMINO, STOP_STRAND = _codon_tables()
+STOP_CODES = [np.uint8(code) for code in np.flatnonzero(STOP_STRAND)]
 BASE_CODE = np.full(256, 4, dtype=np.uint8)
 for _code, (_upper, _lower) in enumerate(zip(b"ACGT", b"acgt")):
     BASE_CODE[_upper] = BASE_CODE[_lower] = _code
@@ -105,12 +106,15 @@ def _frames_with_stop(codons: np.ndarray, offsets: np.ndarray, lengths: np.ndarr
     reverse-strand stop is found at the forward position of its reverse complement: a codon at
     chunk position p lies at reverse-strand position L-3-p.
     """
-    strand = STOP_STRAND[codons]
-    positions = np.flatnonzero(strand)
+    is_stop = codons == STOP_CODES[0]
+    for code in STOP_CODES[1:]:  # six comparisons beat a table lookup over every position
+        is_stop |= codons == code
+    positions = np.flatnonzero(is_stop)
     chunk = np.searchsorted(offsets, positions, side="right") - 1
     relative = positions - offsets[chunk]
     inside = relative <= lengths[chunk] - 3  # codons straddling two chunks do not exist
-    chunk, relative, reverse = chunk[inside], relative[inside], strand[positions[inside]] == 2
+    chunk, relative = chunk[inside], relative[inside]
+    reverse = STOP_STRAND[codons[positions[inside]]] == 2
     slot = np.where(reverse, 3 + (lengths[chunk] - 3 - relative) % 3, relative % 3)
     return chunk, slot
 
@@ -173,24 +177,7 @@ def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
     return orfs
 
 
-# --- streaming the sample through ----------------------------------------------------------
-
-@dataclass
-class SequenceRow:
-    """Per-record bookkeeping until all of its chunks have been translated."""
-
-    id: str
-    length: int
-    n_chunks: int
-    chunks_done: int = 0
-    n_orfs: int = 0
-
-    @property
-    def status(self) -> str:
-        if self.length == 0:
-            return "empty"
-        return "ok" if self.n_orfs else "no_orf"
-
+# --- one group of records (runs in a worker process) -----------------------------------------
 
 @dataclass
 class Counts:
@@ -201,6 +188,97 @@ class Counts:
     chunks_without_orf: int = 0
     orfs: int = 0
 
+    def add(self, other: "Counts") -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class GroupResult:
+    """What one group of records contributes, formatted: shard lines and table rows, in order."""
+
+    counts: Counts
+    orf_lines: list[str]
+    chunk_rows: str
+    sequence_rows: str
+    id_hashes: array
+    rna_records: list[str]
+
+
+def _check_letters(record: Record, path: Path) -> bool:
+    """Refuse letters that are no nucleotide code; True when the record holds U (RNA)."""
+    bad = invalid_letters(record.sequence)
+    if bad:
+        shown = "".join(sorted(set(bad)))[:20]
+        looks_protein = any(c in PROTEIN_LIKE for c in bad)
+        raise BadInputError(
+            f"{path}, record '{record.id}' (line {record.line}) has characters that are no nucleotide "
+            f"code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
+            "give nucleotide sequences (IUPAC codes, N, '-', '.', '*' are accepted)")
+    return "U" in record.sequence or "u" in record.sequence
+
+
+def _translate_chunks(chunk_ids: list[str], chunks: list[str]) -> tuple[list[str], list[int]]:
+    """Formatted ORF lines and ORFs per chunk, translating about BATCH_BASES at a time."""
+    lines: list[str] = []
+    per_chunk = [0] * len(chunks)
+    begin = 0
+    while begin < len(chunks):
+        end, bases = begin, 0
+        while end < len(chunks) and (bases < BATCH_BASES or end == begin):
+            bases += len(chunks[end])
+            end += 1
+        for orf in six_frame_orfs(chunks[begin:end]):
+            k = begin + orf.chunk
+            lines.append(f"{chunk_ids[k]}{orf.label}\t{orf.nucleotide}\t{orf.protein}\n")
+            per_chunk[k] += 1
+        begin = end
+    return lines, per_chunk
+
+
+def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
+    """Check, chunk and translate one group of whole records (a pure function: runs in a worker).
+
+    Record ids are hashed with Python's string hash, whose per-process key forked workers share
+    with the main process, which confirms duplicates with the same hash.
+    """
+    counts = Counts()
+    hashes, rna = array("q"), []
+    records: list[tuple[str, int, int]] = []  # id, length, first chunk index
+    chunk_ids: list[str] = []
+    chunk_rows: list[tuple[str, int, int]] = []  # record index, start, length
+    chunks: list[str] = []
+    for record in group.parse():
+        if _check_letters(record, group.path):
+            rna.append(record.id)
+        hashes.append(hash(record.id))
+        length = len(record.sequence)
+        counts.sequences += 1
+        counts.bases += length
+        records.append((record.id, length, len(chunks)))
+        if not length:
+            counts.empty_sequences += 1
+            continue
+        spans = [(0, length)] if length <= chunk_size else chunk_starts(length, chunk_size)
+        for k, (start, size) in enumerate(spans, start=1):
+            chunk_ids.append(f"{record.id}_chunk_{k}")
+            chunk_rows.append((len(records) - 1, start, size))
+            chunks.append(record.sequence if size == length else record.sequence[start:start + size])
+    orf_lines, per_chunk = _translate_chunks(chunk_ids, chunks)
+    counts.chunks, counts.orfs = len(chunks), len(orf_lines)
+    counts.chunks_without_orf = per_chunk.count(0)
+    table = "".join(f"{chunk_id}\t{records[r][0]}\t{start}\t{size}\t{n}\n"
+                    for chunk_id, (r, start, size), n in zip(chunk_ids, chunk_rows, per_chunk))
+    sequence_rows = []
+    for r, (record_id, length, first) in enumerate(records):
+        last = records[r + 1][2] if r + 1 < len(records) else len(chunks)
+        n_orfs = sum(per_chunk[first:last])
+        status = "empty" if not length else "ok" if n_orfs else "no_orf"
+        sequence_rows.append(f"{record_id}\t{length}\t{last - first}\t{n_orfs}\t{status}\n")
+    return GroupResult(counts, orf_lines, table, "".join(sequence_rows), hashes, rna)
+
+
+# --- the sample: groups in order -------------------------------------------------------------
 
 class ShardWriter:
     """Writes ORF records into numbered shard bodies; the first line (which needs the shard count)
@@ -256,25 +334,10 @@ class ShardWriter:
 
 
 @dataclass
-class TranslatedBatch:
-    """What one chunk batch contributes: shard lines, ORFs per chunk, chunks.tsv rows."""
-
-    orf_lines: list[str]
-    per_chunk: list[int]
-    chunk_rows: str
-
-
-def translate_batch(chunk_ids: list[str], sequence_ids: list[str], starts: list[int],
-                    chunks: list[str]) -> TranslatedBatch:
-    """Six-frame ORFs of a chunk batch, formatted; a pure function, so it can run in a worker."""
-    per_chunk = [0] * len(chunks)
-    lines = []
-    for orf in six_frame_orfs(chunks):
-        lines.append(f"{chunk_ids[orf.chunk]}{orf.label}\t{orf.nucleotide}\t{orf.protein}\n")
-        per_chunk[orf.chunk] += 1
-    rows = "".join(f"{chunk_id}\t{sequence_id}\t{start}\t{len(chunk)}\t{n_orfs}\n" for chunk_id, sequence_id,
-                   start, chunk, n_orfs in zip(chunk_ids, sequence_ids, starts, chunks, per_chunk))
-    return TranslatedBatch(lines, per_chunk, rows)
+class InputSummary:
+    path: Path
+    sha256: str = ""
+    records: int = 0
 
 
 class InlineExecutor:
@@ -289,127 +352,56 @@ class InlineExecutor:
         pass
 
 
-def _executor(workers: int):
-    if workers < 1:
-        return InlineExecutor()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
-
-
 class SamplePreparer:
-    """Turns the records of one sample into shards and tables, chunk batch by chunk batch.
+    """Sends groups of records to workers and writes their results strictly in input order, so
+    outputs do not depend on the number of workers; at most a few groups are in flight."""
 
-    With workers, batches are translated in other processes while this one keeps parsing; results
-    are applied strictly in batch order, so outputs do not depend on the number of workers.
-    """
-
-    def __init__(self, workdir: Path, chunk_size: int, shard_size: int, workers: int = 0):
-        self.executor = _executor(workers)
-        self.in_flight: deque = deque()
-        self.depth = max(1, workers) + 1
+    def __init__(self, workdir: Path, chunk_size: int, shard_size: int, workers: int):
         self.chunk_size = chunk_size
         self.counts = Counts()
+        self.registry = IdRegistry(workdir / ".ids")
         self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
         self.sequences = open(workdir / fmt.SEQUENCES, "w", encoding="utf-8", newline="\n")
         self.chunks = open(workdir / fmt.CHUNKS, "w", encoding="utf-8", newline="\n")
         self.sequences.write("\t".join(fmt.SEQUENCES_HEADER) + "\n")
         self.chunks.write("\t".join(fmt.CHUNKS_HEADER) + "\n")
-        self.pending_records: deque[SequenceRow] = deque()
-        # the chunk batch, as parallel lists: owning record, chunk id, start, chunk text
-        self.batch_records: list[SequenceRow] = []
-        self.batch_ids: list[str] = []
-        self.batch_starts: list[int] = []
-        self.batch_chunks: list[str] = []
-        self.batch_bases = 0
+        self.executor = (InlineExecutor() if workers < 1 else
+                         ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")))
+        self.in_flight: deque = deque()
+        self.depth = 2 * max(1, workers)
+        self.rna_warnings = 0
 
-    def add(self, record_id: str, sequence: str) -> None:
-        counts = self.counts
-        counts.sequences += 1
-        length = len(sequence)
-        counts.bases += length
-        if not length:
-            counts.empty_sequences += 1
-            self.pending_records.append(SequenceRow(record_id, 0, 0))
-            return
-        if length <= self.chunk_size:  # the common short-read case: one chunk, the whole record
-            row = SequenceRow(record_id, length, 1)
-            self.pending_records.append(row)
-            self.batch_records.append(row)
-            self.batch_ids.append(f"{record_id}_chunk_1")
-            self.batch_starts.append(0)
-            self.batch_chunks.append(sequence)
-            self.batch_bases += length
-            if self.batch_bases >= BATCH_BASES:
-                self.flush()
-            return
-        spans = chunk_starts(length, self.chunk_size)
-        row = SequenceRow(record_id, length, len(spans))
-        self.pending_records.append(row)
-        for k, (start, size) in enumerate(spans, start=1):
-            self._add_chunk(row, f"{record_id}_chunk_{k}", start, sequence[start:start + size])
-
-    def _add_chunk(self, row: SequenceRow, chunk_id: str, start: int, chunk: str) -> None:
-        self.batch_records.append(row)
-        self.batch_ids.append(chunk_id)
-        self.batch_starts.append(start)
-        self.batch_chunks.append(chunk)
-        self.batch_bases += len(chunk)
-        if self.batch_bases >= BATCH_BASES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send the pending chunks to be translated; apply finished batches in order."""
-        if self.batch_chunks:
-            future = self.executor.submit(translate_batch, self.batch_ids, [r.id for r in self.batch_records],
-                                          self.batch_starts, self.batch_chunks)
-            self.in_flight.append((self.batch_records, future))
-        self.batch_records, self.batch_ids, self.batch_starts, self.batch_chunks = [], [], [], []
-        self.batch_bases = 0
+    def submit(self, group: RecordGroup, summary: InputSummary) -> None:
+        self.in_flight.append((summary, self.executor.submit(prepare_group, group, self.chunk_size)))
         while len(self.in_flight) > self.depth:
             self._apply(*self.in_flight.popleft())
 
-    def _apply(self, records: list[SequenceRow], future: Future) -> None:
-        """Write one translated batch: ORFs into shards, chunk rows, then finished records."""
-        result: TranslatedBatch = future.result()
+    def _apply(self, summary: InputSummary, future: Future) -> None:
+        result: GroupResult = future.result()
         self.shards.write_lines(result.orf_lines)
         self.chunks.write(result.chunk_rows)
-        self.counts.orfs += len(result.orf_lines)
-        self.counts.chunks += len(records)
-        self.counts.chunks_without_orf += result.per_chunk.count(0)
-        for row, n_orfs in zip(records, result.per_chunk):
-            row.chunks_done += 1
-            row.n_orfs += n_orfs
-        self._write_finished_records()
+        self.sequences.write(result.sequence_rows)
+        self.counts.add(result.counts)
+        self.registry.add_many(result.id_hashes)
+        summary.records += result.counts.sequences
+        for record_id in result.rna_records[:max(0, 3 - self.rna_warnings)]:
+            warn(f"record '{record_id}' contains U (RNA?); as in the original, codons with U are dropped, "
+                 "not read as T")
+        self.rna_warnings += len(result.rna_records)
+
+    def finish(self) -> list[dict]:
+        while self.in_flight:
+            self._apply(*self.in_flight.popleft())
+        self.close()
+        return self.shards.finish(self.chunk_size)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
-
-    def _write_finished_records(self) -> None:
-        """Rows of sequences.tsv for the records at the front whose chunks are all applied."""
-        pending, rows = self.pending_records, []
-        while pending and pending[0].chunks_done == pending[0].n_chunks:
-            row = pending.popleft()
-            rows.append(f"{row.id}\t{row.length}\t{row.n_chunks}\t{row.n_orfs}\t{row.status}\n")
-        self.sequences.write("".join(rows))
-
-    def finish(self) -> list[dict]:
-        self.flush()
-        while self.in_flight:
-            self._apply(*self.in_flight.popleft())
-        self._write_finished_records()  # records after the last chunk (empty ones)
-        self.close()
         self.sequences.close()
         self.chunks.close()
-        return self.shards.finish(self.chunk_size)
 
 
-# --- input checks ------------------------------------------------------------------------------
-
-@dataclass
-class InputSummary:
-    path: Path
-    sha256: str = ""
-    records: int = 0
-
+# --- duplicate ids ---------------------------------------------------------------------------
 
 class IdRegistry:
     """64-bit hashes of every record id, so duplicates are found without holding the ids.
@@ -426,13 +418,8 @@ class IdRegistry:
         directory.mkdir(parents=True, exist_ok=True)
         self.buffer = array("q")
 
-    @staticmethod
-    def digest(record_id: str) -> int:
-        """Python's own 64-bit string hash: stable within this process, which is all we need."""
-        return hash(record_id)
-
-    def add(self, record_id: str) -> None:
-        self.buffer.append(hash(record_id))
+    def add_many(self, hashes: array) -> None:
+        self.buffer.extend(hashes)
         if len(self.buffer) >= self.BUFFER:
             self._spill()
 
@@ -458,54 +445,12 @@ class IdRegistry:
         return repeated
 
 
-def _check_letters(record_id: str, sequence: str, path: Path, line: int, warned_u: list[str]) -> None:
-    bad = invalid_letters(sequence)
-    if bad:
-        shown = "".join(sorted(set(bad)))[:20]
-        looks_protein = any(c in PROTEIN_LIKE for c in bad)
-        raise BadInputError(
-            f"{path}, record '{record_id}' (line {line}) has characters that are no nucleotide "
-            f"code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
-            "give nucleotide sequences (IUPAC codes, N, '-', '.', '*' are accepted)")
-    if ("U" in sequence or "u" in sequence) and len(warned_u) < 3:
-        warned_u.append(record_id)
-        warn(f"record '{record_id}' contains U (RNA?); as in the original, codons with U are dropped, "
-             "not read as T")
-
-
-def _stream_inputs(summaries: list[InputSummary], registry: IdRegistry,
-                   progress: Progress) -> Iterator[tuple[str, str]]:
-    """Validated (id, sequence) of every record of every input file, in order."""
-    warned_u: list[str] = []
-    for summary in summaries:
-        stream = HashingTextStream(summary.path)
-        reported = 0
-        for record in read_records(stream):
-            _check_letters(record.id, record.sequence, summary.path, record.line, warned_u)
-            registry.add(record.id)
-            summary.records += 1
-            if stream.bytes_read > reported:
-                progress.advance(stream.bytes_read - reported)
-                reported = stream.bytes_read
-            yield record.id, record.sequence
-        summary.sha256 = stream.sha256.hexdigest()
-        if summary.records == 0:
-            raise BadInputError(f"{summary.path} holds no records", "give a FASTA or FASTQ file with sequences")
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0  # reported properly when the file is opened
-
-
 def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
     """Second pass, only when hashes repeat: confirm real duplicate ids and name them."""
     seen: dict[str, tuple[Path, int]] = {}
     for path in inputs:
         for record in read_records(HashingTextStream(path)):
-            if IdRegistry.digest(record.id) not in repeated:
+            if hash(record.id) not in repeated:
                 continue
             if record.id in seen:
                 first_path, first_line = seen[record.id]
@@ -514,6 +459,13 @@ def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
                     f"{path} line {record.line}",
                     "make ids unique (e.g. prefix them with the sample or file name)")
             seen[record.id] = (path, record.line)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reported properly when the file is opened
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -548,23 +500,32 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
             threads: int | None = None) -> dict:
     """Run the prepare stage; returns the manifest. Nothing appears at `outdir` unless it succeeds.
 
-    With more than one thread, translation runs in `threads - 1` worker processes while this
-    process reads and checks the input.
+    This process reads the inputs and writes the outputs; with more than one thread, groups of
+    records are checked, chunked and translated by `threads` worker processes.
     """
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
     work = _claim_outdir(outdir)
+    threads = threads or available_cpus()
     preparer = None
     try:
         summaries = [InputSummary(path) for path in inputs]
-        registry = IdRegistry(work / ".ids")
-        preparer = SamplePreparer(work, chunk_size, shard_size, workers=(threads or available_cpus()) - 1)
+        preparer = SamplePreparer(work, chunk_size, shard_size, workers=threads if threads > 1 else 0)
         progress = Progress("prepare", total=sum(_file_size(p) for p in inputs), unit="input bytes")
-        for record_id, sequence in _stream_inputs(summaries, registry, progress):
-            preparer.add(record_id, sequence)
+        for summary in summaries:
+            stream = HashingTextStream(summary.path)
+            read = 0
+            for group in record_groups(stream):
+                preparer.submit(group, summary)
+                progress.advance(stream.bytes_read - read)
+                read = stream.bytes_read
+            summary.sha256 = stream.sha256.hexdigest()
         shards = preparer.finish()
         progress.close()
-        repeated = registry.repeated_hashes()
+        for summary in summaries:
+            if summary.records == 0:
+                raise BadInputError(f"{summary.path} holds no records", "give a FASTA or FASTQ file with sequences")
+        repeated = preparer.registry.repeated_hashes()
         if repeated:
             _name_duplicates(inputs, repeated)
         manifest = _manifest(chunk_size, summaries, shards, preparer.counts)

@@ -174,26 +174,45 @@ def _fasta_record(text: str, path: Path, line: int) -> Record:
     return Record(rid, sequence, line)
 
 
-def _fasta_records(blocks: Iterator[str], first_block: str, path: Path) -> Iterator[Record]:
-    """Split line-aligned text blocks at '\n>' into records: the cost is per record, not per line."""
+@dataclass
+class RecordGroup:
+    """Whole records of one file, about a megabyte of them: raw FASTA text (the text after the
+    group's first '>') to be parsed where the group is processed, or records already parsed."""
+
+    path: Path
+    fasta_text: str | None = None
+    first_line: int = 1
+    records: list[Record] | None = None
+
+    def parse(self) -> Iterator[Record]:
+        if self.records is not None:
+            yield from self.records
+            return
+        line = self.first_line
+        for text in self.fasta_text.split("\n>"):
+            yield _fasta_record(text, self.path, line)
+            line += text.count("\n") + 1
+
+
+def _fasta_groups(blocks: Iterator[str], first_block: str, path: Path) -> Iterator[RecordGroup]:
+    """Cut line-aligned text blocks at the last record start of each block: whole-record groups."""
     start = first_block.index(">")
     line = first_block.count("\n", 0, start) + 1
-    pieces: list[str] = []  # text of the record being assembled, after its '>'
-    parts = first_block[start + 1:].split("\n>")
-    for block in itertools.chain([None], blocks):
-        if block is not None:
-            if block.startswith(">"):  # the previous block ended a line: a record starts here
-                pieces[-1] = pieces[-1][:-1]
-                parts = [""] + block[1:].split("\n>")
-            else:
-                parts = block.split("\n>")
-        pieces.append(parts[0])
-        for part in parts[1:]:
-            text = "".join(pieces)
-            yield _fasta_record(text, path, line)
-            line += text.count("\n") + 1
-            pieces = [part]
-    yield _fasta_record("".join(pieces), path, line)
+    pieces = [first_block[start + 1:]]
+    for block in blocks:
+        if block.startswith(">"):  # the previous block ended a line: a record starts here
+            boundary = 0
+        else:
+            found = block.rfind("\n>")
+            if found < 0:
+                pieces.append(block)  # still inside one (long) record
+                continue
+            boundary = found + 1
+        text = "".join(pieces) + block[:boundary]  # ends with the newline before the next '>'
+        yield RecordGroup(path, fasta_text=text[:-1], first_line=line)
+        line += text.count("\n")
+        pieces = [block[boundary + 1:]]
+    yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
 
 
 def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], path: Path) -> Iterator[Record]:
@@ -227,26 +246,43 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
         header = next(((n, t) for n, t in lines if t.strip()), None)
 
 
-def read_records(stream: HashingTextStream) -> Iterator[Record]:
-    """Records of one file, FASTA or FASTQ decided by the first non-blank character."""
+GROUP_BASES = 1 << 20
+
+
+def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
+    """Groups of whole records of one file, FASTA or FASTQ decided by the first non-blank character."""
     blocks = stream.text_blocks()
     first_block = next((b for b in blocks if b.strip()), None)
     if first_block is None:
         raise BadInputError(f"{stream.path} is empty (no records)", "give a FASTA or FASTQ file with sequences")
     marker = first_block.lstrip()[0]
     if marker == ">":
-        yield from _fasta_records(blocks, first_block, stream.path)
+        yield from _fasta_groups(blocks, first_block, stream.path)
     elif marker == "@":
         lines = (line.rstrip("\r") for b in itertools.chain([first_block], blocks) for line in b.split("\n"))
         numbered = ((n, text) for n, text in enumerate(lines, start=1))
         first = next((n, t) for n, t in numbered if t.strip())
-        yield from _fastq_records(numbered, first, stream.path)
+        group, bases = [], 0
+        for record in _fastq_records(numbered, first, stream.path):
+            group.append(record)
+            bases += len(record.sequence)
+            if bases >= GROUP_BASES:
+                yield RecordGroup(stream.path, records=group)
+                group, bases = [], 0
+        if group:
+            yield RecordGroup(stream.path, records=group)
     else:
         line = first_block.lstrip().split("\n", 1)[0]
         number = first_block[:len(first_block) - len(first_block.lstrip())].count("\n") + 1
         raise BadInputError(f"{stream.path} is not FASTA or FASTQ: line {number} starts with "
                             f"'{line[:30]}' instead of '>' or '@'",
                             "give a nucleotide FASTA or FASTQ file")
+
+
+def read_records(stream: HashingTextStream) -> Iterator[Record]:
+    """Every record of one file, in order."""
+    for group in record_groups(stream):
+        yield from group.parse()
 
 
 def invalid_letters(sequence: str) -> str:
