@@ -163,3 +163,14 @@ def test_outputs_do_not_depend_on_worker_processes(reference_dir, tmp_path):
                 threads=threads)
     for name in ("sequences.tsv", "chunks.tsv", "manifest.json", "shards/shard_00003.tsv"):
         assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t3" / name).read_bytes(), name
+
+
+def test_genetic_code_equals_biopython_standard_table():
+    from virnucpro.prepare import FORWARD_AMINO, REVERSE_AMINO
+
+    bases = "ACGT"
+    for codon, amino in list(CODONS.items()):
+        index = 25 * bases.index(codon[0]) + 5 * bases.index(codon[1]) + bases.index(codon[2])
+        assert chr(FORWARD_AMINO[index]) == amino
+        reverse = codon.translate(str.maketrans("ACGT", "TGCA"))[::-1]
+        assert chr(REVERSE_AMINO[index]) == CODONS[reverse]

@@ -53,14 +53,17 @@ def chunk_starts(length: int, size: int) -> list[tuple[int, int]]:
 
 # --- six-frame translation (SPEC §1 steps 2-3) ----------------------------------------------
 
+# The standard genetic code (NCBI translation table 1), codons in TCAG order: T T T, T T C, ...
+STANDARD_CODE = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
+
+
 def _codon_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per codon coded base-5 (A C G T other) at a forward position: the amino acid it reads as on
     the forward strand, the amino acid its reverse complement reads as on the reverse strand (0
     marks a dropped codon), and whether it is a stop on the forward (1) or reverse (2) strand."""
-    from Bio.Data.CodonTable import standard_dna_table
-
     def amino(codon: str) -> str:
-        return "*" if codon in standard_dna_table.stop_codons else standard_dna_table.forward_table[codon]
+        first, second, third = ("TCAG".index(base) for base in codon)
+        return STANDARD_CODE[16 * first + 4 * second + third]
 
     complement = {"A": "T", "C": "G", "G": "C", "T": "A"}
     forward, reverse, stop = (np.zeros(125, dtype=np.uint8) for _ in range(3))
