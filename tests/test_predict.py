@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from virnucpro import h5shard
 from virnucpro import prepared as fmt

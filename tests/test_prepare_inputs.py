@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import resource
 import subprocess
 import sys
 from pathlib import Path

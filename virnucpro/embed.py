@@ -234,7 +234,10 @@ class Embedder:
                                      "in GPU memory", "use a GPU with more memory, or --device cpu") from None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.token_budget[role] = max(1, self.token_budget[role] // 2)
+            # later batches are planned with half of what failed (batches already planned with the
+            # old budget shrink the budget no further than that)
+            failed = len(batch) * max(len(tokens[i]) for i in batch)
+            self.token_budget[role] = max(1, min(self.token_budget[role], failed // 2))
             warn(f"{role}: GPU out of memory on a batch of {len(batch)}; halving (token budget now "
                  f"{self.token_budget[role]})")
             half = len(batch) // 2
