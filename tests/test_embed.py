@@ -185,7 +185,7 @@ def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prep
     embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=10, threads=1)
     assert "halving" in capsys.readouterr().err
     ids, nuc, prot, _ = read_h5(out)
-    np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=1e-6)  # float32: a few ulp
     np.testing.assert_array_equal(nuc, uninterrupted[1])
 
     def no_memory(self, collated):
