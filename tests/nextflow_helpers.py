@@ -117,6 +117,19 @@ def toolchain() -> Tuple[Optional[Path], str]:
     return language_server_jar()
 
 
+def serve_from_jar(factory):
+    """Start `factory(jar)` (the language server or the Groovy renderer) for a fixture, yield it,
+    close it; without Java or the jar the fixture skips (fails under CI=true)."""
+    jar, reason = toolchain()
+    if jar is None:
+        skip_unless_ci(reason)
+    tool = factory(jar)
+    try:
+        yield tool
+    finally:
+        tool.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # The language server over LSP stdio
 # --------------------------------------------------------------------------------------------------

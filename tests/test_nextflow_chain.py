@@ -32,10 +32,9 @@ from nextflow_helpers import (
     parse_pipeline,
     profile_params,
     selector_blocks,
-    skip_unless_ci,
+    serve_from_jar,
     staged,
     staged_list,
-    toolchain,
 )
 from virnucpro import __version__
 from virnucpro.errors import ExitCode
@@ -154,12 +153,7 @@ def run_step(groovy, process_name, workdir, inputs, command) -> TaskResult:
 
 @pytest.fixture(scope="module")
 def groovy():
-    jar, reason = toolchain()
-    if jar is None:
-        skip_unless_ci(reason)
-    renderer = GroovyRenderer(jar)
-    yield renderer
-    renderer.close()
+    yield from serve_from_jar(GroovyRenderer)
 
 
 @pytest.fixture(scope="module")

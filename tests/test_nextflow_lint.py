@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nextflow_helpers import REPO, LanguageServer, pipeline_files, skip_unless_ci, toolchain
+from nextflow_helpers import REPO, LanguageServer, pipeline_files, serve_from_jar, skip_unless_ci
 
 # What the server cannot know offline, and only that: the nf-schema plugin (no plugin registry
 # here), and therefore the options of its `validation` config scope.
@@ -33,12 +33,7 @@ def _blocking(diagnostics):
 
 @pytest.fixture(scope="module")
 def server():
-    jar, reason = toolchain()
-    if jar is None:
-        skip_unless_ci(reason)
-    lsp = LanguageServer(jar)
-    yield lsp
-    lsp.close()
+    yield from serve_from_jar(LanguageServer)
 
 
 @pytest.fixture(scope="module")

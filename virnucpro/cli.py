@@ -66,6 +66,14 @@ def _check_chunk_size(chunk_size: int, allow_any: bool) -> None:
                                  param_hint="--chunk-size")
 
 
+ChunkSizeOption = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 500 (the classifiers "
+                                                        "were trained per length).")
+AllowAnyChunkSizeOption = typer.Option(False, "--allow-any-chunk-size",
+                                       help="Accept a chunk size other than 300/500.")
+ModelsOption = typer.Option(None, "--models", help="Models directory (default: $VIRNUCPRO_MODELS, "
+                                                   "else the user data directory).")
+DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
+PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
 
@@ -87,10 +95,8 @@ def prepare(
     inputs: List[Path] = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); "
                                                   "several files form one sample."),
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for shards and tables."),
-    chunk_size: int = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 500 (the "
-                                                             "classifiers were trained per length)."),
-    allow_any_chunk_size: bool = typer.Option(False, "--allow-any-chunk-size",
-                                              help="Accept a chunk size other than 300/500."),
+    chunk_size: int = ChunkSizeOption,
+    allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     shard_size: int = typer.Option(100_000, "--shard-size", min=1,
                                    help="ORF records per shard (one embed task each)."),
     threads: Optional[int] = ThreadsOption,
@@ -106,14 +112,12 @@ def prepare(
 @app.command()
 def embed(
     shard: Path = typer.Argument(..., help="A prepare shard (shards/shard_NNNNN.tsv)."),
-    models: Optional[Path] = typer.Option(None, "--models", help="Models directory (default: "
-                                          "$VIRNUCPRO_MODELS, else the user data directory)."),
+    models: Optional[Path] = ModelsOption,
     out: Path = typer.Option(..., "--out", help="HDF5 embedding shard to write."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where resumable "
                                                   "checkpoints live (default: OUT.ckpt/)."),
-    device: Device = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, "
-                                        "fp16 on GPU."),
+    device: Device = DeviceOption,
+    precision: Precision = PrecisionOption,
     token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="Tokens per "
                                                "forward (default: 4096 on CPU, 65536 on GPU)."),
     checkpoint_every: int = typer.Option(2000, "--checkpoint-every", min=1,
@@ -157,16 +161,13 @@ def run(
     inputs: List[Path] = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); "
                                                   "several files form one sample."),
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory."),
-    chunk_size: int = typer.Option(500, "--chunk-size", help="300 or 500."),
-    allow_any_chunk_size: bool = typer.Option(False, "--allow-any-chunk-size",
-                                              help="Accept a chunk size other than 300/500."),
-    models: Optional[Path] = typer.Option(None, "--models", help="Models directory (default: "
-                                          "$VIRNUCPRO_MODELS, else the user data directory)."),
+    chunk_size: int = ChunkSizeOption,
+    allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
+    models: Optional[Path] = ModelsOption,
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Classifier file "
                                               "(default: the original one for the chunk size)."),
-    device: Device = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, "
-                                        "fp16 on GPU."),
+    device: Device = DeviceOption,
+    precision: Precision = PrecisionOption,
     keep_embeddings: bool = typer.Option(False, "--keep-embeddings",
                                          help="Keep the HDF5 embeddings under OUTDIR/embeddings/."),
     offline: bool = typer.Option(False, "--offline", help="Never download; missing models are an error."),

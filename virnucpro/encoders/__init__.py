@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from virnucpro.errors import NumericalError
+from virnucpro.errors import ModelsError, NumericalError
 
 
 def check_finite(vectors, ids: Sequence[str]) -> None:
@@ -61,6 +61,18 @@ def key_mismatch(missing: Sequence[str], unexpected: Sequence[str]) -> str:
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(sorted(unexpected)[:3])}")
     return "; ".join(problems)
+
+
+def load_checked(module, mapped: dict, model: str, path, implied_by: str):
+    """Load `mapped` into a module built on the meta device, after checking every tensor's shape
+    against the architecture (a mismatch is a ModelsError naming the tensor); returns the module."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for key, tensor in mapped.items():
+        if tuple(tensor.shape) != expected[key]:
+            raise ModelsError(f"{model}: {path}: tensor for {key} has shape {tuple(tensor.shape)}, "
+                              f"{implied_by} {expected[key]}")
+    module.load_state_dict(mapped, strict=True, assign=True)
+    return module
 
 
 def __getattr__(name: str):

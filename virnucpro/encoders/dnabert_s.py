@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error, key_mismatch
+from virnucpro.encoders import describe_load_error, key_mismatch, load_checked
 from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
 from virnucpro.errors import ModelsError
 
@@ -229,12 +229,7 @@ class DnabertSEncoder:
                                     float(cfg.get("layer_norm_eps", 1e-12)),
                                     int(cfg.get("type_vocab_size", 2)))
         mapped = _map_state(path, state, int(cfg["num_hidden_layers"]))
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        for key, tensor in mapped.items():
-            if tuple(tensor.shape) != expected[key]:
-                raise ModelsError(f"DNABERT-S: {path}: tensor for {key} has shape {tuple(tensor.shape)}, "
-                                  f"config.json implies {expected[key]}")
-        module.load_state_dict(mapped, strict=True, assign=True)
+        load_checked(module, mapped, "DNABERT-S", path, "config.json implies")
         self.module = module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
 
     def tokenize(self, sequences: list[str]) -> list[np.ndarray]:

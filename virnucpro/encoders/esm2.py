@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error, key_mismatch
+from virnucpro.encoders import describe_load_error, key_mismatch, load_checked
 from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean, to_device
 from virnucpro.errors import ModelsError
 
@@ -271,12 +271,7 @@ class Esm2Encoder:
         mapped = _map_state(path, state, layers)
         with torch.device("meta"):
             module = Esm2Module(layers, dim, heads)
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        for key, tensor in mapped.items():
-            if tuple(tensor.shape) != expected[key]:
-                raise ModelsError(f"ESM-2: {path}: tensor for {key} has shape {tuple(tensor.shape)}, "
-                                  f"expected {expected[key]}")
-        module.load_state_dict(mapped, strict=True, assign=True)
+        load_checked(module, mapped, "ESM-2", path, "expected")
         self.device = torch.device(device)
         self.dtype = dtype
         self.width = dim
