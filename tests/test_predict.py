@@ -249,6 +249,26 @@ def test_run_rerun_with_other_precision_recomputes_embeddings(tmp_path, referenc
     assert info["precision"] == ["fp32"]
 
 
+def test_run_never_forks_the_process_that_runs_the_models(tmp_path, reference_dir, tiny_models, run_cli,
+                                                         monkeypatch):
+    """A fork made the parent's later multi-threaded CPU math transiently wrong on our CI VMs
+    (about 1 run in 6, errors near 1e-4): `run` prepares in its own process, even with many groups."""
+    import os
+
+    import virnucpro.seqio
+
+    def refuse_fork():
+        raise AssertionError("virnucpro run forked")
+
+    monkeypatch.setattr(virnucpro.seqio, "BLOCK", 8192)  # many record groups
+    monkeypatch.setattr(os, "fork", refuse_fork)
+    out = tmp_path / "o"
+    code, message = run_cli("run", reference_dir / "golden/mixed.fa", "--outdir", out, "--models", tiny_models,
+                            "--device", "cpu", "--threads", "3")
+    assert code == 0, message
+    assert (out / "prediction_results.txt").is_file()
+
+
 def test_run_checks_models_before_preparing(tmp_path, reference_dir, run_cli):
     out = tmp_path / "o"
     code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", out,

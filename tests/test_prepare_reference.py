@@ -157,12 +157,36 @@ def test_short_last_chunk_1490_at_500():
     assert chunk_starts(1490, 500) == [(0, 500), (496, 500), (992, 498)]
 
 
-def test_outputs_do_not_depend_on_worker_processes(reference_dir, tmp_path):
+def test_outputs_do_not_depend_on_worker_processes(reference_dir, tmp_path, monkeypatch):
+    import virnucpro.prepare
+    import virnucpro.seqio
+
+    pools = []
+
+    class CountedPool(virnucpro.prepare.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(virnucpro.seqio, "BLOCK", 8192)  # many record groups from a small FASTA
+    monkeypatch.setattr(virnucpro.prepare, "ProcessPoolExecutor", CountedPool)
     for threads in (1, 3):
         prepare([reference_dir / "golden/mixed.fa"], tmp_path / f"t{threads}", chunk_size=300, shard_size=100,
                 threads=threads)
+    assert len(pools) == 1  # the 3-thread run used worker processes, the 1-thread run did not
     for name in ("sequences.tsv", "chunks.tsv", "manifest.json", "shards/shard_00003.tsv"):
         assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t3" / name).read_bytes(), name
+
+
+def test_one_group_input_starts_no_worker_process(reference_dir, tmp_path, monkeypatch):
+    import virnucpro.prepare
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started for a one-group input")
+
+    monkeypatch.setattr(virnucpro.prepare, "ProcessPoolExecutor", no_pool)
+    prepare([reference_dir / "golden/mixed.fa"], tmp_path / "p", threads=4)
+    assert (tmp_path / "p" / "manifest.json").is_file()
 
 
 def test_genetic_code_equals_biopython_standard_table():

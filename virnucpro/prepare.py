@@ -357,7 +357,11 @@ class InlineExecutor:
 
 class SamplePreparer:
     """Sends groups of records to workers and writes their results strictly in input order, so
-    outputs do not depend on the number of workers; at most a few groups are in flight."""
+    outputs do not depend on the number of workers; at most a few groups are in flight.
+
+    The first group is done in this process and the worker processes start only when a second
+    one comes: a small input (one group, about 1 MB) never forks.
+    """
 
     def __init__(self, workdir: Path, chunk_size: int, shard_size: int, workers: int):
         self.chunk_size = chunk_size
@@ -368,13 +372,16 @@ class SamplePreparer:
         self.chunks = open(workdir / fmt.CHUNKS, "w", encoding="utf-8", newline="\n")
         self.sequences.write("\t".join(fmt.SEQUENCES_HEADER) + "\n")
         self.chunks.write("\t".join(fmt.CHUNKS_HEADER) + "\n")
-        self.executor = (InlineExecutor() if workers < 1 else
-                         ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")))
+        self.workers = workers
+        self.executor = InlineExecutor()
         self.in_flight: deque = deque()
         self.depth = 2 * max(1, workers)
         self.rna_warnings = 0
 
     def submit(self, group: RecordGroup, summary: InputSummary) -> None:
+        if self.workers > 0 and self.in_flight and isinstance(self.executor, InlineExecutor):
+            self.executor = ProcessPoolExecutor(max_workers=self.workers,
+                                                mp_context=multiprocessing.get_context("fork"))
         self.in_flight.append((summary, self.executor.submit(prepare_group, group, self.chunk_size)))
         while len(self.in_flight) > self.depth:
             self._apply(*self.in_flight.popleft())

@@ -71,7 +71,10 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         info(f"prepare: already done for these inputs ({prepared}), reusing it")
         manifest = fmt.load_manifest(prepared)
     else:
-        manifest = prepare(inputs, prepared, chunk_size=chunk_size)
+        # in this process, no workers: a process that runs the models should not fork (on some
+        # virtual machines a fork made later multi-threaded CPU math in the parent transiently
+        # wrong), and prepare takes well under 1% of the time embedding takes
+        manifest = prepare(inputs, prepared, chunk_size=chunk_size, threads=1)
     seconds["prepare"] = round(time.monotonic() - started, 3)
 
     started = time.monotonic()
