@@ -9,6 +9,7 @@ bounded by the longest record plus one batch.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -79,10 +80,10 @@ def _codon_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 STOP = ord("*")
 FORWARD_AMINO, REVERSE_AMINO, STOP_STRAND = _codon_tables()
-STOP_CODES = [np.uint8(code) for code in np.flatnonzero(STOP_STRAND)]
 BASE_CODE = np.full(256, 4, dtype=np.uint8)
 for _code, (_upper, _lower) in enumerate(zip(b"ACGT", b"acgt")):
     BASE_CODE[_upper] = BASE_CODE[_lower] = _code
+BASE_CODE_BYTES = BASE_CODE.tobytes()  # the same table for bytes.translate (a C loop, 5x a numpy lookup)
 REVCOMP = str.maketrans("ACGTacgt", "TGCAtgca")
 
 
@@ -102,24 +103,42 @@ class Orf:
     protein: str
 
 
-def _frames_with_stop(codons: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(chunk, slot) of every frame holding a stop codon; slots 0-2 are F1-F3, 3-5 are R1-R3.
+def _strand_stop_codes(strand: int) -> list:
+    return [np.uint8(code) for code in np.flatnonzero(STOP_STRAND == strand)]
 
-    Stops are sparse, so locating them is far cheaper than reading every frame codon by codon. A
-    reverse-strand stop is found at the forward position of its reverse complement: a codon at
-    chunk position p lies at reverse-strand position L-3-p.
+
+FORWARD_STOPS, REVERSE_STOPS = _strand_stop_codes(1), _strand_stop_codes(2)
+
+
+def _frames_with_stop(codons: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(chunks, 6) bool: the frame holds a stop codon; columns 0-2 are F1-F3, 3-5 are R1-R3.
+
+    Codons starting at positions of one residue class modulo 3 (a strided view) belong to one
+    forward frame of each chunk, the frame fixed by the chunk's offset; so one OR-reduction per
+    chunk over that view, for each residue and strand, answers every frame without looking at the
+    stops one by one. A reverse-strand stop is found at the forward position of its reverse
+    complement: a codon at chunk position p lies at reverse-strand position L-3-p.
     """
-    is_stop = codons == STOP_CODES[0]
-    for code in STOP_CODES[1:]:  # six comparisons beat a table lookup over every position
-        is_stop |= codons == code
-    positions = np.flatnonzero(is_stop)
-    chunk = np.searchsorted(offsets, positions, side="right") - 1
-    relative = positions - offsets[chunk]
-    inside = relative <= lengths[chunk] - 3  # codons straddling two chunks do not exist
-    chunk, relative = chunk[inside], relative[inside]
-    reverse = STOP_STRAND[codons[positions[inside]]] == 2
-    slot = np.where(reverse, 3 + (lengths[chunk] - 3 - relative) % 3, relative % 3)
-    return chunk, slot
+    has_stop = np.zeros((len(lengths), 6), dtype=bool)
+    rows = np.arange(len(lengths))
+    for stops, reverse in ((FORWARD_STOPS, False), (REVERSE_STOPS, True)):
+        is_stop = codons == stops[0]
+        for code in stops[1:]:  # comparisons beat a table lookup over every position
+            is_stop |= codons == code
+        for residue in range(3):
+            view = is_stop[residue::3]
+            if not len(view):
+                continue
+            # codon starts p with p = residue (mod 3) and offset <= p <= offset + length - 3
+            first = (offsets - residue + 2) // 3
+            stop = (offsets + lengths - 3 - residue) // 3 + 1
+            bounds = np.clip(np.stack([first, stop], axis=1).ravel(), 0, len(view) - 1)
+            found = np.logical_or.reduceat(view, bounds)[0::2] & (stop > first)
+            at_end = np.flatnonzero((stop == len(view)) & (stop > first))  # reduceat cannot reach the end
+            found[at_end] = [view[first[k]:].any() for k in at_end]
+            slot = 3 + (offsets + lengths - 3 - residue) % 3 if reverse else (residue - offsets) % 3
+            has_stop[rows, slot] |= found
+    return has_stop
 
 
 def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
@@ -132,13 +151,13 @@ def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
         return []
     lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    codons = _codon_index(BASE_CODE[np.frombuffer("".join(chunks).encode("ascii"), dtype=np.uint8)])
+    codes = "".join(chunks).encode("ascii").translate(BASE_CODE_BYTES)
+    codons = _codon_index(np.frombuffer(codes, dtype=np.uint8))
 
     frame = np.arange(3)
     counts = np.maximum(0, (lengths[:, None] - np.tile(frame, 2)[None, :]) // 3)
     open_frame = counts > 0
-    chunk, slot = _frames_with_stop(codons, offsets, lengths)
-    open_frame[chunk, slot] = False
+    open_frame &= ~_frames_with_stop(codons, offsets, lengths)
     candidates = np.flatnonzero(open_frame.ravel())
     if not len(candidates):
         return []
@@ -162,21 +181,19 @@ def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
     protein_ends = np.cumsum(n_amino)
 
     orfs: list[Orf] = []
-    reverse_cache: dict[int, str] = {}
+    strands: dict[int, tuple[str, str]] = {}  # chunk -> (upper-cased strand, its reverse complement)
     begin = 0
     for k, s, end, size in zip(chunk.tolist(), slot.tolist(), protein_ends.tolist(), n_amino.tolist()):
         protein = protein_bytes[begin:end]
         begin = end
         if not size:
             continue  # every codon of the frame was dropped: the original keeps no empty protein
-        if s < 3:
-            strand = chunks[k].upper()
-        else:
-            strand = reverse_cache.get(k)
-            if strand is None:
-                strand = reverse_cache[k] = chunks[k].upper().translate(REVCOMP)[::-1]
-        nucleotide = strand[s % 3: s % 3 + 3 * size + 1]
-        orfs.append(Orf(k, FRAME_LABELS[s], nucleotide, protein))
+        pair = strands.get(k)
+        if pair is None:
+            upper = chunks[k].upper()
+            pair = strands[k] = (upper, upper.translate(REVCOMP)[::-1])
+        shift = s % 3
+        orfs.append(Orf(k, FRAME_LABELS[s], pair[s >= 3][shift:shift + 3 * size + 1], protein))
     return orfs
 
 
@@ -208,17 +225,26 @@ class GroupResult:
     rna_records: list[str]
 
 
-def _check_letters(record: Record, path: Path) -> bool:
-    """Refuse letters that are no nucleotide code; True when the record holds U (RNA)."""
-    bad = invalid_letters(record.sequence)
-    if bad:
-        shown = "".join(sorted(set(bad)))[:20]
-        looks_protein = any(c in PROTEIN_LIKE for c in bad)
-        raise BadInputError(
-            f"{path}, record '{record.id}' (line {record.line}) has characters that are no nucleotide "
-            f"code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
-            "give nucleotide sequences (IUPAC codes, N, '-', '.', '*' are accepted)")
-    return "U" in record.sequence or "u" in record.sequence
+def _check_letters(records: list[Record], path: Path) -> list[str]:
+    """Refuse letters that are no nucleotide code; returns the ids of records holding U (RNA).
+
+    The group is checked as one string; only when it holds something unusual are records looked at
+    one by one (to name the first bad one).
+    """
+    joined = "".join(record.sequence for record in records)
+    if invalid_letters(joined):
+        for record in records:
+            bad = invalid_letters(record.sequence)
+            if bad:
+                shown = "".join(sorted(set(bad)))[:20]
+                looks_protein = any(c in PROTEIN_LIKE for c in bad)
+                raise BadInputError(
+                    f"{path}, record '{record.id}' (line {record.line}) has characters that are no "
+                    f"nucleotide code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
+                    "give nucleotide sequences (IUPAC codes, N, '-', '.', '*' are accepted)")
+    if "U" not in joined and "u" not in joined:
+        return []
+    return [record.id for record in records if "U" in record.sequence or "u" in record.sequence]
 
 
 def _translate_chunks(chunk_ids: list[str], chunks: list[str]) -> tuple[list[str], list[int]]:
@@ -245,39 +271,41 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     Record ids are hashed with Python's string hash, whose per-process key forked workers share
     with the main process, which confirms duplicates with the same hash.
     """
-    counts = Counts()
-    hashes, rna = array("q"), []
-    records: list[tuple[str, int, int]] = []  # id, length, first chunk index
+    parsed = list(group.parse())
+    rna = _check_letters(parsed, group.path)
+    hashes = array("q", [hash(record.id) for record in parsed])
     chunk_ids: list[str] = []
-    chunk_rows: list[tuple[str, int, int]] = []  # record index, start, length
+    chunk_rows: list[str] = []  # the chunk table row without its ORF count
     chunks: list[str] = []
-    for record in group.parse():
-        if _check_letters(record, group.path):
-            rna.append(record.id)
-        hashes.append(hash(record.id))
-        length = len(record.sequence)
-        counts.sequences += 1
-        counts.bases += length
-        records.append((record.id, length, len(chunks)))
-        if not length:
-            counts.empty_sequences += 1
+    first_chunk: list[int] = []  # per record, index of its first chunk
+    for record in parsed:
+        rid, sequence = record.id, record.sequence
+        length = len(sequence)
+        first_chunk.append(len(chunks))
+        if length <= chunk_size:
+            if length:
+                chunk_ids.append(f"{rid}_chunk_1")
+                chunk_rows.append(f"{rid}_chunk_1\t{rid}\t0\t{length}\t")
+                chunks.append(sequence)
             continue
-        spans = [(0, length)] if length <= chunk_size else chunk_starts(length, chunk_size)
-        for k, (start, size) in enumerate(spans, start=1):
-            chunk_ids.append(f"{record.id}_chunk_{k}")
-            chunk_rows.append((len(records) - 1, start, size))
-            chunks.append(record.sequence if size == length else record.sequence[start:start + size])
+        for k, (start, size) in enumerate(chunk_starts(length, chunk_size), start=1):
+            chunk_ids.append(f"{rid}_chunk_{k}")
+            chunk_rows.append(f"{rid}_chunk_{k}\t{rid}\t{start}\t{size}\t")
+            chunks.append(sequence[start:start + size])
+    first_chunk.append(len(chunks))
     orf_lines, per_chunk = _translate_chunks(chunk_ids, chunks)
-    counts.chunks, counts.orfs = len(chunks), len(orf_lines)
-    counts.chunks_without_orf = per_chunk.count(0)
-    table = "".join(f"{chunk_id}\t{records[r][0]}\t{start}\t{size}\t{n}\n"
-                    for chunk_id, (r, start, size), n in zip(chunk_ids, chunk_rows, per_chunk))
+    table = "".join(f"{row}{n}\n" for row, n in zip(chunk_rows, per_chunk))
+    orfs_before = list(itertools.accumulate(per_chunk, initial=0))
     sequence_rows = []
-    for r, (record_id, length, first) in enumerate(records):
-        last = records[r + 1][2] if r + 1 < len(records) else len(chunks)
-        n_orfs = sum(per_chunk[first:last])
+    for r, record in enumerate(parsed):
+        length = len(record.sequence)
+        first, last = first_chunk[r], first_chunk[r + 1]
+        n_orfs = orfs_before[last] - orfs_before[first]
         status = "empty" if not length else "ok" if n_orfs else "no_orf"
-        sequence_rows.append(f"{record_id}\t{length}\t{last - first}\t{n_orfs}\t{status}\n")
+        sequence_rows.append(f"{record.id}\t{length}\t{last - first}\t{n_orfs}\t{status}\n")
+    counts = Counts(sequences=len(parsed), empty_sequences=sum(1 for r in parsed if not r.sequence),
+                    bases=sum(len(r.sequence) for r in parsed), chunks=len(chunks),
+                    chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
     return GroupResult(counts, orf_lines, table, "".join(sequence_rows), hashes, rna)
 
 
