@@ -74,6 +74,12 @@ ModelsOption = typer.Option(None, "--models", help="Models directory (default: $
                                                    "else the user data directory).")
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
+InputsArgument = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); several files form "
+                                         "one sample.")
+ClassifierOption = typer.Option(None, "--classifier", help="Classifier .pth/.safetensors (default: the "
+                                                           "original one for the chunk size).")
+ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a sequence's scored "
+                                                                          "chunks that must be virus to call it virus.")
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
 
@@ -92,8 +98,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 
 @app.command()
 def prepare(
-    inputs: List[Path] = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); "
-                                                  "several files form one sample."),
+    inputs: List[Path] = InputsArgument,
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for shards and tables."),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
@@ -142,12 +147,9 @@ def predict(
                                           "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
     more_embeddings: Optional[List[Path]] = typer.Argument(None, hidden=True),
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for tables and report."),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Classifier .pth/.safetensors "
-                                              "(default: the original one for the chunk size)."),
-    models: Optional[Path] = typer.Option(None, "--models", help="Models directory holding the "
-                                          "classifiers (default: $VIRNUCPRO_MODELS, else the user data directory)."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a "
-                                    "sequence's scored chunks that must be virus to call it virus."),
+    classifier: Optional[Path] = ClassifierOption,
+    models: Optional[Path] = ModelsOption,
+    threshold: float = ThresholdOption,
 ) -> None:
     """Classify every ORF and write the original tables, per-chunk/per-sequence tables and a report."""
     from virnucpro.predict import predict as run_predict
@@ -158,21 +160,18 @@ def predict(
 
 @app.command()
 def run(
-    inputs: List[Path] = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); "
-                                                  "several files form one sample."),
+    inputs: List[Path] = InputsArgument,
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory."),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     models: Optional[Path] = ModelsOption,
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Classifier file "
-                                              "(default: the original one for the chunk size)."),
+    classifier: Optional[Path] = ClassifierOption,
     device: Device = DeviceOption,
     precision: Precision = PrecisionOption,
     keep_embeddings: bool = typer.Option(False, "--keep-embeddings",
                                          help="Keep the HDF5 embeddings under OUTDIR/embeddings/."),
     offline: bool = typer.Option(False, "--offline", help="Never download; missing models are an error."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
-                                    help="Fraction of virus chunks to call a sequence virus."),
+    threshold: float = ThresholdOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
