@@ -5,13 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from checkpoint_helpers import wait_for_parts
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.embed import embed
@@ -79,17 +79,6 @@ def test_empty_shard_gives_valid_empty_hdf5(tmp_path, tiny_models, reference_dir
 def embed_command(shard_path: Path, out: Path, models: Path, every: int = 10) -> list[str]:
     return [sys.executable, "-m", "virnucpro", "embed", str(shard_path), "--models", str(models),
             "--out", str(out), "--device", "cpu", "--checkpoint-every", str(every), "--threads", "1"]
-
-
-def wait_for_parts(folder: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(list(folder.glob("*/part_*.npz"))) >= count:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"embed finished before {count} checkpoint parts existed: make the shard bigger")
-        time.sleep(0.02)
-    pytest.fail("no checkpoint parts appeared")
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,11 @@ ClassifierOption = typer.Option(None, "--classifier", help="Classifier .pth/.saf
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a sequence's scored "
                                                                           "chunks that must be virus to call it virus.")
+TokenBudgetOption = typer.Option(None, "--token-budget", min=1, help="Tokens per forward (default: 4096 on "
+                                 "CPU, 65536 on GPU); halved automatically on GPU out-of-memory.")
+CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records.")
+CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", min=1,
+                                       help="Also save one at least every S seconds.")
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
 
@@ -123,12 +128,9 @@ def embed(
                                                   "checkpoints live (default: OUT.ckpt/)."),
     device: Device = DeviceOption,
     precision: Precision = PrecisionOption,
-    token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="Tokens per "
-                                               "forward (default: 4096 on CPU, 65536 on GPU)."),
-    checkpoint_every: int = typer.Option(2000, "--checkpoint-every", min=1,
-                                         help="Save a checkpoint every N records."),
-    checkpoint_seconds: float = typer.Option(600.0, "--checkpoint-seconds", min=1,
-                                             help="...and at least every S seconds."),
+    token_budget: Optional[int] = TokenBudgetOption,
+    checkpoint_every: int = CheckpointEveryOption,
+    checkpoint_seconds: float = CheckpointSecondsOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
@@ -173,6 +175,9 @@ def run(
     offline: bool = typer.Option(False, "--offline", help="Never download; missing models are an error."),
     threshold: float = ThresholdOption,
     threads: Optional[int] = ThreadsOption,
+    token_budget: Optional[int] = TokenBudgetOption,
+    checkpoint_every: int = CheckpointEveryOption,
+    checkpoint_seconds: float = CheckpointSecondsOption,
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
     threads = limit_threads(threads)
@@ -181,7 +186,8 @@ def run(
     _check_chunk_size(chunk_size, allow_any_chunk_size)
     run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
             precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
-            threshold=threshold)
+            threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds)
 
 
 @models_app.command("download")

@@ -47,7 +47,8 @@ def _embedding_is_current(h5: Path, shard: dict, models: dict, precision: str) -
 def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Path | None = None,
         classifier: Path | None = None, device: str = "auto", precision: str = "auto",
         keep_embeddings: bool = False, offline: bool = False, threads: int | None = None,
-        threshold: float = 0.5, token_budget: int | None = None) -> Path:
+        threshold: float = 0.5, token_budget: int | None = None, checkpoint_every: int = 2000,
+        checkpoint_seconds: float = 600.0) -> Path:
     """All stages for one sample; returns the output directory."""
     from virnucpro import store
     from virnucpro.embed import ROLES, embed, resolve_device, resolve_precision
@@ -86,7 +87,8 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
             info(f"embed: {h5.name} already done, reusing it")
         else:
             embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=torch_device.type,
-                  precision=precision, token_budget=token_budget, threads=threads, model_set=model_set)
+                  precision=precision, token_budget=token_budget, threads=threads, model_set=model_set,
+                  checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
         embeddings.append(h5)
     seconds["embed"] = round(time.monotonic() - started, 3)
 
