@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def test_empty_shard_gives_valid_empty_hdf5(tmp_path, tiny_models, reference_dir
     assert ids == [] and nuc.shape == (0, 48) and prot.shape[0] == 0 and attrs["shard_of"] == 1
 
 
-def embed_command(shard_path: Path, out: Path, models: Path, every: int = 10) -> list[str]:
+def embed_command(shard_path: Path, out: Path, models: Path, every: int = 2) -> list[str]:
+    """30 checkpoint windows on a 60-record shard: a kill after the first parts never races the end."""
     return [sys.executable, "-m", "virnucpro", "embed", str(shard_path), "--models", str(models),
             "--out", str(out), "--device", "cpu", "--checkpoint-every", str(every), "--threads", "1"]
 
@@ -134,7 +136,8 @@ def test_corrupt_part_is_detected_and_recomputed(tmp_path, tiny_models, golden_p
     np.testing.assert_array_equal(prot, uninterrupted[2])
 
 
-def test_checkpoint_of_other_inputs_or_precision_is_never_used(tmp_path, tiny_models, golden_prepared, capsys):
+def test_checkpoint_of_other_inputs_models_or_precision_is_never_used(tmp_path, tiny_models, golden_prepared,
+                                                                     capsys):
     ckpt = tmp_path / "ckpt"
     # a run of another shard, interrupted, leaves its parts in the same checkpoint directory
     other = shard(golden_prepared, 1)
@@ -150,6 +153,13 @@ def test_checkpoint_of_other_inputs_or_precision_is_never_used(tmp_path, tiny_mo
     embed(other, tmp_path / "other_bf16.h5", models=tiny_models, device="cpu", precision="bf16",
           checkpoint_dir=ckpt)
     assert "resuming" not in capsys.readouterr().err
+    other_models = locate(tiny_models)
+    other_models.sha256 = {**other_models.sha256, "esm2": "0" * 64}  # as if the ESM-2 weights differed
+    embed(other, tmp_path / "other_models.h5", models=tiny_models, device="cpu", checkpoint_dir=ckpt,
+          model_set=other_models)
+    assert "resuming" not in capsys.readouterr().err
+    embed(other, tmp_path / "other.h5", models=tiny_models, device="cpu", checkpoint_dir=ckpt)
+    assert "resuming from checkpoint" in capsys.readouterr().err, "the same inputs do resume"
 
 
 @pytest.fixture
@@ -165,13 +175,13 @@ def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prep
 
     def small_memory(self, collated):
         batch, _ = collated
-        if int((batch.slot >= 0).sum()) > 400:  # real tokens of the batch
+        if int((batch.slot >= 0).sum()) > 200:  # real tokens of the batch: two proteins, not one
             raise torch.cuda.OutOfMemoryError("simulated")
         return original(self, collated)
 
     monkeypatch.setattr(Esm2Encoder, "forward", small_memory)
     out = tmp_path / "s.h5"
-    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=10, threads=1)
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=2, threads=1)
     assert "halving" in capsys.readouterr().err
     ids, nuc, prot, _ = read_h5(out)
     np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=1e-6)  # float32: a few ulp
@@ -195,3 +205,50 @@ def test_missing_models_exit_4_and_cuda_without_gpu_exit_8(tmp_path, run_cli, go
     code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "x.h5",
                             "--device", "cuda")
     assert code == 8 and "no GPU" in message
+
+
+def test_out_that_is_the_shard_or_a_directory_exits_3(tmp_path, run_cli, tiny_models, golden_prepared):
+    source = tmp_path / "shard_00000.tsv"
+    source.write_bytes(shard(golden_prepared).read_bytes())
+    code, message = run_cli("embed", source, "--models", tiny_models, "--out", source, "--device", "cpu")
+    assert code == 3 and "is the input shard" in message
+    assert source.read_bytes() == shard(golden_prepared).read_bytes()
+    code, message = run_cli("embed", source, "--models", tiny_models, "--out", tmp_path, "--device", "cpu")
+    assert code == 3 and "is a directory" in message
+
+
+def test_stop_signal_outside_the_embedding_loop_exits_6_and_loses_nothing(tmp_path, run_cli, tiny_models,
+                                                                         golden_prepared, uninterrupted,
+                                                                         monkeypatch):
+    import virnucpro.embed
+
+    out = tmp_path / "s.h5"
+    command = ("embed", shard(golden_prepared), "--models", tiny_models, "--out", out, "--device", "cpu",
+               "--checkpoint-every", "2", "--threads", "1")
+
+    def signal_then(function):
+        def wrapped(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return function(*args, **kwargs)
+        return wrapped
+
+    # while the models load: nothing computed yet
+    monkeypatch.setattr(virnucpro.embed, "_load_encoders", signal_then(virnucpro.embed._load_encoders))
+    code, message = run_cli(*command)
+    assert code == 6 and "SIGTERM received" in message and "rerun the same command" in message
+    assert not out.exists()
+    monkeypatch.undo()
+
+    # while the finished shard is written: no temporary file left, every checkpoint part kept
+    monkeypatch.setattr(h5shard, "verify_shard", signal_then(h5shard.verify_shard))
+    code, message = run_cli(*command)
+    assert code == 6 and not out.exists() and not out.with_name(out.name + ".tmp").exists()
+    monkeypatch.undo()
+
+    code, message = run_cli(*command)
+    assert code == 0 and "resuming from checkpoint at record 60 of 60" in message
+    assert "computed 0 nucleotide and 0 protein sequences" in message
+    ids, nuc, prot, _ = read_h5(out)
+    assert ids == uninterrupted[0]
+    np.testing.assert_array_equal(nuc, uninterrupted[1])
+    np.testing.assert_array_equal(prot, uninterrupted[2])

@@ -18,7 +18,7 @@ import typer
 
 from virnucpro import __version__
 from virnucpro.console import error
-from virnucpro.errors import ExitCode, VirnucproError
+from virnucpro.errors import ExitCode, VirnucproError, stop_signals_exit_interrupted
 from virnucpro.threads import limit_threads
 
 app = typer.Typer(
@@ -134,12 +134,13 @@ def embed(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
-    threads = limit_threads(threads)
-    from virnucpro.embed import embed as run_embed
+    with stop_signals_exit_interrupted():
+        threads = limit_threads(threads)
+        from virnucpro.embed import embed as run_embed
 
-    run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
-              precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
-              checkpoint_seconds=checkpoint_seconds, threads=threads)
+        run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
+                  precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
+                  checkpoint_seconds=checkpoint_seconds, threads=threads)
 
 
 @app.command()
@@ -180,14 +181,15 @@ def run(
     checkpoint_seconds: float = CheckpointSecondsOption,
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
-    threads = limit_threads(threads)
-    from virnucpro.run import run as run_all
-
     _check_chunk_size(chunk_size, allow_any_chunk_size)
-    run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
-            precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
-            threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
-            checkpoint_seconds=checkpoint_seconds)
+    with stop_signals_exit_interrupted():
+        threads = limit_threads(threads)
+        from virnucpro.run import run as run_all
+
+        run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
+                precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
+                threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
+                checkpoint_seconds=checkpoint_seconds)
 
 
 @models_app.command("download")

@@ -28,13 +28,12 @@ import numpy as np
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (DeviceError, GpuOutOfMemory, InconsistentInputsError,
-                              InterruptedByUser)
+from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
+                              InconsistentInputsError, InterruptedByUser, make_output_dir)
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 1
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 # --- device and precision ------------------------------------------------------------------------
@@ -118,7 +117,7 @@ class CheckpointStore:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        make_output_dir(folder, "the checkpoint folder")
         self._lock = open(folder / "lock", "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -268,6 +267,12 @@ def _load_encoders(model_set, device, precision: str) -> dict:
     return _load_encoders_cached(model_set.dnabert_s, model_set.esm2, identity, device, precision)
 
 
+def embedding_widths(model_set, device, precision: str) -> tuple[int, int]:
+    """Feature widths (DNABERT-S, ESM-2) of these models; loads them, kept for the embed that follows."""
+    encoders = _load_encoders(model_set, device, precision)
+    return encoders["dnabert_s"].width, encoders["esm2"].width
+
+
 def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Path | None = None,
           device: str = "auto", precision: str = "auto", token_budget: int | None = None,
           checkpoint_every: int = 2000, checkpoint_seconds: float = 600.0, threads: int | None = None,
@@ -277,6 +282,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
 
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
+    _check_output(shard, out)
     records = list(fmt.read_shard(shard))
     ids = [r[0] for r in records]
     model_set = model_set or store.locate(models, roles=ROLES)
@@ -314,6 +320,16 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
     return out
+
+
+def _check_output(shard: Path, out: Path) -> None:
+    """`--out` must be a new or replaceable file beside a writable directory, never the shard itself."""
+    if out.resolve() == shard.resolve():
+        raise BadInputError(f"--out {out} is the input shard: writing it would destroy the shard",
+                            f"write the embeddings to another file, e.g. {shard.with_suffix('.h5').name}")
+    if out.is_dir():
+        raise BadInputError(f"--out {out} is a directory", f"give a file name, e.g. {out / 'shard.h5'}")
+    make_output_dir(out.parent, "the directory of --out")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -375,8 +391,9 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
     from virnucpro.encoders import check_finite
 
     n_records = len(record_ids)
-    todo = sum(int((~done[r]).sum()) for r in ROLES)
-    progress = Progress("embed", total=todo, unit="sequences")
+    covered = _covered_records(distinct, done, n_records)
+    # records count when their window is complete; distinct sequences and tokens count per batch
+    progress = Progress("embed", total=n_records - covered, unit="records")
     unsaved = {role: ([], []) for role in ROLES}
     last_save = time.monotonic()
     computed = {role: 0 for role in ROLES}
@@ -415,7 +432,7 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
                 unsaved[role][0].extend(chosen)
                 unsaved[role][1].append(vectors[missing])
                 computed[role] += len(chosen)
-                progress.advance(len(chosen), tokens=sum(len(tokens[i]) for i in batch))
+                progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch))
                 if stop.signal_name:
                     save()
                     checkpoints.flush()
@@ -427,6 +444,9 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
                     save()
             if number + 1 == len(items) or items[number + 1][0] != window_end:
                 save()  # the window is complete
+                progress.advance(max(0, window_end - covered))
+                covered = max(covered, window_end)
+    progress.advance(n_records - covered)  # trailing windows restored whole from a checkpoint
     elapsed = progress.close()
     waste = 1 - embedder.real_tokens / embedder.padded_tokens if embedder.padded_tokens else 0.0
     info(f"computed {computed['dnabert_s']:,} nucleotide and {computed['esm2']:,} protein sequences in "

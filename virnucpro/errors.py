@@ -6,7 +6,11 @@ message and exits with its code. Nextflow's retry rules use the same numbers.
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from enum import IntEnum
+from pathlib import Path
+from typing import Iterator
 
 
 class ExitCode(IntEnum):
@@ -82,3 +86,36 @@ class NumericalError(VirnucproError):
     """NaN or Inf in embeddings or scores."""
 
     code = ExitCode.NUMERICAL
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+@contextmanager
+def stop_signals_exit_interrupted() -> Iterator[None]:
+    """While a resumable command runs, a stop signal raises `InterruptedByUser` (exit 6) at once.
+
+    The embedding loop installs its own handlers that finish the batch in flight and save a
+    checkpoint first; outside it (imports, model loading, writing) nothing is left to save.
+    """
+    def stop(signum, _frame) -> None:
+        raise InterruptedByUser(f"{signal.Signals(signum).name} received: stopped (finished work and "
+                                "checkpoints are kept)", "rerun the same command to resume")
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def make_output_dir(path: Path, option: str) -> None:
+    """Create an output directory, or fail with exit 3 naming the option when that is impossible."""
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"{option} {path} is a file", "choose a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create {option} {path}: {exc.strerror}",
+                            "choose a writable location") from None

@@ -51,8 +51,19 @@ class EmbeddingShardInfo:
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                 widths: tuple[int, int], attrs: dict) -> None:
     """Write ids and vectors (fetched block by block from `rows(start, stop)`) atomically to `path`."""
-    h5py = _h5py()
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_rows(tmp, ids, rows, widths, attrs)
+        verify_shard(tmp, ids)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # an interrupted or failed write leaves nothing that looks like output
+        raise
+    os.replace(tmp, path)
+
+
+def _write_rows(tmp: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                widths: tuple[int, int], attrs: dict) -> None:
+    h5py = _h5py()
     n = len(ids)
     with open_h5(tmp, "w") as handle:
         handle.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -69,8 +80,6 @@ def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **{key: (json.dumps(value) if isinstance(value, dict) else value) for key, value in attrs.items()},
         })
-    verify_shard(tmp, ids)
-    os.replace(tmp, path)
 
 
 def verify_shard(path: Path, ids: Sequence[str]) -> None:
