@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,31 @@ def reference_dir() -> Path:
 
 @pytest.fixture
 def run_cli(capsys):
-    """Run `virnucpro ARGS` in-process; returns (exit code, stderr text)."""
+    """Run `virnucpro ARGS` in-process; returns (exit code, stderr text).
+
+    The thread caps a command sets (environment and torch) are undone after the test, so a
+    `--threads 3` here does not change how later tests and their subprocesses compute.
+    """
+    import torch
+
     from virnucpro.cli import main
+    from virnucpro.threads import POOL_VARIABLES
+
+    environment = {name: os.environ.get(name) for name in POOL_VARIABLES}
+    torch_threads = torch.get_num_threads()
 
     def run(*args: str) -> tuple[int, str]:
         with pytest.raises(SystemExit) as exit_info:
             main([str(a) for a in args])
         captured = capsys.readouterr()
         return int(exit_info.value.code or 0), captured.err + captured.out
-    return run
+    yield run
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    torch.set_num_threads(torch_threads)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from checkpoint_helpers import wait_for_parts
 from virnucpro import h5shard
@@ -278,3 +279,70 @@ def test_run_checks_models_before_preparing(tmp_path, reference_dir, run_cli):
                             "--models", tmp_path / "none", "--offline")
     assert code == 4 and "models" in message
     assert not (out / ".virnucpro-work" / "prepared").exists()
+
+
+def test_run_checks_inputs_before_models_and_the_classifier_before_embedding(tmp_path, reference_dir, tiny_models,
+                                                                             run_cli):
+    from virnucpro import store
+    from virnucpro.run import WORK
+
+    out = tmp_path / "o"
+    code, message = run_cli("run", tmp_path / "typo.fa", "--outdir", out, "--models", tmp_path / "none")
+    assert code == 3 and "input file not found" in message and "typo.fa" in message
+    assert not (tmp_path / "none").exists() and not out.exists(), "nothing downloaded, nothing created"
+
+    fasta = reference_dir / "vanilla/test_with_orfs.fa"
+    code, message = run_cli("run", fasta, "--outdir", out, "--models", tiny_models, "--device", "cpu",
+                            "--classifier", tmp_path / "absent.pth")
+    assert code == 4 and "absent.pth" in message
+    assert not (out / WORK / "prepared").exists()
+
+    narrow = tmp_path / "narrow.pth"
+    store._tiny_classifier(narrow, 10, torch.Generator().manual_seed(1))
+    code, message = run_cli("run", fasta, "--outdir", out, "--models", tiny_models, "--device", "cpu",
+                            "--classifier", narrow)
+    assert code == 5 and "takes 10 features" in message
+    assert not (out / WORK / "embeddings").exists() and not (out / WORK / "checkpoints").exists()
+
+
+def test_output_paths_that_are_files_exit_3(tmp_path, reference_dir, run_cli, golden_prepared, golden_embeddings,
+                                            tiny_models):
+    a_file = tmp_path / "results"
+    a_file.write_text("not a directory")
+    code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", a_file,
+                            "--models", tiny_models, "--device", "cpu")
+    assert code == 3 and "is a file" in message
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", a_file, "--models", tiny_models)
+    assert code == 3 and "is a file" in message
+    assert a_file.read_text() == "not a directory"
+
+
+def test_failed_predict_leaves_the_earlier_outputs_as_they_were(tmp_path, run_cli, golden_prepared,
+                                                               golden_embeddings, golden_predicted, tiny_models):
+    out = tmp_path / "out"
+    shutil.copytree(golden_predicted, out)
+    damaged = [tmp_path / path.name for path in golden_embeddings]
+    for source, target in zip(golden_embeddings, damaged):
+        shutil.copy(source, target)
+    with h5shard.open_h5(damaged[3], "a") as handle:
+        handle["esm2"][5, 0] = np.nan
+        record = handle["ids"][5].decode()
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *damaged, "--outdir", out,
+                            "--models", tiny_models)
+    assert code == 9 and damaged[3].name in message and record in message
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in golden_predicted.iterdir())
+    for path in golden_predicted.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_keep_embeddings_never_replaces_a_folder_of_other_files(tmp_path, reference_dir, run_cli, tiny_models):
+    from virnucpro.run import WORK
+
+    out = tmp_path / "o"
+    (out / "embeddings").mkdir(parents=True)
+    (out / "embeddings" / "notes.txt").write_text("mine")
+    code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", out,
+                            "--models", tiny_models, "--device", "cpu", "--keep-embeddings")
+    assert code == 3 and "notes.txt" in message
+    assert (out / "embeddings" / "notes.txt").read_text() == "mine" and not (out / WORK).exists()

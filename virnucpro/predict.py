@@ -8,6 +8,8 @@ in them (never by argument order), and streamed one at a time through the classi
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import numpy as np
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import info, warn
-from virnucpro.errors import BadInputError, InconsistentInputsError
+from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, make_output_dir
 
 RESULTS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
@@ -27,6 +29,8 @@ CHUNKS_OUT = "chunks.tsv"
 SEQUENCES_OUT = "sequences.tsv"
 REPORT = "report.html"
 RUN_INFO = "run_info.json"
+OUTPUTS = (RESULTS, HIGHEST, CHUNKS_OUT, SEQUENCES_OUT, REPORT, RUN_INFO)
+STAGING = ".predict.partial"  # outputs are written here and moved into --outdir only when all exist
 CHUNK_COLUMNS = ("chunk_id", "sequence_id", "start", "length", "n_orfs", "best_orf", "max_score_virus", "call")
 SEQUENCE_COLUMNS = ("sequence_id", "length", "n_chunks", "n_chunks_virus", "n_chunks_no_orf", "fraction_virus",
                     "max_score_virus", "mean_score_virus", "call")
@@ -117,6 +121,7 @@ def classify_shards(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir
         out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         for shard in shards:
             for ids, features in h5shard.iter_rows(shard.path):
+                _check_finite(features, ids, shard.path)
                 probabilities = predict_proba(classifier, features)
                 histogram.add(probabilities[:, 1])
                 lines = []
@@ -129,6 +134,16 @@ def classify_shards(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir
                 out.write("".join(lines))
                 rows += len(ids)
     return chunks, histogram, rows
+
+
+def _check_finite(features: np.ndarray, ids: Sequence[str], path: Path) -> None:
+    """NaN/Inf features name the shard and the first record that has them (exit 9)."""
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise NumericalError(f"{path} holds NaN/Inf features for {ids[bad]} ({int((~finite).sum()):,} "
+                             "record(s) in this block)", "embed that shard again (a second failure points at "
+                             "the GPU or the model files: `virnucpro models check`)")
 
 
 def _update_chunk(chunks: dict[str, ChunkScore], orf_id: str, virus: float, others: float) -> None:
@@ -237,26 +252,38 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
     model = load_classifier(Path(classifier))
-    width = sum(shards[0].widths)
-    if model.input_dim != width:
-        raise InconsistentInputsError(f"classifier {classifier} takes {model.input_dim} features but the "
-                                      f"embeddings have {width} ({shards[0].widths[0]} DNABERT-S + "
-                                      f"{shards[0].widths[1]} ESM-2)",
-                                      "use the classifier that belongs to the embedding models")
-    outdir.mkdir(parents=True, exist_ok=True)
-    chunks, histogram, rows = classify_shards(shards, model, outdir)
-    write_highest(chunks, outdir)
-    summary = write_our_tables(prepared, chunks, outdir, threshold)
-    seconds = dict(stage_seconds or {})
-    seconds["predict"] = round(time.monotonic() - started, 3)
-    run_info = _run_info(manifest, shards, Path(classifier), threshold, tiny, seconds)
-    (outdir / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
-    write_report(outdir / REPORT, manifest=manifest, rows=rows, n_chunks_scored=len(chunks), summary=summary,
-                 histogram=histogram.counts, run_info=run_info)
+    check_classifier_fits(model, Path(classifier), shards[0].widths)
+    make_output_dir(outdir, "--outdir")
+    staging = outdir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        chunks, histogram, rows = classify_shards(shards, model, staging)
+        write_highest(chunks, staging)
+        summary = write_our_tables(prepared, chunks, staging, threshold)
+        seconds = dict(stage_seconds or {})
+        seconds["predict"] = round(time.monotonic() - started, 3)
+        run_info = _run_info(manifest, shards, Path(classifier), threshold, tiny, seconds)
+        write_report(staging / REPORT, manifest=manifest, rows=rows, n_chunks_scored=len(chunks),
+                     summary=summary, histogram=histogram.counts, run_info=run_info)
+        (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
+        for name in OUTPUTS:  # run_info.json last: its presence marks a complete set
+            os.replace(staging / name, outdir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     calls = summary["calls"]
     info(f"predicted {rows:,} ORFs in {len(chunks):,} chunks: {calls['virus']:,} virus, {calls['others']:,} "
          f"others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty sequences -> {outdir}")
     return outdir
+
+
+def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
+    """The classifier takes exactly the DNABERT-S + ESM-2 features these embeddings have (exit 5)."""
+    if model.input_dim != sum(widths):
+        raise InconsistentInputsError(f"classifier {path} takes {model.input_dim} features but the "
+                                      f"embeddings have {sum(widths)} ({widths[0]} DNABERT-S + "
+                                      f"{widths[1]} ESM-2)",
+                                      "use the classifier that belongs to the embedding models")
 
 
 def _shard_is_tiny(shard: h5shard.EmbeddingShardInfo) -> bool:

@@ -519,6 +519,17 @@ def _is_prepare_directory(directory: Path) -> bool:
             and {p.name for p in directory.iterdir()} <= ours)
 
 
+def check_inputs(inputs: Iterable[Path]) -> None:
+    """Each input opens and its first records read as FASTA/FASTQ (exit 3 otherwise): `run` checks
+    this before it downloads or loads models, so a mistyped path costs seconds, not a download."""
+    for path in inputs:
+        stream = HashingTextStream(Path(path))
+        try:
+            next(record_groups(stream), None)
+        finally:
+            stream.close()
+
+
 def _claim_outdir(outdir: Path) -> Path:
     """A fresh working directory beside `outdir`; `outdir` itself must be new, empty or a previous
     prepare output (which is replaced only once the new one is complete)."""

@@ -8,6 +8,7 @@ kept under `OUTDIR/embeddings/` with `--keep-embeddings`).
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Sequence
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import info
-from virnucpro.errors import VirnucproError
+from virnucpro.errors import BadInputError, VirnucproError, make_output_dir
 
 WORK = ".virnucpro-work"
+KEPT_NAME = re.compile(r"shard_\d+\.h5")
 
 
 def _prepare_is_current(prepared: Path, inputs: Sequence[Path], chunk_size: int) -> bool:
@@ -49,20 +51,32 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         keep_embeddings: bool = False, offline: bool = False, threads: int | None = None,
         threshold: float = 0.5, token_budget: int | None = None, checkpoint_every: int = 2000,
         checkpoint_seconds: float = 600.0) -> Path:
-    """All stages for one sample; returns the output directory."""
+    """All stages for one sample; returns the output directory.
+
+    Everything that can be checked before hours of work is checked first: the inputs (before any
+    model download), the output directory, the models and the classifier.
+    """
     from virnucpro import store
-    from virnucpro.embed import ROLES, embed, resolve_device, resolve_precision
-    from virnucpro.predict import predict
-    from virnucpro.prepare import prepare
+    from virnucpro.classifier import load_classifier
+    from virnucpro.embed import ROLES, embed, embedding_widths, resolve_device, resolve_precision
+    from virnucpro.predict import check_classifier_fits, predict
+    from virnucpro.prepare import check_inputs, prepare
 
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
     work = outdir / WORK
     prepared = work / "prepared"
+    kept = outdir / "embeddings"
     seconds: dict[str, float] = {}
 
+    check_inputs(inputs)
+    make_output_dir(outdir, "--outdir")
+    if keep_embeddings:
+        _check_kept_folder(kept)
     roles = list(ROLES) + ([] if classifier else [f"classifier_{chunk_size}"])
-    model_set = store.ensure(models, roles=roles, offline=offline)  # before hours of work, not after
+    model_set = store.ensure(models, roles=roles, offline=offline)
+    classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
+    classifier_model = load_classifier(classifier)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     identity = model_set.identity(ROLES)
@@ -79,25 +93,34 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     seconds["prepare"] = round(time.monotonic() - started, 3)
 
     started = time.monotonic()
-    embeddings = []
-    for shard in manifest["shards"]:
-        h5 = work / "embeddings" / Path(shard["file"]).with_suffix(".h5").name
-        h5.parent.mkdir(parents=True, exist_ok=True)
-        if _embedding_is_current(h5, shard, identity, precision):
+    embeddings = [work / "embeddings" / Path(shard["file"]).with_suffix(".h5").name for shard in manifest["shards"]]
+    pending = {h5 for shard, h5 in zip(manifest["shards"], embeddings)
+               if not _embedding_is_current(h5, shard, identity, precision)}
+    if pending:  # loads the models, which the first embed needs anyway
+        check_classifier_fits(classifier_model, classifier, embedding_widths(model_set, torch_device, precision))
+    for shard, h5 in zip(manifest["shards"], embeddings):
+        if h5 not in pending:
             info(f"embed: {h5.name} already done, reusing it")
-        else:
-            embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=torch_device.type,
-                  precision=precision, token_budget=token_budget, threads=threads, model_set=model_set,
-                  checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
-        embeddings.append(h5)
+            continue
+        embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=torch_device.type,
+              precision=precision, token_budget=token_budget, threads=threads, model_set=model_set,
+              checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
     seconds["embed"] = round(time.monotonic() - started, 3)
 
-    predict(prepared, embeddings, outdir, classifier=classifier or model_set.classifier(chunk_size),
-            threshold=threshold, stage_seconds=seconds)
+    predict(prepared, embeddings, outdir, classifier=classifier, threshold=threshold, stage_seconds=seconds)
     if keep_embeddings:
-        kept = outdir / "embeddings"
         shutil.rmtree(kept, ignore_errors=True)
         shutil.move(str(work / "embeddings"), kept)
         info(f"embeddings kept in {kept}")
     shutil.rmtree(work, ignore_errors=True)
     return outdir
+
+
+def _check_kept_folder(kept: Path) -> None:
+    """`--keep-embeddings` replaces OUTDIR/embeddings: only when it holds nothing but our shards."""
+    if not kept.exists():
+        return
+    foreign = [p.name for p in kept.iterdir() if not KEPT_NAME.fullmatch(p.name)] if kept.is_dir() else [kept.name]
+    if foreign:
+        raise BadInputError(f"{kept} exists and holds files virnucpro did not write there ({', '.join(foreign[:3])}); "
+                            "--keep-embeddings would replace it", "move those files, or choose another --outdir")

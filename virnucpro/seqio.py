@@ -64,6 +64,9 @@ class HashingTextStream:
                             else "bzip2" if head.startswith(BZIP2_MAGIC) else "none")
         self._pending = head
 
+    def close(self) -> None:
+        self._raw.close()
+
     def _read_raw(self) -> bytes:
         try:
             block = self._raw.read(BLOCK)
