@@ -28,6 +28,13 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr(dl, "TIMEOUT_SECONDS", 10.0)
 
 
+@pytest.fixture(autouse=True)
+def local_host_without_proxy(monkeypatch):
+    """The fake host is on 127.0.0.1: a proxy set for the package registries must not be asked for it."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
 @pytest.fixture
 def host():
     server = FakeHost()

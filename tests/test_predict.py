@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -20,6 +21,7 @@ from virnucpro import prepared as fmt
 from virnucpro.embed import embed
 from virnucpro.predict import predict
 from virnucpro.store import locate
+from virnucpro.threads import POOL_VARIABLES
 
 TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "sequences.tsv")
 
@@ -206,8 +208,10 @@ def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_
     subprocess.run(cli + ["embed", str(shard), "--models", str(tiny_models), "--out", str(chained / "s.h5"),
                           "--device", "cpu", "--threads", "1", "--checkpoint-every", "10"],
                    check=True, capture_output=True)
+    one_thread = {**os.environ, **{name: "1" for name in POOL_VARIABLES}}  # predict has no --threads
     subprocess.run(cli + ["predict", "--prepared", str(chained / "prep"), "--embeddings", str(chained / "s.h5"),
-                          "--outdir", str(chained / "out"), "--models", str(tiny_models)], check=True, capture_output=True)
+                          "--outdir", str(chained / "out"), "--models", str(tiny_models)], check=True, capture_output=True,
+                   env=one_thread)
 
     out = tmp_path / "run"
     command = cli + ["run", str(fasta), "--outdir", str(out), "--models", str(tiny_models), "--device", "cpu",
