@@ -11,21 +11,35 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; defaultCheckpointDir } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; checkpointDir ; checkSlurmQueues } from './subworkflows/local/utils_virnucpro_pipeline'
+include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
     main:
-    PIPELINE_INITIALISATION(
-        params.validate_params,
-        params.input,
-        params.models
-    )
-    VIRNUCPRO(
-        PIPELINE_INITIALISATION.out.samples,
-        params.models,
-        params.tiny_models,
-        params.classifier,
-        params.checkpoint_dir ?: defaultCheckpointDir(workflow.workDir),
-        params.outdir
-    )
+    def schema = "${projectDir}/nextflow_schema.json"
+    if (params.help || params.help_full) {
+        log.info(paramsHelp(schema, params, 'nextflow run . -profile <docker/singularity/apptainer>[,gpu] --input reads.fa --outdir results'))
+    }
+    else {
+        // Every problem with the parameters at once, before any task
+        if (params.validate_params) {
+            validateParameters(params, schema)
+        }
+        log.info(paramsSummaryLog(params, schema, workflow))
+        checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
+        PIPELINE_INITIALISATION(
+            params.input,
+            params.models
+        )
+        VIRNUCPRO(
+            PIPELINE_INITIALISATION.out.samples,
+            params.models,
+            params.tiny_models,
+            params.classifier,
+            params.chunk_size,
+            checkpointDir(params.checkpoint_dir, workflow.workDir),
+            params.skip_multiqc,
+            params.outdir
+        )
+    }
 }

@@ -35,9 +35,9 @@ CONFIG = REPO / "nextflow.config"
 SCHEMA = json.loads((REPO / "nextflow_schema.json").read_text())
 CONFIG_TEXTS = {p: p.read_text() for p in pipeline_files(REPO, (".config",))}
 
-# Every module wraps one CLI command of CONTRACTS.md
-EXPECTED_PROCESSES = {"VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT",
-                      "VIRNUCPRO_MODELS_DOWNLOAD", "VIRNUCPRO_MODELS_TINY"}
+# Every virnucpro module wraps one CLI command of CONTRACTS.md (SUMMARY: a bin/ script), plus MultiQC
+EXPECTED_PROCESSES = {"VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT", "VIRNUCPRO_SUMMARY",
+                      "VIRNUCPRO_MODELS_DOWNLOAD", "VIRNUCPRO_MODELS_TINY", "MULTIQC"}
 
 
 def _components(script):
@@ -103,13 +103,31 @@ def test_every_process_is_called():
     assert set(PROCESSES) | set(WORKFLOWS) <= called
 
 
-def test_every_process_has_a_stub_a_label_and_versions_on_the_topic():
+def test_every_process_has_a_stub_a_label_and_eval_versions():
     for process in PROCESSES.values():
         assert process.stub and process.stub.strip(), f"{process.name} has no stub: block"
         assert len(process.labels) == 1, f"{process.name}: labels {process.labels}"
-        topics = [o for o in process.outputs if o.topic == "versions"]
-        assert topics and all(o.evals for o in topics), f"{process.name} publishes no versions to the topic"
-        assert all(o.emit and o.emit.startswith("versions_") for o in topics)
+        versions = [o for o in process.outputs if o.emit and o.emit.startswith("versions_")]
+        # storeDir with eval outputs fails on the second run (nextflow-io/nextflow#5785)
+        if process.name == "VIRNUCPRO_MODELS_DOWNLOAD":
+            assert not versions
+        else:
+            assert versions and all(o.evals for o in versions), f"{process.name} reports no versions"
+
+
+def test_no_topic_channels_or_feature_flags():
+    """Nextflow 24.10 needs a preview flag for topics, which the strict parser (25.10+) rejects."""
+    for path in pipeline_files():
+        text = mask(path.read_text())
+        assert "topic" not in text and "nextflow.preview" not in text and "nextflow.enable" not in text, path
+
+
+def test_every_versions_output_reaches_the_versions_file():
+    body = WORKFLOWS["VIRNUCPRO"].body
+    for process in PROCESSES.values():
+        for output in process.outputs:
+            if output.emit and output.emit.startswith("versions_") and process.name != "MULTIQC":
+                assert f"{process.name}.out.{output.emit}" in body, f"{process.name}.out.{output.emit} not mixed"
 
 
 def test_schema_and_config_params_agree():
@@ -199,14 +217,14 @@ def test_selectors_match_processes_and_labels():
 
 
 def _retry_codes(closure: str) -> set:
-    match = re.search(r"task\.exitStatus\s+in\s+\[([\d,\s]+)\]\s*\?\s*'retry'\s*:\s*'finish'", closure)
+    match = re.search(r"task\.exitStatus\s+in\s+\[([\w.,\s]+)\]\s*\?\s*'retry'\s*:\s*'finish'", closure)
     assert match, f"unexpected errorStrategy: {closure}"
-    return {int(x) for x in match.group(1).split(",")}
+    return {int(x) if x.strip().isdigit() else x.strip() for x in match.group(1).split(",")}
 
 
 def test_retry_rules_use_the_cli_exit_codes():
     base = CONFIG_TEXTS[REPO / "conf" / "base.config"]
-    scheduler_kills = {137, 140, 143}
+    scheduler_kills = {137, 140, 143, "Integer.MAX_VALUE"}  # the last: a task lost with its node
     embed = assignments(selector_blocks(base, "withLabel")["process_gpu"][0])["errorStrategy"]
     assert _retry_codes(embed) == {int(ExitCode.INTERRUPTED), int(ExitCode.GPU_OOM), int(ExitCode.DEVICE)} | scheduler_kills
     default = re.search(r"^\s*errorStrategy\s*=\s*(\{[^\n]*\})", base, re.M).group(1)
@@ -214,8 +232,12 @@ def test_retry_rules_use_the_cli_exit_codes():
     assert PROCESSES["VIRNUCPRO_EMBED"].labels == ["process_gpu"]
 
 
-def test_resources_scale_with_the_attempt():
+def test_resources_scale_with_the_attempt_within_limits():
     base = CONFIG_TEXTS[REPO / "conf" / "base.config"]
+    assert re.search(r"^\s*resourceLimits\s*=\s*\[", base, re.M), "no resourceLimits: retries may ask for more than a node has"
+    gpu = assignments(selector_blocks(base, "withLabel")["process_gpu"][0])
+    assert "task.attempt" not in gpu.get("cpus", ""), "a GPU out-of-memory retry must not ask for more CPUs"
+    assert "previousTrace.exit == 137" in gpu["memory"] and "previousTrace.exit == 140" in gpu["time"]
     for label, (body,) in selector_blocks(base, "withLabel").items():
         closures = assignments(body)
         for directive in ("memory", "time"):
@@ -234,7 +256,8 @@ def test_lenient_cache_and_local_storedir_download():
 def test_required_profiles_exist():
     profiles = profile_bodies(CONFIG.read_text())
     assert {"docker", "singularity", "apptainer", "gpu", "slurm", "awsbatch", "google", "test", "test_full"} <= set(profiles)
-    assert "--gres=gpu:1" in profiles["slurm"]
+    assert "includeConfig 'conf/slurm.config'" in profiles["slurm"]
+    assert "--gres=gpu:1" in CONFIG_TEXTS[REPO / "conf" / "slurm.config"]
     assert re.search(r"accelerator\s*=", profiles["gpu"])
     assert profile_params("gpu") == {"device": "cuda"}
     assert profile_params("test")["tiny_models"] is True and profile_params("test")["device"] == "cpu"
@@ -244,32 +267,6 @@ def test_versions_agree():
     manifest = re.search(r"manifest\s*\{[^}]*version\s*=\s*'([^']+)'", CONFIG.read_text()).group(1)
     container = re.search(r"container\s*=\s*'[^':]+:([^']+)'", CONFIG_TEXTS[REPO / "conf" / "base.config"]).group(1)
     assert manifest == __version__ == container
-
-
-# nf-schema's `validation` scope (its documented options): the language server cannot check
-# this scope offline, so the names we use are checked here.
-NF_SCHEMA_OPTIONS = {"parametersSchema", "monochromeLogs", "lenientMode", "ignoreParams", "defaultIgnoreParams",
-                     "maxErrValSize", "help.enabled", "help.shortParameter", "help.fullParameter",
-                     "help.showHiddenParameter", "help.showHidden", "help.beforeText", "help.command",
-                     "help.afterText", "summary.beforeText", "summary.afterText", "summary.hideParams",
-                     "logging.unrecognisedParams", "logging.unrecognisedHeaders"}
-
-
-def test_validation_scope_uses_known_nf_schema_options():
-    text = CONFIG.read_text()
-    body = re.search(r"^validation\s*\{(.*?)^\}", text, re.M | re.S).group(1)
-    used, scope = set(), []
-    for line in body.splitlines():
-        line = line.strip()
-        if line.endswith("{"):
-            scope.append(line[:-1].strip())
-        elif line == "}":
-            scope.pop()
-        elif "=" in line:
-            used.add(".".join(scope + [line.split("=")[0].strip()]))
-    assert used and used <= NF_SCHEMA_OPTIONS, used - NF_SCHEMA_OPTIONS
-    help_params = {"help", "help_full", "show_hidden"}
-    assert help_params <= set(config_params(CONFIG))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,8 +331,8 @@ def test_module_meta_yml_matches_the_module(name):
 
 
 def test_docs_list_every_parameter_and_profile():
-    docs = (REPO / "docs" / "nextflow.md").read_text()
+    docs = (REPO / "docs" / "usage.md").read_text()
     table_rows = set(re.findall(r"^\| `--(\w+)`", docs, re.M))
-    assert table_rows == set(_schema_params()), "docs/nextflow.md parameter table out of step with the schema"
+    assert table_rows == set(_schema_params()), "docs/usage.md parameter table out of step with the schema"
     for profile in profile_bodies(CONFIG.read_text()):
-        assert f"`{profile}`" in docs, f"profile {profile} is not described in docs/nextflow.md"
+        assert f"`{profile}`" in docs, f"profile {profile} is not described in docs/usage.md"

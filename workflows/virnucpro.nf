@@ -1,12 +1,15 @@
 // VirNucPro prediction: PREPARE each sample into ORF shards, EMBED every shard (one GPU task each),
-// gather a sample's shards whatever order they finish in, PREDICT per sample.
+// gather a sample's shards whatever order they finish in, PREDICT per sample, then one SUMMARY of
+// the run (reconciled counts per sample) rendered by MULTIQC.
 
 include { VIRNUCPRO_MODELS_DOWNLOAD } from '../modules/local/virnucpro/models_download'
 include { VIRNUCPRO_MODELS_TINY     } from '../modules/local/virnucpro/models_tiny'
 include { VIRNUCPRO_PREPARE         } from '../modules/local/virnucpro/prepare'
 include { VIRNUCPRO_EMBED           } from '../modules/local/virnucpro/embed'
 include { VIRNUCPRO_PREDICT         } from '../modules/local/virnucpro/predict'
-include { versionsToYaml            } from '../subworkflows/local/utils_virnucpro_pipeline'
+include { VIRNUCPRO_SUMMARY         } from '../modules/local/virnucpro/summary'
+include { MULTIQC                   } from '../modules/local/multiqc'
+include { versionsToYaml ; classifierFiles } from '../subworkflows/local/utils_virnucpro_pipeline'
 
 workflow VIRNUCPRO {
     take:
@@ -14,10 +17,14 @@ workflow VIRNUCPRO {
     models         // string: models directory, or null
     tiny_models    // boolean: make tiny random models (tests) when no models directory is given
     classifier     // string: classifier .pth overriding the models directory's, or null
+    chunk_size     // integer: 300 or 500, picks the classifier of the models directory
     checkpoint_dir // string: EMBED checkpoints, outside the task work directories
+    skip_multiqc   // boolean: no MultiQC report
     outdir         // string: results directory
 
     main:
+    def ch_versions = channel.empty()
+
     // Models: a staged directory (--models), tiny test models, or the download kept per site
     def ch_models = channel.empty()
     if (models) {
@@ -26,14 +33,19 @@ workflow VIRNUCPRO {
     else if (tiny_models) {
         VIRNUCPRO_MODELS_TINY()
         ch_models = VIRNUCPRO_MODELS_TINY.out.models
+        ch_versions = ch_versions.mix(VIRNUCPRO_MODELS_TINY.out.versions_virnucpro)
     }
     else {
         VIRNUCPRO_MODELS_DOWNLOAD()
         ch_models = VIRNUCPRO_MODELS_DOWNLOAD.out.models
     }
-    def ch_classifier = classifier ? channel.value(file(classifier, checkIfExists: true)) : channel.value([])
+    // PREDICT needs the classifier alone: the user's, or the models directory's one for the chunk size
+    def ch_classifier = classifier
+        ? channel.value(file(classifier, checkIfExists: true))
+        : ch_models.map { dir -> classifierFiles(dir, chunk_size) }
 
     VIRNUCPRO_PREPARE(ch_samples)
+    ch_versions = ch_versions.mix(VIRNUCPRO_PREPARE.out.versions_virnucpro)
 
     // One EMBED task per shard; each carries the number of shards of its sample
     def ch_shards = VIRNUCPRO_PREPARE.out.shards.flatMap { meta, shards ->
@@ -41,6 +53,7 @@ workflow VIRNUCPRO {
     }
     // Checkpoints outside the task work directories: a retried or resumed EMBED continues mid-shard
     VIRNUCPRO_EMBED(ch_shards, ch_models, checkpoint_dir)
+    ch_versions = ch_versions.mix(VIRNUCPRO_EMBED.out.versions_virnucpro, VIRNUCPRO_EMBED.out.versions_torch)
 
     // A sample's group is released as soon as its last shard is embedded; the shards are sorted by
     // name so that PREDICT sees the same input (and -resume finds it cached) whatever the order
@@ -52,19 +65,32 @@ workflow VIRNUCPRO {
         .map { meta, prepared -> [meta.id, meta, prepared] }
         .join(ch_embeddings, failOnMismatch: true, failOnDuplicate: true)
         .map { _id, meta, prepared, h5s -> [meta, prepared, h5s] }
-    VIRNUCPRO_PREDICT(ch_predict, ch_models, ch_classifier)
+    VIRNUCPRO_PREDICT(ch_predict, ch_classifier, classifier ? true : false)
+    ch_versions = ch_versions.mix(VIRNUCPRO_PREDICT.out.versions_virnucpro)
 
-    // Software versions of every process, from the `versions` topic
-    def ch_versions_yml = channel.topic('versions')
+    // One table for the run, every sample reconciled from input records to table rows
+    VIRNUCPRO_SUMMARY(VIRNUCPRO_PREDICT.out.summary.map { _meta, row -> row }.collect(sort: true))
+    ch_versions = ch_versions.mix(VIRNUCPRO_SUMMARY.out.versions_python)
+
+    // Software versions of every process: [process, tool, version] tuples as one YAML file
+    def ch_versions_yml = ch_versions
         .unique()
         .collect(flat: false)
         .map { rows -> versionsToYaml(rows) }
-        .collectFile(name: 'virnucpro_software_versions.yml', storeDir: "${outdir}/pipeline_info", newLine: true)
+        .collectFile(name: 'virnucpro_software_mqc_versions.yml', storeDir: "${outdir}/pipeline_info", newLine: true)
+
+    if (!skip_multiqc) {
+        MULTIQC(
+            VIRNUCPRO_SUMMARY.out.multiqc.mix(ch_versions_yml).collect(),
+            channel.value(file("${projectDir}/assets/multiqc_config.yml", checkIfExists: true))
+        )
+    }
 
     emit:
     predictions  = VIRNUCPRO_PREDICT.out.predictions  // channel: [ val(meta), path(prediction_results.txt) ]
     highestscore = VIRNUCPRO_PREDICT.out.highestscore // channel: [ val(meta), path(prediction_results_highestscore.csv) ]
     sequences    = VIRNUCPRO_PREDICT.out.sequences    // channel: [ val(meta), path(sequences.tsv) ]
     embeddings   = VIRNUCPRO_EMBED.out.embeddings     // channel: [ val(meta), path(shard.h5) ]
-    versions     = ch_versions_yml                    // channel: path(virnucpro_software_versions.yml)
+    summary      = VIRNUCPRO_SUMMARY.out.summary      // channel: path(virnucpro_summary.tsv)
+    versions     = ch_versions_yml                    // channel: path(virnucpro_software_mqc_versions.yml)
 }

@@ -1,20 +1,14 @@
 // Start-up checks of the pipeline and the functions the workflows share: parameter validation, the
 // sample channel built from --input (files, a glob, or a samplesheet), the versions YAML.
 
-include { paramsSummaryLog; samplesheetToList; validateParameters } from 'plugin/nf-schema'
+include { samplesheetToList } from '../utils_schema'
 
 workflow PIPELINE_INITIALISATION {
     take:
-    validate_params // boolean: check every parameter against nextflow_schema.json
     input           // string: FASTA/FASTQ files or a glob (one sample each), or a samplesheet
     models          // string: models directory, or null (tiny models or the download step)
 
     main:
-    if (validate_params) {
-        validateParameters()
-    }
-    log.info(paramsSummaryLog(workflow))
-
     if (models) {
         checkModelsDirectory(models)
     }
@@ -69,14 +63,58 @@ def checkModelsDirectory(String models) {
     }
 }
 
-// EMBED checkpoints go next to the work directory when that is a filesystem path the tasks can
-// write (local disk, NFS, Lustre, GPFS); on object storage (s3://, gs://) there is no default and
-// the CLI keeps them inside the task directory (set --checkpoint_dir to a mounted path instead).
-def defaultCheckpointDir(work_dir) {
-    return work_dir.toUri().getScheme() == 'file' ? "${work_dir}/virnucpro-checkpoints" : ''
+// Under the slurm profile, a --slurm_queue or --slurm_gpu_queue naming a partition SLURM does not
+// have stops the run at once, naming the parameter (sbatch would refuse every task). Skipped
+// where scontrol cannot be run (a launch host outside the cluster).
+def checkSlurmQueues(Map queues) {
+    if (!workflow.profile.tokenize(',').contains('slurm')) {
+        return
+    }
+    queues.each { name, queue ->
+        if (!queue) {
+            return
+        }
+        def unknown = []
+        try {
+            unknown = queue.toString().tokenize(',').findAll { part -> ['scontrol', 'show', 'partition', part].execute().waitFor() != 0 }
+        }
+        catch (IOException e) {
+            log.warn("--${name} not checked (${e.message})")
+        }
+        if (unknown) {
+            error("--${name} '${queue}': SLURM has no partition ${unknown.join(', ')}; `sinfo -s` lists the partitions you may use")
+        }
+    }
 }
 
-// The versions topic ([process, tool, version] tuples) as YAML: one block per process, sorted.
+// EMBED checkpoints: --checkpoint_dir, else next to the work directory when that is a filesystem
+// path the tasks can write (local disk, NFS, Lustre, GPFS); on object storage (s3://, gs://) there is
+// no default and the CLI keeps them inside the task directory (set --checkpoint_dir to a mounted
+// path instead). The folder is made here, as the user, before any container mounts it (Docker
+// would create a missing one owned by root).
+def checkpointDir(String requested, work_dir) {
+    def dir = requested ?: (work_dir.toUri().getScheme() == 'file' ? "${work_dir}/virnucpro-checkpoints" : '')
+    if (dir) {
+        file(dir).mkdirs()
+    }
+    return dir
+}
+
+// The classifier files PREDICT needs from a models directory: the classifier for the chunk size
+// and the manifest that pins its checksum, or the standard file name in a hand-staged directory.
+def classifierFiles(models_dir, chunk_size) {
+    def manifest = models_dir.resolve('manifest.json')
+    if (!manifest.exists()) {
+        return [models_dir.resolve("${chunk_size}_model.pth")]
+    }
+    def entry = new groovy.json.JsonSlurper().parseText(manifest.text).models["classifier_${chunk_size}"]
+    if (!entry) {
+        error("${models_dir} has no classifier for --chunk_size ${chunk_size} (see `virnucpro models check ${models_dir}`)")
+    }
+    return [manifest] + entry.files.collect { name -> models_dir.resolve(name) }
+}
+
+// The versions ([process, tool, version] tuples) as YAML: one block per process, sorted.
 def versionsToYaml(List rows) {
     def lines = []
     rows.groupBy { row -> row[0].tokenize(':').last() }.sort().each { process, processRows ->

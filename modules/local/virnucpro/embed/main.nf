@@ -1,9 +1,15 @@
 // Embed one ORF shard with DNABERT-S and ESM-2 (the GPU step). Wraps `virnucpro embed`.
 // The checkpoint directory lives outside the work directory, so a retried or resumed task picks
 // the shard up where the killed one stopped (the CLI keys it by shard content, models, precision).
+// On a GPU, `gpu_slot.py` (bin/) makes concurrent tasks on one machine use different GPUs.
+// A stop signal (a scheduler's time-limit warning, preemption, Nextflow killing the task) reaches
+// `virnucpro embed` from Nextflow's task wrapper, which then exits at once: the embed process holds
+// a lock on .embed.running for its whole life, and afterScript (run by the wrapper, on the host,
+// after the task) waits for it, so the checkpoint is saved before the job ends.
 process VIRNUCPRO_EMBED {
     tag "${meta.id}:${shard.baseName}"
     label 'process_gpu'
+    afterScript 'flock --wait 300 .embed.running true || true'
 
     input:
     tuple val(meta), path(shard)
@@ -12,17 +18,22 @@ process VIRNUCPRO_EMBED {
 
     output:
     tuple val(meta), path("${shard.baseName}.h5"), emit: embeddings
-    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
-    tuple val("${task.process}"), val('torch'), eval('python -c "import torch; print(torch.__version__)"'), emit: versions_torch, topic: versions
+    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro
+    tuple val("${task.process}"), val('torch'), eval('python -c "import torch; print(torch.__version__)"'), emit: versions_torch
 
     script:
     def args = task.ext.args ?: ''
+    def device = task.ext.device ?: 'auto'
     def checkpoint = checkpoint_dir ? "--checkpoint-dir ${checkpoint_dir}" : ''
     """
+    exec 9> .embed.running
+    flock 9
+    gpu_slot.py --lock-dir ${checkpoint_dir ?: '.'}/.gpu-slots --device ${device} -- \\
     virnucpro embed \\
         ${shard} \\
         --models ${models} \\
         --out ${shard.baseName}.h5 \\
+        --device ${device} \\
         --threads ${task.cpus} \\
         ${checkpoint} \\
         ${args}

@@ -1,6 +1,8 @@
 // Download ESM-2 3B, DNABERT-S and the original classifiers once per site. Runs where Nextflow runs
 // (`executor 'local'`: login nodes have the network, compute nodes often do not) and is kept with
 // `storeDir` (conf/modules.config), so later runs find the models there and skip this task.
+// No `eval` version outputs: with storeDir they fail on the second run (nextflow-io/nextflow#5785);
+// the other processes report the same virnucpro.
 process VIRNUCPRO_MODELS_DOWNLOAD {
     tag 'models'
     label 'process_single'
@@ -8,7 +10,6 @@ process VIRNUCPRO_MODELS_DOWNLOAD {
 
     output:
     path 'virnucpro_models', type: 'dir', emit: models
-    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
 
     script:
     def args = task.ext.args ?: ''
@@ -21,6 +22,7 @@ process VIRNUCPRO_MODELS_DOWNLOAD {
     stub:
     """
     mkdir -p virnucpro_models
-    echo '{"format_version": 1, "models": {}, "stub": true}' > virnucpro_models/manifest.json
+    touch virnucpro_models/300_model.pth virnucpro_models/500_model.pth
+    echo '{"format_version": 1, "stub": true, "models": {"classifier_300": {"files": ["300_model.pth"]}, "classifier_500": {"files": ["500_model.pth"]}}}' > virnucpro_models/manifest.json
     """
 }

@@ -6,7 +6,7 @@ process VIRNUCPRO_MODELS_TINY {
 
     output:
     path 'tiny_models', type: 'dir', emit: models
-    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
+    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro
 
     script:
     """
@@ -16,6 +16,7 @@ process VIRNUCPRO_MODELS_TINY {
     stub:
     """
     mkdir -p tiny_models
-    echo '{"format_version": 1, "models": {}, "stub": true}' > tiny_models/manifest.json
+    touch tiny_models/300_model.pth tiny_models/500_model.pth
+    echo '{"format_version": 1, "stub": true, "models": {"classifier_300": {"files": ["300_model.pth"]}, "classifier_500": {"files": ["500_model.pth"]}}}' > tiny_models/manifest.json
     """
 }

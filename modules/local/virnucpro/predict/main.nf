@@ -1,14 +1,17 @@
-// Classify every ORF of one sample from all its embedding shards and write the result tables.
-// Wraps `virnucpro predict`; the classifier comes from the models directory unless one is given
-// (pass [] for none).
+// Classify every ORF of one sample from all its embedding shards and write the result tables, and
+// the sample's row of the run summary, its counts reconciled (bin/virnucpro_summary.py row).
+// Wraps `virnucpro predict`. It gets only the classifier, never the whole models directory (ESM-2 3B
+// would be copied to every task on cloud executors): `classifier_files` is the classifier with the
+// models manifest that pins its checksum (staged as models/), or a classifier .pth given by the user
+// (then `user_classifier` is true).
 process VIRNUCPRO_PREDICT {
     tag "${meta.id}"
     label 'process_low'
 
     input:
     tuple val(meta), path(prepared, stageAs: 'prepared'), path(embeddings, stageAs: 'embeddings/*')
-    path models
-    path classifier
+    path(classifier_files, stageAs: 'models/*')
+    val user_classifier
 
     output:
     tuple val(meta), path("${prefix}/prediction_results.txt"), emit: predictions
@@ -17,20 +20,21 @@ process VIRNUCPRO_PREDICT {
     tuple val(meta), path("${prefix}/sequences.tsv"), emit: sequences
     tuple val(meta), path("${prefix}/report.html"), emit: report
     tuple val(meta), path("${prefix}/run_info.json"), emit: run_info
-    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
+    tuple val(meta), path("${prefix}.summary.tsv"), emit: summary
+    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro
 
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
-    def classifier_arg = classifier ? "--classifier ${classifier}" : ''
+    def model_args = user_classifier ? "--classifier ${classifier_files}" : '--models models'
     """
     virnucpro predict \\
         --prepared ${prepared} \\
-        --models ${models} \\
+        ${model_args} \\
         --embeddings ${embeddings} \\
         --outdir ${prefix} \\
-        ${classifier_arg} \\
         ${args}
+    virnucpro_summary.py row ${prefix} --sample ${meta.id} --out ${prefix}.summary.tsv
     """
 
     stub:
@@ -43,5 +47,6 @@ process VIRNUCPRO_PREDICT {
     printf 'sequence_id\\tlength\\tn_chunks\\tn_chunks_virus\\tn_chunks_no_orf\\tfraction_virus\\tmax_score_virus\\tmean_score_virus\\tcall\\n' > ${prefix}/sequences.tsv
     echo '<!doctype html><title>stub</title>' > ${prefix}/report.html
     echo '{"stub": true}' > ${prefix}/run_info.json
+    printf 'sample\\n' > ${prefix}.summary.tsv
     """
 }

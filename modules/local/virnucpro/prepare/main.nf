@@ -1,16 +1,17 @@
 // Chunk the reads of one sample, translate six frames and write the ORF shards (one EMBED task each).
-// Wraps `virnucpro prepare` (CONTRACTS.md: "Prepare output directory").
+// Wraps `virnucpro prepare` (CONTRACTS.md: "Prepare output directory"). Each input file is staged in a
+// folder of its own (input/1/, input/2/, ...), so files with the same name from different folders all count.
 process VIRNUCPRO_PREPARE {
     tag "${meta.id}"
     label 'process_medium'
 
     input:
-    tuple val(meta), path(reads, stageAs: 'input/*')
+    tuple val(meta), path(reads, stageAs: 'input/?/*')
 
     output:
     tuple val(meta), path('prepared', type: 'dir'), emit: prepared
     tuple val(meta), path('prepared/shards/shard_*.tsv', arity: '1..*'), emit: shards
-    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro, topic: versions
+    tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro
 
     script:
     def args = task.ext.args ?: ''

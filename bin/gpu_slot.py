@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Run a command on a GPU of its own: concurrent tasks on one machine never share a GPU.
+
+    gpu_slot.py --lock-dir DIR [--device auto|cpu|cuda] [--count N] -- COMMAND [ARGS...]
+
+When a scheduler already chose the GPU (CUDA_VISIBLE_DEVICES set: SLURM --gres, cloud batch,
+Nextflow >= 26.x's local executor), the command runs with it unchanged. Otherwise (Nextflow 24.x's
+local executor, `docker --gpus all`, which show every GPU to every task) this takes the first free
+slot among the machine's GPUs, as an exclusive lock on DIR/gpu<i>.lock, sets CUDA_VISIBLE_DEVICES=i
+and replaces itself with the command, which inherits the lock: the kernel releases it when the
+command ends, however it ends. With every slot taken it waits for one. DIR must be shared by the
+tasks of the machine (the pipeline uses its checkpoint folder, mounted into containers). No GPU:
+the command runs as it is; with --device cpu it claims no GPU either. Either way it says on stderr
+which GPU the command got, so the task's log shows it. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WAIT_SECONDS = 5.0  # between two tries when every GPU is taken
+
+
+def say(message: str) -> None:
+    print(f"gpu_slot: {message}", file=sys.stderr, flush=True)
+
+
+def count_gpus() -> int:
+    """The GPUs this process can open: nvidia-smi's list, else the /dev/nvidiaN device files."""
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        if listed.returncode == 0:
+            return sum(1 for line in listed.stdout.splitlines() if line.startswith("GPU "))
+    return sum(1 for dev in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", dev.name))
+
+
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive lock on `path`, or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim_slot(lock_dir: Path, count: int, wait: float = WAIT_SECONDS) -> tuple[int, int]:
+    """(gpu index, lock descriptor) of the first free GPU, waiting while all `count` are taken."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    announced = False
+    while True:
+        for index in range(count):
+            fd = try_lock(lock_dir / f"gpu{index}.lock")
+            if fd is not None:
+                return index, fd
+        if not announced:
+            say(f"all {count} GPUs are in use by other tasks; waiting for one")
+            announced = True
+        time.sleep(wait)
+
+
+def choose_and_run(lock_dir: Path, device: str, count: int | None, command: list[str]) -> None:
+    """Set CUDA_VISIBLE_DEVICES for `command` (unless already set or computing on the CPU); exec it."""
+    granted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if granted is not None:
+        say(f"CUDA_VISIBLE_DEVICES={granted} (granted by the scheduler)")
+    elif device == "cpu":
+        say("computing on the CPU; no GPU claimed")
+    else:
+        count = count_gpus() if count is None else count
+        if count == 0:
+            say("no GPU visible; running as is")
+        else:
+            index, fd = claim_slot(lock_dir, count)
+            os.set_inheritable(fd, True)  # the command holds the slot until it ends
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+            say(f"CUDA_VISIBLE_DEVICES={index} (slot {lock_dir}/gpu{index}.lock, {count} GPUs)")
+    os.execvp(command[0], command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lock-dir", type=Path, required=True, help="folder shared by the machine's tasks")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="the command's device: cpu claims no GPU")
+    parser.add_argument("--count", type=int, default=None, help="number of GPUs (default: detected)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given after --")
+    choose_and_run(args.lock_dir, args.device, args.count, command)
+
+
+if __name__ == "__main__":
+    main()

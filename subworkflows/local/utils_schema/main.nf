@@ -1,0 +1,712 @@
+/*
+ * Parameter and samplesheet validation, the start-up summary and the --help text, all read from the
+ * pipeline's JSON schemas (nextflow_schema.json, assets/schema_input.json), without any plugin.
+ *
+ * Functions only, in the strict Nextflow syntax (no imports, classes, loops or switch):
+ *   validateParameters(params, schemaPath)        every problem of the parameters at once, then error()
+ *   samplesheetToList(sheetPath, schemaPath)      a CSV/TSV/YAML/JSON sheet as [meta, file, ...] rows
+ *   paramsSummaryLog(params, schemaPath, workflow) the parameters that differ from their defaults
+ *   paramsHelp(schemaPath, params, command)       the --help, --help <param> and --help_full text
+ *
+ * The subset of JSON schema understood: `$defs` (or `definitions`) groups referenced from `allOf`
+ * plus top-level `properties`; `required`; `type` (one or a list); `enum`; `pattern`; `minimum`,
+ * `maximum`, `exclusiveMinimum`, `exclusiveMaximum`; `minLength`, `maxLength`; `minItems`, `maxItems`
+ * (samplesheets); and nf-schema's `format` (file-path, directory-path, path, file-path-pattern) with
+ * `exists`, `errorMessage` and `meta`. Relative paths resolve against the launch directory, as with
+ * nf-schema (and Nextflow's own file()), not against the samplesheet's folder.
+ */
+
+// ================================================================================================
+// Parameters
+// ================================================================================================
+
+// Checks every parameter against the schema and stops the run (before any task) listing every problem.
+def validateParameters(Map parameters, String schemaPath) {
+    def schema = loadJsonSchema(schemaPath)
+    def properties = schemaProperties(schema)
+    def required = schemaRequired(schema)
+    def problems = unknownParameterProblems(parameters, properties.keySet())
+    properties.each { name, spec ->
+        def value = parameters[name]
+        if (isMissing(value)) {
+            if (name in required) {
+                problems << "* --${name}: required, but not given".toString()
+            }
+        }
+        else {
+            checkValue(value, spec as Map, false).each { problem -> problems << "* --${name}: ${problem}".toString() }
+        }
+    }
+    if (problems) {
+        error("Invalid parameters (${problems.size()} problem${problems.size() == 1 ? '' : 's'}; see --help):\n" + problems.join('\n'))
+    }
+}
+
+// One problem per parameter the schema does not know, naming the closest known one.
+def unknownParameterProblems(Map parameters, Collection known) {
+    def unknown = parameters.keySet().collect { key -> key.toString() }.findAll { key ->
+        !(key in known) && !(key in ignoredParameterNames()) && !(kebabToCamel(key) in known) && !(camelToKebab(key) in known)
+    }
+    // Nextflow may give `--foo-bar` as both `foo-bar` and `fooBar`: report it once, as typed.
+    def reported = unknown.findAll { key -> camelToKebab(key) == key || !(camelToKebab(key) in unknown) }
+    return reported.sort().collect { key ->
+        def closest = closestName(key, known)
+        def hint = closest ? " (did you mean --${closest}?)" : ''
+        "* --${key}: not a parameter of this pipeline${hint}".toString()
+    }
+}
+
+// Keys that may appear in params without being the pipeline's (none seen from Nextflow 24.10 on;
+// kept as one list so that one can be added where a launcher or test framework injects its own).
+def ignoredParameterNames() {
+    return ['nf_test_output']
+}
+
+// `foo-bar` -> `fooBar`
+def kebabToCamel(String name) {
+    return name.replaceAll(/-([a-zA-Z0-9])/) { match -> match[1].toUpperCase() }
+}
+
+// `fooBar` -> `foo-bar`
+def camelToKebab(String name) {
+    return name.replaceAll(/([a-z0-9])([A-Z])/) { match -> "${match[1]}-${match[2].toLowerCase()}" }
+}
+
+// The known name nearest to `name` (ignoring case, `-` and `_`), or null when none is near enough.
+def closestName(String name, Collection known) {
+    def ranked = known.collect { candidate ->
+        [candidate, editDistance(plainName(name), plainName(candidate.toString())), editDistance(name, candidate.toString())]
+    }.sort { a, b -> a[1] <=> b[1] ?: a[2] <=> b[2] ?: a[0] <=> b[0] }
+    if (!ranked) {
+        return null
+    }
+    def best = ranked.first()
+    return best[1] <= Math.max(2, (int) (plainName(name).length() / 3)) ? best[0] : null
+}
+
+// A parameter name for comparing: lower case, without `-` and `_`.
+def plainName(String name) {
+    return name.toLowerCase().replaceAll(/[-_]/, '')
+}
+
+// Levenshtein distance: insertions, deletions and substitutions, one row of the table at a time.
+def editDistance(String a, String b) {
+    if (a.isEmpty() || b.isEmpty()) {
+        return a.length() + b.length()
+    }
+    def previous = (0..b.length()).collect { j -> j }
+    (1..a.length()).each { i ->
+        def current = [i]
+        (1..b.length()).each { j ->
+            def cost = a.charAt(i - 1) == b.charAt(j - 1) ? 0 : 1
+            current << [previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost].min()
+        }
+        previous = current
+    }
+    return previous[b.length()]
+}
+
+// ================================================================================================
+// The schema
+// ================================================================================================
+
+// The schema file as a Map; stops the run when it is missing or not JSON.
+def loadJsonSchema(String schemaPath) {
+    def path = file(schemaPath, glob: false)
+    if (!path.isFile()) {
+        error("JSON schema ${schemaPath} not found")
+    }
+    try {
+        return new groovy.json.JsonSlurper().parseText(path.text) as Map
+    }
+    catch (Exception e) {
+        error("JSON schema ${schemaPath} is not valid JSON: ${e.message}")
+    }
+}
+
+// The parameter groups in `allOf` order, then the top-level properties: [name, title, description, properties, required].
+def schemaGroups(Map schema) {
+    def definitions = (schema['$defs'] ?: schema['definitions'] ?: [:]) as Map
+    def groups = []
+    (schema.allOf ?: []).each { entry ->
+        def ref = (entry as Map)['$ref']?.toString()
+        def name = ref?.replaceFirst('^#/(\\$defs|definitions)/', '')
+        def group = name ? definitions[name] as Map : null
+        if (group) {
+            groups << [name, group.title ?: name, group.description ?: '', (group.properties ?: [:]) as Map, (group.required ?: []) as List]
+        }
+    }
+    if (schema.properties) {
+        groups << ['other', 'Other parameters', '', schema.properties as Map, (schema.required ?: []) as List]
+    }
+    return groups
+}
+
+// Every parameter of the schema: name -> its schema.
+def schemaProperties(Map schema) {
+    def properties = [:]
+    schemaGroups(schema).each { group -> properties.putAll(group[3] as Map) }
+    return properties
+}
+
+// The names of the required parameters, at top level and in every group.
+def schemaRequired(Map schema) {
+    return schemaGroups(schema).collectMany { group -> group[4] as List }.unique()
+}
+
+// An unset value: absent, null or an empty string.
+def isMissing(value) {
+    return value == null || (value instanceof CharSequence && value.toString().isEmpty())
+}
+
+// ================================================================================================
+// One value against its schema (parameters and samplesheet cells)
+// ================================================================================================
+
+// The problems of one value (never null); `fromText` says it came from a CSV/TSV cell, where every value is a string.
+def checkValue(value, Map spec, boolean fromText) {
+    def types = spec.type == null ? [] : (spec.type instanceof List ? spec.type : [spec.type]).collect { type -> type.toString() }
+    def converted = value
+    if (types) {
+        def matches = types.collect { type -> convertToType(value, type, fromText) }.findAll { result -> result[0] }
+        if (!matches) {
+            return [typeProblem(value, types)]
+        }
+        converted = matches.first()[1]
+    }
+    def problems = []
+    if (spec['enum'] != null && !(spec['enum'] as List).any { choice -> sameValue(choice, converted) }) {
+        problems << "${describe(value)} is not one of ${(spec['enum'] as List).join(', ')}".toString()
+    }
+    if (converted instanceof CharSequence) {
+        problems.addAll(stringProblems(converted.toString(), spec))
+        if (spec.format) {
+            problems.addAll(pathProblems(converted.toString(), spec))
+        }
+    }
+    if (converted instanceof Number) {
+        problems.addAll(rangeProblems(converted as Number, spec))
+    }
+    return problems
+}
+
+// [true, value as that type] when `value` is of (or, from text or the command line, converts to) `type`, else [false, null].
+def convertToType(value, String type, boolean fromText) {
+    def text = value instanceof CharSequence ? value.toString().trim() : null
+    if (type == 'string') {
+        // a number on the command line (`--google_project 123`) arrives as a number; a lone flag as true
+        return value instanceof CharSequence || value instanceof Number ? [true, value.toString()] : [false, null]
+    }
+    if (type == 'integer') {
+        if (value instanceof Integer || value instanceof Long || value instanceof Short || value instanceof BigInteger) {
+            return [true, value]
+        }
+        if ((value instanceof BigDecimal || value instanceof Double || value instanceof Float) && toDecimal(value).stripTrailingZeros().scale() <= 0) {
+            return [true, toDecimal(value).toBigInteger()]
+        }
+        return text != null && text ==~ /[+-]?\d+/ ? [true, new BigInteger(text.replaceFirst(/^\+/, ''))] : [false, null]
+    }
+    if (type == 'number') {
+        if (value instanceof Number) {
+            return [true, value]
+        }
+        return text != null && text ==~ /[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/ ? [true, new BigDecimal(text)] : [false, null]
+    }
+    if (type == 'boolean') {
+        if (value instanceof Boolean) {
+            return [true, value]
+        }
+        return text != null && text.toLowerCase() in ['true', 'false'] ? [true, text.toLowerCase() == 'true'] : [false, null]
+    }
+    if (type == 'null') {
+        return value == null || (fromText && text == '') ? [true, null] : [false, null]
+    }
+    if (type == 'array') {
+        return value instanceof List ? [true, value] : [false, null]
+    }
+    if (type == 'object') {
+        return value instanceof Map ? [true, value] : [false, null]
+    }
+    return [true, value] // a type this validator does not know is not held against the value
+}
+
+// Says what was expected and what came, with the usual cause of a lone flag.
+def typeProblem(value, List types) {
+    def expected = types.collect { type -> type ==~ /[aeiou].*/ ? "an ${type}" : "a ${type}" }.join(' or ')
+    if (value == true && !('boolean' in types)) {
+        return "expected ${expected}, but no value was given".toString()
+    }
+    return "${describe(value)} is not ${expected}".toString()
+}
+
+// A value as the user wrote it: strings quoted.
+def describe(value) {
+    return value instanceof CharSequence ? "'${value}'".toString() : value.toString()
+}
+
+// Equal as numbers when both are numbers (300 == 300.0), else as strings.
+def sameValue(a, b) {
+    if (a instanceof Number && b instanceof Number) {
+        return toDecimal(a).compareTo(toDecimal(b)) == 0
+    }
+    return a?.toString() == b?.toString() && (a instanceof Boolean) == (b instanceof Boolean)
+}
+
+// Any number as a BigDecimal, through its text so that 0.7d stays 0.7.
+def toDecimal(Number number) {
+    return new BigDecimal(number.toString())
+}
+
+// pattern, minLength, maxLength
+def stringProblems(String text, Map spec) {
+    def problems = []
+    if (spec.pattern && !java.util.regex.Pattern.compile(spec.pattern.toString()).matcher(text).find()) {
+        problems << "'${text}' does not match the pattern ${spec.pattern}".toString()
+    }
+    if (spec.minLength != null && text.length() < (spec.minLength as int)) {
+        problems << "'${text}' is shorter than ${spec.minLength} characters".toString()
+    }
+    if (spec.maxLength != null && text.length() > (spec.maxLength as int)) {
+        problems << "'${text}' is longer than ${spec.maxLength} characters".toString()
+    }
+    return problems
+}
+
+// minimum, maximum, exclusiveMinimum, exclusiveMaximum
+def rangeProblems(Number number, Map spec) {
+    def value = toDecimal(number)
+    def problems = []
+    if (spec.minimum != null && value < toDecimal(spec.minimum as Number)) {
+        problems << "${number} is less than the minimum ${spec.minimum}".toString()
+    }
+    if (spec.maximum != null && value > toDecimal(spec.maximum as Number)) {
+        problems << "${number} is greater than the maximum ${spec.maximum}".toString()
+    }
+    if (spec.exclusiveMinimum instanceof Number && value <= toDecimal(spec.exclusiveMinimum as Number)) {
+        problems << "${number} must be greater than ${spec.exclusiveMinimum}".toString()
+    }
+    if (spec.exclusiveMaximum instanceof Number && value >= toDecimal(spec.exclusiveMaximum as Number)) {
+        problems << "${number} must be less than ${spec.exclusiveMaximum}".toString()
+    }
+    return problems
+}
+
+// nf-schema's path formats: what must exist does, and what exists is of the right kind.
+def pathProblems(String text, Map spec) {
+    def mustExist = spec.exists == true
+    if (spec.format == 'file-path-pattern') {
+        def found = files(text).findAll { path -> path.exists() }
+        return mustExist && !found ? ["no file matches '${text}'".toString()] : []
+    }
+    if (!(spec.format in ['file-path', 'directory-path', 'path'])) {
+        return []
+    }
+    def path = file(text, glob: false)
+    if (!path.exists()) {
+        return mustExist ? ["'${text}' does not exist".toString()] : []
+    }
+    if (spec.format == 'file-path' && path.isDirectory()) {
+        return ["'${text}' is a directory, not a file".toString()]
+    }
+    if (spec.format == 'directory-path' && !path.isDirectory()) {
+        return ["'${text}' is a file, not a directory".toString()]
+    }
+    return []
+}
+
+// ================================================================================================
+// Samplesheets
+// ================================================================================================
+
+// The rows of a CSV/TSV/YAML/JSON samplesheet as [meta, value, ...] lists: the `meta` columns form
+// meta, the others follow in schema order (path formats as file objects, relative to the launch
+// directory). Stops the run listing every bad cell, by 1-based data row (the header is not a row).
+def samplesheetToList(String sheetPath, String schemaPath) {
+    def schema = loadJsonSchema(schemaPath)
+    def items = (schema.items ?: [:]) as Map
+    def columns = (items.properties ?: [:]) as Map
+    def sheet = readSamplesheet(sheetPath)
+    def rows = sheet[0] as List
+    def problems = sheetShapeProblems(sheet, schema)
+    rows.eachWithIndex { row, index ->
+        problems.addAll(rowProblems(row as Map, index + 1, items, sheet[1] as boolean))
+    }
+    if (problems) {
+        error("Invalid samplesheet ${sheetPath} (${problems.size()} problem${problems.size() == 1 ? '' : 's'}):\n" + problems.join('\n'))
+    }
+    def unknown = rows.collectMany { row -> (row as Map).keySet() as List }.unique().findAll { column -> !(column in columns.keySet()) }
+    if (unknown) {
+        log.warn("Samplesheet ${sheetPath}: ignoring column${unknown.size() == 1 ? '' : 's'} ${unknown.join(', ')} (not in ${schemaPath})")
+    }
+    return rows.collect { row -> sheetEntry(row as Map, columns, sheet[1] as boolean) }
+}
+
+// Problems of the sheet as a whole: too few or too many rows, required columns absent from the header.
+def sheetShapeProblems(List sheet, Map schema) {
+    def rows = sheet[0] as List
+    def header = sheet[2] as List
+    def problems = []
+    def minItems = (schema.minItems ?: 0) as int
+    if (rows.size() < minItems) {
+        problems << "* the samplesheet has ${rows.size()} row${rows.size() == 1 ? '' : 's'}, at least ${minItems} needed".toString()
+    }
+    if (schema.maxItems != null && rows.size() > (schema.maxItems as int)) {
+        problems << "* the samplesheet has ${rows.size()} rows, at most ${schema.maxItems} allowed".toString()
+    }
+    if (header != null) {
+        def required = ((schema.items as Map)?.required ?: []) as List
+        required.findAll { column -> !(column in header) }.each { column ->
+            problems << "* column ${column}: required, but not in the header (${header.join(', ')})".toString()
+        }
+        (sheet[3] as List).each { problem -> problems << "* ${problem}".toString() }
+    }
+    return problems
+}
+
+// The problems of one row: each column against its schema, with the column's errorMessage when it has one.
+def rowProblems(Map row, int number, Map items, boolean fromText) {
+    def columns = (items.properties ?: [:]) as Map
+    def required = (items.required ?: []) as List
+    def problems = []
+    columns.each { column, spec ->
+        def value = row[column]
+        def found = []
+        if (isMissing(value)) {
+            if (column in required && (fromText ? row.containsKey(column) : true)) {
+                found << 'required, but empty'
+            }
+        }
+        else {
+            found = checkValue(value, spec as Map, fromText)
+        }
+        if (found) {
+            def message = (spec as Map).errorMessage ? "${(spec as Map).errorMessage} (${found.join('; ')})" : found.join('; ')
+            problems << "* row ${number}, column ${column}: ${message}".toString()
+        }
+    }
+    return problems
+}
+
+// One validated row as [meta, value, ...].
+def sheetEntry(Map row, Map columns, boolean fromText) {
+    def meta = [:]
+    def values = []
+    columns.each { column, spec ->
+        def value = row[column]
+        def converted = isMissing(value) ? null : typedValue(value, spec as Map, fromText)
+        if ((spec as Map).meta) {
+            ((spec as Map).meta as List).each { key -> meta[key] = converted }
+        }
+        else {
+            values << (converted == null ? [] : converted)
+        }
+    }
+    return [meta] + values
+}
+
+// A valid cell as the value the pipeline uses: its schema type, and file objects for path formats.
+def typedValue(value, Map spec, boolean fromText) {
+    def types = spec.type == null ? [] : (spec.type instanceof List ? spec.type : [spec.type]).collect { type -> type.toString() }
+    def converted = types ? types.collect { type -> convertToType(value, type, fromText) }.find { result -> result[0] }[1] : value
+    if (spec.format == 'file-path-pattern') {
+        return files(converted.toString())
+    }
+    if (spec.format in ['file-path', 'directory-path', 'path']) {
+        return file(converted.toString(), glob: false)
+    }
+    return converted
+}
+
+// [rows as Maps, fromText, header (CSV/TSV) or null, shape problems] of a sheet chosen by its extension.
+def readSamplesheet(String sheetPath) {
+    def path = file(sheetPath, glob: false)
+    if (!path.isFile()) {
+        error("Samplesheet ${sheetPath} not found")
+    }
+    def name = path.name.toLowerCase()
+    def text = path.text.replaceFirst(/^\uFEFF/, '')
+    if (name ==~ /.*\.(csv|tsv)$/) {
+        return rowsFromDelimited(text, name.endsWith('.tsv') ? '\t' : ',', sheetPath)
+    }
+    def data = null
+    try {
+        data = name ==~ /.*\.ya?ml$/ ? new org.yaml.snakeyaml.Yaml().load(text) : (name.endsWith('.json') ? new groovy.json.JsonSlurper().parseText(text) : null)
+    }
+    catch (Exception e) {
+        error("Samplesheet ${sheetPath} cannot be read: ${e.message}")
+    }
+    if (!(name ==~ /.*\.(ya?ml|json)$/)) {
+        error("Samplesheet ${sheetPath}: unknown format (expected .csv, .tsv, .yml, .yaml or .json)")
+    }
+    if (data == null) {
+        data = []
+    }
+    if (!(data instanceof List) || !(data as List).every { row -> row instanceof Map }) {
+        error("Samplesheet ${sheetPath}: expected a list of rows (one mapping of column: value per row)")
+    }
+    def rows = (data as List).collect { row -> (row as Map).collectEntries { key, value -> [key.toString(), value] } }
+    return [rows, false, null, []]
+}
+
+// CSV/TSV text with a header line -> [rows as Maps, true, header, problems with the number of fields].
+def rowsFromDelimited(String text, String separator, String sheetPath) {
+    def lines = parseDelimited(text, separator, sheetPath)
+    if (!lines) {
+        return [[], true, null, []]
+    }
+    def header = lines.first().collect { column -> column.toString() }
+    def problems = []
+    def rows = []
+    lines.drop(1).eachWithIndex { fields, index ->
+        if (fields.size() > header.size()) {
+            problems << "row ${index + 1}: ${fields.size()} fields, but the header has ${header.size()} columns".toString()
+        }
+        def row = [:]
+        header.eachWithIndex { column, position -> row[column] = position < fields.size() ? fields[position] : null }
+        rows << row
+    }
+    return [rows, true, header, problems]
+}
+
+// Splits CSV/TSV text into records of fields. A field in double quotes may hold the separator,
+// line breaks and doubled quotes (""); unquoted fields are trimmed; blank lines are skipped.
+def parseDelimited(String text, String separator, String sheetPath) {
+    def records = []
+    def fields = []
+    def field = new StringBuilder()
+    // quoted: inside quotes; quoteSeen: a quote inside quotes, closing or doubled; fieldQuoted and
+    // recordQuoted: the field / record had quotes (kept as written; not a blank line)
+    def state = [quoted: false, quoteSeen: false, fieldQuoted: false, recordQuoted: false]
+    def endField = {
+        fields << (state.fieldQuoted ? field.toString() : field.toString().trim())
+        field.setLength(0)
+        state.fieldQuoted = false
+    }
+    def endRecord = {
+        endField.call()
+        if (state.recordQuoted || fields.size() > 1 || fields[0] != '') {
+            records << fields
+        }
+        fields = []
+        state.recordQuoted = false
+    }
+    text.toList().each { ch ->
+        if (state.quoted && !state.quoteSeen) {
+            if (ch == '"') {
+                state.quoteSeen = true
+            }
+            else {
+                field.append(ch)
+            }
+            return
+        }
+        if (state.quoted && ch == '"') {
+            field.append('"') // a doubled quote inside quotes
+            state.quoteSeen = false
+            return
+        }
+        state.quoted = false // a closing quote was seen; this character is outside the quotes
+        state.quoteSeen = false
+        if (ch == '"' && !state.fieldQuoted && field.toString().trim().isEmpty()) {
+            field.setLength(0)
+            state.quoted = true
+            state.fieldQuoted = true
+            state.recordQuoted = true
+        }
+        else if (ch == separator) {
+            endField.call()
+        }
+        else if (ch == '\n') {
+            endRecord.call()
+        }
+        else if (ch != '\r' && !(state.fieldQuoted && ch.trim().isEmpty())) {
+            field.append(ch)
+        }
+    }
+    if (state.quoted && !state.quoteSeen) {
+        error("Samplesheet ${sheetPath}: a quoted field is not closed")
+    }
+    if (field.length() > 0 || fields || state.recordQuoted) {
+        endRecord.call()
+    }
+    return records
+}
+
+// ================================================================================================
+// Start-up summary
+// ================================================================================================
+
+// Core run information, then the parameters that differ from the schema defaults, by schema group.
+def paramsSummaryLog(Map parameters, String schemaPath, workflow) {
+    def schema = loadJsonSchema(schemaPath)
+    def core = [
+        runName        : workflow.runName,
+        launchDir      : workflow.launchDir,
+        workDir        : workflow.workDir,
+        projectDir     : workflow.projectDir,
+        profile        : workflow.profile,
+        containerEngine: workflow.containerEngine ?: 'none',
+        revision       : workflow.revision,
+        userName       : workflow.userName,
+        configFiles    : workflow.configFiles?.join(', '),
+    ].findAll { _key, value -> !isMissing(value) }
+    def sections = [summarySection('Core Nextflow options', core)]
+    schemaGroups(schema).each { group ->
+        def changed = (group[3] as Map).findAll { name, spec -> !isDefault(parameters[name], spec as Map) }
+            .collectEntries { name, _spec -> [name, parameters[name]] }
+        if (changed) {
+            sections << summarySection(group[1].toString(), changed)
+        }
+    }
+    sections << 'Only the parameters that differ from the pipeline defaults are shown.'
+    return sections.join('\n\n')
+}
+
+// A titled block of `name : value` lines, the names padded to one width.
+def summarySection(String title, Map values) {
+    def width = values.keySet().collect { key -> key.toString().length() }.max() ?: 0
+    return ([title] + values.collect { key, value -> "  ${key.toString().padRight(width)} : ${value}".toString() }).join('\n')
+}
+
+// A value equals its schema default; an unset boolean (value or default) counts as false.
+def isDefault(value, Map spec) {
+    def isBoolean = spec.type == 'boolean' || (spec.type instanceof List && 'boolean' in spec.type)
+    def fallback = spec['default'] == null && isBoolean ? false : spec['default']
+    def current = value == null && isBoolean ? false : value
+    if (isMissing(current) || isMissing(fallback)) {
+        return isMissing(current) && isMissing(fallback)
+    }
+    return sameValue(current, fallback)
+}
+
+// ================================================================================================
+// --help
+// ================================================================================================
+
+// The help text: `--help` lists the groups and their parameters, `--help <param>` shows one parameter
+// in full, `--help_full` shows every parameter in full; hidden ones only with `--show_hidden`.
+def paramsHelp(String schemaPath, Map parameters, String command) {
+    def schema = loadJsonSchema(schemaPath)
+    def properties = schemaProperties(schema)
+    def required = schemaRequired(schema)
+    def asked = parameters.help instanceof CharSequence ? parameters.help.toString().replaceFirst(/^-+/, '') : null
+    if (asked && !(asked in properties.keySet())) {
+        // `--help shard-size` or `--help shardSize` still finds shard_size
+        asked = properties.keySet().find { name -> plainName(name.toString()) == plainName(asked) } ?: asked
+    }
+    if (asked) {
+        if (!(asked in properties.keySet())) {
+            def closest = closestName(asked, properties.keySet())
+            return "--help ${asked}: no such parameter${closest ? " (did you mean --${closest}?)" : ''}; --help lists them all".toString()
+        }
+        return parameterHelp(asked, properties[asked] as Map, asked in required)
+    }
+    def full = parameters.help_full == true
+    def showHidden = parameters.show_hidden == true
+    def lines = []
+    if (schema.title) {
+        lines << schema.title.toString()
+    }
+    if (schema.description) {
+        lines.addAll(wrapText(schema.description.toString(), 100, ''))
+    }
+    lines << ''
+    lines << "Usage: ${command}".toString()
+    def groups = schemaGroups(schema).collect { group ->
+        [group, (group[3] as Map).findAll { _name, spec -> showHidden || !(spec as Map).hidden }]
+    }.findAll { entry -> entry[1] }
+    def shownNames = groups.collectMany { entry -> (entry[1] as Map).keySet() as List }
+    def widths = [
+        shownNames.collect { name -> name.toString().length() + 2 }.max(),
+        shownNames.collect { name -> parameterFlags(name.toString(), properties[name] as Map, required).length() }.max(),
+    ]
+    groups.each { entry -> lines.addAll(groupHelp(entry[0] as List, entry[1] as Map, required, full, widths)) }
+    lines << ''
+    lines << 'Show one parameter in full with --help <parameter>, every parameter with --help_full, hidden parameters with --show_hidden.'
+    lines << 'Nextflow options take one dash: -profile, -resume, -work-dir, -c <config>.'
+    return lines.join('\n')
+}
+
+// One group: its title and description, then a line per parameter (or a full block each with --help_full);
+// `widths` are those of the name and flags columns, shared by all groups.
+def groupHelp(List group, Map shown, List required, boolean full, List widths) {
+    def lines = ['', group[1].toString()]
+    if (group[2]) {
+        lines.addAll(wrapText(group[2].toString(), 100, '  '))
+    }
+    shown.each { name, spec ->
+        if (full) {
+            lines << ''
+            lines << parameterHelp(name.toString(), spec as Map, name in required).readLines().collect { line -> "  ${line}".toString() }.join('\n')
+        }
+        else {
+            def lead = "  ${"--${name}".padRight(widths[0] as int)}  ${parameterFlags(name.toString(), spec as Map, required).padRight(widths[1] as int)}  "
+            def described = wrapText(((spec as Map).description ?: '').toString(), 100, ' ' * lead.length())
+            lines << lead + (described ? described.first().substring(lead.length()) : '')
+            lines.addAll(described.drop(1))
+        }
+    }
+    return lines
+}
+
+// `[integer, required]`: the type and the flags of one parameter in the help overview.
+def parameterFlags(String name, Map spec, List required) {
+    def flags = [typeName(spec)] + (name in required ? ['required'] : []) + (spec.hidden ? ['hidden'] : [])
+    return "[${flags.join(', ')}]".toString()
+}
+
+// Everything the schema says about one parameter.
+def parameterHelp(String name, Map spec, boolean required) {
+    def lines = ["--${name}".toString()]
+    def facts = [['type', typeName(spec)]]
+    if (required) {
+        facts << ['required', 'yes']
+    }
+    if (spec.containsKey('default')) {
+        facts << ['default', spec['default']]
+    }
+    if (spec['enum'] != null) {
+        facts << ['choices', (spec['enum'] as List).join(', ')]
+    }
+    if (spec.format) {
+        facts << ['format', "${spec.format}${spec.exists == true ? ' (must exist)' : ''}"]
+    }
+    ['pattern', 'minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum', 'minLength', 'maxLength'].each { key ->
+        if (spec[key] != null) {
+            facts << [key, spec[key]]
+        }
+    }
+    if (spec.hidden) {
+        facts << ['hidden', 'yes']
+    }
+    if (spec.description) {
+        lines.addAll(wrapText(spec.description.toString(), 100, '    '))
+    }
+    if (spec.help_text) {
+        lines.addAll(wrapText(spec.help_text.toString(), 100, '    '))
+    }
+    facts.each { fact -> lines << "    ${fact[0].toString().padRight(9)}: ${fact[1]}".toString() }
+    return lines.join('\n')
+}
+
+// `string`, or `boolean|string` for a list of types.
+def typeName(Map spec) {
+    return spec.type instanceof List ? (spec.type as List).join('|') : (spec.type ?: 'any').toString()
+}
+
+// Words of `text` in lines of at most `width` characters, each starting with `indent`.
+def wrapText(String text, int width, String indent) {
+    def lines = []
+    def current = new StringBuilder()
+    text.split(/\s+/).findAll { word -> word }.each { word ->
+        if (current.length() > 0 && indent.length() + current.length() + 1 + word.length() > width) {
+            lines << indent + current.toString()
+            current.setLength(0)
+        }
+        current.append(current.length() > 0 ? ' ' : '').append(word)
+    }
+    if (current.length() > 0) {
+        lines << indent + current.toString()
+    }
+    return lines
+}

@@ -1,0 +1,70 @@
+"""The pipeline in the project's own image (-profile test,docker), built from the Dockerfile by .ci/run.
+
+The image must run as a non-root user, give the same tables as the local run, and a killed EMBED
+task in a container must find its checkpoints on the retry (the checkpoint folder is mounted).
+MultiQC's image comes from a registry that CI cannot reach, so these runs use --skip_multiqc.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine import REPO, TEST_INPUTS, assert_same_tables, coding_reads, run_pipeline, virnucpro_run
+from test_engine import assert_retried_and_resumed, killed_embed_run, tiny_models_of
+from virnucpro import __version__
+
+pytestmark = pytest.mark.pipeline
+
+
+def image_name() -> str:
+    """process.container of conf/base.config: the image the docker profile runs."""
+    text = (REPO / "conf" / "base.config").read_text()
+    return re.search(r"^\s*container\s*=\s*'([^']+)'", text, re.M).group(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _docker():
+    problem = None
+    if not shutil.which("docker"):
+        problem = "no docker client"
+    elif subprocess.run(["docker", "image", "inspect", image_name()], capture_output=True).returncode != 0:
+        problem = f"image {image_name()} not built (bash .ci/docker.sh up base build)"
+    if problem and os.environ.get("CI"):
+        pytest.fail(problem)
+    if problem:
+        pytest.skip(problem)
+
+
+def docker_run(*args: str) -> str:
+    done = subprocess.run(["docker", "run", "--rm", image_name(), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_image_runs_as_a_user_and_has_the_cli():
+    assert docker_run("id", "-u") != "0"
+    assert docker_run("virnucpro", "--version") == f"virnucpro {__version__}"
+    docker_run("ps", "-p", "1")  # Nextflow's task wrapper needs ps for its resource trace
+
+
+def test_docker_profile_tables_equal_the_local_run(tmp_path):
+    run = run_pipeline(tmp_path / "launch", "-profile", "test,docker", "--skip_multiqc")
+    run.assert_ok()
+    embed_task = Path(run.tasks("VIRNUCPRO_EMBED")[0]["workdir"])
+    assert "docker run" in (embed_task / ".command.run").read_text(), "the task did not run in a container"
+    for sample, reads in {"sample_a": "sample_a.fasta", "sample_b": "sample_b.fastq"}.items():
+        single = virnucpro_run([TEST_INPUTS / reads], tiny_models_of(run), tmp_path / sample)
+        assert_same_tables(run.outdir / sample, single)
+
+
+def test_killed_embed_in_a_container_resumes_from_its_checkpoints(tmp_path):
+    reads = coding_reads(tmp_path / "coding.fa", 300)
+    run, _ = killed_embed_run(tmp_path / "killed", reads, "-profile", "test,docker", "--skip_multiqc")
+    assert_retried_and_resumed(run)

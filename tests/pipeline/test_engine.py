@@ -1,0 +1,209 @@
+"""The pipeline on the real Nextflow engine (24.10.0 from Maven Central), local executor, no container.
+
+What a user relies on: the test profile is green and its tables equal `virnucpro run`; -resume
+re-runs nothing; a killed EMBED task is retried and resumes mid-shard from its checkpoints; bad
+parameters and samplesheets are refused before any task, naming the culprit; unusual samples
+(identical twins, no ORF at all, two files with one name) come through whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from engine import (SAMPLE_FILES, TEST_INPUTS, assert_same_tables, checkpoint_parts, coding_reads, embed_pids,
+                    finish, read_tsv, require_engine, run_pipeline, start_pipeline, virnucpro_run, wait_for)
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engine():
+    require_engine()
+
+
+def tiny_models_of(run) -> Path:
+    """The tiny models folder that the run's VIRNUCPRO_MODELS_TINY task wrote."""
+    (task,) = [row for row in run.trace() if row["process"].endswith("VIRNUCPRO_MODELS_TINY")]
+    return Path(task["workdir"]) / "tiny_models"
+
+
+def assert_nothing_rerun(run) -> None:
+    run.assert_ok()
+    statuses = {row["name"]: row["status"] for row in run.trace()}
+    assert statuses and set(statuses.values()) == {"CACHED"}, f"-resume ran tasks again: {statuses}"
+    assert "Submitted process" not in run.output
+
+
+# --------------------------------------------------------------------------------------------------
+# The test profile
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory):
+    run = run_pipeline(tmp_path_factory.mktemp("test_profile"), "-profile", "test")
+    run.assert_ok()
+    return run
+
+
+def test_test_profile_is_green_and_publishes_every_output(test_run):
+    for sample in ("sample_a", "sample_b"):
+        for name in SAMPLE_FILES:
+            assert (test_run.outdir / sample / name).is_file(), f"{sample}/{name} not published"
+    summary = read_tsv(test_run.outdir / "virnucpro_summary.tsv")
+    assert [row["sample"] for row in summary] == ["sample_a", "sample_b"]
+    assert all(row["reconciled"] == "yes" for row in summary)
+    assert (test_run.outdir / "multiqc" / "multiqc_report.html").is_file()
+    versions = (test_run.outdir / "pipeline_info" / "virnucpro_software_mqc_versions.yml").read_text()
+    for process in ("VIRNUCPRO_PREPARE:", "VIRNUCPRO_EMBED:", "VIRNUCPRO_PREDICT:", "Nextflow: 24.10.0"):
+        assert process in versions
+    assert {row["status"] for row in test_run.trace()} == {"COMPLETED"}
+
+
+def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
+    models = tiny_models_of(test_run)
+    inputs = {"sample_a": TEST_INPUTS / "sample_a.fasta", "sample_b": TEST_INPUTS / "sample_b.fastq"}
+    for sample, reads in inputs.items():
+        single = virnucpro_run([reads], models, tmp_path / sample)
+        assert_same_tables(test_run.outdir / sample, single)
+        counts = json.loads((single / "run_info.json").read_text())["counts"]
+        (row,) = [r for r in read_tsv(test_run.outdir / "virnucpro_summary.tsv") if r["sample"] == sample]
+        assert int(row["orfs"]) == counts["orfs"] and int(row["chunks"]) == counts["chunks"]
+
+
+def test_resume_reruns_nothing(test_run):
+    before = {p: p.stat().st_mtime_ns for p in (test_run.outdir / "sample_a").iterdir()}
+    again = run_pipeline(test_run.launch, "-profile", "test", "-resume")
+    assert_nothing_rerun(again)
+    assert {p: p.stat().st_mtime_ns for p in (test_run.outdir / "sample_a").iterdir()}.keys() == before.keys()
+
+
+def test_stub_run_creates_every_declared_output(tmp_path):
+    """-stub-run: every module's stub block makes what its outputs declare, through the real engine."""
+    run = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc")
+    run.assert_ok()
+    assert {row["process"].split(":")[-1] for row in run.trace() if row["status"] == "COMPLETED"} >= {
+        "VIRNUCPRO_MODELS_TINY", "VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT", "VIRNUCPRO_SUMMARY"}
+
+
+# --------------------------------------------------------------------------------------------------
+# An EMBED task killed mid-shard
+# --------------------------------------------------------------------------------------------------
+
+# Checkpoint every 10 records: ~60 windows in the shard, so the kill lands mid-shard
+CHECKPOINT_CONFIG = """
+process {
+    withName: 'VIRNUCPRO_EMBED' {
+        ext.args = '--precision fp32 --checkpoint-every 10'
+    }
+}
+"""
+
+
+def killed_embed_run(launch: Path, reads: Path, *profile_args: str, kill_after_parts: int = 3):
+    """Run one sample whose single EMBED task is SIGKILLed once 3 checkpoint parts exist."""
+    launch.mkdir(parents=True, exist_ok=True)
+    (launch / "checkpoints.config").write_text(CHECKPOINT_CONFIG)
+    args = (*profile_args, "-c", str(launch / "checkpoints.config"), "--input", str(reads),
+            "--shard_size", "100000")
+    process = start_pipeline(launch, *args)
+    checkpoints = launch / "work" / "virnucpro-checkpoints"
+    wait_for(lambda: len(checkpoint_parts(checkpoints)) >= kill_after_parts, f"{kill_after_parts} checkpoint parts",
+             process)
+    pids = wait_for(lambda: embed_pids(str(launch)), "a running virnucpro embed", process)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return finish(process, launch), args
+
+
+def assert_retried_and_resumed(run) -> None:
+    run.assert_ok()
+    attempts = run.tasks("VIRNUCPRO_EMBED")
+    assert [(row["attempt"], row["exit"]) for row in attempts][:1] == [("1", "137")], attempts
+    assert attempts[-1]["status"] == "COMPLETED" and int(attempts[-1]["attempt"]) >= 2
+    log = (Path(attempts[-1]["workdir"]) / ".command.err").read_text()
+    at, _, total = log.split("resuming from checkpoint at record ")[1].split()[:3]
+    assert 0 < int(at.replace(",", "")) < int(total.replace(",", "")), f"not resumed mid-shard: {log}"
+
+
+def test_killed_embed_is_retried_resumes_mid_shard_and_resume_reruns_nothing(tmp_path):
+    reads = coding_reads(tmp_path / "coding.fa", 300)
+    run, args = killed_embed_run(tmp_path / "killed", reads, "-profile", "test")
+    assert_retried_and_resumed(run)
+    # The same tables as one uninterrupted `virnucpro run` with the same checkpoint windows
+    single = virnucpro_run([reads], tiny_models_of(run), tmp_path / "single", "--checkpoint-every", "10")
+    assert_same_tables(run.outdir / "coding", single)
+    assert not checkpoint_parts(run.workdir / "virnucpro-checkpoints"), "finished shards keep no checkpoint"
+    assert_nothing_rerun(run_pipeline(run.launch, *args, "-resume"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusals before any task
+# --------------------------------------------------------------------------------------------------
+
+def assert_refused_before_any_task(run, *culprits: str) -> None:
+    assert run.returncode != 0, run.output
+    for culprit in culprits:
+        assert culprit in run.output, f"{culprit!r} not named:\n{run.output[-3000:]}"
+    assert "Submitted process" not in run.output
+    assert not (run.launch / "work").exists() or not any((run.launch / "work").glob("??/*")), "a task ran"
+
+
+@pytest.mark.parametrize("args, culprits", [
+    (["--precision", "fp8"], ["--precision", "fp8"]),
+    (["--chunksize", "300"], ["--chunksize", "chunk_size"]),
+    (["--threshold", "abc"], ["--threshold", "abc"]),
+], ids=["wrong-enum", "unknown-name", "not-a-number"])
+def test_bad_parameters_are_refused_before_any_task(tmp_path, args, culprits):
+    run = run_pipeline(tmp_path, "-profile", "test", *args)
+    assert_refused_before_any_task(run, *culprits)
+
+
+def write_samplesheet(path: Path, rows) -> Path:
+    path.write_text("sample,file\n" + "".join(f"{sample},{file}\n" for sample, file in rows))
+    return path
+
+
+def test_bad_samplesheets_are_refused_before_any_task(tmp_path):
+    reads = TEST_INPUTS / "sample_a.fasta"
+    bad_name = write_samplesheet(tmp_path / "bad_name.csv", [("good", reads), ("bad name!", reads)])
+    run = run_pipeline(tmp_path / "name", "-profile", "test", "--input", str(bad_name))
+    assert_refused_before_any_task(run, "row 2", "sample")
+    missing = write_samplesheet(tmp_path / "missing.csv", [("good", reads), ("gone", tmp_path / "nope.fa")])
+    run = run_pipeline(tmp_path / "missing", "-profile", "test", "--input", str(missing))
+    assert_refused_before_any_task(run, "row 2", "nope.fa")
+
+
+# --------------------------------------------------------------------------------------------------
+# Unusual samples: identical twins, no ORF, two files with one name
+# --------------------------------------------------------------------------------------------------
+
+def test_twins_no_orf_and_same_named_files_come_through_whole(tmp_path):
+    data = tmp_path / "data"
+    for folder in ("twin1", "twin2", "run1", "run2"):
+        (data / folder).mkdir(parents=True)
+    shutil.copy(TEST_INPUTS / "sample_a.fasta", data / "twin1" / "reads.fa")
+    shutil.copy(TEST_INPUTS / "sample_a.fasta", data / "twin2" / "reads.fa")
+    (data / "no_orf.fa").write_text(">only_n\n" + "N" * 120 + "\n>too_short\nAC\n")
+    coding_reads(data / "run1" / "reads.fa", 5, prefix="lane1")
+    coding_reads(data / "run2" / "reads.fa", 7, prefix="lane2", seed=8)
+    sheet = write_samplesheet(tmp_path / "samples.csv", [
+        ("twin1", data / "twin1" / "reads.fa"), ("twin2", data / "twin2" / "reads.fa"),
+        ("noorf", data / "no_orf.fa"),
+        ("lanes", data / "run1" / "reads.fa"), ("lanes", data / "run2" / "reads.fa"),
+    ])
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--input", str(sheet))
+    run.assert_ok()
+    assert_same_tables(run.outdir / "twin1", run.outdir / "twin2")
+    summary = {row["sample"]: row for row in read_tsv(run.outdir / "virnucpro_summary.tsv")}
+    assert set(summary) == {"twin1", "twin2", "noorf", "lanes"}
+    assert all(row["reconciled"] == "yes" for row in summary.values())
+    assert summary["noorf"]["orfs"] == "0" and summary["noorf"]["sequences_no_orf"] == "2"
+    assert summary["lanes"]["input_records"] == "12" and summary["lanes"]["sequences"] == "12"
+    lanes = {row["sequence_id"] for row in read_tsv(run.outdir / "lanes" / "sequences.tsv")}
+    assert lanes == {f"lane1_{i}" for i in range(5)} | {f"lane2_{i}" for i in range(7)}

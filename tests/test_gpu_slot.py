@@ -1,0 +1,102 @@
+"""bin/gpu_slot.py: concurrent EMBED tasks on one machine each get a GPU of their own.
+
+Nextflow 24.x's local executor and `docker --gpus all` show every GPU to every task; the script
+chooses, with a simulated device count here (--count), and honours a scheduler's choice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "gpu_slot.py"
+
+# A task that says which GPU it got, then holds it until told to finish
+HOLD = ("import os, pathlib, sys, time\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "out.with_suffix('.tmp').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))\n"
+        "out.with_suffix('.tmp').rename(out)\n"
+        "release = pathlib.Path(sys.argv[2])\n"
+        "while not release.exists(): time.sleep(0.01)\n")
+
+
+def start(lock_dir: Path, report: Path, release: Path, count: int | None = 2, env: dict | None = None):
+    args = [sys.executable, str(SCRIPT), "--lock-dir", str(lock_dir)]
+    args += ["--count", str(count)] if count is not None else []
+    args += ["--", sys.executable, "-c", HOLD, str(report), str(release)]
+    environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    environment.update(env or {})
+    return subprocess.Popen(args, env=environment, stderr=subprocess.PIPE, text=True)
+
+
+def wait_file(path: Path, process: subprocess.Popen, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return path.read_text()
+
+
+def test_concurrent_tasks_get_distinct_gpus_and_a_third_waits_for_a_free_one(tmp_path):
+    locks, release = tmp_path / "locks", tmp_path / "release"
+    first = start(locks, tmp_path / "a", release)
+    second = start(locks, tmp_path / "b", release)
+    got = {wait_file(tmp_path / "a", first), wait_file(tmp_path / "b", second)}
+    assert got == {"0", "1"}
+    third = start(locks, tmp_path / "c", tmp_path / "release_c")
+    # The third announces it is waiting (stderr says so) and does not start while both are held
+    assert "waiting for one" in third.stderr.readline()
+    assert not (tmp_path / "c").exists()
+    first.send_signal(signal.SIGKILL)  # however a task ends, the kernel frees its slot
+    first.wait()
+    freed = wait_file(tmp_path / "c", third)
+    assert freed in {"0", "1"} and freed != (tmp_path / "b").read_text()
+    release.touch()
+    (tmp_path / "release_c").touch()
+    assert second.wait(30) == 0 and third.wait(30) == 0
+
+
+def test_a_scheduler_granted_gpu_is_used_as_is(tmp_path):
+    release = tmp_path / "release"
+    release.touch()
+    task = start(tmp_path / "locks", tmp_path / "a", release, env={"CUDA_VISIBLE_DEVICES": "3"})
+    assert task.wait(30) == 0 and (tmp_path / "a").read_text() == "3"
+    assert not any((tmp_path / "locks").glob("*.lock")), "a granted GPU needs no slot"
+    assert "granted by the scheduler" in task.stderr.read()
+
+
+def test_without_a_gpu_the_command_runs_unchanged(tmp_path):
+    release = tmp_path / "release"
+    release.touch()
+    task = start(tmp_path / "locks", tmp_path / "a", release, count=0)
+    assert task.wait(30) == 0 and (tmp_path / "a").read_text() == "unset"
+
+
+def test_a_cpu_task_claims_no_gpu_and_says_so(tmp_path):
+    release = tmp_path / "release"
+    release.touch()
+    args = [sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path / "locks"), "--device", "cpu", "--count", "1",
+            "--", sys.executable, "-c", HOLD, str(tmp_path / "b"), str(release)]
+    cpu = subprocess.run(args, capture_output=True, text=True, timeout=30,
+                         env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert cpu.returncode == 0 and (tmp_path / "b").read_text() == "unset"
+    assert "no GPU claimed" in cpu.stderr and not any((tmp_path / "locks").glob("*.lock"))
+
+
+def test_the_exit_code_of_the_command_is_the_tasks(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "1", "--",
+                           sys.executable, "-c", "raise SystemExit(7)"], capture_output=True)
+    assert done.returncode == 7
+
+
+@pytest.mark.parametrize("argv", [[], ["--"]])
+def test_no_command_is_a_usage_error(tmp_path, argv):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), *argv], capture_output=True)
+    assert done.returncode == 2

@@ -1,0 +1,281 @@
+"""Parameter and samplesheet validation, the summary and --help of subworkflows/local/utils_schema,
+run on the real Nextflow engine (scripts/nextflow/nextflow) against the repo's schemas.
+
+Two engine runs in all, to keep the JVM starts few: one driver pipeline that feeds many parameter
+maps and samplesheets to the functions (catching each error) and writes the outcomes as JSON; and
+one real command line with several bad parameters, which must stop the run before any task.
+Without Java or Maven (the launcher resolves Nextflow with it) the tests skip; with CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nextflow_helpers import REPO, java_problem, skip_unless_ci
+
+NEXTFLOW = REPO / "scripts" / "nextflow" / "nextflow"
+FUNCTIONS = REPO / "subworkflows" / "local" / "utils_schema"
+SCHEMA = REPO / "nextflow_schema.json"
+SHEET_SCHEMA = REPO / "assets" / "schema_input.json"
+
+DRIVER = """
+include { validateParameters; samplesheetToList; paramsSummaryLog; paramsHelp } from '%(functions)s'
+
+// The outcome of one call: its value, or the message of the error it raised.
+def attempt(Closure action) {
+    try {
+        return [ok: true, value: action.call()]
+    }
+    catch (Exception e) {
+        // a call of an included function comes back wrapped by reflection
+        return [ok: false, message: (e instanceof java.lang.reflect.InvocationTargetException ? e.cause : e).message]
+    }
+}
+
+workflow {
+    def cases = new groovy.json.JsonSlurper().parse(new File(params.cases))
+    def results = [:]
+    cases.each { c ->
+        if (c.kind == 'params') {
+            results[c.name] = attempt { validateParameters(c.params, '%(schema)s'); 'valid' }
+        }
+        else if (c.kind == 'sheet') {
+            results[c.name] = attempt {
+                samplesheetToList(c.sheet, '%(sheet_schema)s').collect { row -> [row[0], row[1].toString()] }
+            }
+        }
+        else if (c.kind == 'help') {
+            results[c.name] = attempt { paramsHelp('%(schema)s', c.params, 'nextflow run . --input reads.fa --outdir results') }
+        }
+        else {
+            results[c.name] = attempt { paramsSummaryLog(c.params, '%(schema)s', workflow) }
+        }
+    }
+    new File(params.results).text = groovy.json.JsonOutput.toJson(results)
+}
+"""
+
+CLI_PIPELINE = """
+include { validateParameters } from '%(functions)s'
+
+process TOUCH {
+    output:
+    path 'touched'
+
+    script:
+    "touch touched"
+}
+
+workflow {
+    validateParameters(params, '%(schema)s')
+    TOUCH()
+}
+"""
+
+
+def _schema_defaults():
+    """Every schema parameter with its default (None without one), like the config's params."""
+    schema = json.loads(SCHEMA.read_text())
+    properties = {}
+    for group in schema.get("$defs", {}).values():
+        properties.update(group.get("properties", {}))
+    properties.update(schema.get("properties", {}))
+    return {name: spec.get("default") for name, spec in properties.items()}
+
+
+def _group_titles(hidden=False):
+    schema = json.loads(SCHEMA.read_text())
+    return [g["title"] for g in schema["$defs"].values()
+            if hidden or any(not p.get("hidden") for p in g["properties"].values())]
+
+
+def _nextflow(args, cwd: Path):
+    """Run the engine in `cwd`; (exit status, stdout + stderr). Skips without Java or Maven."""
+    problem = java_problem()
+    if problem is None and shutil.which("mvn") is None:
+        problem = "no `mvn` on PATH (scripts/nextflow/nextflow resolves Nextflow from Maven Central with it)"
+    if problem:
+        skip_unless_ci(f"cannot run the Nextflow engine: {problem}")
+    env = dict(os.environ, NXF_ANSI_LOG="false", NXF_OFFLINE="true",
+               # a short-lived JVM starts about twice as fast without the optimising compiler
+               NXF_OPTS=(os.environ.get("NXF_OPTS", "") + " -XX:TieredStopAtLevel=1").strip())
+    proc = subprocess.run([str(NEXTFLOW), "-q", "run", "main.nf", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _paths(tmp: Path):
+    """Inputs of the cases: two reads files, a directory, samplesheets (relative paths resolve
+    against the launch directory, which is `tmp`)."""
+    (tmp / "reads").mkdir()
+    (tmp / "reads" / "p1.fa").write_text(">a\nACGT\n")
+    (tmp / "reads" / "p2.fa").write_text(">b\nACGT\n")
+    (tmp / "reads" / 'odd "name", 3.fa').write_text(">c\nACGT\n")
+    sheets = {
+        # a blank line, CRLF, spaces around quoted fields, a quoted separator and doubled quotes
+        "good.csv": ('"sample",file\r\npatient1,reads/p1.fa\r\n\r\n "patient2" , "%s"\r\n'
+                     'patient3,"reads/odd ""name"", 3.fa"' % (tmp / "reads" / "p2.fa")),
+        "good.yml": "- sample: patient1\n  file: reads/p1.fa\n",
+        "bad_name.csv": "sample,file\npatient1,reads/p1.fa\n\"bad name/1\",reads/p2.fa\n",
+        "missing_file.tsv": "sample\tfile\npatient1\treads/p1.fa\npatient2\treads/missing.fa\n",
+        "several.csv": "sample,file\n,reads/p1.fa\nok,reads\n",
+        "empty.csv": "sample,file\n",
+    }
+    for name, text in sheets.items():
+        (tmp / name).write_text(text)
+    return sheets
+
+
+def _cases(tmp: Path):
+    base = dict(_schema_defaults(), input=str(tmp / "reads" / "p1.fa"), outdir=str(tmp / "results"))
+    params = {
+        "good": {},
+        "good_types": {"threshold": 1, "chunk_size": "300", "tiny_models": True, "help": "chunk_size",
+                       "input": "reads/*.fa", "models": str(tmp / "reads")},
+        "enum": {"precision": "fp8"},
+        "unknown": {"chunksize": 300},
+        "kebab_twins": {"chunk-size": 300, "chunkSize": 300},
+        "not_a_number": {"threshold": "abc"},
+        "over_maximum": {"threshold": 1.5},
+        "not_an_integer": {"shard_size": "abc"},
+        "required": {"input": None},
+        "no_such_input": {"input": str(tmp / "reads" / "*.fq")},
+        "dir_is_file": {"models": str(tmp / "reads" / "p1.fa")},
+        "several": {"precision": "fp8", "chunksize": 300, "threshold": "abc", "shard_size": 0, "outdir": True},
+    }
+    cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
+    cases += [{"kind": "sheet", "name": name, "sheet": name} for name in _paths(tmp)]
+    cases += [
+        {"kind": "help", "name": "help", "params": {"help": True}},
+        {"kind": "help", "name": "help_hidden", "params": {"help": True, "show_hidden": True}},
+        {"kind": "help", "name": "help_param", "params": {"help": "shard-size"}},
+        {"kind": "help", "name": "help_full", "params": {"help_full": True}},
+        {"kind": "summary", "name": "summary", "params": dict(base, precision="fp16", save_embeddings=True)},
+    ]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("schema_driver")
+    (tmp / "cases.json").write_text(json.dumps(_cases(tmp)))
+    (tmp / "main.nf").write_text(DRIVER % {"functions": FUNCTIONS, "schema": SCHEMA, "sheet_schema": SHEET_SCHEMA})
+    status, output = _nextflow(["--cases", str(tmp / "cases.json"), "--results", str(tmp / "results.json")], tmp)
+    assert status == 0, output
+    return {"tmp": tmp, **json.loads((tmp / "results.json").read_text())}
+
+
+def _refused(results, name):
+    outcome = results[name]
+    assert not outcome["ok"], f"{name} was accepted: {outcome}"
+    return outcome["message"]
+
+
+@pytest.mark.parametrize("name", ["good", "good_types"])
+def test_valid_parameters_pass(results, name):
+    assert results[name] == {"ok": True, "value": "valid"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("enum", ["* --precision: 'fp8' is not one of auto, fp32, fp16, bf16"]),
+    ("unknown", ["* --chunksize: not a parameter of this pipeline (did you mean --chunk_size?)"]),
+    ("not_a_number", ["* --threshold: 'abc' is not a number"]),
+    ("over_maximum", ["* --threshold: 1.5 is greater than the maximum 1"]),
+    ("not_an_integer", ["* --shard_size: 'abc' is not an integer"]),
+    ("required", ["* --input: required"]),
+    ("no_such_input", ["* --input: no file matches", "*.fq"]),
+    ("dir_is_file", ["* --models:", "is a file, not a directory"]),
+])
+def test_each_problem_names_the_parameter(results, name, expected):
+    message = _refused(results, name)
+    for text in expected:
+        assert text in message, message
+    assert "(1 problem;" in message, message
+
+
+def test_kebab_and_camel_twins_are_reported_once(results):
+    message = _refused(results, "kebab_twins")
+    assert "* --chunk-size: not a parameter of this pipeline (did you mean --chunk_size?)" in message
+    assert "chunkSize" not in message and "(1 problem;" in message, message
+
+
+def test_every_problem_is_reported_at_once(results):
+    message = _refused(results, "several")
+    problems = [line for line in message.splitlines() if line.startswith("* --")]
+    assert len(problems) == 5, message
+    for name in ("--precision", "--chunksize", "--threshold", "--shard_size", "--outdir: expected a string, but no value"):
+        assert any(name in line for line in problems), message
+
+
+def test_good_samplesheets_give_meta_and_files(results):
+    tmp = results["tmp"]
+    assert results["good.csv"] == {"ok": True, "value": [
+        [{"id": "patient1"}, str(tmp / "reads" / "p1.fa")],  # relative: against the launch directory
+        [{"id": "patient2"}, str(tmp / "reads" / "p2.fa")],
+        [{"id": "patient3"}, str(tmp / "reads" / 'odd "name", 3.fa')],
+    ]}
+    assert results["good.yml"] == {"ok": True, "value": [[{"id": "patient1"}, str(tmp / "reads" / "p1.fa")]]}
+
+
+def test_bad_sample_name_is_refused(results):
+    message = _refused(results, "bad_name.csv")
+    assert "* row 2, column sample: sample must be given and may hold only" in message, message
+    assert "bad name/1" in message and "(1 problem)" in message, message
+
+
+def test_missing_file_is_refused(results):
+    message = _refused(results, "missing_file.tsv")
+    assert "* row 2, column file: file must be an existing FASTA or FASTQ file" in message, message
+    assert "reads/missing.fa" in message and "(1 problem)" in message, message
+
+
+def test_every_bad_row_is_reported_at_once(results):
+    message = _refused(results, "several.csv")
+    assert "* row 1, column sample:" in message and "* row 2, column file:" in message, message
+    assert "is a directory, not a file" in message, message
+
+
+def test_empty_samplesheet_is_refused(results):
+    assert "0 rows, at least 1 needed" in _refused(results, "empty.csv")
+
+
+def test_help_lists_the_groups(results):
+    text = results["help"]["value"]
+    for title in _group_titles():
+        assert title in text, text
+    assert "--input" in text and "--chunk_size" in text and "--publish_dir_mode" not in text, text
+    assert "--publish_dir_mode" in results["help_hidden"]["value"]
+    assert results["help_full"]["value"].count("type     :") >= 10
+
+
+def test_help_for_one_parameter_gives_its_help_text(results):
+    text = results["help_param"]["value"]
+    assert text.startswith("--shard_size") and "fewer model loads" in text and "minimum  : 1" in text, text
+
+
+def test_summary_shows_changed_parameters_by_group(results):
+    text = results["summary"]["value"]
+    assert "Core Nextflow options" in text and "runName" in text and "containerEngine" in text, text
+    assert "Embedding options" in text and "precision       : fp16" in text, text
+    assert "Preparation options" not in text, "unchanged groups are left out:\n" + text
+    assert "null" not in text and "tiny_models" not in text, "unset parameters are left out:\n" + text
+
+
+def test_command_line_errors_stop_the_run_before_any_task(tmp_path):
+    (tmp_path / "reads.fa").write_text(">a\nACGT\n")
+    (tmp_path / "main.nf").write_text(CLI_PIPELINE % {"functions": FUNCTIONS, "schema": SCHEMA})
+    status, output = _nextflow(["--input", "reads.fa", "--outdir", "results", "--precision", "fp8",
+                                "--chunksize", "300", "--threshold", "abc", "--shard_size", "10"], tmp_path)
+    assert status != 0, output
+    assert "Invalid parameters (3 problems; see --help)" in output, output
+    assert "* --precision: 'fp8' is not one of" in output, output
+    assert "* --chunksize: not a parameter of this pipeline (did you mean --chunk_size?)" in output, output
+    assert "* --threshold: 'abc' is not a number" in output, output
+    tasks = [p for p in (tmp_path / "work").glob("*/*")] if (tmp_path / "work").exists() else []
+    assert not tasks, f"a task started: {tasks}"
