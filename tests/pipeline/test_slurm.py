@@ -129,10 +129,12 @@ def test_test_profile_runs_every_task_as_a_slurm_job_with_the_local_tables(tmp_p
 
 def test_time_limit_warning_saves_a_checkpoint_and_the_retry_resumes(tmp_path):
     """SLURM's warning before the time limit is SIGUSR2 to the job's batch shell (--signal=B:USR2@N,
-    set by the slurm profile): `scancel --batch --signal=USR2` sends exactly that, now."""
+    which the slurm profile asks for): `scancel --batch --signal=USR2` sends exactly that, at a
+    moment the test chooses (SLURM's own timing of the warning varies by up to a minute)."""
     attempts = interrupted_run(tmp_path, lambda job: subprocess.run(
         ["scancel", "--batch", "--signal=USR2", job], check=True))
     assert attempts[0]["exit"] == "140"
+    assert "--signal=B:USR2@60" in (Path(attempts[0]["workdir"]) / ".command.run").read_text()
 
 
 def test_preempted_embed_job_is_retried_and_resumes(tmp_path):
@@ -168,7 +170,7 @@ def moment(text: str) -> datetime:
 
 @pytest.mark.parametrize("args, culprits", [
     (["--slurm_queue", "nosuchpartition"], ["nosuchpartition"]),
-    (["--slurm_options", "--gres=gpu:9"], ["gpu:9"]),
+    (["--slurm_options=--gres=gpu:9"], ["gpu:9"]),  # `=`: a value starting with -- is not an option
 ], ids=["unknown-partition", "impossible-request"])
 def test_bad_queue_settings_stop_the_run_with_a_clear_error(tmp_path, args, culprits):
     started = time.monotonic()
