@@ -177,6 +177,10 @@ def test_bad_samplesheets_are_refused_before_any_task(tmp_path):
     missing = write_samplesheet(tmp_path / "missing.csv", [("good", reads), ("gone", tmp_path / "nope.fa")])
     run = run_pipeline(tmp_path / "missing", "-profile", "test", "--input", str(missing))
     assert_refused_before_any_task(run, "row 2", "nope.fa")
+    # results of a sample named like the run's own folders would be mixed with them
+    reserved = write_samplesheet(tmp_path / "reserved.csv", [("good", reads), ("multiqc", reads)])
+    run = run_pipeline(tmp_path / "reserved", "-profile", "test", "--input", str(reserved))
+    assert_refused_before_any_task(run, "multiqc", "reserved")
 
 
 # --------------------------------------------------------------------------------------------------

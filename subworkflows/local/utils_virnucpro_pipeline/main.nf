@@ -26,8 +26,10 @@ def isSamplesheet(String input) {
 
 // One sample per samplesheet `sample`; its rows (one file each) are the sample's input files.
 def samplesFromSamplesheet(String samplesheet) {
+    def rows = samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json")
+    checkReservedSampleNames(rows.collect { row -> row[0].id }, "in ${samplesheet}")
     return channel
-        .fromList(samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json"))
+        .fromList(rows)
         .map { meta, reads -> [meta.id, reads] }
         .groupTuple()
         .map { id, reads -> [[id: id], reads] }
@@ -51,9 +53,18 @@ def sampleIdFromPath(reads) {
 def checkUniqueSampleIds(List rows) {
     def duplicated = rows.countBy { row -> row[0].id }.findAll { _id, n -> n > 1 }.keySet()
     if (duplicated) {
-        error("Input files ${duplicated.join(', ')} give the same sample name; rename them or use a samplesheet (--input samples.csv)")
+        error("Several input files give the sample name ${duplicated.join(', ')}; rename them or use a samplesheet (--input samples.csv)")
     }
+    checkReservedSampleNames(rows.collect { row -> row[0].id }, 'from the input file names')
     return rows
+}
+
+// Sample results go to <outdir>/<sample>/ beside the run's own folders: a sample may not take their names.
+def checkReservedSampleNames(List ids, String where) {
+    def reserved = ids.findAll { id -> id in ['pipeline_info', 'multiqc'] }.unique()
+    if (reserved) {
+        error("Sample name ${reserved.join(', ')} ${where} is reserved for the run's own results folder; rename the sample")
+    }
 }
 
 def checkModelsDirectory(String models) {
