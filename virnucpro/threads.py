@@ -20,8 +20,18 @@ def available_cpus() -> int:
 
 
 def limit_threads(threads: int | None) -> int:
-    """Cap the thread pools at `threads` (default: available CPUs); returns the cap."""
-    count = threads or available_cpus()
+    """Cap the thread pools at `threads` (default: available CPUs, and never more); returns the cap.
+
+    More threads or worker processes than CPUs only add switching and memory (`--threads 1000` once
+    forked 985 processes on 2 CPUs), so a larger request is lowered, with a warning.
+    """
+    cpus = available_cpus()
+    if threads and threads > cpus:
+        from virnucpro.console import warn
+
+        warn(f"--threads {threads}: this process may use {cpus} CPUs; using {cpus}")
+        threads = cpus
+    count = threads or cpus
     for name in POOL_VARIABLES:
         if threads or name not in os.environ:
             os.environ[name] = str(count)

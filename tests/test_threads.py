@@ -1,0 +1,30 @@
+"""`--threads` never asks for more threads or worker processes than the CPUs this process may use."""
+
+from __future__ import annotations
+
+import os
+
+from virnucpro.threads import POOL_VARIABLES, available_cpus, limit_threads
+
+
+def test_a_request_above_the_cpus_is_capped_with_a_warning(monkeypatch, capsys):
+    for name in POOL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cpus = available_cpus()
+    assert limit_threads(cpus + 1000) == cpus
+    assert f"--threads {cpus + 1000}" in capsys.readouterr().err
+    assert all(os.environ[name] == str(cpus) for name in POOL_VARIABLES)
+
+
+def test_a_request_within_the_cpus_is_kept_silently(monkeypatch, capsys):
+    for name in POOL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert limit_threads(1) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_prepare_with_a_thousand_threads_says_it_uses_the_cpus_it_has(tmp_path, run_cli, reference_dir):
+    code, err = run_cli("prepare", reference_dir / "vanilla" / "test_with_orfs.fa", "--outdir", tmp_path / "p",
+                        "--threads", "1000")
+    assert code == 0, err
+    assert f"--threads 1000: this process may use {available_cpus()} CPUs" in err
