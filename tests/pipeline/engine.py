@@ -197,3 +197,45 @@ def coding_reads(path: Path, n: int, length: int = 450, seed: int = 7, prefix: s
         for i in range(n):
             out.write(f">{prefix}_{i}\n{''.join(rng.choices(sense, k=length // 3))}\n")
     return path
+
+
+def tiny_models_of(run) -> Path:
+    """The tiny models folder that the run's VIRNUCPRO_MODELS_TINY task wrote."""
+    (task,) = [row for row in run.trace() if row["process"].endswith("VIRNUCPRO_MODELS_TINY")]
+    return Path(task["workdir"]) / "tiny_models"
+
+
+# Checkpoint every 10 records: ~60 windows in the shard, so the kill lands mid-shard
+CHECKPOINT_CONFIG = """
+process {
+    withName: 'VIRNUCPRO_EMBED' {
+        ext.args = '--precision fp32 --checkpoint-every 10'
+    }
+}
+"""
+
+
+def killed_embed_run(launch: Path, reads: Path, *profile_args: str, kill_after_parts: int = 3):
+    """Run one sample whose single EMBED task is SIGKILLed once 3 checkpoint parts exist."""
+    launch.mkdir(parents=True, exist_ok=True)
+    (launch / "checkpoints.config").write_text(CHECKPOINT_CONFIG)
+    args = (*profile_args, "-c", str(launch / "checkpoints.config"), "--input", str(reads),
+            "--shard_size", "100000")
+    process = start_pipeline(launch, *args)
+    checkpoints = launch / "work" / "virnucpro-checkpoints"
+    wait_for(lambda: len(checkpoint_parts(checkpoints)) >= kill_after_parts, f"{kill_after_parts} checkpoint parts",
+             process)
+    pids = wait_for(lambda: embed_pids(str(launch)), "a running virnucpro embed", process)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return finish(process, launch), args
+
+
+def assert_retried_and_resumed(run) -> None:
+    run.assert_ok()
+    attempts = run.tasks("VIRNUCPRO_EMBED")
+    assert [(row["attempt"], row["exit"]) for row in attempts][:1] == [("1", "137")], attempts
+    assert attempts[-1]["status"] == "COMPLETED" and int(attempts[-1]["attempt"]) >= 2
+    log = (Path(attempts[-1]["workdir"]) / ".command.err").read_text()
+    at, _, total = log.split("resuming from checkpoint at record ")[1].split()[:3]
+    assert 0 < int(at.replace(",", "")) < int(total.replace(",", "")), f"not resumed mid-shard: {log}"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import REPO, TEST_INPUTS, assert_same_tables, coding_reads, run_pipeline, virnucpro_run
-from test_engine import assert_retried_and_resumed, killed_embed_run, tiny_models_of
+from engine import (REPO, TEST_INPUTS, assert_retried_and_resumed, assert_same_tables, coding_reads,
+                    killed_embed_run, run_pipeline, tiny_models_of, virnucpro_run)
 from virnucpro import __version__
 
 pytestmark = pytest.mark.pipeline

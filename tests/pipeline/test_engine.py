@@ -9,15 +9,14 @@ parameters and samplesheets are refused before any task, naming the culprit; unu
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
-from engine import (SAMPLE_FILES, TEST_INPUTS, assert_same_tables, checkpoint_parts, coding_reads, embed_pids,
-                    finish, read_tsv, require_engine, run_pipeline, start_pipeline, virnucpro_run, wait_for)
+from engine import (SAMPLE_FILES, TEST_INPUTS, assert_retried_and_resumed, assert_same_tables, checkpoint_parts,
+                    coding_reads, killed_embed_run, read_tsv, require_engine, run_pipeline, tiny_models_of,
+                    virnucpro_run)
 
 pytestmark = pytest.mark.pipeline
 
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.pipeline
 @pytest.fixture(scope="module", autouse=True)
 def _engine():
     require_engine()
-
-
-def tiny_models_of(run) -> Path:
-    """The tiny models folder that the run's VIRNUCPRO_MODELS_TINY task wrote."""
-    (task,) = [row for row in run.trace() if row["process"].endswith("VIRNUCPRO_MODELS_TINY")]
-    return Path(task["workdir"]) / "tiny_models"
 
 
 def assert_nothing_rerun(run) -> None:
@@ -94,42 +87,6 @@ def test_stub_run_creates_every_declared_output(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # An EMBED task killed mid-shard
 # --------------------------------------------------------------------------------------------------
-
-# Checkpoint every 10 records: ~60 windows in the shard, so the kill lands mid-shard
-CHECKPOINT_CONFIG = """
-process {
-    withName: 'VIRNUCPRO_EMBED' {
-        ext.args = '--precision fp32 --checkpoint-every 10'
-    }
-}
-"""
-
-
-def killed_embed_run(launch: Path, reads: Path, *profile_args: str, kill_after_parts: int = 3):
-    """Run one sample whose single EMBED task is SIGKILLed once 3 checkpoint parts exist."""
-    launch.mkdir(parents=True, exist_ok=True)
-    (launch / "checkpoints.config").write_text(CHECKPOINT_CONFIG)
-    args = (*profile_args, "-c", str(launch / "checkpoints.config"), "--input", str(reads),
-            "--shard_size", "100000")
-    process = start_pipeline(launch, *args)
-    checkpoints = launch / "work" / "virnucpro-checkpoints"
-    wait_for(lambda: len(checkpoint_parts(checkpoints)) >= kill_after_parts, f"{kill_after_parts} checkpoint parts",
-             process)
-    pids = wait_for(lambda: embed_pids(str(launch)), "a running virnucpro embed", process)
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return finish(process, launch), args
-
-
-def assert_retried_and_resumed(run) -> None:
-    run.assert_ok()
-    attempts = run.tasks("VIRNUCPRO_EMBED")
-    assert [(row["attempt"], row["exit"]) for row in attempts][:1] == [("1", "137")], attempts
-    assert attempts[-1]["status"] == "COMPLETED" and int(attempts[-1]["attempt"]) >= 2
-    log = (Path(attempts[-1]["workdir"]) / ".command.err").read_text()
-    at, _, total = log.split("resuming from checkpoint at record ")[1].split()[:3]
-    assert 0 < int(at.replace(",", "")) < int(total.replace(",", "")), f"not resumed mid-shard: {log}"
-
 
 def test_killed_embed_is_retried_resumes_mid_shard_and_resume_reruns_nothing(tmp_path):
     reads = coding_reads(tmp_path / "coding.fa", 300)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from datetime import datetime
@@ -16,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import (TEST_INPUTS, assert_same_tables, coding_reads, finish, read_tsv, run_pipeline, start_pipeline,
-                    virnucpro_run, wait_for)
-from test_engine import tiny_models_of
+from engine import (TEST_INPUTS, assert_same_tables, coding_reads, finish, run_pipeline, start_pipeline,
+                    tiny_models_of, virnucpro_run, wait_for)
 
 pytestmark = pytest.mark.pipeline
 
