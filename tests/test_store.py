@@ -136,6 +136,44 @@ def test_locate_tiny(tiny):
     assert set(only.paths) == {"esm2", "dnabert_s"}
 
 
+def _run_models_tiny(directory: Path, capsys) -> tuple[int, str]:
+    return _run_cli(["models", "tiny", str(directory)]), capsys.readouterr().err
+
+
+def _snapshot(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_models_tiny_never_repoints_real_models(tiny, tmp_path, capsys):
+    """A folder of real (here: non-tiny) models is refused whole, its files untouched (exit 3)."""
+    real = _copy(tiny, tmp_path)
+    manifest = json.loads((real / "manifest.json").read_text())
+    manifest["models"]["esm2"]["tiny"] = False
+    (real / "manifest.json").write_text(json.dumps(manifest))
+    before = _snapshot(real)
+    code, err = _run_models_tiny(real, capsys)
+    assert code == int(ExitCode.BAD_INPUT) and "esm2" in err and "not tiny" in err
+    assert _snapshot(real) == before
+
+
+def test_models_tiny_never_writes_among_other_files(tmp_path, capsys):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("MINE")
+    code, err = _run_models_tiny(other, capsys)
+    assert code == int(ExitCode.BAD_INPUT) and "not tiny models" in err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_models_tiny_again_on_tiny_models_or_an_empty_folder(tiny, tmp_path, capsys):
+    again = _copy(tiny, tmp_path)
+    assert _run_models_tiny(again, capsys)[0] == 0
+    assert _snapshot(again) == _snapshot(tiny)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run_models_tiny(empty, capsys)[0] == 0 and (empty / "manifest.json").is_file()
+
+
 def test_locate_hand_staged_standard_names(tiny, tmp_path):
     staged = tmp_path / "staged"
     (staged / "DNABERT-S").mkdir(parents=True)

@@ -35,7 +35,7 @@ from typing import Iterable
 from virnucpro import __version__
 
 from virnucpro.console import info, warn
-from virnucpro.errors import ModelsError
+from virnucpro.errors import BadInputError, ModelsError
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
 MANIFEST = "manifest.json"
@@ -672,6 +672,25 @@ def _tiny_classifier(path: Path, input_dim: int, generator) -> None:
     save_original_way(model.eval(), path)
 
 
+def _refuse_other_models(directory: Path) -> None:
+    """Tiny models go only into a new or empty folder, or one of tiny models: never over real models
+    or other files, whose roles the manifest would silently repoint (exit 3)."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise BadInputError(f"{directory} is a file, not a models folder", "give a new or empty folder")
+    if not any(directory.iterdir()):
+        return
+    manifest = read_manifest(directory)
+    roles = (manifest or {}).get("models") or {}
+    if roles and all(isinstance(entry, dict) and entry.get("tiny") for entry in roles.values()):
+        return
+    kept = [role for role, entry in roles.items() if not (isinstance(entry, dict) and entry.get("tiny"))]
+    what = f"models that are not tiny ({', '.join(kept)})" if kept else "files that are not tiny models"
+    raise BadInputError(f"{directory} holds {what}: `models tiny` would repoint them to random test models",
+                        "give a new or empty folder for the tiny models")
+
+
 def make_tiny(directory: Path) -> None:
     """`virnucpro models tiny DIR`: seeded random models in the real on-disk formats and key names.
 
@@ -683,6 +702,7 @@ def make_tiny(directory: Path) -> None:
     import torch
 
     directory = Path(directory).expanduser().absolute()
+    _refuse_other_models(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
