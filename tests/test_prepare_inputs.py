@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import lzma
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ def good_output(tmp_path, run_cli):
     return shard_text(tmp_path / "good")
 
 
-@pytest.mark.parametrize("variant", ["gzip", "bzip2", "fastq", "crlf", "lowercase", "wrapped", "gzip_multimember"])
+@pytest.mark.parametrize("variant", ["gzip", "bzip2", "xz", "xz_multistream", "fastq", "crlf", "lowercase", "wrapped",
+                                     "gzip_multimember"])
 def test_equivalent_encodings_give_the_same_records(tmp_path, run_cli, good_output, variant):
     path = tmp_path / "input"
     if variant == "gzip":
@@ -39,6 +41,11 @@ def test_equivalent_encodings_give_the_same_records(tmp_path, run_cli, good_outp
         path.write_bytes(gzip.compress(GOOD[:half].encode()) + gzip.compress(GOOD[half:].encode()))
     elif variant == "bzip2":
         path.write_bytes(bz2.compress(GOOD.encode()))
+    elif variant == "xz":
+        path.write_bytes(lzma.compress(GOOD.encode()))
+    elif variant == "xz_multistream":
+        half = GOOD.index(">s2")
+        path.write_bytes(lzma.compress(GOOD[:half].encode()) + lzma.compress(GOOD[half:].encode()))
     elif variant == "fastq":
         records = [block.split("\n", 1) for block in GOOD[1:].split("\n>")]
         path.write_text("".join(f"@{h}\n{s.strip()}\n+\n{'I' * len(s.strip())}\n" for h, s in records))
@@ -240,3 +247,43 @@ def test_duplicates_found_across_spilled_hash_buckets(tmp_path, run_cli, monkeyp
     path = write(tmp_path / "in.fa", "".join(f">r{i}\nACGTACGT\n" for i in range(20)) + ">r4\nACGT\n")
     code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
     assert code == 3 and "duplicate sequence id 'r4'" in message and "line 9" in message
+
+
+def test_zstd_input_is_named_with_the_command_that_reads_it(tmp_path, run_cli):
+    path = tmp_path / "reads.fa.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(64))  # the zstd frame magic
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "zstd-compressed" in message and "zstd -dc" in message
+
+
+def _many_reads(n: int) -> str:
+    """Over one read-ahead block (1 MiB) of FASTA, so that a pre-check would swallow records."""
+    codon = "ATGGCTGCAAAGGAT"
+    return "".join(f">r{i}\n{codon * 30}\n" for i in range(n))
+
+
+def test_dash_is_standard_input_and_every_record_is_read(tmp_path):
+    text = _many_reads(3000)
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
+                          input=text, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert fmt.load_manifest(tmp_path / "out")["counts"]["sequences"] == 3000
+
+
+@pytest.mark.parametrize("argument", ["-", "/dev/stdin"])
+def test_run_reads_a_pipe_once_and_loses_no_record(tmp_path, tiny_models, argument):
+    """`run` checks regular files before its models load; a stream is checked as prepare reads it."""
+    text = _many_reads(3000)
+    assert len(text) > 1 << 20
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "run", argument, "--models", str(tiny_models),
+                           "--outdir", str(tmp_path / "out"), "--device", "cpu"],
+                          input=text, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (tmp_path / "out" / "sequences.tsv").read_text().splitlines()[1:]
+    assert len(rows) == 3000
+
+
+def test_duplicate_ids_on_standard_input_are_refused(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
+                          input=GOOD + GOOD, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3 and "more than once" in done.stderr

@@ -74,8 +74,8 @@ ModelsOption = typer.Option(None, "--models", help="Models directory (default: $
                                                    "else the user data directory).")
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
-InputsArgument = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip or bzip2); several files form "
-                                         "one sample.")
+InputsArgument = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
+                                         "input, read once like any pipe); several files form one sample.")
 ClassifierOption = typer.Option(None, "--classifier", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a sequence's scored "

@@ -14,6 +14,7 @@ import json
 import math
 import multiprocessing
 import shutil
+import stat
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -27,7 +28,8 @@ from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import BadInputError
-from virnucpro.seqio import HashingTextStream, Record, RecordGroup, invalid_letters, read_records, record_groups
+from virnucpro.seqio import (STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, read_records,
+                            record_groups)
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
@@ -485,6 +487,10 @@ class IdRegistry:
 
 def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
     """Second pass, only when hashes repeat: confirm real duplicate ids and name them."""
+    if any(str(path) == STDIN for path in inputs):
+        raise BadInputError("the inputs hold a sequence id more than once (standard input, which is read "
+                            "once, cannot be read again to name it)",
+                            "make ids unique (e.g. prefix them with the sample or file name)")
     seen: dict[str, tuple[Path, int]] = {}
     for path in inputs:
         for record in read_records(HashingTextStream(path)):
@@ -519,10 +525,26 @@ def _is_prepare_directory(directory: Path) -> bool:
             and {p.name for p in directory.iterdir()} <= ours)
 
 
+def _rereadable(path: Path) -> bool:
+    """True for a regular file (or a missing path, reported when opened); False for a stream."""
+    if str(path) == STDIN:
+        return False
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return True
+
+
 def check_inputs(inputs: Iterable[Path]) -> None:
     """Each input opens and its first records read as FASTA/FASTQ (exit 3 otherwise): `run` checks
-    this before it downloads or loads models, so a mistyped path costs seconds, not a download."""
+    this before it downloads or loads models, so a mistyped path costs seconds, not a download.
+
+    Only regular files are read ahead: standard input, pipes, FIFOs and `<(zcat ...)` can be read
+    once only, so they are checked as prepare reads them.
+    """
     for path in inputs:
+        if not _rereadable(Path(path)):
+            continue
         stream = HashingTextStream(Path(path))
         try:
             next(record_groups(stream), None)

@@ -8,8 +8,10 @@ file (and line or record) and the fix.
 from __future__ import annotations
 
 import bz2
-import itertools
 import hashlib
+import itertools
+import lzma
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,26 @@ class Record:
     line: int  # 1-based line of the header, for messages
 
 
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+STDIN = "-"  # an input path that means standard input (read once, as it is streamed)
+
+
 def _decompressor(kind: str):
     if kind == "gzip":
         return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    if kind == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     return bz2.BZ2Decompressor()
+
+
+def _compression(head: bytes, path: Path) -> str:
+    """The compression the first bytes show; zstd is named with the command that reads it."""
+    if head.startswith(ZSTD_MAGIC):
+        raise BadInputError(f"{path} is zstd-compressed, which virnucpro does not read",
+                            f"decompress it on the fly: zstd -dc {path} | virnucpro prepare - ...")
+    return ("gzip" if head.startswith(GZIP_MAGIC) else "bzip2" if head.startswith(BZIP2_MAGIC)
+            else "xz" if head.startswith(XZ_MAGIC) else "none")
 
 
 class HashingTextStream:
@@ -50,7 +68,7 @@ class HashingTextStream:
         self.sha256 = hashlib.sha256()
         self.bytes_read = 0
         try:
-            self._raw = open(path, "rb")
+            self._raw = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")
         except FileNotFoundError:
             raise BadInputError(f"input file not found: {path}", "check the path") from None
         except IsADirectoryError:
@@ -60,8 +78,7 @@ class HashingTextStream:
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
         head = self._read_raw()
-        self.compression = ("gzip" if head.startswith(GZIP_MAGIC)
-                            else "bzip2" if head.startswith(BZIP2_MAGIC) else "none")
+        self.compression = _compression(head, path)
         self._pending = head
 
     def close(self) -> None:
@@ -78,7 +95,7 @@ class HashingTextStream:
         return block
 
     def _plain_blocks(self) -> Iterator[bytes]:
-        """Decompressed blocks; multi-member gzip and multi-stream bzip2 are followed."""
+        """Decompressed blocks; multi-member gzip and multi-stream bzip2/xz are followed."""
         block = self._pending
         if self.compression == "none":
             while block:
@@ -96,7 +113,7 @@ class HashingTextStream:
                 return
             try:
                 yield decomp.decompress(block)
-            except (OSError, zlib.error, EOFError, ValueError) as exc:
+            except (OSError, zlib.error, lzma.LZMAError, EOFError, ValueError) as exc:
                 raise BadInputError(f"{self.path} is not a valid {name} file ({exc})",
                                     "check that the file is not corrupt") from None
             if decomp.eof:
@@ -155,7 +172,7 @@ class HashingTextStream:
         controls = sum(c < 9 or 13 < c < 32 or c == 127 for c in sample)
         if b"\x00" in sample or controls > len(sample) // 20:
             raise BadInputError(f"{self.path} is binary data, not FASTA/FASTQ text",
-                                "give a FASTA or FASTQ file (plain, gzip or bzip2)")
+                                "give a FASTA or FASTQ file (plain, gzip, bzip2 or xz)")
 
 
 def _record_id(header: str, path: Path, line: int) -> str:

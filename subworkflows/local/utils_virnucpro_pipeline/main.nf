@@ -46,7 +46,7 @@ def samplesFromFiles(String pattern) {
 
 def sampleIdFromPath(reads) {
     return reads.name
-        .replaceFirst(/(?i)\.(gz|bz2)$/, '')
+        .replaceFirst(/(?i)\.(gz|bz2|xz)$/, '')
         .replaceFirst(/(?i)\.(fa|fasta|fna|fas|ffn|fq|fastq)$/, '')
 }
 
