@@ -6,15 +6,14 @@
 # Exits non-zero on any finding. The `run:` scripts are checked by shellcheck too (installed with
 # apt when missing, where apt and root are available; otherwise they are skipped, with a warning).
 set -euo pipefail
+# shellcheck source=.ci/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ACTIONLINT_VERSION="v1.7.12"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORKFLOWS="${1:-$REPO/.github/workflows}"
-BIN_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/virnucpro-ci/actionlint-$ACTIONLINT_VERSION"
+BIN_DIR="$CI_CACHE/actionlint-$ACTIONLINT_VERSION"
 ACTIONLINT="$BIN_DIR/actionlint"
 
-log() { printf '[actionlint.sh] %s\n' "$*" >&2; }
-die() { printf '[actionlint.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # actionlint at the pinned version, once per machine (GOBIN in the cache folder)
 install_actionlint() {

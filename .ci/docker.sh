@@ -12,13 +12,14 @@
 #
 # IMAGE defaults to process.container of conf/base.config, else virnucpro:<package version>.
 set -euo pipefail
+# shellcheck source=.ci/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE_DIR="${VIRNUCPRO_CI_STATE:-/tmp/virnucpro-ci}"
 PID_FILE="$STATE_DIR/dockerd.pid"
 CHILDREN_FILE="$STATE_DIR/dockerd.children"
 DOCKERD_LOG="$STATE_DIR/dockerd.log"
-CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/virnucpro-ci"
+CACHE_DIR="$CI_CACHE"
 BASE_IMAGE="python:3.12-slim-bookworm"
 # Bump when the stand-in's recipe changes, so that a cached rootfs of an older recipe is not reused
 BASE_RECIPE="v1"
@@ -27,8 +28,6 @@ VENV="/usr/local/venv"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DAEMON_WAIT_S="${DAEMON_WAIT_S:-60}"
 
-log() { printf '[docker.sh] %s\n' "$*" >&2; }
-die() { printf '[docker.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Seconds since the epoch, for the timings this script reports
 now() { date +%s; }

@@ -7,15 +7,13 @@
 # project's: nf-core pins its own rich/typer/jsonschema. Exits non-zero on any lint failure
 # (warnings are printed, not fatal). Needs only a package registry (PyPI) the first time.
 set -euo pipefail
+# shellcheck source=.ci/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 NFCORE_VERSION="4.2.1"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/virnucpro-ci"
-VENV="$CACHE/nfcore-venv"
+VENV="$CI_CACHE/nfcore-venv"
 NFCORE="$VENV/bin/nf-core"
 
-log() { printf '[lint.sh] %s\n' "$*" >&2; }
-die() { printf '[lint.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # nf-core tools at the pinned version, once per machine (reinstalled when the pin changes)
 install_nfcore() {
@@ -24,7 +22,7 @@ install_nfcore() {
     fi
     log "installing nf-core $NFCORE_VERSION into $VENV"
     rm -rf "$VENV"
-    mkdir -p "$CACHE"
+    mkdir -p "$CI_CACHE"
     python3 -m venv "$VENV" || die "python3 -m venv failed (is the python3-venv package installed?)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet "nf-core==$NFCORE_VERSION" \
