@@ -4,10 +4,10 @@ Workload: coding-like 500 bp reads (benchmarks/synthetic.py) run through `virnuc
 into one shard of exactly --records ORF records (one stop-free frame per read, 166 aa / 499 nt).
 
 Models: random weights in the real on-disk formats, written into a models directory without
-manifest.json that `virnucpro.store.locate` reads by the standard names (esm2_t36_3B_UR50D.pt,
+manifest.json that `virnucpro.models.store.locate` reads by the standard names (esm2_t36_3B_UR50D.pt,
 DNABERT-S/{config.json,model.safetensors,tokenizer.json}). They are built with the helpers of
 benchmarks/bench_encoders.py; the DNABERT-S tokenizer is a 4096-token BPE trained on random DNA
-(`virnucpro.store._tiny_tokenizer`), giving ~115 tokens per ORF, like the real DNABERT-S BPE.
+(`virnucpro.models.tiny._tiny_tokenizer`), giving ~115 tokens per ORF, like the real DNABERT-S BPE.
 
 Measured (same process, same models, same records; real tokens = special tokens included, padding
 not counted; best of --repeats, runs interleaved):
@@ -55,7 +55,8 @@ from synthetic import coding_like  # noqa: E402
 
 from virnucpro import console  # noqa: E402
 from virnucpro import embed as embed_mod  # noqa: E402
-from virnucpro import h5shard, store  # noqa: E402
+from virnucpro import h5shard  # noqa: E402
+from virnucpro.models import store, tiny  # noqa: E402
 from virnucpro import prepared as fmt  # noqa: E402
 from virnucpro.encoders.dnabert_s import DnabertSEncoder  # noqa: E402
 from virnucpro.prepare import prepare  # noqa: E402
@@ -114,7 +115,7 @@ def build_models(models: Path, size: dict, device: torch.device, precision: str,
     dtype = embed_mod.torch_dtype(precision)
     models.mkdir(parents=True, exist_ok=True)
     folder = be.random_dnabert_folder(models / "DNABERT-S", seed=seed, **size["dnabert"])
-    store._tiny_tokenizer(TOKENIZER_VOCAB, seed).save(str(folder / "tokenizer.json"))
+    tiny._tiny_tokenizer(TOKENIZER_VOCAB, seed).save(str(folder / "tokenizer.json"))
 
     # fair-esm's ESM2, built directly on the target device (a 3B model initialises in seconds on a
     # GPU, minutes on a CPU), then cast; the checkpoint is saved in that precision (fp16: 5.6 GB

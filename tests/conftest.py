@@ -49,10 +49,10 @@ def run_cli(capsys):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """Tiny random models in the real on-disk formats, written by `virnucpro models tiny`."""
-    from virnucpro import store
+    from virnucpro.models import tiny
 
     directory = tmp_path_factory.mktemp("models") / "tiny"
-    store.make_tiny(directory)
+    tiny.make_tiny(directory)
     return directory
 
 

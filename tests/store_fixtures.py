@@ -1,4 +1,5 @@
-"""Helpers for the model-store tests: a scriptable HTTP server on 127.0.0.1 and pickle makers.
+"""Helpers for the model-store tests: a scriptable HTTP server on 127.0.0.1, pickle makers and a
+second process holding a folder's lock.
 
 The server serves in-memory files and can misbehave on request: drop the connection mid-file,
 answer 5xx, ignore Range, redirect with Hugging Face-style hash headers. Nothing here ever talks to
@@ -7,12 +8,16 @@ a real host.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
 from urllib.parse import urlparse
 
 
@@ -140,7 +145,26 @@ def malicious_pickle_bytes(marker: str, protocol: int = 2) -> bytes:
     return pickle.dumps(_RunsCommand(f"touch {marker}"), protocol=protocol)
 
 
-def save_malicious_torch(path, marker: str) -> None:
+def save_malicious_torch(path, marker: str, legacy: bool = False) -> None:
+    """A torch checkpoint (zip format, or the legacy format) whose unpickling runs `touch marker`."""
     import torch
 
-    torch.save(_RunsCommand(f"touch {marker}"), str(path))
+    torch.save(_RunsCommand(f"touch {marker}"), str(path), _use_new_zipfile_serialization=not legacy)
+
+
+@contextlib.contextmanager
+def folder_held_by_another_process(folder) -> Iterator[int]:
+    """A real second process holding virnucpro's lock on `folder` until the block ends; yields its
+    pid. It says "ready" on stdout once it holds the lock, and lets go when its stdin closes."""
+    code = ("import sys; from pathlib import Path; from virnucpro.outdir import folder_lock\n"
+            "with folder_lock(Path(sys.argv[1]), 'models folder'):\n"
+            "    print('ready', flush=True); sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()

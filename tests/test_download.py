@@ -1,23 +1,26 @@
-"""`models download` against a local HTTP server on 127.0.0.1 — never a real host."""
+"""`models download` against a local HTTP server on 127.0.0.1 — never a real host.
+
+The real pins are replaced by the hashes of the files served here; every test file is pinned, as
+every real one is.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import json
+import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store_fixtures import (FakeHost, closed_port_url, git_blob_sha1,  # noqa: E402
-                            save_malicious_torch, sha256)
+from store_fixtures import (FakeHost, closed_port_url, folder_held_by_another_process,  # noqa: E402
+                            git_blob_sha1, save_malicious_torch, sha256)
 
-from virnucpro import download as dl  # noqa: E402
-from virnucpro import store  # noqa: E402
-from virnucpro.errors import ExitCode, ModelsError  # noqa: E402
+from virnucpro.errors import BadInputError, ExitCode, ModelsError  # noqa: E402
+from virnucpro.models import download as dl  # noqa: E402
+from virnucpro.models import store  # noqa: E402
+from virnucpro.models.tiny import make_tiny  # noqa: E402
 
 NOWHERE = "https://origin.invalid"  # every test reaches the server through --mirror or a patch
 
@@ -46,7 +49,7 @@ def host():
 def payloads(tmp_path_factory) -> dict[str, bytes]:
     """Real-format files (the tiny models) to serve under the real remote paths."""
     tiny = tmp_path_factory.mktemp("payload") / "tiny"
-    store.make_tiny(tiny)
+    make_tiny(tiny)
     files = {
         "esm.pt": (tiny / "esm2_tiny.pt").read_bytes(),
         "esm-reg.pt": (tiny / "esm2_tiny-contact-regression.pt").read_bytes(),
@@ -71,14 +74,14 @@ def fake_sources(payloads, base: str = NOWHERE, **overrides) -> dict[str, dl.Rol
     hf = "zhihan1996/DNABERT-S/resolve/rev"
     sources = {
         "esm2": dl.RoleSource("esm2", "esm2_t36_3B_UR50D", base, None, (
-            spec("esm2_t36_3B_UR50D.pt", "fair-esm/models/esm2_t36_3B_UR50D.pt"),
+            spec("esm2_t36_3B_UR50D.pt", "fair-esm/models/esm2_t36_3B_UR50D.pt",
+                 sha256=sha256(payloads["esm.pt"])),
             spec("esm2_t36_3B_UR50D-contact-regression.pt",
-                 "fair-esm/regression/esm2_t36_3B_UR50D-contact-regression.pt"))),
-        "dnabert_s": dl.RoleSource("dnabert_s", "zhihan1996/DNABERT-S", base, "rev", (
-            spec("DNABERT-S/config.json", f"{hf}/config.json"),
-            spec("DNABERT-S/model.safetensors", f"{hf}/model.safetensors",
-                 sha256=sha256(payloads["model.safetensors"])),
-            spec("DNABERT-S/tokenizer.json", f"{hf}/tokenizer.json"))),
+                 "fair-esm/regression/esm2_t36_3B_UR50D-contact-regression.pt",
+                 sha256=sha256(payloads["esm-reg.pt"])))),
+        "dnabert_s": dl.RoleSource("dnabert_s", "zhihan1996/DNABERT-S", base, "rev", tuple(
+            spec(f"DNABERT-S/{name}", f"{hf}/{name}", sha256=sha256(payloads[name]))
+            for name in ("config.json", "model.safetensors", "tokenizer.json"))),
         "classifier_300": dl.RoleSource("classifier_300", "300_model.pth", base, "commit", (
             spec("300_model.pth", "VirNucPro/commit/300_model.pth",
                  git_sha1=git_blob_sha1(payloads["c300"])),)),
@@ -103,8 +106,19 @@ def serve_all(host: FakeHost, payloads) -> None:
     })
 
 
-def test_real_sources_are_pinned():
-    """The shipped table: every file has a URL, the revisions are commits, pins look right."""
+def _manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    return json.loads(path.read_text())["models"] if path.exists() else {}
+
+
+def _nothing_recorded(directory: Path, role: str, rel: str) -> None:
+    """No file, no partial file and no manifest entry: nothing of a refused download remains."""
+    assert role not in _manifest(directory)
+    assert not (directory / rel).exists() and not (directory / f"{rel}.part").exists()
+
+
+def test_real_sources_have_urls():
+    """The shipped table: every file has a URL, the revisions are commits, --mirror keeps paths."""
     assert set(dl.SOURCES) == set(store.ROLES)
     assert len(dl.DNABERT_S_REVISION) == 40 and len(dl.VIRNUCPRO_COMMIT) == 40
     for source in dl.SOURCES.values():
@@ -113,14 +127,13 @@ def test_real_sources_are_pinned():
             assert dl._url(spec, "http://mirror.example/x/") == f"http://mirror.example/x/{spec.path}"
     names = {Path(s.relpath).name for s in dl.SOURCES["dnabert_s"].files}
     assert {"config.json", "tokenizer.json"} <= names and names & set(store.DNABERT_WEIGHTS)
-    assert all(s.git_sha1 for s in dl.SOURCES["classifier_300"].files + dl.SOURCES["classifier_500"].files)
 
 
 def test_download_everything_through_mirror(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
     dest = tmp_path / "models"
-    store.download(dest=dest, only=None, mirror=host.url + "/")
+    dl.download(dest=dest, only=None, mirror=host.url + "/")
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["format_version"] == 1
     entry = manifest["models"]["esm2"]
@@ -136,56 +149,48 @@ def test_download_everything_through_mirror(host, payloads, tmp_path, monkeypatc
 
     # A second run finds everything verified and transfers nothing.
     before = len(host.requests)
-    store.download(dest=dest, only=None, mirror=host.url)
+    dl.download(dest=dest, only=None, mirror=host.url)
     assert len(host.requests) == before
 
 
 def test_only_one_role(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
-    store.download(dest=tmp_path, only="classifier_500", mirror=host.url)
+    dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
     assert (tmp_path / "500_model.pth").is_file() and not (tmp_path / "300_model.pth").exists()
-    assert list(json.loads((tmp_path / "manifest.json").read_text())["models"]) == ["classifier_500"]
+    assert list(_manifest(tmp_path)) == ["classifier_500"]
     with pytest.raises(ModelsError, match="unknown model"):
-        store.download(dest=tmp_path, only="esm3", mirror=host.url)
+        dl.download(dest=tmp_path, only="esm3", mirror=host.url)
     with pytest.raises(ModelsError, match="http"):
-        store.download(dest=tmp_path, only="esm2", mirror="ftp://somewhere")
+        dl.download(dest=tmp_path, only="esm2", mirror="ftp://somewhere")
 
 
 def test_pinned_checksum_mismatch(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
     host.files["/VirNucPro/commit/300_model.pth"] = payloads["c500"]  # wrong file at that path
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
-    with pytest.raises(ModelsError, match="checksum mismatch for classifier_300") as info:
-        store.download(dest=tmp_path, only="classifier_300", mirror=host.url)
+    with pytest.raises(ModelsError, match=r"classifier_300 .* checksum mismatch") as info:
+        dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
     assert info.value.code == ExitCode.MODELS
     assert "git blob" in str(info.value)
-    assert not (tmp_path / "300_model.pth").exists()
-    assert not (tmp_path / "300_model.pth.part").exists()
+    _nothing_recorded(tmp_path, "classifier_300", "300_model.pth")
 
 
-def test_server_sent_hashes(host, payloads, tmp_path):
-    data = payloads["model.safetensors"]
-    host.files["/cdn/blob"] = data
-    # Hugging Face LFS: a redirect carrying X-Linked-Etag, the sha256 of the content.
-    host.redirects["/good"] = (host.url + "/cdn/blob", {"X-Linked-Etag": f'"{sha256(data)}"'})
-    host.redirects["/bad"] = (host.url + "/cdn/blob", {"X-Linked-Etag": '"' + "0" * 64 + '"'})
-    assert dl.fetch(host.url + "/good", tmp_path / "a") == sha256(data)
-    with pytest.raises(ModelsError, match="server's sha256"):
-        dl.fetch(host.url + "/bad", tmp_path / "b")
-    assert not (tmp_path / "b").exists() and not (tmp_path / "b.part").exists()
-    # Hugging Face small files: ETag is the git blob id on a response with X-Repo-Commit.
-    small = payloads["config.json"]
-    host.files["/cfg-good"] = host.files["/cfg-bad"] = small
-    host.headers["/cfg-good"] = {"X-Repo-Commit": "rev", "ETag": f'"{git_blob_sha1(small)}"'}
-    host.headers["/cfg-bad"] = {"X-Repo-Commit": "rev", "ETag": '"' + "1" * 40 + '"'}
-    dl.fetch(host.url + "/cfg-good", tmp_path / "c")
-    with pytest.raises(ModelsError, match="git blob"):
-        dl.fetch(host.url + "/cfg-bad", tmp_path / "d")
-    # An ordinary server's ETag means nothing and is ignored.
-    host.files["/plain"] = small
-    host.headers["/plain"] = {"ETag": '"' + "2" * 64 + '"'}
-    dl.fetch(host.url + "/plain", tmp_path / "e")
+@pytest.mark.parametrize("rel", ["esm2_t36_3B_UR50D.pt", "esm2_t36_3B_UR50D-contact-regression.pt"])
+def test_a_mirror_serving_other_bytes_is_refused(host, payloads, tmp_path, monkeypatch, run_cli, rel):
+    """Issue 9, point 15: only the pinned bytes are accepted, whatever the mirror says about them."""
+    serve_all(host, payloads)
+    path = "/fair-esm/" + ("models/" if rel.endswith("UR50D.pt") else "regression/") + rel
+    other = payloads["c500"]  # a valid torch file, just not the pinned one
+    host.files[path] = other
+    host.headers[path] = {"X-Repo-Commit": "rev", "ETag": f'"{sha256(other)}"',
+                          "X-Linked-Etag": f'"{sha256(other)}"'}  # the mirror vouches for it
+    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    code, message = run_cli("models", "download", "--dest", tmp_path, "--only", "esm2", "--mirror", host.url)
+    assert code == ExitCode.MODELS, message
+    assert "checksum mismatch" in message and sha256(other) in message and "nothing recorded" in message
+    assert "esm2" not in _manifest(tmp_path) and not list(tmp_path.glob("*.part"))
+    assert not (tmp_path / rel).exists()
 
 
 def test_interrupted_transfer_is_resumed(host, payloads, tmp_path):
@@ -206,14 +211,13 @@ def test_interrupted_download_resumes_on_the_next_run(host, payloads, tmp_path, 
     path = "/fair-esm/models/esm2_t36_3B_UR50D.pt"
     host.drop_once.add(path)
     with pytest.raises(ModelsError, match="rerun the same command to resume"):
-        store.download(dest=tmp_path, only="esm2", mirror=host.url)
+        dl.download(dest=tmp_path, only="esm2", mirror=host.url)
     part = tmp_path / "esm2_t36_3B_UR50D.pt.part"
     assert part.is_file() and 0 < part.stat().st_size < len(payloads["esm.pt"])
     assert not (tmp_path / "esm2_t36_3B_UR50D.pt").exists()
-    store.download(dest=tmp_path, only="esm2", mirror=host.url)
+    dl.download(dest=tmp_path, only="esm2", mirror=host.url)
     assert (tmp_path / "esm2_t36_3B_UR50D.pt").read_bytes() == payloads["esm.pt"]
-    assert host.ranged_requests(path) == [f"bytes={part_size}-" for part_size in
-                                          [len(payloads["esm.pt"]) // 2]]
+    assert host.ranged_requests(path) == [f"bytes={len(payloads['esm.pt']) // 2}-"]
 
 
 def test_server_ignoring_range_restarts_cleanly(host, payloads, tmp_path):
@@ -234,24 +238,42 @@ def test_stale_partial_file_is_discarded_after_mismatch(host, payloads, tmp_path
 
 
 def test_server_errors(host, payloads, tmp_path):
-    host.files["/flaky"] = payloads["config.json"]
+    data = payloads["config.json"]
+    pin = {"sha256": sha256(data)}
+    host.files["/flaky"] = data
     host.errors["/flaky"] = 2  # two 503s, then the file
-    dl.fetch(host.url + "/flaky", tmp_path / "flaky")
-    host.files["/down"] = payloads["config.json"]
+    dl.fetch(host.url + "/flaky", tmp_path / "flaky", **pin)
+    host.files["/down"] = data
     host.errors["/down"] = 1000
     with pytest.raises(ModelsError, match="HTTP 503") as info:
-        dl.fetch(host.url + "/down", tmp_path / "down")
+        dl.fetch(host.url + "/down", tmp_path / "down", **pin)
     assert f"after {dl.ATTEMPTS} attempts" in str(info.value)
     assert sum(1 for p, _ in host.requests if p == "/down") == dl.ATTEMPTS
     with pytest.raises(ModelsError, match="HTTP 404"):
-        dl.fetch(host.url + "/absent", tmp_path / "absent")
+        dl.fetch(host.url + "/absent", tmp_path / "absent", **pin)
     assert sum(1 for p, _ in host.requests if p == "/absent") == 1  # no retry on 4xx
+
+
+def test_a_file_without_a_pin_is_never_downloaded_or_recorded(host, payloads, tmp_path, monkeypatch):
+    serve_all(host, payloads)
+    sources = fake_sources(payloads)
+    unpinned = dl.FileSource("300_model.pth", NOWHERE, "VirNucPro/commit/300_model.pth")
+    sources["classifier_300"] = dl.RoleSource("classifier_300", "300_model.pth", NOWHERE, "commit", (unpinned,))
+    monkeypatch.setattr(dl, "SOURCES", sources)
+    with pytest.raises(ModelsError, match="no pinned checksum") as info:
+        dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
+    assert info.value.code == ExitCode.MODELS and not host.requests
+    _nothing_recorded(tmp_path, "classifier_300", "300_model.pth")
+    (tmp_path / "300_model.pth").write_bytes(payloads["c300"])  # present, but nothing vouches for it
+    with pytest.raises(ModelsError, match="no pinned checksum"):
+        dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
+    assert "classifier_300" not in _manifest(tmp_path)
 
 
 def test_offline_connection_refused(payloads, tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
     with pytest.raises(ModelsError, match=r"cannot reach 127\.0\.0\.1:\d+") as info:
-        store.download(dest=tmp_path / "m", only="classifier_300", mirror=closed_port_url())
+        dl.download(dest=tmp_path / "m", only="classifier_300", mirror=closed_port_url())
     assert info.value.code == ExitCode.MODELS
     assert "virnucpro models download --dest" in str(info.value)
     assert not (tmp_path / "m" / "300_model.pth").exists()
@@ -265,10 +287,27 @@ def test_downloaded_classifier_must_pass_the_restricted_loader(host, payloads, t
         dl.FileSource("300_model.pth", NOWHERE, "VirNucPro/commit/300_model.pth",
                       git_sha1=git_blob_sha1(evil)),))  # the checksum even matches
     monkeypatch.setattr(dl, "SOURCES", sources)
-    with pytest.raises(ModelsError, match="failed validation"):
-        store.download(dest=tmp_path, only="classifier_300", mirror=host.url)
-    assert not (tmp_path / "300_model.pth").exists()
-    assert not (tmp_path / "300_model.pth.part").exists()
+    with pytest.raises(ModelsError, match="refused: it holds objects other than tensors") as info:
+        dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
+    assert "300_model.pth" in str(info.value) and "weights_only" not in str(info.value)
+    _nothing_recorded(tmp_path, "classifier_300", "300_model.pth")
+    assert not Path(payloads["evil-marker"].decode()).exists()
+
+
+def test_downloaded_encoder_checkpoint_must_hold_only_tensors(host, payloads, tmp_path, monkeypatch):
+    """Issue 9, point 13: even a pinned ESM-2 file that holds code is refused before the rename."""
+    evil = payloads["evil"]
+    serve_all(host, payloads)
+    host.files["/fair-esm/models/esm2_t36_3B_UR50D.pt"] = evil
+    sources = fake_sources(payloads)
+    weights, regression = sources["esm2"].files
+    sources["esm2"] = dl.RoleSource("esm2", "esm2_t36_3B_UR50D", NOWHERE, None, (
+        dl.FileSource(weights.relpath, NOWHERE, weights.path, sha256=sha256(evil)), regression))
+    monkeypatch.setattr(dl, "SOURCES", sources)
+    with pytest.raises(ModelsError, match="refused: it holds objects other than tensors") as info:
+        dl.download(dest=tmp_path, only="esm2", mirror=host.url)
+    assert "esm2_t36_3B_UR50D.pt" in str(info.value) and "system" in str(info.value)
+    _nothing_recorded(tmp_path, "esm2", "esm2_t36_3B_UR50D.pt")
     assert not Path(payloads["evil-marker"].decode()).exists()
 
 
@@ -277,42 +316,47 @@ def test_ensure_downloads_only_missing_roles(host, payloads, tmp_path, monkeypat
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads, base=host.url))
     dest = tmp_path / "models"
-    store.download(dest=dest, only="esm2", mirror=None)
+    dl.download(dest=dest, only="esm2", mirror=None)
     host.requests.clear()
-    models = store.ensure(dest, offline=False)
+    models = dl.ensure(dest, offline=False)
     assert set(models.paths) == set(store.ROLES)
     assert not any(p.startswith("/fair-esm/") for p, _ in host.requests)
 
 
-def test_one_download_at_a_time(host, payloads, tmp_path, monkeypatch):
+def test_a_second_download_into_a_held_folder_exits_3_at_once(host, payloads, tmp_path, monkeypatch):
+    """Issue 9, points 1 and 17: one command writes a models folder; the second names the first."""
     serve_all(host, payloads)
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
-    tmp_path.mkdir(exist_ok=True)
-    with open(tmp_path / dl.LOCK_NAME, "a+") as holder:
-        fcntl.flock(holder, fcntl.LOCK_EX)
-        worker = threading.Thread(target=store.download,
-                                  kwargs={"dest": tmp_path, "only": "classifier_500",
-                                          "mirror": host.url})
-        worker.start()
-        time.sleep(0.5)
-        assert worker.is_alive() and not host.requests  # waiting for the lock
-        fcntl.flock(holder, fcntl.LOCK_UN)
-        worker.join(timeout=20)
-    assert not worker.is_alive()
+    with folder_held_by_another_process(tmp_path) as pid:
+        with pytest.raises(BadInputError, match=f"in use by another virnucpro command \\(pid {pid}") as info:
+            dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
+        assert info.value.code == ExitCode.BAD_INPUT and not host.requests
+    dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
     assert (tmp_path / "500_model.pth").is_file()
+
+
+def test_models_download_cli_holds_the_lock_in_a_real_process(host, payloads, tmp_path, monkeypatch):
+    """The command line, in its own process, against a folder another process holds."""
+    serve_all(host, payloads)
+    with folder_held_by_another_process(tmp_path) as pid:
+        result = subprocess.run([sys.executable, "-m", "virnucpro", "models", "download", "--dest",
+                                 str(tmp_path), "--only", "classifier_500", "--mirror", host.url],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert f"pid {pid}" in result.stderr and not host.requests
 
 
 def test_bad_existing_files_are_replaced(host, payloads, tmp_path, monkeypatch, capsys):
     serve_all(host, payloads)
     monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
-    store.download(dest=tmp_path, only="esm2", mirror=host.url)
+    dl.download(dest=tmp_path, only="esm2", mirror=host.url)
     weights = tmp_path / "esm2_t36_3B_UR50D.pt"
-    weights.write_bytes(b"corrupted")  # no pin for ESM-2: the recorded sha256 catches it
+    weights.write_bytes(b"corrupted")
     save_malicious_torch(tmp_path / "300_model.pth", str(tmp_path / "PWNED"))
-    store.download(dest=tmp_path, only="esm2", mirror=host.url)
-    store.download(dest=tmp_path, only="classifier_300", mirror=host.url)
+    dl.download(dest=tmp_path, only="esm2", mirror=host.url)
+    dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
     assert weights.read_bytes() == payloads["esm.pt"]
     assert (tmp_path / "300_model.pth").read_bytes() == payloads["c300"]
     assert not (tmp_path / "PWNED").exists()
     err = capsys.readouterr().err
-    assert "recorded sha256" in err and "pinned checksum" in err
+    assert "pinned sha256" in err and "pinned git blob id" in err

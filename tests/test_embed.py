@@ -12,20 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint_helpers import wait_for_parts
+from checkpoint_helpers import read_h5, wait_for_parts
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.embed import embed
 from virnucpro.encoders.dnabert_s import DnabertSEncoder
 from virnucpro.encoders.esm2 import Esm2Encoder
 from virnucpro.errors import GpuOutOfMemory
-from virnucpro.store import locate
-
-
-def read_h5(path: Path):
-    with h5shard.open_h5(path) as handle:
-        ids = [v.decode() for v in handle["ids"][:]]
-        return ids, handle["dnabert_s"][:], handle["esm2"][:], dict(handle.attrs)
+from virnucpro.models.store import locate
 
 
 def shard(prepared: Path, index: int = 0) -> Path:

@@ -162,7 +162,7 @@ def test_outdir_with_foreign_content_is_refused(tmp_path, run_cli):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     code, message = run_cli("prepare", path, "--outdir", out)
-    assert code == 3 and "not empty" in message
+    assert code == 3 and "precious.txt, which virnucpro did not write" in message
     assert (out / "precious.txt").read_text() == "keep me"
 
 
@@ -218,7 +218,7 @@ def test_outdir_holding_a_foreign_manifest_is_refused(tmp_path, run_cli):
     (out / "manifest.json").write_text('{"format_version": 1, "models": {}}')
     (out / "thesis.txt").write_text("precious")
     code, message = run_cli("prepare", path, "--outdir", out)
-    assert code == 3 and "not a prepare directory" in message
+    assert code == 3 and "manifest.json, which virnucpro did not write" in message
     assert (out / "thesis.txt").read_text() == "precious"
 
 

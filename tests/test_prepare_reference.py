@@ -151,6 +151,44 @@ def test_fuzz_against_literal_original(tmp_path, size):
                       for k, chunk in enumerate(original_chunks(seq, size), start=1)]
 
 
+def masked_and_spaced(rng: random.Random, seq: str) -> str:
+    """`seq` with runs masked by X or x (RepeatMasker -x) and wrapped into lines holding spaces and tabs."""
+    letters = list(seq)
+    for _ in range(rng.randrange(0, 4)):
+        start = rng.randrange(len(letters))
+        run = rng.randrange(1, 40)
+        letters[start:start + run] = rng.choice("Xx") * len(letters[start:start + run])
+    lines, position = [], 0
+    while position < len(letters):
+        width = rng.randrange(1, 90)
+        line = "".join(c + rng.choice(["", "", "", " ", "\t", "  "]) for c in letters[position:position + width])
+        lines.append(rng.choice(["", " ", "\t"]) + line + rng.choice(["", " ", "\t", " \t "]))
+        position += width
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("size", [500, 7])
+def test_x_masked_and_whitespace_records_as_the_original_reads_them(tmp_path, size):
+    """Biopython's FASTA parser (the original's reader) drops spaces and tabs inside sequence lines; X
+    codons are dropped in translation like N codons. Our shards equal the original's ORFs, and
+    sequences.tsv counts N and X (either case) as masked bases."""
+    from Bio import SeqIO
+
+    rng = random.Random(14)
+    lengths = [1, 3, size - 1, size + 1, 1490] + [rng.randrange(1, 2500) for _ in range(60)]
+    fasta = tmp_path / "masked.fa"
+    fasta.write_text("".join(f">m{i} masked\tby RepeatMasker -x\n{masked_and_spaced(rng, random_record(rng, n))}\n"
+                             for i, n in enumerate(lengths)) + ">allx\nXXXXXXXXXXXX xxxxxx\t\n")
+    out = tmp_path / "prep"
+    prepare([fasta], out, chunk_size=size)
+    original = [(r.id, str(r.seq)) for r in SeqIO.parse(fasta, "fasta")]
+    assert any("X" in seq for _, seq in original) and any("x" in seq for _, seq in original)
+    assert shard_rows(out) == [orf for rid, seq in original for orf in original_orfs(rid, seq, size)]
+    rows = list(fmt.read_table(out / fmt.SEQUENCES))
+    assert [(r["sequence_id"], int(r["length"]), int(r["masked_bases"])) for r in rows] == [
+        (rid, len(seq), sum(seq.count(c) for c in "NnXx")) for rid, seq in original]
+
+
 def test_short_last_chunk_1490_at_500():
     assert original_chunks("A" * 1490, 500) == ["A" * 500, "A" * 500, "A" * 498]
     from virnucpro.prepare import chunk_starts

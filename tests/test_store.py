@@ -1,4 +1,5 @@
-"""Models directory: tiny models in the real formats, locate/ensure/check, the CLI commands."""
+"""Models directory: tiny models in the real formats, locate/ensure/check, the manifest, code in
+weights files, the CLI commands."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,17 +18,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from virnucpro import store  # noqa: E402
+from store_fixtures import (folder_held_by_another_process, malicious_pickle_bytes,  # noqa: E402
+                            save_malicious_torch)
+
+from virnucpro.models import download, store  # noqa: E402
+from virnucpro.models.tiny import DNABERT_SPECIAL_TOKENS, make_tiny  # noqa: E402
 from virnucpro.classifier import _pickles_in, load_classifier, pickle_globals, predict_proba  # noqa: E402
 from virnucpro.cli import main  # noqa: E402
 from virnucpro.errors import ExitCode, ModelsError  # noqa: E402
-
+from virnucpro.outdir import OURS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("models") / "tiny"
-    store.make_tiny(directory)
+    make_tiny(directory)
     return directory
 
 
@@ -40,7 +46,7 @@ def _copy(tiny: Path, tmp_path: Path) -> Path:
 
 def test_tiny_is_deterministic(tiny, tmp_path):
     again = tmp_path / "again"
-    store.make_tiny(again)
+    make_tiny(again)
     first = json.loads((tiny / "manifest.json").read_text())
     second = json.loads((again / "manifest.json").read_text())
     assert first == second
@@ -91,7 +97,7 @@ def test_tiny_dnabert_matches_reference_layout(tiny, reference_dir):
         for key in ref.keys():  # same tiny sizes as the reference, so same shapes
             assert mine.get_slice(key).get_shape() == ref.get_slice(key).get_shape(), key
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    for token_id, token in enumerate(store.DNABERT_SPECIAL_TOKENS):
+    for token_id, token in enumerate(DNABERT_SPECIAL_TOKENS):
         assert tokenizer.token_to_id(token) == token_id
     encoding = tokenizer.encode("ACGTACGTAAN" + "R")
     assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]"
@@ -140,8 +146,10 @@ def _run_models_tiny(directory: Path, capsys) -> tuple[int, str]:
     return _run_cli(["models", "tiny", str(directory)]), capsys.readouterr().err
 
 
-def _snapshot(directory: Path) -> dict:
-    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+def _snapshot(directory: Path, locks: bool = True) -> dict:
+    """Every file's bytes; without `locks`, leaving out the lock file (it names its holder)."""
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and (locks or p.name not in OURS)}
 
 
 def test_models_tiny_never_repoints_real_models(tiny, tmp_path, capsys):
@@ -168,7 +176,7 @@ def test_models_tiny_never_writes_among_other_files(tmp_path, capsys):
 def test_models_tiny_again_on_tiny_models_or_an_empty_folder(tiny, tmp_path, capsys):
     again = _copy(tiny, tmp_path)
     assert _run_models_tiny(again, capsys)[0] == 0
-    assert _snapshot(again) == _snapshot(tiny)
+    assert _snapshot(again, locks=False) == _snapshot(tiny, locks=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _run_models_tiny(empty, capsys)[0] == 0 and (empty / "manifest.json").is_file()
@@ -215,7 +223,7 @@ def test_checksum_mismatch(tiny, tmp_path):
         store.locate(models)
     assert "--only dnabert_s" in str(info.value)
     with pytest.raises(ModelsError, match="checksum mismatch"):
-        store.ensure(models, offline=False)  # never silently replaced
+        download.ensure(models, offline=False)  # never silently replaced
     with pytest.raises(ModelsError, match="checksum mismatch"):
         store.check(models)
 
@@ -230,7 +238,7 @@ def test_hash_cache_and_full_check(tiny, tmp_path, monkeypatch):
     path = models / "esm2_tiny.pt"
     stat = path.stat()
     data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF
+    data[len(data) // 2] ^= 0xFF  # inside the tensor data
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     store.locate(models)
@@ -239,8 +247,6 @@ def test_hash_cache_and_full_check(tiny, tmp_path, monkeypatch):
 
 
 def test_check_refuses_malicious_classifier(tiny, tmp_path):
-    from store_fixtures import save_malicious_torch
-
     staged = tmp_path / "staged"
     shutil.copytree(tiny, staged)
     (staged / "manifest.json").unlink()
@@ -270,17 +276,17 @@ def test_models_dir_precedence(tmp_path, monkeypatch):
 
 def test_ensure_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert store.ensure(tiny, offline=True).tiny  # everything present: no network needed
+    assert download.ensure(tiny, offline=True).tiny  # everything present: no network needed
     models = _copy(tiny, tmp_path)
     (models / "300_model_tiny.pth").unlink()
     with pytest.raises(ModelsError, match=r"--offline") as info:
-        store.ensure(models, offline=True)
+        download.ensure(models, offline=True)
     assert "virnucpro models download --dest" in str(info.value)
     assert "VIRNUCPRO_MODELS" in str(info.value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelsError, match="HF_HUB_OFFLINE"):
-        store.ensure(models, offline=False)
-    assert store.ensure(models, roles=["esm2", "classifier_500"], offline=False).paths
+        download.ensure(models, offline=False)
+    assert download.ensure(models, roles=["esm2", "classifier_500"], offline=False).paths
 
 
 # ------------------------------------------------------------------------- CLI
@@ -304,3 +310,133 @@ def test_cli_check_missing_exits_4(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "virnucpro models download --dest" in err
     assert "esm2" in err and "classifier_300" in err
+
+
+# ------------------------------------------------------------------------- malformed manifest (issue 9, point 11)
+
+def _set(path: list, value):
+    def mutate(manifest: dict) -> object:
+        if not path:
+            return value
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return manifest
+    return mutate
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (_set(["models", "esm2", "sha256"], ["0" * 64]), "models.esm2.sha256"),
+    (_set(["models", "esm2", "sha256", "esm2_tiny.pt"], 5), "models.esm2.sha256.esm2_tiny.pt"),
+    (_set(["models", "esm2", "sha256", "esm2_tiny.pt"], "not-a-hash"), "models.esm2.sha256.esm2_tiny.pt"),
+    (_set(["models", "dnabert_s", "files"], "DNABERT-S-tiny/config.json"), "models.dnabert_s.files"),
+    (_set(["models", "dnabert_s", "files"], []), "models.dnabert_s.files"),
+    (_set(["models", "classifier_300", "tiny"], "yes"), "models.classifier_300.tiny"),
+    (_set(["models", "classifier_500", "urls"], ["http://x"]), "models.classifier_500.urls"),
+    (_set(["models", "esm2", "name"], 3), "models.esm2.name"),
+    (_set(["models", "esm2"], ["esm2_tiny.pt"]), "models.esm2"),
+    (_set(["models"], []), "models"),
+    (_set([], ["models"]), "(top level)"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_malformed_manifest_is_exit_4_naming_file_and_field(tiny, tmp_path, capsys, mutate, field):
+    models = _copy(tiny, tmp_path)
+    path = models / "manifest.json"
+    path.write_text(json.dumps(mutate(json.loads(path.read_text()))))
+    code = _run_cli(["models", "check", str(models)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.MODELS, err
+    assert str(path) in err and f"`{field}`" in err and "bug" not in err
+    with pytest.raises(ModelsError, match=f"`{re.escape(field)}`"):
+        store.locate(models)
+
+
+# ------------------------------------------------------------------------- code in weights files (issue 9, point 13)
+
+REFUSED = "refused: it holds objects other than tensors"
+
+
+def _plant(models: Path, role: str, rel: str, write) -> Path:
+    """Replace (or add) one file of a role and make the manifest vouch for it, as a careless or
+    hostile source would: only the refusal of code can stop it."""
+    write(models / rel)
+    manifest = json.loads((models / "manifest.json").read_text())
+    entry = manifest["models"][role]
+    entry["files"] = list(dict.fromkeys(entry["files"] + [rel]))
+    entry["sha256"][rel] = hashlib.sha256((models / rel).read_bytes()).hexdigest()
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    return models / rel
+
+
+def _malicious(kind: str, marker: Path):
+    def write(path: Path) -> None:
+        if kind in ("zip", "legacy"):
+            save_malicious_torch(path, str(marker), legacy=kind == "legacy")
+        else:
+            path.write_bytes(malicious_pickle_bytes(str(marker), protocol=int(kind[-1])))
+    return write
+
+
+@pytest.mark.parametrize(("role", "rel", "kind"), [
+    ("esm2", "esm2_tiny.pt", "zip"),
+    ("esm2", "esm2_tiny.pt", "legacy"),
+    ("esm2", "esm2_tiny.pt", "pickle2"),
+    ("esm2", "esm2_tiny.pt", "pickle4"),
+    ("esm2", "esm2_tiny-contact-regression.pt", "zip"),
+    ("dnabert_s", "DNABERT-S-tiny/pytorch_model.bin", "legacy"),
+])
+def test_code_in_an_encoder_checkpoint_is_refused(tiny, tmp_path, capsys, role, rel, kind):
+    marker = tmp_path / "PWNED"
+    models = _copy(tiny, tmp_path)
+    evil = _plant(models, role, rel, _malicious(kind, marker))
+    code = _run_cli(["models", "check", str(models)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.MODELS and REFUSED in err and str(evil) in err and "system" in err, err
+    assert "weights_only" not in err
+    with pytest.raises(ModelsError, match=REFUSED):
+        store.locate(models, roles=[role])
+    with pytest.raises(ModelsError, match=REFUSED):
+        download.ensure(models, roles=[role], offline=True)
+    assert not marker.exists()
+
+
+def test_embed_refuses_code_in_weights_before_loading_anything(tiny, tmp_path, golden_prepared, run_cli):
+    marker = tmp_path / "PWNED"
+    models = _copy(tiny, tmp_path)
+    evil = _plant(models, "esm2", "esm2_tiny.pt", _malicious("zip", marker))
+    code, message = run_cli("embed", golden_prepared / "shards" / "shard_00000.tsv", "--models", models,
+                            "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == ExitCode.MODELS and REFUSED in message and str(evil) in message, message
+    assert "weights_only" not in message and not marker.exists()
+
+
+def test_tensors_only_checkpoints_pass_in_either_torch_format(tiny, tmp_path):
+    models = _copy(tiny, tmp_path)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(tiny / "esm2_tiny.pt", weights_only=True)
+    _plant(models, "esm2", "esm2_tiny.pt",
+           lambda path: torch.save(data, path, _use_new_zipfile_serialization=False))
+    state = {"w": torch.ones(3), "n": torch.tensor(2)}
+    _plant(models, "dnabert_s", "DNABERT-S-tiny/pytorch_model.bin", lambda path: torch.save(state, path))
+    store.locate(models)
+    assert store.code_in_weights(models / "esm2_tiny.pt") == []
+
+
+def test_unreadable_checkpoint_is_exit_4_not_a_crash(tiny, tmp_path):
+    models = _copy(tiny, tmp_path)
+    broken = bytearray((tiny / "esm2_tiny.pt").read_bytes())
+    broken[-100] ^= 0xFF  # the zip's own directory
+    _plant(models, "esm2", "esm2_tiny.pt", lambda path: path.write_bytes(bytes(broken)))
+    with pytest.raises(ModelsError, match="not a readable torch checkpoint"):
+        store.locate(models)
+
+
+# ------------------------------------------------------------------------- the folder lock (issue 9, points 1 and 17)
+
+def test_models_tiny_holds_the_folder_lock(tmp_path, capsys):
+    folder = tmp_path / "m"
+    with folder_held_by_another_process(folder) as pid:
+        code, err = _run_models_tiny(folder, capsys)
+        assert code == ExitCode.BAD_INPUT and "in use" in err and f"pid {pid}" in err, err
+        assert not (folder / "manifest.json").exists()
+    assert _run_models_tiny(folder, capsys)[0] == 0

@@ -181,8 +181,8 @@ def _is_safetensors(path: Path) -> bool:
 def _refuse(path: Path, offending: list[str]) -> ModelsError:
     names = ", ".join(dict.fromkeys(offending))
     return ModelsError(
-        f"refusing to load classifier {path}: it refers to {names}, which is not part of an "
-        f"MLPClassifier checkpoint (loading it could run code)",
+        f"classifier {path} refused: it holds objects other than tensors ({names}, not part of "
+        f"an MLPClassifier checkpoint); loading it could run code",
         hint="use the original 300_model.pth/500_model.pth (`virnucpro models download`) or a "
              "state_dict/.safetensors file")
 

@@ -18,8 +18,12 @@ import typer
 
 from virnucpro import __version__
 from virnucpro.console import error
-from virnucpro.errors import ExitCode, VirnucproError, stop_signals_exit_interrupted
+from virnucpro.errors import ExitCode, VirnucproError, stop_signals_exit_interrupted, storage_error
 from virnucpro.threads import limit_threads
+
+OUTDIR_RULES = (" Locked while the command runs (flock, or an O_EXCL lock file with pid and host where "
+                "the file system has no flock); written only if it is new, empty or an earlier output "
+                "of the same command.")
 
 app = typer.Typer(
     name="virnucpro",
@@ -104,7 +108,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 @app.command()
 def prepare(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for shards and tables."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for shards and tables." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     shard_size: int = typer.Option(100_000, "--shard-size", min=1,
@@ -123,7 +127,9 @@ def prepare(
 def embed(
     shard: Path = typer.Argument(..., help="A prepare shard (shards/shard_NNNNN.tsv)."),
     models: Optional[Path] = ModelsOption,
-    out: Path = typer.Option(..., "--out", help="HDF5 embedding shard to write."),
+    out: Path = typer.Option(..., "--out", help="HDF5 embedding shard to write (locked through .OUT.lock "
+                             "beside it while embed runs; an existing file is replaced only if it is "
+                             "a virnucpro embedding)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where resumable "
                                                   "checkpoints live (default: OUT.ckpt/)."),
     device: Device = DeviceOption,
@@ -134,13 +140,12 @@ def embed(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
-    with stop_signals_exit_interrupted():
-        threads = limit_threads(threads)
-        from virnucpro.embed import embed as run_embed
+    threads = limit_threads(threads)
+    from virnucpro.embed import embed as run_embed
 
-        run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
-                  precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
-                  checkpoint_seconds=checkpoint_seconds, threads=threads)
+    run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
+              precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
+              checkpoint_seconds=checkpoint_seconds, threads=threads)
 
 
 @app.command()
@@ -149,7 +154,7 @@ def predict(
     embeddings: List[Path] = typer.Option(..., "--embeddings", help="Every embedding shard of the "
                                           "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
     more_embeddings: Optional[List[Path]] = typer.Argument(None, hidden=True),
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for tables and report."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for tables and report." + OUTDIR_RULES),
     classifier: Optional[Path] = ClassifierOption,
     models: Optional[Path] = ModelsOption,
     threshold: float = ThresholdOption,
@@ -164,7 +169,7 @@ def predict(
 @app.command()
 def run(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     models: Optional[Path] = ModelsOption,
@@ -182,14 +187,13 @@ def run(
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
     _check_chunk_size(chunk_size, allow_any_chunk_size)
-    with stop_signals_exit_interrupted():
-        threads = limit_threads(threads)
-        from virnucpro.run import run as run_all
+    threads = limit_threads(threads)
+    from virnucpro.run import run as run_all
 
-        run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
-                precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
-                threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
-                checkpoint_seconds=checkpoint_seconds)
+    run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
+            precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
+            threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds)
 
 
 @models_app.command("download")
@@ -201,15 +205,15 @@ def models_download(
                                          "host (site mirrors)."),
 ) -> None:
     """Download ESM-2 3B, DNABERT-S and the original classifiers (resumable, verified)."""
-    from virnucpro import store
+    from virnucpro.models import download
 
-    store.download(dest=dest, only=only.value if only else None, mirror=mirror)
+    download.download(dest=dest, only=only.value if only else None, mirror=mirror)
 
 
 @models_app.command("check")
 def models_check(directory: Optional[Path] = typer.Argument(None, help="Models directory.")) -> None:
     """Report which models are present and whether their checksums hold."""
-    from virnucpro import store
+    from virnucpro.models import store
 
     store.check(directory)
 
@@ -217,9 +221,9 @@ def models_check(directory: Optional[Path] = typer.Argument(None, help="Models d
 @models_app.command("tiny")
 def models_tiny(directory: Path = typer.Argument(..., help="Directory to create.")) -> None:
     """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
-    from virnucpro import store
+    from virnucpro.models import tiny
 
-    store.make_tiny(directory)
+    tiny.make_tiny(directory)
 
 
 def _report_bug(exc: BaseException) -> int:
@@ -236,12 +240,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry: run the app and map every failure to a CONTRACTS.md exit code.
 
     Usage errors are handled by typer itself (exit 2); our errors print one message and exit with
-    their code; anything else is a bug, reported with its traceback saved to a file.
+    their code; a stop signal ends every command with exit 6 (partial output removed, checkpoints
+    kept); a storage failure nobody named earlier is exit 10; anything else is a bug, reported with
+    its traceback saved to a file.
     """
     try:
-        app(args=argv, prog_name="virnucpro")
+        with stop_signals_exit_interrupted():
+            app(args=argv, prog_name="virnucpro")
     except VirnucproError as exc:
         error(str(exc))
         sys.exit(int(exc.code))
+    except OSError as exc:
+        meaning = storage_error(exc)
+        if meaning is None:
+            sys.exit(int(_report_bug(exc)))
+        error(f"cannot write {exc.filename or 'an output file'}: {meaning}\n  fix: free space, fix the "
+              "permissions or choose another output location")
+        sys.exit(int(ExitCode.OUTPUT_WRITE))
     except Exception as exc:  # noqa: BLE001 - last resort, turned into a bug report
         sys.exit(int(_report_bug(exc)))

@@ -14,10 +14,13 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +31,17 @@ import numpy as np
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
+from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InconsistentInputsError, InterruptedByUser, make_output_dir)
+                              InconsistentInputsError, InterruptedByUser, VirnucproError, make_output_dir,
+                              output_errors)
+from virnucpro.outdir import file_lock
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 1
+PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
+PART_ARRAYS = sorted(f"{role}_{kind}.npy" for role in ROLES for kind in ("index", "vectors"))
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
 
 
@@ -108,11 +117,17 @@ def checkpoint_key(shard_sha256: str, models: dict, precision: str) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+class DamagedPart(Exception):
+    """What is wrong with a checkpoint part: it is then ignored, removed and its vectors recomputed."""
+
+
 class CheckpointStore:
     """Part files `part_NNNNN.<sha256>.npz` under the key folder, each written atomically.
 
     A part holds, per role, distinct-sequence indices and their vectors. Its file name carries the
-    sha256 of its bytes, so a damaged part is detected, ignored and recomputed.
+    sha256 of its bytes, so a damaged part is detected; every part is also checked completely before
+    use (arrays, dtypes, shapes, index range and uniqueness, finite values), so a crafted one is never
+    trusted either: it is reported, ignored and its vectors recomputed.
     """
 
     def __init__(self, folder: Path):
@@ -128,18 +143,21 @@ class CheckpointStore:
         self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
         self.pending = []
 
-    def load(self) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
-        parts = []
-        for path in sorted(self.folder.glob("part_*.npz")):
-            number, _, digest = path.name[len("part_"):-len(".npz")].partition(".")
-            self.next_part = max(self.next_part, int(number) + 1)
-            if fmt.sha256_of(path) != digest:
-                warn(f"checkpoint part {path.name} is damaged (checksum mismatch): recomputing its records")
-                path.unlink()
-                continue
-            with np.load(path) as data:
-                parts.append({role: (data[f"{role}_index"], data[f"{role}_vectors"]) for role in ROLES})
-        return parts
+    def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """The sound parts, each {role: (indices, vectors)}, for `sizes` distinct sequences of `widths`."""
+        paths = sorted(self.folder.glob("part_*.npz"))
+        numbers = [int(match.group(1)) for match in map(PART_NAME.fullmatch, (p.name for p in paths)) if match]
+        self.next_part = max(numbers, default=-1) + 1
+        parts = {}
+        for path in paths:
+            try:
+                parts[path] = _read_part(path, sizes, widths)
+            except DamagedPart as problem:
+                _discard(path, str(problem))
+        for path, problem in _shared_sequences(parts).items():
+            _discard(path, problem)
+            del parts[path]
+        return list(parts.values())
 
     def save(self, vectors: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
         number = self.next_part
@@ -174,6 +192,115 @@ class CheckpointStore:
             self.folder.parent.rmdir()  # the checkpoint directory, when no other key remains
         except OSError:
             pass
+
+
+def _discard(path: Path, problem: str) -> None:
+    """Report a damaged part and remove it (a folder in its place is left alone), so it is recomputed."""
+    warn(f"checkpoint part {ascii(path.name)[1:-1]} is damaged ({problem}): ignoring it; its vectors are "
+         "recomputed")
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+
+
+def _read_part(path: Path, sizes: dict[str, int], widths: dict[str, int]) -> dict:
+    """One part checked completely: name, checksum, then each role's arrays (raises DamagedPart)."""
+    match = PART_NAME.fullmatch(path.name)
+    if not match:
+        raise DamagedPart("its name is not part_<number>.<sha256>.npz")
+    if path.is_symlink() or not path.is_file():
+        raise DamagedPart("it is not a regular file")
+    try:
+        if fmt.sha256_of(path) != match.group(2):
+            raise DamagedPart("checksum mismatch")
+        with zipfile.ZipFile(path) as archive:
+            _check_array_names(archive.namelist())
+            return {role: _read_role(archive, role, sizes[role], widths[role]) for role in ROLES}
+    except (DamagedPart, VirnucproError):
+        raise  # a stop signal landing meanwhile (InterruptedByUser) is no damage to the part
+    except Exception as exc:  # whatever these bytes make the reader fail on, they are not a sound part
+        raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
+
+
+def _check_array_names(names: list[str]) -> None:
+    """Exactly the arrays embed writes, each once."""
+    if sorted(names) == PART_ARRAYS:
+        return
+    missing = sorted(set(PART_ARRAYS) - set(names))
+    unexpected = sorted(set(names) - set(PART_ARRAYS)) or ["one named twice"]
+    found = f"missing array {', '.join(missing)}" if missing else f"unexpected array {', '.join(unexpected)}"
+    raise DamagedPart(found.replace(".npy", ""))
+
+
+def _read_role(archive: zipfile.ZipFile, role: str, size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A role's indices and vectors, each refused by its header before its data is read, then checked."""
+    name = f"{role}_index"
+    with archive.open(f"{name}.npy") as member:
+        shape, fortran, dtype = _read_npy_header(member, name)
+        if dtype.kind not in "iu":
+            raise DamagedPart(f"{name} has dtype {dtype}, not an integer type")
+        if len(shape) != 1 or shape[0] > size:
+            raise DamagedPart(f"{name} has shape {shape}, not one row of at most {size} indices")
+        indices = _read_npy_data(member, name, shape, fortran, dtype)
+    name = f"{role}_vectors"
+    with archive.open(f"{name}.npy") as member:
+        shape, fortran, dtype = _read_npy_header(member, name)
+        if dtype != np.float32:
+            raise DamagedPart(f"{name} has dtype {dtype}, not float32")
+        if shape == (0, 0) and not len(indices):
+            shape = (0, width)  # a role without vectors, as `save` writes it
+        if shape != (len(indices), width):
+            raise DamagedPart(f"{name} has shape {shape}, not {(len(indices), width)}")
+        vectors = _read_npy_data(member, name, shape, fortran, dtype)
+    _check_values(role, indices, vectors, size)
+    return indices, vectors
+
+
+def _read_npy_header(member, name: str) -> tuple[tuple, bool, np.dtype]:
+    """(shape, Fortran order, dtype) of one .npy member; objects are refused here, never unpickled."""
+    version = np.lib.format.read_magic(member)
+    if version not in NPY_HEADER_READERS:
+        raise DamagedPart(f"{name} is in .npy format {version}, which embed does not write")
+    shape, fortran, dtype = NPY_HEADER_READERS[version](member)
+    if dtype.hasobject:
+        raise DamagedPart(f"{name} holds Python objects (dtype object), refused unread")
+    return shape, fortran, dtype
+
+
+def _read_npy_data(member, name: str, shape: tuple, fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """The array data after a checked header: exactly as many bytes as the shape needs."""
+    expected = math.prod(shape) * dtype.itemsize
+    data = member.read(expected + 1)
+    if len(data) > expected:
+        raise DamagedPart(f"{name} holds more than the {expected} bytes of data its shape needs")
+    if len(data) < expected:
+        raise DamagedPart(f"{name} holds {len(data)} bytes of data, not the {expected} its shape needs")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _check_values(role: str, indices: np.ndarray, vectors: np.ndarray, size: int) -> None:
+    """Indices in [0, size), each once; vectors finite."""
+    outside = indices[(indices < 0) | (indices >= size)]
+    if len(outside):
+        raise DamagedPart(f"{role}_index holds {outside[0]}, outside [0, {size})")
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise DamagedPart(f"{role}_index repeats {values[counts > 1][0]}")
+    if not np.isfinite(vectors).all():
+        raise DamagedPart(f"{role}_vectors holds NaN or infinite values")
+
+
+def _shared_sequences(parts: dict[Path, dict]) -> dict[Path, str]:
+    """Parts holding a distinct sequence that another part holds too: which vector is right is unknown."""
+    problems = {}
+    for role in ROLES:
+        holder = {}
+        for path, part in parts.items():
+            for index in part[role][0].tolist():
+                other = holder.setdefault(index, path)
+                if other != path:
+                    problems.setdefault(path, f"{other.name} holds some of its {role} sequences too")
+                    problems.setdefault(other, f"{path.name} holds some of its {role} sequences too")
+    return problems
 
 
 # --- signals -------------------------------------------------------------------------------------------
@@ -277,12 +404,25 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
           device: str = "auto", precision: str = "auto", token_budget: int | None = None,
           checkpoint_every: int = 2000, checkpoint_seconds: float = 600.0, threads: int | None = None,
           model_set=None) -> Path:
-    """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs."""
-    from virnucpro import store
+    """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs.
 
+    `out` is locked while this runs (a second embed to it exits 3), and an existing `out` is
+    replaced only when it is a virnucpro embedding file.
+    """
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
     _check_output(shard, out)
+    with file_lock(out, "--out"), output_errors(out):
+        _check_replaceable(out)
+        return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
+                             checkpoint_every, checkpoint_seconds, threads, model_set)
+
+
+def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
+                  token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set) -> Path:
+    """`embed` once `out` is held by this process."""
+    from virnucpro.models import store
+
     records = list(fmt.read_shard(shard))
     ids = [r[0] for r in records]
     model_set = model_set or store.locate(models, roles=ROLES)
@@ -332,6 +472,17 @@ def _check_output(shard: Path, out: Path) -> None:
     make_output_dir(out.parent, "the directory of --out")
 
 
+def _check_replaceable(out: Path) -> None:
+    """An existing `--out` is replaced only when virnucpro wrote it (an embedding HDF5 file)."""
+    if not out.exists():
+        return
+    try:
+        h5shard.read_info(out)
+    except VirnucproError:
+        raise BadInputError(f"--out {out} exists and is not a virnucpro embedding file: virnucpro never "
+                            "replaces files it did not write", "move it, or choose another --out") from None
+
+
 def _set_threads(threads: int | None) -> None:
     import torch
 
@@ -340,13 +491,11 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> None:
-    for part in checkpoints.load():
+    """Take the vectors of every sound checkpoint part as known."""
+    sizes = {role: len(done[role]) for role in ROLES}
+    widths = {role: known[role].shape[1] for role in ROLES}
+    for part in checkpoints.load(sizes, widths):
         for role, (indices, vectors) in part.items():
-            if not len(indices):
-                continue
-            if (indices.max() >= len(done[role]) or vectors.shape[1] != known[role].shape[1]):
-                warn(f"checkpoint part does not fit this shard ({role}): ignoring it")
-                continue
             known[role][indices] = vectors
             done[role][indices] = True
 
@@ -388,67 +537,107 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
     on a GPU) run in background threads while the current batch computes; a non-finite vector
     stops the run before it can reach a checkpoint (exit 9).
     """
-    from virnucpro.encoders import check_finite
-
-    n_records = len(record_ids)
-    covered = _covered_records(distinct, done, n_records)
-    # records count when their window is complete; distinct sequences and tokens count per batch
-    progress = Progress("embed", total=n_records - covered, unit="records")
-    unsaved = {role: ([], []) for role in ROLES}
-    last_save = time.monotonic()
-    computed = {role: 0 for role in ROLES}
-
-    def save() -> None:
-        nonlocal unsaved, last_save
-        if any(unsaved[r][0] for r in ROLES):
-            checkpoints.save(unsaved)
-        unsaved = {role: ([], []) for role in ROLES}
-        last_save = time.monotonic()
-
-    def tokenize(item):
-        _, role, indices = item
-        seqs = [distinct[role].sequences[i] for i in indices]
-        return dict(zip(indices, embedder.encoders[role].tokenize(seqs)))
-
-    items = list(_work_items(distinct, done, n_records, checkpoint_every))
+    work = _ShardWork(embedder, distinct, known, done, checkpoints, record_ids, checkpoint_seconds)
+    items = list(_work_items(distinct, done, len(record_ids), checkpoint_every))
     with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead, \
             ThreadPoolExecutor(max_workers=1) as layouts:
-        upcoming = ahead.submit(tokenize, items[0]) if items else None
-        for number, (window_end, role, indices) in enumerate(items):
-            tokens = upcoming.result()
-            upcoming = ahead.submit(tokenize, items[number + 1]) if number + 1 < len(items) else None
-            batches = [b for b in embedder.batches(role, tokens, indices) if not done[role][b].all()]
-            next_layout = layouts.submit(embedder.collate, role, tokens, batches[0]) if batches else None
-            for position, batch in enumerate(batches):
-                collated = next_layout.result()
-                if position + 1 < len(batches):  # lay out the next batch while this one computes
-                    next_layout = layouts.submit(embedder.collate, role, tokens, batches[position + 1])
-                vectors = embedder.run(role, tokens, batch, collated)
-                check_finite(vectors, [record_ids[distinct[role].first_record[i]] for i in batch])
-                missing = [k for k, i in enumerate(batch) if not done[role][i]]
-                chosen = [batch[k] for k in missing]
-                known[role][chosen] = vectors[missing]
-                done[role][chosen] = True
-                unsaved[role][0].extend(chosen)
-                unsaved[role][1].append(vectors[missing])
-                computed[role] += len(chosen)
-                progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch))
-                if stop.signal_name:
-                    save()
-                    checkpoints.flush()
-                    at = _covered_records(distinct, done, n_records)
-                    raise InterruptedByUser(f"{stop.signal_name} received: checkpoint saved "
-                                            f"({at:,} of {n_records:,} records complete)",
-                                            "rerun the same command to resume")
-                if time.monotonic() - last_save >= checkpoint_seconds:
-                    save()
+        for number, (item, tokens) in enumerate(_prefetched(ahead, work.tokenize, items)):
+            window_end, role, indices = item
+            work.embed_item(role, indices, tokens, layouts, stop)
             if number + 1 == len(items) or items[number + 1][0] != window_end:
-                save()  # the window is complete
-                progress.advance(max(0, window_end - covered))
-                covered = max(covered, window_end)
-    progress.advance(n_records - covered)  # trailing windows restored whole from a checkpoint
-    elapsed = progress.close()
-    waste = 1 - embedder.real_tokens / embedder.padded_tokens if embedder.padded_tokens else 0.0
-    info(f"computed {computed['dnabert_s']:,} nucleotide and {computed['esm2']:,} protein sequences in "
-         f"{elapsed:,.1f}s ({embedder.real_tokens / max(elapsed, 1e-9):,.0f} real tokens/s; padding "
-         f"in planned batches {waste:.1%})")
+                work.close_window(window_end)
+    work.report()
+
+
+def _prefetched(pool: ThreadPoolExecutor, function, items: list):
+    """Yield (item, function(item)) in order, the next item's result computing in `pool` meanwhile."""
+    upcoming = pool.submit(function, items[0]) if items else None
+    for number, item in enumerate(items):
+        result = upcoming.result()
+        if number + 1 < len(items):
+            upcoming = pool.submit(function, items[number + 1])
+        yield item, result
+
+
+def _no_vectors() -> dict[str, tuple[list[int], list[np.ndarray]]]:
+    """Per role: distinct indices and the blocks of their vectors, none yet."""
+    return {role: ([], []) for role in ROLES}
+
+
+class _ShardWork:
+    """One shard's embedding under way: the vectors known, those not yet saved, progress and counts."""
+
+    def __init__(self, embedder: Embedder, distinct: dict, known: dict, done: dict, checkpoints: CheckpointStore,
+                 record_ids: list[str], checkpoint_seconds: float):
+        self.embedder, self.distinct, self.known, self.done = embedder, distinct, known, done
+        self.checkpoints, self.record_ids, self.checkpoint_seconds = checkpoints, record_ids, checkpoint_seconds
+        self.covered = _covered_records(distinct, done, len(record_ids))
+        # records count when their window is complete; distinct sequences and tokens count per batch
+        self.progress = Progress("embed", total=len(record_ids) - self.covered, unit="records")
+        self.unsaved = _no_vectors()
+        self.last_save = time.monotonic()
+        self.computed = {role: 0 for role in ROLES}
+
+    def tokenize(self, item) -> dict:
+        """Tokens of a work item's distinct sequences by distinct index (runs in the look-ahead thread)."""
+        _, role, indices = item
+        sequences = [self.distinct[role].sequences[i] for i in indices]
+        return dict(zip(indices, self.embedder.encoders[role].tokenize(sequences)))
+
+    def embed_item(self, role: str, indices: range, tokens: dict, layouts: ThreadPoolExecutor,
+                   stop: StopRequest) -> None:
+        """Embed the batches of one work item that still miss a vector, laying out the next meanwhile."""
+        batches = [b for b in self.embedder.batches(role, tokens, indices) if not self.done[role][b].all()]
+        collate = functools.partial(self.embedder.collate, role, tokens)
+        for batch, collated in _prefetched(layouts, collate, batches):
+            self.embed_batch(role, tokens, batch, collated)
+            self.stop_if_requested(stop)
+            if time.monotonic() - self.last_save >= self.checkpoint_seconds:
+                self.save()
+
+    def embed_batch(self, role: str, tokens: dict, batch: list[int], collated) -> None:
+        """Compute one batch, refuse non-finite vectors, keep those not known yet."""
+        vectors = self.embedder.run(role, tokens, batch, collated)
+        check_finite(vectors, [self.record_ids[self.distinct[role].first_record[i]] for i in batch])
+        missing = [k for k, i in enumerate(batch) if not self.done[role][i]]
+        chosen = [batch[k] for k in missing]
+        self.known[role][chosen] = vectors[missing]
+        self.done[role][chosen] = True
+        self.unsaved[role][0].extend(chosen)
+        self.unsaved[role][1].append(vectors[missing])
+        self.computed[role] += len(chosen)
+        self.progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch))
+
+    def stop_if_requested(self, stop: StopRequest) -> None:
+        """After a batch, on SIGTERM/SIGUSR2/SIGINT: save what is computed and exit 6 (a rerun resumes)."""
+        if not stop.signal_name:
+            return
+        self.save()
+        self.checkpoints.flush()
+        n_records = len(self.record_ids)
+        at = _covered_records(self.distinct, self.done, n_records)
+        raise InterruptedByUser(f"{stop.signal_name} received: checkpoint saved ({at:,} of {n_records:,} records "
+                                "complete)", "rerun the same command to resume")
+
+    def save(self) -> None:
+        """Queue the vectors computed since the last save as one checkpoint part."""
+        if any(self.unsaved[role][0] for role in ROLES):
+            self.checkpoints.save(self.unsaved)
+        self.unsaved = _no_vectors()
+        self.last_save = time.monotonic()
+
+    def close_window(self, window_end: int) -> None:
+        """Every work item of a window is done: save its part and count its records."""
+        self.save()
+        self.progress.advance(max(0, window_end - self.covered))
+        self.covered = max(self.covered, window_end)
+
+    def report(self) -> None:
+        """Count the trailing windows restored whole from a checkpoint; log the work done and its speed."""
+        self.progress.advance(len(self.record_ids) - self.covered)
+        elapsed = self.progress.close()
+        embedder = self.embedder
+        waste = 1 - embedder.real_tokens / embedder.padded_tokens if embedder.padded_tokens else 0.0
+        info(f"computed {self.computed['dnabert_s']:,} nucleotide and {self.computed['esm2']:,} protein sequences "
+             f"in {elapsed:,.1f}s ({embedder.real_tokens / max(elapsed, 1e-9):,.0f} real tokens/s; padding "
+             f"in planned batches {waste:.1%})")

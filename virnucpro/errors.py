@@ -6,6 +6,8 @@ message and exits with its code. Nextflow's retry rules use the same numbers.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from contextlib import contextmanager
 from enum import IntEnum
@@ -26,6 +28,7 @@ class ExitCode(IntEnum):
     GPU_OOM = 7
     DEVICE = 8
     NUMERICAL = 9
+    OUTPUT_WRITE = 10
 
 
 class VirnucproError(Exception):
@@ -88,26 +91,96 @@ class NumericalError(VirnucproError):
     code = ExitCode.NUMERICAL
 
 
+class OutputWriteError(VirnucproError):
+    """An output could not be written: disk full, quota, read-only file system, I/O error."""
+
+    code = ExitCode.OUTPUT_WRITE
+
+
+# errors of the storage an output goes to, not of virnucpro or its inputs
+STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EIO: "an I/O error occurred",
+                  errno.EFBIG: "the file is larger than allowed", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied"}
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """What went wrong with the storage, when `exc` is a storage failure (HDF5 reports errno in text)."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in STORAGE_ERRNOS:
+        return STORAGE_ERRNOS[exc.errno]
+    text = str(exc)
+    for code, meaning in STORAGE_ERRNOS.items():
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return meaning
+    return None
+
+
+@contextmanager
+def output_errors(path: Path) -> Iterator[None]:
+    """Inside the block, a storage failure becomes exit 10 naming `path` (or the file it hit)."""
+    try:
+        yield
+    except OSError as exc:
+        meaning = storage_error(exc)
+        if meaning is None:
+            raise
+        where = exc.filename or path
+        raise OutputWriteError(f"cannot write {where}: {meaning}",
+                               "free space, fix the permissions or choose another output location") from None
+
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+_received: list[int] = []  # stop signals seen by `stop_signals_exit_interrupted`
+
+
+def _interrupted(signum: int) -> InterruptedByUser:
+    return InterruptedByUser(f"{signal.Signals(signum).name} received: stopped (unfinished output removed; "
+                             "finished work and checkpoints kept)", "rerun the same command to resume")
+
+
+def check_stop() -> None:
+    """Raise the stop again at a safe point: an exception raised by a signal handler inside a
+    callback the interpreter guards (at-fork hooks, __del__) is swallowed, never lost here."""
+    if _received:
+        raise _interrupted(_received[0])
 
 
 @contextmanager
 def stop_signals_exit_interrupted() -> Iterator[None]:
-    """While a resumable command runs, a stop signal raises `InterruptedByUser` (exit 6) at once.
+    """While a command runs, a stop signal raises `InterruptedByUser` (exit 6) at once.
 
     The embedding loop installs its own handlers that finish the batch in flight and save a
     checkpoint first; outside it (imports, model loading, writing) nothing is left to save.
     """
     def stop(signum, _frame) -> None:
-        raise InterruptedByUser(f"{signal.Signals(signum).name} received: stopped (finished work and "
-                                "checkpoints are kept)", "rerun the same command to resume")
+        for sig in STOP_SIGNALS:  # a second signal must not interrupt the clean-up of the first
+            signal.signal(sig, signal.SIG_IGN)
+        _received.append(signum)
+        raise _interrupted(signum)
 
+    _received.clear()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
+        check_stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold stop signals back (they stay pending) while processes are forked: a signal handled in
+    the middle of a fork is lost in an at-fork hook or runs in the child's copy of our handler."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def make_output_dir(path: Path, option: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,10 +17,15 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, NumericalError
+from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError
+from virnucpro.prepared import SHA256_TEXT, shown
 
 FORMAT_VERSION = 1
 ROWS_PER_WRITE = 8192
+VECTORS = ("dnabert_s", "esm2")
+ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", "shard_sha256", "chunk_size",
+              "models", "precision", "device", "created")
+REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
 
 
 def _h5py():
@@ -46,6 +52,7 @@ class EmbeddingShardInfo:
     device: str
     records: int
     widths: tuple[int, int]
+    tiny: bool = False
 
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -103,34 +110,154 @@ def verify_shard(path: Path, ids: Sequence[str]) -> None:
 
 
 def read_info(path: Path) -> EmbeddingShardInfo:
-    """The shard's attributes; a file that is not our HDF5 shard is a bad input naming it."""
+    """The shard's attributes after checking its layout; a file that is not a sound shard is exit 5."""
+    path = Path(path)
     try:
         with open_h5(path) as handle:
-            attrs = dict(handle.attrs)
-            records = handle["ids"].shape[0]
-            widths = (handle["dnabert_s"].shape[1], handle["esm2"].shape[1])
+            records, widths = _check_datasets(path, handle)
+            attrs = _read_attributes(path, handle)
     except FileNotFoundError:
         raise BadInputError(f"embedding shard not found: {path}", "check the path") from None
-    except (OSError, KeyError) as exc:
-        raise BadInputError(f"{path} is not a virnucpro embedding shard ({exc})",
-                            "give the .h5 files written by `virnucpro embed`") from None
+    except OSError as exc:
+        raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
+                                      "give the .h5 files written by `virnucpro embed`") from None
+    return _shard_info(path, attrs, records, widths)
+
+
+def malformed(path: Path, what: str) -> InconsistentInputsError:
+    """An embedding shard that is not as `embed` writes it (exit 5), naming the file and the fault."""
+    return InconsistentInputsError(f"{path} is not a valid virnucpro embedding shard: {what}", REEMBED_HINT)
+
+
+def _dataset(path: Path, handle, name: str):
+    item = handle.get(name)
+    if not isinstance(item, _h5py().Dataset):
+        raise malformed(path, f"/{name} is {'missing' if item is None else 'not a dataset'}")
+    return item
+
+
+def _kind(data) -> str:
+    text = "strings" if _h5py().check_string_dtype(data.dtype) else str(data.dtype)
+    return f"{text} of shape {data.shape}"
+
+
+def _check_datasets(path: Path, handle) -> tuple[int, tuple[int, int]]:
+    """Rows and widths, once /ids is 1-D text and each vector set is (rows, width) float32."""
+    ids = _dataset(path, handle, "ids")
+    if ids.ndim != 1 or _h5py().check_string_dtype(ids.dtype) is None:
+        raise malformed(path, f"/ids must be a 1-D array of strings, found {_kind(ids)}")
+    widths = []
+    for name in VECTORS:
+        data = _dataset(path, handle, name)
+        if data.ndim != 2 or data.dtype != np.float32 or data.shape[1] == 0:
+            raise malformed(path, f"/{name} must be a 2-D float32 array, found {_kind(data)}")
+        if data.shape[0] != ids.shape[0]:
+            raise malformed(path, f"/{name} has {data.shape[0]:,} rows but /ids has {ids.shape[0]:,}")
+        widths.append(data.shape[1])
+    return ids.shape[0], (widths[0], widths[1])
+
+
+def _read_attributes(path: Path, handle) -> dict:
     try:
-        return EmbeddingShardInfo(
-            path=Path(path), shard_index=int(attrs["shard_index"]), shard_of=int(attrs["shard_of"]),
-            shard_sha256=str(attrs["shard_sha256"]), chunk_size=int(attrs["chunk_size"]),
-            models=json.loads(attrs["models"]), precision=str(attrs["precision"]),
-            device=str(attrs["device"]), records=records, widths=widths)
-    except KeyError as exc:
-        raise BadInputError(f"{path} lacks the attribute {exc} of a virnucpro embedding shard",
-                            "rerun `virnucpro embed` for this shard") from None
+        attrs = {name: handle.attrs[name] for name in handle.attrs}
+    except (OSError, TypeError, ValueError) as exc:
+        raise malformed(path, f"its attributes cannot be read ({exc})") from None
+    missing = [name for name in ATTRIBUTES if name not in attrs]
+    if missing:
+        raise malformed(path, f"the attribute(s) {', '.join(missing)} are missing")
+    return attrs
+
+
+def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) -> EmbeddingShardInfo:
+    """Every attribute typed and in range, or exit 5 naming it."""
+    version = _whole(path, attrs, "format_version", 0)
+    if version != FORMAT_VERSION:
+        raise InconsistentInputsError(f"{path} has format_version {version}, this virnucpro reads {FORMAT_VERSION}",
+                                      "rerun `virnucpro embed` with this version")
+    index, of = _whole(path, attrs, "shard_index", 0), _whole(path, attrs, "shard_of", 1)
+    if index >= of:
+        raise malformed(path, f"attribute shard_index {index} is not below shard_of {of}")
+    digest = _text(path, attrs, "shard_sha256")
+    if not SHA256_TEXT.fullmatch(digest):
+        raise malformed(path, f"attribute shard_sha256 must be 64 hexadecimal digits, found {digest[:70]!r}")
+    for name in ("virnucpro_version", "created"):
+        _text(path, attrs, name)
+    tiny = attrs.get("tiny", False)
+    if not isinstance(tiny, (bool, np.bool_)):
+        raise malformed(path, f"attribute tiny must be true or false, found {_shown(tiny)}")
+    return EmbeddingShardInfo(path=path, shard_index=index, shard_of=of, shard_sha256=digest,
+                              chunk_size=_whole(path, attrs, "chunk_size", 1), models=_models(path, attrs),
+                              precision=_text(path, attrs, "precision"), device=_text(path, attrs, "device"),
+                              records=records, widths=widths, tiny=bool(tiny))
+
+
+def _shown(value: object) -> str:
+    """An attribute value as Python would write it (numpy scalars and arrays as plain values)."""
+    return shown(value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value)
+
+
+def _whole(path: Path, attrs: dict, name: str, minimum: int) -> int:
+    value = attrs[name]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise malformed(path, f"attribute {name} must be a whole number >= {minimum}, found {_shown(value)}")
+    return int(value)
+
+
+def _text(path: Path, attrs: dict, name: str) -> str:
+    value = attrs[name]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    elif isinstance(value, str):
+        return value
+    raise malformed(path, f"attribute {name} must be text, found {_shown(value)}")
+
+
+def _models(path: Path, attrs: dict) -> dict:
+    """The `models` attribute: JSON of role -> {name, sha256}."""
+    try:
+        models = json.loads(_text(path, attrs, "models"))
+    except ValueError:
+        models = None
+    valid = isinstance(models, dict) and models and all(
+        isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("sha256"), str)
+        for model in models.values())
+    if not valid:
+        raise malformed(path, "attribute models must be JSON of role -> {name, sha256}, found "
+                              f"{_shown(attrs['models'])}")
+    return models
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A read that fails part-way (damaged file, undecodable id) is exit 5 naming the file."""
+    try:
+        yield
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InconsistentInputsError(f"{path} cannot be read to the end ({exc})", REEMBED_HINT) from None
+
+
+def _decoded(values) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+
+
+def iter_ids(path: Path, block: int | None = None) -> Iterator[str]:
+    """The ids of a shard one by one, read `block` (default ROWS_PER_WRITE) at a time."""
+    block = block or ROWS_PER_WRITE
+    with _reading(path), open_h5(path) as handle:
+        ids = handle["ids"]
+        for start in range(0, ids.shape[0], block):
+            yield from _decoded(ids[start:start + block])
 
 
 def iter_rows(path: Path, block: int = ROWS_PER_WRITE) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, features) blocks in shard order; features = DNABERT-S then ESM-2, as the original merges."""
-    with open_h5(path) as handle:
+    with _reading(path), open_h5(path) as handle:
         n = handle["ids"].shape[0]
         for start in range(0, n, block):
-            ids = [v.decode("utf-8") if isinstance(v, bytes) else v for v in handle["ids"][start:start + block]]
+            ids = _decoded(handle["ids"][start:start + block])
             features = np.concatenate([handle["dnabert_s"][start:start + block],
                                        handle["esm2"][start:start + block]], axis=1)
             yield ids, features

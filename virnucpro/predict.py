@@ -2,16 +2,20 @@
 and per-sequence tables, an HTML report and run_info.json.
 
 Shards are checked to belong to the prepared sample and to each other, ordered by the index stored
-in them (never by argument order), and streamed one at a time through the classifier.
+in them (never by argument order), and streamed one at a time through the classifier. Before any
+output is written, every embedding row's id is compared with its prepared shard's record and every
+count from input records to ORFs is reconciled: a stage file that disagrees is exit 5, never a
+warning in the report of a successful run.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +25,8 @@ import numpy as np
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import info, warn
-from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, make_output_dir
+from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, output_errors
+from virnucpro.outdir import OutputFolder, claim
 
 RESULTS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
@@ -81,6 +86,55 @@ def _check_same_models(shards: list[h5shard.EmbeddingShardInfo], chunk_size: int
     if len(precisions) > 1:
         warn(f"embedding shards were made at different precisions ({', '.join(precisions)}); scores may differ "
              "slightly between them")
+
+
+# --- ids and counts from the input records to the embedding rows ----------------------------------
+
+def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.EmbeddingShardInfo]) -> None:
+    """Every embedding row's id is its prepared shard's record id, in order, and every count from
+    input records to ORFs reconciles (exit 5); streamed, so memory does not grow with the sample."""
+    walk = fmt.TableWalk(prepared, manifest).orf_chunks()
+    entries = sorted(manifest["shards"], key=lambda entry: entry["index"])
+    for entry, shard in zip(entries, shards):
+        _check_prepared_shard(prepared, entry)
+        _check_shard_ids(prepared, prepared / entry["file"], shard.path, walk)
+    for chunk_id, line in walk:
+        raise InconsistentInputsError(f"the prepared tables do not reconcile: {prepared / fmt.CHUNKS} line {line} "
+                                      f"gives chunk {chunk_id!r} more ORFs than the prepared shards hold",
+                                      fmt.REPAIR_HINT)
+
+
+def _check_prepared_shard(prepared: Path, entry: dict) -> None:
+    """The shard file is the one prepare wrote and the manifest (and so the HDF5 file) names."""
+    path = prepared / entry["file"]
+    try:
+        unchanged = fmt.sha256_of(path) == entry["sha256"]
+    except OSError as exc:
+        raise InconsistentInputsError(f"cannot read the prepared shard {path}: {exc.strerror or exc}",
+                                      fmt.REPAIR_HINT) from None
+    if not unchanged:
+        raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
+                                      f"{prepared / fmt.MANIFEST}", fmt.REPAIR_HINT)
+
+
+def _check_shard_ids(prepared: Path, shard_file: Path, h5: Path, walk) -> None:
+    """The ids of `h5` equal the records of `shard_file`, each an ORF of the next chunk `walk` gives."""
+    records = (record[0] for record in fmt.read_shard(shard_file))
+    for row, (expected, found) in enumerate(itertools.zip_longest(records, h5shard.iter_ids(h5))):
+        if expected != found:
+            raise InconsistentInputsError(
+                f"{h5}: /ids[{row}] is {_id_text(found)} but record {row + 1} of {shard_file} (line {row + 3}) "
+                f"is {_id_text(expected)}", "embed this shard again from this prepared folder")
+        chunk_id, line = next(walk, (None, None))
+        if expected[:-2] != chunk_id:
+            where = f"line {line} gives an ORF of {chunk_id!r} here" if chunk_id else "lists no more ORFs"
+            raise InconsistentInputsError(f"the prepared tables do not reconcile: ORF {expected!r} is record "
+                                          f"{row + 1} of {shard_file} but {prepared / fmt.CHUNKS} {where}",
+                                          fmt.REPAIR_HINT)
+
+
+def _id_text(value: str | None) -> str:
+    return "missing (no more rows)" if value is None else repr(value)
 
 
 # --- per-chunk accumulation ------------------------------------------------------------------------
@@ -232,9 +286,11 @@ def write_our_tables(prepared: Path, chunks: dict[str, ChunkScore], outdir: Path
 # --- the command ------------------------------------------------------------------------------------
 
 def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier: Path | None = None,
-            models: Path | None = None, threshold: float = 0.5, stage_seconds: dict | None = None) -> Path:
-    """Run the predict stage; every output file is written under `outdir`."""
-    from virnucpro import store
+            models: Path | None = None, threshold: float = 0.5, stage_seconds: dict | None = None,
+            output: OutputFolder | None = None) -> Path:
+    """Run the predict stage; every output file is written under `outdir` (`run` passes its own
+    claimed folder as `output`)."""
+    from virnucpro.models import store
     from virnucpro.classifier import load_classifier
     from virnucpro.report import write_report
 
@@ -246,35 +302,40 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
                             "sequences.tsv would be overwritten while being read",
                             "choose another --outdir")
     shards = order_shards(manifest, embeddings)
-    tiny = any(_shard_is_tiny(s) for s in shards)
+    tiny = any(s.tiny for s in shards)
     if classifier is None:
         model_set = store.locate(models, roles=(f"classifier_{manifest['chunk_size']}",))
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
     model = load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
-    make_output_dir(outdir, "--outdir")
-    staging = outdir / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        chunks, histogram, rows = classify_shards(shards, model, staging)
-        write_highest(chunks, staging)
-        summary = write_our_tables(prepared, chunks, staging, threshold)
-        seconds = dict(stage_seconds or {})
-        seconds["predict"] = round(time.monotonic() - started, 3)
-        run_info = _run_info(manifest, shards, Path(classifier), threshold, tiny, seconds)
-        write_report(staging / REPORT, manifest=manifest, rows=rows, n_chunks_scored=len(chunks),
-                     summary=summary, histogram=histogram.counts, run_info=run_info)
-        (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
-        for name in OUTPUTS:  # run_info.json last: its presence marks a complete set
-            os.replace(staging / name, outdir / name)
-    finally:
+    check_stage_files(prepared, manifest, shards)
+    with _claimed(outdir, output) as output, output_errors(outdir):
+        staging = outdir / STAGING
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            chunks, histogram, rows = classify_shards(shards, model, staging)
+            write_highest(chunks, staging)
+            summary = write_our_tables(prepared, chunks, staging, threshold)
+            seconds = dict(stage_seconds or {})
+            seconds["predict"] = round(time.monotonic() - started, 3)
+            run_info = _run_info(manifest, shards, Path(classifier), threshold, tiny, seconds)
+            write_report(staging / REPORT, manifest=manifest, rows=rows, n_chunks_scored=len(chunks),
+                         summary=summary, histogram=histogram.counts, run_info=run_info)
+            (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
+            output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     calls = summary["calls"]
     info(f"predicted {rows:,} ORFs in {len(chunks):,} chunks: {calls['virus']:,} virus, {calls['others']:,} "
          f"others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty sequences -> {outdir}")
     return outdir
+
+
+def _claimed(outdir: Path, output: OutputFolder | None):
+    """The caller's claimed output folder, or this command's own claim on `--outdir`."""
+    return nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
 
 
 def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
@@ -284,11 +345,6 @@ def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
                                       f"embeddings have {sum(widths)} ({widths[0]} DNABERT-S + "
                                       f"{widths[1]} ESM-2)",
                                       "use the classifier that belongs to the embedding models")
-
-
-def _shard_is_tiny(shard: h5shard.EmbeddingShardInfo) -> bool:
-    with h5shard.open_h5(shard.path) as handle:
-        return bool(handle.attrs.get("tiny", False))
 
 
 def _run_info(manifest: dict, shards: list, classifier: Path, threshold: float, tiny: bool, seconds: dict) -> dict:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
+import ctypes
 import multiprocessing
+import os
+import signal
 import shutil
 import stat
 from array import array
@@ -27,7 +29,8 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import BadInputError
+from virnucpro.errors import STOP_SIGNALS, BadInputError, check_stop, output_errors, stop_signals_blocked
+from virnucpro.outdir import claim
 from virnucpro.seqio import (STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, read_records,
                             record_groups)
 from virnucpro.threads import available_cpus
@@ -227,11 +230,13 @@ class GroupResult:
     rna_records: list[str]
 
 
-def _check_letters(records: list[Record], path: Path) -> list[str]:
-    """Refuse letters that are no nucleotide code; returns the ids of records holding U (RNA).
+def _check_letters(records: list[Record], path: Path) -> tuple[list[str], list[int]]:
+    """Refuse letters that are no nucleotide code, protein above all (X is masked DNA, as N: the
+    original drops codons holding either); returns the ids of records holding U (RNA) and the
+    masked bases (N or X, either case) of each record.
 
     The group is checked as one string; only when it holds something unusual are records looked at
-    one by one (to name the first bad one).
+    one by one (to name the first bad one, or to count).
     """
     joined = "".join(record.sequence for record in records)
     if invalid_letters(joined):
@@ -243,10 +248,12 @@ def _check_letters(records: list[Record], path: Path) -> list[str]:
                 raise BadInputError(
                     f"{path}, record '{record.id}' (line {record.line}) has characters that are no "
                     f"nucleotide code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
-                    "give nucleotide sequences (IUPAC codes, N, '-', '.', '*' are accepted)")
+                    "give nucleotide sequences (IUPAC codes, N, X, '-', '.', '*' are accepted)")
+    masks = [letter for letter in "NnXx" if letter in joined]
+    masked = [sum(record.sequence.count(letter) for letter in masks) if masks else 0 for record in records]
     if "U" not in joined and "u" not in joined:
-        return []
-    return [record.id for record in records if "U" in record.sequence or "u" in record.sequence]
+        return [], masked
+    return [record.id for record in records if "U" in record.sequence or "u" in record.sequence], masked
 
 
 def _translate_chunks(chunk_ids: list[str], chunks: list[str]) -> tuple[list[str], list[int]]:
@@ -274,7 +281,7 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     with the main process, which confirms duplicates with the same hash.
     """
     parsed = list(group.parse())
-    rna = _check_letters(parsed, group.path)
+    rna, masked = _check_letters(parsed, group.path)
     hashes = array("q", [hash(record.id) for record in parsed])
     chunk_ids: list[str] = []
     chunk_rows: list[str] = []  # the chunk table row without its ORF count
@@ -304,7 +311,7 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
         first, last = first_chunk[r], first_chunk[r + 1]
         n_orfs = orfs_before[last] - orfs_before[first]
         status = "empty" if not length else "ok" if n_orfs else "no_orf"
-        sequence_rows.append(f"{record.id}\t{length}\t{last - first}\t{n_orfs}\t{status}\n")
+        sequence_rows.append(f"{record.id}\t{length}\t{last - first}\t{n_orfs}\t{status}\t{masked[r]}\n")
     counts = Counts(sequences=len(parsed), empty_sequences=sum(1 for r in parsed if not r.sequence),
                     bases=sum(len(r.sequence) for r in parsed), chunks=len(chunks),
                     chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
@@ -409,10 +416,16 @@ class SamplePreparer:
         self.rna_warnings = 0
 
     def submit(self, group: RecordGroup, summary: InputSummary) -> None:
+        check_stop()
         if self.workers > 0 and self.in_flight and isinstance(self.executor, InlineExecutor):
-            self.executor = ProcessPoolExecutor(max_workers=self.workers,
-                                                mp_context=multiprocessing.get_context("fork"))
-        self.in_flight.append((summary, self.executor.submit(prepare_group, group, self.chunk_size)))
+            with stop_signals_blocked():  # the first submit forks every worker
+                self.executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_setup,
+                                                    initargs=(os.getpid(),),
+                                                    mp_context=multiprocessing.get_context("fork"))
+                future = self.executor.submit(prepare_group, group, self.chunk_size)
+        else:
+            future = self.executor.submit(prepare_group, group, self.chunk_size)
+        self.in_flight.append((summary, future))
         while len(self.in_flight) > self.depth:
             self._apply(*self.in_flight.popleft())
 
@@ -435,10 +448,36 @@ class SamplePreparer:
         self.close()
         return self.shards.finish(self.chunk_size)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers (at once when aborting: a signal or an error) and close the tables."""
+        if abort and isinstance(self.executor, ProcessPoolExecutor):
+            # the standard library has no public way to end busy workers before Python 3.14
+            for process in list(getattr(self.executor, "_processes", {}).values()):
+                process.terminate()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.sequences.close()
         self.chunks.close()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _worker_setup(parent: int) -> None:
+    """In each worker: die with the main process, even when it is killed, and leave signals to it.
+
+    SIGINT (Ctrl-C reaches the whole process group) is ignored, so the main process alone decides
+    how to stop; SIGTERM and SIGUSR2 end a worker at once.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the main process for the fork
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the main process still ends its workers on every way out it sees
+    if os.getppid() != parent:  # the main process died before the line above took effect
+        os._exit(1)
 
 
 # --- duplicate ids ---------------------------------------------------------------------------
@@ -514,17 +553,6 @@ def _file_size(path: Path) -> int:
 
 # --- the command ---------------------------------------------------------------------------------
 
-def _is_prepare_directory(directory: Path) -> bool:
-    """Holds a prepare manifest (not merely some file called manifest.json) and nothing foreign."""
-    try:
-        manifest = json.loads((directory / fmt.MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    ours = {fmt.MANIFEST, fmt.SEQUENCES, fmt.CHUNKS, fmt.SHARD_DIR}
-    return (isinstance(manifest, dict) and {"chunk_size", "shards", "counts", "inputs"} <= set(manifest)
-            and {p.name for p in directory.iterdir()} <= ours)
-
-
 def _rereadable(path: Path) -> bool:
     """True for a regular file (or a missing path, reported when opened); False for a stream."""
     if str(path) == STDIN:
@@ -552,36 +580,42 @@ def check_inputs(inputs: Iterable[Path]) -> None:
             stream.close()
 
 
-def _claim_outdir(outdir: Path) -> Path:
-    """A fresh working directory beside `outdir`; `outdir` itself must be new, empty or a previous
-    prepare output (which is replaced only once the new one is complete)."""
-    if outdir.exists() and not outdir.is_dir():
-        raise BadInputError(f"--outdir {outdir} is a file", "choose a directory path")
-    if outdir.exists() and any(outdir.iterdir()) and not _is_prepare_directory(outdir):
-        raise BadInputError(f"--outdir {outdir} exists, is not empty and is not a prepare directory",
-                            "choose a new directory (prepare replaces only its own earlier output)")
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    work = outdir.parent / f".{outdir.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / fmt.SHARD_DIR).mkdir(parents=True)
-    return work
+STAGING = ".virnucpro-partial"  # hidden work folder inside --outdir; only finished files leave it
+OUTPUTS = (fmt.SEQUENCES, fmt.CHUNKS, fmt.SHARD_DIR, fmt.MANIFEST)  # the manifest last: it marks completion
 
 
 def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_size: int = 100_000,
             threads: int | None = None) -> dict:
     """Run the prepare stage; returns the manifest. Nothing appears at `outdir` unless it succeeds.
 
-    This process reads the inputs and writes the outputs; with more than one thread, groups of
-    records are checked, chunked and translated by `threads` worker processes.
+    The output folder is locked for the whole run and written only if empty, new or an earlier
+    prepare output; work happens in a hidden sub-folder, so `--outdir .`, a symlink or a mount
+    point work and the folder itself is never renamed or removed.
     """
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
-    work = _claim_outdir(outdir)
-    threads = threads or available_cpus()
-    preparer = None
+    with claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
+        staging = outdir / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / fmt.SHARD_DIR).mkdir(parents=True)
+        try:
+            manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
+            output.publish(staging, OUTPUTS)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _report(manifest, outdir)
+    return manifest
+
+
+def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: int, threads: int) -> dict:
+    """Read every input once, write the tables and shards into `work`; returns the manifest.
+
+    This process reads the inputs and writes the outputs; with more than one thread, groups of
+    records are checked, chunked and translated by `threads` worker processes.
+    """
+    summaries = [InputSummary(path) for path in inputs]
+    preparer = SamplePreparer(work, chunk_size, shard_size, workers=threads if threads > 1 else 0)
     try:
-        summaries = [InputSummary(path) for path in inputs]
-        preparer = SamplePreparer(work, chunk_size, shard_size, workers=threads if threads > 1 else 0)
         progress = Progress("prepare", total=sum(_file_size(p) for p in inputs), unit="input bytes")
         for summary in summaries:
             stream = HashingTextStream(summary.path)
@@ -593,23 +627,17 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
             summary.sha256 = stream.sha256.hexdigest()
         shards = preparer.finish()
         progress.close()
-        for summary in summaries:
-            if summary.records == 0:
-                raise BadInputError(f"{summary.path} holds no records", "give a FASTA or FASTQ file with sequences")
-        repeated = preparer.registry.repeated_hashes()
-        if repeated:
-            _name_duplicates(inputs, repeated)
-        manifest = _manifest(chunk_size, summaries, shards, preparer.counts)
-        fmt.write_json_atomic(work / fmt.MANIFEST, manifest)
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        work.rename(outdir)
     except BaseException:
-        if preparer is not None:
-            preparer.close()
-        shutil.rmtree(work, ignore_errors=True)
+        preparer.close(abort=True)
         raise
-    _report(manifest, outdir)
+    for summary in summaries:
+        if summary.records == 0:
+            raise BadInputError(f"{summary.path} holds no records", "give a FASTA or FASTQ file with sequences")
+    repeated = preparer.registry.repeated_hashes()
+    if repeated:
+        _name_duplicates(inputs, repeated)
+    manifest = _manifest(chunk_size, summaries, shards, preparer.counts)
+    fmt.write_json_atomic(work / fmt.MANIFEST, manifest)
     return manifest
 
 

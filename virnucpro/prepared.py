@@ -7,11 +7,13 @@ This module is the one place that knows these file formats; `prepare` writes the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 from virnucpro.errors import BadInputError, InconsistentInputsError
 
@@ -20,10 +22,14 @@ MANIFEST = "manifest.json"
 SEQUENCES = "sequences.tsv"
 CHUNKS = "chunks.tsv"
 SHARD_DIR = "shards"
-SEQUENCES_HEADER = ("sequence_id", "length", "n_chunks", "n_orfs", "status")
+SEQUENCES_HEADER = ("sequence_id", "length", "n_chunks", "n_orfs", "status", "masked_bases")
 CHUNKS_HEADER = ("chunk_id", "sequence_id", "start", "length", "n_orfs")
 SHARD_COLUMNS = ("id", "nucleotide", "protein")
 SHARD_MAGIC = "# virnucpro-shard"
+SEQUENCE_COLUMNS_READ = ("sequence_id", "length", "n_chunks", "n_orfs", "status")  # later columns are optional
+COUNT_KEYS = ("sequences", "empty_sequences", "bases", "chunks", "chunks_without_orf", "orfs")
+SHA256_TEXT = re.compile(r"[0-9a-f]{64}")
+REPAIR_HINT = "the prepare folder was edited or damaged: rerun `virnucpro prepare` (and embed, if it changed)"
 
 
 def shard_name(index: int) -> str:
@@ -105,20 +111,111 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def load_manifest(directory: Path) -> dict:
-    """The manifest of a prepare directory, checked for presence and format version."""
+    """The manifest of a prepare directory: every key, type and sum of CONTRACTS.md checked (exit 5)."""
     path = Path(directory) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise BadInputError(f"{directory} is not a finished prepare directory (no {MANIFEST})",
                             "run `virnucpro prepare` first, or give its --outdir") from None
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"cannot read {path}: {exc}", "rerun `virnucpro prepare`") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise InconsistentInputsError(f"{path} has format_version {manifest.get('format_version')}, "
+    except OSError as exc:
+        raise InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT) from None
+    except ValueError as exc:
+        raise malformed(path, f"it is not JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise malformed(path, f"it holds {shown(manifest)}, not a JSON object")
+    if type(manifest.get("format_version")) is not int or manifest["format_version"] != FORMAT_VERSION:
+        raise InconsistentInputsError(f"{path} has format_version {shown(manifest.get('format_version'))}, "
                                       f"this virnucpro reads {FORMAT_VERSION}",
                                       "rerun `virnucpro prepare` with this version")
+    _check_manifest(path, manifest)
     return manifest
+
+
+def malformed(path: Path, what: str) -> InconsistentInputsError:
+    """A stage file that is not as its writer leaves it (exit 5), naming the file and the fault."""
+    return InconsistentInputsError(f"{path} is malformed: {what}", REPAIR_HINT)
+
+
+def shown(value: object) -> str:
+    """A value as a message shows it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_positive(value: object) -> bool:
+    return type(value) is int and value > 0
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and SHA256_TEXT.fullmatch(value) is not None
+
+
+def _is_inner_path(value: object) -> bool:
+    """A relative path that stays inside the prepare folder."""
+    if not isinstance(value, str) or not value or "\\" in value:
+        return False
+    path = PurePosixPath(value)
+    return not path.is_absolute() and ".." not in path.parts
+
+
+def _field(path: Path, owner: object, key: str, label: str, valid: Callable[[object], bool],
+           expected: str) -> object:
+    """`owner[key]` when it is valid; otherwise exit 5 naming the manifest, the field and the value."""
+    if key not in owner:
+        raise malformed(path, f"{label} is missing")
+    if not valid(owner[key]):
+        raise malformed(path, f"{label} must be {expected}, found {shown(owner[key])}")
+    return owner[key]
+
+
+def _objects(path: Path, manifest: dict, key: str) -> list[dict]:
+    """A non-empty list of JSON objects at `manifest[key]`."""
+    items = _field(path, manifest, key, key, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise malformed(path, f"{key}[{n}] must be an object, found {shown(item)}")
+    return items
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """Keys and types of every field predict and run rely on, and the sums that tie them together."""
+    _field(path, manifest, "virnucpro_version", "virnucpro_version", lambda v: isinstance(v, str), "text")
+    _field(path, manifest, "chunk_size", "chunk_size", _is_positive, "a whole number > 0")
+    for n, entry in enumerate(_objects(path, manifest, "inputs")):
+        _field(path, entry, "path", f"inputs[{n}].path", lambda v: isinstance(v, str), "text")
+        _field(path, entry, "sha256", f"inputs[{n}].sha256", _is_digest, "64 hexadecimal digits")
+        _field(path, entry, "records", f"inputs[{n}].records", _is_count, "a whole number >= 0")
+    shards = _objects(path, manifest, "shards")
+    for n, entry in enumerate(shards):
+        _field(path, entry, "file", f"shards[{n}].file", _is_inner_path, "a relative path inside the folder")
+        _field(path, entry, "index", f"shards[{n}].index", _is_count, "a whole number >= 0")
+        _field(path, entry, "records", f"shards[{n}].records", _is_count, "a whole number >= 0")
+        _field(path, entry, "sha256", f"shards[{n}].sha256", _is_digest, "64 hexadecimal digits")
+    indices = sorted(entry["index"] for entry in shards)
+    if indices != list(range(len(shards))):
+        raise malformed(path, f"shards[].index must number the shards 0 to {len(shards) - 1} once each, "
+                              f"found {shown(indices)}")
+    counts = _field(path, manifest, "counts", "counts", lambda v: isinstance(v, dict), "an object")
+    for key in COUNT_KEYS:
+        _field(path, counts, key, f"counts.{key}", _is_count, "a whole number >= 0")
+    _check_sums(path, manifest)
+
+
+def _check_sums(path: Path, manifest: dict) -> None:
+    """Input records add up to the sequences, shard records to the ORFs."""
+    counts = manifest["counts"]
+    for label, total, key in (("inputs[].records", sum(i["records"] for i in manifest["inputs"]), "sequences"),
+                              ("shards[].records", sum(s["records"] for s in manifest["shards"]), "orfs")):
+        if total != counts[key]:
+            raise malformed(path, f"{label} add up to {total:,} but counts.{key} is {counts[key]:,}")
+    for part, whole in (("empty_sequences", "sequences"), ("chunks_without_orf", "chunks")):
+        if counts[part] > counts[whole]:
+            raise malformed(path, f"counts.{part} ({counts[part]:,}) exceeds counts.{whole} ({counts[whole]:,})")
 
 
 def read_table(path: Path) -> Iterator[dict[str, str]]:
@@ -127,3 +224,104 @@ def read_table(path: Path) -> Iterator[dict[str, str]]:
         columns = handle.readline().rstrip("\n").split("\t")
         for line in handle:
             yield dict(zip(columns, line.rstrip("\n").split("\t")))
+
+
+def checked_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of one of our tables; a missing column, a short row or an unreadable file is exit 5."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as handle:
+            header = handle.readline().rstrip("\n").split("\t")
+            missing = [column for column in columns if column not in header]
+            if missing:
+                raise malformed(path, f"its header lacks the column(s) {', '.join(missing)}")
+            for number, line in enumerate(handle, start=2):
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) != len(header):
+                    raise malformed(path, f"line {number} has {len(fields)} fields, its header {len(header)}")
+                yield number, dict(zip(header, fields))
+    except FileNotFoundError:
+        raise InconsistentInputsError(f"{path} is missing", REPAIR_HINT) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InconsistentInputsError(f"cannot read {path}: {exc}", REPAIR_HINT) from None
+
+
+def whole_number(path: Path, number: int, row: dict[str, str], column: str) -> int:
+    """A non-negative integer cell of a table, or exit 5 naming the file, line and column."""
+    value = row[column]
+    if not (value.isascii() and value.isdigit()):
+        raise malformed(path, f"line {number}: {column} must be a whole number, found {value!r}")
+    return int(value)
+
+
+class TableWalk:
+    """sequences.tsv and chunks.tsv read side by side (both are in input order), each checked against
+    the other and, at the end, against the manifest's counts; memory does not grow with the sample."""
+
+    def __init__(self, directory: Path, manifest: dict):
+        self.sequences_path = Path(directory) / SEQUENCES
+        self.chunks_path = Path(directory) / CHUNKS
+        self.manifest_path = Path(directory) / MANIFEST
+        self.counts = manifest["counts"]
+        self.totals = dict.fromkeys(COUNT_KEYS, 0)
+        self.chunks = checked_rows(self.chunks_path, CHUNKS_HEADER)
+
+    def orf_chunks(self) -> Iterator[tuple[str, int]]:
+        """(chunk id, chunks.tsv line) once per ORF, in shard order; checks run as the walk advances."""
+        for number, row in checked_rows(self.sequences_path, SEQUENCE_COLUMNS_READ):
+            n_chunks, n_orfs = self._sequence(number, row)
+            found = 0
+            for _ in range(n_chunks):
+                chunk_id, chunk_orfs, line = self._next_chunk(number, row["sequence_id"])
+                found += chunk_orfs
+                yield from itertools.repeat((chunk_id, line), chunk_orfs)
+            if found != n_orfs:
+                raise self._disagree(f"{self.sequences_path} line {number} gives {row['sequence_id']!r} "
+                                     f"{n_orfs:,} ORFs, its chunks in {self.chunks_path} {found:,}")
+        self._check_no_more_chunks()
+        self._check_totals()
+
+    def _sequence(self, number: int, row: dict[str, str]) -> tuple[int, int]:
+        """n_chunks and n_orfs of one sequence row, its status checked against its numbers."""
+        length, n_chunks, n_orfs = (whole_number(self.sequences_path, number, row, column)
+                                    for column in ("length", "n_chunks", "n_orfs"))
+        status = "empty" if length == 0 else "ok" if n_orfs else "no_orf"
+        if row["status"] != status or (n_chunks == 0) != (length == 0):
+            raise malformed(self.sequences_path, f"line {number}: status {row['status']!r} with length {length:,}, "
+                                                 f"{n_chunks:,} chunks and {n_orfs:,} ORFs (expected {status!r})")
+        for key, value in (("sequences", 1), ("empty_sequences", length == 0), ("bases", length)):
+            self.totals[key] += value
+        return n_chunks, n_orfs
+
+    def _next_chunk(self, number: int, sequence_id: str) -> tuple[str, int, int]:
+        """(chunk id, n_orfs, line) of the next chunk row, which must belong to `sequence_id`."""
+        try:
+            line, chunk = next(self.chunks)
+        except StopIteration:
+            raise self._disagree(f"{self.chunks_path} ends before the chunks of {sequence_id!r} "
+                                 f"({self.sequences_path} line {number})") from None
+        if chunk["sequence_id"] != sequence_id:
+            raise self._disagree(f"{self.chunks_path} line {line}: chunk {chunk['chunk_id']!r} is of sequence "
+                                 f"{chunk['sequence_id']!r} where {self.sequences_path} line {number} expects "
+                                 f"a chunk of {sequence_id!r}")
+        n_orfs = whole_number(self.chunks_path, line, chunk, "n_orfs")
+        self.totals["chunks"] += 1
+        self.totals["chunks_without_orf"] += n_orfs == 0
+        self.totals["orfs"] += n_orfs
+        return chunk["chunk_id"], n_orfs, line
+
+    def _check_no_more_chunks(self) -> None:
+        for line, chunk in self.chunks:
+            raise self._disagree(f"{self.chunks_path} line {line}: chunk {chunk['chunk_id']!r} of sequence "
+                                 f"{chunk['sequence_id']!r} follows the chunks of the last sequence of "
+                                 f"{self.sequences_path}")
+
+    def _check_totals(self) -> None:
+        for key in COUNT_KEYS:
+            if self.totals[key] != self.counts[key]:
+                raise self._disagree(f"{self.sequences_path} and {self.chunks_path} add up to {key} = "
+                                     f"{self.totals[key]:,} but {self.manifest_path} has counts.{key} = "
+                                     f"{self.counts[key]:,}")
+
+    @staticmethod
+    def _disagree(what: str) -> InconsistentInputsError:
+        return InconsistentInputsError(f"the prepared tables do not reconcile: {what}", REPAIR_HINT)

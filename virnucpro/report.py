@@ -1,13 +1,16 @@
 """report.html: one self-contained page (inline CSS and SVG, no external URL) a person can trust.
 
 Every number on it comes from the same counts and tables that predict writes, and the page shows
-how input sequences reconcile to chunks, ORFs and table rows.
+how input sequences reconcile to chunks, ORFs and table rows; counts that do not reconcile are an
+error (exit 5), never a page that says so.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
+
+from virnucpro.errors import InconsistentInputsError
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;
@@ -20,7 +23,7 @@ padding:.7rem .9rem}.card b{display:block;font-size:1.5rem}.card span{color:#5b6
 .virus b{color:#b4232a}.others b{color:#1f6f43}
 table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{text-align:left;padding:.3rem .5rem;
 border-bottom:1px solid #edf0f4}th{background:#f5f7fa}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1f6f43}.bad{color:#b4232a}footer{margin-top:2.5rem;color:#5b6b7c;font-size:.8rem}
+.ok{color:#1f6f43}footer{margin-top:2.5rem;color:#5b6b7c;font-size:.8rem}
 """
 
 
@@ -51,26 +54,34 @@ def _histogram_svg(counts: list[int]) -> str:
     return "".join(parts)
 
 
+def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> None:
+    """The prediction accounts for every chunk, ORF and sequence the prepared sample counts (exit 5)."""
+    checks = (("chunks", counts["chunks"], n_chunks_scored + counts["chunks_without_orf"],
+               f"{n_chunks_scored:,} chunks with scored ORFs + {counts['chunks_without_orf']:,} without ORF"),
+              ("ORFs", counts["orfs"], rows, f"{rows:,} rows in prediction_results.txt"),
+              ("sequences", counts["sequences"], sum(calls.values()), f"{sum(calls.values()):,} sequences called"))
+    for label, expected, found, detail in checks:
+        if found != expected:
+            raise InconsistentInputsError(f"the {label} do not reconcile: the prepared sample counts {expected:,}, "
+                                          f"the prediction has {detail}",
+                                          "give --embeddings made from this --prepared folder, unchanged since")
+
+
 def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> str:
-    checks = [
+    check_reconciles(counts, rows, n_chunks_scored, calls)
+    agrees = '<span class="ok">reconciles</span>'
+    lines = [
         ("input sequences", counts["sequences"],
-         f"{counts['sequences'] - counts['empty_sequences']:,} with bases + {counts['empty_sequences']:,} empty"),
+         f"{counts['sequences'] - counts['empty_sequences']:,} with bases + {counts['empty_sequences']:,} empty", ""),
         ("chunks", counts["chunks"],
-         f"{n_chunks_scored:,} with ORFs + {counts['chunks_without_orf']:,} without",
-         n_chunks_scored + counts["chunks_without_orf"] == counts["chunks"]),
-        ("ORFs (stop-free frames)", counts["orfs"], f"{rows:,} rows in prediction_results.txt", rows == counts["orfs"]),
+         f"{n_chunks_scored:,} with ORFs + {counts['chunks_without_orf']:,} without", agrees),
+        ("ORFs (stop-free frames)", counts["orfs"], f"{rows:,} rows in prediction_results.txt", agrees),
         ("sequences called", sum(calls.values()),
-         " + ".join(f"{calls[k]:,} {k}" for k in ("virus", "others", "no_orf", "empty")),
-         sum(calls.values()) == counts["sequences"]),
+         " + ".join(f"{calls[k]:,} {k}" for k in ("virus", "others", "no_orf", "empty")), agrees),
     ]
-    body = []
-    for check in checks:
-        label, value, detail = check[:3]
-        status = "" if len(check) == 3 else ('<span class="ok">reconciles</span>' if check[3]
-                                             else '<span class="bad">DOES NOT RECONCILE</span>')
-        body.append(f"<tr><td>{_e(label)}</td><td class='n'>{value:,}</td><td>{_e(detail)}</td><td>{status}</td></tr>")
-    return ("<table><tr><th>stage</th><th class='n'>count</th><th>breakdown</th><th>check</th></tr>"
-            + "".join(body) + "</table>")
+    body = "".join(f"<tr><td>{_e(label)}</td><td class='n'>{value:,}</td><td>{_e(detail)}</td><td>{status}</td></tr>"
+                   for label, value, detail, status in lines)
+    return "<table><tr><th>stage</th><th class='n'>count</th><th>breakdown</th><th>check</th></tr>" + body + "</table>"
 
 
 def _top_table(top: list) -> str:

@@ -1,8 +1,9 @@
 """Streaming FASTA/FASTQ reader: compression and format detected from content, input hashed on the fly.
 
-Memory is O(longest record): the raw file is read in blocks, decompressed incrementally and split
-into lines; only the record being assembled is held. Every problem is a `BadInputError` naming the
-file (and line or record) and the fix.
+Memory is O(longest record): the raw file is read in blocks, decompressed incrementally (a block at
+most at a time) and split into lines as Python's universal newlines split them; only the record
+being assembled is held. Every problem is a `BadInputError` naming the file (and line or record,
+and the byte offset for bytes that are no text) and the fix.
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ import bz2
 import hashlib
 import itertools
 import lzma
+import os
+import re
+import select
+import stat
 import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from virnucpro.errors import BadInputError
 
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
-UTF8_BOM = b"\xef\xbb\xbf"
 
-# Letters a nucleotide record may hold: IUPAC codes plus the gap/stop symbols the original tolerates
-# (codons containing anything but ACGT are dropped during translation, as in the original).
-NUCLEOTIDE_SYMBOLS = b"ACGTUNRYSWKMBDHV-.*acgtunryswkmbdhv"
+# Letters a nucleotide record may hold: IUPAC codes, X (masked, as RepeatMasker -x writes it) and the
+# gap/stop symbols the original tolerates (codons holding anything but ACGT are dropped during
+# translation, as in the original).
+NUCLEOTIDE_SYMBOLS = b"ACGTUNRYSWKMBDHVX-.*acgtunryswkmbdhvx"
 
 
 @dataclass
@@ -60,8 +65,126 @@ def _compression(head: bytes, path: Path) -> str:
             else "xz" if head.startswith(XZ_MAGIC) else "none")
 
 
+CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters but tab, LF and CR
+# every other byte: deleting these leaves the controls, and text (nothing left) costs no output memory
+NOT_CONTROL = bytes(byte for byte in range(256) if not CONTROL.match(bytes([byte])))
+
+
+class TextBlock(NamedTuple):
+    """Decoded text that ends at a line end (except at the end of the input), every line end as LF."""
+
+    text: str
+    first_line: int  # the number of its first line
+    next_line: int  # the number of the line after it
+
+
+def _line_ends(data: bytes) -> int:
+    """Line ends in `data` as Python's universal newlines count them (LF, CR and CRLF)."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
+def _shown(text: str) -> str:
+    """`text` with unprintable characters written as escapes, for messages."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+class UniversalText:
+    """Decompressed bytes in, `TextBlock`s out: lines read exactly as Python's universal newlines
+    read them (LF, CR, CRLF, mixed anywhere, a CRLF split across blocks), UTF-8 decoded strictly.
+
+    Binary data, control characters (tab aside) and bytes that are not UTF-8 are refused in the
+    block that shows them, naming the byte offset, the line and, in a header, the record: a
+    replaced byte would make distinct ids collide. Only the unfinished last line is carried over
+    from block to block (as a list of pieces: a line of any length costs linear time).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pending: list[bytes] = []  # the unfinished last line (its only line end: a final CR)
+        self.pending_offset = 0  # the offset in the decompressed input of the first pending byte
+        self.line = 1  # the number of the first pending line
+
+    def feed(self, block: bytes) -> TextBlock | None:
+        """The whole lines completed by `block`, if any."""
+        if block.translate(None, NOT_CONTROL):
+            self._refuse_control(block)
+        end = len(block) - 1 if block.endswith(b"\r") else len(block)  # a final CR may start a CRLF
+        cut = block.rfind(b"\n", 0, end)
+        if b"\r" in block:
+            cut = max(cut, block.rfind(b"\r", 0, end))
+        if cut < 0:
+            self.pending.append(block)
+            return None
+        data = b"".join([*self.pending, memoryview(block)[:cut + 1]])
+        self.pending = [block[cut + 1:]]
+        return self._decode(data)
+
+    def finish(self) -> TextBlock | None:
+        """The last line, when the input does not end with a line end."""
+        data = b"".join(self.pending)
+        self.pending = []
+        return self._decode(data) if data else None
+
+    def _decode(self, data: bytes) -> TextBlock:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._refusal(data[:exc.start], data[exc.start:], "is not UTF-8 text",
+                                "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8): a replaced byte "
+                                "could make distinct ids collide") from None
+        if self.pending_offset == 0 and text.startswith("\ufeff"):
+            text = text[1:]  # a UTF-8 byte-order mark
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        first = self.line
+        self.line += text.count("\n")
+        self.pending_offset += len(data)
+        return TextBlock(text, first, self.line)
+
+    def _refuse_control(self, block: bytes) -> None:
+        position = CONTROL.search(block).start()
+        before = b"".join([*self.pending, block[:position]])
+        raise self._refusal(before, block[position:], "holds a control character",
+                            "remove it: ids and descriptions must be printable text")
+
+    def _refusal(self, before: bytes, rest: bytes, problem: str, header_hint: str) -> BadInputError:
+        """The error for the first byte of `rest`; `before` is what precedes it since a line start."""
+        offset = self.pending_offset + len(before)
+        line = self.line + _line_ends(before)
+        start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1
+        head = before[start:start + 200] + (rest[:200] if len(before) - start < 200 else b"")
+        text = head.decode("utf-8", errors="backslashreplace").replace("\r", "\n").split("\n", 1)[0]
+        where = f"byte 0x{rest[0]:02x} at byte offset {offset:,}"
+        if text[:1] in (">", "@"):
+            words = text[1:].split(None, 1)
+            record = _shown(words[0]) if words else ""
+            return BadInputError(f"{self.path}, line {line}: the header of record '{record}' {problem} ({where})",
+                                 header_hint)
+        return BadInputError(f"{self.path} holds binary data, not FASTA/FASTQ text: line {line} {problem} ({where})",
+                             "the file is damaged or padded (e.g. an interrupted download): download or "
+                             "copy it again; give FASTA or FASTQ (plain, gzip, bzip2 or xz)")
+
+
+def _read_waking(fd: int, size: int) -> bytes:
+    """Up to `size` bytes (fewer only at the end) of a pipe, FIFO or terminal, waking twice a second.
+
+    A stop signal may be delivered to any thread (torch starts several); a plain blocking read in
+    the main thread would then wait for more input before the signal is acted on.
+    """
+    pieces, got = [], 0
+    while got < size:
+        while not select.select([fd], [], [], 0.5)[0]:
+            pass
+        piece = os.read(fd, size - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
 class HashingTextStream:
-    """Reads a possibly compressed file as text lines while computing the sha256 of its raw bytes."""
+    """Reads a possibly compressed file as text while computing the sha256 of its raw bytes."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -77,6 +200,7 @@ class HashingTextStream:
         except OSError as exc:
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
+        self._stream = not stat.S_ISREG(os.fstat(self._raw.fileno()).st_mode)
         head = self._read_raw()
         self.compression = _compression(head, path)
         self._pending = head
@@ -86,7 +210,7 @@ class HashingTextStream:
 
     def _read_raw(self) -> bytes:
         try:
-            block = self._raw.read(BLOCK)
+            block = _read_waking(self._raw.fileno(), BLOCK) if self._stream else self._raw.read(BLOCK)
         except OSError as exc:
             raise BadInputError(f"cannot read input file {self.path}: {exc.strerror}",
                                 "check the file and the storage it is on") from None
@@ -95,84 +219,56 @@ class HashingTextStream:
         return block
 
     def _plain_blocks(self) -> Iterator[bytes]:
-        """Decompressed blocks; multi-member gzip and multi-stream bzip2/xz are followed."""
+        """Decompressed blocks of at most BLOCK bytes."""
         block = self._pending
-        if self.compression == "none":
-            while block:
-                yield block
-                block = self._read_raw()
+        if self.compression != "none":
+            yield from self._decompressed_blocks()
             return
-        decomp = _decompressor(self.compression)
-        name = self.compression
-        while True:
-            if not block:
-                if not decomp.eof:
-                    raise BadInputError(f"{self.path} is a truncated {name} file (it ends in the "
-                                        "middle of the compressed stream)",
-                                        "download or copy the file again")
-                return
-            try:
-                yield decomp.decompress(block)
-            except (OSError, zlib.error, lzma.LZMAError, EOFError, ValueError) as exc:
-                raise BadInputError(f"{self.path} is not a valid {name} file ({exc})",
-                                    "check that the file is not corrupt") from None
-            if decomp.eof:
-                rest = decomp.unused_data
-                if rest.strip(b"\x00"):
-                    decomp = _decompressor(self.compression)
-                    block = rest
-                    continue
-                block = self._read_raw()
-                if block:
-                    decomp = _decompressor(self.compression)
-                continue
+        while block:
+            yield block
             block = self._read_raw()
 
-    def text_blocks(self) -> Iterator[str]:
-        """Decoded text in large blocks that end at a line end (except possibly the last one).
-
-        Text is UTF-8 (ids may hold any character; a byte that is not UTF-8 becomes U+FFFD and is
-        then reported where it matters); a UTF-8 byte-order mark is dropped; old Mac files whose
-        lines end in a lone CR are read as lines too, as the original's text-mode reading does.
-        """
-        carry = b""
-        first = True
-        cr_only = False
-        for block in self._plain_blocks():
-            if first and block:
-                first = False
-                self._reject_binary(block)
-                if block.startswith(UTF8_BOM):
-                    block = block[len(UTF8_BOM):]
-                cr_only = b"\r" in block and b"\n" not in block
-            if cr_only:
-                block = block.replace(b"\r", b"\n")
-            cut = block.rfind(b"\n")
-            if cut < 0:
-                carry += block
+    def _decompressed_blocks(self) -> Iterator[bytes]:
+        """Multi-member gzip and multi-stream bzip2/xz are followed; NUL padding after a member ends."""
+        decomp, block = _decompressor(self.compression), self._pending
+        while block:
+            yield from self._inflate(decomp, block)
+            if not decomp.eof:
+                block = self._read_raw()
                 continue
-            yield (carry + block[:cut + 1]).decode("utf-8", errors="replace")
-            carry = block[cut + 1:]
-        if carry:
-            yield carry.decode("utf-8", errors="replace")
+            rest = decomp.unused_data
+            block = rest if rest.strip(b"\x00") else self._read_raw()
+            if block:
+                decomp = _decompressor(self.compression)
+        if not decomp.eof:
+            raise BadInputError(f"{self.path} is a truncated {self.compression} file (it ends in the "
+                                "middle of the compressed stream)", "download or copy the file again")
+
+    def _inflate(self, decomp, data: bytes) -> Iterator[bytes]:
+        """What `data` decompresses to, BLOCK bytes at most at a time (zeros inflate a thousandfold)."""
+        while True:
+            try:
+                out = decomp.decompress(data, BLOCK)
+            except (OSError, zlib.error, lzma.LZMAError, EOFError, ValueError) as exc:
+                raise BadInputError(f"{self.path} is not a valid {self.compression} file ({exc})",
+                                    "check that the file is not corrupt") from None
+            yield out
+            data = getattr(decomp, "unconsumed_tail", b"")  # zlib keeps unread input here
+            more = not decomp.needs_input if hasattr(decomp, "needs_input") else bool(data) or len(out) == BLOCK
+            if decomp.eof or not more:
+                return
+
+    def text_blocks(self) -> Iterator[TextBlock]:
+        """The input as text in blocks of whole lines (see `UniversalText`)."""
+        text = UniversalText(self.path)
+        for block in self._plain_blocks():
+            decoded = text.feed(block) if block else None
+            if decoded is not None:
+                yield decoded
+        decoded = text.finish()
+        if decoded is not None:
+            yield decoded
         self._raw.close()
-
-    def lines(self) -> Iterator[str]:
-        """Text lines without line endings (LF or CRLF)."""
-        for block in self.text_blocks():
-            lines = block.split("\n")
-            if lines[-1] == "":
-                lines.pop()
-            for line in lines:
-                yield line.rstrip("\r")
-
-    def _reject_binary(self, block: bytes) -> None:
-        """NUL bytes or many control characters: not text (bytes >= 128 may be UTF-8 text)."""
-        sample = block[:4096]
-        controls = sum(c < 9 or 13 < c < 32 or c == 127 for c in sample)
-        if b"\x00" in sample or controls > len(sample) // 20:
-            raise BadInputError(f"{self.path} is binary data, not FASTA/FASTQ text",
-                                "give a FASTA or FASTQ file (plain, gzip, bzip2 or xz)")
 
 
 def _record_id(header: str, path: Path, line: int) -> str:
@@ -189,8 +285,8 @@ def _fasta_record(text: str, path: Path, line: int) -> Record:
     header, _, body = text.partition("\n")
     rid = _record_id(header, path, line)
     sequence = body.replace("\n", "")
-    if "\r" in sequence or " " in sequence:
-        sequence = sequence.replace("\r", "").replace(" ", "")
+    if " " in sequence or "\t" in sequence:  # removed, as Biopython's FASTA parser removes them
+        sequence = sequence.replace(" ", "").replace("\t", "")
     return Record(rid, sequence, line)
 
 
@@ -214,24 +310,28 @@ class RecordGroup:
             line += text.count("\n") + 1
 
 
-def _fasta_groups(blocks: Iterator[str], first_block: str, path: Path) -> Iterator[RecordGroup]:
+def _fasta_groups(blocks: Iterator[TextBlock], first: TextBlock, path: Path) -> Iterator[RecordGroup]:
     """Cut line-aligned text blocks at the last record start of each block: whole-record groups."""
-    start = first_block.index(">")
-    line = first_block.count("\n", 0, start) + 1
-    pieces = [first_block[start + 1:]]
+    start = first.text.index(">")
+    line = first.first_line + first.text.count("\n", 0, start)
+    pieces = [first.text[start + 1:]]
     for block in blocks:
-        if block.startswith(">"):  # the previous block ended a line: a record starts here
+        text = block.text
+        if text.startswith(">"):  # the previous block ended a line: a record starts here
             boundary = 0
         else:
-            found = block.rfind("\n>")
+            found = text.rfind("\n>")
             if found < 0:
-                pieces.append(block)  # still inside one (long) record
+                pieces.append(text)  # still inside one (long) record
                 continue
             boundary = found + 1
-        text = "".join(pieces) + block[:boundary]  # ends with the newline before the next '>'
-        yield RecordGroup(path, fasta_text=text[:-1], first_line=line)
-        line += text.count("\n")
-        pieces = [block[boundary + 1:]]
+        if boundary:  # the group ends before the newline that precedes the next '>'
+            pieces.append(text[:boundary - 1])
+        else:
+            pieces[-1] = pieces[-1][:-1]
+        yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
+        line = block.next_line - text.count("\n", boundary)
+        pieces = [text[boundary + 1:]]
     yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
 
 
@@ -269,34 +369,47 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
 GROUP_BASES = 1 << 20
 
 
+def _numbered_lines(blocks: Iterable[TextBlock]) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every line, numbered as the blocks say."""
+    for block in blocks:
+        lines = block.text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        yield from enumerate(lines, start=block.first_line)
+
+
+def _fastq_groups(blocks: Iterable[TextBlock], path: Path) -> Iterator[RecordGroup]:
+    """FASTQ records parsed here, in groups of about GROUP_BASES bases."""
+    numbered = _numbered_lines(blocks)
+    first = next((n, t) for n, t in numbered if t.strip())
+    group, bases = [], 0
+    for record in _fastq_records(numbered, first, path):
+        group.append(record)
+        bases += len(record.sequence)
+        if bases >= GROUP_BASES:
+            yield RecordGroup(path, records=group)
+            group, bases = [], 0
+    if group:
+        yield RecordGroup(path, records=group)
+
+
 def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
     """Groups of whole records of one file, FASTA or FASTQ decided by the first non-blank character."""
     blocks = stream.text_blocks()
-    first_block = next((b for b in blocks if b.strip()), None)
-    if first_block is None:
+    first = next((b for b in blocks if b.text.strip()), None)
+    if first is None:
         raise BadInputError(f"{stream.path} is empty (no records)", "give a FASTA or FASTQ file with sequences")
-    marker = first_block.lstrip()[0]
+    marker = first.text.lstrip()[0]
     if marker == ">":
-        yield from _fasta_groups(blocks, first_block, stream.path)
+        yield from _fasta_groups(blocks, first, stream.path)
     elif marker == "@":
-        lines = (line.rstrip("\r") for b in itertools.chain([first_block], blocks) for line in b.split("\n"))
-        numbered = ((n, text) for n, text in enumerate(lines, start=1))
-        first = next((n, t) for n, t in numbered if t.strip())
-        group, bases = [], 0
-        for record in _fastq_records(numbered, first, stream.path):
-            group.append(record)
-            bases += len(record.sequence)
-            if bases >= GROUP_BASES:
-                yield RecordGroup(stream.path, records=group)
-                group, bases = [], 0
-        if group:
-            yield RecordGroup(stream.path, records=group)
+        yield from _fastq_groups(itertools.chain([first], blocks), stream.path)
     else:
-        line = first_block.lstrip().split("\n", 1)[0]
-        number = first_block[:len(first_block) - len(first_block.lstrip())].count("\n") + 1
-        raise BadInputError(f"{stream.path} is not FASTA or FASTQ: line {number} starts with "
-                            f"'{line[:30]}' instead of '>' or '@'",
-                            "give a nucleotide FASTA or FASTQ file")
+        text = first.text.lstrip()
+        number = first.first_line + first.text[:len(first.text) - len(text)].count("\n")
+        shown = _shown(text.split("\n", 1)[0][:30])
+        raise BadInputError(f"{stream.path} is not FASTA or FASTQ: line {number} starts with '{shown}' "
+                            "instead of '>' or '@'", "give a nucleotide FASTA or FASTQ file")
 
 
 def read_records(stream: HashingTextStream) -> Iterator[Record]:
@@ -310,3 +423,4 @@ def invalid_letters(sequence: str) -> str:
     if not sequence.isascii():
         return "".join(c for c in sequence if not c.isascii() or c.encode() not in NUCLEOTIDE_SYMBOLS)
     return sequence.encode("ascii").translate(None, NUCLEOTIDE_SYMBOLS).decode("ascii")
+

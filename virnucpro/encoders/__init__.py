@@ -8,6 +8,8 @@ guard applied to pooled vectors before they are written.
 
 from __future__ import annotations
 
+import re
+
 from typing import Sequence
 
 import numpy as np
@@ -44,10 +46,9 @@ def check_finite(vectors, ids: Sequence[str]) -> None:
 def describe_load_error(exc: BaseException) -> str:
     """One readable line for a failed torch.load / safetensors read (names a refused global)."""
     text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        detail = text.split(marker, 1)[1].strip().split(". ")[0]
-        return f"it holds objects other than tensors and plain settings, refused unread ({detail})"
+    if "WeightsUnpickler error" in text or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # never torch's advice to load it unrestricted
+        return f"refused: it holds objects other than tensors ({found.group(1) if found else 'unknown objects'})"
     first = text.strip().splitlines()[0] if text.strip() else ""
     cause = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return f"corrupt, truncated or not a weights file ({cause})"

@@ -1,0 +1,218 @@
+"""Checkpoint parts are checked completely before use: a damaged or crafted part is named, ignored and
+recomputed, and the run still gives the embeddings of a run without checkpoints (exit 0)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint_helpers import npz_bytes, part_name, read_h5
+import virnucpro.embed
+from virnucpro import prepared as fmt
+from virnucpro.embed import ROLES, CheckpointStore, Distinct, embed
+
+EVERY = 4  # records per checkpoint window: part 0 holds records [0, 4), part 1 records [4, 8)
+
+
+@dataclass
+class Plain:
+    """A run without checkpoints to resume: its rows, its key folder's name and the parts it wrote."""
+
+    rows: tuple
+    key: str
+    parts: list[Path]
+    distinct: dict[str, int]
+
+
+def shard(prepared: Path) -> Path:
+    return prepared / "shards" / fmt.shard_name(0)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, tiny_models, golden_prepared) -> Plain:
+    """Shard 0 embedded without checkpoints to resume, its parts kept (remove only closes the store)."""
+    out = tmp_path_factory.mktemp("plain") / "s.h5"
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CheckpointStore, "remove", CheckpointStore.close)  # keep the parts it wrote
+        embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=EVERY, threads=1)
+    torch.set_num_threads(threads)
+    key_folder, = out.with_name("s.h5.ckpt").iterdir()
+    records = list(fmt.read_shard(shard(golden_prepared)))
+    distinct = {role: len(Distinct.of([r[column] for r in records]).sequences)
+                for role, column in zip(ROLES, (1, 2))}
+    return Plain(read_h5(out), key_folder.name, sorted(key_folder.glob("part_*.npz")), distinct)
+
+
+def genuine(plain: Plain, number: int) -> dict[str, np.ndarray]:
+    """The arrays of a part the plain run wrote."""
+    with np.load(plain.parts[number]) as data:
+        arrays = {name: data[name] for name in data.files}
+    assert all(len(arrays[f"{role}_index"]) >= 2 for role in ROLES), "part 1 needs two sequences per role"
+    return arrays
+
+
+def resume(tmp_path, run_cli, golden_prepared, tiny_models, plain: Plain, parts: dict[str, bytes | None]):
+    """Run embed over a checkpoint folder holding the sound part 0 and the given files (None: a folder)."""
+    folder = tmp_path / "s.h5.ckpt" / plain.key
+    folder.mkdir(parents=True)
+    shutil.copy(plain.parts[0], folder)
+    for name, content in parts.items():
+        if content is None:
+            (folder / name).mkdir()
+        else:
+            (folder / name).write_bytes(content)
+    return run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                   "--device", "cpu", "--checkpoint-every", EVERY, "--threads", 1)
+
+
+def assert_recomputed(code: int, message: str, out: Path, plain: Plain, damaged: list[str], *words: str):
+    """Exit 0, one warning per damaged part naming it and saying what is wrong, part 0 used, same rows."""
+    assert code == 0, message
+    warnings = [line for line in message.splitlines() if line.startswith("warning: checkpoint part")]
+    assert len(warnings) == len(damaged), message
+    for name in damaged:
+        naming = [warning for warning in warnings if f"part {name} is damaged" in warning]
+        assert len(naming) == 1 and all(word in naming[0] for word in words), message
+    with np.load(plain.parts[0]) as sound:
+        kept = {role: len(sound[f"{role}_index"]) for role in ROLES}
+    assert "resuming from checkpoint" in message
+    assert (f"computed {plain.distinct['dnabert_s'] - kept['dnabert_s']} nucleotide and "
+            f"{plain.distinct['esm2'] - kept['esm2']} protein sequences") in message, "only part 0 was trusted"
+    ids, nucleotide, protein, _ = read_h5(out)
+    assert ids == plain.rows[0]
+    np.testing.assert_array_equal(nucleotide, plain.rows[1])
+    np.testing.assert_array_equal(protein, plain.rows[2])
+
+
+def changed(array: np.ndarray, value, position: int = 0) -> np.ndarray:
+    """A copy with one element set."""
+    array = array.copy()
+    array.flat[position] = value
+    return array
+
+
+def npy(array: np.ndarray) -> bytes:
+    """The .npy bytes of an array, as np.savez stores each member."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array)
+    return buffer.getvalue()
+
+
+def header_claiming(shape: tuple, descr: str) -> bytes:
+    """An .npy header announcing an array of `shape`, followed by a few bytes of data only."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
+DAMAGE = {  # what is done to part 1's arrays, and words the warning must hold
+    "negative index": (lambda a, n: {"esm2_index": changed(a["esm2_index"], -1)}, ("esm2_index", "outside")),
+    "index past the end": (lambda a, n: {"dnabert_s_index": changed(a["dnabert_s_index"], n["dnabert_s"])},
+                           ("dnabert_s_index", "outside")),
+    "repeated index": (lambda a, n: {"esm2_index": changed(a["esm2_index"], a["esm2_index"][0], 1)},
+                       ("esm2_index", "repeats")),
+    "float indices": (lambda a, n: {"esm2_index": a["esm2_index"].astype(np.float64)}, ("esm2_index", "dtype")),
+    "object indices": (lambda a, n: {"dnabert_s_index": a["dnabert_s_index"].astype(object)},
+                       ("dnabert_s_index", "object")),
+    "indices in two dimensions": (lambda a, n: {"esm2_index": a["esm2_index"][None, :]}, ("esm2_index", "shape")),
+    "a header claiming 10**12 indices": (lambda a, n: {"esm2_index": header_claiming((10 ** 12,), "<i8")},
+                                         ("esm2_index", "shape")),
+    "object vectors": (lambda a, n: {"esm2_vectors": a["esm2_vectors"].astype(object)}, ("esm2_vectors", "object")),
+    "float64 vectors": (lambda a, n: {"dnabert_s_vectors": a["dnabert_s_vectors"].astype(np.float64)},
+                        ("dnabert_s_vectors", "float64")),
+    "vectors in three dimensions": (lambda a, n: {"esm2_vectors": a["esm2_vectors"][:, None, :]},
+                                    ("esm2_vectors", "shape")),
+    "fewer rows than indices": (lambda a, n: {"esm2_vectors": a["esm2_vectors"][:-1]}, ("esm2_vectors", "shape")),
+    "narrower vectors": (lambda a, n: {"dnabert_s_vectors": a["dnabert_s_vectors"][:, :-1]},
+                         ("dnabert_s_vectors", "shape")),
+    "a NaN": (lambda a, n: {"esm2_vectors": changed(a["esm2_vectors"], np.nan, 5)}, ("esm2_vectors", "finite")),
+    "an infinity": (lambda a, n: {"dnabert_s_vectors": changed(a["dnabert_s_vectors"], -np.inf)},
+                    ("dnabert_s_vectors", "finite")),
+    "truncated data": (lambda a, n: {"esm2_vectors": npy(a["esm2_vectors"])[:-4]}, ("esm2_vectors", "bytes")),
+    "trailing data": (lambda a, n: {"esm2_vectors": npy(a["esm2_vectors"]) + bytes(4)}, ("esm2_vectors", "bytes")),
+    "a missing array": (lambda a, n: {"esm2_vectors": None}, ("missing array esm2_vectors",)),
+    "an extra array": (lambda a, n: {"note": np.zeros(3)}, ("unexpected array note",)),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damaged_part_is_named_ignored_and_recomputed(tmp_path, run_cli, golden_prepared, tiny_models, plain,
+                                                      damage):
+    change, words = DAMAGE[damage]
+    arrays = genuine(plain, 1)
+    members = {**arrays, **change(arrays, plain.distinct)}
+    content = npz_bytes({name: member for name, member in members.items() if member is not None})
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
+    assert_recomputed(code, message, tmp_path / "s.h5", plain, [part_name(1, content)], *words)
+
+
+def test_part_that_is_not_an_npz_archive_is_ignored(tmp_path, run_cli, golden_prepared, tiny_models, plain):
+    garbage = b"\x80\x04not an archive"
+    array = npy(genuine(plain, 1)["esm2_index"])
+    parts = {part_name(1, garbage): garbage, part_name(2, array): array}
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, parts)
+    assert_recomputed(code, message, tmp_path / "s.h5", plain, list(parts), "not a readable .npz archive")
+
+
+def test_part_with_a_wrong_name_or_not_a_file_is_ignored(tmp_path, run_cli, golden_prepared, tiny_models, plain):
+    content = plain.parts[1].read_bytes()
+    parts = {"part_x.npz": content, part_name(2, b"other bytes"): content, part_name(3, content): None}
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, parts)
+    assert_recomputed(code, message, tmp_path / "s.h5", plain, list(parts))
+    assert "not part_<number>.<sha256>.npz" in message and "checksum mismatch" in message
+    assert "not a regular file" in message
+
+
+def test_parts_claiming_the_same_sequence_are_both_ignored(tmp_path, run_cli, golden_prepared, tiny_models, plain):
+    """Two sound-looking parts with one index in common: which vector is right cannot be known."""
+    arrays = genuine(plain, 1)
+    rival = npz_bytes({**arrays, "esm2_index": arrays["esm2_index"][:1],
+                       "esm2_vectors": arrays["esm2_vectors"][:1] + np.float32(1)})
+    parts = {plain.parts[1].name: plain.parts[1].read_bytes(), part_name(2, rival): rival}
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, parts)
+    assert_recomputed(code, message, tmp_path / "s.h5", plain, list(parts), "sequences too")
+    first, second = parts
+    lines = message.splitlines()
+    assert any(first in line and f"({second} holds some of its dnabert_s sequences too)" in line for line in lines)
+    assert any(second in line and f"({first} holds some of its dnabert_s sequences too)" in line for line in lines)
+
+
+def test_part_without_vectors_of_one_role_is_used(tmp_path, run_cli, golden_prepared, tiny_models, plain):
+    """A role with no new sequence in a window is saved as an empty index and a (0, 0) block."""
+    arrays = genuine(plain, 1)
+    content = npz_bytes({**arrays, "esm2_index": np.zeros(0, np.int64), "esm2_vectors": np.zeros((0, 0), np.float32)})
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
+    assert code == 0 and "damaged" not in message, message
+    with np.load(plain.parts[0]) as sound:
+        nucleotides = plain.distinct["dnabert_s"] - len(sound["dnabert_s_index"]) - len(arrays["dnabert_s_index"])
+        proteins = plain.distinct["esm2"] - len(sound["esm2_index"])
+    assert f"computed {nucleotides} nucleotide and {proteins} protein sequences" in message
+    ids, nucleotide, protein, _ = read_h5(tmp_path / "s.h5")
+    np.testing.assert_array_equal(nucleotide, plain.rows[1])
+    np.testing.assert_array_equal(protein, plain.rows[2])
+
+
+def test_stop_signal_while_parts_are_checked_exits_6_and_keeps_them(tmp_path, run_cli, golden_prepared, tiny_models,
+                                                                   plain, monkeypatch):
+    """A SIGTERM that lands while a part is read is a stop (exit 6), not damage to that part."""
+    check_values = virnucpro.embed._check_values
+
+    def signal_then_check(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return check_values(*args)
+
+    monkeypatch.setattr(virnucpro.embed, "_check_values", signal_then_check)
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain,
+                           {plain.parts[1].name: plain.parts[1].read_bytes()})
+    assert code == 6 and "SIGTERM received" in message and "damaged" not in message, message
+    kept = sorted(path.name for path in (tmp_path / "s.h5.ckpt" / plain.key).glob("part_*.npz"))
+    assert kept == [plain.parts[0].name, plain.parts[1].name]

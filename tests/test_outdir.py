@@ -1,0 +1,352 @@
+"""Output folders (issue 9, points 1, 5, 6, 8, 11): one command per folder, only our own files
+replaced, staging inside the folder, clean stops, storage failures as exit 10.
+
+Concurrency and signal tests start real processes and wait on files or pipes, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from virnucpro import outdir as od
+from virnucpro import prepared as fmt
+from virnucpro.errors import BadInputError
+
+CLI = [sys.executable, "-m", "virnucpro"]
+RECORD = ">s{0}\nATGAAACCCGGGTTTATGAAACCCGGGTTTATGAAACCC\n"
+
+
+def write_fasta(path: Path, n: int, first: int = 0) -> Path:
+    path.write_text("".join(RECORD.format(i) for i in range(first, first + n)))
+    return path
+
+
+def sequence_ids(folder: Path) -> list[str]:
+    return [row["sequence_id"] for row in fmt.read_table(folder / fmt.SEQUENCES)]
+
+
+class FifoInput:
+    """A named pipe the test feeds by hand: the command reading it waits until the test closes it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        os.mkfifo(path)
+        self.handle = None
+
+    def open_and_write(self, text: str) -> None:
+        self.handle = open(self.path, "w")  # blocks until the command opens the other end
+        self.handle.write(text)
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll a file-system condition (the 'ready' signal), failing early if the process ended."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def lock_holder(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / od.LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def start_holding(tmp_path: Path, command: str, out: Path, *extra: str) -> tuple[subprocess.Popen, FifoInput]:
+    """A command that holds `out` and waits for the rest of its input on a FIFO."""
+    fifo = FifoInput(tmp_path / f"{command}.fifo")
+    process = subprocess.Popen(CLI + [command, str(fifo.path), "--outdir", str(out), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (lock_holder(out) or {}).get("pid") == process.pid, process, "the lock")
+    return process, fifo
+
+
+# --- point 1: one command per output folder --------------------------------------------------
+
+@pytest.mark.parametrize("command", ["prepare", "run"])
+def test_second_command_on_a_busy_folder_exits_3_naming_the_holder(tmp_path, tiny_models, command):
+    extra = ("--models", str(tiny_models), "--device", "cpu") if command == "run" else ()
+    out = tmp_path / "res"
+    first, fifo = start_holding(tmp_path, command, out, *extra)
+    try:
+        second = subprocess.run(CLI + [command, str(write_fasta(tmp_path / "b.fa", 3, first=100)),
+                                       "--outdir", str(out), *extra], capture_output=True, text=True, timeout=300)
+        assert second.returncode == 3, second.stderr
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr and str(out) in second.stderr
+        fifo.open_and_write("".join(RECORD.format(i) for i in range(5)))
+    finally:
+        fifo.close()
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert sequence_ids(out) == [f"s{i}" for i in range(5)]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    out = tmp_path / "res"
+    first, fifo = start_holding(tmp_path, "prepare", out)
+    first.kill()
+    first.communicate()
+    fifo_path = fifo.path
+    assert fifo_path.exists()
+    done = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sequence_ids(out) == ["s0", "s1"]
+
+
+def test_fallback_lock_file_for_file_systems_without_flock(tmp_path, monkeypatch):
+    """Where flock fails (ENOLCK on some NFS mounts) an O_EXCL lock file with pid and host is used."""
+    def no_flock(_fd, _operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(od.fcntl, "flock", no_flock)
+    folder = tmp_path / "nfs"
+    with od.folder_lock(folder, "--outdir"):
+        holder = json.loads((folder / od.FALLBACK_LOCK_NAME).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(BadInputError, match=f"pid {os.getpid()}"):
+            with od.folder_lock(folder, "--outdir"):
+                pass
+    assert not (folder / od.FALLBACK_LOCK_NAME).exists()
+
+
+def test_fallback_lock_of_a_dead_process_is_taken_over_a_live_one_is_not(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = folder / od.FALLBACK_LOCK_NAME
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))
+    with od.exclusive_file_lock(lock, folder, "--outdir"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        lock.write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname(), "started": "now"}))
+        with pytest.raises(BadInputError, match=f"pid {alive.pid}"):
+            with od.exclusive_file_lock(lock, folder, "--outdir"):
+                pass
+        lock.write_text(json.dumps({"pid": 1, "host": "other-node", "started": "now"}))
+        with pytest.raises(BadInputError, match="other-node"):  # fresh: its heartbeat is recent
+            with od.exclusive_file_lock(lock, folder, "--outdir"):
+                pass
+        old = time.time() - od.STALE_SECONDS - 60
+        os.utime(lock, (old, old))
+        with od.exclusive_file_lock(lock, folder, "--outdir"):  # no heartbeat for too long: taken over
+            pass
+    finally:
+        alive.communicate(b"")
+
+
+# --- point 5: only our own files, only our own kind of output --------------------------------
+
+@pytest.mark.parametrize("name", ["sequences.tsv", "chunks.tsv", "report.html", "run_info.json",
+                                  "prediction_results.txt"])
+def test_run_never_replaces_a_foreign_file(tmp_path, run_cli, tiny_models, name):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / name).write_text("MINE\n")
+    code, message = run_cli("run", write_fasta(tmp_path / "a.fa", 2), "--outdir", out, "--models", tiny_models,
+                            "--device", "cpu")
+    assert code == 3 and name in message, message
+    assert (out / name).read_text() == "MINE\n"
+
+
+def test_outputs_of_another_kind_are_never_overwritten(tmp_path, run_cli, tiny_models):
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    prep = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", prep)[0] == 0
+    before = {p.name: p.read_bytes() for p in prep.iterdir() if p.is_file()}
+    code, message = run_cli("run", fasta, "--outdir", prep, "--models", tiny_models, "--device", "cpu")
+    assert code == 3 and "'prepare' output" in message, message
+    assert {p.name: p.read_bytes() for p in prep.iterdir() if p.is_file()} == before
+
+
+def test_a_changed_file_in_our_own_output_is_not_replaced(tmp_path, run_cli):
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    (out / fmt.CHUNKS).write_text("edited by hand\n")
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and fmt.CHUNKS in message, message
+    assert (out / fmt.CHUNKS).read_text() == "edited by hand\n"
+
+
+def test_rerun_replaces_own_output_and_drops_its_stale_shards(tmp_path, run_cli):
+    out = tmp_path / "prep"
+    assert run_cli("prepare", write_fasta(tmp_path / "a.fa", 40), "--outdir", out, "--shard-size", "50")[0] == 0
+    assert len(list((out / fmt.SHARD_DIR).iterdir())) > 1
+    (out / "notes.txt").write_text("mine")  # not a name prepare writes: left alone
+    assert run_cli("prepare", write_fasta(tmp_path / "b.fa", 1), "--outdir", out)[0] == 0
+    assert [p.name for p in (out / fmt.SHARD_DIR).iterdir()] == ["shard_00000.tsv"]
+    assert sequence_ids(out) == ["s0"] and (out / "notes.txt").read_text() == "mine"
+
+
+# --- point 6: the folder itself is never renamed or removed ------------------------------------
+
+def test_prepare_into_the_current_folder_twice(tmp_path):
+    work = tmp_path / "here"
+    work.mkdir()
+    for n in (3, 2):
+        done = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "a.fa", n)), "--outdir", "."],
+                              cwd=work, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert sequence_ids(work) == [f"s{i}" for i in range(n)]
+    assert not (work / ".virnucpro-partial").exists()
+
+
+def test_prepare_into_a_symlinked_folder_keeps_the_link(tmp_path, run_cli):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    for _ in range(2):
+        code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", link)
+        assert code == 0, message
+    assert link.is_symlink() and sequence_ids(real) == ["s0", "s1"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real small file system of its own (a mount point), when this machine lets us mount one."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+def test_prepare_into_a_mount_point_twice(tmp_path, run_cli, tmpfs):
+    for n in (2, 3):
+        code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", n), "--outdir", tmpfs)
+        assert code == 0, message
+    assert sequence_ids(tmpfs) == ["s0", "s1", "s2"]
+
+
+# --- point 11: storage failures are exit 10, partial output removed ---------------------------
+
+def test_disk_full_is_exit_10_naming_the_path(tmp_path, tmpfs):
+    fasta = write_fasta(tmp_path / "big.fa", 20_000)  # ~1 MB of ORF records: more than the 256 KB disk
+    done = subprocess.run(CLI + ["prepare", str(fasta), "--outdir", str(tmpfs / "out"), "--threads", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 10, done.stderr
+    assert "the disk is full" in done.stderr and str(tmpfs) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmpfs / "out" / ".virnucpro-partial").exists()
+
+
+def test_read_only_file_system_is_exit_10(tmp_path, tmpfs):
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    done = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(tmpfs)],
+                          capture_output=True, text=True)
+    assert done.returncode == 10 and "read-only" in done.stderr, done.stderr
+
+
+def test_file_size_limit_is_exit_10_without_root(tmp_path):
+    """RLIMIT_FSIZE makes writes fail with EFBIG, a storage failure any user can provoke."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    fasta = write_fasta(tmp_path / "big.fa", 5_000)  # written before the limit applies
+    done = subprocess.run(CLI + ["prepare", str(fasta), "--outdir", str(tmp_path / "out"), "--threads", "1"],
+                          capture_output=True, text=True, preexec_fn=limit)
+    assert done.returncode == 10, done.stderr
+    assert "Traceback" not in done.stderr and str(tmp_path / "out") in done.stderr
+    assert not (tmp_path / "out" / ".virnucpro-partial").exists()
+
+
+# --- point 8: signals end every process, remove partial output, exit 6 ------------------------
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(child) for child in text)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def large_fasta(tmp_path_factory) -> Path:
+    """About 60 MB: prepare with workers runs several seconds on it."""
+    path = tmp_path_factory.mktemp("large") / "large.fa"
+    record = "ATGAAACCCGGGTTTATG" * 50  # no stop codon: ORFs in every frame
+    with open(path, "w") as handle:
+        for i in range(60_000):
+            handle.write(f">r{i}\n{record}\n")
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2])
+def test_stop_signal_ends_prepare_and_its_workers(tmp_path, large_fasta, signum):
+    out = tmp_path / "out"
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
+    workers = children_of(process.pid)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)  # returns only when nobody holds the pipes any more
+    assert process.returncode == 6, err
+    assert f"{signal.Signals(signum).name} received" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3, err  # the message and its fix (and progress lines)
+    assert not any(alive(pid) for pid in workers)
+    assert not (out / ".virnucpro-partial").exists()
+    assert not (out / fmt.MANIFEST).exists()
+
+
+def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
+    out = tmp_path / "out"
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
+    workers = children_of(process.pid)
+    process.kill()
+    process.communicate(timeout=60)  # the workers held the pipes too: this returns once they are gone
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_stop_signal_during_run_prepare_is_exit_6_and_resumable(tmp_path, tiny_models):
+    out = tmp_path / "res"
+    process, fifo = start_holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu")
+    try:
+        fifo.open_and_write(RECORD.format(0))
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        fifo.close()
+    assert process.returncode == 6 and "SIGTERM received" in err, err
+    done = subprocess.run(CLI + ["run", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(out),
+                                 "--models", str(tiny_models), "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sequence_ids(out) == ["s0", "s1"]

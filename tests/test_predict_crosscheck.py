@@ -1,0 +1,362 @@
+"""predict trusts no stage file: ids, counts, HDF5 layout and manifest are checked, each failure exit 5.
+
+Every case damages a private copy of a real prepared sample or of real embedding shards (tiny
+models) and runs `virnucpro predict`: exit 5, one message naming the file and what is wrong, no
+traceback, and no output table written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from virnucpro import h5shard
+from virnucpro import prepared as fmt
+from virnucpro.embed import embed
+from virnucpro.predict import OUTPUTS
+
+TABLE_FILES = (fmt.SEQUENCES, fmt.CHUNKS)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, golden_prepared, tiny_models) -> list[Path]:
+    """The golden sample's six shards embedded with the tiny models."""
+    folder = tmp_path_factory.mktemp("crosscheck_h5")
+    paths = []
+    for shard in fmt.load_manifest(golden_prepared)["shards"]:
+        out = folder / Path(shard["file"]).with_suffix(".h5").name
+        embed(golden_prepared / shard["file"], out, models=tiny_models, device="cpu")
+        paths.append(out)
+    return paths
+
+
+@dataclass
+class Sample:
+    """A private copy of a prepared folder and its embeddings, free to damage."""
+
+    prepared: Path
+    embeddings: list[Path]
+    outdir: Path
+    models: Path
+
+    def predict(self, run_cli) -> tuple[int, str]:
+        return run_cli("predict", "--prepared", self.prepared, "--embeddings", *self.embeddings,
+                       "--outdir", self.outdir, "--models", self.models)
+
+    def edit_manifest(self, change: Callable[[dict], object]) -> None:
+        manifest = json.loads((self.prepared / fmt.MANIFEST).read_text())
+        change(manifest)
+        (self.prepared / fmt.MANIFEST).write_text(json.dumps(manifest))
+
+    def edit_lines(self, name: str, change: Callable[[list[str]], object]) -> None:
+        path = self.prepared / name
+        lines = path.read_text().splitlines(keepends=True)
+        change(lines)
+        path.write_text("".join(lines))
+
+
+@pytest.fixture
+def sample(tmp_path, golden_prepared, embedded, tiny_models) -> Sample:
+    prepared = tmp_path / "prepared"
+    shutil.copytree(golden_prepared, prepared)
+    copies = []
+    for path in embedded:
+        copies.append(tmp_path / path.name)
+        shutil.copy(path, copies[-1])
+    return Sample(prepared, copies, tmp_path / "out", tiny_models)
+
+
+def assert_refused(sample: Sample, code: int, message: str, *names: str) -> None:
+    """Exit 5, no traceback or bug report, every name in the message, no output written."""
+    assert code == 5, message
+    assert "Traceback" not in message and "bug" not in message, message
+    for name in names:
+        assert name in message, (name, message)
+    assert not any((sample.outdir / name).exists() for name in OUTPUTS)
+
+
+def edit_h5(path: Path, change: Callable) -> None:
+    with h5shard.open_h5(path, "a") as handle:
+        change(handle)
+
+
+def replace_dataset(handle, name: str, data, **options) -> None:
+    del handle[name]
+    handle.create_dataset(name, data=data, **options)
+
+
+# --- point 4: ids of the HDF5 files against the prepared shards ------------------------------------
+
+def test_an_edited_id_is_named_with_its_row_and_both_values(sample, run_cli):
+    injected = "read_000_chunk_1F2\tvirus\t0\t1\n"
+    with h5shard.open_h5(sample.embeddings[0]) as handle:
+        expected = handle["ids"][7].decode()
+    edit_h5(sample.embeddings[0], lambda h: h["ids"].__setitem__(7, injected))
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, sample.embeddings[0].name, "shard_00000.tsv", "[7]",
+                   repr(expected), repr(injected))
+
+
+def test_two_swapped_ids_are_refused(sample, run_cli):
+    def swap(handle) -> None:
+        ids = handle["ids"][:]
+        ids[[3, 4]] = ids[[4, 3]]
+        handle["ids"][:] = ids
+
+    edit_h5(sample.embeddings[4], swap)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, sample.embeddings[4].name, "[3]")
+
+
+def test_a_mismatch_past_the_first_block_is_found(sample, run_cli, monkeypatch):
+    """The ids are compared block by block; a mismatch deep in a later block is still named."""
+    monkeypatch.setattr(h5shard, "ROWS_PER_WRITE", 7)
+    edit_h5(sample.embeddings[5], lambda h: h["ids"].__setitem__(50, "elsewhere"))
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, sample.embeddings[5].name, "[50]", "'elsewhere'")
+
+
+def test_ids_are_read_block_by_block_never_whole(sample, monkeypatch):
+    """Memory bounded by the block: every read of /ids is a slice of at most ROWS_PER_WRITE rows."""
+    import h5py
+
+    from virnucpro.predict import check_stage_files, order_shards
+
+    sizes: list[int] = []
+    read = h5py.Dataset.__getitem__
+
+    def recording(dataset, key):
+        if dataset.name == "/ids":
+            sizes.append(len(range(*key.indices(dataset.shape[0]))) if isinstance(key, slice) else -1)
+        return read(dataset, key)
+
+    manifest = fmt.load_manifest(sample.prepared)
+    shards = order_shards(manifest, sample.embeddings)
+    monkeypatch.setattr(h5shard, "ROWS_PER_WRITE", 7)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
+    check_stage_files(sample.prepared, manifest, shards)
+    assert sum(sizes) == manifest["counts"]["orfs"] and 0 < max(sizes) <= 7 and min(sizes) > 0
+
+
+def test_a_prepared_shard_changed_after_embedding_is_refused(sample, run_cli):
+    sample.edit_lines("shards/shard_00002.tsv", lambda lines: lines.__setitem__(
+        5, lines[5].replace("\t", "x\t", 1)))
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, "shard_00002.tsv")
+
+
+def test_a_missing_prepared_shard_is_refused(sample, run_cli):
+    (sample.prepared / "shards" / fmt.shard_name(3)).unlink()
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, "shard_00003.tsv")
+
+
+# --- point 4: counts from input records to embedding rows reconcile --------------------------------
+
+def _delete_line(name: str, index: int) -> Callable[[Sample], None]:
+    return lambda s: s.edit_lines(name, lambda lines: lines.pop(index))
+
+
+def _set_field(name: str, line: int, column: int, value: str) -> Callable[[Sample], None]:
+    def change(lines: list[str]) -> None:
+        fields = lines[line].rstrip("\n").split("\t")
+        fields[column] = value
+        lines[line] = "\t".join(fields) + "\n"
+    return lambda s: s.edit_lines(name, change)
+
+
+def _set_count(key: str, value) -> Callable[[Sample], None]:
+    return lambda s: s.edit_manifest(lambda m: m["counts"].__setitem__(key, value))
+
+
+def _move_orf_between_chunks(s: Sample) -> None:
+    """read_000's chunk 1 has 2 ORFs and chunk 3 one: swapped, every sum still adds up."""
+    _set_field(fmt.CHUNKS, 1, 4, "1")(s)
+    _set_field(fmt.CHUNKS, 3, 4, "2")(s)
+
+
+TABLE_DAMAGE = {
+    "sequence row with ORFs deleted": (_delete_line(fmt.SEQUENCES, 2), fmt.SEQUENCES),
+    "sequence row without ORF deleted": (_delete_line(fmt.SEQUENCES, 6), fmt.SEQUENCES),
+    "last sequence row deleted": (_delete_line(fmt.SEQUENCES, -1), fmt.SEQUENCES),
+    "chunk row deleted": (_delete_line(fmt.CHUNKS, 2), fmt.CHUNKS),
+    "last chunk row deleted": (_delete_line(fmt.CHUNKS, -1), fmt.CHUNKS),
+    "chunk of an unknown sequence": (_set_field(fmt.CHUNKS, 12, 1, "ghost"), "'ghost'"),
+    "sequence n_orfs that do not add up": (_set_field(fmt.SEQUENCES, 1, 3, "7"), fmt.SEQUENCES),
+    "chunk n_orfs that do not match the ORF ids": (_move_orf_between_chunks, "read_000_chunk_"),
+    "n_chunks not a number": (_set_field(fmt.SEQUENCES, 3, 2, "three"), "'three'"),
+    "unknown status": (_set_field(fmt.SEQUENCES, 3, 4, "maybe"), "'maybe'"),
+    "row with a missing field": (_set_field(fmt.CHUNKS, 3, 4, "1\tX"), fmt.CHUNKS),
+    "header without a column": (_set_field(fmt.CHUNKS, 0, 4, "orfs"), fmt.CHUNKS),
+    "sequences.tsv missing": (lambda s: (s.prepared / fmt.SEQUENCES).unlink(), fmt.SEQUENCES),
+    "manifest chunk count": (_set_count("chunks", 587), "chunks"),
+    "manifest chunks without ORF": (_set_count("chunks_without_orf", 305), "chunks_without_orf"),
+    "manifest ORF count": (_set_count("orfs", 357), "orfs"),
+    "manifest base count": (_set_count("bases", 1), "bases"),
+    "manifest empty sequences": (_set_count("empty_sequences", 1), "empty_sequences"),
+    "manifest input records": (lambda s: s.edit_manifest(lambda m: m["inputs"][0].__setitem__("records", 299)),
+                               "records"),
+}
+
+
+@pytest.mark.parametrize("damage", TABLE_DAMAGE.values(), ids=TABLE_DAMAGE.keys())
+def test_tables_that_do_not_reconcile_exit_5_before_any_output(sample, run_cli, damage):
+    change, named = damage
+    change(sample)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, named)
+
+
+def test_the_report_never_says_does_not_reconcile(tmp_path):
+    """A report whose counts disagree is refused (exit 5), not written with a warning in it."""
+    from virnucpro.errors import InconsistentInputsError
+    from virnucpro.report import write_report
+
+    counts = {"sequences": 2, "empty_sequences": 0, "bases": 10, "chunks": 2, "chunks_without_orf": 1, "orfs": 3}
+    manifest = {"counts": counts, "chunk_size": 500, "inputs": []}
+    calls = {"virus": 1, "others": 0, "no_orf": 1, "empty": 0}
+    run_info = {"tiny_models": True, "virnucpro_version": "0", "threshold": 0.5, "precision": ["fp32"],
+                "device": ["cpu"], "seconds": {}}
+    write_report(tmp_path / "ok.html", manifest=manifest, rows=3, n_chunks_scored=1,
+                 summary={"calls": calls, "top": []}, histogram=[0] * 20, run_info=run_info)
+    assert "reconciles" in (tmp_path / "ok.html").read_text()
+    with pytest.raises(InconsistentInputsError, match="ORF"):
+        write_report(tmp_path / "bad.html", manifest=manifest, rows=2, n_chunks_scored=1,
+                     summary={"calls": calls, "top": []}, histogram=[0] * 20, run_info=run_info)
+    assert not (tmp_path / "bad.html").exists()
+
+
+def test_empty_and_orf_less_records_over_two_inputs_still_reconcile(tmp_path, run_cli, tiny_models, reference_dir):
+    """No false alarm: empty records, sequences without ORF and several inputs pass every check."""
+    from virnucpro.prepare import prepare
+
+    extra = tmp_path / "extra.fa"
+    extra.write_text(">empty_one\n\n>short\nACG\n>empty_two\n")
+    inputs = [reference_dir / "vanilla/test_with_orfs.fa", extra, reference_dir / "vanilla/test_sequences_small.fa"]
+    prepare(inputs, tmp_path / "prep", chunk_size=500, shard_size=4)
+    embeddings = []
+    for shard in fmt.load_manifest(tmp_path / "prep")["shards"]:
+        embeddings.append(tmp_path / Path(shard["file"]).with_suffix(".h5").name)
+        embed(tmp_path / "prep" / shard["file"], embeddings[-1], models=tiny_models, device="cpu")
+    code, message = run_cli("predict", "--prepared", tmp_path / "prep", "--embeddings", *embeddings,
+                            "--outdir", tmp_path / "o", "--models", tiny_models)
+    assert code == 0, message
+    calls = [line.split("\t")[-1] for line in (tmp_path / "o/sequences.tsv").read_text().splitlines()[1:]]
+    assert calls.count("empty") == 2 and "no_orf" in calls and len(embeddings) > 1
+
+
+# --- point 11: malformed embedding shards (HDF5) ---------------------------------------------------
+
+def _string_vectors(handle) -> None:
+    rows, width = handle["esm2"].shape
+    replace_dataset(handle, "esm2", np.array([["0.5"] * width] * rows, dtype=object),
+                    dtype=h5shard._h5py().string_dtype())
+
+
+def _set_attr(name: str, value) -> Callable:
+    return lambda handle: handle.attrs.__setitem__(name, value)
+
+
+H5_DAMAGE = {
+    "vectors stored as strings": (_string_vectors, "esm2"),
+    "vectors stored as float64": (lambda h: replace_dataset(h, "dnabert_s", h["dnabert_s"][:].astype("f8")),
+                                  "dnabert_s"),
+    "vectors one-dimensional": (lambda h: replace_dataset(h, "esm2", h["esm2"][:, 0]), "esm2"),
+    "fewer vector rows than ids": (lambda h: replace_dataset(h, "dnabert_s", h["dnabert_s"][:-1]), "dnabert_s"),
+    "fewer ids than vector rows": (lambda h: replace_dataset(h, "ids", h["ids"][:-1],
+                                                             dtype=h5shard._h5py().string_dtype()), "ids"),
+    "ids stored as numbers": (lambda h: replace_dataset(h, "ids", np.arange(h["ids"].shape[0])), "ids"),
+    "a vector dataset missing": (lambda h: h.__delitem__("esm2"), "esm2"),
+    "ids a group": (lambda h: (h.__delitem__("ids"), h.create_group("ids")), "ids"),
+    "attribute missing": (lambda h: h.attrs.__delitem__("shard_sha256"), "shard_sha256"),
+    "shard_index a string": (_set_attr("shard_index", "zero"), "shard_index"),
+    "shard_index negative": (_set_attr("shard_index", -1), "shard_index"),
+    "chunk_size a float": (_set_attr("chunk_size", 500.5), "chunk_size"),
+    "chunk_size an array": (_set_attr("chunk_size", [500, 300]), "chunk_size"),
+    "shard_of below the index": (_set_attr("shard_of", 0), "shard_of"),
+    "shard_sha256 a number": (_set_attr("shard_sha256", 7), "shard_sha256"),
+    "precision a number": (_set_attr("precision", 16), "precision"),
+    "models not JSON": (_set_attr("models", "{esm2: tiny"), "models"),
+    "models JSON but a list": (_set_attr("models", "[1, 2]"), "models"),
+    "models without sha256": (_set_attr("models", json.dumps({"esm2": {"name": "x"}})), "models"),
+    "other format_version": (_set_attr("format_version", 2), "format_version"),
+}
+
+
+@pytest.mark.parametrize("damage", H5_DAMAGE.values(), ids=H5_DAMAGE.keys())
+def test_malformed_embedding_shard_exit_5(sample, run_cli, damage):
+    """Every shard damaged alike, so that no comparison between shards can catch it instead."""
+    change, named = damage
+    for path in sample.embeddings:
+        edit_h5(path, change)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, sample.embeddings[0].name, named)
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_unreadable_embedding_shard_exit_5(sample, run_cli, damage):
+    path = sample.embeddings[2]
+    if damage == "text":
+        path.write_text("id\tvector\n")
+    else:
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, path.name)
+
+
+def test_malformed_shard_via_the_installed_command_prints_no_traceback(sample):
+    edit_h5(sample.embeddings[0], _string_vectors)
+    result = subprocess.run([sys.executable, "-m", "virnucpro", "predict", "--prepared", str(sample.prepared),
+                             "--embeddings", *map(str, sample.embeddings), "--outdir", str(sample.outdir),
+                             "--models", str(sample.models)], capture_output=True, text=True)
+    assert_refused(sample, result.returncode, result.stderr + result.stdout, "shard_00000.h5", "esm2")
+
+
+# --- point 11: malformed prepared manifest ---------------------------------------------------------
+
+def _manifest(change: Callable[[dict], object]) -> Callable[[Sample], None]:
+    return lambda s: s.edit_manifest(change)
+
+
+def _shard_entry(key: str, value) -> Callable[[Sample], None]:
+    return _manifest(lambda m: m["shards"][1].__setitem__(key, value))
+
+
+MANIFEST_DAMAGE = {
+    "not JSON": (lambda s: (s.prepared / fmt.MANIFEST).write_text('{"format_version": 1,'), fmt.MANIFEST),
+    "a list": (lambda s: (s.prepared / fmt.MANIFEST).write_text("[1]"), fmt.MANIFEST),
+    "counts missing": (_manifest(lambda m: m.pop("counts")), "counts"),
+    "shards missing": (_manifest(lambda m: m.pop("shards")), "shards"),
+    "a count missing": (_manifest(lambda m: m["counts"].pop("orfs")), "orfs"),
+    "a count that is a list": (_manifest(lambda m: m["counts"].__setitem__("orfs", [356])), "orfs"),
+    "chunk_size a string": (_manifest(lambda m: m.__setitem__("chunk_size", "500")), "chunk_size"),
+    "chunk_size true": (_manifest(lambda m: m.__setitem__("chunk_size", True)), "chunk_size"),
+    "inputs not a list": (_manifest(lambda m: m.__setitem__("inputs", {"path": "x"})), "inputs"),
+    "input records a string": (_manifest(lambda m: m["inputs"][0].__setitem__("records", "300")), "records"),
+    "shards empty": (_manifest(lambda m: m.__setitem__("shards", [])), "shards"),
+    "shard entry not an object": (_manifest(lambda m: m["shards"].__setitem__(1, "shard_00001.tsv")), "shards"),
+    "shard sha256 missing": (_manifest(lambda m: m["shards"][1].pop("sha256")), "sha256"),
+    "shard index a string": (_shard_entry("index", "1"), "index"),
+    "shard index repeated": (_shard_entry("index", 0), "index"),
+    "shard records negative": (_shard_entry("records", -60), "records"),
+    "shard records that do not add up": (_shard_entry("records", 61), "orfs"),
+    "shard file outside the folder": (_shard_entry("file", "../elsewhere.tsv"), "elsewhere.tsv"),
+    "shard file absolute": (_shard_entry("file", "/etc/hostname"), "/etc/hostname"),
+    "shard file a number": (_shard_entry("file", 1), "file"),
+}
+
+
+@pytest.mark.parametrize("damage", MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
+def test_malformed_prepared_manifest_exit_5(sample, run_cli, damage):
+    change, named = damage
+    change(sample)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, fmt.MANIFEST, named)

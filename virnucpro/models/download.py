@@ -1,0 +1,441 @@
+"""`virnucpro models download` and `ensure`: fetch the four models into a models directory, safely.
+
+Standard library only (urllib). Each file goes to `<file>.part`, resumed with an HTTP Range request
+after an interruption (within a run: up to `ATTEMPTS` tries; across runs: the `.part` is kept),
+verified against the checksum pinned in this module, then renamed into place. One command writes a
+models directory at a time: `virnucpro.outdir.folder_lock` (a second one exits 3 naming the first).
+
+Every file is pinned here, never learned from a server: the sha256 of ESM-2's `.pt` and its
+contact-regression file, the sha256 of every DNABERT-S file at a fixed hub revision, and the git
+blob id of each classifier at a fixed commit (what GitHub's tree of that commit lists). A mirror
+must serve identical bytes; anything else is exit 4 with nothing recorded. A file without a pin is
+never downloaded or recorded as trusted. Before the rename, a classifier must also pass the
+restricted loader and an encoder checkpoint must hold nothing but tensors.
+
+`--mirror URL` replaces the scheme and host of every source; the paths stay, e.g.
+`URL/fair-esm/models/esm2_t36_3B_UR50D.pt`, `URL/zhihan1996/DNABERT-S/resolve/<rev>/config.json`,
+`URL/Li-Jing-1997/VirNucPro/<commit>/300_model.pth`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from virnucpro import __version__
+from virnucpro.console import Progress, info, warn
+from virnucpro.errors import ModelsError, OutputWriteError, VirnucproError, storage_error
+from virnucpro.models import store
+from virnucpro.outdir import folder_lock
+
+ATTEMPTS = 5            # tries per file within one run (connection drops, 5xx, timeouts)
+BACKOFF_SECONDS = 2.0   # sleep attempt * BACKOFF_SECONDS between tries
+TIMEOUT_SECONDS = 60.0  # socket timeout per read
+CHUNK = 1024 * 1024
+FOLDER = "models folder"  # how lock messages name the directory
+
+ESM_HOST = "https://dl.fbaipublicfiles.com"
+DNABERT_S_REPO = "zhihan1996/DNABERT-S"
+DNABERT_S_REVISION = "00e47f96cdea35e4b6f5df89e5419cbe47d490c6"
+VIRNUCPRO_REPO = "Li-Jing-1997/VirNucPro"
+VIRNUCPRO_COMMIT = "0f93f2755a7ea1acd3ff1bcf182892f960ef3326"
+
+NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                  http.client.HTTPException)
+
+
+@dataclass(frozen=True)
+class FileSource:
+    relpath: str                 # where it goes inside the models directory
+    base: str                    # scheme://host, replaced by --mirror
+    path: str                    # path on the host, kept under --mirror
+    sha256: str | None = None    # pinned content hash
+    git_sha1: str | None = None  # pinned git blob id (where that is what the source publishes)
+
+
+@dataclass(frozen=True)
+class RoleSource:
+    role: str
+    name: str
+    source: str
+    revision: str | None
+    files: tuple[FileSource, ...]
+
+
+def _hf(filename: str, sha256: str) -> FileSource:
+    return FileSource(f"DNABERT-S/{filename}", "https://huggingface.co",
+                      f"{DNABERT_S_REPO}/resolve/{DNABERT_S_REVISION}/{filename}", sha256=sha256)
+
+
+def _classifier(name: str, git_sha1: str) -> RoleSource:
+    return RoleSource(
+        f"classifier_{name[:3]}", name, f"https://github.com/{VIRNUCPRO_REPO}", VIRNUCPRO_COMMIT,
+        (FileSource(name, "https://raw.githubusercontent.com",
+                    f"{VIRNUCPRO_REPO}/{VIRNUCPRO_COMMIT}/{name}", git_sha1=git_sha1),))
+
+
+SOURCES: dict[str, RoleSource] = {
+    "esm2": RoleSource(
+        "esm2", "esm2_t36_3B_UR50D", f"{ESM_HOST}/fair-esm", None,
+        (FileSource("esm2_t36_3B_UR50D.pt", ESM_HOST, "fair-esm/models/esm2_t36_3B_UR50D.pt",
+                    sha256="7de8b4082ba15891959ab368b77ce3886697af1efb16d3c9e9e7b0c5d3f07500"),
+         FileSource("esm2_t36_3B_UR50D-contact-regression.pt", ESM_HOST,
+                    "fair-esm/regression/esm2_t36_3B_UR50D-contact-regression.pt",
+                    sha256="4da500eab246481dc9c8c95bc7b1d02f2803d761c380b0e95186d4a07d0fc84e"))),
+    "dnabert_s": RoleSource(
+        "dnabert_s", DNABERT_S_REPO, f"https://huggingface.co/{DNABERT_S_REPO}", DNABERT_S_REVISION,
+        (_hf("config.json", "d54c142114563aa34ef7c2b54ccc921d08e50cd7c3cd69c439d5e0d2bbcfcdee"),
+         _hf("pytorch_model.bin", "f3cfc3d0541859df64759e758cc4bc40fe1d5760799a7d098a9f9f09501c1e5f"),
+         _hf("tokenizer.json", "667f5a0e6e9630f7052b004784dda7c7aeba395cc4ca3c01b11b02e6aa29d7b1"),
+         _hf("tokenizer_config.json", "f13dbe9968de35aff25b06965f18e30449ec37ed94811bd0c7f97990f3b18ebb"),
+         _hf("special_tokens_map.json", "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3"))),
+    "classifier_300": _classifier("300_model.pth", "a0b5b85e7c1e44f00cde146d091beb82b2c8e855"),
+    "classifier_500": _classifier("500_model.pth", "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+def download(dest: Path | None = None, only: str | None = None, mirror: str | None = None) -> None:
+    """`virnucpro models download`: every role (or `only` one) into `dest` (default: `models_dir`)."""
+    if only is not None and only not in store.ROLES:
+        raise ModelsError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
+    directory = store.models_dir(dest)
+    download_roles(directory, [only] if only else list(store.ROLES), mirror=mirror)
+    info(f"models ready in {directory}"
+         + ("" if dest or os.environ.get("VIRNUCPRO_MODELS") else
+            " (the default location; on a cluster, stage a shared directory with --dest and use "
+            "--models/VIRNUCPRO_MODELS)"))
+
+
+def ensure(directory: Path | None = None, roles: Iterable[str] = store.ROLES, offline: bool = False
+           ) -> store.ModelSet:
+    """`store.locate`, downloading missing roles first unless offline (`--offline` or HF_HUB_OFFLINE=1).
+
+    A present file that fails its checksum or holds code is never replaced silently: that is an
+    error to look at.
+    """
+    roles = list(roles)
+    directory, statuses = store.scan(directory, roles)
+    if any(s.bad or s.refused for s in statuses):
+        raise store.problems(directory, statuses)  # type: ignore[misc]
+    missing = [s.role for s in statuses if s.missing]
+    if not missing:
+        return store.model_set(directory, statuses)
+    if offline or _env_offline():
+        why = "--offline" if offline else "HF_HUB_OFFLINE=1"
+        raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; not downloading ({why})",
+                          hint=store.staging_hint(directory, missing))
+    download_roles(directory, missing, mirror=None)
+    return store.locate(directory, roles)
+
+
+def _env_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = None) -> None:
+    """Download `roles` into `directory`, one file at a time, holding the directory's lock."""
+    if mirror is not None:
+        parsed = urllib.parse.urlparse(mirror)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ModelsError(f"--mirror must be an http(s) URL, got {mirror!r}")
+    with folder_lock(directory, FOLDER):
+        for role in roles:
+            entry = _download_role(directory, SOURCES[role], mirror)
+            manifest = store.read_manifest(directory) or {"models": {}}
+            manifest["models"][role] = entry
+            try:
+                store.write_manifest(directory, manifest)
+            except OSError as exc:
+                raise _write_error(directory / store.MANIFEST, exc) from None
+
+
+def _write_error(path: Path, exc: OSError) -> VirnucproError:
+    """Exit 10 when the storage failed (full, quota, read-only), else exit 4."""
+    meaning = storage_error(exc)
+    if meaning is not None:
+        return OutputWriteError(f"cannot write {path}: {meaning}",
+                                "free space, or download into another --dest")
+    return ModelsError(f"cannot write {path}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------
+# One role
+# --------------------------------------------------------------------------------------------
+
+def _url(spec: FileSource, mirror: str | None) -> str:
+    """The file's URL at its source, or at the same path under `mirror`."""
+    return f"{(mirror or spec.base).rstrip('/')}/{spec.path}"
+
+
+def _download_role(directory: Path, source: RoleSource, mirror: str | None) -> dict:
+    """Fetch (or keep, when it verifies) every file of one role; returns its manifest entry."""
+    cache = store.HashCache(directory)
+    try:
+        hashes = {spec.relpath: _ensure_file(directory, source.role, spec, mirror, cache)
+                  for spec in source.files}
+    finally:
+        cache.save()
+    return {
+        "files": [spec.relpath for spec in source.files],
+        "sha256": hashes,
+        "source": mirror.rstrip("/") if mirror else source.source,
+        "revision": source.revision,
+        "tiny": False,
+        "name": source.name,
+        "urls": {spec.relpath: _url(spec, mirror) for spec in source.files},
+    }
+
+
+def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | None,
+                 cache: store.HashCache) -> str:
+    """sha256 of the file in place: kept when it verifies, else downloaded."""
+    target = directory / spec.relpath
+    if target.is_file():
+        digest = _existing_ok(directory, role, spec, cache)
+        if digest is not None:
+            return digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1,
+                   label=f"{role} ({spec.relpath})", validate=_validator(role, spec.relpath),
+                   hint=store.staging_hint(directory, [role]))
+    cache.record(spec.relpath, target, digest)
+    return digest
+
+
+def _existing_ok(directory: Path, role: str, spec: FileSource, cache: store.HashCache) -> str | None:
+    """sha256 of an already present file if it matches its pin and passes validation, else None.
+
+    A sha256 pin is compared with the cached hash when size and mtime are unchanged, so a rerun
+    does not re-read 6 GB; a git blob id pin always re-reads the (small) file.
+    """
+    target = directory / spec.relpath
+    if not (spec.sha256 or spec.git_sha1):
+        return None  # nothing to trust it by: `fetch` refuses it
+    try:
+        if spec.git_sha1:
+            digest = _verified(target, spec.sha256, spec.git_sha1)
+        else:
+            digest = _pinned_sha256(cache.sha256(directory, spec.relpath), spec.sha256)
+        validate = _validator(role, spec.relpath)
+        if validate is not None:
+            validate(target)
+    except ModelsError as exc:
+        warn(f"{target}: {exc.message}; downloading it again")
+        return None
+    return digest
+
+
+def _validator(role: str, relpath: str) -> Callable[[Path], None] | None:
+    """What a file of this role must pass besides its pin before it counts as present."""
+    if role.startswith("classifier_"):
+        return _validate_classifier
+    if role in store.ENCODER_ROLES and relpath.endswith(store.PICKLE_SUFFIXES):
+        return _validate_tensors_only
+    return None
+
+
+def _validate_classifier(path: Path) -> None:
+    """The restricted loader must accept a classifier before it counts as present."""
+    from virnucpro.classifier import load_classifier
+
+    load_classifier(path)
+
+
+def _validate_tensors_only(path: Path) -> None:
+    """An encoder checkpoint must hold nothing that could run code when loaded."""
+    offending = store.code_in_weights(path)
+    if offending:
+        raise ModelsError(store.refused_message(path, offending))
+
+
+# --------------------------------------------------------------------------------------------
+# One file
+# --------------------------------------------------------------------------------------------
+
+class _Interrupted(Exception):
+    """The transfer stopped early; the .part file is kept for a resume."""
+
+
+class _Mismatch(ModelsError):
+    """The bytes are not the pinned ones (exit 4)."""
+
+
+def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | None = None,
+          label: str | None = None, validate: Callable[[Path], None] | None = None,
+          attempts: int | None = None, hint: str | None = None) -> str:
+    """Download `url` to `target` atomically (via `target.part`, resumable); return its sha256.
+
+    The bytes must match the pinned `sha256` or `git_sha1` (and pass `validate`) before the rename;
+    a file with no pin is refused before anything is transferred. Raises `ModelsError` (exit 4) on
+    HTTP errors (after retries for 5xx), unreachable hosts, mismatches and failed validation, with
+    the .part deleted whenever its bytes are wrong.
+    """
+    label = label or target.name
+    if not (sha256 or git_sha1):
+        raise ModelsError(f"no pinned checksum for {label}: virnucpro never records a file it "
+                          f"cannot verify as trusted", hint="this is a bug in virnucpro's table of sources")
+    part = target.with_name(target.name + ".part")
+    resumed = part.exists()
+    _transfer_with_retries(url, part, label, attempts or ATTEMPTS, hint or store.staging_hint(target.parent))
+    try:
+        digest = _verified(part, sha256, git_sha1)
+        if validate is not None:
+            validate(part)
+    except ModelsError as exc:
+        part.unlink(missing_ok=True)
+        if resumed and isinstance(exc, _Mismatch):  # a stale or foreign .part: once more
+            warn(f"{label}: checksum mismatch after resuming an old partial file; starting over")
+            return fetch(url, target, sha256, git_sha1, label, validate, attempts, hint)
+        raise ModelsError(f"{label} downloaded from {url}: {exc.message} (file discarded, nothing "
+                          f"recorded)", hint=exc.hint or _MISMATCH_HINT) from None
+    os.replace(part, target)
+    return digest
+
+
+_MISMATCH_HINT = ("retry later or use another --mirror (a mirror must serve the very same files); "
+                  "if it persists the source changed and virnucpro's pins need an update")
+
+
+def _verified(path: Path, sha256: str | None, git_sha1: str | None) -> str:
+    """The file's sha256 when it matches the pins; `_Mismatch` otherwise."""
+    digest, blob = store.sha256_file(path, git_sha1=True)
+    if git_sha1 and git_sha1.lower() != blob:
+        raise _Mismatch(f"checksum mismatch: pinned git blob id {git_sha1} != {blob}")
+    return _pinned_sha256(digest, sha256)
+
+
+def _pinned_sha256(digest: str, sha256: str | None) -> str:
+    """`digest` when it is the pinned sha256 (or nothing pins the sha256); `_Mismatch` otherwise."""
+    if sha256 and sha256.lower() != digest:
+        raise _Mismatch(f"checksum mismatch: pinned sha256 {sha256} != {digest}")
+    return digest
+
+
+def _transfer_with_retries(url: str, part: Path, label: str, attempts: int, hint: str) -> None:
+    """Append to `part` until the whole file is there, retrying what retrying can fix."""
+    last_error, connected = "unknown error", False
+    for attempt in range(1, attempts + 1):
+        try:
+            _transfer(url, part, label)
+            return
+        except _Interrupted as exc:
+            connected, last_error = True, str(exc)
+        except urllib.error.HTTPError as exc:
+            connected = True
+            if _already_whole(exc, part):
+                return
+            last_error = _retryable_http(exc, url, label)
+        except NETWORK_ERRORS as exc:
+            reason = getattr(exc, "reason", exc)
+            last_error = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+        except OSError as exc:  # local disk trouble: retrying will not help
+            raise _write_error(part, exc) from None
+        if attempt < attempts:
+            time.sleep(BACKOFF_SECONDS * attempt)
+    raise _gave_up(url, part, label, attempts, last_error, connected, hint)
+
+
+def _already_whole(exc: urllib.error.HTTPError, part: Path) -> bool:
+    """A 416 to a resume: True when the .part is already the whole file (else it is dropped)."""
+    if exc.code != 416 or not part.exists():
+        return False
+    if _total_from_content_range(exc.headers.get("Content-Range")) == part.stat().st_size:
+        return True
+    part.unlink()
+    return False
+
+
+def _retryable_http(exc: urllib.error.HTTPError, url: str, label: str) -> str:
+    """The reason to retry a 5xx/429/416; any other HTTP error is final (exit 4)."""
+    if exc.code >= 500 or exc.code in (429, 416):
+        return "server refused to resume" if exc.code == 416 else f"HTTP {exc.code} {exc.reason}"
+    raise ModelsError(f"cannot download {label}: HTTP {exc.code} {exc.reason} from {url}",
+                      hint="a --mirror must serve the original paths under its URL") from None
+
+
+def _gave_up(url: str, part: Path, label: str, attempts: int, last_error: str, connected: bool,
+             hint: str) -> ModelsError:
+    if not connected:
+        host = urllib.parse.urlparse(url).netloc or url
+        return ModelsError(f"cannot reach {host} to download {label}: {last_error} (offline?)", hint=hint)
+    kept = f" ({part.stat().st_size:,} bytes kept in {part})" if part.exists() else ""
+    return ModelsError(f"download of {label} from {url} failed after {attempts} attempts: "
+                       f"{last_error}; rerun the same command to resume{kept}")
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    match = re.match(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+)", value or "")
+    return int(match.group(3)) if match else None
+
+
+def _range_start(value: str | None) -> int | None:
+    match = re.match(r"bytes\s+(\d+)-", value or "")
+    return int(match.group(1)) if match else None
+
+
+def _transfer(url: str, part: Path, label: str) -> None:
+    """One HTTP attempt appending to `part` (or restarting it); `_Interrupted` if it ends early."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": f"virnucpro/{__version__}", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=TIMEOUT_SECONDS) as response:
+        offset = _resume_offset(response, part, offset, label)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        if getattr(response, "status", 200) == 206 and total is None:
+            total = _total_from_content_range(response.headers.get("Content-Range"))
+        received = _receive(response, part, offset, total, label)
+    if total is not None and received != total:
+        raise _Interrupted(f"connection closed after {received:,} of {total:,} bytes")
+
+
+def _resume_offset(response, part: Path, offset: int, label: str) -> int:
+    """Where this response's body starts in the file: `offset` on a matching 206, else 0."""
+    if not offset:
+        return 0
+    if getattr(response, "status", 200) != 206:
+        info(f"{label}: server does not resume; starting over")
+        return 0
+    if _range_start(response.headers.get("Content-Range")) != offset:
+        part.unlink()
+        raise _Interrupted(f"server answered a resume with the wrong range "
+                           f"({response.headers.get('Content-Range')})")
+    info(f"{label}: resuming at {offset:,} bytes")
+    return offset
+
+
+def _receive(response, part: Path, offset: int, total: int | None, label: str) -> int:
+    """Write the body to `part` (appending after `offset`); returns the bytes the file now holds."""
+    progress = Progress(f"download {label}", total=total or 0, unit="bytes", every_seconds=10)
+    progress.advance(offset)
+    received = offset
+    try:
+        with open(part, "ab" if offset else "wb") as handle:
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (http.client.HTTPException, OSError) as exc:  # network, not disk
+                    raise _Interrupted(f"connection lost after {received:,} bytes "
+                                       f"({type(exc).__name__})") from None
+                if not chunk:
+                    return received
+                handle.write(chunk)
+                received += len(chunk)
+                progress.advance(len(chunk))
+    finally:
+        progress.close()

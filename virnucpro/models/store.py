@@ -1,0 +1,614 @@
+"""Find and verify models in a models directory; describe them in its manifest.
+
+Layout, written by `download` and `tiny` and read by `locate`:
+
+    MODELS/manifest.json   {"format_version": 1, "models": {role: {"files": [...], "sha256": {...},
+                            "source": ..., "revision": ..., "tiny": bool, "name": ..., "urls": {...}}}}
+    MODELS/esm2_t36_3B_UR50D.pt (+ esm2_t36_3B_UR50D-contact-regression.pt, which fair-esm's own
+           loader wants next to it), MODELS/DNABERT-S/, MODELS/300_model.pth, MODELS/500_model.pth
+
+A directory without manifest.json (or a manifest without a role) is read by those standard names,
+so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field.
+
+Verification of every file:
+- its sha256 against the manifest; hashes of big files are cached by (size, mtime) in
+  `MODELS/.sha256-cache.json` when the directory is writable, so `embed` on many shards does not
+  re-read 6 GB each time (`models check` always re-hashes);
+- the pickles of the encoders' torch checkpoints (`.pt`, `.bin`) are disassembled, never run, and
+  a file naming anything but tensor machinery (and ESM-2's `argparse.Namespace` settings) is
+  refused: it could run code when loaded. Classifiers go through the restricted loader instead.
+
+Model identity (`ModelSet.sha256[role]`, used in checkpoint keys and HDF5 attributes):
+- esm2: sha256 of the weights `.pt` (the contact-regression file does not change embeddings);
+- dnabert_s: sha256 of the text `"<file>\\t<sha256>\\n"` over the folder's config.json,
+  model.safetensors, pytorch_model.bin and tokenizer.json (those present), sorted by file name;
+- classifier_300 / classifier_500: sha256 of the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pickletools
+import re
+import shlex
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from virnucpro.console import info, warn
+from virnucpro.errors import ModelsError
+
+ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+HASH_CACHE = ".sha256-cache.json"
+
+#: Hand-staged layout (no manifest): role -> (required files, optional files). For dnabert_s one of
+#: the two weight files is required.
+STANDARD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "esm2": (("esm2_t36_3B_UR50D.pt",), ("esm2_t36_3B_UR50D-contact-regression.pt",)),
+    "dnabert_s": (("DNABERT-S/config.json", "DNABERT-S/tokenizer.json"),
+                  ("DNABERT-S/tokenizer_config.json", "DNABERT-S/special_tokens_map.json")),
+    "classifier_300": (("300_model.pth",), ()),
+    "classifier_500": (("500_model.pth",), ()),
+}
+DNABERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+DNABERT_IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+#: Roles whose torch checkpoints the encoders load with torch's tensors-only unpickler.
+ENCODER_ROLES = ("esm2", "dnabert_s")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+#: Globals an encoder checkpoint may name besides torch's tensor machinery (ESM-2's settings).
+SETTINGS_GLOBALS = frozenset({"argparse.Namespace"})
+#: A legacy (non-zip) torch file starts with five pickles: magic number, protocol, system
+#: information, the object, the storage keys; the raw tensor data follows.
+LEGACY_PICKLES = 5
+_CACHE_MIN_BYTES = 64 * 1024 * 1024
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def file_mode() -> int:
+    """The mode a plain `open()` would give a new file (mkstemp would give 0600: unreadable to
+    the other users of a shared models directory)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# --------------------------------------------------------------------------------------------
+# Model sets and where they live
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelSet:
+    """Located, verified models. `paths[role]`: the `.pt` file, the DNABERT-S folder, the `.pth`."""
+
+    directory: Path
+    paths: dict[str, Path]
+    sha256: dict[str, str]
+    tiny: bool
+    names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def esm2(self) -> Path:
+        return self._path("esm2")
+
+    @property
+    def dnabert_s(self) -> Path:
+        return self._path("dnabert_s")
+
+    def classifier(self, chunk_size: int) -> Path:
+        """The original classifier trained for this chunk size (300 or 500)."""
+        role = f"classifier_{chunk_size}"
+        if role not in ROLES:
+            raise ModelsError(f"there is no original classifier for chunk size {chunk_size} "
+                              f"(only 300 and 500)", hint="pass your own with --classifier FILE")
+        return self._path(role)
+
+    def identity(self, roles: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+        """`{role: {"name", "sha256"}}` — the `models` attribute of embedding shards."""
+        return {role: {"name": self.names.get(role, role), "sha256": self.sha256[role]}
+                for role in (roles or self.paths)}
+
+    def _path(self, role: str) -> Path:
+        if role not in self.paths:
+            raise ModelsError(f"model {role} was not located in {self.directory}",
+                              hint=download_command(self.directory, [role]))
+        return self.paths[role]
+
+
+def models_dir(explicit: Path | str | None = None) -> Path:
+    """`explicit` (--models/--dest) > $VIRNUCPRO_MODELS > the user data directory."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    env = os.environ.get("VIRNUCPRO_MODELS")
+    if env:
+        return Path(env).expanduser().absolute()
+    return _user_data_dir() / "models"
+
+
+def _user_data_dir() -> Path:
+    """The platform's per-user data folder for virnucpro."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "virnucpro"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "virnucpro"
+    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "virnucpro"
+
+
+def download_command(directory: Path, roles: Iterable[str] | None = None) -> str:
+    """The command that fetches `roles` (all when several or none) into `directory`."""
+    roles = list(roles or [])
+    command = f"virnucpro models download --dest {shlex.quote(str(directory))}"
+    if len(roles) == 1:
+        command += f" --only {roles[0]}"
+    return command
+
+
+def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
+    """How to get models onto a machine that cannot download them."""
+    return (f"on a machine with internet access run `{download_command(directory, roles)}` "
+            f"(or download into any directory and copy it here), then point runs at it with "
+            f"--models DIR or VIRNUCPRO_MODELS=DIR")
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+def read_manifest(directory: Path) -> dict | None:
+    """The validated manifest of `directory`, or None without one; malformed is exit 4."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelsError(f"{path} is unreadable or not JSON: {exc}",
+                          hint=_manifest_hint(Path(directory))) from None
+    _check_manifest(path, manifest)
+    manifest.setdefault("models", {})
+    return manifest
+
+
+def _manifest_hint(directory: Path) -> str:
+    """How to get past a bad manifest."""
+    return (f"delete it to read the directory by standard file names, or "
+            f"`{download_command(directory)}`")
+
+
+def _malformed(path: Path, field_name: str, problem: str) -> ModelsError:
+    """Exit 4 naming the manifest, the field and what is wrong with it."""
+    return ModelsError(f"{path} is malformed: `{field_name}` {problem}",
+                       hint=_manifest_hint(path.parent))
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, for messages."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _check_manifest(path: Path, manifest: object) -> None:
+    """Every field this code reads has the type the contract gives it, or exit 4 naming it."""
+    if not isinstance(manifest, dict):
+        raise _malformed(path, "(top level)", f"is {_kind(manifest)}, not an object")
+    version = manifest.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ModelsError(f"{path} has format_version {version!r}; this virnucpro reads version "
+                          f"{FORMAT_VERSION}", hint=_manifest_hint(path.parent))
+    roles = manifest.get("models", {})
+    if not isinstance(roles, dict):
+        raise _malformed(path, "models", f"is {_kind(roles)}, not an object of roles")
+    for role, entry in roles.items():
+        _check_entry(path, f"models.{role}", entry)
+
+
+def _check_entry(path: Path, where: str, entry: object) -> None:
+    """One role's entry: files to read, their checksums, and the describing strings."""
+    if not isinstance(entry, dict):
+        raise _malformed(path, where, f"is {_kind(entry)}, not an object")
+    files = entry.get("files")
+    if not (isinstance(files, list) and files and all(isinstance(f, str) and f for f in files)):
+        raise _malformed(path, f"{where}.files", f"is {_kind(files)}, not a non-empty list of file names")
+    for rel in files:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise _malformed(path, f"{where}.files", f"names {rel!r}, which is outside the models directory")
+    _check_mapping(path, f"{where}.sha256", entry.get("sha256", {}), _HEX64, "sha256 (64 hex digits)")
+    _check_mapping(path, f"{where}.urls", entry.get("urls", {}), None, "URL")
+    if not isinstance(entry.get("tiny", False), bool):
+        raise _malformed(path, f"{where}.tiny", f"is {_kind(entry['tiny'])}, not true or false")
+    for key in ("name", "source", "revision"):
+        if not isinstance(entry.get(key), (str, type(None))):
+            raise _malformed(path, f"{where}.{key}", f"is {_kind(entry[key])}, not a string")
+
+
+def _check_mapping(path: Path, where: str, value: object, pattern: re.Pattern | None, what: str) -> None:
+    """An object from file names to strings (matching `pattern`, when given)."""
+    if not isinstance(value, dict):
+        raise _malformed(path, where, f"is {_kind(value)}, not an object mapping each file name to its {what}")
+    for name, item in value.items():
+        if not isinstance(item, str) or (pattern is not None and not pattern.fullmatch(item)):
+            raise _malformed(path, f"{where}.{name}", f"is {item!r}, not a {what}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a temporary file renamed into place)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write the manifest with the current format version and the roles in their usual order."""
+    manifest = {"format_version": FORMAT_VERSION, **{k: v for k, v in manifest.items()
+                                                     if k != "format_version"}}
+    manifest["models"] = {role: manifest["models"][role]
+                          for role in sorted(manifest["models"], key=_role_order)}
+    atomic_write_text(Path(directory) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _role_order(role: str) -> tuple[int, str]:
+    """Known roles in their usual order, then any others by name."""
+    return (ROLES.index(role) if role in ROLES else len(ROLES), role)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------
+
+def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:
+    """sha256 of a file (and, with `git_sha1`, its git blob id, as GitHub's tree lists it)."""
+    digest = hashlib.sha256()
+    blob = None
+    if git_sha1:
+        blob = hashlib.sha1()
+        blob.update(b"blob %d\0" % Path(path).stat().st_size)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+            if blob is not None:
+                blob.update(chunk)
+    return (digest.hexdigest(), blob.hexdigest()) if blob is not None else digest.hexdigest()
+
+
+def combined_sha256(file_hashes: dict[str, str]) -> str:
+    """Deterministic identity of a set of files: sha256 of sorted `name\\tsha256\\n` lines."""
+    text = "".join(f"{name}\t{file_hashes[name]}\n" for name in sorted(file_hashes))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class HashCache:
+    """sha256 of big files keyed by (size, mtime_ns); best effort, never required."""
+
+    def __init__(self, directory: Path, use: bool = True):
+        self.path = Path(directory) / HASH_CACHE
+        self.use = use
+        self.entries: dict[str, dict] = {}
+        self.dirty = False
+        if self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text())
+                self.entries = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def sha256(self, directory: Path, rel: str) -> str:
+        """The file's sha256, from the cache when its size and mtime are unchanged."""
+        path = Path(directory) / rel
+        stat = path.stat()
+        entry = self.entries.get(rel)
+        if (self.use and isinstance(entry, dict) and entry.get("size") == stat.st_size
+                and entry.get("mtime_ns") == stat.st_mtime_ns and isinstance(entry.get("sha256"), str)):
+            return entry["sha256"]
+        if stat.st_size > 256 * 1024 * 1024:
+            info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
+        digest = sha256_file(path)
+        if stat.st_size >= _CACHE_MIN_BYTES:
+            self.record(rel, path, digest)
+        return digest
+
+    def record(self, rel: str, path: Path, digest: str) -> None:
+        """Remember `digest` for the file as it is now."""
+        stat = path.stat()
+        self.entries[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write the cache if it changed; a read-only directory just hashes again next time."""
+        if not self.dirty:
+            return
+        try:
+            atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+        except OSError:
+            pass  # read-only staged directory: hash again next time
+        self.dirty = False
+
+
+# --------------------------------------------------------------------------------------------
+# Code in weights files
+# --------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _tensor_globals() -> frozenset[str]:
+    """What torch's tensors-only loader allows, plus ESM-2's settings object."""
+    from torch import _weights_only_unpickler as unpickler
+
+    return frozenset(unpickler._get_allowed_globals()) | SETTINGS_GLOBALS
+
+
+def code_in_weights(path: Path) -> list[str]:
+    """The globals other than tensor machinery that loading this torch checkpoint would import.
+
+    The pickles are disassembled, never run: `data.pkl` of the zip format, or the pickles at the
+    start of the legacy format (read up to where its raw tensor data begins, not the whole file).
+    """
+    from virnucpro.classifier import pickle_globals
+
+    try:
+        data = _pickle_bytes(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, NotImplementedError,
+            RuntimeError) as exc:
+        raise ModelsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})",
+                          hint="replace it: `virnucpro models download` fetches the original") from None
+    allowed = _tensor_globals()
+    return list(dict.fromkeys(g for g in pickle_globals(data) if g not in allowed))
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle part of a torch checkpoint, without reading its tensor data."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return b"".join(archive.read(name) for name in archive.namelist()
+                            if name == "data.pkl" or name.endswith("/data.pkl"))
+    with open(path, "rb") as handle:
+        end = _legacy_pickles_end(handle)
+        handle.seek(0)
+        return handle.read(end)
+
+
+def _legacy_pickles_end(handle) -> int:
+    """Offset where the leading pickles of a legacy torch file (or a plain pickle) end."""
+    end = 0
+    for _ in range(LEGACY_PICKLES):
+        try:
+            for _opcode in pickletools.genops(handle):
+                pass
+        except Exception:  # noqa: BLE001 - raw tensor data (or garbage) follows: stop here
+            break
+        end = handle.tell()
+    return end
+
+
+def refused_message(path: Path, offending: Iterable[str]) -> str:
+    """The one message for a model file that could run code when loaded."""
+    return (f"{path} refused: it holds objects other than tensors ({', '.join(offending)}); "
+            f"loading it could run code")
+
+
+# --------------------------------------------------------------------------------------------
+# Locating
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RoleStatus:
+    """What `scan` found for one role: its files, and what is missing, corrupt or refused."""
+
+    role: str
+    path: Path | None = None
+    files: list[str] = field(default_factory=list)         # present files, relative
+    missing: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str, str]] = field(default_factory=list)  # (file, expected, actual)
+    refused: list[tuple[str, list[str]]] = field(default_factory=list)  # (file, offending globals)
+    hashes: dict[str, str] = field(default_factory=dict)
+    unverified: list[str] = field(default_factory=list)    # present, no recorded checksum
+    notes: list[str] = field(default_factory=list)
+    tiny: bool = False
+    name: str = ""
+    sha256: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Present, matching its checksums and free of code."""
+        return not self.missing and not self.bad and not self.refused
+
+
+def _main_path(role: str, files: list[str]) -> str | None:
+    """What a role's path points at: the ESM-2 weights, the DNABERT-S folder, the classifier."""
+    if role == "esm2":
+        weights = [f for f in files if f.endswith(".pt") and not f.endswith("-contact-regression.pt")]
+        return weights[0] if weights else None
+    if role == "dnabert_s":
+        configs = [f for f in files if Path(f).name == "config.json"]
+        return str(Path(configs[0]).parent) if configs else None
+    return files[0] if files else None
+
+
+def _expected_files(directory: Path, role: str, entry: dict | None
+                    ) -> tuple[list[str], list[str], dict[str, str]]:
+    """(required files, optional files, recorded sha256 by file) from the manifest or by name."""
+    if entry is not None:
+        return list(entry["files"]), [], {k: v.lower() for k, v in entry.get("sha256", {}).items()}
+    required, optional = (list(x) for x in STANDARD_FILES[role])
+    if role == "dnabert_s":
+        weights = [f"DNABERT-S/{w}" for w in DNABERT_WEIGHTS if (directory / "DNABERT-S" / w).is_file()]
+        required += weights or ["DNABERT-S/model.safetensors (or pytorch_model.bin)"]
+    return required, optional, {}
+
+
+def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashCache) -> RoleStatus:
+    entry = (manifest or {}).get("models", {}).get(role)
+    status = RoleStatus(role, tiny=bool((entry or {}).get("tiny", False)),
+                        name=str((entry or {}).get("name") or ""))
+    required, optional, expected = _expected_files(directory, role, entry)
+    for rel in required + optional:
+        if (directory / rel).is_file():
+            _check_file(directory, rel, status, expected.get(rel), cache)
+        elif rel in required:
+            status.missing.append(rel)
+        elif role == "esm2":
+            status.notes.append(f"{rel} is absent: virnucpro does not need it, fair-esm's own loader does")
+    main = _main_path(role, required)
+    if main is None:
+        status.missing.append("(the manifest lists no weights for it)")
+        return status
+    status.path = directory / main
+    status.name = status.name or (Path(main).stem if role == "esm2" else Path(main).name)
+    if status.ok:
+        status.sha256 = _identity(role, main, status.hashes)
+    return status
+
+
+def _check_file(directory: Path, rel: str, status: RoleStatus, expected: str | None,
+                cache: HashCache) -> None:
+    """Hash one present file against its record and, for encoder checkpoints, look for code."""
+    status.files.append(rel)
+    digest = cache.sha256(directory, rel)
+    status.hashes[rel] = digest
+    if expected is None:
+        status.unverified.append(rel)
+    elif expected != digest:
+        status.bad.append((rel, expected, digest))
+        return
+    if status.role in ENCODER_ROLES and rel.endswith(PICKLE_SUFFIXES):
+        offending = code_in_weights(directory / rel)
+        if offending:
+            status.refused.append((rel, offending))
+
+
+def _identity(role: str, main: str, hashes: dict[str, str]) -> str:
+    """The role's model identity (see the module docstring)."""
+    if role == "dnabert_s":
+        return combined_sha256({Path(f).name: h for f, h in hashes.items()
+                                if Path(f).parent == Path(main) and Path(f).name in DNABERT_IDENTITY_FILES})
+    return hashes[main]
+
+
+def scan(directory: Path | None, roles: Iterable[str], full: bool = False
+         ) -> tuple[Path, list[RoleStatus]]:
+    """The state of each role in the models directory (`full`: re-hash, ignoring the cache)."""
+    roles = list(roles)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ModelsError(f"unknown model role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+    directory = models_dir(directory)
+    if not directory.is_dir():
+        return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
+    manifest = read_manifest(directory)
+    cache = HashCache(directory, use=not full)
+    try:
+        statuses = [_role_status(directory, role, manifest, cache) for role in roles]
+    finally:
+        cache.save()
+    return directory, statuses
+
+
+def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
+    """One error naming everything missing, corrupt or refused, with the command that fixes it."""
+    failing = [s for s in statuses if not s.ok]
+    if not failing:
+        return None
+    if not directory.is_dir():
+        return ModelsError(f"models directory {directory} does not exist",
+                           hint=download_command(directory, [s.role for s in statuses]
+                                                 if len(statuses) == 1 else None))
+    missing = [s for s in failing if s.missing]
+    lines = []
+    if missing:
+        lines.append(f"models missing in {directory}: " + "; ".join(
+            f"{s.role} ({', '.join(s.missing)})" for s in missing))
+    for s in failing:
+        lines += [f"checksum mismatch for {s.role}: {directory / rel} has sha256 {got}, the manifest "
+                  f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
+        lines += [f"{s.role}: " + refused_message(directory / rel, names) for rel, names in s.refused]
+    return ModelsError("\n".join(lines), hint=download_command(directory, [s.role for s in failing]))
+
+
+def locate(directory: Path | None = None, roles: Iterable[str] = ROLES) -> ModelSet:
+    """Find and verify the models for `roles`; `ModelsError` (exit 4) names what is missing,
+    corrupt or refused and the exact command that fixes it. Never downloads."""
+    directory, statuses = scan(directory, roles)
+    problem = problems(directory, statuses)
+    if problem is not None:
+        raise problem
+    return model_set(directory, statuses)
+
+
+def model_set(directory: Path, statuses: list[RoleStatus]) -> ModelSet:
+    """The `ModelSet` of roles that all checked out."""
+    return ModelSet(directory=directory,
+                    paths={s.role: s.path for s in statuses},
+                    sha256={s.role: s.sha256 for s in statuses},
+                    tiny=any(s.tiny for s in statuses),
+                    names={s.role: s.name for s in statuses})
+
+
+# --------------------------------------------------------------------------------------------
+# models check
+# --------------------------------------------------------------------------------------------
+
+def check(directory: Path | None = None) -> None:
+    """`virnucpro models check`: presence and full checksums of every role, on stderr.
+
+    Raises `ModelsError` (exit 4) when anything is missing, corrupt or refused (code in an encoder
+    checkpoint, or a classifier the restricted loader refuses).
+    """
+    directory, statuses = scan(directory, ROLES, full=True)
+    info(f"models directory: {directory}"
+         + ("" if (directory / MANIFEST).is_file() else " (no manifest.json: standard file names)"))
+    refused = [message for s in statuses if (message := _report_role(s)) is not None]
+    if any(s.tiny for s in statuses if not s.missing):
+        warn("these are tiny random models for tests: their predictions mean nothing")
+    problem = problems(directory, statuses)
+    if problem is not None:
+        raise problem
+    if refused:
+        raise ModelsError("classifier refused by the restricted loader: " + "; ".join(refused),
+                          hint=download_command(directory))
+    info("all models present and verified")
+
+
+def _report_role(s: RoleStatus) -> str | None:
+    """Print one role's state and files; returns the restricted loader's refusal, if any."""
+    if s.missing:
+        info(f"  {s.role:<15} MISSING  {', '.join(s.missing)}")
+        return None
+    refusal = _classifier_refusal(s) if s.ok and s.role.startswith("classifier_") else None
+    state = "BAD" if s.bad else "REFUSED" if s.refused or refusal else "ok"
+    info(f"  {s.role:<15} {state:<8} {s.path}" + (" [tiny test model]" if s.tiny else ""))
+    refused_files = {rel for rel, _names in s.refused}
+    for rel in s.files:
+        mark = ("MISMATCH" if any(rel == b[0] for b in s.bad) else "REFUSED" if rel in refused_files
+                else "unrecorded" if rel in s.unverified else "verified")
+        info(f"      {rel}  sha256 {s.hashes[rel]}  ({mark})")
+    for rel, want, _got in s.bad:
+        info(f"      {rel}: manifest records {want}")
+    for note in s.notes:
+        info(f"      note: {note}")
+    return refusal
+
+
+def _classifier_refusal(s: RoleStatus) -> str | None:
+    """The restricted loader's verdict on a classifier (noted on success, returned on refusal)."""
+    from virnucpro.classifier import load_classifier
+
+    try:
+        width = load_classifier(s.path).input_dim
+    except ModelsError as exc:
+        return f"{s.role}: {exc.message}"
+    s.notes.append(f"restricted loader: MLPClassifier, input width {width}")
+    return None

@@ -1,0 +1,281 @@
+"""`virnucpro models tiny DIR`: seeded random models in the real on-disk formats and key names.
+
+Tests and the Nextflow test profile run every stage with them in seconds. The output is
+byte-identical on every run and the manifest marks every role `"tiny": true`, so every output
+made with them says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from virnucpro import __version__
+from virnucpro.console import info
+from virnucpro.errors import BadInputError
+from virnucpro.models import store
+from virnucpro.outdir import OURS, folder_lock
+
+TINY_SEED = 20240917
+TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
+TINY_DNABERT = {"hidden_size": 48, "num_attention_heads": 12, "num_hidden_layers": 2,
+                "intermediate_size": 96, "vocab_size": 64}
+TINY_FILES = {
+    "esm2": ["esm2_tiny.pt", "esm2_tiny-contact-regression.pt"],
+    "dnabert_s": ["DNABERT-S-tiny/config.json", "DNABERT-S-tiny/model.safetensors",
+                  "DNABERT-S-tiny/tokenizer.json", "DNABERT-S-tiny/tokenizer_config.json",
+                  "DNABERT-S-tiny/special_tokens_map.json"],
+    "classifier_300": ["300_model_tiny.pth"],
+    "classifier_500": ["500_model_tiny.pth"],
+}
+TINY_NAMES = {"esm2": "esm2_tiny", "dnabert_s": "DNABERT-S-tiny",
+              "classifier_300": "300_model_tiny.pth", "classifier_500": "500_model_tiny.pth"}
+DNABERT_SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+
+
+def _esm_checkpoint_key(key: str) -> str:
+    """fair-esm state_dict name -> the name in the published fairseq checkpoint."""
+    if key.startswith("lm_head."):
+        return "encoder." + key
+    return "encoder.sentence_encoder." + key
+
+
+def _tiny_esm(directory: Path, generator) -> None:
+    import torch
+    from esm.data import Alphabet
+    from esm.model.esm2 import ESM2
+
+    model = ESM2(num_layers=TINY_ESM["layers"], embed_dim=TINY_ESM["embed_dim"],
+                 attention_heads=TINY_ESM["heads"], alphabet=Alphabet.from_architecture("ESM-1b"),
+                 token_dropout=True)
+    weights, regression = {}, {}
+    embed = None
+    for key, value in model.state_dict().items():
+        if key.endswith("rot_emb.inv_freq"):
+            tensor = value.clone()  # the real checkpoint stores the standard frequencies
+        elif key == "lm_head.weight":
+            continue  # tied to embed_tokens.weight, filled below
+        else:
+            tensor = _random_like(key, tuple(value.shape), generator)
+        if key == "embed_tokens.weight":
+            embed = tensor
+        if key.startswith("contact_head."):
+            regression[key] = tensor
+        else:
+            weights[_esm_checkpoint_key(key)] = tensor
+    weights[_esm_checkpoint_key("lm_head.weight")] = embed.clone()
+    d, heads = TINY_ESM["embed_dim"], TINY_ESM["heads"]
+    cfg = argparse.Namespace(
+        _name="ESM2", arch="esm2", encoder_layers=TINY_ESM["layers"], encoder_embed_dim=d,
+        encoder_ffn_embed_dim=4 * d, encoder_attention_heads=heads, token_dropout=True,
+        dropout=0.0, attention_dropout=0.0, max_positions=1024, note="virnucpro tiny random model")
+    torch.save({"model": weights, "cfg": {"model": cfg}}, str(directory / TINY_FILES["esm2"][0]))
+    torch.save({"model": regression}, str(directory / TINY_FILES["esm2"][1]))
+
+
+def _random_like(key: str, shape: tuple[int, ...], generator):
+    """Seeded random weights spread enough that different inputs give visibly different outputs."""
+    import torch
+
+    name = key.rsplit(".", 1)[-1]
+    is_norm = "norm" in key.lower() or "LayerNorm" in key
+    if name == "weight" and is_norm:
+        return 1.0 + 0.1 * torch.randn(shape, generator=generator)
+    if name == "bias" or len(shape) == 1:
+        return 0.1 * torch.randn(shape, generator=generator)
+    fan_in = shape[-1] if len(shape) > 1 else 1
+    std = 1.0 if "embed" in key.lower() else fan_in ** -0.5
+    return std * torch.randn(shape, generator=generator)
+
+
+def _tiny_dnabert_config() -> dict:
+    """The real DNABERT-S config.json keys, with the sizes shrunk."""
+    return {
+        "_name_or_path": "zhihan1996/DNABERT-2-117M",
+        "alibi_starting_size": 512,
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {
+            "AutoConfig": "configuration_bert.BertConfig",
+            "AutoModel": "bert_layers.BertModel",
+            "AutoModelForMaskedLM": "bert_layers.BertForMaskedLM",
+            "AutoModelForSequenceClassification": "bert_layers.BertForSequenceClassification",
+        },
+        "classifier_dropout": None,
+        "gradient_checkpointing": False,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": TINY_DNABERT["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": TINY_DNABERT["intermediate_size"],
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": TINY_DNABERT["num_attention_heads"],
+        "num_hidden_layers": TINY_DNABERT["num_hidden_layers"],
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        "transformers_version": "4.28.0",
+        "type_vocab_size": 2,
+        "use_cache": True,
+        "vocab_size": TINY_DNABERT["vocab_size"],
+    }
+
+
+def dnabert_key_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of a DNABERT-S `BertModel` state_dict for this config."""
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (v, h),
+        "embeddings.token_type_embeddings.weight": (config["type_vocab_size"], h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+    }
+    for n in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{n}."
+        shapes.update({
+            p + "attention.self.Wqkv.weight": (3 * h, h),
+            p + "attention.self.Wqkv.bias": (3 * h,),
+            p + "attention.output.dense.weight": (h, h),
+            p + "attention.output.dense.bias": (h,),
+            p + "attention.output.LayerNorm.weight": (h,),
+            p + "attention.output.LayerNorm.bias": (h,),
+            p + "mlp.gated_layers.weight": (2 * i, h),
+            p + "mlp.wo.weight": (h, i),
+            p + "mlp.wo.bias": (h,),
+            p + "mlp.layernorm.weight": (h,),
+            p + "mlp.layernorm.bias": (h,),
+        })
+    shapes["pooler.dense.weight"] = (h, h)
+    shapes["pooler.dense.bias"] = (h,)
+    return shapes
+
+
+def _tiny_tokenizer(vocab_size: int, seed: int):
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    rng = random.Random(seed)
+    corpus = ["".join(rng.choice("ACGT") if rng.random() > 0.02 else "N"
+                      for _ in range(rng.randint(60, 400))) for _ in range(300)]
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(DNABERT_SPECIAL_TOKENS),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    ids = {tok: tokenizer.token_to_id(tok) for tok in DNABERT_SPECIAL_TOKENS}
+    assert list(ids.values()) == [0, 1, 2, 3, 4], ids
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    return tokenizer
+
+
+def _tiny_dnabert(folder: Path, generator) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = _tiny_dnabert_config()
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tensors = {key: _random_like(key, shape, generator).contiguous()
+               for key, shape in dnabert_key_shapes(config).items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(folder / "model.safetensors", store.file_mode())
+    tokenizer = _tiny_tokenizer(config["vocab_size"], TINY_SEED)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+               "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {**special, "model_max_length": 1000000000000000019884624838656,
+         "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True},
+        indent=2) + "\n")
+
+
+def _tiny_classifier(path: Path, input_dim: int, generator) -> None:
+    import torch
+
+    from virnucpro.classifier import MLPClassifier, save_original_way
+
+    model = MLPClassifier(input_dim, 512, 2)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(1000)
+            elif name == "bn1.weight":
+                tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=generator))
+            elif name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+            elif tensor.is_floating_point():
+                tensor.copy_(_random_like(f"mlp.{name}", tuple(tensor.shape), generator))
+    save_original_way(model.eval(), path)
+
+
+def _refuse_other_models(directory: Path) -> None:
+    """Tiny models go only into a new or empty folder, or one of tiny models: never over real models
+    or other files, whose roles the manifest would silently repoint (exit 3)."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise BadInputError(f"{directory} is a file, not a models folder", "give a new or empty folder")
+    if all(entry.name in OURS for entry in directory.iterdir()):  # empty but for a lock
+        return
+    roles = (store.read_manifest(directory) or {}).get("models") or {}
+    kept = [role for role, entry in roles.items() if not entry.get("tiny")]
+    if roles and not kept:
+        return
+    what = f"models that are not tiny ({', '.join(kept)})" if kept else "files that are not tiny models"
+    raise BadInputError(f"{directory} holds {what}: `models tiny` would repoint them to random test models",
+                        "give a new or empty folder for the tiny models")
+
+
+def make_tiny(directory: Path) -> None:
+    """`virnucpro models tiny DIR`: seeded random models in the real on-disk formats and key names.
+
+    ESM-2 (2 layers, width 32) as a fair-esm `.pt` plus its contact-regression file, DNABERT-S
+    (2 layers, width 48, 12 heads) as a Hugging Face folder with a BPE tokenizer trained on random
+    DNA, and both classifiers pickled the original way with input width 48 + 32 = 80.
+    The manifest marks every role `"tiny": true`. Deterministic: same bytes on every run.
+    The folder is checked before anything is written to it (not even a lock), then locked and
+    checked again, so no other command can write it meanwhile.
+    """
+    directory = Path(directory).expanduser().absolute()
+    _refuse_other_models(directory)
+    with folder_lock(directory, "models folder"):
+        _refuse_other_models(directory)
+        _write_models(directory)
+        _write_manifest(directory)
+    info(f"tiny random models written to {directory} (for tests only; predictions mean nothing)")
+
+
+def _write_models(directory: Path) -> None:
+    """Every role's files, from one seeded generator (same bytes on every run)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(TINY_SEED)
+    _tiny_esm(directory, generator)
+    _tiny_dnabert(directory / "DNABERT-S-tiny", generator)
+    width = TINY_DNABERT["hidden_size"] + TINY_ESM["embed_dim"]
+    _tiny_classifier(directory / TINY_FILES["classifier_300"][0], width, generator)
+    _tiny_classifier(directory / TINY_FILES["classifier_500"][0], width, generator)
+
+
+def _write_manifest(directory: Path) -> None:
+    """Point every role at the tiny files (other entries of a tiny folder's manifest are kept)."""
+    manifest = store.read_manifest(directory) or {"models": {}}
+    cache = store.HashCache(directory)
+    for role in store.ROLES:
+        files = TINY_FILES[role]
+        manifest["models"][role] = {
+            "files": files,
+            "sha256": {rel: cache.sha256(directory, rel) for rel in files},
+            "source": f"virnucpro models tiny (seed {TINY_SEED})",
+            "revision": __version__,
+            "tiny": True,
+            "name": TINY_NAMES[role],
+        }
+    store.write_manifest(directory, manifest)
