@@ -196,6 +196,7 @@ def test_report_is_self_contained_and_agrees_with_tables(golden_predicted, golde
     info = json.loads((golden_predicted / "run_info.json").read_text())
     assert info["tiny_models"] is True and info["inputs"][0]["sha256"]
     assert set(info["models"]) == {"dnabert_s", "esm2"} and len(info["classifier"]["sha256"]) == 64
+    assert info["attention_path"] == ["dnabert_s:reference,esm2:reference"]  # the exact path on CPU
 
 
 def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_dir, tiny_models):

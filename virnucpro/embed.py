@@ -328,11 +328,27 @@ class StopRequest:
 # --- the computation -----------------------------------------------------------------------------
 
 class Embedder:
-    """Runs both encoders over the distinct sequences of a shard, batch by batch, with OOM halving."""
+    """Runs both encoders over the distinct sequences of a shard, batch by batch, with OOM halving.
+
+    On a GPU, once an encoder's `forward` has returned its vectors on the device, every later batch
+    is launched by `collate` (the layout thread): its vectors are copied without blocking into
+    pinned host memory and an event marks them ready. `run` then only waits for a finished batch
+    while the next one is already queued behind it, so the GPU never idles on the loop's host work.
+    On the CPU each batch is computed in `run`, as it always was.
+    """
+
+    @dataclass
+    class InFlight:
+        """A launched batch: its vectors (host memory, ready once `ready` has passed) or its error."""
+
+        vectors: object = None
+        ready: object = None
+        error: BaseException | None = None
 
     def __init__(self, encoders: dict, token_budget: int, device):
         self.encoders, self.device = encoders, device
         self.token_budget = {role: token_budget for role in encoders}  # halved per model on OOM
+        self.overlap = {role: False for role in encoders}  # launch in `collate` (vectors stay on the GPU)
         self.real_tokens = 0
         self.padded_tokens = 0
 
@@ -343,8 +359,37 @@ class Embedder:
         return [[indices[j] for j in batch] for batch in local]
 
     def collate(self, role: str, tokens: dict, batch: list[int]):
-        """Host-side layout of a batch (runs in the prefetch thread)."""
-        return self.encoders[role].collate([tokens[i] for i in batch])
+        """Host-side layout of a batch (runs in the prefetch thread); launched too once overlapping."""
+        collated = self.encoders[role].collate([tokens[i] for i in batch])
+        if not self.overlap[role]:
+            return collated
+        try:
+            return self._launch(role, collated)
+        except Exception as exc:  # raised again by `run`, which handles out-of-memory and CUDA failures
+            return Embedder.InFlight(error=exc)
+
+    def _launch(self, role: str, collated) -> "Embedder.InFlight":
+        """Start a batch; vectors left on the GPU are copied to pinned memory without blocking."""
+        import torch
+
+        with torch.inference_mode():
+            vectors = self.encoders[role].forward(collated)
+            if vectors.device.type != "cuda":
+                return Embedder.InFlight(vectors)
+            host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+            host.copy_(vectors, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        return Embedder.InFlight(host, ready)
+
+    def _finish(self, role: str, flight: "Embedder.InFlight"):
+        """The vectors of a launched batch, once its copy to the host has finished."""
+        if flight.error is not None:
+            raise flight.error
+        if flight.ready is not None:
+            flight.ready.synchronize()
+            self.overlap[role] = True
+        return flight.vectors
 
     def run(self, role: str, tokens: dict, batch: list[int], collated=None) -> np.ndarray:
         """Pooled vectors of one batch; on GPU out-of-memory, halve it (exit 7 only for one sequence)."""
@@ -353,7 +398,8 @@ class Embedder:
         try:
             if collated is None:
                 collated = self.collate(role, tokens, batch)
-            vectors = self.encoders[role].forward(collated)
+            flight = collated if isinstance(collated, Embedder.InFlight) else self._launch(role, collated)
+            vectors = self._finish(role, flight)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise GpuOutOfMemory(f"{role}: one sequence of {len(tokens[batch[0]])} tokens does not fit "
@@ -452,7 +498,8 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
 
         attrs = {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
                  "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
-                 "device": torch_device.type, "tiny": bool(model_set.tiny)}
+                 "device": torch_device.type, "tiny": bool(model_set.tiny),
+                 "attention": ",".join(sorted({f"{role}:{encoders[role].path}" for role in ROLES}))}
         h5shard.write_shard(out, ids, rows, (encoders["dnabert_s"].width, encoders["esm2"].width), attrs)
     except BaseException:
         checkpoints.close()

@@ -38,6 +38,9 @@ def open_h5(path: Path, mode: str = "r"):
     return _h5py().File(path, mode, locking=False)
 
 
+REFERENCE_ATTENTION = "dnabert_s:reference,esm2:reference"  # files written before the attribute existed
+
+
 @dataclass(frozen=True)
 class EmbeddingShardInfo:
     """The attributes predict needs to check that shards belong together."""
@@ -53,6 +56,7 @@ class EmbeddingShardInfo:
     records: int
     widths: tuple[int, int]
     tiny: bool = False
+    attention: str = REFERENCE_ATTENTION  # per role, the attention path that computed the vectors
 
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -185,10 +189,11 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
     tiny = attrs.get("tiny", False)
     if not isinstance(tiny, (bool, np.bool_)):
         raise malformed(path, f"attribute tiny must be true or false, found {_shown(tiny)}")
+    attention = _text(path, attrs, "attention") if "attention" in attrs else REFERENCE_ATTENTION
     return EmbeddingShardInfo(path=path, shard_index=index, shard_of=of, shard_sha256=digest,
                               chunk_size=_whole(path, attrs, "chunk_size", 1), models=_models(path, attrs),
                               precision=_text(path, attrs, "precision"), device=_text(path, attrs, "device"),
-                              records=records, widths=widths, tiny=bool(tiny))
+                              records=records, widths=widths, tiny=bool(tiny), attention=attention)
 
 
 def _shown(value: object) -> str:

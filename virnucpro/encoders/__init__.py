@@ -4,13 +4,19 @@
 the official checkpoints into lean PyTorch modules; `plan_batches` (virnucpro.encoders.batching)
 groups records into length-similar batches within a token budget; `check_finite` is the NaN/Inf
 guard applied to pooled vectors before they are written.
+
+Attention path: `choose_path` is the one place that decides between "reference" (today's masked
+SDPA, exact on the CPU) and "fast" (packed token stream, no explicit mask: varlen flash /
+FlexAttention), the fast one by default only on CUDA; `settle_path` then runs the load-time
+self-check (`fast_path_problem`) and falls back to the reference path with one warning.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -76,6 +82,89 @@ def load_checked(module, mapped: dict, model: str, path, implied_by: str):
     return module
 
 
+PATHS = ("auto", "reference", "fast")
+
+# Largest disagreement between the fast and the reference path accepted by the load-time check,
+# per compute dtype: (max |delta| of a pooled vector element, min cosine between the two vectors).
+# fp32: both paths are exact up to summation order (measured <= 7.2e-7). fp16: each path is off
+# fp32 by up to 6.7e-3 (cosine 0.99998) on real DNABERT-S, so two fp16 paths may differ by ~1.3e-2;
+# the tiny test models measure 3.4e-3 (ESM-2) and 5.5e-4 (DNABERT-S) fast vs reference. bf16
+# rounds 8x coarser (measured 3.1e-2 and 4.4e-3). A real layout bug, sequences of the stream seeing
+# each other, moves vectors by 0.27-2.2 (cosine 0.83-0.991) in both: caught by every limit here.
+SELF_CHECK_TOLERANCE = {
+    "torch.float32": (1e-4, 0.99999),
+    "torch.float16": (2e-2, 0.9995),
+    "torch.bfloat16": (1e-1, 0.995),
+}
+
+
+PROBE_LENGTHS = (1, 7, 40, 3, 120, 15, 60, 2)
+
+
+def random_probe(draw: Callable) -> list[str]:
+    """The self-check's small mixed batch (several sequences per row): one sequence per
+    PROBE_LENGTHS entry, `draw(rng, n)` making it, from a fixed seed."""
+    rng = np.random.default_rng(0)
+    return [draw(rng, n) for n in PROBE_LENGTHS]
+
+
+def choose_path(requested: str, device) -> str:
+    """The attention path to use: 'reference' or 'fast'. 'auto' picks 'fast' only on CUDA (when
+    this torch has FlexAttention); 'reference' and 'fast' force one (benchmarks, tests)."""
+    if requested not in PATHS:
+        raise ValueError(f"attention path must be one of {', '.join(PATHS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    import torch
+
+    on_gpu = torch.device(device).type == "cuda"
+    return "fast" if on_gpu and _has_flex_attention() else "reference"
+
+
+def _has_flex_attention() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fast_path_problem(run: Callable[[str], "object"], dtype) -> str:
+    """'' when `run('fast')` matches `run('reference')` (pooled vectors of one probe batch) within
+    SELF_CHECK_TOLERANCE for `dtype`, else what went wrong (an exception or the disagreement)."""
+    import torch
+
+    reference = run("reference").double()
+    try:
+        fast = run("fast").double()
+    except Exception as exc:  # a missing kernel, an old driver: anything means "do not use it"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"it raised {type(exc).__name__}: {first}"
+    if fast.shape != reference.shape:
+        return f"it gave vectors of shape {tuple(fast.shape)}, not {tuple(reference.shape)}"
+    max_abs, min_cos = SELF_CHECK_TOLERANCE.get(str(dtype), SELF_CHECK_TOLERANCE["torch.float16"])
+    delta = float((fast - reference).abs().max())
+    cosine = float(torch.nn.functional.cosine_similarity(fast, reference, dim=1).min())
+    if not (delta <= max_abs and cosine >= min_cos):  # also catches NaN
+        return (f"it disagrees with the reference path (max |delta| {delta:.3g}, limit {max_abs:g}; "
+                f"min cosine {cosine:.6f}, limit {min_cos})")
+    return ""
+
+
+def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], "object"]) -> str:
+    """`choose_path`, then when it is 'fast' the load-time self-check: on a problem, warn once
+    (naming the model and why) and return 'reference'."""
+    path = choose_path(requested, device)
+    if path != "fast":
+        return path
+    problem = fast_path_problem(run, dtype)
+    if problem:
+        warnings.warn(f"{model}: fast attention path not used, falling back to the reference path: "
+                      f"{problem}", RuntimeWarning, stacklevel=3)
+        return "reference"
+    return path
+
+
 def __getattr__(name: str):
     # lazy, so `import virnucpro.encoders` does not pull torch in before it is needed
     if name == "DnabertSEncoder":
@@ -90,4 +179,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DnabertSEncoder", "Esm2Encoder", "check_finite", "describe_load_error", "plan_batches"]
+__all__ = ["DnabertSEncoder", "Esm2Encoder", "check_finite", "choose_path", "describe_load_error",
+           "plan_batches", "settle_path"]

@@ -14,11 +14,19 @@ Two levels:
 
 Pooling is a batched matrix product with a per-row weight matrix (deterministic, fp32), so a
 sequence's vector does not depend on which sequences share its batch or row.
+
+The fast attention path (`packed_attention`) reads the same batch as one stream of its real tokens
+(`TokenStream`: no padding, sequences back to back, `cu_seqlens`/`max_seqlen` marking where each
+starts) and attends within each sequence without any explicit mask: a varlen flash kernel on a GPU
+in fp16/bf16, otherwise FlexAttention with a document block mask built once per batch (compiled
+on a GPU, eager on the CPU, where it serves the tests and the load-time self-check).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import warnings
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -84,6 +92,47 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 @dataclass
+class TokenStream:
+    """The real tokens of a batch as one stream, sequence after sequence (rows in order).
+
+    index (N_tok,) int64 position of each token in the flattened (R*T) row grid; doc (N_tok,) int32
+    sequence number of each token; cu_seqlens (S+1,) int32 where each sequence starts (and the end);
+    max_seqlen the longest sequence. `block_mask` is filled by `with_block_mask`, once per batch.
+    """
+
+    index: torch.Tensor
+    doc: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    block_mask: object = None
+
+    def to(self, device: torch.device) -> "TokenStream":
+        """The same stream on `device` (non-blocking copies)."""
+        return replace(self, index=to_device(self.index, device), doc=to_device(self.doc, device),
+                       cu_seqlens=to_device(self.cu_seqlens, device))
+
+    def flatten(self, rows: torch.Tensor) -> torch.Tensor:
+        """(R, T, ...) row tensor -> (N_tok, ...) stream tensor."""
+        return rows.reshape(-1, *rows.shape[2:]).index_select(0, self.index)
+
+    def unflatten(self, tokens: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+        """(N_tok, D) stream tensor -> (R, T, D) rows, zeros on padding."""
+        out = tokens.new_zeros(rows * width, tokens.shape[-1])
+        return out.index_copy_(0, self.index, tokens).view(rows, width, -1)
+
+
+def stream_layout(slot: np.ndarray, lengths_in_row_order: Sequence[int], pinned: bool) -> TokenStream:
+    """Host-side stream of a packed layout: real tokens (slot >= 0) in row-major order."""
+    lengths = np.asarray(lengths_in_row_order, dtype=np.int64)
+    cu = np.zeros(len(lengths) + 1, dtype=np.int32)
+    cu[1:] = np.cumsum(lengths)
+    doc = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    index = np.flatnonzero(slot.reshape(-1) >= 0).astype(np.int64)
+    return TokenStream(index=_host(index, pinned), doc=_host(doc, pinned), cu_seqlens=_host(cu, pinned),
+                       max_seqlen=int(lengths.max()))
+
+
+@dataclass
 class PackedBatch:
     """One batch laid out as rows; tensors live on the target device.
 
@@ -99,6 +148,7 @@ class PackedBatch:
     pool: torch.Tensor
     where: torch.Tensor
     one_per_row_no_pad: bool
+    stream: Optional[TokenStream] = None
 
     def attention_mask(self) -> Optional[torch.Tensor]:
         """Boolean (R, 1, T, T) block-diagonal mask (True = may attend), or None when not needed.
@@ -113,7 +163,8 @@ class PackedBatch:
     def to(self, device: torch.device) -> "PackedBatch":
         """The same batch on `device`, copied without blocking the host."""
         return PackedBatch(*(to_device(t, device) for t in (self.ids, self.slot, self.pos, self.pool, self.where)),
-                           one_per_row_no_pad=self.one_per_row_no_pad)
+                           one_per_row_no_pad=self.one_per_row_no_pad,
+                           stream=self.stream.to(device) if self.stream is not None else None)
 
     def gather(self, pooled: torch.Tensor) -> torch.Tensor:
         """(R, S, D) pooled slots -> (N, D) in input order."""
@@ -178,6 +229,7 @@ def pack(
     batch = PackedBatch(
         ids=_host(ids, pinned), slot=_host(slot, pinned), pos=_host(pos, pinned), pool=_host(pool, pinned),
         where=_host(where, pinned), one_per_row_no_pad=full,
+        stream=stream_layout(slot, [lengths[i] for row in rows for i in row], pinned),
     )
     return batch, (_host(scale, pinned) if scale is not None else None)
 
@@ -208,3 +260,62 @@ def check_token_ids(tokens: Sequence[np.ndarray], vocab_size: int, model: str) -
             raise ValueError(f"{model}: token array {i} must be a non-empty 1-D array")
         if t.min() < 0 or t.max() >= vocab_size:
             raise ValueError(f"{model}: token array {i} has ids outside 0..{vocab_size - 1}")
+
+
+def uses_varlen_kernel(x: torch.Tensor, score_mod: Optional[Callable] = None) -> bool:
+    """Whether `packed_attention` on tensors like `x` takes the varlen flash kernel (which needs
+    no block mask): on a GPU, in fp16/bf16, without a score_mod."""
+    return score_mod is None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def for_attention(stream: TokenStream, x: torch.Tensor, score_mod: Optional[Callable] = None) -> TokenStream:
+    """The stream ready for `packed_attention`: with its block mask unless the varlen kernel runs."""
+    return stream if uses_varlen_kernel(x, score_mod) else with_block_mask(stream)
+
+
+def with_block_mask(stream: TokenStream) -> TokenStream:
+    """The stream with its FlexAttention document mask (a token sees only its own sequence),
+    built once per batch and shared by every layer."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc = stream.doc
+
+    def same_sequence(b, h, q_idx, kv_idx):
+        return doc[q_idx] == doc[kv_idx]
+
+    n = int(doc.shape[0])
+    mask = create_block_mask(same_sequence, None, None, n, n, device=doc.device, _compile=doc.is_cuda)
+    return replace(stream, block_mask=mask)
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stream: TokenStream,
+                     score_mod: Optional[Callable] = None) -> torch.Tensor:
+    """Attention within each sequence of a token stream: (N_tok, H, d) q, k, v -> (N_tok, H, d).
+
+    Without a score_mod on a GPU in fp16/bf16 this is the varlen flash kernel (cu_seqlens, no
+    mask); otherwise FlexAttention over the stream with the batch's document block mask."""
+    if uses_varlen_kernel(q, score_mod):
+        from torch.nn.attention.varlen import varlen_attn
+
+        n = stream.max_seqlen
+        return varlen_attn(q, k, v, stream.cu_seqlens, stream.cu_seqlens, n, n)
+    heads_first = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+    out = _flex(q.is_cuda)(*heads_first, score_mod=score_mod, block_mask=stream.block_mask)
+    return out[0].transpose(0, 1)
+
+
+@functools.lru_cache(maxsize=2)
+def _flex(on_gpu: bool) -> Callable:
+    """FlexAttention: compiled (fused kernel, any stream length) on a GPU; the eager version,
+    which materialises the scores, on the CPU."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if on_gpu:
+        return torch.compile(flex_attention, dynamic=True)
+
+    def eager(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(*args, **kwargs)
+
+    return eager

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error, key_mismatch, load_checked
-from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean
+from virnucpro.encoders import describe_load_error, key_mismatch, load_checked, random_probe, settle_path
+from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
+                                         pooled_mean)
 from virnucpro.errors import ModelsError
 
 
@@ -52,12 +53,22 @@ class _Layer(nn.Module):
         self.mlp_norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Reference path: x (R, T, hidden) rows, bias the (R, H, T, T) ALiBi + -inf mask."""
         rows, width, hidden = x.shape
         qkv = self.qkv(x).view(rows, width, 3, self.heads, hidden // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         att = att.transpose(1, 2).reshape(rows, width, hidden)
-        x = self.attn_norm(x + self.attn_out(att))
+        return self._mlp(self.attn_norm(x + self.attn_out(att)))
+
+    def forward_packed(self, x: torch.Tensor, stream: TokenStream, alibi) -> torch.Tensor:
+        """Fast path: x (N_tok, hidden) is the batch's token stream; ALiBi as a score_mod, no mask."""
+        tokens, hidden = x.shape
+        q, k, v = self.qkv(x).view(tokens, 3, self.heads, hidden // self.heads).unbind(1)
+        att = packed_attention(q, k, v, stream, score_mod=alibi)
+        return self._mlp(self.attn_norm(x + self.attn_out(att.reshape(tokens, hidden))))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gated(x)
         h = F.gelu(h[..., : self.intermediate]) * h[..., self.intermediate:]
         return self.mlp_norm(x + self.mlp_out(h))
@@ -90,6 +101,26 @@ class DnabertSModule(nn.Module):
         bias = self.alibi(pos, mask, x.dtype)
         for layer in self.layers:
             x = layer(x, bias)
+        return x
+
+    def alibi_score_mod(self, device: torch.device):
+        """Fast path's ALiBi: score - slope_h * |q - k| in fp32. In the stream each sequence is
+        contiguous and other sequences are masked out, so stream distance = position distance."""
+        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+
+        def alibi(score, b, h, q_idx, kv_idx):
+            return score.to(torch.float32) - slopes[h] * (q_idx - kv_idx).abs()
+
+        return alibi
+
+    def forward_packed(self, ids: torch.Tensor, stream: TokenStream) -> torch.Tensor:
+        """Fast path: the same math on a (N_tok,) token stream -> (N_tok, hidden); the block
+        mask is built once here and shared by every layer."""
+        x = self.emb_norm(self.word(ids) + self.token_type.weight[0])
+        alibi = self.alibi_score_mod(x.device)
+        stream = for_attention(stream, x, alibi)
+        for layer in self.layers:
+            x = layer.forward_packed(x, stream, alibi)
         return x
 
 
@@ -211,13 +242,22 @@ class DnabertSEncoder:
 
     name = "dnabert_s"
 
-    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype = torch.float32):
-        folder = Path(folder)
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype = torch.float32,
+                 path: str = "auto"):
+        """Load the folder, then settle the attention path ('auto' | 'reference' | 'fast'; see
+        virnucpro.encoders.choose_path) in `self.path`."""
+        self._load(Path(folder), device, dtype)
+        probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list("ACGT"), 5 * n))))
+        self.path = settle_path("DNABERT-S", path, self.device, dtype,
+                                lambda attention: self._run(self.collate(probe), attention))
+
+    def _load(self, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
+        """Read config, weights and tokenizer, check them and place the module on the device."""
         if not folder.is_dir():
             raise ModelsError(f"DNABERT-S: model folder {folder} is missing",
                               hint="virnucpro models download --only dnabert_s")
         cfg = _config(folder)
-        path, state = _weights(folder)
+        weights, state = _weights(folder)
         self.width = int(cfg["hidden_size"])
         self.vocab_size = int(cfg["vocab_size"])
         self.device = torch.device(device)
@@ -228,8 +268,8 @@ class DnabertSEncoder:
                                     int(cfg["num_attention_heads"]), int(cfg["intermediate_size"]),
                                     float(cfg.get("layer_norm_eps", 1e-12)),
                                     int(cfg.get("type_vocab_size", 2)))
-        mapped = _map_state(path, state, int(cfg["num_hidden_layers"]))
-        load_checked(module, mapped, "DNABERT-S", path, "config.json implies")
+        mapped = _map_state(weights, state, int(cfg["num_hidden_layers"]))
+        load_checked(module, mapped, "DNABERT-S", weights, "config.json implies")
         self.module = module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
 
     def tokenize(self, sequences: list[str]) -> list[np.ndarray]:
@@ -245,11 +285,21 @@ class DnabertSEncoder:
         return batch
 
     def forward(self, batch) -> torch.Tensor:
-        """Pooled vectors (N, width) float32 on CPU of a collated batch; OOM propagates."""
+        """Pooled vectors (N, width) float32, left on the model's device (the caller copies them
+        to the host when it needs them, without blocking on a GPU); OOM propagates."""
+        return self._run(batch, self.path)
+
+    def _run(self, batch, path: str) -> torch.Tensor:
+        """`forward` on the given attention path: reference rows + bias, or the fast token stream."""
         batch = batch.to(self.device)
         with torch.inference_mode():
-            hidden = self.module(batch.ids, batch.pos, batch.attention_mask())
-            return pooled_mean(hidden, batch).cpu()
+            if path == "fast":
+                stream = batch.stream
+                tokens = self.module.forward_packed(stream.flatten(batch.ids), stream)
+                hidden = stream.unflatten(tokens, *batch.ids.shape)
+            else:
+                hidden = self.module(batch.ids, batch.pos, batch.attention_mask())
+            return pooled_mean(hidden, batch)
 
     def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
         """Mean of the last hidden state over all tokens of each sequence -> (N, width) float32 CPU.
@@ -260,4 +310,4 @@ class DnabertSEncoder:
         """
         if len(tokens) == 0:
             return torch.empty((0, self.width), dtype=torch.float32)
-        return self.forward(self.collate(tokens, packed))
+        return self.forward(self.collate(tokens, packed)).cpu()

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error, key_mismatch, load_checked
-from virnucpro.encoders.batching import check_token_ids, pack, pooled_mean, to_device
+from virnucpro.encoders import describe_load_error, key_mismatch, load_checked, random_probe, settle_path
+from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
+                                         pooled_mean, to_device)
 from virnucpro.errors import ModelsError
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
@@ -75,6 +76,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding computed in fp32, returned in x's dtype."""
+    x32 = x.float()
+    return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
+
+
 class _Layer(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -88,14 +95,22 @@ class _Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
+        """Reference path: x (R, T, dim) rows, block-diagonal bool mask (None: one sequence per row)."""
         rows, width, dim = x.shape
         qkv = self.qkv(self.attn_norm(x)).view(rows, width, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q32, k32 = q.float(), k.float()
-        q = (q32 * cos + _rotate_half(q32) * sin).to(x.dtype)
-        k = (k32 * cos + _rotate_half(k32) * sin).to(x.dtype)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(rows, width, dim))
+        att = F.scaled_dot_product_attention(_rotary(q, cos, sin), _rotary(k, cos, sin), v, attn_mask=mask)
+        return self._mlp(x + self.attn_out(att.transpose(1, 2).reshape(rows, width, dim)))
+
+    def forward_packed(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       stream: TokenStream) -> torch.Tensor:
+        """Fast path: x (N_tok, dim) is the batch's token stream; attention without a mask."""
+        tokens, dim = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(tokens, 3, self.heads, dim // self.heads).unbind(1)
+        att = packed_attention(_rotary(q, cos, sin), _rotary(k, cos, sin), v, stream)
+        return self._mlp(x + self.attn_out(att.reshape(tokens, dim)))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
 
 
@@ -111,7 +126,8 @@ class Esm2Module(nn.Module):
         self.final_norm = nn.LayerNorm(dim)
 
     def rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (R, 1, T, head_dim), always fp32."""
+        """cos, sin of shape (R, 1, T, head_dim) for (R, T) positions, (N, 1, head_dim) for a
+        stream's (N,) positions; always fp32."""
         inv_freq = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=pos.device,
                                                   dtype=torch.float32) / self.head_dim))
         angles = pos.to(torch.float32).unsqueeze(-1) * inv_freq
@@ -124,6 +140,16 @@ class Esm2Module(nn.Module):
         cos, sin = self.rotary(pos)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
+        return self.final_norm(x)
+
+    def forward_packed(self, ids: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor,
+                       stream: TokenStream) -> torch.Tensor:
+        """Fast path: the same math on a (N_tok,) token stream -> (N_tok, dim)."""
+        x = self.embed(ids) * scale.unsqueeze(-1).to(self.embed.weight.dtype)
+        cos, sin = self.rotary(pos)
+        stream = for_attention(stream, x)
+        for layer in self.layers:
+            x = layer.forward_packed(x, cos, sin, stream)
         return self.final_norm(x)
 
 
@@ -251,19 +277,29 @@ class Esm2Encoder:
 
     name = "esm2"
 
-    def __init__(self, checkpoint: Path, device: torch.device, dtype: torch.dtype = torch.float32):
-        path = Path(checkpoint)
-        self._build(path, _read_checkpoint(path), device, dtype)
+    def __init__(self, checkpoint: Path, device: torch.device, dtype: torch.dtype = torch.float32,
+                 path: str = "auto"):
+        checkpoint = Path(checkpoint)
+        self._build(checkpoint, _read_checkpoint(checkpoint), device, dtype, path)
 
     @classmethod
-    def from_checkpoint_data(cls, data: Mapping, device: torch.device,
-                             dtype: torch.dtype = torch.float32, label: str = "<memory>") -> "Esm2Encoder":
+    def from_checkpoint_data(cls, data: Mapping, device: torch.device, dtype: torch.dtype = torch.float32,
+                             label: str = "<memory>", path: str = "auto") -> "Esm2Encoder":
         """Build from an already loaded fair-esm checkpoint dict (benchmarks, tests)."""
         self = cls.__new__(cls)
-        self._build(Path(label), data, device, dtype)
+        self._build(Path(label), data, device, dtype, path)
         return self
 
-    def _build(self, path: Path, data: Mapping, device, dtype: torch.dtype) -> None:
+    def _build(self, checkpoint: Path, data: Mapping, device, dtype: torch.dtype, attention: str) -> None:
+        """Map and check the weights, move them to the device, then settle the attention path
+        ('auto' | 'reference' | 'fast'; see virnucpro.encoders.choose_path) in `self.path`."""
+        self._load_module(checkpoint, data, device, dtype)
+        probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list(_STANDARD[:20]), n))))
+        self.path = settle_path("ESM-2", attention, self.device, dtype,
+                                lambda path: self._run(self.collate(probe), path))
+
+    def _load_module(self, path: Path, data: Mapping, device, dtype: torch.dtype) -> None:
+        """Check the checkpoint against its architecture and place the module on the device."""
         if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
             raise ModelsError(f"ESM-2: {path} is not a fair-esm checkpoint (no 'model' state dict)")
         state = _strip_prefixes(data["model"])
@@ -299,12 +335,23 @@ class Esm2Encoder:
                     token_scale=self._token_scale)
 
     def forward(self, collated: tuple) -> torch.Tensor:
-        """Pooled vectors (N, width) float32 on CPU of a collated batch; OOM propagates."""
+        """Pooled vectors (N, width) float32, left on the model's device (the caller copies them
+        to the host when it needs them, without blocking on a GPU); OOM propagates."""
+        return self._run(collated, self.path)
+
+    def _run(self, collated: tuple, path: str) -> torch.Tensor:
+        """`forward` on the given attention path: reference rows + mask, or the fast token stream."""
         batch, scale = collated
         batch, scale = batch.to(self.device), to_device(scale, self.device)
         with torch.inference_mode():
-            hidden = self.module(batch.ids, batch.pos, scale, batch.attention_mask())
-            return pooled_mean(hidden, batch).cpu()
+            if path == "fast":
+                stream = batch.stream
+                tokens = self.module.forward_packed(stream.flatten(batch.ids), stream.flatten(batch.pos),
+                                                    stream.flatten(scale), stream)
+                hidden = stream.unflatten(tokens, *batch.ids.shape)
+            else:
+                hidden = self.module(batch.ids, batch.pos, scale, batch.attention_mask())
+            return pooled_mean(hidden, batch)
 
     def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
         """Mean of the last layer over residues 1..min(1024, L) -> (N, width) float32 on CPU.
@@ -315,4 +362,4 @@ class Esm2Encoder:
         """
         if len(tokens) == 0:
             return torch.empty((0, self.width), dtype=torch.float32)
-        return self.forward(self.collate(tokens, packed))
+        return self.forward(self.collate(tokens, packed)).cpu()

@@ -1,0 +1,168 @@
+"""The fast attention path (packed token stream, no explicit mask) against the reference path.
+
+On the CPU the fast path runs its real layout and FlexAttention logic with the eager
+flex_attention (document block mask; ALiBi as a score_mod for DNABERT-S); only the varlen flash
+kernel and the compiled FlexAttention need a GPU. Also: the one place that chooses the path, and
+the load-time self-check that falls back to the reference path when the fast one raises or
+disagrees.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_fixtures import esm_checkpoints, fair_esm_model  # noqa: F401  (fixtures)
+from virnucpro.encoders import choose_path
+from virnucpro.encoders import dnabert_s as dnabert_module
+from virnucpro.encoders import esm2 as esm2_module
+from virnucpro.encoders.batching import pack
+from virnucpro.encoders.dnabert_s import DnabertSEncoder
+from virnucpro.encoders.esm2 import Esm2Encoder
+
+CPU = torch.device("cpu")
+EXACT = 1e-5
+# 1..1,200 tokens; the short ones share rows with the long ones (rows hold the longest, 1,200)
+LONG_MIX = [1200, 700, 333, 129, 2, 1, 1, 5, 17]
+MODULES = {"esm2": esm2_module, "dnabert_s": dnabert_module}
+SHORT_MIX = [int(n) for n in np.random.default_rng(7).integers(1, 90, size=32)] + [250]
+
+
+def random_tokens(lengths, low: int, high: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(low, high, size=n).astype(np.int64) for n in lengths]
+
+
+def esm_tokens(lengths, seed: int = 0) -> list[np.ndarray]:
+    """<cls> + residues + <eos> of `lengths` tokens in all (at least 3: one residue to pool)."""
+    out = random_tokens([max(n, 3) for n in lengths], 4, 24, seed)
+    for t in out:
+        t[0], t[-1] = esm2_module.CLS, esm2_module.EOS
+    return out
+
+
+@pytest.fixture(scope="module")
+def dnabert(reference_dir):
+    return DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast")
+
+
+@pytest.fixture(scope="module")
+def esm(esm_checkpoints):  # noqa: F811
+    return Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast")
+
+
+def both_paths(encoder, collated) -> float:
+    """max |fast - reference| over the pooled vectors of one collated batch."""
+    return float((encoder._run(collated, "fast") - encoder._run(collated, "reference")).abs().max())
+
+
+def test_stream_is_the_real_tokens_of_the_rows_back_to_back():
+    tokens = random_tokens(LONG_MIX, 1, 50)
+    batch, _ = pack(tokens, 0, CPU, lambda n: (0, n))
+    stream = batch.stream
+    assert batch.ids.shape[0] < len(tokens)  # several sequences per row
+    lengths = np.diff(stream.cu_seqlens.numpy())
+    assert stream.cu_seqlens.dtype == torch.int32 and stream.max_seqlen == 1200
+    assert sorted(lengths.tolist()) == sorted(LONG_MIX)
+    assert (stream.flatten(batch.pos) == torch.cat([torch.arange(n) for n in lengths])).all()
+    assert (stream.doc == torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))).all()
+    assert sorted(stream.flatten(batch.ids).tolist()) == sorted(np.concatenate(tokens).tolist())
+    rows, width = batch.ids.shape
+    hidden = torch.randn(rows, width, 3)
+    back = stream.unflatten(stream.flatten(hidden), rows, width)
+    real = (batch.slot >= 0).unsqueeze(-1)
+    assert torch.equal(back, torch.where(real, hidden, torch.zeros(())))
+
+
+@pytest.mark.parametrize("lengths", [LONG_MIX, SHORT_MIX], ids=["long", "short"])
+def test_esm2_fast_path_equals_reference(esm, lengths):
+    assert esm.path == "fast"
+    assert both_paths(esm, esm.collate(esm_tokens(lengths))) <= EXACT
+
+
+@pytest.mark.parametrize("lengths", [LONG_MIX, SHORT_MIX], ids=["long", "short"])
+def test_dnabert_s_fast_path_equals_reference(dnabert, lengths):
+    assert dnabert.path == "fast"
+    assert both_paths(dnabert, dnabert.collate(random_tokens(lengths, 0, dnabert.vocab_size))) <= EXACT
+
+
+def test_fast_path_embed_equals_reference_encoder(reference_dir, dnabert):
+    reference = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32)
+    tokens = dnabert.tokenize(["ACGT" * 40, "A", "GATTACA" * 9, "CCGGTTAA" * 30])
+    assert torch.allclose(dnabert.embed(tokens), reference.embed(tokens), rtol=0, atol=EXACT)
+
+
+def test_one_place_chooses_the_path():
+    assert choose_path("auto", CPU) == "reference"
+    assert choose_path("auto", torch.device("cuda")) == "fast"
+    assert choose_path("auto", "cuda:1") == "fast"
+    assert choose_path("fast", CPU) == "fast" and choose_path("reference", "cuda") == "reference"
+    with pytest.raises(ValueError, match="auto, reference, fast"):
+        choose_path("flash", CPU)
+
+
+def test_cpu_default_is_the_reference_path(load):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [load(kind, path="auto").path for kind in MODULES] == ["reference", "reference"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forced_fast_path_passes_the_self_check_silently(load, dtype):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load("dnabert_s", dtype).path == "fast" and load("esm2", dtype).path == "fast"
+
+
+@pytest.fixture
+def load(reference_dir, esm_checkpoints):  # noqa: F811
+    """load(kind, dtype, path) -> a fresh encoder of the tiny model of that kind."""
+
+    def build(kind: str, dtype=torch.float32, path: str = "fast"):
+        if kind == "esm2":
+            return Esm2Encoder(esm_checkpoints["cfg"], CPU, dtype, path=path)
+        return DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, dtype, path=path)
+
+    return build
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_self_check_falls_back_when_the_kernel_raises(kind, load, monkeypatch):
+    def missing_kernel(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(MODULES[kind], "packed_attention", missing_kernel)
+    with pytest.warns(RuntimeWarning, match="reference path: it raised RuntimeError: no kernel") as caught:
+        encoder = load(kind)
+    assert encoder.path == "reference" and len(caught) == 1
+    tokens = encoder.tokenize(["ACDEFGHIKLMNPQRSTVWY" * 3 if kind == "esm2" else "ACGTTGCA" * 8])
+    assert torch.equal(encoder.embed(tokens), load(kind, path="reference").embed(tokens))
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_self_check_falls_back_when_the_fast_path_disagrees(kind, load, monkeypatch):
+    real = MODULES[kind].packed_attention
+
+    def slightly_off(q, k, v, stream, score_mod=None):
+        return real(q, k, v, stream, score_mod) * 1.01
+
+    monkeypatch.setattr(MODULES[kind], "packed_attention", slightly_off)
+    with pytest.warns(RuntimeWarning, match="reference path: it disagrees with the reference path"):
+        assert load(kind).path == "reference"
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_a_wrong_attention_layout_is_caught_in_half_precision(kind, load, monkeypatch):
+    """Even bf16's limits catch a real bug: the sequences of a stream seeing each other."""
+    real = MODULES[kind].packed_attention
+
+    def leaking(q, k, v, stream, score_mod=None):
+        return real(q, k, v, replace(stream, block_mask=None), score_mod)
+
+    monkeypatch.setattr(MODULES[kind], "packed_attention", leaking)
+    with pytest.warns(RuntimeWarning, match="disagrees"):
+        assert load(kind, torch.bfloat16).path == "reference"

@@ -1,0 +1,52 @@
+"""benchmarks/gpu_check.py: its CPU smoke run covers every section, without fair-esm or biopython."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+SECTIONS = ("device", "ceilings", "encoders", "kernels", "precision", "embed", "summary")
+ABSENT = ("Bio", "esm")  # the GPU machine has neither
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One `--cpu-smoke` run with Bio and esm shadowed by packages that refuse to be imported."""
+    blockers = tmp_path_factory.mktemp("blockers")
+    for name in ABSENT:
+        (blockers / name).mkdir()
+        (blockers / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blockers), os.environ.get("PYTHONPATH", "")])}
+    figures = tmp_path_factory.mktemp("figures") / "figures.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--json", str(figures)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    return done, figures
+
+
+def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
+    done, figures = smoke
+    assert done.returncode == 0, done.stderr[-3000:]
+    for section in SECTIONS:
+        assert f"\n== {section} " in done.stdout, section
+    for role in ("dnabert_s", "esm2"):
+        assert f"  {role:9s} reference " in done.stdout
+    assert "records/s" in done.stdout and "min cosine" in done.stdout and "SKIPPED" not in done.stdout
+    assert figures.is_file()
+
+
+def test_runs_without_fair_esm_or_biopython(smoke):
+    done, _ = smoke
+    assert done.returncode == 0 and "is not on the GPU machine" not in done.stderr
+    imported = set()
+    for node in ast.walk(ast.parse(SCRIPT.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & set(ABSENT)
