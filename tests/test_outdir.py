@@ -350,3 +350,86 @@ def test_stop_signal_during_run_prepare_is_exit_6_and_resumable(tmp_path, tiny_m
                                  "--models", str(tiny_models), "--device", "cpu"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sequence_ids(out) == ["s0", "s1"]
+
+
+# --- found by a hostile review: markers, nesting, inputs given twice, leftovers ---------------
+
+def test_a_forged_marker_never_reaches_outside_the_folder(tmp_path, run_cli):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("PRECIOUS")
+    out = tmp_path / "prep"
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    marker = json.loads((out / od.MARKER_NAME).read_text())
+    for forged in ("shards/../../victim.txt", "/etc/passwd", "sequences.tsv/../../victim.txt"):
+        changed = {**marker, "files": {**marker["files"], forged: [1, 1]}}
+        (out / od.MARKER_NAME).write_text(json.dumps(changed))
+        code, message = run_cli("prepare", fasta, "--outdir", out)
+        assert code == 3 and "damaged" in message, message
+    assert victim.read_text() == "PRECIOUS"
+
+
+def test_an_output_inside_a_busy_run_is_refused(tmp_path, tiny_models):
+    out = tmp_path / "res"
+    first, fifo = start_holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu")
+    try:
+        nested = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "b.fa", 1)), "--outdir",
+                                       str(out / ".virnucpro-work" / "prepared")], capture_output=True, text=True)
+        assert nested.returncode == 3 and "inside" in nested.stderr, nested.stderr
+        fifo.open_and_write("".join(RECORD.format(i) for i in range(3)))
+    finally:
+        fifo.close()
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert sequence_ids(out) == ["s0", "s1", "s2"]
+
+
+def test_embed_out_inside_a_prepare_folder_or_onto_a_link_is_refused(tmp_path, run_cli, tiny_models):
+    prep = tmp_path / "prep"
+    assert run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", prep)[0] == 0
+    shard = prep / "shards" / "shard_00000.tsv"
+    code, message = run_cli("embed", shard, "--models", tiny_models, "--out", prep / "shards" / "new.h5")
+    assert code == 3 and "inside" in message, message
+    assert sorted(p.name for p in (prep / "shards").iterdir()) == ["shard_00000.tsv"]
+    link = tmp_path / "dangling.h5"
+    link.symlink_to(tmp_path / "nowhere.h5")
+    code, message = run_cli("embed", shard, "--models", tiny_models, "--out", link)
+    assert code == 3 and "symbolic link" in message, message
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize("twice", ["same path", "hard link", "stdin"])
+def test_an_input_given_twice_is_refused_at_once(tmp_path, twice):
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    if twice == "same path":
+        args, stdin = [str(fifo), str(fifo)], None
+    elif twice == "hard link":
+        os.link(fifo, tmp_path / "other.fifo")
+        args, stdin = [str(fifo), str(tmp_path / "other.fifo")], None
+    else:
+        args, stdin = ["-", "-"], RECORD.format(0)
+    done = subprocess.run(CLI + ["run", *args, "--outdir", str(tmp_path / "out")], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "given twice" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_closed_standard_input_is_exit_3(tmp_path):
+    done = subprocess.run(CLI + ["prepare", "-", "--outdir", str(tmp_path / "out")], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, preexec_fn=lambda: os.close(0))
+    assert done.returncode == 3 and "standard input" in done.stderr, done.stderr
+
+
+def test_a_failed_run_leaves_no_folder_it_created(tmp_path, tiny_models):
+    protein = tmp_path / "protein.fa"
+    protein.write_text(">p\nMEEPQSDPSVEPPLSQETFSDLWKLLPEN\n")
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(CLI + ["run", str(fifo), "--outdir", str(tmp_path / "out"), "--models",
+                                      str(tiny_models), "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    with open(fifo, "w") as handle:  # a stream: refused only when prepare reads it, after the claim
+        handle.write(protein.read_text())
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 3 and "protein" in err, err
+    assert not (tmp_path / "out").exists()

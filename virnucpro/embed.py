@@ -35,7 +35,7 @@ from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InconsistentInputsError, InterruptedByUser, VirnucproError, make_output_dir,
                               output_errors)
-from virnucpro.outdir import file_lock
+from virnucpro.outdir import file_lock, refuse_nesting
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 1
@@ -457,6 +457,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     """
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
+    refuse_nesting(out, "--out")
     _check_output(shard, out)
     with file_lock(out, "--out"), output_errors(out):
         _check_replaceable(out)
@@ -521,6 +522,9 @@ def _check_output(shard: Path, out: Path) -> None:
 
 def _check_replaceable(out: Path) -> None:
     """An existing `--out` is replaced only when virnucpro wrote it (an embedding HDF5 file)."""
+    if out.is_symlink():
+        raise BadInputError(f"--out {out} is a symbolic link: writing would replace the link, which virnucpro "
+                            "did not write", "give the path of a new file, or of the link's target")
     if not out.exists():
         return
     try:

@@ -181,7 +181,12 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     folder = Path(folder)
     _make_folder(folder, what)
     with _hold(folder / LOCK_NAME, folder, what):
-        yield
+        key = folder.resolve()
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
 
 
 @contextmanager
@@ -190,6 +195,36 @@ def file_lock(path: Path, what: str) -> Iterator[None]:
     path = Path(path)
     with _hold(path.with_name(f".{path.name}.lock"), path, what):
         yield
+
+
+# --- nesting -------------------------------------------------------------------------------------
+
+_held: set[Path] = set()  # folders this process holds (its own outputs may nest inside them)
+
+
+def _marker_kind(folder: Path) -> str | None:
+    """The kind written in a folder's marker; '?' for an unreadable marker; None without one."""
+    path = folder / MARKER_NAME
+    if not path.exists():
+        return None
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return "?"
+    return kind if isinstance(kind, str) else "?"
+
+
+def refuse_nesting(target: Path, what: str) -> None:
+    """An output inside another virnucpro output is refused (exit 3), unless this process holds that
+    one (`run` writes its stages inside its own folder): a command must not write into another's."""
+    for parent in Path(target).resolve().parents:
+        if parent in _held:
+            return
+        kind = _marker_kind(parent)
+        if kind is not None:
+            raise BadInputError(f"{what} {target} is inside {parent}, a virnucpro '{kind}' output: writing "
+                                "there would change that output (or one still being written)",
+                                "choose a folder outside it")
 
 
 # --- ownership -----------------------------------------------------------------------------------
@@ -204,8 +239,9 @@ def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
     for name in names:
         path = folder / name
         if path.is_dir() and not path.is_symlink():
-            for root, _dirs, files in os.walk(path):
-                for file in files:
+            for root, dirs, files in os.walk(path):
+                linked = [d for d in dirs if (Path(root) / d).is_symlink()]  # never written through
+                for file in files + linked:
                     yield (Path(root) / file).relative_to(folder).as_posix()
         elif path.exists() or path.is_symlink():
             yield name
@@ -221,18 +257,14 @@ class OutputFolder:
 
     def check(self) -> None:
         """Refuse (exit 3) a folder holding anything this command could replace but did not write."""
+        self._refuse_other_kind()
         marker = self._read_marker()
         entries = sorted(p.name for p in self.folder.iterdir() if p.name not in OURS)
         if marker is None:
             if entries:
-                raise self._foreign(next(_files_under(self.folder, entries), entries[0]), "which virnucpro did not write (the folder is neither empty nor a "
-                                                 "virnucpro output)")
+                    raise self._foreign(next(_files_under(self.folder, entries), entries[0]),
+                                    "which virnucpro did not write (the folder is neither empty nor a virnucpro output)")
             return
-        if marker.get("kind") != self.kind:
-            raise BadInputError(
-                f"{self.what} {self.folder} holds a virnucpro '{marker.get('kind')}' output, not a "
-                f"'{self.kind}' output: writing there would replace its files",
-                "choose another folder")
         self.recorded = marker["files"]
         for rel in _files_under(self.folder, self.names):
             if self.recorded.get(rel) != _signature_or_none(self.folder / rel):
@@ -244,13 +276,28 @@ class OutputFolder:
             return None
         try:
             marker = json.loads(path.read_text())
-            files = marker["files"]
-            if not (isinstance(marker, dict) and isinstance(files, dict)):
-                raise TypeError
-        except (OSError, ValueError, KeyError, TypeError):
+            valid = isinstance(marker, dict) and isinstance(marker.get("files"), dict) and all(
+                self._is_own_path(rel) and _is_signature(value) for rel, value in marker["files"].items())
+        except (OSError, ValueError):
+            valid = False
+        if not valid:
             raise BadInputError(f"{path} is damaged, so virnucpro cannot tell which files in "
-                                f"{self.folder} it wrote", "choose another folder") from None
+                                f"{self.folder} it wrote", "choose another folder")
         return marker
+
+    def _refuse_other_kind(self) -> None:
+        kind = _marker_kind(self.folder)
+        if kind is not None and kind != self.kind:
+            raise BadInputError(f"{self.what} {self.folder} holds a virnucpro '{kind}' output, not a "
+                                f"'{self.kind}' output: writing there would replace its files",
+                                "choose another folder")
+
+    def _is_own_path(self, rel: object) -> bool:
+        """A marker entry names a file under one of this kind's entries, never outside the folder."""
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+            return False
+        parts = rel.split("/")
+        return parts[0] in self.names and all(part not in ("", ".", "..") for part in parts)
 
     def _foreign(self, rel: str, why: str) -> BadInputError:
         return BadInputError(f"{self.what} {self.folder} holds {rel}, {why}; virnucpro never "
@@ -296,6 +343,11 @@ class OutputFolder:
             os.replace(tmp, path)
 
 
+def _is_signature(value: object) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
+
+
 def _signature_or_none(path: Path) -> list[int] | None:
     try:
         return _signature(path)
@@ -321,6 +373,7 @@ def claim(folder: Path, kind: str, names: Iterable[str], what: str = "--outdir")
     again: a mistyped input leaves nothing behind.
     """
     folder = Path(folder)
+    refuse_nesting(folder, what)
     created = not folder.exists()
     with folder_lock(folder, what):
         output = OutputFolder(folder, kind, names, what)

@@ -8,15 +8,16 @@ bounded by the longest record plus one batch.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import math
-import ctypes
 import multiprocessing
 import os
-import signal
 import shutil
+import signal
 import stat
+import sys
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -563,6 +564,24 @@ def _rereadable(path: Path) -> bool:
         return True
 
 
+def check_distinct_inputs(inputs: Sequence[Path]) -> None:
+    """Each input once: the same file (by device and inode, so also a FIFO or a link to it) or
+    standard input given twice would be read twice, or block forever on a stream (exit 3)."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        if str(path) == STDIN and sys.stdin is None:
+            raise BadInputError("standard input ('-') is closed", "pipe the records into virnucpro, or give a file")
+        try:
+            info = os.stat(0 if str(path) == STDIN else path)
+        except OSError:
+            continue  # reported properly when the file is opened
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            raise BadInputError(f"input {path} is given twice (it is the same file as {seen[key]})",
+                                "give each input once")
+        seen[key] = path
+
+
 def check_inputs(inputs: Iterable[Path]) -> None:
     """Each input opens and its first records read as FASTA/FASTQ (exit 3 otherwise): `run` checks
     this before it downloads or loads models, so a mistyped path costs seconds, not a download.
@@ -570,6 +589,8 @@ def check_inputs(inputs: Iterable[Path]) -> None:
     Only regular files are read ahead: standard input, pipes, FIFOs and `<(zcat ...)` can be read
     once only, so they are checked as prepare reads them.
     """
+    inputs = [Path(p) for p in inputs]
+    check_distinct_inputs(inputs)
     for path in inputs:
         if not _rereadable(Path(path)):
             continue
@@ -594,6 +615,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     """
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
+    check_distinct_inputs(inputs)
     with claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
         staging = outdir / STAGING
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
@@ -121,7 +122,7 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
 
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
     check_inputs(inputs)
-    with claim(outdir, "run", _outputs()) as output, output_errors(outdir):
+    with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
         setup = _setup(models, classifier, chunk_size, device, precision, offline)
         work = outdir / WORK
         seconds: dict[str, float] = {}
@@ -136,6 +137,19 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings)
         shutil.rmtree(work, ignore_errors=True)
     return outdir
+
+
+@contextmanager
+def _work_kept_if_resumable(work: Path) -> Iterator[None]:
+    """On failure, keep the work folder only when it holds embeddings or checkpoints a rerun resumes
+    from; otherwise remove it (a failed run in a new folder then leaves nothing behind)."""
+    try:
+        yield
+    except BaseException:
+        embedded = [p for p in (work / "embeddings", work / "checkpoints") if p.is_dir() and any(p.rglob("*"))]
+        if not embedded:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _outputs() -> tuple[str, ...]:
