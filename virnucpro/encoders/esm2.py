@@ -12,7 +12,10 @@ residues 1..min(1024, L) (no BOS/EOS/padding), as the original VirNucPro compute
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +28,10 @@ from torch import nn
 from virnucpro.encoders import describe_load_error, key_mismatch, load_checked, random_probe, settle_path
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean, to_device)
-from virnucpro.errors import ModelsError
+from virnucpro.console import info, warn
+from virnucpro.errors import ModelsError, VirnucproError
+from virnucpro.models import store
+from virnucpro.outdir import folder_lock
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
 # filler to a multiple of 8, then <mask>.
@@ -272,6 +278,137 @@ def _strip_prefixes(state: Mapping) -> dict:
     return {pattern.sub("", k): v for k, v in state.items()}
 
 
+def _checked_mapping(path: Path, data: Mapping) -> tuple[tuple[int, int, int, bool], dict[str, torch.Tensor]]:
+    """((layers, dim, heads, token_dropout), our state dict) of a fair-esm checkpoint, checked."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+        raise ModelsError(f"ESM-2: {path} is not a fair-esm checkpoint (no 'model' state dict)")
+    state = _strip_prefixes(data["model"])
+    architecture = _architecture(path, data, state)
+    return architecture, _map_state(path, state, architecture[0])
+
+
+# --- the fp16 copy: what the encoder loads at fp16, derived once from the verified .pt ---------
+
+FP16_FORMAT = "virnucpro-esm2-fp16/1"  # a copy of another format is not used (the .pt is loaded)
+_ARCHITECTURE_KEYS = ("layers", "dim", "heads", "token_dropout")
+_told: set[str] = set()  # messages already said in this process
+
+
+def _say_once(message: str) -> None:
+    """A note about the fp16 copy, said once per process."""
+    if message not in _told:
+        _told.add(message)
+        info(message)
+
+
+def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
+    """Write the fp16 copy of `home`'s verified .pt (mapped, q/k/v concatenated: what the module
+    loads) atomically, and record it in the manifest. The caller holds the models folder lock."""
+    from safetensors.torch import save_file
+
+    weights = home.directory / home.weights
+    architecture, mapped = _checked_mapping(weights, _read_checkpoint(weights))
+    tensors = {key: value.to(torch.float16).contiguous() for key, value in mapped.items()}
+    # one metadata key: safetensors writes several in a random order, and the copy should not vary
+    metadata = {"virnucpro": json.dumps({"format": FP16_FORMAT, "source_sha256": source_sha256,
+                                         **dict(zip(_ARCHITECTURE_KEYS, architecture))}, sort_keys=True)}
+    target = home.directory / home.copy_name
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, store.file_mode())
+        digest = store.sha256_file(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    cache = store.HashCache(home.directory)
+    cache.record(home.copy_name, target, digest)
+    cache.save()
+    store.record_fp16_copy(home, digest, source_sha256)
+    return target
+
+
+def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:
+    """(the trusted fp16 copy, "") — written now when absent or untrusted; (None, why) when the
+    .pt does not match its manifest record. The caller holds the models folder lock."""
+    cache = store.HashCache(home.directory)
+    try:
+        copy, problem = store.trusted_fp16_copy(home, cache)
+        source = None if copy else store.verified_source(home, cache)
+    finally:
+        cache.save()
+    if copy is not None:
+        return copy, ""
+    if source is None:
+        return None, f"{home.directory / home.weights} does not match its sha256 in the manifest"
+    if problem:
+        warn(f"ESM-2: {problem}; writing it again")
+    return write_fp16_copy(home, source), ""
+
+
+def _fp16_copy_for(checkpoint: Path) -> Path | None:
+    """The trusted fp16 copy of `checkpoint`, written first when the models folder is writable;
+    None (said once, with how to create it) when the .pt has to be loaded instead."""
+    home = store.esm2_home(checkpoint)
+    if home is None:
+        return None  # hand-staged without a manifest entry: nothing to record a copy in
+    cache = store.HashCache(home.directory)
+    copy, problem = store.trusted_fp16_copy(home, cache)
+    cache.save()
+    if copy is not None:
+        return copy
+    if not home.writable():
+        _say_once(f"ESM-2: loading {checkpoint} at fp16"
+                  f"{' (' + problem + ')' if problem else ''}; the models folder is read-only, so "
+                  f"no fp16 copy for a fast load can be written: create it once where the folder is "
+                  f"writable with `{store.download_command(home.directory, ['esm2'])}`")
+        return None
+    return _write_under_lock(home)
+
+
+def _write_under_lock(home: store.Esm2Home) -> Path | None:
+    """`ensure_fp16_copy` holding the folder lock; None when another command holds it or the
+    copy cannot be written (said once: the .pt is loaded instead)."""
+    try:
+        with folder_lock(home.directory, "models folder"):
+            home = store.esm2_home(home.directory / home.weights) or home  # as it is under the lock
+            copy, problem = ensure_fp16_copy(home)
+    except (VirnucproError, OSError) as exc:
+        problem = exc.message if isinstance(exc, VirnucproError) else f"{type(exc).__name__}: {exc}"
+        copy = None
+    if copy is None:
+        _say_once(f"ESM-2: loading {home.directory / home.weights} at fp16; no fp16 copy "
+                  f"written ({problem})")
+    return copy
+
+
+def _read_fp16_copy(path: Path, device) -> tuple[tuple[int, int, int, bool], dict[str, torch.Tensor]]:
+    """The architecture and the tensors of a verified fp16 copy, read straight onto `device`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = json.loads((handle.metadata() or {}).get("virnucpro", "{}"))
+    if metadata.get("format") != FP16_FORMAT:
+        raise ModelsError(f"it is not a {FP16_FORMAT} copy")
+    architecture = tuple(metadata[key] for key in _ARCHITECTURE_KEYS)
+    return architecture, load_file(str(path), device=str(torch.device(device)))
+
+
+def _read_trusted_copy(copy: Path, device) -> tuple | None:
+    """`_read_fp16_copy`, or None (said once) when a verified copy still cannot be used (written
+    by another virnucpro version): the .pt is loaded instead, never a failed run."""
+    try:
+        return _read_fp16_copy(copy, device)
+    except (ModelsError, KeyError, TypeError, ValueError, OSError) as exc:
+        why = exc.message if isinstance(exc, ModelsError) else f"{type(exc).__name__}: {exc}"
+        _say_once(f"ESM-2: fp16 copy {copy} not used ({why}); loading the .pt. Delete the copy: "
+                  f"the next fp16 load writes it again")
+        return None
+
+
 class Esm2Encoder:
     """Loads a fair-esm ESM-2 checkpoint and turns proteins into pooled vectors."""
 
@@ -279,32 +416,37 @@ class Esm2Encoder:
 
     def __init__(self, checkpoint: Path, device: torch.device, dtype: torch.dtype = torch.float32,
                  path: str = "auto"):
+        """At fp16 the weights come from the verified fp16 copy when there is one (written on
+        first use); otherwise, and at fp32/bf16, from the .pt."""
         checkpoint = Path(checkpoint)
-        self._build(checkpoint, _read_checkpoint(checkpoint), device, dtype, path)
+        copy = _fp16_copy_for(checkpoint) if dtype == torch.float16 else None
+        weights = _read_trusted_copy(copy, device) if copy is not None else None
+        self.loaded_from = checkpoint if weights is None else copy
+        if weights is None:
+            weights = _checked_mapping(checkpoint, _read_checkpoint(checkpoint))
+        self._build(self.loaded_from, weights, device, dtype, path)
 
     @classmethod
     def from_checkpoint_data(cls, data: Mapping, device: torch.device, dtype: torch.dtype = torch.float32,
                              label: str = "<memory>", path: str = "auto") -> "Esm2Encoder":
         """Build from an already loaded fair-esm checkpoint dict (benchmarks, tests)."""
         self = cls.__new__(cls)
-        self._build(Path(label), data, device, dtype, path)
+        self.loaded_from = Path(label)
+        self._build(Path(label), _checked_mapping(Path(label), data), device, dtype, path)
         return self
 
-    def _build(self, checkpoint: Path, data: Mapping, device, dtype: torch.dtype, attention: str) -> None:
-        """Map and check the weights, move them to the device, then settle the attention path
+    def _build(self, checkpoint: Path, weights: tuple, device, dtype: torch.dtype, attention: str) -> None:
+        """Place the checked weights on the device, then settle the attention path
         ('auto' | 'reference' | 'fast'; see virnucpro.encoders.choose_path) in `self.path`."""
-        self._load_module(checkpoint, data, device, dtype)
+        self._load_module(checkpoint, *weights, device, dtype)
         probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list(_STANDARD[:20]), n))))
         self.path = settle_path("ESM-2", attention, self.device, dtype,
                                 lambda path: self._run(self.collate(probe), path))
 
-    def _load_module(self, path: Path, data: Mapping, device, dtype: torch.dtype) -> None:
-        """Check the checkpoint against its architecture and place the module on the device."""
-        if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
-            raise ModelsError(f"ESM-2: {path} is not a fair-esm checkpoint (no 'model' state dict)")
-        state = _strip_prefixes(data["model"])
-        layers, dim, heads, token_dropout = _architecture(path, data, state)
-        mapped = _map_state(path, state, layers)
+    def _load_module(self, path: Path, architecture: tuple[int, int, int, bool], mapped: dict,
+                     device, dtype: torch.dtype) -> None:
+        """Check the weights against the architecture and place the module on the device."""
+        layers, dim, heads, token_dropout = architecture
         with torch.device("meta"):
             module = Esm2Module(layers, dim, heads)
         load_checked(module, mapped, "ESM-2", path, "expected")

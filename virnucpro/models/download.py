@@ -1,6 +1,6 @@
 """`virnucpro models download` and `ensure`: fetch the four models into a models directory, safely.
 
-Standard library only (urllib). Each file goes to `<file>.part`, resumed with an HTTP Range request
+Standard library only (urllib) for the transfers. Each file goes to `<file>.part`, resumed with an HTTP Range request
 after an interruption (within a run: up to `ATTEMPTS` tries; across runs: the `.part` is kept),
 verified against the checksum pinned in this module, then renamed into place. One command writes a
 models directory at a time: `virnucpro.outdir.folder_lock` (a second one exits 3 naming the first).
@@ -11,6 +11,9 @@ blob id of each classifier at a fixed commit (what GitHub's tree of that commit 
 must serve identical bytes; anything else is exit 4 with nothing recorded. A file without a pin is
 never downloaded or recorded as trusted. Before the rename, a classifier must also pass the
 restricted loader and an encoder checkpoint must hold nothing but tensors.
+
+After ESM-2's `.pt` verifies, its fp16 copy for fast loads is derived from it (or kept when it still
+matches) and recorded in the manifest (see `virnucpro.encoders.esm2.ensure_fp16_copy`).
 
 `--mirror URL` replaces the scheme and host of every source; the paths stay, e.g.
 `URL/fair-esm/models/esm2_t36_3B_UR50D.pt`, `URL/zhihan1996/DNABERT-S/resolve/<rev>/config.json`,
@@ -155,11 +158,31 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
         for role in roles:
             entry = _download_role(directory, SOURCES[role], mirror)
             manifest = store.read_manifest(directory) or {"models": {}}
+            if "fp16" in manifest["models"].get(role, {}):
+                entry["fp16"] = manifest["models"][role]["fp16"]  # checked against the .pt below
             manifest["models"][role] = entry
             try:
                 store.write_manifest(directory, manifest)
             except OSError as exc:
                 raise _write_error(directory / store.MANIFEST, exc) from None
+            if role == "esm2":
+                _fp16_copy(directory)
+
+
+def _fp16_copy(directory: Path) -> None:
+    """Write ESM-2's fp16 copy for fast loads (kept when it still matches the .pt); a failure
+    only costs speed, so it is a warning. The caller holds the folder lock."""
+    from virnucpro.encoders.esm2 import ensure_fp16_copy
+
+    home = store.esm2_home(directory / SOURCES["esm2"].files[0].relpath)
+    try:
+        copy, problem = ensure_fp16_copy(home) if home else (None, "the manifest does not list it")
+    except (VirnucproError, OSError) as exc:
+        copy, problem = None, exc.message if isinstance(exc, VirnucproError) else str(exc)
+    if copy is None:
+        warn(f"ESM-2: no fp16 copy written ({problem}); fp16 runs load the .pt instead")
+    else:
+        info(f"ESM-2 fp16 copy for fast loads: {copy}")
 
 
 def _write_error(path: Path, exc: OSError) -> VirnucproError:

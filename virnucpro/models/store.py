@@ -7,6 +7,11 @@ Layout, written by `download` and `tiny` and read by `locate`:
     MODELS/esm2_t36_3B_UR50D.pt (+ esm2_t36_3B_UR50D-contact-regression.pt, which fair-esm's own
            loader wants next to it), MODELS/DNABERT-S/, MODELS/300_model.pth, MODELS/500_model.pth
 
+ESM-2's entry may also carry `"fp16": {"file", "sha256", "source_sha256"}`: a copy of the weights
+in fp16 safetensors, mapped as the encoder loads them, derived from the `.pt` whose sha256 is
+`source_sha256` (written by `download` or the first fp16 load; `trusted_fp16_copy` checks it).
+It is never listed in `files` and never part of the model identity: the `.pt` is the source of truth.
+
 A directory without manifest.json (or a manifest without a role) is read by those standard names,
 so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field.
 
@@ -69,6 +74,8 @@ SETTINGS_GLOBALS = frozenset({"argparse.Namespace"})
 #: information, the object, the storage keys; the raw tensor data follows.
 LEGACY_PICKLES = 5
 _CACHE_MIN_BYTES = 64 * 1024 * 1024
+FP16_SUFFIX = ".fp16.safetensors"
+FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -222,11 +229,25 @@ def _check_entry(path: Path, where: str, entry: object) -> None:
             raise _malformed(path, f"{where}.files", f"names {rel!r}, which is outside the models directory")
     _check_mapping(path, f"{where}.sha256", entry.get("sha256", {}), _HEX64, "sha256 (64 hex digits)")
     _check_mapping(path, f"{where}.urls", entry.get("urls", {}), None, "URL")
+    if "fp16" in entry:
+        _check_fp16_record(path, f"{where}.fp16", entry["fp16"])
     if not isinstance(entry.get("tiny", False), bool):
         raise _malformed(path, f"{where}.tiny", f"is {_kind(entry['tiny'])}, not true or false")
     for key in ("name", "source", "revision"):
         if not isinstance(entry.get(key), (str, type(None))):
             raise _malformed(path, f"{where}.{key}", f"is {_kind(entry[key])}, not a string")
+
+
+def _check_fp16_record(path: Path, where: str, record: object) -> None:
+    """The record of ESM-2's fp16 copy: its file inside the folder and two sha256."""
+    if not isinstance(record, dict):
+        raise _malformed(path, where, f"is {_kind(record)}, not an object")
+    name = record.get("file")
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise _malformed(path, f"{where}.file", f"is {name!r}, not a file name inside the models directory")
+    for key in ("sha256", "source_sha256"):
+        if not (isinstance(record.get(key), str) and _HEX64.fullmatch(record[key])):
+            raise _malformed(path, f"{where}.{key}", f"is {record.get(key)!r}, not a sha256 (64 hex digits)")
 
 
 def _check_mapping(path: Path, where: str, value: object, pattern: re.Pattern | None, what: str) -> None:
@@ -555,6 +576,78 @@ def model_set(directory: Path, statuses: list[RoleStatus]) -> ModelSet:
                     sha256={s.role: s.sha256 for s in statuses},
                     tiny=any(s.tiny for s in statuses),
                     names={s.role: s.name for s in statuses})
+
+
+# --------------------------------------------------------------------------------------------
+# ESM-2's fp16 copy (a derived file: never in `files`, never part of the model identity)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Esm2Home:
+    """Where an ESM-2 `.pt` lives: its models directory, its name there and its manifest entry."""
+
+    directory: Path
+    weights: str
+    entry: dict
+
+    @property
+    def copy_name(self) -> str:
+        """The fp16 copy's file name: the weights' name with `.fp16.safetensors`."""
+        return str(Path(self.weights).with_suffix("")) + FP16_SUFFIX
+
+    def writable(self) -> bool:
+        """Whether this process may create files in the models directory."""
+        return os.access(self.directory, os.W_OK)
+
+
+def esm2_home(weights: Path) -> Esm2Home | None:
+    """The models directory whose manifest lists `weights` as its esm2 weights (the folder of the
+    file or one of its parents), or None (a hand-staged folder without a manifest entry)."""
+    weights = Path(weights).absolute()
+    for directory in list(weights.parents)[:FP16_PARENT_LEVELS]:
+        entry = ((read_manifest(directory) or {}).get("models") or {}).get("esm2")
+        rel = weights.relative_to(directory).as_posix()
+        if entry is not None and _main_path("esm2", entry["files"]) == rel:
+            return Esm2Home(directory, rel, entry)
+    return None
+
+
+def trusted_fp16_copy(home: Esm2Home, cache: HashCache) -> tuple[Path | None, str]:
+    """(the recorded fp16 copy, "") when it was derived from the `.pt` as it is now and its own
+    sha256 holds; else (None, why not: "" when none is recorded). Hashes come from `cache`."""
+    record = home.entry.get("fp16")
+    if record is None:
+        return None, ""
+    path = home.directory / record["file"]
+    if not path.is_file():
+        return None, f"the fp16 copy {path} recorded in the manifest is missing"
+    source = cache.sha256(home.directory, home.weights)
+    if source != record["source_sha256"].lower():
+        return None, (f"the fp16 copy {path} was derived from another {home.weights} (sha256 "
+                      f"{record['source_sha256']}, the file now has {source})")
+    digest = cache.sha256(home.directory, record["file"])
+    if digest != record["sha256"].lower():
+        return None, f"the fp16 copy {path} has sha256 {digest}, the manifest records {record['sha256']} (corrupt)"
+    return path, ""
+
+
+def verified_source(home: Esm2Home, cache: HashCache) -> str | None:
+    """The `.pt`'s sha256 when it matches the manifest's record of it (a copy may be derived from
+    it), else None."""
+    recorded = (home.entry.get("sha256") or {}).get(home.weights)
+    digest = cache.sha256(home.directory, home.weights)
+    return digest if recorded is not None and recorded.lower() == digest else None
+
+
+def record_fp16_copy(home: Esm2Home, digest: str, source_sha256: str) -> None:
+    """Record the fp16 copy under role esm2 in the manifest (the caller holds the folder lock)."""
+    manifest = read_manifest(home.directory) or {"models": {}}
+    entry = manifest["models"].get("esm2")
+    if entry is None or _main_path("esm2", entry["files"]) != home.weights:
+        return  # the manifest changed meanwhile: the copy is left unrecorded, hence unused
+    entry["fp16"] = {"file": home.copy_name, "sha256": digest, "source_sha256": source_sha256}
+    write_manifest(home.directory, manifest)
+    home.entry = entry
 
 
 # --------------------------------------------------------------------------------------------

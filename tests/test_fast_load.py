@@ -1,0 +1,218 @@
+"""ESM-2's fp16 copy (issue 10 point 4): derived once from the verified .pt, recorded in the manifest,
+trusted only while both checksums hold, loaded straight to the device, and bit-identical in use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from store_fixtures import folder_held_by_another_process
+from virnucpro import prepared as fmt
+from virnucpro.encoders import esm2
+from virnucpro.encoders.esm2 import Esm2Encoder
+from virnucpro.models import download, store
+
+CPU = torch.device("cpu")
+PROTEINS = ["MKVLAAGIVLLLAC", "M", "ACDEFGHIKLMNPQRSTVWY" * 7, "MKV<mask>LLA<mask>GG", "WWPQ"]
+
+
+@pytest.fixture
+def models(tmp_path, tiny_models) -> Path:
+    """A private copy of the tiny models (the session's folder stays untouched)."""
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_messages():
+    """Each test sees the "said once per process" notes anew."""
+    esm2._told.clear()
+
+
+def weights(models: Path) -> Path:
+    return models / "esm2_tiny.pt"
+
+
+def copy_of(models: Path) -> Path:
+    return models / "esm2_tiny.fp16.safetensors"
+
+
+def fp16_record(models: Path) -> dict | None:
+    return json.loads((models / store.MANIFEST).read_text())["models"]["esm2"].get("fp16")
+
+
+def from_pt(path: Path, dtype=torch.float16) -> Esm2Encoder:
+    """The encoder built from the .pt itself (today's path), never from a copy."""
+    data = torch.load(str(path), map_location="cpu", weights_only=False)
+    return Esm2Encoder.from_checkpoint_data(data, CPU, dtype, label=str(path))
+
+
+def vectors(encoder: Esm2Encoder) -> torch.Tensor:
+    return encoder.embed(encoder.tokenize(PROTEINS))
+
+
+def change_weights(models: Path, record_in_manifest: bool) -> None:
+    """Another .pt in place (as a new download would leave it, manifest included when asked)."""
+    data = torch.load(str(weights(models)), weights_only=False)
+    data["model"]["encoder.sentence_encoder.layers.0.fc1.bias"] += 0.5
+    torch.save(data, str(weights(models)))
+    if record_in_manifest:
+        manifest = store.read_manifest(models)
+        manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"] = store.sha256_file(weights(models))
+        store.write_manifest(models, manifest)
+
+
+def test_copy_written_once_recorded_and_reused(models, monkeypatch):
+    first = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert first.loaded_from == copy_of(models)
+    stamp = copy_of(models).stat().st_mtime_ns
+    assert fp16_record(models) == {"file": "esm2_tiny.fp16.safetensors",
+                                   "sha256": store.sha256_file(copy_of(models)),
+                                   "source_sha256": store.sha256_file(weights(models))}
+    real_hash = store.sha256_file
+
+    def no_rehash_of_the_copy(path, *args, **kwargs):
+        assert Path(path) != copy_of(models), "the copy was re-hashed despite the hash cache"
+        return real_hash(path, *args, **kwargs)
+
+    monkeypatch.setattr(store, "sha256_file", no_rehash_of_the_copy)
+    second = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert second.loaded_from == copy_of(models) and copy_of(models).stat().st_mtime_ns == stamp
+    assert not list(models.glob(".*.tmp"))
+
+
+def test_vectors_from_the_copy_are_bit_identical_to_the_pt_at_fp16(models):
+    fast = Esm2Encoder(weights(models), CPU, torch.float16)
+    reference = from_pt(weights(models))
+    assert fast.loaded_from == copy_of(models)
+    ours, theirs = fast.module.state_dict(), reference.module.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].dtype == torch.float16 and torch.equal(ours[k], theirs[k]) for k in ours)
+    assert torch.equal(vectors(fast), vectors(reference))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp32_and_bf16_load_the_pt(models, dtype):
+    encoder = Esm2Encoder(weights(models), CPU, dtype)
+    assert encoder.loaded_from == weights(models) and not copy_of(models).exists()
+    assert fp16_record(models) is None
+
+
+def test_changed_source_makes_the_copy_stale_and_it_is_rewritten(models, capsys):
+    Esm2Encoder(weights(models), CPU, torch.float16)
+    old_record = fp16_record(models)
+    change_weights(models, record_in_manifest=True)
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert "derived from another esm2_tiny.pt" in capsys.readouterr().err
+    assert encoder.loaded_from == copy_of(models)
+    new_record = fp16_record(models)
+    assert new_record["source_sha256"] == store.sha256_file(weights(models)) != old_record["source_sha256"]
+    assert new_record["sha256"] == store.sha256_file(copy_of(models)) != old_record["sha256"]
+    assert torch.equal(vectors(encoder), vectors(from_pt(weights(models))))
+
+
+def test_unverified_source_is_loaded_but_never_copied(models, capsys):
+    Esm2Encoder(weights(models), CPU, torch.float16)
+    old_record = fp16_record(models)
+    change_weights(models, record_in_manifest=False)  # the .pt no longer matches the manifest
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert encoder.loaded_from == weights(models) and fp16_record(models) == old_record
+    assert "does not match its sha256 in the manifest" in capsys.readouterr().err
+    assert torch.equal(vectors(encoder), vectors(from_pt(weights(models))))
+
+
+def test_corrupt_copy_is_ignored_and_rewritten(models, capsys):
+    Esm2Encoder(weights(models), CPU, torch.float16)
+    good = copy_of(models).read_bytes()
+    corrupt = bytearray(good)
+    corrupt[-3] ^= 0xFF  # one weight changed, size kept
+    copy_of(models).write_bytes(bytes(corrupt))
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert "(corrupt)" in capsys.readouterr().err
+    assert copy_of(models).read_bytes() == good and encoder.loaded_from == copy_of(models)
+    assert torch.equal(vectors(encoder), vectors(from_pt(weights(models))))
+
+
+def test_busy_models_folder_loads_the_pt_and_says_so_once(models, capsys):
+    with folder_held_by_another_process(models):
+        for _ in range(2):
+            encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+            assert encoder.loaded_from == weights(models)
+    err = capsys.readouterr().err
+    assert err.count("no fp16 copy written") == 1 and "in use by another virnucpro command" in err
+    assert not copy_of(models).exists() and fp16_record(models) is None
+
+
+def test_malformed_fp16_record_is_exit_4_naming_the_field(models):
+    manifest = json.loads((models / store.MANIFEST).read_text())
+    manifest["models"]["esm2"]["fp16"] = {"file": "../x.safetensors", "sha256": "0" * 64,
+                                          "source_sha256": "0" * 64}
+    (models / store.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(store.ModelsError) as info:
+        store.read_manifest(models)
+    assert info.value.code == 4 and "models.esm2.fp16.file" in info.value.message
+
+
+def test_models_download_step_writes_and_keeps_the_copy(models):
+    """What `models download` runs after ESM-2's .pt verifies (its folder lock held)."""
+    download._fp16_copy(models)  # no manifest entry under the real name: only a warning
+    assert not copy_of(models).exists()
+    manifest = store.read_manifest(models)
+    entry = manifest["models"]["esm2"]
+    entry["files"] = ["esm2_t36_3B_UR50D.pt"]
+    entry["sha256"] = {"esm2_t36_3B_UR50D.pt": entry["sha256"]["esm2_tiny.pt"]}
+    weights(models).rename(models / "esm2_t36_3B_UR50D.pt")
+    store.write_manifest(models, manifest)
+    download._fp16_copy(models)
+    copy = models / "esm2_t36_3B_UR50D.fp16.safetensors"
+    stamp = copy.stat().st_mtime_ns
+    download._fp16_copy(models)
+    assert copy.stat().st_mtime_ns == stamp
+    assert store.read_manifest(models)["models"]["esm2"]["fp16"]["file"] == copy.name
+
+
+@pytest.fixture
+def read_only_models(tmp_path, tiny_models):
+    """The tiny models on a file system mounted read-only (a shared cluster folder), when we may mount."""
+    point = tmp_path / "ro"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(point)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copytree(tiny_models, point, dirs_exist_ok=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+def test_read_only_models_folder_loads_the_pt_with_one_message_and_exit_0(tmp_path, read_only_models,
+                                                                         golden_prepared):
+    out = tmp_path / "s.h5"
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "embed",
+                           str(golden_prepared / "shards" / fmt.shard_name(0)), "--models", str(read_only_models),
+                           "--out", str(out), "--device", "cpu", "--precision", "fp16", "--threads", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no fp16 copy for a fast load can be written") == 1, done.stderr
+    assert f"virnucpro models download --dest {read_only_models} --only esm2" in done.stderr
+    assert out.is_file() and not copy_of(read_only_models).exists()
+
+
+def test_verified_copy_of_another_format_is_not_used(models, capsys):
+    Esm2Encoder(weights(models), CPU, torch.float16)
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(copy_of(models))), str(copy_of(models)), metadata={"virnucpro": '{"format": "x/9"}'})
+    home = store.esm2_home(weights(models))
+    store.record_fp16_copy(home, store.sha256_file(copy_of(models)), store.sha256_file(weights(models)))
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert encoder.loaded_from == weights(models) and "not used" in capsys.readouterr().err
