@@ -14,7 +14,6 @@ self-check (`fast_path_problem`) and falls back to the reference path with one w
 from __future__ import annotations
 
 import re
-import warnings
 
 from typing import Callable, Sequence
 
@@ -159,8 +158,9 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
         return path
     problem = fast_path_problem(run, dtype)
     if problem:
-        warnings.warn(f"{model}: fast attention path not used, falling back to the reference path: "
-                      f"{problem}", RuntimeWarning, stacklevel=3)
+        from virnucpro.console import warn
+
+        warn(f"{model}: fast attention path not used, falling back to the reference path: {problem}")
         return "reference"
     return path
 
