@@ -3,9 +3,10 @@
 Workload: coding-like 500 bp reads (benchmarks/synthetic.py) run through `virnucpro.prepare.prepare`
 into one shard of exactly --records ORF records (one stop-free frame per read, 166 aa / 499 nt).
 
-Models: random weights in the real on-disk formats, written into a models directory without
-manifest.json that `virnucpro.models.store.locate` reads by the standard names (esm2_t36_3B_UR50D.pt,
-DNABERT-S/{config.json,model.safetensors,tokenizer.json}). They are built with the helpers of
+Models: random weights in the real on-disk formats, written into a models directory under the
+standard names (esm2_t36_3B_UR50D.pt, DNABERT-S/{config.json,model.safetensors,tokenizer.json}) and
+recorded in its manifest.json as tiny test models (`virnucpro.models.tiny.record_as_tiny`): random
+weights never match the published models' pins. They are built with the helpers of
 benchmarks/bench_encoders.py; the DNABERT-S tokenizer is a 4096-token BPE trained on random DNA
 (`virnucpro.models.tiny._tiny_tokenizer`), giving ~115 tokens per ORF, like the real DNABERT-S BPE.
 
@@ -70,6 +71,8 @@ SIZES = {
     "real": be.SIZES["real"],    # DNABERT-S and ESM-2 3B
 }
 READ_LENGTH = 500
+RANDOM_MODEL_FILES = {"esm2": ["esm2_t36_3B_UR50D.pt"],
+                      "dnabert_s": ["DNABERT-S/config.json", "DNABERT-S/model.safetensors", "DNABERT-S/tokenizer.json"]}
 TOKENIZER_VOCAB = 4096
 ROLES = ("dnabert_s", "esm2")
 
@@ -240,6 +243,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         models = work / "models"
         esm_model = build_models(models, size, device, precision, args.seed)
+        tiny.record_as_tiny(models, RANDOM_MODEL_FILES, "benchmarks/bench_embed.py random weights")
         located = store.locate(models, roles=ROLES)
         dtype = embed_mod.torch_dtype(precision)
         dnabert = DnabertSEncoder(located.dnabert_s, device, dtype)  # the original-pattern side

@@ -558,6 +558,11 @@ class BusySampler:
         return sum(self.samples) / len(self.samples) / 100 if self.samples else None
 
 
+#: The random models, recorded as test models: random weights never match the published models' pins.
+RANDOM_MODEL_FILES = {"esm2": ["esm2_t36_3B_UR50D.pt"],
+                      "dnabert_s": ["DNABERT-S/config.json", "DNABERT-S/model.safetensors", "DNABERT-S/tokenizer.json"]}
+
+
 def write_esm_file(models: Path, esm_data: dict) -> tuple[Path, float]:
     """The ESM-2 checkpoint under its standard name beside DNABERT-S/; seconds spent writing it."""
     start = time.perf_counter()
@@ -584,6 +589,7 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
     shard = prepared_shard(work, plan.records)
     models = dnabert.parent
     checkpoint, write_s = write_esm_file(models, esm_data)
+    tiny.record_as_tiny(models, RANDOM_MODEL_FILES, "benchmarks/gpu_check.py random weights")
     size_gb = checkpoint.stat().st_size / 1e9
     print(f"  shard of {plan.records:,} records; ESM-2 checkpoint written ({size_gb:.2f} GB fp16) in {write_s:.1f} s")
     start = time.perf_counter()

@@ -168,3 +168,33 @@ def folder_held_by_another_process(folder) -> Iterator[int]:
         holder.stdin.close()
         holder.wait(timeout=30)
         holder.stdout.close()
+
+
+def pins_matching(directory) -> dict:
+    """The pin table with every pin replaced by the hashes of the file of that name in `directory`
+    (the standard layout); DNABERT-S's `model.safetensors`, which the real table lacks, is added
+    when present. Monkeypatch `virnucpro.models.pins.SOURCES` with it: those files then count
+    as the published models."""
+    import dataclasses
+    from pathlib import Path
+
+    from virnucpro.models import pins
+
+    table = {}
+    for role, source in pins.SOURCES.items():
+        specs = list(source.files)
+        if role == "dnabert_s":
+            specs.append(pins.FileSource("DNABERT-S/model.safetensors", "https://huggingface.co", "x"))
+        present = [spec for spec in specs if (Path(directory) / spec.relpath).is_file()]
+        table[role] = dataclasses.replace(source, files=tuple(
+            _pinned_like(spec, (Path(directory) / spec.relpath).read_bytes()) for spec in present))
+    return table
+
+
+def _pinned_like(spec, data: bytes):
+    """`spec` pinned to `data` the way the real table pins it (git blob id for the classifiers)."""
+    import dataclasses
+
+    if spec.git_sha1:
+        return dataclasses.replace(spec, git_sha1=git_blob_sha1(data))
+    return dataclasses.replace(spec, sha256=sha256(data))

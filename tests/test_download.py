@@ -1,7 +1,7 @@
 """`models download` against a local HTTP server on 127.0.0.1 — never a real host.
 
-The real pins are replaced by the hashes of the files served here; every test file is pinned, as
-every real one is.
+The real pins (`virnucpro.models.pins.SOURCES`, read by both `download` and `store`) are replaced
+by the hashes of the files served here; every test file is pinned, as every real one is.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from store_fixtures import (FakeHost, closed_port_url, folder_held_by_another_pr
 
 from virnucpro.errors import BadInputError, ExitCode, ModelsError  # noqa: E402
 from virnucpro.models import download as dl  # noqa: E402
+from virnucpro.models import pins as model_pins  # noqa: E402
 from virnucpro.models import store  # noqa: E402
 from virnucpro.models.tiny import make_tiny  # noqa: E402
 
@@ -119,19 +120,19 @@ def _nothing_recorded(directory: Path, role: str, rel: str) -> None:
 
 def test_real_sources_have_urls():
     """The shipped table: every file has a URL, the revisions are commits, --mirror keeps paths."""
-    assert set(dl.SOURCES) == set(store.ROLES)
-    assert len(dl.DNABERT_S_REVISION) == 40 and len(dl.VIRNUCPRO_COMMIT) == 40
-    for source in dl.SOURCES.values():
+    assert set(model_pins.SOURCES) == set(store.ROLES)
+    assert len(model_pins.DNABERT_S_REVISION) == 40 and len(model_pins.VIRNUCPRO_COMMIT) == 40
+    for source in model_pins.SOURCES.values():
         for spec in source.files:
             assert dl._url(spec, None).startswith("https://")
             assert dl._url(spec, "http://mirror.example/x/") == f"http://mirror.example/x/{spec.path}"
-    names = {Path(s.relpath).name for s in dl.SOURCES["dnabert_s"].files}
+    names = {Path(s.relpath).name for s in model_pins.SOURCES["dnabert_s"].files}
     assert {"config.json", "tokenizer.json"} <= names and names & set(store.DNABERT_WEIGHTS)
 
 
 def test_download_everything_through_mirror(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     dest = tmp_path / "models"
     dl.download(dest=dest, only=None, mirror=host.url + "/")
     manifest = json.loads((dest / "manifest.json").read_text())
@@ -155,7 +156,7 @@ def test_download_everything_through_mirror(host, payloads, tmp_path, monkeypatc
 
 def test_only_one_role(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
     assert (tmp_path / "500_model.pth").is_file() and not (tmp_path / "300_model.pth").exists()
     assert list(_manifest(tmp_path)) == ["classifier_500"]
@@ -168,7 +169,7 @@ def test_only_one_role(host, payloads, tmp_path, monkeypatch):
 def test_pinned_checksum_mismatch(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
     host.files["/VirNucPro/commit/300_model.pth"] = payloads["c500"]  # wrong file at that path
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     with pytest.raises(ModelsError, match=r"classifier_300 .* checksum mismatch") as info:
         dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
     assert info.value.code == ExitCode.MODELS
@@ -185,7 +186,7 @@ def test_a_mirror_serving_other_bytes_is_refused(host, payloads, tmp_path, monke
     host.files[path] = other
     host.headers[path] = {"X-Repo-Commit": "rev", "ETag": f'"{sha256(other)}"',
                           "X-Linked-Etag": f'"{sha256(other)}"'}  # the mirror vouches for it
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     code, message = run_cli("models", "download", "--dest", tmp_path, "--only", "esm2", "--mirror", host.url)
     assert code == ExitCode.MODELS, message
     assert "checksum mismatch" in message and sha256(other) in message and "nothing recorded" in message
@@ -206,7 +207,7 @@ def test_interrupted_transfer_is_resumed(host, payloads, tmp_path):
 
 def test_interrupted_download_resumes_on_the_next_run(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     monkeypatch.setattr(dl, "ATTEMPTS", 1)
     path = "/fair-esm/models/esm2_t36_3B_UR50D.pt"
     host.drop_once.add(path)
@@ -259,7 +260,7 @@ def test_a_file_without_a_pin_is_never_downloaded_or_recorded(host, payloads, tm
     sources = fake_sources(payloads)
     unpinned = dl.FileSource("300_model.pth", NOWHERE, "VirNucPro/commit/300_model.pth")
     sources["classifier_300"] = dl.RoleSource("classifier_300", "300_model.pth", NOWHERE, "commit", (unpinned,))
-    monkeypatch.setattr(dl, "SOURCES", sources)
+    monkeypatch.setattr(model_pins, "SOURCES", sources)
     with pytest.raises(ModelsError, match="no pinned checksum") as info:
         dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
     assert info.value.code == ExitCode.MODELS and not host.requests
@@ -271,7 +272,7 @@ def test_a_file_without_a_pin_is_never_downloaded_or_recorded(host, payloads, tm
 
 
 def test_offline_connection_refused(payloads, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     with pytest.raises(ModelsError, match=r"cannot reach 127\.0\.0\.1:\d+") as info:
         dl.download(dest=tmp_path / "m", only="classifier_300", mirror=closed_port_url())
     assert info.value.code == ExitCode.MODELS
@@ -286,7 +287,7 @@ def test_downloaded_classifier_must_pass_the_restricted_loader(host, payloads, t
     sources["classifier_300"] = dl.RoleSource("classifier_300", "300_model.pth", NOWHERE, "commit", (
         dl.FileSource("300_model.pth", NOWHERE, "VirNucPro/commit/300_model.pth",
                       git_sha1=git_blob_sha1(evil)),))  # the checksum even matches
-    monkeypatch.setattr(dl, "SOURCES", sources)
+    monkeypatch.setattr(model_pins, "SOURCES", sources)
     with pytest.raises(ModelsError, match="refused: it holds objects other than tensors") as info:
         dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
     assert "300_model.pth" in str(info.value) and "weights_only" not in str(info.value)
@@ -303,7 +304,7 @@ def test_downloaded_encoder_checkpoint_must_hold_only_tensors(host, payloads, tm
     weights, regression = sources["esm2"].files
     sources["esm2"] = dl.RoleSource("esm2", "esm2_t36_3B_UR50D", NOWHERE, None, (
         dl.FileSource(weights.relpath, NOWHERE, weights.path, sha256=sha256(evil)), regression))
-    monkeypatch.setattr(dl, "SOURCES", sources)
+    monkeypatch.setattr(model_pins, "SOURCES", sources)
     with pytest.raises(ModelsError, match="refused: it holds objects other than tensors") as info:
         dl.download(dest=tmp_path, only="esm2", mirror=host.url)
     assert "esm2_t36_3B_UR50D.pt" in str(info.value) and "system" in str(info.value)
@@ -314,7 +315,7 @@ def test_downloaded_encoder_checkpoint_must_hold_only_tensors(host, payloads, tm
 def test_ensure_downloads_only_missing_roles(host, payloads, tmp_path, monkeypatch):
     serve_all(host, payloads)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads, base=host.url))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads, base=host.url))
     dest = tmp_path / "models"
     dl.download(dest=dest, only="esm2", mirror=None)
     host.requests.clear()
@@ -326,7 +327,7 @@ def test_ensure_downloads_only_missing_roles(host, payloads, tmp_path, monkeypat
 def test_a_second_download_into_a_held_folder_exits_3_at_once(host, payloads, tmp_path, monkeypatch):
     """Issue 9, points 1 and 17: one command writes a models folder; the second names the first."""
     serve_all(host, payloads)
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     with folder_held_by_another_process(tmp_path) as pid:
         with pytest.raises(BadInputError, match=f"in use by another virnucpro command \\(pid {pid}") as info:
             dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
@@ -348,7 +349,7 @@ def test_models_download_cli_holds_the_lock_in_a_real_process(host, payloads, tm
 
 def test_bad_existing_files_are_replaced(host, payloads, tmp_path, monkeypatch, capsys):
     serve_all(host, payloads)
-    monkeypatch.setattr(dl, "SOURCES", fake_sources(payloads))
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     dl.download(dest=tmp_path, only="esm2", mirror=host.url)
     weights = tmp_path / "esm2_t36_3B_UR50D.pt"
     weights.write_bytes(b"corrupted")

@@ -1,5 +1,6 @@
-"""The model store as a package (issue 9, points 15 and 17): every downloaded file pinned in the
-code, the modules import without a circle, and their functions stay short."""
+"""The model store as a package (issue 9, points 15 and 17): every published file pinned in the
+code (`pins`, read by both `download` and `store`), the modules import without a circle, and their
+functions stay short."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro.models import download as dl
+from virnucpro.models import pins
 
-PACKAGE = Path(dl.__file__).parent
-MODULES = ("store", "download", "tiny")
+PACKAGE = Path(pins.__file__).parent
+MODULES = ("pins", "store", "download", "tiny")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HEX40 = re.compile(r"[0-9a-f]{40}")
 
@@ -34,7 +35,7 @@ EXPECTED_PINS = {
 
 
 def _all_files():
-    return [spec for source in dl.SOURCES.values() for spec in source.files]
+    return [spec for source in pins.SOURCES.values() for spec in source.files]
 
 
 def test_every_downloaded_file_is_pinned_by_content():
@@ -52,11 +53,19 @@ def test_every_downloaded_file_is_pinned_by_content():
 
 
 def test_pins_are_for_fixed_revisions():
-    hub = [spec for spec in dl.SOURCES["dnabert_s"].files]
-    assert all(f"/resolve/{dl.DNABERT_S_REVISION}/" in spec.path for spec in hub)
-    assert HEX40.fullmatch(dl.DNABERT_S_REVISION) and HEX40.fullmatch(dl.VIRNUCPRO_COMMIT)
+    hub = [spec for spec in pins.SOURCES["dnabert_s"].files]
+    assert all(f"/resolve/{pins.DNABERT_S_REVISION}/" in spec.path for spec in hub)
+    assert HEX40.fullmatch(pins.DNABERT_S_REVISION) and HEX40.fullmatch(pins.VIRNUCPRO_COMMIT)
     for role in ("classifier_300", "classifier_500"):
-        assert all(f"/{dl.VIRNUCPRO_COMMIT}/" in spec.path for spec in dl.SOURCES[role].files)
+        assert all(f"/{pins.VIRNUCPRO_COMMIT}/" in spec.path for spec in pins.SOURCES[role].files)
+
+
+def test_pins_are_found_by_file_name_wherever_a_manifest_puts_the_file():
+    assert pins.pin_for("esm2", "sub/esm2_t36_3B_UR50D.pt").sha256 == EXPECTED_PINS["esm2_t36_3B_UR50D.pt"]
+    assert pins.pin_for("dnabert_s", "DNABERT-S/config.json").sha256 == EXPECTED_PINS["DNABERT-S/config.json"]
+    assert pins.pin_for("classifier_300", "300_model.pth").git_sha1 == EXPECTED_PINS["300_model.pth"]
+    assert pins.pin_for("classifier_300", "500_model.pth") is None  # another role's file
+    assert pins.pin_for("dnabert_s", "DNABERT-S/model.safetensors") is None  # not in the published revision
 
 
 def test_the_old_modules_are_gone():
@@ -68,7 +77,7 @@ def test_the_old_modules_are_gone():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_alone_in_a_fresh_interpreter(module):
-    """Imported first and alone, each module works; `store` pulls in neither of the others."""
+    """Imported first and alone, each module works; `store` pulls in only `pins`, `pins` nothing."""
     code = (f"import sys, virnucpro.models.{module} as m\n"
             "others = sorted(n for n in sys.modules if n.startswith('virnucpro.models.'))\n"
             "print(' '.join(others))\n")
@@ -76,8 +85,8 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(module):
     assert result.returncode == 0, result.stderr
     loaded = set(result.stdout.split())
     assert f"virnucpro.models.{module}" in loaded
-    if module == "store":
-        assert loaded == {"virnucpro.models.store"}
+    if module in ("pins", "store"):
+        assert loaded == {"virnucpro.models.pins", f"virnucpro.models.{module}"}
 
 
 def _imports_of(module: str) -> set[str]:
@@ -95,9 +104,9 @@ def _imports_of(module: str) -> set[str]:
 
 
 def test_no_import_circle_anywhere_in_the_package():
-    """Static check over every import statement, lazy ones included: a tree rooted at `store`."""
+    """Static check over every import statement, lazy ones included: a tree rooted at `pins`."""
     graph = {module: _imports_of(module) for module in MODULES}
-    assert graph == {"store": set(), "download": {"store"}, "tiny": {"store"}}
+    assert graph == {"pins": set(), "store": {"pins"}, "download": {"pins", "store"}, "tiny": {"store"}}
     init = ast.parse((PACKAGE / "__init__.py").read_text())
     assert not [n for n in ast.walk(init) if isinstance(n, (ast.Import, ast.ImportFrom))]
 

@@ -183,6 +183,12 @@ def _move_orf_between_chunks(s: Sample) -> None:
     _set_field(fmt.CHUNKS, 3, 4, "2")(s)
 
 
+def _swap(first: int, second: int) -> Callable[[list[str]], None]:
+    def change(lines: list[str]) -> None:
+        lines[first], lines[second] = lines[second], lines[first]
+    return change
+
+
 TABLE_DAMAGE = {
     "sequence row with ORFs deleted": (_delete_line(fmt.SEQUENCES, 2), fmt.SEQUENCES),
     "sequence row without ORF deleted": (_delete_line(fmt.SEQUENCES, 6), fmt.SEQUENCES),
@@ -197,6 +203,15 @@ TABLE_DAMAGE = {
     "row with a missing field": (_set_field(fmt.CHUNKS, 3, 4, "1\tX"), fmt.CHUNKS),
     "header without a column": (_set_field(fmt.CHUNKS, 0, 4, "orfs"), fmt.CHUNKS),
     "sequences.tsv missing": (lambda s: (s.prepared / fmt.SEQUENCES).unlink(), fmt.SEQUENCES),
+    "chunk rows swapped (one without ORF)": (lambda s: s.edit_lines(fmt.CHUNKS, _swap(1, 2)), "'read_000_chunk_1'"),
+    "chunk without ORF renamed": (_set_field(fmt.CHUNKS, 2, 0, "read_000_chunk_9"), "'read_000_chunk_9'"),
+    "chunk start beyond the sequence": (_set_field(fmt.CHUNKS, 2, 2, "99999"), "'99999'"),
+    "chunk start off by one": (_set_field(fmt.CHUNKS, 2, 2, "472"), "'471'"),
+    "chunk length changed": (_set_field(fmt.CHUNKS, 2, 3, "499"), "'499'"),
+    "chunk start with a leading zero": (_set_field(fmt.CHUNKS, 2, 2, "0471"), "'0471'"),
+    "masked_bases negative": (_set_field(fmt.SEQUENCES, 1, 5, "-7"), "'-7'"),
+    "masked_bases above the length": (_set_field(fmt.SEQUENCES, 1, 5, "4721"), "masked_bases"),
+    "masked_bases not a number": (_set_field(fmt.SEQUENCES, 1, 5, "2.5"), "'2.5'"),
     "manifest chunk count": (_set_count("chunks", 587), "chunks"),
     "manifest chunks without ORF": (_set_count("chunks_without_orf", 305), "chunks_without_orf"),
     "manifest ORF count": (_set_count("orfs", 357), "orfs"),
@@ -213,6 +228,22 @@ def test_tables_that_do_not_reconcile_exit_5_before_any_output(sample, run_cli, 
     change(sample)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, named)
+
+
+def test_chunk_placement_is_derived_as_prepare_places_chunks():
+    """The checked (start, length) of every chunk are prepare's, for short, exact and long sequences."""
+    from virnucpro.prepare import chunk_starts
+
+    for size in (3, 7, 300, 500):
+        for length in [*range(1, 3 * size + 2), 10 * size - 1, 10 * size, 10 * size + 1, 4720]:
+            assert list(fmt.chunk_spans(length, size)) == chunk_starts(length, size), (length, size)
+    assert list(fmt.chunk_spans(0, 500)) == []
+
+
+def test_chunk_placement_is_computed_one_chunk_at_a_time():
+    """Memory does not grow with a sequence's length: a 10^15 bp sequence yields its first chunks at once."""
+    spans = fmt.chunk_spans(10**15 + 1, 500)
+    assert [next(spans) for _ in range(2)] == [(0, 500), (499, 500)]
 
 
 def test_the_report_never_says_does_not_reconcile(tmp_path):
@@ -284,6 +315,9 @@ H5_DAMAGE = {
     "shard_of below the index": (_set_attr("shard_of", 0), "shard_of"),
     "shard_sha256 a number": (_set_attr("shard_sha256", 7), "shard_sha256"),
     "precision a number": (_set_attr("precision", 16), "precision"),
+    "precision unknown": (_set_attr("precision", "fp8"), "'fp8'"),
+    "device unknown": (_set_attr("device", "tpu"), "'tpu'"),
+    "device as bytes that are not UTF-8": (_set_attr("device", np.bytes_(b"\xff\xfe")), "device"),
     "models not JSON": (_set_attr("models", "{esm2: tiny"), "models"),
     "models JSON but a list": (_set_attr("models", "[1, 2]"), "models"),
     "models without sha256": (_set_attr("models", json.dumps({"esm2": {"name": "x"}})), "models"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import subprocess
+import sys
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -203,3 +205,126 @@ def test_protein_is_refused_with_or_without_x(tmp_path, run_cli, protein):
     code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
     assert code == 3, message
     assert "'p1' (line 3)" in message and "looks like a protein" in message
+
+
+# --- bounded memory whatever the input (blank-line, header and binary bombs) -------------------------
+
+BOMB = 48 << 20  # bytes of filler: bounds below are a few blocks, the old reader held the filler (2x-16x)
+MEASURE = ("import resource, subprocess, sys\n"
+           "run = subprocess.run(sys.argv[1:], stderr=subprocess.PIPE, text=True)\n"
+           "sys.stderr.write(run.stderr)\n"
+           "print(run.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+
+
+def prepare_peak(path: Path, outdir: Path) -> tuple[int, str, int]:
+    """Exit code, message and peak memory (bytes) of `virnucpro prepare --threads 1` in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "virnucpro", "prepare",
+                             str(path), "--outdir", str(outdir), "--threads", "1"], capture_output=True, text=True)
+    code, peak_kb = map(int, result.stdout.split())
+    return code, result.stderr, peak_kb * 1024
+
+
+@pytest.fixture(scope="module")
+def baseline_peak(tmp_path_factory) -> int:
+    """The peak memory of preparing a one-record file: what the interpreter and imports cost."""
+    folder = tmp_path_factory.mktemp("baseline")
+    (folder / "tiny.fa").write_bytes(b">ok\nACGTACGTAC\n")
+    code, message, peak = prepare_peak(folder / "tiny.fa", folder / "out")
+    assert code == 0, message
+    return peak
+
+
+def gzip_bomb(path: Path, head: bytes, filler: bytes, tail: bytes = b"") -> Path:
+    """`head`, BOMB bytes of `filler`, `tail`, gzip-compressed (a few hundred KB on disk)."""
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(head)
+        piece = filler * ((1 << 20) // len(filler))
+        for _ in range(BOMB >> 20):
+            out.write(piece)
+        out.write(tail)
+    return path
+
+
+@pytest.mark.parametrize("blank", [b"\n", b"\r", b"\r\n", b" \t\n"], ids=["lf", "cr", "crlf", "spaces"])
+def test_blank_lines_after_a_record_cost_no_memory(tmp_path, baseline_peak, blank):
+    """A record followed by 48 MB of blank lines (a zero-padded download run through tr): the record
+    and the one after it are prepared in memory of a few blocks; blank lines are not accumulated."""
+    path = gzip_bomb(tmp_path / "blank.fa.gz", b">ok\nACGTACGTAC\n", blank, b">next\nATGCCC\n")
+    code, message, peak = prepare_peak(path, tmp_path / "out")
+    assert code == 0, message
+    rows = {r["sequence_id"]: r["length"] for r in fmt.read_table(tmp_path / "out" / fmt.SEQUENCES)}
+    assert rows == {"ok": "10", "next": "6"}
+    assert peak - baseline_peak < 16 * seqio.BLOCK, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("block", [7, 64, 4096])
+def test_blank_lines_across_blocks_keep_sequences_and_line_numbers(tmp_path, monkeypatch, block):
+    """A record broken by runs of blank lines longer than a block, then several records in one block:
+    the same records, sequences and header line numbers as Python's universal newlines give."""
+    data = (b">a x\nACGT\n" + b"\n" * 9000 + b"GG\n" + b" \t\n" * 3000 + b"CC\n\r\n" + b"\r" * 5000 + b"TTAA\n>b\nCC\n\n>c\nGG\n"
+            + b"\n" * 3000 + b">d\n" + b"\n" * 5000 + b"AT\n>e\nA")
+    path = tmp_path / "in.fa"
+    path.write_bytes(data)
+    monkeypatch.setattr(seqio, "BLOCK", block)
+    assert records_of(path) == universal_fasta(data)
+    assert records_of(path)[0][:2] == ("a", "ACGTGGCCTTAA")
+
+
+def test_blank_lines_inside_a_fastq_record_are_not_accumulated(tmp_path, baseline_peak):
+    path = gzip_bomb(tmp_path / "blank.fq.gz", b"@q1\nACGT\n", b"\n", b"GGCC\n+\nIIIIIIII\n")
+    code, message, peak = prepare_peak(path, tmp_path / "out")
+    assert code == 0, message
+    assert [r["length"] for r in fmt.read_table(tmp_path / "out" / fmt.SEQUENCES)] == ["8"]
+    assert peak - baseline_peak < 16 * seqio.BLOCK, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("head,filler,tail,line", [
+    (b">", b"A", b"\nACGT\n", 1),                        # one enormous id
+    (b">", b">", b"\nACGT\n", 1),                        # a line of '>'
+    (b">ok\nACGT\n>", b"x ", b"\nACGT\n", 3),            # past the first record, an enormous description
+    (b"@", b"A", b"\nACGT\n+\nIIII\n", 1),               # a FASTQ header
+    (b"@q\nACGT\n+", b"q", b"\nIIII\n", 3),              # a FASTQ separator line repeating no header
+], ids=["fasta-id", "gt", "description", "fastq-id", "fastq-plus"])
+def test_a_header_longer_than_the_limit_is_refused_while_streaming(tmp_path, baseline_peak, head, filler, tail, line):
+    """A 48 MB header is refused (exit 3, the line and the limit named) after about a block, never held whole."""
+    path = gzip_bomb(tmp_path / "header.fa.gz", head, filler, tail)
+    code, message, peak = prepare_peak(path, tmp_path / "out")
+    assert code == 3, message
+    assert f"line {line}:" in message and f"{seqio.HEADER_LIMIT:,} bytes" in message and "Traceback" not in message
+    assert peak - baseline_peak < 8 * seqio.BLOCK, f"peak {peak / 2**20:.0f} MiB"
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_limit_applies_to_headers_within_a_block_too(tmp_path, run_cli):
+    path = tmp_path / "in.fa"
+    path.write_bytes(b">ok\nACGT\n>" + b"y" * seqio.HEADER_LIMIT + b"\nACGT\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "line 3:" in message and f"{seqio.HEADER_LIMIT:,} bytes" in message
+
+
+@pytest.mark.parametrize("block", [5, 4096])
+def test_headers_up_to_the_limit_and_long_quality_lines_starting_with_at_are_accepted(tmp_path, monkeypatch, block):
+    """A header of exactly HEADER_LIMIT bytes, multi-byte characters split across blocks, and a 100 kbp
+    read whose quality line starts with '@' (Q31) all read as before."""
+    monkeypatch.setattr(seqio, "BLOCK", block)
+    header = ">" + "\u00e9" * 1000 + " " + "d" * (seqio.HEADER_LIMIT - 2002)
+    fasta = tmp_path / "in.fa"
+    fasta.write_bytes(header.encode() + b"\nACGT\n")
+    assert len(header.encode()) == seqio.HEADER_LIMIT
+    assert records_of(fasta) == [("\u00e9" * 1000, "ACGT", 1)]
+    read = "ACGT" * 25_000
+    fastq = tmp_path / "in.fq"
+    fastq.write_text(f"@long\n{read}\n+\n{'@' * len(read)}\n@next\nAC\n+\n@@\n")
+    assert records_of(fastq) == [("long", read, 1), ("next", "AC", 5)]
+
+
+@pytest.mark.parametrize("filler", [b"\xff", "\u00e9".encode()], ids=["not-utf8", "not-ascii"])
+def test_non_ascii_bytes_in_a_sequence_line_refused_at_the_first_block(tmp_path, baseline_peak, filler):
+    """48 MB of 0xff (or of valid UTF-8 'é') with no line end after a record: refused in the block that
+    shows the first byte, naming the line and byte offset, without buffering the line."""
+    head = b">ok\n" + b"ACGT" * 150 + b"\n"
+    path = gzip_bomb(tmp_path / "binary.fa.gz", head, filler)
+    code, message, peak = prepare_peak(path, tmp_path / "out")
+    assert code == 3, message
+    assert peak - baseline_peak < 8 * seqio.BLOCK, f"peak {peak / 2**20:.0f} MiB"
+    assert "line 3:" in message and f"byte 0x{filler[0]:02x} at byte offset {len(head):,}" in message

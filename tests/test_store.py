@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from store_fixtures import (folder_held_by_another_process, malicious_pickle_bytes,  # noqa: E402
+from store_fixtures import (folder_held_by_another_process, malicious_pickle_bytes, pins_matching,  # noqa: E402
                             save_malicious_torch)
 
 from virnucpro.models import download, store  # noqa: E402
@@ -182,14 +182,10 @@ def test_models_tiny_again_on_tiny_models_or_an_empty_folder(tiny, tmp_path, cap
     assert _run_models_tiny(empty, capsys)[0] == 0 and (empty / "manifest.json").is_file()
 
 
-def test_locate_hand_staged_standard_names(tiny, tmp_path):
-    staged = tmp_path / "staged"
-    (staged / "DNABERT-S").mkdir(parents=True)
-    shutil.copy(tiny / "esm2_tiny.pt", staged / "esm2_t36_3B_UR50D.pt")
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        shutil.copy(tiny / "DNABERT-S-tiny" / name, staged / "DNABERT-S" / name)
-    shutil.copy(tiny / "300_model_tiny.pth", staged / "300_model.pth")
-    shutil.copy(tiny / "500_model_tiny.pth", staged / "500_model.pth")
+def test_locate_hand_staged_standard_names(tiny, tmp_path, pin_to):
+    """No manifest: the standard names, each file verified by its pin (here: pinned to the files)."""
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    pin_to(staged)
     models = store.locate(staged)
     assert models.tiny is False
     assert models.esm2 == staged / "esm2_t36_3B_UR50D.pt"
@@ -246,16 +242,11 @@ def test_hash_cache_and_full_check(tiny, tmp_path, monkeypatch):
         store.check(models)
 
 
-def test_check_refuses_malicious_classifier(tiny, tmp_path):
-    staged = tmp_path / "staged"
-    shutil.copytree(tiny, staged)
-    (staged / "manifest.json").unlink()
-    (staged / "DNABERT-S").mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        shutil.copy(staged / "DNABERT-S-tiny" / name, staged / "DNABERT-S" / name)
-    shutil.copy(staged / "esm2_tiny.pt", staged / "esm2_t36_3B_UR50D.pt")
-    shutil.copy(staged / "500_model_tiny.pth", staged / "500_model.pth")
+def test_check_refuses_malicious_classifier(tiny, tmp_path, pin_to):
+    """Even a classifier that matches its pin must pass the restricted loader."""
+    staged = _hand_staged(tiny, tmp_path / "staged")
     save_malicious_torch(staged / "300_model.pth", str(tmp_path / "PWNED"))
+    pin_to(staged)
     with pytest.raises(ModelsError, match="refused"):
         store.check(staged)
     assert not (tmp_path / "PWNED").exists()
@@ -440,3 +431,174 @@ def test_models_tiny_holds_the_folder_lock(tmp_path, capsys):
         assert code == ExitCode.BAD_INPUT and "in use" in err and f"pid {pid}" in err, err
         assert not (folder / "manifest.json").exists()
     assert _run_models_tiny(folder, capsys)[0] == 0
+
+
+# ------------------------------------------------------------------------- pins of models that are not tiny (issue 9, points 15/16)
+
+NOT_PUBLISHED = "is not the published model"
+
+
+@pytest.fixture
+def pin_to(monkeypatch):
+    """Pin the published models to the files of a folder: a stand-in for the real bytes."""
+    def pin(directory: Path) -> None:
+        from virnucpro.models import pins
+
+        monkeypatch.setattr(pins, "SOURCES", pins_matching(directory))
+    return pin
+
+
+def _hand_staged(tiny: Path, target: Path) -> Path:
+    """The tiny models copied under the published file names, with no manifest."""
+    (target / "DNABERT-S").mkdir(parents=True)
+    shutil.copy(tiny / "esm2_tiny.pt", target / "esm2_t36_3B_UR50D.pt")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copy(tiny / "DNABERT-S-tiny" / name, target / "DNABERT-S" / name)
+    shutil.copy(tiny / "300_model_tiny.pth", target / "300_model.pth")
+    shutil.copy(tiny / "500_model_tiny.pth", target / "500_model.pth")
+    return target
+
+
+def _edit_manifest(models: Path, edit) -> None:
+    manifest = json.loads((models / "manifest.json").read_text())
+    edit(manifest["models"])
+    (models / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _mark(models: Path, roles, tiny: bool) -> None:
+    def edit(entries):
+        for role in roles:
+            entries[role]["tiny"] = tiny
+    _edit_manifest(models, edit)
+
+
+def test_tiny_models_whose_manifest_says_not_tiny_are_refused_by_check_and_run(tiny, tmp_path, run_cli,
+                                                                              reference_dir):
+    """`models tiny M; cp -r M TM`, every "tiny" set to false: not the published models (exit 4),
+    so no run can report random models as real ones."""
+    models = _copy(tiny, tmp_path)
+    _mark(models, store.ROLES, tiny=False)
+    code, err = run_cli("models", "check", models)
+    assert code == ExitCode.MODELS, err
+    assert "all models present and verified" not in err
+    assert f"{models / 'esm2_tiny.pt'} {NOT_PUBLISHED}" in err
+    assert "virnucpro models download" in err and "virnucpro models tiny" in err
+    out = tmp_path / "out"
+    code, err = run_cli("run", reference_dir / "golden" / "mixed.fa", "--outdir", out, "--models", models,
+                        "--offline")
+    assert code == ExitCode.MODELS and NOT_PUBLISHED in err, err
+    assert not list(out.glob("prediction_results*"))
+
+
+@pytest.mark.parametrize("role", store.ROLES)
+def test_one_role_marked_not_tiny_is_checked_against_its_pins(tiny, tmp_path, role):
+    models = _copy(tiny, tmp_path)
+    _mark(models, [role], tiny=False)
+    with pytest.raises(ModelsError, match=NOT_PUBLISHED) as info:
+        store.locate(models)
+    first = json.loads((models / "manifest.json").read_text())["models"][role]["files"][0]
+    assert info.value.code == ExitCode.MODELS and str(models / first) in str(info.value)
+    assert f"--only {role}" in str(info.value)
+
+
+def test_hand_staged_tiny_files_under_the_published_names_are_refused(tiny, tmp_path, run_cli):
+    """No manifest: every file is compared with its pin, never listed as "unrecorded" and passed."""
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    code, err = run_cli("models", "check", staged)
+    assert code == ExitCode.MODELS, err
+    assert "unrecorded" not in err and "all models present and verified" not in err
+    for rel in ("esm2_t36_3B_UR50D.pt", "DNABERT-S/config.json", "300_model.pth", "500_model.pth"):
+        assert f"{staged / rel} {NOT_PUBLISHED}" in err
+    assert (f"{staged / 'DNABERT-S/model.safetensors'} {NOT_PUBLISHED}: the published dnabert_s model has "
+            f"no file of that name") in err
+    with pytest.raises(ModelsError, match=NOT_PUBLISHED):
+        download.ensure(staged, offline=True)
+
+
+def test_hand_staged_files_that_match_their_pins_count_as_verified(tiny, tmp_path, run_cli, pin_to):
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    pin_to(staged)
+    code, err = run_cli("models", "check", staged)
+    assert code == 0 and "all models present and verified" in err, err
+    assert "unrecorded" not in err and err.count("(verified: pin)") == 6
+    models = store.locate(staged)
+    assert models.tiny is False and models.sha256 == store.locate(tiny).sha256
+
+
+def test_downloaded_files_must_match_both_the_manifest_and_the_pins(tiny, tmp_path, pin_to):
+    """A manifest entry that is not tiny, whose records match the files, still needs the pins."""
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    _write_manifest_of_staged(staged, tiny=False)
+    with pytest.raises(ModelsError, match=NOT_PUBLISHED):
+        store.locate(staged)
+    pin_to(staged)
+    assert store.locate(staged).tiny is False
+
+
+def test_a_weights_file_the_manifest_does_not_list_is_checked_too(tiny, tmp_path, pin_to):
+    """DNABERT-S loads model.safetensors before pytorch_model.bin: one dropped next to the listed,
+    pinned .bin would be used unchecked."""
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    from safetensors.torch import load_file
+
+    folder = staged / "DNABERT-S"
+    torch.save(load_file(str(folder / "model.safetensors")), str(folder / "pytorch_model.bin"))
+    (folder / "model.safetensors").unlink()
+    pin_to(staged)
+    store.locate(staged)
+    shutil.copy(tiny / "DNABERT-S-tiny" / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(ModelsError, match="model.safetensors is not the published model"):
+        store.locate(staged)
+
+
+def test_a_tiny_role_must_record_every_file_it_reads(tiny, tmp_path):
+    """Marked tiny but a file unrecorded: nothing vouches for it, so the pins apply (and fail)."""
+    models = _copy(tiny, tmp_path)
+    _edit_manifest(models, lambda entries: entries["classifier_300"]["sha256"].clear())
+    with pytest.raises(ModelsError, match=NOT_PUBLISHED) as info:
+        store.locate(models)
+    assert "classifier_300 is marked tiny, but the manifest records no sha256 for 300_model_tiny.pth" \
+        in str(info.value)
+
+
+def test_published_models_marked_tiny_are_used_but_every_output_says_tiny(tiny, tmp_path, pin_to):
+    """The reverse is harmless: a tiny mark on the published files only makes outputs say "tiny"."""
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    pin_to(staged)
+    _write_manifest_of_staged(staged, tiny=True)
+    assert store.locate(staged).tiny is True
+    _mark(staged, ["esm2", "dnabert_s", "classifier_300"], tiny=False)
+    assert store.locate(staged, roles=["esm2", "dnabert_s", "classifier_300"]).tiny is False
+    assert store.locate(staged).tiny is True  # classifier_500 is still marked tiny
+
+
+STAGED_FILES = {"esm2": ["esm2_t36_3B_UR50D.pt"],
+                "dnabert_s": ["DNABERT-S/config.json", "DNABERT-S/model.safetensors", "DNABERT-S/tokenizer.json"],
+                "classifier_300": ["300_model.pth"], "classifier_500": ["500_model.pth"]}
+
+
+def _write_manifest_of_staged(staged: Path, tiny: bool) -> None:
+    """A manifest recording the hand-staged files as they are, every role marked `tiny`."""
+    store.write_manifest(staged, {"models": {
+        role: {"files": files, "tiny": tiny, "sha256": {rel: store.sha256_file(staged / rel) for rel in files}}
+        for role, files in STAGED_FILES.items()}})
+
+
+def test_pin_checks_reuse_the_hash_cache(tiny, tmp_path, pin_to, monkeypatch):
+    """A git blob id is cached beside the sha256 by size and mtime: locate reads a file once;
+    `models check` always hashes again."""
+    monkeypatch.setattr(store, "_CACHE_MIN_BYTES", 0)
+    staged = _hand_staged(tiny, tmp_path / "staged")
+    pin_to(staged)
+    store.locate(staged)
+    cache = json.loads((staged / store.HASH_CACHE).read_text())
+    assert cache["300_model.pth"]["git_sha1"] == pins_matching(staged)["classifier_300"].files[0].git_sha1
+    path = staged / "300_model.pth"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 0xFF  # same size, same mtime, other bytes
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    store.locate(staged)
+    with pytest.raises(ModelsError, match=f"{path} {NOT_PUBLISHED}"):
+        store.check(staged)

@@ -168,6 +168,7 @@ def stop_signals_exit_interrupted() -> Iterator[None]:
         yield
         check_stop()
     finally:
+        _received.clear()  # the stop belongs to this command only
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -2,13 +2,18 @@
 
 Written under a temporary name, verified (row count, ids in order, finite values) and renamed, so a
 file with the final name is always complete. Opened with HDF5 file locking off (Lustre/GPFS).
+HDF5 writes through a Python file object that keeps the first storage error (disk full, quota, I/O)
+to itself: the library, whose error paths on a failed write or close can crash the process, only
+ever sees writes that succeed, and the writer reports the error (exit 10) after a clean close.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from contextlib import contextmanager
+import shutil
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError
+from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, storage_error
 from virnucpro.prepared import SHA256_TEXT, shown
 
 FORMAT_VERSION = 1
@@ -25,6 +30,8 @@ ROWS_PER_WRITE = 8192
 VECTORS = ("dnabert_s", "esm2")
 ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", "shard_sha256", "chunk_size",
               "models", "precision", "device", "created")
+PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
+DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
 
 
@@ -61,36 +68,129 @@ class EmbeddingShardInfo:
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                 widths: tuple[int, int], attrs: dict) -> None:
-    """Write ids and vectors (fetched block by block from `rows(start, stop)`) atomically to `path`."""
+    """Write ids and vectors (fetched block by block from `rows(start, stop)`) atomically to `path`;
+    a storage failure is exit 10 naming `path`, with the temporary file removed."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        _write_rows(tmp, ids, rows, widths, attrs)
+        _write_through_file(tmp, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
         verify_shard(tmp, ids)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # an interrupted or failed write leaves nothing that looks like output
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)  # an interrupted or failed write leaves nothing that looks like output
         raise
     os.replace(tmp, path)
 
 
-def _write_rows(tmp: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-                widths: tuple[int, int], attrs: dict) -> None:
+class _StorageGuard:
+    """The file object HDF5 writes through. The first OSError is kept in `error` and the file goes on
+    in memory from there (a copy of what reached the disk, then what HDF5 writes until the caller stops
+    and closes): HDF5 reads back what it wrote, so writes cannot simply be dropped, and it must never
+    see a failure. The caller then deletes the file."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.target = raw
+        self.error: OSError | None = None
+
+    def _call(self, operation: Callable):
+        if self.error is None:
+            position = self.raw.tell()
+            try:
+                return operation(self.raw)
+            except OSError as exc:
+                self._continue_in_memory(exc, position)
+        return operation(self.target)
+
+    def _continue_in_memory(self, exc: OSError, position: int) -> None:
+        self.error = exc
+        self.target = io.BytesIO()
+        with suppress(OSError):
+            self.raw.seek(0)
+            shutil.copyfileobj(self.raw, self.target)
+        self.target.seek(position)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        return self._call(lambda handle: _write_all(handle, view))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._call(lambda handle: handle.seek(offset, whence))
+
+    def tell(self) -> int:
+        return self._call(lambda handle: handle.tell())
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call(lambda handle: handle.read(size))
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._call(lambda handle: handle.truncate(size))
+
+    def flush(self) -> None:
+        self._call(lambda handle: handle.flush())
+
+    def close(self) -> None:
+        """Close the disk file (an error its close reports counts too); the memory copy is dropped."""
+        self._call(lambda handle: handle.close())
+        with suppress(OSError):
+            self.raw.close()
+
+
+def _write_all(handle, view: memoryview) -> int:
+    """Write the whole buffer (an unbuffered file may write only part of it per call)."""
+    done = 0
+    while done < len(view):
+        done += handle.write(view[done:])
+    return done
+
+
+def _write_through_file(tmp: Path, path: Path, fill: Callable) -> None:
+    """Create `tmp` as an HDF5 file and `fill(handle, failed)` it (`failed()` tells it that a write has
+    failed, so it can stop early); any storage error on the way is exit 10 naming `path`."""
+    try:
+        guard = _StorageGuard(open(tmp, "wb+", buffering=0))
+    except OSError as exc:
+        raise _write_failed(path, exc) from None
+    try:
+        with _h5py().File(guard, "w") as handle:
+            fill(handle, lambda: guard.error is not None)
+    except Exception:
+        if guard.error is None:
+            raise  # not the storage: a fault of the data or of this code
+    finally:
+        guard.close()
+    if guard.error is not None:
+        raise _write_failed(path, guard.error) from None
+
+
+def _write_failed(path: Path, exc: OSError) -> OutputWriteError:
+    meaning = storage_error(exc) or exc.strerror or str(exc)
+    return OutputWriteError(f"cannot write {path}: {meaning}",
+                            "free space, fix the permissions or choose another output location, then rerun "
+                            "(finished embedding work is kept in checkpoints)")
+
+
+def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                widths: tuple[int, int], attrs: dict, failed: Callable[[], bool]) -> None:
+    """The shard's datasets and attributes; once a write has failed the rest of the vectors are skipped
+    (the file is deleted), so they do not pile up in the in-memory copy."""
     h5py = _h5py()
     n = len(ids)
-    with open_h5(tmp, "w") as handle:
-        handle.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        dnabert = handle.create_dataset("dnabert_s", shape=(n, widths[0]), dtype="float32")
-        esm = handle.create_dataset("esm2", shape=(n, widths[1]), dtype="float32")
-        for start in range(0, n, ROWS_PER_WRITE):
-            stop = min(n, start + ROWS_PER_WRITE)
-            nuc, prot = rows(start, stop)
-            dnabert[start:stop] = nuc
-            esm[start:stop] = prot
-        handle.attrs.update({
-            "format_version": FORMAT_VERSION,
-            "virnucpro_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **{key: (json.dumps(value) if isinstance(value, dict) else value) for key, value in attrs.items()},
-        })
+    handle.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+    dnabert = handle.create_dataset("dnabert_s", shape=(n, widths[0]), dtype="float32")
+    esm = handle.create_dataset("esm2", shape=(n, widths[1]), dtype="float32")
+    for start in range(0, n, ROWS_PER_WRITE):
+        if failed():
+            return
+        stop = min(n, start + ROWS_PER_WRITE)
+        nuc, prot = rows(start, stop)
+        dnabert[start:stop] = nuc
+        esm[start:stop] = prot
+    handle.attrs.update({
+        "format_version": FORMAT_VERSION,
+        "virnucpro_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{key: (json.dumps(value) if isinstance(value, dict) else value) for key, value in attrs.items()},
+    })
 
 
 def verify_shard(path: Path, ids: Sequence[str]) -> None:
@@ -192,7 +292,8 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
     attention = _text(path, attrs, "attention") if "attention" in attrs else REFERENCE_ATTENTION
     return EmbeddingShardInfo(path=path, shard_index=index, shard_of=of, shard_sha256=digest,
                               chunk_size=_whole(path, attrs, "chunk_size", 1), models=_models(path, attrs),
-                              precision=_text(path, attrs, "precision"), device=_text(path, attrs, "device"),
+                              precision=_choice(path, attrs, "precision", PRECISIONS),
+                              device=_choice(path, attrs, "device", DEVICES),
                               records=records, widths=widths, tiny=bool(tiny), attention=attention)
 
 
@@ -218,6 +319,14 @@ def _text(path: Path, attrs: dict, name: str) -> str:
     elif isinstance(value, str):
         return value
     raise malformed(path, f"attribute {name} must be text, found {_shown(value)}")
+
+
+def _choice(path: Path, attrs: dict, name: str, known: tuple[str, ...]) -> str:
+    """A text attribute that `embed` writes from a fixed set of values."""
+    value = _text(path, attrs, name)
+    if value not in known:
+        raise malformed(path, f"attribute {name} must be one of {', '.join(known)}, found {value[:70]!r}")
+    return value
 
 
 def _models(path: Path, attrs: dict) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
-import math
 import multiprocessing
 import os
 import shutil
@@ -44,18 +43,9 @@ PROTEIN_LIKE = set("EFILPQJOZefilpqjoz")
 # --- chunking (SPEC §1 step 1) --------------------------------------------------------------
 
 def chunk_starts(length: int, size: int) -> list[tuple[int, int]]:
-    """(start, length) of each chunk of a record, placed exactly as the original places them."""
-    n = math.ceil(length / size)
-    extra = n * size - length
-    low = extra // n
-    n_up = extra - low * (n - 1)
-    shifts = ([low + 1] * n_up + [low] * (n - 1 - n_up) + [0])[:n]
-    spans, shifted = [], 0
-    for k in range(n):
-        start = k * size - shifted
-        spans.append((start, min(size, length - start)))
-        shifted += shifts[k]
-    return spans
+    """(start, length) of each chunk of a record, placed exactly as the original places them (the
+    rule lives in the prepared format, where predict checks the chunk table against it)."""
+    return list(fmt.chunk_spans(length, size))
 
 
 # --- six-frame translation (SPEC §1 steps 2-3) ----------------------------------------------

@@ -245,6 +245,21 @@ def checked_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, di
         raise InconsistentInputsError(f"cannot read {path}: {exc}", REPAIR_HINT) from None
 
 
+def chunk_spans(length: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, length) of each chunk of a sequence, placed as the original places them: every chunk
+    `size` long but the last, the overlap spread over the first ones; one at a time, so a long
+    sequence costs no memory."""
+    n = -(-length // size)
+    if n == 0:
+        return
+    extra = n * size - length
+    low = extra // n
+    n_up = extra - low * (n - 1)  # the first n_up chunks overlap by low + 1 bases, the others by low
+    for k in range(n):
+        start = k * size - k * low - min(k, n_up)
+        yield start, min(size, length - start)
+
+
 def whole_number(path: Path, number: int, row: dict[str, str], column: str) -> int:
     """A non-negative integer cell of a table, or exit 5 naming the file, line and column."""
     value = row[column]
@@ -262,16 +277,17 @@ class TableWalk:
         self.chunks_path = Path(directory) / CHUNKS
         self.manifest_path = Path(directory) / MANIFEST
         self.counts = manifest["counts"]
+        self.chunk_size = manifest["chunk_size"]
         self.totals = dict.fromkeys(COUNT_KEYS, 0)
         self.chunks = checked_rows(self.chunks_path, CHUNKS_HEADER)
 
     def orf_chunks(self) -> Iterator[tuple[str, int]]:
         """(chunk id, chunks.tsv line) once per ORF, in shard order; checks run as the walk advances."""
         for number, row in checked_rows(self.sequences_path, SEQUENCE_COLUMNS_READ):
-            n_chunks, n_orfs = self._sequence(number, row)
+            length, n_orfs = self._sequence(number, row)
             found = 0
-            for _ in range(n_chunks):
-                chunk_id, chunk_orfs, line = self._next_chunk(number, row["sequence_id"])
+            for k, span in enumerate(chunk_spans(length, self.chunk_size), start=1):
+                chunk_id, chunk_orfs, line = self._next_chunk(number, row["sequence_id"], k, span)
                 found += chunk_orfs
                 yield from itertools.repeat((chunk_id, line), chunk_orfs)
             if found != n_orfs:
@@ -281,19 +297,28 @@ class TableWalk:
         self._check_totals()
 
     def _sequence(self, number: int, row: dict[str, str]) -> tuple[int, int]:
-        """n_chunks and n_orfs of one sequence row, its status checked against its numbers."""
+        """length and n_orfs of one sequence row, its status, chunk count and masked bases checked
+        against its length and the chunk size."""
         length, n_chunks, n_orfs = (whole_number(self.sequences_path, number, row, column)
                                     for column in ("length", "n_chunks", "n_orfs"))
         status = "empty" if length == 0 else "ok" if n_orfs else "no_orf"
-        if row["status"] != status or (n_chunks == 0) != (length == 0):
-            raise malformed(self.sequences_path, f"line {number}: status {row['status']!r} with length {length:,}, "
-                                                 f"{n_chunks:,} chunks and {n_orfs:,} ORFs (expected {status!r})")
+        if row["status"] != status:
+            raise malformed(self.sequences_path, f"line {number}: status {row['status']!r} with length {length:,} "
+                                                 f"and {n_orfs:,} ORFs (expected {status!r})")
+        derived = -(-length // self.chunk_size)
+        if n_chunks != derived:
+            raise malformed(self.sequences_path, f"line {number}: n_chunks {n_chunks:,} for length {length:,} at "
+                                                 f"chunk size {self.chunk_size} (expected {derived:,})")
+        if "masked_bases" in row and whole_number(self.sequences_path, number, row, "masked_bases") > length:
+            raise malformed(self.sequences_path, f"line {number}: masked_bases {row['masked_bases']} exceeds "
+                                                 f"the length {length:,}")
         for key, value in (("sequences", 1), ("empty_sequences", length == 0), ("bases", length)):
             self.totals[key] += value
-        return n_chunks, n_orfs
+        return length, n_orfs
 
-    def _next_chunk(self, number: int, sequence_id: str) -> tuple[str, int, int]:
-        """(chunk id, n_orfs, line) of the next chunk row, which must belong to `sequence_id`."""
+    def _next_chunk(self, number: int, sequence_id: str, k: int, span: tuple[int, int]) -> tuple[str, int, int]:
+        """(chunk id, n_orfs, line) of the next chunk row, which must be chunk `k` of `sequence_id`
+        at `span` (start, length)."""
         try:
             line, chunk = next(self.chunks)
         except StopIteration:
@@ -303,11 +328,21 @@ class TableWalk:
             raise self._disagree(f"{self.chunks_path} line {line}: chunk {chunk['chunk_id']!r} is of sequence "
                                  f"{chunk['sequence_id']!r} where {self.sequences_path} line {number} expects "
                                  f"a chunk of {sequence_id!r}")
+        self._check_placement(line, chunk, sequence_id, k, span)
         n_orfs = whole_number(self.chunks_path, line, chunk, "n_orfs")
         self.totals["chunks"] += 1
         self.totals["chunks_without_orf"] += n_orfs == 0
         self.totals["orfs"] += n_orfs
         return chunk["chunk_id"], n_orfs, line
+
+    def _check_placement(self, line: int, chunk: dict[str, str], sequence_id: str, k: int,
+                         span: tuple[int, int]) -> None:
+        """The chunk row has the id, start and length prepare derives from its sequence's length."""
+        expected = {"chunk_id": f"{sequence_id}_chunk_{k}", "start": str(span[0]), "length": str(span[1])}
+        for column, value in expected.items():
+            if chunk[column] != value:
+                raise malformed(self.chunks_path, f"line {line}: chunk {k} of {sequence_id!r} at chunk size "
+                                                  f"{self.chunk_size} has {column} {value!r}, found {chunk[column]!r}")
 
     def _check_no_more_chunks(self) -> None:
         for line, chunk in self.chunks:

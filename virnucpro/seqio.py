@@ -1,9 +1,11 @@
 """Streaming FASTA/FASTQ reader: compression and format detected from content, input hashed on the fly.
 
-Memory is O(longest record): the raw file is read in blocks, decompressed incrementally (a block at
-most at a time) and split into lines as Python's universal newlines split them; only the record
-being assembled is held. Every problem is a `BadInputError` naming the file (and line or record,
-and the byte offset for bytes that are no text) and the fix.
+Memory is O(block + longest record sequence): the raw file is read in blocks, decompressed
+incrementally (a block at most at a time) and split into lines as Python's universal newlines split
+them; only the record being assembled is held, without its blank lines, and a line that runs on
+past a block is checked as it grows (a header against HEADER_LIMIT, any other line for ASCII).
+Every problem is a `BadInputError` naming the file (and line or record, and the byte offset for
+bytes that are no text) and the fix.
 """
 
 from __future__ import annotations
@@ -68,6 +70,14 @@ def _compression(head: bytes, path: Path) -> str:
 CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters but tab, LF and CR
 # every other byte: deleting these leaves the controls, and text (nothing left) costs no output memory
 NOT_CONTROL = bytes(byte for byte in range(256) if not CONTROL.match(bytes([byte])))
+NOT_ASCII = re.compile(rb"[\x80-\xff]")
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# The longest header line accepted, in bytes with its '>' or '@' (64 KiB). Real headers (an id and a
+# description: NCBI, ENA, Illumina, ONT with all its key=value fields) stay under a few hundred
+# bytes; 64 KiB is two orders of magnitude above any of them, yet small enough that a header read
+# as it streams in never costs memory beyond a block.
+HEADER_LIMIT = 1 << 16
 
 
 class TextBlock(NamedTuple):
@@ -95,29 +105,76 @@ class UniversalText:
     Binary data, control characters (tab aside) and bytes that are not UTF-8 are refused in the
     block that shows them, naming the byte offset, the line and, in a header, the record: a
     replaced byte would make distinct ids collide. Only the unfinished last line is carried over
-    from block to block (as a list of pieces: a line of any length costs linear time).
+    from block to block (as a list of pieces: a line of any length costs linear time), and it is
+    checked as it grows: a header (a line starting with one of `header_marks`, which the parser
+    sets to what may start a header where it stands) past HEADER_LIMIT, or any other line holding a
+    byte that is not ASCII, is refused in the block that shows it, never after the line is whole.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.pending: list[bytes] = []  # the unfinished last line (its only line end: a final CR)
+        self.pending: list[bytes] = []  # the unfinished last line, in non-empty pieces (its only line end: a final CR)
+        self.pending_size = 0  # the bytes in `pending`
+        self.pending_checked = True  # whether `pending` passed `_check_unfinished` (a new tail has not)
         self.pending_offset = 0  # the offset in the decompressed input of the first pending byte
         self.line = 1  # the number of the first pending line
+        self.header_marks: bytes | None = None  # first bytes of a header line; None: every line (before the first record)
 
     def feed(self, block: bytes) -> TextBlock | None:
         """The whole lines completed by `block`, if any."""
         if block.translate(None, NOT_CONTROL):
             self._refuse_control(block)
+        split = self._completed(block)
+        if split is None:
+            self._check_unfinished(block)
+            self.pending.append(block)
+            self.pending_size += len(block)
+            return None
+        data = b"".join([*self.pending, memoryview(block)[:split]])
+        tail = block[split:]
+        self.pending, self.pending_size, self.pending_checked = ([tail] if tail else []), len(tail), not tail
+        return self._decode(data)
+
+    def _completed(self, block: bytes) -> int | None:
+        """How many first bytes of `block` end lines (with the pending bytes); None when no line ends."""
         end = len(block) - 1 if block.endswith(b"\r") else len(block)  # a final CR may start a CRLF
         cut = block.rfind(b"\n", 0, end)
         if b"\r" in block:
             cut = max(cut, block.rfind(b"\r", 0, end))
-        if cut < 0:
-            self.pending.append(block)
-            return None
-        data = b"".join([*self.pending, memoryview(block)[:cut + 1]])
-        self.pending = [block[cut + 1:]]
-        return self._decode(data)
+        if cut >= 0:
+            return cut + 1
+        if self.pending and self.pending[-1].endswith(b"\r"):  # the pending line ended with a CR (or a CRLF)
+            return 1 if block.startswith(b"\n") else 0
+        return None
+
+    def _check_unfinished(self, block: bytes) -> None:
+        """Refuse the line that `block` continues without ending as soon as it cannot be FASTA/FASTQ:
+        a header longer than HEADER_LIMIT, or another (sequence, quality) line with non-ASCII bytes."""
+        start = self.pending[0] if self.pending else block
+        if self.pending_offset == 0 and start.startswith(UTF8_BOM):
+            start = start[len(UTF8_BOM):]
+        if self.header_marks is None or (start[:1] and start[:1] in self.header_marks):
+            if self.pending_size + len(block) - block.endswith(b"\r") > HEADER_LIMIT:
+                raise _header_too_long(self.path, self.line, start.decode("utf-8", errors="backslashreplace"))
+        else:
+            unchecked = [block] if self.pending_checked else [*self.pending, block]
+            if not all(piece.isascii() for piece in unchecked):
+                self._refuse_non_ascii(unchecked)
+        self.pending_checked = True
+
+    def _refuse_non_ascii(self, unchecked: list[bytes]) -> None:
+        """The error for the first byte that is not ASCII in the unfinished line's `unchecked` end."""
+        position = self.pending_offset + (self.pending_size if self.pending_checked else 0)
+        for piece in unchecked:
+            found = NOT_ASCII.search(piece)
+            if found:
+                position += found.start()
+                byte = piece[found.start()]
+                break
+            position += len(piece)
+        raise BadInputError(f"{self.path}, line {self.line}: byte 0x{byte:02x} at byte offset {position:,} is not "
+                            "ASCII, yet this line is no header: sequence and quality lines hold ASCII letters only",
+                            "the file is damaged or not FASTA/FASTQ text: check it, or download or copy it again")
 
     def finish(self) -> TextBlock | None:
         """The last line, when the input does not end with a line end."""
@@ -201,6 +258,7 @@ class HashingTextStream:
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
         self._stream = not stat.S_ISREG(os.fstat(self._raw.fileno()).st_mode)
+        self.text = UniversalText(path)  # the parser tells it where a header may start
         head = self._read_raw()
         self.compression = _compression(head, path)
         self._pending = head
@@ -260,19 +318,28 @@ class HashingTextStream:
 
     def text_blocks(self) -> Iterator[TextBlock]:
         """The input as text in blocks of whole lines (see `UniversalText`)."""
-        text = UniversalText(self.path)
         for block in self._plain_blocks():
-            decoded = text.feed(block) if block else None
+            decoded = self.text.feed(block) if block else None
             if decoded is not None:
                 yield decoded
-        decoded = text.finish()
+        decoded = self.text.finish()
         if decoded is not None:
             yield decoded
         self._raw.close()
 
 
+def _header_too_long(path: Path, line: int, header: str) -> BadInputError:
+    """The refusal of a header line longer than HEADER_LIMIT (`header`: its start, marker included)."""
+    return BadInputError(f"{path}, line {line}: header line '{_shown(header[:40])}...' is longer than "
+                         f"{HEADER_LIMIT:,} bytes, the most virnucpro accepts (real FASTA/FASTQ headers hold a "
+                         "few hundred at most)", "the file is damaged or not FASTA/FASTQ: look at that line "
+                         "(e.g. head -c 300 on the file); shorten the header if it is really meant")
+
+
 def _record_id(header: str, path: Path, line: int) -> str:
     """The first whitespace-delimited word of a header given without its '>' or '@'."""
+    if len(header) * 4 >= HEADER_LIMIT and len(header.encode()) >= HEADER_LIMIT:
+        raise _header_too_long(path, line, header[:40])
     words = header.split(None, 1)
     if not words:
         raise BadInputError(f"{path}, line {line}: header '{header.strip()}' has no sequence id",
@@ -310,32 +377,51 @@ class RecordGroup:
             line += text.count("\n") + 1
 
 
+def _bases_only(text: str) -> str:
+    """Sequence lines without their line ends, spaces and tabs (all removed from a sequence anyway)."""
+    for blank in "\n \t":
+        if blank in text:
+            text = text.replace(blank, "")
+    return text
+
+
+def _record_start(text: str, first: bool) -> int:
+    """Where the first (or the last) record start of a line-aligned text block is; -1 if none."""
+    if text.startswith(">"):  # the previous block ended a line: a record starts here
+        return 0
+    found = text.find("\n>") if first else text.rfind("\n>")
+    return found + 1 if found >= 0 else -1
+
+
 def _fasta_groups(blocks: Iterator[TextBlock], first: TextBlock, path: Path) -> Iterator[RecordGroup]:
-    """Cut line-aligned text blocks at the last record start of each block: whole-record groups."""
+    """Cut line-aligned text blocks at the last record start of each block: whole-record groups.
+
+    A record running on through whole blocks is held without their line ends and blanks, so blank
+    lines cost nothing; its group ends at the next record start, so the lines a group counts stay exact.
+    """
     start = first.text.index(">")
     line = first.first_line + first.text.count("\n", 0, start)
-    pieces = [first.text[start + 1:]]
+    pieces, spanning = [first.text[start + 1:]], False
     for block in blocks:
         text = block.text
-        if text.startswith(">"):  # the previous block ended a line: a record starts here
-            boundary = 0
-        else:
-            found = text.rfind("\n>")
-            if found < 0:
-                pieces.append(text)  # still inside one (long) record
-                continue
-            boundary = found + 1
+        boundary = _record_start(text, first=spanning)
+        if boundary < 0:
+            pieces.append(_bases_only(text))  # still inside one (long) record
+            spanning = True
+            continue
         if boundary:  # the group ends before the newline that precedes the next '>'
             pieces.append(text[:boundary - 1])
-        else:
+        elif pieces[-1].endswith("\n"):
             pieces[-1] = pieces[-1][:-1]
         yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
         line = block.next_line - text.count("\n", boundary)
-        pieces = [text[boundary + 1:]]
+        pieces, spanning = [text[boundary + 1:]], False
     yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
 
 
-def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], path: Path) -> Iterator[Record]:
+def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], path: Path,
+                   reader: UniversalText) -> Iterator[Record]:
+    """FASTQ records; `reader` is told what may start a header at the line read next (quality may start with '@')."""
     header: tuple[int, str] | None = first
     while header is not None:
         line_no, text = header
@@ -344,14 +430,17 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
                                 f"found '{text[:40]}'", "check that the FASTQ file is complete")
         rid = _record_id(text[1:], path, line_no)
         seq_parts: list[str] = []
+        reader.header_marks = b"+"  # the separator line repeats the header
         for number, text in lines:
             if text.startswith("+"):
                 break
-            seq_parts.append(text.strip())
+            if text.strip():
+                seq_parts.append(text.strip())
         else:
             raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has no '+' line",
                                 "the file is truncated or not FASTQ")
         sequence = "".join(seq_parts)
+        reader.header_marks = b""
         quality = 0
         while quality < len(sequence):
             nxt = next(lines, None)
@@ -363,27 +452,41 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
             raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has {quality} quality "
                                 f"characters for {len(sequence)} bases", "check the FASTQ file")
         yield Record(rid, sequence, line_no)
+        reader.header_marks = b"@"
         header = next(((n, t) for n, t in lines if t.strip()), None)
 
 
 GROUP_BASES = 1 << 20
+NONEMPTY_LINE = re.compile(r"[^\n]+")
 
 
 def _numbered_lines(blocks: Iterable[TextBlock]) -> Iterator[tuple[int, str]]:
-    """(line number, line) of every line, numbered as the blocks say."""
+    """(line number, line) of every line but empty ones (nothing in FASTQ), numbered as the blocks say."""
     for block in blocks:
+        if "\n\n" in block.text:  # empty lines: skipped one by one, never listed
+            yield from _nonempty_lines(block)
+            continue
         lines = block.text.split("\n")
         if lines[-1] == "":
             lines.pop()
         yield from enumerate(lines, start=block.first_line)
 
 
-def _fastq_groups(blocks: Iterable[TextBlock], path: Path) -> Iterator[RecordGroup]:
+def _nonempty_lines(block: TextBlock) -> Iterator[tuple[int, str]]:
+    """(line number, line) of the lines of `block` that are not empty."""
+    number, counted = block.first_line, 0
+    for match in NONEMPTY_LINE.finditer(block.text):
+        number += block.text.count("\n", counted, match.start())
+        counted = match.start()
+        yield number, match.group()
+
+
+def _fastq_groups(blocks: Iterable[TextBlock], path: Path, reader: UniversalText) -> Iterator[RecordGroup]:
     """FASTQ records parsed here, in groups of about GROUP_BASES bases."""
     numbered = _numbered_lines(blocks)
     first = next((n, t) for n, t in numbered if t.strip())
     group, bases = [], 0
-    for record in _fastq_records(numbered, first, path):
+    for record in _fastq_records(numbered, first, path, reader):
         group.append(record)
         bases += len(record.sequence)
         if bases >= GROUP_BASES:
@@ -401,9 +504,11 @@ def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
         raise BadInputError(f"{stream.path} is empty (no records)", "give a FASTA or FASTQ file with sequences")
     marker = first.text.lstrip()[0]
     if marker == ">":
+        stream.text.header_marks = b">"
         yield from _fasta_groups(blocks, first, stream.path)
     elif marker == "@":
-        yield from _fastq_groups(itertools.chain([first], blocks), stream.path)
+        stream.text.header_marks = b"@"
+        yield from _fastq_groups(itertools.chain([first], blocks), stream.path, stream.text)
     else:
         text = first.text.lstrip()
         number = first.first_line + first.text[:len(first.text) - len(text)].count("\n")

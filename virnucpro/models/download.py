@@ -2,12 +2,10 @@
 
 Standard library only (urllib) for the transfers. Each file goes to `<file>.part`, resumed with an HTTP Range request
 after an interruption (within a run: up to `ATTEMPTS` tries; across runs: the `.part` is kept),
-verified against the checksum pinned in this module, then renamed into place. One command writes a
+verified against its pin, then renamed into place. One command writes a
 models directory at a time: `virnucpro.outdir.folder_lock` (a second one exits 3 naming the first).
 
-Every file is pinned here, never learned from a server: the sha256 of ESM-2's `.pt` and its
-contact-regression file, the sha256 of every DNABERT-S file at a fixed hub revision, and the git
-blob id of each classifier at a fixed commit (what GitHub's tree of that commit lists). A mirror
+Every file is pinned in `virnucpro.models.pins`, never learned from a server. A mirror
 must serve identical bytes; anything else is exit 4 with nothing recorded. A file without a pin is
 never downloaded or recorded as trusted. Before the rename, a classifier must also pass the
 restricted loader and an encoder checkpoint must hold nothing but tensors.
@@ -30,14 +28,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import ModelsError, OutputWriteError, VirnucproError, storage_error
-from virnucpro.models import store
+from virnucpro.models import pins, store
+from virnucpro.models.pins import FileSource, RoleSource
 from virnucpro.outdir import folder_lock
 
 ATTEMPTS = 5            # tries per file within one run (connection drops, 5xx, timeouts)
@@ -46,64 +44,8 @@ TIMEOUT_SECONDS = 60.0  # socket timeout per read
 CHUNK = 1024 * 1024
 FOLDER = "models folder"  # how lock messages name the directory
 
-ESM_HOST = "https://dl.fbaipublicfiles.com"
-DNABERT_S_REPO = "zhihan1996/DNABERT-S"
-DNABERT_S_REVISION = "00e47f96cdea35e4b6f5df89e5419cbe47d490c6"
-VIRNUCPRO_REPO = "Li-Jing-1997/VirNucPro"
-VIRNUCPRO_COMMIT = "0f93f2755a7ea1acd3ff1bcf182892f960ef3326"
-
 NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
                   http.client.HTTPException)
-
-
-@dataclass(frozen=True)
-class FileSource:
-    relpath: str                 # where it goes inside the models directory
-    base: str                    # scheme://host, replaced by --mirror
-    path: str                    # path on the host, kept under --mirror
-    sha256: str | None = None    # pinned content hash
-    git_sha1: str | None = None  # pinned git blob id (where that is what the source publishes)
-
-
-@dataclass(frozen=True)
-class RoleSource:
-    role: str
-    name: str
-    source: str
-    revision: str | None
-    files: tuple[FileSource, ...]
-
-
-def _hf(filename: str, sha256: str) -> FileSource:
-    return FileSource(f"DNABERT-S/{filename}", "https://huggingface.co",
-                      f"{DNABERT_S_REPO}/resolve/{DNABERT_S_REVISION}/{filename}", sha256=sha256)
-
-
-def _classifier(name: str, git_sha1: str) -> RoleSource:
-    return RoleSource(
-        f"classifier_{name[:3]}", name, f"https://github.com/{VIRNUCPRO_REPO}", VIRNUCPRO_COMMIT,
-        (FileSource(name, "https://raw.githubusercontent.com",
-                    f"{VIRNUCPRO_REPO}/{VIRNUCPRO_COMMIT}/{name}", git_sha1=git_sha1),))
-
-
-SOURCES: dict[str, RoleSource] = {
-    "esm2": RoleSource(
-        "esm2", "esm2_t36_3B_UR50D", f"{ESM_HOST}/fair-esm", None,
-        (FileSource("esm2_t36_3B_UR50D.pt", ESM_HOST, "fair-esm/models/esm2_t36_3B_UR50D.pt",
-                    sha256="7de8b4082ba15891959ab368b77ce3886697af1efb16d3c9e9e7b0c5d3f07500"),
-         FileSource("esm2_t36_3B_UR50D-contact-regression.pt", ESM_HOST,
-                    "fair-esm/regression/esm2_t36_3B_UR50D-contact-regression.pt",
-                    sha256="4da500eab246481dc9c8c95bc7b1d02f2803d761c380b0e95186d4a07d0fc84e"))),
-    "dnabert_s": RoleSource(
-        "dnabert_s", DNABERT_S_REPO, f"https://huggingface.co/{DNABERT_S_REPO}", DNABERT_S_REVISION,
-        (_hf("config.json", "d54c142114563aa34ef7c2b54ccc921d08e50cd7c3cd69c439d5e0d2bbcfcdee"),
-         _hf("pytorch_model.bin", "f3cfc3d0541859df64759e758cc4bc40fe1d5760799a7d098a9f9f09501c1e5f"),
-         _hf("tokenizer.json", "667f5a0e6e9630f7052b004784dda7c7aeba395cc4ca3c01b11b02e6aa29d7b1"),
-         _hf("tokenizer_config.json", "f13dbe9968de35aff25b06965f18e30449ec37ed94811bd0c7f97990f3b18ebb"),
-         _hf("special_tokens_map.json", "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3"))),
-    "classifier_300": _classifier("300_model.pth", "a0b5b85e7c1e44f00cde146d091beb82b2c8e855"),
-    "classifier_500": _classifier("500_model.pth", "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d"),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,12 +68,12 @@ def ensure(directory: Path | None = None, roles: Iterable[str] = store.ROLES, of
            ) -> store.ModelSet:
     """`store.locate`, downloading missing roles first unless offline (`--offline` or HF_HUB_OFFLINE=1).
 
-    A present file that fails its checksum or holds code is never replaced silently: that is an
-    error to look at.
+    A present file that fails its checksum or pin or holds code is never replaced silently: that is
+    an error to look at.
     """
     roles = list(roles)
     directory, statuses = store.scan(directory, roles)
-    if any(s.bad or s.refused for s in statuses):
+    if any(s.wrong for s in statuses):
         raise store.problems(directory, statuses)  # type: ignore[misc]
     missing = [s.role for s in statuses if s.missing]
     if not missing:
@@ -156,7 +98,7 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
             raise ModelsError(f"--mirror must be an http(s) URL, got {mirror!r}")
     with folder_lock(directory, FOLDER):
         for role in roles:
-            entry = _download_role(directory, SOURCES[role], mirror)
+            entry = _download_role(directory, pins.SOURCES[role], mirror)
             manifest = store.read_manifest(directory) or {"models": {}}
             if "fp16" in manifest["models"].get(role, {}):
                 entry["fp16"] = manifest["models"][role]["fp16"]  # checked against the .pt below
@@ -174,7 +116,7 @@ def _fp16_copy(directory: Path) -> None:
     only costs speed, so it is a warning. The caller holds the folder lock."""
     from virnucpro.encoders.esm2 import ensure_fp16_copy
 
-    home = store.esm2_home(directory / SOURCES["esm2"].files[0].relpath)
+    home = store.esm2_home(directory / pins.SOURCES["esm2"].files[0].relpath)
     try:
         copy, problem = ensure_fp16_copy(home) if home else (None, "the manifest does not list it")
     except (VirnucproError, OSError) as exc:

@@ -15,10 +15,18 @@ It is never listed in `files` and never part of the model identity: the `.pt` is
 A directory without manifest.json (or a manifest without a role) is read by those standard names,
 so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field.
 
+A role is tiny (random test models, `virnucpro.models.tiny`) only when its manifest entry says
+`"tiny": true` AND records the sha256 of every file of it that is read; every output made with it
+then says "tiny". Every other role (marked not tiny, unmarked, hand-staged) must be the published
+model: each of its files must match the pin of the file of that name in `virnucpro.models.pins`
+(sha256, or git blob id for the classifiers), whatever the manifest says. So tiny models can never
+pass as real ones; real ones marked tiny only make the outputs say "tiny".
+
 Verification of every file:
-- its sha256 against the manifest; hashes of big files are cached by (size, mtime) in
-  `MODELS/.sha256-cache.json` when the directory is writable, so `embed` on many shards does not
-  re-read 6 GB each time (`models check` always re-hashes);
+- its sha256 against the manifest, when recorded, and its pin unless its role is tiny; hashes
+  (and git blob ids) of big files are cached by (size, mtime) in `MODELS/.sha256-cache.json` when
+  the directory is writable, so `embed` on many shards does not re-read 6 GB each time
+  (`models check` always re-hashes);
 - the pickles of the encoders' torch checkpoints (`.pt`, `.bin`) are disassembled, never run, and
   a file naming anything but tensor machinery (and ESM-2's `argparse.Namespace` settings) is
   refused: it could run code when loaded. Classifiers go through the restricted loader instead.
@@ -48,6 +56,7 @@ from typing import Iterable
 
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError
+from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
 MANIFEST = "manifest.json"
@@ -330,23 +339,36 @@ class HashCache:
 
     def sha256(self, directory: Path, rel: str) -> str:
         """The file's sha256, from the cache when its size and mtime are unchanged."""
+        return self.digests(directory, rel)[0]
+
+    def digests(self, directory: Path, rel: str, git_sha1: bool = False) -> tuple[str, str | None]:
+        """(sha256, git blob id when `git_sha1`) of the file, from the cache when its size and
+        mtime are unchanged; one read computes both."""
         path = Path(directory) / rel
         stat = path.stat()
+        entry = self._cached(rel, stat)
+        if entry is not None and (not git_sha1 or isinstance(entry.get("git_sha1"), str)):
+            return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
+        if stat.st_size > 256 * 1024 * 1024:
+            info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
+        digest, blob = sha256_file(path, git_sha1=True) if git_sha1 else (sha256_file(path), None)
+        if stat.st_size >= _CACHE_MIN_BYTES:
+            self.record(rel, path, digest, blob)
+        return digest, blob
+
+    def _cached(self, rel: str, stat: os.stat_result) -> dict | None:
+        """The cache entry of a file whose size and mtime are unchanged, if allowed and valid."""
         entry = self.entries.get(rel)
         if (self.use and isinstance(entry, dict) and entry.get("size") == stat.st_size
                 and entry.get("mtime_ns") == stat.st_mtime_ns and isinstance(entry.get("sha256"), str)):
-            return entry["sha256"]
-        if stat.st_size > 256 * 1024 * 1024:
-            info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
-        digest = sha256_file(path)
-        if stat.st_size >= _CACHE_MIN_BYTES:
-            self.record(rel, path, digest)
-        return digest
+            return entry
+        return None
 
-    def record(self, rel: str, path: Path, digest: str) -> None:
-        """Remember `digest` for the file as it is now."""
+    def record(self, rel: str, path: Path, digest: str, git_sha1: str | None = None) -> None:
+        """Remember `digest` (and the git blob id, when known) for the file as it is now."""
         stat = path.stat()
-        self.entries[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        self.entries[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest,
+                             **({"git_sha1": git_sha1} if git_sha1 else {})}
         self.dirty = True
 
     def save(self) -> None:
@@ -427,7 +449,8 @@ def refused_message(path: Path, offending: Iterable[str]) -> str:
 
 @dataclass
 class RoleStatus:
-    """What `scan` found for one role: its files, and what is missing, corrupt or refused."""
+    """What `scan` found for one role: its files, and what is missing, corrupt, not the published
+    model or refused."""
 
     role: str
     path: Path | None = None
@@ -435,17 +458,24 @@ class RoleStatus:
     missing: list[str] = field(default_factory=list)
     bad: list[tuple[str, str, str]] = field(default_factory=list)  # (file, expected, actual)
     refused: list[tuple[str, list[str]]] = field(default_factory=list)  # (file, offending globals)
+    unpublished: list[tuple[str, str, str]] = field(default_factory=list)  # (file, pinned, actual)
     hashes: dict[str, str] = field(default_factory=dict)
-    unverified: list[str] = field(default_factory=list)    # present, no recorded checksum
+    unrecorded: list[str] = field(default_factory=list)    # present, no sha256 in the manifest
     notes: list[str] = field(default_factory=list)
-    tiny: bool = False
+    marked_tiny: bool = False  # what the manifest says
+    tiny: bool = False         # marked tiny and every file recorded: checked against the manifest only
     name: str = ""
     sha256: str = ""
 
     @property
+    def wrong(self) -> bool:
+        """A present file is corrupt, not the published one, or holds code."""
+        return bool(self.bad or self.unpublished or self.refused)
+
+    @property
     def ok(self) -> bool:
-        """Present, matching its checksums and free of code."""
-        return not self.missing and not self.bad and not self.refused
+        """Present, matching its checksums (and pins, unless tiny) and free of code."""
+        return not self.missing and not self.wrong
 
 
 def _main_path(role: str, files: list[str]) -> str | None:
@@ -463,7 +493,8 @@ def _expected_files(directory: Path, role: str, entry: dict | None
                     ) -> tuple[list[str], list[str], dict[str, str]]:
     """(required files, optional files, recorded sha256 by file) from the manifest or by name."""
     if entry is not None:
-        return list(entry["files"]), [], {k: v.lower() for k, v in entry.get("sha256", {}).items()}
+        return (list(entry["files"]), _unlisted_weights(directory, role, entry["files"]),
+                {k: v.lower() for k, v in entry.get("sha256", {}).items()})
     required, optional = (list(x) for x in STANDARD_FILES[role])
     if role == "dnabert_s":
         weights = [f"DNABERT-S/{w}" for w in DNABERT_WEIGHTS if (directory / "DNABERT-S" / w).is_file()]
@@ -471,13 +502,27 @@ def _expected_files(directory: Path, role: str, entry: dict | None
     return required, optional, {}
 
 
+def _unlisted_weights(directory: Path, role: str, files: list[str]) -> list[str]:
+    """DNABERT-S weights in the listed folder that the manifest does not list: the encoder would
+    read them (model.safetensors before pytorch_model.bin), so they are checked too."""
+    folder = _main_path(role, files) if role == "dnabert_s" else None
+    if folder is None:
+        return []
+    candidates = [(Path(folder) / name).as_posix() for name in DNABERT_WEIGHTS]
+    return [rel for rel in candidates if rel not in files and (directory / rel).is_file()]
+
+
 def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashCache) -> RoleStatus:
+    """Check every file of one role (see the module docstring) and find its path and identity."""
     entry = (manifest or {}).get("models", {}).get(role)
-    status = RoleStatus(role, tiny=bool((entry or {}).get("tiny", False)),
-                        name=str((entry or {}).get("name") or ""))
     required, optional, expected = _expected_files(directory, role, entry)
+    present = [rel for rel in required + optional if (directory / rel).is_file()]
+    status = RoleStatus(role, marked_tiny=bool((entry or {}).get("tiny", False)),
+                        name=str((entry or {}).get("name") or ""),
+                        unrecorded=[rel for rel in present if rel not in expected])
+    status.tiny = status.marked_tiny and not status.unrecorded
     for rel in required + optional:
-        if (directory / rel).is_file():
+        if rel in present:
             _check_file(directory, rel, status, expected.get(rel), cache)
         elif rel in required:
             status.missing.append(rel)
@@ -496,19 +541,34 @@ def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashC
 
 def _check_file(directory: Path, rel: str, status: RoleStatus, expected: str | None,
                 cache: HashCache) -> None:
-    """Hash one present file against its record and, for encoder checkpoints, look for code."""
+    """Hash one present file against its record and, unless its role is tiny, its pin; for
+    encoder checkpoints, look for code."""
     status.files.append(rel)
-    digest = cache.sha256(directory, rel)
+    pin = None if status.tiny else pins.pin_for(status.role, rel)
+    digest, blob = cache.digests(directory, rel, git_sha1=bool(pin and pin.git_sha1))
     status.hashes[rel] = digest
-    if expected is None:
-        status.unverified.append(rel)
-    elif expected != digest:
+    if expected is not None and expected != digest:
         status.bad.append((rel, expected, digest))
+        return
+    mismatch = None if status.tiny else _pin_mismatch(pin, digest, blob)
+    if mismatch is not None:
+        status.unpublished.append((rel, *mismatch))
         return
     if status.role in ENCODER_ROLES and rel.endswith(PICKLE_SUFFIXES):
         offending = code_in_weights(directory / rel)
         if offending:
             status.refused.append((rel, offending))
+
+
+def _pin_mismatch(pin: pins.FileSource | None, digest: str, blob: str | None) -> tuple[str, str] | None:
+    """(what the published file has, what this one has), or None when this one is it."""
+    if pin is None or not (pin.sha256 or pin.git_sha1):
+        return "", ""  # the published model has no (pinned) file of that name
+    if pin.git_sha1 and pin.git_sha1.lower() != blob:
+        return f"git blob id {pin.git_sha1}", f"git blob id {blob}"
+    if pin.sha256 and pin.sha256.lower() != digest:
+        return f"sha256 {pin.sha256}", f"sha256 {digest}"
+    return None
 
 
 def _identity(role: str, main: str, hashes: dict[str, str]) -> str:
@@ -539,7 +599,8 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False
 
 
 def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
-    """One error naming everything missing, corrupt or refused, with the command that fixes it."""
+    """One error naming everything missing, corrupt, not published or refused, with the command
+    that fixes it."""
     failing = [s for s in statuses if not s.ok]
     if not failing:
         return None
@@ -555,8 +616,24 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     for s in failing:
         lines += [f"checksum mismatch for {s.role}: {directory / rel} has sha256 {got}, the manifest "
                   f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
+        lines += _unpublished_lines(directory, s)
         lines += [f"{s.role}: " + refused_message(directory / rel, names) for rel, names in s.refused]
-    return ModelsError("\n".join(lines), hint=download_command(directory, [s.role for s in failing]))
+    hint = download_command(directory, [s.role for s in failing])
+    if any(s.unpublished for s in failing):
+        hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
+                 "output marks as tiny")
+    return ModelsError("\n".join(lines), hint=hint)
+
+
+def _unpublished_lines(directory: Path, s: RoleStatus) -> list[str]:
+    """Why each file of a role that is not tiny is not the published model."""
+    lines = [f"{s.role}: {directory / rel} is not the published model: "
+             + (f"it has {got}, the published file has {want}" if want else
+                f"the published {s.role} model has no file of that name") for rel, want, got in s.unpublished]
+    if lines and s.marked_tiny:
+        lines.insert(0, f"{s.role} is marked tiny, but the manifest records no sha256 for "
+                        f"{', '.join(s.unrecorded)}: checked against the published model instead")
+    return lines
 
 
 def locate(directory: Path | None = None, roles: Iterable[str] = ROLES) -> ModelSet:
@@ -657,8 +734,9 @@ def record_fp16_copy(home: Esm2Home, digest: str, source_sha256: str) -> None:
 def check(directory: Path | None = None) -> None:
     """`virnucpro models check`: presence and full checksums of every role, on stderr.
 
-    Raises `ModelsError` (exit 4) when anything is missing, corrupt or refused (code in an encoder
-    checkpoint, or a classifier the restricted loader refuses).
+    Raises `ModelsError` (exit 4) when anything is missing, corrupt, not the published model (a
+    role that is not tiny) or refused (code in an encoder checkpoint, or a classifier the
+    restricted loader refuses).
     """
     directory, statuses = scan(directory, ROLES, full=True)
     info(f"models directory: {directory}"
@@ -681,18 +759,28 @@ def _report_role(s: RoleStatus) -> str | None:
         info(f"  {s.role:<15} MISSING  {', '.join(s.missing)}")
         return None
     refusal = _classifier_refusal(s) if s.ok and s.role.startswith("classifier_") else None
-    state = "BAD" if s.bad else "REFUSED" if s.refused or refusal else "ok"
+    state = "BAD" if s.bad or s.unpublished else "REFUSED" if s.refused or refusal else "ok"
     info(f"  {s.role:<15} {state:<8} {s.path}" + (" [tiny test model]" if s.tiny else ""))
-    refused_files = {rel for rel, _names in s.refused}
     for rel in s.files:
-        mark = ("MISMATCH" if any(rel == b[0] for b in s.bad) else "REFUSED" if rel in refused_files
-                else "unrecorded" if rel in s.unverified else "verified")
-        info(f"      {rel}  sha256 {s.hashes[rel]}  ({mark})")
+        info(f"      {rel}  sha256 {s.hashes[rel]}  ({_file_mark(s, rel)})")
     for rel, want, _got in s.bad:
         info(f"      {rel}: manifest records {want}")
+    for rel, want, _got in s.unpublished:
+        info(f"      {rel}: " + (f"the published file has {want}" if want else "no such published file"))
     for note in s.notes:
         info(f"      note: {note}")
     return refusal
+
+
+def _file_mark(s: RoleStatus, rel: str) -> str:
+    """One file's verdict in `models check`."""
+    if any(rel == bad[0] for bad in s.bad):
+        return "MISMATCH"
+    if any(rel == other[0] for other in s.unpublished):
+        return "NOT PUBLISHED"
+    if any(rel == refused[0] for refused in s.refused):
+        return "REFUSED"
+    return "verified: manifest" if s.tiny else "verified: pin"
 
 
 def _classifier_refusal(s: RoleStatus) -> str | None:

@@ -266,16 +266,24 @@ def _write_models(directory: Path) -> None:
 
 def _write_manifest(directory: Path) -> None:
     """Point every role at the tiny files (other entries of a tiny folder's manifest are kept)."""
+    record_as_tiny(directory, TINY_FILES, f"virnucpro models tiny (seed {TINY_SEED})", TINY_NAMES)
+
+
+def record_as_tiny(directory: Path, files: dict[str, list[str]], source: str,
+                   names: dict[str, str] | None = None) -> None:
+    """Record `files` (role -> files, relative to `directory`) in its manifest as tiny test models
+    with their sha256, keeping other entries: the store then checks them against the manifest, not
+    against the published models' pins, and every output made with them says "tiny". Also for
+    benchmarks that write random weights of other sizes."""
     manifest = store.read_manifest(directory) or {"models": {}}
     cache = store.HashCache(directory)
-    for role in store.ROLES:
-        files = TINY_FILES[role]
+    for role, rels in files.items():
         manifest["models"][role] = {
-            "files": files,
-            "sha256": {rel: cache.sha256(directory, rel) for rel in files},
-            "source": f"virnucpro models tiny (seed {TINY_SEED})",
+            "files": list(rels),
+            "sha256": {rel: cache.sha256(directory, rel) for rel in rels},
+            "source": source,
             "revision": __version__,
             "tiny": True,
-            "name": TINY_NAMES[role],
+            **({"name": names[role]} if names else {}),
         }
     store.write_manifest(directory, manifest)
