@@ -40,7 +40,7 @@ def rows(start, stop):
 try:
     h5shard.write_shard(Path(sys.argv[1]), ids, rows, {WIDTHS}, {ATTRS!r})
 except VirnucproError as exc:
-    print(f"error: {{exc}}", file=sys.stderr)
+    print("error: " + str(exc), file=sys.stderr)
     sys.exit(int(exc.code))
 """
 
