@@ -25,7 +25,7 @@ import shutil
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -40,6 +40,7 @@ HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME}
+_held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
 
 
 # --- the lock ------------------------------------------------------------------------------------
@@ -167,12 +168,24 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[None]:
     try:
         if _try_flock(fd, subject, what):
             _write_holder(fd)
-            yield
-            return
-        with exclusive_file_lock(lock.with_name(lock.name + ".pid"), subject, what):
+            held = nullcontext()
+        else:
+            held = exclusive_file_lock(lock.with_name(lock.name + ".pid"), subject, what)
+        with held, _registered(subject):
             yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _registered(subject: Path) -> Iterator[None]:
+    """Remember, while held, that this process holds `subject` (its own outputs may nest inside)."""
+    key = subject.resolve()
+    _held.add(key)
+    try:
+        yield
+    finally:
+        _held.discard(key)
 
 
 @contextmanager
@@ -181,12 +194,7 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     folder = Path(folder)
     _make_folder(folder, what)
     with _hold(folder / LOCK_NAME, folder, what):
-        key = folder.resolve()
-        _held.add(key)
-        try:
-            yield
-        finally:
-            _held.discard(key)
+        yield
 
 
 @contextmanager
@@ -198,9 +206,6 @@ def file_lock(path: Path, what: str) -> Iterator[None]:
 
 
 # --- nesting -------------------------------------------------------------------------------------
-
-_held: set[Path] = set()  # folders this process holds (its own outputs may nest inside them)
-
 
 def _marker_kind(folder: Path) -> str | None:
     """The kind written in a folder's marker; '?' for an unreadable marker; None without one."""
