@@ -5,15 +5,16 @@ Sections, each printed under a `== name` header, then a summary table:
 * device    what torch sees and offers (flash/flex/varlen attention, triton, the peak used for MFU);
 * ceilings  fp16 GEMM TFLOP/s on ESM-2 3B's four GEMM shapes (qkv, attn_out, fc1, fc2) at one GPU
             token budget of rows, and device copy GB/s (bytes read + written per second);
-* encoders  for DNABERT-S and ESM-2 x path (reference, fast): load seconds, first pass (compile
-            included), steady tokens/s, TFLOP/s, MFU against the peak and against the best GEMM,
+* encoders  for DNABERT-S and ESM-2 x path (reference, fast, fast+compiled): load seconds (the
+            compiled path's compile and self-check included, against an empty compile cache, and
+            shown apart), first pass (autotune included), steady tokens/s, TFLOP/s, MFU against the peak and against the best GEMM,
             peak memory; real tokens only (special tokens counted, padding not);
 * kernels   the profiler's top device kernels of one batch per encoder x path, and the time shares of
-            attention, GEMM, cat/mul elementwise and the rest;
+            attention, GEMM, cat/mul elementwise, inductor's fused kernels and the rest;
 * embed     `virnucpro.embed.embed` on a shard of coding-like 500-bp reads: model lookup, load,
             records/s and the GPU-busy fraction (NVML utilisation sampled every 50 ms);
-* precision fp16 and bf16 against fp32 (min cosine over the sequences, max |delta|), fast against
-            reference at the same dtype, and the fraction of per-frame calls of a random classifier
+* precision fp16 and bf16 against fp32 (min cosine over the sequences, max |delta|), the fastest
+            path (fast+compiled) against reference at the same dtype, and the fraction of per-frame calls of a random classifier
             (the original's MLP shape) that change.
 
 Models have random weights of the real sizes (ESM-2 3B: 36 layers, 2560 wide, 40 heads; DNABERT-S:
@@ -52,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from virnucpro import console  # noqa: E402
 from virnucpro import embed as embed_mod  # noqa: E402
 from virnucpro.classifier import MLPClassifier  # noqa: E402
+from virnucpro.encoders import compiled  # noqa: E402
 from virnucpro.encoders.batching import plan_batches  # noqa: E402
 from virnucpro.encoders.dnabert_s import DnabertSEncoder  # noqa: E402
 from virnucpro.encoders.esm2 import TOKENS as ESM_TOKENS  # noqa: E402
@@ -60,7 +62,7 @@ from virnucpro.models import store, tiny  # noqa: E402
 from virnucpro.prepare import prepare  # noqa: E402
 
 ROLES = ("dnabert_s", "esm2")
-PATHS = ("reference", "fast")
+PATHS = ("reference", "fast", "fast+compiled")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 READ_LENGTH = 500
 # NVIDIA's dense fp16/bf16 tensor-core peak (no sparsity), TFLOP/s; first name fragment that matches
@@ -102,6 +104,7 @@ class PathResult:
     requested: str
     ran: str = ""
     load_s: float = math.nan
+    compile_s: float = 0.0
     first_pass_s: float = math.nan
     steady_s: float = math.nan
     tokens: int = 0
@@ -252,26 +255,36 @@ def dnabert_folder(folder: Path, spec: dict, device: torch.device, seed: int) ->
     return folder
 
 
-def path_keyword(loader) -> bool:
-    """Whether this loader takes `path=` (the fast path exists in this checkout)."""
-    return "path" in inspect.signature(loader).parameters
+def path_keyword(loader, name: str = "path") -> bool:
+    """Whether this loader takes `path=` (the fast path exists in this checkout), or `compile=`."""
+    return name in inspect.signature(loader).parameters
+
+
+def keywords(loader, path: str) -> dict:
+    """The loader's keywords for one of PATHS ('fast+compiled' = path 'fast', compile=True)."""
+    found = {"path": path.split("+")[0]} if path_keyword(loader) else {}
+    if path_keyword(loader, "compile"):
+        found["compile"] = path == "fast+compiled"
+    return found
 
 
 def loaders(dnabert: Path, esm_data: dict) -> dict:
     """role -> (loader, its callable checked for `path`) building one encoder on (device, dtype, path)."""
     def esm(device, dtype, path):
-        keyword = {"path": path} if path_keyword(Esm2Encoder.from_checkpoint_data) else {}
-        return Esm2Encoder.from_checkpoint_data(esm_data, device, dtype, label="random ESM-2", **keyword)
+        return Esm2Encoder.from_checkpoint_data(esm_data, device, dtype, label="random ESM-2",
+                                                **keywords(Esm2Encoder.from_checkpoint_data, path))
 
     def dna(device, dtype, path):
-        keyword = {"path": path} if path_keyword(DnabertSEncoder) else {}
-        return DnabertSEncoder(dnabert, device, dtype, **keyword)
+        return DnabertSEncoder(dnabert, device, dtype, **keywords(DnabertSEncoder, path))
 
     return {"dnabert_s": (dna, DnabertSEncoder), "esm2": (esm, Esm2Encoder.from_checkpoint_data)}
 
 
 def paths_of(loader) -> tuple[str, ...]:
-    return PATHS if path_keyword(loader) else PATHS[:1]
+    """The PATHS this checkout's loader can be asked for."""
+    if not path_keyword(loader):
+        return PATHS[:1]
+    return PATHS if path_keyword(loader, "compile") else PATHS[:2]
 
 
 def ran_path(encoder) -> str:
@@ -400,12 +413,14 @@ def bench_encoder(role: str, load, paths: tuple, plan: Plan, device: torch.devic
         encoder = load(device, torch.float16, path)
         sync(device)
         result.load_s, result.ran = time.perf_counter() - start, ran_path(encoder)
+        result.compile_s = getattr(encoder, "compile_seconds", 0.0)
         count = plan.esm_sequences if role == "esm2" else plan.dnabert_sequences
         tokens = workload(role, encoder, count, seed=1)
         collated = measure_path(result, encoder, tokens, budget, device, flops_of(role, plan))
         result.kernels, result.shares = top_kernels(encoder, collated[0], device)
         results.append(result)
-        print(f"  {role:9s} {path:9s} ran {result.ran:9s} load {result.load_s:6.2f} s  first pass "
+        print(f"  {role:9s} {path:13s} ran {result.ran:13s} load {result.load_s:6.2f} s (compile "
+              f"{result.compile_s:.2f} s)  first pass "
               f"{result.first_pass_s:7.2f} s  steady {result.steady_s:7.2f} s  {result.tokens_per_s:12,.0f} tok/s  "
               f"{result.tflops:8.3g} TFLOP/s  peak mem {result.peak_gib:6.2f} GiB", flush=True)
         del encoder, collated
@@ -415,6 +430,7 @@ def bench_encoder(role: str, load, paths: tuple, plan: Plan, device: torch.devic
 # --- kernels ---------------------------------------------------------------------------------------------
 
 KINDS = (("attention", ("flash", "fmha", "attention", "attn", "flex", "softmax")),
+         ("fused", ("triton_", "cpp_fused")),  # inductor's kernels (the compiled path's elementwise work)
          ("gemm", ("gemm", "gemv", "cutlass", "nvjet", "xmma", "matmul", "aten::mm", "aten::bmm", "aten::addmm")),
          ("cat/mul", ("catarray", "aten::cat", "mulfunctor", "aten::mul")))
 
@@ -512,9 +528,15 @@ def precision_rows(vectors: dict) -> list[dict]:
     return rows
 
 
+def precision_paths(loader) -> tuple[str, ...]:
+    """The reference path and the fastest one this checkout offers (each at fp16 and bf16)."""
+    offered = paths_of(loader)
+    return tuple(dict.fromkeys((offered[0], offered[-1])))
+
+
 def precision_section(load: dict, plan: Plan, device: torch.device, budget: int, guard: Guard) -> dict:
     pairs = orfs(plan.precision_sequences, seed=2)
-    vectors = {role: role_vectors(role, fn, paths_of(checked), pairs, device, budget, guard)
+    vectors = {role: role_vectors(role, fn, precision_paths(checked), pairs, device, budget, guard)
                for role, (fn, checked) in load.items()}
     rows = precision_rows(vectors)
     for row in rows:
@@ -624,14 +646,14 @@ def print_summary(results: list[PathResult], peak: tuple[float, str], best_gemm:
     header("summary", guard)
     print(f"  MFU against {peak[0]:.4g} TFLOP/s ({peak[1]}); 'of GEMM' against the best fp16 GEMM measured, "
           f"{best_gemm:.4g} TFLOP/s; '1st-steady' = compile, autotune and warm-up of the first pass")
-    print(f"  {'encoder':9s} {'path':9s} {'ran':9s} {'tokens/s':>12s} {'TFLOP/s':>9s} {'MFU':>6s} {'of GEMM':>8s} "
-          f"{'peak GiB':>9s} {'load s':>7s} {'1st pass s':>10s} {'steady s':>9s} {'1st-steady s':>12s}")
+    print(f"  {'encoder':9s} {'path':13s} {'ran':13s} {'tokens/s':>12s} {'TFLOP/s':>9s} {'MFU':>6s} {'of GEMM':>8s} "
+          f"{'peak GiB':>9s} {'load s':>7s} {'compile s':>9s} {'1st pass s':>10s} {'steady s':>9s} {'1st-steady s':>12s}")
     for r in results:
-        print(f"  {r.role:9s} {r.requested:9s} {r.ran:9s} {r.tokens_per_s:12,.0f} {r.tflops:9.3g} "
+        print(f"  {r.role:9s} {r.requested:13s} {r.ran:13s} {r.tokens_per_s:12,.0f} {r.tflops:9.3g} "
               f"{r.tflops / peak[0]:6.1%} {r.tflops / best_gemm:8.1%} {r.peak_gib:9.2f} {r.load_s:7.2f} "
-              f"{r.first_pass_s:10.2f} {r.steady_s:9.2f} {r.first_pass_s - r.steady_s:12.2f}")
+              f"{r.compile_s:9.2f} {r.first_pass_s:10.2f} {r.steady_s:9.2f} {r.first_pass_s - r.steady_s:12.2f}")
     for row in precision.get("rows", []):
-        print(f"  precision {row['role']:9s} {row['path']:9s} {row['dtype']}: min cosine {row['cos_min']:.6f}, "
+        print(f"  precision {row['role']:9s} {row['path']:13s} {row['dtype']}: min cosine {row['cos_min']:.6f}, "
               f"calls changed {row['flips']:.2%} ({precision['sequences']} sequences)")
     if embedded:
         print(f"  embed(): {embedded['records']:,} records, {embedded['records_per_s']:,.0f} records/s, load "
@@ -690,6 +712,7 @@ def main(argv=None) -> int:
     device = torch.device(plan.device)
     guard = Guard(args.time_guard)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        compiled.use_cache(Path(tmp) / "compile-cache")  # cold: the first compile of each model is timed whole
         found = run_sections(plan, args, device, Path(tmp), guard)
     print_summary(found["results"], found["peak"], max(found["gemm_tflops"].values()), found["precision"],
                   found["embed"], guard)

@@ -36,6 +36,7 @@ def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
         assert f"\n== {section} " in done.stdout, section
     for role in ("dnabert_s", "esm2"):
         assert f"  {role:9s} reference " in done.stdout
+        assert f"  {role:9s} fast+compiled ran fast+compiled load " in done.stdout  # compiled on the CPU too
     assert "records/s" in done.stdout and "min cosine" in done.stdout and "SKIPPED" not in done.stdout
     assert figures.is_file()
 

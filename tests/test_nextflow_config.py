@@ -63,6 +63,13 @@ def test_a_gpu_out_of_memory_retry_halves_the_token_budget(groovy, device):
             .endswith("--token-budget 1000")
 
 
+def test_compile_false_asks_embed_not_to_compile(groovy):
+    assert PARAMS["compile"] is True
+    assert "--no-compile" not in _embed_closure(groovy, "ext.args", device="cuda")
+    assert _embed_closure(groovy, "ext.args", device="cuda", compile=False).split() == [
+        "--precision", PARAMS["precision"], "--no-compile"]
+
+
 @pytest.mark.parametrize("engine, device, expected", [
     ("docker", "cpu", "--volume /ckpt:/ckpt"),
     ("docker", "cuda", "--volume /ckpt:/ckpt --gpus all"),

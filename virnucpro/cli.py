@@ -89,6 +89,12 @@ TokenBudgetOption = typer.Option(None, "--token-budget", min=1, help="Tokens per
 CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records.")
 CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", min=1,
                                        help="Also save one at least every S seconds.")
+NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, run the fast attention path without "
+                               "torch.compile: no compile time at start-up, slower embedding (also the "
+                               "automatic fallback when compiling fails).")
+CompileCacheOption = typer.Option(None, "--compile-cache", help="Folder for compiled GPU kernels, reused by "
+                                  "later runs and tasks (default: ~/.cache/virnucpro/torch-compile, or "
+                                  "$TORCHINDUCTOR_CACHE_DIR when set).")
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
 
@@ -138,14 +144,17 @@ def embed(
     checkpoint_every: int = CheckpointEveryOption,
     checkpoint_seconds: float = CheckpointSecondsOption,
     threads: Optional[int] = ThreadsOption,
+    no_compile: bool = NoCompileOption,
+    compile_cache: Optional[Path] = CompileCacheOption,
 ) -> None:
     """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
     threads = limit_threads(threads)
-    from virnucpro.embed import embed as run_embed
+    from virnucpro.embed import Compiling, embed as run_embed
 
     run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
               precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
-              checkpoint_seconds=checkpoint_seconds, threads=threads)
+              checkpoint_seconds=checkpoint_seconds, threads=threads,
+              compiling=Compiling(False if no_compile else None, compile_cache))
 
 
 @app.command()
@@ -184,16 +193,19 @@ def run(
     token_budget: Optional[int] = TokenBudgetOption,
     checkpoint_every: int = CheckpointEveryOption,
     checkpoint_seconds: float = CheckpointSecondsOption,
+    no_compile: bool = NoCompileOption,
+    compile_cache: Optional[Path] = CompileCacheOption,
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
     _check_chunk_size(chunk_size, allow_any_chunk_size)
     threads = limit_threads(threads)
+    from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all
 
     run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
             precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
             threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
-            checkpoint_seconds=checkpoint_seconds)
+            checkpoint_seconds=checkpoint_seconds, compiling=Compiling(False if no_compile else None, compile_cache))
 
 
 @models_app.command("download")

@@ -425,31 +425,47 @@ class Embedder:
         return vectors.numpy().astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class Compiling:
+    """Whether the GPU fast path is compiled (None: on a GPU) and where compiled kernels are cached
+    (None: the user cache folder); see virnucpro.encoders.compiled."""
+
+    enabled: bool | None = None
+    cache: Path | None = None
+
+
 @functools.lru_cache(maxsize=1)
-def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, precision: str) -> dict:
+def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, precision: str,
+                          compile: bool | None) -> dict:
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
     from virnucpro.encoders.esm2 import Esm2Encoder
 
     dtype = torch_dtype(precision)
-    return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype), "esm2": Esm2Encoder(esm2, device, dtype)}
+    return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compile),
+            "esm2": Esm2Encoder(esm2, device, dtype, compile=compile)}
 
 
-def _load_encoders(model_set, device, precision: str) -> dict:
+def _load_encoders(model_set, device, precision: str, compiling: Compiling = Compiling()) -> dict:
     """Both encoders; kept loaded across the shards of one process (`run`), keyed by model checksums."""
+    from virnucpro.encoders import compiled
+
+    if compiled.wanted(compiling.enabled, device):
+        compiled.use_cache(compiling.cache)
     identity = json.dumps(model_set.identity(ROLES), sort_keys=True)
-    return _load_encoders_cached(model_set.dnabert_s, model_set.esm2, identity, device, precision)
+    return _load_encoders_cached(model_set.dnabert_s, model_set.esm2, identity, device, precision,
+                                 compiling.enabled)
 
 
-def embedding_widths(model_set, device, precision: str) -> tuple[int, int]:
+def embedding_widths(model_set, device, precision: str, compiling: Compiling = Compiling()) -> tuple[int, int]:
     """Feature widths (DNABERT-S, ESM-2) of these models; loads them, kept for the embed that follows."""
-    encoders = _load_encoders(model_set, device, precision)
+    encoders = _load_encoders(model_set, device, precision, compiling)
     return encoders["dnabert_s"].width, encoders["esm2"].width
 
 
 def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Path | None = None,
           device: str = "auto", precision: str = "auto", token_budget: int | None = None,
           checkpoint_every: int = 2000, checkpoint_seconds: float = 600.0, threads: int | None = None,
-          model_set=None) -> Path:
+          model_set=None, compiling: Compiling = Compiling()) -> Path:
     """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs.
 
     `out` is locked while this runs (a second embed to it exits 3), and an existing `out` is
@@ -462,11 +478,12 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     with file_lock(out, "--out"), output_errors(out):
         _check_replaceable(out)
         return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
-                             checkpoint_every, checkpoint_seconds, threads, model_set)
+                             checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
 
 
 def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
-                  token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set) -> Path:
+                  token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set,
+                  compiling: Compiling) -> Path:
     """`embed` once `out` is held by this process."""
     from virnucpro.models import store
 
@@ -482,7 +499,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     key = checkpoint_key(shard_meta.sha256, identity, precision)
     checkpoints = CheckpointStore(Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / key)
     try:
-        encoders = _load_encoders(model_set, torch_device, precision)
+        encoders = _load_encoders(model_set, torch_device, precision, compiling)
         distinct = {"dnabert_s": Distinct.of([r[1] for r in records]),
                     "esm2": Distinct.of([r[2] for r in records])}
         known = {role: np.zeros((len(distinct[role].sequences), encoders[role].width), np.float32)

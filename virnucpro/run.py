@@ -58,10 +58,11 @@ class Setup:
     classifier_model: object
     device: object
     precision: str
+    compiling: object  # virnucpro.embed.Compiling
 
 
 def _setup(models: Path | None, classifier: Path | None, chunk_size: int, device: str, precision: str,
-           offline: bool) -> Setup:
+           offline: bool, compiling) -> Setup:
     from virnucpro.classifier import load_classifier
     from virnucpro.embed import ROLES, resolve_device, resolve_precision
     from virnucpro.models import download
@@ -71,7 +72,7 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, device
     classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
     torch_device = resolve_device(device)
     return Setup(model_set, classifier, load_classifier(classifier), torch_device,
-                 resolve_precision(precision, torch_device))
+                 resolve_precision(precision, torch_device), compiling)
 
 
 def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int) -> dict:
@@ -98,13 +99,13 @@ def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, **optio
                if not _embedding_is_current(h5, shard, identity, setup.precision)}
     if pending:  # loads the models, which the first embed needs anyway
         check_classifier_fits(setup.classifier_model, setup.classifier,
-                              embedding_widths(setup.model_set, setup.device, setup.precision))
+                              embedding_widths(setup.model_set, setup.device, setup.precision, setup.compiling))
     for shard, h5 in zip(manifest["shards"], embeddings):
         if h5 not in pending:
             info(f"embed: {h5.name} already done, reusing it")
             continue
         embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=setup.device.type,
-              precision=setup.precision, model_set=setup.model_set, **options)
+              precision=setup.precision, model_set=setup.model_set, compiling=setup.compiling, **options)
     return embeddings
 
 
@@ -112,8 +113,8 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         classifier: Path | None = None, device: str = "auto", precision: str = "auto",
         keep_embeddings: bool = False, offline: bool = False, threads: int | None = None,
         threshold: float = 0.5, token_budget: int | None = None, checkpoint_every: int = 2000,
-        checkpoint_seconds: float = 600.0) -> Path:
-    """All stages for one sample; returns the output directory.
+        checkpoint_seconds: float = 600.0, compiling=None) -> Path:
+    """All stages for one sample; returns the output directory (`compiling`: virnucpro.embed.Compiling).
 
     Everything that can be checked before hours of work is checked first: the inputs (before any
     model download), the output directory, the models and the classifier.
@@ -123,7 +124,9 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
     check_inputs(inputs)
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
-        setup = _setup(models, classifier, chunk_size, device, precision, offline)
+        from virnucpro.embed import Compiling
+
+        setup = _setup(models, classifier, chunk_size, device, precision, offline, compiling or Compiling())
         work = outdir / WORK
         seconds: dict[str, float] = {}
         started = time.monotonic()

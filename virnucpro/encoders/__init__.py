@@ -8,7 +8,9 @@ guard applied to pooled vectors before they are written.
 Attention path: `choose_path` is the one place that decides between "reference" (today's masked
 SDPA, exact on the CPU) and "fast" (packed token stream, no explicit mask: varlen flash /
 FlexAttention), the fast one by default only on CUDA; `settle_path` then runs the load-time
-self-check (`fast_path_problem`) and falls back to the reference path with one warning.
+self-check (`fast_path_problem`) and falls back to the reference path with one warning. On CUDA
+the fast path is also compiled ("fast+compiled": fused elementwise work, encoders.compiled)
+unless the caller says no; a compiled path that fails its check falls back to "fast".
 """
 
 from __future__ import annotations
@@ -128,15 +130,19 @@ def _has_flex_attention() -> bool:
     return True
 
 
-def fast_path_problem(run: Callable[[str], "object"], dtype) -> str:
-    """'' when `run('fast')` matches `run('reference')` (pooled vectors of one probe batch) within
-    SELF_CHECK_TOLERANCE for `dtype`, else what went wrong (an exception or the disagreement)."""
+FAST_COMPILED = "fast+compiled"  # the fast path with its elementwise work fused (encoders.compiled)
+
+
+def fast_path_problem(run: Callable[[str], "object"], dtype, path: str = "fast", reference=None) -> str:
+    """'' when `run(path)` matches `run('reference')` (pooled vectors of one probe batch; pass
+    `reference` when already computed) within SELF_CHECK_TOLERANCE for `dtype`, else what went
+    wrong (an exception or the disagreement)."""
     import torch
 
-    reference = run("reference").double()
+    reference = (run("reference") if reference is None else reference).double()
     try:
-        fast = run("fast").double()
-    except Exception as exc:  # a missing kernel, an old driver: anything means "do not use it"
+        fast = run(path).double()
+    except Exception as exc:  # a missing kernel, an old driver, no compiler: anything means "do not use it"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return f"it raised {type(exc).__name__}: {first}"
     if fast.shape != reference.shape:
@@ -150,19 +156,45 @@ def fast_path_problem(run: Callable[[str], "object"], dtype) -> str:
     return ""
 
 
-def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], "object"]) -> str:
-    """`choose_path`, then when it is 'fast' the load-time self-check: on a problem, warn once
-    (naming the model and why) and return 'reference'."""
+def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], "object"],
+                compile: bool | None = None) -> tuple[str, float]:
+    """(path, seconds the compiled path's self-check took, its compile time; 0 when not compiled).
+
+    `choose_path`; when that is 'fast', the load-time self-check of 'fast', then (when compiling
+    is wanted: encoders.compiled.wanted) of 'fast+compiled'. The first problem is one warning
+    naming the model and why, and the last path that passed is used ('reference' at worst)."""
+    import time
+
+    from virnucpro.encoders import compiled
+
     path = choose_path(requested, device)
     if path != "fast":
-        return path
-    problem = fast_path_problem(run, dtype)
-    if problem:
-        from virnucpro.console import warn
+        return path, 0.0
+    reference = run("reference")
+    settled, seconds = "reference", 0.0
+    for candidate in ["fast", FAST_COMPILED] if compiled.wanted(compile, device) else ["fast"]:
+        start = time.perf_counter()
+        problem = fast_path_problem(run, dtype, candidate, reference)
+        if problem:
+            from virnucpro.console import warn
 
-        warn(f"{model}: fast attention path not used, falling back to the reference path: {problem}")
-        return "reference"
-    return path
+            warn(f"{model}: {_PATH_NAMES[candidate]} not used, falling back to the {_PATH_NAMES[settled]}: {problem}")
+            break
+        settled, seconds = candidate, time.perf_counter() - start
+    return settled, seconds if settled == FAST_COMPILED else 0.0
+
+
+_PATH_NAMES = {FAST_COMPILED: "compiled fast path", "fast": "fast attention path", "reference": "reference path"}
+
+
+def describe_settled(model: str, path: str, seconds: float) -> str:
+    """One line for the log: which path runs, and what compiling cost (and where it is cached)."""
+    if path != FAST_COMPILED:
+        return f"{model}: {_PATH_NAMES[path]} (not compiled)"
+    from virnucpro.encoders.compiled import cache_in_use
+
+    return (f"{model}: fast attention path with fused elementwise kernels, compiled and checked in "
+            f"{seconds:.1f} s (compile cache {cache_in_use()})")
 
 
 def __getattr__(name: str):
@@ -179,5 +211,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DnabertSEncoder", "Esm2Encoder", "check_finite", "choose_path", "describe_load_error",
-           "plan_batches", "settle_path"]
+__all__ = ["DnabertSEncoder", "Esm2Encoder", "FAST_COMPILED", "check_finite", "choose_path",
+           "describe_load_error", "describe_settled", "plan_batches", "settle_path"]

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error, key_mismatch, load_checked, random_probe, settle_path
+from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, key_mismatch,
+                                load_checked, random_probe, settle_path)
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
+from virnucpro.console import info
 from virnucpro.errors import ModelsError
 
 
@@ -61,12 +63,18 @@ class _Layer(nn.Module):
         att = att.transpose(1, 2).reshape(rows, width, hidden)
         return self._mlp(self.attn_norm(x + self.attn_out(att)))
 
-    def forward_packed(self, x: torch.Tensor, stream: TokenStream, alibi) -> torch.Tensor:
-        """Fast path: x (N_tok, hidden) is the batch's token stream; ALiBi as a score_mod, no mask."""
+    def forward_packed(self, x: torch.Tensor, stream: TokenStream, alibi, fused: bool = False) -> torch.Tensor:
+        """Fast path: x (N_tok, hidden) is the batch's token stream; ALiBi as a score_mod, no mask.
+        With `fused` the work after attention runs compiled (encoders.compiled): same math."""
         tokens, hidden = x.shape
         q, k, v = self.qkv(x).view(tokens, 3, self.heads, hidden // self.heads).unbind(1)
         att = packed_attention(q, k, v, stream, score_mod=alibi)
-        return self._mlp(self.attn_norm(x + self.attn_out(att.reshape(tokens, hidden))))
+        after = compiled.fused(_Layer.after_attention) if fused else _Layer.after_attention
+        return after(self, x, att)
+
+    def after_attention(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Fast path after attention: output projection, residual, post-norm, then the MLP block."""
+        return self._mlp(self.attn_norm(x + self.attn_out(att.reshape(x.shape))))
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gated(x)
@@ -113,14 +121,14 @@ class DnabertSModule(nn.Module):
 
         return alibi
 
-    def forward_packed(self, ids: torch.Tensor, stream: TokenStream) -> torch.Tensor:
+    def forward_packed(self, ids: torch.Tensor, stream: TokenStream, fused: bool = False) -> torch.Tensor:
         """Fast path: the same math on a (N_tok,) token stream -> (N_tok, hidden); the block
         mask is built once here and shared by every layer."""
         x = self.emb_norm(self.word(ids) + self.token_type.weight[0])
         alibi = self.alibi_score_mod(x.device)
         stream = for_attention(stream, x, alibi)
         for layer in self.layers:
-            x = layer.forward_packed(x, stream, alibi)
+            x = layer.forward_packed(x, stream, alibi, fused)
         return x
 
 
@@ -243,13 +251,16 @@ class DnabertSEncoder:
     name = "dnabert_s"
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype = torch.float32,
-                 path: str = "auto"):
-        """Load the folder, then settle the attention path ('auto' | 'reference' | 'fast'; see
-        virnucpro.encoders.choose_path) in `self.path`."""
+                 path: str = "auto", compile: bool | None = None):
+        """Load the folder, then settle the attention path ('auto' | 'reference' | 'fast', compiled
+        or not: see virnucpro.encoders.settle_path) in `self.path`, and what compiling took in
+        `self.compile_seconds`."""
         self._load(Path(folder), device, dtype)
         probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list("ACGT"), 5 * n))))
-        self.path = settle_path("DNABERT-S", path, self.device, dtype,
-                                lambda attention: self._run(self.collate(probe), attention))
+        self.path, self.compile_seconds = settle_path(
+            "DNABERT-S", path, self.device, dtype, lambda attention: self._run(self.collate(probe), attention), compile)
+        if self.path != "reference":
+            info(describe_settled("DNABERT-S", self.path, self.compile_seconds))
 
     def _load(self, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
         """Read config, weights and tokenizer, check them and place the module on the device."""
@@ -290,12 +301,12 @@ class DnabertSEncoder:
         return self._run(batch, self.path)
 
     def _run(self, batch, path: str) -> torch.Tensor:
-        """`forward` on the given attention path: reference rows + bias, or the fast token stream."""
+        """`forward` on the given path: reference rows + bias, or the fast token stream (compiled or not)."""
         batch = batch.to(self.device)
         with torch.inference_mode():
-            if path == "fast":
+            if path in ("fast", FAST_COMPILED):
                 stream = batch.stream
-                tokens = self.module.forward_packed(stream.flatten(batch.ids), stream)
+                tokens = self.module.forward_packed(stream.flatten(batch.ids), stream, path == FAST_COMPILED)
                 hidden = stream.unflatten(tokens, *batch.ids.shape)
             else:
                 hidden = self.module(batch.ids, batch.pos, batch.attention_mask())

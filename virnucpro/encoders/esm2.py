@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import describe_load_error, key_mismatch, load_checked, random_probe, settle_path
+from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, key_mismatch,
+                                load_checked, random_probe, settle_path)
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean, to_device)
 from virnucpro.console import info, warn
@@ -109,12 +110,23 @@ class _Layer(nn.Module):
         return self._mlp(x + self.attn_out(att.transpose(1, 2).reshape(rows, width, dim)))
 
     def forward_packed(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                       stream: TokenStream) -> torch.Tensor:
-        """Fast path: x (N_tok, dim) is the batch's token stream; attention without a mask."""
+                       stream: TokenStream, fused: bool = False) -> torch.Tensor:
+        """Fast path: x (N_tok, dim) is the batch's token stream; attention without a mask. With
+        `fused` the work around attention runs compiled (encoders.compiled): same math."""
+        before, after = _Layer.attention_inputs, _Layer.after_attention
+        if fused:
+            before, after = compiled.fused(before), compiled.fused(after)
+        return after(self, x, packed_attention(*before(self, x, cos, sin), stream))
+
+    def attention_inputs(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
+        """Fast path up to attention: norm, q/k/v projection, fp32 rotary -> q, k, v (N_tok, H, d)."""
         tokens, dim = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(tokens, 3, self.heads, dim // self.heads).unbind(1)
-        att = packed_attention(_rotary(q, cos, sin), _rotary(k, cos, sin), v, stream)
-        return self._mlp(x + self.attn_out(att.reshape(tokens, dim)))
+        return _rotary(q, cos, sin), _rotary(k, cos, sin), v.contiguous()
+
+    def after_attention(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Fast path after attention: output projection, residual, then the MLP block."""
+        return self._mlp(x + self.attn_out(att.reshape(x.shape)))
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
@@ -149,13 +161,13 @@ class Esm2Module(nn.Module):
         return self.final_norm(x)
 
     def forward_packed(self, ids: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor,
-                       stream: TokenStream) -> torch.Tensor:
+                       stream: TokenStream, fused: bool = False) -> torch.Tensor:
         """Fast path: the same math on a (N_tok,) token stream -> (N_tok, dim)."""
         x = self.embed(ids) * scale.unsqueeze(-1).to(self.embed.weight.dtype)
         cos, sin = self.rotary(pos)
         stream = for_attention(stream, x)
         for layer in self.layers:
-            x = layer.forward_packed(x, cos, sin, stream)
+            x = layer.forward_packed(x, cos, sin, stream, fused)
         return self.final_norm(x)
 
 
@@ -415,33 +427,38 @@ class Esm2Encoder:
     name = "esm2"
 
     def __init__(self, checkpoint: Path, device: torch.device, dtype: torch.dtype = torch.float32,
-                 path: str = "auto"):
+                 path: str = "auto", compile: bool | None = None):
         """At fp16 the weights come from the verified fp16 copy when there is one (written on
-        first use); otherwise, and at fp32/bf16, from the .pt."""
+        first use); otherwise, and at fp32/bf16, from the .pt. `path` and `compile`: see _build."""
         checkpoint = Path(checkpoint)
         copy = _fp16_copy_for(checkpoint) if dtype == torch.float16 else None
         weights = _read_trusted_copy(copy, device) if copy is not None else None
         self.loaded_from = checkpoint if weights is None else copy
         if weights is None:
             weights = _checked_mapping(checkpoint, _read_checkpoint(checkpoint))
-        self._build(self.loaded_from, weights, device, dtype, path)
+        self._build(self.loaded_from, weights, device, dtype, path, compile)
 
     @classmethod
     def from_checkpoint_data(cls, data: Mapping, device: torch.device, dtype: torch.dtype = torch.float32,
-                             label: str = "<memory>", path: str = "auto") -> "Esm2Encoder":
+                             label: str = "<memory>", path: str = "auto",
+                             compile: bool | None = None) -> "Esm2Encoder":
         """Build from an already loaded fair-esm checkpoint dict (benchmarks, tests)."""
         self = cls.__new__(cls)
         self.loaded_from = Path(label)
-        self._build(Path(label), _checked_mapping(Path(label), data), device, dtype, path)
+        self._build(Path(label), _checked_mapping(Path(label), data), device, dtype, path, compile)
         return self
 
-    def _build(self, checkpoint: Path, weights: tuple, device, dtype: torch.dtype, attention: str) -> None:
+    def _build(self, checkpoint: Path, weights: tuple, device, dtype: torch.dtype, attention: str,
+               compile: bool | None) -> None:
         """Place the checked weights on the device, then settle the attention path
-        ('auto' | 'reference' | 'fast'; see virnucpro.encoders.choose_path) in `self.path`."""
+        ('auto' | 'reference' | 'fast', compiled or not: see virnucpro.encoders.settle_path) in
+        `self.path`, and what compiling took in `self.compile_seconds`."""
         self._load_module(checkpoint, *weights, device, dtype)
         probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list(_STANDARD[:20]), n))))
-        self.path = settle_path("ESM-2", attention, self.device, dtype,
-                                lambda path: self._run(self.collate(probe), path))
+        self.path, self.compile_seconds = settle_path("ESM-2", attention, self.device, dtype,
+                                                      lambda path: self._run(self.collate(probe), path), compile)
+        if self.path != "reference":
+            info(describe_settled("ESM-2", self.path, self.compile_seconds))
 
     def _load_module(self, path: Path, architecture: tuple[int, int, int, bool], mapped: dict,
                      device, dtype: torch.dtype) -> None:
@@ -482,14 +499,14 @@ class Esm2Encoder:
         return self._run(collated, self.path)
 
     def _run(self, collated: tuple, path: str) -> torch.Tensor:
-        """`forward` on the given attention path: reference rows + mask, or the fast token stream."""
+        """`forward` on the given path: reference rows + mask, or the fast token stream (compiled or not)."""
         batch, scale = collated
         batch, scale = batch.to(self.device), to_device(scale, self.device)
         with torch.inference_mode():
-            if path == "fast":
+            if path in ("fast", FAST_COMPILED):
                 stream = batch.stream
                 tokens = self.module.forward_packed(stream.flatten(batch.ids), stream.flatten(batch.pos),
-                                                    stream.flatten(scale), stream)
+                                                    stream.flatten(scale), stream, path == FAST_COMPILED)
                 hidden = stream.unflatten(tokens, *batch.ids.shape)
             else:
                 hidden = self.module(batch.ids, batch.pos, scale, batch.attention_mask())

@@ -1,7 +1,8 @@
 // Embed one ORF shard with DNABERT-S and ESM-2 (the GPU step). Wraps `virnucpro embed`.
 // The checkpoint directory lives outside the work directory, so a retried or resumed task picks
 // the shard up where the killed one stopped (the CLI keys it by shard content, models, precision).
-// On a GPU, `gpu_slot.py` (bin/) makes concurrent tasks on one machine use different GPUs.
+// On a GPU, `gpu_slot.py` (bin/) makes concurrent tasks on one machine use different GPUs, and the
+// kernels torch.compile builds are cached beside the checkpoints, so only the first task compiles.
 // A stop signal (a scheduler's time-limit warning, preemption, Nextflow killing the task) reaches
 // `virnucpro embed` from Nextflow's task wrapper, which then exits at once: the embed process holds
 // a lock on .embed.running for its whole life, and afterScript (run by the wrapper, on the host,
@@ -25,6 +26,7 @@ process VIRNUCPRO_EMBED {
     def args = task.ext.args ?: ''
     def device = task.ext.device ?: 'auto'
     def checkpoint = checkpoint_dir ? "--checkpoint-dir ${checkpoint_dir}" : ''
+    def compile_cache = checkpoint_dir ? "--compile-cache ${checkpoint_dir}/compile-cache" : ''
     """
     exec 9> .embed.running
     flock 9
@@ -36,6 +38,7 @@ process VIRNUCPRO_EMBED {
         --device ${device} \\
         --threads ${task.cpus} \\
         ${checkpoint} \\
+        ${compile_cache} \\
         ${args}
     """
 

@@ -1,0 +1,164 @@
+"""The compiled fast path (issue 10, point 2): torch.compile of each layer's work around attention.
+
+On the CPU, inductor compiles the same functions to C++ that it compiles to Triton on a GPU, so
+these tests run the real compile: the compiled path equals the reference path (fp32, 1e-5), one
+graph serves every layer and every batch length, compiled kernels land in the cache folder and a
+second process loads them from there, a compile that fails falls back to the uncompiled fast path
+with one warning, and `--no-compile` reaches the encoders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_fixtures import esm_checkpoints, fair_esm_model  # noqa: F401  (fixtures)
+from test_fast_attention import LONG_MIX, SHORT_MIX, esm_tokens, random_tokens
+from virnucpro.encoders import FAST_COMPILED, compiled
+from virnucpro.encoders.dnabert_s import DnabertSEncoder
+from virnucpro.encoders.esm2 import Esm2Encoder
+
+CPU = torch.device("cpu")
+EXACT = 1e-5
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def encoders(reference_dir, esm_checkpoints):  # noqa: F811
+    """Both tiny encoders on the compiled fast path (compiled once for the module)."""
+    return {"esm2": Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast", compile=True),
+            "dnabert_s": DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast",
+                                         compile=True)}
+
+
+def tokens_for(kind: str, encoder, lengths, seed: int = 0) -> list[np.ndarray]:
+    return esm_tokens(lengths, seed) if kind == "esm2" else random_tokens(lengths, 0, encoder.vocab_size, seed)
+
+
+def graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+@pytest.mark.parametrize("lengths", [LONG_MIX, SHORT_MIX], ids=["long", "short"])
+def test_compiled_path_equals_reference(encoders, kind, lengths):
+    encoder = encoders[kind]
+    assert encoder.path == FAST_COMPILED and encoder.compile_seconds > 0
+    collated = encoder.collate(tokens_for(kind, encoder, lengths))
+    compiled_vectors = encoder._run(collated, FAST_COMPILED)
+    assert float((compiled_vectors - encoder._run(collated, "reference")).abs().max()) <= EXACT
+    assert float((compiled_vectors - encoder._run(collated, "fast")).abs().max()) <= EXACT
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_one_graph_serves_every_layer_and_every_batch_length(encoders, kind):
+    encoder = encoders[kind]
+    encoder.forward(encoder.collate(tokens_for(kind, encoder, [30, 9])))
+    before = graphs_compiled()
+    for seed, lengths in enumerate([[5], [400, 3, 3], [77] * 9, [1000, 12], [2, 2, 2, 2]]):
+        encoder.forward(encoder.collate(tokens_for(kind, encoder, lengths, seed)))
+    assert graphs_compiled() == before
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_a_failed_compile_falls_back_to_the_uncompiled_fast_path(kind, reference_dir, esm_checkpoints,  # noqa: F811
+                                                                 monkeypatch, capsys):
+    def no_compiler(function):
+        def raising(*args, **kwargs):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error (no compiler)")
+        return raising
+
+    monkeypatch.setattr(compiled, "fused", no_compiler)
+    if kind == "esm2":
+        encoder = Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast", compile=True)
+    else:
+        encoder = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast", compile=True)
+    warned = " ".join(capsys.readouterr().err.split())
+    assert encoder.path == "fast" and encoder.compile_seconds == 0.0
+    assert warned.count("warning:") == 1
+    assert "compiled fast path not used, falling back to the fast attention path: it raised RuntimeError" in warned
+
+
+def test_compile_is_wanted_on_a_gpu_unless_refused():
+    assert compiled.wanted(None, "cuda") and compiled.wanted(None, torch.device("cuda:1"))
+    assert not compiled.wanted(None, CPU) and not compiled.wanted(False, "cuda") and compiled.wanted(True, CPU)
+
+
+def test_uncompiled_when_not_wanted(reference_dir, capsys):
+    encoder = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast")
+    assert encoder.path == "fast" and encoder.compile_seconds == 0.0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-to-absent-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compiled.use_cache() == tmp_path / "xdg" / "virnucpro" / "torch-compile"
+    assert os.environ[compiled.TORCH_CACHE_VARIABLE] == str(tmp_path / "xdg" / "virnucpro" / "torch-compile")
+    assert compiled.use_cache() == tmp_path / "xdg" / "virnucpro" / "torch-compile"  # the user's (or ours) kept
+    assert compiled.use_cache(tmp_path / "given") == tmp_path / "given" and (tmp_path / "given").is_dir()
+    (tmp_path / "a-file").write_text("x")
+    fallback = compiled.use_cache(tmp_path / "a-file" / "cache")  # cannot be created under a file
+    assert fallback == Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
+    assert "cannot write the compile cache" in capsys.readouterr().err
+
+
+CACHE_PROBE = r"""
+import json, sys, torch
+from torch._dynamo.utils import counters
+from virnucpro.encoders import compiled
+from virnucpro.encoders.dnabert_s import DnabertSEncoder
+compiled.use_cache(sys.argv[2])
+encoder = DnabertSEncoder(sys.argv[1], torch.device("cpu"), torch.float32, path="fast", compile=True)
+print(json.dumps({"path": encoder.path, "hits": counters["inductor"]["fxgraph_cache_hit"],
+                  "misses": counters["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def test_compiled_kernels_are_cached_for_the_next_task(reference_dir, tmp_path):
+    """Two processes on one cache folder: the first compiles and fills it, the second loads."""
+    cache = tmp_path / "compile-cache"
+    env = {k: v for k, v in os.environ.items() if k != compiled.TORCH_CACHE_VARIABLE}
+
+    def task() -> dict:
+        done = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(reference_dir / "dnabert_s_tiny"), str(cache)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert f"compile cache {cache}" in " ".join(done.stderr.split())
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = task()
+    assert first["path"] == FAST_COMPILED and first["misses"] > 0 and any(cache.iterdir())
+    second = task()
+    assert second["path"] == FAST_COMPILED and second["hits"] > 0 and second["misses"] == 0
+
+
+def test_no_compile_reaches_the_encoders(monkeypatch, tmp_path):
+    """`embed --no-compile` and `run --no-compile --compile-cache DIR` hand their choice down."""
+    from typer.testing import CliRunner
+
+    import virnucpro.embed
+    import virnucpro.run
+    from virnucpro.cli import app
+
+    seen = []
+    monkeypatch.setattr(virnucpro.embed, "embed", lambda *args, **kwargs: seen.append(kwargs["compiling"]))
+    monkeypatch.setattr(virnucpro.run, "run", lambda *args, **kwargs: seen.append(kwargs["compiling"]))
+    runner = CliRunner()
+    shard = tmp_path / "shard.tsv"
+    assert runner.invoke(app, ["embed", str(shard), "--out", str(tmp_path / "x.h5"), "--no-compile"]).exit_code == 0
+    assert runner.invoke(app, ["embed", str(shard), "--out", str(tmp_path / "x.h5")]).exit_code == 0
+    assert runner.invoke(app, ["run", str(shard), "-o", str(tmp_path / "o"), "--no-compile",
+                               "--compile-cache", str(tmp_path / "cc")]).exit_code == 0
+    assert [(c.enabled, c.cache) for c in seen] == [(False, None), (None, None), (False, tmp_path / "cc")]

@@ -1,0 +1,78 @@
+"""The fast path's elementwise work, fused by torch.compile (issue 10, point 2).
+
+Each encoder layer splits its fast path around the attention kernel: `attention_inputs` (norm,
+q/k/v projection, fp32 rotary for ESM-2) and `after_attention` (output projection, residual, norm,
+MLP). `fused(function)` compiles one of those once per process with dynamic shapes: every layer of
+a model and every batch length reuse one graph (its guards are on dtype and device, not on the
+layer or the token count), and the matrix products stay cuBLAS calls with the bias, GELU, rotary,
+residual and LayerNorm work fused around them. The attention kernel itself stays outside.
+
+Compiled kernels are cached in a folder (`use_cache`), so the next task on any machine that sees
+it loads them instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
+
+
+def wanted(requested: bool | None, device) -> bool:
+    """Whether the fast path should be compiled: as asked, else (None) only on a GPU, where the
+    compile time (tens of seconds, once per cache) buys fused kernels."""
+    if requested is not None:
+        return requested
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
+@functools.lru_cache(maxsize=None)
+def fused(function: Callable) -> Callable:
+    """`function` compiled once per process with dynamic shapes (no recompile per batch length)."""
+    import torch
+
+    return torch.compile(function, dynamic=True)
+
+
+def default_cache() -> Path:
+    """The per-user cache folder for compiled kernels ($XDG_CACHE_HOME, else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "virnucpro" / "torch-compile"
+
+
+def use_cache(folder: Path | None = None) -> Path:
+    """Point torch's compile cache at `folder` (default: torch's own setting when the user made
+    one, else `default_cache()`); a folder that cannot be written leaves torch's temporary one.
+    Returns the folder in use."""
+    if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
+        return Path(os.environ[TORCH_CACHE_VARIABLE])
+    chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+        writable = os.access(chosen, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        from virnucpro.console import warn
+
+        chosen = Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
+        warn(f"cannot write the compile cache {folder or default_cache()}; using {chosen} "
+             f"(compiled kernels will not outlive this machine's temporary folder)")
+    os.environ[TORCH_CACHE_VARIABLE] = str(chosen)
+    return chosen
+
+
+def cache_in_use() -> str:
+    """The folder torch's compile cache writes to now."""
+    try:  # torch's own answer (its default is a per-user temporary folder)
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return cache_dir()
+    except (ImportError, OSError):
+        return os.environ.get(TORCH_CACHE_VARIABLE, "torch's default")
