@@ -23,6 +23,8 @@ import torch
 from encoder_fixtures import esm_checkpoints, fair_esm_model  # noqa: F401  (fixtures)
 from test_fast_attention import LONG_MIX, SHORT_MIX, esm_tokens, random_tokens
 from virnucpro.encoders import FAST_COMPILED, compiled
+from virnucpro.encoders import dnabert_s as dnabert_module
+from virnucpro.encoders import esm2 as esm2_module
 from virnucpro.encoders.dnabert_s import DnabertSEncoder
 from virnucpro.encoders.esm2 import Esm2Encoder
 
@@ -43,10 +45,16 @@ def tokens_for(kind: str, encoder, lengths, seed: int = 0) -> list[np.ndarray]:
     return esm_tokens(lengths, seed) if kind == "esm2" else random_tokens(lengths, 0, encoder.vocab_size, seed)
 
 
-def graphs_compiled() -> int:
-    from torch._dynamo.utils import counters
+def graphs_compiled(kind: str) -> int:
+    """How many graphs torch.compile holds for this encoder's fused layer functions."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    return int(counters["stats"]["unique_graphs"])
+    functions = FUSED[kind]
+    return sum(len(_debug_get_cache_entry_list(function.__code__)) for function in functions)
+
+
+FUSED = {"esm2": (esm2_module._Layer.attention_inputs, esm2_module._Layer.after_attention),
+         "dnabert_s": (dnabert_module._Layer.after_attention,)}
 
 
 @pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
@@ -63,11 +71,10 @@ def test_compiled_path_equals_reference(encoders, kind, lengths):
 @pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
 def test_one_graph_serves_every_layer_and_every_batch_length(encoders, kind):
     encoder = encoders[kind]
-    encoder.forward(encoder.collate(tokens_for(kind, encoder, [30, 9])))
-    before = graphs_compiled()
-    for seed, lengths in enumerate([[5], [400, 3, 3], [77] * 9, [1000, 12], [2, 2, 2, 2]]):
+    assert graphs_compiled(kind) == len(FUSED[kind])  # compiled once, by the self-check at load
+    for seed, lengths in enumerate([[30, 9], [5], [400, 3, 3], [77] * 9, [1000, 12], [2, 2, 2, 2]]):
         encoder.forward(encoder.collate(tokens_for(kind, encoder, lengths, seed)))
-    assert graphs_compiled() == before
+    assert graphs_compiled(kind) == len(FUSED[kind])
 
 
 @pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
@@ -87,6 +94,18 @@ def test_a_failed_compile_falls_back_to_the_uncompiled_fast_path(kind, reference
     assert encoder.path == "fast" and encoder.compile_seconds == 0.0
     assert warned.count("warning:") == 1
     assert "compiled fast path not used, falling back to the fast attention path: it raised RuntimeError" in warned
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_compiled_path_runs_from_the_layout_thread(encoders, kind):
+    """On a GPU, embed launches batches from its layout thread: the compiled graphs work there too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = encoders[kind]
+    collated = encoder.collate(tokens_for(kind, encoder, SHORT_MIX, seed=3))
+    with ThreadPoolExecutor(1) as pool:
+        in_thread = pool.submit(encoder.forward, collated).result()
+    assert torch.equal(in_thread, encoder.forward(collated)) and graphs_compiled(kind) == len(FUSED[kind])
 
 
 def test_compile_is_wanted_on_a_gpu_unless_refused():
