@@ -108,6 +108,44 @@ def test_compiled_path_runs_from_the_layout_thread(encoders, kind):
     assert torch.equal(in_thread, encoder.forward(collated)) and graphs_compiled(kind) == len(FUSED[kind])
 
 
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_a_compiled_path_failing_mid_run_falls_back_for_good(kind, reference_dir, esm_checkpoints,  # noqa: F811
+                                                              monkeypatch, capsys):
+    if kind == "esm2":
+        encoder = Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast", compile=True)
+    else:
+        encoder = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast", compile=True)
+    assert encoder.path == FAST_COMPILED
+    capsys.readouterr()
+    collated = encoder.collate(tokens_for(kind, encoder, [300, 20, 7], seed=5))
+    expected = encoder._run(collated, "fast")
+
+    def failing_recompile(function):
+        def raising(*args, **kwargs):
+            raise RuntimeError("InductorError: recompiling for a new shape failed")
+        return raising
+
+    monkeypatch.setattr(compiled, "fused", failing_recompile)
+    assert torch.equal(encoder.forward(collated), expected) and encoder.path == "fast"
+    assert torch.equal(encoder.forward(collated), expected)
+    warned = " ".join(capsys.readouterr().err.split())
+    assert warned.count("warning:") == 1 and "compiled fast path failed on a batch (RuntimeError" in warned
+
+
+def test_out_of_memory_on_the_compiled_path_is_left_to_embed(encoders, monkeypatch):
+    """embed halves a batch that runs out of GPU memory: the compiled path is kept for the halves."""
+    def out_of_memory(function):
+        def raising(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return raising
+
+    encoder = encoders["dnabert_s"]
+    monkeypatch.setattr(compiled, "fused", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        encoder.forward(encoder.collate(tokens_for("dnabert_s", encoder, [40, 4])))
+    assert encoder.path == FAST_COMPILED
+
+
 def test_compile_is_wanted_on_a_gpu_unless_refused():
     assert compiled.wanted(None, "cuda") and compiled.wanted(None, torch.device("cuda:1"))
     assert not compiled.wanted(None, CPU) and not compiled.wanted(False, "cuda") and compiled.wanted(True, CPU)

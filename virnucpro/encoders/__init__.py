@@ -184,6 +184,28 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
     return settled, seconds if settled == FAST_COMPILED else 0.0
 
 
+def forward_on_path(model: str, encoder, collated):
+    """`encoder._run(collated, encoder.path)`. When the compiled path raises on a later batch (a
+    recompile for a new shape failing, say), one warning and the uncompiled fast path from then on
+    (this batch included), never a failed task. Out-of-memory propagates: embed halves the batch."""
+    import torch
+
+    try:
+        return encoder._run(collated, encoder.path)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        if encoder.path != FAST_COMPILED:
+            raise
+        from virnucpro.console import warn
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        warn(f"{model}: the compiled fast path failed on a batch ({type(exc).__name__}: {first}); using the "
+             f"uncompiled fast attention path from now on")
+        encoder.path = "fast"
+        return encoder._run(collated, "fast")
+
+
 _PATH_NAMES = {FAST_COMPILED: "compiled fast path", "fast": "fast attention path", "reference": "reference path"}
 
 

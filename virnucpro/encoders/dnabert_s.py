@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, key_mismatch,
-                                load_checked, random_probe, settle_path)
+from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, forward_on_path,
+                                key_mismatch, load_checked, random_probe, settle_path)
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
 from virnucpro.console import info
@@ -297,8 +297,9 @@ class DnabertSEncoder:
 
     def forward(self, batch) -> torch.Tensor:
         """Pooled vectors (N, width) float32, left on the model's device (the caller copies them
-        to the host when it needs them, without blocking on a GPU); OOM propagates."""
-        return self._run(batch, self.path)
+        to the host when it needs them, without blocking on a GPU); OOM propagates; a compiled path
+        that fails here falls back to the uncompiled one (encoders.forward_on_path)."""
+        return forward_on_path("DNABERT-S", self, batch)
 
     def _run(self, batch, path: str) -> torch.Tensor:
         """`forward` on the given path: reference rows + bias, or the fast token stream (compiled or not)."""

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, key_mismatch,
-                                load_checked, random_probe, settle_path)
+from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, forward_on_path,
+                                key_mismatch, load_checked, random_probe, settle_path)
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean, to_device)
 from virnucpro.console import info, warn
@@ -495,8 +495,9 @@ class Esm2Encoder:
 
     def forward(self, collated: tuple) -> torch.Tensor:
         """Pooled vectors (N, width) float32, left on the model's device (the caller copies them
-        to the host when it needs them, without blocking on a GPU); OOM propagates."""
-        return self._run(collated, self.path)
+        to the host when it needs them, without blocking on a GPU); OOM propagates; a compiled path
+        that fails here falls back to the uncompiled one (encoders.forward_on_path)."""
+        return forward_on_path("ESM-2", self, collated)
 
     def _run(self, collated: tuple, path: str) -> torch.Tensor:
         """`forward` on the given path: reference rows + mask, or the fast token stream (compiled or not)."""
