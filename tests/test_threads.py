@@ -28,3 +28,16 @@ def test_prepare_with_a_thousand_threads_says_it_uses_the_cpus_it_has(tmp_path, 
                         "--threads", "1000")
     assert code == 0, err
     assert f"--threads 1000: this process may use {available_cpus()} CPUs" in err
+
+
+def test_compile_workers_follow_threads(tmp_path):
+    """torch.compile starts one compile worker per CPU unless told: --threads tells it."""
+    import subprocess
+    import sys
+
+    probe = ("from virnucpro.threads import limit_threads; limit_threads(1); "
+             "import torch._inductor.config as c; print(c.compile_threads)")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_COMPILE_THREADS"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

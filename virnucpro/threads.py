@@ -1,4 +1,5 @@
-"""`--threads`: one cap for every CPU thread pool (torch, BLAS/OpenMP, tokenizers' rayon).
+"""`--threads`: one cap for every CPU thread pool (torch, BLAS/OpenMP, tokenizers' rayon, and
+torch.compile's compile workers).
 
 Applied at the start of a command, before the heavy libraries load, so their pools start at the
 right size. The default is the CPUs this process may use (its affinity mask, which SLURM and
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+# torch.compile's compile workers (processes, read when inductor is imported) count as a pool too
+POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS",
+                  "TORCHINDUCTOR_COMPILE_THREADS")
 
 
 def available_cpus() -> int:
