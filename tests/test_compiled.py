@@ -171,6 +171,17 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
     assert "cannot write the compile cache" in capsys.readouterr().err
 
 
+def test_cache_folder_in_an_output_is_refused(tmp_path, run_cli, reference_dir):
+    from virnucpro.errors import BadInputError
+
+    code, err = run_cli("prepare", reference_dir / "vanilla" / "test_with_orfs.fa", "--outdir", tmp_path / "p")
+    assert code == 0, err
+    with pytest.raises(BadInputError, match=r"--compile-cache \S+/p is a virnucpro 'prepare' output"):
+        compiled.use_cache(tmp_path / "p")
+    with pytest.raises(BadInputError, match=r"--compile-cache \S+/p/shards/c is inside \S+/p, a virnucpro 'prepare'"):
+        compiled.use_cache(tmp_path / "p" / "shards" / "c")
+
+
 CACHE_PROBE = r"""
 import json, sys, torch
 from torch._dynamo.utils import counters

@@ -219,15 +219,18 @@ def _marker_kind(folder: Path) -> str | None:
     return kind if isinstance(kind, str) else "?"
 
 
-def refuse_nesting(target: Path, what: str) -> None:
-    """An output inside another virnucpro output is refused (exit 3), unless this process holds that
-    one (`run` writes its stages inside its own folder): a command must not write into another's."""
-    for parent in Path(target).resolve().parents:
+def refuse_nesting(target: Path, what: str, itself: bool = False) -> None:
+    """An output inside another virnucpro output (or, with `itself`, one) is refused (exit 3), unless
+    this process holds that one (`run` writes its stages inside its own folder): a command must not
+    write into another's."""
+    resolved = Path(target).resolve()
+    for parent in ([resolved] if itself else []) + list(resolved.parents):
         if parent in _held:
             return
         kind = _marker_kind(parent)
         if kind is not None:
-            raise BadInputError(f"{what} {target} is inside {parent}, a virnucpro '{kind}' output: writing "
+            where = "is" if parent == resolved else f"is inside {parent},"
+            raise BadInputError(f"{what} {target} {where} a virnucpro '{kind}' output: writing "
                                 "there would change that output (or one still being written)",
                                 "choose a folder outside it")
 

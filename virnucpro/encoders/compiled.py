@@ -48,11 +48,14 @@ def default_cache() -> Path:
 
 def use_cache(folder: Path | None = None) -> Path:
     """Point torch's compile cache at `folder` (default: torch's own setting when the user made
-    one, else `default_cache()`); a folder that cannot be written leaves torch's temporary one.
-    Returns the folder in use."""
+    one, else `default_cache()`); a folder that cannot be written leaves torch's temporary one, a
+    folder in a virnucpro output is refused (exit 3). Returns the folder in use."""
     if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
         return Path(os.environ[TORCH_CACHE_VARIABLE])
     chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
+    from virnucpro.outdir import refuse_nesting
+
+    refuse_nesting(chosen, "--compile-cache", itself=True)
     try:
         chosen.mkdir(parents=True, exist_ok=True)
         writable = os.access(chosen, os.W_OK | os.X_OK)
