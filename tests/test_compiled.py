@@ -169,6 +169,13 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
     fallback = compiled.use_cache(tmp_path / "a-file" / "cache")  # cannot be created under a file
     assert fallback == Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
     assert "cannot write the compile cache" in capsys.readouterr().err
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", no_home)
+    assert compiled.default_cache() == fallback  # a container user without a home
 
 
 def test_cache_folder_in_an_output_is_refused(tmp_path, run_cli, reference_dir):

@@ -41,9 +41,17 @@ def fused(function: Callable) -> Callable:
 
 
 def default_cache() -> Path:
-    """The per-user cache folder for compiled kernels ($XDG_CACHE_HOME, else ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    """The per-user cache folder for compiled kernels ($XDG_CACHE_HOME, else ~/.cache; the
+    temporary folder for a user without a home, as in some containers)."""
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except (RuntimeError, KeyError):
+        return _temporary_cache()
     return Path(base) / "virnucpro" / "torch-compile"
+
+
+def _temporary_cache() -> Path:
+    return Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
 
 
 def use_cache(folder: Path | None = None) -> Path:
@@ -64,7 +72,7 @@ def use_cache(folder: Path | None = None) -> Path:
     if not writable:
         from virnucpro.console import warn
 
-        chosen = Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
+        chosen = _temporary_cache()
         warn(f"cannot write the compile cache {folder or default_cache()}; using {chosen} "
              f"(compiled kernels will not outlive this machine's temporary folder)")
     os.environ[TORCH_CACHE_VARIABLE] = str(chosen)
