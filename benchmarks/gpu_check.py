@@ -7,15 +7,16 @@ Sections, each printed under a `== name` header, then a summary table:
             token budget of rows, and device copy GB/s (bytes read + written per second);
 * encoders  for DNABERT-S and ESM-2 x path (reference, fast, fast+compiled): load seconds (the
             compiled path's compile and self-check included, against an empty compile cache, and
-            shown apart), first pass (autotune included), steady tokens/s, TFLOP/s, MFU against the peak and against the best GEMM,
-            peak memory; real tokens only (special tokens counted, padding not);
+            shown apart), first pass (autotune included), steady tokens/s, TFLOP/s, MFU against the
+            peak and against the best GEMM, peak memory; real tokens only (special tokens counted,
+            padding not);
 * kernels   the profiler's top device kernels of one batch per encoder x path, and the time shares of
             attention, GEMM, cat/mul elementwise, inductor's fused kernels and the rest;
 * embed     `virnucpro.embed.embed` on a shard of coding-like 500-bp reads: model lookup, load,
             records/s and the GPU-busy fraction (NVML utilisation sampled every 50 ms);
 * precision fp16 and bf16 against fp32 (min cosine over the sequences, max |delta|), the fastest
-            path (fast+compiled) against reference at the same dtype, and the fraction of per-frame calls of a random classifier
-            (the original's MLP shape) that change.
+            path (fast+compiled) against reference at the same dtype, and the fraction of per-frame
+            calls of a random classifier (the original's MLP shape) that change.
 
 Models have random weights of the real sizes (ESM-2 3B: 36 layers, 2560 wide, 40 heads; DNABERT-S:
 768 wide, 12 layers, 12 heads, GeGLU 3072, vocabulary 4096), generated directly on the device; the

@@ -9,6 +9,7 @@ with one warning, and `--no-compile` reaches the encoders.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -22,6 +23,9 @@ import torch
 
 from encoder_fixtures import esm_checkpoints, fair_esm_model  # noqa: F401  (fixtures)
 from test_fast_attention import LONG_MIX, SHORT_MIX, esm_tokens, random_tokens
+from torch._dynamo.exc import BackendCompilerFailed
+from torch._inductor.exc import CppCompileError
+
 from virnucpro.encoders import FAST_COMPILED, compiled
 from virnucpro.encoders import dnabert_s as dnabert_module
 from virnucpro.encoders import esm2 as esm2_module
@@ -34,11 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def encoders(reference_dir, esm_checkpoints):  # noqa: F811
-    """Both tiny encoders on the compiled fast path (compiled once for the module)."""
-    return {"esm2": Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast", compile=True),
-            "dnabert_s": DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast",
-                                         compile=True)}
+def encoders(reference_dir, esm_checkpoints, tmp_path_factory):  # noqa: F811
+    """Both tiny encoders on the compiled fast path (compiled once for the module), with torch's
+    compile cache in a folder of this module (torch writes its choice into os.environ: undone after)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(compiled.TORCH_CACHE_VARIABLE, str(tmp_path_factory.mktemp("compile-cache")))
+        yield {"esm2": Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast", compile=True),
+               "dnabert_s": DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast",
+                                            compile=True)}
 
 
 def tokens_for(kind: str, encoder, lengths, seed: int = 0) -> list[np.ndarray]:
@@ -120,16 +127,81 @@ def test_a_compiled_path_failing_mid_run_falls_back_for_good(kind, reference_dir
     collated = encoder.collate(tokens_for(kind, encoder, [300, 20, 7], seed=5))
     expected = encoder._run(collated, "fast")
 
-    def failing_recompile(function):
-        def raising(*args, **kwargs):
-            raise RuntimeError("InductorError: recompiling for a new shape failed")
-        return raising
-
-    monkeypatch.setattr(compiled, "fused", failing_recompile)
+    monkeypatch.setattr(compiled, "fused", raising_from_compile(CppCompileError("g++ -shared ...", "out of resources")))
     assert torch.equal(encoder.forward(collated), expected) and encoder.path == "fast"
     assert torch.equal(encoder.forward(collated), expected)
     warned = " ".join(capsys.readouterr().err.split())
-    assert warned.count("warning:") == 1 and "compiled fast path failed on a batch (RuntimeError" in warned
+    assert warned.count("warning:") == 1
+    assert "compiled fast path failed on a batch (CppCompileError: C++ compile error" in warned
+
+
+def test_the_hdf5_record_names_every_path_that_computed_vectors(reference_dir, monkeypatch, capsys):
+    """A fallback mid-shard: the shard's `attention` attribute lists both paths of that model."""
+    from virnucpro.embed import Embedder
+
+    dnabert = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast", compile=True)
+    embedder = Embedder({"dnabert_s": dnabert}, 4096, CPU)
+    tokens = dict(enumerate(tokens_for("dnabert_s", dnabert, [50, 8, 30])))
+    assert embedder.attention_record() == "dnabert_s:fast+compiled"  # nothing computed yet: the loaded path
+    embedder.run("dnabert_s", tokens, [0, 1])
+    monkeypatch.setattr(compiled, "fused", raising_from_compile(CppCompileError("g++", "failed")))
+    embedder.run("dnabert_s", tokens, [2])
+    assert embedder.attention_record() == "dnabert_s:fast,dnabert_s:fast+compiled"
+
+
+def raising_from_compile(error: BaseException):
+    """A stand-in for compiled.fused whose compiled functions raise `error` (wrapped as dynamo does)."""
+    def inductor():
+        pass
+
+    wrapped = BackendCompilerFailed(inductor, error, None)
+
+    def fused(function):
+        def raising(*args, **kwargs):
+            raise wrapped
+        return raising
+
+    return fused
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access was encountered"),
+                                   KeyError("not a compile error")], ids=["cuda", "other"])
+def test_errors_that_are_not_compile_errors_are_not_hidden_by_a_fallback(encoders, error, monkeypatch):
+    """A CUDA failure reaches embed (exit 8) as it is; the compiled path stays chosen."""
+    def fused(function):
+        def raising(*args, **kwargs):
+            raise error
+        return raising
+
+    encoder = encoders["esm2"]
+    monkeypatch.setattr(compiled, "fused", fused)
+    with pytest.raises(type(error)):
+        encoder.forward(encoder.collate(tokens_for("esm2", encoder, [40, 4])))
+    assert encoder.path == FAST_COMPILED
+
+
+def test_out_of_memory_while_compiling_is_left_to_embed(encoders, monkeypatch):
+    """Dynamo wraps an out-of-memory met while compiling: embed gets the out-of-memory, and halves."""
+    encoder = encoders["dnabert_s"]
+    monkeypatch.setattr(compiled, "fused", raising_from_compile(torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        encoder.forward(encoder.collate(tokens_for("dnabert_s", encoder, [40, 4])))
+    assert encoder.path == FAST_COMPILED
+
+
+def test_a_stop_signal_during_the_compile_at_load_is_not_a_fallback(reference_dir):
+    """The stop handler raises InterruptedByUser (exit 6) wherever the process is: while compiling
+    at load it must end the command, not be reported as a failed compile."""
+    from virnucpro.encoders import settle_path
+    from virnucpro.errors import InterruptedByUser
+
+    def run(path):
+        if path == FAST_COMPILED:
+            raise InterruptedByUser("SIGTERM received")
+        return torch.ones(2, 3)
+
+    with pytest.raises(InterruptedByUser):
+        settle_path("ESM-2", "fast", CPU, torch.float32, run, compile=True)
 
 
 def test_out_of_memory_on_the_compiled_path_is_left_to_embed(encoders, monkeypatch):
@@ -144,6 +216,16 @@ def test_out_of_memory_on_the_compiled_path_is_left_to_embed(encoders, monkeypat
     with pytest.raises(torch.cuda.OutOfMemoryError):
         encoder.forward(encoder.collate(tokens_for("dnabert_s", encoder, [40, 4])))
     assert encoder.path == FAST_COMPILED
+
+
+def test_the_probe_that_compiles_is_larger_on_a_gpu():
+    from virnucpro.encoders import PROBE_LENGTHS, random_probe
+
+    def draw(rng, n):
+        return "A" * n
+
+    assert [len(s) for s in random_probe(draw)] == list(PROBE_LENGTHS)
+    assert [len(s) for s in random_probe(draw, "cuda:0")] == list(PROBE_LENGTHS) * 16
 
 
 def test_compile_is_wanted_on_a_gpu_unless_refused():
@@ -167,7 +249,7 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
     assert compiled.use_cache(tmp_path / "given") == tmp_path / "given" and (tmp_path / "given").is_dir()
     (tmp_path / "a-file").write_text("x")
     fallback = compiled.use_cache(tmp_path / "a-file" / "cache")  # cannot be created under a file
-    assert fallback == Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
+    assert fallback == Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"  # torch's default
     assert "cannot write the compile cache" in capsys.readouterr().err
     monkeypatch.delenv("XDG_CACHE_HOME")
 
@@ -175,7 +257,9 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
         raise RuntimeError("Could not determine home directory.")
 
     monkeypatch.setattr(Path, "home", no_home)
-    assert compiled.default_cache() == fallback  # a container user without a home
+    assert compiled.default_cache() is None  # a container user without a home: torch's default
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    assert compiled.use_cache() == fallback
 
 
 def test_cache_folder_in_an_output_is_refused(tmp_path, run_cli, reference_dir):
@@ -223,11 +307,13 @@ def test_no_compile_reaches_the_encoders(monkeypatch, tmp_path):
     """`embed --no-compile` and `run --no-compile --compile-cache DIR` hand their choice down."""
     from typer.testing import CliRunner
 
+    import virnucpro.cli
     import virnucpro.embed
     import virnucpro.run
     from virnucpro.cli import app
 
     seen = []
+    monkeypatch.setattr(virnucpro.cli, "limit_threads", lambda threads: threads or 1)  # no pool settings leak
     monkeypatch.setattr(virnucpro.embed, "embed", lambda *args, **kwargs: seen.append(kwargs["compiling"]))
     monkeypatch.setattr(virnucpro.run, "run", lambda *args, **kwargs: seen.append(kwargs["compiling"]))
     runner = CliRunner()

@@ -349,8 +349,15 @@ class Embedder:
         self.encoders, self.device = encoders, device
         self.token_budget = {role: token_budget for role in encoders}  # halved per model on OOM
         self.overlap = {role: False for role in encoders}  # launch in `collate` (vectors stay on the GPU)
+        self.paths_run = {role: set() for role in encoders}  # the paths that computed this process's batches
         self.real_tokens = 0
         self.padded_tokens = 0
+
+    def attention_record(self) -> str:
+        """'role:path,...' of every path that computed vectors here (the loaded one when all came
+        from checkpoints): the HDF5 attribute `attention`."""
+        return ",".join(sorted(f"{role}:{path}" for role, encoder in self.encoders.items()
+                               for path in self.paths_run[role] or {encoder.path}))
 
     def batches(self, role: str, tokens: dict, indices: range) -> list[list[int]]:
         from virnucpro.encoders.batching import plan_batches
@@ -374,6 +381,7 @@ class Embedder:
 
         with torch.inference_mode():
             vectors = self.encoders[role].forward(collated)
+            self.paths_run[role].add(self.encoders[role].path)  # after a fallback, the one that ran
             if vectors.device.type != "cuda":
                 return Embedder.InFlight(vectors)
             host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
@@ -517,7 +525,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
         attrs = {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
                  "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
                  "device": torch_device.type, "tiny": bool(model_set.tiny),
-                 "attention": ",".join(sorted({f"{role}:{encoders[role].path}" for role in ROLES}))}
+                 "attention": embedder.attention_record()}
         h5shard.write_shard(out, ids, rows, (encoders["dnabert_s"].width, encoders["esm2"].width), attrs)
     except BaseException:
         checkpoints.close()

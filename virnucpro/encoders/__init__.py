@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from virnucpro.errors import ModelsError, NumericalError
+from virnucpro.errors import ModelsError, NumericalError, VirnucproError
 
 
 def check_finite(vectors, ids: Sequence[str]) -> None:
@@ -102,11 +102,15 @@ SELF_CHECK_TOLERANCE = {
 PROBE_LENGTHS = (1, 7, 40, 3, 120, 15, 60, 2)
 
 
-def random_probe(draw: Callable) -> list[str]:
-    """The self-check's small mixed batch (several sequences per row): one sequence per
-    PROBE_LENGTHS entry, `draw(rng, n)` making it, from a fixed seed."""
+def random_probe(draw: Callable, device="cpu") -> list[str]:
+    """The self-check's mixed batch (several sequences per row): one sequence per PROBE_LENGTHS
+    entry, `draw(rng, n)` making it, from a fixed seed. On a GPU 16 times as many (about 4,000
+    tokens): the compile happens on this batch, and inductor sizes its kernels by the first one."""
+    import torch
+
+    copies = 16 if torch.device(device).type == "cuda" else 1
     rng = np.random.default_rng(0)
-    return [draw(rng, n) for n in PROBE_LENGTHS]
+    return [draw(rng, n) for _ in range(copies) for n in PROBE_LENGTHS]
 
 
 def choose_path(requested: str, device) -> str:
@@ -142,9 +146,10 @@ def fast_path_problem(run: Callable[[str], "object"], dtype, path: str = "fast",
     reference = (run("reference") if reference is None else reference).double()
     try:
         fast = run(path).double()
+    except VirnucproError:  # a stop signal (exit 6) is the user's, never a reason to fall back
+        raise
     except Exception as exc:  # a missing kernel, an old driver, no compiler: anything means "do not use it"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"it raised {type(exc).__name__}: {first}"
+        return f"it raised {describe_exception(exc)}"
     if fast.shape != reference.shape:
         return f"it gave vectors of shape {tuple(fast.shape)}, not {tuple(reference.shape)}"
     max_abs, min_cos = SELF_CHECK_TOLERANCE.get(str(dtype), SELF_CHECK_TOLERANCE["torch.float16"])
@@ -185,25 +190,43 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
 
 
 def forward_on_path(model: str, encoder, collated):
-    """`encoder._run(collated, encoder.path)`. When the compiled path raises on a later batch (a
-    recompile for a new shape failing, say), one warning and the uncompiled fast path from then on
-    (this batch included), never a failed task. Out-of-memory propagates: embed halves the batch."""
+    """`encoder._run(collated, encoder.path)`. When compiling fails on a later batch (a recompile
+    for a new shape, say), one warning and the uncompiled fast path from then on (this batch
+    included), never a failed task. Any other error, and out-of-memory while compiling, propagates
+    as it is: embed halves a batch on out-of-memory and names a CUDA failure (exit 8)."""
     import torch
 
     try:
         return encoder._run(collated, encoder.path)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as exc:
-        if encoder.path != FAST_COMPILED:
-            raise
+    except compile_errors() as exc:
+        inner = getattr(exc, "inner_exception", None)
+        if encoder.path != FAST_COMPILED or isinstance(inner, torch.cuda.OutOfMemoryError):
+            raise inner if isinstance(inner, torch.cuda.OutOfMemoryError) else exc
         from virnucpro.console import warn
 
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        warn(f"{model}: the compiled fast path failed on a batch ({type(exc).__name__}: {first}); using the "
+        warn(f"{model}: the compiled fast path failed on a batch ({describe_exception(exc)}); using the "
              f"uncompiled fast attention path from now on")
         encoder.path = "fast"
         return encoder._run(collated, "fast")
+
+
+def compile_errors() -> tuple[type, ...]:
+    """The exceptions that mean "torch.compile failed" (dynamo and inductor wrap theirs in these)."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError
+
+    return TorchDynamoException, CppCompileError
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'Type: first line' of an error; for torch.compile's wrappers, of the error inside them."""
+    wrappers = []
+    while getattr(exc, "inner_exception", None) is not None and len(wrappers) < 5:
+        wrappers.append(type(exc).__name__)
+        exc = exc.inner_exception
+    text = str(exc).strip()
+    described = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return described + (f" (in {', '.join(wrappers)})" if wrappers else "")
 
 
 _PATH_NAMES = {FAST_COMPILED: "compiled fast path", "fast": "fast attention path", "reference": "reference path"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -40,27 +39,26 @@ def fused(function: Callable) -> Callable:
     return torch.compile(function, dynamic=True)
 
 
-def default_cache() -> Path:
-    """The per-user cache folder for compiled kernels ($XDG_CACHE_HOME, else ~/.cache; the
-    temporary folder for a user without a home, as in some containers)."""
+def default_cache() -> Path | None:
+    """The per-user cache folder for compiled kernels ($XDG_CACHE_HOME, else ~/.cache); None for a
+    user without a home (as in some containers)."""
     try:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     except (RuntimeError, KeyError):
-        return _temporary_cache()
+        return None
     return Path(base) / "virnucpro" / "torch-compile"
 
 
-def _temporary_cache() -> Path:
-    return Path(tempfile.gettempdir()) / f"virnucpro-torch-compile-{os.getuid()}"
-
-
 def use_cache(folder: Path | None = None) -> Path:
-    """Point torch's compile cache at `folder` (default: torch's own setting when the user made
-    one, else `default_cache()`); a folder that cannot be written leaves torch's temporary one, a
-    folder in a virnucpro output is refused (exit 3). Returns the folder in use."""
+    """Point torch's compile cache at `folder` (default: the user's own TORCHINDUCTOR_CACHE_DIR,
+    used as it is, else `default_cache()`). A folder that cannot be written is one warning and
+    torch's default (a per-user temporary folder); one in a virnucpro output is refused (exit 3).
+    Returns the folder in use."""
     if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
         return Path(os.environ[TORCH_CACHE_VARIABLE])
     chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
+    if chosen is None:
+        return _torch_default()
     from virnucpro.outdir import refuse_nesting
 
     refuse_nesting(chosen, "--compile-cache", itself=True)
@@ -72,11 +70,18 @@ def use_cache(folder: Path | None = None) -> Path:
     if not writable:
         from virnucpro.console import warn
 
-        chosen = _temporary_cache()
-        warn(f"cannot write the compile cache {folder or default_cache()}; using {chosen} "
-             f"(compiled kernels will not outlive this machine's temporary folder)")
+        fallback = _torch_default()
+        warn(f"cannot write the compile cache {chosen}; using {fallback} (compiled kernels will not "
+             f"outlive this machine's temporary folder)")
+        return fallback
     os.environ[TORCH_CACHE_VARIABLE] = str(chosen)
     return chosen
+
+
+def _torch_default() -> Path:
+    """torch's own default compile cache, chosen by torch."""
+    os.environ.pop(TORCH_CACHE_VARIABLE, None)
+    return Path(cache_in_use())
 
 
 def cache_in_use() -> str:

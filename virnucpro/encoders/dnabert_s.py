@@ -256,7 +256,7 @@ class DnabertSEncoder:
         or not: see virnucpro.encoders.settle_path) in `self.path`, and what compiling took in
         `self.compile_seconds`."""
         self._load(Path(folder), device, dtype)
-        probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list("ACGT"), 5 * n))))
+        probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list("ACGT"), 5 * n)), self.device))
         self.path, self.compile_seconds = settle_path(
             "DNABERT-S", path, self.device, dtype, lambda attention: self._run(self.collate(probe), attention), compile)
         if self.path != "reference":

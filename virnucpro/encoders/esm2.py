@@ -454,7 +454,7 @@ class Esm2Encoder:
         ('auto' | 'reference' | 'fast', compiled or not: see virnucpro.encoders.settle_path) in
         `self.path`, and what compiling took in `self.compile_seconds`."""
         self._load_module(checkpoint, *weights, device, dtype)
-        probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list(_STANDARD[:20]), n))))
+        probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list(_STANDARD[:20]), n)), self.device))
         self.path, self.compile_seconds = settle_path("ESM-2", attention, self.device, dtype,
                                                       lambda path: self._run(self.collate(probe), path), compile)
         if self.path != "reference":

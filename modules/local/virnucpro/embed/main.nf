@@ -2,7 +2,8 @@
 // The checkpoint directory lives outside the work directory, so a retried or resumed task picks
 // the shard up where the killed one stopped (the CLI keys it by shard content, models, precision).
 // On a GPU, `gpu_slot.py` (bin/) makes concurrent tasks on one machine use different GPUs, and the
-// kernels torch.compile builds are cached beside the checkpoints, so only the first task compiles.
+// kernels torch.compile builds are cached beside the checkpoints: tasks started after the first
+// ones load them (a few seconds of tracing remain) instead of compiling again.
 // A stop signal (a scheduler's time-limit warning, preemption, Nextflow killing the task) reaches
 // `virnucpro embed` from Nextflow's task wrapper, which then exits at once: the embed process holds
 // a lock on .embed.running for its whole life, and afterScript (run by the wrapper, on the host,
