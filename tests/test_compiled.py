@@ -149,6 +149,52 @@ def test_the_hdf5_record_names_every_path_that_computed_vectors(reference_dir, m
     assert embedder.attention_record() == "dnabert_s:fast,dnabert_s:fast+compiled"
 
 
+def test_a_stop_signal_met_inside_the_compiler_ends_embed_with_exit_6(tiny_models, golden_prepared, tmp_path,
+                                                                     run_cli, monkeypatch):
+    """A real SIGTERM while torch.compile compiles at load (the handler's InterruptedByUser raised
+    inside the compiler, which wraps it): exit 6, not a fallback and a finished shard."""
+    import signal
+
+    import virnucpro.embed
+    import virnucpro.encoders
+    from test_embed import shard
+
+    def stopping_backend(graph, example_inputs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return graph.forward
+
+    monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device: "fast")
+    monkeypatch.setattr(compiled, "wanted", lambda requested, device: True)
+    monkeypatch.setattr(compiled, "fused", lambda function: torch.compile(function, backend=stopping_backend))
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, str(tmp_path / "compile-cache"))
+    virnucpro.embed._load_encoders_cached.cache_clear()
+    try:
+        code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu", "--compile-cache", tmp_path / "compile-cache")
+    finally:
+        virnucpro.embed._load_encoders_cached.cache_clear()
+    assert code == 6, err
+    assert "SIGTERM received" in err and "falling back" not in err and not (tmp_path / "s.h5").exists()
+
+
+def test_a_stop_swallowed_by_a_library_still_ends_the_command_with_exit_6():
+    """A library that catches everything can eat the handler's exception; the command that then
+    finishes (typer's exit 0) still ends in exit 6."""
+    import signal
+
+    from virnucpro import errors
+
+    with pytest.raises(errors.InterruptedByUser, match="SIGTERM received"):
+        with errors.stop_signals_exit_interrupted():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+            except errors.InterruptedByUser:
+                pass  # what a library's broad except does
+            raise SystemExit(0)
+
+
 def raising_from_compile(error: BaseException):
     """A stand-in for compiled.fused whose compiled functions raise `error` (wrapped as dynamo does)."""
     def inductor():
@@ -271,6 +317,36 @@ def test_cache_folder_in_an_output_is_refused(tmp_path, run_cli, reference_dir):
         compiled.use_cache(tmp_path / "p")
     with pytest.raises(BadInputError, match=r"--compile-cache \S+/p/shards/c is inside \S+/p, a virnucpro 'prepare'"):
         compiled.use_cache(tmp_path / "p" / "shards" / "c")
+
+
+def test_cache_folder_in_this_commands_own_output_is_refused(tmp_path):
+    """`run` may nest its stages in its own folder, not a cache that must outlive it (its work
+    folder is removed at the end)."""
+    from virnucpro.errors import BadInputError
+    from virnucpro.outdir import claim
+
+    with claim(tmp_path / "o", "run", ["run_info.json"]):
+        for inside in (tmp_path / "o", tmp_path / "o" / "work" / "cc"):
+            with pytest.raises(BadInputError, match="this command's own output"):
+                compiled.use_cache(inside)
+
+
+def test_the_cache_is_settled_on_a_gpu_even_without_compiling(tmp_path, monkeypatch):
+    """FlexAttention (DNABERT-S) compiles on a GPU whatever --no-compile says: its kernels go to the
+    chosen cache too. (Encoders stubbed: this machine has no GPU.)"""
+    import virnucpro.embed as embed_module
+
+    built = []
+    for module, name in ((dnabert_module, "DnabertSEncoder"), (esm2_module, "Esm2Encoder")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: built.append(kwargs["compile"]))
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    embed_module._load_encoders_cached.cache_clear()
+    try:
+        embed_module._load_encoders_cached(Path("d"), Path("e"), "{}", torch.device("cuda"), "fp16",
+                                           embed_module.Compiling(False, tmp_path / "cc"))
+    finally:
+        embed_module._load_encoders_cached.cache_clear()
+    assert built == [False, False] and os.environ[compiled.TORCH_CACHE_VARIABLE] == str(tmp_path / "cc")
 
 
 CACHE_PROBE = r"""

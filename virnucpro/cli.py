@@ -89,12 +89,13 @@ TokenBudgetOption = typer.Option(None, "--token-budget", min=1, help="Tokens per
 CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records.")
 CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", min=1,
                                        help="Also save one at least every S seconds.")
-NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, run the fast attention path without "
-                               "torch.compile: no compile time at start-up, slower embedding (also the "
-                               "automatic fallback when compiling fails).")
+NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not compile the fast path's "
+                               "elementwise work: less compile time at start-up, slower embedding (also the "
+                               "automatic fallback when compiling fails). DNABERT-S's FlexAttention is "
+                               "compiled either way.")
 CompileCacheOption = typer.Option(None, "--compile-cache", help="Folder for compiled GPU kernels, reused by "
-                                  "later runs and tasks (default: ~/.cache/virnucpro/torch-compile, or "
-                                  "$TORCHINDUCTOR_CACHE_DIR when set).")
+                                  "later runs and tasks (default: $TORCHINDUCTOR_CACHE_DIR when set, else "
+                                  "$XDG_CACHE_HOME/virnucpro/torch-compile, ~/.cache/... without it).")
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
 

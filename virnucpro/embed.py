@@ -444,24 +444,25 @@ class Compiling:
 
 @functools.lru_cache(maxsize=1)
 def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, precision: str,
-                          compile: bool | None) -> dict:
+                          compiling: Compiling) -> dict:
+    import torch
+
+    from virnucpro.encoders import compiled
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
     from virnucpro.encoders.esm2 import Esm2Encoder
 
+    if compiled.wanted(compiling.enabled, device) or torch.device(device).type == "cuda":
+        compiled.use_cache(compiling.cache)  # on a GPU FlexAttention (DNABERT-S) compiles either way
     dtype = torch_dtype(precision)
-    return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compile),
-            "esm2": Esm2Encoder(esm2, device, dtype, compile=compile)}
+    return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled),
+            "esm2": Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)}
 
 
 def _load_encoders(model_set, device, precision: str, compiling: Compiling = Compiling()) -> dict:
-    """Both encoders; kept loaded across the shards of one process (`run`), keyed by model checksums."""
-    from virnucpro.encoders import compiled
-
-    if compiled.wanted(compiling.enabled, device):
-        compiled.use_cache(compiling.cache)
+    """Both encoders; kept loaded across the shards of one process (`run`), keyed by model checksums
+    (the compile cache is settled once, with them)."""
     identity = json.dumps(model_set.identity(ROLES), sort_keys=True)
-    return _load_encoders_cached(model_set.dnabert_s, model_set.esm2, identity, device, precision,
-                                 compiling.enabled)
+    return _load_encoders_cached(model_set.dnabert_s, model_set.esm2, identity, device, precision, compiling)
 
 
 def embedding_widths(model_set, device, precision: str, compiling: Compiling = Compiling()) -> tuple[int, int]:
@@ -518,21 +519,25 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
 
         embedder = Embedder(encoders, budget, torch_device)
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
-
-        def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-            return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)
-
         attrs = {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
                  "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
                  "device": torch_device.type, "tiny": bool(model_set.tiny),
                  "attention": embedder.attention_record()}
-        h5shard.write_shard(out, ids, rows, (encoders["dnabert_s"].width, encoders["esm2"].width), attrs)
+        _write(out, ids, distinct, known, attrs)
     except BaseException:
         checkpoints.close()
         raise
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
     return out
+
+
+def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict) -> None:
+    """The HDF5 shard: one row per record, each from the vector of its distinct sequence."""
+    def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)
+
+    h5shard.write_shard(out, ids, rows, tuple(known[role].shape[1] for role in ROLES), attrs)
 
 
 def _check_output(shard: Path, out: Path) -> None:

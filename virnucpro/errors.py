@@ -144,9 +144,22 @@ def _interrupted(signum: int) -> InterruptedByUser:
 
 def check_stop() -> None:
     """Raise the stop again at a safe point: an exception raised by a signal handler inside a
-    callback the interpreter guards (at-fork hooks, __del__) is swallowed, never lost here."""
+    callback the interpreter guards (at-fork hooks, __del__) or a library's own `except` is
+    swallowed, never lost here."""
     if _received:
         raise _interrupted(_received[0])
+
+
+def stop_inside(exc: BaseException) -> "VirnucproError | None":
+    """The VirnucproError (a stop signal's, say) that `exc` wraps, if any: torch.compile wraps
+    whatever its compiler meets, an exception our signal handler raised there included."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, VirnucproError):
+            return exc
+        exc = getattr(exc, "inner_exception", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 @contextmanager
@@ -165,7 +178,12 @@ def stop_signals_exit_interrupted() -> Iterator[None]:
     _received.clear()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        yield
+        try:
+            yield
+        except SystemExit as done:  # typer ends a command that succeeded with exit 0
+            if done.code in (0, None):
+                check_stop()
+            raise
         check_stop()
     finally:
         _received.clear()  # the stop belongs to this command only

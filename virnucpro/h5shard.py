@@ -63,7 +63,7 @@ class EmbeddingShardInfo:
     records: int
     widths: tuple[int, int]
     tiny: bool = False
-    attention: str = REFERENCE_ATTENTION  # per role, the attention path that computed the vectors
+    attention: str = REFERENCE_ATTENTION  # 'role:path,...': the paths the writing process computed with
 
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],

@@ -219,20 +219,20 @@ def _marker_kind(folder: Path) -> str | None:
     return kind if isinstance(kind, str) else "?"
 
 
-def refuse_nesting(target: Path, what: str, itself: bool = False) -> None:
+def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool = False) -> None:
     """An output inside another virnucpro output (or, with `itself`, one) is refused (exit 3), unless
-    this process holds that one (`run` writes its stages inside its own folder): a command must not
-    write into another's."""
+    this process holds that one (`run` writes its stages inside its own folder) and `held_too` is
+    not set (a cache, which must outlive the command, may not go into its own output either)."""
     resolved = Path(target).resolve()
     for parent in ([resolved] if itself else []) + list(resolved.parents):
-        if parent in _held:
+        if parent in _held and not held_too:
             return
         kind = _marker_kind(parent)
-        if kind is not None:
+        if kind is not None or parent in _held:
             where = "is" if parent == resolved else f"is inside {parent},"
-            raise BadInputError(f"{what} {target} {where} a virnucpro '{kind}' output: writing "
-                                "there would change that output (or one still being written)",
-                                "choose a folder outside it")
+            output = "this command's own output" if parent in _held else f"a virnucpro '{kind}' output"
+            raise BadInputError(f"{what} {target} {where} {output}: writing there would change that "
+                                "output (or one still being written)", "choose a folder outside it")
 
 
 # --- ownership -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from virnucpro.errors import ModelsError, NumericalError, VirnucproError
+from virnucpro.errors import ModelsError, NumericalError, check_stop, stop_inside
 
 
 def check_finite(vectors, ids: Sequence[str]) -> None:
@@ -146,9 +146,9 @@ def fast_path_problem(run: Callable[[str], "object"], dtype, path: str = "fast",
     reference = (run("reference") if reference is None else reference).double()
     try:
         fast = run(path).double()
-    except VirnucproError:  # a stop signal (exit 6) is the user's, never a reason to fall back
-        raise
     except Exception as exc:  # a missing kernel, an old driver, no compiler: anything means "do not use it"
+        if stop_inside(exc) is not None:  # a stop signal (exit 6), even wrapped by torch.compile
+            raise stop_inside(exc) from None
         return f"it raised {describe_exception(exc)}"
     if fast.shape != reference.shape:
         return f"it gave vectors of shape {tuple(fast.shape)}, not {tuple(reference.shape)}"
@@ -180,6 +180,7 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
     for candidate in ["fast", FAST_COMPILED] if compiled.wanted(compile, device) else ["fast"]:
         start = time.perf_counter()
         problem = fast_path_problem(run, dtype, candidate, reference)
+        check_stop()  # a stop a compiler swallowed whole
         if problem:
             from virnucpro.console import warn
 
@@ -199,6 +200,8 @@ def forward_on_path(model: str, encoder, collated):
     try:
         return encoder._run(collated, encoder.path)
     except compile_errors() as exc:
+        if stop_inside(exc) is not None:
+            raise stop_inside(exc) from None
         inner = getattr(exc, "inner_exception", None)
         if encoder.path != FAST_COMPILED or isinstance(inner, torch.cuda.OutOfMemoryError):
             raise inner if isinstance(inner, torch.cuda.OutOfMemoryError) else exc

@@ -61,7 +61,7 @@ def use_cache(folder: Path | None = None) -> Path:
         return _torch_default()
     from virnucpro.outdir import refuse_nesting
 
-    refuse_nesting(chosen, "--compile-cache", itself=True)
+    refuse_nesting(chosen, "--compile-cache", itself=True, held_too=True)
     try:
         chosen.mkdir(parents=True, exist_ok=True)
         writable = os.access(chosen, os.W_OK | os.X_OK)
