@@ -105,6 +105,42 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
                "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
+class _GlobalTracker:
+    """Follows just enough of a pickle's stack and memo to name what each GLOBAL/STACK_GLOBAL imports.
+
+    Every opcode pushes one entry (a string when it pushes one, else None), so the two strings a
+    STACK_GLOBAL pops are found even when they come from the memo.
+    """
+
+    def __init__(self, found: list[str]):
+        self.found = found
+        self.strings: list[Any] = []
+        self.memo: dict[int, Any] = {}
+
+    def see(self, name: str, arg: Any) -> None:
+        """Account for one opcode."""
+        if name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            self.found.append(_map_py2_name(module, attr))
+            self.strings.append(None)
+        elif name == "STACK_GLOBAL":
+            attr = self.strings.pop() if self.strings else None
+            module = self.strings.pop() if self.strings else None
+            resolved = isinstance(module, str) and isinstance(attr, str)
+            self.found.append(f"{module}.{attr}" if resolved else "<unresolvable STACK_GLOBAL>")
+            self.strings.append(None)
+        elif name in _STRING_OPS:
+            self.strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else arg)
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            self.memo[int(arg)] = self.strings[-1] if self.strings else None
+        elif name == "MEMOIZE":
+            self.memo[len(self.memo)] = self.strings[-1] if self.strings else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            self.strings.append(self.memo.get(int(arg)))
+        elif name not in ("FRAME", "PROTO"):
+            self.strings.append(None)
+
+
 def pickle_globals(data: bytes) -> list[str]:
     """Every global (`module.name`) the pickle stream(s) in `data` would import, in order.
 
@@ -116,34 +152,10 @@ def pickle_globals(data: bytes) -> list[str]:
     stream = io.BytesIO(data)
     while stream.tell() < len(data):
         start = stream.tell()
-        strings: list[Any] = []
-        memo: dict[int, Any] = {}
+        tracker = _GlobalTracker(found)
         try:
             for op, arg, _pos in pickletools.genops(stream):
-                name = op.name
-                if name == "GLOBAL":
-                    module, _, attr = str(arg).partition(" ")
-                    found.append(_map_py2_name(module, attr))
-                    strings.append(None)
-                elif name == "STACK_GLOBAL":
-                    attr = strings.pop() if strings else None
-                    module = strings.pop() if strings else None
-                    if isinstance(module, str) and isinstance(attr, str):
-                        found.append(f"{module}.{attr}")
-                    else:
-                        found.append("<unresolvable STACK_GLOBAL>")
-                    strings.append(None)
-                elif name in _STRING_OPS:
-                    strings.append(arg if isinstance(arg, str) else
-                                   arg.decode("latin-1") if isinstance(arg, bytes) else arg)
-                elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                    memo[int(arg)] = strings[-1] if strings else None
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = strings[-1] if strings else None
-                elif name in ("BINGET", "LONG_BINGET", "GET"):
-                    strings.append(memo.get(int(arg)))
-                elif name not in ("FRAME", "PROTO"):
-                    strings.append(None)
+                tracker.see(op.name, arg)
         except Exception:  # noqa: BLE001 - not (or no longer) a pickle: stop scanning
             break
         if stream.tell() == start:
@@ -258,14 +270,24 @@ def load_classifier(path: Path) -> MLPClassifier:
         raise ModelsError(f"classifier file {path} does not exist",
                           hint="virnucpro models download --only classifier_500")
     if _is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        return _load_safetensors(path)
+    _refuse_foreign_globals(path)
+    return _model_from_unpickled(_unpickle_weights_only(path), path)
 
-        try:
-            return _build(load_file(str(path), device="cpu"), path)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None
 
+def _load_safetensors(path: Path) -> MLPClassifier:
+    """A classifier from a `.safetensors` file with the state_dict's key names."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return _build(load_file(str(path), device="cpu"), path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
+def _refuse_foreign_globals(path: Path) -> None:
+    """Exit 4 before unpickling when the pickle names anything outside the allow-list."""
     try:
         offending = [g for g in pickle_globals(_pickles_in(path)) if g not in _allowed_globals()]
     except zipfile.BadZipFile as exc:
@@ -273,11 +295,14 @@ def load_classifier(path: Path) -> MLPClassifier:
     if offending:
         raise _refuse(path, offending)
 
+
+def _unpickle_weights_only(path: Path) -> Any:
+    """torch's weights_only unpickler, allowed the MLP's classes; every failure is exit 4."""
     safe = [(MLPClassifier, "__main__.MLPClassifier"), MLPClassifier,
             *[(cls, name) for name, cls in _MODULE_CLASSES.items()]]
     try:
         with torch.serialization.safe_globals(safe):
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure of an untrusted file is exit 4
         message = str(exc)
         match = _GLOBAL_IN_MESSAGE.search(message)
@@ -292,6 +317,9 @@ def load_classifier(path: Path) -> MLPClassifier:
                           hint="give the 300_model.pth/500_model.pth of VirNucPro or a file saved from "
                                "virnucpro's MLPClassifier") from None
 
+
+def _model_from_unpickled(obj: Any, path: Path) -> MLPClassifier:
+    """A fresh MLPClassifier holding only the numbers of an unpickled model or state_dict."""
     if isinstance(obj, MLPClassifier):
         state, eps = _state_from_module(obj, path)
         return _build(state, path, eps)

@@ -290,12 +290,42 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
             output: OutputFolder | None = None) -> Path:
     """Run the predict stage; every output file is written under `outdir` (`run` passes its own
     claimed folder as `output`)."""
-    from virnucpro.models import store
-    from virnucpro.classifier import load_classifier
-    from virnucpro.report import write_report
-
     started = time.monotonic()
     prepared, outdir = Path(prepared), Path(outdir)
+    inputs = _checked_inputs(prepared, embeddings, outdir, classifier, models)
+    with _claimed(outdir, output) as output, output_errors(outdir):
+        staging = outdir / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
+                                                     stage_seconds)
+            output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks: {calls['virus']:,} virus, "
+         f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty "
+         f"sequences -> {outdir}")
+    return outdir
+
+
+@dataclass
+class _Inputs:
+    """What predict reads, every part already checked against the others."""
+
+    manifest: dict
+    shards: list
+    model: object
+    classifier: Path
+    tiny: bool
+
+
+def _checked_inputs(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier: Path | None,
+                    models: Path | None) -> _Inputs:
+    """The prepared manifest, the HDF5 shards in order and the classifier, cross-checked (exit 3-5)."""
+    from virnucpro.classifier import load_classifier
+    from virnucpro.models import store
+
     manifest = fmt.load_manifest(prepared)
     if outdir.resolve() == prepared.resolve():
         raise BadInputError(f"--outdir {outdir} is the --prepared directory: its chunks.tsv and "
@@ -310,27 +340,24 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     model = load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
     check_stage_files(prepared, manifest, shards)
-    with _claimed(outdir, output) as output, output_errors(outdir):
-        staging = outdir / STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
-            chunks, histogram, rows = classify_shards(shards, model, staging)
-            write_highest(chunks, staging)
-            summary = write_our_tables(prepared, chunks, staging, threshold)
-            seconds = dict(stage_seconds or {})
-            seconds["predict"] = round(time.monotonic() - started, 3)
-            run_info = _run_info(manifest, shards, Path(classifier), threshold, tiny, seconds)
-            write_report(staging / REPORT, manifest=manifest, rows=rows, n_chunks_scored=len(chunks),
-                         summary=summary, histogram=histogram.counts, run_info=run_info)
-            (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
-            output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    calls = summary["calls"]
-    info(f"predicted {rows:,} ORFs in {len(chunks):,} chunks: {calls['virus']:,} virus, {calls['others']:,} "
-         f"others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty sequences -> {outdir}")
-    return outdir
+    return _Inputs(manifest, shards, model, Path(classifier), tiny)
+
+
+def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: float, started: float,
+                   stage_seconds: dict | None) -> tuple[int, int, dict]:
+    """Every output file into `staging`; returns the chunks and ORFs scored and the calls per class."""
+    from virnucpro.report import write_report
+
+    chunks, histogram, rows = classify_shards(inputs.shards, inputs.model, staging)
+    write_highest(chunks, staging)
+    summary = write_our_tables(prepared, chunks, staging, threshold)
+    seconds = dict(stage_seconds or {})
+    seconds["predict"] = round(time.monotonic() - started, 3)
+    run_info = _run_info(inputs.manifest, inputs.shards, inputs.classifier, threshold, inputs.tiny, seconds)
+    write_report(staging / REPORT, manifest=inputs.manifest, rows=rows, n_chunks_scored=len(chunks),
+                 summary=summary, histogram=histogram.counts, run_info=run_info)
+    (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
+    return len(chunks), rows, summary["calls"]
 
 
 def _claimed(outdir: Path, output: OutputFolder | None):

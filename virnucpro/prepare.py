@@ -20,9 +20,9 @@ import sys
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -143,45 +143,68 @@ def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
     Translation reads the chunks case-blind; ORF nucleotides come from the upper-cased strand, as
     in the original.
     """
-    if not chunks:
+    frames = _stop_free_frames(chunks) if chunks else None
+    if frames is None:
         return []
+    proteins, sizes = _translate_frames(frames)
+    return _collect_orfs(chunks, frames, proteins, sizes)
+
+
+@dataclass
+class _Frames:
+    """The stop-free frames of a list of chunks, vectorised: one entry per (chunk, frame slot)."""
+
+    codons: np.ndarray     # codon index at every position of the joined chunks
+    offsets: np.ndarray    # where each chunk starts in the joined string
+    lengths: np.ndarray    # chunk lengths
+    chunk: np.ndarray      # chunk of each frame
+    slot: np.ndarray       # 0-5 = F1 F2 F3 R1 R2 R3
+    n_codons: np.ndarray   # whole codons in each frame
+
+
+def _stop_free_frames(chunks: Sequence[str]) -> Optional[_Frames]:
+    """Every frame with at least one codon and no stop codon, or None when there is none."""
     lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     codes = "".join(chunks).encode("ascii").translate(BASE_CODE_BYTES)
     codons = _codon_index(np.frombuffer(codes, dtype=np.uint8))
-
-    frame = np.arange(3)
-    counts = np.maximum(0, (lengths[:, None] - np.tile(frame, 2)[None, :]) // 3)
-    open_frame = counts > 0
-    open_frame &= ~_frames_with_stop(codons, offsets, lengths)
+    counts = np.maximum(0, (lengths[:, None] - np.tile(np.arange(3), 2)[None, :]) // 3)
+    open_frame = (counts > 0) & ~_frames_with_stop(codons, offsets, lengths)
     candidates = np.flatnonzero(open_frame.ravel())
     if not len(candidates):
-        return []
-
+        return None
     chunk, slot = np.divmod(candidates, 6)
-    n_codons = counts.ravel()[candidates]
-    shift = slot % 3
-    reverse = slot >= 3
+    return _Frames(codons, offsets, lengths, chunk, slot, counts.ravel()[candidates])
+
+
+def _translate_frames(f: _Frames) -> tuple[str, np.ndarray]:
+    """All proteins joined in one string, and each frame's amino-acid count (dropped codons excluded)."""
+    shift = f.slot % 3
+    reverse = f.slot >= 3
     # forward frames read ascending from offset+shift; reverse frames read the forward codons at
     # chunk positions L-3-shift, L-6-shift, ... (descending)
-    starts = np.where(reverse, offsets[chunk] + lengths[chunk] - 3 - shift, offsets[chunk] + shift)
+    starts = np.where(reverse, f.offsets[f.chunk] + f.lengths[f.chunk] - 3 - shift,
+                      f.offsets[f.chunk] + shift)
     steps = np.where(reverse, -3, 3)
-    seg_begin = np.cumsum(n_codons) - n_codons
-    within = np.arange(int(n_codons.sum()), dtype=np.int64) - np.repeat(seg_begin, n_codons)
-    element_codons = codons[np.repeat(starts, n_codons) + np.repeat(steps, n_codons) * within]
-    gathered = np.where(np.repeat(reverse, n_codons), REVERSE_AMINO[element_codons], FORWARD_AMINO[element_codons])
+    n = f.n_codons
+    seg_begin = np.cumsum(n) - n
+    within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(seg_begin, n)
+    element_codons = f.codons[np.repeat(starts, n) + np.repeat(steps, n) * within]
+    gathered = np.where(np.repeat(reverse, n), REVERSE_AMINO[element_codons], FORWARD_AMINO[element_codons])
     valid = gathered != 0
     valid_cum = np.concatenate([[0], np.cumsum(valid)])
-    n_amino = valid_cum[seg_begin + n_codons] - valid_cum[seg_begin]
-    protein_bytes = gathered[valid].tobytes().decode("ascii")
-    protein_ends = np.cumsum(n_amino)
+    n_amino = valid_cum[seg_begin + n] - valid_cum[seg_begin]
+    return gathered[valid].tobytes().decode("ascii"), n_amino
 
+
+def _collect_orfs(chunks: Sequence[str], f: _Frames, proteins: str, sizes: np.ndarray) -> list[Orf]:
+    """One Orf per frame that kept at least one amino acid, with its nucleotides from its strand."""
     orfs: list[Orf] = []
     strands: dict[int, tuple[str, str]] = {}  # chunk -> (upper-cased strand, its reverse complement)
     begin = 0
-    for k, s, end, size in zip(chunk.tolist(), slot.tolist(), protein_ends.tolist(), n_amino.tolist()):
-        protein = protein_bytes[begin:end]
-        begin = end
+    for k, s, size in zip(f.chunk.tolist(), f.slot.tolist(), sizes.tolist()):
+        protein = proteins[begin:begin + size]
+        begin += size
         if not size:
             continue  # every codon of the frame was dropped: the original keeps no empty protein
         pair = strands.get(k)
@@ -274,39 +297,54 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     parsed = list(group.parse())
     rna, masked = _check_letters(parsed, group.path)
     hashes = array("q", [hash(record.id) for record in parsed])
-    chunk_ids: list[str] = []
-    chunk_rows: list[str] = []  # the chunk table row without its ORF count
-    chunks: list[str] = []
-    first_chunk: list[int] = []  # per record, index of its first chunk
-    for record in parsed:
-        rid, sequence = record.id, record.sequence
-        length = len(sequence)
-        first_chunk.append(len(chunks))
-        if length <= chunk_size:
-            if length:
-                chunk_ids.append(f"{rid}_chunk_1")
-                chunk_rows.append(f"{rid}_chunk_1\t{rid}\t0\t{length}\t")
-                chunks.append(sequence)
-            continue
-        for k, (start, size) in enumerate(chunk_starts(length, chunk_size), start=1):
-            chunk_ids.append(f"{rid}_chunk_{k}")
-            chunk_rows.append(f"{rid}_chunk_{k}\t{rid}\t{start}\t{size}\t")
-            chunks.append(sequence[start:start + size])
-    first_chunk.append(len(chunks))
-    orf_lines, per_chunk = _translate_chunks(chunk_ids, chunks)
-    table = "".join(f"{row}{n}\n" for row, n in zip(chunk_rows, per_chunk))
+    cut = _cut_into_chunks(parsed, chunk_size)
+    orf_lines, per_chunk = _translate_chunks(cut.ids, cut.chunks)
+    table = "".join(f"{row}{n}\n" for row, n in zip(cut.rows, per_chunk))
     orfs_before = list(itertools.accumulate(per_chunk, initial=0))
     sequence_rows = []
     for r, record in enumerate(parsed):
         length = len(record.sequence)
-        first, last = first_chunk[r], first_chunk[r + 1]
+        first, last = cut.first_chunk[r], cut.first_chunk[r + 1]
         n_orfs = orfs_before[last] - orfs_before[first]
         status = "empty" if not length else "ok" if n_orfs else "no_orf"
         sequence_rows.append(f"{record.id}\t{length}\t{last - first}\t{n_orfs}\t{status}\t{masked[r]}\n")
     counts = Counts(sequences=len(parsed), empty_sequences=sum(1 for r in parsed if not r.sequence),
-                    bases=sum(len(r.sequence) for r in parsed), chunks=len(chunks),
+                    bases=sum(len(r.sequence) for r in parsed), chunks=len(cut.chunks),
                     chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
     return GroupResult(counts, orf_lines, table, "".join(sequence_rows), hashes, rna)
+
+
+@dataclass
+class _Chunked:
+    """The chunks of a group of records, with their ids, chunk-table rows (ORF count still to come)
+    and, per record, the index of its first chunk (plus one end index after the last record)."""
+
+    ids: list[str] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)
+    chunks: list[str] = field(default_factory=list)
+    first_chunk: list[int] = field(default_factory=list)
+
+    def add(self, rid: str, k: int, start: int, sequence: str) -> None:
+        """Chunk `k` (1-based) of record `rid`, starting at `start`."""
+        self.ids.append(f"{rid}_chunk_{k}")
+        self.rows.append(f"{rid}_chunk_{k}\t{rid}\t{start}\t{len(sequence)}\t")
+        self.chunks.append(sequence)
+
+
+def _cut_into_chunks(parsed: Sequence, chunk_size: int) -> _Chunked:
+    """Each record whole when it fits in `chunk_size` (none when empty), else its overlapping chunks."""
+    cut = _Chunked()
+    for record in parsed:
+        rid, sequence = record.id, record.sequence
+        cut.first_chunk.append(len(cut.chunks))
+        if len(sequence) <= chunk_size:
+            if sequence:
+                cut.add(rid, 1, 0, sequence)
+            continue
+        for k, (start, size) in enumerate(chunk_starts(len(sequence), chunk_size), start=1):
+            cut.add(rid, k, start, sequence[start:start + size])
+    cut.first_chunk.append(len(cut.chunks))
+    return cut
 
 
 # --- the sample: groups in order -------------------------------------------------------------

@@ -193,45 +193,71 @@ def pack(
     lengths = [int(len(t)) for t in tokens]
     if not lengths:
         raise ValueError("empty batch")
-    longest = max(lengths)
-    if packed:
-        rows = pack_rows(lengths, max(capacity or longest, longest))
-    else:
-        rows = [[i] for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))]
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    width = -(-width // multiple_of) * multiple_of
-    n_rows, n_slots = len(rows), max(len(row) for row in rows)
-
-    ids = np.full((n_rows, width), pad_id, dtype=np.int64)
-    slot = np.full((n_rows, width), -1, dtype=np.int64)
-    pos = np.zeros((n_rows, width), dtype=np.int64)
-    pool = np.zeros((n_rows, n_slots, width), dtype=np.float32)
-    where = np.zeros((len(lengths), 2), dtype=np.int64)
-    scale = np.zeros((n_rows, width), dtype=np.float32) if token_scale is not None else None
+    rows = _arrange_rows(lengths, packed, capacity)
+    width = -(-max(sum(lengths[i] for i in row) for row in rows) // multiple_of) * multiple_of
+    host = _HostLayout.empty(len(rows), max(len(row) for row in rows), width, len(lengths), pad_id,
+                             with_scale=token_scale is not None)
     for r, row in enumerate(rows):
         offset = 0
         for s, i in enumerate(row):
-            length = lengths[i]
-            span = slice(offset, offset + length)
-            ids[r, span] = tokens[i]
-            slot[r, span] = s
-            pos[r, span] = np.arange(length)
-            start, stop = pool_range(length)
-            if stop <= start:
-                raise ValueError(f"sequence {i} has nothing to pool ({length} tokens)")
-            pool[r, s, offset + start:offset + stop] = 1.0 / (stop - start)
-            if scale is not None:
-                scale[r, span] = token_scale(ids[r, span])
-            where[i] = (r, s)
-            offset += length
+            host.place(tokens[i], i, r, s, offset, pool_range, token_scale)
+            offset += lengths[i]
     full = all(len(row) == 1 for row in rows) and all(lengths[row[0]] == width for row in rows)
     pinned = torch.device(device).type == "cuda"
     batch = PackedBatch(
-        ids=_host(ids, pinned), slot=_host(slot, pinned), pos=_host(pos, pinned), pool=_host(pool, pinned),
-        where=_host(where, pinned), one_per_row_no_pad=full,
-        stream=stream_layout(slot, [lengths[i] for row in rows for i in row], pinned),
+        ids=_host(host.ids, pinned), slot=_host(host.slot, pinned), pos=_host(host.pos, pinned),
+        pool=_host(host.pool, pinned), where=_host(host.where, pinned), one_per_row_no_pad=full,
+        stream=stream_layout(host.slot, [lengths[i] for row in rows for i in row], pinned),
     )
-    return batch, (_host(scale, pinned) if scale is not None else None)
+    return batch, (_host(host.scale, pinned) if host.scale is not None else None)
+
+
+def _arrange_rows(lengths: list[int], packed: bool, capacity: Optional[int]) -> list[list[int]]:
+    """Sequence indexes per row: several per row when `packed`, else one per row, longest first."""
+    if packed:
+        longest = max(lengths)
+        return pack_rows(lengths, max(capacity or longest, longest))
+    return [[i] for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))]
+
+
+@dataclass
+class _HostLayout:
+    """The numpy arrays of one batch while `pack` fills them, one sequence at a time."""
+
+    ids: np.ndarray
+    slot: np.ndarray
+    pos: np.ndarray
+    pool: np.ndarray
+    where: np.ndarray
+    scale: Optional[np.ndarray]
+
+    @classmethod
+    def empty(cls, n_rows: int, n_slots: int, width: int, n_sequences: int, pad_id: int,
+              with_scale: bool) -> "_HostLayout":
+        """All padding: pad ids, slot -1, nothing pooled."""
+        return cls(ids=np.full((n_rows, width), pad_id, dtype=np.int64),
+                   slot=np.full((n_rows, width), -1, dtype=np.int64),
+                   pos=np.zeros((n_rows, width), dtype=np.int64),
+                   pool=np.zeros((n_rows, n_slots, width), dtype=np.float32),
+                   where=np.zeros((n_sequences, 2), dtype=np.int64),
+                   scale=np.zeros((n_rows, width), dtype=np.float32) if with_scale else None)
+
+    def place(self, tokens: np.ndarray, i: int, r: int, s: int, offset: int,
+              pool_range: Callable[[int], tuple[int, int]],
+              token_scale: Optional[Callable[[np.ndarray], np.ndarray]]) -> None:
+        """Sequence `i` into row `r`, slot `s`, from column `offset`, with its pooling weights."""
+        length = len(tokens)
+        span = slice(offset, offset + length)
+        self.ids[r, span] = tokens
+        self.slot[r, span] = s
+        self.pos[r, span] = np.arange(length)
+        start, stop = pool_range(length)
+        if stop <= start:
+            raise ValueError(f"sequence {i} has nothing to pool ({length} tokens)")
+        self.pool[r, s, offset + start:offset + stop] = 1.0 / (stop - start)
+        if self.scale is not None:
+            self.scale[r, span] = token_scale(self.ids[r, span])
+        self.where[i] = (r, s)
 
 
 def _host(array: np.ndarray, pinned: bool) -> torch.Tensor:
