@@ -122,14 +122,43 @@ def test_highestscore_sorted_like_pandas_groupby_and_uses_the_original_rule(gold
 
 def test_reference_tables_reproduced_from_their_scores(tmp_path, reference_dir):
     """The vanilla highest-score table follows from its own prediction table by our per-chunk rule."""
-    from virnucpro.predict import ChunkScore, _update_chunk, write_highest
+    from virnucpro.predict import HighestTable, chunk_scores
 
-    chunks: dict[str, ChunkScore] = {}
-    for orf_id, _, s1, s2 in table(reference_dir / "vanilla/test_with_orfs_prediction_results.txt")[1:]:
-        _update_chunk(chunks, orf_id, float(s2), float(s1))
-    write_highest(chunks, tmp_path)
+    rows = table(reference_dir / "vanilla/test_with_orfs_prediction_results.txt")[1:]
+    highest = HighestTable(tmp_path / "runs")
+    for chunk in chunk_scores((orf_id, float(s2), float(s1)) for orf_id, _, s1, s2 in rows):
+        highest.add(chunk)
+    highest.write(tmp_path / "prediction_results_highestscore.csv")
     assert ((tmp_path / "prediction_results_highestscore.csv").read_text()
             == (reference_dir / "vanilla/test_with_orfs_prediction_results_highestscore.csv").read_text())
+
+
+def test_highest_table_merges_sorted_runs_in_bounded_memory(tmp_path):
+    """Rows spilled in runs of 3 and merged equal one in-memory sort by chunk id as strings."""
+    from virnucpro.predict import ChunkScore, HighestTable
+
+    rng = random.Random(5)
+    ids = [f"s{rng.randrange(40)}_{n}_chunk_{rng.randrange(1, 12)}" for n in range(50)]
+    highest = HighestTable(tmp_path / "runs", run_lines=3)
+    for n, chunk_id in enumerate(ids):
+        highest.add(ChunkScore(chunk_id, chunk_id + "F1", n % 3 / 3, 0.5))
+        assert len(highest.pending) < 3
+    assert len(highest.runs) == 16
+    highest.write(tmp_path / "highest.csv")
+    expected = [f"{c}\t{n % 3 / 3 >= 0.5}" for c, n in sorted((c, n) for n, c in enumerate(ids))]
+    assert (tmp_path / "highest.csv").read_text().splitlines() == ["Modified_ID\tIs_Virus", *expected]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_small_sort_runs_give_the_same_outputs(tmp_path, monkeypatch, golden_prepared, golden_embeddings,
+                                               golden_predicted, tiny_models):
+    """Predict streams in input order: with runs of 2 rows every output is unchanged."""
+    import virnucpro.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "HIGHEST_RUN_LINES", 2)
+    predict(golden_prepared, golden_embeddings, tmp_path / "out", models=tiny_models)
+    for name in TABLES:
+        assert (tmp_path / "out" / name).read_text() == (golden_predicted / name).read_text()
 
 
 def test_shard_order_does_not_matter(tmp_path, golden_prepared, golden_embeddings, golden_predicted, tiny_models):

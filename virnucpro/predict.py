@@ -10,15 +10,16 @@ warning in the report of a successful run.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import itertools
 import json
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -40,6 +41,8 @@ CHUNK_COLUMNS = ("chunk_id", "sequence_id", "start", "length", "n_orfs", "best_o
 SEQUENCE_COLUMNS = ("sequence_id", "length", "n_chunks", "n_chunks_virus", "n_chunks_no_orf", "fraction_virus",
                     "max_score_virus", "mean_score_virus", "call")
 HISTOGRAM_BINS = 20
+TOP_SEQUENCES = 25  # sequences listed in the report
+HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~100 MB)
 
 
 # --- shard checks ----------------------------------------------------------------------------------
@@ -137,15 +140,27 @@ def _id_text(value: str | None) -> str:
     return "missing (no more rows)" if value is None else repr(value)
 
 
-# --- per-chunk accumulation ------------------------------------------------------------------------
+# --- per-ORF scores and per-chunk maxima, streamed in input order ----------------------------------
 
 @dataclass
 class ChunkScore:
     """The best ORF of a chunk and the maxima the original's per-chunk call compares."""
 
+    chunk_id: str
     best_orf: str
     max_virus: float
     max_others: float
+
+    def add(self, orf_id: str, virus: float, others: float) -> None:
+        """One more ORF of this chunk: the first ORF with the highest virus score stays the best."""
+        if virus > self.max_virus:
+            self.best_orf, self.max_virus = orf_id, virus
+        self.max_others = max(self.max_others, others)
+
+    @property
+    def is_virus(self) -> bool:
+        """The original's rule: best virus score at least the best others score."""
+        return self.max_virus >= self.max_others
 
 
 @dataclass
@@ -163,14 +178,14 @@ def _score_text(value: np.float32) -> str:
     return str(np.float32(value))
 
 
-def classify_shards(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Path
-                    ) -> tuple[dict[str, ChunkScore], ScoreHistogram, int]:
-    """Write prediction_results.txt shard by shard; return per-chunk scores, histogram and row count."""
+def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Path,
+               histogram: ScoreHistogram) -> Iterator[tuple[str, float, float]]:
+    """Write prediction_results.txt block by block, yielding (orf_id, virus, others) per ORF in order.
+
+    The scores yielded are the parsed text values, as the original re-reads its table with pandas.
+    """
     from virnucpro.classifier import predict_proba
 
-    chunks: dict[str, ChunkScore] = {}
-    histogram = ScoreHistogram()
-    rows = 0
     with open(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out:
         out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         for shard in shards:
@@ -178,16 +193,20 @@ def classify_shards(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir
                 _check_finite(features, ids, shard.path)
                 probabilities = predict_proba(classifier, features)
                 histogram.add(probabilities[:, 1])
-                lines = []
-                for orf_id, (others, virus) in zip(ids, probabilities):
-                    label = "virus" if virus > others else "others"  # torch.max keeps the first on ties
-                    text_others, text_virus = _score_text(others), _score_text(virus)
-                    lines.append(f"{orf_id}\t{label}\t{text_others}\t{text_virus}\n")
-                    # the original re-reads its table with pandas: compare the parsed text values
-                    _update_chunk(chunks, orf_id, float(text_virus), float(text_others))
+                lines, scores = _result_lines(ids, probabilities)
                 out.write("".join(lines))
-                rows += len(ids)
-    return chunks, histogram, rows
+                yield from scores
+
+
+def _result_lines(ids: Sequence[str], probabilities: np.ndarray) -> tuple[list[str], list[tuple[str, float, float]]]:
+    """prediction_results.txt lines of one block, and each ORF's (id, virus, others) as written."""
+    lines, scores = [], []
+    for orf_id, (others, virus) in zip(ids, probabilities):
+        label = "virus" if virus > others else "others"  # torch.max keeps the first on ties
+        text_others, text_virus = _score_text(others), _score_text(virus)
+        lines.append(f"{orf_id}\t{label}\t{text_others}\t{text_virus}\n")
+        scores.append((orf_id, float(text_virus), float(text_others)))
+    return lines, scores
 
 
 def _check_finite(features: np.ndarray, ids: Sequence[str], path: Path) -> None:
@@ -200,87 +219,197 @@ def _check_finite(features: np.ndarray, ids: Sequence[str], path: Path) -> None:
                              "the GPU or the model files: `virnucpro models check`)")
 
 
-def _update_chunk(chunks: dict[str, ChunkScore], orf_id: str, virus: float, others: float) -> None:
-    chunk_id = orf_id[:-2]
-    current = chunks.get(chunk_id)
-    if current is None:
-        chunks[chunk_id] = ChunkScore(orf_id, virus, others)
-        return
-    if virus > current.max_virus:
-        current.best_orf, current.max_virus = orf_id, virus
-    current.max_others = max(current.max_others, others)
+def chunk_scores(orfs: Iterable[tuple[str, float, float]]) -> Iterator[ChunkScore]:
+    """Each chunk's ChunkScore once its last ORF is seen (a chunk's ORFs are consecutive: checked
+    against the prepared tables before any output is written)."""
+    current: ChunkScore | None = None
+    for orf_id, virus, others in orfs:
+        chunk_id = orf_id[:-2]
+        if current is not None and current.chunk_id == chunk_id:
+            current.add(orf_id, virus, others)
+            continue
+        if current is not None:
+            yield current
+        current = ChunkScore(chunk_id, orf_id, virus, others)
+    if current is not None:
+        yield current
 
 
-def write_highest(chunks: dict[str, ChunkScore], outdir: Path) -> None:
-    """The original's per-chunk table: pandas groupby sorts the chunk ids as strings."""
-    with open(outdir / HIGHEST, "w", encoding="utf-8", newline="\n") as out:
-        out.write("Modified_ID\tIs_Virus\n")
-        out.write("".join(f"{chunk_id}\t{_is_virus(chunks[chunk_id])}\n" for chunk_id in sorted(chunks)))
+class HighestTable:
+    """The original's per-chunk table, sorted by chunk id as pandas groupby sorts it (as strings).
 
+    Memory stays bounded: rows are sorted in runs of `run_lines`, each spilled to a file in `folder`,
+    and the runs are merged when the table is written.
+    """
 
-def _is_virus(chunk: ChunkScore) -> bool:
-    return chunk.max_virus >= chunk.max_others
+    def __init__(self, folder: Path, run_lines: int | None = None):
+        self.folder, self.run_lines = folder, run_lines or HIGHEST_RUN_LINES
+        self.pending: list[tuple[str, bool]] = []
+        self.runs: list[Path] = []
+
+    def add(self, chunk: ChunkScore) -> None:
+        """One chunk's row; a full run goes to disk."""
+        self.pending.append((chunk.chunk_id, chunk.is_virus))
+        if len(self.pending) >= self.run_lines:
+            self._spill()
+
+    def _spill(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        run = self.folder / f"run_{len(self.runs):05d}.tsv"
+        self.pending.sort()
+        run.write_text("".join(f"{chunk_id}\t{virus}\n" for chunk_id, virus in self.pending), encoding="utf-8")
+        self.runs.append(run)
+        self.pending = []
+
+    def write(self, path: Path) -> None:
+        """Merge the runs into `path`, then remove them."""
+        if self.pending:
+            self._spill()
+        with contextlib.ExitStack() as stack, open(path, "w", encoding="utf-8", newline="\n") as out:
+            out.write("Modified_ID\tIs_Virus\n")
+            runs = [stack.enter_context(open(run, encoding="utf-8", newline="\n")) for run in self.runs]
+            out.writelines(heapq.merge(*runs, key=lambda line: line.split("\t", 1)[0]))
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # --- our tables ----------------------------------------------------------------------------------
 
 @dataclass
 class SequenceTally:
-    length: int
+    """One input sequence's chunks, counted while its rows of chunks.tsv are written."""
+
     n_chunks: int = 0
     virus: int = 0
     no_orf: int = 0
-    scores: list[float] = field(default_factory=list)
+    scored: int = 0
+    total: float = 0.0
+    top: float | None = None
+
+    def add(self, score: ChunkScore | None) -> None:
+        self.n_chunks += 1
+        if score is None:
+            self.no_orf += 1
+            return
+        self.virus += score.is_virus
+        self.scored += 1
+        self.total += score.max_virus
+        self.top = score.max_virus if self.top is None else max(self.top, score.max_virus)
 
     def call(self, threshold: float, empty: bool) -> str:
         if empty:
             return "empty"
-        if not self.scores:
+        if not self.scored:
             return "no_orf"
-        return "virus" if self.virus / len(self.scores) >= threshold else "others"
+        return "virus" if self.virus / self.scored >= threshold else "others"
+
+    def row(self, seq: dict[str, str], call: str) -> str:
+        """This sequence's line of our sequences.tsv."""
+        fraction = self.virus / self.scored if self.scored else None
+        mean = self.total / self.scored if self.scored else None
+        return (f"{seq['sequence_id']}\t{seq['length']}\t{seq['n_chunks']}\t{self.virus}\t{self.no_orf}\t"
+                f"{_fmt(fraction)}\t{_fmt(self.top)}\t{_fmt(mean)}\t{call}\n")
 
 
 def _fmt(value: float | None) -> str:
     return "NA" if value is None else f"{value:.6g}"
 
 
-def write_our_tables(prepared: Path, chunks: dict[str, ChunkScore], outdir: Path, threshold: float) -> dict:
-    """chunks.tsv and sequences.tsv, every chunk and every input sequence; returns call counts."""
-    tallies: dict[str, SequenceTally] = {}
-    with open(outdir / CHUNKS_OUT, "w", encoding="utf-8", newline="\n") as out:
-        out.write("\t".join(CHUNK_COLUMNS) + "\n")
-        for row in fmt.read_table(prepared / fmt.CHUNKS):
-            tally = tallies.setdefault(row["sequence_id"], SequenceTally(0))
-            tally.n_chunks += 1
-            score = chunks.get(row["chunk_id"])
-            if score is None:
-                tally.no_orf += 1
-                call, best, top = "no_orf", "NA", None
-            else:
-                call = "virus" if _is_virus(score) else "others"
-                best, top = score.best_orf, score.max_virus
-                tally.virus += call == "virus"
-                tally.scores.append(score.max_virus)
-            out.write(f"{row['chunk_id']}\t{row['sequence_id']}\t{row['start']}\t{row['length']}\t"
-                      f"{row['n_orfs']}\t{best}\t{_fmt(top)}\t{call}\n")
-    calls = {"virus": 0, "others": 0, "no_orf": 0, "empty": 0}
-    top_sequences = []
-    with open(outdir / SEQUENCES_OUT, "w", encoding="utf-8", newline="\n") as out:
-        out.write("\t".join(SEQUENCE_COLUMNS) + "\n")
-        for row in fmt.read_table(prepared / fmt.SEQUENCES):
-            tally = tallies.get(row["sequence_id"], SequenceTally(0))
-            call = tally.call(threshold, row["status"] == "empty")
-            calls[call] += 1
-            scored = len(tally.scores)
-            fraction = tally.virus / scored if scored else None
-            top = max(tally.scores) if scored else None
-            mean = sum(tally.scores) / scored if scored else None
-            out.write(f"{row['sequence_id']}\t{row['length']}\t{row['n_chunks']}\t{tally.virus}\t{tally.no_orf}\t"
-                      f"{_fmt(fraction)}\t{_fmt(top)}\t{_fmt(mean)}\t{call}\n")
-            if top is not None:
-                top_sequences.append((fraction, top, row["sequence_id"], int(row["length"]), int(row["n_chunks"]), call))
-    top_sequences.sort(key=lambda t: (-t[0], -t[1], t[2]))
-    return {"calls": calls, "top": top_sequences[:25]}
+class _NextChunk:
+    """The chunk-score stream, taken one chunk at a time when the chunk table reaches that chunk."""
+
+    def __init__(self, scores: Iterable[ChunkScore]):
+        self._scores = iter(scores)
+        self.waiting = next(self._scores, None)
+        self.taken = 0
+
+    def take(self, chunk_id: str) -> ChunkScore | None:
+        """The score of `chunk_id` when it is the next scored chunk, else None (a chunk without ORF)."""
+        if self.waiting is None or self.waiting.chunk_id != chunk_id:
+            return None
+        found, self.waiting = self.waiting, next(self._scores, None)
+        self.taken += 1
+        return found
+
+
+@dataclass
+class _Summary:
+    """Calls per class, the 25 best-scored sequences for the report, chunks scored."""
+
+    calls: dict = field(default_factory=lambda: {"virus": 0, "others": 0, "no_orf": 0, "empty": 0})
+    top: list = field(default_factory=list)
+    chunks_scored: int = 0
+
+    def add(self, seq: dict[str, str], tally: SequenceTally, call: str) -> None:
+        self.calls[call] += 1
+        if tally.scored:
+            self.top.append((tally.virus / tally.scored, tally.top, seq["sequence_id"], int(seq["length"]),
+                             int(seq["n_chunks"]), call))
+            if len(self.top) > 4 * TOP_SEQUENCES:
+                self._trim()
+
+    def _trim(self) -> None:
+        self.top = sorted(self.top, key=lambda t: (-t[0], -t[1], t[2]))[:TOP_SEQUENCES]
+
+    def as_dict(self) -> dict:
+        self._trim()
+        return {"calls": self.calls, "top": self.top}
+
+
+def write_tables(prepared: Path, scores: Iterable[ChunkScore], outdir: Path, threshold: float) -> _Summary:
+    """chunks.tsv, sequences.tsv and the highest-score table in one pass: the prepared sequence and
+    chunk tables and the chunk scores all come in input order, so memory stays O(block)."""
+    summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS)
+    scored, highest = _NextChunk(scores), HighestTable(outdir / ".highest-runs")
+    with open(outdir / CHUNKS_OUT, "w", encoding="utf-8", newline="\n") as chunks_out, \
+            open(outdir / SEQUENCES_OUT, "w", encoding="utf-8", newline="\n") as sequences_out:
+        chunks_out.write("\t".join(CHUNK_COLUMNS) + "\n")
+        sequences_out.write("\t".join(SEQUENCE_COLUMNS) + "\n")
+        for seq in fmt.read_table(prepared / fmt.SEQUENCES):
+            tally = SequenceTally()
+            for row in itertools.islice(chunk_rows, int(seq["n_chunks"])):
+                score = _chunk_of(seq, row, scored, prepared)
+                tally.add(score)
+                if score is not None:
+                    highest.add(score)
+                chunks_out.write(_chunk_row(row, score))
+            call = tally.call(threshold, seq["status"] == "empty")
+            summary.add(seq, tally, call)
+            sequences_out.write(tally.row(seq, call))
+    _check_all_used(prepared, chunk_rows, scored)
+    highest.write(outdir / HIGHEST)
+    summary.chunks_scored = scored.taken
+    return summary
+
+
+def _chunk_of(seq: dict[str, str], row: dict[str, str], scored: _NextChunk, prepared: Path) -> ChunkScore | None:
+    """The score of chunk `row` (None: no ORF), after checking the row belongs to sequence `seq`."""
+    if row["sequence_id"] != seq["sequence_id"]:
+        raise InconsistentInputsError(f"the prepared tables do not reconcile: chunk {row['chunk_id']!r} of "
+                                      f"{prepared / fmt.CHUNKS} belongs to {row['sequence_id']!r}, expected a "
+                                      f"chunk of {seq['sequence_id']!r}", fmt.REPAIR_HINT)
+    return scored.take(row["chunk_id"])
+
+
+def _chunk_row(row: dict[str, str], score: ChunkScore | None) -> str:
+    """One line of our chunks.tsv."""
+    if score is None:
+        call, best, top = "no_orf", "NA", None
+    else:
+        call, best, top = ("virus" if score.is_virus else "others"), score.best_orf, score.max_virus
+    return (f"{row['chunk_id']}\t{row['sequence_id']}\t{row['start']}\t{row['length']}\t"
+            f"{row['n_orfs']}\t{best}\t{_fmt(top)}\t{call}\n")
+
+
+def _check_all_used(prepared: Path, chunk_rows: Iterator[dict[str, str]], scored: _NextChunk) -> None:
+    """Every chunk row belongs to a listed sequence and every scored chunk to a chunk row (exit 5)."""
+    extra = next(chunk_rows, None)
+    if extra is not None:
+        raise InconsistentInputsError(f"the prepared tables do not reconcile: chunk {extra['chunk_id']!r} of "
+                                      f"{prepared / fmt.CHUNKS} belongs to no sequence of "
+                                      f"{prepared / fmt.SEQUENCES}", fmt.REPAIR_HINT)
+    if scored.waiting is not None:
+        raise InconsistentInputsError(f"ORFs of chunk {scored.waiting.chunk_id!r} were scored but "
+                                      f"{prepared / fmt.CHUNKS} does not list that chunk there", fmt.REPAIR_HINT)
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -348,21 +477,22 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
     """Every output file into `staging`; returns the chunks and ORFs scored and the calls per class."""
     from virnucpro.report import write_report
 
-    chunks, histogram, rows = classify_shards(inputs.shards, inputs.model, staging)
-    write_highest(chunks, staging)
-    summary = write_our_tables(prepared, chunks, staging, threshold)
+    histogram = ScoreHistogram()
+    orfs = score_orfs(inputs.shards, inputs.model, staging, histogram)
+    summary = write_tables(prepared, chunk_scores(orfs), staging, threshold)
+    rows = sum(histogram.counts)
     seconds = dict(stage_seconds or {})
     seconds["predict"] = round(time.monotonic() - started, 3)
     run_info = _run_info(inputs.manifest, inputs.shards, inputs.classifier, threshold, inputs.tiny, seconds)
-    write_report(staging / REPORT, manifest=inputs.manifest, rows=rows, n_chunks_scored=len(chunks),
-                 summary=summary, histogram=histogram.counts, run_info=run_info)
+    write_report(staging / REPORT, manifest=inputs.manifest, rows=rows, n_chunks_scored=summary.chunks_scored,
+                 summary=summary.as_dict(), histogram=histogram.counts, run_info=run_info)
     (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
-    return len(chunks), rows, summary["calls"]
+    return summary.chunks_scored, rows, summary.calls
 
 
 def _claimed(outdir: Path, output: OutputFolder | None):
     """The caller's claimed output folder, or this command's own claim on `--outdir`."""
-    return nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
+    return contextlib.nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
 
 
 def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
