@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,18 @@ def run_cli(capsys):
     import torch
 
     from virnucpro.cli import main
+    from virnucpro.errors import STOP_SIGNALS
     from virnucpro.threads import POOL_VARIABLES
 
     environment = {name: os.environ.get(name) for name in POOL_VARIABLES}
     torch_threads = torch.get_num_threads()
 
     def run(*args: str) -> tuple[int, str]:
+        handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         with pytest.raises(SystemExit) as exit_info:
             main([str(a) for a in args])
+        for sig, handler in handlers.items():  # a stopped command leaves stop signals ignored
+            signal.signal(sig, handler)
         captured = capsys.readouterr()
         return int(exit_info.value.code or 0), captured.err + captured.out
     yield run

@@ -236,7 +236,7 @@ def test_stop_signal_outside_the_embedding_loop_exits_6_and_loses_nothing(tmp_pa
     # while the finished shard is written: no temporary file left, every checkpoint part kept
     monkeypatch.setattr(h5shard, "verify_shard", signal_then(h5shard.verify_shard))
     code, message = run_cli(*command)
-    assert code == 6 and not out.exists() and not out.with_name(out.name + ".tmp").exists()
+    assert code == 6 and not out.exists() and not list(out.parent.glob(f".{out.name}.*.tmp"))
     monkeypatch.undo()
 
     code, message = run_cli(*command)
@@ -246,3 +246,73 @@ def test_stop_signal_outside_the_embedding_loop_exits_6_and_loses_nothing(tmp_pa
     assert ids == uninterrupted[0]
     np.testing.assert_array_equal(nuc, uninterrupted[1])
     np.testing.assert_array_equal(prot, uninterrupted[2])
+
+
+# --- stop signals that a library swallows or turns into another error ----------------------------
+
+def test_a_stop_a_library_swallowed_while_loading_ends_embed_before_any_batch(tmp_path, run_cli, tiny_models,
+                                                                              golden_prepared, monkeypatch):
+    """torch's import swallows an exception raised in it (`except Exception`): the stop must still
+    end the command (exit 6) before the shard is computed, not after it."""
+    import virnucpro.embed
+
+    load = virnucpro.embed._load_encoders
+    batches = []
+
+    def load_swallowing_a_stop(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Exception:  # noqa: BLE001 - what the library does
+            pass
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(virnucpro.embed, "_load_encoders", load_swallowing_a_stop)
+    monkeypatch.setattr(virnucpro.embed.Embedder, "run",
+                        lambda self, *a, **k: batches.append(1) or (_ for _ in ()).throw(AssertionError))
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu")
+    assert code == 6 and "SIGTERM received" in message, message
+    assert not batches and not (tmp_path / "s.h5").exists()
+
+
+def test_a_stop_turned_into_another_error_while_writing_is_exit_6(tmp_path, run_cli, tiny_models,
+                                                                 golden_prepared, monkeypatch):
+    """h5py mangles an exception raised inside its file callbacks (an AttributeError comes out):
+    after a stop, the command still exits 6, not 1 ("a bug"), and leaves no output or temporary file."""
+    from virnucpro import h5shard
+
+    write_rows = h5shard._write_rows
+
+    def write_rows_mangling_a_stop(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Exception as exc:  # noqa: BLE001
+            raise AttributeError("'_io.FileIO' object has no attribute 'flush'") from exc
+        return write_rows(*args, **kwargs)
+
+    monkeypatch.setattr(h5shard, "_write_rows", write_rows_mangling_a_stop)
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu")
+    assert code == 6 and "SIGTERM received" in message and "bug" not in message, message
+    assert not (tmp_path / "s.h5").exists() and not list(tmp_path.glob("*.tmp")) + list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_stop_signal_while_the_process_exits_keeps_exit_6(tmp_path, tiny_models, golden_prepared):
+    """Ctrl-C twice or scancel's repeated TERM: a signal during the interpreter's shutdown after a
+    stop must not turn exit 6 into death by signal (143)."""
+    script = tmp_path / "twice.py"
+    script.write_text(
+        "import atexit, os, signal, sys\n"
+        "import virnucpro.embed as embed\n"
+        "from virnucpro.cli import main\n"
+        "load = embed._load_encoders\n"
+        "def stopping(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return load(*a, **k)\n"
+        "embed._load_encoders = stopping\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+        "main(sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, str(script), "embed", str(shard(golden_prepared)), "--models",
+                           str(tiny_models), "--out", str(tmp_path / "s.h5"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 6, (done.returncode, done.stderr[-2000:])

@@ -10,6 +10,7 @@ and run the writer in a child process, so that a crash shows as a crash.
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def assert_clean_exit_10(done: subprocess.CompletedProcess, out: Path) -> None:
     assert f"cannot write {out}" in done.stderr and "disk is full" in done.stderr, done.stderr
     for noise in ("Traceback", "h5py", "HDF5", "Fatal Python error", "ref count"):
         assert noise not in done.stderr, done.stderr
-    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.*.tmp"))
 
 
 # free bytes: none at all (creating the file), inside the ids, inside the vectors, near the end
@@ -91,7 +92,7 @@ def test_the_same_shard_is_written_when_there_is_room(small_disk):
     assert done.returncode == 0, done.stderr
     with h5shard.open_h5(disk / "shard.h5") as handle:
         assert handle["ids"].shape == (RECORDS,) and handle["esm2"][-1, 0] == 0.25
-    assert not (disk / "shard.h5.tmp").exists()
+    assert not list(disk.glob(".shard.h5.*.tmp"))
 
 
 @pytest.mark.parametrize("free_kib", [36, 48])
@@ -111,8 +112,8 @@ def test_embed_to_a_full_disk_is_exit_10_naming_the_file(small_disk, golden_prep
 class FailingFile:
     """An unbuffered file that raises ENOSPC once `room` bytes have been written to it."""
 
-    def __init__(self, path: Path, room: int):
-        self.raw = open(path, "wb+", buffering=0)
+    def __init__(self, raw, room: int):
+        self.raw = raw
         self.room = room
 
     def write(self, data) -> int:
@@ -124,11 +125,22 @@ class FailingFile:
         return getattr(self.raw, name)
 
 
+def fail_after(monkeypatch, room: int) -> None:
+    """The temporary HDF5 file fills after `room` bytes."""
+    new_temporary = h5shard._new_temporary
+
+    def failing_temporary(path: Path):
+        raw, tmp = new_temporary(path)
+        return FailingFile(raw, room), tmp
+
+    monkeypatch.setattr(h5shard, "_new_temporary", failing_temporary)
+
+
 @pytest.mark.parametrize("room", [0, 100, 2048, 30_000, 200_000])
 def test_a_write_error_in_any_phase_is_kept_and_reported_after_a_clean_close(tmp_path, monkeypatch, room):
     """HDF5 sees only writes that succeed; the first error is raised as exit 10 after the close."""
     out = tmp_path / "shard.h5"
-    monkeypatch.setattr(h5shard, "open", lambda path, *args, **kw: FailingFile(Path(path), room), raising=False)
+    fail_after(monkeypatch, room)
     ids = [f"read_{i:05d}_chunk_1F1" for i in range(RECORDS)]
 
     def rows(start: int, stop: int):
@@ -137,12 +149,12 @@ def test_a_write_error_in_any_phase_is_kept_and_reported_after_a_clean_close(tmp
     with pytest.raises(OutputWriteError, match="disk is full") as raised:
         h5shard.write_shard(out, ids, rows, WIDTHS, ATTRS)
     assert str(out) in str(raised.value)
-    assert not out.exists() and not (tmp_path / "shard.h5.tmp").exists()
+    assert not out.exists() and not list(tmp_path.glob(".shard.h5.*.tmp"))
 
 
 def test_after_a_failed_write_the_remaining_vectors_are_not_fetched(tmp_path, monkeypatch):
     """The rest of the file would only grow the in-memory copy: the writer stops at the next block."""
-    monkeypatch.setattr(h5shard, "open", lambda path, *args, **kw: FailingFile(Path(path), 40_000), raising=False)
+    fail_after(monkeypatch, 40_000)
     monkeypatch.setattr(h5shard, "ROWS_PER_WRITE", 100)
     fetched = []
 
@@ -156,10 +168,10 @@ def test_after_a_failed_write_the_remaining_vectors_are_not_fetched(tmp_path, mo
 
 
 def test_a_file_that_cannot_be_created_is_exit_10(tmp_path, monkeypatch):
-    def refuse(path, *args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir")))
 
-    monkeypatch.setattr(h5shard, "open", refuse, raising=False)
+    monkeypatch.setattr(h5shard.tempfile, "mkstemp", refuse)
     with pytest.raises(OutputWriteError, match="read-only"):
         h5shard.write_shard(tmp_path / "s.h5", ["a_chunk_1F1"], lambda a, b: (np.zeros((1, 2), "f4"),) * 2,
                             (2, 2), ATTRS)
@@ -174,3 +186,26 @@ def test_a_normal_write_reads_back_exactly(tmp_path):
         assert [v.decode() for v in handle["ids"][:]] == ids
         assert np.array_equal(np.concatenate([handle["dnabert_s"][:], handle["esm2"][:]], axis=1), vectors)
         assert handle.attrs["precision"] == "fp32"
+
+
+def test_a_link_or_file_named_like_a_temporary_is_never_written_through(tmp_path):
+    """The temporary HDF5 file is created exclusively under a new name: a symbolic link or a user's
+    file called `OUT.tmp` beside the output is left as it was."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out = tmp_path / "shard.h5"
+    (tmp_path / "shard.h5.tmp").symlink_to(victim)
+    ids = [f"r{i}" for i in range(RECORDS)]
+    h5shard.write_shard(out, ids, lambda a, b: (np.zeros((b - a, WIDTHS[0]), np.float32),
+                                                np.zeros((b - a, WIDTHS[1]), np.float32)), WIDTHS, ATTRS)
+    assert victim.read_text() == "mine" and (tmp_path / "shard.h5.tmp").is_symlink()
+    assert not out.is_symlink()
+    with h5shard.open_h5(out) as handle:
+        assert handle["ids"].shape == (RECORDS,)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

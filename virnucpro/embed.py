@@ -33,8 +33,8 @@ from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InconsistentInputsError, InterruptedByUser, VirnucproError, make_output_dir,
-                              output_errors)
+                              InconsistentInputsError, InterruptedByUser, VirnucproError, check_stop,
+                              ignore_stop_signals, make_output_dir, note_stop, output_errors)
 from virnucpro.outdir import file_lock, refuse_nesting
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
@@ -306,21 +306,31 @@ def _shared_sequences(parts: dict[Path, dict]) -> dict[Path, str]:
 # --- signals -------------------------------------------------------------------------------------------
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR2/SIGINT into a flag checked between batches (the batch in flight finishes)."""
+    """Turns SIGTERM/SIGUSR2/SIGINT into a flag checked between batches (the batch in flight finishes).
+
+    A stop that arrived before (and that a library swallowed) ends the command here, before any
+    batch; after a stop, stop signals stay ignored while the command winds down.
+    """
 
     def __init__(self):
         self.signal_name: str | None = None
         self._previous = {}
 
     def __enter__(self):
+        check_stop()
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, _frame) -> None:
+        if self.signal_name is None:
+            note_stop(signum)
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
+        if self.signal_name is not None:
+            ignore_stop_signals()
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

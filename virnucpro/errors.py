@@ -167,28 +167,41 @@ def stop_signals_exit_interrupted() -> Iterator[None]:
     """While a command runs, a stop signal raises `InterruptedByUser` (exit 6) at once.
 
     The embedding loop installs its own handlers that finish the batch in flight and save a
-    checkpoint first; outside it (imports, model loading, writing) nothing is left to save.
+    checkpoint first; outside it (imports, model loading, writing) nothing is left to save. Once a
+    stop has arrived, the command ends with exit 6 however it ends (a library may swallow the
+    exception or turn it into one of its own), and later stop signals are ignored from then on,
+    through the interpreter's shutdown too: the process is already on its way out.
     """
     def stop(signum, _frame) -> None:
-        for sig in STOP_SIGNALS:  # a second signal must not interrupt the clean-up of the first
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()  # a second signal must not interrupt the clean-up of the first
         _received.append(signum)
         raise _interrupted(signum)
 
     _received.clear()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        try:
-            yield
-        except SystemExit as done:  # typer ends a command that succeeded with exit 0
-            if done.code in (0, None):
-                check_stop()
-            raise
-        check_stop()
+        yield
+    except InterruptedByUser:
+        raise
+    except BaseException:
+        check_stop()  # whatever ended the command after a stop, the stop is the answer
+        raise
     finally:
-        _received.clear()  # the stop belongs to this command only
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not _received:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    check_stop()
+
+
+def ignore_stop_signals() -> None:
+    """Stop signals are ignored from here on."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def note_stop(signum: int) -> None:
+    """A stop signal handled elsewhere (the embedding loop's handler) counts for the command's exit."""
+    _received.append(signum)
 
 
 @contextmanager

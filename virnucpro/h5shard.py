@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, storage_error
+from virnucpro.outdir import file_mode
 from virnucpro.prepared import SHA256_TEXT, shown
 
 FORMAT_VERSION = 1
@@ -70,9 +72,9 @@ def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple
                 widths: tuple[int, int], attrs: dict) -> None:
     """Write ids and vectors (fetched block by block from `rows(start, stop)`) atomically to `path`;
     a storage failure is exit 10 naming `path`, with the temporary file removed."""
-    tmp = path.with_name(path.name + ".tmp")
+    raw, tmp = _new_temporary(path)
     try:
-        _write_through_file(tmp, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
+        _write_through_file(raw, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
         verify_shard(tmp, ids)
     except BaseException:
         with suppress(OSError):
@@ -143,13 +145,21 @@ def _write_all(handle, view: memoryview) -> int:
     return done
 
 
-def _write_through_file(tmp: Path, path: Path, fill: Callable) -> None:
-    """Create `tmp` as an HDF5 file and `fill(handle, failed)` it (`failed()` tells it that a write has
-    failed, so it can stop early); any storage error on the way is exit 10 naming `path`."""
+def _new_temporary(path: Path) -> tuple[io.FileIO, Path]:
+    """A new file beside `path` (`.NAME.XXXXXXXX.tmp`), created exclusively: an existing file or a
+    symbolic link of that name is never opened, so nothing we did not write is overwritten."""
     try:
-        guard = _StorageGuard(open(tmp, "wb+", buffering=0))
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _write_failed(path, exc) from None
+    os.fchmod(fd, file_mode())
+    return io.FileIO(fd, "wb+"), Path(name)
+
+
+def _write_through_file(raw: io.FileIO, path: Path, fill: Callable) -> None:
+    """Write an HDF5 file through `raw` and `fill(handle, failed)` it (`failed()` tells it that a write
+    has failed, so it can stop early); any storage error on the way is exit 10 naming `path`."""
+    guard = _StorageGuard(raw)
     try:
         with _h5py().File(guard, "w") as handle:
             fill(handle, lambda: guard.error is not None)

@@ -188,6 +188,14 @@ def _registered(subject: Path) -> Iterator[None]:
         _held.discard(key)
 
 
+def file_mode() -> int:
+    """The mode a plain `open()` would give a new file (mkstemp would give 0600: unreadable to
+    the other users of a shared models directory)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def folder_lock(folder: Path, what: str) -> Iterator[None]:
     """Create `folder` if needed and hold it exclusively while the block runs (exit 3 when busy)."""

@@ -32,7 +32,7 @@ from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_atten
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError, VirnucproError
 from virnucpro.models import store
-from virnucpro.outdir import folder_lock
+from virnucpro.outdir import file_mode, folder_lock
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
 # filler to a multiple of 8, then <mask>.
@@ -329,7 +329,7 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, store.file_mode())
+        os.chmod(tmp, file_mode())
         digest = store.sha256_file(Path(tmp))
         os.replace(tmp, target)
     except BaseException:

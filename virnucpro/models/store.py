@@ -56,6 +56,7 @@ from typing import Iterable
 
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError
+from virnucpro.outdir import file_mode
 from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
@@ -86,14 +87,6 @@ _CACHE_MIN_BYTES = 64 * 1024 * 1024
 FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def file_mode() -> int:
-    """The mode a plain `open()` would give a new file (mkstemp would give 0600: unreadable to
-    the other users of a shared models directory)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from virnucpro import __version__
 from virnucpro.console import info
 from virnucpro.errors import BadInputError
 from virnucpro.models import store
-from virnucpro.outdir import OURS, folder_lock
+from virnucpro.outdir import OURS, file_mode, folder_lock
 
 TINY_SEED = 20240917
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -184,7 +184,7 @@ def _tiny_dnabert(folder: Path, generator) -> None:
     tensors = {key: _random_like(key, shape, generator).contiguous()
                for key, shape in dnabert_key_shapes(config).items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    os.chmod(folder / "model.safetensors", store.file_mode())
+    os.chmod(folder / "model.safetensors", file_mode())
     tokenizer = _tiny_tokenizer(config["vocab_size"], TINY_SEED)
     tokenizer.save(str(folder / "tokenizer.json"))
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
