@@ -185,3 +185,27 @@ def test_predict_proba_checks():
     with pytest.raises(NumericalError):
         predict_proba(model, bad)
     assert predict_proba(model, np.zeros((0, 6), dtype=np.float32)).shape == (0, 2)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_a_classifier_without_exactly_two_classes_is_exit_4_at_load(tmp_path, classes):
+    """predict unpacks (others, virus): any other width crashed there, after all the embedding."""
+    path = tmp_path / "wrong.pth"
+    save_original_way(MLPClassifier(80, 16, classes), path)
+    with pytest.raises(ModelsError, match=f"scores {classes} classes"):
+        load_classifier(path)
+
+
+def test_a_pickled_model_with_odd_internals_is_exit_4(tmp_path):
+    """Allowed classes holding the wrong kind of value (a number for the module map, a list for the
+    parameters) are a bad classifier file, not a crash."""
+    for broken in ("modules", "parameters"):
+        model = MLPClassifier(80, 16, 2)
+        if broken == "modules":
+            model.__dict__["_modules"] = 7
+        else:
+            model.hidden_layer.__dict__["_parameters"] = [1, 2]
+        path = tmp_path / f"{broken}.pth"
+        save_original_way(model, path)
+        with pytest.raises(ModelsError):
+            load_classifier(path)

@@ -382,3 +382,62 @@ def test_keep_embeddings_never_replaces_a_folder_of_other_files(tmp_path, refere
                             "--models", tiny_models, "--device", "cpu", "--keep-embeddings")
     assert code == 3 and "notes.txt" in message
     assert (out / "embeddings" / "notes.txt").read_text() == "mine" and not (out / WORK).exists()
+
+
+def test_predict_holds_its_folder_while_it_checks_its_inputs(tmp_path, golden_prepared, golden_embeddings,
+                                                            tiny_models, run_cli):
+    """The cross-checks take minutes on a big sample: a second command on the same --outdir during
+    them is refused (exit 3), not let in to have its output replaced afterwards."""
+    ready, go = tmp_path / "checking", tmp_path / "go"
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import sys, time\nfrom pathlib import Path\nimport virnucpro.predict as p\nfrom virnucpro.cli import main\n"
+        "check = p._checked_inputs\n"
+        "def slow(*a, **k):\n"
+        f"    Path({str(ready)!r}).touch()\n"
+        f"    while not Path({str(go)!r}).exists():\n"
+        "        time.sleep(0.05)\n"
+        "    return check(*a, **k)\n"
+        "p._checked_inputs = slow\nmain(sys.argv[1:])\n")
+    out = tmp_path / "out"
+    args = ["predict", "--prepared", str(golden_prepared), "--outdir", str(out), "--models", str(tiny_models),
+            "--embeddings", *map(str, golden_embeddings)]
+    first = subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, text=True)
+    try:
+        while not ready.exists():
+            assert first.poll() is None, first.stderr.read()
+        code, message = run_cli(*args)
+        assert code == 3 and "another" in message.lower(), message
+    finally:
+        go.touch()
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert (out / "run_info.json").exists()
+
+
+def test_a_publish_cut_short_leaves_a_folder_its_rerun_finishes(tmp_path, golden_prepared, golden_embeddings,
+                                                                golden_predicted, tiny_models, run_cli, monkeypatch):
+    """A stop after some outputs were moved in (before the marker listed them) made the rerun refuse the
+    folder as holding files virnucpro did not write (exit 3); the rerun now completes it."""
+    from virnucpro import errors, outdir
+
+    out = tmp_path / "out"
+    replace, moved = os.replace, []
+
+    def replace_then_stop(source, target):
+        replace(source, target)
+        if Path(target).parent == out and not str(target).endswith(".tmp"):
+            moved.append(target)
+            if len(moved) == 2:
+                raise errors.InterruptedByUser("SIGTERM received: stopped")
+
+    args = ["predict", "--prepared", golden_prepared, "--outdir", out, "--models", tiny_models,
+            "--embeddings", *golden_embeddings]
+    monkeypatch.setattr(outdir.os, "replace", replace_then_stop)
+    code, message = run_cli(*args)
+    monkeypatch.undo()
+    assert code == 6 and len(moved) == 2 and not (out / "run_info.json").exists(), message
+    code, message = run_cli(*args)
+    assert code == 0, message
+    for name in TABLES:
+        assert (out / name).read_text() == (golden_predicted / name).read_text()

@@ -208,6 +208,8 @@ def _tensor(value: Any, what: str, path: Path) -> torch.Tensor:
 def _state_from_module(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], float]:
     """Read the tensors out of an unpickled original model without calling any of its methods."""
     modules = vars(obj).get("_modules", {})
+    if not isinstance(modules, dict):
+        raise ModelsError(f"{path}: the pickled MLPClassifier's modules are a {type(modules).__name__}")
     state: dict[str, torch.Tensor] = {}
     eps = 1e-5
     for sub, kind in (("hidden_layer", nn.Linear), ("bn1", nn.BatchNorm1d),
@@ -216,7 +218,10 @@ def _state_from_module(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], f
         if not isinstance(module, kind):
             raise ModelsError(f"{path}: the pickled MLPClassifier has no {kind.__name__} `{sub}`")
         fields = vars(module)
-        for key, value in {**fields.get("_parameters", {}), **fields.get("_buffers", {})}.items():
+        tensors = [fields.get("_parameters", {}), fields.get("_buffers", {})]
+        if not all(isinstance(group, dict) for group in tensors):
+            raise ModelsError(f"{path}: the pickled `{sub}` holds no parameter and buffer mappings")
+        for key, value in {**tensors[0], **tensors[1]}.items():
             if value is not None:
                 state[f"{sub}.{key}"] = _tensor(value, f"{sub}.{key}", path)
         if sub == "bn1":
@@ -244,6 +249,9 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
     if hidden_w.dim() != 2 or out_w.dim() != 2 or out_w.shape[1] != hidden_w.shape[0]:
         raise ModelsError(f"{path}: inconsistent layer shapes {tuple(hidden_w.shape)} and "
                           f"{tuple(out_w.shape)}")
+    if out_w.shape[0] != 2:
+        raise ModelsError(f"{path} scores {out_w.shape[0]} classes; VirNucPro's classifier scores 2 "
+                          "(others, virus)", "give the 300_model.pth/500_model.pth of VirNucPro")
     hidden_dim, input_dim = hidden_w.shape
     model = MLPClassifier(int(input_dim), int(hidden_dim), int(out_w.shape[0]))
     model.bn1.eps = eps

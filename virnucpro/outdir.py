@@ -281,7 +281,10 @@ class OutputFolder:
                     raise self._foreign(next(_files_under(self.folder, entries), entries[0]),
                                     "which virnucpro did not write (the folder is neither empty nor a virnucpro output)")
             return
-        self.recorded = marker["files"]
+        self.recorded = dict(marker["files"])
+        for rel, signature in marker.get("publishing", {}).items():  # moved in by a publish cut short
+            if _signature_or_none(self.folder / rel) == signature:
+                self.recorded[rel] = signature
         for rel in _files_under(self.folder, self.names):
             if self.recorded.get(rel) != _signature_or_none(self.folder / rel):
                 raise self._foreign(rel, "which virnucpro did not write (or which changed since it did)")
@@ -292,8 +295,8 @@ class OutputFolder:
             return None
         try:
             marker = json.loads(path.read_text())
-            valid = isinstance(marker, dict) and isinstance(marker.get("files"), dict) and all(
-                self._is_own_path(rel) and _is_signature(value) for rel, value in marker["files"].items())
+            valid = (isinstance(marker, dict) and self._valid_files(marker.get("files"))
+                     and self._valid_files(marker.get("publishing", {})))
         except (OSError, ValueError):
             valid = False
         if not valid:
@@ -307,6 +310,11 @@ class OutputFolder:
             raise BadInputError(f"{self.what} {self.folder} holds a virnucpro '{kind}' output, not a "
                                 f"'{self.kind}' output: writing there would replace its files",
                                 "choose another folder")
+
+    def _valid_files(self, files: object) -> bool:
+        """A marker's map of our files to their signatures."""
+        return isinstance(files, dict) and all(self._is_own_path(rel) and _is_signature(signature)
+                                               for rel, signature in files.items())
 
     def _is_own_path(self, rel: object) -> bool:
         """A marker entry names a file under one of this kind's entries, never outside the folder."""
@@ -329,6 +337,9 @@ class OutputFolder:
                 self._drop(rel)
         if (self.folder / names[-1]).is_file():  # the last name marks a complete set: gone until it is
             self._drop(names[-1])
+        # the files about to move in are ours from before the first move: a publish cut short by a
+        # signal or a full disk leaves a folder its rerun recognises
+        self._write_marker(publishing={rel: _signature(staging / rel) for rel in _files_under(staging, names)})
         for name in names:
             target = self.folder / name
             if target.is_dir() and not target.is_symlink():
@@ -350,10 +361,12 @@ class OutputFolder:
         (self.folder / rel).unlink(missing_ok=True)
         self.recorded.pop(rel, None)
 
-    def _write_marker(self) -> None:
+    def _write_marker(self, publishing: dict[str, list[int]] | None = None) -> None:
         path = self.folder / MARKER_NAME
         tmp = path.with_name(path.name + ".tmp")
         data = {"kind": self.kind, "virnucpro_version": __version__, "files": dict(sorted(self.recorded.items()))}
+        if publishing:
+            data["publishing"] = dict(sorted(publishing.items()))
         with output_errors(path):
             tmp.write_text(json.dumps(data, indent=1) + "\n")
             os.replace(tmp, path)

@@ -421,17 +421,19 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     claimed folder as `output`)."""
     started = time.monotonic()
     prepared, outdir = Path(prepared), Path(outdir)
-    inputs = _checked_inputs(prepared, embeddings, outdir, classifier, models)
-    with _claimed(outdir, output) as output, output_errors(outdir):
-        staging = outdir / STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
-            n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
-                                                     stage_seconds)
-            output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
-        finally:
+    _refuse_prepared_as_outdir(prepared, outdir)
+    with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
+        inputs = _checked_inputs(prepared, embeddings, classifier, models)
+        with output_errors(outdir):
+            staging = outdir / STAGING
             shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            try:
+                n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
+                                                         stage_seconds)
+                output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks: {calls['virus']:,} virus, "
          f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty "
          f"sequences -> {outdir}")
@@ -449,17 +451,21 @@ class _Inputs:
     tiny: bool
 
 
-def _checked_inputs(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier: Path | None,
+def _refuse_prepared_as_outdir(prepared: Path, outdir: Path) -> None:
+    """Exit 3 when predict would write over the tables it reads."""
+    if outdir.resolve() == prepared.resolve():
+        raise BadInputError(f"--outdir {outdir} is the --prepared directory: its chunks.tsv and "
+                            "sequences.tsv would be overwritten while being read",
+                            "choose another --outdir")
+
+
+def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path | None,
                     models: Path | None) -> _Inputs:
     """The prepared manifest, the HDF5 shards in order and the classifier, cross-checked (exit 3-5)."""
     from virnucpro.classifier import load_classifier
     from virnucpro.models import store
 
     manifest = fmt.load_manifest(prepared)
-    if outdir.resolve() == prepared.resolve():
-        raise BadInputError(f"--outdir {outdir} is the --prepared directory: its chunks.tsv and "
-                            "sequences.tsv would be overwritten while being read",
-                            "choose another --outdir")
     shards = order_shards(manifest, embeddings)
     tiny = any(s.tiny for s in shards)
     if classifier is None:
