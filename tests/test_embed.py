@@ -316,3 +316,22 @@ def test_a_second_stop_signal_while_the_process_exits_keeps_exit_6(tmp_path, tin
                            str(tiny_models), "--out", str(tmp_path / "s.h5"), "--device", "cpu"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 6, (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("record, what", [
+    (b"x_chunk_1F1\tACGT\xff\tMK\n", "not UTF-8"),
+    (b"x_chunk_1F1\tACGTAC\tMKJ\n", "protein letter 'J'"),
+    (b"x_chunk_1F1\tACGTAC\tmk\n", "protein letter 'm'"),
+    (b"x_chunk_1F1\tACGTAC\t\n", "an empty field"),
+    (b"\tACGTAC\tMK\n", "an empty field"),
+])
+def test_a_shard_record_prepare_could_not_have_written_is_exit_3_naming_its_line(tmp_path, run_cli, tiny_models,
+                                                                                golden_prepared, record, what):
+    """Bad bytes, a letter outside the 20 amino acids or an empty field crashed the tokenizer in the
+    look-ahead thread (exit 1) or were embedded silently."""
+    source = shard(golden_prepared)
+    lines = source.read_bytes().splitlines(keepends=True)
+    damaged = tmp_path / source.name
+    damaged.write_bytes(b"".join(lines[:3] + [record] + lines[3:]))
+    code, message = run_cli("embed", damaged, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == 3 and "line 4" in message and what in message and "rerun `virnucpro prepare`" in message, message

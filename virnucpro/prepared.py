@@ -88,20 +88,48 @@ def shard_info(path: Path) -> ShardInfo:
     return ShardInfo(path, values["chunk_size"], values["index"], values["of"], sha256_of(path))
 
 
+#: What prepare writes as proteins: the 20 amino acids of the standard code (stops end no ORF; a
+#: codon with an unknown base is dropped).
+PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWY")
+
+
 def read_shard(path: Path) -> Iterator[tuple[str, str, str]]:
-    """(id, nucleotide, protein) of every ORF record of a shard, in order."""
-    with open(path, encoding="utf-8") as handle:
-        _parse_first_line(path, handle.readline())
-        header = handle.readline().rstrip("\n").split("\t")
+    """(id, nucleotide, protein) of every ORF record of a shard, in order; a record prepare could not
+    have written (bad bytes, an empty field, a protein letter outside the 20) is exit 3 naming its line."""
+    with open(path, "rb") as handle:
+        _parse_first_line(path, _text_line(path, 1, handle.readline()))
+        header = _text_line(path, 2, handle.readline()).rstrip("\n").split("\t")
         if tuple(header) != SHARD_COLUMNS:
             raise BadInputError(f"{path}: expected columns {SHARD_COLUMNS}, found {tuple(header)}",
                                 "rerun `virnucpro prepare`")
         for number, line in enumerate(handle, start=3):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 3:
-                raise BadInputError(f"{path}, line {number}: expected 3 tab-separated fields",
-                                    "the shard is damaged; rerun `virnucpro prepare`")
-            yield fields[0], fields[1], fields[2]
+            yield _shard_record(path, number, _text_line(path, number, line))
+
+
+def _text_line(path: Path, number: int, raw: bytes) -> str:
+    """One line of a shard as text (decoded line by line, so a bad byte is named with its line)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _damaged_shard(path, number, "bytes that are not UTF-8 text") from None
+
+
+def _shard_record(path: Path, number: int, line: str) -> tuple[str, str, str]:
+    """One checked record line of a shard."""
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) != 3:
+        raise _damaged_shard(path, number, "expected 3 tab-separated fields")
+    orf_id, nucleotide, protein = fields
+    if not (orf_id and nucleotide and protein):
+        raise _damaged_shard(path, number, "an empty field")
+    if not PROTEIN_LETTERS.issuperset(protein):
+        bad = next(c for c in protein if c not in PROTEIN_LETTERS)
+        raise _damaged_shard(path, number, f"protein letter {bad!r}, which prepare never writes")
+    return orf_id, nucleotide, protein
+
+
+def _damaged_shard(path: Path, number: int, what: str) -> BadInputError:
+    return BadInputError(f"{path}, line {number}: {what}", "the shard is damaged; rerun `virnucpro prepare`")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
