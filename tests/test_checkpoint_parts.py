@@ -216,3 +216,27 @@ def test_stop_signal_while_parts_are_checked_exits_6_and_keeps_them(tmp_path, ru
     assert code == 6 and "SIGTERM received" in message and "damaged" not in message, message
     kept = sorted(path.name for path in (tmp_path / "s.h5.ckpt" / plain.key).glob("part_*.npz"))
     assert kept == [plain.parts[0].name, plain.parts[1].name]
+
+
+def test_the_checkpoint_lock_works_without_flock_and_a_busy_one_is_exit_3(tmp_path, monkeypatch):
+    """Lustre mounted without flock: the checkpoint folder falls back to the O_EXCL lock (as --out
+    does) instead of reporting a busy lock; a folder another process holds is exit 3 naming it."""
+    import errno as errno_codes
+    import fcntl
+
+    from virnucpro import outdir
+    from virnucpro.embed import CheckpointStore
+    from virnucpro.errors import BadInputError
+
+    def no_flock(*args, **kwargs):
+        raise OSError(errno_codes.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(outdir.fcntl, "flock", no_flock)
+    store = CheckpointStore(tmp_path / "key")
+    try:
+        with pytest.raises(BadInputError, match="checkpoint folder .* is in use by another virnucpro command"):
+            CheckpointStore(tmp_path / "key")
+    finally:
+        store.close()
+    monkeypatch.setattr(outdir.fcntl, "flock", fcntl.flock)
+    CheckpointStore(tmp_path / "key").close()

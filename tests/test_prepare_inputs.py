@@ -287,3 +287,18 @@ def test_duplicate_ids_on_standard_input_are_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
                           input=GOOD + GOOD, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3 and "more than once" in done.stderr
+
+
+def test_duplicate_ids_in_a_named_pipe_are_exit_3_not_a_hang(tmp_path):
+    """A FIFO is read once like standard input: the second pass that names duplicates re-opened it and
+    waited for ever for a writer (and `<(...)` gave a false 'is empty')."""
+    import os
+    import threading
+
+    fifo = tmp_path / "reads.fa"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_text(">a\nACGTACGTAC\n>a\nACGTACGTAC\n"), daemon=True)
+    feeder.start()
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(fifo), "--outdir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "more than once" in done.stderr and "pipe" in done.stderr, done.stderr

@@ -10,7 +10,6 @@ same batches, hence the same vectors.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -22,6 +21,7 @@ import signal
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,9 +33,9 @@ from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InconsistentInputsError, InterruptedByUser, VirnucproError, check_stop,
+                              InterruptedByUser, VirnucproError, check_stop,
                               ignore_stop_signals, make_output_dir, note_stop, output_errors)
-from virnucpro.outdir import file_lock, refuse_nesting
+from virnucpro.outdir import file_lock, folder_lock, refuse_nesting
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 1
@@ -132,13 +132,8 @@ class CheckpointStore:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        make_output_dir(folder, "the checkpoint folder")
-        self._lock = open(folder / "lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InconsistentInputsError(f"another embed process holds the checkpoint lock {folder / 'lock'}",
-                                          "wait for it to finish, or stop it; a rerun then resumes") from None
+        self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
+        self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
         self.next_part = 0
         self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
         self.pending = []

@@ -186,11 +186,13 @@ def stop_signals_exit_interrupted() -> Iterator[None]:
     except BaseException:
         check_stop()  # whatever ended the command after a stop, the stop is the answer
         raise
+    else:
+        check_stop()
     finally:
         if not _received:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    check_stop()
+        _received.clear()  # the stop belongs to this command only (its handlers stay ignoring)
 
 
 def ignore_stop_signals() -> None:

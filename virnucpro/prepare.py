@@ -478,12 +478,11 @@ class SamplePreparer:
         return self.shards.finish(self.chunk_size)
 
     def close(self, abort: bool = False) -> None:
-        """Stop the workers (at once when aborting: a signal or an error) and close the tables."""
-        if abort and isinstance(self.executor, ProcessPoolExecutor):
-            # the standard library has no public way to end busy workers before Python 3.14
-            for process in list(getattr(self.executor, "_processes", {}).values()):
-                process.terminate()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers and close the tables. When aborting (a signal or an error) no queued group
+        starts; the few groups already handed to workers finish (each is bounded), because a worker
+        killed while it sends its result leaves the pool's reader blocked on a half-sent message for
+        ever (the command then hung instead of exiting 6)."""
+        self.executor.shutdown(wait=True, cancel_futures=abort)
         self.sequences.close()
         self.chunks.close()
 
@@ -555,9 +554,9 @@ class IdRegistry:
 
 def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
     """Second pass, only when hashes repeat: confirm real duplicate ids and name them."""
-    if any(str(path) == STDIN for path in inputs):
-        raise BadInputError("the inputs hold a sequence id more than once (standard input, which is read "
-                            "once, cannot be read again to name it)",
+    if not all(_rereadable(path) for path in inputs):
+        raise BadInputError("the inputs hold a sequence id more than once (a stream among them, standard "
+                            "input or a pipe, is read once and cannot be read again to name it)",
                             "make ids unique (e.g. prefix them with the sample or file name)")
     seen: dict[str, tuple[Path, int]] = {}
     for path in inputs:
