@@ -321,7 +321,13 @@ H5_DAMAGE = {
     "models not JSON": (_set_attr("models", "{esm2: tiny"), "models"),
     "models JSON but a list": (_set_attr("models", "[1, 2]"), "models"),
     "models without sha256": (_set_attr("models", json.dumps({"esm2": {"name": "x"}})), "models"),
-    "other format_version": (_set_attr("format_version", 2), "format_version"),
+    "other format_version": (_set_attr("format_version", 1), "format_version"),
+    "vector checksum not hexadecimal": (_set_attr("sha256_esm2", "x" * 64), "sha256_esm2"),
+    "vector checksum missing": (lambda h: h.attrs.__delitem__("sha256_dnabert_s"), "sha256_dnabert_s"),
+    # passes every structural check: only the stored checksums can tell
+    "one vector value changed": (lambda h: h["esm2"].__setitem__((0, 0), h["esm2"][0, 0] + 0.5), "esm2 vectors"),
+    "two vector rows swapped": (lambda h: h["dnabert_s"].__setitem__(slice(0, 2), h["dnabert_s"][0:2][::-1]),
+                                "dnabert_s vectors"),
 }
 
 

@@ -9,6 +9,7 @@ ever sees writes that succeed, and the writer reports the error (exit 10) after 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -27,11 +28,12 @@ from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalEr
 from virnucpro.outdir import file_mode
 from virnucpro.prepared import SHA256_TEXT, shown
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sha256 of each vector dataset is stored and checked by every full read
 ROWS_PER_WRITE = 8192
 VECTORS = ("dnabert_s", "esm2")
+CHECKSUMS = tuple(f"sha256_{name}" for name in VECTORS)  # of the float32 little-endian rows, in order
 ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", "shard_sha256", "chunk_size",
-              "models", "precision", "device", "created")
+              "models", "precision", "device", "created", *CHECKSUMS)
 PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
 DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
@@ -188,6 +190,7 @@ def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.
     handle.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
     dnabert = handle.create_dataset("dnabert_s", shape=(n, widths[0]), dtype="float32")
     esm = handle.create_dataset("esm2", shape=(n, widths[1]), dtype="float32")
+    checksums = VectorChecksums()
     for start in range(0, n, ROWS_PER_WRITE):
         if failed():
             return
@@ -195,7 +198,9 @@ def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.
         nuc, prot = rows(start, stop)
         dnabert[start:stop] = nuc
         esm[start:stop] = prot
+        checksums.add(nuc, prot)
     handle.attrs.update({
+        **checksums.attributes(),
         "format_version": FORMAT_VERSION,
         "virnucpro_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -210,8 +215,8 @@ def verify_shard(path: Path, ids: Sequence[str]) -> None:
         if stored != list(ids):
             raise NumericalError(f"{path}: ids read back differ from the shard's records",
                                  "the disk or file system corrupted the write; rerun")
-        for name in ("dnabert_s", "esm2"):
-            data = handle[name]
+        for name in VECTORS:
+            data, digest = handle[name], hashlib.sha256()
             if data.shape[0] != len(ids):
                 raise NumericalError(f"{path}: {name} has {data.shape[0]} rows for {len(ids)} records",
                                      "rerun embed")
@@ -221,6 +226,10 @@ def verify_shard(path: Path, ids: Sequence[str]) -> None:
                     row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
                     raise NumericalError(f"{path}: non-finite {name} vector for record {ids[row]}",
                                          "rerun embed with --precision fp32")
+                digest.update(_row_bytes(block))
+            if digest.hexdigest() != _text(path, dict(handle.attrs), f"sha256_{name}"):
+                raise NumericalError(f"{path}: {name} vectors read back differ from those written",
+                                     "the disk or file system corrupted the write; rerun")
 
 
 def read_info(path: Path) -> EmbeddingShardInfo:
@@ -291,9 +300,11 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
     index, of = _whole(path, attrs, "shard_index", 0), _whole(path, attrs, "shard_of", 1)
     if index >= of:
         raise malformed(path, f"attribute shard_index {index} is not below shard_of {of}")
+    for name in ("shard_sha256", *CHECKSUMS):
+        value = _text(path, attrs, name)
+        if not SHA256_TEXT.fullmatch(value):
+            raise malformed(path, f"attribute {name} must be 64 hexadecimal digits, found {value[:70]!r}")
     digest = _text(path, attrs, "shard_sha256")
-    if not SHA256_TEXT.fullmatch(digest):
-        raise malformed(path, f"attribute shard_sha256 must be 64 hexadecimal digits, found {digest[:70]!r}")
     for name in ("virnucpro_version", "created"):
         _text(path, attrs, name)
     tiny = attrs.get("tiny", False)
@@ -377,11 +388,40 @@ def iter_ids(path: Path, block: int | None = None) -> Iterator[str]:
 
 
 def iter_rows(path: Path, block: int = ROWS_PER_WRITE) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(ids, features) blocks in shard order; features = DNABERT-S then ESM-2, as the original merges."""
+    """(ids, features) blocks in shard order; features = DNABERT-S then ESM-2, as the original merges.
+
+    The vectors read are checked against the checksums embed stored: a changed value ends the read
+    with exit 5 after the last block (the caller publishes nothing before the read is complete).
+    """
+    checksums = VectorChecksums()
     with _reading(path), open_h5(path) as handle:
-        n = handle["ids"].shape[0]
+        n, expected = handle["ids"].shape[0], {name: _text(path, dict(handle.attrs), name) for name in CHECKSUMS}
         for start in range(0, n, block):
             ids = _decoded(handle["ids"][start:start + block])
-            features = np.concatenate([handle["dnabert_s"][start:start + block],
-                                       handle["esm2"][start:start + block]], axis=1)
-            yield ids, features
+            nuc, prot = handle["dnabert_s"][start:start + block], handle["esm2"][start:start + block]
+            checksums.add(nuc, prot)
+            yield ids, np.concatenate([nuc, prot], axis=1)
+    changed = [name for name, value in checksums.attributes().items() if value != expected[name]]
+    if changed:
+        raise InconsistentInputsError(f"{path}: the {' and '.join(c[len('sha256_'):] for c in changed)} vectors "
+                                      "changed after embed wrote them (their sha256 differs)", REEMBED_HINT)
+
+
+class VectorChecksums:
+    """sha256 of each vector dataset's rows, fed block by block as they are written or read."""
+
+    def __init__(self):
+        self.digests = {name: hashlib.sha256() for name in VECTORS}
+
+    def add(self, *blocks: np.ndarray) -> None:
+        """The next rows of each dataset, in VECTORS order."""
+        for name, block in zip(VECTORS, blocks):
+            self.digests[name].update(_row_bytes(block))
+
+    def attributes(self) -> dict[str, str]:
+        return {f"sha256_{name}": digest.hexdigest() for name, digest in self.digests.items()}
+
+
+def _row_bytes(block: np.ndarray) -> memoryview:
+    """Rows as the bytes the checksum covers: float32, little-endian, C order."""
+    return memoryview(np.ascontiguousarray(block, dtype="<f4")).cast("B")
