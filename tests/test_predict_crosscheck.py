@@ -224,10 +224,31 @@ TABLE_DAMAGE = {
 
 @pytest.mark.parametrize("damage", TABLE_DAMAGE.values(), ids=TABLE_DAMAGE.keys())
 def test_tables_that_do_not_reconcile_exit_5_before_any_output(sample, run_cli, damage):
+    """The checks behind the tables' checksums: the manifest is resealed after each edit, as by a
+    faulty writer, so only the reconciliation of the tables themselves can catch it."""
     change, named = damage
     change(sample)
+    reseal_tables(sample.prepared)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, named)
+
+
+def reseal_tables(prepared: Path) -> None:
+    """Write the current checksums of sequences.tsv and chunks.tsv into the manifest."""
+    manifest = json.loads((prepared / fmt.MANIFEST).read_text())
+    manifest["tables"].update({name: fmt.sha256_of(prepared / name) for name in fmt.TABLES
+                               if (prepared / name).is_file()})
+    (prepared / fmt.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_consistent_edits_of_both_tables_are_caught_by_their_checksums(sample, run_cli):
+    """Renaming a sequence in sequences.tsv and chunks.tsv alike reconciles row by row; the tables'
+    checksums in the manifest catch it (exit 5) before any output."""
+    for name in fmt.TABLES:
+        path = sample.prepared / name
+        path.write_text(path.read_text().replace("read_001", "read_000"))
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, fmt.SEQUENCES, "changed after prepare")
 
 
 def test_chunk_placement_is_derived_as_prepare_places_chunks():

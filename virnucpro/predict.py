@@ -96,6 +96,7 @@ def _check_same_models(shards: list[h5shard.EmbeddingShardInfo], chunk_size: int
 def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.EmbeddingShardInfo]) -> None:
     """Every embedding row's id is its prepared shard's record id, in order, and every count from
     input records to ORFs reconciles (exit 5); streamed, so memory does not grow with the sample."""
+    fmt.check_tables(prepared, manifest)
     walk = fmt.TableWalk(prepared, manifest).orf_chunks()
     entries = sorted(manifest["shards"], key=lambda entry: entry["index"])
     for entry, shard in zip(entries, shards):

@@ -685,18 +685,21 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
     repeated = preparer.registry.repeated_hashes()
     if repeated:
         _name_duplicates(inputs, repeated)
-    manifest = _manifest(chunk_size, summaries, shards, preparer.counts)
+    manifest = _manifest(chunk_size, summaries, shards, preparer.counts, work)
     fmt.write_json_atomic(work / fmt.MANIFEST, manifest)
     return manifest
 
 
-def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict], counts: Counts) -> dict:
+def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict], counts: Counts,
+              work: Path) -> dict:
+    """The prepare folder's manifest: inputs, shards and tables with their checksums, and the counts."""
     return {
         "format_version": fmt.FORMAT_VERSION,
         "virnucpro_version": __version__,
         "chunk_size": chunk_size,
         "inputs": [{"path": str(s.path), "sha256": s.sha256, "records": s.records} for s in summaries],
         "shards": shards,
+        "tables": {name: fmt.sha256_of(work / name) for name in fmt.TABLES},
         "counts": vars(counts),
     }
 

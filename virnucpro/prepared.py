@@ -17,10 +17,11 @@ from typing import Callable, Iterator
 
 from virnucpro.errors import BadInputError, InconsistentInputsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
 SEQUENCES = "sequences.tsv"
 CHUNKS = "chunks.tsv"
+TABLES = (SEQUENCES, CHUNKS)  # checksummed in the manifest
 SHARD_DIR = "shards"
 SEQUENCES_HEADER = ("sequence_id", "length", "n_chunks", "n_orfs", "status", "masked_bases")
 CHUNKS_HEADER = ("chunk_id", "sequence_id", "start", "length", "n_orfs")
@@ -58,6 +59,19 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_tables(directory: Path, manifest: dict) -> None:
+    """sequences.tsv and chunks.tsv are the ones prepare wrote (their sha256 in the manifest), exit 5."""
+    for name in TABLES:
+        path = Path(directory) / name
+        try:
+            unchanged = sha256_of(path) == manifest["tables"][name]
+        except OSError as exc:
+            raise InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT) from None
+        if not unchanged:
+            raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
+                                          f"{Path(directory) / MANIFEST}", REPAIR_HINT)
 
 
 def _parse_first_line(path: Path, line: str) -> dict[str, int]:
@@ -231,6 +245,9 @@ def _check_manifest(path: Path, manifest: dict) -> None:
     counts = _field(path, manifest, "counts", "counts", lambda v: isinstance(v, dict), "an object")
     for key in COUNT_KEYS:
         _field(path, counts, key, f"counts.{key}", _is_count, "a whole number >= 0")
+    tables = _field(path, manifest, "tables", "tables", lambda v: isinstance(v, dict), "an object")
+    for name in TABLES:
+        _field(path, tables, name, f"tables.{name}", _is_digest, "64 hexadecimal digits")
     _check_sums(path, manifest)
 
 

@@ -26,9 +26,9 @@ process VIRNUCPRO_PREPARE {
     stub:
     """
     mkdir -p prepared/shards
-    echo '{"format_version": 1, "stub": true}' > prepared/manifest.json
+    echo '{"format_version": 2, "stub": true}' > prepared/manifest.json
     printf 'sequence_id\\tlength\\tn_chunks\\tn_orfs\\tstatus\\tmasked_bases\\n' > prepared/sequences.tsv
     printf 'chunk_id\\tsequence_id\\tstart\\tlength\\tn_orfs\\n' > prepared/chunks.tsv
-    printf '# virnucpro-shard format_version=1 chunk_size=500 index=0 of=1\\nid\\tnucleotide\\tprotein\\n' > prepared/shards/shard_00000.tsv
+    printf '# virnucpro-shard format_version=2 chunk_size=500 index=0 of=1\\nid\\tnucleotide\\tprotein\\n' > prepared/shards/shard_00000.tsv
     """
 }
