@@ -421,3 +421,11 @@ def test_malformed_prepared_manifest_exit_5(sample, run_cli, damage):
     change(sample)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, fmt.MANIFEST, named)
+
+
+def test_a_folder_given_as_an_embedding_shard_is_exit_3_with_the_fix(sample, run_cli):
+    """HDF5's raw errno text (exit 5) told the user nothing; the message says to give the files."""
+    folder = sample.embeddings[0].parent
+    code, message = run_cli("predict", "--prepared", sample.prepared, "--embeddings", folder,
+                            "--outdir", sample.outdir, "--models", sample.models)
+    assert code == 3 and "is a directory" in message and "*.h5" in message, message

@@ -235,6 +235,8 @@ def verify_shard(path: Path, ids: Sequence[str]) -> None:
 def read_info(path: Path) -> EmbeddingShardInfo:
     """The shard's attributes after checking its layout; a file that is not a sound shard is exit 5."""
     path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"embedding shard {path} is a directory", f"give the files in it: {path}/*.h5")
     try:
         with open_h5(path) as handle:
             records, widths = _check_datasets(path, handle)
