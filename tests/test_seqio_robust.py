@@ -328,3 +328,15 @@ def test_non_ascii_bytes_in_a_sequence_line_refused_at_the_first_block(tmp_path,
     assert code == 3, message
     assert peak - baseline_peak < 8 * seqio.BLOCK, f"peak {peak / 2**20:.0f} MiB"
     assert "line 3:" in message and f"byte 0x{filler[0]:02x} at byte offset {len(head):,}" in message
+
+
+@pytest.mark.parametrize("padding", [512, 3 * 2**20 + 5])
+def test_nul_padding_after_a_gzip_member_spanning_raw_blocks_is_skipped(tmp_path, monkeypatch, padding):
+    """`gzip -t` accepts zeros after a member however many there are; they were skipped only inside
+    the raw block that ended the member, so padding reaching into the next block was 'not gzip'."""
+    monkeypatch.setattr(seqio, "BLOCK", 4096)
+    text = b"".join(b">r%d\nACGTACGTAC\n" % i for i in range(3000))
+    member = gzip.compress(text)
+    path = tmp_path / "padded.fa.gz"
+    path.write_bytes(member + b"\x00" * padding + gzip.compress(b">last\nACGT\n") + b"\x00" * padding)
+    assert [r[0] for r in records_of(path)] == [f"r{i}" for i in range(3000)] + ["last"]

@@ -294,13 +294,23 @@ class HashingTextStream:
             if not decomp.eof:
                 block = self._read_raw()
                 continue
-            rest = decomp.unused_data
-            block = rest if rest.strip(b"\x00") else self._read_raw()
+            block = self._after_padding(decomp.unused_data)
             if block:
                 decomp = _decompressor(self.compression)
         if not decomp.eof:
             raise BadInputError(f"{self.path} is a truncated {self.compression} file (it ends in the "
                                 "middle of the compressed stream)", "download or copy the file again")
+
+    def _after_padding(self, rest: bytes) -> bytes:
+        """The input after a finished member and any NUL padding, however many raw blocks the padding
+        spans (tape and block devices pad to their block size); empty at the end of the input."""
+        rest = rest.lstrip(b"\x00")
+        while not rest:
+            raw = self._read_raw()
+            if not raw:
+                return b""
+            rest = raw.lstrip(b"\x00")
+        return rest
 
     def _inflate(self, decomp, data: bytes) -> Iterator[bytes]:
         """What `data` decompresses to, BLOCK bytes at most at a time (zeros inflate a thousandfold)."""
