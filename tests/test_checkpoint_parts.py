@@ -3,6 +3,8 @@ recomputed, and the run still gives the embeddings of a run without checkpoints 
 
 from __future__ import annotations
 
+import concurrent.futures
+import errno
 import io
 import os
 import shutil
@@ -32,20 +34,26 @@ class Plain:
     distinct: dict[str, int]
 
 
-def shard(prepared: Path) -> Path:
-    return prepared / "shards" / fmt.shard_name(0)
+def shard(prepared: Path, index: int = 0) -> Path:
+    return prepared / "shards" / fmt.shard_name(index)
+
+
+def embed_keeping_parts(shard_file: Path, out: Path, tiny_models: Path) -> Path:
+    """Embed a shard in windows of EVERY records, its parts kept (remove only closes the store); the key folder."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CheckpointStore, "remove", CheckpointStore.close)
+        embed(shard_file, out, models=tiny_models, device="cpu", checkpoint_every=EVERY, threads=1)
+    torch.set_num_threads(threads)
+    key_folder, = out.with_name(out.name + ".ckpt").iterdir()
+    return key_folder
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory, tiny_models, golden_prepared) -> Plain:
-    """Shard 0 embedded without checkpoints to resume, its parts kept (remove only closes the store)."""
+    """Shard 0 embedded without checkpoints to resume, its parts kept."""
     out = tmp_path_factory.mktemp("plain") / "s.h5"
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CheckpointStore, "remove", CheckpointStore.close)  # keep the parts it wrote
-        embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=EVERY, threads=1)
-    torch.set_num_threads(threads)
-    key_folder, = out.with_name("s.h5.ckpt").iterdir()
+    key_folder = embed_keeping_parts(shard(golden_prepared), out, tiny_models)
     records = list(fmt.read_shard(shard(golden_prepared)))
     distinct = {role: len(Distinct.of([r[column] for r in records]).sequences)
                 for role, column in zip(ROLES, (1, 2))}
@@ -140,6 +148,13 @@ DAMAGE = {  # what is done to part 1's arrays, and words the warning must hold
     "truncated data": (lambda a, n: {"esm2_vectors": npy(a["esm2_vectors"])[:-4]}, ("esm2_vectors", "bytes")),
     "trailing data": (lambda a, n: {"esm2_vectors": npy(a["esm2_vectors"]) + bytes(4)}, ("esm2_vectors", "bytes")),
     "a missing array": (lambda a, n: {"esm2_vectors": None}, ("missing array esm2_vectors",)),
+    "no key": (lambda a, n: {"key": None}, ("missing array key",)),
+    "the key of another folder": (lambda a, n: {"key": np.array("0" * 64)},
+                                  ("another checkpoint", "key 0000000000000000")),
+    "a key of bytes": (lambda a, n: {"key": np.array(a["key"].item().encode())}, ("key has dtype", "S64")),
+    "a key in a row": (lambda a, n: {"key": a["key"][None]}, ("key has shape (1,)",)),
+    "a header claiming a key of 10**8 characters": (lambda a, n: {"key": header_claiming((), "<U100000000")},
+                                                    ("key has dtype",)),
     "an extra array": (lambda a, n: {"note": np.zeros(3)}, ("unexpected array note",)),
 }
 
@@ -153,6 +168,69 @@ def test_damaged_part_is_named_ignored_and_recomputed(tmp_path, run_cli, golden_
     content = npz_bytes({name: member for name, member in members.items() if member is not None})
     code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
     assert_recomputed(code, message, tmp_path / "s.h5", plain, [part_name(1, content)], *words)
+
+
+@pytest.fixture(scope="module")
+def other_shard_parts(tmp_path_factory, tiny_models, golden_prepared) -> list[Path]:
+    """The parts of shard 1, embedded in the same windows as shard 0."""
+    out = tmp_path_factory.mktemp("other") / "other.h5"
+    return sorted(embed_keeping_parts(shard(golden_prepared, 1), out, tiny_models).glob("part_*.npz"))
+
+
+def test_parts_of_another_shard_copied_into_the_key_folder_are_ignored(tmp_path, run_cli, golden_prepared,
+                                                                      tiny_models, plain, other_shard_parts):
+    """Sound parts of shard 1 (their own checksums, in-range indices) moved under shard 0's key: never used."""
+    folder = tmp_path / "s.h5.ckpt" / plain.key
+    folder.mkdir(parents=True)
+    foreign = other_shard_parts[:3]
+    for part in foreign:
+        shutil.copy(part, folder)
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu", "--checkpoint-every", EVERY, "--threads", 1)
+    assert code == 0, message
+    warnings = [line for line in message.splitlines() if line.startswith("warning: checkpoint part")]
+    assert len(warnings) == len(foreign), message
+    for part in foreign:
+        assert any(f"part {part.name} is damaged" in line and "another checkpoint" in line for line in warnings)
+    assert "resuming" not in message
+    ids, nucleotide, protein, _ = read_h5(tmp_path / "s.h5")
+    assert ids == plain.rows[0]
+    np.testing.assert_array_equal(nucleotide, plain.rows[1])
+    np.testing.assert_array_equal(protein, plain.rows[2])
+
+
+def test_failed_part_write_ends_the_command_at_the_next_batch_with_exit_10(tmp_path, run_cli, golden_prepared,
+                                                                          tiny_models, monkeypatch):
+    """A full disk under the checkpoint folder: exit 10 naming the part one batch later, no output, part 0 kept."""
+    batches, failed_after = [], []
+    embed_batch, save, savez = virnucpro.embed._ShardWork.embed_batch, CheckpointStore.save, np.savez
+
+    def counted(self, *args):
+        batches.append(args[0])
+        return embed_batch(self, *args)
+
+    def written_at_once(self, vectors):  # the write ends before the next batch: the boundary is known
+        save(self, vectors)
+        concurrent.futures.wait(self.pending)
+
+    def disk_full_from_part_1(file, *args, **kwargs):
+        if ".part_00000." in str(file):
+            return savez(file, *args, **kwargs)
+        failed_after.append(len(batches))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(virnucpro.embed._ShardWork, "embed_batch", counted)
+    monkeypatch.setattr(CheckpointStore, "save", written_at_once)
+    monkeypatch.setattr(virnucpro.embed.np, "savez", disk_full_from_part_1)
+    out = tmp_path / "s.h5"
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", out,
+                            "--device", "cpu", "--checkpoint-every", EVERY, "--threads", 1)
+    folder, = (tmp_path / "s.h5.ckpt").iterdir()
+    assert code == 10, message
+    assert f"cannot write checkpoint part {folder / '.part_00001.tmp.npz'}: the disk is full" in message
+    assert len(failed_after) == 1 and len(batches) <= failed_after[0] + 1, "the loop stopped at the next batch"
+    assert not out.exists()
+    assert [path.name[:11] for path in folder.glob("*part_*")] == ["part_00000."], "part 0 kept, no temporary left"
 
 
 def test_part_that_is_not_an_npz_archive_is_ignored(tmp_path, run_cli, golden_prepared, tiny_models, plain):

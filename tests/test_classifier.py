@@ -209,3 +209,43 @@ def test_a_pickled_model_with_odd_internals_is_exit_4(tmp_path):
         save_original_way(model, path)
         with pytest.raises(ModelsError):
             load_classifier(path)
+
+
+class _CallsOnUnpickle:
+    """Unpickles as `factory(*args)`: a REDUCE of an allowed class, arguments of the file's choice."""
+
+    def __init__(self, factory, *args):
+        self.factory, self.args = factory, args
+
+    def __reduce__(self):
+        return (self.factory, self.args)
+
+
+@pytest.mark.parametrize("factory, args", [(torch.nn.Linear, (300, 200)),
+                                           (torch.nn.BatchNorm1d, (300,)),
+                                           (MLPClassifier, (300, 200, 2))])
+def test_a_pickle_calling_an_allowed_class_builds_nothing(tmp_path, monkeypatch, factory, args):
+    """`GLOBAL Linear; (30000, 30000); REDUCE` made the loader build a 4 GB layer before refusing
+    it: the allowed classes come back as inert shells, never constructed from a file's arguments."""
+    built = []
+    module_init = torch.nn.Module.__init__
+
+    def counting_init(self, *a, **k):
+        built.append(type(self).__name__)
+        module_init(self, *a, **k)
+
+    evil = tmp_path / "300_model.pth"
+    torch.save(_CallsOnUnpickle(factory, *args), evil)
+    monkeypatch.setattr(torch.nn.Module, "__init__", counting_init)
+    with pytest.raises(ModelsError) as info:
+        load_classifier(evil)
+    assert info.value.code == ExitCode.MODELS
+    assert built == []
+
+
+def test_a_pickle_calling_bytearray_is_refused_before_unpickling(tmp_path):
+    """torch's own allow-list has bytearray: `bytearray(10**10)` in a 1 KB file zeroed 10 GB."""
+    evil = tmp_path / "300_model.pth"
+    torch.save(_CallsOnUnpickle(bytearray, 10**6), evil)
+    with pytest.raises(ModelsError, match=r"refused: .*builtins\.bytearray"):
+        load_classifier(evil)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -180,3 +181,70 @@ def test_code_in_weights_is_refused(tiny_dir, tmp_path, capsys):
     torch.save({"embeddings.word_embeddings.weight": _Payload()}, folder / "pytorch_model.bin")
     _expect_models_error(folder, "pytorch_model.bin", "print")
     assert "code ran" not in capsys.readouterr().out
+
+
+# --- found by a hostile review: nonsense in config.json is exit 4, never a crash ------------------
+
+_ABSENT = object()
+
+
+@pytest.fixture(scope="module")
+def one_shard(tmp_path_factory) -> Path:
+    """A prepared shard of one short sequence: what `embed` reads."""
+    from virnucpro.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("one")
+    fasta = folder / "a.fa"
+    fasta.write_text(">s0\nATGAAACCCGGGTTTATGAAACCCGGGTTTATGAAACCC\n")
+    prepare([fasta], folder / "prep", chunk_size=500)
+    return folder / "prep" / "shards" / "shard_00000.tsv"
+
+
+def _models_with_config(tiny_models: Path, dest: Path, key: str, value) -> Path:
+    """A copy of the tiny models whose DNABERT-S config.json has `key` set to `value` (or removed),
+    with the manifest vouching for the edited file: only the reading of the config can catch it."""
+    shutil.copytree(tiny_models, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    entry = manifest["models"]["dnabert_s"]
+    rel = next(f for f in entry["files"] if Path(f).name == "config.json")
+    config = json.loads((dest / rel).read_text())
+    if value is _ABSENT:
+        del config[key]
+    else:
+        config[key] = value
+    (dest / rel).write_text(json.dumps(config))
+    entry["sha256"][rel] = hashlib.sha256((dest / rel).read_bytes()).hexdigest()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("num_attention_heads", 0, "num_attention_heads is 0"),
+    ("num_attention_heads", -1, "num_attention_heads is -1"),
+    ("hidden_size", -48, "hidden_size is -48"),
+    ("intermediate_size", -4, "intermediate_size is -4"),
+    ("num_hidden_layers", 2.5, "num_hidden_layers is 2.5"),
+    ("num_hidden_layers", True, "num_hidden_layers is true"),
+    ("num_hidden_layers", 10 ** 9, "num_hidden_layers is 1000000000"),
+    ("vocab_size", "64", 'vocab_size is "64"'),
+    ("layer_norm_eps", "x", 'layer_norm_eps is "x"'),
+    ("layer_norm_eps", float("nan"), "layer_norm_eps is NaN"),
+    ("type_vocab_size", [1], "type_vocab_size is [1]"),
+    ("type_vocab_size", 0, "type_vocab_size is 0"),
+    ("hidden_size", 50, "hidden_size 50 is not a multiple of num_attention_heads 12"),
+    ("vocab_size", _ABSENT, "lacks the key vocab_size"),
+])
+def test_nonsense_in_config_json_is_exit_4_naming_key_and_value(tiny_models, one_shard, tmp_path, run_cli,
+                                                                 key, value, shown):
+    models = _models_with_config(tiny_models, tmp_path / "models", key, value)
+    code, message = run_cli("embed", one_shard, "--models", models, "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == ExitCode.MODELS, message
+    assert "config.json" in message and shown in message, message
+    assert "virnucpro models download --only dnabert_s" in message and "Traceback" not in message, message
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_config_json_that_is_not_an_object_is_exit_4(tiny_dir, tmp_path):
+    folder = _copy(tiny_dir, tmp_path / "m")
+    (folder / "config.json").write_text("[48, 12]")
+    _expect_models_error(folder, "config.json", "not an object")

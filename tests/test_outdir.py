@@ -433,3 +433,93 @@ def test_a_failed_run_leaves_no_folder_it_created(tmp_path, tiny_models):
     _, err = process.communicate(timeout=300)
     assert process.returncode == 3 and "protein" in err, err
     assert not (tmp_path / "out").exists()
+
+
+# --- found by a hostile review: a refused command leaves no lock file behind -------------------
+
+def entries(folder: Path) -> dict[str, int]:
+    """Name -> inode of everything in a folder (a lock file replaced by another shows)."""
+    return {p.name: p.lstat().st_ino for p in folder.iterdir()}
+
+
+@pytest.fixture
+def prepared(tmp_path, run_cli) -> Path:
+    out = tmp_path / "prep"
+    assert run_cli("prepare", write_fasta(tmp_path / "p.fa", 2), "--outdir", out)[0] == 0
+    return out
+
+
+def fill(out: Path, before: str, run_cli, tmp_path: Path) -> None:
+    """Put what a folder held before the command into it."""
+    if before == "a prepare output":
+        assert run_cli("prepare", write_fasta(tmp_path / "q.fa", 1), "--outdir", out)[0] == 0
+        return
+    out.mkdir()
+    if before != "nothing":
+        (out / "keep.txt").write_text("x\n")
+    if before == "a file and a lock file from before":
+        (out / od.LOCK_NAME).write_text("")
+
+
+@pytest.mark.parametrize("before, why", [("a file", "keep.txt"), ("a file and a lock file from before", "keep.txt"),
+                                         ("a prepare output", "'prepare' output"), ("nothing", "none.h5")])
+def test_a_refused_or_failed_predict_leaves_an_existing_folder_as_it_was(tmp_path, run_cli, prepared, before, why):
+    out = tmp_path / "mine"
+    fill(out, before, run_cli, tmp_path)
+    was = entries(out)
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", tmp_path / "none.h5",
+                            "--outdir", out)
+    assert code == 3 and why in message, message
+    assert entries(out) == was  # our lock file gone again; one there before kept, the same file
+
+
+def test_without_flock_a_refused_command_leaves_no_lock_files(tmp_path, run_cli, prepared, monkeypatch):
+    def no_flock(_fd, _operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(od.fcntl, "flock", no_flock)
+    out = tmp_path / "mine"
+    fill(out, "a file", run_cli, tmp_path)
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", tmp_path / "none.h5",
+                            "--outdir", out)
+    assert code == 3 and "keep.txt" in message, message
+    assert sorted(entries(out)) == ["keep.txt"]
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", tmp_path / "none.h5",
+                            "--outdir", tmp_path / "new")
+    assert code == 3 and "none.h5" in message, message
+    assert not (tmp_path / "new").exists()  # a folder it created goes again once released
+
+
+def test_a_lock_file_its_creator_removed_is_never_held_by_a_late_comer(tmp_path, monkeypatch):
+    """The race of removing a lock file: a command opens it, its creator fails, removes it and
+    exits, then the command's flock succeeds on the removed file. It must lock the path's file."""
+    out = tmp_path / "res"
+    out.mkdir()
+    first, fifo = start_holding(tmp_path, "prepare", out)
+    try:
+        late_open = os.open(out / od.LOCK_NAME, os.O_RDWR)  # the late comer's open, before the removal
+        fifo.open_and_write(">p\nMEEPQSDPSVEPPLSQETFSDLWKLLPEN\n")  # protein: prepare fails, writes nothing
+    finally:
+        fifo.close()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 3 and "protein" in err, err
+    assert entries(out) == {}
+    opens = iter([(late_open, False)])
+    real_open = od._open_lock_file
+    monkeypatch.setattr(od, "_open_lock_file", lambda lock: next(opens, None) or real_open(lock))
+    with od.folder_lock(out, "--outdir") as held:
+        assert os.path.samestat(os.stat(out / od.LOCK_NAME), os.fstat(held.fd))
+        third = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "b.fa", 1)), "--outdir", str(out)],
+                               capture_output=True, text=True, timeout=120)
+        assert third.returncode == 3 and f"pid {os.getpid()}" in third.stderr, third.stderr
+
+
+def test_a_marker_cut_short_by_a_kill_does_not_block_the_rerun(tmp_path, run_cli):
+    """A kill between writing the marker's temporary file and renaming it (seen as a flaky
+    test_a_killed_holder_leaves_no_stale_lock) leaves `.virnucpro.json.tmp`: ours, not foreign."""
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / (od.MARKER_NAME + ".tmp")).write_text('{"kind": "prep')
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 0, message
+    assert sequence_ids(out) == ["s0", "s1"]

@@ -4,9 +4,11 @@ The published `300_model.pth` / `500_model.pth` are whole models saved with `tor
 a script, so their pickle names the class `__main__.MLPClassifier`. Unpickling such a file normally
 imports and calls whatever the pickle names; here every global the pickle refers to is checked
 against a short allow-list first (statically, without executing anything), and the file is then
-read with torch's `weights_only` unpickler, which maps `__main__.MLPClassifier` onto our class.
-The loaded object is never used directly: its tensors are copied into a freshly built
-`MLPClassifier`, so nothing but numbers survives from the file.
+read with torch's `weights_only` unpickler, which maps `__main__.MLPClassifier` and the torch
+layers it holds onto inert shell classes: unpickling fills their `__dict__` and never runs a
+constructor, so a pickle that *calls* `Linear(30000, 30000)` builds nothing and is refused cheaply.
+Only the shells' tensors are used: they are copied into a freshly built `MLPClassifier`, so nothing
+but numbers survives from the file.
 
 Also accepted: a state_dict saved with `torch.save(model.state_dict())` and a `.safetensors` file
 with the same key names.
@@ -36,14 +38,31 @@ STATE_KEYS = (
     "output_layer.weight", "output_layer.bias",
 )
 
-#: Classes a pickled whole model may name, besides torch's own tensor/storage/rebuild globals.
+
+class _PickledModule:
+    """An unpickled module's attributes and nothing else: no constructor, no methods to call.
+
+    Pickle rebuilds a saved module with `cls.__new__(cls)` and fills `__dict__` from the saved
+    state; a file that instead calls the class with arguments gets a TypeError, not an allocation.
+    """
+
+
+def _shell(name: str) -> type:
+    """An inert stand-in, named `name` for messages, for one class a pickled model may name."""
+    return type(name, (_PickledModule,), {"__module__": __name__})
+
+
+#: Classes a pickled whole model may name, besides torch's own tensor/storage/rebuild globals,
+#: each mapped to the inert shell the unpickler builds in its place.
 _MODULE_CLASSES = {
-    "torch.nn.modules.linear.Linear": nn.Linear,
-    "torch.nn.modules.batchnorm.BatchNorm1d": nn.BatchNorm1d,
-    "torch.nn.modules.activation.ReLU": nn.ReLU,
-    "torch.nn.modules.dropout.Dropout": nn.Dropout,
-    "torch.nn.modules.container.Sequential": nn.Sequential,
+    "torch.nn.modules.linear.Linear": _shell("Linear"),
+    "torch.nn.modules.batchnorm.BatchNorm1d": _shell("BatchNorm1d"),
+    "torch.nn.modules.activation.ReLU": _shell("ReLU"),
+    "torch.nn.modules.dropout.Dropout": _shell("Dropout"),
+    "torch.nn.modules.container.Sequential": _shell("Sequential"),
 }
+_PICKLED_CLASSIFIER = _shell("MLPClassifier")
+_CLASSIFIER_NAMES = ("__main__.MLPClassifier", "virnucpro.classifier.MLPClassifier")
 
 
 class MLPClassifier(nn.Module):
@@ -84,9 +103,9 @@ def _allowed_globals() -> set[str]:
     from torch import _weights_only_unpickler as wou
 
     allowed = set(wou._get_allowed_globals().keys())  # tensors, storages, rebuild functions
+    allowed.discard("builtins.bytearray")  # never in a checkpoint; bytearray(10**10) zeroes 10 GB
     allowed.update(_MODULE_CLASSES)
-    allowed.update({"__main__.MLPClassifier", "virnucpro.classifier.MLPClassifier",
-                    "collections.OrderedDict", "builtins.set"})
+    allowed.update({*_CLASSIFIER_NAMES, "collections.OrderedDict", "builtins.set"})
     return allowed
 
 
@@ -206,17 +225,17 @@ def _tensor(value: Any, what: str, path: Path) -> torch.Tensor:
 
 
 def _state_from_module(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], float]:
-    """Read the tensors out of an unpickled original model without calling any of its methods."""
+    """Read the tensors out of the shells of an unpickled original model (it has no methods)."""
     modules = vars(obj).get("_modules", {})
     if not isinstance(modules, dict):
         raise ModelsError(f"{path}: the pickled MLPClassifier's modules are a {type(modules).__name__}")
     state: dict[str, torch.Tensor] = {}
     eps = 1e-5
-    for sub, kind in (("hidden_layer", nn.Linear), ("bn1", nn.BatchNorm1d),
-                      ("output_layer", nn.Linear)):
+    for sub, kind in (("hidden_layer", "Linear"), ("bn1", "BatchNorm1d"),
+                      ("output_layer", "Linear")):
         module = modules.get(sub)
-        if not isinstance(module, kind):
-            raise ModelsError(f"{path}: the pickled MLPClassifier has no {kind.__name__} `{sub}`")
+        if not isinstance(module, _PickledModule) or type(module).__name__ != kind:
+            raise ModelsError(f"{path}: the pickled MLPClassifier has no {kind} `{sub}`")
         fields = vars(module)
         tensors = [fields.get("_parameters", {}), fields.get("_buffers", {})]
         if not all(isinstance(group, dict) for group in tensors):
@@ -306,8 +325,8 @@ def _refuse_foreign_globals(path: Path) -> None:
 
 def _unpickle_weights_only(path: Path) -> Any:
     """torch's weights_only unpickler, allowed the MLP's classes; every failure is exit 4."""
-    safe = [(MLPClassifier, "__main__.MLPClassifier"), MLPClassifier,
-            *[(cls, name) for name, cls in _MODULE_CLASSES.items()]]
+    safe = [*[(_PICKLED_CLASSIFIER, name) for name in _CLASSIFIER_NAMES],
+            *[(shell, name) for name, shell in _MODULE_CLASSES.items()]]
     try:
         with torch.serialization.safe_globals(safe):
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -328,7 +347,7 @@ def _unpickle_weights_only(path: Path) -> Any:
 
 def _model_from_unpickled(obj: Any, path: Path) -> MLPClassifier:
     """A fresh MLPClassifier holding only the numbers of an unpickled model or state_dict."""
-    if isinstance(obj, MLPClassifier):
+    if type(obj) is _PICKLED_CLASSIFIER:
         state, eps = _state_from_module(obj, path)
         return _build(state, path, eps)
     if isinstance(obj, Mapping):

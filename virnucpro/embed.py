@@ -10,6 +10,7 @@ same batches, hence the same vectors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,14 +34,16 @@ from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InterruptedByUser, VirnucproError, check_stop,
-                              ignore_stop_signals, make_output_dir, note_stop, output_errors)
+                              InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
+                              ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
 from virnucpro.outdir import file_lock, folder_lock, refuse_nesting
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
-PART_ARRAYS = sorted(f"{role}_{kind}.npy" for role in ROLES for kind in ("index", "vectors"))
+PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
+KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
+PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for role in ROLES for kind in ("index", "vectors"))])
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
 
@@ -124,14 +127,17 @@ class DamagedPart(Exception):
 class CheckpointStore:
     """Part files `part_NNNNN.<sha256>.npz` under the key folder, each written atomically.
 
-    A part holds, per role, distinct-sequence indices and their vectors. Its file name carries the
-    sha256 of its bytes, so a damaged part is detected; every part is also checked completely before
-    use (arrays, dtypes, shapes, index range and uniqueness, finite values), so a crafted one is never
-    trusted either: it is reported, ignored and its vectors recomputed.
+    A part holds its key (the folder's name) and, per role, distinct-sequence indices and their
+    vectors. Its file name carries the sha256 of its bytes, so a damaged part is detected; every part
+    is also checked completely before use (its key, arrays, dtypes, shapes, index range and
+    uniqueness, finite values), so a part copied from another key folder or a crafted one is never
+    trusted either: it is reported, ignored and its vectors recomputed. A part that cannot be written
+    ends the command (exit 10) at the next `raise_failed` or `flush`, the parts before it kept.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.key = folder.name
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
         self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
         self.next_part = 0
@@ -146,7 +152,7 @@ class CheckpointStore:
         parts = {}
         for path in paths:
             try:
-                parts[path] = _read_part(path, sizes, widths)
+                parts[path] = _read_part(path, self.key, sizes, widths)
             except DamagedPart as problem:
                 _discard(path, str(problem))
         for path, problem in _shared_sequences(parts).items():
@@ -155,9 +161,10 @@ class CheckpointStore:
         return list(parts.values())
 
     def save(self, vectors: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
+        """Queue one part of these vectors for the writer thread."""
         number = self.next_part
         self.next_part += 1
-        arrays = {}
+        arrays = {PART_KEY: np.array(self.key, dtype=KEY_DTYPE)}
         for role in ROLES:
             indices, blocks = vectors[role]
             arrays[f"{role}_index"] = np.asarray(indices, dtype=np.int64)
@@ -165,19 +172,38 @@ class CheckpointStore:
         self.pending.append(self.writer.submit(self._write, number, arrays))
 
     def _write(self, number: int, arrays: dict) -> None:
+        """Write one part atomically (in the writer thread); a failure is an OutputWriteError naming it."""
         tmp = self.folder / f".part_{number:05d}.tmp.npz"
-        np.savez(tmp, **arrays)
-        digest = fmt.sha256_of(tmp)
-        os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
+        try:
+            np.savez(tmp, **arrays)
+            digest = fmt.sha256_of(tmp)
+            os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
+                                   "free space or choose another --checkpoint-dir; a rerun resumes from the parts "
+                                   "already written") from None
+
+    def raise_failed(self) -> None:
+        """Raise the failure of a part write that has finished, without waiting for those still running."""
+        running = []
+        for future in self.pending:
+            if future.done():
+                future.result()
+            else:
+                running.append(future)
+        self.pending = running
 
     def flush(self) -> None:
-        for future in self.pending:
-            future.result()
-        self.pending = []
+        """Wait for every queued part; raise the failure of any."""
+        while self.pending:
+            self.pending.pop(0).result()
 
     def close(self) -> None:
-        self.flush()
-        self.writer.shutdown()
+        """Let the queued writes end, then release the folder; a write failure was raised by
+        `raise_failed`/`flush` already, or the command is failing for another reason."""
+        self.writer.shutdown(wait=True)
         self._lock.close()
 
     def remove(self) -> None:
@@ -197,8 +223,8 @@ def _discard(path: Path, problem: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _read_part(path: Path, sizes: dict[str, int], widths: dict[str, int]) -> dict:
-    """One part checked completely: name, checksum, then each role's arrays (raises DamagedPart)."""
+def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> dict:
+    """One part checked completely: name, checksum, key, then each role's arrays (raises DamagedPart)."""
     match = PART_NAME.fullmatch(path.name)
     if not match:
         raise DamagedPart("its name is not part_<number>.<sha256>.npz")
@@ -209,6 +235,7 @@ def _read_part(path: Path, sizes: dict[str, int], widths: dict[str, int]) -> dic
             raise DamagedPart("checksum mismatch")
         with zipfile.ZipFile(path) as archive:
             _check_array_names(archive.namelist())
+            _check_key(archive, key)
             return {role: _read_role(archive, role, sizes[role], widths[role]) for role in ROLES}
     except (DamagedPart, VirnucproError):
         raise  # a stop signal landing meanwhile (InterruptedByUser) is no damage to the part
@@ -224,6 +251,21 @@ def _check_array_names(names: list[str]) -> None:
     unexpected = sorted(set(names) - set(PART_ARRAYS)) or ["one named twice"]
     found = f"missing array {', '.join(missing)}" if missing else f"unexpected array {', '.join(unexpected)}"
     raise DamagedPart(found.replace(".npy", ""))
+
+
+def _check_key(archive: zipfile.ZipFile, key: str) -> None:
+    """The part names the key folder it is read from: a part of another shard, models or precision
+    (copied or moved here) is refused however sound its own bytes are."""
+    with archive.open(f"{PART_KEY}.npy") as member:
+        shape, fortran, dtype = _read_npy_header(member, PART_KEY)
+        if dtype != KEY_DTYPE:
+            raise DamagedPart(f"{PART_KEY} has dtype {dtype}, not {KEY_DTYPE} (a sha256 in hex)")
+        if shape != ():
+            raise DamagedPart(f"{PART_KEY} has shape {shape}, not () (one string)")
+        found = _read_npy_data(member, PART_KEY, shape, fortran, dtype).item()
+    if found != key:
+        raise DamagedPart(f"it belongs to another checkpoint: key {ascii(found[:16])[1:-1]}..., not this folder's "
+                          f"{key[:16]}...; a part of another shard, models or precision")
 
 
 def _read_role(archive: zipfile.ZipFile, role: str, size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -632,6 +674,7 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
             work.embed_item(role, indices, tokens, layouts, stop)
             if number + 1 == len(items) or items[number + 1][0] != window_end:
                 work.close_window(window_end)
+    checkpoints.flush()  # a part that could not be written ends the command before the output is written
     work.report()
 
 
@@ -677,6 +720,7 @@ class _ShardWork:
         collate = functools.partial(self.embedder.collate, role, tokens)
         for batch, collated in _prefetched(layouts, collate, batches):
             self.embed_batch(role, tokens, batch, collated)
+            self.checkpoints.raise_failed()  # a failed part write stops the compute at once (exit 10)
             self.stop_if_requested(stop)
             if time.monotonic() - self.last_save >= self.checkpoint_seconds:
                 self.save()

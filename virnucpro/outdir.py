@@ -7,6 +7,9 @@ Every command that writes a folder holds an exclusive lock on it for its whole l
   `FOLDER/.virnucpro.lock.pid` created with O_EXCL, holding pid, host and start time and touched
   every minute; it is taken over when its process is gone (same host) or it was not touched for
   ten minutes (another host).
+A command that is refused, or fails before publishing anything, removes the lock file again when it
+created it (a folder is left as the command found it); `HeldLock.remove_if_created` says why that is
+safe against a process about to lock the same file.
 
 A folder is written only when it is absent, empty, or holds the marker `FOLDER/.virnucpro.json`
 of the same kind of output (run, prepare, predict). `embed --out FILE` locks `.FILE.lock` beside
@@ -36,10 +39,12 @@ from virnucpro.errors import BadInputError, check_stop, output_errors
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
 MARKER_NAME = ".virnucpro.json"
+MARKER_TMP_NAME = MARKER_NAME + ".tmp"  # left behind by a kill between writing and renaming the marker
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
+LOCK_ATTEMPTS = 10  # a lock file removed under us this often in a row: give up as busy
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
-OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME}
+OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME, MARKER_TMP_NAME}
 _held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
 
 
@@ -160,19 +165,89 @@ def exclusive_file_lock(lock: Path, subject: Path, what: str) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-@contextmanager
-def _hold(lock: Path, subject: Path, what: str) -> Iterator[None]:
-    """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback."""
-    with output_errors(lock):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+class HeldLock:
+    """The lock file a command holds, and whether this command created it."""
+
+    def __init__(self, path: Path, fd: int, created: bool):
+        self.path, self.fd, self.created = path, fd, created
+
+    def remove_if_created(self) -> None:
+        """Remove the lock file when this command created it; call it while still holding the lock,
+        as the last change this command makes in the folder.
+
+        Why it is safe: only a holder ever removes a lock file, so while we hold it the path still
+        names our file. A process that opened that file before the unlink gets its flock only once we
+        close it, then sees that the path no longer names the file it locked and starts over on the
+        path (`_open_and_flock`): two processes never both hold the folder. Without flock (O_EXCL
+        fallback) this file locks nothing; the `.pid` file that does stays held until the block
+        ends. What remains: a virnucpro older than that check could work on a folder a newer one
+        took over at the same moment; and a command that found the folder just created by another
+        one can see it vanish before its own open when that other one fails at once and removes
+        the folder it created (`claim`): the command then fails on the missing folder.
+        """
+        if not self.created:
+            return
+        try:
+            if os.path.samestat(os.lstat(self.path), os.fstat(self.fd)):
+                os.unlink(self.path)
+        except OSError:
+            pass  # gone already, or not ours to remove: the folder keeps an (unheld) lock file
+
+
+def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
+    """(fd, whether this call created the file): the lock file opened, created when absent; None
+    when its holder removed it between our two opens."""
     try:
-        if _try_flock(fd, subject, what):
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
+    except FileExistsError:
+        pass
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CLOEXEC), False
+    except FileNotFoundError:
+        return None
+
+
+def _names_same_file(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd` (its holder may have removed it)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
+def _open_and_flock(lock: Path, subject: Path, what: str) -> tuple[int, bool, bool]:
+    """(fd, created, flocked): the lock file opened and flocked, or flocked False where the file
+    system has no flock. A file removed by its holder before we got the flock is dropped for the
+    file now at the path (see HeldLock.remove_if_created)."""
+    for _attempt in range(LOCK_ATTEMPTS):
+        with output_errors(lock):
+            opened = _open_lock_file(lock)
+        if opened is None:
+            continue
+        fd, created = opened
+        try:
+            flocked = _try_flock(fd, subject, what)
+            if not flocked or _names_same_file(lock, fd):
+                return fd, created, flocked
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise _busy(subject, what, "a lock file that keeps being replaced")
+
+
+@contextmanager
+def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
+    """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback."""
+    fd, created, flocked = _open_and_flock(lock, subject, what)
+    try:
+        if flocked:
             _write_holder(fd)
             held = nullcontext()
         else:
             held = exclusive_file_lock(lock.with_name(lock.name + ".pid"), subject, what)
         with held, _registered(subject):
-            yield
+            yield HeldLock(lock, fd, created)
     finally:
         os.close(fd)
 
@@ -197,20 +272,20 @@ def file_mode() -> int:
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
+def folder_lock(folder: Path, what: str) -> Iterator[HeldLock]:
     """Create `folder` if needed and hold it exclusively while the block runs (exit 3 when busy)."""
     folder = Path(folder)
     _make_folder(folder, what)
-    with _hold(folder / LOCK_NAME, folder, what):
-        yield
+    with _hold(folder / LOCK_NAME, folder, what) as lock:
+        yield lock
 
 
 @contextmanager
-def file_lock(path: Path, what: str) -> Iterator[None]:
+def file_lock(path: Path, what: str) -> Iterator[HeldLock]:
     """Hold one output file exclusively (through `.NAME.lock` beside it) while the block runs."""
     path = Path(path)
-    with _hold(path.with_name(f".{path.name}.lock"), path, what):
-        yield
+    with _hold(path.with_name(f".{path.name}.lock"), path, what) as lock:
+        yield lock
 
 
 # --- nesting -------------------------------------------------------------------------------------
@@ -270,6 +345,7 @@ class OutputFolder:
         self.folder, self.kind, self.what = Path(folder), kind, what
         self.names = tuple(names)  # the top-level entries this kind of output consists of
         self.recorded: dict[str, list[int]] = {}
+        self.published = False  # whether this command has moved any output in yet
 
     def check(self) -> None:
         """Refuse (exit 3) a folder holding anything this command could replace but did not write."""
@@ -340,6 +416,7 @@ class OutputFolder:
         # the files about to move in are ours from before the first move: a publish cut short by a
         # signal or a full disk leaves a folder its rerun recognises
         self._write_marker(publishing={rel: _signature(staging / rel) for rel in _files_under(staging, names)})
+        self.published = True
         for name in names:
             target = self.folder / name
             if target.is_dir() and not target.is_symlink():
@@ -363,7 +440,7 @@ class OutputFolder:
 
     def _write_marker(self, publishing: dict[str, list[int]] | None = None) -> None:
         path = self.folder / MARKER_NAME
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(MARKER_TMP_NAME)
         data = {"kind": self.kind, "virnucpro_version": __version__, "files": dict(sorted(self.recorded.items()))}
         if publishing:
             data["publishing"] = dict(sorted(publishing.items()))
@@ -398,31 +475,54 @@ def _merge_folder(source: Path, target: Path) -> None:
 def claim(folder: Path, kind: str, names: Iterable[str], what: str = "--outdir") -> Iterator[OutputFolder]:
     """Lock `folder`, check that it may be written, and hand out the `OutputFolder` to publish into.
 
-    When the command fails before publishing anything into a folder it created, the folder goes
-    again: a mistyped input leaves nothing behind.
+    When the command is refused or fails before publishing anything, it takes back what it added
+    (see `_undone_unless_published`) and removes a folder it created: a mistyped input leaves
+    nothing behind.
     """
     folder = Path(folder)
     refuse_nesting(folder, what)
     created = not folder.exists()
-    with folder_lock(folder, what):
-        output = OutputFolder(folder, kind, names, what)
-        output.check()
-        output._write_marker()  # ours from the first moment: a rerun after a kill recognises it
-        try:
-            yield output
-        except BaseException:
-            if created and not output.recorded:
-                _remove_if_only_bookkeeping(folder)
-            raise
+    try:
+        with folder_lock(folder, what) as lock:
+            output = OutputFolder(folder, kind, names, what)
+            with _undone_unless_published(output, lock):
+                output.check()
+                output._write_marker()  # ours from the first moment: a rerun after a kill recognises it
+                yield output
+    except BaseException:
+        if created:
+            _remove_if_empty(folder)
+        raise
 
 
-def _remove_if_only_bookkeeping(folder: Path) -> None:
-    """Remove a folder this command created when it holds nothing but our lock and marker."""
-    if any(p.name not in OURS for p in folder.iterdir()):
-        return
-    for name in OURS:
-        (folder / name).unlink(missing_ok=True)
+@contextmanager
+def _undone_unless_published(output: OutputFolder, lock: HeldLock) -> Iterator[None]:
+    """When the block fails before publishing, remove our new marker (if the folder holds nothing
+    else) and then, last and while still held, the lock file this command created."""
+    marker = output.folder / MARKER_NAME
+    had_marker = marker.exists()
+    try:
+        yield
+    except BaseException:
+        if not output.published:
+            if not had_marker and _only_bookkeeping(output.folder):
+                marker.unlink(missing_ok=True)
+            lock.remove_if_created()
+        raise
+
+
+def _only_bookkeeping(folder: Path) -> bool:
+    """Whether the folder holds nothing but our lock and marker files."""
+    try:
+        return all(p.name in OURS for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this command created, once released, when nothing is left in it (rmdir
+    refuses a folder another command has started to use meanwhile)."""
     try:
         folder.rmdir()
     except OSError:
-        pass  # something appeared meanwhile: leave it
+        pass

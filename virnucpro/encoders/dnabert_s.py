@@ -157,22 +157,55 @@ _UNUSED_PREFIXES = ("cls.", "pooler.")
 _UNUSED_KEYS = {"embeddings.position_ids", "embeddings.token_type_ids"}
 
 
+# config.json keys the module is built from -> default (None: required); the bounds lie far above any
+# BERT-style model and keep a nonsense value from building millions of layers before the shape check
+_CONFIG_KEYS = {"vocab_size": None, "hidden_size": None, "num_hidden_layers": None, "num_attention_heads": None,
+                "intermediate_size": None, "type_vocab_size": 2, "layer_norm_eps": 1e-12}
+_MAX_SIZE = 1 << 20
+_MAX_LAYERS = 1024
+_CONFIG_HINT = ("re-download it: virnucpro models download --only dnabert_s (virnucpro models check "
+                "tells which model files differ from the published ones)")
+
+
 def _config(folder: Path) -> dict:
+    """config.json's sizes, each checked for type and range, so that a damaged folder is exit 4
+    naming the key and its value rather than a crash while building the module."""
     path = folder / "config.json"
     if not path.is_file():
         raise ModelsError(f"DNABERT-S: {path} is missing", hint="virnucpro models download --only dnabert_s")
     try:
         cfg = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({exc})") from exc
-    need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    missing = [k for k in need if not isinstance(cfg.get(k), int)]
-    if missing:
-        raise ModelsError(f"DNABERT-S: {path} lacks integer field(s) {', '.join(missing)}")
-    if cfg["hidden_size"] % cfg["num_attention_heads"]:
-        raise ModelsError(f"DNABERT-S: {path}: hidden_size {cfg['hidden_size']} is not a multiple of "
-                          f"num_attention_heads {cfg['num_attention_heads']}")
-    return cfg
+        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({exc})", hint=_CONFIG_HINT) from exc
+    if not isinstance(cfg, dict):
+        raise ModelsError(f"DNABERT-S: {path} holds a JSON {type(cfg).__name__}, not an object", hint=_CONFIG_HINT)
+    sizes = {key: _config_value(path, cfg, key, default) for key, default in _CONFIG_KEYS.items()}
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise ModelsError(f"DNABERT-S: {path}: hidden_size {sizes['hidden_size']} is not a multiple of "
+                          f"num_attention_heads {sizes['num_attention_heads']}", hint=_CONFIG_HINT)
+    return sizes
+
+
+def _config_value(path: Path, cfg: dict, key: str, default: int | float | None) -> int | float:
+    """One config.json value: a positive integer within bounds, or for layer_norm_eps a positive number."""
+    if key not in cfg:
+        if default is None:
+            raise ModelsError(f"DNABERT-S: {path} lacks the key {key}", hint=_CONFIG_HINT)
+        return default
+    value = cfg[key]
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "layer_norm_eps":
+        if numeric and math.isfinite(value) and 0 < value < 1:
+            return float(value)
+        expected = "a positive number below 1"
+    else:
+        limit = _MAX_LAYERS if key == "num_hidden_layers" else _MAX_SIZE
+        if numeric and isinstance(value, int) and 1 <= value <= limit:
+            return value
+        expected = f"an integer from 1 to {limit}"
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ModelsError(f"DNABERT-S: {path}: {key} is {shown}, expected {expected}", hint=_CONFIG_HINT)
 
 
 def _weights(folder: Path) -> tuple[Path, dict]:
@@ -269,17 +302,16 @@ class DnabertSEncoder:
                               hint="virnucpro models download --only dnabert_s")
         cfg = _config(folder)
         weights, state = _weights(folder)
-        self.width = int(cfg["hidden_size"])
-        self.vocab_size = int(cfg["vocab_size"])
+        self.width = cfg["hidden_size"]
+        self.vocab_size = cfg["vocab_size"]
         self.device = torch.device(device)
         self.dtype = dtype
         self.tokenizer, self.pad_id = _tokenizer(folder, self.vocab_size)
         with torch.device("meta"):
-            module = DnabertSModule(self.vocab_size, self.width, int(cfg["num_hidden_layers"]),
-                                    int(cfg["num_attention_heads"]), int(cfg["intermediate_size"]),
-                                    float(cfg.get("layer_norm_eps", 1e-12)),
-                                    int(cfg.get("type_vocab_size", 2)))
-        mapped = _map_state(weights, state, int(cfg["num_hidden_layers"]))
+            module = DnabertSModule(self.vocab_size, self.width, cfg["num_hidden_layers"],
+                                    cfg["num_attention_heads"], cfg["intermediate_size"],
+                                    cfg["layer_norm_eps"], cfg["type_vocab_size"])
+        mapped = _map_state(weights, state, cfg["num_hidden_layers"])
         load_checked(module, mapped, "DNABERT-S", weights, "config.json implies")
         self.module = module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
 
