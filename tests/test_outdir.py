@@ -174,10 +174,12 @@ def test_outputs_of_another_kind_are_never_overwritten(tmp_path, run_cli, tiny_m
     fasta = write_fasta(tmp_path / "a.fa", 2)
     prep = tmp_path / "prep"
     assert run_cli("prepare", fasta, "--outdir", prep)[0] == 0
-    before = {p.name: p.read_bytes() for p in prep.iterdir() if p.is_file()}
+    # every file but the lock file, where each command that takes the lock notes who holds it
+    before = {p.name: p.read_bytes() for p in prep.iterdir() if p.is_file() and p.name != ".virnucpro.lock"}
     code, message = run_cli("run", fasta, "--outdir", prep, "--models", tiny_models, "--device", "cpu")
     assert code == 3 and "'prepare' output" in message, message
-    assert {p.name: p.read_bytes() for p in prep.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in prep.iterdir() if p.is_file() and p.name != ".virnucpro.lock"} == before
+    assert (prep / ".virnucpro.lock").is_file(), "the refused command removed a lock file it did not create"
 
 
 def test_a_changed_file_in_our_own_output_is_not_replaced(tmp_path, run_cli):

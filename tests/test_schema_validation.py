@@ -144,6 +144,8 @@ def _cases(tmp: Path):
         "not_a_number": {"threshold": "abc"},
         "over_maximum": {"threshold": 1.5},
         "not_an_integer": {"shard_size": "abc"},
+        # passed on as written: the CLI would get `--chunk-size 500.0`
+        "decimal_integer": {"chunk_size": 500.0},
         "required": {"input": None},
         "no_such_input": {"input": str(tmp / "reads" / "*.fq")},
         "dir_is_file": {"models": str(tmp / "reads" / "p1.fa")},
@@ -188,6 +190,7 @@ def test_valid_parameters_pass(results, name):
     ("not_a_number", ["* --threshold: 'abc' is not a number"]),
     ("over_maximum", ["* --threshold: 1.5 is greater than the maximum 1"]),
     ("not_an_integer", ["* --shard_size: 'abc' is not an integer"]),
+    ("decimal_integer", ["* --chunk_size: 500.0 is not an integer"]),
     ("required", ["* --input: required"]),
     ("no_such_input", ["* --input: no file matches", "*.fq"]),
     ("dir_is_file", ["* --models:", "is a file, not a directory"]),

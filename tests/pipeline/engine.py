@@ -68,8 +68,11 @@ class Run:
         return self.launch / "work"
 
     def trace(self) -> List[Dict[str, str]]:
-        """The rows of pipeline_info/execution_trace.txt (every attempt of every task)."""
-        return read_tsv(self.outdir / "pipeline_info" / "execution_trace.txt")
+        """The rows of this run's trace, the newest pipeline_info/execution_trace_<start>.txt
+        (every attempt of every task)."""
+        traces = sorted((self.outdir / "pipeline_info").glob("execution_trace_*.txt"))
+        assert traces, f"no trace in {self.outdir / 'pipeline_info'}"
+        return read_tsv(traces[-1])
 
     def tasks(self, process: str) -> List[Dict[str, str]]:
         """The trace rows of one process (name without the workflow prefix), in attempt order."""
@@ -126,8 +129,8 @@ def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 6
 
 
 def checkpoint_parts(checkpoint_dir: Path) -> List[Path]:
-    """The checkpoint part files of every shard in progress."""
-    return sorted(checkpoint_dir.glob("*/part_*.npz"))
+    """The checkpoint part files of every shard in progress (samples/<sample>/<key>/part_*.npz)."""
+    return sorted(checkpoint_dir.glob("samples/*/*/part_*.npz"))
 
 
 def embed_pids(marker: str) -> List[int]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from engine import (SAMPLE_FILES, TEST_INPUTS, assert_retried_and_resumed, assert_same_tables, checkpoint_parts,
-                    coding_reads, killed_embed_run, read_tsv, require_engine, run_pipeline, tiny_models_of,
-                    virnucpro_run)
+from engine import (NEXTFLOW, REPO, SAMPLE_FILES, TEST_INPUTS, Run, assert_retried_and_resumed, assert_same_tables,
+                    checkpoint_parts, coding_reads, killed_embed_run, read_tsv, require_engine, run_pipeline, task_env,
+                    tiny_models_of, virnucpro_run)
 
 pytestmark = pytest.mark.pipeline
 
@@ -134,10 +135,52 @@ def test_bad_samplesheets_are_refused_before_any_task(tmp_path):
     missing = write_samplesheet(tmp_path / "missing.csv", [("good", reads), ("gone", tmp_path / "nope.fa")])
     run = run_pipeline(tmp_path / "missing", "-profile", "test", "--input", str(missing))
     assert_refused_before_any_task(run, "row 2", "nope.fa")
-    # results of a sample named like the run's own folders would be mixed with them
-    reserved = write_samplesheet(tmp_path / "reserved.csv", [("good", reads), ("multiqc", reads)])
+    # results of a sample named like the run's own results would be mixed with them
+    reserved = write_samplesheet(tmp_path / "reserved.csv", [("good", reads), ("virnucpro_summary.tsv", reads)])
     run = run_pipeline(tmp_path / "reserved", "-profile", "test", "--input", str(reserved))
-    assert_refused_before_any_task(run, "multiqc", "reserved")
+    assert_refused_before_any_task(run, "'virnucpro_summary.tsv'", "reserved")
+    # one folder on case-insensitive file systems
+    by_case = write_samplesheet(tmp_path / "case.csv", [("good", reads), ("Good", reads)])
+    run = run_pipeline(tmp_path / "case", "-profile", "test", "--input", str(by_case))
+    assert_refused_before_any_task(run, "'good', 'Good'", "differ only in case")
+    # the same file twice for one sample (here once through `..`): its records would count twice
+    twice = write_samplesheet(tmp_path / "twice.csv", [("good", reads), ("good", reads.parent / ".." / reads.parent.name / reads.name)])
+    run = run_pipeline(tmp_path / "twice", "-profile", "test", "--input", str(twice))
+    assert_refused_before_any_task(run, str(reads.resolve()), "sample 'good'", "more than once")
+
+
+def test_file_names_that_cannot_name_a_sample_are_refused(tmp_path):
+    (tmp_path / "reads").mkdir()
+    shutil.copy(TEST_INPUTS / "sample_a.fasta", tmp_path / "reads" / "patient 1.fa")
+    shutil.copy(TEST_INPUTS / "sample_a.fasta", tmp_path / "reads" / "multiqc.fa")
+    run = run_pipeline(tmp_path / "space", "-profile", "test", "--input", str(tmp_path / "reads" / "patient*.fa"))
+    assert_refused_before_any_task(run, "'patient 1'", "use a samplesheet")
+    run = run_pipeline(tmp_path / "reserved", "-profile", "test", "--input", str(tmp_path / "reads" / "multiqc.fa"))
+    assert_refused_before_any_task(run, "'multiqc'", "reserved")
+
+
+def test_an_outdir_in_use_by_another_run_is_refused(tmp_path):
+    import fcntl
+    launch = tmp_path / "launch"
+    info = launch / "results" / "pipeline_info"
+    info.mkdir(parents=True)
+    earlier = info / "execution_trace_2026-01-01_00-00-00.txt"
+    earlier.write_text("the other run's trace\n")
+    with open(info / ".virnucpro-run.lock", "w") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running pipeline holds (a POSIX lock)
+        run = run_pipeline(launch, "-profile", "test")
+    assert_refused_before_any_task(run, "in use by another run", str(launch / "results"))
+    assert earlier.read_text() == "the other run's trace\n"
+
+
+def test_no_outdir_is_refused_without_creating_a_folder(tmp_path):
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    done = subprocess.run([str(NEXTFLOW), "run", str(REPO), "-ansi-log", "false", "-profile", "test"], cwd=launch,
+                          env=task_env(), capture_output=True, text=True, timeout=600)
+    run = Run(launch, launch / "results", done.returncode, done.stdout + done.stderr)
+    assert_refused_before_any_task(run, "--outdir", "required")
+    assert not (launch / "null").exists() and not (launch / "results").exists(), list(launch.iterdir())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,8 +201,14 @@ def test_twins_no_orf_and_same_named_files_come_through_whole(tmp_path):
         ("noorf", data / "no_orf.fa"),
         ("lanes", data / "run1" / "reads.fa"), ("lanes", data / "run2" / "reads.fa"),
     ])
-    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--input", str(sheet))
+    # a relative --checkpoint_dir is the launch directory's (not each task's own folder), with a
+    # folder per sample: the twins' shards are byte-identical, so their checkpoint keys are too
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--input", str(sheet), "--checkpoint_dir", "ckpt")
     run.assert_ok()
+    for task in run.tasks("VIRNUCPRO_EMBED"):
+        sample = task["tag"].split(":")[0]
+        script = (Path(task["workdir"]) / ".command.sh").read_text()
+        assert f"--checkpoint-dir {run.launch / 'ckpt' / 'samples' / sample} " in script, script
     assert_same_tables(run.outdir / "twin1", run.outdir / "twin2")
     summary = {row["sample"]: row for row in read_tsv(run.outdir / "virnucpro_summary.tsv")}
     assert set(summary) == {"twin1", "twin2", "noorf", "lanes"}

@@ -198,11 +198,9 @@ def convertToType(value, String type, boolean fromText) {
         return value instanceof CharSequence || value instanceof Number ? [true, value.toString()] : [false, null]
     }
     if (type == 'integer') {
+        // 500.0 is no integer here: the value is passed on as written, and the CLI wants `500`
         if (value instanceof Integer || value instanceof Long || value instanceof Short || value instanceof BigInteger) {
             return [true, value]
-        }
-        if ((value instanceof BigDecimal || value instanceof Double || value instanceof Float) && toDecimal(value).stripTrailingZeros().scale() <= 0) {
-            return [true, toDecimal(value).toBigInteger()]
         }
         return text != null && text ==~ /[+-]?\d+/ ? [true, new BigInteger(text.replaceFirst(/^\+/, ''))] : [false, null]
     }

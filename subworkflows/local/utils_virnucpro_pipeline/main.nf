@@ -27,7 +27,8 @@ def isSamplesheet(String input) {
 // One sample per samplesheet `sample`; its rows (one file each) are the sample's input files.
 def samplesFromSamplesheet(String samplesheet) {
     def rows = samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json")
-    checkReservedSampleNames(rows.collect { row -> row[0].id }, "in ${samplesheet}")
+    checkSampleNames(rows.collect { row -> row[0].id }.unique(), "in ${samplesheet}", 'rename the sample')
+    checkRepeatedFiles(rows, samplesheet)
     return channel
         .fromList(rows)
         .map { meta, reads -> [meta.id, reads] }
@@ -36,12 +37,12 @@ def samplesFromSamplesheet(String samplesheet) {
 }
 
 // One sample per file, named after the file without its FASTA/FASTQ and compression extensions.
+// The glob is listed here, at start-up, so that a bad name stops the run before any task.
 def samplesFromFiles(String pattern) {
-    return channel
-        .fromPath(pattern, checkIfExists: true)
-        .map { reads -> [[id: sampleIdFromPath(reads)], [reads]] }
-        .toSortedList { a, b -> a[0].id <=> b[0].id }
-        .flatMap { rows -> checkUniqueSampleIds(rows) }
+    def rows = files(pattern, checkIfExists: true)
+        .collect { reads -> [[id: sampleIdFromPath(reads)], [reads]] }
+        .sort { a, b -> a[0].id <=> b[0].id }
+    return channel.fromList(checkUniqueSampleIds(rows))
 }
 
 def sampleIdFromPath(reads) {
@@ -55,16 +56,74 @@ def checkUniqueSampleIds(List rows) {
     if (duplicated) {
         error("Several input files give the sample name ${duplicated.join(', ')}; rename them or use a samplesheet (--input samples.csv)")
     }
-    checkReservedSampleNames(rows.collect { row -> row[0].id }, 'from the input file names')
+    checkSampleNames(rows.collect { row -> row[0].id }, 'from the input file names', 'rename the file or use a samplesheet (--input samples.csv)')
     return rows
 }
 
-// Sample results go to <outdir>/<sample>/ beside the run's own folders: a sample may not take their names.
-def checkReservedSampleNames(List ids, String where) {
-    def reserved = ids.findAll { id -> id in ['pipeline_info', 'multiqc'] }.unique()
-    if (reserved) {
-        error("Sample name ${reserved.join(', ')} ${where} is reserved for the run's own results folder; rename the sample")
+// A sample name becomes a folder name: <outdir>/<sample>/ beside the run's own pipeline_info/,
+// multiqc/ and virnucpro_summary.tsv, and the sample's checkpoint folder. So it holds only letters,
+// digits, '.', '_' and '-' (the samplesheet's pattern), is none of those names, and no two names
+// differ only in case (they would share one folder on macOS and Windows file systems).
+def checkSampleNames(List ids, String where, String fix) {
+    def malformed = ids.findAll { id -> !(id ==~ /[A-Za-z0-9][A-Za-z0-9._-]*/) }
+    if (malformed) {
+        error("Sample name ${quoted(malformed)} ${where} may hold only letters, digits, '.', '_' and '-', starting with a letter or digit (it names the sample's results folder); ${fix}")
     }
+    def reserved = ids.findAll { id -> id.toLowerCase() in ['pipeline_info', 'multiqc', 'virnucpro_summary.tsv'] }
+    if (reserved) {
+        error("Sample name ${quoted(reserved)} ${where} is reserved for the run's own results; ${fix}")
+    }
+    def sameFolder = ids.groupBy { id -> id.toLowerCase() }.values().findAll { names -> names.size() > 1 }
+    if (sameFolder) {
+        error("Sample names ${sameFolder.collect { names -> quoted(names) }.join('; ')} ${where} differ only in case and would share one results folder on some file systems; ${fix}")
+    }
+}
+
+def quoted(List names) {
+    return names.collect { name -> "'${name}'" }.join(', ')
+}
+
+// A file listed twice for one sample would be read twice (its records counted as duplicates, and
+// named by their staged copies): refused here, naming the sample and the file.
+def checkRepeatedFiles(List rows, String samplesheet) {
+    def repeated = rows.groupBy { row -> [row[0].id, canonicalPath(row[1])] }.findAll { _key, group -> group.size() > 1 }.keySet()
+    if (repeated) {
+        error("${samplesheet} lists ${repeated.collect { key -> "the file ${key[1]} for sample '${key[0]}'" }.join(', ')} more than once; list each file once per sample")
+    }
+}
+
+// The file behind links and `..`, where the file system can say; else the path as given.
+def canonicalPath(path) {
+    return path.toUri().getScheme() == 'file' && path.exists() ? path.toRealPath().toString() : path.toUriString()
+}
+
+// One run at a time writes to an --outdir: the run holds an OS lock on
+// <outdir>/pipeline_info/.virnucpro-run.lock until it ends (the kernel releases it if Nextflow is
+// killed), and a second run given the same --outdir meanwhile stops before any task. Object
+// storage (s3://, gs://) has no such lock: there the folder is not checked.
+def lockOutdir(String outdir) {
+    def dir = file(outdir)
+    if (dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def lockFile = dir.resolve('pipeline_info').resolve('.virnucpro-run.lock')
+    lockFile.parent.mkdirs()
+    def channel = java.nio.channels.FileChannel.open(lockFile, java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.WRITE)
+    def lock = null
+    try {
+        lock = channel.tryLock()
+    }
+    catch (IOException e) {
+        log.warn("--outdir ${outdir} not locked for this run (${e.message}): give each run its own --outdir")
+        channel.close()
+        return
+    }
+    if (lock == null) {
+        channel.close()
+        error("--outdir ${outdir} is in use by another run of this pipeline (it holds ${lockFile}); wait for it to end, or give this run another --outdir")
+    }
+    // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
+    workflow.onComplete { lock.release() }
 }
 
 def checkModelsDirectory(String models) {
@@ -101,14 +160,18 @@ def checkSlurmQueues(Map queues) {
 // EMBED checkpoints: --checkpoint_dir, else next to the work directory when that is a filesystem
 // path the tasks can write (local disk, NFS, Lustre, GPFS); on object storage (s3://, gs://) there is
 // no default and the CLI keeps them inside the task directory (set --checkpoint_dir to a mounted
-// path instead). The folder is made here, as the user, before any container mounts it (Docker
-// would create a missing one owned by root).
+// path instead). Given as an absolute path (tasks run in their own folders, containers mount it at
+// that path), and made here, as the user, before any container mounts it (Docker would create a
+// missing one owned by root).
 def checkpointDir(String requested, work_dir) {
-    def dir = requested ?: (work_dir.toUri().getScheme() == 'file' ? "${work_dir}/virnucpro-checkpoints" : '')
-    if (dir) {
-        file(dir).mkdirs()
+    if (requested && requested.contains('://')) {
+        error("--checkpoint_dir ${requested}: checkpoints need a file system path every task can write (local disk, NFS, Lustre, GPFS), not object storage")
     }
-    return dir
+    def dir = requested ? file(requested) : (work_dir.toUri().getScheme() == 'file' ? work_dir.resolve('virnucpro-checkpoints') : null)
+    if (dir) {
+        dir.mkdirs()
+    }
+    return dir ? dir.toString() : ''
 }
 
 // The classifier files PREDICT needs from a models directory: the classifier for the chunk size

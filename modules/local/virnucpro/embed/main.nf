@@ -1,6 +1,7 @@
 // Embed one ORF shard with DNABERT-S and ESM-2 (the GPU step). Wraps `virnucpro embed`.
 // The checkpoint directory lives outside the work directory, so a retried or resumed task picks
-// the shard up where the killed one stopped (the CLI keys it by shard content, models, precision).
+// the shard up where the killed one stopped (the CLI keys it by shard content, models, precision,
+// inside a folder per sample).
 // On a GPU, `gpu_slot.py` (bin/) makes concurrent tasks on one machine use different GPUs, and the
 // kernels torch.compile builds are cached beside the checkpoints: tasks started after the first
 // ones load them (a few seconds of tracing remain) instead of compiling again.
@@ -26,7 +27,9 @@ process VIRNUCPRO_EMBED {
     script:
     def args = task.ext.args ?: ''
     def device = task.ext.device ?: 'auto'
-    def checkpoint = checkpoint_dir ? "--checkpoint-dir ${checkpoint_dir}" : ''
+    // one folder per sample: two samples with byte-identical shards have the same checkpoint key,
+    // and their tasks may run at the same time
+    def checkpoint = checkpoint_dir ? "--checkpoint-dir ${checkpoint_dir}/samples/${meta.id}" : ''
     def compile_cache = checkpoint_dir ? "--compile-cache ${checkpoint_dir}/compile-cache" : ''
     """
     exec 9> .embed.running

@@ -2,15 +2,16 @@
 // the sample's row of the run summary, its counts reconciled (bin/virnucpro_summary.py row).
 // Wraps `virnucpro predict`. It gets only the classifier, never the whole models directory (ESM-2 3B
 // would be copied to every task on cloud executors): `classifier_files` is the classifier with the
-// models manifest that pins its checksum (staged as models/), or a classifier .pth given by the user
-// (then `user_classifier` is true).
+// models manifest that pins its checksum (staged as _input/models/), or a classifier .pth given by the
+// user (then `user_classifier` is true). Inputs are staged under _input/, a name no sample can have,
+// so the sample's results folder (named after it) never meets them.
 process VIRNUCPRO_PREDICT {
     tag "${meta.id}"
     label 'process_low'
 
     input:
-    tuple val(meta), path(prepared, stageAs: 'prepared'), path(embeddings, stageAs: 'embeddings/*')
-    path(classifier_files, stageAs: 'models/*')
+    tuple val(meta), path(prepared, stageAs: '_input/prepared'), path(embeddings, stageAs: '_input/embeddings/*')
+    path(classifier_files, stageAs: '_input/models/*')
     val user_classifier
 
     output:
@@ -26,7 +27,7 @@ process VIRNUCPRO_PREDICT {
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
-    def model_args = user_classifier ? "--classifier ${classifier_files}" : '--models models'
+    def model_args = user_classifier ? "--classifier ${classifier_files}" : '--models _input/models'
     """
     virnucpro predict \\
         --prepared ${prepared} \\
