@@ -44,6 +44,7 @@ def test_shard_equals_encoders_called_one_by_one(tmp_path, tiny_models, golden_p
     assert (attrs["shard_index"], attrs["shard_of"], attrs["shard_sha256"]) == (0, info.of, info.sha256)
     assert attrs["precision"] == "fp32" and attrs["device"] == "cpu" and attrs["chunk_size"] == 500
     assert not (tmp_path / "s.h5.ckpt").exists(), "a finished shard removes its checkpoints"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"], "embed left its lock file beside --out"
 
 
 def test_duplicate_sequences_computed_once_but_every_record_has_a_row(tmp_path, tiny_models, capsys):
@@ -191,9 +192,51 @@ def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prep
     assert not (tmp_path / "never.h5").exists()
 
 
+def test_out_of_memory_recovery_never_runs_two_batches_at_once(tmp_path, tiny_models, golden_prepared, uninterrupted,
+                                                               monkeypatch, keep_torch_threads):
+    """On a GPU the layout thread launches the next batch while the current one finishes: the
+    halves of a batch that ran out of memory must not compute beside that launch (the two would
+    share the memory that just ran out, and halving could end at one sequence: a false exit 7)."""
+    import threading
+    import time
+
+    from virnucpro.embed import Embedder
+
+    original_init, original_forward = Embedder.__init__, Esm2Encoder.forward
+    running, most, count = [0], [0], threading.Lock()
+
+    def overlapping(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.overlap = {role: True for role in self.overlap}  # as on a GPU after the first batch
+
+    def slow_small_memory(self, collated):
+        with count:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)
+            batch, _ = collated
+            if int((batch.slot >= 0).sum()) > 200:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            return original_forward(self, collated)
+        finally:
+            with count:
+                running[0] -= 1
+
+    monkeypatch.setattr(Embedder, "__init__", overlapping)
+    monkeypatch.setattr(Esm2Encoder, "forward", slow_small_memory)
+    out = tmp_path / "s.h5"
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=30, threads=1)
+    assert most[0] == 1, "two batches computed at once"
+    _, nuc, prot, _ = read_h5(out)  # other batches than the reference's: equal within float32 noise
+    np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(nuc, uninterrupted[1], atol=1e-6, rtol=1e-6)
+
+
 def test_missing_models_exit_4_and_cuda_without_gpu_exit_8(tmp_path, run_cli, golden_prepared, tiny_models):
     code, message = run_cli("embed", shard(golden_prepared), "--models", tmp_path / "nothing", "--out", tmp_path / "x.h5")
     assert code == 4 and "virnucpro models download" in message
+    assert list(tmp_path.iterdir()) == [], "a failed embed left files beside --out"
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "x.h5",
@@ -209,6 +252,11 @@ def test_out_that_is_the_shard_or_a_directory_exits_3(tmp_path, run_cli, tiny_mo
     assert source.read_bytes() == shard(golden_prepared).read_bytes()
     code, message = run_cli("embed", source, "--models", tiny_models, "--out", tmp_path, "--device", "cpu")
     assert code == 3 and "is a directory" in message
+    theirs = tmp_path / "theirs.h5"
+    theirs.write_text("not ours")
+    code, message = run_cli("embed", source, "--models", tiny_models, "--out", theirs, "--device", "cpu")
+    assert code == 3 and "not a virnucpro embedding file" in message and theirs.read_text() == "not ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_00000.tsv", "theirs.h5"], "a refusal left a lock file"
 
 
 def test_stop_signal_outside_the_embedding_loop_exits_6_and_loses_nothing(tmp_path, run_cli, tiny_models,

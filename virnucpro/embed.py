@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -396,6 +397,9 @@ class Embedder:
         self.encoders, self.device = encoders, device
         self.token_budget = {role: token_budget for role in encoders}  # halved per model on OOM
         self.overlap = {role: False for role in encoders}  # launch in `collate` (vectors stay on the GPU)
+        # one launch at a time: the layout thread's launch of the next batch never computes beside
+        # this thread's (the halves of a batch that ran out of memory would share what just ran out)
+        self.launching = threading.RLock()
         self.paths_run = {role: set() for role in encoders}  # the paths that computed this process's batches
         self.real_tokens = 0
         self.padded_tokens = 0
@@ -426,7 +430,7 @@ class Embedder:
         """Start a batch; vectors left on the GPU are copied to pinned memory without blocking."""
         import torch
 
-        with torch.inference_mode():
+        with self.launching, torch.inference_mode():
             vectors = self.encoders[role].forward(collated)
             self.paths_run[role].add(self.encoders[role].path)  # after a fallback, the one that ran
             if vectors.device.type != "cuda":
@@ -460,7 +464,9 @@ class Embedder:
                 raise GpuOutOfMemory(f"{role}: one sequence of {len(tokens[batch[0]])} tokens does not fit "
                                      "in GPU memory", "use a GPU with more memory, or --device cpu") from None
             if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+                with self.launching:  # what the failed batch held goes back before the halves run
+                    torch.cuda.synchronize(self.device)
+                    torch.cuda.empty_cache()
             # later batches are planned with half of what failed (batches already planned with the
             # old budget shrink the budget no further than that)
             failed = len(batch) * max(len(tokens[i]) for i in batch)
@@ -525,16 +531,20 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs.
 
     `out` is locked while this runs (a second embed to it exits 3), and an existing `out` is
-    replaced only when it is a virnucpro embedding file.
+    replaced only when it is a virnucpro embedding file. The lock file, when this call made it, is
+    removed at the end however it ends: nothing of ours is left beside `out` but `out` itself.
     """
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
     refuse_nesting(out, "--out")
     _check_output(shard, out)
-    with file_lock(out, "--out"), output_errors(out):
-        _check_replaceable(out)
-        return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
-                             checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
+    with file_lock(out, "--out") as lock, output_errors(out):
+        try:
+            _check_replaceable(out)
+            return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
+                                 checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
+        finally:
+            lock.remove_if_created()
 
 
 def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
