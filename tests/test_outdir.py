@@ -324,6 +324,23 @@ def test_stop_signal_ends_prepare_and_its_workers(tmp_path, large_fasta, signum)
     assert not (out / fmt.MANIFEST).exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_the_command_line_loads_is_exit_6(tmp_path, signum):
+    """The signal arrives after the console script's first line, before the command's handlers
+    exist (the imports take a few tenths of a second): it is held back, then handled (exit 6)."""
+    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
+    starts_then_stops = ("import os, signal, sys, time\n"
+                         "import virnucpro.entry\n"
+                         f"os.kill(os.getpid(), {int(signum)})\n"
+                         "time.sleep(0.2)\n"
+                         "virnucpro.entry.main()\n")
+    done = subprocess.run([sys.executable, "-c", starts_then_stops, "prepare", str(fasta), "--outdir", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 6, (done.returncode, done.stderr)
+    assert f"{signal.Signals(signum).name} received" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
 def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],

@@ -1,5 +1,5 @@
 """`python -m virnucpro` runs the command line."""
 
-from virnucpro.cli import main
+from virnucpro.entry import main
 
 main()

@@ -180,6 +180,9 @@ def stop_signals_exit_interrupted() -> Iterator[None]:
     _received.clear()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
+        # the console script holds stop signals back while it loads (virnucpro.entry): one that
+        # arrived meanwhile is handled here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         yield
     except InterruptedByUser:
         raise
