@@ -230,16 +230,28 @@ def test_hash_cache_and_full_check(tiny, tmp_path, monkeypatch):
     store.locate(models)
     cache = json.loads((models / store.HASH_CACHE).read_text())
     assert "esm2_tiny.pt" in cache
-    # Same size and mtime, different bytes: the cached locate trusts the stamp, check does not.
+    # Same size and mtime, different bytes (written in place, or another file put there as
+    # `rsync -a` does): the write changed the ctime (and the inode), so locate hashes again
     path = models / "esm2_tiny.pt"
     stat = path.stat()
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside the tensor data
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    store.locate(models)
+    with pytest.raises(ModelsError, match="checksum mismatch for esm2"):
+        store.locate(models)
     with pytest.raises(ModelsError, match="checksum mismatch for esm2"):
         store.check(models)
+    other = path.with_name("other.pt")
+    other.write_bytes(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the original bytes again, in a new file renamed into place
+    path.write_bytes(bytes(data))
+    store.locate(models)
+    other.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0xFF]))
+    os.utime(other, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    os.replace(other, path)
+    with pytest.raises(ModelsError, match="checksum mismatch for esm2"):
+        store.locate(models)
 
 
 def test_check_refuses_malicious_classifier(tiny, tmp_path, pin_to):
@@ -585,8 +597,8 @@ def _write_manifest_of_staged(staged: Path, tiny: bool) -> None:
 
 
 def test_pin_checks_reuse_the_hash_cache(tiny, tmp_path, pin_to, monkeypatch):
-    """A git blob id is cached beside the sha256 by size and mtime: locate reads a file once;
-    `models check` always hashes again."""
+    """A git blob id is cached beside the sha256 by the file's stat stamp: locate reads a file
+    once; `models check` always hashes again."""
     monkeypatch.setattr(store, "_CACHE_MIN_BYTES", 0)
     staged = _hand_staged(tiny, tmp_path / "staged")
     pin_to(staged)
@@ -599,6 +611,7 @@ def test_pin_checks_reuse_the_hash_cache(tiny, tmp_path, pin_to, monkeypatch):
     data[-200] ^= 0xFF  # same size, same mtime, other bytes
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    store.locate(staged)
+    with pytest.raises(ModelsError, match=f"{path} {NOT_PUBLISHED}"):
+        store.locate(staged)
     with pytest.raises(ModelsError, match=f"{path} {NOT_PUBLISHED}"):
         store.check(staged)

@@ -183,7 +183,7 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
 def _existing_ok(directory: Path, role: str, spec: FileSource, cache: store.HashCache) -> str | None:
     """sha256 of an already present file if it matches its pin and passes validation, else None.
 
-    A sha256 pin is compared with the cached hash when size and mtime are unchanged, so a rerun
+    A sha256 pin is compared with the cached hash when the file is unchanged (HashCache), so a rerun
     does not re-read 6 GB; a git blob id pin always re-reads the (small) file.
     """
     target = directory / spec.relpath

@@ -24,7 +24,7 @@ pass as real ones; real ones marked tiny only make the outputs say "tiny".
 
 Verification of every file:
 - its sha256 against the manifest, when recorded, and its pin unless its role is tiny; hashes
-  (and git blob ids) of big files are cached by (size, mtime) in `MODELS/.sha256-cache.json` when
+  (and git blob ids) of big files are cached by (size, mtime, ctime, inode) in `MODELS/.sha256-cache.json` when
   the directory is writable, so `embed` on many shards does not re-read 6 GB each time
   (`models check` always re-hashes);
 - the pickles of the encoders' torch checkpoints (`.pt`, `.bin`) are disassembled, never run, and
@@ -315,8 +315,18 @@ def combined_sha256(file_hashes: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _stamp(stat: os.stat_result) -> dict[str, int]:
+    """What identifies one version of a file without reading it (see HashCache)."""
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+
+
 class HashCache:
-    """sha256 of big files keyed by (size, mtime_ns); best effort, never required."""
+    """sha256 of big files keyed by their stat stamp; best effort, never required.
+
+    The stamp is (size, mtime_ns, ctime_ns, inode): any write to the file, or another file put in
+    its place, changes the ctime or the inode even when the writer restores the mtime (`rsync -a`
+    of other weights of the same size, `touch -r`), so a changed file is always hashed again.
+    """
 
     def __init__(self, directory: Path, use: bool = True):
         self.path = Path(directory) / HASH_CACHE
@@ -331,12 +341,12 @@ class HashCache:
                 self.entries = {}
 
     def sha256(self, directory: Path, rel: str) -> str:
-        """The file's sha256, from the cache when its size and mtime are unchanged."""
+        """The file's sha256, from the cache when the file is unchanged."""
         return self.digests(directory, rel)[0]
 
     def digests(self, directory: Path, rel: str, git_sha1: bool = False) -> tuple[str, str | None]:
-        """(sha256, git blob id when `git_sha1`) of the file, from the cache when its size and
-        mtime are unchanged; one read computes both."""
+        """(sha256, git blob id when `git_sha1`) of the file, from the cache when the file is
+        unchanged; one read computes both."""
         path = Path(directory) / rel
         stat = path.stat()
         entry = self._cached(rel, stat)
@@ -350,18 +360,16 @@ class HashCache:
         return digest, blob
 
     def _cached(self, rel: str, stat: os.stat_result) -> dict | None:
-        """The cache entry of a file whose size and mtime are unchanged, if allowed and valid."""
+        """The cache entry of a file whose stamp is unchanged, if allowed and valid."""
         entry = self.entries.get(rel)
-        if (self.use and isinstance(entry, dict) and entry.get("size") == stat.st_size
-                and entry.get("mtime_ns") == stat.st_mtime_ns and isinstance(entry.get("sha256"), str)):
+        if (self.use and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and all(entry.get(name) == value for name, value in _stamp(stat).items())):
             return entry
         return None
 
     def record(self, rel: str, path: Path, digest: str, git_sha1: str | None = None) -> None:
         """Remember `digest` (and the git blob id, when known) for the file as it is now."""
-        stat = path.stat()
-        self.entries[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest,
-                             **({"git_sha1": git_sha1} if git_sha1 else {})}
+        self.entries[rel] = {**_stamp(path.stat()), "sha256": digest, **({"git_sha1": git_sha1} if git_sha1 else {})}
         self.dirty = True
 
     def save(self) -> None:
