@@ -296,25 +296,34 @@ def test_stop_signal_while_parts_are_checked_exits_6_and_keeps_them(tmp_path, ru
     assert kept == [plain.parts[0].name, plain.parts[1].name]
 
 
-def test_the_checkpoint_lock_works_without_flock_and_a_busy_one_is_exit_3(tmp_path, monkeypatch):
-    """Lustre mounted without flock: the checkpoint folder falls back to the O_EXCL lock (as --out
-    does) instead of reporting a busy lock; a folder another process holds is exit 3 naming it."""
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "no-flock"])
+def test_a_busy_checkpoint_folder_is_waited_for_then_resumed(tmp_path, monkeypatch, capsys, flock):
+    """Another embed of the same inputs holds the folder (a resumed pipeline task whose first
+    attempt still runs): the second waits, saying so, and takes the folder when the first ends.
+    Where the file system has no flock (Lustre mounted without it) the O_EXCL lock does the same."""
     import errno as errno_codes
-    import fcntl
+    import threading
+    import time
 
+    from virnucpro import embed as embed_module
     from virnucpro import outdir
     from virnucpro.embed import CheckpointStore
-    from virnucpro.errors import BadInputError
 
     def no_flock(*args, **kwargs):
         raise OSError(errno_codes.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(outdir.fcntl, "flock", no_flock)
-    store = CheckpointStore(tmp_path / "key")
-    try:
-        with pytest.raises(BadInputError, match="checkpoint folder .* is in use by another virnucpro command"):
-            CheckpointStore(tmp_path / "key")
-    finally:
-        store.close()
-    monkeypatch.setattr(outdir.fcntl, "flock", fcntl.flock)
-    CheckpointStore(tmp_path / "key").close()
+    if not flock:
+        monkeypatch.setattr(outdir.fcntl, "flock", no_flock)
+    monkeypatch.setattr(embed_module, "CHECKPOINT_WAIT_SECONDS", 0.05)
+    first = CheckpointStore(tmp_path / "key")
+    second = []
+    waiter = threading.Thread(target=lambda: second.append(CheckpointStore(tmp_path / "key")))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not second, "the second store did not wait"
+    first.close()
+    waiter.join(10)
+    assert second, "the second store never got the folder"
+    second[0].close()
+    err = capsys.readouterr().err
+    assert "is in use by another virnucpro command" in err and "waiting for it to end" in err

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,43 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, tiny_models, gol
     np.testing.assert_array_equal(nuc, uninterrupted[1])  # same token budget: bit-identical
     np.testing.assert_array_equal(prot, uninterrupted[2])
     assert not (tmp_path / "s.h5.ckpt").exists()
+
+
+def test_a_second_embed_of_the_same_inputs_waits_then_resumes_what_the_first_saved(tmp_path, tiny_models,
+                                                                                   golden_prepared, uninterrupted):
+    """A pipeline task resumed while its first attempt still runs (Nextflow killed, -resume at
+    once): the second embed waits for the checkpoint folder instead of failing, and resumes from
+    what the first saved once the first is gone. A stop signal ends the wait with exit 6."""
+    ckpt = tmp_path / "ckpt"
+    first = subprocess.Popen(embed_command(shard(golden_prepared), tmp_path / "first.h5", tiny_models)
+                             + ["--checkpoint-dir", str(ckpt)], stderr=subprocess.PIPE, text=True)
+    wait_for_parts(ckpt, 2, first)
+    first.send_signal(signal.SIGSTOP)  # holds the folder, computes nothing more
+    logs = {name: tmp_path / f"{name}.err" for name in ("stopped", "second")}
+    waiting = {}
+    try:
+        for name, log in logs.items():
+            with open(log, "w") as err:
+                waiting[name] = subprocess.Popen(embed_command(shard(golden_prepared), tmp_path / f"{name}.h5",
+                                                               tiny_models) + ["--checkpoint-dir", str(ckpt)], stderr=err)
+        deadline = time.monotonic() + 120
+        while not all("waiting for it to end" in log.read_text() for log in logs.values()):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in waiting.values()), \
+                {name: log.read_text() for name, log in logs.items()}
+            time.sleep(0.1)
+        waiting["stopped"].send_signal(signal.SIGTERM)
+        assert waiting["stopped"].wait(60) == 6, logs["stopped"].read_text()
+        first.kill()  # as a task's first attempt dies at last
+        assert waiting["second"].wait(120) == 0, logs["second"].read_text()
+    finally:
+        for process in [first, *waiting.values()]:
+            process.kill()
+            process.communicate()
+    assert "resuming from checkpoint" in logs["second"].read_text()
+    ids, nuc, prot, _ = read_h5(tmp_path / "second.h5")
+    assert ids == uninterrupted[0]
+    np.testing.assert_array_equal(nuc, uninterrupted[1])
+    np.testing.assert_array_equal(prot, uninterrupted[2])
 
 
 def test_corrupt_part_is_detected_and_recomputed(tmp_path, tiny_models, golden_prepared, uninterrupted):

@@ -37,10 +37,11 @@ from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
                               ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
-from virnucpro.outdir import file_lock, folder_lock, refuse_nesting
+from virnucpro.outdir import FolderBusy, file_lock, folder_lock, refuse_nesting
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
+CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
 PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
 KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
@@ -140,10 +141,25 @@ class CheckpointStore:
         self.folder = folder
         self.key = folder.name
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
-        self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
+        self._hold_when_free(folder)
         self.next_part = 0
         self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
         self.pending = []
+
+    def _hold_when_free(self, folder: Path) -> None:
+        """Lock the folder, waiting while another embed of the same shard, models and precision
+        holds it (a task resumed while its first attempt still runs, say): once that one ends, what
+        it saved is resumed here. A stop signal ends the wait (exit 6)."""
+        waiting = False
+        while True:
+            try:
+                self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
+                return
+            except FolderBusy as busy:
+                if not waiting:
+                    info(f"{busy.message}: waiting for it to end, then resuming from its checkpoints")
+                    waiting = True
+                time.sleep(CHECKPOINT_WAIT_SECONDS)
 
     def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
         """The sound parts, each {role: (indices, vectors)}, for `sizes` distinct sequences of `widths`."""

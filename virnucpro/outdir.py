@@ -64,9 +64,13 @@ def _holder_text(raw: str) -> str:
         return "another process (its details are unreadable)"
 
 
-def _busy(folder: Path, what: str, holder: str) -> BadInputError:
-    return BadInputError(f"{what} {folder} is in use by another virnucpro command ({holder})",
-                         "wait for it to finish, or choose another folder")
+class FolderBusy(BadInputError):
+    """The folder or file is held by another virnucpro command (exit 3 unless the caller waits)."""
+
+
+def _busy(folder: Path, what: str, holder: str) -> FolderBusy:
+    return FolderBusy(f"{what} {folder} is in use by another virnucpro command ({holder})",
+                      "wait for it to finish, or choose another folder")
 
 
 def _make_folder(folder: Path, what: str) -> None:
