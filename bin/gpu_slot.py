@@ -33,6 +33,12 @@ def say(message: str) -> None:
     print(f"gpu_slot: {message}", file=sys.stderr, flush=True)
 
 
+def fail(message: str, code: int) -> None:
+    """One line on stderr and the exit code (a shell's 126/127 for a command it cannot run)."""
+    say(message)
+    sys.exit(code)
+
+
 def count_gpus() -> int:
     """The GPUs this process can open: nvidia-smi's list, else the /dev/nvidiaN device files."""
     if shutil.which("nvidia-smi"):
@@ -43,8 +49,14 @@ def count_gpus() -> int:
 
 
 def try_lock(path: Path) -> int | None:
-    """An open descriptor holding an exclusive lock on `path`, or None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    """An open descriptor holding an exclusive lock on `path`, or None when another process holds
+    it. Opened read-only (flock needs no more), so a slot file another user created still works;
+    one this user cannot open at all counts as taken, with a word on stderr."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        say(f"cannot open {path} (permission denied): GPU slot treated as taken")
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -55,7 +67,10 @@ def try_lock(path: Path) -> int | None:
 
 def claim_slot(lock_dir: Path, count: int, wait: float = WAIT_SECONDS) -> tuple[int, int]:
     """(gpu index, lock descriptor) of the first free GPU, waiting while all `count` are taken."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create the GPU slot folder {lock_dir}: {exc.strerror}", 10)
     announced = False
     while True:
         for index in range(count):
@@ -81,10 +96,22 @@ def choose_and_run(lock_dir: Path, device: str, count: int | None, command: list
             say("no GPU visible; running as is")
         else:
             index, fd = claim_slot(lock_dir, count)
-            os.set_inheritable(fd, True)  # the command holds the slot until it ends
+            os.set_inheritable(fd, True)  # the command (and anything it leaves running) holds the slot
             os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
             say(f"CUDA_VISIBLE_DEVICES={index} (slot {lock_dir}/gpu{index}.lock, {count} GPUs)")
-    os.execvp(command[0], command)
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        fail(f"{command[0]}: command not found", 127)
+    except OSError as exc:
+        fail(f"{command[0]}: cannot run it: {exc.strerror}", 126)
+
+
+def gpu_count(text: str) -> int:
+    """--count: a whole number of GPUs, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GPUs (0 or more)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-dir", type=Path, required=True, help="folder shared by the machine's tasks")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="the command's device: cpu claims no GPU")
-    parser.add_argument("--count", type=int, default=None, help="number of GPUs (default: detected)")
+    parser.add_argument("--count", type=gpu_count, default=None, help="number of GPUs (default: detected)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -100,3 +100,35 @@ def test_the_exit_code_of_the_command_is_the_tasks(tmp_path):
 def test_no_command_is_a_usage_error(tmp_path, argv):
     done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), *argv], capture_output=True)
     assert done.returncode == 2
+
+
+def test_a_slot_file_another_user_made_read_only_is_still_usable(tmp_path):
+    """Two users sharing a --checkpoint_dir: the other's slot file (0444 here) is opened read-only,
+    which is all flock needs; before, opening it for writing failed with a traceback."""
+    import shutil
+    as_user = []  # root opens anything for writing: drop that privilege for the command
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: file permissions are not enforced")
+        as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    (tmp_path / "gpu0.lock").touch()
+    (tmp_path / "gpu0.lock").chmod(0o444)
+    done = subprocess.run([*as_user, sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "1", "--",
+                           sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                               if k != "CUDA_VISIBLE_DEVICES"})
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+
+
+@pytest.mark.parametrize("command, code", [(["no-such-command-virnucpro"], 127), (["/"], 126)])
+def test_a_command_that_cannot_run_is_127_or_126_without_a_traceback(tmp_path, command, code):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--device", "cpu", "--",
+                           *command], capture_output=True, text=True)
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert command[0] in done.stderr
+
+
+def test_a_negative_gpu_count_is_a_usage_error(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "-1", "--", "true"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--count" in done.stderr
