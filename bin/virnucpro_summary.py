@@ -4,30 +4,54 @@
     virnucpro_summary.py row RESULT_DIR --sample ID --out ID.summary.tsv      (in each PREDICT task)
     virnucpro_summary.py merge ROW.tsv... --out virnucpro_summary.tsv --mqc virnucpro_summary_mqc.tsv
 
-`row` reads one sample's predict folder. Every count is taken from the tables themselves and
-checked against the counts prepare recorded (run_info.json): input records -> sequences.tsv rows
--> chunks.tsv rows -> prediction_results.txt rows. A sample that does not reconcile is written with
-its status and then fails the step (exit 5): a result that does not add up is an error, not a
-warning. `merge` joins the rows of every sample, checking each again. Standard library only: it
-runs in any container with a Python 3.
+`row` reads one sample's predict folder and checks that nothing was lost or invented: sequences.tsv
+and chunks.tsv are walked side by side (both in input order, as predict writes them), each chunk's
+ORFs are taken from prediction_results.txt in the same order, and the chunks with ORFs must be
+exactly the rows of prediction_results_highestscore.csv. Ids are unique, calls are allowed values,
+and every per-chunk and per-sequence count and call is derived again from the rows it stands for;
+the totals must equal the counts prepare recorded (run_info.json). A damaged or missing table, or a
+sample that does not reconcile, fails the step (exit 5): a result that does not add up is an error,
+not a warning. `merge` joins the rows of every sample, adding up each row again.
+
+The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
+a line break, `"` included) and are read and written as such. Memory holds one set of sequence ids;
+everything else is streamed. Standard library only: it runs in any container with a Python 3.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import hashlib
+import itertools
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Sequence
 
 EXIT_INCONSISTENT = 5  # CONTRACTS.md: inconsistent inputs between stages
+EXIT_OUTPUT = 10  # CONTRACTS.md: an output could not be written
+REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
+
+SEQUENCES, CHUNKS, RESULTS, HIGHEST, RUN_INFO = (
+    "sequences.tsv", "chunks.tsv", "prediction_results.txt", "prediction_results_highestscore.csv", "run_info.json")
+SEQUENCE_COLUMNS = ("sequence_id", "length", "n_chunks", "n_chunks_virus", "n_chunks_no_orf", "fraction_virus",
+                    "max_score_virus", "mean_score_virus", "call")
+CHUNK_COLUMNS = ("chunk_id", "sequence_id", "start", "length", "n_orfs", "best_orf", "max_score_virus", "call")
+RESULT_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
+HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
+SEQUENCE_CALLS = ("virus", "others", "no_orf", "empty")
+CHUNK_CALLS = ("virus", "others", "no_orf")
+FRAMES = ("F1", "F2", "F3", "R1", "R2", "R3")  # an ORF id is its chunk id + frame; a chunk's ORFs in this order
+COUNT_KEYS = ("sequences", "empty_sequences", "bases", "chunks", "chunks_without_orf", "orfs")
 
 COLUMNS = [
     "sample", "input_records", "sequences", "chunks", "orfs",
     "sequences_virus", "sequences_others", "sequences_no_orf", "sequences_empty",
     "chunks_virus", "chunks_others", "chunks_no_orf", "reconciled",
 ]
+COUNT_COLUMNS = COLUMNS[1:-1]
 
 MQC_HEADER = """# id: 'virnucpro-virnucpro-summary'
 # section_name: 'virnucpro: calls per sample'
@@ -36,50 +60,370 @@ MQC_HEADER = """# id: 'virnucpro-virnucpro-summary'
 """
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The data rows of a tab-separated table with a header line."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+class Inconsistent(Exception):
+    """A table or row that is missing, damaged or disagrees with another: one message, exit 5."""
+
+    def __init__(self, message: str, hint: str = REPAIR_HINT):
+        super().__init__(f"{message}\n  fix: {hint}")
 
 
-def summarise_sample(folder: Path, sample: str) -> tuple[dict, list[str]]:
-    """The summary row of one sample and the list of counts that do not reconcile."""
-    run_info = json.loads((folder / "run_info.json").read_text(encoding="utf-8"))
-    counts = run_info["counts"]
-    sequences = read_rows(folder / "sequences.tsv")
-    chunks = read_rows(folder / "chunks.tsv")
-    orfs = read_rows(folder / "prediction_results.txt")
-    sequence_calls = Counter(row["call"] for row in sequences)
-    chunk_calls = Counter(row["call"] for row in chunks)
-    input_records = sum(int(entry["records"]) for entry in run_info["inputs"])
-    checks = [
-        ("input records", input_records, "sequences.tsv rows", len(sequences)),
-        ("prepared sequences", counts["sequences"], "sequences.tsv rows", len(sequences)),
-        ("prepared chunks", counts["chunks"], "chunks.tsv rows", len(chunks)),
-        ("prepared ORFs", counts["orfs"], "prediction_results.txt rows", len(orfs)),
-        ("prepared chunks without ORF", counts["chunks_without_orf"], "chunks called no_orf", chunk_calls["no_orf"]),
-        ("prepared empty sequences", counts["empty_sequences"], "sequences called empty", sequence_calls["empty"]),
-    ]
-    problems = [f"{a} {x} != {b} {y}" for a, x, b, y in checks if x != y]
-    row = {
-        "sample": sample, "input_records": input_records, "sequences": len(sequences),
-        "chunks": len(chunks), "orfs": len(orfs),
-        "sequences_virus": sequence_calls["virus"], "sequences_others": sequence_calls["others"],
-        "sequences_no_orf": sequence_calls["no_orf"], "sequences_empty": sequence_calls["empty"],
-        "chunks_virus": chunk_calls["virus"], "chunks_others": chunk_calls["others"],
-        "chunks_no_orf": chunk_calls["no_orf"],
-        "reconciled": "yes" if not problems else "NO: " + "; ".join(problems),
-    }
-    return row, problems
+# --- plain tab-separated tables ---------------------------------------------------------------------
+
+def read_table(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a tab-separated table whose header is exactly `columns`; no quoting, so a
+    `"` in an id is just a character. A missing file, a bad header or a short/long row is exit 5."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as handle:
+            _check_header(path, handle.readline(), columns)
+            for number, line in enumerate(handle, start=2):
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) != len(columns):
+                    raise Inconsistent(f"{path} line {number} has {len(fields)} tab-separated fields, its header "
+                                       f"{len(columns)}")
+                yield number, dict(zip(columns, fields))
+    except FileNotFoundError:
+        raise Inconsistent(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Inconsistent(f"cannot read {path}: {exc}") from None
+
+
+def _check_header(path: Path, line: str, columns: Sequence[str]) -> None:
+    """The header line is exactly `columns`; otherwise the missing and extra columns are named."""
+    if not line:
+        raise Inconsistent(f"{path} is empty (not even a header line)")
+    found = line.rstrip("\n").split("\t")
+    if found == list(columns):
+        return
+    missing = [column for column in columns if column not in found]
+    extra = [column for column in found if column not in columns]
+    parts = ([f"lacks the column(s) {', '.join(missing)}"] if missing else []) + \
+            ([f"has unexpected column(s) {', '.join(map(repr, extra))}"] if extra else [])
+    detail = " and ".join(parts) or "has its columns in another order"
+    raise Inconsistent(f"{path}: its header {detail} (expected: {' '.join(columns)})")
+
+
+def whole_number(path: Path, number: int, row: dict[str, str], column: str) -> int:
+    """A non-negative integer cell, or exit 5 naming the file, line and column."""
+    value = row[column]
+    if not (value.isascii() and value.isdigit()):
+        raise Inconsistent(f"{path} line {number}: {column} must be a whole number, found {value!r}")
+    return int(value)
+
+
+def probability(path: Path, number: int, row: dict[str, str], column: str) -> float:
+    """A score cell between 0 and 1 (NaN is not), or exit 5 naming the file, line and column."""
+    try:
+        value = float(row[column])
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise Inconsistent(f"{path} line {number}: {column} must be a score between 0 and 1, found {row[column]!r}")
+    return value
+
+
+def _cell(value: object) -> str:
+    """A value as one cell of a plain tab-separated table (a tab or line break would split it)."""
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def write_table(rows: list[dict], path: Path, header: str = "") -> None:
-    """The rows as a tab-separated table, preceded by `header` (MultiQC's comment lines)."""
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(header)
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    """The rows as a plain tab-separated table (no quoting), preceded by `header` (MultiQC's comments)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(header + "\t".join(COLUMNS) + "\n")
+        handle.writelines("\t".join(_cell(row[column]) for column in COLUMNS) + "\n" for row in rows)
+
+
+# --- run_info.json ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recorded:
+    """What prepare counted and predict was run with, from run_info.json."""
+
+    input_records: int
+    counts: dict
+    chunk_size: int
+    threshold: float
+
+
+def load_run_info(path: Path) -> Recorded:
+    """The counts and settings of run_info.json, each checked to be a number (exit 5 otherwise)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Inconsistent(f"{path} is missing (predict writes it last: the folder is not a finished "
+                           "predict output)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise Inconsistent(f"cannot read {path}: {exc}") from None
+    inputs = info.get("inputs") if isinstance(info, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise Inconsistent(f"{path}: 'inputs' must be the list of input files with their records")
+    records = sum(_recorded(path, entry, f"inputs[{i}]", "records") for i, entry in enumerate(inputs))
+    counts = {key: _recorded(path, info.get("counts"), "counts", key) for key in COUNT_KEYS}
+    threshold = _recorded(path, info, "", "threshold", kind=float)
+    return Recorded(records, counts, _recorded(path, info, "", "chunk_size"), threshold)
+
+
+def _recorded(path: Path, owner: object, where: str, key: str, kind: type = int):
+    """owner[key] as a non-negative whole number (or any number, `kind` float), else exit 5."""
+    value = owner.get(key) if isinstance(owner, dict) else None
+    valid = isinstance(value, int) and value >= 0 if kind is int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not valid:
+        name = f"{where}.{key}" if where else key
+        raise Inconsistent(f"{path}: {name} must be a {'whole number' if kind is int else 'number'}, "
+                           f"found {value!r}")
+    return value
+
+
+# --- one sample: every row derived again from the rows below it --------------------------------------
+
+def _fmt(value: float | None) -> str:
+    """Numbers as predict writes them in chunks.tsv and sequences.tsv."""
+    return "NA" if value is None else f"{value:.6g}"
+
+
+@dataclass
+class ChunkBest:
+    """A chunk's best ORF (the first with the highest virus score) and its maxima, from its ORF rows."""
+
+    orf_id: str
+    max_virus: float
+    max_others: float
+
+    def add(self, orf_id: str, virus: float, others: float) -> None:
+        if virus > self.max_virus:
+            self.orf_id, self.max_virus = orf_id, virus
+        self.max_others = max(self.max_others, others)
+
+    @property
+    def is_virus(self) -> bool:
+        """The original's per-chunk rule: best virus score at least the best others score."""
+        return self.max_virus >= self.max_others
+
+
+@dataclass
+class SequenceTally:
+    """One sequence's chunks as its row of sequences.tsv counts and scores them."""
+
+    virus: int = 0
+    no_orf: int = 0
+    scored: int = 0
+    total: float = 0.0
+    top: float | None = None
+
+    def add(self, best: ChunkBest | None) -> None:
+        if best is None:
+            self.no_orf += 1
+            return
+        self.virus += best.is_virus
+        self.scored += 1
+        self.total += best.max_virus
+        self.top = best.max_virus if self.top is None else max(self.top, best.max_virus)
+
+    def expected_row(self, length: int, threshold: float) -> dict[str, str]:
+        """The cells of sequences.tsv these chunks give."""
+        fraction = self.virus / self.scored if self.scored else None
+        mean = self.total / self.scored if self.scored else None
+        call = ("empty" if length == 0 else "no_orf" if not self.scored
+                else "virus" if fraction >= threshold else "others")
+        return {"n_chunks_virus": str(self.virus), "n_chunks_no_orf": str(self.no_orf),
+                "fraction_virus": _fmt(fraction), "max_score_virus": _fmt(self.top), "mean_score_virus": _fmt(mean),
+                "call": call}
+
+
+class ChunkDigest:
+    """An order-free digest of (chunk id, is virus) pairs, so chunks.tsv and the highest-score table
+    (sorted differently) are compared without holding either in memory."""
+
+    def __init__(self) -> None:
+        self.calls: Counter = Counter()
+        self.sum = 0
+
+    def add(self, chunk_id: str, is_virus: bool) -> None:
+        digest = hashlib.sha256(f"{chunk_id}\t{is_virus}".encode("utf-8")).digest()
+        self.sum = (self.sum + int.from_bytes(digest[:16], "big")) % (1 << 128)
+        self.calls[is_virus] += 1
+
+
+def mismatch(where: str, what: str, row: dict[str, str], expected: dict[str, str], source: str) -> None:
+    """Exit 5 naming the first cell of `row` that is not what `source` gives."""
+    for column, value in expected.items():
+        if row[column] != value:
+            raise Inconsistent(f"{where}: {column} of {what} is {row[column]!r}, expected {value!r} from {source}")
+
+
+@dataclass
+class Totals:
+    """Counts of one sample's tables, every row already checked against the rows it stands for."""
+
+    sequence_calls: Counter = field(default_factory=Counter)
+    chunk_calls: Counter = field(default_factory=Counter)
+    orfs: int = 0
+    bases: int = 0
+    scored_chunks: ChunkDigest = field(default_factory=ChunkDigest)
+
+
+class SampleWalk:
+    """sequences.tsv and chunks.tsv side by side, each chunk's ORFs from prediction_results.txt."""
+
+    def __init__(self, folder: Path, recorded: Recorded):
+        self.sequences_path, self.chunks_path = folder / SEQUENCES, folder / CHUNKS
+        self.results_path, self.highest_path = folder / RESULTS, folder / HIGHEST
+        self.recorded = recorded
+        self.chunks = read_table(self.chunks_path, CHUNK_COLUMNS)
+        self.orfs = read_table(self.results_path, RESULT_COLUMNS)
+        self.seen: set[str] = set()
+        self.totals = Totals()
+
+    def run(self) -> Totals:
+        """Every table read once, start to end; exit 5 at the first row that does not fit."""
+        for number, row in read_table(self.sequences_path, SEQUENCE_COLUMNS):
+            self._sequence(number, row)
+        self._check_no_more_rows()
+        check_highest(self.highest_path, self.totals.scored_chunks, self.chunks_path)
+        return self.totals
+
+    def _sequence(self, number: int, row: dict[str, str]) -> None:
+        """One sequence row: a new id, an allowed call, its chunks and every count derived from them."""
+        sequence_id, where = row["sequence_id"], f"{self.sequences_path} line {number}"
+        if sequence_id in self.seen:
+            raise Inconsistent(f"{where}: sequence {sequence_id!r} is listed a second time")
+        self.seen.add(sequence_id)
+        if row["call"] not in SEQUENCE_CALLS:
+            raise Inconsistent(f"{where}: call {row['call']!r} is none of {', '.join(SEQUENCE_CALLS)}")
+        length, n_chunks = (whole_number(self.sequences_path, number, row, c) for c in ("length", "n_chunks"))
+        expected = -(-length // self.recorded.chunk_size)
+        if n_chunks != expected:
+            raise Inconsistent(f"{where}: n_chunks {n_chunks} of {sequence_id!r} for length {length} at chunk "
+                               f"size {self.recorded.chunk_size} (expected {expected})")
+        tally = SequenceTally()
+        for k in range(1, n_chunks + 1):
+            tally.add(self._chunk(where, sequence_id, k))
+        mismatch(where, repr(sequence_id), row, tally.expected_row(length, self.recorded.threshold),
+                 f"its chunks in {self.chunks_path} (threshold {self.recorded.threshold})")
+        self.totals.sequence_calls[row["call"]] += 1
+        self.totals.bases += length
+
+    def _chunk(self, sequence_where: str, sequence_id: str, k: int) -> ChunkBest | None:
+        """Chunk `k` of `sequence_id`: the next chunks.tsv row, whose id must be `<sequence id>_chunk_<k>`
+        (so chunk ids are as unique as sequence ids), its call and best ORF derived from its ORFs."""
+        number, row = next(self.chunks, (None, None))
+        if row is None:
+            raise Inconsistent(f"{self.chunks_path} ends before chunk {k} of {sequence_id!r} ({sequence_where})")
+        where, chunk_id = f"{self.chunks_path} line {number}", f"{sequence_id}_chunk_{k}"
+        if row["sequence_id"] != sequence_id or row["chunk_id"] != chunk_id:
+            listed = "" if row["sequence_id"] in self.seen else ", a sequence not listed before it"
+            raise Inconsistent(f"{where}: chunk {row['chunk_id']!r} of sequence {row['sequence_id']!r}{listed}, "
+                               f"where {sequence_where} expects chunk {k} of {sequence_id!r} ({chunk_id!r})")
+        if row["call"] not in CHUNK_CALLS:
+            raise Inconsistent(f"{where}: call {row['call']!r} is none of {', '.join(CHUNK_CALLS)}")
+        n_orfs = whole_number(self.chunks_path, number, row, "n_orfs")
+        best = self._orfs(where, chunk_id, n_orfs)
+        expected = ({"best_orf": "NA", "max_score_virus": "NA", "call": "no_orf"} if best is None else
+                    {"best_orf": best.orf_id, "max_score_virus": _fmt(best.max_virus),
+                     "call": "virus" if best.is_virus else "others"})
+        mismatch(where, repr(chunk_id), row, expected, f"its {n_orfs} ORF row(s) in {self.results_path}")
+        self.totals.chunk_calls[row["call"]] += 1
+        self.totals.orfs += n_orfs
+        if best is not None:
+            self.totals.scored_chunks.add(chunk_id, best.is_virus)
+        return best
+
+    def _orfs(self, chunk_where: str, chunk_id: str, n_orfs: int) -> ChunkBest | None:
+        """The chunk's next `n_orfs` rows of prediction_results.txt: its id + a frame, frames in order."""
+        if n_orfs > len(FRAMES):
+            raise Inconsistent(f"{chunk_where}: n_orfs {n_orfs} of {chunk_id!r} (a chunk has at most 6 ORFs)")
+        best, after = None, 0
+        for _ in range(n_orfs):
+            number, row = next(self.orfs, (None, None))
+            if row is None:
+                raise Inconsistent(f"{self.results_path} ends before the ORFs of {chunk_id!r} ({chunk_where})")
+            orf_id = row["Sequence_ID"]
+            frame = orf_id[len(chunk_id):] if orf_id.startswith(chunk_id) else None
+            if frame not in FRAMES[after:]:
+                raise Inconsistent(f"{self.results_path} line {number}: ORF {orf_id!r} where {chunk_where} expects "
+                                   f"an ORF of chunk {chunk_id!r} (its id and a frame {'/'.join(FRAMES[after:])})")
+            after = FRAMES.index(frame) + 1
+            virus, others = orf_scores(self.results_path, number, row)
+            if best is None:
+                best = ChunkBest(orf_id, virus, others)
+            else:
+                best.add(orf_id, virus, others)
+        return best
+
+    def _check_no_more_rows(self) -> None:
+        """No chunk follows the last sequence's chunks and no ORF the last chunk's ORFs."""
+        for number, row in self.chunks:
+            listed = "after the chunks of" if row["sequence_id"] in self.seen else "which is none of"
+            raise Inconsistent(f"{self.chunks_path} line {number}: chunk {row['chunk_id']!r} of sequence "
+                               f"{row['sequence_id']!r} comes {listed} the sequences of {self.sequences_path}")
+        for number, row in self.orfs:
+            raise Inconsistent(f"{self.results_path} line {number}: ORF {row['Sequence_ID']!r} comes after the "
+                               f"ORFs of every chunk of {self.chunks_path} (their n_orfs add up to fewer rows)")
+
+
+def orf_scores(path: Path, number: int, row: dict[str, str]) -> tuple[float, float]:
+    """(virus, others) scores of one prediction_results.txt row, its Prediction checked against them."""
+    others, virus = (probability(path, number, row, column) for column in ("score1", "score2"))
+    label = "virus" if virus > others else "others"
+    if row["Prediction"] != label:
+        raise Inconsistent(f"{path} line {number}: Prediction {row['Prediction']!r} with score1 {row['score1']} "
+                           f"and score2 {row['score2']} (expected {label!r})")
+    return virus, others
+
+
+def check_highest(path: Path, expected: ChunkDigest, chunks_path: Path) -> None:
+    """The highest-score table holds each chunk with ORFs once, sorted by id, with its chunks.tsv call."""
+    found, previous = ChunkDigest(), None
+    for number, row in read_table(path, HIGHEST_COLUMNS):
+        chunk_id, flag = row["Modified_ID"], row["Is_Virus"]
+        if flag not in ("True", "False"):
+            raise Inconsistent(f"{path} line {number}: Is_Virus must be True or False, found {flag!r}")
+        if previous is not None and chunk_id <= previous:
+            raise Inconsistent(f"{path} line {number}: {chunk_id!r} follows {previous!r} (the table lists each "
+                               "chunk once, sorted by id)")
+        previous = chunk_id
+        found.add(chunk_id, flag == "True")
+    for label, ours, theirs in (("virus", expected.calls[True], found.calls[True]),
+                                ("others", expected.calls[False], found.calls[False])):
+        if ours != theirs:
+            raise Inconsistent(f"{path} lists {theirs} chunk(s) with Is_Virus {label == 'virus'} where {chunks_path} "
+                               f"has {ours} chunk(s) with ORFs called {label}")
+    if found.sum != expected.sum:
+        raise Inconsistent(f"{path}: its chunk ids (or their Is_Virus) are not those of the chunks with ORFs "
+                           f"in {chunks_path}")
+
+
+# --- row ----------------------------------------------------------------------------------------------
+
+def reconcile(recorded: Recorded, totals: Totals) -> list[str]:
+    """The table totals that differ from the counts prepare recorded."""
+    counts, sequences = recorded.counts, sum(totals.sequence_calls.values())
+    checks = [
+        ("input records", recorded.input_records, "sequences.tsv rows", sequences),
+        ("prepared sequences", counts["sequences"], "sequences.tsv rows", sequences),
+        ("prepared empty sequences", counts["empty_sequences"], "sequences called empty",
+         totals.sequence_calls["empty"]),
+        ("prepared bases", counts["bases"], "sequences.tsv lengths", totals.bases),
+        ("prepared chunks", counts["chunks"], "chunks.tsv rows", sum(totals.chunk_calls.values())),
+        ("prepared chunks without ORF", counts["chunks_without_orf"], "chunks called no_orf",
+         totals.chunk_calls["no_orf"]),
+        ("prepared ORFs", counts["orfs"], "prediction_results.txt rows", totals.orfs),
+    ]
+    return [f"{a} {x} != {b} {y}" for a, x, b, y in checks if x != y]
+
+
+def summarise_sample(folder: Path, sample: str) -> dict:
+    """The summary row of one sample, its `reconciled` cell naming every count that differs."""
+    recorded = load_run_info(folder / RUN_INFO)
+    totals = SampleWalk(folder, recorded).run()
+    problems = reconcile(recorded, totals)
+    row = {"sample": sample, "input_records": recorded.input_records,
+           "sequences": sum(totals.sequence_calls.values()), "chunks": sum(totals.chunk_calls.values()),
+           "orfs": totals.orfs}
+    row.update({f"sequences_{call}": totals.sequence_calls[call] for call in SEQUENCE_CALLS})
+    row.update({f"chunks_{call}": totals.chunk_calls[call] for call in CHUNK_CALLS})
+    row["reconciled"] = "yes" if not problems else "NO: " + "; ".join(problems)
+    return row
 
 
 def report(rows: list[dict]) -> int:
@@ -93,28 +437,80 @@ def report(rows: list[dict]) -> int:
 
 
 def command_row(args: argparse.Namespace) -> int:
-    row, _ = summarise_sample(args.result_dir, args.sample)
+    row = summarise_sample(args.result_dir, args.sample)
     write_table([row], args.out)
     return report([row])
 
 
+# --- merge --------------------------------------------------------------------------------------------
+
+def read_row_file(path: Path) -> dict[str, str]:
+    """The one sample row of a `row` output, its counts whole numbers (exit 5 otherwise)."""
+    rows = list(itertools.islice(read_table(path, COLUMNS), 2))
+    if not rows:
+        raise Inconsistent(f"{path} holds no sample row, only a header: a sample's summary is missing",
+                           "rerun the PREDICT task that wrote it")
+    if len(rows) > 1:
+        raise Inconsistent(f"{path} holds more than one row (line {rows[1][0]}): a row file is one sample's",
+                           "give the files `virnucpro_summary.py row` wrote, each once")
+    number, row = rows[0]
+    for column in COUNT_COLUMNS:
+        whole_number(path, number, row, column)
+    return row
+
+
+def row_problems(row: dict[str, str]) -> list[str]:
+    """What does not add up in one summary row: its calls against its totals, and its own status."""
+    n = {column: int(row[column]) for column in COUNT_COLUMNS}
+    scored = n["chunks_virus"] + n["chunks_others"]
+    checks = [
+        ("input_records", n["input_records"], "sequences", n["sequences"]),
+        ("sequences", n["sequences"], "sequences_virus+others+no_orf+empty",
+         sum(n[f"sequences_{call}"] for call in SEQUENCE_CALLS)),
+        ("chunks", n["chunks"], "chunks_virus+others+no_orf", sum(n[f"chunks_{call}"] for call in CHUNK_CALLS)),
+    ]
+    problems = [f"{a} {x} != {b} {y}" for a, x, b, y in checks if x != y]
+    if not scored <= n["orfs"] <= len(FRAMES) * scored:
+        problems.append(f"orfs {n['orfs']} for {scored} chunks with ORFs (each has 1 to 6)")
+    if n["chunks"] < n["sequences"] - n["sequences_empty"]:
+        problems.append(f"chunks {n['chunks']} < non-empty sequences {n['sequences'] - n['sequences_empty']}")
+    if n["sequences_no_orf"] > n["chunks_no_orf"]:
+        problems.append(f"sequences_no_orf {n['sequences_no_orf']} > chunks_no_orf {n['chunks_no_orf']}")
+    if row["reconciled"] != "yes":
+        problems.append(row["reconciled"][4:] if row["reconciled"].startswith("NO: ")
+                        else f"reconciled is {row['reconciled']!r}")
+    return problems
+
+
 def command_merge(args: argparse.Namespace) -> int:
-    rows = sorted((row for path in args.rows for row in read_rows(path)), key=lambda row: row["sample"])
-    samples = [row["sample"] for row in rows]
-    if len(set(samples)) != len(samples):
-        print(f"virnucpro summary: a sample appears twice in {', '.join(map(str, args.rows))}", file=sys.stderr)
-        return EXIT_INCONSISTENT
+    rows = sorted((read_row_file(path) for path in args.rows), key=lambda row: row["sample"])
+    repeated = sorted(sample for sample, n in Counter(row["sample"] for row in rows).items() if n > 1)
+    if repeated:
+        raise Inconsistent(f"sample(s) {', '.join(map(repr, repeated))} appear more than once in "
+                           f"{', '.join(map(str, args.rows))}", "give each sample's row file once")
+    for row in rows:
+        problems = row_problems(row)
+        row["reconciled"] = "yes" if not problems else "NO: " + "; ".join(problems)
     write_table(rows, args.out)
     write_table(rows, args.mqc, MQC_HEADER)
     return report(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- command line -------------------------------------------------------------------------------------
+
+def sample_name(value: str) -> str:
+    """A sample id that fits in one cell of a tab-separated table."""
+    if not value or any(c in value for c in "\t\r\n"):
+        raise argparse.ArgumentTypeError(f"{value!r} is empty or holds a tab or line break")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     row = commands.add_parser("row", help="the summary row of one sample's predict folder")
     row.add_argument("result_dir", type=Path)
-    row.add_argument("--sample", required=True)
+    row.add_argument("--sample", required=True, type=sample_name)
     row.add_argument("--out", type=Path, required=True)
     row.set_defaults(run=command_row)
     merge = commands.add_parser("merge", help="one table from every sample's row")
@@ -122,8 +518,20 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out", type=Path, required=True, help="run-level table (TSV)")
     merge.add_argument("--mqc", type=Path, required=True, help="MultiQC custom-content table")
     merge.set_defaults(run=command_merge)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Inconsistent as exc:
+        print(f"virnucpro summary: {exc}", file=sys.stderr)
+        return EXIT_INCONSISTENT
+    except OSError as exc:  # every read turns its OSError into Inconsistent: this is --out or --mqc
+        print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n"
+              "  fix: free space or choose a writable output folder", file=sys.stderr)
+        return EXIT_OUTPUT
 
 
 if __name__ == "__main__":

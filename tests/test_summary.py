@@ -1,0 +1,218 @@
+"""bin/virnucpro_summary.py: every input record accounted for, a damaged predict folder or summary row is
+exit 5 with one message (never a traceback, never "yes"), ids with `"` read and written as plain text."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from virnucpro import prepared as fmt
+from virnucpro.embed import embed
+from virnucpro.predict import predict
+from virnucpro.prepare import prepare
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bin" / "virnucpro_summary.py"
+EXIT_INCONSISTENT = 5
+
+# ids with `"` (a quoted-field opener at the start of one), a multi-chunk ORF-rich record, a record
+# whose chunk has no ORF (a stop codon in all six frames) and an empty record
+QUOTED_FASTA = (
+    '>"quoted id with a description\n' + "GCT" * 400 + "\n"
+    '>seqD"x\n' + "GCA" * 100 + "\n"
+    '>no"orf\n' + "TAGCTAATTAGCTAA" * 20 + "\n"
+    '>empty"one\n'
+    '>plain\n' + "GCTGCA" * 30 + "\n"
+)
+
+
+def predicted(prepared: Path, models: Path, folder: Path) -> Path:
+    """A real `virnucpro predict` folder of `prepared`, embedded with the tiny models."""
+    shards = []
+    for shard in fmt.load_manifest(prepared)["shards"]:
+        out = folder / Path(shard["file"]).with_suffix(".h5").name
+        embed(prepared / shard["file"], out, models=models, device="cpu")
+        shards.append(out)
+    return predict(prepared, shards, folder / "predicted", models=models)
+
+
+@pytest.fixture(scope="module")
+def golden_predicted(tmp_path_factory, golden_prepared, tiny_models) -> Path:
+    return predicted(golden_prepared, tiny_models, tmp_path_factory.mktemp("summary-golden"))
+
+
+@pytest.fixture(scope="module")
+def quoted_predicted(tmp_path_factory, tiny_models) -> Path:
+    folder = tmp_path_factory.mktemp("summary-quoted")
+    (folder / "quoted.fa").write_text(QUOTED_FASTA)
+    prepare([folder / "quoted.fa"], folder / "prepared", chunk_size=500)
+    return predicted(folder / "prepared", tiny_models, folder)
+
+
+@pytest.fixture
+def golden_copy(golden_predicted, tmp_path) -> Path:
+    """A copy of the good predict folder that one test may damage."""
+    return Path(shutil.copytree(golden_predicted, tmp_path / "sample"))
+
+
+def summary(*args: object) -> subprocess.CompletedProcess:
+    """The script run as the pipeline runs it: a separate Python process."""
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_refused(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 5 with a message naming the problem, and no traceback."""
+    assert result.returncode == EXIT_INCONSISTENT, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def plain_rows(path: Path) -> list[dict[str, str]]:
+    """A tab-separated table read with no quoting rules at all (comment lines skipped)."""
+    lines = [line for line in path.read_text().split("\n") if line and not line.startswith("#")]
+    header = lines[0].split("\t")
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == len(header) for row in rows)
+    return [dict(zip(header, row)) for row in rows]
+
+
+def edit_cell(path: Path, column: str, value: str, where: Callable[[dict], bool] = lambda row: True) -> dict:
+    """Set `column` to `value` in the first row of a table `where` holds; returns that row as it was."""
+    lines = path.read_text().split("\n")
+    header = lines[0].split("\t")
+    for number, line in enumerate(lines[1:], start=1):
+        fields = line.split("\t")
+        row = dict(zip(header, fields))
+        if line and where(row):
+            fields[header.index(column)] = value
+            lines[number] = "\t".join(fields)
+            path.write_text("\n".join(lines))
+            return row
+    raise AssertionError(f"no row of {path} to edit")
+
+
+def row_of(folder: Path, out: Path, sample: str = "s1") -> dict[str, str]:
+    result = summary("row", folder, "--sample", sample, "--out", out)
+    assert result.returncode == 0, result.stderr
+    (row,) = plain_rows(out)
+    return row
+
+
+# --- ids with a `"` -------------------------------------------------------------------------------
+
+def test_ids_with_quotes_reconcile_and_merge_as_plain_text(golden_predicted, quoted_predicted, tmp_path):
+    counts = fmt.load_manifest(quoted_predicted.parent / "prepared")["counts"]
+    quoted = row_of(quoted_predicted, tmp_path / "q.tsv", sample='quo"ted')
+    assert quoted["sample"] == 'quo"ted' and quoted["reconciled"] == "yes"
+    assert (quoted["input_records"], quoted["sequences"]) == ("5", "5")
+    assert quoted["sequences_empty"] == "1" and int(quoted["sequences_no_orf"]) >= 1
+    assert (int(quoted["chunks"]), int(quoted["orfs"])) == (counts["chunks"], counts["orfs"])
+    row_of(golden_predicted, tmp_path / "g.tsv", sample="golden")
+    result = summary("merge", tmp_path / "q.tsv", tmp_path / "g.tsv", "--out", tmp_path / "all.tsv",
+                     "--mqc", tmp_path / "mqc.tsv")
+    assert result.returncode == 0, result.stderr
+    for table in ("all.tsv", "mqc.tsv"):
+        assert [row["sample"] for row in plain_rows(tmp_path / table)] == ["golden", 'quo"ted']
+    golden = plain_rows(tmp_path / "all.tsv")[0]
+    assert (golden["sequences"], golden["chunks"], golden["orfs"]) == ("300", "588", "356")
+
+
+# --- a damaged predict folder: exit 5, never "yes" ---------------------------------------------------
+
+def _second_id_replaced_by_first(folder: Path) -> None:
+    first = plain_rows(folder / "sequences.tsv")[0]["sequence_id"]
+    edit_cell(folder / "sequences.tsv", "sequence_id", first, lambda row: row["sequence_id"] != first)
+
+
+def _highest(text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / "prediction_results_highestscore.csv").write_text(text)
+
+
+DAMAGE = {
+    "sequence id duplicated, another lost": (_second_id_replaced_by_first, "listed a second time"),
+    "sequence call MAYBE": (lambda f: edit_cell(f / "sequences.tsv", "call", "MAYBE"), "'MAYBE'"),
+    "chunk call MAYBE": (lambda f: edit_cell(f / "chunks.tsv", "call", "MAYBE"), "'MAYBE'"),
+    "chunk of a ghost sequence": (
+        lambda f: edit_cell(f / "chunks.tsv", "sequence_id", "ghost", lambda r: r["chunk_id"].endswith("_2")),
+        "'ghost'"),
+    "n_chunks 9": (lambda f: edit_cell(f / "sequences.tsv", "n_chunks", "9"), "n_chunks 9"),
+    "n_chunks_virus off by one": (
+        lambda f: edit_cell(f / "sequences.tsv", "n_chunks_virus", "0", lambda r: r["call"] == "virus"),
+        "n_chunks_virus"),
+    "sequence called others against its chunks": (
+        lambda f: edit_cell(f / "sequences.tsv", "call", "others", lambda r: r["call"] == "virus"),
+        "call of"),
+    "chunk called others against its ORFs": (
+        lambda f: edit_cell(f / "chunks.tsv", "call", "others", lambda r: r["call"] == "virus"), "call of"),
+    "ORF of a ghost chunk": (
+        lambda f: edit_cell(f / "prediction_results.txt", "Sequence_ID", "ghost_chunk_1F1"), "'ghost_chunk_1F1'"),
+    "highest-score table emptied": (_highest(""), "prediction_results_highestscore.csv is empty"),
+    "highest-score table without rows": (_highest("Modified_ID\tIs_Virus\n"), "lists 0 chunk(s) with Is_Virus True"),
+    "highest-score chunk id not a chunk": (
+        lambda f: edit_cell(f / "prediction_results_highestscore.csv", "Modified_ID", "read_000_chunk_1x"),
+        "are not those of the chunks"),
+    "highest-score call flipped": (
+        lambda f: edit_cell(f / "prediction_results_highestscore.csv", "Is_Virus", "False",
+                            lambda r: r["Is_Virus"] == "True"), "Is_Virus"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damaged_table_is_exit_5(golden_copy, tmp_path, damage):
+    edit, words = DAMAGE[damage]
+    edit(golden_copy)
+    assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), words)
+
+
+@pytest.mark.parametrize("name", ["run_info.json", "chunks.tsv", "prediction_results_highestscore.csv"])
+def test_missing_file_is_one_message_and_exit_5(golden_copy, tmp_path, name):
+    (golden_copy / name).unlink()
+    assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), name, "missing")
+
+
+# --- merge adds up every row again --------------------------------------------------------------------
+
+@pytest.fixture
+def good_row(golden_predicted, tmp_path) -> Path:
+    row_of(golden_predicted, tmp_path / "good.tsv")
+    return tmp_path / "good.tsv"
+
+
+def merge(tmp_path: Path, *rows: Path) -> subprocess.CompletedProcess:
+    return summary("merge", *rows, "--out", tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
+
+
+@pytest.mark.parametrize("column", ["sequences_virus", "chunks_no_orf", "input_records", "orfs"])
+def test_merge_refuses_a_row_whose_counts_do_not_add_up(good_row, tmp_path, column):
+    row = edit_cell(good_row, column, "0")
+    assert row[column] != "0" and row["reconciled"] == "yes"
+    assert_refused(merge(tmp_path, good_row), "sample s1 does not reconcile", column)
+    assert plain_rows(tmp_path / "all.tsv")[0]["reconciled"].startswith("NO: ")
+
+
+@pytest.mark.parametrize("keep_header, words", [(False, "is empty"), (True, "holds no sample row")],
+                         ids=["empty", "header only"])
+def test_merge_refuses_a_row_file_without_its_sample(good_row, tmp_path, keep_header, words):
+    header = good_row.read_text().split("\n")[0] + "\n"
+    (tmp_path / "lost.tsv").write_text(header if keep_header else "")
+    assert_refused(merge(tmp_path, good_row, tmp_path / "lost.tsv"), "lost.tsv", words)
+
+
+@pytest.mark.parametrize("drop, add, words", [
+    ("reconciled", None, "lacks the column(s) reconciled"),
+    ("orfs", None, "lacks the column(s) orfs"),
+    (None, "notes", "unexpected column(s) 'notes'"),
+], ids=["no reconciled", "no orfs", "extra column"])
+def test_merge_names_a_missing_or_extra_column(good_row, tmp_path, drop, add, words):
+    row = plain_rows(good_row)[0]
+    row.pop(drop, None)
+    if add:
+        row[add] = "x"
+    good_row.write_text("\t".join(row) + "\n" + "\t".join(row.values()) + "\n")
+    assert_refused(merge(tmp_path, good_row), str(good_row), words)
