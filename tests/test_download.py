@@ -347,10 +347,12 @@ def test_models_download_cli_holds_the_lock_in_a_real_process(host, payloads, tm
     assert f"pid {pid}" in result.stderr and not host.requests
 
 
-def test_bad_existing_files_are_replaced(host, payloads, tmp_path, monkeypatch, capsys):
+def test_bad_files_virnucpro_wrote_are_downloaded_again(host, payloads, tmp_path, monkeypatch, capsys):
+    """Our own download, since corrupted (the manifest records it), is replaced."""
     serve_all(host, payloads)
     monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
     dl.download(dest=tmp_path, only="esm2", mirror=host.url)
+    dl.download(dest=tmp_path, only="classifier_300", mirror=host.url)
     weights = tmp_path / "esm2_t36_3B_UR50D.pt"
     weights.write_bytes(b"corrupted")
     save_malicious_torch(tmp_path / "300_model.pth", str(tmp_path / "PWNED"))
@@ -360,4 +362,119 @@ def test_bad_existing_files_are_replaced(host, payloads, tmp_path, monkeypatch, 
     assert (tmp_path / "300_model.pth").read_bytes() == payloads["c300"]
     assert not (tmp_path / "PWNED").exists()
     err = capsys.readouterr().err
-    assert "pinned sha256" in err and "pinned git blob id" in err
+    assert "pinned sha256" in err and "pinned git blob id" in err and "downloaded again" in err
+
+
+def _foreign_file(path: Path) -> None:
+    path.write_bytes(b"the user's own classifier")
+
+
+def _foreign_dir(path: Path) -> None:
+    path.mkdir()
+    (path / "notes.txt").write_text("keep me")
+
+
+def _foreign_link(path: Path) -> None:
+    (path.parent / "elsewhere.pth").write_bytes(b"the user's own classifier")
+    path.symlink_to(path.parent / "elsewhere.pth")
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every entry but virnucpro's bookkeeping (lock, hash cache): link or not, and its bytes."""
+    return {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None)
+            for p in folder.rglob("*") if not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("plant", [_foreign_file, _foreign_dir, _foreign_link], ids=["file", "directory", "link"])
+@pytest.mark.parametrize("with_manifest", [False, True], ids=["hand-staged", "manifest"])
+def test_a_file_virnucpro_did_not_write_is_never_replaced(host, payloads, tmp_path, monkeypatch, run_cli,
+                                                          plant, with_manifest):
+    """Review point 1: a file in place that fails its pin and that no manifest records is the
+    user's: exit 4 naming it, nothing transferred, the file as it was (before: replaced with a
+    warning; a directory there was a crash in os.replace)."""
+    serve_all(host, payloads)
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
+    if with_manifest:  # another role downloaded here: the manifest does not record this file
+        dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
+        host.requests.clear()
+    target = tmp_path / "300_model.pth"
+    plant(target)
+    before = _snapshot(tmp_path)
+    code, message = run_cli("models", "download", "--dest", tmp_path, "--only", "classifier_300",
+                            "--mirror", host.url)
+    assert code == ExitCode.MODELS, message
+    assert str(target) in message and "move it away" in message and "bug" not in message
+    assert not host.requests
+    assert _snapshot(tmp_path) == before
+    assert "classifier_300" not in _manifest(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["prepare", "predict", "run"])
+def test_download_into_another_virnucpro_output_is_refused(host, payloads, tmp_path, monkeypatch, run_cli, kind):
+    """Review point 1: a prepare/predict/run folder (its `.virnucpro.json` marker) is no models
+    directory; neither is a folder inside one."""
+    serve_all(host, payloads)
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / ".virnucpro.json").write_text(json.dumps({"kind": kind, "files": {}}))
+    for dest in (output, output / "models"):
+        code, message = run_cli("models", "download", "--dest", dest, "--only", "classifier_500",
+                                "--mirror", host.url)
+        assert code == ExitCode.BAD_INPUT, message
+        assert f"'{kind}' output" in message and str(dest) in message
+    assert sorted(p.name for p in output.iterdir()) == [".virnucpro.json"] and not host.requests
+
+
+@pytest.mark.parametrize("content", ["garbage\n", "[" * 100_000, '{"models": {"esm2": 3}}'],
+                         ids=["not-json", "nested-too-deep", "malformed"])
+def test_a_damaged_manifest_is_refused_before_any_transfer(host, payloads, tmp_path, monkeypatch, run_cli,
+                                                           content):
+    """Review points 2 and 4: exit 4 naming the manifest before anything is downloaded (before:
+    after the transfer; a deeply nested one was a RecursionError, exit 1)."""
+    serve_all(host, payloads)
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
+    (tmp_path / "manifest.json").write_text(content)
+    code, message = run_cli("models", "download", "--dest", tmp_path, "--only", "classifier_500",
+                            "--mirror", host.url)
+    assert code == ExitCode.MODELS, message
+    assert str(tmp_path / "manifest.json") in message and "bug" not in message
+    assert not host.requests and not (tmp_path / "500_model.pth").exists()
+    assert (tmp_path / "manifest.json").read_text() == content
+
+
+def test_a_part_link_is_never_written_through(host, payloads, tmp_path, monkeypatch, run_cli):
+    """Review point 3: `300_model.pth.part -> victim` was resumed by appending to the victim."""
+    serve_all(host, payloads)
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    dest = tmp_path / "models"
+    dest.mkdir()
+    part = dest / "300_model.pth.part"
+    part.symlink_to(victim)
+    code, message = run_cli("models", "download", "--dest", dest, "--only", "classifier_300", "--mirror", host.url)
+    assert code == ExitCode.MODELS, message
+    assert str(part) in message and "link" in message and "move it away" in message
+    assert victim.read_bytes() == b"precious" and part.is_symlink() and not host.requests
+    assert not (dest / "300_model.pth").exists()
+
+
+def test_a_part_link_made_during_the_transfer_is_not_followed(host, payloads, tmp_path, monkeypatch):
+    """Review point 3, the race: the link appears after the check; O_NOFOLLOW refuses it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    host.files["/c"] = payloads["c300"]
+    part = tmp_path / "c.pth.part"
+    checked = dl._part_size
+
+    def check_then_link(path):
+        size = checked(path)
+        if not path.is_symlink():
+            path.symlink_to(victim)
+        return size
+
+    monkeypatch.setattr(dl, "_part_size", check_then_link)
+    with pytest.raises(ModelsError, match="link") as info:
+        dl.fetch(host.url + "/c", tmp_path / "c.pth", git_sha1=git_blob_sha1(payloads["c300"]))
+    assert str(part) in str(info.value) and victim.read_bytes() == b"precious"

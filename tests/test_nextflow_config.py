@@ -71,11 +71,11 @@ def test_compile_false_asks_embed_not_to_compile(groovy):
 
 
 @pytest.mark.parametrize("engine, device, expected", [
-    ("docker", "cpu", "--volume /ckpt:/ckpt"),
-    ("docker", "cuda", "--volume /ckpt:/ckpt --gpus all"),
-    ("singularity", "cuda", "--bind /ckpt --nv"),
-    ("apptainer", "auto", "--bind /ckpt --nv"),
-    ("apptainer", "cpu", "--bind /ckpt"),
+    ("docker", "cpu", "--volume '/ckpt:/ckpt'"),
+    ("docker", "cuda", "--volume '/ckpt:/ckpt' --gpus all"),
+    ("singularity", "cuda", "--bind '/ckpt' --nv"),
+    ("apptainer", "auto", "--bind '/ckpt' --nv"),
+    ("apptainer", "cpu", "--bind '/ckpt'"),
     (None, "cuda", ""),
 ])
 def test_embed_containers_see_the_checkpoints_and_their_gpus(groovy, engine, device, expected):

@@ -341,6 +341,8 @@ def _set(path: list, value):
     (_set(["models", "esm2"], ["esm2_tiny.pt"]), "models.esm2"),
     (_set(["models"], []), "models"),
     (_set([], ["models"]), "(top level)"),
+    (_set(["models", "classifier_300", "files"], ["x" * 5000]), "models.classifier_300.files"),
+    (_set(["models", "classifier_300", "files"], ["a\0b.pth"]), "models.classifier_300.files"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_malformed_manifest_is_exit_4_naming_file_and_field(tiny, tmp_path, capsys, mutate, field):
     models = _copy(tiny, tmp_path)
@@ -352,6 +354,49 @@ def test_malformed_manifest_is_exit_4_naming_file_and_field(tiny, tmp_path, caps
     assert str(path) in err and f"`{field}`" in err and "bug" not in err
     with pytest.raises(ModelsError, match=f"`{re.escape(field)}`"):
         store.locate(models)
+
+
+def test_a_manifest_nested_too_deeply_is_exit_4(tiny, tmp_path, capsys):
+    """Review point 4: 100,000 nested `[` were a RecursionError (exit 1, "bug"); a hash cache
+    like it is just ignored."""
+    models = _copy(tiny, tmp_path)
+    (models / store.HASH_CACHE).write_text("[" * 100_000)
+    assert _run_cli(["models", "check", str(models)]) == 0
+    (models / "manifest.json").write_text("[" * 100_000)
+    code = _run_cli(["models", "check", str(models)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.MODELS and str(models / "manifest.json") in err and "nested too deeply" in err, err
+    assert "bug" not in err
+
+
+def _without_permission_bypass() -> list[str]:
+    """A command prefix that runs without root's permission bypass (none needed as another user)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: file permissions are not enforced")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def test_an_unreadable_model_file_is_exit_4_naming_it_not_a_failed_write(tiny, tmp_path):
+    """Review point 4: an OSError from reading a model escaped to the CLI, which maps permission
+    and I/O errors to exit 10 "cannot write"; reading models is exit 4 naming the file."""
+    import subprocess
+
+    prefix = _without_permission_bypass()
+    models = _copy(tiny, tmp_path)
+    shutil.copy(models / "300_model_tiny.pth", models / "300_model.pth")  # where a download goes
+    for rel in ("300_model_tiny.pth", "300_model.pth"):
+        (models / rel).chmod(0)
+    for unreadable, args in ((models / "300_model_tiny.pth", ["models", "check", str(models)]),
+                             (models / "300_model.pth", ["models", "download", "--dest", str(models),
+                                                         "--only", "classifier_300", "--mirror",
+                                                         "http://127.0.0.1:9"])):
+        done = subprocess.run([*prefix, sys.executable, "-m", "virnucpro", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == ExitCode.MODELS, done.stderr
+        assert f"cannot read {unreadable}: Permission denied" in done.stderr, done.stderr
+        assert "cannot write" not in done.stderr and "bug" not in done.stderr
 
 
 # ------------------------------------------------------------------------- code in weights files (issue 9, point 13)

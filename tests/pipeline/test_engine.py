@@ -202,13 +202,14 @@ def test_twins_no_orf_and_same_named_files_come_through_whole(tmp_path):
         ("lanes", data / "run1" / "reads.fa"), ("lanes", data / "run2" / "reads.fa"),
     ])
     # a relative --checkpoint_dir is the launch directory's (not each task's own folder), with a
-    # folder per sample: the twins' shards are byte-identical, so their checkpoint keys are too
-    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--input", str(sheet), "--checkpoint_dir", "ckpt")
+    # folder per sample: the twins' shards are byte-identical, so their checkpoint keys are too;
+    # a space in it is quoted for the task's shell
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--input", str(sheet), "--checkpoint_dir", "ck pt")
     run.assert_ok()
     for task in run.tasks("VIRNUCPRO_EMBED"):
         sample = task["tag"].split(":")[0]
         script = (Path(task["workdir"]) / ".command.sh").read_text()
-        assert f"--checkpoint-dir {run.launch / 'ckpt' / 'samples' / sample} " in script, script
+        assert f"--checkpoint-dir '{run.launch / 'ck pt' / 'samples' / sample}' " in script, script
     assert_same_tables(run.outdir / "twin1", run.outdir / "twin2")
     summary = {row["sample"]: row for row in read_tsv(run.outdir / "virnucpro_summary.tsv")}
     assert set(summary) == {"twin1", "twin2", "noorf", "lanes"}

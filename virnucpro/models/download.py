@@ -5,6 +5,13 @@ after an interruption (within a run: up to `ATTEMPTS` tries; across runs: the `.
 verified against its pin, then renamed into place. One command writes a
 models directory at a time: `virnucpro.outdir.folder_lock` (a second one exits 3 naming the first).
 
+Only files virnucpro wrote are ever replaced: a file in place that fails its pin is downloaded
+again only when the directory's manifest records it with a sha256 (our own download, since
+corrupted); anything else there (the user's file, a directory, a link) is exit 4 naming it, and a
+`.part` that is a link or not a plain file is never written through. A models directory that is
+(or is inside) another virnucpro output is refused (exit 3), and a damaged manifest is exit 4
+before anything is transferred.
+
 Every file is pinned in `virnucpro.models.pins`, never learned from a server. A mirror
 must serve identical bytes; anything else is exit 4 with nothing recorded. A file without a pin is
 never downloaded or recorded as trusted. Before the rename, a classifier must also pass the
@@ -20,10 +27,12 @@ matches) and recorded in the manifest (see `virnucpro.encoders.esm2.ensure_fp16_
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import re
 import socket
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -36,7 +45,7 @@ from virnucpro.console import Progress, info, warn
 from virnucpro.errors import ModelsError, OutputWriteError, VirnucproError, storage_error
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
-from virnucpro.outdir import folder_lock
+from virnucpro.outdir import folder_lock, refuse_nesting
 
 ATTEMPTS = 5            # tries per file within one run (connection drops, 5xx, timeouts)
 BACKOFF_SECONDS = 2.0   # sleep attempt * BACKOFF_SECONDS between tries
@@ -96,19 +105,30 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
         parsed = urllib.parse.urlparse(mirror)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ModelsError(f"--mirror must be an http(s) URL, got {mirror!r}")
+    refuse_nesting(directory, "models directory", itself=True)
     with folder_lock(directory, FOLDER):
+        ours = _recorded_files(store.read_manifest(directory))  # a damaged one: exit 4 before any transfer
         for role in roles:
-            entry = _download_role(directory, pins.SOURCES[role], mirror)
-            manifest = store.read_manifest(directory) or {"models": {}}
-            if "fp16" in manifest["models"].get(role, {}):
-                entry["fp16"] = manifest["models"][role]["fp16"]  # checked against the .pt below
-            manifest["models"][role] = entry
-            try:
-                store.write_manifest(directory, manifest)
-            except OSError as exc:
-                raise _write_error(directory / store.MANIFEST, exc) from None
+            _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours))
             if role == "esm2":
                 _fp16_copy(directory)
+
+
+def _recorded_files(manifest: dict | None) -> set[str]:
+    """The files the manifest records with a sha256: the ones virnucpro wrote here."""
+    return {rel for entry in (manifest or {}).get("models", {}).values() for rel in entry.get("sha256", {})}
+
+
+def _record_role(directory: Path, role: str, entry: dict) -> None:
+    """Put one role's entry into the manifest (keeping its fp16 copy's record, checked later)."""
+    manifest = store.read_manifest(directory) or {"models": {}}
+    if "fp16" in manifest["models"].get(role, {}):
+        entry["fp16"] = manifest["models"][role]["fp16"]  # checked against the .pt by _fp16_copy
+    manifest["models"][role] = entry
+    try:
+        store.write_manifest(directory, manifest)
+    except OSError as exc:
+        raise _write_error(directory / store.MANIFEST, exc) from None
 
 
 def _fp16_copy(directory: Path) -> None:
@@ -145,11 +165,11 @@ def _url(spec: FileSource, mirror: str | None) -> str:
     return f"{(mirror or spec.base).rstrip('/')}/{spec.path}"
 
 
-def _download_role(directory: Path, source: RoleSource, mirror: str | None) -> dict:
+def _download_role(directory: Path, source: RoleSource, mirror: str | None, ours: set[str]) -> dict:
     """Fetch (or keep, when it verifies) every file of one role; returns its manifest entry."""
     cache = store.HashCache(directory)
     try:
-        hashes = {spec.relpath: _ensure_file(directory, source.role, spec, mirror, cache)
+        hashes = {spec.relpath: _ensure_file(directory, source.role, spec, mirror, cache, ours)
                   for spec in source.files}
     finally:
         cache.save()
@@ -165,30 +185,38 @@ def _download_role(directory: Path, source: RoleSource, mirror: str | None) -> d
 
 
 def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | None,
-                 cache: store.HashCache) -> str:
-    """sha256 of the file in place: kept when it verifies, else downloaded."""
+                 cache: store.HashCache, ours: set[str]) -> str:
+    """sha256 of the file in place: kept when it verifies, else downloaded (in place of a bad
+    file only when virnucpro wrote it, see `_replace_only_ours`)."""
     target = directory / spec.relpath
-    if target.is_file():
-        digest = _existing_ok(directory, role, spec, cache)
+    label = f"{role} ({spec.relpath})"
+    _require_pin(spec.sha256 or spec.git_sha1, label)
+    if os.path.lexists(target):
+        digest, problem = _existing_ok(directory, role, spec, cache)
         if digest is not None:
             return digest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1,
-                   label=f"{role} ({spec.relpath})", validate=_validator(role, spec.relpath),
-                   hint=store.staging_hint(directory, [role]))
+        _replace_only_ours(directory, spec.relpath, problem, ours, role)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(target.parent, exc) from None
+    digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1, label=label,
+                   validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]))
     cache.record(spec.relpath, target, digest)
     return digest
 
 
-def _existing_ok(directory: Path, role: str, spec: FileSource, cache: store.HashCache) -> str | None:
-    """sha256 of an already present file if it matches its pin and passes validation, else None.
+def _existing_ok(directory: Path, role: str, spec: FileSource, cache: store.HashCache
+                 ) -> tuple[str | None, str]:
+    """(sha256, "") of an already present file that matches its pin and passes validation, else
+    (None, what is wrong with it).
 
     A sha256 pin is compared with the cached hash when the file is unchanged (HashCache), so a rerun
     does not re-read 6 GB; a git blob id pin always re-reads the (small) file.
     """
     target = directory / spec.relpath
-    if not (spec.sha256 or spec.git_sha1):
-        return None  # nothing to trust it by: `fetch` refuses it
+    if not target.is_file():
+        return None, _not_a_file(target)
     try:
         if spec.git_sha1:
             digest = _verified(target, spec.sha256, spec.git_sha1)
@@ -198,9 +226,35 @@ def _existing_ok(directory: Path, role: str, spec: FileSource, cache: store.Hash
         if validate is not None:
             validate(target)
     except ModelsError as exc:
-        warn(f"{target}: {exc.message}; downloading it again")
-        return None
-    return digest
+        return None, exc.message
+    return digest, ""
+
+
+def _not_a_file(path: Path) -> str:
+    """What sits at `path` instead of a regular file, for messages."""
+    if path.is_symlink():
+        return f"it is a symbolic link to {os.readlink(path)}"
+    return "it is a directory" if path.is_dir() else "it is not a regular file"
+
+
+def _replace_only_ours(directory: Path, rel: str, problem: str, ours: set[str], role: str) -> None:
+    """A file in place that failed its check is downloaded again only when virnucpro wrote it (the
+    manifest records it with a sha256, and it is a plain file, not a link); anything else is the
+    user's, never replaced: exit 4 naming it."""
+    target = directory / rel
+    if rel in ours and stat.S_ISREG(os.lstat(target).st_mode):
+        warn(f"{target}: {problem}; virnucpro downloaded it, so it is downloaded again")
+        return
+    raise ModelsError(f"{target} is in the way: {problem}; virnucpro did not write it (the models "
+                      f"manifest does not record it), so it is left as it is",
+                      hint=f"move it away, then rerun `{store.download_command(directory, [role])}`")
+
+
+def _require_pin(pin: str | None, label: str) -> None:
+    """A file without a pin is never downloaded, nor recorded as trusted (exit 4)."""
+    if not pin:
+        raise ModelsError(f"no pinned checksum for {label}: virnucpro never records a file it "
+                          f"cannot verify as trusted", hint="this is a bug in virnucpro's table of sources")
 
 
 def _validator(role: str, relpath: str) -> Callable[[Path], None] | None:
@@ -249,11 +303,9 @@ def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | Non
     the .part deleted whenever its bytes are wrong.
     """
     label = label or target.name
-    if not (sha256 or git_sha1):
-        raise ModelsError(f"no pinned checksum for {label}: virnucpro never records a file it "
-                          f"cannot verify as trusted", hint="this is a bug in virnucpro's table of sources")
+    _require_pin(sha256 or git_sha1, label)
     part = target.with_name(target.name + ".part")
-    resumed = part.exists()
+    resumed = _part_size(part) is not None
     _transfer_with_retries(url, part, label, attempts or ATTEMPTS, hint or store.staging_hint(target.parent))
     try:
         digest = _verified(part, sha256, git_sha1)
@@ -266,8 +318,46 @@ def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | Non
             return fetch(url, target, sha256, git_sha1, label, validate, attempts, hint)
         raise ModelsError(f"{label} downloaded from {url}: {exc.message} (file discarded, nothing "
                           f"recorded)", hint=exc.hint or _MISMATCH_HINT) from None
-    os.replace(part, target)
+    try:
+        os.replace(part, target)
+    except OSError as exc:  # e.g. a directory put in its place meanwhile
+        raise _write_error(target, exc) from None
     return digest
+
+
+def _part_size(part: Path) -> int | None:
+    """The bytes of our partial download (None without one). A link or anything but a plain file
+    at that name is not ours: never written through, never removed (exit 4)."""
+    try:
+        info = os.lstat(part)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise _foreign_part(part)
+    return info.st_size
+
+
+def _foreign_part(part: Path) -> ModelsError:
+    """Exit 4 for a `.part` name virnucpro did not create as a plain file."""
+    what = "a symbolic link" if part.is_symlink() else "not a plain file"
+    return ModelsError(f"{part} is {what}: virnucpro keeps its partial downloads in plain files and "
+                       f"never writes through a link, so it is left as it is",
+                       hint="move it away, then rerun the same command")
+
+
+def _open_part(part: Path, append: bool):
+    """`part` opened for writing without following a link (O_NOFOLLOW), appending or from empty."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(part, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _foreign_part(part) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _foreign_part(part)
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 _MISMATCH_HINT = ("retry later or use another --mirror (a mirror must serve the very same files); "
@@ -353,7 +443,7 @@ def _range_start(value: str | None) -> int | None:
 
 def _transfer(url: str, part: Path, label: str) -> None:
     """One HTTP attempt appending to `part` (or restarting it); `_Interrupted` if it ends early."""
-    offset = part.stat().st_size if part.exists() else 0
+    offset = _part_size(part) or 0
     headers = {"User-Agent": f"virnucpro/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -390,7 +480,7 @@ def _receive(response, part: Path, offset: int, total: int | None, label: str) -
     progress.advance(offset)
     received = offset
     try:
-        with open(part, "ab" if offset else "wb") as handle:
+        with _open_part(part, append=bool(offset)) as handle:
             while True:
                 try:
                     chunk = response.read(CHUNK)

@@ -13,7 +13,8 @@ in fp16 safetensors, mapped as the encoder loads them, derived from the `.pt` wh
 It is never listed in `files` and never part of the model identity: the `.pt` is the source of truth.
 
 A directory without manifest.json (or a manifest without a role) is read by those standard names,
-so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field.
+so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field; so is a
+models file that cannot be read (`reading`: a read, never the exit 10 of an output not written).
 
 A role is tiny (random test models, `virnucpro.models.tiny`) only when its manifest entry says
 `"tiny": true` AND records the sha256 of every file of it that is read; every output made with it
@@ -50,9 +51,10 @@ import shlex
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError
@@ -87,6 +89,8 @@ _CACHE_MIN_BYTES = 64 * 1024 * 1024
 FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+NAME_MAX_BYTES = 255  # the longest file name (one path component) common file systems allow
+PATH_MAX_BYTES = 4096  # the longest path the kernel accepts
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,12 +178,13 @@ def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
 def read_manifest(directory: Path) -> dict | None:
     """The validated manifest of `directory`, or None without one; malformed is exit 4."""
     path = Path(directory) / MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelsError(f"{path} is unreadable or not JSON: {exc}",
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ModelsError(f"{path} is unreadable or not JSON: {why}",
                           hint=_manifest_hint(Path(directory))) from None
     _check_manifest(path, manifest)
     manifest.setdefault("models", {})
@@ -227,8 +232,9 @@ def _check_entry(path: Path, where: str, entry: object) -> None:
     if not (isinstance(files, list) and files and all(isinstance(f, str) and f for f in files)):
         raise _malformed(path, f"{where}.files", f"is {_kind(files)}, not a non-empty list of file names")
     for rel in files:
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise _malformed(path, f"{where}.files", f"names {rel!r}, which is outside the models directory")
+        problem = _file_name_problem(rel)
+        if problem is not None:
+            raise _malformed(path, f"{where}.files", f"names {_shortened(rel)!r}, which {problem}")
     _check_mapping(path, f"{where}.sha256", entry.get("sha256", {}), _HEX64, "sha256 (64 hex digits)")
     _check_mapping(path, f"{where}.urls", entry.get("urls", {}), None, "URL")
     if "fp16" in entry:
@@ -245,11 +251,33 @@ def _check_fp16_record(path: Path, where: str, record: object) -> None:
     if not isinstance(record, dict):
         raise _malformed(path, where, f"is {_kind(record)}, not an object")
     name = record.get("file")
-    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise _malformed(path, f"{where}.file", f"is {name!r}, not a file name inside the models directory")
+    if not isinstance(name, str) or not name or _file_name_problem(name) is not None:
+        shown = _shortened(name) if isinstance(name, str) else name
+        raise _malformed(path, f"{where}.file", f"is {shown!r}, not a file name inside the models directory")
     for key in ("sha256", "source_sha256"):
         if not (isinstance(record.get(key), str) and _HEX64.fullmatch(record[key])):
             raise _malformed(path, f"{where}.{key}", f"is {record.get(key)!r}, not a sha256 (64 hex digits)")
+
+
+def _file_name_problem(rel: str) -> str | None:
+    """Why `rel` cannot name a file inside the models directory, or None: checked here so that a
+    hostile manifest is exit 4 naming the field, not an OS error when the file is looked up."""
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return "is outside the models directory"
+    try:
+        encoded = os.fsencode(rel)
+    except UnicodeEncodeError:
+        return "is not a valid file name here"
+    if b"\0" in encoded:
+        return "holds a NUL character"
+    if len(encoded) > PATH_MAX_BYTES or any(len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")):
+        return "is too long for a file name"
+    return None
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """`text`, cut to `limit` characters for a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _check_mapping(path: Path, where: str, value: object, pattern: re.Pattern | None, what: str) -> None:
@@ -294,14 +322,27 @@ def _role_order(role: str) -> tuple[int, str]:
 # Hashing
 # --------------------------------------------------------------------------------------------
 
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Inside the block, an OSError is a models file that cannot be read: exit 4 naming it. Left
+    to the CLI, a permission or I/O error would be taken for a failed write (exit 10)."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or path
+        raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}",
+                          hint="make it readable to this user, or move it away and rerun "
+                               "`virnucpro models download`") from None
+
+
 def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:
     """sha256 of a file (and, with `git_sha1`, its git blob id, as GitHub's tree lists it)."""
     digest = hashlib.sha256()
     blob = None
-    if git_sha1:
-        blob = hashlib.sha1()
-        blob.update(b"blob %d\0" % Path(path).stat().st_size)
-    with open(path, "rb") as handle:
+    with reading(path), open(path, "rb") as handle:
+        if git_sha1:
+            blob = hashlib.sha1()
+            blob.update(b"blob %d\0" % os.fstat(handle.fileno()).st_size)
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
             if blob is not None:
@@ -337,7 +378,7 @@ class HashCache:
             try:
                 loaded = json.loads(self.path.read_text())
                 self.entries = loaded if isinstance(loaded, dict) else {}
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 self.entries = {}
 
     def sha256(self, directory: Path, rel: str) -> str:
@@ -348,7 +389,8 @@ class HashCache:
         """(sha256, git blob id when `git_sha1`) of the file, from the cache when the file is
         unchanged; one read computes both."""
         path = Path(directory) / rel
-        stat = path.stat()
+        with reading(path):
+            stat = path.stat()
         entry = self._cached(rel, stat)
         if entry is not None and (not git_sha1 or isinstance(entry.get("git_sha1"), str)):
             return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
@@ -588,14 +630,15 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False
     if unknown:
         raise ModelsError(f"unknown model role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
     directory = models_dir(directory)
-    if not directory.is_dir():
-        return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
-    manifest = read_manifest(directory)
-    cache = HashCache(directory, use=not full)
-    try:
-        statuses = [_role_status(directory, role, manifest, cache) for role in roles]
-    finally:
-        cache.save()
+    with reading(directory):
+        if not directory.is_dir():
+            return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
+        manifest = read_manifest(directory)
+        cache = HashCache(directory, use=not full)
+        try:
+            statuses = [_role_status(directory, role, manifest, cache) for role in roles]
+        finally:
+            cache.save()
     return directory, statuses
 
 

@@ -29,12 +29,14 @@ process VIRNUCPRO_EMBED {
     def device = task.ext.device ?: 'auto'
     // one folder per sample: two samples with byte-identical shards have the same checkpoint key,
     // and their tasks may run at the same time
-    def checkpoint = checkpoint_dir ? "--checkpoint-dir ${checkpoint_dir}/samples/${meta.id}" : ''
-    def compile_cache = checkpoint_dir ? "--compile-cache ${checkpoint_dir}/compile-cache" : ''
+    // the checkpoint folder is a user's path (spaces, quotes): quoted for the shell
+    def checkpoint = checkpoint_dir ? '--checkpoint-dir ' + shellQuoted("${checkpoint_dir}/samples/${meta.id}") : ''
+    def compile_cache = checkpoint_dir ? '--compile-cache ' + shellQuoted("${checkpoint_dir}/compile-cache") : ''
+    def slots = shellQuoted("${checkpoint_dir ?: '.'}/.gpu-slots")
     """
     exec 9> .embed.running
     flock 9
-    gpu_slot.py --lock-dir ${checkpoint_dir ?: '.'}/.gpu-slots --device ${device} -- \\
+    gpu_slot.py --lock-dir ${slots} --device ${device} -- \\
     virnucpro embed \\
         ${shard} \\
         --models ${models} \\
@@ -50,4 +52,9 @@ process VIRNUCPRO_EMBED {
     """
     touch ${shard.baseName}.h5
     """
+}
+
+// One word for the shell, whatever the path holds
+def shellQuoted(path) {
+    return "'" + path.toString().replace("'", "'\\''") + "'"
 }
