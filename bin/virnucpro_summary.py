@@ -15,7 +15,9 @@ not a warning. `merge` joins the rows of every sample, adding up each row again.
 
 The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
 a line break, `"` included) and are read and written as such. Memory holds one set of sequence ids;
-everything else is streamed. Standard library only: it runs in any container with a Python 3.
+everything else is streamed. Standard library only, plus virnucpro/calls.py (itself standard
+library only; found in the project beside bin/ when the package is not installed): the call rules
+predict writes its tables with, so the two never drift apart.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:  # the call rules predict writes its tables with: the package, else the project beside bin/
+    from virnucpro.calls import ChunkScore, SequenceTally, number_cell
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from virnucpro.calls import ChunkScore, SequenceTally, number_cell
 from typing import Iterator, Sequence
 
 EXIT_INCONSISTENT = 5  # CONTRACTS.md: inconsistent inputs between stages
@@ -176,60 +184,6 @@ def _recorded(path: Path, owner: object, where: str, key: str, kind: type = int)
 
 # --- one sample: every row derived again from the rows below it --------------------------------------
 
-def _fmt(value: float | None) -> str:
-    """Numbers as predict writes them in chunks.tsv and sequences.tsv."""
-    return "NA" if value is None else f"{value:.6g}"
-
-
-@dataclass
-class ChunkBest:
-    """A chunk's best ORF (the first with the highest virus score) and its maxima, from its ORF rows."""
-
-    orf_id: str
-    max_virus: float
-    max_others: float
-
-    def add(self, orf_id: str, virus: float, others: float) -> None:
-        if virus > self.max_virus:
-            self.orf_id, self.max_virus = orf_id, virus
-        self.max_others = max(self.max_others, others)
-
-    @property
-    def is_virus(self) -> bool:
-        """The original's per-chunk rule: best virus score at least the best others score."""
-        return self.max_virus >= self.max_others
-
-
-@dataclass
-class SequenceTally:
-    """One sequence's chunks as its row of sequences.tsv counts and scores them."""
-
-    virus: int = 0
-    no_orf: int = 0
-    scored: int = 0
-    total: float = 0.0
-    top: float | None = None
-
-    def add(self, best: ChunkBest | None) -> None:
-        if best is None:
-            self.no_orf += 1
-            return
-        self.virus += best.is_virus
-        self.scored += 1
-        self.total += best.max_virus
-        self.top = best.max_virus if self.top is None else max(self.top, best.max_virus)
-
-    def expected_row(self, length: int, threshold: float) -> dict[str, str]:
-        """The cells of sequences.tsv these chunks give."""
-        fraction = self.virus / self.scored if self.scored else None
-        mean = self.total / self.scored if self.scored else None
-        call = ("empty" if length == 0 else "no_orf" if not self.scored
-                else "virus" if fraction >= threshold else "others")
-        return {"n_chunks_virus": str(self.virus), "n_chunks_no_orf": str(self.no_orf),
-                "fraction_virus": _fmt(fraction), "max_score_virus": _fmt(self.top), "mean_score_virus": _fmt(mean),
-                "call": call}
-
-
 class ChunkDigest:
     """An order-free digest of (chunk id, is virus) pairs, so chunks.tsv and the highest-score table
     (sorted differently) are compared without holding either in memory."""
@@ -298,12 +252,13 @@ class SampleWalk:
         tally = SequenceTally()
         for k in range(1, n_chunks + 1):
             tally.add(self._chunk(where, sequence_id, k))
-        mismatch(where, repr(sequence_id), row, tally.expected_row(length, self.recorded.threshold),
+        expected = {**tally.cells(), "call": tally.call(self.recorded.threshold, length == 0)}
+        mismatch(where, repr(sequence_id), row, expected,
                  f"its chunks in {self.chunks_path} (threshold {self.recorded.threshold})")
         self.totals.sequence_calls[row["call"]] += 1
         self.totals.bases += length
 
-    def _chunk(self, sequence_where: str, sequence_id: str, k: int) -> ChunkBest | None:
+    def _chunk(self, sequence_where: str, sequence_id: str, k: int) -> ChunkScore | None:
         """Chunk `k` of `sequence_id`: the next chunks.tsv row, whose id must be `<sequence id>_chunk_<k>`
         (so chunk ids are as unique as sequence ids), its call and best ORF derived from its ORFs."""
         number, row = next(self.chunks, (None, None))
@@ -319,7 +274,7 @@ class SampleWalk:
         n_orfs = whole_number(self.chunks_path, number, row, "n_orfs")
         best = self._orfs(where, chunk_id, n_orfs)
         expected = ({"best_orf": "NA", "max_score_virus": "NA", "call": "no_orf"} if best is None else
-                    {"best_orf": best.orf_id, "max_score_virus": _fmt(best.max_virus),
+                    {"best_orf": best.best_orf, "max_score_virus": number_cell(best.max_virus),
                      "call": "virus" if best.is_virus else "others"})
         mismatch(where, repr(chunk_id), row, expected, f"its {n_orfs} ORF row(s) in {self.results_path}")
         self.totals.chunk_calls[row["call"]] += 1
@@ -328,7 +283,7 @@ class SampleWalk:
             self.totals.scored_chunks.add(chunk_id, best.is_virus)
         return best
 
-    def _orfs(self, chunk_where: str, chunk_id: str, n_orfs: int) -> ChunkBest | None:
+    def _orfs(self, chunk_where: str, chunk_id: str, n_orfs: int) -> ChunkScore | None:
         """The chunk's next `n_orfs` rows of prediction_results.txt: its id + a frame, frames in order."""
         if n_orfs > len(FRAMES):
             raise Inconsistent(f"{chunk_where}: n_orfs {n_orfs} of {chunk_id!r} (a chunk has at most 6 ORFs)")
@@ -345,7 +300,7 @@ class SampleWalk:
             after = FRAMES.index(frame) + 1
             virus, others = orf_scores(self.results_path, number, row)
             if best is None:
-                best = ChunkBest(orf_id, virus, others)
+                best = ChunkScore(chunk_id, orf_id, virus, others)
             else:
                 best.add(orf_id, virus, others)
         return best

@@ -25,6 +25,7 @@ import numpy as np
 
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
+from virnucpro.calls import ChunkScore, SequenceTally, number_cell
 from virnucpro.console import info, warn
 from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, output_errors
 from virnucpro.outdir import OutputFolder, claim
@@ -144,27 +145,6 @@ def _id_text(value: str | None) -> str:
 # --- per-ORF scores and per-chunk maxima, streamed in input order ----------------------------------
 
 @dataclass
-class ChunkScore:
-    """The best ORF of a chunk and the maxima the original's per-chunk call compares."""
-
-    chunk_id: str
-    best_orf: str
-    max_virus: float
-    max_others: float
-
-    def add(self, orf_id: str, virus: float, others: float) -> None:
-        """One more ORF of this chunk: the first ORF with the highest virus score stays the best."""
-        if virus > self.max_virus:
-            self.best_orf, self.max_virus = orf_id, virus
-        self.max_others = max(self.max_others, others)
-
-    @property
-    def is_virus(self) -> bool:
-        """The original's rule: best virus score at least the best others score."""
-        return self.max_virus >= self.max_others
-
-
-@dataclass
 class ScoreHistogram:
     counts: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
 
@@ -275,44 +255,12 @@ class HighestTable:
 
 # --- our tables ----------------------------------------------------------------------------------
 
-@dataclass
-class SequenceTally:
-    """One input sequence's chunks, counted while its rows of chunks.tsv are written."""
-
-    n_chunks: int = 0
-    virus: int = 0
-    no_orf: int = 0
-    scored: int = 0
-    total: float = 0.0
-    top: float | None = None
-
-    def add(self, score: ChunkScore | None) -> None:
-        self.n_chunks += 1
-        if score is None:
-            self.no_orf += 1
-            return
-        self.virus += score.is_virus
-        self.scored += 1
-        self.total += score.max_virus
-        self.top = score.max_virus if self.top is None else max(self.top, score.max_virus)
-
-    def call(self, threshold: float, empty: bool) -> str:
-        if empty:
-            return "empty"
-        if not self.scored:
-            return "no_orf"
-        return "virus" if self.virus / self.scored >= threshold else "others"
-
-    def row(self, seq: dict[str, str], call: str) -> str:
-        """This sequence's line of our sequences.tsv."""
-        fraction = self.virus / self.scored if self.scored else None
-        mean = self.total / self.scored if self.scored else None
-        return (f"{seq['sequence_id']}\t{seq['length']}\t{seq['n_chunks']}\t{self.virus}\t{self.no_orf}\t"
-                f"{_fmt(fraction)}\t{_fmt(self.top)}\t{_fmt(mean)}\t{call}\n")
-
-
-def _fmt(value: float | None) -> str:
-    return "NA" if value is None else f"{value:.6g}"
+def sequence_line(seq: dict[str, str], tally: SequenceTally, call: str) -> str:
+    """One sequence's line of our sequences.tsv."""
+    cells = tally.cells()
+    return (f"{seq['sequence_id']}\t{seq['length']}\t{seq['n_chunks']}\t{cells['n_chunks_virus']}\t"
+            f"{cells['n_chunks_no_orf']}\t{cells['fraction_virus']}\t{cells['max_score_virus']}\t"
+            f"{cells['mean_score_virus']}\t{call}\n")
 
 
 class _NextChunk:
@@ -375,7 +323,7 @@ def write_tables(prepared: Path, scores: Iterable[ChunkScore], outdir: Path, thr
                 chunks_out.write(_chunk_row(row, score))
             call = tally.call(threshold, seq["status"] == "empty")
             summary.add(seq, tally, call)
-            sequences_out.write(tally.row(seq, call))
+            sequences_out.write(sequence_line(seq, tally, call))
     _check_all_used(prepared, chunk_rows, scored)
     highest.write(outdir / HIGHEST)
     summary.chunks_scored = scored.taken
@@ -398,7 +346,7 @@ def _chunk_row(row: dict[str, str], score: ChunkScore | None) -> str:
     else:
         call, best, top = ("virus" if score.is_virus else "others"), score.best_orf, score.max_virus
     return (f"{row['chunk_id']}\t{row['sequence_id']}\t{row['start']}\t{row['length']}\t"
-            f"{row['n_orfs']}\t{best}\t{_fmt(top)}\t{call}\n")
+            f"{row['n_orfs']}\t{best}\t{number_cell(top)}\t{call}\n")
 
 
 def _check_all_used(prepared: Path, chunk_rows: Iterator[dict[str, str]], scored: _NextChunk) -> None:
