@@ -151,6 +151,42 @@ def test_a_second_embed_of_the_same_inputs_waits_then_resumes_what_the_first_sav
     np.testing.assert_array_equal(prot, uninterrupted[2])
 
 
+
+def test_an_embed_that_finishes_leaves_its_parts_to_the_one_waiting_for_them(tmp_path, tiny_models,
+                                                                             golden_prepared, uninterrupted):
+    """The orphaned first attempt of a task (Nextflow killed, or its SLURM job still running) ends
+    while the resumed attempt waits: the resumed one computes nothing again, and cleans up."""
+    ckpt = tmp_path / "ckpt"
+    command = embed_command(shard(golden_prepared), tmp_path / "first.h5", tiny_models) + ["--checkpoint-dir", str(ckpt)]
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "second.err"
+    try:
+        wait_for_parts(ckpt, 2, first)
+        first.send_signal(signal.SIGSTOP)
+        with open(log, "w") as err:
+            second = subprocess.Popen(embed_command(shard(golden_prepared), tmp_path / "second.h5", tiny_models)
+                                      + ["--checkpoint-dir", str(ckpt)], stderr=err)
+        deadline = time.monotonic() + 120
+        while not list(ckpt.glob("*/.waiting.*")):
+            assert time.monotonic() < deadline and second.poll() is None, log.read_text()
+            time.sleep(0.05)
+        first.send_signal(signal.SIGCONT)
+        _, first_err = first.communicate(timeout=120)
+        assert first.returncode == 0 and "kept for the embed of the same shard waiting" in first_err, first_err
+        assert second.wait(120) == 0, log.read_text()
+    finally:
+        for process in (first, locals().get("second")):
+            if process is not None:
+                process.kill()
+                process.communicate()
+    assert "computed 0 nucleotide and 0 protein sequences" in log.read_text(), log.read_text()
+    assert not ckpt.exists()
+    for name in ("first", "second"):
+        ids, nuc, prot, _ = read_h5(tmp_path / f"{name}.h5")
+        assert ids == uninterrupted[0]
+        np.testing.assert_array_equal(nuc, uninterrupted[1])
+        np.testing.assert_array_equal(prot, uninterrupted[2])
+
 def test_corrupt_part_is_detected_and_recomputed(tmp_path, tiny_models, golden_prepared, uninterrupted):
     out = tmp_path / "s.h5"
     command = embed_command(shard(golden_prepared), out, tiny_models)

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-import shutil
+import secrets
 import signal
 import threading
 import time
@@ -37,12 +37,15 @@ from virnucpro.encoders import check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
                               ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
-from virnucpro.outdir import FolderBusy, file_lock, folder_lock, refuse_nesting
+from virnucpro.outdir import FolderBusy, HeldLock, file_lock, folder_lock, refuse_nesting
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
 CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
+PART_TMP_NAME = re.compile(r"\.part_[0-9]+\.tmp\.npz")  # a part write a kill interrupted
+WAITING_PREFIX = ".waiting."  # the note of an embed waiting for a busy checkpoint folder
+WAITING_FRESH_SECONDS = 60.0  # a note not renewed for this long is a waiter that died
 PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
 KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
 PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for role in ROLES for kind in ("index", "vectors"))])
@@ -141,25 +144,31 @@ class CheckpointStore:
         self.folder = folder
         self.key = folder.name
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
-        self._hold_when_free(folder)
+        self.held = self._hold_when_free(folder)
         self.next_part = 0
         self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
         self.pending = []
 
-    def _hold_when_free(self, folder: Path) -> None:
+    def _hold_when_free(self, folder: Path) -> HeldLock:
         """Lock the folder, waiting while another embed of the same shard, models and precision
         holds it (a task resumed while its first attempt still runs, say): once that one ends, what
-        it saved is resumed here. A stop signal ends the wait (exit 6)."""
+        it saved is resumed here; a waiting note, kept fresh, asks it to leave its parts even when it
+        finishes the shard. A stop signal ends the wait (exit 6)."""
+        note = folder / f"{WAITING_PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
         waiting = False
-        while True:
-            try:
-                self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
-                return
-            except FolderBusy as busy:
-                if not waiting:
-                    info(f"{busy.message}: waiting for it to end, then resuming from its checkpoints")
-                    waiting = True
-                time.sleep(CHECKPOINT_WAIT_SECONDS)
+        try:
+            while True:
+                try:
+                    return self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
+                except FolderBusy as busy:
+                    if not waiting:
+                        info(f"{busy.message}: waiting for it to end, then resuming from its checkpoints")
+                        waiting = True
+                    _touch(note)
+                    time.sleep(CHECKPOINT_WAIT_SECONDS)
+        finally:
+            with contextlib.suppress(OSError):
+                note.unlink(missing_ok=True)
 
     def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
         """The sound parts, each {role: (indices, vectors)}, for `sizes` distinct sequences of `widths`."""
@@ -224,12 +233,46 @@ class CheckpointStore:
         self._lock.close()
 
     def remove(self) -> None:
+        """The shard is written: delete its parts and the folder, still holding it, so an embed that
+        takes it next finds no half-deleted folder; the parts stay for an embed waiting for them
+        (see `_hold_when_free`), and files virnucpro did not write stay too."""
+        self.writer.shutdown(wait=True)
+        if _fresh_waiting_notes(self.folder):
+            info(f"checkpoints in {self.folder} kept for the embed of the same shard waiting for them")
+        else:
+            _delete_own_files(self.folder)
+            self.held.remove()
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-        try:
-            self.folder.parent.rmdir()  # the checkpoint directory, when no other key remains
-        except OSError:
-            pass
+        for folder in (self.folder, self.folder.parent):  # the parent: when no other key remains
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _touch(path: Path) -> None:
+    """Create `path` or renew its time (a waiting note); a failure only makes the note stale."""
+    with contextlib.suppress(OSError):
+        path.touch()
+        os.utime(path)
+
+
+def _fresh_waiting_notes(folder: Path) -> bool:
+    """Whether an embed is waiting for this folder (its note renewed lately); stale notes are removed."""
+    fresh = False
+    for note in folder.glob(f"{WAITING_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - note.stat().st_mtime < WAITING_FRESH_SECONDS:
+                fresh = True
+            else:
+                note.unlink()
+    return fresh
+
+
+def _delete_own_files(folder: Path) -> None:
+    """Delete the part files and unfinished part writes in a checkpoint folder; nothing else."""
+    with contextlib.suppress(FileNotFoundError):  # a folder removed by hand meanwhile
+        for path in list(folder.iterdir()):
+            if (PART_NAME.fullmatch(path.name) or PART_TMP_NAME.fullmatch(path.name)) and not path.is_dir():
+                path.unlink(missing_ok=True)
 
 
 def _discard(path: Path, problem: str) -> None:

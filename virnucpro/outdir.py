@@ -28,7 +28,7 @@ import shutil
 import socket
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -189,8 +189,11 @@ class HeldLock:
         one can see it vanish before its own open when that other one fails at once and removes
         the folder it created (`claim`): the command then fails on the missing folder.
         """
-        if not self.created:
-            return
+        if self.created:
+            self.remove()
+
+    def remove(self) -> None:
+        """Remove the lock file, still held, when the path names it (see `remove_if_created`)."""
         try:
             if os.path.samestat(os.lstat(self.path), os.fstat(self.fd)):
                 os.unlink(self.path)
@@ -279,9 +282,20 @@ def file_mode() -> int:
 def folder_lock(folder: Path, what: str) -> Iterator[HeldLock]:
     """Create `folder` if needed and hold it exclusively while the block runs (exit 3 when busy)."""
     folder = Path(folder)
-    _make_folder(folder, what)
-    with _hold(folder / LOCK_NAME, folder, what) as lock:
-        yield lock
+    with ExitStack() as stack:
+        yield _enter_folder_lock(stack, folder, what)
+
+
+def _enter_folder_lock(stack: ExitStack, folder: Path, what: str) -> HeldLock:
+    """The folder's lock entered on `stack`; the folder is created again when its last holder
+    removed it between our mkdir and our open (a finished embed removing its checkpoint folder)."""
+    for _attempt in range(LOCK_ATTEMPTS):
+        _make_folder(folder, what)
+        try:
+            return stack.enter_context(_hold(folder / LOCK_NAME, folder, what))
+        except FileNotFoundError:
+            continue
+    raise _busy(folder, what, "a folder that keeps being removed")
 
 
 @contextmanager
