@@ -187,6 +187,43 @@ def test_an_embed_that_finishes_leaves_its_parts_to_the_one_waiting_for_them(tmp
         np.testing.assert_array_equal(nuc, uninterrupted[1])
         np.testing.assert_array_equal(prot, uninterrupted[2])
 
+
+def test_an_output_already_holding_this_shard_is_kept_and_nothing_is_computed(tmp_path, tiny_models,
+                                                                             golden_prepared, capsys):
+    """A task resumed in its work folder after its orphaned first attempt wrote the shard."""
+    out = tmp_path / "s.h5"
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu")
+    before = out.stat()
+    capsys.readouterr()
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu")
+    err = capsys.readouterr().err
+    assert "already holds these" in err and "computed" not in err, err
+    after = out.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("change", ["vector", "precision", "shard"])
+def test_an_output_of_other_inputs_or_changed_since_is_computed_again(tmp_path, tiny_models, golden_prepared,
+                                                                      uninterrupted, capsys, change):
+    import h5py
+
+    out = tmp_path / "s.h5"
+    source = shard(golden_prepared, 1) if change == "shard" else shard(golden_prepared)
+    embed(source, out, models=tiny_models, device="cpu")
+    if change != "shard":
+        with h5py.File(out, "r+") as handle:
+            if change == "vector":
+                handle["esm2"][3, 0] += 1.0
+            else:
+                handle.attrs["precision"] = "bf16"
+    capsys.readouterr()
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=2)
+    assert "already holds" not in capsys.readouterr().err
+    ids, nuc, prot, attrs = read_h5(out)
+    assert ids == uninterrupted[0] and attrs["precision"] == "fp32"
+    np.testing.assert_allclose(nuc, uninterrupted[1], atol=1e-5, rtol=0)  # other thread count: not bit-identical
+    np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-5, rtol=0)
+
 def test_corrupt_part_is_detected_and_recomputed(tmp_path, tiny_models, golden_prepared, uninterrupted):
     out = tmp_path / "s.h5"
     command = embed_command(shard(golden_prepared), out, tiny_models)

@@ -621,6 +621,10 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     budget = token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type]
     identity = model_set.identity(ROLES)
 
+    if already_embedded(out, shard_meta, ids, identity, precision):
+        info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read back "
+             "sound: kept (an earlier attempt finished it; delete it to compute again)")
+        return out
     key = checkpoint_key(shard_meta.sha256, identity, precision)
     checkpoints = CheckpointStore(Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / key)
     try:
@@ -646,6 +650,24 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
     return out
+
+
+def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
+    """Whether `out` is this shard embedded by these models at this precision, every row read back
+    sound (ids in order, finite vectors matching their checksums): the work of an earlier attempt
+    (a Nextflow task resumed in its work folder after its orphan finished, a rerun `run`)."""
+    if not out.is_file():
+        return False
+    try:
+        found = h5shard.read_info(out)
+        wanted = (shard_meta.sha256, shard_meta.index, shard_meta.of, shard_meta.chunk_size, identity, precision)
+        if (found.shard_sha256, found.shard_index, found.shard_of, found.chunk_size, found.models,
+                found.precision) != wanted:
+            return False
+        h5shard.verify_shard(out, ids)
+    except (VirnucproError, OSError):
+        return False
+    return True
 
 
 def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict) -> None:

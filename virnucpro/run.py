@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import VirnucproError, output_errors
@@ -36,17 +35,6 @@ def _prepare_is_current(prepared: Path, inputs: Sequence[Path], chunk_size: int)
         return False
     return all(Path(path).is_file() and fmt.sha256_of(Path(path)) == entry["sha256"]
                for path, entry in zip(inputs, manifest["inputs"]))
-
-
-def _embedding_is_current(h5: Path, shard: dict, models: dict, precision: str) -> bool:
-    """A finished embedding of this shard with these models at this precision."""
-    if not h5.exists():
-        return False
-    try:
-        info_ = h5shard.read_info(h5)
-    except VirnucproError:
-        return False
-    return info_.shard_sha256 == shard["sha256"] and info_.models == models and info_.precision == precision
 
 
 @dataclass
@@ -88,6 +76,16 @@ def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int) -> dict:
     return prepare(inputs, prepared, chunk_size=chunk_size, threads=1)
 
 
+def _embedded_before(shard: Path, h5: Path, identity: dict, precision: str) -> bool:
+    """Whether an earlier try of this run embedded `shard` into `h5` (checked as `embed` checks it)."""
+    from virnucpro.embed import already_embedded
+
+    if not h5.is_file():
+        return False
+    return already_embedded(h5, fmt.shard_info(shard), [record[0] for record in fmt.read_shard(shard)],
+                            identity, precision)
+
+
 def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, **options) -> list[Path]:
     """Every shard embedded (finished ones from an earlier try reused); returns the HDF5 paths."""
     from virnucpro.embed import ROLES, embed, embedding_widths
@@ -96,7 +94,7 @@ def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, **optio
     identity = setup.model_set.identity(ROLES)
     embeddings = [work / "embeddings" / Path(shard["file"]).with_suffix(".h5").name for shard in manifest["shards"]]
     pending = {h5 for shard, h5 in zip(manifest["shards"], embeddings)
-               if not _embedding_is_current(h5, shard, identity, setup.precision)}
+               if not _embedded_before(prepared / shard["file"], h5, identity, setup.precision)}
     if pending:  # loads the models, which the first embed needs anyway
         check_classifier_fits(setup.classifier_model, setup.classifier,
                               embedding_widths(setup.model_set, setup.device, setup.precision, setup.compiling))
