@@ -622,8 +622,8 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     identity = model_set.identity(ROLES)
 
     if already_embedded(out, shard_meta, ids, identity, precision):
-        info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read back "
-             "sound: kept (an earlier attempt finished it; delete it to compute again)")
+        info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read "
+             "back sound: kept (an earlier attempt finished it; delete it to compute again)")
         return out
     key = checkpoint_key(shard_meta.sha256, identity, precision)
     checkpoints = CheckpointStore(Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / key)
@@ -639,17 +639,20 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
 
         embedder = Embedder(encoders, budget, torch_device)
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
-        attrs = {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
-                 "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
-                 "device": torch_device.type, "tiny": bool(model_set.tiny),
-                 "attention": embedder.attention_record()}
-        _write(out, ids, distinct, known, attrs)
+        _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, torch_device, embedder))
     except BaseException:
         checkpoints.close()
         raise
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
     return out
+
+
+def _attributes(shard_meta, model_set, precision: str, torch_device, embedder: Embedder) -> dict:
+    """The HDF5 shard's attributes: what it was made from and how, for predict's cross-checks."""
+    return {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
+            "chunk_size": shard_meta.chunk_size, "models": model_set.identity(ROLES), "precision": precision,
+            "device": torch_device.type, "tiny": bool(model_set.tiny), "attention": embedder.attention_record()}
 
 
 def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
