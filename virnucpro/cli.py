@@ -239,8 +239,19 @@ def models_tiny(directory: Path = typer.Argument(..., help="Directory to create.
     tiny.make_tiny(directory)
 
 
+def _out_of_host_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the machine's memory running out (numpy's MemoryError, torch's CPU allocator)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc))
+
+
 def _report_bug(exc: BaseException) -> int:
-    """Unexpected exception: one line for the user, the traceback in a file for the bug report."""
+    """Unexpected exception: one line for the user, the traceback in a file for the bug report; the
+    machine's memory running out is said plainly (it is no bug, and more memory is the fix)."""
+    if _out_of_host_memory(exc):
+        error(f"out of memory: this machine's RAM ran out ({type(exc).__name__}: {str(exc)[:200]})\n  fix: give "
+              "the command more memory (the task's memory in Nextflow); embed needs less with a smaller "
+              "--token-budget")
+        return ExitCode.UNEXPECTED
     fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
     with os.fdopen(fd, "w") as handle:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=handle)
