@@ -160,7 +160,7 @@ def load_run_info(path: Path) -> Recorded:
     except FileNotFoundError:
         raise Inconsistent(f"{path} is missing (predict writes it last: the folder is not a finished "
                            "predict output)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise Inconsistent(f"cannot read {path}: {exc}") from None
     inputs = info.get("inputs") if isinstance(info, dict) else None
     if not isinstance(inputs, list) or not inputs:

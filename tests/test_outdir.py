@@ -560,3 +560,41 @@ def test_host_memory_running_out_is_said_plainly_not_reported_as_a_bug(tmp_path,
     code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "out")
     assert code == 1 and "out of memory: this machine's RAM ran out" in message and "bug" not in message, message
     assert "--token-budget" in message and len(message.strip().splitlines()) == 2
+
+
+def test_fallback_lock_whose_writer_died_before_writing_it_is_taken_over_once_old(tmp_path):
+    """Killed between O_EXCL and writing its holder: an empty lock file, busy while fresh, then stale."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    lock = folder / od.FALLBACK_LOCK_NAME
+    lock.write_text("")
+    with pytest.raises(BadInputError, match="details are unreadable"):
+        with od.exclusive_file_lock(lock, folder, "--outdir"):
+            pass
+    old = time.time() - od.STALE_SECONDS - 60
+    os.utime(lock, (old, old))
+    with od.exclusive_file_lock(lock, folder, "--outdir"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+NESTED_TOO_DEEP = "[" * 200_000
+
+
+@pytest.mark.parametrize("where", ["the output folder", "a folder above it"])
+def test_a_marker_nested_too_deep_is_refused_in_one_message(tmp_path, run_cli, where):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / od.MARKER_NAME).write_text(NESTED_TOO_DEEP)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nACGT\n")
+    outdir = folder if where == "the output folder" else folder / "inside"
+    code, message = run_cli("prepare", fasta, "--outdir", outdir)
+    assert code == 3 and "Traceback" not in message and "bug" not in message, message
+
+
+def test_a_prepare_manifest_nested_too_deep_is_exit_5(tmp_path):
+    from virnucpro.errors import InconsistentInputsError
+
+    (tmp_path / fmt.MANIFEST).write_text(NESTED_TOO_DEEP)
+    with pytest.raises(InconsistentInputsError, match="not JSON"):
+        fmt.load_manifest(tmp_path)

@@ -341,6 +341,7 @@ H5_DAMAGE = {
     "device as bytes that are not UTF-8": (_set_attr("device", np.bytes_(b"\xff\xfe")), "device"),
     "models not JSON": (_set_attr("models", "{esm2: tiny"), "models"),
     "models JSON but a list": (_set_attr("models", "[1, 2]"), "models"),
+    "models JSON nested too deep": (_set_attr("models", "[" * 200_000), "models"),
     "models without sha256": (_set_attr("models", json.dumps({"esm2": {"name": "x"}})), "models"),
     "other format_version": (_set_attr("format_version", 1), "format_version"),
     "vector checksum not hexadecimal": (_set_attr("sha256_esm2", "x" * 64), "sha256_esm2"),

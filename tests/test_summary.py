@@ -176,6 +176,11 @@ def test_missing_file_is_one_message_and_exit_5(golden_copy, tmp_path, name):
     assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), name, "missing")
 
 
+def test_run_info_nested_too_deep_is_one_message_and_exit_5(golden_copy, tmp_path):
+    (golden_copy / "run_info.json").write_text("[" * 200_000)
+    assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), "run_info.json")
+
+
 # --- merge adds up every row again --------------------------------------------------------------------
 
 @pytest.fixture

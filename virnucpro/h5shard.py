@@ -356,7 +356,7 @@ def _models(path: Path, attrs: dict) -> dict:
     """The `models` attribute: JSON of role -> {name, sha256}."""
     try:
         models = json.loads(_text(path, attrs, "models"))
-    except ValueError:
+    except (ValueError, RecursionError):
         models = None
     valid = isinstance(models, dict) and models and all(
         isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("sha256"), str)

@@ -57,11 +57,21 @@ def _holder() -> dict:
 
 
 def _holder_text(raw: str) -> str:
+    holder = _holder_of(raw)
+    try:
+        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (KeyError, TypeError):
+        return "another process (its details are unreadable)"
+
+
+def _holder_of(raw: str) -> dict | None:
+    """The holder a lock file names; None when it is not a JSON object (being written, or its
+    writer died before writing it)."""
     try:
         holder = json.loads(raw)
-        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "another process (its details are unreadable)"
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 class FolderBusy(BadInputError):
@@ -123,12 +133,14 @@ class _Heartbeat(threading.Thread):
 def _is_stale(path: Path) -> bool:
     """A fallback lock whose process is gone (same host) or that nobody touched for ten minutes."""
     try:
-        holder = json.loads(path.read_text())
         age = time.time() - path.stat().st_mtime
+        holder = _holder_of(path.read_text(errors="replace"))
     except FileNotFoundError:
         return True
-    except (OSError, ValueError):
-        return False  # being written right now
+    except OSError:
+        return False
+    if holder is None:  # being written now, or its writer was killed first: its age tells
+        return age > STALE_SECONDS
     if holder.get("host") == socket.gethostname():
         try:
             os.kill(int(holder["pid"]), 0)
@@ -315,7 +327,7 @@ def _marker_kind(folder: Path) -> str | None:
         return None
     try:
         kind = json.loads(path.read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return "?"
     return kind if isinstance(kind, str) else "?"
 
@@ -391,7 +403,7 @@ class OutputFolder:
             marker = json.loads(path.read_text())
             valid = (isinstance(marker, dict) and self._valid_files(marker.get("files"))
                      and self._valid_files(marker.get("publishing", {})))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             valid = False
         if not valid:
             raise BadInputError(f"{path} is damaged, so virnucpro cannot tell which files in "

@@ -162,7 +162,7 @@ def load_manifest(directory: Path) -> dict:
                             "run `virnucpro prepare` first, or give its --outdir") from None
     except OSError as exc:
         raise InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise malformed(path, f"it is not JSON ({exc})") from None
     if not isinstance(manifest, dict):
         raise malformed(path, f"it holds {shown(manifest)}, not a JSON object")
