@@ -150,6 +150,21 @@ def embed_pids(marker: str) -> List[int]:
     return pids
 
 
+def processes_in(launch: Path, argv_start: List[str]) -> List[int]:
+    """Processes whose command line starts with `argv_start` and whose folder is under `launch`."""
+    wanted = [word.encode() for word in argv_start]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if proc.name.isdigit() and argv[:len(wanted)] == wanted and cwd.startswith(str(launch)):
+            pids.append(int(proc.name))
+    return pids
+
+
 def read_tsv(path: Path) -> List[Dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
@@ -232,6 +247,29 @@ def killed_embed_run(launch: Path, reads: Path, *profile_args: str, kill_after_p
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return finish(process, launch), args
+
+
+def resumed_after_head_killed(launch: Path, reads: Path, *profile_args: str):
+    """Kill -9 Nextflow while its EMBED task runs (held with SIGSTOP, so it cannot finish first),
+    -resume at once, and let the orphaned task go on once the resumed one waits for it."""
+    launch.mkdir(parents=True, exist_ok=True)
+    (launch / "checkpoints.config").write_text(CHECKPOINT_CONFIG)
+    args = (*profile_args, "-c", str(launch / "checkpoints.config"), "--input", str(reads), "--shard_size", "100000")
+    first = start_pipeline(launch, *args)
+    wait_for(lambda: checkpoint_parts(launch / "work" / "virnucpro-checkpoints"), "a checkpoint part", first)
+    orphans = wait_for(lambda: embed_pids(str(launch)), "a running virnucpro embed", first)
+    try:
+        for pid in orphans:
+            os.kill(pid, signal.SIGSTOP)
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+        resumed = start_pipeline(launch, *args, "-resume")
+        # the task runs again in the same work folder, where its wrapper waits for the orphan's lock
+        wait_for(lambda: processes_in(launch / "work", ["flock", "9"]), "the resumed task waiting", resumed)
+    finally:
+        for pid in orphans:
+            os.kill(pid, signal.SIGCONT)
+    return finish(resumed, launch)
 
 
 def assert_retried_and_resumed(run) -> None:

@@ -1,7 +1,8 @@
 """The pipeline on the real Nextflow engine (24.10.0 from Maven Central), local executor, no container.
 
 What a user relies on: the test profile is green and its tables equal `virnucpro run`; -resume
-re-runs nothing; a killed EMBED task is retried and resumes mid-shard from its checkpoints; bad
+re-runs nothing; a killed EMBED task is retried and resumes mid-shard from its checkpoints; -resume
+after Nextflow itself was killed keeps the shard its orphaned EMBED task finished; bad
 parameters and samplesheets are refused before any task, naming the culprit; unusual samples
 (identical twins, no ORF at all, two files with one name) come through whole.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from engine import (NEXTFLOW, REPO, SAMPLE_FILES, TEST_INPUTS, Run, assert_retried_and_resumed, assert_same_tables,
-                    checkpoint_parts, coding_reads, killed_embed_run, read_tsv, require_engine, run_pipeline, task_env,
-                    tiny_models_of, virnucpro_run)
+                    checkpoint_parts, coding_reads, killed_embed_run, read_tsv, require_engine, resumed_after_head_killed,
+                    run_pipeline, task_env, tiny_models_of, virnucpro_run)
 
 pytestmark = pytest.mark.pipeline
 
@@ -98,6 +99,20 @@ def test_killed_embed_is_retried_resumes_mid_shard_and_resume_reruns_nothing(tmp
     assert_same_tables(run.outdir / "coding", single)
     assert not checkpoint_parts(run.workdir / "virnucpro-checkpoints"), "finished shards keep no checkpoint"
     assert_nothing_rerun(run_pipeline(run.launch, *args, "-resume"))
+
+
+def test_resume_after_nextflow_was_killed_keeps_the_shard_its_orphaned_embed_finished(tmp_path):
+    """`kill -9` of Nextflow leaves its EMBED task running; `-resume` at once runs the task again in
+    the same work folder, which waits for the orphan and then keeps the shard it wrote (read back
+    and checked) instead of computing it a second time."""
+    reads = coding_reads(tmp_path / "coding.fa", 300)
+    run = resumed_after_head_killed(tmp_path / "headless", reads, "-profile", "test")
+    run.assert_ok()
+    (task,) = run.tasks("VIRNUCPRO_EMBED")
+    log = (Path(task["workdir"]) / ".command.err").read_text()
+    assert "already holds these 303 records" in log, log
+    single = virnucpro_run([reads], tiny_models_of(run), tmp_path / "single", "--checkpoint-every", "10")
+    assert_same_tables(run.outdir / "coding", single)
 
 
 # --------------------------------------------------------------------------------------------------
