@@ -325,6 +325,7 @@ H5_DAMAGE = {
     "fewer vector rows than ids": (lambda h: replace_dataset(h, "dnabert_s", h["dnabert_s"][:-1]), "dnabert_s"),
     "fewer ids than vector rows": (lambda h: replace_dataset(h, "ids", h["ids"][:-1],
                                                              dtype=h5shard._h5py().string_dtype()), "ids"),
+    "an id that is not UTF-8": (lambda h: h["ids"].__setitem__(5, h["ids"][5][:-1] + b"\xff"), "cannot be read"),
     "ids stored as numbers": (lambda h: replace_dataset(h, "ids", np.arange(h["ids"].shape[0])), "ids"),
     "a vector dataset missing": (lambda h: h.__delitem__("esm2"), "esm2"),
     "ids a group": (lambda h: (h.__delitem__("ids"), h.create_group("ids")), "ids"),

@@ -36,6 +36,8 @@ ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", 
               "models", "precision", "device", "created", *CHECKSUMS)
 PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
 DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
+# what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
+DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
 
 
@@ -210,8 +212,8 @@ def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.
 
 def verify_shard(path: Path, ids: Sequence[str]) -> None:
     """Row count, ids in order and finite values, read back from disk."""
-    with open_h5(path) as handle:
-        stored = [value.decode("utf-8") if isinstance(value, bytes) else value for value in handle["ids"][:]]
+    with _reading(path), open_h5(path) as handle:
+        stored = _decoded(handle["ids"][:])
         if stored != list(ids):
             raise NumericalError(f"{path}: ids read back differ from the shard's records",
                                  "the disk or file system corrupted the write; rerun")
@@ -243,7 +245,7 @@ def read_info(path: Path) -> EmbeddingShardInfo:
             attrs = _read_attributes(path, handle)
     except FileNotFoundError:
         raise BadInputError(f"embedding shard not found: {path}", "check the path") from None
-    except OSError as exc:
+    except DAMAGED as exc:
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
                                       "give the .h5 files written by `virnucpro embed`") from None
     return _shard_info(path, attrs, records, widths)
@@ -285,7 +287,7 @@ def _check_datasets(path: Path, handle) -> tuple[int, tuple[int, int]]:
 def _read_attributes(path: Path, handle) -> dict:
     try:
         attrs = {name: handle.attrs[name] for name in handle.attrs}
-    except (OSError, TypeError, ValueError) as exc:
+    except DAMAGED as exc:
         raise malformed(path, f"its attributes cannot be read ({exc})") from None
     missing = [name for name in ATTRIBUTES if name not in attrs]
     if missing:
@@ -372,7 +374,7 @@ def _reading(path: Path) -> Iterator[None]:
     """A read that fails part-way (damaged file, undecodable id) is exit 5 naming the file."""
     try:
         yield
-    except (OSError, UnicodeDecodeError) as exc:
+    except DAMAGED as exc:
         raise InconsistentInputsError(f"{path} cannot be read to the end ({exc})", REEMBED_HINT) from None
 
 
@@ -384,7 +386,7 @@ def iter_ids(path: Path, block: int | None = None) -> Iterator[str]:
     """The ids of a shard one by one, read `block` (default ROWS_PER_WRITE) at a time."""
     block = block or ROWS_PER_WRITE
     with _reading(path), open_h5(path) as handle:
-        ids = handle["ids"]
+        ids = _dataset(path, handle, "ids")
         for start in range(0, ids.shape[0], block):
             yield from _decoded(ids[start:start + block])
 
@@ -397,10 +399,11 @@ def iter_rows(path: Path, block: int = ROWS_PER_WRITE) -> Iterator[tuple[list[st
     """
     checksums = VectorChecksums()
     with _reading(path), open_h5(path) as handle:
-        n, expected = handle["ids"].shape[0], {name: _text(path, dict(handle.attrs), name) for name in CHECKSUMS}
+        id_data, nuc_data, prot_data = (_dataset(path, handle, name) for name in ("ids", *VECTORS))
+        n, expected = id_data.shape[0], {name: _text(path, dict(handle.attrs), name) for name in CHECKSUMS}
         for start in range(0, n, block):
-            ids = _decoded(handle["ids"][start:start + block])
-            nuc, prot = handle["dnabert_s"][start:start + block], handle["esm2"][start:start + block]
+            ids = _decoded(id_data[start:start + block])
+            nuc, prot = nuc_data[start:start + block], prot_data[start:start + block]
             checksums.add(nuc, prot)
             yield ids, np.concatenate([nuc, prot], axis=1)
     changed = [name for name, value in checksums.attributes().items() if value != expected[name]]
