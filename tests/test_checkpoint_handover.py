@@ -128,3 +128,68 @@ def test_the_next_holder_works_in_a_folder_the_last_one_removed(tmp_path, monkey
     assert len(again.load(SIZES, WIDTHS)) == 1
     again.remove()
     assert not folder.exists()
+
+
+WAITER = """
+import sys
+from pathlib import Path
+from virnucpro import embed
+embed.CHECKPOINT_WAIT_SECONDS = 0.05
+embed.CheckpointStore(Path(sys.argv[1]))
+"""
+
+
+def test_the_parts_are_not_kept_for_a_waiter_killed_with_sigkill(tmp_path):
+    """Its note stays behind, but nobody holds its flock any more: the note is removed, and so are the parts."""
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "key"
+    store = store_with_one_part(folder)
+    waiter = subprocess.Popen([sys.executable, "-c", WAITER, str(folder)], stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: any(folder.glob(f"{WAITING_PREFIX}*")), "the waiting note")
+        waiter.send_signal(signal.SIGKILL)
+        waiter.wait(10)
+    finally:
+        waiter.kill()
+        waiter.communicate()
+    assert any(folder.glob(f"{WAITING_PREFIX}*")), "the killed waiter's note should still be there"
+    store.remove()
+    assert not folder.exists()
+
+
+def test_without_flock_a_fresh_note_keeps_the_parts(tmp_path, monkeypatch):
+    import errno
+
+    from virnucpro import outdir
+
+    def no_flock(*args, **kwargs):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(outdir.fcntl, "flock", no_flock)
+    folder = tmp_path / "key"
+    store = store_with_one_part(folder)
+    (folder / f"{WAITING_PREFIX}1.cafe").touch()
+    store.remove()
+    assert len(list(folder.glob("part_*.npz"))) == 1
+
+
+def test_a_parent_removed_while_the_folder_is_made_is_made_again(tmp_path, monkeypatch):
+    """mkdir(parents=True) racing another command's rmdir of an empty parent: tried again."""
+    real_mkdir = Path.mkdir
+    calls = []
+
+    def racing_mkdir(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        if len(calls) == 2:
+            raise FileExistsError(17, "File exists", str(self))  # a folder that vanished at once
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    store = CheckpointStore(tmp_path / "ck" / "key")
+    store.close()
+    assert len(calls) >= 3 and (tmp_path / "ck" / "key").is_dir()

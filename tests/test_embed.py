@@ -180,7 +180,7 @@ def test_an_embed_that_finishes_leaves_its_parts_to_the_one_waiting_for_them(tmp
                 process.kill()
                 process.communicate()
     assert "computed 0 nucleotide and 0 protein sequences" in log.read_text(), log.read_text()
-    assert not ckpt.exists()
+    assert ckpt.is_dir() and not any(ckpt.iterdir())
     for name in ("first", "second"):
         ids, nuc, prot, _ = read_h5(tmp_path / f"{name}.h5")
         assert ids == uninterrupted[0]
@@ -201,6 +201,40 @@ def test_an_output_already_holding_this_shard_is_kept_and_nothing_is_computed(tm
     after = out.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
+
+
+def test_a_kept_output_clears_the_checkpoint_a_kill_left_behind(tmp_path, tiny_models, golden_prepared, capsys,
+                                                                monkeypatch):
+    """Killed between writing the output and removing its checkpoint: the rerun keeps the output and
+    removes the checkpoint too, as the killed run would have."""
+    from virnucpro.embed import CheckpointStore
+
+    out = tmp_path / "s.h5"
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointStore, "remove", CheckpointStore.close)
+        embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=20)
+    assert list((tmp_path / "s.h5.ckpt").glob("*/part_*.npz"))
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu")
+    assert "already holds" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+
+
+@pytest.mark.parametrize("existed", [True, False], ids=["made by the user", "made by embed"])
+def test_the_checkpoint_dir_the_user_named_stays(tmp_path, tiny_models, golden_prepared, existed):
+    """Emptied of this shard's checkpoint, never removed: it may be the user's own folder (even the
+    current directory), and other embeds may be about to use it."""
+    mine = tmp_path / "mine"
+    if existed:
+        mine.mkdir()
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_dir=mine)
+    assert mine.is_dir() and not any(mine.iterdir())
+
+
+def test_a_lock_file_a_killed_embed_left_beside_the_output_is_removed(tmp_path, tiny_models, golden_prepared):
+    """It would otherwise be published with `run --keep-embeddings`, and stay for ever."""
+    (tmp_path / ".s.h5.lock").write_text('{"pid": 1, "host": "gone", "started": "then"}')
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
 
 @pytest.mark.parametrize("change", ["vector", "precision", "shard"])
 def test_an_output_of_other_inputs_or_changed_since_is_computed_again(tmp_path, tiny_models, golden_prepared,

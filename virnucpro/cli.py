@@ -138,7 +138,9 @@ def embed(
                              "beside it while embed runs; an existing file is replaced only if it is "
                              "a virnucpro embedding)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where resumable "
-                                                  "checkpoints live (default: OUT.ckpt/)."),
+                                                  "checkpoints live, one folder per shard, removed when the "
+                                                  "shard is written (default: OUT.ckpt/, removed too; a "
+                                                  "folder given here stays)."),
     device: Device = DeviceOption,
     precision: Precision = PrecisionOption,
     token_budget: Optional[int] = TokenBudgetOption,

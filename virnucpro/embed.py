@@ -11,6 +11,7 @@ same batches, hence the same vectors.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -45,7 +46,7 @@ CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried aga
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
 PART_TMP_NAME = re.compile(r"\.part_[0-9]+\.tmp\.npz")  # a part write a kill interrupted
 WAITING_PREFIX = ".waiting."  # the note of an embed waiting for a busy checkpoint folder
-WAITING_FRESH_SECONDS = 60.0  # a note not renewed for this long is a waiter that died
+WAITING_FRESH_SECONDS = 60.0  # without flock: a note not renewed for this long is a waiter that died
 PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
 KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
 PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for role in ROLES for kind in ("index", "vectors"))])
@@ -140,11 +141,14 @@ class CheckpointStore:
     ends the command (exit 10) at the next `raise_failed` or `flush`, the parts before it kept.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, parent_is_ours: bool = True, wait: bool = True):
         self.folder = folder
         self.key = folder.name
+        # the default `<out>.ckpt` is removed once empty; never a --checkpoint-dir (the user named it)
+        self.parent_is_ours = parent_is_ours
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
-        self.held = self._hold_when_free(folder)
+        self.held = (self._hold_when_free(folder) if wait
+                     else self._lock.enter_context(folder_lock(folder, "the checkpoint folder")))
         self.next_part = 0
         self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
         self.pending = []
@@ -154,21 +158,18 @@ class CheckpointStore:
         holds it (a task resumed while its first attempt still runs, say): once that one ends, what
         it saved is resumed here; a waiting note, kept fresh, asks it to leave its parts even when it
         finishes the shard. A stop signal ends the wait (exit 6)."""
-        note = folder / f"{WAITING_PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
-        waiting = False
+        note = _WaitingNote(folder)
         try:
             while True:
                 try:
                     return self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
                 except FolderBusy as busy:
-                    if not waiting:
+                    if not note.posted:
                         info(f"{busy.message}: waiting for it to end, then resuming from its checkpoints")
-                        waiting = True
-                    _touch(note)
+                    note.post()
                     time.sleep(CHECKPOINT_WAIT_SECONDS)
         finally:
-            with contextlib.suppress(OSError):
-                note.unlink(missing_ok=True)
+            note.withdraw()
 
     def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
         """The sound parts, each {role: (indices, vectors)}, for `sizes` distinct sequences of `widths`."""
@@ -237,34 +238,74 @@ class CheckpointStore:
         takes it next finds no half-deleted folder; the parts stay for an embed waiting for them
         (see `_hold_when_free`), and files virnucpro did not write stay too."""
         self.writer.shutdown(wait=True)
-        if _fresh_waiting_notes(self.folder):
+        if _live_waiters(self.folder):
             info(f"checkpoints in {self.folder} kept for the embed of the same shard waiting for them")
         else:
             _delete_own_files(self.folder)
             self.held.remove()
         self.close()
-        for folder in (self.folder, self.folder.parent):  # the parent: when no other key remains
+        for folder in [self.folder] + ([self.folder.parent] if self.parent_is_ours else []):
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
 
-def _touch(path: Path) -> None:
-    """Create `path` or renew its time (a waiting note); a failure only makes the note stale."""
-    with contextlib.suppress(OSError):
-        path.touch()
-        os.utime(path)
+class _WaitingNote:
+    """The note an embed waiting for a busy checkpoint folder leaves in it, so that the holder, should
+    it finish the shard, leaves its parts. The waiter holds a flock on its note while it lives (the
+    kernel drops it however the waiter dies); where the file system has no flock, the note's time,
+    renewed at every try, tells instead."""
 
+    def __init__(self, folder: Path):
+        self.path = folder / f"{WAITING_PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
+        self.fd: int | None = None
+        self.posted = False
 
-def _fresh_waiting_notes(folder: Path) -> bool:
-    """Whether an embed is waiting for this folder (its note renewed lately); stale notes are removed."""
-    fresh = False
-    for note in folder.glob(f"{WAITING_PREFIX}*"):
+    def post(self) -> None:
+        """Create the note (once) or renew its time; a failure only leaves the holder unaware."""
+        self.posted = True
         with contextlib.suppress(OSError):
-            if time.time() - note.stat().st_mtime < WAITING_FRESH_SECONDS:
-                fresh = True
-            else:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.utime(self.path)
+
+    def withdraw(self) -> None:
+        """Remove the note: the wait is over, however it ended."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self.fd)
+            self.fd = None
+
+
+def _live_waiters(folder: Path) -> bool:
+    """Whether an embed is waiting for this folder; the notes of waiters that died are removed."""
+    alive = False
+    for note in folder.glob(f"{WAITING_PREFIX}*"):
+        if _waiter_alive(note):
+            alive = True
+        else:
+            with contextlib.suppress(OSError):
                 note.unlink()
-    return fresh
+    return alive
+
+
+def _waiter_alive(note: Path) -> bool:
+    """A note still flocked by its waiter; without flock, one renewed lately."""
+    try:
+        fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False  # nobody holds it: its waiter is gone
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this file system
+        return time.time() - os.fstat(fd).st_mtime < WAITING_FRESH_SECONDS
+    finally:
+        os.close(fd)
 
 
 def _delete_own_files(folder: Path) -> None:
@@ -603,7 +644,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
             return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
                                  checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
         finally:
-            lock.remove_if_created()
+            lock.remove()  # ours to remove while held, also when a killed embed left it
 
 
 def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
@@ -621,12 +662,12 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     budget = token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type]
     identity = model_set.identity(ROLES)
 
-    if already_embedded(out, shard_meta, ids, identity, precision):
-        info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read "
-             "back sound: kept (an earlier attempt finished it; delete it to compute again)")
+    folder = Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / checkpoint_key(shard_meta.sha256,
+                                                                                          identity, precision)
+    if _kept_as_written(out, shard_meta, ids, identity, precision):
+        _discard_leftover(folder, parent_is_ours=checkpoint_dir is None)
         return out
-    key = checkpoint_key(shard_meta.sha256, identity, precision)
-    checkpoints = CheckpointStore(Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / key)
+    checkpoints = CheckpointStore(folder, parent_is_ours=checkpoint_dir is None)
     try:
         encoders = _load_encoders(model_set, torch_device, precision, compiling)
         distinct = {"dnabert_s": Distinct.of([r[1] for r in records]),
@@ -646,6 +687,23 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
     return out
+
+
+def _kept_as_written(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
+    """Whether `out` already holds this very shard (see `already_embedded`): then it is kept, said so."""
+    if not already_embedded(out, shard_meta, ids, identity, precision):
+        return False
+    info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read back "
+         "sound: kept (an earlier attempt finished it; delete it to compute again)")
+    return True
+
+
+def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:
+    """The parts of a shard whose output is already written (a kill landed between the two), unless
+    another embed holds or waits for them."""
+    if folder.is_dir():
+        with contextlib.suppress(FolderBusy):
+            CheckpointStore(folder, parent_is_ours, wait=False).remove()
 
 
 def _attributes(shard_meta, model_set, precision: str, torch_device, embedder: Embedder) -> dict:

@@ -84,15 +84,22 @@ def _busy(folder: Path, what: str, holder: str) -> FolderBusy:
 
 
 def _make_folder(folder: Path, what: str) -> None:
-    """Create the folder (and parents); a file in its place or an impossible path is exit 3."""
-    if folder.exists() and not folder.is_dir():
-        raise BadInputError(f"{what} {folder} is a file", "choose a directory path")
-    try:
-        with output_errors(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # not a storage failure: e.g. a parent is a file
-        raise BadInputError(f"cannot create {what} {folder}: {exc.strerror}",
-                            "choose a writable location") from None
+    """Create the folder (and parents); a file in its place or an impossible path is exit 3. An
+    empty folder on the path removed by another command meanwhile (a finished embed removing its
+    checkpoint folder) is created again."""
+    for _attempt in range(LOCK_ATTEMPTS):
+        try:
+            with output_errors(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+            return
+        except (FileNotFoundError, FileExistsError) as exc:  # removed, or a file in the way
+            problem = exc
+            if os.path.lexists(folder) and not folder.is_dir():
+                raise BadInputError(f"{what} {folder} is a file", "choose a directory path") from None
+        except OSError as exc:  # not a storage failure: e.g. a parent is a file
+            problem = exc
+            break
+    raise BadInputError(f"cannot create {what} {folder}: {problem.strerror}", "choose a writable location")
 
 
 def _try_flock(fd: int, subject: Path, what: str) -> bool:
