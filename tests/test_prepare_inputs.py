@@ -286,7 +286,8 @@ def test_run_reads_a_pipe_once_and_loses_no_record(tmp_path, tiny_models, argume
 def test_duplicate_ids_on_standard_input_are_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
                           input=GOOD + GOOD, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 3 and "more than once" in done.stderr
+    assert done.returncode == 3 and "duplicate sequence id 's1'" in done.stderr, done.stderr
+    assert "standard input record 1 and standard input record 3" in done.stderr
 
 
 def test_duplicate_ids_in_a_named_pipe_are_exit_3_not_a_hang(tmp_path):
@@ -301,4 +302,5 @@ def test_duplicate_ids_in_a_named_pipe_are_exit_3_not_a_hang(tmp_path):
     feeder.start()
     done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(fifo), "--outdir", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 3 and "more than once" in done.stderr and "pipe" in done.stderr, done.stderr
+    assert done.returncode == 3 and "duplicate sequence id 'a'" in done.stderr, done.stderr
+    assert f"pipe {fifo} record 1 and pipe {fifo} record 2" in done.stderr

@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -31,13 +31,12 @@ from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import STOP_SIGNALS, BadInputError, check_stop, output_errors, stop_signals_blocked
 from virnucpro.outdir import claim
-from virnucpro.seqio import (STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, read_records,
-                            record_groups)
+from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
+                            read_records, record_groups, unicode_text)
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
 FRAME_LABELS = ("F1", "F2", "F3", "R1", "R2", "R3")
-PROTEIN_LIKE = set("EFILPQJOZefilpqjoz")
 
 
 # --- chunking (SPEC §1 step 1) --------------------------------------------------------------
@@ -257,12 +256,7 @@ def _check_letters(records: list[Record], path: Path) -> tuple[list[str], list[i
         for record in records:
             bad = invalid_letters(record.sequence)
             if bad:
-                shown = "".join(sorted(set(bad)))[:20]
-                looks_protein = any(c in PROTEIN_LIKE for c in bad)
-                raise BadInputError(
-                    f"{path}, record '{record.id}' (line {record.line}) has characters that are no "
-                    f"nucleotide code: {shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
-                    "give nucleotide sequences (IUPAC codes, N, X, '-', '.', '*' are accepted)")
+                raise letters_refusal(path, record.id, record.line, bad)
     masks = [letter for letter in "NnXx" if letter in joined]
     masked = [sum(record.sequence.count(letter) for letter in masks) if masks else 0 for record in records]
     if "U" not in joined and "u" not in joined:
@@ -519,6 +513,7 @@ class IdRegistry:
 
     BUFFER = 1 << 16
     BUCKETS = 16
+    CONFIRM_BATCH = 1 << 12  # repeated hashes confirmed per pass over the id table
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -541,35 +536,65 @@ class IdRegistry:
                 values[buckets == index].tofile(handle)
         self.buffer = array("q")
 
-    def repeated_hashes(self) -> set[int]:
+    def repeated_hash_batches(self) -> Iterator[set[int]]:
+        """The hashes that occur more than once, in sets of CONFIRM_BATCH (the last one smaller), one
+        bucket sorted at a time (its file then removed): memory stays bounded however many ids
+        repeat, and when fewer repeat, one set holds them all (the first duplicate read is named)."""
         self._spill()
-        repeated: set[int] = set()
+        batch: set[int] = set()
         for index in range(self.BUCKETS):
             ordered = np.sort(np.fromfile(self._bucket(index), dtype=np.int64))
-            repeated.update(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
             self._bucket(index).unlink()
+            repeats = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+            while len(repeats):
+                room = self.CONFIRM_BATCH - len(batch)
+                batch.update(repeats[:room].tolist())
+                repeats = repeats[room:]
+                if len(batch) == self.CONFIRM_BATCH:
+                    yield batch
+                    batch = set()
         self.directory.rmdir()
-        return repeated
+        if batch:
+            yield batch
 
 
-def _name_duplicates(inputs: Sequence[Path], repeated: set[int]) -> None:
-    """Second pass, only when hashes repeat: confirm real duplicate ids and name them."""
-    if not all(_rereadable(path) for path in inputs):
-        raise BadInputError("the inputs hold a sequence id more than once (a stream among them, standard "
-                            "input or a pipe, is read once and cannot be read again to name it)",
-                            "make ids unique (e.g. prefix them with the sample or file name)")
+DUPLICATE_HINT = "make ids unique (e.g. prefix them with the sample or file name)"
+
+
+def _record_numbers(summaries: Sequence[InputSummary]) -> Iterator[tuple[Path, int]]:
+    """(input, 1-based record number in it) of every record, in the order prepare read them."""
+    for summary in summaries:
+        for number in range(1, summary.records + 1):
+            yield summary.path, number
+
+
+def _name_duplicate(table: Path, summaries: Sequence[InputSummary], repeated: set[int]) -> None:
+    """Confirm the ids whose hashes repeat against `table` (sequences.tsv: every record id, in input
+    order) and name the first real duplicate: a stream needs no second read, and two distinct ids
+    sharing a 64-bit hash are never taken for one. Only ids with a repeated hash are held."""
     seen: dict[str, tuple[Path, int]] = {}
-    for path in inputs:
-        for record in read_records(HashingTextStream(path)):
-            if hash(record.id) not in repeated:
+    with open(table, encoding="utf-8") as rows:
+        next(rows)  # the header
+        for (path, number), row in zip(_record_numbers(summaries), rows):
+            record_id = row.split("\t", 1)[0]
+            if hash(record_id) not in repeated:
                 continue
-            if record.id in seen:
-                first_path, first_line = seen[record.id]
-                raise BadInputError(
-                    f"duplicate sequence id '{record.id}': {first_path} line {first_line} and "
-                    f"{path} line {record.line}",
-                    "make ids unique (e.g. prefix them with the sample or file name)")
-            seen[record.id] = (path, record.line)
+            if record_id in seen:
+                raise BadInputError(f"duplicate sequence id '{record_id}': {_where(*seen[record_id])} and "
+                                    f"{_where(path, number)}", DUPLICATE_HINT)
+            seen[record_id] = (path, number)
+
+
+def _where(path: Path, number: int) -> str:
+    """Where record `number` of an input is: its line in a file (read again up to it), its number in a stream."""
+    if not _rereadable(path):
+        return f"{'standard input' if str(path) == STDIN else f'pipe {path}'} record {number:,}"
+    stream = HashingTextStream(path)
+    try:
+        record = next(itertools.islice(read_records(stream), number - 1, None), None)
+    finally:
+        stream.close()
+    return f"{path} line {record.line}" if record else f"{path} record {number:,}"
 
 
 def _file_size(path: Path) -> int:
@@ -610,8 +635,8 @@ def check_distinct_inputs(inputs: Sequence[Path]) -> None:
 
 
 def check_inputs(inputs: Iterable[Path]) -> None:
-    """Each input opens and its first records read as FASTA/FASTQ (exit 3 otherwise): `run` checks
-    this before it downloads or loads models, so a mistyped path costs seconds, not a download.
+    """Each input opens and its first records read as nucleotide FASTA/FASTQ (exit 3 otherwise): `run`
+    checks this before it downloads or loads models, so a mistyped input costs seconds, not a download.
 
     Only regular files are read ahead: standard input, pipes, FIFOs and `<(zcat ...)` can be read
     once only, so they are checked as prepare reads them.
@@ -619,13 +644,29 @@ def check_inputs(inputs: Iterable[Path]) -> None:
     inputs = [Path(p) for p in inputs]
     check_distinct_inputs(inputs)
     for path in inputs:
-        if not _rereadable(Path(path)):
-            continue
-        stream = HashingTextStream(Path(path))
-        try:
-            next(record_groups(stream), None)
-        finally:
-            stream.close()
+        if _rereadable(path):
+            _check_first_records(path)
+
+
+def _check_first_records(path: Path) -> None:
+    """The records in the first block of a file's text parse and hold nucleotide codes; the record
+    the block cuts is checked as far as it goes, and an error the cut may cause (a FASTQ record
+    without its quality) is left to prepare, which reads the whole file."""
+    stream = HashingTextStream(path, limit=BLOCK)
+    records = read_records(stream)
+    try:
+        while True:
+            try:
+                record = next(records, None)
+            except BadInputError:
+                if stream.cut_short:
+                    return
+                raise
+            if record is None:
+                return
+            _check_letters([record], path)
+    finally:
+        stream.close()
 
 
 STAGING = ".virnucpro-partial"  # hidden work folder inside --outdir; only finished files leave it
@@ -682,9 +723,8 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
     for summary in summaries:
         if summary.records == 0:
             raise BadInputError(f"{summary.path} holds no records", "give a FASTA or FASTQ file with sequences")
-    repeated = preparer.registry.repeated_hashes()
-    if repeated:
-        _name_duplicates(inputs, repeated)
+    for repeated in preparer.registry.repeated_hash_batches():
+        _name_duplicate(work / fmt.SEQUENCES, summaries, repeated)
     manifest = _manifest(chunk_size, summaries, shards, preparer.counts, work)
     fmt.write_json_atomic(work / fmt.MANIFEST, manifest)
     return manifest
@@ -697,7 +737,7 @@ def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict]
         "format_version": fmt.FORMAT_VERSION,
         "virnucpro_version": __version__,
         "chunk_size": chunk_size,
-        "inputs": [{"path": str(s.path), "sha256": s.sha256, "records": s.records} for s in summaries],
+        "inputs": [{"path": unicode_text(str(s.path)), "sha256": s.sha256, "records": s.records} for s in summaries],
         "shards": shards,
         "tables": {name: fmt.sha256_of(work / name) for name in fmt.TABLES},
         "counts": vars(counts),

@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 
 from virnucpro.errors import InconsistentInputsError
+from virnucpro.seqio import unicode_text
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;
@@ -28,7 +29,8 @@ border-bottom:1px solid #edf0f4}th{background:#f5f7fa}td.n,th.n{text-align:right
 
 
 def _e(value) -> str:
-    return html.escape(str(value))
+    """`value` as HTML text; an input name that is not UTF-8 is shown escaped (it cannot be written raw)."""
+    return html.escape(unicode_text(str(value)))
 
 
 def _histogram_svg(counts: list[int]) -> str:

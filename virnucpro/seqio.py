@@ -34,6 +34,7 @@ BZIP2_MAGIC = b"BZh"
 # gap/stop symbols the original tolerates (codons holding anything but ACGT are dropped during
 # translation, as in the original).
 NUCLEOTIDE_SYMBOLS = b"ACGTUNRYSWKMBDHVX-.*acgtunryswkmbdhvx"
+PROTEIN_LIKE = set("EFILPQJOZefilpqjoz")
 
 
 @dataclass
@@ -96,6 +97,21 @@ def _line_ends(data: bytes) -> int:
 def _shown(text: str) -> str:
     """`text` with unprintable characters written as escapes, for messages."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_escape(found: re.Match) -> str:
+    """A lone surrogate as text: \\xNN for the byte of a file name it stands for, else \\uNNNN."""
+    code = ord(found.group())
+    return f"\\x{code - 0xdc00:02x}" if 0xdc80 <= code <= 0xdcff else f"\\u{code:04x}"
+
+
+def unicode_text(text: str) -> str:
+    """`text` with lone surrogates escaped, so that it can be written as UTF-8: Python holds each byte
+    of a file name that is not UTF-8 as one (byte 0xff as U+DCFF, written here as \\xff)."""
+    return SURROGATE.sub(_surrogate_escape, text)
 
 
 class UniversalText:
@@ -241,10 +257,16 @@ def _read_waking(fd: int, size: int) -> bytes:
 
 
 class HashingTextStream:
-    """Reads a possibly compressed file as text while computing the sha256 of its raw bytes."""
+    """Reads a possibly compressed file as text while computing the sha256 of its raw bytes.
 
-    def __init__(self, path: Path):
+    `limit` makes it a look ahead: text stops after about that many decompressed bytes (the last
+    line then cut where the limit falls) and `cut_short` says so. A regular file read to its end is
+    refused when it changed meanwhile (a download or copy still running), a stream never is.
+    """
+
+    def __init__(self, path: Path, limit: int | None = None):
         self.path = path
+        self.limit, self.cut_short = limit, False
         self.sha256 = hashlib.sha256()
         self.bytes_read = 0
         try:
@@ -257,7 +279,8 @@ class HashingTextStream:
         except OSError as exc:
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
-        self._stream = not stat.S_ISREG(os.fstat(self._raw.fileno()).st_mode)
+        self._opened = os.fstat(self._raw.fileno())
+        self._stream = not stat.S_ISREG(self._opened.st_mode)
         self.text = UniversalText(path)  # the parser tells it where a header may start
         head = self._read_raw()
         self.compression = _compression(head, path)
@@ -274,7 +297,21 @@ class HashingTextStream:
                                 "check the file and the storage it is on") from None
         self.sha256.update(block)
         self.bytes_read += len(block)
+        if not block and not self._stream:
+            self._check_unchanged()
         return block
+
+    def _check_unchanged(self) -> None:
+        """Refuse a regular file whose size or time changed since it was opened, or whose size is not
+        what was read (a file system that gives no size, as /proc, gives 0): it is still being written."""
+        now = os.fstat(self._raw.fileno())
+        if ((now.st_size, now.st_mtime_ns) == (self._opened.st_size, self._opened.st_mtime_ns)
+                and now.st_size in (0, self.bytes_read)):
+            return
+        raise BadInputError(f"{self.path} changed while it was read ({self._opened.st_size:,} bytes when opened, "
+                            f"{self.bytes_read:,} read, {now.st_size:,} now): it is still being written, or was "
+                            "replaced meanwhile", "wait until the file is completely written (the download, copy "
+                            "or program writing it has finished), then run again")
 
     def _plain_blocks(self) -> Iterator[bytes]:
         """Decompressed blocks of at most BLOCK bytes."""
@@ -327,11 +364,16 @@ class HashingTextStream:
                 return
 
     def text_blocks(self) -> Iterator[TextBlock]:
-        """The input as text in blocks of whole lines (see `UniversalText`)."""
+        """The input as text in blocks of whole lines (see `UniversalText`), up to `limit` if set."""
+        taken = 0
         for block in self._plain_blocks():
             decoded = self.text.feed(block) if block else None
             if decoded is not None:
                 yield decoded
+            taken += len(block)
+            if self.limit is not None and taken >= self.limit:
+                self.cut_short = True
+                break
         decoded = self.text.finish()
         if decoded is not None:
             yield decoded
@@ -444,8 +486,11 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
         for number, text in lines:
             if text.startswith("+"):
                 break
-            if text.strip():
-                seq_parts.append(text.strip())
+            bases = text.strip()
+            if seq_parts or "\t" in bases:  # a first line alone is held anyway, and its letters checked later
+                bases = _fastq_bases(bases, path, number, rid, line_no)
+            if bases:
+                seq_parts.append(bases)
         else:
             raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has no '+' line",
                                 "the file is truncated or not FASTQ")
@@ -464,6 +509,32 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
         yield Record(rid, sequence, line_no)
         reader.header_marks = b"@"
         header = next(((n, t) for n, t in lines if t.strip()), None)
+
+
+def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int) -> str:
+    """`text`, a sequence line of record `rid`, when it holds nucleotide codes only. A record is held
+    until its '+' line, so a line that is no sequence (SAM, a header where '+' belongs) is refused at
+    once: a file that only starts like FASTQ is never held whole."""
+    bad = invalid_letters(text)
+    if not bad:
+        return text
+    if "\t" in text:
+        raise BadInputError(f"{path}, line {number}: '{_shown(text[:40])}' holds a tab, which no FASTQ line holds: "
+                            "this looks like SAM or another tab-separated table, not FASTQ",
+                            "give FASTQ or FASTA (e.g. samtools fastq turns SAM/BAM into FASTQ)")
+    if text.startswith("@"):
+        raise BadInputError(f"{path}: FASTQ record '{rid}' (line {header_line}) has no '+' line before line "
+                            f"{number}, '{_shown(text[:40])}'", "the file is damaged or not FASTQ: look at those lines")
+    raise letters_refusal(path, rid, header_line, bad)
+
+
+def letters_refusal(path: Path, rid: str, line: int, bad: str) -> BadInputError:
+    """The refusal of record `rid` whose sequence holds `bad`, characters that are no nucleotide code."""
+    shown = "".join(sorted(set(bad)))[:20]
+    looks_protein = any(c in PROTEIN_LIKE for c in bad)
+    return BadInputError(f"{path}, record '{rid}' (line {line}) has characters that are no nucleotide code: "
+                         f"{shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
+                         "give nucleotide sequences (IUPAC codes, N, X, '-', '.', '*' are accepted)")
 
 
 GROUP_BASES = 1 << 20

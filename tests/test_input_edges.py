@@ -1,0 +1,252 @@
+"""Inputs at their edges: names that are not UTF-8, protein caught before models, SAM given as FASTQ,
+a file still being written, and duplicate ids on a stream (confirmed, never guessed, and named)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from virnucpro import prepared as fmt
+from virnucpro.errors import BadInputError
+from virnucpro.seqio import HashingTextStream, read_records
+
+DNA = ">s1 first\nATGAAACCCGGGTTTAAACCCGGGTTTAAACCCGGGTTTAAACCCGGGTTTAAACCC\n>s2\nATGGCGGCGGCGGCGGCGGCG\n"
+PROTEIN = ">p1 a protein\nMKVLAAGIVGLLLAQEPSTTRWYFH\n"
+
+
+def virnucpro(*args, **options) -> subprocess.CompletedProcess:
+    """`virnucpro ARGS` in a fresh process (paths may hold bytes that are not UTF-8)."""
+    return subprocess.run([sys.executable, "-m", "virnucpro", *map(str, args)], capture_output=True,
+                          text=True, errors="backslashreplace", timeout=300, **options)
+
+
+def strict_text(path: Path) -> str:
+    """The file's text, which must be UTF-8 without a lone surrogate, raw or JSON-escaped."""
+    text = path.read_bytes().decode("utf-8")
+    assert "\\udc" not in text.lower(), text
+    return text
+
+
+# --- 1: an input name that is not UTF-8 --------------------------------------------------------------
+
+def test_run_on_a_file_name_that_is_not_utf8_writes_every_output(tmp_path, tiny_models):
+    """The name (bytes that are no UTF-8, held by Python as surrogates) crashed the report, on every rerun."""
+    name = os.fsdecode(b"bad\xffname.fa")
+    (tmp_path / name).write_text(DNA)
+    for attempt in range(2):
+        done = virnucpro("run", name, "--outdir", "out", "--models", tiny_models, "--device", "cpu", cwd=tmp_path)
+        assert done.returncode == 0, (attempt, done.stderr[-3000:])
+    out = tmp_path / "out"
+    assert "bad\\xffname.fa" in strict_text(out / "report.html")
+    for produced in ("sequences.tsv", "chunks.tsv", "prediction_results.txt"):
+        strict_text(out / produced)
+    assert json.loads((out / "run_info.json").read_bytes())["inputs"][0]["path"] == "bad\\xffname.fa"
+
+
+def test_prepare_manifest_names_the_input_in_valid_unicode(tmp_path, run_cli):
+    name = os.fsdecode(b"caf\xe9.fa")  # a Latin-1 name
+    (tmp_path / name).write_text(DNA)
+    code, message = run_cli("prepare", tmp_path / name, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    manifest = json.loads(strict_text(tmp_path / "out" / fmt.MANIFEST))
+    assert manifest["inputs"][0]["path"] == str(tmp_path / "caf\\xe9.fa")
+
+
+def test_report_of_an_older_manifest_holding_a_surrogate(tmp_path):
+    """A prepare folder written before the fix still holds the raw name: the report escapes it."""
+    from virnucpro.report import write_report
+
+    counts = {"sequences": 1, "empty_sequences": 0, "chunks": 1, "chunks_without_orf": 1, "orfs": 0}
+    manifest = {"counts": counts, "chunk_size": 500,
+                "inputs": [{"path": os.fsdecode(b"old\xfe.fa"), "records": 1, "sha256": "0" * 64}]}
+    run_info = {"tiny_models": True, "seconds": {"predict": 0.1}, "virnucpro_version": "x", "threshold": 0.5,
+                "precision": ["fp32"], "device": ["cpu"]}
+    summary = {"calls": {"virus": 0, "others": 0, "no_orf": 1, "empty": 0}, "top": []}
+    write_report(tmp_path / "report.html", manifest, 0, 0, summary, [0] * 10, run_info)
+    assert "old\\xfe.fa" in strict_text(tmp_path / "report.html")
+
+
+# --- 2: protein given as DNA is refused before any model is looked for ------------------------------
+
+@pytest.mark.parametrize("packing", ["plain", "gzip"])
+def test_run_refuses_protein_before_looking_for_models(tmp_path, packing):
+    path = tmp_path / "p.fa"
+    path.write_bytes(PROTEIN.encode() if packing == "plain" else gzip.compress(PROTEIN.encode()))
+    (tmp_path / "no-models").mkdir()
+    done = virnucpro("run", path, "--outdir", tmp_path / "o", "--models", tmp_path / "no-models", "--offline")
+    assert done.returncode == 3, done.stderr
+    assert "'p1'" in done.stderr and "looks like a protein" in done.stderr and "models" not in done.stderr
+
+
+def test_input_check_reads_a_bounded_start_of_a_long_record(tmp_path):
+    """A 32 Mbp single-line record: the check looks at its first block, not at the whole record."""
+    from virnucpro.prepare import check_inputs
+
+    path = tmp_path / "chromosome.fa"
+    with open(path, "w") as out:
+        out.write(">chr1\n")
+        for _ in range(32):
+            out.write("ACGT" * (1 << 18))
+        out.write("\n>p1\nMKVLEEPQ\n")
+    tracemalloc.start()
+    try:
+        check_inputs([path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_input_check_names_protein_in_the_first_block_of_a_large_file(tmp_path):
+    from virnucpro.prepare import check_inputs
+
+    path = tmp_path / "big.fa"
+    path.write_text(PROTEIN + "".join(f">r{i}\n{'ACGT' * 100}\n" for i in range(10_000)))
+    with pytest.raises(BadInputError, match="'p1'.*protein"):
+        check_inputs([path])
+
+
+def test_input_check_leaves_a_cut_fastq_record_to_prepare(tmp_path, monkeypatch):
+    """The check stops within a record; what it cannot see whole is no error."""
+    from virnucpro import seqio
+    from virnucpro.prepare import check_inputs
+
+    monkeypatch.setattr(seqio, "BLOCK", 64)
+    path = tmp_path / "reads.fq"
+    path.write_text("".join(f"@r{i}\n{'ACGT' * 10}\n+\n{'I' * 40}\n" for i in range(100)))
+    check_inputs([path])
+
+
+# --- 3: SAM (or other text starting with '@') is refused at its first line that is no sequence -----------
+
+def test_sam_given_as_fastq_is_named_at_its_second_line(tmp_path):
+    path = tmp_path / "aligned.fq"
+    path.write_text("@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:chr1\tLN:1000\nr1\t0\tchr1\t1\t60\t4M\t*\t0\t0\tACGT\tIIII\n")
+    with pytest.raises(BadInputError, match=r"line 2.*SAM"):
+        list(read_records(HashingTextStream(path)))
+
+
+def test_sam_is_refused_in_bounded_memory(tmp_path):
+    path = tmp_path / "aligned.sam.gz"
+    line = b"r1\t0\tchr1\t1\t60\t40M\t*\t0\t0\t" + b"ACGT" * 10 + b"\t" + b"I" * 40 + b"\n"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(b"@HD\tVN:1.6\n")
+        out.write(line * ((48 << 20) // len(line)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadInputError, match="line 2.*SAM"):
+            list(read_records(HashingTextStream(path)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_header_where_the_plus_line_belongs_is_named(tmp_path):
+    path = tmp_path / "reads.fq"
+    path.write_text("@r1\nACGT\n@r2\nACGT\n+\nIIII\n")
+    with pytest.raises(BadInputError, match=r"'r1' \(line 1\) has no '\+' line.*line 3"):
+        list(read_records(HashingTextStream(path)))
+
+
+def test_multi_line_fastq_stays_accepted(tmp_path):
+    path = tmp_path / "reads.fq"
+    path.write_text("@r1 wrapped\nACGTAC\nGTNN\n+\nIIIIII\nIIII\n@r2\nAC\n+\n@@\n")
+    assert [(r.id, r.sequence) for r in read_records(HashingTextStream(path))] == [("r1", "ACGTACGTNN"),
+                                                                                   ("r2", "AC")]
+
+
+# --- 4: a file that changes while it is read ------------------------------------------------------------
+
+def big_fasta(path: Path) -> Path:
+    """Records over several read blocks (1 MiB), so that the file can change between two blocks."""
+    path.write_text("".join(f">r{i}\n{'ACGTTGCA' * 60}\n" for i in range(8000)))
+    return path
+
+
+def test_a_file_appended_to_while_it_is_read_is_refused(tmp_path):
+    path = big_fasta(tmp_path / "growing.fa")
+    records = read_records(HashingTextStream(path))
+    next(records)
+    with open(path, "a") as writer:
+        writer.write(">late\nACGT")
+    with pytest.raises(BadInputError, match="changed while it was read"):
+        list(records)
+
+
+def test_a_file_rewritten_in_place_while_it_is_read_is_refused(tmp_path):
+    path = big_fasta(tmp_path / "rewritten.fa")
+    records = read_records(HashingTextStream(path))
+    next(records)
+    with open(path, "r+b") as writer:
+        writer.write(b">R0")
+    os.utime(path, ns=(0, 12345))  # the coarse file clock may give the rewrite its old time
+    with pytest.raises(BadInputError, match="changed while it was read"):
+        list(records)
+
+
+def test_prepare_of_a_file_still_being_written_exits_3(tmp_path, run_cli, monkeypatch):
+    from virnucpro.prepare import SamplePreparer
+
+    path = big_fasta(tmp_path / "growing.fa")
+    submit = SamplePreparer.submit
+
+    def submit_then_append(self, group, summary):
+        submit(self, group, summary)
+        with open(path, "a") as writer:
+            writer.write(f">late{len(self.in_flight)}\nAC")
+    monkeypatch.setattr(SamplePreparer, "submit", submit_then_append)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out", "--threads", "1")
+    assert code == 3 and "changed while it was read" in message and "growing.fa" in message, message
+    assert not (tmp_path / "out").exists()
+
+
+# --- 5: duplicate ids when an input is a stream ------------------------------------------------------------
+
+def fifo_with(tmp_path: Path, text: str) -> Path:
+    """A named pipe a thread writes `text` into (read once, like standard input)."""
+    fifo = tmp_path / "reads.fa"
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: fifo.write_text(text), daemon=True).start()
+    return fifo
+
+
+def colliding(monkeypatch, ids: list[str]) -> None:
+    """Make the hashes of `ids` repeat, as two distinct ids with one 64-bit hash would."""
+    from virnucpro.prepare import IdRegistry
+
+    add_many = IdRegistry.add_many
+    extra = [hash(rid) for rid in ids]
+    monkeypatch.setattr(IdRegistry, "add_many", lambda self, hashes: add_many(self, hashes + type(hashes)("q", extra)))
+
+
+def test_a_hash_collision_on_a_stream_is_no_duplicate(tmp_path, run_cli, monkeypatch):
+    colliding(monkeypatch, ["s1"])
+    code, message = run_cli("prepare", fifo_with(tmp_path, DNA), "--outdir", tmp_path / "out", "--threads", "1")
+    assert code == 0, message
+    assert fmt.load_manifest(tmp_path / "out")["counts"]["sequences"] == 2
+
+
+def test_a_real_duplicate_on_a_stream_is_named_among_collisions(tmp_path, run_cli, monkeypatch):
+    from virnucpro.prepare import IdRegistry
+
+    monkeypatch.setattr(IdRegistry, "CONFIRM_BATCH", 2)
+    colliding(monkeypatch, ["a0", "a1", "a2", "a3", "a4"])
+    text = "".join(f">a{i}\nACGTACGT\n" for i in range(6)) + ">a5 again\nACGT\n"
+    code, message = run_cli("prepare", fifo_with(tmp_path, text), "--outdir", tmp_path / "out", "--threads", "1")
+    assert code == 3, message
+    assert "duplicate sequence id 'a5'" in message and "record 6" in message and "record 7" in message
+
+
+def test_a_duplicate_on_standard_input_is_named(tmp_path):
+    done = virnucpro("prepare", "-", "--outdir", tmp_path / "out", input=DNA + DNA)
+    assert done.returncode == 3
+    assert "duplicate sequence id 's1'" in done.stderr and "standard input" in done.stderr, done.stderr
