@@ -63,7 +63,10 @@ workflow VIRNUCPRO {
         .map { _key, ids, h5s -> [ids[0], h5s.sort { h5 -> h5.name }] }
     def ch_predict = VIRNUCPRO_PREPARE.out.prepared
         .map { meta, prepared -> [meta.id, meta, prepared] }
-        .join(ch_embeddings, failOnMismatch: true, failOnDuplicate: true)
+        // no failOnMismatch: when another sample's task fails, the channels close with this
+        // sample's shards still embedding, and a mismatch error would kill them (errorStrategy
+        // 'finish' lets them end); a run with a failed task fails anyway
+        .join(ch_embeddings, failOnDuplicate: true)
         .map { _id, meta, prepared, h5s -> [meta, prepared, h5s] }
     VIRNUCPRO_PREDICT(ch_predict, ch_classifier, classifier ? true : false)
     ch_versions = ch_versions.mix(VIRNUCPRO_PREDICT.out.versions_virnucpro)

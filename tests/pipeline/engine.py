@@ -87,12 +87,13 @@ def command(launch: Path, *args: str, outdir: str = "results") -> List[str]:
     return [str(NEXTFLOW), "run", str(REPO), "-ansi-log", "false", "--outdir", str(launch / outdir), *args]
 
 
-def run_pipeline(launch: Path, *args: str, timeout: float = 900, env: Optional[Dict[str, str]] = None) -> Run:
-    """`nextflow run <repo> --outdir LAUNCH/results ARGS` in LAUNCH, waited for."""
+def run_pipeline(launch: Path, *args: str, timeout: float = 900, env: Optional[Dict[str, str]] = None,
+                 outdir: str = "results") -> Run:
+    """`nextflow run <repo> --outdir LAUNCH/OUTDIR ARGS` in LAUNCH, waited for."""
     launch.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command(launch, *args), cwd=launch, env=task_env(env), capture_output=True,
+    done = subprocess.run(command(launch, *args, outdir=outdir), cwd=launch, env=task_env(env), capture_output=True,
                           text=True, timeout=timeout)
-    return Run(launch, launch / "results", done.returncode, done.stdout + done.stderr)
+    return Run(launch, launch / outdir, done.returncode, done.stdout + done.stderr)
 
 
 def start_pipeline(launch: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:

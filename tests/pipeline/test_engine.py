@@ -10,6 +10,7 @@ parameters and samplesheets are refused before any task, naming the culprit; unu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from engine import (NEXTFLOW, REPO, SAMPLE_FILES, TEST_INPUTS, Run, assert_retried_and_resumed, assert_same_tables,
-                    checkpoint_parts, coding_reads, killed_embed_run, read_tsv, require_engine, resumed_after_head_killed,
-                    run_pipeline, task_env, tiny_models_of, virnucpro_run)
+                    checkpoint_parts, coding_reads, embed_pids, finish, killed_embed_run, read_tsv, require_engine,
+                    resumed_after_head_killed, run_pipeline, start_pipeline, task_env, tiny_models_of, virnucpro_run,
+                    wait_for)
 
 pytestmark = pytest.mark.pipeline
 
@@ -71,11 +73,17 @@ def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
         assert int(row["orfs"]) == counts["orfs"] and int(row["chunks"]) == counts["chunks"]
 
 
-def test_resume_reruns_nothing(test_run):
+def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
+    """A table an earlier run with other parameters left in --outdir (here: edited) is replaced by
+    the cached task's own, so --outdir holds this run's results only."""
     before = {p: p.stat().st_mtime_ns for p in (test_run.outdir / "sample_a").iterdir()}
+    published = test_run.outdir / "sample_a" / "run_info.json"
+    genuine = published.read_bytes()
+    published.write_text('{"threshold": 0.3}\n')
     again = run_pipeline(test_run.launch, "-profile", "test", "-resume")
     assert_nothing_rerun(again)
     assert {p: p.stat().st_mtime_ns for p in (test_run.outdir / "sample_a").iterdir()}.keys() == before.keys()
+    assert published.read_bytes() == genuine
 
 
 def test_stub_run_creates_every_declared_output(tmp_path):
@@ -186,6 +194,37 @@ def test_an_outdir_in_use_by_another_run_is_refused(tmp_path):
         run = run_pipeline(launch, "-profile", "test")
     assert_refused_before_any_task(run, "in use by another run", str(launch / "results"))
     assert earlier.read_text() == "the other run's trace\n"
+
+
+def test_an_outdir_inside_another_runs_outdir_or_the_work_dir_is_refused(tmp_path):
+    launch = tmp_path / "launch"
+    (launch / "results" / "pipeline_info").mkdir(parents=True)
+    (launch / "results" / "pipeline_info" / ".virnucpro-run.lock").write_text("")  # an earlier run's
+    run = run_pipeline(launch, "-profile", "test", outdir="results/sample_a/again")
+    assert_refused_before_any_task(run, f"inside {launch / 'results'}", "another run")
+    run = run_pipeline(launch, "-profile", "test", outdir="work/results")
+    assert_refused_before_any_task(run, "inside the work directory")
+
+
+def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
+    """errorStrategy 'finish': one bad file must not kill another sample's EMBED under way. The bad
+    sample's file is a FIFO, fed only once the good sample's EMBED runs."""
+    reads = coding_reads(tmp_path / "coding.fa", 300)
+    late = tmp_path / "late.fa"
+    os.mkfifo(late)
+    sheet = write_samplesheet(tmp_path / "sheet.csv", [("coding", reads), ("late", late)])
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    (launch / "one_cpu.config").write_text("process { withName: 'VIRNUCPRO_.*' { cpus = 1 } }\n")  # the blocked one leaves room
+    process = start_pipeline(launch, "-profile", "test", "-c", str(launch / "one_cpu.config"), "--input", str(sheet))
+    wait_for(lambda: embed_pids(str(launch)), "the good sample's EMBED running", process)
+    with open(late, "w") as feed:
+        feed.write("this is no FASTA\n")
+    run = finish(process, launch)
+    assert run.returncode != 0 and "late" in run.output, run.output[-3000:]
+    assert "Join mismatch" not in run.output, run.output[-3000:]
+    embeds = run.tasks("VIRNUCPRO_EMBED")
+    assert embeds and {row["status"] for row in embeds} == {"COMPLETED"}, embeds
 
 
 def test_no_outdir_is_refused_without_creating_a_folder(tmp_path):

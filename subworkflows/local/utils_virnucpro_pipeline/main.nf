@@ -106,6 +106,7 @@ def lockOutdir(String outdir) {
     if (dir.toUri().getScheme() != 'file') {
         return
     }
+    refuseNestedOutdir(dir)
     def lockFile = dir.resolve('pipeline_info').resolve('.virnucpro-run.lock')
     lockFile.parent.mkdirs()
     def channel = java.nio.channels.FileChannel.open(lockFile, java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.WRITE)
@@ -124,6 +125,26 @@ def lockOutdir(String outdir) {
     }
     // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
     workflow.onComplete { lock.release() }
+}
+
+// Two runs never share an output folder, nested ones included: an --outdir inside another run's
+// --outdir (it holds pipeline_info/.virnucpro-run.lock), inside a `virnucpro` command's output
+// (.virnucpro.json) or inside the work directory is refused before any task.
+def refuseNestedOutdir(dir) {
+    def real = file(canonicalPath(dir.parent ?: dir)).resolve(dir.name)
+    def work = file(canonicalPath(workflow.workDir))
+    if (real.startsWith(work)) {
+        error("--outdir ${dir} is inside the work directory ${work}: `nextflow clean` would delete the results; choose a folder outside it")
+    }
+    def ancestors = [real.root] + (1..<real.nameCount).collect { i -> real.root.resolve(real.subpath(0, i)) }
+    def run = ancestors.find { folder -> folder.resolve('pipeline_info').resolve('.virnucpro-run.lock').exists() }
+    if (run) {
+        error("--outdir ${dir} is inside ${run}, the --outdir of another run of this pipeline: the two runs' results would mix; choose a folder outside it")
+    }
+    def command = ancestors.find { folder -> folder.resolve('.virnucpro.json').exists() }
+    if (command) {
+        error("--outdir ${dir} is inside ${command}, an output of a virnucpro command: choose a folder outside it")
+    }
 }
 
 def checkModelsDirectory(String models) {
