@@ -49,6 +49,7 @@ def test_run_on_a_file_name_that_is_not_utf8_writes_every_output(tmp_path, tiny_
     for produced in ("sequences.tsv", "chunks.tsv", "prediction_results.txt"):
         strict_text(out / produced)
     assert json.loads((out / "run_info.json").read_bytes())["inputs"][0]["path"] == "bad\\xffname.fa"
+    assert b"\\udcff" not in (out / "run_info.json").read_bytes(), "a lone surrogate: invalid UTF-8 JSON text"
 
 
 def test_prepare_manifest_names_the_input_in_valid_unicode(tmp_path, run_cli):

@@ -255,7 +255,7 @@ def _report_bug(exc: BaseException) -> int:
               "--token-budget")
         return ExitCode.UNEXPECTED
     fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
-    with os.fdopen(fd, "w") as handle:
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=handle)
     error(f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}; "
           f"please report it with the traceback saved in {path}")

@@ -29,6 +29,7 @@ from virnucpro.calls import ChunkScore, SequenceTally, number_cell
 from virnucpro.console import info, warn
 from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, output_errors
 from virnucpro.outdir import OutputFolder, claim
+from virnucpro.seqio import unicode_text
 
 RESULTS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
@@ -462,7 +463,7 @@ def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
 def _run_info(manifest: dict, shards: list, classifier: Path, threshold: float, tiny: bool, seconds: dict) -> dict:
     return {
         "virnucpro_version": __version__,
-        "command": sys.argv,
+        "command": [unicode_text(word) for word in sys.argv],
         "inputs": manifest["inputs"],
         "chunk_size": manifest["chunk_size"],
         "models": shards[0].models,
