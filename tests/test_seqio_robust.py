@@ -8,13 +8,13 @@ import gzip
 import io
 import subprocess
 import sys
-import tracemalloc
 import zlib
 from pathlib import Path
 
 import pytest
 from Bio import SeqIO
 
+from memory_helpers import traced_peak
 from virnucpro import prepared as fmt
 from virnucpro import seqio
 from virnucpro.errors import BadInputError
@@ -76,15 +76,15 @@ def test_gzip_and_fastq_line_ends_cut_anywhere(tmp_path, monkeypatch, block):
 
 def refusal_and_peak_memory(path: Path) -> tuple[BadInputError, HashingTextStream, int]:
     stream = HashingTextStream(path)
-    tracemalloc.start()
-    try:
+
+    def read_to_refusal() -> BadInputError:
         with pytest.raises(BadInputError) as refused:
             for _ in read_records(stream):
                 pass
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return refused.value, stream, peak
+        return refused.value
+
+    refusal, peak = traced_peak(read_to_refusal)
+    return refusal, stream, peak
 
 
 def test_nul_padding_after_a_record_refused_at_the_first_block(tmp_path):
@@ -131,12 +131,7 @@ def test_a_long_single_line_record_reads_in_linear_time(tmp_path, monkeypatch):
     path = tmp_path / "contig.fa"
     path.write_bytes(b">contig\n" + sequence + b"\n>next\nACGT\n")
     monkeypatch.setattr(seqio, "BLOCK", 4096)
-    tracemalloc.start()
-    try:
-        records = records_of(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    records, peak = traced_peak(lambda: records_of(path))
     assert records == [("contig", sequence.decode(), 1), ("next", "ACGT", 3)]
     assert peak < 6 * len(sequence)
 
