@@ -41,8 +41,7 @@ workflow {
             params.classifier,
             params.chunk_size,
             checkpointDir(params.checkpoint_dir, workflow.workDir),
-            params.skip_multiqc,
-            params.outdir
+            params.skip_multiqc
         )
     }
 }

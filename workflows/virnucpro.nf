@@ -8,6 +8,7 @@ include { VIRNUCPRO_PREPARE         } from '../modules/local/virnucpro/prepare'
 include { VIRNUCPRO_EMBED           } from '../modules/local/virnucpro/embed'
 include { VIRNUCPRO_PREDICT         } from '../modules/local/virnucpro/predict'
 include { VIRNUCPRO_SUMMARY         } from '../modules/local/virnucpro/summary'
+include { VIRNUCPRO_VERSIONS        } from '../modules/local/virnucpro/versions'
 include { MULTIQC                   } from '../modules/local/multiqc'
 include { versionsToYaml ; classifierFiles } from '../subworkflows/local/utils_virnucpro_pipeline'
 
@@ -20,7 +21,6 @@ workflow VIRNUCPRO {
     chunk_size     // integer: 300 or 500, picks the classifier of the models directory
     checkpoint_dir // string: EMBED checkpoints, outside the task work directories
     skip_multiqc   // boolean: no MultiQC report
-    outdir         // string: results directory
 
     main:
     def ch_versions = channel.empty()
@@ -76,11 +76,8 @@ workflow VIRNUCPRO {
     ch_versions = ch_versions.mix(VIRNUCPRO_SUMMARY.out.versions_python)
 
     // Software versions of every process: [process, tool, version] tuples as one YAML file
-    def ch_versions_yml = ch_versions
-        .unique()
-        .collect(flat: false)
-        .map { rows -> versionsToYaml(rows) }
-        .collectFile(name: 'virnucpro_software_mqc_versions.yml', storeDir: "${outdir}/pipeline_info", newLine: true)
+    VIRNUCPRO_VERSIONS(ch_versions.unique().collect(flat: false).map { rows -> versionsToYaml(rows) })
+    def ch_versions_yml = VIRNUCPRO_VERSIONS.out.yml
 
     if (!skip_multiqc) {
         MULTIQC(
