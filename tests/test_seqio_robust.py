@@ -335,3 +335,35 @@ def test_nul_padding_after_a_gzip_member_spanning_raw_blocks_is_skipped(tmp_path
     path = tmp_path / "padded.fa.gz"
     path.write_bytes(member + b"\x00" * padding + gzip.compress(b">last\nACGT\n") + b"\x00" * padding)
     assert [r[0] for r in records_of(path)] == [f"r{i}" for i in range(3000)] + ["last"]
+
+
+@pytest.mark.parametrize("fastq", [False, True], ids=["fasta", "fastq"])
+def test_an_id_longer_than_the_limit_is_refused(tmp_path, run_cli, fastq):
+    """Every chunk and ORF row repeats the id: one past ID_LIMIT is exit 3, naming the line and the limit;
+    one at the limit is read."""
+    def record(rid: str) -> str:
+        return f"@{rid} a description\nACGTACGT\n+\nIIIIIIII\n" if fastq else f">{rid} a description\nACGTACGT\n"
+    longest = "i" * seqio.ID_LIMIT
+    path = tmp_path / "in.fq"
+    path.write_text(record("ok") + record(longest) + record(longest + "j"))
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    line = 9 if fastq else 5
+    assert code == 3 and f"line {line}:" in message and f"{seqio.ID_LIMIT + 1:,} characters" in message, message
+    path.write_text(record("ok") + record(longest))
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "kept")
+    assert code == 0, message
+    assert longest in (tmp_path / "kept" / "sequences.tsv").read_text()
+
+
+def test_the_longest_id_keeps_prepare_memory_a_small_multiple_of_the_record(tmp_path, baseline_peak):
+    """A 2 Mbp record whose id has ID_LIMIT characters costs at most a few times what the same record
+    with a short id costs (a 60,000-character id once cost a thousand times the record)."""
+    sequence = "ACGTTGCAAGGCTTAACCGT" * 100_000
+    costs = {}
+    for name, rid in (("short", "contig_1"), ("longest", "i" * seqio.ID_LIMIT)):
+        path = tmp_path / f"{name}.fa"
+        path.write_text(f">{rid}\n{sequence}\n")
+        code, message, peak = prepare_peak(path, tmp_path / f"out_{name}")
+        assert code == 0, message
+        costs[name] = peak - baseline_peak
+    assert costs["longest"] < 4 * costs["short"], {name: f"{cost / 2**20:.0f} MiB" for name, cost in costs.items()}

@@ -80,6 +80,12 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # as it streams in never costs memory beyond a block.
 HEADER_LIMIT = 1 << 16
 
+# The longest record id accepted, in characters. An id is repeated on every chunk and ORF row that
+# prepare writes (six ORFs a chunk): at 1,000 characters that is 20 bytes per base on top of the ten
+# every base costs, so memory and output stay a small multiple of the record; at 60,000 they were
+# a thousand times the record. Real ids (accessions, read names, contig names) hold under a hundred.
+ID_LIMIT = 1000
+
 
 class TextBlock(NamedTuple):
     """Decoded text that ends at a line end (except at the end of the input), every line end as LF."""
@@ -396,6 +402,11 @@ def _record_id(header: str, path: Path, line: int) -> str:
     if not words:
         raise BadInputError(f"{path}, line {line}: header '{header.strip()}' has no sequence id",
                             "give every record a name after '>' or '@'")
+    if len(words[0]) > ID_LIMIT:
+        raise BadInputError(f"{path}, line {line}: the id '{_shown(words[0][:40])}...' is {len(words[0]):,} "
+                            f"characters long, more than the {ID_LIMIT:,} virnucpro accepts (every chunk and ORF "
+                            "row repeats it)", "shorten the ids: keep a short first word and put the rest after a "
+                            "space, where it is the description")
     return words[0]
 
 
