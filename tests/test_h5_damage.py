@@ -99,3 +99,21 @@ def test_an_output_with_an_undecodable_id_is_computed_again(tmp_path, tiny_model
     from virnucpro import h5shard
     assert list(h5shard.iter_ids(out)) == [record[0] for record in fmt.read_shard(shard)]
 
+
+
+def test_a_vector_name_that_is_no_dataset_is_the_files_error(tmp_path):
+    """Damage that turns /dnabert_s into a named datatype (found by a finer sweep) is exit 5, not an
+    AttributeError reported as a bug."""
+    import h5py
+    import numpy as np
+    import pytest
+
+    from virnucpro import h5shard
+    from virnucpro.errors import InconsistentInputsError
+
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("ids", data=np.array(["a", "b"], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        handle["dnabert_s"] = np.dtype("float32")
+    with pytest.raises(InconsistentInputsError, match="dnabert_s is not a dataset"):
+        h5shard.verify_shard(path, ["a", "b"])

@@ -213,12 +213,12 @@ def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.
 def verify_shard(path: Path, ids: Sequence[str]) -> None:
     """Row count, ids in order and finite values, read back from disk."""
     with _reading(path), open_h5(path) as handle:
-        stored = _decoded(handle["ids"][:])
+        stored = _decoded(_dataset(path, handle, "ids")[:])
         if stored != list(ids):
             raise NumericalError(f"{path}: ids read back differ from the shard's records",
                                  "the disk or file system corrupted the write; rerun")
         for name in VECTORS:
-            data, digest = handle[name], hashlib.sha256()
+            data, digest = _dataset(path, handle, name), hashlib.sha256()
             if data.shape[0] != len(ids):
                 raise NumericalError(f"{path}: {name} has {data.shape[0]} rows for {len(ids)} records",
                                      "rerun embed")
