@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -281,6 +282,26 @@ def test_run_reads_a_pipe_once_and_loses_no_record(tmp_path, tiny_models, argume
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (tmp_path / "out" / "sequences.tsv").read_text().splitlines()[1:]
     assert len(rows) == 3000
+
+
+@pytest.mark.parametrize("argument", ["-", "/dev/stdin"])
+def test_a_closed_standard_input_is_read_as_nothing_not_as_our_own_files(tmp_path, argument):
+    """`<&-`: the lock file opened first took fd 0, and `/dev/stdin` read it as the input."""
+    command = f'exec <&-; exec "{sys.executable}" -m virnucpro prepare {argument} --outdir "{tmp_path / "out"}"'
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "is closed" in done.stderr or "is empty" in done.stderr, done.stderr
+    assert '"pid"' not in done.stderr, done.stderr
+
+
+def test_closed_standard_streams_are_held_by_dev_null(tmp_path):
+    """Nothing we open later may take fd 1 or 2: what a library or a child writes there would land in it."""
+    probe = ("from virnucpro.entry import _fill_closed_standard_streams as fill; fill(); import os; "
+             "open(os.environ['REPORT'], 'w').write(' '.join(os.readlink(f'/proc/self/fd/{fd}') for fd in (0, 1, 2)))")
+    report = tmp_path / "fds"
+    subprocess.run(["bash", "-c", f'exec <&- >&- 2>&-; exec "{sys.executable}" -c "{probe}"'],
+                   env={**os.environ, "REPORT": str(report)}, timeout=60)
+    assert report.read_text() == "/dev/null /dev/null /dev/null"
 
 
 def test_duplicate_ids_on_standard_input_are_refused(tmp_path):
