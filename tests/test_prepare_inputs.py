@@ -250,6 +250,15 @@ def test_duplicates_found_across_spilled_hash_buckets(tmp_path, run_cli, monkeyp
     assert code == 3 and "duplicate sequence id 'r4'" in message and "line 9" in message
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_or_utf32_text_is_named_not_called_damaged(tmp_path, run_cli, encoding):
+    path = tmp_path / "wide.fa"
+    text = GOOD if encoding != "utf-16-be" else "\ufeff" + GOOD  # the -be codec writes no byte order mark
+    path.write_text(text, encoding=encoding)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "UTF-16 or UTF-32 text" in message and "iconv" in message, message
+
+
 def test_zstd_input_is_named_with_the_command_that_reads_it(tmp_path, run_cli):
     path = tmp_path / "reads.fa.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(64))  # the zstd frame magic

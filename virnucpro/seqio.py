@@ -60,10 +60,16 @@ def _decompressor(kind: str):
 
 
 def _compression(head: bytes, path: Path) -> str:
-    """The compression the first bytes show; zstd is named with the command that reads it."""
+    """The compression the first bytes show; zstd, and text in UTF-16 or UTF-32 (which would read as
+    binary), are named with the command that converts them."""
     if head.startswith(ZSTD_MAGIC):
         raise BadInputError(f"{path} is zstd-compressed, which virnucpro does not read",
                             f"decompress it on the fly: zstd -dc {path} | virnucpro prepare - ...")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        raise BadInputError(f"{path} is UTF-16 or UTF-32 text (it starts with that byte order mark); "
+                            "virnucpro reads ASCII/UTF-8 FASTA and FASTQ",
+                            f"convert it: iconv -f UTF-16 -t UTF-8 {path} | virnucpro prepare - ... "
+                            "(UTF-32 for a UTF-32 file)")
     return ("gzip" if head.startswith(GZIP_MAGIC) else "bzip2" if head.startswith(BZIP2_MAGIC)
             else "xz" if head.startswith(XZ_MAGIC) else "none")
 
