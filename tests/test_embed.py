@@ -87,7 +87,8 @@ def uninterrupted(tmp_path_factory, tiny_models, golden_prepared):
 
 
 @pytest.mark.parametrize("kill_signal,expected_code", [(signal.SIGKILL, -signal.SIGKILL),
-                                                      (signal.SIGTERM, 6), (signal.SIGUSR2, 6)])
+                                                      (signal.SIGTERM, 6), (signal.SIGUSR2, 6),
+                                                      (signal.SIGHUP, 6)])
 def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, tiny_models, golden_prepared, uninterrupted,
                                                       kill_signal, expected_code):
     out = tmp_path / "s.h5"

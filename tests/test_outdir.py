@@ -307,7 +307,7 @@ def large_fasta(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP])
 def test_stop_signal_ends_prepare_and_its_workers(tmp_path, large_fasta, signum):
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
@@ -339,6 +339,59 @@ def test_a_stop_signal_while_the_command_line_loads_is_exit_6(tmp_path, signum):
     assert done.returncode == 6, (done.returncode, done.stderr)
     assert f"{signal.Signals(signum).name} received" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals process `pid` ignores (SigIgn of /proc/PID/status)."""
+    mask = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("SigIgn:"))
+    return {bit + 1 for bit in range(64) if mask >> bit & 1}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_to_the_whole_tree_ends_prepare_with_exit_6(tmp_path, large_fasta, signum):
+    """Nextflow, SLURM and `timeout` signal every process of the task: a worker killed while it sent
+    its result left the main process waiting for the rest of the message for ever. Workers ignore
+    every stop signal; the main process ends them."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
+    workers = children_of(process.pid)
+    for worker in workers:
+        assert {signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP} <= ignored_signals(worker)
+    os.killpg(process.pid, signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 6, err
+    assert not any(alive(pid) for pid in workers)
+    assert not (out / ".virnucpro-partial").exists()
+
+
+def test_sighup_is_left_ignored_under_nohup(tmp_path):
+    """`nohup virnucpro ...`: SIGHUP inherited as ignored stays ignored (the command goes on)."""
+    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
+    hangs_up_first = ("import os, signal, sys\n"
+                      "import virnucpro.entry\n"
+                      "os.kill(os.getpid(), signal.SIGHUP)\n"
+                      "virnucpro.entry.main()\n")
+    done = subprocess.run([sys.executable, "-c", hangs_up_first, "prepare", str(fasta), "--outdir", str(out)],
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert done.returncode == 0, done.stderr
+    assert (out / fmt.MANIFEST).is_file()
+
+
+def test_a_stop_signal_after_the_command_finished_keeps_its_exit_code(tmp_path):
+    """A stop that arrives during the interpreter's shutdown (outputs complete) was exit 143."""
+    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
+    stopped_at_exit = ("import atexit, os, signal, time\n"
+                       "import virnucpro.entry\n"
+                       "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)))\n"
+                       "virnucpro.entry.main()\n")
+    done = subprocess.run([sys.executable, "-c", stopped_at_exit, "prepare", str(fasta), "--outdir", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert (out / fmt.MANIFEST).is_file()
 
 
 def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
@@ -598,3 +651,16 @@ def test_a_prepare_manifest_nested_too_deep_is_exit_5(tmp_path):
     (tmp_path / fmt.MANIFEST).write_text(NESTED_TOO_DEEP)
     with pytest.raises(InconsistentInputsError, match="not JSON"):
         fmt.load_manifest(tmp_path)
+
+
+def test_a_message_to_a_terminal_that_is_gone_is_dropped_not_raised(monkeypatch):
+    """After SIGHUP the terminal is gone: writing the exit-6 message fails with EIO, which must not
+    turn the stop into a crash."""
+    from virnucpro import console
+
+    def gone(*_args, **_kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(console.err, "print", gone)
+    console.error("SIGHUP received: stopped")
+    console.info("progress")

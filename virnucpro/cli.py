@@ -262,16 +262,16 @@ def _report_bug(exc: BaseException) -> int:
     return ExitCode.UNEXPECTED
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
     """Console-script entry: run the app and map every failure to a CONTRACTS.md exit code.
 
     Usage errors are handled by typer itself (exit 2); our errors print one message and exit with
     their code; a stop signal ends every command with exit 6 (partial output removed, checkpoints
     kept); a storage failure nobody named earlier is exit 10; anything else is a bug, reported with
-    its traceback saved to a file.
+    its traceback saved to a file. `exiting`: the process ends with the command (the console script).
     """
     try:
-        with stop_signals_exit_interrupted():
+        with stop_signals_exit_interrupted(exiting):
             app(args=argv, prog_name="virnucpro")
     except VirnucproError as exc:
         error(str(exc))

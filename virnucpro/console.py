@@ -10,16 +10,25 @@ from rich.markup import escape
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _say(text: str) -> None:
+    """Print to stderr; a terminal that is gone (closed, the ssh link dropped: EIO) or a closed pipe
+    loses the message, never the command: the exit code still tells how it ended."""
+    try:
+        err.print(text, markup=True)
+    except OSError:
+        pass
+
+
 def info(message: str) -> None:
-    err.print(f"[dim]virnucpro[/dim] {escape(message)}", markup=True)
+    _say(f"[dim]virnucpro[/dim] {escape(message)}")
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True)
+    _say(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True)
+    _say(f"[bold red]error:[/bold red] {escape(message)}")
 
 
 class Progress:
@@ -71,5 +80,8 @@ class Progress:
     def close(self) -> float:
         """Stop drawing and return the elapsed seconds."""
         if self._bar is not None:
-            self._bar.stop()
+            try:
+                self._bar.stop()
+            except OSError:
+                pass  # the terminal is gone (see _say)
         return time.monotonic() - self._start

@@ -444,7 +444,8 @@ def _shared_sequences(parts: dict[Path, dict]) -> dict[Path, str]:
 # --- signals -------------------------------------------------------------------------------------------
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR2/SIGINT into a flag checked between batches (the batch in flight finishes).
+    """Turns a stop signal (errors.STOP_SIGNALS) into a flag checked between batches (the batch in flight
+    finishes).
 
     A stop that arrived before (and that a library swallowed) ends the command here, before any
     batch; after a stop, stop signals stay ignored while the command winds down.
@@ -891,7 +892,7 @@ class _ShardWork:
         self.progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch))
 
     def stop_if_requested(self, stop: StopRequest) -> None:
-        """After a batch, on SIGTERM/SIGUSR2/SIGINT: save what is computed and exit 6 (a rerun resumes)."""
+        """After a batch, on a stop signal: save what is computed and exit 6 (a rerun resumes)."""
         if not stop.signal_name:
             return
         self.save()

@@ -8,7 +8,7 @@ in place, then ends the command with exit 6 like any other stop, instead of kill
 import os
 import signal
 
-signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT))
+signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP))
 
 
 def _fill_closed_standard_streams() -> None:
@@ -30,4 +30,4 @@ def main() -> None:
     _fill_closed_standard_streams()
     from virnucpro.cli import main as run
 
-    run()
+    run(exiting=True)

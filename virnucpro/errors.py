@@ -131,7 +131,10 @@ def output_errors(path: Path) -> Iterator[None]:
                                "free space, fix the permissions or choose another output location") from None
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+# SIGHUP (the terminal closed, the ssh connection dropped) stops like SIGTERM, unless the command was
+# started under nohup, which asks for it to be ignored (an ignored signal is inherited as ignored).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT) + (
+    () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,))
 
 
 _received: list[int] = []  # stop signals seen by `stop_signals_exit_interrupted`
@@ -163,14 +166,16 @@ def stop_inside(exc: BaseException) -> "VirnucproError | None":
 
 
 @contextmanager
-def stop_signals_exit_interrupted() -> Iterator[None]:
+def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
     """While a command runs, a stop signal raises `InterruptedByUser` (exit 6) at once.
 
     The embedding loop installs its own handlers that finish the batch in flight and save a
     checkpoint first; outside it (imports, model loading, writing) nothing is left to save. Once a
     stop has arrived, the command ends with exit 6 however it ends (a library may swallow the
     exception or turn it into one of its own), and later stop signals are ignored from then on,
-    through the interpreter's shutdown too: the process is already on its way out.
+    through the interpreter's shutdown too: the process is already on its way out. `exiting` (the
+    console script, whose process ends with the command) keeps them ignored after a command that
+    finished as well, so a stop during the interpreter's shutdown cannot turn it into exit 143.
     """
     def stop(signum, _frame) -> None:
         ignore_stop_signals()  # a second signal must not interrupt the clean-up of the first
@@ -192,7 +197,9 @@ def stop_signals_exit_interrupted() -> Iterator[None]:
     else:
         check_stop()
     finally:
-        if not _received:
+        if exiting:
+            ignore_stop_signals()
+        elif not _received:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         _received.clear()  # the stop belongs to this command only (its handlers stay ignoring)

@@ -487,12 +487,13 @@ PR_SET_PDEATHSIG = 1
 def _worker_setup(parent: int) -> None:
     """In each worker: die with the main process, even when it is killed, and leave signals to it.
 
-    SIGINT (Ctrl-C reaches the whole process group) is ignored, so the main process alone decides
-    how to stop; SIGTERM and SIGUSR2 end a worker at once.
+    Every stop signal is ignored: Ctrl-C, Nextflow, SLURM and `timeout` signal the whole process
+    tree, and a worker killed while it sends its result left the main process waiting for the rest
+    of that message for ever. The main process alone stops: its workers finish the groups they hold
+    (each bounded) and exit; were it killed, the parent-death signal below ends them.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for signum in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_DFL)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the main process for the fork
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
