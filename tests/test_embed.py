@@ -529,3 +529,14 @@ def test_a_shard_record_prepare_could_not_have_written_is_exit_3_naming_its_line
     damaged.write_bytes(b"".join(lines[:3] + [record] + lines[3:]))
     code, message = run_cli("embed", damaged, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu")
     assert code == 3 and "line 4" in message and what in message and "rerun `virnucpro prepare`" in message, message
+
+
+def test_a_shard_given_as_a_pipe_is_refused_by_name(tmp_path, run_cli, tiny_models):
+    """`embed <(cat shard)`: the shard is read more than once, and the second read of a pipe found
+    nothing, which was reported as 'not a virnucpro prepare shard (first line: '')'."""
+    import os
+
+    fifo = tmp_path / "shard.tsv"
+    os.mkfifo(fifo)
+    code, message = run_cli("embed", fifo, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == 3 and "not a regular file" in message, message

@@ -92,7 +92,11 @@ def _parse_first_line(path: Path, line: str) -> dict[str, int]:
 
 
 def shard_info(path: Path) -> ShardInfo:
-    """Header fields and checksum of a shard, without reading its records into memory."""
+    """Header fields and checksum of a shard, without reading its records into memory. A shard is
+    read more than once (header, checksum, records): a pipe or FIFO, read once, is refused by name."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise BadInputError(f"shard {path} is not a regular file (a pipe or a folder): it is read more than once",
+                            "give the shards/shard_NNNNN.tsv file written by `virnucpro prepare`")
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
