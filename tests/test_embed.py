@@ -540,3 +540,28 @@ def test_a_shard_given_as_a_pipe_is_refused_by_name(tmp_path, run_cli, tiny_mode
     os.mkfifo(fifo)
     code, message = run_cli("embed", fifo, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu")
     assert code == 3 and "not a regular file" in message, message
+
+
+def test_the_temporary_file_of_a_killed_write_is_removed_by_the_rerun(tmp_path, tiny_models, golden_prepared, run_cli):
+    """A kill while the HDF5 file is written left `.s.h5.XXXXXXXX.tmp` (a shard's size) beside `--out`
+    for good; the lock names it, so the next embed removes it. A like-named file not ours stays."""
+    out = tmp_path / "s.h5"
+    killed_while_writing = ("import os, signal, sys\n"
+                            "from virnucpro import h5shard\n"
+                            "def write(raw, path, fill):\n"
+                            "    raw.write(b'half an HDF5 file')\n"
+                            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                            "h5shard._write_through_file = write\n"
+                            "from virnucpro.entry import main\n"
+                            "main()\n")
+    done = subprocess.run([sys.executable, "-c", killed_while_writing, *embed_command(shard(golden_prepared), out,
+                                                                                      tiny_models)[3:]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = list(tmp_path.glob(".s.h5.*.tmp"))
+    assert len(left) == 1 and left[0].read_bytes() == b"half an HDF5 file"
+    not_ours = tmp_path / ".s.h5.mine0000.tmp"
+    not_ours.write_text("a user's file")
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", out, "--device", "cpu")
+    assert code == 0, message
+    assert sorted(p.name for p in tmp_path.glob(".s.h5.*")) == [not_ours.name]

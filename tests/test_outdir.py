@@ -358,8 +358,8 @@ def test_a_stop_signal_to_the_whole_tree_ends_prepare_with_exit_6(tmp_path, larg
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     workers = children_of(process.pid)
-    for worker in workers:
-        assert {signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP} <= ignored_signals(worker)
+    stops = {signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP}  # held back until set ignored
+    wait_for(lambda: all(stops <= ignored_signals(worker) for worker in workers), process, "workers ignoring stops")
     os.killpg(process.pid, signum)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 6, err

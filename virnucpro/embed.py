@@ -643,15 +643,15 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
         try:
             _check_replaceable(out)
             return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
-                                 checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
+                                 checkpoint_every, checkpoint_seconds, threads, model_set, compiling, lock)
         finally:
             lock.remove()  # ours to remove while held, also when a killed embed left it
 
 
 def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
                   token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set,
-                  compiling: Compiling) -> Path:
-    """`embed` once `out` is held by this process."""
+                  compiling: Compiling, lock: HeldLock) -> Path:
+    """`embed` once `out` is held (through `lock`) by this process."""
     from virnucpro.models import store
 
     records = list(fmt.read_shard(shard))
@@ -681,7 +681,8 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
 
         embedder = Embedder(encoders, budget, torch_device)
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
-        _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, torch_device, embedder))
+        _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, torch_device, embedder),
+               lock)
     except BaseException:
         checkpoints.close()
         raise
@@ -732,12 +733,13 @@ def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, prec
     return True
 
 
-def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict) -> None:
-    """The HDF5 shard: one row per record, each from the vector of its distinct sequence."""
+def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict, lock: HeldLock) -> None:
+    """The HDF5 shard: one row per record, each from the vector of its distinct sequence. The lock
+    of `out` names the temporary file while it is written: a rerun after a kill removes it."""
     def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)
 
-    h5shard.write_shard(out, ids, rows, tuple(known[role].shape[1] for role in ROLES), attrs)
+    h5shard.write_shard(out, ids, rows, tuple(known[role].shape[1] for role in ROLES), attrs, lock.note_temporary)
 
 
 def _check_output(shard: Path, out: Path) -> None:

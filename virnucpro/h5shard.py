@@ -73,10 +73,12 @@ class EmbeddingShardInfo:
 
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-                widths: tuple[int, int], attrs: dict) -> None:
+                widths: tuple[int, int], attrs: dict, on_temporary: Callable[[Path], None] = lambda tmp: None) -> None:
     """Write ids and vectors (fetched block by block from `rows(start, stop)`) atomically to `path`;
-    a storage failure is exit 10 naming `path`, with the temporary file removed."""
+    a storage failure is exit 10 naming `path`, with the temporary file removed. `on_temporary` is
+    told the temporary file's name first (the lock of `path` records it, for a kill)."""
     raw, tmp = _new_temporary(path)
+    on_temporary(tmp)
     try:
         _write_through_file(raw, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
         verify_shard(tmp, ids)

@@ -28,7 +28,7 @@ import shutil
 import socket
 import threading
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -116,9 +116,19 @@ def _try_flock(fd: int, subject: Path, what: str) -> bool:
         raise
 
 
-def _write_holder(fd: int) -> None:
+def _write_holder(fd: int, **extra: str) -> None:
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
+    os.pwrite(fd, (json.dumps({**_holder(), **extra}) + "\n").encode(), 0)
+
+
+def _remove_leftover_temporary(fd: int, subject: Path) -> None:
+    """The temporary file the previous holder of this lock recorded as being written beside `subject`
+    (created exclusively, so ours) and never renamed: it was killed. Called holding the lock."""
+    holder = _holder_of(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    name = holder.get("temporary") if holder else None
+    if isinstance(name, str) and name.startswith(f".{subject.name}.") and name.endswith(".tmp") and "/" not in name:
+        with suppress(OSError):
+            (subject.parent / name).unlink()
 
 
 class _Heartbeat(threading.Thread):
@@ -191,8 +201,14 @@ def exclusive_file_lock(lock: Path, subject: Path, what: str) -> Iterator[None]:
 class HeldLock:
     """The lock file a command holds, and whether this command created it."""
 
-    def __init__(self, path: Path, fd: int, created: bool):
-        self.path, self.fd, self.created = path, fd, created
+    def __init__(self, path: Path, fd: int, created: bool, flocked: bool = True):
+        self.path, self.fd, self.created, self.flocked = path, fd, created, flocked
+
+    def note_temporary(self, temporary: Path) -> None:
+        """Record in the lock file the temporary file this holder is writing beside the subject: if it
+        is killed before renaming it, the next holder removes it (`_remove_leftover_temporary`)."""
+        if self.flocked:
+            _write_holder(self.fd, temporary=temporary.name)
 
     def remove_if_created(self) -> None:
         """Remove the lock file when this command created it; call it while still holding the lock,
@@ -268,12 +284,13 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
     fd, created, flocked = _open_and_flock(lock, subject, what)
     try:
         if flocked:
+            _remove_leftover_temporary(fd, subject)
             _write_holder(fd)
             held = nullcontext()
         else:
             held = exclusive_file_lock(lock.with_name(lock.name + ".pid"), subject, what)
         with held, _registered(subject):
-            yield HeldLock(lock, fd, created)
+            yield HeldLock(lock, fd, created, flocked)
     finally:
         os.close(fd)
 
