@@ -394,6 +394,19 @@ def test_a_stop_signal_after_the_command_finished_keeps_its_exit_code(tmp_path):
     assert (out / fmt.MANIFEST).is_file()
 
 
+def test_a_killed_worker_is_said_plainly_not_reported_as_a_bug(tmp_path, large_fasta):
+    """The out-of-memory killer ends a worker with SIGKILL: exit 1 naming the cause and the fix."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
+    os.kill(min(children_of(process.pid)), signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "worker process died" in err and "out-of-memory killer" in err and "bug" not in err, err
+    assert not (out / ".virnucpro-partial").exists()
+
+
 def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],

@@ -655,12 +655,11 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     from virnucpro.models import store
 
     records = list(fmt.read_shard(shard))
-    ids = [r[0] for r in records]
+    ids = [record[0] for record in records]
     model_set = model_set or store.locate(models, roles=ROLES)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     _set_threads(threads)
-    budget = token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type]
     identity = model_set.identity(ROLES)
 
     folder = Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / checkpoint_key(shard_meta.sha256,
@@ -679,7 +678,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
         _restore(checkpoints, known, done)
         _log_resume(ids, distinct, done)
 
-        embedder = Embedder(encoders, budget, torch_device)
+        embedder = Embedder(encoders, token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
         _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, torch_device, embedder),
                lock)

@@ -20,6 +20,7 @@ import sys
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -29,7 +30,8 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import STOP_SIGNALS, BadInputError, check_stop, output_errors, stop_signals_blocked
+from virnucpro.errors import (STOP_SIGNALS, BadInputError, VirnucproError, check_stop, output_errors,
+                             stop_signals_blocked)
 from virnucpro.outdir import claim
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
@@ -447,13 +449,16 @@ class SamplePreparer:
                                                     mp_context=multiprocessing.get_context("fork"))
                 future = self.executor.submit(prepare_group, group, self.chunk_size)
         else:
-            future = self.executor.submit(prepare_group, group, self.chunk_size)
+            try:
+                future = self.executor.submit(prepare_group, group, self.chunk_size)
+            except BrokenProcessPool:
+                raise _worker_died(summary.path) from None
         self.in_flight.append((summary, future))
         while len(self.in_flight) > self.depth:
             self._apply(*self.in_flight.popleft())
 
     def _apply(self, summary: InputSummary, future: Future) -> None:
-        result: GroupResult = future.result()
+        result: GroupResult = _result_of(future, summary.path)
         self.shards.write_lines(result.orf_lines)
         self.chunks.write(result.chunk_rows)
         self.sequences.write(result.sequence_rows)
@@ -479,6 +484,25 @@ class SamplePreparer:
         self.executor.shutdown(wait=True, cancel_futures=abort)
         self.sequences.close()
         self.chunks.close()
+
+
+def _result_of(future: Future, path: Path) -> "GroupResult":
+    """A group's result, or the error of a worker that died (see `_worker_died`)."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise _worker_died(path) from None
+
+
+def _worker_died(path: Path) -> VirnucproError:
+    """A worker died (killed: most often by the out-of-memory killer, as only a signal can end one).
+    The others are killed: the pool ends them with SIGTERM, which they ignore (see `_worker_setup`),
+    then waits for its queue feeder, blocked writing to them, for ever. Said plainly, not as a bug."""
+    for worker in multiprocessing.active_children():
+        worker.kill()
+    check_stop()
+    return VirnucproError(f"a prepare worker process died while preparing {path} (killed by a signal, most often "
+                          "the out-of-memory killer)", "give prepare more memory or fewer --threads, then rerun")
 
 
 PR_SET_PDEATHSIG = 1
