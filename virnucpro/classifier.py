@@ -183,15 +183,18 @@ def pickle_globals(data: bytes) -> list[str]:
 
 
 def _pickles_in(path: Path) -> bytes:
-    """The pickle bytes of a torch checkpoint: `*/data.pkl` of the zip format, else the file."""
-    raw = path.read_bytes()
-    if zipfile.is_zipfile(io.BytesIO(raw)):
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+    """The pickle bytes of a torch checkpoint: `*/data.pkl` of the zip format (read through the
+    file, never the whole archive in memory), else the file (bounded by `_refuse_oversized`)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
             if not names:
                 raise ModelsError(f"{path}: a zip file without data.pkl is not a torch checkpoint")
+            if archive.getinfo(names[0]).file_size > CLASSIFIER_MAX_BYTES:
+                raise ModelsError(f"{path}: its data.pkl is larger than {CLASSIFIER_MAX_BYTES:,} bytes, "
+                                  f"far more than a classifier holds")
             return archive.read(names[0])
-    return raw
+    return path.read_bytes()
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -284,6 +287,9 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
 
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.<>]+)")
+#: An upper bound, not a size: the original 300_model.pth/500_model.pth are about 7 MB, and any
+#: MLPClassifier virnucpro can use has their shape; a file far above is refused before it is read.
+CLASSIFIER_MAX_BYTES = 512 * 1024 * 1024
 
 
 def load_classifier(path: Path) -> MLPClassifier:
@@ -293,13 +299,29 @@ def load_classifier(path: Path) -> MLPClassifier:
     anything but the MLP's modules and torch's tensor machinery; such a file is never executed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelsError(f"classifier file {path} does not exist",
-                          hint="virnucpro models download --only classifier_500")
+    _refuse_not_a_classifier_file(path)
     if _is_safetensors(path):
         return _load_safetensors(path)
     _refuse_foreign_globals(path)
     return _model_from_unpickled(_unpickle_weights_only(path), path)
+
+
+def _refuse_not_a_classifier_file(path: Path) -> None:
+    """Exit 4 saying what is at `path` when it is not a plain file of a plausible size."""
+    hint = "virnucpro models download --only classifier_500"
+    if not path.exists():
+        raise ModelsError(f"classifier file {path} does not exist", hint=hint)
+    if path.is_dir():
+        raise ModelsError(f"classifier file {path} is a directory, not a file",
+                          hint="give the .pth or .safetensors file inside it")
+    if not path.is_file():
+        raise ModelsError(f"classifier file {path} is not a regular file (a pipe, device or socket)",
+                          hint="give a .pth or .safetensors file")
+    size = path.stat().st_size
+    if size > CLASSIFIER_MAX_BYTES:
+        raise ModelsError(f"classifier file {path} is {size:,} bytes, far above any classifier "
+                          f"virnucpro can load (at most {CLASSIFIER_MAX_BYTES:,}; the originals are "
+                          f"about 7 MB)", hint=hint)
 
 
 def _load_safetensors(path: Path) -> MLPClassifier:

@@ -315,22 +315,25 @@ def _say_once(message: str) -> None:
 
 def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     """Write the fp16 copy of `home`'s verified .pt (mapped, q/k/v concatenated: what the module
-    loads) atomically, and record it in the manifest. The caller holds the models folder lock."""
+    loads) atomically, and record it in the manifest. The caller holds the models folder lock.
+    A file at the copy's name that the manifest does not record as the copy is never replaced."""
     from safetensors.torch import save_file
 
+    target = home.directory / home.copy_name
+    _refuse_unrecorded(home, target)
     weights = home.directory / home.weights
     architecture, mapped = _checked_mapping(weights, _read_checkpoint(weights))
     tensors = {key: value.to(torch.float16).contiguous() for key, value in mapped.items()}
     # one metadata key: safetensors writes several in a random order, and the copy should not vary
     metadata = {"virnucpro": json.dumps({"format": FP16_FORMAT, "source_sha256": source_sha256,
                                          **dict(zip(_ARCHITECTURE_KEYS, architecture))}, sort_keys=True)}
-    target = home.directory / home.copy_name
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, file_mode())
         digest = store.sha256_file(Path(tmp))
+        _refuse_unrecorded(home, target)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -340,6 +343,16 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     cache.save()
     store.record_fp16_copy(home, digest, source_sha256)
     return target
+
+
+def _refuse_unrecorded(home: store.Esm2Home, target: Path) -> None:
+    """Exit 4 when something is at the copy's name that the manifest does not record as the copy
+    (the user's file, a link): virnucpro replaces only the copy it wrote."""
+    if os.path.lexists(target) and (home.entry.get("fp16") or {}).get("file") != home.copy_name:
+        raise ModelsError(f"{target} is in the way of ESM-2's fp16 copy: the models manifest does "
+                          f"not record it as the copy virnucpro wrote, so it is left as it is",
+                          hint="move it away; the next fp16 load or `virnucpro models download` "
+                               "writes the copy")
 
 
 def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:

@@ -2,13 +2,16 @@
 
 Standard library only (urllib) for the transfers. Each file goes to `<file>.part`, resumed with an HTTP Range request
 after an interruption (within a run: up to `ATTEMPTS` tries; across runs: the `.part` is kept),
-verified against its pin, then renamed into place. One command writes a
+verified against its pin, then renamed into place. Each file has a byte bound
+(`FileSource.max_bytes`): a Content-Length above it is refused before anything is written, and a
+body that grows past it is cut off at once, its `.part` deleted (exit 4). One command writes a
 models directory at a time: `virnucpro.outdir.folder_lock` (a second one exits 3 naming the first).
 
 Only files virnucpro wrote are ever replaced: a file in place that fails its pin is downloaded
 again only when the directory's manifest records it with a sha256 (our own download, since
 corrupted); anything else there (the user's file, a directory, a link) is exit 4 naming it, and a
-`.part` that is a link or not a plain file is never written through. A models directory that is
+`.part` that is a link or not a plain file is never written through, nor is a folder inside the
+models directory that is a symbolic link (exit 3 naming it). A models directory that is
 (or is inside) another virnucpro output is refused (exit 3), and a damaged manifest is exit 4
 before anything is transferred.
 
@@ -31,6 +34,7 @@ import errno
 import http.client
 import os
 import re
+import shlex
 import socket
 import stat
 import time
@@ -42,7 +46,7 @@ from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import ModelsError, OutputWriteError, VirnucproError, storage_error
+from virnucpro.errors import BadInputError, ModelsError, OutputWriteError, VirnucproError, storage_error
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
 from virnucpro.outdir import folder_lock, refuse_nesting
@@ -91,8 +95,19 @@ def ensure(directory: Path | None = None, roles: Iterable[str] = store.ROLES, of
         why = "--offline" if offline else "HF_HUB_OFFLINE=1"
         raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; not downloading ({why})",
                           hint=store.staging_hint(directory, missing))
+    _refuse_incomplete_tiny(directory, statuses)
     download_roles(directory, missing, mirror=None)
     return store.locate(directory, roles)
+
+
+def _refuse_incomplete_tiny(directory: Path, statuses: list[store.RoleStatus]) -> None:
+    """A tiny test model with files missing is never completed with the published model (a
+    multi-GB download into a test folder): exit 4 telling how to write the tiny models again."""
+    broken = [s for s in statuses if s.missing and s.marked_tiny]
+    if broken:
+        raise ModelsError(f"tiny test models in {directory} are incomplete: " + "; ".join(
+            f"{s.role} ({', '.join(s.missing)})" for s in broken),
+            hint=f"rerun `virnucpro models tiny {shlex.quote(str(directory))}`")
 
 
 def _env_offline() -> bool:
@@ -196,14 +211,28 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
         if digest is not None:
             return digest
         _replace_only_ours(directory, spec.relpath, problem, ours, role)
+    _refuse_linked_folders(directory, spec.relpath)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _write_error(target.parent, exc) from None
     digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1, label=label,
-                   validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]))
+                   validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]),
+                   max_bytes=spec.max_bytes)
     cache.record(spec.relpath, target, digest)
     return digest
+
+
+def _refuse_linked_folders(directory: Path, rel: str) -> None:
+    """Exit 3 when a folder on the way from `directory` to `rel` is a symbolic link (or not a
+    folder): downloading through it would write outside the models directory."""
+    folder = directory
+    for part in Path(rel).parent.parts:
+        folder = folder / part
+        if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+            what = f"a symbolic link to {os.readlink(folder)}" if folder.is_symlink() else "not a folder"
+            raise BadInputError(f"{folder} is {what}: virnucpro writes models only inside the models "
+                                f"directory, never through a link", hint="move it away, then rerun the same command")
 
 
 def _existing_ok(directory: Path, role: str, spec: FileSource, cache: store.HashCache
@@ -294,19 +323,20 @@ class _Mismatch(ModelsError):
 
 def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | None = None,
           label: str | None = None, validate: Callable[[Path], None] | None = None,
-          attempts: int | None = None, hint: str | None = None) -> str:
+          attempts: int | None = None, hint: str | None = None, max_bytes: int | None = None) -> str:
     """Download `url` to `target` atomically (via `target.part`, resumable); return its sha256.
 
     The bytes must match the pinned `sha256` or `git_sha1` (and pass `validate`) before the rename;
     a file with no pin is refused before anything is transferred. Raises `ModelsError` (exit 4) on
-    HTTP errors (after retries for 5xx), unreachable hosts, mismatches and failed validation, with
-    the .part deleted whenever its bytes are wrong.
+    HTTP errors (after retries for 5xx), unreachable hosts, mismatches, failed validation and a file
+    larger than `max_bytes`, with the .part deleted whenever its bytes are wrong.
     """
     label = label or target.name
     _require_pin(sha256 or git_sha1, label)
     part = target.with_name(target.name + ".part")
     resumed = _part_size(part) is not None
-    _transfer_with_retries(url, part, label, attempts or ATTEMPTS, hint or store.staging_hint(target.parent))
+    limit = _Limit(url, label, max_bytes)
+    _transfer_with_retries(url, part, limit, attempts or ATTEMPTS, hint or store.staging_hint(target.parent))
     try:
         digest = _verified(part, sha256, git_sha1)
         if validate is not None:
@@ -315,7 +345,7 @@ def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | Non
         part.unlink(missing_ok=True)
         if resumed and isinstance(exc, _Mismatch):  # a stale or foreign .part: once more
             warn(f"{label}: checksum mismatch after resuming an old partial file; starting over")
-            return fetch(url, target, sha256, git_sha1, label, validate, attempts, hint)
+            return fetch(url, target, sha256, git_sha1, label, validate, attempts, hint, max_bytes)
         raise ModelsError(f"{label} downloaded from {url}: {exc.message} (file discarded, nothing "
                           f"recorded)", hint=exc.hint or _MISMATCH_HINT) from None
     try:
@@ -379,12 +409,29 @@ def _pinned_sha256(digest: str, sha256: str | None) -> str:
     return digest
 
 
-def _transfer_with_retries(url: str, part: Path, label: str, attempts: int, hint: str) -> None:
+class _Limit:
+    """The byte bound of one download, and the exit 4 (its `.part` deleted) when it is passed."""
+
+    def __init__(self, url: str, label: str, max_bytes: int | None):
+        self.url, self.label, self.max_bytes = url, label, max_bytes
+
+    def check(self, size: int, part: Path, how: str) -> None:
+        """Exit 4 when `size` bytes are more than the file may have; the `.part` is deleted."""
+        if self.max_bytes is None or size <= self.max_bytes:
+            return
+        part.unlink(missing_ok=True)
+        raise ModelsError(f"{self.label} from {self.url} {how} {size:,} bytes, more than the "
+                          f"{self.max_bytes:,} the published file can have: download stopped (file "
+                          f"discarded, nothing recorded)", hint=_MISMATCH_HINT)
+
+
+def _transfer_with_retries(url: str, part: Path, limit: _Limit, attempts: int, hint: str) -> None:
     """Append to `part` until the whole file is there, retrying what retrying can fix."""
+    label = limit.label
     last_error, connected = "unknown error", False
     for attempt in range(1, attempts + 1):
         try:
-            _transfer(url, part, label)
+            _transfer(url, part, limit)
             return
         except _Interrupted as exc:
             connected, last_error = True, str(exc)
@@ -441,8 +488,10 @@ def _range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _transfer(url: str, part: Path, label: str) -> None:
-    """One HTTP attempt appending to `part` (or restarting it); `_Interrupted` if it ends early."""
+def _transfer(url: str, part: Path, limit: _Limit) -> None:
+    """One HTTP attempt appending to `part` (or restarting it); `_Interrupted` if it ends early,
+    exit 4 (before writing) when the announced size is above the file's bound."""
+    label = limit.label
     offset = _part_size(part) or 0
     headers = {"User-Agent": f"virnucpro/{__version__}", "Accept-Encoding": "identity"}
     if offset:
@@ -454,7 +503,9 @@ def _transfer(url: str, part: Path, label: str) -> None:
         total = offset + int(length) if length and length.isdigit() else None
         if getattr(response, "status", 200) == 206 and total is None:
             total = _total_from_content_range(response.headers.get("Content-Range"))
-        received = _receive(response, part, offset, total, label)
+        if total is not None:
+            limit.check(total, part, "announces")
+        received = _receive(response, part, offset, total, limit)
     if total is not None and received != total:
         raise _Interrupted(f"connection closed after {received:,} of {total:,} bytes")
 
@@ -474,9 +525,10 @@ def _resume_offset(response, part: Path, offset: int, label: str) -> int:
     return offset
 
 
-def _receive(response, part: Path, offset: int, total: int | None, label: str) -> int:
-    """Write the body to `part` (appending after `offset`); returns the bytes the file now holds."""
-    progress = Progress(f"download {label}", total=total or 0, unit="bytes", every_seconds=10)
+def _receive(response, part: Path, offset: int, total: int | None, limit: _Limit) -> int:
+    """Write the body to `part` (appending after `offset`); returns the bytes the file now holds.
+    Stops (exit 4, `.part` deleted) as soon as the file would pass its byte bound."""
+    progress = Progress(f"download {limit.label}", total=total or 0, unit="bytes", every_seconds=10)
     progress.advance(offset)
     received = offset
     try:
@@ -489,6 +541,7 @@ def _receive(response, part: Path, offset: int, total: int | None, label: str) -
                                        f"({type(exc).__name__})") from None
                 if not chunk:
                     return received
+                limit.check(received + len(chunk), part, "sends at least")
                 handle.write(chunk)
                 received += len(chunk)
                 progress.advance(len(chunk))

@@ -13,8 +13,10 @@ in fp16 safetensors, mapped as the encoder loads them, derived from the `.pt` wh
 It is never listed in `files` and never part of the model identity: the `.pt` is the source of truth.
 
 A directory without manifest.json (or a manifest without a role) is read by those standard names,
-so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field; so is a
-models file that cannot be read (`reading`: a read, never the exit 10 of an output not written).
+so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field, and so is
+one that is not a plain file or is larger than `MANIFEST_MAX_BYTES`; so is a models file that
+cannot be read (`reading`: a read, never the exit 10 of an output not written). A models directory
+path whose `~user` cannot be expanded is a usage error (exit 2).
 
 A role is tiny (random test models, `virnucpro.models.tiny`) only when its manifest entry says
 `"tiny": true` AND records the sha256 of every file of it that is read; every output made with it
@@ -54,10 +56,11 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
-from virnucpro.errors import ModelsError
+from virnucpro.errors import ExitCode, ModelsError, VirnucproError
 from virnucpro.outdir import file_mode
 from virnucpro.models import pins
 
@@ -65,6 +68,7 @@ ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 HASH_CACHE = ".sha256-cache.json"
+MANIFEST_MAX_BYTES = 16 * 1024 * 1024  # a manifest is a few kB; the hash cache is read with the same bound
 
 #: Hand-staged layout (no manifest): role -> (required files, optional files). For dnabert_s one of
 #: the two weight files is required.
@@ -135,14 +139,30 @@ class ModelSet:
         return self.paths[role]
 
 
+class ModelsPathError(VirnucproError):
+    """A models directory path that cannot be used as given (exit 2, a usage error)."""
+
+    code = ExitCode.USAGE
+
+
 def models_dir(explicit: Path | str | None = None) -> Path:
     """`explicit` (--models/--dest) > $VIRNUCPRO_MODELS > the user data directory."""
     if explicit:
-        return Path(explicit).expanduser().absolute()
+        return _expanded(explicit, "--models/--dest")
     env = os.environ.get("VIRNUCPRO_MODELS")
     if env:
-        return Path(env).expanduser().absolute()
+        return _expanded(env, "VIRNUCPRO_MODELS")
     return _user_data_dir() / "models"
+
+
+def _expanded(path: Path | str, where: str) -> Path:
+    """`path` with `~`/`~user` expanded, made absolute; exit 2 when the home cannot be found."""
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError:  # no such user, or no home directory
+        raise ModelsPathError(f"models directory {str(path)!r} (from {where}): the home directory "
+                              f"of {str(path).split('/')[0]!r} cannot be determined",
+                              hint="give the models directory as an absolute path") from None
 
 
 def _user_data_dir() -> Path:
@@ -181,7 +201,7 @@ def read_manifest(directory: Path) -> dict | None:
     if not os.path.lexists(path):
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_small_file(path, MANIFEST_MAX_BYTES))
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         why = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise ModelsError(f"{path} is unreadable or not JSON: {why}",
@@ -189,6 +209,18 @@ def read_manifest(directory: Path) -> dict | None:
     _check_manifest(path, manifest)
     manifest.setdefault("models", {})
     return manifest
+
+
+def read_small_file(path: Path, limit: int) -> str:
+    """The text of the plain file at `path` (links followed) of at most `limit` bytes; ValueError
+    saying why not for anything else (a FIFO is never waited on, /dev/zero never read whole)."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError("it is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it is larger than {limit:,} bytes, far more than a manifest holds")
+    return data.decode()
 
 
 def _manifest_hint(directory: Path) -> str:
@@ -376,7 +408,7 @@ class HashCache:
         self.dirty = False
         if self.path.is_file():
             try:
-                loaded = json.loads(self.path.read_text())
+                loaded = json.loads(read_small_file(self.path, MANIFEST_MAX_BYTES))
                 self.entries = loaded if isinstance(loaded, dict) else {}
             except (OSError, ValueError, RecursionError):
                 self.entries = {}
@@ -648,6 +680,10 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     failing = [s for s in statuses if not s.ok]
     if not failing:
         return None
+    if os.path.lexists(directory) and not directory.is_dir():
+        return ModelsError(f"models directory {directory} is not a directory (it is a file)",
+                           hint="give the folder that holds the models (with --models, --dest or "
+                                "VIRNUCPRO_MODELS)")
     if not directory.is_dir():
         return ModelsError(f"models directory {directory} does not exist",
                            hint=download_command(directory, [s.role for s in statuses]
@@ -723,10 +759,14 @@ class Esm2Home:
 
 def esm2_home(weights: Path) -> Esm2Home | None:
     """The models directory whose manifest lists `weights` as its esm2 weights (the folder of the
-    file or one of its parents), or None (a hand-staged folder without a manifest entry)."""
+    file or one of its parents), or None (a hand-staged folder without a manifest entry). A
+    manifest.json there that is not a readable virnucpro models manifest (a web app's) is ignored."""
     weights = Path(weights).absolute()
     for directory in list(weights.parents)[:FP16_PARENT_LEVELS]:
-        entry = ((read_manifest(directory) or {}).get("models") or {}).get("esm2")
+        try:
+            entry = ((read_manifest(directory) or {}).get("models") or {}).get("esm2")
+        except ModelsError:
+            continue
         rel = weights.relative_to(directory).as_posix()
         if entry is not None and _main_path("esm2", entry["files"]) == rel:
             return Esm2Home(directory, rel, entry)

@@ -3,6 +3,12 @@
 Tests and the Nextflow test profile run every stage with them in seconds. The output is
 byte-identical on every run and the manifest marks every role `"tiny": true`, so every output
 made with them says so.
+
+The files are made in a private temporary folder first, then each is written beside its final
+name under an exclusive temporary name and renamed into place: an interrupted or failed run leaves
+no half-written file, and rerunning it completes the folder. A name in the way that virnucpro did
+not write (a symbolic link, a folder, a file the manifest does not record as a tiny model and whose
+bytes are not the tiny model's) is never replaced (exit 3); a storage failure is exit 10.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.console import info
-from virnucpro.errors import BadInputError
+from virnucpro.errors import BadInputError, OutputWriteError, output_errors, storage_error
 from virnucpro.models import store
 from virnucpro.outdir import OURS, file_mode, folder_lock
 
@@ -215,18 +223,28 @@ def _tiny_classifier(path: Path, input_dim: int, generator) -> None:
     save_original_way(model.eval(), path)
 
 
+def _tiny_name(name: str) -> bool:
+    """Whether a top-level entry is one `models tiny` writes (or its temporary file, or a lock)."""
+    ours = {Path(rel).parts[0] for rels in TINY_FILES.values() for rel in rels} | {store.MANIFEST, store.HASH_CACHE}
+    if name in ours or name in OURS:
+        return True
+    return name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in ours)
+
+
 def _refuse_other_models(directory: Path) -> None:
-    """Tiny models go only into a new or empty folder, or one of tiny models: never over real models
-    or other files, whose roles the manifest would silently repoint (exit 3)."""
+    """Tiny models go only into a new or empty folder, or one of tiny models (an interrupted run's
+    included): never over real models or other files, whose roles the manifest would silently
+    repoint (exit 3)."""
     if not directory.exists():
         return
     if not directory.is_dir():
         raise BadInputError(f"{directory} is a file, not a models folder", "give a new or empty folder")
-    if all(entry.name in OURS for entry in directory.iterdir()):  # empty but for a lock
+    names = [entry.name for entry in directory.iterdir()]
+    if all(name in OURS for name in names):  # empty but for a lock
         return
     roles = (store.read_manifest(directory) or {}).get("models") or {}
     kept = [role for role, entry in roles.items() if not entry.get("tiny")]
-    if roles and not kept:
+    if not kept and (roles or all(_tiny_name(name) for name in names)):
         return
     what = f"models that are not tiny ({', '.join(kept)})" if kept else "files that are not tiny models"
     raise BadInputError(f"{directory} holds {what}: `models tiny` would repoint them to random test models",
@@ -247,9 +265,93 @@ def make_tiny(directory: Path) -> None:
     _refuse_other_models(directory)
     with folder_lock(directory, "models folder"):
         _refuse_other_models(directory)
-        _write_models(directory)
-        _write_manifest(directory)
+        _publish(directory, _made_models())
+        with output_errors(directory / store.MANIFEST):
+            _write_manifest(directory)
     info(f"tiny random models written to {directory} (for tests only; predictions mean nothing)")
+
+
+def _made_models() -> dict[str, bytes]:
+    """Every tiny file's bytes (relative name -> bytes), made in a private temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="virnucpro-tiny-") as scratch:
+        try:
+            _write_models(Path(scratch))
+        except (OSError, RuntimeError) as exc:  # torch and safetensors report a full disk so
+            raise OutputWriteError(f"cannot write the tiny models in the temporary folder {scratch}: "
+                                   f"{storage_error(exc) or exc}",
+                                   "free space there, or point TMPDIR at another folder") from None
+        return {rel: (Path(scratch) / rel).read_bytes() for rels in TINY_FILES.values() for rel in rels}
+
+
+def _recorded_tiny_files(directory: Path) -> set[str]:
+    """The files the manifest records (with a sha256) as tiny models: ones virnucpro wrote."""
+    roles = (store.read_manifest(directory) or {}).get("models") or {}
+    return {rel for entry in roles.values() if entry.get("tiny") for rel in entry.get("sha256", {})}
+
+
+def _publish(directory: Path, files: dict[str, bytes]) -> None:
+    """Check every name first (nothing is written when one is in the way), then write each file
+    atomically."""
+    recorded = _recorded_tiny_files(directory)
+    for rel, data in files.items():
+        _refuse_in_the_way(directory, rel, data, rel in recorded)
+    for rel, data in files.items():
+        target = directory / rel
+        with output_errors(target):
+            target.parent.mkdir(exist_ok=True)
+            _write_atomically(target, data)
+
+
+def _refuse_in_the_way(directory: Path, rel: str, data: bytes, recorded: bool) -> None:
+    """Exit 3 when what sits at `rel` (or at its folder) is not ours to replace: a link, something
+    other than a plain file, or a file neither recorded as a tiny model nor holding its bytes."""
+    folder = directory / Path(rel).parent
+    if folder != directory and os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+        raise _in_the_way(folder, "a symbolic link" if folder.is_symlink() else "not a folder")
+    target = directory / rel
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise _in_the_way(target, f"a symbolic link to {os.readlink(target)}")
+    if not stat.S_ISREG(mode):
+        raise _in_the_way(target, "not a plain file")
+    if not recorded and not _holds(target, data):
+        raise _in_the_way(target, "a file the manifest does not record as a tiny model")
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the plain file at `path` holds exactly `data` (a tiny file of an interrupted run)."""
+    with output_errors(path):
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+
+
+def _in_the_way(path: Path, what: str) -> BadInputError:
+    """Exit 3 naming a name `models tiny` will not write through or replace."""
+    return BadInputError(f"{path} is {what}: `models tiny` never writes through a link nor replaces "
+                         f"a file it did not write", "move it away, then rerun the same command")
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write `data` under an exclusive temporary name beside `target`, then rename it into place
+    (a link at `target` is replaced, never written through); nothing half-written is left."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _fill(handle, data)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fill(handle, data: bytes) -> None:
+    """Write `data` to the open file and make it durable before the rename."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def _write_models(directory: Path) -> None:
