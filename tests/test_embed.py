@@ -93,7 +93,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, tiny_models, gol
                                                       kill_signal, expected_code):
     out = tmp_path / "s.h5"
     command = embed_command(shard(golden_prepared), out, tiny_models)
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,  # SIGHUP as in a terminal, not nohup
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     wait_for_parts(tmp_path / "s.h5.ckpt", 2, process)
     process.send_signal(kill_signal)
     _, stderr = process.communicate(timeout=60)

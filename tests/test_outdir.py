@@ -307,11 +307,16 @@ def large_fasta(tmp_path_factory) -> Path:
     return path
 
 
+def hup_as_in_a_terminal() -> None:
+    """SIGHUP at its default, as a terminal session starts it: the suite may run under nohup."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP])
 def test_stop_signal_ends_prepare_and_its_workers(tmp_path, large_fasta, signum):
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=hup_as_in_a_terminal)
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     workers = children_of(process.pid)
     process.send_signal(signum)
@@ -355,7 +360,8 @@ def test_a_stop_signal_to_the_whole_tree_ends_prepare_with_exit_6(tmp_path, larg
     every stop signal; the main process ends them."""
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=hup_as_in_a_terminal)
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     workers = children_of(process.pid)
     stops = {signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP}  # held back until set ignored
