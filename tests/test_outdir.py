@@ -316,7 +316,8 @@ def hup_as_in_a_terminal() -> None:
 def test_stop_signal_ends_prepare_and_its_workers(tmp_path, large_fasta, signum):
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=hup_as_in_a_terminal)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=hup_as_in_a_terminal)
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     workers = children_of(process.pid)
     process.send_signal(signum)
@@ -329,18 +330,21 @@ def test_stop_signal_ends_prepare_and_its_workers(tmp_path, large_fasta, signum)
     assert not (out / fmt.MANIFEST).exists()
 
 
+def prepare_after(tmp_path: Path, prelude: str, **options) -> tuple[subprocess.CompletedProcess, Path]:
+    """`virnucpro prepare` on two records through the console entry, after Python lines `prelude`
+    (which may signal the process); the finished process and the output folder."""
+    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
+    script = f"import atexit, os, signal, time\nimport virnucpro.entry\n{prelude}\nvirnucpro.entry.main()\n"
+    done = subprocess.run([sys.executable, "-c", script, "prepare", str(fasta), "--outdir", str(out)],
+                          capture_output=True, text=True, timeout=120, **options)
+    return done, out
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_while_the_command_line_loads_is_exit_6(tmp_path, signum):
     """The signal arrives after the console script's first line, before the command's handlers
     exist (the imports take a few tenths of a second): it is held back, then handled (exit 6)."""
-    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
-    starts_then_stops = ("import os, signal, sys, time\n"
-                         "import virnucpro.entry\n"
-                         f"os.kill(os.getpid(), {int(signum)})\n"
-                         "time.sleep(0.2)\n"
-                         "virnucpro.entry.main()\n")
-    done = subprocess.run([sys.executable, "-c", starts_then_stops, "prepare", str(fasta), "--outdir", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done, out = prepare_after(tmp_path, f"os.kill(os.getpid(), {int(signum)})\ntime.sleep(0.2)")
     assert done.returncode == 6, (done.returncode, done.stderr)
     assert f"{signal.Signals(signum).name} received" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
@@ -375,27 +379,16 @@ def test_a_stop_signal_to_the_whole_tree_ends_prepare_with_exit_6(tmp_path, larg
 
 def test_sighup_is_left_ignored_under_nohup(tmp_path):
     """`nohup virnucpro ...`: SIGHUP inherited as ignored stays ignored (the command goes on)."""
-    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
-    hangs_up_first = ("import os, signal, sys\n"
-                      "import virnucpro.entry\n"
-                      "os.kill(os.getpid(), signal.SIGHUP)\n"
-                      "virnucpro.entry.main()\n")
-    done = subprocess.run([sys.executable, "-c", hangs_up_first, "prepare", str(fasta), "--outdir", str(out)],
-                          capture_output=True, text=True, timeout=120,
-                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    done, out = prepare_after(tmp_path, "os.kill(os.getpid(), signal.SIGHUP)",
+                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     assert done.returncode == 0, done.stderr
     assert (out / fmt.MANIFEST).is_file()
 
 
 def test_a_stop_signal_after_the_command_finished_keeps_its_exit_code(tmp_path):
     """A stop that arrives during the interpreter's shutdown (outputs complete) was exit 143."""
-    fasta, out = write_fasta(tmp_path / "a.fa", 2), tmp_path / "out"
-    stopped_at_exit = ("import atexit, os, signal, time\n"
-                       "import virnucpro.entry\n"
-                       "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)))\n"
-                       "virnucpro.entry.main()\n")
-    done = subprocess.run([sys.executable, "-c", stopped_at_exit, "prepare", str(fasta), "--outdir", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    stop_at_exit = "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)))"
+    done, out = prepare_after(tmp_path, stop_at_exit)
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert (out / fmt.MANIFEST).is_file()
 
