@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from checkpoint_helpers import read_h5, wait_for_parts
+from h5_helpers import edited_shard
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.embed import embed
@@ -241,13 +242,11 @@ def test_a_lock_file_a_killed_embed_left_beside_the_output_is_removed(tmp_path, 
 @pytest.mark.parametrize("change", ["vector", "precision", "shard"])
 def test_an_output_of_other_inputs_or_changed_since_is_computed_again(tmp_path, tiny_models, golden_prepared,
                                                                       uninterrupted, capsys, change):
-    import h5py
-
     out = tmp_path / "s.h5"
     source = shard(golden_prepared, 1) if change == "shard" else shard(golden_prepared)
     embed(source, out, models=tiny_models, device="cpu")
     if change != "shard":
-        with h5py.File(out, "r+") as handle:
+        with edited_shard(out) as handle:
             if change == "vector":
                 handle["esm2"][3, 0] += 1.0
             else:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from checkpoint_helpers import wait_for_parts
+from h5_helpers import edited_shard
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.embed import embed
@@ -184,7 +185,7 @@ def test_missing_repeated_and_foreign_shards_exit_5(tmp_path, run_cli, golden_pr
     assert code == 5 and "foreign.h5" in message and "not part of this prepared sample" in message
     other_models = tmp_path / "other_models.h5"
     shutil.copy(golden_embeddings[2], other_models)
-    with h5shard.open_h5(other_models, "a") as handle:
+    with edited_shard(other_models) as handle:
         models = json.loads(handle.attrs["models"])
         models["esm2"]["sha256"] = "0" * 64
         handle.attrs["models"] = json.dumps(models)
@@ -360,7 +361,7 @@ def test_failed_predict_leaves_the_earlier_outputs_as_they_were(tmp_path, run_cl
     damaged = [tmp_path / path.name for path in golden_embeddings]
     for source, target in zip(golden_embeddings, damaged):
         shutil.copy(source, target)
-    with h5shard.open_h5(damaged[3], "a") as handle:
+    with edited_shard(damaged[3]) as handle:
         handle["esm2"][5, 0] = np.nan
         record = handle["ids"][5].decode()
     code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *damaged, "--outdir", out,

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from h5_helpers import edited_shard
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.embed import embed
@@ -84,7 +85,7 @@ def assert_refused(sample: Sample, code: int, message: str, *names: str) -> None
 
 
 def edit_h5(path: Path, change: Callable) -> None:
-    with h5shard.open_h5(path, "a") as handle:
+    with edited_shard(path) as handle:
         change(handle)
 
 
@@ -94,6 +95,18 @@ def replace_dataset(handle, name: str, data, **options) -> None:
 
 
 # --- point 4: ids of the HDF5 files against the prepared shards ------------------------------------
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_byte_changed_in_an_embedding_file_is_refused_before_hdf5_reads_it(sample, run_cli, where):
+    """Any byte of a shard changed after embed sealed it: exit 5 naming the file, nothing written."""
+    path = sample.embeddings[2]
+    data = bytearray(path.read_bytes())
+    data[{"first": 0, "middle": len(data) // 2, "last": len(data) - 1}[where]] ^= 0x01
+    path.write_bytes(bytes(data))
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, path.name, "changed after embed wrote it" if where != "first"
+                   else "does not start with the seal")
+
 
 def test_an_edited_id_is_named_with_its_row_and_both_values(sample, run_cli):
     injected = "read_000_chunk_1F2\tvirus\t0\t1\n"

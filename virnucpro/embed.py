@@ -752,17 +752,14 @@ def _check_output(shard: Path, out: Path) -> None:
 
 
 def _check_replaceable(out: Path) -> None:
-    """An existing `--out` is replaced only when virnucpro wrote it (an embedding HDF5 file)."""
+    """An existing `--out` is replaced only when virnucpro wrote it (it starts with embed's seal, even
+    when the rest is damaged)."""
     if out.is_symlink():
         raise BadInputError(f"--out {out} is a symbolic link: writing would replace the link, which virnucpro "
                             "did not write", "give the path of a new file, or of the link's target")
-    if not out.exists():
-        return
-    try:
-        h5shard.read_info(out)
-    except VirnucproError:
+    if out.exists() and not h5shard.is_sealed_shard(out):
         raise BadInputError(f"--out {out} exists and is not a virnucpro embedding file: virnucpro never "
-                            "replaces files it did not write", "move it, or choose another --out") from None
+                            "replaces files it did not write", "move it, or choose another --out")
 
 
 def _set_threads(threads: int | None) -> None:

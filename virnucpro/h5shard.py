@@ -5,6 +5,9 @@ file with the final name is always complete. Opened with HDF5 file locking off (
 HDF5 writes through a Python file object that keeps the first storage error (disk full, quota, I/O)
 to itself: the library, whose error paths on a failed write or close can crash the process, only
 ever sees writes that succeed, and the writer reports the error (exit 10) after a clean close.
+The file is sealed: its first 512 bytes (an HDF5 user block, which HDF5 tools skip) hold the sha256
+and size of the rest, checked before the HDF5 library parses any of it, since some damaged headers
+crash that library outright (a segmentation fault no Python code can report).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalEr
 from virnucpro.outdir import file_mode
 from virnucpro.prepared import SHA256_TEXT, shown
 
-FORMAT_VERSION = 2  # 2: the sha256 of each vector dataset is stored and checked by every full read
+FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
 ROWS_PER_WRITE = 8192
 VECTORS = ("dnabert_s", "esm2")
 CHECKSUMS = tuple(f"sha256_{name}" for name in VECTORS)  # of the float32 little-endian rows, in order
@@ -46,9 +49,60 @@ def _h5py():
     return h5py
 
 
-def open_h5(path: Path, mode: str = "r"):
-    """h5py File with HDF5 file locking off (parallel file systems reject or hang on it)."""
-    return _h5py().File(path, mode, locking=False)
+def open_h5(path: Path):
+    """A shard opened for reading once its seal holds, with HDF5 file locking off (parallel file
+    systems reject or hang on it)."""
+    check_seal(path)
+    return _h5py().File(path, "r", locking=False)
+
+
+SEAL_BYTES = 512  # the HDF5 user block: the smallest HDF5 allows
+SEAL_MAGIC = b"virnucpro embedding shard seal 1\n"
+READ_BYTES = 1 << 20
+
+
+def seal_file(path: Path) -> None:
+    """Write the seal of a shard file whose HDF5 part is complete: the sha256 and size of the bytes
+    after the user block, in the user block."""
+    with open(path, "r+b") as handle:
+        block = _seal_block(handle)
+        handle.seek(0)
+        handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def is_sealed_shard(path: Path) -> bool:
+    """Whether `path` starts with the seal `embed` writes (intact or not): a file virnucpro wrote."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(SEAL_MAGIC)) == SEAL_MAGIC
+    except OSError:
+        return False
+
+
+def check_seal(path: Path) -> None:
+    """The file's bytes are exactly those `embed` sealed (exit 5 otherwise), read block by block."""
+    with open(path, "rb") as handle:
+        block = handle.read(SEAL_BYTES)
+        if not block.startswith(SEAL_MAGIC):
+            raise malformed(path, "it does not start with the seal virnucpro embed writes (another program "
+                                  "wrote it, or an older virnucpro)")
+        expected = _seal_block(handle)
+    if block != expected:
+        raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
+                                      "the seal embed wrote in its first bytes)", REEMBED_HINT)
+
+
+def _seal_block(handle) -> bytes:
+    """The user block that seals the open file as it is now: the sha256 and size of everything after
+    the user block, zero-padded."""
+    handle.seek(SEAL_BYTES)
+    digest, size = hashlib.sha256(), 0
+    for data in iter(lambda: handle.read(READ_BYTES), b""):
+        digest.update(data)
+        size += len(data)
+    return (SEAL_MAGIC + f"sha256 {digest.hexdigest()}\nbytes {size}\n".encode()).ljust(SEAL_BYTES, b"\0")
 
 
 REFERENCE_ATTENTION = "dnabert_s:reference,esm2:reference"  # files written before the attribute existed
@@ -81,6 +135,7 @@ def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple
     on_temporary(tmp)
     try:
         _write_through_file(raw, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
+        _seal_written(tmp, path)
         verify_shard(tmp, ids)
     except BaseException:
         with suppress(OSError):
@@ -162,12 +217,20 @@ def _new_temporary(path: Path) -> tuple[io.FileIO, Path]:
     return io.FileIO(fd, "wb+"), Path(name)
 
 
+def _seal_written(tmp: Path, path: Path) -> None:
+    """Seal the temporary file; a storage failure on the way is exit 10 naming `path`."""
+    try:
+        seal_file(tmp)
+    except OSError as exc:
+        raise _write_failed(path, exc) from None
+
+
 def _write_through_file(raw: io.FileIO, path: Path, fill: Callable) -> None:
     """Write an HDF5 file through `raw` and `fill(handle, failed)` it (`failed()` tells it that a write
     has failed, so it can stop early); any storage error on the way is exit 10 naming `path`."""
     guard = _StorageGuard(raw)
     try:
-        with _h5py().File(guard, "w") as handle:
+        with _h5py().File(guard, "w", userblock_size=SEAL_BYTES) as handle:
             fill(handle, lambda: guard.error is not None)
     except Exception:
         if guard.error is None:
