@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; checkpointDir ; checkSlurmQueues ; lockOutdir } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; checkModelsDirectory ; checkpointDir ; checkSlurmQueues ; lockOutdir } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -27,12 +27,16 @@ workflow {
         }
         log.info(paramsSummaryLog(params, schema, workflow))
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
+        if (params.models) {
+            // the classifier for --chunk_size is looked for only when no --classifier replaces it
+            checkModelsDirectory(params.models, params.classifier ? null : params.chunk_size)
+        }
         if (params.outdir) {
             lockOutdir(params.outdir)
         }
         PIPELINE_INITIALISATION(
             params.input,
-            params.models
+            params.outdir
         )
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,

@@ -23,6 +23,7 @@ predict writes its tables with, so the two never drift apart.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import itertools
 import json
@@ -38,6 +39,7 @@ except ImportError:
     from virnucpro.calls import ChunkScore, SequenceTally, number_cell
 from typing import Iterator, Sequence
 
+EXIT_BAD_INPUT = 3  # CONTRACTS.md: bad input
 EXIT_INCONSISTENT = 5  # CONTRACTS.md: inconsistent inputs between stages
 EXIT_OUTPUT = 10  # CONTRACTS.md: an output could not be written
 REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
@@ -484,9 +486,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virnucpro summary: {exc}", file=sys.stderr)
         return EXIT_INCONSISTENT
     except OSError as exc:  # every read turns its OSError into Inconsistent: this is --out or --mqc
-        print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n"
-              "  fix: free space or choose a writable output folder", file=sys.stderr)
-        return EXIT_OUTPUT
+        return write_failed(exc)
+
+
+def write_failed(exc: OSError) -> int:
+    """One message for an --out or --mqc that could not be written. A name too long for the file
+    system is the caller's (a long sample name), exit 3, not the storage's (exit 10: disk full, ...)."""
+    if exc.errno == errno.ENAMETOOLONG:
+        print(f"virnucpro summary: cannot write {exc.filename}: the file name is too long for the file system\n"
+              "  fix: give a shorter --out name (in the pipeline: a shorter sample name)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n"
+          "  fix: free space or choose a writable output folder", file=sys.stderr)
+    return EXIT_OUTPUT
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The pipeline's config closures, evaluated by Groovy exactly as Nextflow evaluates them: retry
-rules, the token budget after a GPU out-of-memory, the container options of EMBED, publishing.
+rules, the token budget after a GPU out-of-memory, the container options of EMBED, publishing;
+and the start-up checks of the utils subworkflow (output folders, models folder, sample names).
 
 The chain of tasks itself runs on the real engine in tests/pipeline/ (.ci/run); these checks cover
 what no CPU run exercises (exit 7 from a GPU, containers with GPUs) in milliseconds.
@@ -16,6 +17,8 @@ from nextflow_helpers import (
     GroovyRenderer,
     assignments,
     config_params,
+    mask,
+    matching,
     parse_pipeline,
     profile_params,
     selector_blocks,
@@ -138,3 +141,140 @@ def test_task_shell_is_the_configured_one():
     block = text[text.index("process.shell = ["):]
     block = block[:block.index("]") + 1]
     assert re.findall(r"'([^']+)'", block) == TASK_SHELL
+
+
+# --------------------------------------------------------------------------------------------------
+# Start-up checks of subworkflows/local/utils_virnucpro_pipeline, run by Groovy on real folders
+# --------------------------------------------------------------------------------------------------
+
+UTILS = REPO / "subworkflows" / "local" / "utils_virnucpro_pipeline" / "main.nf"
+
+# What those functions take from Nextflow: file() gives a Path, which knows exists(),
+# isDirectory(), name and toUriString() (Nextflow's FilesEx); error() stops the run with its message.
+NEXTFLOW_STAND_INS = """
+ExpandoMetaClass.enableGlobally()
+java.nio.file.Path.metaClass.exists = { -> java.nio.file.Files.exists(delegate) }
+java.nio.file.Path.metaClass.isDirectory = { -> java.nio.file.Files.isDirectory(delegate) }
+java.nio.file.Path.metaClass.getName = { -> delegate.fileName.toString() }
+java.nio.file.Path.metaClass.toUriString = { -> delegate.toUri().toString() }
+def file(String path) { java.nio.file.Paths.get(path) }
+def error(String message) { throw new IllegalStateException(message) }
+def outcome(Closure call) {
+    try { call(); return 'passed' } catch (IllegalStateException e) { return e.message }
+}
+"""
+
+
+def _utils_functions(*names: str) -> str:
+    """The Groovy source of the named top-level functions of the utils subworkflow."""
+    text = UTILS.read_text()
+    masked = mask(text)
+    found = []
+    for name in names:
+        start = re.search(r"^def %s\(" % name, masked, re.M).start()
+        found.append(text[start:matching(masked, masked.index("{", start)) + 1])
+    return "\n".join(found)
+
+
+def _startup_check(groovy, functions, call: str, work_dir: str = "/work-of-no-run") -> str:
+    """'passed', or the message the check stops the run with."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions(*functions),
+                      f"workflow = [workDir: file('{work_dir}')]", f"outcome {{ {call} }}"])
+    return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+
+
+def _outdir_check(groovy, outdir) -> str:
+    return _startup_check(groovy, ["refuseNestedOutdir", "commandMarker", "canonicalPath"],
+                          f"refuseNestedOutdir(file('{outdir}'))", work_dir=str(outdir.parent / "work"))
+
+
+def _sample_folders_check(groovy, outdir, ids) -> str:
+    return _startup_check(groovy, ["refuseCommandOutputs", "commandMarker", "quoted"],
+                          f"refuseCommandOutputs({outdir!r}, {ids!r})" if outdir else f"refuseCommandOutputs(null, {ids!r})")
+
+
+@pytest.mark.parametrize("marker", [".virnucpro.json", ".virnucpro.lock", ".virnucpro.lock.pid"])
+def test_an_outdir_that_is_a_virnucpro_command_output_is_refused(groovy, tmp_path, marker):
+    """`virnucpro prepare x.fa --outdir X` then a run with --outdir X: refused, not mixed into X."""
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / marker).write_text("")
+    message = _outdir_check(groovy, tmp_path / "cli")
+    assert f"--outdir {tmp_path / 'cli'} is the output folder of a virnucpro command" in message
+    assert marker in message and "choose another --outdir" in message
+    assert "inside" in _outdir_check(groovy, tmp_path / "cli" / "nested")
+
+
+def test_the_pipelines_own_outdir_is_not_taken_for_a_command_output(groovy, tmp_path):
+    """A rerun (or -resume) into the same --outdir: its published files hold no command marker."""
+    outdir = tmp_path / "results"
+    (outdir / "pipeline_info").mkdir(parents=True)
+    (outdir / "pipeline_info" / ".virnucpro-run.lock").write_text("")
+    (outdir / "sample_a").mkdir()
+    (outdir / "sample_a" / "chunks.tsv").write_text("chunk_id\n")
+    assert _outdir_check(groovy, outdir) == "passed"
+    assert _sample_folders_check(groovy, str(outdir), ["sample_a"]) == "passed"
+    assert _outdir_check(groovy, tmp_path / "fresh") == "passed"
+    markers = [path for process in PROCESSES.values() for output in process.outputs for path in output.paths
+               if ".virnucpro" in path]
+    assert not markers, f"the pipeline declares (so may publish) a virnucpro command's marker: {markers}"
+
+
+def test_a_sample_folder_that_is_a_virnucpro_command_output_is_refused(groovy, tmp_path):
+    """`virnucpro prepare ... --outdir results/coding`, then sample `coding` into --outdir results."""
+    outdir = tmp_path / "results"
+    (outdir / "coding").mkdir(parents=True)
+    (outdir / "coding" / ".virnucpro.json").write_text("{}")
+    (outdir / "earlier_1").mkdir()
+    message = _sample_folders_check(groovy, str(outdir), ["new_1", "coding", "earlier_1"])
+    assert f"{outdir / 'coding'} (it holds .virnucpro.json)" in message
+    assert "sample 'coding'" in message and "choose another --outdir or rename the sample" in message
+    assert "earlier_1" not in message and "new_1" not in message
+    assert _sample_folders_check(groovy, str(outdir), ["new_1", "earlier_1"]) == "passed"
+    assert _sample_folders_check(groovy, None, ["coding"]) == "passed"
+
+
+def _models_check(groovy, models, chunk_size) -> str:
+    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles"],
+                          f"checkModelsDirectory('{models}', {chunk_size if chunk_size else 'null'})")
+
+
+def test_a_models_folder_without_models_is_refused_at_start_up(groovy, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = _models_check(groovy, empty, 300)
+    assert f"--models {empty} is not a models directory" in message
+    assert f"`virnucpro models check {empty}`" in message
+    assert "esm2_t36_3B_UR50D.pt" in message and "DNABERT-S" in message and "300_model.pth" in message
+    assert "does not exist" in _models_check(groovy, tmp_path / "gone", 300)
+    (tmp_path / "file").write_text("")
+    assert "is not a directory" in _models_check(groovy, tmp_path / "file", 300)
+
+
+def test_a_models_folder_with_a_manifest_or_the_standard_names_passes(groovy, tmp_path):
+    manifest = tmp_path / "manifest"
+    manifest.mkdir()
+    (manifest / "manifest.json").write_text("{}")
+    assert _models_check(groovy, manifest, 500) == "passed"
+    staged = tmp_path / "staged"
+    (staged / "DNABERT-S").mkdir(parents=True)
+    (staged / "esm2_t36_3B_UR50D.pt").write_text("")
+    (staged / "300_model.pth").write_text("")
+    assert _models_check(groovy, staged, 300) == "passed"
+    assert _models_check(groovy, staged, None) == "passed"  # --classifier replaces the folder's
+    message = _models_check(groovy, staged, 500)
+    assert "500_model.pth" in message and "esm2" not in message
+
+
+def _sample_names_check(groovy, ids) -> str:
+    return _startup_check(groovy, ["checkSampleNames", "sampleNameLimit", "quoted"],
+                          f"checkSampleNames({ids!r}, 'in samples.csv', 'rename the sample')")
+
+
+def test_a_sample_name_too_long_for_its_files_is_refused_at_start_up(groovy):
+    import json
+    limit = json.loads((REPO / "assets" / "schema_input.json").read_text())["items"]["properties"]["sample"]["maxLength"]
+    assert _sample_names_check(groovy, ["a" * limit, "b"]) == "passed"
+    assert limit + len(".summary.tsv") <= 255  # PREDICT's <sample>.summary.tsv fits a file name
+    message = _sample_names_check(groovy, ["ok", "x" * (limit + 1)])
+    assert f"'{'x' * (limit + 1)}' in samples.csv is longer than {limit} characters" in message
+    assert message.endswith("rename the sample")

@@ -341,3 +341,24 @@ def test_docs_list_every_parameter_and_profile():
     assert table_rows == set(_schema_params()), "docs/usage.md parameter table out of step with the schema"
     for profile in profile_bodies(CONFIG.read_text()):
         assert f"`{profile}`" in docs, f"profile {profile} is not described in docs/usage.md"
+
+
+
+def test_summary_says_a_file_name_too_long_is_a_name_not_a_full_disk(tmp_path):
+    """A sample name too long for `<sample>.summary.tsv`: exit 3 and "too long", not "free space"."""
+    import subprocess
+    import sys
+    script = REPO / "bin" / "virnucpro_summary.py"
+    columns = ["sample", "input_records", "sequences", "chunks", "orfs", "sequences_virus", "sequences_others",
+               "sequences_no_orf", "sequences_empty", "chunks_virus", "chunks_others", "chunks_no_orf", "reconciled"]
+    row = tmp_path / "s.summary.tsv"
+    row.write_text("\t".join(columns) + "\n" + "\t".join(["s"] + ["0"] * 11 + ["yes"]) + "\n")
+    long_name = tmp_path / ("x" * 250 + ".summary.tsv")
+    done = subprocess.run([sys.executable, str(script), "merge", str(row), "--out", str(long_name),
+                           "--mqc", str(tmp_path / "mqc.tsv")], capture_output=True, text=True)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert "file name is too long" in done.stderr and "free space" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, str(script), "merge", str(row), "--out", str(tmp_path / "no" / "t.tsv"),
+                           "--mqc", str(tmp_path / "mqc.tsv")], capture_output=True, text=True)
+    assert done.returncode == ExitCode.OUTPUT_WRITE and "cannot write" in done.stderr, done.stderr

@@ -125,6 +125,8 @@ def _paths(tmp: Path):
         "bad_name.csv": "sample,file\npatient1,reads/p1.fa\n\"bad name/1\",reads/p2.fa\n",
         "missing_file.tsv": "sample\tfile\npatient1\treads/p1.fa\npatient2\treads/missing.fa\n",
         "several.csv": "sample,file\n,reads/p1.fa\nok,reads\n",
+        # <sample>.summary.tsv would pass the file system's 255 characters a name
+        "long_name.csv": "sample,file\n%s,reads/p1.fa\n%s,reads/p2.fa\n" % ("x" * 200, "y" * 201),
         "empty.csv": "sample,file\n",
     }
     for name, text in sheets.items():
@@ -230,6 +232,13 @@ def test_bad_sample_name_is_refused(results):
     message = _refused(results, "bad_name.csv")
     assert "* row 2, column sample: sample must be given and may hold only" in message, message
     assert "bad name/1" in message and "(1 problem)" in message, message
+
+
+def test_a_sample_name_too_long_for_a_file_name_is_refused(results):
+    message = _refused(results, "long_name.csv")
+    assert "* row 2, column sample: sample must be given and may hold only" in message, message
+    assert "at most 200" in message and "is longer than 200 characters" in message, message
+    assert "row 1" not in message and "(1 problem)" in message, message
 
 
 def test_missing_file_is_refused(results):

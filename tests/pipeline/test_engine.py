@@ -206,6 +206,54 @@ def test_an_outdir_inside_another_runs_outdir_or_the_work_dir_is_refused(tmp_pat
     assert_refused_before_any_task(run, "inside the work directory")
 
 
+def folder_state(folder: Path) -> dict:
+    """Every file under `folder` (hidden ones included) with its size and modification time."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def cli_prepare(outdir: Path) -> Path:
+    """A `virnucpro prepare` output folder (it holds the command's marker and lock files)."""
+    done = subprocess.run([str(Path(task_env()["PATH"].split(os.pathsep)[0]) / "virnucpro"), "prepare",
+                           str(TEST_INPUTS / "sample_a.fasta"), "--outdir", str(outdir)],
+                          capture_output=True, text=True, env=task_env(), timeout=300)
+    assert done.returncode == 0 and (outdir / ".virnucpro.json").is_file(), done.stderr[-3000:]
+    return outdir
+
+
+def test_an_outdir_or_sample_folder_that_is_a_virnucpro_command_output_is_refused(tmp_path):
+    """The pipeline would mix its results into a command's folder, or replace its tables."""
+    launch = tmp_path / "launch"
+    cli = cli_prepare(launch / "cli")
+    before = folder_state(cli)
+    run = run_pipeline(launch, "-profile", "test", outdir="cli")
+    assert_refused_before_any_task(run, f"--outdir {cli} is the output folder of a virnucpro command")
+    # the command's files untouched; Nextflow itself opens its trace file (nextflow.config) before
+    # the script runs, so that file alone is added
+    after = folder_state(cli)
+    assert {name: after[name] for name in before} == before
+    assert all(name.startswith("pipeline_info/execution_trace_") for name in set(after) - set(before)), after
+    coding = cli_prepare(launch / "results" / "coding")
+    before = folder_state(coding)
+    sheet = write_samplesheet(tmp_path / "sheet.csv", [("coding", TEST_INPUTS / "sample_a.fasta")])
+    run = run_pipeline(launch, "-profile", "test", "--input", str(sheet))
+    assert_refused_before_any_task(run, f"{coding} (it holds .virnucpro.json)", "sample 'coding'", "rename the sample")
+    assert folder_state(coding) == before
+
+
+def test_an_empty_models_folder_or_a_too_long_sample_name_is_refused(tmp_path):
+    """Found at start-up, not by EMBED after PREPARE ran, or by PREDICT at the end of the run."""
+    models = tmp_path / "models"
+    models.mkdir()
+    run = run_pipeline(tmp_path / "models_run", "-profile", "test", "--models", str(models))
+    assert_refused_before_any_task(run, f"--models {models} is not a models directory",
+                                   f"`virnucpro models check {models}`")
+    (tmp_path / "reads").mkdir()
+    shutil.copy(TEST_INPUTS / "sample_a.fasta", tmp_path / "reads" / ("x" * 201 + ".fa"))
+    run = run_pipeline(tmp_path / "long_run", "-profile", "test", "--input", str(tmp_path / "reads" / "x*.fa"))
+    assert_refused_before_any_task(run, "is longer than 200 characters", "use a samplesheet")
+
+
 def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     """errorStrategy 'finish': one bad file must not kill another sample's EMBED under way. The bad
     sample's file is a FIFO, fed only once the good sample's EMBED runs."""

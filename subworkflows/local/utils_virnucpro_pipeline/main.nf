@@ -6,14 +6,12 @@ include { samplesheetToList } from '../utils_schema'
 workflow PIPELINE_INITIALISATION {
     take:
     input           // string: FASTA/FASTQ files or a glob (one sample each), or a samplesheet
-    models          // string: models directory, or null (tiny models or the download step)
+    outdir          // string: --outdir, where each sample's results go (<outdir>/<sample>/)
 
     main:
-    if (models) {
-        checkModelsDirectory(models)
-    }
-
-    def ch_samples = isSamplesheet(input) ? samplesFromSamplesheet(input) : samplesFromFiles(input)
+    def sample_list = isSamplesheet(input) ? samplesFromSamplesheet(input) : samplesFromFiles(input)
+    refuseCommandOutputs(outdir, sample_list.collect { sample -> sample[0].id })
+    def ch_samples = channel.fromList(sample_list)
 
     emit:
     samples = ch_samples // channel: [ val(meta), [ reads ] ]
@@ -24,16 +22,15 @@ def isSamplesheet(String input) {
     return input ==~ /(?i).*\.(csv|tsv|ya?ml|json)$/
 }
 
-// One sample per samplesheet `sample`; its rows (one file each) are the sample's input files.
+// One sample per samplesheet `sample`; its rows (one file each, in the sheet's order) are the
+// sample's input files. A list, not a channel: the sample names are checked before any task.
 def samplesFromSamplesheet(String samplesheet) {
     def rows = samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json")
     checkSampleNames(rows.collect { row -> row[0].id }.unique(), "in ${samplesheet}", 'rename the sample')
     checkRepeatedFiles(rows, samplesheet)
-    return channel
-        .fromList(rows)
-        .map { meta, reads -> [meta.id, reads] }
-        .groupTuple()
-        .map { id, reads -> [[id: id], reads] }
+    return rows
+        .groupBy { row -> row[0].id }
+        .collect { id, group -> [[id: id], group.collect { row -> row[1] }] }
 }
 
 // One sample per file, named after the file without its FASTA/FASTQ and compression extensions.
@@ -42,7 +39,7 @@ def samplesFromFiles(String pattern) {
     def rows = files(pattern, checkIfExists: true)
         .collect { reads -> [[id: sampleIdFromPath(reads)], [reads]] }
         .sort { a, b -> a[0].id <=> b[0].id }
-    return channel.fromList(checkUniqueSampleIds(rows))
+    return checkUniqueSampleIds(rows)
 }
 
 def sampleIdFromPath(reads) {
@@ -63,11 +60,17 @@ def checkUniqueSampleIds(List rows) {
 // A sample name becomes a folder name: <outdir>/<sample>/ beside the run's own pipeline_info/,
 // multiqc/ and virnucpro_summary.tsv, and the sample's checkpoint folder. So it holds only letters,
 // digits, '.', '_' and '-' (the samplesheet's pattern), is none of those names, and no two names
-// differ only in case (they would share one folder on macOS and Windows file systems).
+// differ only in case (they would share one folder on macOS and Windows file systems). It is at
+// most sampleNameLimit() characters: file systems allow 255 per name, and PREDICT writes
+// <sample>.summary.tsv (a longer name failed only there, at the end of the run).
 def checkSampleNames(List ids, String where, String fix) {
     def malformed = ids.findAll { id -> !(id ==~ /[A-Za-z0-9][A-Za-z0-9._-]*/) }
     if (malformed) {
         error("Sample name ${quoted(malformed)} ${where} may hold only letters, digits, '.', '_' and '-', starting with a letter or digit (it names the sample's results folder); ${fix}")
+    }
+    def tooLong = ids.findAll { id -> id.length() > sampleNameLimit() }
+    if (tooLong) {
+        error("Sample name ${quoted(tooLong)} ${where} is longer than ${sampleNameLimit()} characters (it names the sample's results files); ${fix}")
     }
     def reserved = ids.findAll { id -> id.toLowerCase() in ['pipeline_info', 'multiqc', 'virnucpro_summary.tsv'] }
     if (reserved) {
@@ -77,6 +80,11 @@ def checkSampleNames(List ids, String where, String fix) {
     if (sameFolder) {
         error("Sample names ${sameFolder.collect { names -> quoted(names) }.join('; ')} ${where} differ only in case and would share one results folder on some file systems; ${fix}")
     }
+}
+
+// The longest sample name, in characters (the same as maxLength of `sample` in assets/schema_input.json)
+def sampleNameLimit() {
+    return 200
 }
 
 def quoted(List names) {
@@ -128,8 +136,9 @@ def lockOutdir(String outdir) {
 }
 
 // Two runs never share an output folder, nested ones included: an --outdir inside another run's
-// --outdir (it holds pipeline_info/.virnucpro-run.lock), inside a `virnucpro` command's output
-// (.virnucpro.json) or inside the work directory is refused before any task.
+// --outdir (it holds pipeline_info/.virnucpro-run.lock), inside the work directory, or that is or is
+// inside a `virnucpro` command's output (commandMarker) is refused before any task, and before this
+// run writes its own lock there.
 def refuseNestedOutdir(dir) {
     def real = file(canonicalPath(dir.parent ?: dir)).resolve(dir.name)
     def work = file(canonicalPath(workflow.workDir))
@@ -141,17 +150,67 @@ def refuseNestedOutdir(dir) {
     if (run) {
         error("--outdir ${dir} is inside ${run}, the --outdir of another run of this pipeline: the two runs' results would mix; choose a folder outside it")
     }
-    def command = ancestors.find { folder -> folder.resolve('.virnucpro.json').exists() }
+    if (commandMarker(real)) {
+        error("--outdir ${dir} is the output folder of a virnucpro command (it holds ${commandMarker(real).name}): this run would mix its results with the command's and replace its files; choose another --outdir")
+    }
+    def command = ancestors.find { folder -> commandMarker(folder) }
     if (command) {
         error("--outdir ${dir} is inside ${command}, an output of a virnucpro command: choose a folder outside it")
     }
 }
 
-def checkModelsDirectory(String models) {
-    def dir = file(models, checkIfExists: true)
+// The file a `virnucpro` command keeps in every folder it writes, or null: its marker (the list of
+// the files it published, .virnucpro.json) or its lock (.virnucpro.lock, or .virnucpro.lock.pid
+// where the file system has no flock), which is there from the command's start. The pipeline
+// publishes none of them into --outdir or <outdir>/<sample>/ (PREDICT publishes its tables one by
+// one, not its folder), so its own earlier results never hold one.
+def commandMarker(folder) {
+    return ['.virnucpro.json', '.virnucpro.lock', '.virnucpro.lock.pid']
+        .collect { name -> folder.resolve(name) }
+        .find { marker -> marker.exists() }
+}
+
+// A sample's results go to <outdir>/<sample>/: when that folder is a `virnucpro` command's output
+// (`virnucpro predict --outdir results/coding`, then a run with a sample `coding` and --outdir
+// results), publishing would replace the command's tables. Refused before any task, naming the
+// folders. Object storage (s3://, gs://) is not checked: no virnucpro command writes there.
+def refuseCommandOutputs(String outdir, List ids) {
+    def dir = outdir ? file(outdir) : null
+    if (dir == null || dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def taken = ids.collect { id -> dir.resolve(id) }.findAll { folder -> commandMarker(folder) }
+    if (taken) {
+        error("${taken.collect { folder -> "${folder} (it holds ${commandMarker(folder).name})" }.join(', ')}: the results folder of sample ${quoted(taken.collect { folder -> folder.name })} is the output of a virnucpro command, which this run would replace; choose another --outdir or rename the sample")
+    }
+}
+
+// A --models folder holds what the tasks will read, checked here by presence only (each task's
+// `virnucpro` checks the files and their checksums): manifest.json, else the standard file names of
+// a hand-staged copy (CONTRACTS.md "Models directory"), the classifier for `chunk_size` included
+// unless it is null (--classifier given). A wrong or empty folder was found only by EMBED, after
+// PREPARE ran.
+def checkModelsDirectory(String models, chunk_size) {
+    def dir = file(models)
+    if (!dir.exists()) {
+        error("--models ${models} does not exist: give the folder written by `virnucpro models download`")
+    }
     if (!dir.isDirectory()) {
         error("--models ${models} is not a directory (expected the layout written by `virnucpro models download`)")
     }
+    def missing = missingModelFiles(dir, chunk_size)
+    if (missing) {
+        error("--models ${models} is not a models directory: it has no manifest.json, nor ${missing.join(', ')} (the standard file names of a hand-staged copy); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
+    }
+}
+
+// The standard model file names a models folder without manifest.json lacks (none when it has one).
+def missingModelFiles(dir, chunk_size) {
+    if (dir.resolve('manifest.json').exists()) {
+        return []
+    }
+    def wanted = ['esm2_t36_3B_UR50D.pt', 'DNABERT-S'] + (chunk_size ? ["${chunk_size}_model.pth".toString()] : [])
+    return wanted.findAll { name -> !dir.resolve(name).exists() }
 }
 
 // Under the slurm profile, a --slurm_queue or --slurm_gpu_queue naming a partition SLURM does not
