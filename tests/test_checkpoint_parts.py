@@ -156,6 +156,16 @@ DAMAGE = {  # what is done to part 1's arrays, and words the warning must hold
     "a header claiming a key of 10**8 characters": (lambda a, n: {"key": header_claiming((), "<U100000000")},
                                                     ("key has dtype",)),
     "an extra array": (lambda a, n: {"note": np.zeros(3)}, ("unexpected array note",)),
+    "half a record": (lambda a, n: {"device": None}, ("missing array device",)),
+    "a device not known": (lambda a, n: {"device": np.array("tpu")}, ("names the device 'tpu'", "not cpu or cuda")),
+    "an attention path not known": (lambda a, n: {"attention": np.array("dnabert_s:magic,esm2:reference")},
+                                    ("unknown attention path 'dnabert_s:magic'",)),
+    "no attention path for a role": (lambda a, n: {"attention": np.array("esm2:fast")},
+                                     ("names no attention path for its dnabert_s vectors",)),
+    "a record of bytes": (lambda a, n: {"device": np.array(b"cpu")}, ("device has dtype", "S3")),
+    "a record in a row": (lambda a, n: {"attention": a["attention"][None]}, ("attention has shape (1,)",)),
+    "a header claiming a record of 10**8 characters": (lambda a, n: {"attention": header_claiming((), "<U100000000")},
+                                                       ("attention has dtype", "at most 256 characters")),
 }
 
 
@@ -209,8 +219,8 @@ def test_failed_part_write_ends_the_command_at_the_next_batch_with_exit_10(tmp_p
         batches.append(args[0])
         return embed_batch(self, *args)
 
-    def written_at_once(self, vectors):  # the write ends before the next batch: the boundary is known
-        save(self, vectors)
+    def written_at_once(self, vectors, made):  # the write ends before the next batch: the boundary is known
+        save(self, vectors, made)
         concurrent.futures.wait(self.pending)
 
     def disk_full_from_part_1(file, *args, **kwargs):
@@ -327,3 +337,91 @@ def test_a_busy_checkpoint_folder_is_waited_for_then_resumed(tmp_path, monkeypat
     second[0].close()
     err = capsys.readouterr().err
     assert "is in use by another virnucpro command" in err and "waiting for it to end" in err
+
+
+@pytest.fixture(scope="module")
+def fast_parts(tmp_path_factory, tiny_models, golden_prepared) -> list[Path]:
+    """The parts of shard 0 embedded on the fast attention path (forced: the CPU default is the reference path)."""
+    import virnucpro.encoders
+
+    out = tmp_path_factory.mktemp("fast") / "s.h5"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(virnucpro.encoders, "choose_path", lambda requested, device: "fast")
+        virnucpro.embed._load_encoders_cached.cache_clear()
+        try:
+            key_folder = embed_keeping_parts(shard(golden_prepared), out, tiny_models)
+        finally:
+            virnucpro.embed._load_encoders_cached.cache_clear()
+    return sorted(key_folder.glob("part_*.npz"))
+
+
+def record(part: Path) -> tuple[str, str]:
+    """(device, attention) recorded in a checkpoint part."""
+    with np.load(part) as data:
+        return str(data["device"]), str(data["attention"])
+
+
+def test_a_resumed_shard_names_every_path_that_computed_its_vectors(tmp_path, run_cli, golden_prepared,
+                                                                   tiny_models, plain, fast_parts):
+    """A run on the fast path killed after 3 parts, resumed on the reference path: the attributes
+    name both paths of both models, not only the paths of the process that wrote the file."""
+    assert {record(part) for part in fast_parts} == {("cpu", "dnabert_s:fast,esm2:fast")}
+    assert {record(part) for part in plain.parts} == {("cpu", "dnabert_s:reference,esm2:reference")}
+    folder = tmp_path / "s.h5.ckpt" / plain.key
+    folder.mkdir(parents=True)
+    for part in fast_parts[:3]:
+        shutil.copy(part, folder)
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu", "--checkpoint-every", EVERY, "--threads", 1)
+    assert code == 0 and "resuming from checkpoint" in message, message
+    ids, nucleotide, protein, attrs = read_h5(tmp_path / "s.h5")
+    assert attrs["attention"] == "dnabert_s:fast,dnabert_s:reference,esm2:fast,esm2:reference"
+    assert attrs["device"] == "cpu"
+    np.testing.assert_allclose(nucleotide, plain.rows[1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(protein, plain.rows[2], atol=1e-5, rtol=0)
+
+
+def test_a_part_computed_on_another_device_is_named_in_the_device_attribute(tmp_path, run_cli, golden_prepared,
+                                                                           tiny_models, plain):
+    """Part 1 computed on a GPU (its record says so), the rest here: device 'cpu+cuda', which readers accept."""
+    from virnucpro import h5shard
+
+    content = npz_bytes({**genuine(plain, 1), "device": np.array("cuda")})
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
+    assert code == 0 and "damaged" not in message, message
+    assert read_h5(tmp_path / "s.h5")[3]["device"] == "cpu+cuda"
+    assert h5shard.read_info(tmp_path / "s.h5").device == "cpu+cuda"
+
+
+def test_a_part_of_an_older_virnucpro_is_used_and_said_unknown(tmp_path, run_cli, golden_prepared, tiny_models,
+                                                              plain):
+    """A part without the record (written before parts kept one): its vectors are used, and the
+    attributes say honestly that what computed them is unknown."""
+    from virnucpro import h5shard
+
+    arrays = genuine(plain, 1)
+    content = npz_bytes({name: array for name, array in arrays.items() if name not in ("device", "attention")})
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
+    assert code == 0 and "damaged" not in message, message
+    assert "do not record which device and attention path computed them" in message
+    with np.load(plain.parts[0]) as sound:
+        nucleotides = plain.distinct["dnabert_s"] - len(sound["dnabert_s_index"]) - len(arrays["dnabert_s_index"])
+    assert f"computed {nucleotides} nucleotide" in message, "part 1 was used"
+    attrs = read_h5(tmp_path / "s.h5")[3]
+    assert attrs["device"] == "cpu+unknown"
+    assert attrs["attention"] == "dnabert_s:reference,dnabert_s:unknown,esm2:reference,esm2:unknown"
+    assert h5shard.read_info(tmp_path / "s.h5").device == "cpu+unknown"
+
+
+@pytest.mark.parametrize("device", ["cuda+cpu", "cpu+cpu", "cpu+tpu", "", "cpu+"])
+def test_the_device_attribute_is_devices_joined_in_sorted_order(tmp_path, tiny_models, golden_prepared, device):
+    from h5_helpers import edited_shard
+    from virnucpro import h5shard
+    from virnucpro.errors import InconsistentInputsError
+
+    out = tmp_path / "s.h5"
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", threads=1)
+    with edited_shard(out) as handle:
+        handle.attrs["device"] = device
+    with pytest.raises(InconsistentInputsError, match="attribute device must be cpu or cuda, or several"):
+        h5shard.read_info(out)

@@ -249,3 +249,17 @@ def test_a_pickle_calling_bytearray_is_refused_before_unpickling(tmp_path):
     torch.save(_CallsOnUnpickle(bytearray, 10**6), evil)
     with pytest.raises(ModelsError, match=r"refused: .*builtins\.bytearray"):
         load_classifier(evil)
+
+
+@pytest.mark.parametrize("kind", ["original", "safetensors"])
+def test_a_classifier_with_non_finite_weights_is_exit_4_at_load_naming_them(tmp_path, kind):
+    """Every score would be NaN, found only after all the embedding, and blamed on the embeddings."""
+    from safetensors.torch import save_file
+
+    model = MLPClassifier(80, 16, 2)
+    with torch.no_grad():
+        model.output_layer.bias[1] = float("nan")
+    path = tmp_path / ("nan.pth" if kind == "original" else "nan.safetensors")
+    save_original_way(model, path) if kind == "original" else save_file(model.state_dict(), str(path))
+    with pytest.raises(ModelsError, match="nan.* holds NaN/Inf values in output_layer.bias"):
+        load_classifier(path)

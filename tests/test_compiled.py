@@ -210,10 +210,11 @@ def raising_from_compile(error: BaseException):
     return fused
 
 
-@pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access was encountered"),
-                                   KeyError("not a compile error")], ids=["cuda", "other"])
-def test_errors_that_are_not_compile_errors_are_not_hidden_by_a_fallback(encoders, error, monkeypatch):
-    """A CUDA failure reaches embed (exit 8) as it is; the compiled path stays chosen."""
+def test_a_cuda_failure_is_not_hidden_by_a_fallback(encoders, monkeypatch):
+    """A CUDA failure reaches embed (exit 8) as it is (no path would work on that device); the
+    compiled path stays chosen."""
+    error = RuntimeError("CUDA error: an illegal memory access was encountered")
+
     def fused(function):
         def raising(*args, **kwargs):
             raise error
@@ -221,9 +222,129 @@ def test_errors_that_are_not_compile_errors_are_not_hidden_by_a_fallback(encoder
 
     encoder = encoders["esm2"]
     monkeypatch.setattr(compiled, "fused", fused)
-    with pytest.raises(type(error)):
+    with pytest.raises(RuntimeError, match="illegal memory access"):
         encoder.forward(encoder.collate(tokens_for("esm2", encoder, [40, 4])))
     assert encoder.path == FAST_COMPILED
+
+
+def fresh(kind: str, reference_dir, esm_checkpoints, compile: bool):  # noqa: F811
+    """A tiny encoder of its own on the fast path (a test may move it to a safer path)."""
+    if kind == "esm2":
+        return Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="fast", compile=compile)
+    return DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast", compile=compile)
+
+
+def raising_attention(error: BaseException):
+    """A stand-in for batching._flex: FlexAttention that raises `error` (for any stream)."""
+    def flex(on_gpu):
+        def raising(*args, **kwargs):
+            raise error
+        return raising
+
+    return flex
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
+def test_an_uncompiled_fast_path_failing_mid_run_falls_back_to_the_reference_path(
+        kind, reference_dir, esm_checkpoints, monkeypatch, capsys):  # noqa: F811
+    """On a GPU the uncompiled fast path still compiles FlexAttention, which may fail for a new
+    stream length: one warning, the reference path for this batch and every later one."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from virnucpro.encoders import batching
+
+    encoder = fresh(kind, reference_dir, esm_checkpoints, compile=False)
+    assert encoder.path == "fast"
+    capsys.readouterr()
+    collated = encoder.collate(tokens_for(kind, encoder, [300, 20, 7], seed=5))
+    expected = encoder._run(collated, "reference")
+    monkeypatch.setattr(batching, "_flex", raising_attention(TorchDynamoException("recompiling failed")))
+    assert torch.equal(encoder.forward(collated), expected) and encoder.path == "reference"
+    assert torch.equal(encoder.forward(collated), expected)
+    warned = " ".join(capsys.readouterr().err.split())
+    assert warned.count("warning:") == 1, warned
+    assert ("the fast attention path failed on a batch (TorchDynamoException: recompiling failed); using the "
+            "reference path from now on") in warned
+
+
+def test_compiled_and_fast_failing_on_one_batch_is_one_warning_and_the_reference_path(
+        reference_dir, esm_checkpoints, monkeypatch, capsys):  # noqa: F811
+    from virnucpro.encoders import batching
+
+    encoder = fresh("dnabert_s", reference_dir, esm_checkpoints, compile=True)
+    assert encoder.path == FAST_COMPILED
+    capsys.readouterr()
+    collated = encoder.collate(tokens_for("dnabert_s", encoder, [90, 33, 4], seed=6))
+    expected = encoder._run(collated, "reference")
+    monkeypatch.setattr(batching, "_flex", raising_attention(KeyError("a kernel bug")))
+    assert torch.equal(encoder.forward(collated), expected) and encoder.path == "reference"
+    warned = " ".join(capsys.readouterr().err.split())
+    assert warned.count("warning:") == 1, warned
+    assert ("the compiled fast path failed on a batch (KeyError: 'a kernel bug'); the fast attention path "
+            "failed on it too (KeyError: 'a kernel bug'); using the reference path from now on") in warned
+
+
+@pytest.mark.parametrize("error", ["out of memory", "stop"])
+def test_what_must_propagate_from_the_uncompiled_fast_path_does(error, reference_dir, esm_checkpoints,  # noqa: F811
+                                                                monkeypatch, capsys):
+    """Out-of-memory (embed halves the batch) and a stop signal (exit 6), also wrapped by
+    torch.compile, end the call as they are: no fallback, no warning."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from virnucpro.encoders import batching
+    from virnucpro.errors import InterruptedByUser
+
+    inner = (torch.cuda.OutOfMemoryError("CUDA out of memory") if error == "out of memory"
+             else InterruptedByUser("SIGTERM received"))
+    encoder = fresh("esm2", reference_dir, esm_checkpoints, compile=False)
+    capsys.readouterr()
+    for raised in (inner, BackendCompilerFailed(lambda: None, inner, None)):
+        monkeypatch.setattr(batching, "_flex", raising_attention(raised))
+        with pytest.raises(type(inner)):
+            encoder.forward(encoder.collate(tokens_for("esm2", encoder, [40, 4])))
+        assert encoder.path == "fast"
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_fast_path_failing_mid_shard_ends_in_exit_0_and_a_truthful_record(tiny_models, golden_prepared, tmp_path,
+                                                                            run_cli, monkeypatch):
+    """embed on the fast path whose FlexAttention fails for every batch after load: each model
+    warns once, every batch is recomputed on the reference path, the shard equals a reference
+    run's, and its `attention` attribute names the reference path."""
+    import virnucpro.embed
+    import virnucpro.encoders
+    from checkpoint_helpers import read_h5
+    from test_embed import shard
+    from torch._dynamo.exc import TorchDynamoException
+
+    from virnucpro.encoders import batching
+
+    def embedder_with_failing_attention(self, *args, **kwargs):
+        monkeypatch.setattr(batching, "_flex", raising_attention(TorchDynamoException("new length")))
+        real_init(self, *args, **kwargs)
+
+    code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "ref.h5",
+                        "--device", "cpu")
+    assert code == 0, err
+    real_init = virnucpro.embed.Embedder.__init__
+    monkeypatch.setattr(virnucpro.embed.Embedder, "__init__", embedder_with_failing_attention)
+    monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device: "fast")
+    virnucpro.embed._load_encoders_cached.cache_clear()
+    try:
+        code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu")
+    finally:
+        virnucpro.embed._load_encoders_cached.cache_clear()
+    assert code == 0, err
+    warned = " ".join(err.split())
+    assert warned.count("warning:") == 2, warned  # one per model
+    for model in ("DNABERT-S", "ESM-2"):
+        assert warned.count(f"{model}: the fast attention path failed on a batch (TorchDynamoException") == 1
+    ids, nucleotide, protein, attrs = read_h5(tmp_path / "s.h5")
+    _, expected_nucleotide, expected_protein, _ = read_h5(tmp_path / "ref.h5")
+    np.testing.assert_allclose(nucleotide, expected_nucleotide, atol=EXACT, rtol=0)
+    np.testing.assert_allclose(protein, expected_protein, atol=EXACT, rtol=0)
+    assert attrs["attention"] == "dnabert_s:reference,esm2:reference"
 
 
 def test_out_of_memory_while_compiling_is_left_to_embed(encoders, monkeypatch):
@@ -377,6 +498,28 @@ def test_compiled_kernels_are_cached_for_the_next_task(reference_dir, tmp_path):
     assert first["path"] == FAST_COMPILED and first["misses"] > 0 and any(cache.iterdir())
     second = task()
     assert second["path"] == FAST_COMPILED and second["hits"] > 0 and second["misses"] == 0
+
+
+def test_a_damaged_compile_cache_is_one_warning_not_tracebacks(reference_dir, tmp_path):
+    """Every file of a filled cache overwritten: torch ignores the entries and compiles again, and
+    says so as one virnucpro warning instead of a traceback per entry."""
+    cache = tmp_path / "compile-cache"
+    env = {k: v for k, v in os.environ.items() if k != compiled.TORCH_CACHE_VARIABLE}
+
+    def task() -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(reference_dir / "dnabert_s_tiny"), str(cache)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["path"] == FAST_COMPILED, done.stderr
+        return done
+
+    task()
+    damaged = [path for path in cache.rglob("*") if path.is_file()]
+    for path in damaged:
+        path.write_bytes(b"garbage")
+    err = task().stderr
+    assert damaged and "Traceback" not in err and "unable to load" not in err, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"compile cache {cache}: an entry could not be read" in warnings[0], err
 
 
 def test_no_compile_reaches_the_encoders(monkeypatch, tmp_path):

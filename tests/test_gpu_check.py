@@ -51,3 +51,21 @@ def test_runs_without_fair_esm_or_biopython(smoke):
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & set(ABSENT)
+
+
+def test_mfu_is_not_applicable_on_the_cpu(smoke):
+    """A CPU's fp16 GEMM bounds nothing the GPU run measures: no percentage against it."""
+    done, _ = smoke
+    summary = done.stdout.split("\n== summary", 1)[1]
+    assert "MFU and 'of GEMM' n/a on the CPU" in summary
+    rows = [line.split() for line in summary.splitlines() if line.startswith(("  dnabert_s ", "  esm2 "))]
+    rows = [row for row in rows if len(row) > 6 and row[1] in ("reference", "fast", "fast+compiled")]
+    assert len(rows) == 6 and all(row[5:7] == ["n/a", "n/a"] for row in rows), summary
+
+
+def test_the_smoke_run_names_the_branches_only_a_gpu_runs():
+    """`--cpu-smoke` is not every code path: the docstring says which branches need a GPU."""
+    text = " ".join(ast.get_docstring(ast.parse(SCRIPT.read_text())).split())
+    for branch in ("varlen_attn", "batching._flex(True)", "create_block_mask(..., _compile=True)"):
+        assert branch in text, branch
+    assert "every code path" not in text

@@ -251,3 +251,21 @@ def test_a_duplicate_on_standard_input_is_named(tmp_path):
     done = virnucpro("prepare", "-", "--outdir", tmp_path / "out", input=DNA + DNA)
     assert done.returncode == 3
     assert "duplicate sequence id 's1'" in done.stderr and "standard input" in done.stderr, done.stderr
+
+
+def test_a_file_size_limit_is_exit_10_saying_so(tmp_path):
+    """Under `ulimit -f`, a write past the limit fails with EFBIG (Python ignores SIGXFSZ): exit 10
+    naming where it wrote and the limit to raise, not 'free space'."""
+    import resource
+
+    reads = tmp_path / "big.fa"
+    reads.write_text("".join(f">r{i}\n{'ATGAAACCCGGGTTTTAA' * 40}\n" for i in range(3000)))
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, 40 * 1024))
+
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(reads), "--outdir", str(tmp_path / "q")],
+                          capture_output=True, text=True, preexec_fn=limit_file_size, timeout=120)
+    assert done.returncode == 10, done.stderr
+    assert "cannot write" in done.stderr and "ulimit -f" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "free space" not in done.stderr, done.stderr

@@ -341,6 +341,54 @@ def test_run_checks_inputs_before_models_and_the_classifier_before_embedding(tmp
     assert not (out / WORK / "embeddings").exists() and not (out / WORK / "checkpoints").exists()
 
 
+def test_run_prepares_before_a_model_download_so_a_bad_record_costs_no_download(tmp_path, run_cli):
+    """With models to download, a duplicate id (found only by reading every record) is exit 3 before
+    any download is tried (nothing here can reach a model server: a try would be exit 4)."""
+    reads = tmp_path / "dup.fa"
+    reads.write_text(">a\nACGTACGTAAATTTGGGCCC\n>a\nACGT\n")
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    code, message = run_cli("run", reads, "--outdir", tmp_path / "o", "--models", empty_models, "--device", "cpu")
+    assert code == 3 and "duplicate" in message.lower(), message
+    assert not any(empty_models.iterdir()), "nothing downloaded"
+
+
+def test_a_custom_chunk_size_without_a_classifier_is_a_usage_error(tmp_path, reference_dir, tiny_models, run_cli):
+    """Only 300 and 500 have published classifiers: `run` says so before any work, `predict` once it
+    reads the prepared chunk size, both exit 2 naming --classifier."""
+    fasta = reference_dir / "vanilla/test_with_orfs.fa"
+    code, message = run_cli("run", fasta, "--outdir", tmp_path / "r", "--models", tiny_models, "--chunk-size", "400",
+                            "--allow-any-chunk-size")
+    assert code == 2 and "--classifier" in message and not (tmp_path / "r").exists(), message
+    code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "p", "--chunk-size", "400",
+                            "--allow-any-chunk-size")
+    assert code == 0, message
+    code, message = run_cli("predict", "--prepared", tmp_path / "p", "--embeddings", tmp_path / "none.h5",
+                            "--outdir", tmp_path / "o", "--models", tiny_models)
+    assert code == 2 and "chunk size 400" in message and "--classifier" in message, message
+
+
+def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_dir, tiny_models, run_cli,
+                                                           golden_prepared, golden_embeddings):
+    """Both classifiers take the same features: one known (by its checksum in a models manifest) to be
+    made for 300-bp chunks is exit 5 on a 500-bp sample, in predict and before any work in run; a copy
+    elsewhere is known too, and the right one is accepted."""
+    wrong = tmp_path / "copied.pth"
+    shutil.copy(tiny_models / "300_model_tiny.pth", wrong)
+    for classifier in (tiny_models / "300_model_tiny.pth", wrong):
+        code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                                "--outdir", tmp_path / "p", "--models", tiny_models, "--classifier", classifier)
+        assert code == 5 and "made for 300-bp chunks" in message and classifier.name in message, message
+    out = tmp_path / "r"
+    code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", out, "--models",
+                            tiny_models, "--device", "cpu", "--classifier", wrong)
+    assert code == 5 and "made for 300-bp chunks" in message and not out.exists(), message
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "p", "--models", tiny_models,
+                            "--classifier", tiny_models / "500_model_tiny.pth")
+    assert code == 0, message
+
+
 def test_output_paths_that_are_files_exit_3(tmp_path, reference_dir, run_cli, golden_prepared, golden_embeddings,
                                             tiny_models):
     a_file = tmp_path / "results"
@@ -442,3 +490,19 @@ def test_a_publish_cut_short_leaves_a_folder_its_rerun_finishes(tmp_path, golden
     assert code == 0, message
     for name in TABLES:
         assert (out / name).read_text() == (golden_predicted / name).read_text()
+
+
+def test_a_fifo_given_as_an_embedding_shard_is_refused_at_once(tmp_path, run_cli, golden_prepared, golden_embeddings,
+                                                               tiny_models):
+    """A FIFO with no writer would block the open forever (holding --outdir's lock): exit 3 at once,
+    naming it; as `embed --out` it is not replaced (virnucpro did not write it)."""
+    import os
+
+    fifo = tmp_path / "f.h5"
+    os.mkfifo(fifo)
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", fifo, *golden_embeddings[1:],
+                            "--outdir", tmp_path / "o", "--models", tiny_models)
+    assert code == 3 and "f.h5 is not a regular file" in message, message
+    code, message = run_cli("embed", golden_prepared / "shards" / "shard_00000.tsv", "--models", tiny_models,
+                            "--out", fifo, "--device", "cpu")
+    assert code == 3 and "f.h5 exists and does not start with the seal" in message, message

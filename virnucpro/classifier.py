@@ -267,6 +267,7 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
                           + (f"; unexpected {', '.join(unexpected[:5])}" if unexpected else ""))
     for key in state:
         state[key] = _tensor(state[key], key, path)
+    _refuse_non_finite(state, path)
     hidden_w, out_w = state["hidden_layer.weight"], state["output_layer.weight"]
     if hidden_w.dim() != 2 or out_w.dim() != 2 or out_w.shape[1] != hidden_w.shape[0]:
         raise ModelsError(f"{path}: inconsistent layer shapes {tuple(hidden_w.shape)} and "
@@ -284,6 +285,15 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
     except RuntimeError as exc:
         raise ModelsError(f"{path}: tensors do not fit an MLPClassifier: {exc}") from None
     return model.eval()
+
+
+def _refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """NaN/Inf in a weight would make every score NaN: the file's fault, named (exit 4)."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ModelsError(f"{path} holds NaN/Inf values in {', '.join(bad)}: it is damaged or was saved from a "
+                          "diverged training", "give the 300_model.pth/500_model.pth of VirNucPro (or your "
+                          "own classifier saved again from sound weights)")
 
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.<>]+)")
@@ -425,5 +435,6 @@ def predict_proba(model: MLPClassifier, features: Any, batch_size: int = 65536) 
         batch = x[start:start + batch_size].to(device=device, dtype=torch.float32)
         out[start:start + batch.shape[0]] = F.softmax(model(batch), dim=1).cpu().numpy()
     if not np.isfinite(out).all():
-        raise NumericalError("the classifier produced NaN/Inf scores (non-finite embeddings?)")
+        raise NumericalError("the classifier produced NaN/Inf scores (its weights or the features overflow "
+                             "float32)", "check the classifier file, or use VirNucPro's own")
     return out

@@ -201,6 +201,9 @@ def run(
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
     _check_chunk_size(chunk_size, allow_any_chunk_size)
+    if chunk_size not in STANDARD_CHUNK_SIZES and classifier is None:
+        raise typer.BadParameter(f"chunk size {chunk_size} needs your own --classifier: the published classifiers "
+                                 "are for 300 and 500 only", param_hint="--classifier")
     threads = limit_threads(threads)
     from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all

@@ -34,7 +34,7 @@ import numpy as np
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.encoders import check_finite
+from virnucpro.encoders import FAST_COMPILED, check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
                               ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
@@ -49,7 +49,12 @@ WAITING_PREFIX = ".waiting."  # the note of an embed waiting for a busy checkpoi
 WAITING_FRESH_SECONDS = 60.0  # without flock: a note not renewed for this long is a waiter that died
 PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
 KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
-PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for role in ROLES for kind in ("index", "vectors"))])
+UNRECORDED_PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for role in ROLES
+                                                          for kind in ("index", "vectors"))])  # older parts
+RECORD_ARRAYS = ("attention", "device")  # which attention paths and device computed a part (MadeBy)
+PART_ARRAYS = sorted([*UNRECORDED_PART_ARRAYS, *(f"{name}.npy" for name in RECORD_ARRAYS)])
+RECORD_CHARACTERS = 256  # longest record text accepted (a record holds a few 'role:path' entries)
+UNKNOWN = h5shard.UNKNOWN_DEVICE  # the device and paths of a part written without a record (an older virnucpro)
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
 
@@ -117,6 +122,38 @@ class Distinct:
         return range(int(self.first_seen_before[start]), int(self.first_seen_before[stop]))
 
 
+# --- who computed the vectors -------------------------------------------------------------------
+
+@dataclass
+class MadeBy:
+    """Which devices and attention paths computed some vectors: one checkpoint part's, this
+    process's, or a shard's (the union of its restored parts' and this process's). The HDF5
+    attributes `device` ('cpu', 'cuda', 'cpu+cuda') and `attention` ('role:path,...', one entry per
+    role and path) are its texts; 'unknown' stands for a part written without a record."""
+
+    devices: set[str] = field(default_factory=set)
+    paths: set[str] = field(default_factory=set)
+
+    def note(self, device: str, role: str, path: str) -> None:
+        """Vectors of `role` computed on `device` by `path`."""
+        self.devices.add(device)
+        self.paths.add(f"{role}:{path}")
+
+    def add(self, other: "MadeBy") -> None:
+        """Take in what computed `other`'s vectors too."""
+        self.devices |= other.devices
+        self.paths |= other.paths
+
+    def device_text(self) -> str:
+        return "+".join(sorted(self.devices))
+
+    def attention_text(self) -> str:
+        return ",".join(sorted(self.paths))
+
+
+ATTENTION_ENTRY = re.compile(f"({'|'.join(ROLES)}):(reference|fast|{re.escape(FAST_COMPILED)})")
+
+
 # --- checkpoints ------------------------------------------------------------------------------------
 
 def checkpoint_key(shard_sha256: str, models: dict, precision: str) -> str:
@@ -133,8 +170,9 @@ class DamagedPart(Exception):
 class CheckpointStore:
     """Part files `part_NNNNN.<sha256>.npz` under the key folder, each written atomically.
 
-    A part holds its key (the folder's name) and, per role, distinct-sequence indices and their
-    vectors. Its file name carries the sha256 of its bytes, so a damaged part is detected; every part
+    A part holds its key (the folder's name), per role distinct-sequence indices and their
+    vectors, and the record of the device and attention paths that computed them (`MadeBy`; a part
+    of an older virnucpro has none: used, and said 'unknown'). Its file name carries the sha256 of its bytes, so a damaged part is detected; every part
     is also checked completely before use (its key, arrays, dtypes, shapes, index range and
     uniqueness, finite values), so a part copied from another key folder or a crafted one is never
     trusted either: it is reported, ignored and its vectors recomputed. A part that cannot be written
@@ -171,8 +209,8 @@ class CheckpointStore:
         finally:
             note.withdraw()
 
-    def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
-        """The sound parts, each {role: (indices, vectors)}, for `sizes` distinct sequences of `widths`."""
+    def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list["Part"]:
+        """The sound parts for `sizes` distinct sequences of `widths`."""
         paths = sorted(self.folder.glob("part_*.npz"))
         numbers = [int(match.group(1)) for match in map(PART_NAME.fullmatch, (p.name for p in paths)) if match]
         self.next_part = max(numbers, default=-1) + 1
@@ -187,11 +225,14 @@ class CheckpointStore:
             del parts[path]
         return list(parts.values())
 
-    def save(self, vectors: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
-        """Queue one part of these vectors for the writer thread."""
+    def save(self, vectors: dict[str, tuple[list[int], list[np.ndarray]]], made: MadeBy | None = None) -> None:
+        """Queue one part of these vectors for the writer thread, with the record of what computed
+        them (`made`; embed always gives it, a part without one reads back as 'unknown')."""
         number = self.next_part
         self.next_part += 1
         arrays = {PART_KEY: np.array(self.key, dtype=KEY_DTYPE)}
+        if made is not None:
+            arrays.update(attention=np.array(made.attention_text()), device=np.array(made.device_text()))
         for role in ROLES:
             indices, blocks = vectors[role]
             arrays[f"{role}_index"] = np.asarray(indices, dtype=np.int64)
@@ -316,6 +357,18 @@ def _delete_own_files(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+@dataclass
+class Part:
+    """A sound checkpoint part: per role (distinct indices, vectors), and what computed them."""
+
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]]
+    made: MadeBy
+
+    def __getitem__(self, role: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, vectors) of one role, as parts were read before they kept a record."""
+        return self.vectors[role]
+
+
 def _discard(path: Path, problem: str) -> None:
     """Report a damaged part and remove it (a folder in its place is left alone), so it is recomputed."""
     warn(f"checkpoint part {ascii(path.name)[1:-1]} is damaged ({problem}): ignoring it; its vectors are "
@@ -335,21 +388,25 @@ def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, in
         if fmt.sha256_of(path) != match.group(2):
             raise DamagedPart("checksum mismatch")
         with zipfile.ZipFile(path) as archive:
-            _check_array_names(archive.namelist())
+            names = _check_array_names(archive.namelist())
             _check_key(archive, key)
-            return {role: _read_role(archive, role, sizes[role], widths[role]) for role in ROLES}
+            vectors = {role: _read_role(archive, role, sizes[role], widths[role]) for role in ROLES}
+            return Part(vectors, _read_record(archive, vectors) if names == PART_ARRAYS else _unrecorded(vectors))
     except (DamagedPart, VirnucproError):
         raise  # a stop signal landing meanwhile (InterruptedByUser) is no damage to the part
     except Exception as exc:  # whatever these bytes make the reader fail on, they are not a sound part
         raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
 
 
-def _check_array_names(names: list[str]) -> None:
-    """Exactly the arrays embed writes, each once."""
-    if sorted(names) == PART_ARRAYS:
-        return
-    missing = sorted(set(PART_ARRAYS) - set(names))
-    unexpected = sorted(set(names) - set(PART_ARRAYS)) or ["one named twice"]
+def _check_array_names(names: list[str]) -> list[str]:
+    """Exactly the arrays embed writes, each once (without the record: a part of an older
+    virnucpro); returns which of the two sets it is."""
+    if sorted(names) in (PART_ARRAYS, UNRECORDED_PART_ARRAYS):
+        return sorted(names)
+    recorded = any(f"{name}.npy" in names for name in RECORD_ARRAYS)
+    expected = PART_ARRAYS if recorded else UNRECORDED_PART_ARRAYS
+    missing = sorted(set(expected) - set(names))
+    unexpected = sorted(set(names) - set(expected)) or ["one named twice"]
     found = f"missing array {', '.join(missing)}" if missing else f"unexpected array {', '.join(unexpected)}"
     raise DamagedPart(found.replace(".npy", ""))
 
@@ -367,6 +424,40 @@ def _check_key(archive: zipfile.ZipFile, key: str) -> None:
     if found != key:
         raise DamagedPart(f"it belongs to another checkpoint: key {ascii(found[:16])[1:-1]}..., not this folder's "
                           f"{key[:16]}...; a part of another shard, models or precision")
+
+
+def _read_record(archive: zipfile.ZipFile, vectors: dict) -> MadeBy:
+    """The part's record of the device and attention paths that computed it, checked: known names
+    only, and a path for every role it holds vectors of."""
+    device, attention = (_read_text(archive, name) for name in ("device", "attention"))
+    made = MadeBy(set(device.split("+")), set(attention.split(",")))
+    if not made.devices <= set(h5shard.DEVICES):
+        raise DamagedPart(f"its record names the device {ascii(device[:40])}, not {' or '.join(h5shard.DEVICES)}")
+    unknown = sorted(path for path in made.paths if not ATTENTION_ENTRY.fullmatch(path))
+    if unknown:
+        raise DamagedPart(f"its record names an unknown attention path {ascii(unknown[0][:40])}")
+    named = {path.split(":")[0] for path in made.paths}
+    for role, (indices, _) in vectors.items():
+        if len(indices) and role not in named:
+            raise DamagedPart(f"its record names no attention path for its {role} vectors")
+    return made
+
+
+def _unrecorded(vectors: dict) -> MadeBy:
+    """What computed a part of an older virnucpro, which does not say: 'unknown' for its roles."""
+    paths = {f"{role}:{UNKNOWN}" for role, (indices, _) in vectors.items() if len(indices)}
+    return MadeBy({UNKNOWN} if paths else set(), paths)
+
+
+def _read_text(archive: zipfile.ZipFile, name: str) -> str:
+    """A one-string member of at most RECORD_CHARACTERS characters (refused by its header first)."""
+    with archive.open(f"{name}.npy") as member:
+        shape, fortran, dtype = _read_npy_header(member, name)
+        if dtype.kind != "U" or dtype.itemsize > 4 * RECORD_CHARACTERS:
+            raise DamagedPart(f"{name} has dtype {dtype}, not text of at most {RECORD_CHARACTERS} characters")
+        if shape != ():
+            raise DamagedPart(f"{name} has shape {shape}, not () (one string)")
+        return str(_read_npy_data(member, name, shape, fortran, dtype).item())
 
 
 def _read_role(archive: zipfile.ZipFile, role: str, size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -427,13 +518,13 @@ def _check_values(role: str, indices: np.ndarray, vectors: np.ndarray, size: int
         raise DamagedPart(f"{role}_vectors holds NaN or infinite values")
 
 
-def _shared_sequences(parts: dict[Path, dict]) -> dict[Path, str]:
+def _shared_sequences(parts: dict[Path, Part]) -> dict[Path, str]:
     """Parts holding a distinct sequence that another part holds too: which vector is right is unknown."""
     problems = {}
     for role in ROLES:
         holder = {}
         for path, part in parts.items():
-            for index in part[role][0].tolist():
+            for index in part.vectors[role][0].tolist():
                 other = holder.setdefault(index, path)
                 if other != path:
                     problems.setdefault(path, f"{other.name} holds some of its {role} sequences too")
@@ -493,6 +584,7 @@ class Embedder:
         vectors: object = None
         ready: object = None
         error: BaseException | None = None
+        path: str = ""  # the attention path that computed it (after a fallback, the one that ran)
 
     def __init__(self, encoders: dict, token_budget: int, device):
         self.encoders, self.device = encoders, device
@@ -501,15 +593,35 @@ class Embedder:
         # one launch at a time: the layout thread's launch of the next batch never computes beside
         # this thread's (the halves of a batch that ran out of memory would share what just ran out)
         self.launching = threading.RLock()
-        self.paths_run = {role: set() for role in encoders}  # the paths that computed this process's batches
+        self.made = MadeBy()  # the device and paths that computed this process's batches
+        self.unsaved_made = MadeBy()  # the same, since the last checkpoint part
         self.real_tokens = 0
         self.padded_tokens = 0
 
-    def attention_record(self) -> str:
-        """'role:path,...' of every path that computed vectors here (the loaded one when all came
-        from checkpoints): the HDF5 attribute `attention`."""
-        return ",".join(sorted(f"{role}:{path}" for role, encoder in self.encoders.items()
-                               for path in self.paths_run[role] or {encoder.path}))
+    def made_by(self, restored: MadeBy | None = None) -> MadeBy:
+        """What computed a shard's vectors: its `restored` checkpoint parts and this process; when
+        neither computed any (an empty shard), the loaded paths on this device."""
+        made = MadeBy()
+        made.add(restored or MadeBy())
+        made.add(self.made)
+        if not made.paths:
+            for role, encoder in self.encoders.items():
+                made.note(self.device.type, role, encoder.path)
+        return made
+
+    def attention_record(self, restored: MadeBy | None = None) -> str:
+        """'role:path,...' of every path that computed vectors (`made_by`): the HDF5 attribute `attention`."""
+        return self.made_by(restored).attention_text()
+
+    def take_unsaved_made(self) -> MadeBy:
+        """What computed the batches since the last call (the record of the checkpoint part saved now)."""
+        made, self.unsaved_made = self.unsaved_made, MadeBy()
+        return made
+
+    def _note(self, role: str, path: str) -> None:
+        """One batch of `role` computed by `path` on this device."""
+        for made in (self.made, self.unsaved_made):
+            made.note(self.device.type, role, path)
 
     def batches(self, role: str, tokens: dict, indices: range) -> list[list[int]]:
         from virnucpro.encoders.batching import plan_batches
@@ -533,14 +645,14 @@ class Embedder:
 
         with self.launching, torch.inference_mode():
             vectors = self.encoders[role].forward(collated)
-            self.paths_run[role].add(self.encoders[role].path)  # after a fallback, the one that ran
+            path = self.encoders[role].path  # after a fallback, the one that ran
             if vectors.device.type != "cuda":
-                return Embedder.InFlight(vectors)
+                return Embedder.InFlight(vectors, path=path)
             host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
             host.copy_(vectors, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record()
-        return Embedder.InFlight(host, ready)
+        return Embedder.InFlight(host, ready, path=path)
 
     def _finish(self, role: str, flight: "Embedder.InFlight"):
         """The vectors of a launched batch, once its copy to the host has finished."""
@@ -581,6 +693,7 @@ class Embedder:
                 raise DeviceError(f"{role}: CUDA failure: {str(exc).splitlines()[0]}",
                                   "check the GPU (nvidia-smi); a rerun resumes from the last checkpoint") from None
             raise
+        self._note(role, flight.path)
         lengths = [len(tokens[i]) for i in batch]
         self.real_tokens += sum(lengths)
         self.padded_tokens += len(batch) * max(lengths)
@@ -675,12 +788,12 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
         known = {role: np.zeros((len(distinct[role].sequences), encoders[role].width), np.float32)
                  for role in ROLES}
         done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
-        _restore(checkpoints, known, done)
+        restored = _restore(checkpoints, known, done)
         _log_resume(ids, distinct, done)
 
         embedder = Embedder(encoders, token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
-        _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, torch_device, embedder),
+        _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, embedder.made_by(restored)),
                lock)
     except BaseException:
         checkpoints.close()
@@ -707,11 +820,12 @@ def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:
             CheckpointStore(folder, parent_is_ours, wait=False).remove()
 
 
-def _attributes(shard_meta, model_set, precision: str, torch_device, embedder: Embedder) -> dict:
-    """The HDF5 shard's attributes: what it was made from and how, for predict's cross-checks."""
+def _attributes(shard_meta, model_set, precision: str, made: MadeBy) -> dict:
+    """The HDF5 shard's attributes: what it was made from and how, for predict's cross-checks;
+    `device` and `attention` name everything that computed its vectors (restored parts included)."""
     return {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
             "chunk_size": shard_meta.chunk_size, "models": model_set.identity(ROLES), "precision": precision,
-            "device": torch_device.type, "tiny": bool(model_set.tiny), "attention": embedder.attention_record()}
+            "device": made.device_text(), "tiny": bool(model_set.tiny), "attention": made.attention_text()}
 
 
 def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
@@ -758,8 +872,11 @@ def _check_replaceable(out: Path) -> None:
         raise BadInputError(f"--out {out} is a symbolic link: writing would replace the link, which virnucpro "
                             "did not write", "give the path of a new file, or of the link's target")
     if out.exists() and not h5shard.is_sealed_shard(out):
-        raise BadInputError(f"--out {out} exists and is not a virnucpro embedding file: virnucpro never "
-                            "replaces files it did not write", "move it, or choose another --out")
+        raise BadInputError(f"--out {out} exists and does not start with the seal virnucpro embed writes (another "
+                            "program's file, or an embedding file of a virnucpro before format 3): virnucpro "
+                            "replaces only files it can tell it wrote",
+                            "move or delete it (an older virnucpro's output is embedded again), or choose "
+                            "another --out")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -769,14 +886,20 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> None:
-    """Take the vectors of every sound checkpoint part as known."""
+def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> MadeBy:
+    """Take the vectors of every sound checkpoint part as known; what computed them."""
     sizes = {role: len(done[role]) for role in ROLES}
     widths = {role: known[role].shape[1] for role in ROLES}
+    made = MadeBy()
     for part in checkpoints.load(sizes, widths):
-        for role, (indices, vectors) in part.items():
+        made.add(part.made)
+        for role, (indices, vectors) in part.vectors.items():
             known[role][indices] = vectors
             done[role][indices] = True
+    if UNKNOWN in made.devices:
+        warn(f"some checkpoint parts in {checkpoints.folder} do not record which device and attention path "
+             f"computed them (written by an older virnucpro): the shard's attributes say '{UNKNOWN}' for them")
+    return made
 
 
 def _covered_records(distinct: dict, done: dict, n_records: int) -> int:
@@ -903,7 +1026,7 @@ class _ShardWork:
     def save(self) -> None:
         """Queue the vectors computed since the last save as one checkpoint part."""
         if any(self.unsaved[role][0] for role in ROLES):
-            self.checkpoints.save(self.unsaved)
+            self.checkpoints.save(self.unsaved, self.embedder.take_unsaved_made())
         self.unsaved = _no_vectors()
         self.last_save = time.monotonic()
 

@@ -49,6 +49,12 @@ class VirnucproError(Exception):
         return (self.__class__, (self.message, self.hint))
 
 
+class UsageError(VirnucproError):
+    """An option the inputs make necessary is missing (found once a file is read, after parsing)."""
+
+    code = ExitCode.USAGE
+
+
 class BadInputError(VirnucproError):
     """Input file missing, unreadable, not FASTA/FASTQ, duplicate ids, protein given as DNA."""
 
@@ -100,7 +106,8 @@ class OutputWriteError(VirnucproError):
 # errors of the storage an output goes to, not of virnucpro or its inputs
 STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                   errno.EROFS: "the file system is read-only", errno.EIO: "an I/O error occurred",
-                  errno.EFBIG: "the file is larger than allowed", errno.EACCES: "permission denied",
+                  errno.EFBIG: "a file grew past the largest size allowed (the file-size limit, `ulimit -f`, "
+                                 "or the file system's own)", errno.EACCES: "permission denied",
                   errno.EPERM: "permission denied"}
 
 
@@ -126,9 +133,15 @@ def output_errors(path: Path) -> Iterator[None]:
         meaning = storage_error(exc)
         if meaning is None:
             raise
-        where = exc.filename or path
-        raise OutputWriteError(f"cannot write {where}: {meaning}",
-                               "free space, fix the permissions or choose another output location") from None
+        where = exc.filename or f"into {path}"
+        raise OutputWriteError(f"cannot write {where}: {meaning}", storage_hint(exc)) from None
+
+
+def storage_hint(exc: OSError) -> str:
+    """The fix for a storage failure: a raised file-size limit, or space, permissions, another place."""
+    if exc.errno == errno.EFBIG:
+        return "raise the file-size limit (`ulimit -f unlimited`) or choose another output location"
+    return "free space, fix the permissions or choose another output location"
 
 
 # SIGHUP (the terminal closed, the ssh connection dropped) stops like SIGTERM, unless the command was

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", 
               "models", "precision", "device", "created", *CHECKSUMS)
 PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
 DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
+UNKNOWN_DEVICE = "unknown"  # vectors of a checkpoint part that does not record its device (an older virnucpro)
 # what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
 DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
@@ -75,15 +77,15 @@ def seal_file(path: Path) -> None:
 def is_sealed_shard(path: Path) -> bool:
     """Whether `path` starts with the seal `embed` writes (intact or not): a file virnucpro wrote."""
     try:
-        with open(path, "rb") as handle:
+        with _open_regular(path) as handle:
             return handle.read(len(SEAL_MAGIC)) == SEAL_MAGIC
-    except OSError:
+    except (OSError, BadInputError):
         return False
 
 
 def check_seal(path: Path) -> None:
     """The file's bytes are exactly those `embed` sealed (exit 5 otherwise), read block by block."""
-    with open(path, "rb") as handle:
+    with _open_regular(path) as handle:
         block = handle.read(SEAL_BYTES)
         if not block.startswith(SEAL_MAGIC):
             raise malformed(path, "it does not start with the seal virnucpro embed writes (another program "
@@ -92,6 +94,18 @@ def check_seal(path: Path) -> None:
     if block != expected:
         raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
                                       "the seal embed wrote in its first bytes)", REEMBED_HINT)
+
+
+def _open_regular(path: Path):
+    """`path` opened for reading when it is a regular file; a FIFO or device is exit 3 at once (opening
+    a FIFO without a writer would wait forever, and a pipe cannot be read twice)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"embedding shard {path} is not a regular file (a pipe, FIFO or device)",
+                            "give the .h5 file written by `virnucpro embed`")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _seal_block(handle) -> bytes:
@@ -383,7 +397,7 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
     return EmbeddingShardInfo(path=path, shard_index=index, shard_of=of, shard_sha256=digest,
                               chunk_size=_whole(path, attrs, "chunk_size", 1), models=_models(path, attrs),
                               precision=_choice(path, attrs, "precision", PRECISIONS),
-                              device=_choice(path, attrs, "device", DEVICES),
+                              device=_devices(path, attrs),
                               records=records, widths=widths, tiny=bool(tiny), attention=attention)
 
 
@@ -416,6 +430,17 @@ def _choice(path: Path, attrs: dict, name: str, known: tuple[str, ...]) -> str:
     value = _text(path, attrs, name)
     if value not in known:
         raise malformed(path, f"attribute {name} must be one of {', '.join(known)}, found {value[:70]!r}")
+    return value
+
+
+def _devices(path: Path, attrs: dict) -> str:
+    """The `device` attribute: every device that computed the shard's vectors (resumed checkpoint
+    parts included), '+'-joined in sorted order: 'cpu', 'cuda', 'cpu+cuda', 'cpu+unknown', ..."""
+    value = _text(path, attrs, "device")
+    names = value.split("+")
+    if not set(names) <= {*DEVICES, UNKNOWN_DEVICE} or names != sorted(set(names)):
+        raise malformed(path, f"attribute device must be {' or '.join(DEVICES)}, or several of {', '.join(DEVICES)}, "
+                              f"{UNKNOWN_DEVICE} joined by '+' in sorted order, found {value[:70]!r}")
     return value
 
 

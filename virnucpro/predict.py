@@ -27,7 +27,8 @@ from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.calls import ChunkScore, SequenceTally, number_cell
 from virnucpro.console import info, warn
-from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, output_errors
+from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, UsageError, VirnucproError,
+                              output_errors)
 from virnucpro.outdir import OutputFolder, claim
 from virnucpro.seqio import unicode_text
 
@@ -416,12 +417,16 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
     from virnucpro.models import store
 
     manifest = fmt.load_manifest(prepared)
+    if classifier is None:
+        _require_classifier_option(manifest["chunk_size"])
     shards = order_shards(manifest, embeddings)
     tiny = any(s.tiny for s in shards)
     if classifier is None:
         model_set = store.locate(models, roles=(f"classifier_{manifest['chunk_size']}",))
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
+    else:
+        refuse_classifier_of_other_chunk_size(Path(classifier), manifest["chunk_size"], models)
     model = load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
     check_stage_files(prepared, manifest, shards)
@@ -449,6 +454,57 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
 def _claimed(outdir: Path, output: OutputFolder | None):
     """The caller's claimed output folder, or this command's own claim on `--outdir`."""
     return contextlib.nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
+
+
+STANDARD_CHUNK_SIZES = (300, 500)  # the published classifiers; both take the same 3,328 features
+
+
+def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: Path | None) -> None:
+    """A `--classifier` known to be made for the other standard chunk size (the published file, or the
+    models folder's own) is exit 5: the features fit either way, so nothing else would tell."""
+    from virnucpro.models import pins, store
+
+    if chunk_size not in STANDARD_CHUNK_SIZES or not path.is_file():
+        return  # a custom chunk size takes any classifier; a missing file is load_classifier's error
+    digest, blob = store.sha256_file(path, git_sha1=True)
+    for other in set(STANDARD_CHUNK_SIZES) - {chunk_size}:
+        role = f"classifier_{other}"
+        known = {spec.git_sha1 for spec in pins.SOURCES[role].files}
+        for folder in _models_folders(models, path):
+            known |= _manifest_checksums(folder, role)
+        if digest in known or blob in known:
+            raise InconsistentInputsError(f"classifier {path} is the one made for {other}-bp chunks, but the "
+                                          f"prepared sample was cut into {chunk_size}-bp chunks",
+                                          f"use the {chunk_size}-bp classifier ({chunk_size}_model.pth), or "
+                                          f"prepare again with --chunk-size {other}")
+
+
+def _require_classifier_option(chunk_size: int) -> None:
+    """Only 300 and 500 have published classifiers: another chunk size needs `--classifier` (exit 2)."""
+    if chunk_size not in STANDARD_CHUNK_SIZES:
+        raise UsageError(f"the sample was prepared at chunk size {chunk_size}; the published classifiers are "
+                         "for 300 and 500 only", "give your classifier for this chunk size with --classifier")
+
+
+def _models_folders(models: Path | None, classifier: Path) -> list[Path]:
+    """Where a manifest may name the classifier: its own folder and the models folder in use."""
+    from virnucpro.models import store
+
+    folders = [classifier.parent]
+    with contextlib.suppress(VirnucproError):
+        folders.append(store.models_dir(models))
+    return folders
+
+
+def _manifest_checksums(folder: Path, role: str) -> set[str]:
+    """The sha256 of `role`'s files in the models manifest of `folder` (none without a sound one)."""
+    from virnucpro.models import store
+
+    try:
+        manifest = store.read_manifest(folder) or {"models": {}}
+    except VirnucproError:
+        return set()
+    return set(manifest["models"].get(role, {}).get("sha256", {}).values())
 
 
 def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:

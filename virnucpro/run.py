@@ -52,15 +52,35 @@ class Setup:
 def _setup(models: Path | None, classifier: Path | None, chunk_size: int, device: str, precision: str,
            offline: bool, compiling) -> Setup:
     from virnucpro.classifier import load_classifier
-    from virnucpro.embed import ROLES, resolve_device, resolve_precision
+    from virnucpro.embed import resolve_device, resolve_precision
     from virnucpro.models import download
+    from virnucpro.predict import refuse_classifier_of_other_chunk_size
 
-    roles = list(ROLES) + ([] if classifier else [f"classifier_{chunk_size}"])
-    model_set = download.ensure(models, roles=roles, offline=offline)
+    model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)
+    if classifier:
+        refuse_classifier_of_other_chunk_size(Path(classifier), chunk_size, models)
     classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
     torch_device = resolve_device(device)
     return Setup(model_set, classifier, load_classifier(classifier), torch_device,
                  resolve_precision(precision, torch_device), compiling)
+
+
+def _roles(classifier: Path | None, chunk_size: int) -> list[str]:
+    """The models `run` needs: both encoders, and the classifier for the chunk size unless given."""
+    from virnucpro.embed import ROLES
+
+    return list(ROLES) + ([] if classifier else [f"classifier_{chunk_size}"])
+
+
+def _download_ahead(models: Path | None, classifier: Path | None, chunk_size: int, offline: bool) -> bool:
+    """Whether setting up would download models (GBs): the inputs are then prepared first, which
+    checks them to the last record, so a bad record never costs a download."""
+    from virnucpro.models import store
+
+    if offline:
+        return False
+    _, statuses = store.scan(models, _roles(classifier, chunk_size))
+    return any(s.missing for s in statuses) and not any(s.wrong for s in statuses)
 
 
 def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int) -> dict:
@@ -114,8 +134,9 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         checkpoint_seconds: float = 600.0, compiling=None) -> Path:
     """All stages for one sample; returns the output directory (`compiling`: virnucpro.embed.Compiling).
 
-    Everything that can be checked before hours of work is checked first: the inputs (before any
-    model download), the output directory, the models and the classifier.
+    Everything that can be checked before hours of work is checked first: the inputs, the output
+    directory, the models and the classifier; when models must be downloaded, the inputs are
+    prepared (checked to the last record) before the download.
     """
     from virnucpro.prepare import check_inputs
 
@@ -124,12 +145,16 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
         from virnucpro.embed import Compiling
 
-        setup = _setup(models, classifier, chunk_size, device, precision, offline, compiling or Compiling())
+        def set_up() -> Setup:
+            return _setup(models, classifier, chunk_size, device, precision, offline, compiling or Compiling())
+
+        setup = None if _download_ahead(models, classifier, chunk_size, offline) else set_up()
         work = outdir / WORK
         seconds: dict[str, float] = {}
         started = time.monotonic()
         manifest = _prepare_once(inputs, work / "prepared", chunk_size)
         seconds["prepare"] = round(time.monotonic() - started, 3)
+        setup = setup or set_up()
         started = time.monotonic()
         embeddings = _embed_all(manifest, work / "prepared", work, setup, token_budget=token_budget,
                                 threads=threads, checkpoint_every=checkpoint_every,

@@ -10,7 +10,9 @@ SDPA, exact on the CPU) and "fast" (packed token stream, no explicit mask: varle
 FlexAttention), the fast one by default only on CUDA; `settle_path` then runs the load-time
 self-check (`fast_path_problem`) and falls back to the reference path with one warning. On CUDA
 the fast path is also compiled ("fast+compiled": fused elementwise work, encoders.compiled)
-unless the caller says no; a compiled path that fails its check falls back to "fast".
+unless the caller says no; a compiled path that fails its check falls back to "fast". A fast path
+that fails on a later batch falls back the same way, down to the reference path
+(`forward_on_path`).
 """
 
 from __future__ import annotations
@@ -190,27 +192,66 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
     return settled, seconds if settled == FAST_COMPILED else 0.0
 
 
+SAFER_PATH = {FAST_COMPILED: "fast", "fast": "reference"}  # where a path that fails on a batch falls back to
+
+
 def forward_on_path(model: str, encoder, collated):
-    """`encoder._run(collated, encoder.path)`. When compiling fails on a later batch (a recompile
-    for a new shape, say), one warning and the uncompiled fast path from then on (this batch
-    included), never a failed task. Any other error, and out-of-memory while compiling, propagates
-    as it is: embed halves a batch on out-of-memory and names a CUDA failure (exit 8)."""
+    """`encoder._run(collated, encoder.path)`. When a fast path (compiled or not) fails on a later
+    batch (a recompile for a new shape, a kernel that refuses it), the next safer path computes
+    this batch and every later one (compiled -> fast -> reference), with one warning naming what
+    failed: never a failed task. What must propagate does (see `must_propagate`): embed halves a
+    batch on out-of-memory, names a CUDA failure (exit 8) and ends on a stop signal (exit 6)."""
+    failed: list[str] = []
+    try:
+        return _first_path_that_runs(encoder, collated, failed)
+    finally:
+        if failed:
+            from virnucpro.console import warn
+
+            warn(f"{model}: {'; '.join(failed)}; using the {_PATH_NAMES[encoder.path]} from now on "
+                 f"(this batch included)")
+
+
+def _first_path_that_runs(encoder, collated, failed: list[str]):
+    """The vectors of the first path, from `encoder.path` down SAFER_PATH, that computes this batch;
+    each failure is described in `failed` and `encoder.path` left at the path that ran."""
+    while True:
+        try:
+            return encoder._run(collated, encoder.path)
+        except Exception as exc:
+            propagated = must_propagate(exc)
+            if propagated is not None and propagated is not exc:
+                raise propagated from None  # what torch.compile wrapped
+            if propagated is exc or encoder.path not in SAFER_PATH:
+                raise
+            how = "failed on a batch" if not failed else "failed on it too"
+            failed.append(f"the {_PATH_NAMES[encoder.path]} {how} ({describe_exception(exc)})")
+            encoder.path = SAFER_PATH[encoder.path]
+
+
+def must_propagate(exc: Exception) -> BaseException | None:
+    """What a failure on a fast path must end as, instead of a fallback: the stop signal it wraps
+    (exit 6), the GPU out-of-memory it wraps (embed halves the batch), a CUDA failure as it is (the
+    device is unusable on any path: exit 8), virnucpro's own errors; None when a safer path may take
+    over (a compile error, a kernel refusing a shape, a fast-path bug)."""
     import torch
 
-    try:
-        return encoder._run(collated, encoder.path)
-    except compile_errors() as exc:
-        if stop_inside(exc) is not None:
-            raise stop_inside(exc) from None
-        inner = getattr(exc, "inner_exception", None)
-        if encoder.path != FAST_COMPILED or isinstance(inner, torch.cuda.OutOfMemoryError):
-            raise inner if isinstance(inner, torch.cuda.OutOfMemoryError) else exc
-        from virnucpro.console import warn
+    stop = stop_inside(exc)
+    if stop is not None:
+        return stop
+    for error in _wrapped(exc):
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return error
+    device_failure = isinstance(exc, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(exc)
+    return exc if device_failure and not isinstance(exc, compile_errors()) else None
 
-        warn(f"{model}: the compiled fast path failed on a batch ({describe_exception(exc)}); using the "
-             f"uncompiled fast attention path from now on")
-        encoder.path = "fast"
-        return encoder._run(collated, "fast")
+
+def _wrapped(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors torch.compile's wrappers hold inside it (`inner_exception`)."""
+    chain = [exc]
+    while getattr(chain[-1], "inner_exception", None) is not None and len(chain) < 6:
+        chain.append(chain[-1].inner_exception)
+    return chain
 
 
 def compile_errors() -> tuple[type, ...]:

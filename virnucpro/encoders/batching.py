@@ -12,8 +12,9 @@ Two levels:
   sequence, and padding never reaches a real token. A plain padded batch is the special case of
   one sequence per row.
 
-Pooling is a batched matrix product with a per-row weight matrix (deterministic, fp32), so a
-sequence's vector does not depend on which sequences share its batch or row.
+Pooling is a batched matrix product with a per-row weight matrix (deterministic, fp32), so in
+fp32 a sequence's vector does not depend on which sequences share its batch or row (within 1e-5);
+in fp16/bf16 the products' rounding does, by about 1e-3/1e-2 (docs/encoders.md).
 
 The fast attention path (`packed_attention`) reads the same batch as one stream of its real tokens
 (`TokenStream`: no padding, sequences back to back, `cu_seqlens`/`max_seqlen` marking where each
@@ -337,6 +338,9 @@ def _flex(on_gpu: bool) -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
     if on_gpu:
+        from virnucpro.encoders.compiled import quiet_unreadable_cache
+
+        quiet_unreadable_cache()
         return torch.compile(flex_attention, dynamic=True)
 
     def eager(*args, **kwargs):

@@ -8,17 +8,21 @@ layer or the token count), and the matrix products stay cuBLAS calls with the bi
 residual and LayerNorm work fused around them. The attention kernel itself stays outside.
 
 Compiled kernels are cached in a folder (`use_cache`), so the next task on any machine that sees
-it loads them instead of compiling again.
+it loads them instead of compiling again. An entry torch cannot read there (damaged, or written by
+another torch) is ignored and compiled again: one virnucpro warning (`quiet_unreadable_cache`), not
+torch's traceback per entry.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Callable
 
 TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
+CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load
 
 
 def wanted(requested: bool | None, device) -> bool:
@@ -36,7 +40,36 @@ def fused(function: Callable) -> Callable:
     """`function` compiled once per process with dynamic shapes (no recompile per batch length)."""
     import torch
 
+    quiet_unreadable_cache()
     return torch.compile(function, dynamic=True)
+
+
+class _UnreadableCacheEntries(logging.Filter):
+    """Drops torch's warning about a compile-cache entry it cannot load (a traceback on stderr per
+    entry; torch then compiles the graph again, which is all the user needs to know) and says it
+    once per process as one virnucpro warning."""
+
+    def __init__(self):
+        super().__init__()
+        self.warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "unable to load" not in record.getMessage():
+            return True
+        if not self.warned:
+            self.warned = True
+            from virnucpro.console import warn
+
+            warn(f"compile cache {cache_in_use()}: an entry could not be read (damaged, or written by another "
+                 f"torch version); ignored, the kernels are compiled again")
+        return False
+
+
+def quiet_unreadable_cache() -> None:
+    """Put `_UnreadableCacheEntries` on torch's cache logger (once per process)."""
+    logger = logging.getLogger(CACHE_LOGGER)
+    if not any(isinstance(existing, _UnreadableCacheEntries) for existing in logger.filters):
+        logger.addFilter(_UnreadableCacheEntries())
 
 
 def default_cache() -> Path | None:

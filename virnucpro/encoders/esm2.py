@@ -508,8 +508,8 @@ class Esm2Encoder:
 
     def forward(self, collated: tuple) -> torch.Tensor:
         """Pooled vectors (N, width) float32, left on the model's device (the caller copies them
-        to the host when it needs them, without blocking on a GPU); OOM propagates; a compiled path
-        that fails here falls back to the uncompiled one (encoders.forward_on_path)."""
+        to the host when it needs them, without blocking on a GPU); OOM propagates; a fast path
+        that fails here falls back to a safer one (encoders.forward_on_path)."""
         return forward_on_path("ESM-2", self, collated)
 
     def _run(self, collated: tuple, path: str) -> torch.Tensor:

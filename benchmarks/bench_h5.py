@@ -1,0 +1,80 @@
+"""What the seal of an embedding shard costs: its check against the full read `predict` does anyway.
+
+Writes one shard of real widths (768 DNABERT-S + 2,560 ESM-2 float32 per row, 13 KB) through
+`h5shard.write_shard` (which seals and reads it back), then times, from the page cache as predict
+mostly sees it: the seal check alone, `read_info` (seal + attributes), and `iter_rows` (seal + every
+row with the vector checksums). Prints each as a ratio to a plain h5py read of the same rows.
+
+    python benchmarks/bench_h5.py [--rows 20000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from virnucpro import h5shard
+
+WIDTHS = (768, 2560)
+
+
+def _write(path: Path, rows: int) -> float:
+    """A shard of `rows` random rows; returns the seconds write_shard took (write, seal, verify)."""
+    generator = np.random.default_rng(0)
+    ids = [f"read_{i:07d}_chunk_1F1" for i in range(rows)]
+    attrs = {"shard_index": 0, "shard_of": 1, "shard_sha256": "0" * 64, "chunk_size": 500,
+             "models": {"dnabert_s": {"name": "x", "sha256": "1" * 64}, "esm2": {"name": "y", "sha256": "2" * 64}},
+             "precision": "fp32", "device": "cpu"}
+
+    def block(start: int, stop: int):
+        return tuple(generator.standard_normal((stop - start, width), dtype=np.float32) for width in WIDTHS)
+
+    started = time.perf_counter()
+    h5shard.write_shard(path, ids, block, WIDTHS, attrs)
+    return time.perf_counter() - started
+
+
+def _plain_read(path: Path) -> None:
+    """Every row read with h5py, nothing checked: the baseline."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as handle:
+        for start in range(0, handle["ids"].shape[0], h5shard.ROWS_PER_WRITE):
+            stop = start + h5shard.ROWS_PER_WRITE
+            handle["ids"][start:stop], handle["dnabert_s"][start:stop], handle["esm2"][start:stop]
+
+
+def _best(repeats: int, work) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "shard.h5"
+        written = _write(path, args.rows)
+        size = path.stat().st_size
+        plain = _best(args.repeats, lambda: _plain_read(path))
+        timings = {"seal check": _best(args.repeats, lambda: h5shard.check_seal(path)),
+                   "read_info (seal + attributes)": _best(args.repeats, lambda: h5shard.read_info(path)),
+                   "iter_rows (seal + rows + checksums)": _best(args.repeats, lambda: list(h5shard.iter_rows(path)))}
+    print(f"shard: {args.rows:,} rows, {size / 1e6:,.0f} MB; write_shard (write, seal, verify) {written:.2f} s")
+    print(f"baseline, plain h5py read of every row: {plain:.3f} s ({size / 1e6 / plain:,.0f} MB/s)")
+    for name, seconds in timings.items():
+        print(f"{name:38s} {seconds:7.3f} s   {seconds / plain:5.2f}x the plain read")
+
+
+if __name__ == "__main__":
+    main()
