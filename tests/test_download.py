@@ -160,10 +160,12 @@ def test_only_one_role(host, payloads, tmp_path, monkeypatch):
     dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
     assert (tmp_path / "500_model.pth").is_file() and not (tmp_path / "300_model.pth").exists()
     assert list(_manifest(tmp_path)) == ["classifier_500"]
-    with pytest.raises(ModelsError, match="unknown model"):
+    with pytest.raises(store.ModelsUsageError, match="unknown model") as info:  # exit 2, as typer's own check
         dl.download(dest=tmp_path, only="esm3", mirror=host.url)
-    with pytest.raises(ModelsError, match="http"):
+    assert info.value.code == ExitCode.USAGE
+    with pytest.raises(store.ModelsUsageError, match="http") as info:  # a bad option value: exit 2
         dl.download(dest=tmp_path, only="esm2", mirror="ftp://somewhere")
+    assert info.value.code == ExitCode.USAGE
 
 
 def test_pinned_checksum_mismatch(host, payloads, tmp_path, monkeypatch):

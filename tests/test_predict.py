@@ -330,7 +330,8 @@ def test_run_checks_inputs_before_models_and_the_classifier_before_embedding(tmp
     fasta = reference_dir / "vanilla/test_with_orfs.fa"
     code, message = run_cli("run", fasta, "--outdir", out, "--models", tiny_models, "--device", "cpu",
                             "--classifier", tmp_path / "absent.pth")
-    assert code == 4 and "absent.pth" in message
+    assert code == 4 and "absent.pth" in message and "check the path given to --classifier" in message
+    assert "download" not in message, message
     assert not (out / WORK / "prepared").exists()
 
     narrow = tmp_path / "narrow.pth"

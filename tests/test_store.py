@@ -203,7 +203,8 @@ def test_missing_role_names_the_fix(tiny, tmp_path):
         store.locate(models)
     assert info.value.code == ExitCode.MODELS
     assert "classifier_500" in str(info.value)
-    assert f"virnucpro models download --dest {models} --only classifier_500" in str(info.value)
+    # tiny test models are written again, never completed with the published classifier
+    assert f"virnucpro models tiny {models}" in str(info.value) and "models download" not in str(info.value)
     store.locate(models, roles=["esm2", "dnabert_s", "classifier_300"])  # others still fine
 
     empty = tmp_path / "nothing-here"
@@ -217,7 +218,7 @@ def test_checksum_mismatch(tiny, tmp_path):
     path.write_text(path.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
     with pytest.raises(ModelsError, match="checksum mismatch for dnabert_s") as info:
         store.locate(models)
-    assert "--only dnabert_s" in str(info.value)
+    assert f"virnucpro models tiny {models}" in str(info.value)  # a tiny folder is written again
     with pytest.raises(ModelsError, match="checksum mismatch"):
         download.ensure(models, offline=False)  # never silently replaced
     with pytest.raises(ModelsError, match="checksum mismatch"):
@@ -280,15 +281,20 @@ def test_models_dir_precedence(tmp_path, monkeypatch):
 def test_ensure_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert download.ensure(tiny, offline=True).tiny  # everything present: no network needed
-    models = _copy(tiny, tmp_path)
-    (models / "300_model_tiny.pth").unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(ModelsError, match=r"--offline") as info:
-        download.ensure(models, offline=True)
+        download.ensure(empty, offline=True)
     assert "virnucpro models download --dest" in str(info.value)
     assert "VIRNUCPRO_MODELS" in str(info.value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelsError, match="HF_HUB_OFFLINE"):
-        download.ensure(models, offline=False)
+        download.ensure(empty, offline=False)
+    models = _copy(tiny, tmp_path)
+    (models / "300_model_tiny.pth").unlink()
+    with pytest.raises(ModelsError, match="tiny test models .* are incomplete") as info:  # offline or not
+        download.ensure(models, offline=True)
+    assert f"virnucpro models tiny {models}" in str(info.value)
     assert download.ensure(models, roles=["esm2", "classifier_500"], offline=False).paths
 
 

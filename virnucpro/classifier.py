@@ -318,9 +318,10 @@ def load_classifier(path: Path) -> MLPClassifier:
 
 def _refuse_not_a_classifier_file(path: Path) -> None:
     """Exit 4 saying what is at `path` when it is not a plain file of a plausible size."""
-    hint = "virnucpro models download --only classifier_500"
     if not path.exists():
-        raise ModelsError(f"classifier file {path} does not exist", hint=hint)
+        raise ModelsError(f"classifier file {path} does not exist",
+                          hint="check the path given to --classifier (or leave --classifier out to use the models "
+                               "folder's classifier for the chunk size)")
     if path.is_dir():
         raise ModelsError(f"classifier file {path} is a directory, not a file",
                           hint="give the .pth or .safetensors file inside it")
@@ -331,7 +332,8 @@ def _refuse_not_a_classifier_file(path: Path) -> None:
     if size > CLASSIFIER_MAX_BYTES:
         raise ModelsError(f"classifier file {path} is {size:,} bytes, far above any classifier "
                           f"virnucpro can load (at most {CLASSIFIER_MAX_BYTES:,}; the originals are "
-                          f"about 7 MB)", hint=hint)
+                          f"about 7 MB)", hint="give VirNucPro's 300_model.pth or 500_model.pth, or your own "
+                                               "classifier of the same shape")
 
 
 def _load_safetensors(path: Path) -> MLPClassifier:

@@ -6,6 +6,7 @@ Heavy libraries (torch, h5py) are imported inside the commands that need them, s
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -165,7 +166,9 @@ def predict(
     prepared: Path = typer.Option(..., "--prepared", help="The prepare output directory."),
     embeddings: List[Path] = typer.Option(..., "--embeddings", help="Every embedding shard of the "
                                           "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
-    more_embeddings: Optional[List[Path]] = typer.Argument(None, hidden=True),
+    more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5",
+                                                           help="More embedding shards after --embeddings "
+                                                                "(a shell glob: --embeddings emb/*.h5)."),
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for tables and report." + OUTDIR_RULES),
     classifier: Optional[Path] = ClassifierOption,
     models: Optional[Path] = ModelsOption,
@@ -244,18 +247,25 @@ def models_tiny(directory: Path = typer.Argument(..., help="Directory to create.
     tiny.make_tiny(directory)
 
 
+# how memory running out reads when it is no MemoryError: torch's CPU allocator, a shared library
+# that cannot be mapped (a library loaded under `ulimit -v`), the kernel's ENOMEM text
+OUT_OF_MEMORY_TEXTS = ("DefaultCPUAllocator", "failed to map segment", os.strerror(errno.ENOMEM))
+
+
 def _out_of_host_memory(exc: BaseException) -> bool:
-    """Whether `exc` is the machine's memory running out (numpy's MemoryError, torch's CPU allocator)."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc))
+    """Whether `exc` is the machine's memory (or the process's memory limit) running out."""
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        return True
+    return isinstance(exc, (RuntimeError, ImportError, OSError)) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXTS)
 
 
 def _report_bug(exc: BaseException) -> int:
     """Unexpected exception: one line for the user, the traceback in a file for the bug report; the
     machine's memory running out is said plainly (it is no bug, and more memory is the fix)."""
     if _out_of_host_memory(exc):
-        error(f"out of memory: this machine's RAM ran out ({type(exc).__name__}: {str(exc)[:200]})\n  fix: give "
-              "the command more memory (the task's memory in Nextflow); embed needs less with a smaller "
-              "--token-budget")
+        error(f"out of memory: this machine's RAM, or the memory limit of this process (`ulimit -v`), ran out "
+              f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
+              "in Nextflow); embed needs less with a smaller --token-budget")
         return ExitCode.UNEXPECTED
     fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8

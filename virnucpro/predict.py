@@ -385,9 +385,8 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
                 output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks: {calls['virus']:,} virus, "
-         f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty "
-         f"sequences -> {outdir}")
+    info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks; sequences: {calls['virus']:,} virus, "
+         f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty -> {outdir}")
     return outdir
 
 

@@ -56,12 +56,14 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, device
     from virnucpro.models import download
     from virnucpro.predict import refuse_classifier_of_other_chunk_size
 
-    model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)
-    if classifier:
+    given = None
+    if classifier:  # the user's classifier first: a typo found after a multi-GB download wastes it
         refuse_classifier_of_other_chunk_size(Path(classifier), chunk_size, models)
+        given = load_classifier(Path(classifier))
+    model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)
     classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
     torch_device = resolve_device(device)
-    return Setup(model_set, classifier, load_classifier(classifier), torch_device,
+    return Setup(model_set, classifier, given if given is not None else load_classifier(classifier), torch_device,
                  resolve_precision(precision, torch_device), compiling)
 
 

@@ -23,7 +23,8 @@ restricted loader and an encoder checkpoint must hold nothing but tensors.
 After ESM-2's `.pt` verifies, its fp16 copy for fast loads is derived from it (or kept when it still
 matches) and recorded in the manifest (see `virnucpro.encoders.esm2.ensure_fp16_copy`).
 
-`--mirror URL` replaces the scheme and host of every source; the paths stay, e.g.
+`--mirror URL` (an http(s) URL with a host, else a usage error, exit 2) replaces the scheme and
+host of every source; the paths stay, e.g.
 `URL/fair-esm/models/esm2_t36_3B_UR50D.pt`, `URL/zhihan1996/DNABERT-S/resolve/<rev>/config.json`,
 `URL/Li-Jing-1997/VirNucPro/<commit>/300_model.pth`.
 """
@@ -34,7 +35,6 @@ import errno
 import http.client
 import os
 import re
-import shlex
 import socket
 import stat
 import time
@@ -68,8 +68,9 @@ NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, Connectio
 def download(dest: Path | None = None, only: str | None = None, mirror: str | None = None) -> None:
     """`virnucpro models download`: every role (or `only` one) into `dest` (default: `models_dir`)."""
     if only is not None and only not in store.ROLES:
-        raise ModelsError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
-    directory = store.models_dir(dest)
+        raise store.ModelsUsageError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
+    check_mirror(mirror)
+    directory = store.models_dir(dest, "--dest")
     download_roles(directory, [only] if only else list(store.ROLES), mirror=mirror)
     info(f"models ready in {directory}"
          + ("" if dest or os.environ.get("VIRNUCPRO_MODELS") else
@@ -91,35 +92,44 @@ def ensure(directory: Path | None = None, roles: Iterable[str] = store.ROLES, of
     missing = [s.role for s in statuses if s.missing]
     if not missing:
         return store.model_set(directory, statuses)
+    _refuse_incomplete_tiny(directory, statuses)
     if offline or _env_offline():
         why = "--offline" if offline else "HF_HUB_OFFLINE=1"
         raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; not downloading ({why})",
                           hint=store.staging_hint(directory, missing))
-    _refuse_incomplete_tiny(directory, statuses)
     download_roles(directory, missing, mirror=None)
     return store.locate(directory, roles)
 
 
 def _refuse_incomplete_tiny(directory: Path, statuses: list[store.RoleStatus]) -> None:
-    """A tiny test model with files missing is never completed with the published model (a
-    multi-GB download into a test folder): exit 4 telling how to write the tiny models again."""
-    broken = [s for s in statuses if s.missing and s.marked_tiny]
-    if broken:
+    """A folder of tiny test models with files missing is never completed with the published
+    models (a multi-GB download, of other widths, into a test folder), online or not: exit 4
+    telling how to write the tiny models again."""
+    broken = [s for s in statuses if s.missing]
+    if broken and (any(s.marked_tiny for s in broken) or store.is_tiny_folder(directory)):
         raise ModelsError(f"tiny test models in {directory} are incomplete: " + "; ".join(
             f"{s.role} ({', '.join(s.missing)})" for s in broken),
-            hint=f"rerun `virnucpro models tiny {shlex.quote(str(directory))}`")
+            hint=f"rerun `{store.tiny_command(directory)}`")
 
 
 def _env_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def check_mirror(mirror: str | None) -> None:
+    """A `--mirror` that is not an http(s) URL with a host is a usage error (exit 2), found before
+    anything is touched."""
+    if mirror is None:
+        return
+    parsed = urllib.parse.urlparse(mirror)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise store.ModelsUsageError(f"--mirror must be an http(s) URL, got {mirror!r}",
+                                     hint="give the mirror's base URL, e.g. --mirror https://mirror.example.org")
+
+
 def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = None) -> None:
     """Download `roles` into `directory`, one file at a time, holding the directory's lock."""
-    if mirror is not None:
-        parsed = urllib.parse.urlparse(mirror)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ModelsError(f"--mirror must be an http(s) URL, got {mirror!r}")
+    check_mirror(mirror)
     refuse_nesting(directory, "models directory", itself=True)
     with folder_lock(directory, FOLDER):
         ours = _recorded_files(store.read_manifest(directory))  # a damaged one: exit 4 before any transfer

@@ -15,8 +15,11 @@ It is never listed in `files` and never part of the model identity: the `.pt` is
 A directory without manifest.json (or a manifest without a role) is read by those standard names,
 so hand-staged copies work. A malformed manifest is exit 4 naming the file and the field, and so is
 one that is not a plain file or is larger than `MANIFEST_MAX_BYTES`; so is a models file that
-cannot be read (`reading`: a read, never the exit 10 of an output not written). A models directory
-path whose `~user` cannot be expanded is a usage error (exit 2).
+cannot be read (`reading`: a read, never the exit 10 of an output not written). A folder that is
+a virnucpro command's output (its `.virnucpro.json` marker, or a manifest.json with fields but no
+`models`) is exit 4 saying what it is. No hint ever suggests deleting a file virnucpro may not have
+written; in a folder of tiny test models every hint is `models tiny DIR` (`fix_command`). A models
+directory path whose `~user` cannot be expanded is a usage error (exit 2) naming where it came from.
 
 A role is tiny (random test models, `virnucpro.models.tiny`) only when its manifest entry says
 `"tiny": true` AND records the sha256 of every file of it that is read; every output made with it
@@ -61,7 +64,7 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import ExitCode, ModelsError, VirnucproError
-from virnucpro.outdir import file_mode
+from virnucpro.outdir import MARKER_NAME, file_mode
 from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
@@ -95,6 +98,7 @@ FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 NAME_MAX_BYTES = 255  # the longest file name (one path component) common file systems allow
 PATH_MAX_BYTES = 4096  # the longest path the kernel accepts
+CHECK_ARGUMENT = "the DIR argument of `models check`"
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,20 +139,25 @@ class ModelSet:
     def _path(self, role: str) -> Path:
         if role not in self.paths:
             raise ModelsError(f"model {role} was not located in {self.directory}",
-                              hint=download_command(self.directory, [role]))
+                              hint=fix_command(self.directory, [role]))
         return self.paths[role]
 
 
-class ModelsPathError(VirnucproError):
-    """A models directory path that cannot be used as given (exit 2, a usage error)."""
+class ModelsUsageError(VirnucproError):
+    """A models option or argument that cannot be used as given (exit 2, a usage error)."""
 
     code = ExitCode.USAGE
 
 
-def models_dir(explicit: Path | str | None = None) -> Path:
-    """`explicit` (--models/--dest) > $VIRNUCPRO_MODELS > the user data directory."""
+class ModelsPathError(ModelsUsageError):
+    """A models directory path that cannot be used as given (exit 2, a usage error)."""
+
+
+def models_dir(explicit: Path | str | None = None, where: str = "--models") -> Path:
+    """`explicit` > $VIRNUCPRO_MODELS > the user data directory. `where` names the option or
+    argument `explicit` came from (--models, --dest, the DIR of `models check`), for messages."""
     if explicit:
-        return _expanded(explicit, "--models/--dest")
+        return _expanded(explicit, where)
     env = os.environ.get("VIRNUCPRO_MODELS")
     if env:
         return _expanded(env, "VIRNUCPRO_MODELS")
@@ -184,8 +193,37 @@ def download_command(directory: Path, roles: Iterable[str] | None = None) -> str
     return command
 
 
+def tiny_command(directory: Path) -> str:
+    """The command that writes the tiny test models into `directory` again."""
+    return f"virnucpro models tiny {shlex.quote(str(directory))}"
+
+
+def is_tiny_folder(directory: Path) -> bool:
+    """Whether `directory` is a folder of tiny test models, as `models tiny` writes it: its manifest
+    marks every role it lists tiny. The published models never go beside tiny ones (other widths;
+    gigabytes into a test folder), so every hint for such a folder is `models tiny DIR` (which
+    rewrites such a folder, and refuses one that mixes in other models). A folder without a sound
+    manifest is not tiny."""
+    try:
+        roles = (read_manifest(Path(directory)) or {}).get("models") or {}
+    except (ModelsError, OSError):
+        return False
+    return bool(roles) and all(entry.get("tiny") is True for entry in roles.values())
+
+
+def fix_command(directory: Path, roles: Iterable[str] | None = None) -> str:
+    """The command that puts `roles` right in `directory`: `models tiny DIR` in a folder of tiny
+    test models, else `models download` (see `is_tiny_folder`)."""
+    if is_tiny_folder(directory):
+        return tiny_command(directory)
+    return download_command(directory, roles)
+
+
 def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
-    """How to get models onto a machine that cannot download them."""
+    """How to get models onto a machine that cannot download them (tiny test models need no
+    download: they are written again)."""
+    if is_tiny_folder(directory):
+        return f"write the tiny test models again (no download needed): `{tiny_command(directory)}`"
     return (f"on a machine with internet access run `{download_command(directory, roles)}` "
             f"(or download into any directory and copy it here), then point runs at it with "
             f"--models DIR or VIRNUCPRO_MODELS=DIR")
@@ -196,7 +234,10 @@ def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 
 def read_manifest(directory: Path) -> dict | None:
-    """The validated manifest of `directory`, or None without one; malformed is exit 4."""
+    """The validated manifest of `directory`, or None without one; malformed is exit 4, and so is
+    a folder that is the output of a virnucpro command (its marker, or another manifest) rather
+    than a models folder."""
+    _refuse_command_output(Path(directory))
     path = Path(directory) / MANIFEST
     if not os.path.lexists(path):
         return None
@@ -223,10 +264,49 @@ def read_small_file(path: Path, limit: int) -> str:
     return data.decode()
 
 
+NEW_FOLDER_HINT = "`virnucpro models download --dest NEW_FOLDER`"
+
+
 def _manifest_hint(directory: Path) -> str:
-    """How to get past a bad manifest."""
-    return (f"delete it to read the directory by standard file names, or "
-            f"`{download_command(directory)}`")
+    """How to get past a bad models manifest. It may not be virnucpro's, so it is never to be
+    deleted; and `models download`/`models tiny` into this folder would refuse it too."""
+    return (f"move it out of {directory} to read the folder by standard file names "
+            f"(esm2_t36_3B_UR50D.pt, DNABERT-S/, 300_model.pth, 500_model.pth), or download "
+            f"the models into a new folder: {NEW_FOLDER_HINT}")
+
+
+def _not_models_folder(message: str) -> ModelsError:
+    """Exit 4 for a folder that is not a models folder, saying what it is; the hint leaves it as it is."""
+    return ModelsError(message,
+                       hint=f"give the folder that holds the models (--models DIR or VIRNUCPRO_MODELS=DIR), "
+                            f"or download them into a new folder: {NEW_FOLDER_HINT}")
+
+
+def _refuse_command_output(directory: Path) -> None:
+    """Exit 4 when `directory` holds the marker of a virnucpro output folder (prepare, run, predict):
+    its files are that command's, not models."""
+    marker = directory / MARKER_NAME
+    if not os.path.lexists(marker):
+        return
+    try:
+        kind = json.loads(read_small_file(marker, MANIFEST_MAX_BYTES)).get("kind")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        kind = None
+    command = f"`virnucpro {kind}`" if isinstance(kind, str) and kind.isidentifier() else "a virnucpro command"
+    raise _not_models_folder(f"{directory} is the output of {command}, not a models folder")
+
+
+def _refuse_other_manifest(path: Path, manifest: dict) -> None:
+    """Exit 4 when the manifest has fields but no `models`: another manifest (a `virnucpro prepare`
+    output copied without its marker, another program's), not one of a models folder."""
+    others = sorted(key for key in manifest if key != "format_version")
+    if "models" in manifest or not others:
+        return
+    shown = ", ".join(_shortened(str(key), 40) for key in others[:6]) + (", ..." if len(others) > 6 else "")
+    owner = ("the output of `virnucpro prepare` or another command"
+             if {"shards", "chunk_size"} <= set(others) else "another program's manifest")
+    raise _not_models_folder(f"{path.parent} is not a models folder: its {MANIFEST} has no `models` but "
+                             f"{shown} (it looks like {owner})")
 
 
 def _malformed(path: Path, field_name: str, problem: str) -> ModelsError:
@@ -245,10 +325,12 @@ def _check_manifest(path: Path, manifest: object) -> None:
     """Every field this code reads has the type the contract gives it, or exit 4 naming it."""
     if not isinstance(manifest, dict):
         raise _malformed(path, "(top level)", f"is {_kind(manifest)}, not an object")
+    _refuse_other_manifest(path, manifest)
     version = manifest.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise ModelsError(f"{path} has format_version {version!r}; this virnucpro reads version "
-                          f"{FORMAT_VERSION}", hint=_manifest_hint(path.parent))
+                          f"{FORMAT_VERSION}", hint=f"use the virnucpro version that wrote it, or download "
+                                                    f"the models into a new folder: {NEW_FOLDER_HINT}")
     roles = manifest.get("models", {})
     if not isinstance(roles, dict):
         raise _malformed(path, "models", f"is {_kind(roles)}, not an object of roles")
@@ -654,14 +736,15 @@ def _identity(role: str, main: str, hashes: dict[str, str]) -> str:
     return hashes[main]
 
 
-def scan(directory: Path | None, roles: Iterable[str], full: bool = False
+def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where: str = "--models"
          ) -> tuple[Path, list[RoleStatus]]:
-    """The state of each role in the models directory (`full`: re-hash, ignoring the cache)."""
+    """The state of each role in the models directory (`full`: re-hash, ignoring the cache;
+    `where`: the option or argument `directory` came from, see `models_dir`)."""
     roles = list(roles)
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise ModelsError(f"unknown model role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
-    directory = models_dir(directory)
+    directory = models_dir(directory, where)
     with reading(directory):
         if not directory.is_dir():
             return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
@@ -698,8 +781,8 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
                   f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
         lines += _unpublished_lines(directory, s)
         lines += [f"{s.role}: " + refused_message(directory / rel, names) for rel, names in s.refused]
-    hint = download_command(directory, [s.role for s in failing])
-    if any(s.unpublished for s in failing):
+    hint = fix_command(directory, [s.role for s in failing])
+    if any(s.unpublished for s in failing) and not is_tiny_folder(directory):
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
                  "output marks as tiny")
     return ModelsError("\n".join(lines), hint=hint)
@@ -822,7 +905,7 @@ def check(directory: Path | None = None) -> None:
     role that is not tiny) or refused (code in an encoder checkpoint, or a classifier the
     restricted loader refuses).
     """
-    directory, statuses = scan(directory, ROLES, full=True)
+    directory, statuses = scan(directory, ROLES, full=True, where=CHECK_ARGUMENT)
     info(f"models directory: {directory}"
          + ("" if (directory / MANIFEST).is_file() else " (no manifest.json: standard file names)"))
     refused = [message for s in statuses if (message := _report_role(s)) is not None]
@@ -833,7 +916,7 @@ def check(directory: Path | None = None) -> None:
         raise problem
     if refused:
         raise ModelsError("classifier refused by the restricted loader: " + "; ".join(refused),
-                          hint=download_command(directory))
+                          hint=fix_command(directory))
     info("all models present and verified")
 
 

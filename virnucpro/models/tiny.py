@@ -22,9 +22,9 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.console import info
-from virnucpro.errors import BadInputError, OutputWriteError, output_errors, storage_error
+from virnucpro.errors import BadInputError, ModelsError, OutputWriteError, output_errors, storage_error
 from virnucpro.models import store
-from virnucpro.outdir import OURS, file_mode, folder_lock
+from virnucpro.outdir import OURS, file_mode, folder_lock, refuse_nesting
 
 TINY_SEED = 20240917
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -242,13 +242,22 @@ def _refuse_other_models(directory: Path) -> None:
     names = [entry.name for entry in directory.iterdir()]
     if all(name in OURS for name in names):  # empty but for a lock
         return
-    roles = (store.read_manifest(directory) or {}).get("models") or {}
+    roles = _manifest_roles(directory)
     kept = [role for role, entry in roles.items() if not entry.get("tiny")]
     if not kept and (roles or all(_tiny_name(name) for name in names)):
         return
     what = f"models that are not tiny ({', '.join(kept)})" if kept else "files that are not tiny models"
     raise BadInputError(f"{directory} holds {what}: `models tiny` would repoint them to random test models",
                         "give a new or empty folder for the tiny models")
+
+
+def _manifest_roles(directory: Path) -> dict:
+    """The roles of the folder's models manifest (none without one); a manifest that cannot be
+    read is exit 4, with a hint that leaves the folder as it is."""
+    try:
+        return (store.read_manifest(directory) or {}).get("models") or {}
+    except ModelsError as exc:
+        raise ModelsError(exc.message, hint="give a new or empty folder for the tiny models") from None
 
 
 def make_tiny(directory: Path) -> None:
@@ -261,7 +270,8 @@ def make_tiny(directory: Path) -> None:
     The folder is checked before anything is written to it (not even a lock), then locked and
     checked again, so no other command can write it meanwhile.
     """
-    directory = Path(directory).expanduser().absolute()
+    directory = store.models_dir(directory, "the DIR argument of `models tiny`")
+    refuse_nesting(directory, "tiny models folder", itself=True)
     _refuse_other_models(directory)
     with folder_lock(directory, "models folder"):
         _refuse_other_models(directory)
