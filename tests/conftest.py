@@ -61,6 +61,26 @@ def tiny_models(tmp_path_factory) -> Path:
     return directory
 
 
+def _model_files(folder: Path) -> list[str]:
+    """The model files of a folder (the hash cache of their checksums aside: it is a cache)."""
+    from virnucpro.models.store import HASH_CACHE
+
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.name != HASH_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def session_models_left_as_made(request):
+    """A test that adds to the session's tiny models folder (say the fp16 copy an fp16 embed writes)
+    changes what every later test sees there: it fails, and should use a private copy."""
+    if "tiny_models" not in request.fixturenames:
+        yield
+        return
+    folder = request.getfixturevalue("tiny_models")
+    before = _model_files(folder)
+    yield
+    assert _model_files(folder) == before, "this test wrote into the shared tiny models folder: copy it first"
+
+
 @pytest.fixture(scope="session")
 def golden_prepared(tmp_path_factory, reference_dir) -> Path:
     """The golden mixed sample prepared at chunk size 500 in shards of 60 ORFs (356 ORFs, 6 shards)."""

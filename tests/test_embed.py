@@ -571,11 +571,16 @@ def test_the_temporary_file_of_a_killed_write_is_removed_by_the_rerun(tmp_path, 
 def test_batch_neighbours_move_a_vector_only_by_the_documented_rounding(tmp_path, tiny_models, golden_prepared,
                                                                         precision, documented):
     """docs/encoders.md: in fp32 a vector does not depend on its batch (<= 1e-5); in fp16/bf16 the
-    rounding of the products does, by about 1e-3/1e-2: one sequence per batch vs all in one."""
+    rounding of the products does, by about 1e-3/1e-2: one sequence per batch vs all in one. A private
+    copy of the models: an fp16 run writes ESM-2's fp16 copy beside the weights."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
     rows = []
     for budget in (1, 100_000):
         out = tmp_path / f"{budget}.h5"
-        embed(shard(golden_prepared), out, models=tiny_models, device="cpu", precision=precision,
+        embed(shard(golden_prepared), out, models=models, device="cpu", precision=precision,
               token_budget=budget)
         rows.append(read_h5(out)[1:3])
     for alone, together in zip(*rows):

@@ -369,6 +369,16 @@ def test_a_custom_chunk_size_without_a_classifier_is_a_usage_error(tmp_path, ref
     assert code == 2 and "chunk size 400" in message and "--classifier" in message, message
 
 
+def test_run_with_models_that_are_a_file_is_refused_before_prepare(tmp_path, reference_dir, run_cli):
+    """Nothing to download there: the models are set up (and refused) before any prepare work."""
+    models_file = tmp_path / "models"
+    models_file.write_text("not a folder")
+    code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", tmp_path / "o",
+                            "--models", models_file, "--device", "cpu")
+    assert code in (2, 3, 4) and "models" in message and "is a file" in message, message
+    assert "virnucpro prepared" not in message, message
+
+
 def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_dir, tiny_models, run_cli,
                                                            golden_prepared, golden_embeddings):
     """Both classifiers take the same features: one known (by its checksum in a models manifest) to be
@@ -506,4 +516,4 @@ def test_a_fifo_given_as_an_embedding_shard_is_refused_at_once(tmp_path, run_cli
     assert code == 3 and "f.h5 is not a regular file" in message, message
     code, message = run_cli("embed", golden_prepared / "shards" / "shard_00000.tsv", "--models", tiny_models,
                             "--out", fifo, "--device", "cpu")
-    assert code == 3 and "f.h5 exists and does not start with the seal" in message, message
+    assert code == 3 and "f.h5 is not a regular file" in message, message

@@ -96,6 +96,23 @@ def replace_dataset(handle, name: str, data, **options) -> None:
 
 # --- point 4: ids of the HDF5 files against the prepared shards ------------------------------------
 
+def test_an_embedding_file_replaced_by_another_sealed_one_after_its_check_is_refused(sample, run_cli, monkeypatch):
+    """Predict reads each file three times (attributes, ids, rows): a sound file of another shard
+    renamed over one after its attributes were checked is exit 5, never scored."""
+    import virnucpro.predict as predict_module
+
+    checked = predict_module.order_shards
+
+    def then_replaced(*args, **kwargs):
+        shards = checked(*args, **kwargs)
+        shutil.copy(sample.embeddings[1], sample.embeddings[0])
+        return shards
+
+    monkeypatch.setattr(predict_module, "order_shards", then_replaced)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, sample.embeddings[0].name, "was replaced by another file")
+
+
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_a_byte_changed_in_an_embedding_file_is_refused_before_hdf5_reads_it(sample, run_cli, where):
     """Any byte of a shard changed after embed sealed it: exit 5 naming the file, nothing written."""

@@ -871,6 +871,9 @@ def _check_replaceable(out: Path) -> None:
     if out.is_symlink():
         raise BadInputError(f"--out {out} is a symbolic link: writing would replace the link, which virnucpro "
                             "did not write", "give the path of a new file, or of the link's target")
+    if out.exists() and not out.is_file():
+        raise BadInputError(f"--out {out} is not a regular file (a pipe, FIFO or device): virnucpro writes its "
+                            "embedding file under a temporary name and renames it", "give the path of a file")
     if out.exists() and not h5shard.is_sealed_shard(out):
         raise BadInputError(f"--out {out} exists and does not start with the seal virnucpro embed writes (another "
                             "program's file, or an embedding file of a virnucpro before format 3): virnucpro "

@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -51,11 +51,26 @@ def _h5py():
     return h5py
 
 
-def open_h5(path: Path):
-    """A shard opened for reading once its seal holds, with HDF5 file locking off (parallel file
-    systems reject or hang on it)."""
-    check_seal(path)
-    return _h5py().File(path, "r", locking=False)
+@contextmanager
+def open_h5(path: Path, seal: bytes | None = None):
+    """A shard opened for reading once its seal holds (see `_sealed`)."""
+    with _sealed(path, seal) as (handle, _):
+        yield handle
+
+
+@contextmanager
+def _sealed(path: Path, seal: bytes | None = None):
+    """(HDF5 handle, seal) of a shard whose seal holds. HDF5 reads the very file object whose seal was
+    checked, so a file put in its place meanwhile is never parsed; with `seal` (from `read_info`) the
+    file must also be the one read then, not another sealed file renamed over it."""
+    with _open_regular(path) as raw:
+        found = _checked_seal(path, raw)
+        if seal is not None and found != seal:
+            raise InconsistentInputsError(f"{path} was replaced by another file while virnucpro read it",
+                                          "rerun once nothing else writes that file")
+        raw.seek(0)
+        with _h5py().File(raw, "r") as handle:
+            yield handle, found
 
 
 SEAL_BYTES = 512  # the HDF5 user block: the smallest HDF5 allows
@@ -83,17 +98,23 @@ def is_sealed_shard(path: Path) -> bool:
         return False
 
 
-def check_seal(path: Path) -> None:
-    """The file's bytes are exactly those `embed` sealed (exit 5 otherwise), read block by block."""
+def check_seal(path: Path) -> bytes:
+    """The file's bytes are exactly those `embed` sealed (exit 5 otherwise); returns the seal."""
     with _open_regular(path) as handle:
-        block = handle.read(SEAL_BYTES)
-        if not block.startswith(SEAL_MAGIC):
-            raise malformed(path, "it does not start with the seal virnucpro embed writes (another program "
-                                  "wrote it, or an older virnucpro)")
-        expected = _seal_block(handle)
-    if block != expected:
+        return _checked_seal(path, handle)
+
+
+def _checked_seal(path: Path, handle) -> bytes:
+    """The seal of the open file once every byte after it matches, read block by block (exit 5)."""
+    handle.seek(0)
+    block = handle.read(SEAL_BYTES)
+    if not block.startswith(SEAL_MAGIC):
+        raise malformed(path, "it does not start with the seal virnucpro embed writes (another program "
+                              "wrote it, or an older virnucpro)")
+    if block != _seal_block(handle):
         raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
                                       "the seal embed wrote in its first bytes)", REEMBED_HINT)
+    return block
 
 
 def _open_regular(path: Path):
@@ -138,6 +159,7 @@ class EmbeddingShardInfo:
     widths: tuple[int, int]
     tiny: bool = False
     attention: str = REFERENCE_ATTENTION  # 'role:path,...': the paths the writing process computed with
+    seal: bytes | None = None  # the file's seal when read: later reads must find the same file
 
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -319,7 +341,7 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     if path.is_dir():
         raise BadInputError(f"embedding shard {path} is a directory", f"give the files in it: {path}/*.h5")
     try:
-        with open_h5(path) as handle:
+        with _sealed(path) as (handle, seal):
             records, widths = _check_datasets(path, handle)
             attrs = _read_attributes(path, handle)
     except FileNotFoundError:
@@ -327,7 +349,7 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     except DAMAGED as exc:
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
                                       "give the .h5 files written by `virnucpro embed`") from None
-    return _shard_info(path, attrs, records, widths)
+    return replace(_shard_info(path, attrs, records, widths), seal=seal)
 
 
 def malformed(path: Path, what: str) -> InconsistentInputsError:
@@ -472,23 +494,25 @@ def _decoded(values) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
 
 
-def iter_ids(path: Path, block: int | None = None) -> Iterator[str]:
-    """The ids of a shard one by one, read `block` (default ROWS_PER_WRITE) at a time."""
+def iter_ids(path: Path, block: int | None = None, seal: bytes | None = None) -> Iterator[str]:
+    """The ids of a shard one by one, read `block` (default ROWS_PER_WRITE) at a time (`seal`: see
+    `open_h5`)."""
     block = block or ROWS_PER_WRITE
-    with _reading(path), open_h5(path) as handle:
+    with _reading(path), open_h5(path, seal) as handle:
         ids = _dataset(path, handle, "ids")
         for start in range(0, ids.shape[0], block):
             yield from _decoded(ids[start:start + block])
 
 
-def iter_rows(path: Path, block: int = ROWS_PER_WRITE) -> Iterator[tuple[list[str], np.ndarray]]:
+def iter_rows(path: Path, block: int = ROWS_PER_WRITE,
+              seal: bytes | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, features) blocks in shard order; features = DNABERT-S then ESM-2, as the original merges.
 
     The vectors read are checked against the checksums embed stored: a changed value ends the read
     with exit 5 after the last block (the caller publishes nothing before the read is complete).
     """
     checksums = VectorChecksums()
-    with _reading(path), open_h5(path) as handle:
+    with _reading(path), open_h5(path, seal) as handle:
         id_data, nuc_data, prot_data = (_dataset(path, handle, name) for name in ("ids", *VECTORS))
         n, expected = id_data.shape[0], {name: _text(path, dict(handle.attrs), name) for name in CHECKSUMS}
         for start in range(0, n, block):

@@ -104,7 +104,7 @@ def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.Embed
     entries = sorted(manifest["shards"], key=lambda entry: entry["index"])
     for entry, shard in zip(entries, shards):
         _check_prepared_shard(prepared, entry)
-        _check_shard_ids(prepared, prepared / entry["file"], shard.path, walk)
+        _check_shard_ids(prepared, prepared / entry["file"], shard, walk)
     for chunk_id, line in walk:
         raise InconsistentInputsError(f"the prepared tables do not reconcile: {prepared / fmt.CHUNKS} line {line} "
                                       f"gives chunk {chunk_id!r} more ORFs than the prepared shards hold",
@@ -124,10 +124,11 @@ def _check_prepared_shard(prepared: Path, entry: dict) -> None:
                                       f"{prepared / fmt.MANIFEST}", fmt.REPAIR_HINT)
 
 
-def _check_shard_ids(prepared: Path, shard_file: Path, h5: Path, walk) -> None:
-    """The ids of `h5` equal the records of `shard_file`, each an ORF of the next chunk `walk` gives."""
-    records = (record[0] for record in fmt.read_shard(shard_file))
-    for row, (expected, found) in enumerate(itertools.zip_longest(records, h5shard.iter_ids(h5))):
+def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingShardInfo, walk) -> None:
+    """The ids of the HDF5 shard equal the records of `shard_file`, each an ORF of the next chunk
+    `walk` gives."""
+    records, h5 = (record[0] for record in fmt.read_shard(shard_file)), shard.path
+    for row, (expected, found) in enumerate(itertools.zip_longest(records, h5shard.iter_ids(h5, seal=shard.seal))):
         if expected != found:
             raise InconsistentInputsError(
                 f"{h5}: /ids[{row}] is {_id_text(found)} but record {row + 1} of {shard_file} (line {row + 3}) "
@@ -172,7 +173,7 @@ def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Pat
     with open(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out:
         out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         for shard in shards:
-            for ids, features in h5shard.iter_rows(shard.path):
+            for ids, features in h5shard.iter_rows(shard.path, seal=shard.seal):
                 _check_finite(features, ids, shard.path)
                 probabilities = predict_proba(classifier, features)
                 histogram.add(probabilities[:, 1])

@@ -79,8 +79,8 @@ def _download_ahead(models: Path | None, classifier: Path | None, chunk_size: in
     checks them to the last record, so a bad record never costs a download."""
     from virnucpro.models import store
 
-    if offline:
-        return False
+    if offline or (models is not None and Path(models).exists() and not Path(models).is_dir()):
+        return False  # nothing to download: setting up says what is wrong at once
     _, statuses = store.scan(models, _roles(classifier, chunk_size))
     return any(s.missing for s in statuses) and not any(s.wrong for s in statuses)
 
