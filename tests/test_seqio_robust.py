@@ -367,3 +367,38 @@ def test_the_longest_id_keeps_prepare_memory_a_small_multiple_of_the_record(tmp_
         assert code == 0, message
         costs[name] = peak - baseline_peak
     assert costs["longest"] < 4 * costs["short"], {name: f"{cost / 2**20:.0f} MiB" for name, cost in costs.items()}
+
+
+@pytest.mark.parametrize("read", ["", "A"], ids=["empty reads", "1-bp reads"])
+def test_fastq_groups_of_short_reads_stay_bounded_in_records(tmp_path, read):
+    """Groups close at GROUP_RECORDS records too: a run of empty reads (cutadapt keeps them) was one
+    group holding every record, so memory grew with the file."""
+    path = tmp_path / "short.fq"
+    count = 3 * seqio.GROUP_RECORDS + 5
+    path.write_text("".join(f"@e{i}\n{read}\n+\n{'I' * len(read)}\n" for i in range(count)))
+    sizes = [len(group.records) for group in seqio.record_groups(HashingTextStream(path))]
+    assert sum(sizes) == count and max(sizes) <= seqio.GROUP_RECORDS, sizes
+
+
+@pytest.mark.parametrize("text", ["@r1\nAC GT\n+\nIIII\n", "@r1\nAC GT\n+\nIIII\n@r2\nA\n+\nI\n",
+                                  "@r1\nACGT\nAC GT\n+\nIIIIIIII\n"], ids=["alone", "then a record", "second line"])
+def test_a_space_inside_a_fastq_sequence_is_named(tmp_path, text):
+    """A space was counted as a base: the refusal blamed a truncated file or the quality length."""
+    path = tmp_path / "space.fq"
+    path.write_text(text)
+    with pytest.raises(BadInputError, match=r"record 'r1' \(line 1\) has a space inside its sequence"):
+        records_of(path)
+
+
+@pytest.mark.parametrize("text, suggestion", [
+    (">a\nACGT\n\ufeff>b\nACGT\n", "a byte-order mark inside the file"),
+    ("@a\nACGT\n+\nIIII\n\ufeff@b\nACGT\n+\nIIII\n", "starts with a byte-order mark"),
+    (">a\n;made by hand\nACGT\n", "a ';' comment line?"),
+], ids=["fasta bom", "fastq bom", "comment"])
+def test_misplaced_marks_are_named_not_taken_for_protein(tmp_path, run_cli, text, suggestion):
+    """A byte-order mark inside a file (Windows files joined with cat) and a ';' comment line were
+    reported as odd letters or as protein."""
+    path = tmp_path / "x.fa"
+    path.write_text(text, encoding="utf-8")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and suggestion in message and "protein" not in message, message

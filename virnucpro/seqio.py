@@ -35,6 +35,7 @@ BZIP2_MAGIC = b"BZh"
 # translation, as in the original).
 NUCLEOTIDE_SYMBOLS = b"ACGTUNRYSWKMBDHVX-.*acgtunryswkmbdhvx"
 PROTEIN_LIKE = set("EFILPQJOZefilpqjoz")
+BYTE_ORDER_MARK = "\ufeff"  # UTF-8 files from Windows tools start with it; inside a file it is misplaced
 
 
 @dataclass
@@ -217,7 +218,7 @@ class UniversalText:
             raise self._refusal(data[:exc.start], data[exc.start:], "is not UTF-8 text",
                                 "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8): a replaced byte "
                                 "could make distinct ids collide") from None
-        if self.pending_offset == 0 and text.startswith("\ufeff"):
+        if self.pending_offset == 0 and text.startswith(BYTE_ORDER_MARK):
             text = text[1:]  # a UTF-8 byte-order mark
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -495,23 +496,12 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
     while header is not None:
         line_no, text = header
         if not text.startswith("@"):
+            mark = " (it starts with a byte-order mark: files joined with cat?)" if text[:1] == BYTE_ORDER_MARK else ""
             raise BadInputError(f"{path}, line {line_no}: expected a FASTQ header starting with '@', "
-                                f"found '{text[:40]}'", "check that the FASTQ file is complete")
+                                f"found '{text[:40]}'{mark}", "check that the FASTQ file is complete")
         rid = _record_id(text[1:], path, line_no)
-        seq_parts: list[str] = []
         reader.header_marks = b"+"  # the separator line repeats the header
-        for number, text in lines:
-            if text.startswith("+"):
-                break
-            bases = text.strip()
-            if seq_parts or "\t" in bases:  # a first line alone is held anyway, and its letters checked later
-                bases = _fastq_bases(bases, path, number, rid, line_no)
-            if bases:
-                seq_parts.append(bases)
-        else:
-            raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has no '+' line",
-                                "the file is truncated or not FASTQ")
-        sequence = "".join(seq_parts)
+        sequence = _fastq_sequence(lines, path, rid, line_no)
         reader.header_marks = b""
         quality = 0
         while quality < len(sequence):
@@ -526,6 +516,27 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
         yield Record(rid, sequence, line_no)
         reader.header_marks = b"@"
         header = next(((n, t) for n, t in lines if t.strip()), None)
+
+
+def _fastq_sequence(lines: Iterator[tuple[int, str]], path: Path, rid: str, header_line: int) -> str:
+    """The sequence of record `rid`: its lines up to the '+' line. FASTQ allows no whitespace inside
+    a sequence (Biopython refuses it too): a space would be counted as a base, and then the quality
+    length would be reported wrong."""
+    parts: list[str] = []
+    for number, text in lines:
+        if text.startswith("+"):
+            return "".join(parts)
+        bases = text.strip()
+        if " " in bases:
+            raise BadInputError(f"{path}, line {number}: FASTQ record '{rid}' (line {header_line}) has a space "
+                                "inside its sequence, which FASTQ does not allow",
+                                "remove the spaces: FASTQ sequence lines hold bases only")
+        if parts or "\t" in bases:  # a first line alone is held anyway, and its letters checked later
+            bases = _fastq_bases(bases, path, number, rid, header_line)
+        if bases:
+            parts.append(bases)
+    raise BadInputError(f"{path}: FASTQ record '{rid}' (line {header_line}) has no '+' line",
+                        "the file is truncated or not FASTQ")
 
 
 def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int) -> str:
@@ -548,13 +559,22 @@ def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int)
 def letters_refusal(path: Path, rid: str, line: int, bad: str) -> BadInputError:
     """The refusal of record `rid` whose sequence holds `bad`, characters that are no nucleotide code."""
     shown = "".join(sorted(set(bad)))[:20]
-    looks_protein = any(c in PROTEIN_LIKE for c in bad)
     return BadInputError(f"{path}, record '{rid}' (line {line}) has characters that are no nucleotide code: "
-                         f"{shown!r}" + (" - this looks like a protein sequence" if looks_protein else ""),
+                         f"{shown!r}{_what_the_letters_suggest(bad)}",
                          "give nucleotide sequences (IUPAC codes, N, X, '-', '.', '*' are accepted)")
 
 
+def _what_the_letters_suggest(bad: str) -> str:
+    """What characters that are no nucleotide code most likely are, for the refusal's message."""
+    if BYTE_ORDER_MARK in bad:
+        return " - a byte-order mark inside the file (files joined with cat?): remove it"
+    if ";" in bad:
+        return " - a ';' comment line? FASTA has no comments: remove it"
+    return " - this looks like a protein sequence" if any(c in PROTEIN_LIKE for c in bad) else ""
+
+
 GROUP_BASES = 1 << 20
+GROUP_RECORDS = 1 << 14  # and at most this many records: short or empty reads add few bases each
 NONEMPTY_LINE = re.compile(r"[^\n]+")
 
 
@@ -580,14 +600,15 @@ def _nonempty_lines(block: TextBlock) -> Iterator[tuple[int, str]]:
 
 
 def _fastq_groups(blocks: Iterable[TextBlock], path: Path, reader: UniversalText) -> Iterator[RecordGroup]:
-    """FASTQ records parsed here, in groups of about GROUP_BASES bases."""
+    """FASTQ records parsed here, in groups of about GROUP_BASES bases or GROUP_RECORDS records,
+    whichever comes first (a run of empty reads, as cutadapt keeps them, would be one group)."""
     numbered = _numbered_lines(blocks)
     first = next((n, t) for n, t in numbered if t.strip())
     group, bases = [], 0
     for record in _fastq_records(numbered, first, path, reader):
         group.append(record)
         bases += len(record.sequence)
-        if bases >= GROUP_BASES:
+        if bases >= GROUP_BASES or len(group) >= GROUP_RECORDS:
             yield RecordGroup(path, records=group)
             group, bases = [], 0
     if group:
