@@ -335,3 +335,24 @@ def test_models_check_given_a_file_says_so(tmp_path, run_cli):
     code, err = run_cli("models", "check", afile)
     assert code == ExitCode.MODELS and "is not a directory (it is a file)" in err, err
     assert str(afile) in err
+
+
+def test_tiny_stopped_before_writing_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """Stopped (exit 6) while the models are made, before anything is written: the folder it created
+    goes with its lock file, as `claim` does for the other commands; a folder that existed stays."""
+    from virnucpro.errors import InterruptedByUser
+    from virnucpro.models import tiny
+
+    def stopped():
+        raise InterruptedByUser("SIGTERM received: stopped")
+
+    monkeypatch.setattr(tiny, "_made_models", stopped)
+    new = tmp_path / "new" / "tiny"
+    with pytest.raises(InterruptedByUser):
+        tiny.make_tiny(new)
+    assert not new.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(InterruptedByUser):
+        tiny.make_tiny(existing)
+    assert existing.is_dir() and not any(existing.iterdir())

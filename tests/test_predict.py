@@ -369,6 +369,28 @@ def test_a_custom_chunk_size_without_a_classifier_is_a_usage_error(tmp_path, ref
     assert code == 2 and "chunk size 400" in message and "--classifier" in message, message
 
 
+def test_run_stopped_during_the_download_keeps_its_finished_prepare(tmp_path, reference_dir, tiny_models, run_cli,
+                                                                    monkeypatch):
+    """Exit 6 says finished work is kept: a prepare finished before the download was stopped is
+    reused by the rerun."""
+    from virnucpro.errors import InterruptedByUser
+    from virnucpro.models import download
+    from virnucpro.run import WORK
+
+    def stopped(*args, **kwargs):
+        raise InterruptedByUser("SIGTERM received: stopped")
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    out, fasta = tmp_path / "o", reference_dir / "vanilla/test_with_orfs.fa"
+    with monkeypatch.context() as patch:
+        patch.setattr(download, "ensure", stopped)
+        code, message = run_cli("run", fasta, "--outdir", out, "--models", empty, "--device", "cpu")
+    assert code == 6 and (out / WORK / "prepared" / "manifest.json").is_file(), message
+    code, message = run_cli("run", fasta, "--outdir", out, "--models", tiny_models, "--device", "cpu")
+    assert code == 0 and "prepare: already done" in message, message
+
+
 def test_run_with_models_that_are_a_file_is_refused_before_prepare(tmp_path, reference_dir, run_cli):
     """Nothing to download there: the models are set up (and refused) before any prepare work."""
     models_file = tmp_path / "models"

@@ -550,6 +550,26 @@ def claim(folder: Path, kind: str, names: Iterable[str], what: str = "--outdir")
 
 
 @contextmanager
+def held_folder(folder: Path, what: str) -> Iterator[HeldLock]:
+    """`folder_lock` for a command that writes files straight into `folder`: when the block fails
+    with nothing written yet, the lock file it created goes, and so does the folder if it created it."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        with folder_lock(folder, what) as lock:
+            try:
+                yield lock
+            except BaseException:
+                if _only_bookkeeping(folder):
+                    lock.remove_if_created()
+                raise
+    except BaseException:
+        if created:
+            _remove_if_empty(folder)
+        raise
+
+
+@contextmanager
 def _undone_unless_published(output: OutputFolder, lock: HeldLock) -> Iterator[None]:
     """When the block fails before publishing, remove our new marker (if the folder holds nothing
     else) and then, last and while still held, the lock file this command created."""

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 from virnucpro import prepared as fmt
 from virnucpro.console import info
-from virnucpro.errors import VirnucproError, output_errors
+from virnucpro.errors import InterruptedByUser, VirnucproError, output_errors
 from virnucpro.outdir import OutputFolder, claim
 
 WORK = ".virnucpro-work"
@@ -169,13 +169,15 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
 
 @contextmanager
 def _work_kept_if_resumable(work: Path) -> Iterator[None]:
-    """On failure, keep the work folder only when it holds embeddings or checkpoints a rerun resumes
-    from; otherwise remove it (a failed run in a new folder then leaves nothing behind)."""
+    """On failure, keep the work folder only when it holds work a rerun resumes from: embeddings or
+    checkpoints, or, when stopped by a signal (which says finished work is kept), a finished
+    prepare; otherwise remove it (a failed run in a new folder then leaves nothing behind)."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         embedded = [p for p in (work / "embeddings", work / "checkpoints") if p.is_dir() and any(p.rglob("*"))]
-        if not embedded:
+        prepared = isinstance(exc, InterruptedByUser) and (work / "prepared" / fmt.MANIFEST).is_file()
+        if not embedded and not prepared:
             shutil.rmtree(work, ignore_errors=True)
         raise
 

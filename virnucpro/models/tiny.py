@@ -24,7 +24,7 @@ from virnucpro import __version__
 from virnucpro.console import info
 from virnucpro.errors import BadInputError, ModelsError, OutputWriteError, output_errors, storage_error
 from virnucpro.models import store
-from virnucpro.outdir import OURS, file_mode, folder_lock, refuse_nesting
+from virnucpro.outdir import OURS, file_mode, held_folder, refuse_nesting
 
 TINY_SEED = 20240917
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -273,7 +273,7 @@ def make_tiny(directory: Path) -> None:
     directory = store.models_dir(directory, "the DIR argument of `models tiny`")
     refuse_nesting(directory, "tiny models folder", itself=True)
     _refuse_other_models(directory)
-    with folder_lock(directory, "models folder"):
+    with held_folder(directory, "models folder"):
         _refuse_other_models(directory)
         _publish(directory, _made_models())
         with output_errors(directory / store.MANIFEST):
