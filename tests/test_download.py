@@ -282,6 +282,19 @@ def test_offline_connection_refused(payloads, tmp_path, monkeypatch):
     assert not (tmp_path / "m" / "300_model.pth").exists()
 
 
+def test_a_failed_download_leaves_no_empty_folder_nor_lock(payloads, tmp_path, monkeypatch):
+    """An unreachable host: the DNABERT-S/ folder the download created and, in a new models folder,
+    its lock file and the folder itself are taken back (an existing folder stays, empty)."""
+    monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for dest in (tmp_path / "new", existing):
+        with pytest.raises(ModelsError, match="cannot reach"):
+            dl.download(dest=dest, only="dnabert_s", mirror=closed_port_url())
+    assert not (tmp_path / "new").exists()
+    assert existing.is_dir() and not any(existing.iterdir())
+
+
 def test_downloaded_classifier_must_pass_the_restricted_loader(host, payloads, tmp_path, monkeypatch):
     evil = payloads["evil"]
     host.files["/VirNucPro/commit/300_model.pth"] = evil

@@ -5,7 +5,7 @@ after an interruption (within a run: up to `ATTEMPTS` tries; across runs: the `.
 verified against its pin, then renamed into place. Each file has a byte bound
 (`FileSource.max_bytes`): a Content-Length above it is refused before anything is written, and a
 body that grows past it is cut off at once, its `.part` deleted (exit 4). One command writes a
-models directory at a time: `virnucpro.outdir.folder_lock` (a second one exits 3 naming the first).
+models directory at a time: `virnucpro.outdir.held_folder` (a second one exits 3 naming the first).
 
 Only files virnucpro wrote are ever replaced: a file in place that fails its pin is downloaded
 again only when the directory's manifest records it with a sha256 (our own download, since
@@ -31,6 +31,7 @@ host of every source; the paths stay, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import os
@@ -49,7 +50,7 @@ from virnucpro.console import Progress, info, warn
 from virnucpro.errors import BadInputError, ModelsError, OutputWriteError, VirnucproError, storage_error
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
-from virnucpro.outdir import folder_lock, refuse_nesting
+from virnucpro.outdir import held_folder, refuse_nesting
 
 ATTEMPTS = 5            # tries per file within one run (connection drops, 5xx, timeouts)
 BACKOFF_SECONDS = 2.0   # sleep attempt * BACKOFF_SECONDS between tries
@@ -131,7 +132,7 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
     """Download `roles` into `directory`, one file at a time, holding the directory's lock."""
     check_mirror(mirror)
     refuse_nesting(directory, "models directory", itself=True)
-    with folder_lock(directory, FOLDER):
+    with held_folder(directory, FOLDER):
         ours = _recorded_files(store.read_manifest(directory))  # a damaged one: exit 4 before any transfer
         for role in roles:
             _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours))
@@ -222,13 +223,20 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
             return digest
         _replace_only_ours(directory, spec.relpath, problem, ours, role)
     _refuse_linked_folders(directory, spec.relpath)
+    created = not target.parent.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _write_error(target.parent, exc) from None
-    digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1, label=label,
-                   validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]),
-                   max_bytes=spec.max_bytes)
+    try:
+        digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1, label=label,
+                       validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]),
+                       max_bytes=spec.max_bytes)
+    except BaseException:
+        if created:  # a failed download leaves no empty folder (rmdir refuses one that holds anything)
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        raise
     cache.record(spec.relpath, target, digest)
     return digest
 
