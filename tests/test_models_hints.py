@@ -131,6 +131,15 @@ def test_a_tiny_folder_with_a_changed_file_is_fixed_by_models_tiny(models, run_c
     assert run_cli("models", "check", models)[0] == 0
 
 
+def test_the_published_models_are_never_downloaded_into_a_tiny_folder(models, run_cli, tmp_path):
+    before = _snapshot(models)
+    code, err = run_cli("models", "download", "--dest", models, "--only", "classifier_500",
+                        "--mirror", closed_port_url())
+    assert code == ExitCode.USAGE and "holds tiny test models" in err, err
+    assert "--dest NEW_FOLDER" in err and "cannot reach" not in err, err  # refused before any transfer
+    assert _snapshot(models) == before
+
+
 def test_a_folder_of_published_models_still_gets_the_download_command(tmp_path):
     folder = tmp_path / "staged"
     folder.mkdir()
@@ -165,3 +174,21 @@ def test_a_models_path_from_models_or_the_environment_says_so(monkeypatch):
     monkeypatch.setenv("VIRNUCPRO_MODELS", NO_USER)
     with pytest.raises(store.ModelsPathError, match=r"\(from VIRNUCPRO_MODELS\)"):
         store.locate(None)
+
+
+# ------------------------------------------------------------------ encoder-level hints
+
+def test_a_damaged_encoder_file_outside_a_tiny_folder_names_download_into_its_models_folder(tmp_path):
+    """The encoders' own checks (reached when a file is damaged in a way the store does not see)
+    name the models folder that holds the file, so the command fixes that folder, not the default."""
+    from virnucpro.encoders.dnabert_s import DnabertSEncoder
+    from virnucpro.encoders.esm2 import Esm2Encoder
+
+    (tmp_path / "DNABERT-S").mkdir()
+    with pytest.raises(ModelsError) as info:
+        DnabertSEncoder(tmp_path / "DNABERT-S", "cpu")
+    assert f"virnucpro models download --dest {tmp_path} --only dnabert_s" in str(info.value), str(info.value)
+    (tmp_path / "esm2_t36_3B_UR50D.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelsError) as info:
+        Esm2Encoder(tmp_path / "esm2_t36_3B_UR50D.pt", "cpu")
+    assert f"virnucpro models download --dest {tmp_path} --only esm2" in str(info.value), str(info.value)

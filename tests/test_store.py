@@ -391,11 +391,13 @@ def test_an_unreadable_model_file_is_exit_4_naming_it_not_a_failed_write(tiny, t
 
     prefix = _without_permission_bypass()
     models = _copy(tiny, tmp_path)
-    shutil.copy(models / "300_model_tiny.pth", models / "300_model.pth")  # where a download goes
-    for rel in ("300_model_tiny.pth", "300_model.pth"):
-        (models / rel).chmod(0)
+    staged = tmp_path / "staged"  # published models go into a folder without tiny ones
+    staged.mkdir()
+    shutil.copy(models / "300_model_tiny.pth", staged / "300_model.pth")  # where a download goes
+    for path in (models / "300_model_tiny.pth", staged / "300_model.pth"):
+        path.chmod(0)
     for unreadable, args in ((models / "300_model_tiny.pth", ["models", "check", str(models)]),
-                             (models / "300_model.pth", ["models", "download", "--dest", str(models),
+                             (staged / "300_model.pth", ["models", "download", "--dest", str(staged),
                                                          "--only", "classifier_300", "--mirror",
                                                          "http://127.0.0.1:9"])):
         done = subprocess.run([*prefix, sys.executable, "-m", "virnucpro", *args],

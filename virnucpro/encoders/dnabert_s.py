@@ -26,6 +26,7 @@ from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_atten
                                          pooled_mean)
 from virnucpro.console import info
 from virnucpro.errors import ModelsError
+from virnucpro.models import store
 
 
 def alibi_slopes(n_heads: int) -> list[float]:
@@ -163,8 +164,11 @@ _CONFIG_KEYS = {"vocab_size": None, "hidden_size": None, "num_hidden_layers": No
                 "intermediate_size": None, "type_vocab_size": 2, "layer_norm_eps": 1e-12}
 _MAX_SIZE = 1 << 20
 _MAX_LAYERS = 1024
-_CONFIG_HINT = ("re-download it: virnucpro models download --only dnabert_s (virnucpro models check "
-                "tells which model files differ from the published ones)")
+
+
+def _refetch(folder: Path) -> str:
+    """How to put a DNABERT-S folder right: fetched again into the models folder that holds it."""
+    return store.refetch_hint(folder.parent, "dnabert_s")
 
 
 def _config(folder: Path) -> dict:
@@ -172,17 +176,17 @@ def _config(folder: Path) -> dict:
     naming the key and its value rather than a crash while building the module."""
     path = folder / "config.json"
     if not path.is_file():
-        raise ModelsError(f"DNABERT-S: {path} is missing", hint="virnucpro models download --only dnabert_s")
+        raise ModelsError(f"DNABERT-S: {path} is missing", hint=_refetch(folder))
     try:
         cfg = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({exc})", hint=_CONFIG_HINT) from exc
+        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({exc})", hint=_refetch(folder)) from exc
     if not isinstance(cfg, dict):
-        raise ModelsError(f"DNABERT-S: {path} holds a JSON {type(cfg).__name__}, not an object", hint=_CONFIG_HINT)
+        raise ModelsError(f"DNABERT-S: {path} holds a JSON {type(cfg).__name__}, not an object", hint=_refetch(folder))
     sizes = {key: _config_value(path, cfg, key, default) for key, default in _CONFIG_KEYS.items()}
     if sizes["hidden_size"] % sizes["num_attention_heads"]:
         raise ModelsError(f"DNABERT-S: {path}: hidden_size {sizes['hidden_size']} is not a multiple of "
-                          f"num_attention_heads {sizes['num_attention_heads']}", hint=_CONFIG_HINT)
+                          f"num_attention_heads {sizes['num_attention_heads']}", hint=_refetch(folder))
     return sizes
 
 
@@ -190,7 +194,7 @@ def _config_value(path: Path, cfg: dict, key: str, default: int | float | None) 
     """One config.json value: a positive integer within bounds, or for layer_norm_eps a positive number."""
     if key not in cfg:
         if default is None:
-            raise ModelsError(f"DNABERT-S: {path} lacks the key {key}", hint=_CONFIG_HINT)
+            raise ModelsError(f"DNABERT-S: {path} lacks the key {key}", hint=_refetch(path.parent))
         return default
     value = cfg[key]
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -205,7 +209,7 @@ def _config_value(path: Path, cfg: dict, key: str, default: int | float | None) 
         expected = f"an integer from 1 to {limit}"
     shown = json.dumps(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise ModelsError(f"DNABERT-S: {path}: {key} is {shown}, expected {expected}", hint=_CONFIG_HINT)
+    raise ModelsError(f"DNABERT-S: {path}: {key} is {shown}, expected {expected}", hint=_refetch(path.parent))
 
 
 def _weights(folder: Path) -> tuple[Path, dict]:
@@ -227,9 +231,9 @@ def _weights(folder: Path) -> tuple[Path, dict]:
     except Exception as exc:  # corrupt, truncated or not weights at all
         path = st if st.is_file() else binfile
         raise ModelsError(f"DNABERT-S: cannot read weights {path}: {describe_load_error(exc)}",
-                          hint="re-download it: virnucpro models download --only dnabert_s") from exc
+                          hint=_refetch(folder)) from exc
     raise ModelsError(f"DNABERT-S: neither model.safetensors nor pytorch_model.bin in {folder}",
-                      hint="virnucpro models download --only dnabert_s")
+                      hint=_refetch(folder))
 
 
 def _map_state(path: Path, state: dict, n_layers: int) -> dict[str, torch.Tensor]:
@@ -258,7 +262,7 @@ def _tokenizer(folder: Path, vocab: int):
 
     path = folder / "tokenizer.json"
     if not path.is_file():
-        raise ModelsError(f"DNABERT-S: {path} is missing", hint="virnucpro models download --only dnabert_s")
+        raise ModelsError(f"DNABERT-S: {path} is missing", hint=_refetch(folder))
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as exc:
@@ -299,7 +303,7 @@ class DnabertSEncoder:
         """Read config, weights and tokenizer, check them and place the module on the device."""
         if not folder.is_dir():
             raise ModelsError(f"DNABERT-S: model folder {folder} is missing",
-                              hint="virnucpro models download --only dnabert_s")
+                              hint=_refetch(folder))
         cfg = _config(folder)
         weights, state = _weights(folder)
         self.width = cfg["hidden_size"]

@@ -198,7 +198,7 @@ def _field(cfg, *names):
 def _read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise ModelsError(f"ESM-2: checkpoint {path} is missing",
-                          hint="virnucpro models download --only esm2")
+                          hint=store.refetch_hint(path.parent, "esm2"))
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:
@@ -209,7 +209,7 @@ def _read_checkpoint(path: Path) -> dict:
                 data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelsError(f"ESM-2: cannot read checkpoint {path}: {describe_load_error(exc)}",
-                          hint="re-download it: virnucpro models download --only esm2") from exc
+                          hint=store.refetch_hint(path.parent, "esm2")) from exc
     return data
 
 

@@ -133,11 +133,23 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
     check_mirror(mirror)
     refuse_nesting(directory, "models directory", itself=True)
     with held_folder(directory, FOLDER):
-        ours = _recorded_files(store.read_manifest(directory))  # a damaged one: exit 4 before any transfer
+        manifest = store.read_manifest(directory)  # a damaged one: exit 4 before any transfer
+        _refuse_tiny_folder(directory, manifest)
+        ours = _recorded_files(manifest)
         for role in roles:
             _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours))
             if role == "esm2":
                 _fp16_copy(directory)
+
+
+def _refuse_tiny_folder(directory: Path, manifest: dict | None) -> None:
+    """The published models never go beside tiny test models (other widths; gigabytes into a test
+    folder): exit 2 naming a new folder instead."""
+    tiny = sorted(role for role, entry in (manifest or {}).get("models", {}).items() if entry.get("tiny") is True)
+    if tiny:
+        raise store.ModelsUsageError(
+            f"{directory} holds tiny test models ({', '.join(tiny)}); the published models go into a folder "
+            f"of their own", hint=f"download them into a new folder: {store.NEW_FOLDER_HINT}")
 
 
 def _recorded_files(manifest: dict | None) -> set[str]:

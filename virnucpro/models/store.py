@@ -219,6 +219,11 @@ def fix_command(directory: Path, roles: Iterable[str] | None = None) -> str:
     return download_command(directory, roles)
 
 
+def refetch_hint(directory: Path, role: str) -> str:
+    """The hint for a damaged or missing model file of `role` in the models folder `directory`."""
+    return f"put it right with `{fix_command(directory, [role])}` (`virnucpro models check` names every file that differs)"
+
+
 def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
     """How to get models onto a machine that cannot download them (tiny test models need no
     download: they are written again)."""
