@@ -41,6 +41,11 @@ RUN pip install --no-cache-dir --no-deps /src \
     && rm -rf /src \
     && virnucpro --version
 
+# PID 1: passes a stop (`docker stop`, Nextflow killing a task, AWS Batch) on to every process of the
+# container and waits for them, so `virnucpro embed` saves its checkpoint (a shell as PID 1 drops it)
+COPY bin/container_init.py /usr/local/bin/container_init.py
+RUN chmod 0755 /usr/local/bin/container_init.py
+
 # Non-root. Caches in /tmp and a world-writable home, because Nextflow runs the container as the
 # calling user (docker -u $(id -u):$(id -g); Singularity/Apptainer as the user).
 # Offline by default: models come from a models directory (--models), never from a hub at run
@@ -56,4 +61,5 @@ ENV HOME=/home/virnucpro \
 USER 1000:1000
 WORKDIR /home/virnucpro
 
+ENTRYPOINT ["/usr/local/bin/container_init.py"]
 CMD ["virnucpro", "--help"]

@@ -151,6 +151,19 @@ def embed_pids(marker: str) -> List[int]:
     return pids
 
 
+def computing_embed(launch: Path, cpu_seconds: float = 8) -> Optional[int]:
+    """The pid of a `virnucpro embed` of the run in `launch` once it has used `cpu_seconds` of CPU:
+    imports and model loading are done, vectors are being computed."""
+    for pid in embed_pids(str(launch)):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK") >= cpu_seconds:
+            return pid
+    return None
+
+
 def processes_in(launch: Path, argv_start: List[str]) -> List[int]:
     """Processes whose command line starts with `argv_start` and whose folder is under `launch`."""
     wanted = [word.encode() for word in argv_start]

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The first process (PID 1) of the virnucpro image: runs the container's command, and when the
+container is stopped, passes the stop signal on to every process in it and waits for them.
+
+    container_init.py COMMAND [ARGS...]
+
+Why: `docker stop` (Nextflow's task wrapper, AWS Batch, a user's Ctrl-C) signals PID 1 only. Under
+Nextflow that is a shell without a handler, and the kernel drops signals to a PID 1 that has none:
+`virnucpro embed` never heard the stop, never saved its stop checkpoint, and was killed when the
+stop timed out. Here every process gets the signal (embed saves and exits 6), and the container ends
+once all of them have. A command that ends by itself ends the container at once, as before. Outside
+a PID namespace of its own (not PID 1), this just runs the command. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+DEFAULTED = FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ)  # Python ignores these two; a command must not inherit that
+
+
+def forward(signum: int, _frame) -> None:
+    """Send `signum` to every process of the container but this one (kill(-1) from PID 1)."""
+    forward.received = signum
+    try:
+        os.kill(-1, signum)
+    except ProcessLookupError:  # nobody left
+        pass
+
+
+forward.received = 0  # the last stop signal received
+
+
+def cannot_run(command: list[str], exc: OSError) -> int:
+    """A shell's message and exit code for a command that cannot start (127: not found)."""
+    print(f"container_init: cannot run {command[0]}: {exc.strerror}", file=sys.stderr, flush=True)
+    return 127 if isinstance(exc, FileNotFoundError) else 126
+
+
+def start(command: list[str]) -> int:
+    """The command's process, its signal dispositions the defaults."""
+    try:
+        return os.posix_spawnp(command[0], command, os.environ, setsigdef=DEFAULTED)
+    except OSError as exc:
+        sys.exit(cannot_run(command, exc))
+
+
+def exit_code(status: int) -> int:
+    """A shell's exit code for a wait status (128 + N for death by signal N)."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def reap(main: int) -> int:
+    """Reap every child (orphans come to PID 1) until the command has ended and, after a stop
+    signal, every other process too; the command's exit code."""
+    code = None
+    while code is None or forward.received:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:  # nothing left to wait for
+            break
+        if pid == main:
+            code = exit_code(status)
+    return 0 if code is None else code
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: container_init.py COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    if os.getpid() != 1:
+        for signum in DEFAULTED:
+            signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            return cannot_run(argv, exc)
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    command = start(argv)
+    if forward.received:  # stopped before the command existed: it gets the signal too
+        forward(forward.received, None)
+    return reap(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,102 @@
+"""bin/container_init.py, the image's PID 1: a stop signal reaches every process of the container and
+the container ends only once they have; otherwise it is the command, exit code and all.
+
+The PID-1 cases run in a PID namespace of their own (`unshare --pid`, as root), which is what a
+container gives: there the kernel drops a signal sent to PID 1 unless PID 1 handles it, which is how
+`docker stop` used to miss `virnucpro embed`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+INIT = Path(__file__).resolve().parents[1] / "bin" / "container_init.py"
+
+# the shape of Nextflow's container command: a shell whose last command is another shell, which
+# waits for the task's script in the background (the task wrapper's trace mode)
+SAVER = """trap 'echo got "$1"; sleep 1; echo saved > {saved}; exit 6' TERM
+echo started > {started}
+sleep 60 & wait $!
+"""
+
+
+def _namespace_or_skip() -> list[str]:
+    """The prefix that runs a command as PID 1 of a new PID namespace."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
+                                  capture_output=True).returncode == 0:
+        return [unshare, "--pid", "--fork", "--mount-proc"]
+    pytest.skip("cannot make a PID namespace here (needs root or user namespaces)")
+
+
+def _wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _pid_one(launcher: subprocess.Popen) -> int:
+    """The host PID of the init that `unshare --fork` started (its only child)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_a_stop_reaches_the_task_and_the_container_waits_for_its_checkpoint(tmp_path):
+    prefix = _namespace_or_skip()
+    started, saved = tmp_path / "started", tmp_path / "saved"
+    script = tmp_path / "task.sh"
+    script.write_text(SAVER.format(started=started, saved=saved))
+    command = f"eval true; /bin/bash -c '/bin/bash {script} TERM & wait'"
+    launcher = subprocess.Popen([*prefix, sys.executable, str(INIT), "/bin/bash", "-c", command],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(started)
+        os.kill(_pid_one(launcher), signal.SIGTERM)  # what `docker stop` does
+        output, _ = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    assert "got TERM" in output, output
+    assert saved.read_text() == "saved\n"  # written before the container's end, not cut short
+    assert launcher.returncode == 128 + signal.SIGTERM  # the shell Nextflow started died of the stop
+
+
+def test_a_command_that_ends_by_itself_ends_the_container_with_its_code(tmp_path):
+    prefix = _namespace_or_skip()
+    started = time.monotonic()
+    done = subprocess.run([*prefix, sys.executable, str(INIT), "/bin/bash", "-c", "sleep 60 & exit 3"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - started < 20  # a leftover background process does not hold it up
+
+
+@pytest.mark.parametrize("in_namespace", [True, False])
+def test_the_command_gets_default_signal_dispositions(tmp_path, in_namespace):
+    """Python ignores SIGPIPE; a shell pipeline started by it must not inherit that (`yes | head`
+    would print write errors and run on)."""
+    prefix = _namespace_or_skip() if in_namespace else []
+    done = subprocess.run([*prefix, sys.executable, str(INIT), "/bin/bash", "-c",
+                           "yes | head -1; grep SigIgn /proc/self/status"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith("y\n"), done
+    assert "Broken pipe" not in done.stderr, done.stderr
+    ignored = int(done.stdout.split()[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), done.stdout
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    ([], 2, "usage: container_init.py COMMAND"),
+    (["no-such-command-virnucpro"], 127, "cannot run no-such-command-virnucpro"),
+])
+def test_no_command_or_one_that_cannot_run_is_said_plainly(argv, code, message):
+    done = subprocess.run([sys.executable, str(INIT), *argv], capture_output=True, text=True, timeout=30)
+    assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, done
