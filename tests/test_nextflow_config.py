@@ -3,12 +3,17 @@ rules, the token budget after a GPU out-of-memory, the container options of EMBE
 and the start-up checks of the utils subworkflow (output folders, models folder, sample names).
 
 The chain of tasks itself runs on the real engine in tests/pipeline/ (.ci/run); these checks cover
-what no CPU run exercises (exit 7 from a GPU, containers with GPUs) in milliseconds.
+what no CPU run exercises (exit 7 from a GPU, containers with GPUs) in milliseconds. The last ones
+read what `nextflow config` resolves for a profile (a few seconds each).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -17,12 +22,15 @@ from nextflow_helpers import (
     GroovyRenderer,
     assignments,
     config_params,
+    java_problem,
     mask,
     matching,
     parse_pipeline,
     profile_params,
     selector_blocks,
     serve_from_jar,
+    skip_unless_ci,
+    staged,
 )
 from virnucpro.errors import ExitCode
 
@@ -40,12 +48,30 @@ def groovy():
 
 
 def _embed_closure(groovy, key: str, attempt: int = 1, previous_exit: int | None = None,
-                   engine: str | None = None, checkpoint_dir: str = "/ckpt", **params) -> str:
+                   engine: str | None = None, checkpoint_dir: str = "/ckpt", profile: str = "standard",
+                   previous_script: str | None = None, **params) -> str:
+    """One closure of EMBED's withName block, evaluated for one task attempt; the previous attempt's
+    trace holds its exit status and its script (Nextflow's task.previousTrace)."""
     body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_EMBED"][0]
-    task = {"attempt": attempt, **({"previousTrace": {"exit": previous_exit}} if previous_exit is not None else {})}
+    previous = {"exit": previous_exit, "script": previous_script}
+    task = {"attempt": attempt, **({"previousTrace": previous} if previous_exit is not None else {})}
     bindings = {"params": {**PARAMS, **params}, "task": task, "checkpoint_dir": checkpoint_dir,
-                "workflow": {"containerEngine": engine}}
+                "workflow": {"containerEngine": engine, "profile": profile}}
     return groovy.evaluate(bindings, [(key, assignments(body)[key], True)])[key]
+
+
+def _embed_attempts(groovy, exits: list, **params) -> list:
+    """EMBED's arguments on each attempt of one task whose attempts failed with `exits` in turn:
+    each retry reads the previous attempt's script back from the trace, as Nextflow gives it."""
+    args = [_embed_closure(groovy, "ext.args", **params)]
+    for attempt, code in enumerate(exits, start=2):
+        script = f"gpu_slot.py -- virnucpro embed shard.tsv --threads 8 {args[-1]}"
+        args.append(_embed_closure(groovy, "ext.args", attempt, code, previous_script=script, **params))
+    return args
+
+
+def _budgets(args: list) -> list:
+    return [int(a.split("--token-budget ")[1].split()[0]) if "--token-budget" in a else None for a in args]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "auto"])
@@ -54,16 +80,28 @@ def test_a_gpu_out_of_memory_retry_halves_the_token_budget(groovy, device):
     default = embed.DEFAULT_TOKEN_BUDGET["cpu" if device == "cpu" else "cuda"]
     assert _embed_closure(groovy, "ext.args", device=device) == f"--precision {PARAMS['precision']}"
     assert _embed_closure(groovy, "ext.device", device=device) == device
-    for attempt in (2, 3, 4):
-        args = _embed_closure(groovy, "ext.args", attempt, int(ExitCode.GPU_OOM), device=device)
-        assert args.endswith(f"--token-budget {default >> (attempt - 1)}")
-    assert _embed_closure(groovy, "ext.args", 3, int(ExitCode.GPU_OOM), device=device, token_budget=1000) \
-        .endswith("--token-budget 250")
+    oom = int(ExitCode.GPU_OOM)
+    assert _budgets(_embed_attempts(groovy, [oom, oom, oom], device=device)) == \
+        [None, default >> 1, default >> 2, default >> 3]
+    assert _budgets(_embed_attempts(groovy, [oom, oom], device=device, token_budget=1000)) == [1000, 500, 250]
     # A retry for any other reason (time limit, kill, interruption) keeps the budget
     for code in (6, 137, 140, 143):
-        assert "--token-budget" not in _embed_closure(groovy, "ext.args", 2, code, device=device)
-        assert _embed_closure(groovy, "ext.args", 2, code, device=device, token_budget=1000) \
-            .endswith("--token-budget 1000")
+        assert "--token-budget" not in _embed_closure(groovy, "ext.args", 2, code, device=device,
+                                                      previous_script="virnucpro embed x")
+        assert _budgets(_embed_attempts(groovy, [code], device=device, token_budget=1000)) == [1000, 1000]
+
+
+def test_the_token_budget_never_grows_back_over_a_tasks_attempts(groovy):
+    """Halved only after a GPU out-of-memory, from the budget of the attempt that ran out, whatever
+    failed in between: 137, 7, 140 gives the default, the default, half, half (not a reset to the
+    default after the 140, nor a quarter for one out-of-memory)."""
+    oom = int(ExitCode.GPU_OOM)
+    assert _budgets(_embed_attempts(groovy, [137, oom, 140], device="cuda")) == [None, None, 32768, 32768]
+    assert _budgets(_embed_attempts(groovy, [oom, 143, oom, 6], device="cpu", token_budget=800)) == \
+        [800, 400, 400, 200, 200]
+    # never below 64 tokens, and never raised to 64 from a smaller budget the user gave
+    assert _budgets(_embed_attempts(groovy, [oom, oom], device="cpu", token_budget=100)) == [100, 64, 64]
+    assert _budgets(_embed_attempts(groovy, [oom], device="cpu", token_budget=40)) == [40, 40]
 
 
 def test_compile_false_asks_embed_not_to_compile(groovy):
@@ -73,20 +111,70 @@ def test_compile_false_asks_embed_not_to_compile(groovy):
         "--precision", PARAMS["precision"], "--no-compile"]
 
 
-@pytest.mark.parametrize("engine, device, expected", [
-    ("docker", "cpu", "--volume '/ckpt:/ckpt'"),
-    ("docker", "cuda", "--volume '/ckpt:/ckpt' --gpus all"),
-    ("singularity", "cuda", "--bind '/ckpt' --nv"),
-    ("apptainer", "auto", "--bind '/ckpt' --nv"),
-    ("apptainer", "cpu", "--bind '/ckpt'"),
-    (None, "cuda", ""),
+# Docker's `docker stop` (Nextflow's wrapper ending a task) waits the container's --stop-timeout
+# before SIGKILL: EMBED's needs the time to save its checkpoint (the afterScript waits up to 300 s)
+STOP = "--stop-timeout 120"
+
+
+@pytest.mark.parametrize("engine, device, profile, expected", [
+    ("docker", "cpu", "test,docker", f"--volume '/ckpt:/ckpt' {STOP}"),
+    # --device auto (the default) on a CPU-only Docker host: no GPU asked of Docker, which would refuse
+    ("docker", "auto", "docker", f"--volume '/ckpt:/ckpt' {STOP}"),
+    ("docker", "auto", "docker,gpu", f"--volume '/ckpt:/ckpt' --gpus all {STOP}"),
+    ("docker", "cuda", "docker", f"--volume '/ckpt:/ckpt' --gpus all {STOP}"),
+    ("singularity", "cuda", "singularity", "--bind '/ckpt' --nv"),
+    ("singularity", "auto", "slurm,singularity", "--bind '/ckpt'"),
+    ("apptainer", "auto", "slurm,apptainer,gpu", "--bind '/ckpt' --nv"),
+    ("apptainer", "cpu", "test,apptainer,gpu", "--bind '/ckpt' --nv"),
+    ("apptainer", "cpu", "apptainer", "--bind '/ckpt'"),
+    (None, "cuda", "gpu", ""),
 ])
-def test_embed_containers_see_the_checkpoints_and_their_gpus(groovy, engine, device, expected):
-    assert _embed_closure(groovy, "containerOptions", engine=engine, device=device) == expected
+def test_embed_containers_see_the_checkpoints_and_gpus_only_under_the_gpu_profile(groovy, engine, device, profile,
+                                                                                 expected):
+    assert _embed_closure(groovy, "containerOptions", engine=engine, device=device, profile=profile) == expected
 
 
 def test_embed_without_a_checkpoint_folder_mounts_nothing(groovy):
-    assert _embed_closure(groovy, "containerOptions", engine="docker", device="cpu", checkpoint_dir="") == ""
+    assert _embed_closure(groovy, "containerOptions", engine="docker", device="cpu", checkpoint_dir="") == STOP
+    assert _embed_closure(groovy, "containerOptions", engine="apptainer", device="cpu", checkpoint_dir="") == ""
+
+
+EMBED_MODULE = REPO / "modules" / "local" / "virnucpro" / "embed" / "main.nf"
+# Stand-ins for the commands the EMBED script runs: gpu_slot.py runs what follows its `--`, and
+# `virnucpro embed` writes its --out file
+FAKE_COMMANDS = {
+    "gpu_slot.py": '#!/bin/bash\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n',
+    "virnucpro": '#!/bin/bash\nwhile [ "$1" != "--out" ]; do shift; done; touch "$2"\n',
+}
+NO_FLOCK = "#!/bin/bash\necho 'flock: 9: Function not implemented' >&2\nexit 1\n"
+
+
+def _embed_script(groovy) -> str:
+    """EMBED's command script for one shard, rendered as Nextflow renders it."""
+    text = EMBED_MODULE.read_text()
+    helper = text[text.index("def shellQuoted("):]
+    bindings = {"task": {"ext": {"args": "--precision fp32", "device": "cpu"}, "cpus": 2},
+                "shard": staged("shard_00000.tsv"), "models": staged("models"), "checkpoint_dir": "",
+                "meta": {"id": "sample_a"}}
+    return groovy.evaluate(bindings, [("script", helper + "\n" + PROCESSES["VIRNUCPRO_EMBED"].script, False)])["script"]
+
+
+@pytest.mark.parametrize("flock_works", [True, False], ids=["flock", "no-flock"])
+def test_embed_runs_on_a_file_system_without_flock(groovy, tmp_path, flock_works):
+    """The lock only lets afterScript wait for embed's stop checkpoint: where the file system has no
+    flock (Lustre mounted noflock: ENOSYS), the task warns and embeds, not fails with exit 1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {**FAKE_COMMANDS, **({} if flock_works else {"flock": NO_FLOCK})}.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / ".command.sh").write_text(_embed_script(groovy))
+    done = subprocess.run([*TASK_SHELL, ".command.sh"], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "shard_00000.h5").is_file()
+    warned = "warning" in done.stderr and ".embed.running" in done.stderr
+    assert warned != flock_works, done.stderr
 
 
 def _error_strategy(groovy, closure: str, code: int) -> str:
@@ -103,19 +191,36 @@ def test_error_strategy_retries_embed_on_the_cli_codes_and_scheduler_kills(groov
     assert _error_strategy(groovy, gpu, int(ExitCode.BAD_INPUT)) == "finish"
 
 
-def _gpu_resource(groovy, directive: str, attempt: int, previous_exit: int | None) -> str:
+def _gpu_requests(groovy, directive: str, exits: list) -> list:
+    """EMBED's `directive` request on each attempt of a task whose attempts failed with `exits` in
+    turn, in GB or hours: the previous attempt's trace holds what that attempt asked for (Nextflow
+    records memory in bytes and time in ms; plain numbers of one unit here)."""
     body = selector_blocks(BASE_CONFIG, "withLabel")["process_gpu"][0]
-    task = {"attempt": attempt, **({"previousTrace": {"exit": previous_exit}} if previous_exit else {})}
-    code = assignments(body)[directive].replace(".GB", "").replace(".h", "")  # plain numbers for the check
-    return groovy.evaluate({"task": task}, [(directive, code, True)])[directive]
+    code = re.sub(r"(\d+)\.(GB|h)(\.(toBytes|toMillis)\(\))?", r"\1", assignments(body)[directive])
+    requests = [groovy.evaluate({"task": {"attempt": 1}}, [(directive, code, True)])[directive]]
+    for attempt, code_before in enumerate(exits, start=2):
+        previous = {"exit": code_before, directive: requests[-1]}
+        task = {"attempt": attempt, "previousTrace": previous}
+        requests.append(groovy.evaluate({"task": task}, [(directive, code, True)])[directive])
+    return requests
 
 
 def test_gpu_retries_grow_only_what_the_failure_was_about(groovy):
-    assert _gpu_resource(groovy, "memory", 1, None) == 48
-    assert _gpu_resource(groovy, "memory", 2, 137) == 96
-    assert _gpu_resource(groovy, "memory", 2, 7) == 48
-    assert _gpu_resource(groovy, "time", 2, 140) == 48
-    assert _gpu_resource(groovy, "time", 3, 7) == 24
+    assert _gpu_requests(groovy, "memory", [137, 137, 137]) == [48, 96, 144, 192]
+    assert _gpu_requests(groovy, "memory", [7, 8, 143]) == [48, 48, 48, 48]
+    assert _gpu_requests(groovy, "time", [140, 140, 140]) == [24, 48, 72, 96]
+    assert _gpu_requests(groovy, "time", [7, 137, 6]) == [24, 24, 24, 24]
+
+
+@pytest.mark.parametrize("exits", [[137, 140, 7], [140, 137, 143], [137, 7, 137], [140, 6, 140]])
+def test_gpu_retries_never_take_back_an_earlier_increase(groovy, exits):
+    """137 then 140 asked for 96 GB and then 48 GB again: each retry now starts from what the
+    previous attempt asked for."""
+    for directive, grows_on in (("memory", 137), ("time", 140)):
+        requests = _gpu_requests(groovy, directive, exits)
+        step = requests[0]
+        expected = [step + step * sum(1 for code in exits[:i] if code == grows_on) for i in range(len(exits) + 1)]
+        assert requests == expected, f"{directive} after {exits}: {requests}"
 
 
 def test_outputs_are_published_under_outdir_per_sample(groovy):
@@ -278,3 +383,85 @@ def test_a_sample_name_too_long_for_its_files_is_refused_at_start_up(groovy):
     message = _sample_names_check(groovy, ["ok", "x" * (limit + 1)])
     assert f"'{'x' * (limit + 1)}' in samples.csv is longer than {limit} characters" in message
     assert message.endswith("rename the sample")
+
+
+# --------------------------------------------------------------------------------------------------
+# The configuration Nextflow itself resolves for a profile (`nextflow config -flat`)
+# --------------------------------------------------------------------------------------------------
+
+NEXTFLOW = REPO / "scripts" / "nextflow" / "nextflow"
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory):
+    """`nextflow config -flat -profile P` of the pipeline as {setting: value}, one call per profile."""
+    problem = java_problem()
+    if not problem and not shutil.which("mvn") and not any(Path.home().glob(".cache/virnucpro-nextflow/*/complete")):
+        problem = "no mvn on PATH to resolve Nextflow from Maven Central"
+    if problem:
+        skip_unless_ci(problem)
+    launch = tmp_path_factory.mktemp("nextflow-config")
+    env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
+    cache = {}
+
+    def config(profiles: str) -> dict:
+        if profiles not in cache:
+            done = subprocess.run([str(NEXTFLOW), "config", str(REPO), "-flat", "-profile", profiles], cwd=launch,
+                                  env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            cache[profiles] = dict(line.split(" = ", 1) for line in done.stdout.splitlines() if " = " in line)
+        return cache[profiles]
+    return config
+
+
+@pytest.mark.parametrize("profile, executor", [("awsbatch", "'awsbatch'"), ("google", "'google-batch'")])
+def test_cloud_profiles_download_the_models_on_the_batch_executor(resolved, profile, executor):
+    """The local executor refuses an s3:// or gs:// work directory ("Local executor requires the use
+    of POSIX compatible file system"): there the download runs as a batch job like every other task,
+    and keeps the storeDir and arguments of conf/modules.config."""
+    settings = resolved(profile)
+    assert settings["process.executor"] == executor
+    assert settings["process.'withName:VIRNUCPRO_MODELS_DOWNLOAD'.executor"] == executor
+    assert "params.models_store" in settings["process.'withName:VIRNUCPRO_MODELS_DOWNLOAD'.storeDir"]
+    assert "process.'withName:VIRNUCPRO_MODELS_DOWNLOAD'.ext.args" in settings
+
+
+def test_gpu_profile_wins_over_test_in_any_order(resolved):
+    """Nextflow 24.10 applies profiles in the order nextflow.config declares them, not the order of
+    -profile: `gpu,test` must run the tiny test on the GPU, as `test,gpu` does."""
+    settings = resolved("gpu,test")
+    assert settings["params.device"] == "'cuda'"
+    assert settings["params.tiny_models"] == "true"
+
+
+def test_test_full_asks_no_more_than_the_machine_has(resolved):
+    """`-profile test_full,docker` on a workstation: the local executor refuses a task that asks for
+    more CPUs or memory than the machine has, and EMBED asks for 8 CPUs and 48 GB."""
+    limits = resolved("test_full")["process.resourceLimits"]
+    found = re.search(r"cpus:(\d+), memory:'(\d+) B'", limits)
+    assert found, f"test_full does not cap the requests at this machine: {limits}"
+    cpus, memory = int(found.group(1)), int(found.group(2))
+    assert 1 <= cpus <= os.cpu_count(), limits
+    assert 0 < memory <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), limits
+    assert "time:" in limits
+
+
+@pytest.mark.parametrize("profile, device, gres", [
+    ("slurm,apptainer,gpu", "cuda", "--gres=gpu:1"),
+    ("test,slurm,gpu", "cpu", "--gres=gpu:1"),  # the GPU is asked for: the gpu profile says there is one
+    ("slurm,apptainer", "cuda", "--gres=gpu:1"),  # --device cuda with no GPU would fail every task (exit 8)
+    ("slurm,apptainer", "auto", None),
+])
+def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, device, gres):
+    """EMBED's job asks SLURM for a GPU exactly when its container is given GPUs (conf/modules.config)."""
+    slurm = (REPO / "conf" / "slurm.config").read_text()
+    closure = re.search(r"clusterOptions = (\{.*?\n    \})", slurm, re.S).group(1)
+    bindings = {"params": {**PARAMS, "device": device}, "task": {"label": ["process_gpu"]},
+                "workflow": {"profile": profile}}
+    options = groovy.evaluate(bindings, [("options", closure, True)])["options"] or ""
+    assert ("--gres=gpu:1" in options.split()) == bool(gres), options
+    gpus = _embed_closure(groovy, "containerOptions", engine="apptainer", device=device, profile=profile)
+    assert ("--nv" in gpus.split()) == bool(gres), gpus
+    typed = groovy.evaluate({**bindings, "params": {**bindings["params"], "gpu_type": "a100"}},
+                            [("options", closure, True)])["options"] or ""
+    assert ("--gres=gpu:a100:1" in typed.split()) == bool(gres), typed

@@ -362,3 +362,45 @@ def test_summary_says_a_file_name_too_long_is_a_name_not_a_full_disk(tmp_path):
     done = subprocess.run([sys.executable, str(script), "merge", str(row), "--out", str(tmp_path / "no" / "t.tsv"),
                            "--mqc", str(tmp_path / "mqc.tsv")], capture_output=True, text=True)
     assert done.returncode == ExitCode.OUTPUT_WRITE and "cannot write" in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Docs against what Nextflow does with this configuration
+# --------------------------------------------------------------------------------------------------
+
+def _shell_commands(text: str, program: str) -> list:
+    """Each `program ...` command of the docs' code, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [m.group(0) for m in re.finditer(r"%s [^\n`]*" % re.escape(program), joined)]
+
+
+def test_docs_pull_the_image_under_the_name_nextflow_looks_for():
+    """Nextflow looks in NXF_APPTAINER_CACHEDIR for <image with / and : as ->.img; `apptainer pull
+    --dir DIR` writes virnucpro_<tag>.sif there, which Nextflow never finds."""
+    image = re.search(r"container\s*=\s*'([^']+)'", CONFIG_TEXTS[REPO / "conf" / "base.config"]).group(1)
+    cached = re.sub(r"[/:]", "-", image) + ".img"
+    for doc in (REPO / "README.md", REPO / "docs" / "usage.md"):
+        pulls = [c for c in _shell_commands(doc.read_text(), "apptainer pull") if f"docker://{image}" in c]
+        assert pulls, f"{doc.name} shows no apptainer pull of {image}"
+        for pull in pulls:
+            assert f'CACHEDIR/{cached}"' in pull and "--dir" not in pull, f"{doc.name}: {pull}"
+
+
+def test_docs_say_how_profiles_combine_and_gpu_is_declared_after_test():
+    """Nextflow 24.10 applies profiles in their order in nextflow.config, not on the command line."""
+    order = list(profile_bodies(CONFIG.read_text()))
+    assert order.index("gpu") > max(order.index("test"), order.index("test_full"))
+    usage = (REPO / "docs" / "usage.md").read_text()
+    assert "Later profiles override earlier ones" not in usage
+    assert "in the order [nextflow.config](../nextflow.config)\ndeclares them" in usage
+
+
+def test_docs_name_the_folder_the_download_keeps_the_models_in():
+    """storeDir keeps the download's output folder inside --models_store: that inner folder is the
+    one a later --models must name."""
+    (output,) = PROCESSES["VIRNUCPRO_MODELS_DOWNLOAD"].outputs
+    folder = output.paths[0].strip("'\"")
+    store = config_params(CONFIG)["models_store"]
+    usage = (REPO / "docs" / "usage.md").read_text()
+    assert f"`--models {store}/{folder}`" in usage
+    assert f"`{store}/{folder}/`" in usage

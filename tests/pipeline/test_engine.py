@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,6 +122,65 @@ def test_resume_after_nextflow_was_killed_keeps_the_shard_its_orphaned_embed_fin
     assert "already holds these 303 records" in log, log
     single = virnucpro_run([reads], tiny_models_of(run), tmp_path / "single", "--checkpoint-every", "10")
     assert_same_tables(run.outdir / "coding", single)
+
+
+# --------------------------------------------------------------------------------------------------
+# EMBED's retries under the slurm profile (a stand-in sbatch that runs each job script here)
+# --------------------------------------------------------------------------------------------------
+
+# sbatch runs the job script in the background and says its job id (the pid); squeue lists the ones
+# still running; scontrol (the partition check) and scancel are enough as they are
+FAKE_SLURM = {
+    "sbatch": '#!/bin/bash\nsetsid bash "${@: -1}" > /dev/null 2>&1 < /dev/null &\n'
+              'echo "$!" >> "$FAKE_SLURM_JOBS"\necho "Submitted batch job $!"\n',
+    "squeue": '#!/bin/bash\nwhile read -r job; do kill -0 "$job" 2> /dev/null && echo "$job R"; done'
+              ' < "$FAKE_SLURM_JOBS"\nexit 0\n',
+    "scontrol": "#!/bin/bash\nexit 0\n",
+    "scancel": '#!/bin/bash\nfor job in "$@"; do kill -TERM -- "-$job" 2> /dev/null; done; exit 0\n',
+}
+# EMBED's first three attempts end as a job killed for memory (137), one given a GPU out-of-memory
+# (7) and one at its time limit (140); the fourth runs. Requests capped where a GPU node would cap them.
+FAILING_EMBED = """
+process.resourceLimits = [cpus: 2, memory: 1024.GB, time: 168.h]
+executor { pollInterval = '1 sec'; queueStatInterval = '2 sec'; exitReadTimeout = '10 sec' }
+process {
+    withName: 'VIRNUCPRO_EMBED' {
+        beforeScript = { task.attempt == 1 ? 'exit 137' : (task.attempt == 2 ? 'exit 7' : (task.attempt == 3 ? 'exit 140' : '')) }
+    }
+}
+"""
+
+
+def sbatch_requests(workdir: Path) -> tuple:
+    """(memory in MB, time in hours) of a job's #SBATCH lines."""
+    script = (workdir / ".command.run").read_text()
+    memory = int(re.search(r"^#SBATCH --mem (\d+)M$", script, re.M).group(1))
+    hours, minutes, _ = re.search(r"^#SBATCH -t (\d+):(\d+):(\d+)$", script, re.M).groups()
+    return memory, int(hours) + int(minutes) / 60
+
+
+def test_embed_retries_never_take_back_an_earlier_increase_on_slurm(tmp_path):
+    """137, 7, 140 in turn: memory grows after the 137 and keeps growing no back, time grows after the
+    140 only, and the token budget is halved after the 7 and stays halved after the 140."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (fake / name).write_text(body)
+        (fake / name).chmod(0o755)
+    (tmp_path / "jobs").write_text("")
+    (tmp_path / "failing.config").write_text(FAILING_EMBED)
+    env = {"PATH": f"{fake}{os.pathsep}{task_env()['PATH']}", "FAKE_SLURM_JOBS": str(tmp_path / "jobs")}
+    run = run_pipeline(tmp_path / "launch", "-profile", "test,slurm", "-c", str(tmp_path / "failing.config"),
+                       "--input", str(TEST_INPUTS / "sample_a.fasta"), "--shard_size", "100000",
+                       "--skip_multiqc", env=env)
+    run.assert_ok()
+    attempts = run.tasks("VIRNUCPRO_EMBED")
+    assert [row["exit"] for row in attempts] == ["137", "7", "140", "0"], attempts
+    requests = [sbatch_requests(Path(row["workdir"])) for row in attempts]
+    assert requests == [(49152, 24), (98304, 24), (98304, 24), (98304, 48)], requests
+    budgets = [re.findall(r"--token-budget (\d+)", (Path(row["workdir"]) / ".command.sh").read_text())
+               for row in attempts]
+    assert budgets == [[], [], ["2048"], ["2048"]], budgets  # the CLI's 4096 on CPU, halved once
 
 
 # --------------------------------------------------------------------------------------------------

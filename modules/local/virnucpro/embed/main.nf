@@ -8,7 +8,10 @@
 // A stop signal (a scheduler's time-limit warning, preemption, Nextflow killing the task) reaches
 // `virnucpro embed` from Nextflow's task wrapper, which then exits at once: the embed process holds
 // a lock on .embed.running for its whole life, and afterScript (run by the wrapper, on the host,
-// after the task) waits for it, so the checkpoint is saved before the job ends.
+// after the task) waits for it, so the checkpoint is saved before the job ends. On a file system
+// without flock (Lustre mounted noflock: ENOSYS) the task warns and embeds without that wait: a stop
+// signal may then end the job before the checkpoint is saved (the retry resumes from the last
+// periodic one), which beats failing every task.
 process VIRNUCPRO_EMBED {
     tag "${meta.id}:${shard.baseName}"
     label 'process_gpu'
@@ -35,7 +38,7 @@ process VIRNUCPRO_EMBED {
     def slots = shellQuoted("${checkpoint_dir ?: '.'}/.gpu-slots")
     """
     exec 9> .embed.running
-    flock 9
+    flock 9 || echo "virnucpro: warning: cannot lock .embed.running (no flock on this file system?): a stop signal may end the task before embed saves its checkpoint" >&2
     gpu_slot.py --lock-dir ${slots} --device ${device} -- \\
     virnucpro embed \\
         ${shard} \\

@@ -1,6 +1,8 @@
 // Download ESM-2 3B, DNABERT-S and the original classifiers once per site. Runs where Nextflow runs
-// (`executor 'local'`: login nodes have the network, compute nodes often do not) and is kept with
-// `storeDir` (conf/modules.config), so later runs find the models there and skip this task.
+// (`executor 'local'`: login nodes have the network, compute nodes often do not; the awsbatch and
+// google profiles make it a batch job, since the local executor refuses a bucket work directory) and
+// is kept with `storeDir` (conf/modules.config), so later runs find the models there and skip this
+// task. The models end up in <--models_store>/virnucpro_models/, the folder a later --models names.
 // No `eval` version outputs: with storeDir they fail on the second run (nextflow-io/nextflow#5785);
 // the other processes report the same virnucpro.
 process VIRNUCPRO_MODELS_DOWNLOAD {
