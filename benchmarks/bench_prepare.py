@@ -5,7 +5,10 @@ coding-like, half random); their ORF records are checked equal before timing cou
 uses every CPU this process may use (`--threads` default). Peak RSS of
 `virnucpro prepare` is measured for 1x and 10x the input to show memory does not grow with it.
 
-    python benchmarks/bench_prepare.py [--reads 100000] [--repeats 3]
+    python benchmarks/bench_prepare.py [--reads 100000] [--repeats 3] [--shard-writer-only]
+
+It first times the shard writer on one group of ORF lines at 1x and 4x its size (one long contig in
+small shards), the ratio of time per line showing it linear.
 """
 
 from __future__ import annotations
@@ -115,11 +118,39 @@ def shard_records(outdir: Path) -> list[str]:
     return rows
 
 
+def shard_writer_seconds(lines: int, shard_size: int) -> float:
+    """Seconds `ShardWriter` takes to write one group of `lines` ORF lines (one long contig) in shards
+    of `shard_size`, in this process."""
+    import time
+
+    from virnucpro.prepare import ShardWriter
+
+    group = [f"contig_chunk_{i}F1\tACGTACGTA\tTRV\n" for i in range(lines)]
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ShardWriter(Path(tmp), shard_size)
+        start = time.perf_counter()
+        writer.write_lines(group)
+        writer.finish(500)
+        return time.perf_counter() - start
+
+
+def shard_writer_scaling(lines: int = 50_000, shard_size: int = 100) -> None:
+    """Time per line at 1x and 4x the lines of one group: about 1.0 when the writer is linear (slicing
+    the rest of the list off per shard filled made it grow with the group)."""
+    small, large = shard_writer_seconds(lines, shard_size), shard_writer_seconds(4 * lines, shard_size)
+    print(f"shard writer: {lines:,} lines of one group in shards of {shard_size}: {small:.2f} s; 4x the lines: "
+          f"{large:.2f} s ({large / (4 * small):.2f}x the time per line, linear = 1.0)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shard-writer-only", action="store_true", help="only the shard writer's scaling")
     args = parser.parse_args()
+    shard_writer_scaling()
+    if args.shard_writer_only:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -14,8 +14,9 @@ sample that does not reconcile, fails the step (exit 5): a result that does not 
 not a warning. `merge` joins the rows of every sample, adding up each row again.
 
 The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
-a line break, `"` included) and are read and written as such. Memory holds one set of sequence ids;
-everything else is streamed. Standard library only, plus virnucpro/calls.py (itself standard
+a line break, `"` included) and are read and written as such. Everything is streamed: ids are checked
+unique through hashes spilled to a temporary folder (TMPDIR), so memory stays flat however many
+sequences a sample has. Standard library only, plus virnucpro/calls.py (itself standard
 library only; found in the project beside bin/ when the package is not installed): the call rules
 predict writes its tables with, so the two never drift apart.
 """
@@ -28,6 +29,8 @@ import hashlib
 import itertools
 import json
 import sys
+import tempfile
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +221,77 @@ class Totals:
     scored_chunks: ChunkDigest = field(default_factory=ChunkDigest)
 
 
+class IdCheck:
+    """Whether a stream of ids repeats, in bounded memory: 64-bit hashes of the ids (Python's string
+    hash: one process hashes and confirms) are buffered, spilled to BUCKETS files by their top bits,
+    and each bucket sorted on its own at the end; ids whose hash repeats are then confirmed by reading
+    the ids again (two ids sharing a hash are no duplicate). A set of every id cost ~110 bytes per id
+    (4M sequences: 465 MB); this holds one buffer, then 1/BUCKETS of the hashes. A sample under
+    BUFFER ids never touches the disk."""
+
+    BUFFER = 1 << 16
+    BUCKETS = 256
+    CONFIRM_BATCH = 1 << 12  # repeated hashes confirmed per read of the ids
+    MASK = (1 << 64) - 1
+
+    def __init__(self) -> None:
+        self.buffer = array("Q")
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def add(self, identifier: str) -> None:
+        self.buffer.append(hash(identifier) & self.MASK)
+        if len(self.buffer) >= self.BUFFER:
+            self._spill()
+
+    def _bucket(self, index: int) -> Path:
+        return Path(self._folder.name) / f"ids_{index:03d}.bin"
+
+    def _spill(self) -> None:
+        """Append the buffered hashes to their bucket files (the folder made at the first spill)."""
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="virnucpro_summary-")
+        parts = [array("Q") for _ in range(self.BUCKETS)]
+        for value in self.buffer:
+            parts[value >> 56].append(value)
+        for index, part in enumerate(parts):
+            if part:
+                with open(self._bucket(index), "ab") as handle:
+                    part.tofile(handle)
+        self.buffer = array("Q")
+
+    def _sorted_buckets(self) -> Iterator[list[int]]:
+        """Every hash added, one sorted bucket at a time (the buffer alone when nothing was spilled)."""
+        if self._folder is None:
+            yield sorted(self.buffer)
+            return
+        self._spill()
+        for index in range(self.BUCKETS):
+            values = array("Q")
+            if self._bucket(index).exists():
+                values.frombytes(self._bucket(index).read_bytes())
+            yield sorted(values)
+
+    def repeated_hash_batches(self) -> Iterator[set[int]]:
+        """The hashes added more than once, in sets of at most CONFIRM_BATCH (memory bounded however
+        many repeat); when few repeat, one set holds them all."""
+        batch: set[int] = set()
+        for ordered in self._sorted_buckets():
+            for previous, value in zip(ordered, itertools.islice(ordered, 1, None)):
+                if value == previous:
+                    batch.add(value)
+                if len(batch) == self.CONFIRM_BATCH:
+                    yield batch
+                    batch = set()
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        """Remove the temporary folder (it holds only the bucket files written here)."""
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+
 class SampleWalk:
     """sequences.tsv and chunks.tsv side by side, each chunk's ORFs from prediction_results.txt."""
 
@@ -227,23 +301,63 @@ class SampleWalk:
         self.recorded = recorded
         self.chunks = read_table(self.chunks_path, CHUNK_COLUMNS)
         self.orfs = read_table(self.results_path, RESULT_COLUMNS)
-        self.seen: set[str] = set()
+        self.ids = IdCheck()
+        self.line = 1  # the sequences.tsv line read last
         self.totals = Totals()
 
     def run(self) -> Totals:
         """Every table read once, start to end; exit 5 at the first row that does not fit."""
-        for number, row in read_table(self.sequences_path, SEQUENCE_COLUMNS):
-            self._sequence(number, row)
-        self._check_no_more_rows()
+        try:
+            self._walk()
+        finally:
+            self.ids.close()
         check_highest(self.highest_path, self.totals.scored_chunks, self.chunks_path)
         return self.totals
+
+    def _walk(self) -> None:
+        """sequences.tsv row by row with its chunks and ORFs, then the ids checked unique. A sequence id
+        listed twice among the rows read is named before any other problem those rows have, as when
+        each id was looked up in a set of the ids before it."""
+        try:
+            for self.line, row in read_table(self.sequences_path, SEQUENCE_COLUMNS):
+                self._sequence(self.line, row)
+            self._check_no_more_rows()
+        except Inconsistent:
+            self._check_unique_ids()
+            raise
+        self._check_unique_ids()
+
+    def _sequence_ids(self) -> Iterator[tuple[int, str]]:
+        """(line, id) of the sequences.tsv rows read so far, read again; never a line past them (one
+        that did not read may follow)."""
+        if self.line < 2:  # only the header was read
+            return
+        for number, row in read_table(self.sequences_path, SEQUENCE_COLUMNS):
+            yield number, row["sequence_id"]
+            if number == self.line:
+                return
+
+    def _check_unique_ids(self) -> None:
+        """Exit 5 naming a sequence listed a second time (the first such row among those whose hash
+        repeats): the ids whose hashes repeat are held, and only while confirmed, a batch at a time."""
+        for repeated in self.ids.repeated_hash_batches():
+            first: dict[str, int] = {}
+            for number, sequence_id in self._sequence_ids():
+                if hash(sequence_id) & IdCheck.MASK not in repeated:
+                    continue
+                if sequence_id in first:
+                    raise Inconsistent(f"{self.sequences_path} line {number}: sequence {sequence_id!r} is listed "
+                                       f"a second time (first on line {first[sequence_id]})")
+                first[sequence_id] = number
+
+    def _listed(self, sequence_id: str) -> bool:
+        """Whether sequences.tsv lists `sequence_id` up to the line read last: read again, for a message."""
+        return any(listed == sequence_id for _, listed in self._sequence_ids())
 
     def _sequence(self, number: int, row: dict[str, str]) -> None:
         """One sequence row: a new id, an allowed call, its chunks and every count derived from them."""
         sequence_id, where = row["sequence_id"], f"{self.sequences_path} line {number}"
-        if sequence_id in self.seen:
-            raise Inconsistent(f"{where}: sequence {sequence_id!r} is listed a second time")
-        self.seen.add(sequence_id)
+        self.ids.add(sequence_id)  # checked unique when the walk ends (or stops at a problem)
         if row["call"] not in SEQUENCE_CALLS:
             raise Inconsistent(f"{where}: call {row['call']!r} is none of {', '.join(SEQUENCE_CALLS)}")
         length, n_chunks = (whole_number(self.sequences_path, number, row, c) for c in ("length", "n_chunks"))
@@ -268,7 +382,7 @@ class SampleWalk:
             raise Inconsistent(f"{self.chunks_path} ends before chunk {k} of {sequence_id!r} ({sequence_where})")
         where, chunk_id = f"{self.chunks_path} line {number}", f"{sequence_id}_chunk_{k}"
         if row["sequence_id"] != sequence_id or row["chunk_id"] != chunk_id:
-            listed = "" if row["sequence_id"] in self.seen else ", a sequence not listed before it"
+            listed = "" if self._listed(row["sequence_id"]) else ", a sequence not listed before it"
             raise Inconsistent(f"{where}: chunk {row['chunk_id']!r} of sequence {row['sequence_id']!r}{listed}, "
                                f"where {sequence_where} expects chunk {k} of {sequence_id!r} ({chunk_id!r})")
         if row["call"] not in CHUNK_CALLS:
@@ -310,7 +424,7 @@ class SampleWalk:
     def _check_no_more_rows(self) -> None:
         """No chunk follows the last sequence's chunks and no ORF the last chunk's ORFs."""
         for number, row in self.chunks:
-            listed = "after the chunks of" if row["sequence_id"] in self.seen else "which is none of"
+            listed = "after the chunks of" if self._listed(row["sequence_id"]) else "which is none of"
             raise Inconsistent(f"{self.chunks_path} line {number}: chunk {row['chunk_id']!r} of sequence "
                                f"{row['sequence_id']!r} comes {listed} the sequences of {self.sequences_path}")
         for number, row in self.orfs:

@@ -162,6 +162,54 @@ def test_small_sort_runs_give_the_same_outputs(tmp_path, monkeypatch, golden_pre
         assert (tmp_path / "out" / name).read_text() == (golden_predicted / name).read_text()
 
 
+def test_small_shards_are_scored_in_one_classifier_call(tmp_path, monkeypatch, golden_prepared, golden_embeddings,
+                                                        golden_predicted, tiny_models):
+    """Six shards of at most 60 ORFs: one classifier call for all, not one per shard (793 shards of 75
+    ORFs paid ~35 ms each in intra-op thread sync on a busy CPU); every output as before."""
+    import virnucpro.classifier as classifier_module
+
+    calls, real = [], classifier_module.predict_proba
+    monkeypatch.setattr(classifier_module, "predict_proba",
+                        lambda model, features: calls.append(len(features)) or real(model, features))
+    predict(golden_prepared, golden_embeddings, tmp_path / "out", models=tiny_models)
+    assert calls == [356]
+    for name in TABLES:
+        assert (tmp_path / "out" / name).read_text() == (golden_predicted / name).read_text()
+
+
+def test_classifier_batches_never_exceed_their_rows(tmp_path, monkeypatch, golden_prepared, golden_embeddings,
+                                                    golden_predicted, tiny_models):
+    """Batches of at most 100 rows: blocks joined while they fit (60+...), one block never split;
+    the same ORFs in the same order, the same scores up to float rounding."""
+    import virnucpro.classifier as classifier_module
+    import virnucpro.predict as predict_module
+
+    calls, real = [], classifier_module.predict_proba
+    monkeypatch.setattr(classifier_module, "predict_proba",
+                        lambda model, features: calls.append(len(features)) or real(model, features))
+    monkeypatch.setattr(predict_module, "CLASSIFIER_ROWS", 100)
+    predict(golden_prepared, golden_embeddings, tmp_path / "out", models=tiny_models)
+    sizes = [shard["records"] for shard in fmt.load_manifest(golden_prepared)["shards"]]
+    assert sizes == [60] * 5 + [56] and calls == sizes, (sizes, calls)
+    monkeypatch.setattr(predict_module, "CLASSIFIER_ROWS", 130)
+    calls.clear()
+    predict(golden_prepared, golden_embeddings, tmp_path / "out2", models=tiny_models)
+    assert calls == [120, 120, 116]
+    ours, theirs = (table(folder / "prediction_results.txt")[1:] for folder in (tmp_path / "out2", golden_predicted))
+    assert [row[:2] for row in ours] == [row[:2] for row in theirs]
+    assert np.allclose([[float(x) for x in row[2:]] for row in ours],
+                       [[float(x) for x in row[2:]] for row in theirs], rtol=1e-5, atol=1e-7)
+
+
+def test_predict_threads_caps_the_thread_pools(tmp_path, run_cli, golden_prepared, golden_embeddings, tiny_models):
+    """`--threads` as embed and run have it (README lists it for every command): torch and the pools."""
+    code, err = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                        "--outdir", tmp_path / "out", "--models", tiny_models, "--threads", "1")
+    assert code == 0, err
+    assert torch.get_num_threads() == 1
+    assert all(os.environ[name] == "1" for name in POOL_VARIABLES)
+
+
 def test_shard_order_does_not_matter(tmp_path, golden_prepared, golden_embeddings, golden_predicted, tiny_models):
     shuffled = golden_embeddings[:]
     random.Random(3).shuffle(shuffled)
@@ -240,10 +288,9 @@ def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_
     subprocess.run(cli + ["embed", str(shard), "--models", str(tiny_models), "--out", str(chained / "s.h5"),
                           "--device", "cpu", "--threads", "1", "--checkpoint-every", "10"],
                    check=True, capture_output=True)
-    one_thread = {**os.environ, **{name: "1" for name in POOL_VARIABLES}}  # predict has no --threads
     subprocess.run(cli + ["predict", "--prepared", str(chained / "prep"), "--embeddings", str(chained / "s.h5"),
-                          "--outdir", str(chained / "out"), "--models", str(tiny_models)], check=True, capture_output=True,
-                   env=one_thread)
+                          "--outdir", str(chained / "out"), "--models", str(tiny_models), "--threads", "1"],
+                   check=True, capture_output=True)
 
     out = tmp_path / "run"
     command = cli + ["run", str(fasta), "--outdir", str(out), "--models", str(tiny_models), "--device", "cpu",

@@ -173,8 +173,10 @@ def predict(
     classifier: Optional[Path] = ClassifierOption,
     models: Optional[Path] = ModelsOption,
     threshold: float = ThresholdOption,
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Classify every ORF and write the original tables, per-chunk/per-sequence tables and a report."""
+    limit_threads(threads)
     from virnucpro.predict import predict as run_predict
 
     run_predict(prepared, list(embeddings) + list(more_embeddings or []), outdir,

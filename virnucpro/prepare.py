@@ -364,14 +364,18 @@ class ShardWriter:
         self._handle = open(body, "w", encoding="utf-8", newline="\n")
 
     def write_lines(self, lines: list[str]) -> None:
-        """Append formatted ORF lines, starting a new shard every `shard_size` records."""
-        while lines:
+        """Append formatted ORF lines, starting a new shard every `shard_size` records.
+
+        Walks `lines` with an index, each line sliced out once: one group (a long contig) may hold
+        millions of lines, and cutting the rest of the list off per shard filled was quadratic."""
+        done = 0
+        while done < len(lines):
             if self._handle is None or self.records[-1] >= self.shard_size:
                 self._open_next()
-            room = self.shard_size - self.records[-1]
-            self._handle.write("".join(lines[:room]))
-            self.records[-1] += len(lines[:room])
-            lines = lines[room:]
+            end = min(len(lines), done + self.shard_size - self.records[-1])
+            self._handle.write("".join(lines[done:end]))
+            self.records[-1] += end - done
+            done = end
 
     def finish(self, chunk_size: int) -> list[dict]:
         """Turn bodies into final shard files with their first line and header; return manifest rows."""

@@ -483,10 +483,31 @@ def _fasta_groups(blocks: Iterator[TextBlock], first: TextBlock, path: Path) -> 
             pieces.append(text[:boundary - 1])
         elif pieces[-1].endswith("\n"):
             pieces[-1] = pieces[-1][:-1]
-        yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
+        yield from _capped_groups("".join(pieces), line, path)
         line = block.next_line - text.count("\n", boundary)
         pieces, spanning = [text[boundary + 1:]], False
-    yield RecordGroup(path, fasta_text="".join(pieces), first_line=line)
+    yield from _capped_groups("".join(pieces), line, path)
+
+
+def _capped_groups(text: str, line: int, path: Path) -> Iterator[RecordGroup]:
+    """The records of one group's FASTA text (after its first '>', header on `line`) in groups of at
+    most GROUP_RECORDS records, as FASTQ groups are: a megabyte of short reads is ~70,000 records, and
+    a record costs far more once parsed and prepared than as text."""
+    if text.count("\n>") < GROUP_RECORDS:
+        yield RecordGroup(path, fasta_text=text, first_line=line)
+        return
+    start = 0
+    while True:
+        cut = start - 1
+        for _ in range(GROUP_RECORDS):  # the '\n>' that ends record GROUP_RECORDS of this part
+            cut = text.find("\n>", cut + 1)
+            if cut < 0:
+                yield RecordGroup(path, fasta_text=text[start:], first_line=line)
+                return
+        part = text[start:cut]
+        yield RecordGroup(path, fasta_text=part, first_line=line)
+        line += part.count("\n") + 1  # as RecordGroup.parse counts: the '\n>' ends a line
+        start = cut + 2
 
 
 def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], path: Path,

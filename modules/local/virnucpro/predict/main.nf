@@ -34,6 +34,7 @@ process VIRNUCPRO_PREDICT {
         ${model_args} \\
         --embeddings ${embeddings} \\
         --outdir ${prefix} \\
+        --threads ${task.cpus} \\
         ${args}
     virnucpro_summary.py row ${prefix} --sample ${meta.id} --out ${prefix}.summary.tsv
     """
