@@ -19,7 +19,7 @@ import signal
 import sys
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-DEFAULTED = FORWARDED + (signal.SIGPIPE, signal.SIGXFSZ)  # Python ignores these two; a command must not inherit that
+PYTHON_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)  # Python ignores these two; a command must not inherit that
 
 
 def forward(signum: int, _frame) -> None:
@@ -41,9 +41,11 @@ def cannot_run(command: list[str], exc: OSError) -> int:
 
 
 def start(command: list[str]) -> int:
-    """The command's process, its signal dispositions the defaults."""
+    """The command's process. Its signal dispositions are those this process was given (a caught
+    one is reset by exec; one inherited as ignored, SIGHUP under nohup, stays ignored), except the
+    two Python ignores on its own."""
     try:
-        return os.posix_spawnp(command[0], command, os.environ, setsigdef=DEFAULTED)
+        return os.posix_spawnp(command[0], command, os.environ, setsigdef=PYTHON_IGNORED)
     except OSError as exc:
         sys.exit(cannot_run(command, exc))
 
@@ -73,14 +75,15 @@ def main(argv: list[str]) -> int:
         print("usage: container_init.py COMMAND [ARGS...]", file=sys.stderr)
         return 2
     if os.getpid() != 1:
-        for signum in DEFAULTED:
+        for signum in PYTHON_IGNORED:
             signal.signal(signum, signal.SIG_DFL)
         try:
             os.execvp(argv[0], argv)
         except OSError as exc:
             return cannot_run(argv, exc)
     for signum in FORWARDED:
-        signal.signal(signum, forward)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored when given: stays so, for all
+            signal.signal(signum, forward)
     command = start(argv)
     if forward.received:  # stopped before the command existed: it gets the signal too
         forward(forward.received, None)

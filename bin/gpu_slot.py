@@ -17,6 +17,7 @@ which GPU the command got, so the task's log shows it. Standard library only.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import os
 import re
@@ -27,6 +28,11 @@ import time
 from pathlib import Path
 
 WAIT_SECONDS = 5.0  # between two tries when every GPU is taken
+NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}  # a file system without flock (Lustre noflock)
+
+
+class NoFlock(Exception):
+    """The slot folder's file system cannot lock files, so GPUs cannot be handed out."""
 
 
 def say(message: str) -> None:
@@ -62,6 +68,11 @@ def try_lock(path: Path) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in NO_FLOCK:
+            raise NoFlock(exc.strerror) from None
+        raise
     return fd
 
 
@@ -83,6 +94,21 @@ def claim_slot(lock_dir: Path, count: int, wait: float = WAIT_SECONDS) -> tuple[
         time.sleep(wait)
 
 
+def claim_for(command: list[str], lock_dir: Path, count: int) -> None:
+    """Give `command` a free GPU of `count` through CUDA_VISIBLE_DEVICES; where the slot folder cannot
+    be locked, say so and leave every GPU visible (tasks may then share one, which is slow, not wrong)."""
+    try:
+        index, fd = claim_slot(lock_dir, count)
+    except NoFlock as exc:
+        say(f"warning: cannot lock GPU slots in {lock_dir} ({exc}: no flock on this file system); "
+            f"concurrent tasks may share a GPU: put --checkpoint_dir on a file system with flock, or let "
+            f"the scheduler assign GPUs")
+        return
+    os.set_inheritable(fd, True)  # the command (and anything it leaves running) holds the slot
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    say(f"CUDA_VISIBLE_DEVICES={index} (slot {lock_dir}/gpu{index}.lock, {count} GPUs)")
+
+
 def choose_and_run(lock_dir: Path, device: str, count: int | None, command: list[str]) -> None:
     """Set CUDA_VISIBLE_DEVICES for `command` (unless already set or computing on the CPU); exec it."""
     granted = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -95,10 +121,7 @@ def choose_and_run(lock_dir: Path, device: str, count: int | None, command: list
         if count == 0:
             say("no GPU visible; running as is")
         else:
-            index, fd = claim_slot(lock_dir, count)
-            os.set_inheritable(fd, True)  # the command (and anything it leaves running) holds the slot
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-            say(f"CUDA_VISIBLE_DEVICES={index} (slot {lock_dir}/gpu{index}.lock, {count} GPUs)")
+            claim_for(command, lock_dir, count)
     try:
         os.execvp(command[0], command)
     except FileNotFoundError:

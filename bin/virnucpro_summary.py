@@ -28,6 +28,7 @@ import errno
 import hashlib
 import itertools
 import json
+import signal
 import sys
 import tempfile
 from array import array
@@ -44,7 +45,17 @@ from typing import Iterator, Sequence
 
 EXIT_BAD_INPUT = 3  # CONTRACTS.md: bad input
 EXIT_INCONSISTENT = 5  # CONTRACTS.md: inconsistent inputs between stages
+EXIT_INTERRUPTED = 6  # CONTRACTS.md: interrupted by a stop signal
 EXIT_OUTPUT = 10  # CONTRACTS.md: an output could not be written
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+
+
+class Stopped(Exception):
+    """A stop signal arrived: unwinding runs every cleanup (the id check's temporary folder)."""
+
+
+class SpillFailed(Exception):
+    """The id check could not write its temporary file (TMPDIR full or not writable)."""
 REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
 
 SEQUENCES, CHUNKS, RESULTS, HIGHEST, RUN_INFO = (
@@ -248,15 +259,20 @@ class IdCheck:
 
     def _spill(self) -> None:
         """Append the buffered hashes to their bucket files (the folder made at the first spill)."""
-        if self._folder is None:
-            self._folder = tempfile.TemporaryDirectory(prefix="virnucpro_summary-")
         parts = [array("Q") for _ in range(self.BUCKETS)]
         for value in self.buffer:
             parts[value >> 56].append(value)
-        for index, part in enumerate(parts):
-            if part:
-                with open(self._bucket(index), "ab") as handle:
-                    part.tofile(handle)
+        try:
+            if self._folder is None:
+                self._folder = tempfile.TemporaryDirectory(prefix="virnucpro_summary-")
+            for index, part in enumerate(parts):
+                if part:
+                    with open(self._bucket(index), "ab") as handle:
+                        part.tofile(handle)
+        except OSError as exc:
+            where = self._folder.name if self._folder else tempfile.gettempdir()
+            raise SpillFailed(f"cannot write the id check's temporary files in {where}: "
+                              f"{exc.strerror or exc}") from None
         self.buffer = array("Q")
 
     def _sorted_buckets(self) -> Iterator[list[int]]:
@@ -592,13 +608,27 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop(signum: int, _frame) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # SIGHUP under nohup stays ignored
+            signal.signal(signum, stop)
     try:
         return args.run(args)
     except Inconsistent as exc:
         print(f"virnucpro summary: {exc}", file=sys.stderr)
         return EXIT_INCONSISTENT
+    except Stopped as exc:
+        print(f"virnucpro summary: {exc} received: stopped (nothing left behind; run it again)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SpillFailed as exc:
+        print(f"virnucpro summary: {exc}\n  fix: free space there, or point TMPDIR at a folder with room "
+              f"(about 8 bytes per sequence)", file=sys.stderr)
+        return EXIT_OUTPUT
     except OSError as exc:  # every read turns its OSError into Inconsistent: this is --out or --mqc
         return write_failed(exc)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,34 @@ def test_summary_row_names_a_duplicate_before_a_later_damaged_row(tmp_path, dupl
     assert run.returncode == 5 and "Traceback" not in run.stderr, run.stderr
     expected = "line 69992: sequence 'r5' is listed a second time" if duplicate else "line 70012 has 2 tab-separated"
     assert expected in run.stderr, run.stderr
+
+
+def test_summary_row_with_a_full_tmpdir_names_it_and_leaves_nothing(tmp_path):
+    """The id check's temporary files live in TMPDIR: when it is full, the message names that folder
+    (it named `None` and blamed the output folder)."""
+    folder = no_orf_predict_folder(tmp_path / "sample", [f"r{i}" for i in range(200_000)])
+    (tmp_path / "tmp").mkdir()
+    script = (f"import resource, subprocess, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+              f"sys.exit(subprocess.call([sys.executable, {str(SUMMARY)!r}, 'row', {str(folder)!r}, '--sample', "
+              f"'s1', '--out', {str(tmp_path / 'row.tsv')!r}]))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    assert run.returncode == 10 and "Traceback" not in run.stderr, run.stderr
+    assert f"temporary files in {tmp_path / 'tmp'}" in run.stderr and "TMPDIR" in run.stderr, run.stderr
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_summary_row_stopped_by_a_signal_removes_its_temporary_files(tmp_path):
+    folder = no_orf_predict_folder(tmp_path / "sample", [f"r{i}" for i in range(3_000_000)])
+    (tmp_path / "tmp").mkdir()
+    process = subprocess.Popen([sys.executable, str(SUMMARY), "row", str(folder), "--sample", "s1", "--out",
+                                str(tmp_path / "row.tsv")], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "tmp").glob("*/ids_*.bin")):
+        assert process.poll() is None and time.monotonic() < deadline, "no spill file appeared"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 6 and "SIGTERM received" in err and "Traceback" not in err, err
+    assert not list((tmp_path / "tmp").iterdir())

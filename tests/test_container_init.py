@@ -100,3 +100,14 @@ def test_the_command_gets_default_signal_dispositions(tmp_path, in_namespace):
 def test_no_command_or_one_that_cannot_run_is_said_plainly(argv, code, message):
     done = subprocess.run([sys.executable, str(INIT), *argv], capture_output=True, text=True, timeout=30)
     assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, done
+
+
+@pytest.mark.parametrize("in_namespace", [True, False])
+def test_a_signal_ignored_when_given_stays_ignored_for_the_command(in_namespace):
+    """`nohup` (or apptainer run under it) ignores SIGHUP: the command must inherit that, not have a
+    hang-up stop it again."""
+    prefix = _namespace_or_skip() if in_namespace else []
+    done = subprocess.run(["nohup", *prefix, sys.executable, str(INIT), "/bin/bash", "-c",
+                           "grep SigIgn /proc/self/status >&2"], capture_output=True, text=True, timeout=30)
+    ignored = int(done.stderr.split("SigIgn:")[1].split()[0], 16)
+    assert ignored & (1 << (signal.SIGHUP - 1)), done.stderr

@@ -132,3 +132,24 @@ def test_a_negative_gpu_count_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "-1", "--", "true"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "--count" in done.stderr
+
+
+def test_a_slot_folder_without_flock_warns_and_leaves_every_gpu_visible(tmp_path, monkeypatch, capsys):
+    """Lustre mounted noflock: flock fails with ENOSYS. That was a traceback failing every EMBED task;
+    now the task runs with every GPU visible and says why concurrent tasks may share one."""
+    import errno
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_slot_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def no_flock(*_args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(module.fcntl, "flock", no_flock)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    module.claim_for(["true"], tmp_path / "slots", 2)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    err = capsys.readouterr().err
+    assert "cannot lock GPU slots" in err and "no flock" in err and "Traceback" not in err, err

@@ -143,10 +143,13 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
 
 
 def _refuse_tiny_folder(directory: Path, manifest: dict | None) -> None:
-    """The published models never go beside tiny test models (other widths; gigabytes into a test
-    folder): exit 2 naming a new folder instead."""
-    tiny = sorted(role for role, entry in (manifest or {}).get("models", {}).items() if entry.get("tiny") is True)
-    if tiny:
+    """The published models never go into a folder of tiny test models (other widths; gigabytes into
+    a test folder): exit 2 naming a new folder instead. A folder of tiny models is one whose every
+    role is tiny, as for the hints (`store.is_tiny_folder`), which name `models download` for any
+    other folder: a hint never names a command that refuses the folder."""
+    roles = (manifest or {}).get("models", {})
+    tiny = sorted(role for role, entry in roles.items() if entry.get("tiny") is True)
+    if tiny and len(tiny) == len(roles):
         raise store.ModelsUsageError(
             f"{directory} holds tiny test models ({', '.join(tiny)}); the published models go into a folder "
             f"of their own", hint=f"download them into a new folder: {store.NEW_FOLDER_HINT}")
