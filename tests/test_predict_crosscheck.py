@@ -461,3 +461,17 @@ def test_a_folder_given_as_an_embedding_shard_is_exit_3_with_the_fix(sample, run
     code, message = run_cli("predict", "--prepared", sample.prepared, "--embeddings", folder,
                             "--outdir", sample.outdir, "--models", sample.models)
     assert code == 3 and "is a directory" in message and "*.h5" in message, message
+
+
+def test_predict_itself_checks_the_reconciliation_not_the_report(sample, run_cli, monkeypatch):
+    """The final check that ORFs, chunks and calls add up to what prepare counted ran only inside the
+    HTML report's rendering: a report changed or dropped would have taken it along. predict makes it
+    itself: here a scoring step that loses count of one ORF (the tables are intact) is exit 5."""
+    import virnucpro.report
+    from virnucpro import predict
+
+    monkeypatch.setattr(virnucpro.report, "write_report", lambda path, **_: Path(path).write_text("stub"))
+    add = predict.ScoreHistogram.add
+    monkeypatch.setattr(predict.ScoreHistogram, "add", lambda self, scores: add(self, scores[1:]))
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, "ORF")

@@ -453,12 +453,13 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
 def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: float, started: float,
                    stage_seconds: dict | None) -> tuple[int, int, dict]:
     """Every output file into `staging`; returns the chunks and ORFs scored and the calls per class."""
-    from virnucpro.report import write_report
+    from virnucpro.report import check_reconciles, write_report
 
     histogram = ScoreHistogram()
     orfs = score_orfs(inputs.shards, inputs.model, staging, histogram)
     summary = write_tables(prepared, chunk_scores(orfs), staging, threshold)
     rows = sum(histogram.counts)
+    check_reconciles(inputs.manifest["counts"], rows, summary.chunks_scored, summary.calls)  # exit 5 otherwise
     seconds = dict(stage_seconds or {})
     seconds["predict"] = round(time.monotonic() - started, 3)
     run_info = _run_info(inputs.manifest, inputs.shards, inputs.classifier, threshold, inputs.tiny, seconds)

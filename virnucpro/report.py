@@ -70,7 +70,7 @@ def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict)
 
 
 def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> str:
-    check_reconciles(counts, rows, n_chunks_scored, calls)
+    """The table of counts from input records to calls (predict has checked that they reconcile)."""
     agrees = '<span class="ok">reconciles</span>'
     lines = [
         ("input sequences", counts["sequences"],

@@ -16,7 +16,6 @@ process VIRNUCPRO_MODELS_DOWNLOAD {
     script:
     def args = task.ext.args ?: ''
     """
-    export HF_HUB_OFFLINE=0
     virnucpro models download --dest virnucpro_models ${args}
     virnucpro models check virnucpro_models
     """
