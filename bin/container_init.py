@@ -67,6 +67,8 @@ def reap(main: int) -> int:
             break
         if pid == main:
             code = exit_code(status)
+            if forward.received:  # once more, for processes started while the stop went round
+                forward(forward.received, None)
     return 0 if code is None else code
 
 

@@ -23,8 +23,9 @@ INIT = Path(__file__).resolve().parents[1] / "bin" / "container_init.py"
 # the shape of Nextflow's container command: a shell whose last command is another shell, which
 # waits for the task's script in the background (the task wrapper's trace mode)
 SAVER = """trap 'echo got "$1"; sleep 1; echo saved > {saved}; exit 6' TERM
+sleep 60 &
 echo started > {started}
-sleep 60 & wait $!
+wait $!
 """
 
 
@@ -111,3 +112,21 @@ def test_a_signal_ignored_when_given_stays_ignored_for_the_command(in_namespace)
                            "grep SigIgn /proc/self/status >&2"], capture_output=True, text=True, timeout=30)
     ignored = int(done.stderr.split("SigIgn:")[1].split()[0], 16)
     assert ignored & (1 << (signal.SIGHUP - 1)), done.stderr
+
+
+def test_a_process_started_while_the_stop_goes_round_gets_it_too(tmp_path):
+    """A process forked just after the stop was passed on (here: started by a trap once the stop
+    arrived) must not hold the container up: when the command ends, the stop is passed on again."""
+    prefix = _namespace_or_skip()
+    started = tmp_path / "started"
+    script = tmp_path / "late.sh"
+    script.write_text(f"trap 'sleep 120 & exit 6' TERM\necho started > {started}\nsleep 60 & wait $!\n")
+    launcher = subprocess.Popen([*prefix, sys.executable, str(INIT), "/bin/bash", str(script)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(started)
+        os.kill(_pid_one(launcher), signal.SIGTERM)
+        launcher.wait(timeout=30)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 6
