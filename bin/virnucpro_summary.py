@@ -16,9 +16,10 @@ not a warning. `merge` joins the rows of every sample, adding up each row again.
 The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
 a line break, `"` included) and are read and written as such. Everything is streamed: ids are checked
 unique through hashes spilled to a temporary folder (TMPDIR), so memory stays flat however many
-sequences a sample has. Standard library only, plus virnucpro/calls.py (itself standard
-library only; found in the project beside bin/ when the package is not installed): the call rules
-predict writes its tables with, so the two never drift apart.
+sequences a sample has. Standard library only, plus two modules of the package that are standard
+library only themselves (found in the project beside bin/ when the package is not installed):
+virnucpro/calls.py, the tables' names, columns and call rules predict writes them with, so the two
+never drift apart, and virnucpro/errors.py, the exit codes and stop signals of CONTRACTS.md.
 """
 
 from __future__ import annotations
@@ -35,19 +36,16 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-try:  # the call rules predict writes its tables with: the package, else the project beside bin/
-    from virnucpro.calls import ChunkScore, SequenceTally, number_cell
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from virnucpro.calls import ChunkScore, SequenceTally, number_cell
 from typing import Iterator, Sequence
 
-EXIT_BAD_INPUT = 3  # CONTRACTS.md: bad input
-EXIT_INCONSISTENT = 5  # CONTRACTS.md: inconsistent inputs between stages
-EXIT_INTERRUPTED = 6  # CONTRACTS.md: interrupted by a stop signal
-EXIT_OUTPUT = 10  # CONTRACTS.md: an output could not be written
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+try:  # the package's standard-library modules: installed, else the project beside bin/
+    import virnucpro.calls  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from virnucpro.calls import (CHUNK_CALLS, CHUNK_COLUMNS, CHUNKS, FRAMES, HIGHEST, HIGHEST_COLUMNS, RESULT_COLUMNS,
+                             RESULTS, RUN_INFO, SEQUENCE_CALLS, SEQUENCE_COLUMNS, SEQUENCES, ChunkScore,
+                             SequenceTally, chunk_cells, chunk_id_of, orf_chunk_id, orf_label)
+from virnucpro.errors import STOP_SIGNALS, ExitCode
 
 
 class Stopped(Exception):
@@ -56,18 +54,10 @@ class Stopped(Exception):
 
 class SpillFailed(Exception):
     """The id check could not write its temporary file (TMPDIR full or not writable)."""
+
+
 REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
 
-SEQUENCES, CHUNKS, RESULTS, HIGHEST, RUN_INFO = (
-    "sequences.tsv", "chunks.tsv", "prediction_results.txt", "prediction_results_highestscore.csv", "run_info.json")
-SEQUENCE_COLUMNS = ("sequence_id", "length", "n_chunks", "n_chunks_virus", "n_chunks_no_orf", "fraction_virus",
-                    "max_score_virus", "mean_score_virus", "call")
-CHUNK_COLUMNS = ("chunk_id", "sequence_id", "start", "length", "n_orfs", "best_orf", "max_score_virus", "call")
-RESULT_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
-HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
-SEQUENCE_CALLS = ("virus", "others", "no_orf", "empty")
-CHUNK_CALLS = ("virus", "others", "no_orf")
-FRAMES = ("F1", "F2", "F3", "R1", "R2", "R3")  # an ORF id is its chunk id + frame; a chunk's ORFs in this order
 COUNT_KEYS = ("sequences", "empty_sequences", "bases", "chunks", "chunks_without_orf", "orfs")
 
 COLUMNS = [
@@ -396,7 +386,7 @@ class SampleWalk:
         number, row = next(self.chunks, (None, None))
         if row is None:
             raise Inconsistent(f"{self.chunks_path} ends before chunk {k} of {sequence_id!r} ({sequence_where})")
-        where, chunk_id = f"{self.chunks_path} line {number}", f"{sequence_id}_chunk_{k}"
+        where, chunk_id = f"{self.chunks_path} line {number}", chunk_id_of(sequence_id, k)
         if row["sequence_id"] != sequence_id or row["chunk_id"] != chunk_id:
             listed = "" if self._listed(row["sequence_id"]) else ", a sequence not listed before it"
             raise Inconsistent(f"{where}: chunk {row['chunk_id']!r} of sequence {row['sequence_id']!r}{listed}, "
@@ -405,10 +395,7 @@ class SampleWalk:
             raise Inconsistent(f"{where}: call {row['call']!r} is none of {', '.join(CHUNK_CALLS)}")
         n_orfs = whole_number(self.chunks_path, number, row, "n_orfs")
         best = self._orfs(where, chunk_id, n_orfs)
-        expected = ({"best_orf": "NA", "max_score_virus": "NA", "call": "no_orf"} if best is None else
-                    {"best_orf": best.best_orf, "max_score_virus": number_cell(best.max_virus),
-                     "call": "virus" if best.is_virus else "others"})
-        mismatch(where, repr(chunk_id), row, expected, f"its {n_orfs} ORF row(s) in {self.results_path}")
+        mismatch(where, repr(chunk_id), row, chunk_cells(best), f"its {n_orfs} ORF row(s) in {self.results_path}")
         self.totals.chunk_calls[row["call"]] += 1
         self.totals.orfs += n_orfs
         if best is not None:
@@ -425,7 +412,7 @@ class SampleWalk:
             if row is None:
                 raise Inconsistent(f"{self.results_path} ends before the ORFs of {chunk_id!r} ({chunk_where})")
             orf_id = row["Sequence_ID"]
-            frame = orf_id[len(chunk_id):] if orf_id.startswith(chunk_id) else None
+            frame = orf_id[len(chunk_id):] if orf_chunk_id(orf_id) == chunk_id else None
             if frame not in FRAMES[after:]:
                 raise Inconsistent(f"{self.results_path} line {number}: ORF {orf_id!r} where {chunk_where} expects "
                                    f"an ORF of chunk {chunk_id!r} (its id and a frame {'/'.join(FRAMES[after:])})")
@@ -451,7 +438,7 @@ class SampleWalk:
 def orf_scores(path: Path, number: int, row: dict[str, str]) -> tuple[float, float]:
     """(virus, others) scores of one prediction_results.txt row, its Prediction checked against them."""
     others, virus = (probability(path, number, row, column) for column in ("score1", "score2"))
-    label = "virus" if virus > others else "others"
+    label = orf_label(virus, others)
     if row["Prediction"] != label:
         raise Inconsistent(f"{path} line {number}: Prediction {row['Prediction']!r} with score1 {row['score1']} "
                            f"and score2 {row['score2']} (expected {label!r})")
@@ -520,7 +507,7 @@ def report(rows: list[dict]) -> int:
         print(f"virnucpro summary: sample {row['sample']} does not reconcile: {row['reconciled'][4:]}",
               file=sys.stderr)
     print(f"virnucpro summary: {len(rows)} samples, {len(rows) - len(failed)} reconcile", file=sys.stderr)
-    return EXIT_INCONSISTENT if failed else 0
+    return ExitCode.INCONSISTENT if failed else ExitCode.OK
 
 
 def command_row(args: argparse.Namespace) -> int:
@@ -621,14 +608,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except Inconsistent as exc:
         print(f"virnucpro summary: {exc}", file=sys.stderr)
-        return EXIT_INCONSISTENT
+        return ExitCode.INCONSISTENT
     except Stopped as exc:
         print(f"virnucpro summary: {exc} received: stopped (nothing left behind; run it again)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except SpillFailed as exc:
         print(f"virnucpro summary: {exc}\n  fix: free space there, or point TMPDIR at a folder with room "
               f"(about 8 bytes per sequence)", file=sys.stderr)
-        return EXIT_OUTPUT
+        return ExitCode.OUTPUT_WRITE
     except OSError as exc:  # every read turns its OSError into Inconsistent: this is --out or --mqc
         return write_failed(exc)
 
@@ -639,10 +626,10 @@ def write_failed(exc: OSError) -> int:
     if exc.errno == errno.ENAMETOOLONG:
         print(f"virnucpro summary: cannot write {exc.filename}: the file name is too long for the file system\n"
               "  fix: give a shorter --out name (in the pipeline: a shorter sample name)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n"
           "  fix: free space or choose a writable output folder", file=sys.stderr)
-    return EXIT_OUTPUT
+    return ExitCode.OUTPUT_WRITE
 
 
 if __name__ == "__main__":

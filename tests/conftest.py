@@ -89,3 +89,16 @@ def golden_prepared(tmp_path_factory, reference_dir) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "mixed"
     prepare([reference_dir / "golden" / "mixed.fa"], out, chunk_size=500, shard_size=60)
     return out
+
+
+@pytest.fixture(autouse=True)
+def stop_signals_restored():
+    """A command stopped in-process (embed called directly) leaves the stop signals ignored, and every
+    process a later test starts would inherit that (the container init then kept SIGTERM ignored):
+    the dispositions are put back after each test."""
+    from virnucpro.errors import STOP_SIGNALS
+
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

@@ -142,11 +142,11 @@ def test_the_hdf5_record_names_every_path_that_computed_vectors(reference_dir, m
     dnabert = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="fast", compile=True)
     embedder = Embedder({"dnabert_s": dnabert}, 4096, CPU)
     tokens = dict(enumerate(tokens_for("dnabert_s", dnabert, [50, 8, 30])))
-    assert embedder.attention_record() == "dnabert_s:fast+compiled"  # nothing computed yet: the loaded path
+    assert embedder.made_by().attention_text() == "dnabert_s:fast+compiled"  # nothing computed yet: the loaded path
     embedder.run("dnabert_s", tokens, [0, 1])
     monkeypatch.setattr(compiled, "fused", raising_from_compile(CppCompileError("g++", "failed")))
     embedder.run("dnabert_s", tokens, [2])
-    assert embedder.attention_record() == "dnabert_s:fast,dnabert_s:fast+compiled"
+    assert embedder.made_by().attention_text() == "dnabert_s:fast,dnabert_s:fast+compiled"
 
 
 def test_a_stop_signal_met_inside_the_compiler_ends_embed_with_exit_6(tiny_models, golden_prepared, tmp_path,

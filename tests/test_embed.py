@@ -305,9 +305,30 @@ def test_checkpoint_of_other_inputs_models_or_precision_is_never_used(tmp_path, 
 
 @pytest.fixture
 def keep_torch_threads():
-    threads = torch.get_num_threads()
+    """embed(threads=N) sizes this test process's pools: torch's count and the pool variables are put back."""
+    from virnucpro.threads import POOL_VARIABLES
+
+    threads, environment = torch.get_num_threads(), {name: os.environ.get(name) for name in POOL_VARIABLES}
     yield
     torch.set_num_threads(threads)
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def test_embed_threads_are_sized_as_the_cli_sizes_them(tmp_path, tiny_models, golden_prepared, capsys,
+                                                       keep_torch_threads):
+    """embed(threads=N) goes through limit_threads: a count above the CPUs is lowered, with a warning,
+    and every pool (not torch's alone) takes it."""
+    from virnucpro.threads import POOL_VARIABLES, available_cpus
+
+    cpus = available_cpus()
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", threads=cpus + 1000)
+    assert f"--threads {cpus + 1000}: this process may use {cpus} CPUs" in capsys.readouterr().err
+    assert torch.get_num_threads() == cpus
+    assert all(os.environ[name] == str(cpus) for name in POOL_VARIABLES)
 
 
 def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prepared, uninterrupted, monkeypatch,
@@ -519,16 +540,16 @@ def test_a_second_stop_signal_while_the_process_exits_keeps_exit_6(tmp_path, tin
     (b"x_chunk_1F1\tACGTAC\t\n", "an empty field"),
     (b"\tACGTAC\tMK\n", "an empty field"),
 ])
-def test_a_shard_record_prepare_could_not_have_written_is_exit_3_naming_its_line(tmp_path, run_cli, tiny_models,
+def test_a_shard_record_prepare_could_not_have_written_is_exit_5_naming_its_line(tmp_path, run_cli, tiny_models,
                                                                                 golden_prepared, record, what):
     """Bad bytes, a letter outside the 20 amino acids or an empty field crashed the tokenizer in the
-    look-ahead thread (exit 1) or were embedded silently."""
+    look-ahead thread (exit 1) or were embedded silently. A damaged stage file is exit 5, as in predict."""
     source = shard(golden_prepared)
     lines = source.read_bytes().splitlines(keepends=True)
     damaged = tmp_path / source.name
     damaged.write_bytes(b"".join(lines[:3] + [record] + lines[3:]))
     code, message = run_cli("embed", damaged, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu")
-    assert code == 3 and "line 4" in message and what in message and "rerun `virnucpro prepare`" in message, message
+    assert code == 5 and "line 4" in message and what in message and "rerun `virnucpro prepare`" in message, message
 
 
 def test_a_shard_given_as_a_pipe_is_refused_by_name(tmp_path, run_cli, tiny_models):

@@ -181,6 +181,25 @@ def test_run_info_nested_too_deep_is_one_message_and_exit_5(golden_copy, tmp_pat
     assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), "run_info.json")
 
 
+# --- what the script needs ----------------------------------------------------------------------------
+
+def test_the_script_loads_no_heavy_module_and_runs_without_the_installed_package(golden_predicted, tmp_path):
+    """It imports virnucpro.calls and virnucpro.errors only, both standard library only: nothing of
+    torch or numpy is loaded, and without site-packages (`python -S`: the SUMMARY task's plain Python)
+    it finds them in the project beside bin/."""
+    probe = ("import importlib.util, sys\n"
+             f"spec = importlib.util.spec_from_file_location('virnucpro_summary', {str(SCRIPT)!r})\n"
+             "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
+             "spec.loader.exec_module(module)\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'h5py', 'typer')))\n")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert (loaded.returncode, loaded.stdout.strip()) == (0, "[]"), loaded.stderr
+    plain = subprocess.run([sys.executable, "-S", str(SCRIPT), "row", golden_predicted, "--sample", "s1",
+                            "--out", tmp_path / "s1.tsv"], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert plain_rows(tmp_path / "s1.tsv")[0]["reconciled"] == "yes"
+
+
 # --- merge adds up every row again --------------------------------------------------------------------
 
 @pytest.fixture

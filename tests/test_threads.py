@@ -41,3 +41,30 @@ def test_compile_workers_follow_threads(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1"]
+
+
+def test_pool_variables_in_the_environment_do_not_size_a_command(monkeypatch, reference_dir, tmp_path):
+    """CONTRACTS.md: settings come from the command line. Without --threads, a user's OMP_NUM_THREADS=7
+    (or MKL/OpenBLAS/compile-worker variable) is replaced by the CPUs this process may use: the torch
+    thread count and every pool variable a command runs with (read when it ends, in a separate process:
+    torch reads OMP_NUM_THREADS when it loads) are those CPUs."""
+    import subprocess
+    import sys
+
+    cpus = available_cpus()
+    user = "7" if cpus != 7 else "3"
+    probe = ("import os, sys\n"
+             "from virnucpro.cli import main\n"
+             "from virnucpro.threads import POOL_VARIABLES\n"
+             "try:\n"
+             "    main(sys.argv[1:])\n"
+             "except SystemExit as end:\n"
+             "    import torch\n"
+             "    print('SIZES', torch.get_num_threads(), *(os.environ[name] for name in POOL_VARIABLES))\n"
+             "    raise\n")
+    env = {**os.environ, **{name: user for name in POOL_VARIABLES}}
+    done = subprocess.run([sys.executable, "-c", probe, "prepare", str(reference_dir / "vanilla" / "test_with_orfs.fa"),
+                           "--outdir", str(tmp_path / "p")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sizes = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("SIZES ")]
+    assert sizes == [[str(cpus)] * (1 + len(POOL_VARIABLES))], done.stdout

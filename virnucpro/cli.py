@@ -61,6 +61,18 @@ class Precision(str, Enum):
 STANDARD_CHUNK_SIZES = (300, 500)
 
 
+def _path(value: str) -> Path:
+    """A path argument as given. An empty one is a usage error (exit 2, the option named by typer):
+    `Path("")` is the current directory, so `--outdir ""` wrote into it. Whether the path exists or can
+    be read is left to the command, which says so with its own exit code (a missing or unreadable
+    input is 3, CONTRACTS.md), where click's checks made every one of them exit 2."""
+    if isinstance(value, Path):
+        return value
+    if value == "":
+        raise typer.BadParameter("an empty path; give a file or directory name (`.` for this directory)")
+    return Path(value)
+
+
 def _check_chunk_size(chunk_size: int, allow_any: bool) -> None:
     """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in (exit 2)."""
     if chunk_size < 3:
@@ -75,13 +87,13 @@ ChunkSizeOption = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 5
                                                         "were trained per length).")
 AllowAnyChunkSizeOption = typer.Option(False, "--allow-any-chunk-size",
                                        help="Accept a chunk size other than 300/500.")
-ModelsOption = typer.Option(None, "--models", help="Models directory (default: $VIRNUCPRO_MODELS, "
+ModelsOption = typer.Option(None, "--models", parser=_path, help="Models directory (default: $VIRNUCPRO_MODELS, "
                                                    "else the user data directory).")
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
-InputsArgument = typer.Argument(..., help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
+InputsArgument = typer.Argument(..., parser=_path, help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
                                          "input, read once like any pipe); several files form one sample.")
-ClassifierOption = typer.Option(None, "--classifier", help="Classifier .pth/.safetensors (default: the "
+ClassifierOption = typer.Option(None, "--classifier", parser=_path, help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a sequence's scored "
                                                                           "chunks that must be virus to call it virus.")
@@ -94,7 +106,8 @@ NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not com
                                "elementwise work: less compile time at start-up, slower embedding (also the "
                                "automatic fallback when compiling fails). DNABERT-S's FlexAttention is "
                                "compiled either way.")
-CompileCacheOption = typer.Option(None, "--compile-cache", help="Folder for compiled GPU kernels, reused by "
+CompileCacheOption = typer.Option(None, "--compile-cache", parser=_path,
+                                  help="Folder for compiled GPU kernels, reused by "
                                   "later runs and tasks (default: $TORCHINDUCTOR_CACHE_DIR when set, else "
                                   "$XDG_CACHE_HOME/virnucpro/torch-compile, ~/.cache/... without it).")
 ThreadsOption = typer.Option(None, "--threads", min=1,
@@ -116,7 +129,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 @app.command()
 def prepare(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for shards and tables." + OUTDIR_RULES),
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path,
+                                help="Output directory for shards and tables." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     shard_size: int = typer.Option(100_000, "--shard-size", min=1,
@@ -133,12 +147,12 @@ def prepare(
 
 @app.command()
 def embed(
-    shard: Path = typer.Argument(..., help="A prepare shard (shards/shard_NNNNN.tsv)."),
+    shard: Path = typer.Argument(..., parser=_path, help="A prepare shard (shards/shard_NNNNN.tsv)."),
     models: Optional[Path] = ModelsOption,
-    out: Path = typer.Option(..., "--out", help="HDF5 embedding shard to write (locked through .OUT.lock "
+    out: Path = typer.Option(..., "--out", parser=_path, help="HDF5 embedding shard to write (locked through .OUT.lock "
                              "beside it while embed runs; an existing file is replaced only if it is "
                              "a virnucpro embedding)."),
-    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where resumable "
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", parser=_path, help="Where resumable "
                                                   "checkpoints live, one folder per shard, removed when the "
                                                   "shard is written (default: OUT.ckpt/, removed too; a "
                                                   "folder given here stays)."),
@@ -163,13 +177,14 @@ def embed(
 
 @app.command()
 def predict(
-    prepared: Path = typer.Option(..., "--prepared", help="The prepare output directory."),
-    embeddings: List[Path] = typer.Option(..., "--embeddings", help="Every embedding shard of the "
+    prepared: Path = typer.Option(..., "--prepared", parser=_path, help="The prepare output directory."),
+    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, help="Every embedding shard of the "
                                           "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
-    more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5",
+    more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5", parser=_path,
                                                            help="More embedding shards after --embeddings "
                                                                 "(a shell glob: --embeddings emb/*.h5)."),
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory for tables and report." + OUTDIR_RULES),
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path,
+                                help="Output directory for tables and report." + OUTDIR_RULES),
     classifier: Optional[Path] = ClassifierOption,
     models: Optional[Path] = ModelsOption,
     threshold: float = ThresholdOption,
@@ -186,7 +201,7 @@ def predict(
 @app.command()
 def run(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output directory." + OUTDIR_RULES),
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, help="Output directory." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     models: Optional[Path] = ModelsOption,
@@ -221,7 +236,7 @@ def run(
 
 @models_app.command("download")
 def models_download(
-    dest: Optional[Path] = typer.Option(None, "--dest", help="Models directory (default: "
+    dest: Optional[Path] = typer.Option(None, "--dest", parser=_path, help="Models directory (default: "
                                         "$VIRNUCPRO_MODELS, else the user data directory)."),
     only: Optional[ModelRole] = typer.Option(None, "--only", help="Download one role only."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing every source "
@@ -234,7 +249,7 @@ def models_download(
 
 
 @models_app.command("check")
-def models_check(directory: Optional[Path] = typer.Argument(None, help="Models directory.")) -> None:
+def models_check(directory: Optional[Path] = typer.Argument(None, parser=_path, help="Models directory.")) -> None:
     """Report which models are present and whether their checksums hold."""
     from virnucpro.models import store
 
@@ -242,7 +257,7 @@ def models_check(directory: Optional[Path] = typer.Argument(None, help="Models d
 
 
 @models_app.command("tiny")
-def models_tiny(directory: Path = typer.Argument(..., help="Directory to create.")) -> None:
+def models_tiny(directory: Path = typer.Argument(..., parser=_path, help="Directory to create.")) -> None:
     """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
     from virnucpro.models import tiny
 
@@ -263,12 +278,13 @@ def _out_of_host_memory(exc: BaseException) -> bool:
 
 def _report_bug(exc: BaseException) -> int:
     """Unexpected exception: one line for the user, the traceback in a file for the bug report; the
-    machine's memory running out is said plainly (it is no bug, and more memory is the fix)."""
+    machine's memory running out is said plainly (it is no bug, and more memory is the fix) and is
+    exit 137, what the kernel's out-of-memory killer gives, so that pipelines retry with more memory."""
     if _out_of_host_memory(exc):
         error(f"out of memory: this machine's RAM, or the memory limit of this process (`ulimit -v`), ran out "
               f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
               "in Nextflow); embed needs less with a smaller --token-budget")
-        return ExitCode.UNEXPECTED
+        return ExitCode.OUT_OF_MEMORY
     fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=handle)

@@ -39,6 +39,7 @@ from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOf
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
                               ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
 from virnucpro.outdir import FolderBusy, HeldLock, file_lock, folder_lock, refuse_nesting
+from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
@@ -609,10 +610,6 @@ class Embedder:
                 made.note(self.device.type, role, encoder.path)
         return made
 
-    def attention_record(self, restored: MadeBy | None = None) -> str:
-        """'role:path,...' of every path that computed vectors (`made_by`): the HDF5 attribute `attention`."""
-        return self.made_by(restored).attention_text()
-
     def take_unsaved_made(self) -> MadeBy:
         """What computed the batches since the last call (the record of the checkpoint part saved now)."""
         made, self.unsaved_made = self.unsaved_made, MadeBy()
@@ -772,9 +769,9 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
     model_set = model_set or store.locate(models, roles=ROLES)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
-    _set_threads(threads)
+    if threads is not None:  # the CLI has applied --threads already; a library caller's count is applied here
+        limit_threads(threads)
     identity = model_set.identity(ROLES)
-
     folder = Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / checkpoint_key(shard_meta.sha256,
                                                                                           identity, precision)
     if _kept_as_written(out, shard_meta, ids, identity, precision):
@@ -793,8 +790,8 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
 
         embedder = Embedder(encoders, token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
-        _write(out, ids, distinct, known, _attributes(shard_meta, model_set, precision, embedder.made_by(restored)),
-               lock)
+        _write(out, ids, distinct, known,
+               _attributes(shard_meta, identity, model_set.tiny, precision, embedder.made_by(restored)), lock)
     except BaseException:
         checkpoints.close()
         raise
@@ -820,12 +817,13 @@ def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:
             CheckpointStore(folder, parent_is_ours, wait=False).remove()
 
 
-def _attributes(shard_meta, model_set, precision: str, made: MadeBy) -> dict:
-    """The HDF5 shard's attributes: what it was made from and how, for predict's cross-checks;
-    `device` and `attention` name everything that computed its vectors (restored parts included)."""
+def _attributes(shard_meta, identity: dict, tiny: bool, precision: str, made: MadeBy) -> dict:
+    """The HDF5 shard's attributes: what it was made from (`identity`: the models' identity, as the
+    checkpoints are keyed) and how, for predict's cross-checks; `device` and `attention` name
+    everything that computed its vectors (restored parts included)."""
     return {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
-            "chunk_size": shard_meta.chunk_size, "models": model_set.identity(ROLES), "precision": precision,
-            "device": made.device_text(), "tiny": bool(model_set.tiny), "attention": made.attention_text()}
+            "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
+            "device": made.device_text(), "tiny": bool(tiny), "attention": made.attention_text()}
 
 
 def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
@@ -880,13 +878,6 @@ def _check_replaceable(out: Path) -> None:
                             "replaces only files it can tell it wrote",
                             "move or delete it (an older virnucpro's output is embedded again), or choose "
                             "another --out")
-
-
-def _set_threads(threads: int | None) -> None:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> MadeBy:

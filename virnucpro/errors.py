@@ -29,6 +29,9 @@ class ExitCode(IntEnum):
     DEVICE = 8
     NUMERICAL = 9
     OUTPUT_WRITE = 10
+    # not in CONTRACTS.md's table: the status the kernel gives a process its out-of-memory killer
+    # ended (128 + SIGKILL), which the Nextflow configuration retries with more memory
+    OUT_OF_MEMORY = 137
 
 
 class VirnucproError(Exception):
@@ -101,6 +104,14 @@ class OutputWriteError(VirnucproError):
     """An output could not be written: disk full, quota, read-only file system, I/O error."""
 
     code = ExitCode.OUTPUT_WRITE
+
+
+class HostOutOfMemory(VirnucproError):
+    """The machine's memory (or the process's limit) ran out, here or in a prepare worker the
+    out-of-memory killer ended: exit 137, as if the kernel had killed this process, so that a
+    pipeline retries it with more memory."""
+
+    code = ExitCode.OUT_OF_MEMORY
 
 
 # errors of the storage an output goes to, not of virnucpro or its inputs
@@ -242,10 +253,19 @@ def stop_signals_blocked() -> Iterator[None]:
 
 def make_output_dir(path: Path, option: str) -> None:
     """Create an output directory, or fail with exit 3 naming the option when that is impossible."""
-    if path.exists() and not path.is_dir():
-        raise BadInputError(f"{option} {path} is a file", "choose a directory path")
+    if os.path.lexists(path) and not path.is_dir():
+        raise not_a_folder(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create {option} {path}: {exc.strerror}",
                             "choose a writable location") from None
+
+
+def not_a_folder(path: Path, option: str) -> BadInputError:
+    """Exit 3 for a folder path taken by something else: a file, or a symbolic link to a missing path
+    (which `mkdir` cannot follow; saying "a file" sent users looking for one)."""
+    if path.is_symlink() and not path.exists():
+        return BadInputError(f"{option} {path} is a symbolic link to a missing path ({os.readlink(path)})",
+                             "create the folder it points to, or choose another path")
+    return BadInputError(f"{option} {path} is a file", "choose a directory path")

@@ -172,7 +172,7 @@ def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple
     try:
         _write_through_file(raw, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
         _seal_written(tmp, path)
-        verify_shard(tmp, ids)
+        verify_shard(tmp, ids, written=path)
     except BaseException:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)  # an interrupted or failed write leaves nothing that looks like output
@@ -311,28 +311,34 @@ def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.
     })
 
 
-def verify_shard(path: Path, ids: Sequence[str]) -> None:
-    """Row count, ids in order and finite values, read back from disk."""
+def verify_shard(path: Path, ids: Sequence[str], written: Path | None = None) -> None:
+    """Row count, ids in order and finite values, read back from disk. What differs from what was
+    written is the storage's fault, exit 10 naming `written` (the output `path` becomes, default
+    `path`); non-finite vectors are exit 9."""
     with _reading(path), open_h5(path) as handle:
         stored = _decoded(_dataset(path, handle, "ids")[:])
         if stored != list(ids):
-            raise NumericalError(f"{path}: ids read back differ from the shard's records",
-                                 "the disk or file system corrupted the write; rerun")
+            raise _corrupted_write(written or path, "ids read back differ from the shard's records")
         for name in VECTORS:
             data, digest = _dataset(path, handle, name), hashlib.sha256()
             if data.shape[0] != len(ids):
-                raise NumericalError(f"{path}: {name} has {data.shape[0]} rows for {len(ids)} records",
-                                     "rerun embed")
+                raise _corrupted_write(written or path, f"{name} has {data.shape[0]} rows read back for "
+                                                        f"{len(ids)} records written")
             for start in range(0, len(ids), ROWS_PER_WRITE):
                 block = data[start:start + ROWS_PER_WRITE]
                 if not np.isfinite(block).all():
                     row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                    raise NumericalError(f"{path}: non-finite {name} vector for record {ids[row]}",
+                    raise NumericalError(f"{written or path}: non-finite {name} vector for record {ids[row]}",
                                          "rerun embed with --precision fp32")
                 digest.update(_row_bytes(block))
             if digest.hexdigest() != _text(path, dict(handle.attrs), f"sha256_{name}"):
-                raise NumericalError(f"{path}: {name} vectors read back differ from those written",
-                                     "the disk or file system corrupted the write; rerun")
+                raise _corrupted_write(written or path, f"{name} vectors read back differ from those written")
+
+
+def _corrupted_write(path: Path, what: str) -> OutputWriteError:
+    """A file that does not read back as written: an I/O fault of the storage (exit 10), naming it."""
+    return OutputWriteError(f"cannot write {path}: {what} (the disk or file system corrupted the write)",
+                            "check the storage for I/O errors or choose another output location, then rerun")
 
 
 def read_info(path: Path) -> EmbeddingShardInfo:
@@ -346,6 +352,9 @@ def read_info(path: Path) -> EmbeddingShardInfo:
             attrs = _read_attributes(path, handle)
     except FileNotFoundError:
         raise BadInputError(f"embedding shard not found: {path}", "check the path") from None
+    except PermissionError:  # the file's mode, not its content: bad input like an unreadable FASTA
+        raise BadInputError(f"cannot read embedding shard {path}: permission denied",
+                            "make it readable (chmod u+r) and rerun") from None
     except DAMAGED as exc:
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
                                       "give the .h5 files written by `virnucpro embed`") from None

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, check_stop, output_errors
+from virnucpro.errors import BadInputError, check_stop, not_a_folder, output_errors
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -95,7 +95,7 @@ def _make_folder(folder: Path, what: str) -> None:
         except (FileNotFoundError, FileExistsError) as exc:  # removed, or a file in the way
             problem = exc
             if os.path.lexists(folder) and not folder.is_dir():
-                raise BadInputError(f"{what} {folder} is a file", "choose a directory path") from None
+                raise not_a_folder(folder, what) from None
         except OSError as exc:  # not a storage failure: e.g. a parent is a file
             problem = exc
             break

@@ -25,24 +25,18 @@ import numpy as np
 
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
-from virnucpro.calls import ChunkScore, SequenceTally, number_cell
+from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RESULT_COLUMNS, RESULTS, RUN_INFO,
+                             SEQUENCE_CALLS, SEQUENCE_COLUMNS, SEQUENCES, ChunkScore, SequenceTally, chunk_cells,
+                             header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, UsageError, VirnucproError,
                               output_errors)
 from virnucpro.outdir import OutputFolder, claim
 from virnucpro.seqio import unicode_text
 
-RESULTS = "prediction_results.txt"
-HIGHEST = "prediction_results_highestscore.csv"
-CHUNKS_OUT = "chunks.tsv"
-SEQUENCES_OUT = "sequences.tsv"
 REPORT = "report.html"
-RUN_INFO = "run_info.json"
-OUTPUTS = (RESULTS, HIGHEST, CHUNKS_OUT, SEQUENCES_OUT, REPORT, RUN_INFO)
+OUTPUTS = (RESULTS, HIGHEST, CHUNKS, SEQUENCES, REPORT, RUN_INFO)  # the tables' names and columns: calls.py
 STAGING = ".predict.partial"  # outputs are written here and moved into --outdir only when all exist
-CHUNK_COLUMNS = ("chunk_id", "sequence_id", "start", "length", "n_orfs", "best_orf", "max_score_virus", "call")
-SEQUENCE_COLUMNS = ("sequence_id", "length", "n_chunks", "n_chunks_virus", "n_chunks_no_orf", "fraction_virus",
-                    "max_score_virus", "mean_score_virus", "call")
 HISTOGRAM_BINS = 20
 TOP_SEQUENCES = 25  # sequences listed in the report
 HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~100 MB)
@@ -118,8 +112,7 @@ def _check_prepared_shard(prepared: Path, entry: dict) -> None:
     try:
         unchanged = fmt.sha256_of(path) == entry["sha256"]
     except OSError as exc:
-        raise InconsistentInputsError(f"cannot read the prepared shard {path}: {exc.strerror or exc}",
-                                      fmt.REPAIR_HINT) from None
+        raise fmt.unreadable(path, exc) from None
     if not unchanged:
         raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
                                       f"{prepared / fmt.MANIFEST}", fmt.REPAIR_HINT)
@@ -135,7 +128,7 @@ def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingS
                 f"{h5}: /ids[{row}] is {_id_text(found)} but record {row + 1} of {shard_file} (line {row + 3}) "
                 f"is {_id_text(expected)}", "embed this shard again from this prepared folder")
         chunk_id, line = next(walk, (None, None))
-        if expected[:-2] != chunk_id:
+        if chunk_id is None or orf_chunk_id(expected) != chunk_id:
             where = f"line {line} gives an ORF of {chunk_id!r} here" if chunk_id else "lists no more ORFs"
             raise InconsistentInputsError(f"the prepared tables do not reconcile: ORF {expected!r} is record "
                                           f"{row + 1} of {shard_file} but {prepared / fmt.CHUNKS} {where}",
@@ -172,7 +165,7 @@ def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Pat
     from virnucpro.classifier import predict_proba
 
     with open(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out:
-        out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+        out.write(header_line(RESULT_COLUMNS))
         for ids, features in _classifier_batches(shards, CLASSIFIER_ROWS):
             probabilities = predict_proba(classifier, features)
             histogram.add(probabilities[:, 1])
@@ -203,9 +196,8 @@ def _result_lines(ids: Sequence[str], probabilities: np.ndarray) -> tuple[list[s
     """prediction_results.txt lines of one block, and each ORF's (id, virus, others) as written."""
     lines, scores = [], []
     for orf_id, (others, virus) in zip(ids, probabilities):
-        label = "virus" if virus > others else "others"  # torch.max keeps the first on ties
         text_others, text_virus = _score_text(others), _score_text(virus)
-        lines.append(f"{orf_id}\t{label}\t{text_others}\t{text_virus}\n")
+        lines.append(result_line(orf_id, orf_label(virus, others), text_others, text_virus))
         scores.append((orf_id, float(text_virus), float(text_others)))
     return lines, scores
 
@@ -225,7 +217,9 @@ def chunk_scores(orfs: Iterable[tuple[str, float, float]]) -> Iterator[ChunkScor
     against the prepared tables before any output is written)."""
     current: ChunkScore | None = None
     for orf_id, virus, others in orfs:
-        chunk_id = orf_id[:-2]
+        chunk_id = orf_chunk_id(orf_id)
+        if chunk_id is None:  # check_stage_files refuses such ids before any score is computed
+            raise ValueError(f"ORF id {orf_id!r} does not end with a frame label")
         if current is not None and current.chunk_id == chunk_id:
             current.add(orf_id, virus, others)
             continue
@@ -258,7 +252,8 @@ class HighestTable:
         self.folder.mkdir(parents=True, exist_ok=True)
         run = self.folder / f"run_{len(self.runs):05d}.tsv"
         self.pending.sort()
-        run.write_text("".join(f"{chunk_id}\t{virus}\n" for chunk_id, virus in self.pending), encoding="utf-8")
+        run.write_text("".join(row_line(HIGHEST_COLUMNS, {"Modified_ID": chunk_id, "Is_Virus": str(virus)})
+                               for chunk_id, virus in self.pending), encoding="utf-8")
         self.runs.append(run)
         self.pending = []
 
@@ -267,7 +262,7 @@ class HighestTable:
         if self.pending:
             self._spill()
         with contextlib.ExitStack() as stack, open(path, "w", encoding="utf-8", newline="\n") as out:
-            out.write("Modified_ID\tIs_Virus\n")
+            out.write(header_line(HIGHEST_COLUMNS))
             runs = [stack.enter_context(open(run, encoding="utf-8", newline="\n")) for run in self.runs]
             out.writelines(heapq.merge(*runs, key=lambda line: line.split("\t", 1)[0]))
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -276,11 +271,8 @@ class HighestTable:
 # --- our tables ----------------------------------------------------------------------------------
 
 def sequence_line(seq: dict[str, str], tally: SequenceTally, call: str) -> str:
-    """One sequence's line of our sequences.tsv."""
-    cells = tally.cells()
-    return (f"{seq['sequence_id']}\t{seq['length']}\t{seq['n_chunks']}\t{cells['n_chunks_virus']}\t"
-            f"{cells['n_chunks_no_orf']}\t{cells['fraction_virus']}\t{cells['max_score_virus']}\t"
-            f"{cells['mean_score_virus']}\t{call}\n")
+    """One sequence's line of our sequences.tsv: its prepared row's cells, its counts and its call."""
+    return row_line(SEQUENCE_COLUMNS, {**seq, **tally.cells(), "call": call})
 
 
 class _NextChunk:
@@ -304,7 +296,7 @@ class _NextChunk:
 class _Summary:
     """Calls per class, the 25 best-scored sequences for the report, chunks scored."""
 
-    calls: dict = field(default_factory=lambda: {"virus": 0, "others": 0, "no_orf": 0, "empty": 0})
+    calls: dict = field(default_factory=lambda: dict.fromkeys(SEQUENCE_CALLS, 0))
     top: list = field(default_factory=list)
     chunks_scored: int = 0
 
@@ -329,10 +321,10 @@ def write_tables(prepared: Path, scores: Iterable[ChunkScore], outdir: Path, thr
     chunk tables and the chunk scores all come in input order, so memory stays O(block)."""
     summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS)
     scored, highest = _NextChunk(scores), HighestTable(outdir / ".highest-runs")
-    with open(outdir / CHUNKS_OUT, "w", encoding="utf-8", newline="\n") as chunks_out, \
-            open(outdir / SEQUENCES_OUT, "w", encoding="utf-8", newline="\n") as sequences_out:
-        chunks_out.write("\t".join(CHUNK_COLUMNS) + "\n")
-        sequences_out.write("\t".join(SEQUENCE_COLUMNS) + "\n")
+    with open(outdir / CHUNKS, "w", encoding="utf-8", newline="\n") as chunks_out, \
+            open(outdir / SEQUENCES, "w", encoding="utf-8", newline="\n") as sequences_out:
+        chunks_out.write(header_line(CHUNK_COLUMNS))
+        sequences_out.write(header_line(SEQUENCE_COLUMNS))
         for seq in fmt.read_table(prepared / fmt.SEQUENCES):
             tally = SequenceTally()
             for row in itertools.islice(chunk_rows, int(seq["n_chunks"])):
@@ -360,13 +352,8 @@ def _chunk_of(seq: dict[str, str], row: dict[str, str], scored: _NextChunk, prep
 
 
 def _chunk_row(row: dict[str, str], score: ChunkScore | None) -> str:
-    """One line of our chunks.tsv."""
-    if score is None:
-        call, best, top = "no_orf", "NA", None
-    else:
-        call, best, top = ("virus" if score.is_virus else "others"), score.best_orf, score.max_virus
-    return (f"{row['chunk_id']}\t{row['sequence_id']}\t{row['start']}\t{row['length']}\t"
-            f"{row['n_orfs']}\t{best}\t{number_cell(top)}\t{call}\n")
+    """One line of our chunks.tsv: its prepared row's cells and those its score gives."""
+    return row_line(CHUNK_COLUMNS, {**row, **chunk_cells(score)})
 
 
 def _check_all_used(prepared: Path, chunk_rows: Iterator[dict[str, str]], scored: _NextChunk) -> None:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import stat
 import sys
+import time
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,8 +31,8 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (STOP_SIGNALS, BadInputError, VirnucproError, check_stop, output_errors,
-                             stop_signals_blocked)
+from virnucpro.errors import (STOP_SIGNALS, BadInputError, HostOutOfMemory, VirnucproError, check_stop,
+                             output_errors, stop_signals_blocked)
 from virnucpro.outdir import claim
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
@@ -456,13 +457,13 @@ class SamplePreparer:
             try:
                 future = self.executor.submit(prepare_group, group, self.chunk_size)
             except BrokenProcessPool:
-                raise _worker_died(summary.path) from None
+                raise _worker_died(summary.path, self.executor) from None
         self.in_flight.append((summary, future))
         while len(self.in_flight) > self.depth:
             self._apply(*self.in_flight.popleft())
 
     def _apply(self, summary: InputSummary, future: Future) -> None:
-        result: GroupResult = _result_of(future, summary.path)
+        result: GroupResult = _result_of(future, summary.path, self.executor)
         self.shards.write_lines(result.orf_lines)
         self.chunks.write(result.chunk_rows)
         self.sequences.write(result.sequence_rows)
@@ -490,23 +491,43 @@ class SamplePreparer:
         self.chunks.close()
 
 
-def _result_of(future: Future, path: Path) -> "GroupResult":
+def _result_of(future: Future, path: Path, executor) -> "GroupResult":
     """A group's result, or the error of a worker that died (see `_worker_died`)."""
     try:
         return future.result()
     except BrokenProcessPool:
-        raise _worker_died(path) from None
+        raise _worker_died(path, executor) from None
 
 
-def _worker_died(path: Path) -> VirnucproError:
-    """A worker died (killed: most often by the out-of-memory killer, as only a signal can end one).
-    The others are killed: the pool ends them with SIGTERM, which they ignore (see `_worker_setup`),
-    then waits for its queue feeder, blocked writing to them, for ever. Said plainly, not as a bug."""
+def _worker_died(path: Path, executor) -> VirnucproError:
+    """A worker died (only a signal can end one). Killed by SIGKILL, most often by the out-of-memory
+    killer, it is exit 137 (what the kernel gives a process it kills), which pipelines retry with more
+    memory; another signal (a crash) is exit 1. The others are killed: the pool ends them with SIGTERM,
+    which they ignore (see `_worker_setup`), then waits for its queue feeder, blocked writing to them,
+    for ever. Said plainly, not as a bug."""
+    signals = _dead_worker_signals(executor)
     for worker in multiprocessing.active_children():
         worker.kill()
     check_stop()
-    return VirnucproError(f"a prepare worker process died while preparing {path} (killed by a signal, most often "
-                          "the out-of-memory killer)", "give prepare more memory or fewer --threads, then rerun")
+    hint = "give prepare more memory or fewer --threads, then rerun"
+    if signal.SIGKILL in signals:
+        return HostOutOfMemory(f"a prepare worker process died while preparing {path}: killed by SIGKILL (out of "
+                               "memory? the out-of-memory killer sends SIGKILL)", hint)
+    names = ", ".join(sorted(signal.Signals(n).name for n in signals)) or "a signal"
+    return VirnucproError(f"a prepare worker process died while preparing {path} (killed by {names}, most often "
+                          "the out-of-memory killer)", hint)
+
+
+def _dead_worker_signals(executor, wait: float = 1.0) -> set[int]:
+    """The signals that ended the pool's dead workers (empty when unknown). The pool's own thread may
+    be reaping a worker at the same moment, so its status is looked for a little while."""
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    deadline = time.monotonic() + wait
+    while True:
+        codes = {worker.exitcode for worker in workers} - {None}
+        if codes or time.monotonic() > deadline:
+            return {-code for code in codes if code < 0 and -code in signal.valid_signals()}
+        time.sleep(0.02)
 
 
 PR_SET_PDEATHSIG = 1

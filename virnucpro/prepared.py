@@ -6,6 +6,7 @@ This module is the one place that knows these file formats; `prepare` writes the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -30,7 +31,11 @@ SHARD_MAGIC = "# virnucpro-shard"
 SEQUENCE_COLUMNS_READ = ("sequence_id", "length", "n_chunks", "n_orfs", "status")  # later columns are optional
 COUNT_KEYS = ("sequences", "empty_sequences", "bases", "chunks", "chunks_without_orf", "orfs")
 SHA256_TEXT = re.compile(r"[0-9a-f]{64}")
-REPAIR_HINT = "the prepare folder was edited or damaged: rerun `virnucpro prepare` (and embed, if it changed)"
+# a rerun into the same folder is refused: the edited files are no longer those prepare wrote
+REPAIR_HINT = ("the prepare folder was edited or damaged: rerun `virnucpro prepare` into a new folder "
+               "(and embed again from it)")
+SHARD_REPAIR_HINT = "the shard is damaged; rerun `virnucpro prepare` into a new folder (and embed again from it)"
+PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
 
 
 def shard_name(index: int) -> str:
@@ -68,27 +73,36 @@ def check_tables(directory: Path, manifest: dict) -> None:
         try:
             unchanged = sha256_of(path) == manifest["tables"][name]
         except OSError as exc:
-            raise InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT) from None
+            raise unreadable(path, exc) from None
         if not unchanged:
             raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
                                           f"{Path(directory) / MANIFEST}", REPAIR_HINT)
 
 
 def _parse_first_line(path: Path, line: str) -> dict[str, int]:
+    """The fields of a shard's first line: not a shard at all is exit 3; a shard whose first line is
+    damaged (a field without `=`, a missing or non-numeric one) is exit 5, like other damaged stage files."""
     if not line.startswith(SHARD_MAGIC):
         raise BadInputError(f"{path} is not a virnucpro prepare shard (first line: '{line.strip()[:60]}')",
                             "give a shards/shard_NNNNN.tsv file written by `virnucpro prepare`")
-    fields = dict(item.split("=", 1) for item in line[len(SHARD_MAGIC):].split())
+    rest = line[len(SHARD_MAGIC):]
+    items = rest.split()
+    if rest[:1] not in (" ", "\t") or not all("=" in item for item in items):
+        raise _malformed_header(path, line)
+    fields = dict(item.split("=", 1) for item in items)
     try:
         values = {key: int(fields[key]) for key in ("format_version", "chunk_size", "index", "of")}
     except (KeyError, ValueError):
-        raise BadInputError(f"{path}: malformed shard header '{line.strip()}'",
-                            "rerun `virnucpro prepare`") from None
+        raise _malformed_header(path, line) from None
     if values["format_version"] != FORMAT_VERSION:
         raise InconsistentInputsError(f"{path} has shard format_version {values['format_version']}, "
                                       f"this virnucpro reads {FORMAT_VERSION}",
                                       "rerun `virnucpro prepare` with this version")
     return values
+
+
+def _malformed_header(path: Path, line: str) -> InconsistentInputsError:
+    return InconsistentInputsError(f"{path}: malformed shard header '{line.strip()[:120]}'", SHARD_REPAIR_HINT)
 
 
 def shard_info(path: Path) -> ShardInfo:
@@ -99,11 +113,11 @@ def shard_info(path: Path) -> ShardInfo:
                             "give the shards/shard_NNNNN.tsv file written by `virnucpro prepare`")
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline()
+            values = _parse_first_line(path, handle.readline())
+        digest = sha256_of(path)  # only once the first line says it is a shard
     except OSError as exc:
         raise BadInputError(f"cannot read shard {path}: {exc.strerror}", "check the path") from None
-    values = _parse_first_line(path, first)
-    return ShardInfo(path, values["chunk_size"], values["index"], values["of"], sha256_of(path))
+    return ShardInfo(path, values["chunk_size"], values["index"], values["of"], digest)
 
 
 #: What prepare writes as proteins: the 20 amino acids of the standard code (stops end no ORF; a
@@ -113,13 +127,17 @@ PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWY")
 
 def read_shard(path: Path) -> Iterator[tuple[str, str, str]]:
     """(id, nucleotide, protein) of every ORF record of a shard, in order; a record prepare could not
-    have written (bad bytes, an empty field, a protein letter outside the 20) is exit 3 naming its line."""
-    with open(path, "rb") as handle:
+    have written (bad bytes, an empty field, a protein letter outside the 20) is exit 5 naming its line."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    with handle:
         _parse_first_line(path, _text_line(path, 1, handle.readline()))
         header = _text_line(path, 2, handle.readline()).rstrip("\n").split("\t")
         if tuple(header) != SHARD_COLUMNS:
-            raise BadInputError(f"{path}: expected columns {SHARD_COLUMNS}, found {tuple(header)}",
-                                "rerun `virnucpro prepare`")
+            raise InconsistentInputsError(f"{path}: expected columns {SHARD_COLUMNS}, found {tuple(header)}",
+                                          SHARD_REPAIR_HINT)
         for number, line in enumerate(handle, start=3):
             yield _shard_record(path, number, _text_line(path, number, line))
 
@@ -146,8 +164,17 @@ def _shard_record(path: Path, number: int, line: str) -> tuple[str, str, str]:
     return orf_id, nucleotide, protein
 
 
-def _damaged_shard(path: Path, number: int, what: str) -> BadInputError:
-    return BadInputError(f"{path}, line {number}: {what}", "the shard is damaged; rerun `virnucpro prepare`")
+def _damaged_shard(path: Path, number: int, what: str) -> InconsistentInputsError:
+    """A shard line prepare could not have written: a damaged stage file, exit 5 as in predict."""
+    return InconsistentInputsError(f"{path}, line {number}: {what}", SHARD_REPAIR_HINT)
+
+
+def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsError:
+    """A file of the prepare folder that cannot be read: for want of permission it is exit 3 (the
+    file is sound, its mode is the fault); any other failure means a damaged folder, exit 5."""
+    if exc.errno in PERMISSION_ERRNOS:
+        return BadInputError(f"cannot read {path}: permission denied", "make it readable (chmod u+r) and rerun")
+    return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -159,13 +186,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def load_manifest(directory: Path) -> dict:
     """The manifest of a prepare directory: every key, type and sum of CONTRACTS.md checked (exit 5)."""
     path = Path(directory) / MANIFEST
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise BadInputError(f"{directory} is not a prepare directory: it is a file",
+                            "give the --outdir of `virnucpro prepare`")
     try:
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise BadInputError(f"{directory} is not a finished prepare directory (no {MANIFEST})",
                             "run `virnucpro prepare` first, or give its --outdir") from None
     except OSError as exc:
-        raise InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT) from None
+        raise unreadable(path, exc) from None
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise malformed(path, f"it is not JSON ({exc})") from None
     if not isinstance(manifest, dict):
@@ -290,7 +320,9 @@ def checked_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, di
                 yield number, dict(zip(header, fields))
     except FileNotFoundError:
         raise InconsistentInputsError(f"{path} is missing", REPAIR_HINT) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    except UnicodeDecodeError as exc:
         raise InconsistentInputsError(f"cannot read {path}: {exc}", REPAIR_HINT) from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from virnucpro.calls import RESULTS, SEQUENCE_CALLS
 from virnucpro.errors import InconsistentInputsError
 from virnucpro.seqio import unicode_text
 
@@ -60,7 +61,7 @@ def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict)
     """The prediction accounts for every chunk, ORF and sequence the prepared sample counts (exit 5)."""
     checks = (("chunks", counts["chunks"], n_chunks_scored + counts["chunks_without_orf"],
                f"{n_chunks_scored:,} chunks with scored ORFs + {counts['chunks_without_orf']:,} without ORF"),
-              ("ORFs", counts["orfs"], rows, f"{rows:,} rows in prediction_results.txt"),
+              ("ORFs", counts["orfs"], rows, f"{rows:,} rows in {RESULTS}"),
               ("sequences", counts["sequences"], sum(calls.values()), f"{sum(calls.values()):,} sequences called"))
     for label, expected, found, detail in checks:
         if found != expected:
@@ -70,16 +71,18 @@ def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict)
 
 
 def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> str:
-    """The table of counts from input records to calls (predict has checked that they reconcile)."""
+    """The table of counts from input records to calls; counts that do not reconcile are refused here
+    too (exit 5), so the page can never say "reconciles" of them, whoever calls it."""
+    check_reconciles(counts, rows, n_chunks_scored, calls)
     agrees = '<span class="ok">reconciles</span>'
     lines = [
         ("input sequences", counts["sequences"],
          f"{counts['sequences'] - counts['empty_sequences']:,} with bases + {counts['empty_sequences']:,} empty", ""),
         ("chunks", counts["chunks"],
          f"{n_chunks_scored:,} with ORFs + {counts['chunks_without_orf']:,} without", agrees),
-        ("ORFs (stop-free frames)", counts["orfs"], f"{rows:,} rows in prediction_results.txt", agrees),
+        ("ORFs (stop-free frames)", counts["orfs"], f"{rows:,} rows in {RESULTS}", agrees),
         ("sequences called", sum(calls.values()),
-         " + ".join(f"{calls[k]:,} {k}" for k in ("virus", "others", "no_orf", "empty")), agrees),
+         " + ".join(f"{calls[k]:,} {k}" for k in SEQUENCE_CALLS), agrees),
     ]
     body = "".join(f"<tr><td>{_e(label)}</td><td class='n'>{value:,}</td><td>{_e(detail)}</td><td>{status}</td></tr>"
                    for label, value, detail, status in lines)

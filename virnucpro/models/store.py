@@ -175,8 +175,14 @@ def _expanded(path: Path | str, where: str) -> Path:
 
 
 def _user_data_dir() -> Path:
-    """The platform's per-user data folder for virnucpro."""
-    home = Path.home()
+    """The platform's per-user data folder for virnucpro; exit 2 naming the way out when there is no
+    home directory to put it in (no $HOME and a user id the password database does not know)."""
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        raise ModelsPathError("no models directory given and the home directory (where the default one is) cannot "
+                              "be determined: $HOME is not set and this user id has no password entry",
+                              hint="give --models DIR (--dest DIR to download) or set VIRNUCPRO_MODELS") from None
     if sys.platform == "darwin":
         return home / "Library" / "Application Support" / "virnucpro"
     if os.name == "nt":
@@ -493,7 +499,7 @@ class HashCache:
         self.use = use
         self.entries: dict[str, dict] = {}
         self.dirty = False
-        if self.path.is_file():
+        if _is_file(Path(directory), HASH_CACHE):  # an unsearchable folder is named, not this cache
             try:
                 loaded = json.loads(read_small_file(self.path, MANIFEST_MAX_BYTES))
                 self.entries = loaded if isinstance(loaded, dict) else {}
@@ -659,7 +665,7 @@ def _expected_files(directory: Path, role: str, entry: dict | None
                 {k: v.lower() for k, v in entry.get("sha256", {}).items()})
     required, optional = (list(x) for x in STANDARD_FILES[role])
     if role == "dnabert_s":
-        weights = [f"DNABERT-S/{w}" for w in DNABERT_WEIGHTS if (directory / "DNABERT-S" / w).is_file()]
+        weights = [f"DNABERT-S/{w}" for w in DNABERT_WEIGHTS if _is_file(directory, f"DNABERT-S/{w}")]
         required += weights or ["DNABERT-S/model.safetensors (or pytorch_model.bin)"]
     return required, optional, {}
 
@@ -671,14 +677,27 @@ def _unlisted_weights(directory: Path, role: str, files: list[str]) -> list[str]
     if folder is None:
         return []
     candidates = [(Path(folder) / name).as_posix() for name in DNABERT_WEIGHTS]
-    return [rel for rel in candidates if rel not in files and (directory / rel).is_file()]
+    return [rel for rel in candidates if rel not in files and _is_file(directory, rel)]
+
+
+def _is_file(directory: Path, rel: str) -> bool:
+    """Whether `rel` is a file of the models directory. A folder on its way that cannot be searched
+    (no permission) is exit 4 naming that folder: the file itself may not even exist (naming
+    pytorch_model.bin, which the manifest does not list, sent users looking for it)."""
+    try:
+        return (directory / rel).is_file()
+    except PermissionError:
+        folder = (directory / rel).parent
+        raise ModelsError(f"cannot read the folder {_shortened(str(folder), 300)}: permission denied",
+                          hint="make it readable to this user (chmod u+rx), or move it away and rerun "
+                               "`virnucpro models download`") from None
 
 
 def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashCache) -> RoleStatus:
     """Check every file of one role (see the module docstring) and find its path and identity."""
     entry = (manifest or {}).get("models", {}).get(role)
     required, optional, expected = _expected_files(directory, role, entry)
-    present = [rel for rel in required + optional if (directory / rel).is_file()]
+    present = [rel for rel in required + optional if _is_file(directory, rel)]
     status = RoleStatus(role, marked_tiny=bool((entry or {}).get("tiny", False)),
                         name=str((entry or {}).get("name") or ""),
                         unrecorded=[rel for rel in present if rel not in expected])
