@@ -153,3 +153,14 @@ def test_chunk_rows_follow_the_column_tuple(monkeypatch):
     monkeypatch.setattr(predict, "CHUNK_COLUMNS", CHUNK_COLUMNS[::-1])
     reversed_line = predict._chunk_row(row, ChunkScore("s_chunk_1", "s_chunk_1F2", 0.125, 0.5))
     assert reversed_line.rstrip("\n").split("\t") == scored.rstrip("\n").split("\t")[::-1]
+
+
+@pytest.mark.parametrize("path", ["virnucpro/prepare.py", "virnucpro/prepared.py"])
+def test_prepare_builds_chunk_ids_and_frame_labels_from_calls(path):
+    """prepare writes the chunk and ORF ids every later stage parses: by calls.py's rules, not its own."""
+    tree = ast.parse((ROOT / path).read_text())
+    found = [ast.unparse(node) for node in ast.walk(tree)
+             if isinstance(node, ast.JoinedStr) and "_chunk_" in ast.unparse(node)]
+    found += [ast.unparse(node) for node in ast.walk(tree)
+              if isinstance(node, ast.Tuple) and _literal(node) == calls.FRAMES]
+    assert not found, f"{path} spells out chunk ids or frame labels itself: {found}"

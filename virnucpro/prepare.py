@@ -30,6 +30,7 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro import prepared as fmt
+from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, HostOutOfMemory, VirnucproError, check_stop,
                              output_errors, stop_signals_blocked)
@@ -39,7 +40,7 @@ from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGrou
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
-FRAME_LABELS = ("F1", "F2", "F3", "R1", "R2", "R3")
+FRAME_LABELS = FRAMES  # F1 F2 F3 R1 R2 R3: calls.py names them for every stage
 
 
 # --- chunking (SPEC §1 step 1) --------------------------------------------------------------
@@ -323,8 +324,9 @@ class _Chunked:
 
     def add(self, rid: str, k: int, start: int, sequence: str) -> None:
         """Chunk `k` (1-based) of record `rid`, starting at `start`."""
-        self.ids.append(f"{rid}_chunk_{k}")
-        self.rows.append(f"{rid}_chunk_{k}\t{rid}\t{start}\t{len(sequence)}\t")
+        chunk_id = chunk_id_of(rid, k)
+        self.ids.append(chunk_id)
+        self.rows.append(f"{chunk_id}\t{rid}\t{start}\t{len(sequence)}\t")
         self.chunks.append(sequence)
 
 

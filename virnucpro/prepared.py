@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from virnucpro.calls import chunk_id_of
 from virnucpro.errors import BadInputError, InconsistentInputsError
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
@@ -419,7 +420,7 @@ class TableWalk:
     def _check_placement(self, line: int, chunk: dict[str, str], sequence_id: str, k: int,
                          span: tuple[int, int]) -> None:
         """The chunk row has the id, start and length prepare derives from its sequence's length."""
-        expected = {"chunk_id": f"{sequence_id}_chunk_{k}", "start": str(span[0]), "length": str(span[1])}
+        expected = {"chunk_id": chunk_id_of(sequence_id, k), "start": str(span[0]), "length": str(span[1])}
         for column, value in expected.items():
             if chunk[column] != value:
                 raise malformed(self.chunks_path, f"line {line}: chunk {k} of {sequence_id!r} at chunk size "
