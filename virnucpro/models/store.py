@@ -456,8 +456,7 @@ def reading(path: Path) -> Iterator[None]:
     except OSError as exc:
         where = exc.filename or path
         raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}",
-                          hint="make it readable to this user, or move it away and rerun "
-                               "`virnucpro models download`") from None
+                          hint="make it readable to this user (chmod u+r), then rerun") from None
 
 
 def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:
