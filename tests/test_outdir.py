@@ -407,6 +407,28 @@ def test_a_killed_worker_is_said_plainly_not_reported_as_a_bug(tmp_path, large_f
     assert not (out / ".virnucpro-partial").exists()
 
 
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fasta, attempt):
+    """A stop, then a worker's death (the out-of-memory killer, a kill -9) while prepare waits for the
+    groups in flight: the worker may die sending its result, wedging the pool's threads on half a
+    message; prepare hung for ever. It ends (exit 6: the stop came first) with every worker gone."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
+    time.sleep(0.1 * attempt)
+    workers = children_of(process.pid)
+    process.send_signal(signal.SIGTERM)
+    os.kill(min(workers), signal.SIGKILL)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("prepare hung after a worker died during its stop")
+    assert process.returncode in (6, 137) and "Traceback" not in err, err
+    assert not any(alive(pid) for pid in workers)
+
+
 def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
     out = tmp_path / "out"
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],

@@ -485,12 +485,39 @@ class SamplePreparer:
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers and close the tables. When aborting (a signal or an error) no queued group
-        starts; the few groups already handed to workers finish (each is bounded), because a worker
-        killed while it sends its result leaves the pool's reader blocked on a half-sent message for
-        ever (the command then hung instead of exiting 6)."""
-        self.executor.shutdown(wait=True, cancel_futures=abort)
+        starts; the few groups already handed to workers finish (each is bounded): see `_stop_pool`."""
+        if abort:
+            _stop_pool(self.executor)
+        else:
+            self.executor.shutdown(wait=True)
         self.sequences.close()
         self.chunks.close()
+
+
+POOL_UNWEDGE_SECONDS = 30.0  # after a dead worker is dealt with, how long the pool's threads may take
+
+
+def _stop_pool(executor: ProcessPoolExecutor) -> None:
+    """Shut the pool down without starting queued groups, never waiting on it for ever. A worker that
+    dies meanwhile (the out-of-memory killer, a kill -9) may die sending its result, holding the
+    result pipe's lock with half a message in it: the pool's reader then waits for the rest, the
+    other workers for the lock, its feeder for them, and the command hung instead of exiting. So a
+    dead worker unwedges the pool: the others are killed and this process's ends of the two pipes
+    closed, so that the pool's threads see end-of-file and a broken pipe, and finish."""
+    thread = getattr(executor, "_executor_manager_thread", None)  # None when no group was submitted
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    results, calls = getattr(executor, "_result_queue", None), getattr(executor, "_call_queue", None)
+    executor.shutdown(wait=False, cancel_futures=True)
+    while thread is not None and thread.is_alive():
+        thread.join(timeout=0.1)
+        if any(worker.exitcode not in (None, 0) for worker in workers):
+            for worker in multiprocessing.active_children():
+                worker.kill()
+            for end in (getattr(results, "_writer", None), getattr(calls, "_reader", None)):
+                if end is not None:
+                    end.close()
+            thread.join(timeout=POOL_UNWEDGE_SECONDS)
+            return
 
 
 def _result_of(future: Future, path: Path, executor) -> "GroupResult":
