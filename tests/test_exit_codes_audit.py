@@ -176,6 +176,19 @@ def test_an_unreadable_file_of_a_prepare_folder_is_exit_3_saying_so(tmp_path, sm
     assert f"cannot read {prepared / name}: permission denied" in done.stderr and "damaged" not in done.stderr
 
 
+def test_a_prepare_folder_that_cannot_be_searched_names_the_folder(tmp_path, small_sample, tiny_models):
+    """The files are sound, the folder's mode is the fault: the fix is u+rx on it, not u+r on a file."""
+    prepared = Path(shutil.copytree(small_sample[0], tmp_path / "prepared"))
+    prepared.chmod(0)
+    try:
+        done = _run("predict", "--prepared", prepared, "--embeddings", small_sample[1], "--outdir",
+                    tmp_path / "out", "--models", tiny_models)
+    finally:
+        prepared.chmod(0o755)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert f"permission denied on its folder {prepared}" in done.stderr and "chmod u+rx" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("which", ["DNABERT-S", "models"])
 def test_an_unreadable_models_folder_is_named_not_a_file_in_it(tmp_path, tiny_models, which):
     """The DNABERT-S folder was reported as its pytorch_model.bin, which the manifest does not list,

@@ -174,6 +174,13 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
     """A file of the prepare folder that cannot be read: for want of permission it is exit 3 (the
     file is sound, its mode is the fault); any other failure means a damaged folder, exit 5."""
     if exc.errno in PERMISSION_ERRNOS:
+        try:
+            os.stat(path)  # needs only the folders to be searchable
+        except PermissionError:
+            return BadInputError(f"cannot read {path}: permission denied on its folder {path.parent}",
+                                 "make the folder searchable (chmod u+rx) and rerun")
+        except OSError:
+            pass
         return BadInputError(f"cannot read {path}: permission denied", "make it readable (chmod u+r) and rerun")
     return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
 
