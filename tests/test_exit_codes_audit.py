@@ -303,3 +303,13 @@ def test_no_home_directory_is_a_clear_error_not_a_bug(tmp_path, run_cli, monkeyp
     assert code == ExitCode.USAGE and "VIRNUCPRO_MODELS" in message and "--models" in message, message
     assert "bug" not in message
 
+
+
+@pytest.mark.parametrize("command", [["prepare"], ["embed"], ["predict"], ["run"], ["models", "download"]])
+def test_path_options_say_dir_or_file_in_help(command):
+    """The custom path parser made typer print the Python type (`<Path>`) for every path option."""
+    done = subprocess.run([*CLI, *command, "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0 and "DIR" in done.stdout, done.stdout
+    options = [line for line in done.stdout.splitlines() if line.lstrip("│ *").startswith("--")]
+    assert not [line for line in options if "<Path>" in line or "<list[Path]>" in line], options

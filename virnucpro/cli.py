@@ -87,13 +87,13 @@ ChunkSizeOption = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 5
                                                         "were trained per length).")
 AllowAnyChunkSizeOption = typer.Option(False, "--allow-any-chunk-size",
                                        help="Accept a chunk size other than 300/500.")
-ModelsOption = typer.Option(None, "--models", parser=_path, help="Models directory (default: $VIRNUCPRO_MODELS, "
+ModelsOption = typer.Option(None, "--models", parser=_path, metavar="DIR", help="Models directory (default: $VIRNUCPRO_MODELS, "
                                                    "else the user data directory).")
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
 InputsArgument = typer.Argument(..., parser=_path, help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
                                          "input, read once like any pipe); several files form one sample.")
-ClassifierOption = typer.Option(None, "--classifier", parser=_path, help="Classifier .pth/.safetensors (default: the "
+ClassifierOption = typer.Option(None, "--classifier", parser=_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a sequence's scored "
                                                                           "chunks that must be virus to call it virus.")
@@ -106,7 +106,7 @@ NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not com
                                "elementwise work: less compile time at start-up, slower embedding (also the "
                                "automatic fallback when compiling fails). DNABERT-S's FlexAttention is "
                                "compiled either way.")
-CompileCacheOption = typer.Option(None, "--compile-cache", parser=_path,
+CompileCacheOption = typer.Option(None, "--compile-cache", parser=_path, metavar="DIR",
                                   help="Folder for compiled GPU kernels, reused by "
                                   "later runs and tasks (default: $TORCHINDUCTOR_CACHE_DIR when set, else "
                                   "$XDG_CACHE_HOME/virnucpro/torch-compile, ~/.cache/... without it).")
@@ -129,7 +129,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 @app.command()
 def prepare(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path,
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, metavar="DIR",
                                 help="Output directory for shards and tables." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
@@ -149,10 +149,10 @@ def prepare(
 def embed(
     shard: Path = typer.Argument(..., parser=_path, help="A prepare shard (shards/shard_NNNNN.tsv)."),
     models: Optional[Path] = ModelsOption,
-    out: Path = typer.Option(..., "--out", parser=_path, help="HDF5 embedding shard to write (locked through .OUT.lock "
+    out: Path = typer.Option(..., "--out", parser=_path, metavar="FILE", help="HDF5 embedding shard to write (locked through .OUT.lock "
                              "beside it while embed runs; an existing file is replaced only if it is "
                              "a virnucpro embedding)."),
-    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", parser=_path, help="Where resumable "
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", parser=_path, metavar="DIR", help="Where resumable "
                                                   "checkpoints live, one folder per shard, removed when the "
                                                   "shard is written (default: OUT.ckpt/, removed too; a "
                                                   "folder given here stays)."),
@@ -177,13 +177,13 @@ def embed(
 
 @app.command()
 def predict(
-    prepared: Path = typer.Option(..., "--prepared", parser=_path, help="The prepare output directory."),
-    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, help="Every embedding shard of the "
+    prepared: Path = typer.Option(..., "--prepared", parser=_path, metavar="DIR", help="The prepare output directory."),
+    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, metavar="FILE", help="Every embedding shard of the "
                                           "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
     more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5", parser=_path,
                                                            help="More embedding shards after --embeddings "
                                                                 "(a shell glob: --embeddings emb/*.h5)."),
-    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path,
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, metavar="DIR",
                                 help="Output directory for tables and report." + OUTDIR_RULES),
     classifier: Optional[Path] = ClassifierOption,
     models: Optional[Path] = ModelsOption,
@@ -201,7 +201,7 @@ def predict(
 @app.command()
 def run(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, help="Output directory." + OUTDIR_RULES),
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, metavar="DIR", help="Output directory." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     models: Optional[Path] = ModelsOption,
@@ -236,7 +236,7 @@ def run(
 
 @models_app.command("download")
 def models_download(
-    dest: Optional[Path] = typer.Option(None, "--dest", parser=_path, help="Models directory (default: "
+    dest: Optional[Path] = typer.Option(None, "--dest", parser=_path, metavar="DIR", help="Models directory (default: "
                                         "$VIRNUCPRO_MODELS, else the user data directory)."),
     only: Optional[ModelRole] = typer.Option(None, "--only", help="Download one role only."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing every source "

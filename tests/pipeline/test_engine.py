@@ -260,8 +260,10 @@ def test_an_outdir_inside_another_runs_outdir_or_the_work_dir_is_refused(tmp_pat
     launch = tmp_path / "launch"
     (launch / "results" / "pipeline_info").mkdir(parents=True)
     (launch / "results" / "pipeline_info" / ".virnucpro-run.lock").write_text("")  # an earlier run's
+    before = folder_state(launch / "results")
     run = run_pipeline(launch, "-profile", "test", outdir="results/sample_a/again")
     assert_refused_before_any_task(run, f"inside {launch / 'results'}", "another run")
+    assert folder_state(launch / "results") == before  # the other run's folder: no reports added
     run = run_pipeline(launch, "-profile", "test", outdir="work/results")
     assert_refused_before_any_task(run, "inside the work directory")
 
@@ -288,11 +290,10 @@ def test_an_outdir_or_sample_folder_that_is_a_virnucpro_command_output_is_refuse
     before = folder_state(cli)
     run = run_pipeline(launch, "-profile", "test", outdir="cli")
     assert_refused_before_any_task(run, f"--outdir {cli} is the output folder of a virnucpro command")
-    # the command's files untouched; Nextflow itself opens its trace file (nextflow.config) before
-    # the script runs, so that file alone is added
-    after = folder_state(cli)
-    assert {name: after[name] for name in before} == before
-    assert all(name.startswith("pipeline_info/execution_trace_") for name in set(after) - set(before)), after
+    # nothing added, not even the run's reports: Nextflow opens its trace file before the start-up
+    # checks, so nextflow.config sends the reports of a run these checks refuse to .nextflow/
+    assert folder_state(cli) == before
+    assert list((launch / ".nextflow" / "pipeline_info").glob("execution_trace_*.txt"))
     coding = cli_prepare(launch / "results" / "coding")
     before = folder_state(coding)
     sheet = write_samplesheet(tmp_path / "sheet.csv", [("coding", TEST_INPUTS / "sample_a.fasta")])
