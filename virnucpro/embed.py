@@ -748,6 +748,8 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
     refuse_nesting(out, "--out")
+    if checkpoint_dir is not None:
+        refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
     _check_output(shard, out)
     with file_lock(out, "--out") as lock, output_errors(out):
         try:

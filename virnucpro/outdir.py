@@ -43,6 +43,7 @@ MARKER_TMP_NAME = MARKER_NAME + ".tmp"  # left behind by a kill between writing 
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
 LOCK_ATTEMPTS = 10  # a lock file removed under us this often in a row: give up as busy
+HOLDER_READS = 20  # a refused command waits up to 1 s for the holder's details (`_read_holder`)
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME, MARKER_TMP_NAME}
 _held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
@@ -108,17 +109,37 @@ def _try_flock(fd: int, subject: Path, what: str) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
-        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-        raise _busy(subject, what, _holder_text(holder)) from None
+        raise _busy(subject, what, _holder_text(_read_holder(fd))) from None
     except OSError as exc:
         if exc.errno in NO_FLOCK:
             return False
         raise
 
 
+def _read_holder(fd: int) -> str:
+    """The holder's details from a lock file held by another process. Its holder creates the file
+    empty and writes them just after taking the lock: a refusal in that instant waits for them
+    (briefly; a holder that died before writing them is "unreadable")."""
+    for _attempt in range(HOLDER_READS):
+        raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        if _holder_of(raw) is not None:
+            break
+        time.sleep(0.05)
+    return raw
+
+
 def _write_holder(fd: int, **extra: str) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps({**_holder(), **extra}) + "\n").encode(), 0)
+    """Write this process's details into the lock file it holds: over the old ones, then cut to
+    length, so the file never reads empty to a refused command (`_read_holder`). A lock file this
+    user may only read (another user of a shared folder created it) locks as well; it keeps the
+    details it has."""
+    data = (json.dumps({**_holder(), **extra}) + "\n").encode()
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    except OSError as exc:
+        if exc.errno != errno.EBADF:  # opened read-only
+            raise
 
 
 def _remove_leftover_temporary(fd: int, subject: Path) -> None:
@@ -237,14 +258,19 @@ class HeldLock:
 
 
 def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
-    """(fd, whether this call created the file): the lock file opened, created when absent; None
-    when its holder removed it between our two opens."""
+    """(fd, whether this call created the file): the lock file opened, created when absent (its mode
+    from the umask, as every file we write: in a group-shared folder the group may lock it too);
+    None when its holder removed it between our two opens. One this user may not write (another
+    user's, in a shared folder) is opened read-only: flock needs no more."""
     try:
-        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), True
     except FileExistsError:
         pass
     try:
-        return os.open(lock, os.O_RDWR | os.O_CLOEXEC), False
+        try:
+            return os.open(lock, os.O_RDWR | os.O_CLOEXEC), False
+        except PermissionError:
+            return os.open(lock, os.O_RDONLY | os.O_CLOEXEC), False
     except FileNotFoundError:
         return None
 
