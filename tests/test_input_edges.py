@@ -269,3 +269,44 @@ def test_a_file_size_limit_is_exit_10_saying_so(tmp_path):
     assert done.returncode == 10, done.stderr
     assert "cannot write" in done.stderr and "ulimit -f" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "free space" not in done.stderr, done.stderr
+
+
+# --- ids that would change meaning for the outputs' readers --------------------------------------
+
+@pytest.mark.parametrize("text, culprit", [
+    ('>"a\nACGT\n>b\nACGT\n', "starts with a double quote"),          # pandas merged or lost rows
+    ('@"r desc\nACGT\n+\nIIII\n', "starts with a double quote"),
+    (">a\u009b31m d\nACGT\n", "U+009B"),                                # a terminal escape
+    (">ok \u202eesrever\nACGT\n", "U+202E"),                             # shows the text reversed
+    (">ok\u0085x\nACGT\n", "U+0085"),
+])
+def test_a_leading_quote_or_a_control_character_beyond_ascii_is_exit_3(tmp_path, text, culprit):
+    reads = tmp_path / "reads.fa"
+    reads.write_text(text, encoding="utf-8")
+    done = virnucpro("prepare", reads, "--outdir", tmp_path / "out")
+    assert done.returncode == 3 and culprit in done.stderr and "line 1" in done.stderr, done.stderr
+    assert not (tmp_path / "out" / fmt.SEQUENCES).exists()
+
+
+def test_quotes_inside_ids_and_other_unicode_stay_accepted(tmp_path):
+    reads = tmp_path / "reads.fa"
+    reads.write_text('>a"b x"y\nACGT\n>\u00e9\u4e2d\U0001f9a0 \u200dz\nACGT\n', encoding="utf-8")
+    done = virnucpro("prepare", reads, "--outdir", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    ids = [line.split("\t")[0] for line in (tmp_path / "out" / fmt.SEQUENCES).read_text("utf-8").splitlines()[1:]]
+    assert ids == ['a"b', "\u00e9\u4e2d\U0001f9a0"]
+
+
+def test_run_names_its_own_tables_and_an_odd_classifier_path_in_valid_unicode(tmp_path, tiny_models):
+    """run's warning named its hidden stage folder (removed at the end); run_info.json held the
+    classifier's path with a lone surrogate, which JSON readers cannot encode again."""
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">empty\n>s1\n" + "ATGGCT" * 40 + "\n")
+    classifier = Path(os.fsdecode(bytes(tmp_path) + b"/cl\xff.pth"))
+    classifier.write_bytes((tiny_models / "500_model_tiny.pth").read_bytes())
+    out = tmp_path / "out"
+    done = virnucpro("run", reads, "--models", tiny_models, "--classifier", classifier, "--outdir", out)
+    assert done.returncode == 0, done.stderr
+    assert f"listed as 'empty' in {out / fmt.SEQUENCES})" in done.stderr, done.stderr
+    info = json.loads(strict_text(out / "run_info.json"))
+    assert info["classifier"]["path"].endswith("cl\\xff.pth"), info["classifier"]

@@ -753,8 +753,9 @@ OUTPUTS = (fmt.SEQUENCES, fmt.CHUNKS, fmt.SHARD_DIR, fmt.MANIFEST)  # the manife
 
 
 def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_size: int = 100_000,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, published_in: Path | None = None) -> dict:
     """Run the prepare stage; returns the manifest. Nothing appears at `outdir` unless it succeeds.
+    `published_in`: where the user will find the tables when not in `outdir` (`run` publishes them).
 
     The output folder is locked for the whole run and written only if empty, new or an earlier
     prepare output; work happens in a hidden sub-folder, so `--outdir .`, a symlink or a mount
@@ -772,7 +773,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
             output.publish(staging, OUTPUTS)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    _report(manifest, outdir)
+    _report(manifest, outdir, published_in or outdir)
     return manifest
 
 
@@ -823,11 +824,11 @@ def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict]
     }
 
 
-def _report(manifest: dict, outdir: Path) -> None:
+def _report(manifest: dict, outdir: Path, tables: Path) -> None:
     counts = manifest["counts"]
     if counts["empty_sequences"]:
         warn(f"{counts['empty_sequences']} empty record(s) skipped (listed as 'empty' in "
-             f"{outdir / fmt.SEQUENCES})")
+             f"{tables / fmt.SEQUENCES})")
     info(f"prepared {counts['sequences']:,} sequences ({counts['bases']:,} bp) -> {counts['chunks']:,} "
          f"chunks of {manifest['chunk_size']} -> {counts['orfs']:,} ORFs in {len(manifest['shards'])} "
          f"shard(s); {counts['chunks_without_orf']:,} chunks without ORF -> {outdir}")

@@ -85,8 +85,9 @@ def _download_ahead(models: Path | None, classifier: Path | None, chunk_size: in
     return any(s.missing for s in statuses) and not any(s.wrong for s in statuses)
 
 
-def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int) -> dict:
-    """The prepare stage, or its finished result from an earlier try of this run."""
+def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int, outdir: Path) -> dict:
+    """The prepare stage, or its finished result from an earlier try of this run (whose tables the
+    user finds in `outdir`)."""
     from virnucpro.prepare import prepare
 
     if _prepare_is_current(prepared, inputs, chunk_size):
@@ -95,7 +96,7 @@ def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int) -> dict:
     # in this process, no workers: a process that runs the models should not fork (on some virtual
     # machines a fork made later multi-threaded CPU math in the parent transiently wrong), and
     # prepare takes well under 1% of the time embedding takes
-    return prepare(inputs, prepared, chunk_size=chunk_size, threads=1)
+    return prepare(inputs, prepared, chunk_size=chunk_size, threads=1, published_in=outdir)
 
 
 def _embedded_before(shard: Path, h5: Path, identity: dict, precision: str) -> bool:
@@ -154,7 +155,7 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         work = outdir / WORK
         seconds: dict[str, float] = {}
         started = time.monotonic()
-        manifest = _prepare_once(inputs, work / "prepared", chunk_size)
+        manifest = _prepare_once(inputs, work / "prepared", chunk_size, outdir)
         seconds["prepare"] = round(time.monotonic() - started, 3)
         setup = setup or set_up()
         started = time.monotonic()

@@ -79,6 +79,9 @@ CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters
 # every other byte: deleting these leaves the controls, and text (nothing left) costs no output memory
 NOT_CONTROL = bytes(byte for byte in range(256) if not CONTROL.match(bytes([byte])))
 NOT_ASCII = re.compile(rb"[\x80-\xff]")
+# in a decoded header: the C1 controls (a terminal escape sequence starts with U+009B) and the
+# text-direction overrides, which make an id show as another one in terminals and the report
+UNSAFE_IN_HEADER = re.compile("[\u0080-\u009f\u202a-\u202e\u2066-\u2069]")
 UTF8_BOM = b"\xef\xbb\xbf"
 
 # The longest header line accepted, in bytes with its '>' or '@' (64 KiB). Real headers (an id and a
@@ -409,12 +412,28 @@ def _record_id(header: str, path: Path, line: int) -> str:
     if not words:
         raise BadInputError(f"{path}, line {line}: header '{header.strip()}' has no sequence id",
                             "give every record a name after '>' or '@'")
+    _check_header_text(header, words[0], path, line)
     if len(words[0]) > ID_LIMIT:
         raise BadInputError(f"{path}, line {line}: the id '{_shown(words[0][:40])}...' is {len(words[0]):,} "
                             f"characters long, more than the {ID_LIMIT:,} virnucpro accepts (every chunk and ORF "
                             "row repeats it)", "shorten the ids: keep a short first word and put the rest after a "
                             "space, where it is the description")
     return words[0]
+
+
+def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
+    """Refuse (exit 3) what would change the outputs' meaning for their readers: a control character
+    beyond ASCII's, and an id starting with a double quote, which table readers (pandas, R, csv)
+    take for the start of a quoted field: they merge rows, or lose them without a word."""
+    unsafe = UNSAFE_IN_HEADER.search(header)
+    if unsafe:
+        raise BadInputError(f"{path}, line {line}: header '{_shown(header[:60])}' holds U+{ord(unsafe.group()):04X}, a "
+                            "control character or text-direction override", "remove it: ids and descriptions must be printable text")
+    if rid.startswith('"'):
+        raise BadInputError(f"{path}, line {line}: the id '{_shown(rid[:60])}' starts with a double quote, which "
+                            "readers of the output tables (pandas, R, Python's csv) take for the start of a "
+                            "quoted field: they would merge or lose rows", "rename the sequence: drop or replace the "
+                            "leading quote (and check that the ids stay distinct)")
 
 
 def _fasta_record(text: str, path: Path, line: int) -> Record:
