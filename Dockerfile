@@ -10,9 +10,13 @@
 # (tests/test_nextflow_static.py checks both); the pins are the versions the pipeline was tested with.
 FROM python:3.12-slim-bookworm
 
-# procps: `ps`, which Nextflow's task wrapper needs for its resource trace
+# procps: `ps`, which Nextflow's task wrapper needs for its resource trace.
+# gcc and libc6-dev: Triton (torch.compile and FlexAttention on a GPU) builds its kernel launchers
+# with a C compiler at first use; without one the GPU fast path falls back to the reference path.
+# libc6-dev is not pinned: it must be the version of the base image's libc6.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends procps=2:4.0.2-3 \
+    && apt-get install -y --no-install-recommends procps=2:4.0.2-3 gcc=4:12.2.0-3 libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -34,10 +38,11 @@ RUN pip install --no-cache-dir \
         rich==15.0.0
 
 # The package itself, without letting pip pick other versions of anything
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY virnucpro /src/virnucpro
 RUN pip install --no-cache-dir --no-deps /src \
     && pip check \
+    && install -D -m 0644 /src/LICENSE /usr/share/doc/virnucpro/LICENSE \
     && rm -rf /src \
     && virnucpro --version
 

@@ -22,7 +22,7 @@ DOCKERD_LOG="$STATE_DIR/dockerd.log"
 CACHE_DIR="$CI_CACHE"
 BASE_IMAGE="python:3.12-slim-bookworm"
 # Bump when the stand-in's recipe changes, so that a cached rootfs of an older recipe is not reused
-BASE_RECIPE="v1"
+BASE_RECIPE="v2"
 BASE_TARBALL="$CACHE_DIR/bookworm-python-rootfs-$BASE_RECIPE.tar.gz"
 VENV="/usr/local/venv"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -145,7 +145,8 @@ cmd_down() {
 # Debian's own packages (debootstrap, Debian's python3 in a venv first on PATH, so that `pip` and
 # `python` behave as in the official image) and import it under that exact name. The Dockerfile is
 # NOT changed: the image that users and the release workflow build comes from the real base.
-# Differences: Python 3.11 (bookworm's) instead of 3.12; procps is preinstalled.
+# Differences: Python 3.11 (bookworm's) instead of 3.12; procps is preinstalled. Python's headers
+# are there, as in the official image (python3-dev), for the C compiler check of `check`.
 
 # The rootfs tarball, made once and cached, so that a second run on the same machine is fast
 make_base_tarball() {
@@ -158,7 +159,7 @@ make_base_tarball() {
     rm -rf "$root"
     mkdir -p "$root" "$CACHE_DIR"
     log "debootstrap bookworm into $root (a few minutes)"
-    debootstrap --variant=minbase --include=python3,python3-venv,procps,ca-certificates \
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,procps,ca-certificates \
         bookworm "$root" "$DEBIAN_MIRROR" >"$STATE_DIR/debootstrap.log" 2>&1 \
         || { tail -n 30 "$STATE_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $STATE_DIR/debootstrap.log)"; }
     # The host's CA bundle, so that pip and apt over https trust what the host trusts
@@ -218,8 +219,16 @@ cmd_base() {
     t0=$(now)
     daemon_answers || die "no Docker daemon answers: run '$0 up' first"
     if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        log "$BASE_IMAGE already present: nothing to do"
-        return 0
+        if [[ "$(docker image inspect -f '{{.Comment}}' "$BASE_IMAGE")" != "stand-in for "* ]]; then
+            log "$BASE_IMAGE already present (the real one): nothing to do"
+            return 0
+        fi
+        if [[ "$(docker image inspect -f '{{index .Config.Labels "virnucpro.stand-in-recipe"}}' "$BASE_IMAGE")" == "$BASE_RECIPE" ]]; then
+            log "$BASE_IMAGE stand-in (recipe $BASE_RECIPE) already present: nothing to do"
+            return 0
+        fi
+        log "replacing the stand-in $BASE_IMAGE of an older recipe"
+        docker rmi -f "$BASE_IMAGE" >/dev/null
     fi
     if [[ -f "$BASE_TARBALL" ]]; then
         log "using the cached rootfs $BASE_TARBALL"
@@ -231,6 +240,7 @@ cmd_base() {
         --change "ENV VIRTUAL_ENV=$VENV" \
         --change "ENV LANG=C.UTF-8" \
         --change 'CMD ["python3"]' \
+        --change "LABEL virnucpro.stand-in-recipe=$BASE_RECIPE" \
         --message "stand-in for $BASE_IMAGE (Debian bookworm minbase + python3 venv); registries unreachable" \
         "$BASE_TARBALL" "$BASE_IMAGE" >/dev/null
     log "imported stand-in $BASE_IMAGE in $(($(now) - t0)) s"
@@ -277,7 +287,10 @@ cmd_check() {
     version="$(docker run --rm "$image" virnucpro --version)" || die "'virnucpro --version' failed in $image"
     docker run --rm "$image" sh -c 'command -v ps >/dev/null && ps -o pid,comm >/dev/null' \
         || die "no working 'ps' in $image (Nextflow's task wrapper needs it: install procps)"
-    log "check passed for $image: uid $uid, '$version', ps present"
+    # What Triton does at its first GPU kernel: build a Python extension with the C compiler
+    docker run --rm "$image" sh -c 'cd "$(mktemp -d)" && printf "#include <Python.h>\n#include <stdint.h>\nint64_t f(void) { return Py_IsInitialized(); }\n" > t.c && cc -shared -fPIC -I"$(python -c "import sysconfig; print(sysconfig.get_paths()[\"include\"])")" t.c -o t.so' \
+        || die "no working C compiler in $image (Triton builds its GPU kernel launchers with one: install gcc and libc6-dev)"
+    log "check passed for $image: uid $uid, '$version', ps and a C compiler present"
 }
 
 cmd_all() {

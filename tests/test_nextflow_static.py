@@ -313,10 +313,10 @@ def test_dockerfile_installs_the_package_without_other_versions():
     assert re.search(r"pip install --no-cache-dir --no-deps /src\s*\\\n\s*&& pip check", text)
     assert re.search(r"^USER \d+", text, re.M), "the image must not run as root"
     copied = re.findall(r"^COPY (.+) /src/", text, re.M)
-    assert copied == ["pyproject.toml README.md", "virnucpro"]
+    assert copied == ["pyproject.toml README.md LICENSE", "virnucpro"]
     ignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!virnucpro/"} <= set(ignore)
+    assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!LICENSE", "!virnucpro/"} <= set(ignore)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PROCESSES))
