@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 
 from rich.console import Console
 from rich.markup import escape
@@ -28,60 +29,113 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
+    """A fatal message: a progress bar still drawn is stopped first, so that the error is the last
+    thing on the screen and the terminal gets its cursor back."""
+    close_all_progress()
     _say(f"[bold red]error:[/bold red] {escape(message)}")
+
+
+_drawing: "weakref.WeakSet[Progress]" = weakref.WeakSet()
+
+
+def close_all_progress() -> None:
+    """Stop every progress display still open (a command failing or stopped in the middle of one)."""
+    for progress in list(_drawing):
+        progress.close()
+
+
+def duration(seconds: float) -> str:
+    """Seconds as h:mm:ss (m:ss under an hour)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _amount(value: float, unit: str) -> str:
+    """A count for people: bytes in MB, other units as whole numbers with separators."""
+    return f"{value / 1e6:,.1f} MB" if unit.endswith("bytes") else f"{value:,.0f}"
+
+
+def _rate(value: float, unit: str) -> str:
+    if unit.endswith("bytes"):
+        return f"{value / 1e6:,.1f} MB/s"
+    return f"{value:,.1f} {unit}/s" if value < 100 else f"{value:,.0f} {unit}/s"
 
 
 class Progress:
     """Counts work done against a total and reports rate and ETA.
 
-    On a terminal it draws a rich progress bar; elsewhere (Nextflow's .command.log, SLURM output) it
-    prints one line every `every_seconds`, so logs stay short but show liveness.
+    On a terminal it draws a rich progress bar; elsewhere (Nextflow's .command.err, SLURM output, a
+    dumb terminal) it prints one line every `every_seconds`, so logs stay short but show liveness.
+    `total` None or 0: unknown (a pipe, a download without a length): counts and rates, no ETA.
+    `done`: work done before this run (a resumed download), shown but never counted as speed.
+    `eta_by`: (counter, its total): the ETA follows that counter of `advance`, for work whose unit
+    completes in steps (embed's records finish a checkpoint window at a time; its tokens every batch).
+    Use it as a context manager, or call `close`; an error message closes it too.
     """
 
-    def __init__(self, label: str, total: int, unit: str = "records", every_seconds: float = 30.0):
-        self.label, self.total, self.unit = label, total, unit
-        self.every = every_seconds
-        self.done = 0
+    def __init__(self, label: str, total: int | None, unit: str = "records", every_seconds: float = 30.0,
+                 done: int = 0, eta_by: tuple[str, float] | None = None):
+        self.label, self.total, self.unit = label, total or None, unit
+        self.every, self.eta_by = every_seconds, eta_by
+        self.done = self._before = done
         self.extra: dict[str, float] = {}
-        self._start = time.monotonic()
-        self._last_log = self._start
-        self._bar = None
-        if err.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                       TextColumn, TimeRemainingColumn)
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                                     TimeRemainingColumn(), console=err, transient=False)
-            self._task = self._bar.add_task(label, total=total, rate="")
-            self._bar.start()
+        self._start = self._last_log = time.monotonic()
+        self._bar = self._start_bar() if err.is_terminal and not err.is_dumb_terminal else None
+        _drawing.add(self)
 
-    def _rates(self) -> str:
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        parts = [f"{self.done / elapsed:,.1f} {self.unit}/s"]
-        parts += [f"{v / elapsed:,.0f} {k}/s" for k, v in self.extra.items()]
-        return ", ".join(parts)
+    def _start_bar(self):
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn
+
+        bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.fields[text]}"),
+                           console=err, transient=False)
+        self._task = bar.add_task(self.label, total=self.total, completed=self.done, text=self._status())
+        bar.start()
+        return bar
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _eta(self, elapsed: float) -> str:
+        """Seconds left at the rate so far, as h:mm:ss; '?' before any progress or without a total."""
+        done, total = (self.extra.get(self.eta_by[0], 0.0), self.eta_by[1]) if self.eta_by else \
+            (self.done - self._before, (self.total or 0) - self._before)
+        if not total or done <= 0 or elapsed <= 0:
+            return "?"
+        return duration(max(total - done, 0) * elapsed / done)
+
+    def _status(self) -> str:
+        """'done/total unit (rates), ETA h:mm:ss' (no total or ETA when the total is unknown)."""
+        elapsed = time.monotonic() - self._start
+        count = _amount(self.done, self.unit) + (f"/{_amount(self.total, self.unit)}" if self.total else "")
+        unit = (" " + self.unit.removesuffix("bytes")).rstrip() if self.unit.endswith("bytes") else f" {self.unit}"
+        rates = [_rate((self.done - self._before) / max(elapsed, 1e-9), self.unit)]
+        rates += [_rate(value / max(elapsed, 1e-9), key) for key, value in self.extra.items()]
+        eta = f", ETA {self._eta(elapsed)}" if self.total or self.eta_by else ""
+        return f"{count}{unit} ({', '.join(rates)}){eta}"
 
     def advance(self, n: int, **counters: float) -> None:
         self.done += n
         for key, value in counters.items():
             self.extra[key] = self.extra.get(key, 0.0) + value
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, rate=self._rates())
+            self._bar.update(self._task, completed=self.done, text=self._status())
             return
         now = time.monotonic()
         if now - self._last_log >= self.every:
             self._last_log = now
-            elapsed = now - self._start
-            rate = self.done / max(elapsed, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            eta_text = f"{eta:,.0f}s" if eta != float("inf") else "?"
-            info(f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({self._rates()}), ETA {eta_text}")
+            info(f"{self.label}: {self._status()}")
 
     def close(self) -> float:
-        """Stop drawing and return the elapsed seconds."""
-        if self._bar is not None:
+        """Stop drawing (the cursor shown again) and return the elapsed seconds; closing twice is harmless."""
+        _drawing.discard(self)
+        bar, self._bar = self._bar, None
+        if bar is not None:
             try:
-                self._bar.stop()
+                bar.stop()
             except OSError:
                 pass  # the terminal is gone (see _say)
         return time.monotonic() - self._start

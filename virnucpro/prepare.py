@@ -22,6 +22,7 @@ from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -481,6 +482,8 @@ class SamplePreparer:
         while self.in_flight:
             self._apply(*self.in_flight.popleft())
         self.close()
+        if self.rna_warnings > 3:
+            warn(f"{self.rna_warnings:,} records contain U (RNA?) in all, the first 3 named above")
         return self.shards.finish(self.chunk_size)
 
     def close(self, abort: bool = False) -> None:
@@ -676,11 +679,15 @@ def _where(path: Path, number: int) -> str:
     return f"{path} line {record.line}" if record else f"{path} record {number:,}"
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0  # reported properly when the file is opened
+def _input_bytes(inputs: list[Path]) -> int | None:
+    """The inputs' total size for progress; None (unknown) when one is a stream (a pipe, `-`)."""
+    if not all(_rereadable(path) for path in inputs):
+        return None
+    total = 0
+    for path in inputs:
+        with suppress(OSError):  # reported properly when the file is opened
+            total += path.stat().st_size
+    return total
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -786,17 +793,16 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
     summaries = [InputSummary(path) for path in inputs]
     preparer = SamplePreparer(work, chunk_size, shard_size, workers=threads if threads > 1 else 0)
     try:
-        progress = Progress("prepare", total=sum(_file_size(p) for p in inputs), unit="input bytes")
-        for summary in summaries:
-            stream = HashingTextStream(summary.path)
-            read = 0
-            for group in record_groups(stream):
-                preparer.submit(group, summary)
-                progress.advance(stream.bytes_read - read)
-                read = stream.bytes_read
-            summary.sha256 = stream.sha256.hexdigest()
-        shards = preparer.finish()
-        progress.close()
+        with Progress("prepare", total=_input_bytes(inputs), unit="input bytes") as progress:
+            for summary in summaries:
+                stream = HashingTextStream(summary.path)
+                read = 0
+                for group in record_groups(stream):
+                    preparer.submit(group, summary)
+                    progress.advance(stream.bytes_read - read)
+                    read = stream.bytes_read
+                summary.sha256 = stream.sha256.hexdigest()
+            shards = preparer.finish()
     except BaseException:
         preparer.close(abort=True)
         raise

@@ -1,0 +1,84 @@
+"""Progress as the user sees it: on a terminal (a bar that never outlives an error), in a log
+(periodic lines), with unknown totals, resumed work and work that completes in steps."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from virnucpro import console
+
+
+@pytest.fixture
+def screen(monkeypatch):
+    """console.err as a terminal (or a log, with `screen(False)`), its output kept."""
+    def make(terminal: bool = True, term: str = "xterm") -> io.StringIO:
+        out = io.StringIO()
+        monkeypatch.setenv("TERM", term)
+        monkeypatch.setattr(console, "err", Console(file=out, force_terminal=terminal, width=100, highlight=False,
+                                                    soft_wrap=True))
+        return out
+    return make
+
+
+def log_lines(progress: console.Progress, out: io.StringIO, *steps) -> list[str]:
+    for n, counters in steps:
+        progress.advance(n, **counters)
+    progress.close()
+    return [line for line in out.getvalue().splitlines() if line.strip()]
+
+
+def test_an_error_stops_the_bar_and_gives_the_cursor_back(screen):
+    out = screen()
+    progress = console.Progress("embed", total=100)
+    progress.advance(10)
+    assert "\x1b[?25l" in out.getvalue()  # the bar hid the cursor
+    console.error("it failed")
+    text = out.getvalue()
+    assert text.rstrip().endswith("it failed") and "\x1b[?25h" in text
+    assert text.rfind("\x1b[?25h") < text.rfind("it failed")
+    progress.advance(10)  # a late update after the error draws nothing
+    assert out.getvalue() == text
+
+
+def test_a_dumb_terminal_gets_log_lines(screen):
+    out = screen(term="dumb")
+    lines = log_lines(console.Progress("embed", total=100, every_seconds=0), out, (5, {}), (5, {}))
+    assert [re.sub(r"\(.*\)", "()", line) for line in lines] == ["virnucpro embed: 5/100 records (), ETA 0:00",
+                                                                "virnucpro embed: 10/100 records (), ETA 0:00"]
+
+
+def test_an_unknown_total_shows_no_total_and_no_eta(screen):
+    out = screen(terminal=False)
+    lines = log_lines(console.Progress("prepare", total=None, unit="input bytes", every_seconds=0), out,
+                      (2_500_000, {}))
+    assert len(lines) == 1 and lines[0].startswith("virnucpro prepare: 2.5 MB input (") and "ETA" not in lines[0]
+    assert "/0" not in lines[0] and "-" not in lines[0]
+
+
+def test_work_done_before_is_shown_but_not_counted_as_speed(screen, monkeypatch):
+    clock = iter([0.0, 10.0, 10.0, 10.0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    out = screen(terminal=False)
+    lines = log_lines(console.Progress("download", total=100_000_000, unit="bytes", every_seconds=0,
+                                       done=40_000_000), out, (10_000_000, {}))
+    # 10 MB in 10 s: 1 MB/s, 50 MB left: 50 s (the 40 MB resumed were read by an earlier run)
+    assert lines[0] == "virnucpro download: 50.0 MB/100.0 MB (1.0 MB/s), ETA 0:50"
+
+
+def test_the_eta_can_follow_a_counter_that_moves_every_batch(screen, monkeypatch):
+    clock = iter([0.0, 30.0, 30.0, 30.0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    out = screen(terminal=False)
+    lines = log_lines(console.Progress("embed", total=10_000, every_seconds=0, eta_by=("tokens", 4_000_000)),
+                      out, (0, {"tokens": 1_000_000}))
+    # no record finished yet (a checkpoint window is 2,000), but a quarter of the tokens: 90 s left
+    assert lines[0].startswith("virnucpro embed: 0/10,000 records (") and lines[0].endswith("ETA 1:30")
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "0:00"), (59.6, "1:00"), (3725, "1:02:05"), (90061, "25:01:01")])
+def test_durations_read_as_clock_times(seconds, shown):
+    assert console.duration(seconds) == shown
