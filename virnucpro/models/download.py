@@ -23,8 +23,15 @@ restricted loader and an encoder checkpoint must hold nothing but tensors.
 After ESM-2's `.pt` verifies, its fp16 copy for fast loads is derived from it (or kept when it still
 matches) and recorded in the manifest (see `virnucpro.encoders.esm2.ensure_fp16_copy`).
 
-`--mirror URL` (an http(s) URL with a host, else a usage error, exit 2) replaces the scheme and
-host of every source; the paths stay, e.g.
+Retried within a run: connection drops, timeouts, 5xx, 408 and 429 (waiting as long as a
+Retry-After asks, up to `RETRY_AFTER_CAP_SECONDS`; a longer wait is exit 4 saying when to rerun).
+A body whose size the server did not announce is asked for its rest before a failed checksum counts
+as a mismatch; a resumed file that fails its checksum is downloaded once more from the start.
+Messages name the actual cause: a proxy that cannot be reached (never its password), a host that
+connected but did not answer, a redirect to something other than http(s).
+
+`--mirror URL` (an http(s) URL with a host and a valid port, without a query, fragment, user name or
+password, else a usage error, exit 2) replaces the scheme and host of every source; the paths stay, e.g.
 `URL/fair-esm/models/esm2_t36_3B_UR50D.pt`, `URL/zhihan1996/DNABERT-S/resolve/<rev>/config.json`,
 `URL/Li-Jing-1997/VirNucPro/<commit>/300_model.pth`.
 """
@@ -32,6 +39,7 @@ host of every source; the paths stay, e.g.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import http.client
 import os
@@ -72,7 +80,9 @@ def download(dest: Path | None = None, only: str | None = None, mirror: str | No
         raise store.ModelsUsageError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
     check_mirror(mirror)
     directory = store.models_dir(dest, "--dest")
-    download_roles(directory, [only] if only else list(store.ROLES), mirror=mirror)
+    roles = [only] if only else list(store.ROLES)
+    download_roles(directory, roles, mirror=mirror)
+    store.locate(directory, roles)  # never "ready" when `models check` would refuse the folder
     info(f"models ready in {directory}"
          + ("" if dest or os.environ.get("VIRNUCPRO_MODELS") else
             " (the default location; on a cluster, stage a shared directory with --dest and use "
@@ -118,14 +128,42 @@ def _env_offline() -> bool:
 
 
 def check_mirror(mirror: str | None) -> None:
-    """A `--mirror` that is not an http(s) URL with a host is a usage error (exit 2), found before
-    anything is touched."""
+    """A `--mirror` that is not a plain http(s) base URL with a host (and a valid port) is a usage
+    error (exit 2), found before anything is touched. A query or fragment (the file paths would go
+    after it) and a user name or password (never printed, never stored in the manifest) are refused
+    too; the message shows the URL with any password masked."""
     if mirror is None:
         return
-    parsed = urllib.parse.urlparse(mirror)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise store.ModelsUsageError(f"--mirror must be an http(s) URL, got {mirror!r}",
+    problem = _mirror_problem(mirror)
+    if problem is not None:
+        raise store.ModelsUsageError(f"--mirror must be an http(s) URL of the mirror's base folder: {problem}; "
+                                     f"got {_masked(mirror)!r}",
                                      hint="give the mirror's base URL, e.g. --mirror https://mirror.example.org")
+
+
+def _mirror_problem(mirror: str) -> str | None:
+    """Why `mirror` cannot serve as the base URL of the sources, or None."""
+    if any(ch.isspace() or not ch.isprintable() for ch in mirror):
+        return "it holds a space or a control character"
+    try:
+        parsed = urllib.parse.urlsplit(mirror)
+        port = parsed.port  # ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return f"it is not a valid URL ({_masked(str(exc))})"
+    if parsed.scheme not in ("http", "https"):
+        return "the scheme is not http or https"
+    if "@" in parsed.netloc:
+        return "a user name or password in the URL is not supported"
+    if not parsed.hostname or port == 0:
+        return "it has no host" if not parsed.hostname else "port 0 is not a port"
+    if parsed.query or parsed.fragment or mirror.rstrip().endswith(("?", "#")):
+        return "it has a query or fragment (the file paths are appended to the URL)"
+    return None
+
+
+def _masked(text: str) -> str:
+    """`text` with the user information of any URL in it (`user:password@`) masked."""
+    return re.sub(r"(//)[^/?#\s]*@", r"\1***@", text)
 
 
 def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = None) -> None:
@@ -135,6 +173,7 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
     with held_folder(directory, FOLDER):
         manifest = store.read_manifest(directory)  # a damaged one: exit 4 before any transfer
         _refuse_tiny_folder(directory, manifest)
+        _refuse_stray_weights(directory, roles)
         ours = _recorded_files(manifest)
         for role in roles:
             _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours))
@@ -153,6 +192,20 @@ def _refuse_tiny_folder(directory: Path, manifest: dict | None) -> None:
         raise store.ModelsUsageError(
             f"{directory} holds tiny test models ({', '.join(tiny)}); the published models go into a folder "
             f"of their own", hint=f"download them into a new folder: {store.NEW_FOLDER_HINT}")
+
+
+def _refuse_stray_weights(directory: Path, roles: list[str]) -> None:
+    """Exit 4, before any transfer, naming a weights file in a role's folder that the published
+    model does not have (`DNABERT-S/model.safetensors` staged by hand): the encoder would read it
+    in place of the published weights, so `models check` refuses it, and a download never
+    replaces nor deletes it. Reporting the folder ready would send the user round in a loop."""
+    for role in roles:
+        listed = [spec.relpath for spec in pins.SOURCES[role].files]
+        for rel in store.unlisted_weights(directory, role, listed):
+            raise ModelsError(f"{directory / rel} is in the way: the published {role} model has no file of "
+                              f"that name, and the encoder would read it instead of the published weights; "
+                              f"virnucpro never replaces nor deletes a file it did not download",
+                              hint=f"move it away, then rerun `{store.download_command(directory, [role])}`")
 
 
 def _recorded_files(manifest: dict | None) -> set[str]:
@@ -246,7 +299,7 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
     try:
         digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1, label=label,
                        validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]),
-                       max_bytes=spec.max_bytes)
+                       max_bytes=spec.max_bytes, mirror=mirror)
     except BaseException:
         if created:  # a failed download leaves no empty folder (rmdir refuses one that holds anything)
             with contextlib.suppress(OSError):
@@ -354,37 +407,96 @@ class _Mismatch(ModelsError):
     """The bytes are not the pinned ones (exit 4)."""
 
 
+class _TransferFailed(ModelsError):
+    """A transfer made while verifying failed (exit 4 as it was raised; the `.part` stays as it is)."""
+
+
+class _Job:
+    """One file's download: where from and to, its byte bound, and what happened so far (whether a
+    partial file was resumed, whether the server announced the file's size)."""
+
+    def __init__(self, url: str, part: Path, label: str, max_bytes: int | None, attempts: int, hint: str,
+                 mirror: str | None = None):
+        self.url, self.part, self.label, self.max_bytes = url, part, label, max_bytes
+        self.attempts, self.hint, self.mirror = attempts, hint, mirror
+        self.resumed = False  # bytes of an earlier transfer (this run's or an old .part) were kept
+        self.sized = False    # the last response said how large the file is
+
+    def check(self, size: int, how: str) -> None:
+        """Exit 4 when `size` bytes are more than the file may have; the `.part` is deleted."""
+        if self.max_bytes is None or size <= self.max_bytes:
+            return
+        self.part.unlink(missing_ok=True)
+        raise ModelsError(f"{self.label} from {self.url} {how} {size:,} bytes, more than the "
+                          f"{self.max_bytes:,} the published file can have: download stopped (file "
+                          f"discarded, nothing recorded)", hint=_MISMATCH_HINT)
+
+
 def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | None = None,
           label: str | None = None, validate: Callable[[Path], None] | None = None,
-          attempts: int | None = None, hint: str | None = None, max_bytes: int | None = None) -> str:
+          attempts: int | None = None, hint: str | None = None, max_bytes: int | None = None,
+          mirror: str | None = None) -> str:
     """Download `url` to `target` atomically (via `target.part`, resumable); return its sha256.
 
     The bytes must match the pinned `sha256` or `git_sha1` (and pass `validate`) before the rename;
     a file with no pin is refused before anything is transferred. Raises `ModelsError` (exit 4) on
-    HTTP errors (after retries for 5xx), unreachable hosts, mismatches, failed validation and a file
-    larger than `max_bytes`, with the .part deleted whenever its bytes are wrong.
+    HTTP errors (after retries for 5xx, 408 and 429), unreachable hosts, mismatches, failed
+    validation and a file larger than `max_bytes`, with the .part deleted whenever its bytes are
+    wrong. `mirror`: the --mirror `url` is under, if any (for messages).
     """
     label = label or target.name
     _require_pin(sha256 or git_sha1, label)
-    part = target.with_name(target.name + ".part")
-    resumed = _part_size(part) is not None
-    limit = _Limit(url, label, max_bytes)
-    _transfer_with_retries(url, part, limit, attempts or ATTEMPTS, hint or store.staging_hint(target.parent))
+    job = _Job(url, target.with_name(target.name + ".part"), label, max_bytes, attempts or ATTEMPTS,
+               hint or store.staging_hint(target.parent), mirror)
+    digest = _download_verified(job, sha256, git_sha1, validate)
     try:
-        digest = _verified(part, sha256, git_sha1)
-        if validate is not None:
-            validate(part)
-    except ModelsError as exc:
-        part.unlink(missing_ok=True)
-        if resumed and isinstance(exc, _Mismatch):  # a stale or foreign .part: once more
-            warn(f"{label}: checksum mismatch after resuming an old partial file; starting over")
-            return fetch(url, target, sha256, git_sha1, label, validate, attempts, hint, max_bytes)
-        raise ModelsError(f"{label} downloaded from {url}: {exc.message} (file discarded, nothing "
-                          f"recorded)", hint=exc.hint or _MISMATCH_HINT) from None
-    try:
-        os.replace(part, target)
+        os.replace(job.part, target)
     except OSError as exc:  # e.g. a directory put in its place meanwhile
         raise _write_error(target, exc) from None
+    return digest
+
+
+def _download_verified(job: _Job, sha256: str | None, git_sha1: str | None,
+                       validate: Callable[[Path], None] | None) -> str:
+    """Transfer and verify the `.part`; its sha256. A resumed file (an old `.part`, or a connection
+    dropped and resumed in this run) that fails its checksum is downloaded once more from the start:
+    the bytes kept may be another version's. Any other failure deletes the `.part` (exit 4)."""
+    for last in (False, True):
+        job.resumed = _part_size(job.part) is not None
+        _transfer_with_retries(job)
+        try:
+            return _verified_part(job, sha256, git_sha1, validate)
+        except _TransferFailed:
+            raise
+        except ModelsError as exc:
+            job.part.unlink(missing_ok=True)
+            if last or not (job.resumed and isinstance(exc, _Mismatch)):
+                unsized = "" if job.sized else "; the server did not say how large the file is"
+                raise ModelsError(f"{job.label} downloaded from {job.url}: {exc.message} (file discarded, "
+                                  f"nothing recorded{unsized})", hint=exc.hint or _MISMATCH_HINT) from None
+            warn(f"{job.label}: checksum mismatch after resuming a partial download; starting over")
+    raise AssertionError("unreachable")
+
+
+def _verified_part(job: _Job, sha256: str | None, git_sha1: str | None,
+                   validate: Callable[[Path], None] | None) -> str:
+    """The `.part`'s sha256 once it matches its pin and passes `validate`. A body whose size the
+    server did not announce ends like a whole one when the connection is cut: before calling it a
+    mismatch, the rest is asked for (a server that has no more answers 416, and it is one)."""
+    try:
+        digest = _verified(job.part, sha256, git_sha1)
+    except _Mismatch:
+        if job.sized:
+            raise
+        info(f"{job.label}: the server did not say how large the file is, and the {_part_size(job.part) or 0:,} "
+             f"bytes received do not match the pin; asking for the rest in case the transfer was cut short")
+        try:
+            _transfer_with_retries(job)
+        except ModelsError as exc:
+            raise _TransferFailed(exc.message, hint=exc.hint) from None
+        digest = _verified(job.part, sha256, git_sha1)
+    if validate is not None:
+        validate(job.part)
     return digest
 
 
@@ -442,73 +554,138 @@ def _pinned_sha256(digest: str, sha256: str | None) -> str:
     return digest
 
 
-class _Limit:
-    """The byte bound of one download, and the exit 4 (its `.part` deleted) when it is passed."""
+# --------------------------------------------------------------------------------------------
+# Tries
+# --------------------------------------------------------------------------------------------
 
-    def __init__(self, url: str, label: str, max_bytes: int | None):
-        self.url, self.label, self.max_bytes = url, label, max_bytes
-
-    def check(self, size: int, part: Path, how: str) -> None:
-        """Exit 4 when `size` bytes are more than the file may have; the `.part` is deleted."""
-        if self.max_bytes is None or size <= self.max_bytes:
-            return
-        part.unlink(missing_ok=True)
-        raise ModelsError(f"{self.label} from {self.url} {how} {size:,} bytes, more than the "
-                          f"{self.max_bytes:,} the published file can have: download stopped (file "
-                          f"discarded, nothing recorded)", hint=_MISMATCH_HINT)
+RETRY_AFTER_CAP_SECONDS = 120.0  # a server asking for a longer wait: give up saying when to rerun
+TRANSIENT_HTTP = (408, 416, 429)  # besides 5xx: retried
 
 
-def _transfer_with_retries(url: str, part: Path, limit: _Limit, attempts: int, hint: str) -> None:
-    """Append to `part` until the whole file is there, retrying what retrying can fix."""
-    label = limit.label
+def _transfer_with_retries(job: _Job) -> None:
+    """Append to `job.part` until the whole file is there, retrying what retrying can fix (waiting
+    as long as a Retry-After asks, up to `RETRY_AFTER_CAP_SECONDS`)."""
     last_error, connected = "unknown error", False
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, job.attempts + 1):
+        wait = BACKOFF_SECONDS * attempt
         try:
-            _transfer(url, part, limit)
+            _transfer(job)
             return
         except _Interrupted as exc:
             connected, last_error = True, str(exc)
         except urllib.error.HTTPError as exc:
             connected = True
-            if _already_whole(exc, part):
+            if _already_whole(exc, job):
                 return
-            last_error = _retryable_http(exc, url, label)
+            last_error = _retryable_http(exc, job)
+            wait = max(wait, _retry_after(exc, job))
         except NETWORK_ERRORS as exc:
-            reason = getattr(exc, "reason", exc)
-            last_error = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+            connected, last_error = _network_failure(exc)
         except OSError as exc:  # local disk trouble: retrying will not help
-            raise _write_error(part, exc) from None
-        if attempt < attempts:
-            time.sleep(BACKOFF_SECONDS * attempt)
-    raise _gave_up(url, part, label, attempts, last_error, connected, hint)
+            raise _write_error(job.part, exc) from None
+        if attempt < job.attempts:
+            time.sleep(wait)
+    raise _gave_up(job, last_error, connected)
 
 
-def _already_whole(exc: urllib.error.HTTPError, part: Path) -> bool:
+def _network_failure(exc: BaseException) -> tuple[bool, str]:
+    """(whether the host was reached, what went wrong). urllib wraps what fails while connecting
+    in a URLError; a timeout raised as such came after the connection: the host did not answer."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return True, f"no answer within {TIMEOUT_SECONDS:g} s after connecting"
+    reason = getattr(exc, "reason", exc)
+    return False, f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+
+
+def _already_whole(exc: urllib.error.HTTPError, job: _Job) -> bool:
     """A 416 to a resume: True when the .part is already the whole file (else it is dropped)."""
-    if exc.code != 416 or not part.exists():
+    if exc.code != 416 or not job.part.exists():
         return False
-    if _total_from_content_range(exc.headers.get("Content-Range")) == part.stat().st_size:
+    if _total_from_content_range(exc.headers.get("Content-Range")) == job.part.stat().st_size:
+        job.sized = True
         return True
-    part.unlink()
+    job.part.unlink()
     return False
 
 
-def _retryable_http(exc: urllib.error.HTTPError, url: str, label: str) -> str:
-    """The reason to retry a 5xx/429/416; any other HTTP error is final (exit 4)."""
-    if exc.code >= 500 or exc.code in (429, 416):
+def _retryable_http(exc: urllib.error.HTTPError, job: _Job) -> str:
+    """The reason to retry a 5xx/408/429/416; any other HTTP error is final (exit 4)."""
+    if exc.code >= 500 or exc.code in TRANSIENT_HTTP:
         return "server refused to resume" if exc.code == 416 else f"HTTP {exc.code} {exc.reason}"
-    raise ModelsError(f"cannot download {label}: HTTP {exc.code} {exc.reason} from {url}",
-                      hint="a --mirror must serve the original paths under its URL") from None
+    where = exc.geturl() if exc.geturl() and exc.geturl() != job.url else job.url
+    raise ModelsError(f"cannot download {job.label}: HTTP {exc.code} {exc.reason} from {_masked(where)}",
+                      hint=_http_hint(exc.code, job)) from None
 
 
-def _gave_up(url: str, part: Path, label: str, attempts: int, last_error: str, connected: bool,
-             hint: str) -> ModelsError:
+def _http_hint(code: int, job: _Job) -> str:
+    """What to do about a final HTTP error: a mirror must serve the original paths; the original
+    source no longer serving a pinned file is for virnucpro to fix."""
+    if job.mirror is not None:
+        return (f"the mirror {_masked(job.mirror)} must serve the original paths under its URL "
+                f"(here {_masked(job.url)})")
+    if code in (404, 410):
+        return ("the source no longer serves this file: please report it (virnucpro's table of sources "
+                "needs an update); meanwhile " + job.hint)
+    return job.hint
+
+
+def _retry_after(exc: urllib.error.HTTPError, job: _Job) -> float:
+    """The seconds a 429/503's Retry-After asks to wait (seconds or an HTTP date; 0 without one).
+    Longer than `RETRY_AFTER_CAP_SECONDS`: exit 4 saying when to rerun, the `.part` kept."""
+    value = (exc.headers.get("Retry-After") or "").strip() if exc.headers else ""
+    if not value:
+        return 0.0
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
+    seconds = max(seconds, 0.0)
+    if seconds > RETRY_AFTER_CAP_SECONDS:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + seconds))
+        raise ModelsError(f"cannot download {job.label} now: {_host(job.url)} answered HTTP {exc.code} and "
+                          f"asks to retry after {seconds:.0f} s (at {when})",
+                          hint=f"rerun the same command after {when}{_kept(job.part)}") from None
+    return seconds
+
+
+def _host(url: str) -> str:
+    """The host (and port) of `url`, for messages."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2] or url
+
+
+def _kept(part: Path) -> str:
+    """Where a partial download is kept, for messages ("" without one)."""
+    return f" ({part.stat().st_size:,} bytes kept in {part}; it resumes)" if part.exists() else ""
+
+
+def _gave_up(job: _Job, last_error: str, connected: bool) -> ModelsError:
+    """Exit 4 after the last try, naming what could not be reached (the proxy, when one is used)."""
+    proxy = _proxy_for(job.url)
+    if not connected and proxy is not None:
+        return ModelsError(f"cannot reach the proxy {_masked(proxy[1])} (from {proxy[0]}) to download "
+                           f"{job.label} from {_host(job.url)}: {last_error}",
+                           hint=f"check the proxy, or unset {proxy[0]} where {_host(job.url)} is reachable "
+                                f"without it; else {job.hint}")
     if not connected:
-        host = urllib.parse.urlparse(url).netloc or url
-        return ModelsError(f"cannot reach {host} to download {label}: {last_error} (offline?)", hint=hint)
-    kept = f" ({part.stat().st_size:,} bytes kept in {part})" if part.exists() else ""
-    return ModelsError(f"download of {label} from {url} failed after {attempts} attempts: "
-                       f"{last_error}; rerun the same command to resume{kept}")
+        return ModelsError(f"cannot reach {_host(job.url)} to download {job.label}: {last_error} (offline?)",
+                           hint=job.hint)
+    via = f" through the proxy {_masked(proxy[1])} (from {proxy[0]})" if proxy is not None else ""
+    return ModelsError(f"download of {job.label} from {_masked(job.url)}{via} failed after {job.attempts} "
+                       f"attempts: {last_error}; rerun the same command to resume{_kept(job.part)}")
+
+
+def _proxy_for(url: str) -> tuple[str, str] | None:
+    """(the variable that sets it, the proxy URL) of the proxy urllib uses for `url`, or None."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(_host(url).rsplit(":", 1)[0].strip("[]")):
+        return None
+    name = next((n for n in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY") if os.environ.get(n)),
+                f"{scheme}_proxy")
+    return name, proxy
 
 
 def _total_from_content_range(value: str | None) -> int | None:
@@ -521,51 +698,73 @@ def _range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _transfer(url: str, part: Path, limit: _Limit) -> None:
-    """One HTTP attempt appending to `part` (or restarting it); `_Interrupted` if it ends early,
+# --------------------------------------------------------------------------------------------
+# One HTTP request
+# --------------------------------------------------------------------------------------------
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed only to http(s): urllib would follow one to ftp:// and then blame
+    the server that answered for what the FTP host did."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ModelsError(f"{_host(req.full_url)} redirected the download to {_masked(newurl)}, which is "
+                              f"not an http(s) URL: virnucpro downloads over http(s) only",
+                              hint="use a source or --mirror that serves the files over http(s)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open(url: str, headers: dict[str, str]):
+    """The response to a GET of `url` (proxies from the environment, as urllib's default)."""
+    opener = urllib.request.build_opener(_Redirects)
+    return opener.open(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_SECONDS)
+
+
+def _transfer(job: _Job) -> None:
+    """One HTTP attempt appending to `job.part` (or restarting it); `_Interrupted` if it ends early,
     exit 4 (before writing) when the announced size is above the file's bound."""
-    label = limit.label
-    offset = _part_size(part) or 0
+    offset = _part_size(job.part) or 0
     headers = {"User-Agent": f"virnucpro/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                timeout=TIMEOUT_SECONDS) as response:
-        offset = _resume_offset(response, part, offset, label)
+    with _open(job.url, headers) as response:
+        offset = _resume_offset(response, job, offset)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         if getattr(response, "status", 200) == 206 and total is None:
             total = _total_from_content_range(response.headers.get("Content-Range"))
+        job.sized = total is not None
         if total is not None:
-            limit.check(total, part, "announces")
-        received = _receive(response, part, offset, total, limit)
+            job.check(total, "announces")
+        received = _receive(response, job, offset, total)
     if total is not None and received != total:
         raise _Interrupted(f"connection closed after {received:,} of {total:,} bytes")
 
 
-def _resume_offset(response, part: Path, offset: int, label: str) -> int:
+def _resume_offset(response, job: _Job, offset: int) -> int:
     """Where this response's body starts in the file: `offset` on a matching 206, else 0."""
     if not offset:
         return 0
     if getattr(response, "status", 200) != 206:
-        info(f"{label}: server does not resume; starting over")
+        info(f"{job.label}: server does not resume; starting over")
         return 0
     if _range_start(response.headers.get("Content-Range")) != offset:
-        part.unlink()
+        job.part.unlink()
         raise _Interrupted(f"server answered a resume with the wrong range "
                            f"({response.headers.get('Content-Range')})")
-    info(f"{label}: resuming at {offset:,} bytes")
+    info(f"{job.label}: resuming at {offset:,} bytes")
+    job.resumed = True
     return offset
 
 
-def _receive(response, part: Path, offset: int, total: int | None, limit: _Limit) -> int:
-    """Write the body to `part` (appending after `offset`); returns the bytes the file now holds.
-    Stops (exit 4, `.part` deleted) as soon as the file would pass its byte bound."""
-    progress = Progress(f"download {limit.label}", total=total or 0, unit="bytes", every_seconds=10)
-    progress.advance(offset)
+def _receive(response, job: _Job, offset: int, total: int | None) -> int:
+    """Write the body to `job.part` (appending after `offset`); returns the bytes the file now
+    holds. Stops (exit 4, `.part` deleted) as soon as the file would pass its byte bound."""
+    progress = Progress(f"download {job.label}", total=total or None, unit="bytes", every_seconds=10, done=offset)
     received = offset
     try:
-        with _open_part(part, append=bool(offset)) as handle:
+        with _open_part(job.part, append=bool(offset)) as handle:
             while True:
                 try:
                     chunk = response.read(CHUNK)
@@ -574,7 +773,7 @@ def _receive(response, part: Path, offset: int, total: int | None, limit: _Limit
                                        f"({type(exc).__name__})") from None
                 if not chunk:
                     return received
-                limit.check(received + len(chunk), part, "sends at least")
+                job.check(received + len(chunk), "sends at least")
                 handle.write(chunk)
                 received += len(chunk)
                 progress.advance(len(chunk))

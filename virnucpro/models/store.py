@@ -46,6 +46,7 @@ Model identity (`ModelSet.sha256[role]`, used in checkpoint keys and HDF5 attrib
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -660,7 +661,7 @@ def _expected_files(directory: Path, role: str, entry: dict | None
                     ) -> tuple[list[str], list[str], dict[str, str]]:
     """(required files, optional files, recorded sha256 by file) from the manifest or by name."""
     if entry is not None:
-        return (list(entry["files"]), _unlisted_weights(directory, role, entry["files"]),
+        return (list(entry["files"]), unlisted_weights(directory, role, entry["files"]),
                 {k: v.lower() for k, v in entry.get("sha256", {}).items()})
     required, optional = (list(x) for x in STANDARD_FILES[role])
     if role == "dnabert_s":
@@ -669,7 +670,7 @@ def _expected_files(directory: Path, role: str, entry: dict | None
     return required, optional, {}
 
 
-def _unlisted_weights(directory: Path, role: str, files: list[str]) -> list[str]:
+def unlisted_weights(directory: Path, role: str, files: list[str]) -> list[str]:
     """DNABERT-S weights in the listed folder that the manifest does not list: the encoder would
     read them (model.safetensors before pytorch_model.bin), so they are checked too."""
     folder = _main_path(role, files) if role == "dnabert_s" else None
@@ -804,11 +805,30 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
                   f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
         lines += _unpublished_lines(directory, s)
         lines += [f"{s.role}: " + refused_message(directory / rel, names) for rel, names in s.refused]
-    hint = fix_command(directory, [s.role for s in failing])
+    hint = _move_first(_foreign_files(directory, failing), fix_command(directory, [s.role for s in failing]))
     if any(s.unpublished for s in failing) and not is_tiny_folder(directory):
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
                  "output marks as tiny")
     return ModelsError("\n".join(lines), hint=hint)
+
+
+def _foreign_files(directory: Path, failing: list[RoleStatus]) -> list[Path]:
+    """Failing files that neither `models download` nor `models tiny` will replace: ones the
+    manifest does not record (virnucpro did not write them, so they are never replaced) and ones
+    the published model has no file of that name (a download never writes them)."""
+    found = [rel for s in failing for rel, want, _got in s.unpublished if rel in s.unrecorded or not want]
+    found += [rel for s in failing for rel, _names in s.refused if rel in s.unrecorded]
+    return [directory / rel for rel in dict.fromkeys(found)]
+
+
+def _move_first(foreign: list[Path], command: str) -> str:
+    """The fix hint: `command`, after moving away the files it would refuse to replace (so the
+    hint never names a command that refuses the folder as it is)."""
+    if not foreign:
+        return command
+    return (f"move {', '.join(shlex.quote(str(p)) for p in foreign)} out of the models folder "
+            f"(virnucpro never replaces a file it did not write, nor one the published model lacks), "
+            f"then run `{command}`")
 
 
 def _unpublished_lines(directory: Path, s: RoleStatus) -> list[str]:
@@ -936,11 +956,49 @@ def check(directory: Path | None = None) -> None:
         warn("these are tiny random models for tests: their predictions mean nothing")
     problem = problems(directory, statuses)
     if problem is not None:
-        raise problem
+        raise _in_progress(directory) or problem
     if refused:
         raise ModelsError("classifier refused by the restricted loader: " + "; ".join(refused),
                           hint=fix_command(directory))
     info("all models present and verified")
+
+
+def _in_progress(directory: Path) -> ModelsError | None:
+    """Exit 4 saying that another command (`models download`, `models tiny`) is writing the folder
+    now, naming it, when one holds its lock: its files are not all in place yet, and the usual hint
+    (a download) would be refused while it runs. None when nobody holds it."""
+    holder = _lock_holder(directory)
+    if holder is None:
+        return None
+    return ModelsError(f"a virnucpro command is writing models into {directory} now ({holder}): a download "
+                       f"is in progress, so its files are not all in place yet",
+                       hint=f"wait for it to finish, then rerun `virnucpro models check {shlex.quote(str(directory))}`")
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the folder lock of `directory` (see `virnucpro.outdir`), without taking it or
+    writing anything: a shared flock that cannot be had means an exclusive one is held; where
+    there is no flock, a fallback lock file that is not stale. None when nobody holds it."""
+    from virnucpro.outdir import FALLBACK_LOCK_NAME, LOCK_NAME, _holder_text, _is_stale
+
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return _holder_text(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        except OSError:
+            pass  # no flock here: the fallback lock file tells
+        finally:
+            os.close(fd)
+    fallback = directory / FALLBACK_LOCK_NAME
+    if fallback.is_file() and not _is_stale(fallback):
+        return _holder_text(fallback.read_text(errors="replace"))
+    return None
 
 
 def _report_role(s: RoleStatus) -> str | None:

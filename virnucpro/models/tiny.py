@@ -4,9 +4,12 @@ Tests and the Nextflow test profile run every stage with them in seconds. The ou
 byte-identical on every run and the manifest marks every role `"tiny": true`, so every output
 made with them says so.
 
-The files are made in a private temporary folder first, then each is written beside its final
-name under an exclusive temporary name and renamed into place: an interrupted or failed run leaves
-no half-written file, and rerunning it completes the folder. A name in the way that virnucpro did
+The files are made in a private temporary folder first. Then the manifest is written (the sha256
+of every file is known from its bytes), then each file beside its final name under an exclusive
+temporary name, renamed into place: an interrupted or failed run leaves no half-written file and
+never model files without their manifest, so the folder is a folder of tiny models with files
+missing, which every hint sends to `models tiny DIR` (rerunning it completes the folder). A full
+disk where the files are made (TMPDIR) is exit 10 saying so, not torch's words for it. A name in the way that virnucpro did
 not write (a symbolic link, a folder, a file the manifest does not record as a tiny model and whose
 bytes are not the tiny model's) is never replaced (exit 3); a storage failure is exit 10.
 """
@@ -14,15 +17,20 @@ bytes are not the tiny model's) is never replaced (exit 3); a storage failure is
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
 import json
 import os
+import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.console import info
-from virnucpro.errors import BadInputError, ModelsError, OutputWriteError, output_errors, storage_error
+from virnucpro.errors import (STORAGE_ERRNOS, BadInputError, ModelsError, OutputWriteError, output_errors,
+                              storage_error)
 from virnucpro.models import store
 from virnucpro.outdir import OURS, file_mode, held_folder, refuse_nesting
 
@@ -276,8 +284,6 @@ def make_tiny(directory: Path) -> None:
     with held_folder(directory, "models folder"):
         _refuse_other_models(directory)
         _publish(directory, _made_models())
-        with output_errors(directory / store.MANIFEST):
-            _write_manifest(directory)
     info(f"tiny random models written to {directory} (for tests only; predictions mean nothing)")
 
 
@@ -286,11 +292,42 @@ def _made_models() -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="virnucpro-tiny-") as scratch:
         try:
             _write_models(Path(scratch))
-        except (OSError, RuntimeError) as exc:  # torch and safetensors report a full disk so
-            raise OutputWriteError(f"cannot write the tiny models in the temporary folder {scratch}: "
-                                   f"{storage_error(exc) or exc}",
+        except Exception as exc:  # noqa: BLE001 - torch, safetensors, tokenizers: each its own type
+            meaning = _scratch_failure(exc, Path(scratch))
+            if meaning is None:
+                raise
+            raise OutputWriteError(f"cannot write the tiny models in the temporary folder {scratch}: {meaning}",
                                    "free space there, or point TMPDIR at another folder") from None
         return {rel: (Path(scratch) / rel).read_bytes() for rels in TINY_FILES.values() for rel in rels}
+
+
+#: How torch (`inline_container.cc`), safetensors and tokenizers word a failed write.
+_WRITE_FAILED = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed")
+_OS_ERROR = re.compile(r"os error (\d+)")
+TINY_SCRATCH_BYTES = 4 * 1024 * 1024  # the tiny models take under 1 MB: less free than this is a full disk
+
+
+def _scratch_failure(exc: Exception, scratch: Path) -> str | None:
+    """What went wrong with the storage while writing the tiny models into `scratch`, in words
+    (torch says "[enforce fail at inline_container.cc:672] unexpected pos ..." for a full disk),
+    or None when `exc` is no storage failure (a bug, reported as one)."""
+    meaning = storage_error(exc)
+    number = _OS_ERROR.search(str(exc))
+    if meaning is None and number is not None:
+        meaning = STORAGE_ERRNOS.get(int(number.group(1)))
+    if meaning is not None or not _WRITE_FAILED.search(str(exc)):
+        return meaning
+    if _free_bytes(scratch) < TINY_SCRATCH_BYTES:
+        return STORAGE_ERRNOS[errno.ENOSPC]
+    return "the write failed (a full disk, a quota or an I/O error)"
+
+
+def _free_bytes(folder: Path) -> int:
+    """Free bytes where `folder` is (a large number when that cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return TINY_SCRATCH_BYTES
 
 
 def _recorded_tiny_files(directory: Path) -> set[str]:
@@ -300,11 +337,16 @@ def _recorded_tiny_files(directory: Path) -> set[str]:
 
 
 def _publish(directory: Path, files: dict[str, bytes]) -> None:
-    """Check every name first (nothing is written when one is in the way), then write each file
-    atomically."""
+    """Check every name first (nothing is written when one is in the way), then write the manifest
+    (the sha256 of every file is known from its bytes), then each file atomically. A run stopped
+    after the manifest (a full disk, a signal) leaves a folder of tiny models with files missing,
+    which every hint sends to `models tiny DIR` and `models download` refuses: never model files
+    without a manifest, which look like a hand-staged folder to download into."""
     recorded = _recorded_tiny_files(directory)
     for rel, data in files.items():
         _refuse_in_the_way(directory, rel, data, rel in recorded)
+    with output_errors(directory / store.MANIFEST):
+        _write_manifest(directory, {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()})
     for rel, data in files.items():
         target = directory / rel
         with output_errors(target):
@@ -376,23 +418,24 @@ def _write_models(directory: Path) -> None:
     _tiny_classifier(directory / TINY_FILES["classifier_500"][0], width, generator)
 
 
-def _write_manifest(directory: Path) -> None:
-    """Point every role at the tiny files (other entries of a tiny folder's manifest are kept)."""
-    record_as_tiny(directory, TINY_FILES, f"virnucpro models tiny (seed {TINY_SEED})", TINY_NAMES)
+def _write_manifest(directory: Path, digests: dict[str, str]) -> None:
+    """Point every role at the tiny files, whose sha256 are `digests` (other entries of a tiny
+    folder's manifest are kept)."""
+    record_as_tiny(directory, TINY_FILES, f"virnucpro models tiny (seed {TINY_SEED})", TINY_NAMES, digests)
 
 
 def record_as_tiny(directory: Path, files: dict[str, list[str]], source: str,
-                   names: dict[str, str] | None = None) -> None:
+                   names: dict[str, str] | None = None, digests: dict[str, str] | None = None) -> None:
     """Record `files` (role -> files, relative to `directory`) in its manifest as tiny test models
-    with their sha256, keeping other entries: the store then checks them against the manifest, not
-    against the published models' pins, and every output made with them says "tiny". Also for
-    benchmarks that write random weights of other sizes."""
+    with their sha256 (from `digests`, else read from the files), keeping other entries: the store
+    then checks them against the manifest, not against the published models' pins, and every
+    output made with them says "tiny". Also for benchmarks that write random weights of other sizes."""
     manifest = store.read_manifest(directory) or {"models": {}}
     cache = store.HashCache(directory)
     for role, rels in files.items():
         manifest["models"][role] = {
             "files": list(rels),
-            "sha256": {rel: cache.sha256(directory, rel) for rel in rels},
+            "sha256": {rel: (digests or {}).get(rel) or cache.sha256(directory, rel) for rel in rels},
             "source": source,
             "revision": __version__,
             "tiny": True,
