@@ -44,6 +44,10 @@ UNKNOWN_DEVICE = "unknown"  # vectors of a checkpoint part that does not record 
 # what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
 DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
+# embed replaces only a file that starts with its seal (`is_sealed_shard`): one without it must go first
+UNSEALED_HINT = ("if it is an embedding file cut short (or one of an older virnucpro), delete it, then rerun "
+                 "`virnucpro embed` for this shard (embed replaces only files that start with its seal); "
+                 "otherwise give the .h5 files written by `virnucpro embed`")
 
 
 def _h5py():
@@ -109,8 +113,10 @@ def _checked_seal(path: Path, handle) -> bytes:
     handle.seek(0)
     block = handle.read(SEAL_BYTES)
     if not block.startswith(SEAL_MAGIC):
-        raise malformed(path, "it does not start with the seal virnucpro embed writes (another program "
-                              "wrote it, or an older virnucpro)")
+        what = "it is empty" if not block else ("it does not start with the seal virnucpro embed writes "
+                                                "(cut short, or written by another program or an older "
+                                                "virnucpro)")
+        raise InconsistentInputsError(f"{path} is not a valid virnucpro embedding shard: {what}", UNSEALED_HINT)
     if block != _seal_block(handle):
         raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
                                       "the seal embed wrote in its first bytes)", REEMBED_HINT)

@@ -15,7 +15,11 @@ A folder is written only when it is absent, empty, or holds the marker `FOLDER/.
 of the same kind of output (run, prepare, predict). `embed --out FILE` locks `.FILE.lock` beside
 the file the same way. The marker lists every file published with its
 size and modification time; a file at a name about to be written that the marker does not list
-with those values is someone else's, and the command refuses (exit 3) rather than replace it.
+with those values is someone else's, and the command refuses (exit 3) rather than replace it. The
+marker is written under a temporary name, synced, renamed over the old one and the rename synced: a
+crash or power loss leaves the old marker or the new one, never a torn one. A damaged marker (from an
+older virnucpro, or edited) is refused with the command that replaces it by one claiming no file,
+which keeps the folder's unfinished work and adopts nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import socket
 import threading
@@ -46,6 +51,8 @@ LOCK_ATTEMPTS = 10  # a lock file removed under us this often in a row: give up 
 HOLDER_READS = 20  # a refused command waits up to 1 s for the holder's details (`_read_holder`)
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME, MARKER_TMP_NAME}
+DAMAGED = "?"  # the kind of a marker that cannot be read (see `OutputFolder._damaged`)
+NO_DIRECTORY_SYNC = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EISDIR, errno.EACCES}
 _held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
 
 
@@ -371,15 +378,28 @@ def file_lock(path: Path, what: str) -> Iterator[HeldLock]:
 # --- nesting -------------------------------------------------------------------------------------
 
 def _marker_kind(folder: Path) -> str | None:
-    """The kind written in a folder's marker; '?' for an unreadable marker; None without one."""
+    """The kind written in a folder's marker; DAMAGED for an unreadable marker; None without one."""
     path = folder / MARKER_NAME
     if not path.exists():
         return None
+    kind = (_loaded_marker(path) or {}).get("kind")
+    return kind if isinstance(kind, str) else DAMAGED
+
+
+def _loaded_marker(path: Path) -> dict | None:
+    """The JSON object of a marker; None when it is not one (empty or cut short by a crash, or edited)."""
     try:
-        kind = json.loads(path.read_text()).get("kind")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return "?"
-    return kind if isinstance(kind, str) else "?"
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _output_text(kind: str) -> str:
+    """How a message names a virnucpro output of `kind`."""
+    if kind == DAMAGED:
+        return f"a virnucpro output (its record of the files virnucpro wrote, {MARKER_NAME}, is damaged)"
+    return f"a virnucpro '{kind}' output"
 
 
 def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool = False) -> None:
@@ -393,7 +413,7 @@ def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool
         kind = _marker_kind(parent)
         if kind is not None or parent in _held:
             where = "is" if parent == resolved else f"is inside {parent},"
-            output = "this command's own output" if parent in _held else f"a virnucpro '{kind}' output"
+            output = "this command's own output" if parent in _held else _output_text(kind)
             raise BadInputError(f"{what} {target} {where} {output}: writing there would change that "
                                 "output (or one still being written)", "choose a folder outside it")
 
@@ -429,13 +449,13 @@ class OutputFolder:
 
     def check(self) -> None:
         """Refuse (exit 3) a folder holding anything this command could replace but did not write."""
-        self._refuse_other_kind()
         marker = self._read_marker()
         entries = sorted(p.name for p in self.folder.iterdir() if p.name not in OURS)
         if marker is None:
             if entries:
-                    raise self._foreign(next(_files_under(self.folder, entries), entries[0]),
-                                    "which virnucpro did not write (the folder is neither empty nor a virnucpro output)")
+                raise self._foreign(next(_files_under(self.folder, entries), entries[0]),
+                                    "which virnucpro did not write (the folder is neither empty nor a virnucpro "
+                                    "output)", lost_record=any(e.startswith(".virnucpro") for e in entries))
             return
         self.recorded = dict(marker["files"])
         for rel, signature in marker.get("publishing", {}).items():  # moved in by a publish cut short
@@ -446,24 +466,37 @@ class OutputFolder:
                 raise self._foreign(rel, "which virnucpro did not write (or which changed since it did)")
 
     def _read_marker(self) -> dict | None:
+        """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""
         path = self.folder / MARKER_NAME
         if not path.exists():
             return None
-        try:
-            marker = json.loads(path.read_text())
-            valid = (isinstance(marker, dict) and self._valid_files(marker.get("files"))
-                     and self._valid_files(marker.get("publishing", {})))
-        except (OSError, ValueError, RecursionError):
-            valid = False
-        if not valid:
-            raise BadInputError(f"{path} is damaged, so virnucpro cannot tell which files in "
-                                f"{self.folder} it wrote", "choose another folder")
+        marker = _loaded_marker(path)
+        if marker is None or not isinstance(marker.get("kind"), str):
+            raise self._damaged(path)
+        self._refuse_other_kind(marker["kind"])  # before the files: another kind lists other names
+        if not (self._valid_files(marker.get("files")) and self._valid_files(marker.get("publishing", {}))):
+            raise self._damaged(path)
         return marker
 
-    def _refuse_other_kind(self) -> None:
-        kind = _marker_kind(self.folder)
-        if kind is not None and kind != self.kind:
-            raise BadInputError(f"{self.what} {self.folder} holds a virnucpro '{kind}' output, not a "
+    def _damaged(self, path: Path) -> BadInputError:
+        """A marker that cannot be read: a crash while an older virnucpro wrote it, or an edit. The fix
+        keeps the folder's unfinished work: a record claiming no file adopts nothing, so every output
+        file found at a name this command writes is still refused as not proven ours."""
+        return BadInputError(f"{path}, virnucpro's record of the files it wrote in {self.folder}, is damaged "
+                             "(empty or cut short by a crash, or edited), so virnucpro cannot tell which files "
+                             "there it wrote", self._record_fix("to keep the work in that folder"))
+
+    def _record_fix(self, why: str) -> str:
+        """The fix for a lost or damaged marker: the shell command that writes one claiming no file."""
+        record = shlex.quote(json.dumps({"kind": self.kind, "files": {}}))
+        return (f"{why}, replace the record with one that claims no file: echo {record} > "
+                f"{shlex.quote(str(self.folder / MARKER_NAME))} ; then rerun: virnucpro keeps the work there (a `run` "
+                "resumes from it) and refuses, naming it, any output file it can no longer prove it wrote (move "
+                "those aside). Or choose another folder")
+
+    def _refuse_other_kind(self, kind: str) -> None:
+        if kind != self.kind:
+            raise BadInputError(f"{self.what} {self.folder} holds {_output_text(kind)}, not a "
                                 f"'{self.kind}' output: writing there would replace its files",
                                 "choose another folder")
 
@@ -479,9 +512,15 @@ class OutputFolder:
         parts = rel.split("/")
         return parts[0] in self.names and all(part not in ("", ".", "..") for part in parts)
 
-    def _foreign(self, rel: str, why: str) -> BadInputError:
+    def _foreign(self, rel: str, why: str, lost_record: bool = False) -> BadInputError:
+        """A file this command would replace but cannot prove it wrote; `lost_record`: the folder looks
+        like one virnucpro worked in (a `.virnucpro*` entry), so the fix says how to restore its record."""
+        fix = "move that file, or choose another folder"
+        if lost_record:
+            fix = (f"{fix}; if it is virnucpro's unfinished work whose record {MARKER_NAME} was lost, "
+                   + self._record_fix("to keep it"))
         return BadInputError(f"{self.what} {self.folder} holds {rel}, {why}; virnucpro never "
-                             "replaces files it did not write", "move that file, or choose another folder")
+                             "replaces files it did not write", fix)
 
     def publish(self, staging: Path, names: Iterable[str]) -> None:
         """Move finished entries from `staging` into the folder, replacing only our own earlier
@@ -525,8 +564,34 @@ class OutputFolder:
         if publishing:
             data["publishing"] = dict(sorted(publishing.items()))
         with output_errors(path):
-            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            _write_synced(tmp, (json.dumps(data, indent=1) + "\n").encode())
             os.replace(tmp, path)
+            _sync_folder(self.folder)  # the rename itself on disk: a power loss leaves the old or new marker
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write `path` and wait until its bytes are on disk (before it is renamed over a marker: else a
+    power loss can leave the new name pointing at an empty file)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    """Wait until the folder's entries (a rename into it) are on disk; a no-op where the file system
+    or platform cannot sync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in NO_DIRECTORY_SYNC:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _is_signature(value: object) -> bool:

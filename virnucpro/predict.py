@@ -443,8 +443,8 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
     from virnucpro.report import check_reconciles, write_report
 
     histogram = ScoreHistogram()
-    orfs = score_orfs(inputs.shards, inputs.model, staging, histogram)
-    summary = write_tables(prepared, chunk_scores(orfs), staging, threshold)
+    with _closed(score_orfs(inputs.shards, inputs.model, staging, histogram)) as orfs:
+        summary = write_tables(prepared, chunk_scores(orfs), staging, threshold)
     rows = sum(histogram.counts)
     check_reconciles(inputs.manifest["counts"], rows, summary.chunks_scored, summary.calls)  # exit 5 otherwise
     seconds = dict(stage_seconds or {})
@@ -454,6 +454,21 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
                  summary=summary.as_dict(), histogram=histogram.counts, run_info=run_info)
     (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
     return summary.chunks_scored, rows, summary.calls
+
+
+@contextlib.contextmanager
+def _closed(orfs: Iterator[tuple[str, float, float]]) -> Iterator[Iterator[tuple[str, float, float]]]:
+    """`score_orfs` closed when the block ends, not whenever it is garbage-collected: when another
+    output fails (a full disk), closing its still-open results file fails too, and at collection
+    that failure would print a traceback ("Exception ignored in ...") after the clear message. On a
+    failure the first error is the one reported; closing then only releases the file."""
+    try:
+        yield orfs
+    except BaseException:
+        with contextlib.suppress(OSError):
+            orfs.close()
+        raise
+    orfs.close()
 
 
 def _claimed(outdir: Path, output: OutputFolder | None):
