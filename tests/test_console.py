@@ -47,8 +47,8 @@ def test_an_error_stops_the_bar_and_gives_the_cursor_back(screen):
 def test_a_dumb_terminal_gets_log_lines(screen):
     out = screen(term="dumb")
     lines = log_lines(console.Progress("embed", total=100, every_seconds=0), out, (5, {}), (5, {}))
-    assert [re.sub(r"\(.*\)", "()", line) for line in lines] == ["virnucpro embed: 5/100 records (), ETA 0:00",
-                                                                "virnucpro embed: 10/100 records (), ETA 0:00"]
+    assert [re.sub(r"\(.*\)", "()", line) for line in lines] == ["virnucpro embed: 5/100 records, ETA 0:00 ()",
+                                                                "virnucpro embed: 10/100 records, ETA 0:00 ()"]
 
 
 def test_an_unknown_total_shows_no_total_and_no_eta(screen):
@@ -66,7 +66,7 @@ def test_work_done_before_is_shown_but_not_counted_as_speed(screen, monkeypatch)
     lines = log_lines(console.Progress("download", total=100_000_000, unit="bytes", every_seconds=0,
                                        done=40_000_000), out, (10_000_000, {}))
     # 10 MB in 10 s: 1 MB/s, 50 MB left: 50 s (the 40 MB resumed were read by an earlier run)
-    assert lines[0] == "virnucpro download: 50.0 MB/100.0 MB (1.0 MB/s), ETA 0:50"
+    assert lines[0] == "virnucpro download: 50.0 MB/100.0 MB, ETA 0:50 (1.0 MB/s)"
 
 
 def test_the_eta_can_follow_a_counter_that_moves_every_batch(screen, monkeypatch):
@@ -76,9 +76,29 @@ def test_the_eta_can_follow_a_counter_that_moves_every_batch(screen, monkeypatch
     lines = log_lines(console.Progress("embed", total=10_000, every_seconds=0, eta_by=("tokens", 4_000_000)),
                       out, (0, {"tokens": 1_000_000}))
     # no record finished yet (a checkpoint window is 2,000), but a quarter of the tokens: 90 s left
-    assert lines[0].startswith("virnucpro embed: 0/10,000 records (") and lines[0].endswith("ETA 1:30")
+    assert lines[0].startswith("virnucpro embed: 0/10,000 records, ETA 1:30 (")
 
 
 @pytest.mark.parametrize("seconds, shown", [(0, "0:00"), (59.6, "1:00"), (3725, "1:02:05"), (90061, "25:01:01")])
 def test_durations_read_as_clock_times(seconds, shown):
     assert console.duration(seconds) == shown
+
+
+def test_embed_progress_names_the_shard_and_follows_letters_for_its_eta(golden_prepared, tiny_models, tmp_path,
+                                                                       monkeypatch):
+    from virnucpro import embed as embed_module
+
+    made = []
+
+    class Recorded(console.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(embed_module, "Progress", Recorded)
+    shard = sorted((golden_prepared / "shards").glob("shard_*.tsv"))[0]
+    embed_module.embed(shard, tmp_path / "e.h5", models=tiny_models, device="cpu")
+    (progress,) = made
+    assert progress.label.startswith("embed shard 1/") and progress.total == progress.done > 0
+    counter, letters = progress.eta_by
+    assert counter == "letters" and progress.extra["letters"] == letters > 0

@@ -36,6 +36,7 @@ def error(message: str) -> None:
 
 
 _drawing: "weakref.WeakSet[Progress]" = weakref.WeakSet()
+BAR_WIDTH = 20
 
 
 def close_all_progress() -> None:
@@ -87,9 +88,9 @@ class Progress:
     def _start_bar(self):
         from rich.progress import BarColumn, Progress as RichProgress, TextColumn
 
-        bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.fields[text]}"),
-                           console=err, transient=False)
-        self._task = bar.add_task(self.label, total=self.total, completed=self.done, text=self._status())
+        bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH),
+                           TextColumn("{task.fields[text]}"), console=err, transient=False)
+        self._task = bar.add_task(self.label, total=self.total, completed=self.done, text=self._fitted())
         bar.start()
         return bar
 
@@ -108,21 +109,28 @@ class Progress:
         return duration(max(total - done, 0) * elapsed / done)
 
     def _status(self) -> str:
-        """'done/total unit (rates), ETA h:mm:ss' (no total or ETA when the total is unknown)."""
+        """'done/total unit, ETA h:mm:ss (rates)' (no total or ETA when the total is unknown); the
+        ETA before the rates, so that a narrow terminal cuts rates first."""
         elapsed = time.monotonic() - self._start
         count = _amount(self.done, self.unit) + (f"/{_amount(self.total, self.unit)}" if self.total else "")
         unit = (" " + self.unit.removesuffix("bytes")).rstrip() if self.unit.endswith("bytes") else f" {self.unit}"
         rates = [_rate((self.done - self._before) / max(elapsed, 1e-9), self.unit)]
         rates += [_rate(value / max(elapsed, 1e-9), key) for key, value in self.extra.items()]
         eta = f", ETA {self._eta(elapsed)}" if self.total or self.eta_by else ""
-        return f"{count}{unit} ({', '.join(rates)}){eta}"
+        return f"{count}{unit}{eta} ({', '.join(rates)})"
+
+    def _fitted(self) -> str:
+        """The status cut to the terminal's width beside the label and the bar (rich would drop them)."""
+        room = max(err.width - len(self.label) - BAR_WIDTH - 3, 10)
+        status = self._status()
+        return status if len(status) <= room else status[:room - 1] + "…"
 
     def advance(self, n: int, **counters: float) -> None:
         self.done += n
         for key, value in counters.items():
             self.extra[key] = self.extra.get(key, 0.0) + value
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, text=self._status())
+            self._bar.update(self._task, completed=self.done, text=self._fitted())
             return
         now = time.monotonic()
         if now - self._last_log >= self.every:

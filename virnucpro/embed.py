@@ -718,6 +718,7 @@ def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, pr
     if compiled.wanted(compiling.enabled, device) or torch.device(device).type == "cuda":
         compiled.use_cache(compiling.cache)  # on a GPU FlexAttention (DNABERT-S) compiles either way
     dtype = torch_dtype(precision)
+    info(f"loading DNABERT-S and ESM-2 ({precision} on {device})")
     return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled),
             "esm2": Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)}
 
@@ -789,9 +790,9 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
         done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
         restored = _restore(checkpoints, known, done)
         _log_resume(ids, distinct, done)
-
         embedder = Embedder(encoders, token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
-        _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds)
+        label = f"embed shard {shard_meta.index + 1}/{shard_meta.of}"
+        _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds, label)
         _write(out, ids, distinct, known,
                _attributes(shard_meta, identity, model_set.tiny, precision, embedder.made_by(restored)), lock)
     except BaseException:
@@ -928,14 +929,14 @@ def _work_items(distinct: dict, done: dict, n_records: int, checkpoint_every: in
 
 
 def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkpoints: CheckpointStore,
-             record_ids: list[str], checkpoint_every: int, checkpoint_seconds: float) -> None:
+             record_ids: list[str], checkpoint_every: int, checkpoint_seconds: float, label: str = "embed") -> None:
     """Embed every missing distinct sequence, window by window, saving parts as it goes.
 
     Tokenization of the next work item and the host-side layout of the next batch (pinned memory
     on a GPU) run in background threads while the current batch computes; a non-finite vector
     stops the run before it can reach a checkpoint (exit 9).
     """
-    work = _ShardWork(embedder, distinct, known, done, checkpoints, record_ids, checkpoint_seconds)
+    work = _ShardWork(embedder, distinct, known, done, checkpoints, record_ids, checkpoint_seconds, label)
     items = list(_work_items(distinct, done, len(record_ids), checkpoint_every))
     with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead, \
             ThreadPoolExecutor(max_workers=1) as layouts:
@@ -967,12 +968,15 @@ class _ShardWork:
     """One shard's embedding under way: the vectors known, those not yet saved, progress and counts."""
 
     def __init__(self, embedder: Embedder, distinct: dict, known: dict, done: dict, checkpoints: CheckpointStore,
-                 record_ids: list[str], checkpoint_seconds: float):
+                 record_ids: list[str], checkpoint_seconds: float, label: str = "embed"):
         self.embedder, self.distinct, self.known, self.done = embedder, distinct, known, done
         self.checkpoints, self.record_ids, self.checkpoint_seconds = checkpoints, record_ids, checkpoint_seconds
         self.covered = _covered_records(distinct, done, len(record_ids))
-        # records count when their window is complete; distinct sequences and tokens count per batch
-        self.progress = Progress("embed", total=len(record_ids) - self.covered, unit="records")
+        # records count when their window is complete; distinct sequences, their letters (bases and
+        # residues: the ETA follows them) and tokens count per batch; restored records are no speed
+        letters = sum(len(distinct[role].sequences[i]) for role in ROLES for i in np.flatnonzero(~done[role]))
+        self.progress = Progress(label, total=len(record_ids), unit="records", done=self.covered,
+                                 eta_by=("letters", letters))
         self.unsaved = _no_vectors()
         self.last_save = time.monotonic()
         self.computed = {role: 0 for role in ROLES}
@@ -1006,7 +1010,8 @@ class _ShardWork:
         self.unsaved[role][0].extend(chosen)
         self.unsaved[role][1].append(vectors[missing])
         self.computed[role] += len(chosen)
-        self.progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch))
+        self.progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch),
+                              letters=sum(len(self.distinct[role].sequences[i]) for i in chosen))
 
     def stop_if_requested(self, stop: StopRequest) -> None:
         """After a batch, on a stop signal: save what is computed and exit 6 (a rerun resumes)."""
