@@ -316,6 +316,19 @@ def test_a_retry_after_beyond_the_cap_gives_up_saying_when(scripted, tmp_path, s
     assert "UTC" in str(info.value) and not sleeps and len(scripted.requests) == 1
 
 
+@pytest.mark.parametrize("value", ["9" * 400, "99999999999999999999", "\u00b2"])
+def test_a_retry_after_out_of_any_range_is_no_crash(scripted, tmp_path, sleeps, value):
+    """A 400-digit value overflowed the date of the message; '\u00b2'.isdigit() is True but float()
+    refuses it: both were exit 1, "a bug"."""
+    scripted.replies = [{"status": 503, "headers": {"Retry-After": value}}]
+    try:
+        _fetch(scripted, tmp_path)
+    except dl.ModelsError as exc:  # far beyond the cap: give up, saying when
+        assert "UTC" in str(exc)
+    else:  # not a number: the usual back-off
+        assert sleeps and sleeps[0] < dl.RETRY_AFTER_CAP_SECONDS
+
+
 # ------------------------------------------------------------------ 5. messages name the actual cause
 
 def test_a_host_that_connects_but_does_not_answer_is_not_called_unreachable(scripted, tmp_path, monkeypatch):

@@ -54,7 +54,9 @@ def duration(seconds: float) -> str:
 
 def _amount(value: float, unit: str) -> str:
     """A count for people: bytes in MB, other units as whole numbers with separators."""
-    return f"{value / 1e6:,.1f} MB" if unit.endswith("bytes") else f"{value:,.0f}"
+    if unit.endswith("bytes"):
+        return f"{value / 1e6:,.1f} MB" if value >= 1e5 else f"{value / 1e3:,.1f} kB"
+    return f"{value:,.0f}"
 
 
 def _rate(value: float, unit: str) -> str:

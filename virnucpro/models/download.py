@@ -578,7 +578,10 @@ def _transfer_with_retries(job: _Job) -> None:
             if _already_whole(exc, job):
                 return
             last_error = _retryable_http(exc, job)
-            wait = max(wait, _retry_after(exc, job))
+            asked = _retry_after(exc, job)
+            if asked > wait:
+                info(f"{job.label}: {_host(job.url)} answered HTTP {exc.code} and asks to retry in {asked:.0f} s")
+                wait = asked
         except NETWORK_ERRORS as exc:
             connected, last_error = _network_failure(exc)
         except OSError as exc:  # local disk trouble: retrying will not help
@@ -635,8 +638,8 @@ def _retry_after(exc: urllib.error.HTTPError, job: _Job) -> float:
     value = (exc.headers.get("Retry-After") or "").strip() if exc.headers else ""
     if not value:
         return 0.0
-    if value.isdigit():
-        seconds = float(value)
+    if value.isascii() and value.isdigit():  # str.isdigit() also takes '²'
+        seconds = float(value[:12])  # past the cap anyway; a 400-digit value overflowed the date
     else:
         try:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
@@ -644,7 +647,7 @@ def _retry_after(exc: urllib.error.HTTPError, job: _Job) -> float:
             return 0.0
     seconds = max(seconds, 0.0)
     if seconds > RETRY_AFTER_CAP_SECONDS:
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + seconds))
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + min(seconds, 1e10)))
         raise ModelsError(f"cannot download {job.label} now: {_host(job.url)} answered HTTP {exc.code} and "
                           f"asks to retry after {seconds:.0f} s (at {when})",
                           hint=f"rerun the same command after {when}{_kept(job.part)}") from None
