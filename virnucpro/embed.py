@@ -38,7 +38,8 @@ from virnucpro.encoders import FAST_COMPILED, check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
                               ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
-from virnucpro.outdir import FolderBusy, HeldLock, file_lock, folder_lock, refuse_nesting
+from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
+                              not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
@@ -46,6 +47,7 @@ CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
 CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
 PART_TMP_NAME = re.compile(r"\.part_[0-9]+\.tmp\.npz")  # a part write a kill interrupted
+PART_TMP_WHAT = "a checkpoint part virnucpro is writing"
 WAITING_PREFIX = ".waiting."  # the note of an embed waiting for a busy checkpoint folder
 WAITING_FRESH_SECONDS = 60.0  # without flock: a note not renewed for this long is a waiter that died
 PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
@@ -185,6 +187,7 @@ class CheckpointStore:
         self.key = folder.name
         # the default `<out>.ckpt` is removed once empty; never a --checkpoint-dir (the user named it)
         self.parent_is_ours = parent_is_ours
+        _refuse_linked_folders(folder, parent_is_ours)
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
         self.held = (self._hold_when_free(folder) if wait
                      else self._lock.enter_context(folder_lock(folder, "the checkpoint folder")))
@@ -241,10 +244,12 @@ class CheckpointStore:
         self.pending.append(self.writer.submit(self._write, number, arrays))
 
     def _write(self, number: int, arrays: dict) -> None:
-        """Write one part atomically (in the writer thread); a failure is an OutputWriteError naming it."""
+        """Write one part atomically (in the writer thread); a failure is an OutputWriteError naming it.
+        The temporary file is created exclusively, never through a link (`create_exclusive`)."""
         tmp = self.folder / f".part_{number:05d}.tmp.npz"
         try:
-            np.savez(tmp, **arrays)
+            with open(tmp, "wb", opener=lambda path, _flags: create_exclusive(Path(path), PART_TMP_WHAT)) as handle:
+                np.savez(handle, **arrays)
             digest = fmt.sha256_of(tmp)
             os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
         except OSError as exc:
@@ -291,6 +296,14 @@ class CheckpointStore:
                 folder.rmdir()
 
 
+def _refuse_linked_folders(folder: Path, parent_is_ours: bool) -> None:
+    """Exit 3 for a key folder (or the default `<out>.ckpt` above it) that is a link: the parts would
+    be written, and later deleted, wherever it points."""
+    for path in [folder] + ([folder.parent] if parent_is_ours else []):
+        if path.is_symlink():
+            raise not_ours(path, "a checkpoint folder virnucpro makes")
+
+
 class _WaitingNote:
     """The note an embed waiting for a busy checkpoint folder leaves in it, so that the holder, should
     it finish the shard, leaves its parts. The waiter holds a flock on its note while it lives (the
@@ -310,7 +323,7 @@ class _WaitingNote:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 with contextlib.suppress(OSError):
                     fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.utime(self.path)
+            os.utime(self.path, follow_symlinks=False)
 
     def withdraw(self) -> None:
         """Remove the note: the wait is over, however it ended."""
@@ -325,6 +338,8 @@ def _live_waiters(folder: Path) -> bool:
     """Whether an embed is waiting for this folder; the notes of waiters that died are removed."""
     alive = False
     for note in folder.glob(f"{WAITING_PREFIX}*"):
+        if not is_regular(note):
+            continue  # not a note an embed wrote (a link, a FIFO): left alone
         if _waiter_alive(note):
             alive = True
         else:
@@ -336,7 +351,7 @@ def _live_waiters(folder: Path) -> bool:
 def _waiter_alive(note: Path) -> bool:
     """A note still flocked by its waiter; without flock, one renewed lately."""
     try:
-        fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(note, os.O_RDONLY | NO_FOLLOW)
     except OSError:
         return False
     try:
@@ -351,10 +366,11 @@ def _waiter_alive(note: Path) -> bool:
 
 
 def _delete_own_files(folder: Path) -> None:
-    """Delete the part files and unfinished part writes in a checkpoint folder; nothing else."""
+    """Delete the part files and unfinished part writes in a checkpoint folder; nothing else (a link
+    or FIFO at such a name is not one virnucpro wrote)."""
     with contextlib.suppress(FileNotFoundError):  # a folder removed by hand meanwhile
         for path in list(folder.iterdir()):
-            if (PART_NAME.fullmatch(path.name) or PART_TMP_NAME.fullmatch(path.name)) and not path.is_dir():
+            if (PART_NAME.fullmatch(path.name) or PART_TMP_NAME.fullmatch(path.name)) and is_regular(path):
                 path.unlink(missing_ok=True)
 
 
@@ -371,10 +387,11 @@ class Part:
 
 
 def _discard(path: Path, problem: str) -> None:
-    """Report a damaged part and remove it (a folder in its place is left alone), so it is recomputed."""
+    """Report a damaged part and remove it, so it is recomputed; a link, FIFO or folder in its place is
+    not a file virnucpro wrote: left alone."""
     warn(f"checkpoint part {ascii(path.name)[1:-1]} is damaged ({problem}): ignoring it; its vectors are "
          "recomputed")
-    if path.is_symlink() or path.is_file():
+    if is_regular(path):
         path.unlink(missing_ok=True)
 
 

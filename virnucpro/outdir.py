@@ -28,9 +28,11 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
+import stat
 import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
@@ -54,6 +56,59 @@ OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME, MARKER_TMP_NAME}
 DAMAGED = "?"  # the kind of a marker that cannot be read (see `OutputFolder._damaged`)
 NO_DIRECTORY_SYNC = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EISDIR, errno.EACCES}
 _held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
+# opening a name of ours never follows a link, nor waits on a FIFO (a regular file ignores O_NONBLOCK)
+NO_FOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+NOT_OPENABLE = {errno.ELOOP, errno.EISDIR, errno.ENXIO}  # a link (O_NOFOLLOW), a folder, a socket or FIFO
+CREATE_ATTEMPTS = 3  # a temporary name of ours taken again, this often in a row, just after we removed it
+
+
+# --- names of ours holding something else --------------------------------------------------------
+
+def _kind_of(path: Path) -> str:
+    """What is at `path`, in words, for a refusal."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "gone"
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file"))
+    return next((text for test, text in kinds if test(mode)), "a device")
+
+
+def not_ours(path: Path, what: str) -> BadInputError:
+    """Exit 3 for a name virnucpro writes that holds something it did not write (a link, a FIFO, a
+    folder): writing through it or replacing it would change someone else's file."""
+    return BadInputError(f"{path} is {_kind_of(path)}, not {what}: virnucpro never writes through or replaces "
+                         "what it did not write", "move it away, then rerun")
+
+
+def is_regular(path: Path) -> bool:
+    """Whether `path` itself (never a link's target) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def refuse_unless_regular(path: Path, what: str) -> None:
+    """Exit 3 when `path` exists as anything but a regular file (a link, even a dangling one, included)."""
+    if os.path.lexists(path) and not is_regular(path):
+        raise not_ours(path, what)
+
+
+def create_exclusive(path: Path, what: str) -> int:
+    """A new file at `path` opened for writing, created exclusively and never through a link (mode
+    from the umask). A regular file already there is a temporary of ours a kill left (the caller
+    holds the folder and the name is ours): it is replaced; anything else is refused (exit 3)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW
+    for _attempt in range(CREATE_ATTEMPTS):
+        try:
+            return os.open(path, flags, 0o666)
+        except FileExistsError:
+            refuse_unless_regular(path, what)
+            with suppress(FileNotFoundError):
+                path.unlink()
+    raise not_ours(path, what)
 
 
 # --- the lock ------------------------------------------------------------------------------------
@@ -70,6 +125,15 @@ def _holder_text(raw: str) -> str:
         return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
+
+
+def _read_regular_all(path: Path) -> str:
+    """The whole text of a regular file, never read through a link or from a FIFO (OSError)."""
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read().decode()
 
 
 def _holder_of(raw: str) -> dict | None:
@@ -155,8 +219,9 @@ def _remove_leftover_temporary(fd: int, subject: Path) -> None:
     holder = _holder_of(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
     name = holder.get("temporary") if holder else None
     if isinstance(name, str) and name.startswith(f".{subject.name}.") and name.endswith(".tmp") and "/" not in name:
-        with suppress(OSError):
-            (subject.parent / name).unlink()
+        if is_regular(subject.parent / name):  # a link or FIFO at that name is not the file we wrote
+            with suppress(OSError):
+                (subject.parent / name).unlink()
 
 
 class _Heartbeat(threading.Thread):
@@ -170,7 +235,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(HEARTBEAT_SECONDS):
             try:
-                os.utime(self.path)
+                os.utime(self.path, follow_symlinks=False)
             except OSError:
                 return
 
@@ -178,8 +243,8 @@ class _Heartbeat(threading.Thread):
 def _is_stale(path: Path) -> bool:
     """A fallback lock whose process is gone (same host) or that nobody touched for ten minutes."""
     try:
-        age = time.time() - path.stat().st_mtime
-        holder = _holder_of(path.read_text(errors="replace"))
+        age = time.time() - path.lstat().st_mtime
+        holder = _holder_of(_read_regular(path))
     except FileNotFoundError:
         return True
     except OSError:
@@ -197,16 +262,29 @@ def _is_stale(path: Path) -> bool:
     return age > STALE_SECONDS
 
 
+def _read_regular(path: Path) -> str:
+    """The text of a small regular file of ours, never read through a link or from a FIFO (OSError)."""
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def exclusive_file_lock(lock: Path, subject: Path, what: str) -> Iterator[None]:
-    """The lock for file systems without flock: a file created with O_EXCL, removed at the end."""
+    """The lock for file systems without flock: a file created with O_EXCL (never through a link),
+    removed at the end while it is still the file this command created."""
     for _attempt in range(2):
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644)
             break
         except FileExistsError:
+            refuse_unless_regular(lock, "a virnucpro lock file")  # a dangling link looks stale: never take it
             if not _is_stale(lock):
-                raise _busy(subject, what, _holder_text(lock.read_text(errors="replace"))) from None
+                raise _busy(subject, what, _holder_text(_read_text_or_empty(lock))) from None
             stale = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
             try:
                 os.rename(lock, stale)  # one taker wins the rename; the others see the new lock
@@ -216,14 +294,29 @@ def exclusive_file_lock(lock: Path, subject: Path, what: str) -> Iterator[None]:
     else:
         raise _busy(subject, what, "a lock that keeps being taken")
     _write_holder(fd)
-    os.close(fd)
     heartbeat = _Heartbeat(lock)
     heartbeat.start()
     try:
         yield
     finally:
         heartbeat.stopped.set()
-        lock.unlink(missing_ok=True)
+        _unlink_if_same(lock, fd)  # kept open until then: its inode cannot be reused for another file
+        os.close(fd)
+
+
+def _read_text_or_empty(path: Path) -> str:
+    try:
+        return _read_regular(path)
+    except OSError:
+        return ""
+
+
+def _unlink_if_same(path: Path, fd: int) -> None:
+    """Remove `path` while it still names the file open as `fd`, which this command created (a holder
+    on another host may have taken over a lock that looked stale meanwhile)."""
+    with suppress(OSError):
+        if os.path.samestat(os.lstat(path), os.fstat(fd)):
+            path.unlink()
 
 
 class HeldLock:
@@ -267,25 +360,40 @@ class HeldLock:
 def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
     """(fd, whether this call created the file): the lock file opened, created when absent (its mode
     from the umask, as every file we write: in a group-shared folder the group may lock it too);
-    None when its holder removed it between our two opens. One this user may not write (another
+    None when its holder removed it between our two opens. Never through a link, and only a regular
+    file: a link, FIFO or folder at the name is refused (exit 3), its target untouched."""
+    try:
+        fd, created = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), True
+    except FileExistsError:
+        fd, created = _open_existing_lock(lock), False
+        if fd is None:
+            return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise not_ours(lock, "a virnucpro lock file")
+    return fd, created
+
+
+def _open_existing_lock(lock: Path) -> int | None:
+    """The existing lock file opened (None when gone meanwhile); one this user may not write (another
     user's, in a shared folder) is opened read-only: flock needs no more."""
     try:
-        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), True
-    except FileExistsError:
-        pass
-    try:
         try:
-            return os.open(lock, os.O_RDWR | os.O_CLOEXEC), False
+            return os.open(lock, os.O_RDWR | NO_FOLLOW)
         except PermissionError:
-            return os.open(lock, os.O_RDONLY | os.O_CLOEXEC), False
+            return os.open(lock, os.O_RDONLY | NO_FOLLOW)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno in NOT_OPENABLE:
+            raise not_ours(lock, "a virnucpro lock file") from None
+        raise
 
 
 def _names_same_file(path: Path, fd: int) -> bool:
-    """Whether `path` still names the file open as `fd` (its holder may have removed it)."""
+    """Whether `path` itself still names the file open as `fd` (its holder may have removed it)."""
     try:
-        return os.path.samestat(os.stat(path), os.fstat(fd))
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
     except FileNotFoundError:
         return False
 
@@ -380,16 +488,17 @@ def file_lock(path: Path, what: str) -> Iterator[HeldLock]:
 def _marker_kind(folder: Path) -> str | None:
     """The kind written in a folder's marker; DAMAGED for an unreadable marker; None without one."""
     path = folder / MARKER_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     kind = (_loaded_marker(path) or {}).get("kind")
     return kind if isinstance(kind, str) else DAMAGED
 
 
 def _loaded_marker(path: Path) -> dict | None:
-    """The JSON object of a marker; None when it is not one (empty or cut short by a crash, or edited)."""
+    """The JSON object of a marker; None when it is not one (empty or cut short by a crash, or edited,
+    or not a regular file: never read through a link or from a FIFO)."""
     try:
-        marker = json.loads(path.read_text())
+        marker = json.loads(_read_regular_all(path))
     except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     return marker if isinstance(marker, dict) else None
@@ -421,7 +530,8 @@ def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool
 # --- ownership -----------------------------------------------------------------------------------
 
 def _signature(path: Path) -> list[int]:
-    info = path.stat()
+    """Size and modification time of `path` itself: a link put in place of our file never matches."""
+    info = path.lstat()
     return [info.st_size, info.st_mtime_ns]
 
 
@@ -468,8 +578,9 @@ class OutputFolder:
     def _read_marker(self) -> dict | None:
         """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""
         path = self.folder / MARKER_NAME
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
+        refuse_unless_regular(path, f"virnucpro's record of the files it wrote ({MARKER_NAME})")
         marker = _loaded_marker(path)
         if marker is None or not isinstance(marker.get("kind"), str):
             raise self._damaged(path)
@@ -570,9 +681,10 @@ class OutputFolder:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    """Write `path` and wait until its bytes are on disk (before it is renamed over a marker: else a
-    power loss can leave the new name pointing at an empty file)."""
-    with open(path, "wb") as handle:
+    """Write `path` (created exclusively, never through a link) and wait until its bytes are on disk
+    (before it is renamed over a marker: else a power loss can leave the new name pointing at an
+    empty file)."""
+    with open(path, "wb", opener=lambda name, _flags: create_exclusive(Path(name), "virnucpro's temporary record")) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -691,3 +803,61 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass
+
+
+# --- hidden work folders -------------------------------------------------------------------------
+
+def check_work_folder(folder: Path, ours: re.Pattern, what: str) -> None:
+    """Refuse (exit 3) a hidden work folder of ours that is a link or not a folder, or that holds an
+    entry virnucpro never writes there (`ours` matches the relative paths it writes, folders too),
+    naming it: work there would go elsewhere, and cleaning up would delete a user's file."""
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise not_ours(folder, f"{what}, a folder virnucpro makes")
+    stray = next(_strays(folder, ours), None)
+    if stray is not None:
+        raise BadInputError(f"{what} {folder} holds {stray}, which virnucpro does not write there; virnucpro "
+                            "never deletes files it did not write", "move it away, then rerun")
+
+
+def _strays(folder: Path, ours: re.Pattern) -> Iterator[str]:
+    """Relative paths under `folder` that are not a regular file or folder matching `ours` (links
+    are listed, never followed)."""
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            mode = os.lstat(path).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not ours.fullmatch(rel):
+                yield rel
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+
+
+def remove_written(folder: Path, ours: re.Pattern) -> None:
+    """Delete what virnucpro wrote in a hidden work folder: the regular files whose relative path
+    `ours` matches, then the folders left empty; anything else stays (with the folders holding it)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files + dirs:
+            _remove_if_ours(Path(root) / name, folder, ours)
+    with suppress(OSError):
+        folder.rmdir()
+
+
+def _remove_if_ours(path: Path, folder: Path, ours: re.Pattern) -> None:
+    """Remove one entry of a work folder when it is a regular file or an empty folder matching `ours`."""
+    if not ours.fullmatch(path.relative_to(folder).as_posix()):
+        return
+    with suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode):
+            path.unlink()
+        elif stat.S_ISDIR(mode):
+            path.rmdir()
+
+
+def work_pattern(*alternatives: str) -> re.Pattern:
+    """One pattern of the relative paths virnucpro writes in a work folder (regular expressions)."""
+    return re.compile("|".join(f"(?:{alternative})" for alternative in alternatives))

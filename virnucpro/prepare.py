@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import multiprocessing
 import os
-import shutil
+import re
 import signal
 import stat
 import sys
@@ -35,7 +35,7 @@ from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, HostOutOfMemory, VirnucproError, check_stop,
                              output_errors, stop_signals_blocked)
-from virnucpro.outdir import claim
+from virnucpro.outdir import check_work_folder, claim, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
 from virnucpro.threads import available_cpus
@@ -365,7 +365,7 @@ class ShardWriter:
         body = self.directory / (fmt.shard_name(len(self.bodies)) + ".body")
         self.bodies.append(body)
         self.records.append(0)
-        self._handle = open(body, "w", encoding="utf-8", newline="\n")
+        self._handle = open(body, "x", encoding="utf-8", newline="\n")  # "x": never through a link
 
     def write_lines(self, lines: list[str]) -> None:
         """Append formatted ORF lines, starting a new shard every `shard_size` records.
@@ -391,7 +391,7 @@ class ShardWriter:
         for index, (body, records) in enumerate(zip(self.bodies, self.records)):
             final = body.with_suffix("")
             digest = hashlib.sha256()
-            with open(final, "wb") as out:
+            with open(final, "xb") as out:
                 head = (fmt.shard_first_line(chunk_size, index, of)
                         + "\t".join(fmt.SHARD_COLUMNS) + "\n").encode("utf-8")
                 out.write(head)
@@ -438,8 +438,8 @@ class SamplePreparer:
         self.counts = Counts()
         self.registry = IdRegistry(workdir / ".ids")
         self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
-        self.sequences = open(workdir / fmt.SEQUENCES, "w", encoding="utf-8", newline="\n")
-        self.chunks = open(workdir / fmt.CHUNKS, "w", encoding="utf-8", newline="\n")
+        self.sequences = open(workdir / fmt.SEQUENCES, "x", encoding="utf-8", newline="\n")
+        self.chunks = open(workdir / fmt.CHUNKS, "x", encoding="utf-8", newline="\n")
         self.sequences.write("\t".join(fmt.SEQUENCES_HEADER) + "\n")
         self.chunks.write("\t".join(fmt.CHUNKS_HEADER) + "\n")
         self.workers = workers
@@ -756,6 +756,11 @@ def _check_first_records(path: Path) -> None:
 
 
 STAGING = ".virnucpro-partial"  # hidden work folder inside --outdir; only finished files leave it
+# the relative paths prepare writes in it (the manifest's temporary file by its prefix): nothing else
+# there is ever deleted
+STAGING_FILES = work_pattern(rf"{re.escape(fmt.SEQUENCES)}|{re.escape(fmt.CHUNKS)}",
+                             rf"\.?{re.escape(fmt.MANIFEST)}(?:\.[^/]*)?",
+                             rf"{fmt.SHARD_DIR}(?:/shard_[0-9]+\.tsv(?:\.body)?)?", r"\.ids(?:/ids_[0-9]+\.bin)?")
 OUTPUTS = (fmt.SEQUENCES, fmt.CHUNKS, fmt.SHARD_DIR, fmt.MANIFEST)  # the manifest last: it marks completion
 
 
@@ -772,16 +777,24 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     outdir = Path(outdir)
     check_distinct_inputs(inputs)
     with claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
-        staging = outdir / STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / fmt.SHARD_DIR).mkdir(parents=True)
+        staging = _fresh_staging(outdir / STAGING)
         try:
             manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
             output.publish(staging, OUTPUTS)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_written(staging, STAGING_FILES)
     _report(manifest, outdir, published_in or outdir)
     return manifest
+
+
+def _fresh_staging(staging: Path) -> Path:
+    """The staging folder, new and empty: what an earlier prepare a kill interrupted left there is
+    removed; a link or file at its name, or a file prepare never writes there, is refused (exit 3)."""
+    check_work_folder(staging, STAGING_FILES, "prepare's staging folder")
+    remove_written(staging, STAGING_FILES)
+    staging.mkdir()  # exclusively: everything in it from now on is this command's
+    (staging / fmt.SHARD_DIR).mkdir()
+    return staging
 
 
 def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: int, threads: int) -> dict:

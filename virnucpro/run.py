@@ -9,7 +9,8 @@ kept under `OUTDIR/embeddings/` with `--keep-embeddings`).
 
 from __future__ import annotations
 
-import shutil
+import functools
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +20,28 @@ from typing import Iterator, Sequence
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import InterruptedByUser, VirnucproError, output_errors
-from virnucpro.outdir import OutputFolder, claim
+from virnucpro.outdir import OutputFolder, check_work_folder, claim, remove_written, work_pattern
 
 WORK = ".virnucpro-work"
 KEPT = "embeddings"
+WORK_WHAT = "the run's work folder"
+SHA256 = "[0-9a-f]" + "{64}"  # a checkpoint key folder's name, a part's checksum
+
+
+@functools.cache
+def _work_files() -> re.Pattern:
+    """The relative paths `run` (through prepare and embed) writes in its work folder, folders too:
+    only these are ever deleted there, and a work folder holding anything else is refused."""
+    from virnucpro.prepare import STAGING, STAGING_FILES
+
+    ours = r"\.virnucpro\.(?:json|lock)[^/]*"  # marker and lock files, their temporaries and stale names
+    return work_pattern(
+        rf"prepared(?:/(?:{re.escape(fmt.SEQUENCES)}|{re.escape(fmt.CHUNKS)}|{re.escape(fmt.MANIFEST)}|{ours}))?",
+        rf"prepared/{fmt.SHARD_DIR}(?:/shard_[0-9]+\.tsv)?",
+        rf"prepared/{re.escape(STAGING)}(?:/(?:{STAGING_FILES.pattern}))?",
+        r"embeddings(?:/\.?shard_[0-9]+\.h5(?:\.[^/]*)?)?",  # the files, their locks and temporaries
+        rf"checkpoints(?:/{SHA256}(?:/(?:part_[0-9]+\.{SHA256}\.npz|\.part_[0-9]+\.tmp\.npz|{ours}"
+        r"|\.waiting\.[^/]*))?)?")
 
 
 def _prepare_is_current(prepared: Path, inputs: Sequence[Path], chunk_size: int) -> bool:
@@ -164,7 +183,7 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
                                 checkpoint_seconds=checkpoint_seconds)
         seconds["embed"] = round(time.monotonic() - started, 3)
         _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_written(work, _work_files())
     return outdir
 
 
@@ -172,14 +191,16 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
 def _work_kept_if_resumable(work: Path) -> Iterator[None]:
     """On failure, keep the work folder only when it holds work a rerun resumes from: embeddings or
     checkpoints, or, when stopped by a signal (which says finished work is kept), a finished
-    prepare; otherwise remove it (a failed run in a new folder then leaves nothing behind)."""
+    prepare; otherwise remove what this run wrote there (a failed run in a new folder then leaves
+    nothing behind). A work folder that is a link, or holds files a run never writes, is refused."""
+    check_work_folder(work, _work_files(), WORK_WHAT)
     try:
         yield
     except BaseException as exc:
         embedded = [p for p in (work / "embeddings", work / "checkpoints") if p.is_dir() and any(p.rglob("*"))]
         prepared = isinstance(exc, InterruptedByUser) and (work / "prepared" / fmt.MANIFEST).is_file()
         if not embedded and not prepared:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_written(work, _work_files())
         raise
 
 

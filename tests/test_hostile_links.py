@@ -1,0 +1,277 @@
+"""Found by a hostile-files security review: names virnucpro writes at a fixed place in a folder
+that may hold someone else's entries (lock files, temporary files, hidden work folders). Whatever
+sits there that virnucpro did not write (a symbolic link, a FIFO, a folder, a user's file) is never
+written through, replaced or deleted: the command refuses (exit 3) naming it."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_outdir import write_fasta
+from virnucpro import outdir as od
+from virnucpro.embed import CheckpointStore, _delete_own_files, _live_waiters
+from virnucpro.errors import BadInputError
+from virnucpro.prepare import STAGING
+from virnucpro.run import WORK
+
+PRECIOUS = "PRECIOUS\n"
+
+
+def victim(tmp_path: Path, name: str = "victim") -> Path:
+    path = tmp_path / name
+    path.write_text(PRECIOUS)
+    return path
+
+
+def put(kind: str, path: Path, target: Path) -> None:
+    """Something that is not a virnucpro file at `path`: a link to `target`, a dangling link, a FIFO
+    or a folder."""
+    if kind == "link":
+        path.symlink_to(target)
+    elif kind == "dangling link":
+        path.symlink_to(target.with_name("missing"))
+    elif kind == "FIFO":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
+KINDS = {"link": "a symbolic link", "dangling link": "a symbolic link", "FIFO": "a FIFO", "folder": "a folder"}
+
+
+def no_flock(_fd, _operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+
+# --- 1: lock files -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_prepare_refuses_a_lock_file_that_is_not_one(tmp_path, run_cli, kind):
+    """The review's repro: `o/.virnucpro.lock -> victim` had the victim overwritten with holder JSON;
+    a FIFO or folder there was a bug report, a dangling link 'in use by another virnucpro command'."""
+    target, out = victim(tmp_path), tmp_path / "o"
+    out.mkdir()
+    put(kind, out / od.LOCK_NAME, target)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3, message
+    assert f"{out / od.LOCK_NAME} is {KINDS[kind]}, not a virnucpro lock file" in message and "move it" in message
+    assert "in use" not in message and target.read_text() == PRECIOUS
+    assert os.path.lexists(out / od.LOCK_NAME) and not (out / od.MARKER_NAME).exists()
+
+
+@pytest.mark.parametrize("kind", ["link", "FIFO"])
+def test_every_lock_refuses_a_link_or_fifo(tmp_path, kind):
+    """The same mechanism for embed's `.OUT.lock`, the checkpoint folder's and the models folder's lock."""
+    target = victim(tmp_path)
+    out = tmp_path / "shard.h5"
+    put(kind, tmp_path / f".{out.name}.lock", target)
+    with pytest.raises(BadInputError, match="not a virnucpro lock file"):
+        with od.file_lock(out, "--out"):
+            pass
+    models = tmp_path / "models"
+    models.mkdir()
+    put(kind, models / od.LOCK_NAME, target)
+    with pytest.raises(BadInputError, match="not a virnucpro lock file"):
+        with od.folder_lock(models, "the models folder"):
+            pass
+    key = tmp_path / "ckpt" / "key"
+    key.mkdir(parents=True)
+    put(kind, key / od.LOCK_NAME, target)
+    with pytest.raises(BadInputError, match="not a virnucpro lock file"):
+        CheckpointStore(key, wait=False)
+    assert target.read_text() == PRECIOUS
+
+
+def test_the_fallback_lock_refuses_a_link(tmp_path, monkeypatch):
+    """Without flock: a link at `.virnucpro.lock.pid` (dangling, so 'stale') was renamed and deleted."""
+    monkeypatch.setattr(od.fcntl, "flock", no_flock)
+    target, folder = victim(tmp_path), tmp_path / "nfs"
+    folder.mkdir()
+    for link_to in (target, target.with_name("missing")):
+        (folder / od.FALLBACK_LOCK_NAME).symlink_to(link_to)
+        with pytest.raises(BadInputError, match="is a symbolic link, not a virnucpro lock file"):
+            with od.folder_lock(folder, "--outdir"):
+                pass
+        assert (folder / od.FALLBACK_LOCK_NAME).is_symlink() and target.read_text() == PRECIOUS
+        (folder / od.FALLBACK_LOCK_NAME).unlink()
+
+
+def test_a_fallback_lock_replaced_meanwhile_is_not_removed(tmp_path, monkeypatch):
+    """The fallback lock is removed at the end only while it is still the file this command created."""
+    monkeypatch.setattr(od.fcntl, "flock", no_flock)
+    folder = tmp_path / "nfs"
+    with od.folder_lock(folder, "--outdir"):
+        (folder / od.FALLBACK_LOCK_NAME).unlink()
+        (folder / od.FALLBACK_LOCK_NAME).write_text("another holder's\n")
+    assert (folder / od.FALLBACK_LOCK_NAME).read_text() == "another holder's\n"
+
+
+def test_a_leftover_temporary_named_by_a_lock_file_is_removed_only_when_a_regular_file(tmp_path):
+    """The lock file names the temporary its killed holder wrote; a link at that name is not ours."""
+    target, out = victim(tmp_path), tmp_path / "shard.h5"
+    link = tmp_path / ".shard.h5.abc.tmp"
+    link.symlink_to(target)
+    (tmp_path / ".shard.h5.lock").write_text(json.dumps({"pid": 1, "temporary": link.name}))
+    with od.file_lock(out, "--out"):
+        pass
+    assert link.is_symlink() and target.read_text() == PRECIOUS
+
+
+# --- 2: temporary files --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_marker_temporary_is_never_written_through(tmp_path, run_cli, kind):
+    target, out = victim(tmp_path), tmp_path / "o"
+    out.mkdir()
+    put(kind, out / od.MARKER_TMP_NAME, target)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3, message
+    assert f"{out / od.MARKER_TMP_NAME} is {KINDS[kind]}" in message and target.read_text() == PRECIOUS
+    assert os.path.lexists(out / od.MARKER_TMP_NAME)
+
+
+@pytest.mark.parametrize("kind", ["link", "FIFO"])
+def test_a_marker_that_is_not_a_file_is_refused_not_read_or_replaced(tmp_path, run_cli, kind):
+    """A FIFO at `.virnucpro.json` hung the command reading it; a link was read and then replaced."""
+    target, out = victim(tmp_path), tmp_path / "o"
+    out.mkdir()
+    put(kind, out / od.MARKER_NAME, target)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3 and f"{out / od.MARKER_NAME} is {KINDS[kind]}" in message, message
+    assert os.path.lexists(out / od.MARKER_NAME) and target.read_text() == PRECIOUS
+
+
+def one_part(store: CheckpointStore) -> None:
+    store.save({role: ([0], [np.full((1, 3), 0.5, np.float32)]) for role in ("dnabert_s", "esm2")})
+    store.flush()
+
+
+def test_a_checkpoint_part_temporary_is_never_written_through(tmp_path):
+    target, key = victim(tmp_path), tmp_path / "ckpt" / "key"
+    key.mkdir(parents=True)
+    (key / ".part_00000.tmp.npz").symlink_to(target)
+    store = CheckpointStore(key, wait=False)
+    try:
+        with pytest.raises(BadInputError, match=r"\.part_00000\.tmp\.npz is a symbolic link"):
+            one_part(store)
+    finally:
+        store.close()
+    assert target.read_text() == PRECIOUS and (key / ".part_00000.tmp.npz").is_symlink()
+
+
+def test_a_stale_part_temporary_of_ours_is_replaced(tmp_path):
+    """A regular file at the temporary name is a part write a kill interrupted: ours to replace."""
+    key = tmp_path / "ckpt" / "key"
+    key.mkdir(parents=True)
+    (key / ".part_00000.tmp.npz").write_bytes(b"cut short")
+    store = CheckpointStore(key, wait=False)
+    one_part(store)
+    store.close()
+    assert [p.name.split(".")[0] for p in key.glob("part_*.npz")] == ["part_00000"]
+    assert not (key / ".part_00000.tmp.npz").exists()
+
+
+def test_finishing_a_shard_deletes_no_link_or_fifo_in_its_checkpoint_folder(tmp_path):
+    """Links at part names are not our parts; a FIFO at a waiting note's name hung the finish."""
+    target, key = victim(tmp_path), tmp_path / "key"
+    key.mkdir()
+    for name in ("part_00007." + "0" * 64 + ".npz", ".part_00008.tmp.npz"):
+        (key / name).symlink_to(target)
+    os.mkfifo(key / ".waiting.123.abcd")
+    assert not _live_waiters(key)
+    _delete_own_files(key)
+    assert sorted(p.name for p in key.iterdir()) == [".part_00008.tmp.npz", ".waiting.123.abcd",
+                                                     "part_00007." + "0" * 64 + ".npz"]
+    assert target.read_text() == PRECIOUS
+
+
+def test_a_linked_checkpoint_key_folder_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "key").symlink_to(elsewhere)
+    with pytest.raises(BadInputError, match="is a symbolic link"):
+        CheckpointStore(tmp_path / "ckpt" / "key", wait=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+# --- 3: hidden work folders ----------------------------------------------------------------------
+
+def earlier_output(folder: Path, kind: str) -> Path:
+    """An output folder of ours from before (its marker claims no file)."""
+    folder.mkdir()
+    (folder / od.MARKER_NAME).write_text(json.dumps({"kind": kind, "files": {}}))
+    return folder
+
+
+def test_run_refuses_a_linked_work_folder(tmp_path, run_cli, tiny_models):
+    out, elsewhere = earlier_output(tmp_path / "r1", "run"), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / WORK).symlink_to(elsewhere)
+    code, message = run_cli("run", write_fasta(tmp_path / "a.fa", 2), "--outdir", out, "--models", tiny_models,
+                            "--device", "cpu")
+    assert code == 3 and f"{out / WORK} is a symbolic link" in message, message
+    assert list(elsewhere.iterdir()) == [] and (out / WORK).is_symlink()
+
+
+@pytest.mark.parametrize("where", ["notes.txt", "embeddings/notes.txt", "checkpoints/notes.txt"])
+def test_run_refuses_a_work_folder_holding_a_users_file(tmp_path, run_cli, tiny_models, where):
+    out = earlier_output(tmp_path / "r1", "run")
+    mine = out / WORK / where
+    mine.parent.mkdir(parents=True)
+    mine.write_text(PRECIOUS)
+    code, message = run_cli("run", write_fasta(tmp_path / "a.fa", 2), "--outdir", out, "--models", tiny_models,
+                            "--device", "cpu")
+    assert code == 3 and where in message and "move it" in message, message
+    assert mine.read_text() == PRECIOUS
+
+
+def test_a_failed_run_deletes_only_what_it_wrote_in_its_work_folder(tmp_path, run_cli, tiny_models, monkeypatch):
+    """A user's file put into the work folder while the run works stays when the run cleans up."""
+    from virnucpro import run as run_module
+
+    out = tmp_path / "r1"
+    real = run_module._prepare_once
+
+    def prepare_then_fail(inputs, prepared, chunk_size, outdir):
+        real(inputs, prepared, chunk_size, outdir)
+        (outdir / WORK / "notes.txt").write_text(PRECIOUS)
+        raise BadInputError("failing on purpose")
+
+    monkeypatch.setattr(run_module, "_prepare_once", prepare_then_fail)
+    code, message = run_cli("run", write_fasta(tmp_path / "a.fa", 2), "--outdir", out, "--models", tiny_models,
+                            "--device", "cpu")
+    assert code == 3 and "failing on purpose" in message, message
+    assert [p.name for p in (out / WORK).iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_prepare_refuses_a_staging_name_that_is_not_its_folder(tmp_path, run_cli, kind):
+    out, elsewhere = earlier_output(tmp_path / "p", "prepare"), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if kind == "link":
+        (out / STAGING).symlink_to(elsewhere)
+    else:
+        (out / STAGING).write_text(PRECIOUS)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3 and f"{out / STAGING} is a" in message, message
+    assert list(elsewhere.iterdir()) == [] and os.path.lexists(out / STAGING)
+
+
+def test_prepare_keeps_a_users_file_in_its_staging_folder_and_clears_its_own(tmp_path, run_cli):
+    out = earlier_output(tmp_path / "p", "prepare")
+    (out / STAGING / "shards").mkdir(parents=True)
+    (out / STAGING / "shards" / "shard_00000.tsv.body").write_text("left by a kill\n")
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 0 and not (out / STAGING).exists(), message
+    (out / STAGING).mkdir()
+    (out / STAGING / "notes.txt").write_text(PRECIOUS)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3 and "notes.txt" in message, message
+    assert (out / STAGING / "notes.txt").read_text() == PRECIOUS
