@@ -89,6 +89,33 @@ def test_the_restored_marker_adopts_no_file(tmp_path, run_cli):
     code, message = run_cli("prepare", write_fasta(tmp_path / "b.fa", 1, first=7), "--outdir", out)
     assert code == 3 and "did not write" in message, message
     assert (out / fmt.SEQUENCES).read_bytes() == before
+    # every such file named at once (one rerun per file was needed), with a plural fix
+    assert all(name in message for name in (fmt.SEQUENCES, fmt.CHUNKS, "manifest.json", "shards/shard_00000.tsv"))
+    assert "move those files" in message
+
+
+def test_a_refusal_does_not_name_an_ended_holder_as_the_holder(tmp_path):
+    """A holder that may only read the lock file (another user's) cannot write its details: the
+    file still names an earlier, ended holder, which a user would take for a stale lock."""
+    import json
+    import socket
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    folder = tmp_path / "f"
+    folder.mkdir()
+    lock = folder / od.LOCK_NAME
+    lock.write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname(), "started": "earlier"}))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+                               str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(od.FolderBusy, match="earlier holder that has ended"):
+            with od.folder_lock(folder, "--outdir"):
+                pass
+    finally:
+        holder.communicate("", timeout=30)
 
 
 def test_the_marker_is_on_disk_before_its_rename_and_the_rename_after_it(tmp_path, monkeypatch):

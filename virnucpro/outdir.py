@@ -122,9 +122,27 @@ def _holder() -> dict:
 def _holder_text(raw: str) -> str:
     holder = _holder_of(raw)
     try:
-        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+        text = f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
+    if holder["host"] == socket.gethostname() and not _alive(holder["pid"]):
+        # a holder that may only read the lock file (another user's, in a shared folder) cannot
+        # write its details: the file still names an earlier one
+        return f"another process; the lock file still names an earlier holder that has ended ({text})"
+    return text
+
+
+def _alive(pid: object) -> bool:
+    """Whether a process of this host has that pid (one of another user counts)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: alive
+    return True
 
 
 def _read_regular_all(path: Path) -> str:
@@ -563,7 +581,7 @@ class OutputFolder:
         entries = sorted(p.name for p in self.folder.iterdir() if p.name not in OURS)
         if marker is None:
             if entries:
-                raise self._foreign(next(_files_under(self.folder, entries), entries[0]),
+                raise self._foreign([next(_files_under(self.folder, entries), entries[0])],
                                     "which virnucpro did not write (the folder is neither empty nor a virnucpro "
                                     "output)", lost_record=any(e.startswith(".virnucpro") for e in entries))
             return
@@ -571,9 +589,10 @@ class OutputFolder:
         for rel, signature in marker.get("publishing", {}).items():  # moved in by a publish cut short
             if _signature_or_none(self.folder / rel) == signature:
                 self.recorded[rel] = signature
-        for rel in _files_under(self.folder, self.names):
-            if self.recorded.get(rel) != _signature_or_none(self.folder / rel):
-                raise self._foreign(rel, "which virnucpro did not write (or which changed since it did)")
+        unproven = [rel for rel in _files_under(self.folder, self.names)
+                    if self.recorded.get(rel) != _signature_or_none(self.folder / rel)]
+        if unproven:  # all of them at once: after a lost record, one rerun per file was needed
+            raise self._foreign(unproven, "which virnucpro did not write (or which changed since it did)")
 
     def _read_marker(self) -> dict | None:
         """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""
@@ -623,14 +642,16 @@ class OutputFolder:
         parts = rel.split("/")
         return parts[0] in self.names and all(part not in ("", ".", "..") for part in parts)
 
-    def _foreign(self, rel: str, why: str, lost_record: bool = False) -> BadInputError:
-        """A file this command would replace but cannot prove it wrote; `lost_record`: the folder looks
-        like one virnucpro worked in (a `.virnucpro*` entry), so the fix says how to restore its record."""
-        fix = "move that file, or choose another folder"
+    def _foreign(self, rels: list[str], why: str, lost_record: bool = False) -> BadInputError:
+        """Files this command would replace but cannot prove it wrote (the first ten named);
+        `lost_record`: the folder looks like one virnucpro worked in (a `.virnucpro*` entry), so the
+        fix says how to restore its record."""
+        shown = ", ".join(rels[:10]) + (f" and {len(rels) - 10:,} more" if len(rels) > 10 else "")
+        fix = f"move {'that file' if len(rels) == 1 else 'those files'}, or choose another folder"
         if lost_record:
             fix = (f"{fix}; if it is virnucpro's unfinished work whose record {MARKER_NAME} was lost, "
                    + self._record_fix("to keep it"))
-        return BadInputError(f"{self.what} {self.folder} holds {rel}, {why}; virnucpro never "
+        return BadInputError(f"{self.what} {self.folder} holds {shown}, {why}; virnucpro never "
                              "replaces files it did not write", fix)
 
     def publish(self, staging: Path, names: Iterable[str]) -> None:
