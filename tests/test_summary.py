@@ -22,7 +22,7 @@ EXIT_INCONSISTENT = 5
 # ids with `"` (a quoted-field opener at the start of one), a multi-chunk ORF-rich record, a record
 # whose chunk has no ORF (a stop codon in all six frames) and an empty record
 QUOTED_FASTA = (
-    '>"quoted id with a description\n' + "GCT" * 400 + "\n"
+    '>q"uoted" id with a description (prepare refuses an id starting with a quote)\n' + "GCT" * 400 + "\n"
     '>seqD"x\n' + "GCA" * 100 + "\n"
     '>no"orf\n' + "TAGCTAATTAGCTAA" * 20 + "\n"
     '>empty"one\n'
