@@ -373,8 +373,15 @@ def malformed(path: Path, what: str) -> InconsistentInputsError:
 
 
 def _dataset(path: Path, handle, name: str):
+    """The dataset `/name`, stored in this file: a soft or external link (which could lead to another
+    file) is refused, as embed writes none."""
+    h5py = _h5py()
+    link = handle.get(name, getlink=True)
+    if link is not None and not isinstance(link, h5py.HardLink):
+        raise malformed(path, f"/{name} is a {type(link).__name__} (to another object or file), which embed "
+                              "never writes")
     item = handle.get(name)
-    if not isinstance(item, _h5py().Dataset):
+    if not isinstance(item, h5py.Dataset):
         raise malformed(path, f"/{name} is {'missing' if item is None else 'not a dataset'}")
     return item
 
@@ -384,24 +391,60 @@ def _kind(data) -> str:
     return f"{text} of shape {data.shape}"
 
 
+MAX_WIDTH = 8192  # a vector width far above any model's (DNABERT-S 768, ESM-2 3B 2560): bounds a block's memory
+MAX_ID_BYTES = 1024  # a fixed-length id string (embed writes variable-length ones, stored in the file)
+VLEN_FILE_BYTES = 16  # a variable-length element as HDF5 stores it in the dataset (length + heap id)
+ATTRIBUTE_MAX_BYTES = 1 << 20  # the attributes embed writes are a few hundred bytes
+
+
 def _check_datasets(path: Path, handle) -> tuple[int, tuple[int, int]]:
-    """Rows and widths, once /ids is 1-D text and each vector set is (rows, width) float32."""
+    """Rows and widths, once /ids is 1-D text and each vector set is (rows, width) float32, every
+    one stored as embed stores it (see `_check_storage`)."""
     ids = _dataset(path, handle, "ids")
-    if ids.ndim != 1 or _h5py().check_string_dtype(ids.dtype) is None:
+    text = _h5py().check_string_dtype(ids.dtype)
+    if ids.ndim != 1 or text is None:
         raise malformed(path, f"/ids must be a 1-D array of strings, found {_kind(ids)}")
+    if text.length is not None and text.length > MAX_ID_BYTES:
+        raise malformed(path, f"/ids holds strings of {text.length:,} bytes each (at most {MAX_ID_BYTES:,})")
+    _check_storage(path, ids, "ids", VLEN_FILE_BYTES if text.length is None else text.length)
     widths = []
     for name in VECTORS:
         data = _dataset(path, handle, name)
-        if data.ndim != 2 or data.dtype != np.float32 or data.shape[1] == 0:
-            raise malformed(path, f"/{name} must be a 2-D float32 array, found {_kind(data)}")
+        if data.ndim != 2 or data.dtype != np.float32 or not 0 < data.shape[1] <= MAX_WIDTH:
+            raise malformed(path, f"/{name} must be a 2-D float32 array of 1 to {MAX_WIDTH} columns, "
+                                  f"found {_kind(data)}")
         if data.shape[0] != ids.shape[0]:
             raise malformed(path, f"/{name} has {data.shape[0]:,} rows but /ids has {ids.shape[0]:,}")
+        _check_storage(path, data, name, 4 * data.shape[1])
         widths.append(data.shape[1])
     return ids.shape[0], (widths[0], widths[1])
 
 
+def _check_storage(path: Path, data, name: str, row_bytes: int) -> None:
+    """The dataset's rows are all stored in this file, contiguously, as embed writes them: chunked,
+    compressed, compact, external and virtual storage are refused, and so are rows declared but not
+    stored (read as fill values, they could make a few kB cost gigabytes of memory or hours)."""
+    plist = data.id.get_create_plist()
+    if data.is_virtual or plist.get_external_count() or plist.get_layout() != _h5py().h5d.CONTIGUOUS:
+        raise malformed(path, f"/{name} is stored {_layout(data, plist)}, which embed never writes")
+    declared, stored = data.shape[0] * row_bytes, data.id.get_storage_size()
+    if stored != declared:
+        raise malformed(path, f"/{name} declares {data.shape[0]:,} rows ({declared:,} bytes) but stores "
+                              f"{stored:,} bytes")
+
+
+def _layout(data, plist) -> str:
+    """How a dataset is stored, for a message."""
+    if data.is_virtual:
+        return "as a virtual dataset (its rows in other files)"
+    if plist.get_external_count():
+        return "in external raw files"
+    return {0: "compact", 2: "in chunks", 3: "as a virtual dataset"}.get(plist.get_layout(), "in an unknown layout")
+
+
 def _read_attributes(path: Path, handle) -> dict:
     try:
+        _check_attribute_sizes(path, handle)
         attrs = {name: handle.attrs[name] for name in handle.attrs}
     except DAMAGED as exc:
         raise malformed(path, f"its attributes cannot be read ({exc})") from None
@@ -409,6 +452,15 @@ def _read_attributes(path: Path, handle) -> dict:
     if missing:
         raise malformed(path, f"the attribute(s) {', '.join(missing)} are missing")
     return attrs
+
+
+def _check_attribute_sizes(path: Path, handle) -> None:
+    """Every attribute is small, as embed writes them, before any is read (its data is allocated whole)."""
+    for name in handle.attrs:
+        size = handle.attrs.get_id(name).get_storage_size()
+        if size > ATTRIBUTE_MAX_BYTES:
+            raise malformed(path, f"attribute {shown(name)} holds {size:,} bytes (embed writes at most "
+                                  f"{ATTRIBUTE_MAX_BYTES:,})")
 
 
 def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) -> EmbeddingShardInfo:

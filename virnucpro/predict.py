@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -109,8 +110,11 @@ def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.Embed
 def _check_prepared_shard(prepared: Path, entry: dict) -> None:
     """The shard file is the one prepare wrote and the manifest (and so the HDF5 file) names."""
     path = prepared / entry["file"]
+    if not _inside(prepared, path):
+        raise InconsistentInputsError(f"{path} lies outside the prepare folder {prepared} (a symbolic link on its "
+                                      "way), where prepare writes no links", fmt.REPAIR_HINT)
     try:
-        unchanged = fmt.sha256_of(path) == entry["sha256"]
+        unchanged = fmt.sha256_of(path, links=False) == entry["sha256"]
     except OSError as exc:
         raise fmt.unreadable(path, exc) from None
     if not unchanged:
@@ -118,10 +122,15 @@ def _check_prepared_shard(prepared: Path, entry: dict) -> None:
                                       f"{prepared / fmt.MANIFEST}", fmt.REPAIR_HINT)
 
 
+def _inside(folder: Path, path: Path) -> bool:
+    """Whether `path`, its links resolved, lies inside `folder` (itself resolved: a staged link is fine)."""
+    return os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), ""))
+
+
 def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingShardInfo, walk) -> None:
     """The ids of the HDF5 shard equal the records of `shard_file`, each an ORF of the next chunk
     `walk` gives."""
-    records, h5 = (record[0] for record in fmt.read_shard(shard_file)), shard.path
+    records, h5 = (record[0] for record in fmt.read_shard(shard_file, links=False)), shard.path
     for row, (expected, found) in enumerate(itertools.zip_longest(records, h5shard.iter_ids(h5, seal=shard.seal))):
         if expected != found:
             raise InconsistentInputsError(
@@ -381,9 +390,7 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
         inputs = _checked_inputs(prepared, embeddings, classifier, models)
         with output_errors(outdir):
-            staging = outdir / STAGING
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
+            staging = _fresh_staging(outdir)
             try:
                 n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
                                                          stage_seconds)
@@ -393,6 +400,27 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks; sequences: {calls['virus']:,} virus, "
          f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty -> {outdir}")
     return outdir
+
+
+def _fresh_staging(outdir: Path) -> Path:
+    """An empty staging folder in `outdir` (an earlier predict's left-over one is removed). A link or a
+    file at its name is not predict's: exit 3 naming it, never followed, written through or deleted."""
+    staging = outdir / STAGING
+    if staging.is_symlink() or (os.path.lexists(staging) and not staging.is_dir()):
+        raise _staging_taken(staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+    except FileExistsError:  # put there meanwhile
+        raise _staging_taken(staging) from None
+    return staging
+
+
+def _staging_taken(staging: Path) -> BadInputError:
+    what = "a symbolic link" if staging.is_symlink() else "not a folder"
+    return BadInputError(f"{staging} is {what}: predict writes its outputs in a folder of that name and "
+                         "never writes through or deletes what it did not make",
+                         f"move {staging} out of the way, then rerun")
 
 
 @dataclass

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import itertools
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from stat import S_ISREG
+from typing import BinaryIO, Callable, Iterator
 
 from virnucpro.calls import chunk_id_of
 from virnucpro.errors import BadInputError, InconsistentInputsError
@@ -59,9 +61,33 @@ class ShardInfo:
     sha256: str
 
 
-def sha256_of(path: Path) -> str:
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024  # a manifest is kB to a few MB (one entry per input and shard)
+NOT_REGULAR = "it is not a regular file (a FIFO, a device or a folder), which prepare never writes"
+A_LINK = "it is a symbolic link, which prepare never writes"
+
+
+def open_regular(path: Path, links: bool = True) -> BinaryIO:
+    """`path` opened for reading in binary when it is a regular file. A FIFO is never waited on and
+    a device never read (OSError saying so); `links=False` (a file of a prepare folder, where prepare
+    writes no links) refuses a symbolic link too, so nothing outside the folder is read through one."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if not links and exc.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(errno.ELOOP, A_LINK, str(path)) from None
+        raise
+    if not S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def sha256_of(path: Path, links: bool = True) -> str:
+    """sha256 of a regular file, read 1 MiB at a time (`links`: see `open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path, links) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -72,7 +98,7 @@ def check_tables(directory: Path, manifest: dict) -> None:
     for name in TABLES:
         path = Path(directory) / name
         try:
-            unchanged = sha256_of(path) == manifest["tables"][name]
+            unchanged = sha256_of(path, links=False) == manifest["tables"][name]
         except OSError as exc:
             raise unreadable(path, exc) from None
         if not unchanged:
@@ -126,11 +152,12 @@ def shard_info(path: Path) -> ShardInfo:
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWY")
 
 
-def read_shard(path: Path) -> Iterator[tuple[str, str, str]]:
+def read_shard(path: Path, links: bool = True) -> Iterator[tuple[str, str, str]]:
     """(id, nucleotide, protein) of every ORF record of a shard, in order; a record prepare could not
-    have written (bad bytes, an empty field, a protein letter outside the 20) is exit 5 naming its line."""
+    have written (bad bytes, an empty field, a protein letter outside the 20) is exit 5 naming its line.
+    `links=False` for a shard read inside a prepare folder (see `open_regular`)."""
     try:
-        handle = open(path, "rb")
+        handle = open_regular(path, links)
     except OSError as exc:
         raise unreadable(path, exc) from None
     with handle:
@@ -198,7 +225,7 @@ def load_manifest(directory: Path) -> dict:
         raise BadInputError(f"{directory} is not a prepare directory: it is a file",
                             "give the --outdir of `virnucpro prepare`")
     try:
-        manifest = json.loads(path.read_bytes())
+        manifest = json.loads(_manifest_bytes(path))
     except FileNotFoundError:
         raise BadInputError(f"{directory} is not a finished prepare directory (no {MANIFEST})",
                             "run `virnucpro prepare` first, or give its --outdir") from None
@@ -214,6 +241,15 @@ def load_manifest(directory: Path) -> dict:
                                       "rerun `virnucpro prepare` with this version")
     _check_manifest(path, manifest)
     return manifest
+
+
+def _manifest_bytes(path: Path) -> bytes:
+    """The manifest's bytes: a regular file (no link) of at most MANIFEST_MAX_BYTES, else exit 5."""
+    with open_regular(path, links=False) as handle:
+        data = handle.read(MANIFEST_MAX_BYTES + 1)
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise malformed(path, f"it is larger than {MANIFEST_MAX_BYTES:,} bytes, far more than prepare writes")
+    return data
 
 
 def malformed(path: Path, what: str) -> InconsistentInputsError:
@@ -306,8 +342,9 @@ def _check_sums(path: Path, manifest: dict) -> None:
 
 
 def read_table(path: Path) -> Iterator[dict[str, str]]:
-    """Rows of one of our TSV tables (header line, then tab-separated values) as dicts."""
-    with open(path, encoding="utf-8") as handle:
+    """Rows of one of our TSV tables (header line, then tab-separated values) as dicts (a table of a
+    prepare folder: a regular file, no link)."""
+    with _text(path) as handle:
         columns = handle.readline().rstrip("\n").split("\t")
         for line in handle:
             yield dict(zip(columns, line.rstrip("\n").split("\t")))
@@ -316,7 +353,7 @@ def read_table(path: Path) -> Iterator[dict[str, str]]:
 def checked_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of one of our tables; a missing column, a short row or an unreadable file is exit 5."""
     try:
-        with open(path, encoding="utf-8", newline="\n") as handle:
+        with _text(path) as handle:
             header = handle.readline().rstrip("\n").split("\t")
             missing = [column for column in columns if column not in header]
             if missing:
@@ -332,6 +369,11 @@ def checked_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, di
         raise unreadable(path, exc) from None
     except UnicodeDecodeError as exc:
         raise InconsistentInputsError(f"cannot read {path}: {exc}", REPAIR_HINT) from None
+
+
+def _text(path: Path) -> io.TextIOWrapper:
+    """A table of a prepare folder opened as UTF-8 text, lines ending at "\\n" (see `open_regular`)."""
+    return io.TextIOWrapper(open_regular(path, links=False), encoding="utf-8", newline="\n")
 
 
 def chunk_spans(length: int, size: int) -> Iterator[tuple[int, int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -176,11 +177,13 @@ def _config(folder: Path) -> dict:
     naming the key and its value rather than a crash while building the module."""
     path = folder / "config.json"
     if not path.is_file():
-        raise ModelsError(f"DNABERT-S: {path} is missing", hint=_refetch(folder))
+        what = "is not a regular file" if os.path.lexists(path) else "is missing"
+        raise ModelsError(f"DNABERT-S: {path} {what}", hint=_refetch(folder))
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({exc})", hint=_refetch(folder)) from exc
+        cfg = json.loads(store.read_small_file(path, store.MANIFEST_MAX_BYTES))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, not a small plain file
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({why})", hint=_refetch(folder)) from None
     if not isinstance(cfg, dict):
         raise ModelsError(f"DNABERT-S: {path} holds a JSON {type(cfg).__name__}, not an object", hint=_refetch(folder))
     sizes = {key: _config_value(path, cfg, key, default) for key, default in _CONFIG_KEYS.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 import re
 import tempfile
@@ -222,16 +223,17 @@ def _architecture(path: Path, data: Mapping, state: Mapping) -> tuple[int, int, 
     if cfg is None:
         raise ModelsError(f"ESM-2: {path} has neither cfg['model'] nor args")
     heads = _field(cfg, "encoder_attention_heads", "attention_heads")
-    if not isinstance(heads, int) or heads < 1:
+    if heads is None:
         raise ModelsError(f"ESM-2: {path}: configuration lacks the number of attention heads")
+    heads = _bounded(path, "attention heads", heads, MAX_SIZE)
     emb = state.get("embed_tokens.weight")
     if emb is None:
         raise ModelsError(f"ESM-2: {path}: missing key embed_tokens.weight")
     found_layers = {int(m.group(1)) for k in state for m in [re.match(r"layers\.(\d+)\.", k)] if m}
     layers = _field(cfg, "encoder_layers", "layers")
     dim = _field(cfg, "encoder_embed_dim", "embed_dim")
-    layers = len(found_layers) if layers is None else int(layers)
-    dim = int(emb.shape[1]) if dim is None else int(dim)
+    layers = _bounded(path, "layers", len(found_layers) if layers is None else layers, MAX_LAYERS)
+    dim = _bounded(path, "embed dim", int(emb.shape[1]) if dim is None else dim, MAX_SIZE)
     token_dropout = _field(cfg, "token_dropout")
     token_dropout = True if token_dropout is None else bool(token_dropout)
     if tuple(emb.shape) != (len(TOKENS), dim):
@@ -241,6 +243,21 @@ def _architecture(path: Path, data: Mapping, state: Mapping) -> tuple[int, int, 
         raise ModelsError(f"ESM-2: {path}: embed dim {dim} does not split into {heads} heads "
                           f"of even size")
     return layers, dim, heads, token_dropout
+
+
+# bounds far above any ESM-2 (esm2_t48_15B: 48 layers, 5120 dims, 40 heads): a nonsense number in a
+# checkpoint's settings is exit 4 naming it, not millions of layers looked up before the shape check
+MAX_LAYERS = 1024
+MAX_SIZE = 1 << 20
+
+
+def _bounded(path: Path, what: str, value: object, limit: int) -> int:
+    """A whole number of the checkpoint's settings from 1 to `limit`, or exit 4 naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= limit:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ModelsError(f"ESM-2: {path}: its settings give {what} {shown}, expected a whole number from 1 "
+                          f"to {limit}", hint=store.refetch_hint(path.parent, "esm2"))
+    return int(value)
 
 
 def _map_state(path: Path, state: Mapping, layers: int) -> dict[str, torch.Tensor]:
@@ -418,7 +435,9 @@ def _read_fp16_copy(path: Path, device) -> tuple[tuple[int, int, int, bool], dic
         metadata = json.loads((handle.metadata() or {}).get("virnucpro", "{}"))
     if metadata.get("format") != FP16_FORMAT:
         raise ModelsError(f"it is not a {FP16_FORMAT} copy")
-    architecture = tuple(metadata[key] for key in _ARCHITECTURE_KEYS)
+    layers, dim, heads, token_dropout = (metadata[key] for key in _ARCHITECTURE_KEYS)
+    architecture = (_bounded(path, "layers", layers, MAX_LAYERS), _bounded(path, "embed dim", dim, MAX_SIZE),
+                    _bounded(path, "attention heads", heads, MAX_SIZE), bool(token_dropout))
     return architecture, load_file(str(path), device=str(torch.device(device)))
 
 
@@ -427,7 +446,7 @@ def _read_trusted_copy(copy: Path, device) -> tuple | None:
     by another virnucpro version): the .pt is loaded instead, never a failed run."""
     try:
         return _read_fp16_copy(copy, device)
-    except (ModelsError, KeyError, TypeError, ValueError, OSError) as exc:
+    except (ModelsError, KeyError, TypeError, ValueError, OSError, RecursionError, AttributeError) as exc:
         why = exc.message if isinstance(exc, ModelsError) else f"{type(exc).__name__}: {exc}"
         _say_once(f"ESM-2: fp16 copy {copy} not used ({why}); loading the .pt. Delete the copy: "
                   f"the next fp16 load writes it again")

@@ -581,15 +581,38 @@ def code_in_weights(path: Path) -> list[str]:
 
 
 def _pickle_bytes(path: Path) -> bytes:
-    """The pickle part of a torch checkpoint, without reading its tensor data."""
+    """The pickle part of a torch checkpoint, without reading its tensor data. A file without one
+    (garbage, a zip without data.pkl) is ValueError, and so is a pickle part larger than the
+    classifier loader's bound (`CLASSIFIER_MAX_BYTES`), since it is read into memory."""
+    from virnucpro.classifier import CLASSIFIER_MAX_BYTES as limit
+
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return b"".join(archive.read(name) for name in archive.namelist()
-                            if name == "data.pkl" or name.endswith("/data.pkl"))
-    with open(path, "rb") as handle:
-        end = _legacy_pickles_end(handle)
-        handle.seek(0)
-        return handle.read(end)
+        data = _zip_pickles(path, limit)
+    else:
+        with open(path, "rb") as handle:
+            end = _legacy_pickles_end(handle)
+            handle.seek(0)
+            data = handle.read(min(end, limit + 1))
+    if len(data) > limit:
+        raise ValueError(f"its pickle part is larger than {limit:,} bytes, far more than a checkpoint holds")
+    if not data:
+        raise ValueError("it holds no pickle (neither a torch zip archive with data.pkl nor a legacy torch "
+                         "file): it is damaged")
+    return data
+
+
+def _zip_pickles(path: Path, limit: int) -> bytes:
+    """The data.pkl members of a torch zip archive, read at most `limit` + 1 bytes in all (a small
+    archive may inflate to gigabytes)."""
+    with zipfile.ZipFile(path) as archive:
+        data = b""
+        for name in archive.namelist():
+            if name == "data.pkl" or name.endswith("/data.pkl"):
+                with archive.open(name) as member:
+                    data += member.read(limit + 1 - len(data))
+            if len(data) > limit:
+                break
+        return data
 
 
 def _legacy_pickles_end(handle) -> int:
