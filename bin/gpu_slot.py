@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -58,11 +59,16 @@ def try_lock(path: Path) -> int | None:
     """An open descriptor holding an exclusive lock on `path`, or None when another process holds
     it. Opened read-only (flock needs no more), so a slot file another user created still works;
     one this user cannot open at all counts as taken, with a word on stderr."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:  # never through a link (it could create a file elsewhere), never blocking on a FIFO
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except PermissionError:
         say(f"cannot open {path} (permission denied): GPU slot treated as taken")
         return None
+    except OSError as exc:  # ELOOP: a symbolic link; EISDIR: a folder
+        raise NoFlock(f"{path} is not a slot file ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NoFlock(f"{path} is not a slot file (a FIFO or device)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -71,7 +77,7 @@ def try_lock(path: Path) -> int | None:
     except OSError as exc:
         os.close(fd)
         if exc.errno in NO_FLOCK:
-            raise NoFlock(exc.strerror) from None
+            raise NoFlock(f"{exc.strerror}: no flock on this file system") from None
         raise
     return fd
 
@@ -100,9 +106,9 @@ def claim_for(command: list[str], lock_dir: Path, count: int) -> None:
     try:
         index, fd = claim_slot(lock_dir, count)
     except NoFlock as exc:
-        say(f"warning: cannot lock GPU slots in {lock_dir} ({exc}: no flock on this file system); "
-            f"concurrent tasks may share a GPU: put --checkpoint_dir on a file system with flock, or let "
-            f"the scheduler assign GPUs")
+        say(f"warning: cannot lock GPU slots in {lock_dir} ({exc}); concurrent tasks may share a GPU: put "
+            f"--checkpoint_dir on a file system with flock (and remove what is not a slot file from "
+            f"{lock_dir}), or let the scheduler assign GPUs")
         return
     os.set_inheritable(fd, True)  # the command (and anything it leaves running) holds the slot
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)

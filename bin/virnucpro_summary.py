@@ -29,7 +29,9 @@ import errno
 import hashlib
 import itertools
 import json
+import os
 import signal
+import stat
 import sys
 import tempfile
 from array import array
@@ -83,11 +85,24 @@ class Inconsistent(Exception):
 
 # --- plain tab-separated tables ---------------------------------------------------------------------
 
+RUN_INFO_MAX_CHARS = 64 * 1024 * 1024  # run_info.json is a few kB; more is no predict output
+
+
+def open_regular(path: Path):
+    """`path` opened as UTF-8 text when it is a regular file (through links: Nextflow stages inputs as
+    links); a FIFO or a device is exit 5, never a wait for ever or an endless read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Inconsistent(f"{path} is not a regular file (a FIFO or a device): not a predict output")
+    return open(fd, encoding="utf-8", newline="\n")
+
+
 def read_table(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of a tab-separated table whose header is exactly `columns`; no quoting, so a
     `"` in an id is just a character. A missing file, a bad header or a short/long row is exit 5."""
     try:
-        with open(path, encoding="utf-8", newline="\n") as handle:
+        with open_regular(path) as handle:
             _check_header(path, handle.readline(), columns)
             for number, line in enumerate(handle, start=2):
                 fields = line.rstrip("\n").split("\t")
@@ -162,7 +177,8 @@ class Recorded:
 def load_run_info(path: Path) -> Recorded:
     """The counts and settings of run_info.json, each checked to be a number (exit 5 otherwise)."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path) as handle:
+            info = json.loads(handle.read(RUN_INFO_MAX_CHARS))
     except FileNotFoundError:
         raise Inconsistent(f"{path} is missing (predict writes it last: the folder is not a finished "
                            "predict output)") from None

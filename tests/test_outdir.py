@@ -283,7 +283,10 @@ def test_file_size_limit_is_exit_10_without_root(tmp_path):
 def children_of(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            continue
         found.update(int(child) for child in text)
     return found
 

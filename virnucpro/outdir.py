@@ -554,7 +554,8 @@ def _signature(path: Path) -> list[int]:
 
 
 def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
-    """Relative paths of the regular files (and other non-folders) at or under `names`."""
+    """Relative paths of the regular files (and other non-folders) at or under `names`, and of empty
+    folders: a folder where a file of ours was is no file of ours (publishing over it failed midway)."""
     for name in names:
         path = folder / name
         if path.is_dir() and not path.is_symlink():
@@ -562,6 +563,8 @@ def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
                 linked = [d for d in dirs if (Path(root) / d).is_symlink()]  # never written through
                 for file in files + linked:
                     yield (Path(root) / file).relative_to(folder).as_posix()
+                if not dirs and not files:
+                    yield Path(root).relative_to(folder).as_posix()
         elif path.exists() or path.is_symlink():
             yield name
 

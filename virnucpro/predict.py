@@ -15,6 +15,7 @@ import heapq
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,12 +33,16 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
 from virnucpro.console import info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, UsageError, VirnucproError,
                               output_errors)
-from virnucpro.outdir import OutputFolder, claim
+from virnucpro.outdir import OutputFolder, check_work_folder, claim, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
 REPORT = "report.html"
 OUTPUTS = (RESULTS, HIGHEST, CHUNKS, SEQUENCES, REPORT, RUN_INFO)  # the tables' names and columns: calls.py
 STAGING = ".predict.partial"  # outputs are written here and moved into --outdir only when all exist
+HIGHEST_RUNS = ".highest-runs"  # in the staging folder: sorted runs of the highest-score table
+# the relative paths predict writes in its staging folder: nothing else there is ever deleted
+STAGING_FILES = work_pattern(*(re.escape(name) for name in OUTPUTS),
+                             rf"{re.escape(HIGHEST_RUNS)}(?:/run_[0-9]+\.tsv)?")
 HISTOGRAM_BINS = 20
 TOP_SEQUENCES = 25  # sequences listed in the report
 HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~100 MB)
@@ -329,7 +334,7 @@ def write_tables(prepared: Path, scores: Iterable[ChunkScore], outdir: Path, thr
     """chunks.tsv, sequences.tsv and the highest-score table in one pass: the prepared sequence and
     chunk tables and the chunk scores all come in input order, so memory stays O(block)."""
     summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS)
-    scored, highest = _NextChunk(scores), HighestTable(outdir / ".highest-runs")
+    scored, highest = _NextChunk(scores), HighestTable(outdir / HIGHEST_RUNS)
     with open(outdir / CHUNKS, "w", encoding="utf-8", newline="\n") as chunks_out, \
             open(outdir / SEQUENCES, "w", encoding="utf-8", newline="\n") as sequences_out:
         chunks_out.write(header_line(CHUNK_COLUMNS))
@@ -396,19 +401,21 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
                                                          stage_seconds)
                 output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_written(staging, STAGING_FILES)
     info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks; sequences: {calls['virus']:,} virus, "
          f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty -> {outdir}")
     return outdir
 
 
 def _fresh_staging(outdir: Path) -> Path:
-    """An empty staging folder in `outdir` (an earlier predict's left-over one is removed). A link or a
-    file at its name is not predict's: exit 3 naming it, never followed, written through or deleted."""
+    """An empty staging folder in `outdir` (what an earlier predict left there is removed). A link or a
+    file at its name, or a file predict never writes in it, is not predict's: exit 3 naming it, never
+    followed, written through or deleted."""
     staging = outdir / STAGING
     if staging.is_symlink() or (os.path.lexists(staging) and not staging.is_dir()):
         raise _staging_taken(staging)
-    shutil.rmtree(staging, ignore_errors=True)
+    check_work_folder(staging, STAGING_FILES, "predict's staging folder")
+    remove_written(staging, STAGING_FILES)
     try:
         staging.mkdir()
     except FileExistsError:  # put there meanwhile

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import InterruptedByUser, VirnucproError, output_errors
-from virnucpro.outdir import OutputFolder, check_work_folder, claim, remove_written, work_pattern
+from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 
 WORK = ".virnucpro-work"
 KEPT = "embeddings"
@@ -210,6 +210,16 @@ def _outputs() -> tuple[str, ...]:
     return (KEPT, *OUTPUTS)
 
 
+def _drop_other_embeddings(folder: Path, current: list[Path]) -> None:
+    """Only this run's shards are published: what an earlier attempt left in the work folder's
+    embeddings (shards of other inputs or of more shards, lock leftovers) is removed; the work folder
+    holds only files runs write (`check_work_folder`)."""
+    keep = {path.name for path in current}
+    for path in folder.iterdir():
+        if path.name not in keep and is_regular(path):
+            path.unlink()
+
+
 def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path], setup: Setup,
                          threshold: float, seconds: dict, keep_embeddings: bool) -> None:
     """The predict stage into the run's folder; the embeddings published too when asked to keep them."""
@@ -218,6 +228,7 @@ def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path
     predict(work / "prepared", embeddings, output.folder, classifier=setup.classifier, threshold=threshold,
             stage_seconds=seconds, output=output)
     if keep_embeddings:
+        _drop_other_embeddings(work / KEPT, embeddings)
         output.publish(work, [KEPT])
         info(f"embeddings kept in {output.folder / KEPT}")
     else:

@@ -33,7 +33,7 @@ from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_atten
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError, VirnucproError
 from virnucpro.models import store
-from virnucpro.outdir import file_mode, folder_lock
+from virnucpro.outdir import file_mode, folder_lock, is_regular
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
 # filler to a multiple of 8, then <mask>.
@@ -385,6 +385,9 @@ def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:
         return copy, ""
     if source is None:
         return None, f"{home.directory / home.weights} does not match its sha256 in the manifest"
+    manifest = home.directory / store.MANIFEST
+    if not is_regular(manifest):  # a folder of links into shared storage: the copy could not be recorded
+        return None, f"{manifest} is not a file virnucpro may replace (a link?)"
     if problem:
         warn(f"ESM-2: {problem}; writing it again")
     return write_fp16_copy(home, source), ""

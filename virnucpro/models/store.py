@@ -65,7 +65,7 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import ExitCode, ModelsError, VirnucproError
-from virnucpro.outdir import MARKER_NAME, file_mode
+from virnucpro.outdir import MARKER_NAME, file_mode, is_regular, not_ours
 from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
@@ -416,7 +416,10 @@ def _check_mapping(path: Path, where: str, value: object, pattern: re.Pattern | 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` whole or not at all (a temporary file renamed into place)."""
+    """Write `path` whole or not at all (a temporary file renamed into place). A link (a models folder
+    of links into shared storage) or anything but a file at `path` is not replaced: exit 3."""
+    if os.path.lexists(path) and not is_regular(path):
+        raise not_ours(path, "a file virnucpro writes")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -545,8 +548,8 @@ class HashCache:
             return
         try:
             atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
-        except OSError:
-            pass  # read-only staged directory: hash again next time
+        except (OSError, VirnucproError):
+            pass  # read-only staged directory, or a link at its name: hash again next time
         self.dirty = False
 
 
