@@ -91,6 +91,20 @@ def golden_prepared(tmp_path_factory, reference_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def golden_embeddings(tmp_path_factory, golden_prepared, tiny_models) -> list[Path]:
+    """The golden sample's six shards embedded with the tiny models (read only: copy one to damage it)."""
+    from virnucpro import prepared as fmt
+    from virnucpro.embed import embed
+
+    folder = tmp_path_factory.mktemp("golden_h5")
+    paths = []
+    for shard in fmt.load_manifest(golden_prepared)["shards"]:
+        paths.append(folder / Path(shard["file"]).with_suffix(".h5").name)
+        embed(golden_prepared / shard["file"], paths[-1], models=tiny_models, device="cpu")
+    return paths
+
+
 @pytest.fixture(autouse=True)
 def stop_signals_restored():
     """A command stopped in-process (embed called directly) leaves the stop signals ignored, and every

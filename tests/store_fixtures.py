@@ -21,6 +21,14 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 
+def range_not_satisfiable(handler, size: int) -> None:
+    """The 416 answer to a Range that starts at or past the end of a file of `size` bytes."""
+    handler.send_response(416)
+    handler.send_header("Content-Range", f"bytes */{size}")
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -83,10 +91,7 @@ class FakeHost:
                 if ranged and honour_range:
                     start = int(ranged.split("=", 1)[1].split("-", 1)[0])
                     if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
+                        range_not_satisfiable(self, len(data))
                         return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

@@ -96,21 +96,26 @@ def test_a_manifest_larger_than_any_prepare_writes_is_exit_5(prepared_copy, monk
         fmt.load_manifest(prepared_copy)
 
 
+def no_regular_file_at(path: Path, kind: str, elsewhere: Path) -> None:
+    """Put a FIFO, a link to /dev/zero, or a link to the file moved to `elsewhere`, at `path`."""
+    if kind == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.unlink()
+        path.symlink_to("/dev/zero")
+    else:
+        shutil.move(path, elsewhere)
+        path.symlink_to(elsewhere)
+
+
 @pytest.mark.parametrize("name", [fmt.SEQUENCES, fmt.CHUNKS])
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "link"])
 def test_a_table_that_is_no_regular_file_is_exit_5_naming_it(prepared_copy, name, kind):
     """check_tables (predict's first look at the tables) used to hash /dev/zero forever, or wait on a
     FIFO; a link to a copy with the very same bytes (so the same sha256) is refused as well."""
     table = prepared_copy / name
-    if kind == "fifo":
-        table.unlink()
-        os.mkfifo(table)
-    elif kind == "dev-zero":
-        table.unlink()
-        table.symlink_to("/dev/zero")
-    else:
-        shutil.move(table, prepared_copy / "moved.tsv")
-        table.symlink_to(prepared_copy / "moved.tsv")
+    no_regular_file_at(table, kind, prepared_copy / "moved.tsv")
     result = probe(prepared_copy, "fmt.check_tables(folder, fmt.load_manifest(folder))")
     assert result["code"] == 5 and str(table) in result["message"], result
 
@@ -120,15 +125,7 @@ def test_a_shard_that_is_no_regular_file_is_exit_5_naming_it(prepared_copy, tmp_
     """predict hashes each prepared shard before reading it: a FIFO used to hang it, a link out of the
     folder to be followed."""
     shard = prepared_copy / "shards" / fmt.shard_name(0)
-    if kind == "fifo":
-        shard.unlink()
-        os.mkfifo(shard)
-    elif kind == "dev-zero":
-        shard.unlink()
-        shard.symlink_to("/dev/zero")
-    else:
-        shutil.move(shard, tmp_path / "outside.tsv")
-        shard.symlink_to(tmp_path / "outside.tsv")
+    no_regular_file_at(shard, kind, tmp_path / "outside.tsv")
     statement = "predict._check_prepared_shard(folder, fmt.load_manifest(folder)['shards'][0])"
     result = probe(prepared_copy, statement)
     assert result["code"] == 5 and str(shard) in result["message"], result
@@ -367,19 +364,6 @@ def test_a_dnabert_config_that_is_a_fifo_is_exit_4_at_once(tiny_models, tmp_path
 
 
 # --- 4. predict's staging folder ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def golden_embeddings(tmp_path_factory, golden_prepared, tiny_models) -> list[Path]:
-    from virnucpro.embed import embed
-
-    folder = tmp_path_factory.mktemp("h5")
-    paths = []
-    for shard in fmt.load_manifest(golden_prepared)["shards"]:
-        out = folder / Path(shard["file"]).with_suffix(".h5").name
-        embed(golden_prepared / shard["file"], out, models=tiny_models, device="cpu")
-        paths.append(out)
-    return paths
-
 
 @pytest.mark.parametrize("kind", ["link", "file"])
 def test_a_staging_name_taken_by_a_link_or_file_is_exit_3_and_untouched(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store_fixtures import folder_held_by_another_process  # noqa: E402
+from store_fixtures import folder_held_by_another_process, range_not_satisfiable  # noqa: E402
 from test_download import (fake_sources, fast_retries, host, local_host_without_proxy,  # noqa: E402,F401
                            payloads, serve_all)
 
@@ -205,10 +205,7 @@ class Scripted:
         data = self.data[:-10] + b"X" * 10 if reply.get("wrong") else self.data
         start = int(handler.headers["Range"].split("=")[1].split("-")[0]) if handler.headers.get("Range") else 0
         if start >= len(data):
-            handler.send_response(416)
-            handler.send_header("Content-Range", f"bytes */{len(data)}")
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+            range_not_satisfiable(handler, len(data))
             return
         handler.send_response(206 if start else 200)
         if start:

@@ -29,18 +29,6 @@ TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chun
 
 
 @pytest.fixture(scope="module")
-def golden_embeddings(tmp_path_factory, golden_prepared, tiny_models) -> list[Path]:
-    folder = tmp_path_factory.mktemp("h5")
-    manifest = fmt.load_manifest(golden_prepared)
-    paths = []
-    for shard in manifest["shards"]:
-        out = folder / Path(shard["file"]).with_suffix(".h5").name
-        embed(golden_prepared / shard["file"], out, models=tiny_models, device="cpu")
-        paths.append(out)
-    return paths
-
-
-@pytest.fixture(scope="module")
 def golden_predicted(tmp_path_factory, golden_prepared, golden_embeddings, tiny_models) -> Path:
     out = tmp_path_factory.mktemp("pred") / "out"
     predict(golden_prepared, golden_embeddings, out, models=tiny_models)

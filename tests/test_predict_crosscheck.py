@@ -27,18 +27,6 @@ from virnucpro.predict import OUTPUTS
 TABLE_FILES = (fmt.SEQUENCES, fmt.CHUNKS)
 
 
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory, golden_prepared, tiny_models) -> list[Path]:
-    """The golden sample's six shards embedded with the tiny models."""
-    folder = tmp_path_factory.mktemp("crosscheck_h5")
-    paths = []
-    for shard in fmt.load_manifest(golden_prepared)["shards"]:
-        out = folder / Path(shard["file"]).with_suffix(".h5").name
-        embed(golden_prepared / shard["file"], out, models=tiny_models, device="cpu")
-        paths.append(out)
-    return paths
-
-
 @dataclass
 class Sample:
     """A private copy of a prepared folder and its embeddings, free to damage."""
@@ -65,11 +53,11 @@ class Sample:
 
 
 @pytest.fixture
-def sample(tmp_path, golden_prepared, embedded, tiny_models) -> Sample:
+def sample(tmp_path, golden_prepared, golden_embeddings, tiny_models) -> Sample:
     prepared = tmp_path / "prepared"
     shutil.copytree(golden_prepared, prepared)
     copies = []
-    for path in embedded:
+    for path in golden_embeddings:
         copies.append(tmp_path / path.name)
         shutil.copy(path, copies[-1])
     return Sample(prepared, copies, tmp_path / "out", tiny_models)
