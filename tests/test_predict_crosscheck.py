@@ -85,7 +85,7 @@ def replace_dataset(handle, name: str, data, **options) -> None:
 # --- point 4: ids of the HDF5 files against the prepared shards ------------------------------------
 
 def test_an_embedding_file_replaced_by_another_sealed_one_after_its_check_is_refused(sample, run_cli, monkeypatch):
-    """Predict reads each file three times (attributes, ids, rows): a sound file of another shard
+    """Predict opens each file three times (attributes, ids, rows): a sound file of another shard
     renamed over one after its attributes were checked is exit 5, never scored."""
     import virnucpro.predict as predict_module
 
@@ -99,6 +99,42 @@ def test_an_embedding_file_replaced_by_another_sealed_one_after_its_check_is_ref
     monkeypatch.setattr(predict_module, "order_shards", then_replaced)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, sample.embeddings[0].name, "was replaced by another file")
+
+
+def test_each_embedding_file_is_hashed_once_while_it_stays_the_same_file(sample, run_cli, monkeypatch):
+    """Attributes, ids and rows are three reads of each file; the whole-file hash runs at the first
+    only, the later ones see by the file's identity that nothing wrote it since."""
+    hashed = []
+    seal_block = h5shard._seal_block
+    monkeypatch.setattr(h5shard, "_seal_block", lambda handle: hashed.append(handle.name) or seal_block(handle))
+    code, message = sample.predict(run_cli)
+    assert code == 0, message
+    assert len(hashed) == len(sample.embeddings), hashed
+
+
+def test_an_embedding_file_written_in_place_after_its_check_is_hashed_again_and_refused(sample, run_cli, monkeypatch):
+    """A byte changed in place after the attributes were read, its modification time put back: the
+    change time still differs, so the next read hashes the file again and refuses it (exit 5)."""
+    import os
+
+    import virnucpro.predict as predict_module
+
+    checked, path = predict_module.order_shards, sample.embeddings[0]
+
+    def then_written(*args, **kwargs):
+        shards = checked(*args, **kwargs)
+        before = os.stat(path)
+        with open(path, "r+b") as handle:
+            handle.seek(before.st_size - 1)
+            last = handle.read(1)
+            handle.seek(before.st_size - 1)
+            handle.write(bytes([last[0] ^ 1]))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return shards
+
+    monkeypatch.setattr(predict_module, "order_shards", then_written)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, path.name, "changed after embed wrote it")
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])

@@ -55,26 +55,49 @@ def _h5py():
     return h5py
 
 
+@dataclass(frozen=True)
+class Seal:
+    """A shard's seal as checked, and the identity of the file then (device, inode, size, modification
+    and change times): a later open that finds the same identity need not hash the file again."""
+
+    block: bytes
+    identity: tuple[int, ...]
+
+
 @contextmanager
-def open_h5(path: Path, seal: bytes | None = None):
+def open_h5(path: Path, seal: Seal | None = None):
     """A shard opened for reading once its seal holds (see `_sealed`)."""
     with _sealed(path, seal) as (handle, _):
         yield handle
 
 
 @contextmanager
-def _sealed(path: Path, seal: bytes | None = None):
-    """(HDF5 handle, seal) of a shard whose seal holds. HDF5 reads the very file object whose seal was
+def _sealed(path: Path, seal: Seal | None = None):
+    """(HDF5 handle, Seal) of a shard whose seal holds. HDF5 reads the very file object whose seal was
     checked, so a file put in its place meanwhile is never parsed; with `seal` (from `read_info`) the
     file must also be the one read then, not another sealed file renamed over it."""
     with _open_regular(path) as raw:
-        found = _checked_seal(path, raw)
-        if seal is not None and found != seal:
+        found = _rechecked(path, raw, seal)
+        if seal is not None and found.block != seal.block:
             raise InconsistentInputsError(f"{path} was replaced by another file while virnucpro read it",
                                           "rerun once nothing else writes that file")
         raw.seek(0)
         with _h5py().File(raw, "r") as handle:
             yield handle, found
+
+
+def _rechecked(path: Path, raw, seal: Seal | None) -> Seal:
+    """The open file's Seal: `seal` itself when the file is still the one it was taken from, unwritten
+    since (any write changes the change time, which no program can set back), else hashed again."""
+    identity = _identity(raw)
+    if seal is not None and identity == seal.identity and raw.read(SEAL_BYTES) == seal.block:
+        return seal
+    return Seal(_checked_seal(path, raw), identity)
+
+
+def _identity(raw) -> tuple[int, ...]:
+    found = os.fstat(raw.fileno())
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
 
 
 SEAL_BYTES = 512  # the HDF5 user block: the smallest HDF5 allows
@@ -165,7 +188,7 @@ class EmbeddingShardInfo:
     widths: tuple[int, int]
     tiny: bool = False
     attention: str = REFERENCE_ATTENTION  # 'role:path,...': the paths the writing process computed with
-    seal: bytes | None = None  # the file's seal when read: later reads must find the same file
+    seal: Seal | None = None  # the file's seal when read: later reads must find the same file
 
 
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -561,7 +584,7 @@ def _decoded(values) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
 
 
-def iter_ids(path: Path, block: int | None = None, seal: bytes | None = None) -> Iterator[str]:
+def iter_ids(path: Path, block: int | None = None, seal: Seal | None = None) -> Iterator[str]:
     """The ids of a shard one by one, read `block` (default ROWS_PER_WRITE) at a time (`seal`: see
     `open_h5`)."""
     block = block or ROWS_PER_WRITE
@@ -572,7 +595,7 @@ def iter_ids(path: Path, block: int | None = None, seal: bytes | None = None) ->
 
 
 def iter_rows(path: Path, block: int = ROWS_PER_WRITE,
-              seal: bytes | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+              seal: Seal | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, features) blocks in shard order; features = DNABERT-S then ESM-2, as the original merges.
 
     The vectors read are checked against the checksums embed stored: a changed value ends the read
