@@ -313,3 +313,13 @@ def test_path_options_say_dir_or_file_in_help(command):
     assert done.returncode == 0 and "DIR" in done.stdout, done.stdout
     options = [line for line in done.stdout.splitlines() if line.lstrip("│ *").startswith("--")]
     assert not [line for line in options if "<Path>" in line or "<list[Path]>" in line], options
+
+
+@pytest.mark.parametrize("command, placeholder", [(["prepare"], "INPUT"), (["run"], "INPUT"), (["embed"], "SHARD"),
+                                                  (["predict"], "MORE.h5"), (["models", "tiny"], "DIR")])
+def test_usage_lines_name_arguments_as_placeholders(command, placeholder):
+    """The usage line showed the Python parameter name (`{inputs}...`) where users expect INPUT."""
+    done = subprocess.run([*CLI, *command, "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200"})
+    usage = next(line for line in done.stdout.splitlines() if "Usage:" in line)
+    assert placeholder in usage and not any(name in usage for name in ("inputs", "shard", "directory")), usage

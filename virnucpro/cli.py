@@ -91,7 +91,7 @@ ModelsOption = typer.Option(None, "--models", parser=_path, metavar="DIR", help=
                                                    "else the user data directory).")
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
-InputsArgument = typer.Argument(..., parser=_path, help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
+InputsArgument = typer.Argument(..., parser=_path, metavar="INPUT", help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
                                          "input, read once like any pipe); several files form one sample.")
 ClassifierOption = typer.Option(None, "--classifier", parser=_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
@@ -147,7 +147,7 @@ def prepare(
 
 @app.command()
 def embed(
-    shard: Path = typer.Argument(..., parser=_path, help="A prepare shard (shards/shard_NNNNN.tsv)."),
+    shard: Path = typer.Argument(..., parser=_path, metavar="SHARD", help="A prepare shard (shards/shard_NNNNN.tsv)."),
     models: Optional[Path] = ModelsOption,
     out: Path = typer.Option(..., "--out", parser=_path, metavar="FILE", help="HDF5 embedding shard to write (locked through .OUT.lock "
                              "beside it while embed runs; an existing file is replaced only if it is "
@@ -249,7 +249,7 @@ def models_download(
 
 
 @models_app.command("check")
-def models_check(directory: Optional[Path] = typer.Argument(None, parser=_path, help="Models directory.")) -> None:
+def models_check(directory: Optional[Path] = typer.Argument(None, parser=_path, metavar="DIR", help="Models directory.")) -> None:
     """Report which models are present and whether their checksums hold."""
     from virnucpro.models import store
 
@@ -257,7 +257,7 @@ def models_check(directory: Optional[Path] = typer.Argument(None, parser=_path, 
 
 
 @models_app.command("tiny")
-def models_tiny(directory: Path = typer.Argument(..., parser=_path, help="Directory to create.")) -> None:
+def models_tiny(directory: Path = typer.Argument(..., parser=_path, metavar="DIR", help="Directory to create.")) -> None:
     """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
     from virnucpro.models import tiny
 
