@@ -36,7 +36,8 @@ workflow {
         }
         PIPELINE_INITIALISATION(
             params.input,
-            params.outdir
+            params.outdir,
+            params.trace_report_suffix
         )
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,

@@ -136,7 +136,7 @@ original's rule).</p>
 <h2>Inputs</h2>
 <table><tr><th>file</th><th class='n'>records</th><th>sha256</th></tr>{inputs}</table>
 <footer>Tables: prediction_results.txt and prediction_results_highestscore.csv (original format),
-chunks.tsv, sequences.tsv; provenance in run_info.json. Time: {_e(seconds)}.</footer>
+chunks.tsv, sequences.tsv; provenance in run_info.json. Time spent by this process: {_e(seconds)}.</footer>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

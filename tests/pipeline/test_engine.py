@@ -381,3 +381,20 @@ def test_twins_no_orf_and_same_named_files_come_through_whole(tmp_path):
     assert summary["lanes"]["input_records"] == "12" and summary["lanes"]["sequences"] == "12"
     lanes = {row["sequence_id"] for row in read_tsv(run.outdir / "lanes" / "sequences.tsv")}
     assert lanes == {f"lane1_{i}" for i in range(5)} | {f"lane2_{i}" for i in range(7)}
+    assert_inputs_table_leads_to_the_files(run, {"twin1": [data / "twin1" / "reads.fa"],
+                                                 "twin2": [data / "twin2" / "reads.fa"],
+                                                 "noorf": [data / "no_orf.fa"],
+                                                 "lanes": [data / "run1" / "reads.fa", data / "run2" / "reads.fa"]})
+
+
+def assert_inputs_table_leads_to_the_files(run, files: dict) -> None:
+    """Each sample's run_info.json names its inputs as PREPARE staged them (input/N/name); the run's
+    inputs table maps exactly those names to the files given."""
+    (table,) = (run.outdir / "pipeline_info").glob("inputs_*.tsv")
+    rows = read_tsv(table)
+    for sample, paths in files.items():
+        staged = [entry["path"] for entry in json.loads((run.outdir / sample / "run_info.json").read_text())["inputs"]]
+        mine = [row for row in rows if row["sample"] == sample]
+        assert [row["staged_as"] for row in mine] == staged, (sample, mine, staged)
+        assert [row["path"] for row in mine] == [str(path) for path in paths], (sample, mine)
+    assert {row["sample"] for row in rows} == set(files)

@@ -7,10 +7,12 @@ workflow PIPELINE_INITIALISATION {
     take:
     input           // string: FASTA/FASTQ files or a glob (one sample each), or a samplesheet
     outdir          // string: --outdir, where each sample's results go (<outdir>/<sample>/)
+    run_start       // string: the run's start time, as in the names of its reports
 
     main:
     def sample_list = isSamplesheet(input) ? samplesFromSamplesheet(input) : samplesFromFiles(input)
     refuseCommandOutputs(outdir, sample_list.collect { sample -> sample[0].id })
+    writeInputsTable(outdir, run_start, sample_list)
     def ch_samples = channel.fromList(sample_list)
 
     emit:
@@ -40,6 +42,21 @@ def samplesFromFiles(String pattern) {
         .collect { reads -> [[id: sampleIdFromPath(reads)], [reads]] }
         .sort { a, b -> a[0].id <=> b[0].id }
     return checkUniqueSampleIds(rows)
+}
+
+// <outdir>/pipeline_info/inputs_<start>.tsv: each sample's files in the order PREPARE stages them,
+// with the name it gives them there (input/1/<name>, input/2/<name>, ...: the paths the sample's
+// run_info.json records) and the path the user gave, so that those records lead back to the files.
+def writeInputsTable(String outdir, String runStart, List samples) {
+    def lines = ['sample\tstaged_as\tpath']
+    samples.each { sample ->
+        sample[1].eachWithIndex { reads, i ->
+            lines << [sample[0].id, "input/${i + 1}/${reads.name}", reads.toUriString()].join('\t')
+        }
+    }
+    def table = file("${outdir}/pipeline_info/inputs_${runStart}.tsv")
+    table.parent.mkdirs()
+    table.text = lines.join('\n') + '\n'
 }
 
 def sampleIdFromPath(reads) {
