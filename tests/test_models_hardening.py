@@ -337,6 +337,20 @@ def test_models_check_given_a_file_says_so(tmp_path, run_cli):
     assert str(afile) in err
 
 
+@pytest.mark.parametrize("offline", [[], ["--offline"]])
+def test_run_refuses_a_models_variable_naming_a_file_before_any_work(tmp_path, run_cli, monkeypatch, offline):
+    """VIRNUCPRO_MODELS naming a file: `run` prepared the whole input first, then said exit 3 "is a
+    file"; with --offline it said the models were missing and to download into the file."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("VIRNUCPRO_MODELS", str(afile))
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">r1\n" + "ATG" * 200 + "\n")
+    code, err = run_cli("run", reads, "--outdir", tmp_path / "out", *offline)
+    assert code == ExitCode.MODELS and f"models directory {afile} is not a directory (it is a file)" in err, err
+    assert "download" not in err and not (tmp_path / "out").exists(), err
+
+
 def test_tiny_stopped_before_writing_leaves_no_folder_behind(tmp_path, monkeypatch):
     """Stopped (exit 6) while the models are made, before anything is written: the folder it created
     goes with its lock file, as `claim` does for the other commands; a folder that existed stays."""

@@ -796,6 +796,8 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
         raise ModelsError(f"unknown model role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
     directory = models_dir(directory, where)
     with reading(directory):
+        if os.path.lexists(directory) and not directory.is_dir():
+            raise _not_a_directory(directory)  # at once: before any work that needs the models
         if not directory.is_dir():
             return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
         manifest = read_manifest(directory)
@@ -807,6 +809,12 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
     return directory, statuses
 
 
+def _not_a_directory(directory: Path) -> ModelsError:
+    what = "a link to a missing path" if os.path.islink(directory) else "a file"
+    return ModelsError(f"models directory {directory} is not a directory (it is {what})",
+                       hint="give the folder that holds the models (with --models, --dest or VIRNUCPRO_MODELS)")
+
+
 def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     """One error naming everything missing, corrupt, not published or refused, with the command
     that fixes it."""
@@ -814,9 +822,7 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     if not failing:
         return None
     if os.path.lexists(directory) and not directory.is_dir():
-        return ModelsError(f"models directory {directory} is not a directory (it is a file)",
-                           hint="give the folder that holds the models (with --models, --dest or "
-                                "VIRNUCPRO_MODELS)")
+        return _not_a_directory(directory)
     if not directory.is_dir():
         return ModelsError(f"models directory {directory} does not exist",
                            hint=download_command(directory, [s.role for s in statuses]
