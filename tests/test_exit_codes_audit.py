@@ -272,7 +272,7 @@ def test_an_outdir_that_is_a_dangling_symlink_is_named_so(tmp_path, run_cli):
 
 @pytest.mark.parametrize("args, option", [
     (["prepare", "{fa}", "--outdir", ""], "--outdir"),
-    (["prepare", "", "--outdir", "{out}"], "inputs"),
+    (["prepare", "", "--outdir", "{out}"], "INPUT"),
     (["embed", "{fa}", "--models", "", "--out", "{out}/s.h5"], "--models"),
     (["embed", "{fa}", "--out", ""], "--out"),
     (["embed", "{fa}", "--out", "{out}/s.h5", "--checkpoint-dir", ""], "--checkpoint-dir"),

@@ -6,6 +6,7 @@ Heavy libraries (torch, h5py) are imported inside the commands that need them, s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -13,13 +14,13 @@ import tempfile
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import typer
 
 from virnucpro import __version__
-from virnucpro.console import error
-from virnucpro.errors import ExitCode, VirnucproError, stop_signals_exit_interrupted, storage_error
+from virnucpro.console import error, silence_dead_stream
+from virnucpro.errors import ExitCode, VirnucproError, stop_signals_exit_interrupted, storage_error, storage_failure
 from virnucpro.threads import limit_threads
 
 OUTDIR_RULES = (" Locked while the command runs (flock, or an O_EXCL lock file with pid and host where "
@@ -115,8 +116,12 @@ ThreadsOption = typer.Option(None, "--threads", min=1,
 
 
 def _version_callback(value: bool) -> None:
+    """`--version`: the version on stdout; a reader already gone (`| true`) changes no exit code."""
     if value:
-        typer.echo(f"virnucpro {__version__}")
+        try:
+            typer.echo(f"virnucpro {__version__}")
+        except BrokenPipeError:
+            silence_dead_stream(sys.stdout)
         raise typer.Exit()
 
 
@@ -285,12 +290,46 @@ def _report_bug(exc: BaseException) -> int:
               f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
               "in Nextflow); embed needs less with a smaller --token-budget")
         return ExitCode.OUT_OF_MEMORY
-    fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
-    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=handle)
+    saved = _save_traceback(exc)
+    where = f"saved in {saved.path}" if saved.path else f"below (it could not be saved: {saved.why})"
     error(f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}; "
-          f"please report it with the traceback saved in {path}")
+          f"please report it with the traceback {where}")
+    if not saved.path:
+        _print_traceback(exc, sys.stderr)
     return ExitCode.UNEXPECTED
+
+
+class _Saved(NamedTuple):
+    """Where the traceback was saved (None: nowhere), and why not."""
+    path: Optional[str]
+    why: str = ""
+
+
+def _save_traceback(exc: BaseException) -> _Saved:
+    """The traceback of `exc` in a new temporary file, for the bug report. No writable temporary
+    folder, or one that fills up, gives no path and the reason: the report still reaches the user
+    (the traceback on stderr instead) and exits 1, where the failure itself was a second traceback."""
+    path = None
+    try:
+        fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
+            _print_traceback(exc, handle, quiet=False)
+        return _Saved(path)
+    except OSError as failure:
+        if path:
+            with contextlib.suppress(OSError):
+                Path(path).unlink(missing_ok=True)  # our own file, cut short: useless for the report
+        return _Saved(None, failure.strerror or str(failure))
+
+
+def _print_traceback(exc: BaseException, stream, quiet: bool = True) -> None:
+    """Write the traceback of `exc` to `stream`; `quiet`: a stream that is gone (stderr closed) is no
+    second failure."""
+    try:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
+    except OSError:
+        if not quiet:
+            raise
 
 
 def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
@@ -308,11 +347,10 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
         error(str(exc))
         sys.exit(int(exc.code))
     except OSError as exc:
-        meaning = storage_error(exc)
-        if meaning is None:
+        if storage_error(exc) is None:
             sys.exit(int(_report_bug(exc)))
-        error(f"cannot write {exc.filename or 'an output file'}: {meaning}\n  fix: free space, fix the "
-              "permissions or choose another output location")
-        sys.exit(int(ExitCode.OUTPUT_WRITE))
+        failure = storage_failure(exc, Path(exc.filename or "an output file"))
+        error(str(failure))
+        sys.exit(int(failure.code))
     except Exception as exc:  # noqa: BLE001 - last resort, turned into a bug report
         sys.exit(int(_report_bug(exc)))

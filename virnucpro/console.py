@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 
 from rich.console import Console
 from rich.markup import escape
 
+MIN_COLUMNS = 20  # narrower than this, COLUMNS is a mistake (COLUMNS=0 made rich print nothing at all)
+
+
+def columns_from_environment() -> int | None:
+    """COLUMNS when it is a usable width, else None (unset, not a number, under MIN_COLUMNS)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return None
+    return columns if columns >= MIN_COLUMNS else None
+
+
+def drop_unusable_columns() -> None:
+    """Remove a COLUMNS that is no usable width, so that every rich console of the process (ours,
+    typer's help and usage errors) falls back to the terminal's width, or 80 off a terminal."""
+    if "COLUMNS" in os.environ and columns_from_environment() is None:
+        del os.environ["COLUMNS"]
+
+
+def silence_dead_stream(stream) -> None:
+    """Point the file descriptor of `stream`, whose reader is gone (`| head -1`), at /dev/null, so
+    that later writes and the interpreter's flush at exit succeed unseen (the recipe of the Python
+    docs on SIGPIPE): a closed pipe loses the messages, never the command or its exit code."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # no descriptor (a StringIO) or closed already: nothing will be flushed there
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _survive_broken_pipe(self: Console) -> None:
+    """rich's hook when a write meets a closed pipe. Its own raised SystemExit(1), which ended a run
+    in the middle (its work deleted) with no message, and sent stdout, not the dead stream, to
+    /dev/null: here the console goes quiet, its stream to /dev/null, and the command goes on."""
+    self.quiet = True
+    silence_dead_stream(self.file)
+
+
+# every console of the process, typer's included (it makes its own for help and usage errors)
+Console.on_broken_pipe = _survive_broken_pipe
+drop_unusable_columns()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _say(text: str) -> None:
     """Print to stderr; a terminal that is gone (closed, the ssh link dropped: EIO) or a closed pipe
-    loses the message, never the command: the exit code still tells how it ended."""
+    (see _survive_broken_pipe) loses the message, never the command: the exit code still tells how it
+    ended."""
     try:
         err.print(text, markup=True)
     except OSError:

@@ -37,7 +37,8 @@ from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
-                              ignore_stop_signals, make_output_dir, note_stop, output_errors, storage_error)
+                              ignore_stop_signals, make_output_dir, name_too_long, note_stop, output_errors, storage_error,
+                              storage_failure)
 from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
                               not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
@@ -255,6 +256,8 @@ class CheckpointStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            if name_too_long(exc):
+                raise storage_failure(exc, tmp) from None
             raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
                                    "free space or choose another --checkpoint-dir; a rerun resumes from the parts "
                                    "already written") from None

@@ -7,6 +7,7 @@ in place, then ends the command with exit 6 like any other stop, instead of kill
 
 import os
 import signal
+import sys
 
 signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP))
 
@@ -25,9 +26,41 @@ def _fill_closed_standard_streams() -> None:
                 os.close(null)
 
 
+def _refuse_deleted_current_folder() -> None:
+    """Exit 2 with one message when the current folder was deleted under the shell: checked before
+    the heavy imports, where it was a bug report from a relative --outdir, or a oneMKL fatal error
+    while torch loaded (exit 2 with no word of the cause)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        from virnucpro.console import error
+        from virnucpro.errors import ExitCode
+
+        error("the current folder no longer exists: it was deleted while this shell was in it\n"
+              "  fix: cd to an existing folder (`cd ~`; `cd \"$PWD\"` if it was made again) and rerun the command")
+        sys.exit(int(ExitCode.USAGE))
+
+
+def _flush_standard_streams() -> None:
+    """Flush stdout and stderr at the end; one whose reader left (`| head -1`) goes to /dev/null, so
+    that the interpreter's own flush at exit cannot turn the command's exit code into 120."""
+    from virnucpro.console import silence_dead_stream
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError:
+            silence_dead_stream(stream)
+
+
 def main() -> None:
     """Load the command line and run it (`virnucpro.cli.main` lets the stop signals through)."""
     _fill_closed_standard_streams()
+    _refuse_deleted_current_folder()
     from virnucpro.cli import main as run
 
-    run(exiting=True)
+    try:
+        run(exiting=True)
+    finally:
+        _flush_standard_streams()

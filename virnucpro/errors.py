@@ -119,40 +119,92 @@ STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
                   errno.EROFS: "the file system is read-only", errno.EIO: "an I/O error occurred",
                   errno.EFBIG: "a file grew past the largest size allowed (the file-size limit, `ulimit -f`, "
                                  "or the file system's own)", errno.EACCES: "permission denied",
-                  errno.EPERM: "permission denied"}
+                  errno.EPERM: "permission denied",
+                  errno.ENAMETOOLONG: "a file name or path is too long for the file system"}
+STORAGE_HINTS = {errno.EFBIG: "raise the file-size limit (`ulimit -f unlimited`) or choose another output location",
+                 errno.ENAMETOOLONG: "choose a shorter name or a shallower folder"}
+NAME_MAX_DEFAULT = 255  # the longest file name most file systems allow, when one does not say
+PATH_MAX_DEFAULT = 4096  # Linux's limit on a path given to the kernel, its final NUL included
+
+
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of STORAGE_ERRNOS that `exc` reports, if any (HDF5 gives it in its text only)."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in STORAGE_ERRNOS:
+        return exc.errno
+    text = str(exc)
+    for code in STORAGE_ERRNOS:
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return code
+    return None
 
 
 def storage_error(exc: BaseException) -> str | None:
     """What went wrong with the storage, when `exc` is a storage failure (HDF5 reports errno in text)."""
-    if not isinstance(exc, OSError):
-        return None
-    if exc.errno in STORAGE_ERRNOS:
-        return STORAGE_ERRNOS[exc.errno]
-    text = str(exc)
-    for code, meaning in STORAGE_ERRNOS.items():
-        if f"errno = {code}," in text or os.strerror(code) in text:
-            return meaning
-    return None
+    code = storage_errno(exc)
+    return None if code is None else STORAGE_ERRNOS[code]
 
 
 @contextmanager
 def output_errors(path: Path) -> Iterator[None]:
-    """Inside the block, a storage failure becomes exit 10 naming `path` (or the file it hit)."""
+    """Inside the block, a storage failure becomes exit 10 naming `path` (or the file it hit); a name
+    too long for the file system is exit 3 (see `storage_failure`)."""
     try:
         yield
     except OSError as exc:
-        meaning = storage_error(exc)
-        if meaning is None:
+        if storage_errno(exc) is None:
             raise
-        where = exc.filename or f"into {path}"
-        raise OutputWriteError(f"cannot write {where}: {meaning}", storage_hint(exc)) from None
+        raise storage_failure(exc, path) from None
+
+
+def storage_failure(exc: OSError, path: Path) -> VirnucproError:
+    """The error for the storage failure `exc` met writing into `path`: exit 10 (disk full, read-only,
+    ...), except a name or path too long for the file system, which is the path the user chose, not
+    the storage's state: exit 3 (docs/contracts.md), saying which limit it passes."""
+    if name_too_long(exc):
+        target = os.fsdecode(exc.filename) if exc.filename else str(path)
+        return BadInputError(f"cannot write {target}: {too_long(target)}", storage_hint(exc))
+    where = exc.filename or f"into {path}"
+    return OutputWriteError(f"cannot write {where}: {storage_error(exc)}", storage_hint(exc))
+
+
+def name_too_long(exc: BaseException) -> bool:
+    """Whether `exc` says a file name or path is too long for the file system (exit 3, not 10)."""
+    return storage_errno(exc) == errno.ENAMETOOLONG
 
 
 def storage_hint(exc: OSError) -> str:
-    """The fix for a storage failure: a raised file-size limit, or space, permissions, another place."""
-    if exc.errno == errno.EFBIG:
-        return "raise the file-size limit (`ulimit -f unlimited`) or choose another output location"
-    return "free space, fix the permissions or choose another output location"
+    """The fix for a storage failure: a raised file-size limit, a shorter name, or space, permissions,
+    another place."""
+    return STORAGE_HINTS.get(storage_errno(exc), "free space, fix the permissions or choose another output location")
+
+
+def too_long(path: str) -> str:
+    """Which limit `path` passes: a name in it longer than its file system allows, else the length of
+    the whole path (PATH_MAX)."""
+    encoded = os.fsencode(path)
+    longest = max(len(name) for name in encoded.split(b"/"))
+    limit = name_limit(Path(path).parent)
+    if longest > limit:
+        return f"the file name is too long for the file system ({longest} bytes; at most {limit})"
+    if len(encoded) >= PATH_MAX_DEFAULT:
+        return f"the path is too long for the file system ({len(encoded):,} bytes)"
+    return f"{STORAGE_ERRNOS[errno.ENAMETOOLONG]} (this path or a name derived from it)"
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name, in bytes, the file system of `folder` (or of its nearest existing parent)
+    allows; NAME_MAX_DEFAULT when it does not say."""
+    for candidate in (folder, *folder.parents):
+        try:
+            limit = os.pathconf(candidate, "PC_NAME_MAX")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError):
+            break
+        return limit if limit > 0 else NAME_MAX_DEFAULT
+    return NAME_MAX_DEFAULT
 
 
 # SIGHUP (the terminal closed, the ssh connection dropped) stops like SIGTERM, unless the command was

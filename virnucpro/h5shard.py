@@ -28,7 +28,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, storage_error
+from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
+                              name_too_long, storage_error, storage_failure)
 from virnucpro.outdir import file_mode
 from virnucpro.prepared import SHA256_TEXT, shown
 
@@ -306,7 +307,9 @@ def _write_through_file(raw: io.FileIO, path: Path, fill: Callable) -> None:
         raise _write_failed(path, guard.error) from None
 
 
-def _write_failed(path: Path, exc: OSError) -> OutputWriteError:
+def _write_failed(path: Path, exc: OSError) -> VirnucproError:
+    if name_too_long(exc):
+        return storage_failure(exc, path)
     meaning = storage_error(exc) or exc.strerror or str(exc)
     return OutputWriteError(f"cannot write {path}: {meaning}",
                             "free space, fix the permissions or choose another output location, then rerun "

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, check_stop, not_a_folder, output_errors
+from virnucpro.errors import BadInputError, check_stop, name_limit, not_a_folder, output_errors
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -58,6 +58,9 @@ NO_DIRECTORY_SYNC = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP,
 _held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
 # opening a name of ours never follows a link, nor waits on a FIFO (a regular file ignores O_NONBLOCK)
 NO_FOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+# the longest name derived from an output file's NAME beside it is its temporary `.NAME.XXXXXXXX.tmp`
+# (h5shard; mkstemp's 8 random letters); the lock `.NAME.lock` and `NAME.ckpt` are shorter
+DERIVED_NAME_EXTRA = len("..XXXXXXXX.tmp")
 NOT_OPENABLE = {errno.ELOOP, errno.EISDIR, errno.ENXIO}  # a link (O_NOFOLLOW), a folder, a socket or FIFO
 CREATE_ATTEMPTS = 3  # a temporary name of ours taken again, this often in a row, just after we removed it
 
@@ -497,8 +500,21 @@ def _enter_folder_lock(stack: ExitStack, folder: Path, what: str) -> HeldLock:
 def file_lock(path: Path, what: str) -> Iterator[HeldLock]:
     """Hold one output file exclusively (through `.NAME.lock` beside it) while the block runs."""
     path = Path(path)
+    check_derived_names(path, what)
     with _hold(path.with_name(f".{path.name}.lock"), path, what) as lock:
         yield lock
+
+
+def check_derived_names(path: Path, what: str) -> None:
+    """Exit 3 at once for an output file name that fits the file system but the names derived from it
+    beside it do not (see DERIVED_NAME_EXTRA): the lock failed as a bug, the temporary file only
+    once all the work was done."""
+    size, limit = len(os.fsencode(path.name)), name_limit(path.parent)
+    if size + DERIVED_NAME_EXTRA > limit:
+        raise BadInputError(f"{what} {path}: the file name is too long for the file system with the names "
+                            f"virnucpro writes beside it ({size} bytes, `.NAME.XXXXXXXX.tmp` needs "
+                            f"{size + DERIVED_NAME_EXTRA}; at most {limit})",
+                            f"choose a name of at most {limit - DERIVED_NAME_EXTRA} bytes")
 
 
 # --- nesting -------------------------------------------------------------------------------------

@@ -450,13 +450,9 @@ class SamplePreparer:
 
     def submit(self, group: RecordGroup, summary: InputSummary) -> None:
         check_stop()
-        if self.workers > 0 and self.in_flight and isinstance(self.executor, InlineExecutor):
-            with stop_signals_blocked():  # the first submit forks every worker
-                self.executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_setup,
-                                                    initargs=(os.getpid(),),
-                                                    mp_context=multiprocessing.get_context("fork"))
-                future = self.executor.submit(prepare_group, group, self.chunk_size)
-        else:
+        starting = self.workers > 0 and self.in_flight and isinstance(self.executor, InlineExecutor)
+        future = self._start_workers(group) if starting else None
+        if future is None:
             try:
                 future = self.executor.submit(prepare_group, group, self.chunk_size)
             except BrokenProcessPool:
@@ -464,6 +460,24 @@ class SamplePreparer:
         self.in_flight.append((summary, future))
         while len(self.in_flight) > self.depth:
             self._apply(*self.in_flight.popleft())
+
+    def _start_workers(self, group: RecordGroup) -> Optional[Future]:
+        """The worker processes started, with `group` (read already) as their first task; None when
+        they cannot start: their semaphores need a usable /dev/shm, which `docker --ipc=none`, some
+        sandboxes or a read-only mount take away. This process then prepares every group, `group`
+        included, as `run` does (slower, same outputs): no record was handed to a worker."""
+        with stop_signals_blocked():  # the first submit forks every worker
+            try:
+                self.executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_setup,
+                                                    initargs=(os.getpid(),),
+                                                    mp_context=multiprocessing.get_context("fork"))
+            except (OSError, NotImplementedError) as exc:
+                self.workers, self.depth = 0, 2  # inline results are held until written: few of them
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                warn(f"prepare's worker processes cannot start (their semaphores need a writable /dev/shm: "
+                     f"{reason}); preparing in this process instead, which is slower (same outputs)")
+                return None
+            return self.executor.submit(prepare_group, group, self.chunk_size)
 
     def _apply(self, summary: InputSummary, future: Future) -> None:
         result: GroupResult = _result_of(future, summary.path, self.executor)
@@ -778,7 +792,8 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     check_distinct_inputs(inputs)
     with claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
         staging = _fresh_staging(outdir / STAGING)
-        try:
+        try:  # from here on, whatever fails, what prepare wrote into the staging folder goes
+            (staging / fmt.SHARD_DIR).mkdir()
             manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
             output.publish(staging, OUTPUTS)
         finally:
@@ -793,7 +808,6 @@ def _fresh_staging(staging: Path) -> Path:
     check_work_folder(staging, STAGING_FILES, "prepare's staging folder")
     remove_written(staging, STAGING_FILES)
     staging.mkdir()  # exclusively: everything in it from now on is this command's
-    (staging / fmt.SHARD_DIR).mkdir()
     return staging
 
 

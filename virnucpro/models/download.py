@@ -55,7 +55,8 @@ from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import BadInputError, ModelsError, OutputWriteError, VirnucproError, storage_error
+from virnucpro.errors import (BadInputError, ModelsError, OutputWriteError, VirnucproError, name_too_long, storage_error,
+                              storage_failure)
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
 from virnucpro.outdir import held_folder, refuse_nesting
@@ -242,7 +243,9 @@ def _fp16_copy(directory: Path) -> None:
 
 
 def _write_error(path: Path, exc: OSError) -> VirnucproError:
-    """Exit 10 when the storage failed (full, quota, read-only), else exit 4."""
+    """Exit 10 when the storage failed (full, quota, read-only), exit 3 for a name too long, else exit 4."""
+    if name_too_long(exc):
+        return storage_failure(exc, path)
     meaning = storage_error(exc)
     if meaning is not None:
         return OutputWriteError(f"cannot write {path}: {meaning}",
