@@ -381,3 +381,18 @@ def test_check_during_a_download_says_it_is_in_progress(served, tmp_path, run_cl
     assert "models download" not in err.split("fix:", 1)[1], err
     code, err = run_cli("models", "check", dest)  # no holder: the usual hint
     assert code == ExitCode.MODELS and "models download" in err, err
+
+
+def test_a_redirect_to_a_host_that_cannot_be_reached_names_that_host(scripted, tmp_path):
+    """Hugging Face answers and redirects the file to a CDN: a firewall that lets only the first
+    host through made the message say the first host could not be reached."""
+    from store_fixtures import closed_port_url
+
+    cdn = closed_port_url()
+    scripted.replies = [{"redirect": cdn + "/c.pth"}]
+    with pytest.raises(dl.ModelsError) as info:
+        _fetch(scripted, tmp_path, attempts=1)
+    text, first = str(info.value), dl._host(scripted.url)
+    assert f"cannot reach {dl._host(cdn)}, where {first} redirected the download" in text, text
+    assert f"reach {dl._host(cdn)} as well as {first}" in info.value.hint, info.value.hint
+    assert f"cannot reach {first}" not in text, text

@@ -424,6 +424,11 @@ class _Job:
         self.attempts, self.hint, self.mirror = attempts, hint, mirror
         self.resumed = False  # bytes of an earlier transfer (this run's or an old .part) were kept
         self.sized = False    # the last response said how large the file is
+        self.redirected_to: str | None = None  # where the last attempt was sent on to, if anywhere
+
+    def target(self) -> str:
+        """The URL the last attempt ended up asking: a redirect's (a CDN's) or the file's own."""
+        return self.redirected_to or self.url
 
     def check(self, size: int, how: str) -> None:
         """Exit 4 when `size` bytes are more than the file may have; the `.part` is deleted."""
@@ -675,6 +680,11 @@ def _gave_up(job: _Job, last_error: str, connected: bool) -> ModelsError:
                            f"{job.label} from {_host(job.url)}: {last_error}",
                            hint=f"check the proxy, or unset {proxy[0]} where {_host(job.url)} is reachable "
                                 f"without it; else {job.hint}")
+    if not connected and job.redirected_to:
+        return ModelsError(f"cannot reach {_host(job.redirected_to)}, where {_host(job.url)} redirected the "
+                           f"download of {job.label}: {last_error}",
+                           hint=f"let this machine reach {_host(job.redirected_to)} as well as {_host(job.url)} "
+                                f"(a firewall or proxy allow-list), or {job.hint}")
     if not connected:
         return ModelsError(f"cannot reach {_host(job.url)} to download {job.label}: {last_error} (offline?)",
                            hint=job.hint)
@@ -710,7 +720,13 @@ def _range_start(value: str | None) -> int | None:
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
     """Redirects are followed only to http(s): urllib would follow one to ftp:// and then blame
-    the server that answered for what the FTP host did."""
+    the server that answered for what the FTP host did. Each one followed is told to `followed`, so
+    that a host that cannot be reached is named as the one redirected to (a CDN a firewall blocks),
+    not as the first host, which answered."""
+
+    def __init__(self, followed: Callable[[str], None]):
+        super().__init__()
+        self.followed = followed
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
@@ -718,12 +734,14 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
             raise ModelsError(f"{_host(req.full_url)} redirected the download to {_masked(newurl)}, which is "
                               f"not an http(s) URL: virnucpro downloads over http(s) only",
                               hint="use a source or --mirror that serves the files over http(s)")
+        self.followed(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _open(url: str, headers: dict[str, str]):
-    """The response to a GET of `url` (proxies from the environment, as urllib's default)."""
-    opener = urllib.request.build_opener(_Redirects)
+def _open(url: str, headers: dict[str, str], followed: Callable[[str], None] = lambda url: None):
+    """The response to a GET of `url` (proxies from the environment, as urllib's default); each
+    redirect followed is told to `followed`."""
+    opener = urllib.request.build_opener(_Redirects(followed))
     return opener.open(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_SECONDS)
 
 
@@ -734,7 +752,12 @@ def _transfer(job: _Job) -> None:
     headers = {"User-Agent": f"virnucpro/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    with _open(job.url, headers) as response:
+    job.redirected_to = None
+
+    def followed(url: str) -> None:
+        job.redirected_to = url
+
+    with _open(job.url, headers, followed) as response:
         offset = _resume_offset(response, job, offset)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
