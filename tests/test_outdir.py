@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -71,13 +73,26 @@ def lock_holder(folder: Path) -> dict | None:
         return None
 
 
-def start_holding(tmp_path: Path, command: str, out: Path, *extra: str) -> tuple[subprocess.Popen, FifoInput]:
-    """A command that holds `out` and waits for the rest of its input on a FIFO."""
+@contextmanager
+def holding(tmp_path: Path, command: str, out: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, FifoInput]]:
+    """A command that holds `out` and waits for the rest of its input on a FIFO, for the block.
+
+    On leaving the block the FIFO is closed and a holder still running is killed and reaped: a
+    body that fails before opening the FIFO for writing left the command blocked in its open
+    forever, outliving the test (and its lock on `out`). A body that succeeds waits for the
+    command itself (`communicate`) inside the block.
+    """
     fifo = FifoInput(tmp_path / f"{command}.fifo")
     process = subprocess.Popen(CLI + [command, str(fifo.path), "--outdir", str(out), *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (lock_holder(out) or {}).get("pid") == process.pid, process, "the lock")
-    return process, fifo
+    try:
+        wait_for(lambda: (lock_holder(out) or {}).get("pid") == process.pid, process, "the lock")
+        yield process, fifo
+    finally:
+        fifo.close()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()  # reaps it and closes its pipes
 
 
 # --- point 1: one command per output folder --------------------------------------------------
@@ -86,26 +101,24 @@ def start_holding(tmp_path: Path, command: str, out: Path, *extra: str) -> tuple
 def test_second_command_on_a_busy_folder_exits_3_naming_the_holder(tmp_path, tiny_models, command):
     extra = ("--models", str(tiny_models), "--device", "cpu") if command == "run" else ()
     out = tmp_path / "res"
-    first, fifo = start_holding(tmp_path, command, out, *extra)
-    try:
+    with holding(tmp_path, command, out, *extra) as (first, fifo):
         second = subprocess.run(CLI + [command, str(write_fasta(tmp_path / "b.fa", 3, first=100)),
                                        "--outdir", str(out), *extra], capture_output=True, text=True, timeout=300)
         assert second.returncode == 3, second.stderr
         assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr and str(out) in second.stderr
         fifo.open_and_write("".join(RECORD.format(i) for i in range(5)))
-    finally:
         fifo.close()
-    _, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert sequence_ids(out) == [f"s{i}" for i in range(5)]
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "res"
-    first, fifo = start_holding(tmp_path, "prepare", out)
-    first.kill()
-    first.communicate()
-    fifo_path = fifo.path
+    with holding(tmp_path, "prepare", out) as (first, fifo):
+        first.kill()
+        first.communicate()
+        fifo_path = fifo.path
     assert fifo_path.exists()
     done = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(out)],
                           capture_output=True, text=True)
@@ -448,13 +461,10 @@ def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
 
 def test_stop_signal_during_run_prepare_is_exit_6_and_resumable(tmp_path, tiny_models):
     out = tmp_path / "res"
-    process, fifo = start_holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu")
-    try:
+    with holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu") as (process, fifo):
         fifo.open_and_write(RECORD.format(0))
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
-    finally:
-        fifo.close()
     assert process.returncode == 6 and "SIGTERM received" in err, err
     done = subprocess.run(CLI + ["run", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(out),
                                  "--models", str(tiny_models), "--device", "cpu"], capture_output=True, text=True)
@@ -481,15 +491,13 @@ def test_a_forged_marker_never_reaches_outside_the_folder(tmp_path, run_cli):
 
 def test_an_output_inside_a_busy_run_is_refused(tmp_path, tiny_models):
     out = tmp_path / "res"
-    first, fifo = start_holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu")
-    try:
+    with holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu") as (first, fifo):
         nested = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "b.fa", 1)), "--outdir",
                                        str(out / ".virnucpro-work" / "prepared")], capture_output=True, text=True)
         assert nested.returncode == 3 and "inside" in nested.stderr, nested.stderr
         fifo.open_and_write("".join(RECORD.format(i) for i in range(3)))
-    finally:
         fifo.close()
-    _, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert sequence_ids(out) == ["s0", "s1", "s2"]
 
@@ -611,13 +619,11 @@ def test_a_lock_file_its_creator_removed_is_never_held_by_a_late_comer(tmp_path,
     exits, then the command's flock succeeds on the removed file. It must lock the path's file."""
     out = tmp_path / "res"
     out.mkdir()
-    first, fifo = start_holding(tmp_path, "prepare", out)
-    try:
+    with holding(tmp_path, "prepare", out) as (first, fifo):
         late_open = os.open(out / od.LOCK_NAME, os.O_RDWR)  # the late comer's open, before the removal
         fifo.open_and_write(">p\nMEEPQSDPSVEPPLSQETFSDLWKLLPEN\n")  # protein: prepare fails, writes nothing
-    finally:
         fifo.close()
-    _, err = first.communicate(timeout=120)
+        _, err = first.communicate(timeout=120)
     assert first.returncode == 3 and "protein" in err, err
     assert entries(out) == {}
     opens = iter([(late_open, False)])
