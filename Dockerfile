@@ -1,8 +1,8 @@
 # virnucpro: the CLI with its pinned dependencies on a CUDA-enabled PyTorch, for the Nextflow
 # pipeline (process.container in conf/base.config) and for running by hand.
 #
-#   docker build -t virnucpro:0.1.0 .
-#   docker run --rm --gpus all -v "$PWD:/data" -w /data virnucpro:0.1.0 virnucpro run reads.fa --models /data/models --outdir out
+#   docker build -t virnucpro:0.2.0dev .
+#   docker run --rm --gpus all -v "$PWD:/data" -w /data virnucpro:0.2.0dev virnucpro run reads.fa --models /data/models --outdir out
 #
 # PyTorch's wheels on PyPI for Linux x86_64 bundle the CUDA libraries (torch 2.13: CUDA 13, which
 # needs an NVIDIA driver >= 580 on the host); the host provides only the driver (--gpus / --nv).

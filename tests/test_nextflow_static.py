@@ -274,6 +274,16 @@ def test_versions_agree():
     assert manifest == __version__ == container
 
 
+def test_readme_names_the_image_this_checkout_runs():
+    """The README's build and pull commands (run from a clone) name the image conf/base.config runs."""
+    image = re.search(r"container\s*=\s*'([^']+)'", CONFIG_TEXTS[REPO / "conf" / "base.config"]).group(1)
+    readme = (REPO / "README.md").read_text()
+    assert f"docker build -t {image} ." in readme and f"docker://{image}" in readme
+    assert f"{image.replace('/', '-').replace(':', '-')}.img" in readme
+    assert not [tag for tag in re.findall(r"ghcr\.io/virnucpro/virnucpro:([\w.]+)", readme)
+                if tag not in (__version__, "0.1.0")], "an image tag of neither this checkout nor a release"
+
+
 # --------------------------------------------------------------------------------------------------
 # Dockerfile against pyproject.toml
 # --------------------------------------------------------------------------------------------------

@@ -314,6 +314,22 @@ def make_output_dir(path: Path, option: str) -> None:
                             "choose a writable location") from None
 
 
+def other_format(path: Path, what: str, found: object, reads: int, redo: str) -> InconsistentInputsError:
+    """Exit 5 for a stage file of another format version than this virnucpro reads, saying which side
+    is older and what to do: a newer file needs the virnucpro that wrote it; an older one is made
+    again by `redo` with this version (in the pipeline, a -resume reused the older version's task)."""
+    from virnucpro import __version__
+
+    if isinstance(found, int) and found > reads:
+        return InconsistentInputsError(
+            f"{path} has {what}format_version {found}: a newer virnucpro wrote it; this one ({__version__}) "
+            f"reads version {reads}", "use the virnucpro that wrote it (or a newer one)")
+    return InconsistentInputsError(
+        f"{path} has {what}format_version {found}: an older virnucpro wrote it; this one ({__version__}) "
+        f"reads version {reads}", f"{redo} with this version (in the Nextflow pipeline: run it again "
+                                  "without -resume, which reused a task of the older version)")
+
+
 def not_a_folder(path: Path, option: str) -> BadInputError:
     """Exit 3 for a folder path taken by something else: a file, or a symbolic link to a missing path
     (which `mkdir` cannot follow; saying "a file" sent users looking for one)."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
-                              name_too_long, storage_error, storage_failure)
+                              name_too_long, other_format, storage_error, storage_failure)
 from virnucpro.outdir import file_mode
 from virnucpro.prepared import SHA256_TEXT, shown
 
@@ -493,8 +493,7 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
     """Every attribute typed and in range, or exit 5 naming it."""
     version = _whole(path, attrs, "format_version", 0)
     if version != FORMAT_VERSION:
-        raise InconsistentInputsError(f"{path} has format_version {version}, this virnucpro reads {FORMAT_VERSION}",
-                                      "rerun `virnucpro embed` with this version")
+        raise other_format(path, "", version, FORMAT_VERSION, "rerun `virnucpro embed`")
     index, of = _whole(path, attrs, "shard_index", 0), _whole(path, attrs, "shard_of", 1)
     if index >= of:
         raise malformed(path, f"attribute shard_index {index} is not below shard_of {of}")

@@ -19,7 +19,7 @@ from stat import S_ISREG
 from typing import BinaryIO, Callable, Iterator
 
 from virnucpro.calls import chunk_id_of
-from virnucpro.errors import BadInputError, InconsistentInputsError
+from virnucpro.errors import BadInputError, InconsistentInputsError, other_format
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -122,9 +122,7 @@ def _parse_first_line(path: Path, line: str) -> dict[str, int]:
     except (KeyError, ValueError):
         raise _malformed_header(path, line) from None
     if values["format_version"] != FORMAT_VERSION:
-        raise InconsistentInputsError(f"{path} has shard format_version {values['format_version']}, "
-                                      f"this virnucpro reads {FORMAT_VERSION}",
-                                      "rerun `virnucpro prepare` with this version")
+        raise other_format(path, "shard ", values["format_version"], FORMAT_VERSION, "rerun `virnucpro prepare`")
     return values
 
 
@@ -235,10 +233,10 @@ def load_manifest(directory: Path) -> dict:
         raise malformed(path, f"it is not JSON ({exc})") from None
     if not isinstance(manifest, dict):
         raise malformed(path, f"it holds {shown(manifest)}, not a JSON object")
-    if type(manifest.get("format_version")) is not int or manifest["format_version"] != FORMAT_VERSION:
-        raise InconsistentInputsError(f"{path} has format_version {shown(manifest.get('format_version'))}, "
-                                      f"this virnucpro reads {FORMAT_VERSION}",
-                                      "rerun `virnucpro prepare` with this version")
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise other_format(path, "", version if type(version) is int else shown(version), FORMAT_VERSION,
+                           "rerun `virnucpro prepare`")
     _check_manifest(path, manifest)
     return manifest
 
