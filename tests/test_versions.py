@@ -64,3 +64,22 @@ def test_a_stage_file_of_another_format_says_which_side_is_older(sample, tiny_mo
         assert "use the virnucpro that wrote it" in err and "-resume" not in err, err
     else:
         assert "with this version" in err and "without -resume" in err, err
+
+
+@pytest.mark.parametrize("written_by", ["0.1.0", __version__])
+def test_an_output_folder_of_another_version_is_named_as_such(tmp_path, reference_dir, run_cli, written_by):
+    """A folder an older virnucpro wrote, holding files this one cannot prove it wrote: one refusal
+    naming both versions, whose fix is the folder (it took one rerun per refusal to find out)."""
+    outdir = tmp_path / "prepared"
+    fasta = reference_dir / "golden" / "mixed.fa"
+    assert run_cli("prepare", fasta, "--outdir", outdir)[0] == 0
+    marker = json.loads((outdir / ".virnucpro.json").read_text())
+    (outdir / ".virnucpro.json").write_text(json.dumps({**marker, "virnucpro_version": written_by}))
+    (outdir / "chunks.tsv").write_text((outdir / "chunks.tsv").read_text() + "\n")
+    code, err = run_cli("prepare", fasta, "--outdir", outdir)
+    assert code == 3 and "chunks.tsv" in err, err
+    if written_by != __version__:
+        assert f"was written by virnucpro {written_by}, and this is {__version__}" in err, err
+        assert "move that folder away or delete it" in err, err
+    else:
+        assert "was written by" not in err and "which virnucpro did not write" in err, err

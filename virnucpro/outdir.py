@@ -611,7 +611,8 @@ class OutputFolder:
         unproven = [rel for rel in _files_under(self.folder, self.names)
                     if self.recorded.get(rel) != _signature_or_none(self.folder / rel)]
         if unproven:  # all of them at once: after a lost record, one rerun per file was needed
-            raise self._foreign(unproven, "which virnucpro did not write (or which changed since it did)")
+            raise self._foreign(unproven, "which virnucpro did not write (or which changed since it did)",
+                                written_by=marker.get("virnucpro_version"))
 
     def _read_marker(self) -> dict | None:
         """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""
@@ -661,11 +662,19 @@ class OutputFolder:
         parts = rel.split("/")
         return parts[0] in self.names and all(part not in ("", ".", "..") for part in parts)
 
-    def _foreign(self, rels: list[str], why: str, lost_record: bool = False) -> BadInputError:
+    def _foreign(self, rels: list[str], why: str, lost_record: bool = False,
+                 written_by: object = None) -> BadInputError:
         """Files this command would replace but cannot prove it wrote (the first ten named);
         `lost_record`: the folder looks like one virnucpro worked in (a `.virnucpro*` entry), so the
-        fix says how to restore its record."""
+        fix says how to restore its record; `written_by`: the version that wrote the folder's record,
+        named when it is another one (whose work this version does not reuse)."""
         shown = ", ".join(rels[:10]) + (f" and {len(rels) - 10:,} more" if len(rels) > 10 else "")
+        if isinstance(written_by, str) and written_by != __version__:
+            return BadInputError(f"{self.what} {self.folder} was written by virnucpro {written_by[:40]}, and this "
+                                 f"is {__version__}: it cannot prove it wrote {shown}, and virnucpro never "
+                                 "replaces files it did not write",
+                                 f"move that folder away or delete it (another version's work is not reused), "
+                                 "or choose another folder")
         fix = f"move {'that file' if len(rels) == 1 else 'those files'}, or choose another folder"
         if lost_record:
             fix = (f"{fix}; if it is virnucpro's unfinished work whose record {MARKER_NAME} was lost, "
