@@ -193,6 +193,15 @@ def test_a_sane_columns_is_kept(monkeypatch):
         assert console.columns_from_environment() is None
 
 
+def test_a_huge_columns_does_not_pad_an_error_to_megabytes(tmp_path):
+    """COLUMNS=10000000 padded one error line to 70 MB (and --help to 240 MB)."""
+    env = {**os.environ, "COLUMNS": "10000000"}
+    result = subprocess.run(COMMAND + ["run", "missing.fa", "--outdir", "x"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=TIMEOUT)
+    assert result.returncode == 3 and "input file not found: missing.fa" in result.stderr
+    assert len(result.stderr) < 10_000, len(result.stderr)
+
+
 def test_a_library_write_left_in_a_dead_stdout_does_not_change_the_exit_code(tiny_models):
     """Python flushes stdout once more at exit: a dead pipe there made the exit code 120."""
     script = ("import sys, virnucpro.entry\nsys.stdout.write('a library said this')\n"

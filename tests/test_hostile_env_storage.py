@@ -240,3 +240,60 @@ def test_every_write_error_maps_a_name_too_long_to_exit_3(tmp_path, writer, monk
     made = h5shard._write_failed(tmp_path / "x.h5", failure) if writer == "h5shard" else \
         download._write_error(tmp_path / "x.pt", failure)
     assert made.code == ExitCode.BAD_INPUT and "file name is too long" in str(made), str(made)
+
+
+@pytest.mark.parametrize("forks_allowed", [0, 1])
+def test_prepare_falls_back_to_this_process_when_forks_fail(reference_dir, tmp_path, monkeypatch, capsys,
+                                                            forks_allowed):
+    """A limit on processes (`ulimit -u`, a pids limit) fails a worker's fork with EAGAIN, before any
+    worker started or after one did: prepare goes on in this process, one warning, outputs those of a
+    one-thread run, no worker left behind (it was exit 1, a bug report)."""
+    import multiprocessing
+
+    import virnucpro.seqio
+
+    source = reference_dir / "golden/mixed.fa"
+    monkeypatch.setattr(virnucpro.seqio, "BLOCK", 8192)  # many record groups: workers would be used
+    prepare([source], tmp_path / "t1", chunk_size=300, shard_size=100, threads=1)
+    capsys.readouterr()
+    real_fork, forks = os.fork, []
+
+    def limited_fork():
+        forks.append(1)
+        if len(forks) > forks_allowed:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return real_fork()
+
+    earlier = set(multiprocessing.active_children())  # another test's, not this prepare's
+    monkeypatch.setattr(os, "fork", limited_fork)
+    manifest = prepare([source], tmp_path / "t3", chunk_size=300, shard_size=100, threads=3)
+    monkeypatch.setattr(os, "fork", real_fork)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "limit on processes" in err and "slower" in err, err
+    assert not set(multiprocessing.active_children()) - earlier
+    one_thread = json.loads((tmp_path / "t1" / "manifest.json").read_text())
+    assert (manifest["counts"], manifest["shards"]) == (one_thread["counts"], one_thread["shards"])
+    for name in TABLES:
+        assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t3" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("command", ["prepare", "run --models", "models check", "offline variable", "predict"])
+def test_a_name_too_long_that_is_only_read_is_exit_3_with_the_same_words(tmp_path, run_cli, monkeypatch,
+                                                                          golden_prepared, reference_dir, command):
+    """An input, a models folder or an embedding file named beyond NAME_MAX: exit 3 "cannot use ...:
+    the file name is too long", everywhere (it said "cannot write" of inputs, and was exit 4 "chmod
+    u+r" for a models folder)."""
+    long = tmp_path / ("a" * 300)
+    fasta = reference_dir / "golden" / "mixed.fa"
+    args = {"prepare": ["prepare", f"{long}.fa", "--outdir", tmp_path / "out"],
+            "run --models": ["run", fasta, "--models", long, "--outdir", tmp_path / "out"],
+            "models check": ["models", "check", long],
+            "offline variable": ["run", fasta, "--outdir", tmp_path / "out", "--offline"],
+            "predict": ["predict", "--prepared", golden_prepared, "--embeddings", f"{long}.h5",
+                        "--outdir", tmp_path / "out"]}[command]
+    monkeypatch.setenv("VIRNUCPRO_MODELS", str(long))
+    code, err = run_cli(*args)
+    assert code == ExitCode.BAD_INPUT, err
+    assert "cannot use" in err and "file name is too long" in err and "shorter name" in err, err
+    assert "cannot write" not in err and "chmod" not in err and "permission" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -351,6 +351,16 @@ def test_run_refuses_a_models_variable_naming_a_file_before_any_work(tmp_path, r
     assert "download" not in err and not (tmp_path / "out").exists(), err
 
 
+@pytest.mark.parametrize("target, words", [("missing", "a link to a missing path"), ("file", "it is a file)")])
+def test_a_models_link_is_described_by_what_it_points_to(tmp_path, run_cli, target, words):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    link = tmp_path / "models"
+    link.symlink_to(afile if target == "file" else tmp_path / "nowhere")
+    code, err = run_cli("models", "check", link)
+    assert code == ExitCode.MODELS and words in err, err
+
+
 def test_tiny_stopped_before_writing_leaves_no_folder_behind(tmp_path, monkeypatch):
     """Stopped (exit 6) while the models are made, before anything is written: the folder it created
     goes with its lock file, as `claim` does for the other commands; a folder that existed stays."""

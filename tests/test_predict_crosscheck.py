@@ -137,6 +137,48 @@ def test_an_embedding_file_written_in_place_after_its_check_is_hashed_again_and_
     assert_refused(sample, code, message, path.name, "changed after embed wrote it")
 
 
+def _tampered_bytes(path: Path) -> bytes:
+    """The bytes of `path` with its ESM-2 vectors zeroed and their checksum attribute rewritten to
+    match, in place (same size, same seal block): an edit only the seal, or the checksums read when
+    the seal was checked, can find."""
+    import h5py
+
+    data = bytearray(path.read_bytes())
+    with h5py.File(path, "r", locking=False) as handle:
+        nuc, prot = handle["dnabert_s"][...], handle["esm2"][...]
+        offset, old = handle["esm2"].id.get_offset(), handle.attrs["sha256_esm2"]
+    zeros = np.zeros_like(prot)
+    data[offset:offset + zeros.nbytes] = zeros.tobytes()
+    checksums = h5shard.VectorChecksums()
+    checksums.add(nuc, zeros)
+    old = old.encode() if isinstance(old, str) else bytes(old)
+    assert data.count(old) == 1
+    start = data.find(old)
+    data[start:start + len(old)] = checksums.attributes()["sha256_esm2"].encode()
+    return bytes(data)
+
+
+def test_vectors_changed_through_a_memory_map_after_the_hash_are_refused(sample):
+    """Writes through a shared memory map to pages already dirty change neither the modification nor
+    the change time: a file changed that way after predict hashed it keeps its identity, and its
+    checksum attributes were rewritten too. The vectors read must still be refused (exit 5), checked
+    against the checksums the hashed file held."""
+    import mmap
+
+    from virnucpro.errors import InconsistentInputsError
+
+    path = sample.embeddings[0]
+    tampered = _tampered_bytes(path)
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), 0) as mapped:
+        for start in range(0, len(mapped), mmap.PAGESIZE):
+            mapped[start] = mapped[start]  # dirty every page first, as a writer with the file mapped would
+        info = h5shard.read_info(path)
+        mapped[h5shard.SEAL_BYTES:] = tampered[h5shard.SEAL_BYTES:]
+        with pytest.raises(InconsistentInputsError, match="esm2 vectors changed after embed wrote them"):
+            for _ in h5shard.iter_rows(path, seal=info.seal):
+                pass
+
+
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_a_byte_changed_in_an_embedding_file_is_refused_before_hdf5_reads_it(sample, run_cli, where):
     """Any byte of a shard changed after embed sealed it: exit 5 naming the file, nothing written."""

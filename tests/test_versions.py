@@ -83,3 +83,14 @@ def test_an_output_folder_of_another_version_is_named_as_such(tmp_path, referenc
         assert "move that folder away or delete it" in err, err
     else:
         assert "was written by" not in err and "which virnucpro did not write" in err, err
+
+
+@pytest.mark.parametrize("value", [None, "3", True, 2.0])
+def test_a_format_version_that_is_no_whole_number_is_malformed_not_older(sample, tiny_models, tmp_path, run_cli,
+                                                                         value):
+    prepared, embeddings = sample
+    manifest = json.loads((prepared / fmt.MANIFEST).read_text())
+    (prepared / fmt.MANIFEST).write_text(json.dumps({**manifest, "format_version": value}))
+    code, err = run_cli("predict", "--prepared", prepared, "--embeddings", *embeddings,
+                        "--outdir", tmp_path / "out", "--models", tiny_models)
+    assert code == 5 and "not a whole number" in err and "older virnucpro" not in err and "-resume" not in err, err

@@ -10,15 +10,17 @@ from rich.console import Console
 from rich.markup import escape
 
 MIN_COLUMNS = 20  # narrower than this, COLUMNS is a mistake (COLUMNS=0 made rich print nothing at all)
+MAX_COLUMNS = 1000  # wider than this, too (COLUMNS=10000000 padded one error line to 70 MB)
 
 
 def columns_from_environment() -> int | None:
-    """COLUMNS when it is a usable width, else None (unset, not a number, under MIN_COLUMNS)."""
+    """COLUMNS when it is a usable width, else None (unset, not a number, under MIN_COLUMNS or over
+    MAX_COLUMNS)."""
     try:
         columns = int(os.environ.get("COLUMNS", ""))
     except ValueError:
         return None
-    return columns if columns >= MIN_COLUMNS else None
+    return columns if MIN_COLUMNS <= columns <= MAX_COLUMNS else None
 
 
 def drop_unusable_columns() -> None:

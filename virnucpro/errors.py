@@ -161,12 +161,18 @@ def output_errors(path: Path) -> Iterator[None]:
 def storage_failure(exc: OSError, path: Path) -> VirnucproError:
     """The error for the storage failure `exc` met writing into `path`: exit 10 (disk full, read-only,
     ...), except a name or path too long for the file system, which is the path the user chose, not
-    the storage's state: exit 3 (docs/contracts.md), saying which limit it passes."""
+    the storage's state: exit 3 (docs/contracts.md), saying which limit it passes (the path may be
+    one that is only read: the words fit both)."""
     if name_too_long(exc):
-        target = os.fsdecode(exc.filename) if exc.filename else str(path)
-        return BadInputError(f"cannot write {target}: {too_long(target)}", storage_hint(exc))
+        return path_too_long(exc, path)
     where = exc.filename or f"into {path}"
     return OutputWriteError(f"cannot write {where}: {storage_error(exc)}", storage_hint(exc))
+
+
+def path_too_long(exc: OSError, path: Path) -> BadInputError:
+    """Exit 3 for a path (read or written) that the file system refuses as too long (ENAMETOOLONG)."""
+    target = os.fsdecode(exc.filename) if exc.filename else str(path)
+    return BadInputError(f"cannot use {target}: {too_long(target)}", STORAGE_HINTS[errno.ENAMETOOLONG])
 
 
 def name_too_long(exc: BaseException) -> bool:

@@ -58,11 +58,14 @@ def _h5py():
 
 @dataclass(frozen=True)
 class Seal:
-    """A shard's seal as checked, and the identity of the file then (device, inode, size, modification
-    and change times): a later open that finds the same identity need not hash the file again."""
+    """A shard's seal as checked, the identity of the file then (device, inode, size, modification and
+    change times), and the vector checksums it held (set by `read_info`): a later open that finds the
+    same identity need not hash the file again, and the vectors it reads are checked against those
+    checksums, not against what the file says by then."""
 
     block: bytes
     identity: tuple[int, ...]
+    vectors: tuple[tuple[str, str], ...] = ()
 
 
 @contextmanager
@@ -88,8 +91,10 @@ def _sealed(path: Path, seal: Seal | None = None):
 
 
 def _rechecked(path: Path, raw, seal: Seal | None) -> Seal:
-    """The open file's Seal: `seal` itself when the file is still the one it was taken from, unwritten
-    since (any write changes the change time, which no program can set back), else hashed again."""
+    """The open file's Seal: `seal` itself when the file looks unwritten since it was taken (same inode,
+    size and times), else hashed again. A write through a shared memory map (or on a file system with
+    coarse times) may leave the times as they were: what matters, the vectors, is then still checked
+    against the checksums the hashed file held (`iter_rows`), and the ids against the prepare shard."""
     identity = _identity(raw)
     if seal is not None and identity == seal.identity and raw.read(SEAL_BYTES) == seal.block:
         return seal
@@ -390,7 +395,8 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     except DAMAGED as exc:
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
                                       "give the .h5 files written by `virnucpro embed`") from None
-    return replace(_shard_info(path, attrs, records, widths), seal=seal)
+    info = _shard_info(path, attrs, records, widths)
+    return replace(info, seal=replace(seal, vectors=tuple((name, _text(path, attrs, name)) for name in CHECKSUMS)))
 
 
 def malformed(path: Path, what: str) -> InconsistentInputsError:
@@ -600,13 +606,16 @@ def iter_rows(path: Path, block: int = ROWS_PER_WRITE,
               seal: Seal | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, features) blocks in shard order; features = DNABERT-S then ESM-2, as the original merges.
 
-    The vectors read are checked against the checksums embed stored: a changed value ends the read
-    with exit 5 after the last block (the caller publishes nothing before the read is complete).
+    The vectors read are checked against the checksums embed stored (those `seal` holds, read when the
+    file was hashed, else the file's): a changed value ends the read with exit 5 after the last block
+    (the caller publishes nothing before the read is complete).
     """
     checksums = VectorChecksums()
     with _reading(path), open_h5(path, seal) as handle:
         id_data, nuc_data, prot_data = (_dataset(path, handle, name) for name in ("ids", *VECTORS))
-        n, expected = id_data.shape[0], {name: _text(path, dict(handle.attrs), name) for name in CHECKSUMS}
+        n = id_data.shape[0]
+        expected = dict(seal.vectors) if seal is not None and seal.vectors else \
+            {name: _text(path, dict(handle.attrs), name) for name in CHECKSUMS}
         for start in range(0, n, block):
             ids = _decoded(id_data[start:start + block])
             nuc, prot = nuc_data[start:start + block], prot_data[start:start + block]

@@ -463,21 +463,34 @@ class SamplePreparer:
 
     def _start_workers(self, group: RecordGroup) -> Optional[Future]:
         """The worker processes started, with `group` (read already) as their first task; None when
-        they cannot start: their semaphores need a usable /dev/shm, which `docker --ipc=none`, some
-        sandboxes or a read-only mount take away. This process then prepares every group, `group`
-        included, as `run` does (slower, same outputs): no record was handed to a worker."""
+        they cannot start: their semaphores need a usable /dev/shm (which `docker --ipc=none`, some
+        sandboxes or a read-only mount take away), and a limit on processes (`ulimit -u`, a
+        container's or job's pids limit) stops the forks. This process then prepares every group,
+        `group` included, as `run` does (slower, same outputs); only its own results are written."""
         with stop_signals_blocked():  # the first submit forks every worker
             try:
                 self.executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_setup,
                                                     initargs=(os.getpid(),),
                                                     mp_context=multiprocessing.get_context("fork"))
+                return self.executor.submit(prepare_group, group, self.chunk_size)
             except (OSError, NotImplementedError) as exc:
-                self.workers, self.depth = 0, 2  # inline results are held until written: few of them
-                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                warn(f"prepare's worker processes cannot start (their semaphores need a writable /dev/shm: "
-                     f"{reason}); preparing in this process instead, which is slower (same outputs)")
+                self._prepare_here(exc)
                 return None
-            return self.executor.submit(prepare_group, group, self.chunk_size)
+
+    def _prepare_here(self, exc: BaseException) -> None:
+        """From now on, prepare in this process: the workers forked before one failed are killed (the
+        results of any group they took are never read), with one warning saying why."""
+        if not isinstance(self.executor, InlineExecutor):
+            for worker in multiprocessing.active_children():
+                worker.kill()
+                worker.join(timeout=5)  # reaped: no worker outlives the fallback
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = InlineExecutor()
+        self.workers, self.depth = 0, 2  # inline results are held until written: few of them
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        warn(f"prepare's worker processes cannot start ({reason}: their semaphores need a writable /dev/shm, "
+             "and a limit on processes stops them too); preparing in this process instead, which is slower "
+             "(same outputs)")
 
     def _apply(self, summary: InputSummary, future: Future) -> None:
         result: GroupResult = _result_of(future, summary.path, self.executor)

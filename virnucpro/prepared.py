@@ -234,9 +234,10 @@ def load_manifest(directory: Path) -> dict:
     if not isinstance(manifest, dict):
         raise malformed(path, f"it holds {shown(manifest)}, not a JSON object")
     version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise other_format(path, "", version if type(version) is int else shown(version), FORMAT_VERSION,
-                           "rerun `virnucpro prepare`")
+    if type(version) is not int:
+        raise malformed(path, f"format_version is {shown(version)}, not a whole number")
+    if version != FORMAT_VERSION:
+        raise other_format(path, "", version, FORMAT_VERSION, "rerun `virnucpro prepare`")
     _check_manifest(path, manifest)
     return manifest
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from virnucpro.errors import BadInputError
+from virnucpro.errors import BadInputError, name_too_long, path_too_long
 
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -293,6 +293,8 @@ class HashingTextStream:
             raise BadInputError(f"input is a directory, not a file: {path}",
                                 "give the FASTA/FASTQ files inside it") from None
         except OSError as exc:
+            if name_too_long(exc):
+                raise path_too_long(exc, Path(path)) from None
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
         self._opened = os.fstat(self._raw.fileno())

@@ -64,7 +64,7 @@ from stat import S_ISREG
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
-from virnucpro.errors import ExitCode, ModelsError, VirnucproError
+from virnucpro.errors import ExitCode, ModelsError, VirnucproError, name_too_long, path_too_long
 from virnucpro.outdir import MARKER_NAME, file_mode, is_regular, not_ours
 from virnucpro.models import pins
 
@@ -458,6 +458,8 @@ def reading(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if name_too_long(exc):
+            raise path_too_long(exc, Path(path)) from None
         where = exc.filename or path
         raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}",
                           hint="make it readable to this user (chmod u+r), then rerun") from None
@@ -810,7 +812,7 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
 
 
 def _not_a_directory(directory: Path) -> ModelsError:
-    what = "a link to a missing path" if os.path.islink(directory) else "a file"
+    what = "a link to a missing path" if os.path.islink(directory) and not directory.exists() else "a file"
     return ModelsError(f"models directory {directory} is not a directory (it is {what})",
                        hint="give the folder that holds the models (with --models, --dest or VIRNUCPRO_MODELS)")
 
