@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; checkModelsDirectory ; checkpointDir ; checkSlurmQueues ; lockOutdir } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -26,6 +26,8 @@ workflow {
             validateParameters(params, schema)
         }
         log.info(paramsSummaryLog(params, schema, workflow))
+        // Paths a task's shell script would misread ($, globs, control characters): before any use
+        checkParameterPaths(params)
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
         if (params.models) {
             // the classifier for --chunk_size is looked for only when no --classifier replaces it

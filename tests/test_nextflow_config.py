@@ -134,6 +134,34 @@ def test_embed_containers_see_the_checkpoints_and_gpus_only_under_the_gpu_profil
     assert _embed_closure(groovy, "containerOptions", engine=engine, device=device, profile=profile) == expected
 
 
+def _shell_words(options: str) -> list:
+    """The words bash makes of container options written into a task's command line (nothing run)."""
+    done = subprocess.run(["bash", "-c", 'for word in ' + options + '; do printf "%s\\0" "$word"; done'],
+                          capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\0")[:-1]
+
+
+@pytest.mark.parametrize("checkpoint_dir", ["/home/o'brien/ck pt", "/tmp/ck';touch /tmp/pwned;'", '/tmp/a"b $HOME'])
+def test_embed_mounts_a_checkpoint_folder_whatever_quotes_it_holds(groovy, checkpoint_dir):
+    """A quote in --checkpoint_dir broke every EMBED under docker (exit 127), or ran what followed it."""
+    docker = _embed_closure(groovy, "containerOptions", engine="docker", device="cpu", checkpoint_dir=checkpoint_dir)
+    assert _shell_words(docker) == ["--volume", f"{checkpoint_dir}:{checkpoint_dir}", "--stop-timeout", "120"]
+    apptainer = _embed_closure(groovy, "containerOptions", engine="apptainer", device="cpu",
+                               checkpoint_dir=checkpoint_dir)
+    assert _shell_words(apptainer) == ["--bind", checkpoint_dir]
+
+
+def test_models_mirror_reaches_the_download_as_one_word(groovy):
+    """--models_mirror was pasted unquoted into MODELS_DOWNLOAD's script (with validation off, or
+    a URL the schema's pattern let through, `$(...)` ran on the launch host)."""
+    body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_MODELS_DOWNLOAD"][0]
+    for mirror in ["https://mirror.example.org/models/", "https://m.example/$(touch /tmp/pwned)'x;y"]:
+        args = groovy.evaluate({"params": {**PARAMS, "models_mirror": mirror}, "task": {}},
+                               [("ext.args", assignments(body)["ext.args"], True)])["ext.args"]
+        assert _shell_words(args) == ["--mirror", mirror]
+
+
 def test_embed_without_a_checkpoint_folder_mounts_nothing(groovy):
     assert _embed_closure(groovy, "containerOptions", engine="docker", device="cpu", checkpoint_dir="") == STOP
     assert _embed_closure(groovy, "containerOptions", engine="apptainer", device="cpu", checkpoint_dir="") == ""
@@ -255,14 +283,17 @@ def test_task_shell_is_the_configured_one():
 UTILS = REPO / "subworkflows" / "local" / "utils_virnucpro_pipeline" / "main.nf"
 
 # What those functions take from Nextflow: file() gives a Path, which knows exists(),
-# isDirectory(), name and toUriString() (Nextflow's FilesEx); error() stops the run with its message.
+# isDirectory(), mkdirs(), name and toUriString() (Nextflow's FilesEx: a local file's path as it is,
+# a remote one's URI); error() stops the run with its message.
 NEXTFLOW_STAND_INS = """
 ExpandoMetaClass.enableGlobally()
 java.nio.file.Path.metaClass.exists = { -> java.nio.file.Files.exists(delegate) }
 java.nio.file.Path.metaClass.isDirectory = { -> java.nio.file.Files.isDirectory(delegate) }
 java.nio.file.Path.metaClass.getName = { -> delegate.fileName.toString() }
-java.nio.file.Path.metaClass.toUriString = { -> delegate.toUri().toString() }
+java.nio.file.Path.metaClass.toUriString = { -> delegate.toUri().scheme == 'file' ? delegate.toString() : delegate.toUri().toString() }
+java.nio.file.Path.metaClass.mkdirs = { -> java.nio.file.Files.createDirectories(delegate); true }
 def file(String path) { java.nio.file.Paths.get(path) }
+def file(Map options, String path) { file(path) }
 def error(String message) { throw new IllegalStateException(message) }
 def outcome(Closure call) {
     try { call(); return 'passed' } catch (IllegalStateException e) { return e.message }
@@ -383,6 +414,89 @@ def test_a_sample_name_too_long_for_its_files_is_refused_at_start_up(groovy):
     message = _sample_names_check(groovy, ["ok", "x" * (limit + 1)])
     assert f"'{'x' * (limit + 1)}' in samples.csv is longer than {limit} characters" in message
     assert message.endswith("rename the sample")
+
+
+# Characters Nextflow 24.10 leaves unescaped when it stages a file or names it in a task's script
+UNSAFE = {"$": "'$'", "`": "'`'", "{": "'{'", "}": "'}'", "[": "'['", "]": "']'", "*": "'*'", "?": "'?'",
+          "\t": "a tab", "\n": "a line break", "\x01": "the control character U+0001",
+          "\x7f": "the control character U+007F"}
+
+
+def _path_check(groovy, what: str, path: str) -> str:
+    """'passed', or the message a user's path is refused with (given as a binding: it may hold anything)."""
+    code = "\n".join([NEXTFLOW_STAND_INS,
+                      _utils_functions("refuseUnsafePaths", "unsafePathProblem", "printablePath", "describeCharacter"),
+                      "outcome { refuseUnsafePaths([unsafePathProblem(what, file(path))]) }"])
+    return groovy.evaluate({"what": what, "path": path}, [("outcome", code, False)])["outcome"]
+
+
+@pytest.mark.parametrize("character", sorted(UNSAFE), ids=lambda c: f"U+{ord(c):04X}")
+def test_a_path_nextflow_would_not_escape_is_refused_naming_it_and_the_character(groovy, character):
+    """`g[12]/r.fa` staged g1/r.fa, `v$HOME/r.fa` staged v/root/r.fa, `${X=$(touch ..)}${X@P}`
+    ran a command: refused before any task, with the path, the character and the way out."""
+    path = f"/data/run{character}1/reads.fa"
+    message = _path_check(groovy, "--classifier", path)
+    shown = path.replace("\t", "\\t").replace("\n", "\\n").replace("\x01", "\\u0001").replace("\x7f", "\\u007F")
+    lines = message.splitlines()
+    assert len(lines) == 3 and lines[1] == f"  --classifier {shown}: {UNSAFE[character]}", message
+    assert "Rename the file or folder, or make a link to it" in lines[2], message
+    assert "\t" not in message and "\r" not in message, "the message holds the raw control character"
+
+
+def test_paths_nextflow_escapes_pass(groovy):
+    """Spaces, quotes, `;&|()<>!`, a leading '-' and non-ASCII letters are escaped when staged."""
+    assert _path_check(groovy, "--models", "/data/my run/q'uo\"te;&|(x)<y>!/-n ü.fa") == "passed"
+
+
+def _parameter_paths_check(groovy, parameters: dict) -> str:
+    code = "\n".join([NEXTFLOW_STAND_INS,
+                      _utils_functions("checkParameterPaths", "refuseUnsafePaths", "unsafePathProblem", "printablePath",
+                                       "describeCharacter"),
+                      "outcome { checkParameterPaths(parameters) }"])
+    return groovy.evaluate({"parameters": parameters}, [("outcome", code, False)])["outcome"]
+
+
+def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
+    """--outdir 'r[1] x' and --models '/tmp/m[12]' stopped with a Groovy error about `toUri`;
+    --checkpoint_dir 'ck[1]' was dropped without a word (no checkpoints, no GPU slots)."""
+    message = _parameter_paths_check(groovy, {
+        "outdir": "/r/r[1] x", "models": "/tmp/m[12]", "classifier": "/c/c$1.pth", "checkpoint_dir": "/ck/ck[1]",
+        "models_store": "/s/st{x}", "input": "/in/*.fa", "slurm_options": "--x=[1]"})
+    lines = message.splitlines()[1:-1]
+    assert [line.strip().split(":")[0] for line in lines] == [
+        "--outdir /r/r[1] x", "--models /tmp/m[12]", "--classifier /c/c$1.pth", "--checkpoint_dir /ck/ck[1]",
+        "--models_store /s/st{x}"], message
+    good = {"outdir": "/r/results", "models": "/m/my models", "classifier": None, "checkpoint_dir": "",
+            "models_store": "virnucpro-models", "input": "/in/*.fa"}
+    assert _parameter_paths_check(groovy, good) == "passed"
+
+
+@pytest.mark.parametrize("engine, refused", [("docker", True), ("apptainer", True), (None, False)])
+def test_a_checkpoint_folder_a_container_cannot_mount_is_refused(groovy, tmp_path, engine, refused):
+    """`docker --volume SRC:DST` and `apptainer --bind SRC[:DST],...` read ':' and ',' in a path as
+    their own syntax: such a --checkpoint_dir is refused when a container engine is on."""
+    for name in ("ck:pt", "ck,pt"):
+        requested = str(tmp_path / name)
+        code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("checkpointDir"),
+                          "workflow = [workDir: file('/work-of-no-run'), containerEngine: engine]",
+                          "outcome { checkpointDir(requested, workflow.workDir) }"])
+        message = groovy.evaluate({"engine": engine, "requested": requested}, [("outcome", code, False)])["outcome"]
+        if refused:
+            assert message.startswith(f"--checkpoint_dir {requested}: "), message
+            assert f"'{name[2]}'" in message and engine in message and "another --checkpoint_dir" in message, message
+            assert not (tmp_path / name).exists(), "made before it was refused"
+        else:
+            assert message == "passed" and (tmp_path / name).is_dir()
+
+
+def test_the_inputs_table_stays_one_line_of_three_fields_per_file(groovy):
+    """pipeline_info/inputs_<start>.tsv: a tab or line break in a path would break its rows."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("inputsTableLine"),
+                      "outcome = inputsTableLine('s1', 1, file(path))"])
+    line = groovy.evaluate({"path": "/d/a\tb\nc\\d.fa"}, [("outcome", code, False)])["outcome"]
+    assert line == "s1\tinput/2/a\\tb\\nc\\d.fa\t/d/a\\tb\\nc\\d.fa", line
+    plain = groovy.evaluate({"path": "/d/my reads.fa"}, [("outcome", code, False)])["outcome"]
+    assert plain == "s1\tinput/2/my reads.fa\t/d/my reads.fa"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -414,3 +414,43 @@ def test_docs_name_the_folder_the_download_keeps_the_models_in():
     usage = (REPO / "docs" / "usage.md").read_text()
     assert f"`--models {store}/{folder}`" in usage
     assert f"`{store}/{folder}/`" in usage
+
+
+# --------------------------------------------------------------------------------------------------
+# The release workflow
+# --------------------------------------------------------------------------------------------------
+
+def _release_version_step(tmp_path: Path, version: str, tag: str = "") -> tuple:
+    """The release workflow's version step, run in a checkout at `version` (a manual dispatch when
+    `tag` is empty): (exit status, its output, what it gives the later steps)."""
+    import subprocess
+
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "release.yml").read_text())
+    (step,) = [s for s in workflow["jobs"]["image"]["steps"] if s.get("id") == "meta"]
+    (tmp_path / "virnucpro").mkdir()
+    (tmp_path / "virnucpro" / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "base.config").write_text(f"process {{\n    container = 'ghcr.io/o/r:{version}'\n}}\n")
+    (tmp_path / "nextflow.config").write_text(f"manifest {{\n    version = '{version}'\n}}\n")
+    outputs = tmp_path / "outputs"
+    outputs.write_text("")
+    env = {"PATH": "/usr/bin:/bin", "GITHUB_OUTPUT": str(outputs), "GITHUB_REPOSITORY": "o/r", "RELEASE_TAG": tag}
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=30)
+    return done.returncode, done.stdout + done.stderr, outputs.read_text()
+
+
+@pytest.mark.parametrize("version", ["0.2.0dev", "0.2.0.dev3", "1.0.0-dev"])
+def test_release_refuses_to_push_a_development_version(tmp_path, version):
+    """A manual run from main (version 0.2.0dev) would push that image, and as :latest."""
+    status, output, outputs = _release_version_step(tmp_path, version)
+    assert status != 0 and "::error::" in output and version in output, output
+    assert "version=" not in outputs
+
+
+def test_release_of_a_version_gives_its_image_names(tmp_path):
+    status, output, outputs = _release_version_step(tmp_path, "0.2.0", tag="v0.2.0")
+    assert status == 0, output
+    assert "version=0.2.0\n" in outputs and "image=ghcr.io/o/r\n" in outputs, outputs

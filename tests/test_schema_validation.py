@@ -152,6 +152,16 @@ def _cases(tmp: Path):
         "no_such_input": {"input": str(tmp / "reads" / "*.fq")},
         "dir_is_file": {"models": str(tmp / "reads" / "p1.fa")},
         "several": {"precision": "fp8", "chunksize": 300, "threshold": "abc", "shard_size": 0, "outdir": True},
+        # what reaches a shell: the SLURM job header (one option a line: a line break starts a
+        # command) and MODELS_DOWNLOAD's script
+        "slurm_lines": {"slurm_account": "acct\nid > /tmp/pwned", "slurm_options": "--comment=x\ntouch /tmp/pwned",
+                        "slurm_qos": "normal\t#", "slurm_queue": "cpu\n", "slurm_gpu_queue": "gpu one",
+                        "gpu_type": "a100\r"},
+        "mirror_shell": {"models_mirror": "https://mirror.example.org/$(touch /tmp/pwned)"},
+        "mirror_line": {"models_mirror": "https://mirror.example.org/models\n"},
+        "site_values": {"slurm_account": "proj-1_x", "slurm_qos": "normal", "slurm_queue": "short,long",
+                        "slurm_gpu_queue": "gpu", "gpu_type": "nvidia-l4", "slurm_options": "--constraint=a100 --exclusive",
+                        "models_mirror": "https://mirror.example.org:8443/virnucpro/models%20v1/"},
     }
     cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
     cases += [{"kind": "sheet", "name": name, "sheet": name} for name in _paths(tmp)]
@@ -181,7 +191,7 @@ def _refused(results, name):
     return outcome["message"]
 
 
-@pytest.mark.parametrize("name", ["good", "good_types"])
+@pytest.mark.parametrize("name", ["good", "good_types", "site_values"])
 def test_valid_parameters_pass(results, name):
     assert results[name] == {"ok": True, "value": "valid"}
 
@@ -202,6 +212,17 @@ def test_each_problem_names_the_parameter(results, name, expected):
     for text in expected:
         assert text in message, message
     assert "(1 problem;" in message, message
+
+
+def test_line_breaks_and_shell_syntax_in_values_that_reach_a_shell_are_refused(results):
+    """A line break in a SLURM value would end its `#SBATCH` line and start a command of the job
+    script; the models mirror is written into MODELS_DOWNLOAD's script."""
+    message = _refused(results, "slurm_lines")
+    for name in ("slurm_account", "slurm_options", "slurm_qos", "slurm_queue", "slurm_gpu_queue", "gpu_type"):
+        assert f"* --{name}:" in message, message
+    assert "(6 problems;" in message, message
+    for name in ("mirror_shell", "mirror_line"):
+        assert "* --models_mirror:" in _refused(results, name)
 
 
 def test_kebab_and_camel_twins_are_reported_once(results):

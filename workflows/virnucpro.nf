@@ -28,7 +28,7 @@ workflow VIRNUCPRO {
     // Models: a staged directory (--models), tiny test models, or the download kept per site
     def ch_models = channel.empty()
     if (models) {
-        ch_models = channel.value(file(models, checkIfExists: true))
+        ch_models = channel.value(file(models, glob: false, checkIfExists: true))
     }
     else if (tiny_models) {
         VIRNUCPRO_MODELS_TINY()
@@ -41,7 +41,7 @@ workflow VIRNUCPRO {
     }
     // PREDICT needs the classifier alone: the user's, or the models directory's one for the chunk size
     def ch_classifier = classifier
-        ? channel.value(file(classifier, checkIfExists: true))
+        ? channel.value(file(classifier, glob: false, checkIfExists: true))
         : ch_models.map { dir -> classifierFiles(dir, chunk_size) }
 
     VIRNUCPRO_PREPARE(ch_samples)
@@ -82,7 +82,7 @@ workflow VIRNUCPRO {
     if (!skip_multiqc) {
         MULTIQC(
             VIRNUCPRO_SUMMARY.out.multiqc.mix(ch_versions_yml).collect(),
-            channel.value(file("${projectDir}/assets/multiqc_config.yml", checkIfExists: true))
+            channel.value(file("${projectDir}/assets/multiqc_config.yml", glob: false, checkIfExists: true))
         )
     }
 

@@ -242,6 +242,35 @@ def test_file_names_that_cannot_name_a_sample_are_refused(tmp_path):
     assert_refused_before_any_task(run, "'multiqc'", "reserved")
 
 
+def test_paths_a_task_script_would_misread_are_refused_before_any_task(tmp_path):
+    """Nextflow 24.10 stages files with their paths unescaped in the task scripts: `g[12]/r.fa`
+    linked g1/r.fa, `v$HOME/r.fa` v/root/r.fa, `${X=$(...)}${X@P}` in a name ran a command, and
+    --outdir 'r[1] x' stopped on a Groovy error. Each is refused, naming the path and the character."""
+    data = tmp_path / "data"
+    for folder in ("g[12]", "g1", "v$HOME", "m[12]", "c[12]"):
+        (data / folder).mkdir(parents=True)
+    for reads in ("g[12]/r.fa", "g1/r.fa", "v$HOME/r.fa", "t\tab.fa", "r${X=$(touch pwned)}${X@P}.fa"):
+        shutil.copy(TEST_INPUTS / "sample_a.fasta", data / reads)
+    (data / "m[12]" / "manifest.json").write_text("{}")
+    (data / "c[12]" / "my.pth").write_text("")
+    run = run_pipeline(tmp_path / "params", "-profile", "test", "--models", str(data / "m[12]"),
+                       "--classifier", str(data / "c[12]" / "my.pth"), "--checkpoint_dir", "ck[1]", outdir="r[1] x")
+    assert_refused_before_any_task(run, f"--outdir {tmp_path / 'params' / 'r[1] x'}: '['",
+                                   f"--models {data / 'm[12]'}: '['", f"--classifier {data / 'c[12]' / 'my.pth'}: '['",
+                                   f"--checkpoint_dir {tmp_path / 'params' / 'ck[1]'}: '['", "make a link to it")
+    assert "toUri" not in run.output
+    sheet = write_samplesheet(tmp_path / "sheet.csv", [
+        ("brackets", data / "g[12]" / "r.fa"), ("dollar", data / "v$HOME" / "r.fa"),
+        ("tab", data / "t\tab.fa"), ("command", data / "r${X=$(touch pwned)}${X@P}.fa")])
+    run = run_pipeline(tmp_path / "sheet", "-profile", "test", "--input", str(sheet))
+    assert_refused_before_any_task(run, f"row 1, file {data / 'g[12]' / 'r.fa'}: '['",
+                                   f"row 2, file {data / 'v$HOME' / 'r.fa'}: '$'",
+                                   f"row 3, file {data / 't'}\\tab.fa: a tab", "row 4, file", "Rename the file or folder")
+    assert not list(tmp_path.rglob("pwned"))
+    run = run_pipeline(tmp_path / "glob", "-profile", "test", "--input", str(data / "*" / "r.fa"))
+    assert_refused_before_any_task(run, f"matched {data / 'g[12]' / 'r.fa'}: '['", f"matched {data / 'v$HOME' / 'r.fa'}: '$'")
+
+
 def test_an_outdir_in_use_by_another_run_is_refused(tmp_path):
     import fcntl
     launch = tmp_path / "launch"

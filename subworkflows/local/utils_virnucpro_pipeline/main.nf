@@ -29,6 +29,7 @@ def isSamplesheet(String input) {
 def samplesFromSamplesheet(String samplesheet) {
     def rows = samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json")
     checkSampleNames(rows.collect { row -> row[0].id }.unique(), "in ${samplesheet}", 'rename the sample')
+    refuseUnsafePaths(rows.indexed().collect { i, row -> unsafePathProblem("${samplesheet} row ${i + 1}, file", row[1]) })
     checkRepeatedFiles(rows, samplesheet)
     return rows
         .groupBy { row -> row[0].id }
@@ -36,9 +37,14 @@ def samplesFromSamplesheet(String samplesheet) {
 }
 
 // One sample per file, named after the file without its FASTA/FASTQ and compression extensions.
-// The glob is listed here, at start-up, so that a bad name stops the run before any task.
+// The glob is listed here, at start-up, so that a bad name stops the run before any task. What it
+// matched is checked whole (unsafePathProblem): `'data/*/r.fa'` may match data/g[12]/r.fa; and a
+// file whose name the glob is (`g[12].fa`, which the glob reads as g1.fa or g2.fa) is refused too.
 def samplesFromFiles(String pattern) {
-    def rows = files(pattern, checkIfExists: true)
+    refuseUnsafePaths([file(pattern, glob: false)].findAll { path -> path.exists() }.collect { path -> unsafePathProblem('--input', path) })
+    def matched = files(pattern, checkIfExists: true)
+    refuseUnsafePaths(matched.collect { reads -> unsafePathProblem("--input ${pattern} matched", reads) })
+    def rows = matched
         .collect { reads -> [[id: sampleIdFromPath(reads)], [reads]] }
         .sort { a, b -> a[0].id <=> b[0].id }
     return checkUniqueSampleIds(rows)
@@ -50,13 +56,20 @@ def samplesFromFiles(String pattern) {
 def writeInputsTable(String outdir, String runStart, List samples) {
     def lines = ['sample\tstaged_as\tpath']
     samples.each { sample ->
-        sample[1].eachWithIndex { reads, i ->
-            lines << [sample[0].id, "input/${i + 1}/${reads.name}", reads.toUriString()].join('\t')
-        }
+        sample[1].eachWithIndex { reads, i -> lines << inputsTableLine(sample[0].id, i, reads) }
     }
-    def table = file("${outdir}/pipeline_info/inputs_${runStart}.tsv")
+    def table = file("${outdir}/pipeline_info/inputs_${runStart}.tsv", glob: false)
     table.parent.mkdirs()
     table.text = lines.join('\n') + '\n'
+}
+
+// One row of the inputs table: the sample, the name PREPARE stages its i-th file (0-based) under,
+// and the file. A tab, line break or carriage return (refused in input paths, unsafePathProblem)
+// would break the table's rows: written as \t, \n, \r should one ever get here.
+def inputsTableLine(String id, int i, reads) {
+    return [id, "input/${i + 1}/${reads.name}", reads.toUriString()]
+        .collect { field -> field.toString().replace('\t', '\\t').replace('\n', '\\n').replace('\r', '\\r') }
+        .join('\t')
 }
 
 def sampleIdFromPath(reads) {
@@ -122,12 +135,60 @@ def canonicalPath(path) {
     return path.toUri().getScheme() == 'file' && path.exists() ? path.toRealPath().toString() : path.toUriString()
 }
 
+// Nextflow 24.10 writes the path of each file it stages for a task into the task's shell scripts
+// without escaping `$`, backticks, `{}`, `[]`, `*`, `?` or control characters (it escapes spaces and
+// quotes): `ln -s SRC input/1/NAME` in .command.run, NAME in .command.sh. `$HOME` or `$(...)` in a
+// name expanded or ran, `g[12]/r.fa` linked g1/r.fa, a tab or line break split the command. So a
+// user's path holding one is refused before any task: the problem, naming what gave the path, or
+// null. Paths are checked as Nextflow writes them (toUriString: plain for local files, no %-escapes).
+def unsafePathProblem(String what, path) {
+    def text = path instanceof CharSequence ? path.toString() : path.toUriString()
+    def found = java.util.regex.Pattern.compile('[$`{}\\[\\]*?\\x00-\\x1F\\x7F-\\x9F]').matcher(text)
+    if (!found.find()) {
+        return null
+    }
+    return "${what} ${printablePath(text)}: ${describeCharacter(found.group())}".toString()
+}
+
+// Stops the run listing every problem found (unsafePathProblem's, nulls left out), and the way out.
+def refuseUnsafePaths(List problems) {
+    def found = problems.findAll { problem -> problem }
+    if (found) {
+        def header = "Paths holding a character Nextflow does not escape in the tasks' shell scripts (another file would be read, or part of a name run as a command):"
+        def fix = 'Rename the file or folder, or make a link to it whose path has none of $ ` { } [ ] * ? or control characters, and give that path instead'
+        error(([header] + found.collect { problem -> "  ${problem}" } + [fix]).join('\n'))
+    }
+}
+
+// The paths the parameters give, as the tasks would see them (relative ones from the launch
+// directory): files and folders staged into tasks (--models, --classifier, the downloaded models
+// under --models_store), the checkpoint folder in EMBED's script, and --outdir, all checked at once.
+def checkParameterPaths(Map parameters) {
+    def names = ['outdir', 'models', 'classifier', 'checkpoint_dir', 'models_store'].findAll { name -> parameters[name] }
+    refuseUnsafePaths(names.collect { name -> unsafePathProblem("--${name}", file(parameters[name].toString(), glob: false)) })
+}
+
+// A path for a one-line message: control characters as \t, \n, \r or \uXXXX.
+def printablePath(String text) {
+    return text.replace('\t', '\\t').replace('\n', '\\n').replace('\r', '\\r')
+        .replaceAll('[\\x00-\\x1F\\x7F-\\x9F]') { character -> String.format('\\u%04X', character.codePointAt(0)) }
+}
+
+// One character of a path, as a message names it.
+def describeCharacter(String character) {
+    def names = ['\t': 'a tab', '\n': 'a line break', '\r': 'a carriage return']
+    if (names[character]) {
+        return names[character]
+    }
+    return Character.isISOControl(character.charAt(0)) ? String.format('the control character U+%04X', character.codePointAt(0)) : "'${character}'"
+}
+
 // One run at a time writes to an --outdir: the run holds an OS lock on
 // <outdir>/pipeline_info/.virnucpro-run.lock until it ends (the kernel releases it if Nextflow is
 // killed), and a second run given the same --outdir meanwhile stops before any task. Object
 // storage (s3://, gs://) has no such lock: there the folder is not checked.
 def lockOutdir(String outdir) {
-    def dir = file(outdir)
+    def dir = file(outdir, glob: false)
     if (dir.toUri().getScheme() != 'file') {
         return
     }
@@ -157,8 +218,8 @@ def lockOutdir(String outdir) {
 // inside a `virnucpro` command's output (commandMarker) is refused before any task, and before this
 // run writes its own lock there.
 def refuseNestedOutdir(dir) {
-    def real = file(canonicalPath(dir.parent ?: dir)).resolve(dir.name)
-    def work = file(canonicalPath(workflow.workDir))
+    def real = file(canonicalPath(dir.parent ?: dir), glob: false).resolve(dir.name)
+    def work = file(canonicalPath(workflow.workDir), glob: false)
     if (real.startsWith(work)) {
         error("--outdir ${dir} is inside the work directory ${work}: `nextflow clean` would delete the results; choose a folder outside it")
     }
@@ -192,7 +253,7 @@ def commandMarker(folder) {
 // results), publishing would replace the command's tables. Refused before any task, naming the
 // folders. Object storage (s3://, gs://) is not checked: no virnucpro command writes there.
 def refuseCommandOutputs(String outdir, List ids) {
-    def dir = outdir ? file(outdir) : null
+    def dir = outdir ? file(outdir, glob: false) : null
     if (dir == null || dir.toUri().getScheme() != 'file') {
         return
     }
@@ -208,7 +269,7 @@ def refuseCommandOutputs(String outdir, List ids) {
 // unless it is null (--classifier given). A wrong or empty folder was found only by EMBED, after
 // PREPARE ran.
 def checkModelsDirectory(String models, chunk_size) {
-    def dir = file(models)
+    def dir = file(models, glob: false)
     if (!dir.exists()) {
         error("--models ${models} does not exist: give the folder written by `virnucpro models download`")
     }
@@ -260,11 +321,19 @@ def checkSlurmQueues(Map queues) {
 // path instead). Given as an absolute path (tasks run in their own folders, containers mount it at
 // that path), and made here, as the user, before any container mounts it (Docker would create a
 // missing one owned by root).
+// A container mounts it with `docker --volume SRC:DST` or `apptainer --bind SRC`, which read ':'
+// (and apptainer ',', between mounts) as their own syntax: such a folder is refused under them. Quotes
+// and spaces are quoted (conf/modules.config); the characters no task script may hold are refused
+// with the other parameters' paths (checkParameterPaths).
 def checkpointDir(String requested, work_dir) {
     if (requested && requested.contains('://')) {
         error("--checkpoint_dir ${requested}: checkpoints need a file system path every task can write (local disk, NFS, Lustre, GPFS), not object storage")
     }
-    def dir = requested ? file(requested) : (work_dir.toUri().getScheme() == 'file' ? work_dir.resolve('virnucpro-checkpoints') : null)
+    def dir = requested ? file(requested, glob: false) : (work_dir.toUri().getScheme() == 'file' ? work_dir.resolve('virnucpro-checkpoints') : null)
+    def mountSyntax = dir && workflow.containerEngine in ['docker', 'singularity', 'apptainer'] ? dir.toString().find(/[:,]/) : null
+    if (mountSyntax) {
+        error("--checkpoint_dir ${dir}: '${mountSyntax}' in the checkpoint folder cannot be mounted into ${workflow.containerEngine} containers (it separates the parts of a mount); give another --checkpoint_dir, or a link to this one whose path has no ':' or ','")
+    }
     if (dir) {
         dir.mkdirs()
     }
