@@ -33,6 +33,8 @@ workflow {
             // the classifier for --chunk_size is looked for only when no --classifier replaces it
             checkModelsDirectory(params.models, params.classifier ? null : params.chunk_size)
         }
+        // refused (object storage, mount syntax) before anything is written into --outdir
+        def checkpoint_dir = checkpointDir(params.checkpoint_dir, workflow.workDir)
         if (params.outdir) {
             lockOutdir(params.outdir)
         }
@@ -47,7 +49,7 @@ workflow {
             params.tiny_models,
             params.classifier,
             params.chunk_size,
-            checkpointDir(params.checkpoint_dir, workflow.workDir),
+            checkpoint_dir,
             params.skip_multiqc
         )
     }

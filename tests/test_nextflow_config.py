@@ -471,17 +471,18 @@ def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
     assert _parameter_paths_check(groovy, good) == "passed"
 
 
-@pytest.mark.parametrize("engine, refused", [("docker", True), ("apptainer", True), (None, False)])
+@pytest.mark.parametrize("engine, refused", [("docker", True), ("apptainer", True), ("singularity", True), (None, False)])
 def test_a_checkpoint_folder_a_container_cannot_mount_is_refused(groovy, tmp_path, engine, refused):
     """`docker --volume SRC:DST` and `apptainer --bind SRC[:DST],...` read ':' and ',' in a path as
     their own syntax: such a --checkpoint_dir is refused when a container engine is on."""
     for name in ("ck:pt", "ck,pt"):
         requested = str(tmp_path / name)
+        comma_under_docker = engine == "docker" and name == "ck,pt"  # `--volume` splits on ':' only
         code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("checkpointDir"),
                           "workflow = [workDir: file('/work-of-no-run'), containerEngine: engine]",
                           "outcome { checkpointDir(requested, workflow.workDir) }"])
         message = groovy.evaluate({"engine": engine, "requested": requested}, [("outcome", code, False)])["outcome"]
-        if refused:
+        if refused and not comma_under_docker:
             assert message.startswith(f"--checkpoint_dir {requested}: "), message
             assert f"'{name[2]}'" in message and engine in message and "another --checkpoint_dir" in message, message
             assert not (tmp_path / name).exists(), "made before it was refused"

@@ -136,6 +136,8 @@ def _paths(tmp: Path):
 
 def _cases(tmp: Path):
     base = dict(_schema_defaults(), input=str(tmp / "reads" / "p1.fa"), outdir=str(tmp / "results"))
+    (tmp / "my models").mkdir(exist_ok=True)
+    (tmp / "my models" / "500_model.pth").write_bytes(b"")  # only its name and existence are checked here
     params = {
         "good": {},
         "good_types": {"threshold": 1, "chunk_size": "300", "tiny_models": True, "help": "chunk_size",
@@ -161,7 +163,8 @@ def _cases(tmp: Path):
         "mirror_line": {"models_mirror": "https://mirror.example.org/models\n"},
         "site_values": {"slurm_account": "proj-1_x", "slurm_qos": "normal", "slurm_queue": "short,long",
                         "slurm_gpu_queue": "gpu", "gpu_type": "nvidia-l4", "slurm_options": "--constraint=a100 --exclusive",
-                        "models_mirror": "https://mirror.example.org:8443/virnucpro/models%20v1/"},
+                        "models_mirror": "https://mirror.example.org:8443/virnucpro/models%20v1/",
+                        "classifier": str(tmp / "my models" / "500_model.pth")},  # a space: Nextflow escapes it
     }
     cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
     cases += [{"kind": "sheet", "name": name, "sheet": name} for name in _paths(tmp)]

@@ -304,7 +304,7 @@ def checkSlurmQueues(Map queues) {
         }
         def unknown = []
         try {
-            unknown = queue.toString().tokenize(',').findAll { part -> ['scontrol', 'show', 'partition', part].execute().waitFor() != 0 }
+            unknown = queue.toString().tokenize(',').findAll { part -> partitionMissing(part) }
         }
         catch (IOException e) {
             log.warn("--${name} not checked (${e.message})")
@@ -315,6 +315,21 @@ def checkSlurmQueues(Map queues) {
     }
 }
 
+// Whether SLURM says it has no partition `part` ("Partition X not found"); any other failure of
+// scontrol (installed but no controller reachable, no configuration) is no answer: IOException.
+def partitionMissing(String part) {
+    def scontrol = ['scontrol', 'show', 'partition', part].execute()
+    def output = new StringBuilder()
+    scontrol.waitForProcessOutput(output, output)
+    if (scontrol.exitValue() == 0) {
+        return false
+    }
+    if (output.toString().contains('not found')) {
+        return true
+    }
+    throw new IOException(output.toString().readLines().find { line -> line.trim() } ?: "scontrol exit ${scontrol.exitValue()}")
+}
+
 // EMBED checkpoints: --checkpoint_dir, else next to the work directory when that is a filesystem
 // path the tasks can write (local disk, NFS, Lustre, GPFS); on object storage (s3://, gs://) there is
 // no default and the CLI keeps them inside the task directory (set --checkpoint_dir to a mounted
@@ -322,7 +337,7 @@ def checkSlurmQueues(Map queues) {
 // that path), and made here, as the user, before any container mounts it (Docker would create a
 // missing one owned by root).
 // A container mounts it with `docker --volume SRC:DST` or `apptainer --bind SRC`, which read ':'
-// (and apptainer ',', between mounts) as their own syntax: such a folder is refused under them. Quotes
+// (and Apptainer/Singularity ',', between mounts) as their own syntax: such a folder is refused under them. Quotes
 // and spaces are quoted (conf/modules.config); the characters no task script may hold are refused
 // with the other parameters' paths (checkParameterPaths).
 def checkpointDir(String requested, work_dir) {
@@ -330,9 +345,10 @@ def checkpointDir(String requested, work_dir) {
         error("--checkpoint_dir ${requested}: checkpoints need a file system path every task can write (local disk, NFS, Lustre, GPFS), not object storage")
     }
     def dir = requested ? file(requested, glob: false) : (work_dir.toUri().getScheme() == 'file' ? work_dir.resolve('virnucpro-checkpoints') : null)
-    def mountSyntax = dir && workflow.containerEngine in ['docker', 'singularity', 'apptainer'] ? dir.toString().find(/[:,]/) : null
+    def separators = [docker: /:/, singularity: /[:,]/, apptainer: /[:,]/][workflow.containerEngine]
+    def mountSyntax = dir && separators ? dir.toString().find(separators) : null
     if (mountSyntax) {
-        error("--checkpoint_dir ${dir}: '${mountSyntax}' in the checkpoint folder cannot be mounted into ${workflow.containerEngine} containers (it separates the parts of a mount); give another --checkpoint_dir, or a link to this one whose path has no ':' or ','")
+        error("--checkpoint_dir ${dir}: '${mountSyntax}' in the checkpoint folder cannot be mounted into ${workflow.containerEngine} containers (it separates the parts of a mount); give another --checkpoint_dir, or a link to this one whose path has none of them")
     }
     if (dir) {
         dir.mkdirs()
