@@ -15,7 +15,9 @@ A folder is written only when it is absent, empty, or holds the marker `FOLDER/.
 of the same kind of output (run, prepare, predict). `embed --out FILE` locks `.FILE.lock` beside
 the file the same way. The marker lists every file published with its
 size and modification time; a file at a name about to be written that the marker does not list
-with those values is someone else's, and the command refuses (exit 3) rather than replace it. The
+with those values is someone else's, and the command refuses (exit 3) rather than replace it: when
+it starts, and again when it publishes (a new name is taken with a rename that refuses an existing
+target, so a file that appears meanwhile is never replaced). The
 marker is written under a temporary name, synced, renamed over the old one and the rename synced: a
 crash or power loss leaves the old marker or the new one, never a torn one. A damaged marker (from an
 older virnucpro, or edited) is refused with the command that replaces it by one claiming no file,
@@ -24,6 +26,7 @@ which keeps the folder's unfinished work and adopts nothing.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -608,11 +611,16 @@ class OutputFolder:
         for rel, signature in marker.get("publishing", {}).items():  # moved in by a publish cut short
             if _signature_or_none(self.folder / rel) == signature:
                 self.recorded[rel] = signature
+        self._refuse_unproven("which virnucpro did not write (or which changed since it did)",
+                              written_by=marker.get("virnucpro_version"))
+
+    def _refuse_unproven(self, why: str, written_by: object = None) -> None:
+        """Refuse (exit 3) when a file under this output's names is not the one recorded as ours:
+        checked when the command starts and again when it publishes, hours later."""
         unproven = [rel for rel in _files_under(self.folder, self.names)
                     if self.recorded.get(rel) != _signature_or_none(self.folder / rel)]
         if unproven:  # all of them at once: after a lost record, one rerun per file was needed
-            raise self._foreign(unproven, "which virnucpro did not write (or which changed since it did)",
-                                written_by=marker.get("virnucpro_version"))
+            raise self._foreign(unproven, why, written_by=written_by)
 
     def _read_marker(self) -> dict | None:
         """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""
@@ -687,6 +695,7 @@ class OutputFolder:
         files; entries of the earlier output that the new one lacks are removed."""
         check_stop()  # a stop that arrived in a place that swallowed its exception ends here
         names = list(names)
+        self._refuse_unproven("which appeared or changed while this command ran (virnucpro did not write it)")
         for rel in list(self.recorded):
             if rel.split("/", 1)[0] in names and not (staging / rel).exists():
                 self._drop(rel)
@@ -699,9 +708,11 @@ class OutputFolder:
         for name in names:
             target = self.folder / name
             if target.is_dir() and not target.is_symlink():
-                _merge_folder(staging / name, target)
-            else:
+                _merge_folder(staging / name, target, self.recorded, name)
+            elif name in self.recorded:  # our own earlier file, proven just above
                 os.replace(staging / name, target)
+            else:
+                _take_new_name(staging / name, target)
             for rel in _files_under(self.folder, [name]):
                 self.recorded[rel] = _signature(self.folder / rel)
         self._write_marker()
@@ -767,14 +778,69 @@ def _signature_or_none(path: Path) -> list[int] | None:
         return None
 
 
-def _merge_folder(source: Path, target: Path) -> None:
-    """Move every file of `source` into `target` (files of the same name replaced), then drop `source`."""
+def _merge_folder(source: Path, target: Path, ours: dict[str, list[int]], under: str) -> None:
+    """Move every file of `source` into `target` (our own files of the same name replaced: `ours`
+    records them by their path `under` the output folder), then drop `source`."""
     for root, _dirs, files in os.walk(source):
-        destination = target / Path(root).relative_to(source)
+        relative = Path(root).relative_to(source)
+        destination = target / relative
         destination.mkdir(parents=True, exist_ok=True)
         for file in files:
-            os.replace(Path(root) / file, destination / file)
+            if (Path(under) / relative / file).as_posix() in ours:
+                os.replace(Path(root) / file, destination / file)
+            else:
+                _take_new_name(Path(root) / file, destination / file)
     shutil.rmtree(source)
+
+
+def _take_new_name(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, which nothing may hold: a file that appeared there since the
+    folder was checked is refused (FileExistsError, exit 3), never replaced."""
+    try:
+        rename_new(source, target)
+    except FileExistsError:
+        raise BadInputError(f"{target} appeared while virnucpro ran, at a name it was about to write: virnucpro "
+                            "never replaces files it did not write", "move it away, then rerun") from None
+
+
+def _load_renameat2():
+    """libc's renameat2 (Linux 3.15+, glibc 2.28+), or None where the platform lacks it."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_renameat2 = _load_renameat2()
+AT_FDCWD, RENAME_NOREPLACE = -100, 1
+NO_RENAMEAT2 = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # a file system or kernel without it
+
+
+def rename_new(source: Path, target: Path) -> None:
+    """Rename `source` (a file or folder) to `target`, raising FileExistsError when anything holds
+    that name, atomically where the kernel and file system allow (renameat2 RENAME_NOREPLACE; else a
+    hard link for a file), else by looking first (a short window a rename cannot close)."""
+    if _renameat2 is not None:
+        if _renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in NO_RENAMEAT2:
+            raise OSError(code, os.strerror(code), str(source), None, str(target))
+    if not source.is_dir() or source.is_symlink():
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError:
+            pass  # a file system without hard links
+        else:
+            os.unlink(source)
+            return
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
 
 
 @contextmanager
