@@ -553,12 +553,37 @@ def test_test_full_asks_no_more_than_the_machine_has(resolved):
     """`-profile test_full,docker` on a workstation: the local executor refuses a task that asks for
     more CPUs or memory than the machine has, and EMBED asks for 8 CPUs and 48 GB."""
     limits = resolved("test_full")["process.resourceLimits"]
-    found = re.search(r"cpus:(\d+), memory:'(\d+) B'", limits)
+    found = host_limits(limits)
     assert found, f"test_full does not cap the requests at this machine: {limits}"
-    cpus, memory = int(found.group(1)), int(found.group(2))
+    cpus, memory = found
     assert 1 <= cpus <= os.cpu_count(), limits
     assert 0 < memory <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), limits
     assert "time:" in limits
+
+
+def host_limits(limits: str) -> tuple[int, int] | None:
+    """(cpus, memory in bytes) of a resourceLimits setting written as this machine's size."""
+    found = re.search(r"cpus:(\d+), memory:'(\d+) B'", limits)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+@pytest.mark.parametrize("profile", ["docker", "apptainer,gpu", "gpu"])
+def test_a_local_run_asks_no_more_than_the_machine_has(resolved, profile):
+    """Without an executor profile the tasks run on the machine that runs Nextflow, whose local
+    executor refuses a task asking for more than it has ("Process requirement exceeds available
+    CPUs -- req: 4; avail: 2"): the defaults (PREPARE 4 CPUs, EMBED 8 CPUs and 48 GB) are capped."""
+    limits = resolved(profile)["process.resourceLimits"]
+    found = host_limits(limits)
+    assert found, f"a local run is not capped at this machine: {limits}"
+    assert 1 <= found[0] <= os.cpu_count() and 0 < found[1] <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm,apptainer,gpu", "awsbatch", "google"])
+def test_an_executor_profile_asks_for_what_its_nodes_have(resolved, profile):
+    """Under an executor profile the tasks run on other machines: the launching host's size (often a
+    small login node) must not cap them."""
+    limits = resolved(profile)["process.resourceLimits"]
+    assert host_limits(limits) is None and "cpus:64" in limits and "512" in limits, limits
 
 
 @pytest.mark.parametrize("profile, device, gres", [

@@ -95,6 +95,18 @@ def test_stub_run_creates_every_declared_output(tmp_path):
         "VIRNUCPRO_MODELS_TINY", "VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT", "VIRNUCPRO_SUMMARY"}
 
 
+def test_without_a_profile_the_tasks_fit_the_machine_that_runs_them(tmp_path):
+    """No profile, as on a laptop: PREPARE asks for 4 CPUs and EMBED for 8 CPUs and 48 GB, more
+    than a small machine has, which the local executor refused before any task ("Process requirement
+    exceeds available CPUs"); the requests are capped at the machine and the run completes."""
+    reads = coding_reads(tmp_path / "reads.fa", 20)
+    run = run_pipeline(tmp_path / "launch", "--input", str(reads), "--tiny_models", "--device", "cpu",
+                       "--skip_multiqc")
+    run.assert_ok()
+    assert "exceeds available" not in run.output
+    assert (run.outdir / "reads" / "prediction_results.txt").is_file()
+
+
 # --------------------------------------------------------------------------------------------------
 # An EMBED task killed mid-shard
 # --------------------------------------------------------------------------------------------------
