@@ -14,10 +14,12 @@ import itertools
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import stat
 import sys
 import time
+import unicodedata
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -25,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -290,12 +292,12 @@ def _translate_chunks(chunk_ids: list[str], chunks: list[str]) -> tuple[list[str
 def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     """Check, chunk and translate one group of whole records (a pure function: runs in a worker).
 
-    Record ids are hashed with Python's string hash, whose per-process key forked workers share
-    with the main process, which confirms duplicates with the same hash.
+    Record ids are hashed (by `id_key`) with Python's string hash, whose per-process key forked
+    workers share with the main process, which confirms duplicates with the same hash.
     """
     parsed = list(group.parse())
     rna, masked = _check_letters(parsed, group.path)
-    hashes = array("q", [hash(record.id) for record in parsed])
+    hashes = array("q", [hash(id_key(record.id)) for record in parsed])
     cut = _cut_into_chunks(parsed, chunk_size)
     orf_lines, per_chunk = _translate_chunks(cut.ids, cut.chunks)
     table = "".join(f"{row}{n}\n" for row, n in zip(cut.rows, per_chunk))
@@ -411,6 +413,7 @@ class InputSummary:
     path: Path
     sha256: str = ""
     records: int = 0
+    compression: str = "none"  # as read (gzip, bzip2, xz): for the commands a refusal gives
 
 
 class InlineExecutor:
@@ -670,28 +673,113 @@ class IdRegistry:
 DUPLICATE_HINT = "make ids unique (e.g. prefix them with the sample or file name)"
 
 
-def _record_numbers(summaries: Sequence[InputSummary]) -> Iterator[tuple[Path, int]]:
+def id_key(record_id: str) -> str:
+    """What makes two ids one: their text in Unicode normal form C. An accented letter written as
+    one character (as most keyboards type it) or as a letter and a combining accent (as macOS file
+    names give it) looks the same in every table, so it is one id. ASCII ids, nearly all real ones,
+    are their own normal form: only the others pay for normalizing."""
+    return record_id if record_id.isascii() else unicodedata.normalize("NFC", record_id)
+
+
+class _Read(NamedTuple):
+    """One record as the duplicate search saw it: its id as written, its input, its number there."""
+
+    record_id: str
+    source: InputSummary
+    number: int
+
+
+def _record_numbers(summaries: Sequence[InputSummary]) -> Iterator[tuple[InputSummary, int]]:
     """(input, 1-based record number in it) of every record, in the order prepare read them."""
     for summary in summaries:
         for number in range(1, summary.records + 1):
-            yield summary.path, number
+            yield summary, number
 
 
 def _name_duplicate(table: Path, summaries: Sequence[InputSummary], repeated: set[int]) -> None:
     """Confirm the ids whose hashes repeat against `table` (sequences.tsv: every record id, in input
     order) and name the first real duplicate: a stream needs no second read, and two distinct ids
     sharing a 64-bit hash are never taken for one. Only ids with a repeated hash are held."""
-    seen: dict[str, tuple[Path, int]] = {}
+    seen: dict[str, _Read] = {}
     with open(table, encoding="utf-8") as rows:
         next(rows)  # the header
-        for (path, number), row in zip(_record_numbers(summaries), rows):
+        for (summary, number), row in zip(_record_numbers(summaries), rows):
             record_id = row.split("\t", 1)[0]
-            if hash(record_id) not in repeated:
+            key = id_key(record_id)
+            if hash(key) not in repeated:
                 continue
-            if record_id in seen:
-                raise BadInputError(f"duplicate sequence id '{record_id}': {_where(*seen[record_id])} and "
-                                    f"{_where(path, number)}", DUPLICATE_HINT)
-            seen[record_id] = (path, number)
+            if key in seen:
+                raise _duplicate_error(seen[key], _Read(record_id, summary, number))
+            seen[key] = _Read(record_id, summary, number)
+
+
+def _duplicate_error(first: _Read, second: _Read) -> BadInputError:
+    """The refusal of two records with one id (exit 3: each read is scored on its own, so ids must be
+    unique), saying when they are one id in two Unicode spellings, or look like the mates of a pair:
+    the same id in another input (R1 and R2), or on the very next record (an interleaved file)."""
+    message = (f"duplicate sequence id '{first.record_id}': {_where(first.source.path, first.number)} and "
+               f"{_where(second.source.path, second.number)}")
+    if first.record_id != second.record_id:
+        return BadInputError(f"{message} hold the same id in two Unicode spellings ({ascii(first.record_id)} and "
+                             f"{ascii(second.record_id)}), which look identical in every table",
+                             "rename one of them: ids that look the same are one id to whoever reads the tables")
+    unique = "VirNucPro scores every read on its own, so every id must be unique"
+    if first.source is not second.source:
+        return BadInputError(f"{message}; the same ids in two input files look like the two mates of paired-end "
+                             f"reads (R1 and R2), and {unique}", _mate_files_hint(first.source, second.source))
+    if second.number == first.number + 1:
+        return BadInputError(f"{message}; the same id on two records in a row looks like an interleaved paired-end "
+                             f"file (each mate after the other), and {unique}", _interleaved_hint(first.source))
+    return BadInputError(message, DUPLICATE_HINT)
+
+
+# awk programs that append /1 and /2 to the ids of 4-line FASTQ records (the comment after the id
+# kept; the '+' line, which may repeat the old header, emptied); POSIX awk, checked with mawk
+ONE_MATE_AWK = r'NR%4==1{sub(/[ \t]|$/,"/MATE&")} NR%4==3{$0="+"} 1'
+INTERLEAVED_AWK = r'NR%8==1{sub(/[ \t]|$/,"/1&")} NR%8==5{sub(/[ \t]|$/,"/2&")} NR%4==3{$0="+"} 1'
+MERGE_PAIRS = "merge each pair into one read first (e.g. fastp --merge or bbmerge.sh)"
+MATES_APART = "append /1 and /2 to the ids (each mate is then scored as a sequence of its own; 4-line FASTQ)"
+
+
+def _mate_files_hint(one: InputSummary, two: InputSummary) -> str:
+    """The ways out for two mate files, the last one as commands on them."""
+    return (f"run each mate file as its own sample (its own command and --outdir), {MERGE_PAIRS}, or "
+            f"{MATES_APART}: {_awk_command(one, ONE_MATE_AWK.replace('MATE', '1'))} and "
+            f"{_awk_command(two, ONE_MATE_AWK.replace('MATE', '2'))} (then give the two new files)")
+
+
+def _interleaved_hint(source: InputSummary) -> str:
+    """The ways out for an interleaved file, the last one as a command on it."""
+    return (f"split the mates into two files (e.g. with BBTools: {_split_command(source)}) and "
+            f"run each as its own sample, {MERGE_PAIRS.replace('--merge', '--merge --interleaved_in')}, or "
+            f"{MATES_APART}: {_awk_command(source, INTERLEAVED_AWK)} (then give the new file)")
+
+
+DECOMPRESS = {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc"}
+
+
+def _named(source: InputSummary, ending: str) -> tuple[Path, str]:
+    """The input's path (a stream: a file name for it) and, shell-quoted, a new file beside it: its
+    name without the FASTQ and compression extensions, then `ending`."""
+    path = source.path if _rereadable(source.path) else Path("reads.fastq")
+    name = path.name
+    for suffix in (".gz", ".bz2", ".xz", ".fastq", ".fq"):
+        name = name.removesuffix(suffix)
+    return path, shlex.quote(str(path.with_name(name + ending)))
+
+
+def _awk_command(source: InputSummary, program: str) -> str:
+    """A shell command running awk `program` over an input into a new plain FASTQ file beside it."""
+    path, out = _named(source, ".ids.fastq")
+    if source.compression in DECOMPRESS:
+        return f"{DECOMPRESS[source.compression]} {shlex.quote(str(path))} | awk '{program}' > {out}"
+    return f"awk '{program}' {shlex.quote(str(path))} > {out}"
+
+
+def _split_command(source: InputSummary) -> str:
+    """BBTools' command that splits an interleaved input into one file per mate, beside it."""
+    path, first = _named(source, "_R1.fastq")
+    return f"reformat.sh in={shlex.quote(str(path))} out1={first} out2={_named(source, '_R2.fastq')[1]}"
 
 
 def _where(path: Path, number: int) -> str:
@@ -742,9 +830,15 @@ def check_distinct_inputs(inputs: Sequence[Path]) -> None:
             continue  # reported properly when the file is opened
         key = (info.st_dev, info.st_ino)
         if key in seen:
-            raise BadInputError(f"input {path} is given twice (it is the same file as {seen[key]})",
-                                "give each input once")
+            raise _given_twice(seen[key], path)
         seen[key] = path
+
+
+def _given_twice(first: Path, second: Path) -> BadInputError:
+    """The refusal of two inputs that are one file. A Path drops './' and doubled slashes, so
+    `a.fa ./a.fa` arrive as one text twice: then the file is named once."""
+    same = "" if first == second else f" (it is the same file as {first})"
+    return BadInputError(f"input {second} is given twice{same}", "give each input once")
 
 
 def check_inputs(inputs: Iterable[Path]) -> None:
@@ -841,7 +935,7 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
                     preparer.submit(group, summary)
                     progress.advance(stream.bytes_read - read)
                     read = stream.bytes_read
-                summary.sha256 = stream.sha256.hexdigest()
+                summary.sha256, summary.compression = stream.sha256.hexdigest(), stream.compression
             shards = preparer.finish()
     except BaseException:
         preparer.close(abort=True)

@@ -17,6 +17,7 @@ import lzma
 import os
 import re
 import select
+import shlex
 import stat
 import sys
 import zlib
@@ -60,9 +61,39 @@ def _decompressor(kind: str):
     return bz2.BZ2Decompressor()
 
 
+# Files of reads that are no FASTA/FASTQ text, by their first bytes (a BAM's once its BGZF, a gzip,
+# is inflated): what each is, and the command that gives FASTQ (`{path}`: the input, shell-quoted).
+KNOWN_BINARY = (
+    (b"BAM\x01", "a BAM file (aligned or unaligned reads, e.g. from a Nanopore basecaller)",
+     "convert it to FASTQ: samtools fastq {path} > reads.fastq, then give reads.fastq"),
+    (tuple(b"CRAM" + bytes([major]) for major in range(1, 5)), "a CRAM file (reads compressed against a reference)",
+     "convert it to FASTQ: samtools fastq {path} > reads.fastq (add --reference ref.fa when samtools "
+     "asks for the reference), then give reads.fastq"),
+    (b"NCBI.sra", "an SRA run file (NCBI Sequence Read Archive)",
+     "extract FASTQ with the SRA Toolkit: fasterq-dump {path} (a paired-end run gives _1 and _2 files: "
+     "see 'Paired-end reads' in docs/usage.md)"),
+    (b"PK\x03\x04", "a ZIP archive",
+     "unzip it first (unzip {path}) and give the FASTA/FASTQ files inside, or stream one: "
+     "unzip -p {path} reads.fastq | virnucpro prepare - ..."),
+)
+
+
+def _known_binary(head: bytes, path: Path) -> BadInputError | None:
+    """The refusal of an input whose first bytes `head` show a known file of reads that is no text
+    (BAM, CRAM, SRA, ZIP), with the command that converts it; None for anything else."""
+    for magic, what, hint in KNOWN_BINARY:
+        if head.startswith(magic):
+            return BadInputError(f"{path} is {what}, not FASTA/FASTQ text",
+                                 hint.format(path=shlex.quote(str(path))))
+    return None
+
+
 def _compression(head: bytes, path: Path) -> str:
-    """The compression the first bytes show; zstd, and text in UTF-16 or UTF-32 (which would read as
-    binary), are named with the command that converts them."""
+    """The compression the first bytes show; zstd, text in UTF-16 or UTF-32 (which would read as
+    binary) and the binary files of reads in KNOWN_BINARY are named with the command that converts them."""
+    known = _known_binary(head, path)
+    if known is not None:
+        raise known
     if head.startswith(ZSTD_MAGIC):
         raise BadInputError(f"{path} is zstd-compressed, which virnucpro does not read",
                             f"decompress it on the fly: zstd -dc {path} | virnucpro prepare - ...")
@@ -237,7 +268,11 @@ class UniversalText:
                             "remove it: ids and descriptions must be printable text")
 
     def _refusal(self, before: bytes, rest: bytes, problem: str, header_hint: str) -> BadInputError:
-        """The error for the first byte of `rest`; `before` is what precedes it since a line start."""
+        """The error for the first byte of `rest`; `before` is what precedes it since a line start
+        (the start of the input when nothing was decoded yet: a BAM shows itself there, see KNOWN_BINARY)."""
+        known = _known_binary(before[:8] + rest[:8], self.path) if self.pending_offset == 0 else None
+        if known is not None:
+            return known
         offset = self.pending_offset + len(before)
         line = self.line + _line_ends(before)
         start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1

@@ -1,0 +1,245 @@
+"""Inputs as real data comes: paired-end reads (two mate files, interleaved), read files that are no
+FASTA/FASTQ text (BAM, CRAM, SRA, ZIP), ids in two Unicode spellings, one input under two spellings."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import unicodedata
+import zipfile
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from virnucpro import prepared as fmt
+
+BASES = "ATGAAACCCGGGTTTATGAAACCCGGGTTTAAACCCGGG"
+
+
+def fastq(records: list[str]) -> str:
+    """4-line FASTQ records, one per header (given without its '@')."""
+    return "".join(f"@{header}\n{BASES}\n+\n{'I' * len(BASES)}\n" for header in records)
+
+
+def illumina(mate: int, n: int = 3) -> str:
+    """Mate `mate` of an Illumina run: same id in both files, the mate in the comment."""
+    return fastq([f"M01:12:FC1:1:1101:{i}:1 {mate}:N:0:ACGTAC" for i in range(n)])
+
+
+def fasterq_dump(n: int = 3) -> str:
+    """A mate file as fasterq-dump writes them (sra_1 and sra_2 alike): 'SRR123456.1 1 length=39'."""
+    return fastq([f"SRR123456.{i} {i} length={len(BASES)}" for i in range(1, n + 1)])
+
+
+def interleaved(n: int = 3) -> str:
+    """Both mates of each pair one after the other, with one id."""
+    return fastq([f"read{i} {mate}:N:0:ACGTAC" for i in range(n) for mate in (1, 2)])
+
+
+def sequence_ids(outdir: Path) -> list[str]:
+    return [row.split("\t", 1)[0] for row in (outdir / fmt.SEQUENCES).read_text().splitlines()[1:]]
+
+
+def awk_commands(message: str) -> list[str]:
+    """The awk commands a refusal's fix gives, each up to its output file."""
+    return re.findall(r"((?:\w+ -dc \S+ \| )?awk '[^']*'(?: \S+)? > \S+)", message)
+
+
+# --- 1: paired-end reads ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["illumina", "fasterq-dump gzip"])
+def test_mate_files_are_refused_as_mates_with_ways_out(tmp_path, run_cli, kind):
+    """R1 and R2 hold one id per pair: still exit 3 (each read is scored on its own), but the message
+    says they look like mates and gives three ways out, the last one a command naming the files."""
+    if kind == "illumina":
+        r1, r2 = tmp_path / "s_R1.fastq", tmp_path / "s_R2.fastq"
+        r1.write_text(illumina(1))
+        r2.write_text(illumina(2))
+    else:
+        r1, r2 = tmp_path / "sra_1.fastq.gz", tmp_path / "sra_2.fastq.gz"
+        r1.write_bytes(gzip.compress(fasterq_dump().encode()))
+        r2.write_bytes(gzip.compress(fasterq_dump().encode()))
+    code, message = run_cli("prepare", r1, r2, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert "duplicate sequence id" in message and "look like the two mates of paired-end reads" in message, message
+    for way_out in ("its own sample", "fastp --merge", "bbmerge", "/1", "/2"):
+        assert way_out in message, (way_out, message)
+    commands = awk_commands(message)
+    assert len(commands) == 2 and str(r1) in commands[0] and str(r2) in commands[1], message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(shutil.which("awk") is None, reason="no awk here")
+@pytest.mark.parametrize("layout", ["two files gzip", "interleaved"])
+def test_the_awk_command_given_makes_the_ids_unique(tmp_path, run_cli, layout):
+    """The command the fix gives runs as printed, and its output prepares: every mate with /1 or /2."""
+    if layout == "interleaved":
+        inputs = [tmp_path / "pairs.fastq"]
+        inputs[0].write_text(interleaved())
+    else:
+        inputs = [tmp_path / "sra_1.fastq.gz", tmp_path / "sra_2.fastq.gz"]
+        for path in inputs:
+            path.write_bytes(gzip.compress(fasterq_dump().encode()))
+    code, message = run_cli("prepare", *inputs, "--outdir", tmp_path / "refused")
+    assert code == 3, message
+    commands = awk_commands(message)
+    assert commands, message
+    renamed = []
+    for command in commands:
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+        renamed.append(tmp_path / command.rsplit("> ", 1)[1])
+    code, message = run_cli("prepare", *renamed, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    ids = sequence_ids(tmp_path / "out")
+    assert len(ids) == 6 and all(rid.endswith(("/1", "/2")) for rid in ids), ids
+    assert {rid[:-2] for rid in ids} == {rid[:-2] for rid in ids if rid.endswith("/1")}
+
+
+def test_an_interleaved_file_is_refused_as_interleaved_mates(tmp_path, run_cli):
+    path = tmp_path / "pairs.fastq"
+    path.write_text(interleaved())
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert "duplicate sequence id 'read" in message and "looks like an interleaved paired-end file" in message, message
+    assert "line 1" in message and "line 5" in message, message
+    for way_out in ("fastp --merge", "bbmerge", "/1", "/2"):
+        assert way_out in message, (way_out, message)
+
+
+def test_a_duplicate_that_is_no_mate_keeps_the_plain_message(tmp_path, run_cli):
+    """Records 1 and 3 of one file are no pair: no word of mates, the usual fix."""
+    path = tmp_path / "contigs.fa"
+    path.write_text(f">c1\n{BASES}\n>c2\n{BASES}\n>c1\n{BASES}\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "duplicate sequence id 'c1'" in message, message
+    assert "paired-end" not in message and "prefix them with the sample or file name" in message, message
+
+
+def test_mates_are_named_with_the_registry_spilling_and_confirming_in_small_batches(tmp_path, run_cli, monkeypatch):
+    """The bounded duplicate search (hashes spilled to bucket files, confirmed a batch at a time) is
+    what finds the mates: the message needs nothing beyond the two records it names."""
+    from virnucpro.prepare import IdRegistry
+
+    monkeypatch.setattr(IdRegistry, "BUFFER", 4)
+    monkeypatch.setattr(IdRegistry, "CONFIRM_BATCH", 2)
+    r1, r2 = tmp_path / "R1.fq", tmp_path / "R2.fq"
+    r1.write_text(illumina(1, n=20))
+    r2.write_text(illumina(2, n=20))
+    code, message = run_cli("prepare", r1, r2, "--outdir", tmp_path / "out", "--threads", "1")
+    assert code == 3 and "look like the two mates of paired-end reads" in message, message
+
+
+# --- 2: files of reads that are no text ---------------------------------------------------------
+
+def bgzf(data: bytes) -> bytes:
+    """`data` as one BGZF block (gzip with the 'BC' extra field holding the block size) and the
+    BGZF end-of-file block, as samtools and Dorado write BAM files."""
+    def block(payload: bytes) -> bytes:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        deflated = compressor.compress(payload) + compressor.flush()
+        size = 18 + len(deflated) + 8 - 1
+        head = b"\x1f\x8b\x08\x04" + b"\x00" * 4 + b"\x00\xff" + struct.pack("<H", 6) + b"BC" + struct.pack("<HH", 2, size)
+        return head + deflated + struct.pack("<II", zlib.crc32(payload), len(payload))
+    return block(data) + block(b"")
+
+
+def bam() -> bytes:
+    header = b"@HD\tVN:1.6\tSO:unknown\n@RG\tID:run1\tPL:ONT\n"
+    return bgzf(b"BAM\x01" + struct.pack("<i", len(header)) + header + struct.pack("<i", 0))
+
+
+def zip_of_reads(path: Path) -> bytes:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("reads.fastq", fastq(["r1"]))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind, content, expected", [
+    ("BAM", lambda path: bam(), ["is a BAM file", "samtools fastq"]),
+    ("CRAM", lambda path: b"CRAM\x03\x01" + b"\x00" * 20 + bytes(range(40)), ["is a CRAM file", "samtools fastq", "--reference"]),
+    ("SRA", lambda path: b"NCBI.sra\x88\x19\x03\x05\x01\x00\x00\x00" + bytes(range(64)), ["is an SRA run file", "fasterq-dump"]),
+    ("ZIP", zip_of_reads, ["is a ZIP archive", "unzip"]),
+])
+def test_files_of_reads_that_are_no_text_are_named_with_their_conversion(tmp_path, run_cli, kind, content, expected):
+    path = tmp_path / f"reads.{kind.lower()}"
+    path.write_bytes(content(path))
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert "damaged" not in message and "binary data" not in message, message
+    for fragment in [str(path), *expected]:
+        assert fragment in message, (fragment, message)
+
+
+def test_a_bam_on_standard_input_is_named_too(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
+                          input=bam(), capture_output=True, timeout=300)
+    assert done.returncode == 3 and b"BAM file" in done.stderr and b"samtools fastq" in done.stderr, done.stderr
+
+
+def test_text_that_starts_like_a_magic_word_is_no_such_file(tmp_path, run_cli):
+    """'CRAM' followed by text is no CRAM file (its version byte is missing): the plain refusal."""
+    path = tmp_path / "notes.txt"
+    path.write_text("CRAMPED notes\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "is not FASTA or FASTQ" in message and "CRAM file" not in message, message
+
+
+# --- 3: one id in two Unicode spellings --------------------------------------------------------
+
+def test_an_id_in_two_unicode_spellings_is_a_duplicate(tmp_path, run_cli):
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert composed != decomposed
+    path = tmp_path / "cafe.fa"
+    path.write_text(f">{composed} one\n{BASES}\n>{decomposed} two\n{BASES}\n", encoding="utf-8")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert "two Unicode spellings" in message and "line 1" in message and "line 3" in message, message
+    assert "caf\\xe9" in message and "cafe\\u0301" in message, message
+
+
+def test_distinct_non_ascii_ids_are_no_duplicates(tmp_path, run_cli):
+    path = tmp_path / "ids.fa"
+    path.write_text(f">café\n{BASES}\n>cafè\n{BASES}\n>Δ1\n{BASES}\n", encoding="utf-8")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    assert sequence_ids(tmp_path / "out") == ["café", "cafè", "Δ1"]
+
+
+def test_ascii_ids_pay_no_normalization(tmp_path, run_cli, monkeypatch):
+    """Normalization costs a call per id: ASCII ids (nearly all real ones) never make it."""
+    def refused(form: str, text: str) -> str:
+        raise AssertionError(f"normalized an ASCII id: {text!r}")
+
+    from virnucpro import prepare
+
+    monkeypatch.setattr(prepare, "unicodedata", SimpleNamespace(normalize=refused))
+    path = tmp_path / "ascii.fa"
+    path.write_text(f">a1\n{BASES}\n>a2\n{BASES}\n>a1\n{BASES}\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out", "--threads", "1")
+    assert code == 3 and "duplicate sequence id 'a1'" in message and "Unicode" not in message, message
+
+
+# --- 4: one input under two spellings -------------------------------------------------------------
+
+@pytest.mark.parametrize("second", ["a.fastq", "./a.fastq", ".//a.fastq"])
+def test_an_input_typed_twice_alike_is_named_once(tmp_path, second):
+    """`a.fastq ./a.fastq` once said "input a.fastq is given twice (it is the same file as a.fastq)"."""
+    (tmp_path / "a.fastq").write_text(fastq(["r1"]))
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "a.fastq", second, "--outdir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3 and "input a.fastq is given twice" in done.stderr, done.stderr
+    assert "same file as" not in done.stderr, done.stderr
+
+
+def test_a_file_given_by_two_names_names_both(tmp_path):
+    (tmp_path / "a.fastq").write_text(fastq(["r1"]))
+    (tmp_path / "b.fastq").symlink_to("a.fastq")
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "a.fastq", "b.fastq", "--outdir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3 and "input b.fastq is given twice (it is the same file as a.fastq)" in done.stderr
