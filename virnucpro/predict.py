@@ -462,6 +462,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
     tiny = any(s.tiny for s in shards)
     if classifier is None:
         model_set = store.locate(models, roles=(f"classifier_{manifest['chunk_size']}",))
+        check_embedding_models(shards, model_set.directory)
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
     else:
@@ -560,6 +561,31 @@ def _manifest_checksums(folder: Path, role: str) -> set[str]:
     except VirnucproError:
         return set()
     return set(manifest["models"].get(role, {}).get("sha256", {}).values())
+
+
+EMBEDDING_ROLES = ("esm2", "dnabert_s")
+
+
+def check_embedding_models(shards: list[h5shard.EmbeddingShardInfo], directory: Path) -> None:
+    """The encoders the shards were embedded with are the ones the manifest of the models folder
+    `directory` records (exit 5 otherwise): results are never made from embeddings of models the
+    folder no longer holds (a file replaced in place; in the pipeline, EMBED results a -resume kept).
+    Compared from the manifest's records only: the pipeline's PREDICT has no model file to hash. A
+    role the manifest cannot tell (no manifest, no entry, a hand-staged folder, a file without a
+    recorded sha256), or that the shards do not name, is not checked."""
+    from virnucpro.models import store
+
+    first = shards[0]  # every shard was checked to name the same models (`_check_same_models`)
+    for role in EMBEDDING_ROLES:
+        recorded = store.recorded_identity(directory, role)
+        made = (first.models.get(role) or {}).get("sha256")
+        if recorded is not None and made is not None and made.lower() != recorded:
+            raise InconsistentInputsError(
+                f"{first.path} was embedded with another {role} model than the models folder {directory} holds: "
+                f"the shard records {role} {made[:12]}..., the folder's {store.MANIFEST} records {recorded[:12]}...",
+                "embed the shards again with these models (or predict with --models set to the folder they were "
+                "made with); in the Nextflow pipeline, a -resume kept embeddings made before the models changed: "
+                "run without -resume")
 
 
 def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:

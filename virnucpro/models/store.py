@@ -42,6 +42,9 @@ Model identity (`ModelSet.sha256[role]`, used in checkpoint keys and HDF5 attrib
 - dnabert_s: sha256 of the text `"<file>\\t<sha256>\\n"` over the folder's config.json,
   model.safetensors, pytorch_model.bin and tokenizer.json (those present), sorted by file name;
 - classifier_300 / classifier_500: sha256 of the file.
+`recorded_identity` computes the same from the manifest's recorded sha256 alone (no file read):
+`predict` compares it with the identity its embedding shards record, so results are never made from
+embeddings of encoders the models folder no longer holds.
 """
 
 from __future__ import annotations
@@ -783,9 +786,33 @@ def _pin_mismatch(pin: pins.FileSource | None, digest: str, blob: str | None) ->
 def _identity(role: str, main: str, hashes: dict[str, str]) -> str:
     """The role's model identity (see the module docstring)."""
     if role == "dnabert_s":
-        return combined_sha256({Path(f).name: h for f, h in hashes.items()
-                                if Path(f).parent == Path(main) and Path(f).name in DNABERT_IDENTITY_FILES})
+        return combined_sha256({Path(f).name: hashes[f] for f in _identity_files(role, main, hashes)})
     return hashes[main]
+
+
+def _identity_files(role: str, main: str, files: Iterable[str]) -> list[str]:
+    """The files of `files` whose sha256 make the role's identity (`main`: see `_main_path`)."""
+    if role == "dnabert_s":
+        return [f for f in files if Path(f).parent == Path(main) and Path(f).name in DNABERT_IDENTITY_FILES]
+    return [main]
+
+
+def recorded_identity(directory: Path, role: str) -> str | None:
+    """The identity of `role` (see the module docstring) that the manifest of `directory` records,
+    computed from its recorded sha256 exactly as `locate` computes it from the files; None when the
+    manifest cannot tell: no manifest (a hand-staged folder), no entry for the role, no weights
+    listed, or a file of the identity without a recorded sha256. Never reads a model file: the
+    pipeline's PREDICT is given the manifest and the classifier only. (Files the manifest does not
+    list cannot change it: `locate` refuses any it would hash as not published.)"""
+    entry = ((read_manifest(Path(directory)) or {}).get("models") or {}).get(role)
+    main = _main_path(role, entry["files"]) if entry is not None else None
+    if main is None:
+        return None
+    recorded = {rel: digest.lower() for rel, digest in entry.get("sha256", {}).items()}
+    used = _identity_files(role, main, entry["files"])
+    if not all(rel in recorded for rel in used):
+        return None
+    return _identity(role, main, recorded)
 
 
 def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where: str = "--models"

@@ -1,0 +1,159 @@
+"""predict checks that the embeddings were made with the models of the models folder it is given.
+
+The identity each shard records (`models`: role -> {name, sha256}) is compared with the identity the
+folder's manifest records for the encoders, computed from the recorded sha256 exactly as `embed`
+computes it from the files (never by hashing: the pipeline's PREDICT has only the manifest and the
+classifier). Real tiny models, real prepared and embedded shards, the real CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from virnucpro.models import store
+from virnucpro.predict import OUTPUTS
+
+OTHER_DIGEST = hashlib.sha256(b"another weights file").hexdigest()  # a valid sha256, of no file here
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / store.MANIFEST).read_text())
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / store.MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _record(manifest: dict, role: str, name: str, digest: str) -> None:
+    """Set the sha256 the manifest records for the file of `role` whose name is `name`."""
+    recorded = manifest["models"][role]["sha256"]
+    (rel,) = [rel for rel in recorded if Path(rel).name == name]
+    recorded[rel] = digest
+
+
+def _staged(tiny_models: Path, folder: Path) -> Path:
+    """What the pipeline's PREDICT gets as `--models`: the 500-bp classifier and the manifest only."""
+    folder.mkdir()
+    shutil.copy(tiny_models / store.MANIFEST, folder / store.MANIFEST)
+    for rel in _manifest(tiny_models)["models"]["classifier_500"]["files"]:
+        shutil.copy(tiny_models / rel, folder / rel)
+    return folder
+
+
+@pytest.fixture
+def models_copy(tmp_path, tiny_models) -> Path:
+    """A private copy of the tiny models folder, free to change."""
+    return Path(shutil.copytree(tiny_models, tmp_path / "models"))
+
+
+@pytest.fixture
+def predict_with(tmp_path, run_cli, golden_prepared, golden_embeddings):
+    """`virnucpro predict` of the golden sample's real shards with `--models FOLDER`."""
+    def run(models: Path) -> tuple[int, str, Path]:
+        outdir = tmp_path / "out"
+        code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                                "--outdir", outdir, "--models", models)
+        return code, message, outdir
+    return run
+
+
+# --- the identity a manifest records -----------------------------------------------------------------
+
+@pytest.mark.parametrize("role", store.ROLES)
+def test_recorded_identity_is_the_identity_embed_uses(tiny_models, role):
+    """From the manifest alone, the very digest `locate` computes from the files (and embed records)."""
+    assert store.recorded_identity(tiny_models, role) == store.locate(tiny_models, roles=(role,)).sha256[role]
+
+
+def test_recorded_identity_follows_the_records(models_copy):
+    """A changed record changes the identity: computed from the manifest, not from the files."""
+    before = store.recorded_identity(models_copy, "dnabert_s")
+    manifest = _manifest(models_copy)
+    _record(manifest, "dnabert_s", "config.json", OTHER_DIGEST)
+    _write_manifest(models_copy, manifest)
+    assert store.recorded_identity(models_copy, "dnabert_s") not in (None, before)
+
+
+def test_recorded_identity_cannot_tell(models_copy, tmp_path):
+    """No manifest, no entry for the role, or a file of the identity without a record: None."""
+    empty = tmp_path / "hand-staged"
+    empty.mkdir()
+    assert store.recorded_identity(empty, "esm2") is None
+    manifest = _manifest(models_copy)
+    del manifest["models"]["esm2"]
+    del manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"]
+    _write_manifest(models_copy, manifest)
+    assert store.recorded_identity(models_copy, "esm2") is None
+    assert store.recorded_identity(models_copy, "dnabert_s") is None
+
+
+# --- predict -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("role", "name"), [("dnabert_s", "model.safetensors"), ("dnabert_s", "config.json"),
+                                            ("esm2", "esm2_tiny.pt")])
+def test_embeddings_of_other_models_refused(models_copy, predict_with, golden_embeddings, role, name):
+    """A models file changed in place, its new sha256 in the manifest (what -resume then missed): the
+    shards made with the old one are exit 5 naming the shard, the role, both digests and the folder."""
+    shard_identity = store.recorded_identity(models_copy, role)
+    manifest = _manifest(models_copy)
+    _record(manifest, role, name, OTHER_DIGEST)
+    _write_manifest(models_copy, manifest)
+    folder_identity = store.recorded_identity(models_copy, role)
+    code, message, outdir = predict_with(models_copy)
+    assert code == 5, message
+    assert "Traceback" not in message and "bug" not in message, message
+    for part in (str(golden_embeddings[0]), role, shard_identity[:12], folder_identity[:12], str(models_copy),
+                 "embed", "-resume"):
+        assert part in message, (part, message)
+    assert not any((outdir / output).exists() for output in OUTPUTS)
+
+
+def test_staged_manifest_refuses_too(tiny_models, tmp_path, predict_with):
+    """As in the pipeline: only the classifier and manifest.json are there, and no model file is read."""
+    folder = _staged(tiny_models, tmp_path / "staged")
+    manifest = _manifest(folder)
+    _record(manifest, "esm2", "esm2_tiny.pt", OTHER_DIGEST)
+    _write_manifest(folder, manifest)
+    code, message, _outdir = predict_with(folder)
+    assert code == 5 and "esm2" in message, message
+
+
+def test_same_models_pass(tiny_models, tmp_path, predict_with, models_copy):
+    """The shards' models are the folder's: predicted, with the whole folder or only its manifest."""
+    for folder in (models_copy, _staged(tiny_models, tmp_path / "staged")):
+        code, message, outdir = predict_with(folder)
+        assert code == 0, message
+        assert all((outdir / output).is_file() for output in OUTPUTS)
+        run_info = json.loads((outdir / "run_info.json").read_text())
+        assert run_info["models"]["dnabert_s"]["sha256"] == store.recorded_identity(folder, "dnabert_s")
+
+
+def test_manifest_that_cannot_tell_is_not_checked(tiny_models, tmp_path, predict_with):
+    """No entry for the encoders (or no record of a file of them) in a staged folder: nothing to compare
+    with, and no model file to hash there, so predict goes on."""
+    folder = _staged(tiny_models, tmp_path / "staged")
+    manifest = _manifest(folder)
+    del manifest["models"]["esm2"]
+    del manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/config.json"]
+    _record(manifest, "dnabert_s", "model.safetensors", OTHER_DIGEST)  # would differ, if it could tell
+    _write_manifest(folder, manifest)
+    code, message, outdir = predict_with(folder)
+    assert code == 0, message
+    assert (outdir / "run_info.json").is_file()
+
+
+def test_given_classifier_is_not_checked(tiny_models, models_copy, tmp_path, run_cli, golden_prepared,
+                                         golden_embeddings):
+    """A --classifier given by the user takes no models folder's identity: not compared."""
+    manifest = _manifest(models_copy)
+    _record(manifest, "esm2", "esm2_tiny.pt", OTHER_DIGEST)
+    _write_manifest(models_copy, manifest)
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "out", "--classifier", tiny_models / "500_model_tiny.pth",
+                            "--models", models_copy)
+    assert code == 0, message
