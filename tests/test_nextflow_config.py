@@ -32,6 +32,7 @@ from nextflow_helpers import (
     skip_unless_ci,
     staged,
 )
+from virnucpro import __version__
 from virnucpro.errors import ExitCode
 
 PROCESSES = {p.name: p for s in parse_pipeline().values() for p in s.processes}
@@ -172,7 +173,9 @@ EMBED_MODULE = REPO / "modules" / "local" / "virnucpro" / "embed" / "main.nf"
 # `virnucpro embed` writes its --out file
 FAKE_COMMANDS = {
     "gpu_slot.py": '#!/bin/bash\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n',
-    "virnucpro": '#!/bin/bash\nwhile [ "$1" != "--out" ]; do shift; done; touch "$2"\n',
+    "virnucpro": (f'#!/bin/bash\n[ "$1" = --version ] && {{ echo "virnucpro {__version__}"; exit 0; }}\n'
+                  'while [ "$1" != "--out" ]; do shift; done; touch "$2"\n'),
+    "require_virnucpro.sh": (REPO / "bin" / "require_virnucpro.sh").read_text(),  # the real one
 }
 NO_FLOCK = "#!/bin/bash\necho 'flock: 9: Function not implemented' >&2\nexit 1\n"
 
@@ -183,7 +186,7 @@ def _embed_script(groovy) -> str:
     helper = text[text.index("def shellQuoted("):]
     bindings = {"task": {"ext": {"args": "--precision fp32", "device": "cpu"}, "cpus": 2},
                 "shard": staged("shard_00000.tsv"), "models": staged("models"), "checkpoint_dir": "",
-                "meta": {"id": "sample_a"}}
+                "meta": {"id": "sample_a"}, "workflow": {"manifest": {"version": __version__}}}
     return groovy.evaluate(bindings, [("script", helper + "\n" + PROCESSES["VIRNUCPRO_EMBED"].script, False)])["script"]
 
 

@@ -247,11 +247,27 @@ def test_resources_scale_with_the_attempt_within_limits():
 
 
 def test_standard_cache_and_local_storedir_download():
-    # 'lenient' (path and size) would reuse a task whose input was edited in place to the same size
+    # 'lenient' (path and size) would reuse a task whose input was edited in place to the same size;
+    # EMBED's inputs are a shard in PREPARE's work folder (its path names that task) and the models
+    # folder, keyed by the names, sizes and times of its files (models_key, modelsCacheKey)
     for path, text in CONFIG_TEXTS.items():
         assert not re.search(r"^\s*(process\.)?cache\s*=", text, re.M), f"{path} sets a cache mode"
     for process in PROCESSES.values():
-        assert not re.search(r"^\s*cache\s", process.path.read_text(), re.M), f"{process.name} sets a cache mode"
+        text = process.path.read_text()
+        if process.name == "VIRNUCPRO_EMBED":
+            assert re.search(r"^\s*cache 'lenient'$", text, re.M) and "val(models_key)" in text
+        else:
+            assert not re.search(r"^\s*cache\s", text, re.M), f"{process.name} sets a cache mode"
+
+
+def test_every_task_that_runs_virnucpro_requires_the_pipelines_version_first():
+    """A virnucpro of another version (a PATH install upgraded) stops the task, and the version is in
+    each task's script, so -resume never reuses a task of another pipeline version."""
+    for process in PROCESSES.values():
+        script = re.search(r"^    script:\n(.*?)^    stub:", process.path.read_text(), re.M | re.S).group(1)
+        commands = [line.strip() for line in script.split('"""', 2)[1].splitlines() if line.strip()]
+        if any(re.match(r"(virnucpro|gpu_slot\.py .* virnucpro) ", c) or c.startswith("virnucpro ") for c in commands):
+            assert commands[0] == "require_virnucpro.sh ${workflow.manifest.version}", f"{process.name}: {commands[:2]}"
     download = PROCESSES["VIRNUCPRO_MODELS_DOWNLOAD"]
     assert re.search(r"^\s*executor\s+'local'", download.path.read_text(), re.M)
     modules = selector_blocks(CONFIG_TEXTS[REPO / "conf" / "modules.config"], "withName")

@@ -10,7 +10,7 @@ include { VIRNUCPRO_PREDICT         } from '../modules/local/virnucpro/predict'
 include { VIRNUCPRO_SUMMARY         } from '../modules/local/virnucpro/summary'
 include { VIRNUCPRO_VERSIONS        } from '../modules/local/virnucpro/versions'
 include { MULTIQC                   } from '../modules/local/multiqc'
-include { versionsToYaml ; classifierFiles } from '../subworkflows/local/utils_virnucpro_pipeline'
+include { versionsToYaml ; classifierFiles ; modelsCacheKey } from '../subworkflows/local/utils_virnucpro_pipeline'
 
 workflow VIRNUCPRO {
     take:
@@ -52,7 +52,7 @@ workflow VIRNUCPRO {
         shards.collect { shard -> [meta + [n_shards: shards.size()], shard] }
     }
     // Checkpoints outside the task work directories: a retried or resumed EMBED continues mid-shard
-    VIRNUCPRO_EMBED(ch_shards, ch_models, checkpoint_dir)
+    VIRNUCPRO_EMBED(ch_shards, ch_models.map { dir -> [dir, modelsCacheKey(dir)] }, checkpoint_dir)
     ch_versions = ch_versions.mix(VIRNUCPRO_EMBED.out.versions_virnucpro, VIRNUCPRO_EMBED.out.versions_torch)
 
     // A sample's group is released as soon as its last shard is embedded; the shards are sorted by

@@ -9,11 +9,13 @@ parameters and samplesheets are refused before any task, naming the culprit; unu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,68 @@ def test_without_a_profile_the_tasks_fit_the_machine_that_runs_them(tmp_path):
     run.assert_ok()
     assert "exceeds available" not in run.output
     assert (run.outdir / "reads" / "prediction_results.txt").is_file()
+
+
+def changed_dnabert_weights(models: Path, scratch: Path) -> None:
+    """The DNABERT-S weights of a tiny models folder rewritten in place (other values, the same
+    names, so the folders' own entries do not change), with the manifest's checksum updated as a new
+    download into the folder would."""
+    from safetensors.torch import load_file, save_file
+    weights = models / "DNABERT-S-tiny" / "model.safetensors"
+    tensors = {name: tensor + 0.05 if tensor.is_floating_point() else tensor
+               for name, tensor in load_file(str(weights)).items()}
+    save_file(tensors, str(scratch))
+    with open(weights, "r+b") as handle:
+        handle.write(scratch.read_bytes())
+        handle.truncate()
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"] = \
+        hashlib.sha256(weights.read_bytes()).hexdigest()
+    (models / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
+    """EMBED's cache key is the models folder's files, not the folder's own entry: virnucpro's own
+    writes there (checksum cache, fp16 copy, the manifest recording it) keep every EMBED cached,
+    and a model file changed in place (same names, new weights) embeds the shards again (a -resume
+    used to keep the old embeddings, and PREDICT published results of the old model)."""
+    models = tmp_path / "models"
+    made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
+                          capture_output=True, text=True, env=task_env(), timeout=300)
+    assert made.returncode == 0, made.stderr
+    reads = coding_reads(tmp_path / "reads.fa", 30)
+    args = ("-profile", "test", "--input", str(reads), "--models", str(models))
+    first = run_pipeline(tmp_path / "launch", *args)
+    first.assert_ok()
+    (models / ".sha256-cache.json").write_text("{}\n")  # what embed writes there
+    (models / "esm2_tiny.fp16.safetensors").write_bytes(b"\0" * 64)
+    (models / "manifest.json").write_text((models / "manifest.json").read_text())
+    cached = run_pipeline(tmp_path / "launch", *args, "-resume")
+    cached.assert_ok()  # PREDICT, which stages the manifest, may run again: seconds, not the GPU hours
+    assert {row["status"] for row in cached.tasks("VIRNUCPRO_EMBED") + cached.tasks("VIRNUCPRO_PREPARE")} == {"CACHED"}
+    (models / "esm2_tiny.fp16.safetensors").unlink()
+    changed_dnabert_weights(models, tmp_path / "new.safetensors")
+    again = run_pipeline(tmp_path / "launch", *args, "-resume")
+    again.assert_ok()
+    assert {row["status"] for row in again.tasks("VIRNUCPRO_EMBED")} == {"COMPLETED"}, again.trace()
+    assert_same_tables(again.outdir / "reads", virnucpro_run([reads], models, tmp_path / "single"))
+
+
+def test_a_virnucpro_of_another_version_stops_the_first_task_naming_both(tmp_path):
+    """The virnucpro on the PATH (no container) is another version than the pipeline: the first task
+    stops with exit 5 naming both versions, instead of running modules written for another CLI."""
+    from virnucpro import __version__
+    fake = tmp_path / "bin" / "virnucpro"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "virnucpro 9.9.9"; exit 0; }\n'
+                    f'exec {Path(sys.executable).parent / "virnucpro"} "$@"\n')
+    fake.chmod(0o755)
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--skip_multiqc",
+                       env={"PATH": f"{fake.parent}{os.pathsep}{task_env()['PATH']}"})
+    assert run.returncode != 0
+    assert f"this pipeline runs virnucpro {__version__}, but the task found virnucpro 9.9.9" in run.output, run.output[-4000:]
+    assert "exit status (5)" in run.output
+    assert not list(run.outdir.glob("*/prediction_results.txt"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -370,6 +370,29 @@ def classifierFiles(models_dir, chunk_size) {
     return [manifest] + entry.files.collect { name -> models_dir.resolve(name) }
 }
 
+// EMBED's key for a models folder: every model file's path, size and modification time. Nextflow
+// keys a folder input by the folder's own entry (EMBED caches it 'lenient': its path), which misses
+// a model file replaced inside it (in DNABERT-S/, or rewritten in place), and changes whenever
+// virnucpro itself writes there while embedding: the checksum cache, locks and temporaries (hidden
+// names), a download's .part files, the fp16 copy of ESM-2 and the manifest that records it; those
+// are left out, or -resume would embed every shard again after the first run on a folder.
+def modelsCacheKey(dir) {
+    def files = []
+    dir.eachFileRecurse(groovy.io.FileType.FILES) { model ->
+        def rel = dir.relativize(model)
+        if (!isModelsBookkeeping(rel)) {
+            files << "${rel}\t${model.size()}\t${model.lastModified()}".toString()
+        }
+    }
+    return files.sort().join('\n').md5()
+}
+
+def isModelsBookkeeping(rel) {
+    def names = rel.iterator().collect { part -> part.toString() }
+    return names.any { name -> name.startsWith('.') || name == '__pycache__' } || names == ['manifest.json'] ||
+        ['.part', '.tmp', '.fp16.safetensors'].any { ending -> names.last().endsWith(ending) }
+}
+
 // The versions ([process, tool, version] tuples) as YAML: one block per process, sorted.
 def versionsToYaml(List rows) {
     def lines = []

@@ -15,11 +15,14 @@
 process VIRNUCPRO_EMBED {
     tag "${meta.id}:${shard.baseName}"
     label 'process_gpu'
+    // The models folder is keyed by models_key, not by the folder entry's time, which changes when
+    // virnucpro writes its checksum cache or fp16 copy there; the shard's path names the PREPARE task
+    cache 'lenient'
     afterScript 'flock --wait 300 .embed.running true || true'
 
     input:
     tuple val(meta), path(shard)
-    path models
+    tuple path(models), val(models_key)  // models_key: its files' names, sizes and times (modelsCacheKey)
     val checkpoint_dir
 
     output:
@@ -37,6 +40,7 @@ process VIRNUCPRO_EMBED {
     def compile_cache = checkpoint_dir ? '--compile-cache ' + shellQuoted("${checkpoint_dir}/compile-cache") : ''
     def slots = shellQuoted("${checkpoint_dir ?: '.'}/.gpu-slots")
     """
+    require_virnucpro.sh ${workflow.manifest.version}
     exec 9> .embed.running
     flock 9 || echo "virnucpro: warning: cannot lock .embed.running (no flock on this file system?): a stop signal may end the task before embed saves its checkpoint" >&2
     gpu_slot.py --lock-dir ${slots} --device ${device} -- \\

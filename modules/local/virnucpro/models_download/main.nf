@@ -16,6 +16,7 @@ process VIRNUCPRO_MODELS_DOWNLOAD {
     script:
     def args = task.ext.args ?: ''
     """
+    require_virnucpro.sh ${workflow.manifest.version}
     virnucpro models download --dest virnucpro_models ${args}
     virnucpro models check virnucpro_models
     """

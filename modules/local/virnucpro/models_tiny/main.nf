@@ -10,6 +10,7 @@ process VIRNUCPRO_MODELS_TINY {
 
     script:
     """
+    require_virnucpro.sh ${workflow.manifest.version}
     virnucpro models tiny tiny_models
     """
 

@@ -29,6 +29,7 @@ process VIRNUCPRO_PREDICT {
     prefix = task.ext.prefix ?: "${meta.id}"
     def model_args = user_classifier ? "--classifier ${classifier_files}" : '--models _input/models'
     """
+    require_virnucpro.sh ${workflow.manifest.version}
     virnucpro predict \\
         --prepared ${prepared} \\
         ${model_args} \\

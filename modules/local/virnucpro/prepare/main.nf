@@ -16,6 +16,7 @@ process VIRNUCPRO_PREPARE {
     script:
     def args = task.ext.args ?: ''
     """
+    require_virnucpro.sh ${workflow.manifest.version}
     virnucpro prepare \\
         ${reads} \\
         --outdir prepared \\

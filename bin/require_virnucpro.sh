@@ -1,0 +1,17 @@
+#!/bin/sh
+# Stop a task whose virnucpro is not the pipeline's own version: exit 5, one message.
+#
+#     require_virnucpro.sh VERSION
+#
+# The modules pass the options of, and hand on the stage files of, the virnucpro released with the
+# pipeline. Another one (an install on the PATH upgraded, or older than the pipeline's checkout) may
+# refuse an option, write files the next stage refuses, or compute differently, and Nextflow's task
+# keys do not see it: each task calls this with the pipeline's version, which also puts that version
+# in the task's script, so a -resume never reuses a task of another pipeline version. POSIX sh only.
+set -u
+wanted="virnucpro $1"
+found=$(virnucpro --version) || exit $?
+[ "$found" = "$wanted" ] && exit 0
+echo "error: this pipeline runs $wanted, but the task found $found ($(command -v virnucpro))" >&2
+echo "  fix: install virnucpro $1 where the tasks run (pip install 'virnucpro==$1'; a development version: pip install -e on the pipeline's own checkout), use a container profile (-profile docker, singularity or apptainer), or run the pipeline's release that matches ${found#virnucpro } (nextflow run virnucpro/virnucpro -r v${found#virnucpro })" >&2
+exit 5
