@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -29,6 +29,7 @@ workflow {
         // Paths a task's shell script would misread ($, globs, control characters): before any use
         checkParameterPaths(params)
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
+        warnIfMultiqcMissing(params.skip_multiqc)
         if (params.models) {
             // the classifier for --chunk_size is looked for only when no --classifier replaces it
             checkModelsDirectory(params.models, params.classifier ? null : params.chunk_size)

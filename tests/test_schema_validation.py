@@ -161,6 +161,8 @@ def _cases(tmp: Path):
                         "gpu_type": "a100\r"},
         "mirror_shell": {"models_mirror": "https://mirror.example.org/$(touch /tmp/pwned)"},
         "mirror_line": {"models_mirror": "https://mirror.example.org/models\n"},
+        # `virnucpro models download --mirror` takes http(s) only: refused before the download task
+        "mirror_file": {"models_mirror": "file:///shared/mirror"},
         "site_values": {"slurm_account": "proj-1_x", "slurm_qos": "normal", "slurm_queue": "short,long",
                         "slurm_gpu_queue": "gpu", "gpu_type": "nvidia-l4", "slurm_options": "--constraint=a100 --exclusive",
                         "models_mirror": "https://mirror.example.org:8443/virnucpro/models%20v1/",
@@ -224,7 +226,7 @@ def test_line_breaks_and_shell_syntax_in_values_that_reach_a_shell_are_refused(r
     for name in ("slurm_account", "slurm_options", "slurm_qos", "slurm_queue", "slurm_gpu_queue", "gpu_type"):
         assert f"* --{name}:" in message, message
     assert "(6 problems;" in message, message
-    for name in ("mirror_shell", "mirror_line"):
+    for name in ("mirror_shell", "mirror_line", "mirror_file"):
         assert "* --models_mirror:" in _refused(results, name)
 
 

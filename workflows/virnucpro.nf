@@ -10,7 +10,7 @@ include { VIRNUCPRO_PREDICT         } from '../modules/local/virnucpro/predict'
 include { VIRNUCPRO_SUMMARY         } from '../modules/local/virnucpro/summary'
 include { VIRNUCPRO_VERSIONS        } from '../modules/local/virnucpro/versions'
 include { MULTIQC                   } from '../modules/local/multiqc'
-include { versionsToYaml ; classifierFiles ; modelsCacheKey } from '../subworkflows/local/utils_virnucpro_pipeline'
+include { versionsToYaml ; classifierFiles ; userClassifierFiles ; modelsCacheKey } from '../subworkflows/local/utils_virnucpro_pipeline'
 
 workflow VIRNUCPRO {
     take:
@@ -41,7 +41,7 @@ workflow VIRNUCPRO {
     }
     // PREDICT needs the classifier alone: the user's, or the models directory's one for the chunk size
     def ch_classifier = classifier
-        ? channel.value(file(classifier, glob: false, checkIfExists: true))
+        ? channel.value(userClassifierFiles(file(classifier, glob: false, checkIfExists: true)))
         : ch_models.map { dir -> classifierFiles(dir, chunk_size) }
 
     VIRNUCPRO_PREPARE(ch_samples)

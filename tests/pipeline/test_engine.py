@@ -171,6 +171,39 @@ def test_a_virnucpro_of_another_version_stops_the_first_task_naming_both(tmp_pat
     assert not list(run.outdir.glob("*/prediction_results.txt"))
 
 
+def test_virnucpro_alone_on_the_path_runs_every_task_and_a_missing_multiqc_is_said_at_start(tmp_path):
+    """A pipx-style install: `virnucpro` linked onto a PATH that has no `python` (python3 only) and
+    no multiqc. EMBED's torch version comes from virnucpro's own interpreter (a probe run with
+    `python` failed every finished EMBED task with 127); the missing multiqc is a warning when the
+    run starts, then only the last task fails, after every result is published."""
+    links = tmp_path / "bin"
+    links.mkdir()
+    (links / "virnucpro").symlink_to(Path(sys.executable).parent / "virnucpro")
+    path = os.pathsep.join([str(links), "/usr/bin", "/bin"])
+    assert not shutil.which("python", path=path) and not shutil.which("multiqc", path=path)
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", env={"PATH": path})
+    assert run.returncode != 0 and "multiqc is not on the PATH" in run.output.split("Submitted process")[0]
+    assert {row["process"].split(":")[-1] for row in run.trace() if row["status"] == "FAILED"} == {"MULTIQC"}
+    for sample in ("sample_a", "sample_b"):
+        assert (run.outdir / sample / "prediction_results.txt").is_file()
+    versions = (run.outdir / "pipeline_info" / "virnucpro_software_mqc_versions.yml").read_text()
+    assert re.search(r"torch: \d+\.\d+", versions), versions
+
+
+def test_a_classifier_the_manifest_beside_it_records_for_the_other_chunk_size_is_refused(tmp_path):
+    """`--classifier` staged alone could not tell it was made for 500-bp chunks in a 300-bp run (exit
+    0); with the manifest of its folder beside it, PREDICT refuses it as `virnucpro predict` does."""
+    models = tmp_path / "models"
+    made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
+                          capture_output=True, text=True, env=task_env(), timeout=300)
+    assert made.returncode == 0, made.stderr
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--skip_multiqc", "--input",
+                       str(coding_reads(tmp_path / "reads.fa", 5)), "--models", str(models), "--chunk_size", "300",
+                       "--classifier", str(models / "500_model_tiny.pth"))
+    assert run.returncode != 0 and "made for 500-bp chunks" in run.output, run.output[-3000:]
+    assert [row["exit"] for row in run.tasks("VIRNUCPRO_PREDICT")] == ["5"]
+
+
 # --------------------------------------------------------------------------------------------------
 # An EMBED task killed mid-shard
 # --------------------------------------------------------------------------------------------------

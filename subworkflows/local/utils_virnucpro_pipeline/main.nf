@@ -291,6 +291,19 @@ def missingModelFiles(dir, chunk_size) {
     return wanted.findAll { name -> !dir.resolve(name).exists() }
 }
 
+// Without a container the MULTIQC task runs the `multiqc` of the PATH, which installing virnucpro
+// does not install: said when the run starts, not as its last task failing (after the results are
+// published). A warning: under an executor the tasks' PATH may differ from the launching shell's.
+def warnIfMultiqcMissing(boolean skip) {
+    if (skip || workflow.containerEngine) {
+        return
+    }
+    def found = (System.getenv('PATH') ?: '').tokenize(File.pathSeparator).any { dir -> new File(dir, 'multiqc').canExecute() }
+    if (!found) {
+        log.warn('multiqc is not on the PATH: without a container the last task (MULTIQC) will fail after the results are published; install it (pip install multiqc) or add --skip_multiqc')
+    }
+}
+
 // Under the slurm profile, a --slurm_queue or --slurm_gpu_queue naming a partition SLURM does not
 // have stops the run at once, naming the parameter (sbatch would refuse every task). Skipped
 // where scontrol cannot be run (a launch host outside the cluster).
@@ -368,6 +381,14 @@ def classifierFiles(models_dir, chunk_size) {
         error("${models_dir} has no classifier for --chunk_size ${chunk_size} (see `virnucpro models check ${models_dir}`)")
     }
     return [manifest] + entry.files.collect { name -> models_dir.resolve(name) }
+}
+
+// A --classifier with the models manifest of its folder when there is one: PREDICT then refuses a
+// classifier that manifest records for the other chunk size, as `virnucpro predict` does when it
+// reads the classifier beside its manifest (staged alone, a tiny one for 500-bp chunks passed at 300)
+def userClassifierFiles(classifier) {
+    def manifest = classifier.resolveSibling('manifest.json')
+    return [classifier] + (classifier.name != 'manifest.json' && manifest.isFile() ? [manifest] : [])
 }
 
 // EMBED's key for a models folder: every model file's path, size and modification time. Nextflow

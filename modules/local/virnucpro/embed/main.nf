@@ -28,7 +28,7 @@ process VIRNUCPRO_EMBED {
     output:
     tuple val(meta), path("${shard.baseName}.h5"), emit: embeddings
     tuple val("${task.process}"), val('virnucpro'), eval('virnucpro --version | sed "s/^virnucpro //"'), emit: versions_virnucpro
-    tuple val("${task.process}"), val('torch'), eval('python -c "import torch; print(torch.__version__)"'), emit: versions_torch
+    tuple val("${task.process}"), val('torch'), eval('torch_version.sh'), emit: versions_torch
 
     script:
     def args = task.ext.args ?: ''

@@ -3,7 +3,7 @@
 // Wraps `virnucpro predict`. It gets only the classifier, never the whole models directory (ESM-2 3B
 // would be copied to every task on cloud executors): `classifier_files` is the classifier with the
 // models manifest that pins its checksum (staged as _input/models/), or a classifier .pth given by the
-// user (then `user_classifier` is true). Inputs are staged under _input/, a name no sample can have,
+// user (then `user_classifier` is true), first, with the manifest.json of its folder if it has one. Inputs are staged under _input/, a name no sample can have,
 // so the sample's results folder (named after it) never meets them.
 process VIRNUCPRO_PREDICT {
     tag "${meta.id}"
@@ -27,7 +27,8 @@ process VIRNUCPRO_PREDICT {
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
-    def model_args = user_classifier ? "--classifier ${classifier_files}" : '--models _input/models'
+    def user_file = classifier_files instanceof List ? classifier_files[0] : classifier_files
+    def model_args = user_classifier ? "--classifier ${user_file}" : '--models _input/models'
     """
     require_virnucpro.sh ${workflow.manifest.version}
     virnucpro predict \\
