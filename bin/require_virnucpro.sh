@@ -10,6 +10,11 @@
 # in the task's script, so a -resume never reuses a task of another pipeline version. POSIX sh only.
 set -u
 wanted="virnucpro $1"
+if ! command -v virnucpro > /dev/null 2>&1; then
+    echo "error: this pipeline runs virnucpro $1, but the task finds no virnucpro on its PATH ($PATH)" >&2
+    echo "  fix: install virnucpro $1 where the tasks run, or use a container profile (-profile docker, singularity or apptainer)" >&2
+    exit 127
+fi
 found=$(virnucpro --version) || exit $?
 [ "$found" = "$wanted" ] && exit 0
 echo "error: this pipeline runs $wanted, but the task found $found ($(command -v virnucpro))" >&2

@@ -129,7 +129,8 @@ def changed_dnabert_weights(models: Path, scratch: Path) -> None:
 
 def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
     """EMBED's cache key is the models folder's files, not the folder's own entry: virnucpro's own
-    writes there (checksum cache, fp16 copy, the manifest recording it) keep every EMBED cached,
+    writes there (checksum cache, fp16 copy, the manifest recording it) and files the encoders do
+    not read (a classifier, a README) keep every EMBED cached,
     and a model file changed in place (same names, new weights) embeds the shards again (a -resume
     used to keep the old embeddings, and PREDICT published results of the old model)."""
     models = tmp_path / "models"
@@ -143,6 +144,8 @@ def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
     (models / ".sha256-cache.json").write_text("{}\n")  # what embed writes there
     (models / "esm2_tiny.fp16.safetensors").write_bytes(b"\0" * 64)
     (models / "manifest.json").write_text((models / "manifest.json").read_text())
+    os.utime(models / "300_model_tiny.pth")  # a classifier is PREDICT's: no shard to embed again
+    (models / "README.txt").write_text("where these models came from\n")
     cached = run_pipeline(tmp_path / "launch", *args, "-resume")
     cached.assert_ok()  # PREDICT, which stages the manifest, may run again: seconds, not the GPU hours
     assert {row["status"] for row in cached.tasks("VIRNUCPRO_EMBED") + cached.tasks("VIRNUCPRO_PREPARE")} == {"CACHED"}

@@ -391,12 +391,14 @@ def userClassifierFiles(classifier) {
     return [classifier] + (classifier.name != 'manifest.json' && manifest.isFile() ? [manifest] : [])
 }
 
-// EMBED's key for a models folder: every model file's path, size and modification time. Nextflow
-// keys a folder input by the folder's own entry (EMBED caches it 'lenient': its path), which misses
-// a model file replaced inside it (in DNABERT-S/, or rewritten in place), and changes whenever
-// virnucpro itself writes there while embedding: the checksum cache, locks and temporaries (hidden
-// names), a download's .part files, the fp16 copy of ESM-2 and the manifest that records it; those
-// are left out, or -resume would embed every shard again after the first run on a folder.
+// EMBED's key for a models folder: the path, size and modification time of each file the encoders
+// read: ESM-2's .pt files at the top and DNABERT-S's folder. Nextflow keys a folder input by the
+// folder's own entry (EMBED caches it 'lenient': its path), which misses a model file replaced
+// inside it (in DNABERT-S/, or rewritten in place), and changes whenever anything is written there.
+// Left out: what does not change an embedding (the classifiers, PREDICT's; a README) and what
+// virnucpro writes there itself (the checksum cache, locks and temporaries: hidden names; a
+// download's .part files; the fp16 copy of ESM-2 and the manifest recording it), which made
+// -resume embed every shard again after the first run on a folder.
 def modelsCacheKey(dir) {
     def files = []
     dir.eachFileRecurse(groovy.io.FileType.FILES) { model ->
@@ -410,7 +412,7 @@ def modelsCacheKey(dir) {
 
 def isModelsBookkeeping(rel) {
     def names = rel.iterator().collect { part -> part.toString() }
-    return names.any { name -> name.startsWith('.') || name == '__pycache__' } || names == ['manifest.json'] ||
+    return names.any { name -> name.startsWith('.') || name == '__pycache__' } || (names.size() == 1 && !names[0].endsWith('.pt')) ||
         ['.part', '.tmp', '.fp16.safetensors'].any { ending -> names.last().endsWith(ending) }
 }
 
