@@ -3,6 +3,7 @@ FASTA/FASTQ text (BAM, CRAM, SRA, ZIP), ids in two Unicode spellings, one input 
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import re
 import shutil
@@ -101,6 +102,91 @@ def test_the_awk_command_given_makes_the_ids_unique(tmp_path, run_cli, layout):
     assert {rid[:-2] for rid in ids} == {rid[:-2] for rid in ids if rid.endswith("/1")}
 
 
+def record(form: str, header: str, newline: str = "\n") -> str:
+    """One record: FASTQ with 4 lines (the '+' line repeating the header), or FASTA with its
+    sequence on two lines."""
+    if form == "fastq":
+        lines = [f"@{header}", BASES, f"+{header}", "I" * len(BASES)]
+    else:
+        lines = [f">{header}", BASES[:20], BASES[20:]]
+    return "".join(line + newline for line in lines)
+
+
+def paired_inputs(directory: Path, form: str, names: list[str], newline: str) -> list[Path]:
+    """Three pairs of reads in two mate files or, for one name, one interleaved file, compressed as
+    the names end. With CRLF line ends the ids are bare (the '\\r' then ends the id), else commented."""
+    paths = [directory / name for name in names]
+    header = "read{i}" if newline == "\r\n" else "read{i} {mate}:N:0:ACGTAC"
+    for number, path in enumerate(paths, 1):
+        mates = (1, 2) if len(paths) == 1 else (number,)
+        text = "".join(record(form, header.format(i=i, mate=mate), newline) for i in range(3) for mate in mates)
+        data = text.encode()
+        path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else bz2.compress(data)
+                         if path.suffix == ".bz2" else data)
+    return paths
+
+
+PAIRED_LAYOUTS = [
+    ("fastq", ["sra_1.fastq.gz", "sra_2.fastq.gz"], "\n"),
+    ("fastq", ["pairs.fastq"], "\n"),
+    ("fastq", ["r_1.fq", "r_2.fq"], "\r\n"),
+    ("fastq", ["pairs.fq"], "\r\n"),
+    ("fasta", ["m_1.fa", "m_2.fa"], "\n"),
+    ("fasta", ["m_1.fasta.bz2", "m_2.fasta.bz2"], "\n"),
+    ("fasta", ["pairs.fna"], "\n"),
+    ("fasta", ["m_1.fa", "m_2.fa"], "\r\n"),
+    ("fasta", ["pairs.fa"], "\r\n"),
+]
+
+
+@pytest.mark.skipif(shutil.which("awk") is None, reason="no awk here")
+@pytest.mark.parametrize("form, names, newline", PAIRED_LAYOUTS,
+                         ids=[f"{form} {' '.join(names)} {ascii(newline)}" for form, names, newline in PAIRED_LAYOUTS])
+def test_the_fix_given_for_each_format_runs_and_prepares(tmp_path, run_cli, form, names, newline):
+    """FASTA mates get a FASTA awk (the FASTQ one turned every third line into '+') and FASTA names,
+    and no FASTQ-only tool; CRLF files get /1 before the '\\r' (it once came after, and the FASTQ
+    was refused). Each command runs as printed; its output prepares, sequences untouched."""
+    inputs = paired_inputs(tmp_path, form, names, newline)
+    code, message = run_cli("prepare", *inputs, "--outdir", tmp_path / "refused")
+    assert code == 3 and "paired-end" in message, message
+    assert ("fastp --merge" in message) == (form == "fastq") and "bbmerge.sh" in message, message
+    assert ("4-line FASTQ" in message) == (form == "fastq"), message
+    renamed = []
+    for command in awk_commands(message):
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+        renamed.append(tmp_path / command.rsplit("> ", 1)[1])
+        written = renamed[-1].read_bytes()
+        assert written.count(b"\n") == written.count(newline.encode()), written  # line ends kept
+    stems = [name.split(".")[:2] for name in names]  # m_1.fasta.bz2: m_1, fasta
+    assert [path.name for path in renamed] == [f"{stem}.ids.{extension}" for stem, extension in stems], message
+    if len(names) == 1:
+        split = re.search(r"reformat\.sh in=\S+ out1=(\S+) out2=([^\s)]+)", message)
+        stem, extension = stems[0]
+        assert split and [Path(out).name for out in split.groups()] == [f"{stem}_R{m}.{extension}" for m in (1, 2)]
+    code, message = run_cli("prepare", *renamed, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    rows = [row.split("\t") for row in (tmp_path / "out" / fmt.SEQUENCES).read_text().splitlines()[1:]]
+    mates = [(i, m) for i in range(3) for m in (1, 2)]
+    if len(names) == 2:
+        mates.sort(key=lambda pair: pair[1])  # all of R1, then all of R2
+    assert [row[0] for row in rows] == [f"read{i}/{m}" for i, m in mates], rows
+    assert all(row[1] == str(len(BASES)) for row in rows), rows
+
+
+@pytest.mark.skipif(shutil.which("reformat.sh") is None, reason="no BBTools here")
+@pytest.mark.parametrize("form, name", [("fastq", "pairs.fastq.gz"), ("fasta", "pairs.fasta")])
+def test_the_split_command_given_splits_the_mates(tmp_path, run_cli, form, name):
+    """BBTools' reformat.sh, as printed, writes each mate to a file of the input's format."""
+    inputs = paired_inputs(tmp_path, form, [name], "\n")
+    code, message = run_cli("prepare", *inputs, "--outdir", tmp_path / "refused")
+    command = re.search(r"reformat\.sh in=\S+ out1=\S+ out2=[^\s)]+", message)
+    assert code == 3 and command, message
+    subprocess.run(command.group(), shell=True, check=True, cwd=tmp_path, capture_output=True)
+    for mate in (1, 2):
+        code, message = run_cli("prepare", tmp_path / f"pairs_R{mate}.{form}", "--outdir", tmp_path / f"out{mate}")
+        assert code == 0 and sequence_ids(tmp_path / f"out{mate}") == ["read0", "read1", "read2"], message
+
+
 def test_an_interleaved_file_is_refused_as_interleaved_mates(tmp_path, run_cli):
     path = tmp_path / "pairs.fastq"
     path.write_text(interleaved())
@@ -133,6 +219,16 @@ def test_mates_are_named_with_the_registry_spilling_and_confirming_in_small_batc
     r2.write_text(illumina(2, n=20))
     code, message = run_cli("prepare", r1, r2, "--outdir", tmp_path / "out", "--threads", "1")
     assert code == 3 and "look like the two mates of paired-end reads" in message, message
+
+
+def test_the_docs_show_the_awk_programs_prepare_gives():
+    """docs/usage.md prints the same programs as the refusal, so a fix there reaches both."""
+    from virnucpro.prepare import INTERLEAVED_AWK, ONE_MATE_AWK
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    programs = [program.replace("MATE", mate) for program in ONE_MATE_AWK.values() for mate in "12"]
+    for program in [*programs, *INTERLEAVED_AWK.values()]:
+        assert f"awk '{program}'" in text, program
 
 
 # --- 2: files of reads that are no text ---------------------------------------------------------
@@ -243,3 +339,4 @@ def test_a_file_given_by_two_names_names_both(tmp_path):
     done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "a.fastq", "b.fastq", "--outdir", "out"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3 and "input b.fastq is given twice (it is the same file as a.fastq)" in done.stderr
+

@@ -414,6 +414,7 @@ class InputSummary:
     sha256: str = ""
     records: int = 0
     compression: str = "none"  # as read (gzip, bzip2, xz): for the commands a refusal gives
+    format: str = "fastq"  # as read (fasta or fastq): for the same commands
 
 
 class InlineExecutor:
@@ -733,53 +734,66 @@ def _duplicate_error(first: _Read, second: _Read) -> BadInputError:
     return BadInputError(message, DUPLICATE_HINT)
 
 
-# awk programs that append /1 and /2 to the ids of 4-line FASTQ records (the comment after the id
-# kept; the '+' line, which may repeat the old header, emptied); POSIX awk, checked with mawk
-ONE_MATE_AWK = r'NR%4==1{sub(/[ \t]|$/,"/MATE&")} NR%4==3{$0="+"} 1'
-INTERLEAVED_AWK = r'NR%8==1{sub(/[ \t]|$/,"/1&")} NR%8==5{sub(/[ \t]|$/,"/2&")} NR%4==3{$0="+"} 1'
-MERGE_PAIRS = "merge each pair into one read first (e.g. fastp --merge or bbmerge.sh)"
-MATES_APART = "append /1 and /2 to the ids (each mate is then scored as a sequence of its own; 4-line FASTQ)"
+# awk programs that append /1 or /2 to each record's id, before its comment or a CRLF file's '\r':
+# 4-line FASTQ by line number (the '+' line, which may repeat the old header, emptied), FASTA on
+# each '>' line (an interleaved file's mates alternate); POSIX awk, checked with mawk
+ONE_MATE_AWK = {"fastq": r'NR%4==1{sub(/[ \t\r]|$/,"/MATE&")} NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
+                "fasta": r'/^>/{sub(/[ \t\r]|$/,"/MATE&")} 1'}
+INTERLEAVED_AWK = {"fastq": r'NR%8==1{sub(/[ \t\r]|$/,"/1&")} NR%8==5{sub(/[ \t\r]|$/,"/2&")} '
+                            r'NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
+                   "fasta": r'/^>/{sub(/[ \t\r]|$/,++n%2?"/1&":"/2&")} 1'}
+EXTENSIONS = {"fastq": (".fastq", ".fq"), "fasta": (".fa", ".fasta", ".fna", ".fas")}  # the first when none
+
+
+def _merge_or_rename(sources: Sequence[InputSummary], fastp_option: str = "") -> str:
+    """The last two ways out for mates: merge each pair (fastp reads FASTQ only), or append /1 and /2."""
+    fastq = all(source.format == "fastq" for source in sources)
+    fastp = f"fastp --merge{fastp_option} or " if fastq else ""
+    return (f"merge each pair into one read first (e.g. {fastp}bbmerge.sh), or append /1 and /2 to the ids "
+            f"(each mate is then scored as a sequence of its own{'; 4-line FASTQ' if fastq else ''})")
 
 
 def _mate_files_hint(one: InputSummary, two: InputSummary) -> str:
     """The ways out for two mate files, the last one as commands on them."""
-    return (f"run each mate file as its own sample (its own command and --outdir), {MERGE_PAIRS}, or "
-            f"{MATES_APART}: {_awk_command(one, ONE_MATE_AWK.replace('MATE', '1'))} and "
-            f"{_awk_command(two, ONE_MATE_AWK.replace('MATE', '2'))} (then give the two new files)")
+    return (f"run each mate file as its own sample (its own command and --outdir), {_merge_or_rename([one, two])}: "
+            f"{_awk_command(one, ONE_MATE_AWK[one.format].replace('MATE', '1'))} and "
+            f"{_awk_command(two, ONE_MATE_AWK[two.format].replace('MATE', '2'))} (then give the two new files)")
 
 
 def _interleaved_hint(source: InputSummary) -> str:
     """The ways out for an interleaved file, the last one as a command on it."""
-    return (f"split the mates into two files (e.g. with BBTools: {_split_command(source)}) and "
-            f"run each as its own sample, {MERGE_PAIRS.replace('--merge', '--merge --interleaved_in')}, or "
-            f"{MATES_APART}: {_awk_command(source, INTERLEAVED_AWK)} (then give the new file)")
+    return (f"split the mates into two files (e.g. with BBTools: {_split_command(source)}) and run each as its "
+            f"own sample, {_merge_or_rename([source], ' --interleaved_in')}: "
+            f"{_awk_command(source, INTERLEAVED_AWK[source.format])} (then give the new file)")
 
 
 DECOMPRESS = {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc"}
 
 
 def _named(source: InputSummary, ending: str) -> tuple[Path, str]:
-    """The input's path (a stream: a file name for it) and, shell-quoted, a new file beside it: its
-    name without the FASTQ and compression extensions, then `ending`."""
-    path = source.path if _rereadable(source.path) else Path("reads.fastq")
+    """The input's path (a stream: a file name for it) and, shell-quoted, a new plain file beside it:
+    its name without compression and format extensions, `ending`, then the input's format extension."""
+    extensions = EXTENSIONS[source.format]
+    path = source.path if _rereadable(source.path) else Path("reads" + extensions[0])
     name = path.name
-    for suffix in (".gz", ".bz2", ".xz", ".fastq", ".fq"):
+    for suffix in (".gz", ".bz2", ".xz"):
         name = name.removesuffix(suffix)
-    return path, shlex.quote(str(path.with_name(name + ending)))
+    extension = next((e for e in extensions if name.endswith(e)), extensions[0])
+    return path, shlex.quote(str(path.with_name(name.removesuffix(extension) + ending + extension)))
 
 
 def _awk_command(source: InputSummary, program: str) -> str:
-    """A shell command running awk `program` over an input into a new plain FASTQ file beside it."""
-    path, out = _named(source, ".ids.fastq")
+    """A shell command running awk `program` over an input into a new plain file beside it."""
+    path, out = _named(source, ".ids")
     if source.compression in DECOMPRESS:
         return f"{DECOMPRESS[source.compression]} {shlex.quote(str(path))} | awk '{program}' > {out}"
     return f"awk '{program}' {shlex.quote(str(path))} > {out}"
 
 
 def _split_command(source: InputSummary) -> str:
-    """BBTools' command that splits an interleaved input into one file per mate, beside it."""
-    path, first = _named(source, "_R1.fastq")
-    return f"reformat.sh in={shlex.quote(str(path))} out1={first} out2={_named(source, '_R2.fastq')[1]}"
+    """BBTools' command that splits an interleaved input into one file per mate, beside it, in its format."""
+    path, first = _named(source, "_R1")
+    return f"reformat.sh in={shlex.quote(str(path))} out1={first} out2={_named(source, '_R2')[1]}"
 
 
 def _where(path: Path, number: int) -> str:
@@ -936,6 +950,7 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
                     progress.advance(stream.bytes_read - read)
                     read = stream.bytes_read
                 summary.sha256, summary.compression = stream.sha256.hexdigest(), stream.compression
+                summary.format = stream.format
             shards = preparer.finish()
     except BaseException:
         preparer.close(abort=True)

@@ -337,6 +337,7 @@ class HashingTextStream:
         self.text = UniversalText(path)  # the parser tells it where a header may start
         head = self._read_raw()
         self.compression = _compression(head, path)
+        self.format = ""  # "fasta" or "fastq" once `record_groups` has seen the first record
         self._pending = head
 
     def close(self) -> None:
@@ -700,10 +701,10 @@ def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
         raise BadInputError(f"{stream.path} is empty (no records)", "give a FASTA or FASTQ file with sequences")
     marker = first.text.lstrip()[0]
     if marker == ">":
-        stream.text.header_marks = b">"
+        stream.text.header_marks, stream.format = b">", "fasta"
         yield from _fasta_groups(blocks, first, stream.path)
     elif marker == "@":
-        stream.text.header_marks = b"@"
+        stream.text.header_marks, stream.format = b"@", "fastq"
         yield from _fastq_groups(itertools.chain([first], blocks), stream.path, stream.text)
     else:
         text = first.text.lstrip()
