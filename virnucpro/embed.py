@@ -774,17 +774,28 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     _check_output(shard, out)
     with file_lock(out, "--out") as lock, output_errors(out):
         try:
+            held = _HeldOut(lock, h5shard.file_state(out))  # taken first: a file put there after the check differs
             _check_replaceable(out)
             return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
-                                 checkpoint_every, checkpoint_seconds, threads, model_set, compiling, lock)
+                                 checkpoint_every, checkpoint_seconds, threads, model_set, compiling, held)
         finally:
             lock.remove()  # ours to remove while held, also when a killed embed left it
 
 
+@dataclass(frozen=True)
+class _HeldOut:
+    """`--out` as this embed holds it: its lock, and the `h5shard.file_state` of the file found there
+    when embed started (None: none), the only file the finished shard may replace (the lock keeps
+    other embeds away, not other programs: the move looks again, see `h5shard.write_shard`)."""
+
+    lock: HeldLock
+    found: h5shard.FileState | None
+
+
 def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
                   token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set,
-                  compiling: Compiling, lock: HeldLock) -> Path:
-    """`embed` once `out` is held (through `lock`) by this process."""
+                  compiling: Compiling, held: _HeldOut) -> Path:
+    """`embed` once `out` is `held` by this process."""
     from virnucpro.models import store
 
     records = list(fmt.read_shard(shard))
@@ -814,7 +825,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
         label = f"embed shard {shard_meta.index + 1}/{shard_meta.of}"
         _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds, label)
         _write(out, ids, distinct, known,
-               _attributes(shard_meta, identity, model_set.tiny, precision, embedder.made_by(restored)), lock)
+               _attributes(shard_meta, identity, model_set.tiny, precision, embedder.made_by(restored)), held)
     except BaseException:
         checkpoints.close()
         raise
@@ -867,13 +878,16 @@ def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, prec
     return True
 
 
-def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict, lock: HeldLock) -> None:
+def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict, held: _HeldOut) -> None:
     """The HDF5 shard: one row per record, each from the vector of its distinct sequence. The lock
-    of `out` names the temporary file while it is written: a rerun after a kill removes it."""
+    of `out` names the temporary file while it is written: a rerun after a kill removes it. Only the
+    file found at `out` when embed started is replaced; one written there since is refused (exit 3,
+    the checkpoints kept for the rerun)."""
     def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         return tuple(known[role][distinct[role].of_record[start:stop]] for role in ROLES)
 
-    h5shard.write_shard(out, ids, rows, tuple(known[role].shape[1] for role in ROLES), attrs, lock.note_temporary)
+    h5shard.write_shard(out, ids, rows, tuple(known[role].shape[1] for role in ROLES), attrs,
+                        held.lock.note_temporary, replacing=held.found)
 
 
 def _check_output(shard: Path, out: Path) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
                               name_too_long, other_format, storage_error, storage_failure)
-from virnucpro.outdir import file_mode
+from virnucpro.outdir import file_mode, rename_new
 from virnucpro.prepared import SHA256_TEXT, shown
 
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
@@ -197,22 +197,71 @@ class EmbeddingShardInfo:
     seal: Seal | None = None  # the file's seal when read: later reads must find the same file
 
 
+FileState = tuple[int, int, int, int]  # device, inode, size, modification time (ns)
+
+
+def file_state(path: Path) -> FileState | None:
+    """What tells the file at `path` now from another, read without opening it (device, inode, size,
+    modification time; of a link itself, never its target); None when nothing is there."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-                widths: tuple[int, int], attrs: dict, on_temporary: Callable[[Path], None] = lambda tmp: None) -> None:
+                widths: tuple[int, int], attrs: dict, on_temporary: Callable[[Path], None] = lambda tmp: None,
+                replacing: FileState | None = None) -> None:
     """Write ids and vectors (fetched block by block from `rows(start, stop)`) atomically to `path`;
     a storage failure is exit 10 naming `path`, with the temporary file removed. `on_temporary` is
-    told the temporary file's name first (the lock of `path` records it, for a kill)."""
+    told the temporary file's name first (the lock of `path` records it, for a kill). `replacing`:
+    the `file_state` of the shard the caller found at `path` and may replace (None: nothing was
+    there); any other file there by the end is never replaced (exit 3, see `_move_into_place`)."""
     raw, tmp = _new_temporary(path)
     on_temporary(tmp)
     try:
         _write_through_file(raw, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
         _seal_written(tmp, path)
         verify_shard(tmp, ids, written=path)
+        _move_into_place(tmp, path, replacing)
     except BaseException:
         with suppress(OSError):
-            tmp.unlink(missing_ok=True)  # an interrupted or failed write leaves nothing that looks like output
+            tmp.unlink(missing_ok=True)  # an interrupted, failed or refused write leaves no output-like file
         raise
-    os.replace(tmp, path)
+
+
+def _move_into_place(tmp: Path, path: Path, replacing: FileState | None) -> None:
+    """Rename the finished `tmp` to `path`, looking again at what is there: the caller checked `path`
+    when it started, maybe hours ago. The shard it found (`replacing`) is replaced while it is still
+    that file, still starting with the seal (not hashed again: a shard is gigabytes); a free name is
+    taken with a rename that refuses an existing target (`rename_new`); a file that appeared or took
+    the shard's place meanwhile is exit 3, never replaced. What remains: a file put in the shard's
+    place between that look and `os.replace` (microseconds) would be replaced."""
+    now = file_state(path)
+    if now is not None and now == replacing and is_sealed_shard(path):
+        os.replace(tmp, path)
+    elif now is not None:
+        raise _written_meanwhile(path, "changed" if replacing is not None else "appeared")
+    else:
+        _take_free_name(tmp, path)  # also when the shard found was deleted meanwhile: nothing is lost
+
+
+def _take_free_name(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`, which nothing may hold (a file that appears there now: exit 3)."""
+    try:
+        rename_new(tmp, path)
+    except FileExistsError:
+        raise _written_meanwhile(path, "appeared") from None
+
+
+def _written_meanwhile(path: Path, what: str) -> BadInputError:
+    """Exit 3 for a file that `what` ('appeared', 'changed') at `path` while virnucpro wrote its shard."""
+    found = ("it is no longer the virnucpro embedding file found there when embed started" if what == "changed"
+             else "at the name of the embedding file it was about to write")
+    return BadInputError(f"{path} {what} while virnucpro ran ({found}): virnucpro never replaces files it did not "
+                         "write", "move it away, then rerun (the embedding work is kept in checkpoints: the rerun "
+                         "only writes the file)")
 
 
 class _StorageGuard:
