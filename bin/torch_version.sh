@@ -8,8 +8,9 @@
 script=$(command -v virnucpro) || { echo unknown; exit 0; }
 interpreter=$(sed -n '1s/^#! *//p' "$script" 2> /dev/null | tr -d '\r')
 case "$interpreter" in
-    */env\ *) interpreter=${interpreter#*/env } ;;
+    */env\ *) interpreter=${interpreter#*/env } && interpreter=${interpreter%% -*} ;;
     */sh | */bash) interpreter=$(sed -n "2s/^'''exec' \"\\([^\"]*\\)\".*/\\1/p" "$script" 2> /dev/null) ;;
+    *) interpreter=${interpreter%% -*} ;;  # `#!/usr/bin/python3 -sP`: without its options
 esac
 case "${interpreter##*/}" in
     python*) "$interpreter" -c 'import torch; print(torch.__version__)' 2> /dev/null || echo unknown ;;

@@ -46,6 +46,8 @@ def pythons(tmp_path) -> Path:
     "#!{venv}\n",  # pip's script for an interpreter path without spaces
     "#!/usr/bin/env python3\n",  # python3 found on the PATH (here: the one with torch)
     "#!{venv}\r\n",  # written on Windows
+    "#!{venv} -sP\n",  # with options, as Fedora's packages write it
+    "#!/usr/bin/env python3 -u\n",
     "#!/bin/sh\n'''exec' \"{spaced}\" \"$0\" \"$@\"\n' '''\n",  # pip's launcher for a path with a space
 ])
 def test_the_torch_of_virnucpro_s_own_interpreter_is_reported(tmp_path, pythons, first_lines):

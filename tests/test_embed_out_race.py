@@ -160,3 +160,13 @@ def test_write_shard_takes_only_a_free_name_or_the_file_it_was_told_of(tmp_path)
     write(out, 4.0, replacing=found)
     assert first_value(out) == 4.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"], "a temporary file was left"
+
+
+def test_folders_made_for_out_are_taken_back_when_embed_fails(tmp_path, run_cli, golden_prepared):
+    """`--out new/sub/s.h5` with a mistyped --models (exit 4): the folders embed made are gone again,
+    the folder that was there before is kept."""
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "new" / "sub" / "s.h5"
+    code, message = run_cli(*command(golden_prepared, tmp_path / "no-models", out))
+    assert code == 4, message
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()

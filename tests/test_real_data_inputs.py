@@ -173,6 +173,31 @@ def test_the_fix_given_for_each_format_runs_and_prepares(tmp_path, run_cli, form
     assert all(row[1] == str(len(BASES)) for row in rows), rows
 
 
+@pytest.mark.skipif(shutil.which("awk") is None, reason="no awk here")
+@pytest.mark.parametrize("form, names", [("fasta", ["lane=1.fa", "lane=2.fa"]), ("fasta", ["lane=p.fa"]),
+                                         ("fastq", ["lane=1.fq", "lane=2.fq"]), ("fastq", ["lane=p.fq"])])
+def test_the_fix_given_reads_a_byte_order_mark_a_blank_after_the_marker_and_a_name_with_equals(
+        tmp_path, run_cli, form, names):
+    """What prepare reads as ids the printed command must too: a UTF-8 byte order mark hid the first
+    header (an interleaved FASTA then got every later mate the other label, exit 0), `> r1` put the
+    /1 before the id, and awk took `lane=1.fa` for an assignment and read its standard input."""
+    paths = [tmp_path / name for name in names]
+    for number, path in enumerate(paths, 1):
+        mates = (1, 2) if len(paths) == 1 else (number,)
+        text = "".join(record(form, f" read{i} c{mate}") for i in range(3) for mate in mates)
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    code, message = run_cli("prepare", *paths, "--outdir", tmp_path / "refused")
+    assert code == 3 and "paired-end" in message, message
+    renamed = []
+    for command in awk_commands(message):
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=60)
+        renamed.append(tmp_path / command.rsplit("> ", 1)[1])
+    code, message = run_cli("prepare", *renamed, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    mates = sorted(((i, m) for i in range(3) for m in (1, 2)), key=lambda pair: pair[1] if len(paths) == 2 else 0)
+    assert sequence_ids(tmp_path / "out") == [f"read{i}/{m}" for i, m in mates]
+
+
 @pytest.mark.skipif(shutil.which("reformat.sh") is None, reason="no BBTools here")
 @pytest.mark.parametrize("form, name", [("fastq", "pairs.fastq.gz"), ("fasta", "pairs.fasta")])
 def test_the_split_command_given_splits_the_mates(tmp_path, run_cli, form, name):

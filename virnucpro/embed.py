@@ -24,10 +24,10 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -771,7 +771,33 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     refuse_nesting(out, "--out")
     if checkpoint_dir is not None:
         refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
-    _check_output(shard, out)
+    with _folders_taken_back_on_failure(out.parent):
+        _check_output(shard, out)
+        return _embed_held(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
+                           checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
+
+
+@contextmanager
+def _folders_taken_back_on_failure(folder: Path) -> Iterator[None]:
+    """The folders of `folder`'s path that `--out` makes are removed again, deepest first, when the
+    command fails while they are empty (a mistyped --models leaves no empty folders behind)."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        yield
+    except BaseException:
+        for made in missing:
+            with suppress(OSError):
+                made.rmdir()  # refuses a folder that holds anything: checkpoints, someone's file
+        raise
+
+
+def _embed_held(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
+                token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set,
+                compiling: Compiling) -> Path:
+    """`embed` from the moment `out`'s folder exists: `out` locked, checked, embedded."""
     with file_lock(out, "--out") as lock, output_errors(out):
         try:
             held = _HeldOut(lock, h5shard.file_state(out))  # taken first: a file put there after the check differs

@@ -737,11 +737,16 @@ def _duplicate_error(first: _Read, second: _Read) -> BadInputError:
 # awk programs that append /1 or /2 to each record's id, before its comment or a CRLF file's '\r':
 # 4-line FASTQ by line number (the '+' line, which may repeat the old header, emptied), FASTA on
 # each '>' line (an interleaved file's mates alternate); POSIX awk, checked with mawk
-ONE_MATE_AWK = {"fastq": r'NR%4==1{sub(/[ \t\r]|$/,"/MATE&")} NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
-                "fasta": r'/^>/{sub(/[ \t\r]|$/,"/MATE&")} 1'}
-INTERLEAVED_AWK = {"fastq": r'NR%8==1{sub(/[ \t\r]|$/,"/1&")} NR%8==5{sub(/[ \t\r]|$/,"/2&")} '
-                            r'NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
-                   "fasta": r'/^>/{sub(/[ \t\r]|$/,++n%2?"/1&":"/2&")} 1'}
+# Each program first drops a UTF-8 byte order mark (else the first header is not seen, and in an
+# interleaved file every later mate gets the other label) and blanks after the header's marker
+# (`> r1`: virnucpro's id is r1; the /1 would go before it)
+BOM_AWK = r'NR==1{sub(/^\357\273\277/,"")} '
+ONE_MATE_AWK = {"fastq": BOM_AWK + r'NR%4==1{sub(/^@[ \t]*/,"@"); sub(/[ \t\r]|$/,"/MATE&")} '
+                                  r'NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
+                "fasta": BOM_AWK + r'/^>/{sub(/^>[ \t]*/,">"); sub(/[ \t\r]|$/,"/MATE&")} 1'}
+INTERLEAVED_AWK = {"fastq": BOM_AWK + r'NR%4==1{sub(/^@[ \t]*/,"@"); sub(/[ \t\r]|$/,NR%8==1?"/1&":"/2&")} '
+                                     r'NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
+                   "fasta": BOM_AWK + r'/^>/{sub(/^>[ \t]*/,">"); sub(/[ \t\r]|$/,++n%2?"/1&":"/2&")} 1'}
 EXTENSIONS = {"fastq": (".fastq", ".fq"), "fasta": (".fa", ".fasta", ".fna", ".fas")}  # the first when none
 
 
@@ -785,9 +790,10 @@ def _named(source: InputSummary, ending: str) -> tuple[Path, str]:
 def _awk_command(source: InputSummary, program: str) -> str:
     """A shell command running awk `program` over an input into a new plain file beside it."""
     path, out = _named(source, ".ids")
+    given = shlex.quote(str(path) if path.is_absolute() else f"./{path}")  # awk reads `a=1.fa` as an assignment
     if source.compression in DECOMPRESS:
-        return f"{DECOMPRESS[source.compression]} {shlex.quote(str(path))} | awk '{program}' > {out}"
-    return f"awk '{program}' {shlex.quote(str(path))} > {out}"
+        return f"{DECOMPRESS[source.compression]} {given} | awk '{program}' > {out}"
+    return f"awk '{program}' {given} > {out}"
 
 
 def _split_command(source: InputSummary) -> str:
