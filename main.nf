@@ -17,7 +17,10 @@ include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkfl
 workflow {
     main:
     def schema = "${projectDir}/nextflow_schema.json"
-    if (params.help || params.help_full) {
+    if (params.version) {
+        log.info("${workflow.manifest.name} ${workflow.manifest.version}")
+    }
+    else if (params.help || params.help_full) {
         log.info(paramsHelp(schema, params, 'nextflow run . -profile <docker/singularity/apptainer>[,gpu] --input reads.fa --outdir results'))
     }
     else {

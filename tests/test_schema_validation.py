@@ -117,6 +117,8 @@ def _paths(tmp: Path):
     (tmp / "reads" / "p1.fa").write_text(">a\nACGT\n")
     (tmp / "reads" / "p2.fa").write_text(">b\nACGT\n")
     (tmp / "reads" / 'odd "name", 3.fa').write_text(">c\nACGT\n")
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "e.fa").write_bytes(b"")  # 0 bytes: no sequences
     sheets = {
         # a blank line, CRLF, spaces around quoted fields, a quoted separator and doubled quotes
         "good.csv": ('"sample",file\r\npatient1,reads/p1.fa\r\n\r\n "patient2" , "%s"\r\n'
@@ -128,6 +130,16 @@ def _paths(tmp: Path):
         # <sample>.summary.tsv would pass the file system's 255 characters a name
         "long_name.csv": "sample,file\n%s,reads/p1.fa\n%s,reads/p2.fa\n" % ("x" * 200, "y" * 201),
         "empty.csv": "sample,file\n",
+        # YAML 1.1 reads 010 as 8 and 1.10 as 1.1; JSON 10 is a number: a sample renamed, or merged
+        "numbers.yml": ("- sample: 010\n  file: reads/p1.fa\n- sample: 1.10\n  file: reads/p2.fa\n"
+                        "- sample: yes\n  file: reads/p1.fa\n- sample: ok\n  file: 12\n- sample: 2024-01-31\n  file: reads/p1.fa\n"),
+        "numbers.json": '[{"sample": 10, "file": "reads/p1.fa"}, {"sample": "11", "file": "reads/p2.fa"}]',
+        "quoted_numbers.yml": '- sample: "010"\n  file: reads/p1.fa\n- sample: "1.10"\n  file: reads/p2.fa\n',
+        "repeated_column.csv": "sample,file,file\npatient1,reads/p1.fa,reads/p2.fa\n",
+        # trailing separators (a spreadsheet export) give empty column names: not a repeated column
+        "trailing_separators.csv": "sample,file,,\npatient1,reads/p1.fa,,\n",
+        "empty_file.csv": "sample,file\npatient1,reads/p1.fa\npatient2,empty/e.fa\n",
+        "cr_only.csv": "sample,file\rpatient1,reads/p1.fa\rpatient2,reads/p2.fa\r",
     }
     for name, text in sheets.items():
         (tmp / name).write_text(text)
@@ -150,9 +162,14 @@ def _cases(tmp: Path):
         "not_an_integer": {"shard_size": "abc"},
         # passed on as written: the CLI would get `--chunk-size 500.0`
         "decimal_integer": {"chunk_size": 500.0},
+        # a params file's "false" stays a string, which Groovy reads as true: refused, not converted
+        "quoted_boolean": {"compile": "false"},
         "required": {"input": None},
         "no_such_input": {"input": str(tmp / "reads" / "*.fq")},
         "dir_is_file": {"models": str(tmp / "reads" / "p1.fa")},
+        "empty_input": {"input": str(tmp / "empty" / "e.fa")},
+        "empty_input_glob": {"input": "empty/*.fa"},
+        "relative_missing": {"models": "no/such/models"},
         "several": {"precision": "fp8", "chunksize": 300, "threshold": "abc", "shard_size": 0, "outdir": True},
         # what reaches a shell: the SLURM job header (one option a line: a line break starts a
         # command) and MODELS_DOWNLOAD's script
@@ -208,9 +225,13 @@ def test_valid_parameters_pass(results, name):
     ("over_maximum", ["* --threshold: 1.5 is greater than the maximum 1"]),
     ("not_an_integer", ["* --shard_size: 'abc' is not an integer"]),
     ("decimal_integer", ["* --chunk_size: 500.0 is not an integer"]),
+    ("quoted_boolean", ["* --compile: 'false' is a quoted string, not a boolean: write false without quotes"]),
     ("required", ["* --input: required"]),
     ("no_such_input", ["* --input: no file matches", "*.fq"]),
     ("dir_is_file", ["* --models:", "is a file, not a directory"]),
+    ("empty_input", ["* --input:", "e.fa' is empty (0 bytes): an empty file holds no sequences"]),
+    ("empty_input_glob", ["* --input:", "e.fa' (matched by 'empty/*.fa') is empty (0 bytes)", "narrow the pattern"]),
+    ("relative_missing", ["* --models: 'no/such/models' does not exist", "resolved against the launch directory"]),
 ])
 def test_each_problem_names_the_parameter(results, name, expected):
     message = _refused(results, name)
@@ -271,6 +292,54 @@ def test_missing_file_is_refused(results):
     message = _refused(results, "missing_file.tsv")
     assert "* row 2, column file: file must be an existing FASTA or FASTQ file" in message, message
     assert "reads/missing.fa" in message and "(1 problem)" in message, message
+
+
+def test_a_relative_missing_file_names_the_launch_directory(results):
+    message = _refused(results, "missing_file.tsv")
+    assert f"resolved against the launch directory, {results['tmp']}" in message, message
+    assert "resolved against the launch directory" in _refused(results, "relative_missing")
+
+
+def test_numbers_read_from_yaml_or_json_are_refused_not_renamed(results):
+    """YAML 1.1 reads an unquoted 010 as 8 and 1.10 as 1.1 (merging it with a sample 1.1): the
+    sheet is refused, naming the row, rather than run with other sample names."""
+    message = _refused(results, "numbers.yml")
+    assert "* row 1, column sample:" in message and "read as the number 8, not as text" in message, message
+    assert "* row 2, column sample:" in message and "read as the number 1.1, not as text" in message, message
+    assert "* row 3, column sample:" in message and "read as the boolean true" in message, message
+    assert "* row 4, column file:" in message and "read as the number 12" in message, message
+    assert "* row 5, column sample:" in message and "read as the date" in message, message
+    assert 'quote it (sample: "010", not sample: 010)' in message and "(5 problems)" in message, message
+    assert "may hold only letters" not in message, "the pattern's message does not apply:\n" + message
+    message = _refused(results, "numbers.json")
+    assert "* row 1, column sample:" in message and "read as the number 10" in message, message
+    assert "row 2" not in message and "(1 problem)" in message, message
+
+
+def test_quoted_numbers_in_yaml_are_kept_as_written(results):
+    tmp = results["tmp"]
+    assert results["quoted_numbers.yml"] == {"ok": True, "value": [
+        [{"id": "010"}, str(tmp / "reads" / "p1.fa")], [{"id": "1.10"}, str(tmp / "reads" / "p2.fa")]]}
+
+
+def test_a_column_named_twice_in_the_header_is_refused(results):
+    message = _refused(results, "repeated_column.csv")
+    assert "* column file: named 2 times in the header (sample, file, file)" in message, message
+    assert "(1 problem)" in message, message
+    tmp = results["tmp"]
+    assert results["trailing_separators.csv"] == {"ok": True, "value": [[{"id": "patient1"}, str(tmp / "reads" / "p1.fa")]]}
+
+
+def test_an_empty_file_in_a_samplesheet_is_refused_at_start_up(results):
+    message = _refused(results, "empty_file.csv")
+    assert "* row 2, column file:" in message and "empty/e.fa' is empty (0 bytes)" in message, message
+    assert "an empty file holds no sequences" in message and "remove the row" in message, message
+    assert "row 1" not in message and "(1 problem)" in message, message
+
+
+def test_cr_only_line_ends_are_named(results):
+    message = _refused(results, "cr_only.csv")
+    assert "line ends are CR only" in message and "LF or CRLF" in message, message
 
 
 def test_every_bad_row_is_reported_at_once(results):

@@ -487,6 +487,18 @@ def test_no_outdir_is_refused_without_creating_a_folder(tmp_path):
     assert not (launch / "null").exists() and not (launch / "results").exists(), list(launch.iterdir())
 
 
+def test_version_is_printed_and_a_preview_writes_nothing_of_ours(tmp_path):
+    version = run_pipeline(tmp_path / "version", "--version")
+    version.assert_ok()
+    assert re.search(r"^virnucpro/virnucpro \S+$", version.output, re.MULTILINE), version.output
+    assert not version.outdir.exists(), "--version ran the pipeline"
+    preview = run_pipeline(tmp_path / "preview", "-profile", "test", "-preview")
+    preview.assert_ok()
+    ours = [path.name for path in preview.outdir.rglob("*") if "virnucpro" in path.name or "inputs_" in path.name]
+    assert ours == [], f"-preview wrote {ours} into --outdir"
+    assert not (preview.workdir / "virnucpro-checkpoints").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # Unusual samples: identical twins, no ORF, two files with one name
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@
  * (samplesheets); and nf-schema's `format` (file-path, directory-path, path, file-path-pattern) with
  * `exists`, `errorMessage` and `meta`. Relative paths resolve against the launch directory, as with
  * nf-schema (and Nextflow's own file()), not against the samplesheet's folder.
+ *
+ * Beyond the schema, for the pipeline's inputs: a local file that must exist (an --input match, a
+ * samplesheet file) may not be empty; a YAML/JSON samplesheet cell of a text column may not be read
+ * as a number, boolean or date (`010` as 8); a CSV/TSV header may not name a column twice.
  */
 
 // ================================================================================================
@@ -214,7 +218,9 @@ def convertToType(value, String type, boolean fromText) {
         if (value instanceof Boolean) {
             return [true, value]
         }
-        return text != null && text.toLowerCase() in ['true', 'false'] ? [true, text.toLowerCase() == 'true'] : [false, null]
+        // only a CSV/TSV cell converts: a quoted 'false' in a params file or config stays a string,
+        // which Groovy reads as true, so it is refused rather than passed on
+        return fromText && text != null && text.toLowerCase() in ['true', 'false'] ? [true, text.toLowerCase() == 'true'] : [false, null]
     }
     if (type == 'null') {
         return value == null || (fromText && text == '') ? [true, null] : [false, null]
@@ -233,6 +239,9 @@ def typeProblem(value, List types) {
     def expected = types.collect { type -> type ==~ /[aeiou].*/ ? "an ${type}" : "a ${type}" }.join(' or ')
     if (value == true && !('boolean' in types)) {
         return "expected ${expected}, but no value was given".toString()
+    }
+    if ('boolean' in types && value instanceof CharSequence && value.toString().trim().toLowerCase() in ['true', 'false']) {
+        return "${describe(value)} is a quoted string, not a boolean: write ${value.toString().trim().toLowerCase()} without quotes".toString()
     }
     return "${describe(value)} is not ${expected}".toString()
 }
@@ -294,14 +303,17 @@ def pathProblems(String text, Map spec) {
     def mustExist = spec.exists == true
     if (spec.format == 'file-path-pattern') {
         def found = files(text).findAll { path -> path.exists() }
-        return mustExist && !found ? ["no file matches '${text}'".toString()] : []
+        if (mustExist && !found) {
+            return ["no file matches '${text}'${launchDirNote(text)}".toString()]
+        }
+        return mustExist ? emptyMatchProblems(text, found) : []
     }
     if (!(spec.format in ['file-path', 'directory-path', 'path'])) {
         return []
     }
     def path = file(text, glob: false)
     if (!path.exists()) {
-        return mustExist ? ["'${text}' does not exist".toString()] : []
+        return mustExist ? ["'${text}' does not exist${launchDirNote(text)}".toString()] : []
     }
     if (spec.format == 'file-path' && path.isDirectory()) {
         return ["'${text}' is a directory, not a file".toString()]
@@ -310,6 +322,36 @@ def pathProblems(String text, Map spec) {
         return ["'${text}' is a file, not a directory".toString()]
     }
     return []
+}
+
+// For a relative path, where it was looked for: nf-schema and Nextflow's file() resolve it against the
+// launch directory, not the samplesheet's folder (docs/usage.md); else ''.
+def launchDirNote(String text) {
+    if (text.startsWith('/') || text.startsWith('~') || text ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/) {
+        return ''
+    }
+    return ": relative paths are resolved against the launch directory, ${workflow.launchDir}".toString()
+}
+
+// The files a pattern that must exist matched that are empty, one problem each: an empty input file
+// stopped PREPARE, and with it every sample's run, minutes later. `found` are the matches.
+def emptyMatchProblems(String text, List found) {
+    def literal = file(text, glob: false)
+    return found.collect { path ->
+        def matched = path != literal
+        def problem = emptyFileProblem(path, matched ? "'${path}' (matched by '${text}')" : "'${path}'")
+        problem && matched ? "${problem}; move it away or narrow the pattern".toString() : problem
+    }.findAll { problem -> problem }
+}
+
+// "<what> is empty ..." for a local regular file of 0 bytes, else null. Only the size is looked at,
+// never the content (an empty gzip stream is 20 bytes, and is PREPARE's to judge); files on object
+// storage are not asked, to keep a glob over many of them from costing a request each.
+def emptyFileProblem(path, String what) {
+    if (path.toUri().getScheme() != 'file' || !java.nio.file.Files.isRegularFile(path) || java.nio.file.Files.size(path) != 0) {
+        return null
+    }
+    return "${what} is empty (0 bytes): an empty file holds no sequences".toString()
 }
 
 // ================================================================================================
@@ -367,22 +409,61 @@ def rowProblems(Map row, int number, Map items, boolean fromText) {
     def required = (items.required ?: []) as List
     def problems = []
     columns.each { column, spec ->
-        def value = row[column]
-        def found = []
-        if (isMissing(value)) {
-            if (column in required && (fromText ? row.containsKey(column) : true)) {
-                found << 'required, but empty'
-            }
-        }
-        else {
-            found = checkValue(value, spec as Map, fromText)
-        }
-        if (found) {
-            def message = (spec as Map).errorMessage ? "${(spec as Map).errorMessage} (${found.join('; ')})" : found.join('; ')
+        def message = cellMessage(row, column.toString(), spec as Map, column in required, fromText)
+        if (message) {
             problems << "* row ${number}, column ${column}: ${message}".toString()
         }
     }
     return problems
+}
+
+// What is wrong with one cell (with the column's errorMessage when it has one), or null.
+def cellMessage(Map row, String column, Map spec, boolean required, boolean fromText) {
+    def value = row[column]
+    def found = []
+    if (isMissing(value)) {
+        // an absent CSV/TSV column is reported once, from the header (sheetShapeProblems)
+        found = required && (fromText ? row.containsKey(column) : true) ? ['required, but empty'] : []
+    }
+    else {
+        // the column's rules do not apply to a misread value: its own message says all
+        def misread = fromText ? null : misreadCellProblem(value, column, spec)
+        if (misread) {
+            return misread
+        }
+        found = cellProblems(value, spec, fromText)
+    }
+    if (!found) {
+        return null
+    }
+    return spec.errorMessage ? "${spec.errorMessage} (${found.join('; ')})".toString() : found.join('; ')
+}
+
+// The problems of one samplesheet cell with a value: those of checkValue, then an empty file.
+def cellProblems(value, Map spec, boolean fromText) {
+    def problems = checkValue(value, spec, fromText)
+    if (!problems && spec.format == 'file-path' && spec.exists == true) {
+        def empty = emptyFileProblem(file(value.toString(), glob: false), "'${value}'")
+        return empty ? ["${empty}; remove the row".toString()] : []
+    }
+    return problems
+}
+
+// YAML 1.1 reads an unquoted `010` as 8, `1.10` as 1.1, `yes` as true and `2024-01-01` as a date, and
+// JSON `10` is a number: kept as text (convertToType's string branch takes numbers, for the command
+// line), a sample would be renamed, or merged with another. So a column of text refuses them here.
+def misreadCellProblem(value, String column, Map spec) {
+    def types = spec.type == null ? [] : (spec.type instanceof List ? spec.type : [spec.type]).collect { type -> type.toString() }
+    if (!('string' in types) || types.any { type -> type != 'string' && convertToType(value, type, false)[0] }) {
+        return null
+    }
+    // what was read, and a value YAML reads as such, to show the quotes on
+    def kind = value instanceof Number ? ['the number', '010'] : (value instanceof Boolean ? ['the boolean', 'yes'] : null)
+    kind = value instanceof java.util.Date ? ['the date', '2024-01-31'] : kind
+    if (kind == null) {
+        return null
+    }
+    return "read as ${kind[0]} ${value}, not as text: quote it (${column}: \"${kind[1]}\", not ${column}: ${kind[1]}) so that it is kept as written".toString()
 }
 
 // One validated row as [meta, value, ...].
@@ -424,6 +505,9 @@ def readSamplesheet(String sheetPath) {
     def name = path.name.toLowerCase()
     def text = path.text.replaceFirst(/^\uFEFF/, '')
     if (name ==~ /.*\.(csv|tsv)$/) {
+        if (text.contains('\r') && !text.contains('\n')) {
+            error("Samplesheet ${sheetPath}: its line ends are CR only (as old Mac OS wrote them), so it reads as one line; save it with LF or CRLF line ends")
+        }
         return rowsFromDelimited(text, name.endsWith('.tsv') ? '\t' : ',', sheetPath)
     }
     def data = null
@@ -453,7 +537,7 @@ def rowsFromDelimited(String text, String separator, String sheetPath) {
         return [[], true, null, []]
     }
     def header = lines.first().collect { column -> column.toString() }
-    def problems = []
+    def problems = repeatedColumnProblems(header)
     def rows = []
     lines.drop(1).eachWithIndex { fields, index ->
         if (fields.size() > header.size()) {
@@ -464,6 +548,14 @@ def rowsFromDelimited(String text, String separator, String sheetPath) {
         rows << row
     }
     return [rows, true, header, problems]
+}
+
+// One problem per name the header gives more than one column: a row keeps one cell per name, so the
+// others (a second file) would be dropped unseen. Empty names (trailing separators) are left alone.
+def repeatedColumnProblems(List header) {
+    return header.findAll { column -> column }.countBy { column -> column }.findAll { _column, n -> n > 1 }.collect { column, n ->
+        "column ${column}: named ${n} times in the header (${header.join(', ')}); give each column once (a sample with several files has one row per file)".toString()
+    }
 }
 
 // Splits CSV/TSV text into records of fields. A field in double quotes may hold the separator,

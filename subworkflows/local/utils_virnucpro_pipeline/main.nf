@@ -54,6 +54,9 @@ def samplesFromFiles(String pattern) {
 // with the name it gives them there (input/1/<name>, input/2/<name>, ...: the paths the sample's
 // run_info.json records) and the path the user gave, so that those records lead back to the files.
 def writeInputsTable(String outdir, String runStart, List samples) {
+    if (workflow.preview) {
+        return // no run, so no inputs of one
+    }
     def lines = ['sample\tstaged_as\tpath']
     samples.each { sample ->
         sample[1].eachWithIndex { reads, i -> lines << inputsTableLine(sample[0].id, i, reads) }
@@ -193,6 +196,9 @@ def lockOutdir(String outdir) {
         return
     }
     refuseNestedOutdir(dir)
+    if (workflow.preview) {
+        return // -preview and `nextflow inspect` run no task: checked, but nothing of ours is written
+    }
     def lockFile = dir.resolve('pipeline_info').resolve('.virnucpro-run.lock')
     lockFile.parent.mkdirs()
     def channel = java.nio.channels.FileChannel.open(lockFile, java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.WRITE)
@@ -363,7 +369,7 @@ def checkpointDir(String requested, work_dir) {
     if (mountSyntax) {
         error("--checkpoint_dir ${dir}: '${mountSyntax}' in the checkpoint folder cannot be mounted into ${workflow.containerEngine} containers (it separates the parts of a mount); give another --checkpoint_dir, or a link to this one whose path has none of them")
     }
-    if (dir) {
+    if (dir && !workflow.preview) {
         dir.mkdirs()
     }
     return dir ? dir.toString() : ''

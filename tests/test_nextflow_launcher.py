@@ -1,0 +1,61 @@
+"""scripts/nextflow/nextflow, the Maven Central launcher, keeps the promises of Nextflow's own
+launcher that docs/usage.md relies on: `-bg` detaches the run and writes its pid, and an NXF_VER it
+cannot honour is named instead of being silently ignored. Real JVM runs; skipped without Java or
+Maven (failed with CI=true)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from nextflow_helpers import REPO, java_problem, skip_unless_ci
+
+LAUNCHER = REPO / "scripts" / "nextflow" / "nextflow"
+PIPELINE = """
+workflow {
+    new File(params.mark).text = 'finished'
+}
+"""
+
+
+def _environment() -> dict:
+    problem = java_problem()
+    if problem is None and shutil.which("mvn") is None:
+        problem = "no `mvn` on PATH (the launcher resolves Nextflow from Maven Central with it)"
+    if problem:
+        skip_unless_ci(f"cannot run the Nextflow launcher: {problem}")
+    env = {key: value for key, value in os.environ.items() if key not in ("NXF_VER", "NXF_PID_FILE")}
+    return dict(env, NXF_ANSI_LOG="false", NXF_OFFLINE="true",
+                NXF_OPTS=(os.environ.get("NXF_OPTS", "") + " -XX:TieredStopAtLevel=1").strip())
+
+
+def _wait_until_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not Path(f"/proc/{pid}").exists(), f"the background run {pid} did not end"
+
+
+def test_bg_detaches_the_run_and_writes_its_pid(tmp_path):
+    env = _environment()
+    (tmp_path / "main.nf").write_text(PIPELINE)
+    mark = tmp_path / "mark"
+    proc = subprocess.run([str(LAUNCHER), "-q", "run", "main.nf", "-bg", "--mark", str(mark)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pid = int((tmp_path / ".nextflow.pid").read_text())
+    _wait_until_gone(pid, 300)
+    assert mark.read_text() == "finished"
+    assert (tmp_path / ".nextflow.log").is_file()
+
+
+def test_an_nxf_ver_it_cannot_honour_is_named(tmp_path):
+    env = dict(_environment(), NXF_VER="99.1.0")
+    proc = subprocess.run([str(LAUNCHER), "-version"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "NXF_VER=99.1.0 is not used: this launcher runs Nextflow 24.10.0" in proc.stderr
+    assert "24.10.0" in proc.stdout
