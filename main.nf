@@ -17,15 +17,17 @@ include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkfl
 workflow {
     main:
     def schema = "${projectDir}/nextflow_schema.json"
-    if (params.version) {
-        log.info("${workflow.manifest.name} ${workflow.manifest.version}")
+    // `== true`: a quoted "false" from a params file is a string Groovy reads as true; it goes on
+    // to validation, which refuses it, instead of answering with help or a version and exit 0
+    if (params.version == true) {
+        println("${workflow.manifest.name} ${workflow.manifest.version}") // also under `nextflow -q`
     }
-    else if (params.help || params.help_full) {
+    else if ((params.help && params.help != 'false') || params.help_full == true) {
         log.info(paramsHelp(schema, params, 'nextflow run . -profile <docker/singularity/apptainer>[,gpu] --input reads.fa --outdir results'))
     }
     else {
         // Every problem with the parameters at once, before any task
-        if (params.validate_params) {
+        if (params.validate_params != false) { // a blank (null) validate_params is refused by it, not skipped
             validateParameters(params, schema)
         }
         log.info(paramsSummaryLog(params, schema, workflow))

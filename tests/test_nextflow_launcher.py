@@ -59,3 +59,26 @@ def test_an_nxf_ver_it_cannot_honour_is_named(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "NXF_VER=99.1.0 is not used: this launcher runs Nextflow 24.10.0" in proc.stderr
     assert "24.10.0" in proc.stdout
+
+
+def _processes_in(folder: Path) -> list:
+    """The pids of processes whose working directory is `folder`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_bg_starts_nothing_when_its_pid_file_cannot_be_written(tmp_path):
+    env = dict(_environment(), NXF_PID_FILE=str(tmp_path / "no such folder" / "run.pid"))
+    (tmp_path / "main.nf").write_text(PIPELINE)
+    proc = subprocess.run([str(LAUNCHER), "-q", "run", "main.nf", "-bg", "--mark", str(tmp_path / "mark")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "cannot write the pid file" in proc.stderr and "nothing was started" in proc.stderr, proc.stderr
+    time.sleep(10)  # a JVM started anyway would be running (or have written the mark) by now
+    assert _processes_in(tmp_path) == [] and not (tmp_path / "mark").exists()

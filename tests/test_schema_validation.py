@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nextflow_helpers import REPO, java_problem, skip_unless_ci
+from nextflow_helpers import REPO, config_params, java_problem, profile_bodies, profile_params, skip_unless_ci
 
 NEXTFLOW = REPO / "scripts" / "nextflow" / "nextflow"
 FUNCTIONS = REPO / "subworkflows" / "local" / "utils_schema"
@@ -102,7 +102,8 @@ def _nextflow(args, cwd: Path):
         problem = "no `mvn` on PATH (scripts/nextflow/nextflow resolves Nextflow from Maven Central with it)"
     if problem:
         skip_unless_ci(f"cannot run the Nextflow engine: {problem}")
-    env = dict(os.environ, NXF_ANSI_LOG="false", NXF_OFFLINE="true",
+    # a zone west of UTC: a YAML date printed in the JVM's zone would show the day before
+    env = dict(os.environ, NXF_ANSI_LOG="false", NXF_OFFLINE="true", TZ="America/New_York",
                # a short-lived JVM starts about twice as fast without the optimising compiler
                NXF_OPTS=(os.environ.get("NXF_OPTS", "") + " -XX:TieredStopAtLevel=1").strip())
     proc = subprocess.run([str(NEXTFLOW), "-q", "run", "main.nf", *args], cwd=cwd, env=env,
@@ -140,6 +141,18 @@ def _paths(tmp: Path):
         "trailing_separators.csv": "sample,file,,\npatient1,reads/p1.fa,,\n",
         "empty_file.csv": "sample,file\npatient1,reads/p1.fa\npatient2,empty/e.fa\n",
         "cr_only.csv": "sample,file\rpatient1,reads/p1.fa\rpatient2,reads/p2.fa\r",
+        # one lone CR among CRLF line ends joins two rows; a CR inside quotes is the field's own
+        "cr_mixed.csv": "sample,file\r\npatient1,reads/p1.fa\rpatient2,reads/p2.fa\r\n",
+        "cr_in_quotes.csv": 'sample,file,note\r\npatient1,reads/p1.fa,"a\rb"\r\n',
+        # a column the schema does not know is ignored (with a warning), repeated or not
+        "repeated_unknown_column.csv": "sample,file,note,note\npatient1,reads/p1.fa,a,b\n",
+        "tilde.csv": "sample,file\npatient1,~/no_such_reads.fa\n",
+        # a YAML literal block keeps its line break; a quoted CSV cell its blank
+        "literal_block.yml": "- sample: patient1\n  file: |\n    reads/p1.fa\n",
+        "literal_sample.yml": "- sample: |\n    patient1\n  file: reads/p1.fa\n",
+        "quoted_blank.csv": 'sample,file\npatient1,"reads/p1.fa "\n',
+        # YAML 1.1 reads 12:30 as the number 750 (base 60)
+        "clock.yml": "- sample: 12:30\n  file: reads/p1.fa\n",
     }
     for name, text in sheets.items():
         (tmp / name).write_text(text)
@@ -185,15 +198,41 @@ def _cases(tmp: Path):
                         "models_mirror": "https://mirror.example.org:8443/virnucpro/models%20v1/",
                         "classifier": str(tmp / "my models" / "500_model.pth")},  # a space: Nextflow escapes it
     }
+    params.update({
+        # a params file's `threshold:` left blank: null, which would reach the tasks as `--threshold null`
+        "blank_defaults": {"threshold": None, "chunk_size": "", "precision": None, "compile": None,
+                           "validate_params": None},
+        # parameters without a default take null as unset
+        "null_without_default": {"models": None, "classifier": None, "tiny_models": None, "token_budget": None,
+                                 "checkpoint_dir": None, "gpu_type": None},
+        "tilde_input": {"input": "~/no_such_reads_*.fa"},
+        "tilde_outdir": {"outdir": "~/no_such_results"},
+        "blank_outdir": {"outdir": str(tmp / "results") + " "},
+    })
     cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
+    cases += _profile_cases(tmp)
     cases += [{"kind": "sheet", "name": name, "sheet": name} for name in _paths(tmp)]
     cases += [
         {"kind": "help", "name": "help", "params": {"help": True}},
         {"kind": "help", "name": "help_hidden", "params": {"help": True, "show_hidden": True}},
         {"kind": "help", "name": "help_param", "params": {"help": "shard-size"}},
+        {"kind": "help", "name": "help_unknown", "params": {"help": "shard-sise"}},
         {"kind": "help", "name": "help_full", "params": {"help_full": True}},
         {"kind": "summary", "name": "summary", "params": dict(base, precision="fp16", save_embeddings=True)},
     ]
+    return cases
+
+
+def _profile_cases(tmp: Path):
+    """The params of nextflow.config under each of its profiles (input and outdir given where unset):
+    none of the values the pipeline sets itself may be refused."""
+    config = REPO / "nextflow.config"
+    cases = []
+    for profile in profile_bodies(config.read_text()):
+        values = dict(config_params(config), **profile_params(profile))
+        values["input"] = values["input"] or str(tmp / "reads" / "p1.fa")
+        values["outdir"] = values["outdir"] or str(tmp / "results")
+        cases.append({"kind": "params", "name": f"profile_{profile}", "params": values})
     return cases
 
 
@@ -308,12 +347,20 @@ def test_numbers_read_from_yaml_or_json_are_refused_not_renamed(results):
     assert "* row 2, column sample:" in message and "read as the number 1.1, not as text" in message, message
     assert "* row 3, column sample:" in message and "read as the boolean true" in message, message
     assert "* row 4, column file:" in message and "read as the number 12" in message, message
-    assert "* row 5, column sample:" in message and "read as the date" in message, message
-    assert 'quote it (sample: "010", not sample: 010)' in message and "(5 problems)" in message, message
+    # the date as YAML read it (UTC), whatever the JVM's zone (the driver runs in New York's)
+    assert "* row 5, column sample:" in message and "read as the date 2024-01-31, not as text" in message, message
+    assert 'quote it as you wrote it (sample: "...")' in message and "(5 problems)" in message, message
     assert "may hold only letters" not in message, "the pattern's message does not apply:\n" + message
     message = _refused(results, "numbers.json")
     assert "* row 1, column sample:" in message and "read as the number 10" in message, message
     assert "row 2" not in message and "(1 problem)" in message, message
+
+
+def test_the_quoting_hint_claims_no_value_the_user_did_not_write(results):
+    """`sample: 12:30` reads as 750: the hint shows where the quotes go, not an invented `010`."""
+    message = _refused(results, "clock.yml")
+    assert "* row 1, column sample: read as the number 750, not as text" in message, message
+    assert 'quote it as you wrote it (sample: "...")' in message and "010" not in message, message
 
 
 def test_quoted_numbers_in_yaml_are_kept_as_written(results):
@@ -330,6 +377,60 @@ def test_a_column_named_twice_in_the_header_is_refused(results):
     assert results["trailing_separators.csv"] == {"ok": True, "value": [[{"id": "patient1"}, str(tmp / "reads" / "p1.fa")]]}
 
 
+def test_a_repeated_column_the_schema_does_not_know_is_not_refused(results):
+    assert results["repeated_unknown_column.csv"] == {"ok": True, "value": [
+        [{"id": "patient1"}, str(results["tmp"] / "reads" / "p1.fa")]]}
+
+
+def test_a_blank_or_null_parameter_with_a_default_is_refused_naming_the_default(results):
+    """A params file's `threshold:` is null: passed on, the task would get `--threshold null`."""
+    message = _refused(results, "blank_defaults")
+    for name, default in [("threshold", "0.5"), ("chunk_size", "500"), ("precision", "'auto'"),
+                          ("compile", "true"), ("validate_params", "true")]:
+        assert (f"* --{name}: given without a value (blank or null); leave it out to get the default {default}"
+                in message), message
+    assert "(5 problems;" in message, message
+
+
+@pytest.mark.parametrize("name", ["null_without_default"] + [f"profile_{p}" for p in profile_bodies(
+    (REPO / "nextflow.config").read_text())])
+def test_null_is_unset_where_there_is_no_default_and_every_profile_passes(results, name):
+    assert results[name] == {"ok": True, "value": "valid"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("tilde_input", ["* --input: no file matches '~/no_such_reads_*.fa': '~' is not expanded"]),
+    # not there yet, it would be made as a folder named '~' in the launch directory
+    ("tilde_outdir", ["* --outdir: '~/no_such_results': '~' is not expanded"]),
+    ("tilde.csv", ["* row 1, column file:", "'~/no_such_reads.fa' does not exist: '~' is not expanded"]),
+])
+def test_a_tilde_path_is_said_not_to_be_expanded(results, name, expected):
+    message = _refused(results, name)
+    for text in expected + ["give the full path", "(1 problem"]:
+        assert text in message, message
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("literal_block.yml", "* row 1, column file: file must be an existing FASTA or FASTQ file (plain, gzip, bzip2 or xz) "
+                          "('reads/p1.fa\\n' ends with a blank or line break: remove it)"),
+    ("quoted_blank.csv", "* row 1, column file: file must be an existing FASTA or FASTQ file (plain, gzip, bzip2 or xz) "
+                         "('reads/p1.fa ' ends with a blank or line break: remove it)"),
+    ("blank_outdir", "* --outdir: '%s ' ends with a blank or line break: remove it"),
+])
+def test_a_path_ending_in_a_blank_or_line_break_is_a_problem_of_its_row(results, name, expected):
+    """Nextflow's file() refuses such a path with an error that names neither sheet nor row."""
+    message = _refused(results, name)
+    assert expected.replace("%s", str(results["tmp"] / "results")) in message, message
+    assert "(1 problem" in message and "Path string" not in message, message
+
+
+def test_a_sample_name_ending_in_a_line_break_does_not_match_the_pattern(results):
+    """Java's `$` also matches before a last line break; a schema pattern's `$` ends the text."""
+    message = _refused(results, "literal_sample.yml")
+    assert "* row 1, column sample: sample must be given" in message, message
+    assert "'patient1\\n' does not match the pattern" in message and "(1 problem)" in message, message
+
+
 def test_an_empty_file_in_a_samplesheet_is_refused_at_start_up(results):
     message = _refused(results, "empty_file.csv")
     assert "* row 2, column file:" in message and "empty/e.fa' is empty (0 bytes)" in message, message
@@ -337,9 +438,16 @@ def test_an_empty_file_in_a_samplesheet_is_refused_at_start_up(results):
     assert "row 1" not in message and "(1 problem)" in message, message
 
 
-def test_cr_only_line_ends_are_named(results):
-    message = _refused(results, "cr_only.csv")
-    assert "line ends are CR only" in message and "LF or CRLF" in message, message
+@pytest.mark.parametrize("name", ["cr_only.csv", "cr_mixed.csv"])
+def test_lone_cr_line_ends_are_named(results, name):
+    """All line ends CR, or one among CRLF: either joins lines into one row."""
+    message = _refused(results, name)
+    assert f"Samplesheet {name}: some or all of its line ends are a CR alone" in message, message
+    assert "save it with LF or CRLF line ends" in message, message
+
+
+def test_a_cr_inside_quotes_is_part_of_the_field(results):
+    assert results["cr_in_quotes.csv"] == {"ok": True, "value": [[{"id": "patient1"}, str(results["tmp"] / "reads" / "p1.fa")]]}
 
 
 def test_every_bad_row_is_reported_at_once(results):
@@ -364,6 +472,11 @@ def test_help_lists_the_groups(results):
 def test_help_for_one_parameter_gives_its_help_text(results):
     text = results["help_param"]["value"]
     assert text.startswith("--shard_size") and "fewer model loads" in text and "minimum  : 1" in text, text
+
+
+def test_help_for_an_unknown_parameter_is_an_error_naming_the_closest(results):
+    message = _refused(results, "help_unknown")
+    assert "--help shard-sise: no such parameter (did you mean --shard_size?)" in message, message
 
 
 def test_summary_shows_changed_parameters_by_group(results):

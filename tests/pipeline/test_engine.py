@@ -492,6 +492,12 @@ def test_version_is_printed_and_a_preview_writes_nothing_of_ours(tmp_path):
     version.assert_ok()
     assert re.search(r"^virnucpro/virnucpro \S+$", version.output, re.MULTILINE), version.output
     assert not version.outdir.exists(), "--version ran the pipeline"
+    quiet = subprocess.run([str(NEXTFLOW), "-q", "run", str(REPO), "--version"], cwd=tmp_path, env=task_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0 and re.match(r"virnucpro/virnucpro \S+\n$", quiet.stdout), quiet.stdout + quiet.stderr
+    (tmp_path / "quoted.json").write_text('{"version": "false"}')
+    quoted = run_pipeline(tmp_path / "quoted", "-profile", "test", "-params-file", str(tmp_path / "quoted.json"))
+    assert quoted.returncode != 0 and "--version: 'false' is a quoted string" in quoted.output, quoted.output
     preview = run_pipeline(tmp_path / "preview", "-profile", "test", "-preview")
     preview.assert_ok()
     ours = [path.name for path in preview.outdir.rglob("*") if "virnucpro" in path.name or "inputs_" in path.name]

@@ -17,7 +17,10 @@
  *
  * Beyond the schema, for the pipeline's inputs: a local file that must exist (an --input match, a
  * samplesheet file) may not be empty; a YAML/JSON samplesheet cell of a text column may not be read
- * as a number, boolean or date (`010` as 8); a CSV/TSV header may not name a column twice.
+ * as a number, boolean or date (`010` as 8); a CSV/TSV header may not name a schema column twice, nor
+ * end a line with a lone CR. A parameter with a default may not be given as blank or null (a params
+ * file's `threshold:`); a path may not start or end with a blank or line break, nor start with `~`
+ * where nothing is found (Nextflow does not expand it). A `pattern`'s `$` ends the text, as in JSON schema.
  */
 
 // ================================================================================================
@@ -31,19 +34,30 @@ def validateParameters(Map parameters, String schemaPath) {
     def required = schemaRequired(schema)
     def problems = unknownParameterProblems(parameters, properties.keySet())
     properties.each { name, spec ->
-        def value = parameters[name]
-        if (isMissing(value)) {
-            if (name in required) {
-                problems << "* --${name}: required, but not given".toString()
-            }
-        }
-        else {
-            checkValue(value, spec as Map, false).each { problem -> problems << "* --${name}: ${problem}".toString() }
+        parameterProblems(parameters, name.toString(), spec as Map, name in required).each { problem ->
+            problems << "* --${name}: ${problem}".toString()
         }
     }
     if (problems) {
         error("Invalid parameters (${problems.size()} problem${problems.size() == 1 ? '' : 's'}; see --help):\n" + problems.join('\n'))
     }
+}
+
+// The problems of one parameter. Unset, it may be left so unless required; but a parameter given as
+// blank or null (a params file's `chunk_size:`) that has a default would reach the tasks as
+// `--chunk-size null` in place of that default, so it is refused, naming the default.
+def parameterProblems(Map parameters, String name, Map spec, boolean required) {
+    def value = parameters[name]
+    if (!isMissing(value)) {
+        return checkValue(value, spec, false)
+    }
+    if (required) {
+        return ['required, but not given']
+    }
+    if (parameters.containsKey(name) && !isMissing(spec['default'])) {
+        return ["given without a value (blank or null); leave it out to get the default ${describe(spec['default'])}".toString()]
+    }
+    return []
 }
 
 // One problem per parameter the schema does not know, naming the closest known one.
@@ -246,9 +260,9 @@ def typeProblem(value, List types) {
     return "${describe(value)} is not ${expected}".toString()
 }
 
-// A value as the user wrote it: strings quoted.
+// A value as the user wrote it: strings quoted, on one line.
 def describe(value) {
-    return value instanceof CharSequence ? "'${value}'".toString() : value.toString()
+    return value instanceof CharSequence ? "'${visible(value.toString())}'".toString() : value.toString()
 }
 
 // Equal as numbers when both are numbers (300 == 300.0), else as strings.
@@ -267,16 +281,23 @@ def toDecimal(Number number) {
 // pattern, minLength, maxLength
 def stringProblems(String text, Map spec) {
     def problems = []
-    if (spec.pattern && !java.util.regex.Pattern.compile(spec.pattern.toString()).matcher(text).find()) {
-        problems << "'${text}' does not match the pattern ${spec.pattern}".toString()
+    if (spec.pattern && !java.util.regex.Pattern.compile(ecmaPattern(spec.pattern.toString())).matcher(text).find()) {
+        problems << "'${visible(text)}' does not match the pattern ${spec.pattern}".toString()
     }
     if (spec.minLength != null && text.length() < (spec.minLength as int)) {
-        problems << "'${text}' is shorter than ${spec.minLength} characters".toString()
+        problems << "'${visible(text)}' is shorter than ${spec.minLength} characters".toString()
     }
     if (spec.maxLength != null && text.length() > (spec.maxLength as int)) {
-        problems << "'${text}' is longer than ${spec.maxLength} characters".toString()
+        problems << "'${visible(text)}' is longer than ${spec.maxLength} characters".toString()
     }
     return problems
+}
+
+// A JSON schema (ECMA-262) pattern for Java: its `$` ends the text, where Java's `$` also matches
+// before a last line break, which let `s1\n` (a YAML `sample: |` block) pass `^[A-Za-z0-9]*$`.
+// Escapes and character classes are kept as they are.
+def ecmaPattern(String pattern) {
+    return pattern.replaceAll(/\\[\s\S]|\[(?:\\[\s\S]|[^\]\\])*\]|[$]/) { match -> match == '$' ? '\\z' : match }
 }
 
 // minimum, maximum, exclusiveMinimum, exclusiveMaximum
@@ -298,8 +319,24 @@ def rangeProblems(Number number, Map spec) {
     return problems
 }
 
-// nf-schema's path formats: what must exist does, and what exists is of the right kind.
+// nf-schema's path formats: what must exist does, and what exists is of the right kind. A path that
+// Nextflow's file() refuses (a blank or line break at either end, as a YAML `file: |` block leaves)
+// is a problem of this value, not an error naming neither the sheet nor the row.
 def pathProblems(String text, Map spec) {
+    if (text != text.trim()) {
+        def where = text.startsWith(text.trim()) ? 'ends' : 'starts'
+        return ["'${visible(text)}' ${where} with a blank or line break: remove it".toString()]
+    }
+    try {
+        return existingPathProblems(text, spec)
+    }
+    catch (Exception e) {
+        return ["'${visible(text)}' is not a usable path: ${e.message}".toString()]
+    }
+}
+
+// The path checks of pathProblems, for a path file() takes.
+def existingPathProblems(String text, Map spec) {
     def mustExist = spec.exists == true
     if (spec.format == 'file-path-pattern') {
         def found = files(text).findAll { path -> path.exists() }
@@ -313,7 +350,9 @@ def pathProblems(String text, Map spec) {
     }
     def path = file(text, glob: false)
     if (!path.exists()) {
-        return mustExist ? ["'${text}' does not exist${launchDirNote(text)}".toString()] : []
+        // `~/results` not there yet would become a folder named `~` in the launch directory
+        def tilde = text.startsWith('~')
+        return mustExist || tilde ? ["'${text}'${mustExist ? ' does not exist' : ''}${launchDirNote(text)}".toString()] : []
     }
     if (spec.format == 'file-path' && path.isDirectory()) {
         return ["'${text}' is a directory, not a file".toString()]
@@ -324,10 +363,19 @@ def pathProblems(String text, Map spec) {
     return []
 }
 
+// Text with its line breaks and tabs written as \n, \r and \t, to quote it on one line.
+def visible(String text) {
+    return text.replace('\n', '\\n').replace('\r', '\\r').replace('\t', '\\t')
+}
+
 // For a relative path, where it was looked for: nf-schema and Nextflow's file() resolve it against the
-// launch directory, not the samplesheet's folder (docs/usage.md); else ''.
+// launch directory, not the samplesheet's folder (docs/usage.md); for `~...`, that it is not expanded
+// (a shell expands it, Nextflow does not); else ''.
 def launchDirNote(String text) {
-    if (text.startsWith('/') || text.startsWith('~') || text ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/) {
+    if (text.startsWith('~')) {
+        return ": '~' is not expanded (it names a folder '~' in the launch directory, ${workflow.launchDir}): give the full path".toString()
+    }
+    if (text.startsWith('/') || text ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/) {
         return ''
     }
     return ": relative paths are resolved against the launch directory, ${workflow.launchDir}".toString()
@@ -398,6 +446,8 @@ def sheetShapeProblems(List sheet, Map schema) {
         required.findAll { column -> !(column in header) }.each { column ->
             problems << "* column ${column}: required, but not in the header (${header.join(', ')})".toString()
         }
+        def columns = (((schema.items as Map)?.properties ?: [:]) as Map).keySet()
+        repeatedColumnProblems(header, columns).each { problem -> problems << "* ${problem}".toString() }
         (sheet[3] as List).each { problem -> problems << "* ${problem}".toString() }
     }
     return problems
@@ -452,18 +502,24 @@ def cellProblems(value, Map spec, boolean fromText) {
 // YAML 1.1 reads an unquoted `010` as 8, `1.10` as 1.1, `yes` as true and `2024-01-01` as a date, and
 // JSON `10` is a number: kept as text (convertToType's string branch takes numbers, for the command
 // line), a sample would be renamed, or merged with another. So a column of text refuses them here.
+// What was written is gone (`12:30` reads as 750), so the hint shows where the quotes go, not a value.
 def misreadCellProblem(value, String column, Map spec) {
     def types = spec.type == null ? [] : (spec.type instanceof List ? spec.type : [spec.type]).collect { type -> type.toString() }
     if (!('string' in types) || types.any { type -> type != 'string' && convertToType(value, type, false)[0] }) {
         return null
     }
-    // what was read, and a value YAML reads as such, to show the quotes on
-    def kind = value instanceof Number ? ['the number', '010'] : (value instanceof Boolean ? ['the boolean', 'yes'] : null)
-    kind = value instanceof java.util.Date ? ['the date', '2024-01-31'] : kind
+    def kind = value instanceof Number ? 'the number' : (value instanceof Boolean ? 'the boolean' : null)
+    kind = value instanceof java.util.Date ? 'the date' : kind
     if (kind == null) {
         return null
     }
-    return "read as ${kind[0]} ${value}, not as text: quote it (${column}: \"${kind[1]}\", not ${column}: ${kind[1]}) so that it is kept as written".toString()
+    def read = value instanceof java.util.Date ? isoDate(value as java.util.Date) : value.toString()
+    return "read as ${kind} ${read}, not as text: quote it as you wrote it (${column}: \"...\") so that it is kept as written".toString()
+}
+
+// A date as yyyy-MM-dd in UTC, the zone YAML reads a plain date in (not the JVM's, which may shift the day).
+def isoDate(java.util.Date date) {
+    return date.toInstant().atZone(java.time.ZoneOffset.UTC).toLocalDate().toString()
 }
 
 // One validated row as [meta, value, ...].
@@ -505,9 +561,6 @@ def readSamplesheet(String sheetPath) {
     def name = path.name.toLowerCase()
     def text = path.text.replaceFirst(/^\uFEFF/, '')
     if (name ==~ /.*\.(csv|tsv)$/) {
-        if (text.contains('\r') && !text.contains('\n')) {
-            error("Samplesheet ${sheetPath}: its line ends are CR only (as old Mac OS wrote them), so it reads as one line; save it with LF or CRLF line ends")
-        }
         return rowsFromDelimited(text, name.endsWith('.tsv') ? '\t' : ',', sheetPath)
     }
     def data = null
@@ -537,7 +590,7 @@ def rowsFromDelimited(String text, String separator, String sheetPath) {
         return [[], true, null, []]
     }
     def header = lines.first().collect { column -> column.toString() }
-    def problems = repeatedColumnProblems(header)
+    def problems = []
     def rows = []
     lines.drop(1).eachWithIndex { fields, index ->
         if (fields.size() > header.size()) {
@@ -550,23 +603,27 @@ def rowsFromDelimited(String text, String separator, String sheetPath) {
     return [rows, true, header, problems]
 }
 
-// One problem per name the header gives more than one column: a row keeps one cell per name, so the
-// others (a second file) would be dropped unseen. Empty names (trailing separators) are left alone.
-def repeatedColumnProblems(List header) {
-    return header.findAll { column -> column }.countBy { column -> column }.findAll { _column, n -> n > 1 }.collect { column, n ->
+// One problem per column of the schema (`columns`) that the header names more than once: a row keeps
+// one cell per name, so the others (a second file) would be dropped unseen. Columns the schema does
+// not know are ignored anyway (with a warning), repeated or not.
+def repeatedColumnProblems(List header, Collection columns) {
+    def counts = header.findAll { column -> column in columns }.countBy { column -> column }
+    return counts.findAll { _column, n -> n > 1 }.collect { column, n ->
         "column ${column}: named ${n} times in the header (${header.join(', ')}); give each column once (a sample with several files has one row per file)".toString()
     }
 }
 
 // Splits CSV/TSV text into records of fields. A field in double quotes may hold the separator,
-// line breaks and doubled quotes (""); unquoted fields are trimmed; blank lines are skipped.
+// line breaks and doubled quotes (""); unquoted fields are trimmed; blank lines are skipped. A CR
+// outside quotes not followed by LF (old Mac OS line ends, all or some) would join two lines: refused.
 def parseDelimited(String text, String separator, String sheetPath) {
     def records = []
     def fields = []
     def field = new StringBuilder()
     // quoted: inside quotes; quoteSeen: a quote inside quotes, closing or doubled; fieldQuoted and
     // recordQuoted: the field / record had quotes (kept as written; not a blank line)
-    def state = [quoted: false, quoteSeen: false, fieldQuoted: false, recordQuoted: false]
+    // cr: the last character outside quotes was a CR
+    def state = [quoted: false, quoteSeen: false, fieldQuoted: false, recordQuoted: false, cr: false]
     def endField = {
         fields << (state.fieldQuoted ? field.toString() : field.toString().trim())
         field.setLength(0)
@@ -597,6 +654,10 @@ def parseDelimited(String text, String separator, String sheetPath) {
         }
         state.quoted = false // a closing quote was seen; this character is outside the quotes
         state.quoteSeen = false
+        if (state.cr && ch != '\n') {
+            loneCrError(sheetPath)
+        }
+        state.cr = ch == '\r'
         if (ch == '"' && !state.fieldQuoted && field.toString().trim().isEmpty()) {
             field.setLength(0)
             state.quoted = true
@@ -616,10 +677,18 @@ def parseDelimited(String text, String separator, String sheetPath) {
     if (state.quoted && !state.quoteSeen) {
         error("Samplesheet ${sheetPath}: a quoted field is not closed")
     }
+    if (state.cr) {
+        loneCrError(sheetPath)
+    }
     if (field.length() > 0 || fields || state.recordQuoted) {
         endRecord.call()
     }
     return records
+}
+
+// Stops the run: the sheet has a line end that is a CR alone.
+def loneCrError(String sheetPath) {
+    error("Samplesheet ${sheetPath}: some or all of its line ends are a CR alone (as old Mac OS wrote them), which joins lines; save it with LF or CRLF line ends")
 }
 
 // ================================================================================================
@@ -687,7 +756,8 @@ def paramsHelp(String schemaPath, Map parameters, String command) {
     if (asked) {
         if (!(asked in properties.keySet())) {
             def closest = closestName(asked, properties.keySet())
-            return "--help ${asked}: no such parameter${closest ? " (did you mean --${closest}?)" : ''}; --help lists them all".toString()
+            // an error, not help text: a script's `--help typo` must not end with exit 0
+            error("--help ${asked}: no such parameter${closest ? " (did you mean --${closest}?)" : ''}; --help lists them all")
         }
         return parameterHelp(asked, properties[asked] as Map, asked in required)
     }
