@@ -19,8 +19,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends procps=2:4.0.2-3 gcc=4:12.2.0-3 libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
+# Singularity/Apptainer pass the host's environment in, the image's variables winning: no PYTHONPATH
+# (a host `module load` sets one) and no user site-packages (~/.local, the host home is mounted), so
+# a host numpy or h5py cannot shadow the pinned ones below.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PYTHONNOUSERSITE=1 \
+    PYTHONPATH="" \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -52,13 +57,16 @@ COPY bin/container_init.py /usr/local/bin/container_init.py
 RUN chmod 0755 /usr/local/bin/container_init.py
 
 # Non-root. Caches in /tmp and a world-writable home, because Nextflow runs the container as the
-# calling user (docker -u $(id -u):$(id -g); Singularity/Apptainer as the user).
+# calling user (docker -u $(id -u):$(id -g); Singularity/Apptainer as the user). Under Apptainer that
+# /tmp is the host's, shared by a node's users: the default compile cache there is one folder per
+# user, /tmp/virnucpro-<uid>/torch-compile (virnucpro creates it 0700 and uses it only if no other
+# user can write to it), so XDG_CACHE_HOME is /tmp itself, not a folder the first user would own.
 # Offline by default: models come from a models directory (--models), never from a hub at run
 # time; `virnucpro models download` (the pipeline's download step) does not depend on these.
 RUN useradd --create-home --uid 1000 --shell /bin/bash virnucpro \
     && chmod 1777 /home/virnucpro
 ENV HOME=/home/virnucpro \
-    XDG_CACHE_HOME=/tmp/virnucpro-cache \
+    XDG_CACHE_HOME=/tmp \
     HF_HOME=/tmp/virnucpro-cache/huggingface \
     TORCH_HOME=/tmp/virnucpro-cache/torch \
     HF_HUB_OFFLINE=1 \

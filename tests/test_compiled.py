@@ -410,9 +410,10 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-to-absent-after-the-test")
     monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert compiled.use_cache() == tmp_path / "xdg" / "virnucpro" / "torch-compile"
-    assert os.environ[compiled.TORCH_CACHE_VARIABLE] == str(tmp_path / "xdg" / "virnucpro" / "torch-compile")
-    assert compiled.use_cache() == tmp_path / "xdg" / "virnucpro" / "torch-compile"  # the user's (or ours) kept
+    ours = tmp_path / "xdg" / f"virnucpro-{os.geteuid()}" / "torch-compile"
+    assert compiled.use_cache() == ours
+    assert os.environ[compiled.TORCH_CACHE_VARIABLE] == str(ours)
+    assert compiled.use_cache() == ours  # the user's (or ours) kept
     assert compiled.use_cache(tmp_path / "given") == tmp_path / "given" and (tmp_path / "given").is_dir()
     (tmp_path / "a-file").write_text("x")
     fallback = compiled.use_cache(tmp_path / "a-file" / "cache")  # cannot be created under a file
@@ -427,6 +428,149 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
     assert compiled.default_cache() is None  # a container user without a home: torch's default
     monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
     assert compiled.use_cache() == fallback
+
+
+ANOTHER_USER, THIS_USER = 2001, 2002
+
+
+def as_user(monkeypatch, uid: int) -> None:
+    """Run the cache checks as if this (root) process were user `uid`."""
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+
+
+def default_cache_in(tmp_path, monkeypatch) -> Path:
+    """$XDG_CACHE_HOME in tmp_path, no TORCHINDUCTOR_CACHE_DIR (both restored after the test)."""
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+def test_the_default_cache_is_per_user_and_private(tmp_path, monkeypatch):
+    """Under Apptainer the image's XDG_CACHE_HOME (/tmp/...) is shared by every user of a node: the
+    default folder names the user and every folder it creates is 0700."""
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    as_user(monkeypatch, THIS_USER)
+    folder = compiled.use_cache()
+    assert folder == xdg / f"virnucpro-{THIS_USER}" / "torch-compile" and compiled.default_cache() == folder
+    assert os.environ[compiled.TORCH_CACHE_VARIABLE] == str(folder)
+    assert [oct(path.stat().st_mode & 0o777) for path in (xdg, folder.parent, folder)] == ["0o700"] * 3
+
+
+@pytest.mark.parametrize("planted", ["xdg", f"xdg/virnucpro-{THIS_USER}", f"xdg/virnucpro-{THIS_USER}/torch-compile"])
+def test_a_default_cache_another_user_made_is_not_used(planted, tmp_path, monkeypatch, capsys):
+    """A folder on the default cache's way that another user made (0777, as one would to plant
+    compiled kernels): one warning and torch's own default, never their folder."""
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    (tmp_path / planted).mkdir(parents=True)
+    os.chmod(tmp_path / planted, 0o777)
+    os.chown(tmp_path / planted, ANOTHER_USER, ANOTHER_USER)
+    as_user(monkeypatch, THIS_USER)
+    folder = compiled.use_cache()
+    assert not str(folder).startswith(str(xdg)) and not os.environ[compiled.TORCH_CACHE_VARIABLE].startswith(str(xdg))
+    warned = " ".join(capsys.readouterr().err.split())
+    assert warned.count("warning:") == 1 and f"{tmp_path / planted} belongs to uid {ANOTHER_USER}" in warned, warned
+    assert f"using {folder}" in warned
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o777, 0o707], ids=["group", "all", "others"])
+def test_a_default_cache_others_may_write_is_not_used(mode, tmp_path, monkeypatch, capsys):
+    """Owned by this user (or root) but writable by group or others: not private either."""
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    ours = xdg / f"virnucpro-{os.geteuid()}"
+    ours.mkdir(parents=True)
+    os.chmod(ours, mode)
+    folder = compiled.use_cache()
+    assert not str(folder).startswith(str(xdg))
+    assert f"{ours} can be written by group or others" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_default_cache_under_a_file_is_one_warning(tmp_path, monkeypatch, capsys):
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    xdg.write_text("not a folder")
+    assert not str(compiled.use_cache()).startswith(str(xdg)) and xdg.read_text() == "not a folder"
+    warned = " ".join(capsys.readouterr().err.split())
+    assert f"cannot write the compile cache {xdg}/virnucpro-" in warned
+    assert f"({xdg} is not a folder)" in warned and warned.count("warning:") == 1
+
+
+def test_a_link_on_the_default_caches_way_is_checked_where_it_leads(tmp_path, monkeypatch, capsys):
+    """A link to another user's folder is their folder; a link to ours is used by its real path
+    (torch is given that path, so a link changed later does not move the cache)."""
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, ANOTHER_USER, ANOTHER_USER)
+    xdg.symlink_to(theirs)
+    as_user(monkeypatch, THIS_USER)
+    assert not str(compiled.use_cache()).startswith(str(tmp_path))
+    assert f"{theirs} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+    os.chown(theirs, THIS_USER, THIS_USER)
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)  # torch's choice, written there by torch
+    assert compiled.use_cache() == theirs / f"virnucpro-{THIS_USER}" / "torch-compile"
+
+
+def test_a_root_owned_sticky_folder_ends_the_check_like_tmp(tmp_path, monkeypatch, capsys):
+    """The default's folders under a root-owned sticky folder (1777, like /tmp): nobody else can
+    rename or remove them there, so the check stops at it; a user-owned 1777 folder does not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))  # as the image sets it: XDG_CACHE_HOME=/tmp
+    as_user(monkeypatch, THIS_USER)
+    (shared / f"virnucpro-{ANOTHER_USER}").mkdir(mode=0o700)  # another user's folder beside ours
+    os.chown(shared / f"virnucpro-{ANOTHER_USER}", ANOTHER_USER, ANOTHER_USER)
+    part = shared / f"virnucpro-{THIS_USER}"
+    part.mkdir(mode=0o700)
+    os.chown(part, THIS_USER, THIS_USER)  # what this user would have created
+    expected = shared / f"virnucpro-{THIS_USER}" / "torch-compile"
+    assert compiled.use_cache() == expected and "warning" not in capsys.readouterr().err
+    os.chown(shared, ANOTHER_USER, ANOTHER_USER)
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    assert compiled.use_cache() != expected
+    assert f"{shared} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_named_cache_is_the_users_choice(tmp_path, monkeypatch):
+    """--compile-cache DIR and TORCHINDUCTOR_CACHE_DIR are used as they are, whoever made them."""
+    shared = tmp_path / "project-cache"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    os.chown(shared, ANOTHER_USER, ANOTHER_USER)
+    as_user(monkeypatch, THIS_USER)
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, str(shared))
+    assert compiled.use_cache() == shared
+    assert compiled.use_cache(shared) == shared and os.environ[compiled.TORCH_CACHE_VARIABLE] == str(shared)
+
+
+def dockerfile_environment() -> dict[str, str]:
+    """The variables the image's ENV lines set (the last value of each)."""
+    import shlex
+
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            found.update(pair.split("=", 1) for pair in shlex.split(line[4:]))
+    return found
+
+
+def test_the_image_keeps_the_hosts_python_settings_out(tmp_path):
+    """Apptainer passes the host's environment in, the image's ENV winning: a PYTHONPATH from
+    `module load` or a user site-packages folder with another numpy would shadow the image's."""
+    shadow = tmp_path / "shadow"
+    (shadow / "numpy").mkdir(parents=True)
+    (shadow / "numpy" / "__init__.py").write_text("raise ImportError('the host numpy')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow), "PYTHONUSERBASE": str(tmp_path / "user")}
+    env.update(dockerfile_environment())  # the image's variables win (Apptainer)
+    done = subprocess.run([sys.executable, "-c", "import sys, numpy; print(sys.flags.no_user_site, numpy.__file__)"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    no_user_site, numpy_file = done.stdout.split()
+    assert no_user_site == "1" and not numpy_file.startswith(str(shadow))
 
 
 def test_cache_folder_in_an_output_is_refused(tmp_path, run_cli, reference_dir):

@@ -134,6 +134,29 @@ def test_the_bug_report_on_a_full_disk_prints_its_traceback_and_leaves_no_file(m
     assert not saved.exists(), "an empty, useless crash file was left behind"
 
 
+def test_the_bug_report_in_a_container_prints_its_traceback_too(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "CONTAINER_MARKERS", (str(tmp_path / ".dockerenv"),))
+    (tmp_path / ".dockerenv").write_text("")
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    try:
+        raise ValueError("inside")
+    except ValueError as exc:
+        code = cli._report_bug(exc)
+    err = capsys.readouterr().err
+    saved = list(tmp_path.glob("virnucpro-crash-*.txt"))
+    assert code == 1 and len(saved) == 1 and 'raise ValueError("inside")' in saved[0].read_text()
+    assert f"also saved in {saved[0]}, which goes when this container ends" in err
+    assert "Traceback" in err and 'raise ValueError("inside")' in err
+
+
+def test_the_bug_report_outside_a_container_only_names_the_saved_file(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "CONTAINER_MARKERS", (str(tmp_path / "no-marker"),))
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    code = cli._report_bug(ValueError("outside"))
+    err = capsys.readouterr().err
+    assert code == 1 and "saved in" in err and "Traceback" not in err
+
+
 def test_a_bug_through_the_command_line_without_a_temporary_folder_is_exit_1(run_cli, monkeypatch):
     from virnucpro.models import store
 

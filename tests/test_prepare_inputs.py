@@ -241,6 +241,32 @@ def test_bad_option_values_are_usage_errors(tmp_path, run_cli):
     assert code == 2
 
 
+def _unboxed(message: str) -> str:
+    """A usage error's text without the box typer draws around it and its line breaks."""
+    return " ".join(message.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("command", ["prepare", "run"])
+def test_a_chunk_size_beyond_64_bits_is_a_usage_error_before_any_work(command, tmp_path, run_cli):
+    """Stored as a 64-bit integer by every stage: a larger one used to pass prepare, then crash embed."""
+    path = write(tmp_path / "in.fa", GOOD)
+    code, message = run_cli(command, path, "--outdir", tmp_path / "out", "--allow-any-chunk-size",
+                            "--chunk-size", str(2**63))
+    assert code == 2 and "is too large; the largest is 9223372036854775807" in _unboxed(message), message
+    assert not (tmp_path / "out").exists()
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "small", "--allow-any-chunk-size",
+                            "--chunk-size", "2")
+    assert code == 2 and "the smallest is 3" in _unboxed(message), message
+
+
+def test_the_largest_chunk_size_goes_through_prepare(tmp_path, run_cli):
+    path = write(tmp_path / "in.fa", GOOD)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out", "--allow-any-chunk-size",
+                            "--chunk-size", str(2**63 - 1))
+    assert code == 0, message
+    assert fmt.load_manifest(tmp_path / "out")["chunk_size"] == 2**63 - 1
+
+
 def test_duplicates_found_across_spilled_hash_buckets(tmp_path, run_cli, monkeypatch):
     from virnucpro.prepare import IdRegistry
 

@@ -74,10 +74,18 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+MAX_CHUNK_SIZE = 2**63 - 1
+
+
 def _check_chunk_size(chunk_size: int, allow_any: bool) -> None:
     """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in (exit 2)."""
     if chunk_size < 3:
-        raise typer.BadParameter(f"{chunk_size} is too small; use 300 or 500", param_hint="--chunk-size")
+        hint = "the smallest is 3" if allow_any else "use 300 or 500"
+        raise typer.BadParameter(f"{chunk_size} is too small; {hint}", param_hint="--chunk-size")
+    if chunk_size > MAX_CHUNK_SIZE:  # it is stored as a 64-bit integer in every stage's files
+        raise typer.BadParameter(f"{chunk_size} is too large; the largest is {MAX_CHUNK_SIZE} (a chunk "
+                                 "longer than every sequence already leaves each sequence whole)",
+                                 param_hint="--chunk-size")
     if chunk_size not in STANDARD_CHUNK_SIZES and not allow_any:
         raise typer.BadParameter(f"{chunk_size}: the classifiers were trained for 300 and 500 only; use "
                                  "one of them, or add --allow-any-chunk-size with your own --classifier",
@@ -100,7 +108,9 @@ ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fract
                                                                           "chunks that must be virus to call it virus.")
 TokenBudgetOption = typer.Option(None, "--token-budget", min=1, help="Tokens per forward (default: 4096 on "
                                  "CPU, 65536 on GPU); halved automatically on GPU out-of-memory.")
-CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records.")
+CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records "
+                                     "(batches never span two checkpoints: a small N also means smaller, "
+                                     "slower batches).")
 CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", min=1,
                                        help="Also save one at least every S seconds.")
 NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not compile the fast path's "
@@ -110,7 +120,8 @@ NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not com
 CompileCacheOption = typer.Option(None, "--compile-cache", parser=_path, metavar="DIR",
                                   help="Folder for compiled GPU kernels, reused by "
                                   "later runs and tasks (default: $TORCHINDUCTOR_CACHE_DIR when set, else "
-                                  "$XDG_CACHE_HOME/virnucpro/torch-compile, ~/.cache/... without it).")
+                                  "$XDG_CACHE_HOME/virnucpro-<uid>/torch-compile, ~/.cache/... without it; "
+                                  "used only if no other user can write to it).")
 ThreadsOption = typer.Option(None, "--threads", min=1,
                              help="CPU threads to use (default: the CPUs this process may use).")
 
@@ -291,12 +302,26 @@ def _report_bug(exc: BaseException) -> int:
               "in Nextflow); embed needs less with a smaller --token-budget")
         return ExitCode.OUT_OF_MEMORY
     saved = _save_traceback(exc)
-    where = f"saved in {saved.path}" if saved.path else f"below (it could not be saved: {saved.why})"
+    if not saved.path:
+        where = f"below (it could not be saved: {saved.why})"
+    elif in_container():
+        where = f"below (also saved in {saved.path}, which goes when this container ends)"
+    else:
+        where = f"saved in {saved.path}"
     error(f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}; "
           f"please report it with the traceback {where}")
-    if not saved.path:
+    if not saved.path or in_container():
         _print_traceback(exc, sys.stderr)
     return ExitCode.UNEXPECTED
+
+
+CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv", "/.singularity.d")  # Docker, Podman, Apptainer
+
+
+def in_container() -> bool:
+    """Running in a container, whose temporary folder may go with it (Docker's `--rm`, a Nextflow
+    task's container): a saved traceback alone would then be lost, so it is printed too."""
+    return any(os.path.lexists(marker) for marker in CONTAINER_MARKERS)
 
 
 class _Saved(NamedTuple):

@@ -4,9 +4,10 @@ Every command that writes a folder holds an exclusive lock on it for its whole l
 - `flock` on `FOLDER/.virnucpro.lock`, released by the kernel when the process ends, so even a
   SIGKILL leaves no stale lock;
 - where the file system does not support `flock` (some NFS/Lustre mounts), an exclusive lock file
-  `FOLDER/.virnucpro.lock.pid` created with O_EXCL, holding pid, host and start time and touched
-  every minute; it is taken over when its process is gone (same host) or it was not touched for
-  ten minutes (another host).
+  `FOLDER/.virnucpro.lock.pid` created with O_EXCL, holding pid, host, start time, boot id and PID
+  namespace, and touched every minute; it is taken over when its process is gone (same host, boot
+  and PID namespace: the pid can be checked) or it was not touched for ten minutes (anywhere else,
+  another container on this host included).
 A command that is refused, or fails before publishing anything, removes the lock file again when it
 created it (a folder is left as the command found it); `HeldLock.remove_if_created` says why that is
 safe against a process about to lock the same file.
@@ -120,22 +121,55 @@ def create_exclusive(path: Path, what: str) -> int:
 # --- the lock ------------------------------------------------------------------------------------
 
 def _holder() -> dict:
-    """Who holds a lock: enough for a user to find the process."""
+    """Who holds a lock: enough for a user to find the process, and for another command to tell
+    whether it can check that pid (`_pid_checkable`)."""
     return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **_namespace()}
+
+
+def _namespace() -> dict:
+    """This boot of this host and this process's PID namespace, each None where unreadable (no
+    /proc): containers on one host may share its hostname but not its PIDs, and after a reboot a
+    pid names another process."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        boot_id = None
+    try:
+        here = os.stat("/proc/self/ns/pid")
+        pid_ns = f"{here.st_dev}:{here.st_ino}"
+    except OSError:
+        pid_ns = None
+    return {"boot_id": boot_id, "pid_ns": pid_ns}
+
+
+def _pid_checkable(holder: dict) -> bool:
+    """Whether the holder's pid means the same process to this one: the same host, boot and PID
+    namespace, each known. Otherwise (another host, another container on this host, a lock file
+    of an older virnucpro without these fields) only the lock file's heartbeat age tells."""
+    pid = holder.get("pid")
+    if type(pid) is not int or pid <= 0 or holder.get("host") != socket.gethostname():
+        return False
+    here = _namespace()
+    return all(here[key] is not None and holder.get(key) == here[key] for key in here)
 
 
 def _holder_text(raw: str) -> str:
+    """The holder a lock file names, in words, for a refusal; what cannot be checked from here is
+    not claimed (a pid this process cannot see may run in another container)."""
     holder = _holder_of(raw)
     try:
         text = f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
-    if holder["host"] == socket.gethostname() and not _alive(holder["pid"]):
+    if _alive(holder["pid"]) or holder["host"] != socket.gethostname():
+        return text
+    if _pid_checkable(holder):
         # a holder that may only read the lock file (another user's, in a shared folder) cannot
         # write its details: the file still names an earlier one
         return f"another process; the lock file still names an earlier holder that has ended ({text})"
-    return text
+    return (f"another process; the lock file names {text}, which is not running in this PID namespace: "
+            "a process in another PID namespace (container) on that host, or an earlier holder that has ended")
 
 
 def _alive(pid: object) -> bool:
@@ -265,7 +299,13 @@ class _Heartbeat(threading.Thread):
 
 
 def _is_stale(path: Path) -> bool:
-    """A fallback lock whose process is gone (same host) or that nobody touched for ten minutes."""
+    """A fallback lock whose process is gone, or that nobody touched for ten minutes.
+
+    The pid is asked only when it means the same process here (`_pid_checkable`): a holder in
+    another container on this host (same hostname, own PID namespace) may run with a pid that does
+    not exist here, or be gone with one that does. Everywhere else only the age tells, which is safe
+    for any live holder, an older virnucpro's included: its heartbeat touches the file every
+    HEARTBEAT_SECONDS, so it never gets STALE_SECONDS old."""
     try:
         age = time.time() - path.lstat().st_mtime
         holder = _holder_of(_read_regular(path))
@@ -273,17 +313,9 @@ def _is_stale(path: Path) -> bool:
         return True
     except OSError:
         return False
-    if holder is None:  # being written now, or its writer was killed first: its age tells
-        return age > STALE_SECONDS
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, KeyError, ValueError, TypeError):
-            return False
-        return False
-    return age > STALE_SECONDS
+    if holder is not None and _pid_checkable(holder):
+        return not _alive(holder["pid"])
+    return age > STALE_SECONDS  # unreadable (being written, or its writer was killed first) included
 
 
 def _read_regular(path: Path) -> str:
