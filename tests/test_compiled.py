@@ -417,7 +417,7 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
     assert compiled.use_cache(tmp_path / "given") == tmp_path / "given" and (tmp_path / "given").is_dir()
     (tmp_path / "a-file").write_text("x")
     fallback = compiled.use_cache(tmp_path / "a-file" / "cache")  # cannot be created under a file
-    assert fallback == Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"  # torch's default
+    assert fallback == Path(tempfile.gettempdir()) / f"virnucpro-{os.geteuid()}" / "torch-compile"  # private
     assert "cannot write the compile cache" in capsys.readouterr().err
     monkeypatch.delenv("XDG_CACHE_HOME")
 
@@ -458,20 +458,47 @@ def test_the_default_cache_is_per_user_and_private(tmp_path, monkeypatch):
     assert [oct(path.stat().st_mode & 0o777) for path in (xdg, folder.parent, folder)] == ["0o700"] * 3
 
 
-@pytest.mark.parametrize("planted", ["xdg", f"xdg/virnucpro-{THIS_USER}", f"xdg/virnucpro-{THIS_USER}/torch-compile"])
-def test_a_default_cache_another_user_made_is_not_used(planted, tmp_path, monkeypatch, capsys):
-    """A folder on the default cache's way that another user made (0777, as one would to plant
-    compiled kernels): one warning and torch's own default, never their folder."""
+@pytest.fixture
+def temporary_folder(tmp_path, monkeypatch) -> Path:
+    """tempfile's folder (the fallback's home) inside tmp_path."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    compiled._one_off.cache_clear()
+    return folder
+
+
+def plant(folder: Path, owner: int = ANOTHER_USER) -> None:
+    """A world-writable folder another user made, as one would to plant compiled kernels."""
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o777)
+    os.chown(folder, owner, owner)
+
+
+@pytest.mark.parametrize("planted", [f"xdg/virnucpro-{THIS_USER}", f"xdg/virnucpro-{THIS_USER}/torch-compile"])
+def test_a_default_cache_another_user_made_is_not_used(planted, tmp_path, monkeypatch, capsys, temporary_folder):
+    """One warning and this user's private folder in the temporary folder, never their folder."""
     xdg = default_cache_in(tmp_path, monkeypatch)
-    (tmp_path / planted).mkdir(parents=True)
-    os.chmod(tmp_path / planted, 0o777)
-    os.chown(tmp_path / planted, ANOTHER_USER, ANOTHER_USER)
+    plant(tmp_path / planted)
     as_user(monkeypatch, THIS_USER)
     folder = compiled.use_cache()
-    assert not str(folder).startswith(str(xdg)) and not os.environ[compiled.TORCH_CACHE_VARIABLE].startswith(str(xdg))
+    assert folder == temporary_folder / f"virnucpro-{THIS_USER}" / "torch-compile"
+    assert os.environ[compiled.TORCH_CACHE_VARIABLE] == str(folder) and not str(folder).startswith(str(xdg))
     warned = " ".join(capsys.readouterr().err.split())
     assert warned.count("warning:") == 1 and f"{tmp_path / planted} belongs to uid {ANOTHER_USER}" in warned, warned
-    assert f"using {folder}" in warned
+    assert f"using {folder} instead (fix: give --compile-cache DIR" in warned
+
+
+def test_when_the_fallback_is_planted_too_a_folder_of_this_process_is_used(tmp_path, monkeypatch, capsys,
+                                                                             temporary_folder):
+    """torch's own default (/tmp/torchinductor_<user>) is never used: nobody checks it."""
+    default_cache_in(tmp_path, monkeypatch)
+    plant(tmp_path / "xdg" / f"virnucpro-{THIS_USER}")
+    plant(temporary_folder / f"virnucpro-{THIS_USER}")
+    as_user(monkeypatch, THIS_USER)
+    folder = compiled.use_cache()
+    assert folder.parent == temporary_folder and folder.name.startswith("virnucpro-compile-")
+    assert oct(folder.stat().st_mode & 0o777) == "0o700" and "torchinductor" not in str(folder)
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o777, 0o707], ids=["group", "all", "others"])
@@ -492,46 +519,46 @@ def test_a_default_cache_under_a_file_is_one_warning(tmp_path, monkeypatch, caps
     assert not str(compiled.use_cache()).startswith(str(xdg)) and xdg.read_text() == "not a folder"
     warned = " ".join(capsys.readouterr().err.split())
     assert f"cannot write the compile cache {xdg}/virnucpro-" in warned
-    assert f"({xdg} is not a folder)" in warned and warned.count("warning:") == 1
+    assert f"(cannot create {xdg}/virnucpro-{os.geteuid()}: Not a directory)" in warned and warned.count("warning:") == 1
 
 
-def test_a_link_on_the_default_caches_way_is_checked_where_it_leads(tmp_path, monkeypatch, capsys):
-    """A link to another user's folder is their folder; a link to ours is used by its real path
-    (torch is given that path, so a link changed later does not move the cache)."""
+def test_a_link_in_place_of_the_users_folder_is_not_theirs(tmp_path, monkeypatch, capsys, temporary_folder):
     xdg = default_cache_in(tmp_path, monkeypatch)
-    theirs = tmp_path / "theirs"
-    theirs.mkdir(mode=0o755)
-    os.chown(theirs, ANOTHER_USER, ANOTHER_USER)
-    xdg.symlink_to(theirs)
-    as_user(monkeypatch, THIS_USER)
-    assert not str(compiled.use_cache()).startswith(str(tmp_path))
-    assert f"{theirs} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
-    os.chown(theirs, THIS_USER, THIS_USER)
-    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)  # torch's choice, written there by torch
-    assert compiled.use_cache() == theirs / f"virnucpro-{THIS_USER}" / "torch-compile"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    xdg.mkdir()
+    (xdg / f"virnucpro-{os.geteuid()}").symlink_to(elsewhere)
+    assert compiled.use_cache() == temporary_folder / f"virnucpro-{os.geteuid()}" / "torch-compile"
+    assert f"{xdg / f'virnucpro-{os.geteuid()}'} is not a folder" in " ".join(capsys.readouterr().err.split())
 
 
-def test_a_root_owned_sticky_folder_ends_the_check_like_tmp(tmp_path, monkeypatch, capsys):
-    """The default's folders under a root-owned sticky folder (1777, like /tmp): nobody else can
-    rename or remove them there, so the check stops at it; a user-owned 1777 folder does not."""
+def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(tmp_path, monkeypatch, capsys):
+    """As in the image (XDG_CACHE_HOME=/tmp, shared by a node's users under Apptainer, where /tmp's
+    owner may read as `nobody`): another user's folder beside ours is no obstacle; ours is used
+    while it is ours, and refused once another user owns it."""
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o1777)
+    os.chown(shared, 65534, 65534)
     monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
     monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))  # as the image sets it: XDG_CACHE_HOME=/tmp
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
     as_user(monkeypatch, THIS_USER)
-    (shared / f"virnucpro-{ANOTHER_USER}").mkdir(mode=0o700)  # another user's folder beside ours
+    (shared / f"virnucpro-{ANOTHER_USER}").mkdir(mode=0o700)
     os.chown(shared / f"virnucpro-{ANOTHER_USER}", ANOTHER_USER, ANOTHER_USER)
-    part = shared / f"virnucpro-{THIS_USER}"
-    part.mkdir(mode=0o700)
-    os.chown(part, THIS_USER, THIS_USER)  # what this user would have created
     expected = shared / f"virnucpro-{THIS_USER}" / "torch-compile"
     assert compiled.use_cache() == expected and "warning" not in capsys.readouterr().err
-    os.chown(shared, ANOTHER_USER, ANOTHER_USER)
+    os.chown(shared / f"virnucpro-{THIS_USER}", ANOTHER_USER, ANOTHER_USER)
     monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
     assert compiled.use_cache() != expected
-    assert f"{shared} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+    assert f"virnucpro-{THIS_USER} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
+    """The XDG spec: a relative path is invalid and ignored (it would land in a task's work folder)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert compiled.default_cache() == tmp_path / ".cache" / f"virnucpro-{os.geteuid()}" / "torch-compile"
 
 
 def test_a_named_cache_is_the_users_choice(tmp_path, monkeypatch):

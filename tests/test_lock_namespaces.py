@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,81 @@ def test_a_real_holder_in_another_pid_namespace(nfs):
     old = time.time() - OLD
     os.utime(lock, (old, old))
     assert taken(nfs)
+
+
+# --- refusals that only the lock's age decides (review of c4ea444) ---------------------------------
+
+def refusal(folder: Path) -> od.FolderBusy:
+    """The refusal of `folder_lock` on a folder whose fallback lock file is held."""
+    with pytest.raises(od.FolderBusy) as refused:
+        with od.folder_lock(folder, "--outdir"):
+            pass
+    return refused.value
+
+
+def expiry_of(lock: Path) -> str:
+    """When a fallback lock not touched since now expires, as the refusal writes it (UTC)."""
+    when = datetime.fromtimestamp(lock.lstat().st_mtime + od.STALE_SECONDS, timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def old_format_lock(folder: Path, pid: int, age: float) -> Path:
+    """A fallback lock file of a virnucpro before c4ea444: no boot id, no PID namespace."""
+    lock = write_lock(folder, age=age, pid=pid)
+    holder = json.loads(lock.read_text())
+    del holder["boot_id"], holder["pid_ns"]
+    lock.write_text(json.dumps(holder))
+    when = time.time() - age
+    os.utime(lock, (when, when))
+    return lock
+
+
+@pytest.mark.parametrize("case", ["older virnucpro", "no /proc", "unreadable", "another namespace", "another host"])
+def test_a_refusal_decided_by_age_says_when_the_lock_expires_and_which_file_to_remove(nfs, monkeypatch, case):
+    """A dead holder whose pid cannot be checked blocks for up to STALE_SECONDS: the refusal says
+    that its pid cannot be checked, when the lock expires, and names the file to remove."""
+    pid = dead_pid()
+    if case == "older virnucpro":
+        lock = old_format_lock(nfs, pid, age=120)
+    elif case == "no /proc":
+        monkeypatch.setattr(od, "_namespace", lambda: {"boot_id": None, "pid_ns": None})
+        lock = write_lock(nfs, age=120, pid=pid)
+    elif case == "unreadable":
+        lock = write_lock(nfs, age=120)
+        lock.write_text("{\"pid\": ")
+        os.utime(lock, (time.time() - 120, time.time() - 120))
+    elif case == "another host":
+        lock = write_lock(nfs, age=120, pid=pid, host="other-node")
+    else:
+        lock = write_lock(nfs, age=120, pid=pid, pid_ns=OTHER_NS)
+    busy = refusal(nfs)
+    assert busy.code == 3 and "cannot be checked" in str(busy), str(busy)
+    assert expiry_of(lock) in busy.hint and str(lock) in busy.hint and "remove" in busy.hint, busy.hint
+    assert "\n" not in busy.message and "Traceback" not in str(busy)
+
+
+def test_a_refusal_by_a_holder_whose_pid_is_checked_keeps_the_plain_fix(nfs):
+    """A live holder of this host, boot and namespace: nothing expires, nothing to remove."""
+    lock = write_lock(nfs, pid=os.getppid())
+    busy = refusal(nfs)
+    assert f"pid {os.getppid()} on {socket.gethostname()}" in busy.message, busy.message
+    assert busy.hint == "wait for it to finish, or choose another folder"
+    assert str(lock) not in busy.hint
+
+
+def test_a_holder_of_another_namespace_whose_pid_exists_here_is_not_called_a_local_process():
+    """Pid 1 exists here (init), but the holder's pid 1 is another namespace's: only the record is named."""
+    text = od._holder_text(json.dumps({**od._holder(), "pid": 1, "pid_ns": OTHER_NS}))
+    assert not text.startswith("pid 1 on"), text
+    assert "another PID namespace" in text and "cannot check whether it still runs" in text, text
+
+
+def test_a_holder_of_another_boot_whose_pid_exists_here_is_not_called_a_local_process():
+    text = od._holder_text(json.dumps({**od._holder(), "pid": os.getppid(), "boot_id": "another-boot"}))
+    assert not text.startswith(f"pid {os.getppid()} on"), text
+    assert "another boot" in text and "cannot check whether it still runs" in text, text
+
+
+def test_a_checkable_live_holder_is_named_plainly():
+    text = od._holder_text(json.dumps({**od._holder(), "pid": os.getppid()}))
+    assert text.startswith(f"pid {os.getppid()} on {socket.gethostname()}, started "), text

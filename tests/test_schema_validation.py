@@ -207,12 +207,18 @@ def _cases(tmp: Path):
                                  "checkpoint_dir": None, "gpu_type": None},
         "tilde_input": {"input": "~/no_such_reads_*.fa"},
         "tilde_outdir": {"outdir": "~/no_such_results"},
+        # Nextflow makes <outdir>/pipeline_info before validation: by then `~/res` exists (_tilde_paths)
+        "tilde_outdir_exists": {"outdir": "~/res"},
+        "tilde_input_exists": {"input": "~/reads_*.fa"},
+        "tilde_input_file_exists": {"input": "~/reads_1.fa"},
         "blank_outdir": {"outdir": str(tmp / "results") + " "},
     })
+    _tilde_paths(tmp)
     cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
     cases += _profile_cases(tmp)
-    cases += [{"kind": "sheet", "name": name, "sheet": name} for name in _paths(tmp)]
+    cases += [{"kind": "sheet", "name": name, "sheet": name} for name in [*_paths(tmp), "tilde_exists.csv"]]
     cases += [
+        {"kind": "sheet", "name": "tilde_sheet_exists", "sheet": "~/sheet.csv"},
         {"kind": "help", "name": "help", "params": {"help": True}},
         {"kind": "help", "name": "help_hidden", "params": {"help": True, "show_hidden": True}},
         {"kind": "help", "name": "help_param", "params": {"help": "shard-size"}},
@@ -221,6 +227,17 @@ def _cases(tmp: Path):
         {"kind": "summary", "name": "summary", "params": dict(base, precision="fp16", save_embeddings=True)},
     ]
     return cases
+
+
+def _tilde_paths(tmp: Path):
+    """A folder named `~` in the launch directory, as a run with `outdir: "~/res"` leaves it (Nextflow
+    makes ~/res/pipeline_info before validation), with a reads file and a samplesheet in it: each
+    `~/...` path then exists, and must still be refused."""
+    home = tmp / "~"
+    (home / "res" / "pipeline_info").mkdir(parents=True)
+    (home / "reads_1.fa").write_text(">a\nACGT\n")
+    (home / "sheet.csv").write_text("sample,file\npatient1,reads/p1.fa\n")
+    (tmp / "tilde_exists.csv").write_text("sample,file\npatient1,~/reads_1.fa\n")
 
 
 def _profile_cases(tmp: Path):
@@ -403,11 +420,26 @@ def test_null_is_unset_where_there_is_no_default_and_every_profile_passes(result
     # not there yet, it would be made as a folder named '~' in the launch directory
     ("tilde_outdir", ["* --outdir: '~/no_such_results': '~' is not expanded"]),
     ("tilde.csv", ["* row 1, column file:", "'~/no_such_reads.fa' does not exist: '~' is not expanded"]),
+    # there (a folder named '~' in the launch directory), and refused all the same
+    ("tilde_outdir_exists", ["* --outdir: '~/res': '~' is not expanded"]),
+    ("tilde_input_exists", ["* --input: '~/reads_*.fa': '~' is not expanded"]),
+    ("tilde_input_file_exists", ["* --input: '~/reads_1.fa': '~' is not expanded"]),
+    ("tilde_exists.csv", ["* row 1, column file:", "('~/reads_1.fa': '~' is not expanded"]),
 ])
 def test_a_tilde_path_is_said_not_to_be_expanded(results, name, expected):
     message = _refused(results, name)
     for text in expected + ["give the full path", "(1 problem"]:
         assert text in message, message
+    assert len([line for line in message.splitlines() if line.startswith("* ")]) == 1, message
+    if name.endswith("exists") or name == "tilde_exists.csv":  # there: not said to be missing
+        assert "does not exist" not in message and "no file matches" not in message, message
+
+
+def test_an_existing_samplesheet_under_tilde_is_refused(results):
+    """`--input ~/sheet.csv` from a params file names <launch dir>/~/sheet.csv, not the home one."""
+    message = _refused(results, "tilde_sheet_exists")
+    assert message.startswith("Samplesheet ~/sheet.csv: '~' is not expanded") and "give the full path" in message, message
+    assert "\n" not in message, message
 
 
 @pytest.mark.parametrize("name, expected", [

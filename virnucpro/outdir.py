@@ -156,20 +156,39 @@ def _pid_checkable(holder: dict) -> bool:
 
 def _holder_text(raw: str) -> str:
     """The holder a lock file names, in words, for a refusal; what cannot be checked from here is
-    not claimed (a pid this process cannot see may run in another container)."""
+    not claimed: a pid of another host, boot or PID namespace is named as recorded, never as a
+    process of this one (pid 1 of a container is not init here)."""
     holder = _holder_of(raw)
     try:
         text = f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
-    if _alive(holder["pid"]) or holder["host"] != socket.gethostname():
+    why = _unchecked_why(holder)
+    if why is not None:
+        return (f"the lock file names {text}; {why}, so this process cannot check whether it still runs "
+                "or is an earlier holder that has ended")
+    if _alive(holder["pid"]):
         return text
+    # a holder that may only read the lock file (another user's, in a shared folder) cannot
+    # write its details: the file still names an earlier one
+    return f"another process; the lock file still names an earlier holder that has ended ({text})"
+
+
+def _unchecked_why(holder: dict) -> str | None:
+    """Why the holder's pid cannot be checked from this process, in words; None when it can
+    (`_pid_checkable`)."""
     if _pid_checkable(holder):
-        # a holder that may only read the lock file (another user's, in a shared folder) cannot
-        # write its details: the file still names an earlier one
-        return f"another process; the lock file still names an earlier holder that has ended ({text})"
-    return (f"another process; the lock file names {text}, which is not running in this PID namespace: "
-            "a process in another PID namespace (container) on that host, or an earlier holder that has ended")
+        return None
+    here = _namespace()
+    reasons = (
+        (type(holder.get("pid")) is not int or holder["pid"] <= 0, "its pid is not a process number"),
+        (holder.get("host") != socket.gethostname(), "that is another host"),
+        (None in here.values(), "this system shows no boot id or PID namespace (no /proc)"),
+        (not {"boot_id", "pid_ns"} <= holder.keys(), "an older virnucpro wrote it, without a PID namespace"),
+        (None in (holder.get("boot_id"), holder.get("pid_ns")), "it was written where no PID namespace could be read"),
+        (holder.get("boot_id") != here["boot_id"], "that was another boot of that host, or another host of that name"),
+    )
+    return next((why for test, why in reasons if test), "that is another PID namespace (container) on that host")
 
 
 def _alive(pid: object) -> bool:
@@ -211,6 +230,33 @@ class FolderBusy(BadInputError):
 def _busy(folder: Path, what: str, holder: str) -> FolderBusy:
     return FolderBusy(f"{what} {folder} is in use by another virnucpro command ({holder})",
                       "wait for it to finish, or choose another folder")
+
+
+def _busy_by_age(lock: Path, subject: Path, what: str) -> FolderBusy:
+    """The refusal for a fallback lock file that is not stale. When its holder's pid cannot be
+    checked (only the file's age decides: another host, boot or PID namespace, an older virnucpro's
+    file, no /proc), a dead holder blocks until the lock expires: the fix says when, and which file
+    to remove if no virnucpro command uses the folder any more."""
+    raw = _read_text_or_empty(lock)
+    busy = _busy(subject, what, _holder_text(raw))
+    holder = _holder_of(raw)
+    if holder is None or not _pid_checkable(holder):
+        busy.hint = _expiry_hint(lock, subject)
+    return busy
+
+
+def _expiry_hint(lock: Path, subject: Path) -> str:
+    """The fix for a fallback lock only its age decides: when it expires (its last heartbeat plus
+    STALE_SECONDS, UTC), and the lock file a user may remove once its holder is known to be gone."""
+    try:
+        last = lock.lstat().st_mtime
+        expires = datetime.fromtimestamp(last + STALE_SECONDS, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except OSError:  # removed meanwhile
+        expires = f"{STALE_SECONDS / 60:.0f} minutes after its last heartbeat"
+    return (f"its pid cannot be checked from here, so its lock expires at {expires} unless its heartbeat "
+            f"(every {HEARTBEAT_SECONDS:.0f} s while it runs) renews it: wait for it, or, if no virnucpro command "
+            f"uses {subject} any more (on any host or container), remove {shlex.quote(str(lock))} and rerun; "
+            "or choose another folder")
 
 
 def _make_folder(folder: Path, what: str) -> None:
@@ -340,7 +386,7 @@ def exclusive_file_lock(lock: Path, subject: Path, what: str) -> Iterator[None]:
         except FileExistsError:
             refuse_unless_regular(lock, "a virnucpro lock file")  # a dangling link looks stale: never take it
             if not _is_stale(lock):
-                raise _busy(subject, what, _holder_text(_read_text_or_empty(lock))) from None
+                raise _busy_by_age(lock, subject, what) from None
             stale = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
             try:
                 os.rename(lock, stale)  # one taker wins the rename; the others see the new lock

@@ -15,10 +15,13 @@ torch's traceback per entry.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -74,39 +77,37 @@ def quiet_unreadable_cache() -> None:
 
 
 def default_cache() -> Path | None:
-    """This user's cache folder for compiled kernels ($XDG_CACHE_HOME, else ~/.cache), its first
-    folder named with the user id: under Apptainer the image's XDG_CACHE_HOME (/tmp) is shared by
-    every user of a node, and each gets a folder of their own there. None for a user without a home
-    (as in some containers)."""
-    try:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    except (RuntimeError, KeyError):
-        return None
+    """This user's cache folder for compiled kernels ($XDG_CACHE_HOME when absolute, as the XDG spec
+    says, else ~/.cache), its first folder named with the user id: under Apptainer the image's
+    XDG_CACHE_HOME (/tmp) is shared by every user of a node, and each gets a folder of their own
+    there. None for a user without a home (as in some containers)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        try:
+            base = Path.home() / ".cache"
+        except (RuntimeError, KeyError):
+            return None
     return Path(base) / f"virnucpro-{os.geteuid()}" / "torch-compile"
 
 
 def use_cache(folder: Path | None = None) -> Path:
     """Point torch's compile cache at `folder` (default: the user's own TORCHINDUCTOR_CACHE_DIR,
-    used as it is, else `default_cache()`, made private and used by its real path). A folder that
-    cannot be written, or a default one another user could write to (compiled kernels are code the
-    task runs), is one warning and torch's default (a per-user temporary folder); one in a virnucpro
-    output is refused (exit 3). Returns the folder in use."""
+    used as it is, else `default_cache()`, used only if private: compiled kernels are code the task
+    runs). A folder that cannot be written, or a default one another user could write to, is one
+    warning and `_fallback()`; one in a virnucpro output is refused (exit 3). Returns the folder in use."""
     if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
         return Path(os.environ[TORCH_CACHE_VARIABLE])
     chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
-    if chosen is None:
-        return _torch_default()
-    from virnucpro.outdir import refuse_nesting
+    problem = None
+    if chosen is not None:
+        from virnucpro.outdir import refuse_nesting
 
-    refuse_nesting(chosen, "--compile-cache", itself=True, held_too=True)
-    problem = _writable(chosen) if folder is not None else _private(chosen)
-    if problem:
-        fallback = _torch_default()
-        _warn_once(f"{problem}; using {fallback} (compiled kernels will not outlive this machine's "
-                   f"temporary folder)")
-        return fallback
-    if folder is None:
-        chosen = Path(os.path.realpath(chosen))  # checked there: a link changed later cannot move it
+        refuse_nesting(chosen, "--compile-cache", itself=True, held_too=True)
+        problem = _writable(chosen) if folder is not None else _private(chosen)
+    if chosen is None or problem:
+        chosen = _fallback()
+        if problem:
+            _warn_once(f"{problem}; using {chosen} instead (fix: give --compile-cache DIR, a folder of yours)")
     os.environ[TORCH_CACHE_VARIABLE] = str(chosen)
     return chosen
 
@@ -123,75 +124,57 @@ def _writable(folder: Path) -> str | None:
 
 
 def _private(folder: Path) -> str | None:
-    """Create the default cache folder, private, after checking the folders above it that exist
-    (nothing is created in another user's folder); why it cannot be used (not writable, or
-    writable by someone else), or None."""
-    existing = next(part for part in (folder, *folder.parents) if os.path.lexists(part))
-    if not os.path.isdir(existing):
-        return f"cannot write the compile cache {folder} ({existing} is not a folder)"
-    reason = _not_private(Path(os.path.realpath(existing)))
-    if reason is None:
-        failed = _create_private(folder)
-        if failed or not os.access(folder, os.W_OK | os.X_OK):
-            return f"cannot write the compile cache {folder}" + (f" ({failed})" if failed else "")
-        reason = _not_private(Path(os.path.realpath(folder)))  # what was created, or made meanwhile
-    return f"the compile cache {folder} could hold kernels another user put there ({reason})" if reason else None
-
-
-def _create_private(folder: Path) -> str | None:
-    """Create the missing folders of `folder` with mode 0700 (the XDG spec's mode for a cache):
-    what this user creates is theirs alone. Why that failed, or None."""
+    """Create `folder` (each missing folder 0700) and check that it and the folder holding it are
+    this user's (or root's) and that nobody else can write to them: nobody else can then have put
+    kernels in it, nor swap it for another, as that takes writing to its parent. Why it cannot be
+    used, or None."""
     missing = []
-    while not os.path.lexists(folder):
-        missing.append(folder)
-        folder = folder.parent
+    part = folder
+    while not os.path.lexists(part):
+        missing.append(part)
+        part = part.parent
     for part in reversed(missing):
         try:
             os.mkdir(part, 0o700)
         except FileExistsError:
-            continue  # made meanwhile (this user's other task, or someone else): checked after
+            continue  # made meanwhile: checked below with the rest
         except OSError as error:
-            return f"cannot create {part}: {error.strerror}"
-    return None
+            return f"cannot write the compile cache {folder} (cannot create {part}: {error.strerror})"
+    reason = _not_private(folder) or _not_private(folder.parent)
+    return f"the compile cache {folder} could hold kernels another user put there ({reason})" if reason else None
 
 
-def _not_private(folder: Path) -> str | None:
-    """Why a user other than this one (or root) could put files into `folder` (a real path), or None.
-    It and each folder above it, up to the user's home or a root-owned sticky folder (like /tmp,
-    where nobody else may rename what is ours), must belong to this user or root and be writable
-    by neither group nor others (lstat: a link met here was swapped in after the path was resolved)."""
-    uid, home = os.geteuid(), _home()
-    for part in (folder, *folder.parents):
-        try:
-            info = os.lstat(part)
-        except OSError as error:
-            return f"{part}: {error.strerror}"
-        if part != folder and _trusted_top(part, info, uid, home):
-            return None
-        if not stat.S_ISDIR(info.st_mode):
-            return f"{part} is not a folder"
-        if info.st_uid not in (uid, 0):
-            return f"{part} belongs to uid {info.st_uid}"
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return f"{part} can be written by group or others"
-    return None
-
-
-def _trusted_top(part: Path, info: os.stat_result, uid: int, home: Path | None) -> bool:
-    """Whether the check may stop at `part`: the user's own home (who can write there can change
-    the user's shell start-up anyway), or a root-owned sticky folder (others cannot rename or remove
-    the user's folders in it)."""
-    if part == home and info.st_uid in (uid, 0):
-        return True
-    return info.st_uid == 0 and stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX)
-
-
-def _home() -> Path | None:
-    """The user's home by its real path, or None without one."""
+def _not_private(part: Path) -> str | None:
+    """Why a user other than this one (or root) could write into the folder `part` (lstat: a link
+    is not a folder of ours), or None."""
     try:
-        return Path(os.path.realpath(Path.home()))
-    except (RuntimeError, KeyError):
-        return None
+        info = os.lstat(part)
+    except OSError as error:
+        return f"{part}: {error.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{part} is not a folder"
+    if info.st_uid not in (os.geteuid(), 0):
+        return f"{part} belongs to uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{part} can be written by group or others"
+    return None
+
+
+def _fallback() -> Path:
+    """Where kernels go when the default or named folder cannot be used: this user's private folder
+    in the temporary folder (kept between runs on this machine), checked as the default is; else a
+    new folder for this process alone, removed when it ends. Never torch's own default, which
+    nobody checks."""
+    kept = Path(tempfile.gettempdir()) / f"virnucpro-{os.geteuid()}" / "torch-compile"
+    return kept if _private(kept) is None else _one_off()
+
+
+@functools.lru_cache(maxsize=None)
+def _one_off() -> Path:
+    """A new private (0700) compile cache for this process, removed when it exits."""
+    folder = Path(tempfile.mkdtemp(prefix="virnucpro-compile-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,12 +183,6 @@ def _warn_once(message: str) -> None:
     from virnucpro.console import warn
 
     warn(message)
-
-
-def _torch_default() -> Path:
-    """torch's own default compile cache, chosen by torch."""
-    os.environ.pop(TORCH_CACHE_VARIABLE, None)
-    return Path(cache_in_use())
 
 
 def cache_in_use() -> str:

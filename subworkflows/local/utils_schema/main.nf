@@ -20,7 +20,8 @@
  * as a number, boolean or date (`010` as 8); a CSV/TSV header may not name a schema column twice, nor
  * end a line with a lone CR. A parameter with a default may not be given as blank or null (a params
  * file's `threshold:`); a path may not start or end with a blank or line break, nor start with `~`
- * where nothing is found (Nextflow does not expand it). A `pattern`'s `$` ends the text, as in JSON schema.
+ * (Nextflow does not expand it), even where a folder `~` in the launch directory holds it. A
+ * `pattern`'s `$` ends the text, as in JSON schema.
  */
 
 // ================================================================================================
@@ -335,7 +336,9 @@ def pathProblems(String text, Map spec) {
     }
 }
 
-// The path checks of pathProblems, for a path file() takes.
+// The path checks of pathProblems, for a path file() takes. A path that starts with `~` names a
+// folder `~` in the launch directory: refused whether or not it is there, since Nextflow makes
+// `<outdir>/pipeline_info` before validation runs, so a `~/results` is always there by then.
 def existingPathProblems(String text, Map spec) {
     def mustExist = spec.exists == true
     if (spec.format == 'file-path-pattern') {
@@ -343,16 +346,18 @@ def existingPathProblems(String text, Map spec) {
         if (mustExist && !found) {
             return ["no file matches '${text}'${launchDirNote(text)}".toString()]
         }
-        return mustExist ? emptyMatchProblems(text, found) : []
+        return text.startsWith('~') ? [tildeProblem(text)] : (mustExist ? emptyMatchProblems(text, found) : [])
     }
     if (!(spec.format in ['file-path', 'directory-path', 'path'])) {
         return []
     }
     def path = file(text, glob: false)
+    def tilde = text.startsWith('~')
     if (!path.exists()) {
-        // `~/results` not there yet would become a folder named `~` in the launch directory
-        def tilde = text.startsWith('~')
         return mustExist || tilde ? ["'${text}'${mustExist ? ' does not exist' : ''}${launchDirNote(text)}".toString()] : []
+    }
+    if (tilde) {
+        return [tildeProblem(text)]
     }
     if (spec.format == 'file-path' && path.isDirectory()) {
         return ["'${text}' is a directory, not a file".toString()]
@@ -361,6 +366,11 @@ def existingPathProblems(String text, Map spec) {
         return ["'${text}' is a file, not a directory".toString()]
     }
     return []
+}
+
+// A path that starts with `~`, which Nextflow does not expand, as one problem (launchDirNote says why).
+def tildeProblem(String text) {
+    return "'${text}'${launchDirNote(text)}".toString()
 }
 
 // Text with its line breaks and tabs written as \n, \r and \t, to quote it on one line.
@@ -554,6 +564,10 @@ def typedValue(value, Map spec, boolean fromText) {
 
 // [rows as Maps, fromText, header (CSV/TSV) or null, shape problems] of a sheet chosen by its extension.
 def readSamplesheet(String sheetPath) {
+    if (sheetPath.startsWith('~')) {
+        // even when a folder `~` in the launch directory holds it: not the sheet in the home folder
+        error("Samplesheet ${sheetPath}${launchDirNote(sheetPath)}")
+    }
     def path = file(sheetPath, glob: false)
     if (!path.isFile()) {
         error("Samplesheet ${sheetPath} not found")
