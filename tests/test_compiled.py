@@ -27,6 +27,7 @@ from torch._dynamo.exc import BackendCompilerFailed
 from torch._inductor.exc import CppCompileError
 
 from virnucpro.encoders import FAST_COMPILED, compiled
+from virnucpro.errors import OutputWriteError
 from virnucpro.encoders import dnabert_s as dnabert_module
 from virnucpro.encoders import esm2 as esm2_module
 from virnucpro.encoders.dnabert_s import DnabertSEncoder
@@ -522,14 +523,63 @@ def test_a_default_cache_under_a_file_is_one_warning(tmp_path, monkeypatch, caps
     assert f"(cannot create {xdg}/virnucpro-{os.geteuid()}: Not a directory)" in warned and warned.count("warning:") == 1
 
 
-def test_a_link_in_place_of_the_users_folder_is_not_theirs(tmp_path, monkeypatch, capsys, temporary_folder):
+def test_a_link_on_the_way_is_judged_where_it_leads(tmp_path, monkeypatch, capsys, temporary_folder):
+    """The user's folder linked to scratch (to spare a home quota) is theirs and used by its real
+    path (a link changed later cannot move it); linked into another user's folder, it is not."""
     xdg = default_cache_in(tmp_path, monkeypatch)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir(mode=0o700)
     xdg.mkdir()
-    (xdg / f"virnucpro-{os.geteuid()}").symlink_to(elsewhere)
-    assert compiled.use_cache() == temporary_folder / f"virnucpro-{os.geteuid()}" / "torch-compile"
-    assert f"{xdg / f'virnucpro-{os.geteuid()}'} is not a folder" in " ".join(capsys.readouterr().err.split())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    (xdg / f"virnucpro-{THIS_USER}").symlink_to(scratch)
+    as_user(monkeypatch, THIS_USER)
+    assert compiled.use_cache() == scratch / "torch-compile" and "warning" not in capsys.readouterr().err
+    os.chown(scratch, ANOTHER_USER, ANOTHER_USER)
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    assert compiled.use_cache() == temporary_folder / f"virnucpro-{THIS_USER}" / "torch-compile"
+    assert f"{scratch} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("owner, mode", [(ANOTHER_USER, 0o777), (THIS_USER, 0o775)], ids=["theirs", "group"])
+def test_a_cache_base_others_can_write_is_refused_as_they_could_swap_our_folder(owner, mode, tmp_path, monkeypatch,
+                                                                                  capsys, temporary_folder):
+    """Our own 0700 folders in a base others can write (not sticky): they could rename ours away
+    and put theirs in its place after the check."""
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    xdg.mkdir()
+    os.chmod(xdg, mode)
+    os.chown(xdg, owner, owner)
+    as_user(monkeypatch, THIS_USER)
+    assert compiled.use_cache() == temporary_folder / f"virnucpro-{THIS_USER}" / "torch-compile"
+    warned = " ".join(capsys.readouterr().err.split())
+    assert (f"{xdg} belongs to uid {ANOTHER_USER}" if owner == ANOTHER_USER
+            else f"{xdg} can be written by group or others (fix: chmod go-w {xdg})") in warned, warned
+
+
+def test_the_users_home_ends_the_check_even_if_group_writable(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o775)
+    os.chmod(home, 0o775)
+    os.chown(home, THIS_USER, THIS_USER)
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    as_user(monkeypatch, THIS_USER)
+    assert compiled.use_cache() == home / ".cache" / f"virnucpro-{THIS_USER}" / "torch-compile"
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_no_temporary_folder_at_all_is_one_error_not_a_bug(tmp_path, monkeypatch):
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    plant(xdg / f"virnucpro-{os.geteuid()}")
+
+    def none_usable():
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", none_usable)
+    with pytest.raises(OutputWriteError, match="no folder for compiled GPU kernels") as raised:
+        compiled.use_cache()
+    assert "--no-compile" in str(raised.value) and raised.value.code == 10
 
 
 def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(tmp_path, monkeypatch, capsys):
@@ -559,6 +609,8 @@ def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "cache")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert compiled.default_cache() == tmp_path / ".cache" / f"virnucpro-{os.geteuid()}" / "torch-compile"
+    monkeypatch.setenv("HOME", "relative-home")  # no absolute home: the temporary folder, no warning
+    assert compiled.default_cache() is None
 
 
 def test_a_named_cache_is_the_users_choice(tmp_path, monkeypatch):

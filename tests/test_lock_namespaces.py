@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -156,8 +157,22 @@ od.fcntl.flock = no_flock
 od.HEARTBEAT_SECONDS = 0.2
 with od.folder_lock(od.Path(sys.argv[1]), "--outdir"):
     print(os.getpid(), flush=True)
-    sys.stdin.read()
+    time.sleep(3600)  # until killed: an end of its input would release the lock cleanly
 """
+
+
+def kill_hard(holder: subprocess.Popen) -> None:
+    """SIGKILL to the holder inside the namespace and to unshare, then wait until both are gone, so
+    that neither a clean exit nor a last heartbeat can touch the lock file afterwards."""
+    children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
+    pids = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    holder.kill()
+    holder.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def unshare_works() -> bool:
@@ -183,9 +198,7 @@ def test_a_real_holder_in_another_pid_namespace(nfs):
         time.sleep(1.0)  # its heartbeat touches the file again
         assert not taken(nfs)
     finally:
-        holder.kill()  # SIGKILL to unshare, which kills its child: the lock file stays
-        holder.communicate(timeout=30)
-    time.sleep(0.5)
+        kill_hard(holder)  # the lock file stays
     assert lock.exists()
     old = time.time() - OLD
     os.utime(lock, (old, old))
@@ -241,6 +254,23 @@ def test_a_refusal_decided_by_age_says_when_the_lock_expires_and_which_file_to_r
     assert busy.code == 3 and "cannot be checked" in str(busy), str(busy)
     assert expiry_of(lock) in busy.hint and str(lock) in busy.hint and "remove" in busy.hint, busy.hint
     assert "\n" not in busy.message and "Traceback" not in str(busy)
+
+
+def test_a_lock_file_this_user_cannot_read_is_said_not_to_expire(nfs, monkeypatch):
+    """Another user's 0600 holder file is never stale here (its age cannot be trusted unread): the
+    fix must not promise an expiry, and names the owner who can end it."""
+    lock = write_lock(nfs, age=1200, pid=dead_pid())
+    real_read = od._read_regular
+
+    def unreadable(path):
+        if Path(path) == lock:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(od, "_read_regular", unreadable)
+    busy = refusal(nfs)
+    assert busy.code == 3 and "does not expire by age" in busy.hint and f"uid {os.getuid()}" in busy.hint, busy.hint
+    assert "expires at" not in busy.hint and str(lock) in busy.hint
 
 
 def test_a_refusal_by_a_holder_whose_pid_is_checked_keeps_the_plain_fix(nfs):

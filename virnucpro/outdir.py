@@ -241,8 +241,26 @@ def _busy_by_age(lock: Path, subject: Path, what: str) -> FolderBusy:
     busy = _busy(subject, what, _holder_text(raw))
     holder = _holder_of(raw)
     if holder is None or not _pid_checkable(holder):
-        busy.hint = _expiry_hint(lock, subject)
+        busy.hint = _unreadable_hint(lock) or _expiry_hint(lock, subject)
     return busy
+
+
+def _unreadable_hint(lock: Path) -> str | None:
+    """The fix for a lock file this user cannot read (another user's, 0600): it never expires by age
+    here (`_is_stale` cannot tell it from one being written), so only its owner can end it; None
+    when it can be read."""
+    try:
+        _read_regular(lock)
+        return None
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            owner = f"it belongs to uid {lock.lstat().st_uid}"
+        except OSError:
+            owner = "removed meanwhile"
+        return (f"this user cannot read {shlex.quote(str(lock))} ({owner}), so it does not expire by age here: "
+                "ask its owner to remove it once no virnucpro command uses the folder, or choose another folder")
 
 
 def _expiry_hint(lock: Path, subject: Path) -> str:

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from virnucpro.errors import OutputWriteError
+
 TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
 CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load
 
@@ -80,21 +82,22 @@ def default_cache() -> Path | None:
     """This user's cache folder for compiled kernels ($XDG_CACHE_HOME when absolute, as the XDG spec
     says, else ~/.cache), its first folder named with the user id: under Apptainer the image's
     XDG_CACHE_HOME (/tmp) is shared by every user of a node, and each gets a folder of their own
-    there. None for a user without a home (as in some containers)."""
+    there. None for a user without an absolute home (as in some containers)."""
     base = os.environ.get("XDG_CACHE_HOME", "")
     if not os.path.isabs(base):
-        try:
-            base = Path.home() / ".cache"
-        except (RuntimeError, KeyError):
+        home = _home()
+        if home is None:
             return None
+        base = home / ".cache"
     return Path(base) / f"virnucpro-{os.geteuid()}" / "torch-compile"
 
 
 def use_cache(folder: Path | None = None) -> Path:
     """Point torch's compile cache at `folder` (default: the user's own TORCHINDUCTOR_CACHE_DIR,
-    used as it is, else `default_cache()`, used only if private: compiled kernels are code the task
-    runs). A folder that cannot be written, or a default one another user could write to, is one
-    warning and `_fallback()`; one in a virnucpro output is refused (exit 3). Returns the folder in use."""
+    used as it is, else `default_cache()`, used by its real path and only if private: compiled
+    kernels are code the task runs). A folder that cannot be written, or a default one another
+    user could write to, is one warning and `_fallback()`; one in a virnucpro output is refused
+    (exit 3). Returns the folder in use."""
     if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
         return Path(os.environ[TORCH_CACHE_VARIABLE])
     chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
@@ -104,6 +107,8 @@ def use_cache(folder: Path | None = None) -> Path:
 
         refuse_nesting(chosen, "--compile-cache", itself=True, held_too=True)
         problem = _writable(chosen) if folder is not None else _private(chosen)
+        if folder is None and not problem:
+            chosen = Path(os.path.realpath(chosen))  # checked there: a link changed later cannot move it
     if chosen is None or problem:
         chosen = _fallback()
         if problem:
@@ -124,10 +129,8 @@ def _writable(folder: Path) -> str | None:
 
 
 def _private(folder: Path) -> str | None:
-    """Create `folder` (each missing folder 0700) and check that it and the folder holding it are
-    this user's (or root's) and that nobody else can write to them: nobody else can then have put
-    kernels in it, nor swap it for another, as that takes writing to its parent. Why it cannot be
-    used, or None."""
+    """Create `folder` (each missing folder 0700), then check where it really is (`_not_private`).
+    Why it cannot be used, or None."""
     missing = []
     part = folder
     while not os.path.lexists(part):
@@ -140,24 +143,58 @@ def _private(folder: Path) -> str | None:
             continue  # made meanwhile: checked below with the rest
         except OSError as error:
             return f"cannot write the compile cache {folder} (cannot create {part}: {error.strerror})"
-    reason = _not_private(folder) or _not_private(folder.parent)
+    reason = _not_private(Path(os.path.realpath(folder)))
     return f"the compile cache {folder} could hold kernels another user put there ({reason})" if reason else None
 
 
-def _not_private(part: Path) -> str | None:
-    """Why a user other than this one (or root) could write into the folder `part` (lstat: a link
-    is not a folder of ours), or None."""
-    try:
-        info = os.lstat(part)
-    except OSError as error:
-        return f"{part}: {error.strerror}"
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{part} is not a folder"
-    if info.st_uid not in (os.geteuid(), 0):
-        return f"{part} belongs to uid {info.st_uid}"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{part} can be written by group or others"
+def _not_private(folder: Path) -> str | None:
+    """Why a user other than this one (or root) could put files into the folder `folder` (a real
+    path) or swap it for another, or None. It and each folder above it must be this user's or
+    root's and writable by neither group nor others, up to the user's home or a sticky folder of
+    root's (like /tmp, whose owner reads as `nobody` in a user namespace), where nobody else can
+    rename or remove what is ours (lstat: a link met here was swapped in after the path was resolved)."""
+    uid, home = os.geteuid(), _home()
+    for part in (folder, *folder.parents):
+        try:
+            info = os.lstat(part)
+        except OSError as error:
+            return f"{part}: {error.strerror}"
+        if part != folder and _trusted_top(part, info, uid, home):
+            return None
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{part} is not a folder"
+        if info.st_uid not in (uid, 0):
+            return f"{part} belongs to uid {info.st_uid}"
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"{part} can be written by group or others (fix: chmod go-w {part})"
     return None
+
+
+def _trusted_top(part: Path, info: os.stat_result, uid: int, home: Path | None) -> bool:
+    """Whether the check may stop at `part`: the user's own home (whoever can write there can change
+    the user's shell start-up anyway), or a sticky folder of root's or of this user's."""
+    if part == home and info.st_uid in (uid, 0):
+        return True
+    sticky = stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX)
+    return sticky and info.st_uid in (0, uid, _overflow_uid())
+
+
+@functools.lru_cache(maxsize=None)
+def _overflow_uid() -> int:
+    """The uid a user namespace shows for owners it does not map (root's /tmp under Apptainer)."""
+    try:
+        return int(Path("/proc/sys/kernel/overflowuid").read_text())
+    except (OSError, ValueError):
+        return 65534
+
+
+def _home() -> Path | None:
+    """The user's home by its real path, or None without an absolute one."""
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        return None
+    return Path(os.path.realpath(home)) if home.is_absolute() else None
 
 
 def _fallback() -> Path:
@@ -165,8 +202,15 @@ def _fallback() -> Path:
     in the temporary folder (kept between runs on this machine), checked as the default is; else a
     new folder for this process alone, removed when it ends. Never torch's own default, which
     nobody checks."""
-    kept = Path(tempfile.gettempdir()) / f"virnucpro-{os.geteuid()}" / "torch-compile"
-    return kept if _private(kept) is None else _one_off()
+    try:
+        temporary = Path(tempfile.gettempdir())
+    except OSError as error:  # no writable temporary folder at all
+        raise OutputWriteError(f"no folder for compiled GPU kernels: {error}",
+                               "set TMPDIR to a writable folder, give --compile-cache DIR, or add --no-compile") from None
+    kept = temporary / f"virnucpro-{os.geteuid()}" / "torch-compile"
+    if _private(kept) is None:
+        return Path(os.path.realpath(kept))
+    return _one_off()
 
 
 @functools.lru_cache(maxsize=None)
