@@ -577,22 +577,27 @@ def test_no_temporary_folder_at_all_is_one_error_not_a_bug(tmp_path, monkeypatch
         raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
 
     monkeypatch.setattr(tempfile, "gettempdir", none_usable)
-    with pytest.raises(OutputWriteError, match="no folder for compiled GPU kernels") as raised:
+    with pytest.raises(OutputWriteError, match="no private folder for compiled GPU kernels") as raised:
         compiled.use_cache()
     assert "--no-compile" in str(raised.value) and raised.value.code == 10
 
 
-def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(tmp_path, monkeypatch, capsys):
-    """As in the image (XDG_CACHE_HOME=/tmp, shared by a node's users under Apptainer, where /tmp's
-    owner may read as `nobody`): another user's folder beside ours is no obstacle; ours is used
-    while it is ours, and refused once another user owns it."""
+def shared_sticky(tmp_path, monkeypatch, owner: int = 0) -> Path:
+    """A sticky folder writable by all (like /tmp) as XDG_CACHE_HOME, as the image sets it."""
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o1777)
-    os.chown(shared, 65534, 65534)
+    os.chown(shared, owner, owner)
     monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
     monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    return shared
+
+
+def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(tmp_path, monkeypatch, capsys):
+    """Another user's folder beside ours is no obstacle; ours is used while it is ours, and refused
+    once another user owns it."""
+    shared = shared_sticky(tmp_path, monkeypatch)
     as_user(monkeypatch, THIS_USER)
     (shared / f"virnucpro-{ANOTHER_USER}").mkdir(mode=0o700)
     os.chown(shared / f"virnucpro-{ANOTHER_USER}", ANOTHER_USER, ANOTHER_USER)
@@ -602,6 +607,46 @@ def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(
     monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
     assert compiled.use_cache() != expected
     assert f"virnucpro-{THIS_USER} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("namespace", [False, True], ids=["host", "user-namespace"])
+def test_a_sticky_folder_of_nobody_is_roots_only_in_a_user_namespace(namespace, tmp_path, monkeypatch, capsys):
+    """Under Apptainer's user namespace root's /tmp shows as owned by the overflow uid; outside one,
+    a sticky folder of that user (or any other) may have ours renamed by its owner."""
+    shared_sticky(tmp_path, monkeypatch, owner=65534)
+    monkeypatch.setattr(compiled, "_namespace_root", lambda: (65534,) if namespace else ())
+    as_user(monkeypatch, THIS_USER)
+    used = compiled.use_cache()
+    assert (used == tmp_path / "shared" / f"virnucpro-{THIS_USER}" / "torch-compile") == namespace
+    assert ("belongs to uid 65534" in capsys.readouterr().err) != namespace
+
+
+def test_a_sticky_folder_inside_another_users_folder_does_not_end_the_check(tmp_path, monkeypatch, capsys):
+    """Its owner could rename the sticky folder itself with everything in it."""
+    theirs = tmp_path / "alice"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, ANOTHER_USER, ANOTHER_USER)
+    monkeypatch.setattr(compiled, "_namespace_root", lambda: ())
+    shared = shared_sticky(theirs, monkeypatch)
+    as_user(monkeypatch, THIS_USER)
+    assert not str(compiled.use_cache()).startswith(str(shared))
+    assert f"{theirs} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_one_off_folder_is_refused_where_another_user_could_swap_it(tmp_path, monkeypatch):
+    """Neither the default nor the kept fallback usable, and a temporary folder others can write
+    (not sticky): exit 10 rather than a folder they could rename during the run."""
+    scratch = tmp_path / "scratch"
+    plant(scratch)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    compiled._one_off.cache_clear()
+    xdg = default_cache_in(tmp_path, monkeypatch)
+    plant(xdg / f"virnucpro-{THIS_USER}")
+    as_user(monkeypatch, THIS_USER)
+    with pytest.raises(OutputWriteError, match="no private folder for compiled GPU kernels") as raised:
+        compiled.use_cache()
+    assert f"{scratch} belongs to uid {ANOTHER_USER}" in str(raised.value)
+    assert not list(scratch.glob("virnucpro-compile-*")), "the refused one-off folder was left behind"
 
 
 def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):

@@ -94,10 +94,10 @@ def default_cache() -> Path | None:
 
 def use_cache(folder: Path | None = None) -> Path:
     """Point torch's compile cache at `folder` (default: the user's own TORCHINDUCTOR_CACHE_DIR,
-    used as it is, else `default_cache()`, used by its real path and only if private: compiled
-    kernels are code the task runs). A folder that cannot be written, or a default one another
-    user could write to, is one warning and `_fallback()`; one in a virnucpro output is refused
-    (exit 3). Returns the folder in use."""
+    used as it is, else `default_cache()`, used by the real path it was checked at and only if
+    private: compiled kernels are code the task runs). A folder that cannot be written, or a
+    default one another user could write to, is one warning and `_fallback()`; one in a virnucpro
+    output is refused (exit 3). Returns the folder in use."""
     if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
         return Path(os.environ[TORCH_CACHE_VARIABLE])
     chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
@@ -106,9 +106,10 @@ def use_cache(folder: Path | None = None) -> Path:
         from virnucpro.outdir import refuse_nesting
 
         refuse_nesting(chosen, "--compile-cache", itself=True, held_too=True)
-        problem = _writable(chosen) if folder is not None else _private(chosen)
-        if folder is None and not problem:
-            chosen = Path(os.path.realpath(chosen))  # checked there: a link changed later cannot move it
+        if folder is not None:
+            problem = _writable(chosen)
+        else:
+            chosen, problem = _private(chosen)
     if chosen is None or problem:
         chosen = _fallback()
         if problem:
@@ -128,9 +129,10 @@ def _writable(folder: Path) -> str | None:
     return f"cannot write the compile cache {folder}"
 
 
-def _private(folder: Path) -> str | None:
-    """Create `folder` (each missing folder 0700), then check where it really is (`_not_private`).
-    Why it cannot be used, or None."""
+def _private(folder: Path) -> tuple[Path | None, str | None]:
+    """Create `folder` (each missing folder 0700), resolve it once and check that real path
+    (`_not_private`): (the real path to use, None), or (None, why it cannot be used). Using the
+    path that was checked means a link swapped afterwards cannot move the cache."""
     missing = []
     part = folder
     while not os.path.lexists(part):
@@ -142,50 +144,55 @@ def _private(folder: Path) -> str | None:
         except FileExistsError:
             continue  # made meanwhile: checked below with the rest
         except OSError as error:
-            return f"cannot write the compile cache {folder} (cannot create {part}: {error.strerror})"
-    reason = _not_private(Path(os.path.realpath(folder)))
-    return f"the compile cache {folder} could hold kernels another user put there ({reason})" if reason else None
+            return None, f"cannot write the compile cache {folder} (cannot create {part}: {error.strerror})"
+    real = Path(os.path.realpath(folder))
+    reason = _not_private(real)
+    if reason:
+        return None, f"the compile cache {folder} could hold kernels another user put there ({reason})"
+    return real, None
 
 
 def _not_private(folder: Path) -> str | None:
-    """Why a user other than this one (or root) could put files into the folder `folder` (a real
-    path) or swap it for another, or None. It and each folder above it must be this user's or
-    root's and writable by neither group nor others, up to the user's home or a sticky folder of
-    root's (like /tmp, whose owner reads as `nobody` in a user namespace), where nobody else can
-    rename or remove what is ours (lstat: a link met here was swapped in after the path was resolved)."""
-    uid, home = os.geteuid(), _home()
+    """Why a user other than this one could put files into the folder `folder` (a real path) or
+    swap it, or None. It and every folder above it, up to the user's home, must be this user's or
+    root's and writable by neither group nor others, except that a sticky folder above it (like
+    /tmp) may be writable by all: nobody else can rename or remove what is ours there. lstat: a
+    link met here was swapped in after the path was resolved."""
+    uid, home, owners = os.geteuid(), _home(), _trusted_owners()
     for part in (folder, *folder.parents):
         try:
             info = os.lstat(part)
         except OSError as error:
             return f"{part}: {error.strerror}"
-        if part != folder and _trusted_top(part, info, uid, home):
+        if part != folder and part == home and info.st_uid in owners:
             return None
         if not stat.S_ISDIR(info.st_mode):
             return f"{part} is not a folder"
-        if info.st_uid not in (uid, 0):
+        if info.st_uid not in owners:
             return f"{part} belongs to uid {info.st_uid}"
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return f"{part} can be written by group or others (fix: chmod go-w {part})"
+        sticky_above = part != folder and bool(info.st_mode & stat.S_ISVTX)
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_above:
+            fix = f" (fix: chmod go-w {part})" if info.st_uid == uid else ""
+            return f"{part} can be written by group or others{fix}"
     return None
 
 
-def _trusted_top(part: Path, info: os.stat_result, uid: int, home: Path | None) -> bool:
-    """Whether the check may stop at `part`: the user's own home (whoever can write there can change
-    the user's shell start-up anyway), or a sticky folder of root's or of this user's."""
-    if part == home and info.st_uid in (uid, 0):
-        return True
-    sticky = stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX)
-    return sticky and info.st_uid in (0, uid, _overflow_uid())
+def _trusted_owners() -> frozenset:
+    """This user, root, and in a user namespace the uid root's folders show as there."""
+    return frozenset({os.geteuid(), 0, *_namespace_root()})
 
 
 @functools.lru_cache(maxsize=None)
-def _overflow_uid() -> int:
-    """The uid a user namespace shows for owners it does not map (root's /tmp under Apptainer)."""
+def _namespace_root() -> tuple[int, ...]:
+    """In a user namespace (Apptainer without setuid, rootless containers), the overflow uid that
+    root's folders show as there, which every unmapped owner shows as too: inside such a namespace
+    they cannot be told apart. Empty outside one."""
     try:
-        return int(Path("/proc/sys/kernel/overflowuid").read_text())
+        if Path("/proc/self/uid_map").read_text().split()[:3] != ["0", "0", "4294967295"]:
+            return (int(Path("/proc/sys/kernel/overflowuid").read_text()),)
     except (OSError, ValueError):
-        return 65534
+        pass
+    return ()
 
 
 def _home() -> Path | None:
@@ -200,23 +207,29 @@ def _home() -> Path | None:
 def _fallback() -> Path:
     """Where kernels go when the default or named folder cannot be used: this user's private folder
     in the temporary folder (kept between runs on this machine), checked as the default is; else a
-    new folder for this process alone, removed when it ends. Never torch's own default, which
-    nobody checks."""
+    new folder for this process alone, checked too. Never torch's own default, which nobody checks."""
     try:
         temporary = Path(tempfile.gettempdir())
     except OSError as error:  # no writable temporary folder at all
-        raise OutputWriteError(f"no folder for compiled GPU kernels: {error}",
-                               "set TMPDIR to a writable folder, give --compile-cache DIR, or add --no-compile") from None
-    kept = temporary / f"virnucpro-{os.geteuid()}" / "torch-compile"
-    if _private(kept) is None:
-        return Path(os.path.realpath(kept))
-    return _one_off()
+        raise _no_private_folder(str(error)) from None
+    kept, _problem = _private(temporary / f"virnucpro-{os.geteuid()}" / "torch-compile")
+    return kept or _one_off()
+
+
+def _no_private_folder(why: str) -> OutputWriteError:
+    return OutputWriteError(f"no private folder for compiled GPU kernels: {why}",
+                            "set TMPDIR to a folder of yours, give --compile-cache DIR, or add --no-compile")
 
 
 @functools.lru_cache(maxsize=None)
 def _one_off() -> Path:
-    """A new private (0700) compile cache for this process, removed when it exits."""
-    folder = Path(tempfile.mkdtemp(prefix="virnucpro-compile-"))
+    """A new private (0700) compile cache for this process, removed when it exits; refused (exit 10)
+    in a temporary folder where another user could swap it."""
+    folder = Path(os.path.realpath(tempfile.mkdtemp(prefix="virnucpro-compile-")))
+    reason = _not_private(folder)
+    if reason:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _no_private_folder(reason)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 
