@@ -502,16 +502,46 @@ def test_when_the_fallback_is_planted_too_a_folder_of_this_process_is_used(tmp_p
     assert oct(folder.stat().st_mode & 0o777) == "0o700" and "torchinductor" not in str(folder)
 
 
-@pytest.mark.parametrize("mode", [0o770, 0o777, 0o707], ids=["group", "all", "others"])
-def test_a_default_cache_others_may_write_is_not_used(mode, tmp_path, monkeypatch, capsys):
-    """Owned by this user (or root) but writable by group or others: not private either."""
+@pytest.mark.parametrize("mode", [0o755, 0o770, 0o777], ids=["mkdir-p", "group", "all"])
+def test_the_users_own_cache_folders_are_closed_to_others(mode, tmp_path, monkeypatch, capsys):
+    """The cache and its virnucpro-<uid> folder, the user's own but open (made with `mkdir -p`, or
+    under umask 002): made 0700, so nobody else can enter, whatever modes torch gives the folders
+    it makes inside."""
     xdg = default_cache_in(tmp_path, monkeypatch)
     ours = xdg / f"virnucpro-{os.geteuid()}"
-    ours.mkdir(parents=True)
-    os.chmod(ours, mode)
-    folder = compiled.use_cache()
-    assert not str(folder).startswith(str(xdg))
-    assert f"{ours} can be written by group or others" in " ".join(capsys.readouterr().err.split())
+    (ours / "torch-compile").mkdir(parents=True)
+    for folder in (ours, ours / "torch-compile"):
+        os.chmod(folder, mode)
+    assert compiled.use_cache() == ours / "torch-compile" and "warning" not in capsys.readouterr().err
+    assert [oct(folder.stat().st_mode & 0o777) for folder in (ours, ours / "torch-compile")] == ["0o700"] * 2
+
+
+def test_in_a_user_namespace_a_planted_folder_of_ours_is_still_refused(tmp_path, monkeypatch, capsys):
+    """There another user's folders show as the overflow uid, like root's: trusted above our
+    folders (root's /tmp), never as the cache or its virnucpro-<uid> folder."""
+    shared = shared_sticky(tmp_path, monkeypatch, owner=65534)
+    monkeypatch.setattr(compiled, "_namespace_root", lambda: (65534,))
+    planted = shared / f"virnucpro-{THIS_USER}"
+    (planted / "torch-compile").mkdir(parents=True)
+    for folder in (planted, planted / "torch-compile"):
+        os.chown(folder, 65534, 65534)
+    as_user(monkeypatch, THIS_USER)
+    used, problem = compiled._private(planted / "torch-compile")  # (the fallback: files of real root here)
+    assert used is None and f"{planted / 'torch-compile'} belongs to uid 65534" in problem, problem
+
+
+def test_a_home_of_roots_that_all_can_write_does_not_end_the_check(tmp_path, monkeypatch, capsys):
+    """A pod's emptyDir home (0777, root's, not sticky): others could rename ~/.cache."""
+    home = tmp_path / "hw"
+    home.mkdir()
+    os.chmod(home, 0o777)
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    as_user(monkeypatch, THIS_USER)
+    assert not str(compiled.use_cache()).startswith(str(home))
+    assert f"{home} can be written by group or others" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_default_cache_under_a_file_is_one_warning(tmp_path, monkeypatch, capsys):
@@ -613,8 +643,13 @@ def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(
 def test_a_sticky_folder_of_nobody_is_roots_only_in_a_user_namespace(namespace, tmp_path, monkeypatch, capsys):
     """Under Apptainer's user namespace root's /tmp shows as owned by the overflow uid; outside one,
     a sticky folder of that user (or any other) may have ours renamed by its owner."""
-    shared_sticky(tmp_path, monkeypatch, owner=65534)
+    shared = shared_sticky(tmp_path, monkeypatch, owner=65534)
     monkeypatch.setattr(compiled, "_namespace_root", lambda: (65534,) if namespace else ())
+    ours = shared / f"virnucpro-{THIS_USER}"
+    (ours / "torch-compile").mkdir(parents=True, mode=0o700)
+    for folder in (ours, ours / "torch-compile"):  # as this user would have made them
+        os.chown(folder, THIS_USER, THIS_USER)
+        os.chmod(folder, 0o700)
     as_user(monkeypatch, THIS_USER)
     used = compiled.use_cache()
     assert (used == tmp_path / "shared" / f"virnucpro-{THIS_USER}" / "torch-compile") == namespace

@@ -130,9 +130,11 @@ def _writable(folder: Path) -> str | None:
 
 
 def _private(folder: Path) -> tuple[Path | None, str | None]:
-    """Create `folder` (each missing folder 0700), resolve it once and check that real path
-    (`_not_private`): (the real path to use, None), or (None, why it cannot be used). Using the
-    path that was checked means a link swapped afterwards cannot move the cache."""
+    """Create `folder` (each missing folder 0700), resolve it once, make it and its parent (the
+    `virnucpro-<uid>` folder: both ours) 0700 and check that real path (`_not_private`): (the real
+    path to use, None), or (None, why it cannot be used). Using the path that was checked means a
+    link swapped afterwards cannot move the cache; 0700 means nobody else can even enter it, whatever
+    modes torch gives the folders it makes inside."""
     missing = []
     part = folder
     while not os.path.lexists(part):
@@ -146,32 +148,46 @@ def _private(folder: Path) -> tuple[Path | None, str | None]:
         except OSError as error:
             return None, f"cannot write the compile cache {folder} (cannot create {part}: {error.strerror})"
     real = Path(os.path.realpath(folder))
-    reason = _not_private(real)
+    for part in (real, real.parent):
+        _close_to_others(part)
+    reason = _not_private(real, own=2)
     if reason:
         return None, f"the compile cache {folder} could hold kernels another user put there ({reason})"
     return real, None
 
 
-def _not_private(folder: Path) -> str | None:
+def _close_to_others(folder: Path) -> None:
+    """Mode 0700 on a folder of this user's that others could enter (made with `mkdir -p`)."""
+    try:
+        info = os.lstat(folder)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            os.chmod(folder, 0o700)
+    except OSError:
+        pass  # judged as it is by `_not_private`
+
+
+def _not_private(folder: Path, own: int) -> str | None:
     """Why a user other than this one could put files into the folder `folder` (a real path) or
-    swap it, or None. It and every folder above it, up to the user's home, must be this user's or
-    root's and writable by neither group nor others, except that a sticky folder above it (like
-    /tmp) may be writable by all: nobody else can rename or remove what is ours there. lstat: a
-    link met here was swapped in after the path was resolved."""
-    uid, home, owners = os.geteuid(), _home(), _trusted_owners()
-    for part in (folder, *folder.parents):
+    swap it, or None. Its `own` lowest folders (ours: the cache and its `virnucpro-<uid>`) must be
+    this user's (or root's, outside a user namespace); every folder above, up to the user's home,
+    this user's or root's; none writable by group or others, except that a sticky folder above
+    them (like /tmp) may be writable by all: nobody else can rename or remove what is ours there.
+    lstat: a link met here was swapped in after the path was resolved."""
+    uid, home = os.geteuid(), _home()
+    ours, above = frozenset({uid} if _namespace_root() else {uid, 0}), _trusted_owners()
+    for level, part in enumerate((folder, *folder.parents)):
         try:
             info = os.lstat(part)
         except OSError as error:
             return f"{part}: {error.strerror}"
-        if part != folder and part == home and info.st_uid in owners:
+        writable = bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        if level >= own and part == home and (info.st_uid == uid or (info.st_uid == 0 and not writable)):
             return None
         if not stat.S_ISDIR(info.st_mode):
             return f"{part} is not a folder"
-        if info.st_uid not in owners:
+        if info.st_uid not in (ours if level < own else above):
             return f"{part} belongs to uid {info.st_uid}"
-        sticky_above = part != folder and bool(info.st_mode & stat.S_ISVTX)
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_above:
+        if writable and not (level >= own and info.st_mode & stat.S_ISVTX):
             fix = f" (fix: chmod go-w {part})" if info.st_uid == uid else ""
             return f"{part} can be written by group or others{fix}"
     return None
@@ -226,7 +242,7 @@ def _one_off() -> Path:
     """A new private (0700) compile cache for this process, removed when it exits; refused (exit 10)
     in a temporary folder where another user could swap it."""
     folder = Path(os.path.realpath(tempfile.mkdtemp(prefix="virnucpro-compile-")))
-    reason = _not_private(folder)
+    reason = _not_private(folder, own=1)
     if reason:
         shutil.rmtree(folder, ignore_errors=True)
         raise _no_private_folder(reason)
