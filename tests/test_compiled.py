@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -785,41 +786,46 @@ print(json.dumps({"path": encoder.path, "hits": counters["inductor"]["fxgraph_ca
 """
 
 
-def test_compiled_kernels_are_cached_for_the_next_task(reference_dir, tmp_path):
-    """Two processes on one cache folder: the first compiles and fills it, the second loads."""
-    cache = tmp_path / "compile-cache"
+def cache_probe(reference_dir: Path, cache: Path) -> subprocess.CompletedProcess:
+    """One task compiling the fast path of DNABERT-S with `cache` as its compile cache."""
     env = {k: v for k, v in os.environ.items() if k != compiled.TORCH_CACHE_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(reference_dir / "dnabert_s_tiny"), str(cache)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"compile cache {cache}" in " ".join(done.stderr.split())
+    return done
 
-    def task() -> dict:
-        done = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(reference_dir / "dnabert_s_tiny"), str(cache)],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-        assert done.returncode == 0, done.stderr
-        assert f"compile cache {cache}" in " ".join(done.stderr.split())
-        return json.loads(done.stdout.strip().splitlines()[-1])
 
-    first = task()
+def probe_counts(done: subprocess.CompletedProcess) -> dict:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def filled_cache(reference_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """A compile cache filled by a first task that found it empty, and what that task counted."""
+    cache = tmp_path_factory.mktemp("filled") / "compile-cache"
+    return cache, probe_counts(cache_probe(reference_dir, cache))
+
+
+def test_compiled_kernels_are_cached_for_the_next_task(reference_dir, filled_cache):
+    """Two processes on one cache folder: the first compiles and fills it, the second loads."""
+    cache, first = filled_cache
     assert first["path"] == FAST_COMPILED and first["misses"] > 0 and any(cache.iterdir())
-    second = task()
+    second = probe_counts(cache_probe(reference_dir, cache))
     assert second["path"] == FAST_COMPILED and second["hits"] > 0 and second["misses"] == 0
 
 
-def test_a_damaged_compile_cache_is_one_warning_not_tracebacks(reference_dir, tmp_path):
+def test_a_damaged_compile_cache_is_one_warning_not_tracebacks(reference_dir, filled_cache, tmp_path):
     """Every file of a filled cache overwritten: torch ignores the entries and compiles again, and
     says so as one virnucpro warning instead of a traceback per entry."""
     cache = tmp_path / "compile-cache"
-    env = {k: v for k, v in os.environ.items() if k != compiled.TORCH_CACHE_VARIABLE}
-
-    def task() -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(reference_dir / "dnabert_s_tiny"), str(cache)],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-        assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["path"] == FAST_COMPILED, done.stderr
-        return done
-
-    task()
+    shutil.copytree(filled_cache[0], cache)
     damaged = [path for path in cache.rglob("*") if path.is_file()]
     for path in damaged:
         path.write_bytes(b"garbage")
-    err = task().stderr
+    done = cache_probe(reference_dir, cache)
+    err = done.stderr
+    assert probe_counts(done)["path"] == FAST_COMPILED, err
     assert damaged and "Traceback" not in err and "unable to load" not in err, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and f"compile cache {cache}: an entry could not be read" in warnings[0], err
