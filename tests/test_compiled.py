@@ -681,7 +681,11 @@ def test_a_one_off_folder_is_refused_where_another_user_could_swap_it(tmp_path, 
     as_user(monkeypatch, THIS_USER)
     with pytest.raises(OutputWriteError, match="no private folder for compiled GPU kernels") as raised:
         compiled.use_cache()
-    assert f"{scratch} belongs to uid {ANOTHER_USER}" in str(raised.value)
+    said = " ".join(str(raised.value).split())
+    assert f"{scratch} belongs to uid {ANOTHER_USER}" in said
+    # every folder tried is named with its reason: the default first, then the kept fallback
+    assert said.index(f"{xdg / f'virnucpro-{THIS_USER}'} belongs to uid {ANOTHER_USER}") < said.index(
+        f"{scratch} belongs to uid {ANOTHER_USER}"), said
     assert not list(scratch.glob("virnucpro-compile-*")), "the refused one-off folder was left behind"
 
 

@@ -111,7 +111,7 @@ def use_cache(folder: Path | None = None) -> Path:
         else:
             chosen, problem = _private(chosen)
     if chosen is None or problem:
-        chosen = _fallback()
+        chosen = _fallback([problem] if problem else [])
         if problem:
             _warn_once(f"{problem}; using {chosen} instead (fix: give --compile-cache DIR, a folder of yours)")
     os.environ[TORCH_CACHE_VARIABLE] = str(chosen)
@@ -220,34 +220,40 @@ def _home() -> Path | None:
     return Path(os.path.realpath(home)) if home.is_absolute() else None
 
 
-def _fallback() -> Path:
-    """Where kernels go when the default or named folder cannot be used: this user's private folder
-    in the temporary folder (kept between runs on this machine), checked as the default is; else a
-    new folder for this process alone, checked too. Never torch's own default, which nobody checks."""
+def _fallback(refused: list[str]) -> Path:
+    """Where kernels go when the default or named folder cannot be used (`refused`: why not): this
+    user's private folder in the temporary folder (kept between runs on this machine), checked as
+    the default is; else a new folder for this process alone, checked too. Never torch's own
+    default, which nobody checks. None usable is exit 10 naming every folder tried and why."""
     try:
         temporary = Path(tempfile.gettempdir())
     except OSError as error:  # no writable temporary folder at all
-        raise _no_private_folder(str(error)) from None
-    kept, _problem = _private(temporary / f"virnucpro-{os.geteuid()}" / "torch-compile")
-    return kept or _one_off()
+        raise _no_private_folder([*refused, str(error)]) from None
+    kept, problem = _private(temporary / f"virnucpro-{os.geteuid()}" / "torch-compile")
+    if kept is not None:
+        return kept
+    one_off, reason = _one_off()
+    if one_off is None:
+        raise _no_private_folder([*refused, problem, reason])
+    return one_off
 
 
-def _no_private_folder(why: str) -> OutputWriteError:
-    return OutputWriteError(f"no private folder for compiled GPU kernels: {why}",
+def _no_private_folder(reasons: list[str]) -> OutputWriteError:
+    return OutputWriteError(f"no private folder for compiled GPU kernels: {'; '.join(reasons)}",
                             "set TMPDIR to a folder of yours, give --compile-cache DIR, or add --no-compile")
 
 
 @functools.lru_cache(maxsize=None)
-def _one_off() -> Path:
-    """A new private (0700) compile cache for this process, removed when it exits; refused (exit 10)
-    in a temporary folder where another user could swap it."""
+def _one_off() -> tuple[Path | None, str | None]:
+    """A new private (0700) compile cache for this process, removed when it exits: (the folder,
+    None), or (None, why not) in a temporary folder where another user could swap it."""
     folder = Path(os.path.realpath(tempfile.mkdtemp(prefix="virnucpro-compile-")))
     reason = _not_private(folder, own=1)
     if reason:
         shutil.rmtree(folder, ignore_errors=True)
-        raise _no_private_folder(reason)
+        return None, reason
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    return folder, None
 
 
 @functools.lru_cache(maxsize=None)
