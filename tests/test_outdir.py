@@ -170,6 +170,21 @@ def test_fallback_lock_of_a_dead_process_is_taken_over_a_live_one_is_not(tmp_pat
         alive.communicate(b"")
 
 
+def test_a_lock_file_naming_its_holder_with_line_breaks_is_one_line_in_the_refusal(tmp_path):
+    """The details come from a file anyone who can write the folder can forge: control characters
+    are shown escaped, so the refusal stays one line and cannot fake a second message."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    lock = folder / od.FALLBACK_LOCK_NAME
+    lock.write_text(json.dumps({"pid": 1, "host": "node\nerror: fake\x1b[2J", "started": "now\r"}))
+    with pytest.raises(BadInputError) as refused:
+        with od.exclusive_file_lock(lock, folder, "--outdir"):
+            pass
+    said = refused.value.message + refused.value.hint
+    assert "node\\nerror: fake\\x1b[2J" in said and "now\\r" in said, said
+    assert not any(c in said for c in "\n\r\x1b"), said
+
+
 # --- point 5: only our own files, only our own kind of output --------------------------------
 
 @pytest.mark.parametrize("name", ["sequences.tsv", "chunks.tsv", "report.html", "run_info.json",

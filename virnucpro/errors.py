@@ -127,6 +127,12 @@ NAME_MAX_DEFAULT = 255  # the longest file name most file systems allow, when on
 PATH_MAX_DEFAULT = 4096  # Linux's limit on a path given to the kernel, its final NUL included
 
 
+def printable(text: str) -> str:
+    """`text` with unprintable characters (line breaks, escapes) written as escapes, for one-line
+    messages that quote what a file holds."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def storage_errno(exc: BaseException) -> int | None:
     """The errno of STORAGE_ERRNOS that `exc` reports, if any (HDF5 gives it in its text only)."""
     if not isinstance(exc, OSError):

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, check_stop, name_limit, not_a_folder, output_errors
+from virnucpro.errors import BadInputError, check_stop, name_limit, not_a_folder, output_errors, printable
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -160,7 +160,7 @@ def _holder_text(raw: str) -> str:
     process of this one (pid 1 of a container is not init here)."""
     holder = _holder_of(raw)
     try:
-        text = f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+        text = printable(f"pid {holder['pid']} on {holder['host']}, started {holder['started']}")
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
     why = _unchecked_why(holder)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from virnucpro.errors import BadInputError, name_too_long, path_too_long
+from virnucpro.errors import BadInputError, name_too_long, path_too_long, printable
 
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -139,11 +139,6 @@ class TextBlock(NamedTuple):
 def _line_ends(data: bytes) -> int:
     """Line ends in `data` as Python's universal newlines count them (LF, CR and CRLF)."""
     return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-
-
-def _shown(text: str) -> str:
-    """`text` with unprintable characters written as escapes, for messages."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -281,7 +276,7 @@ class UniversalText:
         where = f"byte 0x{rest[0]:02x} at byte offset {offset:,}"
         if text[:1] in (">", "@"):
             words = text[1:].split(None, 1)
-            record = _shown(words[0]) if words else ""
+            record = printable(words[0]) if words else ""
             return BadInputError(f"{self.path}, line {line}: the header of record '{record}' {problem} ({where})",
                                  header_hint)
         return BadInputError(f"{self.path} holds binary data, not FASTA/FASTQ text: line {line} {problem} ({where})",
@@ -436,7 +431,7 @@ class HashingTextStream:
 
 def _header_too_long(path: Path, line: int, header: str) -> BadInputError:
     """The refusal of a header line longer than HEADER_LIMIT (`header`: its start, marker included)."""
-    return BadInputError(f"{path}, line {line}: header line '{_shown(header[:40])}...' is longer than "
+    return BadInputError(f"{path}, line {line}: header line '{printable(header[:40])}...' is longer than "
                          f"{HEADER_LIMIT:,} bytes, the most virnucpro accepts (real FASTA/FASTQ headers hold a "
                          "few hundred at most)", "the file is damaged or not FASTA/FASTQ: look at that line "
                          "(e.g. head -c 300 on the file); shorten the header if it is really meant")
@@ -452,7 +447,7 @@ def _record_id(header: str, path: Path, line: int) -> str:
                             "give every record a name after '>' or '@'")
     _check_header_text(header, words[0], path, line)
     if len(words[0]) > ID_LIMIT:
-        raise BadInputError(f"{path}, line {line}: the id '{_shown(words[0][:40])}...' is {len(words[0]):,} "
+        raise BadInputError(f"{path}, line {line}: the id '{printable(words[0][:40])}...' is {len(words[0]):,} "
                             f"characters long, more than the {ID_LIMIT:,} virnucpro accepts (every chunk and ORF "
                             "row repeats it)", "shorten the ids: keep a short first word and put the rest after a "
                             "space, where it is the description")
@@ -465,10 +460,10 @@ def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
     take for the start of a quoted field: they merge rows, or lose them without a word."""
     unsafe = UNSAFE_IN_HEADER.search(header)
     if unsafe:
-        raise BadInputError(f"{path}, line {line}: header '{_shown(header[:60])}' holds U+{ord(unsafe.group()):04X}, a "
+        raise BadInputError(f"{path}, line {line}: header '{printable(header[:60])}' holds U+{ord(unsafe.group()):04X}, a "
                             "control character or text-direction override", "remove it: ids and descriptions must be printable text")
     if rid.startswith('"'):
-        raise BadInputError(f"{path}, line {line}: the id '{_shown(rid[:60])}' starts with a double quote, which "
+        raise BadInputError(f"{path}, line {line}: the id '{printable(rid[:60])}' starts with a double quote, which "
                             "readers of the output tables (pandas, R, Python's csv) take for the start of a "
                             "quoted field: they would merge or lose rows", "rename the sequence: drop or replace the "
                             "leading quote (and check that the ids stay distinct)")
@@ -625,12 +620,12 @@ def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int)
     if not bad:
         return text
     if "\t" in text:
-        raise BadInputError(f"{path}, line {number}: '{_shown(text[:40])}' holds a tab, which no FASTQ line holds: "
+        raise BadInputError(f"{path}, line {number}: '{printable(text[:40])}' holds a tab, which no FASTQ line holds: "
                             "this looks like SAM or another tab-separated table, not FASTQ",
                             "give FASTQ or FASTA (e.g. samtools fastq turns SAM/BAM into FASTQ)")
     if text.startswith("@"):
         raise BadInputError(f"{path}: FASTQ record '{rid}' (line {header_line}) has no '+' line before line "
-                            f"{number}, '{_shown(text[:40])}'", "the file is damaged or not FASTQ: look at those lines")
+                            f"{number}, '{printable(text[:40])}'", "the file is damaged or not FASTQ: look at those lines")
     raise letters_refusal(path, rid, header_line, bad)
 
 
@@ -709,7 +704,7 @@ def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
     else:
         text = first.text.lstrip()
         number = first.first_line + first.text[:len(first.text) - len(text)].count("\n")
-        shown = _shown(text.split("\n", 1)[0][:30])
+        shown = printable(text.split("\n", 1)[0][:30])
         raise BadInputError(f"{stream.path} is not FASTA or FASTQ: line {number} starts with '{shown}' "
                             "instead of '>' or '@'", "give a nucleotide FASTA or FASTQ file")
 
