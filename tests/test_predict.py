@@ -389,6 +389,25 @@ def test_run_prepares_before_a_model_download_so_a_bad_record_costs_no_download(
     assert not any(empty_models.iterdir()), "nothing downloaded"
 
 
+@pytest.mark.parametrize("case", ["HF_HUB_OFFLINE=1", "incomplete tiny models"])
+def test_run_with_models_it_will_not_download_refuses_them_before_preparing(case, tmp_path, tiny_models, run_cli,
+                                                                            monkeypatch):
+    """Prepare goes first only when setting up would download: models missing under HF_HUB_OFFLINE=1
+    (as the image sets it) or a tiny folder with a file gone are never downloaded, so they are exit 4
+    at once instead of after every record was read and chunked."""
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">r1\n" + "ATG" * 200 + "\n")
+    if case == "HF_HUB_OFFLINE=1":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        models = tmp_path / "new-models"
+    else:
+        models = tmp_path / "tiny"
+        shutil.copytree(tiny_models, models)
+        next(models.glob("500_*.pth")).unlink()
+    code, message = run_cli("run", reads, "--outdir", tmp_path / "o", "--models", models, "--device", "cpu")
+    assert code == 4 and "prepared" not in message, message
+
+
 def test_a_custom_chunk_size_without_a_classifier_is_a_usage_error(tmp_path, reference_dir, tiny_models, run_cli):
     """Only 300 and 500 have published classifiers: `run` says so before any work, `predict` once it
     reads the prepared chunk size, both exit 2 naming --classifier."""

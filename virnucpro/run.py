@@ -95,13 +95,11 @@ def _roles(classifier: Path | None, chunk_size: int) -> list[str]:
 
 def _download_ahead(models: Path | None, classifier: Path | None, chunk_size: int, offline: bool) -> bool:
     """Whether setting up would download models (GBs): the inputs are then prepared first, which
-    checks them to the last record, so a bad record never costs a download."""
-    from virnucpro.models import store
+    checks them to the last record, so a bad record never costs a download. Otherwise setting up
+    goes first and says at once what is wrong with the models."""
+    from virnucpro.models import download
 
-    if offline or (models is not None and Path(models).exists() and not Path(models).is_dir()):
-        return False  # nothing to download: setting up says what is wrong at once
-    _, statuses = store.scan(models, _roles(classifier, chunk_size))
-    return any(s.missing for s in statuses) and not any(s.wrong for s in statuses)
+    return download.will_download(models, _roles(classifier, chunk_size), offline)
 
 
 def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int, outdir: Path) -> dict:

@@ -55,8 +55,8 @@ from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (BadInputError, ModelsError, OutputWriteError, VirnucproError, name_too_long, storage_error,
-                              storage_failure)
+from virnucpro.errors import (BadInputError, InterruptedByUser, ModelsError, OutputWriteError, VirnucproError,
+                              name_too_long, storage_error, storage_failure)
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
 from virnucpro.outdir import held_folder, refuse_nesting
@@ -98,19 +98,40 @@ def ensure(directory: Path | None = None, roles: Iterable[str] = store.ROLES, of
     an error to look at.
     """
     roles = list(roles)
+    directory, statuses, missing = _to_download(directory, roles, offline)
+    if not missing:
+        return store.model_set(directory, statuses)
+    download_roles(directory, missing, mirror=None)
+    return store.locate(directory, roles)
+
+
+def will_download(directory: Path | None, roles: Iterable[str], offline: bool) -> bool:
+    """Whether `ensure` with these arguments would download (GBs), rather than return at once or
+    refuse at once (wrong or incomplete tiny models, offline)."""
+    try:
+        return bool(_to_download(directory, list(roles), offline)[2])
+    except InterruptedByUser:
+        raise
+    except VirnucproError:
+        return False
+
+
+def _to_download(directory: Path | None, roles: list[str], offline: bool
+                 ) -> tuple[Path, list[store.RoleStatus], list[str]]:
+    """The models folder, the status of each role, and the roles to download; what must not be
+    downloaded (a wrong file, an incomplete tiny folder, missing models while offline) is raised."""
     directory, statuses = store.scan(directory, roles)
     if any(s.wrong for s in statuses):
         raise store.problems(directory, statuses)  # type: ignore[misc]
     missing = [s.role for s in statuses if s.missing]
     if not missing:
-        return store.model_set(directory, statuses)
+        return directory, statuses, missing
     _refuse_incomplete_tiny(directory, statuses)
     if offline or _env_offline():
         why = "--offline" if offline else "HF_HUB_OFFLINE=1"
         raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; not downloading ({why})",
                           hint=store.staging_hint(directory, missing))
-    download_roles(directory, missing, mirror=None)
-    return store.locate(directory, roles)
+    return directory, statuses, missing
 
 
 def _refuse_incomplete_tiny(directory: Path, statuses: list[store.RoleStatus]) -> None:
