@@ -17,6 +17,12 @@ if ! command -v virnucpro > /dev/null 2>&1; then
 fi
 found=$(virnucpro --version) || exit $?
 [ "$found" = "$wanted" ] && exit 0
+# the pipeline of the version found: its release, or main for a development version (never released)
+other=${found#virnucpro }
+case "$other" in
+    *dev*) revision=main ;;
+    *) revision=$other ;;
+esac
 echo "error: this pipeline runs $wanted, but the task found $found ($(command -v virnucpro))" >&2
-echo "  fix: install virnucpro $1 where the tasks run (pip install 'virnucpro==$1'; a development version: pip install -e on the pipeline's own checkout), use a container profile (-profile docker, singularity or apptainer), or run the pipeline's release that matches ${found#virnucpro } (nextflow run virnucpro/virnucpro -r v${found#virnucpro })" >&2
+echo "  fix: install virnucpro $1 where the tasks run (\`pip install .\` in a checkout of the pipeline at $1), use a container profile (-profile docker, singularity or apptainer), or run the pipeline that matches virnucpro $other (nextflow run virnucpro/virnucpro -r $revision)" >&2
 exit 5
