@@ -419,6 +419,21 @@ def test_a_sample_name_too_long_for_its_files_is_refused_at_start_up(groovy):
     assert message.endswith("rename the sample")
 
 
+def in_jvm_locale(tag: str, expression: str) -> str:
+    """Groovy evaluating `expression` with the JVM's default locale set to `tag`, as LANG sets it."""
+    return (f"def was = Locale.getDefault(); Locale.setDefault(Locale.forLanguageTag('{tag}')); def value; "
+            f"try {{ value = {{ -> {expression} }}() }} finally {{ Locale.setDefault(was) }}; value")
+
+
+@pytest.mark.parametrize("ids, said", [(["sampleI", "samplei"], "differ only in case"),
+                                       (["PIPELINE_INFO"], "reserved")])
+def test_sample_name_checks_are_the_same_in_a_turkish_jvm(groovy, ids, said):
+    """With LANG=tr_TR the JVM lower-cases 'I' to a dotless 'ı': 'sampleI' and 'samplei' (one folder
+    on a case-insensitive file system) passed, and so did PIPELINE_INFO."""
+    call = f"checkSampleNames({ids!r}, 'in samples.csv', 'rename the sample')"
+    assert said in _startup_check(groovy, ["checkSampleNames", "sampleNameLimit", "quoted"], in_jvm_locale("tr-TR", call))
+
+
 # Characters Nextflow 24.10 leaves unescaped when it stages a file or names it in a task's script
 UNSAFE = {"$": "'$'", "`": "'`'", "{": "'{'", "}": "'}'", "[": "'['", "]": "']'", "*": "'*'", "?": "'?'",
           "\t": "a tab", "\n": "a line break", "\x01": "the control character U+0001",
@@ -522,13 +537,15 @@ def resolved(tmp_path_factory):
     env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
     cache = {}
 
-    def config(profiles: str) -> dict:
-        if profiles not in cache:
+    def config(profiles: str, java_options: str = "") -> dict:
+        if (profiles, java_options) not in cache:
             done = subprocess.run([str(NEXTFLOW), "config", str(REPO), "-flat", "-profile", profiles], cwd=launch,
-                                  env=env, capture_output=True, text=True, timeout=300)
+                                  env=dict(env, JAVA_TOOL_OPTIONS=java_options) if java_options else env,
+                                  capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr[-3000:]
-            cache[profiles] = dict(line.split(" = ", 1) for line in done.stdout.splitlines() if " = " in line)
-        return cache[profiles]
+            cache[profiles, java_options] = dict(line.split(" = ", 1) for line in done.stdout.splitlines()
+                                                 if " = " in line)
+        return cache[profiles, java_options]
     return config
 
 
@@ -542,6 +559,21 @@ def test_cloud_profiles_download_the_models_on_the_batch_executor(resolved, prof
     assert settings["process.'withName:VIRNUCPRO_MODELS_DOWNLOAD'.executor"] == executor
     assert "params.models_store" in settings["process.'withName:VIRNUCPRO_MODELS_DOWNLOAD'.storeDir"]
     assert "process.'withName:VIRNUCPRO_MODELS_DOWNLOAD'.ext.args" in settings
+
+
+def test_the_default_report_suffix_passes_its_own_schema_pattern_in_any_jvm_locale(resolved):
+    """The reports' default suffix is the start time, formatted in a JVM whose locale LANG sets: with
+    Thai digits or the Buddhist year (th_TH_TH), or Arabic-Indic digits (ar_EG, fa_IR), it would fail
+    the schema's ASCII pattern and refuse every run. Nextflow's Date.format writes English whatever
+    the locale; this keeps the default (and whatever formats it) so."""
+    import json
+    from datetime import datetime, timezone
+    settings = resolved("test", java_options="-Duser.language=th -Duser.country=TH -Duser.variant=TH")
+    suffix = settings["params.trace_report_suffix"].strip("'")
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    pattern = schema["$defs"]["generic_options"]["properties"]["trace_report_suffix"]["pattern"]
+    assert re.fullmatch(pattern.rstrip("$"), suffix), suffix
+    assert abs(int(suffix[:4]) - datetime.now(timezone.utc).year) <= 1, suffix
 
 
 def test_gpu_profile_wins_over_test_in_any_order(resolved):

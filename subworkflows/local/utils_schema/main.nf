@@ -83,12 +83,12 @@ def ignoredParameterNames() {
 
 // `foo-bar` -> `fooBar`
 def kebabToCamel(String name) {
-    return name.replaceAll(/-([a-zA-Z0-9])/) { match -> match[1].toUpperCase() }
+    return name.replaceAll(/-([a-zA-Z0-9])/) { match -> match[1].toUpperCase(Locale.ROOT) }
 }
 
 // `fooBar` -> `foo-bar`
 def camelToKebab(String name) {
-    return name.replaceAll(/([a-z0-9])([A-Z])/) { match -> "${match[1]}-${match[2].toLowerCase()}" }
+    return name.replaceAll(/([a-z0-9])([A-Z])/) { match -> "${match[1]}-${match[2].toLowerCase(Locale.ROOT)}" }
 }
 
 // The known name nearest to `name` (ignoring case, `-` and `_`), or null when none is near enough.
@@ -105,7 +105,7 @@ def closestName(String name, Collection known) {
 
 // A parameter name for comparing: lower case, without `-` and `_`.
 def plainName(String name) {
-    return name.toLowerCase().replaceAll(/[-_]/, '')
+    return name.toLowerCase(Locale.ROOT).replaceAll(/[-_]/, '')
 }
 
 // Levenshtein distance: insertions, deletions and substitutions, one row of the table at a time.
@@ -235,7 +235,7 @@ def convertToType(value, String type, boolean fromText) {
         }
         // only a CSV/TSV cell converts: a quoted 'false' in a params file or config stays a string,
         // which Groovy reads as true, so it is refused rather than passed on
-        return fromText && text != null && text.toLowerCase() in ['true', 'false'] ? [true, text.toLowerCase() == 'true'] : [false, null]
+        return fromText && text != null && text.toLowerCase(Locale.ROOT) in ['true', 'false'] ? [true, text.toLowerCase(Locale.ROOT) == 'true'] : [false, null]
     }
     if (type == 'null') {
         return value == null || (fromText && text == '') ? [true, null] : [false, null]
@@ -255,8 +255,8 @@ def typeProblem(value, List types) {
     if (value == true && !('boolean' in types)) {
         return "expected ${expected}, but no value was given".toString()
     }
-    if ('boolean' in types && value instanceof CharSequence && value.toString().trim().toLowerCase() in ['true', 'false']) {
-        return "${describe(value)} is a quoted string, not a boolean: write ${value.toString().trim().toLowerCase()} without quotes".toString()
+    if ('boolean' in types && value instanceof CharSequence && value.toString().trim().toLowerCase(Locale.ROOT) in ['true', 'false']) {
+        return "${describe(value)} is a quoted string, not a boolean: write ${value.toString().trim().toLowerCase(Locale.ROOT)} without quotes".toString()
     }
     return "${describe(value)} is not ${expected}".toString()
 }
@@ -572,7 +572,7 @@ def readSamplesheet(String sheetPath) {
     if (!path.isFile()) {
         error("Samplesheet ${sheetPath} not found")
     }
-    def name = path.name.toLowerCase()
+    def name = path.name.toLowerCase(Locale.ROOT)
     def text = path.text.replaceFirst(/^\uFEFF/, '')
     if (name ==~ /.*\.(csv|tsv)$/) {
         return rowsFromDelimited(text, name.endsWith('.tsv') ? '\t' : ',', sheetPath)

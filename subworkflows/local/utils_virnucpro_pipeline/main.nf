@@ -105,11 +105,11 @@ def checkSampleNames(List ids, String where, String fix) {
     if (tooLong) {
         error("Sample name ${quoted(tooLong)} ${where} is longer than ${sampleNameLimit()} characters (it names the sample's results files); ${fix}")
     }
-    def reserved = ids.findAll { id -> id.toLowerCase() in ['pipeline_info', 'multiqc', 'virnucpro_summary.tsv'] }
+    def reserved = ids.findAll { id -> id.toLowerCase(Locale.ROOT) in ['pipeline_info', 'multiqc', 'virnucpro_summary.tsv'] }
     if (reserved) {
         error("Sample name ${quoted(reserved)} ${where} is reserved for the run's own results; ${fix}")
     }
-    def sameFolder = ids.groupBy { id -> id.toLowerCase() }.values().findAll { names -> names.size() > 1 }
+    def sameFolder = ids.groupBy { id -> id.toLowerCase(Locale.ROOT) }.values().findAll { names -> names.size() > 1 }
     if (sameFolder) {
         error("Sample names ${sameFolder.collect { names -> quoted(names) }.join('; ')} ${where} differ only in case and would share one results folder on some file systems; ${fix}")
     }
@@ -174,7 +174,7 @@ def checkParameterPaths(Map parameters) {
 // A path for a one-line message: control characters as \t, \n, \r or \uXXXX.
 def printablePath(String text) {
     return text.replace('\t', '\\t').replace('\n', '\\n').replace('\r', '\\r')
-        .replaceAll('[\\x00-\\x1F\\x7F-\\x9F]') { character -> String.format('\\u%04X', character.codePointAt(0)) }
+        .replaceAll('[\\x00-\\x1F\\x7F-\\x9F]') { character -> String.format(Locale.ROOT, '\\u%04X', character.codePointAt(0)) }
 }
 
 // One character of a path, as a message names it.
@@ -183,7 +183,7 @@ def describeCharacter(String character) {
     if (names[character]) {
         return names[character]
     }
-    return Character.isISOControl(character.charAt(0)) ? String.format('the control character U+%04X', character.codePointAt(0)) : "'${character}'"
+    return Character.isISOControl(character.charAt(0)) ? String.format(Locale.ROOT, 'the control character U+%04X', character.codePointAt(0)) : "'${character}'"
 }
 
 // One run at a time writes to an --outdir: the run holds an OS lock on
