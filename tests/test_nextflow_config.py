@@ -421,8 +421,8 @@ def test_a_sample_name_too_long_for_its_files_is_refused_at_start_up(groovy):
 
 def in_jvm_locale(tag: str, expression: str) -> str:
     """Groovy evaluating `expression` with the JVM's default locale set to `tag`, as LANG sets it."""
-    return (f"def was = Locale.getDefault(); Locale.setDefault(Locale.forLanguageTag('{tag}')); def value; "
-            f"try {{ value = {{ -> {expression} }}() }} finally {{ Locale.setDefault(was) }}; value")
+    switch = f"def was = Locale.getDefault(); Locale.setDefault(Locale.forLanguageTag('{tag}')); def value; "
+    return switch + "try { value = { -> " + expression + " }() } finally { Locale.setDefault(was) }; value"
 
 
 @pytest.mark.parametrize("ids, said", [(["sampleI", "samplei"], "differ only in case"),
