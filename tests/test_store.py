@@ -278,6 +278,22 @@ def test_models_dir_precedence(tmp_path, monkeypatch):
         assert store.models_dir(None) == tmp_path / "home" / ".local/share/virnucpro/models"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG_DATA_HOME is Linux's")
+def test_the_default_models_folder_never_depends_on_the_current_folder(tmp_path, monkeypatch):
+    """A relative XDG_DATA_HOME is ignored (the XDG spec); a relative or empty HOME is exit 2:
+    `models download` and `run` started in different folders would use different stores."""
+    monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", "reldata")
+    assert store.models_dir(None) == tmp_path / "home" / ".local/share/virnucpro/models"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    for home in ("rel", ""):
+        monkeypatch.setenv("HOME", home)
+        with pytest.raises(store.ModelsPathError) as refused:
+            store.models_dir(None)
+        assert refused.value.code == 2 and "not an absolute path" in str(refused.value), str(refused.value)
+
+
 def test_ensure_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert download.ensure(tiny, offline=True).tiny  # everything present: no network needed

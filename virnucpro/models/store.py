@@ -187,11 +187,17 @@ def _user_data_dir() -> Path:
         raise ModelsPathError("no models directory given and the home directory (where the default one is) cannot "
                               "be determined: $HOME is not set and this user id has no password entry",
                               hint="give --models DIR (--dest DIR to download) or set VIRNUCPRO_MODELS") from None
+    if os.name != "nt" and not os.path.isabs(os.environ.get("HOME", "/")):  # Python reads HOME='' as /
+        raise ModelsPathError(f"no models directory given and the home directory (where the default one is), "
+                              f"{os.environ['HOME']!r} from $HOME, is not an absolute path",
+                              hint="give --models DIR (--dest DIR to download), set VIRNUCPRO_MODELS, or set "
+                                   "HOME to an absolute path")
     if sys.platform == "darwin":
         return home / "Library" / "Application Support" / "virnucpro"
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "virnucpro"
-    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "virnucpro"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else home / ".local" / "share") / "virnucpro"  # XDG: relative is ignored
 
 
 def download_command(directory: Path, roles: Iterable[str] | None = None) -> str:
