@@ -467,6 +467,13 @@ def test_release_refuses_to_push_a_development_version(tmp_path, version):
 
 
 def test_release_of_a_version_gives_its_image_names(tmp_path):
-    status, output, outputs = _release_version_step(tmp_path, "0.2.0", tag="v0.2.0")
+    status, output, outputs = _release_version_step(tmp_path, "0.2.0", tag="0.2.0")
     assert status == 0, output
     assert "version=0.2.0\n" in outputs and "image=ghcr.io/o/r\n" in outputs, outputs
+
+
+def test_a_release_tag_is_the_version_exactly(tmp_path):
+    """The docs and the tasks' version-mismatch hint name a release as `-r VERSION`: a tag `v0.2.0`
+    would make that a revision that does not exist."""
+    status, output, outputs = _release_version_step(tmp_path, "0.2.0", tag="v0.2.0")
+    assert status != 0 and "::error::release tag 'v0.2.0'" in output and "version=" not in outputs, output
