@@ -62,6 +62,19 @@ def test_run_keeps_only_this_runs_shards(tmp_path, run_cli, tiny_models):
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["shard_00000.h5"]
 
 
+def test_run_with_without_and_again_with_keep_embeddings_all_succeed(tmp_path, run_cli, tiny_models):
+    """A rerun without --keep-embeddings removes the shards it kept, and the folder it emptied:
+    left behind, that folder made the next --keep-embeddings run exit 3 ("holds embeddings, which
+    virnucpro did not write")."""
+    fasta = write_fasta(tmp_path / "a.fa", 3)
+    out = tmp_path / "r"
+    for keep in (["--keep-embeddings"], [], ["--keep-embeddings"]):
+        code, message = run_cli("run", fasta, "--models", tiny_models, "--outdir", out, *keep)
+        assert code == 0, message
+        assert (out / "embeddings").exists() == bool(keep)
+    assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["shard_00000.h5"]
+
+
 @pytest.mark.parametrize("name", ["sequences.tsv", "run_info.json"])
 def test_the_summary_refuses_a_fifo_or_device_at_once(tmp_path, golden_predicted, name):  # noqa: F811
     import shutil

@@ -814,11 +814,17 @@ class OutputFolder:
         self._write_marker()
 
     def discard(self, names: Iterable[str]) -> None:
-        """Remove our earlier files under `names` (an output this run does not make again)."""
+        """Remove our earlier files under `names` (an output this run does not make again), and the
+        folders that held them once empty: a later run would take an empty one for someone else's."""
         names = set(names)
-        for rel in [rel for rel in self.recorded if rel.split("/", 1)[0] in names]:
+        dropped = [rel for rel in self.recorded if rel.split("/", 1)[0] in names]
+        for rel in dropped:
             self._drop(rel)
         self._write_marker()
+        for folder in sorted({parent for rel in dropped for parent in Path(rel).parents if parent != Path(".")},
+                             key=lambda path: len(path.parts), reverse=True):
+            with suppress(OSError):  # not empty (a file of someone else's is never removed), or gone
+                (self.folder / folder).rmdir()
 
     def _drop(self, rel: str) -> None:
         (self.folder / rel).unlink(missing_ok=True)
