@@ -82,3 +82,25 @@ def test_bg_starts_nothing_when_its_pid_file_cannot_be_written(tmp_path):
     assert "cannot write the pid file" in proc.stderr and "nothing was started" in proc.stderr, proc.stderr
     time.sleep(2)  # a JVM started in the background is a process in this folder from its fork on
     assert _processes_in(tmp_path) == [] and not (tmp_path / "mark").exists()
+
+
+def test_launchers_resolving_nextflow_at_once_take_turns(tmp_path):
+    """Two launchers on a machine without Nextflow yet (the unit suite runs on every core) both
+    resolved it into one cache folder, and one failed copying a jar the other was moving. A launcher
+    finding the cache being resolved waits for the lock, then uses what was resolved."""
+    import fcntl
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = dict(_environment(), VIRNUCPRO_NXF_CACHE=str(cache))
+    said = tmp_path / "stderr"
+    with open(cache / ".lock", "w") as held, open(said, "w") as stderr:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a launcher resolving Nextflow holds
+        waiting = subprocess.Popen([str(LAUNCHER), "-version"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True)
+        time.sleep(3)
+        assert waiting.poll() is None and "Resolving" not in said.read_text(), "it resolved without the lock"
+    out, _ = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0 and "24.10.0" in out, said.read_text()
+    assert (cache / "complete").is_file() and "Resolving Nextflow" in said.read_text()
+
