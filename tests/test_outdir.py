@@ -183,6 +183,28 @@ def test_a_lock_file_naming_its_holder_with_line_breaks_is_one_line_in_the_refus
     said = refused.value.message + refused.value.hint
     assert "node\\nerror: fake\\x1b[2J" in said and "now\\r" in said, said
     assert not any(c in said for c in "\n\r\x1b"), said
+    lock.write_text(json.dumps({"pid": 1, "host": "n" * 5_000_000, "started": "now"}))
+    with pytest.raises(BadInputError) as refused:
+        with od.exclusive_file_lock(lock, folder, "--outdir"):
+            pass
+    assert len(str(refused.value)) < 2_000
+
+
+@pytest.mark.parametrize("marker, said", [
+    ({"kind": "run\nerror: all good\x1b[2J", "files": {}}, "'run\\nerror: all good\\x1b[2J'"),
+    ({"kind": "prepare", "virnucpro_version": "9\nerror: fake\x1b[31m", "files": {}}, "virnucpro 9\\nerror: fake"),
+], ids=["kind", "version"])
+def test_a_forged_record_of_an_output_is_quoted_escaped_in_the_refusal(tmp_path, marker, said):
+    """The record `.virnucpro.json` is as forgeable as the lock file beside it."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / od.MARKER_NAME).write_text(json.dumps(marker))
+    (out / "chunks.tsv").write_text("x")
+    (out / "odd\nname.tsv").write_text("x")
+    done = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 3 and said in done.stderr, done.stderr
+    assert "\x1b" not in done.stderr and done.stderr.count("\n") == 2, done.stderr  # message and fix lines
 
 
 # --- point 5: only our own files, only our own kind of output --------------------------------

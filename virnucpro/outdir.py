@@ -161,6 +161,7 @@ def _holder_text(raw: str) -> str:
     holder = _holder_of(raw)
     try:
         text = printable(f"pid {holder['pid']} on {holder['host']}, started {holder['started']}")
+        text = text if len(text) <= 300 else text[:297] + "..."  # the file may be forged, and huge
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
     why = _unchecked_why(holder)
@@ -641,7 +642,7 @@ def _output_text(kind: str) -> str:
     """How a message names a virnucpro output of `kind`."""
     if kind == DAMAGED:
         return f"a virnucpro output (its record of the files virnucpro wrote, {MARKER_NAME}, is damaged)"
-    return f"a virnucpro '{kind}' output"
+    return f"a virnucpro '{printable(str(kind))[:40]}' output"
 
 
 def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool = False) -> None:
@@ -772,9 +773,9 @@ class OutputFolder:
         `lost_record`: the folder looks like one virnucpro worked in (a `.virnucpro*` entry), so the
         fix says how to restore its record; `written_by`: the version that wrote the folder's record,
         named when it is another one (whose work this version does not reuse)."""
-        shown = ", ".join(rels[:10]) + (f" and {len(rels) - 10:,} more" if len(rels) > 10 else "")
+        shown = ", ".join(map(printable, rels[:10])) + (f" and {len(rels) - 10:,} more" if len(rels) > 10 else "")
         if isinstance(written_by, str) and written_by != __version__:
-            return BadInputError(f"{self.what} {self.folder} was written by virnucpro {written_by[:40]}, and this "
+            return BadInputError(f"{self.what} {self.folder} was written by virnucpro {printable(written_by[:40])}, and this "
                                  f"is {__version__}: it cannot prove it wrote {shown}, and virnucpro never "
                                  "replaces files it did not write",
                                  f"move that folder away or delete it (another version's work is not reused), "
