@@ -17,12 +17,13 @@ if ! command -v virnucpro > /dev/null 2>&1; then
 fi
 found=$(virnucpro --version) || exit $?
 [ "$found" = "$wanted" ] && exit 0
-# the pipeline of the version found: its release, or main for a development version (never released)
+# the pipeline of the version found: its release, or, for a development version (never released),
+# the checkout it was installed from (main holds only the latest development version)
 other=${found#virnucpro }
 case "$other" in
-    *dev*) revision=main ;;
-    *) revision=$other ;;
+    *dev*) pipeline="nextflow run on the checkout virnucpro $other was installed from; -r main is only the latest development version" ;;
+    *) pipeline="nextflow run virnucpro/virnucpro -r $other" ;;
 esac
 echo "error: this pipeline runs $wanted, but the task found $found ($(command -v virnucpro))" >&2
-echo "  fix: install virnucpro $1 where the tasks run (\`pip install .\` in a checkout of the pipeline at $1), use a container profile (-profile docker, singularity or apptainer), or run the pipeline that matches virnucpro $other (nextflow run virnucpro/virnucpro -r $revision)" >&2
+echo "  fix: install virnucpro $1 where the tasks run (\`pip install .\` in a checkout of the pipeline at $1), use a container profile (-profile docker, singularity or apptainer), or run the pipeline that matches virnucpro $other ($pipeline)" >&2
 exit 5

@@ -81,16 +81,19 @@ def test_the_pipeline_s_own_version_passes(tmp_path):
     assert (done.returncode, done.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("found, pipeline", [("9.9.9", "-r 9.9.9"), ("9.10.0dev", "-r main")])
+@pytest.mark.parametrize("found, pipeline", [
+    ("9.9.9", "nextflow run virnucpro/virnucpro -r 9.9.9)"),
+    ("9.10.0dev", "nextflow run on the checkout virnucpro 9.10.0dev was installed from; -r main is only the latest")])
 def test_another_version_is_exit_5_naming_both_and_the_ways_out(tmp_path, found, pipeline):
     """The ways out work: virnucpro is not on PyPI (a `pip install virnucpro==X` would install
     whatever someone registered under that name); releases are tagged with their version as the
-    docs write it, and a development version has no release: its pipeline is `-r main`."""
+    docs write it, and a development version has no release: its pipeline is the checkout it was
+    installed from (main may hold another development version by then)."""
     tools = executable(tmp_path / "virnucpro", f'#!/bin/sh\necho "virnucpro {found}"\n').parent
     done = run("require_virnucpro.sh", f"{tools}:{SYSTEM}", __version__)
     assert done.returncode == 5
     assert f"this pipeline runs virnucpro {__version__}, but the task found virnucpro {found}" in done.stderr
-    assert "-profile docker" in done.stderr and f"nextflow run virnucpro/virnucpro {pipeline})" in done.stderr
+    assert "-profile docker" in done.stderr and pipeline in done.stderr, done.stderr
     assert f"`pip install .` in a checkout of the pipeline at {__version__}" in done.stderr, done.stderr
     assert "virnucpro==" not in done.stderr
 

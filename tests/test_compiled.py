@@ -689,6 +689,31 @@ def test_a_one_off_folder_is_refused_where_another_user_could_swap_it(tmp_path, 
     assert not list(scratch.glob("virnucpro-compile-*")), "the refused one-off folder was left behind"
 
 
+@pytest.mark.parametrize("home", ["", "rel"])
+def test_a_home_that_is_not_absolute_is_no_home(home, monkeypatch):
+    """Python reads HOME='' as / (root made /.cache/virnucpro-0 at the top of the file system)."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", home)
+    assert compiled.default_cache() is None
+
+
+def test_a_folder_refused_twice_is_named_once(tmp_path, monkeypatch):
+    """The image's XDG_CACHE_HOME=/tmp with TMPDIR unset: the default and the kept fallback are one
+    folder, checked twice; the exit-10 message names it once."""
+    scratch = tmp_path / "scratch"
+    plant(scratch)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    compiled._one_off.cache_clear()
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(scratch))
+    as_user(monkeypatch, THIS_USER)
+    with pytest.raises(OutputWriteError) as raised:
+        compiled.use_cache()
+    reasons = str(raised.value).split(": ", 1)[1].split("\n")[0].split("; ")
+    assert len(reasons) == len(set(reasons)), reasons
+
+
 def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
     """The XDG spec: a relative path is invalid and ignored (it would land in a task's work folder)."""
     monkeypatch.setenv("XDG_CACHE_HOME", "cache")

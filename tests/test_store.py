@@ -292,6 +292,12 @@ def test_the_default_models_folder_never_depends_on_the_current_folder(tmp_path,
         with pytest.raises(store.ModelsPathError) as refused:
             store.models_dir(None)
         assert refused.value.code == 2 and "not an absolute path" in str(refused.value), str(refused.value)
+        for given in ("~/m", "~"):  # through VIRNUCPRO_MODELS or --models alike
+            with pytest.raises(store.ModelsPathError, match="cannot be determined"):
+                store.models_dir(given)
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # an absolute one needs no home
+        assert store.models_dir(None) == tmp_path / "xdg" / "virnucpro" / "models"
+        monkeypatch.delenv("XDG_DATA_HOME")
 
 
 def test_ensure_offline(tiny, tmp_path, monkeypatch):

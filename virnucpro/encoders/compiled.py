@@ -212,7 +212,9 @@ def _namespace_root() -> tuple[int, ...]:
 
 
 def _home() -> Path | None:
-    """The user's home by its real path, or None without an absolute one."""
+    """The user's home by its real path, or None without an absolute one (Python reads HOME='' as /)."""
+    if not os.path.isabs(os.environ.get("HOME", "/")):
+        return None
     try:
         home = Path.home()
     except (RuntimeError, KeyError):
@@ -233,8 +235,8 @@ def _fallback(refused: list[str]) -> Path:
     if kept is not None:
         return kept
     one_off, reason = _one_off()
-    if one_off is None:
-        raise _no_private_folder([*refused, problem, reason])
+    if one_off is None:  # the default and the kept fallback may be one folder (XDG_CACHE_HOME=$TMPDIR)
+        raise _no_private_folder(list(dict.fromkeys([*refused, problem, reason])))
     return one_off
 
 

@@ -169,10 +169,14 @@ def models_dir(explicit: Path | str | None = None, where: str = "--models") -> P
 
 
 def _expanded(path: Path | str, where: str) -> Path:
-    """`path` with `~`/`~user` expanded, made absolute; exit 2 when the home cannot be found."""
+    """`path` with `~`/`~user` expanded, made absolute; exit 2 when the home cannot be found or is
+    not absolute (the folder would depend on the current one)."""
     try:
+        own_home = str(path) == "~" or str(path).startswith("~/")
+        if own_home and not os.path.isabs(os.environ.get("HOME", "/")):  # Python reads HOME='' as /
+            raise RuntimeError("HOME is not an absolute path")
         return Path(path).expanduser().absolute()
-    except RuntimeError:  # no such user, or no home directory
+    except RuntimeError:  # no such user, or no (absolute) home directory
         raise ModelsPathError(f"models directory {str(path)!r} (from {where}): the home directory "
                               f"of {str(path).split('/')[0]!r} cannot be determined",
                               hint="give the models directory as an absolute path") from None
@@ -181,6 +185,9 @@ def _expanded(path: Path | str, where: str) -> Path:
 def _user_data_dir() -> Path:
     """The platform's per-user data folder for virnucpro; exit 2 naming the way out when there is no
     home directory to put it in (no $HOME and a user id the password database does not know)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(xdg) and sys.platform != "darwin" and os.name != "nt":
+        return Path(xdg) / "virnucpro"
     try:
         home = Path.home()
     except (RuntimeError, KeyError):
@@ -196,8 +203,7 @@ def _user_data_dir() -> Path:
         return home / "Library" / "Application Support" / "virnucpro"
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "virnucpro"
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    return (Path(xdg) if os.path.isabs(xdg) else home / ".local" / "share") / "virnucpro"  # XDG: relative is ignored
+    return home / ".local" / "share" / "virnucpro"  # a relative XDG_DATA_HOME is ignored, as XDG says
 
 
 def download_command(directory: Path, roles: Iterable[str] | None = None) -> str:
