@@ -300,6 +300,27 @@ def test_the_default_models_folder_never_depends_on_the_current_folder(tmp_path,
         monkeypatch.delenv("XDG_DATA_HOME")
 
 
+@pytest.mark.parametrize("field", ["file", "role"])
+def test_a_manifest_naming_a_file_or_role_with_control_characters_is_refused_in_one_line(tiny, tmp_path, field):
+    """A file name like 'esm2\\n\\x1b[2Jtiny.pt' came out raw in `models check`: a fake line and a
+    cleared screen."""
+    import json
+    import shutil
+    folder = Path(shutil.copytree(tiny, tmp_path / "m"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    forged = "esm2\n\x1b[2Jtiny.pt"
+    if field == "file":
+        manifest["models"]["esm2"]["files"].append(forged)
+    else:
+        manifest["models"][forged] = manifest["models"].pop("esm2")
+        manifest["models"][forged]["files"] = [1]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelsError) as refused:
+        store.check(folder)
+    said = str(refused.value).split("\n  fix:")[0]
+    assert "esm2\\n\\x1b[2Jtiny.pt" in said and "\n" not in said and "\x1b" not in said, said
+
+
 def test_ensure_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert download.ensure(tiny, offline=True).tiny  # everything present: no network needed

@@ -67,7 +67,7 @@ from stat import S_ISREG
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
-from virnucpro.errors import ExitCode, ModelsError, VirnucproError, name_too_long, path_too_long
+from virnucpro.errors import ExitCode, ModelsError, VirnucproError, name_too_long, path_too_long, printable
 from virnucpro.outdir import MARKER_NAME, file_mode, is_regular, not_ours
 from virnucpro.models import pins
 
@@ -338,7 +338,7 @@ def _refuse_other_manifest(path: Path, manifest: dict) -> None:
 
 def _malformed(path: Path, field_name: str, problem: str) -> ModelsError:
     """Exit 4 naming the manifest, the field and what is wrong with it."""
-    return ModelsError(f"{path} is malformed: `{field_name}` {problem}",
+    return ModelsError(f"{path} is malformed: `{printable(field_name)}` {problem}",
                        hint=_manifest_hint(path.parent))
 
 
@@ -411,6 +411,8 @@ def _file_name_problem(rel: str) -> str | None:
         return "is not a valid file name here"
     if b"\0" in encoded:
         return "holds a NUL character"
+    if not rel.isprintable():  # none of ours does, and every message naming it would break
+        return "holds a line break or another control character"
     if len(encoded) > PATH_MAX_BYTES or any(len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")):
         return "is too long for a file name"
     return None
