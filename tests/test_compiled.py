@@ -433,6 +433,9 @@ def test_cache_folder_default_user_and_unwritable(tmp_path, monkeypatch, capsys)
 
 
 ANOTHER_USER, THIS_USER = 2001, 2002
+# the ownership checks are tested with folders of other users (os.chown) and a faked uid whose own
+# folders root made: as another user these tests cannot set up their folders
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes folders owned by other users")
 
 
 def as_user(monkeypatch, uid: int) -> None:
@@ -449,6 +452,7 @@ def default_cache_in(tmp_path, monkeypatch) -> Path:
     return tmp_path / "xdg"
 
 
+@needs_root
 def test_the_default_cache_is_per_user_and_private(tmp_path, monkeypatch):
     """Under Apptainer the image's XDG_CACHE_HOME (/tmp/...) is shared by every user of a node: the
     default folder names the user and every folder it creates is 0700."""
@@ -477,6 +481,7 @@ def plant(folder: Path, owner: int = ANOTHER_USER) -> None:
     os.chown(folder, owner, owner)
 
 
+@needs_root
 @pytest.mark.parametrize("planted", [f"xdg/virnucpro-{THIS_USER}", f"xdg/virnucpro-{THIS_USER}/torch-compile"])
 def test_a_default_cache_another_user_made_is_not_used(planted, tmp_path, monkeypatch, capsys, temporary_folder):
     """One warning and this user's private folder in the temporary folder, never their folder."""
@@ -491,6 +496,7 @@ def test_a_default_cache_another_user_made_is_not_used(planted, tmp_path, monkey
     assert f"using {folder} instead (fix: give --compile-cache DIR" in warned
 
 
+@needs_root
 def test_when_the_fallback_is_planted_too_a_folder_of_this_process_is_used(tmp_path, monkeypatch, capsys,
                                                                              temporary_folder):
     """torch's own default (/tmp/torchinductor_<user>) is never used: nobody checks it."""
@@ -517,6 +523,7 @@ def test_the_users_own_cache_folders_are_closed_to_others(mode, tmp_path, monkey
     assert [oct(folder.stat().st_mode & 0o777) for folder in (ours, ours / "torch-compile")] == ["0o700"] * 2
 
 
+@needs_root
 def test_in_a_user_namespace_a_planted_folder_of_ours_is_still_refused(tmp_path, monkeypatch, capsys):
     """There another user's folders show as the overflow uid, like root's: trusted above our
     folders (root's /tmp), never as the cache or its virnucpro-<uid> folder."""
@@ -531,6 +538,7 @@ def test_in_a_user_namespace_a_planted_folder_of_ours_is_still_refused(tmp_path,
     assert used is None and f"{planted / 'torch-compile'} belongs to uid 65534" in problem, problem
 
 
+@needs_root
 def test_a_home_of_roots_that_all_can_write_does_not_end_the_check(tmp_path, monkeypatch, capsys):
     """A pod's emptyDir home (0777, root's, not sticky): others could rename ~/.cache."""
     home = tmp_path / "hw"
@@ -554,6 +562,7 @@ def test_a_default_cache_under_a_file_is_one_warning(tmp_path, monkeypatch, caps
     assert f"(cannot create {xdg}/virnucpro-{os.geteuid()}: Not a directory)" in warned and warned.count("warning:") == 1
 
 
+@needs_root
 def test_a_link_on_the_way_is_judged_where_it_leads(tmp_path, monkeypatch, capsys, temporary_folder):
     """The user's folder linked to scratch (to spare a home quota) is theirs and used by its real
     path (a link changed later cannot move it); linked into another user's folder, it is not."""
@@ -570,6 +579,7 @@ def test_a_link_on_the_way_is_judged_where_it_leads(tmp_path, monkeypatch, capsy
     assert f"{scratch} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
 
 
+@needs_root
 @pytest.mark.parametrize("owner, mode", [(ANOTHER_USER, 0o777), (THIS_USER, 0o775)], ids=["theirs", "group"])
 def test_a_cache_base_others_can_write_is_refused_as_they_could_swap_our_folder(owner, mode, tmp_path, monkeypatch,
                                                                                   capsys, temporary_folder):
@@ -586,6 +596,7 @@ def test_a_cache_base_others_can_write_is_refused_as_they_could_swap_our_folder(
             else f"{xdg} can be written by group or others (fix: chmod go-w {xdg})") in warned, warned
 
 
+@needs_root
 def test_the_users_home_ends_the_check_even_if_group_writable(tmp_path, monkeypatch, capsys):
     home = tmp_path / "home"
     home.mkdir(mode=0o775)
@@ -600,6 +611,7 @@ def test_the_users_home_ends_the_check_even_if_group_writable(tmp_path, monkeypa
     assert "warning" not in capsys.readouterr().err
 
 
+@needs_root
 def test_no_temporary_folder_at_all_is_one_error_not_a_bug(tmp_path, monkeypatch):
     xdg = default_cache_in(tmp_path, monkeypatch)
     plant(xdg / f"virnucpro-{os.geteuid()}")
@@ -625,6 +637,7 @@ def shared_sticky(tmp_path, monkeypatch, owner: int = 0) -> Path:
     return shared
 
 
+@needs_root
 def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(tmp_path, monkeypatch, capsys):
     """Another user's folder beside ours is no obstacle; ours is used while it is ours, and refused
     once another user owns it."""
@@ -640,6 +653,7 @@ def test_in_a_shared_sticky_folder_like_tmp_each_user_has_a_folder_of_their_own(
     assert f"virnucpro-{THIS_USER} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
 
 
+@needs_root
 @pytest.mark.parametrize("namespace", [False, True], ids=["host", "user-namespace"])
 def test_a_sticky_folder_of_nobody_is_roots_only_in_a_user_namespace(namespace, tmp_path, monkeypatch, capsys):
     """Under Apptainer's user namespace root's /tmp shows as owned by the overflow uid; outside one,
@@ -657,6 +671,7 @@ def test_a_sticky_folder_of_nobody_is_roots_only_in_a_user_namespace(namespace, 
     assert ("belongs to uid 65534" in capsys.readouterr().err) != namespace
 
 
+@needs_root
 def test_a_sticky_folder_inside_another_users_folder_does_not_end_the_check(tmp_path, monkeypatch, capsys):
     """Its owner could rename the sticky folder itself with everything in it."""
     theirs = tmp_path / "alice"
@@ -669,6 +684,7 @@ def test_a_sticky_folder_inside_another_users_folder_does_not_end_the_check(tmp_
     assert f"{theirs} belongs to uid {ANOTHER_USER}" in " ".join(capsys.readouterr().err.split())
 
 
+@needs_root
 def test_a_one_off_folder_is_refused_where_another_user_could_swap_it(tmp_path, monkeypatch):
     """Neither the default nor the kept fallback usable, and a temporary folder others can write
     (not sticky): exit 10 rather than a folder they could rename during the run."""
@@ -697,6 +713,7 @@ def test_a_home_that_is_not_absolute_is_no_home(home, monkeypatch):
     assert compiled.default_cache() is None
 
 
+@needs_root
 def test_a_folder_refused_twice_is_named_once(tmp_path, monkeypatch):
     """The image's XDG_CACHE_HOME=/tmp with TMPDIR unset: the default and the kept fallback are one
     folder, checked twice; the exit-10 message names it once."""
@@ -723,6 +740,7 @@ def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
     assert compiled.default_cache() is None
 
 
+@needs_root
 def test_a_named_cache_is_the_users_choice(tmp_path, monkeypatch):
     """--compile-cache DIR and TORCHINDUCTOR_CACHE_DIR are used as they are, whoever made them."""
     shared = tmp_path / "project-cache"
