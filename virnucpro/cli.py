@@ -292,15 +292,84 @@ def _out_of_host_memory(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, ImportError, OSError)) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXTS)
 
 
+class ProcessLimitError(VirnucproError):
+    """A limit this process runs under (open files; processes and threads) stopped it. Exit 10, the
+    code of the other limit of this kind, the file-size limit (`ulimit -f`, docs/contracts.md): a
+    retry under the same limits fails the same way, so pipelines do not retry it; not 137, which
+    they retry with more memory (and more CPUs: more threads), nor 1, which says it is a bug."""
+
+    code = ExitCode.OUTPUT_WRITE
+
+
+THREAD_LIMIT = ("cannot start another thread or process: this process reached its limit on processes and "
+                "threads (`ulimit -u`, or a container's or job's pids limit)")
+THREAD_LIMIT_HINT = ("use fewer threads (--threads 1 starts the fewest) or raise the limit (`ulimit -u`; "
+                     "`docker run --pids-limit`), then rerun (embed resumes from its checkpoints)")
+OPEN_FILE_LIMITS = {
+    errno.EMFILE: ("this process reached its limit on open files (`ulimit -n`)",
+                   "raise it (`ulimit -n 4096`; in a container or job, its nofile limit), then rerun"),
+    errno.ENFILE: ("the system's table of open files is full (its limit, fs.file-max, is for every process "
+                   "together)", "close files other programs hold open or raise fs.file-max, then rerun"),
+}
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Whether `exc` is a panic of a library's Rust code (tokenizers' thread pool, say): pyo3 raises it
+    as `pyo3_runtime.PanicException`, a BaseException whose module cannot be imported by name."""
+    return any(kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+               for kind in type(exc).__mro__)
+
+
+def process_limit(exc: BaseException) -> Optional[ProcessLimitError]:
+    """The error naming the limit of this process that `exc` (or an exception it wraps) ran into:
+    open files (EMFILE, ENFILE), or processes and threads (a thread or a fork refused); else None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        code = _open_files_errno(exc)
+        if code is not None:
+            what, hint = OPEN_FILE_LIMITS[code]
+            where = f"cannot open {os.fsdecode(exc.filename)}: " if exc.filename else ""
+            return ProcessLimitError(f"{where}{what}", hint)
+        if _thread_refused(exc):
+            return ProcessLimitError(f"{THREAD_LIMIT} ({type(exc).__name__}: {str(exc)[:200]})", THREAD_LIMIT_HINT)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _open_files_errno(exc: BaseException) -> Optional[int]:
+    """EMFILE or ENFILE when `exc` is an OSError reporting it (HDF5 puts the errno in its text only)."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in OPEN_FILE_LIMITS:
+        return exc.errno
+    return next((code for code in OPEN_FILE_LIMITS if os.strerror(code) in str(exc)), None)
+
+
+def _thread_refused(exc: BaseException) -> bool:
+    """Whether `exc` says a thread or a process could not start: Python's "can't start new thread", a
+    fork or clone failing with EAGAIN (no file named), a Rust thread pool's panic naming either."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError):
+        return "can't start new thread" in text
+    if isinstance(exc, OSError):  # not a non-blocking call that would wait (BlockingIOError: EAGAIN too)
+        return exc.errno == errno.EAGAIN and exc.filename is None and not isinstance(exc, BlockingIOError)
+    return is_panic(exc) and (os.strerror(errno.EAGAIN) in text or "thread" in text.lower())
+
+
 def _report_bug(exc: BaseException) -> int:
     """Unexpected exception: one line for the user, the traceback in a file for the bug report; the
     machine's memory running out is said plainly (it is no bug, and more memory is the fix) and is
-    exit 137, what the kernel's out-of-memory killer gives, so that pipelines retry with more memory."""
+    exit 137, what the kernel's out-of-memory killer gives, so that pipelines retry with more memory;
+    a limit on open files or threads is said plainly too (`process_limit`)."""
     if _out_of_host_memory(exc):
         error(f"out of memory: this machine's RAM, or the memory limit of this process (`ulimit -v`), ran out "
               f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
               "in Nextflow); embed needs less with a smaller --token-budget")
         return ExitCode.OUT_OF_MEMORY
+    limit = process_limit(exc)
+    if limit is not None:
+        error(str(limit))
+        return limit.code
     saved = _save_traceback(exc)
     if not saved.path:
         where = f"below (it could not be saved: {saved.why})"
@@ -308,8 +377,10 @@ def _report_bug(exc: BaseException) -> int:
         where = f"below (also saved in {saved.path}, which goes when this container ends)"
     else:
         where = f"saved in {saved.path}"
-    error(f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}; "
-          f"please report it with the traceback {where}")
+    what = (f"a library failed: its native (Rust) code panicked: {exc}\n  this is a bug in that library or in "
+            f"how virnucpro {__version__} uses it" if is_panic(exc) else
+            f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}")
+    error(f"{what}; please report it with the traceback {where}")
     if not saved.path or in_container():
         _print_traceback(exc, sys.stderr)
     return ExitCode.UNEXPECTED
@@ -362,8 +433,9 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
 
     Usage errors are handled by typer itself (exit 2); our errors print one message and exit with
     their code; a stop signal ends every command with exit 6 (partial output removed, checkpoints
-    kept); a storage failure nobody named earlier is exit 10; anything else is a bug, reported with
-    its traceback saved to a file. `exiting`: the process ends with the command (the console script).
+    kept); a storage failure nobody named earlier is exit 10, and so is a limit on open files or
+    threads (`process_limit`); anything else, a library's Rust panic included, is a bug, reported
+    with its traceback saved to a file. `exiting`: the process ends with the command (the console script).
     """
     try:
         with stop_signals_exit_interrupted(exiting):
@@ -378,4 +450,8 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
         error(str(failure))
         sys.exit(int(failure.code))
     except Exception as exc:  # noqa: BLE001 - last resort, turned into a bug report
+        sys.exit(int(_report_bug(exc)))
+    except BaseException as exc:  # a Rust panic is no Exception; SystemExit and the like go on
+        if not is_panic(exc):
+            raise
         sys.exit(int(_report_bug(exc)))

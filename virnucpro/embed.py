@@ -189,11 +189,15 @@ class CheckpointStore:
         # the default `<out>.ckpt` is removed once empty; never a --checkpoint-dir (the user named it)
         self.parent_is_ours = parent_is_ours
         _refuse_linked_folders(folder, parent_is_ours)
+        self.writer = _started_writer()  # part writes stay off the compute path
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
-        self.held = (self._hold_when_free(folder) if wait
-                     else self._lock.enter_context(folder_lock(folder, "the checkpoint folder")))
+        try:
+            self.held = (self._hold_when_free(folder) if wait
+                         else self._lock.enter_context(folder_lock(folder, "the checkpoint folder")))
+        except BaseException:
+            self.writer.shutdown(wait=False)
+            raise
         self.next_part = 0
-        self.writer = ThreadPoolExecutor(max_workers=1)  # part writes stay off the compute path
         self.pending = []
 
     def _hold_when_free(self, folder: Path) -> HeldLock:
@@ -297,6 +301,19 @@ class CheckpointStore:
         for folder in [self.folder] + ([self.folder.parent] if self.parent_is_ours else []):
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _started_writer() -> ThreadPoolExecutor:
+    """The checkpoint writer with its one thread already running. A limit on threads (`ulimit -u`, a
+    pids limit) then stops embed here, before the models load, not at the first checkpoint, an hour of
+    computed vectors later, which it would lose; the thread, once started, serves every part."""
+    writer = ThreadPoolExecutor(max_workers=1)
+    try:
+        writer.submit(int).result()
+    except BaseException:
+        writer.shutdown(wait=False)
+        raise
+    return writer
 
 
 def _refuse_linked_folders(folder: Path, parent_is_ours: bool) -> None:

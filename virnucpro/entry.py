@@ -41,6 +41,19 @@ def _refuse_deleted_current_folder() -> None:
         sys.exit(int(ExitCode.USAGE))
 
 
+def _tolerant_standard_streams() -> None:
+    """Write what stdout and stderr cannot encode as escapes (`\\u2026`) instead of failing: under a
+    locale that is not UTF-8 (LC_ALL=tr_TR.ISO-8859-9, PYTHONIOENCODING=latin-1) the help's `…`, or a
+    file name in a message, raised UnicodeEncodeError and `--help` ended as a bug report (exit 1). A
+    stream already lenient (stderr's own backslashreplace, surrogateescape) is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):
+                pass  # a stream that is gone or closed: nothing will be written there
+
+
 def _flush_standard_streams() -> None:
     """Flush stdout and stderr at the end; one whose reader left (`| head -1`) goes to /dev/null, so
     that the interpreter's own flush at exit cannot turn the command's exit code into 120."""
@@ -57,6 +70,7 @@ def _flush_standard_streams() -> None:
 def main() -> None:
     """Load the command line and run it (`virnucpro.cli.main` lets the stop signals through)."""
     _fill_closed_standard_streams()
+    _tolerant_standard_streams()
     _refuse_deleted_current_folder()
     from virnucpro.cli import main as run
 

@@ -29,9 +29,10 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
-                              name_too_long, other_format, storage_error, storage_failure)
+                              name_too_long, other_format, storage_error, storage_failure,
+                              storage_hint)
 from virnucpro.outdir import file_mode, rename_new
-from virnucpro.prepared import SHA256_TEXT, shown
+from virnucpro.prepared import SHA256_TEXT, open_file_limit, shown
 
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
 ROWS_PER_WRITE = 8192
@@ -362,12 +363,13 @@ def _write_through_file(raw: io.FileIO, path: Path, fill: Callable) -> None:
 
 
 def _write_failed(path: Path, exc: OSError) -> VirnucproError:
+    """Exit 10 naming `path`, with the fix for what failed (`storage_hint`: a file-size limit, EFBIG, is
+    raised, as prepare and predict say; a full disk is freed ...); a name too long is exit 3."""
     if name_too_long(exc):
         return storage_failure(exc, path)
     meaning = storage_error(exc) or exc.strerror or str(exc)
     return OutputWriteError(f"cannot write {path}: {meaning}",
-                            "free space, fix the permissions or choose another output location, then rerun "
-                            "(finished embedding work is kept in checkpoints)")
+                            f"{storage_hint(exc)}, then rerun (finished embedding work is kept in checkpoints)")
 
 
 def _write_rows(handle, ids: Sequence[str], rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -442,6 +444,8 @@ def read_info(path: Path) -> EmbeddingShardInfo:
         raise BadInputError(f"cannot read embedding shard {path}: permission denied",
                             "make it readable (chmod u+r) and rerun") from None
     except DAMAGED as exc:
+        if open_file_limit(exc):
+            raise  # no fault of the file: the CLI names the limit
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
                                       "give the .h5 files written by `virnucpro embed`") from None
     info = _shard_info(path, attrs, records, widths)
@@ -528,6 +532,8 @@ def _read_attributes(path: Path, handle) -> dict:
         _check_attribute_sizes(path, handle)
         attrs = {name: handle.attrs[name] for name in handle.attrs}
     except DAMAGED as exc:
+        if open_file_limit(exc):
+            raise
         raise malformed(path, f"its attributes cannot be read ({exc})") from None
     missing = [name for name in ATTRIBUTES if name not in attrs]
     if missing:
@@ -634,6 +640,8 @@ def _reading(path: Path) -> Iterator[None]:
     try:
         yield
     except DAMAGED as exc:
+        if open_file_limit(exc):
+            raise
         raise InconsistentInputsError(f"{path} cannot be read to the end ({exc})", REEMBED_HINT) from None
 
 

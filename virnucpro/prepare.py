@@ -9,6 +9,7 @@ bounded by the longest record plus one batch.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import itertools
 import multiprocessing
@@ -491,10 +492,8 @@ class SamplePreparer:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = InlineExecutor()
         self.workers, self.depth = 0, 2  # inline results are held until written: few of them
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        warn(f"prepare's worker processes cannot start ({reason}: their semaphores need a writable /dev/shm, "
-             "and a limit on processes stops them too); preparing in this process instead, which is slower "
-             "(same outputs)")
+        warn(f"prepare's worker processes cannot start ({_why_no_workers(exc)}); preparing in this process "
+             "instead, which is slower (same outputs)")
 
     def _apply(self, summary: InputSummary, future: Future) -> None:
         result: GroupResult = _result_of(future, summary.path, self.executor)
@@ -526,6 +525,29 @@ class SamplePreparer:
             self.executor.shutdown(wait=True)
         self.sequences.close()
         self.chunks.close()
+
+
+# what stops worker processes, by the errno of the failure, when it is no missing /dev/shm
+WORKER_START_CAUSES = {
+    errno.EMFILE: "this process reached its limit on open files (`ulimit -n`): the pool's pipes need more",
+    errno.ENFILE: "the system's table of open files is full",
+    errno.EAGAIN: "a limit on processes (`ulimit -u`, a container's or job's pids limit) stops the forks",
+    errno.ENOMEM: "no memory is left to fork another process",
+}
+SEMAPHORE_ERRNOS = (errno.ENOENT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.ENOSYS)
+
+
+def _why_no_workers(exc: BaseException) -> str:
+    """Why the workers could not start, the failure's own words first: open files or processes run
+    out (by its errno), or semaphores without a usable /dev/shm (`docker --ipc=none`, a read-only
+    mount); an unknown cause names both guesses. (It blamed /dev/shm whatever the errno.)"""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if code in WORKER_START_CAUSES:
+        return f"{reason}: {WORKER_START_CAUSES[code]}"
+    if code in SEMAPHORE_ERRNOS or isinstance(exc, NotImplementedError):
+        return f"{reason}: their semaphores need a writable /dev/shm"
+    return f"{reason}: their semaphores need a writable /dev/shm, and a limit on processes stops them too"
 
 
 POOL_UNWEDGE_SECONDS = 30.0  # after a dead worker is dealt with, how long the pool's threads may take

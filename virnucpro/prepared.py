@@ -39,6 +39,8 @@ REPAIR_HINT = ("the prepare folder was edited or damaged: rerun `virnucpro prepa
                "(and embed again from it)")
 SHARD_REPAIR_HINT = "the shard is damaged; rerun `virnucpro prepare` into a new folder (and embed again from it)"
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
+# limits of this process, no fault of the file being read: the CLI names the limit (`cli.process_limit`)
+OPEN_FILE_LIMIT_ERRNOS = (errno.EMFILE, errno.ENFILE)
 
 
 def shard_name(index: int) -> str:
@@ -141,6 +143,8 @@ def shard_info(path: Path) -> ShardInfo:
             values = _parse_first_line(path, handle.readline())
         digest = sha256_of(path)  # only once the first line says it is a shard
     except OSError as exc:
+        if open_file_limit(exc):
+            raise  # the CLI names the limit (see `open_file_limit`)
         raise BadInputError(f"cannot read shard {path}: {exc.strerror}", "check the path") from None
     return ShardInfo(path, values["chunk_size"], values["index"], values["of"], digest)
 
@@ -195,9 +199,22 @@ def _damaged_shard(path: Path, number: int, what: str) -> InconsistentInputsErro
     return InconsistentInputsError(f"{path}, line {number}: {what}", SHARD_REPAIR_HINT)
 
 
-def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsError:
+def open_file_limit(exc: BaseException) -> bool:
+    """Whether `exc` is this process's limit on open files (or the system's) being reached (EMFILE,
+    ENFILE; HDF5 gives the errno in its text only): no file is to blame, so the error goes on
+    unchanged to the CLI, which names the limit and its fix, where it read as a damaged file."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in OPEN_FILE_LIMIT_ERRNOS or any(os.strerror(code) in str(exc) for code in OPEN_FILE_LIMIT_ERRNOS)
+
+
+def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsError | OSError:
     """A file of the prepare folder that cannot be read: for want of permission it is exit 3 (the
-    file is sound, its mode is the fault); any other failure means a damaged folder, exit 5."""
+    file is sound, its mode is the fault); a limit on open files is `exc` itself, for the CLI to name
+    (see `open_file_limit`: "rerun prepare" would only redo sound work); any other failure means a
+    damaged folder, exit 5."""
+    if open_file_limit(exc):
+        return exc
     if exc.errno in PERMISSION_ERRNOS:
         try:
             os.stat(path)  # needs only the folders to be searchable

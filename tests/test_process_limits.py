@@ -1,0 +1,318 @@
+"""Limits of the process (threads and processes, open files, file size) and locales that cannot
+encode every character: one message naming the limit and its fix, an exit code of CONTRACTS.md's
+table, no traceback; never a bug report, nor a hint to redo sound work."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from virnucpro import h5shard
+from virnucpro import prepared as fmt
+from virnucpro.errors import ExitCode, OutputWriteError
+
+CLI = [sys.executable, "-m", "virnucpro"]
+NOBODY = 65534
+THREAD_LIMIT_WORDS = ("ulimit -u", "--threads")
+
+
+def _fasta(path: Path) -> Path:
+    path.write_text(">a\n" + "ACGT" * 200 + "\n>b\n" + "ATGAAACCCGGGTTTTAA" * 40 + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_sample(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
+    """(prepare folder, its one embedding shard) of a small sample, embedded by the tiny models."""
+    from virnucpro.embed import embed
+    from virnucpro.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("limits")
+    prepare([_fasta(folder / "a.fa")], folder / "prepared", chunk_size=500)
+    embed(folder / "prepared" / "shards" / fmt.shard_name(0), folder / "s.h5", models=tiny_models, device="cpu")
+    return folder / "prepared", folder / "s.h5"
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text and "this is a bug" not in text, text
+
+
+# ------------------------------------------------------------------ 1. threads and processes
+
+
+def test_a_thread_that_cannot_start_is_exit_10_naming_the_limit_before_the_models_load(
+        tmp_path, small_sample, tiny_models, run_cli, monkeypatch):
+    """`ulimit -u` or a pids limit refusing a thread was "unexpected RuntimeError ... this is a bug"
+    (exit 1), and the checkpoint writer's thread started only at the first checkpoint, after the
+    models loaded and the first window was computed (then lost)."""
+    import virnucpro.embed
+
+    prepared, _ = small_sample
+    loads = []
+    real_load = virnucpro.embed._load_encoders
+    monkeypatch.setattr(virnucpro.embed, "_load_encoders", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    code, err = run_cli("embed", prepared / "shards" / fmt.shard_name(0), "--models", tiny_models,
+                        "--out", tmp_path / "s.h5", "--device", "cpu")
+    monkeypatch.undo()
+    assert code == ExitCode.OUTPUT_WRITE == 10, err
+    assert all(word in err for word in THREAD_LIMIT_WORDS) and "pids limit" in err, err
+    _no_traceback(err)
+    assert not loads, "the models loaded before the checkpoint writer's thread was started"
+    assert not (tmp_path / "s.h5").exists()
+
+
+class PanicException(BaseException):
+    """What pyo3 raises for a panic of a library's Rust code (its module cannot be imported by name)."""
+
+
+PanicException.__module__ = "pyo3_runtime"
+RAYON_PANIC = ('The global thread pool has not been initialized.: ThreadPoolBuildError { kind: IOError(Os { '
+               'code: 11, kind: WouldBlock, message: "Resource temporarily unavailable" }) }')
+
+
+def _panicking_prepare(monkeypatch, message: str) -> None:
+    import virnucpro.prepare
+
+    def panic(*args, **kwargs):
+        raise PanicException(message)
+
+    monkeypatch.setattr(virnucpro.prepare, "prepare", panic)
+
+
+def test_a_rust_thread_pool_that_cannot_start_is_the_limit_not_an_escaped_panic(tmp_path, run_cli, monkeypatch):
+    """tokenizers' thread pool panics under a low `ulimit -u`: the PanicException (no Exception) went
+    past every handler, a raw traceback and exit 1."""
+    _panicking_prepare(monkeypatch, RAYON_PANIC)
+    code, err = run_cli("prepare", _fasta(tmp_path / "a.fa"), "--outdir", tmp_path / "out")
+    assert code == 10 and all(word in err for word in THREAD_LIMIT_WORDS), err
+    _no_traceback(err)
+
+
+def test_another_panic_is_named_a_library_failure(tmp_path, run_cli, monkeypatch):
+    _panicking_prepare(monkeypatch, "index out of bounds: the len is 3 but the index is 7")
+    code, err = run_cli("prepare", _fasta(tmp_path / "a.fa"), "--outdir", tmp_path / "out")
+    assert code == ExitCode.UNEXPECTED, err
+    assert "a library failed" in err and "panicked" in err and "the index is 7" in err, err
+    assert "ulimit" not in err, err
+
+
+def test_other_base_exceptions_still_pass(tmp_path, monkeypatch):
+    """Only a panic is caught by its name: another BaseException (a KeyboardInterrupt) goes on."""
+    import virnucpro.prepare
+    from virnucpro.cli import main
+
+    class Other(BaseException):
+        pass
+
+    monkeypatch.setattr(virnucpro.prepare, "prepare", lambda *a, **k: (_ for _ in ()).throw(Other()))
+    with pytest.raises(Other):
+        main(["prepare", str(_fasta(tmp_path / "a.fa")), "--outdir", str(tmp_path / "out")])
+
+
+def _as_nobody() -> list[str]:
+    """A command prefix running as another user, whom `ulimit -u` binds (root is exempt), still able
+    to read and write this test's files."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run under a limit on processes")
+    caps = "+dac_read_search,+dac_override"
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", f"--inh-caps={caps}",
+            f"--ambient-caps={caps}"]
+
+
+def _threads_of(uid: int) -> int:
+    """Threads that processes of `uid` run now (all count against its `ulimit -u`)."""
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [str(uid)]:
+            count += int(fields.get("Threads", "1"))
+    return count
+
+
+@pytest.mark.parametrize("room", [2, 3])
+def test_embed_under_a_real_limit_on_processes_says_so(tmp_path, small_sample, tiny_models, room):
+    """The reported runs: room for a thread or two more than the user runs already (with --threads 1,
+    tokenizers' pool panics with 2, Python's "can't start new thread" with 3; more --threads can meet
+    libgomp or OpenBLAS first, which end the process themselves)."""
+    prefix = _as_nobody()
+    limit = _threads_of(NOBODY) + room
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+
+    prepared, _ = small_sample
+    done = subprocess.run([*prefix, *CLI, "embed", str(prepared / "shards" / fmt.shard_name(0)), "--models",
+                           str(tiny_models), "--out", str(tmp_path / "s.h5"), "--device", "cpu", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    assert done.returncode == 10, done.stderr[-3000:]
+    last = done.stderr[done.stderr.rindex("error:"):]
+    assert all(word in last for word in THREAD_LIMIT_WORDS), done.stderr[-3000:]
+    _no_traceback(done.stderr)
+
+
+# ------------------------------------------------------------------ 2. locales that are not UTF-8
+
+
+@pytest.mark.parametrize("command", ["run", "prepare", "embed", "predict"])
+def test_help_under_a_latin1_locale_does_not_crash(command):
+    """`run --help` holds `…` (rich cuts long option names and help with it, more of them the narrower
+    the terminal): UnicodeEncodeError, exit 1."""
+    done = subprocess.run([*CLI, command, "--help"], capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONIOENCODING": "latin-1", "COLUMNS": "60"})
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    assert b"--out" in done.stdout and b"\\u2026" in done.stdout  # the character, escaped
+    assert done.stderr == b""
+
+
+# ------------------------------------------------------------------ 3. open files
+
+
+def _emfile(path) -> OSError:
+    return OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+
+
+def _refuse_opening(monkeypatch, module, name: str, suffix: str) -> None:
+    """`module.name` (an opening function) fails with EMFILE for a path ending with `suffix`."""
+    real = getattr(module, name)
+
+    def limited(path, *args, **kwargs):
+        if str(path).endswith(suffix):
+            raise _emfile(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, limited)
+
+
+@pytest.mark.parametrize("target", [(fmt, "open_regular", fmt.SEQUENCES), (h5shard, "_open_regular", ".h5")])
+def test_predict_out_of_open_files_names_the_limit_not_a_damaged_folder(tmp_path, small_sample, tiny_models,
+                                                                        run_cli, monkeypatch, target):
+    """It was exit 5 "the prepare folder was edited or damaged: rerun `virnucpro prepare`" (or "cannot
+    be read as an HDF5 embedding shard"), which sends users to redo sound work."""
+    prepared, shard = small_sample
+    _refuse_opening(monkeypatch, *target)
+    code, err = run_cli("predict", "--prepared", prepared, "--embeddings", shard, "--outdir", tmp_path / "out",
+                        "--models", tiny_models)
+    assert code == 10, err
+    assert "ulimit -n" in err and "rerun `virnucpro prepare`" not in err and "HDF5" not in err, err
+    _no_traceback(err)
+
+
+def test_embed_out_of_open_files_reading_its_shard_names_the_limit(tmp_path, small_sample, tiny_models, run_cli,
+                                                                   monkeypatch):
+    """It was exit 3 "cannot read shard ...: Too many open files", fix "check the path"."""
+    prepared, _ = small_sample
+    _refuse_opening(monkeypatch, fmt, "open_regular", fmt.shard_name(0))
+    code, err = run_cli("embed", prepared / "shards" / fmt.shard_name(0), "--models", tiny_models,
+                        "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == 10 and "ulimit -n" in err and "check the path" not in err, err
+
+
+def test_the_system_table_of_open_files_full_is_named_too(tmp_path):
+    from virnucpro.cli import process_limit
+
+    found = process_limit(OSError(errno.ENFILE, os.strerror(errno.ENFILE), str(tmp_path / "x")))
+    assert found is not None and found.code == 10 and "fs.file-max" in str(found), found
+    assert fmt.unreadable(tmp_path / "x", _emfile(tmp_path / "x")).errno == errno.EMFILE
+    in_text = process_limit(OSError(f"Unable to open file (unable to open file: name = 'x', errno = 24, error "
+                                    f"message = '{os.strerror(errno.EMFILE)}')"))
+    assert in_text is not None and "ulimit -n" in str(in_text), "HDF5 gives the errno in its text only"
+
+
+@pytest.mark.parametrize("files", [5, 6, 7, 8])
+def test_predict_under_a_real_limit_on_open_files_says_so(tmp_path, small_sample, tiny_models, files):
+    """`ulimit -n` low enough to fail at each of predict's first opens: exit 10 naming the limit (or
+    success), never exit 5 with the hint to prepare again, nor a bug report."""
+    prepared, shard = small_sample
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+    done = subprocess.run([*CLI, "predict", "--prepared", str(prepared), "--embeddings", str(shard), "--outdir",
+                           str(tmp_path / "out"), "--models", str(tiny_models)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limited)
+    assert done.returncode in (0, 10), done.stderr[-3000:]
+    if done.returncode:
+        assert "ulimit -n" in done.stderr and "rerun `virnucpro prepare`" not in done.stderr, done.stderr
+        _no_traceback(done.stderr)
+
+
+# ------------------------------------------------------------------ 4. prepare's workers
+
+
+@pytest.mark.parametrize("code, words", [(errno.EMFILE, "ulimit -n"), (errno.EAGAIN, "ulimit -u")])
+def test_prepare_workers_that_cannot_start_name_the_real_cause_first(reference_dir, tmp_path, monkeypatch, capsys,
+                                                                     code, words):
+    """Every failure to start the workers blamed /dev/shm and a limit on processes, even EMFILE."""
+    import virnucpro.prepare
+    import virnucpro.seqio
+    from virnucpro.prepare import prepare
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(virnucpro.seqio, "BLOCK", 8192)  # many record groups: workers would be used
+    monkeypatch.setattr(virnucpro.prepare, "ProcessPoolExecutor", refused)
+    prepare([reference_dir / "golden/mixed.fa"], tmp_path / "p", chunk_size=300, shard_size=100, threads=3)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and words in err and "/dev/shm" not in err, err
+    assert err.index(os.strerror(code)) < err.index(words), err
+
+
+# ------------------------------------------------------------------ 5. the file-size limit in HDF5
+
+
+WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from virnucpro import h5shard
+from virnucpro.errors import VirnucproError
+
+ids = [f"read_{i:05d}_chunk_1F1" for i in range(2000)]
+rows = lambda start, stop: (np.zeros((stop - start, 16), "f4"), np.zeros((stop - start, 24), "f4"))
+attrs = {"shard_index": 0, "shard_of": 1, "shard_sha256": "0" * 64, "chunk_size": 500,
+         "models": {"esm2": {"name": "tiny", "sha256": "0" * 64}}, "precision": "fp32", "device": "cpu"}
+try:
+    h5shard.write_shard(Path(sys.argv[1]), ids, rows, (16, 24), attrs)
+except VirnucproError as exc:
+    print("error: " + str(exc), file=sys.stderr)
+    sys.exit(int(exc.code))
+"""
+
+
+def test_an_embedding_file_past_the_file_size_limit_says_to_raise_it(tmp_path):
+    """`ulimit -f` hit by the HDF5 write said "free space, fix the permissions"; prepare and predict
+    say to raise the limit."""
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "s.h5")], capture_output=True, text=True,
+                          timeout=120, preexec_fn=limited)
+    assert done.returncode == 10, done.stderr[-3000:]
+    assert "ulimit -f unlimited" in done.stderr and "free space" not in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_hdf5_write_hint_follows_the_errno():
+    path = Path("/x/s.h5")
+    too_big = h5shard._write_failed(path, OSError(errno.EFBIG, os.strerror(errno.EFBIG)))
+    full = h5shard._write_failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert isinstance(too_big, OutputWriteError) and "fix: raise the file-size limit" in str(too_big), too_big
+    assert "free space" not in str(too_big), too_big
+    assert "free space" in str(full) and "checkpoints" in str(full) and "checkpoints" in str(too_big), full
