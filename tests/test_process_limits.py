@@ -252,6 +252,22 @@ def test_predict_under_a_real_limit_on_open_files_says_so(tmp_path, small_sample
         _no_traceback(done.stderr)
 
 
+@pytest.mark.parametrize("files", [5, 6, 7, 8])
+def test_prepare_under_a_real_limit_on_open_files_says_so(tmp_path, reference_dir, files):
+    """Opening an input past `ulimit -n` said "cannot read input file: Too many open files", exit 3,
+    with "check the file permissions" as the fix."""
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+    done = subprocess.run([*CLI, "prepare", str(reference_dir / "vanilla/test_with_orfs.fa"), "--outdir",
+                           str(tmp_path / "out"), "--threads", "1"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limited)
+    assert done.returncode in (0, 10), done.stderr[-3000:]
+    if done.returncode:
+        assert "ulimit -n" in done.stderr and "permissions" not in done.stderr, done.stderr
+        _no_traceback(done.stderr)
+
+
 # ------------------------------------------------------------------ 4. prepare's workers
 
 
@@ -316,3 +332,20 @@ def test_the_hdf5_write_hint_follows_the_errno():
     assert isinstance(too_big, OutputWriteError) and "fix: raise the file-size limit" in str(too_big), too_big
     assert "free space" not in str(too_big), too_big
     assert "free space" in str(full) and "checkpoints" in str(full) and "checkpoints" in str(too_big), full
+
+
+def test_weights_out_of_open_files_name_the_limit_not_corrupt_models(tiny_models, monkeypatch):
+    """torch.load failing with EMFILE read "corrupt, truncated or not a weights file", exit 4, with
+    the fix to fetch the models again."""
+    import torch
+
+    from virnucpro.encoders import esm2
+
+    def no_more_files(*args, **kwargs):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), "weights")
+
+    monkeypatch.setattr(torch, "load", no_more_files)
+    with pytest.raises(OSError) as raised:
+        esm2._read_checkpoint(next(Path(tiny_models).glob("esm2_tiny.pt")))
+    assert raised.value.errno == errno.EMFILE
+

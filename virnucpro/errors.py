@@ -127,6 +127,19 @@ NAME_MAX_DEFAULT = 255  # the longest file name most file systems allow, when on
 PATH_MAX_DEFAULT = 4096  # Linux's limit on a path given to the kernel, its final NUL included
 
 
+# limits of this process, no fault of the file being read: the CLI names the limit (`cli.process_limit`)
+OPEN_FILE_LIMIT_ERRNOS = (errno.EMFILE, errno.ENFILE)
+
+
+def open_file_limit(exc: BaseException) -> bool:
+    """Whether `exc` is this process's limit on open files (or the system's) being reached (EMFILE,
+    ENFILE; HDF5 gives the errno in its text only): no file is to blame, so the error goes on
+    unchanged to the CLI, which names the limit and its fix, where it read as a damaged file."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in OPEN_FILE_LIMIT_ERRNOS or any(os.strerror(code) in str(exc) for code in OPEN_FILE_LIMIT_ERRNOS)
+
+
 def printable(text: str) -> str:
     """`text` with unprintable characters (line breaks, escapes) written as escapes, for one-line
     messages that quote what a file holds."""

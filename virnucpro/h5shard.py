@@ -29,10 +29,10 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
-                              name_too_long, other_format, storage_error, storage_failure,
+                              name_too_long, open_file_limit, other_format, storage_error, storage_failure,
                               storage_hint)
 from virnucpro.outdir import file_mode, rename_new
-from virnucpro.prepared import SHA256_TEXT, open_file_limit, shown
+from virnucpro.prepared import SHA256_TEXT, shown
 
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
 ROWS_PER_WRITE = 8192

@@ -19,7 +19,7 @@ from stat import S_ISREG
 from typing import BinaryIO, Callable, Iterator
 
 from virnucpro.calls import chunk_id_of
-from virnucpro.errors import BadInputError, InconsistentInputsError, other_format
+from virnucpro.errors import BadInputError, InconsistentInputsError, open_file_limit, other_format
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -39,8 +39,6 @@ REPAIR_HINT = ("the prepare folder was edited or damaged: rerun `virnucpro prepa
                "(and embed again from it)")
 SHARD_REPAIR_HINT = "the shard is damaged; rerun `virnucpro prepare` into a new folder (and embed again from it)"
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
-# limits of this process, no fault of the file being read: the CLI names the limit (`cli.process_limit`)
-OPEN_FILE_LIMIT_ERRNOS = (errno.EMFILE, errno.ENFILE)
 
 
 def shard_name(index: int) -> str:
@@ -197,15 +195,6 @@ def _shard_record(path: Path, number: int, line: str) -> tuple[str, str, str]:
 def _damaged_shard(path: Path, number: int, what: str) -> InconsistentInputsError:
     """A shard line prepare could not have written: a damaged stage file, exit 5 as in predict."""
     return InconsistentInputsError(f"{path}, line {number}: {what}", SHARD_REPAIR_HINT)
-
-
-def open_file_limit(exc: BaseException) -> bool:
-    """Whether `exc` is this process's limit on open files (or the system's) being reached (EMFILE,
-    ENFILE; HDF5 gives the errno in its text only): no file is to blame, so the error goes on
-    unchanged to the CLI, which names the limit and its fix, where it read as a damaged file."""
-    if not isinstance(exc, OSError):
-        return False
-    return exc.errno in OPEN_FILE_LIMIT_ERRNOS or any(os.strerror(code) in str(exc) for code in OPEN_FILE_LIMIT_ERRNOS)
 
 
 def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsError | OSError:

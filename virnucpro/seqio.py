@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from virnucpro.errors import BadInputError, name_too_long, path_too_long, printable
+from virnucpro.errors import BadInputError, name_too_long, open_file_limit, path_too_long, printable
 
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -325,6 +325,8 @@ class HashingTextStream:
         except OSError as exc:
             if name_too_long(exc):
                 raise path_too_long(exc, Path(path)) from None
+            if open_file_limit(exc):
+                raise  # no fault of the file: the CLI names the limit
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
         self._opened = os.fstat(self._raw.fileno())

@@ -26,7 +26,7 @@ from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, de
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
 from virnucpro.console import info
-from virnucpro.errors import ModelsError
+from virnucpro.errors import ModelsError, open_file_limit
 from virnucpro.models import store
 
 
@@ -232,6 +232,8 @@ def _weights(folder: Path) -> tuple[Path, dict]:
     except ModelsError:
         raise
     except Exception as exc:  # corrupt, truncated or not weights at all
+        if open_file_limit(exc):
+            raise  # no fault of the weights: the CLI names the limit
         path = st if st.is_file() else binfile
         raise ModelsError(f"DNABERT-S: cannot read weights {path}: {describe_load_error(exc)}",
                           hint=_refetch(folder)) from exc

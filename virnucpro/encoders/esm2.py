@@ -31,7 +31,7 @@ from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, de
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean, to_device)
 from virnucpro.console import info, warn
-from virnucpro.errors import ModelsError, VirnucproError
+from virnucpro.errors import ModelsError, VirnucproError, open_file_limit
 from virnucpro.models import store
 from virnucpro.outdir import file_mode, folder_lock, is_regular
 
@@ -209,6 +209,8 @@ def _read_checkpoint(path: Path) -> dict:
                     raise
                 data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if open_file_limit(exc):
+            raise  # no fault of the weights: the CLI names the limit
         raise ModelsError(f"ESM-2: cannot read checkpoint {path}: {describe_load_error(exc)}",
                           hint=store.refetch_hint(path.parent, "esm2")) from exc
     return data
