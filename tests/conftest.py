@@ -52,6 +52,21 @@ def run_cli(capsys):
 
 
 @pytest.fixture(scope="session")
+def small_sample(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
+    """(prepare folder, its one embedding shard) of a two-record sample (one with ORFs), embedded by
+    the tiny models: for tests that damage a copy, or read it under a limit."""
+    from virnucpro import prepared as fmt
+    from virnucpro.embed import embed
+    from virnucpro.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("small_sample")
+    (folder / "a.fa").write_text(">a\n" + "ACGT" * 200 + "\n>b\n" + "ATGAAACCCGGGTTTTAA" * 40 + "\n")
+    prepare([folder / "a.fa"], folder / "prepared", chunk_size=500)
+    embed(folder / "prepared" / "shards" / fmt.shard_name(0), folder / "s.h5", models=tiny_models, device="cpu")
+    return folder / "prepared", folder / "s.h5"
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """Tiny random models in the real on-disk formats, written by `virnucpro models tiny`."""
     from virnucpro.models import tiny

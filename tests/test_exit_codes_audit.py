@@ -45,18 +45,6 @@ def _copied_prepare(golden_prepared: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(golden_prepared, tmp_path / "prepared"))
 
 
-@pytest.fixture(scope="module")
-def small_sample(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
-    """(prepare folder, its one embedding shard) of a one-record sample, embedded by the tiny models."""
-    from virnucpro.embed import embed
-    from virnucpro.prepare import prepare
-
-    folder = tmp_path_factory.mktemp("small")
-    prepare([_fasta(folder / "a.fa")], folder / "prepared", chunk_size=500)
-    embed(folder / "prepared" / "shards" / fmt.shard_name(0), folder / "s.h5", models=tiny_models, device="cpu")
-    return folder / "prepared", folder / "s.h5"
-
-
 # ------------------------------------------------------------------ 1. out of memory: exit 137
 
 

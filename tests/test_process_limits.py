@@ -29,18 +29,6 @@ def _fasta(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def small_sample(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
-    """(prepare folder, its one embedding shard) of a small sample, embedded by the tiny models."""
-    from virnucpro.embed import embed
-    from virnucpro.prepare import prepare
-
-    folder = tmp_path_factory.mktemp("limits")
-    prepare([_fasta(folder / "a.fa")], folder / "prepared", chunk_size=500)
-    embed(folder / "prepared" / "shards" / fmt.shard_name(0), folder / "s.h5", models=tiny_models, device="cpu")
-    return folder / "prepared", folder / "s.h5"
-
-
 def _no_traceback(text: str) -> None:
     assert "Traceback" not in text and "this is a bug" not in text, text
 
