@@ -212,7 +212,7 @@ def test_embed_out_of_open_files_reading_its_shard_names_the_limit(tmp_path, sma
 
 
 def test_the_system_table_of_open_files_full_is_named_too(tmp_path):
-    from virnucpro.cli import process_limit
+    from virnucpro.errors import process_limit
 
     found = process_limit(OSError(errno.ENFILE, os.strerror(errno.ENFILE), str(tmp_path / "x")))
     assert found is not None and found.code == 10 and "fs.file-max" in str(found), found

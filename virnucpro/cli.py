@@ -20,7 +20,8 @@ import typer
 
 from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
-from virnucpro.errors import ExitCode, VirnucproError, stop_signals_exit_interrupted, storage_error, storage_failure
+from virnucpro.errors import (ExitCode, VirnucproError, is_panic, process_limit, stop_signals_exit_interrupted, storage_error,
+                              storage_failure)
 from virnucpro.threads import limit_threads
 
 OUTDIR_RULES = (" Locked while the command runs (flock, or an O_EXCL lock file with pid and host where "
@@ -290,70 +291,6 @@ def _out_of_host_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return True
     return isinstance(exc, (RuntimeError, ImportError, OSError)) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXTS)
-
-
-class ProcessLimitError(VirnucproError):
-    """A limit this process runs under (open files; processes and threads) stopped it. Exit 10, the
-    code of the other limit of this kind, the file-size limit (`ulimit -f`, docs/contracts.md): a
-    retry under the same limits fails the same way, so pipelines do not retry it; not 137, which
-    they retry with more memory (and more CPUs: more threads), nor 1, which says it is a bug."""
-
-    code = ExitCode.OUTPUT_WRITE
-
-
-THREAD_LIMIT = ("cannot start another thread or process: this process reached its limit on processes and "
-                "threads (`ulimit -u`, or a container's or job's pids limit)")
-THREAD_LIMIT_HINT = ("use fewer threads (--threads 1 starts the fewest) or raise the limit (`ulimit -u`; "
-                     "`docker run --pids-limit`), then rerun (embed resumes from its checkpoints)")
-OPEN_FILE_LIMITS = {
-    errno.EMFILE: ("this process reached its limit on open files (`ulimit -n`)",
-                   "raise it (`ulimit -n 4096`; in a container or job, its nofile limit), then rerun"),
-    errno.ENFILE: ("the system's table of open files is full (its limit, fs.file-max, is for every process "
-                   "together)", "close files other programs hold open or raise fs.file-max, then rerun"),
-}
-
-
-def is_panic(exc: BaseException) -> bool:
-    """Whether `exc` is a panic of a library's Rust code (tokenizers' thread pool, say): pyo3 raises it
-    as `pyo3_runtime.PanicException`, a BaseException whose module cannot be imported by name."""
-    return any(kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
-               for kind in type(exc).__mro__)
-
-
-def process_limit(exc: BaseException) -> Optional[ProcessLimitError]:
-    """The error naming the limit of this process that `exc` (or an exception it wraps) ran into:
-    open files (EMFILE, ENFILE), or processes and threads (a thread or a fork refused); else None."""
-    seen = 0
-    while exc is not None and seen < 10:
-        code = _open_files_errno(exc)
-        if code is not None:
-            what, hint = OPEN_FILE_LIMITS[code]
-            where = f"cannot open {os.fsdecode(exc.filename)}: " if exc.filename else ""
-            return ProcessLimitError(f"{where}{what}", hint)
-        if _thread_refused(exc):
-            return ProcessLimitError(f"{THREAD_LIMIT} ({type(exc).__name__}: {str(exc)[:200]})", THREAD_LIMIT_HINT)
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
-
-
-def _open_files_errno(exc: BaseException) -> Optional[int]:
-    """EMFILE or ENFILE when `exc` is an OSError reporting it (HDF5 puts the errno in its text only)."""
-    if not isinstance(exc, OSError):
-        return None
-    if exc.errno in OPEN_FILE_LIMITS:
-        return exc.errno
-    return next((code for code in OPEN_FILE_LIMITS if os.strerror(code) in str(exc)), None)
-
-
-def _thread_refused(exc: BaseException) -> bool:
-    """Whether `exc` says a thread or a process could not start: Python's "can't start new thread", a
-    fork or clone failing with EAGAIN (no file named), a Rust thread pool's panic naming either."""
-    text = str(exc)
-    if isinstance(exc, RuntimeError):
-        return "can't start new thread" in text
-    if isinstance(exc, OSError):  # not a non-blocking call that would wait (BlockingIOError: EAGAIN too)
-        return exc.errno == errno.EAGAIN and exc.filename is None and not isinstance(exc, BlockingIOError)
-    return is_panic(exc) and (os.strerror(errno.EAGAIN) in text or "thread" in text.lower())
 
 
 def _report_bug(exc: BaseException) -> int:
