@@ -3,10 +3,11 @@
 
     gpu_slot.py --lock-dir DIR [--device auto|cpu|cuda] [--count N] -- COMMAND [ARGS...]
 
-When a scheduler already chose the GPU (CUDA_VISIBLE_DEVICES set: SLURM --gres, cloud batch,
-Nextflow >= 26.x's local executor), the command runs with it unchanged. Otherwise (Nextflow 24.x's
-local executor, `docker --gpus all`, which show every GPU to every task) this takes the first free
-slot among the machine's GPUs, as an exclusive lock on DIR/gpu<i>.lock, sets CUDA_VISIBLE_DEVICES=i
+When a scheduler already chose the GPU (CUDA_VISIBLE_DEVICES naming one: SLURM --gres, cloud
+batch, Nextflow >= 26.x's local executor), the command runs with it unchanged. Otherwise (Nextflow
+24.x's local executor, `docker --gpus all`, which show every GPU to every task, or a
+CUDA_VISIBLE_DEVICES listing several, set in the shell that launched the run) this takes the first
+free slot among those GPUs, as an exclusive lock on DIR/gpu<id>.lock, sets CUDA_VISIBLE_DEVICES=<id>
 and replaces itself with the command, which inherits the lock: the kernel releases it when the
 command ends, however it ends. With every slot taken it waits for one. DIR must be shared by the
 tasks of the machine (the pipeline uses its checkpoint folder, mounted into containers). No GPU:
@@ -82,52 +83,72 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def claim_slot(lock_dir: Path, count: int, wait: float = WAIT_SECONDS) -> tuple[int, int]:
-    """(gpu index, lock descriptor) of the first free GPU, waiting while all `count` are taken."""
+def slot_file(lock_dir: Path, gpu: str) -> Path:
+    """The lock file of GPU `gpu` (an index, or a UUID as CUDA_VISIBLE_DEVICES may name one)."""
+    return lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock"
+
+
+def claim_slot(lock_dir: Path, gpus: list[str], wait: float = WAIT_SECONDS) -> tuple[str, int]:
+    """(gpu, lock descriptor) of the first free GPU of `gpus`, waiting while all are taken."""
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create the GPU slot folder {lock_dir}: {exc.strerror}", 10)
     announced = False
     while True:
-        for index in range(count):
-            fd = try_lock(lock_dir / f"gpu{index}.lock")
+        for gpu in gpus:
+            fd = try_lock(slot_file(lock_dir, gpu))
             if fd is not None:
-                return index, fd
+                return gpu, fd
         if not announced:
-            say(f"all {count} GPUs are in use by other tasks; waiting for one")
+            say(f"all {len(gpus)} GPUs are in use by other tasks; waiting for one")
             announced = True
         time.sleep(wait)
 
 
-def claim_for(command: list[str], lock_dir: Path, count: int) -> None:
-    """Give `command` a free GPU of `count` through CUDA_VISIBLE_DEVICES; where the slot folder cannot
+def claim_for(lock_dir: Path, gpus: list[str]) -> None:
+    """Give the command a free GPU of `gpus` through CUDA_VISIBLE_DEVICES; where the slot folder cannot
     be locked, say so and leave every GPU visible (tasks may then share one, which is slow, not wrong)."""
     try:
-        index, fd = claim_slot(lock_dir, count)
+        gpu, fd = claim_slot(lock_dir, gpus)
     except NoFlock as exc:
         say(f"warning: cannot lock GPU slots in {lock_dir} ({exc}); concurrent tasks may share a GPU: put "
             f"--checkpoint_dir on a file system with flock (and remove what is not a slot file from "
             f"{lock_dir}), or let the scheduler assign GPUs")
         return
     os.set_inheritable(fd, True)  # the command (and anything it leaves running) holds the slot
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-    say(f"CUDA_VISIBLE_DEVICES={index} (slot {lock_dir}/gpu{index}.lock, {count} GPUs)")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    say(f"CUDA_VISIBLE_DEVICES={gpu} (slot {slot_file(lock_dir, gpu)}, {len(gpus)} GPUs)")
+
+
+def listed_gpus(variable: str) -> list[str]:
+    """The GPUs a CUDA_VISIBLE_DEVICES value shows, in its order: CUDA reads up to the first invalid
+    entry, so a "-1" (no GPU) ends the list."""
+    gpus = []
+    for entry in (part.strip() for part in variable.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        gpus.append(entry)
+    return gpus
 
 
 def choose_and_run(lock_dir: Path, device: str, count: int | None, command: list[str]) -> None:
-    """Set CUDA_VISIBLE_DEVICES for `command` (unless already set or computing on the CPU); exec it."""
+    """Give `command` one GPU through CUDA_VISIBLE_DEVICES (unless it names one already or the command
+    computes on the CPU), then exec it."""
     granted = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if granted is not None:
-        say(f"CUDA_VISIBLE_DEVICES={granted} (granted by the scheduler)")
-    elif device == "cpu":
+    if device == "cpu":
         say("computing on the CPU; no GPU claimed")
+    elif granted is not None and len(listed_gpus(granted)) <= 1:
+        say(f"CUDA_VISIBLE_DEVICES={granted} (granted by the scheduler, or no GPU)")
     else:
-        count = count_gpus() if count is None else count
-        if count == 0:
-            say("no GPU visible; running as is")
+        if granted is not None:
+            gpus = listed_gpus(granted)
         else:
-            claim_for(command, lock_dir, count)
+            gpus = [str(index) for index in range(count_gpus() if count is None else count)]
+        if gpus:
+            claim_for(lock_dir, gpus)
+        else:
+            say("no GPU visible; running as is")
     try:
         os.execvp(command[0], command)
     except FileNotFoundError:

@@ -72,6 +72,28 @@ def test_a_scheduler_granted_gpu_is_used_as_is(tmp_path):
     assert "granted by the scheduler" in task.stderr.read()
 
 
+def test_gpus_listed_in_an_inherited_variable_are_shared_out_one_per_task(tmp_path):
+    """A CUDA_VISIBLE_DEVICES set in the launching shell (several GPUs) reaches every task: each gets
+    one GPU of that list, not all of them the first (torch takes the first visible GPU)."""
+    locks, release = tmp_path / "locks", tmp_path / "release"
+    listed = {"CUDA_VISIBLE_DEVICES": "2,GPU-8f3c"}
+    first = start(locks, tmp_path / "a", release, count=None, env=listed)
+    second = start(locks, tmp_path / "b", release, count=None, env=listed)
+    got = {wait_file(tmp_path / "a", first), wait_file(tmp_path / "b", second)}
+    assert got == {"2", "GPU-8f3c"}
+    release.touch()
+    assert first.wait(30) == 0 and second.wait(30) == 0
+
+
+@pytest.mark.parametrize("listed", ["", "-1"])
+def test_a_variable_that_shows_no_gpu_is_left_as_it_is(tmp_path, listed):
+    release = tmp_path / "release"
+    release.touch()
+    task = start(tmp_path / "locks", tmp_path / "a", release, count=None, env={"CUDA_VISIBLE_DEVICES": listed})
+    assert task.wait(30) == 0 and (tmp_path / "a").read_text() == listed
+    assert not any((tmp_path / "locks").glob("*.lock"))
+
+
 def test_without_a_gpu_the_command_runs_unchanged(tmp_path):
     release = tmp_path / "release"
     release.touch()
@@ -149,7 +171,7 @@ def test_a_slot_folder_without_flock_warns_and_leaves_every_gpu_visible(tmp_path
 
     monkeypatch.setattr(module.fcntl, "flock", no_flock)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    module.claim_for(["true"], tmp_path / "slots", 2)
+    module.claim_for(tmp_path / "slots", ["0", "1"])
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     err = capsys.readouterr().err
     assert "cannot lock GPU slots" in err and "no flock" in err and "Traceback" not in err, err
