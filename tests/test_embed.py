@@ -411,6 +411,20 @@ def test_missing_models_exit_4_and_cuda_without_gpu_exit_8(tmp_path, run_cli, go
     assert code == 8 and "no GPU" in message
 
 
+def test_run_with_cuda_and_no_gpu_fails_before_preparing_or_downloading(tmp_path, run_cli):
+    """Models missing means prepare first, then a download of GBs: a missing GPU is known at once
+    and must not cost either (exit 8, nothing in --outdir)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    reads = tmp_path / "r.fa"
+    reads.write_text(">r1\n" + "ACGT" * 150 + "\n")
+    code, message = run_cli("run", reads, "--models", tmp_path / "nothing", "--outdir", tmp_path / "out",
+                            "--device", "cuda")
+    assert code == 8 and "no GPU" in message, message
+    assert "prepared" not in message and "huggingface" not in message, message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_out_that_is_the_shard_or_a_directory_exits_3(tmp_path, run_cli, tiny_models, golden_prepared):
     source = tmp_path / "shard_00000.tsv"
     source.write_bytes(shard(golden_prepared).read_bytes())

@@ -68,10 +68,10 @@ class Setup:
     compiling: object  # virnucpro.embed.Compiling
 
 
-def _setup(models: Path | None, classifier: Path | None, chunk_size: int, device: str, precision: str,
+def _setup(models: Path | None, classifier: Path | None, chunk_size: int, torch_device, precision: str,
            offline: bool, compiling) -> Setup:
     from virnucpro.classifier import load_classifier
-    from virnucpro.embed import resolve_device, resolve_precision
+    from virnucpro.embed import resolve_precision
     from virnucpro.models import download
     from virnucpro.predict import refuse_classifier_of_other_chunk_size
 
@@ -81,7 +81,6 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, device
         given = load_classifier(Path(classifier))
     model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)
     classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
-    torch_device = resolve_device(device)
     return Setup(model_set, classifier, given if given is not None else load_classifier(classifier), torch_device,
                  resolve_precision(precision, torch_device), compiling)
 
@@ -163,10 +162,12 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
     check_inputs(inputs)
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
-        from virnucpro.embed import Compiling
+        from virnucpro.embed import Compiling, resolve_device
+
+        torch_device = resolve_device(device)  # no GPU for --device cuda: said before a prepare or a download
 
         def set_up() -> Setup:
-            return _setup(models, classifier, chunk_size, device, precision, offline, compiling or Compiling())
+            return _setup(models, classifier, chunk_size, torch_device, precision, offline, compiling or Compiling())
 
         setup = None if _download_ahead(models, classifier, chunk_size, offline) else set_up()
         work = outdir / WORK
