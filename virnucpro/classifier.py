@@ -268,6 +268,7 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
     for key in state:
         state[key] = _tensor(state[key], key, path)
     _refuse_non_finite(state, path)
+    _refuse_negative_variance(state, path)
     hidden_w, out_w = state["hidden_layer.weight"], state["output_layer.weight"]
     if hidden_w.dim() != 2 or out_w.dim() != 2 or out_w.shape[1] != hidden_w.shape[0]:
         raise ModelsError(f"{path}: inconsistent layer shapes {tuple(hidden_w.shape)} and "
@@ -284,7 +285,12 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelsError(f"{path}: tensors do not fit an MLPClassifier: {exc}") from None
-    return model.eval()
+    _refuse_non_finite_scores(model.eval(), path)
+    return model
+
+
+_SOUND_CLASSIFIER_HINT = ("give the 300_model.pth/500_model.pth of VirNucPro (or your own classifier saved "
+                          "again from sound weights)")
 
 
 def _refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -292,8 +298,53 @@ def _refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
     bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
     if bad:
         raise ModelsError(f"{path} holds NaN/Inf values in {', '.join(bad)}: it is damaged or was saved from a "
-                          "diverged training", "give the 300_model.pth/500_model.pth of VirNucPro (or your "
-                          "own classifier saved again from sound weights)")
+                          "diverged training", _SOUND_CLASSIFIER_HINT)
+
+
+def _refuse_negative_variance(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A variance below zero is no variance: BatchNorm's sqrt(var + eps) makes those units NaN, so
+    every score would be NaN, found only by predict after all the embedding (exit 9). Exit 4 here."""
+    negative = int((state["bn1.running_var"] < 0).sum())
+    if negative:
+        raise ModelsError(f"{path}: bn1.running_var holds {negative} negative value(s) (a variance cannot be "
+                          "negative, and BatchNorm would make every score NaN): the file is damaged",
+                          _SOUND_CLASSIFIER_HINT)
+
+
+#: Feature vectors every classifier scores once at load, in this order (see `_probe_features`).
+PROBES = ("zeros", "ones", "pseudo-random")
+
+
+def _probe_features(width: int) -> torch.Tensor:
+    """The load-time probe batch, float32 `(3, width)`: zeros, ones and one fixed standard-normal
+    vector (its own seeded generator: the global RNG is left alone), about the scale of real features."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.stack([torch.zeros(width), torch.ones(width), torch.randn(width, generator=generator)])
+
+
+@torch.no_grad()
+def _refuse_non_finite_scores(model: MLPClassifier, path: Path) -> None:
+    """Finite weights can still score NaN/Inf (values near the float32 limit overflow): the model,
+    in eval mode and fp32, scores PROBES once (3 vectors: a few milliseconds at 3,328 inputs), and a
+    non-finite score is the file's fault, named with the layer where it starts (exit 4), not a NaN
+    that predict finds after hours of embedding (exit 9)."""
+    x = _probe_features(model.input_dim)
+    bad = ~torch.isfinite(F.softmax(model(x), dim=1)).all(dim=1)
+    if bad.any():
+        probes = ", ".join(name for name, failed in zip(PROBES, bad.tolist()) if failed)
+        raise ModelsError(f"{path} gives NaN/Inf scores for plain feature vectors ({probes}), from "
+                          f"{_first_non_finite_layer(model, x)} on: its weights overflow float32",
+                          _SOUND_CLASSIFIER_HINT)
+
+
+def _first_non_finite_layer(model: MLPClassifier, x: torch.Tensor) -> str:
+    """The first layer of `model.forward` (eval mode: no dropout) whose output holds NaN/Inf for `x`."""
+    for name, layer in (("hidden_layer", model.hidden_layer), ("bn1", model.bn1),
+                        ("output_layer", lambda h: model.output_layer(F.relu(h)))):
+        x = layer(x)
+        if not torch.isfinite(x).all():
+            return name
+    return "the softmax"
 
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.<>]+)")

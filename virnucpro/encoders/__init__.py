@@ -26,10 +26,12 @@ import numpy as np
 from virnucpro.errors import ModelsError, NumericalError, check_stop, stop_inside
 
 
-def check_finite(vectors, ids: Sequence[str]) -> None:
+def check_finite(vectors, ids: Sequence[str], precision=None) -> None:
     """Raise NumericalError naming the first record whose vector holds NaN or Inf.
 
-    `vectors` is an (N, D) torch tensor or numpy array, `ids` the N record ids in the same order.
+    `vectors` is an (N, D) torch tensor or numpy array, `ids` the N record ids in the same order,
+    `precision` what the encoder computed in ("fp32"/"fp16"/"bf16" or a torch dtype; the pooled
+    vectors are float32 at every precision, so it cannot be read from them), for the hint.
     """
     try:
         import torch
@@ -48,8 +50,24 @@ def check_finite(vectors, ids: Sequence[str]) -> None:
         raise NumericalError(
             f"non-finite embedding (NaN/Inf) for record {name} "
             f"({len(bad)} of {len(vectors)} vectors affected)",
-            hint="rerun with --precision fp32; if it persists, report it",
+            hint=non_finite_hint(precision),
         )
+
+
+_MODEL_FILES_HINT = ("check the models folder (`virnucpro models check`) or download it again "
+                     "(`virnucpro models download`): a custom or tiny folder may hold non-finite weights")
+
+
+def non_finite_hint(precision=None) -> str:
+    """What to do about a NaN/Inf embedding: at fp16/bf16, rerun at fp32 (half precision can
+    overflow); at fp32 nothing overflows that easily, so the model files are the suspect; when the
+    precision is unknown (None), both in turn."""
+    name = str(precision).removeprefix("torch.") if precision is not None else None
+    if name in ("fp32", "float32"):
+        return f"the encoders already computed in fp32, so {_MODEL_FILES_HINT}"
+    if name is None:
+        return f"if it ran in fp16/bf16, rerun with --precision fp32; in fp32, {_MODEL_FILES_HINT}"
+    return f"rerun with --precision fp32; if it persists, {_MODEL_FILES_HINT}"
 
 
 def describe_load_error(exc: BaseException) -> str:

@@ -1,0 +1,176 @@
+"""Numbers that load but cannot score: a classifier whose weights are finite yet whose scores are
+NaN/Inf is refused when it is loaded (exit 4, naming the file), never after hours of embedding;
+and the hint of a non-finite embedding says what to do at the precision that was used."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro.classifier import MLPClassifier, load_classifier, predict_proba, save_original_way
+from virnucpro.encoders import check_finite
+from virnucpro.errors import ExitCode, ModelsError, NumericalError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.fa"
+
+
+def _tiny_state(tiny_models: Path) -> dict[str, torch.Tensor]:
+    """A private copy of the tiny 500 classifier's state_dict, to damage."""
+    return {k: v.clone() for k, v in load_classifier(tiny_models / "500_model_tiny.pth").state_dict().items()}
+
+
+def _negative_variance(tiny_models: Path) -> dict[str, torch.Tensor]:
+    state = _tiny_state(tiny_models)
+    state["bn1.running_var"][0] = -1.0  # finite, but sqrt(var + eps) is NaN: every score NaN
+    return state
+
+
+def _huge_output(tiny_models: Path) -> dict[str, torch.Tensor]:
+    state = _tiny_state(tiny_models)
+    state["output_layer.weight"].fill_(3e38)  # finite, but the logits overflow float32
+    return state
+
+
+def _save(state: dict[str, torch.Tensor], path: Path, how: str) -> Path:
+    """`state` written as a state_dict .pth, a whole model pickled the original way, or safetensors."""
+    if how == "state_dict":
+        torch.save(dict(state), path)
+    elif how == "original":
+        model = MLPClassifier(state["hidden_layer.weight"].shape[1], state["hidden_layer.weight"].shape[0])
+        model.load_state_dict(state)
+        save_original_way(model, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+# --- the loader ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["state_dict", "original", "safetensors"])
+def test_a_negative_running_var_is_refused_at_load_naming_the_file_and_the_tensor(tmp_path, tiny_models, how):
+    path = _save(_negative_variance(tiny_models), tmp_path / ("bad.safetensors" if how == "safetensors"
+                                                               else "bad.pth"), how)
+    with pytest.raises(ModelsError) as info:
+        load_classifier(path)
+    assert info.value.code == ExitCode.MODELS == 4
+    assert str(path) in info.value.message and "bn1.running_var" in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("how", ["state_dict", "original", "safetensors"])
+def test_a_classifier_whose_finite_weights_overflow_is_refused_at_load(tmp_path, tiny_models, how):
+    path = _save(_huge_output(tiny_models), tmp_path / ("huge.safetensors" if how == "safetensors"
+                                                        else "huge.pth"), how)
+    with pytest.raises(ModelsError) as info:
+        load_classifier(path)
+    assert info.value.code == ExitCode.MODELS
+    assert str(path) in info.value.message and "NaN/Inf" in info.value.message, info.value.message
+    assert "output_layer" in info.value.message, info.value.message  # where the overflow shows first
+
+
+def test_a_huge_hidden_layer_is_named_as_where_the_overflow_starts(tmp_path, tiny_models):
+    state = _tiny_state(tiny_models)
+    state["hidden_layer.weight"].fill_(3e37)  # x80 inputs: Inf out of the first layer for ones
+    path = _save(state, tmp_path / "hidden.pth", "state_dict")
+    with pytest.raises(ModelsError, match="hidden_layer") as info:
+        load_classifier(path)
+    assert str(path) in info.value.message
+
+
+def test_sound_classifiers_still_load_and_score_as_before(tmp_path, tiny_models):
+    """The probe refuses nothing sound: the tiny classifiers, a fresh real-width one, a zero variance
+    (a dead unit: var + eps > 0), and loading leaves the weights and the scores unchanged."""
+    for name in ("300_model_tiny.pth", "500_model_tiny.pth"):
+        load_classifier(tiny_models / name)
+    torch.manual_seed(3)
+    real = MLPClassifier(3328).eval()
+    save_original_way(real, tmp_path / "real.pth")
+    loaded = load_classifier(tmp_path / "real.pth")
+    for key, value in real.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = np.random.default_rng(0).normal(size=(5, 3328)).astype(np.float32)
+    np.testing.assert_array_equal(predict_proba(loaded, x), predict_proba(real, x))
+    state = _tiny_state(tiny_models)
+    state["bn1.running_var"][:3] = 0.0
+    load_classifier(_save(state, tmp_path / "zero_var.pth", "state_dict"))
+
+
+def test_predict_proba_still_refuses_nan_scores_of_a_model_built_in_memory():
+    """The load-time probe does not replace the guard on real features (exit 9 stays)."""
+    model = MLPClassifier(6, 16, 2).eval()
+    with pytest.raises(NumericalError):
+        predict_proba(model, np.full((2, 6), np.nan, dtype=np.float32))
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+def test_predict_refuses_the_classifier_at_load_exit_4(tmp_path, tiny_models, small_sample, run_cli):
+    prepared, shard = small_sample
+    bad = _save(_negative_variance(tiny_models), tmp_path / "bad.pth", "state_dict")
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", shard, "--outdir", tmp_path / "out",
+                            "--models", tiny_models, "--classifier", bad)
+    assert code == ExitCode.MODELS, message
+    assert str(bad) in message and "bn1.running_var" in message, message
+    assert "Traceback" not in message
+
+
+def test_run_refuses_the_classifier_before_any_embedding(tmp_path, tiny_models, run_cli):
+    bad = _save(_huge_output(tiny_models), tmp_path / "huge.pth", "state_dict")
+    out = tmp_path / "out"
+    code, message = run_cli("run", EXAMPLE, "--models", tiny_models, "--classifier", bad, "--outdir", out,
+                            "--device", "cpu")
+    assert code == ExitCode.MODELS, message
+    assert str(bad) in message and "NaN/Inf" in message, message
+    assert "loading DNABERT-S" not in message and "embedded" not in message, message
+    assert not out.exists() or not list(out.rglob("*.h5")), "embedded before the classifier was checked"
+
+
+def test_models_check_refuses_the_classifier_naming_it(tmp_path, tiny_models, run_cli):
+    """A tiny folder whose manifest records the damaged classifier's own checksum: the file is what
+    the manifest says, and only the loader's probe can tell it scores nothing."""
+    models = Path(shutil.copytree(tiny_models, tmp_path / "models"))
+    target = models / "500_model_tiny.pth"
+    _save(_negative_variance(tiny_models), target, "original")
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["classifier_500"]["sha256"][target.name] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    code, message = run_cli("models", "check", models)
+    assert code == ExitCode.MODELS, message
+    assert str(target) in message and "bn1.running_var" in message, message
+
+
+# --- the hint of a non-finite embedding ------------------------------------------------------
+
+def _hint(precision) -> str:
+    vectors = torch.zeros(2, 4)
+    vectors[1, 2] = float("nan")
+    with pytest.raises(NumericalError, match="record b") as info:
+        check_finite(vectors, ["a", "b"], precision)
+    assert info.value.code == ExitCode.NUMERICAL
+    return info.value.hint
+
+
+@pytest.mark.parametrize("precision", ["fp32", torch.float32])
+def test_at_fp32_the_hint_points_at_the_model_files(precision):
+    hint = _hint(precision)
+    assert "--precision fp32" not in hint, hint
+    assert "models folder" in hint and "models download" in hint and "tiny" in hint, hint
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", torch.float16, torch.bfloat16])
+def test_at_half_precision_the_hint_is_to_rerun_at_fp32(precision):
+    hint = _hint(precision)
+    assert hint.startswith("rerun with --precision fp32"), hint
+    assert "models folder" in hint, hint  # what to do when fp32 fails too
+
+
+def test_when_the_precision_is_not_given_the_hint_covers_both():
+    hint = _hint(None)
+    assert "--precision fp32" in hint and "models folder" in hint, hint
