@@ -107,7 +107,7 @@ def test_a_slot_name_that_is_no_slot_file_is_no_hang_and_no_file_elsewhere(tmp_p
     else:
         (slots / "gpu0.lock").symlink_to(elsewhere)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    _gpu_slot().claim_for(["true"], slots, 1)  # a FIFO blocked the open for ever
+    _gpu_slot().claim_for(slots, ["0"])  # a FIFO blocked the open for ever
     assert "not a slot file" in capsys.readouterr().err and not elsewhere.exists()
 
 

@@ -623,7 +623,8 @@ def test_an_executor_profile_asks_for_what_its_nodes_have(resolved, profile):
 
 @pytest.mark.parametrize("profile, device, gres", [
     ("slurm,apptainer,gpu", "cuda", "--gres=gpu:1"),
-    ("test,slurm,gpu", "cpu", "--gres=gpu:1"),  # the GPU is asked for: the gpu profile says there is one
+    ("test,slurm,gpu", "cpu", None),  # --device cpu given on the command line wins: no GPU held idle
+    ("slurm,gpu", "auto", "--gres=gpu:1"),
     ("slurm,apptainer", "cuda", "--gres=gpu:1"),  # --device cuda with no GPU would fail every task (exit 8)
     ("slurm,apptainer", "auto", None),
 ])
@@ -640,3 +641,7 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
     typed = groovy.evaluate({**bindings, "params": {**bindings["params"], "gpu_type": "a100"}},
                             [("options", closure, True)])["options"] or ""
     assert ("--gres=gpu:a100:1" in typed.split()) == bool(gres), typed
+    if "gpu" in profile.split(","):  # the cloud executors' request follows the same rule
+        accelerator = re.search(r"process.accelerator = (\{.*?\})\n", (REPO / "nextflow.config").read_text()).group(1)
+        asked = groovy.evaluate(bindings, [("accelerator", accelerator, True)])["accelerator"]
+        assert (asked == 1) == bool(gres), asked
