@@ -74,6 +74,16 @@ def test_a_worker_ended_by_another_signal_stays_exit_1_naming_it(tmp_path):
 
     error = _worker_died(tmp_path / "big.fa", _Pool(None, -signal.SIGSEGV))
     assert error.code == ExitCode.UNEXPECTED and "SIGSEGV" in str(error)
+    # the out-of-memory killer sends SIGKILL only: another known signal is a crash, not memory
+    message = f"{error} {error.hint}"
+    assert "out-of-memory" not in message and "more memory" not in message and "--threads 1" in message, message
+
+
+def test_a_worker_dead_of_an_unknown_cause_may_be_the_out_of_memory_killer(tmp_path):
+    from virnucpro.prepare import _worker_died
+
+    message = str(_worker_died(tmp_path / "big.fa", _Pool(None, 1)))
+    assert "out-of-memory killer" in message and "SIG" not in message and "big.fa" in message, message
 
 
 def test_out_of_memory_in_the_main_process_is_exit_137(tmp_path, run_cli, monkeypatch):

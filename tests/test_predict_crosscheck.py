@@ -347,13 +347,24 @@ def test_consistent_edits_of_both_tables_are_caught_by_their_checksums(sample, r
     assert_refused(sample, code, message, fmt.SEQUENCES, "changed after prepare")
 
 
-def test_chunk_placement_is_derived_as_prepare_places_chunks():
-    """The checked (start, length) of every chunk are prepare's, for short, exact and long sequences."""
-    from virnucpro.prepare import chunk_starts
+def _original_spans(length: int, size: int) -> list[tuple[int, int]]:
+    """(start, length) of each chunk as the original places them (SPEC §1 step 1): n chunks of `size`,
+    the overlap spread over the first ones (one base more each for the first), the last one short."""
+    n = -(-length // size)
+    extra = n * size - length
+    low = extra // n if n else 0
+    n_up = extra - low * (n - 1)
+    shifts = [low + 1] * n_up + [low] * (n - 1 - n_up)
+    starts = [k * size - sum(shifts[:k]) for k in range(n)]
+    return [(start, min(size, length - start)) for start in starts]
 
+
+def test_chunk_placement_is_derived_as_prepare_places_chunks():
+    """The (start, length) of every chunk that prepare writes and predict checks (one function,
+    fmt.chunk_spans) are the original's, for short, exact and long sequences."""
     for size in (3, 7, 300, 500):
         for length in [*range(1, 3 * size + 2), 10 * size - 1, 10 * size, 10 * size + 1, 4720]:
-            assert list(fmt.chunk_spans(length, size)) == chunk_starts(length, size), (length, size)
+            assert list(fmt.chunk_spans(length, size)) == _original_spans(length, size), (length, size)
     assert list(fmt.chunk_spans(0, 500)) == []
 
 

@@ -191,8 +191,7 @@ def test_x_masked_and_whitespace_records_as_the_original_reads_them(tmp_path, si
 
 def test_short_last_chunk_1490_at_500():
     assert original_chunks("A" * 1490, 500) == ["A" * 500, "A" * 500, "A" * 498]
-    from virnucpro.prepare import chunk_starts
-    assert chunk_starts(1490, 500) == [(0, 500), (496, 500), (992, 498)]
+    assert list(fmt.chunk_spans(1490, 500)) == [(0, 500), (496, 500), (992, 498)]
 
 
 def test_outputs_do_not_depend_on_worker_processes(reference_dir, tmp_path, monkeypatch):

@@ -25,34 +25,24 @@ from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (STOP_SIGNALS, BadInputError, HostOutOfMemory, VirnucproError, check_stop,
-                             output_errors, stop_signals_blocked)
+from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
+                             VirnucproError, check_stop, output_errors, stop_signals_blocked)
 from virnucpro.outdir import check_work_folder, claim, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
-FRAME_LABELS = FRAMES  # F1 F2 F3 R1 R2 R3: calls.py names them for every stage
-
-
-# --- chunking (SPEC §1 step 1) --------------------------------------------------------------
-
-def chunk_starts(length: int, size: int) -> list[tuple[int, int]]:
-    """(start, length) of each chunk of a record, placed exactly as the original places them (the
-    rule lives in the prepared format, where predict checks the chunk table against it)."""
-    return list(fmt.chunk_spans(length, size))
 
 
 # --- six-frame translation (SPEC §1 steps 2-3) ----------------------------------------------
@@ -219,7 +209,7 @@ def _collect_orfs(chunks: Sequence[str], f: _Frames, proteins: str, sizes: np.nd
             upper = chunks[k].upper()
             pair = strands[k] = (upper, upper.translate(REVCOMP)[::-1])
         shift = s % 3
-        orfs.append(Orf(k, FRAME_LABELS[s], pair[s >= 3][shift:shift + 3 * size + 1], protein))
+        orfs.append(Orf(k, FRAMES[s], pair[s >= 3][shift:shift + 3 * size + 1], protein))
     return orfs
 
 
@@ -284,7 +274,7 @@ def _translate_chunks(chunk_ids: list[str], chunks: list[str]) -> tuple[list[str
             end += 1
         for orf in six_frame_orfs(chunks[begin:end]):
             k = begin + orf.chunk
-            lines.append(f"{chunk_ids[k]}{orf.label}\t{orf.nucleotide}\t{orf.protein}\n")
+            lines.append(fmt.orf_line(chunk_ids[k] + orf.label, orf.nucleotide, orf.protein))
             per_chunk[k] += 1
         begin = end
     return lines, per_chunk
@@ -301,15 +291,13 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     hashes = array("q", [hash(id_key(record.id)) for record in parsed])
     cut = _cut_into_chunks(parsed, chunk_size)
     orf_lines, per_chunk = _translate_chunks(cut.ids, cut.chunks)
-    table = "".join(f"{row}{n}\n" for row, n in zip(cut.rows, per_chunk))
+    table = "".join(fmt.chunk_row(*row, n) for row, n in zip(cut.rows, per_chunk))
     orfs_before = list(itertools.accumulate(per_chunk, initial=0))
     sequence_rows = []
     for r, record in enumerate(parsed):
-        length = len(record.sequence)
         first, last = cut.first_chunk[r], cut.first_chunk[r + 1]
         n_orfs = orfs_before[last] - orfs_before[first]
-        status = "empty" if not length else "ok" if n_orfs else "no_orf"
-        sequence_rows.append(f"{record.id}\t{length}\t{last - first}\t{n_orfs}\t{status}\t{masked[r]}\n")
+        sequence_rows.append(fmt.sequence_row(record.id, len(record.sequence), last - first, n_orfs, masked[r]))
     counts = Counts(sequences=len(parsed), empty_sequences=sum(1 for r in parsed if not r.sequence),
                     bases=sum(len(r.sequence) for r in parsed), chunks=len(cut.chunks),
                     chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
@@ -318,11 +306,12 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
 
 @dataclass
 class _Chunked:
-    """The chunks of a group of records, with their ids, chunk-table rows (ORF count still to come)
-    and, per record, the index of its first chunk (plus one end index after the last record)."""
+    """The chunks of a group of records, with their ids, chunk-table cells (chunk id, sequence id,
+    start, length: the ORF count is still to come) and, per record, the index of its first chunk
+    (plus one end index after the last record)."""
 
     ids: list[str] = field(default_factory=list)
-    rows: list[str] = field(default_factory=list)
+    rows: list[tuple[str, str, int, int]] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
     first_chunk: list[int] = field(default_factory=list)
 
@@ -330,7 +319,7 @@ class _Chunked:
         """Chunk `k` (1-based) of record `rid`, starting at `start`."""
         chunk_id = chunk_id_of(rid, k)
         self.ids.append(chunk_id)
-        self.rows.append(f"{chunk_id}\t{rid}\t{start}\t{len(sequence)}\t")
+        self.rows.append((chunk_id, rid, start, len(sequence)))
         self.chunks.append(sequence)
 
 
@@ -344,7 +333,7 @@ def _cut_into_chunks(parsed: Sequence, chunk_size: int) -> _Chunked:
             if sequence:
                 cut.add(rid, 1, 0, sequence)
             continue
-        for k, (start, size) in enumerate(chunk_starts(len(sequence), chunk_size), start=1):
+        for k, (start, size) in enumerate(fmt.chunk_spans(len(sequence), chunk_size), start=1):
             cut.add(rid, k, start, sequence[start:start + size])
     cut.first_chunk.append(len(cut.chunks))
     return cut
@@ -374,7 +363,7 @@ class ShardWriter:
         """Append formatted ORF lines, starting a new shard every `shard_size` records.
 
         Walks `lines` with an index, each line sliced out once: one group (a long contig) may hold
-        millions of lines, and cutting the rest of the list off per shard filled was quadratic."""
+        millions of lines, and cutting the rest of the list off per shard would be quadratic."""
         done = 0
         while done < len(lines):
             if self._handle is None or self.records[-1] >= self.shard_size:
@@ -395,8 +384,7 @@ class ShardWriter:
             final = body.with_suffix("")
             digest = hashlib.sha256()
             with open(final, "xb") as out:
-                head = (fmt.shard_first_line(chunk_size, index, of)
-                        + "\t".join(fmt.SHARD_COLUMNS) + "\n").encode("utf-8")
+                head = fmt.shard_header(chunk_size, index, of).encode("utf-8")
                 out.write(head)
                 digest.update(head)
                 with open(body, "rb") as src:
@@ -404,8 +392,7 @@ class ShardWriter:
                         out.write(block)
                         digest.update(block)
             body.unlink()
-            rows.append({"file": f"{fmt.SHARD_DIR}/{final.name}", "index": index,
-                         "records": records, "sha256": digest.hexdigest()})
+            rows.append(fmt.shard_entry(index, records, digest.hexdigest()))
         return rows
 
 
@@ -445,8 +432,8 @@ class SamplePreparer:
         self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
         self.sequences = open(workdir / fmt.SEQUENCES, "x", encoding="utf-8", newline="\n")
         self.chunks = open(workdir / fmt.CHUNKS, "x", encoding="utf-8", newline="\n")
-        self.sequences.write("\t".join(fmt.SEQUENCES_HEADER) + "\n")
-        self.chunks.write("\t".join(fmt.CHUNKS_HEADER) + "\n")
+        self.sequences.write(fmt.table_header(fmt.SEQUENCES_HEADER))
+        self.chunks.write(fmt.table_header(fmt.CHUNKS_HEADER))
         self.workers = workers
         self.executor = InlineExecutor()
         self.in_flight: deque = deque()
@@ -527,20 +514,20 @@ class SamplePreparer:
         self.chunks.close()
 
 
-# what stops worker processes, by the errno of the failure, when it is no missing /dev/shm
+# what stops worker processes, by the errno of the failure, when it is no missing /dev/shm (the
+# process limits in errors.py's words)
 WORKER_START_CAUSES = {
-    errno.EMFILE: "this process reached its limit on open files (`ulimit -n`): the pool's pipes need more",
-    errno.ENFILE: "the system's table of open files is full",
-    errno.EAGAIN: "a limit on processes (`ulimit -u`, a container's or job's pids limit) stops the forks",
+    **{code: what for code, (what, _hint) in OPEN_FILE_LIMITS.items()},
+    errno.EAGAIN: THREAD_LIMIT,
     errno.ENOMEM: "no memory is left to fork another process",
 }
 SEMAPHORE_ERRNOS = (errno.ENOENT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.ENOSYS)
 
 
 def _why_no_workers(exc: BaseException) -> str:
-    """Why the workers could not start, the failure's own words first: open files or processes run
-    out (by its errno), or semaphores without a usable /dev/shm (`docker --ipc=none`, a read-only
-    mount); an unknown cause names both guesses. (It blamed /dev/shm whatever the errno.)"""
+    """Why the workers could not start, the failure's own words first, then the cause its errno
+    names: open files or processes run out, or semaphores without a usable /dev/shm (`docker
+    --ipc=none`, a read-only mount); an errno naming neither gets both guesses."""
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     code = getattr(exc, "errno", None)
     if code in WORKER_START_CAUSES:
@@ -557,7 +544,7 @@ def _stop_pool(executor: ProcessPoolExecutor) -> None:
     """Shut the pool down without starting queued groups, never waiting on it for ever. A worker that
     dies meanwhile (the out-of-memory killer, a kill -9) may die sending its result, holding the
     result pipe's lock with half a message in it: the pool's reader then waits for the rest, the
-    other workers for the lock, its feeder for them, and the command hung instead of exiting. So a
+    other workers for the lock, its feeder for them, and the command would hang. So a
     dead worker unwedges the pool: the others are killed and this process's ends of the two pipes
     closed, so that the pool's threads see end-of-file and a broken pipe, and finish."""
     thread = getattr(executor, "_executor_manager_thread", None)  # None when no group was submitted
@@ -595,12 +582,15 @@ def _worker_died(path: Path, executor) -> VirnucproError:
         worker.kill()
     check_stop()
     hint = "give prepare more memory or fewer --threads, then rerun"
+    died = f"a prepare worker process died while preparing {path}"
     if signal.SIGKILL in signals:
-        return HostOutOfMemory(f"a prepare worker process died while preparing {path}: killed by SIGKILL (out of "
-                               "memory? the out-of-memory killer sends SIGKILL)", hint)
-    names = ", ".join(sorted(signal.Signals(n).name for n in signals)) or "a signal"
-    return VirnucproError(f"a prepare worker process died while preparing {path} (killed by {names}, most often "
-                          "the out-of-memory killer)", hint)
+        return HostOutOfMemory(f"{died}: killed by SIGKILL (out of memory? the out-of-memory killer sends "
+                               "SIGKILL)", hint)
+    if signals:  # the out-of-memory killer sends SIGKILL only: another signal is a crash
+        names = ", ".join(sorted(signal.Signals(n).name for n in signals))
+        return VirnucproError(f"{died} (it crashed: killed by {names})",
+                              "rerun with --threads 1 (no worker processes); if it crashes again, report it")
+    return VirnucproError(f"{died} (killed by a signal, most often the out-of-memory killer)", hint)
 
 
 def _dead_worker_signals(executor, wait: float = 1.0) -> set[int]:
@@ -622,9 +612,9 @@ def _worker_setup(parent: int) -> None:
     """In each worker: die with the main process, even when it is killed, and leave signals to it.
 
     Every stop signal is ignored: Ctrl-C, Nextflow, SLURM and `timeout` signal the whole process
-    tree, and a worker killed while it sends its result left the main process waiting for the rest
-    of that message for ever. The main process alone stops: its workers finish the groups they hold
-    (each bounded) and exit; were it killed, the parent-death signal below ends them.
+    tree, and a worker killed while it sends its result would leave the main process waiting for
+    the rest of that message for ever. The main process alone stops: its workers finish the groups
+    they hold (each bounded) and exit; were it killed, the parent-death signal below ends them.
     """
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -724,10 +714,8 @@ def _name_duplicate(table: Path, summaries: Sequence[InputSummary], repeated: se
     order) and name the first real duplicate: a stream needs no second read, and two distinct ids
     sharing a 64-bit hash are never taken for one. Only ids with a repeated hash are held."""
     seen: dict[str, _Read] = {}
-    with open(table, encoding="utf-8") as rows:
-        next(rows)  # the header
-        for (summary, number), row in zip(_record_numbers(summaries), rows):
-            record_id = row.split("\t", 1)[0]
+    with closing(fmt.sequence_ids(table)) as record_ids:
+        for (summary, number), record_id in zip(_record_numbers(summaries), record_ids):
             key = id_key(record_id)
             if hash(key) not in repeated:
                 continue
@@ -996,15 +984,8 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
 def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict], counts: Counts,
               work: Path) -> dict:
     """The prepare folder's manifest: inputs, shards and tables with their checksums, and the counts."""
-    return {
-        "format_version": fmt.FORMAT_VERSION,
-        "virnucpro_version": __version__,
-        "chunk_size": chunk_size,
-        "inputs": [{"path": unicode_text(str(s.path)), "sha256": s.sha256, "records": s.records} for s in summaries],
-        "shards": shards,
-        "tables": {name: fmt.sha256_of(work / name) for name in fmt.TABLES},
-        "counts": vars(counts),
-    }
+    inputs = [fmt.input_entry(unicode_text(str(s.path)), s.sha256, s.records) for s in summaries]
+    return fmt.manifest(work, chunk_size, inputs, shards, vars(counts))
 
 
 def _report(manifest: dict, outdir: Path, tables: Path) -> None:

@@ -1,7 +1,7 @@
 """The prepare output directory (CONTRACTS.md): manifest, sequence and chunk tables, ORF shards.
 
-This module is the one place that knows these file formats; `prepare` writes them, `embed` and
-`predict` read them through the functions here.
+This module is the one place that knows these file formats: `prepare` writes them (and reads its
+own tables back), `embed` and `predict` read them, all through the functions here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from stat import S_ISREG
 from typing import BinaryIO, Callable, Iterator
 
+from virnucpro import __version__
 from virnucpro.calls import chunk_id_of
 from virnucpro.errors import BadInputError, InconsistentInputsError, open_file_limit, other_format
 
@@ -46,8 +47,77 @@ def shard_name(index: int) -> str:
 
 
 def shard_first_line(chunk_size: int, index: int, of: int) -> str:
+    """A shard's first line: what it is, its format version, the chunk size, its place among the shards."""
     return (f"{SHARD_MAGIC} format_version={FORMAT_VERSION} chunk_size={chunk_size} "
             f"index={index} of={of}\n")
+
+
+# --- writing (prepare) ---------------------------------------------------------------------------
+# Rows are positional, their cells in the order of their header tuple (tests/test_prepared_writers.py
+# reads them back by it): prepare writes one per ORF and per chunk, so no lookup by column name.
+
+def shard_header(chunk_size: int, index: int, of: int) -> str:
+    """The two lines that open a shard: its first line, then its column names."""
+    return shard_first_line(chunk_size, index, of) + table_header(SHARD_COLUMNS)
+
+
+def table_header(columns: tuple[str, ...]) -> str:
+    """The header line of a table (or of a shard's records) with these columns."""
+    return "\t".join(columns) + "\n"
+
+
+def orf_line(orf_id: str, nucleotide: str, protein: str) -> str:
+    """One ORF record of a shard, in SHARD_COLUMNS order."""
+    return f"{orf_id}\t{nucleotide}\t{protein}\n"
+
+
+def chunk_row(chunk_id: str, sequence_id: str, start: int, length: int, n_orfs: int) -> str:
+    """One row of chunks.tsv, in CHUNKS_HEADER order."""
+    return f"{chunk_id}\t{sequence_id}\t{start}\t{length}\t{n_orfs}\n"
+
+
+def sequence_status(length: int, n_orfs: int) -> str:
+    """The status column of sequences.tsv: empty (no bases), ok (some ORF) or no_orf."""
+    return "empty" if length == 0 else "ok" if n_orfs else "no_orf"
+
+
+def sequence_row(sequence_id: str, length: int, n_chunks: int, n_orfs: int, masked_bases: int) -> str:
+    """One row of sequences.tsv, in SEQUENCES_HEADER order (its status derived)."""
+    return (f"{sequence_id}\t{length}\t{n_chunks}\t{n_orfs}\t{sequence_status(length, n_orfs)}"
+            f"\t{masked_bases}\n")
+
+
+def sequence_ids(path: Path) -> Iterator[str]:
+    """The ids of a sequences.tsv, in its order, reading one line at a time (prepare confirms
+    duplicate ids against the table it has just written)."""
+    with open(path, encoding="utf-8", newline="\n") as rows:
+        next(rows, None)  # the header
+        for row in rows:
+            yield row.split("\t", 1)[0]
+
+
+def input_entry(path: str, sha256: str, records: int) -> dict:
+    """The manifest's entry for one input: its path as given, its sha256 and its record count."""
+    return {"path": path, "sha256": sha256, "records": records}
+
+
+def shard_entry(index: int, records: int, sha256: str) -> dict:
+    """The manifest's entry for shard `index`: its file inside the folder, records and sha256."""
+    return {"file": f"{SHARD_DIR}/{shard_name(index)}", "index": index, "records": records, "sha256": sha256}
+
+
+def manifest(directory: Path, chunk_size: int, inputs: list[dict], shards: list[dict], counts: dict) -> dict:
+    """The manifest of the prepare folder `directory`, its tables (written already) checksummed;
+    `inputs` and `shards` are lists of `input_entry` and `shard_entry`, `counts` has the COUNT_KEYS."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "virnucpro_version": __version__,
+        "chunk_size": chunk_size,
+        "inputs": inputs,
+        "shards": shards,
+        "tables": {name: sha256_of(Path(directory) / name) for name in TABLES},
+        "counts": counts,
+    }
 
 
 @dataclass(frozen=True)
@@ -217,8 +287,13 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
+    """`data` as indented JSON at `path`, all or nothing: written to `path`.tmp beside it, synced to
+    disk, then renamed over `path`, so a crash or a power cut leaves the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -437,7 +512,7 @@ class TableWalk:
         against its length and the chunk size."""
         length, n_chunks, n_orfs = (whole_number(self.sequences_path, number, row, column)
                                     for column in ("length", "n_chunks", "n_orfs"))
-        status = "empty" if length == 0 else "ok" if n_orfs else "no_orf"
+        status = sequence_status(length, n_orfs)
         if row["status"] != status:
             raise malformed(self.sequences_path, f"line {number}: status {row['status']!r} with length {length:,} "
                                                  f"and {n_orfs:,} ORFs (expected {status!r})")
