@@ -95,7 +95,7 @@ def test_a_folder_removed_between_mkdir_and_lock_is_created_again(tmp_path, monk
     from virnucpro import outdir
 
     folder = tmp_path / "key"
-    make = outdir._make_folder
+    make = outdir.make_folder
     calls = []
 
     def make_then_lose(path, what):
@@ -104,7 +104,7 @@ def test_a_folder_removed_between_mkdir_and_lock_is_created_again(tmp_path, monk
         if len(calls) == 1:
             os.rmdir(path)
 
-    monkeypatch.setattr(outdir, "_make_folder", make_then_lose)
+    monkeypatch.setattr(outdir, "make_folder", make_then_lose)
     store = CheckpointStore(folder)
     assert len(calls) == 2 and (folder / outdir.LOCK_NAME).exists()
     store.close()

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from store_fixtures import (FakeHost, closed_port_url, folder_held_by_another_process,  # noqa: E402
                             git_blob_sha1, save_malicious_torch, sha256)
 
-from virnucpro.errors import BadInputError, ExitCode, ModelsError  # noqa: E402
+from virnucpro.errors import BadInputError, ExitCode, ModelsError, UsageError  # noqa: E402
 from virnucpro.models import download as dl  # noqa: E402
 from virnucpro.models import pins as model_pins  # noqa: E402
 from virnucpro.models import store  # noqa: E402
@@ -160,10 +160,10 @@ def test_only_one_role(host, payloads, tmp_path, monkeypatch):
     dl.download(dest=tmp_path, only="classifier_500", mirror=host.url)
     assert (tmp_path / "500_model.pth").is_file() and not (tmp_path / "300_model.pth").exists()
     assert list(_manifest(tmp_path)) == ["classifier_500"]
-    with pytest.raises(store.ModelsUsageError, match="unknown model") as info:  # exit 2, as typer's own check
+    with pytest.raises(UsageError, match="unknown model") as info:  # exit 2, as typer's own check
         dl.download(dest=tmp_path, only="esm3", mirror=host.url)
     assert info.value.code == ExitCode.USAGE
-    with pytest.raises(store.ModelsUsageError, match="http") as info:  # a bad option value: exit 2
+    with pytest.raises(UsageError, match="http") as info:  # a bad option value: exit 2
         dl.download(dest=tmp_path, only="esm2", mirror="ftp://somewhere")
     assert info.value.code == ExitCode.USAGE
 

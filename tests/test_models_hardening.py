@@ -151,18 +151,21 @@ def test_tiny_never_replaces_a_file_it_did_not_write(tmp_path, run_cli):
 
 def test_tiny_on_a_failing_disk_is_exit_10_naming_the_file_and_leaves_nothing_half_written(
         tmp_path, tiny_models, run_cli, monkeypatch):
+    from virnucpro import outdir
     from virnucpro.models import tiny
 
     written = []
+    write = tiny.write_atomically
 
-    def fill_then_fail(handle, data):
+    def write_then_fail(target, data):
         if len(written) == 2:
-            handle.write(data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
-        written.append(handle.name)
-        handle.write(data)
+            with outdir.replaced_atomically(target) as temporary:  # its temporary file, half written
+                temporary.write_bytes(data[: len(data) // 2])
+                raise OSError(28, "No space left on device")
+        written.append(target)
+        write(target, data)
 
-    monkeypatch.setattr(tiny, "_fill", fill_then_fail)
+    monkeypatch.setattr(tiny, "write_atomically", write_then_fail)
     farm = tmp_path / "farm"
     code, err = run_cli("models", "tiny", farm)
     assert code == ExitCode.OUTPUT_WRITE and "the disk is full" in err, err
@@ -195,17 +198,20 @@ def test_tiny_under_a_real_file_size_quota_is_exit_10(tmp_path):
 
 _BLOCK_ON_THIRD_FILE = """
 import sys
+from virnucpro import outdir
 from virnucpro.models import tiny
 from virnucpro.cli import main
 count = []
-def fill(handle, data):
+write = tiny.write_atomically
+def blocked(target, data):
     count.append(1)
     if len(count) == 3:
-        handle.write(data[: len(data) // 2]); handle.flush()
-        print("ready", flush=True)
-        sys.stdin.read()  # SIGTERM arrives here
-    handle.write(data)
-tiny._fill = fill
+        with outdir.replaced_atomically(target) as temporary:  # its temporary file, half written
+            temporary.write_bytes(data[: len(data) // 2])
+            print("ready", flush=True)
+            sys.stdin.read()  # SIGTERM arrives here
+    write(target, data)
+tiny.write_atomically = blocked
 main(["models", "tiny", sys.argv[1]])
 """
 

@@ -84,7 +84,7 @@ def _fail_on_third_file(monkeypatch):
 
     from virnucpro.models import tiny
 
-    written = tiny._write_atomically
+    written = tiny.write_atomically
     calls = []
 
     def write(target, data):
@@ -93,7 +93,7 @@ def _fail_on_third_file(monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         written(target, data)
 
-    monkeypatch.setattr(tiny, "_write_atomically", write)
+    monkeypatch.setattr(tiny, "write_atomically", write)
 
 
 def test_a_tiny_run_stopped_by_a_full_disk_is_a_tiny_folder_to_complete(tmp_path, run_cli, monkeypatch):

@@ -37,10 +37,10 @@ from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
-                              ignore_stop_signals, make_output_dir, name_too_long, note_stop, output_errors, storage_error,
+                              ignore_stop_signals, name_too_long, note_stop, output_errors, storage_error,
                               storage_failure)
 from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
-                              not_ours, refuse_nesting)
+                              make_folder, not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
@@ -940,7 +940,7 @@ def _check_output(shard: Path, out: Path) -> None:
                             f"write the embeddings to another file, e.g. {shard.with_suffix('.h5').name}")
     if out.is_dir():
         raise BadInputError(f"--out {out} is a directory", f"give a file name, e.g. {out / 'shard.h5'}")
-    make_output_dir(out.parent, "the directory of --out")
+    make_folder(out.parent, "the directory of --out")
 
 
 def _check_replaceable(out: Path) -> None:

@@ -53,7 +53,8 @@ class VirnucproError(Exception):
 
 
 class UsageError(VirnucproError):
-    """An option the inputs make necessary is missing (found once a file is read, after parsing)."""
+    """A usage error found after parsing (exit 2): an option the inputs make necessary is missing, or
+    a value only checkable once used (a models path, say) cannot work."""
 
     code = ExitCode.USAGE
 
@@ -384,17 +385,6 @@ def stop_signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-def make_output_dir(path: Path, option: str) -> None:
-    """Create an output directory, or fail with exit 3 naming the option when that is impossible."""
-    if os.path.lexists(path) and not path.is_dir():
-        raise not_a_folder(path, option)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInputError(f"cannot create {option} {path}: {exc.strerror}",
-                            "choose a writable location") from None
 
 
 def other_format(path: Path, what: str, found: object, reads: int, redo: str) -> InconsistentInputsError:

@@ -37,6 +37,7 @@ import shlex
 import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
@@ -205,13 +206,20 @@ def _alive(pid: object) -> bool:
     return True
 
 
+MARKER_LIMIT = 16 * 2**20  # bytes: a marker names the files of one output folder, far less than this
+
+
 def _read_regular_all(path: Path) -> str:
-    """The whole text of a regular file, never read through a link or from a FIFO (OSError)."""
+    """The whole text of a marker, a regular file never read through a link or from a FIFO (OSError);
+    one larger than MARKER_LIMIT is no marker of ours (ValueError), and is never read into memory."""
     fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
     with open(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return handle.read().decode()
+        data = handle.read(MARKER_LIMIT + 1)
+        if len(data) > MARKER_LIMIT:
+            raise ValueError(f"{path} is larger than {MARKER_LIMIT} bytes")
+        return data.decode()
 
 
 def _holder_of(raw: str) -> dict | None:
@@ -278,10 +286,11 @@ def _expiry_hint(lock: Path, subject: Path) -> str:
             "or choose another folder")
 
 
-def _make_folder(folder: Path, what: str) -> None:
-    """Create the folder (and parents); a file in its place or an impossible path is exit 3. An
-    empty folder on the path removed by another command meanwhile (a finished embed removing its
-    checkpoint folder) is created again."""
+def make_folder(folder: Path, what: str) -> None:
+    """Create the output folder `what` (an option, in words) and its parents: a file in its place or
+    an impossible path is exit 3 naming it, a storage failure (permission denied, a full disk) exit 10
+    as for any output. An empty folder on the path removed by another command meanwhile (a finished
+    embed removing its checkpoint folder) is created again."""
     for _attempt in range(LOCK_ATTEMPTS):
         try:
             with output_errors(folder):
@@ -432,11 +441,20 @@ def _read_text_or_empty(path: Path) -> str:
         return ""
 
 
+def _names_same_file(path: Path, fd: int) -> bool:
+    """Whether `path` itself still names the file open as `fd` (its holder may have removed it)."""
+    try:
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
 def _unlink_if_same(path: Path, fd: int) -> None:
     """Remove `path` while it still names the file open as `fd`, which this command created (a holder
-    on another host may have taken over a lock that looked stale meanwhile)."""
+    on another host may have taken over a lock that looked stale meanwhile); gone already, or not
+    ours to remove, it is left as it is."""
     with suppress(OSError):
-        if os.path.samestat(os.lstat(path), os.fstat(fd)):
+        if _names_same_file(path, fd):
             path.unlink()
 
 
@@ -470,12 +488,9 @@ class HeldLock:
             self.remove()
 
     def remove(self) -> None:
-        """Remove the lock file, still held, when the path names it (see `remove_if_created`)."""
-        try:
-            if os.path.samestat(os.lstat(self.path), os.fstat(self.fd)):
-                os.unlink(self.path)
-        except OSError:
-            pass  # gone already, or not ours to remove: the folder keeps an (unheld) lock file
+        """Remove the lock file, still held, when the path names it (see `remove_if_created`); one
+        gone already, or not ours to remove, is left: the folder keeps an (unheld) lock file."""
+        _unlink_if_same(self.path, self.fd)
 
 
 def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
@@ -509,14 +524,6 @@ def _open_existing_lock(lock: Path) -> int | None:
         if exc.errno in NOT_OPENABLE:
             raise not_ours(lock, "a virnucpro lock file") from None
         raise
-
-
-def _names_same_file(path: Path, fd: int) -> bool:
-    """Whether `path` itself still names the file open as `fd` (its holder may have removed it)."""
-    try:
-        return os.path.samestat(os.lstat(path), os.fstat(fd))
-    except FileNotFoundError:
-        return False
 
 
 def _open_and_flock(lock: Path, subject: Path, what: str) -> tuple[int, bool, bool]:
@@ -576,6 +583,47 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: `data` under a temporary name beside it, renamed into place
+    (see `replaced_atomically`). A link at `path` is replaced, never written through; callers that
+    must not replace one check first."""
+    with replaced_atomically(path) as temporary:
+        with open(temporary, "wb", opener=lambda name, flags: os.open(name, flags | NO_FOLLOW)) as handle:
+            handle.write(data)
+
+
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A new temporary file beside `path` (`.NAME.XXXXXXXX.tmp`, created exclusively) for the block to
+    write by name (a library that writes a file, say), renamed over `path` when the block ends: first
+    synced, with the mode a plain `open()` gives (`file_mode`), then the rename synced, so a crash or
+    power loss leaves the old file or the new one, never a torn one. A block that fails leaves nothing."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        _sync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_file(path: Path) -> None:
+    """Give the regular file at `path` the mode of a new file (`file_mode`) and wait until it is on
+    disk; never through a link."""
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.fchmod(fd, file_mode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def folder_lock(folder: Path, what: str) -> Iterator[HeldLock]:
     """Create `folder` if needed and hold it exclusively while the block runs (exit 3 when busy)."""
@@ -588,12 +636,43 @@ def _enter_folder_lock(stack: ExitStack, folder: Path, what: str) -> HeldLock:
     """The folder's lock entered on `stack`; the folder is created again when its last holder
     removed it between our mkdir and our open (a finished embed removing its checkpoint folder)."""
     for _attempt in range(LOCK_ATTEMPTS):
-        _make_folder(folder, what)
+        make_folder(folder, what)
         try:
             return stack.enter_context(_hold(folder / LOCK_NAME, folder, what))
         except FileNotFoundError:
             continue
     raise _busy(folder, what, "a folder that keeps being removed")
+
+
+def lock_holder(folder: Path) -> str | None:
+    """Who holds the folder lock of `folder`, in words (see `_holder_text`), without taking it or
+    writing anything (a command that only reads the folder says why its files are not all in place);
+    None when nobody holds it. Where there is no flock, a fallback lock file tells: a regular file
+    (never read through a link) that is not stale."""
+    holder = _flock_holder(Path(folder) / LOCK_NAME)
+    fallback = Path(folder) / FALLBACK_LOCK_NAME
+    if holder is None and is_regular(fallback) and not _is_stale(fallback):
+        holder = _holder_text(_read_text_or_empty(fallback))
+    return holder
+
+
+def _flock_holder(lock: Path) -> str | None:
+    """The holder named in the lock file `lock` while another process holds its flock (a shared flock
+    cannot be had); None when nobody does, there is no such file, or the file system has no flock."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | NO_FOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return _holder_text(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    except OSError:
+        pass  # no flock here: the fallback lock file tells
+    finally:
+        os.close(fd)
+    return None
 
 
 @contextmanager
@@ -619,8 +698,9 @@ def check_derived_names(path: Path, what: str) -> None:
 
 # --- nesting -------------------------------------------------------------------------------------
 
-def _marker_kind(folder: Path) -> str | None:
-    """The kind written in a folder's marker; DAMAGED for an unreadable marker; None without one."""
+def marker_kind(folder: Path) -> str | None:
+    """The kind written in a folder's marker (the command that wrote the folder: run, prepare,
+    predict); DAMAGED for an unreadable marker; None without one."""
     path = folder / MARKER_NAME
     if not os.path.lexists(path):
         return None
@@ -653,7 +733,7 @@ def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool
     for parent in ([resolved] if itself else []) + list(resolved.parents):
         if parent in _held and not held_too:
             return
-        kind = _marker_kind(parent)
+        kind = marker_kind(parent)
         if kind is not None or parent in _held:
             where = "is" if parent == resolved else f"is inside {parent},"
             output = "this command's own output" if parent in _held else _output_text(kind)

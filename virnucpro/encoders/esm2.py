@@ -16,7 +16,6 @@ import json
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +32,7 @@ from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_atten
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError, VirnucproError, open_file_limit
 from virnucpro.models import store
-from virnucpro.outdir import file_mode, folder_lock, is_regular
+from virnucpro.outdir import folder_lock, is_regular, replaced_atomically
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
 # filler to a multiple of 8, then <mask>.
@@ -346,17 +345,11 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     # one metadata key: safetensors writes several in a random order, and the copy should not vary
     metadata = {"virnucpro": json.dumps({"format": FP16_FORMAT, "source_sha256": source_sha256,
                                          **dict(zip(_ARCHITECTURE_KEYS, architecture))}, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, file_mode())
-        digest = store.sha256_file(Path(tmp))
+    # safetensors writes the file by name: its gigabytes as bytes (`write_atomically`) would be held twice
+    with replaced_atomically(target) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+        digest = store.sha256_file(temporary)
         _refuse_unrecorded(home, target)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     cache = store.HashCache(home.directory)
     cache.record(home.copy_name, target, digest)
     cache.save()

@@ -55,8 +55,8 @@ from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (BadInputError, InterruptedByUser, ModelsError, OutputWriteError, VirnucproError,
-                              name_too_long, storage_error, storage_failure)
+from virnucpro.errors import (BadInputError, InterruptedByUser, ModelsError, OutputWriteError, UsageError,
+                              VirnucproError, name_too_long, storage_error, storage_failure)
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
 from virnucpro.outdir import held_folder, refuse_nesting
@@ -78,7 +78,7 @@ NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, Connectio
 def download(dest: Path | None = None, only: str | None = None, mirror: str | None = None) -> None:
     """`virnucpro models download`: every role (or `only` one) into `dest` (default: `models_dir`)."""
     if only is not None and only not in store.ROLES:
-        raise store.ModelsUsageError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
+        raise UsageError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
     check_mirror(mirror)
     directory = store.models_dir(dest, "--dest")
     roles = [only] if only else list(store.ROLES)
@@ -158,9 +158,9 @@ def check_mirror(mirror: str | None) -> None:
         return
     problem = _mirror_problem(mirror)
     if problem is not None:
-        raise store.ModelsUsageError(f"--mirror must be an http(s) URL of the mirror's base folder: {problem}; "
-                                     f"got {_masked(mirror)!r}",
-                                     hint="give the mirror's base URL, e.g. --mirror https://mirror.example.org")
+        raise UsageError(f"--mirror must be an http(s) URL of the mirror's base folder: {problem}; "
+                         f"got {_masked(mirror)!r}",
+                         hint="give the mirror's base URL, e.g. --mirror https://mirror.example.org")
 
 
 def _mirror_problem(mirror: str) -> str | None:
@@ -211,7 +211,7 @@ def _refuse_tiny_folder(directory: Path, manifest: dict | None) -> None:
     roles = (manifest or {}).get("models", {})
     tiny = sorted(role for role, entry in roles.items() if entry.get("tiny") is True)
     if tiny and len(tiny) == len(roles):
-        raise store.ModelsUsageError(
+        raise UsageError(
             f"{directory} holds tiny test models ({', '.join(tiny)}); the published models go into a folder "
             f"of their own", hint=f"download them into a new folder: {store.NEW_FOLDER_HINT}")
 

@@ -49,7 +49,6 @@ embeddings of encoders the models folder no longer holds.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -58,7 +57,6 @@ import pickletools
 import re
 import shlex
 import sys
-import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,8 +65,9 @@ from stat import S_ISREG
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
-from virnucpro.errors import ExitCode, ModelsError, VirnucproError, name_too_long, path_too_long, printable
-from virnucpro.outdir import MARKER_NAME, file_mode, is_regular, not_ours
+from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, ModelsError, UsageError, VirnucproError, name_too_long,
+                              path_too_long, printable)
+from virnucpro.outdir import lock_holder, marker_kind, refuse_unless_regular, write_atomically
 from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
@@ -100,8 +99,6 @@ _CACHE_MIN_BYTES = 64 * 1024 * 1024
 FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-NAME_MAX_BYTES = 255  # the longest file name (one path component) common file systems allow
-PATH_MAX_BYTES = 4096  # the longest path the kernel accepts
 CHECK_ARGUMENT = "the DIR argument of `models check`"
 
 
@@ -147,13 +144,7 @@ class ModelSet:
         return self.paths[role]
 
 
-class ModelsUsageError(VirnucproError):
-    """A models option or argument that cannot be used as given (exit 2, a usage error)."""
-
-    code = ExitCode.USAGE
-
-
-class ModelsPathError(ModelsUsageError):
+class ModelsPathError(UsageError):
     """A models directory path that cannot be used as given (exit 2, a usage error)."""
 
 
@@ -312,14 +303,10 @@ def _not_models_folder(message: str) -> ModelsError:
 def _refuse_command_output(directory: Path) -> None:
     """Exit 4 when `directory` holds the marker of a virnucpro output folder (prepare, run, predict):
     its files are that command's, not models."""
-    marker = directory / MARKER_NAME
-    if not os.path.lexists(marker):
+    kind = marker_kind(directory)
+    if kind is None:
         return
-    try:
-        kind = json.loads(read_small_file(marker, MANIFEST_MAX_BYTES)).get("kind")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        kind = None
-    command = f"`virnucpro {kind}`" if isinstance(kind, str) and kind.isidentifier() else "a virnucpro command"
+    command = f"`virnucpro {kind}`" if kind.isidentifier() else "a virnucpro command"  # DAMAGED, or forged
     raise _not_models_folder(f"{directory} is the output of {command}, not a models folder")
 
 
@@ -413,7 +400,7 @@ def _file_name_problem(rel: str) -> str | None:
         return "holds a NUL character"
     if not rel.isprintable():  # none of ours does, and every message naming it would break
         return "holds a line break or another control character"
-    if len(encoded) > PATH_MAX_BYTES or any(len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")):
+    if len(encoded) >= PATH_MAX_DEFAULT or any(len(part) > NAME_MAX_DEFAULT for part in encoded.split(b"/")):
         return "is too long for a file name"
     return None
 
@@ -433,21 +420,10 @@ def _check_mapping(path: Path, where: str, value: object, pattern: re.Pattern | 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` whole or not at all (a temporary file renamed into place). A link (a models folder
-    of links into shared storage) or anything but a file at `path` is not replaced: exit 3."""
-    if os.path.lexists(path) and not is_regular(path):
-        raise not_ours(path, "a file virnucpro writes")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `path` whole or not at all (`write_atomically`). A link (a models folder of links into
+    shared storage) or anything but a file at `path` is not replaced: exit 3."""
+    refuse_unless_regular(path, "a file virnucpro writes")
+    write_atomically(path, text.encode())
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -1042,38 +1018,12 @@ def _in_progress(directory: Path) -> ModelsError | None:
     """Exit 4 saying that another command (`models download`, `models tiny`) is writing the folder
     now, naming it, when one holds its lock: its files are not all in place yet, and the usual hint
     (a download) would be refused while it runs. None when nobody holds it."""
-    holder = _lock_holder(directory)
+    holder = lock_holder(directory)
     if holder is None:
         return None
     return ModelsError(f"a virnucpro command is writing models into {directory} now ({holder}): a download "
                        f"is in progress, so its files are not all in place yet",
                        hint=f"wait for it to finish, then rerun `virnucpro models check {shlex.quote(str(directory))}`")
-
-
-def _lock_holder(directory: Path) -> str | None:
-    """Who holds the folder lock of `directory` (see `virnucpro.outdir`), without taking it or
-    writing anything: a shared flock that cannot be had means an exclusive one is held; where
-    there is no flock, a fallback lock file that is not stale. None when nobody holds it."""
-    from virnucpro.outdir import FALLBACK_LOCK_NAME, LOCK_NAME, _holder_text, _is_stale
-
-    try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        fd = None
-    if fd is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            return _holder_text(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-        except OSError:
-            pass  # no flock here: the fallback lock file tells
-        finally:
-            os.close(fd)
-    fallback = directory / FALLBACK_LOCK_NAME
-    if fallback.is_file() and not _is_stale(fallback):
-        return _holder_text(fallback.read_text(errors="replace"))
-    return None
 
 
 def _report_role(s: RoleStatus) -> str | None:

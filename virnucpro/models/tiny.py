@@ -32,7 +32,7 @@ from virnucpro.console import info
 from virnucpro.errors import (STORAGE_ERRNOS, BadInputError, ModelsError, OutputWriteError, output_errors,
                               storage_error)
 from virnucpro.models import store
-from virnucpro.outdir import OURS, file_mode, held_folder, refuse_nesting
+from virnucpro.outdir import OURS, file_mode, held_folder, refuse_nesting, write_atomically
 
 TINY_SEED = 20240917
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -351,7 +351,7 @@ def _publish(directory: Path, files: dict[str, bytes]) -> None:
         target = directory / rel
         with output_errors(target):
             target.parent.mkdir(exist_ok=True)
-            _write_atomically(target, data)
+            write_atomically(target, data)  # a link at `target` is replaced, never written through
 
 
 def _refuse_in_the_way(directory: Path, rel: str, data: bytes, recorded: bool) -> None:
@@ -383,27 +383,6 @@ def _in_the_way(path: Path, what: str) -> BadInputError:
     """Exit 3 naming a name `models tiny` will not write through or replace."""
     return BadInputError(f"{path} is {what}: `models tiny` never writes through a link nor replaces "
                          f"a file it did not write", "move it away, then rerun the same command")
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write `data` under an exclusive temporary name beside `target`, then rename it into place
-    (a link at `target` is replaced, never written through); nothing half-written is left."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _fill(handle, data)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fill(handle, data: bytes) -> None:
-    """Write `data` to the open file and make it durable before the rename."""
-    handle.write(data)
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 def _write_models(directory: Path) -> None:
