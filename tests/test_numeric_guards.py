@@ -174,3 +174,26 @@ def test_at_half_precision_the_hint_is_to_rerun_at_fp32(precision):
 def test_when_the_precision_is_not_given_the_hint_covers_both():
     hint = _hint(None)
     assert "--precision fp32" in hint and "models folder" in hint, hint
+
+
+@pytest.mark.parametrize("precision, advice", [("fp32", "already computed in fp32"),
+                                               ("bf16", "rerun with --precision fp32")])
+def test_embed_names_the_precision_it_computed_in_when_vectors_are_not_finite(
+        tmp_path, run_cli, small_sample, tiny_models, monkeypatch, precision, advice):
+    """The encoders' dtype reaches the hint: at fp32 the model files are the suspect, at half
+    precision the first thing to try is fp32."""
+    from virnucpro import embed
+
+    computed = embed.Embedder.run
+
+    def not_finite(self, *args, **kwargs):
+        vectors = computed(self, *args, **kwargs)
+        vectors[0, 0] = float("nan")
+        return vectors
+
+    monkeypatch.setattr(embed.Embedder, "run", not_finite)
+    prepared_folder, _ = small_sample
+    code, message = run_cli("embed", next((prepared_folder / "shards").iterdir()), "--models",
+                            tiny_models, "--out", tmp_path / "x.h5", "--device", "cpu",
+                            "--precision", precision)
+    assert code == 9 and advice in message, message

@@ -1079,7 +1079,8 @@ class _ShardWork:
     def embed_batch(self, role: str, tokens: dict, batch: list[int], collated) -> None:
         """Compute one batch, refuse non-finite vectors, keep those not known yet."""
         vectors = self.embedder.run(role, tokens, batch, collated)
-        check_finite(vectors, [self.record_ids[self.distinct[role].first_record[i]] for i in batch])
+        check_finite(vectors, [self.record_ids[self.distinct[role].first_record[i]] for i in batch],
+                     self.embedder.encoders[role].dtype)
         missing = [k for k, i in enumerate(batch) if not self.done[role][i]]
         chosen = [batch[k] for k in missing]
         self.known[role][chosen] = vectors[missing]
