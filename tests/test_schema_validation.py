@@ -163,6 +163,7 @@ def _cases(tmp: Path):
     base = dict(_schema_defaults(), input=str(tmp / "reads" / "p1.fa"), outdir=str(tmp / "results"))
     (tmp / "my models").mkdir(exist_ok=True)
     (tmp / "my models" / "500_model.pth").write_bytes(b"")  # only its name and existence are checked here
+    (tmp / "my models" / "mine.safetensors").write_bytes(b"")  # a state_dict, as `virnucpro predict` takes
     params = {
         "good": {},
         "good_types": {"threshold": 1, "chunk_size": "300", "tiny_models": True, "help": "chunk_size",
@@ -197,6 +198,7 @@ def _cases(tmp: Path):
                         "slurm_gpu_queue": "gpu", "gpu_type": "nvidia-l4", "slurm_options": "--constraint=a100 --exclusive",
                         "models_mirror": "https://mirror.example.org:8443/virnucpro/models%20v1/",
                         "classifier": str(tmp / "my models" / "500_model.pth")},  # a space: Nextflow escapes it
+        "safetensors_classifier": {"classifier": str(tmp / "my models" / "mine.safetensors")},
     }
     params.update({
         # a params file's `threshold:` left blank: null, which would reach the tasks as `--threshold null`
@@ -269,7 +271,7 @@ def _refused(results, name):
     return outcome["message"]
 
 
-@pytest.mark.parametrize("name", ["good", "good_types", "site_values"])
+@pytest.mark.parametrize("name", ["good", "good_types", "site_values", "safetensors_classifier"])
 def test_valid_parameters_pass(results, name):
     assert results[name] == {"ok": True, "value": "valid"}
 

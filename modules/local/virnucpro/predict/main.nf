@@ -2,7 +2,7 @@
 // the sample's row of the run summary, its counts reconciled (bin/virnucpro_summary.py row).
 // Wraps `virnucpro predict`. It gets only the classifier, never the whole models directory (ESM-2 3B
 // would be copied to every task on cloud executors): `classifier_files` is the classifier with the
-// models manifest that pins its checksum (staged as _input/models/), or a classifier .pth given by the
+// models manifest that pins its checksum (staged as _input/models/), or a classifier file given by the
 // user (then `user_classifier` is true), first, with the manifest.json of its folder if it has one. Inputs are staged under _input/, a name no sample can have,
 // so the sample's results folder (named after it) never meets them.
 process VIRNUCPRO_PREDICT {
