@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -38,6 +38,9 @@ workflow {
         if (params.models) {
             // the classifier for --chunk_size is looked for only when no --classifier replaces it
             checkModelsDirectory(params.models, params.classifier ? null : params.chunk_size)
+        }
+        if (params.classifier) {
+            checkClassifierChunkSize(params.classifier, params.chunk_size)
         }
         // refused (object storage, mount syntax) before anything is written into --outdir
         def checkpoint_dir = checkpointDir(params.checkpoint_dir, workflow.workDir)

@@ -126,7 +126,7 @@ STOP = "--stop-timeout 120"
     ("singularity", "cuda", "singularity", "--bind '/ckpt' --nv"),
     ("singularity", "auto", "slurm,singularity", "--bind '/ckpt'"),
     ("apptainer", "auto", "slurm,apptainer,gpu", "--bind '/ckpt' --nv"),
-    ("apptainer", "cpu", "test,apptainer,gpu", "--bind '/ckpt' --nv"),
+    ("apptainer", "cpu", "test,apptainer,gpu", "--bind '/ckpt'"),  # --device cpu given: no GPU wanted
     ("apptainer", "cpu", "apptainer", "--bind '/ckpt'"),
     (None, "cuda", "gpu", ""),
 ])
@@ -375,6 +375,28 @@ def test_a_sample_folder_that_is_a_virnucpro_command_output_is_refused(groovy, t
 def _models_check(groovy, models, chunk_size) -> str:
     return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles"],
                           f"checkModelsDirectory('{models}', {chunk_size if chunk_size else 'null'})")
+
+
+def _classifier_check(groovy, classifier, chunk_size) -> str:
+    return _startup_check(groovy, ["checkClassifierChunkSize", "sha256Of"],
+                          f"checkClassifierChunkSize('{classifier}', {chunk_size})")
+
+
+def test_a_classifier_its_manifest_records_for_the_other_chunk_size_is_refused_at_start_up(groovy, tiny_models,
+                                                                                           tmp_path):
+    """Found by PREDICT, it cost every EMBED task first."""
+    message = _classifier_check(groovy, tiny_models / "300_model_tiny.pth", 500)
+    assert f"--classifier {tiny_models / '300_model_tiny.pth'} is the classifier for 300-bp chunks" in message
+    assert "--chunk_size is 500" in message and "--chunk_size 300" in message, message
+    assert _classifier_check(groovy, tiny_models / "300_model_tiny.pth", 300) == "passed"
+    assert _classifier_check(groovy, tiny_models / "500_model_tiny.pth", 500) == "passed"
+    assert _classifier_check(groovy, tiny_models / "300_model_tiny.pth", 400) == "passed"  # any classifier there
+    alone = tmp_path / "alone"  # no manifest beside it: PREDICT checks the published checksums
+    alone.mkdir()
+    (alone / "300_model.pth").write_bytes((tiny_models / "300_model_tiny.pth").read_bytes())
+    assert _classifier_check(groovy, alone / "300_model.pth", 500) == "passed"
+    (alone / "manifest.json").write_text("{not json")  # left to PREDICT, which names what is wrong
+    assert _classifier_check(groovy, alone / "300_model.pth", 500) == "passed"
 
 
 def test_a_models_folder_without_models_is_refused_at_start_up(groovy, tmp_path):

@@ -389,6 +389,40 @@ def classifierFiles(models_dir, chunk_size) {
     return [manifest] + entry.files.collect { name -> models_dir.resolve(name) }
 }
 
+// A --classifier that the manifest.json of its folder records as the classifier of the other
+// standard chunk size (by checksum) stops the run at start, not after every EMBED task: PREDICT
+// would refuse it (as `virnucpro predict` does) once the GPU hours are spent. A manifest that
+// cannot be read is left to PREDICT, which says what is wrong with it.
+def checkClassifierChunkSize(String classifier, chunk_size) {
+    def standard = [300, 500]
+    def path = file(classifier, glob: false)
+    def manifest = path.resolveSibling('manifest.json')
+    if (!(chunk_size in standard) || path.name == 'manifest.json' || !java.nio.file.Files.isRegularFile(manifest)) {
+        return
+    }
+    def other = (standard - [chunk_size])[0]
+    def recorded = [:]
+    try {
+        def text = new String(java.nio.file.Files.readAllBytes(manifest), 'UTF-8')
+        recorded = new groovy.json.JsonSlurper().parseText(text).models["classifier_${other}"]?.sha256 ?: [:]
+    }
+    catch (Exception _e) {
+        return
+    }
+    if (recorded instanceof Map && sha256Of(path) in recorded.values()) {
+        error("--classifier ${classifier} is the classifier for ${other}-bp chunks (${manifest} records it), but --chunk_size is ${chunk_size}: give the ${chunk_size}-bp classifier, or --chunk_size ${other}")
+    }
+}
+
+// The sha256 of a file, streamed through the digest (never read whole)
+def sha256Of(path) {
+    def digest = java.security.MessageDigest.getInstance('SHA-256')
+    java.nio.file.Files.newInputStream(path).withCloseable { stream ->
+        new java.security.DigestInputStream(stream, digest).transferTo(java.io.OutputStream.nullOutputStream())
+    }
+    return digest.digest().encodeHex().toString()
+}
+
 // A --classifier with the models manifest of its folder when there is one: PREDICT then refuses a
 // classifier that manifest records for the other chunk size, as `virnucpro predict` does when it
 // reads the classifier beside its manifest (staged alone, a tiny one for 500-bp chunks passed at 300)
