@@ -62,7 +62,8 @@ def test_a_prepare_output_given_as_models_says_what_it_is_and_leaves_it_alone(pr
     assert code == ExitCode.MODELS, err
     assert f"{prepared} is the output of `virnucpro prepare`, not a models folder" in err, err
     assert "delete" not in err and f"--dest {prepared}" not in err, err
-    assert "--dest NEW_FOLDER" in err and "--models" in err, err
+    assert "--dest NEW_FOLDER" in err, err
+    assert ("`virnucpro models check DIR`" if command == "check" else "--models") in err, err
     assert _snapshot(prepared) == before
 
 

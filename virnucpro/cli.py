@@ -78,8 +78,15 @@ def _path(value: str) -> Path:
 MAX_CHUNK_SIZE = 2**63 - 1
 
 
-def _check_chunk_size(chunk_size: int, allow_any: bool) -> None:
-    """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in (exit 2)."""
+CHUNK_SIZE_ADVICE = {  # what each command that takes --chunk-size needs for another size
+    "prepare": "add --allow-any-chunk-size (predict then needs your own classifier trained for that chunk size)",
+    "run": "add --allow-any-chunk-size with your own --classifier",
+}
+
+
+def _check_chunk_size(chunk_size: int, allow_any: bool, command: str) -> None:
+    """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in (exit 2), the
+    advice in the words of `command` (a key of CHUNK_SIZE_ADVICE: prepare has no --classifier)."""
     if chunk_size < 3:
         hint = "the smallest is 3" if allow_any else "use 300 or 500"
         raise typer.BadParameter(f"{chunk_size} is too small; {hint}", param_hint="--chunk-size")
@@ -89,8 +96,7 @@ def _check_chunk_size(chunk_size: int, allow_any: bool) -> None:
                                  param_hint="--chunk-size")
     if chunk_size not in STANDARD_CHUNK_SIZES and not allow_any:
         raise typer.BadParameter(f"{chunk_size}: the classifiers were trained for 300 and 500 only; use "
-                                 "one of them, or add --allow-any-chunk-size with your own --classifier",
-                                 param_hint="--chunk-size")
+                                 f"one of them, or {CHUNK_SIZE_ADVICE[command]}", param_hint="--chunk-size")
 
 
 ChunkSizeOption = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 500 (the classifiers "
@@ -158,7 +164,7 @@ def prepare(
     threads = limit_threads(threads)
     from virnucpro.prepare import prepare as run_prepare
 
-    _check_chunk_size(chunk_size, allow_any_chunk_size)
+    _check_chunk_size(chunk_size, allow_any_chunk_size, "prepare")
     run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size, threads=threads)
 
 
@@ -237,7 +243,7 @@ def run(
     compile_cache: Optional[Path] = CompileCacheOption,
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
-    _check_chunk_size(chunk_size, allow_any_chunk_size)
+    _check_chunk_size(chunk_size, allow_any_chunk_size, "run")
     if chunk_size not in STANDARD_CHUNK_SIZES and classifier is None:
         raise typer.BadParameter(f"chunk size {chunk_size} needs your own --classifier: the published classifiers "
                                  "are for 300 and 500 only", param_hint="--classifier")

@@ -38,7 +38,7 @@ from virnucpro.encoders import FAST_COMPILED, check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
                               ignore_stop_signals, name_too_long, note_stop, output_errors, storage_error,
-                              storage_failure)
+                              storage_failure, storage_hint)
 from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
                               make_folder, not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
@@ -263,8 +263,7 @@ class CheckpointStore:
             if name_too_long(exc):
                 raise storage_failure(exc, tmp) from None
             raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
-                                   "free space or choose another --checkpoint-dir; a rerun resumes from the parts "
-                                   "already written") from None
+                                   f"{storage_hint(exc)}; a rerun resumes from the parts already written") from None
 
     def raise_failed(self) -> None:
         """Raise the failure of a part write that has finished, without waiting for those still running."""

@@ -166,14 +166,36 @@ def sha256_of(path: Path, links: bool = True) -> str:
 def check_tables(directory: Path, manifest: dict) -> None:
     """sequences.tsv and chunks.tsv are the ones prepare wrote (their sha256 in the manifest), exit 5."""
     for name in TABLES:
-        path = Path(directory) / name
-        try:
-            unchanged = sha256_of(path, links=False) == manifest["tables"][name]
-        except OSError as exc:
-            raise unreadable(path, exc) from None
-        if not unchanged:
-            raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
-                                          f"{Path(directory) / MANIFEST}", REPAIR_HINT)
+        _check_unchanged(directory, Path(directory) / name, manifest["tables"][name])
+
+
+def check_shard_file(directory: Path, entry: dict) -> None:
+    """The shard a manifest `entry` names is the file prepare wrote (its sha256 in the entry) and lies
+    inside the prepare folder `directory` (no link on its way), exit 5."""
+    path = Path(directory) / entry["file"]
+    if not os.path.realpath(path).startswith(os.path.join(os.path.realpath(directory), "")):
+        raise InconsistentInputsError(f"{path} lies outside the prepare folder {directory} (a symbolic link on its "
+                                      "way), where prepare writes no links", REPAIR_HINT)
+    _check_unchanged(directory, path, entry["sha256"])
+
+
+def check_files(directory: Path, manifest: dict) -> None:
+    """Every table and shard of the prepare folder is as prepare wrote it (the sha256 its manifest
+    records), exit 5 naming the first that is not: reading them all costs what hashing them costs."""
+    check_tables(directory, manifest)
+    for entry in manifest["shards"]:
+        check_shard_file(directory, entry)
+
+
+def _check_unchanged(directory: Path, path: Path, sha256: str) -> None:
+    """`path` of the prepare folder `directory` has the sha256 its manifest records (no link), exit 5."""
+    try:
+        unchanged = sha256_of(path, links=False) == sha256
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    if not unchanged:
+        raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
+                                      f"{Path(directory) / MANIFEST}", REPAIR_HINT)
 
 
 def _parse_first_line(path: Path, line: str) -> dict[str, int]:

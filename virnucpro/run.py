@@ -2,8 +2,9 @@
 
 The output folder is locked while it runs and written only if it is empty, new or an earlier
 `run` output. Intermediate files live in `OUTDIR/.virnucpro-work/`. A rerun after a kill skips a
-finished prepare (same inputs, same chunk size) and finished embedding shards, and resumes the
-interrupted shard from its checkpoint. After success the work folder is removed (embeddings are
+finished prepare (same inputs, same chunk size, every table and shard as its manifest records them;
+otherwise it is done again) and finished embedding shards, and resumes the interrupted shard from
+its checkpoint. After success the work folder is removed (embeddings are
 kept under `OUTDIR/embeddings/` with `--keep-embeddings`).
 """
 
@@ -26,34 +27,53 @@ WORK = ".virnucpro-work"
 KEPT = "embeddings"
 WORK_WHAT = "the run's work folder"
 SHA256 = "[0-9a-f]" + "{64}"  # a checkpoint key folder's name, a part's checksum
+OURS = r"\.virnucpro\.(?:json|lock)[^/]*"  # marker and lock files, their temporaries and stale names
 
 
 @functools.cache
 def _work_files() -> re.Pattern:
     """The relative paths `run` (through prepare and embed) writes in its work folder, folders too:
     only these are ever deleted there, and a work folder holding anything else is refused."""
-    from virnucpro.prepare import STAGING, STAGING_FILES
-
-    ours = r"\.virnucpro\.(?:json|lock)[^/]*"  # marker and lock files, their temporaries and stale names
+    prepared = "|".join(f"(?:{alternative})" for alternative in _prepare_alternatives())
     return work_pattern(
-        rf"prepared(?:/(?:{re.escape(fmt.SEQUENCES)}|{re.escape(fmt.CHUNKS)}|{re.escape(fmt.MANIFEST)}|{ours}))?",
-        rf"prepared/{fmt.SHARD_DIR}(?:/shard_[0-9]+\.tsv)?",
-        rf"prepared/{re.escape(STAGING)}(?:/(?:{STAGING_FILES.pattern}))?",
+        rf"prepared(?:/(?:{prepared}))?",
         r"embeddings(?:/\.?shard_[0-9]+\.h5(?:\.[^/]*)?)?",  # the files, their locks and temporaries
-        rf"checkpoints(?:/{SHA256}(?:/(?:part_[0-9]+\.{SHA256}\.npz|\.part_[0-9]+\.tmp\.npz|{ours}"
+        rf"checkpoints(?:/{SHA256}(?:/(?:part_[0-9]+\.{SHA256}\.npz|\.part_[0-9]+\.tmp\.npz|{OURS}"
         r"|\.waiting\.[^/]*))?)?")
 
 
-def _prepare_is_current(prepared: Path, inputs: Sequence[Path], chunk_size: int) -> bool:
-    """A finished prepare of exactly these input files (by content) at this chunk size."""
+@functools.cache
+def _prepare_files() -> re.Pattern:
+    """The relative paths prepare writes in its folder (the work folder's `prepared`), folders too."""
+    return work_pattern(*_prepare_alternatives())
+
+
+def _prepare_alternatives() -> tuple[str, ...]:
+    """Regular expressions of what prepare writes in its folder: tables, manifest, marker and lock,
+    shards, its staging folder."""
+    from virnucpro.prepare import STAGING, STAGING_FILES
+
+    return (rf"{re.escape(fmt.SEQUENCES)}|{re.escape(fmt.CHUNKS)}|{re.escape(fmt.MANIFEST)}|{OURS}",
+            rf"{fmt.SHARD_DIR}(?:/shard_[0-9]+\.tsv)?",
+            rf"{re.escape(STAGING)}(?:/(?:{STAGING_FILES.pattern}))?")
+
+
+def _earlier_prepare(prepared: Path, inputs: Sequence[Path], chunk_size: int) -> tuple[dict | None, str]:
+    """(its manifest, "") when `prepared` holds a finished prepare of exactly these input files (by
+    content) at this chunk size, every table and shard as its manifest records them (their sha256);
+    otherwise (None, why not): a damaged prepare is never reused, predict would refuse it hours later."""
     try:
         manifest = fmt.load_manifest(prepared)
-    except VirnucproError:
-        return False
-    if manifest["chunk_size"] != chunk_size or len(manifest["inputs"]) != len(inputs):
-        return False
-    return all(Path(path).is_file() and fmt.sha256_of(Path(path)) == entry["sha256"]
-               for path, entry in zip(inputs, manifest["inputs"]))
+        if manifest["chunk_size"] != chunk_size:
+            return None, f"was made at chunk size {manifest['chunk_size']}"
+        if len(manifest["inputs"]) != len(inputs) or not all(
+                Path(path).is_file() and fmt.sha256_of(Path(path)) == entry["sha256"]
+                for path, entry in zip(inputs, manifest["inputs"])):
+            return None, "was made from other input files"
+        fmt.check_files(prepared, manifest)
+    except VirnucproError as exc:
+        return None, f"cannot be reused: {exc.message}"
+    return manifest, ""
 
 
 @dataclass
@@ -103,12 +123,17 @@ def _download_ahead(models: Path | None, classifier: Path | None, chunk_size: in
 
 def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int, outdir: Path) -> dict:
     """The prepare stage, or its finished result from an earlier try of this run (whose tables the
-    user finds in `outdir`)."""
+    user finds in `outdir`). An earlier prepare that cannot be reused is removed first, said why: the
+    folder is the run's own, and prepare never replaces files that changed since it wrote them."""
     from virnucpro.prepare import prepare
 
-    if _prepare_is_current(prepared, inputs, chunk_size):
-        info(f"prepare: already done for these inputs ({prepared}), reusing it")
-        return fmt.load_manifest(prepared)
+    if prepared.is_dir():
+        manifest, fault = _earlier_prepare(prepared, inputs, chunk_size)
+        if manifest is not None:
+            info(f"prepare: already done for these inputs ({prepared}), reusing it")
+            return manifest
+        info(f"prepare: redoing it: the earlier one in {prepared} {fault}")
+        remove_written(prepared, _prepare_files())
     # in this process, no workers: a process that runs the models should not fork (on some virtual
     # machines a fork made later multi-threaded CPU math in the parent transiently wrong), and
     # prepare takes well under 1% of the time embedding takes

@@ -55,8 +55,9 @@ from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (BadInputError, InterruptedByUser, ModelsError, OutputWriteError, UsageError,
-                              VirnucproError, name_too_long, storage_error, storage_failure)
+from virnucpro.errors import (STORAGE_HINTS, BadInputError, InterruptedByUser, ModelsError, OutputWriteError,
+                              UsageError, VirnucproError, name_too_long, storage_errno, storage_error,
+                              storage_failure, storage_hint)
 from virnucpro.models import pins, store
 from virnucpro.models.pins import FileSource, RoleSource
 from virnucpro.outdir import held_folder, refuse_nesting
@@ -264,13 +265,16 @@ def _fp16_copy(directory: Path) -> None:
 
 
 def _write_error(path: Path, exc: OSError) -> VirnucproError:
-    """Exit 10 when the storage failed (full, quota, read-only), exit 3 for a name too long, else exit 4."""
+    """Exit 10 when the storage failed (full, quota, read-only), exit 3 for a name too long, else exit 4.
+    The fix is another --dest where one helps (space, permissions); a file-size limit (EFBIG) binds
+    every --dest alike, so its hint is `storage_hint`'s (raise the limit)."""
     if name_too_long(exc):
         return storage_failure(exc, path)
     meaning = storage_error(exc)
     if meaning is not None:
-        return OutputWriteError(f"cannot write {path}: {meaning}",
-                                "free space, or download into another --dest")
+        hint = (storage_hint(exc) if storage_errno(exc) in STORAGE_HINTS
+                else "free space, fix the permissions, or download into another --dest")
+        return OutputWriteError(f"cannot write {path}: {meaning}", hint)
     return ModelsError(f"cannot write {path}: {exc}")
 
 

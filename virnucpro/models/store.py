@@ -100,6 +100,7 @@ FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 CHECK_ARGUMENT = "the DIR argument of `models check`"
+FOLDER_GIVEN = {CHECK_ARGUMENT: "`virnucpro models check DIR`", "--dest": "--dest DIR"}  # see `_folder_given`
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def models_dir(explicit: Path | str | None = None, where: str = "--models") -> P
     env = os.environ.get("VIRNUCPRO_MODELS")
     if env:
         return _expanded(env, "VIRNUCPRO_MODELS")
-    return _user_data_dir() / "models"
+    return _user_data_dir(where) / "models"
 
 
 def _expanded(path: Path | str, where: str) -> Path:
@@ -173,9 +174,10 @@ def _expanded(path: Path | str, where: str) -> Path:
                               hint="give the models directory as an absolute path") from None
 
 
-def _user_data_dir() -> Path:
+def _user_data_dir(where: str = "--models") -> Path:
     """The platform's per-user data folder for virnucpro; exit 2 naming the way out when there is no
-    home directory to put it in (no $HOME and a user id the password database does not know)."""
+    home directory to put it in (no $HOME and a user id the password database does not know), in
+    the words of the command that looked (`where`, see `models_dir`)."""
     xdg = os.environ.get("XDG_DATA_HOME", "")
     if os.path.isabs(xdg) and sys.platform != "darwin" and os.name != "nt":
         return Path(xdg) / "virnucpro"
@@ -184,17 +186,30 @@ def _user_data_dir() -> Path:
     except (RuntimeError, KeyError):
         raise ModelsPathError("no models directory given and the home directory (where the default one is) cannot "
                               "be determined: $HOME is not set and this user id has no password entry",
-                              hint="give --models DIR (--dest DIR to download) or set VIRNUCPRO_MODELS") from None
+                              hint=f"give {_home_free_folder(where)} or set VIRNUCPRO_MODELS") from None
     if os.name != "nt" and not os.path.isabs(os.environ.get("HOME", "/")):  # Python reads HOME='' as /
         raise ModelsPathError(f"no models directory given and the home directory (where the default one is), "
                               f"{os.environ['HOME']!r} from $HOME, is not an absolute path",
-                              hint="give --models DIR (--dest DIR to download), set VIRNUCPRO_MODELS, or set "
-                                   "HOME to an absolute path")
+                              hint=f"give {_home_free_folder(where)}, set VIRNUCPRO_MODELS, or set HOME to an "
+                                   f"absolute path")
     if sys.platform == "darwin":
         return home / "Library" / "Application Support" / "virnucpro"
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "virnucpro"
     return home / ".local" / "share" / "virnucpro"  # a relative XDG_DATA_HOME is ignored, as XDG says
+
+
+def _home_free_folder(where: str) -> str:
+    """The folder to give instead of the default one in the home directory (`_user_data_dir`)."""
+    given = _folder_given(where)
+    return "--models DIR (--dest DIR to download)" if where == "--models" else f"the models folder ({given})"
+
+
+def _folder_given(where: str) -> str:
+    """How a command is given its models folder, named by `where` (see `models_dir`), for hints:
+    `models check` takes it as its DIR argument, `models download` as --dest, embed, run and
+    predict as --models."""
+    return FOLDER_GIVEN.get(where, "--models DIR")
 
 
 def download_command(directory: Path, roles: Iterable[str] | None = None) -> str:
@@ -251,11 +266,11 @@ def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
 # Manifest
 # --------------------------------------------------------------------------------------------
 
-def read_manifest(directory: Path) -> dict | None:
+def read_manifest(directory: Path, where: str = "--models") -> dict | None:
     """The validated manifest of `directory`, or None without one; malformed is exit 4, and so is
     a folder that is the output of a virnucpro command (its marker, or another manifest) rather
-    than a models folder."""
-    _refuse_command_output(Path(directory))
+    than a models folder (`where`: how the command was given the folder, see `models_dir`)."""
+    _refuse_command_output(Path(directory), where)
     path = Path(directory) / MANIFEST
     if not os.path.lexists(path):
         return None
@@ -265,7 +280,7 @@ def read_manifest(directory: Path) -> dict | None:
         why = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise ModelsError(f"{path} is unreadable or not JSON: {why}",
                           hint=_manifest_hint(Path(directory))) from None
-    _check_manifest(path, manifest)
+    _check_manifest(path, manifest, where)
     manifest.setdefault("models", {})
     return manifest
 
@@ -293,24 +308,25 @@ def _manifest_hint(directory: Path) -> str:
             f"the models into a new folder: {NEW_FOLDER_HINT}")
 
 
-def _not_models_folder(message: str) -> ModelsError:
-    """Exit 4 for a folder that is not a models folder, saying what it is; the hint leaves it as it is."""
+def _not_models_folder(message: str, where: str) -> ModelsError:
+    """Exit 4 for a folder that is not a models folder, saying what it is; the hint leaves it as it is
+    and names the command's own way of giving the folder (`where`, see `_folder_given`)."""
     return ModelsError(message,
-                       hint=f"give the folder that holds the models (--models DIR or VIRNUCPRO_MODELS=DIR), "
+                       hint=f"give the folder that holds the models ({_folder_given(where)} or VIRNUCPRO_MODELS=DIR), "
                             f"or download them into a new folder: {NEW_FOLDER_HINT}")
 
 
-def _refuse_command_output(directory: Path) -> None:
+def _refuse_command_output(directory: Path, where: str) -> None:
     """Exit 4 when `directory` holds the marker of a virnucpro output folder (prepare, run, predict):
     its files are that command's, not models."""
     kind = marker_kind(directory)
     if kind is None:
         return
     command = f"`virnucpro {kind}`" if kind.isidentifier() else "a virnucpro command"  # DAMAGED, or forged
-    raise _not_models_folder(f"{directory} is the output of {command}, not a models folder")
+    raise _not_models_folder(f"{directory} is the output of {command}, not a models folder", where)
 
 
-def _refuse_other_manifest(path: Path, manifest: dict) -> None:
+def _refuse_other_manifest(path: Path, manifest: dict, where: str) -> None:
     """Exit 4 when the manifest has fields but no `models`: another manifest (a `virnucpro prepare`
     output copied without its marker, another program's), not one of a models folder."""
     others = sorted(key for key in manifest if key != "format_version")
@@ -320,7 +336,7 @@ def _refuse_other_manifest(path: Path, manifest: dict) -> None:
     owner = ("the output of `virnucpro prepare` or another command"
              if {"shards", "chunk_size"} <= set(others) else "another program's manifest")
     raise _not_models_folder(f"{path.parent} is not a models folder: its {MANIFEST} has no `models` but "
-                             f"{shown} (it looks like {owner})")
+                             f"{shown} (it looks like {owner})", where)
 
 
 def _malformed(path: Path, field_name: str, problem: str) -> ModelsError:
@@ -335,11 +351,12 @@ def _kind(value: object) -> str:
             type(None): "null"}.get(type(value), f"a {type(value).__name__}")
 
 
-def _check_manifest(path: Path, manifest: object) -> None:
-    """Every field this code reads has the type the contract gives it, or exit 4 naming it."""
+def _check_manifest(path: Path, manifest: object, where: str) -> None:
+    """Every field this code reads has the type the contract gives it, or exit 4 naming it (`where`:
+    how the command was given the folder, for the hint when it is no models folder)."""
     if not isinstance(manifest, dict):
         raise _malformed(path, "(top level)", f"is {_kind(manifest)}, not an object")
-    _refuse_other_manifest(path, manifest)
+    _refuse_other_manifest(path, manifest, where)
     version = manifest.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise ModelsError(f"{path} has format_version {version!r}; this virnucpro reads version "
@@ -819,7 +836,7 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
             raise _not_a_directory(directory)  # at once: before any work that needs the models
         if not directory.is_dir():
             return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
-        manifest = read_manifest(directory)
+        manifest = read_manifest(directory, where)
         cache = HashCache(directory, use=not full)
         try:
             statuses = [_role_status(directory, role, manifest, cache) for role in roles]

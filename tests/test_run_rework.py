@@ -1,0 +1,135 @@
+"""`run` reuses a finished prepare from its work folder only as prepare left it, and the chunk-size
+refusal gives advice each command can follow."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from virnucpro import prepared as fmt
+from virnucpro import run as run_module
+from virnucpro.errors import InterruptedByUser
+from virnucpro.run import WORK
+
+RESULT = "prediction_results.txt"
+
+
+def _stopped(*args, **kwargs):
+    raise InterruptedByUser("SIGTERM received: stopped")
+
+
+@pytest.fixture
+def stopped_run(tmp_path, reference_dir, tiny_models, run_cli, monkeypatch):
+    """A run stopped (exit 6) at `stage` ("_embed_all" or "_predict_and_publish"): its work folder
+    kept; returns (the command's arguments, the work folder's prepared folder)."""
+    def stop_at(stage: str):
+        args = ("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", tmp_path / "r",
+                "--models", tiny_models, "--device", "cpu")
+        with monkeypatch.context() as patch:
+            patch.setattr(run_module, stage, _stopped)
+            code, message = run_cli(*args)
+        prepared = tmp_path / "r" / WORK / "prepared"
+        assert code == 6 and (prepared / fmt.MANIFEST).is_file(), message
+        return args, prepared
+    return stop_at
+
+
+def _said(message: str) -> str:
+    """A usage error's text without the box it is drawn in, its words on one line."""
+    return " ".join(message.replace("│", " ").split())
+
+
+def _delete_line(path, number: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    del lines[number - 1]
+    path.write_text("".join(lines))
+
+
+def test_a_changed_table_makes_run_redo_its_prepare(stopped_run, run_cli, tmp_path):
+    """The reviewer's case: chunks.tsv edited after the stop. The rerun used to reuse the prepare,
+    embed everything, and only then be refused at predict, and so on every rerun."""
+    args, prepared = stopped_run("_embed_all")
+    _delete_line(prepared / fmt.CHUNKS, 3)
+    code, message = run_cli(*args)
+    assert code == 0, message
+    assert "already done" not in message and "redoing it" in message and fmt.CHUNKS in message, message
+    assert (tmp_path / "r" / RESULT).is_file() and not (tmp_path / "r" / WORK).exists()
+
+
+def test_a_changed_shard_makes_run_redo_its_prepare(stopped_run, run_cli, tmp_path):
+    args, prepared = stopped_run("_embed_all")
+    shard = prepared / fmt.load_manifest(prepared)["shards"][0]["file"]
+    _delete_line(shard, 3)  # still a shard, one record fewer
+    code, message = run_cli(*args)
+    assert code == 0 and "redoing it" in message and shard.name in message, message
+    assert (tmp_path / "r" / RESULT).is_file()
+
+
+def test_a_damaged_manifest_makes_run_redo_its_prepare(stopped_run, run_cli):
+    """A manifest that is no longer prepare's: prepare used to refuse to replace it (exit 3)."""
+    args, prepared = stopped_run("_embed_all")
+    (prepared / fmt.MANIFEST).write_text((prepared / fmt.MANIFEST).read_text()[:40])
+    code, message = run_cli(*args)
+    assert code == 0 and "redoing it" in message, message
+
+
+def test_a_prepare_of_other_inputs_is_redone_and_said(stopped_run, run_cli, tmp_path):
+    args, _ = stopped_run("_embed_all")
+    other = tmp_path / "other.fa"
+    other.write_text(">x\n" + "ATGAAACCCGGGTTTTAA" * 30 + "\n")
+    code, message = run_cli("run", other, *args[2:])
+    assert code == 0 and "redoing it" in message and "other input" in message, message
+    assert [row["sequence_id"] for row in fmt.read_table(tmp_path / "r" / fmt.SEQUENCES)] == ["x"]
+
+
+def test_embeddings_are_reused_after_a_redone_prepare_that_wrote_the_same_shard(stopped_run, run_cli):
+    """A table edited after embedding: the prepare is redone, its shard is the same file again, so
+    the embedding of it (checked against the shard's sha256 by `already_embedded`) is reused."""
+    args, prepared = stopped_run("_predict_and_publish")
+    _delete_line(prepared / fmt.SEQUENCES, 2)
+    code, message = run_cli(*args)
+    assert code == 0 and "redoing it" in message and "shard_00000.h5 already done" in message, message
+
+
+def test_an_embedding_of_a_changed_shard_is_not_reused(stopped_run, tiny_models):
+    """The other half: an HDF5 file made from the shard before it changed does not count as done."""
+    from virnucpro.embed import ROLES
+    from virnucpro.models import download
+
+    args, prepared = stopped_run("_predict_and_publish")
+    shard = prepared / fmt.load_manifest(prepared)["shards"][0]["file"]
+    h5 = prepared.parent / "embeddings" / "shard_00000.h5"
+    identity = download.ensure(tiny_models, roles=list(ROLES), offline=True).identity(ROLES)
+    assert run_module._embedded_before(shard, h5, identity, "fp32")
+    lines = shard.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].rstrip("\n") + "A\n"  # a record's protein one letter longer: still a shard
+    shard.write_text("".join(lines))
+    assert not run_module._embedded_before(shard, h5, identity, "fp32")
+
+
+def test_an_intact_prepare_is_still_reused(stopped_run, run_cli):
+    args, _ = stopped_run("_embed_all")
+    code, message = run_cli(*args)
+    assert code == 0 and "prepare: already done" in message and "redoing" not in message, message
+
+
+def test_prepare_is_not_told_to_use_an_option_it_lacks(tmp_path, reference_dir, run_cli):
+    """`prepare` has no --classifier: its refusal of chunk size 400 must not ask for one, and the
+    advice it gives works."""
+    fasta = reference_dir / "vanilla/test_with_orfs.fa"
+    code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "p", "--chunk-size", "400")
+    message = _said(message)
+    assert code == 2 and "--allow-any-chunk-size" in message and "--classifier" not in message, message
+    assert "predict" in message, message  # where the classifier for that size will be needed
+    code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "p", "--chunk-size", "400",
+                            "--allow-any-chunk-size")
+    assert code == 0, message
+
+
+def test_run_is_told_to_bring_a_classifier(tmp_path, reference_dir, run_cli):
+    fasta = reference_dir / "vanilla/test_with_orfs.fa"
+    code, message = run_cli("run", fasta, "--outdir", tmp_path / "r", "--chunk-size", "400")
+    message = _said(message)
+    assert code == 2 and "--allow-any-chunk-size" in message and "--classifier" in message, message
+    assert not (tmp_path / "r").exists()
+
