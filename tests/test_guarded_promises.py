@@ -36,7 +36,7 @@ def copied_prepared(source: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(source, tmp_path / "prepared"))
 
 
-# --- a prepared shard that is not the one embedded (predict._check_prepared_shard) ---------------
+# --- a prepared shard that is not the one embedded (prepared.check_shard_file) -------------------
 
 def test_a_prepared_shard_edited_after_embedding_exits_5(tmp_path, run_cli, golden_prepared, golden_embeddings,
                                                         tiny_models):
@@ -57,7 +57,7 @@ def test_a_prepared_shard_edited_after_embedding_exits_5(tmp_path, run_cli, gold
 def test_shards_linked_from_outside_the_prepare_folder_exit_5(tmp_path, run_cli, golden_prepared, golden_embeddings,
                                                              tiny_models):
     """shards/ a symbolic link to a folder elsewhere (identical files): prepare writes no links.
-    Kills `if not _inside(prepared, path):` -> `if False:`."""
+    Kills the realpath test of `prepared.check_shard_file` -> `if False:`."""
     prepared = copied_prepared(golden_prepared, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     (prepared / "shards").rename(elsewhere)

@@ -126,7 +126,7 @@ def test_a_shard_that_is_no_regular_file_is_exit_5_naming_it(prepared_copy, tmp_
     folder to be followed."""
     shard = prepared_copy / "shards" / fmt.shard_name(0)
     no_regular_file_at(shard, kind, tmp_path / "outside.tsv")
-    statement = "predict._check_prepared_shard(folder, fmt.load_manifest(folder)['shards'][0])"
+    statement = "fmt.check_shard_file(folder, fmt.load_manifest(folder)['shards'][0])"
     result = probe(prepared_copy, statement)
     assert result["code"] == 5 and str(shard) in result["message"], result
 

@@ -104,32 +104,12 @@ def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.Embed
     walk = fmt.TableWalk(prepared, manifest).orf_chunks()
     entries = sorted(manifest["shards"], key=lambda entry: entry["index"])
     for entry, shard in zip(entries, shards):
-        _check_prepared_shard(prepared, entry)
+        fmt.check_shard_file(prepared, entry)
         _check_shard_ids(prepared, prepared / entry["file"], shard, walk)
     for chunk_id, line in walk:
         raise InconsistentInputsError(f"the prepared tables do not reconcile: {prepared / fmt.CHUNKS} line {line} "
                                       f"gives chunk {chunk_id!r} more ORFs than the prepared shards hold",
                                       fmt.REPAIR_HINT)
-
-
-def _check_prepared_shard(prepared: Path, entry: dict) -> None:
-    """The shard file is the one prepare wrote and the manifest (and so the HDF5 file) names."""
-    path = prepared / entry["file"]
-    if not _inside(prepared, path):
-        raise InconsistentInputsError(f"{path} lies outside the prepare folder {prepared} (a symbolic link on its "
-                                      "way), where prepare writes no links", fmt.REPAIR_HINT)
-    try:
-        unchanged = fmt.sha256_of(path, links=False) == entry["sha256"]
-    except OSError as exc:
-        raise fmt.unreadable(path, exc) from None
-    if not unchanged:
-        raise InconsistentInputsError(f"{path} changed after prepare: its sha256 is not the one in "
-                                      f"{prepared / fmt.MANIFEST}", fmt.REPAIR_HINT)
-
-
-def _inside(folder: Path, path: Path) -> bool:
-    """Whether `path`, its links resolved, lies inside `folder` (itself resolved: a staged link is fine)."""
-    return os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), ""))
 
 
 def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingShardInfo, walk) -> None:
