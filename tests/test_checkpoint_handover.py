@@ -64,7 +64,7 @@ def test_a_waiting_embed_is_left_the_parts_of_one_that_finishes(tmp_path, monkey
     waiter.join(10)
     assert second, "the waiting store never got the folder"
     parts = second[0].load(SIZES, WIDTHS)
-    assert [list(part["dnabert_s"][0]) for part in parts] == [[0]]
+    assert [list(part.vectors["dnabert_s"][0]) for part in parts] == [[0]]
     assert not list(folder.glob(f"{WAITING_PREFIX}*")), "the waiting note outlived the wait"
     assert "kept for the embed of the same shard waiting" in capsys.readouterr().err
     second[0].remove()

@@ -22,6 +22,7 @@ from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
 from virnucpro.errors import (ExitCode, VirnucproError, is_panic, process_limit, stop_signals_exit_interrupted, storage_error,
                               storage_failure)
+from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.threads import limit_threads
 
 OUTDIR_RULES = (" Locked while the command runs (flock, or an O_EXCL lock file with pid and host where "
@@ -60,9 +61,6 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-STANDARD_CHUNK_SIZES = (300, 500)
-
-
 def _path(value: str) -> Path:
     """A path argument as given. An empty one is a usage error (exit 2, the option named by typer):
     `Path("")` is the current directory, so `--outdir ""` wrote into it. Whether the path exists or can
@@ -88,14 +86,15 @@ def _check_chunk_size(chunk_size: int, allow_any: bool, command: str) -> None:
     """Only 300 and 500 have trained classifiers; other sizes need an explicit opt-in (exit 2), the
     advice in the words of `command` (a key of CHUNK_SIZE_ADVICE: prepare has no --classifier)."""
     if chunk_size < 3:
-        hint = "the smallest is 3" if allow_any else "use 300 or 500"
+        hint = "the smallest is 3" if allow_any else f"use {' or '.join(map(str, CLASSIFIER_CHUNK_SIZES))}"
         raise typer.BadParameter(f"{chunk_size} is too small; {hint}", param_hint="--chunk-size")
     if chunk_size > MAX_CHUNK_SIZE:  # it is stored as a 64-bit integer in every stage's files
         raise typer.BadParameter(f"{chunk_size} is too large; the largest is {MAX_CHUNK_SIZE} (a chunk "
                                  "longer than every sequence already leaves each sequence whole)",
                                  param_hint="--chunk-size")
-    if chunk_size not in STANDARD_CHUNK_SIZES and not allow_any:
-        raise typer.BadParameter(f"{chunk_size}: the classifiers were trained for 300 and 500 only; use "
+    if chunk_size not in CLASSIFIER_CHUNK_SIZES and not allow_any:
+        raise typer.BadParameter(f"{chunk_size}: the classifiers were trained for "
+                                 f"{' and '.join(map(str, CLASSIFIER_CHUNK_SIZES))} only; use "
                                  f"one of them, or {CHUNK_SIZE_ADVICE[command]}", param_hint="--chunk-size")
 
 
@@ -244,9 +243,9 @@ def run(
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
     _check_chunk_size(chunk_size, allow_any_chunk_size, "run")
-    if chunk_size not in STANDARD_CHUNK_SIZES and classifier is None:
-        raise typer.BadParameter(f"chunk size {chunk_size} needs your own --classifier: the published classifiers "
-                                 "are for 300 and 500 only", param_hint="--classifier")
+    from virnucpro.predict import require_own_classifier
+
+    require_own_classifier(chunk_size, classifier, why="this run cuts the sequences")
     threads = limit_threads(threads)
     from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all

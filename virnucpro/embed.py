@@ -37,7 +37,7 @@ from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, check_finite
 from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
-                              ignore_stop_signals, name_too_long, note_stop, output_errors, storage_error,
+                              ignore_stop_signals, name_too_long, note_stop, output_errors, printable, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
                               make_folder, not_ours, refuse_nesting)
@@ -400,21 +400,17 @@ class Part:
     vectors: dict[str, tuple[np.ndarray, np.ndarray]]
     made: MadeBy
 
-    def __getitem__(self, role: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, vectors) of one role, as parts were read before they kept a record."""
-        return self.vectors[role]
-
 
 def _discard(path: Path, problem: str) -> None:
     """Report a damaged part and remove it, so it is recomputed; a link, FIFO or folder in its place is
     not a file virnucpro wrote: left alone."""
-    warn(f"checkpoint part {ascii(path.name)[1:-1]} is damaged ({problem}): ignoring it; its vectors are "
+    warn(f"checkpoint part {printable(path.name)} is damaged ({problem}): ignoring it; its vectors are "
          "recomputed")
     if is_regular(path):
         path.unlink(missing_ok=True)
 
 
-def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> dict:
+def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> Part:
     """One part checked completely: name, checksum, key, then each role's arrays (raises DamagedPart)."""
     match = PART_NAME.fullmatch(path.name)
     if not match:
@@ -459,7 +455,7 @@ def _check_key(archive: zipfile.ZipFile, key: str) -> None:
             raise DamagedPart(f"{PART_KEY} has shape {shape}, not () (one string)")
         found = _read_npy_data(member, PART_KEY, shape, fortran, dtype).item()
     if found != key:
-        raise DamagedPart(f"it belongs to another checkpoint: key {ascii(found[:16])[1:-1]}..., not this folder's "
+        raise DamagedPart(f"it belongs to another checkpoint: key {printable(found[:16])}..., not this folder's "
                           f"{key[:16]}...; a part of another shard, models or precision")
 
 
@@ -787,10 +783,27 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     refuse_nesting(out, "--out")
     if checkpoint_dir is not None:
         refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
+    asked = _Settings(models, checkpoint_dir, device, precision, token_budget, checkpoint_every, checkpoint_seconds,
+                      threads, model_set, compiling)
     with _folders_taken_back_on_failure(out.parent):
         _check_output(shard, out)
-        return _embed_held(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
-                           checkpoint_every, checkpoint_seconds, threads, model_set, compiling)
+        return _embed_held(shard, shard_meta, out, asked)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The options of one `embed` call, as given (see `embed`), handed down to where they are used."""
+
+    models: Path | None
+    checkpoint_dir: Path | None
+    device: str
+    precision: str
+    token_budget: int | None
+    checkpoint_every: int
+    checkpoint_seconds: float
+    threads: int | None
+    model_set: object
+    compiling: Compiling
 
 
 @contextmanager
@@ -810,16 +823,13 @@ def _folders_taken_back_on_failure(folder: Path) -> Iterator[None]:
         raise
 
 
-def _embed_held(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
-                token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set,
-                compiling: Compiling) -> Path:
+def _embed_held(shard: Path, shard_meta, out: Path, asked: _Settings) -> Path:
     """`embed` from the moment `out`'s folder exists: `out` locked, checked, embedded."""
     with file_lock(out, "--out") as lock, output_errors(out):
         try:
             held = _HeldOut(lock, h5shard.file_state(out))  # taken first: a file put there after the check differs
             _check_replaceable(out)
-            return _embed_locked(shard, shard_meta, out, models, checkpoint_dir, device, precision, token_budget,
-                                 checkpoint_every, checkpoint_seconds, threads, model_set, compiling, held)
+            return _embed_locked(shard, shard_meta, out, asked, held)
         finally:
             lock.remove()  # ours to remove while held, also when a killed embed left it
 
@@ -834,28 +844,27 @@ class _HeldOut:
     found: h5shard.FileState | None
 
 
-def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, device: str, precision: str,
-                  token_budget, checkpoint_every: int, checkpoint_seconds: float, threads, model_set,
-                  compiling: Compiling, held: _HeldOut) -> Path:
+def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _HeldOut) -> Path:
     """`embed` once `out` is `held` by this process."""
     from virnucpro.models import store
 
     records = list(fmt.read_shard(shard))
     ids = [record[0] for record in records]
-    model_set = model_set or store.locate(models, roles=ROLES)
-    torch_device = resolve_device(device)
-    precision = resolve_precision(precision, torch_device)
-    if threads is not None:  # the CLI has applied --threads already; a library caller's count is applied here
-        limit_threads(threads)
+    model_set = asked.model_set or store.locate(asked.models, roles=ROLES)
+    torch_device = resolve_device(asked.device)
+    precision = resolve_precision(asked.precision, torch_device)
+    if asked.threads is not None:  # a library caller's count; the CLI's (set before torch loaded) again, unchanged
+        limit_threads(asked.threads)
     identity = model_set.identity(ROLES)
-    folder = Path(checkpoint_dir or out.with_name(out.name + ".ckpt")) / checkpoint_key(shard_meta.sha256,
-                                                                                          identity, precision)
+    folder = Path(asked.checkpoint_dir or out.with_name(out.name + ".ckpt")) / checkpoint_key(shard_meta.sha256,
+                                                                                              identity, precision)
+    parent_is_ours = asked.checkpoint_dir is None
     if _kept_as_written(out, shard_meta, ids, identity, precision):
-        _discard_leftover(folder, parent_is_ours=checkpoint_dir is None)
+        _discard_leftover(folder, parent_is_ours)
         return out
-    checkpoints = CheckpointStore(folder, parent_is_ours=checkpoint_dir is None)
+    checkpoints = CheckpointStore(folder, parent_is_ours)
     try:
-        encoders = _load_encoders(model_set, torch_device, precision, compiling)
+        encoders = _load_encoders(model_set, torch_device, precision, asked.compiling)
         distinct = {"dnabert_s": Distinct.of([r[1] for r in records]),
                     "esm2": Distinct.of([r[2] for r in records])}
         known = {role: np.zeros((len(distinct[role].sequences), encoders[role].width), np.float32)
@@ -863,9 +872,10 @@ def _embed_locked(shard: Path, shard_meta, out: Path, models, checkpoint_dir, de
         done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
         restored = _restore(checkpoints, known, done)
         _log_resume(ids, distinct, done)
-        embedder = Embedder(encoders, token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
+        embedder = Embedder(encoders, asked.token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
         label = f"embed shard {shard_meta.index + 1}/{shard_meta.of}"
-        _compute(embedder, distinct, known, done, checkpoints, ids, checkpoint_every, checkpoint_seconds, label)
+        _compute(embedder, distinct, known, done, checkpoints, ids, asked.checkpoint_every, asked.checkpoint_seconds,
+                 label)
         _write(out, ids, distinct, known,
                _attributes(shard_meta, identity, model_set.tiny, precision, embedder.made_by(restored)), held)
     except BaseException:

@@ -436,8 +436,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
     from virnucpro.models import store
 
     manifest = fmt.load_manifest(prepared)
-    if classifier is None:
-        _require_classifier_option(manifest["chunk_size"])
+    require_own_classifier(manifest["chunk_size"], classifier)
     shards = order_shards(manifest, embeddings)
     tiny = any(s.tiny for s in shards)
     if classifier is None:
@@ -492,18 +491,15 @@ def _claimed(outdir: Path, output: OutputFolder | None):
     return contextlib.nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
 
 
-STANDARD_CHUNK_SIZES = (300, 500)  # the published classifiers; both take the same 3,328 features
-
-
 def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: Path | None) -> None:
     """A `--classifier` known to be made for the other standard chunk size (the published file, or the
     models folder's own) is exit 5: the features fit either way, so nothing else would tell."""
     from virnucpro.models import pins, store
 
-    if chunk_size not in STANDARD_CHUNK_SIZES or not path.is_file():
+    if chunk_size not in pins.CLASSIFIER_CHUNK_SIZES or not path.is_file():
         return  # a custom chunk size takes any classifier; a missing file is load_classifier's error
     digest, blob = store.sha256_file(path, git_sha1=True)
-    for other in set(STANDARD_CHUNK_SIZES) - {chunk_size}:
+    for other in set(pins.CLASSIFIER_CHUNK_SIZES) - {chunk_size}:
         role = f"classifier_{other}"
         known = {spec.git_sha1 for spec in pins.SOURCES[role].files}
         for folder in _models_folders(models, path):
@@ -515,11 +511,15 @@ def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: P
                                           f"prepare again with --chunk-size {other}")
 
 
-def _require_classifier_option(chunk_size: int) -> None:
-    """Only 300 and 500 have published classifiers: another chunk size needs `--classifier` (exit 2)."""
-    if chunk_size not in STANDARD_CHUNK_SIZES:
-        raise UsageError(f"the sample was prepared at chunk size {chunk_size}; the published classifiers are "
-                         "for 300 and 500 only", "give your classifier for this chunk size with --classifier")
+def require_own_classifier(chunk_size: int, classifier: Path | None, why: str = "the sample was prepared") -> None:
+    """Only the chunk sizes of the published classifiers (300, 500) can do without `--classifier`;
+    another one needs the user's own (exit 2)."""
+    from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
+
+    if classifier is None and chunk_size not in CLASSIFIER_CHUNK_SIZES:
+        raise UsageError(f"{why} at chunk size {chunk_size}; the published classifiers are for "
+                         f"{' and '.join(map(str, CLASSIFIER_CHUNK_SIZES))} only",
+                         "give your classifier for this chunk size with --classifier")
 
 
 def _models_folders(models: Path | None, classifier: Path) -> list[Path]:
@@ -543,9 +543,6 @@ def _manifest_checksums(folder: Path, role: str) -> set[str]:
     return set(manifest["models"].get(role, {}).get("sha256", {}).values())
 
 
-EMBEDDING_ROLES = ("esm2", "dnabert_s")
-
-
 def check_embedding_models(shards: list[h5shard.EmbeddingShardInfo], directory: Path) -> None:
     """The encoders the shards were embedded with are the ones the manifest of the models folder
     `directory` records (exit 5 otherwise): results are never made from embeddings of models the
@@ -556,7 +553,7 @@ def check_embedding_models(shards: list[h5shard.EmbeddingShardInfo], directory: 
     from virnucpro.models import store
 
     first = shards[0]  # every shard was checked to name the same models (`_check_same_models`)
-    for role in EMBEDDING_ROLES:
+    for role in store.ENCODER_ROLES:
         recorded = store.recorded_identity(directory, role)
         made = (first.models.get(role) or {}).get("sha256")
         if recorded is not None and made is not None and made.lower() != recorded:

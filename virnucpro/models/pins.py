@@ -89,6 +89,11 @@ SOURCES: dict[str, RoleSource] = {
 }
 
 
+#: The chunk sizes the published classifiers were trained for (their roles: classifier_<size>);
+#: any other size needs the user's own classifier.
+CLASSIFIER_CHUNK_SIZES = tuple(int(role.removeprefix("classifier_")) for role in SOURCES if role.startswith("classifier_"))
+
+
 def pin_for(role: str, rel: str) -> FileSource | None:
     """The published file of `role` with the same file name as `rel` (wherever a manifest put it),
     or None when the published model has no file of that name."""

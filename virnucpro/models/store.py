@@ -129,8 +129,9 @@ class ModelSet:
         """The original classifier trained for this chunk size (300 or 500)."""
         role = f"classifier_{chunk_size}"
         if role not in ROLES:
-            raise ModelsError(f"there is no original classifier for chunk size {chunk_size} "
-                              f"(only 300 and 500)", hint="pass your own with --classifier FILE")
+            raise ModelsError(f"there is no original classifier for chunk size {chunk_size} (only "
+                              f"{' and '.join(map(str, pins.CLASSIFIER_CHUNK_SIZES))})",
+                              hint="pass your own with --classifier FILE")
         return self._path(role)
 
     def identity(self, roles: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
