@@ -380,6 +380,6 @@ def test_a_staging_name_taken_by_a_link_or_file_is_exit_3_and_untouched(
     staging.symlink_to(victim) if kind == "link" else staging.write_text("mine")
     code, err = run_cli(*args)
     assert code == 3, err
-    assert str(staging) + (" is a symbolic link" if kind == "link" else " is not a folder") in err
+    assert str(staging) + (" is a symbolic link" if kind == "link" else " is a file") in err
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"] and (victim / "keep.txt").read_text() == "mine"
     assert staging.is_symlink() if kind == "link" else staging.read_text() == "mine"

@@ -180,3 +180,29 @@ def test_models_usage_errors_are_usage_errors(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="cannot be determined"):
         store.models_dir("~/models")
     assert not hasattr(store, "ModelsUsageError")
+
+
+# ------------------------------------------------------------------ fresh_work_folder
+
+def test_fresh_work_folder_clears_our_leftovers_and_refuses_strays_links_and_a_late_arrival(tmp_path, monkeypatch):
+    """The staging folder of prepare and predict: ours is emptied and made again; anything else at
+    its name, or in it, is refused (exit 3) and left as it is; one made meanwhile is not taken over."""
+    import re
+
+    ours = re.compile(r"part\.tmp")
+    folder = tmp_path / ".staging"
+    folder.mkdir()
+    (folder / "part.tmp").write_text("left by a killed command")
+    assert od.fresh_work_folder(folder, ours, "the staging folder") == folder and list(folder.iterdir()) == []
+    (folder / "theirs.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="holds theirs.txt"):
+        od.fresh_work_folder(folder, ours, "the staging folder")
+    assert (folder / "theirs.txt").read_text() == "mine"
+    link = tmp_path / ".linked"
+    link.symlink_to(folder)
+    with pytest.raises(BadInputError, match="is a symbolic link"):
+        od.fresh_work_folder(link, ours, "the staging folder")
+    late = tmp_path / ".late"
+    monkeypatch.setattr(od, "remove_written", lambda path, _ours: path.mkdir())  # another process, meanwhile
+    with pytest.raises(BadInputError, match="appeared meanwhile"):
+        od.fresh_work_folder(late, ours, "the staging folder")

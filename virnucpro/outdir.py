@@ -1119,6 +1119,20 @@ def check_work_folder(folder: Path, ours: re.Pattern, what: str) -> None:
                             "never deletes files it did not write", "move it away, then rerun")
 
 
+def fresh_work_folder(folder: Path, ours: re.Pattern, what: str) -> Path:
+    """`folder` new and empty, made by this process: what an earlier command a kill interrupted left
+    there is removed, a link or file at its name or a file virnucpro never writes there is refused
+    (exit 3, see `check_work_folder`), and one put there meanwhile too, so everything in it from now
+    on is this command's."""
+    check_work_folder(folder, ours, what)
+    remove_written(folder, ours)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        raise not_ours(folder, f"{what}, a folder virnucpro makes (it appeared meanwhile)") from None
+    return folder
+
+
 def _strays(folder: Path, ours: re.Pattern) -> Iterator[str]:
     """Relative paths under `folder` that are not a regular file or folder matching `ours` (links
     are listed, never followed)."""

@@ -33,7 +33,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
 from virnucpro.console import info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, UsageError, VirnucproError,
                               output_errors)
-from virnucpro.outdir import OutputFolder, check_work_folder, claim, remove_written, work_pattern
+from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
 REPORT = "report.html"
@@ -375,7 +375,7 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
         inputs = _checked_inputs(prepared, embeddings, classifier, models)
         with output_errors(outdir):
-            staging = _fresh_staging(outdir)
+            staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "predict's staging folder")
             try:
                 n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
                                                          stage_seconds)
@@ -385,29 +385,6 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks; sequences: {calls['virus']:,} virus, "
          f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty -> {outdir}")
     return outdir
-
-
-def _fresh_staging(outdir: Path) -> Path:
-    """An empty staging folder in `outdir` (what an earlier predict left there is removed). A link or a
-    file at its name, or a file predict never writes in it, is not predict's: exit 3 naming it, never
-    followed, written through or deleted."""
-    staging = outdir / STAGING
-    if staging.is_symlink() or (os.path.lexists(staging) and not staging.is_dir()):
-        raise _staging_taken(staging)
-    check_work_folder(staging, STAGING_FILES, "predict's staging folder")
-    remove_written(staging, STAGING_FILES)
-    try:
-        staging.mkdir()
-    except FileExistsError:  # put there meanwhile
-        raise _staging_taken(staging) from None
-    return staging
-
-
-def _staging_taken(staging: Path) -> BadInputError:
-    what = "a symbolic link" if staging.is_symlink() else "not a folder"
-    return BadInputError(f"{staging} is {what}: predict writes its outputs in a folder of that name and "
-                         "never writes through or deletes what it did not make",
-                         f"move {staging} out of the way, then rerun")
 
 
 @dataclass

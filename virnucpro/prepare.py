@@ -37,7 +37,7 @@ from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
                              VirnucproError, check_stop, output_errors, stop_signals_blocked)
-from virnucpro.outdir import check_work_folder, claim, remove_written, work_pattern
+from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
 from virnucpro.threads import available_cpus
@@ -928,7 +928,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     outdir = Path(outdir)
     check_distinct_inputs(inputs)
     with claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
-        staging = _fresh_staging(outdir / STAGING)
+        staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "prepare's staging folder")
         try:  # from here on, whatever fails, what prepare wrote into the staging folder goes
             (staging / fmt.SHARD_DIR).mkdir()
             manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
@@ -937,15 +937,6 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
             remove_written(staging, STAGING_FILES)
     _report(manifest, outdir, published_in or outdir)
     return manifest
-
-
-def _fresh_staging(staging: Path) -> Path:
-    """The staging folder, new and empty: what an earlier prepare a kill interrupted left there is
-    removed; a link or file at its name, or a file prepare never writes there, is refused (exit 3)."""
-    check_work_folder(staging, STAGING_FILES, "prepare's staging folder")
-    remove_written(staging, STAGING_FILES)
-    staging.mkdir()  # exclusively: everything in it from now on is this command's
-    return staging
 
 
 def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: int, threads: int) -> dict:
