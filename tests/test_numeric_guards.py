@@ -64,6 +64,31 @@ def test_a_negative_running_var_is_refused_at_load_naming_the_file_and_the_tenso
     assert str(path) in info.value.message and "bn1.running_var" in info.value.message, info.value.message
 
 
+def _complex_variance(tiny_models: Path) -> dict[str, torch.Tensor]:
+    state = _tiny_state(tiny_models)
+    state["bn1.running_var"] = state["bn1.running_var"].to(torch.complex64)
+    return state
+
+
+def _no_hidden_units(tiny_models: Path) -> dict[str, torch.Tensor]:
+    state = _tiny_state(tiny_models)
+    width = state["hidden_layer.weight"].shape[1]
+    empty = {"hidden_layer.weight": torch.zeros(0, width), "output_layer.weight": torch.zeros(2, 0)}
+    return {key: empty.get(key, value[:0] if key.startswith(("hidden_layer.bias", "bn1.")) and value.dim() else value)
+            for key, value in state.items()}
+
+
+@pytest.mark.parametrize("damage, said", [(_complex_variance, "complex"), (_no_hidden_units, "width 0")])
+def test_tensors_no_classifier_can_have_are_refused_at_load_not_a_crash(tmp_path, tiny_models, damage, said):
+    """Complex numbers (no order: comparing them raised), a layer without units (the probe's
+    BatchNorm raised): exit 4 naming the file, never an unexpected error (exit 1)."""
+    path = tmp_path / "odd.pth"
+    torch.save(damage(tiny_models), path)
+    with pytest.raises(ModelsError) as info:
+        load_classifier(path)
+    assert str(path) in info.value.message and said in info.value.message, info.value.message
+
+
 @pytest.mark.parametrize("how", ["state_dict", "original", "safetensors"])
 def test_a_classifier_whose_finite_weights_overflow_is_refused_at_load(tmp_path, tiny_models, how):
     path = _save(_huge_output(tiny_models), tmp_path / ("huge.safetensors" if how == "safetensors"

@@ -133,3 +133,14 @@ def test_run_is_told_to_bring_a_classifier(tmp_path, reference_dir, run_cli):
     assert code == 2 and "--allow-any-chunk-size" in message and "--classifier" in message, message
     assert not (tmp_path / "r").exists()
 
+
+
+def test_a_stop_while_the_earlier_prepare_is_checked_keeps_it(stopped_run, run_cli, monkeypatch):
+    """A signal during the hashing is no damage: exit 6 with the finished prepare kept (it was taken
+    for 'cannot be reused' and deleted)."""
+    args, prepared = stopped_run("_embed_all")
+    before = sorted(path.relative_to(prepared) for path in prepared.rglob("*"))
+    monkeypatch.setattr(fmt, "check_files", _stopped)
+    code, message = run_cli(*args)
+    assert code == 6 and "redoing it" not in message, message
+    assert sorted(path.relative_to(prepared) for path in prepared.rglob("*")) == before

@@ -222,8 +222,13 @@ def _refuse(path: Path, offending: list[str]) -> ModelsError:
 
 
 def _tensor(value: Any, what: str, path: Path) -> torch.Tensor:
+    """`value` as a tensor of the classifier (floats as float32): anything else, complex numbers
+    included (weights are real; they cannot even be compared), is exit 4 naming it."""
     if not isinstance(value, torch.Tensor):
         raise ModelsError(f"{path}: {what} is a {type(value).__name__}, not a tensor")
+    if value.is_complex():
+        raise ModelsError(f"{path}: {what} holds complex numbers ({value.dtype}); a classifier's weights are real",
+                          _SOUND_CLASSIFIER_HINT)
     return value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
 
 
@@ -273,6 +278,9 @@ def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> 
     if hidden_w.dim() != 2 or out_w.dim() != 2 or out_w.shape[1] != hidden_w.shape[0]:
         raise ModelsError(f"{path}: inconsistent layer shapes {tuple(hidden_w.shape)} and "
                           f"{tuple(out_w.shape)}")
+    if 0 in hidden_w.shape:
+        raise ModelsError(f"{path}: its hidden layer has width 0 (shape {tuple(hidden_w.shape)}): no classifier "
+                          "scores anything with it", _SOUND_CLASSIFIER_HINT)
     if out_w.shape[0] != 2:
         raise ModelsError(f"{path} scores {out_w.shape[0]} classes; VirNucPro's classifier scores 2 "
                           "(others, virus)", "give the 300_model.pth/500_model.pth of VirNucPro")

@@ -71,6 +71,8 @@ def _earlier_prepare(prepared: Path, inputs: Sequence[Path], chunk_size: int) ->
                 for path, entry in zip(inputs, manifest["inputs"])):
             return None, "was made from other input files"
         fmt.check_files(prepared, manifest)
+    except InterruptedByUser:
+        raise  # a stop is no damage: the finished prepare stays for the rerun
     except VirnucproError as exc:
         return None, f"cannot be reused: {exc.message}"
     return manifest, ""
