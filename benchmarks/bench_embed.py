@@ -20,7 +20,13 @@ not counted; best of --repeats, runs interleaved):
   then ESM-2 through fair-esm's own `ESM2` on `FastaBatchedDataset.get_batch_indices(2048,
   extra_toks_per_seq=1)` batches (bench_encoders.esm_original); no deduplication, compute only.
 * checkpoint overhead: embed with checkpoints effectively off (checkpoint_every > shard,
-  checkpoint_seconds 1e9) vs the default.
+  checkpoint_seconds 1e9) vs the default; skipped, with a note, when --records is at most the
+  checkpoint interval (2000): both variants would then be the same run.
+
+Every repeat's embed outputs are compared with that repeat's original-pattern vectors
+(benchmarks/conditions.py: fp32 max |diff| <= 1e-4, fp16/bf16 min cosine >= 0.999); a disagreement
+prints FAILED and exits 1, as the ratio would then time other work. The load average is printed at
+the start and the end; --repeats 1 is warned about (no spread measured).
 
     python benchmarks/bench_embed.py                        # CPU, --size cpu, 20000 records (~25 min
                                                             # on 2 cores: each embed pass ~4 min)
@@ -41,6 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import bench_encoders as be  # noqa: E402
+import conditions  # noqa: E402
 from synthetic import coding_like  # noqa: E402
 
 from virnucpro import console  # noqa: E402
@@ -192,6 +200,31 @@ def checkpoint_write_cost(folder: Path, every: int, widths: tuple[int, int], rep
 
 # ---------------------------------------------------------------- main
 
+DEFAULT_EVERY, DEFAULT_SECONDS = 2000, 600.0  # embed()'s checkpoint defaults
+WARMUP_RECORDS = 256
+
+
+@dataclass
+class Bench:
+    """One benchmark's fixed parts: workload, models and settings, shared by every timed run."""
+    args: argparse.Namespace
+    work: Path
+    device: torch.device
+    precision: str
+    shard: Path = None
+    records: list = None
+    models: Path = None
+    esm_model: torch.nn.Module = None
+    dnabert: DnabertSEncoder = None
+    real_tokens: int = 0
+    failures: list = field(default_factory=list)
+
+    @property
+    def overhead_measurable(self) -> bool:
+        """Whether a default run writes a checkpoint part at all (else both variants are one run)."""
+        return len(self.records) > DEFAULT_EVERY
+
+
 def spread(times: list[float]) -> str:
     if len(times) < 2:
         return f"{times[0]:.2f} s (1 run)"
@@ -199,145 +232,220 @@ def spread(times: list[float]) -> str:
             f"(spread {max(times) / min(times) - 1:.1%}, {len(times)} runs)")
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=int, default=20000, help="ORF records in the shard (default 20000)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs of each variant; best counts")
+    ap.add_argument("--records", type=conditions.positive_int, default=20000,
+                    help="ORF records in the shard (default 20000)")
+    ap.add_argument("--repeats", type=conditions.positive_int, default=2,
+                    help="timed runs of each variant; best counts, every run's vectors are checked")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="default: fp32 on CPU, fp16 on CUDA")
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu", help="model sizes (see SIZES)")
     ap.add_argument("--real-size", action="store_true",
                     help="ESM-2 3B + DNABERT-S real shapes, random weights (same as --size real; GPU only)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=conditions.positive_int, default=None,
+                    help="torch threads (default: torch's)")
     ap.add_argument("--skip-original", action="store_true", help="only embed and checkpoint overhead")
     ap.add_argument("--skip-overhead", action="store_true", help="no checkpoints-off runs")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def make_workload(bench: Bench) -> Path:
+    """The timed shard and a warm-up shard (at most WARMUP_RECORDS, never more than the timed one)."""
+    args, t = bench.args, time.perf_counter()
+    bench.shard = make_shard(bench.work, "shard", args.records, args.seed)
+    warm_shard = make_shard(bench.work, "warmup", min(WARMUP_RECORDS, args.records), args.seed + 1)
+    bench.records = list(fmt.read_shard(bench.shard))
+    reads = len({r[0].rsplit("_chunk_", 1)[0] for r in bench.records})
+    print(f"workload: {len(bench.records):,} ORF records from {reads:,} coding-like {READ_LENGTH} bp reads "
+          f"(prepare + writing took {time.perf_counter() - t:.1f} s)", flush=True)
+    return warm_shard
+
+
+def make_models(bench: Bench, size_name: str) -> None:
+    """Random models in the standard layout, recorded as tiny; the original pattern's two models."""
+    size, t = SIZES[size_name], time.perf_counter()
+    bench.models = bench.work / "models"
+    bench.esm_model = build_models(bench.models, size, bench.device, bench.precision, bench.args.seed)
+    tiny.record_as_tiny(bench.models, RANDOM_MODEL_FILES, "benchmarks/bench_embed.py random weights")
+    located = store.locate(bench.models, roles=ROLES)
+    dtype = embed_mod.torch_dtype(bench.precision)
+    bench.dnabert = DnabertSEncoder(located.dnabert_s, bench.device, dtype)  # the original-pattern side
+    print(f"models ({time.perf_counter() - t:.1f} s to build): DNABERT-S {size['dnabert']} = "
+          f"{n_params(bench.dnabert.module, 'word') / 1e6:.1f}M params w/o embeddings; ESM-2 {size['esm']} = "
+          f"{n_params(bench.esm_model, 'embed_tokens') / 1e6:.1f}M params w/o embeddings; written to "
+          f"{bench.models} (no manifest, standard names)", flush=True)
+
+
+def describe_tokens(bench: Bench) -> None:
+    """Count the real tokens of both encoders and print the run's settings."""
+    nucleotides, proteins = [r[1] for r in bench.records], [r[2] for r in bench.records]
+    dna_tokens = sum(len(t) for t in bench.dnabert.tokenize(nucleotides))
+    esm_tokens = sum(len(p) + 2 for p in proteins)
+    bench.real_tokens = dna_tokens + esm_tokens
+    n = len(bench.records)
+    print(f"device={bench.device} precision={bench.precision} threads={torch.get_num_threads()} token budget="
+          f"{embed_mod.DEFAULT_TOKEN_BUDGET[bench.device.type]} records={n:,} distinct nucleotide/protein="
+          f"{len(set(nucleotides)):,}/{len(set(proteins)):,} real tokens: DNABERT-S {dna_tokens:,} "
+          f"({dna_tokens / n:.1f}/record), ESM-2 {esm_tokens:,} ({esm_tokens / n:.1f}/record); check per run: "
+          f"{conditions.limit_text(bench.precision)}", flush=True)
+
+
+def warm_up(bench: Bench, warm_shard: Path) -> None:
+    """Load the encoders into embed's process-wide cache, and run both original paths once."""
+    t_load, _ = run_embed(warm_shard, bench.work / "warm.h5", bench.models, bench.args.device, bench.precision,
+                          DEFAULT_EVERY, DEFAULT_SECONDS, bench.args.threads)
+    warm = list(fmt.read_shard(warm_shard))
+    run_original([r[1] for r in warm[:32]], [r[2] for r in warm[:32]], bench.dnabert, bench.esm_model,
+                 bench.device)
+    print(f"warm-up: first embed call (model load + {len(warm)} records) {t_load:.1f} s", flush=True)
+
+
+def run_variants(bench: Bench, rep: int, times: dict, summaries: dict) -> list[str]:
+    """This repeat's embed runs (order alternates between repeats); returns the variants run, whose
+    outputs are kept for the check when the original pattern runs."""
+    variants = ["embed", "off"] if rep % 2 == 0 else ["off", "embed"]
+    if bench.args.skip_overhead or not bench.overhead_measurable:
+        variants = ["embed"]
+    for variant in variants:
+        every, seconds = ((DEFAULT_EVERY, DEFAULT_SECONDS) if variant == "embed"
+                          else (len(bench.records) + 1, 1e9))
+        elapsed, summaries[variant] = run_embed(bench.shard, bench.work / f"{variant}.h5", bench.models,
+                                                bench.args.device, bench.precision, every, seconds,
+                                                bench.args.threads, keep=not bench.args.skip_original)
+        times[variant].append(elapsed)
+        print(f"  run {rep + 1} {LABELS[variant]:32s} {elapsed:8.2f} s  "
+              f"{len(bench.records) / elapsed:8.1f} records/s", flush=True)
+    return variants
+
+
+LABELS = {"embed": "embed (checkpoints every 2000)", "off": "embed (checkpoints off)"}
+
+
+def check_run(bench: Bench, rep: int, variants: list[str], original: tuple) -> None:
+    """Compare each of this repeat's embed outputs with this repeat's original-pattern vectors;
+    a disagreement beyond the tolerance goes to bench.failures."""
+    measures = []
+    for variant in variants:
+        with h5shard.open_h5(bench.work / f"{variant}.h5") as handle:
+            ours = (handle["dnabert_s"][:], handle["esm2"][:])
+        for name, got, ref in zip(("DNABERT-S", "ESM-2"), ours, original):
+            agree, measure = conditions.compare(got, ref.numpy(), bench.precision)
+            measures.append(f"{variant} {name} {measure}")
+            if not agree:
+                bench.failures.append(f"embed run {rep + 1} ({LABELS[variant]}): {name} vs original pattern, "
+                                      f"{measure}; limit {conditions.limit_text(bench.precision)}")
+        (bench.work / f"{variant}.h5").unlink()
+    print(f"  check run {rep + 1}: embed vs original pattern: {'; '.join(measures)}", flush=True)
+
+
+def run_original_timed(bench: Bench, rep: int, times: dict) -> tuple:
+    """One timed run of the original pattern; returns its (DNABERT-S, ESM-2) vectors."""
+    nucleotides, proteins = [r[1] for r in bench.records], [r[2] for r in bench.records]
+    dna, prot, t_dna, t_esm = run_original(nucleotides, proteins, bench.dnabert, bench.esm_model, bench.device)
+    times["orig"].append(t_dna + t_esm)
+    times["orig_dna"].append(t_dna)
+    times["orig_esm"].append(t_esm)
+    print(f"  run {rep + 1} {'original pattern':32s} {t_dna + t_esm:8.2f} s  "
+          f"{len(bench.records) / (t_dna + t_esm):8.1f} records/s (DNABERT-S {t_dna:.2f} s, "
+          f"ESM-2 {t_esm:.2f} s)", flush=True)
+    return dna, prot
+
+
+def timed_runs(bench: Bench) -> tuple[dict, dict]:
+    """Every repeat: the embed variants, then the original pattern and the check of that repeat."""
+    times = {"embed": [], "off": [], "orig": [], "orig_dna": [], "orig_esm": []}
+    summaries = {}
+    for rep in range(bench.args.repeats):
+        variants = run_variants(bench, rep, times, summaries)
+        if not bench.args.skip_original:
+            check_run(bench, rep, variants, run_original_timed(bench, rep, times))
+    if bench.args.skip_original:
+        print("  check: none (--skip-original: no baseline vectors to compare with)", flush=True)
+    return times, summaries
+
+
+def print_ratio(bench: Bench, times: dict, summaries: dict) -> None:
+    """embed's throughput, and the ratio to the original pattern when it ran."""
+    n, t_embed = len(bench.records), min(times["embed"])
+    line = (f"embed: {n:,} records, {n / t_embed:,.1f} records/s, "
+            f"{bench.real_tokens / t_embed:,.0f} real tokens/s ({spread(times['embed'])})")
+    if times["orig"]:
+        t_orig = min(times["orig"])
+        line += (f"; original pattern: {n / t_orig:,.1f} records/s, "
+                 f"{bench.real_tokens / t_orig:,.0f} real tokens/s ({spread(times['orig'])}; DNABERT-S "
+                 f"best {min(times['orig_dna']):.2f} s, ESM-2 best {min(times['orig_esm']):.2f} s)"
+                 f"; ratio {t_orig / t_embed:.2f}x (target on CPU >= 0.9x)")
+    print(line)
+    if summaries.get("embed"):
+        print(f"  embed's own log (last default run): {summaries['embed']}")
+
+
+def print_overhead(bench: Bench, times: dict) -> None:
+    """The checkpoint overhead (default vs off) and the direct cost of one part; skipped, with a
+    note, when the default run writes no part (--records <= the interval)."""
+    if bench.args.skip_overhead:
+        return
+    if not bench.overhead_measurable:
+        print(f"checkpoint overhead: skipped: --records {len(bench.records):,} <= the checkpoint interval "
+              f"({DEFAULT_EVERY:,}), so the default run writes no part and both variants are the same run")
+        return
+    t_embed, t_off = min(times["embed"]), min(times["off"])
+    print(f"checkpoint overhead: {t_embed / t_off - 1:+.1%} (default every {DEFAULT_EVERY} records: best "
+          f"{t_embed:.2f} s; off: {spread(times['off'])}; target <= 3%)")
+    per_part = checkpoint_write_cost(bench.work / "ckpt_probe", DEFAULT_EVERY,
+                                     (bench.dnabert.width, bench.esm_model.embed_dim))
+    n_parts = -(-len(bench.records) // DEFAULT_EVERY)
+    print(f"  direct cost: {per_part * 1e3:.1f} ms per checkpoint part of {DEFAULT_EVERY} records "
+          f"x {n_parts} parts = {per_part * n_parts / t_embed:.2%} of the embed time")
+    if len(times["off"]) > 1 and len(times["embed"]) > 1:
+        med = statistics.median(times["embed"]) / statistics.median(times["off"]) - 1
+        print(f"  (medians: {med:+.1%}; run-to-run spread above shows the noise floor)")
+
+
+def start(args: argparse.Namespace) -> tuple[str, torch.device, str]:
+    """Check the settings, set the threads, print the load; (size name, device, precision)."""
     size_name = "real" if args.real_size else args.size
-    size = SIZES[size_name]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU visible")
     if size_name == "real" and device.type != "cuda":
         raise SystemExit("--real-size allocates ESM-2 3B (11 GB in fp32): run it with --device cuda")
-    precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = embed_mod.DEFAULT_TOKEN_BUDGET[device.type]
-    default_every, default_seconds = 2000, 600.0  # embed()'s defaults
+    conditions.print_load("start", f"torch {torch.get_num_threads()}")
+    if args.repeats == 1:
+        print("WARNING: --repeats 1: one run per variant, so no spread is measured and each ratio carries "
+              "this machine's run-to-run noise unseen", flush=True)
+    return size_name, device, args.precision or ("fp16" if device.type == "cuda" else "fp32")
 
+
+def main(argv=None) -> int:
+    """Run the benchmark; 1 when any run's embed vectors differ from the original pattern's."""
+    args = parse_args(argv)
+    size_name, device, precision = start(args)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_embed_"))
     work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, work, device, precision)
     try:
-        t = time.perf_counter()
-        shard = make_shard(work, "shard", args.records, args.seed)
-        warm_shard = make_shard(work, "warmup", 256, args.seed + 1)
-        records = list(fmt.read_shard(shard))
-        reads = len({r[0].rsplit("_chunk_", 1)[0] for r in records})
-        print(f"workload: {len(records):,} ORF records from {reads:,} coding-like {READ_LENGTH} bp reads "
-              f"(prepare + writing took {time.perf_counter() - t:.1f} s)", flush=True)
-
-        t = time.perf_counter()
-        models = work / "models"
-        esm_model = build_models(models, size, device, precision, args.seed)
-        tiny.record_as_tiny(models, RANDOM_MODEL_FILES, "benchmarks/bench_embed.py random weights")
-        located = store.locate(models, roles=ROLES)
-        dtype = embed_mod.torch_dtype(precision)
-        dnabert = DnabertSEncoder(located.dnabert_s, device, dtype)  # the original-pattern side
-        print(f"models ({time.perf_counter() - t:.1f} s to build): DNABERT-S {size['dnabert']} = "
-              f"{n_params(dnabert.module, 'word') / 1e6:.1f}M params w/o embeddings; ESM-2 {size['esm']} = "
-              f"{n_params(esm_model, 'embed_tokens') / 1e6:.1f}M params w/o embeddings; written to "
-              f"{models} (no manifest, standard names)", flush=True)
-
-        nucleotides = [r[1] for r in records]
-        proteins = [r[2] for r in records]
-        dna_tokens = sum(len(t) for t in dnabert.tokenize(nucleotides))
-        esm_tokens = sum(len(p) + 2 for p in proteins)
-        real_tokens = dna_tokens + esm_tokens
-        distinct = (len(set(nucleotides)), len(set(proteins)))
-        print(f"device={device} precision={precision} threads={torch.get_num_threads()} token budget={budget} "
-              f"records={len(records):,} distinct nucleotide/protein={distinct[0]:,}/{distinct[1]:,} "
-              f"real tokens: DNABERT-S {dna_tokens:,} ({dna_tokens / len(records):.1f}/record), "
-              f"ESM-2 {esm_tokens:,} ({esm_tokens / len(records):.1f}/record)", flush=True)
-
-        # warm-up: loads the encoders into embed's process-wide cache, and both original paths
-        t_load, _ = run_embed(warm_shard, work / "warm.h5", models, args.device, precision,
-                              default_every, default_seconds, args.threads)
-        warm = list(fmt.read_shard(warm_shard))
-        run_original([r[1] for r in warm[:32]], [r[2] for r in warm[:32]], dnabert, esm_model, device)
-        print(f"warm-up: first embed call (model load + 256 records) {t_load:.1f} s", flush=True)
-
-        times = {"embed": [], "off": [], "orig": [], "orig_dna": [], "orig_esm": []}
-        summaries = {}
-        checked = False
-        for rep in range(args.repeats):
-            variants = ["embed", "off"] if rep % 2 == 0 else ["off", "embed"]
-            if args.skip_overhead:
-                variants = ["embed"]
-            for variant in variants:
-                every, seconds = ((default_every, default_seconds) if variant == "embed"
-                                  else (len(records) + 1, 1e9))
-                out = work / f"{variant}.h5"
-                elapsed, summary = run_embed(shard, out, models, args.device, precision, every, seconds,
-                                             args.threads, keep=not checked and variant == "embed")
-                times[variant].append(elapsed)
-                summaries[variant] = summary
-                label = "embed (checkpoints every 2000)" if variant == "embed" else "embed (checkpoints off)"
-                print(f"  run {rep + 1} {label:32s} {elapsed:8.2f} s  {len(records) / elapsed:8.1f} records/s",
-                      flush=True)
-            if not args.skip_original:
-                dna, prot, t_dna, t_esm = run_original(nucleotides, proteins, dnabert, esm_model, device)
-                times["orig"].append(t_dna + t_esm)
-                times["orig_dna"].append(t_dna)
-                times["orig_esm"].append(t_esm)
-                print(f"  run {rep + 1} {'original pattern':32s} {t_dna + t_esm:8.2f} s  "
-                      f"{len(records) / (t_dna + t_esm):8.1f} records/s (DNABERT-S {t_dna:.2f} s, "
-                      f"ESM-2 {t_esm:.2f} s)", flush=True)
-                if not checked:
-                    with h5shard.open_h5(work / "embed.h5") as handle:
-                        ours = (handle["dnabert_s"][:], handle["esm2"][:])
-                    d_dna = float(np.abs(ours[0] - dna.numpy()).max())
-                    d_esm = float(np.abs(ours[1] - prot.numpy()).max())
-                    print(f"  check: embed vs original pattern, max |diff| DNABERT-S {d_dna:.2e}, "
-                          f"ESM-2 {d_esm:.2e}", flush=True)
-                    checked = True
-                    del dna, prot
-
+        warm_shard = make_workload(bench)
+        make_models(bench, size_name)
+        describe_tokens(bench)
+        warm_up(bench, warm_shard)
+        times, summaries = timed_runs(bench)
         print()
-        print(f"sizes: {size_name} (DNABERT-S {size['dnabert']}, ESM-2 {size['esm']}); "
-              f"{len(records):,} records, best of {args.repeats}")
-        t_embed = min(times["embed"])
-        line = (f"embed: {len(records):,} records, {len(records) / t_embed:,.1f} records/s, "
-                f"{real_tokens / t_embed:,.0f} real tokens/s ({spread(times['embed'])})")
-        if times["orig"]:
-            t_orig = min(times["orig"])
-            line += (f"; original pattern: {len(records) / t_orig:,.1f} records/s, "
-                     f"{real_tokens / t_orig:,.0f} real tokens/s ({spread(times['orig'])}; DNABERT-S "
-                     f"best {min(times['orig_dna']):.2f} s, ESM-2 best {min(times['orig_esm']):.2f} s)"
-                     f"; ratio {t_orig / t_embed:.2f}x (target on CPU >= 0.9x)")
-        print(line)
-        if summaries.get("embed"):
-            print(f"  embed's own log (last default run): {summaries['embed']}")
-        if times["off"]:
-            t_off = min(times["off"])
-            overhead = t_embed / t_off - 1
-            print(f"checkpoint overhead: {overhead:+.1%} (default every 2000 records: best {t_embed:.2f} s; "
-                  f"off: {spread(times['off'])}; target <= 3%)")
-            per_part = checkpoint_write_cost(work / "ckpt_probe", default_every,
-                                             (dnabert.width, esm_model.embed_dim))
-            n_parts = -(-len(records) // default_every)
-            print(f"  direct cost: {per_part * 1e3:.1f} ms per checkpoint part of {default_every} records "
-                  f"x {n_parts} parts = {per_part * n_parts / t_embed:.2%} of the embed time")
-            if len(times["off"]) > 1 and len(times["embed"]) > 1:
-                med = statistics.median(times["embed"]) / statistics.median(times["off"]) - 1
-                print(f"  (medians: {med:+.1%}; run-to-run spread above shows the noise floor)")
+        print(f"sizes: {size_name} (DNABERT-S {SIZES[size_name]['dnabert']}, ESM-2 {SIZES[size_name]['esm']}); "
+              f"{len(bench.records):,} records, best of {args.repeats}")
+        print_ratio(bench, times, summaries)
+        print_overhead(bench, times)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    conditions.print_load("end", f"torch {torch.get_num_threads()}")
+    return conditions.verdict(bench.failures)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ weights - for a GPU (`--device cuda --dtype fp16`).
 Workload: --n ORFs as from 500 bp chunks: 80 % full-length (165-166 aa), 20 % shorter (20-164 aa);
 DNABERT-S gets random token ids with ~ (3L+1)/4.5 + 2 tokens each (BPE of the ORF nucleotides).
 
+Every timed run's vectors are compared with that run's baseline (benchmarks/conditions.py: fp32
+max |diff| <= 1e-4, fp16/bf16 min cosine >= 0.999): a disagreement prints FAILED and exits 1, as the
+ratio would then time other work. The load average is printed at the start and the end.
+
     python benchmarks/bench_encoders.py                       # CPU, small models
     python benchmarks/bench_encoders.py --device cuda --dtype fp16 --real-size --n 4000 --peak-tflops 989
 """
@@ -36,8 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import conditions  # noqa: E402
 
 from virnucpro.encoders.batching import plan_batches  # noqa: E402
 from virnucpro.encoders.dnabert_s import _EMB_KEYS, _LAYER_KEYS, DnabertSEncoder  # noqa: E402
@@ -192,7 +200,7 @@ def report(name, n_tokens, t_orig, t_ours, diff, params):
     peak = f" = {flop / t_ours / 1e12 / PEAK_TFLOPS:6.1%} of peak" if PEAK_TFLOPS else ""
     print(f"{name:10s} original {tps_o:12,.0f} tok/s ({t_orig:7.2f} s)   virnucpro {tps_n:12,.0f} tok/s "
           f"({t_ours:7.2f} s)   ratio {tps_n / tps_o:5.2f}x   {flop / t_ours / 1e12:7.2f} TFLOP/s (2*params*tok){peak}"
-          f"   max|diff| {diff:.2e}")
+          f"   max|diff| {diff:.2e} (worst run)")
     return tps_o, tps_n
 
 
@@ -202,82 +210,107 @@ def precision_check(name: str, got: torch.Tensor, fp32: torch.Tensor) -> None:
           f"mean {cos.mean().item():.6f}")
 
 
-def main(argv=None) -> int:
+def best_of(name: str, repeats: int, original, ours, device, precision: str, failures: list[str]):
+    """Best seconds of each side over `repeats` interleaved runs, the last fast-side vectors and the
+    worst max |diff|; every run's fast-side vectors are checked against that run's baseline, and each
+    disagreement beyond the tolerance (conditions.compare) is added to `failures`."""
+    t_o = t_n = float("inf")
+    worst = 0.0
+    for run in range(1, repeats + 1):
+        ref, t = timed(original, device)
+        t_o = min(t_o, t)
+        got, t = timed(ours, device)
+        t_n = min(t_n, t)
+        agree, measure = conditions.compare(got, ref, precision)
+        diff = (got - ref).abs().max().item()
+        worst = diff if diff != diff or diff > worst else worst  # a NaN stays
+        if not agree:
+            failures.append(f"{name} run {run}: virnucpro vs original pattern, {measure}; limit "
+                            f"{conditions.limit_text(precision)}")
+    return t_o, t_n, got, worst
+
+
+def bench_dnabert(args, size, device, dtype, budget, dna_tokens, tmp, failures):
+    """DNABERT-S, one sequence per forward vs packed batches: (tok/s original, tok/s ours)."""
+    folder = random_dnabert_folder(Path(tmp) / "dnabert", **size["dnabert"])
+    enc = DnabertSEncoder(folder, device, dtype)
+    n_tok = sum(len(t) for t in dna_tokens)
+    dnabert_original(enc, dna_tokens[:8]), run_batched(enc, dna_tokens[:64], budget)  # warm-up
+    t_o, t_n, got, worst = best_of("DNABERT-S", args.repeats, lambda: dnabert_original(enc, dna_tokens),
+                                   lambda: run_batched(enc, dna_tokens, budget), device, args.dtype, failures)
+    params = sum(p.numel() for n, p in enc.module.named_parameters() if "word" not in n)
+    result = report("DNABERT-S", n_tok, t_o, t_n, worst, params)
+    if args.dtype != "fp32":
+        del enc
+        fp32 = DnabertSEncoder(folder, device, torch.float32)
+        precision_check("DNABERT-S", got, run_batched(fp32, dna_tokens[:256], budget))
+    return result
+
+
+def bench_esm(args, size, device, dtype, budget, proteins, failures):
+    """ESM-2, fair-esm with 2048-token batches vs ours: (tok/s original, tok/s ours)."""
+    model = fair_esm_model(**size["esm"])
+    data = checkpoint_data(model)
+    enc = Esm2Encoder.from_checkpoint_data(data, device, dtype)
+    model = model.to(device=device, dtype=dtype)
+    n_tok = sum(len(p) + 2 for p in proteins)
+    esm_original(model, proteins[:8], device), run_batched(enc, enc.tokenize(proteins[:64]), budget)
+    t_o, t_n, got, worst = best_of("ESM-2", args.repeats, lambda: esm_original(model, proteins, device),
+                                   lambda: run_batched(enc, enc.tokenize(proteins), budget), device,
+                                   args.dtype, failures)
+    params = sum(p.numel() for n, p in enc.module.named_parameters() if "embed" not in n)
+    result = report("ESM-2", n_tok, t_o, t_n, worst, params)
+    if args.dtype != "fp32":
+        del model, enc
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        fp32 = Esm2Encoder.from_checkpoint_data(data, device, torch.float32)
+        precision_check("ESM-2", got, run_batched(fp32, fp32.tokenize(proteins[:256]), budget))
+    return result
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=DTYPES, default="fp32")
     ap.add_argument("--real-size", action="store_true", help="DNABERT-S and ESM-2 3B real shapes")
-    ap.add_argument("--n", type=int, default=200, help="ORFs in the workload")
-    ap.add_argument("--budget", type=int, default=None,
+    ap.add_argument("--n", type=conditions.positive_int, default=200, help="ORFs in the workload")
+    ap.add_argument("--budget", type=conditions.positive_int, default=None,
                     help="token budget per batch (default 2048 on CPU, 65536 on CUDA)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=conditions.positive_int, default=None)
     ap.add_argument("--only", choices=["dnabert_s", "esm2"], default=None)
-    ap.add_argument("--repeats", type=int, default=3, help="best of N timings")
+    ap.add_argument("--repeats", type=conditions.positive_int, default=3,
+                    help="best of N timings; every run's vectors are checked")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="device peak for the dtype (H100 SXM dense fp16/bf16: 989) to print a fraction")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run the comparison; 1 when any run's vectors differ from the baseline beyond the tolerance."""
+    args = parse_args(argv)
     global PEAK_TFLOPS
     PEAK_TFLOPS = args.peak_tflops
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     budget = args.budget or (65536 if device.type == "cuda" else 2048)
     size = SIZES["real" if args.real_size else "small"]
     proteins, dna_tokens = workload(args.n, args.seed)
+    conditions.print_load("start", f"torch {torch.get_num_threads()}")
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} n={args.n} "
-          f"budget={budget} sizes={size}")
-
-    results = {}
-    check = args.dtype != "fp32"
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "dnabert_s"):
-            folder = random_dnabert_folder(Path(tmp) / "dnabert", **size["dnabert"])
-            enc = DnabertSEncoder(folder, device, dtype)
-            n_tok = sum(len(t) for t in dna_tokens)
-            dnabert_original(enc, dna_tokens[:8]), run_batched(enc, dna_tokens[:64], budget)  # warm-up
-            t_o = t_n = float("inf")
-            for _ in range(args.repeats):
-                ref, t = timed(lambda: dnabert_original(enc, dna_tokens), device)
-                t_o = min(t_o, t)
-                got, t = timed(lambda: run_batched(enc, dna_tokens, budget), device)
-                t_n = min(t_n, t)
-            params = sum(p.numel() for n, p in enc.module.named_parameters() if "word" not in n)
-            results["dnabert_s"] = report("DNABERT-S", n_tok, t_o, t_n, (got - ref).abs().max().item(),
-                                          params)
-            if check:
-                del enc
-                fp32 = DnabertSEncoder(folder, device, torch.float32)
-                precision_check("DNABERT-S", got, run_batched(fp32, dna_tokens[:256], budget))
-                del fp32
-
+          f"budget={budget} sizes={size}; check per run: {conditions.limit_text(args.dtype)}")
+    results, failures = {}, []
+    if args.only in (None, "dnabert_s"):
+        with tempfile.TemporaryDirectory() as tmp:
+            results["dnabert_s"] = bench_dnabert(args, size, device, dtype, budget, dna_tokens, tmp, failures)
     if args.only in (None, "esm2"):
-        model = fair_esm_model(**size["esm"])
-        data = checkpoint_data(model)
-        enc = Esm2Encoder.from_checkpoint_data(data, device, dtype)
-        model = model.to(device=device, dtype=dtype)
-        n_tok = sum(len(p) + 2 for p in proteins)
-        esm_original(model, proteins[:8], device), run_batched(enc, enc.tokenize(proteins[:64]), budget)
-        t_o = t_n = float("inf")
-        for _ in range(args.repeats):
-            ref, t = timed(lambda: esm_original(model, proteins, device), device)
-            t_o = min(t_o, t)
-            got, t = timed(lambda: run_batched(enc, enc.tokenize(proteins), budget), device)
-            t_n = min(t_n, t)
-        params = sum(p.numel() for n, p in enc.module.named_parameters() if "embed" not in n)
-        results["esm2"] = report("ESM-2", n_tok, t_o, t_n, (got - ref).abs().max().item(), params)
-        if check:
-            del model, enc
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            fp32 = Esm2Encoder.from_checkpoint_data(data, device, torch.float32)
-            precision_check("ESM-2", got, run_batched(fp32, fp32.tokenize(proteins[:256]), budget))
-
+        results["esm2"] = bench_esm(args, size, device, dtype, budget, proteins, failures)
     worst = min(n / o for o, n in results.values())
     print(f"worst ratio {worst:.2f}x (target on CPU: >= 0.9x)")
-    return 0
+    conditions.print_load("end", f"torch {torch.get_num_threads()}")
+    return conditions.verdict(failures)
 
 
 if __name__ == "__main__":

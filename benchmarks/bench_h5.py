@@ -3,7 +3,9 @@
 Writes one shard of real widths (768 DNABERT-S + 2,560 ESM-2 float32 per row, 13 KB) through
 `h5shard.write_shard` (which seals and reads it back), then times, from the page cache as predict
 mostly sees it: the seal check alone, `read_info` (seal + attributes), `iter_rows` (seal + every
-row with the vector checksums), and the three reads predict makes of each shard. Prints each as a ratio to a plain h5py read of the same rows.
+row with the vector checksums), and the three reads predict makes of each shard. Prints each as a ratio
+to a plain h5py read of the same rows (best of --repeats each), and the load average at the start
+and the end. --rows and --repeats below 1 are refused (exit 2): they would time nothing.
 
     python benchmarks/bench_h5.py [--rows 20000] [--repeats 3]
 """
@@ -11,13 +13,18 @@ row with the vector checksums), and the three reads predict makes of each shard.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from virnucpro import h5shard
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import conditions  # noqa: E402
+
+from virnucpro import h5shard  # noqa: E402
 
 WIDTHS = (768, 2560)
 
@@ -65,11 +72,17 @@ def _best(repeats: int, work) -> float:
     return min(times)
 
 
-def main() -> None:
+def parse_args(argv) -> argparse.Namespace:
+    """--rows and --repeats of at least 1 (an empty file or no timing measures nothing: exit 2)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=conditions.positive_int, default=20000)
+    parser.add_argument("--repeats", type=conditions.positive_int, default=3)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    conditions.print_load("start", "1 (h5py and sha256 run in this thread)")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "shard.h5"
         written = _write(path, args.rows)
@@ -80,10 +93,11 @@ def main() -> None:
                    "iter_rows (seal + rows + checksums)": _best(args.repeats, lambda: list(h5shard.iter_rows(path))),
                    "predict's reads (info, ids, rows)": _best(args.repeats, lambda: _as_predict_reads(path))}
     print(f"shard: {args.rows:,} rows, {size / 1e6:,.0f} MB; write_shard (write, seal, verify) {written:.2f} s")
-    print(f"baseline, plain h5py read of every row: {plain:.3f} s ({size / 1e6 / plain:,.0f} MB/s)")
+    print(f"baseline, plain h5py read of every row: {plain:.3f} s ({size / 1e6 / plain:,.0f} MB/s), "
+          f"best of {args.repeats}")
     for name, seconds in timings.items():
         print(f"{name:38s} {seconds:7.3f} s   {seconds / plain:5.2f}x the plain read")
-
+    conditions.print_load("end", "1 (h5py and sha256 run in this thread)")
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,12 @@
 """Prepare throughput and memory: `virnucpro prepare` against a straightforward pure-Python version.
 
 Both run as whole commands in fresh subprocesses on the same synthetic reads (100k x 500 bp, half
-coding-like, half random); their ORF records are checked equal before timing counts. `prepare`
-uses every CPU this process may use (`--threads` default). Peak RSS of
-`virnucpro prepare` is measured for 1x and 10x the input to show memory does not grow with it.
+coding-like, half random), interleaved, best of --repeats each; every virnucpro run's ORF records
+are checked equal to the pure-Python ones (else the benchmark is void: exit 1). `prepare` uses every
+CPU this process may use (`--threads` default). Peak RSS, for 1x and 10x the input to show memory
+does not grow with it, is that of the command's largest single process (ru_maxrss of the waited-for
+children is a maximum over processes, not a sum: the main process or one worker, whichever is
+larger). The load average is printed at the start and the end.
 
     python benchmarks/bench_prepare.py [--reads 100000] [--repeats 3] [--shard-writer-only]
 
@@ -23,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import conditions  # noqa: E402
 from synthetic import write_reads  # noqa: E402
 
 # A plain implementation of the original algorithm (SPEC §1 steps 1-3): per-line FASTA parsing,
@@ -99,7 +103,7 @@ print(json.dumps({"rc": rc, "seconds": time.perf_counter() - start,
 
 
 def measure(command: list[str]) -> dict:
-    """Wall time and peak RSS of one command run in a fresh process."""
+    """Wall time of one command run in a fresh process, and the peak RSS of its largest process."""
     result = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
     data = json.loads(result.stdout)
     if data["rc"] != 0:
@@ -142,41 +146,66 @@ def shard_writer_scaling(lines: int = 50_000, shard_size: int = 100) -> None:
           f"{large:.2f} s ({large / (4 * small):.2f}x the time per line, linear = 1.0)")
 
 
-def main() -> None:
+def workers() -> int:
+    """The worker processes `virnucpro prepare` starts by default (none for one CPU)."""
+    from virnucpro.threads import available_cpus
+
+    cpus = available_cpus()
+    return cpus if cpus > 1 else 0
+
+
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reads", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reads", type=conditions.positive_int, default=100_000)
+    parser.add_argument("--repeats", type=conditions.positive_int, default=3, help="best of N, both sides")
+    parser.add_argument("--writer-lines", type=conditions.positive_int, default=50_000,
+                        help="lines of the shard writer's group (1x; the second run has 4x)")
     parser.add_argument("--shard-writer-only", action="store_true", help="only the shard writer's scaling")
-    args = parser.parse_args()
-    shard_writer_scaling()
+    return parser.parse_args(argv)
+
+
+def timed_sides(tmp: Path, fasta: Path, script: Path, repeats: int) -> tuple[list[dict], list[dict]]:
+    """`repeats` interleaved runs of each side; every virnucpro run's records must equal the baseline's."""
+    baseline, ours = [], []
+    for i in range(repeats):
+        baseline.append(measure([sys.executable, str(script), str(fasta), str(tmp / "pure.tsv"), "500"]))
+        ours.append(measure(virnucpro_command(fasta, tmp / f"ours{i}")))
+        if (tmp / "pure.tsv").read_text().splitlines() != shard_records(tmp / f"ours{i}"):
+            raise SystemExit(f"run {i + 1}: pure-Python and virnucpro ORF records differ: the benchmark is void")
+    return baseline, ours
+
+
+def print_results(reads: int, repeats: int, baseline: list[dict], ours: list[dict], big_run: dict) -> None:
+    pure, best = min(r["seconds"] for r in baseline), min(r["seconds"] for r in ours)
+    print(f"input: {reads:,} reads x 500 bp (half coding-like, half random); records identical in every run")
+    print(f"pure Python : {pure:8.2f} s  {reads / pure:>10,.0f} reads/s  (best of {repeats})")
+    print(f"virnucpro   : {best:8.2f} s  {reads / best:>10,.0f} reads/s  (best of {repeats})")
+    print(f"speed-up    : {pure / best:8.1f}x whole command (target >= 15x)")
+    rss1, rss10 = ours[0]["peak_rss_mb"], big_run["peak_rss_mb"]
+    print(f"peak RSS    : largest process {rss1:.0f} MB at 1x, {rss10:.0f} MB at 10x "
+          f"({(rss10 / rss1 - 1) * 100:+.1f}%, target within 10%)")
+    big_rate = reads * 10 / big_run["seconds"]
+    print(f"10x run     : {big_run['seconds']:.1f} s ({big_rate:,.0f} reads/s, "
+          f"{big_rate / (reads / pure):.1f}x the best pure-Python rate: start-up amortised)")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    conditions.print_load("start", f"prepare workers: {workers()} (every CPU it may use; 0 when 1), "
+                                   "pure Python: 1")
+    shard_writer_scaling(args.writer_lines)
     if args.shard_writer_only:
         return
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fasta = write_reads(tmp / "reads.fa", args.reads)
         big = write_reads(tmp / "reads10x.fa", args.reads * 10, seed=1)
         script = tmp / "pure_python.py"
         script.write_text(PURE_PYTHON)
-
-        baseline = measure([sys.executable, str(script), str(fasta), str(tmp / "pure.tsv"), "500"])
-        ours = [measure(virnucpro_command(fasta, tmp / f"ours{i}")) for i in range(args.repeats)]
-        if (tmp / "pure.tsv").read_text().splitlines() != shard_records(tmp / "ours0"):
-            raise SystemExit("pure-Python and virnucpro ORF records differ: the benchmark is void")
-        best = min(r["seconds"] for r in ours)
+        baseline, ours = timed_sides(tmp, fasta, script, args.repeats)
         big_run = measure(virnucpro_command(big, tmp / "ours_big"))
-
-    print(f"input: {args.reads:,} reads x 500 bp (half coding-like, half random); records identical")
-    print(f"pure Python : {baseline['seconds']:8.2f} s  {args.reads / baseline['seconds']:>10,.0f} reads/s")
-    print(f"virnucpro   : {best:8.2f} s  {args.reads / best:>10,.0f} reads/s  (best of {args.repeats})")
-    print(f"speed-up    : {baseline['seconds'] / best:8.1f}x whole command (target >= 15x)")
-    rss1, rss10 = ours[0]["peak_rss_mb"], big_run["peak_rss_mb"]
-    print(f"peak RSS    : {rss1:.0f} MB at 1x, {rss10:.0f} MB at 10x ({(rss10 / rss1 - 1) * 100:+.1f}%, "
-          f"target within 10%)")
-    big_rate = args.reads * 10 / big_run["seconds"]
-    print(f"10x run     : {big_run['seconds']:.1f} s ({big_rate:,.0f} reads/s, "
-          f"{big_rate / (args.reads / baseline['seconds']):.1f}x the pure-Python rate: start-up amortised)")
-
+    print_results(args.reads, args.repeats, baseline, ours, big_run)
+    conditions.print_load("end", f"prepare workers: {workers()}, pure Python: 1")
 
 if __name__ == "__main__":
     main()

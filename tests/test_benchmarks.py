@@ -1,0 +1,180 @@
+"""The benchmark scripts refuse to print a ratio for work the two sides did not both do: a fast side
+whose vectors differ from the baseline's exits non-zero, sizes that measure nothing are refused at
+argument parsing, and the load of the machine is printed beside the figures. No speed is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    """A benchmark script imported as a module (benchmarks/ is no package)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """A benchmark's thread settings (torch and the pool variables embed sets) end with the test."""
+    import torch
+
+    from virnucpro.threads import POOL_VARIABLES
+
+    environment = {name: os.environ.get(name) for name in POOL_VARIABLES}
+    threads = torch.get_num_threads()
+    yield
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    torch.set_num_threads(threads)
+
+
+def _zeros_from_call(monkeypatch, module, name: str, call: int, zero):
+    """Wrap module.`name` so that its `call`-th call onwards returns `zero(result)`."""
+    original = getattr(module, name)
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        result = original(*args, **kwargs)
+        return zero(result) if len(calls) >= call else result
+    monkeypatch.setattr(module, name, wrapped)
+
+
+# ---------------------------------------------------------------- bench_encoders
+
+ENCODERS_SMALLEST = ["--n", "3", "--repeats", "2"]
+
+
+def test_encoders_agree_exit_0(capsys):
+    be = _load("bench_encoders")
+    assert be.main(ENCODERS_SMALLEST) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and "load at start" in out and "load at end" in out
+
+
+def test_encoders_zero_encoder_exits_1(monkeypatch, capsys):
+    """An ESM-2 encoder that returns zeros is a failure, not a speed-up."""
+    import torch
+
+    from virnucpro.encoders.esm2 import Esm2Encoder
+
+    original = Esm2Encoder._run
+    monkeypatch.setattr(Esm2Encoder, "_run", lambda self, *a: torch.zeros_like(original(self, *a)))
+    assert _load("bench_encoders").main(ENCODERS_SMALLEST + ["--only", "esm2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: ESM-2 run 1" in out and "ratios above are void" in out
+
+
+def test_encoders_check_every_repeat(monkeypatch, capsys):
+    """Only the second timed run of the fast side goes wrong (call 1 is the warm-up): still caught."""
+    be = _load("bench_encoders")
+    _zeros_from_call(monkeypatch, be, "run_batched", 3, lambda out: out * 0)
+    assert be.main(ENCODERS_SMALLEST + ["--only", "dnabert_s"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: DNABERT-S run 2" in out and "FAILED: DNABERT-S run 1" not in out
+
+
+# ---------------------------------------------------------------- bench_embed
+
+EMBED_SMALLEST = ["--records", "3", "--repeats", "2", "--skip-overhead"]
+
+
+def test_embed_agree_exit_0(capsys):
+    assert _load("bench_embed").main(EMBED_SMALLEST) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and "check run 2" in out and "load at end" in out
+
+
+def test_embed_zero_encoder_exits_1(monkeypatch, capsys):
+    """embed's ESM-2 returning zeros (the original pattern runs fair-esm, untouched) exits 1."""
+    import torch
+
+    from virnucpro.encoders.esm2 import Esm2Encoder
+
+    original = Esm2Encoder._run
+    monkeypatch.setattr(Esm2Encoder, "_run", lambda self, *a: torch.zeros_like(original(self, *a)))
+    assert _load("bench_embed").main(EMBED_SMALLEST) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: embed run 1" in out and "ESM-2" in out
+
+
+def test_embed_check_every_repeat(monkeypatch, capsys):
+    """The original pattern's second timed run (call 1 is the warm-up) differs: caught at run 2."""
+    bench = _load("bench_embed")
+    _zeros_from_call(monkeypatch, bench, "run_original", 3,
+                     lambda result: (result[0], result[1] * 0, *result[2:]))
+    assert bench.main(EMBED_SMALLEST) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: embed run 2" in out and "FAILED: embed run 1" not in out
+
+
+def test_embed_overhead_skipped_when_no_checkpoint_falls(capsys):
+    """--records <= the checkpoint interval: both variants would be the same run; no figure."""
+    assert _load("bench_embed").main(["--records", "3", "--repeats", "1", "--skip-original"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint overhead: skipped" in out and "checkpoints off" not in out
+    assert "WARNING: --repeats 1" in out
+
+
+# ---------------------------------------------------------------- bench_h5, bench_prepare, helpers
+
+@pytest.mark.parametrize("argv", [["--rows", "0"], ["--repeats", "0"], ["--rows", "-5"], ["--repeats", "x"]])
+def test_h5_refuses_sizes_that_measure_nothing(argv, capsys):
+    with pytest.raises(SystemExit) as refused:
+        _load("bench_h5").main(argv)
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("below 1" in err or "whole number" in err)
+
+
+def test_h5_prints_the_load(capsys):
+    _load("bench_h5").main(["--rows", "5", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "load at start" in out and "load at end" in out and "plain read" in out
+
+
+def test_prepare_baseline_is_best_of_n_and_rss_is_the_largest_process(capsys):
+    bench = _load("bench_prepare")
+    bench.main(["--reads", "20", "--repeats", "2", "--writer-lines", "100"])
+    out = capsys.readouterr().out
+    assert "pure Python : " in out and out.count("(best of 2)") == 2
+    assert "largest process" in out and "load at end" in out
+
+
+def test_load_warning_when_load_exceeds_the_cores(monkeypatch, capsys):
+    conditions = _load("conditions")
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 50.0, 10.0))
+    conditions.print_load("start", "torch 1")
+    out = capsys.readouterr().out
+    assert "99.00 50.00 10.00" in out and "WARNING: load 99.00 exceeds" in out
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    conditions.print_load("end", "torch 1")
+    assert "WARNING" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_compare_refuses_zeros_nan_and_shape(precision):
+    conditions = _load("conditions")
+    ref = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    assert conditions.compare(ref + 1e-6, ref, precision)[0]
+    assert not conditions.compare(np.zeros_like(ref), ref, precision)[0]
+    assert not conditions.compare(np.full_like(ref, np.nan), ref, precision)[0]
+    assert not conditions.compare(ref[:3], ref, precision)[0]
