@@ -298,7 +298,7 @@ def test_no_home_directory_is_a_clear_error_not_a_bug(tmp_path, run_cli, monkeyp
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     code, message = run_cli("models", "check")
-    assert code == ExitCode.USAGE and "VIRNUCPRO_MODELS" in message and "--models" in message, message
+    assert code == ExitCode.USAGE and "VIRNUCPRO_MODELS" in message and "models check DIR" in message, message
     assert "bug" not in message
 
 
