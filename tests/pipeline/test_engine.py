@@ -195,7 +195,8 @@ def test_virnucpro_alone_on_the_path_runs_every_task_and_a_missing_multiqc_is_sa
 
 def test_a_classifier_the_manifest_beside_it_records_for_the_other_chunk_size_is_refused(tmp_path):
     """`--classifier` staged alone could not tell it was made for 500-bp chunks in a 300-bp run (exit
-    0); with the manifest of its folder beside it, PREDICT refuses it as `virnucpro predict` does."""
+    0); then PREDICT refused it, after every EMBED task. The manifest of its folder records it, so the
+    run now stops at start-up, before any task."""
     models = tmp_path / "models"
     made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
                           capture_output=True, text=True, env=task_env(), timeout=300)
@@ -203,8 +204,9 @@ def test_a_classifier_the_manifest_beside_it_records_for_the_other_chunk_size_is
     run = run_pipeline(tmp_path / "launch", "-profile", "test", "--skip_multiqc", "--input",
                        str(coding_reads(tmp_path / "reads.fa", 5)), "--models", str(models), "--chunk_size", "300",
                        "--classifier", str(models / "500_model_tiny.pth"))
-    assert run.returncode != 0 and "made for 500-bp chunks" in run.output, run.output[-3000:]
-    assert [row["exit"] for row in run.tasks("VIRNUCPRO_PREDICT")] == ["5"]
+    said = f"--classifier {models / '500_model_tiny.pth'} is the classifier for 500-bp chunks"
+    assert run.returncode != 0 and said in run.output and "--chunk_size is 300" in run.output, run.output[-3000:]
+    assert "Submitted process" not in run.output, run.output[-3000:]
 
 
 # --------------------------------------------------------------------------------------------------
