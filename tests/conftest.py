@@ -19,20 +19,32 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture
-def run_cli(capsys):
+def thread_settings_kept():
+    """The thread caps a command sets (the pool variables and torch's threads) end with the test."""
+    import torch
+
+    from virnucpro.threads import POOL_VARIABLES
+
+    environment = {name: os.environ.get(name) for name in POOL_VARIABLES}
+    torch_threads = torch.get_num_threads()
+    yield
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    torch.set_num_threads(torch_threads)
+
+
+@pytest.fixture
+def run_cli(capsys, thread_settings_kept):
     """Run `virnucpro ARGS` in-process; returns (exit code, stderr text).
 
     The thread caps a command sets (environment and torch) are undone after the test, so a
     `--threads 3` here does not change how later tests and their subprocesses compute.
     """
-    import torch
-
     from virnucpro.cli import main
     from virnucpro.errors import STOP_SIGNALS
-    from virnucpro.threads import POOL_VARIABLES
-
-    environment = {name: os.environ.get(name) for name in POOL_VARIABLES}
-    torch_threads = torch.get_num_threads()
 
     def run(*args: str) -> tuple[int, str]:
         handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -42,13 +54,7 @@ def run_cli(capsys):
             signal.signal(sig, handler)
         captured = capsys.readouterr()
         return int(exit_info.value.code or 0), captured.err + captured.out
-    yield run
-    for name, value in environment.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    torch.set_num_threads(torch_threads)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -29,21 +29,8 @@ def _load(name: str):
 
 
 @pytest.fixture(autouse=True)
-def _keep_threads():
+def _keep_threads(thread_settings_kept):
     """A benchmark's thread settings (torch and the pool variables embed sets) end with the test."""
-    import torch
-
-    from virnucpro.threads import POOL_VARIABLES
-
-    environment = {name: os.environ.get(name) for name in POOL_VARIABLES}
-    threads = torch.get_num_threads()
-    yield
-    for name, value in environment.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    torch.set_num_threads(threads)
 
 
 def _zeros_from_call(monkeypatch, module, name: str, call: int, zero):
