@@ -44,6 +44,12 @@ def pipeline_files(root: Path = REPO, suffixes: Tuple[str, ...] = (".nf", ".conf
     return sorted(found)
 
 
+def quick_jvm(env: Dict[str, str]) -> Dict[str, str]:
+    """`env` with the JVM's optimising compiler off for Nextflow: the short runs of the tests start
+    and finish about a third faster (the user's own NXF_OPTS are kept, ours come last)."""
+    return dict(env, NXF_OPTS=(env.get("NXF_OPTS", "") + " -XX:TieredStopAtLevel=1").strip())
+
+
 # --------------------------------------------------------------------------------------------------
 # Java and the language-server jar
 # --------------------------------------------------------------------------------------------------

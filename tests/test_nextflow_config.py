@@ -27,6 +27,7 @@ from nextflow_helpers import (
     matching,
     parse_pipeline,
     profile_params,
+    quick_jvm,
     selector_blocks,
     serve_from_jar,
     skip_unless_ci,
@@ -556,7 +557,7 @@ def resolved(tmp_path_factory):
     if problem:
         skip_unless_ci(problem)
     launch = tmp_path_factory.mktemp("nextflow-config")
-    env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
+    env = quick_jvm({**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"})
     cache = {}
 
     def config(profiles: str, java_options: str = "") -> dict:

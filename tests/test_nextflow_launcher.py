@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from nextflow_helpers import REPO, java_problem, skip_unless_ci
+from nextflow_helpers import REPO, java_problem, quick_jvm, skip_unless_ci
 
 LAUNCHER = REPO / "scripts" / "nextflow" / "nextflow"
 PIPELINE = """
@@ -28,8 +28,7 @@ def _environment() -> dict:
     if problem:
         skip_unless_ci(f"cannot run the Nextflow launcher: {problem}")
     env = {key: value for key, value in os.environ.items() if key not in ("NXF_VER", "NXF_PID_FILE")}
-    return dict(env, NXF_ANSI_LOG="false", NXF_OFFLINE="true",
-                NXF_OPTS=(os.environ.get("NXF_OPTS", "") + " -XX:TieredStopAtLevel=1").strip())
+    return quick_jvm(dict(env, NXF_ANSI_LOG="false", NXF_OFFLINE="true"))
 
 
 def _wait_until_gone(pid: int, seconds: float) -> None:

@@ -54,16 +54,6 @@ def _save(state: dict[str, torch.Tensor], path: Path, how: str) -> Path:
 
 # --- the loader ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["state_dict", "original", "safetensors"])
-def test_a_negative_running_var_is_refused_at_load_naming_the_file_and_the_tensor(tmp_path, tiny_models, how):
-    path = _save(_negative_variance(tiny_models), tmp_path / ("bad.safetensors" if how == "safetensors"
-                                                               else "bad.pth"), how)
-    with pytest.raises(ModelsError) as info:
-        load_classifier(path)
-    assert info.value.code == ExitCode.MODELS == 4
-    assert str(path) in info.value.message and "bn1.running_var" in info.value.message, info.value.message
-
-
 def _complex_variance(tiny_models: Path) -> dict[str, torch.Tensor]:
     state = _tiny_state(tiny_models)
     state["bn1.running_var"] = state["bn1.running_var"].to(torch.complex64)
@@ -90,14 +80,18 @@ def test_tensors_no_classifier_can_have_are_refused_at_load_not_a_crash(tmp_path
 
 
 @pytest.mark.parametrize("how", ["state_dict", "original", "safetensors"])
-def test_a_classifier_whose_finite_weights_overflow_is_refused_at_load(tmp_path, tiny_models, how):
-    path = _save(_huge_output(tiny_models), tmp_path / ("huge.safetensors" if how == "safetensors"
-                                                        else "huge.pth"), how)
+@pytest.mark.parametrize("damage, said", [(_negative_variance, ["bn1.running_var"]),
+                                          (_huge_output, ["NaN/Inf", "output_layer"])])  # where overflow shows first
+def test_a_classifier_no_training_gives_is_refused_at_load_naming_the_file_and_the_tensor(tmp_path, tiny_models,
+                                                                                          how, damage, said):
+    """A negative running variance, or finite weights whose output overflows, in each saved format."""
+    path = _save(damage(tiny_models), tmp_path / ("bad.safetensors" if how == "safetensors" else "bad.pth"), how)
     with pytest.raises(ModelsError) as info:
         load_classifier(path)
-    assert info.value.code == ExitCode.MODELS
-    assert str(path) in info.value.message and "NaN/Inf" in info.value.message, info.value.message
-    assert "output_layer" in info.value.message, info.value.message  # where the overflow shows first
+    assert info.value.code == ExitCode.MODELS == 4
+    assert str(path) in info.value.message, info.value.message
+    for word in said:
+        assert word in info.value.message, info.value.message
 
 
 def test_a_huge_hidden_layer_is_named_as_where_the_overflow_starts(tmp_path, tiny_models):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from nextflow_helpers import REPO, config_params, java_problem, profile_bodies, profile_params, skip_unless_ci
+from nextflow_helpers import (REPO, config_params, java_problem, profile_bodies, profile_params, quick_jvm,
+                              skip_unless_ci)
 
 NEXTFLOW = REPO / "scripts" / "nextflow" / "nextflow"
 FUNCTIONS = REPO / "subworkflows" / "local" / "utils_schema"
@@ -103,9 +104,7 @@ def _nextflow(args, cwd: Path):
     if problem:
         skip_unless_ci(f"cannot run the Nextflow engine: {problem}")
     # a zone west of UTC: a YAML date printed in the JVM's zone would show the day before
-    env = dict(os.environ, NXF_ANSI_LOG="false", NXF_OFFLINE="true", TZ="America/New_York",
-               # a short-lived JVM starts about twice as fast without the optimising compiler
-               NXF_OPTS=(os.environ.get("NXF_OPTS", "") + " -XX:TieredStopAtLevel=1").strip())
+    env = quick_jvm(dict(os.environ, NXF_ANSI_LOG="false", NXF_OFFLINE="true", TZ="America/New_York"))
     proc = subprocess.run([str(NEXTFLOW), "-q", "run", "main.nf", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr

@@ -20,6 +20,8 @@ from typing import Dict, Iterable, List, Optional
 
 import pytest
 
+from nextflow_helpers import quick_jvm
+
 REPO = Path(__file__).resolve().parents[2]
 NEXTFLOW = REPO / "scripts" / "nextflow" / "nextflow"
 TEST_INPUTS = REPO / "assets" / "test"
@@ -52,7 +54,7 @@ def task_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update({"NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true", "NXF_ANSI_LOG": "false"})
     env.update(extra or {})
-    return env
+    return quick_jvm(env)
 
 
 @dataclass
