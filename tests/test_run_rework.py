@@ -3,6 +3,7 @@ refusal gives advice each command can follow."""
 
 from __future__ import annotations
 
+import json
 
 import pytest
 
@@ -144,3 +145,23 @@ def test_a_stop_while_the_earlier_prepare_is_checked_keeps_it(stopped_run, run_c
     code, message = run_cli(*args)
     assert code == 6 and "redoing it" not in message, message
     assert sorted(path.relative_to(prepared) for path in prepared.rglob("*")) == before
+
+
+def test_a_reused_prepare_is_reported_under_the_paths_this_run_was_given(tmp_path, reference_dir, tiny_models,
+                                                                         run_cli, monkeypatch):
+    """The reviewer's case: stopped, the input renamed and another file put at its old name; the
+    rerun reuses the prepare (same content) but its run_info and report named the old path."""
+    first, renamed = tmp_path / "reads.fa", tmp_path / "sample_a.fa"
+    first.write_bytes((reference_dir / "vanilla/test_with_orfs.fa").read_bytes())
+    common = ("--outdir", tmp_path / "r", "--models", tiny_models, "--device", "cpu")
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "_embed_all", _stopped)
+        assert run_cli("run", first, *common)[0] == 6
+    first.rename(renamed)
+    first.write_text(">other\nACGT\n")
+    code, message = run_cli("run", renamed, *common)
+    assert code == 0 and "already done" in message, message
+    run_info = json.loads((tmp_path / "r" / "run_info.json").read_text())
+    assert [entry["path"] for entry in run_info["inputs"]] == [str(renamed)], run_info["inputs"]
+    report = (tmp_path / "r" / "report.html").read_text()
+    assert str(renamed) in report and str(first) + "<" not in report

@@ -366,14 +366,16 @@ def _check_all_used(prepared: Path, chunk_rows: Iterator[dict[str, str]], scored
 
 def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier: Path | None = None,
             models: Path | None = None, threshold: float = 0.5, stage_seconds: dict | None = None,
-            output: OutputFolder | None = None) -> Path:
+            output: OutputFolder | None = None, input_names: Sequence[str] | None = None) -> Path:
     """Run the predict stage; every output file is written under `outdir` (`run` passes its own
-    claimed folder as `output`)."""
+    claimed folder as `output`, and the input paths of its command line as `input_names`)."""
     started = time.monotonic()
     prepared, outdir = Path(prepared), Path(outdir)
     _refuse_prepared_as_outdir(prepared, outdir)
     with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
         inputs = _checked_inputs(prepared, embeddings, classifier, models)
+        if input_names is not None:
+            inputs.manifest = _inputs_named(inputs.manifest, input_names)
         with output_errors(outdir):
             staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "predict's staging folder")
             try:
@@ -396,6 +398,14 @@ class _Inputs:
     model: object
     classifier: Path
     tiny: bool
+
+
+def _inputs_named(manifest: dict, names: Sequence[str]) -> dict:
+    """The manifest with its inputs under `names`: `run` reuses a prepare of the same files by
+    content, maybe given under other paths, and its outputs name the files of its own command."""
+    if len(names) != len(manifest["inputs"]):
+        raise ValueError(f"{len(names)} input names for {len(manifest['inputs'])} prepared inputs")
+    return {**manifest, "inputs": [{**entry, "path": name} for entry, name in zip(manifest["inputs"], names)]}
 
 
 def _refuse_prepared_as_outdir(prepared: Path, outdir: Path) -> None:

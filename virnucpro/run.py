@@ -22,6 +22,7 @@ from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import InterruptedByUser, VirnucproError, output_errors
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
+from virnucpro.seqio import unicode_text
 
 WORK = ".virnucpro-work"
 KEPT = "embeddings"
@@ -208,7 +209,8 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
                                 threads=threads, checkpoint_every=checkpoint_every,
                                 checkpoint_seconds=checkpoint_seconds)
         seconds["embed"] = round(time.monotonic() - started, 3)
-        _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings)
+        names = [unicode_text(str(path)) for path in inputs]
+        _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings, names)
         remove_written(work, _work_files())
     return outdir
 
@@ -247,12 +249,13 @@ def _drop_other_embeddings(folder: Path, current: list[Path]) -> None:
 
 
 def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path], setup: Setup,
-                         threshold: float, seconds: dict, keep_embeddings: bool) -> None:
-    """The predict stage into the run's folder; the embeddings published too when asked to keep them."""
+                         threshold: float, seconds: dict, keep_embeddings: bool, input_names: list[str]) -> None:
+    """The predict stage into the run's folder, its outputs naming the inputs as this run was given
+    them; the embeddings published too when asked to keep them."""
     from virnucpro.predict import predict
 
     predict(work / "prepared", embeddings, output.folder, classifier=setup.classifier, threshold=threshold,
-            stage_seconds=seconds, output=output)
+            stage_seconds=seconds, output=output, input_names=input_names)
     if keep_embeddings:
         _drop_other_embeddings(work / KEPT, embeddings)
         output.publish(work, [KEPT])
