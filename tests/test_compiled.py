@@ -898,3 +898,20 @@ def test_no_compile_reaches_the_encoders(monkeypatch, tmp_path):
     assert runner.invoke(app, ["run", str(shard), "-o", str(tmp_path / "o"), "--no-compile",
                                "--compile-cache", str(tmp_path / "cc")]).exit_code == 0
     assert [(c.enabled, c.cache) for c in seen] == [(False, None), (None, None), (False, tmp_path / "cc")]
+
+
+def test_a_name_planted_at_torchs_default_cache_does_not_stop_embed_on_the_cpu(tiny_models, golden_prepared,
+                                                                               tmp_path):
+    """Building the models made torch's default cache folder, /tmp/torchinductor_<user>, even with
+    nothing to compile: a file another user put at that name ended every embed with a traceback."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    (temporary / f"torchinductor_{getpass.getuser()}").write_text("planted by another user\n")
+    env = {k: v for k, v in os.environ.items() if k != compiled.TORCH_CACHE_VARIABLE}
+    env.update(TMPDIR=str(temporary), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    done = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "embed",
+                           str(golden_prepared / "shards" / "shard_00000.tsv"), "--models", str(tiny_models),
+                           "--out", str(tmp_path / "e.h5"), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (temporary / f"torchinductor_{getpass.getuser()}").read_text() == "planted by another user\n"

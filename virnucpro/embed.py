@@ -747,8 +747,8 @@ def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, pr
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
     from virnucpro.encoders.esm2 import Esm2Encoder
 
-    if compiled.wanted(compiling.enabled, device) or torch.device(device).type == "cuda":
-        compiled.use_cache(compiling.cache)  # on a GPU FlexAttention (DNABERT-S) compiles either way
+    # on a GPU FlexAttention (DNABERT-S) compiles either way
+    compiled.settle_cache(compiling.cache, compiled.wanted(compiling.enabled, device) or torch.device(device).type == "cuda")
     dtype = torch_dtype(precision)
     info(f"loading DNABERT-S and ESM-2 ({precision} on {device})")
     return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled),

@@ -92,6 +92,21 @@ def default_cache() -> Path | None:
     return Path(base) / f"virnucpro-{os.geteuid()}" / "torch-compile"
 
 
+def settle_cache(folder: Path | None, compiling: bool) -> Path:
+    """Settle torch's cache folder before any model is built: `use_cache(folder)` when kernels will
+    be compiled; otherwise (unless the user set TORCHINDUCTOR_CACHE_DIR) a private folder of this
+    process, as torch makes its cache folder even when nothing compiles (on some CPU model
+    builds), and its default, /tmp/torchinductor_<user>, is a name any user of the machine can
+    take first."""
+    if compiling or os.environ.get(TORCH_CACHE_VARIABLE):
+        return use_cache(folder)
+    one_off, _ = _one_off()
+    if one_off is None:
+        return use_cache(folder)  # checked folders, or exit 10 naming each one tried
+    os.environ[TORCH_CACHE_VARIABLE] = str(one_off)
+    return one_off
+
+
 def use_cache(folder: Path | None = None) -> Path:
     """Point torch's compile cache at `folder` (default: the user's own TORCHINDUCTOR_CACHE_DIR,
     used as it is, else `default_cache()`, used by the real path it was checked at and only if
