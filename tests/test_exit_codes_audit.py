@@ -245,7 +245,7 @@ def test_a_changed_table_says_to_prepare_into_a_new_folder(tmp_path, golden_prep
         handle.write("\n")
     with pytest.raises(InconsistentInputsError, match="changed after prepare") as caught:
         fmt.check_tables(prepared, fmt.load_manifest(prepared))
-    assert "rerun `virnucpro prepare` into a new folder" in str(caught.value)
+    assert "rerun `virnucpro prepare` with the same inputs and options into a new folder" in str(caught.value)
 
 
 def test_a_file_given_as_the_prepare_folder_is_exit_3_not_a_prepare_directory(tmp_path, run_cli):

@@ -255,6 +255,21 @@ def test_a_missing_prepared_shard_is_refused(sample, run_cli):
     assert_refused(sample, code, message, "shard_00003.tsv")
 
 
+def test_the_fix_for_a_damaged_prepare_folder_keeps_the_embeddings_and_works(sample, run_cli, reference_dir,
+                                                                             tmp_path):
+    """The hint used to say "embed again" (hours on a GPU): a new prepare of the same inputs with the
+    same options writes the same shards, so the embeddings made before the damage are accepted."""
+    (sample.prepared / "shards" / fmt.shard_name(3)).unlink()
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, "same inputs and options", "embeddings you have still fit")
+    assert "embed again" not in message
+    sample.prepared = tmp_path / "prepared-again"
+    assert run_cli("prepare", reference_dir / "golden" / "mixed.fa", "--outdir", sample.prepared,
+                   "--shard-size", "60")[0] == 0
+    code, message = sample.predict(run_cli)
+    assert code == 0, message
+
+
 # --- point 4: counts from input records to embedding rows reconcile --------------------------------
 
 def _delete_line(name: str, index: int) -> Callable[[Sample], None]:

@@ -36,9 +36,12 @@ SEQUENCE_COLUMNS_READ = ("sequence_id", "length", "n_chunks", "n_orfs", "status"
 COUNT_KEYS = ("sequences", "empty_sequences", "bases", "chunks", "chunks_without_orf", "orfs")
 SHA256_TEXT = re.compile(r"[0-9a-f]{64}")
 # a rerun into the same folder is refused: the edited files are no longer those prepare wrote
-REPAIR_HINT = ("the prepare folder was edited or damaged: rerun `virnucpro prepare` into a new folder "
-               "(and embed again from it)")
-SHARD_REPAIR_HINT = "the shard is damaged; rerun `virnucpro prepare` into a new folder (and embed again from it)"
+# prepare writes the same shards for the same inputs and options: embeddings made before the damage
+# still fit the new folder (predict checks each against its shard), no need to embed again
+_REPREPARE = ("rerun `virnucpro prepare` with the same inputs and options into a new folder; the embeddings "
+              "you have still fit it (predict checks each)")
+REPAIR_HINT = f"the prepare folder was edited or damaged: {_REPREPARE}"
+SHARD_REPAIR_HINT = f"the shard is damaged: {_REPREPARE}"
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
 
 
