@@ -233,6 +233,30 @@ def test_outputs_of_another_kind_are_never_overwritten(tmp_path, run_cli, tiny_m
     assert (prep / ".virnucpro.lock").is_file(), "the refused command removed a lock file it did not create"
 
 
+def test_a_folder_of_ours_emptied_by_the_user_is_still_ours(tmp_path, run_cli):
+    """Its only shard deleted to save disk, a rerun into the same folder was refused: the empty
+    shards folder was "a file virnucpro did not write". With two shards, one deleted, it worked."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    shard = out / fmt.SHARD_DIR / fmt.shard_name(0)
+    before = shard.read_bytes()
+    shard.unlink()
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 0, message
+    assert shard.read_bytes() == before
+
+
+def test_an_empty_folder_where_a_file_of_ours_was_is_still_refused(tmp_path, run_cli):
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    (out / fmt.CHUNKS).unlink()
+    (out / fmt.CHUNKS).mkdir()
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and fmt.CHUNKS in message, message
+
+
 def test_a_changed_file_in_our_own_output_is_not_replaced(tmp_path, run_cli):
     fasta = write_fasta(tmp_path / "a.fa", 2)
     out = tmp_path / "prep"

@@ -795,9 +795,14 @@ class OutputFolder:
         """Refuse (exit 3) when a file under this output's names is not the one recorded as ours:
         checked when the command starts and again when it publishes, hours later."""
         unproven = [rel for rel in _files_under(self.folder, self.names)
-                    if self.recorded.get(rel) != _signature_or_none(self.folder / rel)]
+                    if self.recorded.get(rel) != _signature_or_none(self.folder / rel)
+                    and not self._emptied_folder_of_ours(rel)]
         if unproven:  # all of them at once: after a lost record, one rerun per file was needed
             raise self._foreign(unproven, why, written_by=written_by)
+
+    def _emptied_folder_of_ours(self, rel: str) -> bool:
+        """An empty folder that held files recorded as ours (the user deleted them): still ours."""
+        return (self.folder / rel).is_dir() and any(name.startswith(f"{rel}/") for name in self.recorded)
 
     def _read_marker(self) -> dict | None:
         """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""
