@@ -620,3 +620,17 @@ def test_batch_neighbours_move_a_vector_only_by_the_documented_rounding(tmp_path
         rows.append(read_h5(out)[1:3])
     for alone, together in zip(*rows):
         assert float(np.abs(alone - together).max()) <= documented
+
+
+def test_checkpoints_of_another_embed_into_the_same_output_are_said_and_kept(tmp_path, tiny_models,
+                                                                                golden_prepared, capsys):
+    """A reviewer's case: killed, then the shard re-prepared from changed inputs and embedded to the
+    same --out; the first key's parts (GBs at real widths) stayed in s.h5.ckpt without a word."""
+    other = tmp_path / "s.h5.ckpt" / ("ab" * 32)
+    other.mkdir(parents=True)
+    part = other / f"part_00000.{'cd' * 32}.npz"
+    part.write_bytes(b"\0" * 2_000_000)
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu")
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{tmp_path / 's.h5.ckpt'} still holds checkpoints of 1 other embed(s)" in said and "2.0 MB" in said, said
+    assert part.stat().st_size == 2_000_000 and sorted(p.name for p in (tmp_path / "s.h5.ckpt").iterdir()) == [other.name]

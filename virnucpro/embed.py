@@ -46,6 +46,7 @@ from virnucpro.threads import limit_threads
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
 CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
+SHA256_HEX = "[0-9a-f]{64}"  # a checkpoint key folder's name
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
 PART_TMP_NAME = re.compile(r"\.part_[0-9]+\.tmp\.npz")  # a part write a kill interrupted
 PART_TMP_WHAT = "a checkpoint part virnucpro is writing"
@@ -300,6 +301,22 @@ class CheckpointStore:
         for folder in [self.folder] + ([self.folder.parent] if self.parent_is_ours else []):
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if self.parent_is_ours:
+            _note_other_checkpoints(self.folder.parent)
+
+
+def _note_other_checkpoints(parent: Path) -> None:
+    """Say what stays in the default `<out>.ckpt` once this shard is written: checkpoints of the same
+    output for another shard, models or precision (GBs at real widths), which only that embed run
+    again would use. Never deleted here: they may be hours of work."""
+    with contextlib.suppress(OSError):  # gone, or unreadable: nothing to say
+        others = [key for key in parent.iterdir()
+                  if re.fullmatch(SHA256_HEX, key.name) and key.is_dir() and not key.is_symlink()]
+        if others:
+            size = sum(part.stat().st_size for key in others for part in key.iterdir() if PART_NAME.fullmatch(part.name))
+            info(f"{parent} still holds checkpoints of {len(others)} other embed(s) into this output (another "
+                 f"shard, models or precision; {size / 1e6:,.1f} MB), used only if that embed runs again: "
+                 "delete the folder when none will")
 
 
 def _started_writer() -> ThreadPoolExecutor:
