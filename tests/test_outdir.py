@@ -257,6 +257,19 @@ def test_an_empty_folder_where_a_file_of_ours_was_is_still_refused(tmp_path, run
     assert code == 3 and fmt.CHUNKS in message, message
 
 
+def test_a_folder_copied_without_its_times_is_refused_saying_so(tmp_path, run_cli):
+    """A finished output copied with `cp -r` cannot be proven ours (its files' times changed): the
+    refusal used to say only "did not write (or changed since)"."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    assert run_cli("prepare", fasta, "--outdir", tmp_path / "prep")[0] == 0
+    shutil.copytree(tmp_path / "prep", tmp_path / "copy", copy_function=shutil.copyfile)  # no times kept
+    code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "copy")
+    assert code == 3 and "`cp -a` keeps them" in " ".join(message.split()), message
+    (tmp_path / "copy" / fmt.CHUNKS).write_text("edited\n")
+    code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "copy")
+    assert code == 3 and "cp -a" not in message, message
+
+
 def test_a_changed_file_in_our_own_output_is_not_replaced(tmp_path, run_cli):
     fasta = write_fasta(tmp_path / "a.fa", 2)
     out = tmp_path / "prep"

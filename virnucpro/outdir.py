@@ -798,7 +798,15 @@ class OutputFolder:
                     if self.recorded.get(rel) != _signature_or_none(self.folder / rel)
                     and not self._emptied_folder_of_ours(rel)]
         if unproven:  # all of them at once: after a lost record, one rerun per file was needed
+            if all(self._only_retimed(rel) for rel in unproven):
+                why += (": their sizes are as recorded, their times are not, as after a copy that does not keep "
+                        "times (`cp -r`; `cp -a` keeps them)")
             raise self._foreign(unproven, why, written_by=written_by)
+
+    def _only_retimed(self, rel: str) -> bool:
+        """A recorded file whose size is as recorded but whose modification time is not."""
+        recorded, now = self.recorded.get(rel), _signature_or_none(self.folder / rel)
+        return recorded is not None and now is not None and now[0] == recorded[0] and now[1] != recorded[1]
 
     def _emptied_folder_of_ours(self, rel: str) -> bool:
         """An empty folder that held files recorded as ours (the user deleted them): still ours."""
