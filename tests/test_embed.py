@@ -20,7 +20,7 @@ from virnucpro import prepared as fmt
 from virnucpro.embed import embed
 from virnucpro.encoders.dnabert_s import DnabertSEncoder
 from virnucpro.encoders.esm2 import Esm2Encoder
-from virnucpro.errors import GpuOutOfMemory
+from virnucpro.errors import GpuOutOfMemory, OutputWriteError
 from virnucpro.models.store import locate
 
 
@@ -634,3 +634,45 @@ def test_checkpoints_of_another_embed_into_the_same_output_are_said_and_kept(tmp
     said = " ".join(capsys.readouterr().err.split())
     assert f"{tmp_path / 's.h5.ckpt'} still holds checkpoints of 1 other embed(s)" in said and "2.0 MB" in said, said
     assert part.stat().st_size == 2_000_000 and sorted(p.name for p in (tmp_path / "s.h5.ckpt").iterdir()) == [other.name]
+
+
+@pytest.fixture
+def stopped_on_a_mount(tmp_path, tiny_models, golden_prepared):
+    """An embed stopped (exit 6) with its checkpoints in a --checkpoint-dir on a tmpfs of its own;
+    returns the command and the mount point."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(point)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    command = embed_command(shard(golden_prepared), tmp_path / "s.h5", tiny_models) + ["--checkpoint-dir", str(point)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    wait_for_parts(point, 2, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 6
+    yield command, point
+    subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+def test_a_checkpoint_folder_that_became_read_only_is_exit_10_before_any_work(stopped_on_a_mount):
+    command, point = stopped_on_a_mount
+    subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 10 and "read-only" in rerun.stderr and str(point) in rerun.stderr, rerun.stderr
+    assert "loading DNABERT-S" not in rerun.stderr and "Traceback" not in rerun.stderr, rerun.stderr
+
+
+def test_a_checkpoint_folder_this_user_cannot_write_is_exit_10_naming_its_owner(stopped_on_a_mount, monkeypatch,
+                                                                                  golden_prepared, tiny_models,
+                                                                                  tmp_path):
+    """Another user's folder in a shared one: its lock file locks read-only, so nothing failed until
+    the first checkpoint part, an interval of embedding later. (Root may write anywhere: the
+    permission check is made to say no for the key folder.)"""
+    _, point = stopped_on_a_mount
+    key = next(point.iterdir())
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == key else access(path, mode, **kw))
+    with pytest.raises(OutputWriteError) as refused:
+        embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_dir=point)
+    assert f"cannot write into {key}: permission denied (the folder is root's" in refused.value.message
+    assert len(list(key.glob("part_*.npz"))) >= 2, "the parts are kept"

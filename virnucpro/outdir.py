@@ -32,6 +32,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -46,7 +47,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import BadInputError, check_stop, name_limit, not_a_folder, output_errors, printable
+from virnucpro.errors import (BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
+                              printable, storage_failure)
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -552,6 +554,7 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
     """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback."""
     fd, created, flocked = _open_and_flock(lock, subject, what)
     try:
+        _require_writable(lock.parent)
         if flocked:
             _remove_leftover_temporary(fd, subject)
             _write_holder(fd)
@@ -562,6 +565,28 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
             yield HeldLock(lock, fd, created, flocked)
     finally:
         os.close(fd)
+
+
+def _require_writable(folder: Path) -> None:
+    """Exit 10 at once when this user cannot create files in `folder`, which it has just locked (an
+    existing lock file locks read-only): another user's folder in a shared one, a read-only mount.
+    Otherwise found at the first write, maybe an hour of embedding later."""
+    if os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return
+    info = os.stat(folder)
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        raise storage_failure(OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder)), folder)
+    raise OutputWriteError(f"cannot write into {folder}: permission denied (the folder is {_user_name(info.st_uid)}'s, "
+                           f"mode {stat.filemode(info.st_mode)})",
+                           "run as its owner, have them let your group write it (chmod g+w), or choose another folder")
+
+
+def _user_name(uid: int) -> str:
+    """The login name of `uid`, else the number."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"user {uid}"
 
 
 @contextmanager
