@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -277,7 +278,7 @@ def test_a_refusal_by_a_holder_whose_pid_is_checked_keeps_the_plain_fix(nfs):
     """A live holder of this host, boot and namespace: nothing expires, nothing to remove."""
     lock = write_lock(nfs, pid=os.getppid())
     busy = refusal(nfs)
-    assert f"pid {os.getppid()} on {socket.gethostname()}" in busy.message, busy.message
+    assert f"pid {os.getppid()} of {pwd.getpwuid(os.geteuid()).pw_name} on {socket.gethostname()}" in busy.message, busy.message
     assert busy.hint == "wait for it to finish, or choose another folder"
     assert str(lock) not in busy.hint
 
@@ -297,4 +298,4 @@ def test_a_holder_of_another_boot_whose_pid_exists_here_is_not_called_a_local_pr
 
 def test_a_checkable_live_holder_is_named_plainly():
     text = od._holder_text(json.dumps({**od._holder(), "pid": os.getppid()}))
-    assert text.startswith(f"pid {os.getppid()} on {socket.gethostname()}, started "), text
+    assert text.startswith(f"pid {os.getppid()} of {pwd.getpwuid(os.geteuid()).pw_name} on {socket.gethostname()}, started "), text

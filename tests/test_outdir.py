@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -105,7 +106,7 @@ def test_second_command_on_a_busy_folder_exits_3_naming_the_holder(tmp_path, tin
         second = subprocess.run(CLI + [command, str(write_fasta(tmp_path / "b.fa", 3, first=100)),
                                        "--outdir", str(out), *extra], capture_output=True, text=True, timeout=300)
         assert second.returncode == 3, second.stderr
-        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr and str(out) in second.stderr
+        assert f"pid {first.pid} of {pwd.getpwuid(os.geteuid()).pw_name} on {socket.gethostname()}" in second.stderr and str(out) in second.stderr
         fifo.open_and_write("".join(RECORD.format(i) for i in range(5)))
         fifo.close()
         _, err = first.communicate(timeout=300)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import socket
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_lock_holder_names_the_process_holding_the_folder_and_none_when_free(tmp
     folder = tmp_path / "m"
     assert od.lock_holder(folder) is None  # no folder at all
     with folder_held_by_another_process(folder) as pid:
-        assert f"pid {pid} on {socket.gethostname()}" in od.lock_holder(folder)
+        assert f"pid {pid} of {pwd.getpwuid(os.geteuid()).pw_name} on {socket.gethostname()}" in od.lock_holder(folder)
     assert od.lock_holder(folder) is None  # released: the lock file stays, unheld
 
 

@@ -126,7 +126,7 @@ def create_exclusive(path: Path, what: str) -> int:
 def _holder() -> dict:
     """Who holds a lock: enough for a user to find the process, and for another command to tell
     whether it can check that pid (`_pid_checkable`)."""
-    return {"pid": os.getpid(), "host": socket.gethostname(),
+    return {"pid": os.getpid(), "user": _user_name(os.geteuid()), "host": socket.gethostname(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **_namespace()}
 
 
@@ -163,7 +163,9 @@ def _holder_text(raw: str) -> str:
     process of this one (pid 1 of a container is not init here)."""
     holder = _holder_of(raw)
     try:
-        text = printable(f"pid {holder['pid']} on {holder['host']}, started {holder['started']}")
+        pid, host, started = holder["pid"], holder["host"], holder["started"]
+        user = f" of {holder['user']}" if isinstance(holder.get("user"), str) else ""  # older files name none
+        text = printable(f"pid {pid}{user} on {host}, started {started}")
         text = text if len(text) <= 300 else text[:297] + "..."  # the file may be forged, and huge
     except (KeyError, TypeError):
         return "another process (its details are unreadable)"
@@ -240,7 +242,7 @@ class FolderBusy(BadInputError):
 
 def _busy(folder: Path, what: str, holder: str) -> FolderBusy:
     return FolderBusy(f"{what} {folder} is in use by another virnucpro command ({holder})",
-                      "wait for it to finish, or choose another folder")
+                      f"wait for it to finish, or choose another {'folder' if folder.is_dir() else 'file'}")
 
 
 def _busy_by_age(lock: Path, subject: Path, what: str) -> FolderBusy:
