@@ -635,7 +635,7 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def _sync_file(path: Path) -> None:
@@ -960,7 +960,7 @@ class OutputFolder:
         with output_errors(path):
             _write_synced(tmp, (json.dumps(data, indent=1) + "\n").encode())
             os.replace(tmp, path)
-            _sync_folder(self.folder)  # the rename itself on disk: a power loss leaves the old or new marker
+            sync_folder(self.folder)  # the rename itself on disk: a power loss leaves the old or new marker
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -973,7 +973,7 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Wait until the folder's entries (a rename into it) are on disk; a no-op where the file system
     or platform cannot sync a folder."""
     try:

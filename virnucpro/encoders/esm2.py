@@ -16,6 +16,7 @@ import json
 import numbers
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +33,7 @@ from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_atten
 from virnucpro.console import info, warn
 from virnucpro.errors import ModelsError, VirnucproError, open_file_limit
 from virnucpro.models import store
-from virnucpro.outdir import folder_lock, is_regular, replaced_atomically
+from virnucpro.outdir import folder_lock, is_regular
 
 # fair-esm's "ESM-1b" alphabet (used by every ESM-2 model): specials, 27 standard tokens, one
 # filler to a multiple of 8, then <mask>.
@@ -333,8 +334,9 @@ def _say_once(message: str) -> None:
 
 def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     """Write the fp16 copy of `home`'s verified .pt (mapped, q/k/v concatenated: what the module
-    loads) atomically, and record it in the manifest. The caller holds the models folder lock.
-    A file at the copy's name that the manifest does not record as the copy is never replaced."""
+    loads) atomically, with the .pt's permissions, and record it in the manifest (a copy that cannot
+    be recorded is removed: `_recorded`). The caller holds the models folder lock. A file at the
+    copy's name that the manifest does not record as the copy is never replaced."""
     from safetensors.torch import save_file
 
     target = home.directory / home.copy_name
@@ -346,15 +348,41 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     metadata = {"virnucpro": json.dumps({"format": FP16_FORMAT, "source_sha256": source_sha256,
                                          **dict(zip(_ARCHITECTURE_KEYS, architecture))}, sort_keys=True)}
     # safetensors writes the file by name: its gigabytes as bytes (`write_atomically`) would be held twice
-    with replaced_atomically(target) as temporary:
+    with store.replaced_like(target, [weights]) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
         digest = store.sha256_file(temporary)
         _refuse_unrecorded(home, target)
+    _recorded(home, target, digest, source_sha256)
+    return target
+
+
+def _recorded(home: store.Esm2Home, target: Path, digest: str, source_sha256: str) -> None:
+    """Record the copy just written at `target` in the hash cache and the manifest. When the manifest
+    cannot take it (another user's in a sticky folder, changed meanwhile) the copy is removed: it is
+    ours, and left unrecorded it would be in the way of every later copy."""
+    written = target.stat()
     cache = store.HashCache(home.directory)
     cache.record(home.copy_name, target, digest)
     cache.save()
-    store.record_fp16_copy(home, digest, source_sha256)
-    return target
+    try:
+        recorded = store.record_fp16_copy(home, digest, source_sha256)
+    except BaseException:
+        _remove_if_same(target, written)
+        raise
+    if not recorded:
+        _remove_if_same(target, written)
+        raise ModelsError(f"the models manifest changed while the fp16 copy {target} was written, so it "
+                          f"could not be recorded; the copy was removed")
+
+
+def _remove_if_same(path: Path, written: os.stat_result) -> None:
+    """Remove `path` when it is still the file we wrote (`written`), never another one."""
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
+            path.unlink()
+    except OSError:
+        pass  # gone already, or not ours to remove
 
 
 def _refuse_unrecorded(home: store.Esm2Home, target: Path) -> None:
@@ -380,12 +408,25 @@ def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:
         return copy, ""
     if source is None:
         return None, f"{home.directory / home.weights} does not match its sha256 in the manifest"
-    manifest = home.directory / store.MANIFEST
-    if not is_regular(manifest):  # a folder of links into shared storage: the copy could not be recorded
-        return None, f"{manifest} is not a file virnucpro may replace (a link?)"
+    refusal = _cannot_record(home)
+    if refusal is not None:
+        return None, refusal
     if problem:
         warn(f"ESM-2: {problem}; writing it again")
     return write_fp16_copy(home, source), ""
+
+
+def _cannot_record(home: store.Esm2Home) -> str | None:
+    """Why a copy written now could not be recorded or put in place (None: it can), told before
+    its gigabytes are written: a manifest that is not a file (a folder of links into shared
+    storage), or one (or an old copy) that another user owns in a sticky folder."""
+    manifest = home.directory / store.MANIFEST
+    if not is_regular(manifest):
+        return f"{manifest} is not a file virnucpro may replace (a link?)"
+    refusal = store.replace_refusal(manifest) or store.replace_refusal(home.directory / home.copy_name)
+    if refusal is not None:
+        return f"{refusal}; that owner can write the copy once with `{store.download_command(home.directory, ['esm2'])}`"
+    return None
 
 
 def _fp16_copy_for(checkpoint: Path) -> Path | None:
@@ -394,6 +435,12 @@ def _fp16_copy_for(checkpoint: Path) -> Path | None:
     home = store.esm2_home(checkpoint)
     if home is None:
         return None  # hand-staged without a manifest entry: nothing to record a copy in
+    unreadable = store.unreadable_fp16_copy(home)
+    if unreadable is not None:  # another user's: never replaced from here
+        _say_once(f"ESM-2: loading {checkpoint} at fp16; the fp16 copy {unreadable} cannot be read by "
+                  f"this user, so it is not used: its owner can make it readable like the .pt with "
+                  f"`chmod --reference={shlex.quote(str(checkpoint))} {shlex.quote(str(unreadable))}`")
+        return None
     cache = store.HashCache(home.directory)
     copy, problem = store.trusted_fp16_copy(home, cache)
     cache.save()

@@ -49,6 +49,7 @@ embeddings of encoders the models folder no longer holds.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -57,17 +58,18 @@ import pickletools
 import re
 import shlex
 import sys
+import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_IMODE, S_ISREG, S_ISVTX
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, ModelsError, UsageError, VirnucproError, name_too_long,
                               path_too_long, printable)
-from virnucpro.outdir import lock_holder, marker_kind, refuse_unless_regular, write_atomically
+from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
@@ -437,15 +439,94 @@ def _check_mapping(path: Path, where: str, value: object, pattern: re.Pattern | 
             raise _malformed(path, f"{where}.{name}", f"is {item!r}, not a {what}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` whole or not at all (`write_atomically`). A link (a models folder of links into
-    shared storage) or anything but a file at `path` is not replaced: exit 3."""
+def atomic_write_text(path: Path, text: str, like: Iterable[Path] = ()) -> None:
+    """Write `path` whole or not at all, with the permissions of the first file of `like`, else of
+    the file it replaces (`replaced_like`). A link (a models folder of links into shared storage) or
+    anything but a file at `path` is not replaced: exit 3."""
     refuse_unless_regular(path, "a file virnucpro writes")
-    write_atomically(path, text.encode())
+    with replaced_like(path, [*like, path]) as temporary:
+        with open(temporary, "wb", opener=lambda name, flags: os.open(name, flags | NO_FOLLOW)) as handle:
+            handle.write(text.encode())
+
+
+@contextmanager
+def replaced_like(path: Path, like: Iterable[Path]) -> Iterator[Path]:
+    """`outdir.replaced_atomically` for a file of a models folder: a new temporary file beside `path`
+    for the block to write, synced and renamed over `path` (a failed block leaves nothing), with the
+    permission bits and group of the first of `like` that is a file: the file it replaces, or the
+    one it is derived from (`_take_permissions`). In a folder shared by a group, one member's umask
+    (077) would otherwise lock the others out of the manifest, the hash cache or the fp16 copy."""
+    source = _first_file(like)  # now: `like` may name `path` itself, about to be replaced
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        _settle(temporary, source)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def _first_file(paths: Iterable[Path]) -> os.stat_result | None:
+    """The status of the first of `paths` that is a regular file (through a link), or None."""
+    for path in paths:
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        if S_ISREG(found.st_mode):
+            return found
+    return None
+
+
+def _settle(path: Path, source: os.stat_result | None) -> None:
+    """Give the regular file at `path` its permissions (`_take_permissions`) and wait until it is on
+    disk; never through a link."""
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    try:
+        if not S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        _take_permissions(fd, source)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _take_permissions(fd: int, source: os.stat_result | None) -> None:
+    """The read/write bits and the group of `source`, never wider: when this user may not give the
+    file that group, its own group gets what others had. Without `source`, the umask's mode."""
+    if source is None:
+        os.fchmod(fd, file_mode())
+        return
+    mode = S_IMODE(source.st_mode) & 0o666
+    if os.fstat(fd).st_gid != source.st_gid:
+        try:
+            os.fchown(fd, -1, source.st_gid)
+        except OSError:
+            mode = (mode & ~0o070) | ((mode & 0o007) << 3)
+    os.fchmod(fd, mode)
+
+
+def replace_refusal(path: Path) -> str | None:
+    """Why this user cannot rename a new file over `path`, told without trying (None: it can, or
+    nothing is there): in a sticky folder (chmod +t) only the owner of a file, or of the folder, may
+    replace it. Asked before writing the gigabytes of the fp16 copy, not after."""
+    try:
+        folder, found = os.stat(path.parent), os.lstat(path)
+    except OSError:
+        return None
+    if folder.st_mode & S_ISVTX and os.geteuid() not in (0, folder.st_uid, found.st_uid):
+        return (f"{path} belongs to another user and {path.parent} is sticky (chmod +t), so only its "
+                f"owner may replace it")
+    return None
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    """Write the manifest with the current format version and the roles in their usual order."""
+    """Write the manifest with the current format version and the roles in their usual order (and
+    the permissions of the manifest it replaces)."""
     manifest = {"format_version": FORMAT_VERSION, **{k: v for k, v in manifest.items()
                                                      if k != "format_version"}}
     manifest["models"] = {role: manifest["models"][role]
@@ -502,12 +583,24 @@ def _stamp(stat: os.stat_result) -> dict[str, int]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
 
 
+#: The hashes of big files this process computed (or wrote), by absolute path and stat stamp, across
+#: every HashCache: `run` checks the models up to three times (download check, setup, the fp16
+#: copy's source), and in a folder it cannot write, whose cache file is never saved, each check
+#: would read the 11 GB of ESM-2 again. A few entries, one per big models file.
+remembered_hashes: dict[tuple, dict] = {}
+
+
+def _remembered_key(path: Path, stat: os.stat_result) -> tuple:
+    return (os.path.abspath(path), *_stamp(stat).values())
+
+
 class HashCache:
     """sha256 of big files keyed by their stat stamp; best effort, never required.
 
     The stamp is (size, mtime_ns, ctime_ns, inode): any write to the file, or another file put in
     its place, changes the ctime or the inode even when the writer restores the mtime (`rsync -a`
-    of other weights of the same size, `touch -r`), so a changed file is always hashed again.
+    of other weights of the same size, `touch -r`), so a changed file is always hashed again. What
+    one instance hashes, the others of the process know too (`remembered_hashes`).
     """
 
     def __init__(self, directory: Path, use: bool = True):
@@ -532,8 +625,8 @@ class HashCache:
         path = Path(directory) / rel
         with reading(path):
             stat = path.stat()
-        entry = self._cached(rel, stat)
-        if entry is not None and (not git_sha1 or isinstance(entry.get("git_sha1"), str)):
+        entry = self._known(rel, path, stat, git_sha1)
+        if entry is not None:
             return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
         if stat.st_size > 256 * 1024 * 1024:
             info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
@@ -541,6 +634,17 @@ class HashCache:
         if stat.st_size >= _CACHE_MIN_BYTES:
             self.record(rel, path, digest, blob)
         return digest, blob
+
+    def _known(self, rel: str, path: Path, stat: os.stat_result, git_sha1: bool) -> dict | None:
+        """The hashes of the file as it is now (with its git blob id when `git_sha1`), from the
+        cache file or else from this process (then put in the cache file too), if allowed."""
+        entry = self._cached(rel, stat)
+        if entry is None and self.use and (entry := remembered_hashes.get(_remembered_key(path, stat))):
+            self.entries[rel] = entry
+            self.dirty = True
+        if entry is not None and (not git_sha1 or isinstance(entry.get("git_sha1"), str)):
+            return entry
+        return None
 
     def _cached(self, rel: str, stat: os.stat_result) -> dict | None:
         """The cache entry of a file whose stamp is unchanged, if allowed and valid."""
@@ -551,16 +655,20 @@ class HashCache:
         return None
 
     def record(self, rel: str, path: Path, digest: str, git_sha1: str | None = None) -> None:
-        """Remember `digest` (and the git blob id, when known) for the file as it is now."""
-        self.entries[rel] = {**_stamp(path.stat()), "sha256": digest, **({"git_sha1": git_sha1} if git_sha1 else {})}
+        """Remember `digest` (and the git blob id, when known) for the file as it is now, here and
+        for the whole process."""
+        stat = path.stat()
+        entry = {**_stamp(stat), "sha256": digest, **({"git_sha1": git_sha1} if git_sha1 else {})}
+        self.entries[rel] = remembered_hashes[_remembered_key(path, stat)] = entry
         self.dirty = True
 
     def save(self) -> None:
         """Write the cache if it changed; a read-only directory just hashes again next time."""
         if not self.dirty:
             return
-        try:
-            atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+        try:  # the manifest's permissions: whoever may read the manifest may read its hashes
+            atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n",
+                              like=[self.path.parent / MANIFEST])
         except (OSError, VirnucproError):
             pass  # read-only staged directory, or a link at its name: hash again next time
         self.dirty = False
@@ -977,6 +1085,8 @@ def trusted_fp16_copy(home: Esm2Home, cache: HashCache) -> tuple[Path | None, st
     path = home.directory / record["file"]
     if not path.is_file():
         return None, f"the fp16 copy {path} recorded in the manifest is missing"
+    if unreadable_fp16_copy(home) is not None:
+        return None, f"the fp16 copy {path} cannot be read by this user"
     source = cache.sha256(home.directory, home.weights)
     if source != record["source_sha256"].lower():
         return None, (f"the fp16 copy {path} was derived from another {home.weights} (sha256 "
@@ -987,6 +1097,14 @@ def trusted_fp16_copy(home: Esm2Home, cache: HashCache) -> tuple[Path | None, st
     return path, ""
 
 
+def unreadable_fp16_copy(home: Esm2Home) -> Path | None:
+    """The recorded fp16 copy when it is there but this user may not read it (another member of
+    the group wrote it under a narrow umask), else None."""
+    record = home.entry.get("fp16")
+    path = home.directory / record["file"] if record else None
+    return path if path is not None and path.is_file() and not os.access(path, os.R_OK) else None
+
+
 def verified_source(home: Esm2Home, cache: HashCache) -> str | None:
     """The `.pt`'s sha256 when it matches the manifest's record of it (a copy may be derived from
     it), else None."""
@@ -995,15 +1113,17 @@ def verified_source(home: Esm2Home, cache: HashCache) -> str | None:
     return digest if recorded is not None and recorded.lower() == digest else None
 
 
-def record_fp16_copy(home: Esm2Home, digest: str, source_sha256: str) -> None:
-    """Record the fp16 copy under role esm2 in the manifest (the caller holds the folder lock)."""
+def record_fp16_copy(home: Esm2Home, digest: str, source_sha256: str) -> bool:
+    """Record the fp16 copy under role esm2 in the manifest (the caller holds the folder lock);
+    False when the manifest no longer lists the `.pt` it came from (changed meanwhile)."""
     manifest = read_manifest(home.directory) or {"models": {}}
     entry = manifest["models"].get("esm2")
     if entry is None or _main_path("esm2", entry["files"]) != home.weights:
-        return  # the manifest changed meanwhile: the copy is left unrecorded, hence unused
+        return False
     entry["fp16"] = {"file": home.copy_name, "sha256": digest, "source_sha256": source_sha256}
     write_manifest(home.directory, manifest)
     home.entry = entry
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -1018,6 +1138,7 @@ def check(directory: Path | None = None) -> None:
     restricted loader refuses).
     """
     directory, statuses = scan(directory, ROLES, full=True, where=CHECK_ARGUMENT)
+    _note_fp16_copy(statuses)
     info(f"models directory: {directory}"
          + ("" if (directory / MANIFEST).is_file() else " (no manifest.json: standard file names)"))
     refused = [message for s in statuses if (message := _report_role(s)) is not None]
@@ -1030,6 +1151,27 @@ def check(directory: Path | None = None) -> None:
         raise ModelsError("classifier refused by the restricted loader: " + "; ".join(refused),
                           hint=fix_command(directory))
     info("all models present and verified")
+
+
+def _note_fp16_copy(statuses: list[RoleStatus]) -> None:
+    """ESM-2's recorded fp16 copy hashed again too, as a note on the role (a derived file: it never
+    fails the check). Its hash is then in the cache for the fp16 runs, which would otherwise each
+    read its gigabytes again in a folder they cannot write (after a `chmod`, say)."""
+    esm = next((s for s in statuses if s.role == "esm2" and s.ok), None)
+    home = esm2_home(esm.path) if esm is not None else None
+    if home is None or "fp16" not in home.entry:
+        return
+    rel, cache = home.entry["fp16"]["file"], HashCache(home.directory)
+    try:
+        if _is_file(home.directory, rel) and unreadable_fp16_copy(home) is None:
+            cache.record(rel, home.directory / rel, sha256_file(home.directory / rel))
+        copy, problem = trusted_fp16_copy(home, cache)
+    except ModelsError as exc:
+        copy, problem = None, exc.message
+    finally:
+        cache.save()
+    esm.notes.append(f"fp16 copy {rel}: " + ("verified; fp16 runs load it" if copy else
+                                            f"not used ({problem}); fp16 runs load the .pt"))
 
 
 def _in_progress(directory: Path) -> ModelsError | None:

@@ -1,0 +1,267 @@
+"""A models folder shared by a group on a cluster: what one member's fp16 run writes there keeps the
+folder usable by the others (modes taken from the files replaced or derived from, never the writer's
+umask), a sticky folder never gets a copy it cannot record, and one process hashes a big unchanged
+file once even when the hash cache cannot be saved.
+
+Tests that need another user fork a child that drops to `nobody` (root only; skipped elsewhere):
+everything the child runs is imported first, since the venv's python lives under a folder other
+users cannot read."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import stat
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from virnucpro.encoders import esm2
+from virnucpro.encoders.esm2 import Esm2Encoder
+from virnucpro.models import store
+
+CPU = torch.device("cpu")
+WEIGHTS = "esm2_tiny.pt"
+COPY = "esm2_tiny.fp16.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def fresh_messages():
+    """Each test sees the "said once per process" notes anew, and no hash remembered by another."""
+    esm2._told.clear()
+    store.remembered_hashes.clear()
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for the test (the writer's own), restored afterwards."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield os.umask
+    os.umask(before)
+
+
+def _modes(folder: Path, mode: int) -> None:
+    """Every file of the folder (subfolders too) at `mode`; the folders searchable by all."""
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else mode)
+
+
+@pytest.fixture
+def shared(tiny_models) -> Path:
+    """A copy of the tiny models in a folder every user can reach (not under pytest's 0700 tmp)."""
+    base = Path(tempfile.mkdtemp(prefix="virnucpro-shared-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        shutil.copytree(tiny_models, base / "models")
+        _modes(base / "models", 0o664)
+        yield base / "models"
+    finally:
+        shutil.rmtree(base)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _nobody() -> pwd.struct_passwd:
+    """The `nobody` user, or a skip where this test cannot become another user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user `nobody` here")
+
+
+def as_nobody(function):
+    """Run `function()` in a forked child as `nobody`; (its result's repr, or "EXC <traceback>", and
+    the fp16 notes it said). The child writes no pytest state: it leaves with os._exit."""
+    user = _nobody()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            answer = repr(function())
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised in the child
+            answer = "EXC " + "".join(traceback.format_exception(exc))
+        os.write(write, "\0".join([answer, *sorted(esm2._told)]).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as handle:
+        text = handle.read().decode()
+    os.waitpid(pid, 0)
+    answer, *told = text.split("\0")
+    return answer, told
+
+
+def _load_fp16(models: Path):
+    """What an fp16 embed does first: the encoder, from the copy when it can."""
+    return Esm2Encoder(models / WEIGHTS, CPU, torch.float16).loaded_from
+
+
+# --- 1. a member with umask 077 ---------------------------------------------------------------------
+
+def test_fp16_run_under_umask_077_keeps_the_group_folders_modes(shared, umask):
+    os.chmod(shared, 0o2775)
+    umask(0o077)
+    assert _load_fp16(shared) == shared / COPY
+    assert _mode(shared / store.MANIFEST) == 0o664
+    assert _mode(shared / COPY) == 0o664  # the .pt's
+    assert _mode(shared / store.HASH_CACHE) == 0o664  # the manifest's
+
+
+def test_modes_are_never_wider_than_the_files_they_come_from(shared, umask):
+    os.chmod(shared / WEIGHTS, 0o640)
+    os.chmod(shared / store.MANIFEST, 0o644)
+    umask(0o000)
+    assert _load_fp16(shared) == shared / COPY
+    assert _mode(shared / COPY) == 0o640
+    assert _mode(shared / store.MANIFEST) == 0o644
+    assert _mode(shared / store.HASH_CACHE) == 0o644
+
+
+def test_a_new_manifest_takes_the_umask(tmp_path, umask):
+    umask(0o027)
+    store.write_manifest(tmp_path, {"models": {}})
+    assert _mode(tmp_path / store.MANIFEST) == 0o640
+
+
+def test_other_users_use_the_folder_after_a_umask_077_members_fp16_run(shared, umask):
+    _nobody()
+    os.chmod(shared, 0o2775)
+    umask(0o077)
+    _load_fp16(shared)
+    Esm2Encoder(shared / WEIGHTS, CPU, torch.float32)  # everything the child loads, imported here
+    answer, told = as_nobody(lambda: (store.locate(shared).esm2.name, _load_fp16(shared).name))
+    assert answer == repr((WEIGHTS, COPY)) and told == []
+
+
+def test_a_copy_this_user_cannot_read_loads_the_pt_with_one_message(shared):
+    _nobody()
+    _load_fp16(shared)  # the copy, recorded
+    os.chmod(shared / COPY, 0o600)  # another member's, from before modes were kept
+    Esm2Encoder(shared / WEIGHTS, CPU, torch.float32)
+    answer, told = as_nobody(lambda: [_load_fp16(shared).name for _ in range(2)])
+    assert answer == repr([WEIGHTS, WEIGHTS]), answer
+    assert len(told) == 1 and "cannot be read by this user" in told[0] and str(shared / COPY) in told[0]
+    assert _mode(shared / COPY) == 0o600  # another user's file: left as it is
+
+
+# --- 2. a sticky group folder ------------------------------------------------------------------------
+
+def test_sticky_folder_with_another_users_manifest_writes_no_copy_and_says_why_once(shared):
+    _nobody()
+    os.chmod(shared, 0o1777)  # root's manifest: nobody may not rename over it
+    Esm2Encoder(shared / WEIGHTS, CPU, torch.float32)
+    written = []
+
+    def twice():
+        import safetensors.torch
+
+        save = safetensors.torch.save_file
+        safetensors.torch.save_file = lambda *a, **k: (written.append(a[1]), save(*a, **k))
+        first = _load_fp16(shared).name
+        esm2._told.clear()
+        return first, _load_fp16(shared).name, written
+
+    answer, told = as_nobody(twice)
+    assert answer == repr((WEIGHTS, WEIGHTS, [])), answer  # no copy even started
+    assert len(told) == 1 and "sticky" in told[0] and str(shared / store.MANIFEST) in told[0], told
+    assert "in the way" not in told[0]
+    assert sorted(p.name for p in shared.iterdir() if "fp16" in p.name) == []
+
+
+def test_copy_not_recorded_is_removed_and_the_next_run_writes_it(shared, monkeypatch):
+    def refused(*_args):
+        raise PermissionError(1, "Operation not permitted", str(shared / store.MANIFEST))
+
+    monkeypatch.setattr(store, "record_fp16_copy", refused)
+    assert _load_fp16(shared) == shared / WEIGHTS
+    assert not (shared / COPY).exists() and not [p for p in shared.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    esm2._told.clear()
+    assert _load_fp16(shared) == shared / COPY
+
+
+def test_copy_left_unrecorded_by_a_changed_manifest_is_removed(shared, monkeypatch):
+    monkeypatch.setattr(store, "record_fp16_copy", lambda *_args: False)
+    assert _load_fp16(shared) == shared / WEIGHTS
+    assert not (shared / COPY).exists()
+    assert any("changed while" in note for note in esm2._told), esm2._told
+
+
+def test_failed_record_never_removes_a_file_we_did_not_write(shared, monkeypatch):
+    (shared / COPY).write_bytes(b"my own file\n")
+    _load_fp16(shared)
+    assert (shared / COPY).read_bytes() == b"my own file\n"
+
+
+# --- 3. one process hashes a big unchanged file once -------------------------------------------------
+
+@pytest.fixture
+def counted_hashes(monkeypatch):
+    """Every file of 1 byte or more counts as big (cached); {path: times hashed}."""
+    monkeypatch.setattr(store, "_CACHE_MIN_BYTES", 1)
+    counts: dict[str, int] = {}
+    real = store.sha256_file
+
+    def counting(path, git_sha1=False):
+        counts[str(path)] = counts.get(str(path), 0) + 1
+        return real(path, git_sha1=git_sha1)
+
+    monkeypatch.setattr(store, "sha256_file", counting)
+    return counts
+
+
+def test_one_process_hashes_each_unchanged_file_once_when_the_cache_cannot_be_saved(shared, counted_hashes):
+    (shared / store.HASH_CACHE).mkdir()  # nothing can be saved at the cache's name (as root, too)
+    for _ in range(2):
+        store.scan(shared, store.ROLES)  # run: will_download, then ensure
+    store.locate(shared)
+    _load_fp16(shared)  # the copy's checks hash the .pt too
+    weights = str(shared / WEIGHTS)
+    assert counted_hashes[weights] == 1, counted_hashes
+    assert max(counted_hashes.values()) == 1, counted_hashes
+
+
+def test_a_changed_file_and_models_check_are_hashed_again(shared, counted_hashes):
+    store.scan(shared, ["classifier_300"])
+    store.check(shared)  # ignores every cache
+    path = shared / "300_model_tiny.pth"
+    assert counted_hashes[str(path)] == 2
+    path.write_bytes(path.read_bytes())  # same bytes, a new ctime
+    store.scan(shared, ["classifier_300"])
+    assert counted_hashes[str(path)] == 3
+
+
+def test_models_check_after_a_chmod_caches_the_fp16_copy_for_the_runs_too(shared, counted_hashes, capsys):
+    _load_fp16(shared)  # staged: the .pt, the copy and their hashes
+    time.sleep(0.05)  # a later ctime than the cached one, even on a coarse clock
+    _modes(shared, 0o664)  # the staging's chmod: every cached entry is stale now
+    store.check(shared)
+    assert "fp16 copy esm2_tiny.fp16.safetensors: verified" in capsys.readouterr().err
+    store.remembered_hashes.clear()  # a run: another process
+    counted_hashes.clear()
+    (shared / store.HASH_CACHE).chmod(0o444)
+    assert _load_fp16(shared) == shared / COPY
+    assert counted_hashes == {}
+
+
+def test_staging_doc_makes_files_readable_before_models_check_records_their_hashes():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
+    staging = doc.split("## Staging the models on a cluster", 1)[1].split("```", 2)[1]
+    commands = [line.split("#")[0].strip() for line in staging.splitlines() if line.strip()]
+    chmod = next(i for i, line in enumerate(commands) if line.startswith("chmod -R"))
+    check = next(i for i, line in enumerate(commands) if re.match(r"virnucpro models check\b", line))
+    assert chmod < check
