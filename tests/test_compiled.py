@@ -915,3 +915,20 @@ def test_a_name_planted_at_torchs_default_cache_does_not_stop_embed_on_the_cpu(t
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (temporary / f"torchinductor_{getpass.getuser()}").read_text() == "planted by another user\n"
+
+
+def test_a_cpu_run_needs_no_private_temporary_folder_when_nothing_compiles(tiny_models, golden_prepared, tmp_path):
+    """The review of the change above: a temporary folder under a group-writable one (not private
+    enough for compiled kernels, which are code) ended a CPU embed that compiles nothing, exit 10."""
+    shared = tmp_path / "group"
+    (shared / "tmp").mkdir(parents=True)
+    shared.chmod(0o775)
+    (shared / "tmp").chmod(0o700)
+    env = {k: v for k, v in os.environ.items() if k not in (compiled.TORCH_CACHE_VARIABLE, "XDG_CACHE_HOME")}
+    env.update(TMPDIR=str(shared / "tmp"), HOME="")
+    done = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "embed",
+                           str(golden_prepared / "shards" / "shard_00000.tsv"), "--models", str(tiny_models),
+                           "--out", str(tmp_path / "e.h5"), "--device", "cpu", "--no-compile"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert list((shared / "tmp").iterdir()) == [], "the process's folder for torch is removed at exit"

@@ -676,3 +676,14 @@ def test_a_checkpoint_folder_this_user_cannot_write_is_exit_10_naming_its_owner(
         embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_dir=point)
     assert f"cannot write into {key}: permission denied (the folder is root's" in refused.value.message
     assert len(list(key.glob("part_*.npz"))) >= 2, "the parts are kept"
+
+
+def test_the_note_on_other_checkpoints_never_counts_this_shards_own_folder(tmp_path, capsys):
+    """Its key folder stays when it holds a file virnucpro did not write: no "other embed" then."""
+    from virnucpro.embed import _note_other_checkpoints
+
+    own = tmp_path / "s.h5.ckpt" / ("ef" * 32)
+    own.mkdir(parents=True)
+    (own / "notes.txt").write_text("the user's\n")
+    _note_other_checkpoints(own)
+    assert "other embed" not in capsys.readouterr().err

@@ -248,6 +248,21 @@ def test_a_folder_of_ours_emptied_by_the_user_is_still_ours(tmp_path, run_cli):
     assert shard.read_bytes() == before
 
 
+def test_a_link_where_a_folder_of_ours_was_is_refused_before_any_work(tmp_path, run_cli):
+    """The review of the emptied-folder change: a link to the user's folder at `shards` passed the
+    start-up check (it leads to a folder), and prepare half-published before refusing it."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    shutil.rmtree(out / fmt.SHARD_DIR)
+    (tmp_path / "precious").mkdir()
+    (out / fmt.SHARD_DIR).symlink_to(tmp_path / "precious")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".virnucpro")}
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and "did not write" in message and "appeared" not in message, message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".virnucpro")} == before
+
+
 def test_an_empty_folder_where_a_file_of_ours_was_is_still_refused(tmp_path, run_cli):
     fasta = write_fasta(tmp_path / "a.fa", 2)
     out = tmp_path / "prep"

@@ -302,16 +302,18 @@ class CheckpointStore:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if self.parent_is_ours:
-            _note_other_checkpoints(self.folder.parent)
+            _note_other_checkpoints(self.folder)
 
 
-def _note_other_checkpoints(parent: Path) -> None:
-    """Say what stays in the default `<out>.ckpt` once this shard is written: checkpoints of the same
+def _note_other_checkpoints(own: Path) -> None:
+    """Say what stays in the default `<out>.ckpt` beside the key folder `own` once its shard is
+    written (`own` itself may stay, holding a file virnucpro did not write): checkpoints of the same
     output for another shard, models or precision (GBs at real widths), which only that embed run
     again would use. Never deleted here: they may be hours of work."""
+    parent = own.parent
     with contextlib.suppress(OSError):  # gone, or unreadable: nothing to say
-        others = [key for key in parent.iterdir()
-                  if re.fullmatch(SHA256_HEX, key.name) and key.is_dir() and not key.is_symlink()]
+        others = [key for key in parent.iterdir() if key.name != own.name
+                  and re.fullmatch(SHA256_HEX, key.name) and key.is_dir() and not key.is_symlink()]
         if others:
             size = sum(part.stat().st_size for key in others for part in key.iterdir() if PART_NAME.fullmatch(part.name))
             info(f"{parent} still holds checkpoints of {len(others)} other embed(s) into this output (another "

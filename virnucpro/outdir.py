@@ -836,8 +836,10 @@ class OutputFolder:
         return recorded is not None and now is not None and now[0] == recorded[0] and now[1] != recorded[1]
 
     def _emptied_folder_of_ours(self, rel: str) -> bool:
-        """An empty folder that held files recorded as ours (the user deleted them): still ours."""
-        return (self.folder / rel).is_dir() and any(name.startswith(f"{rel}/") for name in self.recorded)
+        """An empty folder, no link, that held files recorded as ours (the user deleted them): still ours."""
+        path = self.folder / rel
+        return (path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+                and any(name.startswith(f"{rel}/") for name in self.recorded))
 
     def _read_marker(self) -> dict | None:
         """The folder's marker, of this kind and sound (exit 3 otherwise); None without one."""

@@ -94,17 +94,26 @@ def default_cache() -> Path | None:
 
 def settle_cache(folder: Path | None, compiling: bool) -> Path:
     """Settle torch's cache folder before any model is built: `use_cache(folder)` when kernels will
-    be compiled; otherwise (unless the user set TORCHINDUCTOR_CACHE_DIR) a private folder of this
+    be compiled; otherwise (unless the user set TORCHINDUCTOR_CACHE_DIR) a new empty folder of this
     process, as torch makes its cache folder even when nothing compiles (on some CPU model
     builds), and its default, /tmp/torchinductor_<user>, is a name any user of the machine can
-    take first."""
+    take first. Nothing is read from it, so it need not be private as a compile cache must."""
     if compiling or os.environ.get(TORCH_CACHE_VARIABLE):
         return use_cache(folder)
-    one_off, _ = _one_off()
-    if one_off is None:
-        return use_cache(folder)  # checked folders, or exit 10 naming each one tried
-    os.environ[TORCH_CACHE_VARIABLE] = str(one_off)
-    return one_off
+    os.environ[TORCH_CACHE_VARIABLE] = str(_scratch())
+    return Path(os.environ[TORCH_CACHE_VARIABLE])
+
+
+@functools.lru_cache(maxsize=None)
+def _scratch() -> Path:
+    """A new empty folder for this process, removed when it exits (exit 10 where none can be made)."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="virnucpro-torch-"))
+    except OSError as error:  # no writable temporary folder at all
+        raise OutputWriteError(f"no writable temporary folder for torch's cache: {error}",
+                               "set TMPDIR to a folder of yours") from None
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def use_cache(folder: Path | None = None) -> Path:
