@@ -265,3 +265,24 @@ def test_staging_doc_makes_files_readable_before_models_check_records_their_hash
     chmod = next(i for i, line in enumerate(commands) if line.startswith("chmod -R"))
     check = next(i for i, line in enumerate(commands) if re.match(r"virnucpro models check\b", line))
     assert chmod < check
+
+
+def test_a_lock_file_made_under_umask_077_can_be_locked_by_the_other_members(shared, umask):
+    """A lock file left by a member under umask 077 was 0600: every other member's command in the
+    shared folder failed to open it (permission denied), though the folder let them in."""
+    from virnucpro.outdir import LOCK_NAME, folder_lock
+
+    folder = shared.parent / "group-folder"
+    folder.mkdir()
+    folder.chmod(0o777)
+    umask(0o077)
+    with folder_lock(folder, "the shared folder"):
+        pass
+    assert (folder / LOCK_NAME).exists() and _mode(folder / LOCK_NAME) == 0o644
+
+    def lock_as_another_user():
+        with folder_lock(folder, "the shared folder"):
+            return "locked"
+
+    answer, _ = as_nobody(lock_as_another_user)
+    assert answer == "'locked'", answer

@@ -499,11 +499,14 @@ class HeldLock:
 
 def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
     """(fd, whether this call created the file): the lock file opened, created when absent (its mode
-    from the umask, as every file we write: in a group-shared folder the group may lock it too);
-    None when its holder removed it between our two opens. Never through a link, and only a regular
-    file: a link, FIFO or folder at the name is refused (exit 3), its target untouched."""
+    from the umask, as every file we write, but readable by all: whoever may enter the folder must
+    be able to flock it, even after a member of a shared folder under umask 077 created it; it
+    names only a process); None when its holder removed it between our two opens. Never through a
+    link, and only a regular file: a link, FIFO or folder at the name is refused (exit 3), its
+    target untouched."""
     try:
         fd, created = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), True
+        os.fchmod(fd, file_mode() | 0o444)
     except FileExistsError:
         fd, created = _open_existing_lock(lock), False
         if fd is None:
