@@ -493,3 +493,21 @@ def test_a_part_link_made_during_the_transfer_is_not_followed(host, payloads, tm
     with pytest.raises(ModelsError, match="link") as info:
         dl.fetch(host.url + "/c", tmp_path / "c.pth", git_sha1=git_blob_sha1(payloads["c300"]))
     assert str(part) in str(info.value) and victim.read_bytes() == b"precious"
+
+
+def test_a_default_folder_that_cannot_be_written_names_dest(tmp_path, monkeypatch, run_cli):
+    """sudo without -H, or a read-only home: the default folder is one the user did not choose, so
+    the fix says how to choose one (`--dest`), not only "fix the permissions"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(home)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+        monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
+        code, message = run_cli("models", "download", "--only", "classifier_500")
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True)
+    assert code == 10 and "read-only" in message and "--dest DIR" in " ".join(message.split()), message

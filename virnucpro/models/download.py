@@ -83,7 +83,12 @@ def download(dest: Path | None = None, only: str | None = None, mirror: str | No
     check_mirror(mirror)
     directory = store.models_dir(dest, "--dest")
     roles = [only] if only else list(store.ROLES)
-    download_roles(directory, roles, mirror=mirror)
+    try:
+        download_roles(directory, roles, mirror=mirror)
+    except OutputWriteError as exc:
+        if dest is None:  # the default folder, which the user did not choose: say how to choose one
+            exc.hint = f"{exc.hint}; or download into a folder of yours with --dest DIR"
+        raise
     store.locate(directory, roles)  # never "ready" when `models check` would refuse the folder
     info(f"models ready in {directory}"
          + ("" if dest or os.environ.get("VIRNUCPRO_MODELS") else
