@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mount_helpers import remount_read_only, tmpfs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from store_fixtures import (FakeHost, closed_port_url, folder_held_by_another_process,  # noqa: E402
@@ -498,16 +499,10 @@ def test_a_part_link_made_during_the_transfer_is_not_followed(host, payloads, tm
 def test_a_default_folder_that_cannot_be_written_names_dest(tmp_path, monkeypatch, run_cli):
     """sudo without -H, or a read-only home: the default folder is one the user did not choose, so
     the fix says how to choose one (`--dest`), not only "fix the permissions"."""
-    home = tmp_path / "home"
-    home.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(home)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "home", "64k") as home:
+        remount_read_only(home)
         monkeypatch.setenv("HOME", str(home))
         monkeypatch.delenv("XDG_DATA_HOME", raising=False)
         monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
         code, message = run_cli("models", "download", "--only", "classifier_500")
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=True)
     assert code == 10 and "read-only" in message and "--dest DIR" in " ".join(message.split()), message

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mount_helpers import remount_read_only, tmpfs
 import torch
 
 from checkpoint_helpers import read_h5, wait_for_parts
@@ -640,23 +641,19 @@ def test_checkpoints_of_another_embed_into_the_same_output_are_said_and_kept(tmp
 def stopped_on_a_mount(tmp_path, tiny_models, golden_prepared):
     """An embed stopped (exit 6) with its checkpoints in a --checkpoint-dir on a tmpfs of its own;
     returns the command and the mount point."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(point)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    command = embed_command(shard(golden_prepared), tmp_path / "s.h5", tiny_models) + ["--checkpoint-dir", str(point)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    wait_for_parts(point, 2, process)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 6
-    yield command, point
-    subprocess.run(["umount", "-l", str(point)], check=True)
+    with tmpfs(tmp_path / "mnt", "16m") as point:
+        command = embed_command(shard(golden_prepared), tmp_path / "s.h5", tiny_models) + ["--checkpoint-dir",
+                                                                                         str(point)]
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        wait_for_parts(point, 2, process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 6
+        yield command, point
 
 
 def test_a_checkpoint_folder_that_became_read_only_is_exit_10_before_any_work(stopped_on_a_mount):
     command, point = stopped_on_a_mount
-    subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+    remount_read_only(point)
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 10 and "read-only" in rerun.stderr and str(point) in rerun.stderr, rerun.stderr
     assert "loading DNABERT-S" not in rerun.stderr and "Traceback" not in rerun.stderr, rerun.stderr

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mount_helpers import remount_read_only, tmpfs
 import torch
 
 from store_fixtures import folder_held_by_another_process
@@ -181,17 +182,10 @@ def test_models_download_step_writes_and_keeps_the_copy(models):
 @pytest.fixture
 def read_only_models(tmp_path, tiny_models):
     """The tiny models on a file system mounted read-only (a shared cluster folder), when we may mount."""
-    point = tmp_path / "ro"
-    point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(point)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "16m") as point:
         shutil.copytree(tiny_models, point, dirs_exist_ok=True)
-        subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        remount_read_only(point)
         yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=True)
 
 
 def test_read_only_models_folder_loads_the_pt_with_one_message_and_exit_0(tmp_path, read_only_models,

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from mount_helpers import tmpfs
 
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
@@ -49,19 +50,13 @@ except VirnucproError as exc:
 @pytest.fixture
 def small_disk(tmp_path):
     """Mount a 512 KB tmpfs and return a function that fills it to leave `free` bytes."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(point)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+    with tmpfs(tmp_path / "mnt", "512k") as point:
+        def leave_free(free: int) -> Path:
+            with open(point / "filler", "wb") as filler:
+                filler.write(b"\0" * (512 * 1024 - free))
+            return point
 
-    def leave_free(free: int) -> Path:
-        with open(point / "filler", "wb") as filler:
-            filler.write(b"\0" * (512 * 1024 - free))
-        return point
-
-    yield leave_free
-    subprocess.run(["umount", "-l", str(point)], check=True)
+        yield leave_free
 
 
 def write_in_child(out: Path) -> subprocess.CompletedProcess:

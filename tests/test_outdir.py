@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from mount_helpers import remount_read_only, tmpfs as mounted_tmpfs
 
 from virnucpro import outdir as od
 from virnucpro import prepared as fmt
@@ -333,14 +334,8 @@ def test_prepare_into_a_symlinked_folder_keeps_the_link(tmp_path, run_cli):
 @pytest.fixture
 def tmpfs(tmp_path):
     """A real small file system of its own (a mount point), when this machine lets us mount one."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(point)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield point
-    subprocess.run(["umount", "-l", str(point)], check=True)
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as point:
+        yield point
 
 
 def test_prepare_into_a_mount_point_twice(tmp_path, run_cli, tmpfs):
@@ -362,7 +357,7 @@ def test_disk_full_is_exit_10_naming_the_path(tmp_path, tmpfs):
 
 
 def test_read_only_file_system_is_exit_10(tmp_path, tmpfs):
-    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    remount_read_only(tmpfs)
     done = subprocess.run(CLI + ["prepare", str(write_fasta(tmp_path / "a.fa", 2)), "--outdir", str(tmpfs)],
                           capture_output=True, text=True)
     assert done.returncode == 10 and "read-only" in done.stderr, done.stderr
