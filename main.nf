@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -35,29 +35,31 @@ workflow {
         checkParameterPaths(params)
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
         warnIfMultiqcMissing(params.skip_multiqc)
+        // paths as text and the chunk size as a number, however a params file typed them
+        def chunk_size = asChunkSize(params.chunk_size)
         if (params.models) {
             // the classifier for --chunk_size is looked for only when no --classifier replaces it
-            checkModelsDirectory(params.models, params.classifier ? null : params.chunk_size)
+            checkModelsDirectory(asText(params.models), params.classifier ? null : chunk_size)
         }
         if (params.classifier) {
-            checkClassifierChunkSize(params.classifier, params.chunk_size)
+            checkClassifierChunkSize(asText(params.classifier), chunk_size)
         }
         // refused (object storage, mount syntax) before anything is written into --outdir
-        def checkpoint_dir = checkpointDir(params.checkpoint_dir, workflow.workDir)
+        def checkpoint_dir = checkpointDir(asText(params.checkpoint_dir), workflow.workDir)
         if (params.outdir) {
-            lockOutdir(params.outdir)
+            lockOutdir(asText(params.outdir))
         }
         PIPELINE_INITIALISATION(
-            params.input,
-            params.outdir,
+            asText(params.input),
+            asText(params.outdir),
             params.trace_report_suffix
         )
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,
-            params.models,
+            asText(params.models),
             params.tiny_models,
-            params.classifier,
-            params.chunk_size,
+            asText(params.classifier),
+            chunk_size,
             checkpoint_dir,
             params.skip_multiqc
         )

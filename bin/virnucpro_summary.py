@@ -2,7 +2,7 @@
 """One run-level table from the per-sample results of `virnucpro predict`, and its MultiQC twin.
 
     virnucpro_summary.py row RESULT_DIR --sample ID --out ID.summary.tsv      (in each PREDICT task)
-    virnucpro_summary.py merge ROW.tsv... --out virnucpro_summary.tsv --mqc virnucpro_summary_mqc.tsv
+    virnucpro_summary.py merge ROW.tsv... [--samples ID...] --out virnucpro_summary.tsv --mqc virnucpro_summary_mqc.tsv
 
 `row` reads one sample's predict folder and checks that nothing was lost or invented: sequences.tsv
 and chunks.tsv are walked side by side (both in input order, as predict writes them), each chunk's
@@ -11,7 +11,9 @@ exactly the rows of prediction_results_highestscore.csv. Ids are unique, calls a
 and every per-chunk and per-sequence count and call is derived again from the rows it stands for;
 the totals must equal the counts prepare recorded (run_info.json). A damaged or missing table, or a
 sample that does not reconcile, fails the step (exit 5): a result that does not add up is an error,
-not a warning. `merge` joins the rows of every sample, adding up each row again.
+not a warning. `merge` joins the rows of every sample, adding up each row again; a sample of the
+run (--samples) without a row, whose task failed and was ignored (errorStrategy 'ignore'), is
+listed as having no results, never left out.
 
 The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
 a line break, `"` included) and are read and written as such. Everything is streamed: ids are checked
@@ -572,8 +574,11 @@ def row_problems(row: dict[str, str]) -> list[str]:
     return problems
 
 
+NO_RESULTS = "NO: no results (a task of this sample failed and the run went on without it)"
+
+
 def command_merge(args: argparse.Namespace) -> int:
-    rows = sorted((read_row_file(path) for path in args.rows), key=lambda row: row["sample"])
+    rows = [read_row_file(path) for path in args.rows]
     repeated = sorted(sample for sample, n in Counter(row["sample"] for row in rows).items() if n > 1)
     if repeated:
         raise Inconsistent(f"sample(s) {', '.join(map(repr, repeated))} appear more than once in "
@@ -581,9 +586,30 @@ def command_merge(args: argparse.Namespace) -> int:
     for row in rows:
         problems = row_problems(row)
         row["reconciled"] = "yes" if not problems else "NO: " + "; ".join(problems)
+    missing = samples_without_rows(rows, args.samples)
+    rows = sorted(rows + [{"sample": sample, **dict.fromkeys(COUNT_COLUMNS, ""), "reconciled": NO_RESULTS}
+                          for sample in missing], key=lambda row: row["sample"])
     write_table(rows, args.out)
     write_table(rows, args.mqc, MQC_HEADER)
-    return report(rows)
+    for sample in missing:
+        print(f"virnucpro summary: sample {sample} has no results: a task of it failed and the run went on "
+              "without it (errorStrategy 'ignore'); it is listed as such", file=sys.stderr)
+    return report([row for row in rows if row["reconciled"] != NO_RESULTS])
+
+
+def samples_without_rows(rows: list[dict[str, str]], samples: list[str] | None) -> list[str]:
+    """The run's samples (`--samples`) that have no row: their tasks failed and were ignored, so
+    the table lists them as without results rather than leaving them out. A row of a sample the run
+    does not have is refused (exit 5); no rows at all only with --samples."""
+    if samples is None:
+        if not rows:
+            raise Inconsistent("no row files given", "give the files `virnucpro_summary.py row` wrote")
+        return []
+    foreign = sorted({row["sample"] for row in rows} - set(samples))
+    if foreign:
+        raise Inconsistent(f"row(s) of sample(s) {', '.join(map(repr, foreign))}, which --samples does not list",
+                           "give the rows of this run's samples only")
+    return sorted(set(samples) - {row["sample"] for row in rows})
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -604,7 +630,9 @@ def parser() -> argparse.ArgumentParser:
     row.add_argument("--out", type=Path, required=True)
     row.set_defaults(run=command_row)
     merge = commands.add_parser("merge", help="one table from every sample's row")
-    merge.add_argument("rows", nargs="+", type=Path)
+    merge.add_argument("rows", nargs="*", type=Path)
+    merge.add_argument("--samples", nargs="+", type=sample_name, metavar="ID",
+                       help="every sample of the run: one without a row is listed as having no results")
     merge.add_argument("--out", type=Path, required=True, help="run-level table (TSV)")
     merge.add_argument("--mqc", type=Path, required=True, help="MultiQC custom-content table")
     merge.set_defaults(run=command_merge)

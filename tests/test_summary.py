@@ -212,6 +212,25 @@ def merge(tmp_path: Path, *rows: Path) -> subprocess.CompletedProcess:
     return summary("merge", *rows, "--out", tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
 
 
+def test_a_sample_of_the_run_without_a_row_is_listed_as_without_results(good_row, tmp_path):
+    """A reviewer's case: errorStrategy 'ignore' let two of four samples fail; the summary listed the
+    other two, each "reconciled yes", and the two lost ones nowhere."""
+    result = summary("merge", good_row, "--samples", "s1", "lost_a", "lost_b", "--out", tmp_path / "all.tsv",
+                     "--mqc", tmp_path / "mqc.tsv")
+    assert result.returncode == 0, result.stderr
+    rows = {row["sample"]: row for row in plain_rows(tmp_path / "all.tsv")}
+    assert sorted(rows) == ["lost_a", "lost_b", "s1"] and rows["s1"]["reconciled"] == "yes"
+    assert rows["lost_a"]["reconciled"].startswith("NO: no results") and rows["lost_a"]["orfs"] == ""
+    assert "sample lost_b has no results" in result.stderr, result.stderr
+    every_failed = summary("merge", "--samples", "lost_a", "--out", tmp_path / "none.tsv", "--mqc", tmp_path / "m.tsv")
+    assert every_failed.returncode == 0 and [row["sample"] for row in plain_rows(tmp_path / "none.tsv")] == ["lost_a"]
+
+
+def test_a_row_of_a_sample_the_run_does_not_have_is_refused(good_row, tmp_path):
+    assert_refused(summary("merge", good_row, "--samples", "other", "--out", tmp_path / "all.tsv", "--mqc",
+                           tmp_path / "mqc.tsv"), "'s1'", "--samples does not list")
+
+
 @pytest.mark.parametrize("column", ["sequences_virus", "chunks_no_orf", "input_records", "orfs"])
 def test_merge_refuses_a_row_whose_counts_do_not_add_up(good_row, tmp_path, column):
     row = edit_cell(good_row, column, "0")

@@ -72,7 +72,12 @@ workflow VIRNUCPRO {
     ch_versions = ch_versions.mix(VIRNUCPRO_PREDICT.out.versions_virnucpro)
 
     // One table for the run, every sample reconciled from input records to table rows
-    VIRNUCPRO_SUMMARY(VIRNUCPRO_PREDICT.out.summary.map { _meta, row -> row }.collect(sort: true))
+    // every sample of the run is named: one without a row (its task failed, the failure ignored) is
+    // listed as such; with no row at all (every sample failed) the table still says so
+    VIRNUCPRO_SUMMARY(
+        VIRNUCPRO_PREDICT.out.summary.map { _meta, row -> row }.collect(sort: true).ifEmpty([]),
+        ch_samples.map { meta, _reads -> meta.id }.collect(sort: true)
+    )
     ch_versions = ch_versions.mix(VIRNUCPRO_SUMMARY.out.versions_python)
 
     // Software versions of every process: [process, tool, version] tuples as one YAML file

@@ -201,8 +201,12 @@ def test_a_classifier_the_manifest_beside_it_records_for_the_other_chunk_size_is
     made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
                           capture_output=True, text=True, env=task_env(), timeout=300)
     assert made.returncode == 0, made.stderr
+    # the chunk size quoted, as a params file may give it: validation accepts it, the check compared
+    # the text "300" with the numbers 300 and 500 and let the run go on
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"chunk_size": "300", "models": str(models)}))
     run = run_pipeline(tmp_path / "launch", "-profile", "test", "--skip_multiqc", "--input",
-                       str(coding_reads(tmp_path / "reads.fa", 5)), "--models", str(models), "--chunk_size", "300",
+                       str(coding_reads(tmp_path / "reads.fa", 5)), "-params-file", str(params),
                        "--classifier", str(models / "500_model_tiny.pth"))
     said = f"--classifier {models / '500_model_tiny.pth'} is the classifier for 500-bp chunks"
     assert run.returncode != 0 and said in run.output and "--chunk_size is 300" in run.output, run.output[-3000:]
@@ -477,6 +481,16 @@ def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     assert "Join mismatch" not in run.output, run.output[-3000:]
     embeds = run.tasks("VIRNUCPRO_EMBED")
     assert embeds and {row["status"] for row in embeds} == {"COMPLETED"}, embeds
+    # errorStrategy 'ignore' (a common site setting): the run ends green; its summary used to list
+    # only the samples that came through, each "reconciled yes", the failed one nowhere
+    late.unlink()
+    late.write_text("this is no FASTA\n")
+    (launch / "ignore.config").write_text("process.errorStrategy = 'ignore'\n")
+    ignored = finish(start_pipeline(launch, "-profile", "test", "-c", str(launch / "one_cpu.config"), "-c",
+                                    str(launch / "ignore.config"), "--input", str(sheet), "-resume"), launch)
+    ignored.assert_ok()
+    summary = {row["sample"]: row["reconciled"] for row in read_tsv(ignored.outdir / "virnucpro_summary.tsv")}
+    assert summary["coding"] == "yes" and summary["late"].startswith("NO: no results"), summary
 
 
 def test_no_outdir_is_refused_without_creating_a_folder(tmp_path):
@@ -502,6 +516,14 @@ def test_version_is_printed_and_a_preview_writes_nothing_of_ours(tmp_path):
     assert quoted.returncode != 0 and "--version: 'false' is a quoted string" in quoted.output, quoted.output
     preview = run_pipeline(tmp_path / "preview", "-profile", "test", "-preview")
     preview.assert_ok()
+    (tmp_path / "numbered").mkdir()  # Nextflow reads --outdir 2024 as a number: start-up took only text
+    numbered = subprocess.run([str(NEXTFLOW), "run", str(REPO), "-ansi-log", "false", "-profile", "test", "-preview",
+                               "--outdir", "2024"], cwd=tmp_path / "numbered", env=task_env(), capture_output=True,
+                              text=True, timeout=600)
+    assert numbered.returncode == 0, numbered.stdout + numbered.stderr
+    (tmp_path / "dated.yml").write_text("checkpoint_dir: 2024-01-01\n")  # YAML reads it as a date
+    dated = run_pipeline(tmp_path / "dated", "-profile", "test", "-preview", "-params-file", str(tmp_path / "dated.yml"))
+    assert dated.returncode != 0 and "read it as a date; quote it" in dated.output, dated.output[-3000:]
     ours = [path.name for path in preview.outdir.rglob("*") if "virnucpro" in path.name or "inputs_" in path.name]
     assert ours == [], f"-preview wrote {ours} into --outdir"
     assert not (preview.workdir / "virnucpro-checkpoints").exists()

@@ -258,6 +258,9 @@ def typeProblem(value, List types) {
     if ('boolean' in types && value instanceof CharSequence && value.toString().trim().toLowerCase(Locale.ROOT) in ['true', 'false']) {
         return "${describe(value)} is a quoted string, not a boolean: write ${value.toString().trim().toLowerCase(Locale.ROOT)} without quotes".toString()
     }
+    if (value instanceof Date && 'string' in types) { // YAML reads 2024-01-01 as a date
+        return "${describe(value)} is not ${expected}: the params file read it as a date; quote it".toString()
+    }
     return "${describe(value)} is not ${expected}".toString()
 }
 

@@ -20,6 +20,19 @@ workflow PIPELINE_INITIALISATION {
 }
 
 // A samplesheet is recognised by its extension; anything else is a file name or a glob.
+// A parameter as text, null kept: Nextflow reads `--outdir 2024` (and `outdir: 2024` in a params
+// file) as a number, which validation accepts as a path but the functions here take as text
+def asText(value) {
+    return value == null ? null : value.toString()
+}
+
+// --chunk_size as a number: a params file may quote it ("300"), which validation accepts; the
+// classifier checks compare it with the numbers 300 and 500
+def asChunkSize(value) {
+    def text = value?.toString()?.trim()
+    return text ==~ /\+?\d+/ ? text.replaceFirst(/^\+/, '').toInteger() : value
+}
+
 def isSamplesheet(String input) {
     return input ==~ /(?i).*\.(csv|tsv|ya?ml|json)$/
 }

@@ -1,12 +1,14 @@
 // One run-level table from every sample's summary row (bin/virnucpro_summary.py merge): sequences,
 // chunks, ORFs, calls and whether the counts reconcile (a sample that does not fails the step), plus
-// the same table as MultiQC custom content.
+// the same table as MultiQC custom content. `samples` names every sample of the run: one whose task
+// failed and was ignored (errorStrategy 'ignore') is listed as without results, never left out.
 process VIRNUCPRO_SUMMARY {
     tag 'summary'
     label 'process_single'
 
     input:
     path rows
+    val samples
 
     output:
     path 'virnucpro_summary.tsv', emit: summary
@@ -17,6 +19,7 @@ process VIRNUCPRO_SUMMARY {
     """
     virnucpro_summary.py merge \\
         ${rows} \\
+        --samples ${samples.join(' ')} \\
         --out virnucpro_summary.tsv \\
         --mqc virnucpro_summary_mqc.tsv
     """
