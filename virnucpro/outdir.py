@@ -506,7 +506,8 @@ def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
     target untouched."""
     try:
         fd, created = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), True
-        os.fchmod(fd, file_mode() | 0o444)
+        with suppress(OSError):  # best effort: some file systems (CIFS, FUSE) refuse modes; it still locks
+            os.fchmod(fd, file_mode() | 0o444)
     except FileExistsError:
         fd, created = _open_existing_lock(lock), False
         if fd is None:
