@@ -52,7 +52,7 @@ workflow {
         PIPELINE_INITIALISATION(
             asText(params.input),
             asText(params.outdir),
-            params.trace_report_suffix
+            asText(params.trace_report_suffix)
         )
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,

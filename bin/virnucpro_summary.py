@@ -518,13 +518,16 @@ def summarise_sample(folder: Path, sample: str) -> dict:
     return row
 
 
-def report(rows: list[dict]) -> int:
-    """One line per sample that does not reconcile and a total; exit 5 when any does not."""
+def report(rows: list[dict], without_results: int = 0) -> int:
+    """One line per sample that does not reconcile and a total (`rows`: the samples with results);
+    exit 5 when any does not."""
     failed = [row for row in rows if row["reconciled"] != "yes"]
     for row in failed:
         print(f"virnucpro summary: sample {row['sample']} does not reconcile: {row['reconciled'][4:]}",
               file=sys.stderr)
-    print(f"virnucpro summary: {len(rows)} samples, {len(rows) - len(failed)} reconcile", file=sys.stderr)
+    missing = f", {without_results} without results" if without_results else ""
+    print(f"virnucpro summary: {len(rows) + without_results} samples, {len(rows) - len(failed)} reconcile{missing}",
+          file=sys.stderr)
     return ExitCode.INCONSISTENT if failed else ExitCode.OK
 
 
@@ -594,7 +597,7 @@ def command_merge(args: argparse.Namespace) -> int:
     for sample in missing:
         print(f"virnucpro summary: sample {sample} has no results: a task of it failed and the run went on "
               "without it (errorStrategy 'ignore'); it is listed as such", file=sys.stderr)
-    return report([row for row in rows if row["reconciled"] != NO_RESULTS])
+    return report([row for row in rows if row["reconciled"] != NO_RESULTS], without_results=len(missing))
 
 
 def samples_without_rows(rows: list[dict[str, str]], samples: list[str] | None) -> list[str]:

@@ -207,3 +207,17 @@ def test_fresh_work_folder_clears_our_leftovers_and_refuses_strays_links_and_a_l
     monkeypatch.setattr(od, "remove_written", lambda path, _ours: path.mkdir())  # another process, meanwhile
     with pytest.raises(BadInputError, match="appeared meanwhile"):
         od.fresh_work_folder(late, ours, "the staging folder")
+
+
+def test_the_mode_of_new_files_is_read_without_setting_the_umask(monkeypatch):
+    """Setting the umask to 0 and back (the old way) let a file another thread made meanwhile be 0666."""
+    before = os.umask(0o027)
+    try:
+        def never(_mask):
+            raise AssertionError("the umask was set")
+
+        monkeypatch.setattr(os, "umask", never)
+        assert od.file_mode() == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(before)

@@ -222,6 +222,7 @@ def test_a_sample_of_the_run_without_a_row_is_listed_as_without_results(good_row
     assert sorted(rows) == ["lost_a", "lost_b", "s1"] and rows["s1"]["reconciled"] == "yes"
     assert rows["lost_a"]["reconciled"].startswith("NO: no results") and rows["lost_a"]["orfs"] == ""
     assert "sample lost_b has no results" in result.stderr, result.stderr
+    assert "3 samples, 1 reconcile, 2 without results" in result.stderr, result.stderr
     every_failed = summary("merge", "--samples", "lost_a", "--out", tmp_path / "none.tsv", "--mqc", tmp_path / "m.tsv")
     assert every_failed.returncode == 0 and [row["sample"] for row in plain_rows(tmp_path / "none.tsv")] == ["lost_a"]
 

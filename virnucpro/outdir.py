@@ -609,9 +609,22 @@ def _registered(subject: Path) -> Iterator[None]:
 def file_mode() -> int:
     """The mode a plain `open()` would give a new file (mkstemp would give 0600: unreadable to
     the other users of a shared models directory)."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (/proc, since 4.7): setting
+    it to 0 and back, the only other way, gives a file another thread creates meanwhile mode 0666."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 def write_atomically(path: Path, data: bytes) -> None:

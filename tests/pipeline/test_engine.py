@@ -518,8 +518,8 @@ def test_version_is_printed_and_a_preview_writes_nothing_of_ours(tmp_path):
     preview.assert_ok()
     (tmp_path / "numbered").mkdir()  # Nextflow reads --outdir 2024 as a number: start-up took only text
     numbered = subprocess.run([str(NEXTFLOW), "run", str(REPO), "-ansi-log", "false", "-profile", "test", "-preview",
-                               "--outdir", "2024"], cwd=tmp_path / "numbered", env=task_env(), capture_output=True,
-                              text=True, timeout=600)
+                               "--outdir", "2024", "--trace_report_suffix", "20240101"], cwd=tmp_path / "numbered",
+                              env=task_env(), capture_output=True, text=True, timeout=600)
     assert numbered.returncode == 0, numbered.stdout + numbered.stderr
     (tmp_path / "dated.yml").write_text("checkpoint_dir: 2024-01-01\n")  # YAML reads it as a date
     dated = run_pipeline(tmp_path / "dated", "-profile", "test", "-preview", "-params-file", str(tmp_path / "dated.yml"))

@@ -19,7 +19,6 @@ workflow PIPELINE_INITIALISATION {
     samples = ch_samples // channel: [ val(meta), [ reads ] ]
 }
 
-// A samplesheet is recognised by its extension; anything else is a file name or a glob.
 // A parameter as text, null kept: Nextflow reads `--outdir 2024` (and `outdir: 2024` in a params
 // file) as a number, which validation accepts as a path but the functions here take as text
 def asText(value) {
@@ -33,6 +32,7 @@ def asChunkSize(value) {
     return text ==~ /\+?\d+/ ? text.replaceFirst(/^\+/, '').toInteger() : value
 }
 
+// A samplesheet is recognised by its extension; anything else is a file name or a glob.
 def isSamplesheet(String input) {
     return input ==~ /(?i).*\.(csv|tsv|ya?ml|json)$/
 }
