@@ -2,7 +2,7 @@
 """One run-level table from the per-sample results of `virnucpro predict`, and its MultiQC twin.
 
     virnucpro_summary.py row RESULT_DIR --sample ID --out ID.summary.tsv      (in each PREDICT task)
-    virnucpro_summary.py merge ROW.tsv... [--samples ID...] --out virnucpro_summary.tsv --mqc virnucpro_summary_mqc.tsv
+    virnucpro_summary.py merge ROWS... [--samples-from IDS.txt] --out virnucpro_summary.tsv --mqc virnucpro_summary_mqc.tsv
 
 `row` reads one sample's predict folder and checks that nothing was lost or invented: sequences.tsv
 and chunks.tsv are walked side by side (both in input order, as predict writes them), each chunk's
@@ -12,8 +12,9 @@ and every per-chunk and per-sequence count and call is derived again from the ro
 the totals must equal the counts prepare recorded (run_info.json). A damaged or missing table, or a
 sample that does not reconcile, fails the step (exit 5): a result that does not add up is an error,
 not a warning. `merge` joins the rows of every sample, adding up each row again; a sample of the
-run (--samples) without a row, whose task failed and was ignored (errorStrategy 'ignore'), is
-listed as having no results, never left out.
+run (--samples-from, one id per line) without a row, whose task failed and was ignored (errorStrategy
+'ignore'), is listed as having no results, never left out. ROWS are row files or folders of them, and
+the ids come from a file, so a run of any number of samples fits on the command line.
 
 The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
 a line break, `"` included) and are read and written as such. Everything is streamed: ids are checked
@@ -581,7 +582,7 @@ NO_RESULTS = "NO: no results (a task of this sample failed and the run went on w
 
 
 def command_merge(args: argparse.Namespace) -> int:
-    rows = [read_row_file(path) for path in args.rows]
+    rows = [read_row_file(path) for path in row_files(args.rows)]
     repeated = sorted(sample for sample, n in Counter(row["sample"] for row in rows).items() if n > 1)
     if repeated:
         raise Inconsistent(f"sample(s) {', '.join(map(repr, repeated))} appear more than once in "
@@ -589,7 +590,8 @@ def command_merge(args: argparse.Namespace) -> int:
     for row in rows:
         problems = row_problems(row)
         row["reconciled"] = "yes" if not problems else "NO: " + "; ".join(problems)
-    missing = samples_without_rows(rows, args.samples)
+    samples = None if args.samples_from is None else read_sample_ids(args.samples_from)
+    missing = samples_without_rows(rows, samples)
     rows = sorted(rows + [{"sample": sample, **dict.fromkeys(COUNT_COLUMNS, ""), "reconciled": NO_RESULTS}
                           for sample in missing], key=lambda row: row["sample"])
     write_table(rows, args.out)
@@ -600,17 +602,41 @@ def command_merge(args: argparse.Namespace) -> int:
     return report([row for row in rows if row["reconciled"] != NO_RESULTS], without_results=len(missing))
 
 
+def row_files(paths: list[Path]) -> list[Path]:
+    """The row files given: a folder stands for every file in it (the SUMMARY task stages its rows in
+    one), so the command line stays short however many samples the run has."""
+    files = []
+    for path in paths:
+        files.extend(sorted(entry for entry in path.iterdir()) if path.is_dir() else [path])
+    return files
+
+
+def read_sample_ids(path: Path) -> list[str]:
+    """The run's sample ids, one per line of `path` (--samples-from); a blank or repeated one is exit 5."""
+    with open_regular(path) as lines:
+        ids = [line.rstrip("\n") for line in lines]
+    blank = [number for number, sample in enumerate(ids, 1) if not sample or "\t" in sample or "\r" in sample]
+    if blank:
+        raise Inconsistent(f"{path} line {blank[0]}: a sample id is empty or holds a tab or carriage return",
+                           "give one sample id per line")
+    repeated = sorted(sample for sample, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise Inconsistent(f"{path} names sample(s) {', '.join(map(repr, repeated[:5]))} more than once",
+                           "give each sample id once")
+    return ids
+
+
 def samples_without_rows(rows: list[dict[str, str]], samples: list[str] | None) -> list[str]:
-    """The run's samples (`--samples`) that have no row: their tasks failed and were ignored, so
+    """The run's samples (`--samples-from`) that have no row: their tasks failed and were ignored, so
     the table lists them as without results rather than leaving them out. A row of a sample the run
-    does not have is refused (exit 5); no rows at all only with --samples."""
+    does not have is refused (exit 5); no rows at all only with --samples-from."""
     if samples is None:
         if not rows:
             raise Inconsistent("no row files given", "give the files `virnucpro_summary.py row` wrote")
         return []
     foreign = sorted({row["sample"] for row in rows} - set(samples))
     if foreign:
-        raise Inconsistent(f"row(s) of sample(s) {', '.join(map(repr, foreign))}, which --samples does not list",
+        raise Inconsistent(f"row(s) of sample(s) {', '.join(map(repr, foreign))}, which --samples-from does not list",
                            "give the rows of this run's samples only")
     return sorted(set(samples) - {row["sample"] for row in rows})
 
@@ -633,9 +659,9 @@ def parser() -> argparse.ArgumentParser:
     row.add_argument("--out", type=Path, required=True)
     row.set_defaults(run=command_row)
     merge = commands.add_parser("merge", help="one table from every sample's row")
-    merge.add_argument("rows", nargs="*", type=Path)
-    merge.add_argument("--samples", nargs="+", type=sample_name, metavar="ID",
-                       help="every sample of the run: one without a row is listed as having no results")
+    merge.add_argument("rows", nargs="*", type=Path, help="row files, or folders of them")
+    merge.add_argument("--samples-from", type=Path, metavar="IDS.txt",
+                       help="every sample of the run, one per line: one without a row is listed as having no results")
     merge.add_argument("--out", type=Path, required=True, help="run-level table (TSV)")
     merge.add_argument("--mqc", type=Path, required=True, help="MultiQC custom-content table")
     merge.set_defaults(run=command_merge)

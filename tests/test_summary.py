@@ -208,6 +208,12 @@ def good_row(golden_predicted, tmp_path) -> Path:
     return tmp_path / "good.tsv"
 
 
+def ids_file(tmp_path: Path, *ids: str) -> Path:
+    """The run's sample ids, one per line, as the SUMMARY task writes them."""
+    (tmp_path / "ids.txt").write_text("".join(f"{sample}\n" for sample in ids))
+    return tmp_path / "ids.txt"
+
+
 def merge(tmp_path: Path, *rows: Path) -> subprocess.CompletedProcess:
     return summary("merge", *rows, "--out", tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
 
@@ -215,21 +221,43 @@ def merge(tmp_path: Path, *rows: Path) -> subprocess.CompletedProcess:
 def test_a_sample_of_the_run_without_a_row_is_listed_as_without_results(good_row, tmp_path):
     """A reviewer's case: errorStrategy 'ignore' let two of four samples fail; the summary listed the
     other two, each "reconciled yes", and the two lost ones nowhere."""
-    result = summary("merge", good_row, "--samples", "s1", "lost_a", "lost_b", "--out", tmp_path / "all.tsv",
-                     "--mqc", tmp_path / "mqc.tsv")
+    result = summary("merge", good_row, "--samples-from", ids_file(tmp_path, "s1", "lost_a", "lost_b"), "--out",
+                     tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
     assert result.returncode == 0, result.stderr
     rows = {row["sample"]: row for row in plain_rows(tmp_path / "all.tsv")}
     assert sorted(rows) == ["lost_a", "lost_b", "s1"] and rows["s1"]["reconciled"] == "yes"
     assert rows["lost_a"]["reconciled"].startswith("NO: no results") and rows["lost_a"]["orfs"] == ""
     assert "sample lost_b has no results" in result.stderr, result.stderr
     assert "3 samples, 1 reconcile, 2 without results" in result.stderr, result.stderr
-    every_failed = summary("merge", "--samples", "lost_a", "--out", tmp_path / "none.tsv", "--mqc", tmp_path / "m.tsv")
+    every_failed = summary("merge", "--samples-from", ids_file(tmp_path, "lost_a"), "--out", tmp_path / "none.tsv",
+                           "--mqc", tmp_path / "m.tsv")
     assert every_failed.returncode == 0 and [row["sample"] for row in plain_rows(tmp_path / "none.tsv")] == ["lost_a"]
 
 
 def test_a_row_of_a_sample_the_run_does_not_have_is_refused(good_row, tmp_path):
-    assert_refused(summary("merge", good_row, "--samples", "other", "--out", tmp_path / "all.tsv", "--mqc",
-                           tmp_path / "mqc.tsv"), "'s1'", "--samples does not list")
+    assert_refused(summary("merge", good_row, "--samples-from", ids_file(tmp_path, "other"), "--out",
+                           tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv"), "'s1'", "--samples-from does not list")
+
+
+@pytest.mark.parametrize("ids, words", [(("s1", ""), "line 2: a sample id is empty"),
+                                        (("s1", "lost", "s1"), "'s1' more than once")], ids=["blank", "repeated"])
+def test_a_blank_or_repeated_sample_id_is_refused(good_row, tmp_path, ids, words):
+    assert_refused(summary("merge", good_row, "--samples-from", ids_file(tmp_path, *ids), "--out",
+                           tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv"), "ids.txt", words)
+
+
+def test_a_folder_of_rows_stands_for_every_row_in_it(good_row, tmp_path):
+    """The SUMMARY task stages its rows in one folder: every file in it is read, none twice."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    for sample in ("s2", "s3"):
+        row = plain_rows(good_row)[0] | {"sample": sample}
+        (folder / f"{sample}.summary.tsv").write_text("\t".join(row) + "\n" + "\t".join(row.values()) + "\n")
+    result = summary("merge", good_row, folder, "--samples-from", ids_file(tmp_path, "s1", "s2", "s3", "s4"),
+                     "--out", tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
+    assert result.returncode == 0, result.stderr
+    rows = {row["sample"]: row["reconciled"] for row in plain_rows(tmp_path / "all.tsv")}
+    assert rows == {"s1": "yes", "s2": "yes", "s3": "yes", "s4": rows["s4"]} and rows["s4"].startswith("NO: no results")
 
 
 @pytest.mark.parametrize("column", ["sequences_virus", "chunks_no_orf", "input_records", "orfs"])

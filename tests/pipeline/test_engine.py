@@ -493,6 +493,43 @@ def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     assert summary["coding"] == "yes" and summary["late"].startswith("NO: no results"), summary
 
 
+SUMMARY_ALONE = """
+include { VIRNUCPRO_SUMMARY } from '%s/modules/local/virnucpro/summary'
+workflow {
+    def ids = file(params.ids).readLines()
+    VIRNUCPRO_SUMMARY(channel.fromPath("${params.rows}/*.summary.tsv").collect(), channel.value(ids))
+    VIRNUCPRO_SUMMARY.out.summary.view { table -> "SUMMARY_TABLE=${table}" }
+}
+"""
+
+
+def test_summary_of_a_run_whose_ids_outgrow_one_command_line(tmp_path):
+    """SUMMARY had every row file and every sample id on its command line: past ~2 MiB of them (about
+    55k samples with 12-character ids) the kernel refused to start it. Here 14,000 ids of 180
+    characters, two of them with rows, run through the module on the real engine."""
+    ids = [f"s{i:05d}".ljust(180, "x") for i in range(14000)]
+    assert sum(len(i) + 1 for i in ids) > 2 * 1024 * 1024
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    header = "sample\tinput_records\tsequences\tchunks\torfs\tsequences_virus\tsequences_others\t" \
+             "sequences_no_orf\tsequences_empty\tchunks_virus\tchunks_others\tchunks_no_orf\treconciled\n"
+    for sample in ids[:2]:
+        (rows / f"{sample[:6]}.summary.tsv").write_text(header + f"{sample}\t1\t1\t1\t2\t1\t0\t0\t0\t1\t0\t0\tyes\n")
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    (launch / "bin").symlink_to(REPO / "bin")  # the script's project folder puts bin/ on the tasks' PATH
+    (launch / "main.nf").write_text(SUMMARY_ALONE % REPO)
+    done = subprocess.run([str(NEXTFLOW), "run", str(launch / "main.nf"), "-ansi-log", "false", "--ids",
+                           str(tmp_path / "ids.txt"), "--rows", str(rows)], cwd=launch, env=task_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    table = read_tsv(Path(re.search(r"SUMMARY_TABLE=(\S+)", done.stdout).group(1)))
+    assert [row["sample"] for row in table] == ids
+    assert [row["reconciled"] for row in table[:2]] == ["yes", "yes"]
+    assert all(row["reconciled"].startswith("NO: no results") for row in table[2:])
+
+
 def test_no_outdir_is_refused_without_creating_a_folder(tmp_path):
     launch = tmp_path / "launch"
     launch.mkdir()

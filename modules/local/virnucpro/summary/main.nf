@@ -2,12 +2,14 @@
 // chunks, ORFs, calls and whether the counts reconcile (a sample that does not fails the step), plus
 // the same table as MultiQC custom content. `samples` names every sample of the run: one whose task
 // failed and was ignored (errorStrategy 'ignore') is listed as without results, never left out.
+// The rows come in one folder and the ids in a file (printf is a shell builtin): a run of any number
+// of samples stays within the kernel's limit on one command's arguments.
 process VIRNUCPRO_SUMMARY {
     tag 'summary'
     label 'process_single'
 
     input:
-    path rows
+    path rows, stageAs: 'rows/*'
     val samples
 
     output:
@@ -17,9 +19,11 @@ process VIRNUCPRO_SUMMARY {
 
     script:
     """
+    mkdir -p rows
+    printf '%s\\n' ${samples.join(' ')} > samples.txt
     virnucpro_summary.py merge \\
-        ${rows} \\
-        --samples ${samples.join(' ')} \\
+        rows \\
+        --samples-from samples.txt \\
         --out virnucpro_summary.tsv \\
         --mqc virnucpro_summary_mqc.tsv
     """
