@@ -493,6 +493,22 @@ def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     assert summary["coding"] == "yes" and summary["late"].startswith("NO: no results"), summary
 
 
+def test_when_every_sample_fails_and_failures_are_ignored_the_summary_lists_them_all(tmp_path):
+    """errorStrategy 'ignore' and no sample through: SUMMARY gets no row at all and still says which
+    samples the run had, each without results, rather than an empty table or no table."""
+    bad = tmp_path / "bad.fa"
+    bad.write_text("this is no FASTA\n")
+    sheet = write_samplesheet(tmp_path / "sheet.csv", [("first", bad), ("second", bad)])
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    (launch / "ignore.config").write_text("process.errorStrategy = 'ignore'\n")
+    run = run_pipeline(launch, "-profile", "test", "-c", str(launch / "ignore.config"), "--input", str(sheet))
+    run.assert_ok()
+    summary = {row["sample"]: row["reconciled"] for row in read_tsv(run.outdir / "virnucpro_summary.tsv")}
+    assert sorted(summary) == ["first", "second"], summary
+    assert all(call.startswith("NO: no results") for call in summary.values()), summary
+
+
 SUMMARY_ALONE = """
 include { VIRNUCPRO_SUMMARY } from '%s/modules/local/virnucpro/summary'
 workflow {
