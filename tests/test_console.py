@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -102,3 +104,16 @@ def test_embed_progress_names_the_shard_and_follows_letters_for_its_eta(golden_p
     assert progress.label.startswith("embed shard 1/") and progress.total == progress.done > 0
     counter, letters = progress.eta_by
     assert counter == "letters" and progress.extra["letters"] == letters > 0
+
+
+def test_ids_and_paths_with_colon_words_are_printed_as_they_are(tmp_path):
+    """A reviewer's case: rich turned `:x:` in a duplicate id into an emoji and `run:ok:v2` in a
+    path into `run🆗v2`, so the message named a record and a folder that do not exist."""
+    (tmp_path / "dup.fa").write_text(">NC_1:x:1\nACGT\n>NC_1:x:1\nACGT\n")
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(tmp_path / "dup.fa"), "--outdir",
+                           str(tmp_path / "run:ok:v2")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "'NC_1:x:1'" in done.stderr, done.stderr
+    (tmp_path / "one.fa").write_text(">a\n" + "ACGT" * 100 + "\n")
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(tmp_path / "one.fa"), "--outdir",
+                           str(tmp_path / "run:ok:v2")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "run:ok:v2" in done.stderr.replace("\n", ""), done.stderr

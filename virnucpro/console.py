@@ -56,7 +56,7 @@ def _survive_broken_pipe(self: Console) -> None:
 # every console of the process, typer's included (it makes its own for help and usage errors)
 Console.on_broken_pipe = _survive_broken_pipe
 drop_unusable_columns()
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # `:ok:` in an id stays text
 
 
 def _say(text: str) -> None:
