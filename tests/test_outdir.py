@@ -287,6 +287,25 @@ def test_a_folder_copied_without_its_times_is_refused_saying_so(tmp_path, run_cl
     assert code == 3 and "cp -a" not in message, message
 
 
+@pytest.mark.parametrize("step_ns", [2_000_000_000, 10_000_000, 100], ids=["FAT 2 s", "exFAT 10 ms", "NTFS 100 ns"])
+def test_a_copy_onto_a_disk_with_coarser_times_is_still_ours(tmp_path, run_cli, step_ns):
+    """A reviewer's case: `cp -a` (or mv, rsync -a) of results onto a FAT, exFAT or NTFS disk keeps each
+    time only to the disk's step, and the rerun was refused saying `cp -a` keeps times."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    assert run_cli("prepare", fasta, "--outdir", tmp_path / "prep")[0] == 0
+    shutil.copytree(tmp_path / "prep", tmp_path / "copy")
+    for path in (tmp_path / "copy").rglob("*"):
+        if path.is_file() and not path.name.startswith(".virnucpro"):
+            exact = path.stat().st_mtime_ns | 1  # never already on the step
+            os.utime(path, ns=(exact, exact - exact % step_ns))  # the disk cuts the time to its step
+    assert run_cli("prepare", fasta, "--outdir", tmp_path / "copy")[0] == 0
+    chunks = tmp_path / "copy" / fmt.CHUNKS
+    later = (chunks.stat().st_mtime_ns + step_ns) | 1  # odd: on no step
+    os.utime(chunks, ns=(later, later))  # a step apart is another time, on any disk
+    code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "copy")
+    assert code == 3 and fmt.CHUNKS in message, message
+
+
 def test_a_changed_file_in_our_own_output_is_not_replaced(tmp_path, run_cli):
     fasta = write_fasta(tmp_path / "a.fa", 2)
     out = tmp_path / "prep"

@@ -793,6 +793,19 @@ def _signature(path: Path) -> list[int]:
     return [info.st_size, info.st_mtime_ns]
 
 
+# the coarser steps some file systems keep times in: FAT 2 s, exFAT 10 ms, NTFS 100 ns (and 1 s, 1 ms, 1 us)
+TIME_STEPS_NS = (2_000_000_000, 1_000_000_000, 10_000_000, 1_000_000, 1_000, 100)
+
+
+def _matches(recorded: object, now: list[int] | None) -> bool:
+    """`now` is the recorded file: the same size and the same time, as exactly as its file system keeps
+    times (a `cp -a` or `mv` onto a FAT, exFAT or NTFS disk keeps the time only to its step)."""
+    if now is None or not isinstance(recorded, list) or recorded[0] != now[0]:
+        return False
+    step = next((step for step in TIME_STEPS_NS if now[1] % step == 0), 1)
+    return abs(recorded[1] - now[1]) < step
+
+
 def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
     """Relative paths of the regular files (and other non-folders) at or under `names`, and of empty
     folders: a folder where a file of ours was is no file of ours (publishing over it failed midway)."""
@@ -830,7 +843,7 @@ class OutputFolder:
             return
         self.recorded = dict(marker["files"])
         for rel, signature in marker.get("publishing", {}).items():  # moved in by a publish cut short
-            if _signature_or_none(self.folder / rel) == signature:
+            if _matches(signature, _signature_or_none(self.folder / rel)):
                 self.recorded[rel] = signature
         self._refuse_unproven("which virnucpro did not write (or which changed since it did)",
                               written_by=marker.get("virnucpro_version"))
@@ -839,7 +852,7 @@ class OutputFolder:
         """Refuse (exit 3) when a file under this output's names is not the one recorded as ours:
         checked when the command starts and again when it publishes, hours later."""
         unproven = [rel for rel in _files_under(self.folder, self.names)
-                    if self.recorded.get(rel) != _signature_or_none(self.folder / rel)
+                    if not _matches(self.recorded.get(rel), _signature_or_none(self.folder / rel))
                     and not self._emptied_folder_of_ours(rel)]
         if unproven:  # all of them at once: after a lost record, one rerun per file was needed
             if all(self._only_retimed(rel) for rel in unproven):
@@ -850,7 +863,7 @@ class OutputFolder:
     def _only_retimed(self, rel: str) -> bool:
         """A recorded file whose size is as recorded but whose modification time is not."""
         recorded, now = self.recorded.get(rel), _signature_or_none(self.folder / rel)
-        return recorded is not None and now is not None and now[0] == recorded[0] and now[1] != recorded[1]
+        return recorded is not None and now is not None and now[0] == recorded[0] and not _matches(recorded, now)
 
     def _emptied_folder_of_ours(self, rel: str) -> bool:
         """An empty folder, no link, that held files recorded as ours (the user deleted them): still ours."""
