@@ -9,7 +9,8 @@ batch, Nextflow >= 26.x's local executor), the command runs with it unchanged. O
 CUDA_VISIBLE_DEVICES listing several, set in the shell that launched the run) this takes the first
 free slot among those GPUs, as an exclusive lock on DIR/gpu<id>.lock, sets CUDA_VISIBLE_DEVICES=<id>
 and replaces itself with the command, which inherits the lock: the kernel releases it when the
-command ends, however it ends. With every slot taken it waits for one. DIR must be shared by the
+command ends, however it ends. With every slot taken it waits for one (a stop signal meanwhile is
+exit 6, CONTRACTS.md's code for a stopped task, holding no slot). DIR must be shared by the
 tasks of the machine (the pipeline uses its checkpoint folder, mounted into containers). No GPU:
 the command runs as it is; with --device cpu it claims no GPU either. Either way it says on stderr
 which GPU the command got, so the task's log shows it. Standard library only.
@@ -23,6 +24,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -30,6 +32,9 @@ import time
 from pathlib import Path
 
 WAIT_SECONDS = 5.0  # between two tries when every GPU is taken
+INTERRUPTED = 6  # CONTRACTS.md's exit code of a task stopped by a signal (rerun it)
+# the package's stop signals (virnucpro.errors.STOP_SIGNALS); SIGHUP under nohup stays ignored
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}  # a file system without flock (Lustre noflock)
 
 
@@ -45,6 +50,23 @@ def fail(message: str, code: int) -> None:
     """One line on stderr and the exit code (a shell's 126/127 for a command it cannot run)."""
     say(message)
     sys.exit(code)
+
+
+def stop(signum: int, _frame) -> None:
+    """A stop before the command started (while waiting for a slot, say): exit 6 in one line, as the
+    package's commands stop. A slot this process may hold is released by the kernel as it exits."""
+    for sig in STOP_SIGNALS:  # a second signal must not interrupt this exit
+        signal.signal(sig, signal.SIG_IGN)
+    fail(f"{signal.Signals(signum).name} received: stopped before the command started (no GPU slot kept)",
+         INTERRUPTED)
+
+
+def stop_on_signals() -> None:
+    """Stop signals end this process with `stop` until it becomes the command (exec gives the command
+    the default handlers back; a signal ignored, SIGHUP under nohup, stays ignored)."""
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, stop)
 
 
 def count_gpus() -> int:
@@ -175,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
+    stop_on_signals()
     choose_and_run(args.lock_dir, args.device, args.count, command)
 
 

@@ -39,6 +39,7 @@ import sys
 import tempfile
 from array import array
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -62,6 +63,8 @@ class SpillFailed(Exception):
 
 
 REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
+SAMPLES_HINT = "give --samples-from the file of the run's sample ids, one per line"
+PERMISSION_HINT = "let this user read it (chmod u+r; a folder on its way: chmod u+rx), then rerun"
 
 COUNT_KEYS = ("sequences", "empty_sequences", "bases", "chunks", "chunks_without_orf", "orfs")
 
@@ -91,6 +94,20 @@ class Inconsistent(Exception):
 RUN_INFO_MAX_CHARS = 64 * 1024 * 1024  # run_info.json is a few kB; more is no predict output
 
 
+@contextmanager
+def reading(path: Path, hint: str = REPAIR_HINT) -> Iterator[None]:
+    """Inside the block, an input that cannot be read (missing, no permission, not UTF-8) is exit 5
+    naming it, `hint` the fix: `main` takes any other OSError for an --out or --mqc not written."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise Inconsistent(f"{path} is missing", hint) from None
+    except PermissionError as exc:
+        raise Inconsistent(f"cannot read {path}: {exc.strerror}", PERMISSION_HINT) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Inconsistent(f"cannot read {path}: {exc}", hint) from None
+
+
 def open_regular(path: Path):
     """`path` opened as UTF-8 text when it is a regular file (through links: Nextflow stages inputs as
     links); a FIFO or a device is exit 5, never a wait for ever or an endless read."""
@@ -104,19 +121,14 @@ def open_regular(path: Path):
 def read_table(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of a tab-separated table whose header is exactly `columns`; no quoting, so a
     `"` in an id is just a character. A missing file, a bad header or a short/long row is exit 5."""
-    try:
-        with open_regular(path) as handle:
-            _check_header(path, handle.readline(), columns)
-            for number, line in enumerate(handle, start=2):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != len(columns):
-                    raise Inconsistent(f"{path} line {number} has {len(fields)} tab-separated fields, its header "
-                                       f"{len(columns)}")
-                yield number, dict(zip(columns, fields))
-    except FileNotFoundError:
-        raise Inconsistent(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Inconsistent(f"cannot read {path}: {exc}") from None
+    with reading(path), open_regular(path) as handle:
+        _check_header(path, handle.readline(), columns)
+        for number, line in enumerate(handle, start=2):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != len(columns):
+                raise Inconsistent(f"{path} line {number} has {len(fields)} tab-separated fields, its header "
+                                   f"{len(columns)}")
+            yield number, dict(zip(columns, fields))
 
 
 def _check_header(path: Path, line: str, columns: Sequence[str]) -> None:
@@ -193,17 +205,18 @@ def load_run_info(path: Path) -> Recorded:
     records = sum(_recorded(path, entry, f"inputs[{i}]", "records") for i, entry in enumerate(inputs))
     counts = {key: _recorded(path, info.get("counts"), "counts", key) for key in COUNT_KEYS}
     threshold = _recorded(path, info, "", "threshold", kind=float)
-    return Recorded(records, counts, _recorded(path, info, "", "chunk_size"), threshold)
+    return Recorded(records, counts, _recorded(path, info, "", "chunk_size", least=1), threshold)
 
 
-def _recorded(path: Path, owner: object, where: str, key: str, kind: type = int):
-    """owner[key] as a non-negative whole number (or any number, `kind` float), else exit 5."""
+def _recorded(path: Path, owner: object, where: str, key: str, kind: type = int, least: int = 0):
+    """owner[key] as a whole number of at least `least` (or any number, `kind` float), else exit 5
+    (a chunk size, which sequences are divided by, is at least 1)."""
     value = owner.get(key) if isinstance(owner, dict) else None
-    valid = isinstance(value, int) and value >= 0 if kind is int else isinstance(value, (int, float))
+    valid = isinstance(value, int) and value >= least if kind is int else isinstance(value, (int, float))
     if isinstance(value, bool) or not valid:
         name = f"{where}.{key}" if where else key
-        raise Inconsistent(f"{path}: {name} must be a {'whole number' if kind is int else 'number'}, "
-                           f"found {value!r}")
+        expected = "a number" if kind is not int else "a whole number" + (f" >= {least}" if least else "")
+        raise Inconsistent(f"{path}: {name} must be {expected}, found {value!r}")
     return value
 
 
@@ -607,13 +620,14 @@ def row_files(paths: list[Path]) -> list[Path]:
     one), so the command line stays short however many samples the run has."""
     files = []
     for path in paths:
-        files.extend(sorted(entry for entry in path.iterdir()) if path.is_dir() else [path])
+        with reading(path, "give the files `virnucpro_summary.py row` wrote, or folders of them"):
+            files.extend(sorted(entry for entry in path.iterdir()) if path.is_dir() else [path])
     return files
 
 
 def read_sample_ids(path: Path) -> list[str]:
     """The run's sample ids, one per line of `path` (--samples-from); a blank or repeated one is exit 5."""
-    with open_regular(path) as lines:
+    with reading(path, SAMPLES_HINT), open_regular(path) as lines:
         ids = [line.rstrip("\n") for line in lines]
     blank = [number for number, sample in enumerate(ids, 1) if not sample or "\t" in sample or "\r" in sample]
     if blank:

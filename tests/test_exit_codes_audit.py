@@ -15,23 +15,14 @@ import pytest
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.errors import ExitCode, InconsistentInputsError, OutputWriteError
+from permission_helpers import unprivileged
 
 CLI = [sys.executable, "-m", "virnucpro"]
 
 
-def _unprivileged() -> list[str]:
-    """A command prefix that runs without root's permission bypass (none needed as another user)."""
-    if os.geteuid() != 0:
-        return []
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv: file permissions are not enforced")
-    caps = "-dac_override,-dac_read_search,-fowner"
-    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
-
-
 def _run(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`virnucpro ARGS` without the permission bypass of root."""
-    return subprocess.run([*_unprivileged(), *CLI, *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([*unprivileged(), *CLI, *map(str, args)], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 

@@ -175,3 +175,23 @@ def test_a_slot_folder_without_flock_warns_and_leaves_every_gpu_visible(tmp_path
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     err = capsys.readouterr().err
     assert "cannot lock GPU slots" in err and "no flock" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_waiting_for_a_slot_is_exit_6_in_one_line_holding_nothing(tmp_path, stop):
+    """It was a KeyboardInterrupt traceback and exit 130 (SIGINT), or 143 (SIGTERM): CONTRACTS.md's
+    code for a stopped task is 6."""
+    locks, release = tmp_path / "locks", tmp_path / "release"
+    holder = start(locks, tmp_path / "a", release, count=1)
+    assert wait_file(tmp_path / "a", holder) == "0"
+    waiting = start(locks, tmp_path / "b", tmp_path / "release_b", count=1)
+    assert "waiting for one" in waiting.stderr.readline()
+    waiting.send_signal(stop)
+    assert waiting.wait(30) == 6
+    said = waiting.stderr.read()
+    assert said.count("\n") == 1 and signal.Signals(stop).name in said and "Traceback" not in said, said
+    assert not (tmp_path / "b").exists() and sorted(path.name for path in locks.iterdir()) == ["gpu0.lock"]
+    release.touch()
+    assert holder.wait(30) == 0
+    after = start(locks, tmp_path / "c", release, count=1)  # the slot is free: the stopped task held none
+    assert after.wait(30) == 0 and (tmp_path / "c").read_text() == "0"

@@ -3,6 +3,7 @@ exit 5 with one message (never a traceback, never "yes"), ids with `"` read and 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from virnucpro import prepared as fmt
 from virnucpro.embed import embed
 from virnucpro.predict import predict
 from virnucpro.prepare import prepare
+from permission_helpers import unprivileged
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bin" / "virnucpro_summary.py"
 EXIT_INCONSISTENT = 5
@@ -288,3 +290,46 @@ def test_merge_names_a_missing_or_extra_column(good_row, tmp_path, drop, add, wo
         row[add] = "x"
     good_row.write_text("\t".join(row) + "\n" + "\t".join(row.values()) + "\n")
     assert_refused(merge(tmp_path, good_row), str(good_row), words)
+
+
+# --- inputs that cannot be read: exit 5 naming them, never a failed write or a traceback ---------------
+
+@pytest.mark.parametrize("content, words", [(None, "is missing"), (b"s1\n\xff\xfe\n", "cannot read")],
+                         ids=["missing", "not UTF-8"])
+def test_a_samples_from_file_that_cannot_be_read_is_exit_5_naming_it(good_row, tmp_path, content, words):
+    """A missing one said "cannot write nonexistent.txt", exit 10; one not UTF-8 was a traceback, exit 1."""
+    ids = tmp_path / "ids.txt"
+    if content is not None:
+        ids.write_bytes(content)
+    result = summary("merge", good_row, "--samples-from", ids, "--out", tmp_path / "all.tsv", "--mqc",
+                     tmp_path / "mqc.tsv")
+    assert_refused(result, str(ids), words)
+    assert "cannot write" not in result.stderr and not (tmp_path / "all.tsv").exists(), result.stderr
+
+
+@pytest.mark.parametrize("given", ["the folder", "a row file in it"])
+def test_rows_in_a_folder_that_cannot_be_entered_are_exit_5_naming_it(good_row, tmp_path, given):
+    """A folder of rows (or a folder on a row file's way) at mode 000 said "cannot write", exit 10."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    shutil.copy(good_row, folder / "s1.summary.tsv")
+    rows = folder if given == "the folder" else folder / "s1.summary.tsv"
+    prefix = unprivileged()
+    folder.chmod(0)
+    try:
+        result = subprocess.run([*prefix, sys.executable, str(SCRIPT), "merge", str(rows), "--out",
+                                 str(tmp_path / "all.tsv"), "--mqc", str(tmp_path / "mqc.tsv")],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        folder.chmod(0o755)
+    assert_refused(result, f"cannot read {rows}")
+    assert "cannot write" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("value", [0, -500])
+def test_a_chunk_size_that_is_not_positive_is_exit_5_naming_run_info(golden_copy, tmp_path, value):
+    """0 was a ZeroDivisionError traceback (the chunks each sequence should have), exit 1."""
+    info = json.loads((golden_copy / "run_info.json").read_text())
+    (golden_copy / "run_info.json").write_text(json.dumps({**info, "chunk_size": value}))
+    assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), "run_info.json",
+                   "chunk_size")

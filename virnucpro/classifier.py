@@ -22,6 +22,7 @@ import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.errors import ModelsError, NumericalError
+from virnucpro.errors import ModelsError, NumericalError, path_mode
 
 #: The state_dict keys of the original classifier (``num_batches_tracked`` may be absent).
 STATE_KEYS = (
@@ -377,14 +378,15 @@ def load_classifier(path: Path) -> MLPClassifier:
 
 def _refuse_not_a_classifier_file(path: Path) -> None:
     """Exit 4 saying what is at `path` when it is not a plain file of a plausible size."""
-    if not path.exists():
+    mode = path_mode(path, ModelsError)  # a folder on the way that cannot be entered is named, exit 4
+    if mode is None:
         raise ModelsError(f"classifier file {path} does not exist",
                           hint="check the path given to --classifier (or leave --classifier out to use the models "
                                "folder's classifier for the chunk size)")
-    if path.is_dir():
+    if S_ISDIR(mode):
         raise ModelsError(f"classifier file {path} is a directory, not a file",
                           hint="give the .pth or .safetensors file inside it")
-    if not path.is_file():
+    if not S_ISREG(mode):
         raise ModelsError(f"classifier file {path} is not a regular file (a pipe, device or socket)",
                           hint="give a .pth or .safetensors file")
     size = path.stat().st_size

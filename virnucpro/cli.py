@@ -20,8 +20,8 @@ import typer
 
 from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
-from virnucpro.errors import (ExitCode, VirnucproError, is_panic, process_limit, stop_signals_exit_interrupted, storage_error,
-                              storage_failure)
+from virnucpro.errors import (BadInputError, ExitCode, OutputWriteError, VirnucproError, is_panic, printable, process_limit,
+                              stop_signals_exit_interrupted, storage_errno, storage_error, storage_failure, storage_hint)
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.threads import limit_threads
 
@@ -74,6 +74,30 @@ def _path(value: str) -> Path:
 
 
 MAX_CHUNK_SIZE = 2**63 - 1
+
+_written: list[tuple[Path, bool]] = []  # (absolute path, is a file) of each output of the command running
+
+
+def _writes(*folders: Optional[Path], file: Optional[Path] = None) -> None:
+    """Note the outputs the command writes: the folders (everything under them) and the file (with
+    the names embed derives from it beside it: `.OUT.lock`, `.OUT.XXXXXXXX.tmp`, `OUT.ckpt/`). A
+    permission error no command named is called a failed write only on one of them (`_is_output`)."""
+    _written.extend((Path(os.path.abspath(folder)), False) for folder in folders if folder is not None)
+    if file is not None:
+        _written.append((Path(os.path.abspath(file)), True))
+
+
+def _is_output(path: Path) -> bool:
+    """Whether `path` is, or is inside, an output of the command running (see `_writes`)."""
+    target = Path(os.path.abspath(path))
+    for output, is_file in _written:
+        if target == output or output in target.parents:
+            return True
+        if is_file and output.parent in target.parents:
+            first = target.relative_to(output.parent).parts[0]
+            if first.lstrip(".").startswith(f"{output.name}."):
+                return True
+    return False
 
 
 CHUNK_SIZE_ADVICE = {  # what each command that takes --chunk-size needs for another size
@@ -164,6 +188,7 @@ def prepare(
     from virnucpro.prepare import prepare as run_prepare
 
     _check_chunk_size(chunk_size, allow_any_chunk_size, "prepare")
+    _writes(outdir)
     run_prepare(inputs, outdir, chunk_size=chunk_size, shard_size=shard_size, threads=threads)
 
 
@@ -191,6 +216,7 @@ def embed(
     threads = limit_threads(threads)
     from virnucpro.embed import Compiling, embed as run_embed
 
+    _writes(checkpoint_dir, compile_cache, file=out)
     run_embed(shard, out, models=models, checkpoint_dir=checkpoint_dir, device=device.value,
               precision=precision.value, token_budget=token_budget, checkpoint_every=checkpoint_every,
               checkpoint_seconds=checkpoint_seconds, threads=threads,
@@ -216,6 +242,7 @@ def predict(
     limit_threads(threads)
     from virnucpro.predict import predict as run_predict
 
+    _writes(outdir)
     run_predict(prepared, list(embeddings) + list(more_embeddings or []), outdir,
                 classifier=classifier, models=models, threshold=threshold)
 
@@ -250,6 +277,7 @@ def run(
     from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all
 
+    _writes(outdir, compile_cache)
     run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
             precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
             threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
@@ -267,6 +295,7 @@ def models_download(
     """Download ESM-2 3B, DNABERT-S and the original classifiers (resumable, verified)."""
     from virnucpro.models import download
 
+    _writes(dest)
     download.download(dest=dest, only=only.value if only else None, mirror=mirror)
 
 
@@ -283,6 +312,7 @@ def models_tiny(directory: Path = typer.Argument(..., parser=_path, metavar="DIR
     """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
     from virnucpro.models import tiny
 
+    _writes(directory)
     tiny.make_tiny(directory)
 
 
@@ -296,6 +326,27 @@ def _out_of_host_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return True
     return isinstance(exc, (RuntimeError, ImportError, OSError)) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXTS)
+
+
+ONLY_WRITES_FAIL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # errnos a read never meets
+
+
+def _unnamed_storage_failure(exc: OSError) -> Optional[VirnucproError]:
+    """The error for a storage failure no command named (None: `exc` is none, a bug). "Cannot write"
+    only of a write: an errno only writes meet, or a path the command writes (`_is_output`). Elsewhere a
+    permission error is a file or folder this user cannot reach, exit 3 like a missing one; any other
+    failure of the storage (an I/O error, a mount that went away) stays exit 10, naming the path."""
+    code = storage_errno(exc)
+    if code is None:
+        return None
+    path = Path(os.fsdecode(exc.filename)) if exc.filename else None
+    if code in ONLY_WRITES_FAIL or code == errno.ENAMETOOLONG or (path is not None and _is_output(path)):
+        return storage_failure(exc, path or Path("an output file"))
+    where = printable(str(path)) if path is not None else "a file (the error names none)"
+    if code in (errno.EACCES, errno.EPERM):
+        return BadInputError(f"cannot access {where}: permission denied",
+                             "make it readable to this user, and each folder on its path enterable (chmod u+rx)")
+    return OutputWriteError(f"cannot access {where}: {storage_error(exc)}", storage_hint(exc))
 
 
 def _report_bug(exc: BaseException) -> int:
@@ -375,10 +426,12 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
 
     Usage errors are handled by typer itself (exit 2); our errors print one message and exit with
     their code; a stop signal ends every command with exit 6 (partial output removed, checkpoints
-    kept); a storage failure nobody named earlier is exit 10, and so is a limit on open files or
+    kept); a storage failure nobody named earlier is exit 10 (a permission error on a path the command
+    does not write is exit 3, see `_unnamed_storage_failure`), and so is a limit on open files or
     threads (`process_limit`); anything else, a library's Rust panic included, is a bug, reported
     with its traceback saved to a file. `exiting`: the process ends with the command (the console script).
     """
+    _written.clear()
     try:
         with stop_signals_exit_interrupted(exiting):
             app(args=argv, prog_name="virnucpro")
@@ -386,9 +439,9 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
         error(str(exc))
         sys.exit(int(exc.code))
     except OSError as exc:
-        if storage_error(exc) is None:
+        failure = _unnamed_storage_failure(exc)
+        if failure is None:
             sys.exit(int(_report_bug(exc)))
-        failure = storage_failure(exc, Path(exc.filename or "an output file"))
         error(str(failure))
         sys.exit(int(failure.code))
     except Exception as exc:  # noqa: BLE001 - last resort, turned into a bug report

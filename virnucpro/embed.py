@@ -11,6 +11,7 @@ same batches, hence the same vectors.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -35,10 +36,10 @@ from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, check_finite
-from virnucpro.errors import (STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InterruptedByUser, OutputWriteError, VirnucproError, check_stop,
-                              ignore_stop_signals, name_too_long, note_stop, output_errors, printable, storage_error,
-                              storage_failure, storage_hint)
+from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
+                              InterruptedByUser, OutputWriteError, ProcessLimitError, VirnucproError, check_stop,
+                              ignore_stop_signals, name_too_long, note_stop, open_files_errno, output_errors, printable,
+                              storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
                               make_folder, not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
@@ -62,6 +63,12 @@ RECORD_CHARACTERS = 256  # longest record text accepted (a record holds a few 'r
 UNKNOWN = h5shard.UNKNOWN_DEVICE  # the device and paths of a part written without a record (an older virnucpro)
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
+# how reading a part fails when the part is not to blame (the process's limits, its permissions, the
+# storage): the part is kept and the command stops; only what its bytes hold may discard it
+READ_FAILURES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EACCES, errno.EPERM,
+                           errno.EIO, errno.EREMOTEIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+                           errno.ECONNRESET, errno.ENOLINK, errno.ENXIO, errno.ENODEV, errno.EBUSY, errno.EAGAIN})
+PARTS_KEPT = "then rerun: the checkpoint parts are kept and the rerun resumes from them"
 
 
 # --- device and precision ------------------------------------------------------------------------
@@ -180,8 +187,10 @@ class CheckpointStore:
     of an older virnucpro has none: used, and said 'unknown'). Its file name carries the sha256 of its bytes, so a damaged part is detected; every part
     is also checked completely before use (its key, arrays, dtypes, shapes, index range and
     uniqueness, finite values), so a part copied from another key folder or a crafted one is never
-    trusted either: it is reported, ignored and its vectors recomputed. A part that cannot be written
-    ends the command (exit 10) at the next `raise_failed` or `flush`, the parts before it kept.
+    trusted either: it is reported, ignored and its vectors recomputed. A part that cannot be read at
+    all (the limit on open files, its permissions, an I/O error) is no damage: the command stops,
+    every part kept (see `_read_part`). A part that cannot be written ends the command (exit 10) at
+    the next `raise_failed` or `flush`, the parts before it kept.
     """
 
     def __init__(self, folder: Path, parent_is_ours: bool = True, wait: bool = True):
@@ -263,6 +272,8 @@ class CheckpointStore:
                 tmp.unlink(missing_ok=True)
             if name_too_long(exc):
                 raise storage_failure(exc, tmp) from None
+            if open_files_errno(exc) is not None:
+                raise _open_files_limit(exc, f"cannot write checkpoint part {tmp}") from None
             raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
                                    f"{storage_hint(exc)}; a rerun resumes from the parts already written") from None
 
@@ -430,13 +441,15 @@ def _discard(path: Path, problem: str) -> None:
 
 
 def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> Part:
-    """One part checked completely: name, checksum, key, then each role's arrays (raises DamagedPart)."""
+    """One part checked completely: name, checksum, key, then each role's arrays (raises DamagedPart).
+    A part that cannot be read (`READ_FAILURES`: a limit of the process, its permissions, the storage)
+    is no damaged part: the command stops (`_unreadable_part`) and every part stays for the rerun."""
     match = PART_NAME.fullmatch(path.name)
     if not match:
         raise DamagedPart("its name is not part_<number>.<sha256>.npz")
-    if path.is_symlink() or not path.is_file():
-        raise DamagedPart("it is not a regular file")
     try:
+        if path.is_symlink() or not path.is_file():
+            raise DamagedPart("it is not a regular file")
         if fmt.sha256_of(path) != match.group(2):
             raise DamagedPart("checksum mismatch")
         with zipfile.ZipFile(path) as archive:
@@ -444,10 +457,36 @@ def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, in
             _check_key(archive, key)
             vectors = {role: _read_role(archive, role, sizes[role], widths[role]) for role in ROLES}
             return Part(vectors, _read_record(archive, vectors) if names == PART_ARRAYS else _unrecorded(vectors))
-    except (DamagedPart, VirnucproError):
-        raise  # a stop signal landing meanwhile (InterruptedByUser) is no damage to the part
+    except (DamagedPart, VirnucproError, MemoryError):
+        raise  # a stop signal landing meanwhile (InterruptedByUser), or memory running out, is no damage to the part
+    except OSError as exc:
+        if exc.errno in READ_FAILURES:
+            raise _unreadable_part(path, exc) from None
+        raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # whatever these bytes make the reader fail on, they are not a sound part
         raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
+
+
+def _unreadable_part(path: Path, exc: OSError) -> BaseException:
+    """What stops embed when a part cannot be read for a reason other than its bytes: the limit on
+    open files (exit 10, `_open_files_limit`), memory (`exc` itself: the CLI says so, exit 137), its
+    permissions or the storage (exit 10 naming the part); never a reason to discard it."""
+    if open_files_errno(exc) is not None:
+        return _open_files_limit(exc, f"cannot read checkpoint part {path}")
+    if exc.errno == errno.ENOMEM:
+        return exc
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return OutputWriteError(f"cannot read checkpoint part {path}: permission denied",
+                                f"make it readable (chmod u+r; its folders u+rx), {PARTS_KEPT}")
+    return OutputWriteError(f"cannot read checkpoint part {path}: {storage_error(exc) or exc.strerror or exc}",
+                            f"check the storage (its I/O errors, a network file system that went away), {PARTS_KEPT}")
+
+
+def _open_files_limit(exc: OSError, failed: str) -> ProcessLimitError:
+    """Exit 10 for a checkpoint part that `failed` ('cannot write checkpoint part X') because the
+    process (or the system) reached its limit on open files: the limit and how to raise it."""
+    what, hint = OPEN_FILE_LIMITS[open_files_errno(exc)]
+    return ProcessLimitError(f"{failed}: {what}", f"{hint} (embed resumes from the checkpoint parts already written)")
 
 
 def _check_array_names(names: list[str]) -> list[str]:

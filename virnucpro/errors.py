@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
@@ -121,9 +122,18 @@ STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
                   errno.EFBIG: "a file grew past the largest size allowed (the file-size limit, `ulimit -f`, "
                                  "or the file system's own)", errno.EACCES: "permission denied",
                   errno.EPERM: "permission denied",
-                  errno.ENAMETOOLONG: "a file name or path is too long for the file system"}
+                  errno.ENAMETOOLONG: "a file name or path is too long for the file system",
+                  errno.ENOTCONN: "the storage went away (its mount dropped: \"Transport endpoint is not "
+                                  "connected\", a FUSE, sshfs or gcsfuse mount whose connection or process ended)",
+                  errno.ESTALE: "the storage went away under this command (\"Stale file handle\": the NFS "
+                                "server lost or replaced the file or folder)"}
+STORAGE_WENT_AWAY_HINT = ("mount the storage again (or wait until the server is back), then rerun the same command: "
+                          "it resumes from the work already saved")
 STORAGE_HINTS = {errno.EFBIG: "raise the file-size limit (`ulimit -f unlimited`) or choose another output location",
-                 errno.ENAMETOOLONG: "choose a shorter name or a shallower folder"}
+                 errno.ENAMETOOLONG: "choose a shorter name or a shallower folder",
+                 errno.ENOTCONN: STORAGE_WENT_AWAY_HINT, errno.ESTALE: STORAGE_WENT_AWAY_HINT}
+NO_INODES = "no free inodes are left on the file system (it has space, but no room for another file: see `df -i`)"
+NO_INODES_HINT = "remove files there (many small ones free the most inodes) or choose another output location"
 NAME_MAX_DEFAULT = 255  # the longest file name most file systems allow, when one does not say
 PATH_MAX_DEFAULT = 4096  # Linux's limit on a path given to the kernel, its final NUL included
 
@@ -244,7 +254,45 @@ def storage_failure(exc: OSError, path: Path) -> VirnucproError:
     if name_too_long(exc):
         return path_too_long(exc, path)
     where = exc.filename or f"into {path}"
+    if storage_errno(exc) == errno.ENOSPC and out_of_inodes(Path(os.fsdecode(exc.filename or path))):
+        return OutputWriteError(f"cannot write {where}: {NO_INODES}", NO_INODES_HINT)
     return OutputWriteError(f"cannot write {where}: {storage_error(exc)}", storage_hint(exc))
+
+
+def out_of_inodes(path: Path) -> bool:
+    """Whether the file system holding `path` (or its nearest existing folder) has no free inode left
+    while it has free space: "No space left on device" then means no room for another file, which
+    freeing bytes does not fix. False when that cannot be told (no inode counts: btrfs says 0 files)."""
+    for candidate in (path, *path.parents):
+        try:
+            info = os.statvfs(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return False
+        return info.f_files > 0 and info.f_favail == 0 and info.f_bavail > 0
+    return False
+
+
+# characters the file systems of Windows refuse in names (NTFS mounted with windows_names, FAT, exFAT)
+WINDOWS_FORBIDDEN = '<>:"\\|?*'
+
+
+def refused_name(exc: OSError, path: Path) -> BadInputError | None:
+    """Exit 3 for a new name the file system refuses for characters in it (the path the user chose,
+    not the storage's state): NTFS under ntfs-3g's windows_names or vfat say EINVAL, exfat-fuse ENOENT
+    with the folder there. None when `exc` is no such refusal (a folder on the path missing, say)."""
+    target = Path(os.fsdecode(exc.filename)) if exc.filename else path
+    chars = [c for i, c in enumerate(target.name) if (c in WINDOWS_FORBIDDEN or ord(c) < 32) and c not in target.name[:i]]
+    if exc.errno not in (errno.EINVAL, errno.ENOENT) or not chars:
+        return None
+    if exc.errno == errno.ENOENT and not target.parent.is_dir():
+        return None
+    shown = " or ".join(map(repr, chars))
+    return BadInputError(f"cannot create {printable(str(target))}: the file system of {printable(str(target.parent))} "
+                         f"does not allow {shown} in names",
+                         f"choose a name without {shown} (Windows file systems, NTFS, exFAT and FAT, refuse "
+                         f"{' '.join(WINDOWS_FORBIDDEN)} in names)")
 
 
 def path_too_long(exc: OSError, path: Path) -> BadInputError:
@@ -340,7 +388,8 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
     def stop(signum, _frame) -> None:
         ignore_stop_signals()  # a second signal must not interrupt the clean-up of the first
         _received.append(signum)
-        raise _interrupted(signum)
+        if not _deferring:  # else raised when the deferring block ends (`stop_signals_deferred`)
+            raise _interrupted(signum)
 
     _received.clear()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
@@ -378,13 +427,41 @@ def note_stop(signum: int) -> None:
 
 @contextmanager
 def stop_signals_blocked() -> Iterator[None]:
-    """Hold stop signals back (they stay pending) while processes are forked: a signal handled in
-    the middle of a fork is lost in an at-fork hook or runs in the child's copy of our handler."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Hold stop signals back in this thread (they stay pending) while processes are forked: a signal
+    handled in the middle of a fork is lost in an at-fork hook or runs in the child's copy of our
+    handler. The signal mask is put back as it was."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+_deferring: list[bool] = []  # one entry per `stop_signals_deferred` block the main thread is in
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Let no stop signal cut the block in two (moving a finished set of files in, creating a
+    temporary file and keeping its name), and act on one that arrived meanwhile once it is done.
+
+    Blocking them in this thread (`stop_signals_blocked`) is not enough: the kernel then hands a
+    signal to another thread of the process (torch's, say), and Python runs the handler in the main
+    thread all the same. So the command's handler only notes a stop while a block defers
+    (`stop_signals_exit_interrupted`), and it is raised here when the block ends. Outside the main
+    thread, where no handler runs, the block only holds them back in its own thread."""
+    if threading.current_thread() is not threading.main_thread():
+        with stop_signals_blocked():
+            yield
+        return
+    _deferring.append(True)
+    try:
+        with stop_signals_blocked():
+            yield
+    finally:
+        _deferring.pop()
+        if not _deferring:
+            check_stop()  # whatever ended the block, a stop that arrived meanwhile is the answer
 
 
 def other_format(path: Path, what: str, found: object, reads: int, redo: str) -> InconsistentInputsError:
@@ -401,6 +478,44 @@ def other_format(path: Path, what: str, found: object, reads: int, redo: str) ->
         f"{path} has {what}format_version {found}: an older virnucpro wrote it; this one ({__version__}) "
         f"reads version {reads}", f"{redo} with this version (in the Nextflow pipeline: run it again "
                                   "without -resume, which reused a task of the older version)")
+
+
+# --- inputs behind a folder that cannot be entered ----------------------------------------------------
+
+def path_mode(path: Path, refused: type[VirnucproError] = BadInputError) -> int | None:
+    """The mode of what is at `path` (links followed), None when nothing is: what `Path.exists`,
+    `is_file` and `is_dir` ask of an input. Where a folder on its way cannot be entered, those raise
+    PermissionError (Python 3.11), which the CLI takes for an output not written (exit 10); here it
+    is `refused` naming that folder: BadInputError (exit 3) for an input, ModelsError for a models file."""
+    try:
+        return os.stat(path).st_mode
+    except PermissionError:
+        raise folder_refused(path, denied_folder(path) or Path(path).parent, refused) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # as `Path.exists` answers False
+            return None
+        raise
+
+
+def denied_folder(path: Path) -> Path | None:
+    """The folder on the way to `path` that this user may not enter (search), looked for from the
+    top down; None when every step can be looked up (the fault, if any, is the file's own mode)."""
+    path = Path(path)
+    for step in (*reversed(path.parents), path):
+        try:
+            os.stat(step)
+        except PermissionError:
+            return step.parent
+        except OSError:
+            return None
+    return None
+
+
+def folder_refused(path: Path, folder: Path, refused: type[VirnucproError], what: str = "") -> VirnucproError:
+    """`refused` (the exit code of what `path` is) for a `path` that cannot be read because `folder`,
+    on its way, cannot be entered: the file may be sound, the folder's mode is the fault."""
+    return refused(f"cannot read {what}{path}: permission denied on its folder {folder}",
+                   "make the folder searchable (chmod u+rx) and rerun")
 
 
 def not_a_folder(path: Path, option: str) -> BadInputError:

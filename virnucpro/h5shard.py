@@ -12,6 +12,7 @@ crash that library outright (a segmentation fault no Python code can report).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -29,8 +30,8 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
-                              name_too_long, open_file_limit, other_format, storage_error, storage_failure,
-                              storage_hint)
+                              denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
+                              stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import file_mode, rename_new
 from virnucpro.prepared import SHA256_TEXT, shown
 
@@ -218,18 +219,34 @@ def write_shard(path: Path, ids: Sequence[str], rows: Callable[[int, int], tuple
     a storage failure is exit 10 naming `path`, with the temporary file removed. `on_temporary` is
     told the temporary file's name first (the lock of `path` records it, for a kill). `replacing`:
     the `file_state` of the shard the caller found at `path` and may replace (None: nothing was
-    there); any other file there by the end is never replaced (exit 3, see `_move_into_place`)."""
-    raw, tmp = _new_temporary(path)
-    on_temporary(tmp)
+    there); any other file there by the end is never replaced (exit 3, see `_move_into_place`). The
+    clean-up knows the temporary file from the moment it exists: a stop signal is held back until its
+    name is recorded (`stop_signals_deferred`)."""
+    temporary = _Temporary()
     try:
+        with stop_signals_deferred():
+            raw, temporary.path = _new_temporary(path)
+        on_temporary(temporary.path)
         _write_through_file(raw, path, lambda handle, failed: _write_rows(handle, ids, rows, widths, attrs, failed))
-        _seal_written(tmp, path)
-        verify_shard(tmp, ids, written=path)
-        _move_into_place(tmp, path, replacing)
+        _seal_written(temporary.path, path)
+        verify_shard(temporary.path, ids, written=path)
+        _move_into_place(temporary.path, path, replacing)
     except BaseException:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)  # an interrupted, failed or refused write leaves no output-like file
+        temporary.remove()  # an interrupted, failed or refused write leaves no output-like file
         raise
+
+
+@dataclass
+class _Temporary:
+    """The temporary file a shard is written to, once it exists (None before)."""
+
+    path: Path | None = None
+
+    def remove(self) -> None:
+        """Delete it, if it was made (a write that failed or was stopped leaves nothing)."""
+        if self.path is not None:
+            with suppress(OSError):
+                self.path.unlink(missing_ok=True)
 
 
 def _move_into_place(tmp: Path, path: Path, replacing: FileState | None) -> None:
@@ -334,8 +351,9 @@ def _new_temporary(path: Path) -> tuple[io.FileIO, Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _write_failed(path, exc) from None
+    raw = io.FileIO(fd, "wb+")  # owns the file from here: closed however the rest fails
     os.fchmod(fd, file_mode())
-    return io.FileIO(fd, "wb+"), Path(name)
+    return raw, Path(name)
 
 
 def _seal_written(tmp: Path, path: Path) -> None:
@@ -432,24 +450,33 @@ def _corrupted_write(path: Path, what: str) -> OutputWriteError:
 def read_info(path: Path) -> EmbeddingShardInfo:
     """The shard's attributes after checking its layout; a file that is not a sound shard is exit 5."""
     path = Path(path)
-    if path.is_dir():
-        raise BadInputError(f"embedding shard {path} is a directory", f"give the files in it: {path}/*.h5")
     try:
+        if path.is_dir():  # raises PermissionError when a folder on the way cannot be entered
+            raise BadInputError(f"embedding shard {path} is a directory", f"give the files in it: {path}/*.h5")
         with _sealed(path) as (handle, seal):
             records, widths = _check_datasets(path, handle)
             attrs = _read_attributes(path, handle)
     except FileNotFoundError:
         raise BadInputError(f"embedding shard not found: {path}", "check the path") from None
     except PermissionError:  # the file's mode, not its content: bad input like an unreadable FASTA
-        raise BadInputError(f"cannot read embedding shard {path}: permission denied",
-                            "make it readable (chmod u+r) and rerun") from None
+        raise _permission_denied(path) from None
     except DAMAGED as exc:
-        if open_file_limit(exc):
-            raise  # no fault of the file: the CLI names the limit
+        if open_file_limit(exc) or getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+            raise  # no fault of the file: the CLI names the limit or the name
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",
                                       "give the .h5 files written by `virnucpro embed`") from None
     info = _shard_info(path, attrs, records, widths)
     return replace(info, seal=replace(seal, vectors=tuple((name, _text(path, attrs, name)) for name in CHECKSUMS)))
+
+
+def _permission_denied(path: Path) -> BadInputError:
+    """Exit 3 for an embedding shard this user may not read: the file's own mode, or a folder on its
+    path that cannot be entered (then the fix is on that folder, not the file)."""
+    folder = denied_folder(path)
+    if folder is not None:
+        return folder_refused(path, folder, BadInputError, "embedding shard ")
+    return BadInputError(f"cannot read embedding shard {path}: permission denied",
+                         "make it readable (chmod u+r) and rerun")
 
 
 def malformed(path: Path, what: str) -> InconsistentInputsError:

@@ -22,7 +22,9 @@ target, so a file that appears meanwhile is never replaced). The
 marker is written under a temporary name, synced, renamed over the old one and the rename synced: a
 crash or power loss leaves the old marker or the new one, never a torn one. A damaged marker (from an
 older virnucpro, or edited) is refused with the command that replaces it by one claiming no file,
-which keeps the folder's unfinished work and adopts nothing.
+which keeps the folder's unfinished work and adopts nothing; one this user may not read is refused
+as unreadable, never called damaged (it may be sound). Stop signals wait while finished files move
+in (`OutputFolder.publish`): a stop then ends the command once the whole new set is in place.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ import stat
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
-                              printable, storage_failure)
+                              printable, refused_name, stop_signals_deferred, storage_failure)
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -61,6 +63,7 @@ HOLDER_READS = 20  # a refused command waits up to 1 s for the holder's details 
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 OURS = {LOCK_NAME, FALLBACK_LOCK_NAME, MARKER_NAME, MARKER_TMP_NAME}
 DAMAGED = "?"  # the kind of a marker that cannot be read (see `OutputFolder._damaged`)
+UNREADABLE = "!"  # the kind of a marker this user may not read (see `OutputFolder._unreadable`)
 NO_DIRECTORY_SYNC = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EISDIR, errno.EACCES}
 _held: set[Path] = set()  # folders and files this process holds (its own outputs may nest inside)
 # opening a name of ours never follows a link, nor waits on a FIFO (a regular file ignores O_NONBLOCK)
@@ -304,10 +307,19 @@ def make_folder(folder: Path, what: str) -> None:
             problem = exc
             if os.path.lexists(folder) and not folder.is_dir():
                 raise not_a_folder(folder, what) from None
+            _refuse_name(exc, folder)
         except OSError as exc:  # not a storage failure: e.g. a parent is a file
+            _refuse_name(exc, folder)
             problem = exc
             break
     raise BadInputError(f"cannot create {what} {folder}: {problem.strerror}", "choose a writable location")
+
+
+def _refuse_name(exc: OSError, path: Path) -> None:
+    """Exit 3 when `exc` is the file system refusing a character of the new name (`refused_name`)."""
+    refused = refused_name(exc, path)
+    if refused is not None:
+        raise refused from None
 
 
 def _try_flock(fd: int, subject: Path, what: str) -> bool:
@@ -427,7 +439,13 @@ def exclusive_file_lock(lock: Path, subject: Path, what: str) -> Iterator[None]:
                 pass
     else:
         raise _busy(subject, what, "a lock that keeps being taken")
-    _write_holder(fd)
+    try:
+        with output_errors(lock):
+            _write_holder(fd)
+    except BaseException:  # a full disk: the lock file this command just created goes again
+        _unlink_if_same(lock, fd)
+        os.close(fd)
+        raise
     heartbeat = _Heartbeat(lock)
     heartbeat.start()
     try:
@@ -512,6 +530,9 @@ def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
         fd, created = _open_existing_lock(lock), False
         if fd is None:
             return None
+    except OSError as exc:  # a name the file system refuses (`:` on NTFS or exFAT), else as it is
+        _refuse_name(exc, lock)
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise not_ours(lock, "a virnucpro lock file")
@@ -560,17 +581,31 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
     """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback."""
     fd, created, flocked = _open_and_flock(lock, subject, what)
     try:
-        _require_writable(lock.parent)
-        if flocked:
-            _remove_leftover_temporary(fd, subject)
-            _write_holder(fd)
-            held = nullcontext()
-        else:
-            held = exclusive_file_lock(lock.with_name(lock.name + ".pid"), subject, what)
-        with held, _registered(subject):
+        with ExitStack() as held:
+            with _lock_file_taken_back_on_failure(lock, fd, created), output_errors(lock):
+                _require_writable(lock.parent)
+                if flocked:
+                    _remove_leftover_temporary(fd, subject)
+                    _write_holder(fd)
+                else:
+                    held.enter_context(exclusive_file_lock(lock.with_name(lock.name + ".pid"), subject, what))
+                held.enter_context(_registered(subject))
             yield HeldLock(lock, fd, created, flocked)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _lock_file_taken_back_on_failure(lock: Path, fd: int, created: bool) -> Iterator[None]:
+    """While a lock is being taken (its holder's details written: a full disk fails there), a failure
+    removes the lock file this command created, still held (see `HeldLock.remove_if_created`), so that
+    a command that fails before any work leaves the folder as it found it."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            _unlink_if_same(lock, fd)
+        raise
 
 
 def _require_writable(folder: Path) -> None:
@@ -642,17 +677,25 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     write by name (a library that writes a file, say), renamed over `path` when the block ends: first
     synced, with the mode a plain `open()` gives (`file_mode`), then the rename synced, so a crash or
     power loss leaves the old file or the new one, never a torn one. A block that fails leaves nothing."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    temporary = Path(name)
+    temporary = None
     try:
+        with stop_signals_deferred():  # a stop between making the file and knowing its name would leave it
+            temporary = _new_temporary(path)
         yield temporary
         _sync_file(temporary)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file `.NAME.XXXXXXXX.tmp` beside `path`, created exclusively."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _sync_file(path: Path) -> None:
@@ -744,19 +787,26 @@ def check_derived_names(path: Path, what: str) -> None:
 
 def marker_kind(folder: Path) -> str | None:
     """The kind written in a folder's marker (the command that wrote the folder: run, prepare,
-    predict); DAMAGED for an unreadable marker; None without one."""
+    predict); DAMAGED for a marker that is no sound record, UNREADABLE for one this user may not
+    read; None without one."""
     path = folder / MARKER_NAME
     if not os.path.lexists(path):
         return None
-    kind = (_loaded_marker(path) or {}).get("kind")
+    try:
+        kind = (_loaded_marker(path) or {}).get("kind")
+    except PermissionError:
+        return UNREADABLE
     return kind if isinstance(kind, str) else DAMAGED
 
 
 def _loaded_marker(path: Path) -> dict | None:
     """The JSON object of a marker; None when it is not one (empty or cut short by a crash, or edited,
-    or not a regular file: never read through a link or from a FIFO)."""
+    or not a regular file: never read through a link or from a FIFO). PermissionError when this user
+    may not read it: it may well be sound, so it is never called damaged."""
     try:
         marker = json.loads(_read_regular_all(path))
+    except PermissionError:
+        raise
     except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     return marker if isinstance(marker, dict) else None
@@ -766,6 +816,9 @@ def _output_text(kind: str) -> str:
     """How a message names a virnucpro output of `kind`."""
     if kind == DAMAGED:
         return f"a virnucpro output (its record of the files virnucpro wrote, {MARKER_NAME}, is damaged)"
+    if kind == UNREADABLE:
+        return (f"a virnucpro output (its record of the files virnucpro wrote, {MARKER_NAME}, cannot be read: "
+                "permission denied)")
     return f"a virnucpro '{printable(str(kind))[:40]}' output"
 
 
@@ -877,7 +930,10 @@ class OutputFolder:
         if not os.path.lexists(path):
             return None
         refuse_unless_regular(path, f"virnucpro's record of the files it wrote ({MARKER_NAME})")
-        marker = _loaded_marker(path)
+        try:
+            marker = _loaded_marker(path)
+        except PermissionError:
+            raise self._unreadable(path) from None
         if marker is None or not isinstance(marker.get("kind"), str):
             raise self._damaged(path)
         self._refuse_other_kind(marker["kind"])  # before the files: another kind lists other names
@@ -892,6 +948,18 @@ class OutputFolder:
         return BadInputError(f"{path}, virnucpro's record of the files it wrote in {self.folder}, is damaged "
                              "(empty or cut short by a crash, or edited), so virnucpro cannot tell which files "
                              "there it wrote", self._record_fix("to keep the work in that folder"))
+
+    def _unreadable(self, path: Path) -> BadInputError:
+        """A marker this user may not read (another user's, mode 0600, say): it may be sound, so the
+        fix never replaces it; whoever may read it can work in the folder."""
+        try:
+            info = path.lstat()
+            whose = f" (it is {_user_name(info.st_uid)}'s, mode {stat.filemode(info.st_mode)})"
+        except OSError:
+            whose = ""
+        return BadInputError(f"cannot read {path}: permission denied{whose}, so virnucpro cannot tell which files "
+                             f"in {self.folder} it wrote", "run the command as the user who wrote that folder, have "
+                             "them let you read and write it, or choose another folder")
 
     def _record_fix(self, why: str) -> str:
         """The fix for a lost or damaged marker: the shell command that writes one claiming no file."""
@@ -930,7 +998,7 @@ class OutputFolder:
             return BadInputError(f"{self.what} {self.folder} was written by virnucpro {printable(written_by[:40])}, and this "
                                  f"is {__version__}: it cannot prove it wrote {shown}, and virnucpro never "
                                  "replaces files it did not write",
-                                 f"move that folder away or delete it (another version's work is not reused), "
+                                 "move that folder away or delete it (another version's work is not reused), "
                                  "or choose another folder")
         fix = f"move {'that file' if len(rels) == 1 else 'those files'}, or choose another folder"
         if lost_record:
@@ -945,6 +1013,12 @@ class OutputFolder:
         check_stop()  # a stop that arrived in a place that swallowed its exception ends here
         names = list(names)
         self._refuse_unproven("which appeared or changed while this command ran (virnucpro did not write it)")
+        with stop_signals_deferred():  # renames only: a stop meanwhile would leave old and new files mixed
+            self._move_in(staging, names)
+
+    def _move_in(self, staging: Path, names: list[str]) -> None:
+        """`publish` once the folder is checked: our stale files dropped, the new ones moved in, and the
+        record of them written."""
         for rel in list(self.recorded):
             if rel.split("/", 1)[0] in names and not (staging / rel).exists():
                 self._drop(rel)
@@ -989,7 +1063,7 @@ class OutputFolder:
         data = {"kind": self.kind, "virnucpro_version": __version__, "files": dict(sorted(self.recorded.items()))}
         if publishing:
             data["publishing"] = dict(sorted(publishing.items()))
-        with output_errors(path):
+        with output_errors(path), stop_signals_deferred():  # a stop meanwhile would leave the temporary
             _write_synced(tmp, (json.dumps(data, indent=1) + "\n").encode())
             os.replace(tmp, path)
             sync_folder(self.folder)  # the rename itself on disk: a power loss leaves the old or new marker
@@ -999,10 +1073,15 @@ def _write_synced(path: Path, data: bytes) -> None:
     """Write `path` (created exclusively, never through a link) and wait until its bytes are on disk
     (before it is renamed over a marker: else a power loss can leave the new name pointing at an
     empty file)."""
-    with open(path, "wb", opener=lambda name, _flags: create_exclusive(Path(name), "virnucpro's temporary record")) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    fd = create_exclusive(path, "virnucpro's temporary record")
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:  # a full disk, say: the file is ours (created exclusively), cut short
+        path.unlink(missing_ok=True)
+        raise
 
 
 def sync_folder(folder: Path) -> None:

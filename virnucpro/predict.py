@@ -14,13 +14,13 @@ import contextlib
 import heapq
 import itertools
 import json
-import os
 import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -31,8 +31,8 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              SEQUENCE_CALLS, SEQUENCE_COLUMNS, SEQUENCES, ChunkScore, SequenceTally, chunk_cells,
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import info, warn
-from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, UsageError, VirnucproError,
-                              output_errors)
+from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
+                              VirnucproError, output_errors, path_mode)
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -480,10 +480,13 @@ def _claimed(outdir: Path, output: OutputFolder | None):
 
 def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: Path | None) -> None:
     """A `--classifier` known to be made for the other standard chunk size (the published file, or the
-    models folder's own) is exit 5: the features fit either way, so nothing else would tell."""
+    models folder's own) is exit 5: the features fit either way, so nothing else would tell. Asked
+    before the classifier is loaded, at any chunk size: a folder on its way that cannot be entered
+    is exit 4 here (`path_mode`), where the loader's own checks took it for a failed write."""
     from virnucpro.models import pins, store
 
-    if chunk_size not in pins.CLASSIFIER_CHUNK_SIZES or not path.is_file():
+    mode = path_mode(path, ModelsError)
+    if chunk_size not in pins.CLASSIFIER_CHUNK_SIZES or mode is None or not S_ISREG(mode):
         return  # a custom chunk size takes any classifier; a missing file is load_classifier's error
     digest, blob = store.sha256_file(path, git_sha1=True)
     for other in set(pins.CLASSIFIER_CHUNK_SIZES) - {chunk_size}:

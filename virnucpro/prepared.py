@@ -15,12 +15,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO, Callable, Iterator
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of
-from virnucpro.errors import BadInputError, InconsistentInputsError, open_file_limit, other_format
+from virnucpro.errors import (BadInputError, InconsistentInputsError, denied_folder,
+                             folder_refused, open_file_limit, other_format, path_mode)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -228,7 +229,8 @@ def _malformed_header(path: Path, line: str) -> InconsistentInputsError:
 def shard_info(path: Path) -> ShardInfo:
     """Header fields and checksum of a shard, without reading its records into memory. A shard is
     read more than once (header, checksum, records): a pipe or FIFO, read once, is refused by name."""
-    if Path(path).exists() and not Path(path).is_file():
+    mode = path_mode(path)
+    if mode is not None and not S_ISREG(mode):
         raise BadInputError(f"shard {path} is not a regular file (a pipe or a folder): it is read more than once",
                             "give the shards/shard_NNNNN.tsv file written by `virnucpro prepare`")
     try:
@@ -300,13 +302,9 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
     if open_file_limit(exc):
         return exc
     if exc.errno in PERMISSION_ERRNOS:
-        try:
-            os.stat(path)  # needs only the folders to be searchable
-        except PermissionError:
-            return BadInputError(f"cannot read {path}: permission denied on its folder {path.parent}",
-                                 "make the folder searchable (chmod u+rx) and rerun")
-        except OSError:
-            pass
+        folder = denied_folder(path)
+        if folder is not None:
+            return folder_refused(path, folder, BadInputError)
         return BadInputError(f"cannot read {path}: permission denied", "make it readable (chmod u+r) and rerun")
     return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
 
@@ -325,7 +323,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def load_manifest(directory: Path) -> dict:
     """The manifest of a prepare directory: every key, type and sum of CONTRACTS.md checked (exit 5)."""
     path = Path(directory) / MANIFEST
-    if Path(directory).exists() and not Path(directory).is_dir():
+    mode = path_mode(directory)
+    if mode is not None and not S_ISDIR(mode):
         raise BadInputError(f"{directory} is not a prepare directory: it is a file",
                             "give the --outdir of `virnucpro prepare`")
     try:

@@ -26,7 +26,7 @@ from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, de
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
 from virnucpro.console import info
-from virnucpro.errors import ModelsError, open_file_limit
+from virnucpro.errors import OPEN_FILE_LIMITS, ModelsError, open_files_errno
 from virnucpro.models import store
 
 
@@ -182,6 +182,7 @@ def _config(folder: Path) -> dict:
     try:
         cfg = json.loads(store.read_small_file(path, store.MANIFEST_MAX_BYTES))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, not a small plain file
+        _raise_if_at_the_limit(exc, path)
         why = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise ModelsError(f"DNABERT-S: {path} is not readable JSON ({why})", hint=_refetch(folder)) from None
     if not isinstance(cfg, dict):
@@ -232,13 +233,37 @@ def _weights(folder: Path) -> tuple[Path, dict]:
     except ModelsError:
         raise
     except Exception as exc:  # corrupt, truncated or not weights at all
-        if open_file_limit(exc):
-            raise  # no fault of the weights: the CLI names the limit
         path = st if st.is_file() else binfile
+        _raise_if_at_the_limit(exc, path)
         raise ModelsError(f"DNABERT-S: cannot read weights {path}: {describe_load_error(exc)}",
                           hint=_refetch(folder)) from exc
     raise ModelsError(f"DNABERT-S: neither model.safetensors nor pytorch_model.bin in {folder}",
                       hint=_refetch(folder))
+
+
+def _raise_if_at_the_limit(exc: BaseException, path: Path) -> None:
+    """Raise EMFILE (or ENFILE) naming `path` when the limit on open files, not the file, made reading
+    it fail: no fault of the models, so the CLI names the limit and its fix (`ulimit -n`, exit 10)
+    instead of sending the user to fetch sound models again. Libraries say it their own way:
+    tokenizers as "Too many open files (os error 24)", torch's file mapping as a RuntimeError ending
+    "Too many open files (24)", and safetensors reports any failed open as "No such file or
+    directory", so a file that a fresh open refuses with the limit counts too."""
+    code = open_files_errno(exc)
+    if code is None:
+        code = next((limit for limit in OPEN_FILE_LIMITS if os.strerror(limit) in str(exc)), None)
+    if code is None:
+        code = _limit_refusing(path)
+    if code is not None:
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+def _limit_refusing(path: Path) -> int | None:
+    """EMFILE or ENFILE when opening `path` now fails with it; None when it opens or fails otherwise."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as exc:
+        return open_files_errno(exc)
+    return None
 
 
 def _map_state(path: Path, state: dict, n_layers: int) -> dict[str, torch.Tensor]:
@@ -271,6 +296,7 @@ def _tokenizer(folder: Path, vocab: int):
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as exc:
+        _raise_if_at_the_limit(exc, path)
         raise ModelsError(f"DNABERT-S: {path} is not a valid tokenizer ({exc})") from exc
     # the original calls tokenizer(seq) without truncation or padding
     tok.no_truncation()

@@ -68,7 +68,7 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, ModelsError, UsageError, VirnucproError, name_too_long,
-                              path_too_long, printable)
+                              path_too_long, printable, stop_signals_deferred, denied_folder, folder_refused)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
@@ -457,17 +457,25 @@ def replaced_like(path: Path, like: Iterable[Path]) -> Iterator[Path]:
     one it is derived from (`_take_permissions`). In a folder shared by a group, one member's umask
     (077) would otherwise lock the others out of the manifest, the hash cache or the fp16 copy."""
     source = _first_file(like)  # now: `like` may name `path` itself, about to be replaced
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    temporary = Path(name)
+    temporary = None
     try:
+        with stop_signals_deferred():  # a stop between making the file and keeping its name would leave it
+            temporary = _new_temporary(path)
         yield temporary
         _settle(temporary, source)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file beside `path` (`.NAME.XXXXXXXX.tmp`, created exclusively) to write it in."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _first_file(paths: Iterable[Path]) -> os.stat_result | None:
@@ -545,14 +553,18 @@ def _role_order(role: str) -> tuple[int, str]:
 
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
-    """Inside the block, an OSError is a models file that cannot be read: exit 4 naming it. Left
-    to the CLI, a permission or I/O error would be taken for a failed write (exit 10)."""
+    """Inside the block, an OSError is a models file that cannot be read: exit 4 naming it (and the
+    folder on its way that cannot be entered, when that is the fault). Left to the CLI, a permission
+    or I/O error would be taken for a failed write (exit 10)."""
     try:
         yield
     except OSError as exc:
         if name_too_long(exc):
             raise path_too_long(exc, Path(path)) from None
-        where = exc.filename or path
+        where = Path(os.fsdecode(exc.filename)) if exc.filename else Path(path)
+        folder = denied_folder(where) if isinstance(exc, PermissionError) else None
+        if folder is not None:  # the file itself may be readable
+            raise folder_refused(where, folder, ModelsError) from None
         raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}",
                           hint="make it readable to this user (chmod u+r), then rerun") from None
 

@@ -1,0 +1,450 @@
+"""Output folders on the error paths: a stop while finished files move in, a record this user cannot
+read, a stop just after a temporary is made, names a file system refuses, storage that went away, no
+free inodes, a disk full while the lock is written, and a permission error on a path that is read.
+
+Each is reproduced for real where this machine allows it: a real signal sent at a real moment (an
+audit hook of the command's own process sends it when the command makes the call named), real small
+file systems (tmpfs, NTFS and exFAT through FUSE on a loop image), root without its permission
+overrides (`setpriv`). Tests skip when the tool or the privilege is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from virnucpro import outdir as od
+from virnucpro import prepared as fmt
+from virnucpro.errors import ExitCode, OutputWriteError, storage_failure
+
+CLI = [sys.executable, "-m", "virnucpro"]
+NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root that obeys permissions
+
+# The command line, run in a process whose audit hook sends it SIGTERM itself the first time it makes
+# the call `event` on a path matching `pattern` (the call is made, then the signal is handled): a
+# real signal at an exact moment. The event "created" is the moment `tempfile.mkstemp` has created
+# its file, before it returns (its audit event comes before the file exists): a profile function,
+# set for that one call, sees `os.open` return there. `other_thread`: a thread that does not block
+# stop signals exists, so the kernel may hand the signal to it while the main thread holds them back.
+STOPPED_AT = r"""
+import os, re, runpy, signal, sys, threading
+event, pattern, other_thread = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3] == "1"
+fired = []
+
+def send():
+    fired.append(True)
+    sys.stderr.write("TEST: SIGTERM sent\n")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+def created(frame, what, function):
+    if what == "c_return" and getattr(function, "__name__", "") == "open" and frame.f_code.co_name == "_mkstemp_inner":
+        sys.setprofile(None)
+        send()
+
+def hook(name, args):
+    if fired or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    if not pattern.search(os.fsdecode(args[0])):
+        return
+    if name == event:
+        send()
+    elif event == "created" and name == "tempfile.mkstemp":
+        sys.setprofile(created)
+
+sys.addaudithook(hook)
+if other_thread:
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+sys.argv = ["virnucpro", *sys.argv[4:]]
+runpy.run_module("virnucpro", run_name="__main__", alter_sys=True)
+"""
+
+
+def virnucpro(*args: object, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*(prefix or []), *CLI, *map(str, args)], capture_output=True, text=True)
+
+
+def stopped_at(event: str, pattern: str, *args: object, other_thread: bool = False) -> subprocess.CompletedProcess:
+    """`virnucpro ARGS`, sent SIGTERM by its own process at the call `event` on a path matching `pattern`."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_AT, event, pattern, "1" if other_thread else "0",
+                           *map(str, args)], capture_output=True, text=True)
+    assert "TEST: SIGTERM sent" in done.stderr, f"the moment never came: {done.stderr}"
+    return done
+
+
+def sample_fasta(path: Path, n: int = 6) -> Path:
+    """`n` random sequences of 900 to 1,400 bp (chunk sizes 300 and 500 cut them differently)."""
+    rng = random.Random(7)
+    path.write_text("".join(f">q{i}\n{''.join(rng.choice('ACGT') for _ in range(rng.randint(900, 1400)))}\n"
+                            for i in range(n)))
+    return path
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones included), by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_marker_settled(folder: Path) -> dict:
+    """The folder's record of its files is final (no publish cut short) and lists what is there."""
+    assert not (folder / od.MARKER_TMP_NAME).exists()
+    marker = json.loads((folder / od.MARKER_NAME).read_text())
+    assert "publishing" not in marker, marker
+    for rel, signature in marker["files"].items():
+        assert od._signature(folder / rel) == signature, rel
+    return marker
+
+
+# --- 1. a stop while finished files move in -------------------------------------------------------
+
+def leaning_classifier(tiny_models: Path, path: Path) -> Path:
+    """The tiny 500 classifier with its virus logit raised: other scores and calls than the tiny one's."""
+    import torch
+
+    from virnucpro.classifier import load_classifier, save_original_way
+    from virnucpro.models.store import locate
+
+    model = load_classifier(locate(tiny_models).classifier(500))
+    with torch.no_grad():
+        model.output_layer.bias[1] += 3.0
+    save_original_way(model, path)
+    return path
+
+
+@pytest.mark.parametrize("other_thread", [False, True], ids=["one-thread", "another-thread"])
+def test_a_stop_while_predict_moves_its_files_in_leaves_the_whole_new_result(tmp_path, small_sample, tiny_models,
+                                                                             other_thread):
+    from virnucpro.predict import OUTPUTS, RUN_INFO, predict
+
+    prepared, h5 = small_sample
+    classifier = leaning_classifier(tiny_models, tmp_path / "leaning.pth")
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    predict(prepared, [h5], out, models=tiny_models)
+    old = folder_files(out)
+    predict(prepared, [h5], fresh, classifier=classifier, models=tiny_models)
+    new = folder_files(fresh)
+    tables = [name for name in OUTPUTS if name not in (RUN_INFO, "report.html")]
+    assert all(old[name] != new[name] for name in tables), "the two classifiers must give other tables"
+
+    done = stopped_at("os.rename", r"/\.predict\.partial/prediction_results\.txt$", "predict", "--prepared", prepared,
+                      "--embeddings", h5, "--outdir", out, "--classifier", classifier, "--models", tiny_models,
+                      other_thread=other_thread)
+    assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
+    now = folder_files(out)
+    assert all(now[name] == new[name] for name in tables), done.stderr
+    assert all(now[name] != old[name] for name in ("report.html", RUN_INFO))  # these name their times
+    assert str(classifier) in now[RUN_INFO].decode()
+    assert set(assert_marker_settled(out)["files"]) == set(OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, od.LOCK_NAME, od.MARKER_NAME])
+
+
+def test_a_stop_while_prepare_moves_its_files_in_leaves_the_whole_new_result(tmp_path):
+    from virnucpro.prepare import prepare
+
+    fasta = sample_fasta(tmp_path / "in.fa")
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    prepare([fasta], out, chunk_size=500, shard_size=4)
+    prepare([fasta], fresh, chunk_size=300, shard_size=4)
+    new = {rel: data for rel, data in folder_files(fresh).items() if not rel.startswith(".virnucpro")}
+    assert folder_files(out)[fmt.SEQUENCES] != new[fmt.SEQUENCES]
+
+    done = stopped_at("os.rename", r"/\.virnucpro-partial/sequences\.tsv$", "prepare", fasta, "--outdir", out,
+                      "--chunk-size", "300", "--shard-size", "4", "--threads", "1")
+    assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
+    now = {rel: data for rel, data in folder_files(out).items() if not rel.startswith(".virnucpro")}
+    assert now == new, done.stderr  # every table, every shard and the manifest: none of the chunk-500 output
+    assert_marker_settled(out)
+    again = virnucpro("prepare", fasta, "--outdir", out, "--chunk-size", "300", "--shard-size", "4")
+    assert again.returncode == 0, again.stderr
+
+
+# --- 2. a record this user cannot read --------------------------------------------------------------
+
+def require_root_without_overrides(probe: Path) -> None:
+    """Skip unless root can drop its permission overrides here (`setpriv`) and then cannot read `probe`."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv, to run a process that obeys file permissions")
+    if subprocess.run([*NO_DAC, "cat", str(probe)], capture_output=True).returncode == 0:
+        pytest.skip("setpriv cannot take root's permission overrides away here")
+
+
+@pytest.fixture
+def unreadable_record(tmp_path) -> tuple[Path, Path]:
+    """(a prepare output whose record of its files this user cannot read, an input)."""
+    from virnucpro.prepare import prepare
+
+    fasta = sample_fasta(tmp_path / "in.fa", 2)
+    out = tmp_path / "out"
+    prepare([fasta], out)
+    os.chmod(out / od.MARKER_NAME, 0)
+    require_root_without_overrides(out / od.MARKER_NAME)
+    return out, fasta
+
+
+def test_a_record_without_read_permission_is_named_as_such_never_as_damaged(unreadable_record):
+    out, fasta = unreadable_record
+    marker = out / od.MARKER_NAME
+    before = marker.read_bytes()
+    done = virnucpro("prepare", fasta, "--outdir", out, prefix=NO_DAC)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert f"cannot read {marker}: permission denied" in done.stderr, done.stderr
+    assert "damaged" not in done.stderr and "echo" not in done.stderr, done.stderr
+    assert marker.read_bytes() == before
+
+
+def test_an_output_inside_a_folder_whose_record_cannot_be_read_is_refused_saying_why(unreadable_record):
+    out, fasta = unreadable_record
+    done = virnucpro("prepare", fasta, "--outdir", out / "inner", prefix=NO_DAC)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert "cannot be read: permission denied" in done.stderr and "damaged" not in done.stderr, done.stderr
+    assert not (out / "inner").exists()
+
+
+# --- 3. a stop just after a temporary file is made --------------------------------------------------
+
+def test_a_stop_just_after_a_temporary_is_made_leaves_no_temporary(tmp_path):
+    """`models tiny` writes each model file through `outdir.write_atomically`."""
+    target = tmp_path / "tiny"
+    done = stopped_at("created", rf"^{tmp_path}/tiny/\.500_model_tiny\.pth\.[^/]*\.tmp$", "models", "tiny",
+                      target)
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert not [p for p in target.rglob("*.tmp")], sorted(map(str, target.rglob("*")))
+
+
+# --- 4. names the file system refuses ---------------------------------------------------------------
+
+@contextmanager
+def fuse_file_system(kind: str, tmp_path: Path) -> Iterator[Path]:
+    """A fresh NTFS (ntfs-3g with windows_names: refuses `:?*` in names with EINVAL) or exFAT
+    (exfat-fuse on a loop device: ENOENT) file system mounted while the block runs."""
+    tools = {"ntfs": ["mkntfs", "ntfs-3g"], "exfat": ["mkfs.exfat", "mount.exfat-fuse", "losetup"]}[kind]
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists() or not all(map(shutil.which, tools)):
+        pytest.skip(f"needs root, /dev/fuse and {', '.join(tools)}")
+    image, point = tmp_path / f"{kind}.img", tmp_path / kind
+    point.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(32 * 2**20)
+    if kind == "ntfs":
+        subprocess.run(["mkntfs", "-q", "-F", "-f", str(image)], check=True, capture_output=True)
+        device, mount = None, ["ntfs-3g", "-o", "windows_names", str(image), str(point)]
+    else:
+        subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+        attached = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+        if attached.returncode != 0:
+            pytest.skip(f"no loop device: {attached.stderr}")
+        device = attached.stdout.strip()
+        mount = ["mount.exfat-fuse", device, str(point)]
+    try:
+        mounted = subprocess.run(mount, capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount {kind} here: {mounted.stderr}")
+        try:
+            yield point
+        finally:
+            subprocess.run(["umount", "-l", str(point)], check=True)
+    finally:
+        if device:
+            subprocess.run(["losetup", "-d", device], check=True)
+
+
+@pytest.mark.parametrize("kind, char", [("ntfs", ":"), ("ntfs", "?"), ("ntfs", "*"), ("exfat", ":")])
+def test_embed_out_with_a_character_the_file_system_refuses_is_exit_3(tmp_path, small_sample, tiny_models, kind,
+                                                                       char):
+    prepared, _ = small_sample
+    with fuse_file_system(kind, tmp_path) as disk:
+        out = disk / f"a{char}b.h5"
+        done = virnucpro("embed", prepared / "shards" / fmt.shard_name(0), "--models", tiny_models, "--out", out,
+                         "--device", "cpu")
+        assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+        assert f"does not allow {char!r} in names" in done.stderr and str(disk) in done.stderr, done.stderr
+        assert "bug" not in done.stderr and not list(disk.iterdir()), done.stderr
+
+
+@pytest.mark.parametrize("kind", ["ntfs", "exfat"])
+def test_an_outdir_with_a_character_the_file_system_refuses_is_exit_3_saying_so(tmp_path, kind):
+    fasta = sample_fasta(tmp_path / "in.fa", 1)
+    with fuse_file_system(kind, tmp_path) as disk:
+        done = virnucpro("prepare", fasta, "--outdir", disk / "a:b")
+        assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+        assert "does not allow ':' in names" in done.stderr and "bug" not in done.stderr, done.stderr
+        assert not list(disk.iterdir())
+
+
+# --- 5. storage that went away ----------------------------------------------------------------------
+
+@contextmanager
+def dropped_mount(tmp_path: Path) -> Iterator[Path]:
+    """A FUSE mount (NTFS by ntfs-3g) whose daemon was killed: every access is ENOTCONN ("Transport
+    endpoint is not connected"), as on an sshfs or gcsfuse mount that dropped."""
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists() or not (shutil.which("mkntfs") and shutil.which("ntfs-3g")):
+        pytest.skip("needs root, /dev/fuse, mkntfs and ntfs-3g")
+    image, point = tmp_path / "ntfs.img", tmp_path / "gone"
+    point.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(32 * 2**20)
+    subprocess.run(["mkntfs", "-q", "-F", "-f", str(image)], check=True, capture_output=True)
+    daemon = subprocess.Popen(["ntfs-3g", "-o", "no_detach", str(image), str(point)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(point):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("cannot mount NTFS through FUSE here")
+            time.sleep(0.02)
+        daemon.kill()
+        daemon.wait()
+        with pytest.raises(OSError) as gone:
+            os.stat(point / "x")
+        assert gone.value.errno == errno.ENOTCONN
+        yield point
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_an_outdir_on_a_mount_that_dropped_is_exit_10_saying_the_storage_went_away(tmp_path):
+    fasta = sample_fasta(tmp_path / "in.fa", 1)
+    with dropped_mount(tmp_path) as gone:
+        done = virnucpro("prepare", fasta, "--outdir", gone / "out")
+    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr
+    assert str(gone / "out") in done.stderr and "went away" in done.stderr and "rerun" in done.stderr, done.stderr
+    assert "bug" not in done.stderr
+
+
+@pytest.mark.parametrize("code", [errno.ENOTCONN, errno.ESTALE])
+def test_storage_that_went_away_is_exit_10_naming_the_path(tmp_path, code):
+    """ESTALE (an NFS file handle gone stale) cannot be made here without an NFS server: the error
+    the kernel gives is mapped as it is raised."""
+    path = tmp_path / "out" / "table.tsv"
+    failure = storage_failure(OSError(code, os.strerror(code), str(path)), tmp_path / "out")
+    assert isinstance(failure, OutputWriteError) and failure.code == ExitCode.OUTPUT_WRITE
+    assert str(path) in str(failure) and "went away" in str(failure) and "rerun" in str(failure)
+
+
+# --- 6. no free inodes ------------------------------------------------------------------------------
+
+@contextmanager
+def tmpfs_with(point: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `point` with `options` while the block runs (root only; skipped elsewhere)."""
+    point.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+def test_no_free_inodes_is_said_so_not_a_full_disk(tmp_path):
+    fasta = sample_fasta(tmp_path / "in.fa", 1)
+    with tmpfs_with(tmp_path / "mnt", "size=4m,nr_inodes=8") as disk:
+        for i in range(100):
+            try:
+                (disk / f"f{i}").touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        assert os.statvfs(disk).f_bfree > 0 and os.statvfs(disk).f_favail == 0
+        done = virnucpro("prepare", fasta, "--outdir", disk / "out")
+    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr
+    assert "no free inodes" in done.stderr and "df -i" in done.stderr and str(disk / "out") in done.stderr, done.stderr
+    assert "disk is full" not in done.stderr
+
+
+# --- 7. a full disk while the lock or the record is written -----------------------------------------
+
+@pytest.mark.parametrize("pages_free, named", [(0, od.LOCK_NAME), (1, od.MARKER_NAME)],
+                         ids=["lock-file", "record"])
+def test_a_full_disk_before_anything_is_published_leaves_no_folder(tmp_path, pages_free, named):
+    """With no page free the lock file's details cannot be written; with one, they can but the
+    record (`.virnucpro.json`) cannot: either way exit 10 naming that file, and the folder the
+    command made is gone with everything it put there."""
+    fasta = sample_fasta(tmp_path / "in.fa", 1)
+    with tmpfs_with(tmp_path / "mnt", "size=1m") as disk:
+        (disk / "t1").mkdir()
+        (disk / "spare").write_bytes(b"\0" * 4096 * pages_free)
+        with open(disk / "fill", "wb", buffering=0) as handle, pytest.raises(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+        (disk / "spare").unlink()
+        done = virnucpro("prepare", fasta, "--outdir", disk / "t1" / "newdir")
+        assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr
+        assert f"{disk / 't1' / 'newdir' / named}: the disk is full" in done.stderr, done.stderr
+        assert not (disk / "t1" / "newdir").exists(), sorted(map(str, (disk / "t1").rglob("*")))
+
+
+# --- 8. a permission error on a path that is only read ----------------------------------------------
+
+@pytest.fixture
+def unenterable(tmp_path, small_sample) -> Path:
+    """A folder root without its permission overrides cannot enter, holding an embedding shard."""
+    folder = tmp_path / "closed"
+    folder.mkdir()
+    shutil.copy(small_sample[1], folder / "s.h5")
+    os.chmod(folder, 0)
+    try:
+        require_root_without_overrides(folder / "s.h5")
+        yield folder
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_an_input_that_cannot_be_reached_is_not_called_an_output_it_cannot_write(tmp_path, unenterable, small_sample,
+                                                                                  tiny_models):
+    """The embedding shard's reader lets the PermissionError through to the command line."""
+    done = virnucpro("predict", "--prepared", small_sample[0], "--embeddings", unenterable / "s.h5", "--outdir",
+                     tmp_path / "out", "--models", tiny_models, prefix=NO_DAC)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert str(unenterable / "s.h5") in done.stderr and "permission denied" in done.stderr.lower(), done.stderr
+    assert "cannot write" not in done.stderr and "bug" not in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_outdir_that_cannot_be_reached_is_still_a_write_that_failed(tmp_path, unenterable):
+    done = virnucpro("prepare", sample_fasta(tmp_path / "in.fa", 1), "--outdir", unenterable / "out", prefix=NO_DAC)
+    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr
+    assert f"cannot write {unenterable / 'out'}: permission denied" in done.stderr, done.stderr
+
+
+@pytest.fixture
+def command_writes(tmp_path):
+    """The command line's note of the outputs of the command running: `embed --out emb/s.h5` and its
+    checkpoint folder, put back empty after the test."""
+    from virnucpro import cli
+
+    cli._writes(tmp_path / "ckpt", file=tmp_path / "emb" / "s.h5")
+    yield cli
+    cli._written.clear()
+
+
+@pytest.mark.parametrize("code, rel, exit_code, said", [
+    (errno.EACCES, "closed/in.tsv", ExitCode.BAD_INPUT, "cannot access {path}: permission denied"),
+    (errno.EPERM, "closed", ExitCode.BAD_INPUT, "cannot access {path}: permission denied"),
+    (errno.EIO, "closed/in.tsv", ExitCode.OUTPUT_WRITE, "cannot access {path}: an I/O error occurred"),
+    (errno.EACCES, "emb/s.h5", ExitCode.OUTPUT_WRITE, "cannot write {path}: permission denied"),
+    (errno.EACCES, "emb/.s.h5.lock", ExitCode.OUTPUT_WRITE, "cannot write {path}: permission denied"),
+    (errno.EACCES, "emb/s.h5.ckpt/key", ExitCode.OUTPUT_WRITE, "cannot write {path}: permission denied"),
+    (errno.EACCES, "ckpt/key/part", ExitCode.OUTPUT_WRITE, "cannot write {path}: permission denied"),
+    (errno.EACCES, "emb/s.h5x", ExitCode.BAD_INPUT, "cannot access {path}: permission denied"),
+    (errno.ENOSPC, "closed/any", ExitCode.OUTPUT_WRITE, "cannot write {path}: the disk is full"),
+])
+def test_a_storage_failure_no_command_named_says_write_only_of_a_write(tmp_path, command_writes, code, rel,
+                                                                       exit_code, said):
+    """What reaches the command line unnamed, as the kernel reports it (errno, its text, the path): a
+    permission error is a failed write only on a path the command writes; elsewhere it is a path this
+    user cannot reach, exit 3 like a missing one."""
+    path = tmp_path / rel
+    failure = command_writes._unnamed_storage_failure(OSError(code, os.strerror(code), str(path)))
+    assert failure.code == exit_code and said.format(path=path) in str(failure), str(failure)
