@@ -108,13 +108,13 @@ def reading(path: Path, hint: str = REPAIR_HINT) -> Iterator[None]:
         raise Inconsistent(f"cannot read {path}: {exc}", hint) from None
 
 
-def open_regular(path: Path):
+def open_regular(path: Path, hint: str = REPAIR_HINT):
     """`path` opened as UTF-8 text when it is a regular file (through links: Nextflow stages inputs as
-    links); a FIFO or a device is exit 5, never a wait for ever or an endless read."""
+    links); a folder, a FIFO or a device is exit 5 with `hint`, never a wait for ever or an endless read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise Inconsistent(f"{path} is not a regular file (a FIFO or a device): not a predict output")
+        raise Inconsistent(f"{path} is not a regular file (a folder, a FIFO or a device)", hint)
     return open(fd, encoding="utf-8", newline="\n")
 
 
@@ -616,23 +616,28 @@ def command_merge(args: argparse.Namespace) -> int:
 
 
 def row_files(paths: list[Path]) -> list[Path]:
-    """The row files given: a folder stands for every file in it (the SUMMARY task stages its rows in
-    one), so the command line stays short however many samples the run has."""
+    """The row files given: a folder stands for every file in it but hidden ones (a `.DS_Store`; the
+    SUMMARY task stages its rows in one), so the command line stays short however many samples the
+    run has."""
     files = []
     for path in paths:
         with reading(path, "give the files `virnucpro_summary.py row` wrote, or folders of them"):
-            files.extend(sorted(entry for entry in path.iterdir()) if path.is_dir() else [path])
+            files.extend(sorted(entry for entry in path.iterdir() if not entry.name.startswith("."))
+                         if path.is_dir() else [path])
     return files
 
 
 def read_sample_ids(path: Path) -> list[str]:
-    """The run's sample ids, one per line of `path` (--samples-from); a blank or repeated one is exit 5."""
-    with reading(path, SAMPLES_HINT), open_regular(path) as lines:
-        ids = [line.rstrip("\n") for line in lines]
-    blank = [number for number, sample in enumerate(ids, 1) if not sample or "\t" in sample or "\r" in sample]
-    if blank:
-        raise Inconsistent(f"{path} line {blank[0]}: a sample id is empty or holds a tab or carriage return",
-                           "give one sample id per line")
+    """The run's sample ids, one per line of `path` (--samples-from; empty lines and a byte-order mark
+    are passed over); an id holding a tab or a carriage return, or one given twice, is exit 5."""
+    with reading(path, SAMPLES_HINT), open_regular(path, SAMPLES_HINT) as lines:
+        numbered = [(number, line.rstrip("\n").lstrip("\ufeff") if number == 1 else line.rstrip("\n"))
+                    for number, line in enumerate(lines, 1)]
+    bad = [number for number, sample in numbered if "\t" in sample or "\r" in sample]
+    if bad:
+        raise Inconsistent(f"{path} line {bad[0]}: a sample id holds a tab or a carriage return",
+                           "give one sample id per line, in plain text with Unix line ends")
+    ids = [sample for _number, sample in numbered if sample]
     repeated = sorted(sample for sample, n in Counter(ids).items() if n > 1)
     if repeated:
         raise Inconsistent(f"{path} names sample(s) {', '.join(map(repr, repeated[:5]))} more than once",

@@ -6,6 +6,7 @@ that cannot be entered is exit 3 naming the folder."""
 
 from __future__ import annotations
 
+import errno
 import resource
 import shutil
 import subprocess
@@ -255,3 +256,14 @@ def test_an_embedding_file_in_a_folder_that_cannot_be_entered_is_exit_3_naming_t
     assert f"cannot read embedding shard {h5}: permission denied on its folder {folder}" in done.stderr, done.stderr
     assert "chmod u+rx" in done.stderr and "cannot write" not in done.stderr, done.stderr
     _no_traceback(done.stderr)
+
+
+@pytest.mark.parametrize("text, code", [("Too many open files in system (os error 23)", errno.ENFILE),
+                                        ("Too many open files (os error 24)", errno.EMFILE),
+                                        ("No such file or directory", None)])
+def test_a_librarys_words_for_the_system_wide_limit_are_not_taken_for_the_process_limit(text, code):
+    """A reviewer's case: "... in system" (the kernel's file table: fs.file-max) holds the words of
+    the process limit (`ulimit -n`), and was named as that."""
+    from virnucpro.errors import open_files_limit_in_text
+
+    assert open_files_limit_in_text(text) == code

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -448,3 +449,48 @@ def test_a_storage_failure_no_command_named_says_write_only_of_a_write(tmp_path,
     path = tmp_path / rel
     failure = command_writes._unnamed_storage_failure(OSError(code, os.strerror(code), str(path)))
     assert failure.code == exit_code and said.format(path=path) in str(failure), str(failure)
+
+
+def test_clean_up_after_a_stop_is_not_stopped_again_but_a_new_stop_in_a_block_is_raised():
+    """A reviewer's case: after Ctrl-C, `HashCache.save` in a `finally` wrote its file through a
+    deferred block, which raised the stop already being handled, so the cache was never saved."""
+    from virnucpro.errors import InterruptedByUser, stop_signals_deferred, stop_signals_exit_interrupted
+
+    saved = []
+    with pytest.raises(InterruptedByUser):
+        with stop_signals_exit_interrupted():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            finally:
+                with stop_signals_deferred():
+                    written = "cache"
+                saved.append(written)  # the save goes on past its deferred block
+    assert saved == ["cache"]
+    with pytest.raises(InterruptedByUser):
+        with stop_signals_exit_interrupted():
+            with stop_signals_deferred():
+                signal.raise_signal(signal.SIGTERM)
+                saved.append("whole block")
+    assert saved == ["cache", "whole block"]
+
+
+def test_a_stop_while_run_moves_its_files_in_leaves_its_tables_with_its_own_embeddings(tmp_path, tiny_models):
+    """A reviewer's case: `run --keep-embeddings` published predict's files, then embeddings/ in a
+    second move; a stop between left this run's tables beside the earlier run's embeddings."""
+    import h5py
+
+    def coding(path: Path, n: int) -> Path:
+        path.write_text("".join(f">c{i}\n{'GCTGCAAAA' * (60 + i)}\n" for i in range(n)))
+        return path
+
+    out = tmp_path / "out"
+    common = ["--models", tiny_models, "--device", "cpu", "--threads", "1", "--keep-embeddings", "--outdir", out]
+    assert virnucpro("run", coding(tmp_path / "six.fa", 6), *common).returncode == 0
+    done = stopped_at("os.rename", r"prediction_results\.txt$", "run", coding(tmp_path / "two.fa", 2), *common)
+    assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
+    assert "two.fa" in (out / "run_info.json").read_text()
+    shards = sorted((out / "embeddings").glob("*.h5"))
+    with h5py.File(shards[0], "r") as shard:
+        records = {orf.decode().split("_")[0] for orf in shard["ids"][:]}
+    assert len(shards) == 1 and records == {"c0", "c1"}, records  # the two records' ORFs, not the six's
+    assert_marker_settled(out)

@@ -306,6 +306,20 @@ def test_a_copy_onto_a_disk_with_coarser_times_is_still_ours(tmp_path, run_cli, 
     assert code == 3 and fmt.CHUNKS in message, message
 
 
+def test_a_file_newer_than_its_record_is_never_ours_even_on_a_whole_step(tmp_path, run_cli):
+    """A reviewer's case: an edit that kept the size, its time then on the next whole 2 s, passed as
+    a coarse copy of the recorded time; a copy only ever cuts a time down."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    chunks = out / fmt.CHUNKS
+    recorded = chunks.stat().st_mtime_ns
+    newer = recorded - recorded % 2_000_000_000 + 2_000_000_000
+    os.utime(chunks, ns=(newer, newer))
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and fmt.CHUNKS in message, message
+
+
 def test_a_changed_file_in_our_own_output_is_not_replaced(tmp_path, run_cli):
     fasta = write_fasta(tmp_path / "a.fa", 2)
     out = tmp_path / "prep"

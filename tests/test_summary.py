@@ -241,11 +241,28 @@ def test_a_row_of_a_sample_the_run_does_not_have_is_refused(good_row, tmp_path):
                            tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv"), "'s1'", "--samples-from does not list")
 
 
-@pytest.mark.parametrize("ids, words", [(("s1", ""), "line 2: a sample id is empty"),
-                                        (("s1", "lost", "s1"), "'s1' more than once")], ids=["blank", "repeated"])
-def test_a_blank_or_repeated_sample_id_is_refused(good_row, tmp_path, ids, words):
+@pytest.mark.parametrize("ids, words", [(("s1", "lo\tst"), "line 2: a sample id holds a tab"),
+                                        (("s1", "lost", "s1"), "'s1' more than once")], ids=["tab", "repeated"])
+def test_a_malformed_or_repeated_sample_id_is_refused(good_row, tmp_path, ids, words):
     assert_refused(summary("merge", good_row, "--samples-from", ids_file(tmp_path, *ids), "--out",
                            tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv"), "ids.txt", words)
+
+
+def test_empty_lines_a_byte_order_mark_and_hidden_files_among_the_rows_are_passed_over(good_row, tmp_path):
+    """A reviewer's cases: a trailing blank line (`echo >>`), a BOM, a `.DS_Store` beside the rows."""
+    (tmp_path / "ids.txt").write_text("\ufeffs1\n\nlost\n\n")
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    shutil.copy(good_row, folder / "s1.summary.tsv")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    result = summary("merge", folder, "--samples-from", tmp_path / "ids.txt", "--out", tmp_path / "all.tsv",
+                     "--mqc", tmp_path / "mqc.tsv")
+    assert result.returncode == 0, result.stderr
+    assert [row["sample"] for row in plain_rows(tmp_path / "all.tsv")] == ["lost", "s1"]
+    ids_folder = tmp_path / "ids"
+    ids_folder.mkdir()
+    assert_refused(summary("merge", folder, "--samples-from", ids_folder, "--out", tmp_path / "all.tsv", "--mqc",
+                           tmp_path / "mqc.tsv"), "is not a regular file", "--samples-from")
 
 
 def test_a_folder_of_rows_stands_for_every_row_in_it(good_row, tmp_path):

@@ -479,7 +479,9 @@ def _unreadable_part(path: Path, exc: OSError) -> BaseException:
         return OutputWriteError(f"cannot read checkpoint part {path}: permission denied",
                                 f"make it readable (chmod u+r; its folders u+rx), {PARTS_KEPT}")
     return OutputWriteError(f"cannot read checkpoint part {path}: {storage_error(exc) or exc.strerror or exc}",
-                            f"check the storage (its I/O errors, a network file system that went away), {PARTS_KEPT}")
+                            f"check the storage (its I/O errors, a network file system that went away), {PARTS_KEPT}; "
+                            "if the storage cannot read this part again (a bad sector), delete it: the rerun "
+                            "computes its records again")
 
 
 def _open_files_limit(exc: OSError, failed: str) -> ProcessLimitError:

@@ -188,7 +188,16 @@ def open_files_errno(exc: BaseException) -> int | None:
         return None
     if exc.errno in OPEN_FILE_LIMITS:
         return exc.errno
-    return next((code for code in OPEN_FILE_LIMITS if os.strerror(code) in str(exc)), None)
+    return open_files_limit_in_text(str(exc))
+
+
+def open_files_limit_in_text(text: str) -> int | None:
+    """EMFILE or ENFILE when a library's message names one of them; ENFILE's words ("... in system")
+    are looked for first, as they hold EMFILE's."""
+    for code in sorted(OPEN_FILE_LIMITS, key=lambda code: -len(os.strerror(code))):
+        if os.strerror(code) in text:
+            return code
+    return None
 
 
 def _thread_refused(exc: BaseException) -> bool:
@@ -449,18 +458,21 @@ def stop_signals_deferred() -> Iterator[None]:
     signal to another thread of the process (torch's, say), and Python runs the handler in the main
     thread all the same. So the command's handler only notes a stop while a block defers
     (`stop_signals_exit_interrupted`), and it is raised here when the block ends. Outside the main
-    thread, where no handler runs, the block only holds them back in its own thread."""
+    thread, where no handler runs, the block only holds them back in its own thread. Only a stop that
+    arrived during the block is raised: the clean-up of one raised before (saving a cache in a
+    `finally`) must not fail on it again."""
     if threading.current_thread() is not threading.main_thread():
         with stop_signals_blocked():
             yield
         return
+    stops_before = len(_received)
     _deferring.append(True)
     try:
         with stop_signals_blocked():
             yield
     finally:
         _deferring.pop()
-        if not _deferring:
+        if not _deferring and len(_received) > stops_before:
             check_stop()  # whatever ended the block, a stop that arrived meanwhile is the answer
 
 

@@ -852,11 +852,12 @@ TIME_STEPS_NS = (2_000_000_000, 1_000_000_000, 10_000_000, 1_000_000, 1_000, 100
 
 def _matches(recorded: object, now: list[int] | None) -> bool:
     """`now` is the recorded file: the same size and the same time, as exactly as its file system keeps
-    times (a `cp -a` or `mv` onto a FAT, exFAT or NTFS disk keeps the time only to its step)."""
+    times (a `cp -a` or `mv` onto a FAT, exFAT or NTFS disk cuts the time down to its step). Never a
+    later time: a change makes a file newer."""
     if now is None or not isinstance(recorded, list) or recorded[0] != now[0]:
         return False
     step = next((step for step in TIME_STEPS_NS if now[1] % step == 0), 1)
-    return abs(recorded[1] - now[1]) < step
+    return 0 <= recorded[1] - now[1] < step
 
 
 def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
@@ -883,6 +884,7 @@ class OutputFolder:
         self.names = tuple(names)  # the top-level entries this kind of output consists of
         self.recorded: dict[str, list[int]] = {}
         self.published = False  # whether this command has moved any output in yet
+        self._along: list[tuple[Path | None, list[str]]] = []  # see `with_next_publish`
 
     def check(self) -> None:
         """Refuse (exit 3) a folder holding anything this command could replace but did not write."""
@@ -1015,6 +1017,18 @@ class OutputFolder:
         self._refuse_unproven("which appeared or changed while this command ran (virnucpro did not write it)")
         with stop_signals_deferred():  # renames only: a stop meanwhile would leave old and new files mixed
             self._move_in(staging, names)
+            for along_staging, along_names in self._along:
+                if along_staging is None:
+                    self.discard(along_names)
+                else:
+                    self._move_in(along_staging, along_names)
+            self._along.clear()
+
+    def with_next_publish(self, staging: Path | None, names: Iterable[str]) -> None:
+        """Entries that move in from `staging` (with None: our earlier ones that are removed) together
+        with the next `publish`, under its stop deferral: `run`'s embeddings go with predict's files,
+        so a stop never leaves one run's tables beside another run's embeddings."""
+        self._along.append((staging, list(names)))
 
     def _move_in(self, staging: Path, names: list[str]) -> None:
         """`publish` once the folder is checked: our stale files dropped, the new ones moved in, and the

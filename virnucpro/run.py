@@ -251,14 +251,16 @@ def _drop_other_embeddings(folder: Path, current: list[Path]) -> None:
 def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path], setup: Setup,
                          threshold: float, seconds: dict, keep_embeddings: bool, input_names: list[str]) -> None:
     """The predict stage into the run's folder, its outputs naming the inputs as this run was given
-    them; the embeddings published too when asked to keep them."""
+    them; the embeddings published with them when asked to keep them (an earlier run's removed
+    otherwise), in the same move."""
     from virnucpro.predict import predict
 
+    if keep_embeddings:
+        _drop_other_embeddings(work / KEPT, embeddings)
+        output.with_next_publish(work, [KEPT])
+    else:
+        output.with_next_publish(None, [KEPT])
     predict(work / "prepared", embeddings, output.folder, classifier=setup.classifier, threshold=threshold,
             stage_seconds=seconds, output=output, input_names=input_names)
     if keep_embeddings:
-        _drop_other_embeddings(work / KEPT, embeddings)
-        output.publish(work, [KEPT])
         info(f"embeddings kept in {output.folder / KEPT}")
-    else:
-        output.discard([KEPT])

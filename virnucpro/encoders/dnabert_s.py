@@ -26,7 +26,7 @@ from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, de
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
 from virnucpro.console import info
-from virnucpro.errors import OPEN_FILE_LIMITS, ModelsError, open_files_errno
+from virnucpro.errors import ModelsError, open_files_errno, open_files_limit_in_text
 from virnucpro.models import store
 
 
@@ -250,7 +250,7 @@ def _raise_if_at_the_limit(exc: BaseException, path: Path) -> None:
     directory", so a file that a fresh open refuses with the limit counts too."""
     code = open_files_errno(exc)
     if code is None:
-        code = next((limit for limit in OPEN_FILE_LIMITS if os.strerror(limit) in str(exc)), None)
+        code = open_files_limit_in_text(str(exc))
     if code is None:
         code = _limit_refusing(path)
     if code is not None:
