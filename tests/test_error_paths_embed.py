@@ -106,6 +106,20 @@ main()
 """
 
 
+# `virnucpro ARGS` stopped (SIGTERM) as it starts loading the models, its checkpoint folder taken
+STOP_AS_THE_MODELS_LOAD = """
+import signal
+import virnucpro.embed
+load = virnucpro.embed._load_encoders
+def stopped_as_loading(*args):
+    signal.raise_signal(signal.SIGTERM)
+    return load(*args)
+virnucpro.embed._load_encoders = stopped_as_loading
+from virnucpro.entry import main
+main()
+"""
+
+
 def shard(prepared: Path, index: int = 0) -> Path:
     return prepared / "shards" / fmt.shard_name(index)
 
@@ -232,6 +246,21 @@ def test_a_stop_as_the_temporary_file_is_created_leaves_nothing(tmp_path, golden
     assert "SIGTERM" in done.stderr, done.stderr[-3000:]
     assert not list(tmp_path.glob(".s.h5.*")), "the temporary file of the stopped write was left"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("own_folder", [False, True], ids=["default", "checkpoint-dir"])
+def test_a_stop_before_the_first_part_leaves_no_checkpoint_folder(tmp_path, golden_prepared, tiny_models, own_folder):
+    """Stopped while the models load, embed left an empty `s.h5.ckpt/<key>` (its lock file only):
+    nothing to resume from. A --checkpoint-dir the user named stays, emptied of what embed made."""
+    out = tmp_path / "s.h5"
+    given = ["--checkpoint-dir", str(tmp_path / "mine")] if own_folder else []
+    done = subprocess.run([sys.executable, "-c", STOP_AS_THE_MODELS_LOAD,
+                           *_embed_args(golden_prepared, out, tiny_models), *given],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr[-3000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["mine"] if own_folder else [])
+    if own_folder:
+        assert not list((tmp_path / "mine").iterdir())
 
 
 # ------------------------------------------------------------------ 5. an embedding file in a closed folder

@@ -279,6 +279,16 @@ def test_a_file_size_limit_is_exit_10_saying_so(tmp_path):
     (">a\u009b31m d\nACGT\n", "U+009B"),                                # a terminal escape
     (">ok \u202eesrever\nACGT\n", "U+202E"),                             # shows the text reversed
     (">ok\u0085x\nACGT\n", "U+0085"),
+    (">ab\u200f-1\nACGT\n", "U+200F"),                                  # shows as 'ab1-'
+    (">contig\u061c_7 d\nACGT\n", "U+061C"),
+    (">ok desc\u200e\nACGT\n", "U+200E"),                               # in the description too
+    (">a\u200db\nACGT\n", "U+200D"),                                    # shows as 'ab'
+    (">ab\u00ad\nACGT\n", "U+00AD"),
+    ("@\u2060r desc\nACGT\n+\nIIII\n", "U+2060"),
+    (">s2\ufeffx\nACGT\n", "U+FEFF"),                                  # a BOM inside an id
+    (">\u3164\nACGT\n", "U+3164"),                                     # an id shown as nothing
+    (">v\ufe0f\nACGT\n", "U+FE0F"),
+    (">t\U000e0041\nACGT\n", "U+E0041"),
 ])
 def test_a_leading_quote_or_a_control_character_beyond_ascii_is_exit_3(tmp_path, text, culprit):
     reads = tmp_path / "reads.fa"

@@ -294,9 +294,14 @@ class CheckpointStore:
 
     def close(self) -> None:
         """Let the queued writes end, then release the folder; a write failure was raised by
-        `raise_failed`/`flush` already, or the command is failing for another reason."""
+        `raise_failed`/`flush` already, or the command is failing for another reason. A folder that
+        holds no part (the command failed before its first: while the models loaded, say) has
+        nothing to resume from: removed as `remove` does, unless an embed waits for it."""
         self.writer.shutdown(wait=True)
-        self._lock.close()
+        if self._holds_a_part() or _live_waiters(self.folder):
+            self._lock.close()
+        else:
+            self._delete_and_release()
 
     def remove(self) -> None:
         """The shard is written: delete its parts and the folder, still holding it, so an embed that
@@ -305,15 +310,31 @@ class CheckpointStore:
         self.writer.shutdown(wait=True)
         if _live_waiters(self.folder):
             info(f"checkpoints in {self.folder} kept for the embed of the same shard waiting for them")
+            self._lock.close()
         else:
-            _delete_own_files(self.folder)
-            self.held.remove()
-        self.close()
+            self._delete_and_release()
+        if self.parent_is_ours:
+            _note_other_checkpoints(self.folder)
+
+    def _holds_a_part(self) -> bool:
+        """Whether a part is in the folder; one that cannot be listed (the open-files limit) is
+        taken to hold one: kept, and the command's own failure is the one reported."""
+        try:
+            return any(PART_NAME.fullmatch(path.name) for path in self.folder.iterdir())
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+
+    def _delete_and_release(self) -> None:
+        """Delete our files, then the lock file while still holding it, release it, and remove the
+        folder (and the default `<out>.ckpt` above it) when nothing else is left in them."""
+        _delete_own_files(self.folder)
+        self.held.remove()
+        self._lock.close()
         for folder in [self.folder] + ([self.folder.parent] if self.parent_is_ours else []):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        if self.parent_is_ours:
-            _note_other_checkpoints(self.folder)
 
 
 def _note_other_checkpoints(own: Path) -> None:

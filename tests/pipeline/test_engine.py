@@ -51,6 +51,7 @@ def test_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.xdist_group("test_profile")  # one run of the profile, shared
 def test_test_profile_is_green_and_publishes_every_output(test_run):
     for sample in ("sample_a", "sample_b"):
         for name in SAMPLE_FILES:
@@ -65,6 +66,7 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     assert {row["status"] for row in test_run.trace()} == {"COMPLETED"}
 
 
+@pytest.mark.xdist_group("test_profile")  # one run of the profile, shared
 def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
     models = tiny_models_of(test_run)
     inputs = {"sample_a": TEST_INPUTS / "sample_a.fasta", "sample_b": TEST_INPUTS / "sample_b.fastq"}
@@ -76,6 +78,7 @@ def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
         assert int(row["orfs"]) == counts["orfs"] and int(row["chunks"]) == counts["chunks"]
 
 
+@pytest.mark.xdist_group("test_profile")  # one run of the profile, shared
 def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
     """A table an earlier run with other parameters left in --outdir (here: edited) is replaced by
     the cached task's own, so --outdir holds this run's results only."""
