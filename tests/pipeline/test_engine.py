@@ -51,7 +51,6 @@ def test_run(tmp_path_factory):
     return run
 
 
-@pytest.mark.xdist_group("test_profile")  # one run of the profile, shared
 def test_test_profile_is_green_and_publishes_every_output(test_run):
     for sample in ("sample_a", "sample_b"):
         for name in SAMPLE_FILES:
@@ -66,7 +65,6 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     assert {row["status"] for row in test_run.trace()} == {"COMPLETED"}
 
 
-@pytest.mark.xdist_group("test_profile")  # one run of the profile, shared
 def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
     models = tiny_models_of(test_run)
     inputs = {"sample_a": TEST_INPUTS / "sample_a.fasta", "sample_b": TEST_INPUTS / "sample_b.fastq"}
@@ -78,7 +76,6 @@ def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
         assert int(row["orfs"]) == counts["orfs"] and int(row["chunks"]) == counts["chunks"]
 
 
-@pytest.mark.xdist_group("test_profile")  # one run of the profile, shared
 def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
     """A table an earlier run with other parameters left in --outdir (here: edited) is replaced by
     the cached task's own, so --outdir holds this run's results only."""
@@ -637,3 +634,44 @@ def assert_inputs_table_leads_to_the_files(run, files: dict) -> None:
         assert [row["staged_as"] for row in mine] == staged, (sample, mine, staged)
         assert [row["path"] for row in mine] == [str(path) for path in paths], (sample, mine)
     assert {row["sample"] for row in rows} == set(files)
+
+
+# --------------------------------------------------------------------------------------------------
+# A C/POSIX locale (LANG/LC_ALL=C or unset: batch jobs, cron, minimal containers)
+# --------------------------------------------------------------------------------------------------
+
+# LC_ALL outranks LC_CTYPE and LANG; all three set, whatever the calling shell had
+C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_CTYPE": "C"}
+
+
+def test_a_c_locale_reads_samplesheets_as_utf8_and_refuses_non_ascii_paths(tmp_path):
+    """Java 17 under LANG=C reads text and names files in ASCII. A samplesheet's BOM (Excel's "CSV
+    UTF-8") or a non-ASCII cell of a column the pipeline ignores stopped the run ("Input length =
+    1"): now read as UTF-8. A non-ASCII path, which such a Java cannot name (refused, or listed with
+    '?' in its place), is refused before any task, naming it and the fix; "not UTF-8" in the message
+    also shows that the runs below really had the C locale."""
+    reads = TEST_INPUTS / "sample_a.fasta"
+    sheet = tmp_path / "excel.csv"
+    sheet.write_bytes(b"\xef\xbb\xbf" + f"sample,file,note\ns1,{reads},caf\u00e9 sample\n".encode())
+    run = run_pipeline(tmp_path / "bom", "-profile", "test", "-preview", "--input", str(sheet), env=C_LOCALE)
+    run.assert_ok()
+    assert "ignoring column note" in run.output
+    folder = tmp_path / "reads" / "donn\u00e9es"
+    folder.mkdir(parents=True)
+    shutil.copy(reads, folder / "r.fa")
+    (folder / "models").mkdir()
+    (folder / "models" / "manifest.json").write_text("{}")
+    fix = "export LC_ALL=C.UTF-8"
+    run = run_pipeline(tmp_path / "params", "-profile", "test", "-preview", "--models", str(folder / "models"),
+                       "--classifier", str(folder / "r.fa"), "--checkpoint_dir", str(folder / "ck"), env=C_LOCALE,
+                       outdir=str(folder / "out"))
+    assert_refused_before_any_task(run, f"--models: '{folder.parent}/donn", f"--classifier: '{folder.parent}/donn",
+                                   f"--checkpoint_dir: '{folder.parent}/donn", f"--outdir: '{folder.parent}/donn",
+                                   "not UTF-8", fix)
+    assert not (folder / "out").exists()
+    sheet = write_samplesheet(tmp_path / "sheet.csv", [("s1", reads), ("s2", folder / "r.fa")])
+    run = run_pipeline(tmp_path / "sheet", "-profile", "test", "-preview", "--input", str(sheet), env=C_LOCALE)
+    assert_refused_before_any_task(run, f"row 2, column file: '{folder.parent}/donn", "not UTF-8", fix)
+    run = run_pipeline(tmp_path / "glob", "-profile", "test", "-preview", "--input", str(folder.parent / "*" / "r.fa"),
+                       env=C_LOCALE)
+    assert_refused_before_any_task(run, f"matched {folder.parent}/donn", "not UTF-8", fix)

@@ -21,7 +21,9 @@
  * end a line with a lone CR. A parameter with a default may not be given as blank or null (a params
  * file's `threshold:`); a path may not start or end with a blank or line break, nor start with `~`
  * (Nextflow does not expand it), even where a folder `~` in the launch directory holds it. A
- * `pattern`'s `$` ends the text, as in JSON schema.
+ * `pattern`'s `$` ends the text, as in JSON schema. Files are read as UTF-8 whatever the locale; a
+ * path holding characters other than ASCII is refused where Java's file-name encoding is not UTF-8
+ * (LANG=C), as Java cannot use it there.
  */
 
 // ================================================================================================
@@ -135,8 +137,9 @@ def loadJsonSchema(String schemaPath) {
     if (!path.isFile()) {
         error("JSON schema ${schemaPath} not found")
     }
+    def text = utf8Text(path, "JSON schema ${schemaPath}")
     try {
-        return new groovy.json.JsonSlurper().parseText(path.text) as Map
+        return new groovy.json.JsonSlurper().parseText(text) as Map
     }
     catch (Exception e) {
         error("JSON schema ${schemaPath} is not valid JSON: ${e.message}")
@@ -331,6 +334,10 @@ def pathProblems(String text, Map spec) {
         def where = text.startsWith(text.trim()) ? 'ends' : 'starts'
         return ["'${visible(text)}' ${where} with a blank or line break: remove it".toString()]
     }
+    def unnamable = unnamablePathProblem(text)
+    if (unnamable) {
+        return [unnamable]
+    }
     try {
         return existingPathProblems(text, spec)
     }
@@ -416,6 +423,51 @@ def emptyFileProblem(path, String what) {
 }
 
 // ================================================================================================
+// Text and file names, whatever the locale
+// ================================================================================================
+
+// The text of a file, read as UTF-8 whatever the locale: under LANG=C (or none: batch jobs, cron,
+// minimal containers) Java 17 reads ASCII only, and stopped at the first other byte ("Input length
+// = 1"), a BOM or an accent in a column the pipeline ignores included. Text that is not UTF-8 stops
+// the run naming the file, the line and the fix.
+def utf8Text(path, String what) {
+    // through an input stream, which every file system of Nextflow's has (s3:// and gs:// included)
+    def bytes = java.nio.ByteBuffer.wrap(java.nio.file.Files.newInputStream(path).withCloseable { stream -> stream.readAllBytes() })
+    try {
+        return java.nio.charset.StandardCharsets.UTF_8.newDecoder().decode(bytes).toString()
+    }
+    catch (java.nio.charset.CharacterCodingException _e) {
+        def line = (0..<bytes.position()).count { i -> bytes.get(i) == 10 } + 1
+        error("${what} is not UTF-8 text (line ${line}): save it as UTF-8 (in Excel: CSV UTF-8)")
+    }
+}
+
+// Whether this Java cannot use `text` as a path: it encodes file names in the charset of the locale
+// it started in (sun.jnu.encoding), ASCII under LANG=C or none. A path with any other character is
+// then refused ("Malformed input or input contains unmappable characters"), or, listed from a folder
+// (a glob's matches), named with U+FFFD in its place, which a task is then given: another path.
+def unnamablePath(String text) {
+    def encoding = System.getProperty('sun.jnu.encoding')
+    def utf8 = encoding == null || (java.nio.charset.Charset.isSupported(encoding) && java.nio.charset.Charset.forName(encoding) == java.nio.charset.StandardCharsets.UTF_8)
+    return !utf8 && text.find(/[^\x00-\x7F]/) != null
+}
+
+// "'<path>' holds ...; <fix>" for a path this Java cannot use (unnamablePath), else null.
+def unnamablePathProblem(String text) {
+    return unnamablePath(text) ? "'${visible(text)}' holds ${unnamablePathCause()}; ${unnamablePathFix()}".toString() : null
+}
+
+// Why an unnamablePath cannot be used, naming the charset the locale gave Java.
+def unnamablePathCause() {
+    return "characters other than ASCII, which this Java cannot use in file names: it encodes them as ${System.getProperty('sun.jnu.encoding')}, not UTF-8 (the locale is C, POSIX or unset)".toString()
+}
+
+// The way out for an unnamablePath.
+def unnamablePathFix() {
+    return 'run under a UTF-8 locale (e.g. `export LC_ALL=C.UTF-8`), or give a path without them, or a link to it whose path has none'
+}
+
+// ================================================================================================
 // Samplesheets
 // ================================================================================================
 
@@ -489,10 +541,12 @@ def cellMessage(Map row, String column, Map spec, boolean required, boolean from
         found = required && (fromText ? row.containsKey(column) : true) ? ['required, but empty'] : []
     }
     else {
-        // the column's rules do not apply to a misread value: its own message says all
+        // the column's rules do not apply to a misread value, nor to a path this Java cannot use
+        // (the file may well exist): their own message says all
         def misread = fromText ? null : misreadCellProblem(value, column, spec)
-        if (misread) {
-            return misread
+        def own = misread ?: (spec.format ? unnamablePathProblem(value.toString()) : null)
+        if (own) {
+            return own
         }
         found = cellProblems(value, spec, fromText)
     }
@@ -576,7 +630,7 @@ def readSamplesheet(String sheetPath) {
         error("Samplesheet ${sheetPath} not found")
     }
     def name = path.name.toLowerCase(Locale.ROOT)
-    def text = path.text.replaceFirst(/^\uFEFF/, '')
+    def text = utf8Text(path, "Samplesheet ${sheetPath}").replaceFirst(/^\uFEFF/, '')
     if (name ==~ /.*\.(csv|tsv)$/) {
         return rowsFromDelimited(text, name.endsWith('.tsv') ? '\t' : ',', sheetPath)
     }

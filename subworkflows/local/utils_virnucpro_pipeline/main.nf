@@ -1,7 +1,7 @@
 // Start-up checks of the pipeline and the functions the workflows share: parameter validation, the
 // sample channel built from --input (files, a glob, or a samplesheet), the versions YAML.
 
-include { samplesheetToList } from '../utils_schema'
+include { samplesheetToList ; unnamablePath ; unnamablePathCause ; unnamablePathFix ; utf8Text } from '../utils_schema'
 
 workflow PIPELINE_INITIALISATION {
     take:
@@ -53,9 +53,11 @@ def samplesFromSamplesheet(String samplesheet) {
 // The glob is listed here, at start-up, so that a bad name stops the run before any task. What it
 // matched is checked whole (unsafePathProblem): `'data/*/r.fa'` may match data/g[12]/r.fa; and a
 // file whose name the glob is (`g[12].fa`, which the glob reads as g1.fa or g2.fa) is refused too.
+// So is a match this Java cannot name (refuseUnnamableMatches).
 def samplesFromFiles(String pattern) {
     refuseUnsafePaths([file(pattern, glob: false)].findAll { path -> path.exists() }.collect { path -> unsafePathProblem('--input', path) })
     def matched = files(pattern, checkIfExists: true)
+    refuseUnnamableMatches(pattern, matched)
     refuseUnsafePaths(matched.collect { reads -> unsafePathProblem("--input ${pattern} matched", reads) })
     def rows = matched
         .collect { reads -> [[id: sampleIdFromPath(reads)], [reads]] }
@@ -76,7 +78,8 @@ def writeInputsTable(String outdir, String runStart, List samples) {
     }
     def table = file("${outdir}/pipeline_info/inputs_${runStart}.tsv", glob: false)
     table.parent.mkdirs()
-    table.text = lines.join('\n') + '\n'
+    // UTF-8 whatever the locale (the platform's charset under LANG=C is ASCII)
+    java.nio.file.Files.writeString(table, lines.join('\n') + '\n', java.nio.charset.StandardCharsets.UTF_8)
 }
 
 // One row of the inputs table: the sample, the name PREPARE stages its i-th file (0-based) under,
@@ -86,6 +89,16 @@ def inputsTableLine(String id, int i, reads) {
     return [id, "input/${i + 1}/${reads.name}", reads.toUriString()]
         .collect { field -> field.toString().replace('\t', '\\t').replace('\n', '\\n').replace('\r', '\\r') }
         .join('\t')
+}
+
+// Under a locale whose file-name encoding is not UTF-8 (LANG=C), a folder's names are listed with
+// U+FFFD for each byte beyond ASCII (unnamablePath): the task would be given that path, not the
+// file's. Such matches stop the run, naming them (their text holds U+FFFD, printed as '?').
+def refuseUnnamableMatches(String pattern, List matched) {
+    def unnamable = matched.findAll { reads -> unnamablePath(reads.toString()) }
+    if (unnamable) {
+        error("--input ${pattern} matched ${unnamable.join(', ')}: paths with ${unnamablePathCause()}; ${unnamablePathFix()}")
+    }
 }
 
 def sampleIdFromPath(reads) {
@@ -395,7 +408,7 @@ def classifierFiles(models_dir, chunk_size) {
     if (!manifest.exists()) {
         return [models_dir.resolve("${chunk_size}_model.pth")]
     }
-    def entry = new groovy.json.JsonSlurper().parseText(manifest.text).models["classifier_${chunk_size}"]
+    def entry = new groovy.json.JsonSlurper().parseText(utf8Text(manifest, manifest.toString())).models["classifier_${chunk_size}"]
     if (!entry) {
         error("${models_dir} has no classifier for --chunk_size ${chunk_size} (see `virnucpro models check ${models_dir}`)")
     }
