@@ -260,18 +260,29 @@ def test_part_with_a_wrong_name_or_not_a_file_is_ignored(tmp_path, run_cli, gold
     assert "not a regular file" in message
 
 
-def test_parts_claiming_the_same_sequence_are_both_ignored(tmp_path, run_cli, golden_prepared, tiny_models, plain):
-    """Two sound-looking parts with one index in common: which vector is right cannot be known."""
+def test_of_parts_claiming_the_same_sequence_the_earlier_is_used_whole(tmp_path, run_cli, golden_prepared, tiny_models,
+                                                                      plain):
+    """Two sound parts of one key holding a sequence in common (parts of two runs copied into one
+    folder) were both called damaged and deleted, sound work recomputed: the earlier one is used
+    whole, the later one set aside, saying so (not as damage)."""
     arrays = genuine(plain, 1)
     rival = npz_bytes({**arrays, "esm2_index": arrays["esm2_index"][:1],
                        "esm2_vectors": arrays["esm2_vectors"][:1] + np.float32(1)})
-    parts = {plain.parts[1].name: plain.parts[1].read_bytes(), part_name(2, rival): rival}
-    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, parts)
-    assert_recomputed(code, message, tmp_path / "s.h5", plain, list(parts), "sequences too")
-    first, second = parts
-    lines = message.splitlines()
-    assert any(first in line and f"({second} holds some of its dnabert_s sequences too)" in line for line in lines)
-    assert any(second in line and f"({first} holds some of its dnabert_s sequences too)" in line for line in lines)
+    first, second = plain.parts[1].name, part_name(2, rival)
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain,
+                           {first: plain.parts[1].read_bytes(), second: rival})
+    assert code == 0, message
+    assert "is damaged" not in message, message
+    assert f"checkpoint part {second} holds sequences that {first} holds too" in message, message
+    kept = {role: len(arrays[f"{role}_index"]) for role in ROLES}
+    with np.load(plain.parts[0]) as sound:
+        kept = {role: kept[role] + len(sound[f"{role}_index"]) for role in ROLES}
+    assert (f"computed {plain.distinct['dnabert_s'] - kept['dnabert_s']} nucleotide and "
+            f"{plain.distinct['esm2'] - kept['esm2']} protein sequences") in message, message
+    ids, nucleotide, protein, _ = read_h5(tmp_path / "s.h5")
+    assert ids == plain.rows[0]
+    np.testing.assert_array_equal(nucleotide, plain.rows[1])
+    np.testing.assert_array_equal(protein, plain.rows[2])
 
 
 def test_part_without_vectors_of_one_role_is_used(tmp_path, run_cli, golden_prepared, tiny_models, plain):

@@ -4,6 +4,7 @@ refusal gives advice each command can follow."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -165,3 +166,16 @@ def test_a_reused_prepare_is_reported_under_the_paths_this_run_was_given(tmp_pat
     assert [entry["path"] for entry in run_info["inputs"]] == [str(renamed)], run_info["inputs"]
     report = (tmp_path / "r" / "report.html").read_text()
     assert str(renamed) in report and str(first) + "<" not in report
+
+
+def test_an_earlier_prepare_of_piped_input_is_not_said_to_be_of_other_files(tmp_path, reference_dir):
+    """A rerun of `cat reads | virnucpro run -` said the earlier prepare "was made from other input
+    files": a pipe cannot be compared with what was read before, which is what it now says."""
+    from virnucpro.prepare import prepare
+
+    reads = reference_dir / "golden" / "mixed.fa"
+    prepare([reads], tmp_path / "p", chunk_size=500)
+    assert run_module._earlier_prepare(tmp_path / "p", [reads], 500)[1] == ""
+    os.mkfifo(tmp_path / "fifo")
+    manifest, fault = run_module._earlier_prepare(tmp_path / "p", [tmp_path / "fifo"], 500)
+    assert manifest is None and "not a file (a pipe is read once)" in fault, fault

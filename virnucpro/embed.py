@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from virnucpro import h5shard
+from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, check_finite
@@ -45,13 +45,16 @@ from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive,
 from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
+ROLE_NAMES = {"dnabert_s": "DNABERT-S", "esm2": "ESM-2"}
 CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
 CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
 SHA256_HEX = "[0-9a-f]{64}"  # a checkpoint key folder's name
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
 PART_TMP_NAME = re.compile(r"\.part_[0-9]+\.tmp\.npz")  # a part write a kill interrupted
+IDENTITY_TMP_NAME = re.compile(r"\.identity\.[0-9a-f]{8}\.tmp")
 PART_TMP_WHAT = "a checkpoint part virnucpro is writing"
 WAITING_PREFIX = ".waiting."  # the note of an embed waiting for a busy checkpoint folder
+IDENTITY_NAME = ".identity.json"  # a key folder's checkpoint_identity, to say why another embed passes it by
 WAITING_FRESH_SECONDS = 60.0  # without flock: a note not renewed for this long is a waiter that died
 PART_KEY = "key"  # the member naming a part's key folder, so a part moved to another folder is refused
 KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
@@ -168,10 +171,15 @@ ATTENTION_ENTRY = re.compile(f"({'|'.join(ROLES)}):(reference|fast|{re.escape(FA
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
-def checkpoint_key(shard_sha256: str, models: dict, precision: str) -> str:
-    """Names the inputs, models and precision: a checkpoint of anything else is never used."""
-    identity = {"format": CHECKPOINT_FORMAT, "shard": shard_sha256, "precision": precision,
-                "models": {role: models[role]["sha256"] for role in ROLES}}
+def checkpoint_identity(shard_sha256: str, models: dict, precision: str) -> dict:
+    """What a checkpoint's vectors depend on: the shard, the models, the precision and the virnucpro
+    that computed them (another version's encoders may compute them otherwise)."""
+    return {"format": CHECKPOINT_FORMAT, "version": __version__, "shard": shard_sha256, "precision": precision,
+            "models": {role: models[role]["sha256"] for role in ROLES}}
+
+
+def checkpoint_key(identity: dict) -> str:
+    """The key folder's name: a checkpoint of anything but this identity is never used."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -193,9 +201,10 @@ class CheckpointStore:
     the next `raise_failed` or `flush`, the parts before it kept.
     """
 
-    def __init__(self, folder: Path, parent_is_ours: bool = True, wait: bool = True):
+    def __init__(self, folder: Path, parent_is_ours: bool = True, wait: bool = True, identity: dict | None = None):
         self.folder = folder
         self.key = folder.name
+        self.identity = identity  # written beside the first part (IDENTITY_NAME)
         # the default `<out>.ckpt` is removed once empty; never a --checkpoint-dir (the user named it)
         self.parent_is_ours = parent_is_ours
         _refuse_linked_folders(folder, parent_is_ours)
@@ -230,7 +239,7 @@ class CheckpointStore:
 
     def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list["Part"]:
         """The sound parts for `sizes` distinct sequences of `widths`."""
-        paths = sorted(self.folder.glob("part_*.npz"))
+        paths = sorted(self.folder.glob("part_*.npz"), key=_part_order)
         numbers = [int(match.group(1)) for match in map(PART_NAME.fullmatch, (p.name for p in paths)) if match]
         self.next_part = max(numbers, default=-1) + 1
         parts = {}
@@ -239,8 +248,8 @@ class CheckpointStore:
                 parts[path] = _read_part(path, self.key, sizes, widths)
             except DamagedPart as problem:
                 _discard(path, str(problem))
-        for path, problem in _shared_sequences(parts).items():
-            _discard(path, problem)
+        for path, earlier in _overlapping_parts(parts).items():
+            _set_aside(path, earlier)
             del parts[path]
         return list(parts.values())
 
@@ -263,6 +272,7 @@ class CheckpointStore:
         The temporary file is created exclusively, never through a link (`create_exclusive`)."""
         tmp = self.folder / f".part_{number:05d}.tmp.npz"
         try:
+            self._write_identity()
             with open(tmp, "wb", opener=lambda path, _flags: create_exclusive(Path(path), PART_TMP_WHAT)) as handle:
                 np.savez(handle, **arrays)
             digest = fmt.sha256_of(tmp)
@@ -276,6 +286,16 @@ class CheckpointStore:
                 raise _open_files_limit(exc, f"cannot write checkpoint part {tmp}") from None
             raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
                                    f"{storage_hint(exc)}; a rerun resumes from the parts already written") from None
+
+    def _write_identity(self) -> None:
+        """The folder's identity, once, beside its parts (never through a link: created exclusively)."""
+        path = self.folder / IDENTITY_NAME
+        if self.identity is None or os.path.lexists(path):
+            return
+        tmp = self.folder / f".identity.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "w", encoding="utf-8", opener=lambda name, _flags: create_exclusive(Path(name), PART_TMP_WHAT)) as handle:
+            json.dump(self.identity, handle, sort_keys=True)
+        os.replace(tmp, path)
 
     def raise_failed(self) -> None:
         """Raise the failure of a part write that has finished, without waiting for those still running."""
@@ -440,7 +460,8 @@ def _delete_own_files(folder: Path) -> None:
     or FIFO at such a name is not one virnucpro wrote)."""
     with contextlib.suppress(FileNotFoundError):  # a folder removed by hand meanwhile
         for path in list(folder.iterdir()):
-            if (PART_NAME.fullmatch(path.name) or PART_TMP_NAME.fullmatch(path.name)) and is_regular(path):
+            if (PART_NAME.fullmatch(path.name) or PART_TMP_NAME.fullmatch(path.name) or path.name == IDENTITY_NAME
+                    or IDENTITY_TMP_NAME.fullmatch(path.name)) and is_regular(path):
                 path.unlink(missing_ok=True)
 
 
@@ -632,18 +653,37 @@ def _check_values(role: str, indices: np.ndarray, vectors: np.ndarray, size: int
         raise DamagedPart(f"{role}_vectors holds NaN or infinite values")
 
 
-def _shared_sequences(parts: dict[Path, Part]) -> dict[Path, str]:
-    """Parts holding a distinct sequence that another part holds too: which vector is right is unknown."""
-    problems = {}
-    for role in ROLES:
-        holder = {}
-        for path, part in parts.items():
-            for index in part.vectors[role][0].tolist():
-                other = holder.setdefault(index, path)
-                if other != path:
-                    problems.setdefault(path, f"{other.name} holds some of its {role} sequences too")
-                    problems.setdefault(other, f"{path.name} holds some of its {role} sequences too")
-    return problems
+def _part_order(path: Path) -> tuple[int, str]:
+    """Parts by their number (then name): the order they were written in."""
+    match = PART_NAME.fullmatch(path.name)
+    return (int(match.group(1)) if match else -1, path.name)
+
+
+def _overlapping_parts(parts: dict[Path, Part]) -> dict[Path, Path]:
+    """Each part holding a distinct sequence that an earlier kept part holds too (parts of two runs
+    of the same key copied into one folder), with that earlier part. Both are sound, computed from
+    the same shard, models and precision: the earlier ones are kept, whole."""
+    taken = {role: set() for role in ROLES}
+    overlapping = {}
+    holders = {}
+    for path, part in parts.items():
+        indices = {role: set(part.vectors[role][0].tolist()) for role in ROLES}
+        shared = next((role for role in ROLES if indices[role] & taken[role]), None)
+        if shared is not None:
+            overlapping[path] = holders[shared, min(indices[shared] & taken[shared])]
+            continue
+        for role in ROLES:
+            taken[role] |= indices[role]
+            holders.update(((role, index), path) for index in indices[role])
+    return overlapping
+
+
+def _set_aside(path: Path, earlier: Path) -> None:
+    """Drop a sound part whose sequences an earlier part holds too (see `_overlapping_parts`)."""
+    info(f"checkpoint part {printable(path.name)} holds sequences that {printable(earlier.name)} holds too (parts "
+         "of two runs in one folder): using the earlier part; the other's remaining sequences are computed again")
+    if is_regular(path):
+        path.unlink(missing_ok=True)
 
 
 # --- signals -------------------------------------------------------------------------------------------
@@ -937,13 +977,13 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     if asked.threads is not None:  # a library caller's count; the CLI's (set before torch loaded) again, unchanged
         limit_threads(asked.threads)
     identity = model_set.identity(ROLES)
-    folder = Path(asked.checkpoint_dir or out.with_name(out.name + ".ckpt")) / checkpoint_key(shard_meta.sha256,
-                                                                                              identity, precision)
-    parent_is_ours = asked.checkpoint_dir is None
+    checkpoint = checkpoint_identity(shard_meta.sha256, identity, precision)
+    folder = Path(asked.checkpoint_dir or _default_checkpoints(out)) / checkpoint_key(checkpoint)
     if _kept_as_written(out, shard_meta, ids, identity, precision):
-        _discard_leftover(folder, parent_is_ours)
+        _discard_leftover(folder, asked.checkpoint_dir is None)
         return out
-    checkpoints = CheckpointStore(folder, parent_is_ours)
+    _say_checkpoints_passed_by(folder, checkpoint, _default_checkpoints(out) / folder.name)
+    checkpoints = CheckpointStore(folder, asked.checkpoint_dir is None, identity=checkpoint)
     try:
         encoders = _load_encoders(model_set, torch_device, precision, asked.compiling)
         distinct = {"dnabert_s": Distinct.of([r[1] for r in records]),
@@ -965,6 +1005,67 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
     return out
+
+
+def _default_checkpoints(out: Path) -> Path:
+    """Where embed keeps its checkpoints without --checkpoint-dir: `<out>.ckpt` beside the output."""
+    return out.with_name(out.name + ".ckpt")
+
+
+def _say_checkpoints_passed_by(folder: Path, identity: dict, default: Path) -> None:
+    """Say, before computing, which checkpoints of this very shard this embed will not resume from,
+    and why (otherwise hours of GPU work would be recomputed without a word): those in the folder
+    beside `folder` made with another precision, models or virnucpro, and those of this very
+    identity in the default folder `default` when --checkpoint-dir names another one."""
+    if default != folder and _holds_parts(default):
+        info(f"{default} holds checkpoints of this shard with these models and precision, but --checkpoint-dir names "
+             f"{folder.parent}: they are not used (move that folder's contents into {folder.parent} to resume from them)")
+    with contextlib.suppress(OSError):  # gone, or unreadable: nothing to say
+        for other in sorted(folder.parent.iterdir()):
+            found = _identity_of(other)
+            if other.name != folder.name and found.get("shard") == identity["shard"] and _holds_parts(other):
+                info(f"{other} holds checkpoints of this shard made with {_differences(found, identity)}")
+
+
+def _holds_parts(folder: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return folder.is_dir() and not folder.is_symlink() and any(PART_NAME.fullmatch(p.name) for p in folder.iterdir())
+    return False
+
+
+def _identity_of(folder: Path) -> dict:
+    """The identity a key folder records (IDENTITY_NAME); {} when it records none readable."""
+    path = folder / IDENTITY_NAME
+    try:
+        if re.fullmatch(SHA256_HEX, folder.name) and is_regular(path) and path.stat().st_size < 65536:
+            found = json.loads(path.read_text(encoding="utf-8"))
+            return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def _differences(found: dict, wanted: dict) -> str:
+    """What `found` was made with that `wanted` is not, in words naming the option that chooses it,
+    and the way to resume from it where there is one."""
+    said = []
+    if found.get("precision") != wanted["precision"]:
+        said.append(f"--precision {printable(str(found.get('precision')))} (this run: {wanted['precision']})")
+    models = found.get("models") if isinstance(found.get("models"), dict) else {}
+    other = [role for role in ROLES if models.get(role) != wanted["models"][role]]
+    if other:
+        said.append(f"other {' and '.join(ROLE_NAMES[role] for role in other)} weights")
+    if found.get("version") != wanted["version"]:
+        said.append(f"virnucpro {printable(str(found.get('version')))} (this is {wanted['version']}: vectors of "
+                    "another version are never mixed in)")
+    if found.get("format") != wanted["format"] and not said:
+        said.append("another checkpoint format")
+    text = "; ".join(said) or "other settings"
+    if said and said[0].startswith("--precision") and len(said) == 1:
+        text += f": not used; give --precision {printable(str(found.get('precision')))} to resume from them"
+    else:
+        text += ": not used"
+    return text
 
 
 def _kept_as_written(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:

@@ -40,7 +40,7 @@ def _work_files() -> re.Pattern:
         rf"prepared(?:/(?:{prepared}))?",
         r"embeddings(?:/\.?shard_[0-9]+\.h5(?:\.[^/]*)?)?",  # the files, their locks and temporaries
         rf"checkpoints(?:/{SHA256}(?:/(?:part_[0-9]+\.{SHA256}\.npz|\.part_[0-9]+\.tmp\.npz|{OURS}"
-        r"|\.waiting\.[^/]*))?)?")
+        r"|\.waiting\.[^/]*|\.identity\.json|\.identity\.[0-9a-f]{8}\.tmp))?)?")
 
 
 @functools.cache
@@ -67,9 +67,11 @@ def _earlier_prepare(prepared: Path, inputs: Sequence[Path], chunk_size: int) ->
         manifest = fmt.load_manifest(prepared)
         if manifest["chunk_size"] != chunk_size:
             return None, f"was made at chunk size {manifest['chunk_size']}"
-        if len(manifest["inputs"]) != len(inputs) or not all(
-                Path(path).is_file() and fmt.sha256_of(Path(path)) == entry["sha256"]
-                for path, entry in zip(inputs, manifest["inputs"])):
+        if len(manifest["inputs"]) != len(inputs):
+            return None, "was made from other input files"
+        if not all(Path(path).is_file() for path in inputs):
+            return None, "cannot be compared with input that is not a file (a pipe is read once)"
+        if not all(fmt.sha256_of(Path(path)) == entry["sha256"] for path, entry in zip(inputs, manifest["inputs"])):
             return None, "was made from other input files"
         fmt.check_files(prepared, manifest)
     except InterruptedByUser:
