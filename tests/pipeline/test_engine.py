@@ -323,6 +323,17 @@ def test_bad_parameters_are_refused_before_any_task(tmp_path, args, culprits):
     assert_refused_before_any_task(run, *culprits)
 
 
+def test_google_gpu_without_a_gpu_type_is_refused_before_any_task(tmp_path):
+    """Google Batch has no default GPU type: every EMBED task was refused at submission, after
+    PREPARE. (The executor itself needs the nf-google plugin, which this offline engine lacks: the
+    start-up check comes first, and with --gpu_type the run goes on to that.)"""
+    run = run_pipeline(tmp_path / "bare", "-profile", "test,google,gpu", "-preview")
+    assert_refused_before_any_task(run, "Google Batch needs the GPU type for EMBED: give --gpu_type")
+    typed = run_pipeline(tmp_path / "typed", "-profile", "test,google,gpu", "-preview", "--gpu_type", "nvidia-l4")
+    assert "Unknown executor name: google-batch" in typed.output, typed.output[-3000:]
+    assert "Google Batch needs the GPU type" not in typed.output, typed.output[-3000:]
+
+
 def write_samplesheet(path: Path, rows) -> Path:
     path.write_text("sample,file\n" + "".join(f"{sample},{file}\n" for sample, file in rows))
     return path

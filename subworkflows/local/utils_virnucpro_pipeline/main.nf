@@ -360,6 +360,15 @@ def checkSlurmQueues(Map queues) {
     }
 }
 
+// Under the google and gpu profiles, Google Batch needs the type of EMBED's GPU (there is no
+// default type): without --gpu_type every EMBED task was refused at submission, after PREPARE ran.
+def checkGoogleGpuType(gpuType, String device) {
+    def profiles = workflow.profile.tokenize(',')
+    if (profiles.containsAll(['google', 'gpu']) && device != 'cpu' && !gpuType) {
+        error("-profile ${workflow.profile}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-l4 or nvidia-tesla-t4, one your --google_location offers: `gcloud compute accelerator-types list`)")
+    }
+}
+
 // Whether SLURM says it has no partition `part` ("Partition X not found"); any other failure of
 // scontrol (installed but no controller reachable, no configuration) is no answer: IOException.
 def partitionMissing(String part) {
