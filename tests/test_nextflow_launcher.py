@@ -103,3 +103,21 @@ def test_launchers_resolving_nextflow_at_once_take_turns(tmp_path):
     assert waiting.returncode == 0 and "24.10.0" in out, said.read_text()
     assert (cache / "complete").is_file() and "Resolving Nextflow" in said.read_text()
 
+
+
+def test_a_relative_or_missing_cache_home_never_resolves_into_the_checkout(tmp_path):
+    """A relative XDG_CACHE_HOME made Maven resolve 40 MB of jars into scripts/nextflow/rel/ (it
+    reads a relative folder against pom.xml's), then fail; an unset HOME stopped on `unbound
+    variable`. A relative XDG_CACHE_HOME is ignored (as XDG says), a relative VIRNUCPRO_NXF_CACHE
+    is the current folder's, and no absolute HOME is said in one line."""
+    env = _environment()
+    done = subprocess.run([str(LAUNCHER), "-version"], cwd=tmp_path, env=dict(env, XDG_CACHE_HOME="rel"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "24.10.0" in done.stdout, done.stderr
+    assert not (LAUNCHER.parent / "rel").exists() and not (tmp_path / "rel").exists()
+    homeless = {key: value for key, value in env.items() if key not in ("HOME", "XDG_CACHE_HOME", "VIRNUCPRO_NXF_CACHE")}
+    for home in ({}, {"HOME": ""}, {"HOME": "relative"}):
+        done = subprocess.run([str(LAUNCHER), "-version"], cwd=tmp_path, env=dict(homeless, **home),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "set VIRNUCPRO_NXF_CACHE" in done.stderr, done.stderr
+        assert "unbound variable" not in done.stderr
