@@ -238,3 +238,19 @@ def test_a_library_write_left_in_a_dead_stdout_does_not_change_the_exit_code(tin
         os.close(write_end)
     assert result.returncode == 0, result.stderr
     assert "Exception ignored" not in result.stderr and "virnucpro all models present" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["raise ImportError('numpy of another python')\n", "x = (\n"],
+                         ids=["import-error", "syntax-error"])
+def test_a_module_put_first_by_pythonpath_is_named_with_the_fix_not_called_our_bug(tmp_path, module):
+    """A Nextflow task without a container inherits the launch shell's PYTHONPATH: another numpy
+    failing to import was "unexpected ImportError ... this is a bug in virnucpro", with a traceback."""
+    (tmp_path / "pp" / "numpy").mkdir(parents=True)
+    (tmp_path / "pp" / "numpy" / "__init__.py").write_text(module)
+    (tmp_path / "r.fa").write_text(">r\nACGT\n")
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(tmp_path / "r.fa"), "--outdir",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path / "pp")))
+    assert done.returncode == 2, done.stderr
+    assert f"in {tmp_path / 'pp' / 'numpy' / '__init__.py'}, which PYTHONPATH={tmp_path / 'pp'} put before" in done.stderr
+    assert "unset PYTHONPATH" in done.stderr and "bug" not in done.stderr and "Traceback" not in done.stderr
