@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
+import stat
 import os
 import subprocess
 import sys
@@ -932,3 +933,20 @@ def test_a_cpu_run_needs_no_private_temporary_folder_when_nothing_compiles(tiny_
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert list((shared / "tmp").iterdir()) == [], "the process's folder for torch is removed at exit"
+
+
+def test_a_named_cache_it_creates_is_private_even_under_umask_002(tmp_path, monkeypatch):
+    """The pipeline names `<checkpoint_dir>/compile-cache`, a folder a group may share: made under
+    umask 002 it was group-writable, and every member could put kernels in it that the others'
+    tasks then ran. It is made 0700 (another user's task then falls back to its own, with a
+    warning); the folders above it are made as any, and an existing one is used as it is."""
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, "restored-after-the-test")
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE)
+    old = os.umask(0o002)
+    try:
+        folder = compiled.use_cache(tmp_path / "shared" / "compile-cache")
+    finally:
+        os.umask(old)
+    assert folder == tmp_path / "shared" / "compile-cache"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o775

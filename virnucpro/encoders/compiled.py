@@ -16,6 +16,7 @@ torch's traceback per entry.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
@@ -143,9 +144,14 @@ def use_cache(folder: Path | None = None) -> Path:
 
 
 def _writable(folder: Path) -> str | None:
-    """Create a folder the user named; why it cannot be written, or None."""
+    """Create a folder the user named, the folders above it as any, itself private (0700): the
+    pipeline names one in its checkpoint folder, which a group may share under umask 002, where a
+    folder made as usual would let every member put kernels in it. One that exists is the user's
+    choice, used as it is. Why it cannot be written, or None."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
         if os.access(folder, os.W_OK | os.X_OK):
             return None
     except OSError:
