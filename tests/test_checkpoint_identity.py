@@ -6,6 +6,7 @@ shard and settings in the default folder when --checkpoint-dir names another one
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,48 @@ def test_checkpoints_in_the_default_folder_are_named_when_another_is_given(tmp_p
     code, message = embed_cli(run_cli, golden_prepared, tiny_models, tmp_path / "s.h5", "--checkpoint-dir",
                               tmp_path / "elsewhere")
     assert_computed_whole(code, message)
+    hint = f"(move the folder {default} into {tmp_path / 'elsewhere'} to resume from them)"
     assert (f"{default} holds checkpoints of this shard with these models and precision, but --checkpoint-dir "
-            f"names {tmp_path / 'elsewhere'}: they are not used") in message, message
+            f"names {tmp_path / 'elsewhere'}: they are not used {hint}") in message, message
+    (tmp_path / "s.h5").unlink()
+    shutil.move(str(default), str(tmp_path / "elsewhere"))  # the hint, followed
+    code, message = embed_cli(run_cli, golden_prepared, tiny_models, tmp_path / "s.h5", "--checkpoint-dir",
+                              tmp_path / "elsewhere")
+    assert code == 0 and "resuming from checkpoint" in message and "not used" not in message, message
+
+
+def test_the_default_folder_named_as_checkpoint_dir_is_no_other_folder(tmp_path, run_cli, golden_prepared,
+                                                                       tiny_models, monkeypatch):
+    """`--checkpoint-dir $PWD/s.h5.ckpt` is the default folder spelt otherwise: no "not used" said."""
+    default = kept_checkpoints(tmp_path / "s.h5", golden_prepared, tiny_models, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, message = embed_cli(run_cli, golden_prepared, tiny_models, Path("s.h5"), "--checkpoint-dir",
+                              default.parent.resolve())
+    assert code == 0 and "resuming from checkpoint" in message and "not used" not in message, message
+
+
+def test_checkpoints_of_a_virnucpro_before_versioned_keys_are_named(tmp_path, run_cli, golden_prepared, tiny_models,
+                                                                    monkeypatch):
+    """Their key has no version and their folder records no identity (0.1.0's, say): found by that key."""
+    identity = virnucpro.embed.checkpoint_identity
+    monkeypatch.setattr(virnucpro.embed, "checkpoint_identity",
+                        lambda *args: {key: value for key, value in identity(*args).items() if key != "version"})
+    monkeypatch.setattr(CheckpointStore, "_write_identity", lambda self: None)
+    folder = kept_checkpoints(tmp_path / "s.h5", golden_prepared, tiny_models, monkeypatch)
+    monkeypatch.undo()
+    code, message = embed_cli(run_cli, golden_prepared, tiny_models, tmp_path / "s.h5")
+    assert_computed_whole(code, message)
+    assert (f"{folder} holds checkpoints of this shard written by a virnucpro older than {__version__}"
+            in message), message
+
+
+def test_an_identity_file_nested_past_pythons_limit_is_no_failure(tmp_path, run_cli, golden_prepared, tiny_models):
+    """JSON nested 60,000 deep (under the 64 KiB read limit) raised RecursionError: exit 1, "a bug"."""
+    other = tmp_path / "s.h5.ckpt" / ("f" * 64)
+    other.mkdir(parents=True)
+    (other / ".identity.json").write_text("[" * 60000)
+    code, message = embed_cli(run_cli, golden_prepared, tiny_models, tmp_path / "s.h5")
+    assert code == 0, message
 
 
 @pytest.mark.parametrize("settings", [{}, {"precision": "bf16"}])

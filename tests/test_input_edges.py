@@ -281,13 +281,13 @@ def test_a_file_size_limit_is_exit_10_saying_so(tmp_path):
     (">ok\u0085x\nACGT\n", "U+0085"),
     (">ab\u200f-1\nACGT\n", "U+200F"),                                  # shows as 'ab1-'
     (">contig\u061c_7 d\nACGT\n", "U+061C"),
-    (">ok desc\u200e\nACGT\n", "U+200E"),                               # in the description too
+    (">r\u200e1\nACGT\n", "the id 'r\\u200e1' holds U+200E"),                # named where it is
     (">a\u200db\nACGT\n", "U+200D"),                                    # shows as 'ab'
     (">ab\u00ad\nACGT\n", "U+00AD"),
     ("@\u2060r desc\nACGT\n+\nIIII\n", "U+2060"),
     (">s2\ufeffx\nACGT\n", "U+FEFF"),                                  # a BOM inside an id
     (">\u3164\nACGT\n", "U+3164"),                                     # an id shown as nothing
-    (">v\ufe0f\nACGT\n", "U+FE0F"),
+    (">v\ufe0f\nACGT\n", "the id 'v\\ufe0f' holds U+FE0F"),
     (">t\U000e0041\nACGT\n", "U+E0041"),
 ])
 def test_a_leading_quote_or_a_control_character_beyond_ascii_is_exit_3(tmp_path, text, culprit):
@@ -300,7 +300,7 @@ def test_a_leading_quote_or_a_control_character_beyond_ascii_is_exit_3(tmp_path,
 
 def test_quotes_inside_ids_and_other_unicode_stay_accepted(tmp_path):
     reads = tmp_path / "reads.fa"
-    reads.write_text('>a"b x"y\nACGT\n>\u00e9\u4e2d\U0001f9a0 \u200dz\nACGT\n', encoding="utf-8")
+    reads.write_text('>a"b x"y\nACGT\n>\u00e9\u4e2d\U0001f9a0 \u200dz \u200e\u05e9\u061c\nACGT\n', encoding="utf-8")
     done = virnucpro("prepare", reads, "--outdir", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     ids = [line.split("\t")[0] for line in (tmp_path / "out" / fmt.SEQUENCES).read_text("utf-8").splitlines()[1:]]

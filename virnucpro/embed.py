@@ -1016,10 +1016,15 @@ def _say_checkpoints_passed_by(folder: Path, identity: dict, default: Path) -> N
     """Say, before computing, which checkpoints of this very shard this embed will not resume from,
     and why (otherwise hours of GPU work would be recomputed without a word): those in the folder
     beside `folder` made with another precision, models or virnucpro, and those of this very
-    identity in the default folder `default` when --checkpoint-dir names another one."""
-    if default != folder and _holds_parts(default):
+    identity in the default folder `default` when --checkpoint-dir names another one. A key folder
+    of a virnucpro older than the version in the key records no identity: found by its old key."""
+    if os.path.realpath(default) != os.path.realpath(folder) and _holds_parts(default):
         info(f"{default} holds checkpoints of this shard with these models and precision, but --checkpoint-dir names "
-             f"{folder.parent}: they are not used (move that folder's contents into {folder.parent} to resume from them)")
+             f"{folder.parent}: they are not used (move the folder {default} into {folder.parent} to resume from them)")
+    unversioned = folder.parent / checkpoint_key({key: value for key, value in identity.items() if key != "version"})
+    if _holds_parts(unversioned):
+        info(f"{unversioned} holds checkpoints of this shard written by a virnucpro older than {__version__} (before "
+             "checkpoints named their version): not used, as vectors of another version are never mixed in")
     with contextlib.suppress(OSError):  # gone, or unreadable: nothing to say
         for other in sorted(folder.parent.iterdir()):
             found = _identity_of(other)
@@ -1040,7 +1045,7 @@ def _identity_of(folder: Path) -> dict:
         if re.fullmatch(SHA256_HEX, folder.name) and is_regular(path) and path.stat().st_size < 65536:
             found = json.loads(path.read_text(encoding="utf-8"))
             return found if isinstance(found, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested past Python's limit
         pass
     return {}
 

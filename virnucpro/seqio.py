@@ -111,13 +111,14 @@ CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters
 NOT_CONTROL = bytes(byte for byte in range(256) if not CONTROL.match(bytes([byte])))
 NOT_ASCII = re.compile(rb"[\x80-\xff]")
 # in a decoded header: the C1 controls (a terminal escape sequence starts with U+009B) and the
-# text-direction overrides, isolates and marks, which make an id show as another one in terminals
-# and the report
-UNSAFE_IN_HEADER = re.compile("[\u0080-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# text-direction overrides and isolates, which make an id show as another one in terminals and the
+# report
+UNSAFE_IN_HEADER = re.compile("[\u0080-\u009f\u202a-\u202e\u2066-\u2069]")
 # in an id: Unicode's default-ignorable code points, shown as nothing (zero-width spaces and
-# joiners, soft hyphen, word joiner, BOM, variation selectors, Hangul fillers, tags), so that two
-# distinct ids would look the same in every table and report
-INVISIBLE_IN_ID = re.compile("[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+# joiners, text-direction marks, soft hyphen, word joiner, BOM, variation selectors, Hangul
+# fillers, tags), so that two distinct ids would look the same in every table and report (a
+# description, never written out, may hold them: text copied from Hebrew or Arabic holds marks)
+INVISIBLE_IN_ID = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
                              "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
                              "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -470,13 +471,14 @@ def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
     unsafe = UNSAFE_IN_HEADER.search(header)
     if unsafe:
         raise BadInputError(f"{path}, line {line}: header '{printable(header[:60])}' holds U+{ord(unsafe.group()):04X}, a "
-                            "control character or text-direction mark", "remove it: ids and descriptions must be printable text")
+                            "control character or text-direction override", "remove it: ids and descriptions must be printable text")
     invisible = INVISIBLE_IN_ID.search(rid)
     if invisible:
-        raise BadInputError(f"{path}, line {line}: the id '{printable(rid[:60])}' holds U+{ord(invisible.group()):04X}, a "
-                            "character shown as nothing (zero-width, soft hyphen, variation selector...): ids that differ "
-                            "only by it would look the same in every table", "remove it from the id (a description, "
-                            "after a space, may keep it)")
+        shown = printable(rid[:60]).replace(invisible.group(), ascii(invisible.group())[1:-1])
+        raise BadInputError(f"{path}, line {line}: the id '{shown}' holds U+{ord(invisible.group()):04X}, a character "
+                            "shown as nothing (zero-width, text-direction mark, soft hyphen, variation selector...): ids "
+                            "that differ only by it would look the same in every table", "remove it from the id (a "
+                            "description, after a space, may keep it)")
     if rid.startswith('"'):
         raise BadInputError(f"{path}, line {line}: the id '{printable(rid[:60])}' starts with a double quote, which "
                             "readers of the output tables (pandas, R, Python's csv) take for the start of a "
