@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -36,6 +36,7 @@ workflow {
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
         checkGoogleGpuType(params.gpu_type, asText(params.device))
         warnIfMultiqcMissing(params.skip_multiqc)
+        warnIfReportCutShort()
         // paths as text and the chunk size as a number, however a params file typed them
         def chunk_size = asChunkSize(params.chunk_size)
         if (params.models) {

@@ -5,6 +5,9 @@ the task's work: it must never fail the task, nor run anything but a Python)."""
 from __future__ import annotations
 
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +105,94 @@ def test_no_virnucpro_is_said_with_the_path_searched(tmp_path):
     done = run("require_virnucpro.sh", SYSTEM, __version__)
     assert done.returncode == 127 and f"no virnucpro on its PATH ({SYSTEM})" in done.stderr, done.stderr
     assert os.access(BIN / "require_virnucpro.sh", os.X_OK) and os.access(BIN / "torch_version.sh", os.X_OK)
+
+
+# --------------------------------------------------------------------------------------------------
+# virnucpro_python: the bin/ Python scripts and probes run by virnucpro's own interpreter
+# --------------------------------------------------------------------------------------------------
+
+MODULES = BIN.parent / "modules" / "local" / "virnucpro"
+BIN_PYTHON_SCRIPTS = sorted(path.name for path in BIN.glob("*.py") if path.name != "container_init.py")
+
+
+def wrapper(path: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """bin/virnucpro_python ARGS, started as a task starts it (by its path: bin/ is on the task's PATH)."""
+    return subprocess.run([str(BIN / "virnucpro_python"), *args], capture_output=True, text=True,
+                          env={"PATH": path}, cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def pipx_path(tmp_path) -> str:
+    """A task's PATH where virnucpro is installed pipx-style: a link to its script (whose first line
+    names its own interpreter) and the pipeline's bin/, and no python, python3 or any python* at all."""
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "virnucpro").symlink_to(VENV_PYTHON.parent / "virnucpro")
+    path = f"{links}:{BIN}"
+    assert not any(shutil.which(name, path=path) for name in ("python", "python3", f"python3.{sys.version_info[1]}"))
+    return path
+
+
+def module_lines(pattern: str) -> list[str]:
+    """The lines of the virnucpro modules that match `pattern`, stripped."""
+    return [line.strip() for module in sorted(MODULES.glob("*/main.nf")) for line in module.read_text().splitlines()
+            if re.search(pattern, line)]
+
+
+def test_every_module_runs_the_bin_python_scripts_and_probes_through_virnucpro_python():
+    """A `#!/usr/bin/env python3` script run by its name needs a python3 on the task's PATH (none in a
+    pipx-style install: EMBED failed 127 after PREPARE; RHEL 8's 3.6 cannot read the scripts)."""
+    assert BIN_PYTHON_SCRIPTS == ["gpu_slot.py", "virnucpro_summary.py"]
+    calls = module_lines(r"\b(%s)\b" % "|".join(map(re.escape, BIN_PYTHON_SCRIPTS)))
+    runs = [line for line in calls if not line.startswith("//")]
+    assert len(runs) == 3 and all(re.match(r"virnucpro_python (gpu_slot|virnucpro_summary)\.py ", line)
+                                  for line in runs), runs
+    probes = module_lines(r"eval\('[^']*python")
+    assert probes and all("eval('virnucpro_python -c " in line for line in probes), probes
+
+
+def test_the_bin_python_scripts_and_probes_run_on_a_path_without_any_python(tmp_path, pipx_path):
+    slot = wrapper(pipx_path, "gpu_slot.py", "--lock-dir", str(tmp_path / "slots"), "--device", "auto", "--",
+                   "virnucpro", "--version", cwd=tmp_path)
+    assert (slot.returncode, slot.stdout.strip()) == (0, f"virnucpro {__version__}"), slot.stderr
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "ids.txt").write_text("sample_a\n")
+    merged = wrapper(pipx_path, "virnucpro_summary.py", "merge", "rows", "--samples-from", "ids.txt",
+                     "--out", "summary.tsv", "--mqc", "mqc.tsv", cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    assert "sample_a" in (tmp_path / "summary.tsv").read_text() and (tmp_path / "mqc.tsv").is_file()
+    (probe,) = [re.search(r"eval\('([^']*)'\)", line).group(1) for line in module_lines(r"eval\('[^']*python")]
+    version = subprocess.run(["/bin/bash", "-c", probe], capture_output=True, text=True, env={"PATH": pipx_path},
+                             timeout=120)
+    assert (version.returncode, version.stdout.strip()) == (0, platform.python_version()), version.stderr
+    torch = subprocess.run([str(BIN / "torch_version.sh")], capture_output=True, text=True,
+                           env={"PATH": pipx_path}, timeout=120)
+    assert torch.stdout.strip() == torch_version(), torch.stderr
+
+
+@pytest.mark.parametrize("first_lines, said", [
+    (None, "no virnucpro on the PATH"),
+    ("#!/bin/bash\nexec /opt/virnucpro/bin/virnucpro \"$@\"\n", "is not a Python script"),
+    ("#!/usr/bin/env python3\n", "runs the python3 of the PATH, and the PATH has none"),
+    ("#!/opt/gone/bin/python3\n", "/opt/gone/bin/python3, which cannot be run"),
+])
+def test_virnucpro_python_without_a_python_to_run_says_so_in_one_line_and_exits_127(tmp_path, first_lines, said):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    if first_lines is not None:
+        executable(tools / "virnucpro", first_lines)
+    done = wrapper(f"{tools}:{BIN}", "-c", "print('ran')")
+    assert (done.returncode, done.stdout) == (127, ""), done
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("virnucpro_python: error: ") and "fix:" in done.stderr, done.stderr
+
+
+def test_a_virnucpro_wrapper_script_leaves_the_paths_python3(tmp_path):
+    """A site's launcher (`exec` into an environment or a container) names no Python: the PATH's
+    python3 runs the bin scripts, as before virnucpro_python."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    executable(tools / "virnucpro", "#!/bin/bash\nexec /opt/virnucpro/bin/virnucpro \"$@\"\n")
+    (tools / "python3").symlink_to(sys.executable)
+    done = wrapper(f"{tools}:{BIN}", "-c", "print('ran')")
+    assert (done.returncode, done.stdout) == (0, "ran\n"), done

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def _embed_attempts(groovy, exits: list, **params) -> list:
     each retry reads the previous attempt's script back from the trace, as Nextflow gives it."""
     args = [_embed_closure(groovy, "ext.args", **params)]
     for attempt, code in enumerate(exits, start=2):
-        script = f"gpu_slot.py -- virnucpro embed shard.tsv --threads 8 {args[-1]}"
+        script = f"virnucpro_python gpu_slot.py -- virnucpro embed shard.tsv --threads 8 {args[-1]}"
         args.append(_embed_closure(groovy, "ext.args", attempt, code, previous_script=script, **params))
     return args
 
@@ -171,12 +172,16 @@ def test_embed_without_a_checkpoint_folder_mounts_nothing(groovy):
 
 EMBED_MODULE = REPO / "modules" / "local" / "virnucpro" / "embed" / "main.nf"
 # Stand-ins for the commands the EMBED script runs: gpu_slot.py runs what follows its `--`, and
-# `virnucpro embed` writes its --out file
+# `virnucpro embed` writes its --out file; both Python scripts, as virnucpro_python (the real one)
+# runs only virnucpro's own Python
 FAKE_COMMANDS = {
-    "gpu_slot.py": '#!/bin/bash\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n',
-    "virnucpro": (f'#!/bin/bash\n[ "$1" = --version ] && {{ echo "virnucpro {__version__}"; exit 0; }}\n'
-                  'while [ "$1" != "--out" ]; do shift; done; touch "$2"\n'),
+    "gpu_slot.py": ('#!/usr/bin/env python3\nimport os, sys\ncommand = sys.argv[sys.argv.index("--") + 1:]\n'
+                    'os.execvp(command[0], command)\n'),
+    "virnucpro": (f'#!{sys.executable}\nimport sys\nif sys.argv[1:] == ["--version"]:\n'
+                  f'    sys.exit(print("virnucpro {__version__}"))\n'
+                  'open(sys.argv[sys.argv.index("--out") + 1], "w").close()\n'),
     "require_virnucpro.sh": (REPO / "bin" / "require_virnucpro.sh").read_text(),  # the real one
+    "virnucpro_python": (REPO / "bin" / "virnucpro_python").read_text(),  # the real one
 }
 NO_FLOCK = "#!/bin/bash\necho 'flock: 9: Function not implemented' >&2\nexit 1\n"
 
@@ -512,6 +517,10 @@ def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
     assert _parameter_paths_check(groovy, good) == "passed"
 
 
+CHECKPOINT_DIR_FUNCTIONS = ("checkpointDir", "refuseUnwritableCheckpointDir", "unwritableFolderProblem",
+                            "createdFolderFailure", "nearestExisting")
+
+
 @pytest.mark.parametrize("engine, refused", [("docker", True), ("apptainer", True), ("singularity", True), (None, False)])
 def test_a_checkpoint_folder_a_container_cannot_mount_is_refused(groovy, tmp_path, engine, refused):
     """`docker --volume SRC:DST` and `apptainer --bind SRC[:DST],...` read ':' and ',' in a path as
@@ -519,7 +528,7 @@ def test_a_checkpoint_folder_a_container_cannot_mount_is_refused(groovy, tmp_pat
     for name in ("ck:pt", "ck,pt"):
         requested = str(tmp_path / name)
         comma_under_docker = engine == "docker" and name == "ck,pt"  # `--volume` splits on ':' only
-        code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("checkpointDir"),
+        code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions(*CHECKPOINT_DIR_FUNCTIONS),
                           "workflow = [workDir: file('/work-of-no-run'), containerEngine: engine]",
                           "outcome { checkpointDir(requested, workflow.workDir) }"])
         message = groovy.evaluate({"engine": engine, "requested": requested}, [("outcome", code, False)])["outcome"]
@@ -529,6 +538,70 @@ def test_a_checkpoint_folder_a_container_cannot_mount_is_refused(groovy, tmp_pat
             assert not (tmp_path / name).exists(), "made before it was refused"
         else:
             assert message == "passed" and (tmp_path / name).is_dir()
+
+
+def _checkpoint_dir(groovy, requested, preview: bool = False) -> str:
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions(*CHECKPOINT_DIR_FUNCTIONS),
+                      f"workflow = [workDir: file('/work-of-no-run'), preview: {str(preview).lower()}]",
+                      "outcome { checkpointDir(requested, workflow.workDir) }"])
+    return groovy.evaluate({"requested": requested}, [("outcome", code, False)])["outcome"]
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_a_checkpoint_folder_that_cannot_be_made_is_refused_at_start_up_naming_it_and_why(groovy, tmp_path, preview):
+    """mkdirs' failure was ignored: EMBED found it, exit 10 after PREPARE, its hint not naming
+    --checkpoint_dir. (Folders this user may not write: tests/pipeline/test_engine.py, without root's
+    permission bypass.) A -preview makes nothing, and finds it all the same."""
+    (tmp_path / "a file").write_text("")
+    requested = str(tmp_path / "a file" / "ck")
+    assert _checkpoint_dir(groovy, requested, preview) == \
+        f"--checkpoint_dir {requested} cannot be created: {tmp_path / 'a file'} is not a folder: EMBED keeps its " \
+        "checkpoints there; give a --checkpoint_dir you can write into, or make this one writable for you"
+    assert _checkpoint_dir(groovy, str(tmp_path / "a file"), preview).startswith(
+        f"--checkpoint_dir {tmp_path / 'a file'} is not usable: {tmp_path / 'a file'} is not a folder")
+    assert _checkpoint_dir(groovy, str(tmp_path / "new" / "ck"), preview) == "passed"
+    assert (tmp_path / "new" / "ck").is_dir() != preview
+
+
+SCHEMA_UTILS = REPO / "subworkflows" / "local" / "utils_schema" / "main.nf"
+
+
+def test_a_path_java_cannot_name_is_said_in_the_locale_s_own_encoding(groovy):
+    """Under fr_FR.ISO-8859-1 the message said "(the locale is C, POSIX or unset)"."""
+    text = SCHEMA_UTILS.read_text()
+    start = text.index("def unnamablePathCause(")
+    function = text[start:matching(mask(text), text.index("{", start)) + 1]
+    code = (function + "\ndef was = System.getProperty('sun.jnu.encoding'); System.setProperty('sun.jnu.encoding', "
+            "'ISO-8859-1'); def said = unnamablePathCause(); System.setProperty('sun.jnu.encoding', was); said")
+    said = groovy.evaluate({}, [("said", code, False)])["said"]
+    assert "it encodes them as ISO-8859-1" in said and "not UTF-8" in said, said
+    assert "locale is C" not in said and "POSIX" not in said, said
+
+
+def _reports_config(groovy, outdir) -> str:
+    """What nextflow.config's includeConfig closure includes for this --outdir: the refused run's
+    report settings (conf/refused_outdir.config) or nothing (/dev/null)."""
+    text = (REPO / "nextflow.config").read_text()
+    start = text.index("{", text.index("includeConfig ({"))
+    closure = text[start:matching(mask(text), start) + 1]
+    return groovy.evaluate({"params": {"outdir": str(outdir)}}, [("config", closure, True)])["config"]
+
+
+def test_reports_of_a_run_refused_for_an_outdir_in_use_stay_out_of_it_and_a_resume_s_go_there(groovy, tmp_path):
+    """Only a lock held by a running run sends the reports to .nextflow/: a finished run leaves its
+    lock file behind, unheld, and a -resume of it writes its reports in its --outdir as ever."""
+    import fcntl
+    outdir = tmp_path / "results"
+    assert _reports_config(groovy, outdir) == "/dev/null"
+    (outdir / "pipeline_info").mkdir(parents=True)
+    with open(outdir / "pipeline_info" / ".virnucpro-run.lock", "w") as lock:
+        assert _reports_config(groovy, outdir) == "/dev/null"
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running pipeline holds (a POSIX lock)
+        assert _reports_config(groovy, outdir) == "conf/refused_outdir.config"
+        fcntl.lockf(lock, fcntl.LOCK_UN)
+        assert _reports_config(groovy, outdir) == "/dev/null"
+    (tmp_path / "a file").write_text("")
+    assert _reports_config(groovy, tmp_path / "a file" / "results") == "conf/refused_outdir.config"
 
 
 def test_the_inputs_table_stays_one_line_of_three_fields_per_file(groovy):

@@ -682,3 +682,69 @@ def test_a_c_locale_reads_samplesheets_as_utf8_and_refuses_non_ascii_paths(tmp_p
     run = run_pipeline(tmp_path / "glob", "-profile", "test", "-preview", "--input", str(folder.parent / "*" / "r.fa"),
                        env=C_LOCALE)
     assert_refused_before_any_task(run, f"matched {folder.parent}/donn", "not UTF-8", fix)
+
+
+def test_a_non_utf8_locale_is_told_at_start_up_that_the_execution_report_will_be_cut_short(tmp_path):
+    """Java 17 under LANG=C writes text as ASCII: Nextflow's execution report (its DataTables hold a
+    '\u00a9') stops at that character, said only at the end, as a WARN pointing to the log. Said once
+    when the run starts, with the way out."""
+    run = run_pipeline(tmp_path, "-profile", "test", "-preview", env=C_LOCALE)
+    run.assert_ok()
+    start = run.output.split("Failed to render execution report")[0]
+    assert start.count("the execution report") == 1, run.output[-3000:]
+    (said,) = [line for line in start.splitlines() if "the execution report" in line]
+    assert "US-ASCII" in said and "not UTF-8" in said and "export LC_ALL=C.UTF-8" in said, said
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders the run cannot use: refused at start-up, and its reports kept out of them
+# --------------------------------------------------------------------------------------------------
+
+def run_unprivileged(launch: Path, *args: str, outdir: str = "results") -> Run:
+    """run_pipeline, as a user that file permissions bind (root without its permission bypass)."""
+    from engine import command
+    from permission_helpers import unprivileged
+    launch.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([*unprivileged(), *command(launch, *args, outdir=outdir)], cwd=launch, env=task_env(),
+                          capture_output=True, text=True, timeout=900)
+    return Run(launch, launch / outdir, done.returncode, done.stdout + done.stderr)
+
+
+def test_a_run_refused_for_an_outdir_in_use_writes_no_report_into_it(tmp_path):
+    """The refused run left its execution_trace_<start>.txt (header only) in the pipeline_info of
+    the run holding the folder: its reports now go to .nextflow/pipeline_info/."""
+    import fcntl
+    launch = tmp_path / "launch"
+    info = launch / "results" / "pipeline_info"
+    info.mkdir(parents=True)
+    (info / "execution_trace_2026-01-01_00-00-00.txt").write_text("the other run's trace\n")
+    with open(info / ".virnucpro-run.lock", "w") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running pipeline holds (a POSIX lock)
+        before = folder_state(launch / "results")
+        run = run_pipeline(launch, "-profile", "test")
+    assert_refused_before_any_task(run, "in use by another run", str(launch / "results"))
+    assert folder_state(launch / "results") == before
+    assert list((launch / ".nextflow" / "pipeline_info").glob("execution_trace_*.txt"))
+
+
+def test_an_outdir_this_user_cannot_write_is_refused_naming_it_and_the_folder(tmp_path):
+    """Under a read-only parent Nextflow stopped at its trace file with a bare `ERROR ~ <outdir>`:
+    the reports now go to .nextflow/, and the start-up checks say what is wrong and what to do."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    run = run_unprivileged(tmp_path / "launch", "-profile", "test", "-preview", outdir=str(locked / "out"))
+    assert_refused_before_any_task(run, f"--outdir {locked / 'out'} cannot be created", f"cannot write into {locked}",
+                                   "give an --outdir you can write into")
+    assert f"ERROR ~ {locked / 'out'}\n" not in run.output, run.output[-3000:]
+    assert list((run.launch / ".nextflow" / "pipeline_info").glob("execution_trace_*.txt"))
+
+
+def test_a_checkpoint_dir_this_user_cannot_write_is_refused_before_any_task(tmp_path):
+    """Found only by EMBED (exit 10, after PREPARE ran), its hint not naming --checkpoint_dir."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    run = run_unprivileged(tmp_path / "launch", "-profile", "test", "--checkpoint_dir", str(locked / "ck"))
+    assert_refused_before_any_task(run, f"--checkpoint_dir {locked / 'ck'} cannot be created",
+                                   f"cannot write into {locked}", "give a --checkpoint_dir you can write into")

@@ -459,7 +459,7 @@ def unnamablePathProblem(String text) {
 
 // Why an unnamablePath cannot be used, naming the charset the locale gave Java.
 def unnamablePathCause() {
-    return "characters other than ASCII, which this Java cannot use in file names: it encodes them as ${System.getProperty('sun.jnu.encoding')}, not UTF-8 (the locale is C, POSIX or unset)".toString()
+    return "characters other than ASCII, which this Java cannot use in file names: it encodes them as ${System.getProperty('sun.jnu.encoding')} (the encoding of its locale), not UTF-8".toString()
 }
 
 // The way out for an unnamablePath.

@@ -215,19 +215,21 @@ def describeCharacter(String character) {
 // One run at a time writes to an --outdir: the run holds an OS lock on
 // <outdir>/pipeline_info/.virnucpro-run.lock until it ends (the kernel releases it if Nextflow is
 // killed), and a second run given the same --outdir meanwhile stops before any task. Object
-// storage (s3://, gs://) has no such lock: there the folder is not checked.
+// storage (s3://, gs://) has no such lock: there the folder is not checked. An --outdir this user
+// cannot write (nextflow.config then sends the reports to .nextflow/) is refused, naming it.
 def lockOutdir(String outdir) {
     def dir = file(outdir, glob: false)
     if (dir.toUri().getScheme() != 'file') {
         return
     }
     refuseNestedOutdir(dir)
+    // -preview and `nextflow inspect` run no task: checked, but nothing of ours is written
+    refuseUnwritableOutdir(outdir, dir.resolve('pipeline_info'), !workflow.preview)
     if (workflow.preview) {
-        return // -preview and `nextflow inspect` run no task: checked, but nothing of ours is written
+        return
     }
     def lockFile = dir.resolve('pipeline_info').resolve('.virnucpro-run.lock')
-    lockFile.parent.mkdirs()
-    def channel = java.nio.channels.FileChannel.open(lockFile, java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.WRITE)
+    def channel = openRunLock(outdir, lockFile)
     def lock = null
     try {
         lock = channel.tryLock()
@@ -243,6 +245,25 @@ def lockOutdir(String outdir) {
     }
     // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
     workflow.onComplete { lock.release() }
+}
+
+// --outdir and its pipeline_info/ (made unless -preview) must be folders this user can write into.
+def refuseUnwritableOutdir(String outdir, info, boolean create) {
+    def problem = [info.parent, info].findResult { folder -> unwritableFolderProblem(folder, create) }
+    if (problem) {
+        error("--outdir ${outdir} ${problem}: the run writes its results and reports there; give an --outdir you can write into, or make this one writable for you")
+    }
+}
+
+// The run lock of --outdir opened for writing (created if missing); one this user cannot open (an
+// earlier run of another user left it) stops the run, naming it.
+def openRunLock(String outdir, lockFile) {
+    try {
+        return java.nio.channels.FileChannel.open(lockFile, java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.WRITE)
+    }
+    catch (IOException e) {
+        error("--outdir ${outdir}: this run cannot open its lock ${lockFile} (${e}): give an --outdir you can write into, or make this one writable for you")
+    }
 }
 
 // Two runs never share an output folder, nested ones included: an --outdir inside another run's
@@ -336,6 +357,17 @@ def warnIfMultiqcMissing(boolean skip) {
     }
 }
 
+// Nextflow writes its execution report in Java's default encoding, the locale's (ASCII under LANG=C,
+// or with no locale set, on Java 17): the report stops at the first character that encoding lacks,
+// the copyright sign in the DataTables it bundles, said only at the end ("Failed to render execution
+// report"). Said when the run starts, with the way out.
+def warnIfReportCutShort() {
+    def charset = java.nio.charset.Charset.defaultCharset()
+    if (!charset.newEncoder().canEncode('\u00a9' as char)) {
+        log.warn("This Java writes text as ${charset.name()} (the encoding of its locale), not UTF-8: Nextflow cannot render the execution report (pipeline_info/execution_report_<start>.html) whole and will cut it short; run under a UTF-8 locale (`export LC_ALL=C.UTF-8`) to have it whole")
+    }
+}
+
 // Under the slurm profile, a --slurm_queue or --slurm_gpu_queue naming a partition SLURM does not
 // have stops the run at once, naming the parameter (sbatch would refuse every task). Skipped
 // where scontrol cannot be run (a launch host outside the cluster).
@@ -404,10 +436,56 @@ def checkpointDir(String requested, work_dir) {
     if (mountSyntax) {
         error("--checkpoint_dir ${dir}: '${mountSyntax}' in the checkpoint folder cannot be mounted into ${workflow.containerEngine} containers (it separates the parts of a mount); give another --checkpoint_dir, or a link to this one whose path has none of them")
     }
-    if (dir && !workflow.preview) {
-        dir.mkdirs()
+    if (dir && dir.toUri().getScheme() == 'file') {
+        refuseUnwritableCheckpointDir(dir, requested as boolean)
     }
     return dir ? dir.toString() : ''
+}
+
+// A checkpoint folder this user cannot make or write was found only by EMBED (exit 10, after
+// PREPARE ran, its hint not naming --checkpoint_dir): refused here, naming it and why. Made here
+// unless -preview, which writes nothing (then the nearest existing folder must be writable).
+def refuseUnwritableCheckpointDir(dir, boolean given) {
+    def problem = unwritableFolderProblem(dir, !workflow.preview)
+    if (problem && given) {
+        error("--checkpoint_dir ${dir} ${problem}: EMBED keeps its checkpoints there; give a --checkpoint_dir you can write into, or make this one writable for you")
+    }
+    if (problem) {
+        error("The checkpoint folder ${dir} (the default, beside the work directory) ${problem}: give a --checkpoint_dir you can write into")
+    }
+}
+
+// Why this user cannot make files in the folder `dir`, or null when it can: it, or the nearest
+// folder above it that exists, is not a folder or not one this user may enter and write into (its
+// permissions, another user's folder, a read-only file system). It is made first when `create`.
+def unwritableFolderProblem(dir, boolean create) {
+    def failure = create && !java.nio.file.Files.isDirectory(dir) ? createdFolderFailure(dir) : null
+    def existing = nearestExisting(dir.toAbsolutePath())
+    def where = existing == dir.toAbsolutePath() ? '' : 'cannot be created: '
+    if (!java.nio.file.Files.isDirectory(existing)) {
+        return "${where ?: 'is not usable: '}${existing} is not a folder".toString()
+    }
+    def action = !java.nio.file.Files.isExecutable(existing) ? 'enter' : (!java.nio.file.Files.isWritable(existing) ? 'write into' : null)
+    if (action) {
+        return "${where ?: 'is not usable: '}this user (${System.getProperty('user.name')}) cannot ${action} ${existing} (its permissions, or a read-only file system)".toString()
+    }
+    return failure ? "cannot be created (${failure})".toString() : null
+}
+
+// Files.createDirectories, saying what failed instead of throwing, else null.
+def createdFolderFailure(dir) {
+    try {
+        java.nio.file.Files.createDirectories(dir)
+        return null
+    }
+    catch (IOException e) {
+        return e.toString()
+    }
+}
+
+// `path` if it exists, else the nearest folder above it that does.
+def nearestExisting(path) {
+    return path == null || java.nio.file.Files.exists(path) ? path : nearestExisting(path.parent)
 }
 
 // The classifier files PREDICT needs from a models directory: the classifier for the chunk size

@@ -4,7 +4,8 @@
 // inside a folder per sample).
 // On a GPU, `gpu_slot.py` (bin/) makes concurrent tasks on one machine use different GPUs, and the
 // kernels torch.compile builds are cached beside the checkpoints: tasks started after the first
-// ones load them (a few seconds of tracing remain) instead of compiling again.
+// ones load them (a few seconds of tracing remain) instead of compiling again. gpu_slot.py runs in
+// virnucpro's own Python (bin/virnucpro_python): the PATH may have no python3, or an older one.
 // A stop signal (a scheduler's time-limit warning, preemption, Nextflow killing the task) reaches
 // `virnucpro embed` from Nextflow's task wrapper, which then exits at once: the embed process holds
 // a lock on .embed.running for its whole life, and afterScript (run by the wrapper, on the host,
@@ -43,7 +44,7 @@ process VIRNUCPRO_EMBED {
     require_virnucpro.sh ${workflow.manifest.version}
     exec 9> .embed.running
     flock 9 || echo "virnucpro: warning: cannot lock .embed.running (no flock on this file system?): a stop signal may end the task before embed saves its checkpoint" >&2
-    gpu_slot.py --lock-dir ${slots} --device ${device} -- \\
+    virnucpro_python gpu_slot.py --lock-dir ${slots} --device ${device} -- \\
     virnucpro embed \\
         ${shard} \\
         --models ${models} \\

@@ -1,5 +1,6 @@
 // Classify every ORF of one sample from all its embedding shards and write the result tables, and
-// the sample's row of the run summary, its counts reconciled (bin/virnucpro_summary.py row).
+// the sample's row of the run summary, its counts reconciled (bin/virnucpro_summary.py row, run by
+// virnucpro's own Python through bin/virnucpro_python: the PATH may have no python3, or an older one).
 // Wraps `virnucpro predict`. It gets only the classifier, never the whole models directory (ESM-2 3B
 // would be copied to every task on cloud executors): `classifier_files` is the classifier with the
 // models manifest that pins its checksum (staged as _input/models/), or a classifier file given by the
@@ -38,7 +39,7 @@ process VIRNUCPRO_PREDICT {
         --outdir ${prefix} \\
         --threads ${task.cpus} \\
         ${args}
-    virnucpro_summary.py row ${prefix} --sample ${meta.id} --out ${prefix}.summary.tsv
+    virnucpro_python virnucpro_summary.py row ${prefix} --sample ${meta.id} --out ${prefix}.summary.tsv
     """
 
     stub:
