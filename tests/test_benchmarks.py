@@ -142,7 +142,7 @@ def test_prepare_baseline_is_best_of_n_and_rss_is_the_largest_process(capsys):
     bench = _load("bench_prepare")
     bench.main(["--reads", "20", "--repeats", "2", "--writer-lines", "100"])
     out = capsys.readouterr().out
-    assert "pure Python : " in out and out.count("(best of 2)") == 2
+    assert "pure Python : " in out and out.count("(best of 2)") == 2 and "as FASTQ    : " in out
     assert "largest process" in out and "load at end" in out
 
 

@@ -50,9 +50,9 @@ def test_prepare_builds_no_row_header_or_manifest_itself():
 
 def test_table_rows_follow_their_headers(tmp_path):
     (tmp_path / fmt.SEQUENCES).write_text(fmt.table_header(fmt.SEQUENCES_HEADER)
-                                          + fmt.sequence_row("s", 1000, 2, 1, 7)
-                                          + fmt.sequence_row("e", 0, 0, 0, 0))
-    (tmp_path / fmt.CHUNKS).write_text(fmt.table_header(fmt.CHUNKS_HEADER) + fmt.chunk_row("s_chunk_1", "s", 0, 500, 1))
+                                          + fmt.sequence_rows(["s", "e"], [1000, 0], [2, 0], [1, 0], [7, 0]))
+    (tmp_path / fmt.CHUNKS).write_text(fmt.table_header(fmt.CHUNKS_HEADER)
+                                       + fmt.chunk_rows(["s_chunk_1"], ["s"], [0], [500], [1]))
     assert list(fmt.read_table(tmp_path / fmt.SEQUENCES)) == [
         {"sequence_id": "s", "length": "1000", "n_chunks": "2", "n_orfs": "1", "status": "ok", "masked_bases": "7"},
         {"sequence_id": "e", "length": "0", "n_chunks": "0", "n_orfs": "0", "status": "empty", "masked_bases": "0"}]
@@ -68,7 +68,7 @@ def test_sequence_status(length, n_orfs, status):
 
 def test_a_shard_written_by_its_header_and_lines_reads_back(tmp_path):
     shard = tmp_path / fmt.shard_name(0)
-    shard.write_text(fmt.shard_header(500, 0, 1) + fmt.orf_line("s_chunk_1F1", "ATGAAA", "MK"), newline="\n")
+    shard.write_text(fmt.shard_header(500, 0, 1) + "".join(fmt.orf_lines(["s_chunk_1F1"], ["ATGAAA"], ["MK"])), newline="\n")
     assert list(fmt.read_shard(shard)) == [("s_chunk_1F1", "ATGAAA", "MK")]
     info = fmt.shard_info(shard)
     assert (info.chunk_size, info.index, info.of, info.sha256) == (500, 0, 1, fmt.sha256_of(shard))

@@ -77,23 +77,13 @@ BASE_CODE = np.full(256, 4, dtype=np.uint8)
 for _code, (_upper, _lower) in enumerate(zip(b"ACGT", b"acgt")):
     BASE_CODE[_upper] = BASE_CODE[_lower] = _code
 BASE_CODE_BYTES = BASE_CODE.tobytes()  # the same table for bytes.translate (a C loop, 5x a numpy lookup)
-REVCOMP = str.maketrans("ACGTacgt", "TGCAtgca")
+COMPLEMENT = bytes.maketrans(b"ACGTacgt", b"TGCAtgca")  # other codes stay, as in the original
 
 
 def _codon_index(codes: np.ndarray) -> np.ndarray:
     """Base-5 code of the three bases starting at each position (positions past the end read 'other')."""
     padded = np.concatenate([codes, np.full(2, 4, dtype=np.uint8)])
     return padded[:-2] * 25 + padded[1:-1] * 5 + padded[2:]
-
-
-@dataclass
-class Orf:
-    """One stop-free frame of a chunk: the original's record id, nucleotide (+1 base) and protein."""
-
-    chunk: int  # index into the batch
-    label: str
-    nucleotide: str
-    protein: str
 
 
 def _strand_stop_codes(strand: int) -> list:
@@ -134,17 +124,18 @@ def _frames_with_stop(codons: np.ndarray, offsets: np.ndarray, lengths: np.ndarr
     return has_stop
 
 
-def six_frame_orfs(chunks: Sequence[str]) -> list[Orf]:
-    """Stop-free, non-empty frames of chunks, in chunk order then F1 F2 F3 R1 R2 R3.
+def six_frame_orfs(chunk_ids: Sequence[str], chunks: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The ORF lines of chunks (stop-free, non-empty frames, in chunk order then F1 F2 F3 R1 R2 R3)
+    and how many each chunk has.
 
     Translation reads the chunks case-blind; ORF nucleotides come from the upper-cased strand, as
     in the original.
     """
     frames = _stop_free_frames(chunks) if chunks else None
     if frames is None:
-        return []
+        return [], np.zeros(len(chunks), dtype=np.int64)
     proteins, sizes = _translate_frames(frames)
-    return _collect_orfs(chunks, frames, proteins, sizes)
+    return _orf_lines(chunk_ids, chunks, frames, proteins, sizes)
 
 
 @dataclass
@@ -194,23 +185,31 @@ def _translate_frames(f: _Frames) -> tuple[str, np.ndarray]:
     return gathered[valid].tobytes().decode("ascii"), n_amino
 
 
-def _collect_orfs(chunks: Sequence[str], f: _Frames, proteins: str, sizes: np.ndarray) -> list[Orf]:
-    """One Orf per frame that kept at least one amino acid, with its nucleotides from its strand."""
-    orfs: list[Orf] = []
-    strands: dict[int, tuple[str, str]] = {}  # chunk -> (upper-cased strand, its reverse complement)
-    begin = 0
-    for k, s, size in zip(f.chunk.tolist(), f.slot.tolist(), sizes.tolist()):
-        protein = proteins[begin:begin + size]
-        begin += size
-        if not size:
-            continue  # every codon of the frame was dropped: the original keeps no empty protein
-        pair = strands.get(k)
-        if pair is None:
-            upper = chunks[k].upper()
-            pair = strands[k] = (upper, upper.translate(REVCOMP)[::-1])
-        shift = s % 3
-        orfs.append(Orf(k, FRAMES[s], pair[s >= 3][shift:shift + 3 * size + 1], protein))
-    return orfs
+def _orf_lines(chunk_ids: Sequence[str], chunks: Sequence[str], f: _Frames, proteins: str,
+               sizes: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """One ORF line per frame that kept at least one amino acid (the original keeps no empty
+    protein), and the ORFs of each chunk.
+
+    An ORF's nucleotides are its strand's `[shift, shift + 3 * amino acids + 1)`, cut at the chunk's
+    end: a frame's dropped codons shorten it, as in the original. Every strand is read from one
+    upper-cased copy of the joined chunks followed by its reverse complement, the reverse strand of
+    a chunk being the reverse complement's slice that mirrors it; so each ORF costs two slices.
+    """
+    kept = sizes > 0
+    protein_end = np.cumsum(sizes)[kept]
+    size, chunk, slot = sizes[kept], f.chunk[kept], f.slot[kept]
+    forward = "".join(chunks).encode("ascii").upper()  # nucleotide codes only: letters were checked
+    total = len(forward)
+    shift = slot % 3
+    length = f.lengths[chunk]
+    strand_start = np.where(slot >= 3, 2 * total - f.offsets[chunk] - length, f.offsets[chunk])
+    start = strand_start + shift
+    end = strand_start + np.minimum(shift + 3 * size + 1, length)
+    both = (forward + forward.translate(COMPLEMENT)[::-1]).decode("ascii")
+    names = [chunk_ids[k] + FRAMES[s] for k, s in zip(chunk.tolist(), slot.tolist())]
+    nucleotides = [both[a:b] for a, b in zip(start.tolist(), end.tolist())]
+    amino_acids = [proteins[a:b] for a, b in zip((protein_end - size).tolist(), protein_end.tolist())]
+    return fmt.orf_lines(names, nucleotides, amino_acids), np.bincount(chunk, minlength=len(chunks))
 
 
 # --- one group of records (runs in a worker process) -----------------------------------------
@@ -241,41 +240,39 @@ class GroupResult:
     rna_records: list[str]
 
 
-def _check_letters(records: list[Record], path: Path) -> tuple[list[str], list[int]]:
-    """Refuse letters that are no nucleotide code, protein above all (X is masked DNA, as N: the
-    original drops codons holding either); returns the ids of records holding U (RNA) and the
-    masked bases (N or X, either case) of each record.
+def _refuse_bad_letters(records: Iterable[Record], path: Path) -> None:
+    """Refuse the first record holding letters that are no nucleotide code, protein above all (X is
+    masked DNA, as N: the original drops codons holding either)."""
+    for record in records:
+        bad = invalid_letters(record.sequence)
+        if bad:
+            raise letters_refusal(path, record.id, record.line, bad)
 
-    The group is checked as one string; only when it holds something unusual are records looked at
-    one by one (to name the first bad one, or to count).
-    """
-    joined = "".join(record.sequence for record in records)
-    if invalid_letters(joined):
-        for record in records:
-            bad = invalid_letters(record.sequence)
-            if bad:
-                raise letters_refusal(path, record.id, record.line, bad)
+
+def _rna_and_masked(ids: list[str], sequences: list[str], joined: str) -> tuple[list[str], list[int]]:
+    """The ids of records holding U (RNA), and the masked bases (N or X, either case) of each
+    record; `joined` (the sequences as one string) says first whether any record holds either."""
     masks = [letter for letter in "NnXx" if letter in joined]
-    masked = [sum(record.sequence.count(letter) for letter in masks) if masks else 0 for record in records]
+    masked = ([sum(sequence.count(letter) for letter in masks) for sequence in sequences] if masks
+              else [0] * len(sequences))
     if "U" not in joined and "u" not in joined:
         return [], masked
-    return [record.id for record in records if "U" in record.sequence or "u" in record.sequence], masked
+    return [rid for rid, sequence in zip(ids, sequences) if "U" in sequence or "u" in sequence], masked
 
 
 def _translate_chunks(chunk_ids: list[str], chunks: list[str]) -> tuple[list[str], list[int]]:
     """Formatted ORF lines and ORFs per chunk, translating about BATCH_BASES at a time."""
     lines: list[str] = []
-    per_chunk = [0] * len(chunks)
+    per_chunk: list[int] = []
     begin = 0
     while begin < len(chunks):
         end, bases = begin, 0
         while end < len(chunks) and (bases < BATCH_BASES or end == begin):
             bases += len(chunks[end])
             end += 1
-        for orf in six_frame_orfs(chunks[begin:end]):
-            k = begin + orf.chunk
-            lines.append(fmt.orf_line(chunk_ids[k] + orf.label, orf.nucleotide, orf.protein))
-            per_chunk[k] += 1
+        batch_lines, batch_counts = six_frame_orfs(chunk_ids[begin:end], chunks[begin:end])
+        lines += batch_lines
+        per_chunk += batch_counts.tolist()
         begin = end
     return lines, per_chunk
 
@@ -286,48 +283,55 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     Record ids are hashed (by `id_key`) with Python's string hash, whose per-process key forked
     workers share with the main process, which confirms duplicates with the same hash.
     """
-    parsed = list(group.parse())
-    rna, masked = _check_letters(parsed, group.path)
-    hashes = array("q", [hash(id_key(record.id)) for record in parsed])
-    cut = _cut_into_chunks(parsed, chunk_size)
+    ids, sequences = group.columns()
+    joined = "".join(sequences)
+    if invalid_letters(joined):
+        _refuse_bad_letters(group.parse(), group.path)
+    rna, masked = _rna_and_masked(ids, sequences, joined)
+    hashes = array("q", [hash(id_key(rid)) for rid in ids])
+    cut = _cut_into_chunks(ids, sequences, chunk_size)
     orf_lines, per_chunk = _translate_chunks(cut.ids, cut.chunks)
-    table = "".join(fmt.chunk_row(*row, n) for row, n in zip(cut.rows, per_chunk))
-    orfs_before = list(itertools.accumulate(per_chunk, initial=0))
-    sequence_rows = []
-    for r, record in enumerate(parsed):
-        first, last = cut.first_chunk[r], cut.first_chunk[r + 1]
-        n_orfs = orfs_before[last] - orfs_before[first]
-        sequence_rows.append(fmt.sequence_row(record.id, len(record.sequence), last - first, n_orfs, masked[r]))
-    counts = Counts(sequences=len(parsed), empty_sequences=sum(1 for r in parsed if not r.sequence),
-                    bases=sum(len(r.sequence) for r in parsed), chunks=len(cut.chunks),
-                    chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
-    return GroupResult(counts, orf_lines, table, "".join(sequence_rows), hashes, rna)
+    table = fmt.chunk_rows(cut.ids, cut.sequence_ids, cut.starts, cut.lengths, per_chunk)
+    orfs_before = np.cumsum([0, *per_chunk])
+    first_chunk = np.array(cut.first_chunk)
+    n_chunks = np.diff(first_chunk).tolist()
+    n_orfs = (orfs_before[first_chunk[1:]] - orfs_before[first_chunk[:-1]]).tolist()
+    lengths = list(map(len, sequences))
+    sequence_rows = fmt.sequence_rows(ids, lengths, n_chunks, n_orfs, masked)
+    counts = Counts(sequences=len(ids), empty_sequences=lengths.count(0), bases=len(joined),
+                    chunks=len(cut.chunks), chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
+    return GroupResult(counts, orf_lines, table, sequence_rows, hashes, rna)
 
 
 @dataclass
 class _Chunked:
-    """The chunks of a group of records, with their ids, chunk-table cells (chunk id, sequence id,
-    start, length: the ORF count is still to come) and, per record, the index of its first chunk
-    (plus one end index after the last record)."""
+    """The chunks of a group of records as columns (chunk id, sequence id, start, length, bases) and,
+    per record, the index of its first chunk (plus one end index after the last record)."""
 
     ids: list[str] = field(default_factory=list)
-    rows: list[tuple[str, str, int, int]] = field(default_factory=list)
+    sequence_ids: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
     first_chunk: list[int] = field(default_factory=list)
 
     def add(self, rid: str, k: int, start: int, sequence: str) -> None:
         """Chunk `k` (1-based) of record `rid`, starting at `start`."""
-        chunk_id = chunk_id_of(rid, k)
-        self.ids.append(chunk_id)
-        self.rows.append((chunk_id, rid, start, len(sequence)))
+        self.ids.append(chunk_id_of(rid, k))
+        self.sequence_ids.append(rid)
+        self.starts.append(start)
+        self.lengths.append(len(sequence))
         self.chunks.append(sequence)
 
 
-def _cut_into_chunks(parsed: Sequence, chunk_size: int) -> _Chunked:
+def _cut_into_chunks(ids: list[str], sequences: list[str], chunk_size: int) -> _Chunked:
     """Each record whole when it fits in `chunk_size` (none when empty), else its overlapping chunks."""
+    lengths = list(map(len, sequences))
+    if lengths and 0 < min(lengths) and max(lengths) <= chunk_size:  # reads: every record is its one chunk
+        return _Chunked([chunk_id_of(rid, 1) for rid in ids], ids, [0] * len(ids), lengths, sequences,
+                        list(range(len(ids) + 1)))
     cut = _Chunked()
-    for record in parsed:
-        rid, sequence = record.id, record.sequence
+    for rid, sequence in zip(ids, sequences):
         cut.first_chunk.append(len(cut.chunks))
         if len(sequence) <= chunk_size:
             if sequence:
@@ -901,7 +905,7 @@ def _check_first_records(path: Path) -> None:
                 raise
             if record is None:
                 return
-            _check_letters([record], path)
+            _refuse_bad_letters([record], path)
     finally:
         stream.close()
 

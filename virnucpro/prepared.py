@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from stat import S_ISDIR, S_ISREG
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of
@@ -70,14 +70,17 @@ def table_header(columns: tuple[str, ...]) -> str:
     return "\t".join(columns) + "\n"
 
 
-def orf_line(orf_id: str, nucleotide: str, protein: str) -> str:
-    """One ORF record of a shard, in SHARD_COLUMNS order."""
-    return f"{orf_id}\t{nucleotide}\t{protein}\n"
+def orf_lines(orf_ids: Sequence[str], nucleotides: Sequence[str], proteins: Sequence[str]) -> list[str]:
+    """ORF records of a shard, in SHARD_COLUMNS order (a group of short reads has thousands)."""
+    return [f"{orf_id}\t{nucleotide}\t{protein}\n"
+            for orf_id, nucleotide, protein in zip(orf_ids, nucleotides, proteins)]
 
 
-def chunk_row(chunk_id: str, sequence_id: str, start: int, length: int, n_orfs: int) -> str:
-    """One row of chunks.tsv, in CHUNKS_HEADER order."""
-    return f"{chunk_id}\t{sequence_id}\t{start}\t{length}\t{n_orfs}\n"
+def chunk_rows(chunk_ids: Sequence[str], sequence_ids: Sequence[str], starts: Sequence[int],
+               lengths: Sequence[int], n_orfs: Sequence[int]) -> str:
+    """Rows of chunks.tsv, in CHUNKS_HEADER order, as one text."""
+    return "".join([f"{chunk_id}\t{sequence_id}\t{start}\t{length}\t{n}\n" for chunk_id, sequence_id, start, length, n
+                    in zip(chunk_ids, sequence_ids, starts, lengths, n_orfs)])
 
 
 def sequence_status(length: int, n_orfs: int) -> str:
@@ -85,10 +88,12 @@ def sequence_status(length: int, n_orfs: int) -> str:
     return "empty" if length == 0 else "ok" if n_orfs else "no_orf"
 
 
-def sequence_row(sequence_id: str, length: int, n_chunks: int, n_orfs: int, masked_bases: int) -> str:
-    """One row of sequences.tsv, in SEQUENCES_HEADER order (its status derived)."""
-    return (f"{sequence_id}\t{length}\t{n_chunks}\t{n_orfs}\t{sequence_status(length, n_orfs)}"
-            f"\t{masked_bases}\n")
+def sequence_rows(sequence_ids: Sequence[str], lengths: Sequence[int], n_chunks: Sequence[int],
+                  n_orfs: Sequence[int], masked_bases: Sequence[int]) -> str:
+    """Rows of sequences.tsv, in SEQUENCES_HEADER order (each status derived), as one text."""
+    return "".join([f"{sequence_id}\t{length}\t{chunks}\t{orfs}\t{sequence_status(length, orfs)}\t{masked}\n"
+                    for sequence_id, length, chunks, orfs, masked
+                    in zip(sequence_ids, lengths, n_chunks, n_orfs, masked_bases)])
 
 
 def sequence_ids(path: Path) -> Iterator[str]:

@@ -21,6 +21,7 @@ import shlex
 import stat
 import sys
 import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -453,7 +454,8 @@ def _record_id(header: str, path: Path, line: int) -> str:
         raise _header_too_long(path, line, header[:40])
     words = header.split(None, 1)
     if not words:
-        raise BadInputError(f"{path}, line {line}: header '{header.strip()}' has no sequence id",
+        raise BadInputError(f"{path}, line {line}: the header has no sequence id (nothing but blanks after its "
+                            "'>' or '@')",
                             "give every record a name after '>' or '@'")
     _check_header_text(header, words[0], path, line)
     if len(words[0]) > ID_LIMIT:
@@ -499,21 +501,65 @@ def _fasta_record(text: str, path: Path, line: int) -> Record:
 @dataclass
 class RecordGroup:
     """Whole records of one file, about a megabyte of them: raw FASTA text (the text after the
-    group's first '>') to be parsed where the group is processed, or records already parsed."""
+    group's first '>') to be parsed where the group is processed, or FASTQ records already parsed,
+    as columns (a worker process receives them several times faster than as `Record` objects)."""
 
     path: Path
     fasta_text: str | None = None
     first_line: int = 1
-    records: list[Record] | None = None
+    ids: list[str] | None = None
+    sequences: list[str] | None = None
+    lines: array | None = None  # of each record's header
+
+    @classmethod
+    def of_records(cls, path: Path, records: list[Record]) -> "RecordGroup":
+        return cls(path, ids=[r.id for r in records], sequences=[r.sequence for r in records],
+                   lines=array("q", [r.line for r in records]))
 
     def parse(self) -> Iterator[Record]:
-        if self.records is not None:
-            yield from self.records
+        if self.ids is not None:
+            yield from map(Record, self.ids, self.sequences, self.lines)
             return
         line = self.first_line
         for text in self.fasta_text.split("\n>"):
             yield _fasta_record(text, self.path, line)
             line += text.count("\n") + 1
+
+    def columns(self) -> tuple[list[str], list[str]]:
+        """The ids and the sequences of the records, in order: what `parse` gives, without the line
+        numbers that only messages need (`parse` again finds a record's line)."""
+        if self.ids is not None:
+            return self.ids, self.sequences
+        plain = _plain_fasta_columns(self.fasta_text)
+        if plain is not None:
+            return plain
+        records = list(self.parse())
+        return [record.id for record in records], [record.sequence for record in records]
+
+
+def _plain_fasta_columns(text: str) -> tuple[list[str], list[str]] | None:
+    """`RecordGroup.columns` of FASTA text holding nothing any record must be refused for, worked out
+    over the whole group with list operations (short reads cost several times less than through
+    `parse`); None when the text is not plain: not ASCII (the Unicode checks of `_check_header_text`),
+    a double quote anywhere, a header without id, an id or header over its limit. `parse` then goes
+    record by record and names the one at fault, if any."""
+    if not text.isascii() or '"' in text:
+        return None
+    records = [record.partition("\n") for record in text.split("\n>")]
+    headers = [header for header, _, _ in records]
+    if max(map(len, headers)) >= HEADER_LIMIT:
+        return None
+    try:
+        ids = [header.split(None, 1)[0] for header in headers]
+    except IndexError:  # a header of blanks only
+        return None
+    if max(map(len, ids)) > ID_LIMIT:
+        return None
+    sequences = [body.replace("\n", "") for _, _, body in records]
+    joined = "".join(sequences)
+    if " " in joined or "\t" in joined:  # removed, as `_fasta_record` removes them
+        sequences = [sequence.replace(" ", "").replace("\t", "") for sequence in sequences]
+    return ids, sequences
 
 
 def _bases_only(text: str) -> str:
@@ -562,7 +608,7 @@ def _capped_groups(text: str, line: int, path: Path) -> Iterator[RecordGroup]:
     """The records of one group's FASTA text (after its first '>', header on `line`) in groups of at
     most GROUP_RECORDS records, as FASTQ groups are: a megabyte of short reads is ~70,000 records, and
     a record costs far more once parsed and prepared than as text."""
-    if text.count("\n>") < GROUP_RECORDS:
+    if text.count(">") < GROUP_RECORDS or text.count("\n>") < GROUP_RECORDS:  # '>' alone: 3x faster
         yield RecordGroup(path, fasta_text=text, first_line=line)
         return
     start = 0
@@ -690,19 +736,104 @@ def _nonempty_lines(block: TextBlock) -> Iterator[tuple[int, str]]:
 
 
 def _fastq_groups(blocks: Iterable[TextBlock], path: Path, reader: UniversalText) -> Iterator[RecordGroup]:
-    """FASTQ records parsed here, in groups of about GROUP_BASES bases or GROUP_RECORDS records,
-    whichever comes first (a run of empty reads, as cutadapt keeps them, would be one group)."""
-    numbered = _numbered_lines(blocks)
-    first = next((n, t) for n, t in numbered if t.strip())
+    """FASTQ records in groups of at most GROUP_RECORDS records. Blocks of plain four-line records
+    (nearly every FASTQ) are split with list operations (`_plain_fastq_columns`); from the first
+    record that is not plain on, records are parsed line by line, as `_fastq_records` parses them,
+    naming any fault."""
+    blocks = iter(blocks)
+    carry: list[str] = []  # the lines of a record the previous block began
+    carry_line = 1
+    for block in blocks:
+        first_line = block.first_line - len(carry)
+        lines = _listed_lines(block, carry)
+        whole = len(lines or ()) // 4 * 4
+        plain = _plain_fastq_columns(lines[:whole]) if lines is not None else None
+        if plain is None:
+            here = _numbered(lines, first_line) if lines is not None else itertools.chain(
+                _numbered(carry, first_line), _numbered_lines([block]))
+            yield from _parsed_fastq_groups(itertools.chain(here, _numbered_lines(blocks)), path, reader)
+            return
+        yield from _column_groups(path, *plain, first_line)
+        carry, carry_line = lines[whole:], first_line + whole
+        reader.header_marks = NEXT_LINE_MARKS[len(carry)]
+    if carry:
+        yield from _parsed_fastq_groups(_numbered(carry, carry_line), path, reader)
+
+
+def _listed_lines(block: TextBlock, carry: list[str]) -> list[str] | None:
+    """`carry` then the lines of `block`; None when the block holds an empty line: those are skipped
+    one by one, never listed (a run of millions costs no memory), by the line-by-line reader."""
+    if block.text.startswith("\n") or "\n\n" in block.text:
+        return None
+    lines = carry + block.text.split("\n")
+    if block.text.endswith("\n"):
+        lines.pop()
+    return lines
+
+
+# what may start a header at the next line, after this many lines of a four-line record: as
+# `_fastq_records` says it to the reader (a line in the place of a '+' line is checked as a header)
+NEXT_LINE_MARKS = (b"@", b"+", b"+", b"")
+
+
+def _plain_fastq_columns(lines: list[str]) -> tuple[list[str], list[str]] | None:
+    """The ids and sequences of whole four-line records (header, one sequence line, '+' line, one
+    quality line) that `_fastq_records` would read the same way and accept: ASCII headers with an id
+    (no double quote, within the limits), sequences of nucleotide codes only, each as long as its
+    quality line, which holds no blank. None when any record is not such, for `_fastq_records` to
+    read and, if it must, name."""
+    headers, sequences, separators, qualities = lines[0::4], lines[1::4], lines[2::4], lines[3::4]
+    header_text = "\n" + "\n".join(headers)
+    if header_text.count("\n@") != len(headers) or not header_text.isascii() or '"' in header_text:
+        return None
+    if ("\n" + "\n".join(separators)).count("\n+") != len(separators):
+        return None
+    if list(map(len, sequences)) != list(map(len, qualities)) or invalid_letters("".join(sequences)):
+        return None
+    quality_text = "".join(qualities)
+    if not quality_text.isascii() or " " in quality_text or "\t" in quality_text:
+        return None
+    if headers and max(map(len, headers)) > HEADER_LIMIT:
+        return None
+    try:
+        ids = [header[1:].split(None, 1)[0] for header in headers]
+    except IndexError:  # a header of blanks only
+        return None
+    if ids and max(map(len, ids)) > ID_LIMIT:
+        return None
+    return ids, sequences
+
+
+def _numbered(lines: list[str], first_line: int) -> Iterator[tuple[int, str]]:
+    """(line number, line) of the lines that are not empty, as `_numbered_lines` gives them."""
+    return ((number, line) for number, line in enumerate(lines, start=first_line) if line)
+
+
+def _column_groups(path: Path, ids: list[str], sequences: list[str], first_line: int) -> Iterator[RecordGroup]:
+    """Plain four-line records (the first header on `first_line`) in groups of GROUP_RECORDS at most."""
+    for start in range(0, len(ids), GROUP_RECORDS):
+        end = start + GROUP_RECORDS
+        yield RecordGroup(path, ids=ids[start:end], sequences=sequences[start:end],
+                          lines=array("q", range(first_line + 4 * start, first_line + 4 * min(end, len(ids)), 4)))
+
+
+def _parsed_fastq_groups(numbered: Iterator[tuple[int, str]], path: Path,
+                         reader: UniversalText) -> Iterator[RecordGroup]:
+    """The records read by `_fastq_records` from these lines on, in groups of about GROUP_BASES bases
+    or GROUP_RECORDS records, whichever comes first (a run of empty reads, as cutadapt keeps them,
+    would be one group)."""
+    first = next(((n, t) for n, t in numbered if t.strip()), None)
+    if first is None:
+        return
     group, bases = [], 0
     for record in _fastq_records(numbered, first, path, reader):
         group.append(record)
         bases += len(record.sequence)
         if bases >= GROUP_BASES or len(group) >= GROUP_RECORDS:
-            yield RecordGroup(path, records=group)
+            yield RecordGroup.of_records(path, group)
             group, bases = [], 0
     if group:
-        yield RecordGroup(path, records=group)
+        yield RecordGroup.of_records(path, group)
 
 
 def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
