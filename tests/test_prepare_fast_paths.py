@@ -180,3 +180,25 @@ def test_a_fastq_record_that_is_not_plain_is_named_as_line_by_line(tmp_path, mon
     monkeypatch.setattr(seqio, "BLOCK", block)
     expected = read_line_by_line(path, monkeypatch)
     assert read_or_refusal(path) == expected
+
+
+@pytest.mark.parametrize("tail", [
+    " \n@s\nACGT\n+" + "x" * 60 + "\nIIII\n",    # a blank line (skipped), then a '+' line over the limit
+    "@r\n+\n@s\nACGT\n+" + "x" * 60 + "\nIIII\n",  # an empty record, then the same
+    " \n@" + "x" * 60 + "\nACGT\n+\nIIII\n",       # a blank line, then a header over the limit
+    "@r\n+\n@" + "x" * 60 + "\nACGT\n+\nIIII\n",   # an empty record, then the same
+    "@r\nAC\nGT\n+" + "x" * 60 + "\nIIII\n",       # a wrapped sequence, then a long '+' line
+    "garbage\n@t\nAC\x00T\n+\nIIII\n",             # a fault, then binary data in a later block
+])
+def test_the_lines_a_plain_block_leaves_are_read_as_line_by_line(tmp_path, monkeypatch, tail):
+    """The 1-3 lines after a block's last whole four-line record begin the next record: the line after
+    them is checked as the line-by-line reader would check it (a header or '+' line over the limit is
+    refused while it streams, never held whole), and a fault in them is named before the next block
+    is read. Every cut of the input into blocks, with a header limit small enough to reach."""
+    from virnucpro import seqio
+    path = tmp_path / "in.fq"
+    path.write_bytes(("@a\nACGT\n+\nIIII\n@b\nGG\n+\nII\n" + tail).encode())
+    monkeypatch.setattr(seqio, "HEADER_LIMIT", 40)
+    for block in range(4, 48):
+        monkeypatch.setattr(seqio, "BLOCK", block)
+        assert read_or_refusal(path) == read_line_by_line(path, monkeypatch), f"blocks of {block} bytes"

@@ -755,6 +755,10 @@ def _fastq_groups(blocks: Iterable[TextBlock], path: Path, reader: UniversalText
             return
         yield from _column_groups(path, *plain, first_line)
         carry, carry_line = lines[whole:], first_line + whole
+        if not _plain_start(carry):  # read line by line now, as before the next block: a fault is named first
+            yield from _parsed_fastq_groups(itertools.chain(_numbered(carry, carry_line), _numbered_lines(blocks)),
+                                            path, reader)
+            return
         reader.header_marks = NEXT_LINE_MARKS[len(carry)]
     if carry:
         yield from _parsed_fastq_groups(_numbered(carry, carry_line), path, reader)
@@ -774,6 +778,16 @@ def _listed_lines(block: TextBlock, carry: list[str]) -> list[str] | None:
 # what may start a header at the next line, after this many lines of a four-line record: as
 # `_fastq_records` says it to the reader (a line in the place of a '+' line is checked as a header)
 NEXT_LINE_MARKS = (b"@", b"+", b"+", b"")
+
+
+def _plain_start(lines: list[str]) -> bool:
+    """Whether the first lines of a record (fewer than four) are what `_fastq_records` reads without a
+    fault and in the places the four-line reading gives them (a plain header, one sequence line, a
+    '+' line), so that the line after them is checked as NEXT_LINE_MARKS says."""
+    if not lines:
+        return True
+    record = (lines + ["", "+"][len(lines) - 1:])[:3]
+    return _plain_fastq_columns([*record, "I" * len(record[1])]) is not None
 
 
 def _plain_fastq_columns(lines: list[str]) -> tuple[list[str], list[str]] | None:
@@ -822,6 +836,7 @@ def _parsed_fastq_groups(numbered: Iterator[tuple[int, str]], path: Path,
     """The records read by `_fastq_records` from these lines on, in groups of about GROUP_BASES bases
     or GROUP_RECORDS records, whichever comes first (a run of empty reads, as cutadapt keeps them,
     would be one group)."""
+    reader.header_marks = b"@"  # a record starts here: what `_fastq_records` says after a record
     first = next(((n, t) for n, t in numbered if t.strip()), None)
     if first is None:
         return
