@@ -32,12 +32,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install --no-cache-dir \
         torch==2.13.0 \
         fair-esm==2.0.0 \
-        transformers==5.23.0 \
         tokenizers==0.23.3 \
         safetensors==0.8.0 \
-        huggingface_hub==2.4.0 \
         h5py==3.16.0 \
-        biopython==1.88 \
         numpy==2.4.6 \
         typer==0.29.2 \
         rich==15.0.0

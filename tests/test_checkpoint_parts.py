@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import gc
 import io
 import os
 import shutil
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +215,7 @@ def test_failed_part_write_ends_the_command_at_the_next_batch_with_exit_10(tmp_p
                                                                           tiny_models, monkeypatch):
     """A full disk under the checkpoint folder: exit 10 naming the part one batch later, no output, part 0 kept."""
     batches, failed_after = [], []
-    embed_batch, save, savez = virnucpro.embed._ShardWork.embed_batch, CheckpointStore.save, np.savez
+    embed_batch, save, write_npz = virnucpro.embed._ShardWork.embed_batch, CheckpointStore.save, virnucpro.embed._write_npz
 
     def counted(self, *args):
         batches.append(args[0])
@@ -223,15 +225,15 @@ def test_failed_part_write_ends_the_command_at_the_next_batch_with_exit_10(tmp_p
         save(self, vectors, made)
         concurrent.futures.wait(self.pending)
 
-    def disk_full_from_part_1(file, *args, **kwargs):
-        if ".part_00000." in str(file):
-            return savez(file, *args, **kwargs)
+    def disk_full_from_part_1(handle, arrays):
+        if ".part_00000." in handle.name:
+            return write_npz(handle, arrays)
         failed_after.append(len(batches))
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(virnucpro.embed._ShardWork, "embed_batch", counted)
     monkeypatch.setattr(CheckpointStore, "save", written_at_once)
-    monkeypatch.setattr(virnucpro.embed.np, "savez", disk_full_from_part_1)
+    monkeypatch.setattr(virnucpro.embed, "_write_npz", disk_full_from_part_1)
     out = tmp_path / "s.h5"
     code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", out,
                             "--device", "cpu", "--checkpoint-every", EVERY, "--threads", 1)
@@ -436,3 +438,41 @@ def test_the_device_attribute_is_devices_joined_in_sorted_order(tmp_path, tiny_m
         handle.attrs["device"] = device
     with pytest.raises(InconsistentInputsError, match="attribute device must be cpu or cuda, or several"):
         h5shard.read_info(out)
+
+
+class _FailingAfter(io.BytesIO):
+    """A file whose storage fills up after `room` bytes, as a disk does mid-part."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room = room
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_part_archive_reads_back_as_written():
+    arrays = {"key": np.array("k" * 64), "esm2_index": np.arange(5, dtype=np.int64),
+              "esm2_vectors": np.random.default_rng(1).random((5, 3), dtype=np.float32)}
+    handle = io.BytesIO()
+    virnucpro.embed._write_npz(handle, arrays)
+    handle.seek(0)
+    with np.load(handle, allow_pickle=False) as loaded:
+        assert sorted(loaded.files) == sorted(arrays)
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(loaded[name], array)
+            assert loaded[name].dtype == array.dtype
+
+
+@pytest.mark.parametrize("room", [10, 200, 1_000])
+def test_a_part_write_that_fails_leaves_no_archive_open_to_complain_later(room, monkeypatch):
+    """numpy < 2.2's savez left its archive open on a failed write; collected later, it printed a traceback."""
+    complaints = []
+    monkeypatch.setattr(sys, "unraisablehook", complaints.append)
+    arrays = {"esm2_vectors": np.ones((50, 10), np.float32), "esm2_index": np.arange(50)}
+    with pytest.raises(OSError):
+        virnucpro.embed._write_npz(_FailingAfter(room), arrays)
+    gc.collect()
+    assert complaints == []

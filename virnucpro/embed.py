@@ -274,7 +274,7 @@ class CheckpointStore:
         try:
             self._write_identity()
             with open(tmp, "wb", opener=lambda path, _flags: create_exclusive(Path(path), PART_TMP_WHAT)) as handle:
-                np.savez(handle, **arrays)
+                _write_npz(handle, arrays)
             digest = fmt.sha256_of(tmp)
             os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
         except OSError as exc:
@@ -480,6 +480,15 @@ def _discard(path: Path, problem: str) -> None:
          "recomputed")
     if is_regular(path):
         path.unlink(missing_ok=True)
+
+
+def _write_npz(handle, arrays: dict[str, np.ndarray]) -> None:
+    """The arrays as an uncompressed .npz (what `np.savez` writes), the archive closed even when a
+    write fails: numpy before 2.2 left it open, and its clean-up later printed a traceback."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> Part:

@@ -291,8 +291,20 @@ def check_token_ids(tokens: Sequence[np.ndarray], vocab_size: int, model: str) -
 
 def uses_varlen_kernel(x: torch.Tensor, score_mod: Optional[Callable] = None) -> bool:
     """Whether `packed_attention` on tensors like `x` takes the varlen flash kernel (which needs
-    no block mask): on a GPU, in fp16/bf16, without a score_mod."""
-    return score_mod is None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+    no block mask): on a GPU, in fp16/bf16, without a score_mod, with a torch that has it (2.10+;
+    before, FlexAttention with the block mask does the same work)."""
+    return (score_mod is None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+            and _has_varlen_attention())
+
+
+@functools.lru_cache(maxsize=1)
+def _has_varlen_attention() -> bool:
+    """Whether this torch has `torch.nn.attention.varlen` (added in torch 2.10)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def for_attention(stream: TokenStream, x: torch.Tensor, score_mod: Optional[Callable] = None) -> TokenStream:
