@@ -1,6 +1,6 @@
-"""Output folders on the error paths: a stop while finished files move in, a record this user cannot
-read, a stop just after a temporary is made, names a file system refuses, storage that went away, no
-free inodes, a disk full while the lock is written, and a permission error on a path that is read.
+"""Output folders on the error paths: a stop or a kill while finished files move in, a record this user
+cannot read, a stop just after a temporary is made, names a file system refuses, storage that went away,
+no free inodes, a disk full while the lock is written, and a permission error on a path that is read.
 
 Each is reproduced for real where this machine allows it: a real signal sent at a real moment (an
 audit hook of the command's own process sends it when the command makes the call named), real small
@@ -493,4 +493,143 @@ def test_a_stop_while_run_moves_its_files_in_leaves_its_tables_with_its_own_embe
     with h5py.File(shards[0], "r") as shard:
         records = {orf.decode().split("_")[0] for orf in shard["ids"][:]}
     assert len(shards) == 1 and records == {"c0", "c1"}, records  # the two records' ORFs, not the six's
+    assert_marker_settled(out)
+
+
+# --- a kill while run moves its files in -----------------------------------------------------------------
+
+# Code that SIGKILLs its own process just before its `kill_at`-th step (a rename, link or removal of a name,
+# each a moment another state is on disk): steps are counted from `arm()`, or from the first step after a
+# rename or link that lands a name matching `after`. A rename into a new name calls libc's renameat2, which
+# no audit event shows: it is counted through the one module global that names it, then made as it is.
+KILLER = r"""
+import os, re, signal, sys
+from virnucpro import outdir as _od
+
+_state = {"armed": False, "steps": 0, "kill_at": 0, "after": None}
+_STEPS = {"os.rename", "os.remove", "os.rmdir", "os.link"}
+
+def arm(kill_at, after=None):
+    _state.update(armed=after is None, kill_at=kill_at, after=after and re.compile(after))
+
+def _step(landed=None):
+    if _state["armed"]:
+        _state["steps"] += 1
+        if _state["steps"] == _state["kill_at"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+    elif landed is not None and _state["after"] is not None and _state["after"].search(landed):
+        _state["armed"] = True
+
+def _hook(event, args):
+    if event in _STEPS:
+        _step(os.fsdecode(args[1]) if event in ("os.rename", "os.link") else None)
+
+_renameat2 = _od._renameat2
+if _renameat2 is not None:
+    def _counted(olddirfd, old, newdirfd, new, flags):
+        _step(os.fsdecode(new))
+        return _renameat2(olddirfd, old, newdirfd, new, flags)
+    _od._renameat2 = _counted
+sys.addaudithook(_hook)
+"""
+
+# `virnucpro ARGS`, SIGKILLed at the first step after the one that moved `after` in (see KILLER).
+KILLED_AFTER = KILLER + r"""
+import runpy
+arm(1, sys.argv[1])
+sys.argv = ["virnucpro", *sys.argv[2:]]
+runpy.run_module("virnucpro", run_name="__main__", alter_sys=True)
+"""
+
+# What `run` publishes, written as run writes it (predict's files staged, the embeddings in the work folder),
+# then moved in by the real `OutputFolder` under a real claim: argv OUT TAG SHARDS KEEP KILL_AT. Every file
+# holds TAG, so the files of two runs tell apart; KILL_AT 0 never kills.
+TABLES = ("prediction_results.txt", "chunks.tsv", "run_info.json")
+PUBLISHED = KILLER + r"""
+import shutil
+from pathlib import Path
+out, tag, shards, keep = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(","), sys.argv[4] == "keep"
+kill_at, tables = int(sys.argv[5]), sys.argv[6].split(",")
+with _od.claim(out, "run", ("embeddings", *tables)) as output:
+    staging, work = out / ".staged", out / ".work"
+    for folder in (staging, work):
+        shutil.rmtree(folder, ignore_errors=True)
+    staging.mkdir()
+    (work / "embeddings").mkdir(parents=True)
+    for name in tables:
+        (staging / name).write_text(tag)
+    for shard in shards:
+        (work / "embeddings" / shard).write_text(tag)
+    output.with_next_publish(work if keep else None, ["embeddings"])
+    arm(kill_at)
+    output.publish(staging, tables)
+print("steps", _state["steps"])
+"""
+
+
+def published(out: Path, tag: str, shards: list[str], keep: bool, kill_at: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PUBLISHED, out, tag, ",".join(shards), "keep" if keep else "drop",
+                           str(kill_at), ",".join(TABLES)], capture_output=True, text=True)
+
+
+def assert_a_complete_set_is_one_runs(out: Path, shards: dict[str, list[str]], keeps: dict[str, bool]) -> None:
+    """Where run_info.json is, every table and every embedding beside it is that run's (`shards`, `keeps`: by tag)."""
+    if not (out / "run_info.json").exists():
+        return
+    tag = (out / "run_info.json").read_text()
+    assert {name: (out / name).read_text() for name in TABLES} == dict.fromkeys(TABLES, tag)
+    kept = out / "embeddings"
+    embeddings = {p.name: p.read_text() for p in kept.iterdir()} if kept.exists() else {}
+    assert embeddings == (dict.fromkeys(shards[tag], tag) if keeps[tag] else {}), (tag, embeddings)
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["embeddings kept", "embeddings removed"])
+def test_a_kill_at_any_step_of_a_publish_never_leaves_run_info_beside_another_runs_embeddings(tmp_path, keep):
+    """A reviewer's case (a SIGKILL, which nothing defers): run_info.json, the mark of a complete set, landed
+    before the embeddings moved in (or the earlier ones were removed), so a kill between left this run's
+    tables beside the earlier run's embeddings. Killed before each step in turn: whenever run_info.json is
+    there, all beside it is its run's, and the rerun (its record kept sound at every step) completes."""
+    shards, keeps = {"old": ["s0.h5", "s1.h5"], "new": ["s0.h5", "s2.h5"]}, {"old": True, "new": keep}
+    base = tmp_path / "base"
+    assert published(base, "old", shards["old"], True).returncode == 0
+    kill_at = 0
+    while True:
+        kill_at += 1
+        out = tmp_path / f"k{kill_at}"
+        shutil.copytree(base, out)  # times kept: the record still proves each file ours
+        done = published(out, "new", shards["new"], keep, kill_at)
+        if done.returncode == 0:
+            break
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert_a_complete_set_is_one_runs(out, shards, keeps)
+        again = published(out, "new", shards["new"], keep)
+        assert again.returncode == 0, (kill_at, again.stderr)
+        assert (out / "run_info.json").read_text() == "new"
+        assert_a_complete_set_is_one_runs(out, shards, keeps)
+        assert_marker_settled(out)
+    assert done.stdout.split() == ["steps", str(kill_at - 1)], done.stdout  # killed once before each step
+    assert_a_complete_set_is_one_runs(out, shards, keeps)
+
+
+def test_a_kill_just_after_run_moved_run_info_in_leaves_its_own_embeddings_beside_it(tmp_path, tiny_models):
+    """The same with a real `run --keep-embeddings`, killed at the first step after run_info.json landed."""
+    import h5py
+
+    def coding(path: Path, n: int) -> Path:
+        path.write_text("".join(f">c{i}\n{'GCTGCAAAA' * (60 + i)}\n" for i in range(n)))
+        return path
+
+    out = tmp_path / "out"
+    common = ["--models", tiny_models, "--device", "cpu", "--threads", "1", "--keep-embeddings", "--outdir", out]
+    assert virnucpro("run", coding(tmp_path / "six.fa", 6), *common).returncode == 0
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER, r"/run_info\.json$", "run",
+                             *map(str, [coding(tmp_path / "two.fa", 2), *common])], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "two.fa" in (out / "run_info.json").read_text()
+    shards = sorted((out / "embeddings").glob("*.h5"))
+    with h5py.File(shards[0], "r") as shard:
+        records = {orf.decode().split("_")[0] for orf in shard["ids"][:]}
+    assert len(shards) == 1 and records == {"c0", "c1"}, records  # the two records' ORFs, not the six's
+    rerun = virnucpro("run", tmp_path / "two.fa", *common)
+    assert rerun.returncode == 0, rerun.stderr
     assert_marker_settled(out)

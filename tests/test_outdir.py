@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -887,3 +888,123 @@ def test_lock_files_follow_the_umask_and_another_users_one_still_locks(tmp_path)
     done = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, "-c", code,
                            str(shared)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "held\n", done.stderr
+
+
+# --- found by a review of rerun sequences: a lost or damaged record, and what the refusal names ---------
+
+RECORD_FIX = re.compile(r"echo '[^']*' > \S+")
+PREPARED = [fmt.SEQUENCES, fmt.CHUNKS, f"{fmt.SHARD_DIR}/{fmt.shard_name(0)}", fmt.MANIFEST]  # a prepare's files
+
+
+def test_a_finished_output_whose_record_was_lost_is_refused_naming_everything_at_once(tmp_path, run_cli):
+    """A finished folder that lost `.virnucpro.json` was refused naming one file, so the user needed one
+    rerun per file. Its lock file is no unfinished work: a record claiming no file would keep nothing,
+    so no record fix is offered (nor to a models folder, whose manifest.json is at a name prepare writes)."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    (out / od.MARKER_NAME).unlink()
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and "neither empty nor a virnucpro output" in message, message
+    assert all(name in message for name in PREPARED), message  # every file at once, and the folder they are in
+    assert f"move those files, and the folder {fmt.SHARD_DIR}/ with them," in " ".join(message.split()), message
+    assert not RECORD_FIX.search(message) and "was lost" not in message, message
+    models = tmp_path / "models"
+    assert run_cli("models", "tiny", models)[0] == 0
+    code, message = run_cli("prepare", fasta, "--outdir", models)
+    assert code == 3 and fmt.MANIFEST in message and not RECORD_FIX.search(message), message
+
+
+def test_unfinished_work_whose_record_was_lost_is_named_last_and_offered_the_record_fix(tmp_path, run_cli):
+    """A folder holding a work folder of ours (as a killed `run` leaves `.virnucpro-work`) but no record:
+    the refusal names the outputs first and the work folder whole, says virnucpro cannot prove it wrote
+    them (not that it did not), and offers the record fix that keeps the work."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    (out / od.MARKER_NAME).unlink()
+    work = out / ".virnucpro-work" / "prepared"
+    work.mkdir(parents=True)
+    for i in range(12):
+        (work / f"part_{i}").write_text("work\n")
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    flat = " ".join(message.split())
+    assert code == 3 and "cannot prove it wrote" in flat and "did not write" not in flat.split(";")[0], message
+    assert all(name in message for name in PREPARED), message
+    assert f"{fmt.MANIFEST}, .virnucpro-work/, which" in flat and "part_" not in flat, message
+    assert RECORD_FIX.search(message) and '"kind": "prepare"' in message, message
+    subprocess.run(RECORD_FIX.search(message).group(0), shell=True, check=True)
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and "did not write" in message and ".virnucpro-work" not in message, message
+
+
+def test_a_folder_holding_only_an_earlier_lock_and_a_users_files_is_offered_no_record_fix(tmp_path, run_cli):
+    """A command killed before it wrote anything leaves its lock file in a new folder: the user's files put
+    there later (even at a name prepare writes) are no virnucpro work whose record was lost."""
+    out = tmp_path / "mine"
+    with od.folder_lock(out, "--outdir"):
+        pass  # the lock file stays, as after a kill
+    names = [f"notes_{i:02}.txt" for i in range(12)]
+    for name in names:
+        (out / name).write_text("mine\n")
+    (out / fmt.CHUNKS).write_text("mine too\n")
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3 and all(name in message for name in names[:10]) and "and 3 more" in message, message
+    assert "move those files," in message and not RECORD_FIX.search(message) and "was lost" not in message, message
+
+
+def test_a_huge_folder_without_a_record_is_refused_without_walking_all_of_it(tmp_path, run_cli):
+    """Every file is named (the count after the first ten), but `--outdir ~` by mistake is walked only so far."""
+    out = tmp_path / "home"
+    (out / "photos").mkdir(parents=True)
+    for i in range(od.WALKED_MAX + 5):
+        (out / "photos" / f"{i:05}.jpg").write_bytes(b"")
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 3 and f"and at least {od.WALKED_MAX - 10:,} more" in message, message
+    assert "move those files, and the folder photos/ with them," in " ".join(message.split()), message
+
+
+@pytest.fixture
+def restored_record(tmp_path, run_cli) -> tuple[Path, Path, str]:
+    """(prepare folder, its input, the refusal after the damaged record's fix was followed): the hint flow."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    out = tmp_path / "prep"
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+    (out / od.MARKER_NAME).write_text('{"kind": "prep')  # cut short by a crash
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and "damaged" in message, message
+    subprocess.run(RECORD_FIX.search(message).group(0), shell=True, check=True)
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and "did not write" in message, message
+    return out, fasta, message
+
+
+def test_moving_what_the_refusal_after_the_record_fix_names_lets_the_rerun_work(tmp_path, run_cli, restored_record):
+    """The review's sequence: damaged record, its fix, the files it named moved away; the rerun was refused
+    again for the emptied shards folder, called "that file". The refusal now names the folder too."""
+    out, fasta, message = restored_record
+    text = " ".join(message.split())
+    assert f"{fmt.SHARD_DIR}/{fmt.shard_name(0)}" in text, text
+    assert f"move those files, and the folder {fmt.SHARD_DIR}/ with them," in text, text
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in (fmt.SEQUENCES, fmt.CHUNKS, fmt.MANIFEST, fmt.SHARD_DIR):
+        (out / name).rename(aside / name)
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 0, message
+    assert sequence_ids(out) == ["s0", "s1"]
+
+
+def test_a_folder_left_empty_by_moving_its_files_is_called_a_folder(tmp_path, run_cli, restored_record):
+    """Only the files moved away (not their folder): the empty folder the record does not name is refused
+    as a folder, never as "that file"."""
+    out, fasta, _message = restored_record
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in (fmt.SEQUENCES, fmt.CHUNKS, fmt.MANIFEST, f"{fmt.SHARD_DIR}/{fmt.shard_name(0)}"):
+        (out / name).rename(aside / Path(name).name)
+    code, message = run_cli("prepare", fasta, "--outdir", out)
+    assert code == 3 and f"{fmt.SHARD_DIR}/" in message, message
+    assert "move that folder" in message and "that file" not in message, message
+    (out / fmt.SHARD_DIR).rmdir()
+    assert run_cli("prepare", fasta, "--outdir", out)[0] == 0

@@ -24,7 +24,10 @@ crash or power loss leaves the old marker or the new one, never a torn one. A da
 older virnucpro, or edited) is refused with the command that replaces it by one claiming no file,
 which keeps the folder's unfinished work and adopts nothing; one this user may not read is refused
 as unreadable, never called damaged (it may be sound). Stop signals wait while finished files move
-in (`OutputFolder.publish`): a stop then ends the command once the whole new set is in place.
+in (`OutputFolder.publish`): a stop then ends the command once the whole new set is in place. The
+set's last name (`run_info.json`, a prepare's `manifest.json`) marks it complete: it goes first and
+lands last, after everything that moves in (or goes) with it, so even a kill never leaves it beside
+files of another set.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -73,6 +77,7 @@ NO_FOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 DERIVED_NAME_EXTRA = len("..XXXXXXXX.tmp")
 NOT_OPENABLE = {errno.ELOOP, errno.EISDIR, errno.ENXIO}  # a link (O_NOFOLLOW), a folder, a socket or FIFO
 CREATE_ATTEMPTS = 3  # a temporary name of ours taken again, this often in a row, just after we removed it
+WALKED_MAX = 10_000  # files a refusal lists at most from a folder without a record (a home folder, say)
 
 
 # --- names of ours holding something else --------------------------------------------------------
@@ -876,6 +881,34 @@ def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
             yield name
 
 
+def _shown(folder: Path, rel: str) -> str:
+    """`rel` as a refusal names it: a folder (no link) with a trailing `/`, so that the fix can say so."""
+    path = folder / rel
+    return f"{rel}/" if path.is_dir() and not path.is_symlink() else rel
+
+
+def _these(shown: list[str]) -> str:
+    """How a fix names the entries of a refusal: files, folders (a trailing `/`), or both."""
+    folders = sum(name.endswith("/") for name in shown)
+    if len(shown) == 1:
+        return "that folder" if folders else "that file"
+    return {0: "those files", len(shown): "those folders"}.get(folders, "those files and folders")
+
+
+def _with_folders(folders: list[str], count: int) -> str:
+    """The folders to move together with the files a refusal names (see `OutputFolder._unrecorded_folders`)."""
+    if not folders:
+        return ""
+    plural = "s" if len(folders) > 1 else ""
+    return f", and the folder{plural} {_listed(folders)} with {'it' if count == 1 else 'them'}"
+
+
+def _listed(names: list[str]) -> str:
+    """The first ten of `names`, then how many more (at least: a walk stopped at WALKED_MAX)."""
+    more = f"{'at least ' if len(names) >= WALKED_MAX else ''}{len(names) - 10:,} more"
+    return ", ".join(map(printable, names[:10])) + (f" and {more}" if len(names) > 10 else "")
+
+
 class OutputFolder:
     """A locked output folder of one kind; `publish` moves finished files in and records them."""
 
@@ -892,9 +925,7 @@ class OutputFolder:
         entries = sorted(p.name for p in self.folder.iterdir() if p.name not in OURS)
         if marker is None:
             if entries:
-                raise self._foreign([next(_files_under(self.folder, entries), entries[0])],
-                                    "which virnucpro did not write (the folder is neither empty nor a virnucpro "
-                                    "output)", lost_record=any(e.startswith(".virnucpro") for e in entries))
+                self._refuse_without_record(entries)
             return
         self.recorded = dict(marker["files"])
         for rel, signature in marker.get("publishing", {}).items():  # moved in by a publish cut short
@@ -902,6 +933,30 @@ class OutputFolder:
                 self.recorded[rel] = signature
         self._refuse_unproven("which virnucpro did not write (or which changed since it did)",
                               written_by=marker.get("virnucpro_version"))
+
+    def _refuse_without_record(self, entries: list[str]) -> None:
+        """Refuse (exit 3) a folder without a record that is not empty, naming everything in the way at
+        once. Unfinished work of virnucpro's (a `.virnucpro*` work folder) is offered the command that
+        restores the record and keeps it; a finished output has nothing a record claiming no file keeps."""
+        rels = self._entries_in_the_way(entries)
+        lost_record = any(e.startswith(".virnucpro") for e in entries)
+        why = (f"which virnucpro cannot prove it wrote: the folder holds virnucpro's work but not its record "
+               f"of the files ({MARKER_NAME})" if lost_record else
+               "which virnucpro did not write (the folder is neither empty nor a virnucpro output)")
+        raise self._foreign([_shown(self.folder, rel) for rel in rels], why, lost_record=lost_record,
+                            holding=self._unrecorded_folders(rels))
+
+    def _entries_in_the_way(self, entries: list[str]) -> list[str]:
+        """A folder without a record is written only once empty: the files in it (and its empty
+        folders), walked no further than WALKED_MAX (it may be a home folder), the user's others first,
+        then those at names this command writes in the order it writes them, then hidden folders (work
+        and staging folders: named whole, not file by file)."""
+        hidden = [e for e in entries if e.startswith(".") and (self.folder / e).is_dir()
+                  and not (self.folder / e).is_symlink()]
+        ours = [name for name in self.names if name in entries]
+        ordered = [e for e in entries if e not in ours and e not in hidden] + ours
+        walked = list(islice(_files_under(self.folder, ordered), WALKED_MAX))
+        return (walked or ordered) + hidden  # `or`: gone meanwhile
 
     def _refuse_unproven(self, why: str, written_by: object = None) -> None:
         """Refuse (exit 3) when a file under this output's names is not the one recorded as ours:
@@ -913,7 +968,26 @@ class OutputFolder:
             if all(self._only_retimed(rel) for rel in unproven):
                 why += (": their sizes are as recorded, their times are not, as after a copy that does not keep "
                         "times (`cp -r`; `cp -a` keeps them)")
-            raise self._foreign(unproven, why, written_by=written_by)
+            raise self._foreign([_shown(self.folder, rel) for rel in unproven], why, written_by=written_by,
+                                holding=self._unrecorded_folders(unproven))
+
+    def _unrecorded_folders(self, rels: list[str]) -> list[str]:
+        """The outermost folders (no link) holding files of `rels` under which the record names no file:
+        moved without them, each would be left empty and refused in turn (`_emptied_folder_of_ours`
+        accepts only a folder that held files recorded as ours), so the fix names them too."""
+        folders: list[str] = []
+        for rel in rels:
+            parts = rel.split("/")
+            holders = ("/".join(parts[:depth]) for depth in range(1, len(parts)))
+            folder = next((f for f in holders if self._is_unrecorded_folder(f)), None)
+            if folder is not None and f"{folder}/" not in folders:
+                folders.append(f"{folder}/")
+        return folders
+
+    def _is_unrecorded_folder(self, rel: str) -> bool:
+        path = self.folder / rel
+        return (path.is_dir() and not path.is_symlink()
+                and not any(name.startswith(f"{rel}/") for name in self.recorded))
 
     def _only_retimed(self, rel: str) -> bool:
         """A recorded file whose size is as recorded but whose modification time is not."""
@@ -989,20 +1063,21 @@ class OutputFolder:
         parts = rel.split("/")
         return parts[0] in self.names and all(part not in ("", ".", "..") for part in parts)
 
-    def _foreign(self, rels: list[str], why: str, lost_record: bool = False,
-                 written_by: object = None) -> BadInputError:
-        """Files this command would replace but cannot prove it wrote (the first ten named);
-        `lost_record`: the folder looks like one virnucpro worked in (a `.virnucpro*` entry), so the
-        fix says how to restore its record; `written_by`: the version that wrote the folder's record,
-        named when it is another one (whose work this version does not reuse)."""
-        shown = ", ".join(map(printable, rels[:10])) + (f" and {len(rels) - 10:,} more" if len(rels) > 10 else "")
+    def _foreign(self, rels: list[str], why: str, lost_record: bool = False, written_by: object = None,
+                 holding: list[str] | None = None) -> BadInputError:
+        """Files (and folders, named with a trailing `/`) this command would replace but cannot prove it
+        wrote (the first ten named); `lost_record`: the folder holds virnucpro's unfinished work (a
+        `.virnucpro*` folder), so the fix says how to restore its record and keep it; `written_by`: the version
+        that wrote the folder's record, named when it is another one (whose work this version does not
+        reuse); `holding`: folders to move with those files (see `_unrecorded_folders`)."""
+        shown = _listed(rels)
         if isinstance(written_by, str) and written_by != __version__:
             return BadInputError(f"{self.what} {self.folder} was written by virnucpro {printable(written_by[:40])}, and this "
                                  f"is {__version__}: it cannot prove it wrote {shown}, and virnucpro never "
                                  "replaces files it did not write",
                                  "move that folder away or delete it (another version's work is not reused), "
                                  "or choose another folder")
-        fix = f"move {'that file' if len(rels) == 1 else 'those files'}, or choose another folder"
+        fix = f"move {_these(rels)}{_with_folders(holding or [], len(rels))}, or choose another folder"
         if lost_record:
             fix = (f"{fix}; if it is virnucpro's unfinished work whose record {MARKER_NAME} was lost, "
                    + self._record_fix("to keep it"))
@@ -1011,57 +1086,65 @@ class OutputFolder:
 
     def publish(self, staging: Path, names: Iterable[str]) -> None:
         """Move finished entries from `staging` into the folder, replacing only our own earlier
-        files; entries of the earlier output that the new one lacks are removed."""
+        files; entries of the earlier output that the new one lacks are removed. The last name marks
+        a complete set: it lands last, after the entries that go with it (`with_next_publish`)."""
         check_stop()  # a stop that arrived in a place that swallowed its exception ends here
         names = list(names)
         self._refuse_unproven("which appeared or changed while this command ran (virnucpro did not write it)")
+        moves = [(staging, name) for name in names[:-1]]
+        moves += [(along, name) for along, along_names in self._along if along is not None for name in along_names]
+        removed = [name for along, along_names in self._along if along is None for name in along_names]
         with stop_signals_deferred():  # renames only: a stop meanwhile would leave old and new files mixed
-            self._move_in(staging, names)
-            for along_staging, along_names in self._along:
-                if along_staging is None:
-                    self.discard(along_names)
-                else:
-                    self._move_in(along_staging, along_names)
-            self._along.clear()
+            self._move_in([*moves, (staging, names[-1])], removed)
+        self._along.clear()
 
     def with_next_publish(self, staging: Path | None, names: Iterable[str]) -> None:
         """Entries that move in from `staging` (with None: our earlier ones that are removed) together
-        with the next `publish`, under its stop deferral: `run`'s embeddings go with predict's files,
-        so a stop never leaves one run's tables beside another run's embeddings."""
+        with the next `publish`, before its last name: `run`'s embeddings go with predict's files, so
+        neither a stop nor a kill leaves one run's tables beside another run's embeddings."""
         self._along.append((staging, list(names)))
 
-    def _move_in(self, staging: Path, names: list[str]) -> None:
-        """`publish` once the folder is checked: our stale files dropped, the new ones moved in, and the
-        record of them written."""
-        for rel in list(self.recorded):
-            if rel.split("/", 1)[0] in names and not (staging / rel).exists():
-                self._drop(rel)
-        if (self.folder / names[-1]).is_file():  # the last name marks a complete set: gone until it is
-            self._drop(names[-1])
+    def _move_in(self, moves: list[tuple[Path, str]], removed: list[str]) -> None:
+        """`publish` once the folder is checked: the mark of a complete set (the last name moved) gone
+        first, our stale files and those under `removed` dropped, the new ones moved in (each name from
+        its folder), the mark last, and the record of them written."""
+        last = moves[-1][1]
+        if (self.folder / last).is_file():  # the last name marks a complete set: gone until it is
+            self._drop(last)
+        stale = self._stale({name: source for source, name in moves}, removed)
+        for rel in stale:
+            self._drop(rel)
+        self._remove_emptied_folders([rel for rel in stale if rel.split("/", 1)[0] in removed])
         # the files about to move in are ours from before the first move: a publish cut short by a
-        # signal or a full disk leaves a folder its rerun recognises
-        self._write_marker(publishing={rel: _signature(staging / rel) for rel in _files_under(staging, names)})
+        # signal, a kill or a full disk leaves a folder its rerun recognises
+        self._write_marker(publishing={rel: _signature(source / rel) for source, name in moves
+                                       for rel in _files_under(source, [name])})
         self.published = True
-        for name in names:
+        for source, name in moves:
             target = self.folder / name
             if target.is_dir() and not target.is_symlink():
-                _merge_folder(staging / name, target, self.recorded, name)
+                _merge_folder(source / name, target, self.recorded, name)
             elif name in self.recorded:  # our own earlier file, proven just above
-                os.replace(staging / name, target)
+                os.replace(source / name, target)
             else:
-                _take_new_name(staging / name, target)
+                _take_new_name(source / name, target)
             for rel in _files_under(self.folder, [name]):
                 self.recorded[rel] = _signature(self.folder / rel)
         self._write_marker()
 
-    def discard(self, names: Iterable[str]) -> None:
-        """Remove our earlier files under `names` (an output this run does not make again), and the
-        folders that held them once empty: a later run would take an empty one for someone else's."""
-        names = set(names)
-        dropped = [rel for rel in self.recorded if rel.split("/", 1)[0] in names]
-        for rel in dropped:
-            self._drop(rel)
-        self._write_marker()
+    def _stale(self, sources: dict[str, Path], removed: list[str]) -> list[str]:
+        """Our recorded files that go: those under `removed`, and those under a name moved in from
+        `sources` (name: the folder it comes from) that the new output lacks."""
+        def goes(rel: str) -> bool:
+            top = rel.split("/", 1)[0]
+            return top in removed or (top in sources and not (sources[top] / rel).exists())
+
+        return [rel for rel in self.recorded if goes(rel)]
+
+    def _remove_emptied_folders(self, dropped: list[str]) -> None:
+        """Remove the folders that held our `dropped` files once empty (an output this run does not make
+        again): a later run would take an empty one for someone else's. Before the record drops those
+        files: a kill meanwhile leaves an emptied folder the record still shows as ours."""
         for folder in sorted({parent for rel in dropped for parent in Path(rel).parents if parent != Path(".")},
                              key=lambda path: len(path.parts), reverse=True):
             with suppress(OSError):  # not empty (a file of someone else's is never removed), or gone
