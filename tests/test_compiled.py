@@ -198,12 +198,21 @@ def test_a_stop_swallowed_by_a_library_still_ends_the_command_with_exit_6():
             raise SystemExit(0)
 
 
+def backend_compiler_failed(backend, error: BaseException) -> BackendCompilerFailed:
+    """dynamo's wrapper of a compiler's error, built as the installed torch builds it (newer ones also
+    take a traceback, older ones do not)."""
+    try:
+        return BackendCompilerFailed(backend, error, None)
+    except TypeError:
+        return BackendCompilerFailed(backend, error)
+
+
 def raising_from_compile(error: BaseException):
     """A stand-in for compiled.fused whose compiled functions raise `error` (wrapped as dynamo does)."""
     def inductor():
         pass
 
-    wrapped = BackendCompilerFailed(inductor, error, None)
+    wrapped = backend_compiler_failed(inductor, error)
 
     def fused(function):
         def raising(*args, **kwargs):
@@ -292,8 +301,6 @@ def test_what_must_propagate_from_the_uncompiled_fast_path_does(error, reference
                                                                 monkeypatch, capsys):
     """Out-of-memory (embed halves the batch) and a stop signal (exit 6), also wrapped by
     torch.compile, end the call as they are: no fallback, no warning."""
-    from torch._dynamo.exc import BackendCompilerFailed
-
     from virnucpro.encoders import batching
     from virnucpro.errors import InterruptedByUser
 
@@ -301,7 +308,7 @@ def test_what_must_propagate_from_the_uncompiled_fast_path_does(error, reference
              else InterruptedByUser("SIGTERM received"))
     encoder = fresh("esm2", reference_dir, esm_checkpoints, compile=False)
     capsys.readouterr()
-    for raised in (inner, BackendCompilerFailed(lambda: None, inner, None)):
+    for raised in (inner, backend_compiler_failed(lambda: None, inner)):
         monkeypatch.setattr(batching, "_flex", raising_attention(raised))
         with pytest.raises(type(inner)):
             encoder.forward(encoder.collate(tokens_for("esm2", encoder, [40, 4])))
