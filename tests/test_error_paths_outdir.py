@@ -474,19 +474,21 @@ def test_clean_up_after_a_stop_is_not_stopped_again_but_a_new_stop_in_a_block_is
     assert saved == ["cache", "whole block"]
 
 
+def coding_reads(path: Path, n: int) -> Path:
+    """`n` coding-like reads c0, c1, ... (each with ORFs, so each run embeds something)."""
+    path.write_text("".join(f">c{i}\n{'GCTGCAAAA' * (60 + i)}\n" for i in range(n)))
+    return path
+
+
 def test_a_stop_while_run_moves_its_files_in_leaves_its_tables_with_its_own_embeddings(tmp_path, tiny_models):
     """A reviewer's case: `run --keep-embeddings` published predict's files, then embeddings/ in a
     second move; a stop between left this run's tables beside the earlier run's embeddings."""
     import h5py
 
-    def coding(path: Path, n: int) -> Path:
-        path.write_text("".join(f">c{i}\n{'GCTGCAAAA' * (60 + i)}\n" for i in range(n)))
-        return path
-
     out = tmp_path / "out"
     common = ["--models", tiny_models, "--device", "cpu", "--threads", "1", "--keep-embeddings", "--outdir", out]
-    assert virnucpro("run", coding(tmp_path / "six.fa", 6), *common).returncode == 0
-    done = stopped_at("os.rename", r"prediction_results\.txt$", "run", coding(tmp_path / "two.fa", 2), *common)
+    assert virnucpro("run", coding_reads(tmp_path / "six.fa", 6), *common).returncode == 0
+    done = stopped_at("os.rename", r"prediction_results\.txt$", "run", coding_reads(tmp_path / "two.fa", 2), *common)
     assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
     assert "two.fa" in (out / "run_info.json").read_text()
     shards = sorted((out / "embeddings").glob("*.h5"))
@@ -615,15 +617,11 @@ def test_a_kill_just_after_run_moved_run_info_in_leaves_its_own_embeddings_besid
     """The same with a real `run --keep-embeddings`, killed at the first step after run_info.json landed."""
     import h5py
 
-    def coding(path: Path, n: int) -> Path:
-        path.write_text("".join(f">c{i}\n{'GCTGCAAAA' * (60 + i)}\n" for i in range(n)))
-        return path
-
     out = tmp_path / "out"
     common = ["--models", tiny_models, "--device", "cpu", "--threads", "1", "--keep-embeddings", "--outdir", out]
-    assert virnucpro("run", coding(tmp_path / "six.fa", 6), *common).returncode == 0
+    assert virnucpro("run", coding_reads(tmp_path / "six.fa", 6), *common).returncode == 0
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER, r"/run_info\.json$", "run",
-                             *map(str, [coding(tmp_path / "two.fa", 2), *common])], capture_output=True, text=True)
+                             *map(str, [coding_reads(tmp_path / "two.fa", 2), *common])], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert "two.fa" in (out / "run_info.json").read_text()
     shards = sorted((out / "embeddings").glob("*.h5"))
