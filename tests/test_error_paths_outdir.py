@@ -40,8 +40,8 @@ NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root
 # stop signals exists, so the kernel may hand the signal to it while the main thread holds them back.
 STOPPED_AT = r"""
 import os, re, runpy, signal, sys, threading
-event, pattern, other_thread = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3] == "1"
-fired = []
+event, pattern, other_thread, nth = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+fired, seen = [], []
 
 def send():
     fired.append(True)
@@ -59,14 +59,16 @@ def hook(name, args):
     if not pattern.search(os.fsdecode(args[0])):
         return
     if name == event:
-        send()
+        seen.append(name)
+        if len(seen) == nth:
+            send()
     elif event == "created" and name == "tempfile.mkstemp":
         sys.setprofile(created)
 
 sys.addaudithook(hook)
 if other_thread:
     threading.Thread(target=threading.Event().wait, daemon=True).start()
-sys.argv = ["virnucpro", *sys.argv[4:]]
+sys.argv = ["virnucpro", *sys.argv[5:]]
 runpy.run_module("virnucpro", run_name="__main__", alter_sys=True)
 """
 
@@ -75,9 +77,10 @@ def virnucpro(*args: object, prefix: list[str] | None = None) -> subprocess.Comp
     return subprocess.run([*(prefix or []), *CLI, *map(str, args)], capture_output=True, text=True)
 
 
-def stopped_at(event: str, pattern: str, *args: object, other_thread: bool = False) -> subprocess.CompletedProcess:
-    """`virnucpro ARGS`, sent SIGTERM by its own process at the call `event` on a path matching `pattern`."""
-    done = subprocess.run([sys.executable, "-c", STOPPED_AT, event, pattern, "1" if other_thread else "0",
+def stopped_at(event: str, pattern: str, *args: object, other_thread: bool = False,
+               nth: int = 1) -> subprocess.CompletedProcess:
+    """`virnucpro ARGS`, sent SIGTERM by its own process at the `nth` call `event` on a path matching `pattern`."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_AT, event, pattern, "1" if other_thread else "0", str(nth),
                            *map(str, args)], capture_output=True, text=True)
     assert "TEST: SIGTERM sent" in done.stderr, f"the moment never came: {done.stderr}"
     return done
@@ -141,6 +144,7 @@ def test_a_stop_while_predict_moves_its_files_in_leaves_the_whole_new_result(tmp
                       "--embeddings", h5, "--outdir", out, "--classifier", classifier, "--models", tiny_models,
                       other_thread=other_thread)
     assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
+    assert "nothing to rerun: the outputs are complete" in done.stderr, done.stderr
     now = folder_files(out)
     assert all(now[name] == new[name] for name in tables), done.stderr
     assert all(now[name] != old[name] for name in ("report.html", RUN_INFO))  # these name their times
@@ -162,6 +166,7 @@ def test_a_stop_while_prepare_moves_its_files_in_leaves_the_whole_new_result(tmp
     done = stopped_at("os.rename", r"/\.virnucpro-partial/sequences\.tsv$", "prepare", fasta, "--outdir", out,
                       "--chunk-size", "300", "--shard-size", "4", "--threads", "1")
     assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
+    assert f"moved into {out}" in done.stderr and "nothing to rerun" in done.stderr, done.stderr
     now = {rel: data for rel, data in folder_files(out).items() if not rel.startswith(".virnucpro")}
     assert now == new, done.stderr  # every table, every shard and the manifest: none of the chunk-500 output
     assert_marker_settled(out)
@@ -496,6 +501,22 @@ def test_a_stop_while_run_moves_its_files_in_leaves_its_tables_with_its_own_embe
         records = {orf.decode().split("_")[0] for orf in shard["ids"][:]}
     assert len(shards) == 1 and records == {"c0", "c1"}, records  # the two records' ORFs, not the six's
     assert_marker_settled(out)
+    # the set was whole when the stop was acted on: it says so, and the work folder went as after a success
+    assert "nothing to rerun: the outputs are complete" in done.stderr, done.stderr
+    assert not (out / ".virnucpro-work").exists()
+
+
+def test_a_stop_while_runs_prepare_moves_in_is_a_stop_of_the_run_which_its_rerun_resumes(tmp_path, tiny_models):
+    """The prepare inside `run` is whole when a stop arrives as its files move into the work folder, but
+    the run is not: the stop says to rerun, and the rerun reuses that prepare."""
+    out, reads = tmp_path / "out", coding_reads(tmp_path / "two.fa", 2)
+    common = ["--models", tiny_models, "--device", "cpu", "--threads", "1", "--outdir", out]
+    # the second write of the work folder's record: the one listing the files about to move in
+    done = stopped_at("os.rename", r"virnucpro-work/prepared/\.virnucpro\.json\.tmp$", "run", reads, *common, nth=2)
+    assert done.returncode == ExitCode.INTERRUPTED and "rerun the same command to resume" in done.stderr, done.stderr
+    assert "outputs are complete" not in done.stderr and not (out / "prediction_results.txt").exists()
+    again = virnucpro("run", reads, *common)
+    assert again.returncode == 0 and "prepare: already done for these inputs" in again.stderr, again.stderr
 
 
 # --- a kill while run moves its files in -----------------------------------------------------------------

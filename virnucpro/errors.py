@@ -84,6 +84,18 @@ class InterruptedByUser(VirnucproError):
     code = ExitCode.INTERRUPTED
 
 
+class StoppedWithOutputsInPlace(InterruptedByUser):
+    """A stop that arrived while a finished set of outputs moved into `folder`: the move went on to
+    its end, so the outputs there are complete and nothing needs a rerun."""
+
+    def __init__(self, message: str, hint: str | None = None, folder: Path | None = None):
+        super().__init__(message, hint)
+        self.folder = folder
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.hint, self.folder))
+
+
 class GpuOutOfMemory(VirnucproError):
     """One sequence alone does not fit in GPU memory."""
 
@@ -360,6 +372,20 @@ _received: list[int] = []  # stop signals seen by `stop_signals_exit_interrupted
 def _interrupted(signum: int) -> InterruptedByUser:
     return InterruptedByUser(f"{signal.Signals(signum).name} received: stopped (unfinished output removed; "
                              "finished work and checkpoints kept)", "rerun the same command to resume")
+
+
+def stop_received() -> InterruptedByUser:
+    """The stop of the command (`_interrupted`) as a fresh error, for a caller that turns a narrower
+    stop (`StoppedWithOutputsInPlace` of an inner stage) into the command's own."""
+    return _interrupted(_received[0] if _received else signal.SIGTERM)
+
+
+def stopped_with_outputs_in_place(folder: Path) -> StoppedWithOutputsInPlace:
+    """The stop that arrived while `folder`'s finished outputs moved in (`OutputFolder.publish`)."""
+    name = signal.Signals(_received[0]).name if _received else "a stop signal"
+    return StoppedWithOutputsInPlace(f"{name} received while the finished outputs moved into {folder}: stopped "
+                                     "once all of them were in place (they are complete)",
+                                     "nothing to rerun: the outputs are complete", folder)
 
 
 def check_stop() -> None:

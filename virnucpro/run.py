@@ -20,7 +20,8 @@ from typing import Iterator, Sequence
 
 from virnucpro import prepared as fmt
 from virnucpro.console import info
-from virnucpro.errors import InterruptedByUser, VirnucproError, output_errors
+from virnucpro.errors import (InterruptedByUser, StoppedWithOutputsInPlace, VirnucproError, output_errors,
+                              stop_received)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -142,7 +143,10 @@ def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int, outdir: P
     # in this process, no workers: a process that runs the models should not fork (on some virtual
     # machines a fork made later multi-threaded CPU math in the parent transiently wrong), and
     # prepare takes well under 1% of the time embedding takes
-    return prepare(inputs, prepared, chunk_size=chunk_size, threads=1, published_in=outdir)
+    try:
+        return prepare(inputs, prepared, chunk_size=chunk_size, threads=1, published_in=outdir)
+    except StoppedWithOutputsInPlace:
+        raise stop_received() from None  # the prepare is whole, but the run is not: its rerun resumes
 
 
 def _embedded_before(shard: Path, h5: Path, identity: dict, precision: str) -> bool:
@@ -226,6 +230,9 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
     check_work_folder(work, _work_files(), WORK_WHAT)
     try:
         yield
+    except StoppedWithOutputsInPlace:  # the outputs are complete: the work folder goes as after a success
+        remove_written(work, _work_files())
+        raise
     except BaseException as exc:
         embedded = [p for p in (work / "embeddings", work / "checkpoints") if p.is_dir() and any(p.rglob("*"))]
         prepared = isinstance(exc, InterruptedByUser) and (work / "prepared" / fmt.MANIFEST).is_file()
