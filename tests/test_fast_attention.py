@@ -141,6 +141,21 @@ def test_self_check_falls_back_when_the_kernel_raises(kind, load, monkeypatch, c
     assert torch.equal(encoder.embed(tokens), load(kind, path="reference").embed(tokens))
 
 
+@pytest.mark.parametrize("version, named", [("2.7.1+cu126", True), ("2.6.0", True), ("2.8.0", False),
+                                             ("2.13.0", False), ("3.0.0a0", False)])
+def test_the_fallback_names_a_newer_torch_only_below_the_tested_one(version, named, load, monkeypatch, capsys):
+    """On torch 2.6 and 2.7 FlexAttention's eager path fails the self-check: the warning says the fix."""
+    def missing_kernel(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(MODULES["esm2"], "packed_attention", missing_kernel)
+    monkeypatch.setattr(torch, "__version__", version)
+    assert load("esm2").path == "reference"
+    warned = " ".join(capsys.readouterr().err.split())
+    assert ("install torch>=2.8 to use it" in warned) == named, warned
+    assert (f"torch {version} is older than 2.8" in warned) == named, warned
+
+
 @pytest.mark.parametrize("kind", MODULES)
 def test_self_check_falls_back_when_the_fast_path_disagrees(kind, load, monkeypatch, capsys):
     real = MODULES[kind].packed_attention

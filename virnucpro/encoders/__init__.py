@@ -204,10 +204,27 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
         if problem:
             from virnucpro.console import warn
 
-            warn(f"{model}: {_PATH_NAMES[candidate]} not used, falling back to the {_PATH_NAMES[settled]}: {problem}")
+            warn(f"{model}: {_PATH_NAMES[candidate]} not used, falling back to the {_PATH_NAMES[settled]}: "
+                 f"{problem}{_older_torch_note()}")
             break
         settled, seconds = candidate, time.perf_counter() - start
     return settled, seconds if settled == FAST_COMPILED else 0.0
+
+
+FAST_PATH_TESTED_TORCH = (2, 8)  # the oldest torch the fast paths are tested with (README)
+
+
+def _older_torch_note() -> str:
+    """A self-check failure's note when torch is older than the fast paths are tested with: on
+    torch 2.6 and 2.7 FlexAttention's eager path fails it, and a newer torch is the fix."""
+    import torch
+
+    found = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if found >= FAST_PATH_TESTED_TORCH:
+        return ""
+    tested = ".".join(map(str, FAST_PATH_TESTED_TORCH))
+    return f" (torch {torch.__version__} is older than {tested}, the first torch the fast path is tested with: " \
+           f"install torch>={tested} to use it; the reference path used meanwhile is exact, only slower)"
 
 
 SAFER_PATH = {FAST_COMPILED: "fast", "fast": "reference"}  # where a path that fails on a batch falls back to
