@@ -957,3 +957,52 @@ def test_a_named_cache_it_creates_is_private_even_under_umask_002(tmp_path, monk
     assert folder == tmp_path / "shared" / "compile-cache"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o775
+
+
+# A process that makes its folders for torch (the CPU scratch and the one-off compile cache) in TMPDIR, prints
+# them, then either is SIGKILLed ("kill": no removal at exit) or waits for a line on stdin ("live").
+PROCESS_FOLDERS = r"""
+import os, signal, sys
+from virnucpro.encoders import compiled
+print(compiled._scratch(), compiled._one_off()[0], sep="\n", flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.readline()
+"""
+
+
+def process_folders(tmp: Path, how: str) -> tuple[subprocess.Popen, list[Path]]:
+    process = subprocess.Popen([sys.executable, "-c", PROCESS_FOLDERS, how], env={**os.environ, "TMPDIR": str(tmp)},
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    folders = [Path(process.stdout.readline().strip()) for _ in range(2)]
+    assert all(folder.is_dir() and folder.parent == tmp for folder in folders), folders
+    return process, folders
+
+
+def test_the_folders_of_a_killed_process_are_removed_by_the_next_one(tmp_path):
+    """A SIGKILL (the out-of-memory killer) skips the removal at exit: the next virnucpro process removes
+    the per-process folders nobody holds. Those of a live process, folders without an owner lock (an older
+    virnucpro's) and, as root, another user's are left alone."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o700)
+    killed, gone = process_folders(tmp, "kill")
+    assert killed.wait(timeout=60) == -9 and all(folder.is_dir() for folder in gone)
+    live, kept = process_folders(tmp, "live")
+    older = tmp / "virnucpro-torch-older"
+    older.mkdir()
+    if os.geteuid() == 0:  # another user's, its lock file free: not ours to remove
+        theirs = tmp / "virnucpro-compile-theirs"
+        theirs.mkdir()
+        (theirs / compiled.OWNER_LOCK).touch()
+        os.chown(theirs, ANOTHER_USER, ANOTHER_USER)
+        kept.append(theirs)
+    try:
+        after, its_own = process_folders(tmp, "live")
+        assert not any(folder.exists() for folder in gone), "the killed process's folders stayed"
+        assert all(folder.is_dir() for folder in [*kept, older, *its_own])
+        after.communicate("\n", timeout=60)
+        assert not any(folder.exists() for folder in its_own), "a process removes its own folders at exit"
+    finally:
+        live.communicate("\n", timeout=60)
+    assert sorted(path.name for path in tmp.iterdir()) == sorted(
+        path.name for path in [older, *kept[2:]]), "the live process removed its own folders at exit"

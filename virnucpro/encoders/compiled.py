@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -109,12 +110,78 @@ def settle_cache(folder: Path | None, compiling: bool) -> Path:
 def _scratch() -> Path:
     """A new empty folder for this process, removed when it exits (exit 10 where none can be made)."""
     try:
-        folder = Path(tempfile.mkdtemp(prefix="virnucpro-torch-"))
+        return _process_folder(SCRATCH_PREFIX)
     except OSError as error:  # no writable temporary folder at all
         raise OutputWriteError(f"no writable temporary folder for torch's cache: {error}",
                                "set TMPDIR to a folder of yours") from None
+
+
+SCRATCH_PREFIX, ONE_OFF_PREFIX = "virnucpro-torch-", "virnucpro-compile-"  # folders of one process each
+OWNER_LOCK = ".virnucpro-owner.lock"  # in each, locked by its process for as long as that process lives
+_owner_locks: list[int] = []  # the open lock files of this process's folders (closed by the kernel at exit)
+
+
+def _process_folder(prefix: str) -> Path:
+    """A new folder in the temporary folder for this process alone, removed when it exits. It holds a
+    lock file this process keeps locked, so that the next process removes it when a kill (SIGKILL,
+    the out-of-memory killer) skipped the removal at exit (`_remove_abandoned_folders`)."""
+    _remove_abandoned_folders()
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    _hold_owner_lock(folder)
     return folder
+
+
+def _hold_owner_lock(folder: Path) -> None:
+    """Create and lock `folder`'s owner lock; where locks do not work, no lock file is left, and the
+    folder is then never taken for abandoned."""
+    lock = folder / OWNER_LOCK
+    try:
+        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        return
+    _owner_locks.append(handle)
+
+
+def _remove_abandoned_folders() -> None:
+    """Remove this user's per-process folders in the temporary folder whose process was killed:
+    their owner lock is free. A folder without one (made by an older virnucpro, or where locks do not
+    work), another user's, or a link is left alone."""
+    try:
+        entries = os.scandir(tempfile.gettempdir())
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            if entry.name.startswith((SCRATCH_PREFIX, ONE_OFF_PREFIX)) and _abandoned(Path(entry.path)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether `folder` is a real folder of this user whose owner lock is a file nobody holds."""
+    try:
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        handle = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return False
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: its process lives
+        return False
+    finally:
+        os.close(handle)
 
 
 def use_cache(folder: Path | None = None) -> Path:
@@ -279,12 +346,11 @@ def _no_private_folder(reasons: list[str]) -> OutputWriteError:
 def _one_off() -> tuple[Path | None, str | None]:
     """A new private (0700) compile cache for this process, removed when it exits: (the folder,
     None), or (None, why not) in a temporary folder where another user could swap it."""
-    folder = Path(os.path.realpath(tempfile.mkdtemp(prefix="virnucpro-compile-")))
+    folder = Path(os.path.realpath(_process_folder(ONE_OFF_PREFIX)))
     reason = _not_private(folder, own=1)
     if reason:
         shutil.rmtree(folder, ignore_errors=True)
         return None, reason
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder, None
 
 
