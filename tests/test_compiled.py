@@ -982,18 +982,21 @@ def process_folders(tmp: Path, how: str) -> tuple[subprocess.Popen, list[Path]]:
 def test_the_folders_of_a_killed_process_are_removed_by_the_next_one(tmp_path):
     """A SIGKILL (the out-of-memory killer) skips the removal at exit: the next virnucpro process removes
     the per-process folders nobody holds. Those of a live process, folders without an owner lock (an older
-    virnucpro's) and, as root, another user's are left alone."""
+    virnucpro's), a copy of a killed one's and, as root, another user's are left alone."""
     tmp = tmp_path / "tmp"
     tmp.mkdir(mode=0o700)
     killed, gone = process_folders(tmp, "kill")
     assert killed.wait(timeout=60) == -9 and all(folder.is_dir() for folder in gone)
+    copy = shutil.copytree(gone[0], tmp / f"{gone[0].name}.keep")  # a user keeping it: its lock file copied too
+    assert (copy / compiled.OWNER_LOCK).is_file()
     live, kept = process_folders(tmp, "live")
+    kept.append(copy)
     older = tmp / "virnucpro-torch-older"
     older.mkdir()
     if os.geteuid() == 0:  # another user's, its lock file free: not ours to remove
         theirs = tmp / "virnucpro-compile-theirs"
         theirs.mkdir()
-        (theirs / compiled.OWNER_LOCK).touch()
+        (theirs / compiled.OWNER_LOCK).write_text(compiled._owner_token(theirs))
         os.chown(theirs, ANOTHER_USER, ANOTHER_USER)
         kept.append(theirs)
     try:
@@ -1006,3 +1009,25 @@ def test_the_folders_of_a_killed_process_are_removed_by_the_next_one(tmp_path):
         live.communicate("\n", timeout=60)
     assert sorted(path.name for path in tmp.iterdir()) == sorted(
         path.name for path in [older, *kept[2:]]), "the live process removed its own folders at exit"
+
+
+def test_an_owner_lock_is_never_seen_unlocked(tmp_path, monkeypatch):
+    """A reviewer's case: the lock file was created, then locked; a process starting at that moment took
+    the live folder for abandoned and removed it. It is locked under another name, then renamed."""
+    seen = []
+    real = compiled.fcntl.flock
+
+    def flock(handle, operation):
+        seen.append(sorted(path.name for path in tmp_path.iterdir()))
+        return real(handle, operation)
+
+    monkeypatch.setattr(compiled.fcntl, "flock", flock)
+    compiled._hold_owner_lock(tmp_path)
+    handle = compiled._owner_locks.pop()
+    try:
+        assert seen == [[f"{compiled.OWNER_LOCK}.new"]], seen
+        assert sorted(path.name for path in tmp_path.iterdir()) == [compiled.OWNER_LOCK]
+        assert not compiled._abandoned(tmp_path)  # held by this process
+    finally:
+        os.close(handle)
+    assert compiled._abandoned(tmp_path)  # free once its process let go

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -133,27 +134,39 @@ def _process_folder(prefix: str) -> Path:
 
 
 def _hold_owner_lock(folder: Path) -> None:
-    """Create and lock `folder`'s owner lock; where locks do not work, no lock file is left, and the
-    folder is then never taken for abandoned."""
-    lock = folder / OWNER_LOCK
+    """Lock `folder`'s owner lock for this process's life. The lock file is made, locked and given
+    `_owner_token` under another name, then renamed into place: no other process ever finds it free
+    while this one lives. Where locks do not work no lock file is left, and the folder is then never
+    taken for abandoned."""
+    lock, fresh = folder / OWNER_LOCK, folder / f"{OWNER_LOCK}.new"
     try:
-        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        handle = os.open(fresh, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(handle, _owner_token(folder).encode())
+        os.rename(fresh, lock)
     except OSError:
         os.close(handle)
         with contextlib.suppress(OSError):
-            lock.unlink()
+            fresh.unlink()
         return
     _owner_locks.append(handle)
+
+
+def _owner_token(folder: Path) -> str:
+    """What the owner lock of `folder` holds: this machine's name and the folder's own identity, so a
+    copy of the folder (with its lock file) is never taken for one of ours, nor a folder another
+    machine made where the temporary folder is shared (a lock there may hold on that machine only)."""
+    info = os.lstat(folder)
+    return f"{socket.gethostname()} {info.st_dev}:{info.st_ino}\n"
 
 
 def _remove_abandoned_folders() -> None:
     """Remove this user's per-process folders in the temporary folder whose process was killed:
     their owner lock is free. A folder without one (made by an older virnucpro, or where locks do not
-    work), another user's, or a link is left alone."""
+    work), another user's, another machine's, a copy, or a link is left alone."""
     try:
         entries = os.scandir(tempfile.gettempdir())
     except OSError:
@@ -165,7 +178,8 @@ def _remove_abandoned_folders() -> None:
 
 
 def _abandoned(folder: Path) -> bool:
-    """Whether `folder` is a real folder of this user whose owner lock is a file nobody holds."""
+    """Whether `folder` is a real folder of this user whose owner lock is a file that names this folder
+    on this machine (`_owner_token`) and that nobody holds."""
     try:
         info = os.lstat(folder)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
@@ -174,7 +188,8 @@ def _abandoned(folder: Path) -> bool:
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
+        if not stat.S_ISREG(os.fstat(handle).st_mode) or os.read(handle, 1024).decode(errors="replace") != \
+                _owner_token(folder):
             return False
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
