@@ -166,7 +166,7 @@ def test_a_stop_while_prepare_moves_its_files_in_leaves_the_whole_new_result(tmp
     done = stopped_at("os.rename", r"/\.virnucpro-partial/sequences\.tsv$", "prepare", fasta, "--outdir", out,
                       "--chunk-size", "300", "--shard-size", "4", "--threads", "1")
     assert done.returncode == ExitCode.INTERRUPTED and "SIGTERM received" in done.stderr, done.stderr
-    assert f"moved into {out}" in done.stderr and "nothing to rerun" in done.stderr, done.stderr
+    assert f"in place in {out}" in done.stderr and "nothing to rerun" in done.stderr, done.stderr
     now = {rel: data for rel, data in folder_files(out).items() if not rel.startswith(".virnucpro")}
     assert now == new, done.stderr  # every table, every shard and the manifest: none of the chunk-500 output
     assert_marker_settled(out)
@@ -504,6 +504,24 @@ def test_a_stop_while_run_moves_its_files_in_leaves_its_tables_with_its_own_embe
     # the set was whole when the stop was acted on: it says so, and the work folder went as after a success
     assert "nothing to rerun: the outputs are complete" in done.stderr, done.stderr
     assert not (out / ".virnucpro-work").exists()
+
+
+@pytest.mark.parametrize("event, pattern", [
+    ("os.remove", r"virnucpro-work/embeddings/shard_00000\.h5$"),  # run removing its work folder
+    ("os.rmdir", r"/\.predict\.partial$"),  # predict's staging folder going
+    ("os.rmdir", r"/\.virnucpro-work$"),  # the last removal of all
+], ids=["work-embeddings", "predict-staging", "work-folder"])
+def test_a_stop_after_run_published_says_complete_and_the_clean_up_finishes(event, pattern, tmp_path, tiny_models):
+    """A reviewer's case: a stop during the clean-up after the outputs were in place asked for a rerun, and
+    left the work folder (or predict's staging folder) behind."""
+    out = tmp_path / "out"
+    done = stopped_at(event, pattern, "run", coding_reads(tmp_path / "two.fa", 2), "--models", tiny_models,
+                      "--device", "cpu", "--threads", "1", "--outdir", out)
+    assert done.returncode == ExitCode.INTERRUPTED and "nothing to rerun: the outputs are complete" in done.stderr, \
+        done.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted([od.LOCK_NAME, od.MARKER_NAME])
+    assert "two.fa" in (out / "run_info.json").read_text()
+    assert_marker_settled(out)
 
 
 def test_a_stop_while_runs_prepare_moves_in_is_a_stop_of_the_run_which_its_rerun_resumes(tmp_path, tiny_models):

@@ -367,25 +367,32 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT) + (
 
 
 _received: list[int] = []  # stop signals seen by `stop_signals_exit_interrupted`
+_in_place: list[Path] = []  # the folder whose finished outputs all are in place (`outputs_in_place`)
 
 
 def _interrupted(signum: int) -> InterruptedByUser:
-    return InterruptedByUser(f"{signal.Signals(signum).name} received: stopped (unfinished output removed; "
+    """The stop's error: once the command's outputs all are in place, one saying so."""
+    name = signal.Signals(signum).name
+    if _in_place:
+        return StoppedWithOutputsInPlace(f"{name} received once the finished outputs were in place in "
+                                         f"{_in_place[0]}: stopped (they are complete)",
+                                         "nothing to rerun: the outputs are complete", _in_place[0])
+    return InterruptedByUser(f"{name} received: stopped (unfinished output removed; "
                              "finished work and checkpoints kept)", "rerun the same command to resume")
 
 
+def outputs_in_place(folder: Path | None) -> None:
+    """Record that `folder`'s finished outputs all are in place (`OutputFolder.publish`): a stop from
+    then on says so (`StoppedWithOutputsInPlace`). None: the record is forgotten (`run`'s inner
+    prepare is whole, the run is not)."""
+    _in_place[:] = [folder] if folder is not None else []
+
+
 def stop_received() -> InterruptedByUser:
-    """The stop of the command (`_interrupted`) as a fresh error, for a caller that turns a narrower
-    stop (`StoppedWithOutputsInPlace` of an inner stage) into the command's own."""
+    """The command's stop as when no outputs were in place, for a caller that turns a narrower stop
+    (`StoppedWithOutputsInPlace` of an inner stage) into the command's own."""
+    outputs_in_place(None)
     return _interrupted(_received[0] if _received else signal.SIGTERM)
-
-
-def stopped_with_outputs_in_place(folder: Path) -> StoppedWithOutputsInPlace:
-    """The stop that arrived while `folder`'s finished outputs moved in (`OutputFolder.publish`)."""
-    name = signal.Signals(_received[0]).name if _received else "a stop signal"
-    return StoppedWithOutputsInPlace(f"{name} received while the finished outputs moved into {folder}: stopped "
-                                     "once all of them were in place (they are complete)",
-                                     "nothing to rerun: the outputs are complete", folder)
 
 
 def check_stop() -> None:
@@ -427,6 +434,7 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
             raise _interrupted(signum)
 
     _received.clear()
+    outputs_in_place(None)
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         # the console script holds stop signals back while it loads (virnucpro.entry): one that
@@ -447,6 +455,7 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         _received.clear()  # the stop belongs to this command only (its handlers stay ignoring)
+        outputs_in_place(None)
 
 
 def ignore_stop_signals() -> None:

@@ -53,9 +53,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import (BadInputError, InterruptedByUser, OutputWriteError, check_stop, name_limit,
-                              not_a_folder, output_errors, printable, refused_name, stop_signals_deferred,
-                              stopped_with_outputs_in_place, storage_failure)
+from virnucpro.errors import (BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
+                              outputs_in_place, printable, refused_name, stop_signals_deferred, storage_failure)
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -1095,15 +1094,9 @@ class OutputFolder:
         moves = [(staging, name) for name in names[:-1]]
         moves += [(along, name) for along, along_names in self._along if along is not None for name in along_names]
         removed = [name for along, along_names in self._along if along is None for name in along_names]
-        moved = False
-        try:
-            with stop_signals_deferred():  # renames only: a stop meanwhile would leave old and new files mixed
-                self._move_in([*moves, (staging, names[-1])], removed)
-                moved = True
-        except InterruptedByUser:
-            if moved:  # the stop came while the set moved in, and the whole set is in place
-                raise stopped_with_outputs_in_place(self.folder) from None
-            raise
+        with stop_signals_deferred():  # renames only: a stop meanwhile would leave old and new files mixed
+            self._move_in([*moves, (staging, names[-1])], removed)
+            outputs_in_place(self.folder)  # a stop from here on (this one's end included) says they are complete
         self._along.clear()
 
     def with_next_publish(self, staging: Path | None, names: Iterable[str]) -> None:

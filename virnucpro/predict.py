@@ -32,7 +32,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
-                              VirnucproError, output_errors, path_mode)
+                              VirnucproError, output_errors, path_mode, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -383,7 +383,8 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
                                                          stage_seconds)
                 output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
             finally:
-                remove_written(staging, STAGING_FILES)
+                with stop_signals_deferred():  # once published, a stop waits until the staging folder is gone
+                    remove_written(staging, STAGING_FILES)
     info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks; sequences: {calls['virus']:,} virus, "
          f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty -> {outdir}")
     return outdir

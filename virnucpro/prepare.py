@@ -36,7 +36,7 @@ from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
-                             VirnucproError, check_stop, output_errors, stop_signals_blocked)
+                             VirnucproError, check_stop, output_errors, stop_signals_blocked, stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
@@ -938,7 +938,8 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
             manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
             output.publish(staging, OUTPUTS)
         finally:
-            remove_written(staging, STAGING_FILES)
+            with stop_signals_deferred():  # once published, a stop waits until the staging folder is gone
+                remove_written(staging, STAGING_FILES)
     _report(manifest, outdir, published_in or outdir)
     return manifest
 

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import (InterruptedByUser, StoppedWithOutputsInPlace, VirnucproError, output_errors,
-                              stop_received)
+                              outputs_in_place, stop_received, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -144,9 +144,11 @@ def _prepare_once(inputs: list[Path], prepared: Path, chunk_size: int, outdir: P
     # machines a fork made later multi-threaded CPU math in the parent transiently wrong), and
     # prepare takes well under 1% of the time embedding takes
     try:
-        return prepare(inputs, prepared, chunk_size=chunk_size, threads=1, published_in=outdir)
+        manifest = prepare(inputs, prepared, chunk_size=chunk_size, threads=1, published_in=outdir)
+        outputs_in_place(None)  # the prepare is whole, the run is not: a stop from here on asks for the rerun
+        return manifest
     except StoppedWithOutputsInPlace:
-        raise stop_received() from None  # the prepare is whole, but the run is not: its rerun resumes
+        raise stop_received() from None
 
 
 def _embedded_before(shard: Path, h5: Path, identity: dict, precision: str) -> bool:
@@ -217,7 +219,8 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         seconds["embed"] = round(time.monotonic() - started, 3)
         names = [unicode_text(str(path)) for path in inputs]
         _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings, names)
-        remove_written(work, _work_files())
+        with stop_signals_deferred():  # the outputs are in place: a stop waits until the work folder is gone
+            remove_written(work, _work_files())
     return outdir
 
 
@@ -231,7 +234,8 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
     try:
         yield
     except StoppedWithOutputsInPlace:  # the outputs are complete: the work folder goes as after a success
-        remove_written(work, _work_files())
+        with stop_signals_deferred():
+            remove_written(work, _work_files())
         raise
     except BaseException as exc:
         embedded = [p for p in (work / "embeddings", work / "checkpoints") if p.is_dir() and any(p.rglob("*"))]
