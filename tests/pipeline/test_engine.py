@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -420,6 +421,21 @@ def test_an_outdir_inside_another_runs_outdir_or_the_work_dir_is_refused(tmp_pat
     assert folder_state(launch / "results") == before  # the other run's folder: no reports added
     run = run_pipeline(launch, "-profile", "test", outdir="work/results")
     assert_refused_before_any_task(run, "inside the work directory")
+
+
+def test_link_publishing_across_file_systems_is_refused_before_any_task(tmp_path):
+    """A reviewer's case: with the work directory on another file system, every task ran and then each
+    hard link failed, the results folder left empty and the cause only in .nextflow.log."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a writable /dev/shm on another file system than the temporary folder")
+    work = Path(tempfile.mkdtemp(prefix="virnucpro-test-work-", dir=shm))
+    try:
+        run = run_pipeline(tmp_path / "launch", "-profile", "test", "--publish_dir_mode", "link", "-w", str(work))
+        assert_refused_before_any_task(run, "different file systems", "give --publish_dir_mode copy")
+        assert not any(work.glob("??/*")), "a task ran"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def folder_state(folder: Path) -> dict:

@@ -247,6 +247,20 @@ def lockOutdir(String outdir) {
     workflow.onComplete { lock.release() }
 }
 
+// --publish_dir_mode link makes hard links from the work directory into --outdir, which work only
+// within one file system (one mount): across two, every task would run and then each publish fail
+// ("Failed to publish file", the cause only in .nextflow.log). Refused before any task instead.
+def refuseLinksAcrossFileSystems(String outdir, String mode) {
+    def dir = file(outdir, glob: false)
+    if (mode != 'link' || dir.toUri().getScheme() != 'file' || workflow.workDir.toUri().getScheme() != 'file') {
+        return
+    }
+    def stores = [dir, workflow.workDir].collect { path -> java.nio.file.Files.getFileStore(nearestExisting(path.toAbsolutePath())) }
+    if (stores[0] != stores[1]) {
+        error("--publish_dir_mode link makes hard links from the work directory ${workflow.workDir} into --outdir ${outdir}, and the two are on different file systems (${stores[1]}, ${stores[0]}): publishing would fail once every task has run; give --publish_dir_mode copy (or symlink), or an --outdir on the work directory's file system")
+    }
+}
+
 // --outdir and its pipeline_info/ (made unless -preview) must be folders this user can write into.
 def refuseUnwritableOutdir(String outdir, info, boolean create) {
     def problem = [info.parent, info].findResult { folder -> unwritableFolderProblem(folder, create) }
