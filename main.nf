@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; refuseLinksAcrossFileSystems ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; refuseLinksAcrossFileSystems ; warnIfCheckpointDirChanged ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -57,6 +57,7 @@ workflow {
             asText(params.outdir),
             asText(params.trace_report_suffix)
         )
+        warnIfCheckpointDirChanged(checkpoint_dir)
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,
             asText(params.models),

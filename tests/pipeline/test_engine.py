@@ -98,6 +98,22 @@ def test_stub_run_creates_every_declared_output(tmp_path):
         "VIRNUCPRO_MODELS_TINY", "VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT", "VIRNUCPRO_SUMMARY"}
 
 
+def test_a_resume_with_another_checkpoint_dir_says_what_it_costs_and_how_to_keep_the_shards(tmp_path):
+    """A reviewer's case: EMBED tasks are keyed by the checkpoint folder, so a -resume adding
+    --checkpoint_dir embedded every finished shard again, unannounced (stub runs: the start-up is real)."""
+    first = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc")
+    first.assert_ok()
+    default = str(tmp_path / "work" / "virnucpro-checkpoints")
+    same = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc", "-resume")
+    same.assert_ok()
+    assert "EMBED tasks are keyed by the checkpoint folder" not in same.output
+    moved = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc", "-resume",
+                         "--checkpoint_dir", str(tmp_path / "elsewhere"))
+    moved.assert_ok()
+    assert f"the run this -resume continues used {default}" in moved.output, moved.output[-3000:]
+    assert f"resume with --checkpoint_dir {default}" in moved.output
+
+
 def test_without_a_profile_the_tasks_fit_the_machine_that_runs_them(tmp_path):
     """No profile, as on a laptop: PREPARE asks for 4 CPUs and EMBED for 8 CPUs and 48 GB, more
     than a small machine has, which the local executor refused before any task ("Process requirement

@@ -456,6 +456,28 @@ def checkpointDir(String requested, work_dir) {
     return dir ? dir.toString() : ''
 }
 
+// EMBED tasks are keyed by the checkpoint folder (their command names it): a -resume giving another
+// one embeds every finished shard again. Each session's folder is recorded in the work directory
+// (virnucpro-sessions/<session id>), and a -resume of that session giving another is told so at
+// start-up, with the option that reuses the finished shards.
+def warnIfCheckpointDirChanged(String checkpointDir) {
+    if (workflow.preview) {
+        return
+    }
+    def record = workflow.workDir.resolve('virnucpro-sessions').resolve(workflow.sessionId.toString())
+    def before = workflow.resume && java.nio.file.Files.isRegularFile(record) ? record.text.trim() : null
+    if (before != null && before != checkpointDir) {
+        log.warn("--checkpoint_dir ${checkpointDir ?: '(none)'}: the run this -resume continues used ${before ?: 'none'}, and EMBED tasks are keyed by the checkpoint folder, so every shard will be embedded again; to reuse the finished ones, stop now (Ctrl-C) and resume with --checkpoint_dir ${before ?: 'left out'}")
+    }
+    try {
+        record.parent.mkdirs()
+        record.text = checkpointDir + '\n'
+    }
+    catch (IOException e) {
+        log.debug("checkpoint folder of this session not recorded in ${record}: ${e}")
+    }
+}
+
 // A checkpoint folder this user cannot make or write was found only by EMBED (exit 10, after
 // PREPARE ran, its hint not naming --checkpoint_dir): refused here, naming it and why. Made here
 // unless -preview, which writes nothing (then the nearest existing folder must be writable).
