@@ -255,7 +255,14 @@ def refuseLinksAcrossFileSystems(String outdir, String mode) {
     if (mode != 'link' || dir.toUri().getScheme() != 'file' || workflow.workDir.toUri().getScheme() != 'file') {
         return
     }
-    def stores = [dir, workflow.workDir].collect { path -> java.nio.file.Files.getFileStore(nearestExisting(path.toAbsolutePath())) }
+    def stores
+    try {
+        stores = [dir, workflow.workDir].collect { path -> java.nio.file.Files.getFileStore(nearestExisting(path.toAbsolutePath())) }
+    }
+    catch (IOException e) {
+        log.debug("file systems of --outdir and the work directory not compared: ${e}")
+        return // not known: publishing says it, as without this check
+    }
     if (stores[0] != stores[1]) {
         error("--publish_dir_mode link makes hard links from the work directory ${workflow.workDir} into --outdir ${outdir}, and the two are on different file systems (${stores[1]}, ${stores[0]}): publishing would fail once every task has run; give --publish_dir_mode copy (or symlink), or an --outdir on the work directory's file system")
     }
