@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; refuseLinksAcrossFileSystems ; warnIfCheckpointDirChanged ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; refuseUnusedArguments ; refuseLinksAcrossFileSystems ; warnIfCheckpointDirChanged ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -26,6 +26,7 @@ workflow {
         log.info(paramsHelp(schema, params, 'nextflow run . -profile <docker/singularity/apptainer>[,gpu] --input reads.fa --outdir results'))
     }
     else {
+        refuseUnusedArguments(args)
         // Every problem with the parameters at once, before any task
         if (params.validate_params != false) { // a blank (null) validate_params is refused by it, not skipped
             validateParameters(params, schema)

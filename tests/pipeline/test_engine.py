@@ -337,6 +337,14 @@ def test_bad_parameters_are_refused_before_any_task_all_at_once(tmp_path):
                                    "did you mean --chunk_size?", "--threshold: 'abc' is not a number")
 
 
+def test_files_of_an_unquoted_glob_beyond_the_first_are_refused_not_ignored(tmp_path):
+    """A reviewer's case: the shell expands `--input data/*.fa`, --input takes the first file and
+    Nextflow hands the others to the pipeline, which ignored them: a run without their records, exit 0."""
+    first, second = TEST_INPUTS / "sample_a.fasta", TEST_INPUTS / "sample_b.fastq"
+    run = run_pipeline(tmp_path, "-profile", "test", "--input", str(first), str(second))
+    assert_refused_before_any_task(run, f"'{second}': no option takes this argument", "quote the glob")
+
+
 def test_google_gpu_without_a_gpu_type_is_refused_before_any_task(tmp_path):
     """Google Batch has no default GPU type: every EMBED task was refused at submission, after
     PREPARE. (The executor itself needs the nf-google plugin, which this offline engine lacks: the

@@ -19,6 +19,16 @@ workflow PIPELINE_INITIALISATION {
     samples = ch_samples // channel: [ val(meta), [ reads ] ]
 }
 
+// Words of the command line that no option takes (Nextflow hands them to the pipeline as `args`):
+// an unquoted glob (`--input data/*.fa`) is expanded by the shell, --input takes the first file and
+// the others land here. Ignored, their records would be missing from a run that ends well: refused.
+def refuseUnusedArguments(List arguments) {
+    if (arguments) {
+        def shown = arguments.take(5).collect { word -> "'${word}'" }.join(', ') + (arguments.size() > 5 ? " and ${arguments.size() - 5} more" : '')
+        error("${shown}: no option takes ${arguments.size() == 1 ? 'this argument' : 'these arguments'} (an unquoted glob is expanded by the shell: --input then takes the first file only); quote the glob (--input 'data/*.fa'), or list the files in a samplesheet (--input samples.csv)")
+    }
+}
+
 // A parameter as text, null kept: Nextflow reads `--outdir 2024` (and `outdir: 2024` in a params
 // file) as a number, which validation accepts as a path but the functions here take as text
 def asText(value) {
