@@ -341,6 +341,8 @@ def test_models_check_given_a_file_says_so(tmp_path, run_cli):
     code, err = run_cli("models", "check", afile)
     assert code == ExitCode.MODELS and "is not a directory (it is a file)" in err, err
     assert str(afile) in err
+    # its own way of being given the folder (a reviewer's case: the hint named --models and --dest)
+    assert "`virnucpro models check DIR` or VIRNUCPRO_MODELS=DIR" in " ".join(err.split()) and "--dest" not in err
 
 
 @pytest.mark.parametrize("offline", [[], ["--offline"]])

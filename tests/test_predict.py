@@ -466,6 +466,8 @@ def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_d
         code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
                                 "--outdir", tmp_path / "p", "--models", tiny_models, "--classifier", classifier)
         assert code == 5 and "made for 300-bp chunks" in message and classifier.name in message, message
+    # the hint names the twin beside it (a reviewer's case: "500_model.pth" in a tiny folder)
+    assert f"use the 500-bp classifier ({tiny_models / '500_model_tiny.pth'})" in " ".join(message.split()), message
     out = tmp_path / "r"
     code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", out, "--models",
                             tiny_models, "--device", "cpu", "--classifier", wrong)

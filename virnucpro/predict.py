@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import os
 import re
 import shutil
 import sys
@@ -498,8 +499,19 @@ def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: P
         if digest in known or blob in known:
             raise InconsistentInputsError(f"classifier {path} is the one made for {other}-bp chunks, but the "
                                           f"prepared sample was cut into {chunk_size}-bp chunks",
-                                          f"use the {chunk_size}-bp classifier ({chunk_size}_model.pth), or "
-                                          f"prepare again with --chunk-size {other}")
+                                          f"use the {chunk_size}-bp classifier "
+                                          f"({_twin(path, other, chunk_size, _models_folders(models, path))}), "
+                                          f"or prepare again with --chunk-size {other}")
+
+
+def _twin(classifier: Path, chunk_size: int, wanted: int, folders: list[Path]) -> str:
+    """The classifier for `wanted`-bp chunks where the user will look for it: beside `classifier`
+    (made for `chunk_size`) and named as that one is, else a published or tiny one in the models
+    folders; else its published name."""
+    beside = classifier.with_name(classifier.name.replace(str(chunk_size), str(wanted), 1))
+    candidates = [beside] if beside != classifier else []
+    candidates += [folder / f"{wanted}_model{tiny}.pth" for folder in folders for tiny in ("", "_tiny")]
+    return next((str(path) for path in candidates if os.path.isfile(path)), f"{wanted}_model.pth")
 
 
 def require_own_classifier(chunk_size: int, classifier: Path | None, why: str = "the sample was prepared") -> None:

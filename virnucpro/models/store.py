@@ -954,7 +954,7 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
     directory = models_dir(directory, where)
     with reading(directory):
         if os.path.lexists(directory) and not directory.is_dir():
-            raise _not_a_directory(directory)  # at once: before any work that needs the models
+            raise _not_a_directory(directory, where)  # at once: before any work that needs the models
         if not directory.is_dir():
             return directory, [RoleStatus(role, missing=["(no models directory)"]) for role in roles]
         manifest = read_manifest(directory, where)
@@ -966,10 +966,12 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
     return directory, statuses
 
 
-def _not_a_directory(directory: Path) -> ModelsError:
+def _not_a_directory(directory: Path, where: str = "--models") -> ModelsError:
+    """Exit 4 for a models path that is a file (or a dangling link); the hint names the command's own
+    way of giving the folder (`where`, see `_folder_given`)."""
     what = "a link to a missing path" if os.path.islink(directory) and not directory.exists() else "a file"
     return ModelsError(f"models directory {directory} is not a directory (it is {what})",
-                       hint="give the folder that holds the models (with --models, --dest or VIRNUCPRO_MODELS)")
+                       hint=f"give the folder that holds the models ({_folder_given(where)} or VIRNUCPRO_MODELS=DIR)")
 
 
 def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
