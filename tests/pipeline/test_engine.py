@@ -343,6 +343,9 @@ def test_files_of_an_unquoted_glob_beyond_the_first_are_refused_not_ignored(tmp_
     first, second = TEST_INPUTS / "sample_a.fasta", TEST_INPUTS / "sample_b.fastq"
     run = run_pipeline(tmp_path, "-profile", "test", "--input", str(first), str(second))
     assert_refused_before_any_task(run, f"'{second}': no option takes this argument", "quote the glob")
+    # -stub-run makes Nextflow add the word 'true' (the stub-run test shows it is not refused); others are
+    run = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--input", str(first), str(second))
+    assert_refused_before_any_task(run, f"'{second}': no option takes this argument")
 
 
 def test_google_gpu_without_a_gpu_type_is_refused_before_any_task(tmp_path):
