@@ -330,9 +330,10 @@ def test_ensure_offline(tiny, tmp_path, monkeypatch):
         download.ensure(empty, offline=True)
     assert "virnucpro models download --dest" in str(info.value)
     assert "VIRNUCPRO_MODELS" in str(info.value)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelsError, match="HF_HUB_OFFLINE"):
-        download.ensure(empty, offline=False)
+    for value in ("1", " on", "True"):  # the message quotes the value as the user set it
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        with pytest.raises(ModelsError, match=f"not downloading \\(HF_HUB_OFFLINE={value.strip()}\\)"):
+            download.ensure(empty, offline=False)
     models = _copy(tiny, tmp_path)
     (models / "300_model_tiny.pth").unlink()
     with pytest.raises(ModelsError, match="tiny test models .* are incomplete") as info:  # offline or not

@@ -134,7 +134,7 @@ def _to_download(directory: Path | None, roles: list[str], offline: bool
         return directory, statuses, missing
     _refuse_incomplete_tiny(directory, statuses)
     if offline or _env_offline():
-        why = "--offline" if offline else "HF_HUB_OFFLINE=1"
+        why = "--offline" if offline else f"HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE'].strip()}"
         raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; not downloading ({why})",
                           hint=store.staging_hint(directory, missing))
     return directory, statuses, missing
