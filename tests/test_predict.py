@@ -245,6 +245,8 @@ def test_no_orf_sample(tmp_path, run_cli, reference_dir, tiny_models):
     assert (tmp_path / "o/prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
     calls = {row[-1] for row in table(tmp_path / "o/sequences.tsv")[1:]}
     assert calls == {"no_orf"}
+    page = (tmp_path / "o/report.html").read_text()
+    assert "max bin: 0 ORFs" in page and "0 rows in prediction_results.txt" in page  # it said "max bin: 1 ORFs"
     assert not (tmp_path / "o/.virnucpro-work").exists()
 
 
@@ -263,6 +265,32 @@ def test_report_is_self_contained_and_agrees_with_tables(golden_predicted, golde
     assert info["tiny_models"] is True and info["inputs"][0]["sha256"]
     assert set(info["models"]) == {"dnabert_s", "esm2"} and len(info["classifier"]["sha256"]) == 64
     assert info["attention_path"] == ["dnabert_s:reference,esm2:reference"]  # the exact path on CPU
+
+
+def _top_rows(page: str) -> dict[str, tuple[str, str]]:
+    """The report's top table: sequence id -> (virus chunks / chunks with ORFs, call)."""
+    table_html = page.split("<h2>Top sequences</h2>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>(.*?)</td>.*?<td class='n'>([0-9,]+ / [0-9,]+)</td><td class='n'>[0-9.]+</td>"
+                      r"<td>(.*?)</td></tr>", table_html)
+    return {name: (fraction, call) for name, fraction, call in rows}
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6666667])
+def test_report_top_sequences_and_threshold_agree_with_the_calls(tmp_path, golden_prepared, golden_embeddings,
+                                                                 tiny_models, threshold):
+    """The top table showed the fraction rounded to 2 decimals (50 virus chunks of 101: "0.50 ... others"
+    under "at least 0.5") and the threshold to 6 digits: it now shows the two counts and the exact threshold."""
+    out = tmp_path / "out"
+    predict(golden_prepared, golden_embeddings, out, models=tiny_models, threshold=threshold)
+    page = (out / "report.html").read_text()
+    assert f"threshold {threshold!r} ·" in page and f"at least {threshold!r} of its chunks" in page
+    shown = _top_rows(page)
+    assert shown
+    for row in table(out / "sequences.tsv")[1:]:
+        if row[0] in shown:
+            n_chunks, virus, no_orf = int(row[2]), int(row[3]), int(row[4])
+            assert shown[row[0]] == (f"{virus} / {n_chunks - no_orf}", row[-1])
+            assert (virus / (n_chunks - no_orf) >= threshold) == (row[-1] == "virus")
 
 
 def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_dir, tiny_models):

@@ -299,7 +299,7 @@ class _Summary:
         self.calls[call] += 1
         if tally.scored:
             self.top.append((tally.virus / tally.scored, tally.top, seq["sequence_id"], int(seq["length"]),
-                             int(seq["n_chunks"]), call))
+                             int(seq["n_chunks"]), tally.virus, tally.scored, call))
             if len(self.top) > 4 * TOP_SEQUENCES:
                 self._trim()
 

@@ -34,25 +34,36 @@ def _e(value) -> str:
     return html.escape(unicode_text(str(value)))
 
 
+def _count(number: int, noun: str) -> str:
+    """'1 ORF', '2,000 ORFs': a count with its noun in the right number."""
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
+def _threshold_text(threshold: float) -> str:
+    """The threshold exactly as given (shortest round-trip text): `:g` showed 0.6666667 as 0.666667."""
+    return repr(float(threshold))
+
+
 def _histogram_svg(counts: list[int]) -> str:
     width, height, pad = 640, 220, 32
-    top = max(counts) if any(counts) else 1
+    top = max(counts, default=0)
+    scale = top or 1  # no ORF at all: empty bars, and the label says 0
     bar = (width - 2 * pad) / len(counts)
     parts = [f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
              f'aria-label="Histogram of ORF virus scores">']
     for i, count in enumerate(counts):
-        h = (height - 2 * pad) * count / top
+        h = (height - 2 * pad) * count / scale
         x, y = pad + i * bar, height - pad - h
         colour = "#b4232a" if (i + 0.5) / len(counts) >= 0.5 else "#1f6f43"
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colour}">'
-                     f'<title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {count:,} ORFs</title></rect>')
+                     f'<title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {_count(count, "ORF")}</title></rect>')
     axis_y = height - pad
     parts.append(f'<line x1="{pad}" y1="{axis_y}" x2="{width - pad}" y2="{axis_y}" stroke="#5b6b7c"/>')
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
         x = pad + tick * (width - 2 * pad)
         parts.append(f'<text x="{x:.1f}" y="{axis_y + 16}" font-size="11" text-anchor="middle" '
                      f'fill="#5b6b7c">{tick:g}</text>')
-    parts.append(f'<text x="{pad}" y="{pad - 10}" font-size="11" fill="#5b6b7c">max bin: {top:,} ORFs</text>')
+    parts.append(f'<text x="{pad}" y="{pad - 10}" font-size="11" fill="#5b6b7c">max bin: {_count(top, "ORF")}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -61,7 +72,7 @@ def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict)
     """The prediction accounts for every chunk, ORF and sequence the prepared sample counts (exit 5)."""
     checks = (("chunks", counts["chunks"], n_chunks_scored + counts["chunks_without_orf"],
                f"{n_chunks_scored:,} chunks with scored ORFs + {counts['chunks_without_orf']:,} without ORF"),
-              ("ORFs", counts["orfs"], rows, f"{rows:,} rows in {RESULTS}"),
+              ("ORFs", counts["orfs"], rows, f"{_count(rows, 'row')} in {RESULTS}"),
               ("sequences", counts["sequences"], sum(calls.values()), f"{sum(calls.values()):,} sequences called"))
     for label, expected, found, detail in checks:
         if found != expected:
@@ -80,7 +91,7 @@ def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) 
          f"{counts['sequences'] - counts['empty_sequences']:,} with bases + {counts['empty_sequences']:,} empty", ""),
         ("chunks", counts["chunks"],
          f"{n_chunks_scored:,} with ORFs + {counts['chunks_without_orf']:,} without", agrees),
-        ("ORFs (stop-free frames)", counts["orfs"], f"{rows:,} rows in {RESULTS}", agrees),
+        ("ORFs (stop-free frames)", counts["orfs"], f"{_count(rows, 'row')} in {RESULTS}", agrees),
         ("sequences called", sum(calls.values()),
          " + ".join(f"{calls[k]:,} {k}" for k in SEQUENCE_CALLS), agrees),
     ]
@@ -93,11 +104,12 @@ def _top_table(top: list) -> str:
     if not top:
         return "<p>No sequence had an ORF to score.</p>"
     rows = "".join(
-        f"<tr><td>{_e(name)}</td><td class='n'>{length:,}</td><td class='n'>{n_chunks}</td>"
-        f"<td class='n'>{fraction:.2f}</td><td class='n'>{best:.4f}</td><td>{_e(call)}</td></tr>"
-        for fraction, best, name, length, n_chunks, call in top)
+        f"<tr><td>{_e(name)}</td><td class='n'>{length:,}</td><td class='n'>{n_chunks:,}</td>"
+        f"<td class='n'>{virus:,} / {scored:,}</td><td class='n'>{best:.4f}</td><td>{_e(call)}</td></tr>"
+        for _fraction, best, name, length, n_chunks, virus, scored, call in top)
+    # the fraction as its two counts: a rounded decimal (0.50 for 50/101) could contradict the call
     return ("<table><tr><th>sequence</th><th class='n'>length (bp)</th><th class='n'>chunks</th>"
-            "<th class='n'>fraction virus</th><th class='n'>max virus score</th><th>call</th></tr>"
+            "<th class='n'>virus chunks / chunks with ORFs</th><th class='n'>max virus score</th><th>call</th></tr>"
             + rows + "</table>")
 
 
@@ -114,7 +126,7 @@ def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, su
 <style>{STYLE}</style></head><body>
 <h1>virnucpro report</h1>
 <p class="sub">virnucpro {_e(run_info['virnucpro_version'])} · chunk size {manifest['chunk_size']} ·
-threshold {run_info['threshold']:g} · precision {_e(', '.join(run_info['precision']))} ·
+threshold {_threshold_text(run_info['threshold'])} · precision {_e(', '.join(run_info['precision']))} ·
 device {_e(', '.join(run_info['device']))}</p>
 {banner}
 <div class="cards">
@@ -126,7 +138,7 @@ device {_e(', '.join(run_info['device']))}</p>
 </div>
 <h2>From input to answers</h2>
 {_reconciliation(counts, rows, n_chunks_scored, calls)}
-<p>A sequence is called virus when at least {run_info['threshold']:g} of its chunks that have ORFs are
+<p>A sequence is called virus when at least {_threshold_text(run_info['threshold'])} of its chunks that have ORFs are
 virus chunks; a chunk is virus when its best ORF's virus score is at least its best others score (the
 original's rule).</p>
 <h2>Virus score of every ORF</h2>
