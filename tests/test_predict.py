@@ -315,11 +315,13 @@ def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_
     # killed mid-embed: after two of the ~30 checkpoint windows, never in a race with the end of the run
     wait_for_parts(out / ".virnucpro-work/checkpoints", 2, process)
     process.kill()
-    process.communicate()
+    _, first_err = process.communicate()
     assert (out / ".virnucpro-work/prepared/manifest.json").exists()
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "prepare: already done" in rerun.stderr
+    prepared_line = next(line for line in first_err.splitlines() if "chunks without ORF" in line)
+    assert ".virnucpro-work" not in prepared_line, "run names no folder it removes on success"
     at, _, total = rerun.stderr.split("resuming from checkpoint at record ")[1].split()[:3]
     assert 0 < int(at.replace(",", "")) < int(total.replace(",", "")), "resumed mid-shard"
     for name in TABLES:

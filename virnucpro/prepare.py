@@ -940,7 +940,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
         finally:
             with stop_signals_deferred():  # once published, a stop waits until the staging folder is gone
                 remove_written(staging, STAGING_FILES)
-    _report(manifest, outdir, published_in or outdir)
+    _report(manifest, outdir, published_in)
     return manifest
 
 
@@ -984,11 +984,13 @@ def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict]
     return fmt.manifest(work, chunk_size, inputs, shards, vars(counts))
 
 
-def _report(manifest: dict, outdir: Path, tables: Path) -> None:
+def _report(manifest: dict, outdir: Path, published_in: Path | None) -> None:
+    """The end-of-prepare summary, naming the folder the user will find: under `run` (`published_in`)
+    the prepare folder is the run's work folder, removed when the run succeeds, so it is not named."""
     counts = manifest["counts"]
     if counts["empty_sequences"]:
         warn(f"{counts['empty_sequences']} empty record(s) skipped (listed as 'empty' in "
-             f"{tables / fmt.SEQUENCES})")
+             f"{(published_in or outdir) / fmt.SEQUENCES})")
     info(f"prepared {counts['sequences']:,} sequences ({counts['bases']:,} bp) -> {counts['chunks']:,} "
          f"chunks of {manifest['chunk_size']} -> {counts['orfs']:,} ORFs in {len(manifest['shards'])} "
-         f"shard(s); {counts['chunks_without_orf']:,} chunks without ORF -> {outdir}")
+         f"shard(s); {counts['chunks_without_orf']:,} chunks without ORF" + ("" if published_in else f" -> {outdir}"))
