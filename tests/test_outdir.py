@@ -784,6 +784,7 @@ def test_host_memory_running_out_is_said_plainly_not_reported_as_a_bug(tmp_path,
     code, message = run_cli("prepare", fasta, "--outdir", tmp_path / "out")
     assert code == 137 and "out of memory: this machine's RAM, or the memory limit" in message and "bug" not in message, message
     assert "--token-budget" in message and len(message.strip().splitlines()) == 2
+    assert "longest sequence needs alone" in message, "a budget cannot shrink one sequence's need"
 
 
 def test_fallback_lock_whose_writer_died_before_writing_it_is_taken_over_once_old(tmp_path):

@@ -357,7 +357,8 @@ def _report_bug(exc: BaseException) -> int:
     if _out_of_host_memory(exc):
         error(f"out of memory: this machine's RAM, or the memory limit of this process (`ulimit -v`), ran out "
               f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
-              "in Nextflow); embed needs less with a smaller --token-budget")
+              "in Nextflow); a smaller --token-budget makes embed need less, down to what its longest sequence needs "
+              "alone, which grows with the square of the chunk size")
         return ExitCode.OUT_OF_MEMORY
     limit = process_limit(exc)
     if limit is not None:
