@@ -567,3 +567,27 @@ def test_predict_itself_checks_the_reconciliation_not_the_report(sample, run_cli
     monkeypatch.setattr(predict.ScoreHistogram, "add", lambda self, scores: add(self, scores[1:]))
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, "ORF")
+
+
+@pytest.mark.parametrize("name", TABLE_FILES)
+def test_a_table_replaced_after_the_checks_is_caught_at_its_final_read(sample, run_cli, monkeypatch, name):
+    """The tables were checked against the manifest, then opened again by name to write the outputs:
+    an edited copy renamed into place between the two (a sequence's length changed) was published,
+    exit 0. The final read now checks the bytes it used against the manifest."""
+    from virnucpro import predict
+
+    table = sample.prepared / name
+    lines = table.read_text().splitlines(keepends=True)
+    cells = lines[1].split("\t")
+    cells[-1] = cells[-1].replace("\n", " \n")  # the last cell of the first row edited, the columns kept
+    edited = sample.prepared.parent / "edited.tsv"
+    edited.write_text(lines[0] + "\t".join(cells) + "".join(lines[2:]))
+    checked = predict.check_stage_files
+
+    def then_replaced(*args, **kwargs):
+        checked(*args, **kwargs)
+        edited.rename(table)  # what `mv` of another file over it does
+
+    monkeypatch.setattr(predict, "check_stage_files", then_replaced)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, str(table), "changed while it was read")

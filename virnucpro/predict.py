@@ -311,16 +311,18 @@ class _Summary:
         return {"calls": self.calls, "top": self.top}
 
 
-def write_tables(prepared: Path, scores: Iterable[ChunkScore], outdir: Path, threshold: float) -> _Summary:
+def write_tables(prepared: Path, tables: dict[str, str], scores: Iterable[ChunkScore], outdir: Path,
+                 threshold: float) -> _Summary:
     """chunks.tsv, sequences.tsv and the highest-score table in one pass: the prepared sequence and
-    chunk tables and the chunk scores all come in input order, so memory stays O(block)."""
-    summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS)
+    chunk tables and the chunk scores all come in input order, so memory stays O(block). `tables`:
+    the manifest's sha256 of each prepared table, which what is read here must have (exit 5)."""
+    summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS, tables[fmt.CHUNKS])
     scored, highest = _NextChunk(scores), HighestTable(outdir / HIGHEST_RUNS)
     with open(outdir / CHUNKS, "w", encoding="utf-8", newline="\n") as chunks_out, \
             open(outdir / SEQUENCES, "w", encoding="utf-8", newline="\n") as sequences_out:
         chunks_out.write(header_line(CHUNK_COLUMNS))
         sequences_out.write(header_line(SEQUENCE_COLUMNS))
-        for seq in fmt.read_table(prepared / fmt.SEQUENCES):
+        for seq in fmt.read_table(prepared / fmt.SEQUENCES, tables[fmt.SEQUENCES]):
             tally = SequenceTally()
             for row in itertools.islice(chunk_rows, int(seq["n_chunks"])):
                 score = _chunk_of(seq, row, scored, prepared)
@@ -448,7 +450,7 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
 
     histogram = ScoreHistogram()
     with _closed(score_orfs(inputs.shards, inputs.model, staging, histogram)) as orfs:
-        summary = write_tables(prepared, chunk_scores(orfs), staging, threshold)
+        summary = write_tables(prepared, inputs.manifest["tables"], chunk_scores(orfs), staging, threshold)
     rows = sum(histogram.counts)
     check_reconciles(inputs.manifest["counts"], rows, summary.chunks_scored, summary.calls)  # exit 5 otherwise
     seconds = dict(stage_seconds or {})

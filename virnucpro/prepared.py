@@ -450,13 +450,27 @@ def _check_sums(path: Path, manifest: dict) -> None:
             raise malformed(path, f"counts.{part} ({counts[part]:,}) exceeds counts.{whole} ({counts[whole]:,})")
 
 
-def read_table(path: Path) -> Iterator[dict[str, str]]:
+def read_table(path: Path, sha256: str | None = None) -> Iterator[dict[str, str]]:
     """Rows of one of our TSV tables (header line, then tab-separated values) as dicts (a table of a
-    prepare folder: a regular file, no link)."""
-    with _text(path) as handle:
-        columns = handle.readline().rstrip("\n").split("\t")
-        for line in handle:
+    prepare folder: a regular file, no link). With `sha256` (the manifest's), the bytes these rows
+    came from are checked to be that file once the last row is read (exit 5): a table put in its
+    place after the checks that came before is caught, not turned into outputs."""
+    digest = hashlib.sha256()
+    with open_regular(path, links=False) as handle:
+        lines = _hashed_lines(handle, digest)
+        columns = next(lines, "").rstrip("\n").split("\t")
+        for line in lines:
             yield dict(zip(columns, line.rstrip("\n").split("\t")))
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise InconsistentInputsError(f"{path} changed while it was read: its sha256 is not the one in "
+                                      f"{Path(path).parent / MANIFEST}", REPAIR_HINT)
+
+
+def _hashed_lines(handle: BinaryIO, digest) -> Iterator[str]:
+    """The lines of `handle` as UTF-8 text (ending at "\\n"), each added to `digest` as read."""
+    for raw in handle:
+        digest.update(raw)
+        yield raw.decode("utf-8")
 
 
 def checked_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
