@@ -117,3 +117,25 @@ def test_ids_and_paths_with_colon_words_are_printed_as_they_are(tmp_path):
     done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", str(tmp_path / "one.fa"), "--outdir",
                            str(tmp_path / "run:ok:v2")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "run:ok:v2" in done.stderr.replace("\n", ""), done.stderr
+
+
+def test_predict_shows_progress_of_its_checks_and_its_scoring(golden_prepared, golden_embeddings, tiny_models,
+                                                             tmp_path, monkeypatch):
+    """predict printed nothing until its end (minutes of silence on millions of ORFs): its two passes
+    over the ORFs, the checks and the scoring, each count up to every ORF of the sample."""
+    from virnucpro import predict as predict_module
+    from virnucpro import prepared as fmt
+
+    made = []
+
+    class Recorded(console.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(predict_module, "Progress", Recorded)
+    monkeypatch.setattr(predict_module, "PROGRESS_ROWS", 7)  # several updates within a shard
+    predict_module.predict(golden_prepared, golden_embeddings, tmp_path / "out", models=tiny_models)
+    orfs = fmt.load_manifest(golden_prepared)["counts"]["orfs"]
+    assert [p.label for p in made] == ["predict: checking", "predict: scoring"]
+    assert all(p.unit == "ORFs" and p.total == p.done == orfs for p in made), [(p.total, p.done) for p in made]

@@ -31,7 +31,7 @@ from virnucpro import prepared as fmt
 from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RESULT_COLUMNS, RESULTS, RUN_INFO,
                              SEQUENCE_CALLS, SEQUENCE_COLUMNS, SEQUENCES, ChunkScore, SequenceTally, chunk_cells,
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
-from virnucpro.console import info, warn
+from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
                               VirnucproError, output_errors, path_mode, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
@@ -47,6 +47,7 @@ STAGING_FILES = work_pattern(*(re.escape(name) for name in OUTPUTS),
 HISTOGRAM_BINS = 20
 TOP_SEQUENCES = 25  # sequences listed in the report
 HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~100 MB)
+PROGRESS_ROWS = 50_000  # ids checked between two updates of the progress shown
 CLASSIFIER_ROWS = 2048  # small shards' rows joined per classifier call (27 MB of 3,328 features; a block stays whole)
 
 
@@ -104,20 +105,26 @@ def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.Embed
     fmt.check_tables(prepared, manifest)
     walk = fmt.TableWalk(prepared, manifest).orf_chunks()
     entries = sorted(manifest["shards"], key=lambda entry: entry["index"])
-    for entry, shard in zip(entries, shards):
-        fmt.check_shard_file(prepared, entry)
-        _check_shard_ids(prepared, prepared / entry["file"], shard, walk)
+    with Progress("predict: checking", total=manifest["counts"]["orfs"], unit="ORFs") as progress:
+        for entry, shard in zip(entries, shards):
+            fmt.check_shard_file(prepared, entry)
+            _check_shard_ids(prepared, prepared / entry["file"], shard, walk, progress)
     for chunk_id, line in walk:
         raise InconsistentInputsError(f"the prepared tables do not reconcile: {prepared / fmt.CHUNKS} line {line} "
                                       f"gives chunk {chunk_id!r} more ORFs than the prepared shards hold",
                                       fmt.REPAIR_HINT)
 
 
-def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingShardInfo, walk) -> None:
+def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingShardInfo, walk,
+                     progress: Progress) -> None:
     """The ids of the HDF5 shard equal the records of `shard_file`, each an ORF of the next chunk
     `walk` gives."""
     records, h5 = (record[0] for record in fmt.read_shard(shard_file, links=False)), shard.path
+    row, counted = -1, 0
     for row, (expected, found) in enumerate(itertools.zip_longest(records, h5shard.iter_ids(h5, seal=shard.seal))):
+        if row - counted >= PROGRESS_ROWS:  # rows checked, counted a block at a time: one call per row costs
+            progress.advance(row - counted)
+            counted = row
         if expected != found:
             raise InconsistentInputsError(
                 f"{h5}: /ids[{row}] is {_id_text(found)} but record {row + 1} of {shard_file} (line {row + 3}) "
@@ -128,6 +135,7 @@ def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingS
             raise InconsistentInputsError(f"the prepared tables do not reconcile: ORF {expected!r} is record "
                                           f"{row + 1} of {shard_file} but {prepared / fmt.CHUNKS} {where}",
                                           fmt.REPAIR_HINT)
+    progress.advance(row + 1 - counted)
 
 
 def _id_text(value: str | None) -> str:
@@ -151,15 +159,17 @@ def _score_text(value: np.float32) -> str:
     return str(np.float32(value))
 
 
-def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Path,
-               histogram: ScoreHistogram) -> Iterator[tuple[str, float, float]]:
-    """Write prediction_results.txt block by block, yielding (orf_id, virus, others) per ORF in order.
+def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Path, histogram: ScoreHistogram,
+               orfs: int) -> Iterator[tuple[str, float, float]]:
+    """Write prediction_results.txt block by block, yielding (orf_id, virus, others) per ORF in order;
+    `orfs`, the ORFs expected, is the progress shown's total.
 
     The scores yielded are the parsed text values, as the original re-reads its table with pandas.
     """
     from virnucpro.classifier import predict_proba
 
-    with open(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out:
+    with open(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out, \
+            Progress("predict: scoring", total=orfs, unit="ORFs") as progress:
         out.write(header_line(RESULT_COLUMNS))
         for ids, features in _classifier_batches(shards, CLASSIFIER_ROWS):
             probabilities = predict_proba(classifier, features)
@@ -167,6 +177,7 @@ def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Pat
             lines, scores = _result_lines(ids, probabilities)
             out.write("".join(lines))
             yield from scores
+            progress.advance(len(ids))
 
 
 def _classifier_batches(shards: list[h5shard.EmbeddingShardInfo], rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -449,7 +460,8 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
     from virnucpro.report import check_reconciles, write_report
 
     histogram = ScoreHistogram()
-    with _closed(score_orfs(inputs.shards, inputs.model, staging, histogram)) as orfs:
+    expected = inputs.manifest["counts"]["orfs"]
+    with _closed(score_orfs(inputs.shards, inputs.model, staging, histogram, expected)) as orfs:
         summary = write_tables(prepared, inputs.manifest["tables"], chunk_scores(orfs), staging, threshold)
     rows = sum(histogram.counts)
     check_reconciles(inputs.manifest["counts"], rows, summary.chunks_scored, summary.calls)  # exit 5 otherwise
