@@ -30,7 +30,7 @@ from pathlib import Path
 from virnucpro import __version__
 from virnucpro.console import info
 from virnucpro.errors import (STORAGE_ERRNOS, BadInputError, ModelsError, OutputWriteError, output_errors,
-                              storage_error)
+                              outputs_in_place, stop_signals_deferred, storage_error)
 from virnucpro.models import store
 from virnucpro.outdir import OURS, file_mode, held_folder, refuse_nesting, write_atomically
 
@@ -341,17 +341,28 @@ def _publish(directory: Path, files: dict[str, bytes]) -> None:
     (the sha256 of every file is known from its bytes), then each file atomically. A run stopped
     after the manifest (a full disk, a signal) leaves a folder of tiny models with files missing,
     which every hint sends to `models tiny DIR` and `models download` refuses: never model files
-    without a manifest, which look like a hand-staged folder to download into."""
+    without a manifest, which look like a hand-staged folder to download into. Once the last file
+    is in place the folder is recorded as complete (`outputs_in_place`): a stop acted on from then
+    on (one a library swallowed earlier included) says there is nothing to rerun."""
     recorded = _recorded_tiny_files(directory)
     for rel, data in files.items():
         _refuse_in_the_way(directory, rel, data, rel in recorded)
     with output_errors(directory / store.MANIFEST):
         _write_manifest(directory, {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()})
-    for rel, data in files.items():
-        target = directory / rel
-        with output_errors(target):
-            target.parent.mkdir(exist_ok=True)
-            write_atomically(target, data)  # a link at `target` is replaced, never written through
+    *first, last = files.items()
+    for rel, data in first:
+        _write_file(directory, rel, data)
+    with stop_signals_deferred():  # the last rename and the record of a complete folder go together
+        _write_file(directory, *last)
+        outputs_in_place(directory)
+
+
+def _write_file(directory: Path, rel: str, data: bytes) -> None:
+    """One tiny file written atomically (a link at its name is replaced, never written through)."""
+    target = directory / rel
+    with output_errors(target):
+        target.parent.mkdir(exist_ok=True)
+        write_atomically(target, data)
 
 
 def _refuse_in_the_way(directory: Path, rel: str, data: bytes, recorded: bool) -> None:
@@ -408,11 +419,12 @@ def record_as_tiny(directory: Path, files: dict[str, list[str]], source: str,
     """Record `files` (role -> files, relative to `directory`) in its manifest as tiny test models
     with their sha256 (from `digests`, else read from the files), keeping other entries: the store
     then checks them against the manifest, not against the published models' pins, and every
-    output made with them says "tiny". Also for benchmarks that write random weights of other sizes."""
+    output made with them says "tiny". Also for benchmarks that write random weights of other sizes.
+    ESM-2's fp16 copy keeps its record while it still derives from the weights (`_fp16_record_kept`)."""
     manifest = store.read_manifest(directory) or {"models": {}}
     cache = store.HashCache(directory)
     for role, rels in files.items():
-        manifest["models"][role] = {
+        entry = {
             "files": list(rels),
             "sha256": {rel: (digests or {}).get(rel) or cache.sha256(directory, rel) for rel in rels},
             "source": source,
@@ -420,4 +432,30 @@ def record_as_tiny(directory: Path, files: dict[str, list[str]], source: str,
             "tiny": True,
             **({"name": names[role]} if names else {}),
         }
+        fp16 = _fp16_record_kept(directory, manifest["models"].get(role), entry)
+        manifest["models"][role] = {**entry, **({"fp16": fp16} if fp16 else {})}
     store.write_manifest(directory, manifest)
+
+
+def _fp16_record_kept(directory: Path, old: dict | None, entry: dict) -> dict | None:
+    """The earlier entry's fp16 copy record when the copy still derives from the new entry's weights
+    (same name, same sha256: `models tiny` writes the same bytes again), else None. A copy that no
+    longer does is removed first, when it is a plain file (the manifest records it: virnucpro wrote
+    it), so no copy is left that the manifest no longer claims, in the way of every later fp16 load.
+    Removed before the manifest drops its record: a stop between leaves a record of a missing copy,
+    which the next fp16 load writes again."""
+    record = (old or {}).get("fp16")
+    copy_names = {store.Esm2Home(directory, rel, entry).copy_name: digest for rel, digest in entry["sha256"].items()}
+    if not isinstance(record, dict) or record.get("file") not in copy_names:
+        return None  # no record, or one naming another file: nothing of it is ours to keep or remove
+    if str(record.get("source_sha256", "")).lower() == copy_names[record["file"]].lower():
+        return record
+    copy = directory / record["file"]
+    with output_errors(copy):
+        try:
+            plain = stat.S_ISREG(os.lstat(copy).st_mode)
+        except FileNotFoundError:
+            plain = False
+        if plain:
+            copy.unlink(missing_ok=True)
+    return None
