@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import weakref
@@ -59,6 +60,23 @@ drop_unusable_columns()
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # `:ok:` in an id stays text
 
 
+def draws_a_bar() -> bool:
+    """Whether progress is a bar redrawn in place: only when stderr's descriptor is a real terminal
+    that rich takes for one (TTY_COMPATIBLE=0 and TERM=dumb say it is none). FORCE_COLOR and
+    TTY_COMPATIBLE=1 make rich take any stream for a terminal: they ask for colours, and a log file
+    (Nextflow's .command.err) got ten bar frames a second. A stream with no descriptor (in memory)
+    is what the console says it is."""
+    if not err.is_terminal or err.is_dumb_terminal:
+        return False
+    try:
+        descriptor = err.file.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        return True
+    except (ValueError, OSError):  # closed
+        return False
+    return os.isatty(descriptor)
+
+
 def _say(text: str) -> None:
     """Print to stderr; a terminal that is gone (closed, the ssh link dropped: EIO) or a closed pipe
     (see _survive_broken_pipe) loses the message, never the command: the exit code still tells how it
@@ -114,6 +132,36 @@ def _rate(value: float, unit: str) -> str:
     return f"{value:,.1f} {unit}/s" if value < 100 else f"{value:,.0f} {unit}/s"
 
 
+class RemainingTime:
+    """Seconds left of work made of parts whose units cost unequal time (embed's nucleotide letters
+    and its far dearer protein letters): each part's amount left at that part's own measured pace,
+    summed. One pace for all letters said 0:04 while minutes of protein work were left."""
+
+    def __init__(self, totals: dict, start: float):
+        self.left = {part: float(total) for part, total in totals.items()}
+        self.done = dict.fromkeys(totals, 0.0)
+        self.spent = dict.fromkeys(totals, 0.0)
+        self._last = start
+
+    def record(self, part, amount: float, now: float) -> None:
+        """`amount` of `part` finished at `now`: the time since the last record was spent on it."""
+        self.spent[part] += max(now - self._last, 0.0)
+        self._last = now
+        self.done[part] += amount
+        self.left[part] = max(self.left[part] - amount, 0.0)
+
+    def seconds(self) -> float | None:
+        """Seconds left; None while a part with work left has no measured pace (no number beats a wrong one)."""
+        total = 0.0
+        for part, left in self.left.items():
+            if left <= 0:
+                continue
+            if self.done[part] <= 0 or self.spent[part] <= 0:
+                return None
+            total += left * self.spent[part] / self.done[part]
+        return total
+
+
 class Progress:
     """Counts work done against a total and reports rate and ETA.
 
@@ -123,17 +171,20 @@ class Progress:
     `done`: work done before this run (a resumed download), shown but never counted as speed.
     `eta_by`: (counter, its total): the ETA follows that counter of `advance`, for work whose unit
     completes in steps (embed's records finish a checkpoint window at a time; its tokens every batch).
+    `eta_parts`: that total split into parts whose units cost unequal time (embed's roles), each
+    timed on its own (see RemainingTime); `advance(part=...)` names the part of each amount.
     Use it as a context manager, or call `close`; an error message closes it too.
     """
 
     def __init__(self, label: str, total: int | None, unit: str = "records", every_seconds: float = 30.0,
-                 done: int = 0, eta_by: tuple[str, float] | None = None):
+                 done: int = 0, eta_by: tuple[str, float] | None = None, eta_parts: dict | None = None):
         self.label, self.total, self.unit = label, total or None, unit
-        self.every, self.eta_by = every_seconds, eta_by
+        self.every, self.eta_by, self.eta_parts = every_seconds, eta_by, eta_parts
         self.done = self._before = done
         self.extra: dict[str, float] = {}
         self._start = self._last_log = time.monotonic()
-        self._bar = self._start_bar() if err.is_terminal and not err.is_dumb_terminal else None
+        self.remaining = RemainingTime(eta_parts or {None: eta_by[1]}, self._start) if eta_by else None
+        self._bar = self._start_bar() if draws_a_bar() else None
         _drawing.add(self)
 
     def _start_bar(self):
@@ -152,17 +203,20 @@ class Progress:
         self.close()
 
     def _eta(self, elapsed: float) -> str:
-        """Seconds left at the rate so far, as h:mm:ss; '?' before any progress or without a total."""
-        done, total = (self.extra.get(self.eta_by[0], 0.0), self.eta_by[1]) if self.eta_by else \
-            (self.done - self._before, (self.total or 0) - self._before)
+        """Seconds left at the pace so far (per part with `eta_by`), as h:mm:ss; '?' before any
+        progress (of every part with work left) or without a total."""
+        if self.remaining is not None:
+            seconds = self.remaining.seconds()
+            return "?" if seconds is None else duration(seconds)
+        done, total = self.done - self._before, (self.total or 0) - self._before
         if not total or done <= 0 or elapsed <= 0:
             return "?"
         return duration(max(total - done, 0) * elapsed / done)
 
-    def _status(self) -> str:
+    def _status(self, now: float | None = None) -> str:
         """'done/total unit, ETA h:mm:ss (rates)' (no total or ETA when the total is unknown); the
         ETA before the rates, so that a narrow terminal cuts rates first."""
-        elapsed = time.monotonic() - self._start
+        elapsed = (time.monotonic() if now is None else now) - self._start
         count = _amount(self.done, self.unit) + (f"/{_amount(self.total, self.unit)}" if self.total else "")
         unit = (" " + self.unit.removesuffix("bytes")).rstrip() if self.unit.endswith("bytes") else f" {self.unit}"
         rates = [_rate((self.done - self._before) / max(elapsed, 1e-9), self.unit)]
@@ -170,23 +224,26 @@ class Progress:
         eta = f", ETA {self._eta(elapsed)}" if self.total or self.eta_by else ""
         return f"{count}{unit}{eta} ({', '.join(rates)})"
 
-    def _fitted(self) -> str:
+    def _fitted(self, now: float | None = None) -> str:
         """The status cut to the terminal's width beside the label and the bar (rich would drop them)."""
         room = max(err.width - len(self.label) - BAR_WIDTH - 3, 10)
-        status = self._status()
+        status = self._status(now)
         return status if len(status) <= room else status[:room - 1] + "…"
 
-    def advance(self, n: int, **counters: float) -> None:
+    def advance(self, n: int, part=None, **counters: float) -> None:
+        """Count `n` units and the amounts of `counters` done; `part`: which of `eta_parts` they were."""
+        now = time.monotonic()
         self.done += n
         for key, value in counters.items():
             self.extra[key] = self.extra.get(key, 0.0) + value
+        if self.remaining is not None and self.eta_by[0] in counters:
+            self.remaining.record(part, counters[self.eta_by[0]], now)
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, text=self._fitted())
+            self._bar.update(self._task, completed=self.done, text=self._fitted(now))
             return
-        now = time.monotonic()
         if now - self._last_log >= self.every:
             self._last_log = now
-            info(f"{self.label}: {self._status()}")
+            info(f"{self.label}: {self._status(now)}")
 
     def close(self) -> float:
         """Stop drawing (the cursor shown again) and return the elapsed seconds; closing twice is harmless."""

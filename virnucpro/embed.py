@@ -901,12 +901,14 @@ def embedding_widths(model_set, device, precision: str, compiling: Compiling = C
 def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Path | None = None,
           device: str = "auto", precision: str = "auto", token_budget: int | None = None,
           checkpoint_every: int = 2000, checkpoint_seconds: float = 600.0, threads: int | None = None,
-          model_set=None, compiling: Compiling = Compiling()) -> Path:
+          model_set=None, compiling: Compiling = Compiling(), reported_as: str | None = None) -> Path:
     """Embed one prepare shard into `out` (HDF5); resumes from checkpoints of the same inputs.
 
     `out` is locked while this runs (a second embed to it exits 3), and an existing `out` is
     replaced only when it is a virnucpro embedding file. The lock file, when this call made it, is
     removed at the end however it ends: nothing of ours is left beside `out` but `out` itself.
+    `reported_as`: what the closing line says of `out` in place of `-> out`, for a caller that moves
+    or deletes it (`run`: where the user will find it, or that it is intermediate).
     """
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
@@ -914,7 +916,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     if checkpoint_dir is not None:
         refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
     asked = _Settings(models, checkpoint_dir, device, precision, token_budget, checkpoint_every, checkpoint_seconds,
-                      threads, model_set, compiling)
+                      threads, model_set, compiling, reported_as)
     with _folders_taken_back_on_failure(out.parent):
         _check_output(shard, out)
         return _embed_held(shard, shard_meta, out, asked)
@@ -934,6 +936,7 @@ class _Settings:
     threads: int | None
     model_set: object
     compiling: Compiling
+    reported_as: str | None = None
 
 
 @contextmanager
@@ -1012,7 +1015,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
         checkpoints.close()
         raise
     checkpoints.remove()
-    info(f"embedded {len(ids):,} records of {shard.name} -> {out}")
+    info(f"embedded {len(ids):,} records of {shard.name} {asked.reported_as or f'-> {out}'}")
     return out
 
 
@@ -1254,11 +1257,12 @@ class _ShardWork:
         self.embedder, self.distinct, self.known, self.done = embedder, distinct, known, done
         self.checkpoints, self.record_ids, self.checkpoint_seconds = checkpoints, record_ids, checkpoint_seconds
         self.covered = _covered_records(distinct, done, len(record_ids))
-        # records count when their window is complete; distinct sequences, their letters (bases and
-        # residues: the ETA follows them) and tokens count per batch; restored records are no speed
-        letters = sum(len(distinct[role].sequences[i]) for role in ROLES for i in np.flatnonzero(~done[role]))
+        # records count when their window is complete; distinct sequences, their letters and tokens
+        # count per batch; restored records are no speed. The ETA follows the letters left, the bases
+        # and the residues each at their own model's pace: a protein letter costs ESM-2 far more
+        letters = {role: sum(len(distinct[role].sequences[i]) for i in np.flatnonzero(~done[role])) for role in ROLES}
         self.progress = Progress(label, total=len(record_ids), unit="records", done=self.covered,
-                                 eta_by=("letters", letters))
+                                 eta_by=("letters", sum(letters.values())), eta_parts=letters)
         self.unsaved = _no_vectors()
         self.last_save = time.monotonic()
         self.computed = {role: 0 for role in ROLES}
@@ -1293,7 +1297,7 @@ class _ShardWork:
         self.unsaved[role][0].extend(chosen)
         self.unsaved[role][1].append(vectors[missing])
         self.computed[role] += len(chosen)
-        self.progress.advance(0, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch),
+        self.progress.advance(0, part=role, sequences=len(chosen), tokens=sum(len(tokens[i]) for i in batch),
                               letters=sum(len(self.distinct[role].sequences[i]) for i in chosen))
 
     def stop_if_requested(self, stop: StopRequest) -> None:

@@ -161,8 +161,10 @@ def _embedded_before(shard: Path, h5: Path, identity: dict, precision: str) -> b
                             identity, precision)
 
 
-def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, **options) -> list[Path]:
-    """Every shard embedded (finished ones from an earlier try reused); returns the HDF5 paths."""
+def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, kept_in: Path | None,
+               **options) -> list[Path]:
+    """Every shard embedded (finished ones from an earlier try reused); returns the HDF5 paths.
+    `kept_in`: where the embeddings are published on success (--keep-embeddings), else None."""
     from virnucpro.embed import ROLES, embed, embedding_widths
     from virnucpro.predict import check_classifier_fits
 
@@ -178,8 +180,17 @@ def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, **optio
             info(f"embed: {h5.name} already done, reusing it")
             continue
         embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=setup.device.type,
-              precision=setup.precision, model_set=setup.model_set, compiling=setup.compiling, **options)
+              precision=setup.precision, model_set=setup.model_set, compiling=setup.compiling,
+              reported_as=_where_embeddings_end(h5, kept_in), **options)
     return embeddings
+
+
+def _where_embeddings_end(h5: Path, kept_in: Path | None) -> str:
+    """How a shard's closing line names its embeddings: never by their path in the work folder, which
+    is removed when the run succeeds, but by where they are published then, or as intermediate."""
+    if kept_in is not None:
+        return f"-> {kept_in / h5.name} (published there when the run succeeds)"
+    return "(intermediate: removed when the run succeeds; --keep-embeddings keeps them)"
 
 
 def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Path | None = None,
@@ -213,8 +224,8 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         seconds["prepare"] = round(time.monotonic() - started, 3)
         setup = setup or set_up()
         started = time.monotonic()
-        embeddings = _embed_all(manifest, work / "prepared", work, setup, token_budget=token_budget,
-                                threads=threads, checkpoint_every=checkpoint_every,
+        embeddings = _embed_all(manifest, work / "prepared", work, setup, outdir / KEPT if keep_embeddings else None,
+                                token_budget=token_budget, threads=threads, checkpoint_every=checkpoint_every,
                                 checkpoint_seconds=checkpoint_seconds)
         seconds["embed"] = round(time.monotonic() - started, 3)
         names = [unicode_text(str(path)) for path in inputs]
