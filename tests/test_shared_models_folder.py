@@ -211,16 +211,19 @@ def test_failed_record_never_removes_a_file_we_did_not_write(shared, monkeypatch
 
 @pytest.fixture
 def counted_hashes(monkeypatch):
-    """Every file of 1 byte or more counts as big (cached); {path: times hashed}."""
+    """Every file of 1 byte or more counts as big (cached); {path: times hashed}, by either way of
+    hashing a file (`sha256_file`, and `hashed_as_it_is` for what is cached)."""
     monkeypatch.setattr(store, "_CACHE_MIN_BYTES", 1)
     counts: dict[str, int] = {}
-    real = store.sha256_file
 
-    def counting(path, git_sha1=False):
-        counts[str(path)] = counts.get(str(path), 0) + 1
-        return real(path, git_sha1=git_sha1)
+    def counted(real):
+        def counting(path, git_sha1=False):
+            counts[str(path)] = counts.get(str(path), 0) + 1
+            return real(path, git_sha1=git_sha1)
+        return counting
 
-    monkeypatch.setattr(store, "sha256_file", counting)
+    monkeypatch.setattr(store, "sha256_file", counted(store.sha256_file))
+    monkeypatch.setattr(store, "hashed_as_it_is", counted(store.hashed_as_it_is))
     return counts
 
 

@@ -347,22 +347,28 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     # one metadata key: safetensors writes several in a random order, and the copy should not vary
     metadata = {"virnucpro": json.dumps({"format": FP16_FORMAT, "source_sha256": source_sha256,
                                          **dict(zip(_ARCHITECTURE_KEYS, architecture))}, sort_keys=True)}
-    # safetensors writes the file by name: its gigabytes as bytes (`write_atomically`) would be held twice
-    with store.replaced_like(target, [weights]) as temporary:
+    # safetensors writes the file by name (its gigabytes as bytes, `write_atomically`, would be held
+    # twice), and a file of its own beside it: both in a scratch folder a kill leaves to the next writer
+    with store.scratch_folder(target) as scratch, store.replaced_like(target, [weights], within=scratch) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
-        digest = store.sha256_file(temporary)
+        digest, _blob, hashed = store.hashed_as_it_is(temporary)
         _refuse_unrecorded(home, target)
-    _recorded(home, target, digest, source_sha256)
+    _recorded(home, target, digest, hashed, source_sha256)
     return target
 
 
-def _recorded(home: store.Esm2Home, target: Path, digest: str, source_sha256: str) -> None:
-    """Record the copy just written at `target` in the hash cache and the manifest. When the manifest
-    cannot take it (another user's in a sticky folder, changed meanwhile) the copy is removed: it is
-    ours, and left unrecorded it would be in the way of every later copy."""
+def _recorded(home: store.Esm2Home, target: Path, digest: str, hashed: os.stat_result, source_sha256: str) -> None:
+    """Record the copy just written at `target` (`hashed`: the status of the file hashed) in the hash
+    cache and the manifest. When the manifest cannot take it (another user's in a sticky folder,
+    changed meanwhile) the copy is removed: it is ours, and left unrecorded it would be in the way of
+    every later copy. Another file put at `target` meanwhile is neither recorded nor removed."""
     written = target.stat()
+    if not store.same_version(hashed, written):
+        raise ModelsError(f"the fp16 copy {target} changed while it was being written (another file was put "
+                          f"in its place), so it was not recorded",
+                          hint="wait for whatever writes it to finish, then rerun")
     cache = store.HashCache(home.directory)
-    cache.record(home.copy_name, target, digest)
+    cache.record(home.copy_name, target, digest, written)
     cache.save()
     try:
         recorded = store.record_fp16_copy(home, digest, source_sha256)
@@ -397,7 +403,9 @@ def _refuse_unrecorded(home: store.Esm2Home, target: Path) -> None:
 
 def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:
     """(the trusted fp16 copy, "") — written now when absent or untrusted; (None, why) when the
-    .pt does not match its manifest record. The caller holds the models folder lock."""
+    .pt does not match its manifest record. The caller holds the models folder lock, so what an
+    earlier writer of the copy that was killed left is removed first."""
+    store.remove_leftover_temporaries(home.directory / home.copy_name)
     cache = store.HashCache(home.directory)
     try:
         copy, problem = store.trusted_fp16_copy(home, cache)

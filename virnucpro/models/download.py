@@ -132,6 +132,9 @@ def _to_download(directory: Path | None, roles: list[str], offline: bool
     missing = [s.role for s in statuses if s.missing]
     if not missing:
         return directory, statuses, missing
+    busy = store.in_progress(directory, store.missing_text(statuses))
+    if busy is not None:  # the hints below name a command the lock would refuse while it runs
+        raise busy
     _refuse_incomplete_tiny(directory, statuses)
     if offline or _env_offline():
         why = "--offline" if offline else f"HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE'].strip()}"
@@ -200,6 +203,7 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
     refuse_nesting(directory, "models directory", itself=True)
     with held_folder(directory, FOLDER):
         manifest = store.read_manifest(directory)  # a damaged one: exit 4 before any transfer
+        _remove_fp16_leftovers(directory)
         _refuse_tiny_folder(directory, manifest)
         _refuse_stray_weights(directory, roles)
         ours = _recorded_files(manifest)
@@ -207,6 +211,13 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
             _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours))
             if role == "esm2":
                 _fp16_copy(directory)
+
+
+def _remove_fp16_leftovers(directory: Path) -> None:
+    """Remove what a writer of ESM-2's fp16 copy that was killed left in the folder (a download
+    holds its lock, so none is writing it now; see `store.remove_leftover_temporaries`)."""
+    home = store.Esm2Home(directory, pins.SOURCES["esm2"].files[0].relpath, {})
+    store.remove_leftover_temporaries(directory / home.copy_name)
 
 
 def _refuse_tiny_folder(directory: Path, manifest: dict | None) -> None:
@@ -330,15 +341,16 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
     except OSError as exc:
         raise _write_error(target.parent, exc) from None
     try:
-        digest = fetch(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1, label=label,
-                       validate=_validator(role, spec.relpath), hint=store.staging_hint(directory, [role]),
-                       max_bytes=spec.max_bytes, mirror=mirror)
+        digest, placed = fetch_stamped(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1,
+                                       label=label, validate=_validator(role, spec.relpath),
+                                       hint=store.staging_hint(directory, [role]), max_bytes=spec.max_bytes,
+                                       mirror=mirror)
     except BaseException:
         if created:  # a failed download leaves no empty folder (rmdir refuses one that holds anything)
             with contextlib.suppress(OSError):
                 target.parent.rmdir()
         raise
-    cache.record(spec.relpath, target, digest)
+    cache.record(spec.relpath, target, digest, placed)
     return digest
 
 
@@ -470,11 +482,17 @@ class _Job:
                           f"discarded, nothing recorded)", hint=_MISMATCH_HINT)
 
 
-def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | None = None,
-          label: str | None = None, validate: Callable[[Path], None] | None = None,
-          attempts: int | None = None, hint: str | None = None, max_bytes: int | None = None,
-          mirror: str | None = None) -> str:
-    """Download `url` to `target` atomically (via `target.part`, resumable); return its sha256.
+def fetch(url: str, target: Path, **options) -> str:
+    """Download `url` to `target` atomically and return its sha256 (see `fetch_stamped`)."""
+    return fetch_stamped(url, target, **options)[0]
+
+
+def fetch_stamped(url: str, target: Path, sha256: str | None = None, git_sha1: str | None = None,
+                  label: str | None = None, validate: Callable[[Path], None] | None = None,
+                  attempts: int | None = None, hint: str | None = None, max_bytes: int | None = None,
+                  mirror: str | None = None) -> tuple[str, os.stat_result]:
+    """Download `url` to `target` atomically (via `target.part`, resumable); return its sha256 and
+    the status of the file in place, for the hash cache (`_placed`).
 
     The bytes must match the pinned `sha256` or `git_sha1` (and pass `validate`) before the rename;
     a file with no pin is refused before anything is transferred. Raises `ModelsError` (exit 4) on
@@ -486,19 +504,31 @@ def fetch(url: str, target: Path, sha256: str | None = None, git_sha1: str | Non
     _require_pin(sha256 or git_sha1, label)
     job = _Job(url, target.with_name(target.name + ".part"), label, max_bytes, attempts or ATTEMPTS,
                hint or store.staging_hint(target.parent), mirror)
-    digest = _download_verified(job, sha256, git_sha1, validate)
+    digest, hashed = _download_verified(job, sha256, git_sha1, validate)
     try:
         os.replace(job.part, target)
     except OSError as exc:  # e.g. a directory put in its place meanwhile
         raise _write_error(target, exc) from None
-    return digest
+    return digest, _placed(target, hashed)
+
+
+def _placed(target: Path, hashed: os.stat_result) -> os.stat_result:
+    """The status of `target` when it is the `.part` hashed as `hashed`, renamed into place and
+    unwritten since; else exit 4: another file was put there, whose sha256 is not known."""
+    with store.reading(target):
+        now = os.stat(target)
+    if not store.same_version(hashed, now):
+        raise ModelsError(f"{target} changed while it was being verified (another file was put in its place)",
+                          hint="wait for whatever writes it to finish, then rerun")
+    return now
 
 
 def _download_verified(job: _Job, sha256: str | None, git_sha1: str | None,
-                       validate: Callable[[Path], None] | None) -> str:
-    """Transfer and verify the `.part`; its sha256. A resumed file (an old `.part`, or a connection
-    dropped and resumed in this run) that fails its checksum is downloaded once more from the start:
-    the bytes kept may be another version's. Any other failure deletes the `.part` (exit 4)."""
+                       validate: Callable[[Path], None] | None) -> tuple[str, os.stat_result]:
+    """Transfer and verify the `.part`; its sha256 and the status of the file hashed. A resumed file
+    (an old `.part`, or a connection dropped and resumed in this run) that fails its checksum is
+    downloaded once more from the start: the bytes kept may be another version's. Any other failure
+    deletes the `.part` (exit 4)."""
     for last in (False, True):
         job.resumed = _part_size(job.part) is not None
         _transfer_with_retries(job)
@@ -517,12 +547,13 @@ def _download_verified(job: _Job, sha256: str | None, git_sha1: str | None,
 
 
 def _verified_part(job: _Job, sha256: str | None, git_sha1: str | None,
-                   validate: Callable[[Path], None] | None) -> str:
-    """The `.part`'s sha256 once it matches its pin and passes `validate`. A body whose size the
-    server did not announce ends like a whole one when the connection is cut: before calling it a
-    mismatch, the rest is asked for (a server that has no more answers 416, and it is one)."""
+                   validate: Callable[[Path], None] | None) -> tuple[str, os.stat_result]:
+    """The `.part`'s sha256 (and the status of the file hashed) once it matches its pin and passes
+    `validate`. A body whose size the server did not announce ends like a whole one when the
+    connection is cut: before calling it a mismatch, the rest is asked for (a server that has no
+    more answers 416, and it is one)."""
     try:
-        digest = _verified(job.part, sha256, git_sha1)
+        verified = _verified_stamped(job.part, sha256, git_sha1)
     except _Mismatch:
         if job.sized:
             raise
@@ -532,10 +563,10 @@ def _verified_part(job: _Job, sha256: str | None, git_sha1: str | None,
             _transfer_with_retries(job)
         except ModelsError as exc:
             raise _TransferFailed(exc.message, hint=exc.hint) from None
-        digest = _verified(job.part, sha256, git_sha1)
+        verified = _verified_stamped(job.part, sha256, git_sha1)
     if validate is not None:
         validate(job.part)
-    return digest
+    return verified
 
 
 def _part_size(part: Path) -> int | None:
@@ -579,10 +610,16 @@ _MISMATCH_HINT = ("retry later or use another --mirror (a mirror must serve the 
 
 def _verified(path: Path, sha256: str | None, git_sha1: str | None) -> str:
     """The file's sha256 when it matches the pins; `_Mismatch` otherwise."""
-    digest, blob = store.sha256_file(path, git_sha1=True)
+    return _verified_stamped(path, sha256, git_sha1)[0]
+
+
+def _verified_stamped(path: Path, sha256: str | None, git_sha1: str | None) -> tuple[str, os.stat_result]:
+    """The file's sha256 and the status of the very file hashed (`store.hashed_as_it_is`) when it
+    matches the pins; `_Mismatch` otherwise."""
+    digest, blob, hashed = store.hashed_as_it_is(path, git_sha1=True)
     if git_sha1 and git_sha1.lower() != blob:
         raise _Mismatch(f"checksum mismatch: pinned git blob id {git_sha1} != {blob}")
-    return _pinned_sha256(digest, sha256)
+    return _pinned_sha256(digest, sha256), hashed
 
 
 def _pinned_sha256(digest: str, sha256: str | None) -> str:

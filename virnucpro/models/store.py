@@ -32,7 +32,9 @@ Verification of every file:
 - its sha256 against the manifest, when recorded, and its pin unless its role is tiny; hashes
   (and git blob ids) of big files are cached by (size, mtime, ctime, inode) in `MODELS/.sha256-cache.json` when
   the directory is writable, so `embed` on many shards does not re-read 6 GB each time
-  (`models check` always re-hashes);
+  (`models check` always re-hashes); a file is hashed through one handle, and a file replaced or
+  written while it is hashed is hashed again as it is now, never cached under the other's stamp
+  (`hashed_as_it_is`; one that keeps changing is exit 4);
 - the pickles of the encoders' torch checkpoints (`.pt`, `.bin`) are disassembled, never run, and
   a file naming anything but tensor machinery (and ESM-2's `argparse.Namespace` settings) is
   refused: it could run code when loaded. Classifiers go through the restricted loader instead.
@@ -60,10 +62,10 @@ import shlex
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_IMODE, S_ISREG, S_ISVTX
+from stat import S_IMODE, S_ISDIR, S_ISREG, S_ISVTX
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
@@ -98,6 +100,8 @@ SETTINGS_GLOBALS = frozenset({"argparse.Namespace"})
 #: information, the object, the storage keys; the raw tensor data follows.
 LEGACY_PICKLES = 5
 _CACHE_MIN_BYTES = 64 * 1024 * 1024
+HASH_CHUNK_BYTES = 8 * 1024 * 1024
+HASH_TRIES = 3  # a file replaced or written while it is hashed is hashed again, at most this often in all
 FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -450,9 +454,10 @@ def atomic_write_text(path: Path, text: str, like: Iterable[Path] = ()) -> None:
 
 
 @contextmanager
-def replaced_like(path: Path, like: Iterable[Path]) -> Iterator[Path]:
+def replaced_like(path: Path, like: Iterable[Path], within: Path | None = None) -> Iterator[Path]:
     """`outdir.replaced_atomically` for a file of a models folder: a new temporary file beside `path`
-    for the block to write, synced and renamed over `path` (a failed block leaves nothing), with the
+    (or in the folder `within`, on the same file system: see `scratch_folder`) for the block to
+    write, synced and renamed over `path` (a failed block leaves nothing), with the
     permission bits and group of the first of `like` that is a file: the file it replaces, or the
     one it is derived from (`_take_permissions`). In a folder shared by a group, one member's umask
     (077) would otherwise lock the others out of the manifest, the hash cache or the fp16 copy."""
@@ -460,7 +465,7 @@ def replaced_like(path: Path, like: Iterable[Path]) -> Iterator[Path]:
     temporary = None
     try:
         with stop_signals_deferred():  # a stop between making the file and keeping its name would leave it
-            temporary = _new_temporary(path)
+            temporary = _new_temporary(path, within)
         yield temporary
         _settle(temporary, source)
         os.replace(temporary, path)
@@ -471,11 +476,84 @@ def replaced_like(path: Path, like: Iterable[Path]) -> Iterator[Path]:
     sync_folder(path.parent)
 
 
-def _new_temporary(path: Path) -> Path:
-    """A new empty file beside `path` (`.NAME.XXXXXXXX.tmp`, created exclusively) to write it in."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _new_temporary(path: Path, within: Path | None = None) -> Path:
+    """A new empty file beside `path` (or in `within`), `.NAME.XXXXXXXX.tmp`, created exclusively,
+    to write it in."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=within or path.parent)
     os.close(fd)
     return Path(name)
+
+
+def _temporary_pattern(name: str) -> re.Pattern:
+    """The temporary names of ours for NAME (`_new_temporary`, `scratch_folder`): `.NAME.XXXXXXXX.tmp`."""
+    return re.compile(re.escape(f".{name}.") + r"[a-z0-9_]{8}\.tmp")
+
+
+#: What a library may leave in a scratch folder when its process is killed: safetensors (Rust's
+#: `tempfile`) writes `.tmpXXXXXX` beside the file it is given, then renames it.
+LIBRARY_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
+@contextmanager
+def scratch_folder(path: Path) -> Iterator[Path]:
+    """A new private folder `.NAME.XXXXXXXX.tmp` beside `path` (NAME: its name) in which a library
+    writes the file that then replaces `path` (`replaced_like(..., within=)`), so that whatever it
+    makes beside that file (safetensors' `.tmpXXXXXX`) is in it too. Removed at the end of the block;
+    one that a kill left is removed by the next writer of `path`, which holds the folder's lock
+    (`remove_leftover_temporaries`)."""
+    with stop_signals_deferred():  # a stop between making the folder and knowing its name would leave it
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield folder
+    finally:
+        _remove_scratch(folder, path.name)
+
+
+def remove_leftover_temporaries(path: Path) -> None:
+    """Remove the temporary files and scratch folders of `path` (`.NAME.XXXXXXXX.tmp`) that a killed
+    writer left beside it. Called by the next writer, holding the folder's lock (every writer of
+    `path` does, so none of them is being written): they are ours by their names, and only files
+    of our names are removed, never a link's target, nor anything else a scratch folder holds."""
+    pattern = _temporary_pattern(path.name)
+    try:
+        names = [entry.name for entry in os.scandir(path.parent) if pattern.fullmatch(entry.name)]
+    except OSError:
+        return
+    for name in names:
+        if _lstat_kind(path.parent / name) == "file":
+            _unlink_quietly(path.parent / name)
+        elif _lstat_kind(path.parent / name) == "folder":
+            _remove_scratch(path.parent / name, path.name)
+
+
+def _remove_scratch(folder: Path, name: str) -> None:
+    """Remove a scratch folder of `name` (`scratch_folder`): the files in it of the names we and the
+    library write, then the folder itself when that emptied it (anything else in it is kept)."""
+    ours = _temporary_pattern(name)
+    try:
+        entries = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return  # another user's, or gone
+    for entry in entries:
+        if (ours.fullmatch(entry) or LIBRARY_TEMPORARY.fullmatch(entry)) and _lstat_kind(folder / entry) == "file":
+            _unlink_quietly(folder / entry)
+    with suppress(OSError):
+        folder.rmdir()
+
+
+def _lstat_kind(path: Path) -> str:
+    """What is at `path` itself, never through a link: a regular "file", a "folder", or "other"."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "other"
+    return "file" if S_ISREG(mode) else "folder" if S_ISDIR(mode) else "other"
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove the file at `path`; one gone already, or not ours to remove, is left."""
+    with suppress(OSError):
+        path.unlink()
 
 
 def _first_file(paths: Iterable[Path]) -> os.stat_result | None:
@@ -571,17 +649,57 @@ def reading(path: Path) -> Iterator[None]:
 
 def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:
     """sha256 of a file (and, with `git_sha1`, its git blob id, as GitHub's tree lists it)."""
+    with reading(path), open(path, "rb") as handle:
+        digest, blob = _hashed_handle(handle, git_sha1)
+    return (digest, blob) if blob is not None else digest
+
+
+def _hashed_handle(handle, git_sha1: bool) -> tuple[str, str | None]:
+    """(sha256, git blob id when `git_sha1`) of the open file, read from where it is to its end."""
     digest = hashlib.sha256()
     blob = None
-    with reading(path), open(path, "rb") as handle:
-        if git_sha1:
-            blob = hashlib.sha1()
-            blob.update(b"blob %d\0" % os.fstat(handle.fileno()).st_size)
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-            if blob is not None:
-                blob.update(chunk)
-    return (digest.hexdigest(), blob.hexdigest()) if blob is not None else digest.hexdigest()
+    if git_sha1:
+        blob = hashlib.sha1()
+        blob.update(b"blob %d\0" % os.fstat(handle.fileno()).st_size)
+    while chunk := handle.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+        if blob is not None:
+            blob.update(chunk)
+    return digest.hexdigest(), blob.hexdigest() if blob is not None else None
+
+
+def hashed_as_it_is(path: Path, git_sha1: bool = False) -> tuple[str, str | None, os.stat_result]:
+    """(sha256, git blob id when `git_sha1`, the status of the very file hashed), read through one
+    handle and returned only when that file stayed at `path`, unchanged, all the while: its stamp
+    before and after the read and the path's after it agree. A file replaced (`mv`, rsync, staging)
+    or written while it was read would otherwise have one file's sha256 cached under the other's
+    stamp, and every later run trust it. Such a file is hashed again as it is now, up to HASH_TRIES
+    times; one that keeps changing is exit 4 naming it."""
+    for _attempt in range(HASH_TRIES):
+        with reading(path), open(path, "rb") as handle:
+            before = os.fstat(handle.fileno())
+            digest, blob = _hashed_handle(handle, git_sha1)
+            after = os.fstat(handle.fileno())
+        if _stamp(before) == _stamp(after) and _still_at(path, before):
+            return digest, blob, before
+    raise ModelsError(f"{path} changed while it was being verified (replaced or written each of the {HASH_TRIES} "
+                      f"times virnucpro read it)", hint="wait for whatever writes it to finish, then rerun")
+
+
+def _still_at(path: Path, hashed: os.stat_result) -> bool:
+    """Whether `path` still names the file hashed as `hashed`, with the same stamp (see HashCache)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False  # moved away: the next try names what is (not) there
+    return now.st_dev == hashed.st_dev and _stamp(now) == _stamp(hashed)
+
+
+def same_version(hashed: os.stat_result, now: os.stat_result) -> bool:
+    """Whether `now` is the file hashed as `hashed`, unwritten since: the same file (device, inode),
+    size and mtime. Its ctime may differ: renaming it into place or setting its mode changes that."""
+    return ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+            == (hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns))
 
 
 def combined_sha256(file_hashes: dict[str, str]) -> str:
@@ -611,8 +729,10 @@ class HashCache:
 
     The stamp is (size, mtime_ns, ctime_ns, inode): any write to the file, or another file put in
     its place, changes the ctime or the inode even when the writer restores the mtime (`rsync -a`
-    of other weights of the same size, `touch -r`), so a changed file is always hashed again. What
-    one instance hashes, the others of the process know too (`remembered_hashes`).
+    of other weights of the same size, `touch -r`), so a changed file is always hashed again. The
+    stamp recorded is the one of the very file hashed, taken through its handle, never the path's
+    afterwards (`hashed_as_it_is`). What one instance hashes, the others of the process know too
+    (`remembered_hashes`).
     """
 
     def __init__(self, directory: Path, use: bool = True):
@@ -642,9 +762,9 @@ class HashCache:
             return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
         if stat.st_size > 256 * 1024 * 1024:
             info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
-        digest, blob = sha256_file(path, git_sha1=True) if git_sha1 else (sha256_file(path), None)
-        if stat.st_size >= _CACHE_MIN_BYTES:
-            self.record(rel, path, digest, blob)
+        digest, blob, hashed = hashed_as_it_is(path, git_sha1)
+        if hashed.st_size >= _CACHE_MIN_BYTES:
+            self.record(rel, path, digest, hashed, blob)
         return digest, blob
 
     def _known(self, rel: str, path: Path, stat: os.stat_result, git_sha1: bool) -> dict | None:
@@ -666,10 +786,10 @@ class HashCache:
             return entry
         return None
 
-    def record(self, rel: str, path: Path, digest: str, git_sha1: str | None = None) -> None:
-        """Remember `digest` (and the git blob id, when known) for the file as it is now, here and
-        for the whole process."""
-        stat = path.stat()
+    def record(self, rel: str, path: Path, digest: str, stat: os.stat_result, git_sha1: str | None = None) -> None:
+        """Remember `digest` (and the git blob id, when known) for the file whose status `stat` the
+        caller took of what it hashed or wrote (never the path's status now: another file may be
+        there already, see `hashed_as_it_is`), here and for the whole process."""
         entry = {**_stamp(stat), "sha256": digest, **({"git_sha1": git_sha1} if git_sha1 else {})}
         self.entries[rel] = remembered_hashes[_remembered_key(path, stat)] = entry
         self.dirty = True
@@ -989,8 +1109,10 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     missing = [s for s in failing if s.missing]
     lines = []
     if missing:
-        lines.append(f"models missing in {directory}: " + "; ".join(
-            f"{s.role} ({', '.join(s.missing)})" for s in missing))
+        busy = in_progress(directory, missing_text(missing))
+        if busy is not None:  # a download's files are not all in place yet: another one would be refused
+            return busy
+        lines.append(f"models missing in {directory}: {missing_text(missing)}")
     for s in failing:
         lines += [f"checksum mismatch for {s.role}: {directory / rel} has sha256 {got}, the manifest "
                   f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
@@ -1001,6 +1123,11 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
                  "output marks as tiny")
     return ModelsError("\n".join(lines), hint=hint)
+
+
+def missing_text(statuses: list[RoleStatus]) -> str:
+    """The roles with files missing, and those files, for messages."""
+    return "; ".join(f"{s.role} ({', '.join(s.missing)})" for s in statuses if s.missing)
 
 
 def _foreign_files(directory: Path, failing: list[RoleStatus]) -> list[Path]:
@@ -1160,7 +1287,7 @@ def check(directory: Path | None = None) -> None:
         warn("these are tiny random models for tests: their predictions mean nothing")
     problem = problems(directory, statuses)
     if problem is not None:
-        raise _in_progress(directory) or problem
+        raise in_progress(directory, rerun=f"`virnucpro models check {shlex.quote(str(directory))}`") or problem
     if refused:
         raise ModelsError("classifier refused by the restricted loader: " + "; ".join(refused),
                           hint=fix_command(directory))
@@ -1178,7 +1305,8 @@ def _note_fp16_copy(statuses: list[RoleStatus]) -> None:
     rel, cache = home.entry["fp16"]["file"], HashCache(home.directory)
     try:
         if _is_file(home.directory, rel) and unreadable_fp16_copy(home) is None:
-            cache.record(rel, home.directory / rel, sha256_file(home.directory / rel))
+            digest, _blob, hashed = hashed_as_it_is(home.directory / rel)
+            cache.record(rel, home.directory / rel, digest, hashed)
         copy, problem = trusted_fp16_copy(home, cache)
     except ModelsError as exc:
         copy, problem = None, exc.message
@@ -1188,16 +1316,18 @@ def _note_fp16_copy(statuses: list[RoleStatus]) -> None:
                                             f"not used ({problem}); fp16 runs load the .pt"))
 
 
-def _in_progress(directory: Path) -> ModelsError | None:
+def in_progress(directory: Path, missing: str = "", rerun: str = "the same command") -> ModelsError | None:
     """Exit 4 saying that another command (`models download`, `models tiny`) is writing the folder
     now, naming it, when one holds its lock: its files are not all in place yet, and the usual hint
-    (a download) would be refused while it runs. None when nobody holds it."""
+    (a download) would be refused while it runs (`missing`: what was found missing, if anything;
+    `rerun`: the command to run once it is done). None when nobody holds it."""
     holder = lock_holder(directory)
     if holder is None:
         return None
-    return ModelsError(f"a virnucpro command is writing models into {directory} now ({holder}): a download "
+    found = f"models missing in {directory}: {missing}; " if missing else ""
+    return ModelsError(f"{found}a virnucpro command is writing models into {directory} now ({holder}): a download "
                        f"is in progress, so its files are not all in place yet",
-                       hint=f"wait for it to finish, then rerun `virnucpro models check {shlex.quote(str(directory))}`")
+                       hint=f"wait for it to finish, then rerun {rerun}")
 
 
 def _report_role(s: RoleStatus) -> str | None:
