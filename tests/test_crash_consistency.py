@@ -188,7 +188,7 @@ def test_a_full_disk_during_predict_prints_no_traceback_at_collection(tmp_path, 
             return _CloseFails(handle)
         return handle
 
-    def disk_full(prepared, scores, outdir, threshold):
+    def disk_full(prepared, tables, scores, outdir, threshold):
         next(iter(scores))
         raise OSError(errno.ENOSPC, "No space left on device", str(outdir / "chunks.tsv"))
 

@@ -569,19 +569,31 @@ def test_predict_itself_checks_the_reconciliation_not_the_report(sample, run_cli
     assert_refused(sample, code, message, "ORF")
 
 
+def _edited(text: str, how: str) -> bytes:
+    """A table's text edited as another writer might: a cell (the columns kept), a byte that is no
+    UTF-8, or every line ending in CRLF (the header's last column then names no column of ours)."""
+    lines = text.splitlines(keepends=True)
+    if how == "cell":
+        cells = lines[1].split("\t")
+        cells[-1] = cells[-1].replace("\n", " \n")
+        return (lines[0] + "\t".join(cells) + "".join(lines[2:])).encode()
+    if how == "not utf-8":
+        return "".join(lines[:-1]).encode() + b"\xff" + lines[-1].encode()
+    return text.replace("\n", "\r\n").encode()
+
+
+@pytest.mark.parametrize("how", ["cell", "not utf-8", "crlf"])
 @pytest.mark.parametrize("name", TABLE_FILES)
-def test_a_table_replaced_after_the_checks_is_caught_at_its_final_read(sample, run_cli, monkeypatch, name):
+def test_a_table_replaced_after_the_checks_is_caught_at_its_final_read(sample, run_cli, monkeypatch, name, how):
     """The tables were checked against the manifest, then opened again by name to write the outputs:
     an edited copy renamed into place between the two (a sequence's length changed) was published,
-    exit 0. The final read now checks the bytes it used against the manifest."""
+    exit 0. The final read now checks the bytes it used against the manifest; one it cannot even
+    parse is that same change (exit 5), not "a bug" (exit 1)."""
     from virnucpro import predict
 
     table = sample.prepared / name
-    lines = table.read_text().splitlines(keepends=True)
-    cells = lines[1].split("\t")
-    cells[-1] = cells[-1].replace("\n", " \n")  # the last cell of the first row edited, the columns kept
     edited = sample.prepared.parent / "edited.tsv"
-    edited.write_text(lines[0] + "\t".join(cells) + "".join(lines[2:]))
+    edited.write_bytes(_edited(table.read_text(), how))
     checked = predict.check_stage_files
 
     def then_replaced(*args, **kwargs):
@@ -590,4 +602,4 @@ def test_a_table_replaced_after_the_checks_is_caught_at_its_final_read(sample, r
 
     monkeypatch.setattr(predict, "check_stage_files", then_replaced)
     code, message = sample.predict(run_cli)
-    assert_refused(sample, code, message, str(table), "changed while it was read")
+    assert_refused(sample, code, message, str(table), "changed")

@@ -327,6 +327,16 @@ def write_tables(prepared: Path, tables: dict[str, str], scores: Iterable[ChunkS
     """chunks.tsv, sequences.tsv and the highest-score table in one pass: the prepared sequence and
     chunk tables and the chunk scores all come in input order, so memory stays O(block). `tables`:
     the manifest's sha256 of each prepared table, which what is read here must have (exit 5)."""
+    try:
+        return _write_tables(prepared, tables, scores, outdir, threshold)
+    except (KeyError, ValueError):  # undecodable, a column missing, a number that is none
+        fmt.check_tables(prepared, {"tables": tables})  # a table changed while read is the cause, exit 5
+        raise
+
+
+def _write_tables(prepared: Path, tables: dict[str, str], scores: Iterable[ChunkScore], outdir: Path,
+                  threshold: float) -> _Summary:
+    """`write_tables`' one pass over the prepared tables and the scores."""
     summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS, tables[fmt.CHUNKS])
     scored, highest = _NextChunk(scores), HighestTable(outdir / HIGHEST_RUNS)
     with open(outdir / CHUNKS, "w", encoding="utf-8", newline="\n") as chunks_out, \
