@@ -294,3 +294,34 @@ def test_embed_with_models_missing_during_a_download_says_wait(models, run_cli, 
                             "--out", models.parent / "s.h5", "--device", "cpu")
     assert code == ExitCode.MODELS and f"pid {pid}" in err and "in progress" in err, err
     assert "virnucpro models download" not in err and "virnucpro models tiny" not in err, err
+
+
+def test_a_scratch_folder_takes_the_models_folders_permissions(models):
+    """mkdtemp makes it 0700: in a folder shared by a group, what a killed writer leaves in it could
+    be removed by its owner alone, where a file beside the copy could be removed by any member."""
+    os.chmod(models, 0o2775)
+    with store.scratch_folder(models / COPY) as scratch:
+        assert scratch.stat().st_mode & 0o777 == 0o775
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user")
+def test_another_users_leftover_that_cannot_be_removed_is_named():
+    """A leftover this user may not open was kept without a word: the space it holds (GBs) went unseen."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="virnucpro-shared-", dir="/tmp"))  # reachable by the other user
+    try:
+        os.chmod(shared, 0o777)
+        scratch = shared / f".{COPY}.abcd1234.tmp"
+        scratch.mkdir(mode=0o700)
+        (scratch / ".tmpXy12Z9").write_bytes(b"half a copy")
+        script = ("import sys; from pathlib import Path; from virnucpro.models import store; "
+                  "store.remove_leftover_temporaries(Path(sys.argv[1]))")
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script, str(shared / COPY)], capture_output=True, text=True,
+                              env={**os.environ, "HOME": str(shared)}, cwd="/")
+        assert done.returncode == 0, done.stderr
+        assert str(scratch) in done.stderr and "user root" in done.stderr and "rm -r" in done.stderr, done.stderr
+        assert (scratch / ".tmpXy12Z9").exists()
+    finally:
+        shutil.rmtree(shared)

@@ -504,9 +504,17 @@ def scratch_folder(path: Path) -> Iterator[Path]:
     with stop_signals_deferred():  # a stop between making the folder and knowing its name would leave it
         folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _open_as_its_parent(folder)
         yield folder
     finally:
         _remove_scratch(folder, path.name)
+
+
+def _open_as_its_parent(folder: Path) -> None:
+    """Give a scratch folder the permission bits of the models folder it is in (mkdtemp's are 0700):
+    in a folder shared by a group, what a killed writer leaves in it can then be removed by any
+    member who could have removed it beside the copy, not by its owner alone."""
+    os.chmod(folder, S_IMODE(os.stat(folder.parent).st_mode) & 0o1777)
 
 
 def remove_leftover_temporaries(path: Path) -> None:
@@ -523,22 +531,43 @@ def remove_leftover_temporaries(path: Path) -> None:
         if _lstat_kind(path.parent / name) == "file":
             _unlink_quietly(path.parent / name)
         elif _lstat_kind(path.parent / name) == "folder":
-            _remove_scratch(path.parent / name, path.name)
+            _remove_scratch(path.parent / name, path.name, say_if_kept=True)
 
 
-def _remove_scratch(folder: Path, name: str) -> None:
+def _remove_scratch(folder: Path, name: str, say_if_kept: bool = False) -> None:
     """Remove a scratch folder of `name` (`scratch_folder`): the files in it of the names we and the
-    library write, then the folder itself when that emptied it (anything else in it is kept)."""
+    library write, then the folder itself when that emptied it (anything else in it is kept).
+    `say_if_kept`: a leftover this user may not open (another user's, in a folder this user may not
+    write) is named in a warning with its owner, so the space it holds is not lost unseen."""
     ours = _temporary_pattern(name)
     try:
         entries = [entry.name for entry in os.scandir(folder)]
+    except PermissionError:
+        if say_if_kept:
+            warn(f"{folder} was left by a killed fp16 copy write of user {_owner(folder)}, and this user may "
+                 "not remove it: that user (or an administrator) can, with `rm -r`")
+        return
     except OSError:
-        return  # another user's, or gone
+        return  # gone
     for entry in entries:
         if (ours.fullmatch(entry) or LIBRARY_TEMPORARY.fullmatch(entry)) and _lstat_kind(folder / entry) == "file":
             _unlink_quietly(folder / entry)
     with suppress(OSError):
         folder.rmdir()
+
+
+def _owner(path: Path) -> str:
+    """The owner of `path`, by name when the system knows it."""
+    import pwd
+
+    try:
+        uid = os.lstat(path).st_uid
+    except OSError:
+        return "unknown"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _lstat_kind(path: Path) -> str:
@@ -1317,17 +1346,20 @@ def _note_fp16_copy(statuses: list[RoleStatus]) -> None:
 
 
 def in_progress(directory: Path, missing: str = "", rerun: str = "the same command") -> ModelsError | None:
-    """Exit 4 saying that another command (`models download`, `models tiny`) is writing the folder
-    now, naming it, when one holds its lock: its files are not all in place yet, and the usual hint
-    (a download) would be refused while it runs (`missing`: what was found missing, if anything;
-    `rerun`: the command to run once it is done). None when nobody holds it."""
+    """Exit 4 saying that another command is writing the folder now, naming it, when one holds its
+    lock: a `models download` or `models tiny` whose files are not all in place yet, or an embed
+    writing ESM-2's fp16 copy (the lock does not say which), and the usual hint (a download) would
+    be refused while it runs (`missing`: what was found missing, if anything; `rerun`: the command
+    to run once it is done). None when nobody holds it."""
     holder = lock_holder(directory)
     if holder is None:
         return None
     found = f"models missing in {directory}: {missing}; " if missing else ""
-    return ModelsError(f"{found}a virnucpro command is writing models into {directory} now ({holder}): a download "
-                       f"is in progress, so its files are not all in place yet",
-                       hint=f"wait for it to finish, then rerun {rerun}")
+    return ModelsError(f"{found}a virnucpro command is writing models into {directory} now ({holder}): a "
+                       "models download or models tiny in progress, whose files are not all in place yet, "
+                       "or ESM-2's fp16 copy being written",
+                       hint=f"wait for it to finish, then rerun {rerun}; files still missing then are named "
+                            "with their fix")
 
 
 def _report_role(s: RoleStatus) -> str | None:
