@@ -721,14 +721,14 @@ def _still_at(path: Path, hashed: os.stat_result) -> bool:
         now = os.stat(path)
     except FileNotFoundError:
         return False  # moved away: the next try names what is (not) there
-    return now.st_dev == hashed.st_dev and _stamp(now) == _stamp(hashed)
+    return _stamp(now) == _stamp(hashed)  # no st_dev: on overlayfs, fstat and stat may name other devices
 
 
 def same_version(hashed: os.stat_result, now: os.stat_result) -> bool:
-    """Whether `now` is the file hashed as `hashed`, unwritten since: the same file (device, inode),
-    size and mtime. Its ctime may differ: renaming it into place or setting its mode changes that."""
-    return ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
-            == (hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns))
+    """Whether `now` is the file hashed as `hashed`, unwritten since: the same file (inode), size and
+    mtime. Its ctime may differ: renaming it into place or setting its mode changes that. Not its
+    device: on overlayfs (a container's) `fstat` of a handle and `stat` of its path may differ there."""
+    return (now.st_ino, now.st_size, now.st_mtime_ns) == (hashed.st_ino, hashed.st_size, hashed.st_mtime_ns)
 
 
 def combined_sha256(file_hashes: dict[str, str]) -> str:
