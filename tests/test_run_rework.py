@@ -179,3 +179,16 @@ def test_an_earlier_prepare_of_piped_input_is_not_said_to_be_of_other_files(tmp_
     os.mkfifo(tmp_path / "fifo")
     manifest, fault = run_module._earlier_prepare(tmp_path / "p", [tmp_path / "fifo"], 500)
     assert manifest is None and "not a file (a pipe is read once)" in fault, fault
+
+
+def test_an_embedding_written_by_another_virnucpro_is_not_reused(stopped_run, run_cli):
+    """Another version's checkpoints are never resumed, yet its finished HDF5 file was reused as done
+    (run's resume, embed's "kept"): the run's outputs then mixed versions without a word."""
+    from h5_helpers import edited_shard
+
+    args, prepared = stopped_run("_predict_and_publish")
+    h5 = prepared.parent / "embeddings" / "shard_00000.h5"
+    with edited_shard(h5) as handle:
+        handle.attrs["virnucpro_version"] = "0.1.0"
+    code, message = run_cli(*args)
+    assert code == 0 and "shard_00000.h5 already done" not in message, message

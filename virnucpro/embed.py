@@ -1112,16 +1112,18 @@ def _attributes(shard_meta, identity: dict, tiny: bool, precision: str, made: Ma
 
 
 def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
-    """Whether `out` is this shard embedded by these models at this precision, every row read back
+    """Whether `out` is this shard embedded by these models at this precision, by this virnucpro (as
+    its checkpoints, another version's vectors are never taken as this one's), every row read back
     sound (ids in order, finite vectors matching their checksums): the work of an earlier attempt
     (a Nextflow task resumed in its work folder after its orphan finished, a rerun `run`)."""
     if not out.is_file():
         return False
     try:
         found = h5shard.read_info(out)
-        wanted = (shard_meta.sha256, shard_meta.index, shard_meta.of, shard_meta.chunk_size, identity, precision)
+        wanted = (shard_meta.sha256, shard_meta.index, shard_meta.of, shard_meta.chunk_size, identity, precision,
+                  __version__)
         if (found.shard_sha256, found.shard_index, found.shard_of, found.chunk_size, found.models,
-                found.precision) != wanted:
+                found.precision, found.virnucpro_version) != wanted:
             return False
         h5shard.verify_shard(out, ids)
     except (VirnucproError, OSError):

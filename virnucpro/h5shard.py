@@ -197,6 +197,7 @@ class EmbeddingShardInfo:
     tiny: bool = False
     attention: str = REFERENCE_ATTENTION  # 'role:path,...': the paths the writing process computed with
     seal: Seal | None = None  # the file's seal when read: later reads must find the same file
+    virnucpro_version: str = ""  # the virnucpro that wrote it
 
 
 FileState = tuple[int, int, int, int]  # device, inode, size, modification time (ns)
@@ -600,7 +601,8 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
                               chunk_size=_whole(path, attrs, "chunk_size", 1), models=_models(path, attrs),
                               precision=_choice(path, attrs, "precision", PRECISIONS),
                               device=_devices(path, attrs),
-                              records=records, widths=widths, tiny=bool(tiny), attention=attention)
+                              records=records, widths=widths, tiny=bool(tiny), attention=attention,
+                              virnucpro_version=_text(path, attrs, "virnucpro_version"))
 
 
 def _shown(value: object) -> str:
