@@ -76,6 +76,7 @@ def test_checkpoints_of_another_virnucpro_are_not_mixed_in(tmp_path, run_cli, go
     assert_computed_whole(code, message)
     assert (f"{folder} holds checkpoints of this shard made with virnucpro 0.1.0 (this is {__version__}: vectors "
             "of another version are never mixed in): not used") in message, message
+    assert "precision or virnucpro version" in message and "with the same virnucpro" in message, message
     fresh = tmp_path / "fresh" / "s.h5"
     assert embed_cli(run_cli, golden_prepared, tiny_models, fresh)[0] == 0
     for mine, theirs in zip(read_h5(tmp_path / "s.h5")[:3], read_h5(fresh)[:3]):

@@ -369,8 +369,8 @@ def _note_other_checkpoints(own: Path) -> None:
         if others:
             size = sum(part.stat().st_size for key in others for part in key.iterdir() if PART_NAME.fullmatch(part.name))
             info(f"{parent} still holds checkpoints of {len(others)} other embed(s) into this output (another "
-                 f"shard, models or precision; {size / 1e6:,.1f} MB), used only if that embed runs again: "
-                 "delete the folder when none will")
+                 f"shard, models, precision or virnucpro version; {size / 1e6:,.1f} MB), used only if that embed "
+                 "runs again with the same virnucpro: delete the folder when none will")
 
 
 def _started_writer() -> ThreadPoolExecutor:
@@ -1036,7 +1036,8 @@ def _say_checkpoints_passed_by(folder: Path, identity: dict, default: Path) -> N
     unversioned = folder.parent / checkpoint_key({key: value for key, value in identity.items() if key != "version"})
     if _holds_parts(unversioned):
         info(f"{unversioned} holds checkpoints of this shard written by a virnucpro older than {__version__} (before "
-             "checkpoints named their version): not used, as vectors of another version are never mixed in")
+             "checkpoints named their version): not used, as vectors of another version are never mixed in; no "
+             "virnucpro from this one on will use them: delete that folder to free its space")
     with contextlib.suppress(OSError):  # gone, or unreadable: nothing to say
         for other in sorted(folder.parent.iterdir()):
             found = _identity_of(other)
