@@ -137,3 +137,23 @@ def stop_signals_restored():
     yield
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture
+def recorded_progress(monkeypatch):
+    """`recorded_progress(module)`: the list every `Progress` that `module` makes from then on is
+    added to (the real class, counting as it does), to check labels, totals and counts after."""
+    from virnucpro import console
+
+    def record(module) -> list:
+        made = []
+
+        class Recorded(console.Progress):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        monkeypatch.setattr(module, "Progress", Recorded)
+        return made
+
+    return record

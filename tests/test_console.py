@@ -87,17 +87,10 @@ def test_durations_read_as_clock_times(seconds, shown):
 
 
 def test_embed_progress_names_the_shard_and_follows_letters_for_its_eta(golden_prepared, tiny_models, tmp_path,
-                                                                       monkeypatch):
+                                                                       recorded_progress):
     from virnucpro import embed as embed_module
 
-    made = []
-
-    class Recorded(console.Progress):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(embed_module, "Progress", Recorded)
+    made = recorded_progress(embed_module)
     shard = sorted((golden_prepared / "shards").glob("shard_*.tsv"))[0]
     embed_module.embed(shard, tmp_path / "e.h5", models=tiny_models, device="cpu")
     (progress,) = made
@@ -120,20 +113,13 @@ def test_ids_and_paths_with_colon_words_are_printed_as_they_are(tmp_path):
 
 
 def test_predict_shows_progress_of_its_checks_and_its_scoring(golden_prepared, golden_embeddings, tiny_models,
-                                                             tmp_path, monkeypatch):
+                                                             tmp_path, monkeypatch, recorded_progress):
     """predict printed nothing until its end (minutes of silence on millions of ORFs): its two passes
     over the ORFs, the checks and the scoring, each count up to every ORF of the sample."""
     from virnucpro import predict as predict_module
     from virnucpro import prepared as fmt
 
-    made = []
-
-    class Recorded(console.Progress):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(predict_module, "Progress", Recorded)
+    made = recorded_progress(predict_module)
     monkeypatch.setattr(predict_module, "PROGRESS_ROWS", 7)  # several updates within a shard
     predict_module.predict(golden_prepared, golden_embeddings, tmp_path / "out", models=tiny_models)
     orfs = fmt.load_manifest(golden_prepared)["counts"]["orfs"]

@@ -96,19 +96,12 @@ def test_log_lines_keep_their_format_and_show_no_eta_before_every_role_is_measur
 
 
 def test_embed_splits_its_letters_by_role_and_counts_each_to_the_end(golden_prepared, tiny_models, tmp_path,
-                                                                     monkeypatch):
+                                                                     recorded_progress):
     """The real embed: the ETA's letters are split into the nucleotide and the protein letters, and
     each is counted to zero (restored work would be no pace)."""
     from virnucpro import embed as embed_module
 
-    made = []
-
-    class Recorded(console.Progress):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(embed_module, "Progress", Recorded)
+    made = recorded_progress(embed_module)
     shard = golden_prepared / "shards" / fmt.shard_name(0)
     embed_module.embed(shard, tmp_path / "e.h5", models=tiny_models, device="cpu", checkpoint_every=20)
     (progress,) = made
