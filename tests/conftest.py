@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -80,6 +81,14 @@ def tiny_models(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("models") / "tiny"
     tiny.make_tiny(directory)
     return directory
+
+
+@pytest.fixture
+def models(tmp_path, tiny_models) -> Path:
+    """A private copy of the tiny models, free to change (the session's folder stays untouched)."""
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    return folder
 
 
 def _model_files(folder: Path) -> list[str]:

@@ -20,6 +20,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 from urllib.parse import urlparse
 
+import pytest
+
+#: The tiny models' ESM-2 weights and the fp16 copy derived from them, by name in a models folder.
+ESM2_WEIGHTS = "esm2_tiny.pt"
+ESM2_COPY = "esm2_tiny.fp16.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_process_state():
+    """Each test starts as a new process would: no model hashes remembered and no "said once per
+    process" notes said (autouse in every test module that imports it)."""
+    from virnucpro.encoders import esm2
+    from virnucpro.models import store
+
+    store.remembered_hashes.clear()
+    esm2._told.clear()
+    yield
+    store.remembered_hashes.clear()
+
 
 def range_not_satisfiable(handler, size: int) -> None:
     """The 416 answer to a Range that starts at or past the end of a file of `size` bytes."""

@@ -13,9 +13,9 @@ import pytest
 from mount_helpers import remount_read_only, tmpfs
 import torch
 
-from store_fixtures import folder_held_by_another_process
+from store_fixtures import (ESM2_COPY, ESM2_WEIGHTS, folder_held_by_another_process,  # noqa: F401 (autouse)
+                            fresh_model_process_state)
 from virnucpro import prepared as fmt
-from virnucpro.encoders import esm2
 from virnucpro.encoders.esm2 import Esm2Encoder
 from virnucpro.models import download, store
 
@@ -23,26 +23,12 @@ CPU = torch.device("cpu")
 PROTEINS = ["MKVLAAGIVLLLAC", "M", "ACDEFGHIKLMNPQRSTVWY" * 7, "MKV<mask>LLA<mask>GG", "WWPQ"]
 
 
-@pytest.fixture
-def models(tmp_path, tiny_models) -> Path:
-    """A private copy of the tiny models (the session's folder stays untouched)."""
-    folder = tmp_path / "models"
-    shutil.copytree(tiny_models, folder)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def fresh_messages():
-    """Each test sees the "said once per process" notes anew."""
-    esm2._told.clear()
-
-
 def weights(models: Path) -> Path:
-    return models / "esm2_tiny.pt"
+    return models / ESM2_WEIGHTS
 
 
 def copy_of(models: Path) -> Path:
-    return models / "esm2_tiny.fp16.safetensors"
+    return models / ESM2_COPY
 
 
 def fp16_record(models: Path) -> dict | None:

@@ -42,14 +42,6 @@ def prepared(tmp_path, golden_prepared) -> Path:
     return copy
 
 
-@pytest.fixture
-def models(tmp_path, tiny_models) -> Path:
-    """A private copy of the tiny models."""
-    copy = tmp_path / "tiny"
-    shutil.copytree(tiny_models, copy)
-    return copy
-
-
 # ------------------------------------------------------------------ a command's output given as models
 
 @pytest.mark.parametrize("command", ["embed", "check"])

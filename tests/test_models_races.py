@@ -23,33 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from store_fixtures import folder_held_by_another_process  # noqa: E402
+from store_fixtures import (ESM2_COPY as COPY, ESM2_WEIGHTS as WEIGHTS,  # noqa: E402,F401 (autouse fixture)
+                            folder_held_by_another_process, fresh_model_process_state)
 
-from virnucpro.encoders import esm2  # noqa: E402
 from virnucpro.encoders.esm2 import Esm2Encoder  # noqa: E402
 from virnucpro.errors import ExitCode, ModelsError  # noqa: E402
 from virnucpro.models import download, store  # noqa: E402
 
 CPU = torch.device("cpu")
-WEIGHTS = "esm2_tiny.pt"
-COPY = "esm2_tiny.fp16.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    """Each test starts as a new process would: no hashes remembered, no notes said."""
-    store.remembered_hashes.clear()
-    esm2._told.clear()
-    yield
-    store.remembered_hashes.clear()
-
-
-@pytest.fixture
-def models(tmp_path, tiny_models) -> Path:
-    """A private copy of the tiny models."""
-    folder = tmp_path / "models"
-    shutil.copytree(tiny_models, folder)
-    return folder
 
 
 def real_sha256(path: Path) -> str:

@@ -22,20 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from store_fixtures import ESM2_COPY as COPY, ESM2_WEIGHTS as WEIGHTS, fresh_model_process_state  # noqa: F401
 from virnucpro.encoders import esm2
 from virnucpro.encoders.esm2 import Esm2Encoder
 from virnucpro.models import store
 
 CPU = torch.device("cpu")
-WEIGHTS = "esm2_tiny.pt"
-COPY = "esm2_tiny.fp16.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def fresh_messages():
-    """Each test sees the "said once per process" notes anew, and no hash remembered by another."""
-    esm2._told.clear()
-    store.remembered_hashes.clear()
 
 
 @pytest.fixture
