@@ -293,6 +293,14 @@ def test_report_top_sequences_and_threshold_agree_with_the_calls(tmp_path, golde
             assert (virus / (n_chunks - no_orf) >= threshold) == (row[-1] == "virus")
 
 
+def test_threshold_minus_zero_is_shown_as_zero(tmp_path, golden_prepared, golden_embeddings, tiny_models):
+    """`--threshold -0` passes the 0..1 range check as -0.0, and the report and run_info showed "-0.0"."""
+    out = tmp_path / "out"
+    predict(golden_prepared, golden_embeddings, out, models=tiny_models, threshold=-0.0)
+    assert "threshold 0.0 ·" in (out / "report.html").read_text()
+    assert '"threshold": 0.0' in (out / "run_info.json").read_text()
+
+
 def test_run_equals_chained_commands_and_resumes_after_kill(tmp_path, reference_dir, tiny_models):
     fasta = reference_dir / "golden/mixed.fa"
     chained = tmp_path / "chained"

@@ -395,6 +395,7 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     claimed folder as `output`, and the input paths of its command line as `input_names`)."""
     started = time.monotonic()
     prepared, outdir = Path(prepared), Path(outdir)
+    threshold = float(threshold) + 0.0  # `--threshold -0` is 0.0, not "-0.0" in the report and run_info
     _refuse_prepared_as_outdir(prepared, outdir)
     with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
         inputs = _checked_inputs(prepared, embeddings, classifier, models)
