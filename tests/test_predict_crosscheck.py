@@ -8,6 +8,7 @@ traceback, and no output table written.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -603,3 +604,37 @@ def test_a_table_replaced_after_the_checks_is_caught_at_its_final_read(sample, r
     monkeypatch.setattr(predict, "check_stage_files", then_replaced)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, str(table), "changed")
+
+
+def _put_in_place(table: Path, what: str) -> None:
+    """`table` removed, or replaced by a link to a copy, a folder or a FIFO (what a user's cleanup or
+    a tool writing in the wrong folder leaves)."""
+    copy = table.with_name("copy.tsv")
+    copy.write_bytes(table.read_bytes())
+    table.unlink()
+    if what == "link":
+        table.symlink_to(copy)
+    elif what == "folder":
+        table.mkdir()
+    elif what == "fifo":
+        os.mkfifo(table)
+
+
+@pytest.mark.parametrize("what", ["removed", "link", "folder", "fifo"])
+@pytest.mark.parametrize("name", TABLE_FILES)
+def test_a_table_gone_or_no_file_after_the_checks_is_exit_5_at_its_final_read(sample, run_cli, monkeypatch,
+                                                                               name, what):
+    """A table removed, or replaced by a link, a folder or a FIFO between the checks and the final read
+    was a traceback asking for a bug report (exit 1): it is the prepare folder changing, exit 5."""
+    from virnucpro import predict
+
+    table = sample.prepared / name
+    checked = predict.check_stage_files
+
+    def then_changed(*args, **kwargs):
+        checked(*args, **kwargs)
+        _put_in_place(table, what)
+
+    monkeypatch.setattr(predict, "check_stage_files", then_changed)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, str(table))

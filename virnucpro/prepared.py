@@ -454,13 +454,19 @@ def read_table(path: Path, sha256: str | None = None) -> Iterator[dict[str, str]
     """Rows of one of our TSV tables (header line, then tab-separated values) as dicts (a table of a
     prepare folder: a regular file, no link). With `sha256` (the manifest's), the bytes these rows
     came from are checked to be that file once the last row is read (exit 5): a table put in its
-    place after the checks that came before is caught, not turned into outputs."""
+    place after the checks that came before is caught, not turned into outputs; one removed, or
+    no longer a regular file, is exit 5 as well (see `unreadable`)."""
     digest = hashlib.sha256()
-    with open_regular(path, links=False) as handle:
-        lines = _hashed_lines(handle, digest)
-        columns = next(lines, "").rstrip("\n").split("\t")
-        for line in lines:
-            yield dict(zip(columns, line.rstrip("\n").split("\t")))
+    try:
+        with open_regular(path, links=False) as handle:
+            lines = _hashed_lines(handle, digest)
+            columns = next(lines, "").rstrip("\n").split("\t")
+            for line in lines:
+                yield dict(zip(columns, line.rstrip("\n").split("\t")))
+    except FileNotFoundError:
+        raise InconsistentInputsError(f"{path} is missing", REPAIR_HINT) from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
     if sha256 is not None and digest.hexdigest() != sha256:
         raise InconsistentInputsError(f"{path} changed while it was read: its sha256 is not the one in "
                                       f"{Path(path).parent / MANIFEST}", REPAIR_HINT)
