@@ -192,3 +192,16 @@ def test_an_embedding_written_by_another_virnucpro_is_not_reused(stopped_run, ru
         handle.attrs["virnucpro_version"] = "0.1.0"
     code, message = run_cli(*args)
     assert code == 0 and "shard_00000.h5 already done" not in message, message
+    assert "written by virnucpro 0.1.0" in _said(message), message  # why it is embedded again
+
+
+def test_a_prepare_made_by_another_virnucpro_is_done_again(stopped_run, run_cli):
+    """Another version's finished prepare was reused while its embeddings were computed again: the
+    chunks and ORFs of one version, the vectors and calls of another, and nothing said so."""
+    args, prepared = stopped_run("_embed_all")
+    manifest = json.loads((prepared / fmt.MANIFEST).read_text())
+    manifest["virnucpro_version"] = "0.1.0"
+    (prepared / fmt.MANIFEST).write_text(json.dumps(manifest))
+    code, message = run_cli(*args)
+    assert code == 0 and "reusing it" not in message, message
+    assert "prepare: redoing it" in message and "virnucpro 0.1.0" in _said(message), message

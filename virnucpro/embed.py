@@ -1087,12 +1087,25 @@ def _differences(found: dict, wanted: dict) -> str:
 
 
 def _kept_as_written(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
-    """Whether `out` already holds this very shard (see `already_embedded`): then it is kept, said so."""
+    """Whether `out` already holds this very shard (see `already_embedded`): then it is kept, said so;
+    one written by another virnucpro version is said to be embedded again."""
     if not already_embedded(out, shard_meta, ids, identity, precision):
+        _say_if_another_version(out)
         return False
     info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read back "
          "sound: kept (an earlier attempt finished it; delete it to compute again)")
     return True
+
+
+def _say_if_another_version(out: Path) -> None:
+    """A note when `out` is an embedding file of another virnucpro version: why it is computed again."""
+    try:
+        found = h5shard.read_info(out).virnucpro_version if out.is_file() else __version__
+    except (VirnucproError, OSError):
+        return
+    if found != __version__:
+        info(f"{out} was written by virnucpro {printable(str(found))}, not this {__version__}: embedding it again "
+             "(another version's vectors are never taken as this one's)")
 
 
 def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import (InterruptedByUser, StoppedWithOutputsInPlace, VirnucproError, output_errors,
-                              outputs_in_place, stop_received, stop_signals_deferred)
+                              outputs_in_place, printable, stop_received, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -63,9 +64,12 @@ def _prepare_alternatives() -> tuple[str, ...]:
 def _earlier_prepare(prepared: Path, inputs: Sequence[Path], chunk_size: int) -> tuple[dict | None, str]:
     """(its manifest, "") when `prepared` holds a finished prepare of exactly these input files (by
     content) at this chunk size, every table and shard as its manifest records them (their sha256);
-    otherwise (None, why not): a damaged prepare is never reused, predict would refuse it hours later."""
+    otherwise (None, why not): a damaged prepare is never reused, predict would refuse it hours later,
+    nor one of another virnucpro version (one run's outputs come from one version)."""
     try:
         manifest = fmt.load_manifest(prepared)
+        if manifest["virnucpro_version"] != __version__:  # its embeddings are never reused either
+            return None, f"was made by virnucpro {printable(manifest['virnucpro_version'])}, not this {__version__}"
         if manifest["chunk_size"] != chunk_size:
             return None, f"was made at chunk size {manifest['chunk_size']}"
         if len(manifest["inputs"]) != len(inputs):
