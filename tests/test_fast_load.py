@@ -184,7 +184,8 @@ def test_read_only_models_folder_loads_the_pt_with_one_message_and_exit_0(tmp_pa
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("no fp16 copy for a fast load can be written") == 1, done.stderr
-    assert f"virnucpro models download --dest {read_only_models} --only esm2" in done.stderr
+    assert f"virnucpro run FASTA --models {read_only_models} --precision fp16 --outdir OUT" in done.stderr
+    assert "models download" not in done.stderr  # refused for a folder of tiny test models
     assert out.is_file() and not copy_of(read_only_models).exists()
 
 

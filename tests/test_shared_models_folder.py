@@ -9,11 +9,18 @@ users cannot read."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import os
 import pwd
 import re
+import shlex
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -281,3 +288,108 @@ def test_a_lock_file_made_under_umask_077_can_be_locked_by_the_other_members(sha
 
     answer, _ = as_nobody(lock_as_another_user)
     assert answer == "'locked'", answer
+
+
+# --- 4. a folder writable through its group, and another user's killed writer ------------------------
+
+#: A writer of the fp16 copy (as `write_fp16_copy` writes it), killed while its scratch folder holds
+#: its temporary file and safetensors' own: what it leaves in the models folder `sys.argv[1]`.
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from virnucpro.models import store
+folder = Path(sys.argv[1])
+target = folder / sys.argv[2]
+with store.scratch_folder(target) as scratch, store.replaced_like(target, [folder / sys.argv[3]], within=scratch) as tmp:
+    tmp.write_bytes(b"x" * 1000)
+    (scratch / ".tmpAbC123").write_bytes(b"y" * 1000)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_writer(models: Path) -> Path:
+    """The scratch folder a real writer of the copy (this user's process), killed mid-write, left."""
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(models), COPY, WEIGHTS], capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    [leftover] = _leftovers(models)
+    return leftover
+
+
+def _leftovers(models: Path) -> list[Path]:
+    """The temporary files and scratch folders of the copy in the models folder."""
+    return sorted(path for path in models.iterdir() if path.name.startswith(f".{COPY}.") and path.name.endswith(".tmp"))
+
+
+def with_stderr(function):
+    """`function` that also returns what was said on stderr meanwhile (for `as_nobody`)."""
+    def said():
+        buffer = io.StringIO()
+        with contextlib.redirect_stderr(buffer):
+            result = function()
+        return result, buffer.getvalue()
+    return said
+
+
+def test_a_member_writes_the_copy_in_a_folder_writable_only_through_its_group(shared):
+    user = _nobody()
+    os.chown(shared, 0, user.pw_gid)
+    os.chmod(shared, 0o575)  # root's folder: its owner has r-x, the group (nobody's) rwx
+    Esm2Encoder(shared / WEIGHTS, CPU, torch.float32)
+    answer, told = as_nobody(lambda: _load_fp16(shared).name)
+    assert answer == repr(COPY) and told == [], (answer, told)
+    assert _leftovers(shared) == []
+
+
+@pytest.mark.parametrize("mode, loaded", [(0o1777, WEIGHTS), (0o775, COPY)], ids=["sticky", "group"])
+def test_another_users_leftover_this_user_cannot_remove_is_named_once(shared, mode, loaded):
+    """Root's killed writer left its scratch folder; nobody may read it but not empty it (a sticky
+    folder; a group folder without setgid, where the scratch folder has root's group)."""
+    user = _nobody()
+    os.chown(shared, 0, user.pw_gid)
+    os.chmod(shared, mode)
+    leftover = _killed_writer(shared)
+    Esm2Encoder(shared / WEIGHTS, CPU, torch.float32)
+    answer, _told = as_nobody(with_stderr(lambda: [_load_fp16(shared).name for _ in range(2)]))
+    names, said = ast.literal_eval(answer)
+    assert names == [loaded, loaded], answer
+    named = [line for line in said.splitlines() if str(leftover) in line]
+    assert len(named) == 1 and "user root" in named[0] and "rm -r" in named[0], said
+    assert leftover.is_dir()  # root's: left as it is
+
+
+def test_this_users_own_leftover_is_removed_by_the_next_write(shared):
+    os.chmod(shared, 0o1777)
+    _killed_writer(shared)
+    assert _load_fp16(shared) == shared / COPY
+    assert _leftovers(shared) == []
+
+
+# --- 5. hints for a folder of tiny test models -------------------------------------------------------
+
+def _followed(hint: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run (as root, who may write the folder) the last command quoted in `hint`, its FASTA and OUT
+    placeholders filled in."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\n" + "ATGAAACCCGGGTTTTAA" * 40 + "\n")
+    words = shlex.split(re.findall(r"`([^`]+)`", hint)[-1])
+    assert words[0] == "virnucpro", hint
+    filled = [{"FASTA": str(fasta), "OUT": str(tmp_path / "out")}.get(word, word) for word in words[1:]]
+    return subprocess.run([sys.executable, "-m", "virnucpro", *filled, "--threads", "1"], capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777], ids=["read-only", "sticky"])
+def test_the_fp16_hint_for_tiny_models_writes_the_copy_when_followed(shared, mode, tmp_path):
+    """`models download` refuses a folder of tiny test models (exit 2), and `models tiny` writes
+    no copy: the hint names an fp16 run, which does."""
+    _nobody()
+    os.chmod(shared, mode)  # root's folder (nobody may not write it) / root's manifest in a sticky one
+    Esm2Encoder(shared / WEIGHTS, CPU, torch.float32)
+    answer, told = as_nobody(lambda: _load_fp16(shared).name)
+    assert answer == repr(WEIGHTS) and len(told) == 1, (answer, told)
+    assert "models download" not in told[0] and str(shared) in told[0], told
+    done = _followed(told[0], tmp_path)
+    assert done.returncode == 0, done.stderr
+    esm2._told.clear()
+    answer, told = as_nobody(lambda: _load_fp16(shared).name)
+    assert answer == repr(COPY) and told == [], (answer, told)

@@ -433,8 +433,18 @@ def _cannot_record(home: store.Esm2Home) -> str | None:
         return f"{manifest} is not a file virnucpro may replace (a link?)"
     refusal = store.replace_refusal(manifest) or store.replace_refusal(home.directory / home.copy_name)
     if refusal is not None:
-        return f"{refusal}; that owner can write the copy once with `{store.download_command(home.directory, ['esm2'])}`"
+        return f"{refusal}; that owner can write the copy once with {_copy_writer(home.directory)}"
     return None
+
+
+def _copy_writer(directory: Path) -> str:
+    """What writes ESM-2's fp16 copy in the models folder `directory`, for a hint: `models download`
+    for the published models; for tiny test models (which `models download` refuses, and which
+    `models tiny` writes without a copy) an fp16 run on them, which writes the copy first."""
+    if store.is_tiny_folder(directory):
+        return (f"an fp16 run on these tiny test models, e.g. `virnucpro run FASTA --models "
+                f"{shlex.quote(str(directory))} --precision fp16 --outdir OUT`")
+    return f"`{store.download_command(directory, ['esm2'])}`"
 
 
 def _fp16_copy_for(checkpoint: Path) -> Path | None:
@@ -458,7 +468,7 @@ def _fp16_copy_for(checkpoint: Path) -> Path | None:
         _say_once(f"ESM-2: loading {checkpoint} at fp16"
                   f"{' (' + problem + ')' if problem else ''}; the models folder is read-only, so "
                   f"no fp16 copy for a fast load can be written: create it once where the folder is "
-                  f"writable with `{store.download_command(home.directory, ['esm2'])}`")
+                  f"writable with {_copy_writer(home.directory)}")
         return None
     return _write_under_lock(home)
 

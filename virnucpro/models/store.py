@@ -513,8 +513,10 @@ def scratch_folder(path: Path) -> Iterator[Path]:
 def _open_as_its_parent(folder: Path) -> None:
     """Give a scratch folder the permission bits of the models folder it is in (mkdtemp's are 0700):
     in a folder shared by a group, what a killed writer leaves in it can then be removed by any
-    member who could have removed it beside the copy, not by its owner alone."""
-    os.chmod(folder, S_IMODE(os.stat(folder.parent).st_mode) & 0o1777)
+    member who could have removed it beside the copy, not by its owner alone. Its owner (this
+    writer) always keeps rwx: a member of a folder writable only through its group (root's, 0575)
+    would otherwise make a folder it cannot write in."""
+    os.chmod(folder, (S_IMODE(os.stat(folder.parent).st_mode) & 0o1777) | 0o700)
 
 
 def remove_leftover_temporaries(path: Path) -> None:
@@ -528,27 +530,39 @@ def remove_leftover_temporaries(path: Path) -> None:
     except OSError:
         return
     for name in names:
-        if _lstat_kind(path.parent / name) == "file":
-            _unlink_quietly(path.parent / name)
-        elif _lstat_kind(path.parent / name) == "folder":
-            _remove_scratch(path.parent / name, path.name, say_if_kept=True)
+        leftover = path.parent / name
+        if _lstat_kind(leftover) == "file":
+            _unlink_quietly(leftover)
+        elif _lstat_kind(leftover) == "folder":
+            _remove_scratch(leftover, path.name)
+        if os.path.lexists(leftover):
+            _name_kept_leftover(leftover)
 
 
-def _remove_scratch(folder: Path, name: str, say_if_kept: bool = False) -> None:
+#: The leftovers named in a warning by this process (`_name_kept_leftover`): each is named once.
+_kept_leftovers_named: set[Path] = set()
+
+
+def _name_kept_leftover(leftover: Path) -> None:
+    """Warn (once per process) of a killed writer's leftover that this user could not remove (another
+    user's, in a sticky folder or one of a group whose bits it lacks), naming its owner, so the
+    space it holds is not lost unseen."""
+    if leftover in _kept_leftovers_named:
+        return
+    _kept_leftovers_named.add(leftover)
+    warn(f"{leftover} was left by a killed fp16 copy write of user {_owner(leftover)}, and this user may "
+         "not remove it: that user (or an administrator) can, with `rm -r`")
+
+
+def _remove_scratch(folder: Path, name: str) -> None:
     """Remove a scratch folder of `name` (`scratch_folder`): the files in it of the names we and the
-    library write, then the folder itself when that emptied it (anything else in it is kept).
-    `say_if_kept`: a leftover this user may not open (another user's, in a folder this user may not
-    write) is named in a warning with its owner, so the space it holds is not lost unseen."""
+    library write, then the folder itself when that emptied it (anything else in it is kept; so is
+    what this user may not remove)."""
     ours = _temporary_pattern(name)
     try:
         entries = [entry.name for entry in os.scandir(folder)]
-    except PermissionError:
-        if say_if_kept:
-            warn(f"{folder} was left by a killed fp16 copy write of user {_owner(folder)}, and this user may "
-                 "not remove it: that user (or an administrator) can, with `rm -r`")
-        return
     except OSError:
-        return  # gone
+        return  # gone, or not this user's to open
     for entry in entries:
         if (ours.fullmatch(entry) or LIBRARY_TEMPORARY.fullmatch(entry)) and _lstat_kind(folder / entry) == "file":
             _unlink_quietly(folder / entry)
