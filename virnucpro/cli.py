@@ -364,11 +364,11 @@ def _report_bug(exc: BaseException) -> int:
     if limit is not None:
         error(str(limit))
         return limit.code
-    foreign = _module_from_pythonpath(exc)
+    from virnucpro.entry import foreign_module_message, module_from_pythonpath
+
+    foreign = module_from_pythonpath(exc)
     if foreign is not None:
-        error(f"{type(exc).__name__}: {printable(str(exc)[:300])}, in {printable(foreign)}, which PYTHONPATH="
-              f"{printable(os.environ['PYTHONPATH'])} put before virnucpro's own packages\n  fix: unset PYTHONPATH "
-              "for virnucpro (for the Nextflow pipeline without a container: in the shell that launches it)")
+        error(foreign_module_message(exc, foreign))
         return ExitCode.USAGE
     saved = _save_traceback(exc)
     if not saved.path:
@@ -384,21 +384,6 @@ def _report_bug(exc: BaseException) -> int:
     if not saved.path or in_container():
         _print_traceback(exc, sys.stderr)
     return ExitCode.UNEXPECTED
-
-
-def _module_from_pythonpath(exc: BaseException) -> Optional[str]:
-    """The file under a PYTHONPATH folder that the failure went through (a task inheriting the launch
-    shell's PYTHONPATH imports another numpy, say): no bug of ours, and unsetting it is the fix."""
-    folders = [os.path.realpath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    if not folders:
-        return None
-    files = [frame.f_code.co_filename for frame, _line in traceback.walk_tb(exc.__traceback__)]
-    files += [exc.filename] if isinstance(exc, SyntaxError) and exc.filename else []
-    for name in reversed(files):
-        real = os.path.realpath(name)
-        if any(real.startswith(folder.rstrip(os.sep) + os.sep) for folder in folders):
-            return name
-    return None
 
 
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv", "/.singularity.d")  # Docker, Podman, Apptainer

@@ -5,6 +5,8 @@ loads (its imports take a few tenths of a second) stays pending until the comman
 in place, then ends the command with exit 6 like any other stop, instead of killing it (143) first.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
@@ -67,12 +69,77 @@ def _flush_standard_streams() -> None:
             silence_dead_stream(stream)
 
 
+def _command_line():
+    """`virnucpro.cli.main`. It imports typer and rich as it loads, before its handler exists: one of
+    them (or any module) that PYTHONPATH put first failing to load is exit 2 naming it, as the
+    handler does for numpy, torch or h5py; any other failure is raised as it is (exit 1)."""
+    try:
+        from virnucpro.cli import main as run
+    except Exception as exc:  # noqa: BLE001 - told apart below, and raised again unless foreign
+        foreign = module_from_pythonpath(exc)
+        if foreign is None:
+            raise
+        _refuse_foreign_module(exc, foreign)
+    return run
+
+
+def module_from_pythonpath(exc: BaseException) -> str | None:
+    """The file under a PYTHONPATH folder, outside virnucpro itself, that the failure went through
+    or names (a module there that loaded but lacks what is imported from it), or None."""
+    folders = [os.path.realpath(entry).rstrip(os.sep) + os.sep
+               for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    ours = os.path.realpath(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    for name in reversed(_files_of_failure(exc)):
+        real = os.path.realpath(name)
+        if not real.startswith(ours) and any(real.startswith(folder) for folder in folders):
+            return name
+    return None
+
+
+def _files_of_failure(exc: BaseException) -> list[str]:
+    """The source files `exc` went through, then those of the modules it names, innermost last."""
+    import traceback
+
+    files = [frame.f_code.co_filename for frame, _line in traceback.walk_tb(exc.__traceback__)]
+    files += [exc.filename] if isinstance(exc, SyntaxError) and exc.filename else []
+    named = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    owner = getattr(exc, "obj", None) if isinstance(exc, AttributeError) else None
+    for module_name in (named, getattr(owner, "__name__", None)):
+        module = sys.modules.get(module_name.partition(".")[0]) if isinstance(module_name, str) else None
+        files += [module.__file__] if isinstance(getattr(module, "__file__", None), str) else []
+    return files
+
+
+def foreign_module_message(exc: BaseException, foreign: str) -> str:
+    """What a failure in `foreign`, a module PYTHONPATH put first, is and how to fix it (exit 2)."""
+    from virnucpro.errors import printable
+
+    return (f"{type(exc).__name__}: {printable(str(exc)[:300])}, in {printable(foreign)}, which PYTHONPATH="
+            f"{printable(os.environ['PYTHONPATH'])} put before virnucpro's own packages\n  fix: unset PYTHONPATH "
+            "for virnucpro (for the Nextflow pipeline without a container: in the shell that launches it)")
+
+
+def _refuse_foreign_module(exc: BaseException, foreign: str) -> None:
+    """Exit 2 with the message of `virnucpro.cli._report_bug` for such a module, written without
+    rich (which may be the module that failed)."""
+    from virnucpro.errors import ExitCode
+
+    message = f"error: {foreign_module_message(exc, foreign)}\n"
+    try:
+        if sys.stderr is not None:  # None when stderr was closed (`2>&-`): nowhere to say it
+            sys.stderr.write(message)
+            sys.stderr.flush()
+    except OSError:
+        pass  # a reader that left: the exit code still says it
+    sys.exit(int(ExitCode.USAGE))
+
+
 def main() -> None:
     """Load the command line and run it (`virnucpro.cli.main` lets the stop signals through)."""
     _fill_closed_standard_streams()
     _tolerant_standard_streams()
     _refuse_deleted_current_folder()
-    from virnucpro.cli import main as run
+    run = _command_line()
 
     try:
         run(exiting=True)

@@ -199,6 +199,7 @@ def _masked(text: str) -> str:
 
 def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = None) -> None:
     """Download `roles` into `directory`, one file at a time, holding the directory's lock."""
+    roles = list(roles)
     check_mirror(mirror)
     refuse_nesting(directory, "models directory", itself=True)
     with held_folder(directory, FOLDER):
@@ -208,7 +209,7 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
         _refuse_stray_weights(directory, roles)
         ours = _recorded_files(manifest)
         for role in roles:
-            _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours))
+            _record_role(directory, role, _download_role(directory, pins.SOURCES[role], mirror, ours, roles))
             if role == "esm2":
                 _fp16_copy(directory)
 
@@ -244,7 +245,7 @@ def _refuse_stray_weights(directory: Path, roles: list[str]) -> None:
             raise ModelsError(f"{directory / rel} is in the way: the published {role} model has no file of "
                               f"that name, and the encoder would read it instead of the published weights; "
                               f"virnucpro never replaces nor deletes a file it did not download",
-                              hint=f"move it away, then rerun `{store.download_command(directory, [role])}`")
+                              hint=f"move it away, then rerun `{store.download_command(directory, roles)}`")
 
 
 def _recorded_files(manifest: dict | None) -> set[str]:
@@ -303,11 +304,13 @@ def _url(spec: FileSource, mirror: str | None) -> str:
     return f"{(mirror or spec.base).rstrip('/')}/{spec.path}"
 
 
-def _download_role(directory: Path, source: RoleSource, mirror: str | None, ours: set[str]) -> dict:
-    """Fetch (or keep, when it verifies) every file of one role; returns its manifest entry."""
+def _download_role(directory: Path, source: RoleSource, mirror: str | None, ours: set[str],
+                   roles: list[str]) -> dict:
+    """Fetch (or keep, when it verifies) every file of one role; returns its manifest entry. `roles`:
+    all those of the command, which its hints name (following one then completes them all)."""
     cache = store.HashCache(directory)
     try:
-        hashes = {spec.relpath: _ensure_file(directory, source.role, spec, mirror, cache, ours)
+        hashes = {spec.relpath: _ensure_file(directory, source.role, spec, mirror, cache, ours, roles)
                   for spec in source.files}
     finally:
         cache.save()
@@ -323,7 +326,7 @@ def _download_role(directory: Path, source: RoleSource, mirror: str | None, ours
 
 
 def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | None,
-                 cache: store.HashCache, ours: set[str]) -> str:
+                 cache: store.HashCache, ours: set[str], roles: list[str]) -> str:
     """sha256 of the file in place: kept when it verifies, else downloaded (in place of a bad
     file only when virnucpro wrote it, see `_replace_only_ours`)."""
     target = directory / spec.relpath
@@ -333,7 +336,7 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
         digest, problem = _existing_ok(directory, role, spec, cache)
         if digest is not None:
             return digest
-        _replace_only_ours(directory, spec.relpath, problem, ours, role)
+        _replace_only_ours(directory, spec.relpath, problem, ours, roles)
     _refuse_linked_folders(directory, spec.relpath)
     created = not target.parent.exists()
     try:
@@ -343,7 +346,7 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
     try:
         digest, placed = fetch_stamped(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1,
                                        label=label, validate=_validator(role, spec.relpath),
-                                       hint=store.staging_hint(directory, [role]), max_bytes=spec.max_bytes,
+                                       hint=store.staging_hint(directory, roles), max_bytes=spec.max_bytes,
                                        mirror=mirror)
     except BaseException:
         if created:  # a failed download leaves no empty folder (rmdir refuses one that holds anything)
@@ -397,7 +400,7 @@ def _not_a_file(path: Path) -> str:
     return "it is a directory" if path.is_dir() else "it is not a regular file"
 
 
-def _replace_only_ours(directory: Path, rel: str, problem: str, ours: set[str], role: str) -> None:
+def _replace_only_ours(directory: Path, rel: str, problem: str, ours: set[str], roles: list[str]) -> None:
     """A file in place that failed its check is downloaded again only when virnucpro wrote it (the
     manifest records it with a sha256, and it is a plain file, not a link); anything else is the
     user's, never replaced: exit 4 naming it."""
@@ -407,7 +410,7 @@ def _replace_only_ours(directory: Path, rel: str, problem: str, ours: set[str], 
         return
     raise ModelsError(f"{target} is in the way: {problem}; virnucpro did not write it (the models "
                       f"manifest does not record it), so it is left as it is",
-                      hint=f"move it away, then rerun `{store.download_command(directory, [role])}`")
+                      hint=f"move it away, then rerun `{store.download_command(directory, roles)}`")
 
 
 def _require_pin(pin: str | None, label: str) -> None:
