@@ -157,3 +157,16 @@ def test_given_classifier_is_not_checked(tiny_models, models_copy, tmp_path, run
                             "--outdir", tmp_path / "out", "--classifier", tiny_models / "500_model_tiny.pth",
                             "--models", models_copy)
     assert code == 0, message
+
+
+def test_embeddings_of_tiny_models_without_models_point_to_their_folder(tmp_path, run_cli, golden_prepared,
+                                                                         golden_embeddings, monkeypatch):
+    """A docs reviewer's case: --models forgotten for embeddings made with tiny test models; the hint
+    said to download the published classifier, whose width those embeddings never fit (exit 5 next)."""
+    monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # no models in the default place
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "out")
+    assert code == 4, message
+    assert "made with tiny test models" in message and "--models" in message.split("fix:")[-1], message
+    assert "models download" not in message, message

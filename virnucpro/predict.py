@@ -446,14 +446,13 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
                     models: Path | None) -> _Inputs:
     """The prepared manifest, the HDF5 shards in order and the classifier, cross-checked (exit 3-5)."""
     from virnucpro.classifier import load_classifier
-    from virnucpro.models import store
 
     manifest = fmt.load_manifest(prepared)
     require_own_classifier(manifest["chunk_size"], classifier)
     shards = order_shards(manifest, embeddings)
     tiny = any(s.tiny for s in shards)
     if classifier is None:
-        model_set = store.locate(models, roles=(f"classifier_{manifest['chunk_size']}",))
+        model_set = _located_models(models, manifest["chunk_size"], tiny)
         check_embedding_models(shards, model_set.directory)
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
@@ -463,6 +462,21 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
     check_classifier_fits(model, Path(classifier), shards[0].widths)
     check_stage_files(prepared, manifest, shards)
     return _Inputs(manifest, shards, model, Path(classifier), tiny)
+
+
+def _located_models(models: Path | None, chunk_size: int, tiny_embeddings: bool):
+    """The models folder holding the classifier for `chunk_size` (exit 4 when it is missing). With no
+    --models for embeddings made with tiny test models, the hint names --models: the published
+    classifier it would otherwise suggest downloading never fits such embeddings."""
+    from virnucpro.models import store
+
+    try:
+        return store.locate(models, roles=(f"classifier_{chunk_size}",))
+    except ModelsError as exc:
+        if models is not None or not tiny_embeddings:
+            raise
+        raise ModelsError(f"{exc.message}; these embeddings were made with tiny test models",
+                          "give the folder of those tiny models with --models DIR (or VIRNUCPRO_MODELS)") from None
 
 
 def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: float, started: float,
