@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; refuseUnusedArguments ; refuseLinksAcrossFileSystems ; warnIfCheckpointDirChanged ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; markUnfinished ; refuseUnusedArguments ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -56,9 +56,11 @@ workflow {
         PIPELINE_INITIALISATION(
             asText(params.input),
             asText(params.outdir),
-            asText(params.trace_report_suffix)
+            asText(params.trace_report_suffix),
+            [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean]
         )
-        warnIfCheckpointDirChanged(checkpoint_dir)
+        warnIfEmbedKeyChanged([checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile])
+        markUnfinished(asText(params.outdir))
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,
             asText(params.models),

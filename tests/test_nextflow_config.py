@@ -741,3 +741,71 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
         accelerator = re.search(r"process.accelerator = (\{.*?\})\n", (REPO / "nextflow.config").read_text()).group(1)
         asked = groovy.evaluate(bindings, [("accelerator", accelerator, True)])["accelerator"]
         assert (asked == 1) == bool(gres), asked
+
+
+def _foreign_check(groovy, outdir) -> str:
+    return _startup_check(groovy, ["refuseForeignOutdir", "quoted"], f"refuseForeignOutdir(file('{outdir}'))")
+
+
+def test_an_outdir_holding_files_no_run_of_the_pipeline_wrote_is_refused(groovy, tmp_path):
+    """A reviewer's case: --outdir results/ shared with another pipeline; publishing replaced its
+    multiqc/multiqc_report.html and a sample's report.html without a word."""
+    outdir = tmp_path / "results"
+    (outdir / "multiqc").mkdir(parents=True)
+    (outdir / "multiqc" / "multiqc_report.html").write_text("another pipeline's report\n")
+    message = _foreign_check(groovy, outdir)
+    assert f"--outdir {outdir} already holds 'multiqc'" in message and "no run of this pipeline wrote it" in message
+    assert "give a new or empty --outdir" in message
+
+
+def test_a_new_empty_or_earlier_runs_outdir_is_used(groovy, tmp_path):
+    outdir = tmp_path / "results"
+    assert _foreign_check(groovy, outdir) == "passed"  # not there yet
+    (outdir / "pipeline_info").mkdir(parents=True)
+    (outdir / "pipeline_info" / "execution_trace_2026-01-01_00-00-00.txt").write_text("")  # this run's own, opened first
+    assert _foreign_check(groovy, outdir) == "passed"
+    (outdir / "sample_a").mkdir()
+    (outdir / "pipeline_info" / ".virnucpro-run.lock").write_text("")  # an earlier run of the pipeline wrote it
+    assert _foreign_check(groovy, outdir) == "passed"
+
+
+def _stale_check(groovy, outdir, ids, **publishes) -> str:
+    given = ", ".join(f"{kind}: {str(publishes.get(kind, False)).lower()}" for kind in ("multiqc", "prepared", "embeddings"))
+    return _startup_check(groovy, ["refuseStaleOutputs"], f"refuseStaleOutputs('{outdir}', {ids!r}, [{given}])")
+
+
+def test_an_earlier_runs_output_this_run_would_not_replace_is_refused(groovy, tmp_path):
+    """A reviewer's case: a rerun with --skip_multiqc left the earlier run's MultiQC report (other
+    counts) beside the new tables; so would prepared/ or embeddings/ once not saved any more."""
+    outdir = tmp_path / "results"
+    (outdir / "multiqc").mkdir(parents=True)
+    (outdir / "sample_a" / "embeddings").mkdir(parents=True)
+    (outdir / "gone_sample" / "prepared").mkdir(parents=True)  # a sample no longer in the run: left alone, as documented
+    message = _stale_check(groovy, outdir, ["sample_a"], prepared=True)
+    assert f"{outdir / 'multiqc'}, {outdir / 'sample_a' / 'embeddings'}: an earlier run published these" in message
+    assert "--skip_multiqc, no --save_embeddings" in message and "gone_sample" not in message
+    assert f"rm -r '{outdir / 'multiqc'}' '{outdir / 'sample_a' / 'embeddings'}'" in message
+    assert _stale_check(groovy, outdir, ["sample_a"], multiqc=True, embeddings=True) == "passed"
+
+
+def test_the_embed_settings_of_a_session_are_read_in_both_record_formats(groovy):
+    """Earlier versions recorded the checkpoint folder alone, on one line; now a name and value per line."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("recordedEmbedSettings"),
+                      "old = recordedEmbedSettings('/ck/dir\\n')",
+                      "now = recordedEmbedSettings('checkpoint_dir\\t/ck\\ntoken_budget\\t\\ncompile\\tfalse\\n')",
+                      "outcome { error(old.toString() + ' | ' + now.toString()) }"])
+    found = groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+    assert found == "[checkpoint_dir:/ck/dir] | [checkpoint_dir:/ck, token_budget:, compile:false]", found
+
+
+def test_the_models_store_folder_given_as_models_points_to_the_download_inside(groovy, tmp_path):
+    """A docs reviewer's case: --models virnucpro-models (the --models_store) instead of the folder the
+    download is kept in; the refusal suggested `models check` and `models download`, neither of which helps."""
+    store = tmp_path / "virnucpro-models"
+    (store / "virnucpro_models").mkdir(parents=True)
+    (store / "virnucpro_models" / "manifest.json").write_text("{}")
+    message = _models_check(groovy, store, 500)
+    assert f"give the folder the download is kept in, --models {store / 'virnucpro_models'}" in message, message
+    assert _models_check(groovy, store / "virnucpro_models", 500) == "passed"
+    (tmp_path / "empty" / "virnucpro_models").mkdir(parents=True)  # an empty inner folder: the usual refusal
+    assert "is not a models directory" in _models_check(groovy, tmp_path / "empty", 500)

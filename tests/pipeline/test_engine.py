@@ -64,6 +64,7 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     for process in ("VIRNUCPRO_PREPARE:", "VIRNUCPRO_EMBED:", "VIRNUCPRO_PREDICT:", "Nextflow: 24.10.0"):
         assert process in versions
     assert {row["status"] for row in test_run.trace()} == {"COMPLETED"}
+    assert not (test_run.outdir / "RUN_UNFINISHED.txt").exists()
 
 
 def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
@@ -90,6 +91,20 @@ def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
     assert published.read_bytes() == genuine
 
 
+def test_a_rerun_that_would_leave_an_earlier_runs_multiqc_report_is_refused(test_run):
+    """A reviewer's case: a rerun with --skip_multiqc left the earlier run's MultiQC report (of other
+    counts) beside this run's tables, unannounced. (After the other tests of the run: the refused
+    rerun adds a trace, which they would read as the run's.)"""
+    before = folder_state(test_run.outdir)
+    again = run_pipeline(test_run.launch, "-profile", "test", "-resume", "--skip_multiqc")
+    assert again.returncode != 0 and "Submitted process" not in again.output, again.output[-3000:]
+    for said in (f"{test_run.outdir / 'multiqc'}: an earlier run published this", "--skip_multiqc",
+                 f"rm -r '{test_run.outdir / 'multiqc'}'"):
+        assert said in again.output, again.output[-3000:]
+    results = {name: state for name, state in folder_state(test_run.outdir).items() if not name.startswith("pipeline_info/")}
+    assert results == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
+
+
 def test_stub_run_creates_every_declared_output(tmp_path):
     """-stub-run: every module's stub block makes what its outputs declare, through the real engine."""
     run = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc")
@@ -112,6 +127,12 @@ def test_a_resume_with_another_checkpoint_dir_says_what_it_costs_and_how_to_keep
     moved.assert_ok()
     assert f"the run this -resume continues used {default}" in moved.output, moved.output[-3000:]
     assert f"resume with --checkpoint_dir {default}" in moved.output
+    # the token budget is on EMBED's command line too (it does not change the vectors)
+    budget = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc", "-resume",
+                          "--checkpoint_dir", str(tmp_path / "elsewhere"), "--token_budget", "1000")
+    budget.assert_ok()
+    assert "--token_budget 1000: the run this -resume continues used not given" in budget.output, budget.output[-3000:]
+    assert "resume with --token_budget left out" in budget.output and "--checkpoint_dir" not in budget.output
 
 
 def test_without_a_profile_the_tasks_fit_the_machine_that_runs_them(tmp_path):
@@ -438,6 +459,19 @@ def test_an_outdir_in_use_by_another_run_is_refused(tmp_path):
     assert earlier.read_text() == "the other run's trace\n"
 
 
+def test_an_outdir_no_run_of_the_pipeline_wrote_is_refused_and_left_as_it_is(tmp_path):
+    """A reviewer's case: --outdir results/ shared with another pipeline; publishing replaced its
+    multiqc/multiqc_report.html without a word. Refused before any task, nothing written there."""
+    launch = tmp_path / "launch"
+    (launch / "results" / "multiqc").mkdir(parents=True)
+    (launch / "results" / "multiqc" / "multiqc_report.html").write_text("another pipeline's report\n")
+    before = folder_state(launch / "results")
+    run = run_pipeline(launch, "-profile", "test")
+    assert_refused_before_any_task(run, f"--outdir {launch / 'results'} already holds 'multiqc'",
+                                   "no run of this pipeline wrote it")
+    assert folder_state(launch / "results") == before and not (launch / "results" / "pipeline_info").exists()
+
+
 def test_an_outdir_inside_another_runs_outdir_or_the_work_dir_is_refused(tmp_path):
     launch = tmp_path / "launch"
     (launch / "results" / "pipeline_info").mkdir(parents=True)
@@ -491,6 +525,8 @@ def test_an_outdir_or_sample_folder_that_is_a_virnucpro_command_output_is_refuse
     # checks, so nextflow.config sends the reports of a run these checks refuse to .nextflow/
     assert folder_state(cli) == before
     assert list((launch / ".nextflow" / "pipeline_info").glob("execution_trace_*.txt"))
+    (launch / "results" / "pipeline_info").mkdir(parents=True)
+    (launch / "results" / "pipeline_info" / ".virnucpro-run.lock").write_text("")  # an earlier run's --outdir
     coding = cli_prepare(launch / "results" / "coding")
     before = folder_state(coding)
     sheet = write_samplesheet(tmp_path / "sheet.csv", [("coding", TEST_INPUTS / "sample_a.fasta")])
@@ -529,6 +565,7 @@ def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     run = finish(process, launch)
     assert run.returncode != 0 and "late" in run.output, run.output[-3000:]
     assert "Join mismatch" not in run.output, run.output[-3000:]
+    assert "has not completed successfully" in (run.outdir / "RUN_UNFINISHED.txt").read_text()  # its results may mix
     embeds = run.tasks("VIRNUCPRO_EMBED")
     assert embeds and {row["status"] for row in embeds} == {"COMPLETED"}, embeds
     # errorStrategy 'ignore' (a common site setting): the run ends green; its summary used to list
@@ -539,6 +576,7 @@ def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     ignored = finish(start_pipeline(launch, "-profile", "test", "-c", str(launch / "one_cpu.config"), "-c",
                                     str(launch / "ignore.config"), "--input", str(sheet), "-resume"), launch)
     ignored.assert_ok()
+    assert not (ignored.outdir / "RUN_UNFINISHED.txt").exists()
     summary = {row["sample"]: row["reconciled"] for row in read_tsv(ignored.outdir / "virnucpro_summary.tsv")}
     assert summary["coding"] == "yes" and summary["late"].startswith("NO: no results"), summary
 

@@ -8,10 +8,12 @@ workflow PIPELINE_INITIALISATION {
     input           // string: FASTA/FASTQ files or a glob (one sample each), or a samplesheet
     outdir          // string: --outdir, where each sample's results go (<outdir>/<sample>/)
     run_start       // string: the run's start time, as in the names of its reports
+    publishes       // map: whether this run publishes MultiQC's report, prepared/ and embeddings/ (booleans)
 
     main:
     def sample_list = isSamplesheet(input) ? samplesFromSamplesheet(input) : samplesFromFiles(input)
     refuseCommandOutputs(outdir, sample_list.collect { sample -> sample[0].id })
+    refuseStaleOutputs(outdir, sample_list.collect { sample -> sample[0].id }, publishes)
     writeInputsTable(outdir, run_start, sample_list)
     def ch_samples = channel.fromList(sample_list)
 
@@ -235,6 +237,7 @@ def lockOutdir(String outdir) {
         return
     }
     refuseNestedOutdir(dir)
+    refuseForeignOutdir(dir)
     // -preview and `nextflow inspect` run no task: checked, but nothing of ours is written
     refuseUnwritableOutdir(outdir, dir.resolve('pipeline_info'), !workflow.preview)
     if (workflow.preview) {
@@ -257,6 +260,46 @@ def lockOutdir(String outdir) {
     }
     // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
     workflow.onComplete { lock.release() }
+}
+
+// An --outdir that already holds files but no pipeline_info/.virnucpro-run.lock (no run of this
+// pipeline wrote it: another pipeline's results/, a folder of the user's) is refused before this run
+// writes there: publishing replaces every file that has the name of one of its results
+// (multiqc/multiqc_report.html, <sample>/report.html). The reports this run's Nextflow has already
+// opened in pipeline_info/ are not counted (nextflow.config sends them elsewhere for such a folder).
+def refuseForeignOutdir(dir) {
+    if (!java.nio.file.Files.isDirectory(dir) || dir.resolve('pipeline_info').resolve('.virnucpro-run.lock').exists()) {
+        return
+    }
+    def held = ((dir.toFile().list() ?: []) as List).findAll { name -> name != 'pipeline_info' }.sort()
+    if (held) {
+        def shown = quoted(held.take(5)) + (held.size() > 5 ? " and ${held.size() - 5} more" : '')
+        error("--outdir ${dir} already holds ${shown}, and no run of this pipeline wrote it (it has no pipeline_info/.virnucpro-run.lock): this run would replace those of its files that have the name of one of its results; give a new or empty --outdir")
+    }
+}
+
+// A run that has not finished, or failed, may have replaced some of an earlier run's results and
+// not others (a sample's tables, not yet the summary or MultiQC's report): <outdir>/RUN_UNFINISHED.txt
+// says so from the end of the start-up checks until the run completes successfully, which removes it.
+def markUnfinished(String outdir) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (workflow.preview || dir == null || dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def marker = dir.resolve('RUN_UNFINISHED.txt')
+    try {
+        marker.text = "The run ${workflow.runName} (session ${workflow.sessionId}), started ${workflow.start}, has not completed successfully: the results in this folder may mix its outputs with an earlier run's (virnucpro_summary.tsv and multiqc/ are the last ones to be replaced). Resume it (the same command with -resume) or run it again; a run that completes removes this file.\n"
+    }
+    catch (IOException e) {
+        log.warn("--outdir ${dir}: the mark of an unfinished run could not be written (${e.message})")
+        return
+    }
+    def run = workflow // inside the handler `workflow` names nothing (its delegate has no such property)
+    workflow.onComplete {
+        if (run.success) {
+            java.nio.file.Files.deleteIfExists(marker)
+        }
+    }
 }
 
 // --publish_dir_mode link makes hard links from the work directory into --outdir, which work only
@@ -349,6 +392,27 @@ def refuseCommandOutputs(String outdir, List ids) {
     }
 }
 
+// What an earlier run published in --outdir that this run publishes no new one of, so does not
+// replace: MultiQC's report under --skip_multiqc, a sample's prepared/ or embeddings/ without
+// --save_prepared or --save_embeddings. Kept beside this run's results they would pass for them (a
+// report of other counts): refused before any task, naming each, with the command that removes them.
+def refuseStaleOutputs(String outdir, List ids, Map publishes) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (dir == null || dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def options = [multiqc: '--skip_multiqc', prepared: 'no --save_prepared', embeddings: 'no --save_embeddings']
+    def candidates = (publishes.multiqc ? [] : [[dir.resolve('multiqc'), 'multiqc']]) +
+        ids.collectMany { id -> ['prepared', 'embeddings'].findAll { kind -> !publishes[kind] }.collect { kind -> [dir.resolve(id).resolve(kind), kind] } }
+    def stale = candidates.findAll { candidate -> java.nio.file.Files.exists(candidate[0], java.nio.file.LinkOption.NOFOLLOW_LINKS) }
+    if (stale) {
+        def paths = stale.collect { candidate -> candidate[0] }
+        def why = stale.collect { candidate -> options[candidate[1]] }.unique().join(', ')
+        def removal = paths.collect { path -> "'" + path.toString().replace("'", "'\\''") + "'" }.join(' ')
+        error("${paths.join(', ')}: an earlier run published ${paths.size() == 1 ? 'this' : 'these'} in --outdir ${outdir}, and this run (${why}) publishes no new one, so kept beside its results ${paths.size() == 1 ? 'it' : 'they'} would pass for this run's; remove ${paths.size() == 1 ? 'it' : 'them'} (rm -r ${removal}) or give another --outdir")
+    }
+}
+
 // A --models folder holds what the tasks will read, checked here by presence only (each task's
 // `virnucpro` checks the files and their checksums): manifest.json, else the standard file names of
 // a hand-staged copy (CONTRACTS.md "Models directory"), the classifier for `chunk_size` included
@@ -363,6 +427,10 @@ def checkModelsDirectory(String models, chunk_size) {
         error("--models ${models} is not a directory (expected the layout written by `virnucpro models download`)")
     }
     def missing = missingModelFiles(dir, chunk_size)
+    def inner = dir.resolve('virnucpro_models') // where --models_store keeps the download
+    if (missing && inner.isDirectory() && !missingModelFiles(inner, chunk_size)) {
+        error("--models ${models} is the --models_store folder, not a models directory: give the folder the download is kept in, --models ${inner}")
+    }
     if (missing) {
         error("--models ${models} is not a models directory: it has no manifest.json, nor ${missing.join(', ')} (the standard file names of a hand-staged copy); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
     }
@@ -475,25 +543,45 @@ def checkpointDir(String requested, work_dir) {
     return dir ? dir.toString() : ''
 }
 
-// EMBED tasks are keyed by the checkpoint folder (their command names it): a -resume giving another
-// one embeds every finished shard again. Each session's folder is recorded in the work directory
-// (virnucpro-sessions/<session id>), and a -resume of that session giving another is told so at
-// start-up, with the option that reuses the finished shards.
-def warnIfCheckpointDirChanged(String checkpointDir) {
+// EMBED tasks are keyed by their command, which names the checkpoint folder, the token budget and
+// whether to compile: a -resume giving another of these embeds every finished shard again (neither
+// budget nor compiling changes the vectors). Each session's settings are recorded in the work
+// directory (virnucpro-sessions/<session id>: one `name<TAB>value` line each; a single line without
+// a tab, as earlier versions wrote, is the checkpoint folder), and a -resume of that session giving
+// others is told so at start-up, with the options that reuse the finished shards.
+def warnIfEmbedKeyChanged(Map settings) {
     if (workflow.preview) {
         return
     }
+    def now = settings.collectEntries { name, value -> [(name): value == null ? '' : value.toString()] }
     def record = workflow.workDir.resolve('virnucpro-sessions').resolve(workflow.sessionId.toString())
-    def before = workflow.resume && java.nio.file.Files.isRegularFile(record) ? record.text.trim() : null
-    if (before != null && before != checkpointDir) {
-        log.warn("--checkpoint_dir ${checkpointDir ?: '(none)'}: the run this -resume continues used ${before ?: 'none'}, and EMBED tasks are keyed by the checkpoint folder, so every shard will be embedded again; to reuse the finished ones, stop now (Ctrl-C) and resume with --checkpoint_dir ${before ?: 'left out'}")
+    def before = workflow.resume && java.nio.file.Files.isRegularFile(record) ? recordedEmbedSettings(record.text) : [:]
+    now.each { name, value ->
+        def earlier = before[name]
+        if (earlier != null && earlier != value) {
+            def shown = earlier ?: (name == 'checkpoint_dir' ? 'none' : 'not given')
+            def keyed = name == 'checkpoint_dir' ? 'the checkpoint folder' : 'their command line'
+            log.warn("--${name} ${value ?: '(none)'}: the run this -resume continues used ${shown}, and EMBED tasks are keyed by ${keyed}, so every shard will be embedded again; to reuse the finished ones, stop now (Ctrl-C) and resume with --${name} ${earlier ?: 'left out'}")
+        }
     }
     try {
         record.parent.mkdirs()
-        record.text = checkpointDir + '\n'
+        record.text = now.collect { name, value -> "${name}\t${value}" }.join('\n') + '\n'
     }
     catch (IOException e) {
-        log.debug("checkpoint folder of this session not recorded in ${record}: ${e}")
+        log.debug("EMBED settings of this session not recorded in ${record}: ${e}")
+    }
+}
+
+// The settings a session recorded (warnIfEmbedKeyChanged): name -> value as text.
+def recordedEmbedSettings(String text) {
+    def lines = text.readLines()
+    if (lines.size() == 1 && !lines[0].contains('\t')) {
+        return [checkpoint_dir: lines[0].trim()]
+    }
+    return lines.findAll { line -> line.contains('\t') }.collectEntries { line ->
+        def cut = line.indexOf('\t')
+        [(line.substring(0, cut)): line.substring(cut + 1)]
     }
 }
 
