@@ -50,7 +50,7 @@ workflow {
         // refused (object storage, mount syntax) before anything is written into --outdir
         def checkpoint_dir = checkpointDir(asText(params.checkpoint_dir), workflow.workDir)
         if (params.outdir) {
-            lockOutdir(asText(params.outdir))
+            lockOutdir(asText(params.outdir), checkpoint_dir)
             refuseLinksAcrossFileSystems(asText(params.outdir), asText(params.publish_dir_mode))
         }
         PIPELINE_INITIALISATION(

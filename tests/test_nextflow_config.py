@@ -743,8 +743,10 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
         assert (asked == 1) == bool(gres), asked
 
 
-def _foreign_check(groovy, outdir) -> str:
-    return _startup_check(groovy, ["refuseForeignOutdir", "quoted"], f"refuseForeignOutdir(file('{outdir}'))")
+def _foreign_check(groovy, outdir, *own) -> str:
+    folders = ", ".join(f"'{folder}'" for folder in own)
+    return _startup_check(groovy, ["refuseForeignOutdir", "quoted", "canonicalPath"],
+                          f"refuseForeignOutdir(file('{outdir}'), [{folders}])")
 
 
 def test_an_outdir_holding_files_no_run_of_the_pipeline_wrote_is_refused(groovy, tmp_path):
@@ -764,9 +766,64 @@ def test_a_new_empty_or_earlier_runs_outdir_is_used(groovy, tmp_path):
     (outdir / "pipeline_info").mkdir(parents=True)
     (outdir / "pipeline_info" / "execution_trace_2026-01-01_00-00-00.txt").write_text("")  # this run's own, opened first
     assert _foreign_check(groovy, outdir) == "passed"
+    (outdir / ".DS_Store").write_text("")  # no result of the run is hidden, nor named lost+found
+    (outdir / "lost+found").mkdir()
+    assert _foreign_check(groovy, outdir) == "passed"
+    (outdir / "work" / "ab").mkdir(parents=True)  # a review's case: this run's own work and checkpoint folders
+    (outdir / "ckpt").mkdir()
+    assert _foreign_check(groovy, outdir, outdir / "work", outdir / "ckpt") == "passed"
+    assert "already holds 'ckpt', 'work'" in _foreign_check(groovy, outdir)
     (outdir / "sample_a").mkdir()
     (outdir / "pipeline_info" / ".virnucpro-run.lock").write_text("")  # an earlier run of the pipeline wrote it
     assert _foreign_check(groovy, outdir) == "passed"
+
+
+MARK_RUN = """
+java.nio.file.Path.metaClass.setText = { String text -> java.nio.file.Files.writeString(delegate, text) }  // follows links, as Nextflow's
+java.nio.file.Path.metaClass.getText = { -> java.nio.file.Files.readString(delegate) }
+warned = []
+handlers = []
+log = [warn: { String message -> warned << message }]
+workflow = [preview: false, runName: 'a_run', sessionId: 'a-session', start: 'now', success: true,
+            stats: [ignoredCount: IGNORED], onComplete: { Closure handler -> handlers << handler }]
+markUnfinished('OUTDIR')
+def written = file('OUTDIR').resolve('RUN_UNFINISHED.txt')
+def during = java.nio.file.Files.isRegularFile(written, java.nio.file.LinkOption.NOFOLLOW_LINKS) ? written.text.readLines()[0] : 'none'
+handlers.each { handler -> handler() }
+outcome { error(during + ' | ' + java.nio.file.Files.exists(written, java.nio.file.LinkOption.NOFOLLOW_LINKS) + ' | ' + warned.size()) }
+"""
+
+
+def _mark_run(groovy, outdir, ignored: int = 0) -> str:
+    """'first line of RUN_UNFINISHED.txt while the run goes | whether it is there after | warnings'."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("markUnfinished", "unfinishedMarkTitle", "isUnfinishedMark"),
+                      MARK_RUN.replace("OUTDIR", str(outdir)).replace("IGNORED", str(ignored))])
+    return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+
+
+def test_the_unfinished_mark_is_there_until_a_run_completes_with_every_task(groovy, tmp_path):
+    """A review's case: a run whose failed tasks were ignored (errorStrategy 'ignore') counts as a
+    success for Nextflow; it removed the mark while its results were mixed with an earlier run's."""
+    tmp_path.joinpath("out").mkdir()
+    assert _mark_run(groovy, tmp_path / "out") == "virnucpro pipeline: run not completed | false | 0"
+    assert _mark_run(groovy, tmp_path / "out", ignored=1) == "virnucpro pipeline: run not completed | true | 0"
+    assert _mark_run(groovy, tmp_path / "out") == "virnucpro pipeline: run not completed | false | 0"  # the next one completes
+
+
+@pytest.mark.parametrize("kind", ["link", "file of the user's"])
+def test_a_run_unfinished_file_not_ours_is_neither_written_through_nor_removed(groovy, tmp_path, kind):
+    """A review's case: a link named RUN_UNFINISHED.txt had the mark written into the file it points
+    to (outside --outdir), then the link removed; a user's own file was replaced, then removed."""
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes\n")
+    if kind == "link":
+        (tmp_path / "out" / "RUN_UNFINISHED.txt").symlink_to(victim)
+    else:
+        (tmp_path / "out" / "RUN_UNFINISHED.txt").write_text("my notes\n")
+    assert _mark_run(groovy, tmp_path / "out").endswith("| true | 1")  # kept, and a warning
+    assert victim.read_text() == "my notes\n"
+    assert (tmp_path / "out" / "RUN_UNFINISHED.txt").read_text() == "my notes\n"
 
 
 def _stale_check(groovy, outdir, ids, **publishes) -> str:
@@ -809,3 +866,41 @@ def test_the_models_store_folder_given_as_models_points_to_the_download_inside(g
     assert _models_check(groovy, store / "virnucpro_models", 500) == "passed"
     (tmp_path / "empty" / "virnucpro_models").mkdir(parents=True)  # an empty inner folder: the usual refusal
     assert "is not a models directory" in _models_check(groovy, tmp_path / "empty", 500)
+
+
+EMBED_KEY_RUN = """
+java.nio.file.Path.metaClass.setText = { String text -> java.nio.file.Files.writeString(delegate, text) }
+java.nio.file.Path.metaClass.getText = { -> java.nio.file.Files.readString(delegate) }
+warned = []
+handlers = []
+log = [warn: { String message -> warned << message }, debug: { String message -> }]
+workflow = [preview: false, resume: true, sessionId: 'a-session', workDir: file('WORK'), success: SUCCESS,
+            onComplete: { Closure handler -> handlers << handler }]
+warnIfEmbedKeyChanged([checkpoint_dir: '/ck', token_budget: BUDGET, compile: true])
+handlers.each { handler -> handler() }
+outcome { error(warned.join(' / ')) }
+"""
+
+
+def _embed_key_run(groovy, work, budget, success: bool) -> str:
+    """The warnings of a -resume giving `budget`, after which the run succeeds or not."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("warnIfEmbedKeyChanged", "recordEmbedSettings",
+                                                           "recordedEmbedSettings"),
+                      EMBED_KEY_RUN.replace("WORK", str(work)).replace("BUDGET", str(budget))
+                      .replace("SUCCESS", str(success).lower())])
+    return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+
+
+def test_the_embed_settings_are_recorded_only_by_a_run_that_completes(groovy, tmp_path):
+    """A review's case: the settings were recorded at start-up, so a run stopped at the warning (as it
+    advised) or failed before EMBED left settings that keyed no shard, and the next warning named them."""
+    record = tmp_path / "virnucpro-sessions" / "a-session"
+    record.parent.mkdir()
+    record.write_text("checkpoint_dir\t/ck\ntoken_budget\t512\ncompile\ttrue\n")
+    stopped = _embed_key_run(groovy, tmp_path, 1024, success=False)
+    assert "--token_budget 1024: the run this -resume continues used 512" in stopped, stopped
+    assert "token_budget\t512" in record.read_text()
+    back = _embed_key_run(groovy, tmp_path, 512, success=True)  # following the advice: no warning
+    assert back == "", back  # no warning: the joined warnings are empty
+    _embed_key_run(groovy, tmp_path, 1024, success=True)
+    assert "token_budget\t1024" in record.read_text()

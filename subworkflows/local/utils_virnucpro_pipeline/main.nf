@@ -231,13 +231,13 @@ def describeCharacter(String character) {
 // killed), and a second run given the same --outdir meanwhile stops before any task. Object
 // storage (s3://, gs://) has no such lock: there the folder is not checked. An --outdir this user
 // cannot write (nextflow.config then sends the reports to .nextflow/) is refused, naming it.
-def lockOutdir(String outdir) {
+def lockOutdir(String outdir, String checkpointDir) {
     def dir = file(outdir, glob: false)
     if (dir.toUri().getScheme() != 'file') {
         return
     }
     refuseNestedOutdir(dir)
-    refuseForeignOutdir(dir)
+    refuseForeignOutdir(dir, [workflow.workDir, checkpointDir])
     // -preview and `nextflow inspect` run no task: checked, but nothing of ours is written
     refuseUnwritableOutdir(outdir, dir.resolve('pipeline_info'), !workflow.preview)
     if (workflow.preview) {
@@ -265,30 +265,44 @@ def lockOutdir(String outdir) {
 // An --outdir that already holds files but no pipeline_info/.virnucpro-run.lock (no run of this
 // pipeline wrote it: another pipeline's results/, a folder of the user's) is refused before this run
 // writes there: publishing replaces every file that has the name of one of its results
-// (multiqc/multiqc_report.html, <sample>/report.html). The reports this run's Nextflow has already
-// opened in pipeline_info/ are not counted (nextflow.config sends them elsewhere for such a folder).
-def refuseForeignOutdir(dir) {
+// (multiqc/multiqc_report.html, <sample>/report.html). Not counted: what no result of the run can be
+// named (hidden entries such as .nextflow or .DS_Store, lost+found), pipeline_info/ (where this
+// run's Nextflow has already opened its reports), and this run's own folders inside it (the work
+// directory, the checkpoint folder `ownFolders`).
+def refuseForeignOutdir(dir, List ownFolders) {
     if (!java.nio.file.Files.isDirectory(dir) || dir.resolve('pipeline_info').resolve('.virnucpro-run.lock').exists()) {
         return
     }
-    def held = ((dir.toFile().list() ?: []) as List).findAll { name -> name != 'pipeline_info' }.sort()
+    def real = file(canonicalPath(dir), glob: false)
+    def own = ownFolders.findAll { folder -> folder }
+        .collect { folder -> file(canonicalPath(file(folder.toString(), glob: false)), glob: false) }
+        .findAll { folder -> folder != real && folder.startsWith(real) }
+        .collect { folder -> real.relativize(folder).getName(0).toString() }
+    def held = ((dir.toFile().list() ?: []) as List)
+        .findAll { name -> !name.startsWith('.') && !(name in ['pipeline_info', 'lost+found'] + own) }.sort()
     if (held) {
         def shown = quoted(held.take(5)) + (held.size() > 5 ? " and ${held.size() - 5} more" : '')
         error("--outdir ${dir} already holds ${shown}, and no run of this pipeline wrote it (it has no pipeline_info/.virnucpro-run.lock): this run would replace those of its files that have the name of one of its results; give a new or empty --outdir")
     }
 }
 
-// A run that has not finished, or failed, may have replaced some of an earlier run's results and
-// not others (a sample's tables, not yet the summary or MultiQC's report): <outdir>/RUN_UNFINISHED.txt
-// says so from the end of the start-up checks until the run completes successfully, which removes it.
+// A run that has not completed successfully (failed, stopped, or some of its tasks failed and were
+// ignored) may have replaced some of an earlier run's results and not others (a sample's tables, not
+// yet the summary or MultiQC's report): <outdir>/RUN_UNFINISHED.txt says so from the end of the
+// start-up checks until a run completes with every task, which removes it. A file of that name that
+// is not this mark (the user's, a link) is never written through nor removed: a warning says so.
 def markUnfinished(String outdir) {
     def dir = outdir ? file(outdir, glob: false) : null
     if (workflow.preview || dir == null || dir.toUri().getScheme() != 'file') {
         return
     }
     def marker = dir.resolve('RUN_UNFINISHED.txt')
+    if (java.nio.file.Files.exists(marker, java.nio.file.LinkOption.NOFOLLOW_LINKS) && !isUnfinishedMark(marker)) {
+        log.warn("${marker} is not the mark this pipeline writes (a file of yours, or a link): left as it is, so nothing in --outdir says whether this run completed")
+        return
+    }
     try {
-        marker.text = "The run ${workflow.runName} (session ${workflow.sessionId}), started ${workflow.start}, has not completed successfully: the results in this folder may mix its outputs with an earlier run's (virnucpro_summary.tsv and multiqc/ are the last ones to be replaced). Resume it (the same command with -resume) or run it again; a run that completes removes this file.\n"
+        marker.text = unfinishedMarkTitle() + "The run ${workflow.runName} (session ${workflow.sessionId}), started ${workflow.start}, has not completed with every task: the results in this folder may mix its outputs with an earlier run's (virnucpro_summary.tsv and multiqc/ are the last ones to be replaced), or lack a sample whose task failed. Resume it (the same command with -resume) or run it again; a run that completes removes this file.\n"
     }
     catch (IOException e) {
         log.warn("--outdir ${dir}: the mark of an unfinished run could not be written (${e.message})")
@@ -296,10 +310,30 @@ def markUnfinished(String outdir) {
     }
     def run = workflow // inside the handler `workflow` names nothing (its delegate has no such property)
     workflow.onComplete {
-        if (run.success) {
+        if (run.success && run.stats.ignoredCount == 0 && isUnfinishedMark(marker)) {
             java.nio.file.Files.deleteIfExists(marker)
         }
     }
+}
+
+// The first line of RUN_UNFINISHED.txt, by which the pipeline knows the file for its own.
+def unfinishedMarkTitle() {
+    return 'virnucpro pipeline: run not completed\n'
+}
+
+// Whether `marker` is a regular file (not a link) that this pipeline wrote as RUN_UNFINISHED.txt.
+def isUnfinishedMark(marker) {
+    if (!java.nio.file.Files.isRegularFile(marker, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+        return false
+    }
+    def first = null
+    try {
+        first = java.nio.file.Files.newBufferedReader(marker).withCloseable { reader -> reader.readLine() }
+    }
+    catch (IOException _e) {
+        return false
+    }
+    return first != null && first + '\n' == unfinishedMarkTitle()
 }
 
 // --publish_dir_mode link makes hard links from the work directory into --outdir, which work only
@@ -546,9 +580,9 @@ def checkpointDir(String requested, work_dir) {
 // EMBED tasks are keyed by their command, which names the checkpoint folder, the token budget and
 // whether to compile: a -resume giving another of these embeds every finished shard again (neither
 // budget nor compiling changes the vectors). Each session's settings are recorded in the work
-// directory (virnucpro-sessions/<session id>: one `name<TAB>value` line each; a single line without
-// a tab, as earlier versions wrote, is the checkpoint folder), and a -resume of that session giving
-// others is told so at start-up, with the options that reuse the finished shards.
+// directory when a run completes (virnucpro-sessions/<session id>: one `name<TAB>value` line each; a
+// single line without a tab, as earlier versions wrote, is the checkpoint folder), and a -resume of
+// that session giving others is told so at start-up, with the options that reuse the finished shards.
 def warnIfEmbedKeyChanged(Map settings) {
     if (workflow.preview) {
         return
@@ -564,9 +598,19 @@ def warnIfEmbedKeyChanged(Map settings) {
             log.warn("--${name} ${value ?: '(none)'}: the run this -resume continues used ${shown}, and EMBED tasks are keyed by ${keyed}, so every shard will be embedded again; to reuse the finished ones, stop now (Ctrl-C) and resume with --${name} ${earlier ?: 'left out'}")
         }
     }
+    def run = workflow // inside the handler `workflow` names nothing (its delegate has no such property)
+    workflow.onComplete {
+        if (run.success) { // a run stopped or failed before its EMBED tasks keyed no shard by these settings
+            recordEmbedSettings(record, now)
+        }
+    }
+}
+
+// The settings of a run that completed, for the next -resume of its session (warnIfEmbedKeyChanged).
+def recordEmbedSettings(record, Map settings) {
     try {
         record.parent.mkdirs()
-        record.text = now.collect { name, value -> "${name}\t${value}" }.join('\n') + '\n'
+        record.text = settings.collect { name, value -> "${name}\t${value}" }.join('\n') + '\n'
     }
     catch (IOException e) {
         log.debug("EMBED settings of this session not recorded in ${record}: ${e}")
