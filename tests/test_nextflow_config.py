@@ -9,6 +9,7 @@ read what `nextflow config` resolves for a profile (a few seconds each).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -904,3 +905,37 @@ def test_the_embed_settings_are_recorded_only_by_a_run_that_completes(groovy, tm
     assert back == "", back  # no warning: the joined warnings are empty
     _embed_key_run(groovy, tmp_path, 1024, success=True)
     assert "token_budget\t1024" in record.read_text()
+
+
+MODELS_KEY_STAND_INS = """
+java.nio.file.Path.metaClass.eachFileRecurse = { groovy.io.FileType type, Closure each ->
+    java.nio.file.Files.walk(delegate).withCloseable { paths ->
+        paths.filter { path -> java.nio.file.Files.isRegularFile(path) }.sorted().forEach { path -> each(path) } } }
+java.nio.file.Path.metaClass.size = { -> java.nio.file.Files.size(delegate) }
+java.nio.file.Path.metaClass.lastModified = { -> java.nio.file.Files.getLastModifiedTime(delegate).toMillis() }
+String.metaClass.md5 = { -> java.security.MessageDigest.getInstance('MD5').digest(delegate.bytes).encodeHex().toString() }
+"""
+
+
+def _models_key(groovy, models) -> str:
+    code = "\n".join([NEXTFLOW_STAND_INS, MODELS_KEY_STAND_INS,
+                      _utils_functions("modelsCacheKey", "isModelsBookkeeping", "encoderEntries"),
+                      f"outcome {{ error(modelsCacheKey(file('{models}'))) }}"])
+    return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+
+
+def test_the_embed_key_follows_the_manifests_encoder_entries_not_its_fp16_record(groovy, tiny_models, tmp_path):
+    """A review's case: the manifest was left out of EMBED's key (virnucpro records the fp16 copy in
+    it), so re-pointing its esm2 entry at other weights kept the old embeddings: PREDICT then refused
+    them (exit 5) and only a run without -resume, PREPARE included, got out of it."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    manifest_path = models / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    before = _models_key(groovy, models)
+    manifest["models"]["esm2"]["fp16"] = {"file": "esm2_tiny.fp16.safetensors"}  # what an fp16 run records
+    manifest_path.write_text(json.dumps(manifest))
+    assert _models_key(groovy, models) == before
+    manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"] = "0" * 64  # now names other weights
+    manifest_path.write_text(json.dumps(manifest))
+    assert _models_key(groovy, models) != before

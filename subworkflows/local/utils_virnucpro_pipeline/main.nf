@@ -738,7 +738,8 @@ def userClassifierFiles(classifier) {
 // Left out: what does not change an embedding (the classifiers, PREDICT's; a README) and what
 // virnucpro writes there itself (the checksum cache, locks and temporaries: hidden names; a
 // download's .part files; the fp16 copy of ESM-2 and the manifest recording it), which made
-// -resume embed every shard again after the first run on a folder.
+// -resume embed every shard again after the first run on a folder. The manifest's entries of the
+// encoders (their files and checksums: which weights EMBED loads) are in it; its fp16 record is not.
 def modelsCacheKey(dir) {
     def files = []
     dir.eachFileRecurse(groovy.io.FileType.FILES) { model ->
@@ -747,7 +748,27 @@ def modelsCacheKey(dir) {
             files << "${rel}\t${model.size()}\t${model.lastModified()}".toString()
         }
     }
-    return files.sort().join('\n').md5()
+    return (files.sort() + encoderEntries(dir.resolve('manifest.json'))).join('\n').md5()
+}
+
+// The files and checksums the models manifest records for each encoder, as key text ([] without a
+// manifest; one line saying so when it cannot be read, which EMBED then refuses itself).
+def encoderEntries(manifest) {
+    if (!java.nio.file.Files.isRegularFile(manifest)) {
+        return []
+    }
+    def models = null
+    try {
+        models = new groovy.json.JsonSlurper().parse(manifest.toFile())
+    }
+    catch (Exception _e) {
+        return ['manifest.json\tunreadable']
+    }
+    def roles = models instanceof Map && models.models instanceof Map ? models.models : [:]
+    return ['esm2', 'dnabert_s'].collect { role ->
+        def entry = roles[role] instanceof Map ? roles[role] : [:]
+        "manifest.json ${role}\t${groovy.json.JsonOutput.toJson([files: entry.files, sha256: entry.sha256])}".toString()
+    }
 }
 
 def isModelsBookkeeping(rel) {
