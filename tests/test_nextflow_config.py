@@ -380,7 +380,7 @@ def test_a_sample_folder_that_is_a_virnucpro_command_output_is_refused(groovy, t
 
 
 def _models_check(groovy, models, chunk_size) -> str:
-    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles"],
+    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles", "checkManifestClassifier"],
                           f"checkModelsDirectory('{models}', {chunk_size if chunk_size else 'null'})")
 
 
@@ -421,8 +421,9 @@ def test_a_models_folder_without_models_is_refused_at_start_up(groovy, tmp_path)
 def test_a_models_folder_with_a_manifest_or_the_standard_names_passes(groovy, tmp_path):
     manifest = tmp_path / "manifest"
     manifest.mkdir()
-    (manifest / "manifest.json").write_text("{}")
+    (manifest / "manifest.json").write_text('{"models": {"classifier_500": {"files": ["500_model.pth"]}}}')
     assert _models_check(groovy, manifest, 500) == "passed"
+    assert _models_check(groovy, manifest, None) == "passed"
     staged = tmp_path / "staged"
     (staged / "DNABERT-S").mkdir(parents=True)
     (staged / "esm2_t36_3B_UR50D.pt").write_text("")
@@ -431,6 +432,28 @@ def test_a_models_folder_with_a_manifest_or_the_standard_names_passes(groovy, tm
     assert _models_check(groovy, staged, None) == "passed"  # --classifier replaces the folder's
     message = _models_check(groovy, staged, 500)
     assert "500_model.pth" in message and "esm2" not in message
+
+
+def test_a_models_manifest_without_the_chunk_sizes_classifier_is_refused_at_start_up(groovy, tiny_models, tmp_path):
+    """Found when the workflow picked the classifier, it was said twice, after the tasks had started."""
+    import json
+    models = tmp_path / "models"
+    models.mkdir()
+    manifest = json.loads((tiny_models / "manifest.json").read_text())
+    del manifest["models"]["classifier_500"]
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    message = _models_check(groovy, models, 500)
+    assert message.startswith(f"--models {models} has no classifier for --chunk_size 500"), message
+    assert "for --chunk_size 300 only; give that --chunk_size, or a --classifier for 500-bp chunks" in message
+    assert f"`virnucpro models check {models}`" in message
+    assert _models_check(groovy, models, 300) == "passed"
+    assert _models_check(groovy, models, None) == "passed"  # --classifier given: the folder's is not used
+    (models / "manifest.json").write_text('{"models": {}}')
+    assert "(its manifest.json records none): give a --classifier for 300-bp chunks" in _models_check(groovy, models, 300)
+    (models / "manifest.json").write_text('{"models": ')
+    message = _models_check(groovy, models, 300)
+    assert message.startswith(f"--models {models}: its manifest.json is not valid JSON ("), message
+    assert _models_check(groovy, tiny_models, 500) == "passed"
 
 
 def _sample_names_check(groovy, ids) -> str:
@@ -519,7 +542,7 @@ def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
 
 
 CHECKPOINT_DIR_FUNCTIONS = ("checkpointDir", "refuseUnwritableCheckpointDir", "unwritableFolderProblem",
-                            "createdFolderFailure", "nearestExisting")
+                            "createdFolderFailure", "nearestExisting", "danglingLink")
 
 
 @pytest.mark.parametrize("engine, refused", [("docker", True), ("apptainer", True), ("singularity", True), (None, False)])
@@ -562,6 +585,24 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_refused_at_start_up_naming_i
         f"--checkpoint_dir {tmp_path / 'a file'} is not usable: {tmp_path / 'a file'} is not a folder")
     assert _checkpoint_dir(groovy, str(tmp_path / "new" / "ck"), preview) == "passed"
     assert (tmp_path / "new" / "ck").is_dir() != preview
+
+
+def test_an_outdir_behind_a_link_to_nothing_is_refused_naming_the_link(groovy, tmp_path):
+    """--outdir results, a link to a scratch folder not made yet: Nextflow stopped on its reports'
+    folder with a bare "File or directory already exists: results"."""
+    (tmp_path / "results").symlink_to(tmp_path / "scratch" / "results")
+    functions = ["refuseUnwritableOutdir", "unwritableFolderProblem", "createdFolderFailure", "nearestExisting",
+                 "danglingLink"]
+    for outdir in (tmp_path / "results", tmp_path / "results" / "run1"):
+        message = _startup_check(groovy, functions,
+                                 f"refuseUnwritableOutdir('{outdir}', file('{outdir}/pipeline_info'), true)")
+        assert message.startswith(f"--outdir {outdir} cannot be created: {tmp_path / 'results'} is a link to "
+                                  f"{tmp_path / 'scratch' / 'results'}, which does not exist (make that folder"), message
+        assert _reports_config(groovy, outdir) == "conf/refused_outdir.config"
+    (tmp_path / "scratch" / "results").mkdir(parents=True)
+    assert _startup_check(groovy, functions, f"refuseUnwritableOutdir('{tmp_path / 'results'}', "
+                                             f"file('{tmp_path / 'results' / 'pipeline_info'}'), true)") == "passed"
+    assert _reports_config(groovy, tmp_path / "results") == "/dev/null"
 
 
 SCHEMA_UTILS = REPO / "subworkflows" / "local" / "utils_schema" / "main.nf"
@@ -861,7 +902,7 @@ def test_the_models_store_folder_given_as_models_points_to_the_download_inside(g
     download is kept in; the refusal suggested `models check` and `models download`, neither of which helps."""
     store = tmp_path / "virnucpro-models"
     (store / "virnucpro_models").mkdir(parents=True)
-    (store / "virnucpro_models" / "manifest.json").write_text("{}")
+    (store / "virnucpro_models" / "manifest.json").write_text('{"models": {"classifier_500": {}}}')
     message = _models_check(groovy, store, 500)
     assert f"give the folder the download is kept in, --models {store / 'virnucpro_models'}" in message, message
     assert _models_check(groovy, store / "virnucpro_models", 500) == "passed"

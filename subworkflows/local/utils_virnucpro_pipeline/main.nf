@@ -468,6 +468,27 @@ def checkModelsDirectory(String models, chunk_size) {
     if (missing) {
         error("--models ${models} is not a models directory: it has no manifest.json, nor ${missing.join(', ')} (the standard file names of a hand-staged copy); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
     }
+    if (chunk_size && dir.resolve('manifest.json').exists()) {
+        checkManifestClassifier(models, dir.resolve('manifest.json'), chunk_size)
+    }
+}
+
+// A --models manifest.json that records no classifier for the chunk size (or is not JSON) stops the
+// run at start: found when the workflow picked the classifier, it was said twice, tasks started.
+def checkManifestClassifier(String models, manifest, chunk_size) {
+    def recorded = null
+    try {
+        recorded = new groovy.json.JsonSlurper().parseText(new String(java.nio.file.Files.readAllBytes(manifest), 'UTF-8'))
+    }
+    catch (groovy.json.JsonException e) {
+        error("--models ${models}: its manifest.json is not valid JSON (${e.message.readLines().find() ?: e}); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
+    }
+    def roles = recorded instanceof Map && recorded.models instanceof Map ? recorded.models : [:]
+    if (!(roles["classifier_${chunk_size}".toString()] instanceof Map)) {
+        def sizes = roles.keySet().findAll { role -> role ==~ /classifier_\d+/ }.collect { role -> role - 'classifier_' }.sort()
+        def other = sizes ? "it has the classifier for --chunk_size ${sizes.join(' and ')} only; give that --chunk_size, or" : 'give'
+        error("--models ${models} has no classifier for --chunk_size ${chunk_size} (its manifest.json records none): ${other} a --classifier for ${chunk_size}-bp chunks; `virnucpro models check ${models}` says what the folder holds")
+    }
 }
 
 // The standard model file names a models folder without manifest.json lacks (none when it has one).
@@ -646,6 +667,10 @@ def refuseUnwritableCheckpointDir(dir, boolean given) {
 // folder above it that exists, is not a folder or not one this user may enter and write into (its
 // permissions, another user's folder, a read-only file system). It is made first when `create`.
 def unwritableFolderProblem(dir, boolean create) {
+    def link = danglingLink(dir)
+    if (link) {
+        return "cannot be created: ${link} is a link to ${java.nio.file.Files.readSymbolicLink(link)}, which does not exist (make that folder, or remove the link)".toString()
+    }
     def failure = create && !java.nio.file.Files.isDirectory(dir) ? createdFolderFailure(dir) : null
     def existing = nearestExisting(dir.toAbsolutePath())
     def where = existing == dir.toAbsolutePath() ? '' : 'cannot be created: '
@@ -667,6 +692,15 @@ def createdFolderFailure(dir) {
     }
     catch (IOException e) {
         return e.toString()
+    }
+}
+
+// The first link on the way to `path` (it, or a folder above it) whose target does not exist, else
+// null: making the folder then failed with a bare "File or directory already exists".
+def danglingLink(path) {
+    def absolute = path.toAbsolutePath().normalize()
+    return (1..absolute.nameCount).collect { i -> absolute.root.resolve(absolute.subpath(0, i)) }.find { step ->
+        java.nio.file.Files.isSymbolicLink(step) && !java.nio.file.Files.exists(step)
     }
 }
 
