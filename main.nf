@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; lockOutdir ; markUnfinished ; refuseUnusedArguments ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -51,6 +51,7 @@ workflow {
         def checkpoint_dir = checkpointDir(asText(params.checkpoint_dir), workflow.workDir)
         if (params.outdir) {
             lockOutdir(asText(params.outdir), checkpoint_dir)
+            warnIfReportsElsewhere(asText(params.outdir), asText(params.trace_report_suffix))
             refuseLinksAcrossFileSystems(asText(params.outdir), asText(params.publish_dir_mode))
         }
         PIPELINE_INITIALISATION(
@@ -59,7 +60,9 @@ workflow {
             asText(params.trace_report_suffix),
             [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean]
         )
-        warnIfEmbedKeyChanged([checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile])
+        def embed_settings = [checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile]
+        def embed_record = embedSettingsRecord()
+        warnIfEmbedKeyChanged(embed_record, embed_settings)
         markUnfinished(asText(params.outdir))
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,
@@ -70,5 +73,7 @@ workflow {
             checkpoint_dir,
             params.skip_multiqc
         )
+        // the settings EMBED tasks are keyed by, recorded once this run has a shard embedded or cached
+        VIRNUCPRO.out.embeddings.first().subscribe { _shard -> recordEmbedSettings(embed_record, embed_settings) }
     }
 }

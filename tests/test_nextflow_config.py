@@ -646,6 +646,28 @@ def test_reports_of_a_run_refused_for_an_outdir_in_use_stay_out_of_it_and_a_resu
     assert _reports_config(groovy, tmp_path / "a file" / "results") == "conf/refused_outdir.config"
 
 
+def test_a_run_whose_reports_went_to_dot_nextflow_though_its_outdir_was_accepted_says_where_they_are(groovy, tmp_path):
+    """A review's case: -w results/work, results/work made by a run refused at validation: the config
+    took results for a foreign folder (reports to .nextflow/), the start-up checks accepted it, and the
+    run's report, timeline, trace and DAG were missing from results/pipeline_info/, unsaid."""
+    def warnings():
+        code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("warnIfReportsElsewhere"),
+                          "warned = []", "log = [warn: { String message -> warned << message }]",
+                          f"workflow = [preview: false, launchDir: file('{tmp_path}')]",
+                          "warnIfReportsElsewhere('results', '2026-01-01_00-00-00')",
+                          "outcome { error(warned.join(' / ')) }"])
+        return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+    assert warnings() == ""
+    reports = tmp_path / ".nextflow" / "pipeline_info"
+    reports.mkdir(parents=True)
+    (reports / "execution_trace_2026-01-01_00-00-01.txt").write_text("")  # another run's
+    assert warnings() == ""
+    (reports / "execution_trace_2026-01-01_00-00-00.txt").write_text("")
+    said = warnings()
+    assert said.startswith(f"--outdir results: this run's execution report, timeline, trace and DAG are in {reports}"), said
+    assert "-w" in said
+
+
 def test_the_inputs_table_stays_one_line_of_three_fields_per_file(groovy):
     """pipeline_info/inputs_<start>.tsv: a tab or line break in a path would break its rows."""
     code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("inputsTableLine"),
@@ -887,14 +909,17 @@ def test_an_earlier_runs_output_this_run_would_not_replace_is_refused(groovy, tm
     assert _stale_check(groovy, outdir, ["sample_a"], multiqc=True, embeddings=True) == "passed"
 
 
-def test_the_embed_settings_of_a_session_are_read_in_both_record_formats(groovy):
-    """Earlier versions recorded the checkpoint folder alone, on one line; now a name and value per line."""
+def test_the_embed_settings_of_a_session_are_read_in_every_record_format(groovy):
+    """Earlier versions recorded the checkpoint folder alone, then one set as a name and value per
+    line; now one JSON object per set, a line each (a line cut short is skipped, not fatal)."""
     code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("recordedEmbedSettings"),
-                      "old = recordedEmbedSettings('/ck/dir\\n')",
-                      "now = recordedEmbedSettings('checkpoint_dir\\t/ck\\ntoken_budget\\t\\ncompile\\tfalse\\n')",
-                      "outcome { error(old.toString() + ' | ' + now.toString()) }"])
+                      "oldest = recordedEmbedSettings('/ck/dir\\n')",
+                      "old = recordedEmbedSettings('checkpoint_dir\\t/ck\\ntoken_budget\\t\\ncompile\\tfalse\\n')",
+                      "now = recordedEmbedSettings('{\"checkpoint_dir\":\"/a\",\"compile\":false}\\n{\"checkpoint_dir\":\"/b\"}\\n{\"chec')",
+                      "outcome { error([oldest, old, now].join(' | ')) }"])
     found = groovy.evaluate({}, [("outcome", code, False)])["outcome"]
-    assert found == "[checkpoint_dir:/ck/dir] | [checkpoint_dir:/ck, token_budget:, compile:false]", found
+    assert found == ("[[checkpoint_dir:/ck/dir]] | [[checkpoint_dir:/ck, token_budget:, compile:false]] | "
+                     "[[checkpoint_dir:/a, compile:false], [checkpoint_dir:/b]]"), found
 
 
 def test_the_models_store_folder_given_as_models_points_to_the_download_inside(groovy, tmp_path):
@@ -911,41 +936,49 @@ def test_the_models_store_folder_given_as_models_points_to_the_download_inside(g
 
 
 EMBED_KEY_RUN = """
-java.nio.file.Path.metaClass.setText = { String text -> java.nio.file.Files.writeString(delegate, text) }
 java.nio.file.Path.metaClass.getText = { -> java.nio.file.Files.readString(delegate) }
 warned = []
-handlers = []
 log = [warn: { String message -> warned << message }, debug: { String message -> }]
-workflow = [preview: false, resume: true, sessionId: 'a-session', workDir: file('WORK'), success: SUCCESS,
-            onComplete: { Closure handler -> handlers << handler }]
-warnIfEmbedKeyChanged([checkpoint_dir: '/ck', token_budget: BUDGET, compile: true])
-handlers.each { handler -> handler() }
+workflow = [preview: false, resume: RESUME, sessionId: 'a-session', workDir: file('WORK')]
+def record = embedSettingsRecord()
+warnIfEmbedKeyChanged(record, [checkpoint_dir: '/ck', token_budget: BUDGET, compile: true])
+if (EMBEDDED) { recordEmbedSettings(record, [checkpoint_dir: '/ck', token_budget: BUDGET, compile: true]) }
 outcome { error(warned.join(' / ')) }
 """
 
 
-def _embed_key_run(groovy, work, budget, success: bool) -> str:
-    """The warnings of a -resume giving `budget`, after which the run succeeds or not."""
-    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("warnIfEmbedKeyChanged", "recordEmbedSettings",
+def _embed_key_run(groovy, work, budget, embedded: bool, resume: bool = True) -> str:
+    """The warnings of a run (a -resume) giving `budget`, which embeds a shard or stops before."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("warnIfEmbedKeyChanged", "embedSettingsRecord",
+                                                           "embedSettingsText", "keyedAlike", "recordEmbedSettings",
                                                            "recordedEmbedSettings"),
                       EMBED_KEY_RUN.replace("WORK", str(work)).replace("BUDGET", str(budget))
-                      .replace("SUCCESS", str(success).lower())])
+                      .replace("EMBEDDED", str(embedded).lower()).replace("RESUME", str(resume).lower())])
     return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
 
 
-def test_the_embed_settings_are_recorded_only_by_a_run_that_completes(groovy, tmp_path):
-    """A review's case: the settings were recorded at start-up, so a run stopped at the warning (as it
-    advised) or failed before EMBED left settings that keyed no shard, and the next warning named them."""
+def test_every_set_of_embed_settings_that_keyed_shards_is_recorded_and_a_resume_matching_one_is_not_warned(
+        groovy, tmp_path):
+    """Reviews' cases: recorded at start-up, settings of a run stopped before EMBED were named by the
+    next warning; recorded on success only, a run that failed after EMBED (PREDICT, Ctrl-C) left none
+    and the next -resume changing them was not warned; one set kept per session, going back to the
+    first run's settings was warned though every shard was cached."""
     record = tmp_path / "virnucpro-sessions" / "a-session"
-    record.parent.mkdir()
-    record.write_text("checkpoint_dir\t/ck\ntoken_budget\t512\ncompile\ttrue\n")
-    stopped = _embed_key_run(groovy, tmp_path, 1024, success=False)
+    assert _embed_key_run(groovy, tmp_path, 512, embedded=True, resume=False) == ""
+    stopped = _embed_key_run(groovy, tmp_path, 1024, embedded=False)  # stopped at the warning, as advised
     assert "--token_budget 1024: the run this -resume continues used 512" in stopped, stopped
-    assert "token_budget\t512" in record.read_text()
-    back = _embed_key_run(groovy, tmp_path, 512, success=True)  # following the advice: no warning
-    assert back == "", back  # no warning: the joined warnings are empty
-    _embed_key_run(groovy, tmp_path, 1024, success=True)
-    assert "token_budget\t1024" in record.read_text()
+    assert "resume with --token_budget 512" in stopped
+    assert "1024" not in record.read_text()
+    assert _embed_key_run(groovy, tmp_path, 512, embedded=True) == ""  # following the advice: no warning
+    moved = _embed_key_run(groovy, tmp_path, 2048, embedded=True)  # warned, went on, and its shards embedded
+    assert "used 512" in moved
+    assert _embed_key_run(groovy, tmp_path, 512, embedded=True) == ""  # both sets key cached shards
+    assert _embed_key_run(groovy, tmp_path, 2048, embedded=True) == ""
+    assert "used 2048" in _embed_key_run(groovy, tmp_path, 4096, embedded=False)  # the latest set is named
+    lines = record.read_text().splitlines()
+    assert [json.loads(line)["token_budget"] for line in lines] == ["512", "2048"], lines
+    record.write_text("/ck\n")  # an earlier version's record: the checkpoint folder alone
+    assert _embed_key_run(groovy, tmp_path, 4096, embedded=False) == ""
 
 
 MODELS_KEY_STAND_INS = """
@@ -976,6 +1009,10 @@ def test_the_embed_key_follows_the_manifests_encoder_entries_not_its_fp16_record
     before = _models_key(groovy, models)
     manifest["models"]["esm2"]["fp16"] = {"file": "esm2_tiny.fp16.safetensors"}  # what an fp16 run records
     manifest_path.write_text(json.dumps(manifest))
+    assert _models_key(groovy, models) == before
+    reordered = {**manifest, "models": {role: {**entry, "sha256": dict(reversed(list(entry.get("sha256", {}).items())))}
+                                        for role, entry in manifest["models"].items()}}
+    manifest_path.write_text(json.dumps(reordered, indent=2, sort_keys=True))  # `jq -S`: the same manifest
     assert _models_key(groovy, models) == before
     manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"] = "0" * 64  # now names other weights
     manifest_path.write_text(json.dumps(manifest))

@@ -115,9 +115,15 @@ def test_stub_run_creates_every_declared_output(tmp_path):
 
 def test_a_resume_with_another_checkpoint_dir_says_what_it_costs_and_how_to_keep_the_shards(tmp_path):
     """A reviewer's case: EMBED tasks are keyed by the checkpoint folder, so a -resume adding
-    --checkpoint_dir embedded every finished shard again, unannounced (stub runs: the start-up is real)."""
-    first = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc")
-    first.assert_ok()
+    --checkpoint_dir embedded every finished shard again, unannounced (stub runs: the start-up is real).
+    The first run fails after its EMBED tasks, as a -resume's usually does (it went unwarned when only
+    runs that succeeded recorded their settings), and going back to its settings is not warned (every
+    shard is cached)."""
+    failing = tmp_path / "multiqc-fails.config"
+    failing.write_text("process { withName: 'MULTIQC' { beforeScript = 'exit 1' } }\n")
+    first = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "-c", str(failing))
+    assert first.returncode != 0 and {row["status"] for row in first.trace()
+                                      if row["process"].endswith("EMBED")} == {"COMPLETED"}, first.output[-3000:]
     default = str(tmp_path / "work" / "virnucpro-checkpoints")
     same = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc", "-resume")
     same.assert_ok()
@@ -127,9 +133,13 @@ def test_a_resume_with_another_checkpoint_dir_says_what_it_costs_and_how_to_keep
     moved.assert_ok()
     assert f"the run this -resume continues used {default}" in moved.output, moved.output[-3000:]
     assert f"resume with --checkpoint_dir {default}" in moved.output
+    back = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc", "-resume")
+    back.assert_ok()
+    assert "EMBED tasks are keyed" not in back.output, back.output[-3000:]
+    assert {row["status"] for row in back.trace() if row["process"].endswith("EMBED")} == {"CACHED"}
     # the token budget is on EMBED's command line too (it does not change the vectors)
     budget = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--skip_multiqc", "-resume",
-                          "--checkpoint_dir", str(tmp_path / "elsewhere"), "--token_budget", "1000")
+                          "--token_budget", "1000")
     budget.assert_ok()
     assert "--token_budget 1000: the run this -resume continues used not given" in budget.output, budget.output[-3000:]
     assert "resume with --token_budget left out" in budget.output and "--checkpoint_dir" not in budget.output

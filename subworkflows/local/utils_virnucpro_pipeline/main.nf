@@ -262,6 +262,17 @@ def lockOutdir(String outdir, String checkpointDir) {
     workflow.onComplete { lock.release() }
 }
 
+// nextflow.config sends the reports of a run that will be refused for its --outdir to .nextflow/,
+// judging the folder before Nextflow knows its work directory: one given with -w inside --outdir
+// (not named `work` in the launch folder) is taken there for a foreign folder's. The run is not
+// refused, so its reports are said to be elsewhere instead of missing from pipeline_info/ unsaid.
+def warnIfReportsElsewhere(String outdir, String suffix) {
+    def trace = workflow.launchDir.resolve('.nextflow').resolve('pipeline_info').resolve("execution_trace_${suffix}.txt".toString())
+    if (!workflow.preview && java.nio.file.Files.isRegularFile(trace)) {
+        log.warn("--outdir ${outdir}: this run's execution report, timeline, trace and DAG are in ${trace.parent}, not in its pipeline_info/ (when Nextflow read its configuration, the folder held entries it did not count as this run's, such as a work directory given with -w)")
+    }
+}
+
 // An --outdir that already holds files but no pipeline_info/.virnucpro-run.lock (no run of this
 // pipeline wrote it: another pipeline's results/, a folder of the user's) is refused before this run
 // writes there: publishing replaces every file that has the name of one of its results
@@ -600,53 +611,85 @@ def checkpointDir(String requested, work_dir) {
 
 // EMBED tasks are keyed by their command, which names the checkpoint folder, the token budget and
 // whether to compile: a -resume giving another of these embeds every finished shard again (neither
-// budget nor compiling changes the vectors). Each session's settings are recorded in the work
-// directory when a run completes (virnucpro-sessions/<session id>: one `name<TAB>value` line each; a
-// single line without a tab, as earlier versions wrote, is the checkpoint folder), and a -resume of
-// that session giving others is told so at start-up, with the options that reuse the finished shards.
-def warnIfEmbedKeyChanged(Map settings) {
-    if (workflow.preview) {
+// budget nor compiling changes the vectors). Each session records in the work directory every set
+// of settings its EMBED tasks were keyed by (recordEmbedSettings), and a -resume of that session
+// giving settings none of them had is told so at start-up, with the options that reuse the shards
+// of its latest set.
+def warnIfEmbedKeyChanged(record, Map settings) {
+    if (workflow.preview || !workflow.resume || !java.nio.file.Files.isRegularFile(record)) {
         return
     }
-    def now = settings.collectEntries { name, value -> [(name): value == null ? '' : value.toString()] }
-    def record = workflow.workDir.resolve('virnucpro-sessions').resolve(workflow.sessionId.toString())
-    def before = workflow.resume && java.nio.file.Files.isRegularFile(record) ? recordedEmbedSettings(record.text) : [:]
-    now.each { name, value ->
-        def earlier = before[name]
-        if (earlier != null && earlier != value) {
-            def shown = earlier ?: (name == 'checkpoint_dir' ? 'none' : 'not given')
-            def keyed = name == 'checkpoint_dir' ? 'the checkpoint folder' : 'their command line'
-            log.warn("--${name} ${value ?: '(none)'}: the run this -resume continues used ${shown}, and EMBED tasks are keyed by ${keyed}, so every shard will be embedded again; to reuse the finished ones, stop now (Ctrl-C) and resume with --${name} ${earlier ?: 'left out'}")
-        }
+    def now = embedSettingsText(settings)
+    def sets = recordedEmbedSettings(record.text)
+    if (!sets || sets.any { set -> keyedAlike(set, now) }) {
+        return
     }
-    def run = workflow // inside the handler `workflow` names nothing (its delegate has no such property)
-    workflow.onComplete {
-        if (run.success) { // a run stopped or failed before its EMBED tasks keyed no shard by these settings
-            recordEmbedSettings(record, now)
+    def earlier = sets.last()
+    now.each { name, value ->
+        if (earlier.containsKey(name) && earlier[name] != value) {
+            def shown = earlier[name] ?: (name == 'checkpoint_dir' ? 'none' : 'not given')
+            def keyed = name == 'checkpoint_dir' ? 'the checkpoint folder' : 'their command line'
+            log.warn("--${name} ${value ?: '(none)'}: the run this -resume continues used ${shown}, and EMBED tasks are keyed by ${keyed}, so every shard will be embedded again; to reuse the finished ones, stop now (Ctrl-C) and resume with --${name} ${earlier[name] ?: 'left out'}")
         }
     }
 }
 
-// The settings of a run that completed, for the next -resume of its session (warnIfEmbedKeyChanged).
+// Where this session's EMBED settings are recorded: virnucpro-sessions/<session id> in the work directory.
+def embedSettingsRecord() {
+    return workflow.workDir.resolve('virnucpro-sessions').resolve(workflow.sessionId.toString())
+}
+
+// The EMBED settings as name -> text, as they are recorded and compared.
+def embedSettingsText(Map settings) {
+    return settings.collectEntries { name, value -> [(name): value == null ? '' : value.toString()] }
+}
+
+// Whether a recorded set keys EMBED tasks as `now` does: every setting it recorded has the same value
+// (the oldest records hold the checkpoint folder alone).
+def keyedAlike(Map recorded, Map now) {
+    return recorded.every { name, value -> !now.containsKey(name) || now[name] == value }
+}
+
+// Adds this run's settings to its session's record, as its latest set, once the run has a shard
+// embedded (or found one cached): a run stopped or failed before that keyed no shard by them, and
+// one that failed after it (in PREDICT, or stopped mid-run) did. One JSON object per line, written
+// whole to a temporary file then moved into place.
 def recordEmbedSettings(record, Map settings) {
+    def now = embedSettingsText(settings)
     try {
-        record.parent.mkdirs()
-        record.text = settings.collect { name, value -> "${name}\t${value}" }.join('\n') + '\n'
+        def sets = java.nio.file.Files.isRegularFile(record) ? recordedEmbedSettings(record.text) : []
+        def lines = (sets.findAll { set -> set != now } + [now]).collect { set -> groovy.json.JsonOutput.toJson(set) + '\n' }
+        java.nio.file.Files.createDirectories(record.parent)
+        def partial = record.resolveSibling(".${record.fileName}.tmp")
+        java.nio.file.Files.write(partial, lines.join('').getBytes('UTF-8'))
+        java.nio.file.Files.move(partial, record, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE)
     }
     catch (IOException e) {
         log.debug("EMBED settings of this session not recorded in ${record}: ${e}")
     }
 }
 
-// The settings a session recorded (warnIfEmbedKeyChanged): name -> value as text.
+// The sets of settings a session recorded, oldest first, each name -> value as text: a JSON object
+// per line; earlier versions wrote one set as `name<TAB>value` lines, or the checkpoint folder alone.
 def recordedEmbedSettings(String text) {
-    def lines = text.readLines()
-    if (lines.size() == 1 && !lines[0].contains('\t')) {
-        return [checkpoint_dir: lines[0].trim()]
+    def lines = text.readLines().findAll { line -> line.trim() }
+    if (lines.size() == 1 && !lines[0].contains('\t') && !lines[0].startsWith('{')) {
+        return [[checkpoint_dir: lines[0].trim()]]
     }
-    return lines.findAll { line -> line.contains('\t') }.collectEntries { line ->
-        def cut = line.indexOf('\t')
-        [(line.substring(0, cut)): line.substring(cut + 1)]
+    if (lines && !lines[0].startsWith('{')) {
+        return [lines.findAll { line -> line.contains('\t') }.collectEntries { line ->
+            def cut = line.indexOf('\t')
+            [(line.substring(0, cut)): line.substring(cut + 1)]
+        }]
+    }
+    return lines.findResults { line ->
+        try {
+            def set = new groovy.json.JsonSlurper().parseText(line)
+            return set instanceof Map ? set.collectEntries { name, value -> [(name): value == null ? '' : value.toString()] } : null
+        }
+        catch (groovy.json.JsonException _e) {
+            return null // a line cut short by a full disk: the others still count
+        }
     }
 }
 
@@ -801,7 +844,8 @@ def encoderEntries(manifest) {
     def roles = models instanceof Map && models.models instanceof Map ? models.models : [:]
     return ['esm2', 'dnabert_s'].collect { role ->
         def entry = roles[role] instanceof Map ? roles[role] : [:]
-        "manifest.json ${role}\t${groovy.json.JsonOutput.toJson([files: entry.files, sha256: entry.sha256])}".toString()
+        def sha256 = entry.sha256 instanceof Map ? entry.sha256.sort() : entry.sha256 // as written, in any order
+        "manifest.json ${role}\t${groovy.json.JsonOutput.toJson([files: entry.files, sha256: sha256])}".toString()
     }
 }
 
