@@ -646,6 +646,34 @@ def test_reports_of_a_run_refused_for_an_outdir_in_use_stay_out_of_it_and_a_resu
     assert _reports_config(groovy, tmp_path / "a file" / "results") == "conf/refused_outdir.config"
 
 
+NO_LOCKS = """
+cls = Class.forName('sun.nio.ch.FileChannelImpl')
+cls.metaClass.tryLock = { long position, long size, boolean shared -> throw new IOException('Function not implemented') }
+'locks refused'
+"""
+
+
+def test_a_resume_on_a_file_system_without_locks_writes_its_reports_in_its_outdir(groovy, tmp_path):
+    """An HPC review's case (Lustre mounted noflock): the run lock could not be tried, the config took
+    it for held and sent every -resume's reports to .nextflow/, while the run went on unlocked."""
+    outdir = tmp_path / "results"
+    (outdir / "pipeline_info").mkdir(parents=True)
+    (outdir / "pipeline_info" / ".virnucpro-run.lock").write_text("")
+    text = (REPO / "nextflow.config").read_text()
+    start = text.index("{", text.index("includeConfig ({"))
+    closure = text[start:matching(mask(text), start) + 1]
+    try:
+        found = groovy.evaluate({"params": {"outdir": str(outdir)}, "lockPath": str(outdir / "pipeline_info" / ".virnucpro-run.lock")}, [
+            ("setup", NO_LOCKS, False), ("config", closure, True),
+            ("lock", "java.nio.channels.FileChannel.open(java.nio.file.Paths.get(lockPath)).withCloseable { c -> "
+                     "try { c.tryLock(0L, 1L, true); 'locked' } catch (IOException e) { e.message } }", False)])
+    finally:
+        groovy.evaluate({}, [("teardown", "GroovySystem.metaClassRegistry.removeMetaClass("
+                                          "Class.forName('sun.nio.ch.FileChannelImpl')); 'restored'", False)])
+    assert found["lock"] == "Function not implemented", found  # the stand-in took effect
+    assert found["config"] == "/dev/null", found
+
+
 def test_a_run_whose_reports_went_to_dot_nextflow_though_its_outdir_was_accepted_says_where_they_are(groovy, tmp_path):
     """A review's case: -w results/work, results/work made by a run refused at validation: the config
     took results for a foreign folder (reports to .nextflow/), the start-up checks accepted it, and the

@@ -304,6 +304,10 @@ def test_line_breaks_and_shell_syntax_in_values_that_reach_a_shell_are_refused(r
     for name in ("slurm_account", "slurm_options", "slurm_qos", "slurm_queue", "slurm_gpu_queue", "gpu_type"):
         assert f"* --{name}:" in message, message
     assert "(6 problems;" in message, message
+    # said in words, not as the pattern's regular expression (an HPC review's case)
+    assert "* --slurm_gpu_queue: 'gpu one' must be one word: no spaces, quotes, '#', '\\' or control characters" in message
+    assert "* --slurm_options: '--comment=x\\ntouch /tmp/pwned' may hold no line breaks" in message, message
+    assert "does not match the pattern" not in message
     for name in ("mirror_shell", "mirror_line", "mirror_file"):
         assert "* --models_mirror:" in _refused(results, name)
 

@@ -289,7 +289,7 @@ def toDecimal(Number number) {
 def stringProblems(String text, Map spec) {
     def problems = []
     if (spec.pattern && !java.util.regex.Pattern.compile(ecmaPattern(spec.pattern.toString())).matcher(text).find()) {
-        problems << "'${visible(text)}' does not match the pattern ${spec.pattern}".toString()
+        problems << (spec.errorMessage ? "'${visible(text)}' ${spec.errorMessage}" : "'${visible(text)}' does not match the pattern ${spec.pattern}").toString()
     }
     if (spec.minLength != null && text.length() < (spec.minLength as int)) {
         problems << "'${visible(text)}' is shorter than ${spec.minLength} characters".toString()
@@ -548,7 +548,8 @@ def cellMessage(Map row, String column, Map spec, boolean required, boolean from
         if (own) {
             return own
         }
-        found = cellProblems(value, spec, fromText)
+        // the column's errorMessage leads the message: not repeated for each rule found broken
+        found = cellProblems(value, spec.findAll { entry -> entry.key != 'errorMessage' }, fromText)
     }
     if (!found) {
         return null
