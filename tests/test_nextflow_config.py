@@ -456,6 +456,20 @@ def test_a_models_manifest_without_the_chunk_sizes_classifier_is_refused_at_star
     assert _models_check(groovy, tiny_models, 500) == "passed"
 
 
+@pytest.mark.parametrize("sinfo, types", [
+    ("gpu:a100:4(S:0-1),gpu:h100:2\ngpu:a100:2\n", ["a100", "h100"]),
+    ("gpu:2\n(null)\n", [None]),
+    ("gpu:2(S:0),shard:8\ngpu:l4:1\n", [None, "l4"]),
+    ("(null)\n", []),
+    ("", []),
+])
+def test_the_gpu_types_of_a_slurm_cluster_are_read_from_sinfo(groovy, sinfo, types):
+    """--gpu_type is checked at start-up against `sinfo --format=%G` (gpu:<type>:<count>)."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("slurmGpuTypes"),
+                      "found = groovy.json.JsonOutput.toJson(slurmGpuTypes(sinfo))"])
+    assert json.loads(groovy.evaluate({"sinfo": sinfo}, [("found", code, False)])["found"]) == types
+
+
 def _sample_names_check(groovy, ids) -> str:
     return _startup_check(groovy, ["checkSampleNames", "sampleNameLimit", "quoted"],
                           f"checkSampleNames({ids!r}, 'in samples.csv', 'rename the sample')")

@@ -171,7 +171,10 @@ def moment(text: str) -> datetime:
 @pytest.mark.parametrize("args, culprits", [
     (["--slurm_queue", "nosuchpartition"], ["nosuchpartition"]),
     (["--slurm_options=--gres=gpu:9"], ["gpu:9"]),  # `=`: a value starting with -- is not an option
-], ids=["unknown-partition", "impossible-request"])
+    # the cluster's GPUs have no type: sbatch refused gpu:a100 once PREPARE had run, naming neither
+    (["--device", "cuda", "--gpu_type", "a100"], ["--gpu_type a100: no node of the cluster has GPUs of that type",
+                                                  "its GPUs have no type: leave --gpu_type out"]),
+], ids=["unknown-partition", "impossible-request", "unknown-gpu-type"])
 def test_bad_queue_settings_stop_the_run_with_a_clear_error(tmp_path, args, culprits):
     started = time.monotonic()
     config = write_config(tmp_path)

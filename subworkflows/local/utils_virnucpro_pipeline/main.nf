@@ -559,6 +559,55 @@ def checkSlurmQueues(Map queues) {
     }
 }
 
+// Under the slurm profile EMBED asks for --gres=gpu:<--gpu_type>:1: a type no node of its partition
+// has was refused by sbatch once PREPARE had run, naming neither the option nor the types there are.
+// Checked against `sinfo --format=%G` at start-up; no answer from SLURM is a warning.
+def checkSlurmGpuType(gpuType, String device, partition) {
+    def profiles = workflow.profile.tokenize(',')
+    def gpuRequested = device != 'cpu' && (device == 'cuda' || profiles.contains('gpu'))
+    if (!profiles.contains('slurm') || !gpuType || !gpuRequested) {
+        return
+    }
+    def command = ['sinfo', '--noheader', '--format=%G'] + (partition ? ["--partition=${partition}".toString()] : [])
+    def types
+    try {
+        types = slurmGpuTypes(commandOutput(command))
+    }
+    catch (IOException e) {
+        log.warn("--gpu_type not checked (${e.message})")
+        return
+    }
+    if (!(gpuType.toString() in types)) {
+        def where = partition ? "partition ${partition}" : 'the cluster'
+        def found = types.findAll { type -> type }
+        def have = found ? "its GPU types: ${found.join(', ')}" : (types ? 'its GPUs have no type: leave --gpu_type out' : 'it lists no GPU')
+        error("--gpu_type ${gpuType}: no node of ${where} has GPUs of that type (${have}); `sinfo --format='%P %G'` lists each partition's GPUs (gpu:<type>:<count>)")
+    }
+}
+
+// The GPU types in `sinfo --format=%G` lines ("gpu:a100:4(S:0-1),gpu:h100:2", "gpu:2", "(null)"):
+// null stands for GPUs without a type.
+def slurmGpuTypes(String output) {
+    return output.readLines()
+        .collectMany { line -> line.replaceAll(/\([^)]*\)/, '').tokenize(',') }
+        .collect { gres -> gres.trim().tokenize(':') }
+        .findAll { parts -> parts && parts[0] == 'gpu' }
+        .collect { parts -> parts.size() >= 3 ? parts[1] : null }
+        .unique()
+}
+
+// The standard output of a command, or IOException with its first line of errors when it fails.
+def commandOutput(List command) {
+    def process = command.execute()
+    def output = new StringBuilder()
+    def errors = new StringBuilder()
+    process.waitForProcessOutput(output, errors)
+    if (process.exitValue() != 0) {
+        throw new IOException(errors.toString().readLines().find { line -> line.trim() } ?: "${command[0]} exit ${process.exitValue()}".toString())
+    }
+    return output.toString()
+}
+
 // Under the google and gpu profiles, Google Batch needs the type of EMBED's GPU (there is no
 // default type): without --gpu_type every EMBED task was refused at submission, after PREPARE ran.
 def checkGoogleGpuType(gpuType, String device) {
