@@ -170,6 +170,7 @@ def _cases(tmp: Path):
         "enum": {"precision": "fp8"},
         "unknown": {"chunksize": 300},
         "kebab_twins": {"chunk-size": 300, "chunkSize": 300},
+        "nf_core_caps": {"max_memory": "64.GB", "max-time": "48.h", "maxTime": "48.h"},
         "not_a_number": {"threshold": "abc"},
         "over_maximum": {"threshold": 1.5},
         "not_an_integer": {"shard_size": "abc"},
@@ -310,6 +311,16 @@ def test_line_breaks_and_shell_syntax_in_values_that_reach_a_shell_are_refused(r
     assert "does not match the pattern" not in message
     for name in ("mirror_shell", "mirror_line", "mirror_file"):
         assert "* --models_mirror:" in _refused(results, name)
+
+
+def test_nf_core_s_retired_resource_caps_point_to_resource_limits(results):
+    """An HPC review's case: --max_memory 64.GB, an nf-core habit, got only "not a parameter"."""
+    message = _refused(results, "nf_core_caps")
+    assert "* --max_memory: not a parameter of this pipeline; caps on the tasks' requests are set with " \
+           "process.resourceLimits in a config file given with -c, e.g. `process.resourceLimits = [memory: 256.GB]`" \
+        in message, message
+    assert "* --max-time: not a parameter of this pipeline; caps" in message and "[time: 48.h]" in message
+    assert "(2 problems;" in message and "did you mean" not in message, message
 
 
 def test_kebab_and_camel_twins_are_reported_once(results):
