@@ -452,7 +452,13 @@ def test_a_models_manifest_without_the_chunk_sizes_classifier_is_refused_at_star
     assert "(its manifest.json records none): give a --classifier for 300-bp chunks" in _models_check(groovy, models, 300)
     (models / "manifest.json").write_text('{"models": ')
     message = _models_check(groovy, models, 300)
-    assert message.startswith(f"--models {models}: its manifest.json is not valid JSON ("), message
+    assert message.startswith(f"--models {models}: its manifest.json cannot be read as JSON ("), message
+    (models / "manifest.json").write_text("")  # a copy cut short: JsonSlurper throws no JsonException
+    assert _models_check(groovy, models, 300).startswith(f"--models {models}: its manifest.json is empty"), message
+    (models / "manifest.json").unlink()
+    (models / "manifest.json").mkdir()
+    message = _models_check(groovy, models, 300)
+    assert message.startswith(f"--models {models}: its manifest.json cannot be read as JSON (") and "irectory" in message
     assert _models_check(groovy, tiny_models, 500) == "passed"
 
 
@@ -606,13 +612,17 @@ def test_an_outdir_behind_a_link_to_nothing_is_refused_naming_the_link(groovy, t
     folder with a bare "File or directory already exists: results"."""
     (tmp_path / "results").symlink_to(tmp_path / "scratch" / "results")
     functions = ["refuseUnwritableOutdir", "unwritableFolderProblem", "createdFolderFailure", "nearestExisting",
-                 "danglingLink"]
+                 "danglingLink", "linkTarget"]
     for outdir in (tmp_path / "results", tmp_path / "results" / "run1"):
         message = _startup_check(groovy, functions,
                                  f"refuseUnwritableOutdir('{outdir}', file('{outdir}/pipeline_info'), true)")
         assert message.startswith(f"--outdir {outdir} cannot be created: {tmp_path / 'results'} is a link to "
                                   f"{tmp_path / 'scratch' / 'results'}, which does not exist (make that folder"), message
         assert _reports_config(groovy, outdir) == "conf/refused_outdir.config"
+    (tmp_path / "chained").symlink_to("results")  # a link to the link: the folder to make is the last target
+    message = _startup_check(groovy, functions, f"refuseUnwritableOutdir('{tmp_path / 'chained'}', "
+                                                f"file('{tmp_path / 'chained' / 'pipeline_info'}'), true)")
+    assert f"{tmp_path / 'chained'} is a link to {tmp_path / 'scratch' / 'results'}, which does not exist" in message
     (tmp_path / "scratch" / "results").mkdir(parents=True)
     assert _startup_check(groovy, functions, f"refuseUnwritableOutdir('{tmp_path / 'results'}', "
                                              f"file('{tmp_path / 'results' / 'pipeline_info'}'), true)") == "passed"
@@ -696,7 +706,7 @@ def test_a_run_whose_reports_went_to_dot_nextflow_though_its_outdir_was_accepted
         code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("warnIfReportsElsewhere"),
                           "warned = []", "log = [warn: { String message -> warned << message }]",
                           f"workflow = [preview: false, launchDir: file('{tmp_path}')]",
-                          "warnIfReportsElsewhere('results', '2026-01-01_00-00-00')",
+                          f"warnIfReportsElsewhere('{tmp_path / 'results'}', '2026-01-01_00-00-00')",
                           "outcome { error(warned.join(' / ')) }"])
         return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
     assert warnings() == ""
@@ -706,8 +716,13 @@ def test_a_run_whose_reports_went_to_dot_nextflow_though_its_outdir_was_accepted
     assert warnings() == ""
     (reports / "execution_trace_2026-01-01_00-00-00.txt").write_text("")
     said = warnings()
-    assert said.startswith(f"--outdir results: this run's execution report, timeline, trace and DAG are in {reports}"), said
+    assert said.startswith(f"--outdir {tmp_path / 'results'}: this run's execution report, timeline, trace and DAG "
+                           f"are in {reports}"), said
     assert "-w" in said
+    # a refused run's reports with a fixed --trace_report_suffix, and this run's in its --outdir: no warning
+    (tmp_path / "results" / "pipeline_info").mkdir(parents=True)
+    (tmp_path / "results" / "pipeline_info" / "execution_trace_2026-01-01_00-00-00.txt").write_text("")
+    assert warnings() == ""
 
 
 def test_the_inputs_table_stays_one_line_of_three_fields_per_file(groovy):
@@ -1021,6 +1036,25 @@ def test_every_set_of_embed_settings_that_keyed_shards_is_recorded_and_a_resume_
     assert [json.loads(line)["token_budget"] for line in lines] == ["512", "2048"], lines
     record.write_text("/ck\n")  # an earlier version's record: the checkpoint folder alone
     assert _embed_key_run(groovy, tmp_path, 4096, embedded=False) == ""
+
+
+def test_embed_settings_that_cannot_be_recorded_are_warned_and_never_end_the_run(groovy, tmp_path):
+    """A review's case: on s3:// an atomic move throws IllegalArgumentException (no IOException), which
+    escaped the channel subscriber that records the settings and ended the run after its first shard."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("embedSettingsText", "recordEmbedSettings",
+                                                           "recordedEmbedSettings"),
+                      "java.nio.file.Path.metaClass.getText = { -> java.nio.file.Files.readString(delegate) }",
+                      "warned = []", "log = [warn: { String message -> warned << message }]",
+                      "java.nio.file.Files.metaClass.static.move = { java.nio.file.Path a, java.nio.file.Path b, "
+                      "java.nio.file.CopyOption... options -> throw new IllegalArgumentException('Atomic move not supported') }",
+                      "try { recordEmbedSettings(file(record), [checkpoint_dir: '/ck']) } "
+                      "finally { GroovySystem.metaClassRegistry.removeMetaClass(java.nio.file.Files) }",
+                      "outcome { error(warned.join(' / ')) }"])
+    record = tmp_path / "virnucpro-sessions" / "a-session"
+    said = groovy.evaluate({"record": str(record)}, [("outcome", code, False)])["outcome"]
+    assert said.startswith(f"EMBED settings of this session not recorded in {record} "
+                           "(java.lang.IllegalArgumentException: Atomic move not supported)"), said
+    assert "will not be warned" in said
 
 
 MODELS_KEY_STAND_INS = """

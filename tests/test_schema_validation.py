@@ -170,7 +170,7 @@ def _cases(tmp: Path):
         "enum": {"precision": "fp8"},
         "unknown": {"chunksize": 300},
         "kebab_twins": {"chunk-size": 300, "chunkSize": 300},
-        "nf_core_caps": {"max_memory": "64.GB", "max-time": "48.h", "maxTime": "48.h"},
+        "nf_core_caps": {"max_memory": "100GB", "max-time": "48.h", "maxTime": "48.h", "max_cpus": "many"},
         "not_a_number": {"threshold": "abc"},
         "over_maximum": {"threshold": 1.5},
         "not_an_integer": {"shard_size": "abc"},
@@ -317,10 +317,11 @@ def test_nf_core_s_retired_resource_caps_point_to_resource_limits(results):
     """An HPC review's case: --max_memory 64.GB, an nf-core habit, got only "not a parameter"."""
     message = _refused(results, "nf_core_caps")
     assert "* --max_memory: not a parameter of this pipeline; caps on the tasks' requests are set with " \
-           "process.resourceLimits in a config file given with -c, e.g. `process.resourceLimits = [memory: 256.GB]`" \
-        in message, message
+           "process.resourceLimits in a config file given with -c: `process.resourceLimits = [memory: 100.GB]`" \
+        in message, message  # the value given, as a config file writes it
     assert "* --max-time: not a parameter of this pipeline; caps" in message and "[time: 48.h]" in message
-    assert "(2 problems;" in message and "did you mean" not in message, message
+    assert "[cpus: 32]" in message  # a value that reads as no number: an example
+    assert "(3 problems;" in message and "did you mean" not in message, message
 
 
 def test_kebab_and_camel_twins_are_reported_once(results):

@@ -72,16 +72,24 @@ def unknownParameterProblems(Map parameters, Collection known) {
     def reported = unknown.findAll { key -> camelToKebab(key) == key || !(camelToKebab(key) in unknown) }
     return reported.sort().collect { key ->
         def closest = closestName(key, known)
-        def hint = retiredCapHint(key) ?: (closest ? " (did you mean --${closest}?)" : '')
+        def hint = retiredCapHint(key, parameters[key]) ?: (closest ? " (did you mean --${closest}?)" : '')
         "* --${key}: not a parameter of this pipeline${hint}".toString()
     }
 }
 
 // nf-core pipelines before Nextflow 24.04 capped requests with --max_cpus/--max_memory/--max_time;
-// this one has process.resourceLimits, set in a -c file (said instead of a near name).
-def retiredCapHint(String key) {
-    def cap = ['max_cpus': 'cpus: 32', 'max_memory': 'memory: 256.GB', 'max_time': 'time: 48.h'][camelToKebab(key).replace('-', '_')]
-    return cap ? "; caps on the tasks' requests are set with process.resourceLimits in a config file given with -c, e.g. `process.resourceLimits = [${cap}]` (docs/usage.md)".toString() : null
+// this one has process.resourceLimits, set in a -c file: said with the value given when it reads as
+// one (64.GB, 48.h, 16), else an example.
+def retiredCapHint(String key, value) {
+    def caps = [max_cpus: ['cpus', /\d+/, '32'], max_memory: ['memory', /\d+(\.\d+)?\.?[KMGT]?B/, '256.GB'],
+                max_time: ['time', /\d+(\.\d+)?\.?(ms|s|m|h|d)/, '48.h']]
+    def cap = caps[camelToKebab(key).replace('-', '_')]
+    if (!cap) {
+        return null
+    }
+    def given = value?.toString()?.trim()
+    def amount = given ==~ cap[1] ? given.replaceFirst(/^([\d.]*\d)\.?([A-Za-z]+)$/, '$1.$2') : cap[2]
+    return "; caps on the tasks' requests are set with process.resourceLimits in a config file given with -c: `process.resourceLimits = [${cap[0]}: ${amount}]` (docs/usage.md)".toString()
 }
 
 // Keys that may appear in params without being the pipeline's (none seen from Nextflow 24.10 on;

@@ -267,8 +267,10 @@ def lockOutdir(String outdir, String checkpointDir) {
 // (not named `work` in the launch folder) is taken there for a foreign folder's. The run is not
 // refused, so its reports are said to be elsewhere instead of missing from pipeline_info/ unsaid.
 def warnIfReportsElsewhere(String outdir, String suffix) {
-    def trace = workflow.launchDir.resolve('.nextflow').resolve('pipeline_info').resolve("execution_trace_${suffix}.txt".toString())
-    if (!workflow.preview && java.nio.file.Files.isRegularFile(trace)) {
+    def name = "execution_trace_${suffix}.txt".toString()
+    def trace = workflow.launchDir.resolve('.nextflow').resolve('pipeline_info').resolve(name)
+    def inOutdir = file(outdir, glob: false).resolve('pipeline_info').resolve(name)
+    if (!workflow.preview && java.nio.file.Files.isRegularFile(trace) && !java.nio.file.Files.exists(inOutdir)) {
         log.warn("--outdir ${outdir}: this run's execution report, timeline, trace and DAG are in ${trace.parent}, not in its pipeline_info/ (when Nextflow read its configuration, the folder held entries it did not count as this run's, such as a work directory given with -w)")
     }
 }
@@ -489,10 +491,14 @@ def checkModelsDirectory(String models, chunk_size) {
 def checkManifestClassifier(String models, manifest, chunk_size) {
     def recorded = null
     try {
-        recorded = new groovy.json.JsonSlurper().parseText(new String(java.nio.file.Files.readAllBytes(manifest), 'UTF-8'))
+        def text = new String(java.nio.file.Files.readAllBytes(manifest), 'UTF-8')
+        recorded = text.trim() ? new groovy.json.JsonSlurper().parseText(text) : null
     }
-    catch (groovy.json.JsonException e) {
-        error("--models ${models}: its manifest.json is not valid JSON (${e.message.readLines().find() ?: e}); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
+    catch (Exception e) { // not JSON; a folder, or unreadable (IOException)
+        error("--models ${models}: its manifest.json cannot be read as JSON (${e.message?.readLines()?.find() ?: e}); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
+    }
+    if (recorded == null) {
+        error("--models ${models}: its manifest.json is empty (a copy or download cut short?); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
     }
     def roles = recorded instanceof Map && recorded.models instanceof Map ? recorded.models : [:]
     if (!(roles["classifier_${chunk_size}".toString()] instanceof Map)) {
@@ -707,14 +713,18 @@ def recordEmbedSettings(record, Map settings) {
     def now = embedSettingsText(settings)
     try {
         def sets = java.nio.file.Files.isRegularFile(record) ? recordedEmbedSettings(record.text) : []
-        def lines = (sets.findAll { set -> set != now } + [now]).collect { set -> groovy.json.JsonOutput.toJson(set) + '\n' }
+        def text = (sets.findAll { set -> set != now } + [now]).collect { set -> groovy.json.JsonOutput.toJson(set) + '\n' }.join('')
         java.nio.file.Files.createDirectories(record.parent)
+        if (record.toUri().scheme != 'file') {
+            record.text = text // object storage (s3://, gs://): a whole object, and no atomic move
+            return
+        }
         def partial = record.resolveSibling(".${record.fileName}.tmp")
-        java.nio.file.Files.write(partial, lines.join('').getBytes('UTF-8'))
+        java.nio.file.Files.write(partial, text.getBytes('UTF-8'))
         java.nio.file.Files.move(partial, record, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE)
     }
-    catch (IOException e) {
-        log.debug("EMBED settings of this session not recorded in ${record}: ${e}")
+    catch (Exception e) { // never the run's end: it is called from a channel's subscriber
+        log.warn("EMBED settings of this session not recorded in ${record} (${e}): a later -resume changing --checkpoint_dir, --token_budget or --compile will not be warned")
     }
 }
 
@@ -761,7 +771,7 @@ def refuseUnwritableCheckpointDir(dir, boolean given) {
 def unwritableFolderProblem(dir, boolean create) {
     def link = danglingLink(dir)
     if (link) {
-        return "cannot be created: ${link} is a link to ${java.nio.file.Files.readSymbolicLink(link)}, which does not exist (make that folder, or remove the link)".toString()
+        return "cannot be created: ${link} is a link to ${linkTarget(link, 40)}, which does not exist (make that folder, or remove the link)".toString()
     }
     def failure = create && !java.nio.file.Files.isDirectory(dir) ? createdFolderFailure(dir) : null
     def existing = nearestExisting(dir.toAbsolutePath())
@@ -792,8 +802,17 @@ def createdFolderFailure(dir) {
 def danglingLink(path) {
     def absolute = path.toAbsolutePath().normalize()
     return (1..absolute.nameCount).collect { i -> absolute.root.resolve(absolute.subpath(0, i)) }.find { step ->
-        java.nio.file.Files.isSymbolicLink(step) && !java.nio.file.Files.exists(step)
+        java.nio.file.Files.isSymbolicLink(step) && java.nio.file.Files.notExists(step) // not: cannot be looked at
     }
+}
+
+// Where a chain of links ends (a link to a link to ... a missing path), for the message that names it.
+// At most `hops` links are followed (a loop of links ends there).
+def linkTarget(link, int hops) {
+    if (hops == 0 || !java.nio.file.Files.isSymbolicLink(link)) {
+        return link
+    }
+    return linkTarget(link.resolveSibling(java.nio.file.Files.readSymbolicLink(link)).normalize(), hops - 1)
 }
 
 // `path` if it exists, else the nearest folder above it that does.
