@@ -98,8 +98,8 @@ def test_a_folder_removed_between_mkdir_and_lock_is_created_again(tmp_path, monk
     make = outdir.make_folder
     calls = []
 
-    def make_then_lose(path, what):
-        make(path, what)
+    def make_then_lose(path, what, made=None):
+        make(path, what, made)
         calls.append(path)
         if len(calls) == 1:
             os.rmdir(path)

@@ -61,6 +61,15 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+def _models_path(value: str) -> Path:
+    """A models directory argument (--models, --dest, models check/tiny DIR): as `_path`, but a leading
+    `~` is left to `store.models_dir`, which expands it the same way for $VIRNUCPRO_MODELS too and
+    says where an unknown user came from."""
+    if isinstance(value, Path):
+        return value
+    return _path(value) if value == "" else Path(value)
+
+
 def _path(value: str) -> Path:
     """A path argument as given. An empty one is a usage error (exit 2, the option named by typer):
     `Path("")` is the current directory, so `--outdir ""` wrote into it. Whether the path exists or can
@@ -70,7 +79,54 @@ def _path(value: str) -> Path:
         return value
     if value == "":
         raise typer.BadParameter("an empty path; give a file or directory name (`.` for this directory)")
-    return Path(value)
+    return _home_expanded(value)
+
+
+def _home_expanded(value: str) -> Path:
+    """`value` with a leading `~` or `~user` expanded as the shell would (as --models always was): the
+    shell leaves `--outdir=~/x` alone, which made a folder named `~` in the current one. A home that
+    cannot be found (no such user; $HOME empty or relative) is a usage error (exit 2)."""
+    if not value.startswith("~"):
+        return Path(value)
+    head = value.split("/", 1)[0]
+    try:
+        if head == "~" and not os.path.isabs(os.environ.get("HOME", "/")):  # Python reads HOME='' as /
+            raise RuntimeError("HOME is not an absolute path")
+        return Path(value).expanduser()
+    except RuntimeError:  # no such user, or no home directory
+        raise typer.BadParameter(f"{printable(value)}: the home directory of {printable(head)} cannot be determined "
+                                 f"(no such user, or $HOME is not an absolute path); give an absolute path, or "
+                                 f"./{printable(value)} for a name starting with ~ in this folder") from None
+
+
+def _threshold(value: str) -> float:
+    """`--threshold`: a number from 0 to 1, the fraction of a sequence's chunks; nan and inf are none
+    (a range check alone called nan "more than 1")."""
+    if isinstance(value, float):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:  # false for nan too
+        raise typer.BadParameter(f"{printable(str(value))} is not a number between 0 and 1 (the fraction of a "
+                                 "sequence's scored chunks that must be virus)")
+    return number
+
+
+def _checkpoint_seconds(value: str) -> float:
+    """`--checkpoint-seconds`: 1 or more (inf: by --checkpoint-every alone); nan is no number of seconds
+    (a range check alone called it "less than 1")."""
+    if isinstance(value, float):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number >= 1.0:  # false for nan too
+        raise typer.BadParameter(f"{printable(str(value))} is not a number of seconds of at least 1 (inf: save "
+                                 "checkpoints by --checkpoint-every alone)")
+    return number
 
 
 MAX_CHUNK_SIZE = 2**63 - 1
@@ -82,9 +138,14 @@ def _writes(*folders: Optional[Path], file: Optional[Path] = None) -> None:
     """Note the outputs the command writes: the folders (everything under them) and the file (with
     the names embed derives from it beside it: `.OUT.lock`, `.OUT.XXXXXXXX.tmp`, `OUT.ckpt/`). A
     permission error no command named is called a failed write only on one of them (`_is_output`)."""
-    _written.extend((Path(os.path.abspath(folder)), False) for folder in folders if folder is not None)
+    _written.extend((_absolute(folder), False) for folder in folders if folder is not None)
     if file is not None:
-        _written.append((Path(os.path.abspath(file)), True))
+        _written.append((_absolute(file), True))
+
+
+def _absolute(path: Path) -> Path:
+    """`path` made absolute, a leading `~` expanded (a models folder's is left to the store: `_models_path`)."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def _is_output(path: Path) -> bool:
@@ -126,7 +187,7 @@ ChunkSizeOption = typer.Option(500, "--chunk-size", help="Chunk length: 300 or 5
                                                         "were trained per length).")
 AllowAnyChunkSizeOption = typer.Option(False, "--allow-any-chunk-size",
                                        help="Accept a chunk size other than 300/500.")
-ModelsOption = typer.Option(None, "--models", parser=_path, metavar="DIR", help="Models directory (default: $VIRNUCPRO_MODELS, "
+ModelsOption = typer.Option(None, "--models", parser=_models_path, metavar="DIR", help="Models directory (default: $VIRNUCPRO_MODELS, "
                                                    "else the user data directory).")
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
@@ -134,14 +195,14 @@ InputsArgument = typer.Argument(..., parser=_path, metavar="INPUT", help="FASTA/
                                          "input, read once like any pipe); several files form one sample.")
 ClassifierOption = typer.Option(None, "--classifier", parser=_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
-ThresholdOption = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Fraction of a sequence's scored "
+ThresholdOption = typer.Option(0.5, "--threshold", parser=_threshold, metavar="FLOAT", help="Fraction (0 to 1) of a sequence's scored "
                                                                           "chunks that must be virus to call it virus.")
 TokenBudgetOption = typer.Option(None, "--token-budget", min=1, help="Tokens per forward (default: 4096 on "
                                  "CPU, 65536 on GPU); halved automatically on GPU out-of-memory.")
 CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records "
                                      "(batches never span two checkpoints: a small N also means smaller, "
                                      "slower batches).")
-CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", min=1,
+CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", parser=_checkpoint_seconds, metavar="FLOAT",
                                        help="Also save one at least every S seconds.")
 NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not compile the fast path's "
                                "elementwise work: less compile time at start-up, slower embedding (also the "
@@ -277,6 +338,7 @@ def run(
     from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all
 
+    _refuse_cache_in_outdir(compile_cache, outdir)
     _writes(outdir, compile_cache)
     run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
             precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
@@ -284,9 +346,21 @@ def run(
             checkpoint_seconds=checkpoint_seconds, compiling=Compiling(False if no_compile else None, compile_cache))
 
 
+def _refuse_cache_in_outdir(cache: Optional[Path], outdir: Path) -> None:
+    """Exit 3 at start-up for a --compile-cache that is --outdir or inside it: a cache outlives the run,
+    which owns its folder (on a GPU it was refused only once the models loaded, after prepare)."""
+    if cache is None:
+        return
+    real, output = Path(os.path.realpath(cache)), Path(os.path.realpath(outdir))
+    if real == output or output in real.parents:
+        raise BadInputError(f"--compile-cache {cache} {'is' if real == output else 'is inside'} --outdir {outdir}: "
+                            "the cache is kept for later runs, the output folder is this run's alone",
+                            "choose a cache folder outside the output folder (or leave --compile-cache out)")
+
+
 @models_app.command("download")
 def models_download(
-    dest: Optional[Path] = typer.Option(None, "--dest", parser=_path, metavar="DIR", help="Models directory (default: "
+    dest: Optional[Path] = typer.Option(None, "--dest", parser=_models_path, metavar="DIR", help="Models directory (default: "
                                         "$VIRNUCPRO_MODELS, else the user data directory)."),
     only: Optional[ModelRole] = typer.Option(None, "--only", help="Download one role only."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing every source "
@@ -300,7 +374,7 @@ def models_download(
 
 
 @models_app.command("check")
-def models_check(directory: Optional[Path] = typer.Argument(None, parser=_path, metavar="DIR", help="Models directory.")) -> None:
+def models_check(directory: Optional[Path] = typer.Argument(None, parser=_models_path, metavar="DIR", help="Models directory.")) -> None:
     """Report which models are present and whether their checksums hold."""
     from virnucpro.models import store
 
@@ -308,7 +382,7 @@ def models_check(directory: Optional[Path] = typer.Argument(None, parser=_path, 
 
 
 @models_app.command("tiny")
-def models_tiny(directory: Path = typer.Argument(..., parser=_path, metavar="DIR", help="Directory to create.")) -> None:
+def models_tiny(directory: Path = typer.Argument(..., parser=_models_path, metavar="DIR", help="Directory to create.")) -> None:
     """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
     from virnucpro.models import tiny
 

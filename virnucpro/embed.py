@@ -912,6 +912,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     """
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
+    _refuse_folders_over_out(out, {"--checkpoint-dir": checkpoint_dir, "--compile-cache": compiling.cache})
     refuse_nesting(out, "--out")
     if checkpoint_dir is not None:
         refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
@@ -920,6 +921,28 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     with _folders_taken_back_on_failure(out.parent):
         _check_output(shard, out)
         return _embed_held(shard, shard_meta, out, asked)
+
+
+def _refuse_folders_over_out(out: Path, folders: dict[str, Path | None]) -> None:
+    """Exit 3 at start-up for a folder embed writes (`folders`: option -> path) that is `--out`, its lock
+    file `.OUT.lock`, or a folder inside `--out`: it would be made at that name, and the finished
+    shard then refused after all the work. Compared as real paths (links followed). A folder that
+    holds `--out` (`--checkpoint-dir . --out a.h5`) is fine: the checkpoint keys are folders of their own."""
+    target = Path(os.path.realpath(out))
+    taken = {target: "", target.with_name(f".{target.name}.lock"): "the lock file beside "}
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        real = Path(os.path.realpath(os.path.expanduser(folder)))
+        for name, what in taken.items():
+            if real == name or name in real.parents:
+                where = "names" if real == name else "is inside"
+                raise BadInputError(f"{option} {folder} {where} {what}--out {out}: embed writes that path "
+                                    "itself, so the folder would clash with it (the finished shard refused after "
+                                    "all the work)",
+                                    f"give {option} a folder of its own, outside {out}" + (
+                                        f" (the default, {_default_checkpoints(out)}, is one)"
+                                        if option == "--checkpoint-dir" else ""))
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ from typing import Iterable, Iterator
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
-                              outputs_in_place, printable, refused_name, stop_signals_deferred, storage_failure)
+                              outputs_in_place, printable, refused_name, stop_signals_deferred, storage_errno,
+                              storage_failure)
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -298,26 +299,85 @@ def _expiry_hint(lock: Path, subject: Path) -> str:
             "or choose another folder")
 
 
-def make_folder(folder: Path, what: str) -> None:
+def make_folder(folder: Path, what: str, made: list[Path] | None = None) -> None:
     """Create the output folder `what` (an option, in words) and its parents: a file in its place or
     an impossible path is exit 3 naming it, a storage failure (permission denied, a full disk) exit 10
     as for any output. An empty folder on the path removed by another command meanwhile (a finished
-    embed removing its checkpoint folder) is created again."""
+    embed removing its checkpoint folder) is created again. Each folder this call creates is added
+    to `made`, top down, so that a command that fails can remove them again (`remove_made_folders`)."""
     for _attempt in range(LOCK_ATTEMPTS):
         try:
             with output_errors(folder):
-                folder.mkdir(parents=True, exist_ok=True)
+                _make_each(folder, made if made is not None else [])
             return
         except (FileNotFoundError, FileExistsError) as exc:  # removed, or a file in the way
             problem = exc
             if os.path.lexists(folder) and not folder.is_dir():
-                raise not_a_folder(folder, what) from None
+                raise _not_a_folder(folder, what) from None
             _refuse_name(exc, folder)
         except OSError as exc:  # not a storage failure: e.g. a parent is a file
             _refuse_name(exc, folder)
             problem = exc
             break
     raise BadInputError(f"cannot create {what} {folder}: {problem.strerror}", "choose a writable location")
+
+
+def _make_each(folder: Path, made: list[Path]) -> None:
+    """`mkdir -p folder`, one folder at a time, adding those this call created to `made` (one another
+    command creates meanwhile is not ours); FileExistsError when `folder` is not a folder."""
+    missing = []
+    part = folder
+    while _absent(part) and part.parent != part:
+        missing.append(part)
+        part = part.parent
+    for part in reversed(missing):
+        try:
+            part.mkdir()
+        except FileExistsError:
+            if part.is_dir():
+                continue
+            raise
+        made.append(part)
+    if not stat.S_ISDIR(os.stat(folder).st_mode):  # a storage failure (a dropped mount) raised as it is
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
+
+
+def _absent(path: Path) -> bool:
+    """Whether nothing is at `path` (a file above it counts: mkdir then says "Not a directory"); any
+    other failure to look counts as present, for the mkdir or stat after to report."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _not_a_folder(folder: Path, what: str) -> BadInputError:
+    """Exit 3 for an output folder path taken by something else: a file or a link (`not_a_folder`),
+    or a device, FIFO or socket, said as what it is (/dev/null was called "a file")."""
+    try:
+        mode = os.lstat(folder).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return not_a_folder(folder, what)
+    return BadInputError(f"{what} {folder} is {_kind_of(folder)} (a special file), not a folder",
+                         "choose a directory path")
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove the folders a failed command created (`make_folder`'s `made`), deepest first, once
+    released, each only while empty: the first one that is not (another command has started to use
+    it, or kept a file there) stops the removal, keeping it and the folders above it."""
+    for folder in reversed(list(dict.fromkeys(made))):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def _refuse_name(exc: OSError, path: Path) -> None:
@@ -526,22 +586,49 @@ def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
     be able to flock it, even after a member of a shared folder under umask 077 created it; it
     names only a process); None when its holder removed it between our two opens. Never through a
     link, and only a regular file: a link, FIFO or folder at the name is refused (exit 3), its
-    target untouched."""
+    target untouched. A storage failure is raised for the caller's `output_errors` (exit 10), and
+    FileNotFoundError when the folder is gone (`_folder_gone`); any other failure is exit 3 naming
+    the lock file (/proc refuses new files with ENOENT)."""
     try:
-        fd, created = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), True
-        with suppress(OSError):  # best effort: some file systems (CIFS, FUSE) refuse modes; it still locks
-            os.fchmod(fd, file_mode() | 0o444)
-    except FileExistsError:
-        fd, created = _open_existing_lock(lock), False
+        fd, created = _create_or_open_lock(lock)
         if fd is None:
             return None
-    except OSError as exc:  # a name the file system refuses (`:` on NTFS or exFAT), else as it is
-        _refuse_name(exc, lock)
-        raise
+    except OSError as exc:
+        _refuse_name(exc, lock)  # a name the file system refuses (`:` on NTFS or exFAT)
+        if storage_errno(exc) is not None or _folder_gone(exc, lock):
+            raise
+        raise lock_not_created(lock, exc) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise not_ours(lock, "a virnucpro lock file")
     return fd, created
+
+
+def _create_or_open_lock(lock: Path) -> tuple[int | None, bool]:
+    """(fd, created) of the lock file, created when absent (see `_open_lock_file`); fd None when its
+    holder removed it between our two opens."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666)
+    except FileExistsError:
+        return _open_existing_lock(lock), False
+    with suppress(OSError):  # best effort: some file systems (CIFS, FUSE) refuse modes; it still locks
+        os.fchmod(fd, file_mode() | 0o444)
+    return fd, True
+
+
+def _folder_gone(exc: OSError, lock: Path) -> bool:
+    """Whether `exc` is the lock file's folder missing (removed by another command meanwhile: a folder
+    lock makes it again, `_enter_folder_lock`), not a file system refusing the new file in it."""
+    return isinstance(exc, FileNotFoundError) and not lock.parent.is_dir()
+
+
+def lock_not_created(lock: Path, exc: OSError) -> BadInputError:
+    """Exit 3 for a lock file that cannot be made where the user put the output (a folder removed
+    meanwhile, a file on the path, /proc), naming it."""
+    folder = lock.parent
+    why = f"its folder {folder} is gone" if _folder_gone(exc, lock) else exc.strerror or str(exc)
+    return BadInputError(f"cannot create the lock file {printable(str(lock))}: {why}",
+                         "choose an output location in a folder you can write")
 
 
 def _open_existing_lock(lock: Path) -> int | None:
@@ -717,18 +804,19 @@ def _sync_file(path: Path) -> None:
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[HeldLock]:
-    """Create `folder` if needed and hold it exclusively while the block runs (exit 3 when busy)."""
+def folder_lock(folder: Path, what: str, made: list[Path] | None = None) -> Iterator[HeldLock]:
+    """Create `folder` if needed and hold it exclusively while the block runs (exit 3 when busy); the
+    folders created are added to `made` (see `make_folder`)."""
     folder = Path(folder)
     with ExitStack() as stack:
-        yield _enter_folder_lock(stack, folder, what)
+        yield _enter_folder_lock(stack, folder, what, made)
 
 
-def _enter_folder_lock(stack: ExitStack, folder: Path, what: str) -> HeldLock:
+def _enter_folder_lock(stack: ExitStack, folder: Path, what: str, made: list[Path] | None) -> HeldLock:
     """The folder's lock entered on `stack`; the folder is created again when its last holder
     removed it between our mkdir and our open (a finished embed removing its checkpoint folder)."""
     for _attempt in range(LOCK_ATTEMPTS):
-        make_folder(folder, what)
+        make_folder(folder, what, made)
         try:
             return stack.enter_context(_hold(folder / LOCK_NAME, folder, what))
         except FileNotFoundError:
@@ -772,8 +860,13 @@ def file_lock(path: Path, what: str) -> Iterator[HeldLock]:
     """Hold one output file exclusively (through `.NAME.lock` beside it) while the block runs."""
     path = Path(path)
     check_derived_names(path, what)
-    with _hold(path.with_name(f".{path.name}.lock"), path, what) as lock:
-        yield lock
+    lock = path.with_name(f".{path.name}.lock")
+    with ExitStack() as stack:
+        try:
+            held = stack.enter_context(_hold(lock, path, what))
+        except FileNotFoundError as exc:  # the folder of the file removed meanwhile
+            raise lock_not_created(lock, exc) from None
+        yield held
 
 
 def check_derived_names(path: Path, what: str) -> None:
@@ -1280,33 +1373,33 @@ def claim(folder: Path, kind: str, names: Iterable[str], what: str = "--outdir")
     """Lock `folder`, check that it may be written, and hand out the `OutputFolder` to publish into.
 
     When the command is refused or fails before publishing anything, it takes back what it added
-    (see `_undone_unless_published`) and removes a folder it created: a mistyped input leaves
-    nothing behind.
+    (see `_undone_unless_published`) and removes the folders it created, parents included, while
+    empty (`remove_made_folders`): a mistyped input leaves nothing behind.
     """
     folder = Path(folder)
     refuse_nesting(folder, what)
-    created = not folder.exists()
+    made: list[Path] = []
     try:
-        with folder_lock(folder, what) as lock:
+        with folder_lock(folder, what, made) as lock:
             output = OutputFolder(folder, kind, names, what)
             with _undone_unless_published(output, lock):
                 output.check()
                 output._write_marker()  # ours from the first moment: a rerun after a kill recognises it
                 yield output
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        remove_made_folders(made)
         raise
 
 
 @contextmanager
 def held_folder(folder: Path, what: str) -> Iterator[HeldLock]:
     """`folder_lock` for a command that writes files straight into `folder`: when the block fails
-    with nothing written yet, the lock file it created goes, and so does the folder if it created it."""
+    with nothing written yet, the lock file it created goes, and so do the folders it created, while
+    empty (`remove_made_folders`)."""
     folder = Path(folder)
-    created = not folder.exists()
+    made: list[Path] = []
     try:
-        with folder_lock(folder, what) as lock:
+        with folder_lock(folder, what, made) as lock:
             try:
                 yield lock
             except BaseException:
@@ -1314,8 +1407,7 @@ def held_folder(folder: Path, what: str) -> Iterator[HeldLock]:
                     lock.remove_if_created()
                 raise
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        remove_made_folders(made)
         raise
 
 
@@ -1341,15 +1433,6 @@ def _only_bookkeeping(folder: Path) -> bool:
         return all(p.name in OURS for p in folder.iterdir())
     except OSError:
         return False
-
-
-def _remove_if_empty(folder: Path) -> None:
-    """Remove a folder this command created, once released, when nothing is left in it (rmdir
-    refuses a folder another command has started to use meanwhile)."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 # --- hidden work folders -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from virnucpro.errors import OutputWriteError
+from virnucpro.errors import OutputWriteError, UsageError
 
 TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
 CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load
@@ -101,6 +101,7 @@ def settle_cache(folder: Path | None, compiling: bool) -> Path:
     process, as torch makes its cache folder even when nothing compiles (on some CPU model
     builds), and its default, /tmp/torchinductor_<user>, is a name any user of the machine can
     take first. Nothing is read from it, so it need not be private as a compile cache must."""
+    folder = _named(folder) if folder is not None else None  # a usage error whether or not it is used
     if compiling or os.environ.get(TORCH_CACHE_VARIABLE):
         return use_cache(folder)
     os.environ[TORCH_CACHE_VARIABLE] = str(_scratch())
@@ -201,13 +202,13 @@ def _abandoned(folder: Path) -> bool:
 
 def use_cache(folder: Path | None = None) -> Path:
     """Point torch's compile cache at `folder` (default: the user's own TORCHINDUCTOR_CACHE_DIR,
-    used as it is, else `default_cache()`, used by the real path it was checked at and only if
-    private: compiled kernels are code the task runs). A folder that cannot be written, or a
-    default one another user could write to, is one warning and `_fallback()`; one in a virnucpro
-    output is refused (exit 3). Returns the folder in use."""
+    used as it is if it can be written (`_users_variable`), else `default_cache()`, used by the real
+    path it was checked at and only if private: compiled kernels are code the task runs). A folder
+    that cannot be written, or a default one another user could write to, is one warning and
+    `_fallback()`; one in a virnucpro output is refused (exit 3). Returns the folder in use."""
     if folder is None and os.environ.get(TORCH_CACHE_VARIABLE):
-        return Path(os.environ[TORCH_CACHE_VARIABLE])
-    chosen = Path(folder).expanduser().absolute() if folder is not None else default_cache()
+        return _users_variable(Path(os.environ[TORCH_CACHE_VARIABLE]))
+    chosen = _named(folder) if folder is not None else default_cache()
     problem = None
     if chosen is not None:
         from virnucpro.outdir import refuse_nesting
@@ -225,6 +226,35 @@ def use_cache(folder: Path | None = None) -> Path:
     return chosen
 
 
+def _named(folder: Path | str) -> Path:
+    """--compile-cache with `~`/`~user` expanded, made absolute; exit 2 when that home cannot be
+    found or is not absolute (pathlib's RuntimeError was a traceback), as for --models."""
+    text = str(folder)
+    try:
+        if (text == "~" or text.startswith("~/")) and not os.path.isabs(os.environ.get("HOME", "/")):
+            raise RuntimeError("HOME is not an absolute path")  # Python reads HOME='' as /
+        return Path(folder).expanduser().absolute()
+    except RuntimeError:  # no such user, or no (absolute) home directory
+        raise UsageError(f"--compile-cache {text!r}: the home directory of {text.split('/')[0]!r} cannot be "
+                         "determined", "give the compile cache as an absolute path") from None
+
+
+def _users_variable(folder: Path) -> Path:
+    """The TORCHINDUCTOR_CACHE_DIR the user set, used as it is (their choice: no privacy check) when
+    it is a folder that can be written, created if absent (`_writable`). Otherwise torch would fail
+    on it with a traceback (a device, a file, a folder that cannot be made): one warning naming the
+    variable, and `_fallback()` put in the variable, where torch reads it."""
+    problem = _writable(folder)
+    if problem is None:
+        return folder
+    problem = f"{problem} (from {TORCH_CACHE_VARIABLE})"
+    chosen = _fallback([problem])
+    _warn_once(f"{problem}; using {chosen} instead (fix: set {TORCH_CACHE_VARIABLE} to a folder of yours, "
+               f"or unset {TORCH_CACHE_VARIABLE} and give --compile-cache DIR)")
+    os.environ[TORCH_CACHE_VARIABLE] = str(chosen)
+    return chosen
+
+
 def _writable(folder: Path) -> str | None:
     """Create a folder the user named, the folders above it as any, itself private (0700): the
     pipeline names one in its checkpoint folder, which a group may share under umask 002, where a
@@ -234,7 +264,7 @@ def _writable(folder: Path) -> str | None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
-        if os.access(folder, os.W_OK | os.X_OK):
+        if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):  # a file torch cannot use either
             return None
     except OSError:
         pass
