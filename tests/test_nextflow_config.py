@@ -476,8 +476,11 @@ def test_the_gpu_types_of_a_slurm_cluster_are_read_from_sinfo(groovy, sinfo, typ
     assert json.loads(groovy.evaluate({"sinfo": sinfo}, [("found", code, False)])["found"]) == types
 
 
+SAMPLE_NAME_FUNCTIONS = ["checkSampleNames", "sampleNameLimit", "quoted", "runOwnNames", "unfinishedMarkName"]
+
+
 def _sample_names_check(groovy, ids) -> str:
-    return _startup_check(groovy, ["checkSampleNames", "sampleNameLimit", "quoted"],
+    return _startup_check(groovy, SAMPLE_NAME_FUNCTIONS,
                           f"checkSampleNames({ids!r}, 'in samples.csv', 'rename the sample')")
 
 
@@ -489,6 +492,13 @@ def test_a_sample_name_too_long_for_its_files_is_refused_at_start_up(groovy):
     message = _sample_names_check(groovy, ["ok", "x" * (limit + 1)])
     assert f"'{'x' * (limit + 1)}' in samples.csv is longer than {limit} characters" in message
     assert message.endswith("rename the sample")
+
+
+@pytest.mark.parametrize("name", ["RUN_UNFINISHED.txt", "run_unfinished.TXT", "multiqc", "virnucpro_summary.tsv"])
+def test_a_sample_named_as_one_of_the_runs_own_results_is_refused_at_start_up(groovy, name):
+    """A review's case: a sample named RUN_UNFINISHED.txt passed the start-up checks, ran every task,
+    then failed to publish its folder over the run's mark."""
+    assert "is reserved for the run's own results" in _sample_names_check(groovy, ["ok", name])
 
 
 def in_jvm_locale(tag: str, expression: str) -> str:
@@ -503,7 +513,7 @@ def test_sample_name_checks_are_the_same_in_a_turkish_jvm(groovy, ids, said):
     """With LANG=tr_TR the JVM lower-cases 'I' to a dotless 'ı': 'sampleI' and 'samplei' (one folder
     on a case-insensitive file system) passed, and so did PIPELINE_INFO."""
     call = f"checkSampleNames({ids!r}, 'in samples.csv', 'rename the sample')"
-    assert said in _startup_check(groovy, ["checkSampleNames", "sampleNameLimit", "quoted"], in_jvm_locale("tr-TR", call))
+    assert said in _startup_check(groovy, SAMPLE_NAME_FUNCTIONS, in_jvm_locale("tr-TR", call))
 
 
 # Characters Nextflow 24.10 leaves unescaped when it stages a file or names it in a task's script
@@ -725,6 +735,15 @@ def test_a_run_whose_reports_went_to_dot_nextflow_though_its_outdir_was_accepted
     assert warnings() == ""
 
 
+@pytest.mark.parametrize("outdir", ["out$x", "res[1]", "out\tput", "work/res", "work"])
+def test_reports_of_a_run_refused_for_its_outdir_s_name_or_place_stay_out_of_it(groovy, outdir):
+    """A review's case: refused by checkParameterPaths ('$') or as inside the work directory, the run had
+    already written its trace into that --outdir: the config's check had drifted from the start-up's."""
+    launch = groovy.evaluate({}, [("cwd", "java.nio.file.Paths.get('').toAbsolutePath().toString()", False)])["cwd"]
+    assert _reports_config(groovy, Path(launch) / outdir) == "conf/refused_outdir.config"
+    assert _reports_config(groovy, Path(launch) / "results") == "/dev/null"
+
+
 def test_the_inputs_table_stays_one_line_of_three_fields_per_file(groovy):
     """pipeline_info/inputs_<start>.tsv: a tab or line break in a path would break its rows."""
     code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("inputsTableLine"),
@@ -917,7 +936,7 @@ outcome { error(during + ' | ' + java.nio.file.Files.exists(written, java.nio.fi
 
 def _mark_run(groovy, outdir, ignored: int = 0) -> str:
     """'first line of RUN_UNFINISHED.txt while the run goes | whether it is there after | warnings'."""
-    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("markUnfinished", "unfinishedMarkTitle", "isUnfinishedMark"),
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("markUnfinished", "unfinishedMarkTitle", "isUnfinishedMark", "unfinishedMarkName"),
                       MARK_RUN.replace("OUTDIR", str(outdir)).replace("IGNORED", str(ignored))])
     return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import pwd
 import re
 from pathlib import Path
@@ -142,6 +143,15 @@ def test_unknown_user_is_a_usage_error(home, run_cli):
     assert "--outdir" in message and "~virnucpro-no-such-user" in message, message
     assert "Traceback" not in message
     assert not os.listdir(Path.cwd())
+
+
+def test_an_existing_file_named_tilde_unknown_user_is_read_as_it_is(home, run_cli):
+    """A review's case: `prepare '~x.fa'` with that file here was exit 2 (no user `x.fa`); the shell
+    leaves `~nosuchuser` as it is, and so does the CLI when the path exists."""
+    shutil.copy(EXAMPLE, Path.cwd() / "~x.fa")
+    code, message = run_cli("prepare", "~x.fa", "-o", "out")
+    assert code == 0, message
+    assert (Path.cwd() / "out" / "manifest.json").is_file()
 
 
 def test_relative_path_keeps_a_literal_tilde(home, run_cli):

@@ -105,15 +105,34 @@ def test_embed_out_where_no_lock_file_can_be_made(small_sample, run_cli, tiny_mo
     assert "/proc/.virnucpro-x.h5.lock" in err, err
 
 
-@pytest.mark.parametrize("parent", ["gone", "a-file"])
-def test_a_file_lock_whose_folder_is_gone_or_a_file_is_refused_naming_it(parent, tmp_path):
-    """The folder of an output file removed before its lock is made (or a file there): exit 3 naming
-    the lock file, not an OSError."""
+def test_a_file_lock_under_a_file_is_refused_naming_it(tmp_path):
+    """A file where the output's folder should be: exit 3 naming the lock file, not an OSError."""
     (tmp_path / "a-file").write_text("x")
-    lock = tmp_path / parent / ".x.h5.lock"
+    lock = tmp_path / "a-file" / ".x.h5.lock"
     with pytest.raises(BadInputError, match=f"cannot create the lock file {lock}"):
-        with od.file_lock(tmp_path / parent / "x.h5", "--out"):
+        with od.file_lock(tmp_path / "a-file" / "x.h5", "--out"):
             pass
+
+
+def test_a_file_lock_whose_folder_was_removed_meanwhile_makes_it_again(tmp_path, monkeypatch):
+    """A review's case: a failed command taking back the empty folders it made removed the folder
+    embed had just made for --out too (both had asked for it): embed stopped with exit 3, though
+    the same command run again worked. The folder is made again, as a folder lock does."""
+    folder = tmp_path / "n1" / "n2"
+    hold = od._hold
+    calls = []
+
+    def removed_first(lock, subject, what):
+        calls.append(lock)
+        if len(calls) == 1:
+            folder.rmdir()
+        return hold(lock, subject, what)
+
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(od, "_hold", removed_first)
+    with od.file_lock(folder / "x.h5", "--out"):
+        assert (folder / ".x.h5.lock").is_file()
+    assert len(calls) == 2
 
 
 # --- 4: folders a failed command made are removed ---------------------------------------------------
@@ -166,3 +185,11 @@ def test_an_outdir_that_is_a_device_is_said_to_be_one(tmp_path, run_cli, referen
     code, err = run_cli("prepare", reference_dir / "vanilla" / "test_with_orfs.fa", "--outdir", "/dev/null")
     assert code == ExitCode.BAD_INPUT and clean(err), err
     assert "--outdir /dev/null is a device (a special file), not a folder" in err and "is a file" not in err, err
+
+
+def test_an_outdir_that_links_to_a_device_is_said_to_be_one(tmp_path, run_cli, reference_dir):
+    """A review's case: `-o /dev/stdin`, or a link to /dev/null, was still called "a file"."""
+    (tmp_path / "to-null").symlink_to("/dev/null")
+    code, err = run_cli("prepare", reference_dir / "vanilla" / "test_with_orfs.fa", "--outdir", tmp_path / "to-null")
+    assert code == ExitCode.BAD_INPUT and clean(err), err
+    assert f"--outdir {tmp_path / 'to-null'} is a link to /dev/null, a device (a special file), not a folder" in err, err

@@ -185,7 +185,7 @@ def pickle_globals(data: bytes) -> list[str]:
 
 def _pickles_in(path: Path) -> bytes:
     """The pickle bytes of a torch checkpoint: `*/data.pkl` of the zip format (read through the
-    file, never the whole archive in memory), else the file (bounded by `_refuse_oversized`)."""
+    file, never the whole archive in memory), else the file (its size bounded by `_refuse_not_a_classifier_file`)."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]

@@ -85,7 +85,8 @@ def _path(value: str) -> Path:
 def _home_expanded(value: str) -> Path:
     """`value` with a leading `~` or `~user` expanded as the shell would (as --models always was): the
     shell leaves `--outdir=~/x` alone, which made a folder named `~` in the current one. A home that
-    cannot be found (no such user; $HOME empty or relative) is a usage error (exit 2)."""
+    cannot be found (no such user; $HOME empty or relative) leaves an existing path of that name as
+    it is, as the shell does; otherwise it is a usage error (exit 2), not a folder named `~...` made."""
     if not value.startswith("~"):
         return Path(value)
     head = value.split("/", 1)[0]
@@ -94,6 +95,8 @@ def _home_expanded(value: str) -> Path:
             raise RuntimeError("HOME is not an absolute path")
         return Path(value).expanduser()
     except RuntimeError:  # no such user, or no home directory
+        if os.path.lexists(value):  # the shell leaves `~nosuchuser` as it is: a file of that name here
+            return Path(value)
         raise typer.BadParameter(f"{printable(value)}: the home directory of {printable(head)} cannot be determined "
                                  f"(no such user, or $HOME is not an absolute path); give an absolute path, or "
                                  f"./{printable(value)} for a name starting with ~ in this folder") from None

@@ -355,16 +355,19 @@ def _absent(path: Path) -> bool:
 
 
 def _not_a_folder(folder: Path, what: str) -> BadInputError:
-    """Exit 3 for an output folder path taken by something else: a file or a link (`not_a_folder`),
-    or a device, FIFO or socket, said as what it is (/dev/null was called "a file")."""
+    """Exit 3 for an output folder path taken by something else: a file or a link to one
+    (`not_a_folder`), or a device, FIFO or socket, or a link to one, said as what it is (/dev/null,
+    /dev/stdin were called "a file")."""
     try:
-        mode = os.lstat(folder).st_mode
+        mode = os.stat(folder).st_mode  # through a link: what it leads to
     except OSError:
         mode = stat.S_IFREG
-    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+    if stat.S_ISREG(mode):
         return not_a_folder(folder, what)
-    return BadInputError(f"{what} {folder} is {_kind_of(folder)} (a special file), not a folder",
-                         "choose a directory path")
+    target = Path(os.path.realpath(folder))
+    shown = f"{_kind_of(target)} (a special file)" if target == folder.absolute() else \
+        f"a link to {target}, {_kind_of(target)} (a special file)"
+    return BadInputError(f"{what} {folder} is {shown}, not a folder", "choose a directory path")
 
 
 def remove_made_folders(made: list[Path]) -> None:
@@ -857,16 +860,24 @@ def _flock_holder(lock: Path) -> str | None:
 
 @contextmanager
 def file_lock(path: Path, what: str) -> Iterator[HeldLock]:
-    """Hold one output file exclusively (through `.NAME.lock` beside it) while the block runs."""
+    """Hold one output file exclusively (through `.NAME.lock` beside it) while the block runs. Its
+    folder, made by the caller, is made again when another command removed it meanwhile (a failed
+    one taking back the empty folders it made: they may have been ours too)."""
     path = Path(path)
     check_derived_names(path, what)
     lock = path.with_name(f".{path.name}.lock")
     with ExitStack() as stack:
+        yield _enter_file_lock(stack, lock, path, what)
+
+
+def _enter_file_lock(stack: ExitStack, lock: Path, path: Path, what: str) -> HeldLock:
+    """The file's lock entered on `stack`, its folder made again while it keeps being removed."""
+    for _attempt in range(LOCK_ATTEMPTS):
         try:
-            held = stack.enter_context(_hold(lock, path, what))
-        except FileNotFoundError as exc:  # the folder of the file removed meanwhile
-            raise lock_not_created(lock, exc) from None
-        yield held
+            return stack.enter_context(_hold(lock, path, what))
+        except FileNotFoundError:  # the folder of the file removed meanwhile
+            make_folder(path.parent, f"the folder of {what}")
+    raise _busy(path.parent, f"the folder of {what}", "a folder that keeps being removed")
 
 
 def check_derived_names(path: Path, what: str) -> None:

@@ -145,7 +145,7 @@ def checkSampleNames(List ids, String where, String fix) {
     if (tooLong) {
         error("Sample name ${quoted(tooLong)} ${where} is longer than ${sampleNameLimit()} characters (it names the sample's results files); ${fix}")
     }
-    def reserved = ids.findAll { id -> id.toLowerCase(Locale.ROOT) in ['pipeline_info', 'multiqc', 'virnucpro_summary.tsv'] }
+    def reserved = ids.findAll { id -> id.toLowerCase(Locale.ROOT) in runOwnNames().collect { name -> name.toLowerCase(Locale.ROOT) } }
     if (reserved) {
         error("Sample name ${quoted(reserved)} ${where} is reserved for the run's own results; ${fix}")
     }
@@ -153,6 +153,18 @@ def checkSampleNames(List ids, String where, String fix) {
     if (sameFolder) {
         error("Sample names ${sameFolder.collect { names -> quoted(names) }.join('; ')} ${where} differ only in case and would share one results folder on some file systems; ${fix}")
     }
+}
+
+// The names the run itself takes at the top of --outdir (conf/modules.config's publishDir paths and
+// markUnfinished's mark), which no sample's results folder may have: a sample named so ran every
+// task, then failed to publish.
+def runOwnNames() {
+    return ['pipeline_info', 'multiqc', 'virnucpro_summary.tsv', unfinishedMarkName()]
+}
+
+// The file that says the results in --outdir may mix two runs (markUnfinished).
+def unfinishedMarkName() {
+    return 'RUN_UNFINISHED.txt'
 }
 
 // The longest sample name, in characters (the same as maxLength of `sample` in assets/schema_input.json)
@@ -309,7 +321,7 @@ def markUnfinished(String outdir) {
     if (workflow.preview || dir == null || dir.toUri().getScheme() != 'file') {
         return
     }
-    def marker = dir.resolve('RUN_UNFINISHED.txt')
+    def marker = dir.resolve(unfinishedMarkName())
     if (java.nio.file.Files.exists(marker, java.nio.file.LinkOption.NOFOLLOW_LINKS) && !isUnfinishedMark(marker)) {
         log.warn("${marker} is not the mark this pipeline writes (a file of yours, or a link): left as it is, so nothing in --outdir says whether this run completed")
         return
