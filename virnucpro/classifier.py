@@ -261,6 +261,7 @@ def _state_from_module(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], f
 
 
 def _build(state: Mapping[str, torch.Tensor], path: Path, eps: float = 1e-5) -> MLPClassifier:
+    """The MLP from a checked state_dict: the original's keys (DataParallel's `module.` prefix dropped), finite tensors."""
     state = dict(state)
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}

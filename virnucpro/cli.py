@@ -102,34 +102,30 @@ def _home_expanded(value: str) -> Path:
                                  f"./{printable(value)} for a name starting with ~ in this folder") from None
 
 
-def _threshold(value: str) -> float:
-    """`--threshold`: a number from 0 to 1, the fraction of a sequence's chunks; nan and inf are none
-    (a range check alone called nan "more than 1")."""
+def _float_option(value: str, acceptable, said: str) -> float:
+    """A number option checked by `acceptable` (false for nan, which a range check alone called
+    "more than 1" or "less than 1"); anything else is exit 2: '<value> <said>'."""
     if isinstance(value, float):
         return value
     try:
         number = float(value)
     except ValueError:
         number = float("nan")
-    if not 0.0 <= number <= 1.0:  # false for nan too
-        raise typer.BadParameter(f"{printable(str(value))} is not a number between 0 and 1 (the fraction of a "
-                                 "sequence's scored chunks that must be virus)")
+    if not acceptable(number):
+        raise typer.BadParameter(f"{printable(str(value))} {said}")
     return number
+
+
+def _threshold(value: str) -> float:
+    """`--threshold`: a number from 0 to 1, the fraction of a sequence's chunks."""
+    return _float_option(value, lambda number: 0.0 <= number <= 1.0, "is not a number between 0 and 1 (the "
+                         "fraction of a sequence's scored chunks that must be virus)")
 
 
 def _checkpoint_seconds(value: str) -> float:
-    """`--checkpoint-seconds`: 1 or more (inf: by --checkpoint-every alone); nan is no number of seconds
-    (a range check alone called it "less than 1")."""
-    if isinstance(value, float):
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not number >= 1.0:  # false for nan too
-        raise typer.BadParameter(f"{printable(str(value))} is not a number of seconds of at least 1 (inf: save "
-                                 "checkpoints by --checkpoint-every alone)")
-    return number
+    """`--checkpoint-seconds`: 1 or more (inf: by --checkpoint-every alone)."""
+    return _float_option(value, lambda number: number >= 1.0, "is not a number of seconds of at least 1 (inf: "
+                         "save checkpoints by --checkpoint-every alone)")
 
 
 MAX_CHUNK_SIZE = 2**63 - 1

@@ -871,6 +871,7 @@ class Compiling:
 @functools.lru_cache(maxsize=1)
 def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, precision: str,
                           compiling: Compiling) -> dict:
+    """Both encoders, loaded once per process; `identity` (the models' checksums) is only the cache key."""
     import torch
 
     from virnucpro.encoders import compiled

@@ -617,6 +617,7 @@ def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
 
 
 def _run_info(manifest: dict, shards: list, classifier: Path, threshold: float, tiny: bool, seconds: dict) -> dict:
+    """run_info.json: what made these tables (version, command, inputs, models, classifier, settings, times)."""
     return {
         "virnucpro_version": __version__,
         "command": [unicode_text(word) for word in sys.argv],

@@ -915,7 +915,7 @@ STAGING = ".virnucpro-partial"  # hidden work folder inside --outdir; only finis
 # there is ever deleted
 STAGING_FILES = work_pattern(rf"{re.escape(fmt.SEQUENCES)}|{re.escape(fmt.CHUNKS)}",
                              rf"\.?{re.escape(fmt.MANIFEST)}(?:\.[^/]*)?",
-                             rf"{fmt.SHARD_DIR}(?:/shard_[0-9]+\.tsv(?:\.body)?)?", r"\.ids(?:/ids_[0-9]+\.bin)?")
+                             rf"{fmt.SHARD_DIR}(?:/{fmt.SHARD_PATTERN}(?:\.body)?)?", r"\.ids(?:/ids_[0-9]+\.bin)?")
 OUTPUTS = (fmt.SEQUENCES, fmt.CHUNKS, fmt.SHARD_DIR, fmt.MANIFEST)  # the manifest last: it marks completion
 
 

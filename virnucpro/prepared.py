@@ -46,6 +46,9 @@ SHARD_REPAIR_HINT = f"the shard is damaged: {_REPREPARE}"
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
 
 
+SHARD_PATTERN = r"shard_[0-9]+\.tsv"  # a shard's file name, as `shard_name` writes it (regular expression)
+
+
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.tsv"
 

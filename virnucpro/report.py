@@ -115,6 +115,7 @@ def _top_table(top: list) -> str:
 
 def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, summary: dict,
                  histogram: list[int], run_info: dict) -> None:
+    """report.html: one self-contained page (counts reconciled, calls, score histogram, top sequences)."""
     counts, calls = manifest["counts"], summary["calls"]
     banner = ('<p class="banner">Made with TINY RANDOM MODELS (tests only): these scores mean nothing.</p>'
               if run_info["tiny_models"] else "")

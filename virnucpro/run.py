@@ -37,12 +37,16 @@ OURS = r"\.virnucpro\.(?:json|lock)[^/]*"  # marker and lock files, their tempor
 def _work_files() -> re.Pattern:
     """The relative paths `run` (through prepare and embed) writes in its work folder, folders too:
     only these are ever deleted there, and a work folder holding anything else is refused."""
+    from virnucpro import embed
+
     prepared = "|".join(f"(?:{alternative})" for alternative in _prepare_alternatives())
+    checkpoint_files = "|".join([embed.PART_NAME.pattern, embed.PART_TMP_NAME.pattern, OURS,
+                                 rf"{re.escape(embed.WAITING_PREFIX)}[^/]*", re.escape(embed.IDENTITY_NAME),
+                                 embed.IDENTITY_TMP_NAME.pattern])
     return work_pattern(
         rf"prepared(?:/(?:{prepared}))?",
         r"embeddings(?:/\.?shard_[0-9]+\.h5(?:\.[^/]*)?)?",  # the files, their locks and temporaries
-        rf"checkpoints(?:/{SHA256}(?:/(?:part_[0-9]+\.{SHA256}\.npz|\.part_[0-9]+\.tmp\.npz|{OURS}"
-        r"|\.waiting\.[^/]*|\.identity\.json|\.identity\.[0-9a-f]{8}\.tmp))?)?")
+        rf"checkpoints(?:/{SHA256}(?:/(?:{checkpoint_files}))?)?")
 
 
 @functools.cache
@@ -57,7 +61,7 @@ def _prepare_alternatives() -> tuple[str, ...]:
     from virnucpro.prepare import STAGING, STAGING_FILES
 
     return (rf"{re.escape(fmt.SEQUENCES)}|{re.escape(fmt.CHUNKS)}|{re.escape(fmt.MANIFEST)}|{OURS}",
-            rf"{fmt.SHARD_DIR}(?:/shard_[0-9]+\.tsv)?",
+            rf"{fmt.SHARD_DIR}(?:/{fmt.SHARD_PATTERN})?",
             rf"{re.escape(STAGING)}(?:/(?:{STAGING_FILES.pattern}))?")
 
 

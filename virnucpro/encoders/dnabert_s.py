@@ -217,6 +217,7 @@ def _config_value(path: Path, cfg: dict, key: str, default: int | float | None) 
 
 
 def _weights(folder: Path) -> tuple[Path, dict]:
+    """The weights file of the folder and its state dict: model.safetensors, else pytorch_model.bin (weights only)."""
     st, binfile = folder / "model.safetensors", folder / "pytorch_model.bin"
     try:
         if st.is_file():
@@ -288,6 +289,7 @@ def _map_state(path: Path, state: dict, n_layers: int) -> dict[str, torch.Tensor
 
 
 def _tokenizer(folder: Path, vocab: int):
+    """The folder's tokenizer.json, set as the original calls it (no truncation, no padding) and checked against `vocab`."""
     from tokenizers import Tokenizer
 
     path = folder / "tokenizer.json"

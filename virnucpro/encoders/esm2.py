@@ -217,6 +217,7 @@ def _read_checkpoint(path: Path) -> dict:
 
 
 def _architecture(path: Path, data: Mapping, state: Mapping) -> tuple[int, int, int, bool]:
+    """(layers, width, heads, token dropout) from the checkpoint's cfg or args, bounded and checked against its weights."""
     cfg = None
     if isinstance(data.get("cfg"), Mapping) and data["cfg"].get("model") is not None:
         cfg = data["cfg"]["model"]
@@ -263,6 +264,7 @@ def _bounded(path: Path, what: str, value: object, limit: int) -> int:
 
 
 def _map_state(path: Path, state: Mapping, layers: int) -> dict[str, torch.Tensor]:
+    """fair-esm's state_dict keys mapped to our encoder's; a missing or left-over key is exit 4 naming the file."""
     mapped: dict[str, torch.Tensor] = {}
     consumed = set()
 

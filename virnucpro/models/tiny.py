@@ -59,6 +59,7 @@ def _esm_checkpoint_key(key: str) -> str:
 
 
 def _tiny_esm(directory: Path, generator) -> None:
+    """A tiny random fair-esm ESM2 written as the real checkpoint pair: the weights and the contact regression."""
     import torch
     from esm.data import Alphabet
     from esm.model.esm2 import ESM2
