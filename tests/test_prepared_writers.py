@@ -49,9 +49,9 @@ def test_prepare_builds_no_row_header_or_manifest_itself():
 # --- each writer agrees with its reader --------------------------------------------------------------
 
 def test_table_rows_follow_their_headers(tmp_path):
-    (tmp_path / fmt.SEQUENCES).write_text(fmt.table_header(fmt.SEQUENCES_HEADER)
+    (tmp_path / fmt.SEQUENCES).write_text(fmt.header_line(fmt.SEQUENCES_HEADER)
                                           + fmt.sequence_rows(["s", "e"], [1000, 0], [2, 0], [1, 0], [7, 0]))
-    (tmp_path / fmt.CHUNKS).write_text(fmt.table_header(fmt.CHUNKS_HEADER)
+    (tmp_path / fmt.CHUNKS).write_text(fmt.header_line(fmt.CHUNKS_HEADER)
                                        + fmt.chunk_rows(["s_chunk_1"], ["s"], [0], [500], [1]))
     assert list(fmt.read_table(tmp_path / fmt.SEQUENCES)) == [
         {"sequence_id": "s", "length": "1000", "n_chunks": "2", "n_orfs": "1", "status": "ok", "masked_bases": "7"},

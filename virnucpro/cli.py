@@ -337,24 +337,11 @@ def run(
     from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all
 
-    _refuse_cache_in_outdir(compile_cache, outdir)
     _writes(outdir, compile_cache)
     run_all(inputs, outdir, chunk_size=chunk_size, models=models, classifier=classifier, device=device.value,
             precision=precision.value, keep_embeddings=keep_embeddings, offline=offline, threads=threads,
             threshold=threshold, token_budget=token_budget, checkpoint_every=checkpoint_every,
             checkpoint_seconds=checkpoint_seconds, compiling=Compiling(False if no_compile else None, compile_cache))
-
-
-def _refuse_cache_in_outdir(cache: Optional[Path], outdir: Path) -> None:
-    """Exit 3 at start-up for a --compile-cache that is --outdir or inside it: a cache outlives the run,
-    which owns its folder (on a GPU it was refused only once the models loaded, after prepare)."""
-    if cache is None:
-        return
-    real, output = Path(os.path.realpath(cache)), Path(os.path.realpath(outdir))
-    if real == output or output in real.parents:
-        raise BadInputError(f"--compile-cache {cache} {'is' if real == output else 'is inside'} --outdir {outdir}: "
-                            "the cache is kept for later runs, the output folder is this run's alone",
-                            "choose a cache folder outside the output folder (or leave --compile-cache out)")
 
 
 @models_app.command("download")

@@ -436,8 +436,8 @@ class SamplePreparer:
         self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
         self.sequences = open(workdir / fmt.SEQUENCES, "x", encoding="utf-8", newline="\n")
         self.chunks = open(workdir / fmt.CHUNKS, "x", encoding="utf-8", newline="\n")
-        self.sequences.write(fmt.table_header(fmt.SEQUENCES_HEADER))
-        self.chunks.write(fmt.table_header(fmt.CHUNKS_HEADER))
+        self.sequences.write(fmt.header_line(fmt.SEQUENCES_HEADER))
+        self.chunks.write(fmt.header_line(fmt.CHUNKS_HEADER))
         self.workers = workers
         self.executor = InlineExecutor()
         self.in_flight: deque = deque()

@@ -19,7 +19,7 @@ from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
-from virnucpro.calls import chunk_id_of
+from virnucpro.calls import chunk_id_of, header_line
 from virnucpro.errors import (BadInputError, InconsistentInputsError, denied_folder,
                              folder_refused, open_file_limit, other_format, path_mode)
 
@@ -65,12 +65,7 @@ def shard_first_line(chunk_size: int, index: int, of: int) -> str:
 
 def shard_header(chunk_size: int, index: int, of: int) -> str:
     """The two lines that open a shard: its first line, then its column names."""
-    return shard_first_line(chunk_size, index, of) + table_header(SHARD_COLUMNS)
-
-
-def table_header(columns: tuple[str, ...]) -> str:
-    """The header line of a table (or of a shard's records) with these columns."""
-    return "\t".join(columns) + "\n"
+    return shard_first_line(chunk_size, index, of) + header_line(SHARD_COLUMNS)
 
 
 def orf_lines(orf_ids: Sequence[str], nucleotides: Sequence[str], proteins: Sequence[str]) -> list[str]:

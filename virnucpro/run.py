@@ -11,6 +11,7 @@ kept under `OUTDIR/embeddings/` with `--keep-embeddings`).
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Iterator, Sequence
 from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
-from virnucpro.errors import (InterruptedByUser, StoppedWithOutputsInPlace, VirnucproError, output_errors,
+from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithOutputsInPlace, VirnucproError, output_errors,
                               outputs_in_place, printable, stop_received, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
@@ -201,6 +202,18 @@ def _where_embeddings_end(h5: Path, kept_in: Path | None) -> str:
     return "(intermediate: removed when the run succeeds; --keep-embeddings keeps them)"
 
 
+def _refuse_cache_in_outdir(cache: Path | None, outdir: Path) -> None:
+    """Exit 3 at start-up for a --compile-cache that is --outdir or inside it: a cache outlives the run,
+    which owns its folder (on a GPU it was refused only once the models loaded, after prepare)."""
+    if cache is None:
+        return
+    real, output = Path(os.path.realpath(cache)), Path(os.path.realpath(outdir))
+    if real == output or output in real.parents:
+        raise BadInputError(f"--compile-cache {cache} {'is' if real == output else 'is inside'} --outdir {outdir}: "
+                            "the cache is kept for later runs, the output folder is this run's alone",
+                            "choose a cache folder outside the output folder (or leave --compile-cache out)")
+
+
 def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Path | None = None,
         classifier: Path | None = None, device: str = "auto", precision: str = "auto",
         keep_embeddings: bool = False, offline: bool = False, threads: int | None = None,
@@ -209,12 +222,12 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     """All stages for one sample; returns the output directory (`compiling`: virnucpro.embed.Compiling).
 
     Everything that can be checked before hours of work is checked first: the inputs, the output
-    directory, the models and the classifier; when models must be downloaded, the inputs are
-    prepared (checked to the last record) before the download.
-    """
+    directory (and the compile cache outside it), the models and the classifier; when models must
+    be downloaded, the inputs are prepared (checked to the last record) before the download."""
     from virnucpro.prepare import check_inputs
 
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
+    _refuse_cache_in_outdir(compiling.cache if compiling is not None else None, outdir)
     check_inputs(inputs)
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
         from virnucpro.embed import Compiling, resolve_device
