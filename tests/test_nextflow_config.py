@@ -380,12 +380,12 @@ def test_a_sample_folder_that_is_a_virnucpro_command_output_is_refused(groovy, t
 
 
 def _models_check(groovy, models, chunk_size) -> str:
-    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles", "checkManifestClassifier"],
+    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles", "checkManifestClassifier", "readModelsManifest"],
                           f"checkModelsDirectory('{models}', {chunk_size if chunk_size else 'null'})")
 
 
 def _classifier_check(groovy, classifier, chunk_size) -> str:
-    return _startup_check(groovy, ["checkClassifierChunkSize", "sha256Of"],
+    return _startup_check(groovy, ["checkClassifierChunkSize", "sha256Of", "readModelsManifest"],
                           f"checkClassifierChunkSize('{classifier}', {chunk_size})")
 
 
@@ -404,6 +404,18 @@ def test_a_classifier_its_manifest_records_for_the_other_chunk_size_is_refused_a
     assert _classifier_check(groovy, alone / "300_model.pth", 500) == "passed"
     (alone / "manifest.json").write_text("{not json")  # left to PREDICT, which names what is wrong
     assert _classifier_check(groovy, alone / "300_model.pth", 500) == "passed"
+
+
+def test_predict_is_given_the_manifest_and_the_classifier_of_the_chunk_size(groovy, tiny_models, tmp_path):
+    """classifierFiles: what PREDICT stages from the models folder (the manifest pins the checksum)."""
+    def staged(folder, chunk_size):
+        return _startup_check(groovy, ["classifierFiles", "readModelsManifest"],
+                              f"error(classifierFiles(file('{folder}'), {chunk_size}).collect {{ p -> p.fileName.toString() }}.join(','))")
+    assert staged(tiny_models, 500) == "manifest.json,500_model_tiny.pth"
+    assert staged(tiny_models, 300) == "manifest.json,300_model_tiny.pth"
+    (tmp_path / "manifest.json").write_text("")
+    assert staged(tmp_path, 300) == f"{tmp_path}: its manifest.json is empty (a copy or download cut short?) " \
+                                    f"(see `virnucpro models check {tmp_path}`)"
 
 
 def test_a_models_folder_without_models_is_refused_at_start_up(groovy, tmp_path):
@@ -1088,7 +1100,7 @@ String.metaClass.md5 = { -> java.security.MessageDigest.getInstance('MD5').diges
 
 def _models_key(groovy, models) -> str:
     code = "\n".join([NEXTFLOW_STAND_INS, MODELS_KEY_STAND_INS,
-                      _utils_functions("modelsCacheKey", "isModelsBookkeeping", "encoderEntries"),
+                      _utils_functions("modelsCacheKey", "isModelsBookkeeping", "encoderEntries", "readModelsManifest"),
                       f"outcome {{ error(modelsCacheKey(file('{models}'))) }}"])
     return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
 

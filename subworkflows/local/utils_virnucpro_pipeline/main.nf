@@ -1,7 +1,7 @@
 // Start-up checks of the pipeline and the functions the workflows share: parameter validation, the
 // sample channel built from --input (files, a glob, or a samplesheet), the versions YAML.
 
-include { samplesheetToList ; unnamablePath ; unnamablePathCause ; unnamablePathFix ; utf8Text } from '../utils_schema'
+include { samplesheetToList ; unnamablePath ; unnamablePathCause ; unnamablePathFix } from '../utils_schema'
 
 workflow PIPELINE_INITIALISATION {
     take:
@@ -501,22 +501,33 @@ def checkModelsDirectory(String models, chunk_size) {
 // A --models manifest.json that records no classifier for the chunk size (or is not JSON) stops the
 // run at start: found when the workflow picked the classifier, it was said twice, tasks started.
 def checkManifestClassifier(String models, manifest, chunk_size) {
-    def recorded = null
-    try {
-        def text = new String(java.nio.file.Files.readAllBytes(manifest), 'UTF-8')
-        recorded = text.trim() ? new groovy.json.JsonSlurper().parseText(text) : null
+    def read = readModelsManifest(manifest)
+    if (read.problem) {
+        error("--models ${models}: its manifest.json ${read.problem}; `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
     }
-    catch (Exception e) { // not JSON; a folder, or unreadable (IOException)
-        error("--models ${models}: its manifest.json cannot be read as JSON (${e.message?.readLines()?.find() ?: e}); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
-    }
-    if (recorded == null) {
-        error("--models ${models}: its manifest.json is empty (a copy or download cut short?); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
-    }
-    def roles = recorded instanceof Map && recorded.models instanceof Map ? recorded.models : [:]
+    def roles = read.models
     if (!(roles["classifier_${chunk_size}".toString()] instanceof Map)) {
         def sizes = roles.keySet().findAll { role -> role ==~ /classifier_\d+/ }.collect { role -> role - 'classifier_' }.sort()
         def other = sizes ? "it has the classifier for --chunk_size ${sizes.join(' and ')} only; give that --chunk_size, or" : 'give'
         error("--models ${models} has no classifier for --chunk_size ${chunk_size} (its manifest.json records none): ${other} a --classifier for ${chunk_size}-bp chunks; `virnucpro models check ${models}` says what the folder holds")
+    }
+}
+
+// The `models` map of a models folder's manifest.json ([:] when it holds none) as `models`, or why
+// it cannot be read as `problem` (words following "its manifest.json"): the one reader of the file
+// here. Through an input stream, which every file system of Nextflow's has (s3:// and gs://).
+def readModelsManifest(manifest) {
+    try {
+        def bytes = java.nio.file.Files.newInputStream(manifest).withCloseable { stream -> stream.readAllBytes() }
+        def text = java.nio.charset.StandardCharsets.UTF_8.newDecoder().decode(java.nio.ByteBuffer.wrap(bytes)).toString()
+        if (!text.trim()) {
+            return [models: null, problem: 'is empty (a copy or download cut short?)']
+        }
+        def parsed = new groovy.json.JsonSlurper().parseText(text)
+        return [models: parsed instanceof Map && parsed.models instanceof Map ? parsed.models : [:], problem: null]
+    }
+    catch (Exception e) { // not UTF-8 or not JSON; a folder, or unreadable (IOException)
+        return [models: null, problem: "cannot be read as JSON (${e.message?.readLines()?.find() ?: e})".toString()]
     }
 }
 
@@ -839,8 +850,12 @@ def classifierFiles(models_dir, chunk_size) {
     if (!manifest.exists()) {
         return [models_dir.resolve("${chunk_size}_model.pth")]
     }
-    def entry = new groovy.json.JsonSlurper().parseText(utf8Text(manifest, manifest.toString())).models["classifier_${chunk_size}"]
-    if (!entry) {
+    def read = readModelsManifest(manifest)
+    if (read.problem) {
+        error("${models_dir}: its manifest.json ${read.problem} (see `virnucpro models check ${models_dir}`)")
+    }
+    def entry = read.models["classifier_${chunk_size}".toString()]
+    if (!(entry instanceof Map)) {
         error("${models_dir} has no classifier for --chunk_size ${chunk_size} (see `virnucpro models check ${models_dir}`)")
     }
     return [manifest] + entry.files.collect { name -> models_dir.resolve(name) }
@@ -858,14 +873,9 @@ def checkClassifierChunkSize(String classifier, chunk_size) {
         return
     }
     def other = (standard - [chunk_size])[0]
-    def recorded = [:]
-    try {
-        def text = new String(java.nio.file.Files.readAllBytes(manifest), 'UTF-8')
-        recorded = new groovy.json.JsonSlurper().parseText(text).models["classifier_${other}"]?.sha256 ?: [:]
-    }
-    catch (Exception _e) {
-        return
-    }
+    def read = readModelsManifest(manifest)
+    def entry = read.models ? read.models["classifier_${other}".toString()] : null
+    def recorded = entry instanceof Map ? entry.sha256 : null
     if (recorded instanceof Map && sha256Of(path) in recorded.values()) {
         error("--classifier ${classifier} is the classifier for ${other}-bp chunks (${manifest} records it), but --chunk_size is ${chunk_size}: give the ${chunk_size}-bp classifier, or --chunk_size ${other}")
     }
@@ -914,14 +924,11 @@ def encoderEntries(manifest) {
     if (!java.nio.file.Files.isRegularFile(manifest)) {
         return []
     }
-    def models = null
-    try {
-        models = new groovy.json.JsonSlurper().parse(manifest.toFile())
-    }
-    catch (Exception _e) {
+    def read = readModelsManifest(manifest)
+    if (read.problem) {
         return ['manifest.json\tunreadable']
     }
-    def roles = models instanceof Map && models.models instanceof Map ? models.models : [:]
+    def roles = read.models
     return ['esm2', 'dnabert_s'].collect { role ->
         def entry = roles[role] instanceof Map ? roles[role] : [:]
         def sha256 = entry.sha256 instanceof Map ? entry.sha256.sort() : entry.sha256 // as written, in any order
