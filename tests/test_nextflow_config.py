@@ -465,6 +465,9 @@ def test_a_models_manifest_without_the_chunk_sizes_classifier_is_refused_at_star
     (models / "manifest.json").write_text('{"models": ')
     message = _models_check(groovy, models, 300)
     assert message.startswith(f"--models {models}: its manifest.json cannot be read as JSON ("), message
+    (models / "manifest.json").write_bytes(b'{"models": {"x": "\xe9"}}')  # Latin-1
+    assert _models_check(groovy, models, 300) == f"--models {models}: its manifest.json is not UTF-8 text; " \
+        f"`virnucpro models check {models}` says what is wrong, `virnucpro models download` writes a complete one"
     (models / "manifest.json").write_text("")  # a copy cut short: JsonSlurper throws no JsonException
     assert _models_check(groovy, models, 300).startswith(f"--models {models}: its manifest.json is empty"), message
     (models / "manifest.json").unlink()
@@ -754,6 +757,15 @@ def test_reports_of_a_run_refused_for_its_outdir_s_name_or_place_stay_out_of_it(
     launch = groovy.evaluate({}, [("cwd", "java.nio.file.Paths.get('').toAbsolutePath().toString()", False)])["cwd"]
     assert _reports_config(groovy, Path(launch) / outdir) == "conf/refused_outdir.config"
     assert _reports_config(groovy, Path(launch) / "results") == "/dev/null"
+
+
+def test_the_config_judges_the_characters_of_the_outdir_s_absolute_path_as_the_start_up_does(groovy, tmp_path):
+    """A review's case: `--outdir results` launched in a folder p{1}: the start-up checks the whole
+    absolute path, the config checked the text given, and the refused run wrote its trace into
+    results/. The config now checks the absolute, normalised path (a relative one is taken from the
+    launch folder): p{1}/../results has no '{' left in it, as the start-up sees it."""
+    assert _reports_config(groovy, tmp_path / "p{1}" / "results") == "conf/refused_outdir.config"
+    assert _reports_config(groovy, f"{tmp_path}/p{{1}}/../results") == "/dev/null"
 
 
 def test_the_inputs_table_stays_one_line_of_three_fields_per_file(groovy):

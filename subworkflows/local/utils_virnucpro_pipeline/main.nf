@@ -283,7 +283,7 @@ def warnIfReportsElsewhere(String outdir, String suffix) {
     def trace = workflow.launchDir.resolve('.nextflow').resolve('pipeline_info').resolve(name)
     def inOutdir = file(outdir, glob: false).resolve('pipeline_info').resolve(name)
     if (!workflow.preview && java.nio.file.Files.isRegularFile(trace) && !java.nio.file.Files.exists(inOutdir)) {
-        log.warn("--outdir ${outdir}: this run's execution report, timeline, trace and DAG are in ${trace.parent}, not in its pipeline_info/ (when Nextflow read its configuration, the folder held entries it did not count as this run's, such as a work directory given with -w)")
+        log.warn("--outdir ${outdir}: this run's execution report, timeline, trace and DAG are in ${trace.parent}, not in its pipeline_info/ (when Nextflow read its configuration, before it knew the work directory given with -w, it took the folder for one this run would be refused: one holding that work directory, or one inside ./work, the default work directory)")
     }
 }
 
@@ -526,7 +526,10 @@ def readModelsManifest(manifest) {
         def parsed = new groovy.json.JsonSlurper().parseText(text)
         return [models: parsed instanceof Map && parsed.models instanceof Map ? parsed.models : [:], problem: null]
     }
-    catch (Exception e) { // not UTF-8 or not JSON; a folder, or unreadable (IOException)
+    catch (java.nio.charset.CharacterCodingException _e) {
+        return [models: null, problem: 'is not UTF-8 text']
+    }
+    catch (Exception e) { // not JSON; a folder, or unreadable (IOException)
         return [models: null, problem: "cannot be read as JSON (${e.message?.readLines()?.find() ?: e})".toString()]
     }
 }
