@@ -1,5 +1,6 @@
-"""No file holds what nf-core's `template_strings` lint check takes for a Jinja string (`{{x}}`): two
-test strings with doubled braces failed CI's lint after 40 minutes; found here in a second."""
+"""No file holds what nf-core's `template_strings` lint check takes for a Jinja string (a name in
+doubled braces): two test strings with doubled braces failed CI's lint after 40 minutes; found here
+in a second."""
 
 from __future__ import annotations
 
