@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import tempfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -33,7 +32,7 @@ from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalE
                               denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import file_mode, rename_new
-from virnucpro.prepared import SHA256_TEXT, shown
+from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, open_regular, shown
 
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
 ROWS_PER_WRITE = 8192
@@ -155,15 +154,16 @@ def _checked_seal(path: Path, handle) -> bytes:
 
 
 def _open_regular(path: Path):
-    """`path` opened for reading when it is a regular file; a FIFO or device is exit 3 at once (opening
-    a FIFO without a writer would wait forever, and a pipe cannot be read twice)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadInputError(f"embedding shard {path} is not a regular file (a pipe, FIFO or device)",
-                            "give the .h5 file written by `virnucpro embed`")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    """`path` opened for reading when it is a regular file (`prepared.open_regular`); a FIFO or device
+    is exit 3 at once (opening a FIFO without a writer would wait forever, and a pipe cannot be read
+    twice)."""
+    try:
+        return open_regular(path)
+    except OSError as exc:
+        if exc.strerror != NOT_REGULAR:
+            raise
+    raise BadInputError(f"embedding shard {path} is not a regular file (a pipe, FIFO or device)",
+                        "give the .h5 file written by `virnucpro embed`")
 
 
 def _seal_block(handle) -> bytes:
