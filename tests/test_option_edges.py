@@ -161,6 +161,30 @@ def test_relative_path_keeps_a_literal_tilde(home, run_cli):
     assert (Path.cwd() / "~x" / "manifest.json").is_file()
 
 
+def test_models_folder_given_as_dot_slash_tilde_is_made_here(home, run_cli):
+    """`models tiny ./~x` was exit 2 (no user `x`): pathlib shortened the argument to `~x` before the
+    store expanded it."""
+    code, message = run_cli("models", "tiny", "./~virnucpro-no-such-user")
+    assert code == 0, message
+    assert (Path.cwd() / "~virnucpro-no-such-user").is_dir()
+    assert not os.listdir(home)
+
+
+def test_dot_slash_tilde_of_a_real_user_is_never_their_home(home, monkeypatch):
+    """`--models ./~root` and `--compile-cache ./~root` named root's home, and so did
+    `VIRNUCPRO_MODELS=./~root`: each is a folder `~root` in the current one."""
+    from virnucpro import cli
+    from virnucpro.encoders.compiled import _named
+    from virnucpro.models import store
+
+    given = f"./~{getpass.getuser()}"
+    here = Path.cwd() / given[2:]
+    assert store.models_dir(cli._models_path(given)) == here
+    assert _named(cli._path(given)) == here
+    monkeypatch.setenv("VIRNUCPRO_MODELS", given)
+    assert store.models_dir() == here
+
+
 # --- --threshold -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1.5", "-0.1", "abc", "1e400"])

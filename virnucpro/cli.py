@@ -20,8 +20,9 @@ import typer
 
 from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
-from virnucpro.errors import (BadInputError, ExitCode, OutputWriteError, VirnucproError, is_panic, printable, process_limit,
-                              stop_signals_exit_interrupted, storage_errno, storage_error, storage_failure, storage_hint)
+from virnucpro.errors import (BadInputError, ExitCode, OutputWriteError, VirnucproError, home_expanded, is_panic, printable,
+                              process_limit, stop_signals_exit_interrupted, storage_errno, storage_error, storage_failure,
+                              storage_hint)
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.threads import limit_threads
 
@@ -67,7 +68,9 @@ def _models_path(value: str) -> Path:
     says where an unknown user came from."""
     if isinstance(value, Path):
         return value
-    return _path(value) if value == "" else Path(value)
+    if value == "":
+        return _path(value)
+    return Path(value) if value.startswith("~") else _literal(value)
 
 
 def _path(value: str) -> Path:
@@ -88,18 +91,23 @@ def _home_expanded(value: str) -> Path:
     cannot be found (no such user; $HOME empty or relative) leaves an existing path of that name as
     it is, as the shell does; otherwise it is a usage error (exit 2), not a folder named `~...` made."""
     if not value.startswith("~"):
-        return Path(value)
+        return _literal(value)
     head = value.split("/", 1)[0]
     try:
-        if head == "~" and not os.path.isabs(os.environ.get("HOME", "/")):  # Python reads HOME='' as /
-            raise RuntimeError("HOME is not an absolute path")
-        return Path(value).expanduser()
+        return home_expanded(value)
     except RuntimeError:  # no such user, or no home directory
         if os.path.lexists(value):  # the shell leaves `~nosuchuser` as it is: a file of that name here
-            return Path(value)
+            return Path(value).absolute()  # absolute, as `_literal`: no later step expands it
         raise typer.BadParameter(f"{printable(value)}: the home directory of {printable(head)} cannot be determined "
                                  f"(no such user, or $HOME is not an absolute path); give an absolute path, or "
                                  f"./{printable(value)} for a name starting with ~ in this folder") from None
+
+
+def _literal(value: str) -> Path:
+    """`value`, which does not start with `~`, as a path no later step takes for a home: pathlib
+    shortens `./~x` to `~x`, so such a path is made absolute here (`~x` in the current folder)."""
+    path = Path(value)
+    return path.absolute() if path.parts and path.parts[0].startswith("~") else path
 
 
 def _float_option(value: str, acceptable, said: str) -> float:

@@ -527,6 +527,22 @@ def other_format(path: Path, what: str, found: object, reads: int, redo: str) ->
                                   "without -resume, which reused a task of the older version)")
 
 
+# --- paths as the user gave them ---------------------------------------------------------------------
+
+def home_expanded(path: Path | str) -> Path:
+    """`path` with a leading `~` or `~user` expanded as the shell would. RuntimeError when that home
+    cannot be found: no such user, or $HOME empty or relative (Python reads HOME='' as /, and a relative
+    one would make the path depend on the current folder); each caller says so in its own terms.
+    Only the text's own first character counts: pathlib drops a leading `./`, so `./~x` would be
+    taken for the home of user `x`."""
+    text = str(path)
+    if not text.startswith("~"):
+        return Path(path)
+    if (text == "~" or text.startswith("~/")) and not os.path.isabs(os.environ.get("HOME", "/")):
+        raise RuntimeError("HOME is not an absolute path")
+    return Path(path).expanduser()
+
+
 # --- inputs behind a folder that cannot be entered ----------------------------------------------------
 
 def path_mode(path: Path, refused: type[VirnucproError] = BadInputError) -> int | None:

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from virnucpro.errors import OutputWriteError, UsageError
+from virnucpro.errors import OutputWriteError, UsageError, home_expanded
 
 TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
 CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load
@@ -231,9 +231,7 @@ def _named(folder: Path | str) -> Path:
     found or is not absolute (pathlib's RuntimeError was a traceback), as for --models."""
     text = str(folder)
     try:
-        if (text == "~" or text.startswith("~/")) and not os.path.isabs(os.environ.get("HOME", "/")):
-            raise RuntimeError("HOME is not an absolute path")  # Python reads HOME='' as /
-        return Path(folder).expanduser().absolute()
+        return home_expanded(folder).absolute()
     except RuntimeError:  # no such user, or no (absolute) home directory
         raise UsageError(f"--compile-cache {text!r}: the home directory of {text.split('/')[0]!r} cannot be "
                          "determined", "give the compile cache as an absolute path") from None

@@ -70,7 +70,7 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, ModelsError, UsageError, VirnucproError, name_too_long,
-                              path_too_long, printable, stop_signals_deferred, denied_folder, folder_refused)
+                              path_too_long, printable, stop_signals_deferred, denied_folder, folder_refused, home_expanded)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
@@ -171,10 +171,7 @@ def _expanded(path: Path | str, where: str) -> Path:
     """`path` with `~`/`~user` expanded, made absolute; exit 2 when the home cannot be found or is
     not absolute (the folder would depend on the current one)."""
     try:
-        own_home = str(path) == "~" or str(path).startswith("~/")
-        if own_home and not os.path.isabs(os.environ.get("HOME", "/")):  # Python reads HOME='' as /
-            raise RuntimeError("HOME is not an absolute path")
-        return Path(path).expanduser().absolute()
+        return home_expanded(path).absolute()
     except RuntimeError:  # no such user, or no (absolute) home directory
         raise ModelsPathError(f"models directory {str(path)!r} (from {where}): the home directory "
                               f"of {str(path).split('/')[0]!r} cannot be determined",
