@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro import cli, console
+from virnucpro import console, crash
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example.fa"
 TIMEOUT = 180
@@ -111,11 +111,11 @@ def _no_temporary_folder(*args, **kwargs):
 
 
 def test_the_bug_report_without_a_writable_temporary_folder_prints_its_traceback(monkeypatch, capsys):
-    monkeypatch.setattr(cli.tempfile, "mkstemp", _no_temporary_folder)
+    monkeypatch.setattr(crash.tempfile, "mkstemp", _no_temporary_folder)
     try:
         raise ValueError("boom")
     except ValueError as exc:
-        code = cli._report_bug(exc)
+        code = crash.report_bug(exc)
     err = capsys.readouterr().err
     assert code == 1
     assert "unexpected ValueError: boom" in err and "this is a bug in virnucpro" in err
@@ -129,21 +129,21 @@ def test_the_bug_report_on_a_full_disk_prints_its_traceback_and_leaves_no_file(m
         saved.write_text("")
         return os.open("/dev/full", os.O_WRONLY), str(saved)
 
-    monkeypatch.setattr(cli.tempfile, "mkstemp", full_disk)
-    code = cli._report_bug(RuntimeError("lost"))
+    monkeypatch.setattr(crash.tempfile, "mkstemp", full_disk)
+    code = crash.report_bug(RuntimeError("lost"))
     err = capsys.readouterr().err
     assert code == 1 and "unexpected RuntimeError: lost" in err and "RuntimeError: lost" in err.split("\n", 2)[-1]
     assert not saved.exists(), "an empty, useless crash file was left behind"
 
 
 def test_the_bug_report_in_a_container_prints_its_traceback_too(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli, "CONTAINER_MARKERS", (str(tmp_path / ".dockerenv"),))
+    monkeypatch.setattr(crash, "CONTAINER_MARKERS", (str(tmp_path / ".dockerenv"),))
     (tmp_path / ".dockerenv").write_text("")
-    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(crash.tempfile, "tempdir", str(tmp_path))
     try:
         raise ValueError("inside")
     except ValueError as exc:
-        code = cli._report_bug(exc)
+        code = crash.report_bug(exc)
     err = capsys.readouterr().err
     saved = list(tmp_path.glob("virnucpro-crash-*.txt"))
     assert code == 1 and len(saved) == 1 and 'raise ValueError("inside")' in saved[0].read_text()
@@ -152,9 +152,9 @@ def test_the_bug_report_in_a_container_prints_its_traceback_too(monkeypatch, cap
 
 
 def test_the_bug_report_outside_a_container_only_names_the_saved_file(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli, "CONTAINER_MARKERS", (str(tmp_path / "no-marker"),))
-    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
-    code = cli._report_bug(ValueError("outside"))
+    monkeypatch.setattr(crash, "CONTAINER_MARKERS", (str(tmp_path / "no-marker"),))
+    monkeypatch.setattr(crash.tempfile, "tempdir", str(tmp_path))
+    code = crash.report_bug(ValueError("outside"))
     err = capsys.readouterr().err
     assert code == 1 and "saved in" in err and "Traceback" not in err
 
@@ -162,7 +162,7 @@ def test_the_bug_report_outside_a_container_only_names_the_saved_file(monkeypatc
 def test_a_bug_through_the_command_line_without_a_temporary_folder_is_exit_1(run_cli, monkeypatch):
     from virnucpro.models import store
 
-    monkeypatch.setattr(cli.tempfile, "mkstemp", _no_temporary_folder)
+    monkeypatch.setattr(crash.tempfile, "mkstemp", _no_temporary_folder)
     monkeypatch.setattr(store, "check", lambda directory: 1 / 0)
     code, err = run_cli("models", "check")
     assert code == 1 and "unexpected ZeroDivisionError" in err and "Traceback" in err

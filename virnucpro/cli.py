@@ -6,23 +6,20 @@ Heavy libraries (torch, h5py) are imported inside the commands that need them, s
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import sys
-import tempfile
-import traceback
 from enum import Enum
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import List, Optional
 
 import typer
 
 from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
-from virnucpro.errors import (BadInputError, ExitCode, OutputWriteError, VirnucproError, home_expanded, is_panic, printable,
-                              process_limit, stop_signals_exit_interrupted, storage_errno, storage_error, storage_failure,
-                              storage_hint)
+from virnucpro.crash import report_bug
+from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, home_expanded, is_panic, printable,
+                              stop_signals_exit_interrupted, storage_errno, storage_error, storage_failure, storage_hint)
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.threads import limit_threads
 
@@ -384,18 +381,6 @@ def models_tiny(directory: Path = typer.Argument(..., parser=_models_path, metav
     tiny.make_tiny(directory)
 
 
-# how memory running out reads when it is no MemoryError: torch's CPU allocator, a shared library
-# that cannot be mapped (a library loaded under `ulimit -v`), the kernel's ENOMEM text
-OUT_OF_MEMORY_TEXTS = ("DefaultCPUAllocator", "failed to map segment", os.strerror(errno.ENOMEM))
-
-
-def _out_of_host_memory(exc: BaseException) -> bool:
-    """Whether `exc` is the machine's memory (or the process's memory limit) running out."""
-    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
-        return True
-    return isinstance(exc, (RuntimeError, ImportError, OSError)) and any(text in str(exc) for text in OUT_OF_MEMORY_TEXTS)
-
-
 ONLY_WRITES_FAIL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # errnos a read never meets
 
 
@@ -415,85 +400,6 @@ def _unnamed_storage_failure(exc: OSError) -> Optional[VirnucproError]:
         return BadInputError(f"cannot access {where}: permission denied",
                              "make it readable to this user, and each folder on its path enterable (chmod u+rx)")
     return OutputWriteError(f"cannot access {where}: {storage_error(exc)}", storage_hint(exc))
-
-
-def _report_bug(exc: BaseException) -> int:
-    """Unexpected exception: one line for the user, the traceback in a file for the bug report; the
-    machine's memory running out is said plainly (it is no bug, and more memory is the fix) and is
-    exit 137, what the kernel's out-of-memory killer gives, so that pipelines retry with more memory;
-    a limit on open files or threads is said plainly too (`process_limit`)."""
-    if _out_of_host_memory(exc):
-        error(f"out of memory: this machine's RAM, or the memory limit of this process (`ulimit -v`), ran out "
-              f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
-              "in Nextflow); a smaller --token-budget makes embed need less, down to what its longest sequence needs "
-              "alone, which grows with the square of the chunk size")
-        return ExitCode.OUT_OF_MEMORY
-    limit = process_limit(exc)
-    if limit is not None:
-        error(str(limit))
-        return limit.code
-    from virnucpro.entry import foreign_module_message, module_from_pythonpath
-
-    foreign = module_from_pythonpath(exc)
-    if foreign is not None:
-        error(foreign_module_message(exc, foreign))
-        return ExitCode.USAGE
-    saved = _save_traceback(exc)
-    if not saved.path:
-        where = f"below (it could not be saved: {saved.why})"
-    elif in_container():
-        where = f"below (also saved in {saved.path}, which goes when this container ends)"
-    else:
-        where = f"saved in {saved.path}"
-    what = (f"a library failed: its native (Rust) code panicked: {exc}\n  this is a bug in that library or in "
-            f"how virnucpro {__version__} uses it" if is_panic(exc) else
-            f"unexpected {type(exc).__name__}: {exc}\n  this is a bug in virnucpro {__version__}")
-    error(f"{what}; please report it with the traceback {where}")
-    if not saved.path or in_container():
-        _print_traceback(exc, sys.stderr)
-    return ExitCode.UNEXPECTED
-
-
-CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv", "/.singularity.d")  # Docker, Podman, Apptainer
-
-
-def in_container() -> bool:
-    """Running in a container, whose temporary folder may go with it (Docker's `--rm`, a Nextflow
-    task's container): a saved traceback alone would then be lost, so it is printed too."""
-    return any(os.path.lexists(marker) for marker in CONTAINER_MARKERS)
-
-
-class _Saved(NamedTuple):
-    """Where the traceback was saved (None: nowhere), and why not."""
-    path: Optional[str]
-    why: str = ""
-
-
-def _save_traceback(exc: BaseException) -> _Saved:
-    """The traceback of `exc` in a new temporary file, for the bug report. No writable temporary
-    folder, or one that fills up, gives no path and the reason: the report still reaches the user
-    (the traceback on stderr instead) and exits 1, where the failure itself was a second traceback."""
-    path = None
-    try:
-        fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
-            _print_traceback(exc, handle, quiet=False)
-        return _Saved(path)
-    except OSError as failure:
-        if path:
-            with contextlib.suppress(OSError):
-                Path(path).unlink(missing_ok=True)  # our own file, cut short: useless for the report
-        return _Saved(None, failure.strerror or str(failure))
-
-
-def _print_traceback(exc: BaseException, stream, quiet: bool = True) -> None:
-    """Write the traceback of `exc` to `stream`; `quiet`: a stream that is gone (stderr closed) is no
-    second failure."""
-    try:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
-    except OSError:
-        if not quiet:
-            raise
 
 
 def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
@@ -516,12 +422,12 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
     except OSError as exc:
         failure = _unnamed_storage_failure(exc)
         if failure is None:
-            sys.exit(int(_report_bug(exc)))
+            sys.exit(int(report_bug(exc)))
         error(str(failure))
         sys.exit(int(failure.code))
     except Exception as exc:  # noqa: BLE001 - last resort, turned into a bug report
-        sys.exit(int(_report_bug(exc)))
+        sys.exit(int(report_bug(exc)))
     except BaseException as exc:  # a Rust panic is no Exception; SystemExit and the like go on
         if not is_panic(exc):
             raise
-        sys.exit(int(_report_bug(exc)))
+        sys.exit(int(report_bug(exc)))

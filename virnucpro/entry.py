@@ -120,7 +120,7 @@ def foreign_module_message(exc: BaseException, foreign: str) -> str:
 
 
 def _refuse_foreign_module(exc: BaseException, foreign: str) -> None:
-    """Exit 2 with the message of `virnucpro.cli._report_bug` for such a module, written without
+    """Exit 2 with the message of `virnucpro.crash.report_bug` for such a module, written without
     rich (which may be the module that failed)."""
     from virnucpro.errors import ExitCode
 
