@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -59,7 +59,8 @@ workflow {
             asText(params.input),
             asText(params.outdir),
             asText(params.trace_report_suffix),
-            [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean]
+            [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean],
+            [checkpoint_dir, workflow.workDir.toString()]
         )
         def embed_settings = [checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile]
         def embed_record = embedSettingsRecord()
@@ -76,5 +77,12 @@ workflow {
         )
         // the settings EMBED tasks are keyed by, recorded once this run has a shard embedded or cached
         VIRNUCPRO.out.embeddings.first().subscribe { _shard -> recordEmbedSettings(embed_record, embed_settings) }
+        // a sample's published embeddings/ holds this run's shards only, once they are all embedded
+        if (params.outdir && params.save_embeddings) {
+            VIRNUCPRO.out.embeddings
+                .map { meta, h5 -> [groupKey(meta.id, meta.n_shards), h5.name] }
+                .groupTuple()
+                .subscribe { id, names -> removeEarlierShards(asText(params.outdir), id.toString(), names) }
+        }
     }
 }

@@ -1139,3 +1139,88 @@ def test_the_embed_key_follows_the_manifests_encoder_entries_not_its_fp16_record
     manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"] = "0" * 64  # now names other weights
     manifest_path.write_text(json.dumps(manifest))
     assert _models_key(groovy, models) != before
+
+
+LOGGED = """
+warned = []
+informed = []
+log = [warn: { String message -> warned << message }, info: { String message -> informed << message }]
+"""
+
+
+def _logged_check(groovy, functions, call: str) -> tuple[str, str, str]:
+    """(outcome, warnings, info messages) of `call`, each list joined by ' | '."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions(*functions), LOGGED,
+                      f"result = outcome {{ {call} }}",
+                      "outcome { error([result, warned.join(' | '), informed.join(' | ')].join(' || ')) }"])
+    return tuple(groovy.evaluate({}, [("outcome", code, False)])["outcome"].split(" || "))
+
+
+def _sample_results(folder: Path) -> Path:
+    """A sample folder as PREDICT publishes it (its tables)."""
+    folder.mkdir(parents=True)
+    for name in ("prediction_results.txt", "run_info.json", "sequences.tsv"):
+        (folder / name).write_text("x\n")
+    return folder
+
+
+def test_sample_folders_of_an_earlier_run_that_this_run_has_not_are_said(groovy, tmp_path):
+    """A reviewer's case: a sample removed (or renamed) in the samplesheet kept its folder in
+    --outdir, unsaid, beside a summary and report that list the other samples only."""
+    outdir = tmp_path / "results"
+    for name in ("S1", "S2", "old_name"):
+        _sample_results(outdir / name)
+    _sample_results(outdir / "cli_output").joinpath(".virnucpro.json").write_text("{}")  # a command's: refused elsewhere
+    (outdir / "notes").mkdir()  # the user's own folder: no tables, not a sample's
+    (outdir / "pipeline_info").mkdir()
+    functions = ["warnEarlierSamples", "runOwnNames", "unfinishedMarkName", "commandMarker"]
+    result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['s1', 'S3'])")
+    assert result == "passed", result
+    assert "holds the results of samples 'S2', 'old_name' from an earlier run" in warned, warned
+    assert "S1" not in warned and "cli_output" not in warned and "notes" not in warned
+    assert _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['S1', 'S2', 'old_name'])")[1] == ""
+    assert _logged_check(groovy, functions, f"warnEarlierSamples('{tmp_path / 'new'}', ['S1'])")[:2] == ("passed", "")
+
+
+SEAL = b"virnucpro embedding shard seal 1\n"
+
+
+def test_embedding_shards_an_earlier_run_published_beyond_this_runs_are_removed_and_only_those(groovy, tmp_path):
+    """A reviewer's case: with --save_embeddings, an input that got shorter (3 shards, then 1) left
+    shard_00001.h5 and shard_00002.h5 of the earlier run beside this run's shard_00000.h5, and
+    `virnucpro predict` over embeddings/*.h5 refused them. Files virnucpro did not write are kept."""
+    folder = tmp_path / "results" / "E" / "embeddings"
+    folder.mkdir(parents=True)
+    for name in ("shard_00000.h5", "shard_00001.h5", "shard_00002.h5"):
+        (folder / name).write_bytes(SEAL + b"\0" * 100)
+    (folder / "shard_00003.h5").write_bytes(b"\x89HDF\r\n\x1a\n not sealed: the user's")
+    (folder / "my_notes.h5").write_bytes(SEAL)
+    target = tmp_path / "elsewhere.h5"
+    target.write_bytes(SEAL)
+    (folder / "shard_00004.h5").symlink_to(target)  # a link a `-publish_dir_mode symlink` run left
+    functions = ["removeEarlierShards", "isSealedShard"]
+    result, warned, informed = _logged_check(groovy, functions,
+                                             f"removeEarlierShards('{tmp_path / 'results'}', 'E', ['shard_00000.h5'])")
+    assert result == "passed" and warned == "", (result, warned)
+    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.h5", "shard_00000.h5", "shard_00003.h5"]
+    assert target.read_bytes() == SEAL, "the file a link pointed to was touched"
+    assert "removed 3 embedding shards" in informed and "shard_00001.h5, shard_00002.h5, shard_00004.h5" in informed
+    assert "this run's input has 1 shard" in informed, informed
+    again = _logged_check(groovy, functions, f"removeEarlierShards('{tmp_path / 'results'}', 'E', ['shard_00000.h5'])")
+    assert again == ("passed", "", ""), again
+    assert _logged_check(groovy, functions, f"removeEarlierShards('{tmp_path / 'results'}', 'gone', ['shard_00000.h5'])") == ("passed", "", "")
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "work"])
+def test_a_sample_named_like_the_runs_own_folder_in_outdir_is_refused(groovy, tmp_path, where):
+    """A reviewer's case: `--checkpoint_dir results/ckpt` and a sample `ckpt` put the checkpoints and
+    the sample's tables in one folder; `rm -r results/ckpt` to drop the checkpoints removed the results."""
+    outdir = tmp_path / "results"
+    (outdir / "Ckpt" / "deeper").mkdir(parents=True)
+    folders = [str(outdir / "Ckpt" / "deeper"), ""] if where == "checkpoint" else ["", str(outdir / "Ckpt")]
+    functions = ["refuseSamplesOverRunFolders", "canonicalPath"]
+    message = _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'ckpt'], {folders!r})")
+    assert f"Sample 'ckpt' would have its results in {outdir / 'Ckpt'}, which holds this run's own folder" in message, message
+    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'b'], {folders!r})") == "passed"
+    outside = [str(tmp_path / "ckpt"), str(tmp_path / "work")]
+    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['ckpt', 'work'], {outside!r})") == "passed"

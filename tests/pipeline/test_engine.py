@@ -80,15 +80,30 @@ def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
 
 def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
     """A table an earlier run with other parameters left in --outdir (here: edited) is replaced by
-    the cached task's own, so --outdir holds this run's results only."""
-    before = {p: p.stat().st_mtime_ns for p in (test_run.outdir / "sample_a").iterdir()}
-    published = test_run.outdir / "sample_a" / "run_info.json"
+    the cached task's own, so --outdir holds this run's results only: with --save_embeddings, a
+    shard an earlier run published beyond this run's (its input was longer) is removed, and the
+    folder of a sample this run does not have is said (reviewers' cases)."""
+    outdir = test_run.outdir
+    before = {p: p.stat().st_mtime_ns for p in (outdir / "sample_a").iterdir()}
+    published = outdir / "sample_a" / "run_info.json"
     genuine = published.read_bytes()
     published.write_text('{"threshold": 0.3}\n')
-    again = run_pipeline(test_run.launch, "-profile", "test", "-resume")
-    assert_nothing_rerun(again)
-    assert {p: p.stat().st_mtime_ns for p in (test_run.outdir / "sample_a").iterdir()}.keys() == before.keys()
-    assert published.read_bytes() == genuine
+    (outdir / "sample_a" / "embeddings").mkdir()
+    stale = outdir / "sample_a" / "embeddings" / "shard_00042.h5"
+    stale.write_bytes(b"virnucpro embedding shard seal 1\n" + bytes(64))
+    shutil.copytree(outdir / "sample_b", outdir / "removed_sample")
+    try:
+        again = run_pipeline(test_run.launch, "-profile", "test", "-resume", "--save_embeddings")
+        assert_nothing_rerun(again)
+        assert {p: p.stat().st_mtime_ns for p in (outdir / "sample_a").iterdir()}.keys() == before.keys() | {
+            outdir / "sample_a" / "embeddings"}
+        assert published.read_bytes() == genuine
+        assert not stale.exists() and "removed 1 embedding shard an earlier run published" in again.output
+        assert sorted(p.name for p in (outdir / "sample_a" / "embeddings").iterdir()) == ["shard_00000.h5", "shard_00001.h5"]
+        assert "holds the results of sample 'removed_sample' from an earlier run" in again.output, again.output[-3000:]
+    finally:  # the outdir as the test profile left it, for the tests after this one
+        for folder in (outdir / "sample_a" / "embeddings", outdir / "sample_b" / "embeddings", outdir / "removed_sample"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_rerun_that_would_leave_an_earlier_runs_multiqc_report_is_refused(test_run):

@@ -9,11 +9,15 @@ workflow PIPELINE_INITIALISATION {
     outdir          // string: --outdir, where each sample's results go (<outdir>/<sample>/)
     run_start       // string: the run's start time, as in the names of its reports
     publishes       // map: whether this run publishes MultiQC's report, prepared/ and embeddings/ (booleans)
+    run_folders     // list: the folders the run keeps for itself (work, checkpoints), as text
 
     main:
     def sample_list = isSamplesheet(input) ? samplesFromSamplesheet(input) : samplesFromFiles(input)
-    refuseCommandOutputs(outdir, sample_list.collect { sample -> sample[0].id })
-    refuseStaleOutputs(outdir, sample_list.collect { sample -> sample[0].id }, publishes)
+    def ids = sample_list.collect { sample -> sample[0].id }
+    refuseCommandOutputs(outdir, ids)
+    refuseSamplesOverRunFolders(outdir, ids, run_folders)
+    refuseStaleOutputs(outdir, ids, publishes)
+    warnEarlierSamples(outdir, ids)
     writeInputsTable(outdir, run_start, sample_list)
     def ch_samples = channel.fromList(sample_list)
 
@@ -448,6 +452,96 @@ def refuseCommandOutputs(String outdir, List ids) {
     def taken = ids.collect { id -> dir.resolve(id) }.findAll { folder -> commandMarker(folder) }
     if (taken) {
         error("${taken.collect { folder -> "${folder} (it holds ${commandMarker(folder).name})" }.join(', ')}: the results folder of sample ${quoted(taken.collect { folder -> folder.name })} is the output of a virnucpro command, which this run would replace; choose another --outdir or rename the sample")
+    }
+}
+
+// A sample's results folder <outdir>/<sample>/ may not be, nor hold, a folder the run keeps for
+// itself inside --outdir: with `--checkpoint_dir results/ckpt` and a sample `ckpt`, the checkpoints
+// and the sample's tables would share results/ckpt/, and removing the checkpoints (rm -r) would
+// remove the results. Compared case-blind, as sample names are (checkSampleNames).
+def refuseSamplesOverRunFolders(String outdir, List ids, List folders) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (dir == null || dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def top = java.nio.file.Paths.get(canonicalPath(dir))
+    def clashes = folders.findAll { folder -> folder }.collect { folder -> [folder, file(folder.toString(), glob: false)] }
+        .findAll { entry -> entry[1].toUri().getScheme() == 'file' }
+        .collect { entry -> [entry[0], java.nio.file.Paths.get(canonicalPath(entry[1].toAbsolutePath().normalize()))] }
+        .findAll { entry -> entry[1].startsWith(top) && entry[1] != top }
+        .collect { entry -> [entry[0], entry[1].getName(top.getNameCount()).toString()] }
+        .findAll { entry -> ids.any { id -> id.equalsIgnoreCase(entry[1]) } }
+    if (clashes) {
+        error(clashes.collect { entry -> "Sample '${ids.find { id -> id.equalsIgnoreCase(entry[1]) }}' would have its results in ${dir.resolve(entry[1])}, which holds this run's own folder ${entry[0]}" }.join('; ') + ': rename the sample, or keep that folder out of --outdir (--checkpoint_dir, -work-dir)')
+    }
+}
+
+// Sample folders an earlier run published in --outdir for samples this run does not have (removed
+// or renamed in the samplesheet): left as they are, but said, since virnucpro_summary.tsv and
+// MultiQC's report list this run's samples only. A folder counts when it holds the tables PREDICT
+// publishes and is no virnucpro command's output.
+def warnEarlierSamples(String outdir, List ids) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (dir == null || dir.toUri().getScheme() != 'file' || !java.nio.file.Files.isDirectory(dir)) {
+        return
+    }
+    def own = (ids + runOwnNames()).collect { name -> name.toLowerCase(Locale.ROOT) }
+    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
+    def earlier = []
+    try {
+        earlier = java.nio.file.Files.list(dir).withCloseable { entries -> entries.iterator().toList() }
+            .findAll { entry -> !(entry.fileName.toString().toLowerCase(Locale.ROOT) in own) && java.nio.file.Files.isDirectory(entry, nofollow) }
+            .findAll { entry -> ['prediction_results.txt', 'run_info.json'].every { name -> java.nio.file.Files.exists(entry.resolve(name), nofollow) } }
+            .findAll { entry -> !commandMarker(entry) }
+            .collect { entry -> entry.fileName.toString() }
+            .sort()
+    }
+    catch (Exception _e) { // IOException, or UncheckedIOException from the listing
+        return // a folder that cannot be listed is refused by the checks that write into it
+    }
+    if (earlier) {
+        def shown = earlier.take(10).collect { name -> "'${name}'" }.join(', ') + (earlier.size() > 10 ? " and ${earlier.size() - 10} more" : '')
+        log.warn("--outdir ${outdir} holds the results of ${earlier.size() == 1 ? 'sample' : 'samples'} ${shown} from an earlier run, which this run does not have (removed or renamed in the input): ${earlier.size() == 1 ? 'it is' : 'they are'} kept as ${earlier.size() == 1 ? 'it is' : 'they are'}, but virnucpro_summary.tsv and the MultiQC report list this run's samples only; remove ${earlier.size() == 1 ? 'that folder' : 'those folders'}, or give each run its own --outdir")
+    }
+}
+
+// With --save_embeddings, a sample's embeddings/ holds one file per shard of this run: a shard an
+// earlier run published there whose name this run's shards (`names`) no longer have (the input
+// got shorter) would pass for this run's, and `virnucpro predict` over embeddings/*.h5 refuses it.
+// Such files are removed once the sample's shards are all embedded: only files virnucpro wrote
+// (shard_N.h5 beginning with embed's seal), a link to one removed as a link; anything else is left.
+def removeEarlierShards(String outdir, String id, List names) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (dir == null || dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def folder = dir.resolve(id).resolve('embeddings')
+    if (!java.nio.file.Files.isDirectory(folder, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+        return
+    }
+    try {
+        def earlier = java.nio.file.Files.list(folder).withCloseable { entries -> entries.iterator().toList() }
+            .findAll { entry -> entry.fileName.toString() ==~ /shard_[0-9]+\.h5/ && !(entry.fileName.toString() in names) }
+            .findAll { entry -> isSealedShard(entry) }
+            .sort { entry -> entry.fileName.toString() }
+        earlier.each { entry -> java.nio.file.Files.delete(entry) }
+        if (earlier) {
+            log.info("Sample '${id}': removed ${earlier.size()} embedding ${earlier.size() == 1 ? 'shard' : 'shards'} an earlier run published in ${folder} (${earlier.collect { entry -> entry.fileName }.join(', ')}): this run's input has ${names.size()} ${names.size() == 1 ? 'shard' : 'shards'}")
+        }
+    }
+    catch (Exception e) { // IOException, or UncheckedIOException from the listing: a warning, not the run's end
+        log.warn("Sample '${id}': ${folder} may still hold embedding shards of an earlier run (${e.message}); remove those not named ${names.sort().join(', ')}")
+    }
+}
+
+// Whether the file (links followed) begins with the seal `virnucpro embed` writes (h5shard.SEAL_MAGIC).
+def isSealedShard(path) {
+    def magic = 'virnucpro embedding shard seal 1\n'.getBytes('US-ASCII')
+    try {
+        return java.nio.file.Files.newInputStream(path).withCloseable { stream -> stream.readNBytes(magic.length) == magic }
+    }
+    catch (IOException _e) {
+        return false
     }
 }
 
