@@ -7,6 +7,7 @@ that cannot be entered is exit 3 naming the folder."""
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import shutil
 import subprocess
@@ -261,6 +262,32 @@ def test_a_stop_before_the_first_part_leaves_no_checkpoint_folder(tmp_path, gold
     assert sorted(path.name for path in tmp_path.iterdir()) == (["mine"] if own_folder else [])
     if own_folder:
         assert not list((tmp_path / "mine").iterdir())
+
+
+@pytest.mark.parametrize("closed", ["file", "folder"])
+def test_a_permission_hint_for_another_users_file_names_its_owner_not_chmod_u(tmp_path, small_sample, tiny_models,
+                                                                            closed):
+    """A container reviewer's case: a models folder or shard of another user was "make it readable
+    (chmod u+r)", which only its owner can run; the hint names the owner and what they can run."""
+    prefix = unprivileged()
+    prepared, embedded = small_sample
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    h5 = Path(shutil.copy(embedded, folder / "s.h5"))
+    closed_path = h5 if closed == "file" else folder
+    os.chown(closed_path, 54321, 54321)
+    closed_path.chmod(0)
+    try:
+        done = subprocess.run([*prefix, *CLI, "predict", "--prepared", str(prepared), "--embeddings", str(h5),
+                               "--outdir", str(tmp_path / "out"), "--models", str(tiny_models)],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        closed_path.chmod(0o755)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr[-3000:]
+    rights = "r" if closed == "file" else "rx"
+    assert "belongs to uid 54321" in done.stderr and f"chmod o+{rights} {closed_path}" in done.stderr, done.stderr
+    assert "chmod u+" not in done.stderr, done.stderr
+    _no_traceback(done.stderr)
 
 
 # ------------------------------------------------------------------ 5. an embedding file in a closed folder

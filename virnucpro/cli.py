@@ -18,8 +18,9 @@ import typer
 from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
 from virnucpro.crash import report_bug
-from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, home_expanded, is_panic, printable,
-                              stop_signals_exit_interrupted, storage_errno, storage_error, storage_failure, storage_hint)
+from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, access_hint, denied_folder, home_expanded,
+                              is_panic, printable, stop_signals_exit_interrupted, storage_errno, storage_error,
+                              storage_failure, storage_hint)
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.threads import limit_threads
 
@@ -381,6 +382,17 @@ def models_tiny(directory: Path = typer.Argument(..., parser=_models_path, metav
     tiny.make_tiny(directory)
 
 
+def _access_fix(path: Optional[Path]) -> str:
+    """The hint for a path this user may not reach: the folder on its way that cannot be entered,
+    else the path itself (`access_hint`: chmod for the owner, or what to ask of them)."""
+    if path is None:
+        return "make it readable to this user, and each folder on its path enterable (chmod u+rx)"
+    folder = denied_folder(path)
+    if folder is not None:
+        return access_hint(folder, "rx", f"make the folder {printable(str(folder))} searchable")
+    return access_hint(path, "r")
+
+
 ONLY_WRITES_FAIL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # errnos a read never meets
 
 
@@ -397,8 +409,7 @@ def _unnamed_storage_failure(exc: OSError) -> Optional[VirnucproError]:
         return storage_failure(exc, path or Path("an output file"))
     where = printable(str(path)) if path is not None else "a file (the error names none)"
     if code in (errno.EACCES, errno.EPERM):
-        return BadInputError(f"cannot access {where}: permission denied",
-                             "make it readable to this user, and each folder on its path enterable (chmod u+rx)")
+        return BadInputError(f"cannot access {where}: permission denied", _access_fix(path))
     return OutputWriteError(f"cannot access {where}: {storage_error(exc)}", storage_hint(exc))
 
 

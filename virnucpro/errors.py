@@ -578,7 +578,33 @@ def folder_refused(path: Path, folder: Path, refused: type[VirnucproError], what
     """`refused` (the exit code of what `path` is) for a `path` that cannot be read because `folder`,
     on its way, cannot be entered: the file may be sound, the folder's mode is the fault."""
     return refused(f"cannot read {what}{path}: permission denied on its folder {folder}",
-                   "make the folder searchable (chmod u+rx) and rerun")
+                   access_hint(folder, "rx", "make the folder searchable"))
+
+
+def access_hint(path: Path, rights: str, wanted: str = "make it readable") -> str:
+    """How this user gets `rights` ("r", "rx") on `path`: `chmod u+...` when it is theirs; else only
+    its owner (or root) can change its mode, so the hint names the owner and what they can run."""
+    import shlex
+
+    try:
+        owner = os.stat(path, follow_symlinks=False).st_uid
+    except OSError:
+        owner = None
+    shown = shlex.quote(str(path))
+    if owner is None or owner == os.geteuid():
+        return f"{wanted} (chmod u+{rights} {shown}) and rerun"
+    return (f"{wanted}: it belongs to {_user_name(owner)}, and only they (or root) can change it: "
+            f"`chmod o+{rights} {shown}` (or g+{rights} for a group you share), or run as that user")
+
+
+def _user_name(uid: int) -> str:
+    """`name (uid N)`, or `uid N` for a uid with no account here (a container's)."""
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def not_a_folder(path: Path, option: str) -> BadInputError:

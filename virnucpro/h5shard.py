@@ -29,7 +29,7 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
-                              denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
+                              access_hint, denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import file_mode, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, open_regular, shown
@@ -476,8 +476,7 @@ def _permission_denied(path: Path) -> BadInputError:
     folder = denied_folder(path)
     if folder is not None:
         return folder_refused(path, folder, BadInputError, "embedding shard ")
-    return BadInputError(f"cannot read embedding shard {path}: permission denied",
-                         "make it readable (chmod u+r) and rerun")
+    return BadInputError(f"cannot read embedding shard {path}: permission denied", access_hint(path, "r"))
 
 
 def malformed(path: Path, what: str) -> InconsistentInputsError:

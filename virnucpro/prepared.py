@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
-from virnucpro.errors import (BadInputError, InconsistentInputsError, denied_folder,
+from virnucpro.errors import (BadInputError, InconsistentInputsError, access_hint, denied_folder,
                              folder_refused, open_file_limit, other_format, path_mode)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
@@ -308,7 +308,7 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
         folder = denied_folder(path)
         if folder is not None:
             return folder_refused(path, folder, BadInputError)
-        return BadInputError(f"cannot read {path}: permission denied", "make it readable (chmod u+r) and rerun")
+        return BadInputError(f"cannot read {path}: permission denied", access_hint(path, "r"))
     return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
 
 

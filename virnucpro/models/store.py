@@ -70,7 +70,8 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, ModelsError, UsageError, VirnucproError, name_too_long,
-                              path_too_long, printable, stop_signals_deferred, denied_folder, folder_refused, home_expanded)
+                              path_too_long, printable, stop_signals_deferred, denied_folder, folder_refused, home_expanded,
+                              access_hint)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
@@ -684,7 +685,7 @@ def reading(path: Path) -> Iterator[None]:
         if folder is not None:  # the file itself may be readable
             raise folder_refused(where, folder, ModelsError) from None
         raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}",
-                          hint="make it readable to this user (chmod u+r), then rerun") from None
+                          hint=access_hint(where, "r")) from None
 
 
 def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:
@@ -1008,7 +1009,7 @@ def _is_file(directory: Path, rel: str) -> bool:
     except PermissionError:
         folder = (directory / rel).parent
         raise ModelsError(f"cannot read the folder {_shortened(str(folder), 300)}: permission denied",
-                          hint="make it readable to this user (chmod u+rx), or move it away and rerun "
+                          hint=access_hint(folder, "rx") + ", or move it away and rerun "
                                "`virnucpro models download`") from None
 
 
