@@ -2,7 +2,12 @@
 # pipeline (process.container in conf/base.config) and for running by hand.
 #
 #   docker build -t virnucpro:0.2.0dev .
-#   docker run --rm --gpus all -v "$PWD:/data" -w /data virnucpro:0.2.0dev virnucpro run reads.fa --models /data/models --outdir out
+#   docker run --rm --gpus all -u "$(id -u):$(id -g)" -v "$PWD:/data" -w /data virnucpro:0.2.0dev virnucpro run reads.fa --models /data/models --outdir out
+#   docker run --rm virnucpro:0.2.0dev --version     (options alone are virnucpro's)
+#
+# -u: the container's user is the image's (uid 1000) otherwise, which cannot write into a host folder
+# of another uid ("cannot write out: permission denied"). With --read-only, add --tmpfs /tmp (torch
+# needs a temporary folder; virnucpro never falls back to the current folder, your data).
 #
 # PyTorch's wheels on PyPI for Linux x86_64 bundle the CUDA libraries (torch 2.13: CUDA 13, which
 # needs an NVIDIA driver >= 580 on the host); the host provides only the driver (--gpus / --nv).

@@ -3,13 +3,16 @@
 container is stopped, passes the stop signal on to every process in it and waits for them.
 
     container_init.py COMMAND [ARGS...]
+    container_init.py -OPTION [ARGS...]     (runs `virnucpro -OPTION ARGS...`)
 
 Why: `docker stop` (Nextflow's task wrapper, AWS Batch, a user's Ctrl-C) signals PID 1 only. Under
 Nextflow that is a shell without a handler, and the kernel drops signals to a PID 1 that has none:
 `virnucpro embed` never heard the stop, never saved its stop checkpoint, and was killed when the
 stop timed out. Here every process gets the signal (embed saves and exits 6), and the container ends
 once all of them have. A command that ends by itself ends the container at once, as before. Outside
-a PID namespace of its own (not PID 1), this just runs the command. Standard library only.
+a PID namespace of its own (not PID 1), this just runs the command. A first argument that starts with
+`-` is an option of virnucpro's (`docker run IMAGE --version`), so virnucpro is the command then.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -72,10 +75,17 @@ def reap(main: int) -> int:
     return 0 if code is None else code
 
 
+def command_of(argv: list[str]) -> list[str]:
+    """The command to run: `argv`, or virnucpro with `argv` as its options when the first starts with
+    `-` (no program is named that way; `docker run IMAGE --help` means virnucpro's help)."""
+    return ["virnucpro", *argv] if argv and argv[0].startswith("-") else argv
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: container_init.py COMMAND [ARGS...]", file=sys.stderr)
         return 2
+    argv = command_of(argv)
     if os.getpid() != 1:
         for signum in PYTHON_IGNORED:
             signal.signal(signum, signal.SIG_DFL)

@@ -130,3 +130,15 @@ def test_a_process_started_while_the_stop_goes_round_gets_it_too(tmp_path):
     finally:
         launcher.kill()
     assert launcher.returncode == 6
+
+
+@pytest.mark.parametrize("in_namespace", [True, False])
+@pytest.mark.parametrize("option, said", [("--version", "virnucpro"), ("--help", "Usage")])
+def test_options_alone_go_to_virnucpro(in_namespace, option, said):
+    """`docker run IMAGE --version` replaces the image's CMD with the option alone: the init tried to
+    run a program named `--version` (exit 127). Arguments starting with `-` are virnucpro's options."""
+    prefix = _namespace_or_skip() if in_namespace else []
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # where `virnucpro` is
+    done = subprocess.run([*prefix, sys.executable, str(INIT), option], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": path})
+    assert done.returncode == 0 and said in done.stdout, done

@@ -68,3 +68,31 @@ def test_pool_variables_in_the_environment_do_not_size_a_command(monkeypatch, re
     assert done.returncode == 0, done.stderr
     sizes = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("SIZES ")]
     assert sizes == [[str(cpus)] * (1 + len(POOL_VARIABLES))], done.stdout
+
+
+def _cgroup(tmp_path, files: dict[str, str]):
+    """A cgroup folder (the `root` given to `available_cpus`) holding these files."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_containers_cpu_quota_caps_the_default(tmp_path):
+    """`docker --cpus 0.5` / a Kubernetes limit sets a CFS quota, not the affinity mask: the default
+    used every CPU of the machine. cgroup v2 (cpu.max) and v1 (cfs_quota_us / cfs_period_us)."""
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(_cgroup(tmp_path / "v2", {"cpu.max": "50000 100000\n"})) == 1  # 0.5 CPU: at least 1
+    assert available_cpus(_cgroup(tmp_path / "v2b", {"cpu.max": "150000 100000\n"})) == min(2, affinity)
+    assert available_cpus(_cgroup(tmp_path / "v1", {"cpu/cpu.cfs_quota_us": "100000\n",
+                                                    "cpu/cpu.cfs_period_us": "100000\n"})) == 1
+
+
+def test_no_quota_or_an_unreadable_one_leaves_the_affinity_count(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    for number, files in enumerate([{"cpu.max": "max 100000\n"},
+                                    {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+                                    {"cpu.max": "lots of cpus\n"}, {"cpu.max": "50000 0\n"},
+                                    {"cpu/cpu.cfs_quota_us": "100000\n"}, {}]):
+        assert available_cpus(_cgroup(tmp_path / str(number), files)) == affinity, files

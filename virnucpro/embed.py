@@ -872,18 +872,26 @@ class Compiling:
 def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, precision: str,
                           compiling: Compiling) -> dict:
     """Both encoders, loaded once per process; `identity` (the models' checksums) is only the cache key."""
-    import torch
-
-    from virnucpro.encoders import compiled
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
     from virnucpro.encoders.esm2 import Esm2Encoder
 
-    # on a GPU FlexAttention (DNABERT-S) compiles either way
-    compiled.settle_cache(compiling.cache, compiled.wanted(compiling.enabled, device) or torch.device(device).type == "cuda")
+    settle_torch_cache(device, compiling)
     dtype = torch_dtype(precision)
     info(f"loading DNABERT-S and ESM-2 ({precision} on {device})")
     return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled),
             "esm2": Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)}
+
+
+def settle_torch_cache(device, compiling: Compiling) -> Path:
+    """Settle torch's cache folder for embedding on `device` (`compiled.settle_cache`; on a GPU
+    FlexAttention, DNABERT-S, compiles either way). Called at start-up too (`run`, `embed`), so a
+    missing temporary folder is exit 10 before any work, not after hours of prepare."""
+    import torch
+
+    from virnucpro.encoders import compiled
+
+    return compiled.settle_cache(compiling.cache,
+                                 compiled.wanted(compiling.enabled, device) or torch.device(device).type == "cuda")
 
 
 def _load_encoders(model_set, device, precision: str, compiling: Compiling = Compiling()) -> dict:
@@ -1008,8 +1016,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     records = list(fmt.read_shard(shard))
     ids = [record[0] for record in records]
     model_set = asked.model_set or store.locate(asked.models, roles=ROLES)
-    torch_device = resolve_device(asked.device)
-    precision = resolve_precision(asked.precision, torch_device)
+    torch_device, precision = _device_and_precision(asked)
     if asked.threads is not None:  # a library caller's count; the CLI's (set before torch loaded) again, unchanged
         limit_threads(asked.threads)
     identity = model_set.identity(ROLES)
@@ -1018,6 +1025,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     if _kept_as_written(out, shard_meta, ids, identity, precision):
         _discard_leftover(folder, asked.checkpoint_dir is None)
         return out
+    settle_torch_cache(torch_device, asked.compiling)  # before checkpoints are made or models read
     _say_checkpoints_passed_by(folder, checkpoint, _default_checkpoints(out) / folder.name)
     checkpoints = CheckpointStore(folder, asked.checkpoint_dir is None, identity=checkpoint)
     try:
@@ -1041,6 +1049,12 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     checkpoints.remove()
     info(f"embedded {len(ids):,} records of {shard.name} {asked.reported_as or f'-> {out}'}")
     return out
+
+
+def _device_and_precision(asked: _Settings) -> tuple:
+    """The torch device and the precision `asked` resolve to."""
+    torch_device = resolve_device(asked.device)
+    return torch_device, resolve_precision(asked.precision, torch_device)
 
 
 def _default_checkpoints(out: Path) -> Path:

@@ -222,17 +222,17 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     """All stages for one sample; returns the output directory (`compiling`: virnucpro.embed.Compiling).
 
     Everything that can be checked before hours of work is checked first: the inputs, the output
-    directory (and the compile cache outside it), the models and the classifier; when models must
-    be downloaded, the inputs are prepared (checked to the last record) before the download."""
+    directory (the compile cache outside it), torch's cache folder, the models and the classifier;
+    when models must be downloaded, the inputs are prepared (checked to the last record) first."""
     from virnucpro.prepare import check_inputs
 
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
     _refuse_cache_in_outdir(compiling.cache if compiling is not None else None, outdir)
     check_inputs(inputs)
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
-        from virnucpro.embed import Compiling, resolve_device
+        from virnucpro.embed import Compiling
 
-        torch_device = resolve_device(device)  # no GPU for --device cuda: said before a prepare or a download
+        torch_device = _device_settled(device, compiling or Compiling())
 
         def set_up() -> Setup:
             return _setup(models, classifier, chunk_size, torch_device, precision, offline, compiling or Compiling())
@@ -254,6 +254,16 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
         with stop_signals_deferred():  # the outputs are in place: a stop waits until the work folder is gone
             remove_written(work, _work_files())
     return outdir
+
+
+def _device_settled(device: str, compiling):
+    """The torch device, its cache folder settled (`embed.settle_torch_cache`: a temporary folder on the
+    CPU): no GPU for --device cuda, or no temporary folder (exit 10), is said before a prepare or a download."""
+    from virnucpro.embed import resolve_device, settle_torch_cache
+
+    torch_device = resolve_device(device)
+    settle_torch_cache(torch_device, compiling)
+    return torch_device
 
 
 @contextmanager

@@ -3,25 +3,59 @@ torch.compile's compile workers).
 
 Applied at the start of a command, before the heavy libraries load, so their pools start at the
 right size. The default is the CPUs this process may use (its affinity mask, which SLURM and
-containers set), not the machine's core count; pool variables already in the environment
+`docker --cpuset-cpus` set, lowered to a container's CPU quota: `docker --cpus`, Kubernetes limits), not
+the machine's core count; pool variables already in the environment
 (OMP_NUM_THREADS, ...) are replaced, never followed.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where a container sees its own cgroup (v2: cpu.max; v1: cpu/cpu.cfs_*)
 # torch.compile's compile workers (processes, read when inductor is imported) count as a pool too
 POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS",
                   "TORCHINDUCTOR_COMPILE_THREADS")
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask), else the machine's count."""
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The CPUs this process may run on (its affinity mask, else the machine's count), no more than
+    its cgroup's CPU quota allows, rounded up (at least 1)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota(cgroup_root)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> float | None:
+    """The CPUs' worth of time the cgroup at `cgroup_root` may use (CFS quota / period: `docker --cpus`,
+    Kubernetes limits), from cgroup v2's `cpu.max` ("QUOTA PERIOD", "max PERIOD": none) or v1's
+    `cpu/cpu.cfs_quota_us` (-1: none) and `cpu/cpu.cfs_period_us`. None without a quota, or where the
+    files cannot be read or make no sense: the quota only ever lowers the count."""
+    for read in (_cgroup_v2_quota, _cgroup_v1_quota):
+        try:
+            quota, period = read(cgroup_root)
+            quota, period = int(quota), int(period)
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+def _cgroup_v2_quota(root: Path) -> tuple[str, str]:
+    """cgroup v2's quota and period, as written in `cpu.max` ("max", no quota, as v1's -1)."""
+    quota, period = (root / "cpu.max").read_text().split()
+    return "-1" if quota == "max" else quota, period
+
+
+def _cgroup_v1_quota(root: Path) -> tuple[str, str]:
+    """cgroup v1's quota and period, as written in their two files."""
+    return ((root / "cpu" / "cpu.cfs_quota_us").read_text().strip(),
+            (root / "cpu" / "cpu.cfs_period_us").read_text().strip())
 
 
 def limit_threads(threads: int | None) -> int:

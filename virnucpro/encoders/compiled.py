@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import functools
 import logging
@@ -115,7 +116,29 @@ def _scratch() -> Path:
         return _process_folder(SCRATCH_PREFIX)
     except OSError as error:  # no writable temporary folder at all
         raise OutputWriteError(f"no writable temporary folder for torch's cache: {error}",
-                               "set TMPDIR to a folder of yours") from None
+                               "set TMPDIR to a folder of yours (in a container: docker run --tmpfs /tmp, "
+                               "or -e TMPDIR=DIR)") from None
+
+
+SYSTEM_TEMPORARY_FOLDERS = ("/tmp", "/var/tmp", "/usr/tmp")  # tempfile's candidates after TMPDIR, TEMP, TMP
+
+
+def temporary_folder() -> Path:
+    """tempfile's temporary folder, but never its silent last resort, the current folder: that is
+    the user's data in a container (`docker run --read-only -w /data`), where torch's folders would
+    be left after a kill. A current folder named in TMPDIR, TEMP or TMP is the user's choice. OSError
+    (as tempfile's) when there is none."""
+    found = os.path.abspath(tempfile.gettempdir())  # tempfile gives TMPDIR=. as "."
+    named = [os.path.abspath(os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)]
+    try:
+        current = os.getcwd()
+    except OSError:  # the current folder is gone: tempfile did not fall back to it
+        return Path(found)
+    if found != current or found in (*named, *SYSTEM_TEMPORARY_FOLDERS):
+        return Path(found)
+    tried = [*named, *SYSTEM_TEMPORARY_FOLDERS]
+    raise FileNotFoundError(errno.ENOENT, f"No usable temporary directory found in {tried} (the current folder, "
+                                          f"{found}, is not used for it)")
 
 
 SCRATCH_PREFIX, ONE_OFF_PREFIX = "virnucpro-torch-", "virnucpro-compile-"  # folders of one process each
@@ -128,7 +151,7 @@ def _process_folder(prefix: str) -> Path:
     lock file this process keeps locked, so that the next process removes it when a kill (SIGKILL,
     the out-of-memory killer) skipped the removal at exit (`_remove_abandoned_folders`)."""
     _remove_abandoned_folders()
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=temporary_folder()))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     _hold_owner_lock(folder)
     return folder
@@ -169,7 +192,7 @@ def _remove_abandoned_folders() -> None:
     their owner lock is free. A folder without one (made by an older virnucpro, or where locks do not
     work), another user's, another machine's, a copy, or a link is left alone."""
     try:
-        entries = os.scandir(tempfile.gettempdir())
+        entries = os.scandir(temporary_folder())
     except OSError:
         return
     with entries:
@@ -368,7 +391,7 @@ def _fallback(refused: list[str]) -> Path:
     the default is; else a new folder for this process alone, checked too. Never torch's own
     default, which nobody checks. None usable is exit 10 naming every folder tried and why."""
     try:
-        temporary = Path(tempfile.gettempdir())
+        temporary = temporary_folder()
     except OSError as error:  # no writable temporary folder at all
         raise _no_private_folder([*refused, str(error)]) from None
     kept, problem = _private(temporary / f"virnucpro-{os.geteuid()}" / "torch-compile")
@@ -382,7 +405,8 @@ def _fallback(refused: list[str]) -> Path:
 
 def _no_private_folder(reasons: list[str]) -> OutputWriteError:
     return OutputWriteError(f"no private folder for compiled GPU kernels: {'; '.join(reasons)}",
-                            "set TMPDIR to a folder of yours, give --compile-cache DIR, or add --no-compile")
+                            "set TMPDIR to a folder of yours (in a container: docker run --tmpfs /tmp), give "
+                            "--compile-cache DIR, or add --no-compile")
 
 
 @functools.lru_cache(maxsize=None)
