@@ -24,8 +24,19 @@ Models have random weights of the real sizes (ESM-2 3B: 36 layers, 2560 wide, 40
 DNABERT-S folder and, for `embed()`, an fp16 ESM-2 checkpoint in fair-esm's layout are written to a
 temporary folder. The fast path is asked for through the loaders' `path` keyword when they take one
 (`inspect.signature`), else only the reference path runs; `path` on the loaded encoder says which
-ran. Needs torch, numpy, h5py, tokenizers, safetensors, rich and this repository; never fair-esm or
-biopython. A step that would start after --time-guard seconds is skipped and says so.
+ran; it is read after the measurement, since a batch that fails moves an encoder down to a safer path
+(fast+compiled -> fast -> reference, `encoders.forward_on_path`): such a row names the path it ended
+on, starred, with `fell_back_during_measurement` in the JSON, and is no figure of the path loaded.
+Needs torch, numpy, h5py, tokenizers, safetensors, rich and this repository; never fair-esm or
+biopython.
+
+Time: a step (one encoder x path, embed, one precision load) that would start after --time-guard
+seconds (330) is skipped and named; the step still running at --hard-limit seconds (450) is stopped
+(SIGALRM), the rest skipped, and the summary printed, so a run ends within about 7.5 minutes. A
+section or encoder x path that fails (out of memory, a CUDA error, a bug) is recorded (its name,
+exception, message; traceback on stderr) and the next one runs; the exit status is then 1. `--json FILE` is rewritten
+atomically after every section and every encoder x path, as strict JSON (NaN as null), so a kill
+keeps every figure measured before it.
 
     python benchmarks/gpu_check.py                   # one GPU; --json FILE keeps the figures
     python benchmarks/gpu_check.py --cpu-smoke       # every section on the CPU, tiny sizes, seconds
@@ -46,11 +57,15 @@ import gc
 import inspect
 import json
 import math
+import os
 import random
+import signal
 import sys
 import tempfile
 import threading
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,7 +127,9 @@ class PathResult:
 
     role: str
     requested: str
-    ran: str = ""
+    loaded: str = ""  # the path the load settled on
+    ran: str = ""  # the path at the end of the measurement and the profile (a failing batch moves it down)
+    fell_back_during_measurement: bool = False  # the figures then mix `loaded` and `ran`: credit neither
     load_s: float = math.nan
     compile_s: float = 0.0
     first_pass_s: float = math.nan
@@ -130,6 +147,15 @@ class PathResult:
     @property
     def tflops(self) -> float:
         return self.tflop / self.steady_s
+
+    @property
+    def ran_label(self) -> str:
+        return ran_label(self.ran, self.fell_back_during_measurement)
+
+
+def ran_label(ran: str, fell_back: bool) -> str:
+    """The path that ran, starred when the encoder fell back to it in the middle of a measurement."""
+    return ran + "*" if fell_back else ran
 
 
 # --- timing and the clock guard -----------------------------------------------------------------------
@@ -149,20 +175,45 @@ def timed(device: torch.device, work) -> float:
 
 
 class Guard:
-    """Skips steps that would start after `seconds`, so one run stays inside its time."""
+    """Skips steps that would start after `seconds`, and every step once `stopped` (--hard-limit hit)."""
 
     def __init__(self, seconds: float):
-        self.start, self.seconds, self.skipped = time.perf_counter(), seconds, []
+        self.start, self.seconds, self.skipped, self.stopped = time.perf_counter(), seconds, [], False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def allows(self, step: str) -> bool:
-        if self.elapsed() < self.seconds:
+        if self.elapsed() < self.seconds and not self.stopped:
             return True
         self.skipped.append(step)
-        print(f"  SKIPPED {step}: {self.elapsed():.0f} s elapsed, past --time-guard {self.seconds:.0f} s")
+        why = "--hard-limit reached" if self.stopped else f"past --time-guard {self.seconds:.0f} s"
+        print(f"  SKIPPED {step}: {self.elapsed():.0f} s elapsed, {why}")
         return False
+
+
+class OutOfTime(BaseException):
+    """Raised at --hard-limit; a BaseException, so no `except Exception` (a path fallback) swallows it."""
+
+
+@contextmanager
+def hard_limit(seconds: float, guard: Guard):
+    """Raises OutOfTime in the main thread once the run is `seconds` old (SIGALRM; unarmed elsewhere)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum, _frame):
+        guard.stopped = True
+        raise OutOfTime(f"--hard-limit {seconds:.0f} s reached")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds - guard.elapsed(), 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def free(device: torch.device) -> None:
@@ -340,32 +391,37 @@ def describe_device(device: torch.device) -> str:
     return "\n".join("  " + line for line in lines)
 
 
+def gemm_seconds(rows: int, k: int, n: int, repeats: int, device: torch.device) -> float:
+    """Seconds of `repeats` fp16 x @ W^T with x (rows, k), W (n, k), after 3 warm-up products."""
+    x = torch.randn(rows, k, device=device, dtype=torch.float16)
+    w = torch.randn(n, k, device=device, dtype=torch.float16)
+    for _ in range(3):
+        F.linear(x, w)
+    return timed(device, lambda: [F.linear(x, w) for _ in range(repeats)])
+
+
 def gemm_ceilings(plan: Plan, device: torch.device, rows: int) -> dict[str, float]:
     """fp16 TFLOP/s of x @ W^T for ESM-2's qkv, attn_out, fc1 and fc2 shapes, `rows` token rows."""
     d = plan.esm["dim"]
     shapes = {"qkv": (d, 3 * d), "attn_out": (d, d), "fc1": (d, 4 * d), "fc2": (4 * d, d)}
-    results = {}
-    for name, (k, n) in shapes.items():
-        x = torch.randn(rows, k, device=device, dtype=torch.float16)
-        w = torch.randn(n, k, device=device, dtype=torch.float16)
-        for _ in range(3):
-            F.linear(x, w)
-        seconds = timed(device, lambda: [F.linear(x, w) for _ in range(plan.gemm_repeats)])
-        results[name] = 2 * rows * k * n * plan.gemm_repeats / seconds / 1e12
-        del x, w
+    results = {name: 2 * rows * k * n * plan.gemm_repeats / gemm_seconds(rows, k, n, plan.gemm_repeats, device) / 1e12
+               for name, (k, n) in shapes.items()}
     free(device)
     return results
 
 
-def copy_ceiling(plan: Plan, device: torch.device) -> float:
-    """Device-to-device copy, GB/s counting bytes read plus bytes written."""
-    n_bytes = plan.copy_mib * 2**20
+def copy_seconds(n_bytes: int, repeats: int, device: torch.device) -> float:
+    """Seconds of `repeats` device-to-device copies of `n_bytes`, after one warm-up copy."""
     src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    repeats = 10
-    seconds = timed(device, lambda: [dst.copy_(src) for _ in range(repeats)])
-    del src, dst
+    return timed(device, lambda: [dst.copy_(src) for _ in range(repeats)])
+
+
+def copy_ceiling(plan: Plan, device: torch.device) -> float:
+    """Device-to-device copy, GB/s counting bytes read plus bytes written."""
+    n_bytes, repeats = plan.copy_mib * 2**20, 10
+    seconds = copy_seconds(n_bytes, repeats, device)
     free(device)
     return 2 * n_bytes * repeats / seconds / 1e9
 
@@ -412,30 +468,48 @@ def workload(role: str, encoder, count: int, seed: int) -> list:
     return encoder.tokenize([nuc if role == "dnabert_s" else prot for nuc, prot in pairs])
 
 
+def bench_path(role: str, load, path: str, plan: Plan, device: torch.device, budget: int) -> PathResult:
+    """One path of one encoder in fp16: load, throughput, then the profile of its biggest batch."""
+    result = PathResult(role, path)
+    free(device)
+    start = time.perf_counter()
+    encoder = load(device, torch.float16, path)
+    sync(device)
+    result.load_s, result.loaded = time.perf_counter() - start, ran_path(encoder)
+    result.compile_s = getattr(encoder, "compile_seconds", 0.0)
+    count = plan.esm_sequences if role == "esm2" else plan.dnabert_sequences
+    tokens = workload(role, encoder, count, seed=1)
+    collated = measure_path(result, encoder, tokens, budget, device, flops_of(role, plan))
+    result.kernels, result.shares = top_kernels(encoder, collated[0], device)
+    result.ran = ran_path(encoder)  # read last: a batch that fails moves the encoder to a safer path
+    result.fell_back_during_measurement = result.ran != result.loaded
+    return result
+
+
+def print_path(result: PathResult) -> None:
+    fell = f" (fell back from {result.loaded} during the measurement)" if result.fell_back_during_measurement else ""
+    print(f"  {result.role:9s} {result.requested:13s} ran {result.ran:13s} load {result.load_s:6.2f} s (compile "
+          f"{result.compile_s:.2f} s)  first pass "
+          f"{result.first_pass_s:7.2f} s  steady {result.steady_s:7.2f} s  {result.tokens_per_s:12,.0f} tok/s  "
+          f"{result.tflops:8.3g} TFLOP/s  peak mem {result.peak_gib:6.2f} GiB{fell}", flush=True)
+
+
 def bench_encoder(role: str, load, paths: tuple, plan: Plan, device: torch.device, guard: Guard,
-                  budget: int) -> list[PathResult]:
-    """Each path of one encoder in fp16: load, throughput, then the profile of its biggest batch."""
+                  budget: int, keep, failed) -> list[PathResult]:
+    """Each path of one encoder (`bench_path`), each result handed to `keep` as soon as it is measured;
+    a path that fails (out of memory, a CUDA error) goes to `failed` and the next path runs."""
     results = []
     for path in paths:
         if not guard.allows(f"{role} {path}"):
             continue
-        result = PathResult(role, path)
-        free(device)
-        start = time.perf_counter()
-        encoder = load(device, torch.float16, path)
-        sync(device)
-        result.load_s, result.ran = time.perf_counter() - start, ran_path(encoder)
-        result.compile_s = getattr(encoder, "compile_seconds", 0.0)
-        count = plan.esm_sequences if role == "esm2" else plan.dnabert_sequences
-        tokens = workload(role, encoder, count, seed=1)
-        collated = measure_path(result, encoder, tokens, budget, device, flops_of(role, plan))
-        result.kernels, result.shares = top_kernels(encoder, collated[0], device)
-        results.append(result)
-        print(f"  {role:9s} {path:13s} ran {result.ran:13s} load {result.load_s:6.2f} s (compile "
-              f"{result.compile_s:.2f} s)  first pass "
-              f"{result.first_pass_s:7.2f} s  steady {result.steady_s:7.2f} s  {result.tokens_per_s:12,.0f} tok/s  "
-              f"{result.tflops:8.3g} TFLOP/s  peak mem {result.peak_gib:6.2f} GiB", flush=True)
-        del encoder, collated
+        try:
+            results.append(bench_path(role, load, path, plan, device, budget))
+        except Exception as exc:
+            failed(f"encoders {role} {path}", exc)
+            free(device)
+            continue
+        print_path(results[-1])
+        keep(results[-1])
     return results
 
 
@@ -478,7 +552,7 @@ def top_kernels(encoder, collated, device: torch.device, n: int = 8) -> tuple[li
 def print_kernels(results: list[PathResult]) -> None:
     for r in results:
         shares = ", ".join(f"{kind} {share:.0%}" for kind, share in sorted(r.shares.items(), key=lambda kv: -kv[1]))
-        print(f"  {r.role} {r.requested} (ran {r.ran}): {shares}")
+        print(f"  {r.role} {r.requested} (ran {r.ran_label}): {shares}")
         for name, share in r.kernels:
             print(f"    {share:6.1%}  {name[:110]}")
 
@@ -495,20 +569,23 @@ def vectors_of(encoder, tokens: list, budget: int) -> torch.Tensor:
 
 
 def role_vectors(role: str, load, paths: tuple, pairs: list, device: torch.device, budget: int,
-                 guard: Guard) -> dict:
-    """{(path ran or asked, dtype): vectors} of one encoder: fp32 reference, then fp16/bf16 per path."""
-    found = {}
+                 guard: Guard) -> tuple[dict, dict]:
+    """{(path asked, dtype): vectors} of one encoder (fp32 reference, then fp16/bf16 per path), and
+    {(path asked, dtype): (path loaded, path that ran at the end)}."""
+    found, ran = {}, {}
     for path, dtype in [("reference", "fp32")] + [(p, d) for p in paths for d in ("fp16", "bf16")]:
         if not guard.allows(f"precision {role} {path} {dtype}"):
             continue
         free(device)
         encoder = load(device, DTYPES[dtype], path)
+        loaded = ran_path(encoder)
         tokens = encoder.tokenize([nuc if role == "dnabert_s" else prot for nuc, prot in pairs])
         found[(path, dtype)] = vectors_of(encoder, tokens, budget)
-        if ran_path(encoder) != path:
-            print(f"  {role} {dtype}: {path} path asked, {ran_path(encoder)} ran")
+        final = ran[(path, dtype)] = (loaded, ran_path(encoder))  # read after: a failing batch moves it down
+        if final[1] != path:
+            print(f"  {role} {dtype}: {path} path asked, {ran_label(final[1], loaded != final[1])} ran")
         del encoder
-    return found
+    return found, ran
 
 
 def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -525,16 +602,18 @@ def classifier_flips(vectors: dict, key: tuple, seed: int) -> float:
     return float((calls != base).float().mean())
 
 
-def precision_rows(vectors: dict) -> list[dict]:
-    """Per role, path and low precision: min cosine and max |delta| to fp32, max |delta| to reference."""
+def precision_rows(vectors: dict, ran: dict) -> list[dict]:
+    """Per role, path asked and low precision: the path that ran, min cosine and max |delta| to fp32,
+    max |delta| to reference."""
     rows = []
-    for role in ROLES:
-        base = vectors[role].get(("reference", "fp32"))
-        for (path, dtype), v in vectors[role].items():
+    for role, found in vectors.items():
+        base = found.get(("reference", "fp32"))
+        for (path, dtype), v in found.items():
             if dtype == "fp32" or base is None:
                 continue
-            reference = vectors[role].get(("reference", dtype))
-            rows.append({"role": role, "path": path, "dtype": dtype, "cos_min": cosine_min(v, base),
+            reference, (loaded, final) = found.get(("reference", dtype)), ran[role][(path, dtype)]
+            rows.append({"role": role, "path": path, "dtype": dtype, "ran": final,
+                         "fell_back_during_measurement": final != loaded, "cos_min": cosine_min(v, base),
                          "max_abs": float((v - base).abs().max()),
                          "vs_reference": float((v - reference).abs().max()) if reference is not None else math.nan})
     return rows
@@ -547,18 +626,25 @@ def precision_paths(loader) -> tuple[str, ...]:
 
 
 def precision_section(load: dict, plan: Plan, device: torch.device, budget: int, guard: Guard) -> dict:
+    """fp16/bf16 against fp32 and against reference, per encoder, and the classifier calls that change."""
     pairs = orfs(plan.precision_sequences, seed=2)
-    vectors = {role: role_vectors(role, fn, precision_paths(checked), pairs, device, budget, guard)
-               for role, (fn, checked) in load.items()}
-    rows = precision_rows(vectors)
+    measured = {role: role_vectors(role, fn, precision_paths(checked), pairs, device, budget, guard)
+                for role, (fn, checked) in load.items()}
+    vectors = {role: found for role, (found, _) in measured.items()}
+    rows = precision_rows(vectors, {role: ran for role, (_, ran) in measured.items()})
     for row in rows:
         key = (row["path"], row["dtype"])
-        ready = all(key in vectors[r] and ("reference", "fp32") in vectors[r] for r in ROLES)
+        ready = all(key in vectors.get(r, {}) and ("reference", "fp32") in vectors[r] for r in ROLES)
         row["flips"] = classifier_flips(vectors, key, seed=3) if ready else math.nan
-        print(f"  {row['role']:9s} {row['path']:9s} {row['dtype']}  cosine to fp32 min {row['cos_min']:.6f}  "
+        print(f"  {row['role']:9s} {row['path']:9s} {row['dtype']} (ran {precision_ran(row)})  "
+              f"cosine to fp32 min {row['cos_min']:.6f}  "
               f"max |d| to fp32 {row['max_abs']:.2e}  max |d| to reference {row['vs_reference']:.2e}  "
               f"classifier calls changed {row['flips']:.2%}")
     return {"sequences": len(pairs), "rows": rows}
+
+
+def precision_ran(row: dict) -> str:
+    return ran_label(row["ran"], row["fell_back_during_measurement"])
 
 
 # --- embed() end to end ----------------------------------------------------------------------------------
@@ -632,10 +718,12 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
     precision = embed_mod.resolve_precision("auto", device)
     load_s = timed(device, lambda: embed_mod.embedding_widths(model_set, device, precision))
     ran = {role: ran_path(e) for role, e in embed_mod._load_encoders(model_set, device, precision).items()}
-    with console.err.capture() as captured, BusySampler(device) as busy:
-        embed_s = timed(device, lambda: embed_mod.embed(shard, work / "shard.h5", model_set=model_set,
-                                                        device=plan.device, precision="auto"))
-    embed_mod._load_encoders_cached.cache_clear()
+    try:
+        with console.err.capture() as captured, BusySampler(device) as busy:
+            embed_s = timed(device, lambda: embed_mod.embed(shard, work / "shard.h5", model_set=model_set,
+                                                            device=plan.device, precision="auto"))
+    finally:  # the cached encoders leave the device even when embed() fails
+        embed_mod._load_encoders_cached.cache_clear()
     summary = next((line.strip() for line in captured.get().splitlines() if "computed" in line), "")
     result = {"records": plan.records, "precision": precision, "paths": ran, "lookup_s": lookup_s,
               "load_s": load_s, "embed_s": embed_s, "records_per_s": plan.records / embed_s,
@@ -656,32 +744,90 @@ def _fraction(value: float, of: float | None) -> str:
     return "n/a" if of is None else f"{value / of:.1%}"
 
 
-# --- summary and main ------------------------------------------------------------------------------------
+# --- the figures: kept after every step, strict JSON -------------------------------------------------------
 
-def print_summary(results: list[PathResult], peak: tuple[float, str], best_gemm: float, precision: dict,
-                  embedded: dict | None, guard: Guard) -> None:
-    header("summary", guard)
-    if peak[0] is None:  # the CPU: neither its spec nor its fp16 GEMM bounds what is measured
-        best_gemm = None
-        print("  MFU and 'of GEMM' n/a on the CPU; '1st-steady' = compile, autotune and warm-up of the first pass")
-    else:
-        print(f"  MFU against {peak[0]:.4g} TFLOP/s ({peak[1]}); 'of GEMM' against the best fp16 GEMM measured, "
-              f"{best_gemm:.4g} TFLOP/s; '1st-steady' = compile, autotune and warm-up of the first pass")
+def jsonable(value):
+    """`value` as strict JSON holds it: results as dicts, tuples as lists, NaN and infinities as null."""
+    if isinstance(value, PathResult):
+        return jsonable({**asdict(value), "tokens_per_s": value.tokens_per_s, "tflops": value.tflops})
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Report:
+    """The figures found so far and the sections that failed, rewritten to --json after every step."""
+
+    def __init__(self, path: Path | None, guard: Guard):
+        self.path, self.guard, self.figures, self.failed = path, guard, {}, []
+
+    def save(self) -> None:
+        """Atomically (a temporary file in the same folder, then os.replace): a kill keeps the last save."""
+        if self.path is None:
+            return
+        found = {**self.figures, "failed": self.failed, "skipped": self.guard.skipped, "seconds": self.guard.elapsed()}
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        partial.write_text(json.dumps(jsonable(found), indent=2, allow_nan=False))
+        os.replace(partial, self.path)
+
+    def fail(self, section: str, exc: BaseException) -> None:
+        """Records a failed section (or encoder x path) and saves; its traceback goes to stderr."""
+        traceback.print_exception(exc, file=sys.stderr)
+        self.failed.append({"section": section, "error": type(exc).__name__, "message": str(exc)})
+        print(f"  FAILED {section}: {type(exc).__name__}: {exc} (traceback on stderr)", flush=True)
+        self.save()
+
+
+# --- summary -------------------------------------------------------------------------------------------------
+
+def mfu_basis(figures: dict) -> tuple[float | None, float | None]:
+    """(peak, best GEMM) MFU and 'of GEMM' are taken against; None where n/a (the CPU, no ceilings)."""
+    peak = figures.get("peak", (None, ""))
+    if peak[0] is None or not figures.get("gemm_tflops"):
+        print("  MFU and 'of GEMM' n/a " + ("on the CPU" if "peak" in figures else "(no ceilings measured)")
+              + "; '1st-steady' = compile, autotune and warm-up of the first pass")
+        return None, None
+    best_gemm = max(figures["gemm_tflops"].values())
+    print(f"  MFU against {peak[0]:.4g} TFLOP/s ({peak[1]}); 'of GEMM' against the best fp16 GEMM measured, "
+          f"{best_gemm:.4g} TFLOP/s; '1st-steady' = compile, autotune and warm-up of the first pass")
+    return peak[0], best_gemm
+
+
+def print_path_table(results: list[PathResult], peak: float | None, best_gemm: float | None) -> None:
     print(f"  {'encoder':9s} {'path':13s} {'ran':13s} {'tokens/s':>12s} {'TFLOP/s':>9s} {'MFU':>6s} {'of GEMM':>8s} "
           f"{'peak GiB':>9s} {'load s':>7s} {'compile s':>9s} {'1st pass s':>10s} {'steady s':>9s} {'1st-steady s':>12s}")
     for r in results:
-        print(f"  {r.role:9s} {r.requested:13s} {r.ran:13s} {r.tokens_per_s:12,.0f} {r.tflops:9.3g} "
-              f"{_fraction(r.tflops, peak[0]):>6s} {_fraction(r.tflops, best_gemm):>8s} {r.peak_gib:9.2f} {r.load_s:7.2f} "
+        print(f"  {r.role:9s} {r.requested:13s} {r.ran_label:13s} {r.tokens_per_s:12,.0f} {r.tflops:9.3g} "
+              f"{_fraction(r.tflops, peak):>6s} {_fraction(r.tflops, best_gemm):>8s} {r.peak_gib:9.2f} {r.load_s:7.2f} "
               f"{r.compile_s:9.2f} {r.first_pass_s:10.2f} {r.steady_s:9.2f} {r.first_pass_s - r.steady_s:12.2f}")
+    if any(r.fell_back_during_measurement for r in results):
+        print("  * fell back during the measurement (a batch failed on the path loaded): the row mixes both paths")
+
+
+def print_summary(report: Report) -> None:
+    """What exists: the path table, precision, embed(), the failed sections and the skipped steps."""
+    figures, guard = report.figures, report.guard
+    header("summary", guard)
+    print_path_table(figures.get("results", []), *mfu_basis(figures))
+    precision = figures.get("precision") or {}
     for row in precision.get("rows", []):
-        print(f"  precision {row['role']:9s} {row['path']:13s} {row['dtype']}: min cosine {row['cos_min']:.6f}, "
-              f"calls changed {row['flips']:.2%} ({precision['sequences']} sequences)")
+        print(f"  precision {row['role']:9s} {row['path']:13s} {row['dtype']} (ran {precision_ran(row)}): min cosine "
+              f"{row['cos_min']:.6f}, calls changed {row['flips']:.2%} ({precision['sequences']} sequences)")
+    embedded = figures.get("embed")
     if embedded:
         print(f"  embed(): {embedded['records']:,} records, {embedded['records_per_s']:,.0f} records/s, load "
               f"{embedded['load_s']:.1f} s, GPU busy {_share(embedded['gpu_busy'])}, paths {embedded['paths']}")
+    for failed in report.failed:
+        print(f"  FAILED {failed['section']}: {failed['error']}: {failed['message']}")
     print(f"  skipped by the time guard: {', '.join(guard.skipped) or 'nothing'}")
     print(f"  total {guard.elapsed():.0f} s")
 
+
+# --- sections and main ---------------------------------------------------------------------------------------
 
 def options(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -690,40 +836,116 @@ def options(argv) -> argparse.Namespace:
     ap.add_argument("--records", type=int, help="records of the embed() shard (default 10,000)")
     ap.add_argument("--time-guard", type=float, default=330.0,
                     help="skip steps that would start after this many seconds (default 330)")
-    ap.add_argument("--json", type=Path, help="also write every figure to this file")
+    ap.add_argument("--hard-limit", type=float, default=450.0,
+                    help="stop the step still running at this many seconds, skip the rest, print the summary "
+                         "(default 450)")
+    ap.add_argument("--json", type=Path, help="also write every figure to this file, again after every step")
     return ap.parse_args(argv)
 
 
-def run_sections(plan: Plan, args, device: torch.device, work: Path, guard: Guard) -> dict:
-    budget = embed_mod.DEFAULT_TOKEN_BUDGET[device.type]
-    header("device", guard)
-    print(describe_device(device))
-    header("ceilings", guard)
-    gemm = gemm_ceilings(plan, device, rows=budget)
-    copy = copy_ceiling(plan, device)
-    print("  fp16 GEMM TFLOP/s at", budget, "rows:", ", ".join(f"{k} {v:.3g}" for k, v in gemm.items()))
+@dataclass
+class Run:
+    """What the sections share: the sizes, the device, a work folder, the clock and the report."""
+
+    plan: Plan
+    args: argparse.Namespace
+    device: torch.device
+    work: Path
+    guard: Guard
+    report: Report
+    budget: int
+    models: dict | None = None
+
+
+def models_of(run: Run) -> dict:
+    """The random DNABERT-S folder, ESM-2 checkpoint and their loaders, built once on first use."""
+    if run.models is None:
+        dnabert = dnabert_folder(run.work / "models" / "DNABERT-S", run.plan.dnabert, run.device, seed=5)
+        esm_data = esm_checkpoint(run.plan.esm, run.device, seed=6)
+        run.models = {"dnabert": dnabert, "esm_data": esm_data, "load": loaders(dnabert, esm_data)}
+    return run.models
+
+
+def device_section(run: Run) -> dict:
+    text = describe_device(run.device)
+    print(text)
+    return {"device": text.strip()}
+
+
+def ceilings_section(run: Run) -> dict:
+    gemm = gemm_ceilings(run.plan, run.device, rows=run.budget)
+    print("  fp16 GEMM TFLOP/s at", run.budget, "rows:", ", ".join(f"{k} {v:.3g}" for k, v in gemm.items()))
+    copy = copy_ceiling(run.plan, run.device)
     print(f"  device copy {copy:.1f} GB/s (read + written)")
-    peak = peak_tflops(device, args.peak_tflops, max(gemm.values()))
-    header("encoders", guard)
-    dnabert = dnabert_folder(work / "models" / "DNABERT-S", plan.dnabert, device, seed=5)
-    esm_data = esm_checkpoint(plan.esm, device, seed=6)
-    load = loaders(dnabert, esm_data)
+    return {"gemm_tflops": gemm, "copy_gb_s": copy,
+            "peak": peak_tflops(run.device, run.args.peak_tflops, max(gemm.values()))}
+
+
+def encoders_section(run: Run) -> dict:
+    """Every encoder x path; each row (or failure) joins the report, and the JSON, as soon as it is known."""
+    load = models_of(run)["load"]
     print("  fast path offered by the loaders: " + ", ".join(
         f"{role} {'yes' if path_keyword(checked) else 'no'}" for role, (_, checked) in load.items()))
-    results = [r for role, (fn, checked) in load.items()
-               for r in bench_encoder(role, fn, paths_of(checked), plan, device, guard, budget)]
-    header("kernels", guard)
-    print_kernels(results)
-    header("embed", guard)
-    free(device)
-    embedded = embed_section(plan, work, dnabert, esm_data, device) if guard.allows("embed") else None
-    header("precision", guard)
-    precision = precision_section(load, plan, device, budget, guard)
-    return {"gemm_tflops": gemm, "copy_gb_s": copy, "peak": peak, "results": results,
-            "precision": precision, "embed": embedded}
+    results = run.report.figures.setdefault("results", [])
+
+    def keep(result: PathResult) -> None:
+        results.append(result)
+        run.report.save()
+
+    for role, (fn, checked) in load.items():
+        bench_encoder(role, fn, paths_of(checked), run.plan, run.device, run.guard, run.budget, keep,
+                      run.report.fail)
+    return {}
+
+
+def kernels_section(run: Run) -> dict:
+    print_kernels(run.report.figures.get("results", []))
+    return {}
+
+
+def embed_step(run: Run) -> dict:
+    if not run.guard.allows("embed"):
+        return {"embed": None}
+    models = models_of(run)
+    return {"embed": embed_section(run.plan, run.work, models["dnabert"], models["esm_data"], run.device)}
+
+
+def precision_step(run: Run) -> dict:
+    return {"precision": precision_section(models_of(run)["load"], run.plan, run.device, run.budget, run.guard)}
+
+
+def sections() -> list[tuple[str, object]]:
+    """(name, function of the Run returning its figures), in the order they run."""
+    return [("device", device_section), ("ceilings", ceilings_section), ("encoders", encoders_section),
+            ("kernels", kernels_section), ("embed", embed_step), ("precision", precision_step)]
+
+
+def run_section(name: str, work, run: Run) -> None:
+    """One section; a failure (or --hard-limit) is recorded and the next section runs; saved after."""
+    header(name, run.guard)
+    try:
+        run.report.figures.update(work(run))
+    except (Exception, OutOfTime) as exc:  # an OOM, a CUDA error, a bug: the figures so far are kept
+        run.report.fail(name, exc)
+    free(run.device)
+    run.report.save()
+
+
+def run_sections(run: Run) -> None:
+    """Every section, none started once --hard-limit has stopped the run."""
+    try:
+        for name, work in sections():
+            if run.guard.stopped:
+                run.guard.skipped.append(name)
+            else:
+                run_section(name, work, run)
+    except OutOfTime as exc:  # fired between two sections
+        run.report.fail("between sections", exc)
+        run.report.save()
 
 
 def main(argv=None) -> int:
+    """Runs every section, prints the summary; 1 when a section failed or --hard-limit stopped one."""
     args = options(argv)
     plan = SMOKE if args.cpu_smoke else REAL
     if args.records:
@@ -732,16 +954,17 @@ def main(argv=None) -> int:
         raise SystemExit("no GPU visible: run on a GPU machine, or use --cpu-smoke")
     device = torch.device(plan.device)
     guard = Guard(args.time_guard)
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+    report = Report(args.json, guard)
+    try:
+        report.save()  # an unwritable --json is found now, not after the run
+    except OSError as exc:
+        raise SystemExit(f"cannot write --json {args.json}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp, hard_limit(args.hard_limit, guard):
         compiled.use_cache(Path(tmp) / "compile-cache")  # cold: the first compile of each model is timed whole
-        found = run_sections(plan, args, device, Path(tmp), guard)
-    print_summary(found["results"], found["peak"], max(found["gemm_tflops"].values()), found["precision"],
-                  found["embed"], guard)
-    if args.json:
-        found["results"] = [{**asdict(r), "tokens_per_s": r.tokens_per_s, "tflops": r.tflops}
-                            for r in found["results"]]
-        args.json.write_text(json.dumps({**found, "skipped": guard.skipped, "seconds": guard.elapsed()}, indent=2))
-    return 0
+        run_sections(Run(plan, args, device, Path(tmp), guard, report, embed_mod.DEFAULT_TOKEN_BUDGET[device.type]))
+    print_summary(report)
+    report.save()
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

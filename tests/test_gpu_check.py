@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,155 @@ def test_the_smoke_run_names_the_branches_only_a_gpu_runs():
     for branch in ("varlen_attn", "batching._flex(True)", "create_block_mask(..., _compile=True)"):
         assert branch in text, branch
     assert "every code path" not in text
+
+
+# --- the figures survive failures, kills and fallbacks ---------------------------------------------------
+
+def strict_json(path: Path):
+    """The file parsed as strict JSON: a bare NaN or Infinity fails the test."""
+    def refuse(constant):
+        raise AssertionError(f"{path.name} holds {constant}, not strict JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_the_json_is_strict(smoke):
+    """NaN (the CPU's peak memory, a missing comparison) is written as null."""
+    done, figures = smoke
+    found = strict_json(figures)
+    assert found["failed"] == [] and {r["peak_gib"] for r in found["results"]} == {None}, done.stdout[-2000:]
+    assert {r["ran"] for r in found["results"]} >= {"fast+compiled"}
+    assert not any(r["fell_back_during_measurement"] for r in found["results"])
+
+
+@pytest.fixture
+def gpu_check(monkeypatch, tmp_path, thread_settings_kept):
+    """The script as a module, its compile cache (which it sets in os.environ) undone after the test."""
+    from virnucpro.encoders import compiled
+
+    monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, str(tmp_path / "compile-cache"))
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def injected(message: str):
+    """A stand-in for one of the script's steps that fails as a GPU might."""
+    def fail(*_args, **_kwargs):
+        raise RuntimeError(message)
+    return fail
+
+
+def test_a_failed_section_is_recorded_and_the_next_ones_still_run(gpu_check, monkeypatch, tmp_path, capsys):
+    """The ceilings, every encoder x path, embed and precision fail: each is in the JSON, the
+    sections after each still run, the summary prints, tracebacks go to stderr, the exit status is 1."""
+    monkeypatch.setattr(gpu_check, "gemm_ceilings", injected("CUDA error: injected in the ceilings"))
+    monkeypatch.setattr(gpu_check, "bench_path", injected("out of memory: injected in a path"))
+    monkeypatch.setattr(gpu_check, "embed_section", injected("injected in embed"))
+    monkeypatch.setattr(gpu_check, "precision_section", injected("out of memory: injected in precision"))
+    figures = tmp_path / "figures.json"
+    assert gpu_check.main(["--cpu-smoke", "--json", str(figures)]) == 1
+    out, err = capsys.readouterr()
+    found = strict_json(figures)
+    paths = [f"encoders {role} {path}" for role in ("dnabert_s", "esm2")
+             for path in ("reference", "fast", "fast+compiled")]
+    assert [f["section"] for f in found["failed"]] == ["ceilings", *paths, "embed", "precision"]
+    assert {f["error"] for f in found["failed"]} == {"RuntimeError"}
+    assert found["failed"][-1]["message"] == "out of memory: injected in precision"
+    assert "device" in found and found["results"] == [] and "embed" not in found and "precision" not in found
+    for section in ("encoders", "kernels", "embed", "precision", "summary"):
+        assert f"\n== {section} " in out, section
+    summary = out.split("\n== summary", 1)[1]
+    assert "FAILED ceilings: RuntimeError: CUDA error: injected in the ceilings" in summary
+    assert "FAILED encoders esm2 fast+compiled" in summary and "FAILED precision" in summary
+    assert "MFU and 'of GEMM' n/a" in summary
+    assert err.count("Traceback") == 9 and "injected in precision" in err and "Traceback" not in out
+
+
+def test_a_kill_keeps_every_finished_section(gpu_check, monkeypatch, tmp_path):
+    """The JSON is rewritten after every section: stopped in precision, the earlier ones are on disk."""
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # what a kill leaves: nothing after this line runs
+    monkeypatch.setattr(gpu_check, "precision_section", killed)
+    figures = tmp_path / "figures.json"
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--cpu-smoke", "--time-guard", "0", "--json", str(figures)])
+    found = strict_json(figures)
+    assert set(found["gemm_tflops"]) == {"qkv", "attn_out", "fc1", "fc2"} and found["copy_gb_s"] > 0
+    assert "embed" in found and "precision" not in found and found["failed"] == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "compile-cache") == ["figures.json"]
+
+
+def test_the_hard_limit_ends_a_step_that_runs_on(gpu_check, monkeypatch, tmp_path, capsys):
+    """A step still running at --hard-limit is stopped; the rest is skipped, the summary printed."""
+    monkeypatch.setattr(gpu_check, "describe_device", lambda device: time.sleep(120))
+    figures = tmp_path / "figures.json"
+    assert gpu_check.main(["--cpu-smoke", "--hard-limit", "1", "--json", str(figures)]) == 1
+    out, _ = capsys.readouterr()
+    found = strict_json(figures)
+    assert [(f["section"], f["error"]) for f in found["failed"]] == [("device", "OutOfTime")]
+    assert found["skipped"] == ["ceilings", "encoders", "kernels", "embed", "precision"]
+    assert "\n== summary" in out and "\n== ceilings" not in out
+
+
+class FailsLater:
+    """Esm2Encoder._run failing on one path once `succeed` batches after the load ran on it: the
+    encoder falls back (encoders.forward_on_path) in the middle of what is measured."""
+
+    def __init__(self, monkeypatch, esm2):
+        self.calls, self.succeed, self.armed, self.real = 0, 0, None, esm2.Esm2Encoder._run
+        monkeypatch.setattr(esm2.Esm2Encoder, "_run", lambda encoder, collated, path: self.run(encoder, collated, path))
+
+    def run(self, encoder, collated, path):
+        if path == self.armed:
+            self.calls += 1
+            if self.calls > self.succeed:
+                raise RuntimeError("injected: the compiled kernel refuses this shape")
+        return self.real(encoder, collated, path)
+
+    def loader(self, load, failing: str, succeed: int):
+        """`load`, the fault on path `failing` armed once the encoder is loaded (its self-check passed)."""
+        def armed(device, dtype, path):
+            self.armed, self.calls, self.succeed = None, 0, succeed
+            encoder = load(device, dtype, path)
+            self.armed = failing
+            return encoder
+        return armed
+
+
+def test_a_fallback_while_measuring_is_never_credited_to_the_compiled_path(gpu_check, monkeypatch, capsys):
+    """The compiled path fails mid-measurement: the row, the kernels label, the summary and the
+    JSON name the path that ran at the end and flag the row as mixed; precision rows likewise
+    (there the fast path fails, so that no second compile makes the test slower)."""
+    import torch
+
+    from virnucpro.encoders import esm2
+
+    fault = FailsLater(monkeypatch, esm2)
+    plan, cpu = gpu_check.SMOKE, torch.device("cpu")
+    load, checked = gpu_check.loaders(None, gpu_check.esm_checkpoint(plan.esm, cpu, seed=6))["esm2"]
+    guard, budget = gpu_check.Guard(600), gpu_check.embed_mod.DEFAULT_TOKEN_BUDGET["cpu"]
+    results = gpu_check.bench_encoder("esm2", fault.loader(load, "fast+compiled", succeed=1), ("fast+compiled",),
+                                      plan, cpu, guard, budget, keep=lambda result: None, failed=None)
+    gpu_check.print_kernels(results)
+    def without_compile(device, dtype, path):
+        """A loader taking `path` but not `compile`: precision compares reference and fast (no compile)."""
+    precision = gpu_check.precision_section({"esm2": (fault.loader(load, "fast", succeed=0), without_compile)},
+                                            plan, cpu, budget, guard)
+    report = gpu_check.Report(None, guard)
+    report.figures.update({"results": results, "precision": precision})
+    gpu_check.print_summary(report)
+    out = capsys.readouterr().out
+    row = gpu_check.jsonable(results)[0]
+    assert (row["requested"], row["loaded"], row["ran"], row["fell_back_during_measurement"]) == \
+        ("fast+compiled", "fast+compiled", "fast", True)
+    assert "esm2 fast+compiled (ran fast*)" in out  # the kernels label
+    summary = out.split("\n== summary", 1)[1]
+    assert "esm2      fast+compiled fast*" in summary and "fast+compiled fast+compiled" not in summary
+    assert "* fell back during the measurement" in summary
+    fast_rows = [r for r in precision["rows"] if r["path"] == "fast"]
+    assert len(fast_rows) == 2 and all(r["ran"] == "reference" and r["fell_back_during_measurement"]
+                                       for r in fast_rows)
+    assert "precision esm2      fast          fp16 (ran reference*)" in summary
+    assert all(r["ran"] == "reference" for r in precision["rows"] if r["path"] == "reference")
