@@ -60,7 +60,7 @@ workflow {
             asText(params.outdir),
             asText(params.trace_report_suffix),
             [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean],
-            [checkpoint_dir, workflow.workDir.toString()]
+            [checkpoint: checkpoint_dir, work: workflow.workDir.toString()]
         )
         def embed_settings = [checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile]
         def embed_record = embedSettingsRecord()
@@ -82,7 +82,7 @@ workflow {
             VIRNUCPRO.out.embeddings
                 .map { meta, h5 -> [groupKey(meta.id, meta.n_shards), h5.name] }
                 .groupTuple()
-                .subscribe { id, names -> removeEarlierShards(asText(params.outdir), id.toString(), names) }
+                .subscribe { id, names -> removeEarlierShards(asText(params.outdir), id.toString(), names, params.publish_dir_mode in ['symlink', 'rellink']) }
         }
     }
 }

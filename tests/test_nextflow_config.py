@@ -1173,11 +1173,14 @@ def test_sample_folders_of_an_earlier_run_that_this_run_has_not_are_said(groovy,
     _sample_results(outdir / "cli_output").joinpath(".virnucpro.json").write_text("{}")  # a command's: refused elsewhere
     (outdir / "notes").mkdir()  # the user's own folder: no tables, not a sample's
     (outdir / "pipeline_info").mkdir()
-    functions = ["warnEarlierSamples", "runOwnNames", "unfinishedMarkName", "commandMarker"]
-    result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['s1', 'S3'])")
+    functions = ["warnEarlierSamples", "runOwnNames", "unfinishedMarkName", "commandMarker", "isRunsOwnEntry"]
+    result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['S1', 'S3'])")
     assert result == "passed", result
     assert "holds the results of samples 'S2', 'old_name' from an earlier run" in warned, warned
     assert "S1" not in warned and "cli_output" not in warned and "notes" not in warned
+    # on a file system that tells case apart, S1/ is not sample s1's folder (a second review's case)
+    result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['s1', 'S2', 'old_name'])")
+    assert "holds the results of sample 'S1' from an earlier run" in warned, warned
     assert _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['S1', 'S2', 'old_name'])")[1] == ""
     assert _logged_check(groovy, functions, f"warnEarlierSamples('{tmp_path / 'new'}', ['S1'])")[:2] == ("passed", "")
 
@@ -1197,18 +1200,24 @@ def test_embedding_shards_an_earlier_run_published_beyond_this_runs_are_removed_
     (folder / "my_notes.h5").write_bytes(SEAL)
     target = tmp_path / "elsewhere.h5"
     target.write_bytes(SEAL)
-    (folder / "shard_00004.h5").symlink_to(target)  # a link a `-publish_dir_mode symlink` run left
+    (folder / "shard_00004.h5").symlink_to(target)  # a link a `-publish_dir_mode symlink` run left, or the user's
+    os.mkfifo(folder / "shard_00005.h5")  # never opened: it would wait for a writer for ever (a second review's case)
     functions = ["removeEarlierShards", "isSealedShard"]
-    result, warned, informed = _logged_check(groovy, functions,
-                                             f"removeEarlierShards('{tmp_path / 'results'}', 'E', ['shard_00000.h5'])")
+    results = tmp_path / "results"
+    result, warned, informed = _logged_check(groovy, functions, f"removeEarlierShards('{results}', 'E', ['shard_00000.h5'], false)")
     assert result == "passed" and warned == "", (result, warned)
-    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.h5", "shard_00000.h5", "shard_00003.h5"]
-    assert target.read_bytes() == SEAL, "the file a link pointed to was touched"
-    assert "removed 3 embedding shards" in informed and "shard_00001.h5, shard_00002.h5, shard_00004.h5" in informed
+    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.h5", "shard_00000.h5", "shard_00003.h5", "shard_00004.h5",
+                                                        "shard_00005.h5"]
+    assert "removed 2 embedding shards" in informed and "shard_00001.h5, shard_00002.h5)" in informed
     assert "this run's input has 1 shard" in informed, informed
-    again = _logged_check(groovy, functions, f"removeEarlierShards('{tmp_path / 'results'}', 'E', ['shard_00000.h5'])")
+    # a run that publishes links removes the earlier run's links (as links)
+    result, warned, informed = _logged_check(groovy, functions, f"removeEarlierShards('{results}', 'E', ['shard_00000.h5'], true)")
+    assert (result, warned) == ("passed", "") and "removed 1 embedding shard" in informed and "(shard_00004.h5)" in informed
+    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.h5", "shard_00000.h5", "shard_00003.h5", "shard_00005.h5"]
+    assert target.read_bytes() == SEAL, "the file a link pointed to was touched"
+    again = _logged_check(groovy, functions, f"removeEarlierShards('{results}', 'E', ['shard_00000.h5'], true)")
     assert again == ("passed", "", ""), again
-    assert _logged_check(groovy, functions, f"removeEarlierShards('{tmp_path / 'results'}', 'gone', ['shard_00000.h5'])") == ("passed", "", "")
+    assert _logged_check(groovy, functions, f"removeEarlierShards('{results}', 'gone', ['shard_00000.h5'], false)") == ("passed", "", "")
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "work"])
@@ -1217,10 +1226,24 @@ def test_a_sample_named_like_the_runs_own_folder_in_outdir_is_refused(groovy, tm
     the sample's tables in one folder; `rm -r results/ckpt` to drop the checkpoints removed the results."""
     outdir = tmp_path / "results"
     (outdir / "Ckpt" / "deeper").mkdir(parents=True)
-    folders = [str(outdir / "Ckpt" / "deeper"), ""] if where == "checkpoint" else ["", str(outdir / "Ckpt")]
-    functions = ["refuseSamplesOverRunFolders", "canonicalPath"]
-    message = _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'ckpt'], {folders!r})")
-    assert f"Sample 'ckpt' would have its results in {outdir / 'Ckpt'}, which holds this run's own folder" in message, message
-    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'b'], {folders!r})") == "passed"
-    outside = [str(tmp_path / "ckpt"), str(tmp_path / "work")]
-    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['ckpt', 'work'], {outside!r})") == "passed"
+    inside = str(outdir / "Ckpt" / "deeper")
+    folders = f"[checkpoint: '{inside}', work: '']" if where == "checkpoint" else f"[checkpoint: '', work: '{inside}']"
+    functions = ["refuseSamplesOverRunFolders", "canonicalPath", "checkpointEntries"]
+    message = _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'ckpt'], {folders})")
+    assert f"Sample 'ckpt' would share its results folder with this run's own {inside} ({outdir / 'Ckpt'})" in message, message
+    assert message.count("Sample 'ckpt'") == 1, message
+    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'b'], {folders})") == "passed"
+    outside = f"[checkpoint: '{tmp_path / 'ckpt'}', work: '{tmp_path / 'work'}']"
+    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['ckpt', 'work'], {outside})") == "passed"
+
+
+def test_a_checkpoint_folder_that_is_outdir_keeps_its_own_names_from_the_samples(groovy, tmp_path):
+    """A second review's case: `--checkpoint_dir results --outdir results` and a sample `samples`
+    put the sample's tables and every sample's checkpoints in results/samples/."""
+    outdir = tmp_path / "results"
+    outdir.mkdir()
+    functions = ["refuseSamplesOverRunFolders", "canonicalPath", "checkpointEntries"]
+    folders = f"[checkpoint: '{outdir}', work: '{tmp_path / 'work'}']"
+    message = _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['Samples', 'x'], {folders})")
+    assert f"Sample 'Samples' would share its results folder with this run's own {outdir}/samples" in message, message
+    assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'b'], {folders})") == "passed"

@@ -154,6 +154,20 @@ def test_an_existing_file_named_tilde_unknown_user_is_read_as_it_is(home, run_cl
     assert (Path.cwd() / "out" / "manifest.json").is_file()
 
 
+def test_a_path_under_an_existing_folder_named_tilde_unknown_user_is_used_as_it_is(home, run_cli):
+    """A second review's case: `-o '~nosuch/x'` with a folder `~nosuch` here was exit 2, and so was
+    `models check '~nosuch'` with that folder there; the shell leaves both as they are."""
+    (Path.cwd() / "~virnucpro-no-such-user").mkdir()
+    code, message = run_cli("prepare", EXAMPLE, "-o", "~virnucpro-no-such-user/x")
+    assert code == 0, message
+    assert (Path.cwd() / "~virnucpro-no-such-user" / "x" / "manifest.json").is_file()
+    code, message = run_cli("models", "tiny", "~virnucpro-no-such-user/m")
+    assert code == 0, message
+    code, message = run_cli("models", "check", "~virnucpro-no-such-user/m")
+    assert code == 0 and "cannot be determined" not in message, message
+    assert not os.listdir(home)
+
+
 def test_relative_path_keeps_a_literal_tilde(home, run_cli):
     """`./~x` is how to name a file called `~x` in the current folder, as in the shell."""
     code, message = run_cli("prepare", EXAMPLE, "--outdir=./~x")

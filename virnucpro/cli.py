@@ -86,16 +86,14 @@ def _path(value: str) -> Path:
 def _home_expanded(value: str) -> Path:
     """`value` with a leading `~` or `~user` expanded as the shell would (as --models always was): the
     shell leaves `--outdir=~/x` alone, which made a folder named `~` in the current one. A home that
-    cannot be found (no such user; $HOME empty or relative) leaves an existing path of that name as
-    it is, as the shell does; otherwise it is a usage error (exit 2), not a folder named `~...` made."""
+    cannot be found leaves a path whose first part exists here as it is, as the shell does
+    (`home_expanded`); otherwise it is a usage error (exit 2), not a folder named `~...` made."""
     if not value.startswith("~"):
         return _literal(value)
     head = value.split("/", 1)[0]
     try:
         return home_expanded(value)
-    except RuntimeError:  # no such user, or no home directory
-        if os.path.lexists(value):  # the shell leaves `~nosuchuser` as it is: a file of that name here
-            return Path(value).absolute()  # absolute, as `_literal`: no later step expands it
+    except RuntimeError:  # no such user, or no home directory, and nothing of that name here
         raise typer.BadParameter(f"{printable(value)}: the home directory of {printable(head)} cannot be determined "
                                  f"(no such user, or $HOME is not an absolute path); give an absolute path, or "
                                  f"./{printable(value)} for a name starting with ~ in this folder") from None

@@ -530,17 +530,23 @@ def other_format(path: Path, what: str, found: object, reads: int, redo: str) ->
 # --- paths as the user gave them ---------------------------------------------------------------------
 
 def home_expanded(path: Path | str) -> Path:
-    """`path` with a leading `~` or `~user` expanded as the shell would. RuntimeError when that home
-    cannot be found: no such user, or $HOME empty or relative (Python reads HOME='' as /, and a relative
-    one would make the path depend on the current folder); each caller says so in its own terms.
-    Only the text's own first character counts: pathlib drops a leading `./`, so `./~x` would be
-    taken for the home of user `x`."""
+    """`path` with a leading `~` or `~user` expanded as the shell would. A home that cannot be found
+    (no such user; $HOME empty or relative: Python reads HOME='' as /, and a relative one would make
+    the path depend on the current folder) leaves the path as it is, as the shell does, when its first
+    part names something here (`~x.fa`, `~nosuchuser/out`); otherwise RuntimeError, which each caller
+    says in its own terms, rather than a folder named `~...` made by mistake. Only the text's own
+    first character counts: pathlib drops a leading `./`, so `./~x` would be taken for user x's home."""
     text = str(path)
     if not text.startswith("~"):
         return Path(path)
-    if (text == "~" or text.startswith("~/")) and not os.path.isabs(os.environ.get("HOME", "/")):
-        raise RuntimeError("HOME is not an absolute path")
-    return Path(path).expanduser()
+    try:
+        if (text == "~" or text.startswith("~/")) and not os.path.isabs(os.environ.get("HOME", "/")):
+            raise RuntimeError("HOME is not an absolute path")
+        return Path(path).expanduser()
+    except RuntimeError:  # no such user, or no home directory
+        if os.path.lexists(text.split("/", 1)[0]):
+            return Path(path).absolute()  # absolute: no later step takes it for a home
+        raise
 
 
 # --- inputs behind a folder that cannot be entered ----------------------------------------------------

@@ -176,7 +176,8 @@ def _expanded(path: Path | str, where: str) -> Path:
     except RuntimeError:  # no such user, or no (absolute) home directory
         raise ModelsPathError(f"models directory {str(path)!r} (from {where}): the home directory "
                               f"of {str(path).split('/')[0]!r} cannot be determined",
-                              hint="give the models directory as an absolute path") from None
+                              hint=f"give the models directory as an absolute path, or ./{path} for a folder "
+                                   "named so in this one") from None
 
 
 def _user_data_dir(where: str = "--models") -> Path:

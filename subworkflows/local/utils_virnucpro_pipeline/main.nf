@@ -9,7 +9,7 @@ workflow PIPELINE_INITIALISATION {
     outdir          // string: --outdir, where each sample's results go (<outdir>/<sample>/)
     run_start       // string: the run's start time, as in the names of its reports
     publishes       // map: whether this run publishes MultiQC's report, prepared/ and embeddings/ (booleans)
-    run_folders     // list: the folders the run keeps for itself (work, checkpoints), as text
+    run_folders     // map: the folders the run keeps for itself ([checkpoint: path or '', work: path]), as text
 
     main:
     def sample_list = isSamplesheet(input) ? samplesFromSamplesheet(input) : samplesFromFiles(input)
@@ -458,22 +458,36 @@ def refuseCommandOutputs(String outdir, List ids) {
 // A sample's results folder <outdir>/<sample>/ may not be, nor hold, a folder the run keeps for
 // itself inside --outdir: with `--checkpoint_dir results/ckpt` and a sample `ckpt`, the checkpoints
 // and the sample's tables would share results/ckpt/, and removing the checkpoints (rm -r) would
-// remove the results. Compared case-blind, as sample names are (checkSampleNames).
-def refuseSamplesOverRunFolders(String outdir, List ids, List folders) {
+// remove the results. A checkpoint folder that is --outdir itself takes the names of what EMBED
+// keeps in it (modules/local/virnucpro/embed). Compared case-blind, as sample names are
+// (checkSampleNames). `folders`: [checkpoint: path or '', work: path], as text.
+def refuseSamplesOverRunFolders(String outdir, List ids, Map folders) {
     def dir = outdir ? file(outdir, glob: false) : null
     if (dir == null || dir.toUri().getScheme() != 'file') {
         return
     }
     def top = java.nio.file.Paths.get(canonicalPath(dir))
-    def clashes = folders.findAll { folder -> folder }.collect { folder -> [folder, file(folder.toString(), glob: false)] }
-        .findAll { entry -> entry[1].toUri().getScheme() == 'file' }
-        .collect { entry -> [entry[0], java.nio.file.Paths.get(canonicalPath(entry[1].toAbsolutePath().normalize()))] }
-        .findAll { entry -> entry[1].startsWith(top) && entry[1] != top }
-        .collect { entry -> [entry[0], entry[1].getName(top.getNameCount()).toString()] }
-        .findAll { entry -> ids.any { id -> id.equalsIgnoreCase(entry[1]) } }
-    if (clashes) {
-        error(clashes.collect { entry -> "Sample '${ids.find { id -> id.equalsIgnoreCase(entry[1]) }}' would have its results in ${dir.resolve(entry[1])}, which holds this run's own folder ${entry[0]}" }.join('; ') + ': rename the sample, or keep that folder out of --outdir (--checkpoint_dir, -work-dir)')
+    def taken = [:] // a name at the top of --outdir -> the run's folder that takes it
+    folders.each { kind, folder ->
+        def path = folder ? file(folder.toString(), glob: false) : null
+        def real = path?.toUri()?.getScheme() == 'file' ? java.nio.file.Paths.get(canonicalPath(path.toAbsolutePath().normalize())) : null
+        if (real == top && kind == 'checkpoint') {
+            checkpointEntries().each { name -> taken[name] = "${folder}/${name}" }
+        }
+        else if (real != null && real.startsWith(top) && real != top) {
+            taken[real.getName(top.getNameCount()).toString()] = folder.toString()
+        }
     }
+    def clashes = ids.collect { id -> [id, taken.find { name, _folder -> name.equalsIgnoreCase(id) }] }.findAll { entry -> entry[1] }
+    if (clashes) {
+        error(clashes.collect { entry -> "Sample '${entry[0]}' would share its results folder with this run's own ${entry[1].value} (${dir.resolve(entry[1].key)})" }.join('; ') + ': rename the sample, or keep that folder out of --outdir (--checkpoint_dir, -work-dir)')
+    }
+}
+
+// What EMBED keeps at the top of the checkpoint folder (modules/local/virnucpro/embed: a folder per
+// sample under samples/, the compiled kernels, the GPU slots' locks)
+def checkpointEntries() {
+    return ['samples', 'compile-cache', '.gpu-slots']
 }
 
 // Sample folders an earlier run published in --outdir for samples this run does not have (removed
@@ -485,12 +499,11 @@ def warnEarlierSamples(String outdir, List ids) {
     if (dir == null || dir.toUri().getScheme() != 'file' || !java.nio.file.Files.isDirectory(dir)) {
         return
     }
-    def own = (ids + runOwnNames()).collect { name -> name.toLowerCase(Locale.ROOT) }
     def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
     def earlier = []
     try {
         earlier = java.nio.file.Files.list(dir).withCloseable { entries -> entries.iterator().toList() }
-            .findAll { entry -> !(entry.fileName.toString().toLowerCase(Locale.ROOT) in own) && java.nio.file.Files.isDirectory(entry, nofollow) }
+            .findAll { entry -> !isRunsOwnEntry(dir, entry, ids + runOwnNames()) && java.nio.file.Files.isDirectory(entry, nofollow) }
             .findAll { entry -> ['prediction_results.txt', 'run_info.json'].every { name -> java.nio.file.Files.exists(entry.resolve(name), nofollow) } }
             .findAll { entry -> !commandMarker(entry) }
             .collect { entry -> entry.fileName.toString() }
@@ -505,12 +518,28 @@ def warnEarlierSamples(String outdir, List ids) {
     }
 }
 
+// Whether `entry` of --outdir is the folder of one of `names`: the same name, or the same folder
+// under another case on a file system that ignores case (`SAMPLES/` is sample `samples`'s on macOS,
+// an earlier run's on Linux)
+def isRunsOwnEntry(dir, entry, List names) {
+    def name = entry.fileName.toString()
+    return name in names || names.findAll { own -> own.equalsIgnoreCase(name) }.any { own ->
+        try {
+            return java.nio.file.Files.isSameFile(dir.resolve(own), entry)
+        }
+        catch (IOException _e) {
+            return false // no folder of that spelling: another one
+        }
+    }
+}
+
 // With --save_embeddings, a sample's embeddings/ holds one file per shard of this run: a shard an
 // earlier run published there whose name this run's shards (`names`) no longer have (the input
 // got shorter) would pass for this run's, and `virnucpro predict` over embeddings/*.h5 refuses it.
 // Such files are removed once the sample's shards are all embedded: only files virnucpro wrote
-// (shard_N.h5 beginning with embed's seal), a link to one removed as a link; anything else is left.
-def removeEarlierShards(String outdir, String id, List names) {
+// (shard_N.h5 beginning with embed's seal), and links to one only where this run publishes links
+// (`links`: -publish_dir_mode symlink or rellink; a link is removed as a link); anything else is left.
+def removeEarlierShards(String outdir, String id, List names, boolean links) {
     def dir = outdir ? file(outdir, glob: false) : null
     if (dir == null || dir.toUri().getScheme() != 'file') {
         return
@@ -522,7 +551,7 @@ def removeEarlierShards(String outdir, String id, List names) {
     try {
         def earlier = java.nio.file.Files.list(folder).withCloseable { entries -> entries.iterator().toList() }
             .findAll { entry -> entry.fileName.toString() ==~ /shard_[0-9]+\.h5/ && !(entry.fileName.toString() in names) }
-            .findAll { entry -> isSealedShard(entry) }
+            .findAll { entry -> (links || !java.nio.file.Files.isSymbolicLink(entry)) && isSealedShard(entry) }
             .sort { entry -> entry.fileName.toString() }
         earlier.each { entry -> java.nio.file.Files.delete(entry) }
         if (earlier) {
@@ -534,9 +563,13 @@ def removeEarlierShards(String outdir, String id, List names) {
     }
 }
 
-// Whether the file (links followed) begins with the seal `virnucpro embed` writes (h5shard.SEAL_MAGIC).
+// Whether the file (links followed) is a regular one that begins with the seal `virnucpro embed`
+// writes (h5shard.SEAL_MAGIC); a FIFO is never opened (it would wait for a writer for ever).
 def isSealedShard(path) {
     def magic = 'virnucpro embedding shard seal 1\n'.getBytes('US-ASCII')
+    if (!java.nio.file.Files.isRegularFile(path)) {
+        return false
+    }
     try {
         return java.nio.file.Files.newInputStream(path).withCloseable { stream -> stream.readNBytes(magic.length) == magic }
     }

@@ -40,6 +40,9 @@ process VIRNUCPRO_EMBED {
     def checkpoint = checkpoint_dir ? '--checkpoint-dir ' + shellQuoted("${checkpoint_dir}/samples/${meta.id}") : ''
     def compile_cache = checkpoint_dir ? '--compile-cache ' + shellQuoted("${checkpoint_dir}/compile-cache") : ''
     def slots = shellQuoted("${checkpoint_dir ?: '.'}/.gpu-slots")
+    // the models folder is staged under the user's name for it: `./` keeps a name like `~m` from
+    // being taken for a home directory (by the shell for an existing user, else by virnucpro)
+    def models_path = shellQuoted("./${models}")
     """
     require_virnucpro.sh ${workflow.manifest.version}
     exec 9> .embed.running
@@ -47,7 +50,7 @@ process VIRNUCPRO_EMBED {
     virnucpro_python gpu_slot.py --lock-dir ${slots} --device ${device} -- \\
     virnucpro embed \\
         ${shard} \\
-        --models ${models} \\
+        --models ${models_path} \\
         --out ${shard.baseName}.h5 \\
         --device ${device} \\
         --threads ${task.cpus} \\
