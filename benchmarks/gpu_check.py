@@ -32,7 +32,11 @@ biopython.
 
 Time: a step (one encoder x path, embed, one precision load) that would start after --time-guard
 seconds (330) is skipped and named; the step still running at --hard-limit seconds (450) is stopped
-(SIGALRM), the rest skipped, and the summary printed, so a run ends within about 7.5 minutes. A
+(SIGALRM), the rest not run, and the summary printed, so a run ends within about 7.5 minutes. SIGTERM
+or SIGHUP (a job's `timeout`, a scheduler) stops the run the same way, the temporary folder removed,
+with exit status 128 + the signal; the JSON names the step each stop interrupted (`failed[].step`) and
+every step not run with its reason (`skipped[]`: step, reason). Every temporary file (torch
+inductor's included) goes under the run's own temporary folder, removed at the end. A
 section or encoder x path that fails (out of memory, a CUDA error, a bug) is recorded (its name,
 exception, message; traceback on stderr) and the next one runs; the exit status is then 1. `--json FILE` is rewritten
 atomically after every section and every encoder x path, as strict JSON (NaN as null), so a kill
@@ -175,10 +179,14 @@ def timed(device: torch.device, work) -> float:
 
 
 class Guard:
-    """Skips steps that would start after `seconds`, and every step once `stopped` (--hard-limit hit)."""
+    """Skips steps that would start after `seconds`, and every step once `stopped` (--hard-limit hit, or
+    a stop signal); `skipped` names each step not run and why."""
 
     def __init__(self, seconds: float):
-        self.start, self.seconds, self.skipped, self.stopped = time.perf_counter(), seconds, [], False
+        self.start, self.seconds, self.skipped = time.perf_counter(), seconds, []
+        self.stopped = ""  # why the run was stopped ("--hard-limit reached", "SIGTERM received"); "" while running
+        self.signum = 0  # the stop signal received, 0 if none
+        self.interruptible = False  # a stop signal unwinds the run only while its sections run
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -186,14 +194,43 @@ class Guard:
     def allows(self, step: str) -> bool:
         if self.elapsed() < self.seconds and not self.stopped:
             return True
-        self.skipped.append(step)
-        why = "--hard-limit reached" if self.stopped else f"past --time-guard {self.seconds:.0f} s"
+        why = self.skip(step)
         print(f"  SKIPPED {step}: {self.elapsed():.0f} s elapsed, {why}")
         return False
 
+    def skip(self, step: str) -> str:
+        """Records `step` as not run, for the stop if there was one, else for the time guard; the reason."""
+        why = self.stopped or f"past --time-guard {self.seconds:.0f} s"
+        self.skipped.append({"step": step, "reason": why})
+        return why
 
-class OutOfTime(BaseException):
-    """Raised at --hard-limit; a BaseException, so no `except Exception` (a path fallback) swallows it."""
+    def stop(self, why: str) -> None:
+        self.stopped = self.stopped or why
+
+
+class Interrupted(BaseException):
+    """The run stopped in the middle of a step; a BaseException, so no `except Exception` (a path
+    fallback) swallows it. `step` is the innermost step it interrupted (`running`)."""
+
+    step = ""
+
+
+class OutOfTime(Interrupted):
+    """Raised at --hard-limit."""
+
+
+class Stopped(Interrupted):
+    """Raised on SIGTERM or SIGHUP (a job's `timeout`, a scheduler's kill)."""
+
+
+@contextmanager
+def running(step: str):
+    """Names `step` on an Interrupted that stops it (the innermost step names it)."""
+    try:
+        yield
+    except Interrupted as exc:
+        exc.step = exc.step or step
+        raise
 
 
 @contextmanager
@@ -204,7 +241,7 @@ def hard_limit(seconds: float, guard: Guard):
         return
 
     def stop(_signum, _frame):
-        guard.stopped = True
+        guard.stop("--hard-limit reached")
         raise OutOfTime(f"--hard-limit {seconds:.0f} s reached")
 
     previous = signal.signal(signal.SIGALRM, stop)
@@ -214,6 +251,52 @@ def hard_limit(seconds: float, guard: Guard):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_signals(guard: Guard):
+    """SIGTERM and SIGHUP stop the run as an interrupt would: the step running is interrupted (while
+    the sections run) and the rest not run, the temporary folder removed, the JSON and the summary kept;
+    the exit status is then 128 + the signal. A second signal, or one after the sections, only records."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        first = not guard.signum
+        guard.signum = signum
+        guard.stop(f"{signal.Signals(signum).name} received")
+        if first and guard.interruptible:
+            raise Stopped(guard.stopped)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # ignored (nohup): stays so
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def private_temp(folder: Path):
+    """Every temporary file of the run, torch inductor's included (its precompiled headers go to
+    tempfile.gettempdir()/torchinductor_USER whatever TORCHINDUCTOR_CACHE_DIR says), goes under
+    `folder` and leaves with it: tempfile's folder and TMPDIR (for the compiler it runs) point there.
+    Works for what imports torch._inductor after it (this script does so only when it compiles)."""
+    previous = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous[0]
+        if previous[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous[1]
 
 
 def free(device: torch.device) -> None:
@@ -338,7 +421,11 @@ def loaders(dnabert: Path, esm_data: dict) -> dict:
     def dna(device, dtype, path):
         return DnabertSEncoder(dnabert, device, dtype, **keywords(DnabertSEncoder, path))
 
-    return {"dnabert_s": (dna, DnabertSEncoder), "esm2": (esm, Esm2Encoder.from_checkpoint_data)}
+    return {"dnabert_s": (dna, LOADER_CHECKS["dnabert_s"]), "esm2": (esm, LOADER_CHECKS["esm2"])}
+
+
+#: role -> the callable whose signature says which paths its loader offers (`paths_of`)
+LOADER_CHECKS = {"dnabert_s": DnabertSEncoder, "esm2": Esm2Encoder.from_checkpoint_data}
 
 
 def paths_of(loader) -> tuple[str, ...]:
@@ -503,7 +590,8 @@ def bench_encoder(role: str, load, paths: tuple, plan: Plan, device: torch.devic
         if not guard.allows(f"{role} {path}"):
             continue
         try:
-            results.append(bench_path(role, load, path, plan, device, budget))
+            with running(f"{role} {path}"):
+                results.append(bench_path(role, load, path, plan, device, budget))
         except Exception as exc:
             failed(f"encoders {role} {path}", exc)
             free(device)
@@ -573,19 +661,25 @@ def role_vectors(role: str, load, paths: tuple, pairs: list, device: torch.devic
     """{(path asked, dtype): vectors} of one encoder (fp32 reference, then fp16/bf16 per path), and
     {(path asked, dtype): (path loaded, path that ran at the end)}."""
     found, ran = {}, {}
-    for path, dtype in [("reference", "fp32")] + [(p, d) for p in paths for d in ("fp16", "bf16")]:
+    for path, dtype in precision_pairs(paths):
         if not guard.allows(f"precision {role} {path} {dtype}"):
             continue
         free(device)
-        encoder = load(device, DTYPES[dtype], path)
-        loaded = ran_path(encoder)
-        tokens = encoder.tokenize([nuc if role == "dnabert_s" else prot for nuc, prot in pairs])
-        found[(path, dtype)] = vectors_of(encoder, tokens, budget)
+        with running(f"precision {role} {path} {dtype}"):
+            encoder = load(device, DTYPES[dtype], path)
+            loaded = ran_path(encoder)
+            tokens = encoder.tokenize([nuc if role == "dnabert_s" else prot for nuc, prot in pairs])
+            found[(path, dtype)] = vectors_of(encoder, tokens, budget)
         final = ran[(path, dtype)] = (loaded, ran_path(encoder))  # read after: a failing batch moves it down
         if final[1] != path:
             print(f"  {role} {dtype}: {path} path asked, {ran_label(final[1], loaded != final[1])} ran")
         del encoder
     return found, ran
+
+
+def precision_pairs(paths: tuple) -> list[tuple[str, str]]:
+    """(path, dtype) of one encoder's precision loads, in order: fp32 reference, then fp16/bf16 per path."""
+    return [("reference", "fp32")] + [(p, d) for p in paths for d in ("fp16", "bf16")]
 
 
 def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -771,15 +865,29 @@ class Report:
             return
         found = {**self.figures, "failed": self.failed, "skipped": self.guard.skipped, "seconds": self.guard.elapsed()}
         partial = self.path.with_name(f".{self.path.name}.partial")
-        partial.write_text(json.dumps(jsonable(found), indent=2, allow_nan=False))
-        os.replace(partial, self.path)
+        try:
+            partial.write_text(json.dumps(jsonable(found), indent=2, allow_nan=False))
+            os.replace(partial, self.path)
+        except BaseException:  # --json names a folder, the disk is full, a kill: no partial left behind
+            partial.unlink(missing_ok=True)
+            raise
 
     def fail(self, section: str, exc: BaseException) -> None:
-        """Records a failed section (or encoder x path) and saves; its traceback goes to stderr."""
-        traceback.print_exception(exc, file=sys.stderr)
-        self.failed.append({"section": section, "error": type(exc).__name__, "message": str(exc)})
-        print(f"  FAILED {section}: {type(exc).__name__}: {exc} (traceback on stderr)", flush=True)
+        """Records a failed section (or encoder x path) and saves; its traceback goes to stderr (a
+        stop, --hard-limit or a signal, is no bug: none for it)."""
+        stopped = isinstance(exc, Interrupted)
+        if not stopped:
+            traceback.print_exception(exc, file=sys.stderr)
+        self.failed.append({"section": section, "step": getattr(exc, "step", ""), "error": type(exc).__name__,
+                            "message": str(exc)})
+        where = "" if stopped else " (traceback on stderr)"
+        print(f"  FAILED {failed_label(self.failed[-1])}: {type(exc).__name__}: {exc}{where}", flush=True)
         self.save()
+
+
+def failed_label(failed: dict) -> str:
+    """The section that failed, and the step it was in when a stop interrupted one."""
+    return f"{failed['section']} ({failed['step']})" if failed.get("step") else failed["section"]
 
 
 # --- summary -------------------------------------------------------------------------------------------------
@@ -822,9 +930,19 @@ def print_summary(report: Report) -> None:
         print(f"  embed(): {embedded['records']:,} records, {embedded['records_per_s']:,.0f} records/s, load "
               f"{embedded['load_s']:.1f} s, GPU busy {_share(embedded['gpu_busy'])}, paths {embedded['paths']}")
     for failed in report.failed:
-        print(f"  FAILED {failed['section']}: {failed['error']}: {failed['message']}")
-    print(f"  skipped by the time guard: {', '.join(guard.skipped) or 'nothing'}")
+        print(f"  FAILED {failed_label(failed)}: {failed['error']}: {failed['message']}")
+    print_skipped(guard.skipped)
     print(f"  total {guard.elapsed():.0f} s")
+
+
+def print_skipped(skipped: list[dict]) -> None:
+    """The steps not run, one line per reason (the time guard, --hard-limit, a stop signal)."""
+    reasons = dict.fromkeys(s["reason"] for s in skipped)
+    if not reasons:
+        print("  not run: nothing")
+    for reason in reasons:
+        steps = ", ".join(s["step"] for s in skipped if s["reason"] == reason)
+        print(f"  not run ({reason}): {steps}")
 
 
 # --- sections and main ---------------------------------------------------------------------------------------
@@ -906,8 +1024,9 @@ def kernels_section(run: Run) -> dict:
 def embed_step(run: Run) -> dict:
     if not run.guard.allows("embed"):
         return {"embed": None}
-    models = models_of(run)
-    return {"embed": embed_section(run.plan, run.work, models["dnabert"], models["esm_data"], run.device)}
+    with running("embed"):
+        models = models_of(run)
+        return {"embed": embed_section(run.plan, run.work, models["dnabert"], models["esm_data"], run.device)}
 
 
 def precision_step(run: Run) -> dict:
@@ -920,32 +1039,59 @@ def sections() -> list[tuple[str, object]]:
             ("kernels", kernels_section), ("embed", embed_step), ("precision", precision_step)]
 
 
+def steps_of(section: str) -> list[str]:
+    """The steps `section` runs, in order and named as the guard names them; the section itself when
+    it has none of its own."""
+    if section == "encoders":
+        return [f"{role} {path}" for role, checked in LOADER_CHECKS.items() for path in paths_of(checked)]
+    if section == "precision":
+        return [f"precision {role} {path} {dtype}" for role, checked in LOADER_CHECKS.items()
+                for path, dtype in precision_pairs(precision_paths(checked))]
+    return [section]
+
+
+def steps_after(section: str, step: str) -> list[str]:
+    """The steps of `section` after `step` (all of them when `step` is none of its own)."""
+    steps = steps_of(section)
+    return steps[steps.index(step) + 1:] if step in steps else [s for s in steps if s != section]
+
+
 def run_section(name: str, work, run: Run) -> None:
-    """One section; a failure (or --hard-limit) is recorded and the next section runs; saved after."""
+    """One section; a failure is recorded and the next section runs; an interruption (--hard-limit, a
+    stop signal) is recorded with the step it stopped, and the section's later steps as not run."""
     header(name, run.guard)
     try:
         run.report.figures.update(work(run))
-    except (Exception, OutOfTime) as exc:  # an OOM, a CUDA error, a bug: the figures so far are kept
+    except (Exception, Interrupted) as exc:  # an OOM, a CUDA error, a bug: the figures so far are kept
         run.report.fail(name, exc)
+        if isinstance(exc, Interrupted):
+            for step in steps_after(name, exc.step):
+                run.guard.skip(step)
     free(run.device)
     run.report.save()
 
 
 def run_sections(run: Run) -> None:
-    """Every section, none started once --hard-limit has stopped the run."""
+    """Every section, none started once --hard-limit or a stop signal has stopped the run (their steps
+    are recorded as not run)."""
+    run.guard.interruptible = True
     try:
         for name, work in sections():
             if run.guard.stopped:
-                run.guard.skipped.append(name)
+                for step in steps_of(name):
+                    run.guard.skip(step)
             else:
                 run_section(name, work, run)
-    except OutOfTime as exc:  # fired between two sections
+    except Interrupted as exc:  # fired between two sections
         run.report.fail("between sections", exc)
         run.report.save()
+    finally:
+        run.guard.interruptible = False
 
 
 def main(argv=None) -> int:
-    """Runs every section, prints the summary; 1 when a section failed or --hard-limit stopped one."""
+    """Runs every section, prints the summary; 1 when a section failed or --hard-limit stopped one,
+    128 + N when signal N (SIGTERM, SIGHUP) stopped the run."""
     args = options(argv)
     plan = SMOKE if args.cpu_smoke else REAL
     if args.records:
@@ -959,12 +1105,25 @@ def main(argv=None) -> int:
         report.save()  # an unwritable --json is found now, not after the run
     except OSError as exc:
         raise SystemExit(f"cannot write --json {args.json}: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp, hard_limit(args.hard_limit, guard):
-        compiled.use_cache(Path(tmp) / "compile-cache")  # cold: the first compile of each model is timed whole
-        run_sections(Run(plan, args, device, Path(tmp), guard, report, embed_mod.DEFAULT_TOKEN_BUDGET[device.type]))
-    print_summary(report)
-    report.save()
+    with stop_signals(guard):
+        with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp, private_temp(Path(tmp)), \
+                hard_limit(args.hard_limit, guard):
+            compiled.use_cache(Path(tmp) / "compile-cache")  # cold: the first compile of each model is timed whole
+            run_sections(Run(plan, args, device, Path(tmp), guard, report,
+                             embed_mod.DEFAULT_TOKEN_BUDGET[device.type]))
+        summarise(report)
+    if guard.signum:
+        return 128 + guard.signum
     return 1 if report.failed else 0
+
+
+def summarise(report: Report) -> None:
+    """The summary and the last save; the summary is dropped when its terminal is gone (SIGHUP)."""
+    try:
+        print_summary(report)
+    except OSError:
+        pass
+    report.save()
 
 
 if __name__ == "__main__":

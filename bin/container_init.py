@@ -4,6 +4,7 @@ container is stopped, passes the stop signal on to every process in it and waits
 
     container_init.py COMMAND [ARGS...]
     container_init.py -OPTION [ARGS...]     (runs `virnucpro -OPTION ARGS...`)
+    container_init.py -- COMMAND [ARGS...]  (as tini: `--` ends the init's arguments)
 
 Why: `docker stop` (Nextflow's task wrapper, AWS Batch, a user's Ctrl-C) signals PID 1 only. Under
 Nextflow that is a shell without a handler, and the kernel drops signals to a PID 1 that has none:
@@ -11,7 +12,8 @@ Nextflow that is a shell without a handler, and the kernel drops signals to a PI
 stop timed out. Here every process gets the signal (embed saves and exits 6), and the container ends
 once all of them have. A command that ends by itself ends the container at once, as before. Outside
 a PID namespace of its own (not PID 1), this just runs the command. A first argument that starts with
-`-` is an option of virnucpro's (`docker run IMAGE --version`), so virnucpro is the command then.
+`-` is an option of virnucpro's (`docker run IMAGE --version`), so virnucpro is the command then; a
+first `--` is dropped (tini's way), so `-- virnucpro --version` runs `virnucpro --version`.
 Standard library only.
 """
 
@@ -76,16 +78,22 @@ def reap(main: int) -> int:
 
 
 def command_of(argv: list[str]) -> list[str]:
-    """The command to run: `argv`, or virnucpro with `argv` as its options when the first starts with
-    `-` (no program is named that way; `docker run IMAGE --help` means virnucpro's help)."""
+    """The command to run: what follows a first `--` (as tini reads it), else `argv`, or virnucpro
+    with `argv` as its options when the first starts with `-` (no program is named that way;
+    `docker run IMAGE --help` means virnucpro's help). Empty when no command is given."""
+    if argv[:1] == ["--"]:
+        return argv[1:]
     return ["virnucpro", *argv] if argv and argv[0].startswith("-") else argv
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: container_init.py COMMAND [ARGS...]", file=sys.stderr)
-        return 2
     argv = command_of(argv)
+    if not argv:
+        print("usage: container_init.py [--] COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    if not argv[0]:  # exec refuses an empty program name with a ValueError, not an OSError
+        print("container_init: cannot run '': the command is an empty string", file=sys.stderr, flush=True)
+        return 127
     if os.getpid() != 1:
         for signum in PYTHON_IGNORED:
             signal.signal(signum, signal.SIG_DFL)

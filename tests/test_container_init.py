@@ -94,13 +94,29 @@ def test_the_command_gets_default_signal_dispositions(tmp_path, in_namespace):
     assert not ignored & (1 << (signal.SIGPIPE - 1)), done.stdout
 
 
+@pytest.mark.parametrize("in_namespace", [True, False])
 @pytest.mark.parametrize("argv, code, message", [
-    ([], 2, "usage: container_init.py COMMAND"),
+    ([], 2, "usage: container_init.py [--] COMMAND"),
+    (["--"], 2, "usage: container_init.py [--] COMMAND"),  # `--` alone names no command (tini's reading)
     (["no-such-command-virnucpro"], 127, "cannot run no-such-command-virnucpro"),
+    ([""], 127, "cannot run '': the command is an empty string"),  # exec's ValueError, said plainly
+    (["--", ""], 127, "cannot run ''"),
 ])
-def test_no_command_or_one_that_cannot_run_is_said_plainly(argv, code, message):
-    done = subprocess.run([sys.executable, str(INIT), *argv], capture_output=True, text=True, timeout=30)
+def test_no_command_or_one_that_cannot_run_is_said_plainly(argv, code, message, in_namespace):
+    prefix = _namespace_or_skip() if in_namespace else []
+    done = subprocess.run([*prefix, sys.executable, str(INIT), *argv], capture_output=True, text=True, timeout=30)
     assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, done
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("in_namespace", [True, False])
+def test_a_leading_double_dash_ends_the_init_arguments(in_namespace):
+    """`container_init.py -- COMMAND ARGS` runs COMMAND ARGS, as tini does; the `--` is no option of
+    virnucpro's (it became `virnucpro -- ...`, exit 2), and a later `--` stays the command's."""
+    prefix = _namespace_or_skip() if in_namespace else []
+    done = subprocess.run([*prefix, sys.executable, str(INIT), "--", "/bin/bash", "-c", 'echo "$0|$1"', "--", "x"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == "--|x\n", done
 
 
 @pytest.mark.parametrize("in_namespace", [True, False])
@@ -133,12 +149,14 @@ def test_a_process_started_while_the_stop_goes_round_gets_it_too(tmp_path):
 
 
 @pytest.mark.parametrize("in_namespace", [True, False])
-@pytest.mark.parametrize("option, said", [("--version", "virnucpro"), ("--help", "Usage")])
+@pytest.mark.parametrize("option, said", [("--version", "virnucpro"), ("--help", "Usage"),
+                                          ("-- virnucpro --version", "virnucpro")])
 def test_options_alone_go_to_virnucpro(in_namespace, option, said):
     """`docker run IMAGE --version` replaces the image's CMD with the option alone: the init tried to
-    run a program named `--version` (exit 127). Arguments starting with `-` are virnucpro's options."""
+    run a program named `--version` (exit 127). Arguments starting with `-` are virnucpro's options; a
+    first `--` only ends the init's own (`-- virnucpro --version` is `virnucpro --version`)."""
     prefix = _namespace_or_skip() if in_namespace else []
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # where `virnucpro` is
-    done = subprocess.run([*prefix, sys.executable, str(INIT), option], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PATH": path})
+    done = subprocess.run([*prefix, sys.executable, str(INIT), *option.split()], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": path})
     assert done.returncode == 0 and said in done.stdout, done

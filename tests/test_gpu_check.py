@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,13 +28,14 @@ def smoke(tmp_path_factory):
         (blockers / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blockers), os.environ.get("PYTHONPATH", "")])}
     figures = tmp_path_factory.mktemp("figures") / "figures.json"
+    env["TMPDIR"] = str(tmp_path_factory.mktemp("shared-temp"))  # the shared temporary folder, watched
     done = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--json", str(figures)],
                           capture_output=True, text=True, env=env, timeout=600)
-    return done, figures
+    return done, figures, Path(env["TMPDIR"])
 
 
 def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
-    done, figures = smoke
+    done, figures, _ = smoke
     assert done.returncode == 0, done.stderr[-3000:]
     for section in SECTIONS:
         assert f"\n== {section} " in done.stdout, section
@@ -44,8 +46,16 @@ def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
     assert figures.is_file()
 
 
+def test_the_smoke_run_leaves_nothing_in_the_shared_temporary_folder(smoke):
+    """Torch inductor puts its precompiled headers (149 MB) in tempfile.gettempdir()/torchinductor_USER
+    whatever TORCHINDUCTOR_CACHE_DIR says: they, and everything else, go under the run's own folder."""
+    done, _, shared = smoke
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [str(p.relative_to(shared)) for p in shared.rglob("*")] == []
+
+
 def test_runs_without_fair_esm_or_biopython(smoke):
-    done, _ = smoke
+    done, _, _ = smoke
     assert done.returncode == 0 and "is not on the GPU machine" not in done.stderr
     imported = set()
     for node in ast.walk(ast.parse(SCRIPT.read_text())):
@@ -58,7 +68,7 @@ def test_runs_without_fair_esm_or_biopython(smoke):
 
 def test_mfu_is_not_applicable_on_the_cpu(smoke):
     """A CPU's fp16 GEMM bounds nothing the GPU run measures: no percentage against it."""
-    done, _ = smoke
+    done, _, _ = smoke
     summary = done.stdout.split("\n== summary", 1)[1]
     assert "MFU and 'of GEMM' n/a on the CPU" in summary
     rows = [line.split() for line in summary.splitlines() if line.startswith(("  dnabert_s ", "  esm2 "))]
@@ -85,7 +95,7 @@ def strict_json(path: Path):
 
 def test_the_json_is_strict(smoke):
     """NaN (the CPU's peak memory, a missing comparison) is written as null."""
-    done, figures = smoke
+    done, figures, _ = smoke
     found = strict_json(figures)
     assert found["failed"] == [] and {r["peak_gib"] for r in found["results"]} == {None}, done.stdout[-2000:]
     assert {r["ran"] for r in found["results"]} >= {"fast+compiled"}
@@ -160,8 +170,74 @@ def test_the_hard_limit_ends_a_step_that_runs_on(gpu_check, monkeypatch, tmp_pat
     out, _ = capsys.readouterr()
     found = strict_json(figures)
     assert [(f["section"], f["error"]) for f in found["failed"]] == [("device", "OutOfTime")]
-    assert found["skipped"] == ["ceilings", "encoders", "kernels", "embed", "precision"]
+    not_run = [s["step"] for s in found["skipped"]]
+    assert not_run[:2] == ["ceilings", "dnabert_s reference"] and "esm2 fast+compiled" in not_run, not_run
+    assert not_run[-1] == "precision esm2 fast+compiled bf16" and "embed" in not_run, not_run
+    assert {s["reason"] for s in found["skipped"]} == {"--hard-limit reached"}
     assert "\n== summary" in out and "\n== ceilings" not in out
+
+
+def test_the_hard_limit_names_the_step_it_stopped_and_every_step_not_run(gpu_check, monkeypatch, tmp_path, capsys):
+    """The alarm fires in the middle of DNABERT-S's fast path: the JSON and the summary name that step,
+    and every later one (the other paths, ESM-2's, embed, each precision load) as not run for the
+    hard limit, not for the time guard."""
+    real = gpu_check.bench_path
+
+    def alarm_in_the_fast_path(role, load, path, *args):
+        if path == "fast":
+            os.kill(os.getpid(), signal.SIGALRM)  # what the --hard-limit timer sends
+            time.sleep(60)
+        return real(role, load, path, *args)
+
+    monkeypatch.setattr(gpu_check, "bench_path", alarm_in_the_fast_path)
+    figures = tmp_path / "figures.json"
+    assert gpu_check.main(["--cpu-smoke", "--json", str(figures)]) == 1
+    out, _ = capsys.readouterr()
+    found = strict_json(figures)
+    assert [(f["section"], f["step"], f["error"]) for f in found["failed"]] == \
+        [("encoders", "dnabert_s fast", "OutOfTime")]
+    assert [r["requested"] for r in found["results"]] == ["reference"]
+    not_run = [s["step"] for s in found["skipped"]]
+    assert not_run[:4] == ["dnabert_s fast+compiled", "esm2 reference", "esm2 fast", "esm2 fast+compiled"]
+    assert not_run[4:7] == ["kernels", "embed", "precision dnabert_s reference fp32"], not_run
+    assert {s["reason"] for s in found["skipped"]} == {"--hard-limit reached"}
+    summary = out.split("\n== summary", 1)[1]
+    assert "FAILED encoders (dnabert_s fast): OutOfTime" in summary
+    assert "not run (--hard-limit reached): dnabert_s fast+compiled, esm2 reference" in summary
+    assert "time guard" not in summary
+
+
+def test_a_json_that_cannot_be_replaced_leaves_no_partial_file(gpu_check, tmp_path):
+    """`--json` naming a folder: one clear message, and no `.NAME.partial` left beside it."""
+    (tmp_path / "figures").mkdir()
+    with pytest.raises(SystemExit, match="cannot write --json"):
+        gpu_check.main(["--cpu-smoke", "--json", str(tmp_path / "figures")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]
+
+
+def test_sigterm_removes_the_temporary_folder_and_keeps_the_figures(tmp_path):
+    """A job's `timeout` or a scheduler sends SIGTERM: the run stops like an interrupt, its temporary
+    folder (random models, compile cache) is removed, the JSON keeps what was measured, 128 + 15."""
+    shared, figures = tmp_path / "shared-temp", tmp_path / "figures.json"
+    shared.mkdir()
+    run = subprocess.Popen([sys.executable, str(SCRIPT), "--cpu-smoke", "--json", str(figures)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TMPDIR": str(shared)})
+    try:
+        deadline = time.monotonic() + 300
+        while not (figures.is_file() and "gemm_tflops" in figures.read_text()):  # into the encoders
+            assert time.monotonic() < deadline and run.poll() is None, "the ceilings never finished"
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert list(shared.iterdir()) == []  # no gpu_check_* folder, nothing of torch's
+    found = strict_json(figures)
+    assert found["copy_gb_s"] > 0 and found["failed"][-1]["error"] == "Stopped", found["failed"]
+    assert found["skipped"] and {s["reason"] for s in found["skipped"]} == {"SIGTERM received"}
+    assert "\n== summary" in out and "Traceback" not in err, err[-3000:]
 
 
 class FailsLater:
