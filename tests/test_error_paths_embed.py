@@ -264,18 +264,17 @@ def test_a_stop_before_the_first_part_leaves_no_checkpoint_folder(tmp_path, gold
         assert not list((tmp_path / "mine").iterdir())
 
 
-@pytest.mark.parametrize("closed", ["file", "folder"])
-def test_a_permission_hint_for_another_users_file_names_its_owner_not_chmod_u(tmp_path, small_sample, tiny_models,
-                                                                            closed):
-    """A container reviewer's case: a models folder or shard of another user was "make it readable
-    (chmod u+r)", which only its owner can run; the hint names the owner and what they can run."""
+def _predict_with_a_closed_shard(tmp_path, small_sample, tiny_models, closed: str, owner: int | None = None):
+    """(predict's result, the shard, its folder) for a shard whose file or folder (`closed`) has mode
+    000 (and belongs to `owner` when given), run without root's permission bypass."""
     prefix = unprivileged()
     prepared, embedded = small_sample
     folder = tmp_path / "emb"
     folder.mkdir()
     h5 = Path(shutil.copy(embedded, folder / "s.h5"))
     closed_path = h5 if closed == "file" else folder
-    os.chown(closed_path, 54321, 54321)
+    if owner is not None:
+        os.chown(closed_path, owner, owner)
     closed_path.chmod(0)
     try:
         done = subprocess.run([*prefix, *CLI, "predict", "--prepared", str(prepared), "--embeddings", str(h5),
@@ -283,6 +282,16 @@ def test_a_permission_hint_for_another_users_file_names_its_owner_not_chmod_u(tm
                               capture_output=True, text=True, timeout=300)
     finally:
         closed_path.chmod(0o755)
+    return done, h5, folder
+
+
+@pytest.mark.parametrize("closed", ["file", "folder"])
+def test_a_permission_hint_for_another_users_file_names_its_owner_not_chmod_u(tmp_path, small_sample, tiny_models,
+                                                                            closed):
+    """A container reviewer's case: a models folder or shard of another user was "make it readable
+    (chmod u+r)", which only its owner can run; the hint names the owner and what they can run."""
+    done, h5, folder = _predict_with_a_closed_shard(tmp_path, small_sample, tiny_models, closed, owner=54321)
+    closed_path = h5 if closed == "file" else folder
     assert done.returncode == ExitCode.BAD_INPUT, done.stderr[-3000:]
     rights = "r" if closed == "file" else "rx"
     assert "belongs to uid 54321" in done.stderr and f"chmod o+{rights} {closed_path}" in done.stderr, done.stderr
@@ -296,18 +305,7 @@ def test_a_permission_hint_for_another_users_file_names_its_owner_not_chmod_u(tm
 def test_an_embedding_file_in_a_folder_that_cannot_be_entered_is_exit_3_naming_the_folder(tmp_path, small_sample,
                                                                                         tiny_models):
     """Path.is_dir() raised PermissionError outside the reader's guard: "cannot write ...", exit 10."""
-    prefix = unprivileged()
-    prepared, embedded = small_sample
-    folder = tmp_path / "emb"
-    folder.mkdir()
-    h5 = Path(shutil.copy(embedded, folder / "s.h5"))
-    folder.chmod(0)
-    try:
-        done = subprocess.run([*prefix, *CLI, "predict", "--prepared", str(prepared), "--embeddings", str(h5),
-                               "--outdir", str(tmp_path / "out"), "--models", str(tiny_models)],
-                              capture_output=True, text=True, timeout=300)
-    finally:
-        folder.chmod(0o755)
+    done, h5, folder = _predict_with_a_closed_shard(tmp_path, small_sample, tiny_models, "folder")
     assert done.returncode == ExitCode.BAD_INPUT, done.stderr[-3000:]
     assert f"cannot read embedding shard {h5}: permission denied on its folder {folder}" in done.stderr, done.stderr
     assert "chmod u+rx" in done.stderr and "cannot write" not in done.stderr, done.stderr
