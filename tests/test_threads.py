@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from virnucpro.threads import POOL_VARIABLES, available_cpus, limit_threads
+from virnucpro.threads import POOL_VARIABLES, available_cpus, cpu_quota, limit_threads
 
 
 def test_a_request_above_the_cpus_is_capped_with_a_warning(monkeypatch, capsys):
@@ -96,3 +96,26 @@ def test_no_quota_or_an_unreadable_one_leaves_the_affinity_count(tmp_path):
                                     {"cpu.max": "lots of cpus\n"}, {"cpu.max": "50000 0\n"},
                                     {"cpu/cpu.cfs_quota_us": "100000\n"}, {}]):
         assert available_cpus(_cgroup(tmp_path / str(number), files)) == affinity, files
+
+
+def test_a_quota_on_a_nested_cgroup_or_one_above_it_caps_the_default(tmp_path):
+    """`systemd-run -p CPUQuota=` or Apptainer `--cpus` without a cgroup namespace set the quota on the
+    process's own cgroup below the mounted root (named in /proc/self/cgroup), not on the root: only
+    the root was read, so the default used every CPU. The smallest quota on the way up counts."""
+    def quota(files, membership):
+        (tmp_path / "membership").write_text(membership)
+        return cpu_quota(_cgroup(tmp_path / str(len(list(tmp_path.iterdir()))), files), tmp_path / "membership")
+
+    v2 = {"cpu.max": "max 100000\n", "user.slice/run.scope/cpu.max": "50000 100000\n"}
+    assert quota(v2, "0::/user.slice/run.scope\n") == 0.5
+    middle = {"cpu.max": "max 100000\n", "a/cpu.max": "150000 100000\n", "a/b/cpu.max": "max 100000\n",
+              "a/b/c/cpu.max": "300000 100000\n"}
+    assert quota(middle, "0::/a/b/c\n") == 1.5  # the ancestor's lower quota limits the child too
+    v1 = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+          "cpu/slurm/job_7/cpu.cfs_quota_us": "200000\n", "cpu/slurm/job_7/cpu.cfs_period_us": "100000\n"}
+    assert quota(v1, "4:memory:/elsewhere\n3:cpu,cpuacct:/slurm/job_7\n0::/\n") == 2.0
+    # a path the mount does not show (a container's own cgroup mounted as its root): the root counts
+    assert quota({"cpu.max": "100000 100000\n"}, "0::/docker/0123abcd\n") == 1.0
+    # nothing escapes the mounted root, whatever the membership file says
+    outside = {"cpu.max": "max 100000\n", "../cpu.max": "10000 100000\n"}
+    assert quota(outside, "0::/../..\n") is None

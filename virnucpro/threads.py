@@ -3,9 +3,9 @@ torch.compile's compile workers).
 
 Applied at the start of a command, before the heavy libraries load, so their pools start at the
 right size. The default is the CPUs this process may use (its affinity mask, which SLURM and
-`docker --cpuset-cpus` set, lowered to a container's CPU quota: `docker --cpus`, Kubernetes limits), not
-the machine's core count; pool variables already in the environment
-(OMP_NUM_THREADS, ...) are replaced, never followed.
+`docker --cpuset-cpus` set, lowered to the CPU quota of its cgroup or of one above it: `docker
+--cpus`, Kubernetes limits, `systemd-run -p CPUQuota=`), not the machine's core count; pool variables
+already in the environment (OMP_NUM_THREADS, ...) are replaced, never followed.
 """
 
 from __future__ import annotations
@@ -15,47 +15,81 @@ import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # where a container sees its own cgroup (v2: cpu.max; v1: cpu/cpu.cfs_*)
+CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")  # this process's cgroup below that root, per hierarchy
 # torch.compile's compile workers (processes, read when inductor is imported) count as a pool too
 POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS",
                   "TORCHINDUCTOR_COMPILE_THREADS")
 
 
-def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+def available_cpus(cgroup_root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> int:
     """The CPUs this process may run on (its affinity mask, else the machine's count), no more than
-    its cgroup's CPU quota allows, rounded up (at least 1)."""
+    its cgroups' CPU quota allows, rounded up (at least 1)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    quota = cpu_quota(cgroup_root)
+    quota = cpu_quota(cgroup_root, membership)
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
-def cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> float | None:
-    """The CPUs' worth of time the cgroup at `cgroup_root` may use (CFS quota / period: `docker --cpus`,
-    Kubernetes limits), from cgroup v2's `cpu.max` ("QUOTA PERIOD", "max PERIOD": none) or v1's
-    `cpu/cpu.cfs_quota_us` (-1: none) and `cpu/cpu.cfs_period_us`. None without a quota, or where the
-    files cannot be read or make no sense: the quota only ever lowers the count."""
-    for read in (_cgroup_v2_quota, _cgroup_v1_quota):
-        try:
-            quota, period = read(cgroup_root)
-            quota, period = int(quota), int(period)
-        except (OSError, ValueError):
-            continue
-        return quota / period if quota > 0 and period > 0 else None
-    return None
+def cpu_quota(cgroup_root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> float | None:
+    """The CPUs' worth of time this process may use: the smallest CFS quota / period among its own
+    cgroup and every one above it (`docker --cpus` and Kubernetes set the container's root;
+    `systemd-run -p CPUQuota=`, SLURM and Apptainer without a cgroup namespace set a nested one).
+    None without a quota, or where the files cannot be read or make no sense: the quota only ever
+    lowers the count."""
+    quotas = [quota for folder, read in _quota_folders(cgroup_root, membership)
+              if (quota := _folder_quota(folder, read)) is not None]
+    return min(quotas, default=None)
 
 
-def _cgroup_v2_quota(root: Path) -> tuple[str, str]:
+def _quota_folders(root: Path, membership: Path):
+    """(folder, reader) for this process's cgroup and its ancestors, up to the mounted root, for
+    cgroup v2 (`cpu.max` under `root`) and v1 (the `cpu` controller's tree under `root/cpu`)."""
+    own = _own_cgroups(membership)
+    for base, relative, read in ((root, own.get("v2", ""), _cgroup_v2_quota),
+                                 (root / "cpu", own.get("cpu", ""), _cgroup_v1_quota)):
+        parts = [part for part in relative.split("/") if part not in ("", ".", "..")]
+        for depth in range(len(parts), -1, -1):
+            yield base.joinpath(*parts[:depth]), read
+
+
+def _own_cgroups(membership: Path) -> dict[str, str]:
+    """This process's cgroup paths from /proc/self/cgroup: "v2" (the `0::` line) and "cpu" (the v1
+    line whose controllers include cpu); missing or unreadable: none (the root alone is read)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    own = {}
+    for line in lines:
+        number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and not controllers:
+            own["v2"] = path
+        elif "cpu" in controllers.split(","):
+            own["cpu"] = path
+    return own
+
+
+def _folder_quota(folder: Path, read) -> float | None:
+    """The quota in CPUs that one cgroup folder sets; None for none, unreadable or nonsense."""
+    try:
+        quota, period = (int(value) for value in read(folder))
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _cgroup_v2_quota(folder: Path) -> tuple[str, str]:
     """cgroup v2's quota and period, as written in `cpu.max` ("max", no quota, as v1's -1)."""
-    quota, period = (root / "cpu.max").read_text().split()
+    quota, period = (folder / "cpu.max").read_text().split()
     return "-1" if quota == "max" else quota, period
 
 
-def _cgroup_v1_quota(root: Path) -> tuple[str, str]:
-    """cgroup v1's quota and period, as written in their two files."""
-    return ((root / "cpu" / "cpu.cfs_quota_us").read_text().strip(),
-            (root / "cpu" / "cpu.cfs_period_us").read_text().strip())
+def _cgroup_v1_quota(folder: Path) -> tuple[str, str]:
+    """cgroup v1's quota and period, as written in the cpu controller's two files."""
+    return ((folder / "cpu.cfs_quota_us").read_text().strip(),
+            (folder / "cpu.cfs_period_us").read_text().strip())
 
 
 def limit_threads(threads: int | None) -> int:
