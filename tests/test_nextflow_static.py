@@ -277,9 +277,10 @@ def test_every_task_that_runs_virnucpro_requires_the_pipelines_version_first():
 def test_the_models_folder_reaches_embed_as_a_path_in_the_task_folder():
     """A second review's case: EMBED passed `--models ${models}`, the staged folder's own name, so a
     models folder named `~m` was taken for user m's home (by bash itself for an existing user, else
-    refused by virnucpro); `./NAME`, quoted, is the folder staged there."""
+    refused by virnucpro); `./NAME`, quoted, is the folder staged there. NAME is the plain name: a
+    review's folder `mo dels` reached embed as `mo\\ dels` (Nextflow's escaped `${models}`, quoted)."""
     text = PROCESSES["VIRNUCPRO_EMBED"].path.read_text()
-    assert re.search(r'def models_path = shellQuoted\("\./\$\{models\}"\)', text), "no ./ before the staged name"
+    assert re.search(r'def models_path = shellQuoted\("\./\$\{models\.name\}"\)', text), "not ./ and the plain name"
     assert "--models ${models_path}" in text and "--models ${models}" not in text
 
 

@@ -195,8 +195,10 @@ def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
     writes there (checksum cache, fp16 copy, the manifest recording it) and files the encoders do
     not read (a classifier, a README) keep every EMBED cached,
     and a model file changed in place (same names, new weights) embeds the shards again (a -resume
-    used to keep the old embeddings, and PREDICT published results of the old model)."""
-    models = tmp_path / "models"
+    used to keep the old embeddings, and PREDICT published results of the old model). The folder's
+    name holds what a task's shell would misread: a leading `~`, a space, a quote (each once made
+    every EMBED fail)."""
+    models = tmp_path / "~mo d'els"
     made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
                           capture_output=True, text=True, env=task_env(), timeout=300)
     assert made.returncode == 0, made.stderr

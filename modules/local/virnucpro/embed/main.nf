@@ -41,8 +41,10 @@ process VIRNUCPRO_EMBED {
     def compile_cache = checkpoint_dir ? '--compile-cache ' + shellQuoted("${checkpoint_dir}/compile-cache") : ''
     def slots = shellQuoted("${checkpoint_dir ?: '.'}/.gpu-slots")
     // the models folder is staged under the user's name for it: `./` keeps a name like `~m` from
-    // being taken for a home directory (by the shell for an existing user, else by virnucpro)
-    def models_path = shellQuoted("./${models}")
+    // being taken for a home directory (by the shell for an existing user, else by virnucpro). Its
+    // plain name, quoted here: `${models}` is already escaped by Nextflow (`mo\ dels`), and quoting
+    // that kept the backslash
+    def models_path = shellQuoted("./${models.name}")
     """
     require_virnucpro.sh ${workflow.manifest.version}
     exec 9> .embed.running
