@@ -633,3 +633,23 @@ def test_a_fifo_given_as_an_embedding_shard_is_refused_at_once(tmp_path, run_cli
     code, message = run_cli("embed", golden_prepared / "shards" / "shard_00000.tsv", "--models", tiny_models,
                             "--out", fifo, "--device", "cpu")
     assert code == 3 and "f.h5 is not a regular file" in message, message
+
+
+def test_highest_table_rows_sort_as_their_ids_and_cost_about_their_line(tmp_path):
+    """Rows are held as their written lines (a review measured 237 bytes a row, ~240 MB per sorted
+    run of Illumina-length ids, where the code said ~100 MB): lines sort as their ids, prefixes
+    and non-ASCII included, and a row costs little more than its line."""
+    from memory_helpers import traced_peak
+    from virnucpro.predict import ChunkScore, HighestTable
+
+    ids = ["a_chunk_1", "a!_chunk_1", "a_chunk_10", "a_chunk_1_chunk_1", "aé_chunk_1", "A_chunk_2", "~_chunk_1"]
+    highest = HighestTable(tmp_path / "runs", run_lines=2)
+    for chunk_id in ids:
+        highest.add(ChunkScore(chunk_id, chunk_id + "F1", 0.2, 0.8))
+    highest.write(tmp_path / "highest.csv")
+    assert [line.split("\t")[0] for line in (tmp_path / "highest.csv").read_text().splitlines()[1:]] == sorted(ids)
+    rows = 20_000
+    scores = [ChunkScore(f"M00123:45:000000000-ABCDE:1:1101:{n}:1234_chunk_1", f"r{n}F1", 0.3, 0.7) for n in range(rows)]
+    big = HighestTable(tmp_path / "big", run_lines=rows + 1)
+    _, peak = traced_peak(lambda: [big.add(score) for score in scores])
+    assert peak / rows < 150, f"{peak / rows:.0f} bytes a row"

@@ -237,21 +237,34 @@ class CheckpointStore:
         finally:
             note.withdraw()
 
-    def load(self, sizes: dict[str, int], widths: dict[str, int]) -> list["Part"]:
-        """The sound parts for `sizes` distinct sequences of `widths`."""
+    def load(self, sizes: dict[str, int], widths: dict[str, int]) -> Iterator["Part"]:
+        """The sound parts for `sizes` distinct sequences of `widths`, one at a time: a resumed shard's
+        parts hold as many vectors as the shard's arrays they are copied into, so holding them all
+        at once doubled embed's memory."""
         paths = sorted(self.folder.glob("part_*.npz"), key=_part_order)
         numbers = [int(match.group(1)) for match in map(PART_NAME.fullmatch, (p.name for p in paths)) if match]
         self.next_part = max(numbers, default=-1) + 1
-        parts = {}
-        for path in paths:
+        return self._sound_parts(paths, sizes, widths)
+
+    def _sound_parts(self, paths: list[Path], sizes: dict[str, int], widths: dict[str, int]) -> Iterator["Part"]:
+        """Each part read and checked in turn; a damaged one is discarded, and one holding a distinct
+        sequence that an earlier kept part holds too (parts of two runs of the same key copied into
+        one folder) is set aside: both are sound, computed from the same shard, models and
+        precision, and the earlier ones are kept whole."""
+        holders = {role: np.full(sizes[role], -1, dtype=np.int64) for role in ROLES}  # kept part per sequence
+        for number, path in enumerate(paths):
             try:
-                parts[path] = _read_part(path, self.key, sizes, widths)
+                part = _read_part(path, self.key, sizes, widths)
             except DamagedPart as problem:
                 _discard(path, str(problem))
-        for path, earlier in _overlapping_parts(parts).items():
-            _set_aside(path, earlier)
-            del parts[path]
-        return list(parts.values())
+                continue
+            earlier = _earlier_holder(part, holders)
+            if earlier is not None:
+                _set_aside(path, paths[earlier])
+                continue
+            for role in ROLES:
+                holders[role][part.vectors[role][0]] = number
+            yield part
 
     def save(self, vectors: dict[str, tuple[list[int], list[np.ndarray]]], made: MadeBy | None = None) -> None:
         """Queue one part of these vectors for the writer thread, with the record of what computed
@@ -668,27 +681,19 @@ def _part_order(path: Path) -> tuple[int, str]:
     return (int(match.group(1)) if match else -1, path.name)
 
 
-def _overlapping_parts(parts: dict[Path, Part]) -> dict[Path, Path]:
-    """Each part holding a distinct sequence that an earlier kept part holds too (parts of two runs
-    of the same key copied into one folder), with that earlier part. Both are sound, computed from
-    the same shard, models and precision: the earlier ones are kept, whole."""
-    taken = {role: set() for role in ROLES}
-    overlapping = {}
-    holders = {}
-    for path, part in parts.items():
-        indices = {role: set(part.vectors[role][0].tolist()) for role in ROLES}
-        shared = next((role for role in ROLES if indices[role] & taken[role]), None)
-        if shared is not None:
-            overlapping[path] = holders[shared, min(indices[shared] & taken[shared])]
-            continue
-        for role in ROLES:
-            taken[role] |= indices[role]
-            holders.update(((role, index), path) for index in indices[role])
-    return overlapping
+def _earlier_holder(part: Part, holders: dict[str, np.ndarray]) -> int | None:
+    """The number of the kept part holding the first distinct sequence that `part` holds too (the
+    smallest such index of the first role with one); None when it holds only new ones."""
+    for role in ROLES:
+        indices = np.sort(part.vectors[role][0])
+        held = holders[role][indices]
+        if (held >= 0).any():
+            return int(held[np.flatnonzero(held >= 0)[0]])
+    return None
 
 
 def _set_aside(path: Path, earlier: Path) -> None:
-    """Drop a sound part whose sequences an earlier part holds too (see `_overlapping_parts`)."""
+    """Drop a sound part whose sequences an earlier part holds too (see `CheckpointStore._sound_parts`)."""
     info(f"checkpoint part {printable(path.name)} holds sequences that {printable(earlier.name)} holds too (parts "
          "of two runs in one folder): using the earlier part; the other's remaining sequences are computed again")
     if is_regular(path):

@@ -46,7 +46,7 @@ STAGING_FILES = work_pattern(*(re.escape(name) for name in OUTPUTS),
                              rf"{re.escape(HIGHEST_RUNS)}(?:/run_[0-9]+\.tsv)?")
 HISTOGRAM_BINS = 20
 TOP_SEQUENCES = 25  # sequences listed in the report
-HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~100 MB)
+HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~110 MB with 45-character ids)
 PROGRESS_ROWS = 50_000  # ids checked between two updates of the progress shown
 CLASSIFIER_ROWS = 2048  # small shards' rows joined per classifier call (27 MB of 3,328 features; a block stays whole)
 
@@ -240,17 +240,18 @@ class HighestTable:
     """The original's per-chunk table, sorted by chunk id as pandas groupby sorts it (as strings).
 
     Memory stays bounded: rows are sorted in runs of `run_lines`, each spilled to a file in `folder`,
-    and the runs are merged when the table is written.
+    and the runs are merged when the table is written. Rows are kept as their written lines, which
+    sort as their ids do: the tab after the id comes before any character an id may hold.
     """
 
     def __init__(self, folder: Path, run_lines: int | None = None):
         self.folder, self.run_lines = folder, run_lines or HIGHEST_RUN_LINES
-        self.pending: list[tuple[str, bool]] = []
+        self.pending: list[str] = []
         self.runs: list[Path] = []
 
     def add(self, chunk: ChunkScore) -> None:
         """One chunk's row; a full run goes to disk."""
-        self.pending.append((chunk.chunk_id, chunk.is_virus))
+        self.pending.append(row_line(HIGHEST_COLUMNS, {"Modified_ID": chunk.chunk_id, "Is_Virus": str(chunk.is_virus)}))
         if len(self.pending) >= self.run_lines:
             self._spill()
 
@@ -258,8 +259,8 @@ class HighestTable:
         self.folder.mkdir(parents=True, exist_ok=True)
         run = self.folder / f"run_{len(self.runs):05d}.tsv"
         self.pending.sort()
-        run.write_text("".join(row_line(HIGHEST_COLUMNS, {"Modified_ID": chunk_id, "Is_Virus": str(virus)})
-                               for chunk_id, virus in self.pending), encoding="utf-8")
+        with open(run, "w", encoding="utf-8", newline="\n") as out:
+            out.writelines(self.pending)
         self.runs.append(run)
         self.pending = []
 
@@ -270,7 +271,7 @@ class HighestTable:
         with contextlib.ExitStack() as stack, open(path, "w", encoding="utf-8", newline="\n") as out:
             out.write(header_line(HIGHEST_COLUMNS))
             runs = [stack.enter_context(open(run, encoding="utf-8", newline="\n")) for run in self.runs]
-            out.writelines(heapq.merge(*runs, key=lambda line: line.split("\t", 1)[0]))
+            out.writelines(heapq.merge(*runs))
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
