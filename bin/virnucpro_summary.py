@@ -17,9 +17,9 @@ run (--samples-from, one id per line) without a row, whose task failed and was i
 the ids come from a file, so a run of any number of samples fits on the command line.
 
 The tables are plain tab-separated text without quoting (an id may hold any character but a tab or
-a line break, `"` included) and are read and written as such. Everything is streamed: ids are checked
-unique through hashes spilled to a temporary folder (TMPDIR), so memory stays flat however many
-sequences a sample has. Standard library only, plus two modules of the package that are standard
+a line break, `"` included; a sample id may not start with `#`, which starts MultiQC's header) and
+are read and written as such. Everything is streamed: ids are checked unique through hashes
+spilled to a temporary folder (TMPDIR), so memory stays flat however many sequences a sample has. Standard library only, plus two modules of the package that are standard
 library only themselves (found in the project beside bin/ when the package is not installed):
 virnucpro/calls.py, the tables' names, columns and call rules predict writes them with, so the two
 never drift apart, and virnucpro/errors.py, the exit codes and stop signals of CONTRACTS.md.
@@ -63,6 +63,8 @@ class SpillFailed(Exception):
 
 
 REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
+# a line of the MultiQC table that starts with '#' is read as its YAML header (a crash, or a setting)
+HASH_FIRST = "MultiQC would read its line as the table's settings"
 SAMPLES_HINT = "give --samples-from the file of the run's sample ids, one per line"
 PERMISSION_HINT = "let this user read it (chmod u+r; a folder on its way: chmod u+rx), then rerun"
 
@@ -637,6 +639,10 @@ def read_sample_ids(path: Path) -> list[str]:
     if bad:
         raise Inconsistent(f"{path} line {bad[0]}: a sample id holds a tab or a carriage return",
                            "give one sample id per line, in plain text with Unix line ends")
+    hashed = [number for number, sample in numbered if sample.startswith("#")]
+    if hashed:
+        raise Inconsistent(f"{path} line {hashed[0]}: a sample id starts with '#': {HASH_FIRST}",
+                           "rename the sample")
     ids = [sample for _number, sample in numbered if sample]
     repeated = sorted(sample for sample, n in Counter(ids).items() if n > 1)
     if repeated:
@@ -663,9 +669,11 @@ def samples_without_rows(rows: list[dict[str, str]], samples: list[str] | None) 
 # --- command line -------------------------------------------------------------------------------------
 
 def sample_name(value: str) -> str:
-    """A sample id that fits in one cell of a tab-separated table."""
+    """A sample id that fits in one cell of a tab-separated table and starts a line MultiQC reads."""
     if not value or any(c in value for c in "\t\r\n"):
         raise argparse.ArgumentTypeError(f"{value!r} is empty or holds a tab or line break")
+    if value.startswith("#"):
+        raise argparse.ArgumentTypeError(f"{value!r} starts with '#': {HASH_FIRST}")
     return value
 
 

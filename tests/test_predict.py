@@ -653,3 +653,14 @@ def test_highest_table_rows_sort_as_their_ids_and_cost_about_their_line(tmp_path
     big = HighestTable(tmp_path / "big", run_lines=rows + 1)
     _, peak = traced_peak(lambda: [big.add(score) for score in scores])
     assert peak / rows < 150, f"{peak / rows:.0f} bytes a row"
+
+
+def test_the_reports_best_score_is_never_rounded_onto_or_across_the_calls_bound():
+    """A report review's case: a best virus score of 0.49996 showed as 0.5000 beside no virus chunk
+    (0.5 makes a chunk viral), and 0.99996 as 1.0000; other scores keep 4 decimals."""
+    from virnucpro.report import _score_text
+
+    assert _score_text(0.49996) == "0.49996" and float(_score_text(0.4999999)) < 0.5
+    assert _score_text(0.99996) == "0.99996" and _score_text(0.50004) == "0.50004"
+    assert _score_text(0.5) == "0.5000" and _score_text(1.0) == "1.0000" and _score_text(0.0) == "0.0000"
+    assert _score_text(0.123456) == "0.1235" and _score_text(0.73) == "0.7300"

@@ -350,3 +350,16 @@ def test_a_chunk_size_that_is_not_positive_is_exit_5_naming_run_info(golden_copy
     (golden_copy / "run_info.json").write_text(json.dumps({**info, "chunk_size": value}))
     assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), "run_info.json",
                    "chunk_size")
+
+
+def test_a_sample_id_starting_with_a_hash_is_refused_before_multiqc_reads_it_as_settings(golden_predicted, good_row, tmp_path):
+    """A report review's case: a row of sample `# plot_type: 'bargraph'` began a line of the MultiQC
+    table, which MultiQC read as its YAML header (it crashed and dropped the summary section; a name
+    without a tab would have been taken as a setting)."""
+    row = summary("row", golden_predicted, "--sample", "# plot_type: 'bargraph'", "--out", tmp_path / "r.tsv")
+    assert row.returncode == 2 and "starts with '#'" in row.stderr and "Traceback" not in row.stderr, row.stderr
+    assert not (tmp_path / "r.tsv").exists()
+    ids = tmp_path / "ids.txt"
+    ids.write_text("s1\n#x\n")
+    result = summary("merge", good_row, "--samples-from", ids, "--out", tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
+    assert_refused(result, f"{ids} line 2", "starts with '#'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from enum import IntEnum
@@ -436,6 +437,7 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
     _received.clear()
     outputs_in_place(None)
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    unraisable, sys.unraisablehook = sys.unraisablehook, _quiet_about_stops(sys.unraisablehook)
     try:
         # the console script holds stop signals back while it loads (virnucpro.entry): one that
         # arrived meanwhile is handled here
@@ -449,6 +451,7 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
     else:
         check_stop()
     finally:
+        sys.unraisablehook = unraisable
         if exiting:
             ignore_stop_signals()
         elif not _received:
@@ -456,6 +459,16 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
                 signal.signal(sig, handler)
         _received.clear()  # the stop belongs to this command only (its handlers stay ignoring)
         outputs_in_place(None)
+
+
+def _quiet_about_stops(hook):
+    """`hook`, but silent about a stop raised where the interpreter prints and swallows exceptions
+    (a __del__, a weakref or import-lock callback): its traceback came before the stop's one
+    message; the stop is recorded and raised again at the next `check_stop`."""
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, InterruptedByUser):
+            hook(unraisable)
+    return quiet
 
 
 def ignore_stop_signals() -> None:

@@ -100,12 +100,23 @@ def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) 
     return "<table><tr><th>stage</th><th class='n'>count</th><th>breakdown</th><th>check</th></tr>" + body + "</table>"
 
 
+def _score_text(score: float) -> str:
+    """A score to 4 decimals, or to 9 significant digits where 4 would round it onto or across a
+    bound its reader compares it with: 0.5 (a chunk's call) and 1 (0.49996 showed as 0.5000 beside
+    no virus chunk, 0.99996 as 1.0000)."""
+    text = f"{score:.4f}"
+    rounded = float(text)
+    if (rounded >= 0.5) != (score >= 0.5) or (rounded == 0.5) != (score == 0.5) or (rounded == 1) != (score == 1):
+        return f"{score:.9g}"
+    return text
+
+
 def _top_table(top: list) -> str:
     if not top:
         return "<p>No sequence had an ORF to score.</p>"
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td class='n'>{length:,}</td><td class='n'>{n_chunks:,}</td>"
-        f"<td class='n'>{virus:,} / {scored:,}</td><td class='n'>{best:.4f}</td><td>{_e(call)}</td></tr>"
+        f"<td class='n'>{virus:,} / {scored:,}</td><td class='n'>{_score_text(best)}</td><td>{_e(call)}</td></tr>"
         for _fraction, best, name, length, n_chunks, virus, scored, call in top)
     # the fraction as its two counts: a rounded decimal (0.50 for 50/101) could contradict the call
     return ("<table><tr><th>sequence</th><th class='n'>length (bp)</th><th class='n'>chunks</th>"
