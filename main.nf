@@ -32,7 +32,8 @@ workflow {
             validateParameters(params, schema)
         }
         log.info(paramsSummaryLog(params, schema, workflow))
-        // Paths a task's shell script would misread ($, globs, control characters): before any use
+        // Paths a task's shell script would misread ($, globs, control characters), the work and
+        // launch folders included: before any use
         checkParameterPaths(params)
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
         checkGoogleGpuType(params.gpu_type, asText(params.device))

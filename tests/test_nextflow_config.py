@@ -566,12 +566,14 @@ def test_paths_nextflow_escapes_pass(groovy):
     assert _path_check(groovy, "--models", "/data/my run/q'uo\"te;&|(x)<y>!/-n ü.fa") == "passed"
 
 
-def _parameter_paths_check(groovy, parameters: dict) -> str:
+def _parameter_paths_check(groovy, parameters: dict, launch_dir: str = "/launch", work_dir: str = "/launch/work") -> str:
     code = "\n".join([NEXTFLOW_STAND_INS,
                       _utils_functions("checkParameterPaths", "refuseUnsafePaths", "unsafePathProblem", "printablePath",
-                                       "describeCharacter"),
+                                       "describeCharacter", "isRelativePath", "launchFolderProblem"),
+                      "workflow = [launchDir: file(launch_dir), workDir: file(work_dir)]",
                       "outcome { checkParameterPaths(parameters) }"])
-    return groovy.evaluate({"parameters": parameters}, [("outcome", code, False)])["outcome"]
+    bindings = {"parameters": parameters, "launch_dir": launch_dir, "work_dir": work_dir}
+    return groovy.evaluate(bindings, [("outcome", code, False)])["outcome"]
 
 
 def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
@@ -587,6 +589,102 @@ def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
     good = {"outdir": "/r/results", "models": "/m/my models", "classifier": None, "checkpoint_dir": "",
             "models_store": "virnucpro-models", "input": "/in/*.fa"}
     assert _parameter_paths_check(groovy, good) == "passed"
+
+
+def test_a_work_folder_a_task_script_would_misread_is_refused_naming_it(groovy):
+    """-work-dir 'w $HOME' passed start-up, then every task failed on `touch .../.command.begin`."""
+    message = _parameter_paths_check(groovy, {"outdir": "/r/results"}, work_dir="/data/w $HOME")
+    assert message.splitlines()[1] == "  -work-dir (the work folder) /data/w $HOME: '$'", message
+    assert _parameter_paths_check(groovy, {"outdir": "/r/results"}, work_dir="/data/w x") == "passed"
+
+
+def test_a_launch_folder_a_task_script_would_misread_is_named_with_what_it_spoils(groovy):
+    """From a launch folder holding `$`, --outdir results and the default work folder failed every
+    task late; the refusal named --models_store, which the user never gave, not the launch folder."""
+    parameters = {"outdir": "results", "models_store": "virnucpro-models", "models": "/m/models"}
+    message = _parameter_paths_check(groovy, parameters, launch_dir="/x/a$b", work_dir="/x/a$b/work")
+    lines = message.splitlines()[1:-1]
+    assert len(lines) == 1, message
+    assert lines[0].startswith("  the launch folder /x/a$b: '$' (--outdir results, --models_store virnucpro-models "
+                               "and the default work folder (work) are resolved from it: launch from another folder"), message
+    # absolute paths and a work folder elsewhere: the launch folder is no task's business
+    elsewhere = {"outdir": "/r/results", "models": "/m/models"}
+    assert _parameter_paths_check(groovy, elsewhere, launch_dir="/x/a$b", work_dir="/w/work") == "passed"
+
+
+def _inputs_check(groovy, call: str) -> str:
+    return _startup_check(groovy, ["checkUniqueSampleIds", "sampleIdFromPath"] + SAMPLE_NAME_FUNCTIONS, call)
+
+
+@pytest.mark.parametrize("name", ["a.fsa", "a.FSA.gz", "a.fsa.bz2", "a.fsa.xz", "a.fna", "a.fastq.gz"])
+def test_ncbi_fasta_extensions_are_left_out_of_sample_names(groovy, name):
+    assert _inputs_check(groovy, f"assert sampleIdFromPath(file('/d/{name}')) == 'a'") == "passed"
+
+
+def test_files_giving_one_sample_name_are_listed_with_it(groovy):
+    """`a.fa` and `a.fa.gz` in one glob were refused saying only the name."""
+    rows = "[[[id: 'a'], [file('/d/a.fa')]], [[id: 'a'], [file('/d/a.fa.gz')]], [[id: 'b'], [file('/d/b.fa')]]]"
+    message = _inputs_check(groovy, f"checkUniqueSampleIds({rows})")
+    assert "give the sample name 'a' (/d/a.fa, /d/a.fa.gz); rename them" in message, message
+    assert "/d/b.fa" not in message
+
+
+SCHEMA_UTILS = REPO / "subworkflows" / "local" / "utils_schema" / "main.nf"
+
+
+def _schema_functions(*names: str) -> str:
+    """The Groovy source of the named top-level functions of the schema subworkflow."""
+    text = SCHEMA_UTILS.read_text()
+    masked = mask(text)
+    found = []
+    for name in names:
+        start = re.search(r"^def %s\(" % name, masked, re.M).start()
+        found.append(text[start:matching(masked, masked.index("{", start)) + 1])
+    return "\n".join(found)
+
+
+def _not_files(groovy, pattern: str) -> str:
+    """The problems of the names `pattern` gives that are no files to read, one a line, or 'passed'."""
+    code = "\n".join([NEXTFLOW_STAND_INS,
+                      _schema_functions("unreadableMatches", "isGlobPattern", "shownMatch", "notFileProblems",
+                                        "entryKind", "notFileFix", "unnamablePath"),
+                      "def literal = file(pattern)",
+                      "outcome { def p = notFileProblems(pattern, literal.exists() ? [literal] : unreadableMatches(pattern));"
+                      " if (p) { error(p.join('\\n')) } }"])
+    return groovy.evaluate({"pattern": pattern}, [("outcome", code, False)])["outcome"]
+
+
+def test_glob_matches_that_are_no_files_are_named(groovy, tmp_path):
+    """`--input 'links/*.fa'` dropped a link to nothing without a word (the run ended well, that
+    sample missing); a folder or a pipe named like the files is listed the same way."""
+    links = tmp_path / "links"
+    (links / "sub").mkdir(parents=True)
+    (links / "a.fa").write_text(">r\nACGT\n")
+    (links / "good.fa").symlink_to(links / "a.fa")
+    (links / "gone.fa").symlink_to(tmp_path / "moved.fa")
+    (links / "dir.fa").mkdir()
+    os.mkfifo(links / "pipe.fa")
+    (links / ".hidden.fa").symlink_to(tmp_path / "nothing.fa")
+    (links / "sub" / "deep.fa").symlink_to(tmp_path / "nothing.fa")
+    lines = _not_files(groovy, str(links / "*.fa")).splitlines()
+    assert lines == [
+        f"'{links / 'dir.fa'}' (matched by '{links / '*.fa'}') is a directory, not a file: move it away or narrow the pattern",
+        f"'{links / 'gone.fa'}' (matched by '{links / '*.fa'}') is a link to {tmp_path / 'moved.fa'}, which does not exist:"
+        " mend or remove the link, or narrow the pattern",
+        f"'{links / 'pipe.fa'}' (matched by '{links / '*.fa'}') is neither a file nor a directory (a pipe, socket or device):"
+        " move it away or narrow the pattern"], lines
+    assert f"{links / 'sub' / 'deep.fa'}" in _not_files(groovy, str(links / "**.fa"))
+    assert ".hidden.fa" in _not_files(groovy, str(links / ".*.fa"))
+    assert _not_files(groovy, str(links / "{a,good}.fa")) == "passed"
+
+
+def test_a_folder_or_a_link_to_nothing_given_as_input_is_named(groovy, tmp_path):
+    """`--input /data/g4/` passed start-up; PREPARE then failed on it (exit 3, `input is a directory`)."""
+    (tmp_path / "g4").mkdir()
+    (tmp_path / "gone.fa").symlink_to(tmp_path / "moved.fa")
+    assert _not_files(groovy, f"{tmp_path / 'g4'}/") == (
+        f"'{tmp_path / 'g4'}/' is a directory, not a file: give its files as a quoted glob, such as '{tmp_path / 'g4'}/*.fa'")
+    assert _not_files(groovy, str(tmp_path / "gone.fa")).startswith(f"'{tmp_path / 'gone.fa'}' is a link to")
 
 
 CHECKPOINT_DIR_FUNCTIONS = ("checkpointDir", "refuseUnwritableCheckpointDir", "unwritableFolderProblem",

@@ -16,8 +16,10 @@
  * nf-schema (and Nextflow's own file()), not against the samplesheet's folder.
  *
  * Beyond the schema, for the pipeline's inputs: a local file that must exist (an --input match, a
- * samplesheet file) may not be empty; a YAML/JSON samplesheet cell of a text column may not be read
- * as a number, boolean or date (`010` as 8); a CSV/TSV header may not name a schema column twice, nor
+ * samplesheet file) may not be empty, and what a pattern names or matches must be files to read
+ * (not a folder, a link to nothing or a pipe, which Nextflow's files() returns or drops unsaid); a
+ * YAML/JSON samplesheet cell of a text column may not be read as a number, boolean or date (`010`
+ * as 8); a CSV/TSV header may not name a schema column twice, nor
  * end a line with a lone CR. A parameter with a default may not be given as blank or null (a params
  * file's `threshold:`); a path may not start or end with a blank or line break, nor start with `~`
  * (Nextflow does not expand it), even where a folder `~` in the launch directory holds it. A
@@ -367,11 +369,7 @@ def pathProblems(String text, Map spec) {
 def existingPathProblems(String text, Map spec) {
     def mustExist = spec.exists == true
     if (spec.format == 'file-path-pattern') {
-        def found = files(text).findAll { path -> path.exists() }
-        if (mustExist && !found) {
-            return ["no file matches '${text}'${launchDirNote(text)}".toString()]
-        }
-        return text.startsWith('~') ? [tildeProblem(text)] : (mustExist ? emptyMatchProblems(text, found) : [])
+        return patternProblems(text, mustExist)
     }
     if (!(spec.format in ['file-path', 'directory-path', 'path'])) {
         return []
@@ -391,6 +389,100 @@ def existingPathProblems(String text, Map spec) {
         return ["'${text}' is a file, not a directory".toString()]
     }
     return []
+}
+
+// file-path-pattern: what the pattern names is there, and is files to read. A path that is there as
+// written is taken as written, glob characters and all (a file `g[1].fa`, which the glob reads as
+// g1.fa: the pipeline's own check then says what to do), and must be a file, not a folder. A glob's
+// matches that are no files to read (unreadableMatches), which Nextflow's files() leaves out without
+// a word, are problems too.
+def patternProblems(String text, boolean mustExist) {
+    def literal = file(text, glob: false)
+    if (!text.startsWith('~') && literal.exists()) {
+        return mustExist ? notFileProblems(text, [literal]) + emptyMatchProblems(text, [literal]) : []
+    }
+    def found = files(text).findAll { path -> path.exists() }
+    def unreadable = mustExist ? unreadableMatches(text) : []
+    if (mustExist && !found && !unreadable) {
+        return ["no file matches '${text}'${launchDirNote(text)}".toString()]
+    }
+    if (text.startsWith('~')) {
+        return [tildeProblem(text)]
+    }
+    return mustExist ? notFileProblems(text, unreadable) + emptyMatchProblems(text, found) : []
+}
+
+// Whether a path holds a character that makes Nextflow's files() read it as a glob.
+def isGlobPattern(String text) {
+    return ['*', '?', '[', '{'].any { character -> text.contains(character) }
+}
+
+// The entries a local glob matches that are no files to read: links to nothing, folders, pipes,
+// sockets. Nextflow's files() leaves them out without a word (the sample was missing from a run
+// that ended well), and without glob characters returns a folder as it is (PREPARE failed on it).
+// As in a shell, a hidden name is matched only by a pattern part that starts with '.'. The folders
+// are listed without following links to folders (no loops); one that cannot be listed is left to
+// Nextflow's own listing; one this Java cannot name is left to the check of such paths
+// (unnamablePath). Paths on object storage (s3://, gs://) have no such entries: not listed.
+def unreadableMatches(String text) {
+    def path = file(text, glob: false)
+    if (path.toUri().getScheme() != 'file') {
+        return []
+    }
+    def names = (0..<path.nameCount).collect { i -> path.getName(i).toString() }
+    def first = names.findIndexOf { name -> isGlobPattern(name) }
+    if (first < 0) {
+        return java.nio.file.Files.isSymbolicLink(path) && !java.nio.file.Files.exists(path) ? [path] : []
+    }
+    def base = names.take(first).inject(path.root ?: path.fileSystem.getPath('')) { folder, name -> folder.resolve(name) }
+    def parts = names.drop(first)
+    if (!java.nio.file.Files.isDirectory(base)) {
+        return []
+    }
+    def matcher = path.fileSystem.getPathMatcher('glob:' + parts.join('/'))
+    def depth = parts.any { part -> part.contains('**') } ? Integer.MAX_VALUE : parts.size()
+    def hiddenAsked = parts.any { part -> part.startsWith('.') }
+    try {
+        return java.nio.file.Files.find(base, depth, { entry, _attributes -> shownMatch(base.relativize(entry), matcher, hiddenAsked) } as java.util.function.BiPredicate)
+            .withCloseable { stream -> stream.filter { entry -> !java.nio.file.Files.isRegularFile(entry) && !unnamablePath(entry.toString()) }.collect(java.util.stream.Collectors.toList()) }
+            .sort()
+    }
+    catch (Exception _e) {
+        return []
+    }
+}
+
+// Whether a path relative to a glob's folder is one the glob matches, hidden names left out unless asked for.
+def shownMatch(relative, matcher, boolean hiddenAsked) {
+    def hidden = (0..<relative.nameCount).any { i -> relative.getName(i).toString().startsWith('.') }
+    return relative.toString() && matcher.matches(relative) && (hiddenAsked || !hidden)
+}
+
+// One problem for each path of `paths` that a pattern named but that is no file to read (a folder,
+// a link to nothing, a pipe, socket or device), saying what it is.
+def notFileProblems(String text, List paths) {
+    def literal = file(text, glob: false)
+    return paths.findAll { path -> !java.nio.file.Files.isRegularFile(path) }.collect { path ->
+        def what = path == literal ? "'${text}'" : "'${path}' (matched by '${text}')"
+        "${what} is ${entryKind(path)}: ${notFileFix(text, path, path == literal)}".toString()
+    }
+}
+
+// What a path that is no file to read is, in words.
+def entryKind(path) {
+    if (java.nio.file.Files.isSymbolicLink(path) && !java.nio.file.Files.exists(path)) {
+        return "a link to ${java.nio.file.Files.readSymbolicLink(path)}, which does not exist"
+    }
+    return java.nio.file.Files.isDirectory(path) ? 'a directory, not a file' : 'neither a file nor a directory (a pipe, socket or device)'
+}
+
+// The way out for notFileProblems: the files of a folder given as a glob; a match moved away or the
+// pattern narrowed; a link mended.
+def notFileFix(String text, path, boolean literal) {
+    if (literal && java.nio.file.Files.isDirectory(path)) {
+        return "give its files as a quoted glob, such as '${text.replaceFirst('/+$', '')}/*.fa'"
+    }
+    return java.nio.file.Files.isSymbolicLink(path) ? 'mend or remove the link' + (literal ? '' : ', or narrow the pattern') : 'move it away' + (literal ? '' : ' or narrow the pattern')
 }
 
 // A path that starts with `~`, which Nextflow does not expand, as one problem (launchDirNote says why).
@@ -642,6 +734,9 @@ def readSamplesheet(String sheetPath) {
         error("Samplesheet ${sheetPath}${launchDirNote(sheetPath)}")
     }
     def path = file(sheetPath, glob: false)
+    if (!path.exists() && isGlobPattern(sheetPath)) {
+        error("Samplesheet ${sheetPath} is a glob pattern: a samplesheet is one file; give its path (for several sheets, join their rows into one)")
+    }
     if (!path.isFile()) {
         error("Samplesheet ${sheetPath} not found")
     }

@@ -1,7 +1,7 @@
 // Start-up checks of the pipeline and the functions the workflows share: parameter validation, the
 // sample channel built from --input (files, a glob, or a samplesheet), the versions YAML.
 
-include { samplesheetToList ; unnamablePath ; unnamablePathCause ; unnamablePathFix } from '../utils_schema'
+include { notFileProblems ; samplesheetToList ; unnamablePath ; unnamablePathCause ; unnamablePathFix ; unreadableMatches } from '../utils_schema'
 
 workflow PIPELINE_INITIALISATION {
     take:
@@ -71,9 +71,10 @@ def samplesFromSamplesheet(String samplesheet) {
 // The glob is listed here, at start-up, so that a bad name stops the run before any task. What it
 // matched is checked whole (unsafePathProblem): `'data/*/r.fa'` may match data/g[12]/r.fa; and a
 // file whose name the glob is (`g[12].fa`, which the glob reads as g1.fa or g2.fa) is refused too.
-// So is a match this Java cannot name (refuseUnnamableMatches).
+// So is a match this Java cannot name (refuseUnnamableMatches), and one that is no file to read.
 def samplesFromFiles(String pattern) {
     refuseUnsafePaths([file(pattern, glob: false)].findAll { path -> path.exists() }.collect { path -> unsafePathProblem('--input', path) })
+    refuseNotFiles(pattern)
     def matched = files(pattern, checkIfExists: true)
     refuseUnnamableMatches(pattern, matched)
     refuseUnsafePaths(matched.collect { reads -> unsafePathProblem("--input ${pattern} matched", reads) })
@@ -119,16 +120,31 @@ def refuseUnnamableMatches(String pattern, List matched) {
     }
 }
 
+// What --input names that is no file to read (a folder, a link to nothing, a pipe): refused, each
+// named, before any task. Parameter validation says the same first; this holds under
+// --validate_params false too, where PREPARE failed on a folder and a glob dropped the others unsaid.
+def refuseNotFiles(String pattern) {
+    def literal = file(pattern, glob: false)
+    def problems = notFileProblems(pattern, literal.exists() ? [literal] : unreadableMatches(pattern))
+    if (problems) {
+        error("--input: ${problems.join('\n--input: ')}")
+    }
+}
+
+// A file's sample name: its name without a compression extension, then a FASTA/FASTQ one
+// (.fsa is NCBI's FASTA).
 def sampleIdFromPath(reads) {
     return reads.name
         .replaceFirst(/(?i)\.(gz|bz2|xz)$/, '')
-        .replaceFirst(/(?i)\.(fa|fasta|fna|fas|ffn|fq|fastq)$/, '')
+        .replaceFirst(/(?i)\.(fa|fasta|fna|fas|fsa|ffn|fq|fastq)$/, '')
 }
 
+// Each file's sample name is its own: files giving one name are refused, each name with its files.
 def checkUniqueSampleIds(List rows) {
-    def duplicated = rows.countBy { row -> row[0].id }.findAll { _id, n -> n > 1 }.keySet()
+    def duplicated = rows.groupBy { row -> row[0].id }.findAll { _id, group -> group.size() > 1 }
     if (duplicated) {
-        error("Several input files give the sample name ${duplicated.join(', ')}; rename them or use a samplesheet (--input samples.csv)")
+        def clashes = duplicated.collect { id, group -> "'${id}' (${group.collect { row -> row[1][0].toUriString() }.join(', ')})" }
+        error("Several input files give the sample name ${clashes.join('; ')}; rename them or use a samplesheet (--input samples.csv)")
     }
     checkSampleNames(rows.collect { row -> row[0].id }, 'from the input file names', 'rename the file or use a samplesheet (--input samples.csv)')
     return rows
@@ -221,10 +237,36 @@ def refuseUnsafePaths(List problems) {
 
 // The paths the parameters give, as the tasks would see them (relative ones from the launch
 // directory): files and folders staged into tasks (--models, --classifier, the downloaded models
-// under --models_store), the checkpoint folder in EMBED's script, and --outdir, all checked at once.
+// under --models_store), the checkpoint folder in EMBED's script, and --outdir; and the work folder,
+// where every task's scripts run (and the default checkpoint folder lies): all checked at once.
+// Where the launch folder is the culprit of relative paths and the default work folder, it is
+// named once, with the paths it spoils, not each path (--models_store has a relative default).
 def checkParameterPaths(Map parameters) {
     def names = ['outdir', 'models', 'classifier', 'checkpoint_dir', 'models_store'].findAll { name -> parameters[name] }
-    refuseUnsafePaths(names.collect { name -> unsafePathProblem("--${name}", file(parameters[name].toString(), glob: false)) })
+    def launch = unsafePathProblem('the launch folder', workflow.launchDir)
+    def relative = launch ? names.findAll { name -> isRelativePath(parameters[name].toString()) } : []
+    def defaultWork = workflow.workDir == workflow.launchDir.resolve('work')
+    def problems = names.collect { name ->
+        def text = parameters[name].toString()
+        unsafePathProblem("--${name}", name in relative ? text : file(text, glob: false))
+    }
+    problems << (launch && defaultWork ? null : unsafePathProblem('-work-dir (the work folder)', workflow.workDir))
+    refuseUnsafePaths(problems + [launchFolderProblem(launch, relative.collect { name -> "--${name} ${parameters[name]}" } + (defaultWork ? ['the default work folder (work)'] : []))])
+}
+
+// Whether a path is resolved against the launch folder (neither absolute nor a URI such as s3://).
+def isRelativePath(String text) {
+    return !(text.startsWith('/') || text ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/)
+}
+
+// The launch folder's problem (unsafePathProblem's), with the paths under it it spoils, or null
+// when it spoils none (every path absolute and -work-dir elsewhere: it is then no task's business).
+def launchFolderProblem(String problem, List spoiled) {
+    if (!problem || !spoiled) {
+        return null
+    }
+    def listed = spoiled.size() == 1 ? spoiled[0] : "${spoiled.init().join(', ')} and ${spoiled.last()}"
+    return "${problem} (${listed} ${spoiled.size() == 1 ? 'is' : 'are'} resolved from it: launch from another folder, or give ${spoiled.size() == 1 ? 'it as a path' : 'them as paths'} outside it)".toString()
 }
 
 // A path for a one-line message: control characters as \t, \n, \r or \uXXXX.
