@@ -311,9 +311,9 @@ def outcome(Closure call) {
 """
 
 
-def _utils_functions(*names: str) -> str:
-    """The Groovy source of the named top-level functions of the utils subworkflow."""
-    text = UTILS.read_text()
+def _utils_functions(*names: str, source: Path = UTILS) -> str:
+    """The Groovy source of the named top-level functions of the utils subworkflow (or `source`)."""
+    text = source.read_text()
     masked = mask(text)
     found = []
     for name in names:
@@ -634,13 +634,7 @@ SCHEMA_UTILS = REPO / "subworkflows" / "local" / "utils_schema" / "main.nf"
 
 def _schema_functions(*names: str) -> str:
     """The Groovy source of the named top-level functions of the schema subworkflow."""
-    text = SCHEMA_UTILS.read_text()
-    masked = mask(text)
-    found = []
-    for name in names:
-        start = re.search(r"^def %s\(" % name, masked, re.M).start()
-        found.append(text[start:matching(masked, masked.index("{", start)) + 1])
-    return "\n".join(found)
+    return _utils_functions(*names, source=SCHEMA_UTILS)
 
 
 def _not_files(groovy, pattern: str) -> str:

@@ -247,6 +247,8 @@ def test_no_orf_sample(tmp_path, run_cli, reference_dir, tiny_models):
     assert calls == {"no_orf"}
     page = (tmp_path / "o/report.html").read_text()
     assert "max bin: 0 ORFs" in page and "0 rows in prediction_results.txt" in page  # it said "max bin: 1 ORFs"
+    # titled with its output folder (the sample's in the pipeline): reports of samples told apart
+    assert "<title>virnucpro report: o</title>" in page and "<h1>virnucpro report: o</h1>" in page
     assert not (tmp_path / "o/.virnucpro-work").exists()
 
 

@@ -428,15 +428,9 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
     console script, whose process ends with the command) keeps them ignored after a command that
     finished as well, so a stop during the interpreter's shutdown cannot turn it into exit 143.
     """
-    def stop(signum, _frame) -> None:
-        ignore_stop_signals()  # a second signal must not interrupt the clean-up of the first
-        _received.append(signum)
-        if not _deferring:  # else raised when the deferring block ends (`stop_signals_deferred`)
-            raise _interrupted(signum)
-
     _received.clear()
     outputs_in_place(None)
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, _stop_now) for sig in STOP_SIGNALS}
     unraisable, sys.unraisablehook = sys.unraisablehook, _quiet_about_stops(sys.unraisablehook)
     try:
         # the console script holds stop signals back while it loads (virnucpro.entry): one that
@@ -459,6 +453,14 @@ def stop_signals_exit_interrupted(exiting: bool = False) -> Iterator[None]:
                 signal.signal(sig, handler)
         _received.clear()  # the stop belongs to this command only (its handlers stay ignoring)
         outputs_in_place(None)
+
+
+def _stop_now(signum, _frame) -> None:
+    """The handler of `stop_signals_exit_interrupted`: the stop raised at once (unless deferred)."""
+    ignore_stop_signals()  # a second signal must not interrupt the clean-up of the first
+    _received.append(signum)
+    if not _deferring:  # else raised when the deferring block ends (`stop_signals_deferred`)
+        raise _interrupted(signum)
 
 
 def _quiet_about_stops(hook):

@@ -495,7 +495,8 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
     seconds["predict"] = round(time.monotonic() - started, 3)
     run_info = _run_info(inputs.manifest, inputs.shards, inputs.classifier, threshold, inputs.tiny, seconds)
     write_report(staging / REPORT, manifest=inputs.manifest, rows=rows, n_chunks_scored=summary.chunks_scored,
-                 summary=summary.as_dict(), histogram=histogram.counts, run_info=run_info)
+                 summary=summary.as_dict(), histogram=histogram.counts, run_info=run_info,
+                 name=Path(os.path.abspath(staging.parent)).name)  # the output folder's (the pipeline's: the sample)
     (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
     return summary.chunks_scored, rows, summary.calls
 

@@ -26,6 +26,7 @@ padding:.7rem .9rem}.card b{display:block;font-size:1.5rem}.card span{color:#5b6
 table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{text-align:left;padding:.3rem .5rem;
 border-bottom:1px solid #edf0f4}th{background:#f5f7fa}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1f6f43}footer{margin-top:2.5rem;color:#5b6b7c;font-size:.8rem}
+td,h1{overflow-wrap:anywhere}
 """
 
 
@@ -124,19 +125,26 @@ def _top_table(top: list) -> str:
             + rows + "</table>")
 
 
+def _inputs_table(inputs: list) -> str:
+    """The input files with their records and the start of their checksums."""
+    rows = "".join(f"<tr><td>{_e(i['path'])}</td><td class='n'>{i['records']:,}</td>"
+                   f"<td><code>{_e(i['sha256'][:16])}…</code></td></tr>" for i in inputs)
+    return f"<table><tr><th>file</th><th class='n'>records</th><th>sha256</th></tr>{rows}</table>"
+
+
 def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, summary: dict,
-                 histogram: list[int], run_info: dict) -> None:
-    """report.html: one self-contained page (counts reconciled, calls, score histogram, top sequences)."""
+                 histogram: list[int], run_info: dict, name: str = "") -> None:
+    """report.html: one self-contained page (counts reconciled, calls, score histogram, top sequences),
+    titled with `name`, the output folder's (the sample's in the pipeline: reports told apart)."""
     counts, calls = manifest["counts"], summary["calls"]
     banner = ('<p class="banner">Made with TINY RANDOM MODELS (tests only): these scores mean nothing.</p>'
               if run_info["tiny_models"] else "")
-    inputs = "".join(f"<tr><td>{_e(i['path'])}</td><td class='n'>{i['records']:,}</td>"
-                     f"<td><code>{_e(i['sha256'][:16])}…</code></td></tr>" for i in manifest["inputs"])
     seconds = ", ".join(f"{stage} {value:,.1f} s" for stage, value in run_info["seconds"].items())
+    title = f"virnucpro report: {name}" if name else "virnucpro report"
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>virnucpro report</title>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>{STYLE}</style></head><body>
-<h1>virnucpro report</h1>
+<h1>{_e(title)}</h1>
 <p class="sub">virnucpro {_e(run_info['virnucpro_version'])} · chunk size {manifest['chunk_size']} ·
 threshold {_threshold_text(run_info['threshold'])} · precision {_e(', '.join(run_info['precision']))} ·
 device {_e(', '.join(run_info['device']))}</p>
@@ -158,7 +166,7 @@ original's rule).</p>
 <h2>Top sequences</h2>
 {_top_table(summary['top'])}
 <h2>Inputs</h2>
-<table><tr><th>file</th><th class='n'>records</th><th>sha256</th></tr>{inputs}</table>
+{_inputs_table(manifest["inputs"])}
 <footer>Tables: prediction_results.txt and prediction_results_highestscore.csv (original format),
 chunks.tsv, sequences.tsv; provenance in run_info.json. Time spent by this process: {_e(seconds)}.</footer>
 </body></html>
