@@ -51,6 +51,16 @@ class Record:
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
+# a legacy .lzma file (lzma_alone) has no magic: it starts with its properties byte, 0x5d for every
+# preset, then its dictionary size, a multiple of 64 KiB, little-endian: two zero bytes first
+LZMA_ALONE_START = b"\x5d\x00\x00"
+# compressions virnucpro does not read, by first bytes: how it is named, the tool that decompresses it
+UNREAD_COMPRESSIONS = (
+    (ZSTD_MAGIC, "zstd-compressed", "zstd"),
+    (LZ4_MAGIC, "lz4-compressed", "lz4"),
+    (LZMA_ALONE_START, "lzma-compressed (the legacy .lzma format, not xz)", "xz --format=lzma"),
+)
 STDIN = "-"  # an input path that means standard input (read once, as it is streamed)
 
 
@@ -90,14 +100,17 @@ def _known_binary(head: bytes, path: Path) -> BadInputError | None:
 
 
 def _compression(head: bytes, path: Path) -> str:
-    """The compression the first bytes show; zstd, text in UTF-16 or UTF-32 (which would read as
+    """The compression the first bytes show; zstd, lz4 and legacy lzma, text in UTF-16 or UTF-32 (which would read as
     binary) and the binary files of reads in KNOWN_BINARY are named with the command that converts them."""
     known = _known_binary(head, path)
     if known is not None:
         raise known
-    if head.startswith(ZSTD_MAGIC):
-        raise BadInputError(f"{path} is zstd-compressed, which virnucpro does not read",
-                            f"decompress it on the fly: zstd -dc {path} | virnucpro prepare - ...")
+    for magic, what, tool in UNREAD_COMPRESSIONS:
+        if head.startswith(magic):
+            quoted = shlex.quote(str(path))
+            raise BadInputError(f"{path} is {what}, which virnucpro does not read: not a supported compression "
+                                "(gzip, bzip2 and xz are)", f"decompress it first ({tool} -d {quoted}), or on the "
+                                f"fly: {tool} -dc {quoted} | virnucpro prepare - ...")
     if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         raise BadInputError(f"{path} is UTF-16 or UTF-32 text (it starts with that byte order mark); "
                             "virnucpro reads ASCII/UTF-8 FASTA and FASTQ",
@@ -492,10 +505,23 @@ def _fasta_record(text: str, path: Path, line: int) -> Record:
     """A record from its text after '>': the header line, then sequence lines."""
     header, _, body = text.partition("\n")
     rid = _record_id(header, path, line)
+    if body.startswith("@") or "\n@" in body:
+        raise _fastq_inside_fasta(body, path, rid, line)
     sequence = body.replace("\n", "")
     if " " in sequence or "\t" in sequence:  # removed, as Biopython's FASTA parser removes them
         sequence = sequence.replace(" ", "").replace("\t", "")
     return Record(rid, sequence, line)
+
+
+def _fastq_inside_fasta(body: str, path: Path, rid: str, line: int) -> BadInputError:
+    """The refusal of FASTA record `rid` (header on `line`) whose sequence lines `body` hold a line
+    starting with '@': no sequence holds it, a FASTQ header does (files of both joined with cat?)."""
+    at = 0 if body.startswith("@") else body.index("\n@") + 1
+    shown = printable(body[at:].split("\n", 1)[0][:40])
+    number = line + 1 + body.count("\n", 0, at)
+    return BadInputError(f"{path}, line {number}: '{shown}', inside FASTA record '{rid}' (line {line}), looks like "
+                         "the header of a FASTQ record: FASTA and FASTQ records in one file", "give the FASTQ "
+                         "records as a file of their own, or convert them to FASTA first (e.g. seqkit fq2fa)")
 
 
 @dataclass
@@ -637,48 +663,89 @@ def _fastq_records(lines: Iterator[tuple[int, str]], first: tuple[int, str], pat
                                 f"found '{text[:40]}'{mark}", "check that the FASTQ file is complete")
         rid = _record_id(text[1:], path, line_no)
         reader.header_marks = b"+"  # the separator line repeats the header
-        sequence = _fastq_sequence(lines, path, rid, line_no)
+        sequence, sequence_lines = _fastq_sequence(lines, path, rid, header)
         reader.header_marks = b""
-        quality = 0
-        while quality < len(sequence):
-            nxt = next(lines, None)
-            if nxt is None:
-                raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has fewer quality "
-                                    "characters than bases", "the file is truncated")
-            quality += len(nxt[1].strip())
-        if quality != len(sequence):
-            raise BadInputError(f"{path}: FASTQ record '{rid}' (line {line_no}) has {quality} quality "
-                                f"characters for {len(sequence)} bases", "check the FASTQ file")
-        yield Record(rid, sequence, line_no)
+        record = Record(rid, sequence, line_no)
+        _read_fastq_quality(lines, path, record, sequence_lines)
+        yield record
         reader.header_marks = b"@"
         header = next(((n, t) for n, t in lines if t.strip()), None)
 
 
-def _fastq_sequence(lines: Iterator[tuple[int, str]], path: Path, rid: str, header_line: int) -> str:
-    """The sequence of record `rid`: its lines up to the '+' line. FASTQ allows no whitespace inside
-    a sequence (Biopython refuses it too): a space would be counted as a base, and then the quality
-    length would be reported wrong."""
-    parts: list[str] = []
+def _read_fastq_quality(lines: Iterator[tuple[int, str]], path: Path, record: Record, sequence_lines: int) -> None:
+    """Read the quality lines of `record`: as many characters as its bases, on no more lines than its
+    sequence took (writers that wrap wrap both alike), so that a short quality line never takes the
+    next record's lines for the rest of its quality (they would be lost without a word)."""
+    bases, quality, taken = len(record.sequence), 0, []
+    while quality < bases:
+        nxt = next(lines, None)
+        if nxt is None:
+            raise BadInputError(f"{path}: FASTQ record '{record.id}' (line {record.line}) has fewer quality "
+                                f"characters than bases ({quality} for {bases})", "the file is truncated")
+        if not nxt[1].strip():
+            continue  # a line of blanks holds no quality, as it held no bases
+        if len(taken) == sequence_lines:
+            raise _quality_refusal(path, record, taken, quality, nxt)
+        taken.append(nxt[0])
+        quality += len(nxt[1].strip())
+    if quality != bases:
+        raise _quality_refusal(path, record, taken, quality, None)
+
+
+def _quality_refusal(path: Path, record: Record, taken: list[int], quality: int,
+                     following: tuple[int, str] | None) -> BadInputError:
+    """The refusal of `record` whose quality lines (numbered `taken`) hold `quality` characters, not
+    one a base; `following` is the line after them when the quality would have run on into it."""
+    where = f"line {taken[0]}" if len(taken) == 1 else f"lines {taken[0]}-{taken[-1]}"
+    message = (f"{path}, {where}: the quality of FASTQ record '{record.id}' (line {record.line}) holds "
+               f"{quality} quality characters for {len(record.sequence)} bases")
+    if following is not None:
+        number, text = following
+        message += (f"; line {number}, '{printable(text[:40])}', looks like the next record's header"
+                    if text.startswith("@") else
+                    f"; it cannot go on to line {number}: a quality spans no more lines than its sequence")
+    return BadInputError(message, "the file is damaged (a quality line cut short or too long): look at those "
+                         "lines; write or download the file again")
+
+
+def _fastq_sequence(lines: Iterator[tuple[int, str]], path: Path, rid: str,
+                    header: tuple[int, str]) -> tuple[str, int]:
+    """The sequence of record `rid` (`header`: its line number and text) and the lines it took: its
+    lines up to the '+' line. FASTQ allows no whitespace inside a sequence (Biopython refuses it too):
+    a space would be counted as a base, and then the quality length would be reported wrong."""
+    header_line, parts = header[0], []
     for number, text in lines:
         if text.startswith("+"):
-            return "".join(parts)
+            _check_plus_line(path, rid, header, number, text)
+            return "".join(parts), len(parts)
         bases = text.strip()
         if " " in bases:
             raise BadInputError(f"{path}, line {number}: FASTQ record '{rid}' (line {header_line}) has a space "
                                 "inside its sequence, which FASTQ does not allow",
                                 "remove the spaces: FASTQ sequence lines hold bases only")
         if parts or "\t" in bases:  # a first line alone is held anyway, and its letters checked later
-            bases = _fastq_bases(bases, path, number, rid, header_line)
+            bases = _fastq_bases(bases, path, number, rid, header_line, parts)
         if bases:
             parts.append(bases)
     raise BadInputError(f"{path}: FASTQ record '{rid}' (line {header_line}) has no '+' line",
                         "the file is truncated or not FASTQ")
 
 
-def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int) -> str:
-    """`text`, a sequence line of record `rid`, when it holds nucleotide codes only. A record is held
-    until its '+' line, so a line that is no sequence (SAM, a header where '+' belongs) is refused at
-    once: a file that only starts like FASTQ is never held whole."""
+def _check_plus_line(path: Path, rid: str, header: tuple[int, str], number: int, text: str) -> None:
+    """Refuse a '+' line naming another record than its header: the text after '+', when there is
+    any, is the header's text after '@' (as Biopython asks) or its id alone (trailing blanks aside)."""
+    named = text[1:].rstrip()
+    if named and named not in (header[1][1:].rstrip(), rid):
+        raise BadInputError(f"{path}, line {number}: the '+' line of FASTQ record '{rid}' (line {header[0]}), "
+                            f"'{printable(text.rstrip()[:60])}', names another record than its header "
+                            f"'{printable(header[1].rstrip()[:60])}'", "the file is damaged or its records are "
+                            "mixed up: a '+' line is '+' alone or repeats its header's text")
+
+
+def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int, parts: list[str]) -> str:
+    """`text`, a sequence line of record `rid` after the lines `parts`, when it holds nucleotide codes
+    only. A record is held until its '+' line, so a line that is no sequence (SAM, a header or a
+    quality where '+' belongs) is refused at once: a file that only starts like FASTQ is never held whole."""
     bad = invalid_letters(text)
     if not bad:
         return text
@@ -689,6 +756,12 @@ def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int)
     if text.startswith("@"):
         raise BadInputError(f"{path}: FASTQ record '{rid}' (line {header_line}) has no '+' line before line "
                             f"{number}, '{printable(text[:40])}'", "the file is damaged or not FASTQ: look at those lines")
+    if len(parts) == 1 and len(text) == len(parts[0]):
+        raise BadInputError(f"{path}, line {number}: FASTQ record '{rid}' (line {header_line}) has no '+' line "
+                            f"before its quality? Line {number}, '{printable(text[:40])}', is as long as the sequence "
+                            f"and holds what no sequence holds ({''.join(sorted(set(bad)))[:20]!r}), as a quality line",
+                            "the file is damaged or not FASTQ: each record is a '@' header, its sequence, a '+' "
+                            "line and its quality")
     raise letters_refusal(path, rid, header_line, bad)
 
 
@@ -801,6 +874,9 @@ def _plain_fastq_columns(lines: list[str]) -> tuple[list[str], list[str]] | None
     if header_text.count("\n@") != len(headers) or not header_text.isascii() or '"' in header_text:
         return None
     if ("\n" + "\n".join(separators)).count("\n+") != len(separators):
+        return None
+    if separators.count("+") != len(separators) and any(  # a '+' line naming its record: the same one?
+            plus[1:].rstrip() not in ("", head[1:].rstrip()) for head, plus in zip(headers, separators)):
         return None
     if list(map(len, sequences)) != list(map(len, qualities)) or invalid_letters("".join(sequences)):
         return None

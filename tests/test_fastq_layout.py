@@ -1,0 +1,153 @@
+"""FASTQ layout faults named for what they are: a short quality line never swallows the next record,
+the quality length reported is the quality line's own, a missing '+' line or a FASTQ record inside
+FASTA is said so, a '+' line naming another record is refused; lz4 and legacy lzma are named."""
+
+from __future__ import annotations
+
+import io
+import lzma
+from pathlib import Path
+
+import pytest
+from Bio import SeqIO
+
+from virnucpro import prepared as fmt
+from virnucpro import seqio
+from virnucpro.errors import BadInputError
+from virnucpro.seqio import HashingTextStream, read_records
+
+SWALLOW = "@r1\nACGTACGTACG\n+\nIIIII\n@r2\nA\n+\nI\n@r3\nACGTACGT\n+\nIIIIIIII\n"
+PLAIN = "".join(f"@p{i}\nACGTAC\n+\nIIIIII\n" for i in range(6))  # read by the four-line path
+
+
+def read_or_refusal(path: Path) -> list | str:
+    try:
+        return [(r.id, r.sequence, r.line) for r in read_records(HashingTextStream(path))]
+    except BadInputError as exc:
+        return str(exc)
+
+
+def both_paths(path: Path, monkeypatch, blocks=(5, 9, 17, 64, 4096)) -> list:
+    """What the reader gives for every block size, with and without the four-line path: all the same."""
+    results = []
+    for block in blocks:
+        monkeypatch.setattr(seqio, "BLOCK", block)
+        results.append(read_or_refusal(path))
+        with monkeypatch.context() as patched:
+            patched.setattr(seqio, "_plain_fastq_columns", lambda lines: None)
+            results.append(read_or_refusal(path))
+    assert all(result == results[0] for result in results), results
+    return results[0]
+
+
+def test_a_short_quality_line_never_swallows_the_next_record(tmp_path, run_cli):
+    path = tmp_path / "x.fq"
+    path.write_text(SWALLOW)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert "'r1'" in message and "line 4" in message and "5 quality characters" in message, message
+    assert "11 bases" in message and "'@r2'" in message and "next record's header" in message, message
+    assert not (tmp_path / "out" / fmt.SEQUENCES).exists()
+
+
+@pytest.mark.parametrize("before", ["", PLAIN])
+def test_the_swallow_is_refused_by_both_paths_wherever_blocks_are_cut(tmp_path, monkeypatch, before):
+    path = tmp_path / "x.fq"
+    path.write_text(before + SWALLOW)
+    refusal = both_paths(path, monkeypatch)
+    assert isinstance(refusal, str) and "'r1'" in refusal and "5 quality characters" in refusal, refusal
+
+
+def test_a_short_quality_line_is_counted_alone(tmp_path, run_cli):
+    """150 bases, 149 quality characters, then the next header: 149 is said, not 156."""
+    path = tmp_path / "x.fq"
+    path.write_text("@r1\n" + "A" * 150 + "\n+\n" + "I" * 149 + "\n@r30001\n" + "A" * 150 + "\n+\n" + "I" * 150 + "\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "149 quality characters" in message and "150 bases" in message, message
+    assert "156" not in message and "line 4" in message and "next record's header" in message, message
+
+
+def test_a_long_quality_line_is_named_with_its_length(tmp_path, monkeypatch):
+    path = tmp_path / "x.fq"
+    path.write_text(PLAIN + "@r1\nACGT\n+\nIIIII\n@r2\nA\n+\nI\n")
+    refusal = both_paths(path, monkeypatch)
+    assert "line 28" in refusal and "5 quality characters for 4 bases" in refusal, refusal
+
+
+def test_a_quality_spanning_more_lines_than_its_sequence_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "x.fq"
+    path.write_text("@r1\nACGTACGT\n+\nIIII\nIIII\n")
+    refusal = both_paths(path, monkeypatch)
+    assert "'r1'" in refusal and "line 4" in refusal and "4 quality characters for 8 bases" in refusal, refusal
+    assert "next record's header" not in refusal
+
+
+def wrapped_fastq(width: int) -> str:
+    """Records wrapped at `width`, sequence and quality alike, qualities starting with '@' or '+'."""
+    out = []
+    for i, length in enumerate([0, 1, width, width + 1, 3 * width, 3 * width + 2]):
+        seq = ("ACGTN" * 40)[:length]
+        qual = ("@+I#" * 60)[i % 3:][:length]
+        wrap = lambda text: "".join(text[at:at + width] + "\n" for at in range(0, len(text), width))
+        out.append(f"@w{i} d\n{wrap(seq)}+{'' if i % 2 else 'w' + str(i) + ' d'}\n{wrap(qual)}")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("before", ["", PLAIN])
+@pytest.mark.parametrize("width", [1, 3, 7])
+def test_wrapped_fastq_reads_as_biopython_reads_it(tmp_path, monkeypatch, before, width):
+    text = before + wrapped_fastq(width) + PLAIN
+    path = tmp_path / "x.fq"
+    path.write_text(text)
+    records = both_paths(path, monkeypatch, blocks=range(3, 40, 4))
+    assert [(rid, seq) for rid, seq, _ in records] == [(r.id, str(r.seq)) for r in SeqIO.parse(io.StringIO(text), "fastq")]
+
+
+def test_a_missing_plus_line_is_said_and_its_line_named(tmp_path, monkeypatch, run_cli):
+    path = tmp_path / "x.fq"
+    path.write_text("@r1\nACGTACGT\nIIIIIIII\n@r2\nACGTACGT\nIIIIIIII\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "'+' line" in message and "line 3" in message and "'r1'" in message, message
+    assert "protein" not in message
+    refusal = both_paths(path, monkeypatch)
+    assert "'+' line" in refusal and "line 3" in refusal, refusal
+
+
+def test_a_fastq_record_inside_fasta_is_said_and_its_line_named(tmp_path, run_cli):
+    path = tmp_path / "x.fa"
+    path.write_text(">r0\nACGT\n>r1\nACGTACGT\n@r2\nACGT\n+\nIIII\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "FASTQ record" in message and "line 5" in message and "'@r2'" in message, message
+    assert "protein" not in message
+
+
+@pytest.mark.parametrize("data, name, command", [
+    (b"\x04\x22\x4d\x18" + bytes(64), "lz4", "lz4 -d"),
+    (lzma.compress(b">r\nACGT\n", format=lzma.FORMAT_ALONE), "lzma", "xz --format=lzma -d"),
+], ids=["lz4", "lzma"])
+def test_lz4_and_legacy_lzma_are_named_with_the_command_that_reads_them(tmp_path, run_cli, data, name, command):
+    path = tmp_path / "reads.fa.x"
+    path.write_bytes(data)
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and f"{name}-compressed" in message and command in message, message
+    assert "damaged" not in message
+
+
+@pytest.mark.parametrize("header, plus, accepted", [
+    ("@r1", "+", True), ("@r1", "+r1", True), ("@r1 d x", "+r1 d x", True), ("@r1 d", "+r1 d  ", True),
+    ("@r1 d", "+r1", True), ("@r1", "+r9", False), ("@r1 d", "+r9", False), ("@r1", "+r1 d", False),
+    ("@r1 d", "+r1 e", False),
+])
+def test_a_plus_line_naming_another_record_is_refused(tmp_path, monkeypatch, header, plus, accepted):
+    """The text after '+', when there is any, is the text after '@' (as Biopython) or the id alone."""
+    path = tmp_path / "x.fq"
+    text = PLAIN + f"{header}\nACGT\n{plus}\nIIII\n" + PLAIN
+    path.write_text(text)
+    result = both_paths(path, monkeypatch)
+    if accepted:
+        plain_plus = text.replace(f"\n{plus}\n", "\n+\n")
+        expected = [(r.id, str(r.seq)) for r in SeqIO.parse(io.StringIO(plain_plus), "fastq")]
+        assert [(rid, seq) for rid, seq, _ in result] == expected
+    else:
+        assert isinstance(result, str) and "'r1'" in result and "line 27" in result, result
+        assert f"'{plus.rstrip()}'" in result, result
