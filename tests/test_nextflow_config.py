@@ -53,12 +53,13 @@ def groovy():
 
 def _embed_closure(groovy, key: str, attempt: int = 1, previous_exit: int | None = None,
                    engine: str | None = None, checkpoint_dir: str = "/ckpt", profile: str = "standard",
-                   previous_script: str | None = None, **params) -> str:
+                   previous_script: str | None = None, executor: str | None = None, **params) -> str:
     """One closure of EMBED's withName block, evaluated for one task attempt; the previous attempt's
     trace holds its exit status and its script (Nextflow's task.previousTrace)."""
     body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_EMBED"][0]
     previous = {"exit": previous_exit, "script": previous_script}
-    task = {"attempt": attempt, **({"previousTrace": previous} if previous_exit is not None else {})}
+    task = {"attempt": attempt, "executor": executor,
+            **({"previousTrace": previous} if previous_exit is not None else {})}
     bindings = {"params": {**PARAMS, **params}, "task": task, "checkpoint_dir": checkpoint_dir,
                 "workflow": {"containerEngine": engine, "profile": profile}}
     return groovy.evaluate(bindings, [(key, assignments(body)[key], True)])[key]
@@ -566,11 +567,13 @@ def test_paths_nextflow_escapes_pass(groovy):
     assert _path_check(groovy, "--models", "/data/my run/q'uo\"te;&|(x)<y>!/-n ü.fa") == "passed"
 
 
-def _parameter_paths_check(groovy, parameters: dict, launch_dir: str = "/launch", work_dir: str = "/launch/work") -> str:
+def _parameter_paths_check(groovy, parameters: dict, launch_dir: str = "/launch", work_dir: str = "/launch/work",
+                           profile: str = "standard") -> str:
     code = "\n".join([NEXTFLOW_STAND_INS,
                       _utils_functions("checkParameterPaths", "refuseUnsafePaths", "unsafePathProblem", "printablePath",
-                                       "describeCharacter", "isRelativePath", "launchFolderProblem"),
-                      "workflow = [launchDir: file(launch_dir), workDir: file(work_dir)]",
+                                       "describeCharacter", "isRelativePath", "launchFolderProblem",
+                                       "refuseModelsStoreBatchCannotKeep", "batchExecutor"),
+                      f"workflow = [launchDir: file(launch_dir), workDir: file(work_dir), profile: '{profile}']",
                       "outcome { checkParameterPaths(parameters) }"])
     bindings = {"parameters": parameters, "launch_dir": launch_dir, "work_dir": work_dir}
     return groovy.evaluate(bindings, [("outcome", code, False)])["outcome"]
@@ -682,7 +685,7 @@ def test_a_folder_or_a_link_to_nothing_given_as_input_is_named(groovy, tmp_path)
 
 
 CHECKPOINT_DIR_FUNCTIONS = ("checkpointDir", "refuseUnwritableCheckpointDir", "unwritableFolderProblem",
-                            "createdFolderFailure", "nearestExisting", "danglingLink")
+                            "createdFolderFailure", "nearestExisting", "danglingLink", "batchExecutor")
 
 
 @pytest.mark.parametrize("engine, refused", [("docker", True), ("apptainer", True), ("singularity", True), (None, False)])
@@ -996,10 +999,9 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
     typed = groovy.evaluate({**bindings, "params": {**bindings["params"], "gpu_type": "a100"}},
                             [("options", closure, True)])["options"] or ""
     assert ("--gres=gpu:a100:1" in typed.split()) == bool(gres), typed
-    if "gpu" in profile.split(","):  # the cloud executors' request follows the same rule
-        accelerator = re.search(r"process.accelerator = (\{.*?\})\n", (REPO / "nextflow.config").read_text()).group(1)
-        asked = groovy.evaluate(bindings, [("accelerator", accelerator, True)])["accelerator"]
-        assert (asked == 1) == bool(gres), asked
+    # the cloud executors' request follows the same rule (conf/base.config: not only under the gpu profile)
+    asked = groovy.evaluate(bindings, [("accelerator", assignments(BASE_CONFIG)["accelerator"], True)])["accelerator"]
+    assert (asked == 1) == bool(gres), asked
 
 
 def _foreign_check(groovy, outdir, *own) -> str:
@@ -1339,3 +1341,110 @@ def test_a_checkpoint_folder_that_is_outdir_keeps_its_own_names_from_the_samples
     message = _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['Samples', 'x'], {folders})")
     assert f"Sample 'Samples' would share its results folder with this run's own {outdir}/samples" in message, message
     assert _startup_check(groovy, functions, f"refuseSamplesOverRunFolders('{outdir}', ['a', 'b'], {folders})") == "passed"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cloud batch executors (awsbatch and google profiles): what Nextflow 24.10 does there
+# --------------------------------------------------------------------------------------------------
+
+def _base_closure(groovy, key: str, task: dict, profile: str = "standard", **params):
+    """A process-scope closure of conf/base.config, evaluated for one task."""
+    bindings = {"params": {**PARAMS, **params}, "task": task, "workflow": {"profile": profile, "containerEngine": None}}
+    return groovy.evaluate(bindings, [(key, assignments(BASE_CONFIG)[key], True)])[key]
+
+
+def _cloud_check(groovy, functions, call: str, profile: str) -> tuple[str, str, str]:
+    """(outcome, warnings, info messages) of a start-up check run under `-profile <profile>`, no container engine."""
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions(*functions), LOGGED,
+                      f"workflow = [workDir: file('/work-of-no-run'), profile: '{profile}', containerEngine: null, preview: false]",
+                      f"result = outcome {{ {call} }}",
+                      "outcome { error([result, warned.join(' | '), informed.join(' | ')].join(' || ')) }"])
+    return tuple(groovy.evaluate({}, [("outcome", code, False)])["outcome"].split(" || "))
+
+
+def test_every_task_of_the_image_runs_as_root_on_google_batch(groovy):
+    """A review's case: the image runs as USER 1000:1000, and Google Batch on Nextflow 24.10 mounts the
+    work bucket with gcsfuse without allow_other (nextflow-io/nextflow#4880): only root can read and
+    write the task's files there. Every task runs as root under google-batch, EMBED (whose own
+    containerOptions replace the process scope's) included; other executors keep the image's user."""
+    assert _base_closure(groovy, "containerOptions", {"executor": "google-batch"}) == "--user 0:0"
+    for executor in ("awsbatch", "slurm", None):
+        assert not _base_closure(groovy, "containerOptions", {"executor": executor})
+    embed = _embed_closure(groovy, "containerOptions", engine=None, device="cuda", profile="google", executor="google-batch")
+    assert _shell_words(embed) == ["--user", "0:0"], embed
+    assert "--user" not in _embed_closure(groovy, "containerOptions", engine="docker", device="cpu", executor="local")
+    for path in [REPO / "nextflow.config", *sorted((REPO / "conf").glob("*.config"))]:
+        for key, closure in assignments(path.read_text()).items():
+            if key.endswith("containerOptions"):  # any other block would replace the process scope's
+                assert "google-batch" in closure and "--user 0:0" in closure, f"{path.name}: {key}"
+
+
+def test_the_models_download_is_refused_at_start_up_where_a_batch_executor_cannot_store_it(groovy):
+    """A review's case: the default --models_store (a relative folder, the storeDir of the download)
+    failed on AWS and Google Batch after the multi-GB download; refused at once, naming the way out."""
+    def check(profile, **given):
+        parameters = {"outdir": "/r/results", "models_store": "virnucpro-models", "models": None, "tiny_models": False,
+                      **given}
+        return _parameter_paths_check(groovy, parameters, profile=profile)
+    aws = check("awsbatch,gpu")
+    assert aws.startswith("--models_store virnucpro-models: ") and "s3://" in aws and "--models" in aws, aws
+    google = check("google", models_store="s3://bucket/models")
+    assert "gs://" in google and "google-batch" in google, google
+    assert check("awsbatch", models_store="s3://bucket/virnucpro-models") == "passed"
+    assert check("google,gpu", models_store="gs://bucket/virnucpro-models") == "passed"
+    assert check("awsbatch", models="s3://bucket/models") == "passed"
+    assert check("google", tiny_models=True) == "passed"
+    assert check("docker,gpu") == "passed" and check("slurm") == "passed"
+
+
+def test_a_checkpoint_folder_under_a_batch_executor_is_not_made_on_the_launch_host(groovy, tmp_path):
+    """A review's case: under awsbatch/google the tasks run on other hosts, where the folder must be
+    mounted: making and testing it on the launch machine refused a path only the hosts have."""
+    (tmp_path / "a file").write_text("")
+    requested = str(tmp_path / "a file" / "ck")
+    for profile in ("awsbatch", "google,gpu"):
+        result = _cloud_check(groovy, CHECKPOINT_DIR_FUNCTIONS, f"checkpointDir('{requested}', workflow.workDir)", profile)
+        assert result[0] == "passed", result
+    result = _cloud_check(groovy, CHECKPOINT_DIR_FUNCTIONS, f"checkpointDir('{requested}', workflow.workDir)", "slurm")
+    assert result[0].startswith(f"--checkpoint_dir {requested} cannot be created"), result
+
+
+@pytest.mark.parametrize("profile, device, gpu_type, label, asked", [
+    ("awsbatch", "cuda", None, "process_gpu", 1),  # --device cuda alone: EMBED failed exit 8 without a GPU
+    ("google", "cuda", "nvidia-l4", "process_gpu", "[request:1, type:nvidia-l4]"),
+    ("awsbatch,gpu", "auto", None, "process_gpu", 1),
+    ("google,gpu", "auto", "nvidia-l4", "process_gpu", "[request:1, type:nvidia-l4]"),
+    ("awsbatch", "auto", None, "process_gpu", None),
+    ("awsbatch,gpu", "cpu", None, "process_gpu", None),
+    ("awsbatch", "cuda", None, "process_medium", None),
+])
+def test_embed_asks_the_executor_for_a_gpu_with_the_gpu_profile_or_device_cuda(groovy, profile, device, gpu_type,
+                                                                               label, asked):
+    """The accelerator request follows the rule of the containers' GPUs and SLURM's --gres."""
+    got = _base_closure(groovy, "accelerator", {"label": [label]}, profile, device=device, gpu_type=gpu_type)
+    assert got == asked, got
+
+
+def test_google_batch_needs_a_gpu_type_with_device_cuda_too(groovy):
+    """Google Batch has no default GPU type: --device cuda under google alone asks for a GPU too."""
+    call = "checkGoogleGpuType(null, '{}')"
+    assert "needs the GPU type" in _cloud_check(groovy, ["checkGoogleGpuType"], call.format("cuda"), "google")[0]
+    assert "needs the GPU type" in _cloud_check(groovy, ["checkGoogleGpuType"], call.format("auto"), "google,gpu")[0]
+    assert _cloud_check(groovy, ["checkGoogleGpuType"], call.format("auto"), "google")[0] == "passed"
+    assert _cloud_check(groovy, ["checkGoogleGpuType"], call.format("cpu"), "google,gpu")[0] == "passed"
+
+
+def test_multiqc_missing_here_is_not_warned_under_a_batch_executor(groovy):
+    """MULTIQC runs in its container on the batch hosts: the launch host's PATH is no concern there."""
+    if shutil.which("multiqc"):
+        pytest.skip("multiqc is on this machine's PATH")
+    functions = ["warnIfMultiqcMissing", "batchExecutor"]
+    assert "multiqc is not on the PATH" in _cloud_check(groovy, functions, "warnIfMultiqcMissing(false)", "slurm")[1]
+    for profile in ("awsbatch", "google,gpu"):
+        assert _cloud_check(groovy, functions, "warnIfMultiqcMissing(false)", profile)[1] == ""
+
+
+@pytest.mark.parametrize("profile", ["awsbatch", "google"])
+def test_cloud_profiles_resolve_the_gpu_request_and_the_root_user(resolved, profile):
+    settings = resolved(profile)
+    assert "process.accelerator" in settings and "process.containerOptions" in settings, sorted(settings)

@@ -289,7 +289,12 @@ def test_required_profiles_exist():
     assert {"docker", "singularity", "apptainer", "gpu", "slurm", "awsbatch", "google", "test", "test_full"} <= set(profiles)
     assert "includeConfig 'conf/slurm.config'" in profiles["slurm"]
     assert "--gres=gpu:1" in CONFIG_TEXTS[REPO / "conf" / "slurm.config"]
-    assert re.search(r"accelerator\s*=", profiles["gpu"])
+    # EMBED's accelerator request is in conf/base.config's process scope, for --device cuda too: not in
+    # the gpu profile, nor in a withLabel block (a profile's replaces conf/base.config's on 24.10)
+    assert not re.search(r"accelerator\s*=", profiles["gpu"])
+    base = CONFIG_TEXTS[REPO / "conf" / "base.config"]
+    assert re.search(r"^    accelerator\s*=", base, re.M)
+    assert "accelerator" not in "".join(selector_blocks(base, "withLabel").get("process_gpu", []))
     assert profile_params("gpu") == {"device": "cuda"}
     assert profile_params("test")["tiny_models"] is True and profile_params("test")["device"] == "cpu"
 
@@ -487,3 +492,22 @@ def test_a_release_tag_is_the_version_exactly(tmp_path):
     would make that a revision that does not exist."""
     status, output, outputs = _release_version_step(tmp_path, "0.2.0", tag="v0.2.0")
     assert status != 0 and "::error::release tag 'v0.2.0'" in output and "version=" not in outputs, output
+
+
+def test_docs_say_what_the_cloud_executors_do_not_do():
+    """A review's cases: --gpu_type was said to choose AWS Batch's GPU (Nextflow 24.10 ignores the
+    accelerator type there: the queue's compute environment decides); the default --models_store was
+    said to be copied back under AWS/Google Batch (the run fails after the download); the outdir
+    checks that object storage skips were promised without exception."""
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    gpu_type = schema["$defs"]["embedding_options"]["properties"]["gpu_type"]["description"]
+    usage = (REPO / "docs" / "usage.md").read_text()
+    row = re.search(r"^\| `--gpu_type` \|.*$", usage[usage.index("| `--checkpoint_dir`"):], re.M).group(0)
+    for text in (gpu_type, row):
+        assert "accelerator type on AWS Batch" not in text and "ignored on AWS Batch" in text, text
+    cloud = usage[usage.index("## AWS Batch and Google Batch"):usage.index("## Running offline")]
+    assert "copied back" not in cloud and "refused at start-up" in cloud
+    assert "aws.batch.volumes" in cloud and "--user 0:0" in cloud
+    output = (REPO / "docs" / "output.md").read_text()
+    for text in (usage, output):
+        assert "fresh `--outdir` for every run" in text

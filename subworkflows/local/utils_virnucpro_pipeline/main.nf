@@ -252,6 +252,27 @@ def checkParameterPaths(Map parameters) {
     }
     problems << (launch && defaultWork ? null : unsafePathProblem('-work-dir (the work folder)', workflow.workDir))
     refuseUnsafePaths(problems + [launchFolderProblem(launch, relative.collect { name -> "--${name} ${parameters[name]}" } + (defaultWork ? ['the default work folder (work)'] : []))])
+    refuseModelsStoreBatchCannotKeep(parameters)
+}
+
+// The executor of the awsbatch or google profile ('awsbatch', 'google-batch'), else null: there the
+// tasks run on other hosts, in containers Nextflow starts itself (workflow.containerEngine is null).
+def batchExecutor() {
+    def profiles = (workflow.profile ?: '').toString().tokenize(',')
+    return profiles.contains('awsbatch') ? 'awsbatch' : (profiles.contains('google') ? 'google-batch' : null)
+}
+
+// Under AWS or Google Batch the download's storeDir (--models_store) must be in the bucket: Nextflow
+// 24.10 failed on any other path after the multi-GB download (Google: not a gs:// path; AWS CLI: an
+// upload to s3://<first folder>/...; Fusion: refused). Stopped at once, naming both ways out.
+def refuseModelsStoreBatchCannotKeep(Map parameters) {
+    def executor = batchExecutor()
+    def scheme = [awsbatch: 's3://', 'google-batch': 'gs://'][executor]
+    def store = parameters.models_store ? parameters.models_store.toString() : ''
+    if (!scheme || parameters.models || parameters.tiny_models == true || store.startsWith(scheme)) {
+        return
+    }
+    error("--models_store ${store ?: '(none)'}: under ${executor} the models download can be kept only in a ${scheme} bucket (Nextflow would fail after the download); give --models_store ${scheme}<bucket>/virnucpro-models, or models already staged there with --models ${scheme}<bucket>/virnucpro-models (docs/usage.md, \"AWS Batch and Google Batch\")")
 }
 
 // Whether a path is resolved against the launch folder (neither absolute nor a URI such as s3://).
@@ -716,7 +737,7 @@ def missingModelFiles(dir, chunk_size) {
 // does not install: said when the run starts, not as its last task failing (after the results are
 // published). A warning: under an executor the tasks' PATH may differ from the launching shell's.
 def warnIfMultiqcMissing(boolean skip) {
-    if (skip || workflow.containerEngine) {
+    if (skip || workflow.containerEngine || batchExecutor()) { // batch: MULTIQC runs in its container there
         return
     }
     def found = (System.getenv('PATH') ?: '').tokenize(File.pathSeparator).any { dir -> new File(dir, 'multiqc').canExecute() }
@@ -809,12 +830,14 @@ def commandOutput(List command) {
     return output.toString()
 }
 
-// Under the google and gpu profiles, Google Batch needs the type of EMBED's GPU (there is no
-// default type): without --gpu_type every EMBED task was refused at submission, after PREPARE ran.
+// Under the google profile with the gpu profile or --device cuda, Google Batch needs the type of
+// EMBED's GPU (there is no default type): without --gpu_type every EMBED task was refused at
+// submission, after PREPARE ran.
 def checkGoogleGpuType(gpuType, String device) {
     def profiles = workflow.profile.tokenize(',')
-    if (profiles.containsAll(['google', 'gpu']) && device != 'cpu' && !gpuType) {
-        error("-profile ${workflow.profile}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-l4 or nvidia-tesla-t4, one your --google_location offers: `gcloud compute accelerator-types list`)")
+    def gpuRequested = device != 'cpu' && (device == 'cuda' || profiles.contains('gpu'))
+    if (profiles.contains('google') && gpuRequested && !gpuType) {
+        error("-profile ${workflow.profile}${device == 'cuda' ? ' --device cuda' : ''}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-l4 or nvidia-tesla-t4, one your --google_location offers: `gcloud compute accelerator-types list`)")
     }
 }
 
@@ -838,7 +861,8 @@ def partitionMissing(String part) {
 // no default and the CLI keeps them inside the task directory (set --checkpoint_dir to a mounted
 // path instead). Given as an absolute path (tasks run in their own folders, containers mount it at
 // that path), and made here, as the user, before any container mounts it (Docker would create a
-// missing one owned by root).
+// missing one owned by root). Not under AWS or Google Batch: the tasks run on other hosts, where the
+// folder must be mounted (docs/usage.md), and this machine may have no such path.
 // A container mounts it with `docker --volume SRC:DST` or `apptainer --bind SRC`, which read ':'
 // (and Apptainer/Singularity ',', between mounts) as their own syntax: such a folder is refused under them. Quotes
 // and spaces are quoted (conf/modules.config); the characters no task script may hold are refused
@@ -853,7 +877,7 @@ def checkpointDir(String requested, work_dir) {
     if (mountSyntax) {
         error("--checkpoint_dir ${dir}: '${mountSyntax}' in the checkpoint folder cannot be mounted into ${workflow.containerEngine} containers (it separates the parts of a mount); give another --checkpoint_dir, or a link to this one whose path has none of them")
     }
-    if (dir && dir.toUri().getScheme() == 'file') {
+    if (dir && dir.toUri().getScheme() == 'file' && !batchExecutor()) { // batch: a folder of the hosts, not this one
         refuseUnwritableCheckpointDir(dir, requested as boolean)
     }
     return dir ? dir.toString() : ''
