@@ -257,8 +257,10 @@ def test_part_with_a_wrong_name_or_not_a_file_is_ignored(tmp_path, run_cli, gold
     content = plain.parts[1].read_bytes()
     parts = {"part_x.npz": content, part_name(2, b"other bytes"): content, part_name(3, content): None}
     code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, parts)
-    assert_recomputed(code, message, tmp_path / "s.h5", plain, list(parts))
-    assert "not part_<number>.<sha256>.npz" in message and "checksum mismatch" in message
+    assert_recomputed(code, message, tmp_path / "s.h5", plain, list(parts)[1:])
+    assert "part_x.npz; its parts are named part_<number>.<sha256>.npz): left as they are" in message
+    assert (tmp_path / "s.h5.ckpt" / plain.key / "part_x.npz").read_bytes() == content
+    assert "checksum mismatch" in message
     assert "not a regular file" in message
 
 

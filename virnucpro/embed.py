@@ -40,8 +40,8 @@ from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, Dev
                               InterruptedByUser, OutputWriteError, ProcessLimitError, VirnucproError, check_stop,
                               ignore_stop_signals, name_too_long, note_stop, open_files_errno, output_errors, printable,
                               storage_error, storage_failure, storage_hint)
-from virnucpro.outdir import (NO_FOLLOW, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock, is_regular,
-                              make_folder, not_ours, refuse_nesting)
+from virnucpro.outdir import (NO_FOLLOW, OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
+                              is_regular, make_folder, not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
@@ -241,8 +241,10 @@ class CheckpointStore:
         """The sound parts for `sizes` distinct sequences of `widths`, one at a time: a resumed shard's
         parts hold as many vectors as the shard's arrays they are copied into, so holding them all
         at once doubled embed's memory."""
-        paths = sorted(self.folder.glob("part_*.npz"), key=_part_order)
-        numbers = [int(match.group(1)) for match in map(PART_NAME.fullmatch, (p.name for p in paths)) if match]
+        found = self.folder.glob("part_*.npz")
+        paths = sorted((path for path in found if PART_NAME.fullmatch(path.name)), key=_part_order)
+        _note_foreign_files(self.folder, "left as they are, never read as parts", say=warn, like="part_*.npz")
+        numbers = [int(PART_NAME.fullmatch(path.name).group(1)) for path in paths]
         self.next_part = max(numbers, default=-1) + 1
         return self._sound_parts(paths, sizes, widths)
 
@@ -368,6 +370,7 @@ class CheckpointStore:
         for folder in [self.folder] + ([self.folder.parent] if self.parent_is_ours else []):
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        _note_foreign_files(self.folder, "left as they are, and the folder with them")
 
 
 def _note_other_checkpoints(own: Path) -> None:
@@ -384,6 +387,26 @@ def _note_other_checkpoints(own: Path) -> None:
             info(f"{parent} still holds checkpoints of {len(others)} other embed(s) into this output (another "
                  f"shard, models, precision or virnucpro version; {size / 1e6:,.1f} MB), used only if that embed "
                  "runs again with the same virnucpro: delete the folder when none will")
+
+
+def _note_foreign_files(folder: Path, outcome: str, say=info, like: str = "*") -> None:
+    """One note (or warning: `say`) naming the files matching `like` in a checkpoint key folder that
+    virnucpro did not write (a `part_mine.npz`, a backup `part_00001.npz`, notes): never read, replaced
+    or deleted (`outcome` says what that means here). Nothing is said when there are none, or no folder."""
+    try:
+        foreign = sorted(path.name for path in folder.glob(like) if not _written_by_us(path.name))
+    except OSError:  # gone (an empty folder removed), or unreadable: nothing to say
+        return
+    if foreign:
+        shown = ", ".join(printable(name) for name in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        say(f"checkpoint folder {folder} holds {len(foreign)} file(s) virnucpro did not write ({shown}; "
+            f"its parts are named part_<number>.<sha256>.npz): {outcome}")
+
+
+def _written_by_us(name: str) -> bool:
+    """Whether `name` is one virnucpro gives a file in a checkpoint key folder."""
+    return bool(PART_NAME.fullmatch(name) or PART_TMP_NAME.fullmatch(name) or IDENTITY_TMP_NAME.fullmatch(name)
+                or name == IDENTITY_NAME or name in OURS or name.startswith(WAITING_PREFIX))
 
 
 def _started_writer() -> ThreadPoolExecutor:
@@ -505,12 +528,11 @@ def _write_npz(handle, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> Part:
-    """One part checked completely: name, checksum, key, then each role's arrays (raises DamagedPart).
-    A part that cannot be read (`READ_FAILURES`: a limit of the process, its permissions, the storage)
-    is no damaged part: the command stops (`_unreadable_part`) and every part stays for the rerun."""
+    """One part, named as `PART_NAME` (`load` reads no other), checked completely: checksum, key, then
+    each role's arrays (raises DamagedPart). A part that cannot be read (`READ_FAILURES`: a limit of the
+    process, its permissions, the storage) is no damaged part: the command stops (`_unreadable_part`)
+    and every part stays for the rerun."""
     match = PART_NAME.fullmatch(path.name)
-    if not match:
-        raise DamagedPart("its name is not part_<number>.<sha256>.npz")
     try:
         if path.is_symlink() or not path.is_file():
             raise DamagedPart("it is not a regular file")

@@ -65,7 +65,7 @@ import zipfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_IMODE, S_ISDIR, S_ISREG, S_ISVTX
+from stat import S_IMODE, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK, S_ISVTX
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
@@ -947,6 +947,7 @@ class RoleStatus:
     missing: list[str] = field(default_factory=list)
     bad: list[tuple[str, str, str]] = field(default_factory=list)  # (file, expected, actual)
     refused: list[tuple[str, list[str]]] = field(default_factory=list)  # (file, offending globals)
+    not_plain: list[tuple[str, str]] = field(default_factory=list)  # (file, what is there instead)
     unpublished: list[tuple[str, str, str]] = field(default_factory=list)  # (file, pinned, actual)
     hashes: dict[str, str] = field(default_factory=dict)
     unrecorded: list[str] = field(default_factory=list)    # present, no sha256 in the manifest
@@ -958,8 +959,8 @@ class RoleStatus:
 
     @property
     def wrong(self) -> bool:
-        """A present file is corrupt, not the published one, or holds code."""
-        return bool(self.bad or self.unpublished or self.refused)
+        """A present file is corrupt, not the published one, holds code, or is no plain file."""
+        return bool(self.bad or self.unpublished or self.refused or self.not_plain)
 
     @property
     def ok(self) -> bool:
@@ -1024,12 +1025,16 @@ def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashC
                         unrecorded=[rel for rel in present if rel not in expected])
     status.tiny = status.marked_tiny and not status.unrecorded
     for rel in required + optional:
+        odd = None if rel in present else _no_plain_file(directory / rel)
         if rel in present:
             _check_file(directory, rel, status, expected.get(rel), cache)
+        elif rel in required and odd:
+            status.not_plain.append((rel, odd))
         elif rel in required:
             status.missing.append(rel)
         elif role == "esm2":
-            status.notes.append(f"{rel} is absent: virnucpro does not need it, fair-esm's own loader does")
+            status.notes.append(f"{rel} is {f'{odd}, not a plain file' if odd else 'absent'}: virnucpro does "
+                                "not need it, fair-esm's own loader does")
     main = _main_path(role, required)
     if main is None:
         status.missing.append("(the manifest lists no weights for it)")
@@ -1039,6 +1044,30 @@ def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashC
     if status.ok:
         status.sha256 = _identity(role, main, status.hashes)
     return status
+
+
+def _no_plain_file(path: Path) -> str | None:
+    """What sits at a model file's name that is no plain file (even through a link): "a FIFO", "a
+    link to /dev/zero (a device)"; None when nothing is there. `models tiny` and `models download`
+    never replace it, so it is never reported as missing (whose hint would name them alone)."""
+    if not os.path.lexists(path):
+        return None
+    kind = _target_kind(path)
+    try:
+        return f"a link to {os.readlink(path)} ({kind})"
+    except OSError:  # not a link (EINVAL), or gone meanwhile
+        return kind
+
+
+def _target_kind(path: Path) -> str:
+    """What `path` leads to (through a link), in words."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a missing path"
+    kinds = [(S_ISDIR, "a folder"), (S_ISFIFO, "a FIFO"), (S_ISCHR, "a device"), (S_ISBLK, "a device"),
+             (S_ISSOCK, "a socket"), (S_ISREG, "a file")]
+    return next((words for test, words in kinds if test(mode)), "not a file")
 
 
 def _check_file(directory: Path, rel: str, status: RoleStatus, expected: str | None,
@@ -1145,9 +1174,7 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     if os.path.lexists(directory) and not directory.is_dir():
         return _not_a_directory(directory)
     if not directory.is_dir():
-        return ModelsError(f"models directory {directory} does not exist",
-                           hint=download_command(directory, [s.role for s in statuses]
-                                                 if len(statuses) == 1 else None))
+        return _no_such_folder(directory, [s.role for s in statuses] if len(statuses) == 1 else None)
     missing = [s for s in failing if s.missing]
     lines = []
     if missing:
@@ -1160,11 +1187,48 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
                   f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
         lines += _unpublished_lines(directory, s)
         lines += [f"{s.role}: " + refused_message(directory / rel, names) for rel, names in s.refused]
+        lines += [f"{s.role}: {directory / rel} is {what}, not a plain file" for rel, what in s.not_plain]
     hint = _move_first(_foreign_files(directory, failing), fix_command(directory, [s.role for s in failing]))
     if any(s.unpublished for s in failing) and not is_tiny_folder(directory):
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
                  "output marks as tiny")
     return ModelsError("\n".join(lines), hint=hint)
+
+
+def _no_such_folder(directory: Path, roles: list[str] | None) -> ModelsError:
+    """Exit 4 for a models folder that does not exist: its path quoted (a stray space shows), what
+    names it when VIRNUCPRO_MODELS does, and whitespace at the ends of that value or of a folder
+    name pointed out (never stripped: a folder name may end in a space)."""
+    variable = _variable_naming(directory)
+    origin = ("" if variable is None else " (from VIRNUCPRO_MODELS)" if variable == str(directory)
+              else f" (VIRNUCPRO_MODELS={shlex.quote(variable)})")
+    return ModelsError(f"models directory {shlex.quote(str(directory))}{origin} does not exist"
+                       f"{_whitespace_note(directory, variable)}", hint=download_command(directory, roles))
+
+
+def _variable_naming(directory: Path) -> str | None:
+    """The value of VIRNUCPRO_MODELS when it names `directory`, else None."""
+    variable = os.environ.get("VIRNUCPRO_MODELS")
+    try:
+        return variable if variable and _expanded(variable, "VIRNUCPRO_MODELS") == directory else None
+    except ModelsPathError:
+        return None
+
+
+def _whitespace_note(directory: Path, variable: str | None) -> str:
+    """'; note: ...' when VIRNUCPRO_MODELS (`variable`) or a folder name on the path begins or
+    ends with whitespace; '' otherwise."""
+    if variable is not None and _edges(variable):
+        return (f"; note: the value of VIRNUCPRO_MODELS {_edges(variable)} with whitespace, which is kept as "
+                "part of the path")
+    odd = [f"{name!r} {_edges(name)} with whitespace" for name in directory.parts if _edges(name)]
+    return f"; note: the folder name {', '.join(odd)}" if odd else ""
+
+
+def _edges(text: str) -> str:
+    """Which ends of `text` are whitespace: 'begins', 'ends', 'begins and ends', or ''."""
+    ends = [word for word, edge in (("begins", text[:1]), ("ends", text[-1:])) if edge.isspace()]
+    return " and ".join(ends)
 
 
 def missing_text(statuses: list[RoleStatus]) -> str:
@@ -1178,6 +1242,7 @@ def _foreign_files(directory: Path, failing: list[RoleStatus]) -> list[Path]:
     the published model has no file of that name (a download never writes them)."""
     found = [rel for s in failing for rel, want, _got in s.unpublished if rel in s.unrecorded or not want]
     found += [rel for s in failing for rel, _names in s.refused if rel in s.unrecorded]
+    found += [rel for s in failing for rel, _what in s.not_plain]  # never replaced by either command
     return [directory / rel for rel in dict.fromkeys(found)]
 
 
@@ -1187,7 +1252,8 @@ def _move_first(foreign: list[Path], command: str) -> str:
     if not foreign:
         return command
     return (f"move {', '.join(shlex.quote(str(p)) for p in foreign)} out of the models folder "
-            f"(virnucpro never replaces a file it did not write, nor one the published model lacks), "
+            f"(virnucpro never replaces a file it did not write, nor one the published model lacks, "
+            f"nor anything that is no plain file), "
             f"then run `{command}`")
 
 
@@ -1322,7 +1388,7 @@ def check(directory: Path | None = None) -> None:
     """
     directory, statuses = scan(directory, ROLES, full=True, where=CHECK_ARGUMENT)
     _note_fp16_copy(statuses)
-    info(f"models directory: {directory}"
+    info(f"models directory: {shlex.quote(str(directory))}"
          + ("" if (directory / MANIFEST).is_file() else " (no manifest.json: standard file names)"))
     refused = [message for s in statuses if (message := _report_role(s)) is not None]
     if any(s.tiny for s in statuses if not s.missing):
@@ -1379,9 +1445,10 @@ def _report_role(s: RoleStatus) -> str | None:
     """Print one role's state and files; returns the restricted loader's refusal, if any."""
     if s.missing:
         info(f"  {s.role:<15} MISSING  {', '.join(s.missing)}")
+        _report_not_plain(s)
         return None
     refusal = _classifier_refusal(s) if s.ok and s.role.startswith("classifier_") else None
-    state = "BAD" if s.bad or s.unpublished else "REFUSED" if s.refused or refusal else "ok"
+    state = "BAD" if s.bad or s.unpublished or s.not_plain else "REFUSED" if s.refused or refusal else "ok"
     info(f"  {s.role:<15} {state:<8} {s.path}" + (" [tiny test model]" if s.tiny else ""))
     for rel in s.files:
         info(f"      {rel}  sha256 {s.hashes[rel]}  ({_file_mark(s, rel)})")
@@ -1389,9 +1456,16 @@ def _report_role(s: RoleStatus) -> str | None:
         info(f"      {rel}: manifest records {want}")
     for rel, want, _got in s.unpublished:
         info(f"      {rel}: " + (f"the published file has {want}" if want else "no such published file"))
+    _report_not_plain(s)
     for note in s.notes:
         info(f"      note: {note}")
     return refusal
+
+
+def _report_not_plain(s: RoleStatus) -> None:
+    """One line per file of the role that is there but no plain file (see `_no_plain_file`)."""
+    for rel, what in s.not_plain:
+        info(f"      {rel}: {what}, not a plain file (NOT PLAIN)")
 
 
 def _file_mark(s: RoleStatus, rel: str) -> str:
