@@ -572,7 +572,7 @@ def _parameter_paths_check(groovy, parameters: dict, launch_dir: str = "/launch"
     code = "\n".join([NEXTFLOW_STAND_INS,
                       _utils_functions("checkParameterPaths", "refuseUnsafePaths", "unsafePathProblem", "printablePath",
                                        "describeCharacter", "isRelativePath", "launchFolderProblem",
-                                       "refuseModelsStoreBatchCannotKeep", "batchExecutor"),
+                                       "refuseModelsStoreBatchCannotKeep", "batchExecutor", "downloadsModels"),
                       f"workflow = [launchDir: file(launch_dir), workDir: file(work_dir), profile: '{profile}']",
                       "outcome { checkParameterPaths(parameters) }"])
     bindings = {"parameters": parameters, "launch_dir": launch_dir, "work_dir": work_dir}
@@ -587,8 +587,10 @@ def test_every_parameter_path_holding_such_a_character_is_named_at_once(groovy):
         "models_store": "/s/st{x}", "input": "/in/*.fa", "slurm_options": "--x=[1]"})
     lines = message.splitlines()[1:-1]
     assert [line.strip().split(":")[0] for line in lines] == [
-        "--outdir /r/r[1] x", "--models /tmp/m[12]", "--classifier /c/c$1.pth", "--checkpoint_dir /ck/ck[1]",
-        "--models_store /s/st{x}"], message
+        "--outdir /r/r[1] x", "--models /tmp/m[12]", "--classifier /c/c$1.pth", "--checkpoint_dir /ck/ck[1]"], message
+    # the models store is a path of the run where the models are downloaded (no --models)
+    message = _parameter_paths_check(groovy, {"outdir": "/r/results", "models": None, "models_store": "/s/st{x}"})
+    assert message.splitlines()[1].startswith("  --models_store /s/st{x}: "), message
     good = {"outdir": "/r/results", "models": "/m/my models", "classifier": None, "checkpoint_dir": "",
             "models_store": "virnucpro-models", "input": "/in/*.fa"}
     assert _parameter_paths_check(groovy, good) == "passed"
@@ -604,7 +606,7 @@ def test_a_work_folder_a_task_script_would_misread_is_refused_naming_it(groovy):
 def test_a_launch_folder_a_task_script_would_misread_is_named_with_what_it_spoils(groovy):
     """From a launch folder holding `$`, --outdir results and the default work folder failed every
     task late; the refusal named --models_store, which the user never gave, not the launch folder."""
-    parameters = {"outdir": "results", "models_store": "virnucpro-models", "models": "/m/models"}
+    parameters = {"outdir": "results", "models_store": "virnucpro-models", "models": None}
     message = _parameter_paths_check(groovy, parameters, launch_dir="/x/a$b", work_dir="/x/a$b/work")
     lines = message.splitlines()[1:-1]
     assert len(lines) == 1, message
@@ -613,6 +615,18 @@ def test_a_launch_folder_a_task_script_would_misread_is_named_with_what_it_spoil
     # absolute paths and a work folder elsewhere: the launch folder is no task's business
     elsewhere = {"outdir": "/r/results", "models": "/m/models"}
     assert _parameter_paths_check(groovy, elsewhere, launch_dir="/x/a$b", work_dir="/w/work") == "passed"
+
+
+@pytest.mark.parametrize("given", [{"models": "/m/models"}, {"tiny_models": True}], ids=["models", "tiny"])
+def test_the_default_models_store_counts_only_when_the_models_are_downloaded(groovy, given):
+    """A review's case: from a launch folder 'bad[1]', with --models (or the tiny models), absolute
+    paths and the work folder elsewhere, the run was refused for --models_store, whose default is
+    relative but which only the models download (not run then) uses."""
+    parameters = {"outdir": "/r/results", "models_store": "virnucpro-models", **given}
+    assert _parameter_paths_check(groovy, parameters, launch_dir="/x/bad[1]", work_dir="/w/work") == "passed"
+    message = _parameter_paths_check(groovy, {**parameters, "outdir": "results"}, launch_dir="/x/bad[1]",
+                                     work_dir="/w/work")
+    assert "(--outdir results is resolved from it" in message and "--models_store" not in message, message
 
 
 def _inputs_check(groovy, call: str) -> str:

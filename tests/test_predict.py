@@ -666,3 +666,6 @@ def test_the_reports_best_score_is_never_rounded_onto_or_across_the_calls_bound(
     assert _score_text(0.99996) == "0.99996" and _score_text(0.50004) == "0.50004"
     assert _score_text(0.5) == "0.5000" and _score_text(1.0) == "1.0000" and _score_text(0.0) == "0.0000"
     assert _score_text(0.123456) == "0.1235" and _score_text(0.73) == "0.7300"
+    # a round-trip's digits, not 9 of them: 0.4999999999 showed as 0.5 (float64; float32 alike)
+    assert _score_text(0.4999999999) == "0.4999999999" and _score_text(0.9999999999) == "0.9999999999"
+    assert _score_text(np.float32(0.49999997)) == "0.49999997"

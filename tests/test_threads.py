@@ -119,3 +119,5 @@ def test_a_quota_on_a_nested_cgroup_or_one_above_it_caps_the_default(tmp_path):
     # nothing escapes the mounted root, whatever the membership file says
     outside = {"cpu.max": "max 100000\n", "../cpu.max": "10000 100000\n"}
     assert quota(outside, "0::/../..\n") is None
+    # a quota too large for a float is none (it raised OverflowError, a traceback)
+    assert quota({"cpu.max": "1" + "0" * 400 + " 1\n"}, "0::/\n") is None

@@ -102,13 +102,13 @@ def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) 
 
 
 def _score_text(score: float) -> str:
-    """A score to 4 decimals, or to 9 significant digits where 4 would round it onto or across a
-    bound its reader compares it with: 0.5 (a chunk's call) and 1 (0.49996 showed as 0.5000 beside
-    no virus chunk, 0.99996 as 1.0000)."""
+    """A score to 4 decimals, or in the shortest digits that tell it apart (`repr`) where 4 would round
+    it onto or across a bound its reader compares it with: 0.5 (a chunk's call) and 1 (0.49996 showed
+    as 0.5000 beside no virus chunk, 0.99996 as 1.0000)."""
     text = f"{score:.4f}"
     rounded = float(text)
     if (rounded >= 0.5) != (score >= 0.5) or (rounded == 0.5) != (score == 0.5) or (rounded == 1) != (score == 1):
-        return f"{score:.9g}"
+        return str(score)  # float32 or float64: the shortest digits of that type
     return text
 
 

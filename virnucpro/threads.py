@@ -75,9 +75,9 @@ def _folder_quota(folder: Path, read) -> float | None:
     """The quota in CPUs that one cgroup folder sets; None for none, unreadable or nonsense."""
     try:
         quota, period = (int(value) for value in read(folder))
-    except (OSError, ValueError):
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError, OverflowError):  # OverflowError: a quota too large for a float
         return None
-    return quota / period if quota > 0 and period > 0 else None
 
 
 def _cgroup_v2_quota(folder: Path) -> tuple[str, str]:

@@ -242,7 +242,8 @@ def refuseUnsafePaths(List problems) {
 // Where the launch folder is the culprit of relative paths and the default work folder, it is
 // named once, with the paths it spoils, not each path (--models_store has a relative default).
 def checkParameterPaths(Map parameters) {
-    def names = ['outdir', 'models', 'classifier', 'checkpoint_dir', 'models_store'].findAll { name -> parameters[name] }
+    def used = ['outdir', 'models', 'classifier', 'checkpoint_dir'] + (downloadsModels(parameters) ? ['models_store'] : [])
+    def names = used.findAll { name -> parameters[name] }
     def launch = unsafePathProblem('the launch folder', workflow.launchDir)
     def relative = launch ? names.findAll { name -> isRelativePath(parameters[name].toString()) } : []
     def defaultWork = workflow.workDir == workflow.launchDir.resolve('work')
@@ -253,6 +254,12 @@ def checkParameterPaths(Map parameters) {
     problems << (launch && defaultWork ? null : unsafePathProblem('-work-dir (the work folder)', workflow.workDir))
     refuseUnsafePaths(problems + [launchFolderProblem(launch, relative.collect { name -> "--${name} ${parameters[name]}" } + (defaultWork ? ['the default work folder (work)'] : []))])
     refuseModelsStoreBatchCannotKeep(parameters)
+}
+
+// Whether the run downloads the models (into --models_store): neither --models nor the tiny test
+// models given (workflows/virnucpro.nf). Only then is --models_store, set by default, a path to check.
+def downloadsModels(Map parameters) {
+    return !parameters.models && parameters.tiny_models != true
 }
 
 // The executor of the awsbatch or google profile ('awsbatch', 'google-batch'), else null: there the
@@ -269,7 +276,7 @@ def refuseModelsStoreBatchCannotKeep(Map parameters) {
     def executor = batchExecutor()
     def scheme = [awsbatch: 's3://', 'google-batch': 'gs://'][executor]
     def store = parameters.models_store ? parameters.models_store.toString() : ''
-    if (!scheme || parameters.models || parameters.tiny_models == true || store.startsWith(scheme)) {
+    if (!scheme || !downloadsModels(parameters) || store.startsWith(scheme)) {
         return
     }
     error("--models_store ${store ?: '(none)'}: under ${executor} the models download can be kept only in a ${scheme} bucket (Nextflow would fail after the download); give --models_store ${scheme}<bucket>/virnucpro-models, or models already staged there with --models ${scheme}<bucket>/virnucpro-models (docs/usage.md, \"AWS Batch and Google Batch\")")
