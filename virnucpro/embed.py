@@ -1153,24 +1153,48 @@ def _differences(found: dict, wanted: dict) -> str:
 
 def _kept_as_written(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:
     """Whether `out` already holds this very shard (see `already_embedded`): then it is kept, said so;
-    one written by another virnucpro version is said to be embedded again."""
+    an embedding file there that is not this one is said to be replaced, and why."""
     if not already_embedded(out, shard_meta, ids, identity, precision):
-        _say_if_another_version(out)
+        _say_why_replaced(out, shard_meta, identity, precision)
         return False
     info(f"{out} already holds these {len(ids):,} records embedded with these models ({precision}), read back "
          "sound: kept (an earlier attempt finished it; delete it to compute again)")
     return True
 
 
-def _say_if_another_version(out: Path) -> None:
-    """A note when `out` is an embedding file of another virnucpro version: why it is computed again."""
-    try:
-        found = h5shard.read_info(out).virnucpro_version if out.is_file() else __version__
-    except (VirnucproError, OSError):
+def _say_why_replaced(out: Path, shard_meta, identity: dict, precision: str) -> None:
+    """A note when `out` holds an embedding file that this embed replaces: why (another virnucpro
+    version, another shard, other models or precision, rows that do not read back sound)."""
+    if not out.is_file():
         return
-    if found != __version__:
-        info(f"{out} was written by virnucpro {printable(str(found))}, not this {__version__}: embedding it again "
-             "(another version's vectors are never taken as this one's)")
+    try:
+        found = h5shard.read_info(out)
+    except (VirnucproError, OSError):
+        info(f"replacing {out} (an embedding file that cannot be read back sound)")
+        return
+    if found.virnucpro_version != __version__:
+        info(f"{out} was written by virnucpro {printable(str(found.virnucpro_version))}, not this {__version__}: "
+             "embedding it again (another version's vectors are never taken as this one's)")
+        return
+    shard = _shard_differences(found, shard_meta)
+    made = ([] if found.models == identity else ["other models"]) + (
+        [] if found.precision == precision else [f"precision {printable(str(found.precision))}, not {precision}"])
+    what = "another shard" if shard else "this shard"
+    why = "; ".join(shard + made) or "its rows do not read back sound"
+    info(f"replacing {out} (an embedding of {what}: {why})")
+
+
+def _shard_differences(found, shard_meta) -> list[str]:
+    """How the shard an embedding file was made from differs from `shard_meta` (empty: the same)."""
+    differences = []
+    if (found.shard_index, found.shard_of) != (shard_meta.index, shard_meta.of):
+        differences.append(f"shard index {found.shard_index} (of {found.shard_of}), "
+                           f"not {shard_meta.index} (of {shard_meta.of})")
+    if found.chunk_size != shard_meta.chunk_size:
+        differences.append(f"chunk size {found.chunk_size}, not {shard_meta.chunk_size}")
+    if found.shard_sha256 != shard_meta.sha256:
+        differences.append(f"shard sha256 {found.shard_sha256[:12]}..., not {shard_meta.sha256[:12]}...")
+    return differences
 
 
 def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:

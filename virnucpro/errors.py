@@ -97,6 +97,11 @@ class StoppedWithOutputsInPlace(InterruptedByUser):
         return (self.__class__, (self.message, self.hint, self.folder))
 
 
+class StoppedWithNothingKept(InterruptedByUser):
+    """A stop that left nothing a rerun resumes from (prepare keeps no checkpoints, and its unfinished
+    output is removed): the rerun starts again."""
+
+
 class GpuOutOfMemory(VirnucproError):
     """One sequence alone does not fit in GPU memory."""
 
@@ -369,6 +374,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT) + (
 
 _received: list[int] = []  # stop signals seen by `stop_signals_exit_interrupted`
 _in_place: list[Path] = []  # the folder whose finished outputs all are in place (`outputs_in_place`)
+_nothing_kept: list[bool] = []  # one entry per `stop_keeps_nothing` block the command is in
 
 
 def _interrupted(signum: int) -> InterruptedByUser:
@@ -378,8 +384,22 @@ def _interrupted(signum: int) -> InterruptedByUser:
         return StoppedWithOutputsInPlace(f"{name} received once the finished outputs were in place in "
                                          f"{_in_place[0]}: stopped (they are complete)",
                                          "nothing to rerun: the outputs are complete", _in_place[0])
+    if _nothing_kept:
+        return StoppedWithNothingKept(f"{name} received: stopped (unfinished output removed; nothing to resume "
+                                      "from)", "rerun the same command to start again")
     return InterruptedByUser(f"{name} received: stopped (unfinished output removed; "
                              "finished work and checkpoints kept)", "rerun the same command to resume")
+
+
+@contextmanager
+def stop_keeps_nothing() -> Iterator[None]:
+    """Inside the block, a stop leaves nothing a rerun resumes from (prepare: no checkpoints, its
+    unfinished output removed), and its message says so instead of promising a resume."""
+    _nothing_kept.append(True)
+    try:
+        yield
+    finally:
+        _nothing_kept.pop()
 
 
 def outputs_in_place(folder: Path | None) -> None:
@@ -389,11 +409,16 @@ def outputs_in_place(folder: Path | None) -> None:
     _in_place[:] = [folder] if folder is not None else []
 
 
-def stop_received() -> InterruptedByUser:
+def stop_received(keeping_nothing: bool = False) -> InterruptedByUser:
     """The command's stop as when no outputs were in place, for a caller that turns a narrower stop
-    (`StoppedWithOutputsInPlace` of an inner stage) into the command's own."""
+    (`StoppedWithOutputsInPlace` of an inner stage) into the command's own; `keeping_nothing`: the
+    caller removed all it wrote, so the stop says nothing is left to resume from."""
     outputs_in_place(None)
-    return _interrupted(_received[0] if _received else signal.SIGTERM)
+    signum = _received[0] if _received else signal.SIGTERM
+    if not keeping_nothing:
+        return _interrupted(signum)
+    with stop_keeps_nothing():
+        return _interrupted(signum)
 
 
 def check_stop() -> None:

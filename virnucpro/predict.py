@@ -466,15 +466,16 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
 
 
 def _located_models(models: Path | None, chunk_size: int, tiny_embeddings: bool):
-    """The models folder holding the classifier for `chunk_size` (exit 4 when it is missing). With no
-    --models for embeddings made with tiny test models, the hint names --models: the published
-    classifier it would otherwise suggest downloading never fits such embeddings."""
+    """The models folder holding the classifier for `chunk_size` (exit 4 when it is missing). For
+    embeddings made with tiny test models, the hint names the folder of those tiny models (unless
+    --models is one, whose own hint rewrites it): the published classifier it would otherwise
+    suggest downloading never fits such embeddings, whether --models was given or not."""
     from virnucpro.models import store
 
     try:
         return store.locate(models, roles=(f"classifier_{chunk_size}",))
     except ModelsError as exc:
-        if models is not None or not tiny_embeddings:
+        if not tiny_embeddings or (models is not None and store.is_tiny_folder(Path(models))):
             raise
         raise ModelsError(f"{exc.message}; these embeddings were made with tiny test models",
                           "give the folder of those tiny models with --models DIR (or VIRNUCPRO_MODELS)") from None

@@ -36,7 +36,8 @@ from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
-                             VirnucproError, check_stop, output_errors, stop_signals_blocked, stop_signals_deferred)
+                             VirnucproError, check_stop, output_errors, stop_keeps_nothing, stop_signals_blocked,
+                             stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, unicode_text)
@@ -931,7 +932,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
     check_distinct_inputs(inputs)
-    with claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
+    with stop_keeps_nothing(), claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
         staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "prepare's staging folder")
         try:  # from here on, whatever fails, what prepare wrote into the staging folder goes
             (staging / fmt.SHARD_DIR).mkdir()
@@ -989,8 +990,9 @@ def _report(manifest: dict, outdir: Path, published_in: Path | None) -> None:
     the prepare folder is the run's work folder, removed when the run succeeds, so it is not named."""
     counts = manifest["counts"]
     if counts["empty_sequences"]:
+        when = " when the run succeeds" if published_in else ""  # a run that fails later writes no table
         warn(f"{counts['empty_sequences']} empty record(s) skipped (listed as 'empty' in "
-             f"{(published_in or outdir) / fmt.SEQUENCES})")
+             f"{(published_in or outdir) / fmt.SEQUENCES}{when})")
     info(f"prepared {counts['sequences']:,} sequences ({counts['bases']:,} bp) -> {counts['chunks']:,} "
          f"chunks of {manifest['chunk_size']} -> {counts['orfs']:,} ORFs in {len(manifest['shards'])} "
          f"shard(s); {counts['chunks_without_orf']:,} chunks without ORF" + ("" if published_in else f" -> {outdir}"))

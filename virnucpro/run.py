@@ -22,8 +22,9 @@ from typing import Iterator, Sequence
 from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
-from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithOutputsInPlace, VirnucproError, output_errors,
-                              outputs_in_place, printable, stop_received, stop_signals_deferred)
+from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithNothingKept, StoppedWithOutputsInPlace,
+                              VirnucproError, output_errors, outputs_in_place, printable, stop_received,
+                              stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -239,21 +240,43 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
 
         setup = None if _download_ahead(models, classifier, chunk_size, offline) else set_up()
         work = outdir / WORK
-        seconds: dict[str, float] = {}
         started = time.monotonic()
         manifest = _prepare_once(inputs, work / "prepared", chunk_size, outdir)
-        seconds["prepare"] = round(time.monotonic() - started, 3)
+        seconds: dict[str, float] = {"prepare": round(time.monotonic() - started, 3)}
+        _say_earlier_results_replaced(outdir, manifest, threshold)
         setup = setup or set_up()
         started = time.monotonic()
         embeddings = _embed_all(manifest, work / "prepared", work, setup, outdir / KEPT if keep_embeddings else None,
                                 token_budget=token_budget, threads=threads, checkpoint_every=checkpoint_every,
                                 checkpoint_seconds=checkpoint_seconds)
         seconds["embed"] = round(time.monotonic() - started, 3)
-        names = [unicode_text(str(path)) for path in inputs]
-        _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings, names)
+        _predict_and_publish(output, work, embeddings, setup, threshold, seconds, keep_embeddings,
+                             [unicode_text(str(path)) for path in inputs])
         with stop_signals_deferred():  # the outputs are in place: a stop waits until the work folder is gone
             remove_written(work, _work_files())
     return outdir
+
+
+def _say_earlier_results_replaced(outdir: Path, manifest: dict, threshold: float) -> None:
+    """Once the inputs are read (their sha256 known), say that the finished results of an earlier run
+    in `outdir` are replaced when this run succeeds, and what differs (inputs, chunk size, threshold)."""
+    import json
+
+    from virnucpro.predict import RUN_INFO
+
+    try:
+        earlier = json.loads((outdir / RUN_INFO).read_text("utf-8"))
+        inputs = [entry["sha256"] for entry in earlier["inputs"]]
+        options = {"chunk size": earlier["chunk_size"], "threshold": earlier["threshold"]}
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # no earlier run's results (or none that can be read): nothing to compare with
+    differences = [] if inputs == [entry["sha256"] for entry in manifest["inputs"]] else ["other inputs"]
+    wanted = {"chunk size": manifest["chunk_size"], "threshold": threshold}
+    differences += [f"{name} {printable(str(value))}, not {wanted[name]}" for name, value in options.items()
+                    if value != wanted[name]]
+    why = (f"inputs or options differ: {'; '.join(differences)}" if differences
+           else "same inputs and options: computed again")
+    info(f"replacing the earlier run's results in {outdir} when this run succeeds ({why})")
 
 
 def _device_settled(device: str, compiling):
@@ -284,6 +307,9 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
         prepared = isinstance(exc, InterruptedByUser) and (work / "prepared" / fmt.MANIFEST).is_file()
         if not embedded and not prepared:
             remove_written(work, _work_files())
+        kept_nothing = not embedded and not prepared
+        if isinstance(exc, InterruptedByUser) and kept_nothing != isinstance(exc, StoppedWithNothingKept):
+            raise stop_received(keeping_nothing=kept_nothing) from None  # the stop says what the rerun finds
         raise
 
 
