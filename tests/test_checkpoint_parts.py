@@ -361,7 +361,7 @@ def fast_parts(tmp_path_factory, tiny_models, golden_prepared) -> list[Path]:
 
     out = tmp_path_factory.mktemp("fast") / "s.h5"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(virnucpro.encoders, "choose_path", lambda requested, device: "fast")
+        patch.setattr(virnucpro.encoders, "choose_path", lambda requested, device, model="": "fast")
         virnucpro.embed._load_encoders_cached.cache_clear()
         try:
             key_folder = embed_keeping_parts(shard(golden_prepared), out, tiny_models)

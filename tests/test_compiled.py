@@ -166,7 +166,7 @@ def test_a_stop_signal_met_inside_the_compiler_ends_embed_with_exit_6(tiny_model
         os.kill(os.getpid(), signal.SIGTERM)
         return graph.forward
 
-    monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device: "fast")
+    monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device, model="": "fast")
     monkeypatch.setattr(compiled, "wanted", lambda requested, device: True)
     monkeypatch.setattr(compiled, "fused", lambda function: torch.compile(function, backend=stopping_backend))
     monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, str(tmp_path / "compile-cache"))
@@ -338,7 +338,7 @@ def test_a_fast_path_failing_mid_shard_ends_in_exit_0_and_a_truthful_record(tiny
     assert code == 0, err
     real_init = virnucpro.embed.Embedder.__init__
     monkeypatch.setattr(virnucpro.embed.Embedder, "__init__", embedder_with_failing_attention)
-    monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device: "fast")
+    monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device, model="": "fast")
     virnucpro.embed._load_encoders_cached.cache_clear()
     try:
         code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",

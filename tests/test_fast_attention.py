@@ -104,6 +104,51 @@ def test_one_place_chooses_the_path():
         choose_path("flash", CPU)
 
 
+def test_on_a_gpu_auto_runs_each_model_on_the_path_measured_faster():
+    """H200: DNABERT-S's reference path beat its fast path (1.33 M vs 1.01 M tokens/s), ESM-2's
+    compiled fast path beat its reference path (88 K vs 72 K): 'auto' follows the measurement."""
+    assert choose_path("auto", "cuda", "DNABERT-S") == "reference"
+    assert choose_path("auto", "cuda", "ESM-2") == "fast"
+    assert choose_path("auto", CPU, "ESM-2") == "reference"
+    assert choose_path("fast", "cuda", "DNABERT-S") == "fast"  # still there when asked for
+
+
+def _probe_pair(delta: float, mixed_rows: bool = False):
+    """Reference vectors of RMS ~1 (as measured at the real sizes) and a 'fast' copy: one element
+    moved by `delta`, or (`mixed_rows`) every vector blended with its neighbour, as sequences of a
+    stream that saw each other would be."""
+    reference = torch.randn(16, 768, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fast = reference.clone()
+    if mixed_rows:
+        fast = 0.93 * fast + 0.37 * fast.roll(1, dims=0)
+    else:
+        fast[2, 5] += delta
+    return reference, fast
+
+
+@pytest.mark.parametrize("dtype, delta, accepted", [
+    (torch.bfloat16, 0.141, True),   # DNABERT-S fast vs reference, real size, H200: refused by the old 0.1
+    (torch.bfloat16, 0.109, True),   # ESM-2 compiled vs reference, real size, H200
+    (torch.float16, 0.0074, True),
+    (torch.float16, 0.05, False),
+    (torch.float32, 1e-3, False),
+])
+def test_the_self_check_accepts_rounding_measured_at_the_real_sizes(dtype, delta, accepted):
+    from virnucpro.encoders import fast_path_problem
+
+    reference, fast = _probe_pair(delta)
+    problem = fast_path_problem(lambda path: fast, dtype, "fast", reference=reference)
+    assert (problem == "") is accepted, problem
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_self_check_refuses_sequences_that_saw_each_other_at_every_dtype(dtype):
+    from virnucpro.encoders import fast_path_problem
+
+    reference, fast = _probe_pair(0.0, mixed_rows=True)
+    assert "disagrees" in fast_path_problem(lambda path: fast, dtype, "fast", reference=reference)
+
+
 def test_cpu_default_is_the_reference_path(load, capsys):
     assert [load(kind, path="auto").path for kind in MODULES] == ["reference", "reference"]
     assert "warning" not in capsys.readouterr().err

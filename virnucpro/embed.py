@@ -911,7 +911,7 @@ def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, pr
 
 def settle_torch_cache(device, compiling: Compiling) -> Path:
     """Settle torch's cache folder for embedding on `device` (`compiled.settle_cache`; on a GPU
-    FlexAttention, DNABERT-S, compiles either way). Called at start-up too (`run`, `embed`), so a
+    FlexAttention compiles either way where a fast path uses it). Called at start-up too (`run`, `embed`), so a
     missing temporary folder is exit 10 before any work, not after hours of prepare."""
     import torch
 
