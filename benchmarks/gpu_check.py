@@ -6,7 +6,8 @@ Sections, each printed under a `== name` header, then a summary table:
             MFU is n/a on the CPU, where no peak of the model's arithmetic is known);
 * ceilings  fp16 GEMM TFLOP/s on ESM-2 3B's four GEMM shapes (qkv, attn_out, fc1, fc2) at one GPU
             token budget of rows, and device copy GB/s (bytes read + written per second);
-* encoders  for DNABERT-S and ESM-2 x path (reference, fast, fast+compiled): load seconds (the
+* encoders  for DNABERT-S and ESM-2 x path (reference, fast, fast+compiled; and DNABERT-S's
+            reference+compiled, its GPU default: cuDNN attention, fused elementwise): load seconds (the
             compiled path's compile and self-check included, against an empty compile cache, and
             shown apart), first pass (autotune included), steady tokens/s, TFLOP/s, MFU against the
             peak and against the best GEMM, peak memory; real tokens only (special tokens counted,
@@ -25,7 +26,7 @@ DNABERT-S folder and, for `embed()`, an fp16 ESM-2 checkpoint in fair-esm's layo
 temporary folder. The fast path is asked for through the loaders' `path` keyword when they take one
 (`inspect.signature`), else only the reference path runs; `path` on the loaded encoder says which
 ran; it is read after the measurement, since a batch that fails moves an encoder down to a safer path
-(fast+compiled -> fast -> reference, `encoders.forward_on_path`): such a row names the path it ended
+(fast+compiled -> fast -> reference, reference+compiled -> reference, `encoders.forward_on_path`): such a row names the path it ended
 on, starred, with `fell_back_during_measurement` in the JSON, and is no figure of the path loaded.
 Needs torch, numpy, h5py, tokenizers, safetensors, rich and this repository; never fair-esm or
 biopython.
@@ -82,6 +83,7 @@ sys.path.insert(0, str(ROOT))
 from virnucpro import console  # noqa: E402
 from virnucpro import embed as embed_mod  # noqa: E402
 from virnucpro.classifier import MLPClassifier  # noqa: E402
+from virnucpro import encoders as encoders_package  # noqa: E402
 from virnucpro.encoders import compiled  # noqa: E402
 from virnucpro.encoders.batching import plan_batches  # noqa: E402
 from virnucpro.encoders.dnabert_s import DnabertSEncoder  # noqa: E402
@@ -91,7 +93,7 @@ from virnucpro.models import store, tiny  # noqa: E402
 from virnucpro.prepare import prepare  # noqa: E402
 
 ROLES = ("dnabert_s", "esm2")
-PATHS = ("reference", "fast", "fast+compiled")
+PATHS = ("reference", "reference+compiled", "fast", "fast+compiled")  # reference+compiled: DNABERT-S only
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 READ_LENGTH = 500
 # NVIDIA's dense fp16/bf16 tensor-core peak (no sparsity), TFLOP/s; first name fragment that matches
@@ -408,7 +410,7 @@ def keywords(loader, path: str) -> dict:
     """The loader's keywords for one of PATHS ('fast+compiled' = path 'fast', compile=True)."""
     found = {"path": path.split("+")[0]} if path_keyword(loader) else {}
     if path_keyword(loader, "compile"):
-        found["compile"] = path == "fast+compiled"
+        found["compile"] = path.endswith("+compiled")
     return found
 
 
@@ -428,11 +430,19 @@ def loaders(dnabert: Path, esm_data: dict) -> dict:
 LOADER_CHECKS = {"dnabert_s": DnabertSEncoder, "esm2": Esm2Encoder.from_checkpoint_data}
 
 
+#: the model name of each loader's encoder (virnucpro.encoders.COMPILED_REFERENCE names models)
+MODEL_OF = {DnabertSEncoder: "DNABERT-S", Esm2Encoder.from_checkpoint_data: "ESM-2"}
+
+
 def paths_of(loader) -> tuple[str, ...]:
-    """The PATHS this checkout's loader can be asked for."""
+    """The PATHS this checkout's loader can be asked for (the compiled reference path only for a
+    model this checkout compiles it for)."""
     if not path_keyword(loader):
-        return PATHS[:1]
-    return PATHS if path_keyword(loader, "compile") else PATHS[:2]
+        return ("reference",)
+    if not path_keyword(loader, "compile"):
+        return ("reference", "fast")
+    compiled_reference = MODEL_OF.get(loader) in getattr(encoders_package, "COMPILED_REFERENCE", ())
+    return tuple(path for path in PATHS if path != "reference+compiled" or compiled_reference)
 
 
 def ran_path(encoder) -> str:

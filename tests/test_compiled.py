@@ -28,7 +28,7 @@ from test_fast_attention import LONG_MIX, SHORT_MIX, esm_tokens, random_tokens
 from torch._dynamo.exc import BackendCompilerFailed
 from torch._inductor.exc import CppCompileError
 
-from virnucpro.encoders import FAST_COMPILED, compiled
+from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, compiled
 from virnucpro.errors import OutputWriteError
 from virnucpro.encoders import dnabert_s as dnabert_module
 from virnucpro.encoders import esm2 as esm2_module
@@ -1031,3 +1031,97 @@ def test_an_owner_lock_is_never_seen_unlocked(tmp_path, monkeypatch):
     finally:
         os.close(handle)
     assert compiled._abandoned(tmp_path)  # free once its process let go
+
+
+# --- DNABERT-S's compiled reference path (its GPU default: cuDNN attention over rows, fused elementwise work) ---
+
+@pytest.fixture(scope="module")
+def compiled_reference(reference_dir, encoders):
+    """DNABERT-S on its compiled reference path, sharing the module's compile cache (and graph)."""
+    return DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="reference", compile=True)
+
+
+@pytest.mark.parametrize("lengths", [LONG_MIX, SHORT_MIX], ids=["long", "short"])
+def test_the_compiled_reference_path_equals_the_reference_path(compiled_reference, lengths):
+    encoder = compiled_reference
+    assert encoder.path == REFERENCE_COMPILED and encoder.compile_seconds > 0
+    collated = encoder.collate(tokens_for("dnabert_s", encoder, lengths))  # several sequences per row
+    vectors = encoder._run(collated, REFERENCE_COMPILED)
+    assert float((vectors - encoder._run(collated, "reference")).abs().max()) <= EXACT
+    assert float((vectors - encoder._run(collated, "fast")).abs().max()) <= EXACT
+
+
+def test_the_compiled_reference_path_uses_the_fast_paths_graph(compiled_reference, encoders):
+    """Rows flattened to tokens: the graph the compiled fast path made serves it (no second compile)."""
+    for seed, lengths in enumerate([[30, 9], [5], [400, 3, 3], [77] * 9, [1000, 12]]):
+        compiled_reference.forward(compiled_reference.collate(tokens_for("dnabert_s", compiled_reference, lengths, seed)))
+    assert graphs_compiled("dnabert_s") == len(FUSED["dnabert_s"])
+
+
+def test_only_dnabert_s_has_a_compiled_reference_path(esm_checkpoints, reference_dir, capsys):  # noqa: F811
+    assert Esm2Encoder(esm_checkpoints["cfg"], CPU, torch.float32, path="reference", compile=True).path == "reference"
+    uncompiled = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="reference")
+    assert uncompiled.path == "reference" and "warning" not in capsys.readouterr().err  # compiling not wanted on a CPU
+
+
+def test_a_failed_compile_of_the_reference_path_falls_back_to_it_uncompiled(reference_dir, monkeypatch, capsys):
+    def no_compiler(function):
+        def raising(*args, **kwargs):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error (no compiler)")
+        return raising
+
+    monkeypatch.setattr(compiled, "fused", no_compiler)
+    encoder = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="reference", compile=True)
+    warned = " ".join(capsys.readouterr().err.split())
+    assert encoder.path == "reference" and encoder.compile_seconds == 0.0 and warned.count("warning:") == 1
+    assert ("DNABERT-S: compiled reference path not used, falling back to the reference path: it raised "
+            "RuntimeError") in warned and "older than" not in warned
+
+
+def test_the_compiled_reference_path_failing_mid_run_falls_back_for_good(compiled_reference, reference_dir,
+                                                                        monkeypatch, capsys):
+    encoder = DnabertSEncoder(reference_dir / "dnabert_s_tiny", CPU, torch.float32, path="reference", compile=True)
+    assert encoder.path == REFERENCE_COMPILED
+    capsys.readouterr()
+    collated = encoder.collate(tokens_for("dnabert_s", encoder, [300, 20, 7], seed=5))
+    expected = encoder._run(collated, "reference")
+    monkeypatch.setattr(compiled, "fused", raising_from_compile(CppCompileError("g++ -shared ...", "out of resources")))
+    assert torch.equal(encoder.forward(collated), expected) and encoder.path == "reference"
+    warned = " ".join(capsys.readouterr().err.split())
+    assert warned.count("warning:") == 1
+    assert "compiled reference path failed on a batch (CppCompileError: C++ compile error" in warned
+
+
+def test_a_checkpoint_record_of_the_compiled_reference_path_is_understood():
+    from virnucpro.embed import ATTENTION_ENTRY
+
+    assert ATTENTION_ENTRY.fullmatch(f"dnabert_s:{REFERENCE_COMPILED}")
+    assert not ATTENTION_ENTRY.fullmatch("dnabert_s:reference+fast")
+
+
+def test_embed_on_the_compiled_reference_path_equals_a_reference_run_and_records_it(
+        tiny_models, golden_prepared, tmp_path, run_cli, monkeypatch):
+    """Compiling as on a GPU (forced on the CPU): DNABERT-S's rows run compiled, ESM-2's reference
+    path has no compiled form; the vectors equal a plain reference run's, and the shard says which
+    path made them (a checkpoint part's record of it is understood: the test above)."""
+    import virnucpro.embed
+    from checkpoint_helpers import read_h5
+    from test_embed import shard
+
+    code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "ref.h5",
+                        "--device", "cpu")
+    assert code == 0, err
+    monkeypatch.setattr(compiled, "wanted", lambda requested, device: True)
+    virnucpro.embed._load_encoders_cached.cache_clear()
+    try:
+        code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu", "--compile-cache", tmp_path / "cache")
+    finally:
+        virnucpro.embed._load_encoders_cached.cache_clear()
+    assert code == 0, err
+    assert "DNABERT-S: reference attention path with fused elementwise kernels, compiled and checked" in err
+    ids, nucleotide, protein, attrs = read_h5(tmp_path / "s.h5")
+    _, expected_nucleotide, expected_protein, _ = read_h5(tmp_path / "ref.h5")
+    np.testing.assert_allclose(nucleotide, expected_nucleotide, atol=EXACT, rtol=0)
+    np.testing.assert_array_equal(protein, expected_protein)
+    assert attrs["attention"] == f"dnabert_s:{REFERENCE_COMPILED},esm2:reference"

@@ -133,8 +133,8 @@ def test_a_failed_section_is_recorded_and_the_next_ones_still_run(gpu_check, mon
     assert gpu_check.main(["--cpu-smoke", "--json", str(figures)]) == 1
     out, err = capsys.readouterr()
     found = strict_json(figures)
-    paths = [f"encoders {role} {path}" for role in ("dnabert_s", "esm2")
-             for path in ("reference", "fast", "fast+compiled")]
+    paths = [f"encoders dnabert_s {path}" for path in ("reference", "reference+compiled", "fast", "fast+compiled")]
+    paths += [f"encoders esm2 {path}" for path in ("reference", "fast", "fast+compiled")]  # no compiled reference
     assert [f["section"] for f in found["failed"]] == ["ceilings", *paths, "embed", "precision"]
     assert {f["error"] for f in found["failed"]} == {"RuntimeError"}
     assert found["failed"][-1]["message"] == "out of memory: injected in precision"
@@ -145,7 +145,7 @@ def test_a_failed_section_is_recorded_and_the_next_ones_still_run(gpu_check, mon
     assert "FAILED ceilings: RuntimeError: CUDA error: injected in the ceilings" in summary
     assert "FAILED encoders esm2 fast+compiled" in summary and "FAILED precision" in summary
     assert "MFU and 'of GEMM' n/a" in summary
-    assert err.count("Traceback") == 9 and "injected in precision" in err and "Traceback" not in out
+    assert err.count("Traceback") == 10 and "injected in precision" in err and "Traceback" not in out
 
 
 def test_a_kill_keeps_every_finished_section(gpu_check, monkeypatch, tmp_path):
@@ -178,32 +178,34 @@ def test_the_hard_limit_ends_a_step_that_runs_on(gpu_check, monkeypatch, tmp_pat
 
 
 def test_the_hard_limit_names_the_step_it_stopped_and_every_step_not_run(gpu_check, monkeypatch, tmp_path, capsys):
-    """The alarm fires in the middle of DNABERT-S's fast path: the JSON and the summary name that step,
-    and every later one (the other paths, ESM-2's, embed, each precision load) as not run for the
-    hard limit, not for the time guard."""
+    """The alarm fires as DNABERT-S's compiled reference path starts (before anything compiles: a
+    compile cache of this process's run, removed with it, would fail a later test's compile): the
+    JSON and the summary name that step, and every later one (the other paths, ESM-2's, embed, each
+    precision load) as not run for the hard limit, not for the time guard."""
     real = gpu_check.bench_path
 
-    def alarm_in_the_fast_path(role, load, path, *args):
-        if path == "fast":
+    def alarm_in_the_compiled_reference_path(role, load, path, *args):
+        if path == "reference+compiled":
             os.kill(os.getpid(), signal.SIGALRM)  # what the --hard-limit timer sends
             time.sleep(60)
         return real(role, load, path, *args)
 
-    monkeypatch.setattr(gpu_check, "bench_path", alarm_in_the_fast_path)
+    monkeypatch.setattr(gpu_check, "bench_path", alarm_in_the_compiled_reference_path)
     figures = tmp_path / "figures.json"
     assert gpu_check.main(["--cpu-smoke", "--json", str(figures)]) == 1
     out, _ = capsys.readouterr()
     found = strict_json(figures)
     assert [(f["section"], f["step"], f["error"]) for f in found["failed"]] == \
-        [("encoders", "dnabert_s fast", "OutOfTime")]
+        [("encoders", "dnabert_s reference+compiled", "OutOfTime")]
     assert [r["requested"] for r in found["results"]] == ["reference"]
     not_run = [s["step"] for s in found["skipped"]]
-    assert not_run[:4] == ["dnabert_s fast+compiled", "esm2 reference", "esm2 fast", "esm2 fast+compiled"]
-    assert not_run[4:7] == ["kernels", "embed", "precision dnabert_s reference fp32"], not_run
+    assert not_run[:5] == ["dnabert_s fast", "dnabert_s fast+compiled", "esm2 reference", "esm2 fast",
+                           "esm2 fast+compiled"]
+    assert not_run[5:8] == ["kernels", "embed", "precision dnabert_s reference fp32"], not_run
     assert {s["reason"] for s in found["skipped"]} == {"--hard-limit reached"}
     summary = out.split("\n== summary", 1)[1]
-    assert "FAILED encoders (dnabert_s fast): OutOfTime" in summary
-    assert "not run (--hard-limit reached): dnabert_s fast+compiled, esm2 reference" in summary
+    assert "FAILED encoders (dnabert_s reference+compiled): OutOfTime" in summary
+    assert "not run (--hard-limit reached): dnabert_s fast, dnabert_s fast+compiled, esm2 reference" in summary
     assert "time guard" not in summary
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.encoders import FAST_COMPILED, check_finite
+from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, OutputWriteError, ProcessLimitError, VirnucproError, check_stop,
                               ignore_stop_signals, name_too_long, note_stop, open_files_errno, output_errors, printable,
@@ -166,7 +166,7 @@ class MadeBy:
         return ",".join(sorted(self.paths))
 
 
-ATTENTION_ENTRY = re.compile(f"({'|'.join(ROLES)}):(reference|fast|{re.escape(FAST_COMPILED)})")
+ATTENTION_ENTRY = re.compile(f"({'|'.join(ROLES)}):(reference|fast|{re.escape(FAST_COMPILED)}|{re.escape(REFERENCE_COMPILED)})")
 
 
 # --- checkpoints ------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ FlexAttention), the fast one by default only on CUDA and only for the models it 
 faster for there (GPU_DEFAULT: ESM-2, not DNABERT-S); `settle_path` then runs the load-time
 self-check (`fast_path_problem`) and falls back to the reference path with one warning. On CUDA
 the fast path is also compiled ("fast+compiled": fused elementwise work, encoders.compiled)
-unless the caller says no; a compiled path that fails its check falls back to "fast". A fast path
-that fails on a later batch falls back the same way, down to the reference path
+unless the caller says no; a compiled path that fails its check falls back to "fast". DNABERT-S's
+reference path is compiled the same way there ("reference+compiled", falling back to "reference").
+A path that fails on a later batch falls back the same way, down to the reference path
 (`forward_on_path`).
 """
 
@@ -170,6 +171,12 @@ def _has_flex_attention() -> bool:
 
 
 FAST_COMPILED = "fast+compiled"  # the fast path with its elementwise work fused (encoders.compiled)
+REFERENCE_COMPILED = "reference+compiled"  # the reference attention layout, its elementwise work fused
+COMPILED_PATHS = (FAST_COMPILED, REFERENCE_COMPILED)
+# Models whose reference path has a compiled form: DNABERT-S, which runs that path on a GPU
+# (GPU_DEFAULT), keeps cuDNN's attention over rows and has its GeGLU, residual and LayerNorm fused
+# as on its fast path. Not yet measured on a GPU (its compiled fast path gained 9% over the uncompiled one).
+COMPILED_REFERENCE = frozenset({"DNABERT-S"})
 
 
 def fast_path_problem(run: Callable[[str], "object"], dtype, path: str = "fast", reference=None) -> str:
@@ -200,30 +207,41 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
                 compile: bool | None = None) -> tuple[str, float]:
     """(path, seconds the compiled path's self-check took, its compile time; 0 when not compiled).
 
-    `choose_path`; when that is 'fast', the load-time self-check of 'fast', then (when compiling
-    is wanted: encoders.compiled.wanted) of 'fast+compiled'. The first problem is one warning
+    `choose_path`, then the load-time self-check of each path above 'reference' it leads to
+    (`_candidates`: 'fast', then 'fast+compiled' when compiling is wanted, encoders.compiled.wanted;
+    or 'reference+compiled' for a model in COMPILED_REFERENCE). The first problem is one warning
     naming the model and why, and the last path that passed is used ('reference' at worst)."""
     import time
 
     from virnucpro.encoders import compiled
 
     path = choose_path(requested, device, model)
-    if path != "fast":
+    candidates = _candidates(model, path, compiled.wanted(compile, device))
+    if not candidates:
         return path, 0.0
     reference = run("reference")
     settled, seconds = "reference", 0.0
-    for candidate in ["fast", FAST_COMPILED] if compiled.wanted(compile, device) else ["fast"]:
+    for candidate in candidates:
         start = time.perf_counter()
         problem = fast_path_problem(run, dtype, candidate, reference)
         check_stop()  # a stop a compiler swallowed whole
         if problem:
             from virnucpro.console import warn
 
+            note = "" if candidate == REFERENCE_COMPILED else _older_torch_note()  # the note is FlexAttention's
             warn(f"{model}: {_PATH_NAMES[candidate]} not used, falling back to the {_PATH_NAMES[settled]}: "
-                 f"{problem}{_older_torch_note()}")
+                 f"{problem}{note}")
             break
         settled, seconds = candidate, time.perf_counter() - start
-    return settled, seconds if settled == FAST_COMPILED else 0.0
+    return settled, seconds if settled in COMPILED_PATHS else 0.0
+
+
+def _candidates(model: str, path: str, compiling: bool) -> list[str]:
+    """The paths above 'reference' that `path` leads to, self-checked in turn (each one failing
+    falls back to the one before it)."""
+    if path == "fast":
+        return ["fast", FAST_COMPILED] if compiling else ["fast"]
+    return [REFERENCE_COMPILED] if compiling and model in COMPILED_REFERENCE else []
 
 
 FAST_PATH_TESTED_TORCH = (2, 8)  # the oldest torch the fast paths are tested with (README)
@@ -242,7 +260,8 @@ def _older_torch_note() -> str:
            f"install torch>={tested} to use it; the reference path used meanwhile is exact, only slower)"
 
 
-SAFER_PATH = {FAST_COMPILED: "fast", "fast": "reference"}  # where a path that fails on a batch falls back to
+# where a path that fails on a batch falls back to
+SAFER_PATH = {FAST_COMPILED: "fast", "fast": "reference", REFERENCE_COMPILED: "reference"}
 
 
 def forward_on_path(model: str, encoder, collated):
@@ -323,16 +342,18 @@ def describe_exception(exc: BaseException) -> str:
     return described + (f" (in {', '.join(wrappers)})" if wrappers else "")
 
 
-_PATH_NAMES = {FAST_COMPILED: "compiled fast path", "fast": "fast attention path", "reference": "reference path"}
+_PATH_NAMES = {FAST_COMPILED: "compiled fast path", "fast": "fast attention path", "reference": "reference path",
+               REFERENCE_COMPILED: "compiled reference path"}
 
 
 def describe_settled(model: str, path: str, seconds: float) -> str:
     """One line for the log: which path runs, and what compiling cost (and where it is cached)."""
-    if path != FAST_COMPILED:
+    if path not in COMPILED_PATHS:
         return f"{model}: {_PATH_NAMES[path]} (not compiled)"
     from virnucpro.encoders.compiled import cache_in_use
 
-    return (f"{model}: fast attention path with fused elementwise kernels, compiled and checked in "
+    layout = "fast attention path" if path == FAST_COMPILED else "reference attention path"
+    return (f"{model}: {layout} with fused elementwise kernels, compiled and checked in "
             f"{seconds:.1f} s (compile cache {cache_in_use()})")
 
 
@@ -350,5 +371,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DnabertSEncoder", "Esm2Encoder", "FAST_COMPILED", "check_finite", "choose_path",
+__all__ = ["DnabertSEncoder", "Esm2Encoder", "FAST_COMPILED", "REFERENCE_COMPILED", "check_finite", "choose_path",
            "describe_load_error", "describe_settled", "plan_batches", "settle_path"]

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, forward_on_path,
-                                key_mismatch, load_checked, random_probe, settle_path)
+from virnucpro.encoders import (FAST_COMPILED, REFERENCE_COMPILED, compiled, describe_load_error, describe_settled,
+                                forward_on_path, key_mismatch, load_checked, random_probe, settle_path)
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
 from virnucpro.console import info
@@ -56,13 +56,18 @@ class _Layer(nn.Module):
         self.mlp_out = nn.Linear(intermediate, hidden)
         self.mlp_norm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Reference path: x (R, T, hidden) rows, bias the (R, H, T, T) ALiBi + -inf mask."""
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """Reference path: x (R, T, hidden) rows, bias the (R, H, T, T) ALiBi + -inf mask. With
+        `fused` the work after attention runs compiled on the rows' tokens (the fast path's graph)."""
         rows, width, hidden = x.shape
         qkv = self.qkv(x).view(rows, width, 3, self.heads, hidden // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         att = att.transpose(1, 2).reshape(rows, width, hidden)
+        if fused:
+            after = compiled.fused(_Layer.after_attention)
+            tokens = att.reshape(-1, self.heads, hidden // self.heads)  # as the fast path hands it over
+            return after(self, x.reshape(-1, hidden), tokens).view(rows, width, hidden)
         return self._mlp(self.attn_norm(x + self.attn_out(att)))
 
     def forward_packed(self, x: torch.Tensor, stream: TokenStream, alibi, fused: bool = False) -> torch.Tensor:
@@ -106,11 +111,12 @@ class DnabertSModule(nn.Module):
             bias = bias.masked_fill(~mask, float("-inf"))
         return bias.to(dtype)
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
+                fused: bool = False) -> torch.Tensor:
         x = self.emb_norm(self.word(ids) + self.token_type.weight[0])
         bias = self.alibi(pos, mask, x.dtype)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, bias, fused)
         return x
 
     def alibi_score_mod(self, device: torch.device):
@@ -371,7 +377,7 @@ class DnabertSEncoder:
         return forward_on_path("DNABERT-S", self, batch)
 
     def _run(self, batch, path: str) -> torch.Tensor:
-        """`forward` on the given path: reference rows + bias, or the fast token stream (compiled or not)."""
+        """`forward` on the given path: reference rows + bias, or the fast token stream (each compiled or not)."""
         batch = batch.to(self.device)
         with torch.inference_mode():
             if path in ("fast", FAST_COMPILED):
@@ -379,7 +385,7 @@ class DnabertSEncoder:
                 tokens = self.module.forward_packed(stream.flatten(batch.ids), stream, path == FAST_COMPILED)
                 hidden = stream.unflatten(tokens, *batch.ids.shape)
             else:
-                hidden = self.module(batch.ids, batch.pos, batch.attention_mask())
+                hidden = self.module(batch.ids, batch.pos, batch.attention_mask(), path == REFERENCE_COMPILED)
             return pooled_mean(hidden, batch)
 
     def embed(self, tokens: Sequence[np.ndarray], packed: bool = True) -> torch.Tensor:
