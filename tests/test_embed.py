@@ -684,3 +684,26 @@ def test_the_note_on_other_checkpoints_never_counts_this_shards_own_folder(tmp_p
     (own / "notes.txt").write_text("the user's\n")
     _note_other_checkpoints(own)
     assert "other embed" not in capsys.readouterr().err
+
+
+def test_the_loop_counts_what_it_waited_for_and_says_so_on_a_gpu():
+    """Where embed's loop stands still (the GPU, the next batch's layout and launch, the next tokens)
+    is counted and, on a GPU, said in its closing line: the first GPU run kept the device 71% busy
+    and could not tell why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from virnucpro.embed import Embedder, _prefetched, _waits
+
+    def slow(item):
+        time.sleep(0.05)
+        return item * 2
+
+    waited = {"layout": 0.0}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert list(_prefetched(pool, slow, [1, 2, 3], waited, "layout")) == [(1, 2), (2, 4), (3, 6)]
+    assert 0.04 <= waited["layout"] < 1.0  # the first result at least was waited for
+    assert _waits(Embedder({}, 4096, torch.device("cpu"))) == ""  # the CPU computes in the loop itself
+    on_gpu = Embedder({}, 4096, torch.device("cuda"))
+    on_gpu.waited.update(gpu=20.14, layout=6.3, tokens=0.04)
+    assert _waits(on_gpu) == ("; the loop waited 20.1s for the GPU, 6.3s for batch layouts and launches, "
+                              "0.0s for tokens")

@@ -787,6 +787,9 @@ class Embedder:
         self.unsaved_made = MadeBy()  # the same, since the last checkpoint part
         self.real_tokens = 0
         self.padded_tokens = 0
+        # seconds the compute loop stood waiting, by what for: the GPU's result of a batch, the layout
+        # (and, once overlapping, the launch) of the next batch, the tokens of the next work item
+        self.waited = {"gpu": 0.0, "layout": 0.0, "tokens": 0.0}
 
     def made_by(self, restored: MadeBy | None = None) -> MadeBy:
         """What computed a shard's vectors: its `restored` checkpoint parts and this process; when
@@ -845,7 +848,9 @@ class Embedder:
         if flight.error is not None:
             raise flight.error
         if flight.ready is not None:
+            started = time.perf_counter()
             flight.ready.synchronize()
+            self.waited["gpu"] += time.perf_counter() - started
             self.overlap[role] = True
         return flight.vectors
 
@@ -1330,7 +1335,7 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
     items = list(_work_items(distinct, done, len(record_ids), checkpoint_every))
     with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead, \
             ThreadPoolExecutor(max_workers=1) as layouts:
-        for number, (item, tokens) in enumerate(_prefetched(ahead, work.tokenize, items)):
+        for number, (item, tokens) in enumerate(_prefetched(ahead, work.tokenize, items, embedder.waited, "tokens")):
             window_end, role, indices = item
             work.embed_item(role, indices, tokens, layouts, stop)
             if number + 1 == len(items) or items[number + 1][0] != window_end:
@@ -1339,11 +1344,15 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
     work.report()
 
 
-def _prefetched(pool: ThreadPoolExecutor, function, items: list):
-    """Yield (item, function(item)) in order, the next item's result computing in `pool` meanwhile."""
+def _prefetched(pool: ThreadPoolExecutor, function, items: list, waited: dict | None = None, key: str = ""):
+    """Yield (item, function(item)) in order, the next item's result computing in `pool` meanwhile;
+    the seconds spent waiting for a result are added to `waited[key]`."""
     upcoming = pool.submit(function, items[0]) if items else None
     for number, item in enumerate(items):
+        started = time.perf_counter()
         result = upcoming.result()
+        if waited is not None:
+            waited[key] += time.perf_counter() - started
         if number + 1 < len(items):
             upcoming = pool.submit(function, items[number + 1])
         yield item, result
@@ -1352,6 +1361,16 @@ def _prefetched(pool: ThreadPoolExecutor, function, items: list):
 def _no_vectors() -> dict[str, tuple[list[int], list[np.ndarray]]]:
     """Per role: distinct indices and the blocks of their vectors, none yet."""
     return {role: ([], []) for role in ROLES}
+
+
+def _waits(embedder: Embedder) -> str:
+    """On a GPU, where the compute loop's time went while it waited: a loop that mostly waits for
+    the GPU keeps it fed; one that waits for layouts or tokens is bound by its host work."""
+    if embedder.device.type != "cuda":
+        return ""
+    waited = embedder.waited
+    return (f"; the loop waited {waited['gpu']:,.1f}s for the GPU, {waited['layout']:,.1f}s for batch layouts "
+            f"and launches, {waited['tokens']:,.1f}s for tokens")
 
 
 class _ShardWork:
@@ -1383,7 +1402,7 @@ class _ShardWork:
         """Embed the batches of one work item that still miss a vector, laying out the next meanwhile."""
         batches = [b for b in self.embedder.batches(role, tokens, indices) if not self.done[role][b].all()]
         collate = functools.partial(self.embedder.collate, role, tokens)
-        for batch, collated in _prefetched(layouts, collate, batches):
+        for batch, collated in _prefetched(layouts, collate, batches, self.embedder.waited, "layout"):
             self.embed_batch(role, tokens, batch, collated)
             self.checkpoints.raise_failed()  # a failed part write stops the compute at once (exit 10)
             self.stop_if_requested(stop)
@@ -1437,4 +1456,4 @@ class _ShardWork:
         waste = 1 - embedder.real_tokens / embedder.padded_tokens if embedder.padded_tokens else 0.0
         info(f"computed {self.computed['dnabert_s']:,} nucleotide and {self.computed['esm2']:,} protein sequences "
              f"in {elapsed:,.1f}s ({embedder.real_tokens / max(elapsed, 1e-9):,.0f} real tokens/s; padding "
-             f"in planned batches {waste:.1%})")
+             f"in planned batches {waste:.1%})" + _waits(embedder))
