@@ -103,6 +103,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, tiny_models, gol
     assert process.returncode == expected_code, stderr
     if expected_code == 6:
         assert "checkpoint saved" in stderr and "rerun the same command to resume" in stderr
+        # each model's own progress too: records complete can read 0 while DNABERT-S is well on
+        assert "; distinct sequences embedded: " in stderr and " dnabert_s, " in stderr and " esm2)" in stderr
     assert not out.exists()
 
     rerun = subprocess.run(command, capture_output=True, text=True)

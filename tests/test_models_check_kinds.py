@@ -120,3 +120,20 @@ def test_download_says_the_same_instead_of_writing_beside_it(models):
         download._to_download(models, list(store.ROLES), offline=True)
     assert "a FIFO, not a plain file" in refused.value.message
     assert refused.value.hint.startswith(f"move {models / CLASSIFIER} out of the models folder")
+
+
+def test_a_missing_default_folder_first_asks_where_the_models_are(tmp_path, run_cli, monkeypatch):
+    """No folder named (a container run without --models, say): downloading into the default
+    folder is the second advice, after naming the folder the models are in. A folder that was
+    named keeps the download command as its hint."""
+    monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    code, err = run_cli("models", "check")
+    flat = " ".join(err.split())
+    assert code == ExitCode.MODELS, err
+    assert f"models directory {tmp_path}/data/virnucpro/models does not exist" in flat, err
+    assert ("name the folder that holds the models (--models DIR, or VIRNUCPRO_MODELS=DIR; in a container, a "
+            f"folder mounted into it), or download them into this default folder: virnucpro models download "
+            f"--dest {tmp_path}/data/virnucpro/models") in flat, err
+    code, err = run_cli("models", "check", tmp_path / "named")
+    assert code == ExitCode.MODELS and "name the folder" not in err, err

@@ -1308,9 +1308,14 @@ def _log_resume(ids: list[str], distinct: dict, done: dict) -> None:
     if not any(d.any() for d in done.values()):
         return
     at = _covered_records(distinct, done, len(ids))
-    counts = ", ".join(f"{int(done[r].sum()):,}/{len(done[r]):,} {r}" for r in ROLES)
     info(f"resuming from checkpoint at record {at:,} of {len(ids):,} (distinct sequences already "
-         f"embedded: {counts})")
+         f"embedded: {_embedded_counts(done)})")
+
+
+def _embedded_counts(done: dict) -> str:
+    """'512/12,041 dnabert_s, 0/12,041 esm2': each model's distinct sequences embedded so far (a
+    window's records count as complete only once both models have embedded them)."""
+    return ", ".join(f"{int(done[r].sum()):,}/{len(done[r]):,} {r}" for r in ROLES)
 
 
 def _work_items(distinct: dict, done: dict, n_records: int, checkpoint_every: int):
@@ -1433,7 +1438,8 @@ class _ShardWork:
         n_records = len(self.record_ids)
         at = _covered_records(self.distinct, self.done, n_records)
         raise InterruptedByUser(f"{stop.signal_name} received: checkpoint saved ({at:,} of {n_records:,} records "
-                                "complete)", "rerun the same command to resume")
+                                f"complete; distinct sequences embedded: {_embedded_counts(self.done)})",
+                                "rerun the same command to resume")
 
     def save(self) -> None:
         """Queue the vectors computed since the last save as one checkpoint part."""

@@ -1202,8 +1202,20 @@ def _no_such_folder(directory: Path, roles: list[str] | None) -> ModelsError:
     variable = _variable_naming(directory)
     origin = ("" if variable is None else " (from VIRNUCPRO_MODELS)" if variable == str(directory)
               else f" (VIRNUCPRO_MODELS={shlex.quote(variable)})")
+    hint = download_command(directory, roles)
+    if variable is None and _is_default_folder(directory):  # nothing named it: maybe the models are elsewhere
+        hint = (f"name the folder that holds the models (--models DIR, or VIRNUCPRO_MODELS=DIR; in a container, a "
+                f"folder mounted into it), or download them into this default folder: {hint}")
     return ModelsError(f"models directory {shlex.quote(str(directory))}{origin} does not exist"
-                       f"{_whitespace_note(directory, variable)}", hint=download_command(directory, roles))
+                       f"{_whitespace_note(directory, variable)}", hint=hint)
+
+
+def _is_default_folder(directory: Path) -> bool:
+    """Whether `directory` is the models folder used when none is named (`models_dir`)."""
+    try:
+        return directory == _user_data_dir() / "models"
+    except ModelsPathError:
+        return False
 
 
 def _variable_naming(directory: Path) -> str | None:
