@@ -67,6 +67,18 @@ FUSED = {"esm2": (esm2_module._Layer.attention_inputs, esm2_module._Layer.after_
          "dnabert_s": (dnabert_module._Layer.after_attention,)}
 
 
+def embed_with_fresh_encoders(run_cli, *args):
+    """`virnucpro embed ARGS` with the encoders loaded afresh (after the test's patches) and dropped
+    after it, so no other test meets them."""
+    import virnucpro.embed
+
+    virnucpro.embed._load_encoders_cached.cache_clear()
+    try:
+        return run_cli("embed", *args)
+    finally:
+        virnucpro.embed._load_encoders_cached.cache_clear()
+
+
 @pytest.mark.parametrize("kind", ["esm2", "dnabert_s"])
 @pytest.mark.parametrize("lengths", [LONG_MIX, SHORT_MIX], ids=["long", "short"])
 def test_compiled_path_equals_reference(encoders, kind, lengths):
@@ -158,7 +170,6 @@ def test_a_stop_signal_met_inside_the_compiler_ends_embed_with_exit_6(tiny_model
     inside the compiler, which wraps it): exit 6, not a fallback and a finished shard."""
     import signal
 
-    import virnucpro.embed
     import virnucpro.encoders
     from test_embed import shard
 
@@ -170,12 +181,9 @@ def test_a_stop_signal_met_inside_the_compiler_ends_embed_with_exit_6(tiny_model
     monkeypatch.setattr(compiled, "wanted", lambda requested, device: True)
     monkeypatch.setattr(compiled, "fused", lambda function: torch.compile(function, backend=stopping_backend))
     monkeypatch.setenv(compiled.TORCH_CACHE_VARIABLE, str(tmp_path / "compile-cache"))
-    virnucpro.embed._load_encoders_cached.cache_clear()
-    try:
-        code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
-                            "--device", "cpu", "--compile-cache", tmp_path / "compile-cache")
-    finally:
-        virnucpro.embed._load_encoders_cached.cache_clear()
+    code, err = embed_with_fresh_encoders(run_cli, shard(golden_prepared), "--models", tiny_models, "--out",
+                                          tmp_path / "s.h5", "--device", "cpu",
+                                          "--compile-cache", tmp_path / "compile-cache")
     assert code == 6, err
     assert "SIGTERM received" in err and "falling back" not in err and not (tmp_path / "s.h5").exists()
 
@@ -339,12 +347,8 @@ def test_a_fast_path_failing_mid_shard_ends_in_exit_0_and_a_truthful_record(tiny
     real_init = virnucpro.embed.Embedder.__init__
     monkeypatch.setattr(virnucpro.embed.Embedder, "__init__", embedder_with_failing_attention)
     monkeypatch.setattr(virnucpro.encoders, "choose_path", lambda requested, device, model="": "fast")
-    virnucpro.embed._load_encoders_cached.cache_clear()
-    try:
-        code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
-                            "--device", "cpu")
-    finally:
-        virnucpro.embed._load_encoders_cached.cache_clear()
+    code, err = embed_with_fresh_encoders(run_cli, shard(golden_prepared), "--models", tiny_models, "--out",
+                                          tmp_path / "s.h5", "--device", "cpu")
     assert code == 0, err
     warned = " ".join(err.split())
     assert warned.count("warning:") == 2, warned  # one per model
@@ -1104,7 +1108,6 @@ def test_embed_on_the_compiled_reference_path_equals_a_reference_run_and_records
     """Compiling as on a GPU (forced on the CPU): DNABERT-S's rows run compiled, ESM-2's reference
     path has no compiled form; the vectors equal a plain reference run's, and the shard says which
     path made them (a checkpoint part's record of it is understood: the test above)."""
-    import virnucpro.embed
     from checkpoint_helpers import read_h5
     from test_embed import shard
 
@@ -1112,12 +1115,8 @@ def test_embed_on_the_compiled_reference_path_equals_a_reference_run_and_records
                         "--device", "cpu")
     assert code == 0, err
     monkeypatch.setattr(compiled, "wanted", lambda requested, device: True)
-    virnucpro.embed._load_encoders_cached.cache_clear()
-    try:
-        code, err = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
-                            "--device", "cpu", "--compile-cache", tmp_path / "cache")
-    finally:
-        virnucpro.embed._load_encoders_cached.cache_clear()
+    code, err = embed_with_fresh_encoders(run_cli, shard(golden_prepared), "--models", tiny_models, "--out",
+                                          tmp_path / "s.h5", "--device", "cpu", "--compile-cache", tmp_path / "cache")
     assert code == 0, err
     assert "DNABERT-S: reference attention path with fused elementwise kernels, compiled and checked" in err
     ids, nucleotide, protein, attrs = read_h5(tmp_path / "s.h5")
