@@ -7,7 +7,8 @@ Sections, each printed under a `== name` header, then a summary table:
 * ceilings  fp16 GEMM TFLOP/s on ESM-2 3B's four GEMM shapes (qkv, attn_out, fc1, fc2) at one GPU
             token budget of rows, and device copy GB/s (bytes read + written per second);
 * encoders  for DNABERT-S and ESM-2 x path (reference, fast, fast+compiled; and DNABERT-S's
-            reference+compiled, its GPU default: cuDNN attention, fused elementwise): load seconds (the
+            reference+compiled, its GPU default: cuDNN attention, fused elementwise, run before its
+            fast+compiled, which then finds the shared graph compiled): load seconds (the
             compiled path's compile and self-check included, against an empty compile cache, and
             shown apart), first pass (autotune included), steady tokens/s, TFLOP/s, MFU against the
             peak and against the best GEMM, peak memory; real tokens only (special tokens counted,
@@ -724,9 +725,12 @@ def precision_rows(vectors: dict, ran: dict) -> list[dict]:
 
 
 def precision_paths(loader) -> tuple[str, ...]:
-    """The reference path and the fastest one this checkout offers (each at fp16 and bf16)."""
+    """The reference path, DNABERT-S's compiled reference path (its GPU default) where offered, and
+    the fastest path this checkout offers (each at fp16 and bf16). The classifier needs both models'
+    vectors of one path: a path only one model has gets no 'calls changed' figure."""
     offered = paths_of(loader)
-    return tuple(dict.fromkeys((offered[0], offered[-1])))
+    compiled_reference = [path for path in offered if path == "reference+compiled"]
+    return tuple(dict.fromkeys((offered[0], *compiled_reference, offered[-1])))
 
 
 def precision_section(load: dict, plan: Plan, device: torch.device, budget: int, guard: Guard) -> dict:
@@ -743,8 +747,13 @@ def precision_section(load: dict, plan: Plan, device: torch.device, budget: int,
         print(f"  {row['role']:9s} {row['path']:9s} {row['dtype']} (ran {precision_ran(row)})  "
               f"cosine to fp32 min {row['cos_min']:.6f}  "
               f"max |d| to fp32 {row['max_abs']:.2e}  max |d| to reference {row['vs_reference']:.2e}  "
-              f"classifier calls changed {row['flips']:.2%}")
+              f"classifier calls changed {_calls_changed(row)}")
     return {"sequences": len(pairs), "rows": rows}
+
+
+def _calls_changed(row: dict) -> str:
+    """The share of classifier calls a precision row changes; n/a where only one model has its path."""
+    return "n/a" if math.isnan(row["flips"]) else f"{row['flips']:.2%}"
 
 
 def precision_ran(row: dict) -> str:
@@ -934,7 +943,7 @@ def print_summary(report: Report) -> None:
     precision = figures.get("precision") or {}
     for row in precision.get("rows", []):
         print(f"  precision {row['role']:9s} {row['path']:13s} {row['dtype']} (ran {precision_ran(row)}): min cosine "
-              f"{row['cos_min']:.6f}, calls changed {row['flips']:.2%} ({precision['sequences']} sequences)")
+              f"{row['cos_min']:.6f}, calls changed {_calls_changed(row)} ({precision['sequences']} sequences)")
     embedded = figures.get("embed")
     if embedded:
         print(f"  embed(): {embedded['records']:,} records, {embedded['records_per_s']:,.0f} records/s, load "

@@ -130,7 +130,8 @@ def _probe_pair(delta: float, mixed_rows: bool = False):
     (torch.bfloat16, 0.141, True),   # DNABERT-S fast vs reference, real size, H200: refused by the old 0.1
     (torch.bfloat16, 0.109, True),   # ESM-2 compiled vs reference, real size, H200
     (torch.float16, 0.0074, True),
-    (torch.float16, 0.05, False),
+    (torch.float16, 0.0195, True),   # DNABERT-S compiled reference vs reference, real size (CPU): refused by the old 2e-2
+    (torch.float16, 0.069, False),   # a partial layout bug of the tiny DNABERT-S (a shared mask block)
     (torch.float32, 1e-3, False),
 ])
 def test_the_self_check_accepts_rounding_measured_at_the_real_sizes(dtype, delta, accepted):

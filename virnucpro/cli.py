@@ -207,10 +207,10 @@ CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Sa
                                      "slower batches).")
 CheckpointSecondsOption = typer.Option(600.0, "--checkpoint-seconds", parser=_checkpoint_seconds, metavar="FLOAT",
                                        help="Also save one at least every S seconds.")
-NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not compile the fast path's "
+NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not compile the encoders' "
                                "elementwise work: less compile time at start-up, slower embedding (also the "
-                               "automatic fallback when compiling fails). DNABERT-S's FlexAttention is "
-                               "compiled either way.")
+                               "automatic fallback when compiling fails). FlexAttention, where a fast path "
+                               "uses it (ESM-2 at fp32 or on torch before 2.10), is compiled either way.")
 CompileCacheOption = typer.Option(None, "--compile-cache", parser=_path, metavar="DIR",
                                   help="Folder for compiled GPU kernels, reused by "
                                   "later runs and tasks (default: $TORCHINDUCTOR_CACHE_DIR when set, else "

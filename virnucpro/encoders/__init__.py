@@ -114,14 +114,19 @@ PATHS = ("auto", "reference", "fast")
 # the tiny test models measure 3.4e-3 (ESM-2) and 5.5e-4 (DNABERT-S) fast vs reference, models of
 # the real sizes on an H200 7.4e-3 (DNABERT-S) and 2.8e-3 (ESM-2). bf16 rounds 8x coarser: 3.1e-2
 # and 4.4e-3 on the tiny models, but 0.141 (DNABERT-S, cosine 0.99941) and 0.109 (ESM-2, compiled,
-# cosine 0.99983) at the real sizes, where a limit of 0.1 refused both. A real layout bug, sequences
-# of the stream seeing each other, moves vectors by 0.16-2.2 with cosine 0.83-0.9973 (the weakest:
-# the tiny DNABERT-S, 0.158 at bf16): the cosine limits catch it at every dtype (bf16's 0.999 lies
-# between that bug and real-size rounding), and the fp32 and fp16 |delta| limits too.
+# cosine 0.99983) at the real sizes, where a limit of 0.1 refused both; DNABERT-S's compiled
+# reference path against its reference path, real size on the CPU (review): 0.0195 at fp16, cosine
+# 0.99902 at bf16. What the check is for is a kernel or driver that computes wrongly on this machine;
+# the layout itself is dtype-independent and checked exactly in fp32 by the tests. A total layout bug
+# (every sequence of the stream seeing the others) moves vectors by 0.16-2.2 with cosine 0.83-0.9973
+# (the weakest: the tiny DNABERT-S, 0.158 at bf16): refused at every dtype. Partial ones measured on
+# the tiny DNABERT-S (a shared mask block, a one-token boundary shift: 0.069-0.080, cosine
+# 0.9993-0.9995) are refused at fp32 and fp16 (by |delta|) but not at bf16, whose rounding at the
+# real sizes reaches the same cosines: bf16's limits catch gross errors only.
 SELF_CHECK_TOLERANCE = {
     "torch.float32": (1e-4, 0.99999),
-    "torch.float16": (2e-2, 0.9995),
-    "torch.bfloat16": (3e-1, 0.999),
+    "torch.float16": (5e-2, 0.9995),
+    "torch.bfloat16": (3e-1, 0.998),
 }
 
 
