@@ -150,6 +150,20 @@ def test_the_self_check_refuses_sequences_that_saw_each_other_at_every_dtype(dty
     assert "disagrees" in fast_path_problem(lambda path: fast, dtype, "fast", reference=reference)
 
 
+def test_a_passed_self_check_logs_how_close_the_path_came(load, capsys):
+    """The margin of a load-time check shows in the log: the next GPU run reads how much room its
+    limits leave (fp32 on the CPU: both paths equal up to summation order)."""
+    import re
+
+    for kind in MODULES:
+        assert load(kind, path="fast").path == "fast"
+    err = capsys.readouterr().err
+    margins = re.findall(r"fast attention path \(not compiled; against the reference path: max \|delta\| (\S+), "
+                         r"limit 0.0001; min cosine (\S+), limit 0.99999\)", err)
+    assert len(margins) == 2, err
+    assert all(float(delta) < 1e-5 and float(cosine) > 0.999999 for delta, cosine in margins), margins
+
+
 def test_cpu_default_is_the_reference_path(load, capsys):
     assert [load(kind, path="auto").path for kind in MODULES] == ["reference", "reference"]
     assert "warning" not in capsys.readouterr().err

@@ -188,6 +188,12 @@ def fast_path_problem(run: Callable[[str], "object"], dtype, path: str = "fast",
     """'' when `run(path)` matches `run('reference')` (pooled vectors of one probe batch; pass
     `reference` when already computed) within SELF_CHECK_TOLERANCE for `dtype`, else what went
     wrong (an exception or the disagreement)."""
+    return compare_with_reference(run, dtype, path, reference)[0]
+
+
+def compare_with_reference(run: Callable[[str], "object"], dtype, path: str, reference=None) -> tuple[str, str]:
+    """(problem, agreement): `fast_path_problem`'s answer, and how close the two paths came
+    ('max |delta| .. (limit ..), min cosine .. (limit ..)'; '' when `path` did not run)."""
     import torch
 
     reference = (run("reference") if reference is None else reference).double()
@@ -196,21 +202,22 @@ def fast_path_problem(run: Callable[[str], "object"], dtype, path: str = "fast",
     except Exception as exc:  # a missing kernel, an old driver, no compiler: anything means "do not use it"
         if stop_inside(exc) is not None:  # a stop signal (exit 6), even wrapped by torch.compile
             raise stop_inside(exc) from None
-        return f"it raised {describe_exception(exc)}"
+        return f"it raised {describe_exception(exc)}", ""
     if fast.shape != reference.shape:
-        return f"it gave vectors of shape {tuple(fast.shape)}, not {tuple(reference.shape)}"
+        return f"it gave vectors of shape {tuple(fast.shape)}, not {tuple(reference.shape)}", ""
     max_abs, min_cos = SELF_CHECK_TOLERANCE.get(str(dtype), SELF_CHECK_TOLERANCE["torch.float16"])
     delta = float((fast - reference).abs().max())
     cosine = float(torch.nn.functional.cosine_similarity(fast, reference, dim=1).min())
+    agreement = f"max |delta| {delta:.3g}, limit {max_abs:g}; min cosine {cosine:.6f}, limit {min_cos}"
     if not (delta <= max_abs and cosine >= min_cos):  # also catches NaN
-        return (f"it disagrees with the reference path (max |delta| {delta:.3g}, limit {max_abs:g}; "
-                f"min cosine {cosine:.6f}, limit {min_cos})")
-    return ""
+        return f"it disagrees with the reference path ({agreement})", agreement
+    return "", agreement
 
 
 def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], "object"],
-                compile: bool | None = None) -> tuple[str, float]:
-    """(path, seconds the compiled path's self-check took, its compile time; 0 when not compiled).
+                compile: bool | None = None) -> tuple[str, float, str]:
+    """(path, seconds the compiled path's self-check took, its compile time, 0 when not compiled;
+    how close the path came to the reference path at that check, '' for the reference path).
 
     `choose_path`, then the load-time self-check of each path above 'reference' it leads to
     (`_candidates`: 'fast', then 'fast+compiled' when compiling is wanted, encoders.compiled.wanted;
@@ -223,12 +230,12 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
     path = choose_path(requested, device, model)
     candidates = _candidates(model, path, compiled.wanted(compile, device))
     if not candidates:
-        return path, 0.0
+        return path, 0.0, ""
     reference = run("reference")
-    settled, seconds = "reference", 0.0
+    settled, seconds, agreed = "reference", 0.0, ""
     for candidate in candidates:
         start = time.perf_counter()
-        problem = fast_path_problem(run, dtype, candidate, reference)
+        problem, agreement = compare_with_reference(run, dtype, candidate, reference)
         check_stop()  # a stop a compiler swallowed whole
         if problem:
             from virnucpro.console import warn
@@ -237,8 +244,8 @@ def settle_path(model: str, requested: str, device, dtype, run: Callable[[str], 
             warn(f"{model}: {_PATH_NAMES[candidate]} not used, falling back to the {_PATH_NAMES[settled]}: "
                  f"{problem}{note}")
             break
-        settled, seconds = candidate, time.perf_counter() - start
-    return settled, seconds if settled in COMPILED_PATHS else 0.0
+        settled, seconds, agreed = candidate, time.perf_counter() - start, agreement
+    return settled, seconds if settled in COMPILED_PATHS else 0.0, agreed
 
 
 def _candidates(model: str, path: str, compiling: bool) -> list[str]:
@@ -351,15 +358,17 @@ _PATH_NAMES = {FAST_COMPILED: "compiled fast path", "fast": "fast attention path
                REFERENCE_COMPILED: "compiled reference path"}
 
 
-def describe_settled(model: str, path: str, seconds: float) -> str:
-    """One line for the log: which path runs, and what compiling cost (and where it is cached)."""
+def describe_settled(model: str, path: str, seconds: float, agreement: str = "") -> str:
+    """One line for the log: which path runs, what compiling cost (and where it is cached), and
+    how close the path came to the reference path at its load-time check (its margin)."""
+    checked = f"; against the reference path: {agreement}" if agreement else ""
     if path not in COMPILED_PATHS:
-        return f"{model}: {_PATH_NAMES[path]} (not compiled)"
+        return f"{model}: {_PATH_NAMES[path]} (not compiled{checked})"
     from virnucpro.encoders.compiled import cache_in_use
 
     layout = "fast attention path" if path == FAST_COMPILED else "reference attention path"
     return (f"{model}: {layout} with fused elementwise kernels, compiled and checked in "
-            f"{seconds:.1f} s (compile cache {cache_in_use()})")
+            f"{seconds:.1f} s (compile cache {cache_in_use()}{checked})")
 
 
 def __getattr__(name: str):

@@ -333,10 +333,10 @@ class DnabertSEncoder:
         `self.compile_seconds`."""
         self._load(Path(folder), device, dtype)
         probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list("ACGT"), 5 * n)), self.device))
-        self.path, self.compile_seconds = settle_path(
+        self.path, self.compile_seconds, agreement = settle_path(
             "DNABERT-S", path, self.device, dtype, lambda attention: self._run(self.collate(probe), attention), compile)
         if self.path != "reference":
-            info(describe_settled("DNABERT-S", self.path, self.compile_seconds))
+            info(describe_settled("DNABERT-S", self.path, self.compile_seconds, agreement))
 
     def _load(self, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
         """Read config, weights and tokenizer, check them and place the module on the device."""

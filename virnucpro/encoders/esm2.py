@@ -552,10 +552,10 @@ class Esm2Encoder:
         `self.path`, and what compiling took in `self.compile_seconds`."""
         self._load_module(checkpoint, *weights, device, dtype)
         probe = self.tokenize(random_probe(lambda rng, n: "".join(rng.choice(list(_STANDARD[:20]), n)), self.device))
-        self.path, self.compile_seconds = settle_path("ESM-2", attention, self.device, dtype,
-                                                      lambda path: self._run(self.collate(probe), path), compile)
+        self.path, self.compile_seconds, agreement = settle_path(
+            "ESM-2", attention, self.device, dtype, lambda path: self._run(self.collate(probe), path), compile)
         if self.path != "reference":
-            info(describe_settled("ESM-2", self.path, self.compile_seconds))
+            info(describe_settled("ESM-2", self.path, self.compile_seconds, agreement))
 
     def _load_module(self, path: Path, architecture: tuple[int, int, int, bool], mapped: dict,
                      device, dtype: torch.dtype) -> None:
