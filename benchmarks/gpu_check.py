@@ -160,6 +160,9 @@ class PathResult:
         return ran_label(self.ran, self.fell_back_during_measurement)
 
 
+PATH_WIDTH = 19  # the longest path name, 'reference+compiled', and a fall-back star
+
+
 def ran_label(ran: str, fell_back: bool) -> str:
     """The path that ran, starred when the encoder fell back to it in the middle of a measurement."""
     return ran + "*" if fell_back else ran
@@ -586,7 +589,7 @@ def bench_path(role: str, load, path: str, plan: Plan, device: torch.device, bud
 
 def print_path(result: PathResult) -> None:
     fell = f" (fell back from {result.loaded} during the measurement)" if result.fell_back_during_measurement else ""
-    print(f"  {result.role:9s} {result.requested:13s} ran {result.ran:13s} load {result.load_s:6.2f} s (compile "
+    print(f"  {result.role:9s} {result.requested:{PATH_WIDTH}s} ran {result.ran:{PATH_WIDTH}s} load {result.load_s:6.2f} s (compile "
           f"{result.compile_s:.2f} s)  first pass "
           f"{result.first_pass_s:7.2f} s  steady {result.steady_s:7.2f} s  {result.tokens_per_s:12,.0f} tok/s  "
           f"{result.tflops:8.3g} TFLOP/s  peak mem {result.peak_gib:6.2f} GiB{fell}", flush=True)
@@ -925,10 +928,10 @@ def mfu_basis(figures: dict) -> tuple[float | None, float | None]:
 
 
 def print_path_table(results: list[PathResult], peak: float | None, best_gemm: float | None) -> None:
-    print(f"  {'encoder':9s} {'path':13s} {'ran':13s} {'tokens/s':>12s} {'TFLOP/s':>9s} {'MFU':>6s} {'of GEMM':>8s} "
+    print(f"  {'encoder':9s} {'path':{PATH_WIDTH}s} {'ran':{PATH_WIDTH}s} {'tokens/s':>12s} {'TFLOP/s':>9s} {'MFU':>6s} {'of GEMM':>8s} "
           f"{'peak GiB':>9s} {'load s':>7s} {'compile s':>9s} {'1st pass s':>10s} {'steady s':>9s} {'1st-steady s':>12s}")
     for r in results:
-        print(f"  {r.role:9s} {r.requested:13s} {r.ran_label:13s} {r.tokens_per_s:12,.0f} {r.tflops:9.3g} "
+        print(f"  {r.role:9s} {r.requested:{PATH_WIDTH}s} {r.ran_label:{PATH_WIDTH}s} {r.tokens_per_s:12,.0f} {r.tflops:9.3g} "
               f"{_fraction(r.tflops, peak):>6s} {_fraction(r.tflops, best_gemm):>8s} {r.peak_gib:9.2f} {r.load_s:7.2f} "
               f"{r.compile_s:9.2f} {r.first_pass_s:10.2f} {r.steady_s:9.2f} {r.first_pass_s - r.steady_s:12.2f}")
     if any(r.fell_back_during_measurement for r in results):
@@ -942,7 +945,7 @@ def print_summary(report: Report) -> None:
     print_path_table(figures.get("results", []), *mfu_basis(figures))
     precision = figures.get("precision") or {}
     for row in precision.get("rows", []):
-        print(f"  precision {row['role']:9s} {row['path']:13s} {row['dtype']} (ran {precision_ran(row)}): min cosine "
+        print(f"  precision {row['role']:9s} {row['path']:{PATH_WIDTH}s} {row['dtype']} (ran {precision_ran(row)}): min cosine "
               f"{row['cos_min']:.6f}, calls changed {_calls_changed(row)} ({precision['sequences']} sequences)")
     embedded = figures.get("embed")
     if embedded:

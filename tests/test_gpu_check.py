@@ -41,7 +41,7 @@ def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
         assert f"\n== {section} " in done.stdout, section
     for role in ("dnabert_s", "esm2"):
         assert f"  {role:9s} reference " in done.stdout
-        assert f"  {role:9s} fast+compiled ran fast+compiled load " in done.stdout  # compiled on the CPU too
+        assert f"  {role:9s} {'fast+compiled':19s} ran {'fast+compiled':19s} load " in done.stdout  # compiled on the CPU too
     assert "records/s" in done.stdout and "min cosine" in done.stdout and "SKIPPED" not in done.stdout
     assert figures.is_file()
 
@@ -302,10 +302,10 @@ def test_a_fallback_while_measuring_is_never_credited_to_the_compiled_path(gpu_c
         ("fast+compiled", "fast+compiled", "fast", True)
     assert "esm2 fast+compiled (ran fast*)" in out  # the kernels label
     summary = out.split("\n== summary", 1)[1]
-    assert "esm2      fast+compiled fast*" in summary and "fast+compiled fast+compiled" not in summary
+    assert f"esm2      {'fast+compiled':19s} fast* " in summary and "fast+compiled fast+compiled" not in summary
     assert "* fell back during the measurement" in summary
     fast_rows = [r for r in precision["rows"] if r["path"] == "fast"]
     assert len(fast_rows) == 2 and all(r["ran"] == "reference" and r["fell_back_during_measurement"]
                                        for r in fast_rows)
-    assert "precision esm2      fast          fp16 (ran reference*)" in summary
+    assert f"precision esm2      {'fast':19s} fp16 (ran reference*)" in summary
     assert all(r["ran"] == "reference" for r in precision["rows"] if r["path"] == "reference")

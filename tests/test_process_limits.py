@@ -71,8 +71,13 @@ RAYON_PANIC = ('The global thread pool has not been initialized.: ThreadPoolBuil
                'code: 11, kind: WouldBlock, message: "Resource temporarily unavailable" }) }')
 
 
-def _panicking_prepare(monkeypatch, message: str) -> None:
+def _panicking_prepare(monkeypatch, message: str, tmp_path: Path) -> None:
+    """prepare panics with `message`; the crash report it leaves goes to `tmp_path`, not the system /tmp."""
+    import tempfile
+
     import virnucpro.prepare
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def panic(*args, **kwargs):
         raise PanicException(message)
@@ -83,18 +88,20 @@ def _panicking_prepare(monkeypatch, message: str) -> None:
 def test_a_rust_thread_pool_that_cannot_start_is_the_limit_not_an_escaped_panic(tmp_path, run_cli, monkeypatch):
     """tokenizers' thread pool panics under a low `ulimit -u`: the PanicException (no Exception) went
     past every handler, a raw traceback and exit 1."""
-    _panicking_prepare(monkeypatch, RAYON_PANIC)
+    _panicking_prepare(monkeypatch, RAYON_PANIC, tmp_path)
     code, err = run_cli("prepare", _fasta(tmp_path / "a.fa"), "--outdir", tmp_path / "out")
     assert code == 10 and all(word in err for word in THREAD_LIMIT_WORDS), err
     _no_traceback(err)
 
 
 def test_another_panic_is_named_a_library_failure(tmp_path, run_cli, monkeypatch):
-    _panicking_prepare(monkeypatch, "index out of bounds: the len is 3 but the index is 7")
+    _panicking_prepare(monkeypatch, "index out of bounds: the len is 3 but the index is 7", tmp_path)
     code, err = run_cli("prepare", _fasta(tmp_path / "a.fa"), "--outdir", tmp_path / "out")
     assert code == ExitCode.UNEXPECTED, err
     assert "a library failed" in err and "panicked" in err and "the index is 7" in err, err
     assert "ulimit" not in err, err
+    reports = list(tmp_path.glob("virnucpro-crash-*.txt"))
+    assert len(reports) == 1 and str(reports[0]) in err and "the index is 7" in reports[0].read_text(), err
 
 
 def test_other_base_exceptions_still_pass(tmp_path, monkeypatch):
