@@ -688,6 +688,41 @@ def test_the_note_on_other_checkpoints_never_counts_this_shards_own_folder(tmp_p
     assert "other embed" not in capsys.readouterr().err
 
 
+def test_the_next_batch_is_laid_out_while_one_computes_across_windows_and_models(
+        tmp_path, tiny_models, golden_prepared, monkeypatch):
+    """The batches of all work items are one stream: while a batch computes, the next one is laid
+    out (on a GPU, launched) even when it opens another window or belongs to the other model. The
+    loop used to start each work item afresh, so the GPU's queue ran dry at every boundary."""
+    import threading
+
+    from virnucpro.embed import Embedder
+
+    original_collate, original_run = Embedder.collate, Embedder.run
+    laid_out, ran, next_was_ready = [], [], []
+    changed = threading.Condition()
+
+    def collate(self, role, tokens, batch):
+        collated = original_collate(self, role, tokens, batch)
+        with changed:
+            laid_out.append(role)
+            changed.notify_all()
+        return collated
+
+    def run(self, role, tokens, batch, collated=None):
+        with changed:
+            ran.append(role)
+            next_was_ready.append(changed.wait_for(lambda: len(laid_out) > len(ran), timeout=3))
+        return original_run(self, role, tokens, batch, collated)
+
+    monkeypatch.setattr(Embedder, "collate", collate)
+    monkeypatch.setattr(Embedder, "run", run)
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_every=20,
+          threads=1)
+    switches = sum(a != b for a, b in zip(ran, ran[1:]))
+    assert switches >= 3, ran  # two windows at least, each with both models
+    assert next_was_ready == [True] * (len(ran) - 1) + [False], list(zip(ran, next_was_ready))
+
+
 def test_the_loop_counts_what_it_waited_for_and_says_so_on_a_gpu():
     """Where embed's loop stands still (the GPU, the next batch's layout and launch, the next tokens)
     is counted and, on a GPU, said in its closing line: the first GPU run kept the device 71% busy

@@ -1332,35 +1332,62 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
              record_ids: list[str], checkpoint_every: int, checkpoint_seconds: float, label: str = "embed") -> None:
     """Embed every missing distinct sequence, window by window, saving parts as it goes.
 
-    Tokenization of the next work item and the host-side layout of the next batch (pinned memory
-    on a GPU) run in background threads while the current batch computes; a non-finite vector
-    stops the run before it can reach a checkpoint (exit 9).
+    The batches of every work item form one stream: tokenization of the next work item and the
+    host-side layout (on a GPU also the launch) of the next batch run in background threads while
+    the current batch computes, across window and model boundaries too, so the GPU's queue never
+    runs dry between work items. A non-finite vector stops the run before it can reach a
+    checkpoint (exit 9).
     """
     work = _ShardWork(embedder, distinct, known, done, checkpoints, record_ids, checkpoint_seconds, label)
     items = list(_work_items(distinct, done, len(record_ids), checkpoint_every))
     with StopRequest() as stop, ThreadPoolExecutor(max_workers=1) as ahead, \
             ThreadPoolExecutor(max_workers=1) as layouts:
-        for number, (item, tokens) in enumerate(_prefetched(ahead, work.tokenize, items, embedder.waited, "tokens")):
-            window_end, role, indices = item
-            work.embed_item(role, indices, tokens, layouts, stop)
-            if number + 1 == len(items) or items[number + 1][0] != window_end:
-                work.close_window(window_end)
+        tokenized = _prefetched(ahead, work.tokenize, items, embedder.waited, "tokens")
+        for step, collated in _prefetched(layouts, work.collate, work.steps(items, tokenized), embedder.waited,
+                                          "layout"):
+            work.embed_batch(step.role, step.tokens, step.batch, collated)
+            checkpoints.raise_failed()  # a failed part write stops the compute at once (exit 10)
+            work.stop_if_requested(stop)
+            if step.closes_window:
+                work.close_window(step.window_end)
+            elif time.monotonic() - work.last_save >= checkpoint_seconds:
+                work.save()
     checkpoints.flush()  # a part that could not be written ends the command before the output is written
     work.report()
 
 
-def _prefetched(pool: ThreadPoolExecutor, function, items: list, waited: dict | None = None, key: str = ""):
-    """Yield (item, function(item)) in order, the next item's result computing in `pool` meanwhile;
-    the seconds spent waiting for a result are added to `waited[key]`."""
-    upcoming = pool.submit(function, items[0]) if items else None
-    for number, item in enumerate(items):
+_END = object()
+
+
+def _prefetched(pool: ThreadPoolExecutor, function, items, waited: dict | None = None, key: str = ""):
+    """Yield (item, function(item)) in order, the next item's result computing in `pool` meanwhile
+    (`items` may be a generator: it is advanced one item ahead); the seconds spent waiting for a
+    result are added to `waited[key]`."""
+    upcoming = iter(items)
+    item = next(upcoming, _END)
+    running = pool.submit(function, item) if item is not _END else None
+    while item is not _END:
         started = time.perf_counter()
-        result = upcoming.result()
+        result = running.result()
         if waited is not None:
             waited[key] += time.perf_counter() - started
-        if number + 1 < len(items):
-            upcoming = pool.submit(function, items[number + 1])
+        following = next(upcoming, _END)
+        if following is not _END:
+            running = pool.submit(function, following)
         yield item, result
+        item = following
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One batch of the stream: its model, the tokens of its work item, its distinct indices, and
+    whether it is the last batch of its window (whose part is saved once it is computed)."""
+
+    role: str
+    tokens: dict
+    batch: list
+    window_end: int
+    closes_window: bool
 
 
 def _no_vectors() -> dict[str, tuple[list[int], list[np.ndarray]]]:
@@ -1402,17 +1429,19 @@ class _ShardWork:
         sequences = [self.distinct[role].sequences[i] for i in indices]
         return dict(zip(indices, self.embedder.encoders[role].tokenize(sequences)))
 
-    def embed_item(self, role: str, indices: range, tokens: dict, layouts: ThreadPoolExecutor,
-                   stop: StopRequest) -> None:
-        """Embed the batches of one work item that still miss a vector, laying out the next meanwhile."""
-        batches = [b for b in self.embedder.batches(role, tokens, indices) if not self.done[role][b].all()]
-        collate = functools.partial(self.embedder.collate, role, tokens)
-        for batch, collated in _prefetched(layouts, collate, batches, self.embedder.waited, "layout"):
-            self.embed_batch(role, tokens, batch, collated)
-            self.checkpoints.raise_failed()  # a failed part write stops the compute at once (exit 10)
-            self.stop_if_requested(stop)
-            if time.monotonic() - self.last_save >= self.checkpoint_seconds:
-                self.save()
+    def steps(self, items: list, tokenized) -> Iterator[_Step]:
+        """The batches still missing a vector, work item after work item (`tokenized` yields each
+        item of `items` with its tokens), each planned when the stream reaches its work item."""
+        for number, (item, tokens) in enumerate(tokenized):
+            window_end, role, indices = item
+            batches = [b for b in self.embedder.batches(role, tokens, indices) if not self.done[role][b].all()]
+            closes = number + 1 == len(items) or items[number + 1][0] != window_end
+            for count, batch in enumerate(batches, 1):
+                yield _Step(role, tokens, batch, window_end, closes and count == len(batches))
+
+    def collate(self, step: _Step):
+        """Lay out (on a GPU, once overlapping, launch) one step's batch: runs in the layout thread."""
+        return self.embedder.collate(step.role, step.tokens, step.batch)
 
     def embed_batch(self, role: str, tokens: dict, batch: list[int], collated) -> None:
         """Compute one batch, refuse non-finite vectors, keep those not known yet."""
