@@ -690,37 +690,79 @@ def test_the_note_on_other_checkpoints_never_counts_this_shards_own_folder(tmp_p
 
 def test_the_next_batch_is_laid_out_while_one_computes_across_windows_and_models(
         tmp_path, tiny_models, golden_prepared, monkeypatch):
-    """The batches of all work items are one stream: while a batch computes, the next one is laid
-    out (on a GPU, launched) even when it opens another window or belongs to the other model. The
-    loop used to start each work item afresh, so the GPU's queue ran dry at every boundary."""
-    import threading
+    """The batches of all work items are one stream: before a batch computes, the next one has been
+    handed to the layout thread (on a GPU, which launches it), even when it opens another window or
+    belongs to the other model. The loop used to start each work item afresh, so the GPU's queue
+    ran dry at every boundary."""
+    from virnucpro.embed import Embedder, _ShardWork
 
-    from virnucpro.embed import Embedder
+    original_steps, original_run = _ShardWork.steps, Embedder.run
+    handed, ran, next_was_handed = [0], [], []
 
-    original_collate, original_run = Embedder.collate, Embedder.run
-    laid_out, ran, next_was_ready = [], [], []
-    changed = threading.Condition()
-
-    def collate(self, role, tokens, batch):
-        collated = original_collate(self, role, tokens, batch)
-        with changed:
-            laid_out.append(role)
-            changed.notify_all()
-        return collated
+    def steps(self, items, tokenized):
+        for step in original_steps(self, items, tokenized):
+            handed[0] += 1
+            yield step
 
     def run(self, role, tokens, batch, collated=None):
-        with changed:
-            ran.append(role)
-            next_was_ready.append(changed.wait_for(lambda: len(laid_out) > len(ran), timeout=3))
+        ran.append(role)
+        next_was_handed.append(handed[0] > len(ran))
         return original_run(self, role, tokens, batch, collated)
 
-    monkeypatch.setattr(Embedder, "collate", collate)
+    monkeypatch.setattr(_ShardWork, "steps", steps)
     monkeypatch.setattr(Embedder, "run", run)
     embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_every=20,
           threads=1)
     switches = sum(a != b for a, b in zip(ran, ran[1:]))
     assert switches >= 3, ran  # two windows at least, each with both models
-    assert next_was_ready == [True] * (len(ran) - 1) + [False], list(zip(ran, next_was_ready))
+    assert next_was_handed == [True] * (len(ran) - 1) + [False], list(zip(ran, next_was_handed))
+
+
+def test_an_error_planning_the_next_item_comes_after_the_batch_in_hand_and_its_window(
+        tmp_path, tiny_models, golden_prepared, monkeypatch):
+    """The stream plans one step ahead: a failure tokenizing the next work item must not cost the
+    batch in hand. It is computed and its window saved as a part first, as before the stream."""
+    from virnucpro.embed import _ShardWork
+
+    original_tokenize, calls = _ShardWork.tokenize, [0]
+
+    def tokenize(self, item):
+        calls[0] += 1
+        if calls[0] == 3:  # the first work item of the second window
+            raise RuntimeError("injected tokenizer failure")
+        return original_tokenize(self, item)
+
+    monkeypatch.setattr(_ShardWork, "tokenize", tokenize)
+    checkpoints = tmp_path / "ck"
+    with pytest.raises(RuntimeError, match="injected tokenizer failure"):
+        embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", checkpoint_every=20,
+              threads=1, checkpoint_dir=checkpoints)
+    assert len(list(checkpoints.glob("*/part_*.npz"))) == 1, list(checkpoints.rglob("*"))
+
+
+def test_what_is_left_of_a_work_item_is_planned_again_after_an_out_of_memory_halving(
+        tmp_path, tiny_models, golden_prepared, monkeypatch):
+    """An item is planned before the batch ahead of it runs: once that batch halves the token budget,
+    the item's batches not handed out yet are planned with the halved budget, never the old one."""
+    from virnucpro.embed import Embedder
+
+    original_run, sizes, halved = Embedder.run, [], []
+
+    def run(self, role, tokens, batch, collated=None):
+        padded = len(batch) * max(len(tokens[i]) for i in batch)
+        if role == "esm2" and not halved:
+            halved.append(self.token_budget[role])
+            self.token_budget[role] = max(1, padded // 4)  # as `run` does on out-of-memory
+        elif role == "esm2":
+            sizes.append((padded, self.token_budget[role], len(batch)))
+        return original_run(self, role, tokens, batch, collated)
+
+    monkeypatch.setattr(Embedder, "run", run)
+    embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", token_budget=600,
+          threads=1)
+    assert halved and len(sizes) > 2, sizes
+    late = sizes[1:]  # the first was handed out before the halving
+    assert all(padded <= budget or count == 1 for padded, budget, count in late), sizes
 
 
 def test_the_loop_counts_what_it_waited_for_and_says_so_on_a_gpu():

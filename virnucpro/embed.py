@@ -1352,6 +1352,7 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
                 work.close_window(step.window_end)
             elif time.monotonic() - work.last_save >= checkpoint_seconds:
                 work.save()
+    work.save()  # nothing left unsaved when every window closed, as each does: a safety net
     checkpoints.flush()  # a part that could not be written ends the command before the output is written
     work.report()
 
@@ -1371,7 +1372,11 @@ def _prefetched(pool: ThreadPoolExecutor, function, items, waited: dict | None =
         result = running.result()
         if waited is not None:
             waited[key] += time.perf_counter() - started
-        following = next(upcoming, _END)
+        try:
+            following = next(upcoming, _END)
+        except Exception:
+            yield item, result  # the item in hand first (its window closes and is saved), then the error
+            raise
         if following is not _END:
             running = pool.submit(function, following)
         yield item, result
@@ -1431,13 +1436,22 @@ class _ShardWork:
 
     def steps(self, items: list, tokenized) -> Iterator[_Step]:
         """The batches still missing a vector, work item after work item (`tokenized` yields each
-        item of `items` with its tokens), each planned when the stream reaches its work item."""
+        item of `items` with its tokens), each item planned when the stream reaches it; what is left
+        of an item is planned again once an out-of-memory halving lowered its model's token budget."""
         for number, (item, tokens) in enumerate(tokenized):
             window_end, role, indices = item
-            batches = [b for b in self.embedder.batches(role, tokens, indices) if not self.done[role][b].all()]
             closes = number + 1 == len(items) or items[number + 1][0] != window_end
-            for count, batch in enumerate(batches, 1):
-                yield _Step(role, tokens, batch, window_end, closes and count == len(batches))
+            budget, batches, taken = self.embedder.token_budget[role], self._missing(role, tokens, indices), 0
+            while taken < len(batches):
+                if self.embedder.token_budget[role] < budget:
+                    budget = self.embedder.token_budget[role]
+                    batches = batches[:taken] + self._missing(role, tokens, [i for b in batches[taken:] for i in b])
+                taken += 1
+                yield _Step(role, tokens, batches[taken - 1], window_end, closes and taken == len(batches))
+
+    def _missing(self, role: str, tokens: dict, indices) -> list[list[int]]:
+        """The batches of `indices` planned with the current token budget, less those all computed."""
+        return [b for b in self.embedder.batches(role, tokens, indices) if not self.done[role][b].all()]
 
     def collate(self, step: _Step):
         """Lay out (on a GPU, once overlapping, launch) one step's batch: runs in the layout thread."""
