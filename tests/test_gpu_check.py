@@ -46,6 +46,16 @@ def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
     assert figures.is_file()
 
 
+def test_the_smoke_run_times_a_later_tasks_load_in_a_new_process(smoke):
+    """The 10 s load target is about each embed task's start: a new process loading both models
+    (the first load, in the run's own process, also writes ESM-2's fp16 copy on a GPU)."""
+    done, figures, _ = smoke
+    task = strict_json(figures)["embed"]["task_load"]
+    assert task["load_s"] > 0 and task["import_s"] > 0, task
+    assert task["paths"] == {"dnabert_s": "reference", "esm2": "reference"} and task["esm2_from"].endswith(".pt"), task
+    assert f"a later task's load {task['load_s']:.1f} s" in done.stdout.split("\n== summary", 1)[1]
+
+
 def test_the_smoke_run_leaves_nothing_in_the_shared_temporary_folder(smoke):
     """Torch inductor puts its precompiled headers (149 MB) in tempfile.gettempdir()/torchinductor_USER
     whatever TORCHINDUCTOR_CACHE_DIR says: they, and everything else, go under the run's own folder."""

@@ -17,6 +17,7 @@ import numbers
 import os
 import re
 import shlex
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
@@ -344,6 +345,9 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     target = home.directory / home.copy_name
     _refuse_unrecorded(home, target)
     weights = home.directory / home.weights
+    info(f"ESM-2: writing its fp16 copy {target} from {weights.name} ({weights.stat().st_size / 1e9:.1f} GB; "
+         f"once per models folder: later fp16 loads read it directly)")
+    started = time.monotonic()
     architecture, mapped = _checked_mapping(weights, _read_checkpoint(weights))
     tensors = {key: value.to(torch.float16).contiguous() for key, value in mapped.items()}
     # one metadata key: safetensors writes several in a random order, and the copy should not vary
@@ -356,6 +360,7 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
         digest, _blob, hashed = store.hashed_as_it_is(temporary)
         _refuse_unrecorded(home, target)
     _recorded(home, target, digest, hashed, source_sha256)
+    info(f"ESM-2: fp16 copy written in {time.monotonic() - started:.1f} s")
     return target
 
 
