@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-SECTIONS = ("device", "ceilings", "encoders", "kernels", "precision", "embed", "summary")
+SECTIONS = ("device", "ceilings", "encoders", "kernels", "precision", "embed", "autotune", "summary")
 ABSENT = ("Bio", "esm")  # the GPU machine has neither
 
 
@@ -44,6 +44,9 @@ def test_cpu_smoke_exits_0_and_prints_every_section(smoke):
         assert f"  {role:9s} {'fast+compiled':19s} ran {'fast+compiled':19s} load " in done.stdout  # compiled on the CPU too
     assert "records/s" in done.stdout and "min cosine" in done.stdout and "SKIPPED" not in done.stdout
     assert figures.is_file()
+    autotuned = [r for r in strict_json(figures)["results"] if r["requested"] == "fast+autotuned"]
+    assert len(autotuned) == 1 and autotuned[0]["ran"] == "fast+autotuned" and autotuned[0]["tokens_per_s"] > 0
+    assert f"  esm2      {'fast+autotuned':19s} {'fast+autotuned':19s} " in done.stdout.split("\n== summary", 1)[1]
 
 
 def test_the_smoke_run_times_a_later_tasks_load_in_a_new_process(smoke):
@@ -145,17 +148,18 @@ def test_a_failed_section_is_recorded_and_the_next_ones_still_run(gpu_check, mon
     found = strict_json(figures)
     paths = [f"encoders dnabert_s {path}" for path in ("reference", "reference+compiled", "fast", "fast+compiled")]
     paths += [f"encoders esm2 {path}" for path in ("reference", "fast", "fast+compiled")]  # no compiled reference
-    assert [f["section"] for f in found["failed"]] == ["ceilings", *paths, "embed", "precision"]
+    assert [f["section"] for f in found["failed"]] == ["ceilings", *paths, "embed", "precision", "autotune"]
     assert {f["error"] for f in found["failed"]} == {"RuntimeError"}
-    assert found["failed"][-1]["message"] == "out of memory: injected in precision"
+    assert found["failed"][-2]["message"] == "out of memory: injected in precision"
     assert "device" in found and found["results"] == [] and "embed" not in found and "precision" not in found
-    for section in ("encoders", "kernels", "embed", "precision", "summary"):
+    for section in ("encoders", "kernels", "embed", "precision", "autotune", "summary"):
         assert f"\n== {section} " in out, section
     summary = out.split("\n== summary", 1)[1]
     assert "FAILED ceilings: RuntimeError: CUDA error: injected in the ceilings" in summary
     assert "FAILED encoders esm2 fast+compiled" in summary and "FAILED precision" in summary
     assert "MFU and 'of GEMM' n/a" in summary
-    assert err.count("Traceback") == 10 and "injected in precision" in err and "Traceback" not in out
+    assert "FAILED autotune: RuntimeError: out of memory: injected in a path" in summary
+    assert err.count("Traceback") == 11 and "injected in precision" in err and "Traceback" not in out
 
 
 def test_a_kill_keeps_every_finished_section(gpu_check, monkeypatch, tmp_path):
@@ -182,7 +186,7 @@ def test_the_hard_limit_ends_a_step_that_runs_on(gpu_check, monkeypatch, tmp_pat
     assert [(f["section"], f["error"]) for f in found["failed"]] == [("device", "OutOfTime")]
     not_run = [s["step"] for s in found["skipped"]]
     assert not_run[:2] == ["ceilings", "dnabert_s reference"] and "esm2 fast+compiled" in not_run, not_run
-    assert not_run[-1] == "precision esm2 fast+compiled bf16" and "embed" in not_run, not_run
+    assert not_run[-2:] == ["precision esm2 fast+compiled bf16", "esm2 fast+autotuned"] and "embed" in not_run, not_run
     assert {s["reason"] for s in found["skipped"]} == {"--hard-limit reached"}
     assert "\n== summary" in out and "\n== ceilings" not in out
 
