@@ -1121,6 +1121,8 @@ def test_embed_on_the_compiled_reference_path_equals_a_reference_run_and_records
                                           tmp_path / "s.h5", "--device", "cpu", "--compile-cache", tmp_path / "cache")
     assert code == 0, err
     assert "DNABERT-S: reference attention path with fused elementwise kernels, compiled and checked" in err
+    assert re.search(r"models loaded in [\d.]+s \(DNABERT-S [\d.]+s, ESM-2 [\d.]+s, self-checks and compiling "
+                     r"included\)", err), err  # where a task's start-up goes
     assert re.search(r"against the reference path: max \|delta\| \S+, limit 0.0001; min cosine 1.000000", err), err
     ids, nucleotide, protein, attrs = read_h5(tmp_path / "s.h5")
     _, expected_nucleotide, expected_protein, _ = read_h5(tmp_path / "ref.h5")

@@ -910,8 +910,13 @@ def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, pr
     settle_torch_cache(device, compiling)
     dtype = torch_dtype(precision)
     info(f"loading DNABERT-S and ESM-2 ({precision} on {device})")
-    return {"dnabert_s": DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled),
-            "esm2": Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)}
+    started = time.perf_counter()
+    dnabert = DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled)
+    halfway = time.perf_counter()
+    esm = Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)
+    info(f"models loaded in {time.perf_counter() - started:,.1f}s (DNABERT-S {halfway - started:,.1f}s, "
+         f"ESM-2 {time.perf_counter() - halfway:,.1f}s, self-checks and compiling included)")
+    return {"dnabert_s": dnabert, "esm2": esm}
 
 
 def settle_torch_cache(device, compiling: Compiling) -> Path:
