@@ -202,7 +202,7 @@ def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
     made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
                           capture_output=True, text=True, env=task_env(), timeout=300)
     assert made.returncode == 0, made.stderr
-    reads = coding_reads(tmp_path / "reads.fa", 30)
+    reads = coding_reads(tmp_path / "reads.fa", 12)  # two shards
     args = ("-profile", "test", "--input", str(reads), "--models", str(models))
     first = run_pipeline(tmp_path / "launch", *args)
     first.assert_ok()
@@ -587,8 +587,9 @@ def test_an_empty_models_folder_or_a_too_long_sample_name_is_refused(tmp_path):
 
 def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     """errorStrategy 'finish': one bad file must not kill another sample's EMBED under way. The bad
-    sample's file is a FIFO, fed only once the good sample's EMBED runs."""
-    reads = coding_reads(tmp_path / "coding.fa", 300)
+    sample's file is a FIFO, fed only once the good sample's EMBED runs. Five shards of 8 reads: two
+    EMBED tasks run (one CPU each) while the others wait, when the bad sample fails."""
+    reads = coding_reads(tmp_path / "coding.fa", 40)
     late = tmp_path / "late.fa"
     os.mkfifo(late)
     sheet = write_samplesheet(tmp_path / "sheet.csv", [("coding", reads), ("late", late)])
