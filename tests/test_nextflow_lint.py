@@ -52,7 +52,7 @@ def _copy_pipeline(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("relpath, old, new, expected", [
+PLANTED_ERRORS = [
     # a call of a process that is not included
     ("workflows/virnucpro.nf", "VIRNUCPRO_PREDICT(ch_predict", "VIRNUCPRO_PREDICTS(ch_predict",
      "`VIRNUCPRO_PREDICTS` is not defined"),
@@ -63,17 +63,25 @@ def _copy_pipeline(dest: Path) -> Path:
     # a function missing in a file reached only through includes: the server analysed it too
     ("subworkflows/local/utils_schema/main.nf", "def editDistance(String a, String b) {",
      "def editDistances(String a, String b) {", "`editDistance` is not defined"),
-])
-def test_planted_error_fails_the_lint(server, tmp_path, relpath, old, new, expected):
+]
+
+
+def test_each_planted_error_fails_the_lint_in_its_own_file(server, tmp_path):
+    """One error planted in each of four files, linted in one pass (one server run, not four):
+    every planted error is reported in its file, and nothing is reported anywhere else."""
     copy = _copy_pipeline(tmp_path / "pipeline")
-    target = copy / relpath
-    text = target.read_text()
-    assert old in text, f"{relpath} changed: update the planted error"
-    target.write_text(text.replace(old, new, 1))
+    for relpath, old, new, _ in PLANTED_ERRORS:
+        target = copy / relpath
+        text = target.read_text()
+        assert old in text, f"{relpath} changed: update the planted error"
+        target.write_text(text.replace(old, new, 1))
     blocking = _blocking(server.lint(copy))
-    assert blocking, "the planted error went unnoticed"
-    assert all(d.path == target for d in blocking), "\n".join(map(str, blocking))
-    assert any(expected in d.message for d in blocking), "\n".join(map(str, blocking))
+    planted = {copy / relpath for relpath, *_ in PLANTED_ERRORS}
+    assert all(d.path in planted for d in blocking), "\n".join(map(str, blocking))
+    for relpath, _, _, expected in PLANTED_ERRORS:
+        found = [d for d in blocking if d.path == copy / relpath]
+        assert any(expected in d.message for d in found), \
+            f"the error planted in {relpath} went unnoticed:\n" + "\n".join(map(str, blocking))
 
 
 # --------------------------------------------------------------------------------------------------
