@@ -41,7 +41,8 @@ biopython.
 Time: a step (one encoder x path, embed, one precision load) that would start after --time-guard
 seconds (330) is skipped and named; the step still running at --hard-limit seconds (450) is stopped
 (SIGALRM), the rest not run, and the summary printed, so a run ends within about 7.5 minutes. SIGTERM
-or SIGHUP (a job's `timeout`, a scheduler) stops the run the same way, the temporary folder removed,
+or SIGHUP (a job's `timeout`, a scheduler) stops the run the same way, from the script's first lines
+(one landing while torch loads is held back until the handlers exist), the temporary folder removed,
 with exit status 128 + the signal; the JSON names the step each stop interrupted (`failed[].step`) and
 every step not run with its reason (`skipped[]`: step, reason). Every temporary file (torch
 inductor's included) goes under the run's own temporary folder, removed at the end. A
@@ -83,8 +84,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+if __name__ == "__main__":  # a stop during torch's import waits for the handlers (see stop_signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGHUP))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -288,6 +292,7 @@ def stop_signals(guard: Guard):
 
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
                 if signal.getsignal(signum) is not signal.SIG_IGN}  # ignored (nohup): stays so
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held back since start-up lands now
     try:
         yield
     finally:
@@ -1248,4 +1253,7 @@ def summarise(report: Report) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:  # a stop held back by an exit before the handlers (a usage error) ends the run as it would have
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

@@ -263,6 +263,38 @@ def test_sigterm_removes_the_temporary_folder_and_keeps_the_figures(tmp_path, gp
     assert "\n== summary" in out and "Traceback" not in err, err[-3000:]
 
 
+def _blocks_sigterm(pid: int) -> bool:
+    """Whether process `pid`'s main thread holds SIGTERM back (the SigBlk mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+def test_sigterm_while_torch_loads_stops_the_run_with_128_plus_15(tmp_path):
+    """A SIGTERM that lands during the imports (before the handlers exist) is held back, then stops
+    the run like any other: 128 + 15, every step named as not run, no temporary folder left."""
+    shared, figures = tmp_path / "shared-temp", tmp_path / "figures.json"
+    shared.mkdir()
+    run = subprocess.Popen([sys.executable, str(SCRIPT), "--cpu-smoke", "--json", str(figures)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TMPDIR": str(shared)})
+    try:
+        deadline = time.monotonic() + 60
+        while not _blocks_sigterm(run.pid):  # the script's first lines ran: torch is loading
+            assert time.monotonic() < deadline and run.poll() is None, "SIGTERM never held back"
+            time.sleep(0.01)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert list(shared.iterdir()) == []
+    found = strict_json(figures)
+    assert found["skipped"] and {s["reason"] for s in found["skipped"]} == {"SIGTERM received"}
+    assert "\n== summary" in out and "Traceback" not in err, err[-3000:]
+
+
 class FailsLater:
     """Esm2Encoder._run failing on one path once `succeed` batches after the load ran on it: the
     encoder falls back (encoders.forward_on_path) in the middle of what is measured."""
