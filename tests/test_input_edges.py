@@ -320,3 +320,66 @@ def test_run_names_its_own_tables_and_an_odd_classifier_path_in_valid_unicode(tm
     assert f"listed as 'empty' in {out / fmt.SEQUENCES} when the run succeeds)" in done.stderr, done.stderr
     info = json.loads(strict_text(out / "run_info.json"))
     assert info["classifier"]["path"].endswith("cl\\xff.pth"), info["classifier"]
+
+
+# --- standard input and the file named `-` -------------------------------------------------------------
+
+def _prepared_ids(out: Path) -> list[str]:
+    return [line.split("\t")[0] for line in (out / "sequences.tsv").read_text().splitlines()[1:]]
+
+
+def test_a_file_named_dash_given_as_dot_slash_dash_is_read_not_standard_input(tmp_path):
+    """`./-` names the file `-` (pathlib shortens it to `-`, which means standard input): its records
+    were silently replaced by those piped in; `-` still means standard input beside such a file."""
+    (tmp_path / "-").write_text(">from_file\n" + "ATGAAACCC" * 20 + "\n")
+    piped = ">from_stdin\n" + "ATGGCGGCG" * 20 + "\n"
+    for given, expected in (("./-", ["from_file"]), ("-", ["from_stdin"])):
+        out = tmp_path / f"out{len(given)}"
+        done = virnucpro("prepare", given, "--outdir", out, "--threads", "1", cwd=tmp_path, input=piped)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert _prepared_ids(out) == expected, given
+
+
+def test_a_rerun_on_standard_input_never_reuses_a_prepare_of_a_file_named_dash(tmp_path, monkeypatch):
+    """`run -`'s rerun compares its inputs with a finished prepare by content: `-` is read once, so
+    nothing can be compared; a file named `-` in the current folder is not standard input."""
+    from virnucpro.prepare import prepare
+    from virnucpro.run import _earlier_prepare
+    (tmp_path / "-").write_text(DNA)
+    prepare([(tmp_path / "-").absolute()], tmp_path / "prepared", chunk_size=500, threads=1)
+    monkeypatch.chdir(tmp_path)
+    manifest, why = _earlier_prepare(tmp_path / "prepared", [Path("-")], 500)
+    assert manifest is None and "pipe" in why
+
+
+def test_standard_input_from_a_file_read_partly_before_is_read_from_where_it_stands(tmp_path):
+    """`{ head -n 2 >/dev/null; virnucpro prepare -; } < reads.fa`: the rest of the file is the input
+    (it was refused as 'changed while it was read'); at its end, it is an empty input."""
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">skipped\nATGAAACCC\n>kept\n" + "ATGGCGGCG" * 20 + "\n")
+    with reads.open("rb") as stdin:
+        stdin.seek(len(">skipped\nATGAAACCC\n"))
+        done = virnucpro("prepare", "-", "--outdir", tmp_path / "rest", "--threads", "1", stdin=stdin)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _prepared_ids(tmp_path / "rest") == ["kept"]
+    with reads.open("rb") as stdin:
+        stdin.seek(0, os.SEEK_END)
+        done = virnucpro("prepare", "-", "--outdir", tmp_path / "none", "--threads", "1", stdin=stdin)
+    assert done.returncode == 3 and "- is empty" in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("outer, inner", [("gzip", "gzip"), ("gzip", "bzip2"), ("bzip2", "xz")])
+def test_a_file_compressed_twice_is_named_so(tmp_path, run_cli, outer, inner):
+    """Not 'binary data ... damaged, download it again': the decompressed data is compressed again."""
+    import bz2
+    import lzma
+    compress = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+    (tmp_path / "twice").write_bytes(compress[outer](compress[inner](DNA.encode())))
+    code, message = run_cli("prepare", tmp_path / "twice", "--outdir", tmp_path / "out")
+    assert code == 3 and f"compressed twice: once decompressed, it is {inner}-compressed" in message, message
+
+
+def test_text_that_starts_like_bzip2_is_no_file_compressed_twice(tmp_path, run_cli):
+    (tmp_path / "odd.gz").write_bytes(gzip.compress(b"BZh9 not bzip2\x01\n"))
+    code, message = run_cli("prepare", tmp_path / "odd.gz", "--outdir", tmp_path / "out")
+    assert code == 3 and "holds binary data" in message, message

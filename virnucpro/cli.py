@@ -22,6 +22,7 @@ from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, a
                               is_panic, printable, stop_signals_exit_interrupted, storage_errno, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
+from virnucpro.seqio import STDIN
 from virnucpro.threads import limit_threads
 
 OUTDIR_RULES = (" Locked while the command runs (flock, or an O_EXCL lock file with pid and host where "
@@ -100,10 +101,12 @@ def _home_expanded(value: str) -> Path:
 
 
 def _literal(value: str) -> Path:
-    """`value`, which does not start with `~`, as a path no later step takes for a home: pathlib
-    shortens `./~x` to `~x`, so such a path is made absolute here (`~x` in the current folder)."""
+    """`value`, which does not start with `~`, as a path no later step takes for a home or for
+    standard input: pathlib shortens `./~x` to `~x` and `./-` to `-`, so such a path is made absolute
+    here (`~x`, or the file named `-`, in the current folder)."""
     path = Path(value)
-    return path.absolute() if path.parts and path.parts[0].startswith("~") else path
+    shortened = str(path) == STDIN and value != STDIN
+    return path.absolute() if shortened or (path.parts and path.parts[0].startswith("~")) else path
 
 
 def _float_option(value: str, acceptable, said: str) -> float:
@@ -195,7 +198,7 @@ ModelsOption = typer.Option(None, "--models", parser=_models_path, metavar="DIR"
 DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible GPU, else CPU.")
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
 InputsArgument = typer.Argument(..., parser=_path, metavar="INPUT", help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
-                                         "input, read once like any pipe); several files form one sample.")
+                                         "input, read once like any pipe, from where it stands; `./-` a file named -); several files form one sample.")
 ClassifierOption = typer.Option(None, "--classifier", parser=_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", parser=_threshold, metavar="FLOAT", help="Fraction (0 to 1) of a sequence's scored "

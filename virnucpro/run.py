@@ -26,7 +26,7 @@ from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithNothi
                               VirnucproError, output_errors, outputs_in_place, printable, stop_received,
                               stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
-from virnucpro.seqio import unicode_text
+from virnucpro.seqio import STDIN, unicode_text
 
 WORK = ".virnucpro-work"
 KEPT = "embeddings"
@@ -80,7 +80,7 @@ def _earlier_prepare(prepared: Path, inputs: Sequence[Path], chunk_size: int) ->
             return None, f"was made at chunk size {manifest['chunk_size']}"
         if len(manifest["inputs"]) != len(inputs):
             return None, "was made from other input files"
-        if not all(Path(path).is_file() for path in inputs):
+        if not all(str(path) != STDIN and Path(path).is_file() for path in inputs):  # `-` is no file named so
             return None, "cannot be compared with input that is not a file (a pipe is read once)"
         if not all(fmt.sha256_of(Path(path)) == entry["sha256"] for path, entry in zip(inputs, manifest["inputs"])):
             return None, "was made from other input files"

@@ -1,9 +1,10 @@
 """Streaming FASTA/FASTQ reader: compression and format detected from content, input hashed on the fly.
 
-Memory is O(block + longest record sequence): the raw file is read in blocks, decompressed
-incrementally (a block at most at a time) and split into lines as Python's universal newlines split
-them; only the record being assembled is held, without its blank lines, and a line that runs on
-past a block is checked as it grows (a header against HEADER_LIMIT, any other line for ASCII).
+Memory is O(block + longest record sequence + longest line): the raw file is read in blocks,
+decompressed incrementally (a block at most at a time) and split into lines as Python's universal
+newlines split them; only the record being assembled is held, without its blank lines, and a line
+that runs on past a block is checked as it grows (a header against HEADER_LIMIT, any other line for
+ASCII) and held whole until it ends, spaces included (a line of blanks costs as a line of bases).
 Every problem is a `BadInputError` naming the file (and line or record, and the byte offset for
 bytes that are no text) and the fix.
 """
@@ -31,6 +32,8 @@ from virnucpro.errors import BadInputError, name_too_long, open_file_limit, path
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
+# what follows "BZh" and the block size digit: a block's magic (pi), or the end of an empty stream (sqrt(pi))
+BZIP2_FIRST_BLOCK = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
 
 # Letters a nucleotide record may hold: IUPAC codes, X (masked, as RepeatMasker -x writes it) and the
 # gap/stop symbols the original tolerates (codons holding anything but ACGT are dropped during
@@ -96,6 +99,19 @@ def _known_binary(head: bytes, path: Path) -> BadInputError | None:
         if head.startswith(magic):
             return BadInputError(f"{path} is {what}, not FASTA/FASTQ text",
                                  hint.format(path=shlex.quote(str(path))))
+    return None
+
+
+def _compressed_again(head: bytes, path: Path) -> BadInputError | None:
+    """The refusal of a decompressed input whose first bytes `head` are compressed once more (a file
+    compressed twice: `gzip` run on a .gz); None for anything else."""
+    bzip2 = head.startswith(BZIP2_MAGIC) and head[3:4].isdigit() and head[4:10] in BZIP2_FIRST_BLOCK
+    for found, what in ((head.startswith(GZIP_MAGIC), "gzip"), (bzip2, "bzip2"), (head.startswith(XZ_MAGIC), "xz"),
+                        (head.startswith(ZSTD_MAGIC), "zstd"), (head.startswith(LZ4_MAGIC), "lz4")):
+        if found:
+            return BadInputError(f"{path} is compressed twice: once decompressed, it is {what}-compressed data, "
+                                 "not FASTA/FASTQ text", "decompress its outer layer into a file (gzip -dc, "
+                                 "bzip2 -dc or xz -dc, as its outer layer is) and give that file")
     return None
 
 
@@ -287,9 +303,11 @@ class UniversalText:
     def _refusal(self, before: bytes, rest: bytes, problem: str, header_hint: str) -> BadInputError:
         """The error for the first byte of `rest`; `before` is what precedes it since a line start
         (the start of the input when nothing was decoded yet: a BAM shows itself there, see KNOWN_BINARY)."""
-        known = _known_binary(before[:8] + rest[:8], self.path) if self.pending_offset == 0 else None
-        if known is not None:
-            return known
+        if self.pending_offset == 0:  # the start of a decompressed input: which reads file it is
+            head = (before[:16] + rest[:16])[:16]
+            known = _known_binary(head, self.path) or _compressed_again(head, self.path)
+            if known is not None:
+                return known
         offset = self.pending_offset + len(before)
         line = self.line + _line_ends(before)
         start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1
@@ -353,6 +371,8 @@ class HashingTextStream:
                                 "check the file permissions") from None
         self._opened = os.fstat(self._raw.fileno())
         self._stream = not stat.S_ISREG(self._opened.st_mode)
+        # where reading starts: a file given as standard input may have been read partly before us
+        self._start = 0 if self._stream else os.lseek(self._raw.fileno(), 0, os.SEEK_CUR)
         self.text = UniversalText(path)  # the parser tells it where a header may start
         head = self._read_raw()
         self.compression = _compression(head, path)
@@ -379,9 +399,10 @@ class HashingTextStream:
         what was read (a file system that gives no size, as /proc, gives 0): it is still being written."""
         now = os.fstat(self._raw.fileno())
         if ((now.st_size, now.st_mtime_ns) == (self._opened.st_size, self._opened.st_mtime_ns)
-                and now.st_size in (0, self.bytes_read)):
+                and now.st_size in (0, self._start + self.bytes_read)):
             return
-        raise BadInputError(f"{self.path} changed while it was read ({self._opened.st_size:,} bytes when opened, "
+        skipped = f", the first {self._start:,} read before virnucpro started" if self._start else ""
+        raise BadInputError(f"{self.path} changed while it was read ({self._opened.st_size:,} bytes when opened{skipped}, "
                             f"{self.bytes_read:,} read, {now.st_size:,} now): it is still being written, or was "
                             "replaced meanwhile", "wait until the file is completely written (the download, copy "
                             "or program writing it has finished), then run again")
