@@ -7,6 +7,7 @@ by the hashes of the files served here; every test file is pinned, as every real
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -474,6 +475,23 @@ def test_a_part_link_is_never_written_through(host, payloads, tmp_path, monkeypa
     assert str(part) in message and "link" in message and "move it away" in message
     assert victim.read_bytes() == b"precious" and part.is_symlink() and not host.requests
     assert not (dest / "300_model.pth").exists()
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_a_part_with_another_name_is_never_written(host, payloads, tmp_path, monkeypatch, resumable):
+    """`300_model.pth.part` hard-linked to a user's file (a `cp -al` backup of an interrupted
+    download): appending or cutting it changed that file too; it is refused, both names untouched."""
+    host.files["/c"] = payloads["c300"]
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    part = tmp_path / "c.pth.part"
+    os.link(victim, part)
+    if not resumable:  # past the size check: the open itself refuses before cutting anything
+        monkeypatch.setattr(dl, "_part_size", lambda path: None)
+    with pytest.raises(ModelsError, match="hard links") as info:
+        dl.fetch(host.url + "/c", tmp_path / "c.pth", git_sha1=git_blob_sha1(payloads["c300"]))
+    assert str(part) in str(info.value) and "move it away" in info.value.hint
+    assert victim.read_bytes() == b"precious" and part.read_bytes() == b"precious"
 
 
 def test_a_part_link_made_during_the_transfer_is_not_followed(host, payloads, tmp_path, monkeypatch):

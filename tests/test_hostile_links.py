@@ -65,6 +65,22 @@ def test_prepare_refuses_a_lock_file_that_is_not_one(tmp_path, run_cli, kind):
     assert os.path.lexists(out / od.LOCK_NAME) and not (out / od.MARKER_NAME).exists()
 
 
+def test_a_lock_file_with_another_name_is_locked_but_never_written(tmp_path, run_cli):
+    """`ln notes.txt out/.virnucpro.lock` (or a `cp -al` backup of a folder holding a lock file): the
+    holder's details were written into the user's file; the lock works, the file is unchanged."""
+    target, out = victim(tmp_path), tmp_path / "o"
+    out.mkdir()
+    os.link(target, out / od.LOCK_NAME)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 0, message
+    assert target.read_text() == PRECIOUS
+    with od.file_lock(tmp_path / "shard.h5", "--out"):
+        pass
+    os.link(target, tmp_path / ".other.h5.lock")
+    with od.file_lock(tmp_path / "other.h5", "--out"):
+        assert target.read_text() == PRECIOUS
+
+
 @pytest.mark.parametrize("kind", ["link", "FIFO"])
 def test_every_lock_refuses_a_link_or_fifo(tmp_path, kind):
     """The same mechanism for embed's `.OUT.lock`, the checkpoint folder's and the models folder's lock."""

@@ -419,7 +419,10 @@ def _write_holder(fd: int, **extra: str) -> None:
     """Write this process's details into the lock file it holds: over the old ones, then cut to
     length, so the file never reads empty to a refused command (`_read_holder`). A lock file this
     user may only read (another user of a shared folder created it) locks as well; it keeps the
-    details it has."""
+    details it has, as does one with other names (hard links: a `cp -al` backup), which writing
+    would change too."""
+    if os.fstat(fd).st_nlink > 1:
+        return
     data = (json.dumps({**_holder(), **extra}) + "\n").encode()
     try:
         os.pwrite(fd, data, 0)

@@ -579,31 +579,43 @@ def _part_size(part: Path) -> int | None:
         info = os.lstat(part)
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(info.st_mode):
-        raise _foreign_part(part)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        raise _foreign_part(part, info)
     return info.st_size
 
 
-def _foreign_part(part: Path) -> ModelsError:
-    """Exit 4 for a `.part` name virnucpro did not create as a plain file."""
-    what = "a symbolic link" if part.is_symlink() else "not a plain file"
-    return ModelsError(f"{part} is {what}: virnucpro keeps its partial downloads in plain files and "
-                       f"never writes through a link, so it is left as it is",
+def _foreign_part(part: Path, info: os.stat_result | None = None) -> ModelsError:
+    """Exit 4 for a `.part` name virnucpro did not create as a plain file of its own: a link, or a
+    file with other names (hard links: a `cp -al` backup), which writing it would change too."""
+    if info is not None and stat.S_ISREG(info.st_mode):
+        what = f"a file with {info.st_nlink - 1} other name(s) (hard links)"
+    else:
+        what = "a symbolic link" if part.is_symlink() else "not a plain file"
+    return ModelsError(f"{part} is {what}: virnucpro keeps its partial downloads in plain files of their own "
+                       f"and never writes through a link, so it is left as it is",
                        hint="move it away, then rerun the same command")
 
 
 def _open_part(part: Path, append: bool):
-    """`part` opened for writing without following a link (O_NOFOLLOW), appending or from empty."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    """`part` opened for writing without following a link (O_NOFOLLOW), appending or from empty (cut
+    only once it is known to be a plain file of its own)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else 0)
     try:
         fd = os.open(part, flags, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _foreign_part(part) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
         os.close(fd)
-        raise _foreign_part(part)
+        raise _foreign_part(part, info)
+    try:
+        if not append:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
     return os.fdopen(fd, "ab" if append else "wb")
 
 
