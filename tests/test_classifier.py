@@ -117,12 +117,14 @@ def test_save_original_way_references_main(tmp_path):
                                predict_proba(model, x), atol=0)
 
 
-@pytest.mark.parametrize("kind", ["torch_zip", "pickle_protocol2", "pickle_protocol4"])
+@pytest.mark.parametrize("kind", ["torch_zip", "pickle_protocol2", "pickle_protocol4", "pickle_inst"])
 def test_refuses_malicious_pickle_without_running_it(tmp_path, kind):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "300_model.pth"
     if kind == "torch_zip":
         save_malicious_torch(evil, str(marker))
+    elif kind == "pickle_inst":  # protocol 0's INST imports and calls: `os.system('touch MARKER')`
+        evil.write_bytes(b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n.")
     else:
         evil.write_bytes(malicious_pickle_bytes(str(marker), protocol=int(kind[-1])))
     with pytest.raises(ModelsError) as info:

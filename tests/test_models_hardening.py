@@ -388,3 +388,12 @@ def test_tiny_stopped_before_writing_leaves_no_folder_behind(tmp_path, monkeypat
     with pytest.raises(InterruptedByUser):
         tiny.make_tiny(existing)
     assert existing.is_dir() and not any(existing.iterdir())
+
+
+@pytest.mark.parametrize("version", ["true", "1.0"])
+def test_a_format_version_that_only_equals_1_in_python_is_refused(models, run_cli, version):
+    """`true == 1 == 1.0` in Python: such a manifest was read as version 1."""
+    manifest = models / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 1', f'"format_version": {version}', 1))
+    code, err = run_cli("models", "check", models)
+    assert code == ExitCode.MODELS and f"format_version {version.title()}" in err, err

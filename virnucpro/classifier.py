@@ -126,7 +126,8 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
 
 
 class _GlobalTracker:
-    """Follows just enough of a pickle's stack and memo to name what each GLOBAL/STACK_GLOBAL imports.
+    """Follows just enough of a pickle's stack and memo to name what each GLOBAL/STACK_GLOBAL/INST
+    imports (an EXT1/2/4 global, named by a number, is named so: never a known one).
 
     Every opcode pushes one entry (a string when it pushes one, else None), so the two strings a
     STACK_GLOBAL pops are found even when they come from the memo.
@@ -139,9 +140,12 @@ class _GlobalTracker:
 
     def see(self, name: str, arg: Any) -> None:
         """Account for one opcode."""
-        if name == "GLOBAL":
+        if name in ("GLOBAL", "INST"):  # INST (protocol 0) imports as GLOBAL does, then calls
             module, _, attr = str(arg).partition(" ")
             self.found.append(_map_py2_name(module, attr))
+            self.strings.append(None)
+        elif name in ("EXT1", "EXT2", "EXT4"):  # a global by its number in copyreg's extension registry
+            self.found.append(f"<extension code {arg}>")
             self.strings.append(None)
         elif name == "STACK_GLOBAL":
             attr = self.strings.pop() if self.strings else None
