@@ -65,20 +65,40 @@ def test_prepare_refuses_a_lock_file_that_is_not_one(tmp_path, run_cli, kind):
     assert os.path.lexists(out / od.LOCK_NAME) and not (out / od.MARKER_NAME).exists()
 
 
+@pytest.mark.parametrize("command", ["prepare", "run", "embed"])
+def test_a_users_file_at_a_lock_files_name_is_refused_and_kept(tmp_path, run_cli, tiny_models, small_sample, command):
+    """A user's `.virnucpro.lock` (or `.x.h5.lock` beside embed's --out) holding their own text was
+    overwritten with a holder's details, or deleted by embed, even when the command then refused."""
+    fasta = write_fasta(tmp_path / "a.fa", 2)
+    folder = tmp_path / "o"
+    folder.mkdir()
+    lock = folder / (".x.h5.lock" if command == "embed" else od.LOCK_NAME)
+    lock.write_text(PRECIOUS)
+    args = {"prepare": ["prepare", fasta, "--outdir", folder],
+            "run": ["run", fasta, "--outdir", folder, "--models", tiny_models, "--device", "cpu"],
+            "embed": ["embed", next(small_sample[0].glob("shards/*.tsv")), "--models", tiny_models,
+                      "--out", folder / "x.h5", "--device", "cpu"]}[command]
+    code, message = run_cli(*args)
+    assert code == 3 and f"{lock} is a file that holds other data, not a virnucpro lock file" in message, message
+    assert lock.read_text() == PRECIOUS and sorted(p.name for p in folder.iterdir()) == [lock.name]
+
+
 def test_a_lock_file_with_another_name_is_locked_but_never_written(tmp_path, run_cli):
-    """`ln notes.txt out/.virnucpro.lock` (or a `cp -al` backup of a folder holding a lock file): the
-    holder's details were written into the user's file; the lock works, the file is unchanged."""
-    target, out = victim(tmp_path), tmp_path / "o"
+    """A `cp -al` backup of a folder holding a lock file (a holder's details from an earlier run): the
+    new holder's details were written into the backup's file too; the lock works, the file is unchanged."""
+    out, earlier = tmp_path / "o", '{"pid": 1, "user": "someone", "host": "elsewhere"}\n'
+    target = tmp_path / "backup.lock"
+    target.write_text(earlier)
     out.mkdir()
     os.link(target, out / od.LOCK_NAME)
     code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
     assert code == 0, message
-    assert target.read_text() == PRECIOUS
+    assert target.read_text() == earlier
     with od.file_lock(tmp_path / "shard.h5", "--out"):
         pass
     os.link(target, tmp_path / ".other.h5.lock")
     with od.file_lock(tmp_path / "other.h5", "--out"):
-        assert target.read_text() == PRECIOUS
+        assert target.read_text() == earlier
 
 
 @pytest.mark.parametrize("kind", ["link", "FIFO"])

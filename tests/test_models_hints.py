@@ -185,3 +185,20 @@ def test_a_damaged_encoder_file_outside_a_tiny_folder_names_download_into_its_mo
     with pytest.raises(ModelsError) as info:
         Esm2Encoder(tmp_path / "esm2_t36_3B_UR50D.pt", "cpu")
     assert f"virnucpro models download --dest {tmp_path} --only esm2" in str(info.value), str(info.value)
+
+
+def test_a_failed_models_command_leaves_a_users_folder_as_it_found_it(tmp_path, run_cli, monkeypatch):
+    """A download that fails (nothing served) into a folder holding the user's notes, and `models
+    tiny` refused by a stray model file: each left its `.virnucpro.lock` behind."""
+    monkeypatch.setattr(download, "BACKOFF_SECONDS", 0.0)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    code, err = run_cli("models", "download", "--dest", folder, "--only", "classifier_300", "--mirror",
+                        closed_port_url())
+    assert code == ExitCode.MODELS, err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    (folder / "esm2_tiny.pt").write_bytes(b"not written by virnucpro")
+    code, err = run_cli("models", "tiny", folder)
+    assert code == ExitCode.BAD_INPUT, err
+    assert sorted(p.name for p in folder.iterdir()) == ["esm2_tiny.pt", "notes.txt"]

@@ -679,6 +679,8 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
     """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback."""
     fd, created, flocked = _open_and_flock(lock, subject, what)
     try:
+        if not created and flocked:
+            _refuse_unless_a_lock_file(lock, fd)
         with ExitStack() as held:
             with _lock_file_taken_back_on_failure(lock, fd, created), output_errors(lock):
                 _require_writable(lock.parent)
@@ -691,6 +693,17 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
             yield HeldLock(lock, fd, created, flocked)
     finally:
         os.close(fd)
+
+
+def _refuse_unless_a_lock_file(lock: Path, fd: int) -> None:
+    """Exit 3 for a file at a lock file's name that no virnucpro command wrote: one holds a holder's
+    details (a JSON object with its pid), or nothing (its writer died before writing them). Read
+    with the flock held, so no holder is writing it; a user's `.virnucpro.lock` was overwritten."""
+    raw = os.pread(fd, 4097, 0)
+    holder = _holder_of(raw.decode("utf-8", "replace")) if len(raw) <= 4096 else None
+    if raw.strip() and not (holder and "pid" in holder):
+        raise BadInputError(f"{lock} is a file that holds other data, not a virnucpro lock file: virnucpro never "
+                            "writes through or replaces what it did not write", "move it away, then rerun")
 
 
 @contextmanager
@@ -1408,16 +1421,18 @@ def claim(folder: Path, kind: str, names: Iterable[str], what: str = "--outdir")
 @contextmanager
 def held_folder(folder: Path, what: str) -> Iterator[HeldLock]:
     """`folder_lock` for a command that writes files straight into `folder`: when the block fails
-    with nothing written yet, the lock file it created goes, and so do the folders it created, while
-    empty (`remove_made_folders`)."""
+    with no file added (the folder holds the names it held, our bookkeeping aside: a user's folder
+    too), the lock file it created goes, and so do the folders it created, while empty
+    (`remove_made_folders`)."""
     folder = Path(folder)
     made: list[Path] = []
     try:
         with folder_lock(folder, what, made) as lock:
+            found = _names_but_ours(folder)
             try:
                 yield lock
             except BaseException:
-                if _only_bookkeeping(folder):
+                if found is not None and _names_but_ours(folder) == found:
                     lock.remove_if_created()
                 raise
     except BaseException:
@@ -1439,6 +1454,14 @@ def _undone_unless_published(output: OutputFolder, lock: HeldLock) -> Iterator[N
                 marker.unlink(missing_ok=True)
             lock.remove_if_created()
         raise
+
+
+def _names_but_ours(folder: Path) -> set[str] | None:
+    """The names in `folder` but our lock and marker files; None when it cannot be listed."""
+    try:
+        return {p.name for p in folder.iterdir()} - set(OURS)
+    except OSError:
+        return None
 
 
 def _only_bookkeeping(folder: Path) -> bool:
