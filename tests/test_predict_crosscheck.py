@@ -638,3 +638,15 @@ def test_a_table_gone_or_no_file_after_the_checks_is_exit_5_at_its_final_read(sa
     monkeypatch.setattr(predict, "check_stage_files", then_changed)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, str(table))
+
+
+def test_a_manifest_record_count_edited_names_the_manifest_not_the_embeddings(sample, run_cli):
+    """`shards[0].records` and `counts.orfs` lowered by one: the .h5 (rows = the shard file's records)
+    was blamed, with 'rerun embed', which cannot help; the manifest is named, with its repair."""
+    def lower(manifest):
+        manifest["shards"][0]["records"] -= 1
+        manifest["counts"]["orfs"] -= 1
+    sample.edit_manifest(lower)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, str(sample.prepared / fmt.MANIFEST), "prepare")
+    assert "rerun embed" not in message, message

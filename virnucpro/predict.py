@@ -53,8 +53,10 @@ CLASSIFIER_ROWS = 2048  # small shards' rows joined per classifier call (27 MB o
 
 # --- shard checks ----------------------------------------------------------------------------------
 
-def order_shards(manifest: dict, paths: Sequence[Path]) -> list[h5shard.EmbeddingShardInfo]:
-    """Embedding shards in index order, after checking they are exactly this sample's shards."""
+def order_shards(manifest: dict, paths: Sequence[Path],
+                 prepared: Path | None = None) -> list[h5shard.EmbeddingShardInfo]:
+    """Embedding shards in index order, after checking they are exactly this sample's shards (of the
+    prepare folder `prepared`, when given, to tell which side of a row count is wrong)."""
     expected = {s["index"]: s for s in manifest["shards"]}
     by_index: dict[int, h5shard.EmbeddingShardInfo] = {}
     for path in paths:
@@ -69,8 +71,7 @@ def order_shards(manifest: dict, paths: Sequence[Path]) -> list[h5shard.Embeddin
                                           f"(also {by_index[shard.shard_index].path})",
                                           "give each embedding shard once")
         if shard.records != own["records"]:
-            raise InconsistentInputsError(f"{path} has {shard.records} rows, its shard has {own['records']}",
-                                          "rerun embed for this shard")
+            raise _rows_differ(shard, own, prepared)
         by_index[shard.shard_index] = shard
     missing = sorted(set(expected) - set(by_index))
     if missing:
@@ -80,6 +81,21 @@ def order_shards(manifest: dict, paths: Sequence[Path]) -> list[h5shard.Embeddin
     shards = [by_index[i] for i in sorted(by_index)]
     _check_same_models(shards, manifest["chunk_size"])
     return shards
+
+
+def _rows_differ(shard: h5shard.EmbeddingShardInfo, own: dict, prepared: Path | None) -> InconsistentInputsError:
+    """Exit 5 for an embedding shard whose rows are not the records its prepare manifest gives its
+    shard: blaming the manifest when the shard file itself holds as many records as the .h5 rows."""
+    in_file = None
+    if prepared is not None:
+        with contextlib.suppress(VirnucproError, OSError):  # an unreadable shard is named by the later checks
+            in_file = sum(1 for _ in fmt.read_shard(prepared / own["file"], links=False))
+    if in_file is None or in_file == own["records"]:
+        return InconsistentInputsError(f"{shard.path} has {shard.records:,} rows, its shard has {own['records']:,}",
+                                       "rerun embed for this shard")
+    return InconsistentInputsError(f"{prepared / fmt.MANIFEST} says {own['file']} holds {own['records']:,} records, "
+                                   f"but it holds {in_file:,} ({shard.path} has {shard.records:,} rows)",
+                                   fmt.REPAIR_HINT)
 
 
 def _check_same_models(shards: list[h5shard.EmbeddingShardInfo], chunk_size: int) -> None:
@@ -450,7 +466,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
 
     manifest = fmt.load_manifest(prepared)
     require_own_classifier(manifest["chunk_size"], classifier)
-    shards = order_shards(manifest, embeddings)
+    shards = order_shards(manifest, embeddings, prepared)
     tiny = any(s.tiny for s in shards)
     if classifier is None:
         model_set = _located_models(models, manifest["chunk_size"], tiny)
