@@ -198,3 +198,16 @@ def test_verified_copy_of_another_format_is_not_used(models, capsys):
     store.record_fp16_copy(home, store.sha256_file(copy_of(models)), store.sha256_file(weights(models)))
     encoder = Esm2Encoder(weights(models), CPU, torch.float16)
     assert encoder.loaded_from == weights(models) and "not used" in capsys.readouterr().err
+
+
+def test_a_models_folder_named_in_latin1_writes_and_reads_the_copy(tmp_path, models):
+    """safetensors takes UTF-8 names only: in a folder whose name is no UTF-8 the copy could not be
+    written nor read (exit 4, blaming the files); it goes by a descriptor's name instead."""
+    import os
+    latin1 = tmp_path / os.fsdecode(b"mod\xe8les")
+    shutil.copytree(models, latin1)
+    fast = Esm2Encoder(weights(latin1), CPU, torch.float16)
+    assert fast.loaded_from == copy_of(latin1) and fp16_record(latin1) is not None
+    again = Esm2Encoder(weights(latin1), CPU, torch.float16)
+    assert again.loaded_from == copy_of(latin1)
+    assert torch.equal(vectors(again), vectors(from_pt(weights(models))))

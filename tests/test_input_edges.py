@@ -383,3 +383,30 @@ def test_text_that_starts_like_bzip2_is_no_file_compressed_twice(tmp_path, run_c
     (tmp_path / "odd.gz").write_bytes(gzip.compress(b"BZh9 not bzip2\x01\n"))
     code, message = run_cli("prepare", tmp_path / "odd.gz", "--outdir", tmp_path / "out")
     assert code == 3 and "holds binary data" in message, message
+
+
+def test_models_and_classifier_named_in_latin1_are_used(tmp_path, tiny_models):
+    """safetensors, tokenizers and torch took such names for damaged files (exit 4, 'not valid UTF-8'),
+    and the suggested fix could not help: every model file is read, through `run` and `predict`."""
+    import shutil
+    models = tmp_path / os.fsdecode(b"mod\xe8les")
+    shutil.copytree(tiny_models, models)
+    (tmp_path / "a.fa").write_text(DNA)
+    done = virnucpro("run", "a.fa", "--outdir", "out", "--models", models, "--device", "cpu", "--threads", "1",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for args in (["prepare", "a.fa", "--outdir", "prepared"],
+                 ["embed", "prepared/shards/shard_00000.tsv", "--models", models, "--out", "e.h5", "--device", "cpu"]):
+        done = virnucpro(*args, "--threads", "1", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    from safetensors.torch import save_file
+    from virnucpro.classifier import load_classifier
+    state = load_classifier(models / "500_model_tiny.pth").state_dict()
+    classifier = tmp_path / os.fsdecode(b"cl\xe9.safetensors")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "c.safetensors"))
+    os.rename(tmp_path / "c.safetensors", classifier)
+    done = virnucpro("predict", "--prepared", "prepared", "--embeddings", "e.h5", "--classifier", classifier,
+                     "--models", models, "--outdir", "again", "--threads", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "again" / "prediction_results.txt").read_text() == \
+        (tmp_path / "out" / "prediction_results.txt").read_text()

@@ -407,8 +407,11 @@ def _load_safetensors(path: Path) -> MLPClassifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from virnucpro.models.store import utf8_name
+
     try:
-        return _build(load_file(str(path), device="cpu"), path)
+        with utf8_name(path) as name:
+            return _build(load_file(name, device="cpu"), path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None
 
@@ -428,8 +431,10 @@ def _unpickle_weights_only(path: Path) -> Any:
     safe = [*[(_PICKLED_CLASSIFIER, name) for name in _CLASSIFIER_NAMES],
             *[(shell, name) for name, shell in _MODULE_CLASSES.items()]]
     try:
-        with torch.serialization.safe_globals(safe):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+        from virnucpro.models.store import utf8_name
+
+        with torch.serialization.safe_globals(safe), utf8_name(path) as name:
+            return torch.load(name, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure of an untrusted file is exit 4
         message = str(exc)
         match = _GLOBAL_IN_MESSAGE.search(message)

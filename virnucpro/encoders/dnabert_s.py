@@ -228,12 +228,14 @@ def _weights(folder: Path) -> tuple[Path, dict]:
     try:
         if st.is_file():
             from safetensors.torch import load_file
-            return st, load_file(str(st), device="cpu")
+            with store.utf8_name(st) as name:
+                return st, load_file(name, device="cpu")
         if binfile.is_file():
-            try:
-                state = torch.load(str(binfile), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-                state = torch.load(str(binfile), map_location="cpu", weights_only=True)
+            with store.utf8_name(binfile) as name:
+                try:
+                    state = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+                    state = torch.load(name, map_location="cpu", weights_only=True)
             if not isinstance(state, dict):
                 raise ValueError(f"holds a {type(state).__name__}, not a state dict")
             return binfile, state
@@ -302,7 +304,8 @@ def _tokenizer(folder: Path, vocab: int):
     if not path.is_file():
         raise ModelsError(f"DNABERT-S: {path} is missing", hint=_refetch(folder))
     try:
-        tok = Tokenizer.from_file(str(path))
+        with store.utf8_name(path) as name:
+            tok = Tokenizer.from_file(name)
     except Exception as exc:
         _raise_if_at_the_limit(exc, path)
         raise ModelsError(f"DNABERT-S: {path} is not a valid tokenizer ({exc})") from exc

@@ -202,13 +202,13 @@ def _read_checkpoint(path: Path) -> dict:
         raise ModelsError(f"ESM-2: checkpoint {path} is missing",
                           hint=store.refetch_hint(path.parent, "esm2"))
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), store.utf8_name(path) as name:
             try:
-                data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                data = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:
                 if "mmap" not in str(exc) and "zip" not in str(exc):
                     raise
-                data = torch.load(str(path), map_location="cpu", weights_only=True)
+                data = torch.load(name, map_location="cpu", weights_only=True)
     except Exception as exc:
         if open_file_limit(exc):
             raise  # no fault of the weights: the CLI names the limit
@@ -356,7 +356,8 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     # safetensors writes the file by name (its gigabytes as bytes, `write_atomically`, would be held
     # twice), and a file of its own beside it: both in a scratch folder a kill leaves to the next writer
     with store.scratch_folder(target) as scratch, store.replaced_like(target, [weights], within=scratch) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+        with store.utf8_name(temporary, writing=True) as name:
+            save_file(tensors, name, metadata=metadata)
         digest, _blob, hashed = store.hashed_as_it_is(temporary)
         _refuse_unrecorded(home, target)
     _recorded(home, target, digest, hashed, source_sha256)
@@ -501,14 +502,15 @@ def _read_fp16_copy(path: Path, device) -> tuple[tuple[int, int, int, bool], dic
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as handle:
+    with store.utf8_name(path) as name, safe_open(name, framework="pt") as handle:
         metadata = json.loads((handle.metadata() or {}).get("virnucpro", "{}"))
     if metadata.get("format") != FP16_FORMAT:
         raise ModelsError(f"it is not a {FP16_FORMAT} copy")
     layers, dim, heads, token_dropout = (metadata[key] for key in _ARCHITECTURE_KEYS)
     architecture = (_bounded(path, "layers", layers, MAX_LAYERS), _bounded(path, "embed dim", dim, MAX_SIZE),
                     _bounded(path, "attention heads", heads, MAX_SIZE), bool(token_dropout))
-    return architecture, load_file(str(path), device=str(torch.device(device)))
+    with store.utf8_name(path) as name:
+        return architecture, load_file(name, device=str(torch.device(device)))
 
 
 def _read_trusted_copy(copy: Path, device) -> tuple | None:

@@ -453,6 +453,25 @@ def atomic_write_text(path: Path, text: str, like: Iterable[Path] = ()) -> None:
 
 
 @contextmanager
+def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
+    """`path` as safetensors and tokenizers (Rust) take it: UTF-8 text. A path with bytes that are not UTF-8 (a folder
+    named in Latin-1) goes by a descriptor under /proc/self/fd, whose name is ASCII: the file's own
+    to read it, its folder's to write a file of ours (named by us) in it; elsewhere it stays as it is."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        if os.path.isdir("/proc/self/fd"):
+            fd = os.open(path.parent if writing else path, os.O_RDONLY | (os.O_DIRECTORY if writing else 0))
+            try:
+                yield f"/proc/self/fd/{fd}/{path.name}" if writing else f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+    yield text
+
+
+@contextmanager
 def replaced_like(path: Path, like: Iterable[Path], within: Path | None = None) -> Iterator[Path]:
     """`outdir.replaced_atomically` for a file of a models folder: a new temporary file beside `path`
     (or in the folder `within`, on the same file system: see `scratch_folder`) for the block to
