@@ -61,6 +61,29 @@ def test_after_moving_it_away_the_hinted_command_puts_the_folder_right(models, r
     assert run_cli("models", "check", models)[0] == 0
 
 
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_a_role_folder_that_is_no_folder_is_named_and_the_hinted_command_then_works(models, run_cli, kind):
+    """DNABERT-S-tiny/ replaced by a file or a dangling link was reported as its files missing, with
+    `models tiny` as the fix, which refuses the folder as it is."""
+    import shutil
+    folder = models / "DNABERT-S-tiny"
+    shutil.rmtree(folder)
+    if kind == "file":
+        folder.write_text("x\n")
+        what = "a file, not a folder"
+    else:
+        folder.symlink_to(models.parent / "gone")
+        what = f"a link to {models.parent / 'gone'} (a missing path), which virnucpro never writes through"
+    code, err = run_cli("models", "check", models)
+    flat = " ".join(err.split())
+    assert code == ExitCode.MODELS and "MISSING" not in err, err
+    assert f"dnabert_s: {folder} is {what}" in flat and flat.count(f"{folder} is ") == 1, err
+    assert f"move {shlex.quote(str(folder))} out of the models folder" in flat, err
+    folder.rename(models.parent / "moved")
+    assert run_cli("models", "tiny", models)[0] == 0
+    assert run_cli("models", "check", models)[0] == 0
+
+
 def test_embed_refuses_such_a_folder_with_the_same_words(models):
     from virnucpro.errors import ModelsError
     from virnucpro.models import store

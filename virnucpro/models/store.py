@@ -1044,15 +1044,16 @@ def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashC
                         unrecorded=[rel for rel in present if rel not in expected])
     status.tiny = status.marked_tiny and not status.unrecorded
     for rel in required + optional:
-        odd = None if rel in present else _no_plain_file(directory / rel)
+        odd = None if rel in present else _in_the_way(directory, rel)
         if rel in present:
             _check_file(directory, rel, status, expected.get(rel), cache)
         elif rel in required and odd:
-            status.not_plain.append((rel, odd))
+            if odd not in status.not_plain:  # a role's files share a folder in the way
+                status.not_plain.append(odd)
         elif rel in required:
             status.missing.append(rel)
         elif role == "esm2":
-            status.notes.append(f"{rel} is {f'{odd}, not a plain file' if odd else 'absent'}: virnucpro does "
+            status.notes.append(f"{rel} is {odd[1] if odd else 'absent'}: virnucpro does "
                                 "not need it, fair-esm's own loader does")
     main = _main_path(role, required)
     if main is None:
@@ -1065,12 +1066,26 @@ def _role_status(directory: Path, role: str, manifest: dict | None, cache: HashC
     return status
 
 
-def _no_plain_file(path: Path) -> str | None:
-    """What sits at a model file's name that is no plain file (even through a link): "a FIFO", "a
-    link to /dev/zero (a device)"; None when nothing is there. `models tiny` and `models download`
-    never replace it, so it is never reported as missing (whose hint would name them alone)."""
-    if not os.path.lexists(path):
+def _in_the_way(directory: Path, rel: str) -> tuple[str, str] | None:
+    """(what is in the way, in words) of a model file that is no plain file: the file's name holding
+    something else, even through a link ("a FIFO, not a plain file"), or a folder on its way that is
+    a file ("a file, not a folder") or a link; None when nothing is there.
+    `models tiny` and `models download` never replace it, so it is never reported as missing (whose
+    hint would name them alone)."""
+    parts = Path(rel).parts
+    for depth in range(1, len(parts)):
+        folder = Path(*parts[:depth])
+        if os.path.islink(directory / folder):
+            return str(folder), f"{_what_is_at(directory / folder)}, which virnucpro never writes through"
+        if os.path.lexists(directory / folder) and not os.path.isdir(directory / folder):
+            return str(folder), f"{_what_is_at(directory / folder)}, not a folder"
+    if not os.path.lexists(directory / rel):
         return None
+    return rel, f"{_what_is_at(directory / rel)}, not a plain file"
+
+
+def _what_is_at(path: Path) -> str:
+    """What is at `path`, in words: "a file", "a link to /dev/zero (a device)"."""
     kind = _target_kind(path)
     try:
         return f"a link to {os.readlink(path)} ({kind})"
@@ -1206,7 +1221,7 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
                   f"records {want} (corrupt or replaced file)" for rel, want, got in s.bad]
         lines += _unpublished_lines(directory, s)
         lines += [f"{s.role}: " + refused_message(directory / rel, names) for rel, names in s.refused]
-        lines += [f"{s.role}: {directory / rel} is {what}, not a plain file" for rel, what in s.not_plain]
+        lines += [f"{s.role}: {directory / rel} is {what}" for rel, what in s.not_plain]
     hint = _move_first(_foreign_files(directory, failing), fix_command(directory, [s.role for s in failing]))
     if any(s.unpublished for s in failing) and not is_tiny_folder(directory):
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
@@ -1494,9 +1509,10 @@ def _report_role(s: RoleStatus) -> str | None:
 
 
 def _report_not_plain(s: RoleStatus) -> None:
-    """One line per file of the role that is there but no plain file (see `_no_plain_file`)."""
+    """One line per file of the role that is there but no plain file, or per folder in the way of
+    one (see `_in_the_way`)."""
     for rel, what in s.not_plain:
-        info(f"      {rel}: {what}, not a plain file (NOT PLAIN)")
+        info(f"      {rel}: {what} (NOT PLAIN)")
 
 
 def _file_mark(s: RoleStatus, rel: str) -> str:
