@@ -256,3 +256,24 @@ def test_a_module_put_first_by_pythonpath_is_named_with_the_fix_not_called_our_b
     assert done.returncode == 2, done.stderr
     assert f"in {tmp_path / 'pp' / 'numpy' / '__init__.py'}, which PYTHONPATH={tmp_path / 'pp'} put before" in done.stderr
     assert "unset PYTHONPATH" in done.stderr and "bug" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("variable, value, torch_takes_it", [
+    ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments=True", False),
+    ("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128,garbage", False),
+    ("PYTORCH_ALLOC_CONF", "a:[1,2", False),
+    ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True,", True),
+    ("PYTORCH_ALLOC_CONF", "roundup_power2_divisions:[256:1,512:2], backend:native", True)])
+def test_allocator_settings_torch_aborts_on_are_one_message_and_exit_2(tiny_models, variable, value, torch_takes_it):
+    """torch reads them at import and aborts (exit 134, a C++ stack) on one that does not parse,
+    whatever the command; what it takes is left to it. Each verdict is torch's own, checked here."""
+    env = {**os.environ, variable: value}
+    torch_import = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert (torch_import.returncode == 0) == torch_takes_it, torch_import.stderr[-500:]
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "models", "check", str(tiny_models)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if torch_takes_it:
+        assert done.returncode == 0, done.stderr[-2000:]
+    else:
+        assert done.returncode == 2 and f"{variable}='{value}' is no list of key:value settings" in done.stderr
+        assert "Traceback" not in done.stderr and "c10" not in done.stderr, done.stderr[-2000:]

@@ -43,6 +43,59 @@ def _refuse_deleted_current_folder() -> None:
         sys.exit(int(ExitCode.USAGE))
 
 
+# torch reads these at import and aborts the process (a C++ stack, exit 134) when one is not a list
+# of `key:value` settings (`expandable_segments=True`): checked before torch loads, exit 2 instead
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def _refuse_malformed_allocator_settings() -> None:
+    """Exit 2 naming the variable when torch's allocator settings cannot be parsed (`_settings_parse`)."""
+    for name in ALLOCATOR_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and not _settings_parse(value):
+            from virnucpro.console import error
+            from virnucpro.errors import ExitCode, printable
+            error(f"{name}={printable(repr(value))} is no list of key:value settings, and torch stops at start-up "
+                  f"on it, whatever the command\n  fix: correct it (as in {name}=expandable_segments:True) or unset it")
+            sys.exit(int(ExitCode.USAGE))
+
+
+def _settings_parse(value: str) -> bool:
+    """Whether torch can tokenize `value`: comma-separated `key:value` items (blank ones too), a value
+    possibly a bracketed list; lenient where torch is (spaces anywhere, a trailing comma, ...)."""
+    items = _top_level_items(value)
+    if items is None:  # a bracket left open
+        return False
+    for item in (item.replace(" ", "") for item in items):
+        key, colon, rest = item.partition(":")
+        if item and (not key or "[" in key or not colon or not rest or ":" in _outside_lists(rest)):
+            return False
+    return True
+
+
+def _top_level_items(value: str) -> list[str] | None:
+    """`value` split at the commas outside brackets; None when a bracket is left open."""
+    depth, items, current = 0, [], []
+    for ch in value:
+        depth += 1 if ch == "[" else -1 if ch == "]" and depth else 0
+        if ch == "," and not depth:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    return None if depth else items + ["".join(current)]
+
+
+def _outside_lists(text: str) -> str:
+    """`text` without its bracketed lists ("[256:1,512:2]y" -> "y")."""
+    depth, kept = 0, []
+    for ch in text:
+        depth += 1 if ch == "[" else -1 if ch == "]" and depth else 0
+        if not depth and ch not in "[]":
+            kept.append(ch)
+    return "".join(kept)
+
+
 def _tolerant_standard_streams() -> None:
     """Write what stdout and stderr cannot encode as escapes (`\\u2026`) instead of failing: under a
     locale that is not UTF-8 (LC_ALL=tr_TR.ISO-8859-9, PYTHONIOENCODING=latin-1) the help's `…`, or a
@@ -139,6 +192,7 @@ def main() -> None:
     _fill_closed_standard_streams()
     _tolerant_standard_streams()
     _refuse_deleted_current_folder()
+    _refuse_malformed_allocator_settings()
     run = _command_line()
 
     try:
