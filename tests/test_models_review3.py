@@ -349,12 +349,16 @@ def test_a_failing_proxy_is_named_without_its_password(payloads, tmp_path, monke
     assert "cannot reach the proxy" in text and "HTTPS_PROXY" in text and "pw-secret" not in text, text
 
 
-def test_a_redirect_to_ftp_names_the_redirect(scripted, tmp_path):
-    scripted.replies = [{"redirect": "ftp://files.example.org/c.pth"}]
+@pytest.mark.parametrize("target", ["ftp://files.example.org/c.pth", "file:///etc/passwd"])
+def test_a_redirect_to_another_scheme_names_the_redirect(scripted, tmp_path, target):
+    """file:// was refused by urllib itself, as 'HTTP 302 ... from file:///etc/passwd' with the hint
+    that the mirror must serve the original paths."""
+    scripted.replies = [{"redirect": target}]
     with pytest.raises(dl.ModelsError) as info:
         _fetch(scripted, tmp_path)
     text = str(info.value)
-    assert "redirected the download to ftp://files.example.org/c.pth" in text and "cannot reach" not in text, text
+    assert f"redirected the download to {target}, which is not an http(s) URL" in text, text
+    assert "cannot reach" not in text and "HTTP 302" not in text, text
     assert len(scripted.requests) == 1
 
 
@@ -381,6 +385,14 @@ def test_check_during_a_download_says_it_is_in_progress(served, tmp_path, run_cl
     assert "models download" not in err.split("fix:", 1)[1], err
     code, err = run_cli("models", "check", dest)  # no holder: the usual hint
     assert code == ExitCode.MODELS and "models download" in err, err
+
+
+def test_a_redirect_loop_is_one_line_naming_it(scripted, tmp_path):
+    scripted.replies = [{"redirect": scripted.url}] * 12
+    with pytest.raises(dl.ModelsError) as info:
+        _fetch(scripted, tmp_path, attempts=1)
+    assert "keeps redirecting it (in a loop, or more than 10 times)" in info.value.message, info.value.message
+    assert "\n" not in info.value.message
 
 
 def test_a_redirect_to_a_host_that_cannot_be_reached_names_that_host(scripted, tmp_path):

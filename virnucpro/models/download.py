@@ -706,6 +706,10 @@ def _retryable_http(exc: urllib.error.HTTPError, job: _Job) -> str:
     if exc.code >= 500 or exc.code in TRANSIENT_HTTP:
         return "server refused to resume" if exc.code == 416 else f"HTTP {exc.code} {exc.reason}"
     where = exc.geturl() if exc.geturl() and exc.geturl() != job.url else job.url
+    if 300 <= exc.code < 400:  # urllib's own text spans three lines
+        raise ModelsError(f"cannot download {job.label}: {_host(job.url)} keeps redirecting it (in a loop, or "
+                          f"more than {urllib.request.HTTPRedirectHandler.max_redirections} times), last from "
+                          f"{_masked(where)}", hint=_http_hint(exc.code, job)) from None
     raise ModelsError(f"cannot download {job.label}: HTTP {exc.code} {exc.reason} from {_masked(where)}",
                       hint=_http_hint(exc.code, job)) from None
 
@@ -810,12 +814,20 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         super().__init__()
         self.followed = followed
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
-        if scheme not in ("http", "https"):
+    def http_error_302(self, req, fp, code, msg, headers):
+        """Checked before urllib's own handling, which refuses file:// and other schemes with an
+        HTTPError naming the new URL as the one that answered."""
+        location = headers.get("location") or headers.get("uri")
+        newurl = urllib.parse.urljoin(req.full_url, location) if location else ""
+        if location and urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
             raise ModelsError(f"{_host(req.full_url)} redirected the download to {_masked(newurl)}, which is "
                               f"not an http(s) URL: virnucpro downloads over http(s) only",
                               hint="use a source or --mirror that serves the files over http(s)")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.followed(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
