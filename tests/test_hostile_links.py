@@ -83,6 +83,36 @@ def test_a_users_file_at_a_lock_files_name_is_refused_and_kept(tmp_path, run_cli
     assert lock.read_text() == PRECIOUS and sorted(p.name for p in folder.iterdir()) == [lock.name]
 
 
+@pytest.mark.parametrize("left", [
+    '{"pid": 7, "user": "u"}\n' + 'emporary": ".x.h5.14lec3ko.tmp"}\n',  # stopped between write and cut
+    '{"pid": 7, "user": "u"}' + " " * 40 + "\n",  # stopped after a padded write
+    "\x00" * 64,  # the size recorded, the data not (a crash)
+    ""])
+def test_a_lock_file_an_interrupted_holder_left_is_taken_again(tmp_path, run_cli, left):
+    """A holder stopped between writing its (shorter) details and cutting the file left JSON then
+    the end of the old details: every later run refused its own lock file as 'other data'."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / od.LOCK_NAME).write_text(left)
+    code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
+    assert code == 0, message
+    assert json.loads((out / od.LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_holder_details_are_written_over_longer_ones_padded(tmp_path, monkeypatch):
+    """Stopped just before the cut, the file still reads as one holder's details."""
+    lock = tmp_path / "lock"
+    lock.write_text(json.dumps({"pid": 1, "temporary": "x" * 300}) + "\n")
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        monkeypatch.setattr(od.os, "ftruncate", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            od._write_holder(fd)
+    finally:
+        os.close(fd)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
 def test_a_lock_file_with_another_name_is_locked_but_never_written(tmp_path, run_cli):
     """A `cp -al` backup of a folder holding a lock file (a holder's details from an earlier run): the
     new holder's details were written into the backup's file too; the lock works, the file is unchanged."""

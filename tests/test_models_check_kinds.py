@@ -160,3 +160,17 @@ def test_a_missing_default_folder_first_asks_where_the_models_are(tmp_path, run_
             f"--dest {tmp_path}/data/virnucpro/models") in flat, err
     code, err = run_cli("models", "check", tmp_path / "named")
     assert code == ExitCode.MODELS and "name the folder" not in err, err
+
+
+def test_a_linked_role_folder_lacking_a_file_names_the_link_and_the_file(models, run_cli, tmp_path):
+    """A hand-staged `DNABERT-S-tiny -> elsewhere` is used while whole; lacking a file, the link is
+    what to move (virnucpro never writes through it), and the file it lacks is named."""
+    elsewhere = tmp_path / "elsewhere"
+    (models / "DNABERT-S-tiny").rename(elsewhere)
+    (models / "DNABERT-S-tiny").symlink_to(elsewhere)
+    assert run_cli("models", "check", models)[0] == 0
+    (elsewhere / "tokenizer.json").unlink()
+    code, err = run_cli("models", "check", models)
+    flat = " ".join(err.split())
+    assert code == ExitCode.MODELS, err
+    assert f"is a link to {elsewhere} (a folder) without tokenizer.json, which virnucpro never writes through" in flat

@@ -424,8 +424,8 @@ def _write_holder(fd: int, **extra: str) -> None:
     if os.fstat(fd).st_nlink > 1:
         return
     data = (json.dumps({**_holder(), **extra}) + "\n").encode()
-    try:
-        os.pwrite(fd, data, 0)
+    try:  # padded over the old details: stopped before the cut, the file still reads as one holder's
+        os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
         os.ftruncate(fd, len(data))
     except OSError as exc:
         if exc.errno != errno.EBADF:  # opened read-only
@@ -697,11 +697,15 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
 
 def _refuse_unless_a_lock_file(lock: Path, fd: int) -> None:
     """Exit 3 for a file at a lock file's name that no virnucpro command wrote: one holds a holder's
-    details (a JSON object with its pid), or nothing (its writer died before writing them). Read
-    with the flock held, so no holder is writing it; a user's `.virnucpro.lock` was overwritten."""
-    raw = os.pread(fd, 4097, 0)
-    holder = _holder_of(raw.decode("utf-8", "replace")) if len(raw) <= 4096 else None
-    if raw.strip() and not (holder and "pid" in holder):
+    details (a JSON object with its pid; after it, the end of longer ones its writer, stopped, did not
+    cut), or nothing (its writer died before writing them; zeros after a crash). Read with the flock
+    held, so no holder is writing it; a user's `.virnucpro.lock` was overwritten."""
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip("\x00 \t\r\n")
+    try:  # a holder's details, then what a longer earlier holder's left when its writer was stopped
+        holder = json.JSONDecoder().raw_decode(text)[0] if text else {"pid": None}
+    except ValueError:
+        holder = None
+    if not (isinstance(holder, dict) and "pid" in holder):
         raise BadInputError(f"{lock} is a file that holds other data, not a virnucpro lock file: virnucpro never "
                             "writes through or replaces what it did not write", "move it away, then rerun")
 

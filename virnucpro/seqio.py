@@ -398,9 +398,10 @@ class HashingTextStream:
         """Refuse a regular file whose size or time changed since it was opened, or whose size is not
         what was read (a file system that gives no size, as /proc, gives 0): it is still being written."""
         now = os.fstat(self._raw.fileno())
+        read_to = self._start + self.bytes_read
         if ((now.st_size, now.st_mtime_ns) == (self._opened.st_size, self._opened.st_mtime_ns)
-                and now.st_size in (0, self._start + self.bytes_read)):
-            return
+                and (now.st_size in (0, read_to) or (read_to > now.st_size and not self.bytes_read))):
+            return  # (standard input may stand past the end: nothing to read)
         skipped = f", the first {self._start:,} read before virnucpro started" if self._start else ""
         raise BadInputError(f"{self.path} changed while it was read ({self._opened.st_size:,} bytes when opened{skipped}, "
                             f"{self.bytes_read:,} read, {now.st_size:,} now): it is still being written, or was "

@@ -1076,7 +1076,8 @@ def _in_the_way(directory: Path, rel: str) -> tuple[str, str] | None:
     for depth in range(1, len(parts)):
         folder = Path(*parts[:depth])
         if os.path.islink(directory / folder):
-            return str(folder), f"{_what_is_at(directory / folder)}, which virnucpro never writes through"
+            lacking = f" without {Path(*parts[depth:])}" if os.path.isdir(directory / folder) else ""
+            return str(folder), f"{_what_is_at(directory / folder)}{lacking}, which virnucpro never writes through"
         if os.path.lexists(directory / folder) and not os.path.isdir(directory / folder):
             return str(folder), f"{_what_is_at(directory / folder)}, not a folder"
     if not os.path.lexists(directory / rel):
