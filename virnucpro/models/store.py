@@ -452,23 +452,31 @@ def atomic_write_text(path: Path, text: str, like: Iterable[Path] = ()) -> None:
             handle.write(text.encode())
 
 
-@contextmanager
-def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
-    """`path` as safetensors and tokenizers (Rust) take it: UTF-8 text. A path with bytes that are not UTF-8 (a folder
-    named in Latin-1) goes by a descriptor under /proc/self/fd, whose name is ASCII: the file's own
-    to read it, its folder's to write a file of ours (named by us) in it; elsewhere it stays as it is."""
-    text = str(path)
+def _encodable(text: str) -> bool:
+    """Whether `text` is UTF-8 text (a name of bytes that are not UTF-8 holds lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        if os.path.isdir("/proc/self/fd"):
-            fd = os.open(path.parent if writing else path, os.O_RDONLY | (os.O_DIRECTORY if writing else 0))
-            try:
-                yield f"/proc/self/fd/{fd}/{path.name}" if writing else f"/proc/self/fd/{fd}"
-            finally:
-                os.close(fd)
-            return
-    yield text
+        return False
+    return True
+
+
+@contextmanager
+def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
+    """`path` as safetensors and tokenizers (Rust) take it: UTF-8 text. A path with bytes that are not
+    UTF-8 (a folder named in Latin-1) goes by a descriptor under /proc/self/fd, whose name is ASCII:
+    the file's own to read it, its folder's to write a file of ours (named by us) in it; elsewhere
+    it stays as it is."""
+    text = str(path)
+    if _encodable(text) or not os.path.isdir("/proc/self/fd"):
+        yield text
+        return
+    folder_flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # O_PATH: no read right needed
+    fd = os.open(path.parent if writing else path, folder_flags if writing else os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}" if writing else f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 @contextmanager
