@@ -152,7 +152,15 @@ def _paths(tmp: Path):
         "quoted_blank.csv": 'sample,file\npatient1,"reads/p1.fa "\n',
         # YAML 1.1 reads 12:30 as the number 750 (base 60)
         "clock.yml": "- sample: 12:30\n  file: reads/p1.fa\n",
+        # a key repeated in a row: the last one won, the first file dropped unseen
+        "repeated_key.yml": "- sample: patient1\n  file: reads/p1.fa\n  file: reads/p2.fa\n",
+        "repeated_key.json": '[{"sample": "patient1", "file": "reads/p1.fa", "file": "reads/p2.fa"}]',
+        "good.json": '[{"sample": "patient1", "file": "reads/p1.fa"},\t{"sample": "patient2", "file": "reads/p2.fa"}]',
+        # a FIFO's PREPARE waited for a writer for ever; /dev/null is no file of reads either
+        "fifo.csv": "sample,file\npatient1,%s\npatient2,/dev/null\n" % (tmp / "fifo" / "pipe.fa"),
     }
+    (tmp / "fifo").mkdir()
+    os.mkfifo(tmp / "fifo" / "pipe.fa")
     for name, text in sheets.items():
         (tmp / name).write_text(text)
     return sheets
@@ -540,3 +548,23 @@ def test_command_line_errors_stop_the_run_before_any_task(tmp_path):
     assert "* --threshold: 'abc' is not a number" in output, output
     tasks = [p for p in (tmp_path / "work").glob("*/*")] if (tmp_path / "work").exists() else []
     assert not tasks, f"a task started: {tasks}"
+
+
+@pytest.mark.parametrize("sheet", ["repeated_key.yml", "repeated_key.json"])
+def test_a_key_repeated_in_a_yaml_or_json_row_is_refused(results, sheet):
+    """`file:` twice in a row kept only the second file, and the summary said every read reconciled."""
+    message = _refused(results, sheet)
+    assert "cannot be read" in message and "duplicate key file" in message, message
+
+
+def test_a_json_sheet_yaml_cannot_read_is_read_as_json(results):
+    """A tab between values is JSON's whitespace but no YAML 1.1 token: the repeat check leaves it be."""
+    tmp = results["tmp"]
+    assert results["good.json"] == {"ok": True, "value": [[{"id": "patient1"}, str(tmp / "reads" / "p1.fa")],
+                                                          [{"id": "patient2"}, str(tmp / "reads" / "p2.fa")]]}
+
+
+def test_a_fifo_or_device_in_a_sheet_is_refused_at_start_up(results):
+    message = _refused(results, "fifo.csv")
+    assert f"'{results['tmp'] / 'fifo' / 'pipe.fa'}' is neither a file nor a directory" in message, message
+    assert "'/dev/null' is neither a file nor a directory" in message and "(2 problems)" in message, message

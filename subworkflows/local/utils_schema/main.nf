@@ -388,6 +388,9 @@ def existingPathProblems(String text, Map spec) {
     if (spec.format == 'directory-path' && !path.isDirectory()) {
         return ["'${text}' is a file, not a directory".toString()]
     }
+    if (spec.format == 'file-path' && mustExist && !java.nio.file.Files.isRegularFile(path)) {
+        return notFileProblems(text, [path])  // a FIFO's task waited for a writer for ever; /dev/null read nothing
+    }
     return []
 }
 
@@ -747,7 +750,7 @@ def readSamplesheet(String sheetPath) {
     }
     def data = null
     try {
-        data = name ==~ /.*\.ya?ml$/ ? new org.yaml.snakeyaml.Yaml().load(text) : (name.endsWith('.json') ? new groovy.json.JsonSlurper().parseText(text) : null)
+        data = name ==~ /.*\.ya?ml$/ ? strictYaml(text) : (name.endsWith('.json') ? strictJson(text) : null)
     }
     catch (Exception e) {
         error("Samplesheet ${sheetPath} cannot be read: ${e.message}")
@@ -763,6 +766,30 @@ def readSamplesheet(String sheetPath) {
     }
     def rows = (data as List).collect { row -> (row as Map).collectEntries { key, value -> [key.toString(), value] } }
     return [rows, false, null, []]
+}
+
+// YAML text, a key repeated in one mapping refused: SnakeYAML keeps the last by default, so a second
+// `file:` in a row dropped the first file unseen (as a repeated CSV column would: see rowsFromDelimited).
+def strictYaml(String text) {
+    def options = new org.yaml.snakeyaml.LoaderOptions()
+    options.setAllowDuplicateKeys(false)
+    return new org.yaml.snakeyaml.Yaml(options).load(text)
+}
+
+// JSON text, a key repeated in one object refused: JsonSlurper keeps the last. The repeat is found by
+// reading the text as YAML too (JSON is YAML's flow style); text that YAML 1.1 reads otherwise is
+// left to JsonSlurper alone.
+def strictJson(String text) {
+    try {
+        strictYaml(text)
+    }
+    catch (org.yaml.snakeyaml.constructor.DuplicateKeyException e) {
+        throw e
+    }
+    catch (Exception _e) {
+        // not YAML 1.1 (a tab where YAML refuses one, ...): no repeat to find this way
+    }
+    return new groovy.json.JsonSlurper().parseText(text)
 }
 
 // CSV/TSV text with a header line -> [rows as Maps, true, header, problems with the number of fields].
