@@ -485,7 +485,8 @@ def refuseNestedOutdir(dir) {
     if (real.startsWith(work)) {
         error("--outdir ${dir} is inside the work directory ${work}: `nextflow clean` would delete the results; choose a folder outside it")
     }
-    def ancestors = [real.root] + (1..<real.nameCount).collect { i -> real.root.resolve(real.subpath(0, i)) }
+    def above = real.nameCount > 1 ? (1..<real.nameCount) : []  // Groovy's 1..<1 and 1..<0 are no empty ranges
+    def ancestors = [real.root] + above.collect { i -> real.root.resolve(real.subpath(0, i)) }
     def run = ancestors.find { folder -> folder.resolve('pipeline_info').resolve('.virnucpro-run.lock').exists() }
     if (run) {
         error("--outdir ${dir} is inside ${run}, the --outdir of another run of this pipeline: the two runs' results would mix; choose a folder outside it")
@@ -1027,7 +1028,8 @@ def createdFolderFailure(dir) {
 // null: making the folder then failed with a bare "File or directory already exists".
 def danglingLink(path) {
     def absolute = path.toAbsolutePath().normalize()
-    return (1..absolute.nameCount).collect { i -> absolute.root.resolve(absolute.subpath(0, i)) }.find { step ->
+    def steps = absolute.nameCount ? (1..absolute.nameCount) : []  // `/` has none (1..0 counts down)
+    return steps.collect { i -> absolute.root.resolve(absolute.subpath(0, i)) }.find { step ->
         java.nio.file.Files.isSymbolicLink(step) && java.nio.file.Files.notExists(step) // not: cannot be looked at
     }
 }
