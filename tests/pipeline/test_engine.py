@@ -795,6 +795,11 @@ def test_a_c_locale_reads_samplesheets_as_utf8_and_refuses_non_ascii_paths(tmp_p
                                    f"--checkpoint_dir: '{folder.parent}/donn", f"--outdir: '{folder.parent}/donn",
                                    "not UTF-8", fix)
     assert not (folder / "out").exists()
+    # alone with an --outdir Java can name: the config that reads it too stopped as unparsable
+    run = run_pipeline(tmp_path / "ckpt", "-profile", "test", "-preview", "--checkpoint_dir", str(folder / "ck"),
+                       env=C_LOCALE)
+    assert_refused_before_any_task(run, f"--checkpoint_dir: '{folder.parent}/donn", "not UTF-8", fix)
+    assert "Unable to parse config file" not in run.output, run.output[-3000:]
     sheet = write_samplesheet(tmp_path / "sheet.csv", [("s1", reads), ("s2", folder / "r.fa")])
     run = run_pipeline(tmp_path / "sheet", "-profile", "test", "-preview", "--input", str(sheet), env=C_LOCALE)
     assert_refused_before_any_task(run, f"row 2, column file: '{folder.parent}/donn", "not UTF-8", fix)
