@@ -808,6 +808,17 @@ def test_a_c_locale_reads_samplesheets_as_utf8_and_refuses_non_ascii_paths(tmp_p
     assert_refused_before_any_task(run, f"matched {folder.parent}/donn", "not UTF-8", fix)
 
 
+def test_a_glob_match_whose_name_is_not_utf8_is_refused_under_a_utf8_locale(tmp_path):
+    """A folder named in Latin-1 is listed by Java with U+FFFD in place of its byte: the task was
+    given that other path ('input file not found'). Refused at start-up, naming it and the fix."""
+    latin1 = Path(os.fsdecode(bytes(tmp_path / "reads") + b"/donn\xe9es"))
+    latin1.mkdir(parents=True)
+    shutil.copy(TEST_INPUTS / "sample_a.fasta", latin1 / "r.fa")
+    run = run_pipeline(tmp_path / "glob", "-profile", "test", "-preview", "--input", str(tmp_path / "reads" / "*" / "r.fa"))
+    assert_refused_before_any_task(run, f"matched {tmp_path / 'reads'}/donn\ufffdes/r.fa",
+                                   "a name of bytes that are not UTF-8", "rename it in UTF-8")
+
+
 def test_a_non_utf8_locale_is_told_at_start_up_that_the_execution_report_will_be_cut_short(tmp_path):
     """Java 17 under LANG=C writes text as ASCII: Nextflow's execution report (its DataTables hold a
     '\u00a9') stops at that character, said only at the end, as a WARN pointing to the log. Said once

@@ -555,25 +555,32 @@ def utf8Text(path, String what) {
 // Whether this Java cannot use `text` as a path: it encodes file names in the charset of the locale
 // it started in (sun.jnu.encoding), ASCII under LANG=C or none. A path with any other character is
 // then refused ("Malformed input or input contains unmappable characters"), or, listed from a folder
-// (a glob's matches), named with U+FFFD in its place, which a task is then given: another path.
+// (a glob's matches), named with U+FFFD in its place, which a task is then given: another path. Under
+// a UTF-8 locale a name of bytes that are no UTF-8 (Latin-1) is listed with U+FFFD just the same.
 def unnamablePath(String text) {
     def encoding = System.getProperty('sun.jnu.encoding')
     def utf8 = encoding == null || (java.nio.charset.Charset.isSupported(encoding) && java.nio.charset.Charset.forName(encoding) == java.nio.charset.StandardCharsets.UTF_8)
-    return !utf8 && text.find(/[^\x00-\x7F]/) != null
+    return text.contains('\uFFFD') || (!utf8 && text.find(/[^\x00-\x7F]/) != null)
 }
 
 // "'<path>' holds ...; <fix>" for a path this Java cannot use (unnamablePath), else null.
 def unnamablePathProblem(String text) {
-    return unnamablePath(text) ? "'${visible(text)}' holds ${unnamablePathCause()}; ${unnamablePathFix()}".toString() : null
+    return unnamablePath(text) ? "'${visible(text)}' holds ${unnamablePathCause(text)}; ${unnamablePathFix(text)}".toString() : null
 }
 
-// Why an unnamablePath cannot be used, naming the charset the locale gave Java.
-def unnamablePathCause() {
+// Why an unnamablePath cannot be used: the charset the locale gave Java, or bytes that are no UTF-8.
+def unnamablePathCause(String text = '') {
+    if (text.contains('\uFFFD') && System.getProperty('sun.jnu.encoding')?.toUpperCase(Locale.ROOT)?.replace('-', '') == 'UTF8') {
+        return "a name of bytes that are not UTF-8 (written in Latin-1 or another legacy encoding), which this Java lists with U+FFFD in their place: a task would be given another path"
+    }
     return "characters other than ASCII, which this Java cannot use in file names: it encodes them as ${System.getProperty('sun.jnu.encoding')} (the encoding of its locale), not UTF-8".toString()
 }
 
 // The way out for an unnamablePath.
-def unnamablePathFix() {
+def unnamablePathFix(String text = '') {
+    if (text.contains('\uFFFD') && System.getProperty('sun.jnu.encoding')?.toUpperCase(Locale.ROOT)?.replace('-', '') == 'UTF8') {
+        return 'rename it in UTF-8 (e.g. `convmv -f latin1 -t utf8 --notest PATH`), or give a link to it whose path is ASCII'
+    }
     return 'run under a UTF-8 locale (e.g. `export LC_ALL=C.UTF-8`), or give a path without them, or a link to it whose path has none'
 }
 

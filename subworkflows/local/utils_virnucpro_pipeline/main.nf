@@ -111,12 +111,14 @@ def inputsTableLine(String id, int i, reads) {
 }
 
 // Under a locale whose file-name encoding is not UTF-8 (LANG=C), a folder's names are listed with
-// U+FFFD for each byte beyond ASCII (unnamablePath): the task would be given that path, not the
-// file's. Such matches stop the run, naming them (their text holds U+FFFD, printed as '?').
+// U+FFFD for each byte beyond ASCII (unnamablePath), and under a UTF-8 one each byte that is no UTF-8:
+// the task would be given that path, not the file's. Such matches stop the run, naming them (their
+// text holds U+FFFD, printed as '?' under LANG=C).
 def refuseUnnamableMatches(String pattern, List matched) {
     def unnamable = matched.findAll { reads -> unnamablePath(reads.toString()) }
     if (unnamable) {
-        error("--input ${pattern} matched ${unnamable.join(', ')}: paths with ${unnamablePathCause()}; ${unnamablePathFix()}")
+        def text = unnamable.join(', ')
+        error("--input ${pattern} matched ${text}: paths with ${unnamablePathCause(text)}; ${unnamablePathFix(text)}")
     }
 }
 
