@@ -781,13 +781,21 @@ def test_a_path_java_cannot_name_is_said_in_the_locale_s_own_encoding(groovy):
     assert "locale is C" not in said and "POSIX" not in said, said
 
 
-def _reports_config(groovy, outdir) -> str:
+def _reports_config(groovy, outdir, **params) -> str:
     """What nextflow.config's includeConfig closure includes for this --outdir: the refused run's
-    report settings (conf/refused_outdir.config) or nothing (/dev/null)."""
+    report settings (conf/refused_outdir.config), none (conf/no_reports.config) or nothing (/dev/null)."""
     text = (REPO / "nextflow.config").read_text()
     start = text.index("{", text.index("includeConfig ({"))
     closure = text[start:matching(mask(text), start) + 1]
-    return groovy.evaluate({"params": {"outdir": str(outdir)}}, [("config", closure, True)])["config"]
+    return groovy.evaluate({"params": {"outdir": str(outdir), **params}}, [("config", closure, True)])["config"]
+
+
+@pytest.mark.parametrize("suffix", ["../../x", "a/b", "x y", ""])
+def test_a_report_suffix_the_checks_refuse_writes_no_report(groovy, tmp_path, suffix):
+    """The suffix names the report files, which Nextflow opens before the checks: '../../x' wrote a
+    report outside --outdir, 'a/b' one in a new folder, before the run was refused."""
+    assert _reports_config(groovy, tmp_path / "results", trace_report_suffix=suffix) == "conf/no_reports.config"
+    assert _reports_config(groovy, tmp_path / "results", trace_report_suffix="2026-12-04_21-00-00") == "/dev/null"
 
 
 def test_reports_of_a_run_refused_for_an_outdir_in_use_stay_out_of_it_and_a_resume_s_go_there(groovy, tmp_path):
