@@ -587,19 +587,22 @@ def test_an_empty_models_folder_or_a_too_long_sample_name_is_refused(tmp_path):
 
 def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     """errorStrategy 'finish': one bad file must not kill another sample's EMBED under way. The bad
-    sample's file is a FIFO, fed only once the good sample's EMBED runs. Five shards of 8 reads: two
-    EMBED tasks run (one CPU each) while the others wait, when the bad sample fails."""
+    sample's PREPARE waits at a gate (its beforeScript) opened only once the good sample's EMBED
+    runs (a FIFO fed then did this, until FIFOs were refused at start-up). Five shards of 8 reads:
+    EMBED tasks run (one CPU each) or wait, when the bad sample fails."""
     reads = coding_reads(tmp_path / "coding.fa", 40)
-    late = tmp_path / "late.fa"
-    os.mkfifo(late)
+    late, gate = tmp_path / "late.fa", tmp_path / "gate"
+    late.write_text("this is no FASTA\n")
     sheet = write_samplesheet(tmp_path / "sheet.csv", [("coding", reads), ("late", late)])
     launch = tmp_path / "launch"
     launch.mkdir()
-    (launch / "one_cpu.config").write_text("process { withName: 'VIRNUCPRO_.*' { cpus = 1 } }\n")  # the blocked one leaves room
+    (launch / "one_cpu.config").write_text(  # the waiting one leaves room
+        "process { withName: 'VIRNUCPRO_.*' { cpus = 1 } }\n"
+        "process { withName: 'VIRNUCPRO_PREPARE' { beforeScript = { meta.id == 'late' ? "
+        f"'while [ ! -e {gate} ]; do sleep 0.1; done' : '' }} }} }}\n")
     process = start_pipeline(launch, "-profile", "test", "-c", str(launch / "one_cpu.config"), "--input", str(sheet))
     wait_for(lambda: embed_pids(str(launch)), "the good sample's EMBED running", process)
-    with open(late, "w") as feed:
-        feed.write("this is no FASTA\n")
+    gate.touch()
     run = finish(process, launch)
     assert run.returncode != 0 and "late" in run.output, run.output[-3000:]
     assert "Join mismatch" not in run.output, run.output[-3000:]
@@ -608,8 +611,6 @@ def test_a_failing_sample_lets_the_running_tasks_of_the_others_finish(tmp_path):
     assert embeds and {row["status"] for row in embeds} == {"COMPLETED"}, embeds
     # errorStrategy 'ignore' (a common site setting): the run ends green; its summary used to list
     # only the samples that came through, each "reconciled yes", the failed one nowhere
-    late.unlink()
-    late.write_text("this is no FASTA\n")
     (launch / "ignore.config").write_text("process.errorStrategy = 'ignore'\n")
     ignored = finish(start_pipeline(launch, "-profile", "test", "-c", str(launch / "one_cpu.config"), "-c",
                                     str(launch / "ignore.config"), "--input", str(sheet), "-resume"), launch)
