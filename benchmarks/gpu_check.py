@@ -1054,6 +1054,7 @@ class Run:
     report: Report
     budget: int
     models: dict | None = None
+    begun: list[str] = field(default_factory=list)  # the sections started, in order
 
 
 def models_of(run: Run) -> dict:
@@ -1185,8 +1186,9 @@ def steps_after(section: str, step: str) -> list[str]:
 def run_section(name: str, work, run: Run) -> None:
     """One section; a failure is recorded and the next section runs; an interruption (--hard-limit, a
     stop signal) is recorded with the step it stopped, and the section's later steps as not run."""
-    header(name, run.guard)
     try:
+        run.begun.append(name)
+        header(name, run.guard)
         run.report.figures.update(work(run))
     except (Exception, Interrupted) as exc:  # an OOM, a CUDA error, a bug: the figures so far are kept
         run.report.fail(name, exc)
@@ -1199,7 +1201,7 @@ def run_section(name: str, work, run: Run) -> None:
 
 def run_sections(run: Run) -> None:
     """Every section, none started once --hard-limit or a stop signal has stopped the run (their steps
-    are recorded as not run)."""
+    are recorded as not run, also when the stop came between two sections)."""
     run.guard.interruptible = True
     try:
         for name, work in sections():
@@ -1208,8 +1210,12 @@ def run_sections(run: Run) -> None:
                     run.guard.skip(step)
             else:
                 run_section(name, work, run)
-    except Interrupted as exc:  # fired between two sections
+    except Interrupted as exc:  # fired between two sections: the later ones were never started
         run.report.fail("between sections", exc)
+        names = [name for name, _work in sections()]
+        for name in names[names.index(run.begun[-1]) + 1 if run.begun else 0:]:
+            for step in steps_of(name):
+                run.guard.skip(step)
         run.report.save()
     finally:
         run.guard.interruptible = False
