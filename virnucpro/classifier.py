@@ -79,6 +79,7 @@ class MLPClassifier(nn.Module):
         self.hidden_layer = nn.Linear(input_dim, hidden_dim)
         self.bn1 = nn.BatchNorm1d(hidden_dim)
         self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.sha256: str | None = None  # of the file it was loaded from (load_classifier)
         self.dropout = nn.Dropout(0.5)
         nn.init.xavier_uniform_(self.hidden_layer.weight)
         nn.init.xavier_uniform_(self.output_layer.weight)
@@ -372,13 +373,21 @@ def load_classifier(path: Path) -> MLPClassifier:
 
     Raises `ModelsError` (exit 4) naming the offending global for any pickle that refers to
     anything but the MLP's modules and torch's tensor machinery; such a file is never executed.
+    The model's `sha256` is that of the file loaded (`store.verified_name`).
     """
+    from virnucpro.models import store
+
     path = Path(path)
     _refuse_not_a_classifier_file(path)
-    if _is_safetensors(path):
-        return _load_safetensors(path)
-    _refuse_foreign_globals(path)
-    return _model_from_unpickled(_unpickle_weights_only(path), path)
+    with store.verified_name(path):  # the file hashed is the file scanned and loaded
+        digest = store.sha256_file(path)
+        if _is_safetensors(path):
+            model = _load_safetensors(path)
+        else:
+            _refuse_foreign_globals(path)
+            model = _model_from_unpickled(_unpickle_weights_only(path), path)
+    model.sha256 = digest
+    return model
 
 
 def _refuse_not_a_classifier_file(path: Path) -> None:

@@ -21,6 +21,7 @@ from virnucpro.crash import report_bug
 from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, access_hint, denied_folder, home_expanded,
                               is_panic, printable, stop_signals_exit_interrupted, storage_errno, storage_error,
                               storage_failure, storage_hint)
+from virnucpro.models import store
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.seqio import STDIN
 from virnucpro.threads import limit_threads
@@ -369,7 +370,6 @@ def models_download(
 @models_app.command("check")
 def models_check(directory: Optional[Path] = typer.Argument(None, parser=_models_path, metavar="DIR", help="Models directory.")) -> None:
     """Report which models are present and whether their checksums hold."""
-    from virnucpro.models import store
 
     store.check(directory)
 
@@ -425,6 +425,7 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
     with its traceback saved to a file. `exiting`: the process ends with the command (the console script).
     """
     _written.clear()
+    store.forget_verified()  # a command verifies the models it reads itself
     try:
         with stop_signals_exit_interrupted(exiting):
             app(args=argv, prog_name="virnucpro")

@@ -32,7 +32,7 @@ from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalE
                               access_hint, denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import file_mode, rename_new
-from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, open_regular, shown
+from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
 
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
 ROWS_PER_WRITE = 8192
@@ -143,6 +143,7 @@ def _checked_seal(path: Path, handle) -> bytes:
     handle.seek(0)
     block = handle.read(SEAL_BYTES)
     if not block.startswith(SEAL_MAGIC):
+        _refuse_prepare_shard(path, block)
         what = "it is empty" if not block else ("it does not start with the seal virnucpro embed writes "
                                                 "(cut short, or written by another program or an older "
                                                 "virnucpro)")
@@ -151,6 +152,13 @@ def _checked_seal(path: Path, handle) -> bytes:
         raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
                                       "the seal embed wrote in its first bytes)", REEMBED_HINT)
     return block
+
+
+def _refuse_prepare_shard(path: Path, head: bytes) -> None:
+    """Exit 5 naming a prepare shard given where its embedding belongs (never the hint to delete it)."""
+    if head.startswith(SHARD_MAGIC.encode()):
+        raise InconsistentInputsError(f"{path} is a shard written by `virnucpro prepare`, not its embedding",
+                                      "give the .h5 file `virnucpro embed` wrote from it")
 
 
 def _open_regular(path: Path):

@@ -407,15 +407,17 @@ def _check_all_used(prepared: Path, chunk_rows: Iterator[dict[str, str]], scored
 
 def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier: Path | None = None,
             models: Path | None = None, threshold: float = 0.5, stage_seconds: dict | None = None,
-            output: OutputFolder | None = None, input_names: Sequence[str] | None = None) -> Path:
+            output: OutputFolder | None = None, input_names: Sequence[str] | None = None,
+            loaded_classifier=None) -> Path:
     """Run the predict stage; every output file is written under `outdir` (`run` passes its own
-    claimed folder as `output`, and the input paths of its command line as `input_names`)."""
+    claimed folder as `output`, the input paths of its command line as `input_names`, and the
+    classifier it checked at its start, loaded from `classifier`, as `loaded_classifier`)."""
     started = time.monotonic()
     prepared, outdir = Path(prepared), Path(outdir)
     threshold = float(threshold) + 0.0  # `--threshold -0` is 0.0, not "-0.0" in the report and run_info
     _refuse_prepared_as_outdir(prepared, outdir)
     with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
-        inputs = _checked_inputs(prepared, embeddings, classifier, models)
+        inputs = _checked_inputs(prepared, embeddings, classifier, models, loaded_classifier)
         if input_names is not None:
             inputs.manifest = _inputs_named(inputs.manifest, input_names)
         with output_errors(outdir):
@@ -460,8 +462,9 @@ def _refuse_prepared_as_outdir(prepared: Path, outdir: Path) -> None:
 
 
 def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path | None,
-                    models: Path | None) -> _Inputs:
-    """The prepared manifest, the HDF5 shards in order and the classifier, cross-checked (exit 3-5)."""
+                    models: Path | None, loaded=None) -> _Inputs:
+    """The prepared manifest, the HDF5 shards in order and the classifier (`loaded` when given),
+    cross-checked (exit 3-5)."""
     from virnucpro.classifier import load_classifier
 
     manifest = fmt.load_manifest(prepared)
@@ -475,7 +478,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
         tiny = tiny or model_set.tiny
     else:
         refuse_classifier_of_other_chunk_size(Path(classifier), manifest["chunk_size"], models)
-    model = load_classifier(Path(classifier))
+    model = loaded if loaded is not None else load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
     check_stage_files(prepared, manifest, shards)
     return _Inputs(manifest, shards, model, Path(classifier), tiny)
@@ -510,7 +513,8 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
     check_reconciles(inputs.manifest["counts"], rows, summary.chunks_scored, summary.calls)  # exit 5 otherwise
     seconds = dict(stage_seconds or {})
     seconds["predict"] = round(time.monotonic() - started, 3)
-    run_info = _run_info(inputs.manifest, inputs.shards, inputs.classifier, threshold, inputs.tiny, seconds)
+    run_info = _run_info(inputs.manifest, inputs.shards, inputs.classifier, inputs.model.sha256, threshold,
+                         inputs.tiny, seconds)
     write_report(staging / REPORT, manifest=inputs.manifest, rows=rows, n_chunks_scored=summary.chunks_scored,
                  summary=summary.as_dict(), histogram=histogram.counts, run_info=run_info,
                  name=Path(os.path.abspath(staging.parent)).name)  # the output folder's (the pipeline's: the sample)
@@ -635,15 +639,17 @@ def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
                                       "use the classifier that belongs to the embedding models")
 
 
-def _run_info(manifest: dict, shards: list, classifier: Path, threshold: float, tiny: bool, seconds: dict) -> dict:
-    """run_info.json: what made these tables (version, command, inputs, models, classifier, settings, times)."""
+def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256: str, threshold: float, tiny: bool,
+              seconds: dict) -> dict:
+    """run_info.json: what made these tables (version, command, inputs, models, the classifier as
+    loaded, settings, times)."""
     return {
         "virnucpro_version": __version__,
         "command": [unicode_text(word) for word in sys.argv],
         "inputs": manifest["inputs"],
         "chunk_size": manifest["chunk_size"],
         "models": shards[0].models,
-        "classifier": {"path": unicode_text(str(classifier)), "sha256": fmt.sha256_of(classifier)},
+        "classifier": {"path": unicode_text(str(classifier)), "sha256": classifier_sha256},
         "tiny_models": tiny,
         "precision": sorted({s.precision for s in shards}),
         "device": sorted({s.device for s in shards}),

@@ -342,6 +342,6 @@ def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path
     else:
         output.with_next_publish(None, [KEPT])
     predict(work / "prepared", embeddings, output.folder, classifier=setup.classifier, threshold=threshold,
-            stage_seconds=seconds, output=output, input_names=input_names)
+            stage_seconds=seconds, output=output, input_names=input_names, loaded_classifier=setup.classifier_model)
     if keep_embeddings:
         info(f"embeddings kept in {output.folder / KEPT}")

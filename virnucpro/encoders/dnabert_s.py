@@ -186,7 +186,8 @@ def _config(folder: Path) -> dict:
         what = "is not a regular file" if os.path.lexists(path) else "is missing"
         raise ModelsError(f"DNABERT-S: {path} {what}", hint=_refetch(folder))
     try:
-        cfg = json.loads(store.read_small_file(path, store.MANIFEST_MAX_BYTES))
+        with store.verified_name(path):
+            cfg = json.loads(store.read_small_file(path, store.MANIFEST_MAX_BYTES))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, not a small plain file
         _raise_if_at_the_limit(exc, path)
         why = "nested too deeply" if isinstance(exc, RecursionError) else exc
@@ -228,10 +229,10 @@ def _weights(folder: Path) -> tuple[Path, dict]:
     try:
         if st.is_file():
             from safetensors.torch import load_file
-            with store.utf8_name(st) as name:
+            with store.verified_name(st) as name:
                 return st, load_file(name, device="cpu")
         if binfile.is_file():
-            with store.utf8_name(binfile) as name:
+            with store.verified_name(binfile) as name:
                 try:
                     state = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
                 except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
@@ -304,8 +305,10 @@ def _tokenizer(folder: Path, vocab: int):
     if not path.is_file():
         raise ModelsError(f"DNABERT-S: {path} is missing", hint=_refetch(folder))
     try:
-        with store.utf8_name(path) as name:
+        with store.verified_name(path) as name:
             tok = Tokenizer.from_file(name)
+    except ModelsError:
+        raise
     except Exception as exc:
         _raise_if_at_the_limit(exc, path)
         raise ModelsError(f"DNABERT-S: {path} is not a valid tokenizer ({exc})") from exc

@@ -479,6 +479,46 @@ def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
         os.close(fd)
 
 
+#: The stamp of each models file this command hashed or found in the hash cache, by absolute path
+#: (cleared as each command starts: `forget_verified`). Loaders read through `verified_name`, which
+#: refuses a file that is no longer the one verified: replaced during `run`'s hours of prepare, an
+#: encoder would otherwise compute the vectors and the shards carry the sha256 of the file checked.
+verified_stamps: dict[str, dict[str, int]] = {}
+
+
+def remember_verified(path: Path, stat: os.stat_result) -> None:
+    """Record `stat` as the status of the verified version of `path` (see `verified_stamps`)."""
+    verified_stamps[os.path.abspath(path)] = _stamp(stat)
+
+
+def forget_verified() -> None:
+    verified_stamps.clear()
+
+
+@contextmanager
+def verified_name(path: Path) -> Iterator[str]:
+    """`path` for a loader (`utf8_name`), for a block that reads it: the file must be the version
+    this command verified when the block starts, if it verified one, and the same file, unwritten,
+    when the block ends; otherwise exit 4 (`_unchanged_file`)."""
+    path = Path(path)
+    before = _unchanged_file(path, verified_stamps.get(os.path.abspath(path)), "after virnucpro verified it")
+    with utf8_name(path) as name:
+        yield name
+    _unchanged_file(path, _stamp(before), "while virnucpro read it")
+
+
+def _unchanged_file(path: Path, expected: dict[str, int] | None, when: str) -> os.stat_result:
+    """The status of `path` now, which must have the stamp `expected` (when given): a models file
+    replaced or written meanwhile is exit 4, to be verified again by a rerun."""
+    with reading(path):
+        now = os.stat(path)
+    if expected is not None and _stamp(now) != expected:
+        raise ModelsError(f"{_shortened(str(path), 300)} changed {when}: it was replaced or written while this "
+                          f"command ran", hint="rerun once whatever writes to the models folder is done: "
+                                               "the files are then verified again")
+    return now
+
+
 @contextmanager
 def replaced_like(path: Path, like: Iterable[Path], within: Path | None = None) -> Iterator[Path]:
     """`outdir.replaced_atomically` for a file of a models folder: a new temporary file beside `path`
@@ -828,10 +868,12 @@ class HashCache:
             stat = path.stat()
         entry = self._known(rel, path, stat, git_sha1)
         if entry is not None:
+            remember_verified(path, stat)
             return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
         if stat.st_size > 256 * 1024 * 1024:
             info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
         digest, blob, hashed = hashed_as_it_is(path, git_sha1)
+        remember_verified(path, hashed)
         if hashed.st_size >= _CACHE_MIN_BYTES:
             self.record(rel, path, digest, hashed, blob)
         return digest, blob
@@ -861,6 +903,7 @@ class HashCache:
         there already, see `hashed_as_it_is`), here and for the whole process."""
         entry = {**_stamp(stat), "sha256": digest, **({"git_sha1": git_sha1} if git_sha1 else {})}
         self.entries[rel] = remembered_hashes[_remembered_key(path, stat)] = entry
+        remember_verified(path, stat)
         self.dirty = True
 
     def save(self) -> None:
