@@ -60,7 +60,8 @@ workflow {
             asText(params.input),
             asText(params.outdir),
             asText(params.trace_report_suffix),
-            [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean],
+            [multiqc: !params.skip_multiqc, prepared: params.save_prepared as boolean, embeddings: params.save_embeddings as boolean,
+             links: asText(params.publish_dir_mode) in ['symlink', 'rellink']],
             [checkpoint: checkpoint_dir, work: workflow.workDir.toString()]
         )
         def embed_settings = [checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile]

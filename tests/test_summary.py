@@ -3,7 +3,9 @@ exit 5 with one message (never a traceback, never "yes"), ids with `"` read and 
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -363,3 +365,42 @@ def test_a_sample_id_starting_with_a_hash_is_refused_before_multiqc_reads_it_as_
     ids.write_text("s1\n#x\n")
     result = summary("merge", good_row, "--samples-from", ids, "--out", tmp_path / "all.tsv", "--mqc", tmp_path / "mqc.tsv")
     assert_refused(result, f"{ids} line 2", "starts with '#'")
+
+
+# --- what the pipeline recognises as its own in --outdir ------------------------------------------
+
+PIPELINE_UTILS = Path(__file__).resolve().parent.parent / "subworkflows/local/utils_virnucpro_pipeline/main.nf"
+
+
+def _published_openings() -> dict[str, list[str]]:
+    """publishedOpenings() of the pipeline's start-up checks, its Groovy strings read as Python's."""
+    body = re.search(r"def publishedOpenings\(\) \{\n    return \[\n(.*?)\n    \]", PIPELINE_UTILS.read_text(), re.S).group(1)
+    openings = {}
+    for name, values in re.findall(r"'([\w.]+)': \[(.*)\],", body):
+        openings[name] = [ast.literal_eval(value) for value in re.findall(r"'(?:[^'\\]|\\.)*'|\"[^\"]*\"", values)]
+    return openings
+
+
+def test_every_file_the_pipeline_publishes_begins_as_its_start_up_check_recognises_it(golden_predicted, tmp_path):
+    """refuseForeignPublishTargets refuses a file at a result's name that does not begin as this
+    virnucpro writes it: the openings it knows are checked against the writers themselves."""
+    openings = _published_openings()
+    assert set(openings) == {*(path.name for path in golden_predicted.iterdir() if not path.name.startswith(".")),
+                             "virnucpro_summary.tsv"}
+    (tmp_path / "rows").mkdir()
+    assert summary("row", golden_predicted, "--sample", "s1", "--out", tmp_path / "rows" / "s1.tsv").returncode == 0
+    (tmp_path / "samples.txt").write_text("s1\n")
+    merged = summary("merge", tmp_path / "rows", "--samples-from", tmp_path / "samples.txt",
+                     "--out", tmp_path / "virnucpro_summary.tsv", "--mqc", tmp_path / "mqc.tsv")
+    assert merged.returncode == 0, merged.stderr
+    for path in [*golden_predicted.iterdir(), tmp_path / "virnucpro_summary.tsv"]:
+        if not path.name.startswith("."):
+            head = path.read_bytes()[:4096].decode("latin-1")
+            assert any(head.startswith(opening) for opening in openings[path.name]), (path.name, head[:120])
+
+
+def test_a_prepared_folder_holds_only_the_names_the_pipeline_recognises(golden_prepared):
+    allowed = re.search(r"!\(name in \[('\.virnucpro\.json'[^\]]*)\]\)", PIPELINE_UTILS.read_text()).group(1)
+    names = {path.name for path in golden_prepared.iterdir()}
+    assert ".virnucpro.json" in names and names <= set(ast.literal_eval(f"[{allowed}]"))
+    assert all(re.fullmatch(fmt.SHARD_PATTERN, path.name) for path in (golden_prepared / fmt.SHARD_DIR).iterdir())

@@ -87,7 +87,8 @@ def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
     before = {p: p.stat().st_mtime_ns for p in (outdir / "sample_a").iterdir()}
     published = outdir / "sample_a" / "run_info.json"
     genuine = published.read_bytes()
-    published.write_text('{"threshold": 0.3}\n')
+    published.write_text(genuine.decode().replace('"threshold": 0.5', '"threshold": 0.3'))
+    assert published.read_bytes() != genuine
     (outdir / "sample_a" / "embeddings").mkdir()
     stale = outdir / "sample_a" / "embeddings" / "shard_00042.h5"
     stale.write_bytes(b"virnucpro embedding shard seal 1\n" + bytes(64))
@@ -118,6 +119,36 @@ def test_a_rerun_that_would_leave_an_earlier_runs_multiqc_report_is_refused(test
         assert said in again.output, again.output[-3000:]
     results = {name: state for name, state in folder_state(test_run.outdir).items() if not name.startswith("pipeline_info/")}
     assert results == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
+
+
+def test_a_rerun_refuses_to_publish_over_what_the_pipeline_did_not_write(test_run):
+    """A reviewer's case: in an --outdir an earlier run wrote, publishing deleted a folder of the
+    user's at a table's name, notes left in a sample's prepared/ (with the folder) and replaced a
+    user's file at a shard's name. Refused before any task, each named, all kept. (After the tests
+    above: the refused rerun adds a trace, which they would read as the run's.)"""
+    outdir = test_run.outdir
+    report = outdir / "sample_a" / "report.html"
+    report.rename(outdir / "report.keep")
+    (report / "keep.txt").parent.mkdir()
+    (report / "keep.txt").write_text("mine\n")
+    (outdir / "sample_b" / "prepared").mkdir()
+    (outdir / "sample_b" / "prepared" / "mynotes.txt").write_text("notes\n")
+    (outdir / "sample_a" / "embeddings").mkdir()
+    (outdir / "sample_a" / "embeddings" / "shard_00000.h5").write_text("a user's file\n")
+    before = folder_state(outdir)
+    try:
+        again = run_pipeline(test_run.launch, "-profile", "test", "-resume", "--save_prepared", "--save_embeddings")
+        assert again.returncode != 0 and "Submitted process" not in again.output, again.output[-3000:]
+        for said in (f"{report} (a folder)", "'mynotes.txt', which virnucpro prepare does not write",
+                     "shard_00000.h5 (not a shard virnucpro embed wrote)", "move them out of the way"):
+            assert said in again.output, again.output[-3000:]
+        after = {name: state for name, state in folder_state(outdir).items() if not name.startswith("pipeline_info/")}
+        assert after == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
+    finally:  # the outdir as the test profile left it
+        shutil.rmtree(report)
+        (outdir / "report.keep").rename(report)
+        for folder in (outdir / "sample_b" / "prepared", outdir / "sample_a" / "embeddings"):
+            shutil.rmtree(folder)
 
 
 def test_stub_run_creates_every_declared_output(tmp_path):

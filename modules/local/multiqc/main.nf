@@ -23,6 +23,6 @@ process MULTIQC {
     stub:
     """
     mkdir multiqc_report_data
-    touch multiqc_report.html
+    echo 'MultiQC report (stub)' > multiqc_report.html
     """
 }

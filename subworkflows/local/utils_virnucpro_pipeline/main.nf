@@ -8,7 +8,7 @@ workflow PIPELINE_INITIALISATION {
     input           // string: FASTA/FASTQ files or a glob (one sample each), or a samplesheet
     outdir          // string: --outdir, where each sample's results go (<outdir>/<sample>/)
     run_start       // string: the run's start time, as in the names of its reports
-    publishes       // map: whether this run publishes MultiQC's report, prepared/ and embeddings/ (booleans)
+    publishes       // map: whether this run publishes MultiQC's report, prepared/ and embeddings/, and whether as symbolic links (booleans)
     run_folders     // map: the folders the run keeps for itself ([checkpoint: path or '', work: path]), as text
 
     main:
@@ -17,6 +17,7 @@ workflow PIPELINE_INITIALISATION {
     refuseCommandOutputs(outdir, ids)
     refuseSamplesOverRunFolders(outdir, ids, run_folders)
     refuseStaleOutputs(outdir, ids, publishes)
+    refuseForeignPublishTargets(outdir, ids, publishes)
     warnEarlierSamples(outdir, ids)
     writeInputsTable(outdir, run_start, sample_list)
     def ch_samples = channel.fromList(sample_list)
@@ -670,6 +671,142 @@ def refuseStaleOutputs(String outdir, List ids, Map publishes) {
         def removal = paths.collect { path -> "'" + path.toString().replace("'", "'\\''") + "'" }.join(' ')
         error("${paths.join(', ')}: an earlier run published ${paths.size() == 1 ? 'this' : 'these'} in --outdir ${outdir}, and this run (${why}) publishes no new one, so kept beside its results ${paths.size() == 1 ? 'it' : 'they'} would pass for this run's; remove ${paths.size() == 1 ? 'it' : 'them'} (rm -r ${removal}) or give another --outdir")
     }
+}
+
+// Publishing replaces whatever has the name of one of the run's results, a folder with all it holds
+// (Nextflow deletes it first). In an --outdir an earlier run wrote (refuseForeignOutdir refuses any
+// other that holds files), what the user put at such a name would be lost: a new sample's folder
+// holding a report.html of theirs, notes left in a sample's prepared/, a folder at the name of a
+// table. Each such place must hold what this pipeline publishes there (foreignAtTarget); anything
+// else is refused before any task, each path named. Object storage (s3://, gs://) is not checked.
+def refuseForeignPublishTargets(String outdir, List ids, Map publishes) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (dir == null || dir.toUri().getScheme() != 'file' || !java.nio.file.Files.isDirectory(dir)) {
+        return
+    }
+    def targets = [[dir.resolve('virnucpro_summary.tsv'), 'virnucpro_summary.tsv']] +
+        (publishes.multiqc ? multiqcOutputs().collect { name -> [dir.resolve('multiqc').resolve(name), name] } : []) +
+        ids.collectMany { id -> sampleTargets(dir.resolve(id), publishes) }
+    def foreign = targets.collect { target -> [target[0], foreignAtTarget(target[0], target[1], publishes.links as boolean)] }
+        .findAll { found -> found[1] }
+    if (foreign) {
+        def shown = foreign.take(10).collect { found -> "${found[0]} (${found[1]})" }.join(', ') + (foreign.size() > 10 ? " and ${foreign.size() - 10} more" : '')
+        error("--outdir ${outdir}: this run publishes its results at ${foreign.size() == 1 ? 'a name' : 'names'} taken by what this pipeline did not write there, which publishing would delete: ${shown}; move ${foreign.size() == 1 ? 'it' : 'them'} out of the way, or give another --outdir")
+    }
+}
+
+// What PREDICT publishes in a sample's folder, and MULTIQC in multiqc/ (modules/local/multiqc)
+def predictOutputs() {
+    return ['prediction_results.txt', 'prediction_results_highestscore.csv', 'chunks.tsv', 'sequences.tsv', 'report.html', 'run_info.json']
+}
+
+def multiqcOutputs() {
+    return ['multiqc_report.html', 'multiqc_report_data', 'multiqc_report_plots']
+}
+
+// [path, kind] of each place this run publishes to in a sample's folder: the tables, prepared/ and
+// each embedding shard (embeddings/*.h5) already there; other names there are never touched.
+def sampleTargets(folder, Map publishes) {
+    def targets = predictOutputs().collect { name -> [folder.resolve(name), name] }
+    if (publishes.prepared) {
+        targets << [folder.resolve('prepared'), 'prepared']
+    }
+    def shards = folder.resolve('embeddings')
+    if (publishes.embeddings && java.nio.file.Files.isDirectory(shards, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+        targets += listEntries(shards).findAll { entry -> entry.fileName.toString().endsWith('.h5') }.collect { entry -> [entry, 'shard'] }
+    }
+    return targets
+}
+
+// The entries of a folder ([] when it cannot be listed: the task that writes there says why)
+def listEntries(folder) {
+    try {
+        return java.nio.file.Files.list(folder).withCloseable { entries -> entries.iterator().toList() }
+    }
+    catch (Exception _e) { // IOException, or UncheckedIOException from the listing
+        return []
+    }
+}
+
+// Why what is at `path` is not what this pipeline publishes as `kind` there, or null when it is (or
+// nothing is there): a file begins as the pipeline's does (publishedOpenings; a shard with embed's
+// seal), multiqc's folders are folders, prepared/ holds only what `virnucpro prepare` writes. A
+// symbolic link counts as the pipeline's where it publishes links (`links`), as nothing otherwise.
+def foreignAtTarget(path, String kind, boolean links) {
+    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
+    if (!java.nio.file.Files.exists(path, nofollow)) {
+        return null
+    }
+    if (java.nio.file.Files.isSymbolicLink(path)) {
+        return links ? null : 'a symbolic link'
+    }
+    if (kind == 'prepared') {
+        return foreignInPrepared(path)
+    }
+    if (kind in ['multiqc_report_data', 'multiqc_report_plots']) {
+        return java.nio.file.Files.isDirectory(path, nofollow) ? null : 'not a folder'
+    }
+    if (!java.nio.file.Files.isRegularFile(path, nofollow)) {
+        return java.nio.file.Files.isDirectory(path, nofollow) ? 'a folder' : 'not a regular file'
+    }
+    if (kind == 'shard') {
+        return isSealedShard(path) ? null : 'not a shard virnucpro embed wrote'
+    }
+    return beginsAsPublished(path, kind) ? null : 'a file this pipeline did not write'
+}
+
+// How each file the pipeline publishes begins (its first bytes; any of a list), as the virnucpro
+// version of this pipeline writes it: tests/test_publish_targets.py checks them against its writers.
+// MultiQC's report names MultiQC within its first bytes.
+def publishedOpenings() {
+    return [
+        'prediction_results.txt': ['Sequence_ID\tPrediction\tscore1\tscore2\n'],
+        'prediction_results_highestscore.csv': ['Modified_ID\tIs_Virus\n'],
+        'chunks.tsv': ['chunk_id\tsequence_id\tstart\tlength\t'],
+        'sequences.tsv': ['sequence_id\tlength\tn_chunks\t'],
+        'report.html': ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>virnucpro report'],
+        'run_info.json': ['{\n  "virnucpro_version": '],
+        'virnucpro_summary.tsv': ['sample\tinput_records\t', "# id: 'virnucpro-virnucpro-summary'", 'sample\n'],
+    ]
+}
+
+// Whether the regular file at `path` begins as the pipeline's `kind` does (publishedOpenings; for
+// MultiQC's report, names MultiQC in its first 4 KiB)
+def beginsAsPublished(path, String kind) {
+    def head
+    try {
+        head = java.nio.file.Files.newInputStream(path).withCloseable { stream -> stream.readNBytes(4096) }
+    }
+    catch (IOException _e) {
+        return false
+    }
+    def text = new String(head, 'ISO-8859-1')
+    if (kind == 'multiqc_report.html') {
+        return text.contains('MultiQC')
+    }
+    return publishedOpenings()[kind].any { opening -> text.startsWith(opening) }
+}
+
+// Why a sample's prepared/ is not the folder `virnucpro prepare` writes (its tables, manifest and
+// shards/shard_N.tsv, with the command's marker .virnucpro.json), or null when it is
+def foreignInPrepared(folder) {
+    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
+    if (!java.nio.file.Files.isDirectory(folder, nofollow)) {
+        return 'not a folder'
+    }
+    def names = listEntries(folder).collect { entry -> entry.fileName.toString() }
+    def shards = folder.resolve('shards')
+    def foreign = names.findAll { name -> !(name in ['.virnucpro.json', '.virnucpro.lock', 'manifest.json', 'chunks.tsv', 'sequences.tsv', 'shards']) }
+    if (java.nio.file.Files.isDirectory(shards, nofollow)) {
+        foreign += listEntries(shards).collect { entry -> entry.fileName.toString() }.findAll { name -> !(name ==~ /shard_[0-9]+\.tsv/) }.collect { name -> "shards/${name}" }
+    }
+    else if ('shards' in names) {
+        foreign << 'shards'
+    }
+    if (foreign) {
+        return "it holds ${quoted(foreign.sort().take(5))}${foreign.size() > 5 ? " and ${foreign.size() - 5} more" : ''}, which virnucpro prepare does not write"
+    }
+    return '.virnucpro.json' in names ? null : 'a folder virnucpro prepare did not write'
 }
 
 // A --models folder holds what the tasks will read, checked here by presence only (each task's

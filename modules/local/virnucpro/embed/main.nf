@@ -63,7 +63,7 @@ process VIRNUCPRO_EMBED {
 
     stub:
     """
-    touch ${shard.baseName}.h5
+    printf 'virnucpro embedding shard seal 1\\nstub\\n' > ${shard.baseName}.h5
     """
 }
 

@@ -50,8 +50,8 @@ process VIRNUCPRO_PREDICT {
     printf 'Modified_ID\\tIs_Virus\\n' > ${prefix}/prediction_results_highestscore.csv
     printf 'chunk_id\\tsequence_id\\tstart\\tlength\\tn_orfs\\tbest_orf\\tmax_score_virus\\tcall\\n' > ${prefix}/chunks.tsv
     printf 'sequence_id\\tlength\\tn_chunks\\tn_chunks_virus\\tn_chunks_no_orf\\tfraction_virus\\tmax_score_virus\\tmean_score_virus\\tcall\\n' > ${prefix}/sequences.tsv
-    echo '<!doctype html><title>stub</title>' > ${prefix}/report.html
-    echo '{"stub": true}' > ${prefix}/run_info.json
+    printf '<!DOCTYPE html>\\n<html lang="en"><head><meta charset="utf-8"><title>virnucpro report: stub</title></head></html>\\n' > ${prefix}/report.html
+    printf '{\\n  "virnucpro_version": "stub",\\n  "stub": true\\n}\\n' > ${prefix}/run_info.json
     printf 'sample\\n' > ${prefix}.summary.tsv
     """
 }

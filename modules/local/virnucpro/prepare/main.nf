@@ -27,6 +27,7 @@ process VIRNUCPRO_PREPARE {
     stub:
     """
     mkdir -p prepared/shards
+    echo '{"stub": true}' > prepared/.virnucpro.json
     echo '{"format_version": 2, "stub": true}' > prepared/manifest.json
     printf 'sequence_id\\tlength\\tn_chunks\\tn_orfs\\tstatus\\tmasked_bases\\n' > prepared/sequences.tsv
     printf 'chunk_id\\tsequence_id\\tstart\\tlength\\tn_orfs\\n' > prepared/chunks.tsv
