@@ -111,7 +111,7 @@ def test_predicts_run_info_names_the_checksum_of_the_classifier_file_loaded(tmp_
 
 def test_a_file_verified_then_replaced_is_refused_by_its_loader(models):
     path = models / TINY_ESM
-    store.HashCache(models, use=False).sha256(models, TINY_ESM)
+    assert store.HashCache(models, use=False).sha256(models, TINY_ESM) == store.verified_digest(path)
     with store.verified_name(path):
         pass  # unchanged: read as it is
     _other_esm2(path)

@@ -104,7 +104,9 @@ def test_an_embedding_of_a_changed_shard_is_not_reused(stopped_run, tiny_models)
     identity = download.ensure(tiny_models, roles=list(ROLES), offline=True).identity(ROLES)
     assert run_module._embedded_before(shard, h5, identity, "fp32")
     lines = shard.read_text().splitlines(keepends=True)
-    lines[2] = lines[2].rstrip("\n") + "A\n"  # a record's protein one letter longer: still a shard
+    orf_id, nucleotide, protein = lines[2].rstrip("\n").split("\t")
+    other = "G" if protein[-1] != "G" else "A"
+    lines[2] = f"{orf_id}\t{nucleotide}\t{protein[:-1]}{other}\n"  # another last amino acid: still a shard
     shard.write_text("".join(lines))
     assert not run_module._embedded_before(shard, h5, identity, "fp32")
 

@@ -380,7 +380,7 @@ def load_classifier(path: Path) -> MLPClassifier:
     path = Path(path)
     _refuse_not_a_classifier_file(path)
     with store.verified_name(path):  # the file hashed is the file scanned and loaded
-        digest = store.sha256_file(path)
+        digest = store.verified_digest(path) or store.sha256_file(path)
         if _is_safetensors(path):
             model = _load_safetensors(path)
         else:

@@ -37,9 +37,11 @@ from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InterruptedByUser, OutputWriteError, ProcessLimitError, VirnucproError, check_stop,
-                              ignore_stop_signals, name_too_long, note_stop, open_files_errno, output_errors, printable,
-                              storage_error, storage_failure, storage_hint)
+                              InterruptedByUser, OutputWriteError, ProcessLimitError, StoppedWithOutputsInPlace,
+                              VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_stop,
+                              open_files_errno, output_errors, printable, stop_signals_deferred, storage_error,
+                              storage_failure, storage_hint)
+from virnucpro.models import store
 from virnucpro.outdir import (NO_FOLLOW, OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
                               is_regular, make_folder, not_ours, refuse_nesting)
 from virnucpro.threads import limit_threads
@@ -493,12 +495,20 @@ def _waiter_alive(note: Path) -> bool:
 
 def _delete_own_files(folder: Path) -> None:
     """Delete the part files and unfinished part writes in a checkpoint folder; nothing else (a link
-    or FIFO at such a name is not one virnucpro wrote)."""
+    or FIFO at such a name is not one virnucpro wrote). Best effort: the parts are deleted once
+    their work is in a finished output or worth nothing, so one that cannot be is a warning naming it."""
+    kept: list[str] = []
     with contextlib.suppress(FileNotFoundError):  # a folder removed by hand meanwhile
         for path in list(folder.iterdir()):
             if (PART_NAME.fullmatch(path.name) or PART_TMP_NAME.fullmatch(path.name) or path.name == IDENTITY_NAME
                     or IDENTITY_TMP_NAME.fullmatch(path.name)) and is_regular(path):
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    kept.append(f"{path.name} ({exc.strerror or exc})")
+    if kept:
+        warn(f"could not delete {len(kept)} checkpoint file(s) in {folder}: {', '.join(kept[:3])}"
+             f"{' ...' if len(kept) > 3 else ''}; the work they hold is done: delete them when you can")
 
 
 @dataclass
@@ -1048,9 +1058,7 @@ class _HeldOut:
 
 def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _HeldOut) -> Path:
     """`embed` once `out` is `held` by this process."""
-    from virnucpro.models import store
-
-    records = list(fmt.read_shard(shard))
+    records = fmt.shard_records_as_hashed(shard, shard_meta.sha256)
     ids = [record[0] for record in records]
     model_set = asked.model_set or store.locate(asked.models, roles=ROLES)
     torch_device, precision = _device_and_precision(asked)
@@ -1083,9 +1091,24 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     except BaseException:
         checkpoints.close()
         raise
-    checkpoints.remove()
+    _remove_after_writing(checkpoints, out, final=asked.reported_as is None)
     info(f"embedded {len(ids):,} records of {shard.name} {asked.reported_as or f'-> {out}'}")
     return out
+
+
+def _remove_after_writing(checkpoints: "CheckpointStore", out: Path, final: bool) -> None:
+    """The checkpoints of the shard just written removed, a stop held back until that is done (cut,
+    it left a half-deleted folder and its lock). Such a stop then says the shard is complete when
+    `out` is the command's own result (`final`; `run`'s embeddings are not yet its outputs)."""
+    try:
+        with stop_signals_deferred():
+            checkpoints.remove()
+    except InterruptedByUser as stop:
+        if not final or isinstance(stop, StoppedWithOutputsInPlace):
+            raise
+        raise StoppedWithOutputsInPlace(f"{stop.message.split(':', 1)[0]} once {out} was written: stopped "
+                                        "(it is complete)", "nothing to rerun: the shard is embedded",
+                                        out.parent) from None
 
 
 def _device_and_precision(asked: _Settings) -> tuple:
@@ -1187,7 +1210,7 @@ def _say_why_replaced(out: Path, shard_meta, identity: dict, precision: str) -> 
              "embedding it again (another version's vectors are never taken as this one's)")
         return
     shard = _shard_differences(found, shard_meta)
-    made = ([] if found.models == identity else ["other models"]) + (
+    made = ([] if store.model_checksums(found.models) == store.model_checksums(identity) else ["other models"]) + (
         [] if found.precision == precision else [f"precision {printable(str(found.precision))}, not {precision}"])
     what = "another shard" if shard else "this shard"
     why = "; ".join(shard + made) or "its rows do not read back sound"
@@ -1233,9 +1256,9 @@ def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, prec
         return False
     try:
         found = h5shard.read_info(out)
-        wanted = (shard_meta.sha256, shard_meta.index, shard_meta.of, shard_meta.chunk_size, identity, precision,
-                  __version__)
-        if (found.shard_sha256, found.shard_index, found.shard_of, found.chunk_size, found.models,
+        wanted = (shard_meta.sha256, shard_meta.index, shard_meta.of, shard_meta.chunk_size,
+                  store.model_checksums(identity), precision, __version__)
+        if (found.shard_sha256, found.shard_index, found.shard_of, found.chunk_size, store.model_checksums(found.models),
                 found.precision, found.virnucpro_version) != wanted:
             return False
         h5shard.verify_shard(out, ids)

@@ -34,6 +34,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
                               VirnucproError, output_errors, path_mode, stop_signals_deferred)
+from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
 
@@ -104,7 +105,7 @@ def _check_same_models(shards: list[h5shard.EmbeddingShardInfo], chunk_size: int
         if shard.chunk_size != chunk_size:
             raise InconsistentInputsError(f"{shard.path} was made at chunk size {shard.chunk_size}, the "
                                           f"prepared sample at {chunk_size}", "rerun prepare and embed together")
-        if shard.models != first.models or shard.widths != first.widths:
+        if store.model_checksums(shard.models) != store.model_checksums(first.models) or shard.widths != first.widths:
             raise InconsistentInputsError(f"{shard.path} was embedded with other models than {first.path}",
                                           "embed every shard with the same models directory")
     precisions = sorted({s.precision for s in shards})
@@ -489,8 +490,6 @@ def _located_models(models: Path | None, chunk_size: int, tiny_embeddings: bool)
     embeddings made with tiny test models, the hint names the folder of those tiny models (unless
     --models is one, whose own hint rewrites it): the published classifier it would otherwise
     suggest downloading never fits such embeddings, whether --models was given or not."""
-    from virnucpro.models import store
-
     try:
         return store.locate(models, roles=(f"classifier_{chunk_size}",))
     except ModelsError as exc:
@@ -589,8 +588,6 @@ def require_own_classifier(chunk_size: int, classifier: Path | None, why: str = 
 
 def _models_folders(models: Path | None, classifier: Path) -> list[Path]:
     """Where a manifest may name the classifier: its own folder and the models folder in use."""
-    from virnucpro.models import store
-
     folders = [classifier.parent]
     with contextlib.suppress(VirnucproError):
         folders.append(store.models_dir(models))
@@ -599,8 +596,6 @@ def _models_folders(models: Path | None, classifier: Path) -> list[Path]:
 
 def _manifest_checksums(folder: Path, role: str) -> set[str]:
     """The sha256 of `role`'s files in the models manifest of `folder` (none without a sound one)."""
-    from virnucpro.models import store
-
     try:
         manifest = store.read_manifest(folder) or {"models": {}}
     except VirnucproError:
@@ -615,8 +610,6 @@ def check_embedding_models(shards: list[h5shard.EmbeddingShardInfo], directory: 
     Compared from the manifest's records only: the pipeline's PREDICT has no model file to hash. A
     role the manifest cannot tell (no manifest, no entry, a hand-staged folder, a file without a
     recorded sha256), or that the shards do not name, is not checked."""
-    from virnucpro.models import store
-
     first = shards[0]  # every shard was checked to name the same models (`_check_same_models`)
     for role in store.ENCODER_ROLES:
         recorded = store.recorded_identity(directory, role)

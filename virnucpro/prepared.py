@@ -222,7 +222,15 @@ def _parse_first_line(path: Path, line: str) -> dict[str, int]:
         raise _malformed_header(path, line) from None
     if values["format_version"] != FORMAT_VERSION:
         raise other_format(path, "shard ", values["format_version"], FORMAT_VERSION, "rerun `virnucpro prepare`")
+    if len(fields) != len(items) or not _header_values_possible(values):
+        raise _malformed_header(path, line)  # a key given twice; a value prepare never writes
     return values
+
+
+def _header_values_possible(values: dict[str, int]) -> bool:
+    """Whether a shard header's values are ones prepare writes: a chunk size of at least 1, shard
+    `index` of `of` counted from 0; each within the 64-bit integers the HDF5 attributes hold."""
+    return 1 <= values["chunk_size"] <= MAX_STORED_INT and 0 <= values["index"] < values["of"] <= MAX_STORED_INT
 
 
 def _malformed_header(path: Path, line: str) -> InconsistentInputsError:
@@ -250,24 +258,69 @@ def shard_info(path: Path) -> ShardInfo:
 #: What prepare writes as proteins: the 20 amino acids of the standard code (stops end no ORF; a
 #: codon with an unknown base is dropped).
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWY")
+#: What prepare writes as an ORF's nucleotides: an input's nucleotide codes (seqio.NUCLEOTIDE_SYMBOLS)
+#: upper-cased, or their complements
+ORF_NUCLEOTIDES = frozenset("ACGTUNRYSWKMBDHVX-.*")
+#: An ORF id as prepare writes it: a chunk id (`calls.chunk_id_of`: a sequence id, a word with no
+#: white space) and its frame label (calls.FRAMES)
+ORF_ID = re.compile(r"\S+_chunk_[1-9][0-9]*[FR][123]")
+#: The largest integer the stage files' HDF5 attributes can hold (int64)
+MAX_STORED_INT = 2**63 - 1
 
 
-def read_shard(path: Path, links: bool = True) -> Iterator[tuple[str, str, str]]:
+def shard_records_as_hashed(path: Path, sha256: str) -> list[tuple[str, str, str]]:
+    """Every record of the shard whose checksum was taken as `sha256` (`shard_info`), read in one
+    pass that hashes the bytes it parses: a shard replaced or written since (a prepare rerun into
+    its folder) is exit 5, never embedded under the other's checksum."""
+    digest = hashlib.sha256()
+    records = list(read_shard(path, digest=digest))
+    if digest.hexdigest() != sha256:
+        raise InconsistentInputsError(f"{path} changed while it was read: its sha256 is no longer the one "
+                                      "taken when the command started (written or replaced meanwhile)",
+                                      "rerun once whatever writes the shard (a prepare into its folder?) is done")
+    return records
+
+
+class _HashedLines:
+    """The lines of a binary file, each added to `digest` as it is read."""
+
+    def __init__(self, handle, digest):
+        self.handle, self.digest = handle, digest
+
+    def readline(self) -> bytes:
+        line = self.handle.readline()
+        self.digest.update(line)
+        return line
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.handle:
+            self.digest.update(line)
+            yield line
+
+
+def read_shard(path: Path, links: bool = True, digest=None) -> Iterator[tuple[str, str, str]]:
     """(id, nucleotide, protein) of every ORF record of a shard, in order; a record prepare could not
-    have written (bad bytes, an empty field, a protein letter outside the 20) is exit 5 naming its line.
-    `links=False` for a shard read inside a prepare folder (see `open_regular`)."""
+    have written (`_shard_record`; an id seen before in the shard) is exit 5 naming its line.
+    `links=False` for a shard read inside a prepare folder (see `open_regular`); `digest`: a hashlib
+    object that every byte read is added to."""
     try:
         handle = open_regular(path, links)
     except OSError as exc:
         raise unreadable(path, exc) from None
     with handle:
-        _parse_first_line(path, _text_line(path, 1, handle.readline()))
-        header = _text_line(path, 2, handle.readline()).rstrip("\n").split("\t")
+        lines = _HashedLines(handle, digest) if digest is not None else handle
+        _parse_first_line(path, _text_line(path, 1, lines.readline()))
+        header = _text_line(path, 2, lines.readline()).rstrip("\n").split("\t")
         if tuple(header) != SHARD_COLUMNS:
             raise InconsistentInputsError(f"{path}: expected columns {SHARD_COLUMNS}, found {tuple(header)}",
                                           SHARD_REPAIR_HINT)
-        for number, line in enumerate(handle, start=3):
-            yield _shard_record(path, number, _text_line(path, number, line))
+        seen: set[str] = set()
+        for number, line in enumerate(lines, start=3):
+            record = _shard_record(path, number, _text_line(path, number, line))
+            if record[0] in seen:
+                raise _damaged_shard(path, number, f"ORF id {shown(record[0])} a second time")
+            seen.add(record[0])
+            yield record
 
 
 def _text_line(path: Path, number: int, raw: bytes) -> str:
@@ -279,16 +332,24 @@ def _text_line(path: Path, number: int, raw: bytes) -> str:
 
 
 def _shard_record(path: Path, number: int, line: str) -> tuple[str, str, str]:
-    """One checked record line of a shard."""
+    """One checked record line of a shard: an ORF id (a chunk id and its frame), the ORF's
+    upper-case nucleotide codes and its protein, 3 letters per amino acid, one more where the
+    chunk goes on (prepare's `_orf_records`)."""
     fields = line.rstrip("\n").split("\t")
     if len(fields) != 3:
         raise _damaged_shard(path, number, "expected 3 tab-separated fields")
     orf_id, nucleotide, protein = fields
     if not (orf_id and nucleotide and protein):
         raise _damaged_shard(path, number, "an empty field")
-    if not PROTEIN_LETTERS.issuperset(protein):
-        bad = next(c for c in protein if c not in PROTEIN_LETTERS)
-        raise _damaged_shard(path, number, f"protein letter {bad!r}, which prepare never writes")
+    if not ORF_ID.fullmatch(orf_id):
+        raise _damaged_shard(path, number, f"ORF id {shown(orf_id)}, not a chunk id and a frame as prepare writes it")
+    for what, letters, sequence in (("protein", PROTEIN_LETTERS, protein), ("nucleotide", ORF_NUCLEOTIDES, nucleotide)):
+        if not letters.issuperset(sequence):
+            bad = next(c for c in sequence if c not in letters)
+            raise _damaged_shard(path, number, f"{what} letter {bad!r}, which prepare never writes")
+    if not 3 * len(protein) <= len(nucleotide) <= 3 * len(protein) + 1:
+        raise _damaged_shard(path, number, f"{len(nucleotide):,} nucleotides for {len(protein):,} amino acids "
+                                           "(prepare writes 3 per amino acid, one more where the chunk goes on)")
     return orf_id, nucleotide, protein
 
 

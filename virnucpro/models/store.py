@@ -153,6 +153,15 @@ class ModelSet:
         return self.paths[role]
 
 
+def model_checksums(identity: object) -> dict[str, str]:
+    """`{role: sha256}` of a models identity (`ModelSet.identity`, as embedding shards record it):
+    what tells models apart. Their names are the manifest's labels, which a hand-staged folder and a
+    download spell differently for the same files."""
+    if not isinstance(identity, dict):
+        return {}
+    return {role: str(entry.get("sha256", "")).lower() for role, entry in identity.items() if isinstance(entry, dict)}
+
+
 class ModelsPathError(UsageError):
     """A models directory path that cannot be used as given (exit 2, a usage error)."""
 
@@ -479,16 +488,26 @@ def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
         os.close(fd)
 
 
-#: The stamp of each models file this command hashed or found in the hash cache, by absolute path
-#: (cleared as each command starts: `forget_verified`). Loaders read through `verified_name`, which
-#: refuses a file that is no longer the one verified: replaced during `run`'s hours of prepare, an
-#: encoder would otherwise compute the vectors and the shards carry the sha256 of the file checked.
-verified_stamps: dict[str, dict[str, int]] = {}
+#: The stamp and sha256 of each models file this command hashed or found in the hash cache, by
+#: absolute path (cleared as each command starts: `forget_verified`). Loaders read through
+#: `verified_name`, which refuses a file that is no longer the one verified: replaced during `run`'s
+#: hours of prepare, an encoder would otherwise compute the vectors and the shards carry the sha256
+#: of the file checked.
+verified_stamps: dict[str, tuple[dict[str, int], str]] = {}
 
 
-def remember_verified(path: Path, stat: os.stat_result) -> None:
-    """Record `stat` as the status of the verified version of `path` (see `verified_stamps`)."""
-    verified_stamps[os.path.abspath(path)] = _stamp(stat)
+def remember_verified(path: Path, stat: os.stat_result, digest: str) -> None:
+    """Record `stat` and `digest` as the status and sha256 of the verified version of `path`."""
+    verified_stamps[os.path.abspath(path)] = (_stamp(stat), digest)
+
+
+def verified_digest(path: Path) -> str | None:
+    """The sha256 this command verified `path` with, while it is still that version (else None)."""
+    stamp, digest = verified_stamps.get(os.path.abspath(path), (None, None))
+    try:
+        return digest if stamp is not None and _stamp(os.stat(path)) == stamp else None
+    except OSError:
+        return None
 
 
 def forget_verified() -> None:
@@ -501,7 +520,7 @@ def verified_name(path: Path) -> Iterator[str]:
     this command verified when the block starts, if it verified one, and the same file, unwritten,
     when the block ends; otherwise exit 4 (`_unchanged_file`)."""
     path = Path(path)
-    before = _unchanged_file(path, verified_stamps.get(os.path.abspath(path)), "after virnucpro verified it")
+    before = _unchanged_file(path, verified_stamps.get(os.path.abspath(path), (None,))[0], "after virnucpro verified it")
     with utf8_name(path) as name:
         yield name
     _unchanged_file(path, _stamp(before), "while virnucpro read it")
@@ -868,12 +887,12 @@ class HashCache:
             stat = path.stat()
         entry = self._known(rel, path, stat, git_sha1)
         if entry is not None:
-            remember_verified(path, stat)
+            remember_verified(path, stat, entry["sha256"])
             return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
         if stat.st_size > 256 * 1024 * 1024:
             info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
         digest, blob, hashed = hashed_as_it_is(path, git_sha1)
-        remember_verified(path, hashed)
+        remember_verified(path, hashed, digest)
         if hashed.st_size >= _CACHE_MIN_BYTES:
             self.record(rel, path, digest, hashed, blob)
         return digest, blob
@@ -903,7 +922,7 @@ class HashCache:
         there already, see `hashed_as_it_is`), here and for the whole process."""
         entry = {**_stamp(stat), "sha256": digest, **({"git_sha1": git_sha1} if git_sha1 else {})}
         self.entries[rel] = remembered_hashes[_remembered_key(path, stat)] = entry
-        remember_verified(path, stat)
+        remember_verified(path, stat, digest)
         self.dirty = True
 
     def save(self) -> None:
