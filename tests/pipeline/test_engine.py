@@ -135,18 +135,26 @@ def test_a_rerun_refuses_to_publish_over_what_the_pipeline_did_not_write(test_ru
     (outdir / "sample_b" / "prepared" / "mynotes.txt").write_text("notes\n")
     (outdir / "sample_a" / "embeddings").mkdir()
     (outdir / "sample_a" / "embeddings" / "shard_00000.h5").write_text("a user's file\n")
+    sequences = outdir / "sample_b" / "sequences.tsv"
+    sequences.rename(outdir / "sequences.keep")
+    (outdir / "mine.txt").write_text("mine\n")
+    sequences.symlink_to(outdir / "mine.txt")
     before = folder_state(outdir)
     try:
         again = run_pipeline(test_run.launch, "-profile", "test", "-resume", "--save_prepared", "--save_embeddings")
         assert again.returncode != 0 and "Submitted process" not in again.output, again.output[-3000:]
         for said in (f"{report} (a folder)", "'mynotes.txt', which virnucpro prepare does not write",
-                     "shard_00000.h5 (not a shard virnucpro embed wrote)", "move them out of the way"):
+                     "shard_00000.h5 (not a shard virnucpro embed wrote)", "move them out of the way",
+                     f"{sequences} (a symbolic link; where it points: a file this pipeline did not write)"):
             assert said in again.output, again.output[-3000:]
         after = {name: state for name, state in folder_state(outdir).items() if not name.startswith("pipeline_info/")}
         assert after == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
     finally:  # the outdir as the test profile left it
         shutil.rmtree(report)
         (outdir / "report.keep").rename(report)
+        sequences.unlink()
+        (outdir / "sequences.keep").rename(sequences)
+        (outdir / "mine.txt").unlink()
         for folder in (outdir / "sample_b" / "prepared", outdir / "sample_a" / "embeddings"):
             shutil.rmtree(folder)
 

@@ -731,23 +731,31 @@ def listEntries(folder) {
 // Why what is at `path` is not what this pipeline publishes as `kind` there, or null when it is (or
 // nothing is there): a file begins as the pipeline's does (publishedOpenings; a shard with embed's
 // seal), multiqc's folders are folders, prepared/ holds only what `virnucpro prepare` writes. A
-// symbolic link counts as the pipeline's where it publishes links (`links`), as nothing otherwise.
+// symbolic link (publishing replaces the link, never what it points to) counts as the pipeline's
+// where it publishes links (`links`), else when what it points to does (an earlier run's links into
+// its work directory) or nothing is there.
 def foreignAtTarget(path, String kind, boolean links) {
-    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
-    if (!java.nio.file.Files.exists(path, nofollow)) {
+    if (!java.nio.file.Files.exists(path, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
         return null
     }
-    if (java.nio.file.Files.isSymbolicLink(path)) {
-        return links ? null : 'a symbolic link'
+    def linked = java.nio.file.Files.isSymbolicLink(path)
+    if (linked && (links || !java.nio.file.Files.exists(path))) {
+        return null
     }
+    def why = foreignThing(path, kind)
+    return linked && why ? "a symbolic link; where it points: ${why}" : why
+}
+
+// Why the file or folder at `path` (links followed) is not what this pipeline publishes as `kind`
+def foreignThing(path, String kind) {
     if (kind == 'prepared') {
         return foreignInPrepared(path)
     }
     if (kind in ['multiqc_report_data', 'multiqc_report_plots']) {
-        return java.nio.file.Files.isDirectory(path, nofollow) ? null : 'not a folder'
+        return java.nio.file.Files.isDirectory(path) ? null : 'not a folder'
     }
-    if (!java.nio.file.Files.isRegularFile(path, nofollow)) {
-        return java.nio.file.Files.isDirectory(path, nofollow) ? 'a folder' : 'not a regular file'
+    if (!java.nio.file.Files.isRegularFile(path)) {
+        return java.nio.file.Files.isDirectory(path) ? 'a folder' : 'not a regular file'
     }
     if (kind == 'shard') {
         return isSealedShard(path) ? null : 'not a shard virnucpro embed wrote'
@@ -790,14 +798,13 @@ def beginsAsPublished(path, String kind) {
 // Why a sample's prepared/ is not the folder `virnucpro prepare` writes (its tables, manifest and
 // shards/shard_N.tsv, with the command's marker .virnucpro.json), or null when it is
 def foreignInPrepared(folder) {
-    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
-    if (!java.nio.file.Files.isDirectory(folder, nofollow)) {
+    if (!java.nio.file.Files.isDirectory(folder)) {
         return 'not a folder'
     }
     def names = listEntries(folder).collect { entry -> entry.fileName.toString() }
     def shards = folder.resolve('shards')
     def foreign = names.findAll { name -> !(name in ['.virnucpro.json', '.virnucpro.lock', 'manifest.json', 'chunks.tsv', 'sequences.tsv', 'shards']) }
-    if (java.nio.file.Files.isDirectory(shards, nofollow)) {
+    if (java.nio.file.Files.isDirectory(shards, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
         foreign += listEntries(shards).collect { entry -> entry.fileName.toString() }.findAll { name -> !(name ==~ /shard_[0-9]+\.tsv/) }.collect { name -> "shards/${name}" }
     }
     else if ('shards' in names) {
