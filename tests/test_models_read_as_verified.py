@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from virnucpro import classifier as classifier_module
+from virnucpro import embed as embed_module
 from virnucpro import prepared as fmt
 from virnucpro import run as run_module
 from virnucpro.errors import ModelsError
@@ -35,6 +36,11 @@ def _other_classifier(path, into) -> None:
     with torch.no_grad():
         model.output_layer.bias[1] += 5.0
     classifier_module.save_original_way(model, into)
+
+
+@pytest.fixture
+def shard_path(golden_prepared):
+    return golden_prepared / fmt.load_manifest(golden_prepared)["shards"][0]["file"]
 
 
 @pytest.fixture
@@ -70,6 +76,30 @@ def test_an_encoder_replaced_by_rename_after_the_check_is_exit_4(run_changing, t
         os.replace(other, models / TINY_ESM)
     code, message = run_changing(replace)
     assert code == 4 and "changed after virnucpro verified it" in " ".join(message.split()), message
+
+
+def test_a_chmod_or_a_hard_link_after_the_check_changes_nothing(run_changing, tmp_path):
+    def touched(models):
+        os.chmod(models / TINY_ESM, 0o644)  # the ctime changes, not the bytes
+        os.link(models / "DNABERT-S-tiny" / "model.safetensors", tmp_path / "backup.safetensors")
+    code, message = run_changing(touched)
+    assert code == 0, message
+
+
+def test_weights_written_in_place_while_a_shard_is_computed_are_exit_4(shard_path, models, run_cli, monkeypatch,
+                                                                         tmp_path):
+    """On the CPU the ESM-2 weights stay memory-mapped from the file: written in place meanwhile,
+    they would change under the computation; checked again before the shard is written."""
+    compute = embed_module._compute
+
+    def computed_then_written(*args, **kwargs):
+        done = compute(*args, **kwargs)
+        _other_esm2(models / TINY_ESM)
+        return done
+    monkeypatch.setattr(embed_module, "_compute", computed_then_written)
+    code, message = run_cli("embed", shard_path, "--models", models, "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == 4 and "changed after virnucpro verified it" in " ".join(message.split()), message
+    assert not (tmp_path / "s.h5").exists()
 
 
 def test_run_scores_with_the_classifier_it_checked_and_records_its_checksum(run_changing, tmp_path, models):

@@ -1086,6 +1086,7 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
         label = f"embed shard {shard_meta.index + 1}/{shard_meta.of}"
         _compute(embedder, distinct, known, done, checkpoints, ids, asked.checkpoint_every, asked.checkpoint_seconds,
                  label)
+        store.refuse_changed_since_verified([model_set.dnabert_s, model_set.esm2])  # memory-mapped weights
         _write(out, ids, distinct, known,
                _attributes(shard_meta, identity, model_set.tiny, precision, embedder.made_by(restored)), held)
     except BaseException:

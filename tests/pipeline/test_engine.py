@@ -135,6 +135,9 @@ def test_a_rerun_refuses_to_publish_over_what_the_pipeline_did_not_write(test_ru
     (outdir / "sample_b" / "prepared" / "mynotes.txt").write_text("notes\n")
     (outdir / "sample_a" / "embeddings").mkdir()
     (outdir / "sample_a" / "embeddings" / "shard_00000.h5").write_text("a user's file\n")
+    (outdir / "sample_a" / "embeddings" / "umap.h5").write_text("never published over: not refused\n")
+    notes = outdir / "multiqc" / "multiqc_report_data" / "my_notes.txt"
+    notes.write_text("mine\n")
     sequences = outdir / "sample_b" / "sequences.tsv"
     sequences.rename(outdir / "sequences.keep")
     (outdir / "mine.txt").write_text("mine\n")
@@ -145,8 +148,10 @@ def test_a_rerun_refuses_to_publish_over_what_the_pipeline_did_not_write(test_ru
         assert again.returncode != 0 and "Submitted process" not in again.output, again.output[-3000:]
         for said in (f"{report} (a folder)", "'mynotes.txt', which virnucpro prepare does not write",
                      "shard_00000.h5 (not a shard virnucpro embed wrote)", "move them out of the way",
-                     f"{sequences} (a symbolic link; where it points: a file this pipeline did not write)"):
+                     f"{sequences} (a symbolic link; where it points: a file this pipeline did not write)",
+                     "'my_notes.txt', which MultiQC does not write there"):
             assert said in again.output, again.output[-3000:]
+        assert "umap.h5" not in again.output
         after = {name: state for name, state in folder_state(outdir).items() if not name.startswith("pipeline_info/")}
         assert after == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
     finally:  # the outdir as the test profile left it
@@ -154,6 +159,7 @@ def test_a_rerun_refuses_to_publish_over_what_the_pipeline_did_not_write(test_ru
         (outdir / "report.keep").rename(report)
         sequences.unlink()
         (outdir / "sequences.keep").rename(sequences)
+        notes.unlink()
         (outdir / "mine.txt").unlink()
         for folder in (outdir / "sample_b" / "prepared", outdir / "sample_a" / "embeddings"):
             shutil.rmtree(folder)

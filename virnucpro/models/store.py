@@ -488,24 +488,31 @@ def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
         os.close(fd)
 
 
-#: The stamp and sha256 of each models file this command hashed or found in the hash cache, by
-#: absolute path (cleared as each command starts: `forget_verified`). Loaders read through
-#: `verified_name`, which refuses a file that is no longer the one verified: replaced during `run`'s
-#: hours of prepare, an encoder would otherwise compute the vectors and the shards carry the sha256
-#: of the file checked.
-verified_stamps: dict[str, tuple[dict[str, int], str]] = {}
+#: The version (`_version`) and sha256 of each models file this command hashed or found in the
+#: hash cache, by absolute path (cleared as each command starts: `forget_verified`). Loaders read
+#: through `verified_name`, and `embed` checks the encoders' files again once a shard is computed
+#: (`refuse_changed_since_verified`): a file replaced during `run`'s hours of prepare, or written in
+#: place while its memory-mapped weights are in use, would otherwise compute vectors that the
+#: shards label with the sha256 of the file checked.
+verified_stamps: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def _version(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells two versions of a file apart (`same_version`): inode, size and mtime; not its
+    ctime, which a chmod, chown or another hard link changes, the bytes unchanged."""
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def remember_verified(path: Path, stat: os.stat_result, digest: str) -> None:
     """Record `stat` and `digest` as the status and sha256 of the verified version of `path`."""
-    verified_stamps[os.path.abspath(path)] = (_stamp(stat), digest)
+    verified_stamps[os.path.abspath(path)] = (_version(stat), digest)
 
 
 def verified_digest(path: Path) -> str | None:
     """The sha256 this command verified `path` with, while it is still that version (else None)."""
-    stamp, digest = verified_stamps.get(os.path.abspath(path), (None, None))
+    version, digest = verified_stamps.get(os.path.abspath(path), (None, None))
     try:
-        return digest if stamp is not None and _stamp(os.stat(path)) == stamp else None
+        return digest if version is not None and _version(os.stat(path)) == version else None
     except OSError:
         return None
 
@@ -520,18 +527,28 @@ def verified_name(path: Path) -> Iterator[str]:
     this command verified when the block starts, if it verified one, and the same file, unwritten,
     when the block ends; otherwise exit 4 (`_unchanged_file`)."""
     path = Path(path)
-    before = _unchanged_file(path, verified_stamps.get(os.path.abspath(path), (None,))[0], "after virnucpro verified it")
+    verified = verified_stamps.get(os.path.abspath(path), (None,))[0]
+    before = _unchanged_file(path, verified, "after virnucpro verified it")
     with utf8_name(path) as name:
         yield name
-    _unchanged_file(path, _stamp(before), "while virnucpro read it")
+    _unchanged_file(path, _version(before), "while virnucpro read it")
 
 
-def _unchanged_file(path: Path, expected: dict[str, int] | None, when: str) -> os.stat_result:
-    """The status of `path` now, which must have the stamp `expected` (when given): a models file
+def refuse_changed_since_verified(roots: Iterable[Path]) -> None:
+    """Exit 4 when a file this command verified under `roots` (files or folders) is no longer that
+    version (`_unchanged_file`)."""
+    prefixes = [os.path.abspath(root) for root in roots]
+    for name, (version, _digest) in list(verified_stamps.items()):
+        if any(name == prefix or name.startswith(prefix + os.sep) for prefix in prefixes):
+            _unchanged_file(Path(name), version, "after virnucpro verified it")
+
+
+def _unchanged_file(path: Path, expected: tuple[int, int, int] | None, when: str) -> os.stat_result:
+    """The status of `path` now, which must be the version `expected` (when given): a models file
     replaced or written meanwhile is exit 4, to be verified again by a rerun."""
     with reading(path):
         now = os.stat(path)
-    if expected is not None and _stamp(now) != expected:
+    if expected is not None and _version(now) != expected:
         raise ModelsError(f"{_shortened(str(path), 300)} changed {when}: it was replaced or written while this "
                           f"command ran", hint="rerun once whatever writes to the models folder is done: "
                                                "the files are then verified again")
@@ -827,7 +844,7 @@ def same_version(hashed: os.stat_result, now: os.stat_result) -> bool:
     """Whether `now` is the file hashed as `hashed`, unwritten since: the same file (inode), size and
     mtime. Its ctime may differ: renaming it into place or setting its mode changes that. Not its
     device: on overlayfs (a container's) `fstat` of a handle and `stat` of its path may differ there."""
-    return (now.st_ino, now.st_size, now.st_mtime_ns) == (hashed.st_ino, hashed.st_size, hashed.st_mtime_ns)
+    return _version(now) == _version(hashed)
 
 
 def combined_sha256(file_hashes: dict[str, str]) -> str:

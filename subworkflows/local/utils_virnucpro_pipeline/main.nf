@@ -705,7 +705,7 @@ def multiqcOutputs() {
 }
 
 // [path, kind] of each place this run publishes to in a sample's folder: the tables, prepared/ and
-// each embedding shard (embeddings/*.h5) already there; other names there are never touched.
+// each embedding shard (embeddings/shard_N.h5) already there; other names there are never touched.
 def sampleTargets(folder, Map publishes) {
     def targets = predictOutputs().collect { name -> [folder.resolve(name), name] }
     if (publishes.prepared) {
@@ -713,7 +713,7 @@ def sampleTargets(folder, Map publishes) {
     }
     def shards = folder.resolve('embeddings')
     if (publishes.embeddings && java.nio.file.Files.isDirectory(shards, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
-        targets += listEntries(shards).findAll { entry -> entry.fileName.toString().endsWith('.h5') }.collect { entry -> [entry, 'shard'] }
+        targets += listEntries(shards).findAll { entry -> entry.fileName.toString() ==~ /shard_[0-9]+\.h5/ }.collect { entry -> [entry, 'shard'] }
     }
     return targets
 }
@@ -752,7 +752,7 @@ def foreignThing(path, String kind) {
         return foreignInPrepared(path)
     }
     if (kind in ['multiqc_report_data', 'multiqc_report_plots']) {
-        return java.nio.file.Files.isDirectory(path) ? null : 'not a folder'
+        return foreignInMultiqcFolder(path, kind)
     }
     if (!java.nio.file.Files.isRegularFile(path)) {
         return java.nio.file.Files.isDirectory(path) ? 'a folder' : 'not a regular file'
@@ -793,6 +793,24 @@ def beginsAsPublished(path, String kind) {
         return text.contains('MultiQC')
     }
     return publishedOpenings()[kind].any { opening -> text.startsWith(opening) }
+}
+
+// Why a folder MultiQC writes beside its report is not as MultiQC 1.35 writes it, or null: its data
+// folder holds files named multiqc* (and llms-full.txt), its plots folder the folders pdf/, png/
+// and svg/, each of files with that extension
+def foreignInMultiqcFolder(folder, String kind) {
+    if (!java.nio.file.Files.isDirectory(folder)) {
+        return 'not a folder'
+    }
+    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
+    def entries = listEntries(folder)
+    def foreign = kind == 'multiqc_report_data'
+        ? entries.findAll { entry -> !java.nio.file.Files.isRegularFile(entry, nofollow) || !(entry.fileName.toString() ==~ /multiqc.*|llms-full\.txt/) }
+        : entries.findAll { entry -> !(entry.fileName.toString() in ['pdf', 'png', 'svg']) || !java.nio.file.Files.isDirectory(entry, nofollow) } +
+            entries.findAll { entry -> entry.fileName.toString() in ['pdf', 'png', 'svg'] && java.nio.file.Files.isDirectory(entry, nofollow) }
+                .collectMany { format -> listEntries(format).findAll { plot -> !java.nio.file.Files.isRegularFile(plot, nofollow) || !plot.fileName.toString().endsWith(".${format.fileName}") } }
+    def names = foreign.collect { entry -> folder.relativize(entry).toString() }.sort()
+    return names ? "it holds ${quoted(names.take(5))}${names.size() > 5 ? " and ${names.size() - 5} more" : ''}, which MultiQC does not write there" : null
 }
 
 // Why a sample's prepared/ is not the folder `virnucpro prepare` writes (its tables, manifest and
