@@ -11,7 +11,10 @@ free slot among those GPUs, as an exclusive lock on DIR/gpu<id>.lock, sets CUDA_
 and replaces itself with the command, which inherits the lock: the kernel releases it when the
 command ends, however it ends. With every slot taken it waits for one (a stop signal meanwhile is
 exit 6, CONTRACTS.md's code for a stopped task, holding no slot). DIR must be shared by the
-tasks of the machine (the pipeline uses its checkpoint folder, mounted into containers). No GPU:
+tasks of the machine (the pipeline uses its checkpoint folder, mounted into containers); the slots
+are kept per machine inside it (`machine_slots`), so machines sharing it (EFS, NFS) never wait for
+each other's GPUs. A slot file this user cannot open is another user's: skipped, and with none
+openable the command runs with every GPU visible, said so. No GPU:
 the command runs as it is; with --device cpu it claims no GPU either. Either way it says on stderr
 which GPU the command got, so the task's log shows it. Standard library only.
 """
@@ -80,18 +83,24 @@ def count_gpus() -> int:
 
 def try_lock(path: Path) -> int | None:
     """An open descriptor holding an exclusive lock on `path`, or None when another process holds
-    it. Opened read-only (flock needs no more), so a slot file another user created still works;
-    one this user cannot open at all counts as taken, with a word on stderr."""
+    it. Opened read-only (flock needs no more), so a slot file another user created still works, and
+    one of ours is made readable by all; one this user cannot open at all raises PermissionError."""
     try:  # never through a link (it could create a file elsewhere), never blocking on a FIFO
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except PermissionError:
-        say(f"cannot open {path} (permission denied): GPU slot treated as taken")
-        return None
-    except OSError as exc:  # ELOOP: a symbolic link; EISDIR: a folder
-        raise NoFlock(f"{path} is not a slot file ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise
+    except OSError as exc:  # ELOOP: a symbolic link; EISDIR: a folder; ENOSPC, EROFS: cannot be made
+        what = "is not a slot file" if exc.errno in (errno.ELOOP, errno.EISDIR) else "cannot be made or opened"
+        raise NoFlock(f"{path} {what} ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise NoFlock(f"{path} is not a slot file (a FIFO or device)")
+    if info.st_uid == os.geteuid() and info.st_mode & 0o444 != 0o444:  # made under umask 077
+        try:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) | 0o444)
+        except OSError:
+            pass
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -110,18 +119,48 @@ def slot_file(lock_dir: Path, gpu: str) -> Path:
     return lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock"
 
 
-def claim_slot(lock_dir: Path, gpus: list[str], wait: float = WAIT_SECONDS) -> tuple[str, int]:
-    """(gpu, lock descriptor) of the first free GPU of `gpus`, waiting while all are taken."""
+def machine_slots(lock_dir: Path) -> Path:
+    """This machine's slot folder in `lock_dir`: one per running kernel, named by its boot id (the
+    same in every container of the machine, another on each machine)."""
     try:
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return lock_dir
+    return lock_dir / f"machine-{boot}" if re.fullmatch(r"[0-9a-f-]{36}", boot) else lock_dir
+
+
+def made_slot_folder(folder: Path) -> None:
+    """The slot folder, made if missing: open to every user's tasks (sticky, as /tmp) when made here."""
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return
     except OSError as exc:
-        fail(f"cannot create the GPU slot folder {lock_dir}: {exc.strerror}", 10)
-    announced = False
+        fail(f"cannot create the GPU slot folder {folder}: {exc.strerror}", 10)
+    try:
+        os.chmod(folder, 0o1777)
+    except OSError:
+        pass
+
+
+def claim_slot(lock_dir: Path, gpus: list[str], wait: float = WAIT_SECONDS) -> tuple[str, int]:
+    """(gpu, lock descriptor) of the first free GPU of `gpus`, waiting while all are taken; a slot
+    file this user cannot open (another user's) is skipped, said once; with none openable, NoFlock."""
+    made_slot_folder(lock_dir)
+    announced, unopenable = False, set()
     while True:
         for gpu in gpus:
-            fd = try_lock(slot_file(lock_dir, gpu))
+            try:
+                fd = try_lock(slot_file(lock_dir, gpu))
+            except PermissionError:
+                if gpu not in unopenable:
+                    say(f"cannot open {slot_file(lock_dir, gpu)} (permission denied): GPU {gpu} left to its owner")
+                    unopenable.add(gpu)
+                continue
             if fd is not None:
                 return gpu, fd
+        if len(unopenable) == len(gpus):
+            raise NoFlock("no slot file this user can open (permission denied)")
         if not announced:
             say(f"all {len(gpus)} GPUs are in use by other tasks; waiting for one")
             announced = True
@@ -131,6 +170,7 @@ def claim_slot(lock_dir: Path, gpus: list[str], wait: float = WAIT_SECONDS) -> t
 def claim_for(lock_dir: Path, gpus: list[str]) -> None:
     """Give the command a free GPU of `gpus` through CUDA_VISIBLE_DEVICES; where the slot folder cannot
     be locked, say so and leave every GPU visible (tasks may then share one, which is slow, not wrong)."""
+    lock_dir = machine_slots(lock_dir)
     try:
         gpu, fd = claim_slot(lock_dir, gpus)
     except NoFlock as exc:
@@ -171,6 +211,8 @@ def choose_and_run(lock_dir: Path, device: str, count: int | None, command: list
             claim_for(lock_dir, gpus)
         else:
             say("no GPU visible; running as is")
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; the command gets the defaults
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvp(command[0], command)
     except FileNotFoundError:

@@ -60,6 +60,16 @@ def test_the_torch_of_virnucpro_s_own_interpreter_is_reported(tmp_path, pythons,
     assert (done.returncode, done.stdout.strip()) == (0, torch_version()), done.stderr
 
 
+def test_pip_s_launcher_for_a_long_path_without_spaces_names_the_interpreter_unquoted(tmp_path):
+    """A reviewer's case: an interpreter path over 127 characters without spaces is written
+    unquoted after `''''exec' `; it was missed, and the PATH's python3 (none here: exit 127) ran."""
+    deep = executable(tmp_path / ("d" * 60) / ("e" * 60) / "bin" / "python3", f'#!/bin/sh\nexec {VENV_PYTHON} "$@"\n')
+    launcher = f"#!/bin/sh\n'''exec' {deep} \"$0\" \"$@\"\n' '''\nimport sys\n"
+    tools = executable(tmp_path / "tools" / "virnucpro", launcher).parent
+    done = run("torch_version.sh", f"{tools}:{SYSTEM}")  # its python3 has no torch: "unknown" if it ran
+    assert (done.returncode, done.stdout.strip()) == (0, torch_version()), done.stderr
+
+
 @pytest.mark.parametrize("first_lines", ["#!/bin/sh\nexec /opt/virnucpro/bin/virnucpro \"$@\"\n", "#!/bin/bash\n",
                                          "#!/usr/bin/perl\n", ""])
 def test_anything_else_is_unknown_and_only_a_python_is_ever_run(tmp_path, first_lines):

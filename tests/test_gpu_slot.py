@@ -133,8 +133,9 @@ def test_a_slot_file_another_user_made_read_only_is_still_usable(tmp_path):
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: file permissions are not enforced")
         as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-    (tmp_path / "gpu0.lock").touch()
-    (tmp_path / "gpu0.lock").chmod(0o444)
+    machine_slots(tmp_path).mkdir()
+    (machine_slots(tmp_path) / "gpu0.lock").touch()
+    (machine_slots(tmp_path) / "gpu0.lock").chmod(0o444)
     done = subprocess.run([*as_user, sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "1", "--",
                            sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
@@ -190,8 +191,60 @@ def test_a_stop_while_waiting_for_a_slot_is_exit_6_in_one_line_holding_nothing(t
     assert waiting.wait(30) == 6
     said = waiting.stderr.read()
     assert said.count("\n") == 1 and signal.Signals(stop).name in said and "Traceback" not in said, said
-    assert not (tmp_path / "b").exists() and sorted(path.name for path in locks.iterdir()) == ["gpu0.lock"]
+    assert not (tmp_path / "b").exists() and sorted(path.name for path in machine_slots(locks).iterdir()) == ["gpu0.lock"]
     release.touch()
     assert holder.wait(30) == 0
     after = start(locks, tmp_path / "c", release, count=1)  # the slot is free: the stopped task held none
     assert after.wait(30) == 0 and (tmp_path / "c").read_text() == "0"
+
+
+def machine_slots(lock_dir: Path) -> Path:
+    """This machine's slot folder in `lock_dir` (its kernel's boot id)."""
+    return lock_dir / f"machine-{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}"
+
+
+def unprivileged() -> list[str]:
+    """A prefix that runs a command without root's right to open any file (skips where none)."""
+    import shutil
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: file permissions are not enforced")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def test_slot_files_no_one_can_open_are_said_once_and_never_waited_for(tmp_path):
+    """A reviewer's case: another user's slot files (0600 under umask 077) counted as taken, and the
+    task waited for ever, saying so every 5 s."""
+    slots = machine_slots(tmp_path)
+    slots.mkdir()
+    for gpu in ("0", "1"):
+        (slots / f"gpu{gpu}.lock").touch()
+        (slots / f"gpu{gpu}.lock").chmod(0o000)
+    done = subprocess.run([*unprivileged(), sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "2",
+                           "--", "sh", "-c", "echo ran"], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
+    assert done.stderr.count("permission denied") == 3 and "no slot file this user can open" in done.stderr, done.stderr
+
+
+def test_slots_are_kept_per_machine_and_readable_by_every_user(tmp_path):
+    """Machines sharing a checkpoint folder (EFS) all locked one gpu0.lock: one EMBED in the fleet ran."""
+    other_machine = tmp_path / "machine-00000000-0000-0000-0000-000000000000"
+    other_machine.mkdir()
+    with open(other_machine / "gpu0.lock", "w") as held:
+        import fcntl
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--count", "1", "--",
+                               "sh", "-c", "echo $CUDA_VISIBLE_DEVICES; umask"], capture_output=True, text=True,
+                              timeout=60, env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert done.returncode == 0 and done.stdout.startswith("0\n"), done.stderr
+    assert (machine_slots(tmp_path) / "gpu0.lock").stat().st_mode & 0o444 == 0o444
+    assert machine_slots(tmp_path).stat().st_mode & 0o1777 == 0o1777
+
+
+def test_the_command_gets_the_default_sigpipe(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path), "--device", "cpu", "--",
+                           "sh", "-c", "grep SigIgn /proc/self/status"], capture_output=True, text=True, timeout=60)
+    ignored = int(done.stdout.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1)), done.stdout

@@ -99,15 +99,15 @@ def _gpu_slot():
 
 @pytest.mark.parametrize("kind", ["fifo", "dangling link"])
 def test_a_slot_name_that_is_no_slot_file_is_no_hang_and_no_file_elsewhere(tmp_path, kind, monkeypatch, capsys):
-    slots = tmp_path / "slots"
-    slots.mkdir()
+    slots = _gpu_slot().machine_slots(tmp_path / "slots")  # this machine's folder in the slot folder
+    slots.mkdir(parents=True)
     elsewhere = tmp_path / "created-elsewhere"
     if kind == "fifo":
         os.mkfifo(slots / "gpu0.lock")
     else:
         (slots / "gpu0.lock").symlink_to(elsewhere)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    _gpu_slot().claim_for(slots, ["0"])  # a FIFO blocked the open for ever
+    _gpu_slot().claim_for(tmp_path / "slots", ["0"])  # a FIFO blocked the open for ever
     assert "not a slot file" in capsys.readouterr().err and not elsewhere.exists()
 
 

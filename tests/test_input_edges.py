@@ -411,3 +411,28 @@ def test_models_and_classifier_named_in_latin1_are_used(tmp_path, tiny_models):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "again" / "prediction_results.txt").read_text() == \
         (tmp_path / "out" / "prediction_results.txt").read_text()
+
+
+def test_two_copies_of_one_file_are_named_so_not_taken_for_mates(tmp_path, run_cli):
+    """A reviewer's case: a copy of the input given beside it was said to look like paired-end mates,
+    with commands that append /1 and /2 (each read then scored twice)."""
+    (tmp_path / "a.fa").write_text(">a0\n" + "ACGT" * 100 + "\n>a1\n" + "GGCA" * 90 + "\n")
+    (tmp_path / "copy.fa").write_bytes((tmp_path / "a.fa").read_bytes())
+    code, message = run_cli("prepare", tmp_path / "a.fa", tmp_path / "copy.fa", "--outdir", tmp_path / "p")
+    said = " ".join(message.split())
+    assert code == 3 and "has the same content as" in said and "give" in said and "/1" not in said, message
+
+
+@pytest.mark.parametrize("command, work", [("prepare", ".virnucpro-partial"), ("run", ".virnucpro-work/prepared")])
+def test_an_input_inside_the_command_s_own_work_folder_is_refused_and_kept(tmp_path, run_cli, tiny_models, command,
+                                                                           work):
+    """A reviewer's case: an input named like a file the command writes in its work folder was
+    removed there before it was read."""
+    out = tmp_path / "out"
+    (out / work).mkdir(parents=True)
+    reads = out / work / "chunks.tsv"
+    reads.write_text(">a0\n" + "ACGT" * 100 + "\n")
+    extra = ("--models", tiny_models, "--device", "cpu") if command == "run" else ()
+    code, message = run_cli(command, reads, "--outdir", out, *extra)
+    assert code == 3 and "the folder this command keeps its work in" in " ".join(message.split()), message
+    assert reads.read_text().startswith(">a0")

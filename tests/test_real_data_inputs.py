@@ -23,9 +23,14 @@ from virnucpro import prepared as fmt
 BASES = "ATGAAACCCGGGTTTATGAAACCCGGGTTTAAACCCGGG"
 
 
-def fastq(records: list[str]) -> str:
+def fastq(records: list[str], bases: str = BASES) -> str:
     """4-line FASTQ records, one per header (given without its '@')."""
-    return "".join(f"@{header}\n{BASES}\n+\n{'I' * len(BASES)}\n" for header in records)
+    return "".join(f"@{header}\n{bases}\n+\n{'I' * len(bases)}\n" for header in records)
+
+
+def mate_bases(mate: int) -> str:
+    """The reads of mate 1 or 2 (two mates read the two strands: never the same file twice)."""
+    return BASES if mate == 1 else BASES[::-1]
 
 
 def illumina(mate: int, n: int = 3) -> str:
@@ -33,9 +38,9 @@ def illumina(mate: int, n: int = 3) -> str:
     return fastq([f"M01:12:FC1:1:1101:{i}:1 {mate}:N:0:ACGTAC" for i in range(n)])
 
 
-def fasterq_dump(n: int = 3) -> str:
+def fasterq_dump(n: int = 3, mate: int = 1) -> str:
     """A mate file as fasterq-dump writes them (sra_1 and sra_2 alike): 'SRR123456.1 1 length=39'."""
-    return fastq([f"SRR123456.{i} {i} length={len(BASES)}" for i in range(1, n + 1)])
+    return fastq([f"SRR123456.{i} {i} length={len(BASES)}" for i in range(1, n + 1)], mate_bases(mate))
 
 
 def interleaved(n: int = 3) -> str:
@@ -65,7 +70,7 @@ def test_mate_files_are_refused_as_mates_with_ways_out(tmp_path, run_cli, kind):
     else:
         r1, r2 = tmp_path / "sra_1.fastq.gz", tmp_path / "sra_2.fastq.gz"
         r1.write_bytes(gzip.compress(fasterq_dump().encode()))
-        r2.write_bytes(gzip.compress(fasterq_dump().encode()))
+        r2.write_bytes(gzip.compress(fasterq_dump(mate=2).encode()))
     code, message = run_cli("prepare", r1, r2, "--outdir", tmp_path / "out")
     assert code == 3, message
     assert "duplicate sequence id" in message and "look like the two mates of paired-end reads" in message, message
@@ -85,8 +90,8 @@ def test_the_awk_command_given_makes_the_ids_unique(tmp_path, run_cli, layout):
         inputs[0].write_text(interleaved())
     else:
         inputs = [tmp_path / "sra_1.fastq.gz", tmp_path / "sra_2.fastq.gz"]
-        for path in inputs:
-            path.write_bytes(gzip.compress(fasterq_dump().encode()))
+        for mate, path in enumerate(inputs, 1):
+            path.write_bytes(gzip.compress(fasterq_dump(mate=mate).encode()))
     code, message = run_cli("prepare", *inputs, "--outdir", tmp_path / "refused")
     assert code == 3, message
     commands = awk_commands(message)
@@ -102,13 +107,13 @@ def test_the_awk_command_given_makes_the_ids_unique(tmp_path, run_cli, layout):
     assert {rid[:-2] for rid in ids} == {rid[:-2] for rid in ids if rid.endswith("/1")}
 
 
-def record(form: str, header: str, newline: str = "\n") -> str:
+def record(form: str, header: str, newline: str = "\n", bases: str = BASES) -> str:
     """One record: FASTQ with 4 lines (the '+' line repeating the header), or FASTA with its
     sequence on two lines."""
     if form == "fastq":
-        lines = [f"@{header}", BASES, f"+{header}", "I" * len(BASES)]
+        lines = [f"@{header}", bases, f"+{header}", "I" * len(bases)]
     else:
-        lines = [f">{header}", BASES[:20], BASES[20:]]
+        lines = [f">{header}", bases[:20], bases[20:]]
     return "".join(line + newline for line in lines)
 
 
@@ -119,7 +124,8 @@ def paired_inputs(directory: Path, form: str, names: list[str], newline: str) ->
     header = "read{i}" if newline == "\r\n" else "read{i} {mate}:N:0:ACGTAC"
     for number, path in enumerate(paths, 1):
         mates = (1, 2) if len(paths) == 1 else (number,)
-        text = "".join(record(form, header.format(i=i, mate=mate), newline) for i in range(3) for mate in mates)
+        text = "".join(record(form, header.format(i=i, mate=mate), newline, mate_bases(mate)) for i in range(3)
+                       for mate in mates)
         data = text.encode()
         path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else bz2.compress(data)
                          if path.suffix == ".bz2" else data)

@@ -740,9 +740,13 @@ def _duplicate_error(first: _Read, second: _Read) -> BadInputError:
                              f"{ascii(second.record_id)}), which look identical in every table",
                              "rename one of them: ids that look the same are one id to whoever reads the tables")
     unique = "VirNucPro scores every read on its own, so every id must be unique"
+    if first.source is not second.source and first.source.sha256 and first.source.sha256 == second.source.sha256:
+        return BadInputError(f"{message}; {second.source.path} has the same content as {first.source.path} (one "
+                             f"sha256): the same reads given twice", f"give {first.source.path} once")
     if first.source is not second.source:
         return BadInputError(f"{message}; the same ids in two input files look like the two mates of paired-end "
-                             f"reads (R1 and R2), and {unique}", _mate_files_hint(first.source, second.source))
+                             f"reads (R1 and R2), or one file given twice (a compressed copy?), and {unique}",
+                             _mate_files_hint(first.source, second.source))
     if second.number == first.number + 1:
         return BadInputError(f"{message}; the same id on two records in a row looks like an interleaved paired-end "
                              f"file (each mate after the other), and {unique}", _interleaved_hint(first.source))
@@ -775,7 +779,8 @@ def _merge_or_rename(sources: Sequence[InputSummary], fastp_option: str = "") ->
 
 def _mate_files_hint(one: InputSummary, two: InputSummary) -> str:
     """The ways out for two mate files, the last one as commands on them."""
-    return (f"run each mate file as its own sample (its own command and --outdir), {_merge_or_rename([one, two])}: "
+    return (f"if one file is a copy of the other, give it once; for mates, run each mate file as its own sample "
+            f"(its own command and --outdir), {_merge_or_rename([one, two])}: "
             f"{_awk_command(one, ONE_MATE_AWK[one.format].replace('MATE', '1'))} and "
             f"{_awk_command(two, ONE_MATE_AWK[two.format].replace('MATE', '2'))} (then give the two new files)")
 
@@ -869,6 +874,20 @@ def check_distinct_inputs(inputs: Sequence[Path]) -> None:
         seen[key] = path
 
 
+def refuse_inputs_inside(inputs: Sequence[Path], folders: Sequence[Path]) -> None:
+    """Exit 3 for an input inside a folder the command works in (`folders`: its hidden staging or
+    work folder in --outdir), where a file with one of the names it writes there is removed before
+    it is read. Compared as real paths (links followed); standard input is in none."""
+    places = [os.path.realpath(folder) for folder in folders]
+    for path in inputs:
+        real = None if str(path) == STDIN else os.path.realpath(path)
+        for folder, place in zip(folders, places):
+            if real is not None and real.startswith(place + os.sep):
+                raise BadInputError(f"input {path} lies in {folder}, the folder this command keeps its work in "
+                                    "(its files there may be removed)", "move the file out of that folder and give "
+                                                                        "its new path")
+
+
 def _given_twice(first: Path, second: Path) -> BadInputError:
     """The refusal of two inputs that are one file. A Path drops './' and doubled slashes, so
     `a.fa ./a.fa` arrive as one text twice: then the file is named once."""
@@ -876,15 +895,17 @@ def _given_twice(first: Path, second: Path) -> BadInputError:
     return BadInputError(f"input {second} is given twice{same}", "give each input once")
 
 
-def check_inputs(inputs: Iterable[Path]) -> None:
+def check_inputs(inputs: Iterable[Path], work_folders: Sequence[Path] = ()) -> None:
     """Each input opens and its first records read as nucleotide FASTA/FASTQ (exit 3 otherwise): `run`
     checks this before it downloads or loads models, so a mistyped input costs seconds, not a download.
+    None may lie in the command's `work_folders` (`refuse_inputs_inside`).
 
     Only regular files are read ahead: standard input, pipes, FIFOs and `<(zcat ...)` can be read
     once only, so they are checked as prepare reads them.
     """
     inputs = [Path(p) for p in inputs]
     check_distinct_inputs(inputs)
+    refuse_inputs_inside(inputs, work_folders)
     for path in inputs:
         if _rereadable(path):
             _check_first_records(path)
@@ -932,6 +953,7 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
     check_distinct_inputs(inputs)
+    refuse_inputs_inside(inputs, [outdir / STAGING])
     with stop_keeps_nothing(), claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
         staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "prepare's staging folder")
         try:  # from here on, whatever fails, what prepare wrote into the staging folder goes

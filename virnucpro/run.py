@@ -229,7 +229,7 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
 
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
     _refuse_cache_in_outdir(compiling.cache if compiling is not None else None, outdir)
-    check_inputs(inputs)
+    check_inputs(inputs, work_folders=[outdir / WORK])
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
         from virnucpro.embed import Compiling
 
