@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from permission_helpers import unprivileged
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "gpu_slot.py"
 
 # A task that says which GPU it got, then holds it until told to finish
@@ -201,16 +203,6 @@ def test_a_stop_while_waiting_for_a_slot_is_exit_6_in_one_line_holding_nothing(t
 def machine_slots(lock_dir: Path) -> Path:
     """This machine's slot folder in `lock_dir` (its kernel's boot id)."""
     return lock_dir / f"machine-{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}"
-
-
-def unprivileged() -> list[str]:
-    """A prefix that runs a command without root's right to open any file (skips where none)."""
-    import shutil
-    if os.geteuid() != 0:
-        return []
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv: file permissions are not enforced")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
 def test_slot_files_no_one_can_open_are_said_once_and_never_waited_for(tmp_path):
