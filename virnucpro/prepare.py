@@ -36,7 +36,7 @@ from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
-                             VirnucproError, check_stop, output_errors, stop_keeps_nothing, stop_signals_blocked,
+                             UsageError, VirnucproError, check_stop, output_errors, stop_keeps_nothing, stop_signals_blocked,
                              stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
@@ -357,6 +357,11 @@ class ShardWriter:
         self._handle = None
 
     def _open_next(self) -> None:
+        if len(self.bodies) >= fmt.MAX_SHARDS:
+            raise UsageError(f"--shard-size {self.shard_size:,} cuts this input into more than {fmt.MAX_SHARDS:,} "
+                             f"shards (it holds over {fmt.MAX_SHARDS * self.shard_size:,} ORFs)",
+                             f"give a --shard-size of at least {self.shard_size * 10:,} (the default, 100,000, "
+                             "suits a GPU task per shard)")
         if self._handle:
             self._handle.close()
         body = self.directory / (fmt.shard_name(len(self.bodies)) + ".body")

@@ -139,6 +139,10 @@ class ShardInfo:
 
 
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024  # a manifest is kB to a few MB (one entry per input and shard)
+# the most shards one sample is cut into: the manifest (about 180 bytes per shard) and the output
+# folder's marker (about 70, twice while a rerun replaces an earlier output) stay well under the
+# limits their readers hold them to, and prepare's memory under 2 kB per shard
+MAX_SHARDS = 100_000
 NOT_REGULAR = "it is not a regular file (a FIFO, a device or a folder), which prepare never writes"
 A_LINK = "it is a symbolic link, which prepare never writes"
 
