@@ -2,8 +2,8 @@
 true to the situation (a reviewer's cases).
 
 - an embedding file or a run's finished results replaced are said to be replaced, and why;
-- a stop with nothing to resume from (prepare, `run` during its prepare step) says the rerun starts
-  again, not that it resumes from checkpoints; a stop that keeps checkpoints still says it resumes;
+- a stop with nothing to resume from (prepare, predict, `run` during its prepare step) says the rerun
+  starts again, not that it resumes from checkpoints; a stop that keeps checkpoints still says it resumes;
 - run's warning about empty records does not promise a table a failed run never writes;
 - predict on embeddings of tiny test models hints at those tiny models, however --models was given.
 """
@@ -90,6 +90,38 @@ def test_run_stopped_while_embedding_still_says_it_resumes(tmp_path, tiny_models
     out = tmp_path / "out"
     done = stopped_at("open", r"\.virnucpro-work/embeddings/", "run", coding_reads(tmp_path / "r.fa", 3),
                       "--models", tiny_models, "--device", "cpu", "--threads", "1", "--outdir", out)
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert RESUMES in done.stderr and "nothing to resume from" not in done.stderr, done.stderr
+
+
+def embedded(tmp_path: Path, models: Path) -> tuple[Path, Path]:
+    """A prepare folder of 3 coding reads and its one embedding file."""
+    folder = prepared(tmp_path, "p", 3)
+    h5 = tmp_path / "e.h5"
+    done = virnucpro("embed", folder / "shards" / "shard_00000.tsv", "--out", h5, "--models", models,
+                     "--device", "cpu", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    return folder, h5
+
+
+def test_a_stopped_predict_says_the_rerun_starts_again_and_keeps_the_earlier_outputs(tmp_path, tiny_models):
+    folder, h5 = embedded(tmp_path, tiny_models)
+    out = tmp_path / "pr"
+    args = ["predict", "--prepared", folder, "--embeddings", h5, "--outdir", out, "--models", tiny_models]
+    assert virnucpro(*args).returncode == 0
+    before = (out / "prediction_results.txt").read_bytes()
+    done = stopped_at("open", r"\.predict\.partial/prediction_results\.txt$", *args)
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert "nothing to resume from" in done.stderr and STARTS_AGAIN in done.stderr, done.stderr
+    assert "checkpoints kept" not in done.stderr and RESUMES not in done.stderr, done.stderr
+    assert (out / "prediction_results.txt").read_bytes() == before
+
+
+def test_run_stopped_in_its_predict_step_still_says_it_resumes(tmp_path, tiny_models):
+    out = tmp_path / "out"
+    done = stopped_at("open", r"\.predict\.partial/prediction_results\.txt$", "run",
+                      coding_reads(tmp_path / "r.fa", 3), "--models", tiny_models, "--device", "cpu",
+                      "--threads", "1", "--outdir", out)
     assert done.returncode == ExitCode.INTERRUPTED, done.stderr
     assert RESUMES in done.stderr and "nothing to resume from" not in done.stderr, done.stderr
 

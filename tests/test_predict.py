@@ -139,6 +139,21 @@ def test_highest_table_merges_sorted_runs_in_bounded_memory(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_highest_table_runs_are_bounded_in_characters_too(tmp_path):
+    """A review's case: runs were a million rows whatever the ids' length; with 1,000-character ids
+    that is about 1 GB before the first spill, ten times the figure given."""
+    from virnucpro.predict import ChunkScore, HighestTable
+
+    highest = HighestTable(tmp_path / "runs", run_chars=5000)
+    ids = [f"{'x' * 990}_{n:04d}_chunk_1" for n in reversed(range(40))]
+    for chunk_id in ids:
+        highest.add(ChunkScore(chunk_id, chunk_id + "F1", 0.5, 0.5))
+        assert highest.pending_chars < 5000
+    assert len(highest.runs) == 8  # five rows of ~1 kB a run
+    highest.write(tmp_path / "highest.csv")
+    assert (tmp_path / "highest.csv").read_text().splitlines()[1:] == [f"{c}\tTrue" for c in sorted(ids)]
+
+
 def test_small_sort_runs_give_the_same_outputs(tmp_path, monkeypatch, golden_prepared, golden_embeddings,
                                                golden_predicted, tiny_models):
     """Predict streams in input order: with runs of 2 rows every output is unchanged."""
@@ -516,6 +531,29 @@ def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_d
                             "--outdir", tmp_path / "p", "--models", tiny_models,
                             "--classifier", tiny_models / "500_model_tiny.pth")
     assert code == 0, message
+
+
+def test_a_custom_chunk_size_with_a_classifier_made_for_a_standard_one_is_said(tmp_path, reference_dir, tiny_models,
+                                                                              run_cli):
+    """A review's case: at --chunk-size 400 the published 500-bp classifier was taken without a word
+    (the docs ask for your own there); it still runs, said so, and a classifier of your own is quiet."""
+    import torch
+
+    from virnucpro.classifier import load_classifier, save_original_way
+
+    known = tmp_path / "copy_of_500.pth"
+    shutil.copy(tiny_models / "500_model_tiny.pth", known)
+    own = load_classifier(known)
+    with torch.no_grad():
+        own.hidden_layer.bias.add_(0.01)  # retrained, say: no published or recorded checksum
+    save_original_way(own, tmp_path / "own.pth")
+    fasta = reference_dir / "vanilla/test_with_orfs.fa"
+    for classifier, said in ((known, True), (tmp_path / "own.pth", False)):
+        code, message = run_cli("run", fasta, "--outdir", tmp_path / classifier.stem, "--models", tiny_models,
+                                "--device", "cpu", "--chunk-size", "400", "--allow-any-chunk-size",
+                                "--classifier", classifier)
+        assert code == 0, message
+        assert " ".join(message.split()).count("is the one made for 500-bp chunks") == int(said), message  # once
 
 
 def test_output_paths_that_are_files_exit_3(tmp_path, reference_dir, run_cli, golden_prepared, golden_embeddings,

@@ -94,3 +94,17 @@ def test_a_format_version_that_is_no_whole_number_is_malformed_not_older(sample,
     code, err = run_cli("predict", "--prepared", prepared, "--embeddings", *embeddings,
                         "--outdir", tmp_path / "out", "--models", tiny_models)
     assert code == 5 and "not a whole number" in err and "older virnucpro" not in err and "-resume" not in err, err
+
+
+def test_predict_says_when_it_scores_embeddings_another_version_wrote(sample, tiny_models, tmp_path, run_cli):
+    """A review's case: `embed` never reuses another version's embedding file, yet `predict` scored one
+    (same format) without a word, and run_info.json named predict's version only."""
+    prepared, embeddings = sample
+    common = ["--prepared", prepared, "--embeddings", *embeddings, "--models", tiny_models]
+    code, err = run_cli("predict", *common, "--outdir", tmp_path / "same")
+    assert code == 0 and "written by virnucpro" not in err, err
+    with edited_shard(embeddings[-1]) as handle:
+        handle.attrs["virnucpro_version"] = "0.1.0"
+    code, err = run_cli("predict", *common, "--outdir", tmp_path / "other")
+    assert code == 0, err
+    assert f"embedding shards were written by virnucpro 0.1.0, this is {__version__}" in err, err

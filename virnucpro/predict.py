@@ -33,7 +33,8 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
-                              VirnucproError, output_errors, path_mode, stop_signals_deferred)
+                              VirnucproError, output_errors, path_mode, stop_keeps_nothing,
+                              stop_signals_deferred)
 from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import unicode_text
@@ -48,6 +49,7 @@ STAGING_FILES = work_pattern(*(re.escape(name) for name in OUTPUTS),
 HISTOGRAM_BINS = 20
 TOP_SEQUENCES = 25  # sequences listed in the report
 HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~110 MB with 45-character ids)
+HIGHEST_RUN_CHARS = 50_000_000  # and characters: ids may be 1,000 long (a run of them then ~60 MB, not 1 GB)
 PROGRESS_ROWS = 50_000  # ids checked between two updates of the progress shown
 CLASSIFIER_ROWS = 2048  # small shards' rows joined per classifier call (27 MB of 3,328 features; a block stays whole)
 
@@ -112,6 +114,16 @@ def _check_same_models(shards: list[h5shard.EmbeddingShardInfo], chunk_size: int
     if len(precisions) > 1:
         warn(f"embedding shards were made at different precisions ({', '.join(precisions)}); scores may differ "
              "slightly between them")
+    _warn_other_versions(shards)
+
+
+def _warn_other_versions(shards: list[h5shard.EmbeddingShardInfo]) -> None:
+    """Embeddings another virnucpro version wrote (in this format) are scored, said so: `embed` never
+    reuses them as its own, since another version may compute other vectors."""
+    other = sorted({s.virnucpro_version for s in shards} - {__version__})
+    if other:
+        warn(f"embedding shards were written by virnucpro {', '.join(other)}, this is {__version__}: their vectors "
+             "are scored as that version computed them (embed them again with this version to be sure)")
 
 
 # --- ids and counts from the input records to the embedding rows ----------------------------------
@@ -261,15 +273,19 @@ class HighestTable:
     sort as their ids do: the tab after the id comes before any character an id may hold.
     """
 
-    def __init__(self, folder: Path, run_lines: int | None = None):
+    def __init__(self, folder: Path, run_lines: int | None = None, run_chars: int | None = None):
         self.folder, self.run_lines = folder, run_lines or HIGHEST_RUN_LINES
+        self.run_chars = run_chars or HIGHEST_RUN_CHARS
         self.pending: list[str] = []
+        self.pending_chars = 0
         self.runs: list[Path] = []
 
     def add(self, chunk: ChunkScore) -> None:
-        """One chunk's row; a full run goes to disk."""
-        self.pending.append(row_line(HIGHEST_COLUMNS, {"Modified_ID": chunk.chunk_id, "Is_Virus": str(chunk.is_virus)}))
-        if len(self.pending) >= self.run_lines:
+        """One chunk's row; a full run (in rows or in characters) goes to disk."""
+        line = row_line(HIGHEST_COLUMNS, {"Modified_ID": chunk.chunk_id, "Is_Virus": str(chunk.is_virus)})
+        self.pending.append(line)
+        self.pending_chars += len(line)
+        if len(self.pending) >= self.run_lines or self.pending_chars >= self.run_chars:
             self._spill()
 
     def _spill(self) -> None:
@@ -279,7 +295,7 @@ class HighestTable:
         with open(run, "w", encoding="utf-8", newline="\n") as out:
             out.writelines(self.pending)
         self.runs.append(run)
-        self.pending = []
+        self.pending, self.pending_chars = [], 0
 
     def write(self, path: Path) -> None:
         """Merge the runs into `path`, then remove them."""
@@ -417,7 +433,8 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     prepared, outdir = Path(prepared), Path(outdir)
     threshold = float(threshold) + 0.0  # `--threshold -0` is 0.0, not "-0.0" in the report and run_info
     _refuse_prepared_as_outdir(prepared, outdir)
-    with _claimed(outdir, output) as output:  # locked before the long checks: never two commands in it
+    # a stop leaves no checkpoint to resume from (an earlier set of outputs stays as it was)
+    with stop_keeps_nothing(), _claimed(outdir, output) as output:  # locked first: never two commands in it
         inputs = _checked_inputs(prepared, embeddings, classifier, models, loaded_classifier)
         if input_names is not None:
             inputs.manifest = _inputs_named(inputs.manifest, input_names)
@@ -477,7 +494,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
         check_embedding_models(shards, model_set.directory)
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
-    else:
+    elif loaded is None:  # `run` checked the classifier it loaded against its chunk size, before any work
         refuse_classifier_of_other_chunk_size(Path(classifier), manifest["chunk_size"], models)
     model = loaded if loaded is not None else load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
@@ -543,26 +560,43 @@ def _claimed(outdir: Path, output: OutputFolder | None):
 
 def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: Path | None) -> None:
     """A `--classifier` known to be made for the other standard chunk size (the published file, or the
-    models folder's own) is exit 5: the features fit either way, so nothing else would tell. Asked
-    before the classifier is loaded, at any chunk size: a folder on its way that cannot be entered
-    is exit 4 here (`path_mode`), where the loader's own checks took it for a failed write."""
-    from virnucpro.models import pins, store
+    models folder's own) is exit 5: the features fit either way, so nothing else would tell; at a
+    custom chunk size, one known to be made for a standard size is taken, said so. Asked before the
+    classifier is loaded: a folder on its way that cannot be entered is exit 4 here (`path_mode`),
+    where the loader's own checks took it for a failed write."""
+    from virnucpro.models import pins
 
     mode = path_mode(path, ModelsError)
-    if chunk_size not in pins.CLASSIFIER_CHUNK_SIZES or mode is None or not S_ISREG(mode):
-        return  # a custom chunk size takes any classifier; a missing file is load_classifier's error
+    if mode is None or not S_ISREG(mode):
+        return  # a missing file is load_classifier's error
+    made_for = _known_chunk_size(path, chunk_size, models)
+    if made_for is None or made_for == chunk_size:
+        return
+    if chunk_size not in pins.CLASSIFIER_CHUNK_SIZES:
+        warn(f"classifier {path} is the one made for {made_for}-bp chunks, and the prepared sample was cut into "
+             f"{chunk_size}-bp chunks: its scores are of a model trained on chunks of another length")
+        return
+    raise InconsistentInputsError(f"classifier {path} is the one made for {made_for}-bp chunks, but the "
+                                  f"prepared sample was cut into {chunk_size}-bp chunks",
+                                  f"use the {chunk_size}-bp classifier "
+                                  f"({_twin(path, made_for, chunk_size, _models_folders(models, path))}), "
+                                  f"or prepare again with --chunk-size {made_for}")
+
+
+def _known_chunk_size(path: Path, chunk_size: int, models: Path | None) -> int | None:
+    """The standard chunk size the classifier at `path` is known to be made for (a published file, or
+    one a models folder's manifest records), `chunk_size` first; None when it is none of them."""
+    from virnucpro.models import pins, store
+
     digest, blob = store.sha256_file(path, git_sha1=True)
-    for other in set(pins.CLASSIFIER_CHUNK_SIZES) - {chunk_size}:
-        role = f"classifier_{other}"
+    for size in sorted(pins.CLASSIFIER_CHUNK_SIZES, key=lambda size: size != chunk_size):
+        role = f"classifier_{size}"
         known = {spec.git_sha1 for spec in pins.SOURCES[role].files}
         for folder in _models_folders(models, path):
             known |= _manifest_checksums(folder, role)
         if digest in known or blob in known:
-            raise InconsistentInputsError(f"classifier {path} is the one made for {other}-bp chunks, but the "
-                                          f"prepared sample was cut into {chunk_size}-bp chunks",
-                                          f"use the {chunk_size}-bp classifier "
-                                          f"({_twin(path, other, chunk_size, _models_folders(models, path))}), "
-                                          f"or prepare again with --chunk-size {other}")
+            return size
+    return None
 
 
 def _twin(classifier: Path, chunk_size: int, wanted: int, folders: list[Path]) -> str:
