@@ -35,9 +35,10 @@ import numpy as np
 from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
-from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite
+from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite, non_finite_hint
 from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
-                              InterruptedByUser, OutputWriteError, ProcessLimitError, StoppedWithOutputsInPlace,
+                              InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
+                              StoppedWithOutputsInPlace,
                               VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_stop,
                               open_files_errno, output_errors, printable, stop_signals_deferred, storage_error,
                               storage_failure, storage_hint)
@@ -1486,11 +1487,33 @@ class _ShardWork:
         """Lay out (on a GPU, once overlapping, launch) one step's batch: runs in the layout thread."""
         return self.embedder.collate(step.role, step.tokens, step.batch)
 
+    def _ids(self, role: str, batch: list[int]) -> list[str]:
+        """The record id of each distinct sequence of `batch` (the first record that has it)."""
+        return [self.record_ids[self.distinct[role].first_record[i]] for i in batch]
+
+    def _refuse_non_finite_alone(self, role: str, tokens: dict, batch: list[int], vectors) -> None:
+        """NumericalError naming the sequences of `batch` whose vectors are non-finite when each is
+        embedded alone: a NaN of one sequence reaches those packed beside it (a masked attention
+        weight of 0 times NaN is NaN), which the error must not blame."""
+        rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(batch) == 1:
+            return
+        alone = [batch[k] for k in rows if not np.isfinite(self.embedder.run(role, tokens, [batch[k]])).all()]
+        if alone:
+            names = self._ids(role, alone)
+            raise NumericalError(f"non-finite embedding (NaN/Inf) for record {names[0]}"
+                                 + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+                                 + f" (each embedded alone; {len(rows)} of {len(batch)} vectors of its batch affected)",
+                                 hint=non_finite_hint(self.embedder.encoders[role].dtype))
+
     def embed_batch(self, role: str, tokens: dict, batch: list[int], collated) -> None:
         """Compute one batch, refuse non-finite vectors, keep those not known yet."""
         vectors = self.embedder.run(role, tokens, batch, collated)
-        check_finite(vectors, [self.record_ids[self.distinct[role].first_record[i]] for i in batch],
-                     self.embedder.encoders[role].dtype)
+        try:
+            check_finite(vectors, self._ids(role, batch), self.embedder.encoders[role].dtype)
+        except NumericalError:
+            self._refuse_non_finite_alone(role, tokens, batch, vectors)
+            raise  # none is non-finite alone: the batch as a whole overflowed
         missing = [k for k, i in enumerate(batch) if not self.done[role][i]]
         chosen = [batch[k] for k in missing]
         self.known[role][chosen] = vectors[missing]
