@@ -211,3 +211,64 @@ def test_a_models_folder_named_in_latin1_writes_and_reads_the_copy(tmp_path, mod
     again = Esm2Encoder(weights(latin1), CPU, torch.float16)
     assert again.loaded_from == copy_of(latin1)
     assert torch.equal(vectors(again), vectors(from_pt(weights(models))))
+
+
+def test_a_pt_written_while_its_copy_is_made_leaves_no_copy(models, monkeypatch, capsys):
+    """A review's case: the .pt's bytes are read for the copy from a memory map after the verified
+    load returned; a write meanwhile gave a copy of other weights, trusted for good."""
+    from virnucpro.encoders import esm2
+
+    real = esm2._checked_mapping
+
+    def written_meanwhile(path, data):
+        mapped = real(path, data)
+        with open(path, "r+b") as handle:  # another process writes the file in place
+            handle.seek(100)
+            handle.write(handle.read(16))
+        return mapped
+
+    monkeypatch.setattr(esm2, "_checked_mapping", written_meanwhile)
+    from virnucpro.errors import ModelsError
+
+    with pytest.raises(ModelsError, match="changed after virnucpro verified it"):  # the .pt too: exit 4
+        Esm2Encoder(weights(models), CPU, torch.float16)
+    assert "changed while its fp16 copy was being made, so no copy was written" in capsys.readouterr().err
+    assert not copy_of(models).exists() and fp16_record(models) is None
+
+
+def test_a_full_disk_while_the_copy_is_written_loads_the_pt_with_one_warning(models, monkeypatch, capsys):
+    """A review's case: safetensors reports ENOSPC as its own SafetensorError (no OSError): a
+    traceback and exit 1, on every later fp16 task of the folder."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert encoder.loaded_from == weights(models)
+    err = capsys.readouterr().err
+    assert "no fp16 copy written" in err and "No space left on device" in err, err
+    assert not copy_of(models).exists() and fp16_record(models) is None and not list(models.glob(".*.tmp"))
+
+
+def test_a_copy_put_in_place_but_never_recorded_is_written_again(models, capsys):
+    """A review's case: a writer killed between putting the copy in place and recording it left a file
+    'in the way' of every later fp16 load. Our own copy (our metadata) is replaced; a file of the
+    user's at that name is still left as it is."""
+    Esm2Encoder(weights(models), CPU, torch.float16)
+    manifest = store.read_manifest(models)
+    del manifest["models"]["esm2"]["fp16"]
+    store.write_manifest(models, manifest)
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    assert "in the way" not in capsys.readouterr().err
+    assert encoder.loaded_from == copy_of(models) and fp16_record(models)["sha256"] == store.sha256_file(copy_of(models))
+    manifest = store.read_manifest(models)
+    del manifest["models"]["esm2"]["fp16"]
+    store.write_manifest(models, manifest)
+    copy_of(models).write_bytes(b"the user's own file")
+    encoder = Esm2Encoder(weights(models), CPU, torch.float16)
+    err = capsys.readouterr().err
+    assert "in the way" in err and "move it away" in err, err
+    assert copy_of(models).read_bytes() == b"the user's own file" and encoder.loaded_from == weights(models)

@@ -308,3 +308,17 @@ def test_another_users_leftover_that_cannot_be_removed_is_named():
         assert (scratch / ".tmpXy12Z9").exists()
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_scratch_folder_kept_for_a_file_virnucpro_did_not_write_names_that_file_not_rm(models, capsys):
+    """A review's case: the warning said the folder was another user's and to `rm -r` it, which would
+    delete the user's file that was the reason it was kept."""
+    scratch = models / f".{COPY}.abcd1234.tmp"
+    scratch.mkdir()
+    (scratch / ".tmpXy12Z9").write_bytes(b"half a copy")
+    (scratch / "keep.txt").write_text("notes")
+    store.remove_leftover_temporaries(models / COPY)
+    err = capsys.readouterr().err
+    assert "was kept: it holds 'keep.txt', which virnucpro did not write" in " ".join(err.split()), err
+    assert "rm -r" not in err
+    assert (scratch / "keep.txt").read_text() == "notes" and not (scratch / ".tmpXy12Z9").exists()

@@ -17,6 +17,7 @@ import numbers
 import os
 import re
 import shlex
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, describe_settled, forward_on_path,
@@ -350,8 +352,10 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     info(f"ESM-2: writing its fp16 copy {target} from {weights.name} ({weights.stat().st_size / 1e9:.1f} GB; "
          f"once per models folder: later fp16 loads read it directly)")
     started = time.monotonic()
+    before = os.stat(weights)
     architecture, mapped = _checked_mapping(weights, _read_checkpoint(weights))
     tensors = {key: value.to(torch.float16).contiguous() for key, value in mapped.items()}
+    _refuse_written_while_copied(weights, before)
     # one metadata key: safetensors writes several in a random order, and the copy should not vary
     metadata = {"virnucpro": json.dumps({"format": FP16_FORMAT, "source_sha256": source_sha256,
                                          **dict(zip(_ARCHITECTURE_KEYS, architecture))}, sort_keys=True)}
@@ -365,6 +369,17 @@ def write_fp16_copy(home: store.Esm2Home, source_sha256: str) -> Path:
     _recorded(home, target, digest, hashed, source_sha256)
     info(f"ESM-2: fp16 copy written in {time.monotonic() - started:.1f} s")
     return target
+
+
+def _refuse_written_while_copied(weights: Path, before: os.stat_result) -> None:
+    """Exit 4 when the .pt was written or replaced while its bytes were read for the copy (they are
+    read lazily, from a memory map, after the load that was verified returned): a copy of other
+    bytes would be trusted for good. Its ctime too, which a writer cannot set back."""
+    now = os.stat(weights)
+    if (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
+            (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):
+        raise ModelsError(f"{weights} changed while its fp16 copy was being made, so no copy was written",
+                          hint="rerun once whatever writes to the models folder is done")
 
 
 def _recorded(home: store.Esm2Home, target: Path, digest: str, hashed: os.stat_result, source_sha256: str) -> None:
@@ -403,12 +418,29 @@ def _remove_if_same(path: Path, written: os.stat_result) -> None:
 
 def _refuse_unrecorded(home: store.Esm2Home, target: Path) -> None:
     """Exit 4 when something is at the copy's name that the manifest does not record as the copy
-    (the user's file, a link): virnucpro replaces only the copy it wrote."""
-    if os.path.lexists(target) and (home.entry.get("fp16") or {}).get("file") != home.copy_name:
+    (the user's file, a link): virnucpro replaces only the copy it wrote, recorded, or unrecorded
+    because its writer was killed between putting it in place and recording it."""
+    recorded = (home.entry.get("fp16") or {}).get("file") == home.copy_name
+    if os.path.lexists(target) and not recorded and not _written_by_virnucpro(target):
         raise ModelsError(f"{target} is in the way of ESM-2's fp16 copy: the models manifest does "
                           f"not record it as the copy virnucpro wrote, so it is left as it is",
                           hint="move it away; the next fp16 load or `virnucpro models download` "
                                "writes the copy")
+
+
+def _written_by_virnucpro(path: Path) -> bool:
+    """Whether `path` is a plain file that virnucpro wrote as an fp16 copy (its safetensors header
+    carries our metadata); anything unreadable, or no safetensors file at all, is not."""
+    from safetensors import safe_open
+
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with store.utf8_name(path) as name, safe_open(name, framework="pt") as handle:
+            metadata = json.loads((handle.metadata() or {}).get("virnucpro", "{}"))
+    except Exception:  # noqa: BLE001 - safetensors raises its own error type for a file of another kind
+        return False
+    return isinstance(metadata, dict) and metadata.get("format") == FP16_FORMAT
 
 
 def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:
@@ -490,8 +522,9 @@ def _write_under_lock(home: store.Esm2Home) -> Path | None:
         with folder_lock(home.directory, "models folder"):
             home = store.esm2_home(home.directory / home.weights) or home  # as it is under the lock
             copy, problem = ensure_fp16_copy(home)
-    except (VirnucproError, OSError) as exc:
-        problem = exc.message if isinstance(exc, VirnucproError) else f"{type(exc).__name__}: {exc}"
+    except (VirnucproError, OSError, SafetensorError) as exc:
+        problem = f"{exc.message}; {exc.hint}" if isinstance(exc, VirnucproError) and exc.hint else \
+            exc.message if isinstance(exc, VirnucproError) else f"{type(exc).__name__}: {exc}"
         copy = None
     if copy is None:
         _say_once(f"ESM-2: loading {home.directory / home.weights} at fp16; no fp16 copy "
@@ -520,7 +553,8 @@ def _read_trusted_copy(copy: Path, device) -> tuple | None:
     by another virnucpro version): the .pt is loaded instead, never a failed run."""
     try:
         return _read_fp16_copy(copy, device)
-    except (ModelsError, KeyError, TypeError, ValueError, OSError, RecursionError, AttributeError) as exc:
+    except (ModelsError, KeyError, TypeError, ValueError, OSError, RecursionError, AttributeError,
+            SafetensorError) as exc:
         why = exc.message if isinstance(exc, ModelsError) else f"{type(exc).__name__}: {exc}"
         _say_once(f"ESM-2: fp16 copy {copy} not used ({why}); loading the .pt. Delete the copy: "
                   f"the next fp16 load writes it again")

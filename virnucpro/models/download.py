@@ -268,12 +268,14 @@ def _record_role(directory: Path, role: str, entry: dict) -> None:
 def _fp16_copy(directory: Path) -> None:
     """Write ESM-2's fp16 copy for fast loads (kept when it still matches the .pt); a failure
     only costs speed, so it is a warning. The caller holds the folder lock."""
+    from safetensors import SafetensorError
+
     from virnucpro.encoders.esm2 import ensure_fp16_copy
 
     home = store.esm2_home(directory / pins.SOURCES["esm2"].files[0].relpath)
     try:
         copy, problem = ensure_fp16_copy(home) if home else (None, "the manifest does not list it")
-    except (VirnucproError, OSError) as exc:
+    except (VirnucproError, OSError, SafetensorError) as exc:  # a full disk, said by safetensors its own way
         copy, problem = None, exc.message if isinstance(exc, VirnucproError) else str(exc)
     if copy is None:
         warn(f"ESM-2: no fp16 copy written ({problem}); fp16 runs load the .pt instead")

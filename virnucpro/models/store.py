@@ -638,22 +638,39 @@ def remove_leftover_temporaries(path: Path) -> None:
         elif _lstat_kind(leftover) == "folder":
             _remove_scratch(leftover, path.name)
         if os.path.lexists(leftover):
-            _name_kept_leftover(leftover)
+            _name_kept_leftover(leftover, _not_ours(leftover, path.name))
 
 
 #: The leftovers named in a warning by this process (`_name_kept_leftover`): each is named once.
 _kept_leftovers_named: set[Path] = set()
 
 
-def _name_kept_leftover(leftover: Path) -> None:
-    """Warn (once per process) of a killed writer's leftover that this user could not remove (another
-    user's, in a sticky folder or one of a group whose bits it lacks), naming its owner, so the
-    space it holds is not lost unseen."""
+def _name_kept_leftover(leftover: Path, not_ours: list[str]) -> None:
+    """Warn (once per process) of a killed writer's leftover that was kept: a scratch folder holding
+    files virnucpro does not write (`not_ours`: named, never removed), or one this user could not
+    remove (another user's, in a sticky folder or one of a group whose bits it lacks), naming its
+    owner, so the space it holds is not lost unseen."""
     if leftover in _kept_leftovers_named:
         return
     _kept_leftovers_named.add(leftover)
+    if not_ours:
+        shown = ", ".join(repr(name) for name in not_ours[:3]) + (f" and {len(not_ours) - 3} more" if len(not_ours) > 3 else "")
+        warn(f"{leftover}, a killed fp16 copy write's scratch folder, was kept: it holds {shown}, which virnucpro "
+             "did not write; move that out, and the next fp16 load removes the folder")
+        return
     warn(f"{leftover} was left by a killed fp16 copy write of user {_owner(leftover)}, and this user may "
          "not remove it: that user (or an administrator) can, with `rm -r`")
+
+
+def _not_ours(leftover: Path, name: str) -> list[str]:
+    """The entries of a scratch folder of `name` that are not of the names we and the library write."""
+    ours = _temporary_pattern(name)
+    try:
+        return sorted(entry.name for entry in os.scandir(leftover)
+                      if not ((ours.fullmatch(entry.name) or LIBRARY_TEMPORARY.fullmatch(entry.name))
+                              and _lstat_kind(leftover / entry.name) == "file"))
+    except OSError:
+        return []  # a file, gone, or not this user's to open
 
 
 def _remove_scratch(folder: Path, name: str) -> None:
@@ -1245,7 +1262,12 @@ def recorded_identity(directory: Path, role: str) -> str | None:
     listed, or a file of the identity without a recorded sha256. Never reads a model file: the
     pipeline's PREDICT is given the manifest and the classifier only. (Files the manifest does not
     list cannot change it: `locate` refuses any it would hash as not published.)"""
-    entry = ((read_manifest(Path(directory)) or {}).get("models") or {}).get(role)
+    return entry_identity(role, ((read_manifest(Path(directory)) or {}).get("models") or {}).get(role))
+
+
+def entry_identity(role: str, entry: dict | None) -> str | None:
+    """The identity of `role` that a manifest entry (its `files` and `sha256`) records; None when it
+    cannot tell (see `recorded_identity`)."""
     main = _main_path(role, entry["files"]) if entry is not None else None
     if main is None:
         return None
