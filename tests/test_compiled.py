@@ -1129,3 +1129,22 @@ def test_embed_on_the_compiled_reference_path_equals_a_reference_run_and_records
     np.testing.assert_allclose(nucleotide, expected_nucleotide, atol=EXACT, rtol=0)
     np.testing.assert_array_equal(protein, expected_protein)
     assert attrs["attention"] == f"dnabert_s:{REFERENCE_COMPILED},esm2:reference"
+
+
+def test_cache_entries_that_cannot_be_written_are_one_warning_not_tracebacks(capsys, caplog):
+    """A review's case: on a full disk torch logged 'fx graph unable to write to cache' with a
+    traceback per entry, and AOTAutograd 'unable to serialize' too; the run goes on, said once."""
+    import logging
+
+    compiled.quiet_unreadable_cache()
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        for _ in range(3):
+            logging.getLogger("torch._inductor.codecache").warning("fx graph unable to write to cache", exc_info=True)
+            logging.getLogger("torch._functorch._aot_autograd.autograd_cache").warning(
+                "AOTAutograd cache unable to serialize compiled graph: %s", "No space left on device")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unable to" not in err, err
+    assert err.count("an entry could not be written (a full disk or quota?)") == 1, err
+    assert not [record for record in caplog.records if "unable to" in record.getMessage()]  # dropped

@@ -32,7 +32,8 @@ from typing import Callable
 from virnucpro.errors import OutputWriteError, UsageError, home_expanded
 
 TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
-CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load
+CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load or write
+CACHE_LOGGERS = (CACHE_LOGGER, "torch._functorch._aot_autograd.autograd_cache")
 
 
 def wanted(requested: bool | None, device) -> bool:
@@ -55,31 +56,42 @@ def fused(function: Callable) -> Callable:
 
 
 class _UnreadableCacheEntries(logging.Filter):
-    """Drops torch's warning about a compile-cache entry it cannot load (a traceback on stderr per
-    entry; torch then compiles the graph again, which is all the user needs to know) and says it
-    once per process as one virnucpro warning."""
+    """Drops torch's warnings about a compile-cache entry it cannot load or write (a traceback on
+    stderr per entry; torch compiles the graph again, or keeps what it compiled in this process
+    only, which is all the user needs to know) and says each once per process as one virnucpro
+    warning."""
+
+    SAID = {"unable to load": "an entry could not be read (damaged, or written by another torch version); "
+                              "ignored, the kernels are compiled again",
+            "unable to write": "an entry could not be written (a full disk or quota?); this run uses the "
+                               "kernels it compiled, later runs compile them again",
+            "unable to serialize": "an entry could not be written (a full disk or quota?); this run uses the "
+                                   "kernels it compiled, later runs compile them again"}
 
     def __init__(self):
         super().__init__()
-        self.warned = False
+        self.warned: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "unable to load" not in record.getMessage():
+        message = record.getMessage()
+        said = next((text for key, text in self.SAID.items() if key in message), None)
+        if said is None:
             return True
-        if not self.warned:
-            self.warned = True
+        if said not in self.warned:
+            self.warned.add(said)
             from virnucpro.console import warn
 
-            warn(f"compile cache {cache_in_use()}: an entry could not be read (damaged, or written by another "
-                 f"torch version); ignored, the kernels are compiled again")
+            warn(f"compile cache {cache_in_use()}: {said}")
         return False
 
 
 def quiet_unreadable_cache() -> None:
-    """Put `_UnreadableCacheEntries` on torch's cache logger (once per process)."""
-    logger = logging.getLogger(CACHE_LOGGER)
-    if not any(isinstance(existing, _UnreadableCacheEntries) for existing in logger.filters):
-        logger.addFilter(_UnreadableCacheEntries())
+    """Put `_UnreadableCacheEntries` on torch's cache loggers (once per process)."""
+    said = _UnreadableCacheEntries()
+    for name in CACHE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _UnreadableCacheEntries) for existing in logger.filters):
+            logger.addFilter(said)
 
 
 def default_cache() -> Path | None:
