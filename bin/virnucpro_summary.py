@@ -65,6 +65,7 @@ class SpillFailed(Exception):
 REPAIR_HINT = "run `virnucpro predict` for this sample again, into an empty folder"
 # a line of the MultiQC table that starts with '#' is read as its YAML header (a crash, or a setting)
 HASH_FIRST = "MultiQC would read its line as the table's settings"
+ROW_FILE_HINT = "rerun the PREDICT task that wrote it"
 SAMPLES_HINT = "give --samples-from the file of the run's sample ids, one per line"
 PERMISSION_HINT = "let this user read it (chmod u+r; a folder on its way: chmod u+rx), then rerun"
 
@@ -120,24 +121,31 @@ def open_regular(path: Path, hint: str = REPAIR_HINT):
     return open(fd, encoding="utf-8", newline="\n")
 
 
-def read_table(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+def read_table(path: Path, columns: Sequence[str],
+               hint: str = REPAIR_HINT) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of a tab-separated table whose header is exactly `columns`; no quoting, so a
-    `"` in an id is just a character. A missing file, a bad header or a short/long row is exit 5."""
-    with reading(path), open_regular(path) as handle:
-        _check_header(path, handle.readline(), columns)
+    `"` in an id is just a character. A missing file, a bad header, a short/long row or a last line
+    without its line break (a file cut short) is exit 5 with `hint`."""
+    with reading(path, hint), open_regular(path, hint) as handle:
+        _check_header(path, handle.readline(), columns, hint)
         for number, line in enumerate(handle, start=2):
-            fields = line.rstrip("\n").split("\t")
+            if not line.endswith("\n"):
+                raise Inconsistent(f"{path} line {number} has no line break: the file is cut short", hint)
+            fields = line[:-1].split("\t")
             if len(fields) != len(columns):
                 raise Inconsistent(f"{path} line {number} has {len(fields)} tab-separated fields, its header "
-                                   f"{len(columns)}")
+                                   f"{len(columns)}", hint)
             yield number, dict(zip(columns, fields))
 
 
-def _check_header(path: Path, line: str, columns: Sequence[str]) -> None:
-    """The header line is exactly `columns`; otherwise the missing and extra columns are named."""
+def _check_header(path: Path, line: str, columns: Sequence[str], hint: str) -> None:
+    """The header line is exactly `columns`, line break included; otherwise what is wrong is named."""
     if not line:
-        raise Inconsistent(f"{path} is empty (not even a header line)")
-    found = line.rstrip("\n").split("\t")
+        raise Inconsistent(f"{path} is empty (not even a header line)", hint)
+    if not line.endswith("\n"):
+        raise Inconsistent(f"{path} holds only a header line without its line break: the file is cut short",
+                           hint)
+    found = line[:-1].split("\t")
     if found == list(columns):
         return
     missing = [column for column in columns if column not in found]
@@ -145,7 +153,7 @@ def _check_header(path: Path, line: str, columns: Sequence[str]) -> None:
     parts = ([f"lacks the column(s) {', '.join(missing)}"] if missing else []) + \
             ([f"has unexpected column(s) {', '.join(map(repr, extra))}"] if extra else [])
     detail = " and ".join(parts) or "has its columns in another order"
-    raise Inconsistent(f"{path}: its header {detail} (expected: {' '.join(columns)})")
+    raise Inconsistent(f"{path}: its header {detail} (expected: {' '.join(columns)})", hint)
 
 
 def whole_number(path: Path, number: int, row: dict[str, str], column: str) -> int:
@@ -557,10 +565,10 @@ def command_row(args: argparse.Namespace) -> int:
 
 def read_row_file(path: Path) -> dict[str, str]:
     """The one sample row of a `row` output, its counts whole numbers (exit 5 otherwise)."""
-    rows = list(itertools.islice(read_table(path, COLUMNS), 2))
+    rows = list(itertools.islice(read_table(path, COLUMNS, ROW_FILE_HINT), 2))
     if not rows:
         raise Inconsistent(f"{path} holds no sample row, only a header: a sample's summary is missing",
-                           "rerun the PREDICT task that wrote it")
+                           ROW_FILE_HINT)
     if len(rows) > 1:
         raise Inconsistent(f"{path} holds more than one row (line {rows[1][0]}): a row file is one sample's",
                            "give the files `virnucpro_summary.py row` wrote, each once")

@@ -134,6 +134,14 @@ def _second_id_replaced_by_first(folder: Path) -> None:
     edit_cell(folder / "sequences.tsv", "sequence_id", first, lambda row: row["sequence_id"] != first)
 
 
+def _cut_short(name: str, drop: int) -> Callable[[Path], None]:
+    """The table without its last `drop` characters (the final line break and some of the last cell)."""
+    def cut(folder: Path) -> None:
+        text = (folder / name).read_text()
+        (folder / name).write_text(text[:-drop])
+    return cut
+
+
 def _highest(text: str) -> Callable[[Path], None]:
     return lambda folder: (folder / "prediction_results_highestscore.csv").write_text(text)
 
@@ -156,6 +164,8 @@ DAMAGE = {
         lambda f: edit_cell(f / "chunks.tsv", "call", "others", lambda r: r["call"] == "virus"), "call of"),
     "ORF of a ghost chunk": (
         lambda f: edit_cell(f / "prediction_results.txt", "Sequence_ID", "ghost_chunk_1F1"), "'ghost_chunk_1F1'"),
+    "last score cut short": (_cut_short("prediction_results.txt", 2), "line break: the file is cut short"),
+    "last line break lost": (_cut_short("sequences.tsv", 1), "line break: the file is cut short"),
     "highest-score table emptied": (_highest(""), "prediction_results_highestscore.csv is empty"),
     "highest-score table without rows": (_highest("Modified_ID\tIs_Virus\n"), "lists 0 chunk(s) with Is_Virus True"),
     "highest-score chunk id not a chunk": (
@@ -294,7 +304,8 @@ def test_merge_refuses_a_row_whose_counts_do_not_add_up(good_row, tmp_path, colu
 def test_merge_refuses_a_row_file_without_its_sample(good_row, tmp_path, keep_header, words):
     header = good_row.read_text().split("\n")[0] + "\n"
     (tmp_path / "lost.tsv").write_text(header if keep_header else "")
-    assert_refused(merge(tmp_path, good_row, tmp_path / "lost.tsv"), "lost.tsv", words)
+    assert_refused(merge(tmp_path, good_row, tmp_path / "lost.tsv"), "lost.tsv", words,
+                   "rerun the PREDICT task that wrote it")
 
 
 @pytest.mark.parametrize("drop, add, words", [
