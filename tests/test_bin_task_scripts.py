@@ -152,10 +152,10 @@ def module_lines(pattern: str) -> list[str]:
 def test_every_module_runs_the_bin_python_scripts_and_probes_through_virnucpro_python():
     """A `#!/usr/bin/env python3` script run by its name needs a python3 on the task's PATH (none in a
     pipx-style install: EMBED failed 127 after PREPARE; RHEL 8's 3.6 cannot read the scripts)."""
-    assert BIN_PYTHON_SCRIPTS == ["gpu_slot.py", "virnucpro_summary.py"]
+    assert BIN_PYTHON_SCRIPTS == ["gpu_slot.py", "pinned_models.py", "virnucpro_summary.py"]
     calls = module_lines(r"\b(%s)\b" % "|".join(map(re.escape, BIN_PYTHON_SCRIPTS)))
     runs = [line for line in calls if not line.startswith("//")]
-    assert len(runs) == 3 and all(re.match(r"virnucpro_python (gpu_slot|virnucpro_summary)\.py ", line)
+    assert len(runs) == 6 and all(re.match(r"virnucpro_python (gpu_slot|pinned_models|virnucpro_summary)\.py ", line)
                                   for line in runs), runs
     probes = module_lines(r"eval\('[^']*python")
     assert probes and all("eval('virnucpro_python -c " in line for line in probes), probes
@@ -171,6 +171,8 @@ def test_the_bin_python_scripts_and_probes_run_on_a_path_without_any_python(tmp_
                      "--out", "summary.tsv", "--mqc", "mqc.tsv", cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr
     assert "sample_a" in (tmp_path / "summary.tsv").read_text() and (tmp_path / "mqc.tsv").is_file()
+    pinned = wrapper(pipx_path, "pinned_models.py", "--pins", "{}", "--models", str(tmp_path), cwd=tmp_path)
+    assert pinned.returncode == 0, pinned.stderr  # virnucpro's own Python, which imports virnucpro
     (probe,) = [re.search(r"eval\('([^']*)'\)", line).group(1) for line in module_lines(r"eval\('[^']*python")]
     version = subprocess.run(["/bin/bash", "-c", probe], capture_output=True, text=True, env={"PATH": pipx_path},
                              timeout=120)

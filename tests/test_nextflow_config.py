@@ -184,6 +184,7 @@ FAKE_COMMANDS = {
                   'open(sys.argv[sys.argv.index("--out") + 1], "w").close()\n'),
     "require_virnucpro.sh": (REPO / "bin" / "require_virnucpro.sh").read_text(),  # the real one
     "virnucpro_python": (REPO / "bin" / "virnucpro_python").read_text(),  # the real one
+    "pinned_models.py": (REPO / "bin" / "pinned_models.py").read_text(),  # the real one: no pins, no check
 }
 NO_FLOCK = "#!/bin/bash\necho 'flock: 9: Function not implemented' >&2\nexit 1\n"
 
@@ -193,7 +194,8 @@ def _embed_script(groovy) -> str:
     text = EMBED_MODULE.read_text()
     helper = text[text.index("def shellQuoted("):]
     bindings = {"task": {"ext": {"args": "--precision fp32", "device": "cpu"}, "cpus": 2},
-                "shard": staged("shard_00000.tsv"), "models": staged("models"), "checkpoint_dir": "",
+                "shard": staged("shard_00000.tsv"), "models": staged("models"), "models_pins": "{}",
+                "checkpoint_dir": "",
                 "meta": {"id": "sample_a"}, "workflow": {"manifest": {"version": __version__}}}
     return groovy.evaluate(bindings, [("script", helper + "\n" + PROCESSES["VIRNUCPRO_EMBED"].script, False)])["script"]
 
@@ -1229,11 +1231,76 @@ String.metaClass.md5 = { -> java.security.MessageDigest.getInstance('MD5').diges
 """
 
 
-def _models_key(groovy, models) -> str:
+def _models_groovy(groovy, models, expression: str) -> str:
     code = "\n".join([NEXTFLOW_STAND_INS, MODELS_KEY_STAND_INS,
-                      _utils_functions("modelsCacheKey", "isModelsBookkeeping", "encoderEntries", "readModelsManifest"),
-                      f"outcome {{ error(modelsCacheKey(file('{models}'))) }}"])
+                      _utils_functions("modelsCacheKey", "isModelsBookkeeping", "encoderPins", "readModelsManifest"),
+                      f"dir = file('{models}')", f"outcome {{ error({expression}) }}"])
     return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+
+
+def _models_key(groovy, models) -> str:
+    return _models_groovy(groovy, models, "modelsCacheKey(dir, encoderPins(dir))")
+
+
+def pinned_models(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bin" / "pinned_models.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_embed_tasks_refuse_a_models_folder_changed_since_the_run_started(groovy, tiny_models, golden_embeddings,
+                                                                          tmp_path):
+    """A review's case: a models folder updated during a run (the key was made at its start) gave
+    samples embedded with two model sets, and a -resume after the folder was put back reused them.
+    The pins the workflow reads at the start are what bin/pinned_models.py checks in each task."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    pins = _models_groovy(groovy, models, "groovy.json.JsonOutput.toJson(encoderPins(dir) ?: [:])")
+    assert set(json.loads(pins)) == {"esm2", "dnabert_s"}, pins
+    done = pinned_models("--pins", pins, "--models", models, "--embedding", golden_embeddings[0])
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"] = "0" * 64  # the folder now holds other weights
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    changed = pinned_models("--pins", pins, "--models", models)
+    assert changed.returncode == 5 and "changed since this pipeline run started" in changed.stderr, changed.stderr
+    other = _models_groovy(groovy, models, "groovy.json.JsonOutput.toJson(encoderPins(dir) ?: [:])")
+    made = pinned_models("--pins", other, "--embedding", golden_embeddings[0])
+    assert made.returncode == 5 and "the models folder changed during the run" in made.stderr, made.stderr
+    assert "Traceback" not in changed.stderr + made.stderr
+
+
+def test_predict_tasks_refuse_a_classifier_changed_since_the_run_started(groovy, tiny_models, tmp_path):
+    """A review's case: a classifier replaced in the models folder during a run scored the samples
+    predicted after it, exit 0. Its sha256 read at the start is what each PREDICT task checks."""
+    import hashlib
+
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("classifierSha256", "classifierFiles", "readModelsManifest",
+                                                           "userClassifierFiles"),
+                      "java.nio.file.Path.metaClass.isFile = { -> java.nio.file.Files.isRegularFile(delegate) }",
+                      f"models = file('{tiny_models}')",
+                      "outcome { error([classifierSha256(classifierFiles(models, 500), false), "
+                      f"classifierSha256(userClassifierFiles(file('{tiny_models / '300_model_tiny.pth'}')), true), "
+                      "classifierSha256([file('/no/such.pth')], true)].join(' ')) }"])
+    pinned, user, missing = (groovy.evaluate({}, [("outcome", code, False)])["outcome"].split(" ") + [""])[:3]
+    assert pinned == hashlib.sha256((tiny_models / "500_model_tiny.pth").read_bytes()).hexdigest()
+    assert user == hashlib.sha256((tiny_models / "300_model_tiny.pth").read_bytes()).hexdigest() and missing == ""
+    run_info = tmp_path / "run_info.json"  # as predict records the classifier it loaded (the engine tests run it)
+    run_info.write_text(json.dumps({"classifier": {"path": "_input/models/500_model_tiny.pth", "sha256": pinned}}))
+    assert pinned_models("--classifier-sha256", pinned, "--run-info", run_info).returncode == 0
+    changed = pinned_models("--classifier-sha256", user, "--run-info", run_info)
+    assert changed.returncode == 5 and "the classifier changed during the run" in changed.stderr, changed.stderr
+
+
+@pytest.mark.parametrize("pins", ["{}", '{"esm2": {"files": null, "sha256": null}}',
+                                  '{"esm2": {"files": ["esm2_tiny.pt"]}}'],
+                         ids=["no manifest", "no entry", "no sha256 recorded"])
+def test_pins_that_cannot_tell_an_encoder_check_nothing(golden_embeddings, tmp_path, pins):
+    assert pinned_models("--pins", pins, "--models", tmp_path, "--embedding", golden_embeddings[0]).returncode == 0
+
+
+def test_pins_that_are_not_json_of_entries_are_exit_5_without_a_traceback(tmp_path):
+    done = pinned_models("--pins", "[1, 2]", "--models", tmp_path)
+    assert done.returncode == 5 and "--pins is not JSON" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_embed_key_follows_the_manifests_encoder_entries_not_its_fp16_record(groovy, tiny_models, tmp_path):
@@ -1289,15 +1356,22 @@ def test_sample_folders_of_an_earlier_run_that_this_run_has_not_are_said(groovy,
     _sample_results(outdir / "cli_output").joinpath(".virnucpro.json").write_text("{}")  # a command's: refused elsewhere
     (outdir / "notes").mkdir()  # the user's own folder: no tables, not a sample's
     (outdir / "pipeline_info").mkdir()
-    functions = ["warnEarlierSamples", "runOwnNames", "unfinishedMarkName", "commandMarker", "isRunsOwnEntry"]
+    # a later review's case: an interrupted run published a sample's prepared/ (or embeddings/) only
+    (outdir / "cut_short" / "prepared").mkdir(parents=True)
+    (outdir / "embedded_only" / "embeddings").mkdir(parents=True)
+    functions = ["warnEarlierSamples", "runOwnNames", "unfinishedMarkName", "commandMarker", "isRunsOwnEntry",
+                 "samplePublished", "predictOutputs"]
     result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['S1', 'S3'])")
     assert result == "passed", result
-    assert "holds the results of samples 'S2', 'old_name' from an earlier run" in warned, warned
+    assert ("holds the results (or part of them) of samples 'S2', 'cut_short', 'embedded_only', 'old_name' "
+            "from an earlier run") in warned, warned
     assert "S1" not in warned and "cli_output" not in warned and "notes" not in warned
     # on a file system that tells case apart, S1/ is not sample s1's folder (a second review's case)
-    result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['s1', 'S2', 'old_name'])")
-    assert "holds the results of sample 'S1' from an earlier run" in warned, warned
-    assert _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', ['S1', 'S2', 'old_name'])")[1] == ""
+    result, warned, _ = _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', "
+                                                         "['s1', 'S2', 'old_name', 'cut_short', 'embedded_only'])")
+    assert "holds the results (or part of them) of sample 'S1' from an earlier run" in warned, warned
+    everyone = "['S1', 'S2', 'old_name', 'cut_short', 'embedded_only']"
+    assert _logged_check(groovy, functions, f"warnEarlierSamples('{outdir}', {everyone})")[1] == ""
     assert _logged_check(groovy, functions, f"warnEarlierSamples('{tmp_path / 'new'}', ['S1'])")[:2] == ("passed", "")
 
 

@@ -10,7 +10,7 @@ include { VIRNUCPRO_PREDICT         } from '../modules/local/virnucpro/predict'
 include { VIRNUCPRO_SUMMARY         } from '../modules/local/virnucpro/summary'
 include { VIRNUCPRO_VERSIONS        } from '../modules/local/virnucpro/versions'
 include { MULTIQC                   } from '../modules/local/multiqc'
-include { versionsToYaml ; classifierFiles ; userClassifierFiles ; modelsCacheKey } from '../subworkflows/local/utils_virnucpro_pipeline'
+include { versionsToYaml ; classifierFiles ; userClassifierFiles ; classifierSha256 ; modelsCacheKey ; encoderPins } from '../subworkflows/local/utils_virnucpro_pipeline'
 
 workflow VIRNUCPRO {
     take:
@@ -39,10 +39,12 @@ workflow VIRNUCPRO {
         VIRNUCPRO_MODELS_DOWNLOAD()
         ch_models = VIRNUCPRO_MODELS_DOWNLOAD.out.models
     }
-    // PREDICT needs the classifier alone: the user's, or the models directory's one for the chunk size
-    def ch_classifier = classifier
+    // PREDICT needs the classifier alone: the user's, or the models directory's one for the chunk size,
+    // with the sha256 of its file at the start (each PREDICT task checks it scored with that one)
+    def ch_classifier = (classifier
         ? channel.value(userClassifierFiles(file(classifier, glob: false, checkIfExists: true)))
-        : ch_models.map { dir -> classifierFiles(dir, chunk_size) }
+        : ch_models.map { dir -> classifierFiles(dir, chunk_size) })
+        .map { files -> [files, classifierSha256(files, classifier ? true : false)] }
 
     VIRNUCPRO_PREPARE(ch_samples)
     ch_versions = ch_versions.mix(VIRNUCPRO_PREPARE.out.versions_virnucpro)
@@ -52,7 +54,13 @@ workflow VIRNUCPRO {
         shards.collect { shard -> [meta + [n_shards: shards.size()], shard] }
     }
     // Checkpoints outside the task work directories: a retried or resumed EMBED continues mid-shard
-    VIRNUCPRO_EMBED(ch_shards, ch_models.map { dir -> [dir, modelsCacheKey(dir)] }, checkpoint_dir)
+    // The models folder as it is at the start (pins: its manifest's encoder entries, read once): EMBED
+    // tasks started later check they read and wrote with those encoders
+    def ch_pinned_models = ch_models.map { dir ->
+        def pins = encoderPins(dir)
+        [dir, modelsCacheKey(dir, pins), groovy.json.JsonOutput.toJson(pins ?: [:])]
+    }
+    VIRNUCPRO_EMBED(ch_shards, ch_pinned_models, checkpoint_dir)
     ch_versions = ch_versions.mix(VIRNUCPRO_EMBED.out.versions_virnucpro, VIRNUCPRO_EMBED.out.versions_torch)
 
     // A sample's group is released as soon as its last shard is embedded; the shards are sorted by

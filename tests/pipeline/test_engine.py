@@ -101,7 +101,7 @@ def test_resume_reruns_nothing_and_publishes_this_runs_results_again(test_run):
         assert published.read_bytes() == genuine
         assert not stale.exists() and "removed 1 embedding shard an earlier run published" in again.output
         assert sorted(p.name for p in (outdir / "sample_a" / "embeddings").iterdir()) == ["shard_00000.h5", "shard_00001.h5"]
-        assert "holds the results of sample 'removed_sample' from an earlier run" in again.output, again.output[-3000:]
+        assert "holds the results (or part of them) of sample 'removed_sample' from an earlier run" in again.output, again.output[-3000:]
     finally:  # the outdir as the test profile left it, for the tests after this one
         for folder in (outdir / "sample_a" / "embeddings", outdir / "sample_b" / "embeddings", outdir / "removed_sample"):
             shutil.rmtree(folder, ignore_errors=True)

@@ -566,8 +566,9 @@ def checkpointEntries() {
 
 // Sample folders an earlier run published in --outdir for samples this run does not have (removed
 // or renamed in the samplesheet): left as they are, but said, since virnucpro_summary.tsv and
-// MultiQC's report list this run's samples only. A folder counts when it holds the tables PREDICT
-// publishes and is no virnucpro command's output.
+// MultiQC's report list this run's samples only. A folder counts when it holds anything the pipeline
+// publishes for a sample (a table, prepared/, embeddings/: an interrupted run may have published
+// only some) and is no virnucpro command's output.
 def warnEarlierSamples(String outdir, List ids) {
     def dir = outdir ? file(outdir, glob: false) : null
     if (dir == null || dir.toUri().getScheme() != 'file' || !java.nio.file.Files.isDirectory(dir)) {
@@ -578,7 +579,7 @@ def warnEarlierSamples(String outdir, List ids) {
     try {
         earlier = java.nio.file.Files.list(dir).withCloseable { entries -> entries.iterator().toList() }
             .findAll { entry -> !isRunsOwnEntry(dir, entry, ids + runOwnNames()) && java.nio.file.Files.isDirectory(entry, nofollow) }
-            .findAll { entry -> ['prediction_results.txt', 'run_info.json'].every { name -> java.nio.file.Files.exists(entry.resolve(name), nofollow) } }
+            .findAll { entry -> samplePublished().any { name -> java.nio.file.Files.exists(entry.resolve(name), nofollow) } }
             .findAll { entry -> !commandMarker(entry) }
             .collect { entry -> entry.fileName.toString() }
             .sort()
@@ -588,7 +589,7 @@ def warnEarlierSamples(String outdir, List ids) {
     }
     if (earlier) {
         def shown = earlier.take(10).collect { name -> "'${name}'" }.join(', ') + (earlier.size() > 10 ? " and ${earlier.size() - 10} more" : '')
-        log.warn("--outdir ${outdir} holds the results of ${earlier.size() == 1 ? 'sample' : 'samples'} ${shown} from an earlier run, which this run does not have (removed or renamed in the input): ${earlier.size() == 1 ? 'it is' : 'they are'} kept as ${earlier.size() == 1 ? 'it is' : 'they are'}, but virnucpro_summary.tsv and the MultiQC report list this run's samples only; remove ${earlier.size() == 1 ? 'that folder' : 'those folders'}, or give each run its own --outdir")
+        log.warn("--outdir ${outdir} holds the results (or part of them) of ${earlier.size() == 1 ? 'sample' : 'samples'} ${shown} from an earlier run, which this run does not have (removed or renamed in the input): ${earlier.size() == 1 ? 'it is' : 'they are'} kept as ${earlier.size() == 1 ? 'it is' : 'they are'}, but virnucpro_summary.tsv and the MultiQC report list this run's samples only; remove ${earlier.size() == 1 ? 'that folder' : 'those folders'}, or give each run its own --outdir")
     }
 }
 
@@ -698,6 +699,11 @@ def refuseForeignPublishTargets(String outdir, List ids, Map publishes) {
 // What PREDICT publishes in a sample's folder, and MULTIQC in multiqc/ (modules/local/multiqc)
 def predictOutputs() {
     return ['prediction_results.txt', 'prediction_results_highestscore.csv', 'chunks.tsv', 'sequences.tsv', 'report.html', 'run_info.json']
+}
+
+// The names the pipeline publishes in a sample's folder: PREDICT's tables, prepared/ and embeddings/
+def samplePublished() {
+    return predictOutputs() + ['prepared', 'embeddings']
 }
 
 def multiqcOutputs() {
@@ -1212,6 +1218,22 @@ def nearestExisting(path) {
     return path == null || java.nio.file.Files.exists(path) ? path : nearestExisting(path.parent)
 }
 
+// The sha256 of the classifier file PREDICT loads (`files`: classifierFiles' or userClassifierFiles'),
+// read when the run starts (a few MB): each PREDICT task checks it scored with it (bin/pinned_models.py),
+// so a classifier replaced during the run fails the task instead of scoring samples with two; '' when
+// the file is not there (PREDICT says why).
+def classifierSha256(files, boolean user) {
+    def classifier = !user && files.size() > 1 && files[0].name == 'manifest.json' ? files[1] : files[0]
+    if (!java.nio.file.Files.isRegularFile(classifier)) {
+        return ''
+    }
+    def digest = java.security.MessageDigest.getInstance('SHA-256')
+    java.nio.file.Files.newInputStream(classifier).withCloseable { stream ->
+        stream.transferTo(new java.security.DigestOutputStream(java.io.OutputStream.nullOutputStream(), digest))
+    }
+    return digest.digest().encodeHex().toString()
+}
+
 // The classifier files PREDICT needs from a models directory: the classifier for the chunk size
 // and the manifest that pins its checksum, or the standard file name in a hand-staged directory.
 def classifierFiles(models_dir, chunk_size) {
@@ -1275,8 +1297,8 @@ def userClassifierFiles(classifier) {
 // virnucpro writes there itself (the checksum cache, locks and temporaries: hidden names; a
 // download's .part files; the fp16 copy of ESM-2 and the manifest recording it), which made
 // -resume embed every shard again after the first run on a folder. The manifest's entries of the
-// encoders (their files and checksums: which weights EMBED loads) are in it; its fp16 record is not.
-def modelsCacheKey(dir) {
+// encoders (`pins`, from encoderPins: which weights EMBED loads) are in it; its fp16 record is not.
+def modelsCacheKey(dir, pins) {
     def files = []
     dir.eachFileRecurse(groovy.io.FileType.FILES) { model ->
         def rel = dir.relativize(model)
@@ -1284,24 +1306,30 @@ def modelsCacheKey(dir) {
             files << "${rel}\t${model.size()}\t${model.lastModified()}".toString()
         }
     }
-    return (files.sort() + encoderEntries(dir.resolve('manifest.json'))).join('\n').md5()
+    def entries = pins == null ? ['manifest.json\tunreadable'] : pins.collect { role, entry ->
+        "manifest.json ${role}\t${groovy.json.JsonOutput.toJson(entry)}".toString()
+    }
+    return (files.sort() + entries).join('\n').md5()
 }
 
-// The files and checksums the models manifest records for each encoder, as key text ([] without a
-// manifest; one line saying so when it cannot be read, which EMBED then refuses itself).
-def encoderEntries(manifest) {
+// The files and checksums the models manifest records for each encoder, read once when the run
+// starts: EMBED's key holds them, and every EMBED task checks the folder it reads and the embedding
+// it writes against them (bin/pinned_models.py), so that a folder changed during the run fails the
+// task instead of mixing two model sets. [:] without a manifest; null when it cannot be read (EMBED
+// then refuses it itself).
+def encoderPins(dir) {
+    def manifest = dir.resolve('manifest.json')
     if (!java.nio.file.Files.isRegularFile(manifest)) {
-        return []
+        return [:]
     }
     def read = readModelsManifest(manifest)
     if (read.problem) {
-        return ['manifest.json\tunreadable']
+        return null
     }
-    def roles = read.models
-    return ['esm2', 'dnabert_s'].collect { role ->
-        def entry = roles[role] instanceof Map ? roles[role] : [:]
+    return ['esm2', 'dnabert_s'].collectEntries { role ->
+        def entry = read.models[role] instanceof Map ? read.models[role] : [:]
         def sha256 = entry.sha256 instanceof Map ? entry.sha256.sort() : entry.sha256 // as written, in any order
-        "manifest.json ${role}\t${groovy.json.JsonOutput.toJson([files: entry.files, sha256: sha256])}".toString()
+        [(role): [files: entry.files, sha256: sha256]]
     }
 }
 

@@ -1,4 +1,7 @@
 // Embed one ORF shard with DNABERT-S and ESM-2 (the GPU step). Wraps `virnucpro embed`.
+// The models folder is checked against the encoders its manifest recorded when the run started
+// (bin/pinned_models.py, before and after embedding): a folder changed during the run fails the
+// task (exit 5) rather than mixing two model sets or caching embeddings under the start's key.
 // The checkpoint directory lives outside the work directory, so a retried or resumed task picks
 // the shard up where the killed one stopped (the CLI keys it by shard content, models, precision,
 // inside a folder per sample).
@@ -23,7 +26,9 @@ process VIRNUCPRO_EMBED {
 
     input:
     tuple val(meta), path(shard)
-    tuple path(models), val(models_key)  // models_key: its files' names, sizes and times (modelsCacheKey)
+    // models_key: its files' names, sizes and times, and models_pins (modelsCacheKey); models_pins: JSON
+    // of the encoders' manifest entries when the run started (encoderPins)
+    tuple path(models), val(models_key), val(models_pins)
     val checkpoint_dir
 
     output:
@@ -45,8 +50,10 @@ process VIRNUCPRO_EMBED {
     // plain name, quoted here: `${models}` is already escaped by Nextflow (`mo\ dels`), and quoting
     // that kept the backslash
     def models_path = shellQuoted("./${models.name}")
+    def pins = shellQuoted(models_pins)
     """
     require_virnucpro.sh ${workflow.manifest.version}
+    virnucpro_python pinned_models.py --pins ${pins} --models ${models_path}
     exec 9> .embed.running
     flock 9 || echo "virnucpro: warning: cannot lock .embed.running (no flock on this file system?): a stop signal may end the task before embed saves its checkpoint" >&2
     virnucpro_python gpu_slot.py --lock-dir ${slots} --device ${device} -- \\
@@ -59,6 +66,7 @@ process VIRNUCPRO_EMBED {
         ${checkpoint} \\
         ${compile_cache} \\
         ${args}
+    virnucpro_python pinned_models.py --pins ${pins} --embedding ${shard.baseName}.h5
     """
 
     stub:

@@ -12,7 +12,9 @@ process VIRNUCPRO_PREDICT {
 
     input:
     tuple val(meta), path(prepared, stageAs: '_input/prepared'), path(embeddings, stageAs: '_input/embeddings/*')
-    path(classifier_files, stageAs: '_input/models/*')
+    // classifier_sha256: of the classifier file when the run started ('' when unknown), checked
+    // against the one predict scored with (bin/pinned_models.py)
+    tuple path(classifier_files, stageAs: '_input/models/*'), val(classifier_sha256)
     val user_classifier
 
     output:
@@ -39,6 +41,7 @@ process VIRNUCPRO_PREDICT {
         --outdir ${prefix} \\
         --threads ${task.cpus} \\
         ${args}
+    virnucpro_python pinned_models.py ${classifier_sha256 ? "--classifier-sha256 ${classifier_sha256} --run-info ${prefix}/run_info.json" : ''}
     virnucpro_python virnucpro_summary.py row ${prefix} --sample ${meta.id} --out ${prefix}.summary.tsv
     """
 
