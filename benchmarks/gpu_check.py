@@ -60,7 +60,10 @@ flash kernel (`torch.nn.attention.varlen.varlen_attn`, CUDA fp16/bf16: ESM-2's f
 compiled FlexAttention kernel (`batching._flex(True)`; the CPU runs the eager one), the compiled
 block-mask builder (`create_block_mask(..., _compile=True)`), and embed's GPU overlap (pinned host
 copies, CUDA events) and out-of-memory halving. Its MFU and 'of GEMM' columns read n/a: a CPU's fp16
-GEMM is no ceiling of anything the GPU run measures.
+GEMM is no ceiling of anything the GPU run measures. Its embed() runs at fp16, as a GPU's default
+does, so the first load writes ESM-2's fp16 copy and the later task's load reads it; a path that
+loads or runs as another than asked, or a later load not from the copy, fails the smoke run (exit
+1): on the CPU every path can run, on a GPU a fallback is a figure to read.
 """
 
 from __future__ import annotations
@@ -130,6 +133,10 @@ class Plan:
     dnabert_sequences: int
     precision_sequences: int
     records: int
+    # embed()'s --precision: the default on a GPU (fp16: the first load writes ESM-2's fp16 copy, a
+    # later task's load reads it); on the CPU fp16 too, so that the smoke run takes those paths
+    embed_precision: str = "auto"
+    smoke: bool = False  # a path that does not run as requested fails the run (on a GPU it is a figure)
 
 
 REAL = Plan("cuda", dict(layers=36, dim=2560, heads=40),
@@ -137,7 +144,12 @@ REAL = Plan("cuda", dict(layers=36, dim=2560, heads=40),
             gemm_repeats=20, copy_mib=2048, esm_sequences=2400, dnabert_sequences=20000,
             precision_sequences=256, records=10000)
 SMOKE = Plan("cpu", dict(layers=2, dim=64, heads=4), dict(hidden=48, layers=2, heads=4, intermediate=96, vocab=512),
-             gemm_repeats=2, copy_mib=8, esm_sequences=6, dnabert_sequences=8, precision_sequences=4, records=12)
+             gemm_repeats=2, copy_mib=8, esm_sequences=6, dnabert_sequences=8, precision_sequences=4, records=12,
+             embed_precision="fp16", smoke=True)
+
+
+class PathNotRun(RuntimeError):
+    """In the smoke run, a path that loaded or ran as another (its compile or its kernel broke)."""
 
 
 @dataclass
@@ -625,6 +637,9 @@ def bench_encoder(role: str, load, paths: tuple, plan: Plan, device: torch.devic
             continue
         print_path(results[-1])
         keep(results[-1])
+        if plan.smoke and (results[-1].loaded, results[-1].ran) != (path, path):
+            failed(f"encoders {role} {path}", PathNotRun(f"requested {path}, loaded {results[-1].loaded}, ran "
+                                                         f"{results[-1].ran}: on the CPU every path runs as asked"))
     return results
 
 
@@ -844,13 +859,13 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
     start = time.perf_counter()
     model_set = store.locate(models, roles=embed_mod.ROLES)
     lookup_s = time.perf_counter() - start
-    precision = embed_mod.resolve_precision("auto", device)
+    precision = embed_mod.resolve_precision(plan.embed_precision, device)
     load_s = timed(device, lambda: embed_mod.embedding_widths(model_set, device, precision))
     ran = {role: ran_path(e) for role, e in embed_mod._load_encoders(model_set, device, precision).items()}
     try:
         with console.err.capture() as captured, BusySampler(device) as busy:
             embed_s = timed(device, lambda: embed_mod.embed(shard, work / "shard.h5", model_set=model_set,
-                                                            device=plan.device, precision="auto"))
+                                                            device=plan.device, precision=precision))
     finally:  # the cached encoders leave the device even when embed() fails
         embed_mod._load_encoders_cached.cache_clear()
     summary = next((line.strip() for line in captured.get().splitlines() if "computed" in line), "")
@@ -862,10 +877,12 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
     print(f"  lookup + sha256 {lookup_s:.1f} s; first load {load_s:.1f} s ({precision}, paths {ran}{writes}); embed {embed_s:.1f} s = {result['records_per_s']:,.0f} records/s "
           f"({result['records_per_s_with_load']:,.0f} with the load); GPU busy {_share(result['gpu_busy'])}\n  {summary}")
     try:
-        result["task_load"] = task_load(models, device)
+        result["task_load"] = task_load(models, device, precision)
     except (RuntimeError, OSError, ValueError) as exc:  # the figures above stay; a stop still propagates
         result["task_load"] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"  a later task's load: FAILED ({result['task_load']['error']})")
+        if plan.smoke:
+            raise
     return result
 
 
@@ -881,7 +898,7 @@ from virnucpro.models import store
 imported = time.perf_counter()
 device = torch.device(sys.argv[2])
 model_set = store.locate(Path(sys.argv[1]), roles=embed.ROLES)
-precision = embed.resolve_precision("auto", device)
+precision = sys.argv[3]
 start = time.perf_counter()
 encoders = embed._load_encoders(model_set, device, precision)  # the compile cache: the inherited variable
 if device.type == "cuda":
@@ -892,16 +909,19 @@ print(json.dumps({"import_s": imported - started, "load_s": time.perf_counter() 
 """
 
 
-def task_load(models: Path, device: torch.device) -> dict:
+def task_load(models: Path, device: torch.device, precision: str) -> dict:
     """`TASK_LOAD` in a child process (killed with this one's step when it is stopped): seconds to
     import, seconds to load (the per-task figure the 10 s target is about) and the paths settled."""
-    child = subprocess.run([sys.executable, "-c", TASK_LOAD, str(models), str(device)],
+    child = subprocess.run([sys.executable, "-c", TASK_LOAD, str(models), str(device), precision],
                            capture_output=True, text=True, cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                                                          os.environ.get("PYTHONPATH")]))})
     if child.returncode != 0:
         raise RuntimeError(f"the task-load child exited {child.returncode}: {child.stderr.strip()[-2000:]}")
     found = json.loads((child.stdout.strip().splitlines() or ["no output"])[-1])
+    if precision == "fp16" and not found["esm2_from"].endswith(".fp16.safetensors"):
+        raise RuntimeError(f"the later task loaded ESM-2 from {found['esm2_from']}, not from the fp16 copy the "
+                           "first load wrote")
     print(f"  a later task's load (new process, compile cache warm): {found['load_s']:.1f} s, ESM-2 from "
           f"{found['esm2_from']} (imports {found['import_s']:.1f} s before it; paths {found['paths']})")
     return found

@@ -56,7 +56,8 @@ def test_the_smoke_run_times_a_later_tasks_load_in_a_new_process(smoke):
     done, figures, _ = smoke
     task = strict_json(figures)["embed"]["task_load"]
     assert task["load_s"] > 0 and task["import_s"] > 0, task
-    assert task["paths"] == {"dnabert_s": "reference", "esm2": "reference"} and task["esm2_from"].endswith(".pt"), task
+    assert task["paths"] == {"dnabert_s": "reference", "esm2": "reference"}, task
+    assert task["esm2_from"].endswith(".fp16.safetensors"), task  # at fp16 the first load wrote the copy
     assert f"a later task's load {task['load_s']:.1f} s" in done.stdout.split("\n== summary", 1)[1]
 
 
@@ -161,6 +162,28 @@ def test_a_failed_section_is_recorded_and_the_next_ones_still_run(gpu_check, mon
     assert "MFU and 'of GEMM' n/a" in summary
     assert "FAILED autotune: RuntimeError: out of memory: injected in a path" in summary
     assert err.count("Traceback") == 11 and "injected in precision" in err and "Traceback" not in out
+
+
+def test_a_path_that_does_not_run_as_asked_fails_the_smoke_run(gpu_check, monkeypatch, tmp_path, capsys):
+    """A review's case: with every compiled graph broken, the compiled rows read 'ran fast' and the
+    smoke run exited 0; on the CPU every path can run as asked, so one that does not is a failure."""
+    from virnucpro.encoders import compiled
+
+    def broken(function):
+        def run(*args, **kwargs):
+            raise RuntimeError("injected: the compiled graph is broken")
+        return run
+
+    monkeypatch.setattr(compiled, "fused", broken)
+    for section in ("gemm_ceilings", "embed_section", "precision_section"):
+        monkeypatch.setattr(gpu_check, section, injected(f"skipped: {section}"))
+    figures = tmp_path / "figures.json"
+    assert gpu_check.main(["--cpu-smoke", "--json", str(figures)]) == 1
+    failed = {f["section"]: f for f in strict_json(figures)["failed"]}
+    for role in ("dnabert_s", "esm2"):
+        assert failed[f"encoders {role} fast+compiled"]["error"] == "PathNotRun", failed
+    assert "encoders esm2 fast" not in failed and "encoders esm2 reference" not in failed, failed
+    assert "requested fast+compiled" in capsys.readouterr().out
 
 
 def test_a_kill_keeps_every_finished_section(gpu_check, monkeypatch, tmp_path):
@@ -335,8 +358,11 @@ def test_a_fallback_while_measuring_is_never_credited_to_the_compiled_path(gpu_c
     plan, cpu = gpu_check.SMOKE, torch.device("cpu")
     load, checked = gpu_check.loaders(None, gpu_check.esm_checkpoint(plan.esm, cpu, seed=6))["esm2"]
     guard, budget = gpu_check.Guard(600), gpu_check.embed_mod.DEFAULT_TOKEN_BUDGET["cpu"]
+    failed = []
     results = gpu_check.bench_encoder("esm2", fault.loader(load, "fast+compiled", succeed=1), ("fast+compiled",),
-                                      plan, cpu, guard, budget, keep=lambda result: None, failed=None)
+                                      plan, cpu, guard, budget, keep=lambda result: None,
+                                      failed=lambda section, exc: failed.append((section, type(exc).__name__)))
+    assert failed == [("encoders esm2 fast+compiled", "PathNotRun")]  # the smoke run fails on it; a GPU's reads it
     gpu_check.print_kernels(results)
     def without_compile(device, dtype, path):
         """A loader taking `path` but not `compile`: precision compares reference and fast (no compile)."""
