@@ -162,7 +162,8 @@ class Scripted:
     file (with Range support). A reply: {"status", "headers"} (an error answer), {"cut": N} (the
     first N bytes with no Content-Length, then the connection closes), {"drop": N} (a full
     Content-Length, N bytes, closed), {"wrong": True} (other bytes), {"redirect": URL},
-    {"stall": S} (S seconds before any answer)."""
+    {"stall": S} (S seconds before any answer), {"length": TEXT} (the file with that Content-Length,
+    then the connection closes)."""
 
     def __init__(self, data: bytes) -> None:
         import threading
@@ -211,10 +212,10 @@ class Scripted:
         if start:
             handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         body = data[start:]
-        if "cut" in reply:
+        if "cut" in reply or "length" in reply:
             handler.send_header("Connection", "close")
-        else:
-            handler.send_header("Content-Length", str(len(body)))
+        if "cut" not in reply:
+            handler.send_header("Content-Length", reply.get("length", str(len(body))))
         handler.end_headers()
         handler.wfile.write(body[: reply.get("cut", reply.get("drop", len(body)))])
         handler.close_connection = True
@@ -324,6 +325,15 @@ def test_a_retry_after_out_of_any_range_is_no_crash(scripted, tmp_path, sleeps, 
         assert "UTC" in str(exc)
     else:  # not a number: the usual back-off
         assert sleeps and sleeps[0] < dl.RETRY_AFTER_CAP_SECONDS
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663"])
+def test_a_content_length_of_no_ascii_digits_is_no_crash(scripted, tmp_path, value):
+    """A review's case: '\u00b2'.isdigit() is True but int() refuses it: exit 1, "a bug", with a
+    traceback. A length that is no number is no length: the body is read to its end and checked."""
+    scripted.replies = [{"length": value}]
+    _fetch(scripted, tmp_path)
+    assert (tmp_path / "c.pth").read_bytes() == scripted.data
 
 
 # ------------------------------------------------------------------ 5. messages name the actual cause

@@ -203,7 +203,7 @@ def download_roles(directory: Path, roles: Iterable[str], mirror: str | None = N
     check_mirror(mirror)
     refuse_nesting(directory, "models directory", itself=True)
     with held_folder(directory, FOLDER):
-        manifest = store.read_manifest(directory)  # a damaged one: exit 4 before any transfer
+        manifest = store.read_manifest(directory, "--dest")  # a damaged one: exit 4 before any transfer
         _remove_fp16_leftovers(directory)
         _refuse_tiny_folder(directory, manifest)
         _refuse_stray_weights(directory, roles)
@@ -226,7 +226,7 @@ def _refuse_tiny_folder(directory: Path, manifest: dict | None) -> None:
     a test folder): exit 2 naming a new folder instead. A folder of tiny models is one whose every
     role is tiny, as for the hints (`store.is_tiny_folder`), which name `models download` for any
     other folder: a hint never names a command that refuses the folder."""
-    roles = (manifest or {}).get("models", {})
+    roles = {role: entry for role, entry in (manifest or {}).get("models", {}).items() if role in store.ROLES}
     tiny = sorted(role for role, entry in roles.items() if entry.get("tiny") is True)
     if tiny and len(tiny) == len(roles):
         raise UsageError(
@@ -793,12 +793,12 @@ def _proxy_for(url: str) -> tuple[str, str] | None:
 
 
 def _total_from_content_range(value: str | None) -> int | None:
-    match = re.match(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+)", value or "")
+    match = re.match(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+)", value or "", re.ASCII)
     return int(match.group(3)) if match else None
 
 
 def _range_start(value: str | None) -> int | None:
-    match = re.match(r"bytes\s+(\d+)-", value or "")
+    match = re.match(r"bytes\s+(\d+)-", value or "", re.ASCII)
     return int(match.group(1)) if match else None
 
 
@@ -856,7 +856,7 @@ def _transfer(job: _Job) -> None:
     with _open(job.url, headers, followed) as response:
         offset = _resume_offset(response, job, offset)
         length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
+        total = offset + int(length) if length and length.isascii() and length.isdigit() else None
         if getattr(response, "status", 200) == 206 and total is None:
             total = _total_from_content_range(response.headers.get("Content-Range"))
         job.sized = total is not None

@@ -69,9 +69,9 @@ from stat import S_IMODE, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
-from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, ModelsError, UsageError, VirnucproError, name_too_long,
-                              path_too_long, printable, stop_signals_deferred, denied_folder, folder_refused, home_expanded,
-                              access_hint)
+from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
+                              access_hint, check_stop, denied_folder, folder_refused, home_expanded, name_too_long,
+                              path_too_long, printable, stop_signals_deferred)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
@@ -92,6 +92,7 @@ STANDARD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 DNABERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 DNABERT_IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+DNABERT_ALWAYS_READ = ("tokenizer.json",)  # beside config.json, which names the folder: read listed or not
 #: Roles whose torch checkpoints the encoders load with torch's tensors-only unpickler.
 ENCODER_ROLES = ("esm2", "dnabert_s")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -107,6 +108,8 @@ FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 CHECK_ARGUMENT = "the DIR argument of `models check`"
+TINY_ARGUMENT = "the DIR argument of `models tiny`"
+WRITTEN_FOLDERS = ("--dest", TINY_ARGUMENT)  # the `where` of commands that write models into the folder
 FOLDER_GIVEN = {CHECK_ARGUMENT: "`virnucpro models check DIR`", "--dest": "--dest DIR"}  # see `_folder_given`
 
 
@@ -251,7 +254,8 @@ def is_tiny_folder(directory: Path) -> bool:
         roles = (read_manifest(Path(directory)) or {}).get("models") or {}
     except (ModelsError, OSError):
         return False
-    return bool(roles) and all(entry.get("tiny") is True for entry in roles.values())
+    known = [entry for role, entry in roles.items() if role in ROLES]  # roles of another version do not count
+    return bool(known) and all(entry.get("tiny") is True for entry in known)
 
 
 def fix_command(directory: Path, roles: Iterable[str] | None = None) -> str:
@@ -323,9 +327,13 @@ def _manifest_hint(directory: Path) -> str:
             f"the models into a new folder: {NEW_FOLDER_HINT}")
 
 
-def _not_models_folder(message: str, where: str) -> ModelsError:
+def _not_models_folder(message: str, where: str) -> VirnucproError:
     """Exit 4 for a folder that is not a models folder, saying what it is; the hint leaves it as it is
-    and names the command's own way of giving the folder (`where`, see `_folder_given`)."""
+    and names the command's own way of giving the folder (`where`, see `_folder_given`). Exit 3 for
+    a command that would write models into it (`models download --dest`, `models tiny`)."""
+    if where in WRITTEN_FOLDERS:
+        return BadInputError(message, hint="virnucpro writes models only into a new or empty folder, or one of "
+                                           f"its models: give another (`{'models tiny' if where == TINY_ARGUMENT else 'models download --dest'} NEW_FOLDER`)")
     return ModelsError(message,
                        hint=f"give the folder that holds the models ({_folder_given(where)} or VIRNUCPRO_MODELS=DIR), "
                             f"or download them into a new folder: {NEW_FOLDER_HINT}")
@@ -991,6 +999,7 @@ def code_in_weights(path: Path) -> list[str]:
     """
     from virnucpro.classifier import pickle_globals
 
+    pass
     try:
         data = _pickle_bytes(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, NotImplementedError,
@@ -1106,13 +1115,24 @@ def _expected_files(directory: Path, role: str, entry: dict | None
                     ) -> tuple[list[str], list[str], dict[str, str]]:
     """(required files, optional files, recorded sha256 by file) from the manifest or by name."""
     if entry is not None:
-        return (list(entry["files"]), unlisted_weights(directory, role, entry["files"]),
+        return (list(entry["files"]) + unlisted_reads(role, entry["files"]),
+                unlisted_weights(directory, role, entry["files"]),
                 {k: v.lower() for k, v in entry.get("sha256", {}).items()})
     required, optional = (list(x) for x in STANDARD_FILES[role])
     if role == "dnabert_s":
         weights = [f"DNABERT-S/{w}" for w in DNABERT_WEIGHTS if _is_file(directory, f"DNABERT-S/{w}")]
         required += weights or ["DNABERT-S/model.safetensors (or pytorch_model.bin)"]
     return required, optional, {}
+
+
+def unlisted_reads(role: str, files: list[str]) -> list[str]:
+    """Files the encoder reads whatever the manifest lists that it does not list (DNABERT-S's
+    tokenizer.json beside its config.json): required and checked like listed ones, so that a
+    tokenizer of other bytes is never read unverified, nor left out of the role's identity."""
+    folder = _main_path(role, files) if role == "dnabert_s" else None
+    if folder is None:
+        return []
+    return [rel for rel in [(Path(folder) / name).as_posix() for name in DNABERT_ALWAYS_READ] if rel not in files]
 
 
 def unlisted_weights(directory: Path, role: str, files: list[str]) -> list[str]:
@@ -1272,7 +1292,7 @@ def entry_identity(role: str, entry: dict | None) -> str | None:
     if main is None:
         return None
     recorded = {rel: digest.lower() for rel, digest in entry.get("sha256", {}).items()}
-    used = _identity_files(role, main, entry["files"])
+    used = _identity_files(role, main, entry["files"] + unlisted_reads(role, entry["files"]))
     if not all(rel in recorded for rel in used):
         return None
     return _identity(role, main, recorded)
@@ -1336,7 +1356,9 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     if any(s.unpublished for s in failing) and not is_tiny_folder(directory):
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
                  "output marks as tiny")
-    return ModelsError("\n".join(lines), hint=hint)
+    error = ModelsError("\n".join(printable(line) for line in lines), hint=hint)
+    error.multiline = True  # one problem per line
+    return error
 
 
 def _no_such_folder(directory: Path, roles: list[str] | None) -> ModelsError:

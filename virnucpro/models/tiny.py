@@ -264,7 +264,7 @@ def _manifest_roles(directory: Path) -> dict:
     """The roles of the folder's models manifest (none without one); a manifest that cannot be
     read is exit 4, with a hint that leaves the folder as it is."""
     try:
-        return (store.read_manifest(directory) or {}).get("models") or {}
+        return (store.read_manifest(directory, store.TINY_ARGUMENT) or {}).get("models") or {}
     except ModelsError as exc:
         raise ModelsError(exc.message, hint="give a new or empty folder for the tiny models") from None
 
@@ -279,7 +279,7 @@ def make_tiny(directory: Path) -> None:
     The folder is checked before anything is written to it (not even a lock), then locked and
     checked again, so no other command can write it meanwhile.
     """
-    directory = store.models_dir(directory, "the DIR argument of `models tiny`")
+    directory = store.models_dir(directory, store.TINY_ARGUMENT)
     refuse_nesting(directory, "tiny models folder", itself=True)
     _refuse_other_models(directory)
     with held_folder(directory, "models folder"):
