@@ -407,6 +407,12 @@ def test_a_classifier_its_manifest_records_for_the_other_chunk_size_is_refused_a
     assert _classifier_check(groovy, alone / "300_model.pth", 500) == "passed"
     (alone / "manifest.json").write_text("{not json")  # left to PREDICT, which names what is wrong
     assert _classifier_check(groovy, alone / "300_model.pth", 500) == "passed"
+    upper = tmp_path / "upper"  # a manifest of upper-case checksums, which `models check` verifies (a review's case)
+    shutil.copytree(tiny_models, upper)
+    manifest = json.loads((upper / "manifest.json").read_text())
+    manifest["models"]["classifier_300"]["sha256"] = {k: v.upper() for k, v in manifest["models"]["classifier_300"]["sha256"].items()}
+    (upper / "manifest.json").write_text(json.dumps(manifest))
+    assert "is the classifier for 300-bp chunks" in _classifier_check(groovy, upper / "300_model_tiny.pth", 500)
 
 
 NAMES_JOINED = ".collect { p -> p.fileName.toString() }.join(','))"  # (no f-string: nf-core lint refuses doubled braces)
@@ -1274,8 +1280,8 @@ def test_predict_tasks_refuse_a_classifier_changed_since_the_run_started(groovy,
     predicted after it, exit 0. Its sha256 read at the start is what each PREDICT task checks."""
     import hashlib
 
-    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("classifierSha256", "classifierFiles", "readModelsManifest",
-                                                           "userClassifierFiles"),
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("classifierSha256", "sha256Of", "classifierFiles",
+                                                           "readModelsManifest", "userClassifierFiles"),
                       "java.nio.file.Path.metaClass.isFile = { -> java.nio.file.Files.isRegularFile(delegate) }",
                       f"models = file('{tiny_models}')",
                       "outcome { error([classifierSha256(classifierFiles(models, 500), false), "

@@ -249,3 +249,29 @@ def test_a_nan_of_one_sequence_is_blamed_on_it_not_on_those_packed_beside_it(tmp
     assert code == ExitCode.NUMERICAL, message
     more = f" and {len(guilty) - 1} more" if len(guilty) > 1 else ""
     assert any(f"for record {name}{more} (each embedded alone;" in message for name in guilty), (guilty, message)
+
+
+def test_a_nan_only_packed_sequences_give_blames_the_batch_not_a_record(tmp_path, run_cli, models):
+    """A review's case: with the padding token's embedding NaN, every sequence packed beside padding
+    was non-finite, each one finite alone, and the error still named the first record."""
+    from safetensors.torch import load_file, save_file
+
+    from virnucpro.encoders.dnabert_s import DnabertSEncoder
+
+    reads = {"c0": "GCTGCAAAA" * 60, "c1": "GCTGCAAAC" * 40, "c2": "GCAGCTAAA" * 50}
+    (tmp_path / "r.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in reads.items()))
+    assert run_cli("prepare", tmp_path / "r.fa", "--outdir", tmp_path / "p")[0] == 0
+    shard = tmp_path / "p" / "shards" / "shard_00000.tsv"
+    pad = DnabertSEncoder(models / "DNABERT-S-tiny", torch.device("cpu"), path="reference").pad_id
+    weights = models / "DNABERT-S-tiny" / "model.safetensors"
+    state = load_file(weights)
+    (word,) = [key for key in state if "word_embeddings" in key]
+    state[word][pad] = float("nan")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"] = \
+        hashlib.sha256(weights.read_bytes()).hexdigest()
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    code, message = run_cli("embed", shard, "--models", models, "--out", tmp_path / "x.h5", "--device", "cpu")
+    assert code == ExitCode.NUMERICAL, message
+    assert "yet each is finite embedded alone" in message and "for record" not in message, message

@@ -531,6 +531,15 @@ def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_d
                             "--outdir", tmp_path / "p", "--models", tiny_models,
                             "--classifier", tiny_models / "500_model_tiny.pth")
     assert code == 0, message
+    upper = tmp_path / "upper"  # a manifest of upper-case checksums, which `models check` verifies (a review's case)
+    shutil.copytree(tiny_models, upper)
+    manifest = json.loads((upper / "manifest.json").read_text())
+    entry = manifest["models"]["classifier_300"]
+    entry["sha256"] = {rel: digest.upper() for rel, digest in entry["sha256"].items()}
+    (upper / "manifest.json").write_text(json.dumps(manifest))
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "p", "--models", upper, "--classifier", upper / "300_model_tiny.pth")
+    assert code == 5 and "made for 300-bp chunks" in message, message
 
 
 def test_a_custom_chunk_size_with_a_classifier_made_for_a_standard_one_is_said(tmp_path, reference_dir, tiny_models,

@@ -918,13 +918,16 @@ def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, pr
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
     from virnucpro.encoders.esm2 import Esm2Encoder
 
+    check_stop()  # a stop during torch's first import is only noted (torch catches every Exception there)
     settle_torch_cache(device, compiling)
     dtype = torch_dtype(precision)
     info(f"loading DNABERT-S and ESM-2 ({precision} on {device})")
     started = time.perf_counter()
     dnabert = DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled)
+    check_stop()  # and one a library swallowed while it loaded: ESM-2's load takes tens of seconds
     halfway = time.perf_counter()
     esm = Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)
+    check_stop()
     info(f"models loaded in {time.perf_counter() - started:,.1f}s (DNABERT-S {halfway - started:,.1f}s, "
          f"ESM-2 {time.perf_counter() - halfway:,.1f}s, self-checks and compiling included)")
     return {"dnabert_s": dnabert, "esm2": esm}
@@ -1494,17 +1497,23 @@ class _ShardWork:
     def _refuse_non_finite_alone(self, role: str, tokens: dict, batch: list[int], vectors) -> None:
         """NumericalError naming the sequences of `batch` whose vectors are non-finite when each is
         embedded alone: a NaN of one sequence reaches those packed beside it (a masked attention
-        weight of 0 times NaN is NaN), which the error must not blame."""
+        weight of 0 times NaN is NaN), which the error must not blame. When none is, the batch is
+        named as a whole: only packed together do they give NaN/Inf (padding, the models)."""
         rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(batch) == 1:
             return
         alone = [batch[k] for k in rows if not np.isfinite(self.embedder.run(role, tokens, [batch[k]])).all()]
-        if alone:
-            names = self._ids(role, alone)
-            raise NumericalError(f"non-finite embedding (NaN/Inf) for record {names[0]}"
-                                 + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-                                 + f" (each embedded alone; {len(rows)} of {len(batch)} vectors of its batch affected)",
-                                 hint=non_finite_hint(self.embedder.encoders[role].dtype))
+        hint = non_finite_hint(self.embedder.encoders[role].dtype)
+        if not alone:
+            raise NumericalError(f"non-finite embeddings (NaN/Inf) for {len(rows)} of the {len(batch)} sequences of "
+                                 f"one {role} batch (records {', '.join(self._ids(role, [batch[k] for k in rows[:3]]))}"
+                                 f"{', ...' if len(rows) > 3 else ''}), yet each is finite embedded alone: none of "
+                                 "them is at fault, the batch as a whole (its padding, or the models) is", hint=hint)
+        names = self._ids(role, alone)
+        raise NumericalError(f"non-finite embedding (NaN/Inf) for record {names[0]}"
+                             + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+                             + f" (each embedded alone; {len(rows)} of {len(batch)} vectors of its batch affected)",
+                             hint=hint)
 
     def embed_batch(self, role: str, tokens: dict, batch: list[int], collated) -> None:
         """Compute one batch, refuse non-finite vectors, keep those not known yet."""
@@ -1513,7 +1522,7 @@ class _ShardWork:
             check_finite(vectors, self._ids(role, batch), self.embedder.encoders[role].dtype)
         except NumericalError:
             self._refuse_non_finite_alone(role, tokens, batch, vectors)
-            raise  # none is non-finite alone: the batch as a whole overflowed
+            raise  # a batch of one sequence
         missing = [k for k, i in enumerate(batch) if not self.done[role][i]]
         chosen = [batch[k] for k in missing]
         self.known[role][chosen] = vectors[missing]

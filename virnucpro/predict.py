@@ -33,7 +33,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
-                              VirnucproError, output_errors, path_mode, stop_keeps_nothing,
+                              VirnucproError, check_stop, output_errors, path_mode, stop_keeps_nothing,
                               stop_signals_deferred)
 from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
@@ -485,6 +485,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
     cross-checked (exit 3-5)."""
     from virnucpro.classifier import load_classifier
 
+    check_stop()  # a stop during torch's first import is only noted (torch catches every Exception there)
     manifest = fmt.load_manifest(prepared)
     require_own_classifier(manifest["chunk_size"], classifier)
     shards = order_shards(manifest, embeddings, prepared)
@@ -629,12 +630,13 @@ def _models_folders(models: Path | None, classifier: Path) -> list[Path]:
 
 
 def _manifest_checksums(folder: Path, role: str) -> set[str]:
-    """The sha256 of `role`'s files in the models manifest of `folder` (none without a sound one)."""
+    """The sha256 of `role`'s files in the models manifest of `folder`, lower case as `sha256_file`
+    gives them (the manifest may hold upper case); none without a sound one."""
     try:
         manifest = store.read_manifest(folder) or {"models": {}}
     except VirnucproError:
         return set()
-    return set(manifest["models"].get(role, {}).get("sha256", {}).values())
+    return {str(digest).lower() for digest in manifest["models"].get(role, {}).get("sha256", {}).values()}
 
 
 def check_embedding_models(shards: list[h5shard.EmbeddingShardInfo], directory: Path) -> None:

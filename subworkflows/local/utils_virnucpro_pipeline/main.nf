@@ -1227,11 +1227,7 @@ def classifierSha256(files, boolean user) {
     if (!java.nio.file.Files.isRegularFile(classifier)) {
         return ''
     }
-    def digest = java.security.MessageDigest.getInstance('SHA-256')
-    java.nio.file.Files.newInputStream(classifier).withCloseable { stream ->
-        stream.transferTo(new java.security.DigestOutputStream(java.io.OutputStream.nullOutputStream(), digest))
-    }
-    return digest.digest().encodeHex().toString()
+    return sha256Of(classifier)
 }
 
 // The classifier files PREDICT needs from a models directory: the classifier for the chunk size
@@ -1267,7 +1263,7 @@ def checkClassifierChunkSize(String classifier, chunk_size) {
     def read = readModelsManifest(manifest)
     def entry = read.models ? read.models["classifier_${other}".toString()] : null
     def recorded = entry instanceof Map ? entry.sha256 : null
-    if (recorded instanceof Map && sha256Of(path) in recorded.values()) {
+    if (recorded instanceof Map && sha256Of(path) in recorded.values().collect { digest -> digest.toString().toLowerCase() }) {
         error("--classifier ${classifier} is the classifier for ${other}-bp chunks (${manifest} records it), but --chunk_size is ${chunk_size}: give the ${chunk_size}-bp classifier, or --chunk_size ${other}")
     }
 }
