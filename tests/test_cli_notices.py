@@ -173,3 +173,65 @@ def test_predict_on_tiny_embeddings_hints_at_the_tiny_models_whatever_models_fol
     assert "these embeddings were made with tiny test models" in done.stderr, done.stderr
     assert "give the folder of those tiny models with --models DIR" in done.stderr, done.stderr
     assert "models download" not in done.stderr, done.stderr
+
+
+def test_a_file_name_with_a_line_break_or_an_escape_is_quoted_escaped_in_messages(tmp_path, run_cli):
+    """A review's case: input paths went into messages raw, so a name with a line break forged a
+    `fix:` line and an ESC byte reached the terminal. Every message escapes what it quotes."""
+    forged = tmp_path / "x\nfix: nothing wrong, exit 0.fa"
+    forged.write_text(">a\nACGTEFQ\n")
+    code, message = run_cli("prepare", forged, "--outdir", tmp_path / "o")
+    assert code == ExitCode.BAD_INPUT and "x\\nfix: nothing wrong" in message, message
+    assert [line for line in message.splitlines() if line.lstrip().startswith("fix:")] == \
+        [line for line in message.splitlines() if line.startswith("  fix: ")] and message.count("fix:") == 2, message
+    coloured = tmp_path / "esc\x1b[31mred.fa"
+    coloured.write_text(">a\nACGT\n")
+    code, message = run_cli("prepare", coloured, coloured, "--outdir", tmp_path / "o")
+    assert code == ExitCode.BAD_INPUT and "\x1b" not in message and "esc\\x1b[31mred.fa" in message, message
+
+
+# --- a stop that torch's first import swallowed ----------------------------------------------------
+
+TORCH_IMPORT = r"^/proc/self/maps$"  # read by torch's first import inside an `except Exception: pass`
+
+
+def test_a_stop_during_torchs_first_import_ends_embed_before_it_loads_the_models(tmp_path, tiny_models):
+    """A review's case: a stop landing in `import torch` was swallowed by torch (only noted), so embed
+    loaded every model (ESM-2 3B: tens of seconds, past a scheduler's grace period) before the exit 6
+    (predict did its whole job). The commands check for it right after that import, and between loads."""
+    folder = prepared(tmp_path, "p", 3)
+    done = stopped_at("open", TORCH_IMPORT, "embed", folder / "shards" / "shard_00000.tsv", "--models", tiny_models,
+                      "--out", tmp_path / "x.h5", "--device", "cpu")
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert "models loaded" not in done.stderr and "loading DNABERT-S" not in done.stderr, done.stderr
+
+
+UMASK_READ = r"^/proc/self/status$"  # read once, for the new lock file's mode, just after it is created
+
+
+@pytest.mark.parametrize("command", ["prepare", "embed"])
+def test_a_stop_while_the_lock_file_is_made_leaves_nothing_behind(tmp_path, tiny_models, command):
+    """A review's case: a stop landing just after the lock file was created, before its removal on
+    failure was arranged, left the lock file, and so the output folder prepare had made."""
+    if command == "prepare":
+        out = tmp_path / "p"
+        done = stopped_at("open", UMASK_READ, "prepare", coding_reads(tmp_path / "r.fa", 3), "--outdir", out)
+        left = [out]
+    else:
+        folder = prepared(tmp_path, "p", 3)
+        done = stopped_at("open", UMASK_READ, "embed", folder / "shards" / "shard_00000.tsv",
+                          "--models", tiny_models, "--out", tmp_path / "x.h5", "--device", "cpu")
+        left = [tmp_path / ".x.h5.lock", tmp_path / "x.h5"]
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert not any(path.exists() for path in left), [path for path in left if path.exists()]
+
+
+@pytest.mark.parametrize("command", ["prepare", "models tiny"])
+def test_a_stop_before_a_command_that_keeps_nothing_starts_its_work_says_start_again(tmp_path, command):
+    """A review's case: a stop in the first moments of prepare (before its own block saying it keeps
+    nothing) promised checkpoints and a resume."""
+    module, args = (("virnucpro\\.prepare", ["prepare", coding_reads(tmp_path / "r.fa", 3), "--outdir", tmp_path / "p"])
+                    if command == "prepare" else ("virnucpro\\.models\\.tiny", ["models", "tiny", tmp_path / "m"]))
+    done = stopped_at("import", f"^{module}$", *args)
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert STARTS_AGAIN in done.stderr and RESUMES not in done.stderr, done.stderr

@@ -371,3 +371,21 @@ def test_a_file_given_by_two_names_names_both(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3 and "input b.fastq is given twice (it is the same file as a.fastq)" in done.stderr
 
+
+
+@pytest.mark.skipif(shutil.which("awk") is None, reason="no awk here")
+def test_mates_named_alike_get_commands_into_two_new_files_never_over_a_file(tmp_path, run_cli):
+    """A review's case: m.fq and m.fq.gz were both told `> m.ids.fq`, so running the fix wrote mate 2
+    over mate 1 (and would write over a user's m.ids.fq)."""
+    plain, packed = paired_inputs(tmp_path, "fastq", ["m_1.fq", "m_2.fq"], "\n")
+    (tmp_path / "m.fq").write_bytes(plain.read_bytes())
+    (tmp_path / "m.fq.gz").write_bytes(gzip.compress(packed.read_bytes()))
+    (tmp_path / "m.ids.fq").write_text("the user's own file\n")
+    code, message = run_cli("prepare", tmp_path / "m.fq", tmp_path / "m.fq.gz", "--outdir", tmp_path / "refused")
+    assert code == 3 and "paired-end" in message, message
+    written = [tmp_path / command.rsplit("> ", 1)[1] for command in awk_commands(message)]
+    assert [path.name for path in written] == ["m.ids2.fq", "m.ids3.fq"], message
+    for command in awk_commands(message):
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+    assert (tmp_path / "m.ids.fq").read_text() == "the user's own file\n"
+    assert run_cli("prepare", *written, "--outdir", tmp_path / "out")[0] == 0

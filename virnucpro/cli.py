@@ -19,7 +19,7 @@ from virnucpro import __version__
 from virnucpro.console import error, silence_dead_stream
 from virnucpro.crash import report_bug
 from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, access_hint, denied_folder, home_expanded,
-                              is_panic, printable, stop_signals_exit_interrupted, storage_errno, storage_error,
+                              is_panic, printable, stop_keeps_nothing, stop_signals_exit_interrupted, storage_errno, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.models import store
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
@@ -234,10 +234,28 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+#: Commands a stop leaves nothing to resume from, wherever it lands (see `stop_keeps_nothing`): also
+#: before they reach their own block saying so, where the message promised checkpoints
+NOTHING_TO_RESUME = {"prepare", "predict", "tiny"}
+
+
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback,
-                                       is_eager=True, help="Print the version and exit.")) -> None:
+def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", callback=_version_callback,
+                                                           is_eager=True, help="Print the version and exit.")) -> None:
     """Identify viral short sequences (VirNucPro, re-implemented)."""
+    _say_nothing_to_resume(ctx)
+
+
+@models_app.callback()
+def _models(ctx: typer.Context) -> None:
+    """Download, check or create model weights."""
+    _say_nothing_to_resume(ctx)
+
+
+def _say_nothing_to_resume(ctx: typer.Context) -> None:
+    """For the command's whole run, a stop says the rerun starts again when it keeps nothing."""
+    if ctx.invoked_subcommand in NOTHING_TO_RESUME:
+        ctx.with_resource(stop_keeps_nothing())
 
 
 @app.command()

@@ -10,6 +10,8 @@ import weakref
 from rich.console import Console
 from rich.markup import escape
 
+from virnucpro.errors import printable
+
 MIN_COLUMNS = 20  # narrower than this, COLUMNS is a mistake (COLUMNS=0 made rich print nothing at all)
 MAX_COLUMNS = 1000  # wider than this, too (COLUMNS=10000000 padded one error line to 70 MB)
 
@@ -88,11 +90,13 @@ def _say(text: str) -> None:
 
 
 def info(message: str) -> None:
-    _say(f"[dim]virnucpro[/dim] {escape(message)}")
+    """A progress or result line: what it quotes is escaped (see `printable`)."""
+    _say(f"[dim]virnucpro[/dim] {escape(printable(message))}")
 
 
 def warn(message: str) -> None:
-    _say(f"[yellow]warning:[/yellow] {escape(message)}")
+    """A warning on one line: what it quotes (a file name, a header) is escaped (see `printable`)."""
+    _say(f"[yellow]warning:[/yellow] {escape(printable(message))}")
 
 
 def error(message: str) -> None:

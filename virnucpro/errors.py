@@ -40,6 +40,7 @@ class VirnucproError(Exception):
     """A failure the user can act on: one message, one exit code, no traceback."""
 
     code: ExitCode = ExitCode.UNEXPECTED
+    multiline = False  # True: each line of the message is one problem (`models check`'s list)
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -47,7 +48,12 @@ class VirnucproError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
+        """The message and its hint as printed: what they quote (a file name with a line break or a
+        terminal escape in it) is escaped, so that it can neither forge a `fix:` line nor reach the
+        terminal raw."""
+        lines = self.message.split("\n") if self.multiline else [self.message]
+        text = "\n".join(printable(line) for line in lines)
+        return text if not self.hint else f"{text}\n  fix: {printable(self.hint)}"
 
     def __reduce__(self):
         # keep the hint when the error crosses a process boundary (prepare's workers)

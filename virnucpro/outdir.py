@@ -676,13 +676,22 @@ def _open_and_flock(lock: Path, subject: Path, what: str) -> tuple[int, bool, bo
 
 @contextmanager
 def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
-    """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback."""
-    fd, created, flocked = _open_and_flock(lock, subject, what)
+    """Hold `subject` exclusively through the lock file `lock`: flock, else the O_EXCL fallback. A
+    stop while the lock file is made waits until its removal on failure is arranged: a stop landing
+    in between left a lock file (and so the folder the command made) behind."""
+    deferred = ExitStack()
+    deferred.enter_context(stop_signals_deferred())
     try:
-        if not created and flocked:
-            _refuse_unless_a_lock_file(lock, fd)
+        fd, created, flocked = _open_and_flock(lock, subject, what)
+    except BaseException:
+        deferred.close()  # a stop that arrived meanwhile is the answer, else this error
+        raise
+    try:
         with ExitStack() as held:
             with _lock_file_taken_back_on_failure(lock, fd, created), output_errors(lock):
+                deferred.close()  # a stop deferred above is raised here, and the lock file made goes
+                if not created and flocked:
+                    _refuse_unless_a_lock_file(lock, fd)
                 _require_writable(lock.parent)
                 if flocked:
                     _remove_leftover_temporary(fd, subject)

@@ -783,11 +783,13 @@ def _merge_or_rename(sources: Sequence[InputSummary], fastp_option: str = "") ->
 
 
 def _mate_files_hint(one: InputSummary, two: InputSummary) -> str:
-    """The ways out for two mate files, the last one as commands on them."""
+    """The ways out for two mate files, the last one as commands on them (into two new files, also
+    when the mates' names differ only by compression: m.fq and m.fq.gz)."""
+    taken: set[Path] = set()
     return (f"if one file is a copy of the other, give it once; for mates, run each mate file as its own sample "
             f"(its own command and --outdir), {_merge_or_rename([one, two])}: "
-            f"{_awk_command(one, ONE_MATE_AWK[one.format].replace('MATE', '1'))} and "
-            f"{_awk_command(two, ONE_MATE_AWK[two.format].replace('MATE', '2'))} (then give the two new files)")
+            f"{_awk_command(one, ONE_MATE_AWK[one.format].replace('MATE', '1'), taken)} and "
+            f"{_awk_command(two, ONE_MATE_AWK[two.format].replace('MATE', '2'), taken)} (then give the two new files)")
 
 
 def _interleaved_hint(source: InputSummary) -> str:
@@ -800,21 +802,30 @@ def _interleaved_hint(source: InputSummary) -> str:
 DECOMPRESS = {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc"}
 
 
-def _named(source: InputSummary, ending: str) -> tuple[Path, str]:
+def _named(source: InputSummary, ending: str, taken: set[Path] | None = None) -> tuple[Path, str]:
     """The input's path (a stream: a file name for it) and, shell-quoted, a new plain file beside it:
-    its name without compression and format extensions, `ending`, then the input's format extension."""
+    its name without compression and format extensions, `ending` (numbered when a file of that name
+    exists, or is in `taken`: names this hint gives already, to which it is added), then the input's
+    format extension. A command of a hint never writes over a file."""
     extensions = EXTENSIONS[source.format]
     path = source.path if _rereadable(source.path) else Path("reads" + extensions[0])
     name = path.name
     for suffix in (".gz", ".bz2", ".xz"):
         name = name.removesuffix(suffix)
     extension = next((e for e in extensions if name.endswith(e)), extensions[0])
-    return path, shlex.quote(str(path.with_name(name.removesuffix(extension) + ending + extension)))
+    taken = set() if taken is None else taken
+    new = path.with_name(name.removesuffix(extension) + ending + extension)
+    for number in itertools.count(2):
+        if new not in taken and not os.path.lexists(new):
+            break
+        new = path.with_name(name.removesuffix(extension) + f"{ending}{number}" + extension)
+    taken.add(new)
+    return path, shlex.quote(str(new))
 
 
-def _awk_command(source: InputSummary, program: str) -> str:
+def _awk_command(source: InputSummary, program: str, taken: set[Path] | None = None) -> str:
     """A shell command running awk `program` over an input into a new plain file beside it."""
-    path, out = _named(source, ".ids")
+    path, out = _named(source, ".ids", taken)
     given = shlex.quote(str(path) if path.is_absolute() else f"./{path}")  # awk reads `a=1.fa` as an assignment
     if source.compression in DECOMPRESS:
         return f"{DECOMPRESS[source.compression]} {given} | awk '{program}' > {out}"
@@ -823,8 +834,9 @@ def _awk_command(source: InputSummary, program: str) -> str:
 
 def _split_command(source: InputSummary) -> str:
     """BBTools' command that splits an interleaved input into one file per mate, beside it, in its format."""
-    path, first = _named(source, "_R1")
-    return f"reformat.sh in={shlex.quote(str(path))} out1={first} out2={_named(source, '_R2')[1]}"
+    taken: set[Path] = set()
+    path, first = _named(source, "_R1", taken)
+    return f"reformat.sh in={shlex.quote(str(path))} out1={first} out2={_named(source, '_R2', taken)[1]}"
 
 
 def _where(path: Path, number: int) -> str:

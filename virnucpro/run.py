@@ -23,7 +23,7 @@ from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithNothingKept, StoppedWithOutputsInPlace,
-                              VirnucproError, output_errors, outputs_in_place, printable, stop_received,
+                              VirnucproError, check_stop, output_errors, outputs_in_place, printable, stop_received,
                               stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import STDIN, unicode_text
@@ -111,6 +111,7 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, torch_
     from virnucpro.models import download
     from virnucpro.predict import refuse_classifier_of_other_chunk_size
 
+    check_stop()  # a stop during torch's first import is only noted (torch catches every Exception there)
     given = None
     if classifier:  # the user's classifier first: a typo found after a multi-GB download wastes it
         refuse_classifier_of_other_chunk_size(Path(classifier), chunk_size, models)
