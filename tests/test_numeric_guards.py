@@ -218,33 +218,42 @@ def test_embed_names_the_precision_it_computed_in_when_vectors_are_not_finite(
     assert code == 9 and advice in message, message
 
 
+def _shard_of(tmp_path: Path, run_cli, reads: dict[str, str]) -> Path:
+    """The one prepare shard of `reads` (name -> sequence)."""
+    (tmp_path / "r.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in reads.items()))
+    assert run_cli("prepare", tmp_path / "r.fa", "--outdir", tmp_path / "p")[0] == 0
+    return tmp_path / "p" / "shards" / "shard_00000.tsv"
+
+
+def _nan_word_embedding(models: Path, token: int) -> None:
+    """DNABERT-S's word embedding of `token` made NaN in the models folder, its manifest recording it."""
+    from safetensors.torch import load_file, save_file
+
+    weights = models / "DNABERT-S-tiny" / "model.safetensors"
+    state = load_file(weights)
+    (word,) = [key for key in state if "word_embeddings" in key]
+    state[word][token] = float("nan")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"] = \
+        hashlib.sha256(weights.read_bytes()).hexdigest()
+    (models / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_a_nan_of_one_sequence_is_blamed_on_it_not_on_those_packed_beside_it(tmp_path, run_cli, models):
     """A review's case: a NaN in one sequence's DNABERT-S states reached every sequence packed in its
     row (a masked attention weight of 0 times NaN is NaN), and the error named an innocent record
     with '7 of 18 vectors affected'. Each affected sequence is embedded alone before one is named."""
-    from safetensors.torch import load_file, save_file
-
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
 
-    reads = {"c0": "GCTGCAAAA" * 60, "c1": "GCTGCAAAC" * 60, "c2": "GCAGCTAAA" * 50}
-    (tmp_path / "r.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in reads.items()))
-    assert run_cli("prepare", tmp_path / "r.fa", "--outdir", tmp_path / "p")[0] == 0
-    shard = tmp_path / "p" / "shards" / "shard_00000.tsv"
+    shard = _shard_of(tmp_path, run_cli, {"c0": "GCTGCAAAA" * 60, "c1": "GCTGCAAAC" * 60, "c2": "GCAGCTAAA" * 50})
     rows = [line.split("\t") for line in shard.read_text().splitlines()[2:]]
     encoder = DnabertSEncoder(models / "DNABERT-S-tiny", torch.device("cpu"), path="reference")
     tokens = {row[0]: set(encoder.tokenize([row[1]])[0].tolist()) for row in rows}
     rare = min({t for found in tokens.values() for t in found}, key=lambda t: sum(t in f for f in tokens.values()))
     guilty = sorted(name for name, found in tokens.items() if rare in found)
     assert 0 < len(guilty) < len(rows) / 4, guilty  # a few records, packed with many innocent ones
-    weights = models / "DNABERT-S-tiny" / "model.safetensors"
-    state = load_file(weights)
-    (word,) = [key for key in state if "word_embeddings" in key]
-    state[word][rare] = float("nan")
-    save_file(state, str(weights), metadata={"format": "pt"})
-    manifest = json.loads((models / "manifest.json").read_text())
-    manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"] = \
-        hashlib.sha256(weights.read_bytes()).hexdigest()
-    (models / "manifest.json").write_text(json.dumps(manifest))
+    _nan_word_embedding(models, rare)
     code, message = run_cli("embed", shard, "--models", models, "--out", tmp_path / "x.h5", "--device", "cpu")
     assert code == ExitCode.NUMERICAL, message
     more = f" and {len(guilty) - 1} more" if len(guilty) > 1 else ""
@@ -254,24 +263,10 @@ def test_a_nan_of_one_sequence_is_blamed_on_it_not_on_those_packed_beside_it(tmp
 def test_a_nan_only_packed_sequences_give_blames_the_batch_not_a_record(tmp_path, run_cli, models):
     """A review's case: with the padding token's embedding NaN, every sequence packed beside padding
     was non-finite, each one finite alone, and the error still named the first record."""
-    from safetensors.torch import load_file, save_file
-
     from virnucpro.encoders.dnabert_s import DnabertSEncoder
 
-    reads = {"c0": "GCTGCAAAA" * 60, "c1": "GCTGCAAAC" * 40, "c2": "GCAGCTAAA" * 50}
-    (tmp_path / "r.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in reads.items()))
-    assert run_cli("prepare", tmp_path / "r.fa", "--outdir", tmp_path / "p")[0] == 0
-    shard = tmp_path / "p" / "shards" / "shard_00000.tsv"
-    pad = DnabertSEncoder(models / "DNABERT-S-tiny", torch.device("cpu"), path="reference").pad_id
-    weights = models / "DNABERT-S-tiny" / "model.safetensors"
-    state = load_file(weights)
-    (word,) = [key for key in state if "word_embeddings" in key]
-    state[word][pad] = float("nan")
-    save_file(state, str(weights), metadata={"format": "pt"})
-    manifest = json.loads((models / "manifest.json").read_text())
-    manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"] = \
-        hashlib.sha256(weights.read_bytes()).hexdigest()
-    (models / "manifest.json").write_text(json.dumps(manifest))
+    shard = _shard_of(tmp_path, run_cli, {"c0": "GCTGCAAAA" * 60, "c1": "GCTGCAAAC" * 40, "c2": "GCAGCTAAA" * 50})
+    _nan_word_embedding(models, DnabertSEncoder(models / "DNABERT-S-tiny", torch.device("cpu"), path="reference").pad_id)
     code, message = run_cli("embed", shard, "--models", models, "--out", tmp_path / "x.h5", "--device", "cpu")
     assert code == ExitCode.NUMERICAL, message
     assert "yet each is finite embedded alone" in message and "for record" not in message, message
