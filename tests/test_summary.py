@@ -381,6 +381,8 @@ def test_a_sample_id_starting_with_a_hash_is_refused_before_multiqc_reads_it_as_
 # --- what the pipeline recognises as its own in --outdir ------------------------------------------
 
 PIPELINE_UTILS = Path(__file__).resolve().parent.parent / "subworkflows/local/utils_virnucpro_pipeline/main.nf"
+VERSIONS_MODULE = PIPELINE_UTILS.parents[3] / "modules/local/virnucpro/versions/main.nf"
+VERSIONS_YML = "virnucpro_software_mqc_versions.yml"
 
 
 def _published_openings() -> dict[str, list[str]]:
@@ -397,7 +399,9 @@ def test_every_file_the_pipeline_publishes_begins_as_its_start_up_check_recognis
     virnucpro writes it: the openings it knows are checked against the writers themselves."""
     openings = _published_openings()
     assert set(openings) == {*(path.name for path in golden_predicted.iterdir() if not path.name.startswith(".")),
-                             "virnucpro_summary.tsv"}
+                             "virnucpro_summary.tsv", VERSIONS_YML}
+    # the versions YAML (versionsToYaml, Groovy: checked on the engine) and the stub's
+    assert openings[VERSIONS_YML] == ["VIRNUCPRO_", "Workflow:\n"] and "printf 'Workflow:\\\\n" in VERSIONS_MODULE.read_text()
     (tmp_path / "rows").mkdir()
     assert summary("row", golden_predicted, "--sample", "s1", "--out", tmp_path / "rows" / "s1.tsv").returncode == 0
     (tmp_path / "samples.txt").write_text("s1\n")

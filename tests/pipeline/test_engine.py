@@ -63,6 +63,7 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     versions = (test_run.outdir / "pipeline_info" / "virnucpro_software_mqc_versions.yml").read_text()
     for process in ("VIRNUCPRO_PREPARE:", "VIRNUCPRO_EMBED:", "VIRNUCPRO_PREDICT:", "Nextflow: 24.10.0"):
         assert process in versions
+    assert versions.startswith("VIRNUCPRO_"), versions  # as the start-up check knows the pipeline's (publishedOpenings)
     assert {row["status"] for row in test_run.trace()} == {"COMPLETED"}
     assert not (test_run.outdir / "RUN_UNFINISHED.txt").exists()
 
@@ -543,6 +544,25 @@ def test_an_outdir_no_run_of_the_pipeline_wrote_is_refused_and_left_as_it_is(tmp
                                    "no run of this pipeline wrote it")
     assert folder_state(launch / "results") == before and not (launch / "results" / "pipeline_info").exists()
 
+
+
+def test_files_of_the_users_at_the_names_the_run_writes_in_pipeline_info_are_refused_and_kept(tmp_path):
+    """A reviewer's case: a new --outdir holding only pipeline_info/ is taken (Nextflow writes its
+    reports there), and a file of the user's at the name of the run's versions YAML was published
+    over; so was one at the name of its inputs table. Each refused before any task, named, kept."""
+    info = tmp_path / "launch" / "results" / "pipeline_info"
+    info.mkdir(parents=True)
+    versions = info / "virnucpro_software_mqc_versions.yml"
+    versions.write_text("my notes\n")
+    run = run_pipeline(tmp_path / "launch", "-profile", "test")
+    assert_refused_before_any_task(run, f"{versions} (a file this pipeline did not write)", "move it out of the way")
+    assert versions.read_text() == "my notes\n"
+    versions.unlink()
+    inputs = info / "inputs_mine.tsv"
+    inputs.write_text("my table\n")
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--trace_report_suffix", "mine")
+    assert_refused_before_any_task(run, f"{inputs}: this run's table of inputs would replace", "--trace_report_suffix")
+    assert inputs.read_text() == "my table\n"
 
 def test_a_new_outdir_holding_this_runs_own_work_and_checkpoint_folders_is_used(tmp_path):
     """A review's case: the foreign-folder check counted the checkpoint folder and the work directory

@@ -98,8 +98,12 @@ def writeInputsTable(String outdir, String runStart, List samples) {
     }
     def table = file("${outdir}/pipeline_info/inputs_${runStart}.tsv", glob: false)
     table.parent.mkdirs()
-    // UTF-8 whatever the locale (the platform's charset under LANG=C is ASCII)
-    java.nio.file.Files.writeString(table, lines.join('\n') + '\n', java.nio.charset.StandardCharsets.UTF_8)
+    try { // UTF-8 whatever the locale (the platform's charset under LANG=C is ASCII); never over a file
+        java.nio.file.Files.writeString(table, lines.join('\n') + '\n', java.nio.charset.StandardCharsets.UTF_8, java.nio.file.StandardOpenOption.CREATE_NEW, java.nio.file.StandardOpenOption.WRITE)
+    }
+    catch (java.nio.file.FileAlreadyExistsException _e) {
+        error("${table}: this run's table of inputs would replace what is already there, which this run did not write; move it out of the way, or give another --trace_report_suffix")
+    }
 }
 
 // One row of the inputs table: the sample, the name PREPARE stages its i-th file (0-based) under,
@@ -685,7 +689,7 @@ def refuseForeignPublishTargets(String outdir, List ids, Map publishes) {
     if (dir == null || dir.toUri().getScheme() != 'file' || !java.nio.file.Files.isDirectory(dir)) {
         return
     }
-    def targets = [[dir.resolve('virnucpro_summary.tsv'), 'virnucpro_summary.tsv']] +
+    def targets = [[dir.resolve('virnucpro_summary.tsv'), 'virnucpro_summary.tsv'], [dir.resolve('pipeline_info').resolve('virnucpro_software_mqc_versions.yml'), 'virnucpro_software_mqc_versions.yml']] +
         (publishes.multiqc ? multiqcOutputs().collect { name -> [dir.resolve('multiqc').resolve(name), name] } : []) +
         ids.collectMany { id -> sampleTargets(dir.resolve(id), publishes) }
     def foreign = targets.collect { target -> [target[0], foreignAtTarget(target[0], target[1], publishes.links as boolean)] }
@@ -781,6 +785,7 @@ def publishedOpenings() {
         'report.html': ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>virnucpro report'],
         'run_info.json': ['{\n  "virnucpro_version": '],
         'virnucpro_summary.tsv': ['sample\tinput_records\t', "# id: 'virnucpro-virnucpro-summary'", 'sample\n'],
+        'virnucpro_software_mqc_versions.yml': ['VIRNUCPRO_', 'Workflow:\n'],
     ]
 }
 
