@@ -202,6 +202,19 @@ def test_protein_is_refused_with_or_without_x(tmp_path, run_cli, protein):
     assert "'p1' (line 3)" in message and "looks like a protein" in message
 
 
+
+@pytest.mark.parametrize("stray", ["I", "7", "E"])
+def test_a_stray_letter_in_dna_is_refused_as_such_not_as_protein(tmp_path, run_cli, stray):
+    """A reviewer's case: one 'I' in 1,000 bases was refused as "a protein sequence", sending the user
+    looking for a mix-up that is not there. The count and the way to keep the record are said."""
+    bases = "ACGT" * 250
+    path = tmp_path / "dna.fa"
+    path.write_text(f">r1\n{bases[:500]}{stray}{bases[500:]}\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert f"'r1' (line 1) has 1 of 1,001 characters that are no nucleotide code: '{stray}'" in message, message
+    assert "protein" in message and "looks like a protein" not in message and "mask them as N" in message
+
 # --- bounded memory whatever the input (blank-line, header and binary bombs) -------------------------
 
 BOMB = 48 << 20  # bytes of filler: bounds below are a few blocks, the old reader held the filler (2x-16x)

@@ -197,8 +197,10 @@ class CheckpointStore:
     vectors, and the record of the device and attention paths that computed them (`MadeBy`; a part
     of an older virnucpro has none: used, and said 'unknown'). Its file name carries the sha256 of its bytes, so a damaged part is detected; every part
     is also checked completely before use (its key, arrays, dtypes, shapes, index range and
-    uniqueness, finite values), so a part copied from another key folder or a crafted one is never
-    trusted either: it is reported, ignored and its vectors recomputed. A part that cannot be read at
+    uniqueness, finite values), so a part copied from another key folder or a malformed one is never
+    trusted either: it is reported, ignored and its vectors recomputed. The checks catch accidents,
+    not forgery: vectors edited on purpose and saved under their new sha256 pass (the checkpoint
+    folder is trusted as the output folder is). A part that cannot be read at
     all (the limit on open files, its permissions, an I/O error) is no damage: the command stops,
     every part kept (see `_read_part`). A part that cannot be written ends the command (exit 10) at
     the next `raise_failed` or `flush`, the parts before it kept.

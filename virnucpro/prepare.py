@@ -247,7 +247,7 @@ def _refuse_bad_letters(records: Iterable[Record], path: Path) -> None:
     for record in records:
         bad = invalid_letters(record.sequence)
         if bad:
-            raise letters_refusal(path, record.id, record.line, bad)
+            raise letters_refusal(path, record.id, record.line, bad, len(record.sequence))
 
 
 def _rna_and_masked(ids: list[str], sequences: list[str], joined: str) -> tuple[list[str], list[int]]:

@@ -800,24 +800,30 @@ def _fastq_bases(text: str, path: Path, number: int, rid: str, header_line: int,
                             f"and holds what no sequence holds ({''.join(sorted(set(bad)))[:20]!r}), as a quality line",
                             "the file is damaged or not FASTQ: each record is a '@' header, its sequence, a '+' "
                             "line and its quality")
-    raise letters_refusal(path, rid, header_line, bad)
+    raise letters_refusal(path, rid, header_line, bad, len(text))
 
 
-def letters_refusal(path: Path, rid: str, line: int, bad: str) -> BadInputError:
-    """The refusal of record `rid` whose sequence holds `bad`, characters that are no nucleotide code."""
+def letters_refusal(path: Path, rid: str, line: int, bad: str, letters: int) -> BadInputError:
+    """The refusal of record `rid` whose sequence (`letters` long, or the line of it read) holds `bad`,
+    characters that are no nucleotide code."""
     shown = "".join(sorted(set(bad)))[:20]
-    return BadInputError(f"{path}, record '{rid}' (line {line}) has characters that are no nucleotide code: "
-                         f"{shown!r}{_what_the_letters_suggest(bad)}",
+    return BadInputError(f"{path}, record '{rid}' (line {line}) has {len(bad):,} of {letters:,} characters that are "
+                         f"no nucleotide code: {shown!r}{_what_the_letters_suggest(bad, letters)}",
                          "give nucleotide sequences (IUPAC codes, N, X, '-', '.', '*' are accepted)")
 
 
-def _what_the_letters_suggest(bad: str) -> str:
-    """What characters that are no nucleotide code most likely are, for the refusal's message."""
+def _what_the_letters_suggest(bad: str, letters: int) -> str:
+    """What characters that are no nucleotide code most likely are, for the refusal's message: protein
+    only when letters no DNA holds make a share of the sequence that a protein's do (E, F, I, L, P, Q
+    are over a third of a protein's residues), a stray letter in DNA otherwise."""
     if BYTE_ORDER_MARK in bad:
         return " - a byte-order mark inside the file (files joined with cat?): remove it"
     if ";" in bad:
         return " - a ';' comment line? FASTA has no comments: remove it"
-    return " - this looks like a protein sequence" if any(c in PROTEIN_LIKE for c in bad) else ""
+    if sum(c in PROTEIN_LIKE for c in bad) >= max(1, letters // 20):
+        return " - this looks like a protein sequence"
+    return (" - not a protein (too few of them), but no base either: the original silently dropped each codon "
+            "holding one; mask them as N if the record is good otherwise")
 
 
 GROUP_BASES = 1 << 20
