@@ -234,3 +234,42 @@ def test_an_empty_embedding_file_has_a_fix_that_embed_then_follows(tmp_path, run
     assert run_cli(*embed_args)[0] == 0
     assert run_cli(*predict_args)[0] == 0
 
+
+
+# --- 3: a kill while results move in -------------------------------------------------------------
+
+KILLED_AFTER_MOVES = """import os, sys
+from pathlib import Path
+from virnucpro import outdir
+from virnucpro.cli import main
+moved, take, replace = [0], outdir._take_new_name, os.replace
+def counted(move):  # counts the results moved into the output folder (--outdir, argv[5])
+    def moving(source, target):
+        move(source, target)
+        target = Path(target)
+        moved[0] += target.parent.name == os.path.basename(sys.argv[5]) and not target.name.startswith(".")
+        if moved[0] == int(sys.argv[1]):
+            os._exit(137)  # as a kill: no cleanup runs
+    return moving
+outdir._take_new_name, os.replace = counted(take), counted(replace)
+main(sys.argv[2:])
+"""
+
+
+def test_a_kill_while_results_move_in_leaves_no_table_of_the_earlier_run(tmp_path, run_cli, tiny_models):
+    """A reviewer's case: a run killed after two of its files had moved in left its two tables beside
+    the earlier run's other tables and report (of other inputs), with nothing to tell them apart but
+    the missing run_info.json. The earlier set is gone before the first file moves; the rerun ends well."""
+    out, models = tmp_path / "out", ["--models", str(tiny_models), "--device", "cpu", "--threads", "1"]
+    earlier = write_fasta(tmp_path / "earlier.fa", 6, first=100)
+    assert run_cli("run", earlier, "--outdir", out, *models)[0] == 0
+    later = write_fasta(tmp_path / "later.fa", 4)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_MOVES, "2", "run", str(later), "--outdir", str(out),
+                             *models], capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr
+    left = sorted(path.name for path in out.iterdir() if not path.name.startswith("."))
+    assert len(left) == 2 and "run_info.json" not in left, left
+    assert not any("s100" in (out / name).read_text() for name in left), left
+    code, message = run_cli("run", later, "--outdir", out, *models)
+    assert code == 0, message
+    assert [row["sequence_id"] for row in fmt.read_table(out / fmt.SEQUENCES)] == [f"s{i}" for i in range(4)]

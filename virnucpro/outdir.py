@@ -1239,27 +1239,24 @@ class OutputFolder:
         self._along.append((staging, list(names)))
 
     def _move_in(self, moves: list[tuple[Path, str]], removed: list[str]) -> None:
-        """`publish` once the folder is checked: the mark of a complete set (the last name moved) gone
-        first, our stale files and those under `removed` dropped, the new ones moved in (each name from
-        its folder), the mark last, and the record of them written."""
-        last = moves[-1][1]
-        if (self.folder / last).is_file():  # the last name marks a complete set: gone until it is
-            self._drop(last)
+        """`publish` once the folder is checked: the earlier set's files dropped, the mark of a complete
+        set (the last name moved) first, then those the new ones replace, our stale ones and those under
+        `removed`; the new ones moved in (each name from its folder), the mark last, and the record of
+        them written. A kill midway leaves part of one set, never two commands' files mixed."""
+        incoming = {rel: _signature(source / rel) for source, name in moves for rel in _files_under(source, [name])}
         stale = self._stale({name: source for source, name in moves}, removed)
-        for rel in stale:
+        last = moves[-1][1]
+        for rel in sorted([rel for rel in incoming if rel in self.recorded] + stale, key=lambda rel: rel != last):
             self._drop(rel)
         self._remove_emptied_folders([rel for rel in stale if rel.split("/", 1)[0] in removed])
         # the files about to move in are ours from before the first move: a publish cut short by a
         # signal, a kill or a full disk leaves a folder its rerun recognises
-        self._write_marker(publishing={rel: _signature(source / rel) for source, name in moves
-                                       for rel in _files_under(source, [name])})
+        self._write_marker(publishing=incoming)
         self.published = True
         for source, name in moves:
             target = self.folder / name
             if target.is_dir() and not target.is_symlink():
-                _merge_folder(source / name, target, self.recorded, name)
-            elif name in self.recorded:  # our own earlier file, proven just above
-                os.replace(source / name, target)
+                _merge_folder(source / name, target)
             else:
                 _take_new_name(source / name, target)
             for rel in _files_under(self.folder, [name]):
@@ -1343,18 +1340,15 @@ def _signature_or_none(path: Path) -> list[int] | None:
         return None
 
 
-def _merge_folder(source: Path, target: Path, ours: dict[str, list[int]], under: str) -> None:
-    """Move every file of `source` into `target` (our own files of the same name replaced: `ours`
-    records them by their path `under` the output folder), then drop `source`."""
+def _merge_folder(source: Path, target: Path) -> None:
+    """Move every file of `source` into `target` (where none of them may be: our earlier ones are
+    dropped before), then drop `source`."""
     for root, _dirs, files in os.walk(source):
         relative = Path(root).relative_to(source)
         destination = target / relative
         destination.mkdir(parents=True, exist_ok=True)
         for file in files:
-            if (Path(under) / relative / file).as_posix() in ours:
-                os.replace(Path(root) / file, destination / file)
-            else:
-                _take_new_name(Path(root) / file, destination / file)
+            _take_new_name(Path(root) / file, destination / file)
     shutil.rmtree(source)
 
 
