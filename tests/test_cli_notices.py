@@ -63,6 +63,10 @@ def test_run_says_once_it_replaces_an_earlier_runs_results_and_why(tmp_path, tin
            "other inputs; threshold 0.5, not 0.7)"
     assert second.stderr.count("replacing") == 1 and line in second.stderr, second.stderr
     assert "two.fa" in (out / "run_info.json").read_text()
+    # a reviewer's case: the same inputs with other models were said to be "same inputs and options"
+    third = virnucpro("run", tmp_path / "two.fa", *common, "--threshold", "0.7")
+    assert third.returncode == 0 and ("(same inputs, chunk size and threshold: computed again, with this run's "
+                                      "models and settings)") in third.stderr, third.stderr
 
 
 # --- L2: the stop's message is true to what is kept -------------------------------------------------

@@ -275,8 +275,8 @@ def _say_earlier_results_replaced(outdir: Path, manifest: dict, threshold: float
     wanted = {"chunk size": manifest["chunk_size"], "threshold": threshold}
     differences += [f"{name} {printable(str(value))}, not {wanted[name]}" for name, value in options.items()
                     if value != wanted[name]]
-    why = (f"inputs or options differ: {'; '.join(differences)}" if differences
-           else "same inputs and options: computed again")
+    why = (f"inputs or options differ: {'; '.join(differences)}" if differences  # models are not compared
+           else "same inputs, chunk size and threshold: computed again, with this run's models and settings")
     info(f"replacing the earlier run's results in {outdir} when this run succeeds ({why})")
 
 
