@@ -139,6 +139,27 @@ def test_highest_table_merges_sorted_runs_in_bounded_memory(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+
+def test_highest_table_never_opens_more_runs_than_its_merge_ways(tmp_path, monkeypatch):
+    """A reviewer's suspicion: every sorted run was opened at once, so a table of a few hundred million
+    rows (or 1,000-character ids) would run out of open files. Past HIGHEST_MERGE_WAYS runs the first
+    are merged into one first: here 3 at a time of 17 runs, the table as one sort gives it."""
+    import virnucpro.predict as predict_module
+    from virnucpro.predict import ChunkScore, HighestTable
+
+    monkeypatch.setattr(predict_module, "HIGHEST_MERGE_WAYS", 3)
+    merge, widest = HighestTable._merge, []
+    monkeypatch.setattr(HighestTable, "_merge", staticmethod(lambda runs, out: (widest.append(len(runs)), merge(runs, out))))
+    rng = random.Random(7)
+    ids = [f"s{rng.randrange(1000)}_{n}_chunk_{rng.randrange(1, 12)}" for n in range(50)]
+    highest = HighestTable(tmp_path / "runs", run_lines=3)
+    for n, chunk_id in enumerate(ids):
+        highest.add(ChunkScore(chunk_id, chunk_id + "F1", n % 3 / 3, 0.5))
+    highest.write(tmp_path / "highest.csv")
+    expected = [f"{c}\t{n % 3 / 3 >= 0.5}" for c, n in sorted((c, n) for n, c in enumerate(ids))]
+    assert (tmp_path / "highest.csv").read_text().splitlines() == ["Modified_ID\tIs_Virus", *expected]
+    assert len(widest) > 5 and max(widest) == 3 and not (tmp_path / "runs").exists()
+
 def test_highest_table_runs_are_bounded_in_characters_too(tmp_path):
     """A review's case: runs were a million rows whatever the ids' length; with 1,000-character ids
     that is about 1 GB before the first spill, ten times the figure given."""

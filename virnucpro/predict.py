@@ -50,6 +50,7 @@ HISTOGRAM_BINS = 20
 TOP_SEQUENCES = 25  # sequences listed in the report
 HIGHEST_RUN_LINES = 1_000_000  # rows of the highest-score table sorted in memory at a time (~110 MB with 45-character ids)
 HIGHEST_RUN_CHARS = 50_000_000  # and characters: ids may be 1,000 long (a run of them then ~60 MB, not 1 GB)
+HIGHEST_MERGE_WAYS = 256  # runs merged at once (files open): more runs are merged into fewer first
 PROGRESS_ROWS = 50_000  # ids checked between two updates of the progress shown
 CLASSIFIER_ROWS = 2048  # small shards' rows joined per classifier call (27 MB of 3,328 features; a block stays whole)
 
@@ -279,6 +280,7 @@ class HighestTable:
         self.pending: list[str] = []
         self.pending_chars = 0
         self.runs: list[Path] = []
+        self.made = 0  # run files made, for the next one's name
 
     def add(self, chunk: ChunkScore) -> None:
         """One chunk's row; a full run (in rows or in characters) goes to disk."""
@@ -288,23 +290,40 @@ class HighestTable:
         if len(self.pending) >= self.run_lines or self.pending_chars >= self.run_chars:
             self._spill()
 
-    def _spill(self) -> None:
+    def _new_run(self) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        run = self.folder / f"run_{len(self.runs):05d}.tsv"
+        self.made += 1
+        return self.folder / f"run_{self.made - 1:05d}.tsv"
+
+    def _spill(self) -> None:
+        run = self._new_run()
         self.pending.sort()
         with open(run, "w", encoding="utf-8", newline="\n") as out:
             out.writelines(self.pending)
         self.runs.append(run)
         self.pending, self.pending_chars = [], 0
 
+    @staticmethod
+    def _merge(runs: list[Path], out) -> None:
+        """The rows of the sorted `runs` written to the open file `out` in order (each run open meanwhile)."""
+        with contextlib.ExitStack() as stack:
+            out.writelines(heapq.merge(*[stack.enter_context(open(run, encoding="utf-8", newline="\n")) for run in runs]))
+
     def write(self, path: Path) -> None:
-        """Merge the runs into `path`, then remove them."""
+        """Merge the runs into `path`, then remove them. Past HIGHEST_MERGE_WAYS runs (256 million rows,
+        or 12 GB of ids), the first ones are merged into one first: never more files open than that."""
         if self.pending:
             self._spill()
-        with contextlib.ExitStack() as stack, open(path, "w", encoding="utf-8", newline="\n") as out:
+        while len(self.runs) > HIGHEST_MERGE_WAYS:
+            first, merged = self.runs[:HIGHEST_MERGE_WAYS], self._new_run()
+            with open(merged, "w", encoding="utf-8", newline="\n") as out:
+                self._merge(first, out)
+            for run in first:
+                run.unlink()
+            self.runs = self.runs[HIGHEST_MERGE_WAYS:] + [merged]
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
             out.write(header_line(HIGHEST_COLUMNS))
-            runs = [stack.enter_context(open(run, encoding="utf-8", newline="\n")) for run in self.runs]
-            out.writelines(heapq.merge(*runs))
+            self._merge(self.runs, out)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
