@@ -1240,23 +1240,29 @@ class OutputFolder:
 
     def _move_in(self, moves: list[tuple[Path, str]], removed: list[str]) -> None:
         """`publish` once the folder is checked: the earlier set's files dropped, the mark of a complete
-        set (the last name moved) first, then those the new ones replace, our stale ones and those under
-        `removed`; the new ones moved in (each name from its folder), the mark last, and the record of
-        them written. A kill midway leaves part of one set, never two commands' files mixed."""
-        incoming = {rel: _signature(source / rel) for source, name in moves for rel in _files_under(source, [name])}
-        stale = self._stale({name: source for source, name in moves}, removed)
+        set (the last name moved) first, then the files the new ones replace (a folder merges file by
+        file), our stale ones and those under `removed`; the new ones moved in (each name from its
+        folder), the mark last, and the record of them written. A kill midway leaves no table of the
+        earlier set beside the new ones."""
         last = moves[-1][1]
-        for rel in sorted([rel for rel in incoming if rel in self.recorded] + stale, key=lambda rel: rel != last):
+        if (self.folder / last).is_file():  # the last name marks a complete set: gone until it is
+            self._drop(last)
+        earlier = set(self.recorded)
+        stale = self._stale({name: source for source, name in moves}, removed)
+        for rel in [name for _source, name in moves if name in earlier] + stale:
             self._drop(rel)
         self._remove_emptied_folders([rel for rel in stale if rel.split("/", 1)[0] in removed])
         # the files about to move in are ours from before the first move: a publish cut short by a
         # signal, a kill or a full disk leaves a folder its rerun recognises
-        self._write_marker(publishing=incoming)
+        self._write_marker(publishing={rel: _signature(source / rel) for source, name in moves
+                                       for rel in _files_under(source, [name])})
         self.published = True
         for source, name in moves:
             target = self.folder / name
             if target.is_dir() and not target.is_symlink():
-                _merge_folder(source / name, target)
+                _merge_folder(source / name, target, self.recorded, name)
+            elif name in earlier:  # the name of our own earlier file, dropped just above
+                os.replace(source / name, target)
             else:
                 _take_new_name(source / name, target)
             for rel in _files_under(self.folder, [name]):
@@ -1340,15 +1346,18 @@ def _signature_or_none(path: Path) -> list[int] | None:
         return None
 
 
-def _merge_folder(source: Path, target: Path) -> None:
-    """Move every file of `source` into `target` (where none of them may be: our earlier ones are
-    dropped before), then drop `source`."""
+def _merge_folder(source: Path, target: Path, ours: dict[str, list[int]], under: str) -> None:
+    """Move every file of `source` into `target` (our own files of the same name replaced: `ours`
+    records them by their path `under` the output folder), then drop `source`."""
     for root, _dirs, files in os.walk(source):
         relative = Path(root).relative_to(source)
         destination = target / relative
         destination.mkdir(parents=True, exist_ok=True)
         for file in files:
-            _take_new_name(Path(root) / file, destination / file)
+            if (Path(under) / relative / file).as_posix() in ours:
+                os.replace(Path(root) / file, destination / file)
+            else:
+                _take_new_name(Path(root) / file, destination / file)
     shutil.rmtree(source)
 
 
