@@ -403,6 +403,51 @@ def test_out_of_memory_recovery_never_runs_two_batches_at_once(tmp_path, tiny_mo
     np.testing.assert_allclose(nuc, uninterrupted[1], atol=1e-6, rtol=1e-6)
 
 
+@pytest.fixture
+def fresh_load():
+    """Models loaded anew by the next embed (the process keeps them loaded otherwise), and again after."""
+    import virnucpro.embed
+
+    virnucpro.embed._load_encoders_cached.cache_clear()
+    yield
+    virnucpro.embed._load_encoders_cached.cache_clear()
+
+
+@pytest.mark.parametrize("encoder", [DnabertSEncoder, Esm2Encoder])
+def test_gpu_out_of_memory_while_the_models_load_is_exit_7(tmp_path, run_cli, golden_prepared, tiny_models,
+                                                          monkeypatch, fresh_load, encoder):
+    """Moving a model to the GPU, or its load-time self-check, can run out of memory (a GPU shared
+    with another job): exit 7 with one message, as for a batch, not a crash report (exit 1)."""
+    def no_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore advice")
+
+    monkeypatch.setattr(encoder, "__init__", no_memory)
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "x.h5")
+    assert code == 7, message
+    assert "loading the models: GPU out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in message
+    assert "Traceback" not in message and "this is a bug" not in message
+    assert list(tmp_path.iterdir()) == [], "a failed embed left files beside --out"
+
+
+def test_a_cuda_failure_while_the_models_load_is_exit_8_and_other_errors_stay_bugs():
+    """A CUDA/cuDNN failure at load on a GPU is a device failure (exit 8); the same words on the CPU,
+    or any other error, are not turned into one."""
+    from virnucpro.embed import gpu_failures_at_load
+    from virnucpro.errors import DeviceError
+
+    for text in ("CUDA error: no kernel image is available for execution on the device\nCUDA kernel errors...",
+                 "cuDNN Frontend error: No execution plans support the graph."):
+        with pytest.raises(DeviceError) as error:
+            with gpu_failures_at_load(torch.device("cuda")):
+                raise RuntimeError(text)
+        assert error.value.code == 8 and error.value.message.endswith(text.splitlines()[0])
+    for device, failure in (("cpu", RuntimeError("CUDA error: simulated")), ("cuda", RuntimeError("shape mismatch")),
+                            ("cuda", ValueError("CUDA"))):
+        with pytest.raises(type(failure)):
+            with gpu_failures_at_load(torch.device(device)):
+                raise failure
+
+
 def test_missing_models_exit_4_and_cuda_without_gpu_exit_8(tmp_path, run_cli, golden_prepared, tiny_models):
     code, message = run_cli("embed", shard(golden_prepared), "--models", tmp_path / "nothing", "--out", tmp_path / "x.h5")
     assert code == 4 and "virnucpro models download" in message

@@ -893,8 +893,8 @@ class Embedder:
             half = len(batch) // 2
             return np.concatenate([self.run(role, tokens, batch[:half]), self.run(role, tokens, batch[half:])])
         except RuntimeError as exc:
-            if self.device.type == "cuda" and "CUDA" in str(exc):
-                raise DeviceError(f"{role}: CUDA failure: {str(exc).splitlines()[0]}",
+            if self.device.type == "cuda" and is_device_failure(exc):
+                raise DeviceError(f"{role}: CUDA failure: {first_line(exc)}",
                                   "check the GPU (nvidia-smi); a rerun resumes from the last checkpoint") from None
             raise
         self._note(role, flight.path)
@@ -925,14 +925,49 @@ def _load_encoders_cached(dnabert_s: Path, esm2: Path, identity: str, device, pr
     dtype = torch_dtype(precision)
     info(f"loading DNABERT-S and ESM-2 ({precision} on {device})")
     started = time.perf_counter()
-    dnabert = DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled)
-    check_stop()  # and one a library swallowed while it loaded: ESM-2's load takes tens of seconds
-    halfway = time.perf_counter()
-    esm = Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)
+    with gpu_failures_at_load(device):
+        dnabert = DnabertSEncoder(dnabert_s, device, dtype, compile=compiling.enabled)
+        check_stop()  # and one a library swallowed while it loaded: ESM-2's load takes tens of seconds
+        halfway = time.perf_counter()
+        esm = Esm2Encoder(esm2, device, dtype, compile=compiling.enabled)
     check_stop()
     info(f"models loaded in {time.perf_counter() - started:,.1f}s (DNABERT-S {halfway - started:,.1f}s, "
          f"ESM-2 {time.perf_counter() - halfway:,.1f}s, self-checks and compiling included)")
     return {"dnabert_s": dnabert, "esm2": esm}
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """A failure of the GPU, its driver or its libraries (CUDA, cuDNN, cuBLAS), not of our input or code."""
+    import torch
+
+    return (isinstance(exc, getattr(torch, "AcceleratorError", ()))
+            or any(word in str(exc) for word in ("CUDA", "cuDNN", "CUDNN", "cuBLAS", "CUBLAS")))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (torch's CUDA errors run to a dozen lines of advice)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def gpu_failures_at_load(device):
+    """Moving the models to a GPU, reading ESM-2's fp16 copy onto it and the load-time self-checks
+    fail as the batches do: out of memory exit 7, a CUDA failure exit 8 (not a crash report)."""
+    import torch
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise GpuOutOfMemory(f"loading the models: GPU out of memory ({first_line(exc)})",
+                             "free the GPU (nvidia-smi shows what holds it), use a GPU with more memory, "
+                             "or --device cpu") from None
+    except RuntimeError as exc:
+        if torch.device(device).type == "cuda" and is_device_failure(exc):
+            raise DeviceError(f"loading the models: CUDA failure: {first_line(exc)}",
+                              "check the GPU (nvidia-smi) and that this torch build supports it "
+                              "(torch.cuda.get_arch_list())") from None
+        raise
 
 
 def settle_torch_cache(device, compiling: Compiling) -> Path:
