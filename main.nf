@@ -36,7 +36,7 @@ workflow {
         // launch folders included: before any use
         checkParameterPaths(params)
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
-        checkGoogleGpuType(params.gpu_type, asText(params.device))
+        checkGoogleGpuType(params.gpu_type, asText(params.device), asText(params.google_machine_type))
         checkSlurmGpuType(params.gpu_type, asText(params.device), params.slurm_gpu_queue ?: params.slurm_queue)
         warnIfMultiqcMissing(params.skip_multiqc)
         warnIfReportCutShort()

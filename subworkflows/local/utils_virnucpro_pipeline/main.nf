@@ -1016,12 +1016,30 @@ def commandOutput(List command) {
 // Under the google profile with the gpu profile or --device cuda, Google Batch needs the type of
 // EMBED's GPU (there is no default type): without --gpu_type every EMBED task was refused at
 // submission, after PREPARE ran.
-def checkGoogleGpuType(gpuType, String device) {
+def checkGoogleGpuType(gpuType, String device, machineType) {
     def profiles = workflow.profile.tokenize(',')
     def gpuRequested = device != 'cpu' && (device == 'cuda' || profiles.contains('gpu'))
-    if (profiles.contains('google') && gpuRequested && !gpuType) {
-        error("-profile ${workflow.profile}${device == 'cuda' ? ' --device cuda' : ''}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-l4 or nvidia-tesla-t4, one your --google_location offers: `gcloud compute accelerator-types list`)")
+    if (!profiles.contains('google') || !gpuRequested || machineType?.startsWith('template://')) {
+        return
     }
+    def run = "-profile ${workflow.profile}${device == 'cuda' ? ' --device cuda' : ''}"
+    def template = "create an instance template holding the VM and its GPU (gcloud compute instance-templates create NAME --machine-type g2-standard-12 ...) and give --google_machine_type template://NAME"
+    if (!gpuType) {
+        error("${run}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-tesla-t4, one your --google_location offers: `gcloud compute accelerator-types list`), or ${template}")
+    }
+    if (!(gpuType in googleAttachableGpus())) {
+        error("${run} --gpu_type ${gpuType}: Nextflow 24.10 asks Google Batch to attach the GPU to a general-purpose VM, which Compute Engine does for ${googleAttachableGpus().join(', ')} only (on N1 VMs); ${gpuType} comes built into an accelerator-optimized machine type (G2 for nvidia-l4, A2 for A100, A3 for H100): ${template}")
+    }
+    def families = machineType ? machineType.tokenize(',') : []
+    if (!families.every { family -> family.startsWith('n1-') }) {
+        error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: Compute Engine attaches ${gpuType} to N1 VMs only: give N1 types (e.g. n1-highmem-8 or n1-*), or leave --google_machine_type out")
+    }
+}
+
+// The GPU types Compute Engine attaches to a general-purpose VM, all on N1 VMs; the others come built
+// into accelerator-optimized machine types (G2, A2, A3...).
+def googleAttachableGpus() {
+    return ['nvidia-tesla-t4', 'nvidia-tesla-t4-vws', 'nvidia-tesla-v100', 'nvidia-tesla-p100', 'nvidia-tesla-p100-vws', 'nvidia-tesla-p4', 'nvidia-tesla-p4-vws']
 }
 
 // Whether SLURM says it has no partition `part` ("Partition X not found"); any other failure of
