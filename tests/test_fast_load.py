@@ -272,3 +272,28 @@ def test_a_copy_put_in_place_but_never_recorded_is_written_again(models, capsys)
     err = capsys.readouterr().err
     assert "in the way" in err and "move it away" in err, err
     assert copy_of(models).read_bytes() == b"the user's own file" and encoder.loaded_from == weights(models)
+
+
+def test_a_stop_while_the_copy_is_written_stops_the_load_at_once(models, monkeypatch):
+    """A review's case: a stop (exit 6) landing while the fp16 copy was written was taken for a failure
+    to write it: the 3B .pt was then loaded, checked and compiled before the command stopped, and
+    later signals were ignored meanwhile (a scheduler's grace period runs out). Same in `models download`."""
+    from virnucpro.encoders import esm2
+    from virnucpro.errors import InterruptedByUser
+
+    def stopped(home):
+        raise InterruptedByUser("SIGTERM received: stopped", "rerun")
+
+    monkeypatch.setattr(esm2, "ensure_fp16_copy", stopped)
+    loaded = []
+    monkeypatch.setattr(esm2, "_read_checkpoint", lambda *args, **kwargs: loaded.append(args))
+    with pytest.raises(InterruptedByUser):
+        Esm2Encoder(weights(models), CPU, torch.float16)
+    assert loaded == [], "the .pt was loaded after the stop"
+    manifest = store.read_manifest(models)
+    manifest["models"]["esm2"]["files"] = ["esm2_t36_3B_UR50D.pt"]
+    manifest["models"]["esm2"]["sha256"] = {"esm2_t36_3B_UR50D.pt": manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"]}
+    weights(models).rename(models / "esm2_t36_3B_UR50D.pt")
+    store.write_manifest(models, manifest)
+    with pytest.raises(InterruptedByUser):
+        download._fp16_copy(models)

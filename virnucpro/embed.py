@@ -1244,6 +1244,8 @@ def _say_why_replaced(out: Path, shard_meta, identity: dict, precision: str) -> 
         return
     try:
         found = h5shard.read_info(out)
+    except InterruptedByUser:
+        raise
     except (VirnucproError, OSError):
         info(f"replacing {out} (an embedding file that cannot be read back sound)")
         return
@@ -1304,6 +1306,8 @@ def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, prec
                 found.precision, found.virnucpro_version) != wanted:
             return False
         h5shard.verify_shard(out, ids)
+    except InterruptedByUser:
+        raise  # a stop while the file is read back says nothing about the file
     except (VirnucproError, OSError):
         return False
     return True

@@ -32,7 +32,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              SEQUENCE_CALLS, SEQUENCE_COLUMNS, SEQUENCES, ChunkScore, SequenceTally, chunk_cells,
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (BadInputError, InconsistentInputsError, ModelsError, NumericalError, UsageError,
+from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, ModelsError, NumericalError, UsageError,
                               VirnucproError, check_stop, output_errors, path_mode, stop_keeps_nothing,
                               stop_signals_deferred)
 from virnucpro.models import store
@@ -653,6 +653,8 @@ def _manifest_checksums(folder: Path, role: str) -> set[str]:
     gives them (the manifest may hold upper case); none without a sound one."""
     try:
         manifest = store.read_manifest(folder) or {"models": {}}
+    except InterruptedByUser:
+        raise
     except VirnucproError:
         return set()
     return {str(digest).lower() for digest in manifest["models"].get(role, {}).get("sha256", {}).values()}

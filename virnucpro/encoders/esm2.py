@@ -34,7 +34,7 @@ from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, de
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean, to_device)
 from virnucpro.console import info, warn
-from virnucpro.errors import ModelsError, VirnucproError, open_file_limit
+from virnucpro.errors import InterruptedByUser, ModelsError, VirnucproError, open_file_limit
 from virnucpro.models import store
 from virnucpro.outdir import folder_lock, is_regular
 
@@ -438,6 +438,8 @@ def _written_by_virnucpro(path: Path) -> bool:
             return False
         with store.utf8_name(path) as name, safe_open(name, framework="pt") as handle:
             metadata = json.loads((handle.metadata() or {}).get("virnucpro", "{}"))
+    except InterruptedByUser:
+        raise
     except Exception:  # noqa: BLE001 - safetensors raises its own error type for a file of another kind
         return False
     return isinstance(metadata, dict) and metadata.get("format") == FP16_FORMAT
@@ -522,6 +524,8 @@ def _write_under_lock(home: store.Esm2Home) -> Path | None:
         with folder_lock(home.directory, "models folder"):
             home = store.esm2_home(home.directory / home.weights) or home  # as it is under the lock
             copy, problem = ensure_fp16_copy(home)
+    except InterruptedByUser:
+        raise  # a stop is no failure to write the copy: the command stops now, not after loading the .pt
     except (VirnucproError, OSError, SafetensorError) as exc:
         problem = f"{exc.message}; {exc.hint}" if isinstance(exc, VirnucproError) and exc.hint else \
             exc.message if isinstance(exc, VirnucproError) else f"{type(exc).__name__}: {exc}"

@@ -275,6 +275,8 @@ def _fp16_copy(directory: Path) -> None:
     home = store.esm2_home(directory / pins.SOURCES["esm2"].files[0].relpath)
     try:
         copy, problem = ensure_fp16_copy(home) if home else (None, "the manifest does not list it")
+    except InterruptedByUser:
+        raise  # a stop is no failure to write the copy
     except (VirnucproError, OSError, SafetensorError) as exc:  # a full disk, said by safetensors its own way
         copy, problem = None, exc.message if isinstance(exc, VirnucproError) else str(exc)
     if copy is None:

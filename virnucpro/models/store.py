@@ -70,7 +70,7 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
-                              access_hint, check_stop, denied_folder, folder_refused, home_expanded, name_too_long,
+                              InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, name_too_long,
                               path_too_long, printable, stop_signals_deferred)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
@@ -974,6 +974,8 @@ class HashCache:
         try:  # the manifest's permissions: whoever may read the manifest may read its hashes
             atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n",
                               like=[self.path.parent / MANIFEST])
+        except InterruptedByUser:
+            raise
         except (OSError, VirnucproError):
             pass  # read-only staged directory, or a link at its name: hash again next time
         self.dirty = False
