@@ -478,3 +478,31 @@ def test_a_part_write_that_fails_leaves_no_archive_open_to_complain_later(room, 
         virnucpro.embed._write_npz(_FailingAfter(room), arrays)
     gc.collect()
     assert complaints == []
+
+
+def test_an_output_already_written_keeps_the_parts_another_output_may_resume_from(tmp_path, run_cli, golden_prepared,
+                                                                                 tiny_models, plain):
+    """A review's case: parts are keyed by shard, models and precision, not by output. In a
+    --checkpoint-dir shared by two outputs, an embed into a.h5 that found a.h5 complete deleted the
+    parts a killed embed into b.h5 would resume from, without a word. They are kept and named; in
+    the default <out>.ckpt, which is a.h5's alone, its leftovers still go."""
+    shared = tmp_path / "ck"
+    again = ["--models", tiny_models, "--device", "cpu", "--checkpoint-every", EVERY, "--threads", 1]
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", "--checkpoint-dir", shared, *again)
+    assert code == 0 and not list(shared.rglob("part_*.npz")), message
+    folder = shared / plain.key  # an embed into b.h5 killed after two windows
+    folder.mkdir()
+    for part in plain.parts[:2]:
+        shutil.copy(part, folder)
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", "--checkpoint-dir", shared, *again)
+    assert code == 0 and "already holds these" in message, message
+    assert f"{folder} holds checkpoints of this shard" in message and "kept" in message, message
+    assert sorted(path.name for path in folder.glob("part_*.npz")) == [part.name for part in plain.parts[:2]]
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "b.h5", "--checkpoint-dir", shared, *again)
+    assert code == 0 and "resum" in message, message
+    assert read_h5(tmp_path / "b.h5")[0] == plain.rows[0] and not folder.exists()
+    own = tmp_path / "a.h5.ckpt" / plain.key  # a kill of a.h5's own embed between writing and removing
+    own.mkdir(parents=True)
+    shutil.copy(plain.parts[0], own)
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", *again)
+    assert code == 0 and "holds checkpoints" not in message and not own.parent.exists(), message

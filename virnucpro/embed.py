@@ -1276,10 +1276,20 @@ def _shard_differences(found, shard_meta) -> list[str]:
 
 def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:
     """The parts of a shard whose output is already written (a kill landed between the two), unless
-    another embed holds or waits for them."""
-    if folder.is_dir():
-        with contextlib.suppress(FolderBusy):
-            CheckpointStore(folder, parent_is_ours, wait=False).remove()
+    another embed holds or waits for them, or may resume from them: checkpoints are keyed by shard,
+    models and precision, not by output, so in a --checkpoint-dir shared by several outputs they
+    may be a killed embed's into another output (kept, and said)."""
+    if not folder.is_dir():
+        return
+    if not parent_is_ours:
+        with contextlib.suppress(OSError):
+            if any(PART_NAME.fullmatch(path.name) for path in folder.iterdir()):
+                info(f"{folder} holds checkpoints of this shard (same models and precision), not needed by this "
+                     "output: kept, as an embed of the shard into another output may resume from them; delete "
+                     "the folder when none will")
+        return
+    with contextlib.suppress(FolderBusy):
+        CheckpointStore(folder, parent_is_ours, wait=False).remove()
 
 
 def _attributes(shard_meta, identity: dict, tiny: bool, precision: str, made: MadeBy) -> dict:
