@@ -635,6 +635,13 @@ def test_embed_out_inside_a_prepare_folder_or_onto_a_link_is_refused(tmp_path, r
         assert code == 3 and "--checkpoint-dir" in message and str(prep) in message, message
     assert sorted(p.name for p in (prep / "shards").iterdir()) == ["shard_00000.tsv"]
     assert not (tmp_path / "e.h5").exists()
+    # a review's case: the default checkpoint folder, <out>.ckpt, is checked as --checkpoint-dir is
+    assert run_cli("prepare", write_fasta(tmp_path / "b.fa", 2), "--outdir", tmp_path / "z.h5.ckpt")[0] == 0
+    before = sorted(path.name for path in (tmp_path / "z.h5.ckpt").rglob("*"))
+    code, message = run_cli("embed", shard, "--models", tiny_models, "--out", tmp_path / "z.h5")
+    assert code == 3 and f"the checkpoint folder of --out {tmp_path / 'z.h5.ckpt'} is a virnucpro" in message, message
+    assert sorted(path.name for path in (tmp_path / "z.h5.ckpt").rglob("*")) == before
+    assert not (tmp_path / "z.h5").exists()
     link = tmp_path / "dangling.h5"
     link.symlink_to(tmp_path / "nowhere.h5")
     code, message = run_cli("embed", shard, "--models", tiny_models, "--out", link)

@@ -1011,8 +1011,8 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     shard_meta = fmt.shard_info(shard)
     _refuse_folders_over_out(out, {"--checkpoint-dir": checkpoint_dir, "--compile-cache": compiling.cache})
     refuse_nesting(out, "--out")
-    if checkpoint_dir is not None:
-        refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
+    refuse_nesting(Path(checkpoint_dir) if checkpoint_dir is not None else _default_checkpoints(out),
+                   "--checkpoint-dir" if checkpoint_dir is not None else "the checkpoint folder of --out", itself=True)
     asked = _Settings(models, checkpoint_dir, device, precision, token_budget, checkpoint_every, checkpoint_seconds,
                       threads, model_set, compiling, reported_as)
     with _folders_taken_back_on_failure(out.parent):
