@@ -207,3 +207,42 @@ def test_a_prepare_made_by_another_virnucpro_is_done_again(stopped_run, run_cli)
     code, message = run_cli(*args)
     assert code == 0 and "reusing it" not in message, message
     assert "prepare: redoing it" in message and "virnucpro 0.1.0" in _said(message), message
+
+
+def test_a_stop_a_library_turns_into_its_own_error_keeps_the_finished_prepare(tmp_path, reference_dir, tiny_models,
+                                                                               run_cli, monkeypatch):
+    """A review's case: a SIGTERM landing inside torch.load while ESM-2 loaded came back as a
+    'cannot read checkpoint' error: run took it for a failure, removed its finished prepare and its
+    output folder, and then said 'finished work kept' (exit 6). The stop is the answer whatever
+    error the code it landed in raised: the prepare is kept, and a rerun resumes from it."""
+    import signal
+    import time
+
+    import torch
+
+    import virnucpro.embed
+
+    original = torch.load
+
+    def load_that_wraps_the_stop(name, *args, **kwargs):
+        if str(name).endswith("esm2_tiny.pt"):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            except InterruptedByUser as stop:
+                raise RuntimeError("a library's own error") from stop
+        return original(name, *args, **kwargs)
+
+    virnucpro.embed._load_encoders_cached.cache_clear()
+    monkeypatch.setattr(torch, "load", load_that_wraps_the_stop)
+    args = ("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", tmp_path / "r", "--models", tiny_models,
+            "--device", "cpu")
+    try:
+        code, message = run_cli(*args)
+    finally:
+        virnucpro.embed._load_encoders_cached.cache_clear()
+    assert code == 6 and "finished work and checkpoints kept" in message, message
+    assert (tmp_path / "r" / WORK / "prepared" / fmt.MANIFEST).is_file(), message
+    monkeypatch.setattr(torch, "load", original)
+    code, message = run_cli(*args)
+    assert code == 0 and "prepare: already done for these inputs" in message and (tmp_path / "r" / RESULT).is_file(), message

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.errors import ModelsError, NumericalError, path_mode
+from virnucpro.errors import ModelsError, NumericalError, VirnucproError, path_mode
 
 #: The state_dict keys of the original classifier (``num_batches_tracked`` may be absent).
 STATE_KEYS = (
@@ -444,6 +444,8 @@ def _unpickle_weights_only(path: Path) -> Any:
 
         with torch.serialization.safe_globals(safe), utf8_name(path) as name:
             return torch.load(name, map_location="cpu", weights_only=True)
+    except VirnucproError:
+        raise  # ours, a stop signal's included: no fault of the file
     except Exception as exc:  # noqa: BLE001 - every failure of an untrusted file is exit 4
         message = str(exc)
         match = _GLOBAL_IN_MESSAGE.search(message)

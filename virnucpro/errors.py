@@ -435,6 +435,12 @@ def check_stop() -> None:
         raise _interrupted(_received[0])
 
 
+def stop_arrived() -> bool:
+    """Whether a stop signal reached the running command, whatever error the code it landed in
+    then raised (a library may turn our stop into its own error)."""
+    return bool(_received)
+
+
 def stop_inside(exc: BaseException) -> "VirnucproError | None":
     """The VirnucproError (a stop signal's, say) that `exc` wraps, if any: torch.compile wraps
     whatever its compiler meets, an exception our signal handler raised there included."""

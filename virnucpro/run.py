@@ -23,8 +23,8 @@ from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithNothingKept, StoppedWithOutputsInPlace,
-                              VirnucproError, check_stop, output_errors, outputs_in_place, printable, stop_received,
-                              stop_signals_deferred)
+                              VirnucproError, check_stop, output_errors, outputs_in_place, printable, stop_arrived,
+                              stop_received, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import STDIN, unicode_text
 
@@ -304,12 +304,13 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
             remove_written(work, _work_files())
         raise
     except BaseException as exc:
+        stopped = isinstance(exc, InterruptedByUser) or stop_arrived()  # a library may have wrapped the stop
         embedded = [p for p in (work / "embeddings", work / "checkpoints") if p.is_dir() and any(p.rglob("*"))]
-        prepared = isinstance(exc, InterruptedByUser) and (work / "prepared" / fmt.MANIFEST).is_file()
+        prepared = stopped and (work / "prepared" / fmt.MANIFEST).is_file()
         if not embedded and not prepared:
             remove_written(work, _work_files())
         kept_nothing = not embedded and not prepared
-        if isinstance(exc, InterruptedByUser) and kept_nothing != isinstance(exc, StoppedWithNothingKept):
+        if stopped and (not isinstance(exc, InterruptedByUser) or kept_nothing != isinstance(exc, StoppedWithNothingKept)):
             raise stop_received(keeping_nothing=kept_nothing) from None  # the stop says what the rerun finds
         raise
 

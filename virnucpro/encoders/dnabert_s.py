@@ -26,7 +26,7 @@ from virnucpro.encoders import (FAST_COMPILED, REFERENCE_COMPILED, compiled, des
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean)
 from virnucpro.console import info
-from virnucpro.errors import ModelsError, open_files_errno, open_files_limit_in_text
+from virnucpro.errors import ModelsError, VirnucproError, open_files_errno, open_files_limit_in_text
 from virnucpro.models import store
 
 
@@ -240,8 +240,8 @@ def _weights(folder: Path) -> tuple[Path, dict]:
             if not isinstance(state, dict):
                 raise ValueError(f"holds a {type(state).__name__}, not a state dict")
             return binfile, state
-    except ModelsError:
-        raise
+    except VirnucproError:
+        raise  # ours, a stop signal's included: no fault of the file
     except Exception as exc:  # corrupt, truncated or not weights at all
         path = st if st.is_file() else binfile
         _raise_if_at_the_limit(exc, path)
@@ -307,7 +307,7 @@ def _tokenizer(folder: Path, vocab: int):
     try:
         with store.verified_name(path) as name:
             tok = Tokenizer.from_file(name)
-    except ModelsError:
+    except VirnucproError:
         raise
     except Exception as exc:
         _raise_if_at_the_limit(exc, path)

@@ -211,8 +211,8 @@ def _read_checkpoint(path: Path) -> dict:
                 if "mmap" not in str(exc) and "zip" not in str(exc):
                     raise
                 data = torch.load(name, map_location="cpu", weights_only=True)
-    except ModelsError:
-        raise
+    except VirnucproError:
+        raise  # ours, a stop signal's included: no fault of the file
     except Exception as exc:
         if open_file_limit(exc):
             raise  # no fault of the weights: the CLI names the limit
