@@ -1527,14 +1527,16 @@ def test_embed_asks_the_executor_for_a_gpu_with_the_gpu_profile_or_device_cuda(g
     assert got == asked, got
 
 
-GOOGLE_GPU_CHECK = ["checkGoogleGpuType", "googleAttachableGpus"]
+GOOGLE_GPU_CHECK = ["checkGoogleGpuType", "googleAttachableGpus", "googleBuiltInGpus"]
 
 
 def test_google_batch_needs_a_gpu_type_with_device_cuda_too(groovy):
     """Google Batch has no default GPU type: --device cuda under google alone asks for a GPU too."""
     call = "checkGoogleGpuType(null, '{}', null)"
-    assert "needs the GPU type" in _cloud_check(groovy, GOOGLE_GPU_CHECK, call.format("cuda"), "google")[0]
-    assert "needs the GPU type" in _cloud_check(groovy, GOOGLE_GPU_CHECK, call.format("auto"), "google,gpu")[0]
+    assert "google --device cuda: Google Batch needs the GPU type" in _cloud_check(
+        groovy, GOOGLE_GPU_CHECK, call.format("cuda"), "google")[0]
+    said = _cloud_check(groovy, GOOGLE_GPU_CHECK, call.format("cuda"), "google,gpu")[0]
+    assert "-profile google,gpu: Google Batch needs the GPU type" in said, said  # the profile set the device
     assert _cloud_check(groovy, GOOGLE_GPU_CHECK, call.format("auto"), "google")[0] == "passed"
     assert _cloud_check(groovy, GOOGLE_GPU_CHECK, call.format("cpu"), "google,gpu")[0] == "passed"
 
@@ -1542,45 +1544,67 @@ def test_google_batch_needs_a_gpu_type_with_device_cuda_too(groovy):
 @pytest.mark.parametrize("gpu_type, machine_type, refusal", [
     ("nvidia-tesla-t4", None, None),
     ("nvidia-tesla-v100", "n1-highmem-8,n1-standard-*", None),
+    ("nvidia-tesla-t4", "custom-8-53248", None),  # a custom N1 type has no n1- prefix
     (None, "template://gpu-l4", None),  # the template holds the GPU
     ("nvidia-l4", "template://gpu-l4", None),
-    ("nvidia-l4", None, "--gpu_type nvidia-l4: Nextflow 24.10 asks Google Batch to attach the GPU"),
-    ("nvidia-h100-80gb", "a3-highgpu-1g", "comes built into an accelerator-optimized machine type"),
+    ("nvidia-l4", None, None),  # its one-GPU G2 type by default
+    ("nvidia-h100-80gb", "a3-highgpu-1g", None),
+    ("nvidia-l4", "g2-*", "nvidia-l4 comes built into g2-* machine types: give one exact type"),
+    ("nvidia-tesla-a100", "n1-highmem-8", "comes built into a2-highgpu-* machine types"),
     ("nvidia-tesla-t4", "n2-highmem-8", "--google_machine_type n2-highmem-8: Compute Engine attaches nvidia-tesla-t4 "
                                         "to N1 VMs only"),
     ("nvidia-tesla-t4", "n1-*,g2-*", "to N1 VMs only"),
+    ("nvidia-rtx-pro-6000", None, "--gpu_type nvidia-rtx-pro-6000: the machine type that GPU attaches to or comes "
+                                  "with is not known here"),
+    ("nvidia-rtx-pro-6000", "g4-standard-48", None),  # the user knows its machine type
 ])
 def test_google_batch_gpus_are_refused_where_compute_engine_cannot_attach_them(groovy, gpu_type, machine_type,
                                                                                refusal):
     """A review's case: Google Batch put EMBED on the cheapest general-purpose VM (cloudinfo picks among
     n1, n2, c2, e2...) with the GPU attached, which Compute Engine does on N1 VMs only; an L4, A100 or
-    H100 comes built into its own machine type, which Nextflow 24.10 reaches through a template only.
-    Refused before PREPARE, with the fix; what can run passes."""
+    H100 comes built into its own machine type. What cannot be created is refused before PREPARE,
+    with the fix; what can run passes."""
     quoted = lambda value: "null" if value is None else f"'{value}'"
     call = f"checkGoogleGpuType({quoted(gpu_type)}, 'auto', {quoted(machine_type)})"
     outcome = _cloud_check(groovy, GOOGLE_GPU_CHECK, call, "google,gpu")[0]
     if refusal is None:
         assert outcome == "passed", outcome
     else:
-        assert refusal in outcome and ("template://NAME" in outcome or "n1-highmem-8" in outcome), outcome
+        assert refusal in outcome and "--google_machine_type" in outcome, outcome
     assert _cloud_check(groovy, GOOGLE_GPU_CHECK, call, "google")[0] == "passed"  # no GPU asked for
 
 
-@pytest.mark.parametrize("executor, profile, device, machine_type, asked", [
-    ("google-batch", "google,gpu", "auto", None, "n1-*"),
-    ("google-batch", "google", "cuda", None, "n1-*"),
-    ("google-batch", "google,gpu", "auto", "template://gpu-l4", "template://gpu-l4"),
-    ("google-batch", "google", "auto", None, None),  # on the CPU: the cheapest VM that fits
-    ("google-batch", "google,gpu", "cpu", None, None),
-    ("awsbatch", "awsbatch,gpu", "auto", "n1-*", None),
+@pytest.mark.parametrize("executor, profile, device, gpu_type, machine_type, asked", [
+    ("google-batch", "google,gpu", "auto", "nvidia-tesla-t4", None, "n1-*"),
+    ("google-batch", "google", "cuda", "nvidia-tesla-v100", None, "n1-*"),
+    ("google-batch", "google,gpu", "auto", "nvidia-l4", None, "g2-standard-12"),
+    ("google-batch", "google,gpu", "auto", "nvidia-h100-80gb", None, "a3-highgpu-1g"),
+    ("google-batch", "google,gpu", "auto", "nvidia-l4", "template://gpu-l4", "template://gpu-l4"),
+    ("google-batch", "google", "auto", "nvidia-l4", None, None),  # on the CPU: the cheapest VM that fits
+    ("google-batch", "google,gpu", "cpu", "nvidia-l4", None, None),
+    ("awsbatch", "awsbatch,gpu", "auto", None, "n1-*", None),
 ])
-def test_embed_asks_google_batch_for_a_vm_its_gpu_attaches_to(groovy, executor, profile, device, machine_type, asked):
+def test_embed_asks_google_batch_for_a_vm_its_gpu_attaches_to(groovy, executor, profile, device, gpu_type,
+                                                              machine_type, asked):
     """The machine type follows the GPU request; other tasks and executors are left to choose."""
     task = {"label": ["process_gpu"], "executor": executor}
-    got = _base_closure(groovy, "machineType", task, profile, device=device, google_machine_type=machine_type)
-    assert got == asked, got
+    settings = {"device": device, "gpu_type": gpu_type, "google_machine_type": machine_type}
+    assert _base_closure(groovy, "machineType", task, profile, **settings) == asked
     other = {"label": ["process_medium"], "executor": executor}
-    assert _base_closure(groovy, "machineType", other, profile, device=device, google_machine_type=machine_type) is None
+    assert _base_closure(groovy, "machineType", other, profile, **settings) is None
+
+
+def test_the_default_machine_types_of_built_in_gpus_are_the_start_up_checks(groovy):
+    """conf/base.config and googleBuiltInGpus hold the same table: each default passes the check."""
+    code = "\n".join([_utils_functions("googleBuiltInGpus"),
+                      "result = googleBuiltInGpus().collect { gpu, family -> gpu + '=' + family[1] }.join(' ')"])
+    table = dict(pair.split("=") for pair in groovy.evaluate({}, [("result", code, False)])["result"].split())
+    assert len(table) == 4
+    for gpu, machine in table.items():
+        task = {"label": ["process_gpu"], "executor": "google-batch"}
+        assert _base_closure(groovy, "machineType", task, "google,gpu", device="auto", gpu_type=gpu) == machine
+        assert _cloud_check(groovy, GOOGLE_GPU_CHECK, f"checkGoogleGpuType('{gpu}', 'auto', '{machine}')",
+                            "google,gpu")[0] == "passed"
 
 
 def test_multiqc_missing_here_is_not_warned_under_a_batch_executor(groovy):

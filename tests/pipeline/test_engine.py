@@ -443,13 +443,13 @@ def test_files_of_an_unquoted_glob_beyond_the_first_are_refused_not_ignored(tmp_
 
 
 def test_google_gpu_without_a_gpu_type_is_refused_before_any_task(tmp_path):
-    """Google Batch has no default GPU type, and attaches none of the GPUs built into G2/A2/A3 VMs:
+    """Google Batch has no default GPU type, and attaches a GPU only to the machine types made for it:
     every EMBED task was refused at submission, after PREPARE. (The executor itself needs the nf-google plugin, which this offline engine lacks: the
     start-up check comes first, and with --gpu_type the run goes on to that.)"""
     run = run_pipeline(tmp_path / "bare", "-profile", "test,google,gpu", "-preview")
     assert_refused_before_any_task(run, "Google Batch needs the GPU type for EMBED: give --gpu_type")
-    built_in = run_pipeline(tmp_path / "l4", "-profile", "test,google,gpu", "-preview", "--gpu_type", "nvidia-l4")
-    assert_refused_before_any_task(built_in, "--gpu_type nvidia-l4: Nextflow 24.10 asks Google Batch to attach the GPU")
+    unknown = run_pipeline(tmp_path / "unknown", "-profile", "test,google,gpu", "-preview", "--gpu_type", "nvidia-x1")
+    assert_refused_before_any_task(unknown, "--gpu_type nvidia-x1: the machine type that GPU attaches to or comes with")
     typed = run_pipeline(tmp_path / "typed", "-profile", "test,google,gpu", "-preview", "--gpu_type", "nvidia-tesla-t4")
     assert "Unknown executor name: google-batch" in typed.output, typed.output[-3000:]
     assert "Google Batch needs the GPU type" not in typed.output, typed.output[-3000:]

@@ -1022,24 +1022,37 @@ def checkGoogleGpuType(gpuType, String device, machineType) {
     if (!profiles.contains('google') || !gpuRequested || machineType?.startsWith('template://')) {
         return
     }
-    def run = "-profile ${workflow.profile}${device == 'cuda' ? ' --device cuda' : ''}"
-    def template = "create an instance template holding the VM and its GPU (gcloud compute instance-templates create NAME --machine-type g2-standard-12 ...) and give --google_machine_type template://NAME"
+    def run = "-profile ${workflow.profile}${profiles.contains('gpu') ? '' : ' --device cuda'}"
+    def template = "or an instance template holding the VM and its GPU: --google_machine_type template://NAME"
     if (!gpuType) {
-        error("${run}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-tesla-t4, one your --google_location offers: `gcloud compute accelerator-types list`), or ${template}")
-    }
-    if (!(gpuType in googleAttachableGpus())) {
-        error("${run} --gpu_type ${gpuType}: Nextflow 24.10 asks Google Batch to attach the GPU to a general-purpose VM, which Compute Engine does for ${googleAttachableGpus().join(', ')} only (on N1 VMs); ${gpuType} comes built into an accelerator-optimized machine type (G2 for nvidia-l4, A2 for A100, A3 for H100): ${template}")
+        error("${run}: Google Batch needs the GPU type for EMBED: give --gpu_type (e.g. nvidia-tesla-t4 or nvidia-l4, one your --google_location offers: `gcloud compute accelerator-types list`), ${template}")
     }
     def families = machineType ? machineType.tokenize(',') : []
-    if (!families.every { family -> family.startsWith('n1-') }) {
-        error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: Compute Engine attaches ${gpuType} to N1 VMs only: give N1 types (e.g. n1-highmem-8 or n1-*), or leave --google_machine_type out")
+    def builtIn = googleBuiltInGpus()[gpuType]
+    if (gpuType in googleAttachableGpus()) {
+        if (!families.every { family -> family.startsWith('n1-') || family.startsWith('custom-') }) {
+            error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: Compute Engine attaches ${gpuType} to N1 VMs only: give N1 types (e.g. n1-highmem-8, n1-*, or a custom N1 type custom-8-53248), or leave --google_machine_type out (n1-*)")
+        }
+    } else if (builtIn) {
+        if (machineType && !(machineType.startsWith(builtIn[0]) && !machineType.contains('*') && !machineType.contains(','))) {
+            error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: ${gpuType} comes built into ${builtIn[0]}* machine types: give one exact type with one GPU (e.g. ${builtIn[1]}, the default), leave --google_machine_type out, ${template}")
+        }
+    } else if (!machineType) {
+        error("${run} --gpu_type ${gpuType}: the machine type that GPU attaches to or comes with is not known here (known: ${(googleAttachableGpus() + googleBuiltInGpus().keySet()).join(', ')}): give --google_machine_type, one exact type with one such GPU, ${template}")
     }
 }
 
-// The GPU types Compute Engine attaches to a general-purpose VM, all on N1 VMs; the others come built
-// into accelerator-optimized machine types (G2, A2, A3...).
+// The GPU types Compute Engine attaches to a general-purpose VM, all on N1 VMs (EMBED asks for n1-*).
 def googleAttachableGpus() {
     return ['nvidia-tesla-t4', 'nvidia-tesla-t4-vws', 'nvidia-tesla-v100', 'nvidia-tesla-p100', 'nvidia-tesla-p100-vws', 'nvidia-tesla-p4', 'nvidia-tesla-p4-vws']
+}
+
+// The GPU types that come built into accelerator-optimized machine types: [the family's prefix, the
+// one-GPU type EMBED asks for by default (8 CPUs and 48 GB fit it)]; conf/base.config's machineType
+// holds the same defaults.
+def googleBuiltInGpus() {
+    return ['nvidia-l4': ['g2-', 'g2-standard-12'], 'nvidia-tesla-a100': ['a2-highgpu-', 'a2-highgpu-1g'],
+            'nvidia-a100-80gb': ['a2-ultragpu-', 'a2-ultragpu-1g'], 'nvidia-h100-80gb': ['a3-highgpu-', 'a3-highgpu-1g']]
 }
 
 // Whether SLURM says it has no partition `part` ("Partition X not found"); any other failure of
