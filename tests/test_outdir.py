@@ -639,7 +639,9 @@ def test_embed_out_inside_a_prepare_folder_or_onto_a_link_is_refused(tmp_path, r
     assert run_cli("prepare", write_fasta(tmp_path / "b.fa", 2), "--outdir", tmp_path / "z.h5.ckpt")[0] == 0
     before = sorted(path.name for path in (tmp_path / "z.h5.ckpt").rglob("*"))
     code, message = run_cli("embed", shard, "--models", tiny_models, "--out", tmp_path / "z.h5")
-    assert code == 3 and f"the checkpoint folder of --out {tmp_path / 'z.h5.ckpt'} is a virnucpro" in message, message
+    said = " ".join(message.split())
+    assert code == 3 and f"the checkpoint folder of --out {tmp_path / 'z.h5'}: {tmp_path / 'z.h5.ckpt'} is a virnucpro" \
+        in said and "give --checkpoint-dir a folder outside it, or choose another --out" in said, message
     assert sorted(path.name for path in (tmp_path / "z.h5.ckpt").rglob("*")) == before
     assert not (tmp_path / "z.h5").exists()
     link = tmp_path / "dangling.h5"

@@ -1011,13 +1011,24 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     shard_meta = fmt.shard_info(shard)
     _refuse_folders_over_out(out, {"--checkpoint-dir": checkpoint_dir, "--compile-cache": compiling.cache})
     refuse_nesting(out, "--out")
-    refuse_nesting(Path(checkpoint_dir) if checkpoint_dir is not None else _default_checkpoints(out),
-                   "--checkpoint-dir" if checkpoint_dir is not None else "the checkpoint folder of --out", itself=True)
+    if checkpoint_dir is not None:
+        refuse_nesting(Path(checkpoint_dir), "--checkpoint-dir", itself=True)
+    else:
+        _refuse_default_checkpoints_in_an_output(out)
     asked = _Settings(models, checkpoint_dir, device, precision, token_budget, checkpoint_every, checkpoint_seconds,
                       threads, model_set, compiling, reported_as)
     with _folders_taken_back_on_failure(out.parent):
         _check_output(shard, out)
         return _embed_held(shard, shard_meta, out, asked)
+
+
+def _refuse_default_checkpoints_in_an_output(out: Path) -> None:
+    """Exit 3 when `<out>.ckpt`, where checkpoints go without --checkpoint-dir, is another virnucpro
+    output: parts written there would change it."""
+    try:
+        refuse_nesting(_default_checkpoints(out), f"the checkpoint folder of --out {out}:", itself=True)
+    except BadInputError as exc:
+        raise BadInputError(exc.message, "give --checkpoint-dir a folder outside it, or choose another --out") from None
 
 
 def _refuse_folders_over_out(out: Path, folders: dict[str, Path | None]) -> None:
