@@ -4,9 +4,16 @@
 set -euo pipefail
 page=$(realpath "$1")
 png=${2:-report.png}
+command -v chromium >/dev/null || { echo "error: chromium is not installed (Debian: apt-get install chromium)" >&2; exit 127; }
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+# chromium's own chatter (GPU, D-Bus) goes to a file, shown only when it fails
+if ! chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$profile" --window-size=1100,1500 --screenshot="$png" "file://$page" 2>/dev/null
+  --user-data-dir="$profile/user" --window-size=1100,1500 --screenshot="$png" "file://$page" 2>"$profile/stderr" \
+  || [ ! -s "$png" ]; then
+    tail -n 20 "$profile/stderr" >&2
+    echo "error: chromium wrote no $png" >&2
+    exit 1
+fi
 echo "wrote $png"
