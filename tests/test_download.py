@@ -524,3 +524,14 @@ def test_a_default_folder_that_cannot_be_written_names_dest(tmp_path, monkeypatc
         monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
         code, message = run_cli("models", "download", "--only", "classifier_500")
     assert code == 10 and "read-only" in message and "--dest DIR" in " ".join(message.split()), message
+
+
+def test_an_unreachable_mirror_is_named_and_kept_in_the_command_to_rerun(tmp_path, run_cli):
+    """A review's case: a --mirror that could not be reached was said as '(offline?)', and the command
+    offered to rerun dropped --mirror: it sent a site that needs its mirror to the upstream host."""
+    code, message = run_cli("models", "download", "--dest", tmp_path / "m", "--only", "classifier_300",
+                            "--mirror", "http://127.0.0.1:9/")
+    said = " ".join(message.split())
+    assert code == 4 and "cannot reach the mirror 127.0.0.1:9" in said and "offline?" not in said, message
+    assert f"virnucpro models download --dest {tmp_path / 'm'} --only classifier_300 --mirror http://127.0.0.1:9/" \
+        in said, message

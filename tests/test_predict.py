@@ -561,6 +561,8 @@ def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_d
     code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
                             "--outdir", tmp_path / "p", "--models", upper, "--classifier", upper / "300_model_tiny.pth")
     assert code == 5 and "made for 300-bp chunks" in message, message
+    # the fix fits run too, which has no prepare of its own to redo (it said "prepare again")
+    assert "cut the sample into 300-bp chunks (--chunk-size 300 of prepare, or of run)" in " ".join(message.split())
 
 
 def test_a_custom_chunk_size_with_a_classifier_made_for_a_standard_one_is_said(tmp_path, reference_dir, tiny_models,
@@ -737,3 +739,16 @@ def test_the_reports_best_score_is_never_rounded_onto_or_across_the_calls_bound(
     # a round-trip's digits, not 9 of them: 0.4999999999 showed as 0.5 (float64; float32 alike)
     assert _score_text(0.4999999999) == "0.4999999999" and _score_text(0.9999999999) == "0.9999999999"
     assert _score_text(np.float32(0.49999997)) == "0.49999997"
+
+
+def test_a_checkpoint_folder_among_the_embeddings_is_named_as_one(tmp_path, run_cli, golden_prepared,
+                                                                  golden_embeddings):
+    """A review's case: `--embeddings DIR/*` catching embed's <out>.ckpt folder was told to give
+    'the files in it: DIR/x.h5.ckpt/*.h5', which a checkpoint folder never holds."""
+    leftover = tmp_path / "e" / "s.h5.ckpt"
+    leftover.mkdir(parents=True)
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings, leftover,
+                            "--outdir", tmp_path / "p")
+    said = " ".join(message.split())
+    assert code == 3 and "it is embed's checkpoint folder, which holds no embedding file: leave it out" in said, message
+    assert f"{leftover}/*.h5" not in said, message

@@ -456,12 +456,21 @@ def _corrupted_write(path: Path, what: str) -> OutputWriteError:
                             "check the storage for I/O errors or choose another output location, then rerun")
 
 
+def _folder_hint(path: Path) -> str:
+    """What to give instead of a folder among the embedding files: embed's checkpoint folder
+    (`<out>.ckpt`) holds none of them."""
+    if path.name.endswith(".ckpt"):
+        return ("it is embed's checkpoint folder, which holds no embedding file: leave it out "
+                f"(e.g. --embeddings {path.parent}/*.h5)")
+    return f"give the files in it: {path}/*.h5"
+
+
 def read_info(path: Path) -> EmbeddingShardInfo:
     """The shard's attributes after checking its layout; a file that is not a sound shard is exit 5."""
     path = Path(path)
     try:
         if path.is_dir():  # raises PermissionError when a folder on the way cannot be entered
-            raise BadInputError(f"embedding shard {path} is a directory", f"give the files in it: {path}/*.h5")
+            raise BadInputError(f"embedding shard {path} is a directory", _folder_hint(path))
         with _sealed(path) as (handle, seal):
             records, widths = _check_datasets(path, handle)
             attrs = _read_attributes(path, handle)

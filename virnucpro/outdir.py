@@ -1075,7 +1075,9 @@ class OutputFolder:
         lost_record = any(e.startswith(".virnucpro") for e in entries)
         why = (f"which virnucpro cannot prove it wrote: the folder holds virnucpro's work but not its record "
                f"of the files ({MARKER_NAME})" if lost_record else
-               "which virnucpro did not write (the folder is neither empty nor a virnucpro output)")
+               "which virnucpro did not write as this command's output (the folder is neither empty nor "
+               "a virnucpro output of this command; files another command wrote, such as embedding files or "
+               "models, are no exception)")
         raise self._foreign([_shown(self.folder, rel) for rel in rels], why, lost_record=lost_record,
                             holding=self._unrecorded_folders(rels))
 

@@ -600,7 +600,8 @@ def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: P
                                   f"prepared sample was cut into {chunk_size}-bp chunks",
                                   f"use the {chunk_size}-bp classifier "
                                   f"({_twin(path, made_for, chunk_size, _models_folders(models, path))}), "
-                                  f"or prepare again with --chunk-size {made_for}")
+                                  f"or cut the sample into {made_for}-bp chunks (--chunk-size {made_for} of "
+                                  "prepare, or of run)")
 
 
 def _known_chunk_size(path: Path, chunk_size: int, models: Path | None) -> int | None:

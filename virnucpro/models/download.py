@@ -350,7 +350,7 @@ def _ensure_file(directory: Path, role: str, spec: FileSource, mirror: str | Non
     try:
         digest, placed = fetch_stamped(_url(spec, mirror), target, sha256=spec.sha256, git_sha1=spec.git_sha1,
                                        label=label, validate=_validator(role, spec.relpath),
-                                       hint=store.staging_hint(directory, roles), max_bytes=spec.max_bytes,
+                                       hint=store.staging_hint(directory, roles, mirror), max_bytes=spec.max_bytes,
                                        mirror=mirror)
     except BaseException:
         if created:  # a failed download leaves no empty folder (rmdir refuses one that holds anything)
@@ -510,7 +510,7 @@ def fetch_stamped(url: str, target: Path, sha256: str | None = None, git_sha1: s
     label = label or target.name
     _require_pin(sha256 or git_sha1, label)
     job = _Job(url, target.with_name(target.name + ".part"), label, max_bytes, attempts or ATTEMPTS,
-               hint or store.staging_hint(target.parent), mirror)
+               hint or store.staging_hint(target.parent, mirror=mirror), mirror)
     digest, hashed = _download_verified(job, sha256, git_sha1, validate)
     try:
         os.replace(job.part, target)
@@ -775,6 +775,10 @@ def _gave_up(job: _Job, last_error: str, connected: bool) -> ModelsError:
                            f"download of {job.label}: {last_error}",
                            hint=f"let this machine reach {_host(job.redirected_to)} as well as {_host(job.url)} "
                                 f"(a firewall or proxy allow-list), or {job.hint}")
+    if not connected and job.mirror:
+        return ModelsError(f"cannot reach the mirror {_host(job.url)} to download {job.label}: {last_error}",
+                           hint=f"check that the mirror is up and reachable from here, then rerun the same command; "
+                                f"else {job.hint}")
     if not connected:
         return ModelsError(f"cannot reach {_host(job.url)} to download {job.label}: {last_error} (offline?)",
                            hint=job.hint)

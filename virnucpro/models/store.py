@@ -230,12 +230,15 @@ def _folder_given(where: str) -> str:
     return FOLDER_GIVEN.get(where, "--models DIR")
 
 
-def download_command(directory: Path, roles: Iterable[str] | None = None) -> str:
-    """The command that fetches `roles` (all when several or none) into `directory`."""
+def download_command(directory: Path, roles: Iterable[str] | None = None, mirror: str | None = None) -> str:
+    """The command that fetches `roles` (all when several or none) into `directory` (from `mirror`,
+    the --mirror a site downloads through, if any)."""
     roles = list(roles or [])
     command = f"virnucpro models download --dest {shlex.quote(str(directory))}"
     if len(roles) == 1:
         command += f" --only {roles[0]}"
+    if mirror:
+        command += f" --mirror {shlex.quote(mirror)}"
     return command
 
 
@@ -271,12 +274,12 @@ def refetch_hint(directory: Path, role: str) -> str:
     return f"put it right with `{fix_command(directory, [role])}` (`virnucpro models check` names every file that differs)"
 
 
-def staging_hint(directory: Path, roles: Iterable[str] | None = None) -> str:
+def staging_hint(directory: Path, roles: Iterable[str] | None = None, mirror: str | None = None) -> str:
     """How to get models onto a machine that cannot download them (tiny test models need no
     download: they are written again)."""
     if is_tiny_folder(directory):
         return f"write the tiny test models again (no download needed): `{tiny_command(directory)}`"
-    return (f"on a machine with internet access run `{download_command(directory, roles)}` "
+    return (f"on a machine with internet access run `{download_command(directory, roles, mirror)}` "
             f"(or download into any directory and copy it here), then point runs at it with "
             f"--models DIR or VIRNUCPRO_MODELS=DIR")
 
