@@ -355,15 +355,14 @@ class ShardWriter:
         self.bodies: list[Path] = []
         self.records: list[int] = []
         self._handle = None
+        self.beyond: int | None = None  # ORFs past the shard cap: counted only, for the refusal's advice
 
     def _open_next(self) -> None:
-        if len(self.bodies) >= fmt.MAX_SHARDS:
-            raise UsageError(f"--shard-size {self.shard_size:,} cuts this input into more than {fmt.MAX_SHARDS:,} "
-                             f"shards (it holds over {fmt.MAX_SHARDS * self.shard_size:,} ORFs)",
-                             f"give a --shard-size of at least {self.shard_size * 10:,} (the default, 100,000, "
-                             "suits a GPU task per shard)")
         if self._handle:
             self._handle.close()
+        if len(self.bodies) >= fmt.MAX_SHARDS:
+            self._count_the_rest()
+            return
         body = self.directory / (fmt.shard_name(len(self.bodies)) + ".body")
         self.bodies.append(body)
         self.records.append(0)
@@ -376,15 +375,38 @@ class ShardWriter:
         millions of lines, and cutting the rest of the list off per shard would be quadratic."""
         done = 0
         while done < len(lines):
-            if self._handle is None or self.records[-1] >= self.shard_size:
+            if self.beyond is None and (self._handle is None or self.records[-1] >= self.shard_size):
                 self._open_next()
+            if self.beyond is not None:  # past the cap
+                self.beyond += len(lines) - done
+                return
             end = min(len(lines), done + self.shard_size - self.records[-1])
             self._handle.write("".join(lines[done:end]))
             self.records[-1] += end - done
             done = end
 
+    def _count_the_rest(self) -> None:
+        """Past the cap of shards a sample is cut into: the shards written go (nothing will use them),
+        and the rest of the input's ORFs are only counted, so that the refusal at the end names a
+        --shard-size that fits the whole input (a pipe cannot be read again to find it)."""
+        for body in self.bodies:
+            body.unlink(missing_ok=True)
+        self._handle, self.beyond = None, 0
+        warn(f"--shard-size {self.shard_size:,} cuts this input into more than {fmt.MAX_SHARDS:,} shards: "
+             "reading the rest of it only to count its ORFs, to say which --shard-size fits (nothing is kept)")
+
+    def _refuse_past_the_cap(self) -> None:
+        """Exit 2 with the --shard-size that cuts all of the input's ORFs into at most MAX_SHARDS shards."""
+        total = sum(self.records) + self.beyond
+        raise UsageError(f"--shard-size {self.shard_size:,} cuts this input ({total:,} ORFs) into more than "
+                         f"{fmt.MAX_SHARDS:,} shards",
+                         f"give a --shard-size of at least {-(-total // fmt.MAX_SHARDS):,} (the default, 100,000, "
+                         "suits a GPU task per shard)")
+
     def finish(self, chunk_size: int) -> list[dict]:
         """Turn bodies into final shard files with their first line and header; return manifest rows."""
+        if self.beyond is not None:
+            self._refuse_past_the_cap()
         if self._handle is None:
             self._open_next()
         self._handle.close()
