@@ -223,7 +223,10 @@ class Progress:
         elapsed = (time.monotonic() if now is None else now) - self._start
         count = _amount(self.done, self.unit) + (f"/{_amount(self.total, self.unit)}" if self.total else "")
         unit = (" " + self.unit.removesuffix("bytes")).rstrip() if self.unit.endswith("bytes") else f" {self.unit}"
-        rates = [_rate((self.done - self._before) / max(elapsed, 1e-9), self.unit)]
+        # no "0.0 records/s" while the first records are still in the making (an embed counts them a
+        # window of thousands at a time): the rates of the work under way show that it goes on
+        rates = [] if self.done == self._before and self.extra else [
+            _rate((self.done - self._before) / max(elapsed, 1e-9), self.unit)]
         rates += [_rate(value / max(elapsed, 1e-9), key) for key, value in self.extra.items()]
         eta = f", ETA {self._eta(elapsed)}" if self.total or self.eta_by else ""
         return f"{count}{unit}{eta} ({', '.join(rates)})"
