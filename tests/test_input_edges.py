@@ -53,6 +53,20 @@ def test_run_on_a_file_name_that_is_not_utf8_writes_every_output(tmp_path, tiny_
     assert b"\\udcff" not in (out / "run_info.json").read_bytes(), "a lone surrogate: invalid UTF-8 JSON text"
 
 
+def test_names_that_are_not_utf8_are_shown_as_their_bytes_and_suggested_as_shell_words(tmp_path):
+    """A review's case: a missing input named b'\\xff.fa' was said as '\\udcff.fa', and the command a
+    message suggested (models download --dest) held that text: pasted, it made another folder."""
+    done = virnucpro("prepare", os.fsdecode(b"\xff.fa"), "--outdir", "out", cwd=tmp_path)
+    assert done.returncode == 3 and "input file not found: \\xff.fa" in done.stderr, done.stderr
+    models = tmp_path / os.fsdecode(b"m\xffodels")
+    (tmp_path / "a.fa").write_text(DNA)
+    done = virnucpro("run", "a.fa", "--outdir", "out", "--models", models, "--offline", cwd=tmp_path)
+    suggested = re.search(r"virnucpro models download --dest ([^\s`]+)", done.stderr)
+    assert suggested and "udc" not in done.stderr, done.stderr
+    made = subprocess.run(["bash", "-c", f"mkdir {suggested.group(1)}"], cwd=tmp_path)
+    assert made.returncode == 0 and models.is_dir(), suggested.group(1)  # the shell reads back the same bytes
+
+
 def test_prepare_manifest_names_the_input_in_valid_unicode(tmp_path, run_cli):
     name = os.fsdecode(b"caf\xe9.fa")  # a Latin-1 name
     (tmp_path / name).write_text(DNA)

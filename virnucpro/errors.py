@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -245,7 +246,25 @@ def open_file_limit(exc: BaseException) -> bool:
 def printable(text: str) -> str:
     """`text` with unprintable characters (line breaks, escapes) written as escapes, for one-line
     messages that quote what a file holds."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(character: str) -> str:
+    """An unprintable character as an escape: a byte of a file name that is not UTF-8 (Python's
+    surrogate escape) as the byte, \\xff, the way `ls -b` and bash's $'...' write it."""
+    if "\udc80" <= character <= "\udcff":
+        return f"\\x{ord(character) - 0xdc00:02x}"
+    return ascii(character)[1:-1]
+
+
+def shell_word(text: str) -> str:
+    """`text` as one word a POSIX shell reads back as the same bytes, for the commands a message
+    suggests: shlex.quote's, or bash's $'...' where it holds a file name's bytes that are not UTF-8
+    (surrogate escapes) or control characters, which shlex would pass through as they are."""
+    if all(c.isprintable() for c in text):
+        return shlex.quote(text)
+    escaped = (chr(b) if 32 <= b < 127 and chr(b) not in "'\\" else f"\\x{b:02x}" for b in os.fsencode(text))
+    return "$'" + "".join(escaped) + "'"
 
 
 def storage_errno(exc: BaseException) -> int | None:
@@ -648,7 +667,7 @@ def access_hint(path: Path, rights: str, wanted: str = "make it readable") -> st
         owner = os.stat(path, follow_symlinks=False).st_uid
     except OSError:
         owner = None
-    shown = shlex.quote(str(path))
+    shown = shell_word(str(path))
     if owner is None or owner == os.geteuid():
         return f"{wanted} (chmod u+{rights} {shown}) and rerun"
     return (f"{wanted}: it belongs to {_user_name(owner)}, and only they (or root) can change it: "

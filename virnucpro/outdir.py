@@ -39,7 +39,6 @@ import json
 import os
 import pwd
 import re
-import shlex
 import shutil
 import socket
 import stat
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import (BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
+from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
                               outputs_in_place, printable, refused_name, stop_signals_deferred, storage_errno,
                               storage_failure)
 
@@ -281,7 +280,7 @@ def _unreadable_hint(lock: Path) -> str | None:
             owner = f"it belongs to uid {lock.lstat().st_uid}"
         except OSError:
             owner = "removed meanwhile"
-        return (f"this user cannot read {shlex.quote(str(lock))} ({owner}), so it does not expire by age here: "
+        return (f"this user cannot read {shell_word(str(lock))} ({owner}), so it does not expire by age here: "
                 "ask its owner to remove it once no virnucpro command uses the folder, or choose another folder")
 
 
@@ -295,7 +294,7 @@ def _expiry_hint(lock: Path, subject: Path) -> str:
         expires = f"{STALE_SECONDS / 60:.0f} minutes after its last heartbeat"
     return (f"its pid cannot be checked from here, so its lock expires at {expires} unless its heartbeat "
             f"(every {HEARTBEAT_SECONDS:.0f} s while it runs) renews it: wait for it, or, if no virnucpro command "
-            f"uses {subject} any more (on any host or container), remove {shlex.quote(str(lock))} and rerun; "
+            f"uses {subject} any more (on any host or container), remove {shell_word(str(lock))} and rerun; "
             "or choose another folder")
 
 
@@ -1174,9 +1173,9 @@ class OutputFolder:
 
     def _record_fix(self, why: str) -> str:
         """The fix for a lost or damaged marker: the shell command that writes one claiming no file."""
-        record = shlex.quote(json.dumps({"kind": self.kind, "files": {}}))
+        record = shell_word(json.dumps({"kind": self.kind, "files": {}}))
         return (f"{why}, replace the record with one that claims no file: echo {record} > "
-                f"{shlex.quote(str(self.folder / MARKER_NAME))} ; then rerun: virnucpro keeps the work there (a `run` "
+                f"{shell_word(str(self.folder / MARKER_NAME))} ; then rerun: virnucpro keeps the work there (a `run` "
                 "resumes from it) and refuses, naming it, any output file it can no longer prove it wrote (move "
                 "those aside). Or choose another folder")
 

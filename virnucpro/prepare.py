@@ -15,7 +15,6 @@ import itertools
 import multiprocessing
 import os
 import re
-import shlex
 import signal
 import stat
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
+from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
                              UsageError, VirnucproError, check_stop, output_errors, stop_keeps_nothing, stop_signals_blocked,
                              stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
@@ -842,13 +841,13 @@ def _named(source: InputSummary, ending: str, taken: set[Path] | None = None) ->
             break
         new = path.with_name(name.removesuffix(extension) + f"{ending}{number}" + extension)
     taken.add(new)
-    return path, shlex.quote(str(new))
+    return path, shell_word(str(new))
 
 
 def _awk_command(source: InputSummary, program: str, taken: set[Path] | None = None) -> str:
     """A shell command running awk `program` over an input into a new plain file beside it."""
     path, out = _named(source, ".ids", taken)
-    given = shlex.quote(str(path) if path.is_absolute() else f"./{path}")  # awk reads `a=1.fa` as an assignment
+    given = shell_word(str(path) if path.is_absolute() else f"./{path}")  # awk reads `a=1.fa` as an assignment
     if source.compression in DECOMPRESS:
         return f"{DECOMPRESS[source.compression]} {given} | awk '{program}' > {out}"
     return f"awk '{program}' {given} > {out}"
@@ -858,7 +857,7 @@ def _split_command(source: InputSummary) -> str:
     """BBTools' command that splits an interleaved input into one file per mate, beside it, in its format."""
     taken: set[Path] = set()
     path, first = _named(source, "_R1", taken)
-    return f"reformat.sh in={shlex.quote(str(path))} out1={first} out2={_named(source, '_R2', taken)[1]}"
+    return f"reformat.sh in={shell_word(str(path))} out1={first} out2={_named(source, '_R2', taken)[1]}"
 
 
 def _where(path: Path, number: int) -> str:

@@ -18,7 +18,6 @@ import lzma
 import os
 import re
 import select
-import shlex
 import stat
 import sys
 import zlib
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from virnucpro.errors import BadInputError, name_too_long, open_file_limit, path_too_long, printable
+from virnucpro.errors import shell_word, BadInputError, name_too_long, open_file_limit, path_too_long, printable
 
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -114,7 +113,7 @@ def _known_binary(head: bytes, path: Path) -> BadInputError | None:
     for magic, what, hint in KNOWN_BINARY:
         if head.startswith(magic):
             return BadInputError(f"{path} is {what}, not FASTA/FASTQ text",
-                                 hint.format(path=shlex.quote(str(path))))
+                                 hint.format(path=shell_word(str(path))))
     return None
 
 
@@ -139,7 +138,7 @@ def _compression(head: bytes, path: Path) -> str:
         raise known
     for magic, what, tool in UNREAD_COMPRESSIONS:
         if head.startswith(magic):
-            quoted = shlex.quote(str(path))
+            quoted = shell_word(str(path))
             raise BadInputError(f"{path} is {what}, which virnucpro does not read: not a supported compression "
                                 "(gzip, bzip2 and xz are)", f"decompress it first ({tool} -d {quoted}), or on the "
                                 f"fly: {tool} -dc {quoted} | virnucpro prepare - ...")

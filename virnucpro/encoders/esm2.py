@@ -16,7 +16,6 @@ import json
 import numbers
 import os
 import re
-import shlex
 import stat
 import time
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from virnucpro.encoders import (FAST_COMPILED, compiled, describe_load_error, de
 from virnucpro.encoders.batching import (TokenStream, check_token_ids, for_attention, pack, packed_attention,
                                          pooled_mean, to_device)
 from virnucpro.console import info, warn
-from virnucpro.errors import InterruptedByUser, ModelsError, VirnucproError, open_file_limit
+from virnucpro.errors import shell_word, InterruptedByUser, ModelsError, VirnucproError, open_file_limit
 from virnucpro.models import store
 from virnucpro.outdir import folder_lock, is_regular
 
@@ -487,7 +486,7 @@ def _copy_writer(directory: Path) -> str:
     `models tiny` writes without a copy) an fp16 run on them, which writes the copy first."""
     if store.is_tiny_folder(directory):
         return (f"an fp16 run on these tiny test models, e.g. `virnucpro run FASTA --models "
-                f"{shlex.quote(str(directory))} --precision fp16 --outdir OUT`")
+                f"{shell_word(str(directory))} --precision fp16 --outdir OUT`")
     return f"`{store.download_command(directory, ['esm2'])}`"
 
 
@@ -501,7 +500,7 @@ def _fp16_copy_for(checkpoint: Path) -> Path | None:
     if unreadable is not None:  # another user's: never replaced from here
         _say_once(f"ESM-2: loading {checkpoint} at fp16; the fp16 copy {unreadable} cannot be read by "
                   f"this user, so it is not used: its owner can make it readable like the .pt with "
-                  f"`chmod --reference={shlex.quote(str(checkpoint))} {shlex.quote(str(unreadable))}`")
+                  f"`chmod --reference={shell_word(str(checkpoint))} {shell_word(str(unreadable))}`")
         return None
     cache = store.HashCache(home.directory)
     copy, problem = store.trusted_fp16_copy(home, cache)

@@ -58,7 +58,6 @@ import json
 import os
 import pickletools
 import re
-import shlex
 import sys
 import tempfile
 import zipfile
@@ -69,7 +68,7 @@ from stat import S_IMODE, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
-from virnucpro.errors import (NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
+from virnucpro.errors import (shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
                               InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, name_too_long,
                               path_too_long, printable, stop_signals_deferred)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
@@ -234,17 +233,17 @@ def download_command(directory: Path, roles: Iterable[str] | None = None, mirror
     """The command that fetches `roles` (all when several or none) into `directory` (from `mirror`,
     the --mirror a site downloads through, if any)."""
     roles = list(roles or [])
-    command = f"virnucpro models download --dest {shlex.quote(str(directory))}"
+    command = f"virnucpro models download --dest {shell_word(str(directory))}"
     if len(roles) == 1:
         command += f" --only {roles[0]}"
     if mirror:
-        command += f" --mirror {shlex.quote(mirror)}"
+        command += f" --mirror {shell_word(mirror)}"
     return command
 
 
 def tiny_command(directory: Path) -> str:
     """The command that writes the tiny test models into `directory` again."""
-    return f"virnucpro models tiny {shlex.quote(str(directory))}"
+    return f"virnucpro models tiny {shell_word(str(directory))}"
 
 
 def is_tiny_folder(directory: Path) -> bool:
@@ -1372,12 +1371,12 @@ def _no_such_folder(directory: Path, roles: list[str] | None) -> ModelsError:
     name pointed out (never stripped: a folder name may end in a space)."""
     variable = _variable_naming(directory)
     origin = ("" if variable is None else " (from VIRNUCPRO_MODELS)" if variable == str(directory)
-              else f" (VIRNUCPRO_MODELS={shlex.quote(variable)})")
+              else f" (VIRNUCPRO_MODELS={shell_word(variable)})")
     hint = download_command(directory, roles)
     if variable is None and _is_default_folder(directory):  # nothing named it: maybe the models are elsewhere
         hint = (f"name the folder that holds the models (--models DIR, or VIRNUCPRO_MODELS=DIR; in a container, a "
                 f"folder mounted into it), or download them into this default folder: {hint}")
-    return ModelsError(f"models directory {shlex.quote(str(directory))}{origin} does not exist"
+    return ModelsError(f"models directory {shell_word(str(directory))}{origin} does not exist"
                        f"{_whitespace_note(directory, variable)}", hint=hint)
 
 
@@ -1434,7 +1433,7 @@ def _move_first(foreign: list[Path], command: str) -> str:
     hint never names a command that refuses the folder as it is)."""
     if not foreign:
         return command
-    return (f"move {', '.join(shlex.quote(str(p)) for p in foreign)} out of the models folder "
+    return (f"move {', '.join(shell_word(str(p)) for p in foreign)} out of the models folder "
             f"(virnucpro never replaces a file it did not write, nor one the published model lacks, "
             f"nor anything that is no plain file), "
             f"then run `{command}`")
@@ -1571,14 +1570,14 @@ def check(directory: Path | None = None) -> None:
     """
     directory, statuses = scan(directory, ROLES, full=True, where=CHECK_ARGUMENT)
     _note_fp16_copy(statuses)
-    info(f"models directory: {shlex.quote(str(directory))}"
+    info(f"models directory: {shell_word(str(directory))}"
          + ("" if (directory / MANIFEST).is_file() else " (no manifest.json: standard file names)"))
     refused = [message for s in statuses if (message := _report_role(s)) is not None]
     if any(s.tiny for s in statuses if not s.missing):
         warn("these are tiny random models for tests: their predictions mean nothing")
     problem = problems(directory, statuses)
     if problem is not None:
-        raise in_progress(directory, rerun=f"`virnucpro models check {shlex.quote(str(directory))}`") or problem
+        raise in_progress(directory, rerun=f"`virnucpro models check {shell_word(str(directory))}`") or problem
     if refused:
         raise ModelsError("classifier refused by the restricted loader: " + "; ".join(refused),
                           hint=fix_command(directory))
