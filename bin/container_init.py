@@ -25,6 +25,10 @@ import sys
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 PYTHON_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)  # Python ignores these two; a command must not inherit that
+# virnucpro's stop signals, which it holds back until its handlers are in place (virnucpro/entry.py
+# blocks them on its first line): blocked from the exec on, so that a stop in the tenths of a second
+# Python takes to start (more in a container) waits for them too, and ends the run with exit 6, not 143
+VIRNUCPRO_STOPS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
 
 def forward(signum: int, _frame) -> None:
@@ -45,12 +49,18 @@ def cannot_run(command: list[str], exc: OSError) -> int:
     return 127 if isinstance(exc, FileNotFoundError) else 126
 
 
+def held_back(command: list[str]) -> tuple[signal.Signals, ...]:
+    """The signals `command` starts with blocked: virnucpro's stops when it is virnucpro, else none."""
+    return VIRNUCPRO_STOPS if os.path.basename(command[0]) == "virnucpro" else ()
+
+
 def start(command: list[str]) -> int:
     """The command's process. Its signal dispositions are those this process was given (a caught
     one is reset by exec; one inherited as ignored, SIGHUP under nohup, stays ignored), except the
-    two Python ignores on its own."""
+    two Python ignores on its own; virnucpro starts with its stop signals held back."""
     try:
-        return os.posix_spawnp(command[0], command, os.environ, setsigdef=PYTHON_IGNORED)
+        return os.posix_spawnp(command[0], command, os.environ, setsigdef=PYTHON_IGNORED,
+                               setsigmask=held_back(command))
     except OSError as exc:
         sys.exit(cannot_run(command, exc))
 
@@ -97,6 +107,7 @@ def main(argv: list[str]) -> int:
     if os.getpid() != 1:
         for signum in PYTHON_IGNORED:
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held_back(argv))
         try:
             os.execvp(argv[0], argv)
         except OSError as exc:

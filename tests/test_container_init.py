@@ -160,3 +160,29 @@ def test_options_alone_go_to_virnucpro(in_namespace, option, said):
     done = subprocess.run([*prefix, sys.executable, str(INIT), *option.split()], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PATH": path})
     assert done.returncode == 0 and said in done.stdout, done
+
+
+def _blocked(status: str) -> set[int]:
+    """The signals a /proc/PID/status text says are blocked (SigBlk, a hexadecimal bit mask)."""
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
+@pytest.mark.parametrize("as_pid_one", [True, False])
+def test_virnucpro_starts_with_its_stop_signals_held_back_and_other_commands_with_none(tmp_path, as_pid_one):
+    """A review's case: a `docker stop` in the first tenth of a second, while Python started, killed
+    virnucpro (143) before its first line could hold the stop back (virnucpro/entry.py): it now starts
+    with them blocked, and ends with exit 6 once its handlers are in place. Other commands (the
+    shell Nextflow runs) start with nothing blocked, as before."""
+    prefix = _namespace_or_skip() if as_pid_one else []
+    stand_in = tmp_path / "bin" / "virnucpro"
+    stand_in.parent.mkdir()
+    stand_in.write_text("#!/bin/sh\nexec cat /proc/self/status\n")
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in.parent}:{os.environ['PATH']}"}
+    for command, held in ((["virnucpro", "run"], {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}),
+                          (["cat", "/proc/self/status"], set())):
+        done = subprocess.run([*prefix, sys.executable, str(INIT), *command], capture_output=True, text=True,
+                              env=env, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert _blocked(done.stdout) == held, (command, done.stdout)
