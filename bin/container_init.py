@@ -43,9 +43,15 @@ def forward(signum: int, _frame) -> None:
 forward.received = 0  # the last stop signal received
 
 
+VIRNUCPRO_COMMANDS = ("prepare", "embed", "predict", "run", "models")
+
+
 def cannot_run(command: list[str], exc: OSError) -> int:
-    """A shell's message and exit code for a command that cannot start (127: not found)."""
+    """A shell's message and exit code for a command that cannot start (127: not found); a command
+    of virnucpro's given alone (`docker run IMAGE run x.fa`) is named with the program."""
     print(f"container_init: cannot run {command[0]}: {exc.strerror}", file=sys.stderr, flush=True)
+    if isinstance(exc, FileNotFoundError) and command[0] in VIRNUCPRO_COMMANDS:
+        print(f"  fix: name the program: docker run IMAGE virnucpro {command[0]} ...", file=sys.stderr, flush=True)
     return 127 if isinstance(exc, FileNotFoundError) else 126
 
 

@@ -186,3 +186,13 @@ def test_virnucpro_starts_with_its_stop_signals_held_back_and_other_commands_wit
                               env=env, timeout=30)
         assert done.returncode == 0, done.stderr
         assert _blocked(done.stdout) == held, (command, done.stdout)
+
+
+def test_a_command_of_virnucpro_given_alone_is_named_with_the_program():
+    """A review's case: `docker run IMAGE run x.fa` said only 'cannot run run' (options alone go to
+    virnucpro; a command name does not, as it may be any program of the image)."""
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no virnucpro and no program named `run` on it
+    done = subprocess.run([sys.executable, str(INIT), "run", "x.fa"], capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert done.returncode == 127 and "cannot run run" in done.stderr, done.stderr
+    assert "fix: name the program: docker run IMAGE virnucpro run ..." in done.stderr, done.stderr
