@@ -123,8 +123,10 @@ def test_a_fastq_record_inside_fasta_is_said_and_its_line_named(tmp_path, run_cl
 
 @pytest.mark.parametrize("data, name, command", [
     (b"\x04\x22\x4d\x18" + bytes(64), "lz4", "lz4 -d"),
+    (b"\x02\x21\x4c\x18" + bytes(64), "lz4", "lz4 -d"),  # lz4 -l, the legacy format (a review's case)
+    (b"\x50\x2a\x4d\x18" + bytes(64), "zstd", "zstd -d"),  # pzstd's skippable frame first (a review's case)
     (lzma.compress(b">r\nACGT\n", format=lzma.FORMAT_ALONE), "lzma", "xz --format=lzma -d"),
-], ids=["lz4", "lzma"])
+], ids=["lz4", "lz4-legacy", "pzstd", "lzma"])
 def test_lz4_and_legacy_lzma_are_named_with_the_command_that_reads_them(tmp_path, run_cli, data, name, command):
     path = tmp_path / "reads.fa.x"
     path.write_bytes(data)
@@ -151,3 +153,51 @@ def test_a_plus_line_naming_another_record_is_refused(tmp_path, monkeypatch, hea
     else:
         assert isinstance(result, str) and "'r1'" in result and "line 27" in result, result
         assert f"'{plus.rstrip()}'" in result, result
+
+
+def test_a_compression_not_read_on_standard_input_is_answered_with_a_pipe(tmp_path):
+    """A review's case: zstd on standard input was told `zstd -d -` and `zstd -dc - | virnucpro prepare -`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
+                          input=b"\x28\xb5\x2f\xfd" + bytes(64), capture_output=True, timeout=120)
+    message = done.stderr.decode()
+    said = " ".join(message.split())
+    assert done.returncode == 3 and "zstd-compressed" in said, message
+    assert "decompress it in the pipe: ... | zstd -dc | virnucpro prepare - ..." in said and "-d -" not in said, message
+
+
+def _bgzf(path: Path, text: bytes) -> list[int]:
+    """`text` written as a BGZF file (bgzip's format, blocks of 64 KiB or less, then the empty end
+    block); the offsets at which its blocks start (Biopython's writer, as bgzip writes them)."""
+    from Bio import bgzf
+
+    with bgzf.BgzfWriter(str(path), "wb") as writer:
+        writer.write(text)
+    with open(path, "rb") as handle:
+        return [start for start, *_ in bgzf.BgzfBlocks(handle)]
+
+
+def test_a_bgzf_file_cut_at_a_block_end_is_refused_not_read_as_whole(tmp_path, run_cli):
+    """A review's case: bgzip (or samtools) stopped midway leaves whole blocks without BGZF's end
+    block; gzip reads that as a complete file, and the records after the cut were lost without a word
+    (the record at the cut shortened). A whole BGZF file, and one followed by a plain gzip member, are
+    read whole."""
+    import gzip
+
+    text = "".join(f">contig{i}\n{'ACGTTGCA' * 2000}\n" for i in range(12)).encode()
+    whole = tmp_path / "whole.fa.gz"
+    starts = _bgzf(whole, text)
+    assert len(starts) > 3
+    cut = tmp_path / "cut.fa.gz"
+    cut.write_bytes(whole.read_bytes()[:starts[2]])
+    for given in (cut,):
+        code, message = run_cli("prepare", given, "--outdir", tmp_path / "refused")
+        assert code == 3 and "truncated BGZF (bgzip) file" in message and "end-of-file block" in message, message
+        assert not (tmp_path / "refused").exists()
+    appended = tmp_path / "appended.fa.gz"
+    appended.write_bytes(whole.read_bytes() + gzip.compress(b">extra\nACGTACGT\n"))
+    for given, records in ((whole, 12), (appended, 13)):
+        code, message = run_cli("prepare", given, "--outdir", tmp_path / given.stem)
+        assert code == 0 and f"prepared {records} sequences" in message, message

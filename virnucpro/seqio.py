@@ -68,8 +68,9 @@ class Record:
 
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LZ4_MAGIC = b"\x04\x22\x4d\x18"
+# zstd's frame magic, or a skippable frame first (pzstd starts with one: 0x184D2A5X, X = 0..F)
+ZSTD_MAGIC = (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + low]) + b"\x2a\x4d\x18" for low in range(16)))
+LZ4_MAGIC = (b"\x04\x22\x4d\x18", b"\x02\x21\x4c\x18")  # lz4's frame format, and its legacy one (lz4 -l)
 # a legacy .lzma file (lzma_alone) has no magic: it starts with its properties byte, 0x5d for every
 # preset, then its dictionary size, a multiple of 64 KiB, little-endian: two zero bytes first
 LZMA_ALONE_START = b"\x5d\x00\x00"
@@ -80,6 +81,12 @@ UNREAD_COMPRESSIONS = (
     (LZMA_ALONE_START, "lzma-compressed (the legacy .lzma format, not xz)", "xz --format=lzma"),
 )
 STDIN = "-"  # an input path that means standard input (read once, as it is streamed)
+
+
+def _is_bgzf_member(start: bytes) -> bool:
+    """Whether a gzip member starting with `start` is a BGZF block (its extra field's first subfield
+    is 'BC', as htslib checks); a start cut shorter than its header is taken for plain gzip."""
+    return start[:4] == b"\x1f\x8b\x08\x04" and start[12:14] == b"BC"
 
 
 def _decompressor(kind: str):
@@ -139,9 +146,10 @@ def _compression(head: bytes, path: Path) -> str:
     for magic, what, tool in UNREAD_COMPRESSIONS:
         if head.startswith(magic):
             quoted = shell_word(str(path))
+            fix = (f"decompress it in the pipe: ... | {tool} -dc | virnucpro prepare - ..." if str(path) == STDIN else
+                   f"decompress it first ({tool} -d {quoted}), or on the fly: {tool} -dc {quoted} | virnucpro prepare - ...")
             raise BadInputError(f"{path} is {what}, which virnucpro does not read: not a supported compression "
-                                "(gzip, bzip2 and xz are)", f"decompress it first ({tool} -d {quoted}), or on the "
-                                f"fly: {tool} -dc {quoted} | virnucpro prepare - ...")
+                                "(gzip, bzip2 and xz are)", fix)
     if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         raise BadInputError(f"{path} is UTF-16 or UTF-32 text (it starts with that byte order mark); "
                             "virnucpro reads ASCII/UTF-8 FASTA and FASTQ",
@@ -434,19 +442,30 @@ class HashingTextStream:
             block = self._read_raw()
 
     def _decompressed_blocks(self) -> Iterator[bytes]:
-        """Multi-member gzip and multi-stream bzip2/xz are followed; NUL padding after a member ends."""
+        """Multi-member gzip and multi-stream bzip2/xz are followed; NUL padding after a member ends.
+        A BGZF file (bgzip, samtools) ends with an empty member, its end-of-file block: one whose
+        last member holds data was cut at a member's end (bgzip stopped midway), which gzip itself
+        takes for a whole file."""
         decomp, block = _decompressor(self.compression), self._pending
+        bgzf, inflated = _is_bgzf_member(block), 0
         while block:
-            yield from self._inflate(decomp, block)
+            for out in self._inflate(decomp, block):
+                inflated += len(out)
+                yield out
             if not decomp.eof:
                 block = self._read_raw()
                 continue
             block = self._after_padding(decomp.unused_data)
             if block:
-                decomp = _decompressor(self.compression)
+                decomp, bgzf, inflated = _decompressor(self.compression), _is_bgzf_member(block), 0
         if not decomp.eof:
             raise BadInputError(f"{self.path} is a truncated {self.compression} file (it ends in the "
                                 "middle of the compressed stream)", "download or copy the file again")
+        if self.compression == "gzip" and bgzf and inflated:
+            raise BadInputError(f"{self.path} is a truncated BGZF (bgzip) file: it lacks the end-of-file block "
+                                "that ends every BGZF file, so it was cut short (bgzip or samtools stopped "
+                                "midway) and records are missing", "compress it again from its source, or "
+                                "download or copy it again")
 
     def _after_padding(self, rest: bytes) -> bytes:
         """The input after a finished member and any NUL padding, however many raw blocks the padding
