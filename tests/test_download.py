@@ -277,7 +277,7 @@ def test_a_file_without_a_pin_is_never_downloaded_or_recorded(host, payloads, tm
 
 def test_offline_connection_refused(payloads, tmp_path, monkeypatch):
     monkeypatch.setattr(model_pins, "SOURCES", fake_sources(payloads))
-    with pytest.raises(ModelsError, match=r"cannot reach 127\.0\.0\.1:\d+") as info:
+    with pytest.raises(ModelsError, match=r"cannot reach the mirror 127\.0\.0\.1:\d+") as info:
         dl.download(dest=tmp_path / "m", only="classifier_300", mirror=closed_port_url())
     assert info.value.code == ExitCode.MODELS
     assert "virnucpro models download --dest" in str(info.value)
