@@ -201,3 +201,19 @@ def test_a_bgzf_file_cut_at_a_block_end_is_refused_not_read_as_whole(tmp_path, r
     for given, records in ((whole, 12), (appended, 13)):
         code, message = run_cli("prepare", given, "--outdir", tmp_path / given.stem)
         assert code == 0 and f"prepared {records} sequences" in message, message
+
+
+@pytest.mark.parametrize("raw_block", [7, 13, 1 << 20])
+def test_a_bgzf_header_split_across_reads_is_still_seen(tmp_path, run_cli, monkeypatch, raw_block):
+    """A later review's case: a block whose header began in the last bytes of one read (a pipe may give
+    a few bytes at a time) was taken for plain gzip, and a cut file passed as whole."""
+    monkeypatch.setattr(seqio, "BLOCK", raw_block)
+    text = "".join(f">contig{i}\n{'ACGTTGCA' * 2000}\n" for i in range(12)).encode()
+    whole = tmp_path / "whole.fa.gz"
+    starts = _bgzf(whole, text)
+    cut = tmp_path / "cut.fa.gz"
+    cut.write_bytes(whole.read_bytes()[:starts[2]])
+    code, message = run_cli("prepare", cut, "--outdir", tmp_path / "refused", "--threads", "1")
+    assert code == 3 and "truncated BGZF" in message, message
+    code, message = run_cli("prepare", whole, "--outdir", tmp_path / "whole", "--threads", "1")
+    assert code == 0 and "prepared 12 sequences" in message, message

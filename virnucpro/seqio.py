@@ -83,9 +83,12 @@ UNREAD_COMPRESSIONS = (
 STDIN = "-"  # an input path that means standard input (read once, as it is streamed)
 
 
+BGZF_HEADER = 18  # the bytes of a BGZF block's header, its 'BC' subfield included
+
+
 def _is_bgzf_member(start: bytes) -> bool:
     """Whether a gzip member starting with `start` is a BGZF block (its extra field's first subfield
-    is 'BC', as htslib checks); a start cut shorter than its header is taken for plain gzip."""
+    is 'BC', as htslib checks); `start` holds its header whole unless the input ends within it."""
     return start[:4] == b"\x1f\x8b\x08\x04" and start[12:14] == b"BC"
 
 
@@ -153,7 +156,7 @@ def _compression(head: bytes, path: Path) -> str:
     if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         raise BadInputError(f"{path} is UTF-16 or UTF-32 text (it starts with that byte order mark); "
                             "virnucpro reads ASCII/UTF-8 FASTA and FASTQ",
-                            f"convert it: iconv -f UTF-16 -t UTF-8 {path} | virnucpro prepare - ... "
+                            f"convert it: iconv -f UTF-16 -t UTF-8 {shell_word(str(path))} | virnucpro prepare - ... "
                             "(UTF-32 for a UTF-32 file)")
     return ("gzip" if head.startswith(GZIP_MAGIC) else "bzip2" if head.startswith(BZIP2_MAGIC)
             else "xz" if head.startswith(XZ_MAGIC) else "none")
@@ -446,7 +449,7 @@ class HashingTextStream:
         A BGZF file (bgzip, samtools) ends with an empty member, its end-of-file block: one whose
         last member holds data was cut at a member's end (bgzip stopped midway), which gzip itself
         takes for a whole file."""
-        decomp, block = _decompressor(self.compression), self._pending
+        decomp, block = _decompressor(self.compression), self._member_start(self._pending)
         bgzf, inflated = _is_bgzf_member(block), 0
         while block:
             for out in self._inflate(decomp, block):
@@ -455,7 +458,7 @@ class HashingTextStream:
             if not decomp.eof:
                 block = self._read_raw()
                 continue
-            block = self._after_padding(decomp.unused_data)
+            block = self._member_start(self._after_padding(decomp.unused_data))
             if block:
                 decomp, bgzf, inflated = _decompressor(self.compression), _is_bgzf_member(block), 0
         if not decomp.eof:
@@ -466,6 +469,16 @@ class HashingTextStream:
                                 "that ends every BGZF file, so it was cut short (bgzip or samtools stopped "
                                 "midway) and records are missing", "compress it again from its source, or "
                                 "download or copy it again")
+
+    def _member_start(self, block: bytes) -> bytes:
+        """`block`, extended by the next raw reads until it holds a member's whole BGZF header (a pipe
+        may give a few bytes at a time): whether the member is BGZF is told from its first 18 bytes."""
+        while block and len(block) < BGZF_HEADER:
+            raw = self._read_raw()
+            if not raw:
+                break
+            block += raw
+        return block
 
     def _after_padding(self, rest: bytes) -> bytes:
         """The input after a finished member and any NUL padding, however many raw blocks the padding
