@@ -745,10 +745,12 @@ def test_a_checkpoint_folder_among_the_embeddings_is_named_as_one(tmp_path, run_
                                                                   golden_embeddings):
     """A review's case: `--embeddings DIR/*` catching embed's <out>.ckpt folder was told to give
     'the files in it: DIR/x.h5.ckpt/*.h5', which a checkpoint folder never holds."""
-    leftover = tmp_path / "e" / "s.h5.ckpt"
+    import shlex
+
+    leftover = tmp_path / "e x" / "s.h5.ckpt"  # a space: the suggested glob quotes the folder
     leftover.mkdir(parents=True)
     code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings, leftover,
                             "--outdir", tmp_path / "p")
     said = " ".join(message.split())
     assert code == 3 and "it is embed's checkpoint folder, which holds no embedding file: leave it out" in said, message
-    assert f"{leftover}/*.h5" not in said, message
+    assert f"--embeddings {shlex.quote(str(leftover.parent))}/*.h5" in said and f"{leftover}/*.h5" not in said, message

@@ -36,7 +36,7 @@ from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite, non_finite_hint
-from virnucpro.errors import (OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
+from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
                               StoppedWithOutputsInPlace,
                               VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_stop,
@@ -1352,7 +1352,7 @@ def _check_output(shard: Path, out: Path) -> None:
         raise BadInputError(f"--out {out} is the input shard: writing it would destroy the shard",
                             f"write the embeddings to another file, e.g. {shard.with_suffix('.h5').name}")
     if out.is_dir():
-        raise BadInputError(f"--out {out} is a directory", f"give a file name, e.g. {out / 'shard.h5'}")
+        raise BadInputError(f"--out {out} is a directory", f"give a file name, e.g. {shell_word(str(out / 'shard.h5'))}")
     make_folder(out.parent, "the directory of --out")
 
 

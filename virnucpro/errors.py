@@ -258,9 +258,10 @@ def _escaped(character: str) -> str:
 
 
 def shell_word(text: str) -> str:
-    """`text` as one word a POSIX shell reads back as the same bytes, for the commands a message
-    suggests: shlex.quote's, or bash's $'...' where it holds a file name's bytes that are not UTF-8
-    (surrogate escapes) or control characters, which shlex would pass through as they are."""
+    """`text` as one word a shell reads back as the same bytes, for the commands a message suggests:
+    shlex.quote's (any POSIX shell), or $'...' where it holds a file name's bytes that are not UTF-8
+    (surrogate escapes) or control characters, which shlex would pass through as they are (bash,
+    zsh and ksh read $'...'; dash, Debian's sh, does not)."""
     if all(c.isprintable() for c in text):
         return shlex.quote(text)
     escaped = (chr(b) if 32 <= b < 127 and chr(b) not in "'\\" else f"\\x{b:02x}" for b in os.fsencode(text))

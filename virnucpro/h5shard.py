@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from virnucpro import __version__
-from virnucpro.errors import (BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
+from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
                               access_hint, denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import file_mode, rename_new
@@ -461,8 +461,8 @@ def _folder_hint(path: Path) -> str:
     (`<out>.ckpt`) holds none of them."""
     if path.name.endswith(".ckpt"):
         return ("it is embed's checkpoint folder, which holds no embedding file: leave it out "
-                f"(e.g. --embeddings {path.parent}/*.h5)")
-    return f"give the files in it: {path}/*.h5"
+                f"(e.g. --embeddings {shell_word(str(path.parent))}/*.h5)")
+    return f"give the files in it: {shell_word(str(path))}/*.h5"
 
 
 def read_info(path: Path) -> EmbeddingShardInfo:

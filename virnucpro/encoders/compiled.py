@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from virnucpro.errors import OutputWriteError, UsageError, home_expanded
+from virnucpro.errors import OutputWriteError, UsageError, home_expanded, shell_word
 
 TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting; triton's cache lives inside it
 CACHE_LOGGER = "torch._inductor.codecache"  # where torch reports a cache entry it cannot load or write
@@ -363,7 +363,7 @@ def _not_private(folder: Path, own: int) -> str | None:
         if info.st_uid not in (ours if level < own else above):
             return f"{part} belongs to uid {info.st_uid}"
         if writable and not (level >= own and info.st_mode & stat.S_ISVTX):
-            fix = f" (fix: chmod go-w {part})" if info.st_uid == uid else ""
+            fix = f" (fix: chmod go-w {shell_word(str(part))})" if info.st_uid == uid else ""
             return f"{part} can be written by group or others{fix}"
     return None
 
