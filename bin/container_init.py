@@ -56,8 +56,11 @@ def cannot_run(command: list[str], exc: OSError) -> int:
 
 
 def held_back(command: list[str]) -> tuple[signal.Signals, ...]:
-    """The signals `command` starts with blocked: virnucpro's stops when it is virnucpro, else none."""
-    return VIRNUCPRO_STOPS if os.path.basename(command[0]) == "virnucpro" else ()
+    """The signals `command` starts with blocked: virnucpro's stops when it is virnucpro (by name or
+    path, or `python -m virnucpro`), else none."""
+    program = os.path.basename(command[0])
+    module = program.startswith("python") and command[1:3] == ["-m", "virnucpro"]
+    return VIRNUCPRO_STOPS if program == "virnucpro" or module else ()
 
 
 def start(command: list[str]) -> int:

@@ -180,7 +180,12 @@ def test_virnucpro_starts_with_its_stop_signals_held_back_and_other_commands_wit
     stand_in.write_text("#!/bin/sh\nexec cat /proc/self/status\n")
     stand_in.chmod(0o755)
     env = {**os.environ, "PATH": f"{stand_in.parent}:{os.environ['PATH']}"}
-    for command, held in ((["virnucpro", "run"], {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}),
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
+    python = tmp_path / "bin" / "python3"  # a stand-in for `python -m virnucpro` (the README's other form)
+    python.write_text("#!/bin/sh\nexec cat /proc/self/status\n")
+    python.chmod(0o755)
+    for command, held in ((["virnucpro", "run"], stops), ([str(stand_in), "run"], stops),
+                          (["python3", "-m", "virnucpro", "run"], stops), (["python3", "-m", "other"], set()),
                           (["cat", "/proc/self/status"], set())):
         done = subprocess.run([*prefix, sys.executable, str(INIT), *command], capture_output=True, text=True,
                               env=env, timeout=30)
