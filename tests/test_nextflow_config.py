@@ -1549,7 +1549,10 @@ def test_google_batch_needs_a_gpu_type_with_device_cuda_too(groovy):
     ("nvidia-l4", "template://gpu-l4", None),
     ("nvidia-l4", None, None),  # its one-GPU G2 type by default
     ("nvidia-h100-80gb", "a3-highgpu-1g", None),
-    ("nvidia-l4", "g2-*", "nvidia-l4 comes built into g2-* machine types: give one exact type"),
+    ("nvidia-l4", "g2-standard-16,g2-standard-32", None),
+    ("nvidia-l4", "g2-*", "nvidia-l4 comes built into g2-* machine types, and EMBED asks for one GPU"),
+    ("nvidia-l4", "g2-standard-24", "give exact types with one"),  # two L4s (a later review's case)
+    ("nvidia-tesla-a100", "a2-highgpu-2g", "give exact types with one"),
     ("nvidia-tesla-a100", "n1-highmem-8", "comes built into a2-highgpu-* machine types"),
     ("nvidia-tesla-t4", "n2-highmem-8", "--google_machine_type n2-highmem-8: Compute Engine attaches nvidia-tesla-t4 "
                                         "to N1 VMs only"),
@@ -1577,7 +1580,7 @@ def test_google_batch_gpus_are_refused_where_compute_engine_cannot_attach_them(g
 @pytest.mark.parametrize("executor, profile, device, gpu_type, machine_type, asked", [
     ("google-batch", "google,gpu", "auto", "nvidia-tesla-t4", None, "n1-*"),
     ("google-batch", "google", "cuda", "nvidia-tesla-v100", None, "n1-*"),
-    ("google-batch", "google,gpu", "auto", "nvidia-l4", None, "g2-standard-12"),
+    ("google-batch", "google,gpu", "auto", "nvidia-l4", None, "g2-standard-12,g2-standard-16,g2-standard-32"),
     ("google-batch", "google,gpu", "auto", "nvidia-h100-80gb", None, "a3-highgpu-1g"),
     ("google-batch", "google,gpu", "auto", "nvidia-l4", "template://gpu-l4", "template://gpu-l4"),
     ("google-batch", "google", "auto", "nvidia-l4", None, None),  # on the CPU: the cheapest VM that fits

@@ -1034,8 +1034,8 @@ def checkGoogleGpuType(gpuType, String device, machineType) {
             error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: Compute Engine attaches ${gpuType} to N1 VMs only: give N1 types (e.g. n1-highmem-8, n1-*, or a custom N1 type custom-8-53248), or leave --google_machine_type out (n1-*)")
         }
     } else if (builtIn) {
-        if (machineType && !(machineType.startsWith(builtIn[0]) && !machineType.contains('*') && !machineType.contains(','))) {
-            error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: ${gpuType} comes built into ${builtIn[0]}* machine types: give one exact type with one GPU (e.g. ${builtIn[1]}, the default), leave --google_machine_type out, ${template}")
+        if (machineType && !families.every { type -> type ==~ builtIn[2] }) {
+            error("${run} --gpu_type ${gpuType} --google_machine_type ${machineType}: ${gpuType} comes built into ${builtIn[0]}* machine types, and EMBED asks for one GPU: give exact types with one (the default: ${builtIn[1]}), leave --google_machine_type out, ${template}")
         }
     } else if (!machineType) {
         error("${run} --gpu_type ${gpuType}: the machine type that GPU attaches to or comes with is not known here (known: ${(googleAttachableGpus() + googleBuiltInGpus().keySet()).join(', ')}): give --google_machine_type, one exact type with one such GPU, ${template}")
@@ -1048,11 +1048,14 @@ def googleAttachableGpus() {
 }
 
 // The GPU types that come built into accelerator-optimized machine types: [the family's prefix, the
-// one-GPU type EMBED asks for by default (8 CPUs and 48 GB fit it)]; conf/base.config's machineType
-// holds the same defaults.
+// one-GPU types EMBED asks for by default (the cheapest that fits its CPUs and memory is taken: a
+// retry with more memory takes a larger one where there is one), the names of those with one GPU];
+// conf/base.config's machineType holds the same defaults.
 def googleBuiltInGpus() {
-    return ['nvidia-l4': ['g2-', 'g2-standard-12'], 'nvidia-tesla-a100': ['a2-highgpu-', 'a2-highgpu-1g'],
-            'nvidia-a100-80gb': ['a2-ultragpu-', 'a2-ultragpu-1g'], 'nvidia-h100-80gb': ['a3-highgpu-', 'a3-highgpu-1g']]
+    return ['nvidia-l4': ['g2-', 'g2-standard-12,g2-standard-16,g2-standard-32', /g2-standard-(4|8|12|16|32)/],
+            'nvidia-tesla-a100': ['a2-highgpu-', 'a2-highgpu-1g', /a2-highgpu-1g/],
+            'nvidia-a100-80gb': ['a2-ultragpu-', 'a2-ultragpu-1g', /a2-ultragpu-1g/],
+            'nvidia-h100-80gb': ['a3-highgpu-', 'a3-highgpu-1g', /a3-highgpu-1g/]]
 }
 
 // Whether SLURM says it has no partition `part` ("Partition X not found"); any other failure of
