@@ -19,9 +19,8 @@ not counted; best of --repeats, runs interleaved):
 * original pattern: DNABERT-S one sequence per forward (tokenize one, `DnabertSEncoder.embed` on one)
   then ESM-2 through fair-esm's own `ESM2` on `FastaBatchedDataset.get_batch_indices(2048,
   extra_toks_per_seq=1)` batches (bench_encoders.esm_original); no deduplication, compute only.
-* checkpoint overhead: embed with checkpoints effectively off (checkpoint_every > shard,
-  checkpoint_seconds 1e9) vs the default; skipped, with a note, when --records is at most the
-  checkpoint interval (2000): both variants would then be the same run.
+* checkpoint overhead: embed writing no checkpoint part at all (its parts are dropped, not queued)
+  vs the default, which writes one every 2000 records and one at the end.
 
 Every repeat's embed outputs are compared with that repeat's original-pattern vectors
 (benchmarks/conditions.py: fp32 max |diff| <= 1e-4, fp16/bf16 min cosine >= 0.999); a disagreement
@@ -40,6 +39,7 @@ random weights, fp16 by default; it refuses to run on the CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import re
 import shutil
@@ -49,6 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -149,10 +150,13 @@ def n_params(module: torch.nn.Module, skip: str) -> int:
 
 def run_embed(shard: Path, out: Path, models: Path, device: str, precision: str,
               checkpoint_every: int, checkpoint_seconds: float, threads: int | None,
-              keep: bool = False) -> tuple[float, str]:
-    """Seconds of one `embed` call, and its summary log line ("computed ... padding ...")."""
+              keep: bool = False, parts: bool = True) -> tuple[float, str]:
+    """Seconds of one `embed` call, and its summary log line ("computed ... padding ...");
+    `parts=False`: no checkpoint part is written (each is dropped instead of queued)."""
     out.unlink(missing_ok=True)
-    with console.err.capture() as captured:
+    with console.err.capture() as captured, contextlib.ExitStack() as stack:
+        if not parts:
+            stack.enter_context(mock.patch.object(embed_mod.CheckpointStore, "save", lambda *args, **kwargs: None))
         t0 = time.perf_counter()
         embed_mod.embed(shard, out, models=models, checkpoint_dir=out.parent / (out.stem + ".ckpt"),
                         device=device, precision=precision, checkpoint_every=checkpoint_every,
@@ -218,11 +222,6 @@ class Bench:
     dnabert: DnabertSEncoder = None
     real_tokens: int = 0
     failures: list = field(default_factory=list)
-
-    @property
-    def overhead_measurable(self) -> bool:
-        """Whether a default run writes a checkpoint part at all (else both variants are one run)."""
-        return len(self.records) > DEFAULT_EVERY
 
 
 def spread(times: list[float]) -> str:
@@ -308,21 +307,20 @@ def run_variants(bench: Bench, rep: int, times: dict, summaries: dict) -> list[s
     """This repeat's embed runs (order alternates between repeats); returns the variants run, whose
     outputs are kept for the check when the original pattern runs."""
     variants = ["embed", "off"] if rep % 2 == 0 else ["off", "embed"]
-    if bench.args.skip_overhead or not bench.overhead_measurable:
+    if bench.args.skip_overhead:
         variants = ["embed"]
     for variant in variants:
-        every, seconds = ((DEFAULT_EVERY, DEFAULT_SECONDS) if variant == "embed"
-                          else (len(bench.records) + 1, 1e9))
         elapsed, summaries[variant] = run_embed(bench.shard, bench.work / f"{variant}.h5", bench.models,
-                                                bench.args.device, bench.precision, every, seconds,
-                                                bench.args.threads, keep=not bench.args.skip_original)
+                                                bench.args.device, bench.precision, DEFAULT_EVERY, DEFAULT_SECONDS,
+                                                bench.args.threads, keep=not bench.args.skip_original,
+                                                parts=variant == "embed")
         times[variant].append(elapsed)
         print(f"  run {rep + 1} {LABELS[variant]:32s} {elapsed:8.2f} s  "
               f"{len(bench.records) / elapsed:8.1f} records/s", flush=True)
     return variants
 
 
-LABELS = {"embed": "embed (checkpoints every 2000)", "off": "embed (checkpoints off)"}
+LABELS = {"embed": "embed (checkpoints every 2000)", "off": "embed (no checkpoint part)"}
 
 
 def check_run(bench: Bench, rep: int, variants: list[str], original: tuple) -> None:
@@ -385,20 +383,15 @@ def print_ratio(bench: Bench, times: dict, summaries: dict) -> None:
 
 
 def print_overhead(bench: Bench, times: dict) -> None:
-    """The checkpoint overhead (default vs off) and the direct cost of one part; skipped, with a
-    note, when the default run writes no part (--records <= the interval)."""
+    """The checkpoint overhead (the default's parts vs none) and the direct cost of one part."""
     if bench.args.skip_overhead:
-        return
-    if not bench.overhead_measurable:
-        print(f"checkpoint overhead: skipped: --records {len(bench.records):,} <= the checkpoint interval "
-              f"({DEFAULT_EVERY:,}), so the default run writes no part and both variants are the same run")
         return
     t_embed, t_off = min(times["embed"]), min(times["off"])
     print(f"checkpoint overhead: {t_embed / t_off - 1:+.1%} (default every {DEFAULT_EVERY} records: best "
-          f"{t_embed:.2f} s; off: {spread(times['off'])}; target <= 3%)")
+          f"{t_embed:.2f} s; no part: {spread(times['off'])}; target <= 3%)")
     per_part = checkpoint_write_cost(bench.work / "ckpt_probe", DEFAULT_EVERY,
                                      (bench.dnabert.width, bench.esm_model.embed_dim))
-    n_parts = -(-len(bench.records) // DEFAULT_EVERY)
+    n_parts = -(-len(bench.records) // DEFAULT_EVERY)  # one per window, the last (partial) one included
     print(f"  direct cost: {per_part * 1e3:.1f} ms per checkpoint part of {DEFAULT_EVERY} records "
           f"x {n_parts} parts = {per_part * n_parts / t_embed:.2%} of the embed time")
     if len(times["off"]) > 1 and len(times["embed"]) > 1:

@@ -271,7 +271,7 @@ def bench_esm(args, size, device, dtype, budget, proteins, failures):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=DTYPES, default="fp32")
     ap.add_argument("--real-size", action="store_true", help="DNABERT-S and ESM-2 3B real shapes")
     ap.add_argument("--n", type=conditions.positive_int, default=200, help="ORFs in the workload")
@@ -294,6 +294,8 @@ def main(argv=None) -> int:
     PEAK_TFLOPS = args.peak_tflops
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU visible")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     budget = args.budget or (65536 if device.type == "cuda" else 2048)
     size = SIZES["real" if args.real_size else "small"]

@@ -1048,11 +1048,23 @@ def print_skipped(skipped: list[dict]) -> None:
 
 # --- sections and main ---------------------------------------------------------------------------------------
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1, refused at once (a bad size found at the embed section
+    would have cost the GPU minutes of the sections before it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def options(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="every section and path on the CPU with tiny models (GPU-only kernels excepted: see the docstring)")
     ap.add_argument("--peak-tflops", type=float, help="peak for MFU (default: NVIDIA spec by device name)")
-    ap.add_argument("--records", type=int, help="records of the embed() shard (default 10,000)")
+    ap.add_argument("--records", type=_positive, help="records of the embed() shard (default 10,000)")
     ap.add_argument("--time-guard", type=float, default=330.0,
                     help="skip steps that would start after this many seconds (default 330)")
     ap.add_argument("--hard-limit", type=float, default=450.0,
@@ -1246,7 +1258,7 @@ def main(argv=None) -> int:
     128 + N when signal N (SIGTERM, SIGHUP) stopped the run."""
     args = options(argv)
     plan = SMOKE if args.cpu_smoke else REAL
-    if args.records:
+    if args.records is not None:
         plan = Plan(**{**asdict(plan), "records": args.records})
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no GPU visible: run on a GPU machine, or use --cpu-smoke")

@@ -113,12 +113,31 @@ def test_embed_check_every_repeat(monkeypatch, capsys):
     assert "FAILED: embed run 2" in out and "FAILED: embed run 1" not in out
 
 
-def test_embed_overhead_skipped_when_no_checkpoint_falls(capsys):
-    """--records <= the checkpoint interval: both variants would be the same run; no figure."""
-    assert _load("bench_embed").main(["--records", "3", "--repeats", "1", "--skip-original"]) == 0
+def test_embed_overhead_compares_the_default_parts_with_none(monkeypatch, capsys):
+    """A review's case: the 'checkpoints off' run still wrote a part at its end (the last window's),
+    so the overhead compared two parts with one. The run without parts writes none; the default
+    writes one even below the interval (its last window)."""
+    from virnucpro.embed import CheckpointStore
+
+    saved, original = [], CheckpointStore.save
+    monkeypatch.setattr(CheckpointStore, "save", lambda self, *args, **kwargs: (saved.append(1),
+                                                                                original(self, *args, **kwargs)))
+    bench = _load("bench_embed")
+    calls, real = [], bench.run_embed
+
+    def counted(*args, **kwargs):
+        before = len(saved)
+        result = real(*args, **kwargs)
+        calls.append((kwargs.get("parts", True), len(saved) - before))
+        return result
+
+    monkeypatch.setattr(bench, "run_embed", counted)
+    assert bench.main(["--records", "3", "--repeats", "1", "--skip-original"]) == 0
     out = capsys.readouterr().out
-    assert "checkpoint overhead: skipped" in out and "checkpoints off" not in out
+    assert "checkpoint overhead: " in out and "skipped" not in out and "no part:" in out, out
     assert "WARNING: --repeats 1" in out
+    assert {writes for parts, writes in calls if not parts} == {0}, calls
+    assert all(writes >= 1 for parts, writes in calls if parts), calls
 
 
 # ---------------------------------------------------------------- bench_h5, bench_prepare, helpers
@@ -133,9 +152,19 @@ def test_h5_refuses_sizes_that_measure_nothing(argv, capsys):
 
 
 def test_h5_prints_the_load(capsys):
-    _load("bench_h5").main(["--rows", "5", "--repeats", "1"])
+    assert _load("bench_h5").main(["--rows", "5", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "load at start" in out and "load at end" in out and "plain read" in out
+
+
+def test_h5_exits_1_when_the_checked_read_gives_other_rows(monkeypatch, capsys):
+    """A review's case: the benchmark timed h5shard's reads without checking what they gave; an
+    iter_rows that read nothing was '0.00x the plain read', exit 0."""
+    from virnucpro import h5shard
+
+    monkeypatch.setattr(h5shard, "iter_rows", lambda *args, **kwargs: iter(()))
+    assert _load("bench_h5").main(["--rows", "5", "--repeats", "1"]) == 1
+    assert "FAILED" in capsys.readouterr().out
 
 
 def test_prepare_baseline_is_best_of_n_and_rss_is_the_largest_process(capsys):
@@ -144,6 +173,17 @@ def test_prepare_baseline_is_best_of_n_and_rss_is_the_largest_process(capsys):
     out = capsys.readouterr().out
     assert "pure Python : " in out and out.count("(best of 2)") == 2 and "as FASTQ    : " in out
     assert "largest process" in out and "load at end" in out
+
+
+def test_prepare_checks_the_10x_run_too(monkeypatch):
+    """A review's case: the 10x run gave the amortised rate and the memory row, and nothing it
+    wrote was checked (a command that did nothing gave '94.5x')."""
+    bench = _load("bench_prepare")
+    real = bench.shard_records
+    monkeypatch.setattr(bench, "shard_records", lambda outdir: [] if outdir.name == "ours_big" else real(outdir))
+    with pytest.raises(SystemExit) as void:
+        bench.main(["--reads", "20", "--repeats", "1", "--writer-lines", "100"])
+    assert "10x run: pure-Python and virnucpro ORF records differ" in str(void.value)
 
 
 def test_load_warning_when_load_exceeds_the_cores(monkeypatch, capsys):
