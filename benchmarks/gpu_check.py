@@ -95,7 +95,9 @@ import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import conditions  # noqa: E402  (standard library and numpy: the GPU machine has them)
 from virnucpro import console  # noqa: E402
 from virnucpro import embed as embed_mod  # noqa: E402
 from virnucpro.classifier import MLPClassifier  # noqa: E402
@@ -1048,23 +1050,11 @@ def print_skipped(skipped: list[dict]) -> None:
 
 # --- sections and main ---------------------------------------------------------------------------------------
 
-def _positive(text: str) -> int:
-    """argparse type: a whole number >= 1, refused at once (a bad size found at the embed section
-    would have cost the GPU minutes of the sections before it)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
-
-
 def options(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="every section and path on the CPU with tiny models (GPU-only kernels excepted: see the docstring)")
     ap.add_argument("--peak-tflops", type=float, help="peak for MFU (default: NVIDIA spec by device name)")
-    ap.add_argument("--records", type=_positive, help="records of the embed() shard (default 10,000)")
+    ap.add_argument("--records", type=conditions.positive_int, help="records of the embed() shard (default 10,000)")
     ap.add_argument("--time-guard", type=float, default=330.0,
                     help="skip steps that would start after this many seconds (default 330)")
     ap.add_argument("--hard-limit", type=float, default=450.0,
