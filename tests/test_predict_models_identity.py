@@ -147,9 +147,75 @@ def test_manifest_that_cannot_tell_is_not_checked(tiny_models, tmp_path, predict
     assert (outdir / "run_info.json").is_file()
 
 
-def test_given_classifier_is_not_checked(tiny_models, models_copy, tmp_path, run_cli, golden_prepared,
-                                         golden_embeddings):
-    """A --classifier given by the user takes no models folder's identity: not compared."""
+@pytest.fixture(scope="module")
+def other_tiny_models(tmp_path_factory) -> Path:
+    """A second tiny model set, of another seed: the same widths, other weights and checksums."""
+    from virnucpro.models import tiny
+
+    directory = tmp_path_factory.mktemp("other") / "tiny"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "TINY_SEED", tiny.TINY_SEED + 1)
+        tiny.make_tiny(directory)
+    return directory
+
+
+@pytest.fixture
+def no_default_models(tmp_path, monkeypatch):
+    """No models folder but the ones a test names (no VIRNUCPRO_MODELS, an empty data directory)."""
+    monkeypatch.delenv("VIRNUCPRO_MODELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+def test_a_given_classifier_of_other_encoders_is_refused(other_tiny_models, tiny_models, tmp_path, run_cli,
+                                                          golden_prepared, golden_embeddings, no_default_models):
+    """A hostile reviewer's case: the classifier of another model set (its folder's manifest records it)
+    fits the widths, and scored the shards with no word; exit 5 naming both sides, with or without --models."""
+    assert store.recorded_identity(other_tiny_models, "esm2") != store.recorded_identity(tiny_models, "esm2")
+    classifier = other_tiny_models / "500_model_tiny.pth"
+    for models in ([], ["--models", tiny_models]):
+        outdir = tmp_path / f"out{len(models)}"
+        code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                                "--outdir", outdir, "--classifier", classifier, *models)
+        assert code == 5, message
+        for part in (str(classifier), f"the models folder {other_tiny_models}", str(golden_embeddings[0]),
+                     store.recorded_identity(other_tiny_models, "esm2")[:12], "embed them again"):
+            assert part in message, (part, message)
+        assert not any((outdir / output).exists() for output in OUTPUTS)
+
+
+def test_run_refuses_a_given_classifier_of_other_encoders(other_tiny_models, tiny_models, tmp_path, run_cli,
+                                                           no_default_models):
+    """`run --models A --classifier B/...`: the shards it embeds with A are not scored by B's classifier."""
+    (tmp_path / "a.fa").write_text(">a\n" + "ATGAAACCCGGGTTTTAA" * 40 + "\n")
+    code, message = run_cli("run", tmp_path / "a.fa", "--outdir", tmp_path / "out", "--models", tiny_models,
+                            "--classifier", other_tiny_models / "500_model_tiny.pth", "--device", "cpu")
+    assert code == 5, message
+    for part in (f"belongs to the models folder {other_tiny_models}", f"the models folder {tiny_models}, which this run "
+                 "embeds with", "leave --classifier out"):
+        assert part in message, (part, message)
+    assert "embedded" not in message, message  # refused at start-up, before any embedding
+    assert not any((tmp_path / "out" / output).exists() for output in OUTPUTS)
+
+
+def test_a_given_classifier_recorded_nowhere_is_taken(tiny_models, models_copy, tmp_path, run_cli, golden_prepared,
+                                                      golden_embeddings, no_default_models):
+    """The user's own classifier (no manifest records it) tells no encoders: scored, even beside a
+    models folder whose encoders differ."""
+    from test_error_paths_outdir import leaning_classifier
+
+    manifest = _manifest(models_copy)
+    _record(manifest, "esm2", "esm2_tiny.pt", OTHER_DIGEST)
+    _write_manifest(models_copy, manifest)
+    (tmp_path / "mine").mkdir()
+    classifier = leaning_classifier(tiny_models, tmp_path / "mine" / "500_model_tiny.pth")
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "out", "--classifier", classifier, "--models", models_copy)
+    assert code == 0, message
+
+
+def test_a_classifier_one_of_its_sets_matches_is_taken(tiny_models, models_copy, tmp_path, run_cli, golden_prepared,
+                                                        golden_embeddings):
+    """The same classifier recorded by two folders, one of them with the shards' encoders: scored."""
     manifest = _manifest(models_copy)
     _record(manifest, "esm2", "esm2_tiny.pt", OTHER_DIGEST)
     _write_manifest(models_copy, manifest)
@@ -157,6 +223,36 @@ def test_given_classifier_is_not_checked(tiny_models, models_copy, tmp_path, run
                             "--outdir", tmp_path / "out", "--classifier", tiny_models / "500_model_tiny.pth",
                             "--models", models_copy)
     assert code == 0, message
+
+
+def test_a_published_classifier_belongs_to_the_published_encoders(tiny_models, tmp_path, run_cli, golden_prepared,
+                                                                   golden_embeddings, no_default_models, monkeypatch):
+    """A classifier whose git blob id is a published one's takes only the published encoders' embeddings
+    (pinned here to the tiny classifier's blob: the published file is not at hand)."""
+    import dataclasses
+
+    from virnucpro.models import pins
+
+    (tmp_path / "bare").mkdir()
+    classifier = Path(shutil.copy(tiny_models / "500_model_tiny.pth", tmp_path / "bare" / "500_model.pth"))
+    _, blob = store.sha256_file(classifier, git_sha1=True)
+    source = pins.SOURCES["classifier_500"]
+    pinned = dataclasses.replace(source, files=(dataclasses.replace(source.files[0], git_sha1=blob),))
+    monkeypatch.setitem(pins.SOURCES, "classifier_500", pinned)
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "out", "--classifier", classifier)
+    assert code == 5, message
+    assert "belongs to the published models" in message and store.published_identity("esm2")[:12] in message, message
+
+
+def test_published_identity_is_computed_from_the_pins():
+    """The published encoders' identities, as `locate` computes them from the files, from the pins alone."""
+    from virnucpro.models import pins
+
+    files = {Path(spec.relpath).name: spec.sha256 for spec in pins.SOURCES["dnabert_s"].files}
+    assert store.published_identity("esm2") == pins.SOURCES["esm2"].files[0].sha256
+    assert store.published_identity("dnabert_s") == store.combined_sha256(
+        {name: files[name] for name in ("config.json", "pytorch_model.bin", "tokenizer.json")})
 
 
 def test_embeddings_of_tiny_models_without_models_point_to_their_folder(tmp_path, run_cli, golden_prepared,

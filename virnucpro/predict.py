@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -67,6 +67,8 @@ def order_shards(manifest: dict, paths: Sequence[Path],
         shard = h5shard.read_info(Path(path))
         own = expected.get(shard.shard_index)
         if own is None or own["sha256"] != shard.shard_sha256 or shard.shard_of != len(expected):
+            if prepared is not None:  # a manifest from elsewhere: the prepare folder's own files disagree with it
+                fmt.check_files(prepared, manifest)
             raise InconsistentInputsError(f"{path} was embedded from a shard that is not part of this prepared "
                                           "sample (different input, chunk size or sharding)",
                                           "give the .h5 files made from this --prepared directory")
@@ -508,7 +510,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
     manifest = fmt.load_manifest(prepared)
     require_own_classifier(manifest["chunk_size"], classifier)
     shards = order_shards(manifest, embeddings, prepared)
-    tiny = any(s.tiny for s in shards)
+    tiny, given = any(s.tiny for s in shards), classifier is not None
     if classifier is None:
         model_set = _located_models(models, manifest["chunk_size"], tiny)
         check_embedding_models(shards, model_set.directory)
@@ -518,6 +520,10 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
         refuse_classifier_of_other_chunk_size(Path(classifier), manifest["chunk_size"], models)
     model = loaded if loaded is not None else load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
+    if given:
+        check_classifier_encoders(Path(classifier), models, shard_encoders(shards[0]),
+                                  f"{shards[0].path} was embedded with", lambda where: "predict with the classifier "
+                                  f"made for the models these shards were embedded with, or embed them again with {where}")
     check_stage_files(prepared, manifest, shards)
     return _Inputs(manifest, shards, model, Path(classifier), tiny)
 
@@ -679,6 +685,63 @@ def check_embedding_models(shards: list[h5shard.EmbeddingShardInfo], directory: 
                 "embed the shards again with these models (or predict with --models set to the folder they were "
                 "made with); in the Nextflow pipeline, a -resume kept embeddings made before the models changed: "
                 "run without -resume")
+
+
+def check_classifier_encoders(classifier: Path, models: Path | None, made: dict, embedded: str,
+                              fix: Callable[[str], str]) -> None:
+    """A classifier known to belong to other encoders than the embeddings' (`made`: identity by role,
+    None where unknown) is exit 5: the features fit either way, and it would score features of models
+    it was never trained on. Known: a published classifier (the published encoders), or one the
+    manifest of its own folder or of the models folder records (that folder's encoders). One recorded
+    nowhere (the user's own) is taken as it is; so is a role either side cannot tell. `embedded`:
+    what the message says made the embeddings, "X was embedded with"; `fix`: the hint, given `where`."""
+    known = _encoders_of_classifier(classifier, models)
+    if not known or any(not _other_encoders(made, recorded) for _, recorded in known):
+        return
+    where, recorded = known[0]
+    role = _other_encoders(made, recorded)[0]
+    raise InconsistentInputsError(f"classifier {classifier} belongs to {where}, but {embedded} another {role} model "
+                                  f"({made[role][:12]}...; {where}: {recorded[role][:12]}...)",
+                                  fix(where))
+
+
+def shard_encoders(shard: h5shard.EmbeddingShardInfo) -> dict:
+    """The encoder identity by role an embedding shard records, None where it records none."""
+    return {role: ((shard.models.get(role) or {}).get("sha256") or "").lower() or None for role in store.ENCODER_ROLES}
+
+
+def _other_encoders(made: dict, recorded: dict) -> list[str]:
+    """The roles whose identity the shards (`made`) and a model set (`recorded`) both tell, and differ."""
+    return [role for role, identity in made.items() if identity and recorded.get(role) and identity != recorded[role]]
+
+
+def _encoders_of_classifier(classifier: Path, models: Path | None) -> list[tuple[str, dict]]:
+    """(where, encoder identity by role) for each model set the classifier file is known to be part of."""
+    from virnucpro.models import pins
+
+    mode = path_mode(classifier, ModelsError)
+    if mode is None or not S_ISREG(mode):
+        return []  # load_classifier said what is wrong with it
+    digest, blob = store.sha256_file(classifier, git_sha1=True)
+    roles = [f"classifier_{size}" for size in pins.CLASSIFIER_CHUNK_SIZES]
+    known = []
+    if any(blob == spec.git_sha1 for role in roles for spec in pins.SOURCES[role].files):
+        known.append(("the published models", {role: store.published_identity(role) for role in store.ENCODER_ROLES}))
+    for folder in dict.fromkeys(_models_folders(models, classifier)):
+        if any(digest in _manifest_checksums(folder, role) for role in roles):
+            known.append((f"the models folder {folder}", {role: _recorded_identity(folder, role)
+                                                          for role in store.ENCODER_ROLES}))
+    return known
+
+
+def _recorded_identity(folder: Path, role: str) -> str | None:
+    """`store.recorded_identity`, None for a manifest that cannot be read (as `_manifest_checksums`)."""
+    try:
+        return store.recorded_identity(folder, role)
+    except InterruptedByUser:
+        raise
+    except VirnucproError:
+        return None
 
 
 def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:

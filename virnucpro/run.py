@@ -117,9 +117,22 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, torch_
         refuse_classifier_of_other_chunk_size(Path(classifier), chunk_size, models)
         given = load_classifier(Path(classifier))
     model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)
+    if given is not None:
+        _refuse_classifier_of_other_encoders(Path(classifier), models, model_set)
     classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
     return Setup(model_set, classifier, given if given is not None else load_classifier(classifier), torch_device,
                  resolve_precision(precision, torch_device), compiling)
+
+
+def _refuse_classifier_of_other_encoders(classifier: Path, models: Path | None, model_set) -> None:
+    """--classifier known to belong to other encoders than --models holds: exit 5 before any work."""
+    from virnucpro.models.store import ENCODER_ROLES
+    from virnucpro.predict import check_classifier_encoders
+
+    check_classifier_encoders(classifier, models, {role: model_set.sha256[role] for role in ENCODER_ROLES},
+                              f"the models folder {model_set.directory}, which this run embeds with, holds",
+                              lambda where: f"give the classifier made for the models in {model_set.directory} (or "
+                              f"leave --classifier out), or run with {where} (--models)")
 
 
 def _roles(classifier: Path | None, chunk_size: int) -> list[str]:

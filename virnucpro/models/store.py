@@ -1302,6 +1302,13 @@ def entry_identity(role: str, entry: dict | None) -> str | None:
     return _identity(role, main, recorded)
 
 
+def published_identity(role: str) -> str:
+    """The identity of `role`'s published model, computed from its pins as from a manifest entry."""
+    files = pins.SOURCES[role].files
+    return entry_identity(role, {"files": [spec.relpath for spec in files],
+                                 "sha256": {spec.relpath: spec.sha256 for spec in files}})
+
+
 def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where: str = "--models"
          ) -> tuple[Path, list[RoleStatus]]:
     """The state of each role in the models directory (`full`: re-hash, ignoring the cache;
