@@ -271,6 +271,21 @@ def test_the_fix_for_a_damaged_prepare_folder_keeps_the_embeddings_and_works(sam
     assert code == 0, message
 
 
+def test_a_manifest_from_another_prepare_blames_the_prepare_folder_not_the_embeddings(sample, run_cli, reference_dir,
+                                                                                      tmp_path):
+    """A hostile reviewer's case: manifest.json copied in from a prepare of other inputs. The .h5 files
+    were blamed ("give the .h5 files made from this folder"), and embedding again would not fix it:
+    the folder's own files disagree with that manifest, and the message says so."""
+    changed = (reference_dir / "golden" / "mixed.fa").read_text().replace(">read_000 ", ">read_000x ", 1)
+    (tmp_path / "changed.fa").write_text(changed)
+    other = tmp_path / "other"
+    assert run_cli("prepare", tmp_path / "changed.fa", "--outdir", other, "--shard-size", "60")[0] == 0
+    shutil.copy(other / fmt.MANIFEST, sample.prepared / fmt.MANIFEST)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, "changed after prepare", str(sample.prepared))
+    assert "not part of this prepared sample" not in message and ".h5" not in message, message
+
+
 # --- point 4: counts from input records to embedding rows reconcile --------------------------------
 
 def _delete_line(name: str, index: int) -> Callable[[Sample], None]:
