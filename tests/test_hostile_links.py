@@ -341,3 +341,60 @@ def test_prepare_keeps_a_users_file_in_its_staging_folder_and_clears_its_own(tmp
     code, message = run_cli("prepare", write_fasta(tmp_path / "a.fa", 2), "--outdir", out)
     assert code == 3 and "notes.txt" in message, message
     assert (out / STAGING / "notes.txt").read_text() == PRECIOUS
+
+
+# --- a loop of symbolic links where a path is given -------------------------------------------------
+
+def _loop(tmp_path: Path) -> Path:
+    """`l1 -> l2 -> l1`: following it never ends (Python 3.11's `resolve` raised RuntimeError)."""
+    (tmp_path / "l1").symlink_to("l2")
+    (tmp_path / "l2").symlink_to("l1")
+    return tmp_path / "l1"
+
+
+LOOPED = {  # command (with L for the loop; S: the small sample's shard, P: its prepare folder, M: models) -> option named
+    "prepare --outdir L": (["prepare", "IN", "--outdir", "L"], "--outdir"),
+    "prepare --outdir L/sub": (["prepare", "IN", "--outdir", "L/sub"], "--outdir"),
+    "run --outdir L": (["run", "IN", "--outdir", "L", "--models", "M", "--device", "cpu"], "--outdir"),
+    "embed --out L": (["embed", "S", "--models", "M", "--out", "L", "--device", "cpu"], "--out"),
+    "embed --out L/e.h5": (["embed", "S", "--models", "M", "--out", "L/e.h5", "--device", "cpu"], "--out"),
+    "embed --checkpoint-dir L": (["embed", "S", "--models", "M", "--out", "OUT/e.h5", "--checkpoint-dir", "L",
+                                  "--device", "cpu"], "--checkpoint-dir"),
+    "embed --compile-cache L": (["embed", "S", "--models", "M", "--out", "OUT/e.h5", "--compile-cache", "L",
+                                 "--device", "cpu"], "--compile-cache"),
+    "predict --prepared L": (["predict", "--prepared", "L", "--embeddings", "H", "--outdir", "OUT/p"], "--prepared"),
+    "predict --outdir L": (["predict", "--prepared", "P", "--embeddings", "H", "--outdir", "L", "--models", "M"],
+                           "--outdir"),
+    "models tiny L": (["models", "tiny", "L"], "tiny models folder"),
+    "models download --dest L": (["models", "download", "--dest", "L", "--mirror", "http://127.0.0.1:9/"],
+                                 "models directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOOPED))
+def test_a_loop_of_links_given_as_a_path_is_exit_3_naming_it(tmp_path, run_cli, tiny_models, small_sample, case):
+    """A hostile reviewer's case: a crash report (exit 1) from every command; one message now."""
+    loop = _loop(tmp_path)
+    fasta = write_fasta(tmp_path / "in.fa", 2)
+    prepared, h5 = small_sample
+    names = {"IN": fasta, "S": prepared / "shards" / "shard_00000.tsv", "P": prepared, "H": h5, "M": tiny_models,
+             "OUT": tmp_path / "out"}
+    args, option = LOOPED[case]
+    words = [str(names[word]) if word in names else word.replace("L", str(loop), 1) if word.startswith("L")
+             else word for word in args]
+    code, message = run_cli(*words)
+    assert code == 3, message
+    assert "loop of symbolic links" in message and option in message and str(loop) in message, message
+    assert "Traceback" not in message and "bug" not in message, message
+
+
+@pytest.mark.parametrize("option", ["--models", "--classifier"])
+def test_a_loop_of_links_as_models_is_named_a_loop_not_a_missing_path(tmp_path, run_cli, small_sample, option):
+    """--models and --classifier at a loop: exit 4 saying it is a loop (they said: a missing path)."""
+    loop = _loop(tmp_path)
+    prepared, h5 = small_sample
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", h5, "--outdir", tmp_path / "out",
+                            option, loop)
+    assert code == 4, message
+    assert "loop of symbolic links" in message and str(loop) in message, message
+    assert "missing" not in message and "does not exist" not in message, message

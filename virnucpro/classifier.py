@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.errors import ModelsError, NumericalError, VirnucproError, path_mode
+from virnucpro.errors import ModelsError, NumericalError, VirnucproError, is_link_loop, link_loop, path_mode
 
 #: The state_dict keys of the original classifier (``num_batches_tracked`` may be absent).
 STATE_KEYS = (
@@ -393,6 +393,8 @@ def load_classifier(path: Path) -> MLPClassifier:
 def _refuse_not_a_classifier_file(path: Path) -> None:
     """Exit 4 saying what is at `path` when it is not a plain file of a plausible size."""
     mode = path_mode(path, ModelsError)  # a folder on the way that cannot be entered is named, exit 4
+    if mode is None and is_link_loop(path):
+        raise link_loop(path, "classifier file", ModelsError)
     if mode is None:
         raise ModelsError(f"classifier file {path} does not exist",
                           hint="check the path given to --classifier (or leave --classifier out to use the models "

@@ -40,7 +40,7 @@ from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInp
                               InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
                               StoppedWithOutputsInPlace,
                               VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_stop,
-                              open_files_errno, output_errors, printable, stop_signals_deferred, storage_error,
+                              open_files_errno, output_errors, printable, resolved, stop_signals_deferred, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.models import store
 from virnucpro.outdir import (NO_FOLLOW, OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
@@ -1348,7 +1348,7 @@ def _write(out: Path, ids: list[str], distinct: dict, known: dict, attrs: dict, 
 
 def _check_output(shard: Path, out: Path) -> None:
     """`--out` must be a new or replaceable file beside a writable directory, never the shard itself."""
-    if out.resolve() == shard.resolve():
+    if resolved(out, "--out") == resolved(shard, "the shard"):
         raise BadInputError(f"--out {out} is the input shard: writing it would destroy the shard",
                             f"write the embeddings to another file, e.g. {shard.with_suffix('.h5').name}")
     if out.is_dir():

@@ -685,9 +685,41 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def resolved(path: Path, what: str, refused: type[VirnucproError] = BadInputError) -> Path:
+    """`path` absolute with every link followed. A loop of symbolic links on its way can never be
+    followed (Python 3.11's `resolve` raised RuntimeError, a crash report): `refused` naming it."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise link_loop(path, what, refused) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise link_loop(path, what, refused) from None
+        raise
+
+
+def is_link_loop(path: Path) -> bool:
+    """Whether following the links of `path` never ends (ELOOP), which `exists()` answers False as for a
+    missing path."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def link_loop(path: Path, what: str, refused: type[VirnucproError] = BadInputError) -> VirnucproError:
+    """`refused` for a path whose symbolic links lead back to themselves."""
+    return refused(f"{what} {path} goes through a loop of symbolic links (they point at each other, "
+                   "so no file or folder is ever reached)",
+                   "point the link at a real folder or file (`ls -l` shows where each points), or choose another path")
+
+
 def not_a_folder(path: Path, option: str) -> BadInputError:
     """Exit 3 for a folder path taken by something else: a file, or a symbolic link to a missing path
-    (which `mkdir` cannot follow; saying "a file" sent users looking for one)."""
+    (which `mkdir` cannot follow; saying "a file" sent users looking for one) or in a loop."""
+    if is_link_loop(path):
+        return link_loop(path, option)
     if path.is_symlink() and not path.exists():
         return BadInputError(f"{option} {path} is a symbolic link to a missing path ({os.readlink(path)})",
                              "create the folder it points to, or choose another path")

@@ -55,6 +55,7 @@ from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
                               outputs_in_place, printable, refused_name, stop_signals_deferred, storage_errno,
                               storage_failure)
+from virnucpro.errors import resolved as resolved_path
 
 LOCK_NAME = ".virnucpro.lock"
 FALLBACK_LOCK_NAME = ".virnucpro.lock.pid"
@@ -756,7 +757,7 @@ def _user_name(uid: int) -> str:
 @contextmanager
 def _registered(subject: Path) -> Iterator[None]:
     """Remember, while held, that this process holds `subject` (its own outputs may nest inside)."""
-    key = subject.resolve()
+    key = resolved_path(subject, "the output folder")
     _held.add(key)
     try:
         yield
@@ -963,7 +964,7 @@ def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool
     """An output inside another virnucpro output (or, with `itself`, one) is refused (exit 3), unless
     this process holds that one (`run` writes its stages inside its own folder) and `held_too` is
     not set (a cache, which must outlive the command, may not go into its own output either)."""
-    resolved = Path(target).resolve()
+    resolved = resolved_path(target, what)
     for parent in ([resolved] if itself else []) + list(resolved.parents):
         if parent in _held and not held_too:
             return

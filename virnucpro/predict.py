@@ -33,7 +33,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, ModelsError, NumericalError, UsageError,
-                              VirnucproError, check_stop, output_errors, path_mode, stop_keeps_nothing,
+                              VirnucproError, check_stop, output_errors, path_mode, resolved, stop_keeps_nothing,
                               stop_signals_deferred)
 from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
@@ -494,7 +494,7 @@ def _inputs_named(manifest: dict, names: Sequence[str]) -> dict:
 
 def _refuse_prepared_as_outdir(prepared: Path, outdir: Path) -> None:
     """Exit 3 when predict would write over the tables it reads."""
-    if outdir.resolve() == prepared.resolve():
+    if resolved(outdir, "--outdir") == resolved(prepared, "--prepared"):
         raise BadInputError(f"--outdir {outdir} is the --prepared directory: its chunks.tsv and "
                             "sequences.tsv would be overwritten while being read",
                             "choose another --outdir")

@@ -69,7 +69,8 @@ from typing import Iterable, Iterator
 
 from virnucpro.console import info, warn
 from virnucpro.errors import (shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
-                              InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, name_too_long,
+                              InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, is_link_loop,
+                              name_too_long,
                               path_too_long, printable, stop_signals_deferred)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
@@ -1335,7 +1336,8 @@ def scan(directory: Path | None, roles: Iterable[str], full: bool = False, where
 def _not_a_directory(directory: Path, where: str = "--models") -> ModelsError:
     """Exit 4 for a models path that is a file (or a dangling link); the hint names the command's own
     way of giving the folder (`where`, see `_folder_given`)."""
-    what = "a link to a missing path" if os.path.islink(directory) and not directory.exists() else "a file"
+    what = ("a loop of symbolic links" if is_link_loop(directory) else
+            "a link to a missing path" if os.path.islink(directory) and not directory.exists() else "a file")
     return ModelsError(f"models directory {directory} is not a directory (it is {what})",
                        hint=f"give the folder that holds the models ({_folder_given(where)} or VIRNUCPRO_MODELS=DIR)")
 
