@@ -20,12 +20,14 @@ import re
 import select
 import stat
 import sys
+import unicodedata
 import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
+from virnucpro.console import warn
 from virnucpro.errors import shell_word, BadInputError, name_too_long, open_file_limit, path_too_long, printable
 
 BLOCK = 1 << 20
@@ -170,6 +172,10 @@ NOT_ASCII = re.compile(rb"[\x80-\xff]")
 # text-direction overrides and isolates, which make an id show as another one in terminals and the
 # report
 UNSAFE_IN_HEADER = re.compile("[\u0080-\u009f\u202a-\u202e\u2066-\u2069]")
+# blanks that end an id as every tool ends it; Unicode's other spaces end it as Biopython's split()
+# does, with a warning (ASCII's other control characters are refused where bytes are read)
+ORDINARY_BLANKS = " \t\r\n"
+_UNUSUAL_BLANK_NOTED: set[str] = set()  # inputs already warned of (`_note_an_unusual_blank`)
 # in an id: Unicode's default-ignorable code points, shown as nothing (zero-width spaces and
 # joiners, text-direction marks, soft hyphen, word joiner, BOM, variation selectors, Hangul
 # fillers, tags), so that two distinct ids would look the same in every table and report (a
@@ -540,12 +546,29 @@ def _record_id(header: str, path: Path, line: int) -> str:
                             "'>' or '@')",
                             "give every record a name after '>' or '@'")
     _check_header_text(header, words[0], path, line)
+    if len(words) > 1:
+        _note_an_unusual_blank(header, words[0], path, line)
     if len(words[0]) > ID_LIMIT:
         raise BadInputError(f"{path}, line {line}: the id '{printable(words[0][:40])}...' is {len(words[0]):,} "
                             f"characters long, more than the {ID_LIMIT:,} virnucpro accepts (every chunk and ORF "
                             "row repeats it)", "shorten the ids: keep a short first word and put the rest after a "
                             "space, where it is the description")
     return words[0]
+
+
+def _note_an_unusual_blank(header: str, rid: str, path: Path, line: int) -> None:
+    """Warn, once per input, of an id ended by a blank other than a space or tab (a no-break space,
+    U+3000...): Biopython ends ids at every Unicode blank, so the original does and so does virnucpro,
+    but samtools, seqkit and awk read the id on: the tables' ids are not theirs."""
+    blank = header[header.index(rid) + len(rid)]
+    if blank in ORDINARY_BLANKS or str(path) in _UNUSUAL_BLANK_NOTED:
+        return
+    _UNUSUAL_BLANK_NOTED.add(str(path))
+    escaped = "".join(f"\\x{byte:02x}" for byte in blank.encode())
+    warn(f"{path}, line {line}: the id '{printable(rid)}' ends at U+{ord(blank):04X} "
+         f"({unicodedata.name(blank, 'a control character').lower()}), as Biopython and the original end ids, but "
+         f"samtools, seqkit and awk do not (later ids of this file cut so are not named); to keep the whole name "
+         f"as the id, replace that character first: sed 's/{escaped}/_/g'")
 
 
 def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
