@@ -1624,3 +1624,26 @@ def test_multiqc_missing_here_is_not_warned_under_a_batch_executor(groovy):
 def test_cloud_profiles_resolve_the_gpu_request_and_the_root_user(resolved, profile):
     settings = resolved(profile)
     assert "process.accelerator" in settings and "process.containerOptions" in settings, sorted(settings)
+
+
+def _repeated_files_check(groovy, rows) -> str:
+    groovy_rows = ", ".join(f"[[id: '{sample}'], file('{path}')]" for sample, path in rows)
+    return _startup_check(groovy, ["checkRepeatedFiles", "fileIdentity", "canonicalPath"],
+                          f"checkRepeatedFiles([{groovy_rows}], 'sheet.csv')")
+
+
+def test_one_file_under_two_names_for_one_sample_is_refused_at_start_up(groovy, tmp_path):
+    """A hostile reviewer's case: a hard link was only found by PREPARE, naming its staged copies, and
+    the whole run stopped there. Both names are given, and the other cases stay as they were."""
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">a\nACGT\n")
+    os.link(reads, tmp_path / "hard.fa")
+    (tmp_path / "soft.fa").symlink_to(reads)
+    (tmp_path / "other.fa").write_text(">a\nACGT\n")
+    message = _repeated_files_check(groovy, [("s", reads), ("s", tmp_path / "hard.fa")])
+    assert f"sheet.csv lists one file under the names {reads} and {tmp_path / 'hard.fa'} (hard links) for sample 's'" \
+        in message, message
+    message = _repeated_files_check(groovy, [("s", reads), ("s", tmp_path / "soft.fa")])
+    assert f"the file {reads} for sample 's' more than once" in message, message
+    assert _repeated_files_check(groovy, [("s", reads), ("t", tmp_path / "hard.fa")]) == "passed"
+    assert _repeated_files_check(groovy, [("s", reads), ("s", tmp_path / "other.fa")]) == "passed"

@@ -204,12 +204,27 @@ def quoted(List names) {
 }
 
 // A file listed twice for one sample would be read twice (its records counted as duplicates, and
-// named by their staged copies): refused here, naming the sample and the file.
+// named by their staged copies, which failed the whole run from PREPARE): refused here, naming the
+// sample and the file, or its two names when it is one file under both (a hard link).
 def checkRepeatedFiles(List rows, String samplesheet) {
-    def repeated = rows.groupBy { row -> [row[0].id, canonicalPath(row[1])] }.findAll { _key, group -> group.size() > 1 }.keySet()
+    def repeated = rows.groupBy { row -> [row[0].id, fileIdentity(row[1])] }.findAll { _key, group -> group.size() > 1 }
     if (repeated) {
-        error("${samplesheet} lists ${repeated.collect { key -> "the file ${key[1]} for sample '${key[0]}'" }.join(', ')} more than once; list each file once per sample")
+        def named = repeated.collect { key, group ->
+            def names = group.collect { row -> canonicalPath(row[1]) }.unique()
+            names.size() > 1 ? "one file under the names ${names.join(' and ')} (hard links) for sample '${key[0]}'" : "the file ${names[0]} for sample '${key[0]}'"
+        }
+        error("${samplesheet} lists ${named.join(', ')} more than once; list each file once per sample")
     }
+}
+
+// What makes two paths one file: a local file's device and inode (whatever links or `..` lead to
+// it, hard links included), else the path behind links, or the URI.
+def fileIdentity(path) {
+    if (path.toUri().getScheme() == 'file' && path.exists()) {
+        def key = java.nio.file.Files.readAttributes(path, java.nio.file.attribute.BasicFileAttributes).fileKey()
+        return key != null ? key.toString() : canonicalPath(path)
+    }
+    return canonicalPath(path)
 }
 
 // The file behind links and `..`, where the file system can say; else the path as given.
