@@ -398,3 +398,27 @@ def test_a_loop_of_links_as_models_is_named_a_loop_not_a_missing_path(tmp_path, 
     assert code == 4, message
     assert "loop of symbolic links" in message and str(loop) in message, message
     assert "missing" not in message and "does not exist" not in message, message
+
+
+@pytest.mark.parametrize("where", ["L", "L/x"])
+def test_a_loop_of_links_as_an_input_or_embedding_file_is_exit_3_naming_it(tmp_path, run_cli, small_sample, tiny_models,
+                                                                           where):
+    """A review of the fix: an input said "check the file permissions", an embedding shard was exit 5
+    ("give the .h5 files written by embed")."""
+    loop = _loop(tmp_path)
+    path = where.replace("L", str(loop))
+    prepared, _h5 = small_sample
+    for args, what in ((["prepare", path, "--outdir", tmp_path / "out"], "input file"),
+                       (["predict", "--prepared", prepared, "--embeddings", path, "--outdir", tmp_path / "p",
+                         "--models", tiny_models], "embedding shard")):
+        code, message = run_cli(*args)
+        assert code == 3, message
+        assert f"{what} {path} goes through a loop of symbolic links" in message, message
+
+
+def test_a_models_folder_below_a_loop_is_named_a_loop_not_missing(tmp_path, run_cli):
+    """A review of the fix: "does not exist", with a download command into it, which was then refused."""
+    loop = _loop(tmp_path)
+    code, message = run_cli("models", "check", loop / "sub")
+    assert code == 4, message
+    assert "loop of symbolic links" in message and "download" not in message, message

@@ -485,3 +485,24 @@ def test_ordinary_blanks_end_an_id_without_a_warning(tmp_path, run_cli):
     (tmp_path / "in.fa").write_text(">a x\nATGAAACCCGGG\n>b\ty\nATGAAACCCGGG\n")
     code, message = run_cli("prepare", tmp_path / "in.fa", "--outdir", tmp_path / "out")
     assert code == 0 and "warning" not in message, message
+
+
+def test_the_blank_warning_is_given_once_for_the_first_such_id_whatever_the_workers(tmp_path, run_cli):
+    """A review of the fix: prepare's forked workers each warned once, the first shown not the first
+    in the file. Their notes now come back with their results and prepare warns once, in input order."""
+    seq = "ATGAAACCCGGGTTTTAAGGCC"
+    lines = [f">r{i}{' ' if i < 20000 else chr(0xa0)}d\n{seq}\n" for i in range(80000)]
+    (tmp_path / "in.fa").write_text("".join(lines), encoding="utf-8")
+    code, message = run_cli("prepare", tmp_path / "in.fa", "--outdir", tmp_path / "out", "--threads", "2")
+    assert code == 0, message
+    assert message.count("U+00A0") == 1 and "line 40001:" in message, message
+
+
+@pytest.mark.parametrize(("header", "rid", "where"), [("seqA\u00a0", "seqA", "ends at"),
+                                                       ("\u3000seqB", "seqB", "starts after"),
+                                                       (" \u2009seqC desc", "seqC", "starts after")])
+def test_a_unicode_blank_before_or_after_the_whole_id_is_warned_of_too(tmp_path, run_cli, header, rid, where):
+    (tmp_path / "in.fa").write_text(f">{header}\nATGAAACCCGGG\n", encoding="utf-8")
+    code, message = run_cli("prepare", tmp_path / "in.fa", "--outdir", tmp_path / "out")
+    assert code == 0, message
+    assert f"the id '{rid}' {where} U+" in message, message

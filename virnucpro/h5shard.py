@@ -29,7 +29,8 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
-                              access_hint, denied_folder, folder_refused, name_too_long, open_file_limit, other_format,
+                              access_hint, denied_folder, folder_refused, link_loop, name_too_long, open_file_limit,
+                              other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import file_mode, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
@@ -479,6 +480,8 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     except PermissionError:  # the file's mode, not its content: bad input like an unreadable FASTA
         raise _permission_denied(path) from None
     except DAMAGED as exc:
+        if getattr(exc, "errno", None) == errno.ELOOP:
+            raise link_loop(path, "embedding shard") from None
         if open_file_limit(exc) or getattr(exc, "errno", None) == errno.ENAMETOOLONG:
             raise  # no fault of the file: the CLI names the limit or the name
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",

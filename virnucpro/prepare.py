@@ -39,7 +39,7 @@ from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD
                              stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
-                            read_records, record_groups, unicode_text)
+                            read_records, record_groups, take_blank_notes, unicode_text)
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
@@ -238,6 +238,7 @@ class GroupResult:
     sequence_rows: str
     id_hashes: array
     rna_records: list[str]
+    blank_notes: list[tuple[str, str]]  # seqio.take_blank_notes of the process that prepared it
 
 
 def _refuse_bad_letters(records: Iterable[Record], path: Path) -> None:
@@ -300,7 +301,7 @@ def prepare_group(group: RecordGroup, chunk_size: int) -> GroupResult:
     sequence_rows = fmt.sequence_rows(ids, lengths, n_chunks, n_orfs, masked)
     counts = Counts(sequences=len(ids), empty_sequences=lengths.count(0), bases=len(joined),
                     chunks=len(cut.chunks), chunks_without_orf=per_chunk.count(0), orfs=len(orf_lines))
-    return GroupResult(counts, orf_lines, table, sequence_rows, hashes, rna)
+    return GroupResult(counts, orf_lines, table, sequence_rows, hashes, rna, take_blank_notes())
 
 
 @dataclass
@@ -470,6 +471,7 @@ class SamplePreparer:
         self.in_flight: deque = deque()
         self.depth = 2 * max(1, workers)
         self.rna_warnings = 0
+        self.blanks_noted: set[str] = set()
 
     def submit(self, group: RecordGroup, summary: InputSummary) -> None:
         check_stop()
@@ -525,6 +527,14 @@ class SamplePreparer:
             warn(f"record '{record_id}' contains U (RNA?); as in the original, codons with U are dropped, "
                  "not read as T")
         self.rna_warnings += len(result.rna_records)
+        self._warn_of_blanks(result.blank_notes + take_blank_notes())  # this process's own too (FASTQ's)
+
+    def _warn_of_blanks(self, notes: list[tuple[str, str]]) -> None:
+        """Each input's first note of an id cut at an unusual blank, once (every worker notes its own)."""
+        for path, message in notes:
+            if path not in self.blanks_noted:
+                self.blanks_noted.add(path)
+                warn(message)
 
     def finish(self) -> list[dict]:
         while self.in_flight:

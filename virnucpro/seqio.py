@@ -12,6 +12,7 @@ bytes that are no text) and the fix.
 from __future__ import annotations
 
 import bz2
+import errno
 import hashlib
 import itertools
 import lzma
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from virnucpro.console import warn
-from virnucpro.errors import shell_word, BadInputError, name_too_long, open_file_limit, path_too_long, printable
+from virnucpro.errors import (shell_word, BadInputError, link_loop, name_too_long, open_file_limit, path_too_long,
+                              printable)
 
 BLOCK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -175,7 +176,8 @@ UNSAFE_IN_HEADER = re.compile("[\u0080-\u009f\u202a-\u202e\u2066-\u2069]")
 # blanks that end an id as every tool ends it; Unicode's other spaces end it as Biopython's split()
 # does, with a warning (ASCII's other control characters are refused where bytes are read)
 ORDINARY_BLANKS = " \t\r\n"
-_UNUSUAL_BLANK_NOTED: set[str] = set()  # inputs already warned of (`_note_an_unusual_blank`)
+_UNUSUAL_BLANK_NOTED: set[str] = set()  # inputs noted in this process (`_note_an_unusual_blank`)
+_BLANK_NOTES: list[tuple[str, str]] = []  # (input, warning) not yet taken by `take_blank_notes`
 # in an id: Unicode's default-ignorable code points, shown as nothing (zero-width spaces and
 # joiners, text-direction marks, soft hyphen, word joiner, BOM, variation selectors, Hangul
 # fillers, tags), so that two distinct ids would look the same in every table and report (a
@@ -399,6 +401,8 @@ class HashingTextStream:
                 raise path_too_long(exc, Path(path)) from None
             if open_file_limit(exc):
                 raise  # no fault of the file: the CLI names the limit
+            if exc.errno == errno.ELOOP:
+                raise link_loop(path, "input file") from None
             raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
                                 "check the file permissions") from None
         self._opened = os.fstat(self._raw.fileno())
@@ -546,7 +550,7 @@ def _record_id(header: str, path: Path, line: int) -> str:
                             "'>' or '@')",
                             "give every record a name after '>' or '@'")
     _check_header_text(header, words[0], path, line)
-    if len(words) > 1:
+    if len(words) > 1 or len(words[0]) != len(header):
         _note_an_unusual_blank(header, words[0], path, line)
     if len(words[0]) > ID_LIMIT:
         raise BadInputError(f"{path}, line {line}: the id '{printable(words[0][:40])}...' is {len(words[0]):,} "
@@ -556,19 +560,31 @@ def _record_id(header: str, path: Path, line: int) -> str:
     return words[0]
 
 
+def take_blank_notes() -> list[tuple[str, str]]:
+    """The (input, warning) notes of ids cut at an unusual blank that this process made since the
+    last call: prepare's workers hand theirs over with their results, and prepare warns of each
+    input once, in input order."""
+    notes = _BLANK_NOTES[:]
+    _BLANK_NOTES.clear()
+    return notes
+
+
 def _note_an_unusual_blank(header: str, rid: str, path: Path, line: int) -> None:
-    """Warn, once per input, of an id ended by a blank other than a space or tab (a no-break space,
-    U+3000...): Biopython ends ids at every Unicode blank, so the original does and so does virnucpro,
-    but samtools, seqkit and awk read the id on: the tables' ids are not theirs."""
-    blank = header[header.index(rid) + len(rid)]
-    if blank in ORDINARY_BLANKS or str(path) in _UNUSUAL_BLANK_NOTED:
+    """Note (`take_blank_notes`), once per input and process, an id cut at a blank other than a
+    space or tab (a no-break space, U+3000...): Biopython cuts ids at every Unicode blank, so the
+    original does and so does virnucpro, but samtools, seqkit and awk read on: the ids differ."""
+    start = header.index(rid)
+    around = header[start - 1:start] + header[start + len(rid):start + len(rid) + 1]  # the blanks either side
+    blank = next((character for character in around if character not in ORDINARY_BLANKS), None)
+    if blank is None or str(path) in _UNUSUAL_BLANK_NOTED:
         return
     _UNUSUAL_BLANK_NOTED.add(str(path))
     escaped = "".join(f"\\x{byte:02x}" for byte in blank.encode())
-    warn(f"{path}, line {line}: the id '{printable(rid)}' ends at U+{ord(blank):04X} "
-         f"({unicodedata.name(blank, 'a control character').lower()}), as Biopython and the original end ids, but "
+    _BLANK_NOTES.append((str(path), f"{path}, line {line}: the id '{printable(rid)}' {'starts after' if around[0] == blank and start else 'ends at'} "
+         f"U+{ord(blank):04X} "
+         f"({unicodedata.name(blank, 'a control character').lower()}), as Biopython and the original cut ids, but "
          f"samtools, seqkit and awk do not (later ids of this file cut so are not named); to keep the whole name "
-         f"as the id, replace that character first: sed 's/{escaped}/_/g'")
+         f"as the id, replace that character first: sed 's/{escaped}/_/g'"))
 
 
 def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:

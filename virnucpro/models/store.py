@@ -70,7 +70,7 @@ from typing import Iterable, Iterator
 from virnucpro.console import info, warn
 from virnucpro.errors import (shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
                               InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, is_link_loop,
-                              name_too_long,
+                              link_loop, name_too_long,
                               path_too_long, printable, stop_signals_deferred)
 from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
@@ -1350,6 +1350,8 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
         return None
     if os.path.lexists(directory) and not directory.is_dir():
         return _not_a_directory(directory)
+    if is_link_loop(directory):  # a loop on its way: "does not exist", and a download there, would mislead
+        return link_loop(directory, "models directory", ModelsError)
     if not directory.is_dir():
         return _no_such_folder(directory, [s.role for s in statuses] if len(statuses) == 1 else None)
     missing = [s for s in failing if s.missing]
