@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -48,6 +48,9 @@ workflow {
         }
         if (params.classifier) {
             checkClassifierChunkSize(asText(params.classifier), chunk_size)
+            if (params.models) {
+                checkClassifierEncoders(asText(params.classifier), asText(params.models))
+            }
         }
         // refused (object storage, mount syntax) before anything is written into --outdir
         def checkpoint_dir = checkpointDir(asText(params.checkpoint_dir), workflow.workDir)

@@ -1647,3 +1647,32 @@ def test_one_file_under_two_names_for_one_sample_is_refused_at_start_up(groovy, 
     assert f"the file {reads} for sample 's' more than once" in message, message
     assert _repeated_files_check(groovy, [("s", reads), ("t", tmp_path / "hard.fa")]) == "passed"
     assert _repeated_files_check(groovy, [("s", reads), ("s", tmp_path / "other.fa")]) == "passed"
+
+
+def _classifier_encoders_check(groovy, classifier, models) -> str:
+    return _startup_check(groovy, ["checkClassifierEncoders", "recordsClassifier", "encoderClash", "identityShas",
+                                   "encoderPins", "readModelsManifest", "sha256Of"],
+                          f"checkClassifierEncoders('{classifier}', '{models}')")
+
+
+def test_a_classifier_of_other_encoders_than_models_is_refused_at_start_up(groovy, tiny_models, tmp_path):
+    """A review of the fix in predict: the pipeline ran every EMBED task, then PREDICT refused with a
+    hint naming its staged folder. Refused at start-up now, naming both folders; a link to the
+    classifier too; the user's own (recorded nowhere) and the folder's own classifier pass."""
+    from virnucpro.models import tiny
+
+    other = tmp_path / "other"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "TINY_SEED", tiny.TINY_SEED + 1)
+        tiny.make_tiny(other)
+    message = _classifier_encoders_check(groovy, other / "500_model_tiny.pth", tiny_models)
+    assert f"--classifier {other / '500_model_tiny.pth'} belongs to the models in {other}" in message, message
+    assert f"--models {tiny_models} holds another esm2 model" in message, message
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "cls.pth").symlink_to(other / "500_model_tiny.pth")
+    assert "belongs to the models in" in _classifier_encoders_check(groovy, tmp_path / "mine" / "cls.pth", tiny_models)
+    assert _classifier_encoders_check(groovy, tiny_models / "500_model_tiny.pth", tiny_models) == "passed"
+    assert _classifier_encoders_check(groovy, other / "500_model_tiny.pth", other) == "passed"
+    shutil.copy(other / "500_model_tiny.pth", tmp_path / "mine" / "own.pth")
+    (other / "manifest.json").unlink()  # now recorded nowhere: the user's own
+    assert _classifier_encoders_check(groovy, tmp_path / "mine" / "own.pth", tiny_models) == "passed"

@@ -197,6 +197,20 @@ def test_run_refuses_a_given_classifier_of_other_encoders(other_tiny_models, tin
     assert not any((tmp_path / "out" / output).exists() for output in OUTPUTS)
 
 
+def test_a_classifier_reached_through_a_link_is_checked_against_the_folder_it_lies_in(other_tiny_models, tmp_path,
+                                                                                       run_cli, golden_prepared,
+                                                                                       golden_embeddings,
+                                                                                       no_default_models):
+    """A review of the fix: a link elsewhere to another set's classifier escaped the check (exit 0)."""
+    (tmp_path / "mine").mkdir()
+    link = tmp_path / "mine" / "cls.pth"
+    link.symlink_to(other_tiny_models / "500_model_tiny.pth")
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "out", "--classifier", link)
+    assert code == 5, message
+    assert f"belongs to the models folder {other_tiny_models}" in message, message
+
+
 def test_a_given_classifier_recorded_nowhere_is_taken(tiny_models, models_copy, tmp_path, run_cli, golden_prepared,
                                                       golden_embeddings, no_default_models):
     """The user's own classifier (no manifest records it) tells no encoders: scored, even beside a

@@ -648,8 +648,9 @@ def require_own_classifier(chunk_size: int, classifier: Path | None, why: str = 
 
 
 def _models_folders(models: Path | None, classifier: Path) -> list[Path]:
-    """Where a manifest may name the classifier: its own folder and the models folder in use."""
-    folders = [classifier.parent]
+    """Where a manifest may name the classifier: its own folder (and, when it is reached through a
+    link, the folder the link leads into) and the models folder in use."""
+    folders = list(dict.fromkeys([classifier.parent, Path(os.path.realpath(classifier)).parent]))
     with contextlib.suppress(VirnucproError):
         folders.append(store.models_dir(models))
     return folders

@@ -324,6 +324,23 @@ def test_a_classifier_the_manifest_beside_it_records_for_the_other_chunk_size_is
     assert "Submitted process" not in run.output, run.output[-3000:]
 
 
+def test_a_classifier_of_other_encoders_than_models_is_refused_before_any_task(tmp_path):
+    """The classifier of another model set (its folder's manifest records it) with --models: PREDICT
+    refused it after every EMBED task, naming its staged folder; the run now stops at start-up."""
+    sets = {}
+    for name, seed in (("models", ""), ("other", "+1")):
+        code = (f"from pathlib import Path; from virnucpro.models import tiny; tiny.TINY_SEED = tiny.TINY_SEED{seed}; "
+                f"tiny.make_tiny(Path({str(tmp_path / name)!r}))")
+        made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=task_env(), timeout=300)
+        assert made.returncode == 0, made.stderr
+        sets[name] = tmp_path / name
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--skip_multiqc", "--input",
+                       str(coding_reads(tmp_path / "reads.fa", 5)), "--models", str(sets["models"]),
+                       "--classifier", str(sets["other"] / "500_model_tiny.pth"))
+    assert_refused_before_any_task(run, f"belongs to the models in {sets['other']}",
+                                   f"--models {sets['models']} holds another esm2 model")
+
+
 # --------------------------------------------------------------------------------------------------
 # An EMBED task killed mid-shard
 # --------------------------------------------------------------------------------------------------

@@ -1322,6 +1322,52 @@ def checkClassifierChunkSize(String classifier, chunk_size) {
     }
 }
 
+// A --classifier that a models manifest records (that of its folder, of the folder a link to it
+// leads into, or of --models) belongs to that folder's encoders: when --models holds others, PREDICT
+// refuses the embeddings (as `virnucpro predict` does) once every EMBED task has run; stopped here,
+// naming both folders. Manifests that cannot tell (no sha256 of the same files) are left to PREDICT.
+def checkClassifierEncoders(String classifier, String models) {
+    def path = file(classifier, glob: false)
+    def dir = file(models, glob: false)
+    def used = java.nio.file.Files.isDirectory(dir) ? encoderPins(dir) : null
+    if (!used || !java.nio.file.Files.isRegularFile(path)) {
+        return
+    }
+    def digest = sha256Of(path)
+    def owners = [path.toAbsolutePath().parent, path.toRealPath().parent, dir].unique().findAll { folder -> recordsClassifier(folder, digest) }
+    def clashes = owners.collect { folder -> [folder, encoderClash(encoderPins(folder), used)] }
+    if (clashes && clashes.every { pair -> pair[1] }) {
+        error("--classifier ${classifier} belongs to the models in ${clashes[0][0]} (its manifest.json records it), but --models ${models} holds another ${clashes[0][1]} model: PREDICT would refuse the embeddings after every EMBED task; give the classifier made for the models in ${models} (or leave --classifier out), or --models ${clashes[0][0]}")
+    }
+}
+
+// Whether the models manifest of `folder` records a classifier file of this sha256
+def recordsClassifier(folder, String digest) {
+    def manifest = folder.resolve('manifest.json')
+    def read = java.nio.file.Files.isRegularFile(manifest) ? readModelsManifest(manifest) : [models: null]
+    return read.models ? read.models.any { role, entry -> role.toString().startsWith('classifier_') && entry instanceof Map && entry.sha256 instanceof Map && digest in entry.sha256.values().collect { sha -> sha.toString().toLowerCase() } } : false
+}
+
+// The first encoder whose files two encoderPins record with other sha256, or null: compared on the
+// files that make an encoder's identity (virnucpro/models/store.py) only where both record the same ones
+def encoderClash(pins, used) {
+    return ['esm2', 'dnabert_s'].find { role ->
+        def mine = identityShas(pins?.get(role), role)
+        def theirs = identityShas(used?.get(role), role)
+        mine && theirs && mine.keySet() == theirs.keySet() && mine != theirs
+    }
+}
+
+// file name -> sha256 (lower case) of the files of an encoder's manifest entry that make its identity
+def identityShas(entry, String role) {
+    def recorded = entry instanceof Map && entry.sha256 instanceof Map ? entry.sha256 : [:]
+    def names = role == 'esm2' ? ['.pt'] : ['config.json', 'model.safetensors', 'pytorch_model.bin', 'tokenizer.json']
+    return recorded.findAll { rel, _sha ->
+        def name = rel.toString().tokenize('/').last()
+        role == 'esm2' ? name.endsWith('.pt') && !name.endsWith('-contact-regression.pt') : name in names
+    }.collectEntries { rel, sha -> [(rel.toString().tokenize('/').last()): sha.toString().toLowerCase()] }
+}
+
 // The sha256 of a file, streamed through the digest (never read whole)
 def sha256Of(path) {
     def digest = java.security.MessageDigest.getInstance('SHA-256')
@@ -1334,9 +1380,10 @@ def sha256Of(path) {
 // A --classifier with the models manifest of its folder when there is one: PREDICT then refuses a
 // classifier that manifest records for the other chunk size, as `virnucpro predict` does when it
 // reads the classifier beside its manifest (staged alone, a tiny one for 500-bp chunks passed at 300)
+// (a classifier reached through a link: the manifest beside the link, else the one beside its target)
 def userClassifierFiles(classifier) {
-    def manifest = classifier.resolveSibling('manifest.json')
-    return [classifier] + (classifier.name != 'manifest.json' && manifest.isFile() ? [manifest] : [])
+    def manifest = [classifier, classifier.toRealPath()].collect { path -> path.resolveSibling('manifest.json') }.find { path -> path.isFile() }
+    return [classifier] + (classifier.name != 'manifest.json' && manifest ? [manifest] : [])
 }
 
 // EMBED's key for a models folder: the path, size and modification time of each file the encoders
