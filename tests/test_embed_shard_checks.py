@@ -127,3 +127,30 @@ def test_models_that_differ_by_their_label_only_are_the_same_models(golden_prepa
     code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *outs, "--outdir",
                             tmp_path / "out", "--models", models)
     assert code == 0, message
+
+
+def test_a_shard_cut_at_a_line_end_in_its_prepare_folder_is_exit_5_before_any_work(golden_prepared, tiny_models,
+                                                                                    run_cli, tmp_path):
+    """A hostile reviewer's case: a shard cut short at a line's end reads as a sound, shorter one; embed
+    wrote its rows (GPU hours on real data) and only predict refused them. Beside its manifest, the
+    shard's sha256 is checked first; the same cut shard on its own (as the pipeline stages it) is taken."""
+    prepared = Path(shutil.copytree(golden_prepared, tmp_path / "prepared"))
+    shard = prepared / fmt.load_manifest(prepared)["shards"][0]["file"]
+    shard.write_text("".join(_lines(shard)[:30]))
+    code, message = _embed(run_cli, shard, tiny_models, tmp_path / "s.h5")
+    assert code == 5, message
+    assert f"{shard} changed after prepare" in message and str(prepared / fmt.MANIFEST) in message, message
+    assert "loading DNABERT-S" not in message and not (tmp_path / "s.h5").exists()
+    alone = Path(shutil.copyfile(shard, tmp_path / "shard_00000.tsv"))
+    assert _embed(run_cli, alone, tiny_models, tmp_path / "alone.h5")[0] == 0
+
+
+def test_the_manifest_of_a_prepare_folder_is_read_once_for_all_its_shards(golden_prepared, monkeypatch):
+    """`run` embeds every shard of its prepare folder: the manifest (which lists them all) is read once."""
+    reads = []
+    real = fmt.load_manifest
+    monkeypatch.setattr(fmt, "load_manifest", lambda folder: reads.append(folder) or real(folder))
+    fmt._recorded_shards.cache_clear()
+    for entry in real(golden_prepared)["shards"]:
+        fmt.check_against_its_manifest(fmt.shard_info(golden_prepared / entry["file"]))
+    assert len(reads) == 1

@@ -1009,6 +1009,7 @@ def embed(shard: Path, out: Path, models: Path | None = None, checkpoint_dir: Pa
     """
     shard, out = Path(shard), Path(out)
     shard_meta = fmt.shard_info(shard)
+    fmt.check_against_its_manifest(shard_meta)
     _refuse_folders_over_out(out, {"--checkpoint-dir": checkpoint_dir, "--compile-cache": compiling.cache})
     refuse_nesting(out, "--out")
     if checkpoint_dir is not None:

@@ -7,6 +7,7 @@ own tables back), `embed` and `predict` read them, all through the functions her
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import itertools
@@ -20,8 +21,8 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
-from virnucpro.errors import (BadInputError, InconsistentInputsError, access_hint, denied_folder,
-                             folder_refused, open_file_limit, other_format, path_mode)
+from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, VirnucproError, access_hint,
+                             denied_folder, folder_refused, open_file_limit, other_format, path_mode)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -257,6 +258,38 @@ def shard_info(path: Path) -> ShardInfo:
             raise  # the CLI names the limit (see `open_file_limit`)
         raise BadInputError(f"cannot read shard {path}: {exc.strerror}", "check the path") from None
     return ShardInfo(path, values["chunk_size"], values["index"], values["of"], digest)
+
+
+def check_against_its_manifest(info: ShardInfo) -> None:
+    """A shard in its prepare folder (`shards/` beside the manifest) is the file prepare wrote: the
+    sha256 its manifest records for it (exit 5). A shard cut at a line's end reads as a sound, shorter
+    one: embed spent the GPU hours on it, and only predict refused the result. A shard on its own (as
+    the pipeline stages it), or beside a manifest that cannot be read or does not list it, is taken."""
+    folder = Path(info.path).parent.parent
+    try:
+        stamp = os.stat(folder / MANIFEST)
+    except OSError:
+        return
+    if Path(info.path).parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode):
+        return
+    recorded = _recorded_shards(str(folder), (stamp.st_ino, stamp.st_size, stamp.st_mtime_ns)).get(Path(info.path).name)
+    if recorded is not None and recorded != info.sha256:
+        raise InconsistentInputsError(f"{info.path} changed after prepare: its sha256 is not the one {folder / MANIFEST} "
+                                      "records for it (cut short, or edited?)", REPAIR_HINT)
+
+
+@functools.lru_cache(maxsize=4)
+def _recorded_shards(folder: str, _stamp: tuple) -> dict[str, str]:
+    """Shard file name -> the sha256 the manifest of the prepare folder records; read once per
+    manifest as it is (`_stamp`), not once per shard of a `run`. Empty when it cannot be read:
+    predict names what is wrong with it."""
+    try:
+        manifest = load_manifest(Path(folder))
+    except InterruptedByUser:
+        raise
+    except VirnucproError:
+        return {}
+    return {Path(entry["file"]).name: entry["sha256"] for entry in manifest["shards"]}
 
 
 #: What prepare writes as proteins: the 20 amino acids of the standard code (stops end no ORF; a
