@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import random
@@ -303,6 +304,21 @@ def test_report_is_self_contained_and_agrees_with_tables(golden_predicted, golde
     assert info["tiny_models"] is True and info["inputs"][0]["sha256"]
     assert set(info["models"]) == {"dnabert_s", "esm2"} and len(info["classifier"]["sha256"]) == 64
     assert info["attention_path"] == ["dnabert_s:reference,esm2:reference"]  # the exact path on CPU
+
+
+def test_run_info_says_where_when_and_with_which_software(golden_predicted):
+    """A provenance review: no torch version, time or working folder (which its relative paths need)."""
+    import platform
+    import time
+
+    import h5py
+    import torch
+
+    info = json.loads((golden_predicted / "run_info.json").read_text())
+    assert info["software"] == {"python": platform.python_version(), "torch": torch.__version__,
+                                "numpy": np.__version__, "h5py": h5py.__version__, "platform": platform.platform()}
+    assert info["working_directory"] == os.getcwd()
+    assert abs(time.time() - calendar.timegm(time.strptime(info["finished"], "%Y-%m-%dT%H:%M:%SZ"))) < 3600
 
 
 def _top_rows(page: str) -> dict[str, tuple[str, str]]:

@@ -754,13 +754,38 @@ def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
                                       "use the classifier that belongs to the embedding models")
 
 
+def _working_directory() -> str | None:
+    """The folder the command ran in (relative paths in `command` and `inputs` are relative to it);
+    None when it was deleted meanwhile."""
+    try:
+        return unicode_text(os.getcwd())
+    except OSError:
+        return None
+
+
+def _software() -> dict:
+    """The versions that computed the scores here (the embeddings' torch is the one their task had:
+    the pipeline's versions file records it), and the platform."""
+    import platform
+
+    import h5py
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "platform": platform.platform()}
+
+
 def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256: str, threshold: float, tiny: bool,
               seconds: dict) -> dict:
-    """run_info.json: what made these tables (version, command, inputs, models, the classifier as
-    loaded, settings, times)."""
+    """run_info.json: what made these tables (version, command and the folder it ran in, which
+    relative paths are relative to, the software, inputs, models, the classifier as loaded,
+    settings, times)."""
     return {
         "virnucpro_version": __version__,
         "command": [unicode_text(word) for word in sys.argv],
+        "working_directory": _working_directory(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "software": _software(),
         "inputs": manifest["inputs"],
         "chunk_size": manifest["chunk_size"],
         "models": shards[0].models,
