@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; writeParamsFile ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -67,6 +67,9 @@ workflow {
              links: asText(params.publish_dir_mode) in ['symlink', 'rellink']],
             [checkpoint: checkpoint_dir, work: workflow.workDir.toString()]
         )
+        if (params.outdir) {
+            writeParamsFile(asText(params.outdir), asText(params.trace_report_suffix), params)
+        }
         def embed_settings = [checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile]
         def embed_record = embedSettingsRecord()
         warnIfEmbedKeyChanged(embed_record, embed_settings)

@@ -68,6 +68,15 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     assert not (test_run.outdir / "RUN_UNFINISHED.txt").exists()
 
 
+def test_the_parameters_the_run_took_are_recorded_in_pipeline_info(test_run):
+    """A provenance review: the test profile's values (--shard_size, --precision) were in the console
+    log only; pipeline_info/params_<start>.json records every value the run took."""
+    (recorded,) = (test_run.outdir / "pipeline_info").glob("params_*.json")
+    values = json.loads(recorded.read_text())
+    assert values["shard_size"] == 8 and values["precision"] == "fp32" and values["tiny_models"] is True, values
+    assert values["outdir"] == str(test_run.outdir) and "trace-report-suffix" not in values, values
+
+
 def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):
     models = tiny_models_of(test_run)
     inputs = {"sample_a": TEST_INPUTS / "sample_a.fasta", "sample_b": TEST_INPUTS / "sample_b.fastq"}

@@ -106,6 +106,26 @@ def writeInputsTable(String outdir, String runStart, List samples) {
     }
 }
 
+// <outdir>/pipeline_info/params_<start>.json: every parameter's value this run took, from the command
+// line, params files, profiles and defaults alike (the execution report shows only the command, and
+// a profile's values, such as the test profile's --shard_size, were in the console log alone).
+def writeParamsFile(String outdir, String runStart, Map values) {
+    if (workflow.preview) {
+        return
+    }
+    def plain = values.findAll { name, _value -> !name.toString().contains('-') }.collectEntries { name, value ->
+        [(name.toString()): value == null || value instanceof Number || value instanceof Boolean ? value : value.toString()]
+    }.sort()
+    def json = file("${outdir}/pipeline_info/params_${runStart}.json", glob: false)
+    json.parent.mkdirs()
+    try {
+        java.nio.file.Files.writeString(json, groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(plain)) + '\n', java.nio.charset.StandardCharsets.UTF_8, java.nio.file.StandardOpenOption.CREATE_NEW, java.nio.file.StandardOpenOption.WRITE)
+    }
+    catch (java.nio.file.FileAlreadyExistsException _e) {
+        error("${json}: this run's record of its parameters would replace what is already there, which this run did not write; move it out of the way, or give another --trace_report_suffix")
+    }
+}
+
 // One row of the inputs table: the sample, the name PREPARE stages its i-th file (0-based) under,
 // and the file. A tab, line break or carriage return (refused in input paths, unsafePathProblem)
 // would break the table's rows: written as \t, \n, \r should one ever get here.
