@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import subprocess
@@ -44,6 +45,20 @@ def test_an_error_stops_the_bar_and_gives_the_cursor_back(screen):
     assert text.rfind("\x1b[?25h") < text.rfind("it failed")
     progress.advance(10)  # a late update after the error draws nothing
     assert out.getvalue() == text
+
+
+@pytest.mark.parametrize("width", [60, 55])
+def test_a_narrow_terminal_narrows_the_bar_before_it_cuts_the_eta(monkeypatch, width):
+    """At 60 columns the fixed 20-column bar left no room for "ETA" beside embed's label."""
+    out = io.StringIO()
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(console, "err", Console(file=out, force_terminal=True, width=width, highlight=False))
+    progress = console.Progress("embed shard 1/1", total=6_277)
+    progress.advance(2_500)
+    progress.close()
+    last = [line for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()).replace("\r", "\n").splitlines()
+            if "2,500/6,277" in line][-1]
+    assert "2,500/6,277 records, ETA " in last and len(last) <= width, last
 
 
 def test_a_dumb_terminal_gets_log_lines(screen):
@@ -125,3 +140,19 @@ def test_predict_shows_progress_of_its_checks_and_its_scoring(golden_prepared, g
     orfs = fmt.load_manifest(golden_prepared)["counts"]["orfs"]
     assert [p.label for p in made] == ["predict: checking", "predict: scoring"]
     assert all(p.unit == "ORFs" and p.total == p.done == orfs for p in made), [(p.total, p.done) for p in made]
+
+
+def test_hashing_a_large_model_file_shows_progress_and_a_small_one_nothing(screen, monkeypatch, tmp_path):
+    """`models check` hashed ESM-2's gigabytes with one line, then minutes of silence on slow storage."""
+    from virnucpro.models import store
+
+    monkeypatch.setattr(store, "HASH_PROGRESS_BYTES", 2_000_000)
+    monkeypatch.setattr(store, "HASH_CHUNK_BYTES", 500_000)
+    (tmp_path / "big.pt").write_bytes(b"x" * 3_000_000)
+    (tmp_path / "small.pt").write_bytes(b"x" * 1_000_000)
+    out = screen()
+    assert store.sha256_file(tmp_path / "small.pt") == hashlib.sha256(b"x" * 1_000_000).hexdigest()
+    assert out.getvalue() == ""
+    assert store.sha256_file(tmp_path / "big.pt") == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert "sha256 big.pt" in out.getvalue() and "3.0 MB/3.0 MB" in out.getvalue(), out.getvalue()
+    assert "\x1b[?25h" in out.getvalue()  # the bar closed: the cursor given back

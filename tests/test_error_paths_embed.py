@@ -94,14 +94,15 @@ except Exception as exc:
 
 # `virnucpro ARGS` stopped (SIGTERM) the moment the temporary file of the HDF5 output exists
 STOP_AT_THE_TEMPORARY = """
-import os, signal, tempfile
-made = tempfile.mkstemp
+import os, signal
+import virnucpro.h5shard
+made = virnucpro.h5shard.new_temporary_file
 def stopped_once_made(*args, **kwargs):
     fd, name = made(*args, **kwargs)
     if os.path.basename(name).startswith(".s.h5."):
         signal.raise_signal(signal.SIGTERM)
     return fd, name
-tempfile.mkstemp = stopped_once_made
+virnucpro.h5shard.new_temporary_file = stopped_once_made
 from virnucpro.entry import main
 main()
 """

@@ -34,9 +34,9 @@ NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root
 
 # The command line, run in a process whose audit hook sends it SIGTERM itself the first time it makes
 # the call `event` on a path matching `pattern` (the call is made, then the signal is handled): a
-# real signal at an exact moment. The event "created" is the moment `tempfile.mkstemp` has created
-# its file, before it returns (its audit event comes before the file exists): a profile function,
-# set for that one call, sees `os.open` return there. `other_thread`: a thread that does not block
+# real signal at an exact moment. The event "created" is the moment `outdir.new_temporary_file` has
+# created its file and returns (the audit event of its `os.open` comes before the file exists): a
+# profile function, set from that event, sees the function return. `other_thread`: a thread that does not block
 # stop signals exists, so the kernel may hand the signal to it while the main thread holds them back.
 STOPPED_AT = r"""
 import os, re, runpy, signal, sys, threading
@@ -48,8 +48,8 @@ def send():
     sys.stderr.write("TEST: SIGTERM sent\n")
     os.kill(os.getpid(), signal.SIGTERM)
 
-def created(frame, what, function):
-    if what == "c_return" and getattr(function, "__name__", "") == "open" and frame.f_code.co_name == "_mkstemp_inner":
+def created(frame, what, _arg):
+    if what == "return" and frame.f_code.co_name == "new_temporary_file":
         sys.setprofile(None)
         send()
 
@@ -62,7 +62,7 @@ def hook(name, args):
         seen.append(name)
         if len(seen) == nth:
             send()
-    elif event == "created" and name == "tempfile.mkstemp":
+    elif event == "created" and name == "open" and len(args) > 2 and args[2] & os.O_EXCL:
         sys.setprofile(created)
 
 sys.addaudithook(hook)
@@ -698,3 +698,32 @@ def test_a_kill_just_after_run_moved_run_info_in_leaves_its_own_embeddings_besid
     rerun = virnucpro("run", tmp_path / "two.fa", *common)
     assert rerun.returncode == 0, rerun.stderr
     assert_marker_settled(out)
+
+
+MARKER_OF_ANOTHER = """
+import sys
+from pathlib import Path
+from virnucpro import outdir as od
+try:
+    od.OutputFolder(Path(sys.argv[1]), "run", [])._write_marker()
+except od.OutputWriteError as exc:
+    print(f"exit {int(exc.code)}: {exc}")
+"""
+
+
+def test_a_marker_that_cannot_be_replaced_leaves_no_temporary_behind(tmp_path):
+    """In a sticky folder, another user's marker cannot be renamed over: the temporary stayed, named in
+    the error, and blocked its owner's next run for good (which may not remove it either)."""
+    from tests.permission_helpers import unprivileged
+    prefix = unprivileged()
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    os.chown(folder, 5432, 5432)  # neither the folder nor the marker is ours: the sticky bit applies
+    (folder / od.MARKER_NAME).write_text('{"kind": "run", "files": {}}\n')
+    os.chown(folder / od.MARKER_NAME, 4321, 4321)
+    done = subprocess.run([*prefix, sys.executable, "-c", MARKER_OF_ANOTHER, str(folder)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert done.stdout.startswith(f"exit {int(ExitCode.OUTPUT_WRITE)}: cannot write {folder / od.MARKER_NAME}:"), \
+        done.stdout + done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [od.MARKER_NAME]

@@ -100,17 +100,17 @@ def test_a_models_folder_inside_a_folder_that_cannot_be_entered_names_that_folde
 # a stop signal arriving the moment the temporary file exists (as if between its creation and the
 # line that keeps its name): the models manifest is written under the package's stop handling
 STOP_AS_MADE = """
-import os, signal, sys, tempfile
+import os, signal, sys
 from pathlib import Path
 from virnucpro.errors import InterruptedByUser, stop_signals_exit_interrupted
 from virnucpro.models import store
 
-made = tempfile.mkstemp
+made = store.new_temporary_file
 def made_then_stopped(*args, **kwargs):
     created = made(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGTERM)
     return created
-tempfile.mkstemp = made_then_stopped
+store.new_temporary_file = made_then_stopped
 try:
     with stop_signals_exit_interrupted():
         store.write_manifest(Path(sys.argv[1]), {"models": {}})

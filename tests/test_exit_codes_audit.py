@@ -312,3 +312,16 @@ def test_usage_lines_name_arguments_as_placeholders(command, placeholder):
                           env={**os.environ, "COLUMNS": "200"})
     usage = next(line for line in done.stdout.splitlines() if "Usage:" in line)
     assert placeholder in usage and not any(name in usage for name in ("inputs", "shard", "directory")), usage
+
+
+def test_a_manifest_only_unreadable_names_its_owner_not_damage(models):
+    """A shared store's manifest of mode 0600 owned by another user was "unreadable or not JSON", with
+    the advice to move it out of a folder this user cannot even write."""
+    manifest = models / "manifest.json"
+    os.chown(manifest, 4321, 4321)
+    manifest.chmod(0o600)
+    done = _run("models", "check", models)
+    assert done.returncode == ExitCode.MODELS, done.stderr
+    assert f"cannot read {manifest}: Permission denied" in done.stderr, done.stderr
+    assert "belongs to uid 4321" in done.stderr and "not JSON" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -164,9 +164,9 @@ def test_after_a_failed_write_the_remaining_vectors_are_not_fetched(tmp_path, mo
 
 def test_a_file_that_cannot_be_created_is_exit_10(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir")))
+        raise OSError(errno.EROFS, "Read-only file system", str(args[0]))
 
-    monkeypatch.setattr(h5shard.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(h5shard, "new_temporary_file", refuse)
     with pytest.raises(OutputWriteError, match="read-only"):
         h5shard.write_shard(tmp_path / "s.h5", ["a_chunk_1F1"], lambda a, b: (np.zeros((1, 2), "f4"),) * 2,
                             (2, 2), ATTRS)

@@ -162,3 +162,13 @@ def test_a_stop_once_the_tiny_folder_is_complete_says_nothing_is_left_to_rerun(t
     assert folder_files(stopped) == folder_files(complete)
     assert not [p for p in stopped.rglob("*.tmp")]
     assert virnucpro("models", "check", stopped).returncode == 0
+
+
+def test_no_writable_temporary_folder_is_exit_10_not_a_bug(tmp_path, monkeypatch, run_cli):
+    """It was "unexpected FileNotFoundError ... this is a bug" with a traceback (exit 1)."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    code, err = run_cli("models", "tiny", str(tmp_path / "tiny"))
+    assert code == ExitCode.OUTPUT_WRITE, err
+    assert "no writable temporary folder for the tiny models" in err and "TMPDIR" in err, err
+    assert "Traceback" not in err and "bug" not in err, err

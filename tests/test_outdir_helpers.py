@@ -9,8 +9,10 @@ import json
 import os
 import pwd
 import socket
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from store_fixtures import folder_held_by_another_process
 
@@ -221,3 +223,52 @@ def test_the_mode_of_new_files_is_read_without_setting_the_umask(monkeypatch):
     finally:
         monkeypatch.undo()
         os.umask(before)
+
+
+# ------------------------------------------------------------------ new files in a folder with a default ACL
+
+ACL_ENTRY = struct.Struct("<HHI")  # tag, permission bits, user or group id: POSIX ACLs in Linux xattrs
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+NO_ID = 0xFFFFFFFF
+
+
+def shared_by_default_acl(folder: Path, reader: int) -> Path:
+    """`folder` with a default ACL that lets user `reader` read what is made in it (setfacl -d -m
+    u:READER:rx), as a project folder shared with a collaborator; skips where ACLs are refused."""
+    folder.mkdir()
+    entries = [(ACL_USER_OBJ, 7, NO_ID), (ACL_USER, 5, reader), (ACL_GROUP_OBJ, 5, NO_ID), (ACL_MASK, 5, NO_ID),
+               (ACL_OTHER, 0, NO_ID)]
+    try:
+        os.setxattr(folder, "system.posix_acl_default",
+                    struct.pack("<I", 2) + b"".join(ACL_ENTRY.pack(*entry) for entry in entries))
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs here: {exc}")
+    return folder
+
+
+def acl_mask(path: Path) -> int:
+    """The permission bits of the ACL mask of `path` (which caps every named user's and group's rights)."""
+    data = os.getxattr(path, "system.posix_acl_access")
+    entries = [ACL_ENTRY.unpack_from(data, offset) for offset in range(4, len(data), ACL_ENTRY.size)]
+    return next(perm for tag, perm, _id in entries if tag == ACL_MASK)
+
+
+def test_files_made_under_a_default_acl_stay_readable_to_its_users_under_umask_077(tmp_path):
+    """The files written through a temporary (mkstemp's 0600, then a chmod to the umask's mode) got ACL
+    mask ---: the collaborator the folder's default ACL names could not read a shard or a model file."""
+    from virnucpro import h5shard
+    from virnucpro.models.store import replaced_like
+    folder = shared_by_default_acl(tmp_path / "project", reader=4321)
+    old = os.umask(0o077)
+    try:
+        od.write_atomically(folder / "manifest.json", b"{}\n")
+        with replaced_like(folder / "weights.pt", like=[]) as temporary:
+            temporary.write_bytes(b"weights")
+        h5shard.write_shard(folder / "shard.h5", ["r0"], lambda a, b: (np.zeros((b - a, 2), np.float32),
+                                                                      np.zeros((b - a, 3), np.float32)),
+                            (2, 3), {})
+    finally:
+        os.umask(old)
+    for name in ("manifest.json", "weights.pt", "shard.h5"):
+        assert acl_mask(folder / name) & 4, f"{name}: the ACL mask does not let its users read it"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "shard.h5", "weights.pt"]

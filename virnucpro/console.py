@@ -108,6 +108,7 @@ def error(message: str) -> None:
 
 _drawing: "weakref.WeakSet[Progress]" = weakref.WeakSet()
 BAR_WIDTH = 20
+MIN_BAR_WIDTH = 5  # the narrowest bar a narrow terminal gets before the status is cut
 
 
 def close_all_progress() -> None:
@@ -194,11 +195,19 @@ class Progress:
     def _start_bar(self):
         from rich.progress import BarColumn, Progress as RichProgress, TextColumn
 
-        bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH),
+        self._bar_width = self._fitting_bar_width()
+        bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=self._bar_width),
                            TextColumn("{task.fields[text]}"), console=err, transient=False)
         self._task = bar.add_task(self.label, total=self.total, completed=self.done, text=self._fitted())
         bar.start()
         return bar
+
+    def _fitting_bar_width(self) -> int:
+        """BAR_WIDTH, or narrower (to MIN_BAR_WIDTH) where the terminal is too narrow for the label,
+        the bar and the count with its ETA at their widest: the bar gives way before the ETA does."""
+        most = _amount(self.total or 0, self.unit)
+        essential = len(f"{most}/{most} {self.unit}, ETA 00:00:00")
+        return max(MIN_BAR_WIDTH, min(BAR_WIDTH, err.width - len(self.label) - essential - 3))
 
     def __enter__(self) -> "Progress":
         return self
@@ -233,7 +242,7 @@ class Progress:
 
     def _fitted(self, now: float | None = None) -> str:
         """The status cut to the terminal's width beside the label and the bar (rich would drop them)."""
-        room = max(err.width - len(self.label) - BAR_WIDTH - 3, 10)
+        room = max(err.width - len(self.label) - self._bar_width - 3, 10)
         status = self._status(now)
         return status if len(status) <= room else status[:room - 1] + "…"
 

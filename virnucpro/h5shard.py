@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError
                               access_hint, denied_folder, folder_refused, link_loop, name_too_long, open_file_limit,
                               other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
-from virnucpro.outdir import file_mode, rename_new
+from virnucpro.outdir import new_temporary_file, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
 
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
@@ -358,12 +357,10 @@ def _new_temporary(path: Path) -> tuple[io.FileIO, Path]:
     """A new file beside `path` (`.NAME.XXXXXXXX.tmp`), created exclusively: an existing file or a
     symbolic link of that name is never opened, so nothing we did not write is overwritten."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = new_temporary_file(path)
     except OSError as exc:
         raise _write_failed(path, exc) from None
-    raw = io.FileIO(fd, "wb+")  # owns the file from here: closed however the rest fails
-    os.fchmod(fd, file_mode())
-    return raw, Path(name)
+    return io.FileIO(fd, "wb+"), name  # the FileIO owns the file from here: closed however the rest fails
 
 
 def _seal_written(tmp: Path, path: Path) -> None:

@@ -39,10 +39,10 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
 from contextlib import ExitStack, contextmanager, suppress
@@ -77,6 +77,8 @@ NO_FOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 # (h5shard; mkstemp's 8 random letters); the lock `.NAME.lock` and `NAME.ckpt` are shorter
 DERIVED_NAME_EXTRA = len("..XXXXXXXX.tmp")
 NOT_OPENABLE = {errno.ELOOP, errno.EISDIR, errno.ENXIO}  # a link (O_NOFOLLOW), a folder, a socket or FIFO
+TEMPORARY_TAG = "abcdefghijklmnopqrstuvwxyz0123456789_"  # the letters of a temporary's 8-letter tag
+TEMPORARY_NAME_ATTEMPTS = 100  # random tags taken in a row before giving up (tempfile's is 10,000)
 CREATE_ATTEMPTS = 3  # a temporary name of ours taken again, this often in a row, just after we removed it
 WALKED_MAX = 10_000  # files a refusal lists at most from a folder without a record (a home folder, say)
 
@@ -816,20 +818,34 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
 
 
 def _new_temporary(path: Path) -> Path:
-    """A new empty file `.NAME.XXXXXXXX.tmp` beside `path`, created exclusively."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A new empty file `.NAME.XXXXXXXX.tmp` beside `path`, created exclusively (`new_temporary_file`)."""
+    fd, name = new_temporary_file(path)
     os.close(fd)
-    return Path(name)
+    return name
+
+
+def new_temporary_file(path: Path, within: Path | None = None) -> tuple[int, Path]:
+    """A new file `.NAME.XXXXXXXX.tmp` beside `path` (or in the folder `within`), created exclusively,
+    never through a link, open for reading and writing. Its mode is a plain `open()`'s: the umask's,
+    or under a default ACL the ACL's (mkstemp's 0600, or a chmod after it, would set the ACL mask to
+    nothing and lock the group out of a shared folder)."""
+    folder = Path(within or path.parent)
+    for _attempt in range(TEMPORARY_NAME_ATTEMPTS):
+        name = folder / f".{path.name}.{''.join(secrets.choice(TEMPORARY_TAG) for _ in range(8))}.tmp"
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no temporary name left unused", str(folder))
 
 
 def _sync_file(path: Path) -> None:
-    """Give the regular file at `path` the mode of a new file (`file_mode`) and wait until it is on
-    disk; never through a link."""
+    """Wait until the regular file at `path` is on disk; never through a link. Its mode stays the one
+    it was created with (`new_temporary_file`)."""
     fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.fchmod(fd, file_mode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -1301,8 +1317,19 @@ class OutputFolder:
             data["publishing"] = dict(sorted(publishing.items()))
         with output_errors(path), stop_signals_deferred():  # a stop meanwhile would leave the temporary
             _write_synced(tmp, (json.dumps(data, indent=1) + "\n").encode())
-            os.replace(tmp, path)
+            _replace_with_ours(tmp, path)
             sync_folder(self.folder)  # the rename itself on disk: a power loss leaves the old or new marker
+
+
+def _replace_with_ours(tmp: Path, path: Path) -> None:
+    """Rename our temporary `tmp` over `path`. When the rename is refused (the marker of another user
+    in a sticky folder, say) the temporary goes too, and the error names `path`, not the temporary:
+    a temporary left there would block the folder's owner, who may not remove it either."""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -61,18 +61,19 @@ import re
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from stat import S_IMODE, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK, S_ISVTX
 from typing import Iterable, Iterator
 
-from virnucpro.console import info, warn
+from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
                               InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, is_link_loop,
                               link_loop, name_too_long,
                               path_too_long, printable, stop_signals_deferred)
-from virnucpro.outdir import NO_FOLLOW, file_mode, lock_holder, marker_kind, refuse_unless_regular, sync_folder
+from virnucpro.outdir import NO_FOLLOW, lock_holder, marker_kind, new_temporary_file, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
 ROLES = ("esm2", "dnabert_s", "classifier_300", "classifier_500")
@@ -103,6 +104,7 @@ SETTINGS_GLOBALS = frozenset({"argparse.Namespace"})
 LEGACY_PICKLES = 5
 _CACHE_MIN_BYTES = 64 * 1024 * 1024
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
+HASH_PROGRESS_BYTES = 256 * 1024 * 1024  # a file this large is hashed with progress shown
 HASH_TRIES = 3  # a file replaced or written while it is hashed is hashed again, at most this often in all
 FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
@@ -297,8 +299,9 @@ def read_manifest(directory: Path, where: str = "--models") -> dict | None:
     if not os.path.lexists(path):
         return None
     try:
-        manifest = json.loads(read_small_file(path, MANIFEST_MAX_BYTES))
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        with reading(path):  # a manifest this user may not read is no damaged one: its owner can fix it
+            manifest = json.loads(read_small_file(path, MANIFEST_MAX_BYTES))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         why = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise ModelsError(f"{path} is unreadable or not JSON: {why}",
                           hint=_manifest_hint(Path(directory))) from None
@@ -592,9 +595,9 @@ def replaced_like(path: Path, like: Iterable[Path], within: Path | None = None) 
 def _new_temporary(path: Path, within: Path | None = None) -> Path:
     """A new empty file beside `path` (or in `within`), `.NAME.XXXXXXXX.tmp`, created exclusively,
     to write it in."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=within or path.parent)
+    fd, name = new_temporary_file(path, within)
     os.close(fd)
-    return Path(name)
+    return name
 
 
 def _temporary_pattern(name: str) -> re.Pattern:
@@ -756,9 +759,9 @@ def _settle(path: Path, source: os.stat_result | None) -> None:
 
 def _take_permissions(fd: int, source: os.stat_result | None) -> None:
     """The read/write bits and the group of `source`, never wider: when this user may not give the
-    file that group, its own group gets what others had. Without `source`, the umask's mode."""
+    file that group, its own group gets what others had. Without `source`, the mode it was created
+    with (`outdir.new_temporary_file`: the umask's, or a default ACL's)."""
     if source is None:
-        os.fchmod(fd, file_mode())
         return
     mode = S_IMODE(source.st_mode) & 0o666
     if os.fstat(fd).st_gid != source.st_gid:
@@ -831,14 +834,25 @@ def _hashed_handle(handle, git_sha1: bool) -> tuple[str, str | None]:
     """(sha256, git blob id when `git_sha1`) of the open file, read from where it is to its end."""
     digest = hashlib.sha256()
     blob = None
+    size = os.fstat(handle.fileno()).st_size
     if git_sha1:
         blob = hashlib.sha1()
-        blob.update(b"blob %d\0" % os.fstat(handle.fileno()).st_size)
-    while chunk := handle.read(HASH_CHUNK_BYTES):
-        digest.update(chunk)
-        if blob is not None:
-            blob.update(chunk)
+        blob.update(b"blob %d\0" % size)
+    with _hashing_progress(handle, size) as progress:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            if blob is not None:
+                blob.update(chunk)
+            progress.advance(len(chunk))
     return digest.hexdigest(), blob.hexdigest() if blob is not None else None
+
+
+def _hashing_progress(handle, size: int):
+    """Progress with an ETA while a large file is hashed (ESM-2's 11 GB take minutes on a network
+    file system); nothing shown for a small one."""
+    if size < HASH_PROGRESS_BYTES:
+        return nullcontext(SimpleNamespace(advance=lambda n: None))
+    return Progress(f"sha256 {Path(handle.name).name}", size, unit="bytes", done=handle.tell())
 
 
 def hashed_as_it_is(path: Path, git_sha1: bool = False) -> tuple[str, str | None, os.stat_result]:
@@ -934,7 +948,7 @@ class HashCache:
         if entry is not None:
             remember_verified(path, stat, entry["sha256"])
             return entry["sha256"], entry.get("git_sha1") if git_sha1 else None
-        if stat.st_size > 256 * 1024 * 1024:
+        if stat.st_size >= HASH_PROGRESS_BYTES:
             info(f"computing sha256 of {path} ({stat.st_size / 1e9:.1f} GB)")
         digest, blob, hashed = hashed_as_it_is(path, git_sha1)
         remember_verified(path, hashed, digest)

@@ -25,7 +25,9 @@ import re
 import shutil
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from virnucpro import __version__
 from virnucpro.console import info
@@ -290,7 +292,7 @@ def make_tiny(directory: Path) -> None:
 
 def _made_models() -> dict[str, bytes]:
     """Every tiny file's bytes (relative name -> bytes), made in a private temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="virnucpro-tiny-") as scratch:
+    with _private_scratch() as scratch:
         try:
             _write_models(Path(scratch))
         except Exception as exc:  # noqa: BLE001 - torch, safetensors, tokenizers: each its own type
@@ -300,6 +302,18 @@ def _made_models() -> dict[str, bytes]:
             raise OutputWriteError(f"cannot write the tiny models in the temporary folder {scratch}: {meaning}",
                                    "free space there, or point TMPDIR at another folder") from None
         return {rel: (Path(scratch) / rel).read_bytes() for rels in TINY_FILES.values() for rel in rels}
+
+
+@contextmanager
+def _private_scratch() -> Iterator[str]:
+    """A new private temporary folder, removed after the block; exit 10 where none can be made."""
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="virnucpro-tiny-")
+    except OSError as exc:  # no writable temporary folder at all
+        raise OutputWriteError(f"no writable temporary folder for the tiny models: {exc.strerror or exc}",
+                               "set TMPDIR to a folder of yours") from None
+    with scratch as name:
+        yield name
 
 
 #: How torch (`inline_container.cc`), safetensors and tokenizers word a failed write.
