@@ -280,3 +280,22 @@ def test_embeddings_of_tiny_models_without_models_point_to_their_folder(tmp_path
     assert code == 4, message
     assert "made with tiny test models" in message and "--models" in message.split("fix:")[-1], message
     assert "models download" not in message, message
+
+
+@pytest.mark.parametrize("command", ["predict", "run"])
+def test_a_given_classifier_its_folder_records_otherwise_is_exit_4(models_copy, tmp_path, run_cli, golden_prepared,
+                                                                   golden_embeddings, no_default_models, command):
+    """A damaged classifier in a models folder is exit 4 through --models; named with --classifier it
+    was taken (exit 0) and its sha256 recorded in run_info.json as if all were well."""
+    classifier = models_copy / "500_model_tiny.pth"
+    with open(classifier, "ab") as handle:
+        handle.write(b"x")
+    (tmp_path / "a.fa").write_text(">a\n" + "ATGAAACCCGGGTTTTAA" * 40 + "\n")
+    inputs = (["predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings] if command == "predict"
+              else ["run", tmp_path / "a.fa", "--models", models_copy, "--device", "cpu"])
+    code, message = run_cli(*inputs, "--outdir", tmp_path / "out", "--classifier", classifier)
+    assert code == 4, message
+    assert f"classifier {classifier} has sha256 {store.sha256_file(classifier)}" in message, message
+    assert f"the manifest of {models_copy} records" in message and "a corrupt or replaced file" in message, message
+    assert f"virnucpro models tiny {models_copy}" in message, message
+    assert not any((tmp_path / "out" / output).exists() for output in OUTPUTS)

@@ -517,6 +517,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
     elif loaded is None:  # `run` checked the classifier it loaded against its chunk size, before any work
+        refuse_classifier_unlike_its_record(Path(classifier))
         refuse_classifier_of_other_chunk_size(Path(classifier), manifest["chunk_size"], models)
     model = loaded if loaded is not None else load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
@@ -582,6 +583,42 @@ def _closed(orfs: Iterator[tuple[str, float, float]]) -> Iterator[Iterator[tuple
 def _claimed(outdir: Path, output: OutputFolder | None):
     """The caller's claimed output folder, or this command's own claim on `--outdir`."""
     return contextlib.nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
+
+
+def refuse_classifier_unlike_its_record(path: Path) -> None:
+    """A `--classifier` that the manifest of its own folder records by its name, but whose bytes are
+    not the ones recorded, is exit 4, as it is through --models: a model file damaged or replaced
+    after it was downloaded. Under another name, or where no manifest records it, it is the user's own."""
+    mode = path_mode(path, ModelsError)
+    if mode is None or not S_ISREG(mode):
+        return  # a missing file is load_classifier's error
+    real = Path(os.path.realpath(path))
+    for folder, name in dict.fromkeys([(path.parent, path.name), (real.parent, real.name)]):
+        role, recorded = _recorded_classifier_checksum(folder, name)
+        digest = store.sha256_file(path) if recorded else None
+        if recorded and digest != recorded:
+            raise ModelsError(f"classifier {path} has sha256 {digest}, but the manifest of {folder} records {recorded} "
+                              f"for {name} (a corrupt or replaced file)",
+                              f"{store.refetch_hint(folder, role)}; keep a classifier of your own under a name "
+                              "the manifest does not record")
+
+
+def _recorded_classifier_checksum(folder: Path, name: str) -> tuple[str | None, str | None]:
+    """(role, sha256 lower case) the models manifest of `folder` records for the classifier file
+    `name`; (None, None) where it records none (or cannot be read: other checks say why)."""
+    from virnucpro.models import pins
+
+    try:
+        manifest = store.read_manifest(folder) or {"models": {}}
+    except InterruptedByUser:
+        raise
+    except VirnucproError:
+        return None, None
+    for role in (f"classifier_{size}" for size in pins.CLASSIFIER_CHUNK_SIZES):
+        recorded = manifest["models"].get(role, {}).get("sha256", {}).get(name)
+        if recorded:
+            return role, str(recorded).lower()
+    return None, None
 
 
 def refuse_classifier_of_other_chunk_size(path: Path, chunk_size: int, models: Path | None) -> None:
