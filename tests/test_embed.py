@@ -59,8 +59,10 @@ def test_duplicate_sequences_computed_once_but_every_record_has_a_row(tmp_path, 
     out = tmp_path / "d.h5"
     embed(shard(tmp_path / "prep"), out, models=tiny_models, device="cpu")
     ids, nuc, prot, _ = read_h5(out)
-    assert len(ids) == 3 * len(ids) // 3 and len(ids) >= 3
-    per_record = len(ids) // 3
+    per_record = len(ids) // 3  # the same sequence thrice: each record has the same ORFs, in order
+    assert per_record >= 1 and len(ids) == 3 * per_record, ids
+    assert [i.split("_", 1)[1] for i in ids[:per_record]] == [i.split("_", 1)[1] for i in ids[per_record:2 * per_record]]
+    assert [i.split("_", 1)[0] for i in ids] == ["a"] * per_record + ["b"] * per_record + ["c"] * per_record, ids
     np.testing.assert_array_equal(nuc[:per_record], nuc[per_record:2 * per_record])
     np.testing.assert_array_equal(prot[:per_record], prot[2 * per_record:])
     assert f"computed {per_record} nucleotide and {per_record} protein sequences" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -59,16 +60,19 @@ def test_tables_reconcile_with_prepare_counts(golden_prepared, golden_predicted)
 
 
 def test_scores_match_a_hand_computed_mlp(golden_prepared, golden_embeddings, golden_predicted, tiny_models):
-    """features -> Linear -> BatchNorm (running stats) -> ReLU -> Linear -> softmax, by hand in float64."""
+    """features -> Linear -> BatchNorm (running stats) -> ReLU -> Linear -> softmax, by hand in float64.
+    The features are read from the HDF5 datasets directly, not through the code predict uses, and
+    joined as the original joins them (SPEC: DNABERT-S then ESM-2): features swapped scored without an
+    error, as the real widths add up to the classifier's 3,328 either way."""
     from virnucpro.classifier import load_classifier
 
     state = load_classifier(locate(tiny_models).classifier(500)).state_dict()
     w = {k: v.double().numpy() for k, v in state.items() if v.dtype.is_floating_point}
     ids, features = [], []
     for path in golden_embeddings:
-        for block_ids, block in h5shard.iter_rows(path):
-            ids += block_ids
-            features.append(block)
+        with h5py.File(path, "r") as handle:
+            ids += [i.decode() for i in handle["ids"][:]]
+            features.append(np.concatenate([handle["dnabert_s"][:], handle["esm2"][:]], axis=1))
     x = np.concatenate(features).astype(np.float64)
     h = x @ w["hidden_layer.weight"].T + w["hidden_layer.bias"]
     h = (h - w["bn1.running_mean"]) / np.sqrt(w["bn1.running_var"] + 1e-5) * w["bn1.weight"] + w["bn1.bias"]
@@ -248,7 +252,7 @@ def test_missing_repeated_and_foreign_shards_exit_5(tmp_path, run_cli, golden_pr
                                                     tiny_models, reference_dir):
     base = ["predict", "--prepared", golden_prepared, "--outdir", tmp_path / "o", "--models", tiny_models]
     code, message = run_cli(*base, "--embeddings", *golden_embeddings[:-1])
-    assert code == 5 and "missing" in message and "shard_00005" in message
+    assert code == 5 and "1 embedding shard(s) missing: shard_00005.tsv" in message, message
     code, message = run_cli(*base, "--embeddings", *golden_embeddings, golden_embeddings[0])
     assert code == 5 and "repeats shard 0" in message
     from virnucpro.prepare import prepare
@@ -770,3 +774,17 @@ def test_a_checkpoint_folder_among_the_embeddings_is_named_as_one(tmp_path, run_
     said = " ".join(message.split())
     assert code == 3 and "it is embed's checkpoint folder, which holds no embedding file: leave it out" in said, message
     assert f"--embeddings {shlex.quote(str(leftover.parent))}/*.h5" in said and f"{leftover}/*.h5" not in said, message
+
+
+def test_the_reports_histogram_counts_the_virus_scores_of_the_table(golden_predicted):
+    """report.html's histogram, bar by bar, is the virus scores (score2) of prediction_results.txt in
+    HISTOGRAM_BINS equal bins: a histogram of the other column showed with no test failing."""
+    from virnucpro.predict import HISTOGRAM_BINS
+
+    bars = re.findall(r"<title>([\d.]+)-([\d.]+): ([\d,]+) ORFs?</title>", (golden_predicted / "report.html").read_text())
+    shown = [int(count.replace(",", "")) for _, _, count in bars]
+    expected = [0] * HISTOGRAM_BINS
+    for row in table(golden_predicted / "prediction_results.txt")[1:]:
+        expected[min(int(np.float32(row[3]) * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+    assert len(bars) == HISTOGRAM_BINS and shown == expected, (shown, expected)
+    assert sum(shown) == len(table(golden_predicted / "prediction_results.txt")) - 1

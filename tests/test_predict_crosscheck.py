@@ -665,3 +665,28 @@ def test_a_manifest_record_count_edited_names_the_manifest_not_the_embeddings(sa
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, str(sample.prepared / fmt.MANIFEST), "prepare")
     assert "rerun embed" not in message, message
+
+
+def test_an_embedding_file_short_of_a_row_names_both_counts(sample, run_cli):
+    """An .h5 with fewer rows than its prepared shard has records: exit 5 naming the file and both
+    counts (no test reached this refusal; the later walk would blame the prepare folder)."""
+    def drop_last_row(handle):
+        for name in ("ids", "dnabert_s", "esm2"):
+            replace_dataset(handle, name, handle[name][:-1])
+
+    edit_h5(sample.embeddings[1], drop_last_row)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, f"{sample.embeddings[1]} has 59 rows, its shard has 60", "rerun embed")
+
+
+def test_a_manifest_that_miscounts_a_shard_blames_the_prepare_folder(sample, run_cli):
+    """The manifest says a shard holds more records than it and its .h5 do (its total edited to match):
+    the manifest is named, not the embeddings."""
+    def miscount(manifest):
+        manifest["shards"][1]["records"] += 1
+        manifest["counts"]["orfs"] += 1
+
+    sample.edit_manifest(miscount)
+    code, message = sample.predict(run_cli)
+    assert_refused(sample, code, message, "says shards/shard_00001.tsv holds 61 records, but it holds 60",
+                   f"{sample.embeddings[1]} has 60 rows")

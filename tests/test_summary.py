@@ -184,6 +184,32 @@ def test_damaged_table_is_exit_5(golden_copy, tmp_path, damage):
     assert_refused(summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv"), words)
 
 
+# the counts prepare recorded (run_info.json), each against the total of the tables it must equal
+RECORDED_AGAINST_TABLES = {
+    "sequences": "prepared sequences 301 != sequences.tsv rows 300",
+    "empty_sequences": "prepared empty sequences {} != sequences called empty",
+    "bases": "prepared bases {} != sequences.tsv lengths",
+    "chunks": "prepared chunks 589 != chunks.tsv rows 588",
+    "chunks_without_orf": "prepared chunks without ORF {} != chunks called no_orf",
+    "orfs": "prepared ORFs 357 != prediction_results.txt rows 356",
+    "input records": "input records 301 != sequences.tsv rows 300",
+}
+
+
+@pytest.mark.parametrize("count", RECORDED_AGAINST_TABLES)
+def test_tables_that_agree_with_each_other_but_not_with_the_recorded_counts_do_not_reconcile(golden_copy, tmp_path,
+                                                                                              count):
+    """Tables consistent among themselves that lost (or gained) what prepare counted: "reconciled NO"
+    naming both totals, exit 5 (no test made a count differ; each check could go unnoticed)."""
+    info = json.loads((golden_copy / "run_info.json").read_text())
+    owner, key = (info["inputs"][0], "records") if count == "input records" else (info["counts"], count)
+    owner[key] += 1
+    (golden_copy / "run_info.json").write_text(json.dumps(info))
+    result = summary("row", golden_copy, "--sample", "s1", "--out", tmp_path / "s1.tsv")
+    assert_refused(result, "sample s1 does not reconcile: " + RECORDED_AGAINST_TABLES[count].format(owner[key]))
+    assert plain_rows(tmp_path / "s1.tsv")[0]["reconciled"].startswith("NO: ")
+
+
 @pytest.mark.parametrize("name", ["run_info.json", "chunks.tsv", "prediction_results_highestscore.csv"])
 def test_missing_file_is_one_message_and_exit_5(golden_copy, tmp_path, name):
     (golden_copy / name).unlink()
