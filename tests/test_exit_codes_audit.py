@@ -325,3 +325,19 @@ def test_a_manifest_only_unreadable_names_its_owner_not_damage(models):
     assert f"cannot read {manifest}: Permission denied" in done.stderr, done.stderr
     assert "belongs to uid 4321" in done.stderr and "not JSON" not in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_manifest_the_storage_fails_to_read_is_not_told_to_chmod(models, run_cli, monkeypatch):
+    """An I/O error reading a readable manifest was given the fix "make it readable (chmod u+r ...)"."""
+    import errno
+
+    from virnucpro.models import store
+
+    def failing(path, limit):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(store, "read_small_file", failing)
+    code, message = run_cli("models", "check", models)
+    assert code == ExitCode.MODELS, message
+    assert f"cannot read {models / 'manifest.json'}: Input/output error" in message, message
+    assert "chmod" not in message and "dmesg" in message, message

@@ -415,6 +415,50 @@ def test_a_classifier_its_manifest_records_for_the_other_chunk_size_is_refused_a
     assert "is the classifier for 300-bp chunks" in _classifier_check(groovy, upper / "300_model_tiny.pth", 500)
 
 
+def _record_check(groovy, classifier) -> str:
+    return _startup_check(groovy, ["checkClassifierRecord", "sha256Of", "readModelsManifest"],
+                          f"checkClassifierRecord('{classifier}')")
+
+
+def test_a_classifier_its_folders_manifest_records_with_other_bytes_is_refused_at_start_up(groovy, tiny_models,
+                                                                                           tmp_path):
+    """A damaged classifier given with --classifier was found by PREDICT, after every EMBED task, and
+    named a folder inside the task; a link to the user's own file under a recorded name passes."""
+    damaged = Path(shutil.copytree(tiny_models, tmp_path / "damaged"))
+    with open(damaged / "500_model_tiny.pth", "ab") as handle:
+        handle.write(b"x")
+    message = _record_check(groovy, damaged / "500_model_tiny.pth")
+    assert f"--classifier {damaged / '500_model_tiny.pth'} has sha256" in message, message
+    assert f"but {damaged / 'manifest.json'} records" in message and "a corrupt or replaced file" in message, message
+    assert _record_check(groovy, tiny_models / "500_model_tiny.pth") == "passed"
+    (tmp_path / "links").mkdir()
+    (damaged / "mine.pth").write_bytes((damaged / "500_model_tiny.pth").read_bytes())  # the user's own, recorded nowhere
+    (tmp_path / "links" / "500_model_tiny.pth").symlink_to(damaged / "mine.pth")
+    assert _record_check(groovy, tmp_path / "links" / "500_model_tiny.pth") == "passed"
+    (tmp_path / "links" / "via.pth").symlink_to(damaged / "500_model_tiny.pth")  # the damaged file by another name
+    assert "a corrupt or replaced file" in _record_check(groovy, tmp_path / "links" / "via.pth")
+
+
+def test_a_linked_classifier_is_staged_under_the_name_its_manifest_knows(groovy, tiny_models, tmp_path):
+    """Staged under the link's name beside its target's manifest, the user's own classifier was taken
+    for the file that manifest records under that name, and PREDICT refused a correct run (exit 4)."""
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "500_model_tiny.pth").symlink_to(tiny_models / "300_model_tiny.pth")
+    (tmp_path / "beside").mkdir()
+    (tmp_path / "beside" / "manifest.json").write_text((tiny_models / "manifest.json").read_text())
+    (tmp_path / "beside" / "mine.pth").write_bytes(b"x")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "mine.pth").write_bytes(b"x")
+    calls = ", ".join(f"userClassifierFiles(file('{path}'))" + NAMES_JOINED.removesuffix(")")
+                      for path in (tmp_path / "links" / "500_model_tiny.pth", tmp_path / "beside" / "mine.pth",
+                                   tmp_path / "alone" / "mine.pth"))
+    code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions("userClassifierFiles"),
+                      "java.nio.file.Path.metaClass.isFile = { -> java.nio.file.Files.isRegularFile(delegate) }",
+                      f"outcome {{ error([{calls}].join(' ')) }}"])
+    staged = groovy.evaluate({}, [("outcome", code, False)])["outcome"]
+    assert staged.split(" ") == ["300_model_tiny.pth,manifest.json", "mine.pth,manifest.json", "mine.pth"], staged
+
+
 NAMES_JOINED = ".collect { p -> p.fileName.toString() }.join(','))"  # (no f-string: nf-core lint refuses doubled braces)
 
 

@@ -299,3 +299,44 @@ def test_a_given_classifier_its_folder_records_otherwise_is_exit_4(models_copy, 
     assert f"the manifest of {models_copy} records" in message and "a corrupt or replaced file" in message, message
     assert f"virnucpro models tiny {models_copy}" in message, message
     assert not any((tmp_path / "out" / output).exists() for output in OUTPUTS)
+
+
+def test_a_classifier_recorded_in_a_subfolder_of_models_is_checked_too(models_copy, tmp_path, run_cli, golden_prepared,
+                                                                       golden_embeddings, no_default_models):
+    """A manifest may record the classifier under a path with a folder (`models check` verifies it):
+    damaged there, it was refused through --models and taken with --classifier."""
+    manifest = _manifest(models_copy)
+    (models_copy / "cls").mkdir()
+    (models_copy / "500_model_tiny.pth").rename(models_copy / "cls" / "500_model_tiny.pth")
+    entry = manifest["models"]["classifier_500"]
+    entry["files"] = ["cls/500_model_tiny.pth"]
+    entry["sha256"] = {"cls/500_model_tiny.pth": entry["sha256"].pop("500_model_tiny.pth")}
+    _write_manifest(models_copy, manifest)
+    classifier = models_copy / "cls" / "500_model_tiny.pth"
+    with open(classifier, "ab") as handle:
+        handle.write(b"x")
+    code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings,
+                            "--outdir", tmp_path / "out", "--classifier", classifier, "--models", models_copy)
+    assert code == 4 and f"the manifest of {models_copy} records" in message, message
+    assert "for cls/500_model_tiny.pth (a corrupt or replaced file)" in message, message
+
+
+def test_a_classifier_beside_a_manifest_it_cannot_read_is_exit_4_naming_the_owner(models_copy, tmp_path,
+                                                                                   golden_prepared, golden_embeddings):
+    """The manifest that may record the classifier could not be read: the check was skipped, and a
+    damaged classifier scored (exit 0) for a user other than the manifest's owner."""
+    import os
+    import subprocess
+    import sys
+
+    from permission_helpers import unprivileged
+
+    os.chown(models_copy / "manifest.json", 4321, 4321)
+    (models_copy / "manifest.json").chmod(0o600)
+    done = subprocess.run([*unprivileged(), sys.executable, "-m", "virnucpro", "predict", "--prepared",
+                           str(golden_prepared), "--embeddings", *map(str, golden_embeddings), "--outdir",
+                           str(tmp_path / "out"), "--classifier", str(models_copy / "500_model_tiny.pth")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stderr
+    assert f"cannot read {models_copy / 'manifest.json'}: Permission denied" in done.stderr, done.stderr
+    assert "belongs to uid 4321" in done.stderr and "Traceback" not in done.stderr, done.stderr

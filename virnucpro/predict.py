@@ -517,7 +517,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
         classifier = model_set.classifier(manifest["chunk_size"])
         tiny = tiny or model_set.tiny
     elif loaded is None:  # `run` checked the classifier it loaded against its chunk size, before any work
-        refuse_classifier_unlike_its_record(Path(classifier))
+        refuse_classifier_unlike_its_record(Path(classifier), models)
         refuse_classifier_of_other_chunk_size(Path(classifier), manifest["chunk_size"], models)
     model = loaded if loaded is not None else load_classifier(Path(classifier))
     check_classifier_fits(model, Path(classifier), shards[0].widths)
@@ -585,15 +585,15 @@ def _claimed(outdir: Path, output: OutputFolder | None):
     return contextlib.nullcontext(output) if output is not None else claim(outdir, "predict", OUTPUTS)
 
 
-def refuse_classifier_unlike_its_record(path: Path) -> None:
-    """A `--classifier` that the manifest of its own folder records by its name, but whose bytes are
-    not the ones recorded, is exit 4, as it is through --models: a model file damaged or replaced
-    after it was downloaded. Under another name, or where no manifest records it, it is the user's own."""
+def refuse_classifier_unlike_its_record(path: Path, models: Path | None) -> None:
+    """A `--classifier` that a models manifest records by its name (the manifest of its own folder, of
+    the folder a link to it leads into, or of --models, which may record it in a subfolder), but whose
+    bytes are not the ones recorded, is exit 4, as it is through --models: a model file damaged or
+    replaced after it was downloaded. Under a name no manifest records, it is the user's own."""
     mode = path_mode(path, ModelsError)
     if mode is None or not S_ISREG(mode):
         return  # a missing file is load_classifier's error
-    real = Path(os.path.realpath(path))
-    for folder, name in dict.fromkeys([(path.parent, path.name), (real.parent, real.name)]):
+    for folder, name in _recorded_names(path, models):
         role, recorded = _recorded_classifier_checksum(folder, name)
         digest = store.sha256_file(path) if recorded else None
         if recorded and digest != recorded:
@@ -603,11 +603,27 @@ def refuse_classifier_unlike_its_record(path: Path) -> None:
                               "the manifest does not record")
 
 
+def _recorded_names(path: Path, models: Path | None) -> list[tuple[Path, str]]:
+    """(models folder, the classifier's name relative to it) for each folder that may record the
+    classifier at `path`: the file as named, and the file a link leads to."""
+    named, real = Path(os.path.abspath(path)), Path(os.path.realpath(path))
+    pairs = []
+    for folder in _models_folders(models, path):
+        folder = Path(os.path.abspath(folder))
+        pairs += [(folder, file.relative_to(folder).as_posix()) for file in (named, real) if file.is_relative_to(folder)]
+    return list(dict.fromkeys(pairs))
+
+
 def _recorded_classifier_checksum(folder: Path, name: str) -> tuple[str | None, str | None]:
     """(role, sha256 lower case) the models manifest of `folder` records for the classifier file
-    `name`; (None, None) where it records none (or cannot be read: other checks say why)."""
+    `name`; (None, None) where it records none. A manifest this user cannot read is exit 4 naming its
+    owner (it may record the classifier); one that is no models manifest records nothing here."""
     from virnucpro.models import pins
 
+    manifest_path = folder / store.MANIFEST
+    if os.path.isfile(manifest_path):
+        with store.reading(manifest_path), open(manifest_path, "rb"):
+            pass
     try:
         manifest = store.read_manifest(folder) or {"models": {}}
     except InterruptedByUser:

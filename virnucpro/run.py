@@ -114,7 +114,7 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, torch_
     check_stop()  # a stop during torch's first import is only noted (torch catches every Exception there)
     given = None
     if classifier:  # the user's classifier first: a typo found after a multi-GB download wastes it
-        refuse_classifier_unlike_its_record(Path(classifier))
+        refuse_classifier_unlike_its_record(Path(classifier), models)
         refuse_classifier_of_other_chunk_size(Path(classifier), chunk_size, models)
         given = load_classifier(Path(classifier))
     model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)

@@ -105,6 +105,10 @@ LEGACY_PICKLES = 5
 _CACHE_MIN_BYTES = 64 * 1024 * 1024
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 HASH_PROGRESS_BYTES = 256 * 1024 * 1024  # a file this large is hashed with progress shown
+STORAGE_READ_FAILURES = frozenset({errno.EIO, errno.EREMOTEIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT,
+                                   errno.EHOSTDOWN, errno.ENXIO, errno.ENODEV})  # the storage's fault, not the mode's
+READ_FAILED_HINT = ("the storage failed to read it (see `dmesg`, or the state of the network file system): "
+                    "rerun once it reads again, or copy the models to other storage")
 HASH_TRIES = 3  # a file replaced or written while it is hashed is hashed again, at most this often in all
 FP16_SUFFIX = ".fp16.safetensors"
 FP16_PARENT_LEVELS = 3  # how far above an ESM-2 `.pt` its models directory may be
@@ -819,8 +823,8 @@ def reading(path: Path) -> Iterator[None]:
         folder = denied_folder(where) if isinstance(exc, PermissionError) else None
         if folder is not None:  # the file itself may be readable
             raise folder_refused(where, folder, ModelsError) from None
-        raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}",
-                          hint=access_hint(where, "r")) from None
+        hint = READ_FAILED_HINT if exc.errno in STORAGE_READ_FAILURES else access_hint(where, "r")
+        raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}", hint=hint) from None
 
 
 def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:

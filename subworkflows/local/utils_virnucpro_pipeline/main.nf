@@ -1361,6 +1361,26 @@ def checkClassifierEncoders(String classifier, String models) {
     }
 }
 
+// A --classifier that the manifest.json of its folder (or of the folder a link to it leads into)
+// records by its name with another sha256 is a damaged or replaced model file: PREDICT would refuse
+// it (exit 4, as `virnucpro predict` does) once every EMBED task has run; stopped here, naming the
+// folder. A manifest that cannot be read is left to PREDICT, which says what is wrong with it.
+def checkClassifierRecord(String classifier) {
+    def path = file(classifier, glob: false)
+    if (!java.nio.file.Files.isRegularFile(path)) {
+        return
+    }
+    [path.toAbsolutePath(), path.toRealPath()].unique().each { named ->
+        def manifest = named.resolveSibling('manifest.json')
+        def read = java.nio.file.Files.isRegularFile(manifest) ? readModelsManifest(manifest) : [models: null]
+        def recorded = read.models ? read.models.findResults { role, entry -> role.toString().startsWith('classifier_') && entry instanceof Map && entry.sha256 instanceof Map ? entry.sha256[named.name.toString()] : null }.find { sha -> sha } : null
+        def digest = recorded ? sha256Of(path) : null
+        if (recorded && digest != recorded.toString().toLowerCase()) {
+            error("--classifier ${classifier} has sha256 ${digest}, but ${manifest} records ${recorded.toString().toLowerCase()} for ${named.name} (a corrupt or replaced file): check it with `virnucpro models check ${named.parent}` and put it right; keep a classifier of your own under a name the manifest does not record")
+        }
+    }
+}
+
 // Whether the models manifest of `folder` records a classifier file of this sha256
 def recordsClassifier(folder, String digest) {
     def manifest = folder.resolve('manifest.json')
@@ -1400,10 +1420,15 @@ def sha256Of(path) {
 // A --classifier with the models manifest of its folder when there is one: PREDICT then refuses a
 // classifier that manifest records for the other chunk size, as `virnucpro predict` does when it
 // reads the classifier beside its manifest (staged alone, a tiny one for 500-bp chunks passed at 300)
-// (a classifier reached through a link: the manifest beside the link, else the one beside its target)
+// (a classifier reached through a link: the manifest beside the link, else the one beside its target,
+// with the target staged under its own name, the name that manifest knows it by: under the link's,
+// PREDICT would compare it with another file the manifest records under that name)
 def userClassifierFiles(classifier) {
-    def manifest = [classifier, classifier.toRealPath()].collect { path -> path.resolveSibling('manifest.json') }.find { path -> path.isFile() }
-    return [classifier] + (classifier.name != 'manifest.json' && manifest ? [manifest] : [])
+    def staged = [classifier, classifier.toRealPath()].find { path -> path.resolveSibling('manifest.json').isFile() }
+    if (staged == null || staged.name == 'manifest.json') {
+        return [classifier]
+    }
+    return [staged, staged.resolveSibling('manifest.json')]
 }
 
 // EMBED's key for a models folder: the path, size and modification time of each file the encoders
