@@ -350,6 +350,38 @@ def test_a_classifier_of_other_encoders_than_models_is_refused_before_any_task(t
                                    f"--models {sets['models']} holds another esm2 model")
 
 
+def test_a_users_own_classifier_reached_through_a_link_named_like_a_recorded_one_scores(tmp_path):
+    """A review's case: a link named `500_model_tiny.pth` to the user's own file in a models folder was
+    staged under the link's name beside the target folder's manifest, and PREDICT took it for the
+    recorded file of that name (exit 4 after every EMBED task), where `virnucpro predict` scores it.
+    A damaged classifier of a models folder stops the run at start-up instead."""
+    models = tmp_path / "models"
+    made = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "models", "tiny", str(models)],
+                          capture_output=True, text=True, env=task_env(), timeout=300)
+    assert made.returncode == 0, made.stderr
+    import torch
+
+    from virnucpro.classifier import load_classifier, save_original_way
+    own = load_classifier(models / "500_model_tiny.pth")
+    with torch.no_grad():
+        own.output_layer.bias[1] += 0.5  # the user's retrained classifier, recorded nowhere
+    save_original_way(own, models / "my_retrained_500.pth")
+    (tmp_path / "classifiers").mkdir()
+    (tmp_path / "classifiers" / "500_model_tiny.pth").symlink_to(models / "my_retrained_500.pth")
+    reads = str(coding_reads(tmp_path / "reads.fa", 5))
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "--skip_multiqc", "--input", reads, "--models",
+                       str(models), "--classifier", str(tmp_path / "classifiers" / "500_model_tiny.pth"))
+    assert run.returncode == 0, run.output[-3000:]
+    info = json.loads(next(run.outdir.glob("*/run_info.json")).read_text())
+    assert info["classifier"]["sha256"] == hashlib.sha256((models / "my_retrained_500.pth").read_bytes()).hexdigest()
+    with open(models / "500_model_tiny.pth", "ab") as handle:
+        handle.write(b"x")
+    damaged = run_pipeline(tmp_path / "damaged", "-profile", "test", "--skip_multiqc", "--input", reads, "--models",
+                           str(models), "--classifier", str(models / "500_model_tiny.pth"))
+    assert_refused_before_any_task(damaged, f"--classifier {models / '500_model_tiny.pth'} has sha256",
+                                   "a corrupt or replaced file")
+
+
 # --------------------------------------------------------------------------------------------------
 # An EMBED task killed mid-shard
 # --------------------------------------------------------------------------------------------------
