@@ -506,3 +506,31 @@ def test_an_output_already_written_keeps_the_parts_another_output_may_resume_fro
     shutil.copy(plain.parts[0], own)
     code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", *again)
     assert code == 0 and "holds checkpoints" not in message and not own.parent.exists(), message
+
+
+@pytest.mark.parametrize("every", [3, 100_000], ids=["smaller-windows", "one-window"])
+def test_a_resume_in_other_windows_after_losing_a_part_computes_every_missing_vector(tmp_path, run_cli, golden_prepared,
+                                                                                    tiny_models, plain, every):
+    """Every part but the last kept, then a resume with another --checkpoint-every: windows and batches
+    then mix restored and missing sequences. A window (or batch) taken as done when any of it was
+    done left zero vectors, written and scored as real ones (no test resumed in other windows)."""
+    folder = tmp_path / "s.h5.ckpt" / plain.key
+    folder.mkdir(parents=True)
+    for part in plain.parts[:-1]:
+        shutil.copy(part, folder)
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu", "--checkpoint-every", every, "--threads", 1)
+    assert code == 0 and "resuming from checkpoint" in message, message
+    ids, nucleotide, protein, _ = read_h5(tmp_path / "s.h5")
+    assert ids == plain.rows[0]
+    assert np.abs(nucleotide).sum(axis=1).min() > 0 and np.abs(protein).sum(axis=1).min() > 0, "a zero vector"
+    np.testing.assert_allclose(nucleotide, plain.rows[1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(protein, plain.rows[2], atol=1e-5, rtol=0)
+
+
+def test_a_vector_never_computed_is_a_bug_report_not_a_zero_row(tmp_path, golden_prepared, tiny_models, monkeypatch):
+    """The last guard: the shard is never written while a distinct sequence has no vector."""
+    monkeypatch.setattr(virnucpro.embed._ShardWork, "_missing", lambda self, role, tokens, indices: [])
+    with pytest.raises(RuntimeError, match="were never computed"):
+        embed(shard(golden_prepared), tmp_path / "s.h5", models=tiny_models, device="cpu", threads=1)
+    assert not (tmp_path / "s.h5").exists()

@@ -1450,7 +1450,17 @@ def _compute(embedder: Embedder, distinct: dict, known: dict, done: dict, checkp
                 work.save()
     work.save()  # nothing left unsaved when every window closed, as each does: a safety net
     checkpoints.flush()  # a part that could not be written ends the command before the output is written
+    _refuse_uncomputed(done)
     work.report()
+
+
+def _refuse_uncomputed(done: dict) -> None:
+    """Every distinct sequence has its vector, computed or restored, before the shard is written: a
+    row left at zero by a bug would be scored as a real result. A bug report, the checkpoints kept."""
+    for role, flags in done.items():
+        if not flags.all():
+            raise RuntimeError(f"{int((~flags).sum()):,} {role} vectors were never computed (a bug: the shard "
+                               "is not written)")
 
 
 _END = object()
