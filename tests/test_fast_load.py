@@ -138,14 +138,17 @@ def test_busy_models_folder_loads_the_pt_and_says_so_once(models, capsys):
     assert not copy_of(models).exists() and fp16_record(models) is None
 
 
-def test_malformed_fp16_record_is_exit_4_naming_the_field(models):
+@pytest.mark.parametrize("field, value", [("file", "../x.safetensors"), ("sha256", None), ("source_sha256", None),
+                                          ("source_sha256", "0" * 63)])
+def test_malformed_fp16_record_is_exit_4_naming_the_field(models, field, value):
+    """Each field checked (a source_sha256 left unchecked was a traceback once the copy was used)."""
     manifest = json.loads((models / store.MANIFEST).read_text())
-    manifest["models"]["esm2"]["fp16"] = {"file": "../x.safetensors", "sha256": "0" * 64,
-                                          "source_sha256": "0" * 64}
+    manifest["models"]["esm2"]["fp16"] = {"file": "esm2_tiny.fp16.safetensors", "sha256": "0" * 64,
+                                          "source_sha256": "0" * 64, field: value}
     (models / store.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(store.ModelsError) as info:
         store.read_manifest(models)
-    assert info.value.code == 4 and "models.esm2.fp16.file" in info.value.message
+    assert info.value.code == 4 and f"models.esm2.fp16.{field}" in info.value.message
 
 
 def test_models_download_step_writes_and_keeps_the_copy(models):

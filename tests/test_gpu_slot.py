@@ -96,6 +96,16 @@ def test_a_variable_that_shows_no_gpu_is_left_as_it_is(tmp_path, listed):
     assert not any((tmp_path / "locks").glob("*.lock"))
 
 
+def test_a_minus_one_ends_the_list_of_gpus_as_cuda_reads_it(tmp_path):
+    """CUDA shows "0,-1,1" as GPU 0 alone: one GPU, used as is; GPU 1, which CUDA hides, is never
+    given out (a list read past the -1 would share out 0 and 1)."""
+    release = tmp_path / "release"
+    release.touch()
+    task = start(tmp_path / "locks", tmp_path / "a", release, count=None, env={"CUDA_VISIBLE_DEVICES": "0,-1,1"})
+    assert task.wait(30) == 0 and (tmp_path / "a").read_text() == "0,-1,1"
+    assert not any((tmp_path / "locks").glob("*.lock"))
+
+
 def test_without_a_gpu_the_command_runs_unchanged(tmp_path):
     release = tmp_path / "release"
     release.touch()

@@ -1297,11 +1297,13 @@ def pinned_models(*args: object) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.parametrize("role, name", [("esm2", "esm2_tiny.pt"), ("dnabert_s", "DNABERT-S-tiny/model.safetensors")])
 def test_embed_tasks_refuse_a_models_folder_changed_since_the_run_started(groovy, tiny_models, golden_embeddings,
-                                                                          tmp_path):
+                                                                          tmp_path, role, name):
     """A review's case: a models folder updated during a run (the key was made at its start) gave
     samples embedded with two model sets, and a -resume after the folder was put back reused them.
-    The pins the workflow reads at the start are what bin/pinned_models.py checks in each task."""
+    The pins the workflow reads at the start are what bin/pinned_models.py checks in each task, for
+    each encoder (a check of ESM-2 alone passed every test)."""
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models)
     pins = _models_groovy(groovy, models, "groovy.json.JsonOutput.toJson(encoderPins(dir) ?: [:])")
@@ -1309,10 +1311,12 @@ def test_embed_tasks_refuse_a_models_folder_changed_since_the_run_started(groovy
     done = pinned_models("--pins", pins, "--models", models, "--embedding", golden_embeddings[0])
     assert done.returncode == 0, done.stderr
     manifest = json.loads((models / "manifest.json").read_text())
-    manifest["models"]["esm2"]["sha256"]["esm2_tiny.pt"] = "0" * 64  # the folder now holds other weights
+    assert name in manifest["models"][role]["sha256"]
+    manifest["models"][role]["sha256"][name] = "0" * 64  # the folder now holds other weights
     (models / "manifest.json").write_text(json.dumps(manifest))
     changed = pinned_models("--pins", pins, "--models", models)
     assert changed.returncode == 5 and "changed since this pipeline run started" in changed.stderr, changed.stderr
+    assert role in changed.stderr, changed.stderr
     other = _models_groovy(groovy, models, "groovy.json.JsonOutput.toJson(encoderPins(dir) ?: [:])")
     made = pinned_models("--pins", other, "--embedding", golden_embeddings[0])
     assert made.returncode == 5 and "the models folder changed during the run" in made.stderr, made.stderr

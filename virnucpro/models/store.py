@@ -1022,7 +1022,6 @@ def code_in_weights(path: Path) -> list[str]:
     """
     from virnucpro.classifier import pickle_globals
 
-    pass
     try:
         data = _pickle_bytes(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, NotImplementedError,
