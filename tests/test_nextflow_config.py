@@ -1323,6 +1323,24 @@ def test_embed_tasks_refuse_a_models_folder_changed_since_the_run_started(groovy
     assert "Traceback" not in changed.stderr + made.stderr
 
 
+def test_embed_tasks_refuse_an_embedding_that_records_no_identity_for_a_pinned_encoder(groovy, tiny_models,
+                                                                                       golden_embeddings, tmp_path):
+    """An embedding silent about an encoder the run pinned is not taken as made with it: the shard's
+    own checks refuse a record without the encoder's sha256 before the pins are compared."""
+    from h5_helpers import edited_shard
+
+    pins = _models_groovy(groovy, tiny_models, "groovy.json.JsonOutput.toJson(encoderPins(dir) ?: [:])")
+    silent = tmp_path / "silent.h5"
+    shutil.copy(golden_embeddings[0], silent)
+    with edited_shard(silent) as handle:
+        models = json.loads(handle.attrs["models"])
+        del models["dnabert_s"]["sha256"]
+        handle.attrs["models"] = json.dumps(models)
+    done = pinned_models("--pins", pins, "--embedding", silent)
+    assert done.returncode == 5 and f"{silent} is not a valid virnucpro embedding shard" in done.stderr, done.stderr
+    assert "attribute models must be JSON of role -> {name, sha256}" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_predict_tasks_refuse_a_classifier_changed_since_the_run_started(groovy, tiny_models, tmp_path):
     """A review's case: a classifier replaced in the models folder during a run scored the samples
     predicted after it, exit 0. Its sha256 read at the start is what each PREDICT task checks."""
@@ -1721,6 +1739,14 @@ def test_a_classifier_of_other_encoders_than_models_is_refused_at_start_up(groov
     assert "belongs to the models in" in _classifier_encoders_check(groovy, tmp_path / "mine" / "cls.pth", tiny_models)
     assert _classifier_encoders_check(groovy, tiny_models / "500_model_tiny.pth", tiny_models) == "passed"
     assert _classifier_encoders_check(groovy, other / "500_model_tiny.pth", other) == "passed"
+    lean = Path(shutil.copytree(other, tmp_path / "lean"))  # its manifest without the contact-regression file,
+    manifest = json.loads((lean / "manifest.json").read_text())  # which is no part of an encoder's identity
+    manifest["models"]["esm2"]["sha256"].pop("esm2_tiny-contact-regression.pt")
+    manifest["models"]["esm2"]["files"].remove("esm2_tiny-contact-regression.pt")
+    manifest["models"]["dnabert_s"] = json.loads((tiny_models / "manifest.json").read_text())["models"]["dnabert_s"]
+    (lean / "manifest.json").write_text(json.dumps(manifest))  # (the same DNABERT-S: ESM-2 alone tells them apart)
+    message = _classifier_encoders_check(groovy, lean / "500_model_tiny.pth", tiny_models)
+    assert f"belongs to the models in {lean}" in message and "holds another esm2 model" in message, message
     shutil.copy(other / "500_model_tiny.pth", tmp_path / "mine" / "own.pth")
     (other / "manifest.json").unlink()  # now recorded nowhere: the user's own
     assert _classifier_encoders_check(groovy, tmp_path / "mine" / "own.pth", tiny_models) == "passed"
