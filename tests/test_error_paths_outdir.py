@@ -391,6 +391,39 @@ def test_a_full_disk_before_anything_is_published_leaves_no_folder(tmp_path, pag
         assert not (disk / "t1" / "newdir").exists(), sorted(map(str, (disk / "t1").rglob("*")))
 
 
+def test_a_full_disk_when_a_rerun_publishes_leaves_the_earlier_set_whole(tmp_path):
+    """A rerun whose results are staged when the disk fills up: the record of the files about to move
+    in cannot be written, so exit 10, and the earlier complete set is still there, unchanged, as the
+    record says (it was dropped before that record was written). With space again, the rerun publishes."""
+    tables = ("table.tsv", "run_info.json")
+
+    def staged(out: Path, tag: str) -> Path:
+        staging = out / ".staged"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name in tables:
+            (staging / name).write_text(f"{tag} {name}\n")
+        return staging
+
+    with tmpfs_with(tmp_path / "mnt", "size=1m") as disk:
+        out = disk / "out"
+        with od.claim(out, "predict", tables) as output:
+            output.publish(staged(out, "old"), tables)
+        with od.claim(out, "predict", tables) as output, pytest.raises(OutputWriteError) as full:
+            staging = staged(out, "new")
+            with open(disk / "fill", "wb", buffering=0) as handle, pytest.raises(OSError):
+                while True:
+                    handle.write(b"\0" * 4096)
+            output.publish(staging, tables)
+        assert full.value.code == ExitCode.OUTPUT_WRITE and "disk is full" in str(full.value), full.value
+        assert {name: (out / name).read_text() for name in tables} == {name: f"old {name}\n" for name in tables}
+        assert_marker_settled(out)
+        (disk / "fill").unlink()
+        with od.claim(out, "predict", tables) as output:
+            output.publish(staged(out, "new"), tables)
+        assert {name: (out / name).read_text() for name in tables} == {name: f"new {name}\n" for name in tables}
+
+
 # --- 8. a permission error on a path that is only read ----------------------------------------------
 
 @pytest.fixture
