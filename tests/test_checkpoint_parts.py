@@ -168,6 +168,10 @@ DAMAGE = {  # what is done to part 1's arrays, and words the warning must hold
     "a record in a row": (lambda a, n: {"attention": a["attention"][None]}, ("attention has shape (1,)",)),
     "a header claiming a record of 10**8 characters": (lambda a, n: {"attention": header_claiming((), "<U100000000")},
                                                        ("attention has dtype", "at most 256 characters")),
+    "a setting not known": (lambda a, n: {"settings": np.array("threads=1,batch_size=8")},
+                            ("unknown setting 'batch_size=8'",)),
+    "a setting of no value": (lambda a, n: {"settings": np.array("threads=0")}, ("unknown setting 'threads=0'",)),
+    "no settings array": (lambda a, n: {"settings": None}, ("missing array settings",)),
 }
 
 
@@ -415,7 +419,8 @@ def test_a_part_of_an_older_virnucpro_is_used_and_said_unknown(tmp_path, run_cli
     from virnucpro import h5shard
 
     arrays = genuine(plain, 1)
-    content = npz_bytes({name: array for name, array in arrays.items() if name not in ("device", "attention")})
+    content = npz_bytes({name: array for name, array in arrays.items()
+                         if name not in ("device", "attention", "settings")})
     code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
     assert code == 0 and "damaged" not in message, message
     assert "do not record which device and attention path computed them" in message
@@ -426,6 +431,28 @@ def test_a_part_of_an_older_virnucpro_is_used_and_said_unknown(tmp_path, run_cli
     assert attrs["device"] == "cpu+unknown"
     assert attrs["attention"] == "dnabert_s:reference,dnabert_s:unknown,esm2:reference,esm2:unknown"
     assert h5shard.read_info(tmp_path / "s.h5").device == "cpu+unknown"
+
+
+def test_a_resume_with_other_settings_records_both_in_the_shard_and_in_run_info(tmp_path, run_cli, golden_prepared,
+                                                                               tiny_models, plain):
+    """A reviewer's case: after a kill, a rerun with another token budget, window and thread count
+    resumed, and nothing said that part of the vectors was batched otherwise. Part 0 of the plain run
+    (default CPU budget, windows of EVERY, one thread), the rest batched otherwise: the shard's
+    `settings` and run_info.json's `embed_settings` hold both values of each."""
+    from virnucpro import h5shard
+
+    folder = tmp_path / "s.h5.ckpt" / plain.key
+    folder.mkdir(parents=True)
+    shutil.copy(plain.parts[0], folder)
+    with np.load(plain.parts[0]) as part:
+        assert str(part["settings"]) == f"checkpoint_every={EVERY},dnabert_s:token_budget=4096,esm2:token_budget=4096,threads=1"
+    code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
+                            "--device", "cpu", "--checkpoint-every", 7, "--token-budget", 300, "--threads", 2)
+    assert code == 0 and "resuming from checkpoint" in message, message
+    both = (f"checkpoint_every={EVERY},checkpoint_every=7,dnabert_s:token_budget=300,dnabert_s:token_budget=4096,"
+            "esm2:token_budget=300,esm2:token_budget=4096,threads=1,threads=2")
+    assert read_h5(tmp_path / "s.h5")[3]["settings"] == both
+    assert h5shard.read_info(tmp_path / "s.h5").settings == tuple(both.split(","))
 
 
 @pytest.mark.parametrize("device", ["cuda+cpu", "cpu+cpu", "cpu+tpu", "", "cpu+"])
@@ -439,6 +466,21 @@ def test_the_device_attribute_is_devices_joined_in_sorted_order(tmp_path, tiny_m
     with edited_shard(out) as handle:
         handle.attrs["device"] = device
     with pytest.raises(InconsistentInputsError, match="attribute device must be cpu or cuda, or several"):
+        h5shard.read_info(out)
+
+
+@pytest.mark.parametrize("settings", ["threads=1,batch=3", "threads=x", "threads=1,", "threads=-2"])
+def test_a_settings_attribute_that_embed_never_writes_is_refused(tmp_path, tiny_models, golden_prepared, settings):
+    from h5_helpers import edited_shard
+    from virnucpro import h5shard
+    from virnucpro.errors import InconsistentInputsError
+
+    out = tmp_path / "s.h5"
+    embed(shard(golden_prepared), out, models=tiny_models, device="cpu", threads=1)
+    assert h5shard.read_info(out).settings[-1] == "threads=1"
+    with edited_shard(out) as handle:
+        handle.attrs["settings"] = settings
+    with pytest.raises(InconsistentInputsError, match="attribute settings holds"):
         h5shard.read_info(out)
 
 

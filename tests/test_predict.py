@@ -308,6 +308,9 @@ def test_report_is_self_contained_and_agrees_with_tables(golden_predicted, golde
     assert info["tiny_models"] is True and info["inputs"][0]["sha256"]
     assert set(info["models"]) == {"dnabert_s", "esm2"} and len(info["classifier"]["sha256"]) == 64
     assert info["attention_path"] == ["dnabert_s:reference,esm2:reference"]  # the exact path on CPU
+    settings, threads = info["embed_settings"][:-1], info["embed_settings"][-1]  # embed's defaults on the CPU
+    assert settings == ["checkpoint_every=2000", "dnabert_s:token_budget=4096", "esm2:token_budget=4096"], info
+    assert re.fullmatch(r"threads=[1-9][0-9]*", threads), info
 
 
 def test_run_info_says_where_when_and_with_which_software(golden_predicted):

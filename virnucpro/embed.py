@@ -49,7 +49,7 @@ from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 ROLE_NAMES = {"dnabert_s": "DNABERT-S", "esm2": "ESM-2"}
-CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
+CHECKPOINT_FORMAT = 3  # 2: each part names the key folder it was written in; 3: and the settings that batched it
 CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
 SHA256_HEX = "[0-9a-f]{64}"  # a checkpoint key folder's name
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
@@ -63,9 +63,10 @@ PART_KEY = "key"  # the member naming a part's key folder, so a part moved to an
 KEY_DTYPE = np.dtype("<U64")  # the key: a sha256 in hex
 UNRECORDED_PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for role in ROLES
                                                           for kind in ("index", "vectors"))])  # older parts
-RECORD_ARRAYS = ("attention", "device")  # which attention paths and device computed a part (MadeBy)
+RECORD_ARRAYS = ("attention", "device", "settings")  # what computed a part, and how it was batched (MadeBy)
 PART_ARRAYS = sorted([*UNRECORDED_PART_ARRAYS, *(f"{name}.npy" for name in RECORD_ARRAYS)])
 RECORD_CHARACTERS = 256  # longest record text accepted (a record holds a few 'role:path' entries)
+SETTINGS_CHARACTERS = 4096  # longest settings text of a part (a token budget halved at most ~20 times per model)
 UNKNOWN = h5shard.UNKNOWN_DEVICE  # the device and paths of a part written without a record (an older virnucpro)
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
@@ -144,29 +145,37 @@ class Distinct:
 
 @dataclass
 class MadeBy:
-    """Which devices and attention paths computed some vectors: one checkpoint part's, this
-    process's, or a shard's (the union of its restored parts' and this process's). The HDF5
-    attributes `device` ('cpu', 'cuda', 'cpu+cuda') and `attention` ('role:path,...', one entry per
-    role and path) are its texts; 'unknown' stands for a part written without a record."""
+    """Which devices and attention paths computed some vectors, and the settings that batched them:
+    one checkpoint part's, this process's, or a shard's (the union of its restored parts' and this
+    process's). The HDF5 attributes `device` ('cpu', 'cuda', 'cpu+cuda'), `attention` ('role:path,...',
+    one entry per role and path) and `settings` ('role:token_budget=N,checkpoint_every=N,threads=N,...',
+    every value that batched some of them: a resume with other settings shows both) are its texts;
+    'unknown' stands for a part written without a record."""
 
     devices: set[str] = field(default_factory=set)
     paths: set[str] = field(default_factory=set)
+    settings: set[str] = field(default_factory=set)
 
-    def note(self, device: str, role: str, path: str) -> None:
-        """Vectors of `role` computed on `device` by `path`."""
+    def note(self, device: str, role: str, path: str, settings: Sequence[str] = ()) -> None:
+        """Vectors of `role` computed on `device` by `path`, batched with `settings`."""
         self.devices.add(device)
         self.paths.add(f"{role}:{path}")
+        self.settings.update(settings)
 
     def add(self, other: "MadeBy") -> None:
         """Take in what computed `other`'s vectors too."""
         self.devices |= other.devices
         self.paths |= other.paths
+        self.settings |= other.settings
 
     def device_text(self) -> str:
         return "+".join(sorted(self.devices))
 
     def attention_text(self) -> str:
         return ",".join(sorted(self.paths))
+
+    def settings_text(self) -> str:
+        return ",".join(h5shard.settings_in_order(self.settings))
 
 
 ATTENTION_ENTRY = re.compile(f"({'|'.join(ROLES)}):(reference|fast|{re.escape(FAST_COMPILED)}|{re.escape(REFERENCE_COMPILED)})")
@@ -280,7 +289,8 @@ class CheckpointStore:
         self.next_part += 1
         arrays = {PART_KEY: np.array(self.key, dtype=KEY_DTYPE)}
         if made is not None:
-            arrays.update(attention=np.array(made.attention_text()), device=np.array(made.device_text()))
+            arrays.update(attention=np.array(made.attention_text()), device=np.array(made.device_text()),
+                          settings=np.array(made.settings_text()))
         for role in ROLES:
             indices, blocks = vectors[role]
             arrays[f"{role}_index"] = np.asarray(indices, dtype=np.int64)
@@ -622,7 +632,7 @@ def _read_record(archive: zipfile.ZipFile, vectors: dict) -> MadeBy:
     """The part's record of the device and attention paths that computed it, checked: known names
     only, and a path for every role it holds vectors of."""
     device, attention = (_read_text(archive, name) for name in ("device", "attention"))
-    made = MadeBy(set(device.split("+")), set(attention.split(",")))
+    made = MadeBy(set(device.split("+")), set(attention.split(",")), _read_settings(archive))
     if not made.devices <= set(h5shard.DEVICES):
         raise DamagedPart(f"its record names the device {ascii(device[:40])}, not {' or '.join(h5shard.DEVICES)}")
     unknown = sorted(path for path in made.paths if not ATTENTION_ENTRY.fullmatch(path))
@@ -635,18 +645,28 @@ def _read_record(archive: zipfile.ZipFile, vectors: dict) -> MadeBy:
     return made
 
 
+def _read_settings(archive: zipfile.ZipFile) -> set[str]:
+    """The part's settings entries, checked: known names with positive whole values only."""
+    text = _read_text(archive, "settings", SETTINGS_CHARACTERS)
+    entries = set(text.split(",")) if text else set()
+    wrong = sorted(entry for entry in entries if not h5shard.SETTING_ENTRY.fullmatch(entry))
+    if wrong:
+        raise DamagedPart(f"its record names an unknown setting {ascii(wrong[0][:40])}")
+    return entries
+
+
 def _unrecorded(vectors: dict) -> MadeBy:
     """What computed a part of an older virnucpro, which does not say: 'unknown' for its roles."""
     paths = {f"{role}:{UNKNOWN}" for role, (indices, _) in vectors.items() if len(indices)}
     return MadeBy({UNKNOWN} if paths else set(), paths)
 
 
-def _read_text(archive: zipfile.ZipFile, name: str) -> str:
-    """A one-string member of at most RECORD_CHARACTERS characters (refused by its header first)."""
+def _read_text(archive: zipfile.ZipFile, name: str, most: int = RECORD_CHARACTERS) -> str:
+    """A one-string member of at most `most` characters (refused by its header first)."""
     with archive.open(f"{name}.npy") as member:
         shape, fortran, dtype = _read_npy_header(member, name)
-        if dtype.kind != "U" or dtype.itemsize > 4 * RECORD_CHARACTERS:
-            raise DamagedPart(f"{name} has dtype {dtype}, not text of at most {RECORD_CHARACTERS} characters")
+        if dtype.kind != "U" or dtype.itemsize > 4 * most:
+            raise DamagedPart(f"{name} has dtype {dtype}, not text of at most {most} characters")
         if shape != ():
             raise DamagedPart(f"{name} has shape {shape}, not () (one string)")
         return str(_read_npy_data(member, name, shape, fortran, dtype).item())
@@ -789,8 +809,14 @@ class Embedder:
         error: BaseException | None = None
         path: str = ""  # the attention path that computed it (after a fallback, the one that ran)
 
-    def __init__(self, encoders: dict, token_budget: int, device):
+    def __init__(self, encoders: dict, token_budget: int, device, checkpoint_every: int | None = None):
+        import torch
+
         self.encoders, self.device = encoders, device
+        # what batches the vectors besides the token budget (the record of each part, `MadeBy.settings`)
+        self.batching = [f"threads={torch.get_num_threads()}"]
+        if checkpoint_every is not None:
+            self.batching.append(f"checkpoint_every={checkpoint_every}")
         self.token_budget = {role: token_budget for role in encoders}  # halved per model on OOM
         self.overlap = {role: False for role in encoders}  # launch in `collate` (vectors stay on the GPU)
         # one launch at a time: the layout thread's launch of the next batch never computes beside
@@ -812,7 +838,7 @@ class Embedder:
         made.add(self.made)
         if not made.paths:
             for role, encoder in self.encoders.items():
-                made.note(self.device.type, role, encoder.path)
+                made.note(self.device.type, role, encoder.path, self._settings(role))
         return made
 
     def take_unsaved_made(self) -> MadeBy:
@@ -823,7 +849,11 @@ class Embedder:
     def _note(self, role: str, path: str) -> None:
         """One batch of `role` computed by `path` on this device."""
         for made in (self.made, self.unsaved_made):
-            made.note(self.device.type, role, path)
+            made.note(self.device.type, role, path, self._settings(role))
+
+    def _settings(self, role: str) -> list[str]:
+        """The settings that batch `role` now (its token budget is halved when the GPU runs out of memory)."""
+        return [f"{role}:token_budget={self.token_budget[role]}", *self.batching]
 
     def batches(self, role: str, tokens: dict, indices: range) -> list[list[int]]:
         from virnucpro.encoders.batching import plan_batches
@@ -1135,7 +1165,8 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
         done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
         restored = _restore(checkpoints, known, done)
         _log_resume(ids, distinct, done)
-        embedder = Embedder(encoders, asked.token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device)
+        embedder = Embedder(encoders, asked.token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device,
+                            asked.checkpoint_every)
         label = f"embed shard {shard_meta.index + 1}/{shard_meta.of}"
         _compute(embedder, distinct, known, done, checkpoints, ids, asked.checkpoint_every, asked.checkpoint_seconds,
                  label)
@@ -1310,7 +1341,8 @@ def _attributes(shard_meta, identity: dict, tiny: bool, precision: str, made: Ma
     everything that computed its vectors (restored parts included)."""
     return {"shard_index": shard_meta.index, "shard_of": shard_meta.of, "shard_sha256": shard_meta.sha256,
             "chunk_size": shard_meta.chunk_size, "models": identity, "precision": precision,
-            "device": made.device_text(), "tiny": bool(tiny), "attention": made.attention_text()}
+            "device": made.device_text(), "tiny": bool(tiny), "attention": made.attention_text(),
+            "settings": made.settings_text()}
 
 
 def already_embedded(out: Path, shard_meta, ids: list[str], identity: dict, precision: str) -> bool:

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -42,6 +43,8 @@ ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", 
               "models", "precision", "device", "created", *CHECKSUMS)
 PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
 DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
+# an entry of the attribute `settings` (embed's `MadeBy`): a value that batched some of the vectors
+SETTING_ENTRY = re.compile(r"(?:(?:dnabert_s|esm2):token_budget|checkpoint_every|threads)=[1-9][0-9]{0,9}")
 UNKNOWN_DEVICE = "unknown"  # vectors of a checkpoint part that does not record its device (an older virnucpro)
 # what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
 DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)
@@ -204,6 +207,7 @@ class EmbeddingShardInfo:
     widths: tuple[int, int]
     tiny: bool = False
     attention: str = REFERENCE_ATTENTION  # 'role:path,...': the paths the writing process computed with
+    settings: tuple[str, ...] = ()  # the settings that batched its vectors (none recorded by an older virnucpro)
     seal: Seal | None = None  # the file's seal when read: later reads must find the same file
     virnucpro_version: str = ""  # the virnucpro that wrote it
 
@@ -613,12 +617,29 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
     if not isinstance(tiny, (bool, np.bool_)):
         raise malformed(path, f"attribute tiny must be true or false, found {_shown(tiny)}")
     attention = _text(path, attrs, "attention") if "attention" in attrs else REFERENCE_ATTENTION
+    settings = _settings(path, attrs)
     return EmbeddingShardInfo(path=path, shard_index=index, shard_of=of, shard_sha256=digest,
                               chunk_size=_whole(path, attrs, "chunk_size", 1), models=_models(path, attrs),
                               precision=_choice(path, attrs, "precision", PRECISIONS),
                               device=_devices(path, attrs),
-                              records=records, widths=widths, tiny=bool(tiny), attention=attention,
+                              records=records, widths=widths, tiny=bool(tiny), attention=attention, settings=settings,
                               virnucpro_version=_text(path, attrs, "virnucpro_version"))
+
+
+def _settings(path: Path, attrs: dict) -> tuple[str, ...]:
+    """The attribute `settings` as its entries (none when absent: an older virnucpro wrote the file)."""
+    text = _text(path, attrs, "settings") if "settings" in attrs else ""
+    entries = tuple(text.split(",")) if text else ()
+    wrong = [entry for entry in entries if not SETTING_ENTRY.fullmatch(entry)]
+    if wrong:
+        raise malformed(path, f"attribute settings holds {shown(wrong[0][:60])}, not 'name=value' of a setting "
+                              "embed records")
+    return entries
+
+
+def settings_in_order(entries) -> list[str]:
+    """Settings entries by name, then by value as a number (a token budget of 512 before 4096)."""
+    return sorted(entries, key=lambda entry: (entry.split("=")[0], int(entry.split("=")[1])))
 
 
 def _shown(value: object) -> str:

@@ -847,6 +847,7 @@ def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256:
         "precision": sorted({s.precision for s in shards}),
         "device": sorted({s.device for s in shards}),
         "attention_path": sorted({s.attention for s in shards}),
+        "embed_settings": h5shard.settings_in_order({entry for s in shards for entry in s.settings}),
         "threshold": threshold,
         "counts": manifest["counts"],
         "seconds": seconds,
