@@ -121,6 +121,17 @@ def test_a_stopped_predict_says_the_rerun_starts_again_and_keeps_the_earlier_out
     assert (out / "prediction_results.txt").read_bytes() == before
 
 
+def test_a_predict_stopped_before_its_own_work_starts_says_the_rerun_starts_again(tmp_path, tiny_models):
+    """Found by mutation: a stop while predict sizes its threads, before its own block says what a stop
+    keeps, must not promise checkpoints either (the command's whole run keeps nothing)."""
+    folder, h5 = embedded(tmp_path, tiny_models)
+    done = stopped_at("open", r"^/proc/self/cgroup$", "predict", "--prepared", folder, "--embeddings", h5,
+                      "--outdir", tmp_path / "pr", "--models", tiny_models)
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    assert "nothing to resume from" in done.stderr and RESUMES not in done.stderr, done.stderr
+    assert not (tmp_path / "pr").exists()
+
+
 def test_run_stopped_in_its_predict_step_still_says_it_resumes(tmp_path, tiny_models):
     out = tmp_path / "out"
     done = stopped_at("open", r"\.predict\.partial/prediction_results\.txt$", "run",

@@ -3,6 +3,8 @@ CONTRACTS.md's table (and README's), with one message naming the file or option.
 
 from __future__ import annotations
 
+import errno
+
 import os
 import shutil
 import signal
@@ -82,6 +84,21 @@ def test_out_of_memory_in_the_main_process_is_exit_137(tmp_path, run_cli, monkey
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError()
+
+    monkeypatch.setattr(virnucpro.prepare, "prepare", out_of_memory)
+    code, message = run_cli("prepare", _fasta(tmp_path / "a.fa"), "--outdir", tmp_path / "out")
+    assert code == 137 and "out of memory" in message and "bug" not in message, message
+
+
+@pytest.mark.parametrize("raised", [OSError(errno.ENOMEM, "mmap failed"), OSError(errno.ENOMEM, "Cannot allocate memory"),
+                                    RuntimeError("DefaultCPUAllocator: not enough memory")],
+                         ids=["ENOMEM in its own words", "ENOMEM", "torch's allocator"])
+def test_memory_running_out_however_a_library_words_it_is_exit_137(tmp_path, run_cli, monkeypatch, raised):
+    """ENOMEM is out of memory by its number, not only by the C library's text for it."""
+    import virnucpro.prepare
+
+    def out_of_memory(*args, **kwargs):
+        raise raised
 
     monkeypatch.setattr(virnucpro.prepare, "prepare", out_of_memory)
     code, message = run_cli("prepare", _fasta(tmp_path / "a.fa"), "--outdir", tmp_path / "out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,17 @@ def test_a_prepare_of_other_inputs_is_redone_and_said(stopped_run, run_cli, tmp_
     code, message = run_cli("run", other, *args[2:])
     assert code == 0 and "redoing it" in message and "other input" in message, message
     assert [row["sequence_id"] for row in fmt.read_table(tmp_path / "r" / fmt.SEQUENCES)] == ["x"]
+
+
+def test_a_prepare_of_another_chunk_size_is_redone_and_scored_by_that_sizes_classifier(stopped_run, run_cli, tmp_path):
+    """Found by mutation: without this check a rerun with another --chunk-size reused the stopped run's
+    500-bp chunks and scored them with the 300-bp classifier, exit 0."""
+    args, _ = stopped_run("_embed_all")
+    code, message = run_cli(*args, "--chunk-size", "300")
+    assert code == 0 and "redoing it" in message and "made at chunk size 500" in message, message
+    info = json.loads((tmp_path / "r" / "run_info.json").read_text())
+    assert info["chunk_size"] == 300 and Path(info["classifier"]["path"]).name.startswith("300_"), info
+    assert {int(row["length"]) for row in fmt.read_table(tmp_path / "r" / fmt.CHUNKS)} <= set(range(1, 301))
 
 
 def test_embeddings_are_reused_after_a_redone_prepare_that_wrote_the_same_shard(stopped_run, run_cli):

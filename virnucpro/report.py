@@ -79,7 +79,9 @@ def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict)
         if found != expected:
             raise InconsistentInputsError(f"the {label} do not reconcile: the prepared sample counts {expected:,}, "
                                           f"the prediction has {detail}",
-                                          "give --embeddings made from this --prepared folder, unchanged since")
+                                          "give --embeddings made from this --prepared folder, unchanged "
+                                          "since; if they were (or this was `virnucpro run`, which makes both), "
+                                          "it is a bug: please report it")
 
 
 def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> str:
