@@ -1308,6 +1308,8 @@ class OutputFolder:
                 (self.folder / folder).rmdir()
 
     def _drop(self, rel: str) -> None:
+        """Remove our recorded file `rel`, unless it changed since publish checked the folder (exit 3)."""
+        _refuse_changed_meanwhile(self.folder / rel, self.recorded.get(rel))
         (self.folder / rel).unlink(missing_ok=True)
         self.recorded.pop(rel, None)
 
@@ -1385,11 +1387,22 @@ def _merge_folder(source: Path, target: Path, ours: dict[str, list[int]], under:
         destination = target / relative
         destination.mkdir(parents=True, exist_ok=True)
         for file in files:
-            if (Path(under) / relative / file).as_posix() in ours:
+            rel = (Path(under) / relative / file).as_posix()
+            if rel in ours:
+                _refuse_changed_meanwhile(destination / file, ours[rel])
                 os.replace(Path(root) / file, destination / file)
             else:
                 _take_new_name(Path(root) / file, destination / file)
     shutil.rmtree(source)
+
+
+def _refuse_changed_meanwhile(path: Path, recorded: list[int] | None) -> None:
+    """Refuse (exit 3) to remove or replace our earlier file at `path` when it is no longer as recorded:
+    written over since publish checked the folder, it is someone else's now (and gone: nothing to do)."""
+    now = _signature_or_none(path)
+    if now is not None and not _matches(recorded, now):
+        raise BadInputError(f"{path} changed while virnucpro ran, after it was checked: virnucpro never replaces "
+                            "files it did not write", "move it away, then rerun")
 
 
 def _take_new_name(source: Path, target: Path) -> None:
