@@ -117,6 +117,20 @@ def test_save_original_way_references_main(tmp_path):
                                predict_proba(model, x), atol=0)
 
 
+def test_a_pickled_model_keeps_its_own_batchnorm_eps(tmp_path):
+    """Found by mutation: the file's `bn1.eps` dropped for the default 1e-5 changed the scores of a
+    user's classifier trained with another eps, exit 0 (the published files use 1e-5)."""
+    torch.manual_seed(1)
+    model = MLPClassifier(10, 32, 2).eval()
+    model.bn1.eps = 1e-3
+    model.bn1.running_var.uniform_(1e-4, 1e-2)  # variances of the eps's order, where eps moves the scores
+    save_original_way(model, tmp_path / "m.pth")
+    loaded = load_classifier(tmp_path / "m.pth")
+    assert loaded.bn1.eps == 1e-3
+    x = torch.randn(8, 10)
+    np.testing.assert_allclose(predict_proba(loaded, x), predict_proba(model, x), atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["torch_zip", "pickle_protocol2", "pickle_protocol4", "pickle_inst"])
 def test_refuses_malicious_pickle_without_running_it(tmp_path, kind):
     marker = tmp_path / "PWNED"

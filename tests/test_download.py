@@ -6,6 +6,7 @@ by the hashes of the files served here; every test file is pinned, as every real
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -535,3 +536,16 @@ def test_an_unreachable_mirror_is_named_and_kept_in_the_command_to_rerun(tmp_pat
     assert code == 4 and "cannot reach the mirror 127.0.0.1:9" in said and "offline?" not in said, message
     assert f"virnucpro models download --dest {tmp_path / 'm'} --only classifier_300 --mirror http://127.0.0.1:9/" \
         in said, message
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO],
+                         ids=["full", "quota", "read-only", "file-size limit", "I/O error"])
+def test_storage_failing_under_a_download_is_exit_10(tmp_path, code):
+    """Found by mutation: these were exit 4 (a models problem) with the bare OSError text; CONTRACTS.md
+    says a write that fails is exit 10, with a fix."""
+    from virnucpro.errors import OutputWriteError
+
+    path = tmp_path / "models" / "500_model.pth.part"
+    failure = dl._write_error(path, OSError(code, os.strerror(code), str(path)))
+    assert isinstance(failure, OutputWriteError) and failure.code == 10, failure
+    assert str(path) in str(failure) and failure.hint, failure

@@ -176,3 +176,17 @@ def test_code_in_checkpoint_is_refused(tmp_path, capsys):
         Esm2Encoder(path, CPU, torch.float32)
     assert "print" in str(info.value)
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_the_tiny_esm2_of_models_tiny_stores_the_standard_rotary_frequencies(tiny_models):
+    """Found by mutation: random rotary frequencies in `models tiny`'s ESM-2 went unnoticed (virnucpro
+    computes them, fair-esm reads them), so the tiny checkpoint was no longer one both loaders agree on."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(tiny_models / "esm2_tiny.pt", weights_only=True)
+    config = checkpoint["cfg"]["model"]
+    head = config.encoder_embed_dim // config.encoder_attention_heads
+    standard = 1.0 / 10000 ** (torch.arange(0, head, 2, dtype=torch.float32) / head)
+    stored = {key: value for key, value in checkpoint["model"].items() if key.endswith("rot_emb.inv_freq")}
+    assert len(stored) == config.encoder_layers
+    for key, value in stored.items():
+        torch.testing.assert_close(value, standard, rtol=0, atol=0, msg=key)

@@ -588,6 +588,30 @@ def test_the_classifier_of_the_other_chunk_size_is_refused(tmp_path, reference_d
     assert "cut the sample into 300-bp chunks (--chunk-size 300 of prepare, or of run)" in " ".join(message.split())
 
 
+def test_a_published_classifier_known_only_by_its_pinned_blob_id_is_refused_at_the_other_size(tmp_path, tiny_models,
+                                                                                               monkeypatch):
+    """Found by mutation: `500_model.pth` from a clone of VirNucPro's repository, in a folder no models
+    manifest describes, is known only by its git blob id (what the pins hold); comparing the sha256
+    alone took it for a 300-bp sample. The tiny file stands in for it, pinned as the published one."""
+    import dataclasses
+
+    from virnucpro.errors import InconsistentInputsError
+    from virnucpro.models import pins, store
+    from virnucpro.predict import refuse_classifier_of_other_chunk_size
+
+    clone = tmp_path / "VirNucPro"
+    clone.mkdir()
+    published = Path(shutil.copy(tiny_models / "500_model_tiny.pth", clone / "500_model.pth"))
+    _sha256, blob = store.sha256_file(published, git_sha1=True)
+    role = pins.SOURCES["classifier_500"]
+    pinned = dataclasses.replace(role, files=tuple(dataclasses.replace(spec, git_sha1=blob) for spec in role.files))
+    monkeypatch.setitem(pins.SOURCES, "classifier_500", pinned)
+    with pytest.raises(InconsistentInputsError) as refused:
+        refuse_classifier_of_other_chunk_size(published, 300, None)
+    assert refused.value.code == 5 and "made for 500-bp chunks" in str(refused.value), refused.value
+    refuse_classifier_of_other_chunk_size(published, 500, None)  # its own size: taken
+
+
 def test_a_custom_chunk_size_with_a_classifier_made_for_a_standard_one_is_said(tmp_path, reference_dir, tiny_models,
                                                                               run_cli):
     """A review's case: at --chunk-size 400 the published 500-bp classifier was taken without a word

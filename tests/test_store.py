@@ -330,7 +330,7 @@ def test_ensure_offline(tiny, tmp_path, monkeypatch):
         download.ensure(empty, offline=True)
     assert "virnucpro models download --dest" in str(info.value)
     assert "VIRNUCPRO_MODELS" in str(info.value)
-    for value in ("1", " on", "True"):  # the message quotes the value as the user set it
+    for value in ("1", " on", "True", "yes"):  # the message quotes the value as the user set it
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
         with pytest.raises(ModelsError, match=f"not downloading \\(HF_HUB_OFFLINE={value.strip()}\\)"):
             download.ensure(empty, offline=False)
