@@ -133,6 +133,7 @@ def _probe_pair(delta: float, mixed_rows: bool = False):
     (torch.float16, 0.0195, True),   # DNABERT-S compiled reference vs reference, real size (CPU): refused by the old 2e-2
     (torch.float16, 0.069, False),   # a partial layout bug of the tiny DNABERT-S (a shared mask block)
     (torch.float32, 1e-3, False),
+    (torch.bfloat16, 1.0, False),    # one element off by 1: the cosine alone (0.9994) would take it
 ])
 def test_the_self_check_accepts_rounding_measured_at_the_real_sizes(dtype, delta, accepted):
     from virnucpro.encoders import fast_path_problem
@@ -148,6 +149,52 @@ def test_the_self_check_refuses_sequences_that_saw_each_other_at_every_dtype(dty
 
     reference, fast = _probe_pair(0.0, mixed_rows=True)
     assert "disagrees" in fast_path_problem(lambda path: fast, dtype, "fast", reference=reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_self_check_refuses_a_nan_at_every_dtype(dtype):
+    """Found by mutation: limits written as `delta > max or cosine < min` pass a NaN (every comparison
+    with NaN is false); the fast path would then be used and embed stop at its first NaN."""
+    from virnucpro.encoders import fast_path_problem
+
+    reference, fast = _probe_pair(0.0)
+    fast[3, 7] = float("nan")
+    assert "disagrees" in fast_path_problem(lambda path: fast, dtype, "fast", reference=reference)
+
+
+def test_the_fp16_self_check_refuses_a_small_scale_disagreement_by_its_cosine():
+    """Vectors of small scale, off by a 5% spread: within fp16's |delta| limit, refused by its cosine."""
+    from virnucpro.encoders import fast_path_problem
+
+    generator = torch.Generator().manual_seed(5)
+    reference = 0.2 * torch.randn(16, 768, generator=generator, dtype=torch.float64)
+    fast = reference + 0.01 * torch.randn(16, 768, generator=generator, dtype=torch.float64)
+    assert float((fast - reference).abs().max()) < 5e-2
+    assert "disagrees" in fast_path_problem(lambda path: fast, torch.float16, "fast", reference=reference)
+
+
+@pytest.mark.parametrize("failure", ["disagrees", "raises"])
+def test_after_a_failed_fast_path_its_compiled_form_is_never_tried(monkeypatch, capsys, failure):
+    """Found by mutation: going on after the fast path failed its check could settle on its compiled
+    form, after a warning saying the reference path is used; a later failure of the compiled form
+    then fell back to the refused fast path."""
+    from virnucpro import encoders
+    from virnucpro.encoders import compiled
+
+    reference, wrong = _probe_pair(0.0, mixed_rows=True)
+    ran = []
+
+    def run(path):
+        ran.append(path)
+        if path == "fast" and failure == "raises":
+            raise RuntimeError("no kernel image is available")
+        return wrong if path == "fast" else reference
+
+    monkeypatch.setattr(compiled, "wanted", lambda compile, device: True)
+    path, seconds, agreed = encoders.settle_path("ESM-2", "fast", "cpu", torch.float32, run)
+    assert (path, seconds, agreed) == ("reference", 0.0, "")
+    assert ran == ["reference", "fast"], ran
+    assert capsys.readouterr().err.count("warning:") == 1
 
 
 def test_a_passed_self_check_logs_how_close_the_path_came(load, capsys):
