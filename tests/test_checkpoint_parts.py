@@ -171,7 +171,8 @@ DAMAGE = {  # what is done to part 1's arrays, and words the warning must hold
     "a setting not known": (lambda a, n: {"settings": np.array("threads=1,batch_size=8")},
                             ("unknown setting 'batch_size=8'",)),
     "a setting of no value": (lambda a, n: {"settings": np.array("threads=0")}, ("unknown setting 'threads=0'",)),
-    "no settings array": (lambda a, n: {"settings": None}, ("missing array settings",)),
+    "settings without the rest of the record": (lambda a, n: {"device": None, "attention": None},
+                                                 ("missing array attention, device",)),
 }
 
 
@@ -453,6 +454,38 @@ def test_a_resume_with_other_settings_records_both_in_the_shard_and_in_run_info(
             "esm2:token_budget=300,esm2:token_budget=4096,threads=1,threads=2")
     assert read_h5(tmp_path / "s.h5")[3]["settings"] == both
     assert h5shard.read_info(tmp_path / "s.h5").settings == tuple(both.split(","))
+
+
+def test_a_part_without_settings_is_used_and_its_settings_said_unknown(tmp_path, run_cli, golden_prepared,
+                                                                      tiny_models, plain):
+    """A part of a virnucpro that recorded the device and paths but not the settings: used (its vectors
+    are sound), one warning, and 'unknown' among the shard's settings."""
+    from virnucpro import h5shard
+
+    arrays = genuine(plain, 1)
+    content = npz_bytes({name: array for name, array in arrays.items() if name != "settings"})
+    code, message = resume(tmp_path, run_cli, golden_prepared, tiny_models, plain, {part_name(1, content): content})
+    assert code == 0 and "damaged" not in message, message
+    assert message.count("do not record the settings that batched them") == 1, message
+    info = h5shard.read_info(tmp_path / "s.h5")
+    assert "unknown" in info.settings and f"checkpoint_every={EVERY}" in info.settings, info.settings
+    assert info.device == "cpu"
+
+
+def test_any_whole_number_the_cli_takes_is_recorded_and_read_back(tmp_path, tiny_models, small_sample):
+    """A reviewer's case: a --token-budget of 11 digits was written into the settings, then refused by
+    every reader as damaged (exit 5, and the rerun the message advised wrote the same file)."""
+    from virnucpro import h5shard
+    from virnucpro.predict import predict
+
+    out = tmp_path / "s.h5"
+    embed(shard(small_sample[0]), out, models=tiny_models, device="cpu", threads=1, token_budget=99999999999,
+          checkpoint_every=10**30)
+    settings = h5shard.read_info(out).settings
+    assert f"checkpoint_every={10**30}" in settings and "esm2:token_budget=99999999999" in settings, settings
+    assert h5shard.settings_in_order(["threads=10", f"threads={10**30}", "threads=9"]) == \
+        ["threads=9", "threads=10", f"threads={10**30}"]
+    assert predict(small_sample[0], [out], tmp_path / "p", models=tiny_models, threshold=0.5) is not None
 
 
 @pytest.mark.parametrize("device", ["cuda+cpu", "cpu+cpu", "cpu+tpu", "", "cpu+"])

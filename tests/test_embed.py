@@ -350,9 +350,13 @@ def test_gpu_oom_halves_the_batch_then_exit_7(tmp_path, tiny_models, golden_prep
     out = tmp_path / "s.h5"
     embed(shard(golden_prepared), out, models=tiny_models, device="cpu", checkpoint_every=2, threads=1)
     assert "halving" in capsys.readouterr().err
-    ids, nuc, prot, _ = read_h5(out)
+    ids, nuc, prot, attrs = read_h5(out)
     np.testing.assert_allclose(prot, uninterrupted[2], atol=1e-6, rtol=1e-6)  # float32: a few ulp
     np.testing.assert_array_equal(nuc, uninterrupted[1])
+    # a reviewer's case: the budget asked for vanished from the record when the first batch halved it
+    budgets = [entry for entry in attrs["settings"].split(",") if entry.startswith("esm2:token_budget=")]
+    assert "esm2:token_budget=4096" in budgets and len(budgets) >= 2, attrs["settings"]
+    assert "dnabert_s:token_budget=4096" in attrs["settings"].split(","), attrs["settings"]
 
     def no_memory(self, collated):
         raise torch.cuda.OutOfMemoryError("simulated")

@@ -63,29 +63,33 @@ def test_our_earlier_file_replaced_by_someone_during_a_rerun_is_kept(tmp_path, r
     assert (out / rel).read_text() == "someone else's, written meanwhile\n"
 
 
-def appearing_after_the_last_check(monkeypatch, path: Path) -> None:
-    """A user's file written at `path` just after publish's own check of the folder, before the
-    renames: only the rename that refuses an existing target stands between it and our file."""
-    check = od.OutputFolder._refuse_unproven
+def appearing_after_the_last_check(monkeypatch, path: Path, nth: int = 1) -> None:
+    """A user's file written at `path` just after the `nth` of publish's checks of the folder (1: its
+    first, before the record of the files about to move in is written; 2: the last, right before the
+    first drop): only the checks of each file at its own rename or removal are left to find it."""
+    check, seen = od.OutputFolder._refuse_unproven, []
 
     def checked_then_written(self, why, **kwargs):
         check(self, why, **kwargs)
-        if "appeared" in why:  # publish's check, not the claim's
-            path.parent.mkdir(exist_ok=True)
-            path.write_text("MINE\n")
+        if "appeared" in why:  # publish's checks, not the claim's
+            seen.append(why)
+            if len(seen) == nth:
+                path.parent.mkdir(exist_ok=True)
+                path.write_text("MINE\n")
 
     monkeypatch.setattr(od.OutputFolder, "_refuse_unproven", checked_then_written)
 
 
+@pytest.mark.parametrize("nth", [1, 2], ids=["after the first check", "after the last check"])
 @pytest.mark.parametrize("rerun", [False, True], ids=["first run", "rerun"])
 @pytest.mark.parametrize("rel", ["table.tsv", "parts/p0.tsv", "parts/p2.tsv", "done.json"])
-def test_a_file_that_appears_after_the_last_check_is_still_not_replaced(tmp_path, monkeypatch, rel, rerun):
+def test_a_file_that_appears_after_the_last_check_is_still_not_replaced(tmp_path, monkeypatch, rel, rerun, nth):
     """Found by mutation: a plain replace (at a top-level name, or inside a folder merged file by
     file) overwrote such a file, exit 0; every test wrote its file before publish checked again."""
     out = tmp_path / "out"
     if rerun:
         publish_once(out, "first\n")
-    appearing_after_the_last_check(monkeypatch, out / rel)
+    appearing_after_the_last_check(monkeypatch, out / rel, nth)
     with pytest.raises(BadInputError) as refused:
         with od.claim(out, "prepare", NAMES) as output:
             staging = staged(out, "second\n")
@@ -93,6 +97,9 @@ def test_a_file_that_appears_after_the_last_check_is_still_not_replaced(tmp_path
             output.publish(staging, NAMES)
     assert rel in str(refused.value) and refused.value.code == 3, refused.value
     assert (out / rel).read_text() == "MINE\n"
+    if rerun and nth == 1:  # refused before anything was dropped: the earlier set is whole (a reviewer's case)
+        earlier = {"table.tsv", "parts/p0.tsv", "done.json"} - {rel}
+        assert {name: (out / name).read_text() for name in earlier} == dict.fromkeys(earlier, "first\n")
 
 
 def test_a_rerun_still_replaces_its_own_files(tmp_path):

@@ -28,4 +28,4 @@ def test_each_count_off_by_one_is_exit_5_naming_both_numbers(label, rows, scored
     said = str(refused.value)
     assert refused.value.code == ExitCode.INCONSISTENT
     assert f"the {label} do not reconcile: the prepared sample counts {expected}," in said and found in said, said
-    assert "virnucpro run" in said and "bug" in said, said  # advice a `run` user can follow too
+    assert "virnucpro run" in said and "please report it" in said, said  # advice a `run` user can follow too

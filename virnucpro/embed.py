@@ -49,7 +49,7 @@ from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
 ROLE_NAMES = {"dnabert_s": "DNABERT-S", "esm2": "ESM-2"}
-CHECKPOINT_FORMAT = 3  # 2: each part names the key folder it was written in; 3: and the settings that batched it
+CHECKPOINT_FORMAT = 2  # 2: each part names the key folder it was written in
 CHECKPOINT_WAIT_SECONDS = 2.0  # how often a busy checkpoint folder is tried again
 SHA256_HEX = "[0-9a-f]{64}"  # a checkpoint key folder's name
 PART_NAME = re.compile(r"part_([0-9]+)\.([0-9a-f]{64})\.npz")
@@ -65,8 +65,9 @@ UNRECORDED_PART_ARRAYS = sorted([f"{PART_KEY}.npy", *(f"{role}_{kind}.npy" for r
                                                           for kind in ("index", "vectors"))])  # older parts
 RECORD_ARRAYS = ("attention", "device", "settings")  # what computed a part, and how it was batched (MadeBy)
 PART_ARRAYS = sorted([*UNRECORDED_PART_ARRAYS, *(f"{name}.npy" for name in RECORD_ARRAYS)])
+UNSET_PART_ARRAYS = sorted(set(PART_ARRAYS) - {"settings.npy"})  # parts of an older virnucpro: no settings
 RECORD_CHARACTERS = 256  # longest record text accepted (a record holds a few 'role:path' entries)
-SETTINGS_CHARACTERS = 4096  # longest settings text of a part (a token budget halved at most ~20 times per model)
+SETTINGS_CHARACTERS = 65536  # longest settings text of a part (a few entries; any whole number the CLI takes)
 UNKNOWN = h5shard.UNKNOWN_DEVICE  # the device and paths of a part written without a record (an older virnucpro)
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
@@ -565,7 +566,8 @@ def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, in
             names = _check_array_names(archive.namelist())
             _check_key(archive, key)
             vectors = {role: _read_role(archive, role, sizes[role], widths[role]) for role in ROLES}
-            return Part(vectors, _read_record(archive, vectors) if names == PART_ARRAYS else _unrecorded(vectors))
+            return Part(vectors, _unrecorded(vectors) if names == UNRECORDED_PART_ARRAYS
+                        else _read_record(archive, vectors, names == PART_ARRAYS))
     except (DamagedPart, VirnucproError, MemoryError):
         raise  # a stop signal landing meanwhile (InterruptedByUser), or memory running out, is no damage to the part
     except OSError as exc:
@@ -603,7 +605,7 @@ def _open_files_limit(exc: OSError, failed: str) -> ProcessLimitError:
 def _check_array_names(names: list[str]) -> list[str]:
     """Exactly the arrays embed writes, each once (without the record: a part of an older
     virnucpro); returns which of the two sets it is."""
-    if sorted(names) in (PART_ARRAYS, UNRECORDED_PART_ARRAYS):
+    if sorted(names) in (PART_ARRAYS, UNSET_PART_ARRAYS, UNRECORDED_PART_ARRAYS):
         return sorted(names)
     recorded = any(f"{name}.npy" in names for name in RECORD_ARRAYS)
     expected = PART_ARRAYS if recorded else UNRECORDED_PART_ARRAYS
@@ -628,11 +630,13 @@ def _check_key(archive: zipfile.ZipFile, key: str) -> None:
                           f"{key[:16]}...; a part of another shard, models or precision")
 
 
-def _read_record(archive: zipfile.ZipFile, vectors: dict) -> MadeBy:
+def _read_record(archive: zipfile.ZipFile, vectors: dict, with_settings: bool) -> MadeBy:
     """The part's record of the device and attention paths that computed it, checked: known names
-    only, and a path for every role it holds vectors of."""
+    only, and a path for every role it holds vectors of; its settings, 'unknown' when it holds none
+    (an older virnucpro)."""
     device, attention = (_read_text(archive, name) for name in ("device", "attention"))
-    made = MadeBy(set(device.split("+")), set(attention.split(",")), _read_settings(archive))
+    made = MadeBy(set(device.split("+")), set(attention.split(",")),
+                  _read_settings(archive) if with_settings else {UNKNOWN})
     if not made.devices <= set(h5shard.DEVICES):
         raise DamagedPart(f"its record names the device {ascii(device[:40])}, not {' or '.join(h5shard.DEVICES)}")
     unknown = sorted(path for path in made.paths if not ATTENTION_ENTRY.fullmatch(path))
@@ -658,7 +662,7 @@ def _read_settings(archive: zipfile.ZipFile) -> set[str]:
 def _unrecorded(vectors: dict) -> MadeBy:
     """What computed a part of an older virnucpro, which does not say: 'unknown' for its roles."""
     paths = {f"{role}:{UNKNOWN}" for role, (indices, _) in vectors.items() if len(indices)}
-    return MadeBy({UNKNOWN} if paths else set(), paths)
+    return MadeBy({UNKNOWN} if paths else set(), paths, {UNKNOWN} if paths else set())
 
 
 def _read_text(archive: zipfile.ZipFile, name: str, most: int = RECORD_CHARACTERS) -> str:
@@ -813,6 +817,7 @@ class Embedder:
         import torch
 
         self.encoders, self.device = encoders, device
+        self.asked_budget = token_budget  # plans the first batches; halved ones may still run after an OOM
         # what batches the vectors besides the token budget (the record of each part, `MadeBy.settings`)
         self.batching = [f"threads={torch.get_num_threads()}"]
         if checkpoint_every is not None:
@@ -852,8 +857,10 @@ class Embedder:
             made.note(self.device.type, role, path, self._settings(role))
 
     def _settings(self, role: str) -> list[str]:
-        """The settings that batch `role` now (its token budget is halved when the GPU runs out of memory)."""
-        return [f"{role}:token_budget={self.token_budget[role]}", *self.batching]
+        """The settings that batch `role` now: the token budget asked for and, once the GPU ran out of
+        memory, the halved one too (batches planned with either may run from then on)."""
+        budgets = {self.asked_budget, self.token_budget[role]}
+        return [*(f"{role}:token_budget={budget}" for budget in budgets), *self.batching]
 
     def batches(self, role: str, tokens: dict, indices: range) -> list[list[int]]:
         from virnucpro.encoders.batching import plan_batches
@@ -1416,10 +1423,18 @@ def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> MadeBy:
         for role, (indices, vectors) in part.vectors.items():
             known[role][indices] = vectors
             done[role][indices] = True
-    if UNKNOWN in made.devices:
-        warn(f"some checkpoint parts in {checkpoints.folder} do not record which device and attention path "
-             f"computed them (written by an older virnucpro): the shard's attributes say '{UNKNOWN}' for them")
+    _say_unrecorded(made, checkpoints.folder)
     return made
+
+
+def _say_unrecorded(made: MadeBy, folder: Path) -> None:
+    """One warning when restored parts (of an older virnucpro) do not record what computed them."""
+    if UNKNOWN in made.devices:
+        warn(f"some checkpoint parts in {folder} do not record which device and attention path "
+             f"computed them (written by an older virnucpro): the shard's attributes say '{UNKNOWN}' for them")
+    elif UNKNOWN in made.settings:
+        warn(f"some checkpoint parts in {folder} do not record the settings that batched them (written by an "
+             f"older virnucpro): the shard's attribute settings says '{UNKNOWN}' for them")
 
 
 def _covered_records(distinct: dict, done: dict, n_records: int) -> int:

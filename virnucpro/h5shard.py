@@ -44,8 +44,8 @@ ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", 
 PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
 DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
 # an entry of the attribute `settings` (embed's `MadeBy`): a value that batched some of the vectors
-SETTING_ENTRY = re.compile(r"(?:(?:dnabert_s|esm2):token_budget|checkpoint_every|threads)=[1-9][0-9]{0,9}")
-UNKNOWN_DEVICE = "unknown"  # vectors of a checkpoint part that does not record its device (an older virnucpro)
+SETTING_ENTRY = re.compile(r"(?:(?:dnabert_s|esm2):token_budget|checkpoint_every|threads)=[1-9][0-9]*|unknown")
+UNKNOWN_DEVICE = "unknown"  # also the settings entry of vectors computed by a virnucpro that did not record them  # vectors of a checkpoint part that does not record its device (an older virnucpro)
 # what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
 DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
@@ -207,7 +207,7 @@ class EmbeddingShardInfo:
     widths: tuple[int, int]
     tiny: bool = False
     attention: str = REFERENCE_ATTENTION  # 'role:path,...': the paths the writing process computed with
-    settings: tuple[str, ...] = ()  # the settings that batched its vectors (none recorded by an older virnucpro)
+    settings: tuple[str, ...] = ()  # the settings that batched its vectors ("unknown": an older virnucpro wrote it)
     seal: Seal | None = None  # the file's seal when read: later reads must find the same file
     virnucpro_version: str = ""  # the virnucpro that wrote it
 
@@ -627,8 +627,8 @@ def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) 
 
 
 def _settings(path: Path, attrs: dict) -> tuple[str, ...]:
-    """The attribute `settings` as its entries (none when absent: an older virnucpro wrote the file)."""
-    text = _text(path, attrs, "settings") if "settings" in attrs else ""
+    """The attribute `settings` as its entries ('unknown' when absent: an older virnucpro wrote the file)."""
+    text = _text(path, attrs, "settings") if "settings" in attrs else UNKNOWN_DEVICE
     entries = tuple(text.split(",")) if text else ()
     wrong = [entry for entry in entries if not SETTING_ENTRY.fullmatch(entry)]
     if wrong:
@@ -638,8 +638,13 @@ def _settings(path: Path, attrs: dict) -> tuple[str, ...]:
 
 
 def settings_in_order(entries) -> list[str]:
-    """Settings entries by name, then by value as a number (a token budget of 512 before 4096)."""
-    return sorted(entries, key=lambda entry: (entry.split("=")[0], int(entry.split("=")[1])))
+    """Settings entries by name, then by value as a number (a token budget of 512 before 4096; whole
+    numbers compared as digits, so a number of any length sorts)."""
+    def order(entry: str) -> tuple[str, int, str]:
+        name, _, value = entry.partition("=")
+        return name, len(value), value
+
+    return sorted(entries, key=order)
 
 
 def _shown(value: object) -> str:

@@ -1265,8 +1265,11 @@ class OutputFolder:
         # the files about to move in are ours from before the first move: a publish cut short by a
         # signal, a kill or a full disk leaves a folder its rerun recognises. Recorded before anything
         # is dropped too: a record that cannot be written (a full disk) leaves the earlier set whole.
-        publishing = {rel: _signature(source / rel) for source, name in moves for rel in _files_under(source, [name])}
-        self._write_marker(publishing=publishing)
+        self._write_marker(publishing={rel: _signature(source / rel) for source, name in moves
+                                       for rel in _files_under(source, [name])})
+        # checked once more right before the first drop: a refusal leaves the earlier set whole (`_drop`
+        # and `_merge_folder` check each file again at its own moment)
+        self._refuse_unproven("which appeared or changed while this command ran (virnucpro did not write it)")
         last = moves[-1][1]
         if (self.folder / last).is_file():  # the last name marks a complete set: gone until it is
             self._drop(last)
@@ -1275,7 +1278,6 @@ class OutputFolder:
         for rel in [name for _source, name in moves if name in earlier] + stale:
             self._drop(rel)
         self._remove_emptied_folders([rel for rel in stale if rel.split("/", 1)[0] in removed])
-        self._write_marker(publishing=publishing)  # the dropped files no longer recorded
         self.published = True
         for source, name in moves:
             target = self.folder / name

@@ -81,7 +81,7 @@ def check_reconciles(counts: dict, rows: int, n_chunks_scored: int, calls: dict)
                                           f"the prediction has {detail}",
                                           "give --embeddings made from this --prepared folder, unchanged "
                                           "since; if they were (or this was `virnucpro run`, which makes both), "
-                                          "it is a bug: please report it")
+                                          "virnucpro miscounted: please report it")
 
 
 def _reconciliation(counts: dict, rows: int, n_chunks_scored: int, calls: dict) -> str:
