@@ -146,6 +146,24 @@ def _highest(text: str) -> Callable[[Path], None]:
     return lambda folder: (folder / "prediction_results_highestscore.csv").write_text(text)
 
 
+def _appended(name: str, pick: Callable[[list[str]], str]) -> Callable[[Path], None]:
+    """The table with one of its own rows (`pick` of its lines after the header) written again at its end."""
+    def append(folder: Path) -> None:
+        lines = (folder / name).read_text().splitlines(keepends=True)
+        (folder / name).write_text("".join(lines) + pick(lines[1:]))
+    return append
+
+
+def _next_orf_replaced_by_its_predecessor(folder: Path) -> None:
+    """A chunk's first ORF row written again in place of its second: one ORF twice, one lost, n_orfs kept."""
+    path = folder / "prediction_results.txt"
+    lines = path.read_text().splitlines(keepends=True)
+    chunk = [line.split("\t")[0][:-2] for line in lines]  # an ORF id is its chunk's id and a 2-letter frame
+    n = next(n for n in range(1, len(lines) - 1) if chunk[n] == chunk[n + 1])
+    lines[n + 1] = lines[n]
+    path.write_text("".join(lines))
+
+
 DAMAGE = {
     "sequence id duplicated, another lost": (_second_id_replaced_by_first, "listed a second time"),
     "sequence call MAYBE": (lambda f: edit_cell(f / "sequences.tsv", "call", "MAYBE"), "'MAYBE'"),
@@ -171,6 +189,17 @@ DAMAGE = {
     "highest-score chunk id not a chunk": (
         lambda f: edit_cell(f / "prediction_results_highestscore.csv", "Modified_ID", "read_000_chunk_1x"),
         "are not those of the chunks"),
+    # rows the tables' own counts never reach: invented rows in published tables (a mutation review)
+    "last ORF row repeated": (_appended("prediction_results.txt", lambda rows: rows[-1]),
+                              "comes after the ORFs of every chunk"),
+    "a chunk without ORF appended": (_appended("chunks.tsv", lambda rows: next(r for r in rows if "\tno_orf" in r)),
+                                     "comes after the chunks of"),
+    "ORF row repeated in place of the next": (_next_orf_replaced_by_its_predecessor, "expects an ORF of chunk"),
+    "score not a number": (lambda f: edit_cell(f / "prediction_results.txt", "score2", "nan"),
+                           "score2 must be a score between 0 and 1, found 'nan'"),
+    "Prediction against its scores": (
+        lambda f: edit_cell(f / "prediction_results.txt", "Prediction", "others", lambda r: r["Prediction"] == "virus"),
+        "Prediction 'others' with score1"),
     "highest-score call flipped": (
         lambda f: edit_cell(f / "prediction_results_highestscore.csv", "Is_Virus", "False",
                             lambda r: r["Is_Virus"] == "True"), "Is_Virus"),
@@ -323,6 +352,35 @@ def test_merge_refuses_a_row_whose_counts_do_not_add_up(good_row, tmp_path, colu
     assert row[column] != "0" and row["reconciled"] == "yes"
     assert_refused(merge(tmp_path, good_row), "sample s1 does not reconcile", column)
     assert plain_rows(tmp_path / "all.tsv")[0]["reconciled"].startswith("NO: ")
+
+
+def test_merge_keeps_the_no_of_a_row_whose_counts_add_up(good_row, tmp_path):
+    """A row's own `NO:` carries the checks its counts do not show (bases, recorded counts): merge
+    keeps it and fails, even when every count of the row adds up (a mutation review)."""
+    edit_cell(good_row, "reconciled", "NO: prepared bases 10 != sequences.tsv lengths 9")
+    assert_refused(merge(tmp_path, good_row), "sample s1 does not reconcile: prepared bases 10")
+    assert plain_rows(tmp_path / "all.tsv")[0]["reconciled"] == "NO: prepared bases 10 != sequences.tsv lengths 9"
+
+
+def _two_samples_in_one_file(row_file: Path, tmp_path: Path) -> tuple[Path, ...]:
+    lines = row_file.read_text().splitlines(keepends=True)
+    (tmp_path / "two.tsv").write_text("".join(lines) + lines[1].replace("s1", "s2", 1))
+    return (tmp_path / "two.tsv",)
+
+
+def _a_count_that_is_not_a_number(row_file: Path, tmp_path: Path) -> tuple[Path, ...]:
+    edit_cell(row_file, "orfs", "x")
+    return (row_file,)
+
+
+@pytest.mark.parametrize("rows, words", [
+    (_two_samples_in_one_file, "holds more than one row (line 3)"),
+    (lambda row_file, _: (row_file, row_file), "'s1' appear more than once"),
+    (_a_count_that_is_not_a_number, "orfs must be a whole number, found 'x'"),
+], ids=["two samples in one row file", "one row file twice", "a count not a number"])
+def test_merge_refuses_rows_it_would_drop_repeat_or_misread(good_row, tmp_path, rows, words):
+    assert_refused(merge(tmp_path, *rows(good_row, tmp_path)), words)
+    assert not (tmp_path / "all.tsv").exists()
 
 
 @pytest.mark.parametrize("keep_header, words", [(False, "is empty"), (True, "holds no sample row")],
