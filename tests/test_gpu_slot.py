@@ -87,6 +87,41 @@ def test_gpus_listed_in_an_inherited_variable_are_shared_out_one_per_task(tmp_pa
     assert first.wait(30) == 0 and second.wait(30) == 0
 
 
+def test_mig_instances_whose_names_hold_slashes_get_a_slot_each(tmp_path):
+    """MIG instances are named MIG-GPU-<uuid>/<gi>/<ci>: a slot file named as it is would be a path
+    into folders that do not exist, and every task would run with every instance visible."""
+    release = tmp_path / "release"
+    release.touch()
+    task = start(tmp_path / "locks", tmp_path / "a", release, count=None,
+                 env={"CUDA_VISIBLE_DEVICES": "MIG-GPU-aaaa/1/0,MIG-GPU-bbbb/2/0"})
+    assert task.wait(30) == 0 and (tmp_path / "a").read_text() == "MIG-GPU-aaaa/1/0"
+    said = task.stderr.read()
+    assert "warning" not in said and "MIG-GPU-aaaa_1_0.lock" in said, said
+
+
+def _slot_under(tmp_path: Path, path: str, umask: int) -> subprocess.CompletedProcess:
+    """gpu_slot.py with no --count and no CUDA_VISIBLE_DEVICES, `path` first on PATH, under `umask`."""
+    environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    environment["PATH"] = f"{path}:{environment['PATH']}"
+    return subprocess.run([sys.executable, str(SCRIPT), "--lock-dir", str(tmp_path / "locks"), "--", "sh", "-c",
+                           "echo $CUDA_VISIBLE_DEVICES"], capture_output=True, text=True, timeout=60,
+                          env=environment, preexec_fn=lambda: os.umask(umask))
+
+
+def test_nvidia_smi_counts_gpus_not_their_mig_instances_and_slot_files_are_readable_by_all(tmp_path):
+    """`nvidia-smi -L` lists a GPU's MIG instances under it: counted as GPUs, a second task would get
+    a GPU that does not exist. A slot file made under umask 077 is made readable by every user (their
+    tasks open it to lock it)."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA A100 (UUID: GPU-x)'\n"
+                    "echo '  MIG 3g.20gb     Device  0: (UUID: MIG-y)'\necho '  MIG 3g.20gb     Device  1: (UUID: MIG-z)'\n")
+    fake.chmod(0o755)
+    done = _slot_under(tmp_path, str(fake.parent), 0o077)
+    assert done.returncode == 0 and done.stdout == "0\n" and "1 GPUs" in done.stderr, done.stderr
+    assert (machine_slots(tmp_path / "locks") / "gpu0.lock").stat().st_mode & 0o444 == 0o444
+
+
 @pytest.mark.parametrize("listed", ["", "-1"])
 def test_a_variable_that_shows_no_gpu_is_left_as_it_is(tmp_path, listed):
     release = tmp_path / "release"
