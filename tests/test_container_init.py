@@ -99,6 +99,7 @@ def test_the_command_gets_default_signal_dispositions(tmp_path, in_namespace):
     ([], 2, "usage: container_init.py [--] COMMAND"),
     (["--"], 2, "usage: container_init.py [--] COMMAND"),  # `--` alone names no command (tini's reading)
     (["no-such-command-virnucpro"], 127, "cannot run no-such-command-virnucpro"),
+    (["/etc/passwd"], 126, "cannot run /etc/passwd: Permission denied"),  # there, not executable: a shell's 126
     ([""], 127, "cannot run '': the command is an empty string"),  # exec's ValueError, said plainly
     (["--", ""], 127, "cannot run ''"),
 ])
@@ -149,7 +150,7 @@ def test_a_process_started_while_the_stop_goes_round_gets_it_too(tmp_path):
 
 
 @pytest.mark.parametrize("in_namespace", [True, False])
-@pytest.mark.parametrize("option, said", [("--version", "virnucpro"), ("--help", "Usage"),
+@pytest.mark.parametrize("option, said", [("--version", "virnucpro"), ("--help", "Usage"), ("-h", "Usage"),
                                           ("-- virnucpro --version", "virnucpro")])
 def test_options_alone_go_to_virnucpro(in_namespace, option, said):
     """`docker run IMAGE --version` replaces the image's CMD with the option alone: the init tried to

@@ -34,6 +34,7 @@ from nextflow_helpers import (
     serve_from_jar,
     skip_unless_ci,
     staged,
+    staged_list,
 )
 from virnucpro import __version__
 from virnucpro.errors import ExitCode
@@ -280,6 +281,72 @@ def test_outputs_are_published_under_outdir_per_sample(groovy):
     assert published["VIRNUCPRO_PREPARE"] == "/results/sample_ab"
     assert published["VIRNUCPRO_SUMMARY"] == "/results"
     assert published["MULTIQC"] == "/results/multiqc"
+
+
+PUBLISHED_INPUTS_OF_LATER_TASKS = ("VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_VERSIONS")
+
+
+@pytest.mark.parametrize("mode", ["copy", "copyNoFollow", "link", "rellink", "symlink", "move"])
+def test_publish_dir_mode_move_copies_what_later_tasks_still_read(groovy, mode):
+    """--publish_dir_mode move would take PREPARE's folder, EMBED's shards and the versions file from
+    under the tasks that read them (a -resume would find them gone): those are copied, the rest moved
+    (a mutation review: the rule could be dropped unseen)."""
+    blocks = selector_blocks(MODULES_CONFIG, "withName")
+    for name in (*PUBLISHED_INPUTS_OF_LATER_TASKS, "VIRNUCPRO_PREDICT", "VIRNUCPRO_SUMMARY", "MULTIQC"):
+        publish = assignments(blocks[name][0])["publishDir"]
+        found = groovy.evaluate({"params": {**PARAMS, "publish_dir_mode": mode}, "meta": SAMPLE},
+                                [("mode", f"({publish}).mode", False)])["mode"]
+        expected = "copy" if mode == "move" and name in PUBLISHED_INPUTS_OF_LATER_TASKS else mode
+        assert found == expected, f"{name} under --publish_dir_mode {mode}: {found}"
+
+
+def _predict_script(groovy, ext: dict, classifier_sha256: str) -> str:
+    """PREDICT's command script for sample s1, rendered as Nextflow renders it."""
+    bindings = {"task": {"ext": ext, "cpus": 2}, "meta": {"id": "s1"}, "prepared": staged("_input/prepared"),
+                "embeddings": staged_list(["_input/embeddings/shard_00000.h5"]),
+                "classifier_files": staged_list(["_input/models/manifest.json", "_input/models/500_model.pth"]),
+                "classifier_sha256": classifier_sha256, "user_classifier": False,
+                "workflow": {"manifest": {"version": __version__}}}
+    return groovy.evaluate(bindings, [("script", PROCESSES["VIRNUCPRO_PREDICT"].script, False)])["script"]
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.9])
+def test_predict_calls_at_the_runs_threshold_and_checks_the_classifier_the_run_started_with(groovy, threshold):
+    """--threshold reaches `virnucpro predict`, and the classifier's sha256 read at the start reaches
+    the check after it (a mutation review: either could be dropped, every call made at 0.5 and the
+    check skipped, with the engine tests green: they run at the default threshold)."""
+    body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_PREDICT"][0]
+    ext = groovy.evaluate({"params": {**PARAMS, "threshold": threshold}, "meta": {"id": "s1"}},
+                          [("args", assignments(body)["ext.args"], True), ("prefix", assignments(body)["ext.prefix"], True)])
+    script = _predict_script(groovy, ext, "ab" * 32)
+    words = script.split()
+    assert words[words.index("--threshold") + 1] == str(threshold) and "--outdir s1" in " ".join(words), script
+    assert f"pinned_models.py --classifier-sha256 {'ab' * 32} --run-info s1/run_info.json" in " ".join(words), script
+    unknown = _predict_script(groovy, ext, "")  # no pinned classifier: the check has nothing to compare
+    assert "pinned_models.py virnucpro_python virnucpro_summary.py" in " ".join(unknown.split()), unknown
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "auto"])
+def test_embed_runs_on_the_device_the_run_asked_for(groovy, device):
+    """--device reaches EMBED's slot claim and `virnucpro embed` (a mutation review: an `auto` there
+    ran a --device cpu run on a node's GPU, and a --device cuda run on a node without one)."""
+    assert _embed_closure(groovy, "ext.device", device=device) == device
+
+
+def test_slurm_sends_only_embed_to_the_gpu_queue_and_warns_only_embed_before_its_time_limit(groovy):
+    """--slurm_gpu_queue takes EMBED alone (the CPU tasks would hold GPU allocations there), and only
+    EMBED asks SLURM for SIGUSR2 60 s before its limit, to save its checkpoint (a mutation review)."""
+    slurm = (REPO / "conf" / "slurm.config").read_text()
+    closures = [("queue", re.search(r"queue    = (\{.*?\n    \})", slurm, re.S).group(1), True),
+                ("options", re.search(r"clusterOptions = (\{.*?\n    \})", slurm, re.S).group(1), True)]
+    found = {}
+    for label, gpu_queue in (("process_gpu", "gpu"), ("process_low", "gpu"), ("process_gpu", "")):
+        params = {**PARAMS, "slurm_queue": "cpu", "slurm_gpu_queue": gpu_queue, "device": "cpu"}
+        found[label, gpu_queue] = groovy.evaluate({"params": params, "task": {"label": [label]},
+                                                   "workflow": {"profile": "slurm"}}, closures)
+    assert [found[key]["queue"] for key in found] == ["gpu", "cpu", "cpu"]
+    assert [(found[key]["options"] or "").split() for key in found] == [["--signal=B:USR2@60"], [],
+                                                                         ["--signal=B:USR2@60"]]
 
 
 def test_task_shell_is_the_configured_one():
@@ -1321,6 +1388,10 @@ def test_embed_tasks_refuse_a_models_folder_changed_since_the_run_started(groovy
     made = pinned_models("--pins", other, "--embedding", golden_embeddings[0])
     assert made.returncode == 5 and "the models folder changed during the run" in made.stderr, made.stderr
     assert "Traceback" not in changed.stderr + made.stderr
+    del manifest["models"][role]["sha256"]  # the folder's manifest no longer tells the encoder's weights
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    silent = pinned_models("--pins", pins, "--models", models)
+    assert silent.returncode == 5 and f"no longer records {role}'s checksums" in silent.stderr, silent.stderr
 
 
 def test_embed_tasks_refuse_an_embedding_that_records_no_identity_for_a_pinned_encoder(groovy, tiny_models,
@@ -1361,6 +1432,11 @@ def test_predict_tasks_refuse_a_classifier_changed_since_the_run_started(groovy,
     assert pinned_models("--classifier-sha256", pinned, "--run-info", run_info).returncode == 0
     changed = pinned_models("--classifier-sha256", user, "--run-info", run_info)
     assert changed.returncode == 5 and "the classifier changed during the run" in changed.stderr, changed.stderr
+    for content in ("{}", '{"classifier": null}', "[]"):  # a run_info.json that does not say: exit 5, no traceback
+        run_info.write_text(content)
+        unsaid = pinned_models("--classifier-sha256", pinned, "--run-info", run_info)
+        assert unsaid.returncode == 5 and "cannot read the classifier's sha256" in unsaid.stderr, unsaid.stderr
+        assert "Traceback" not in unsaid.stderr
 
 
 @pytest.mark.parametrize("pins", ["{}", '{"esm2": {"files": null, "sha256": null}}',
