@@ -328,6 +328,29 @@ def test_run_info_says_where_when_and_with_which_software(golden_predicted):
     assert abs(time.time() - calendar.timegm(time.strptime(info["finished"], "%Y-%m-%dT%H:%M:%SZ"))) < 3600
 
 
+def test_relative_input_paths_in_run_info_lead_to_the_inputs(tmp_path, monkeypatch, run_cli, tiny_models,
+                                                               reference_dir):
+    """A reviewer's case: inputs[].path is relative to the folder prepare ran in, and run_info.json
+    named only predict's folder, where `d1/x.fa` was another file or none. It records both."""
+    reads, elsewhere = tmp_path / "reads", tmp_path / "elsewhere"
+    (reads / "d1").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(reference_dir / "vanilla/test_with_orfs.fa", reads / "d1" / "x.fa")
+    monkeypatch.chdir(reads)
+    assert run_cli("prepare", "d1/x.fa", "--outdir", "../prep")[0] == 0
+    assert run_cli("embed", "../prep/shards/shard_00000.tsv", "--models", tiny_models, "--out", "../s.h5",
+                   "--device", "cpu")[0] == 0
+    assert run_cli("run", "d1/x.fa", "--outdir", "../run", "--models", tiny_models, "--device", "cpu")[0] == 0
+    monkeypatch.chdir(elsewhere)
+    assert run_cli("predict", "--prepared", "../prep", "--embeddings", "../s.h5", "--outdir", "../predicted",
+                   "--models", tiny_models)[0] == 0
+    for outdir, ran_in in (("predicted", elsewhere), ("run", reads)):
+        info = json.loads((tmp_path / outdir / "run_info.json").read_text())
+        assert (info["working_directory"], info["inputs_working_directory"]) == (str(ran_in.resolve()), str(reads.resolve())), outdir
+        assert [entry["path"] for entry in info["inputs"]] == ["d1/x.fa"]
+        assert fmt.sha256_of(Path(info["inputs_working_directory"]) / "d1/x.fa") == info["inputs"][0]["sha256"]
+
+
 def _top_rows(page: str) -> dict[str, tuple[str, str]]:
     """The report's top table: sequence id -> (virus chunks / chunks with ORFs, call)."""
     table_html = page.split("<h2>Top sequences</h2>")[1].split("</table>")[0]

@@ -79,9 +79,9 @@ def test_a_manifest_built_here_passes_its_own_checks(tmp_path):
         (tmp_path / name).write_text(name)
     counts = {"sequences": 2, "empty_sequences": 0, "bases": 9, "chunks": 2, "chunks_without_orf": 1, "orfs": 3}
     manifest = fmt.manifest(tmp_path, 500, [fmt.input_entry("a.fa", "0" * 64, 2)],
-                            [fmt.shard_entry(0, 3, "1" * 64)], counts)
-    assert list(manifest) == ["format_version", "virnucpro_version", "chunk_size", "inputs", "shards", "tables",
-                              "counts"]
+                            [fmt.shard_entry(0, 3, "1" * 64)], counts, "/data/reads")
+    assert list(manifest) == ["format_version", "virnucpro_version", "chunk_size", "working_directory", "inputs",
+                              "shards", "tables", "counts"]
     assert manifest["shards"] == [{"file": f"{fmt.SHARD_DIR}/{fmt.shard_name(0)}", "index": 0, "records": 3,
                                    "sha256": "1" * 64}]
     fmt.write_json_atomic(tmp_path / fmt.MANIFEST, manifest)

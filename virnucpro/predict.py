@@ -37,7 +37,7 @@ from virnucpro.errors import (BadInputError, InconsistentInputsError, Interrupte
                               stop_signals_deferred)
 from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
-from virnucpro.seqio import unicode_text
+from virnucpro.seqio import unicode_text, working_directory
 
 REPORT = "report.html"
 OUTPUTS = (RESULTS, HIGHEST, CHUNKS, SEQUENCES, REPORT, RUN_INFO)  # the tables' names and columns: calls.py
@@ -486,10 +486,12 @@ class _Inputs:
 
 def _inputs_named(manifest: dict, names: Sequence[str]) -> dict:
     """The manifest with its inputs under `names`: `run` reuses a prepare of the same files by
-    content, maybe given under other paths, and its outputs name the files of its own command."""
+    content, maybe given under other paths (and from another folder), and its outputs name the files
+    of its own command, relative to its own folder."""
     if len(names) != len(manifest["inputs"]):
         raise ValueError(f"{len(names)} input names for {len(manifest['inputs'])} prepared inputs")
-    return {**manifest, "inputs": [{**entry, "path": name} for entry, name in zip(manifest["inputs"], names)]}
+    return {**manifest, "working_directory": working_directory(),
+            "inputs": [{**entry, "path": name} for entry, name in zip(manifest["inputs"], names)]}
 
 
 def _refuse_prepared_as_outdir(prepared: Path, outdir: Path) -> None:
@@ -807,15 +809,6 @@ def check_classifier_fits(model, path: Path, widths: tuple[int, int]) -> None:
                                       "use the classifier that belongs to the embedding models")
 
 
-def _working_directory() -> str | None:
-    """The folder the command ran in (relative paths in `command` and `inputs` are relative to it);
-    None when it was deleted meanwhile."""
-    try:
-        return unicode_text(os.getcwd())
-    except OSError:
-        return None
-
-
 def _software() -> dict:
     """The versions that computed the scores here (the embeddings' torch is the one their task had:
     the pipeline's versions file records it), and the platform."""
@@ -831,14 +824,15 @@ def _software() -> dict:
 def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256: str, threshold: float, tiny: bool,
               seconds: dict) -> dict:
     """run_info.json: what made these tables (version, command and the folder it ran in, which
-    relative paths are relative to, the software, inputs, models, the classifier as loaded,
-    settings, times)."""
+    its relative paths are relative to, the software, inputs and the folder the prepare that read
+    them ran in, models, the classifier as loaded, settings, times)."""
     return {
         "virnucpro_version": __version__,
         "command": [unicode_text(word) for word in sys.argv],
-        "working_directory": _working_directory(),
+        "working_directory": working_directory(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "software": _software(),
+        "inputs_working_directory": manifest.get("working_directory"),
         "inputs": manifest["inputs"],
         "chunk_size": manifest["chunk_size"],
         "models": shards[0].models,

@@ -39,7 +39,8 @@ from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD
                              stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
-                            read_records, record_groups, take_blank_notes, unicode_text)
+                            read_records, record_groups, take_blank_notes, unicode_text,
+                            working_directory)
 from virnucpro.threads import available_cpus
 
 BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds the index arrays (~50 MB)
@@ -1052,7 +1053,7 @@ def _manifest(chunk_size: int, summaries: list[InputSummary], shards: list[dict]
               work: Path) -> dict:
     """The prepare folder's manifest: inputs, shards and tables with their checksums, and the counts."""
     inputs = [fmt.input_entry(unicode_text(str(s.path)), s.sha256, s.records) for s in summaries]
-    return fmt.manifest(work, chunk_size, inputs, shards, vars(counts))
+    return fmt.manifest(work, chunk_size, inputs, shards, vars(counts), working_directory())
 
 
 def _report(manifest: dict, outdir: Path, published_in: Path | None) -> None:

@@ -114,13 +114,16 @@ def shard_entry(index: int, records: int, sha256: str) -> dict:
     return {"file": f"{SHARD_DIR}/{shard_name(index)}", "index": index, "records": records, "sha256": sha256}
 
 
-def manifest(directory: Path, chunk_size: int, inputs: list[dict], shards: list[dict], counts: dict) -> dict:
+def manifest(directory: Path, chunk_size: int, inputs: list[dict], shards: list[dict], counts: dict,
+             working_directory: str | None) -> dict:
     """The manifest of the prepare folder `directory`, its tables (written already) checksummed;
-    `inputs` and `shards` are lists of `input_entry` and `shard_entry`, `counts` has the COUNT_KEYS."""
+    `inputs` and `shards` are lists of `input_entry` and `shard_entry`, `counts` has the COUNT_KEYS,
+    `working_directory` is the folder relative input paths are relative to (None: not known)."""
     return {
         "format_version": FORMAT_VERSION,
         "virnucpro_version": __version__,
         "chunk_size": chunk_size,
+        "working_directory": working_directory,
         "inputs": inputs,
         "shards": shards,
         "tables": {name: sha256_of(Path(directory) / name) for name in TABLES},
@@ -511,6 +514,9 @@ def _check_manifest(path: Path, manifest: dict) -> None:
     """Keys and types of every field predict and run rely on, and the sums that tie them together."""
     _field(path, manifest, "virnucpro_version", "virnucpro_version", lambda v: isinstance(v, str), "text")
     _field(path, manifest, "chunk_size", "chunk_size", _is_positive, "a whole number > 0")
+    if "working_directory" in manifest:  # absent in the manifests of virnucpro 0.2.0dev before it
+        _field(path, manifest, "working_directory", "working_directory", lambda v: v is None or isinstance(v, str),
+               "text or null")
     for n, entry in enumerate(_objects(path, manifest, "inputs")):
         _field(path, entry, "path", f"inputs[{n}].path", lambda v: isinstance(v, str), "text")
         _field(path, entry, "sha256", f"inputs[{n}].sha256", _is_digest, "64 hexadecimal digits")

@@ -228,6 +228,15 @@ def unicode_text(text: str) -> str:
     return SURROGATE.sub(_surrogate_escape, text)
 
 
+def working_directory() -> str | None:
+    """The folder this process runs in, which relative input paths are relative to (written as
+    UTF-8); None when it was deleted meanwhile."""
+    try:
+        return unicode_text(os.getcwd())
+    except OSError:
+        return None
+
+
 class UniversalText:
     """Decompressed bytes in, `TextBlock`s out: lines read exactly as Python's universal newlines
     read them (LF, CR, CRLF, mixed anywhere, a CRLF split across blocks), UTF-8 decoded strictly.
