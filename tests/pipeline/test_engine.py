@@ -68,6 +68,20 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     assert not (test_run.outdir / "RUN_UNFINISHED.txt").exists()
 
 
+def test_multiqc_reads_its_config_without_a_warning_and_puts_the_summary_first(test_run):
+    """A reviewer's case: every plot export failed with an ERROR in MultiQC's log (Kaleido 1 and a
+    Chrome needed) and published empty folders; the section order named a section MultiQC 1.35
+    does not have, so the versions came first."""
+    folder = test_run.outdir / "multiqc"
+    log = (folder / "multiqc_report_data" / "multiqc.log").read_text()
+    for bad in ("[WARNING", "[ERROR", "not found"):
+        assert bad not in log, [line for line in log.splitlines() if bad in line]
+    assert sorted(path.name for path in folder.iterdir()) == ["multiqc_report.html", "multiqc_report_data"]
+    page = (folder / "multiqc_report.html").read_text()
+    sections = re.findall(r'id="mqc-module-section-([^"]+)"', page)
+    assert sections == ["virnucpro-virnucpro-summary", "multiqc_software_versions"], sections
+
+
 def test_the_parameters_the_run_took_are_recorded_in_pipeline_info(test_run):
     """A provenance review: the test profile's values (--shard_size, --precision) were in the console
     log only; pipeline_info/params_<start>.json records every value the run took."""
@@ -129,6 +143,24 @@ def test_a_rerun_that_would_leave_an_earlier_runs_multiqc_report_is_refused(test
         assert said in again.output, again.output[-3000:]
     results = {name: state for name, state in folder_state(test_run.outdir).items() if not name.startswith("pipeline_info/")}
     assert results == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
+
+
+def test_a_rerun_that_would_leave_plots_an_earlier_version_exported_is_refused(test_run):
+    """Plots a virnucpro that exported them left in multiqc/ would sit beside this run's report, of
+    other counts: refused before any task, with the removal. (After the other tests of the run.)"""
+    plots = test_run.outdir / "multiqc" / "multiqc_report_plots"
+    (plots / "png").mkdir(parents=True)
+    (plots / "png" / "virnucpro-virnucpro-summary.png").write_bytes(b"an earlier run's plot")
+    try:
+        before = folder_state(test_run.outdir)
+        again = run_pipeline(test_run.launch, "-profile", "test", "-resume")
+        assert again.returncode != 0 and "Submitted process" not in again.output, again.output[-3000:]
+        for said in (f"{plots}: an earlier run published this", "no MultiQC plot export", f"rm -r '{plots}'"):
+            assert said in again.output, again.output[-3000:]
+        after = {name: state for name, state in folder_state(test_run.outdir).items() if not name.startswith("pipeline_info/")}
+        assert after == {name: state for name, state in before.items() if not name.startswith("pipeline_info/")}
+    finally:  # the outdir as the test profile left it
+        shutil.rmtree(plots)
 
 
 def test_a_rerun_refuses_to_publish_over_what_the_pipeline_did_not_write(test_run):

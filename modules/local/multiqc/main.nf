@@ -11,7 +11,6 @@ process MULTIQC {
     output:
     path 'multiqc_report.html', emit: report
     path 'multiqc_report_data', emit: data
-    path 'multiqc_report_plots', optional: true, emit: plots  // exported where MultiQC can (kaleido)
     tuple val("${task.process}"), val('multiqc'), eval('multiqc --version | sed "s/.* //"'), emit: versions_multiqc
 
     script:

@@ -693,16 +693,17 @@ def isSealedShard(path) {
 }
 
 // What an earlier run published in --outdir that this run publishes no new one of, so does not
-// replace: MultiQC's report under --skip_multiqc, a sample's prepared/ or embeddings/ without
-// --save_prepared or --save_embeddings. Kept beside this run's results they would pass for them (a
-// report of other counts): refused before any task, naming each, with the command that removes them.
+// replace: MultiQC's report under --skip_multiqc, its exported plots (virnucpro 0.2.0dev before
+// plot export was turned off), a sample's prepared/ or embeddings/ without --save_prepared or
+// --save_embeddings. Kept beside this run's results they would pass for them (a report of other
+// counts): refused before any task, naming each, with the command that removes them.
 def refuseStaleOutputs(String outdir, List ids, Map publishes) {
     def dir = outdir ? file(outdir, glob: false) : null
     if (dir == null || dir.toUri().getScheme() != 'file') {
         return
     }
-    def options = [multiqc: '--skip_multiqc', prepared: 'no --save_prepared', embeddings: 'no --save_embeddings']
-    def candidates = (publishes.multiqc ? [] : [[dir.resolve('multiqc'), 'multiqc']]) +
+    def options = [multiqc: '--skip_multiqc', plots: 'no MultiQC plot export', prepared: 'no --save_prepared', embeddings: 'no --save_embeddings']
+    def candidates = (publishes.multiqc ? [[dir.resolve('multiqc').resolve('multiqc_report_plots'), 'plots']] : [[dir.resolve('multiqc'), 'multiqc']]) +
         ids.collectMany { id -> ['prepared', 'embeddings'].findAll { kind -> !publishes[kind] }.collect { kind -> [dir.resolve(id).resolve(kind), kind] } }
     def stale = candidates.findAll { candidate -> java.nio.file.Files.exists(candidate[0], java.nio.file.LinkOption.NOFOLLOW_LINKS) }
     if (stale) {
@@ -746,7 +747,7 @@ def samplePublished() {
 }
 
 def multiqcOutputs() {
-    return ['multiqc_report.html', 'multiqc_report_data', 'multiqc_report_plots']
+    return ['multiqc_report.html', 'multiqc_report_data']
 }
 
 // [path, kind] of each place this run publishes to in a sample's folder: the tables, prepared/ and
@@ -796,8 +797,8 @@ def foreignThing(path, String kind) {
     if (kind == 'prepared') {
         return foreignInPrepared(path)
     }
-    if (kind in ['multiqc_report_data', 'multiqc_report_plots']) {
-        return foreignInMultiqcFolder(path, kind)
+    if (kind == 'multiqc_report_data') {
+        return foreignInMultiqcFolder(path)
     }
     if (!java.nio.file.Files.isRegularFile(path)) {
         return java.nio.file.Files.isDirectory(path) ? 'a folder' : 'not a regular file'
@@ -841,20 +842,15 @@ def beginsAsPublished(path, String kind) {
     return publishedOpenings()[kind].any { opening -> text.startsWith(opening) }
 }
 
-// Why a folder MultiQC writes beside its report is not as MultiQC 1.35 writes it, or null: its data
-// folder holds files named multiqc* (and llms-full.txt), its plots folder the folders pdf/, png/
-// and svg/, each of files with that extension
-def foreignInMultiqcFolder(folder, String kind) {
+// Why the data folder MultiQC writes beside its report is not as MultiQC 1.35 writes it, or null:
+// it holds files named multiqc* (and llms-full.txt)
+def foreignInMultiqcFolder(folder) {
     if (!java.nio.file.Files.isDirectory(folder)) {
         return 'not a folder'
     }
     def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
     def entries = listEntries(folder)
-    def foreign = kind == 'multiqc_report_data'
-        ? entries.findAll { entry -> !java.nio.file.Files.isRegularFile(entry, nofollow) || !(entry.fileName.toString() ==~ /multiqc.*|llms-full\.txt/) }
-        : entries.findAll { entry -> !(entry.fileName.toString() in ['pdf', 'png', 'svg']) || !java.nio.file.Files.isDirectory(entry, nofollow) } +
-            entries.findAll { entry -> entry.fileName.toString() in ['pdf', 'png', 'svg'] && java.nio.file.Files.isDirectory(entry, nofollow) }
-                .collectMany { format -> listEntries(format).findAll { plot -> !java.nio.file.Files.isRegularFile(plot, nofollow) || !plot.fileName.toString().endsWith(".${format.fileName}") } }
+    def foreign = entries.findAll { entry -> !java.nio.file.Files.isRegularFile(entry, nofollow) || !(entry.fileName.toString() ==~ /multiqc.*|llms-full\.txt/) }
     def names = foreign.collect { entry -> folder.relativize(entry).toString() }.sort()
     return names ? "it holds ${quoted(names.take(5))}${names.size() > 5 ? " and ${names.size() - 5} more" : ''}, which MultiQC does not write there" : null
 }
