@@ -908,12 +908,16 @@ def test_twins_no_orf_and_same_named_files_come_through_whole(tmp_path):
 
 
 def assert_inputs_table_leads_to_the_files(run, files: dict) -> None:
-    """Each sample's run_info.json names its inputs as PREPARE staged them (input/N/name); the run's
-    inputs table maps exactly those names to the files given."""
+    """Each sample's run_info.json names its inputs as PREPARE staged them (input/N/name), relative to
+    PREPARE's task folder (inputs_working_directory, where the staged links lead to the files); the
+    run's inputs table maps exactly those names to the files given."""
     (table,) = (run.outdir / "pipeline_info").glob("inputs_*.tsv")
     rows = read_tsv(table)
     for sample, paths in files.items():
-        staged = [entry["path"] for entry in json.loads((run.outdir / sample / "run_info.json").read_text())["inputs"]]
+        info = json.loads((run.outdir / sample / "run_info.json").read_text())
+        staged = [entry["path"] for entry in info["inputs"]]
+        assert [(Path(info["inputs_working_directory"]) / name).resolve() for name in staged] == \
+            [Path(path).resolve() for path in paths], (sample, info["inputs_working_directory"])
         mine = [row for row in rows if row["sample"] == sample]
         assert [row["staged_as"] for row in mine] == staged, (sample, mine, staged)
         assert [row["path"] for row in mine] == [str(path) for path in paths], (sample, mine)
