@@ -50,6 +50,10 @@ def pythons(tmp_path) -> Path:
     "#!/usr/bin/env python3\n",  # python3 found on the PATH (here: the one with torch)
     "#!{venv}\r\n",  # written on Windows
     "#!{venv} -sP\n",  # with options, as Fedora's packages write it
+    "#!{venv} \n",  # a blank after the program: the kernel ends the program there
+    "#!{venv}\t-sP\n",  # a tab before the options
+    "#! \t{venv}\n",  # blanks before the program
+    "#!/usr/bin/env\tpython3\n",
     "#!/usr/bin/env python3 -u\n",
     "#!/bin/sh\n'''exec' \"{spaced}\" \"$0\" \"$@\"\n' '''\n",  # pip's launcher for a path with a space
 ])
@@ -85,7 +89,8 @@ def test_anything_else_is_unknown_and_only_a_python_is_ever_run(tmp_path, first_
 
 
 def test_no_virnucpro_at_all_is_unknown(tmp_path):
-    assert run("torch_version.sh", SYSTEM).stdout.strip() == "unknown"
+    done = run("torch_version.sh", SYSTEM)
+    assert (done.stdout, done.stderr) == ("unknown\n", "")  # a version probe: nothing in the task's error log
 
 
 def test_the_pipeline_s_own_version_passes(tmp_path):
@@ -96,7 +101,10 @@ def test_the_pipeline_s_own_version_passes(tmp_path):
 
 @pytest.mark.parametrize("found, pipeline", [
     ("9.9.9", "nextflow run virnucpro/virnucpro -r 9.9.9)"),
-    ("9.10.0dev", "nextflow run on the checkout virnucpro 9.10.0dev was installed from; -r main is only the latest")])
+    ("9.10.0dev", "nextflow run on the checkout virnucpro 9.10.0dev was installed from; -r main is only the latest"),
+    ("9.10.0.dev2", "nextflow run on the checkout virnucpro 9.10.0.dev2 was installed from"),  # PEP 440's spelling
+    (f"{__version__}1", f"nextflow run on the checkout virnucpro {__version__}1 was installed from"),  # no prefix match
+])
 def test_another_version_is_exit_5_naming_both_and_the_ways_out(tmp_path, found, pipeline):
     """The ways out work: virnucpro is not on PyPI (a `pip install virnucpro==X` would install
     whatever someone registered under that name); releases are tagged with their version as the
@@ -105,10 +113,18 @@ def test_another_version_is_exit_5_naming_both_and_the_ways_out(tmp_path, found,
     tools = executable(tmp_path / "virnucpro", f'#!/bin/sh\necho "virnucpro {found}"\n').parent
     done = run("require_virnucpro.sh", f"{tools}:{SYSTEM}", __version__)
     assert done.returncode == 5
-    assert f"this pipeline runs virnucpro {__version__}, but the task found virnucpro {found}" in done.stderr
+    assert f"this pipeline runs virnucpro {__version__}, but the task found virnucpro {found} " \
+           f"({tools / 'virnucpro'})" in done.stderr, done.stderr  # which of several installs it found
     assert "-profile docker" in done.stderr and pipeline in done.stderr, done.stderr
     assert f"`pip install .` in a checkout of the pipeline at {__version__}" in done.stderr, done.stderr
     assert "virnucpro==" not in done.stderr
+
+
+def test_a_virnucpro_that_fails_to_say_its_version_ends_the_task_with_its_own_error(tmp_path):
+    """A broken install: its own message and exit code, not a version mismatch with an empty version."""
+    tools = executable(tmp_path / "virnucpro", "#!/bin/sh\necho 'virnucpro: broken install' >&2\nexit 3\n").parent
+    done = run("require_virnucpro.sh", f"{tools}:{SYSTEM}", __version__)
+    assert (done.returncode, done.stderr) == (3, "virnucpro: broken install\n")
 
 
 def test_no_virnucpro_is_said_with_the_path_searched(tmp_path):
