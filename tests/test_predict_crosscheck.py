@@ -552,6 +552,9 @@ MANIFEST_DAMAGE = {
     "shard file outside the folder": (_shard_entry("file", "../elsewhere.tsv"), "elsewhere.tsv"),
     "shard file absolute": (_shard_entry("file", "/etc/hostname"), "/etc/hostname"),
     "shard file a number": (_shard_entry("file", 1), "file"),
+    "working_directory relative": (_manifest(lambda m: m.__setitem__("working_directory", "not/absolute")),
+                                   "working_directory must be an absolute path or null"),
+    "working_directory a number": (_manifest(lambda m: m.__setitem__("working_directory", 1)), "working_directory"),
 }
 
 
@@ -561,6 +564,24 @@ def test_malformed_prepared_manifest_exit_5(sample, run_cli, damage):
     change(sample)
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, fmt.MANIFEST, named)
+
+
+@pytest.mark.parametrize("folder", [None, "/data/\udcff/reads"], ids=["older prepare", "not UTF-8"])
+def test_the_folder_of_the_inputs_reaches_run_info_as_text(sample, run_cli, folder):
+    """A prepare of an older virnucpro has no working_directory: null. A file name's byte that is not
+    UTF-8 (a lone surrogate in the manifest) is written as \\xff text: run_info.json stays valid UTF-8."""
+    def edit(manifest: dict) -> None:
+        manifest.pop("working_directory")
+        if folder:
+            manifest["working_directory"], manifest["inputs"][0]["path"] = folder, "\udcffx.fa"
+    sample.edit_manifest(edit)
+    code, message = sample.predict(run_cli)
+    assert code == 0, message
+    text = (sample.outdir / "run_info.json").read_bytes().decode("utf-8")
+    info = json.loads(text)
+    assert "\\ud" not in text and info["inputs_working_directory"] == (folder and "/data/\\xff/reads"), text
+    if folder:
+        assert info["inputs"][0]["path"] == "\\xffx.fa", text
 
 
 def test_a_folder_given_as_an_embedding_shard_is_exit_3_with_the_fix(sample, run_cli):

@@ -821,6 +821,11 @@ def _software() -> dict:
             "h5py": h5py.__version__, "platform": platform.platform()}
 
 
+def _as_text(path: str | None) -> str | None:
+    """A path read from a stage file, as text that can be written as UTF-8 (None stays None)."""
+    return None if path is None else unicode_text(path)
+
+
 def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256: str, threshold: float, tiny: bool,
               seconds: dict) -> dict:
     """run_info.json: what made these tables (version, command and the folder it ran in, which
@@ -832,8 +837,8 @@ def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256:
         "working_directory": working_directory(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "software": _software(),
-        "inputs_working_directory": manifest.get("working_directory"),
-        "inputs": manifest["inputs"],
+        "inputs_working_directory": _as_text(manifest.get("working_directory")),
+        "inputs": [{**entry, "path": unicode_text(entry["path"])} for entry in manifest["inputs"]],
         "chunk_size": manifest["chunk_size"],
         "models": shards[0].models,
         "classifier": {"path": unicode_text(str(classifier)), "sha256": classifier_sha256},

@@ -515,8 +515,8 @@ def _check_manifest(path: Path, manifest: dict) -> None:
     _field(path, manifest, "virnucpro_version", "virnucpro_version", lambda v: isinstance(v, str), "text")
     _field(path, manifest, "chunk_size", "chunk_size", _is_positive, "a whole number > 0")
     if "working_directory" in manifest:  # absent in the manifests of virnucpro 0.2.0dev before it
-        _field(path, manifest, "working_directory", "working_directory", lambda v: v is None or isinstance(v, str),
-               "text or null")
+        _field(path, manifest, "working_directory", "working_directory",
+               lambda v: v is None or (isinstance(v, str) and v.startswith("/")), "an absolute path or null")
     for n, entry in enumerate(_objects(path, manifest, "inputs")):
         _field(path, entry, "path", f"inputs[{n}].path", lambda v: isinstance(v, str), "text")
         _field(path, entry, "sha256", f"inputs[{n}].sha256", _is_digest, "64 hexadecimal digits")
