@@ -300,6 +300,15 @@ def test_publish_dir_mode_move_copies_what_later_tasks_still_read(groovy, mode):
         assert found == expected, f"{name} under --publish_dir_mode {mode}: {found}"
 
 
+def test_prepare_cuts_at_the_runs_chunk_size_and_shard_size(groovy):
+    """--chunk_size and --shard_size reach `virnucpro prepare` (a mutation review: without them a
+    --chunk_size 300 run chunked at 500, embedded every shard and then failed in PREDICT)."""
+    body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_PREPARE"][0]
+    args = groovy.evaluate({"params": {**PARAMS, "chunk_size": 300, "shard_size": 1234}},
+                           [("args", assignments(body)["ext.args"], True)])["args"]
+    assert args.split() == ["--chunk-size", "300", "--shard-size", "1234"]
+
+
 def _predict_script(groovy, ext: dict, classifier_sha256: str) -> str:
     """PREDICT's command script for sample s1, rendered as Nextflow renders it."""
     bindings = {"task": {"ext": ext, "cpus": 2}, "meta": {"id": "s1"}, "prepared": staged("_input/prepared"),

@@ -176,6 +176,7 @@ def _cases(tmp: Path):
         "good_types": {"threshold": 1, "chunk_size": "300", "tiny_models": True, "help": "chunk_size",
                        "input": "reads/*.fa", "models": str(tmp / "reads")},
         "enum": {"precision": "fp8"},
+        "chunk_size_without_classifier": {"chunk_size": 400},  # the original classifiers: 300 and 500 only
         "unknown": {"chunksize": 300},
         "kebab_twins": {"chunk-size": 300, "chunkSize": 300},
         "nf_core_caps": {"max_memory": "100GB", "max-time": "48.h", "maxTime": "48.h", "max_cpus": "many"},
@@ -286,6 +287,7 @@ def test_valid_parameters_pass(results, name):
 
 @pytest.mark.parametrize("name, expected", [
     ("enum", ["* --precision: 'fp8' is not one of auto, fp32, fp16, bf16"]),
+    ("chunk_size_without_classifier", ["* --chunk_size: 400 is not one of 300, 500"]),
     ("unknown", ["* --chunksize: not a parameter of this pipeline (did you mean --chunk_size?)"]),
     ("not_a_number", ["* --threshold: 'abc' is not a number"]),
     ("over_maximum", ["* --threshold: 1.5 is greater than the maximum 1"]),
