@@ -60,6 +60,8 @@ def test_test_profile_is_green_and_publishes_every_output(test_run):
     assert [row["sample"] for row in summary] == ["sample_a", "sample_b"]
     assert all(row["reconciled"] == "yes" for row in summary)
     assert (test_run.outdir / "multiqc" / "multiqc_report.html").is_file()
+    assert sorted(path.name for path in test_run.outdir.iterdir()) == [
+        "multiqc", "pipeline_info", "sample_a", "sample_b", "virnucpro_summary.tsv"]  # nothing else published
     versions = (test_run.outdir / "pipeline_info" / "virnucpro_software_mqc_versions.yml").read_text()
     for process in ("VIRNUCPRO_PREPARE:", "VIRNUCPRO_EMBED:", "VIRNUCPRO_PREDICT:", "Nextflow: 24.10.0"):
         assert process in versions
@@ -261,8 +263,7 @@ def test_without_a_profile_the_tasks_fit_the_machine_that_runs_them(tmp_path):
 
 def changed_dnabert_weights(models: Path, scratch: Path) -> None:
     """The DNABERT-S weights of a tiny models folder rewritten in place (other values, the same
-    names, so the folders' own entries do not change), with the manifest's checksum updated as a new
-    download into the folder would."""
+    names, so the folders' own entries do not change); the manifest still records the old ones."""
     from safetensors.torch import load_file, save_file
     weights = models / "DNABERT-S-tiny" / "model.safetensors"
     tensors = {name: tensor + 0.05 if tensor.is_floating_point() else tensor
@@ -271,6 +272,11 @@ def changed_dnabert_weights(models: Path, scratch: Path) -> None:
     with open(weights, "r+b") as handle:
         handle.write(scratch.read_bytes())
         handle.truncate()
+
+
+def record_dnabert_weights(models: Path) -> None:
+    """The manifest's checksum of the DNABERT-S weights updated, as a new download into the folder would."""
+    weights = models / "DNABERT-S-tiny" / "model.safetensors"
     manifest = json.loads((models / "manifest.json").read_text())
     manifest["models"]["dnabert_s"]["sha256"]["DNABERT-S-tiny/model.safetensors"] = \
         hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -303,6 +309,12 @@ def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
     assert {row["status"] for row in cached.tasks("VIRNUCPRO_EMBED") + cached.tasks("VIRNUCPRO_PREPARE")} == {"CACHED"}
     (models / "esm2_tiny.fp16.safetensors").unlink()
     changed_dnabert_weights(models, tmp_path / "new.safetensors")
+    # the manifest unchanged (the pins the same): the weights alone must make EMBED run again, and
+    # it refuses them (a constant models key kept every task cached and published the old tables)
+    unrecorded = run_pipeline(tmp_path / "launch", *args, "-resume")
+    assert unrecorded.returncode != 0 and "checksum mismatch for dnabert_s" in unrecorded.output, unrecorded.output[-3000:]
+    assert "CACHED" not in {row["status"] for row in unrecorded.tasks("VIRNUCPRO_EMBED")}, unrecorded.trace()
+    record_dnabert_weights(models)
     again = run_pipeline(tmp_path / "launch", *args, "-resume")
     again.assert_ok()
     assert {row["status"] for row in again.tasks("VIRNUCPRO_EMBED")} == {"COMPLETED"}, again.trace()
@@ -519,6 +531,11 @@ def test_bad_parameters_are_refused_before_any_task_all_at_once(tmp_path):
     run = run_pipeline(tmp_path, "-profile", "test", "--precision", "fp8", "--chunksize", "300", "--threshold", "abc")
     assert_refused_before_any_task(run, "3 problems", "--precision: 'fp8'", "--chunksize: not a parameter",
                                    "did you mean --chunk_size?", "--threshold: 'abc' is not a number")
+    # only --validate_params false skips the checks: another value is checked with the rest (a
+    # mutation review: a test for true let `yes` skip them, and PREDICT failed after every EMBED)
+    odd = run_pipeline(tmp_path / "odd", "-profile", "test", "--validate_params", "yes", "--threshold", "7")
+    assert_refused_before_any_task(odd, "--validate_params: 'yes' is not a boolean",
+                                   "--threshold: 7 is greater than the maximum 1")
 
 
 def test_files_of_an_unquoted_glob_beyond_the_first_are_refused_not_ignored(tmp_path):
