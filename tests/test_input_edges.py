@@ -485,6 +485,8 @@ def test_ordinary_blanks_end_an_id_without_a_warning(tmp_path, run_cli):
     (tmp_path / "in.fa").write_text(">a x\nATGAAACCCGGG\n>b\ty\nATGAAACCCGGG\n")
     code, message = run_cli("prepare", tmp_path / "in.fa", "--outdir", tmp_path / "out")
     assert code == 0 and "warning" not in message, message
+    rows = [line.split("\t") for line in (tmp_path / "out" / fmt.SEQUENCES).read_text().splitlines()]
+    assert [row[0] for row in rows[1:]] == ["a", "b"] and {len(row) for row in rows} == {len(rows[0])}, rows
 
 
 def test_the_blank_warning_is_given_once_for_the_first_such_id_whatever_the_workers(tmp_path, run_cli):

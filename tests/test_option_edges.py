@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import pwd
@@ -217,6 +218,7 @@ def test_threshold_in_range_is_taken(tmp_path, run_cli, small_sample, tiny_model
     code, message = run_cli("predict", "--prepared", prepared, "--embeddings", h5, "-o", tmp_path / "out",
                             "--models", tiny_models, "--threshold", value)
     assert code == 0, message
+    assert json.loads((tmp_path / "out" / "run_info.json").read_text())["threshold"] == float(value), message
 
 
 @pytest.mark.parametrize("value", ["nan", "0.5", "-1", "abc"])

@@ -200,9 +200,26 @@ def test_copy_left_unrecorded_by_a_changed_manifest_is_removed(shared, monkeypat
     assert any("changed while" in note for note in esm2._told), esm2._told
 
 
-def test_failed_record_never_removes_a_file_we_did_not_write(shared, monkeypatch):
+def test_a_file_in_the_way_before_the_copy_is_left_as_it_is(shared):
     (shared / COPY).write_bytes(b"my own file\n")
-    _load_fp16(shared)
+    assert _load_fp16(shared) == shared / WEIGHTS
+    assert (shared / COPY).read_bytes() == b"my own file\n"
+
+
+@pytest.mark.parametrize("record", ["changed manifest", "failed write"])
+def test_failed_record_never_removes_a_file_put_in_the_copys_place_meanwhile(shared, monkeypatch, record):
+    """The user's file replaces the copy while the manifest is written: the record fails, and what is
+    at the copy's name is no longer ours, so it stays."""
+    def user_file_then_failure(*_args):
+        mine = shared / "mine.tmp-user"
+        mine.write_bytes(b"my own file\n")
+        os.replace(mine, shared / COPY)
+        if record == "failed write":
+            raise PermissionError(1, "Operation not permitted", str(shared / store.MANIFEST))
+        return False
+
+    monkeypatch.setattr(store, "record_fp16_copy", user_file_then_failure)
+    assert _load_fp16(shared) == shared / WEIGHTS
     assert (shared / COPY).read_bytes() == b"my own file\n"
 
 

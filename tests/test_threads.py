@@ -79,12 +79,14 @@ def _cgroup(tmp_path, files: dict[str, str]):
     return root
 
 
-def test_a_containers_cpu_quota_caps_the_default(tmp_path):
+def test_a_containers_cpu_quota_caps_the_default(tmp_path, monkeypatch):
     """`docker --cpus 0.5` / a Kubernetes limit sets a CFS quota, not the affinity mask: the default
-    used every CPU of the machine. cgroup v2 (cpu.max) and v1 (cfs_quota_us / cfs_period_us)."""
-    affinity = len(os.sched_getaffinity(0))
+    used every CPU of the machine. cgroup v2 (cpu.max) and v1 (cfs_quota_us / cfs_period_us); a
+    fraction of a CPU is rounded up (2.4 CPUs' worth of time keeps 3 threads busy)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
     assert available_cpus(_cgroup(tmp_path / "v2", {"cpu.max": "50000 100000\n"})) == 1  # 0.5 CPU: at least 1
-    assert available_cpus(_cgroup(tmp_path / "v2b", {"cpu.max": "150000 100000\n"})) == min(2, affinity)
+    for quota, cpus in (("120000", 2), ("150000", 2), ("240000", 3), ("2000000", 8)):
+        assert available_cpus(_cgroup(tmp_path / quota, {"cpu.max": f"{quota} 100000\n"})) == cpus, quota
     assert available_cpus(_cgroup(tmp_path / "v1", {"cpu/cpu.cfs_quota_us": "100000\n",
                                                     "cpu/cpu.cfs_period_us": "100000\n"})) == 1
 
