@@ -108,3 +108,6 @@ def test_predict_says_when_it_scores_embeddings_another_version_wrote(sample, ti
     code, err = run_cli("predict", *common, "--outdir", tmp_path / "other")
     assert code == 0, err
     assert f"embedding shards were written by virnucpro 0.1.0, this is {__version__}" in err, err
+    same, other = (json.loads((tmp_path / name / "run_info.json").read_text()) for name in ("same", "other"))
+    assert same["stage_versions"] == {"prepare": __version__, "embed": [__version__]}, same
+    assert other["stage_versions"] == {"prepare": __version__, "embed": sorted(["0.1.0", __version__])}, other

@@ -829,10 +829,13 @@ def _as_text(path: str | None) -> str | None:
 def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256: str, threshold: float, tiny: bool,
               seconds: dict) -> dict:
     """run_info.json: what made these tables (version, command and the folder it ran in, which
-    its relative paths are relative to, the software, inputs and the folder the prepare that read
-    them ran in, models, the classifier as loaded, settings, times)."""
+    its relative paths are relative to, the versions that wrote the stage files, the software,
+    inputs and the folder the prepare that read them ran in, models, the classifier as loaded,
+    settings, times)."""
     return {
         "virnucpro_version": __version__,
+        "stage_versions": {"prepare": manifest["virnucpro_version"],
+                           "embed": sorted({s.virnucpro_version for s in shards})},
         "command": [unicode_text(word) for word in sys.argv],
         "working_directory": working_directory(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
