@@ -71,6 +71,33 @@ def test_a_stop_reaches_the_task_and_the_container_waits_for_its_checkpoint(tmp_
     assert launcher.returncode == 128 + signal.SIGTERM  # the shell Nextflow started died of the stop
 
 
+# a command that saves on the one stop signal it traps, as virnucpro does on each of its own
+TRAPPER = """trap 'echo got {name}; sleep 1; echo saved > {saved}; exit 6' {name}
+echo started > {started}
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGUSR2], ids=lambda s: s.name)
+def test_each_of_virnucpros_other_stop_signals_reaches_the_command(tmp_path, signum):
+    """Ctrl-C through an attached `docker run` (SIGINT), a closed terminal (SIGHUP), SLURM's
+    warning (SIGUSR2): each reaches the command, which saves and ends the container with its code."""
+    prefix = _namespace_or_skip()
+    started, saved = tmp_path / "started", tmp_path / "saved"
+    script = tmp_path / "task.sh"
+    script.write_text(TRAPPER.format(name=signum.name[3:], started=started, saved=saved))
+    launcher = subprocess.Popen([*prefix, sys.executable, str(INIT), "/bin/bash", str(script)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(started)
+        os.kill(_pid_one(launcher), signum)
+        output, _ = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    assert f"got {signum.name[3:]}" in output and saved.read_text() == "saved\n", output
+    assert launcher.returncode == 6, output
+
+
 def test_a_command_that_ends_by_itself_ends_the_container_with_its_code(tmp_path):
     prefix = _namespace_or_skip()
     started = time.monotonic()

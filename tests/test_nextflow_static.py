@@ -360,6 +360,26 @@ def test_dockerfile_installs_the_package_without_other_versions():
     assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!LICENSE", "!virnucpro/"} <= set(ignore)
 
 
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, its arguments) of the Dockerfile, continuation lines joined, comments left out."""
+    lines = [line for line in (REPO / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [(m.group(1), m.group(2).strip()) for m in re.finditer(r"^([A-Z]+)\s+(.*)$", joined, re.M)]
+
+
+def test_the_image_has_what_tasks_need_and_stays_offline():
+    """`ps` (Nextflow's task trace), a C compiler (Triton's launchers on a GPU), HF_HUB_OFFLINE=1
+    (models come from --models, never from a hub at run time) and the init as PID 1. The stand-in
+    base image of CI has `ps` already, so only this check sees procps go."""
+    instructions = _dockerfile_instructions()
+    installed = {word.split("=")[0] for args in (a for i, a in instructions if i == "RUN" and "apt-get install" in a)
+                 for word in args.split("apt-get install", 1)[1].split("&&")[0].split() if not word.startswith("-")}
+    assert {"procps", "gcc", "libc6-dev"} <= installed, installed
+    environment = " ".join(a for i, a in instructions if i == "ENV").split()
+    assert "HF_HUB_OFFLINE=1" in environment, environment
+    assert ("ENTRYPOINT", '["/usr/local/bin/container_init.py"]') in instructions
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_PROCESSES))
 def test_module_meta_yml_matches_the_module(name):
     yaml = pytest.importorskip("yaml")
