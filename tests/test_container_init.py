@@ -52,6 +52,19 @@ def _pid_one(launcher: subprocess.Popen) -> int:
     return int(children[0])
 
 
+def _end_namespace(launcher: subprocess.Popen) -> None:
+    """Kill the namespace's PID 1, and with it every process in it, then its launcher: a failed test
+    leaves no init behind (killing `unshare` alone leaves its namespace running)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+    try:
+        for child in children.read_text().split():
+            os.kill(int(child), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass  # already gone
+    launcher.kill()
+    launcher.wait(timeout=30)
+
+
 def test_a_stop_reaches_the_task_and_the_container_waits_for_its_checkpoint(tmp_path):
     prefix = _namespace_or_skip()
     started, saved = tmp_path / "started", tmp_path / "saved"
@@ -65,7 +78,7 @@ def test_a_stop_reaches_the_task_and_the_container_waits_for_its_checkpoint(tmp_
         os.kill(_pid_one(launcher), signal.SIGTERM)  # what `docker stop` does
         output, _ = launcher.communicate(timeout=30)
     finally:
-        launcher.kill()
+        _end_namespace(launcher)
     assert "got TERM" in output, output
     assert saved.read_text() == "saved\n"  # written before the container's end, not cut short
     assert launcher.returncode == 128 + signal.SIGTERM  # the shell Nextflow started died of the stop
@@ -93,7 +106,7 @@ def test_each_of_virnucpros_other_stop_signals_reaches_the_command(tmp_path, sig
         os.kill(_pid_one(launcher), signum)
         output, _ = launcher.communicate(timeout=30)
     finally:
-        launcher.kill()
+        _end_namespace(launcher)
     assert f"got {signum.name[3:]}" in output and saved.read_text() == "saved\n", output
     assert launcher.returncode == 6, output
 
@@ -172,7 +185,7 @@ def test_a_process_started_while_the_stop_goes_round_gets_it_too(tmp_path):
         os.kill(_pid_one(launcher), signal.SIGTERM)
         launcher.wait(timeout=30)
     finally:
-        launcher.kill()
+        _end_namespace(launcher)
     assert launcher.returncode == 6
 
 
