@@ -34,7 +34,8 @@ temporary folder. The fast path is asked for through the loaders' `path` keyword
 (`inspect.signature`), else only the reference path runs; `path` on the loaded encoder says which
 ran; it is read after the measurement, since a batch that fails moves an encoder down to a safer path
 (fast+compiled -> fast -> reference, reference+compiled -> reference, `encoders.forward_on_path`): such a row names the path it ended
-on, starred, with `fell_back_during_measurement` in the JSON, and is no figure of the path loaded.
+on, starred, with `fell_back_during_measurement` in the JSON, and is no figure of the path loaded;
+embed()'s figure likewise (`paths`: read after it ran, `loaded_paths`: before).
 Needs torch, numpy, h5py, tokenizers, safetensors, rich and this repository; never fair-esm or
 biopython.
 
@@ -863,7 +864,8 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
     lookup_s = time.perf_counter() - start
     precision = embed_mod.resolve_precision(plan.embed_precision, device)
     load_s = timed(device, lambda: embed_mod.embedding_widths(model_set, device, precision))
-    ran = {role: ran_path(e) for role, e in embed_mod._load_encoders(model_set, device, precision).items()}
+    encoders = embed_mod._load_encoders(model_set, device, precision)  # the ones embed() then uses
+    loaded = {role: ran_path(e) for role, e in encoders.items()}
     try:
         with console.err.capture() as captured, BusySampler(device) as busy:
             embed_s = timed(device, lambda: embed_mod.embed(shard, work / "shard.h5", model_set=model_set,
@@ -871,13 +873,16 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
     finally:  # the cached encoders leave the device even when embed() fails
         embed_mod._load_encoders_cached.cache_clear()
     summary = next((line.strip() for line in captured.get().splitlines() if "computed" in line), "")
-    result = {"records": plan.records, "precision": precision, "paths": ran, "lookup_s": lookup_s,
+    ran = {role: ran_path(e) for role, e in encoders.items()}  # a failing batch moves an encoder down
+    result = {"records": plan.records, "precision": precision, "paths": ran, "loaded_paths": loaded,
+              "fell_back_during_measurement": ran != loaded, "lookup_s": lookup_s,
               "load_s": load_s, "embed_s": embed_s, "records_per_s": plan.records / embed_s,
               "records_per_s_with_load": plan.records / (embed_s + load_s), "gpu_busy": busy.fraction(),
               "log": summary}
     writes = "; it writes ESM-2's fp16 copy" if precision == "fp16" else ""
-    print(f"  lookup + sha256 {lookup_s:.1f} s; first load {load_s:.1f} s ({precision}, paths {ran}{writes}); embed {embed_s:.1f} s = {result['records_per_s']:,.0f} records/s "
+    print(f"  lookup + sha256 {lookup_s:.1f} s; first load {load_s:.1f} s ({precision}, paths {embed_paths(result)}{writes}); embed {embed_s:.1f} s = {result['records_per_s']:,.0f} records/s "
           f"({result['records_per_s_with_load']:,.0f} with the load); GPU busy {_share(result['gpu_busy'])}\n  {summary}")
+    _refuse_embed_fallback_in_smoke(plan, result)
     try:
         result["task_load"] = task_load(models, device, precision)
     except (RuntimeError, OSError, ValueError) as exc:  # the figures above stay; a stop still propagates
@@ -886,6 +891,21 @@ def embed_section(plan: Plan, work: Path, dnabert: Path, esm_data: dict, device:
         if plan.smoke:
             raise
     return result
+
+
+def embed_paths(result: dict) -> dict:
+    """The paths embed() ran on, each starred when its encoder fell back to it during the run."""
+    loaded = result.get("loaded_paths", result["paths"])
+    return {role: ran_label(path, path != loaded.get(role, path)) for role, path in result["paths"].items()}
+
+
+def _refuse_embed_fallback_in_smoke(plan: Plan, result: dict) -> None:
+    """An encoder that fell back during embed() mixes two paths in its figure: starred on a GPU, a
+    failure of the smoke run (on the CPU every path runs as asked)."""
+    if result["fell_back_during_measurement"]:
+        print("  * fell back during embed() (a batch failed on the path loaded): the figure mixes both paths")
+        if plan.smoke:
+            raise PathNotRun(f"embed() loaded {result['loaded_paths']}, ran {result['paths']}")
 
 
 # What a later embed task pays to start: a new process that imports virnucpro and loads both models
@@ -1031,7 +1051,7 @@ def print_summary(report: Report) -> None:
         later = f"{task['load_s']:.1f} s" if "load_s" in task else "n/a"
         print(f"  embed(): {embedded['records']:,} records, {embedded['records_per_s']:,.0f} records/s, first load "
               f"{embedded['load_s']:.1f} s, a later task's load {later}, GPU busy {_share(embedded['gpu_busy'])}, "
-              f"paths {embedded['paths']}")
+              f"paths {embed_paths(embedded)}")
     for failed in report.failed:
         print(f"  FAILED {failed_label(failed)}: {failed['error']}: {failed['message']}")
     print_skipped(guard.skipped)

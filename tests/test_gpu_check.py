@@ -408,3 +408,47 @@ def test_a_stop_between_two_sections_names_every_later_step_as_not_run(gpu_check
     expected = [step for name in names[1:] for step in gpu_check.steps_of(name)]
     assert [s["step"] for s in guard.skipped] == expected and len(expected) > 5
     assert {s["reason"] for s in guard.skipped} == {"SIGTERM received"}
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_an_encoder_falling_back_during_embed_is_never_credited_to_the_path_it_loaded(gpu_check, monkeypatch,
+                                                                                        tmp_path, capsys, smoke):
+    """A review's case: embed()'s figure named the paths read before it ran, so an ESM-2 whose fast
+    batches all failed (and ran on the reference path) was credited to `fast`. Now the paths that
+    ran are starred and flagged; the smoke run fails on it."""
+    import dataclasses
+
+    import torch
+
+    from virnucpro.encoders.esm2 import Esm2Encoder
+
+    real_run, widths = Esm2Encoder._run, gpu_check.embed_mod.embedding_widths
+
+    def refusing_fast(self, collated, path):
+        if path == "fast":
+            raise RuntimeError("injected: the fast kernel refuses this batch's shape")
+        return real_run(self, collated, path)
+
+    def loaded_on_fast(model_set, device, precision, *args, **kwargs):
+        out = widths(model_set, device, precision, *args, **kwargs)
+        gpu_check.embed_mod._load_encoders(model_set, device, precision)["esm2"].path = "fast"  # as a GPU settles
+        return out
+
+    monkeypatch.setattr(Esm2Encoder, "_run", refusing_fast)
+    monkeypatch.setattr(gpu_check.embed_mod, "embedding_widths", loaded_on_fast)
+    monkeypatch.setattr(gpu_check, "task_load", lambda *_args: {"skipped": "not this test's"})
+    plan, cpu = dataclasses.replace(gpu_check.SMOKE, smoke=smoke), torch.device("cpu")
+    dnabert = gpu_check.dnabert_folder(tmp_path / "models" / "DNABERT-S", plan.dnabert, cpu, seed=5)
+    esm_data = gpu_check.esm_checkpoint(plan.esm, cpu, seed=6)
+    if smoke:
+        with pytest.raises(gpu_check.PathNotRun, match="ran .*'esm2': 'reference'"):
+            gpu_check.embed_section(plan, tmp_path, dnabert, esm_data, cpu)
+        return
+    result = gpu_check.embed_section(plan, tmp_path, dnabert, esm_data, cpu)
+    assert (result["loaded_paths"]["esm2"], result["paths"]["esm2"], result["fell_back_during_measurement"]) == \
+        ("fast", "reference", True)
+    report = gpu_check.Report(None, gpu_check.Guard(600))
+    report.figures["embed"] = result
+    gpu_check.print_summary(report)
+    summary = capsys.readouterr().out.split("\n== summary", 1)[1]
+    assert "'esm2': 'reference*'" in summary, summary
