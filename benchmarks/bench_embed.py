@@ -272,7 +272,9 @@ def make_models(bench: Bench, size_name: str) -> None:
     tiny.record_as_tiny(bench.models, RANDOM_MODEL_FILES, "benchmarks/bench_embed.py random weights")
     located = store.locate(bench.models, roles=ROLES)
     dtype = embed_mod.torch_dtype(bench.precision)
-    bench.dnabert = DnabertSEncoder(located.dnabert_s, bench.device, dtype)  # the original-pattern side
+    # the original-pattern side: the model code's own attention, never compiled (a GPU's default
+    # would load virnucpro's compiled reference path, faster than the original's)
+    bench.dnabert = DnabertSEncoder(located.dnabert_s, bench.device, dtype, path="reference", compile=False)
     print(f"models ({time.perf_counter() - t:.1f} s to build): DNABERT-S {size['dnabert']} = "
           f"{n_params(bench.dnabert.module, 'word') / 1e6:.1f}M params w/o embeddings; ESM-2 {size['esm']} = "
           f"{n_params(bench.esm_model, 'embed_tokens') / 1e6:.1f}M params w/o embeddings; written to "

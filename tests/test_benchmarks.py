@@ -205,3 +205,20 @@ def test_compare_refuses_zeros_nan_and_shape(precision):
     assert not conditions.compare(np.zeros_like(ref), ref, precision)[0]
     assert not conditions.compare(np.full_like(ref, np.nan), ref, precision)[0]
     assert not conditions.compare(ref[:3], ref, precision)[0]
+
+
+def test_embed_original_pattern_runs_the_model_codes_attention_uncompiled(monkeypatch, capsys):
+    """A review's case: on a GPU the original-pattern DNABERT-S loaded virnucpro's default there,
+    the compiled reference path, so the baseline ran faster than the original does."""
+    bench = _load("bench_embed")
+    asked = []
+
+    class Recorded(bench.DnabertSEncoder):
+        def __init__(self, *args, **kwargs):
+            asked.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "DnabertSEncoder", Recorded)
+    assert bench.main(EMBED_SMALLEST) == 0, capsys.readouterr().out
+    assert asked and all(kwargs.get("path") == "reference" and kwargs.get("compile") is False
+                         for kwargs in asked), asked
