@@ -222,3 +222,53 @@ def test_embed_original_pattern_runs_the_model_codes_attention_uncompiled(monkey
     assert bench.main(EMBED_SMALLEST) == 0, capsys.readouterr().out
     assert asked and all(kwargs.get("path") == "reference" and kwargs.get("compile") is False
                          for kwargs in asked), asked
+
+
+# ---------------------------------------------------------------- the printed figures, on a scripted clock
+
+class ScriptedClock:
+    """A clock for a benchmark module that moves only when a side's work runs, by a fixed cost per
+    real token of that call, doubled on every second call of that side (a disturbed run): the
+    printed rates must then be 1 / cost, the best of the runs, whatever the workload."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def costing(self, function, seconds_per_token: float, tokens):
+        calls = []
+
+        def run(*args, **kwargs):
+            calls.append(1)
+            self.now += seconds_per_token * tokens(*args) * (2 if len(calls) % 2 == 0 else 1)
+            return function(*args, **kwargs)
+        return run
+
+
+def _rates(out: str, name: str) -> tuple[float, float, float]:
+    """(original tok/s, virnucpro tok/s, ratio) of the benchmark's line for `name`."""
+    import re
+
+    line = next(line for line in out.splitlines() if line.startswith(f"{name:10s} original"))
+    found = re.search(r"original\s+([\d,]+) tok/s .* virnucpro\s+([\d,]+) tok/s .* ratio\s+([\d.]+)x", line)
+    return tuple(float(group.replace(",", "")) for group in found.groups())
+
+
+def test_encoders_print_the_rates_and_ratio_of_what_each_side_did(monkeypatch, capsys):
+    """The original pattern costs 4 ms per real token (special tokens counted, padding not), the
+    fast side 1 ms: whatever the workload, the lines read 250 and 1,000 tok/s and 4.00x. Kills an
+    inverted ratio, swapped sides, a wrong count of tokens, and the worst run taken for the best."""
+    be = _load("bench_encoders")
+    clock = ScriptedClock()
+    dna_tokens = lambda _encoder, tokens, *rest: sum(len(t) for t in tokens)  # noqa: E731
+    protein_tokens = lambda _model, proteins, *rest: sum(len(p) + 2 for p in proteins)  # noqa: E731
+    monkeypatch.setattr(be, "time", clock)
+    monkeypatch.setattr(be, "dnabert_original", clock.costing(be.dnabert_original, 4e-3, dna_tokens))
+    monkeypatch.setattr(be, "esm_original", clock.costing(be.esm_original, 4e-3, protein_tokens))
+    monkeypatch.setattr(be, "run_batched", clock.costing(be.run_batched, 1e-3, dna_tokens))
+    assert be.main(["--n", "5", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    for name in ("DNABERT-S", "ESM-2"):
+        assert _rates(out, name) == (250, 1000, 4.0), out
