@@ -272,3 +272,44 @@ def test_encoders_print_the_rates_and_ratio_of_what_each_side_did(monkeypatch, c
     out = capsys.readouterr().out
     for name in ("DNABERT-S", "ESM-2"):
         assert _rates(out, name) == (250, 1000, 4.0), out
+
+
+def test_embed_prints_the_rates_ratio_and_overhead_of_what_each_side_did(monkeypatch, capsys):
+    """On a scripted clock: embed() costs 2 ms per record with its checkpoint parts and 1.6 ms
+    without, the original pattern 1 ms per record for DNABERT-S and 3 ms for ESM-2. The lines must
+    read 500 and 250 records/s, 2.00x, +25.0% overhead, and real tokens/s from the shard's own
+    proteins (each with its two special tokens), from the best runs. Kills an inverted ratio or
+    overhead, swapped labels, one encoder's time counted in the other's, a wrong count of tokens,
+    and the worst run taken for the best."""
+    import re
+
+    bench = _load("bench_embed")
+    clock, shards, calls = ScriptedClock(), {}, {True: 0, False: 0}
+    real_embed, real_save = bench.embed_mod.embed, bench.embed_mod.CheckpointStore.save
+
+    def costly_embed(shard, *args, **kwargs):
+        """Every second call of each variant (the warm-up counts as one with parts) costs double."""
+        records = list(bench.fmt.read_shard(shard))
+        shards[len(records)] = sum(len(protein) + 2 for _id, _nt, protein in records)
+        parts = bench.embed_mod.CheckpointStore.save is real_save
+        calls[parts] += 1
+        clock.now += (2e-3 if parts else 1.6e-3) * len(records) * (2 if calls[parts] % 2 == 0 else 1)
+        return real_embed(shard, *args, **kwargs)
+
+    class CostlyDnabert(bench.DnabertSEncoder):
+        def embed(self, tokens):
+            clock.now += 1e-3 * len(tokens)
+            return super().embed(tokens)
+
+    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(bench.embed_mod, "embed", costly_embed)
+    monkeypatch.setattr(bench, "DnabertSEncoder", CostlyDnabert)
+    monkeypatch.setattr(bench.be, "esm_original", clock.costing(bench.be.esm_original, 3e-3, lambda _m, p, *r: len(p)))
+    assert bench.main(["--records", "6", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("embed: 6 records"))
+    assert "500.0 records/s" in line and "original pattern: 250.0 records/s" in line and "ratio 2.00x" in line, line
+    assert "DNABERT-S best 0.01 s, ESM-2 best 0.02 s" in line, line
+    assert "checkpoint overhead: +25.0%" in out, out
+    dna = int(re.search(r"real tokens: DNABERT-S ([\d,]+)", out).group(1).replace(",", ""))
+    assert f"{(dna + shards[6]) / 0.012:,.0f} real tokens/s" in line, (line, shards)
