@@ -313,3 +313,30 @@ def test_embed_prints_the_rates_ratio_and_overhead_of_what_each_side_did(monkeyp
     assert "checkpoint overhead: +25.0%" in out, out
     dna = int(re.search(r"real tokens: DNABERT-S ([\d,]+)", out).group(1).replace(",", ""))
     assert f"{(dna + shards[6]) / 0.012:,.0f} real tokens/s" in line, (line, shards)
+
+
+def _turned(rows: int, cosine: float) -> tuple[np.ndarray, np.ndarray]:
+    """(got, ref): `rows` random rows, equal but for row 0, whose two vectors have this cosine."""
+    ref = np.random.default_rng(1).standard_normal((rows, 16))
+    got = ref.copy()
+    ref[0], got[0] = np.eye(16)[0], np.zeros(16)
+    got[0][:2] = cosine, np.sqrt(1 - cosine ** 2)
+    return got, ref
+
+
+def test_compare_holds_every_row_to_the_tolerance_at_its_edge():
+    """One row just past the limit among many fails (the worst row counts, not the mean); a
+    difference just past the precision's limit fails, just within it passes."""
+    conditions = _load("conditions")
+    # the limits the scripts' docstrings and docs/encoders.md state
+    assert (conditions.FP32_ATOL, conditions.HALF_MIN_COSINE) == (1e-4, 0.999)
+    limit = conditions.HALF_MIN_COSINE
+    for precision in ("fp16", "bf16"):
+        assert not conditions.compare(*_turned(64, limit - 1e-3), precision)[0], precision
+        assert conditions.compare(*_turned(64, min(1.0, limit + 1e-5)), precision)[0], precision
+    ref = np.random.default_rng(2).standard_normal((64, 16))
+    assert conditions.compare(ref + 0.9 * conditions.FP32_ATOL, ref, "fp32")[0]
+    assert not conditions.compare(ref + 1.1 * conditions.FP32_ATOL, ref, "fp32")[0]
+    one_bad = ref.copy()
+    one_bad[5, 3] += 1.1 * conditions.FP32_ATOL
+    assert not conditions.compare(one_bad, ref, "fp32")[0]
