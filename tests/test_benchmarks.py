@@ -340,3 +340,44 @@ def test_compare_holds_every_row_to_the_tolerance_at_its_edge():
     one_bad = ref.copy()
     one_bad[5, 3] += 1.1 * conditions.FP32_ATOL
     assert not conditions.compare(one_bad, ref, "fp32")[0]
+
+
+def _costing_rows(clock: ScriptedClock, rows_of, seconds_per_row: float):
+    """A reader of (ids, features) blocks whose every block moves the clock as it is consumed."""
+    def read(*args, **kwargs):
+        for ids, features in rows_of(*args, **kwargs):
+            clock.now += seconds_per_row * len(ids)
+            yield ids, features
+    return read
+
+
+def test_h5_prints_each_read_as_a_ratio_to_the_plain_read_of_the_same_rows(monkeypatch, capsys):
+    """On a scripted clock where only rows cost (1 us each by the plain read, 4 us by iter_rows),
+    the seal and attribute reads are 0.00x, iter_rows and predict's reads (which read every row
+    once) 4.00x. Kills an inverted ratio and a predict read that stops before the last row."""
+    from virnucpro import h5shard
+
+    bench, clock = _load("bench_h5"), ScriptedClock()
+    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(bench, "_plain_blocks", _costing_rows(clock, bench._plain_blocks, 1e-6))
+    real_iter_rows = h5shard.iter_rows
+    monkeypatch.setattr(h5shard, "ROWS_PER_WRITE", 1000)  # blocks of 1,000 rows for both reads: three of them
+    monkeypatch.setattr(h5shard, "iter_rows", _costing_rows(
+        clock, lambda *args, **kwargs: real_iter_rows(*args, **{"block": 1000, **kwargs}), 4e-6))
+    assert bench.main(["--rows", "3000", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    ratios = {line[:38].strip(): line.split()[-4] for line in out.splitlines() if line.endswith("x the plain read")}
+    assert ratios == {"seal check": "0.00x", "read_info (seal + attributes)": "0.00x",
+                      "iter_rows (seal + rows + checksums)": "4.00x", "predict's reads (info, ids, rows)": "4.00x"}, out
+
+
+def test_h5_exits_1_when_the_shard_counts_other_rows_than_were_written(monkeypatch, capsys):
+    """Both reads agree row by row, but the shard's own count differs from the rows written."""
+    import dataclasses
+
+    from virnucpro import h5shard
+
+    real = h5shard.read_info
+    monkeypatch.setattr(h5shard, "read_info", lambda path: dataclasses.replace(real(path), records=real(path).records + 1))
+    assert _load("bench_h5").main(["--rows", "5", "--repeats", "1"]) == 1
+    assert "FAILED" in capsys.readouterr().out
