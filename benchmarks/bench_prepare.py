@@ -215,7 +215,7 @@ def print_results(reads: int, repeats: int, baseline: list[dict], ours: list[dic
     big_rate = reads * 10 / big_run["seconds"]
     print(f"10x run     : {big_run['seconds']:.1f} s ({big_rate:,.0f} reads/s, "
           f"{big_rate / (reads / pure):.1f}x the best pure-Python rate on the 1x reads: virnucpro's start-up "
-          f"amortised; the pure-Python version runs in this process, with none)")
+          f"amortised; the pure-Python process, whose start-up is a bare interpreter's, is not timed at 10x)")
 
 
 def main(argv=None) -> None:

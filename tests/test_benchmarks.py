@@ -381,3 +381,45 @@ def test_h5_exits_1_when_the_shard_counts_other_rows_than_were_written(monkeypat
     monkeypatch.setattr(h5shard, "read_info", lambda path: dataclasses.replace(real(path), records=real(path).records + 1))
     assert _load("bench_h5").main(["--rows", "5", "--repeats", "1"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_prepare_prints_its_ratios_from_the_best_runs_of_each_side(monkeypatch, capsys):
+    """Scripted seconds per run (the real commands still run and are checked): pure Python 4 s,
+    virnucpro 1 s, as FASTQ 2 s, each doubled on every second run; the 10x run 5 s. The lines must
+    read 4.0x, 2.0x the FASTA rate, and 8.0x at 10x. Kills inverted ratios and worst-for-best runs."""
+    bench = _load("bench_prepare")
+    real, runs = bench.measure, {}
+
+    def scripted(command):
+        data = real(command)
+        kind = ("pure" if "pure_python.py" in " ".join(command) else "big" if command[-1].endswith("ours_big")
+                else "fastq" if "ours_fq" in command[-1] else "fasta")
+        runs[kind] = runs.get(kind, 0) + 1
+        data["seconds"] = {"pure": 4.0, "fasta": 1.0, "fastq": 2.0, "big": 5.0}[kind] * (2 if runs[kind] % 2 == 0 else 1)
+        return data
+
+    monkeypatch.setattr(bench, "measure", scripted)
+    bench.main(["--reads", "20", "--repeats", "2", "--writer-lines", "100"])
+    out = capsys.readouterr().out
+    assert "speed-up    :      4.0x whole command" in out, out
+    assert "(best of 2; 2.0x the pure-Python FASTA rate)" in out, out
+    assert "(40 reads/s, 8.0x the best pure-Python rate on the 1x reads" in out, out
+
+
+def test_prepare_checks_the_fastq_runs_too(monkeypatch):
+    """The FASTQ rate is printed, so what those runs wrote is checked like the FASTA runs'."""
+    bench = _load("bench_prepare")
+    real = bench.shard_records
+    monkeypatch.setattr(bench, "shard_records", lambda outdir: [] if "ours_fq" in outdir.name else real(outdir))
+    with pytest.raises(SystemExit) as void:
+        bench.main(["--reads", "20", "--repeats", "1", "--writer-lines", "100"])
+    assert "pure-Python and virnucpro ORF records differ" in str(void.value)
+
+
+def test_prepare_measures_the_memory_of_the_command_not_of_its_measurer():
+    """A command that touches 300 MB more than another peaks 300 MB higher (the measurer's own peak
+    starts at this test process's, which exec keeps, so only the difference tells them apart)."""
+    bench = _load("bench_prepare")
+    touch = "block = bytearray({} * 2 ** 20); block[::4096] = b'x' * len(block[::4096])"
+    small, large = (bench.measure([sys.executable, "-c", touch.format(mib)])["peak_rss_mb"] for mib in (1, 301))
+    assert large - small >= 280, (small, large)
