@@ -452,3 +452,30 @@ def test_an_encoder_falling_back_during_embed_is_never_credited_to_the_path_it_l
     gpu_check.print_summary(report)
     summary = capsys.readouterr().out.split("\n== summary", 1)[1]
     assert "'esm2': 'reference*'" in summary, summary
+
+
+def test_a_paths_figures_are_its_steady_pass_over_every_real_token(gpu_check, monkeypatch):
+    """On a scripted clock: an encoder whose first pass costs 1 s more (its compile) and then 1 ms
+    per token gives steady 1 ms per token = 1,000 tokens/s, whatever the batches; the TFLOP come
+    from every token. Kills doubled token counts and a steady time taken from the first pass."""
+    import numpy as np
+    import torch
+
+    clock = type("Clock", (), {"now": 0.0, "perf_counter": lambda self: self.now})()
+
+    class Encoder:
+        compiled = False
+
+        def collate(self, tokens):
+            return [len(t) for t in tokens]
+
+        def forward(self, lengths):
+            clock.now += 1e-3 * sum(lengths) + (0.0 if Encoder.compiled else 1.0)
+            Encoder.compiled = True
+
+    monkeypatch.setattr(gpu_check, "time", clock)
+    tokens = [np.ones(n, dtype=np.int64) for n in (7, 30, 12, 55, 3)]
+    result = gpu_check.PathResult("esm2", "fast")
+    gpu_check.measure_path(result, Encoder(), tokens, 64, torch.device("cpu"), lambda length: 1e9 * length)
+    assert (result.tokens, round(result.first_pass_s, 6), round(result.steady_s, 6)) == (107, 1.107, 0.107)
+    assert round(result.tokens_per_s) == 1000 and round(result.tflops, 9) == round(1e9 * 107 / 1e12 / 0.107, 9)
