@@ -90,6 +90,7 @@ start_munged() {
     [ -z "$(pids_named munged)" ] || die "munged runs (pid $(pids_named munged)) but does not answer: see /var/log/munge/munged.log"
     ensure_munge_key
     install -d -o munge -g munge -m 755 "$(dirname "$MUNGE_PIDFILE")"
+    : >"$STATE/starting.munged"  # from here on, a munged is ours (none ran): a stop before its pid is recorded still ends it
     # 9>&-: the daemon must not inherit (and so hold) our lock
     runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PIDFILE" 9>&- \
         || die "munged failed to start: $(tail -n 5 /var/log/munge/munged.log 2>/dev/null)"
@@ -177,6 +178,7 @@ write_config() {
     mkdir -p "$(dirname "$path")"
     printf '%s\n' "$text" >"$path.tmp.$$"
     chmod 644 "$path.tmp.$$"
+    echo "$path" >>"$STATE/written"  # first: a stop between the two still finds it
     mv -f "$path.tmp.$$" "$path"
 }
 
@@ -187,6 +189,7 @@ make_fake_gpus() {
         if [ -e "$dev" ]; then
             [ -c "$dev" ] || die "$dev exists but is not a character device; remove it"
         else
+            echo "$dev" >>"$STATE/written"  # first: a stop between the two still finds it
             mknod -m 666 "$dev" c 1 3
         fi
     done
@@ -199,6 +202,7 @@ start_slurm_daemon() {
     pid=$(pids_named "$name")
     [ -z "$pid" ] || die "a $name that this script did not start is running (pid $pid); stop it first"
     rm -f "$STATE/$name.pid"
+    : >"$STATE/starting.$name"  # from here on, a $name is ours (none ran): a stop before its pid is recorded still ends it
     "/usr/sbin/$name" 9>&- || die "$name failed to start:$(echo; tail -n 20 "$STATE/$name.log" 2>/dev/null)"
     for _ in $(seq 50); do [ -s "$STATE/$name.pid" ] && break; sleep 0.2; done
     pid=$(cat "$STATE/$name.pid" 2>/dev/null || true)
@@ -242,8 +246,12 @@ cmd_up() {
     need_root up
     take_lock
     local t0=$SECONDS
-    # A failed `up` stops what it started, so that no daemon outlives it
+    # A failed or stopped `up` stops what it started, so that no daemon outlives it (a stop signal
+    # is an exit with 128 + the signal: the EXIT trap would see status 0 otherwise)
     trap 'on_up_exit $?' EXIT
+    trap 'exit 143' TERM
+    trap 'exit 130' INT
+    trap 'exit 129' HUP
     ensure_packages
     mkdir -p "$STATE/ctld" "$STATE/slurmd"
     chmod 755 "$STATE"
@@ -254,7 +262,7 @@ cmd_up() {
     start_slurm_daemon slurmctld
     start_slurm_daemon slurmd
     wait_node_ready
-    trap - EXIT
+    trap - EXIT TERM INT HUP
     say "cluster up in $((SECONDS - t0)) s: node $NODE ($(nproc) CPUs, ${#FAKE_GPUS[@]} simulated GPUs), partition '$PARTITION'"
 }
 
@@ -298,7 +306,7 @@ stop_leftover_steps() {
 on_up_exit() {
     [ "$1" -eq 0 ] && return 0
     say "'up' failed: stopping what it started"
-    teardown
+    teardown written
 }
 
 # `down`: cancel jobs, stop what `up` started, remove devices, configuration and state.
@@ -310,23 +318,40 @@ cmd_down() {
     say "cluster down in $((SECONDS - t0)) s"
 }
 
-# Cancel jobs, stop the daemons that `up` started, remove devices, configuration and state.
+# Cancel jobs, stop the daemons that `up` started, remove devices, configuration and state; with
+# `written` (a failed `up`), only the files and devices this `up` wrote (a cluster of another state
+# folder may run on them).
 teardown() {
-    local ctld slurmd dev
-    ctld=$(our_pid slurmctld)
-    slurmd=$(our_pid slurmd)
+    local ctld slurmd dev pid
+    ctld=$(ours_or_starting slurmctld)
+    slurmd=$(ours_or_starting slurmd)
     [ -n "$ctld" ] && cancel_all_jobs
-    stop_pid "$slurmd" slurmd
+    for pid in $slurmd; do stop_pid "$pid" slurmd; done
     [ -n "$slurmd" ] && stop_leftover_steps
-    stop_pid "$ctld" slurmctld
-    stop_pid "$(our_pid munged)" munged
-    for dev in "${FAKE_GPUS[@]}"; do
-        if [ -c "$dev" ]; then rm -f "$dev"; fi
-    done
-    for dev in "$CONF" "$GRES_CONF"; do
-        if [ -e "$dev" ] && head -n 1 "$dev" | grep -qF "$MARK"; then rm -f "$dev"; fi
+    for pid in $ctld; do stop_pid "$pid" slurmctld; done
+    for pid in $(ours_or_starting munged); do stop_pid "$pid" munged; done
+    for dev in $(removable_files "${1:-}"); do
+        if [ -c "$dev" ] || { [ -f "$dev" ] && head -n 1 "$dev" | grep -qF "$MARK"; }; then rm -f "$dev"; fi
     done
     rm -rf "$STATE"
+}
+
+# The pid of daemon $1 that `up` recorded; or, when `up` was stopped while starting it (before its
+# pid was recorded), every process of that name (`up` starts one only when none runs).
+ours_or_starting() {
+    local pid
+    pid=$(our_pid "$1")
+    if [ -n "$pid" ]; then echo "$pid"; elif [ -e "$STATE/starting.$1" ]; then pids_named "$1"; fi
+}
+
+# The configuration files and devices to remove: those this `up` wrote ($1 = written), else ours by
+# name (marked files, the simulated GPUs).
+removable_files() {
+    if [ "$1" = written ]; then
+        cat "$STATE/written" 2>/dev/null || true
+    else
+        printf '%s\n' "${FAKE_GPUS[@]}" "$CONF" "$GRES_CONF"
+    fi
 }
 
 # Describe one daemon: ours / someone else's / not running.
