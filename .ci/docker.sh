@@ -34,6 +34,9 @@ now() { date +%s; }
 
 daemon_answers() { docker info >/dev/null 2>&1; }
 
+# True when the daemon that answers is the dockerd `up` started (its pid file names a live dockerd)
+daemon_is_ours() { [[ -f "$PID_FILE" ]] && pid_is "$(cat "$PID_FILE")" dockerd; }
+
 # True when PID is alive and is a process named NAME (guards against a reused pid)
 pid_is() {
     local pid="$1" name="$2"
@@ -229,6 +232,16 @@ cmd_base() {
         fi
         log "replacing the stand-in $BASE_IMAGE of an older recipe"
         docker rmi -f "$BASE_IMAGE" >/dev/null
+    fi
+    if ! daemon_is_ours; then
+        # a daemon of the user's: the real base when a registry answers, rather than a stand-in that
+        # their later builds of `FROM $BASE_IMAGE` would use
+        if docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
+            log "$BASE_IMAGE pulled (the real one) into a Docker daemon this script did not start"
+            return 0
+        fi
+        log "WARNING: importing the stand-in $BASE_IMAGE into a Docker daemon this script did not start" \
+            "(no registry answers); remove it when done: docker rmi $BASE_IMAGE"
     fi
     if [[ -f "$BASE_TARBALL" ]]; then
         log "using the cached rootfs $BASE_TARBALL"
