@@ -23,6 +23,7 @@ PARTITION=debug
 MUNGE_KEY=/etc/munge/munge.key
 MUNGE_PIDFILE=/run/munge/munged.pid
 NODE=$(hostname -s)
+STARTED=()  # the daemons this invocation started
 
 # Print a message on stderr.
 say() { echo "slurm.sh: $*" >&2; }
@@ -97,6 +98,8 @@ start_munged() {
     for _ in $(seq 50); do munge_works && break; sleep 0.2; done
     munge_works || die "munged started but 'munge -n | unmunge' fails: $(tail -n 5 /var/log/munge/munged.log 2>/dev/null)"
     cat "$MUNGE_PIDFILE" >"$STATE/ours.munged.pid"
+    rm -f "$STATE/starting.munged"
+    STARTED+=(munged)
     say "started munged (pid $(cat "$MUNGE_PIDFILE"))"
 }
 
@@ -208,6 +211,8 @@ start_slurm_daemon() {
     pid=$(cat "$STATE/$name.pid" 2>/dev/null || true)
     pid_is "$pid" "$name" || die "$name exited at start:$(echo; tail -n 20 "$STATE/$name.log" 2>/dev/null)"
     echo "$pid" >"$STATE/ours.$name.pid"
+    rm -f "$STATE/starting.$name"
+    STARTED+=("$name")
     say "started $name (pid $pid)"
 }
 
@@ -254,6 +259,7 @@ cmd_up() {
     trap 'exit 129' HUP
     ensure_packages
     mkdir -p "$STATE/ctld" "$STATE/slurmd"
+    rm -f "$STATE/written"  # what this `up` writes (an earlier one's files are not its to remove)
     chmod 755 "$STATE"
     start_munged
     write_config "$CONF" "$(slurm_conf_text)"
@@ -305,6 +311,7 @@ stop_leftover_steps() {
 # On a failed `up` (status $1), stop what it started and remove what it wrote.
 on_up_exit() {
     [ "$1" -eq 0 ] && return 0
+    trap '' TERM INT HUP  # a second stop (a CI cancel sends several) must not cut the clean-up short
     say "'up' failed: stopping what it started"
     teardown written
 }
@@ -323,25 +330,34 @@ cmd_down() {
 # folder may run on them).
 teardown() {
     local ctld slurmd dev pid
-    ctld=$(ours_or_starting slurmctld)
-    slurmd=$(ours_or_starting slurmd)
+    ctld=$(to_stop slurmctld "${1:-}")
+    slurmd=$(to_stop slurmd "${1:-}")
     [ -n "$ctld" ] && cancel_all_jobs
     for pid in $slurmd; do stop_pid "$pid" slurmd; done
     [ -n "$slurmd" ] && stop_leftover_steps
     for pid in $ctld; do stop_pid "$pid" slurmctld; done
-    for pid in $(ours_or_starting munged); do stop_pid "$pid" munged; done
+    for pid in $(to_stop munged "${1:-}"); do stop_pid "$pid" munged; done
     for dev in $(removable_files "${1:-}"); do
         if [ -c "$dev" ] || { [ -f "$dev" ] && head -n 1 "$dev" | grep -qF "$MARK"; }; then rm -f "$dev"; fi
     done
-    rm -rf "$STATE"
+    if [ -z "${1:-}" ] || [ -z "$(our_pid munged)$(our_pid slurmctld)$(our_pid slurmd)" ]; then
+        rm -rf "$STATE"
+    else  # a failed `up` beside a cluster an earlier `up` started: that one keeps its state
+        rm -f "$STATE"/starting.* "$STATE/written"
+    fi
 }
 
-# The pid of daemon $1 that `up` recorded; or, when `up` was stopped while starting it (before its
-# pid was recorded), every process of that name (`up` starts one only when none runs).
-ours_or_starting() {
+# The pids of daemon $1 to stop: the one `up` recorded (with $2 = written, a failed `up`: only if
+# this `up` started it), or, when `up` was stopped while starting it (before its pid was recorded),
+# every process of that name (`up` starts one only when none runs).
+to_stop() {
     local pid
     pid=$(our_pid "$1")
-    if [ -n "$pid" ]; then echo "$pid"; elif [ -e "$STATE/starting.$1" ]; then pids_named "$1"; fi
+    if [ -n "$pid" ] && { [ "$2" != written ] || [[ " ${STARTED[*]} " == *" $1 "* ]]; }; then
+        echo "$pid"
+    elif [ -z "$pid" ] && [ -e "$STATE/starting.$1" ]; then
+        pids_named "$1"
+    fi
 }
 
 # The configuration files and devices to remove: those this `up` wrote ($1 = written), else ours by
