@@ -91,3 +91,27 @@ def test_a_temporary_folder_the_user_names_may_be_the_current_folder(tmp_path, m
     monkeypatch.setenv("TMPDIR", ".")
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert compiled.temporary_folder() == tmp_path
+
+
+@pytest.mark.parametrize("command", ["models tiny", "run"])
+@pytest.mark.parametrize("problem", ["missing", "a file"])
+def test_a_tmpdir_that_cannot_be_used_is_exit_10_not_a_silent_tmp(tiny_models, reference_dir, tmp_path, monkeypatch,
+                                                                  run_cli, command, problem):
+    """A review's case: a TMPDIR named for a job's scratch (where /tmp is small) but full, read-only
+    or missing was passed over by tempfile for /tmp, without a word. Now exit 10 naming it."""
+    named = tmp_path / "scratch"
+    if problem == "a file":
+        named.write_text("not a folder\n")
+    for name in ("TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TMPDIR", str(named))
+    monkeypatch.delenv(compiled.TORCH_CACHE_VARIABLE, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # searched again, as in a new process
+    compiled._scratch.cache_clear()
+    if command == "run":
+        code, message = run_cli("run", reference_dir / "vanilla/test_with_orfs.fa", "--outdir", tmp_path / "out",
+                                "--models", tiny_models, "--device", "cpu")
+    else:
+        code, message = run_cli("models", "tiny", tmp_path / "models")
+    compiled._scratch.cache_clear()
+    assert code == 10 and f"TMPDIR={named} cannot be used" in message and "Traceback" not in message, message

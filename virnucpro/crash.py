@@ -90,7 +90,9 @@ def _save_traceback(exc: BaseException) -> _Saved:
     (the traceback on stderr instead) and exits 1, where the failure itself was a second traceback."""
     path = None
     try:
-        fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt")
+        from virnucpro.encoders.compiled import temporary_folder  # not the current folder, nor /tmp for TMPDIR
+
+        fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt", dir=temporary_folder())
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
             _print_traceback(exc, handle, quiet=False)
         return _Saved(path)

@@ -141,7 +141,9 @@ def temporary_folder() -> Path:
     be left after a kill. A current folder named in TMPDIR, TEMP or TMP is the user's choice. OSError
     (as tempfile's) when there is none."""
     found = os.path.abspath(tempfile.gettempdir())  # tempfile gives TMPDIR=. as "."
-    named = [os.path.abspath(os.environ[name]) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)]
+    variables = [(name, os.path.abspath(os.environ[name])) for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)]
+    _refuse_passed_over(variables, found)
+    named = [folder for _name, folder in variables]
     try:
         current = os.getcwd()
     except OSError:  # the current folder is gone: tempfile did not fall back to it
@@ -151,6 +153,21 @@ def temporary_folder() -> Path:
     tried = [*named, *SYSTEM_TEMPORARY_FOLDERS]
     raise FileNotFoundError(errno.ENOENT, f"No usable temporary directory found in {tried} (the current folder, "
                                           f"{found}, is not used for it)")
+
+
+def _refuse_passed_over(variables: list[tuple[str, str]], found: str) -> None:
+    """OSError when tempfile silently passed over the folder the first of TMPDIR, TEMP and TMP names
+    (full, read-only, missing) for another: it was named for a reason (a job's scratch where /tmp is
+    small), and what would go to /tmp instead could fill it or be left there."""
+    if not variables or variables[0][1] == found:
+        return
+    name, folder = variables[0]
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".virnucpro-probe-", dir=folder)
+    except OSError as error:
+        raise OSError(error.errno, f"{name}={folder} cannot be used: {error.strerror}") from None
+    os.close(fd)  # usable again by now: tempfile's choice was made a moment ago
+    os.unlink(probe)
 
 
 SCRATCH_PREFIX, ONE_OFF_PREFIX = "virnucpro-torch-", "virnucpro-compile-"  # folders of one process each

@@ -307,8 +307,10 @@ def _made_models() -> dict[str, bytes]:
 @contextmanager
 def _private_scratch() -> Iterator[str]:
     """A new private temporary folder, removed after the block; exit 10 where none can be made."""
-    try:
-        scratch = tempfile.TemporaryDirectory(prefix="virnucpro-tiny-")
+    from virnucpro.encoders.compiled import temporary_folder
+
+    try:  # never the current folder (tempfile's last resort), nor /tmp in place of a TMPDIR that fails
+        scratch = tempfile.TemporaryDirectory(prefix="virnucpro-tiny-", dir=temporary_folder())
     except OSError as exc:  # no writable temporary folder at all
         raise OutputWriteError(f"no writable temporary folder for the tiny models: {exc.strerror or exc}",
                                "set TMPDIR to a folder of yours") from None
