@@ -300,3 +300,27 @@ def test_a_stop_while_the_copy_is_written_stops_the_load_at_once(models, monkeyp
     store.write_manifest(models, manifest)
     with pytest.raises(InterruptedByUser):
         download._fp16_copy(models)
+
+
+def test_no_room_for_the_copy_loads_the_pt_without_writing_any_of_it(models, monkeypatch, capsys):
+    """A review's case: on a file system with less free space than the copy, every fp16 load wrote
+    until the disk was full, then loaded the .pt; it now checks the free space first."""
+    import collections
+    import shutil
+
+    import safetensors.torch
+
+    from virnucpro.encoders import esm2
+
+    def never(*args, **kwargs):
+        raise AssertionError("the copy was written")
+
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(safetensors.torch, "save_file", never)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 28_000, 28_000))
+    for _ in range(2):
+        esm2._told.clear()
+        assert Esm2Encoder(weights(models), CPU, torch.float16).loaded_from == weights(models)
+        err = capsys.readouterr().err
+        assert "no fp16 copy written" in err and "0.00 GB free" in err and "256 MB to spare" in err, err
+    assert not copy_of(models).exists() and fp16_record(models) is None

@@ -16,6 +16,7 @@ import json
 import numbers
 import os
 import re
+import shutil
 import stat
 import time
 from collections.abc import Mapping
@@ -459,12 +460,27 @@ def ensure_fp16_copy(home: store.Esm2Home) -> tuple[Path | None, str]:
         return copy, ""
     if source is None:
         return None, f"{home.directory / home.weights} does not match its sha256 in the manifest"
-    refusal = _cannot_record(home)
+    refusal = _cannot_record(home) or _no_room_for_copy(home)
     if refusal is not None:
         return None, refusal
     if problem:
         warn(f"ESM-2: {problem}; writing it again")
     return write_fp16_copy(home, source), ""
+
+
+COPY_SPACE_MARGIN = 256 * 2**20  # what writing the copy leaves free at the least
+
+
+def _no_room_for_copy(home: store.Esm2Home) -> str | None:
+    """Why the fp16 copy is not written now: its file system has less free space than the copy
+    takes (at most the .pt's size) and a margin. Written anyway, it would fill the disk on every fp16
+    load, leaving other writers there (the run's own outputs too) a full disk for a moment."""
+    needed = (home.directory / home.weights).stat().st_size + COPY_SPACE_MARGIN
+    free = shutil.disk_usage(home.directory).free
+    if free >= needed:
+        return None
+    return (f"{home.directory} has {free / 1e9:.2f} GB free, and the copy needs about {needed / 1e9:.2f} GB "
+            f"(the .pt's size and {COPY_SPACE_MARGIN >> 20} MB to spare)")
 
 
 def _cannot_record(home: store.Esm2Home) -> str | None:
