@@ -178,7 +178,7 @@ def test_a_full_disk_during_predict_prints_no_traceback_at_collection(tmp_path, 
     import virnucpro.predict as predict_module
 
     embeddings = _embedded(tmp_path, golden_prepared, tiny_models)
-    real_open = open
+    real_open = predict_module.open_output
     opened = []
 
     def failing_open(path, mode="r", *args, **kwargs):
@@ -194,7 +194,7 @@ def test_a_full_disk_during_predict_prints_no_traceback_at_collection(tmp_path, 
 
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    monkeypatch.setattr(predict_module, "open", failing_open, raising=False)
+    monkeypatch.setattr(predict_module, "open_output", failing_open)
     monkeypatch.setattr(predict_module, "write_tables", disk_full)
     code, message = run_cli("predict", "--prepared", golden_prepared, "--embeddings", *embeddings,
                             "--outdir", tmp_path / "out", "--models", tiny_models)

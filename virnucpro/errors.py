@@ -154,7 +154,11 @@ STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
                                 "server lost or replaced the file or folder)"}
 STORAGE_WENT_AWAY_HINT = ("mount the storage again (or wait until the server is back), then rerun the same command: "
                           "it resumes from the work already saved")
-STORAGE_HINTS = {errno.EFBIG: "raise the file-size limit (`ulimit -f unlimited`) or choose another output location",
+STORAGE_HINTS = {errno.ENOSPC: "free space on that file system (`df -h` shows it) or choose another output location",
+                 errno.EDQUOT: "free space within your quota (`quota -s` shows it) or choose another output location",
+                 errno.EROFS: "choose an output location on a writable file system",
+                 errno.EIO: "check the storage (`dmesg` may say more) or choose another output location",
+                 errno.EFBIG: "raise the file-size limit (`ulimit -f unlimited`) or choose another output location",
                  errno.ENAMETOOLONG: "choose a shorter name or a shallower folder",
                  errno.ENOTCONN: STORAGE_WENT_AWAY_HINT, errno.ESTALE: STORAGE_WENT_AWAY_HINT}
 NO_INODES = "no free inodes are left on the file system (it has space, but no room for another file: see `df -i`)"
@@ -299,6 +303,55 @@ def output_errors(path: Path) -> Iterator[None]:
         raise storage_failure(exc, path) from None
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Inside the block, an OSError without a file name gets `path`: a failed write, flush or close
+    names no file, and the error would otherwise name only the output folder, not the file it hit."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise
+
+
+class NamedFile:
+    """An open output file whose failed writes, flushes and close name it (see `naming`)."""
+
+    def __init__(self, handle, path: Path):
+        self._handle, self.path = handle, Path(path)
+
+    def write(self, data):
+        with naming(self.path):
+            return self._handle.write(data)
+
+    def writelines(self, lines) -> None:
+        with naming(self.path):
+            self._handle.writelines(lines)
+
+    def flush(self) -> None:
+        with naming(self.path):
+            self._handle.flush()
+
+    def close(self) -> None:
+        with naming(self.path):
+            self._handle.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def __enter__(self) -> "NamedFile":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_output(path: Path, mode: str, **kwargs) -> NamedFile:
+    """`open(path, mode, **kwargs)` for an output file whose storage failures name it."""
+    return NamedFile(open(path, mode, **kwargs), path)
+
+
 def storage_failure(exc: OSError, path: Path) -> VirnucproError:
     """The error for the storage failure `exc` met writing into `path`: exit 10 (disk full, read-only,
     ...), except a name or path too long for the file system, which is the path the user chose, not
@@ -362,7 +415,7 @@ def name_too_long(exc: BaseException) -> bool:
 def storage_hint(exc: OSError) -> str:
     """The fix for a storage failure: a raised file-size limit, a shorter name, or space, permissions,
     another place."""
-    return STORAGE_HINTS.get(storage_errno(exc), "free space, fix the permissions or choose another output location")
+    return STORAGE_HINTS.get(storage_errno(exc), "fix the permissions or choose another output location")
 
 
 def too_long(path: str) -> str:

@@ -1510,12 +1510,20 @@ def _undone_unless_published(output: OutputFolder, lock: HeldLock) -> Iterator[N
     had_marker = marker.exists()
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         if not output.published:
             if not had_marker and _only_bookkeeping(output.folder):
                 marker.unlink(missing_ok=True)
             lock.remove_if_created()
+            _say_earlier_output_kept(output, exc)
         raise
+
+
+def _say_earlier_output_kept(output: OutputFolder, exc: BaseException) -> None:
+    """A write that failed before publishing (a full disk) left an earlier complete output of the
+    folder as it was: its message says so, so that nobody reruns or deletes for fear of a half-set."""
+    if isinstance(exc, OutputWriteError) and output.names and output.names[-1] in output.recorded:
+        exc.message += f"; the earlier output in {output.folder} is as it was"
 
 
 def _names_but_ours(folder: Path) -> set[str] | None:

@@ -33,8 +33,8 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, ModelsError, NumericalError, UsageError,
-                              VirnucproError, check_stop, output_errors, path_mode, resolved, stop_keeps_nothing,
-                              stop_signals_deferred)
+                              VirnucproError, check_stop, naming, open_output, output_errors, path_mode, resolved,
+                              stop_keeps_nothing, stop_signals_deferred)
 from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import unicode_text, working_directory
@@ -200,7 +200,7 @@ def score_orfs(shards: list[h5shard.EmbeddingShardInfo], classifier, outdir: Pat
     """
     from virnucpro.classifier import predict_proba
 
-    with open(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out, \
+    with open_output(outdir / RESULTS, "w", encoding="utf-8", newline="\n") as out, \
             Progress("predict: scoring", total=orfs, unit="ORFs") as progress:
         out.write(header_line(RESULT_COLUMNS))
         for ids, features in _classifier_batches(shards, CLASSIFIER_ROWS):
@@ -300,7 +300,7 @@ class HighestTable:
     def _spill(self) -> None:
         run = self._new_run()
         self.pending.sort()
-        with open(run, "w", encoding="utf-8", newline="\n") as out:
+        with open_output(run, "w", encoding="utf-8", newline="\n") as out:
             out.writelines(self.pending)
         self.runs.append(run)
         self.pending, self.pending_chars = [], 0
@@ -318,12 +318,12 @@ class HighestTable:
             self._spill()
         while len(self.runs) > HIGHEST_MERGE_WAYS:
             first, merged = self.runs[:HIGHEST_MERGE_WAYS], self._new_run()
-            with open(merged, "w", encoding="utf-8", newline="\n") as out:
+            with open_output(merged, "w", encoding="utf-8", newline="\n") as out:
                 self._merge(first, out)
             for run in first:
                 run.unlink()
             self.runs = self.runs[HIGHEST_MERGE_WAYS:] + [merged]
-        with open(path, "w", encoding="utf-8", newline="\n") as out:
+        with open_output(path, "w", encoding="utf-8", newline="\n") as out:
             out.write(header_line(HIGHEST_COLUMNS))
             self._merge(self.runs, out)
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -394,8 +394,8 @@ def _write_tables(prepared: Path, tables: dict[str, str], scores: Iterable[Chunk
     """`write_tables`' one pass over the prepared tables and the scores."""
     summary, chunk_rows = _Summary(), fmt.read_table(prepared / fmt.CHUNKS, tables[fmt.CHUNKS])
     scored, highest = _NextChunk(scores), HighestTable(outdir / HIGHEST_RUNS)
-    with open(outdir / CHUNKS, "w", encoding="utf-8", newline="\n") as chunks_out, \
-            open(outdir / SEQUENCES, "w", encoding="utf-8", newline="\n") as sequences_out:
+    with open_output(outdir / CHUNKS, "w", encoding="utf-8", newline="\n") as chunks_out, \
+            open_output(outdir / SEQUENCES, "w", encoding="utf-8", newline="\n") as sequences_out:
         chunks_out.write(header_line(CHUNK_COLUMNS))
         sequences_out.write(header_line(SEQUENCE_COLUMNS))
         for seq in fmt.read_table(prepared / fmt.SEQUENCES, tables[fmt.SEQUENCES]):
@@ -563,7 +563,8 @@ def _write_outputs(inputs: _Inputs, prepared: Path, staging: Path, threshold: fl
     write_report(staging / REPORT, manifest=inputs.manifest, rows=rows, n_chunks_scored=summary.chunks_scored,
                  summary=summary.as_dict(), histogram=histogram.counts, run_info=run_info,
                  name=Path(os.path.abspath(staging.parent)).name)  # the output folder's (the pipeline's: the sample)
-    (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
+    with naming(staging / RUN_INFO):
+        (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
     return summary.chunks_scored, rows, summary.calls
 
 

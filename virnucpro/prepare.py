@@ -35,8 +35,8 @@ from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
-                             UsageError, VirnucproError, check_stop, output_errors, stop_keeps_nothing, stop_signals_blocked,
-                             stop_signals_deferred)
+                             UsageError, VirnucproError, check_stop, naming, open_output, output_errors, stop_keeps_nothing,
+                             stop_signals_blocked, stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
 from virnucpro.seqio import (BLOCK, STDIN, HashingTextStream, Record, RecordGroup, invalid_letters, letters_refusal,
                             read_records, record_groups, take_blank_notes, unicode_text,
@@ -367,7 +367,7 @@ class ShardWriter:
         body = self.directory / (fmt.shard_name(len(self.bodies)) + ".body")
         self.bodies.append(body)
         self.records.append(0)
-        self._handle = open(body, "x", encoding="utf-8", newline="\n")  # "x": never through a link
+        self._handle = open_output(body, "x", encoding="utf-8", newline="\n")  # "x": never through a link
 
     def write_lines(self, lines: list[str]) -> None:
         """Append formatted ORF lines, starting a new shard every `shard_size` records.
@@ -416,7 +416,7 @@ class ShardWriter:
         for index, (body, records) in enumerate(zip(self.bodies, self.records)):
             final = body.with_suffix("")
             digest = hashlib.sha256()
-            with open(final, "xb") as out:
+            with open_output(final, "xb") as out:
                 head = fmt.shard_header(chunk_size, index, of).encode("utf-8")
                 out.write(head)
                 digest.update(head)
@@ -463,8 +463,8 @@ class SamplePreparer:
         self.counts = Counts()
         self.registry = IdRegistry(workdir / ".ids")
         self.shards = ShardWriter(workdir / fmt.SHARD_DIR, shard_size)
-        self.sequences = open(workdir / fmt.SEQUENCES, "x", encoding="utf-8", newline="\n")
-        self.chunks = open(workdir / fmt.CHUNKS, "x", encoding="utf-8", newline="\n")
+        self.sequences = open_output(workdir / fmt.SEQUENCES, "x", encoding="utf-8", newline="\n")
+        self.chunks = open_output(workdir / fmt.CHUNKS, "x", encoding="utf-8", newline="\n")
         self.sequences.write(fmt.header_line(fmt.SEQUENCES_HEADER))
         self.chunks.write(fmt.header_line(fmt.CHUNKS_HEADER))
         self.workers = workers
@@ -699,8 +699,8 @@ class IdRegistry:
         values = np.frombuffer(self.buffer, dtype=np.int64)
         buckets = (values.view(np.uint64) >> np.uint64(60)).astype(np.int64)
         for index in range(self.BUCKETS):
-            with open(self._bucket(index), "ab") as handle:
-                values[buckets == index].tofile(handle)
+            with naming(self._bucket(index)), open(self._bucket(index), "ab") as handle:
+                handle.write(values[buckets == index].data)  # not ndarray.tofile: its failures have no errno
         self.buffer = array("q")
 
     def repeated_hash_batches(self) -> Iterator[set[int]]:

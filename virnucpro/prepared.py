@@ -22,7 +22,8 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
 from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, VirnucproError, access_hint,
-                             denied_folder, folder_refused, open_file_limit, other_format, path_mode)
+                             denied_folder, folder_refused, naming, open_file_limit, open_output, other_format,
+                             path_mode)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -417,7 +418,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """`data` as indented JSON at `path`, all or nothing: written to `path`.tmp beside it, synced to
     disk, then renamed over `path`, so a crash or a power cut leaves the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with open_output(tmp, "w", encoding="utf-8") as handle, naming(tmp):
         handle.write(json.dumps(data, indent=2) + "\n")
         handle.flush()
         os.fsync(handle.fileno())

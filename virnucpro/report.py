@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from virnucpro.calls import RESULTS, SEQUENCE_CALLS
-from virnucpro.errors import InconsistentInputsError
+from virnucpro.errors import InconsistentInputsError, open_output
 from virnucpro.seqio import unicode_text
 
 STYLE = """
@@ -139,8 +139,6 @@ def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, su
     """report.html: one self-contained page (counts reconciled, calls, score histogram, top sequences),
     titled with `name`, the output folder's (the sample's in the pipeline: reports told apart)."""
     counts, calls = manifest["counts"], summary["calls"]
-    banner = ('<p class="banner">Made with TINY RANDOM MODELS (tests only): these scores mean nothing.</p>'
-              if run_info["tiny_models"] else "")
     seconds = ", ".join(f"{stage} {value:,.1f} s" for stage, value in run_info["seconds"].items())
     title = f"virnucpro report: {name}" if name else "virnucpro report"
     page = f"""<!DOCTYPE html>
@@ -150,7 +148,7 @@ def write_report(path: Path, manifest: dict, rows: int, n_chunks_scored: int, su
 <p class="sub">virnucpro {_e(run_info['virnucpro_version'])} · chunk size {manifest['chunk_size']} ·
 threshold {_threshold_text(run_info['threshold'])} · precision {_e(', '.join(run_info['precision']))} ·
 device {_e(', '.join(run_info['device']))}</p>
-{banner}
+{_tiny_banner(run_info)}
 <div class="cards">
 <div class="card"><b>{counts['sequences']:,}</b><span>input sequences</span></div>
 <div class="card virus"><b>{calls['virus']:,}</b><span>called virus</span></div>
@@ -173,4 +171,11 @@ original's rule).</p>
 chunks.tsv, sequences.tsv; provenance in run_info.json. Time spent by this process: {_e(seconds)}.</footer>
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    with open_output(path, "w", encoding="utf-8") as out:
+        out.write(page)
+
+
+def _tiny_banner(run_info: dict) -> str:
+    """A warning across the page when the scores come from tiny random models."""
+    return ('<p class="banner">Made with TINY RANDOM MODELS (tests only): these scores mean nothing.</p>'
+            if run_info["tiny_models"] else "")

@@ -55,7 +55,7 @@ from typing import Callable, Iterable
 
 from virnucpro import __version__
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (STORAGE_HINTS, BadInputError, InterruptedByUser, ModelsError, OutputWriteError,
+from virnucpro.errors import (BadInputError, InterruptedByUser, ModelsError, OutputWriteError,
                               UsageError, VirnucproError, name_too_long, storage_errno, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.models import pins, store
@@ -285,6 +285,10 @@ def _fp16_copy(directory: Path) -> None:
         info(f"ESM-2 fp16 copy for fast loads: {copy}")
 
 
+# storage failures another --dest does not settle: a file-size limit binds every folder alike, a
+# storage that went away is mounted again
+SETTLED_BY_NO_DEST = (errno.EFBIG, errno.ENOTCONN, errno.ESTALE)
+
 def _write_error(path: Path, exc: OSError) -> VirnucproError:
     """Exit 10 when the storage failed (full, quota, read-only), exit 3 for a name too long, else exit 4.
     The fix is another --dest where one helps (space, permissions); a file-size limit (EFBIG) binds
@@ -293,7 +297,7 @@ def _write_error(path: Path, exc: OSError) -> VirnucproError:
         return storage_failure(exc, path)
     meaning = storage_error(exc)
     if meaning is not None:
-        hint = (storage_hint(exc) if storage_errno(exc) in STORAGE_HINTS
+        hint = (storage_hint(exc) if storage_errno(exc) in SETTLED_BY_NO_DEST
                 else "free space, fix the permissions, or download into another --dest")
         return OutputWriteError(f"cannot write {path}: {meaning}", hint)
     return ModelsError(f"cannot write {path}: {exc}")

@@ -1,0 +1,131 @@
+"""A full disk names the file it hit, not only the output folder, with a fix for a full disk; a
+predict or prepare that fails so over an earlier complete output says that output is as it was (and
+it is, byte for byte). A failed write, flush or close carries no file name of its own: the outputs
+are opened through `open_output`, which adds it."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mount_helpers import tmpfs
+from test_outdir import write_fasta
+from virnucpro import prepare as prepare_module
+from virnucpro.errors import ExitCode, naming, open_output, storage_failure
+
+CLI = [sys.executable, "-m", "virnucpro"]
+DISK_FULL = re.compile(r"cannot write (\S+): the disk is full")
+
+
+def named_file(stderr: str) -> Path:
+    """The file a disk-full error names."""
+    found = DISK_FULL.search(stderr)
+    assert found, stderr
+    return Path(found.group(1))
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file's checksum under `folder`, our lock file aside (it is rewritten by each command)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".virnucpro.lock"}
+
+
+def leave_free(point: Path, free: int) -> None:
+    """Fill the file system at `point` until about `free` bytes are left."""
+    available = shutil.disk_usage(point).free
+    with open(point / "filler", "wb") as handle:
+        try:
+            handle.write(b"\0" * max(0, available - free))
+            handle.flush()
+        except OSError as exc:  # the last page may not fit: full is what was asked for
+            if exc.errno != errno.ENOSPC or free:
+                raise
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A file system with no free space left (a tmpfs, when this machine lets us mount one)."""
+    with tmpfs(tmp_path / "mnt", "64k") as disk:
+        leave_free(disk, 0)
+        yield disk
+
+
+@pytest.mark.parametrize("mode", ["w", "wb"])
+def test_a_failed_write_names_its_file(full_disk, mode):
+    target = full_disk / "table.tsv"
+    data = "x" * 100_000 if mode == "w" else b"x" * 100_000
+    with pytest.raises(OSError) as failed:
+        with open_output(target, mode) as out:
+            out.write(data)
+            out.flush()
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(target)
+    error = storage_failure(failed.value, full_disk)
+    assert error.code == ExitCode.OUTPUT_WRITE and f"cannot write {target}: the disk is full" in str(error), error
+    assert "df -h" in error.hint and "permissions" not in error.hint, error.hint
+
+
+def test_a_failed_close_names_its_file(full_disk):
+    """A few bytes stay in the buffer until the file is closed: the close is what fails."""
+    out = open_output(full_disk / "small.tsv", "w")
+    out.write("x")
+    with pytest.raises(OSError) as failed:
+        out.close()
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(full_disk / "small.tsv")
+
+
+def test_naming_keeps_a_name_the_error_has():
+    with pytest.raises(OSError) as failed, naming(Path("/elsewhere")):
+        raise OSError(errno.ENOSPC, "No space left on device", "/the/file")
+    assert failed.value.filename == "/the/file"
+
+
+@pytest.mark.parametrize("hashes", [1, 1000])
+def test_prepare_names_the_id_bucket_it_could_not_write(full_disk, monkeypatch, hashes):
+    """The id registry's spill files were written with numpy's `tofile`: a full disk raised an
+    OSError without errno (a crash, not exit 10) or, for a few ids, was not noticed at all, and the
+    duplicate check then ran on ids that were never written."""
+    registry = prepare_module.IdRegistry(full_disk.parent / "ids")
+    monkeypatch.setattr(prepare_module.IdRegistry, "_bucket", lambda self, index: full_disk / f"ids_{index:02d}.bin")
+    registry.add_many(prepare_module.array("q", range(hashes)))
+    with pytest.raises(OSError) as failed:
+        registry._spill()
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(full_disk / "ids_00.bin")
+
+
+def test_prepare_on_a_full_disk_names_the_file(tmp_path):
+    fasta = write_fasta(tmp_path / "big.fa", 20_000)  # ~1 MB of ORF records: more than the 256 KB disk
+    with tmpfs(tmp_path / "mnt", "256k") as disk:
+        done = subprocess.run(CLI + ["prepare", str(fasta), "--outdir", str(disk / "out"), "--threads", "1"],
+                              capture_output=True, text=True)
+    assert done.returncode == 10 and "Traceback" not in done.stderr, done.stderr
+    hit = named_file(done.stderr)
+    assert hit != disk / "out" and (disk / "out") in hit.parents, done.stderr
+    assert "earlier output" not in done.stderr, done.stderr  # there was none
+
+
+def test_predict_on_a_full_disk_keeps_the_earlier_output_and_says_so(tmp_path, golden_prepared,
+                                                                    golden_embeddings, tiny_models):
+    command = CLI + ["predict", "--prepared", str(golden_prepared), "--embeddings",
+                     *map(str, golden_embeddings), "--models", str(tiny_models)]
+    with tmpfs(tmp_path / "mnt", "4m") as disk:
+        out = disk / "out"
+        first = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr
+        before = digests(out)
+        leave_free(disk, sum(p.stat().st_size for p in out.iterdir()) // 3)
+        again = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
+        assert again.returncode == 10 and "Traceback" not in again.stderr, again.stderr
+        assert out in named_file(again.stderr).parents, again.stderr
+        assert f"the earlier output in {out} is as it was" in again.stderr, again.stderr
+        assert digests(out) == before
+        os.unlink(disk / "filler")
+        rerun = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
