@@ -309,10 +309,11 @@ def test_prepare_cuts_at_the_runs_chunk_size_and_shard_size(groovy):
     assert args.split() == ["--chunk-size", "300", "--shard-size", "1234"]
 
 
-def _predict_script(groovy, ext: dict, classifier_sha256: str) -> str:
-    """PREDICT's command script for sample s1, rendered as Nextflow renders it."""
+def _predict_script(groovy, ext: dict, classifier_sha256: str, shards: int = 1) -> str:
+    """PREDICT's command script for sample s1 of `shards` shards, rendered as Nextflow renders it."""
+    names = [f"_input/embeddings/shard_{index:05d}.h5" for index in range(shards)]
     bindings = {"task": {"ext": ext, "cpus": 2}, "meta": {"id": "s1"}, "prepared": staged("_input/prepared"),
-                "embeddings": staged_list(["_input/embeddings/shard_00000.h5"]),
+                "embeddings": staged_list(names),
                 "classifier_files": staged_list(["_input/models/manifest.json", "_input/models/500_model.pth"]),
                 "classifier_sha256": classifier_sha256, "user_classifier": False,
                 "workflow": {"manifest": {"version": __version__}}}
@@ -333,6 +334,20 @@ def test_predict_calls_at_the_runs_threshold_and_checks_the_classifier_the_run_s
     assert f"pinned_models.py --classifier-sha256 {'ab' * 32} --run-info s1/run_info.json" in " ".join(words), script
     unknown = _predict_script(groovy, ext, "")  # no pinned classifier: the check has nothing to compare
     assert "pinned_models.py virnucpro_python virnucpro_summary.py" in " ".join(unknown.split()), unknown
+
+
+def test_predict_gets_the_shards_folder_not_every_name(groovy):
+    """A scale review's case: every shard's name on PREDICT's command line passed the system's limit
+    (ARG_MAX) past about 51,000 shards, exit 126 after every EMBED task had run; prepare allows
+    100,000. The folder the shards are staged in is passed instead."""
+    body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_PREDICT"][0]
+    ext = groovy.evaluate({"params": PARAMS, "meta": {"id": "s1"}},
+                          [("args", assignments(body)["ext.args"], True), ("prefix", assignments(body)["ext.prefix"], True)])
+    script = _predict_script(groovy, ext, "", shards=3000)
+    words = script.split()
+    assert words[words.index("--embeddings") + 1] == "_input/embeddings" and "shard_00000.h5" not in script, script
+    staged_as = {name: stage for i in PROCESSES["VIRNUCPRO_PREDICT"].inputs for _, name, stage in i.names}
+    assert staged_as["embeddings"] == "'_input/embeddings/*'", staged_as
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "auto"])

@@ -584,12 +584,43 @@ def test_the_folder_of_the_inputs_reaches_run_info_as_text(sample, run_cli, fold
         assert info["inputs"][0]["path"] == "\\xffx.fa", text
 
 
-def test_a_folder_given_as_an_embedding_shard_is_exit_3_with_the_fix(sample, run_cli):
-    """HDF5's raw errno text (exit 5) told the user nothing; the message says to give the files."""
-    folder = sample.embeddings[0].parent
+def _in_a_folder(sample: Sample, folder: Path) -> Path:
+    """The sample's embedding files moved into `folder`, beside a hidden .h5 and a file of another kind."""
+    folder.mkdir()
+    for index, path in enumerate(sample.embeddings):
+        sample.embeddings[index] = path.rename(folder / path.name)
+    (folder / ".shard_x.h5.partial.h5").write_bytes(b"not hdf5")  # as a temporary file of embed's might be
+    (folder / "notes.txt").write_text("not a shard")
+    return folder
+
+
+def test_a_folder_of_embedding_shards_stands_for_its_h5_files(sample, run_cli):
+    """A sample of more shards than a command line holds (about 50,000 names) is given as their folder."""
+    code, message = sample.predict(run_cli)
+    assert code == 0, message
+    by_files = {name: (sample.outdir / name).read_bytes() for name in ("prediction_results.txt", "chunks.tsv")}
+    folder = _in_a_folder(sample, sample.outdir.parent / "emb")
     code, message = run_cli("predict", "--prepared", sample.prepared, "--embeddings", folder,
+                            "--outdir", sample.outdir.parent / "by_folder", "--models", sample.models)
+    assert code == 0, message
+    assert {name: (sample.outdir.parent / "by_folder" / name).read_bytes() for name in by_files} == by_files
+
+
+def test_a_folder_and_a_file_in_it_repeat_the_shard(sample, run_cli):
+    folder = _in_a_folder(sample, sample.outdir.parent / "emb")
+    code, message = run_cli("predict", "--prepared", sample.prepared, "--embeddings", folder, sample.embeddings[0],
                             "--outdir", sample.outdir, "--models", sample.models)
-    assert code == 3 and "is a directory" in message and "*.h5" in message, message
+    assert code == 5 and "repeats shard" in message, message
+
+
+def test_a_folder_without_embedding_shards_is_exit_3_naming_it(sample, run_cli):
+    empty = sample.outdir.parent / "empty"
+    empty.mkdir()
+    (empty / "shard.h5.ckpt").mkdir()  # a checkpoint folder is no shard
+    code, message = run_cli("predict", "--prepared", sample.prepared, "--embeddings", empty,
+                            "--outdir", sample.outdir, "--models", sample.models)
+    assert code == 3 and f"embedding folder {empty} holds no .h5 file" in message, message
+    assert not sample.outdir.exists()
 
 
 def test_predict_itself_checks_the_reconciliation_not_the_report(sample, run_cli, monkeypatch):

@@ -312,8 +312,9 @@ def embed(
 @app.command()
 def predict(
     prepared: Path = typer.Option(..., "--prepared", parser=_path, metavar="DIR", help="The prepare output directory."),
-    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, metavar="FILE", help="Every embedding shard of the "
-                                          "sample (.h5), in any order: --embeddings a.h5 b.h5 ..."),
+    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, metavar="FILE|DIR", help="Every embedding shard of "
+                                          "the sample (.h5), in any order: --embeddings a.h5 b.h5 ..., or the "
+                                          "folder holding them (its .h5 files: no limit on their number)."),
     more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5", parser=_path,
                                                            help="More embedding shards after --embeddings "
                                                                 "(a shell glob: --embeddings emb/*.h5)."),

@@ -467,6 +467,28 @@ def _folder_hint(path: Path) -> str:
     return f"give the files in it: {shell_word(str(path))}/*.h5"
 
 
+def shard_files(paths: Sequence[Path]) -> list[Path]:
+    """The embedding files given: a file as it is, a folder as the `.h5` files directly in it in name
+    order (hidden ones left out: embed's temporary files). A folder passes a sample of any number of
+    shards, where a glob passes the system's limit on a command line (about 50,000 names)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        try:
+            expand = path.is_dir() and not path.name.endswith(".ckpt")  # embed's checkpoint folder: refused
+            found = sorted(p for p in path.iterdir() if _named_as_shard(p)) if expand else [path]
+        except PermissionError:
+            raise _permission_denied(path) from None
+        if not found:
+            raise BadInputError(f"embedding folder {path} holds no .h5 file",
+                                "give the folder `virnucpro embed --out` wrote the sample's shards into")
+        files += found
+    return files
+
+
+def _named_as_shard(path: Path) -> bool:
+    return path.suffix == ".h5" and not path.name.startswith(".")
+
+
 def read_info(path: Path) -> EmbeddingShardInfo:
     """The shard's attributes after checking its layout; a file that is not a sound shard is exit 5."""
     path = Path(path)

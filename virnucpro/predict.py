@@ -63,8 +63,8 @@ def order_shards(manifest: dict, paths: Sequence[Path],
     prepare folder `prepared`, when given, to tell which side of a row count is wrong)."""
     expected = {s["index"]: s for s in manifest["shards"]}
     by_index: dict[int, h5shard.EmbeddingShardInfo] = {}
-    for path in paths:
-        shard = h5shard.read_info(Path(path))
+    for path in h5shard.shard_files(paths):
+        shard = h5shard.read_info(path)
         own = expected.get(shard.shard_index)
         if own is None or own["sha256"] != shard.shard_sha256 or shard.shard_of != len(expected):
             if prepared is not None:  # a manifest from elsewhere: the prepare folder's own files disagree with it

@@ -5,7 +5,8 @@
 // would be copied to every task on cloud executors): `classifier_files` is the classifier with the
 // models manifest that pins its checksum (staged as _input/models/), or a classifier file given by the
 // user (then `user_classifier` is true), first, with the manifest.json of its folder if it has one. Inputs are staged under _input/, a name no sample can have,
-// so the sample's results folder (named after it) never meets them.
+// so the sample's results folder (named after it) never meets them. The embedding shards are given as
+// their folder: a sample's tens of thousands of names would pass the limit on a command line.
 process VIRNUCPRO_PREDICT {
     tag "${meta.id}"
     label 'process_low'
@@ -37,7 +38,7 @@ process VIRNUCPRO_PREDICT {
     virnucpro predict \\
         --prepared ${prepared} \\
         ${model_args} \\
-        --embeddings ${embeddings} \\
+        --embeddings _input/embeddings \\
         --outdir ${prefix} \\
         --threads ${task.cpus} \\
         ${args}
