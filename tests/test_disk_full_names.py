@@ -5,6 +5,7 @@ are opened through `open_output`, which adds it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -129,3 +130,63 @@ def test_predict_on_a_full_disk_keeps_the_earlier_output_and_says_so(tmp_path, g
         os.unlink(disk / "filler")
         rerun = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
+
+
+@contextlib.contextmanager
+def few_inodes(point: Path, inodes: int):
+    """A tmpfs with room for bytes but only `inodes` files and folders (its root one of them)."""
+    point.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=4m,nr_inodes={inodes}", "tmpfs", str(point)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+NO_INODES = "no free inodes are left on the file system"
+
+
+@pytest.mark.parametrize("inodes", [8, 12, 20])
+def test_prepare_out_of_inodes_says_so_though_its_clean_up_freed_them(tmp_path, inodes):
+    """A disk-full review's case: the inode check ran after prepare had removed its partial files, which
+    freed the inodes again, so a full inode table was called a full disk, with a fix (free space) that
+    does not help."""
+    fasta = write_fasta(tmp_path / "big.fa", 400)
+    with few_inodes(tmp_path / "mnt", inodes) as disk:
+        done = subprocess.run(CLI + ["prepare", str(fasta), "--outdir", str(disk / "p"), "--shard-size", "20",
+                                     "--threads", "1"], capture_output=True, text=True)
+    assert done.returncode == 10 and NO_INODES in done.stderr and "disk is full" not in done.stderr, done.stderr
+    assert "remove files there" in done.stderr, done.stderr
+
+
+def test_embed_out_of_inodes_for_a_checkpoint_part_says_so(tmp_path, golden_prepared, tiny_models):
+    """The part's temporary file was removed before the inode check."""
+    shard = golden_prepared / "shards" / "shard_00000.tsv"
+    with few_inodes(tmp_path / "mnt", 7) as disk:
+        done = subprocess.run(CLI + ["embed", str(shard), "--out", str(disk / "e.h5"), "--models", str(tiny_models),
+                                     "--device", "cpu", "--threads", "1", "--checkpoint-every", "10"],
+                              capture_output=True, text=True)
+    assert done.returncode == 10 and NO_INODES in done.stderr and "disk is full" not in done.stderr, done.stderr
+
+
+def test_run_failing_for_space_after_embedding_says_the_rerun_resumes(tmp_path, run_cli, reference_dir, tiny_models,
+                                                                      monkeypatch):
+    """A disk-full review's case: a run whose predict step found the disk full kept its embeddings for
+    the rerun, but its message did not say so."""
+    from virnucpro import predict as predict_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    command = ("run", reference_dir / "golden/mixed.fa", "--outdir", tmp_path / "r", "--models", tiny_models,
+               "--device", "cpu", "--threads", "1")
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_module, "write_tables", full)
+        code, message = run_cli(*command)
+    assert code == 10 and "the disk is full" in message, message
+    said = " ".join(message.split())
+    assert f"then rerun the same command: it resumes from the embeddings kept in {tmp_path / 'r' / '.virnucpro-work'}" in said
+    code, message = run_cli(*command)
+    assert code == 0 and "already done, reusing it" in message, message

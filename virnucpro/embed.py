@@ -39,7 +39,7 @@ from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite, 
 from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
                               StoppedWithOutputsInPlace,
-                              VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_stop,
+                              VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_inodes, note_stop,
                               open_files_errno, output_errors, printable, resolved, stop_signals_deferred, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.models import store
@@ -309,6 +309,7 @@ class CheckpointStore:
             digest = fmt.sha256_of(tmp)
             os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
         except OSError as exc:
+            note_inodes(exc, tmp)  # before the file goes: it may have taken the last inode
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             if name_too_long(exc):

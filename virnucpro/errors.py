@@ -286,9 +286,12 @@ def storage_errno(exc: BaseException) -> int | None:
 
 
 def storage_error(exc: BaseException) -> str | None:
-    """What went wrong with the storage, when `exc` is a storage failure (HDF5 reports errno in text)."""
+    """What went wrong with the storage, when `exc` is a storage failure (HDF5 reports errno in text);
+    a full inode table when `note_inodes` found one."""
     code = storage_errno(exc)
-    return None if code is None else STORAGE_ERRNOS[code]
+    if code is None:
+        return None
+    return NO_INODES if getattr(exc, "no_inodes", False) else STORAGE_ERRNOS[code]
 
 
 @contextmanager
@@ -305,14 +308,24 @@ def output_errors(path: Path) -> Iterator[None]:
 
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """Inside the block, an OSError without a file name gets `path`: a failed write, flush or close
-    names no file, and the error would otherwise name only the output folder, not the file it hit."""
+    """Inside the block, a storage failure without a file name gets `path` (a failed write, flush or
+    close names no file, and the error would otherwise name only the output folder), and a full disk
+    is told from a full inode table while the files that took them are still there (`note_inodes`)."""
     try:
         yield
     except OSError as exc:
-        if exc.filename is None:
+        if exc.filename is None and storage_errno(exc) is not None:
             exc.filename = os.fspath(path)
+        note_inodes(exc, path)
         raise
+
+
+def note_inodes(exc: BaseException, path: Path) -> None:
+    """Record on a "No space left on device" `exc` whether the file system had run out of inodes, not
+    space, when it was met: a clean-up after it (the command's partial files removed) frees them, and
+    a later look would call it a full disk, whose fix (freeing bytes) does not help."""
+    if storage_errno(exc) == errno.ENOSPC and not hasattr(exc, "no_inodes"):
+        exc.no_inodes = out_of_inodes(Path(os.fsdecode(exc.filename or path)))
 
 
 class NamedFile:
@@ -359,9 +372,8 @@ def storage_failure(exc: OSError, path: Path) -> VirnucproError:
     one that is only read: the words fit both)."""
     if name_too_long(exc):
         return path_too_long(exc, path)
-    where = exc.filename or f"into {path}"
-    if storage_errno(exc) == errno.ENOSPC and out_of_inodes(Path(os.fsdecode(exc.filename or path))):
-        return OutputWriteError(f"cannot write {where}: {NO_INODES}", NO_INODES_HINT)
+    note_inodes(exc, path)
+    where = exc.filename or (f"into {path}" if os.path.isdir(path) else path)
     return OutputWriteError(f"cannot write {where}: {storage_error(exc)}", storage_hint(exc))
 
 
@@ -415,6 +427,8 @@ def name_too_long(exc: BaseException) -> bool:
 def storage_hint(exc: OSError) -> str:
     """The fix for a storage failure: a raised file-size limit, a shorter name, or space, permissions,
     another place."""
+    if getattr(exc, "no_inodes", False):
+        return NO_INODES_HINT
     return STORAGE_HINTS.get(storage_errno(exc), "fix the permissions or choose another output location")
 
 

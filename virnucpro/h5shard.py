@@ -30,7 +30,7 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
                               access_hint, denied_folder, folder_refused, link_loop, name_too_long, open_file_limit,
-                              other_format,
+                              note_inodes, other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import new_temporary_file, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
@@ -396,6 +396,7 @@ def _write_failed(path: Path, exc: OSError) -> VirnucproError:
     raised, as prepare and predict say; a full disk is freed ...); a name too long is exit 3."""
     if name_too_long(exc):
         return storage_failure(exc, path)
+    note_inodes(exc, path)
     meaning = storage_error(exc) or exc.strerror or str(exc)
     return OutputWriteError(f"cannot write {path}: {meaning}",
                             f"{storage_hint(exc)}, then rerun (finished embedding work is kept in checkpoints)")

@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from virnucpro import __version__
-from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, not_a_folder, output_errors,
-                              outputs_in_place, printable, refused_name, stop_signals_deferred, storage_errno,
-                              storage_failure)
+from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, naming, not_a_folder,
+                              note_inodes, output_errors, outputs_in_place, printable, refused_name,
+                              stop_signals_deferred, storage_errno, storage_failure)
 from virnucpro.errors import resolved as resolved_path
 
 LOCK_NAME = ".virnucpro.lock"
@@ -793,7 +793,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     (see `replaced_atomically`). A link at `path` is replaced, never written through; callers that
     must not replace one check first."""
     with replaced_atomically(path) as temporary:
-        with open(temporary, "wb", opener=lambda name, flags: os.open(name, flags | NO_FOLLOW)) as handle:
+        with naming(path), open(temporary, "wb", opener=lambda name, flags: os.open(name, flags | NO_FOLLOW)) as handle:
             handle.write(data)
 
 
@@ -1348,7 +1348,8 @@ def _write_synced(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException:  # a full disk, say: the file is ours (created exclusively), cut short
+    except BaseException as exc:  # a full disk, say: the file is ours (created exclusively), cut short
+        note_inodes(exc, path)  # before it goes: it may hold the last inode
         path.unlink(missing_ok=True)
         raise
 

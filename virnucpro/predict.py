@@ -462,9 +462,10 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
         with output_errors(outdir):
             staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "predict's staging folder")
             try:
-                n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
-                                                         stage_seconds)
-                output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
+                with naming(staging):  # a full disk told from a full inode table before the clean-up
+                    n_chunks, n_orfs, calls = _write_outputs(inputs, prepared, staging, threshold, started,
+                                                             stage_seconds)
+                    output.publish(staging, OUTPUTS)  # run_info.json last: its presence marks a complete set
             finally:
                 with stop_signals_deferred():  # once published, a stop waits until the staging folder is gone
                     remove_written(staging, STAGING_FILES)

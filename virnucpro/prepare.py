@@ -1006,9 +1006,10 @@ def prepare(inputs: Iterable[Path], outdir: Path, chunk_size: int = 500, shard_s
     with stop_keeps_nothing(), claim(outdir, "prepare", OUTPUTS) as output, output_errors(outdir):
         staging = fresh_work_folder(outdir / STAGING, STAGING_FILES, "prepare's staging folder")
         try:  # from here on, whatever fails, what prepare wrote into the staging folder goes
-            (staging / fmt.SHARD_DIR).mkdir()
-            manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
-            output.publish(staging, OUTPUTS)
+            with naming(staging):  # a full disk told from a full inode table before the clean-up
+                (staging / fmt.SHARD_DIR).mkdir()
+                manifest = _prepare_into(staging, inputs, chunk_size, shard_size, threads or available_cpus())
+                output.publish(staging, OUTPUTS)
         finally:
             with stop_signals_deferred():  # once published, a stop waits until the staging folder is gone
                 remove_written(staging, STAGING_FILES)

@@ -22,9 +22,10 @@ from typing import Iterator, Sequence
 from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
-from virnucpro.errors import (BadInputError, InterruptedByUser, StoppedWithNothingKept, StoppedWithOutputsInPlace,
-                              VirnucproError, check_stop, output_errors, outputs_in_place, printable, stop_arrived,
-                              stop_received, stop_signals_deferred)
+from virnucpro.errors import (BadInputError, InterruptedByUser, OutputWriteError, StoppedWithNothingKept,
+                              StoppedWithOutputsInPlace, VirnucproError, check_stop, naming, output_errors, outputs_in_place,
+                              printable, stop_arrived, stop_received, stop_signals_deferred, storage_errno,
+                              storage_failure)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import STDIN, unicode_text
 
@@ -312,7 +313,8 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
     nothing behind). A work folder that is a link, or holds files a run never writes, is refused."""
     check_work_folder(work, _work_files(), WORK_WHAT)
     try:
-        yield
+        with naming(work):  # a full disk told from a full inode table before the clean-up
+            yield
     except StoppedWithOutputsInPlace:  # the outputs are complete: the work folder goes as after a success
         with stop_signals_deferred():
             remove_written(work, _work_files())
@@ -326,6 +328,10 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
         kept_nothing = not embedded and not prepared
         if stopped and (not isinstance(exc, InterruptedByUser) or kept_nothing != isinstance(exc, StoppedWithNothingKept)):
             raise stop_received(keeping_nothing=kept_nothing) from None  # the stop says what the rerun finds
+        error = storage_failure(exc, work) if storage_errno(exc) is not None else exc
+        if embedded and isinstance(error, OutputWriteError) and "rerun" not in (error.hint or ""):
+            error.hint = f"{error.hint}; then rerun the same command: it resumes from the embeddings kept in {work}"
+            raise error from None
         raise
 
 
