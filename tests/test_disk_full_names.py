@@ -190,3 +190,21 @@ def test_run_failing_for_space_after_embedding_says_the_rerun_resumes(tmp_path, 
     assert f"then rerun the same command: it resumes from the embeddings kept in {tmp_path / 'r' / '.virnucpro-work'}" in said
     code, message = run_cli(*command)
     assert code == 0 and "already done, reusing it" in message, message
+
+
+@pytest.mark.parametrize("checkpoint_dir", [False, True])
+def test_embed_that_cannot_lock_its_checkpoint_folder_leaves_no_folder_it_made(tmp_path, golden_prepared, tiny_models,
+                                                                                checkpoint_dir):
+    """A disk-full review's case: with one page free, the --out lock took it, the checkpoint folder's
+    lock file could not be written, and the checkpoint folders made for it stayed behind, empty; a
+    --checkpoint-dir the user made stays."""
+    shard = golden_prepared / "shards" / "shard_00000.tsv"
+    with tmpfs(tmp_path / "mnt", "64k") as disk:
+        (disk / "mine").mkdir()
+        leave_free(disk, 4096)
+        extra = ["--checkpoint-dir", str(disk / "mine")] if checkpoint_dir else []
+        done = subprocess.run(CLI + ["embed", str(shard), "--out", str(disk / "e.h5"), "--models", str(tiny_models),
+                                     "--device", "cpu", "--threads", "1", *extra], capture_output=True, text=True)
+        assert done.returncode == 10 and "the disk is full" in done.stderr, done.stderr
+        assert "/.virnucpro.lock: the disk is full" in done.stderr, done.stderr  # the checkpoint folder's lock
+        assert sorted(p.name for p in disk.rglob("*")) == ["filler", "mine"], done.stderr

@@ -44,7 +44,7 @@ from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInp
                               storage_failure, storage_hint)
 from virnucpro.models import store
 from virnucpro.outdir import (NO_FOLLOW, OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
-                              is_regular, make_folder, not_ours, refuse_nesting)
+                              is_regular, make_folder, not_ours, refuse_nesting, remove_made_folders)
 from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
@@ -225,16 +225,18 @@ class CheckpointStore:
         _refuse_linked_folders(folder, parent_is_ours)
         self.writer = _started_writer()  # part writes stay off the compute path
         self._lock = ExitStack()  # flock, or the O_EXCL fallback where the file system has no flock
+        made: list[Path] = []  # the folders the lock created: gone again when it cannot be taken (a full disk)
         try:
-            self.held = (self._hold_when_free(folder) if wait
-                         else self._lock.enter_context(folder_lock(folder, "the checkpoint folder")))
+            self.held = (self._hold_when_free(folder, made) if wait
+                         else self._lock.enter_context(folder_lock(folder, "the checkpoint folder", made)))
         except BaseException:
             self.writer.shutdown(wait=False)
+            remove_made_folders(made)
             raise
         self.next_part = 0
         self.pending = []
 
-    def _hold_when_free(self, folder: Path) -> HeldLock:
+    def _hold_when_free(self, folder: Path, made: list[Path]) -> HeldLock:
         """Lock the folder, waiting while another embed of the same shard, models and precision
         holds it (a task resumed while its first attempt still runs, say): once that one ends, what
         it saved is resumed here; a waiting note, kept fresh, asks it to leave its parts even when it
@@ -243,7 +245,7 @@ class CheckpointStore:
         try:
             while True:
                 try:
-                    return self._lock.enter_context(folder_lock(folder, "the checkpoint folder"))
+                    return self._lock.enter_context(folder_lock(folder, "the checkpoint folder", made))
                 except FolderBusy as busy:
                     if not note.posted:
                         info(f"{busy.message}: waiting for it to end, then resuming from its checkpoints")
