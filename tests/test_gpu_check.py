@@ -175,7 +175,7 @@ def test_a_path_that_does_not_run_as_asked_fails_the_smoke_run(gpu_check, monkey
         return run
 
     monkeypatch.setattr(compiled, "fused", broken)
-    for section in ("gemm_ceilings", "embed_section", "precision_section"):
+    for section in ("gemm_ceilings", "embed_section", "precision_section", "autotune_section"):  # only paths matter
         monkeypatch.setattr(gpu_check, section, injected(f"skipped: {section}"))
     figures = tmp_path / "figures.json"
     assert gpu_check.main(["--cpu-smoke", "--json", str(figures)]) == 1
