@@ -245,6 +245,7 @@ def test_failed_part_write_ends_the_command_at_the_next_batch_with_exit_10(tmp_p
     folder, = (tmp_path / "s.h5.ckpt").iterdir()
     assert code == 10, message
     assert f"cannot write checkpoint part {folder / '.part_00001.tmp.npz'}: the disk is full" in message
+    assert "a rerun resumes from the parts already written" in " ".join(message.split()), message
     assert len(failed_after) == 1 and len(batches) <= failed_after[0] + 1, "the loop stopped at the next batch"
     assert not out.exists()
     assert [path.name[:11] for path in folder.glob("*part_*")] == ["part_00000."], "part 0 kept, no temporary left"

@@ -187,9 +187,31 @@ def test_run_failing_for_space_after_embedding_says_the_rerun_resumes(tmp_path, 
         code, message = run_cli(*command)
     assert code == 10 and "the disk is full" in message, message
     said = " ".join(message.split())
-    assert f"then rerun the same command: it resumes from the embeddings kept in {tmp_path / 'r' / '.virnucpro-work'}" in said
+    assert f"a rerun with the same --outdir then resumes from the embeddings kept in {tmp_path / 'r' / '.virnucpro-work'}" in said
     code, message = run_cli(*command)
     assert code == 0 and "already done, reusing it" in message, message
+
+
+def test_run_failing_for_space_before_its_own_embeddings_promises_no_resume(tmp_path, run_cli, reference_dir,
+                                                                            tiny_models, monkeypatch):
+    """An own-fix review's case: embeddings an earlier run (of other inputs) left in the work folder
+    made a later run's failure in prepare say that the rerun resumes from them; it embeds anew."""
+    from virnucpro import predict as predict_module
+    from virnucpro import prepare as prepare_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    common = ("--outdir", tmp_path / "r", "--models", tiny_models, "--device", "cpu", "--threads", "1")
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_module, "write_tables", full)
+        code, message = run_cli("run", reference_dir / "golden/mixed.fa", *common)
+    assert code == 10 and list((tmp_path / "r" / ".virnucpro-work" / "embeddings").glob("*.h5")), message
+    other = write_fasta(tmp_path / "other.fa", 30)
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module.SamplePreparer, "finish", full)
+        code, message = run_cli("run", other, *common)
+    assert code == 10 and "the disk is full" in message and "resumes" not in message, message
 
 
 @pytest.mark.parametrize("checkpoint_dir", [False, True])
@@ -208,3 +230,19 @@ def test_embed_that_cannot_lock_its_checkpoint_folder_leaves_no_folder_it_made(t
         assert done.returncode == 10 and "the disk is full" in done.stderr, done.stderr
         assert "/.virnucpro.lock: the disk is full" in done.stderr, done.stderr  # the checkpoint folder's lock
         assert sorted(p.name for p in disk.rglob("*")) == ["filler", "mine"], done.stderr
+
+
+def test_embed_failing_at_its_first_part_promises_no_parts(tmp_path, run_cli, golden_prepared, tiny_models,
+                                                           monkeypatch):
+    """An own-fix review's case: the first part's failure said "a rerun resumes from the parts already
+    written", with none written (and the checkpoint folder then removed)."""
+    import virnucpro.embed
+
+    def full(handle, arrays):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(virnucpro.embed, "_write_npz", full)
+    code, message = run_cli("embed", golden_prepared / "shards" / "shard_00000.tsv", "--models", tiny_models,
+                            "--out", tmp_path / "s.h5", "--device", "cpu", "--checkpoint-every", 5, "--threads", 1)
+    assert code == 10 and ".part_00000.tmp.npz: the disk is full" in message, message
+    assert "resumes" not in message and not (tmp_path / "s.h5.ckpt").exists(), message

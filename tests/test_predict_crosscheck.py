@@ -589,8 +589,10 @@ def _in_a_folder(sample: Sample, folder: Path) -> Path:
     folder.mkdir()
     for index, path in enumerate(sample.embeddings):
         sample.embeddings[index] = path.rename(folder / path.name)
+    sample.embeddings[-1] = sample.embeddings[-1].rename(sample.embeddings[-1].with_suffix(".H5"))  # any case
     (folder / ".shard_x.h5.partial.h5").write_bytes(b"not hdf5")  # as a temporary file of embed's might be
     (folder / "notes.txt").write_text("not a shard")
+    (folder / "old.h5").mkdir()  # a folder is not looked into, as with a glob
     return folder
 
 

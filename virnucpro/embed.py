@@ -318,8 +318,9 @@ class CheckpointStore:
                 raise storage_failure(exc, tmp) from None
             if open_files_errno(exc) is not None:
                 raise _open_files_limit(exc, f"cannot write checkpoint part {tmp}") from None
+            kept = "; a rerun resumes from the parts already written" if any(self.folder.glob("part_*.npz")) else ""
             raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
-                                   f"{storage_hint(exc)}; a rerun resumes from the parts already written") from None
+                                   f"{storage_hint(exc)}{kept}") from None
 
     def _write_identity(self) -> None:
         """The folder's identity, once, beside its parts (never through a link: created exclusively)."""

@@ -131,6 +131,7 @@ class OutputWriteError(VirnucproError):
     """An output could not be written: disk full, quota, read-only file system, I/O error."""
 
     code = ExitCode.OUTPUT_WRITE
+    lack_of_space = False  # a full disk, inode table or quota (`storage_failure`): freeing space fixes it
 
 
 class HostOutOfMemory(VirnucproError):
@@ -152,6 +153,7 @@ STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
                                   "connected\", a FUSE, sshfs or gcsfuse mount whose connection or process ended)",
                   errno.ESTALE: "the storage went away under this command (\"Stale file handle\": the NFS "
                                 "server lost or replaced the file or folder)"}
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # what freeing space (bytes, or inodes) fixes
 STORAGE_WENT_AWAY_HINT = ("mount the storage again (or wait until the server is back), then rerun the same command: "
                           "it resumes from the work already saved")
 STORAGE_HINTS = {errno.ENOSPC: "free space on that file system (`df -h` shows it) or choose another output location",
@@ -374,7 +376,9 @@ def storage_failure(exc: OSError, path: Path) -> VirnucproError:
         return path_too_long(exc, path)
     note_inodes(exc, path)
     where = exc.filename or (f"into {path}" if os.path.isdir(path) else path)
-    return OutputWriteError(f"cannot write {where}: {storage_error(exc)}", storage_hint(exc))
+    error = OutputWriteError(f"cannot write {where}: {storage_error(exc)}", storage_hint(exc))
+    error.lack_of_space = storage_errno(exc) in SPACE_ERRNOS
+    return error
 
 
 def out_of_inodes(path: Path) -> bool:

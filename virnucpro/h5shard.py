@@ -487,7 +487,9 @@ def shard_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def _named_as_shard(path: Path) -> bool:
-    return path.suffix == ".h5" and not path.name.startswith(".")
+    """An entry of a folder of shards that is read as one: a visible `.h5` (any case) that is no folder
+    (a folder is not looked into, as with a glob)."""
+    return path.suffix.lower() == ".h5" and not path.name.startswith(".") and not path.is_dir()
 
 
 def read_info(path: Path) -> EmbeddingShardInfo:

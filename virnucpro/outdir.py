@@ -1066,6 +1066,7 @@ class OutputFolder:
         self.names = tuple(names)  # the top-level entries this kind of output consists of
         self.recorded: dict[str, list[int]] = {}
         self.published = False  # whether this command has moved any output in yet
+        self.cut_short = False  # whether the record says an earlier publish was cut short (`check`)
         self._along: list[tuple[Path | None, list[str]]] = []  # see `with_next_publish`
 
     def check(self) -> None:
@@ -1082,6 +1083,14 @@ class OutputFolder:
                 self.recorded[rel] = signature
         self._refuse_unproven("which virnucpro did not write (or which changed since it did)",
                               written_by=marker.get("virnucpro_version"))
+        self.cut_short = bool(marker.get("publishing"))
+
+    def holds_a_whole_earlier_output(self) -> bool:
+        """Whether the folder holds a whole earlier output, as `check` found it: its mark of a complete
+        set recorded, no publish cut short, and every file recorded still there (`check` refused
+        those there that are not as recorded)."""
+        return (bool(self.names) and self.names[-1] in self.recorded and not self.cut_short
+                and all(_signature_or_none(self.folder / rel) is not None for rel in self.recorded))
 
     def _refuse_without_record(self, entries: list[str]) -> None:
         """Refuse (exit 3) a folder without a record that is not empty, naming everything in the way at
@@ -1523,7 +1532,7 @@ def _undone_unless_published(output: OutputFolder, lock: HeldLock) -> Iterator[N
 def _say_earlier_output_kept(output: OutputFolder, exc: BaseException) -> None:
     """A write that failed before publishing (a full disk) left an earlier complete output of the
     folder as it was: its message says so, so that nobody reruns or deletes for fear of a half-set."""
-    if isinstance(exc, OutputWriteError) and output.names and output.names[-1] in output.recorded:
+    if isinstance(exc, OutputWriteError) and output.holds_a_whole_earlier_output():
         exc.message += f"; the earlier output in {output.folder} is as it was"
 
 

@@ -24,8 +24,7 @@ from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import (BadInputError, InterruptedByUser, OutputWriteError, StoppedWithNothingKept,
                               StoppedWithOutputsInPlace, VirnucproError, check_stop, naming, output_errors, outputs_in_place,
-                              printable, stop_arrived, stop_received, stop_signals_deferred, storage_errno,
-                              storage_failure)
+                              printable, stop_arrived, stop_received, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import STDIN, unicode_text
 
@@ -328,10 +327,6 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
         kept_nothing = not embedded and not prepared
         if stopped and (not isinstance(exc, InterruptedByUser) or kept_nothing != isinstance(exc, StoppedWithNothingKept)):
             raise stop_received(keeping_nothing=kept_nothing) from None  # the stop says what the rerun finds
-        error = storage_failure(exc, work) if storage_errno(exc) is not None else exc
-        if embedded and isinstance(error, OutputWriteError) and "rerun" not in (error.hint or ""):
-            error.hint = f"{error.hint}; then rerun the same command: it resumes from the embeddings kept in {work}"
-            raise error from None
         raise
 
 
@@ -351,6 +346,18 @@ def _drop_other_embeddings(folder: Path, current: list[Path]) -> None:
             path.unlink()
 
 
+@contextmanager
+def _resumed_after_a_lack_of_space(work: Path) -> Iterator[None]:
+    """Predict's failure for lack of space (every shard of this run embedded, kept in `work`): its fix
+    says that a rerun into the same folder, once there is space, resumes from those embeddings."""
+    try:
+        yield
+    except OutputWriteError as error:
+        if error.lack_of_space:
+            error.hint = f"{error.hint}; a rerun with the same --outdir then resumes from the embeddings kept in {work}"
+        raise
+
+
 def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path], setup: Setup,
                          threshold: float, seconds: dict, keep_embeddings: bool, input_names: list[str]) -> None:
     """The predict stage into the run's folder, its outputs naming the inputs as this run was given
@@ -363,7 +370,8 @@ def _predict_and_publish(output: OutputFolder, work: Path, embeddings: list[Path
         output.with_next_publish(work, [KEPT])
     else:
         output.with_next_publish(None, [KEPT])
-    predict(work / "prepared", embeddings, output.folder, classifier=setup.classifier, threshold=threshold,
-            stage_seconds=seconds, output=output, input_names=input_names, loaded_classifier=setup.classifier_model)
+    with _resumed_after_a_lack_of_space(work):
+        predict(work / "prepared", embeddings, output.folder, classifier=setup.classifier, threshold=threshold,
+                stage_seconds=seconds, output=output, input_names=input_names, loaded_classifier=setup.classifier_model)
     if keep_embeddings:
         info(f"embeddings kept in {output.folder / KEPT}")
