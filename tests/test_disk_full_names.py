@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -246,3 +247,25 @@ def test_embed_failing_at_its_first_part_promises_no_parts(tmp_path, run_cli, go
                             "--out", tmp_path / "s.h5", "--device", "cpu", "--checkpoint-every", 5, "--threads", 1)
     assert code == 10 and ".part_00000.tmp.npz: the disk is full" in message, message
     assert "resumes" not in message and not (tmp_path / "s.h5.ckpt").exists(), message
+
+
+@pytest.mark.parametrize("earlier", ["a table deleted", "a publish cut short"])
+def test_a_full_disk_over_an_incomplete_earlier_output_claims_nothing_of_it(tmp_path, golden_prepared,
+                                                                           golden_embeddings, tiny_models, earlier):
+    """An own-fix review's case: "the earlier output ... is as it was" was said of a folder whose record
+    named a complete set that was no longer there (files deleted, or a publish killed midway)."""
+    command = CLI + ["predict", "--prepared", str(golden_prepared), "--embeddings",
+                     *map(str, golden_embeddings), "--models", str(tiny_models)]
+    with tmpfs(tmp_path / "mnt", "4m") as disk:
+        out = disk / "out"
+        assert subprocess.run(command + ["--outdir", str(out)], capture_output=True).returncode == 0
+        if earlier == "a table deleted":
+            (out / "chunks.tsv").unlink()
+        else:
+            marker = json.loads((out / ".virnucpro.json").read_text())
+            marker["publishing"] = {"chunks.tsv": marker["files"]["chunks.tsv"]}
+            (out / ".virnucpro.json").write_text(json.dumps(marker))
+        leave_free(disk, 4096)
+        again = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
+    assert again.returncode == 10 and "the disk is full" in again.stderr, again.stderr
+    assert "earlier output" not in again.stderr, again.stderr
