@@ -4,6 +4,7 @@ without -resume), for the prepare manifest, a prepare shard and an embedding fil
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -107,7 +108,48 @@ def test_predict_says_when_it_scores_embeddings_another_version_wrote(sample, ti
         handle.attrs["virnucpro_version"] = "0.1.0"
     code, err = run_cli("predict", *common, "--outdir", tmp_path / "other")
     assert code == 0, err
-    assert f"embedding shards were written by virnucpro 0.1.0, this is {__version__}" in err, err
+    said = " ".join(err.split())
+    assert f"1 embedding shard(s) were written by virnucpro 0.1.0, this is {__version__}: {embeddings[-1]};" in said, err
     same, other = (json.loads((tmp_path / name / "run_info.json").read_text()) for name in ("same", "other"))
     assert same["stage_versions"] == {"prepare": __version__, "embed": [__version__]}, same
     assert other["stage_versions"] == {"prepare": __version__, "embed": sorted(["0.1.0", __version__])}, other
+
+
+def test_an_older_embedding_file_is_refused_naming_its_format(tmp_path, run_cli, sample, tiny_models):
+    """An upgrade review's case: an embedding file of a virnucpro before sealed files (format 1 or 2:
+    HDF5 from its first byte) was "not a valid virnucpro embedding shard", no format named, though the
+    docs promise both formats named."""
+    import h5py
+
+    prepared, _embeddings = sample
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as handle:
+        handle.attrs["format_version"] = 2
+        handle.attrs["virnucpro_version"] = "0.1.0"
+    code, err = run_cli("predict", "--prepared", prepared, "--embeddings", old, "--outdir", tmp_path / "out",
+                        "--models", tiny_models)
+    assert code == 5 and "has format_version 2: an older virnucpro wrote it" in err and "reads version 3" in err, err
+    assert "rerun `virnucpro embed`" in err, err
+
+
+def test_a_run_work_folder_holding_an_older_checkpoint_lock_is_resumed(tmp_path, run_cli, reference_dir,
+                                                                       tiny_models, monkeypatch):
+    """An upgrade review's case: 0.1.0 named its checkpoint folder's lock `lock` (until Nov 30); `run`
+    refused its own work folder holding one, saying virnucpro never writes that file there."""
+    from virnucpro import predict as predict_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "r"
+    command = ("run", reference_dir / "golden/mixed.fa", "--outdir", out, "--models", tiny_models, "--device", "cpu",
+               "--threads", "1")
+    with monkeypatch.context() as patch:  # a run that stops with its work kept
+        patch.setattr(predict_module, "write_tables", full)
+        assert run_cli(*command)[0] == 10
+    older = out / ".virnucpro-work" / "checkpoints" / ("c" * 64)
+    older.mkdir(parents=True)
+    (older / "lock").write_text("")
+    code, message = run_cli(*command)
+    assert code == 0 and "already done, reusing it" in message, message
+    assert not (out / ".virnucpro-work").exists()

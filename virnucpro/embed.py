@@ -404,9 +404,12 @@ def _note_other_checkpoints(own: Path) -> None:
                   and re.fullmatch(SHA256_HEX, key.name) and key.is_dir() and not key.is_symlink()]
         if others:
             size = sum(part.stat().st_size for key in others for part in key.iterdir() if PART_NAME.fullmatch(part.name))
+            older = sum(1 for key in others if not _identity_of(key))  # recording none: before versioned keys
             info(f"{parent} still holds checkpoints of {len(others)} other embed(s) into this output (another "
                  f"shard, models, precision or virnucpro version; {size / 1e6:,.1f} MB), used only if that embed "
-                 "runs again with the same virnucpro: delete the folder when none will")
+                 "runs again with the same virnucpro" + (f" ({older} of them by a virnucpro older than {__version__}, "
+                                                          "which no later one uses)" if older else "")
+                 + ": delete the folder when none will")
 
 
 def _note_foreign_files(folder: Path, outcome: str, say=info, like: str = "*") -> None:

@@ -35,6 +35,7 @@ from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError
 from virnucpro.outdir import new_temporary_file, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file without a user block
 FORMAT_VERSION = 3  # 2: the sha256 of each vector dataset is stored and checked by every full read; 3: sealed
 ROWS_PER_WRITE = 8192
 VECTORS = ("dnabert_s", "esm2")
@@ -147,6 +148,7 @@ def _checked_seal(path: Path, handle) -> bytes:
     block = handle.read(SEAL_BYTES)
     if not block.startswith(SEAL_MAGIC):
         _refuse_prepare_shard(path, block)
+        _refuse_older_format(path, block)
         what = "it is empty" if not block else ("it does not start with the seal virnucpro embed writes "
                                                 "(cut short, or written by another program or an older "
                                                 "virnucpro)")
@@ -155,6 +157,21 @@ def _checked_seal(path: Path, handle) -> bytes:
         raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
                                       "the seal embed wrote in its first bytes)", REEMBED_HINT)
     return block
+
+
+def _refuse_older_format(path: Path, head: bytes) -> None:
+    """Exit 5 naming the format version of an embedding file an older virnucpro wrote, before files were
+    sealed (format 3): an HDF5 file from its first byte, its version in an attribute. A file that
+    does not read so is left to the caller's refusal."""
+    if not head.startswith(HDF5_SIGNATURE):
+        return
+    try:
+        with _h5py().File(path, "r") as handle:
+            found = handle.attrs.get("format_version")
+    except Exception:  # noqa: BLE001 - damaged or not ours: the caller's refusal says so
+        return
+    if isinstance(found, (int, np.integer)) and int(found) < FORMAT_VERSION:
+        raise other_format(path, "", int(found), FORMAT_VERSION, "rerun `virnucpro embed`")
 
 
 def _refuse_prepare_shard(path: Path, head: bytes) -> None:

@@ -1239,7 +1239,8 @@ class OutputFolder:
                                  "or choose another folder")
         fix = f"move {_these(rels)}{_with_folders(holding or [], len(rels))}, or choose another folder"
         if lost_record:
-            fix = (f"{fix}; if it is virnucpro's unfinished work whose record {MARKER_NAME} was lost, "
+            fix = (f"{fix}; if it is virnucpro's unfinished work whose record {MARKER_NAME} was lost (or never "
+                   "written: the first 0.1.0 builds wrote none), "
                    + self._record_fix("to keep it"))
         return BadInputError(f"{self.what} {self.folder} holds {shown}, {why}; virnucpro never "
                              "replaces files it did not write", fix)

@@ -123,10 +123,13 @@ def _check_same_models(shards: list[h5shard.EmbeddingShardInfo], chunk_size: int
 def _warn_other_versions(shards: list[h5shard.EmbeddingShardInfo]) -> None:
     """Embeddings another virnucpro version wrote (in this format) are scored, said so: `embed` never
     reuses them as its own, since another version may compute other vectors."""
-    other = sorted({s.virnucpro_version for s in shards} - {__version__})
-    if other:
-        warn(f"embedding shards were written by virnucpro {', '.join(other)}, this is {__version__}: their vectors "
-             "are scored as that version computed them (embed them again with this version to be sure)")
+    older = [s for s in shards if s.virnucpro_version != __version__]
+    if older:
+        named = ", ".join(str(s.path) for s in older[:3]) + (f" and {len(older) - 3:,} more" if len(older) > 3 else "")
+        versions = ", ".join(sorted({str(s.virnucpro_version) for s in older}))
+        warn(f"{len(older):,} embedding shard(s) were written by virnucpro {versions}, this is {__version__}: "
+             f"{named}; their vectors are scored as that version computed them (embed them again with this "
+             "version to be sure)")
 
 
 # --- ids and counts from the input records to the embedding rows ----------------------------------

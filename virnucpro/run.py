@@ -44,7 +44,7 @@ def _work_files() -> re.Pattern:
     prepared = "|".join(f"(?:{alternative})" for alternative in _prepare_alternatives())
     checkpoint_files = "|".join([embed.PART_NAME.pattern, embed.PART_TMP_NAME.pattern, OURS,
                                  rf"{re.escape(embed.WAITING_PREFIX)}[^/]*", re.escape(embed.IDENTITY_NAME),
-                                 embed.IDENTITY_TMP_NAME.pattern])
+                                 embed.IDENTITY_TMP_NAME.pattern, "lock"])  # lock: 0.1.0's, until Nov 30
     return work_pattern(
         rf"prepared(?:/(?:{prepared}))?",
         r"embeddings(?:/\.?shard_[0-9]+\.h5(?:\.[^/]*)?)?",  # the files, their locks and temporaries
