@@ -12,10 +12,12 @@ import pytest
 
 
 @contextmanager
-def tmpfs(point: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` (e.g. "256k") mounted at `point` (made if needed) while the block runs."""
+def tmpfs(point: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "256k"; room for `inodes` files and folders, its root one of them, when
+    given) mounted at `point` (made if needed) while the block runs."""
     point.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:

@@ -5,7 +5,6 @@ are opened through `open_output`, which adds it."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -133,19 +132,6 @@ def test_predict_on_a_full_disk_keeps_the_earlier_output_and_says_so(tmp_path, g
         assert rerun.returncode == 0, rerun.stderr
 
 
-@contextlib.contextmanager
-def few_inodes(point: Path, inodes: int):
-    """A tmpfs with room for bytes but only `inodes` files and folders (its root one of them)."""
-    point.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=4m,nr_inodes={inodes}", "tmpfs", str(point)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=True)
-
-
 NO_INODES = "no free inodes are left on the file system"
 
 
@@ -155,7 +141,7 @@ def test_prepare_out_of_inodes_says_so_though_its_clean_up_freed_them(tmp_path, 
     freed the inodes again, so a full inode table was called a full disk, with a fix (free space) that
     does not help."""
     fasta = write_fasta(tmp_path / "big.fa", 400)
-    with few_inodes(tmp_path / "mnt", inodes) as disk:
+    with tmpfs(tmp_path / "mnt", "4m", inodes=inodes) as disk:
         done = subprocess.run(CLI + ["prepare", str(fasta), "--outdir", str(disk / "p"), "--shard-size", "20",
                                      "--threads", "1"], capture_output=True, text=True)
     assert done.returncode == 10 and NO_INODES in done.stderr and "disk is full" not in done.stderr, done.stderr
@@ -165,7 +151,7 @@ def test_prepare_out_of_inodes_says_so_though_its_clean_up_freed_them(tmp_path, 
 def test_embed_out_of_inodes_for_a_checkpoint_part_says_so(tmp_path, golden_prepared, tiny_models):
     """The part's temporary file was removed before the inode check."""
     shard = golden_prepared / "shards" / "shard_00000.tsv"
-    with few_inodes(tmp_path / "mnt", 7) as disk:
+    with tmpfs(tmp_path / "mnt", "4m", inodes=7) as disk:
         done = subprocess.run(CLI + ["embed", str(shard), "--out", str(disk / "e.h5"), "--models", str(tiny_models),
                                      "--device", "cpu", "--threads", "1", "--checkpoint-every", "10"],
                               capture_output=True, text=True)
