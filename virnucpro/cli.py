@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -413,6 +414,19 @@ def _access_fix(path: Optional[Path]) -> str:
     return access_hint(path, "r")
 
 
+REPORT_SECONDS = 10.0
+
+
+def _exit_anyway_after_the_report(code: int) -> None:
+    """The command has ended (its clean-up done, its checkpoints kept) and only its last message is
+    left: should writing it block (a terminal that stopped reading: Ctrl-S, a stalled ssh link),
+    the process still ends with `code` after REPORT_SECONDS, instead of hanging on after a stop
+    signal (which it ignores from its first one on)."""
+    timer = threading.Timer(REPORT_SECONDS, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
 ONLY_WRITES_FAIL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # errnos a read never meets
 
 
@@ -449,6 +463,8 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
         with stop_signals_exit_interrupted(exiting):
             app(args=argv, prog_name="virnucpro")
     except VirnucproError as exc:
+        if exiting:
+            _exit_anyway_after_the_report(int(exc.code))
         error(str(exc))
         sys.exit(int(exc.code))
     except OSError as exc:

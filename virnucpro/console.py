@@ -48,6 +48,32 @@ def silence_dead_stream(stream) -> None:
         os.close(devnull)
 
 
+class LogStream:
+    """stderr as the log (the console script's): a write or flush that fails there (a full disk under
+    the log file, a descriptor closed or opened read-only, a terminal gone) points it at /dev/null
+    and the command goes on; its exit code is its own, never that of the log (a usage error stays
+    exit 2, not 10 for a "disk full" that only the log met)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            silence_dead_stream(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            silence_dead_stream(self._stream)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def _survive_broken_pipe(self: Console) -> None:
     """rich's hook when a write meets a closed pipe. Its own raised SystemExit(1), which ended a run
     in the middle (its work deleted) with no message, and sent stdout, not the dead stream, to

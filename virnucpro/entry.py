@@ -98,15 +98,38 @@ def _outside_lists(text: str) -> str:
 
 def _tolerant_standard_streams() -> None:
     """Write what stdout and stderr cannot encode as escapes (`\\u2026`) instead of failing: under a
-    locale that is not UTF-8 (LC_ALL=tr_TR.ISO-8859-9, PYTHONIOENCODING=latin-1) the help's `…`, or a
-    file name in a message, raised UnicodeEncodeError and `--help` ended as a bug report (exit 1). A
-    stream already lenient (stderr's own backslashreplace, surrogateescape) is left as it is."""
+    locale that is not UTF-8 (LC_ALL=C, tr_TR.ISO-8859-9, PYTHONIOENCODING=latin-1) the help's `…`, or a
+    file name in a message, raised UnicodeEncodeError and `--help` ended as a bug report (exit 1).
+    Surrogate escapes (a file name that is not UTF-8) still go out as their original bytes. stderr,
+    the log, becomes `LogStream`: a write there that fails loses the log, never the command."""
+    import codecs
+
+    codecs.register_error(ESCAPES, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(errors="backslashreplace")
+                stream.reconfigure(errors=ESCAPES)
             except (OSError, ValueError):
                 pass  # a stream that is gone or closed: nothing will be written there
+    if sys.stderr is not None:
+        from virnucpro.console import LogStream
+
+        sys.stderr = LogStream(sys.stderr)
+
+
+ESCAPES = "virnucpro-escapes"  # the error handler of `_escape_unencodable`
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[bytes, int]:
+    """A codec error handler: a surrogate escape (a byte of a name that is not UTF-8) written as that
+    byte, as `surrogateescape` does; any other character the encoding lacks as a backslash escape."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for char in exc.object[exc.start:exc.end]:
+        code = ord(char)
+        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else char.encode("ascii", "backslashreplace")
+    return bytes(out), exc.end
 
 
 def _flush_standard_streams() -> None:
