@@ -6,6 +6,7 @@ shard and settings in the default folder when --checkpoint-dir names another one
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -118,12 +119,16 @@ def test_checkpoints_of_a_virnucpro_before_versioned_keys_are_named(tmp_path, ru
     monkeypatch.setattr(CheckpointStore, "_write_identity", lambda self: None)
     folder = kept_checkpoints(tmp_path / "s.h5", golden_prepared, tiny_models, monkeypatch)
     monkeypatch.undo()
+    current = folder.parent / ("d" * 64)  # another embed's of this version: it records its identity
+    current.mkdir()
+    (current / virnucpro.embed.IDENTITY_NAME).write_text(json.dumps({"shard": "0" * 64, "version": __version__}))
     code, message = embed_cli(run_cli, golden_prepared, tiny_models, tmp_path / "s.h5")
     assert_computed_whole(code, message)
     assert (f"{folder} holds checkpoints of this shard written by a virnucpro older than {__version__}"
             in message), message
     # the closing note on what stays does not ask to keep them for a rerun (an upgrade review's case)
-    assert f"(1 of them by a virnucpro older than {__version__}, which no later one uses)" in " ".join(message.split())
+    said = " ".join(message.split())
+    assert "checkpoints of 2 other embed(s)" in said and f"(1 of them by a virnucpro older than {__version__}" in said
 
 
 def test_an_identity_file_nested_past_pythons_limit_is_no_failure(tmp_path, run_cli, golden_prepared, tiny_models):

@@ -82,6 +82,26 @@ def test_a_failed_close_names_its_file(full_disk):
     assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(full_disk / "small.tsv")
 
 
+@pytest.mark.parametrize("lines", [False, True])
+def test_the_end_of_a_with_block_closes_and_names_the_file(full_disk, lines):
+    """A mutation review's case: a `with` block that did not close left the last buffered rows to
+    garbage collection, which drops its error: an empty table and no failure."""
+    with pytest.raises(OSError) as failed:
+        with open_output(full_disk / "table.tsv", "w") as out:
+            out.writelines(["row\n"] * 100) if lines else out.write("row\n" * 100)
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(full_disk / "table.tsv")
+
+
+@pytest.mark.parametrize("code, hint, not_in", [
+    (errno.ENOSPC, "`df -h`", "permissions"), (errno.EDQUOT, "`quota -s`", "df -h"),
+    (errno.EROFS, "writable file system", "free space"), (errno.EACCES, "fix the permissions", "free space"),
+    (errno.EIO, "`dmesg`", "free space"), (errno.EFBIG, "ulimit -f unlimited", "free space")])
+def test_each_storage_failure_has_its_own_fix(code, hint, not_in):
+    error = storage_failure(OSError(code, os.strerror(code), "/x/t.tsv"), Path("/x"))
+    assert hint in error.hint and not_in not in error.hint, error.hint
+    assert error.lack_of_space == (code in (errno.ENOSPC, errno.EDQUOT))
+
+
 def test_naming_keeps_a_name_the_error_has():
     with pytest.raises(OSError) as failed, naming(Path("/elsewhere")):
         raise OSError(errno.ENOSPC, "No space left on device", "/the/file")
@@ -108,7 +128,7 @@ def test_prepare_on_a_full_disk_names_the_file(tmp_path):
                               capture_output=True, text=True)
     assert done.returncode == 10 and "Traceback" not in done.stderr, done.stderr
     hit = named_file(done.stderr)
-    assert hit != disk / "out" and (disk / "out") in hit.parents, done.stderr
+    assert (disk / "out") in hit.parents and not hit.name.startswith(".virnucpro"), done.stderr  # a file, no folder
     assert "earlier output" not in done.stderr, done.stderr  # there was none
 
 
@@ -124,7 +144,7 @@ def test_predict_on_a_full_disk_keeps_the_earlier_output_and_says_so(tmp_path, g
         leave_free(disk, sum(p.stat().st_size for p in out.iterdir()) // 3)
         again = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
         assert again.returncode == 10 and "Traceback" not in again.stderr, again.stderr
-        assert out in named_file(again.stderr).parents, again.stderr
+        assert out in named_file(again.stderr).parents and named_file(again.stderr).name != ".predict.partial"
         assert f"the earlier output in {out} is as it was" in again.stderr, again.stderr
         assert digests(out) == before
         os.unlink(disk / "filler")
@@ -158,6 +178,23 @@ def test_embed_out_of_inodes_for_a_checkpoint_part_says_so(tmp_path, golden_prep
     assert done.returncode == 10 and NO_INODES in done.stderr and "disk is full" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("code, promised", [(errno.EROFS, False), (errno.EIO, False), (errno.EFBIG, False),
+                                            (errno.EDQUOT, True)])
+def test_run_promises_a_resume_only_where_freeing_space_is_the_fix(tmp_path, run_cli, reference_dir, tiny_models,
+                                                                   monkeypatch, code, promised):
+    """A mutation review's case: any storage failure in predict could have promised the resume that
+    only follows freeing space (a read-only file system stays read-only on the rerun)."""
+    from virnucpro import predict as predict_module
+
+    def failing(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(predict_module, "write_tables", failing)
+    code_, message = run_cli("run", reference_dir / "golden/mixed.fa", "--outdir", tmp_path / "r", "--models",
+                             tiny_models, "--device", "cpu", "--threads", "1")
+    assert code_ == 10 and ("a rerun with the same --outdir then resumes" in " ".join(message.split())) == promised
+
+
 def test_run_failing_for_space_after_embedding_says_the_rerun_resumes(tmp_path, run_cli, reference_dir, tiny_models,
                                                                       monkeypatch):
     """A disk-full review's case: a run whose predict step found the disk full kept its embeddings for
@@ -174,7 +211,7 @@ def test_run_failing_for_space_after_embedding_says_the_rerun_resumes(tmp_path, 
         code, message = run_cli(*command)
     assert code == 10 and "the disk is full" in message, message
     said = " ".join(message.split())
-    assert f"a rerun with the same --outdir then resumes from the embeddings kept in {tmp_path / 'r' / '.virnucpro-work'}" in said
+    assert f"resumes from the embeddings kept in {tmp_path / 'r' / '.virnucpro-work'}\n" in message.replace("\n  ", " ") + "\n"
     code, message = run_cli(*command)
     assert code == 0 and "already done, reusing it" in message, message
 
@@ -255,3 +292,57 @@ def test_a_full_disk_over_an_incomplete_earlier_output_claims_nothing_of_it(tmp_
         again = subprocess.run(command + ["--outdir", str(out)], capture_output=True, text=True)
     assert again.returncode == 10 and "the disk is full" in again.stderr, again.stderr
     assert "earlier output" not in again.stderr, again.stderr
+
+
+PREDICT_FILES = {"prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "sequences.tsv",
+                 "report.html", "run_info.json", ".virnucpro.json", ".virnucpro.json.tmp"}
+
+
+def test_predict_names_the_file_wherever_the_disk_fills(tmp_path, run_cli, golden_prepared, golden_embeddings,
+                                                        tiny_models):
+    """A mutation review's case: only the first write was checked; a later one that names no file (the
+    report, run_info.json, the highest-score table's runs, the record) fell back to the staging folder.
+    The disk fills at each page of predict's outputs in turn: every failure names one of its files."""
+    args = ["--prepared", golden_prepared, "--embeddings", *golden_embeddings, "--models", tiny_models]
+    with tmpfs(tmp_path / "mnt", "2m") as disk:
+        assert run_cli("predict", *args, "--outdir", disk / "first")[0] == 0
+        pages = -(-sum(p.stat().st_size for p in (disk / "first").rglob("*") if p.is_file()) // 4096) + 8
+        shutil.rmtree(disk / "first")
+        named = set()
+        for free in range(0, pages):
+            leave_free(disk, free * 4096)
+            code, message = run_cli("predict", *args, "--outdir", disk / f"o{free}")
+            os.unlink(disk / "filler")
+            if code == 0:
+                break
+            assert code == 10, message
+            hit = named_file(message)
+            assert hit.name in PREDICT_FILES or hit.name.startswith("run_") or hit.name.endswith(".lock"), message
+            named.add(hit.name)
+    assert code == 0 and len(named) >= 3, named  # the sweep met several files, then had room enough
+
+
+def _inode_sweep(tmp_path, command) -> int:
+    """`command(folder)` on file systems of 2, 3, ... inodes until it succeeds: every failure before
+    must say that the inodes, not the space, ran out. Returns how many failed."""
+    for inodes in range(2, 60):
+        with tmpfs(tmp_path / f"mnt{inodes}", "8m", inodes=inodes) as disk:
+            code, message = command(disk)
+        if code == 0:
+            return inodes - 2
+        assert code == 10 and NO_INODES in message and "disk is full" not in message, (inodes, message)
+    raise AssertionError("never succeeded")
+
+
+def test_predict_and_run_out_of_inodes_say_so_wherever_it_happens(tmp_path, run_cli, golden_prepared,
+                                                                  golden_embeddings, tiny_models, reference_dir):
+    """A mutation review's case: predict's and run's clean-ups freed the inodes before the check, and
+    embed's HDF5 file and the folder's record were never checked: "the disk is full" again."""
+    predict = ["predict", "--prepared", golden_prepared, "--embeddings", *golden_embeddings, "--models", tiny_models]
+    assert _inode_sweep(tmp_path / "p", lambda disk: run_cli(*predict, "--outdir", disk / "o")) >= 3
+    run = ["run", write_fasta(tmp_path / "in.fa", 30), "--models", tiny_models, "--device", "cpu", "--threads", "1"]
+    assert _inode_sweep(tmp_path / "r", lambda disk: run_cli(*run, "--outdir", disk / "o")) >= 3
+    shard = golden_prepared / "shards" / "shard_00000.tsv"
+    embed = ["embed", shard, "--models", tiny_models, "--device", "cpu", "--threads", "1",
+             "--checkpoint-dir", tmp_path / "ckpt"]  # the parts elsewhere: the HDF5 file meets the limit
+    assert _inode_sweep(tmp_path / "e", lambda disk: run_cli(*embed, "--out", disk / "e.h5")) >= 1

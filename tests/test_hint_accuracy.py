@@ -6,6 +6,7 @@ that fails the same way; an option is named only where the command has it (`run`
 from __future__ import annotations
 
 import itertools
+import errno
 import os
 import random
 import subprocess
@@ -174,3 +175,14 @@ def test_embed_of_a_command_output_as_models_still_names_models_option(prepare_o
     with pytest.raises(ModelsError) as caught:
         store.locate(prepare_output)
     assert "--models DIR" in caught.value.hint and "models check" not in caught.value.hint
+
+
+@pytest.mark.parametrize("code, says", [(errno.ESTALE, "mount the storage again"), (errno.ENOTCONN, "mount the storage again"),
+                                        (errno.EFBIG, RAISE_LIMIT), (errno.ENOSPC, "another --dest")])
+def test_a_download_failure_gets_the_fix_another_dest_gives_only_where_it_helps(code, says, tmp_path):
+    """A mutation review's case: storage that went away would have been told to free space or take
+    another --dest (the mount is what to fix), as a file-size limit once was."""
+    from virnucpro.models.download import _write_error
+
+    error = _write_error(tmp_path / "x.part", OSError(code, os.strerror(code)))
+    assert error.code == ExitCode.OUTPUT_WRITE and says in error.hint, error.hint

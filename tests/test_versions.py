@@ -110,6 +110,13 @@ def test_predict_says_when_it_scores_embeddings_another_version_wrote(sample, ti
     assert code == 0, err
     said = " ".join(err.split())
     assert f"1 embedding shard(s) were written by virnucpro 0.1.0, this is {__version__}: {embeddings[-1]};" in said, err
+    for path in embeddings[:4]:
+        with edited_shard(path) as handle:
+            handle.attrs["virnucpro_version"] = "0.1.1"
+    code, err = run_cli("predict", *common, "--outdir", tmp_path / "five")
+    said = " ".join(err.split())
+    assert (f"5 embedding shard(s) were written by virnucpro 0.1.0, 0.1.1, this is {__version__}: "
+            f"{embeddings[0]}, {embeddings[1]}, {embeddings[2]} and 2 more;") in said, err
     same, other = (json.loads((tmp_path / name / "run_info.json").read_text()) for name in ("same", "other"))
     assert same["stage_versions"] == {"prepare": __version__, "embed": [__version__]}, same
     assert other["stage_versions"] == {"prepare": __version__, "embed": sorted(["0.1.0", __version__])}, other
@@ -149,7 +156,10 @@ def test_a_run_work_folder_holding_an_older_checkpoint_lock_is_resumed(tmp_path,
         assert run_cli(*command)[0] == 10
     older = out / ".virnucpro-work" / "checkpoints" / ("c" * 64)
     older.mkdir(parents=True)
-    (older / "lock").write_text("")
+    (older / "mylock").write_text("")  # a name like it is no file of virnucpro's: refused, kept
+    code, message = run_cli(*command)
+    assert code == 3 and "mylock" in message and (older / "mylock").exists(), message
+    (older / "mylock").rename(older / "lock")
     code, message = run_cli(*command)
     assert code == 0 and "already done, reusing it" in message, message
     assert not (out / ".virnucpro-work").exists()

@@ -53,7 +53,7 @@ from typing import Iterable, Iterator
 
 from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, naming, not_a_folder,
-                              note_inodes, output_errors, outputs_in_place, printable, refused_name,
+                              output_errors, outputs_in_place, printable, refused_name,
                               stop_signals_deferred, storage_errno, storage_failure)
 from virnucpro.errors import resolved as resolved_path
 
@@ -1358,8 +1358,7 @@ def _write_synced(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException as exc:  # a full disk, say: the file is ours (created exclusively), cut short
-        note_inodes(exc, path)  # before it goes: it may hold the last inode
+    except BaseException:  # a full disk, say: the file is ours (created exclusively), cut short
         path.unlink(missing_ok=True)
         raise
 

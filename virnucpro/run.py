@@ -23,7 +23,7 @@ from virnucpro import __version__
 from virnucpro import prepared as fmt
 from virnucpro.console import info
 from virnucpro.errors import (BadInputError, InterruptedByUser, OutputWriteError, StoppedWithNothingKept,
-                              StoppedWithOutputsInPlace, VirnucproError, check_stop, naming, output_errors, outputs_in_place,
+                              StoppedWithOutputsInPlace, VirnucproError, check_stop, output_errors, outputs_in_place,
                               printable, stop_arrived, stop_received, stop_signals_deferred)
 from virnucpro.outdir import OutputFolder, check_work_folder, claim, is_regular, remove_written, work_pattern
 from virnucpro.seqio import STDIN, unicode_text
@@ -312,8 +312,7 @@ def _work_kept_if_resumable(work: Path) -> Iterator[None]:
     nothing behind). A work folder that is a link, or holds files a run never writes, is refused."""
     check_work_folder(work, _work_files(), WORK_WHAT)
     try:
-        with naming(work):  # a full disk told from a full inode table before the clean-up
-            yield
+        yield
     except StoppedWithOutputsInPlace:  # the outputs are complete: the work folder goes as after a success
         with stop_signals_deferred():
             remove_written(work, _work_files())
