@@ -137,6 +137,11 @@ def test_an_older_embedding_file_is_refused_naming_its_format(tmp_path, run_cli,
                         "--models", tiny_models)
     assert code == 5 and "has format_version 2: an older virnucpro wrote it" in err and "reads version 3" in err, err
     assert "rerun `virnucpro embed`" in err, err
+    with h5py.File(old, "w") as handle:  # this format, but no seal: no older virnucpro's, whatever it is
+        handle.attrs["format_version"] = 3
+    code, err = run_cli("predict", "--prepared", prepared, "--embeddings", old, "--outdir", tmp_path / "out",
+                        "--models", tiny_models)
+    assert code == 5 and "older virnucpro wrote it" not in err and "does not start with the seal" in err, err
 
 
 def test_a_run_work_folder_holding_an_older_checkpoint_lock_is_resumed(tmp_path, run_cli, reference_dir,

@@ -17,7 +17,8 @@ from typing import List, Optional
 import typer
 
 from virnucpro import __version__
-from virnucpro.console import error, silence_dead_stream
+from virnucpro.console import error
+from virnucpro.streams import silence_dead_stream
 from virnucpro.crash import report_bug
 from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, access_hint, denied_folder, home_expanded,
                               is_panic, printable, stop_keeps_nothing, stop_signals_exit_interrupted, storage_errno, storage_error,

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from virnucpro.errors import printable
+from virnucpro.streams import silence_dead_stream
 
 MIN_COLUMNS = 20  # narrower than this, COLUMNS is a mistake (COLUMNS=0 made rich print nothing at all)
 MAX_COLUMNS = 1000  # wider than this, too (COLUMNS=10000000 padded one error line to 70 MB)
@@ -31,47 +32,6 @@ def drop_unusable_columns() -> None:
     typer's help and usage errors) falls back to the terminal's width, or 80 off a terminal."""
     if "COLUMNS" in os.environ and columns_from_environment() is None:
         del os.environ["COLUMNS"]
-
-
-def silence_dead_stream(stream) -> None:
-    """Point the file descriptor of `stream`, whose reader is gone (`| head -1`), at /dev/null, so
-    that later writes and the interpreter's flush at exit succeed unseen (the recipe of the Python
-    docs on SIGPIPE): a closed pipe loses the messages, never the command or its exit code."""
-    try:
-        fd = stream.fileno()
-    except (AttributeError, ValueError, OSError):
-        return  # no descriptor (a StringIO) or closed already: nothing will be flushed there
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
-
-
-class LogStream:
-    """stderr as the log (the console script's): a write or flush that fails there (a full disk under
-    the log file, a descriptor closed or opened read-only, a terminal gone) points it at /dev/null
-    and the command goes on; its exit code is its own, never that of the log (a usage error stays
-    exit 2, not 10 for a "disk full" that only the log met)."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except OSError:
-            silence_dead_stream(self._stream)
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except OSError:
-            silence_dead_stream(self._stream)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
 
 
 def _survive_broken_pipe(self: Console) -> None:

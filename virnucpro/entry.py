@@ -112,7 +112,7 @@ def _tolerant_standard_streams() -> None:
             except (OSError, ValueError):
                 pass  # a stream that is gone or closed: nothing will be written there
     if sys.stderr is not None:
-        from virnucpro.console import LogStream
+        from virnucpro.streams import LogStream
 
         sys.stderr = LogStream(sys.stderr)
 
@@ -135,7 +135,7 @@ def _escape_unencodable(exc: UnicodeError) -> tuple[bytes, int]:
 def _flush_standard_streams() -> None:
     """Flush stdout and stderr at the end; one whose reader left (`| head -1`) goes to /dev/null, so
     that the interpreter's own flush at exit cannot turn the command's exit code into 120."""
-    from virnucpro.console import silence_dead_stream
+    from virnucpro.streams import silence_dead_stream
 
     for stream in (sys.stdout, sys.stderr):
         try:
