@@ -58,10 +58,26 @@ sys.exit(1 if counts["failed"] else 0)
 PY
 }
 
+# The repository's path as lint should see it: nf-core runs `nextflow config` with the path
+# unquoted (and resolves links), so from a path with a blank it lints a copy of the repository's
+# files (tracked, and untracked but not ignored) in the work folder instead
+lint_dir() {
+    if [[ "$REPO" =~ [[:space:]] && ! "$WORK" =~ [[:space:]] ]]; then
+        mkdir "$WORK/pipeline"
+        git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+            | while IFS= read -r -d '' file; do [[ -e "$REPO/$file" ]] && printf '%s\0' "$file"; done \
+            | tar -C "$REPO" --null -T - -c | tar -C "$WORK/pipeline" -x
+        echo "$WORK/pipeline"
+    else
+        echo "$REPO"
+    fi
+}
+
 # nf-core pipelines lint on the repository; fails on any failed check or when lint itself fails
 run_lint() {
-    local json="$WORK/lint.json" status=0
-    (cd "$REPO" && "$NFCORE" pipelines lint --dir . --json "$json") || status=$?
+    local json="$WORK/lint.json" status=0 dir
+    dir="$(lint_dir)"
+    (cd "$dir" && "$NFCORE" pipelines lint --dir "$dir" --json "$json") || status=$?
     [[ -s "$json" ]] || die "nf-core pipelines lint wrote no results (exit $status)"
     summarise "$json" || die "nf-core pipelines lint: failed checks (listed above)"
     [[ $status -eq 0 ]] || die "nf-core pipelines lint exited $status"
