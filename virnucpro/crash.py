@@ -1,7 +1,8 @@
 """What an unexpected failure tells the user: one line, and the traceback saved for the bug report.
 
 The machine's memory running out and a limit on open files or threads are said plainly (they are no
-bugs); a module shadowed from PYTHONPATH is a usage error; anything else is a bug, exit 1.
+bugs); a module shadowed from PYTHONPATH, not installed, or built for another numpy is a usage
+error (exit 2, the fix names the package); anything else is a bug, exit 1.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def report_bug(exc: BaseException) -> int:
     if limit is not None:
         error(str(limit))
         return limit.code
-    from virnucpro.entry import foreign_module_message, module_from_pythonpath
+    from virnucpro.entry import foreign_module_message, installation_fault, module_from_pythonpath
 
     foreign = module_from_pythonpath(exc)
-    if foreign is not None:
-        error(foreign_module_message(exc, foreign))
+    fault = foreign_module_message(exc, foreign) if foreign is not None else installation_fault(exc)
+    if fault is not None:
+        error(fault)
         return ExitCode.USAGE
     saved = _save_traceback(exc)
     if not saved.path:
@@ -90,9 +92,7 @@ def _save_traceback(exc: BaseException) -> _Saved:
     (the traceback on stderr instead) and exits 1, where the failure itself was a second traceback."""
     path = None
     try:
-        from virnucpro.encoders.compiled import temporary_folder  # not the current folder, nor /tmp for TMPDIR
-
-        fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt", dir=temporary_folder())
+        fd, path = tempfile.mkstemp(prefix="virnucpro-crash-", suffix=".txt", dir=_crash_folder())
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a name not UTF-8
             _print_traceback(exc, handle, quiet=False)
         return _Saved(path)
@@ -101,6 +101,16 @@ def _save_traceback(exc: BaseException) -> _Saved:
             with contextlib.suppress(OSError):
                 Path(path).unlink(missing_ok=True)  # our own file, cut short: useless for the report
         return _Saved(None, failure.strerror or str(failure))
+
+
+def _crash_folder() -> str | None:
+    """The temporary folder virnucpro uses (not the current folder, nor /tmp for TMPDIR); None (the
+    system's) when the module that knows it cannot load, which may be the failure being reported."""
+    try:
+        from virnucpro.encoders.compiled import temporary_folder
+    except Exception:  # noqa: BLE001 - a report must not fail on a second import
+        return None
+    return str(temporary_folder())
 
 
 def _print_traceback(exc: BaseException, stream, quiet: bool = True) -> None:

@@ -147,15 +147,16 @@ def _flush_standard_streams() -> None:
 
 def _command_line():
     """`virnucpro.cli.main`. It imports typer and rich as it loads, before its handler exists: one of
-    them (or any module) that PYTHONPATH put first failing to load is exit 2 naming it, as the
-    handler does for numpy, torch or h5py; any other failure is raised as it is (exit 1)."""
+    them (or any module) that PYTHONPATH put first failing to load, or one not installed, is exit 2
+    naming it, as the handler does for numpy, torch or h5py; any other failure is raised (exit 1)."""
     try:
         from virnucpro.cli import main as run
     except Exception as exc:  # noqa: BLE001 - told apart below, and raised again unless foreign
         foreign = module_from_pythonpath(exc)
-        if foreign is None:
+        message = foreign_module_message(exc, foreign) if foreign is not None else installation_fault(exc)
+        if message is None:
             raise
-        _refuse_foreign_module(exc, foreign)
+        _refuse_without_rich(message)
     return run
 
 
@@ -186,6 +187,89 @@ def _files_of_failure(exc: BaseException) -> list[str]:
     return files
 
 
+# the modules virnucpro needs whose distribution (what pip installs) has another name
+DISTRIBUTION_OF = {"esm": "fair-esm"}
+# what a compiled module says when it was built for a numpy other than the one installed
+NUMPY_BUILD_MISMATCH = ("numpy.dtype size changed", "compiled using NumPy 1.x", "_ARRAY_API not found",
+                        "numpy.core.multiarray failed to import")
+
+
+def installation_fault(exc: BaseException) -> str | None:
+    """The message (exit 2) for a failure of the Python installation rather than of virnucpro: a module
+    that is not installed (`pip install --no-deps`, a partial environment), or a compiled package built
+    for another numpy than the installed one; None for any other failure. Chained causes count."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.partition(".")[0] != "virnucpro":
+            return _missing_module_message(exc.name)
+        if isinstance(exc, (ImportError, ValueError, RuntimeError)) and any(
+                text in str(exc) for text in NUMPY_BUILD_MISMATCH):
+            return _numpy_mismatch_message(exc)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _missing_module_message(name: str) -> str:
+    """A module that is not installed, and the pip command that installs it into this Python."""
+    from virnucpro.errors import shell_word
+
+    top = name.partition(".")[0]
+    distribution = DISTRIBUTION_OF.get(top, top)
+    requirement = _requirement(distribution)
+    pip = f"{shell_word(sys.executable)} -m pip install"
+    if top != name and sys.modules.get(top) is not None:
+        return (f"the installed {top} lacks its module {name}: a damaged or partial installation of {distribution}"
+                f"\n  fix: install it again: {pip} --force-reinstall {shell_word(requirement or distribution)}")
+    if requirement is None:
+        return (f"the Python module {top} is not installed for {sys.executable}, and virnucpro or a package it "
+                f"uses needs it\n  fix: install virnucpro with its dependencies (not with --no-deps), or the "
+                f"package that provides {top}")
+    return (f"the Python package {distribution}, which virnucpro needs, is not installed for {sys.executable}"
+            f"\n  fix: {pip} {shell_word(requirement)}")
+
+
+def _requirement(distribution: str) -> str | None:
+    """virnucpro's own requirement on `distribution` (`numpy>=1.24`), from its installed metadata;
+    None when it declares none (or virnucpro runs uninstalled, from PYTHONPATH)."""
+    import re
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires("virnucpro") or []
+    except metadata.PackageNotFoundError:
+        return None
+    pattern = re.compile(rf"{re.escape(distribution)}\s*(?:[<>=!~(]|$)", re.IGNORECASE)
+    found = [line.strip() for line in declared if ";" not in line and pattern.match(line.strip())]
+    return found[0] if found else None
+
+
+def _numpy_mismatch_message(exc: BaseException) -> str:
+    """A compiled package built for another numpy than the installed one (an h5py older than 3.11
+    meeting numpy 2, say): which package, and the upgrade that fixes it."""
+    from virnucpro.errors import printable, shell_word
+
+    package = _installed_package_of_failure(exc) or "a compiled package"
+    try:
+        from importlib import metadata
+        numpy = f"numpy {metadata.version('numpy')}"
+    except Exception:  # noqa: BLE001 - the version is a detail of the message
+        numpy = "numpy"
+    upgrade = (f"{shell_word(sys.executable)} -m pip install --upgrade {shell_word(DISTRIBUTION_OF.get(package, package))}"
+               if package != "a compiled package" else "upgrade the package the traceback names")
+    return (f"{package} was built for another numpy than the installed {numpy} ({printable(str(exc)[:200])})"
+            f"\n  fix: {upgrade} (to a release built for this numpy), or install the numpy it was built for")
+
+
+def _installed_package_of_failure(exc: BaseException) -> str | None:
+    """The installed package (a folder under site-packages, not numpy) whose code raised `exc`."""
+    for name in reversed(_files_of_failure(exc)):
+        parts = os.path.normpath(name).split(os.sep)
+        for index, part in enumerate(parts[:-1]):
+            if part in ("site-packages", "dist-packages") and parts[index + 1] not in ("numpy", "virnucpro"):
+                return os.path.splitext(parts[index + 1])[0]
+    return None
+
+
 def foreign_module_message(exc: BaseException, foreign: str) -> str:
     """What a failure in `foreign`, a module PYTHONPATH put first, is and how to fix it (exit 2)."""
     from virnucpro.errors import printable
@@ -195,15 +279,14 @@ def foreign_module_message(exc: BaseException, foreign: str) -> str:
             "for virnucpro (for the Nextflow pipeline without a container: in the shell that launches it)")
 
 
-def _refuse_foreign_module(exc: BaseException, foreign: str) -> None:
-    """Exit 2 with the message of `virnucpro.crash.report_bug` for such a module, written without
-    rich (which may be the module that failed)."""
+def _refuse_without_rich(message: str) -> None:
+    """Exit 2 with `message`, as `virnucpro.crash.report_bug` says it, written without rich (which may
+    be the module that failed)."""
     from virnucpro.errors import ExitCode
 
-    message = f"error: {foreign_module_message(exc, foreign)}\n"
     try:
         if sys.stderr is not None:  # None when stderr was closed (`2>&-`): nowhere to say it
-            sys.stderr.write(message)
+            sys.stderr.write(f"error: {message}\n")
             sys.stderr.flush()
     except OSError:
         pass  # a reader that left: the exit code still says it

@@ -512,6 +512,7 @@ def _named_as_shard(path: Path) -> bool:
 def read_info(path: Path) -> EmbeddingShardInfo:
     """The shard's attributes after checking its layout; a file that is not a sound shard is exit 5."""
     path = Path(path)
+    _h5py()  # outside the check: h5py failing to load (built for another numpy) is no fault of the file
     try:
         if path.is_dir():  # raises PermissionError when a folder on the way cannot be entered
             raise BadInputError(f"embedding shard {path} is a directory", _folder_hint(path))
