@@ -305,6 +305,29 @@ def test_versions_agree():
     assert manifest == __version__ == container
 
 
+# where the version is written by hand, besides the package, the manifest and the container: a
+# release bump that misses one would ship a MultiQC report (or a lint template) of the old version
+VERSION_MENTIONS = {
+    ".nf-core.yml": r"^\s*version:\s*(\S+)\s*$",
+    "assets/multiqc_config.yml": r"virnucpro/virnucpro</a> \(([^)]+)\)",
+    "Dockerfile": r"virnucpro:([\w.]+)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(VERSION_MENTIONS))
+def test_every_hand_written_version_is_this_checkouts(name):
+    found = re.findall(VERSION_MENTIONS[name], (REPO / name).read_text(), flags=re.MULTILINE)
+    assert found and set(found) == {__version__}, f"{name} names {sorted(set(found))}, the package {__version__}"
+
+
+def test_the_release_check_names_every_file_that_holds_the_version():
+    """release.yml's error for a development version lists the files to bump: all of them."""
+    release = (REPO / ".github" / "workflows" / "release.yml").read_text()
+    hint = re.search(r"set the release version \(([^)]*)\)", release).group(1)
+    for name in ["virnucpro/__init__.py", "nextflow.config", "conf/base.config", *VERSION_MENTIONS]:
+        assert name in hint, name
+
+
 def test_readme_names_the_image_this_checkout_runs():
     """The README's build and pull commands (run from a clone) name the image conf/base.config runs."""
     image = re.search(r"container\s*=\s*'([^']+)'", CONFIG_TEXTS[REPO / "conf" / "base.config"]).group(1)
