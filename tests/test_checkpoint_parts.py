@@ -584,6 +584,24 @@ def test_an_output_already_written_keeps_the_parts_another_output_may_resume_fro
     assert code == 0 and "holds checkpoints" not in message and not own.parent.exists(), message
 
 
+def test_an_empty_default_checkpoint_folder_a_kill_left_goes_with_the_rerun(tmp_path, run_cli, golden_prepared,
+                                                                            tiny_models):
+    """A review's case: a kill after the key folder's removal, before that of the default <out>.ckpt
+    above it, left that empty folder for good (the rerun found the output written and returned). A
+    --checkpoint-dir the user named stays, empty or not."""
+    again = ["--models", tiny_models, "--device", "cpu", "--threads", 1]
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", *again)
+    assert code == 0 and not (tmp_path / "a.h5.ckpt").exists(), message
+    (tmp_path / "a.h5.ckpt").mkdir()
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", *again)
+    assert code == 0 and "already holds these" in message, message
+    assert not (tmp_path / "a.h5.ckpt").exists()
+    (tmp_path / "ck").mkdir()
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", "--checkpoint-dir",
+                            tmp_path / "ck", *again)
+    assert code == 0 and (tmp_path / "ck").is_dir(), message
+
+
 @pytest.mark.parametrize("every", [3, 100_000], ids=["smaller-windows", "one-window"])
 def test_a_resume_in_other_windows_after_losing_a_part_computes_every_missing_vector(tmp_path, run_cli, golden_prepared,
                                                                                     tiny_models, plain, every):

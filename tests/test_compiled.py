@@ -9,6 +9,7 @@ with one warning, and `--no-compile` reaches the encoders.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import shutil
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1015,6 +1017,36 @@ def test_the_folders_of_a_killed_process_are_removed_by_the_next_one(tmp_path):
         live.communicate("\n", timeout=60)
     assert sorted(path.name for path in tmp.iterdir()) == sorted(
         path.name for path in [older, *kept[2:]]), "the live process removed its own folders at exit"
+
+
+def test_a_folder_whose_process_was_killed_before_it_locked_it_goes_a_day_later(tmp_path):
+    """A review's case: a kill between making the folder and renaming its owner lock into place left
+    a folder no process ever removed (it held no owner lock). Once unchanged for a day, holding nothing
+    or only the unheld lock under its first name, the next process removes it; one holding anything
+    else, one whose lock is held, and a recent one stay."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o700)
+    fresh = f"{compiled.OWNER_LOCK}.new"
+    made = {name: tmp / name for name in ("virnucpro-torch-empty", "virnucpro-compile-new", "virnucpro-torch-held",
+                                          "virnucpro-torch-older", "virnucpro-torch-recent")}
+    for folder in made.values():
+        folder.mkdir()
+    for name in ("virnucpro-compile-new", "virnucpro-torch-held"):
+        (made[name] / fresh).write_text("")
+    (made["virnucpro-torch-older"] / "kernel.so").write_text("an older virnucpro's, its process alive")
+    held = os.open(made["virnucpro-torch-held"] / fresh, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    day_ago = time.time() - compiled.STRANDED_SECONDS - 60
+    for name, folder in made.items():
+        if name != "virnucpro-torch-recent":
+            os.utime(folder, (day_ago, day_ago))
+    try:
+        live, _own = process_folders(tmp, "live")
+        live.communicate("\n", timeout=60)
+    finally:
+        os.close(held)
+    assert sorted(path.name for path in tmp.iterdir()) == ["virnucpro-torch-held", "virnucpro-torch-older",
+                                                           "virnucpro-torch-recent"]
 
 
 def test_an_owner_lock_is_never_seen_unlocked(tmp_path, monkeypatch):

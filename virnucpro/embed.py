@@ -1335,8 +1335,12 @@ def _discard_leftover(folder: Path, parent_is_ours: bool) -> None:
     """The parts of a shard whose output is already written (a kill landed between the two), unless
     another embed holds or waits for them, or may resume from them: checkpoints are keyed by shard,
     models and precision, not by output, so in a --checkpoint-dir shared by several outputs they
-    may be a killed embed's into another output (kept, and said)."""
+    may be a killed embed's into another output (kept, and said). The default `<out>.ckpt` left empty
+    (a kill between the key folder's removal and its own) is removed too."""
     if not folder.is_dir():
+        if parent_is_ours:
+            with contextlib.suppress(OSError):  # absent, or holding other checkpoints: left as it is
+                folder.parent.rmdir()
         return
     if not parent_is_ours:
         with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -173,29 +174,32 @@ def _refuse_passed_over(variables: list[tuple[str, str]], found: str) -> None:
 SCRATCH_PREFIX, ONE_OFF_PREFIX = "virnucpro-torch-", "virnucpro-compile-"  # folders of one process each
 OWNER_LOCK = ".virnucpro-owner.lock"  # in each, locked by its process for as long as that process lives
 _owner_locks: list[int] = []  # the open lock files of this process's folders (closed by the kernel at exit)
+# a folder of ours still without its owner lock this long after it last changed was made by a process
+# killed in the instant between making it and locking it (no live process takes more than microseconds)
+STRANDED_SECONDS = 24 * 3600
 
 
 def _process_folder(prefix: str) -> Path:
     """A new folder in the temporary folder for this process alone, removed when it exits. It holds a
     lock file this process keeps locked, so that the next process removes it when a kill (SIGKILL,
     the out-of-memory killer) skipped the removal at exit (`_remove_abandoned_folders`)."""
-    _remove_abandoned_folders()
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=temporary_folder()))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    _hold_owner_lock(folder)
+    locks_work = _hold_owner_lock(folder)
+    _remove_abandoned_folders(locks_work)
     return folder
 
 
-def _hold_owner_lock(folder: Path) -> None:
-    """Lock `folder`'s owner lock for this process's life. The lock file is made, locked and given
-    `_owner_token` under another name, then renamed into place: no other process ever finds it free
-    while this one lives. Where locks do not work no lock file is left, and the folder is then never
-    taken for abandoned."""
+def _hold_owner_lock(folder: Path) -> bool:
+    """Lock `folder`'s owner lock for this process's life; whether it could. The lock file is made,
+    locked and given `_owner_token` under another name, then renamed into place: no other process
+    ever finds it free while this one lives. Where locks do not work no lock file is left, and the
+    folder is then never taken for abandoned."""
     lock, fresh = folder / OWNER_LOCK, folder / f"{OWNER_LOCK}.new"
     try:
         handle = os.open(fresh, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
-        return
+        return False
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(handle, _owner_token(folder).encode())
@@ -204,8 +208,9 @@ def _hold_owner_lock(folder: Path) -> None:
         os.close(handle)
         with contextlib.suppress(OSError):
             fresh.unlink()
-        return
+        return False
     _owner_locks.append(handle)
+    return True
 
 
 def _owner_token(folder: Path) -> str:
@@ -216,9 +221,10 @@ def _owner_token(folder: Path) -> str:
     return f"{socket.gethostname()} {info.st_dev}:{info.st_ino}\n"
 
 
-def _remove_abandoned_folders() -> None:
+def _remove_abandoned_folders(locks_work: bool) -> None:
     """Remove this user's per-process folders in the temporary folder whose process was killed:
-    their owner lock is free. A folder without one (made by an older virnucpro, or where locks do not
+    their owner lock is free, or (where locks work) it was never put in place (`_stranded`). A
+    folder that holds anything else without one (made by an older virnucpro, or where locks do not
     work), another user's, another machine's, a copy, or a link is left alone."""
     try:
         entries = os.scandir(temporary_folder())
@@ -226,8 +232,40 @@ def _remove_abandoned_folders() -> None:
         return
     with entries:
         for entry in entries:
-            if entry.name.startswith((SCRATCH_PREFIX, ONE_OFF_PREFIX)) and _abandoned(Path(entry.path)):
+            if entry.name.startswith((SCRATCH_PREFIX, ONE_OFF_PREFIX)) and (
+                    _abandoned(Path(entry.path)) or (locks_work and _stranded(Path(entry.path)))):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _stranded(folder: Path) -> bool:
+    """Whether `folder` is a real folder of this user, unchanged for `STRANDED_SECONDS`, that holds
+    nothing but (at most) an owner lock not yet renamed into place, which nobody holds: its process
+    was killed between making the folder and locking it (`_hold_owner_lock`)."""
+    try:
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or \
+                time.time() - info.st_mtime < STRANDED_SECONDS:
+            return False
+        names = os.listdir(folder)
+        if not set(names) <= {f"{OWNER_LOCK}.new"}:
+            return False
+        return not names or _free(folder / names[0])
+    except OSError:
+        return False
+
+
+def _free(lock: Path) -> bool:
+    """Whether the regular file `lock` can be locked now (nobody holds it)."""
+    handle = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return False
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: its process lives
+        return False
+    finally:
+        os.close(handle)
 
 
 def _abandoned(folder: Path) -> bool:
