@@ -168,3 +168,35 @@ def test_a_run_work_folder_holding_an_older_checkpoint_lock_is_resumed(tmp_path,
     code, message = run_cli(*command)
     assert code == 0 and "already done, reusing it" in message, message
     assert not (out / ".virnucpro-work").exists()
+
+
+def _predict(run_cli, sample, outdir: Path, tiny_models) -> tuple[int, str]:
+    prepared, embeddings = sample
+    return run_cli("predict", "--prepared", prepared, "--embeddings", *embeddings, "--models", tiny_models,
+                   "--outdir", outdir)
+
+
+def _record_as_written_by(outdir: Path, version: str) -> None:
+    """The results in `outdir` as another version wrote them: its run_info, and the folder's record of it."""
+    run_info = outdir / "run_info.json"
+    run_info.write_text(json.dumps({**json.loads(run_info.read_text()), "virnucpro_version": version}))
+    marker = json.loads((outdir / ".virnucpro.json").read_text())
+    marker["files"]["run_info.json"] = [run_info.lstat().st_size, run_info.lstat().st_mtime_ns]
+    (outdir / ".virnucpro.json").write_text(json.dumps(marker))
+
+
+def test_predict_says_it_replaces_earlier_results_and_which_version_wrote_them(sample, tiny_models, tmp_path,
+                                                                              run_cli):
+    """A review's leftover: `run` said it would replace an earlier run's results, a standalone predict
+    replaced them (an older version's too) without a word."""
+    out = tmp_path / "out"
+    code, message = _predict(run_cli, sample, out, tiny_models)
+    assert code == 0 and "replacing" not in message, message
+    finished = json.loads((out / "run_info.json").read_text())["finished"]
+    code, message = _predict(run_cli, sample, out, tiny_models)
+    assert code == 0, message
+    assert f"replacing the earlier results in {out} (finished {finished}) when this predict succeeds" in message
+    _record_as_written_by(out, "0.1.5")
+    code, message = _predict(run_cli, sample, out, tiny_models)
+    assert code == 0 and f"replacing the earlier results of virnucpro 0.1.5 in {out}" in message, message
+    assert json.loads((out / "run_info.json").read_text())["virnucpro_version"] == __version__

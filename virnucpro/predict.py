@@ -33,7 +33,7 @@ from virnucpro.calls import (CHUNK_COLUMNS, CHUNKS, HIGHEST, HIGHEST_COLUMNS, RE
                              header_line, orf_chunk_id, orf_label, result_line, row_line)
 from virnucpro.console import Progress, info, warn
 from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, ModelsError, NumericalError, UsageError,
-                              VirnucproError, check_stop, naming, open_output, output_errors, path_mode, resolved,
+                              VirnucproError, check_stop, naming, open_output, output_errors, path_mode, printable, resolved,
                               stop_keeps_nothing, stop_signals_deferred)
 from virnucpro.models import store
 from virnucpro.outdir import OutputFolder, claim, fresh_work_folder, remove_written, work_pattern
@@ -457,9 +457,12 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     prepared, outdir = Path(prepared), Path(outdir)
     threshold = float(threshold) + 0.0  # `--threshold -0` is 0.0, not "-0.0" in the report and run_info
     _refuse_prepared_as_outdir(prepared, outdir)
+    standalone = output is None  # `run` says itself what it replaces
     # a stop leaves no checkpoint to resume from (an earlier set of outputs stays as it was)
     with stop_keeps_nothing(), _claimed(outdir, output) as output:  # locked first: never two commands in it
         inputs = _checked_inputs(prepared, embeddings, classifier, models, loaded_classifier)
+        if standalone and output.recorded:
+            _say_earlier_results_replaced(outdir)
         if input_names is not None:
             inputs.manifest = _inputs_named(inputs.manifest, input_names)
         with output_errors(outdir):
@@ -475,6 +478,19 @@ def predict(prepared: Path, embeddings: Sequence[Path], outdir: Path, classifier
     info(f"predicted {n_orfs:,} ORFs in {n_chunks:,} chunks; sequences: {calls['virus']:,} virus, "
          f"{calls['others']:,} others, {calls['no_orf']:,} without ORF, {calls['empty']:,} empty -> {outdir}")
     return outdir
+
+
+def _say_earlier_results_replaced(outdir: Path) -> None:
+    """Say that the results an earlier command wrote in `outdir` are replaced when this predict
+    succeeds: when it finished, and which version wrote them where it is another one."""
+    try:
+        earlier = json.loads((outdir / RUN_INFO).read_text("utf-8"))
+        version, finished = earlier.get("virnucpro_version"), earlier.get("finished")
+    except (OSError, ValueError, AttributeError):  # none, or one that cannot be read: said without details
+        version = finished = None
+    by = f" of virnucpro {printable(str(version))}" if version is not None and version != __version__ else ""
+    when = f" (finished {printable(finished)})" if isinstance(finished, str) else ""
+    info(f"replacing the earlier results{by} in {outdir}{when} when this predict succeeds")
 
 
 @dataclass
