@@ -24,6 +24,8 @@ from virnucpro import prepared as fmt
 from virnucpro.embed import ROLES, CheckpointStore, Distinct, embed
 
 EVERY = 4  # records per checkpoint window: part 0 holds records [0, 4), part 1 records [4, 8)
+# the settings entries of the torch and the hardware that computed on this machine's CPU
+TORCH, HARDWARE = f"torch={torch.__version__}", f"cpu_isa={torch.backends.cpu.get_cpu_capability()}"
 
 
 @dataclass
@@ -447,12 +449,13 @@ def test_a_resume_with_other_settings_records_both_in_the_shard_and_in_run_info(
     folder.mkdir(parents=True)
     shutil.copy(plain.parts[0], folder)
     with np.load(plain.parts[0]) as part:
-        assert str(part["settings"]) == f"checkpoint_every={EVERY},dnabert_s:token_budget=4096,esm2:token_budget=4096,threads=1"
+        assert str(part["settings"]) == (f"checkpoint_every={EVERY},{HARDWARE},dnabert_s:token_budget=4096,"
+                                         f"esm2:token_budget=4096,threads=1,{TORCH}")
     code, message = run_cli("embed", shard(golden_prepared), "--models", tiny_models, "--out", tmp_path / "s.h5",
                             "--device", "cpu", "--checkpoint-every", 7, "--token-budget", 300, "--threads", 2)
     assert code == 0 and "resuming from checkpoint" in message, message
-    both = (f"checkpoint_every={EVERY},checkpoint_every=7,dnabert_s:token_budget=300,dnabert_s:token_budget=4096,"
-            "esm2:token_budget=300,esm2:token_budget=4096,threads=1,threads=2")
+    both = (f"checkpoint_every={EVERY},checkpoint_every=7,{HARDWARE},dnabert_s:token_budget=300,"
+            f"dnabert_s:token_budget=4096,esm2:token_budget=300,esm2:token_budget=4096,threads=1,threads=2,{TORCH}")
     assert read_h5(tmp_path / "s.h5")[3]["settings"] == both
     assert h5shard.read_info(tmp_path / "s.h5").settings == tuple(both.split(","))
 
@@ -511,7 +514,7 @@ def test_a_settings_attribute_that_embed_never_writes_is_refused(tmp_path, tiny_
 
     out = tmp_path / "s.h5"
     embed(shard(golden_prepared), out, models=tiny_models, device="cpu", threads=1)
-    assert h5shard.read_info(out).settings[-1] == "threads=1"
+    assert h5shard.read_info(out).settings[-2:] == ("threads=1", TORCH)
     with edited_shard(out) as handle:
         handle.attrs["settings"] = settings
     with pytest.raises(InconsistentInputsError, match="attribute settings holds"):

@@ -22,7 +22,7 @@ from h5_helpers import edited_shard
 from virnucpro import h5shard
 from virnucpro import prepared as fmt
 from virnucpro.embed import embed
-from virnucpro.predict import predict
+from virnucpro.predict import code_sha256, predict
 from virnucpro.models.store import locate
 from virnucpro.outdir import LOCK_NAME
 from virnucpro.threads import POOL_VARIABLES
@@ -308,9 +308,13 @@ def test_report_is_self_contained_and_agrees_with_tables(golden_predicted, golde
     assert info["tiny_models"] is True and info["inputs"][0]["sha256"]
     assert set(info["models"]) == {"dnabert_s", "esm2"} and len(info["classifier"]["sha256"]) == 64
     assert info["attention_path"] == ["dnabert_s:reference,esm2:reference"]  # the exact path on CPU
-    settings, threads = info["embed_settings"][:-1], info["embed_settings"][-1]  # embed's defaults on the CPU
-    assert settings == ["checkpoint_every=2000", "dnabert_s:token_budget=4096", "esm2:token_budget=4096"], info
+    import torch
+
+    settings, threads = info["embed_settings"][:-2], info["embed_settings"][-2]  # embed's defaults on the CPU
+    assert settings == ["checkpoint_every=2000", f"cpu_isa={torch.backends.cpu.get_cpu_capability()}",
+                        "dnabert_s:token_budget=4096", "esm2:token_budget=4096"], info
     assert re.fullmatch(r"threads=[1-9][0-9]*", threads), info
+    assert info["embed_settings"][-1] == f"torch={torch.__version__}", info
 
 
 def test_run_info_says_where_when_and_with_which_software(golden_predicted):
@@ -323,7 +327,8 @@ def test_run_info_says_where_when_and_with_which_software(golden_predicted):
 
     info = json.loads((golden_predicted / "run_info.json").read_text())
     assert info["software"] == {"python": platform.python_version(), "torch": torch.__version__,
-                                "numpy": np.__version__, "h5py": h5py.__version__, "platform": platform.platform()}
+                                "numpy": np.__version__, "h5py": h5py.__version__, "platform": platform.platform(),
+                                "virnucpro_code_sha256": code_sha256()}
     assert info["working_directory"] == os.getcwd()
     assert abs(time.time() - calendar.timegm(time.strptime(info["finished"], "%Y-%m-%dT%H:%M:%SZ"))) < 3600
 

@@ -149,8 +149,9 @@ class MadeBy:
     """Which devices and attention paths computed some vectors, and the settings that batched them:
     one checkpoint part's, this process's, or a shard's (the union of its restored parts' and this
     process's). The HDF5 attributes `device` ('cpu', 'cuda', 'cpu+cuda'), `attention` ('role:path,...',
-    one entry per role and path) and `settings` ('role:token_budget=N,checkpoint_every=N,threads=N,...',
-    every value that batched some of them: a resume with other settings shows both) are its texts;
+    one entry per role and path) and `settings` ('role:token_budget=N,checkpoint_every=N,threads=N,
+    torch=V,cpu_isa=ISA or gpu=NAME', every value that batched or computed some of them: a resume with
+    other settings shows both) are its texts;
     'unknown' stands for a part written without a record."""
 
     devices: set[str] = field(default_factory=set)
@@ -180,6 +181,25 @@ class MadeBy:
 
 
 ATTENTION_ENTRY = re.compile(f"({'|'.join(ROLES)}):(reference|fast|{re.escape(FAST_COMPILED)}|{re.escape(REFERENCE_COMPILED)})")
+
+
+def _hardware_setting(device) -> str:
+    """The settings entry of the hardware that computes: the CPU's instruction set torch uses
+    (`cpu_isa=AVX512`, another on an AVX2 node) or the GPU's name (`gpu=NVIDIA_H100_80GB_HBM3`)."""
+    import torch
+
+    if device.type == "cuda":
+        try:
+            name = torch.cuda.get_device_name(device)
+        except (RuntimeError, AssertionError):  # no driver to ask: embed itself says so when it computes
+            name = "unknown"
+        return f"gpu={_setting_value(name)}"
+    return f"cpu_isa={_setting_value(torch.backends.cpu.get_cpu_capability())}"
+
+
+def _setting_value(text: str) -> str:
+    """`text` as a settings value: letters, digits and `._+-`, anything else an underscore."""
+    return re.sub(r"[^0-9A-Za-z._+-]", "_", text)[:80] or "_"
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
@@ -825,8 +845,10 @@ class Embedder:
 
         self.encoders, self.device = encoders, device
         self.asked_budget = token_budget  # plans the first batches; halved ones may still run after an OOM
-        # what batches the vectors besides the token budget (the record of each part, `MadeBy.settings`)
-        self.batching = [f"threads={torch.get_num_threads()}"]
+        # what batches and computes the vectors besides the token budget (the record of each part,
+        # `MadeBy.settings`): threads, the torch and the hardware, which all move the last digits
+        self.batching = [f"threads={torch.get_num_threads()}", f"torch={_setting_value(torch.__version__)}",
+                         _hardware_setting(device)]
         if checkpoint_every is not None:
             self.batching.append(f"checkpoint_every={checkpoint_every}")
         self.token_budget = {role: token_budget for role in encoders}  # halved per model on OOM

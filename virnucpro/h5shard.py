@@ -45,7 +45,8 @@ ATTRIBUTES = ("format_version", "virnucpro_version", "shard_index", "shard_of", 
 PRECISIONS = ("fp32", "fp16", "bf16")  # what `embed --precision` resolves to
 DEVICES = ("cpu", "cuda")  # what `embed --device` resolves to
 # an entry of the attribute `settings` (embed's `MadeBy`): a value that batched some of the vectors
-SETTING_ENTRY = re.compile(r"(?:(?:dnabert_s|esm2):token_budget|checkpoint_every|threads)=[1-9][0-9]*|unknown")
+SETTING_ENTRY = re.compile(r"(?:(?:dnabert_s|esm2):token_budget|checkpoint_every|threads)=[1-9][0-9]*"
+                           r"|(?:torch|cpu_isa|gpu)=[0-9A-Za-z._+-]{1,80}|unknown")
 UNKNOWN_DEVICE = "unknown"  # also the settings entry of vectors computed by a virnucpro that did not record them  # vectors of a checkpoint part that does not record its device (an older virnucpro)
 # what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
 DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)

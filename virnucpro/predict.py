@@ -839,7 +839,29 @@ def _software() -> dict:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "platform": platform.platform()}
+            "h5py": h5py.__version__, "platform": platform.platform(), "virnucpro_code_sha256": code_sha256()}
+
+
+def code_sha256(package: Path | None = None) -> str:
+    """sha256 of virnucpro's own source (each module's path and bytes, in path order; `package`: the
+    package folder, this one by default): it tells two code states apart where the version string
+    cannot (a development version spans many commits)."""
+    import hashlib
+
+    package = package or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py"), key=lambda found: found.relative_to(package).as_posix()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _shard_layout(manifest: dict) -> dict:
+    """How prepare cut the ORFs into shards (every shard but the last holds `records_per_shard`):
+    `prepare --shard-size` with that number lays them out again, and a layout moves the scores' last
+    digits (each shard is batched on its own)."""
+    shards = manifest["shards"]
+    return {"shards": len(shards), "records_per_shard": max((entry["records"] for entry in shards), default=0)}
 
 
 def _as_text(path: str | None) -> str | None:
@@ -873,5 +895,6 @@ def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256:
         "embed_settings": h5shard.settings_in_order({entry for s in shards for entry in s.settings}),
         "threshold": threshold,
         "counts": manifest["counts"],
+        "shard_layout": _shard_layout(manifest),
         "seconds": seconds,
     }
