@@ -309,6 +309,31 @@ def test_prepare_cuts_at_the_runs_chunk_size_and_shard_size(groovy):
     assert args.split() == ["--chunk-size", "300", "--shard-size", "1234"]
 
 
+@pytest.mark.parametrize("protein", [True, False], ids=["bad-input", "sound"])
+def test_prepares_bad_input_says_which_samplesheet_file_a_staged_name_is(groovy, tmp_path, protein):
+    """A review's case: PREPARE's error named `input/2/x.fq`, the task's copy, not a path the user has.
+    The real task script, with the real virnucpro: on bad input (exit 3, kept) a note says what those
+    names are and where the run's table maps them; a sound run says nothing more."""
+    bindings = {"task": {"ext": {"args": ""}, "cpus": 1}, "meta": {"id": "s28"},
+                "reads": staged_list(["input/1/x.fq", "input/2/x.fq"]),
+                "workflow": {"manifest": {"version": __version__}}}
+    script = groovy.evaluate(bindings, [("script", PROCESSES["VIRNUCPRO_PREPARE"].script, False)])["script"]
+    for index, record in ((1, "@a\nACGTACGTAAAT\n+\nIIIIIIIIIIII\n"),
+                          (2, "@bad\nMKLLVILLAAIL\n+\nIIIIIIIIIIII\n" if protein else "@b\nACGTTTGA\n+\nIIIIIIII\n")):
+        (tmp_path / "input" / str(index)).mkdir(parents=True)
+        (tmp_path / "input" / str(index) / "x.fq").write_text(record)
+    path = os.pathsep.join([str(REPO / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
+    done = subprocess.run(["bash", "-ue", "-c", script], cwd=tmp_path, env={**os.environ, "PATH": path},
+                          capture_output=True, text=True, timeout=300)
+    note = ("note: input/N/<name> is this task's copy of the N-th file of sample s28 in the samplesheet; "
+            "<outdir>/pipeline_info/inputs_<start>.tsv of this run gives the path of each")
+    if protein:
+        assert done.returncode == ExitCode.BAD_INPUT and "input/2/x.fq, record 'bad'" in done.stderr, done.stderr
+        assert done.stderr.rstrip().endswith(note), done.stderr
+    else:
+        assert done.returncode == 0 and "note:" not in done.stderr, done.stderr
+
+
 def _predict_script(groovy, ext: dict, classifier_sha256: str, shards: int = 1) -> str:
     """PREDICT's command script for sample s1 of `shards` shards, rendered as Nextflow renders it."""
     names = [f"_input/embeddings/shard_{index:05d}.h5" for index in range(shards)]

@@ -15,13 +15,15 @@ process VIRNUCPRO_PREPARE {
 
     script:
     def args = task.ext.args ?: ''
+    // virnucpro names the files as this task has them (input/N/<name>): bad input (exit 3) says where they are from
     """
     require_virnucpro.sh ${workflow.manifest.version}
     virnucpro prepare \\
         ${reads} \\
         --outdir prepared \\
         --threads ${task.cpus} \\
-        ${args}
+        ${args} \\
+        || { status=\$?; [ \$status -ne 3 ] || echo "note: input/N/<name> is this task's copy of the N-th file of sample ${meta.id} in the samplesheet; <outdir>/pipeline_info/inputs_<start>.tsv of this run gives the path of each" >&2; exit \$status; }
     """
 
     stub:
