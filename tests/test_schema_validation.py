@@ -143,6 +143,12 @@ def _paths(tmp: Path):
         # one lone CR among CRLF line ends joins two rows; a CR inside quotes is the field's own
         "cr_mixed.csv": "sample,file\r\npatient1,reads/p1.fa\rpatient2,reads/p2.fa\r\n",
         "cr_in_quotes.csv": 'sample,file,note\r\npatient1,reads/p1.fa,"a\rb"\r\n',
+        # a spreadsheet's trailing row of separators is no row; text after a closing quote is refused
+        "empty_rows.csv": 'sample,file\n,\npatient1,reads/p1.fa\n , \n,\n',
+        "text_after_quote.csv": 'sample,file\n"patient1"x,reads/p1.fa\n',
+        "text_after_quote_header.csv": '"sample"s,file\npatient1,reads/p1.fa\n',
+        "blank_after_quote.csv": 'sample,file\n"patient1" ,reads/p1.fa\n',
+        "quoted_empty_row.csv": 'sample,file\npatient1,reads/p1.fa\n"",\n',
         # a column the schema does not know is ignored (with a warning), repeated or not
         "repeated_unknown_column.csv": "sample,file,note,note\npatient1,reads/p1.fa,a,b\n",
         "tilde.csv": "sample,file\npatient1,~/no_such_reads.fa\n",
@@ -499,6 +505,26 @@ def test_lone_cr_line_ends_are_named(results, name):
 
 def test_a_cr_inside_quotes_is_part_of_the_field(results):
     assert results["cr_in_quotes.csv"] == {"ok": True, "value": [[{"id": "patient1"}, str(results["tmp"] / "reads" / "p1.fa")]]}
+
+
+@pytest.mark.parametrize("name", ["empty_rows.csv", "blank_after_quote.csv"])
+def test_rows_of_empty_fields_are_skipped_and_blanks_after_a_quote_are_no_text(results, name):
+    """A review's case: a spreadsheet's trailing `,` row was refused as a row whose cells are empty."""
+    assert results[name] == {"ok": True, "value": [[{"id": "patient1"}, str(results["tmp"] / "reads" / "p1.fa")]]}
+
+
+def test_a_quoted_empty_field_keeps_its_row(results):
+    """Quotes say the row was written: its empty sample is a problem of that row, not skipped."""
+    assert "* row 2, column sample:" in _refused(results, "quoted_empty_row.csv")
+
+
+@pytest.mark.parametrize("name, where, seen", [("text_after_quote.csv", "row 1", '"patient1"x'),
+                                               ("text_after_quote_header.csv", "its header", '"sample"s')])
+def test_text_after_a_closing_quote_is_refused(results, name, where, seen):
+    """A review's case: `"s01"x` was read as the sample s01x without a word."""
+    message = _refused(results, name)
+    assert message == (f"Samplesheet {name}: in {where}, text follows a closing quote ({seen}...), which would be "
+                       "joined to the field unseen; put the whole field inside the quotes, or remove them"), message
 
 
 def test_every_bad_row_is_reported_at_once(results):

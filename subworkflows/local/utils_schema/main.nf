@@ -830,8 +830,10 @@ def repeatedColumnProblems(List header, Collection columns) {
 }
 
 // Splits CSV/TSV text into records of fields. A field in double quotes may hold the separator,
-// line breaks and doubled quotes (""); unquoted fields are trimmed; blank lines are skipped. A CR
-// outside quotes not followed by LF (old Mac OS line ends, all or some) would join two lines: refused.
+// line breaks and doubled quotes (""); unquoted fields are trimmed; blank lines, and lines of empty
+// unquoted fields only (a spreadsheet's trailing ",,"), are skipped. A CR outside quotes not followed
+// by LF (old Mac OS line ends, all or some) would join two lines, and text after a closing quote
+// ("s01"x) would be joined to the field unseen: both refused.
 def parseDelimited(String text, String separator, String sheetPath) {
     def records = []
     def fields = []
@@ -847,7 +849,7 @@ def parseDelimited(String text, String separator, String sheetPath) {
     }
     def endRecord = {
         endField.call()
-        if (state.recordQuoted || fields.size() > 1 || fields[0] != '') {
+        if (state.recordQuoted || fields.any { value -> value != '' }) {
             records << fields
         }
         fields = []
@@ -886,7 +888,10 @@ def parseDelimited(String text, String separator, String sheetPath) {
         else if (ch == '\n') {
             endRecord.call()
         }
-        else if (ch != '\r' && !(state.fieldQuoted && ch.trim().isEmpty())) {
+        else if (state.fieldQuoted && !ch.trim().isEmpty()) {
+            textAfterQuoteError(sheetPath, records.size(), "\"${field}\"${ch}")
+        }
+        else if (ch != '\r' && !state.fieldQuoted) {
             field.append(ch)
         }
     }
@@ -900,6 +905,12 @@ def parseDelimited(String text, String separator, String sheetPath) {
         endRecord.call()
     }
     return records
+}
+
+// Stops the run: text follows a field's closing quote in row `row` (0: the header).
+def textAfterQuoteError(String sheetPath, int row, String seen) {
+    def where = row == 0 ? 'its header' : "row ${row}"
+    error("Samplesheet ${sheetPath}: in ${where}, text follows a closing quote (${seen}...), which would be joined to the field unseen; put the whole field inside the quotes, or remove them")
 }
 
 // Stops the run: the sheet has a line end that is a CR alone.
