@@ -65,7 +65,7 @@ lint_dir() {
     if [[ "$REPO" =~ [[:space:]] && ! "$WORK" =~ [[:space:]] ]]; then
         mkdir "$WORK/pipeline"
         git -C "$REPO" ls-files -z --cached --others --exclude-standard \
-            | while IFS= read -r -d '' file; do [[ -e "$REPO/$file" ]] && printf '%s\0' "$file"; done \
+            | while IFS= read -r -d '' file; do if [[ -e "$REPO/$file" ]]; then printf '%s\0' "$file"; fi; done \
             | tar -C "$REPO" --null -T - -c | tar -C "$WORK/pipeline" -x
         echo "$WORK/pipeline"
     else

@@ -599,6 +599,11 @@ def test_an_empty_default_checkpoint_folder_a_kill_left_goes_with_the_rerun(tmp_
     code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", *again)
     assert code == 0 and "already holds these" in message, message
     assert not (tmp_path / "a.h5.ckpt").exists()
+    other = tmp_path / "a.h5.ckpt" / "other-models"  # checkpoints of another embed into a.h5: hours of work
+    other.mkdir(parents=True)
+    (other / "part_000000.npz").write_bytes(b"kept")
+    code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", *again)
+    assert code == 0 and (other / "part_000000.npz").read_bytes() == b"kept", message
     (tmp_path / "ck").mkdir()
     code, message = run_cli("embed", shard(golden_prepared), "--out", tmp_path / "a.h5", "--checkpoint-dir",
                             tmp_path / "ck", *again)

@@ -9,6 +9,7 @@ with one warning, and `--no-compile` reaches the encoders.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import getpass
 import json
@@ -1028,12 +1029,20 @@ def test_a_folder_whose_process_was_killed_before_it_locked_it_goes_a_day_later(
     tmp.mkdir(mode=0o700)
     fresh = f"{compiled.OWNER_LOCK}.new"
     made = {name: tmp / name for name in ("virnucpro-torch-empty", "virnucpro-compile-new", "virnucpro-torch-held",
-                                          "virnucpro-torch-older", "virnucpro-torch-recent")}
+                                          "virnucpro-torch-older", "virnucpro-torch-recent", "virnucpro-torch-x.keep")}
     for folder in made.values():
         folder.mkdir()
     for name in ("virnucpro-compile-new", "virnucpro-torch-held"):
         (made[name] / fresh).write_text("")
     (made["virnucpro-torch-older"] / "kernel.so").write_text("an older virnucpro's, its process alive")
+    # a user's copy of another machine's folder: its owner lock, free, names that folder there
+    (made["virnucpro-torch-x.keep"] / compiled.OWNER_LOCK).write_text("another-host 1:2\n")
+    kept = ["virnucpro-torch-held", "virnucpro-torch-older", "virnucpro-torch-recent", "virnucpro-torch-x.keep"]
+    if os.geteuid() == 0:  # another user's, empty: not ours to remove
+        made["virnucpro-compile-theirs"] = tmp / "virnucpro-compile-theirs"
+        made["virnucpro-compile-theirs"].mkdir()
+        os.chown(made["virnucpro-compile-theirs"], ANOTHER_USER, ANOTHER_USER)
+        kept.append("virnucpro-compile-theirs")
     held = os.open(made["virnucpro-torch-held"] / fresh, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)
     day_ago = time.time() - compiled.STRANDED_SECONDS - 60
@@ -1045,8 +1054,30 @@ def test_a_folder_whose_process_was_killed_before_it_locked_it_goes_a_day_later(
         live.communicate("\n", timeout=60)
     finally:
         os.close(held)
-    assert sorted(path.name for path in tmp.iterdir()) == ["virnucpro-torch-held", "virnucpro-torch-older",
-                                                           "virnucpro-torch-recent"]
+    assert sorted(path.name for path in tmp.iterdir()) == sorted(kept)
+
+
+def test_where_locks_do_not_work_no_folder_is_taken_for_stranded(tmp_path, monkeypatch):
+    """Without locks a live process's folder never gets its owner lock: an old empty one may be in use."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    old = tmp_path / "virnucpro-torch-old"
+    old.mkdir()
+    day_ago = time.time() - compiled.STRANDED_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    compiled._remove_abandoned_folders(locks_work=False)
+    assert old.is_dir()
+    compiled._remove_abandoned_folders(locks_work=True)
+    assert not old.exists()
+
+
+def test_a_folder_whose_owner_lock_cannot_be_taken_says_locks_do_not_work(tmp_path, monkeypatch):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(compiled.fcntl, "flock", no_locks)
+    assert compiled._hold_owner_lock(tmp_path) is False
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_owner_lock_is_never_seen_unlocked(tmp_path, monkeypatch):

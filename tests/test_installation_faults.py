@@ -18,14 +18,17 @@ from virnucpro import entry
 MISMATCH = "numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C header, got 88"
 
 
-def _virnucpro(tmp_path: Path, args: list[str], prelude: str = "") -> subprocess.CompletedProcess:
+def _virnucpro(tmp_path: Path, args: list[str], prelude: str = "", pythonpath: Path | None = None
+               ) -> subprocess.CompletedProcess:
     """`virnucpro ARGS` through the console entry after `prelude` (Python run first), with its own
-    temporary folder (where a bug report would be saved)."""
+    temporary folder (where a bug report would be saved), and PYTHONPATH only when given."""
     script = f"import sys\n{prelude}\nfrom virnucpro.entry import main\nsys.argv = ['virnucpro', *{args!r}]\nmain()\n"
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(scratch)}
     env.pop("PYTHONPATH", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
 
@@ -96,6 +99,21 @@ def test_other_failures_are_no_installation_fault():
     assert entry.installation_fault(ModuleNotFoundError("no name given")) is None
 
 
+def test_an_import_error_of_a_name_is_no_missing_package():
+    """`cannot import name x from torch`: torch is installed (another version lacks x): not said missing."""
+    assert entry.installation_fault(ImportError("cannot import name 'x' from 'torch'", name="torch")) is None
+
+
+def test_a_missing_module_met_while_handling_another_error_is_found():
+    try:
+        try:
+            raise ModuleNotFoundError("No module named 'safetensors'", name="safetensors")
+        except ImportError:
+            raise RuntimeError("loading the model failed")  # noqa: B904 - an implicit chain, as libraries raise
+    except RuntimeError as outer:
+        assert "the Python package safetensors" in entry.installation_fault(outer)
+
+
 def test_a_chained_missing_module_is_found_behind_the_error_raised_from_it():
     try:
         try:
@@ -106,28 +124,54 @@ def test_a_chained_missing_module_is_found_behind_the_error_raised_from_it():
         assert "the Python package safetensors" in entry.installation_fault(outer)
 
 
-def _mismatched_h5py(tmp_path: Path) -> str:
-    """A prelude that puts first on sys.path an h5py that fails to load as one built for numpy 1
-    fails under numpy 2 (in a folder named site-packages, as installed packages are)."""
-    package = tmp_path / "env" / "site-packages" / "h5py"
+def _mismatched_h5py(tmp_path: Path, folder: str = "site-packages") -> Path:
+    """A folder holding an h5py that fails to load as one built for numpy 1 fails under numpy 2 (named
+    as installed packages' folders are: site-packages, or dist-packages under Debian's Python)."""
+    package = tmp_path / "env" / folder / "h5py"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(f"raise ValueError({MISMATCH!r})\n")
-    return f"sys.path.insert(0, {str(package.parent)!r})"
+    return package.parent
 
 
-def test_an_h5py_built_for_another_numpy_is_no_damaged_shard(tmp_path, small_sample):
+@pytest.mark.parametrize("folder", ["site-packages", "dist-packages"])
+def test_an_h5py_built_for_another_numpy_is_no_damaged_shard(tmp_path, small_sample, folder):
+    import numpy
+
+    prepared, shard = small_sample
+    first = f"sys.path.insert(0, {str(_mismatched_h5py(tmp_path, folder))!r})"
+    done = _virnucpro(tmp_path, ["predict", "--prepared", str(prepared), "--embeddings", str(shard),
+                                 "--outdir", "out"], first)
+    _assert_installation_fault(done, tmp_path, f"h5py was built for another numpy than the installed numpy "
+                               f"{numpy.__version__} (", f"fix: {sys.executable} -m pip install --upgrade h5py")
+    assert "cannot be read" not in done.stderr
+
+
+def test_a_mismatched_module_that_pythonpath_put_first_is_said_to_come_from_there(tmp_path, small_sample):
+    """The module's folder is the fault (unset PYTHONPATH), not its build: the same h5py, from PYTHONPATH."""
     prepared, shard = small_sample
     done = _virnucpro(tmp_path, ["predict", "--prepared", str(prepared), "--embeddings", str(shard),
-                                 "--outdir", "out"], _mismatched_h5py(tmp_path))
-    _assert_installation_fault(done, tmp_path, "h5py was built for another numpy than the installed numpy",
-                               f"fix: {sys.executable} -m pip install --upgrade h5py")
-    assert "cannot be read" not in done.stderr
+                                 "--outdir", "out"], pythonpath=_mismatched_h5py(tmp_path))
+    assert done.returncode == 2 and "which PYTHONPATH=" in done.stderr and "unset PYTHONPATH" in done.stderr, done.stderr
+    assert "pip install" not in done.stderr, done.stderr
 
 
 def test_the_mismatch_names_the_package_in_words_when_no_installed_file_raised_it():
     message = entry.installation_fault(ImportError("numpy.core.multiarray failed to import"))
     assert message.startswith("a compiled package was built for another numpy")
     assert "upgrade the package the traceback names" in message
+
+
+def test_a_bug_report_goes_to_the_temporary_folder_the_user_named_or_nowhere(tmp_path, monkeypatch, capsys):
+    """A TMPDIR that cannot be used is said, with the traceback on stderr: the report is not put in
+    the system's temporary folder behind the user's back."""
+    from virnucpro import crash
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert crash.report_bug(RuntimeError("something of virnucpro's own")) == 1
+    err = capsys.readouterr().err
+    assert "it could not be saved" in err and f"TMPDIR={tmp_path / 'missing'}" in err, err
+    assert "the traceback below" in err and "saved in" not in err, err
 
 
 def test_a_bug_report_is_saved_even_when_the_temporary_folder_module_cannot_load(tmp_path, monkeypatch, capsys):

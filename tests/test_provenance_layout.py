@@ -73,7 +73,7 @@ def test_the_code_hash_changes_with_any_module_and_with_nothing_else(tmp_path):
     module.write_bytes(original + b"\n# one more line\n")
     assert code_sha256(copy) != code_sha256()
     module.write_bytes(original)
-    module.rename(copy / "batching.py")  # the same bytes under another path
+    module.rename(module.with_name("batching_.py"))  # the same bytes, in the same place in path order
     assert code_sha256(copy) != code_sha256()
 
 
@@ -92,9 +92,22 @@ def test_the_cpu_instruction_set_that_computed_is_recorded(tmp_path, small_sampl
     assert h5shard.read_info(tmp_path / "s.h5").settings == tuple(settings)
 
 
-def test_a_gpu_is_named_as_a_settings_value_even_without_a_driver_to_ask():
-    assert _setting_value("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
-    assert h5shard.SETTING_ENTRY.fullmatch(f"gpu={_setting_value('NVIDIA H100 80GB HBM3, rev 1')}")
-    if not torch.cuda.is_available():
-        assert _hardware_setting(torch.device("cuda")) == "gpu=unknown"
+@pytest.mark.parametrize("name, entry", [("NVIDIA H100 80GB HBM3", "gpu=NVIDIA_H100_80GB_HBM3"),
+                                         ("A100-SXM4-40GB, rev 1", "gpu=A100-SXM4-40GB__rev_1"),
+                                         ("x" * 200, "gpu=" + "x" * 80), ("", "gpu=_")])
+def test_a_gpu_is_named_as_a_settings_value_predict_reads(monkeypatch, name, entry):
+    """Every name a GPU may have becomes an entry predict takes (one it refused would make every
+    shard embedded on that GPU exit 5 in predict)."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert _hardware_setting(torch.device("cuda")) == entry
+    assert h5shard.SETTING_ENTRY.fullmatch(entry)
+
+
+def test_a_gpu_without_a_driver_to_ask_is_unknown_and_the_cpu_names_its_instruction_set(monkeypatch):
+    def no_driver(device=None):
+        raise RuntimeError("Found no NVIDIA driver on your system")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", no_driver)
+    assert _hardware_setting(torch.device("cuda")) == "gpu=unknown"
     assert _hardware_setting(torch.device("cpu")) == f"cpu_isa={torch.backends.cpu.get_cpu_capability()}"
+    assert h5shard.SETTING_ENTRY.fullmatch(_hardware_setting(torch.device("cpu")))
