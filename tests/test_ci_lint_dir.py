@@ -18,7 +18,8 @@ def _git(repo: Path, *args: str) -> None:
 
 def _lint_dir(repo: Path, work: Path) -> subprocess.CompletedProcess:
     """`lint_dir` of .ci/lint.sh, as lint.sh runs it (errexit, pipefail), for REPO and WORK."""
-    script = f'set -euo pipefail\neval "$(sed -n "/^lint_dir() {{/,/^}}/p" {LINT})"\nlint_dir\n'
+    function = "/^lint_dir() [{]/,/^[}]/p"  # the function's lines, from its name to its closing brace
+    script = f'set -euo pipefail\neval "$(sed -n "{function}" {LINT})"\nlint_dir\n'
     return subprocess.run(["bash", "-c", script], env={"REPO": str(repo), "WORK": str(work), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
 
