@@ -254,11 +254,13 @@ def _stranded(folder: Path) -> bool:
         return False
 
 
-def _free(lock: Path) -> bool:
-    """Whether the regular file `lock` can be locked now (nobody holds it)."""
+def _free(lock: Path, token: str | None = None) -> bool:
+    """Whether the regular file `lock` (holding `token`, when given) can be locked now: nobody holds
+    it. OSError when it cannot be opened."""
     handle = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
+        if not stat.S_ISREG(os.fstat(handle).st_mode) or (
+                token is not None and os.read(handle, 1024).decode(errors="replace") != token):
             return False
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -275,19 +277,9 @@ def _abandoned(folder: Path) -> bool:
         info = os.lstat(folder)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             return False
-        handle = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return _free(folder / OWNER_LOCK, _owner_token(folder))
     except OSError:
         return False
-    try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode) or os.read(handle, 1024).decode(errors="replace") != \
-                _owner_token(folder):
-            return False
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:  # held: its process lives
-        return False
-    finally:
-        os.close(handle)
 
 
 def use_cache(folder: Path | None = None) -> Path:
