@@ -303,6 +303,11 @@ def test_a_file_size_limit_is_exit_10_saying_so(tmp_path):
     (">\u3164\nACGT\n", "U+3164"),                                     # an id shown as nothing
     (">v\ufe0f\nACGT\n", "the id 'v\\ufe0f' holds U+FE0F"),
     (">t\U000e0041\nACGT\n", "U+E0041"),
+    (">x\u2800\nACGT\n", "the id 'x\\u2800' holds U+2800"),           # the braille blank shows as a space
+    (">x\ue000\nACGT\n", "U+E000"),                                    # private use: no glyph of its own
+    ("@x\U00013430 d\nACGT\n+\nIIII\n", "U+13430"),                     # a format character
+    (">x\ufdd0\nACGT\n", "U+FDD0"),                                    # noncharacters
+    (">x\U0010ffff\nACGT\n", "U+10FFFF"),
 ])
 def test_a_leading_quote_or_a_control_character_beyond_ascii_is_exit_3(tmp_path, text, culprit):
     reads = tmp_path / "reads.fa"
@@ -314,11 +319,12 @@ def test_a_leading_quote_or_a_control_character_beyond_ascii_is_exit_3(tmp_path,
 
 def test_quotes_inside_ids_and_other_unicode_stay_accepted(tmp_path):
     reads = tmp_path / "reads.fa"
-    reads.write_text('>a"b x"y\nACGT\n>\u00e9\u4e2d\U0001f9a0 \u200dz \u200e\u05e9\u061c\nACGT\n', encoding="utf-8")
+    reads.write_text('>a"b x"y\nACGT\n>\u00e9\u4e2d\U0001f9a0 \u200dz \u200e\u05e9\u061c\ue000\u2800\nACGT\n'
+                     '>u\u0378\nACGT\n', encoding="utf-8")  # unassigned (U+0378): a newer Python may know it
     done = virnucpro("prepare", reads, "--outdir", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     ids = [line.split("\t")[0] for line in (tmp_path / "out" / fmt.SEQUENCES).read_text("utf-8").splitlines()[1:]]
-    assert ids == ['a"b', "\u00e9\u4e2d\U0001f9a0"]
+    assert ids == ['a"b', "\u00e9\u4e2d\U0001f9a0", "u\u0378"]
 
 
 def test_run_names_its_own_tables_and_an_odd_classifier_path_in_valid_unicode(tmp_path, tiny_models):

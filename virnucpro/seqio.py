@@ -185,6 +185,11 @@ _BLANK_NOTES: list[tuple[str, str]] = []  # (input, warning) not yet taken by `t
 INVISIBLE_IN_ID = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
                              "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
                              "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+# in an id, beside those: characters with no glyph of their own in any font (format characters,
+# private use, noncharacters) and the braille blank, which shows as a space; unassigned code points
+# stay accepted, as a newer Python may know them as letters or emoji (the same input, another verdict)
+UNSHOWN_CATEGORIES = frozenset({"Cf", "Co", "Cs"})
+BLANK_LOOKING = "\u2800"
 UTF8_BOM = b"\xef\xbb\xbf"
 
 # The longest header line accepted, in bytes with its '>' or '@' (64 KiB). Real headers (an id and a
@@ -611,11 +616,28 @@ def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
                             "shown as nothing (zero-width, text-direction mark, soft hyphen, variation selector...): ids "
                             "that differ only by it would look the same in every table", "remove it from the id (a "
                             "description, after a space, may keep it)")
+    unshown = None if rid.isascii() else _unshown_in_id(rid)
+    if unshown:
+        shown = printable(rid[:60]).replace(unshown, ascii(unshown)[1:-1])
+        raise BadInputError(f"{path}, line {line}: the id '{shown}' holds U+{ord(unshown):04X}, a "
+                            "character no font shows as itself (format character, private use, noncharacter, braille "
+                            "blank): ids that differ only by it would look the same in every table",
+                            "remove it from the id (a description, after a space, may keep it)")
     if rid.startswith('"'):
         raise BadInputError(f"{path}, line {line}: the id '{printable(rid[:60])}' starts with a double quote, which "
                             "readers of the output tables (pandas, R, Python's csv) take for the start of a "
                             "quoted field: they would merge or lose rows", "rename the sequence: drop or replace the "
                             "leading quote (and check that the ids stay distinct)")
+
+
+def _unshown_in_id(rid: str) -> str | None:
+    """The first character of `rid` that shows as nothing or as another one (see UNSHOWN_CATEGORIES), if any."""
+    for character in rid:
+        point = ord(character)
+        if (unicodedata.category(character) in UNSHOWN_CATEGORIES or character in BLANK_LOOKING
+                or 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE):
+            return character
+    return None
 
 
 def _fasta_record(text: str, path: Path, line: int) -> Record:
