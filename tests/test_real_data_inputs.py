@@ -262,6 +262,37 @@ def test_the_docs_show_the_awk_programs_prepare_gives():
         assert f"awk '{program}'" in text, program
 
 
+@pytest.mark.skipif(shutil.which("awk") is None, reason="no awk here")
+@pytest.mark.parametrize("form, names", [("fasta", ["pairs.fa"]), ("fastq", ["r_1.fq", "r_2.fq"])])
+def test_the_fix_given_cuts_ids_where_prepare_cut_them_at_an_unusual_blank(tmp_path, run_cli, form, names):
+    """Ids cut at a no-break space, U+3000, a thin space...: the awk given put /1 at the end of the
+    line, prepare cut the id again before it, and the same refusal came back for the new file."""
+    blanks = ["\u00a0", "\u3000", "\u2009", "\u202f", "\u205f", "\u1680", " "]
+    paths = [tmp_path / name for name in names]
+    for number, path in enumerate(paths, 1):
+        mates = (1, 2) if len(paths) == 1 else (number,)
+        path.write_text("".join(record(form, f"read{i}{blank}{mate}:N:0") for i, blank in enumerate(blanks)
+                                for mate in mates), encoding="utf-8")
+    code, message = run_cli("prepare", *paths, "--outdir", tmp_path / "refused")
+    assert code == 3 and "paired-end" in message, message
+    renamed = []
+    for command in awk_commands(message):
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=60)
+        renamed.append(tmp_path / command.rsplit("> ", 1)[1])
+    code, message = run_cli("prepare", *renamed, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    mates = sorted(((i, m) for i in range(len(blanks)) for m in (1, 2)), key=lambda pair: pair[1] if len(paths) == 2 else 0)
+    assert sequence_ids(tmp_path / "out") == [f"read{i}/{m}" for i, m in mates]
+
+
+def test_the_fix_given_is_short_where_no_id_was_cut_at_an_unusual_blank(tmp_path, run_cli):
+    pairs = tmp_path / "pairs.fa"
+    pairs.write_text(record("fasta", "read1 1:N:0") + record("fasta", "read1 2:N:0"))
+    code, message = run_cli("prepare", pairs, "--outdir", tmp_path / "refused")
+    assert code == 3 and "\\302\\240" not in message, message
+    assert len(awk_commands(message)) == 1, message
+
+
 # --- 2: files of reads that are no text ---------------------------------------------------------
 
 def bgzf(data: bytes) -> bytes:

@@ -436,6 +436,7 @@ class InputSummary:
     records: int = 0
     compression: str = "none"  # as read (gzip, bzip2, xz): for the commands a refusal gives
     format: str = "fastq"  # as read (fasta or fastq): for the same commands
+    unusual_blanks: bool = False  # an id was cut at a Unicode blank beyond space and tab: the commands cut there too
 
 
 class InlineExecutor:
@@ -528,7 +529,9 @@ class SamplePreparer:
             warn(f"record '{record_id}' contains U (RNA?); as in the original, codons with U are dropped, "
                  "not read as T")
         self.rna_warnings += len(result.rna_records)
-        self._warn_of_blanks(result.blank_notes + take_blank_notes())  # this process's own too (FASTQ's)
+        notes = result.blank_notes + take_blank_notes()  # this process's own too (FASTQ's)
+        self._warn_of_blanks(notes)
+        summary.unusual_blanks |= any(path == str(summary.path) for path, _ in notes)
 
     def _warn_of_blanks(self, notes: list[tuple[str, str]]) -> None:
         """Each input's first note of an id cut at an unusual blank, once (every worker notes its own)."""
@@ -803,6 +806,12 @@ ONE_MATE_AWK = {"fastq": BOM_AWK + r'NR%4==1{sub(/^@[ \t]*/,"@"); sub(/[ \t\r]|$
 INTERLEAVED_AWK = {"fastq": BOM_AWK + r'NR%4==1{sub(/^@[ \t]*/,"@"); sub(/[ \t\r]|$/,NR%8==1?"/1&":"/2&")} '
                                      r'NR%4==3{sub(/^[+][^\r]*/,"+")} 1',
                    "fasta": BOM_AWK + r'/^>/{sub(/^>[ \t]*/,">"); sub(/[ \t\r]|$/,++n%2?"/1&":"/2&")} 1'}
+# Unicode's blanks beyond ASCII that end an id as Biopython's split() ends it (`seqio._record_id`;
+# U+0085 is refused), as UTF-8 byte sequences in octal: alternatives, not a bracket of bytes, which
+# awk in a UTF-8 locale would read as characters; added to the programs for an input whose ids were
+# cut at one (not to every hint: they are long)
+UNUSUAL_BLANKS_AWK = "|".join("".join(f"\\{byte:03o}" for byte in chr(point).encode()) for point in range(0x80, 0x3001)
+                              if chr(point).isspace() and point != 0x85)
 EXTENSIONS = {"fastq": (".fastq", ".fq"), "fasta": (".fa", ".fasta", ".fna", ".fas")}  # the first when none
 
 
@@ -858,6 +867,9 @@ def _named(source: InputSummary, ending: str, taken: set[Path] | None = None) ->
 def _awk_command(source: InputSummary, program: str, taken: set[Path] | None = None) -> str:
     """A shell command running awk `program` over an input into a new plain file beside it."""
     path, out = _named(source, ".ids", taken)
+    if source.unusual_blanks:
+        program = (program.replace(r"[ \t]*/", rf"([ \t]|{UNUSUAL_BLANKS_AWK})*/")
+                   .replace(r"[ \t\r]|$", rf"[ \t\r]|{UNUSUAL_BLANKS_AWK}|$"))
     given = shell_word(str(path) if path.is_absolute() else f"./{path}")  # awk reads `a=1.fa` as an assignment
     if source.compression in DECOMPRESS:
         return f"{DECOMPRESS[source.compression]} {given} | awk '{program}' > {out}"
