@@ -1189,16 +1189,14 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     if _kept_as_written(out, shard_meta, ids, identity, precision):
         _discard_leftover(folder, asked.checkpoint_dir is None)
         return out
+    if not ids:
+        return _write_empty(out, shard, shard_meta, model_set, precision, MadeBy({torch_device.type}), asked, held)
     settle_torch_cache(torch_device, asked.compiling)  # before checkpoints are made or models read
     _say_checkpoints_passed_by(folder, checkpoint, _default_checkpoints(out) / folder.name)
     checkpoints = CheckpointStore(folder, asked.checkpoint_dir is None, identity=checkpoint)
     try:
         encoders = _load_encoders(model_set, torch_device, precision, asked.compiling)
-        distinct = {"dnabert_s": Distinct.of([r[1] for r in records]),
-                    "esm2": Distinct.of([r[2] for r in records])}
-        known = {role: np.zeros((len(distinct[role].sequences), encoders[role].width), np.float32)
-                 for role in ROLES}
-        done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
+        distinct, known, done = _vector_tables(records, {role: encoders[role].width for role in ROLES})
         restored = _restore(checkpoints, known, done)
         _log_resume(ids, distinct, done)
         embedder = Embedder(encoders, asked.token_budget or DEFAULT_TOKEN_BUDGET[torch_device.type], torch_device,
@@ -1215,6 +1213,36 @@ def _embed_locked(shard: Path, shard_meta, out: Path, asked: _Settings, held: _H
     _remove_after_writing(checkpoints, out, final=asked.reported_as is None)
     info(f"embedded {len(ids):,} records of {shard.name} {asked.reported_as or f'-> {out}'}")
     return out
+
+
+def _vector_tables(records: list, widths: dict[str, int]) -> tuple[dict, dict, dict]:
+    """Per role: the distinct sequences of the shard's `records` (id, nucleotide, protein), a zeroed
+    vector for each (`widths` wide) and whether it is computed yet (none is)."""
+    distinct = {"dnabert_s": Distinct.of([r[1] for r in records]), "esm2": Distinct.of([r[2] for r in records])}
+    known = {role: np.zeros((len(distinct[role].sequences), widths[role]), np.float32) for role in ROLES}
+    done = {role: np.zeros(len(distinct[role].sequences), bool) for role in ROLES}
+    return distinct, known, done
+
+
+def _write_empty(out: Path, shard: Path, shard_meta, model_set, precision: str, made: MadeBy, asked: _Settings,
+                 held: "_HeldOut") -> Path:
+    """A shard without records (a sample with no ORF) written as (0, width) sets, no model loaded: the
+    widths come from the models' settings (`unloaded_widths`); `made` names the device and no path,
+    as nothing computed a vector."""
+    identity = model_set.identity(ROLES)
+    distinct, known, _ = _vector_tables([], dict(zip(ROLES, unloaded_widths(model_set))))
+    _write(out, [], distinct, known, _attributes(shard_meta, identity, model_set.tiny, precision, made), held)
+    info(f"embedded 0 records of {shard.name} (no ORF: no model loaded) {asked.reported_as or f'-> {out}'}")
+    return out
+
+
+def unloaded_widths(model_set) -> tuple[int, int]:
+    """Feature widths (DNABERT-S, ESM-2) from the models' settings (DNABERT-S's config.json, ESM-2's
+    checkpoint settings, its weights mapped, not read), checked as loading checks them: what an empty
+    shard's datasets and the classifier check need, without loading billions of parameters for it."""
+    from virnucpro.encoders import dnabert_s, esm2
+
+    return dnabert_s.configured_width(model_set.dnabert_s), esm2.configured_width(model_set.esm2)
 
 
 def _remove_after_writing(checkpoints: "CheckpointStore", out: Path, final: bool) -> None:

@@ -891,7 +891,7 @@ def _run_info(manifest: dict, shards: list, classifier: Path, classifier_sha256:
         "tiny_models": tiny,
         "precision": sorted({s.precision for s in shards}),
         "device": sorted({s.device for s in shards}),
-        "attention_path": sorted({s.attention for s in shards}),
+        "attention_path": sorted({s.attention for s in shards if s.attention}),  # none: no vector computed
         "embed_settings": h5shard.settings_in_order({entry for s in shards for entry in s.settings}),
         "threshold": threshold,
         "counts": manifest["counts"],

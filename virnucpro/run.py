@@ -190,16 +190,18 @@ def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, kept_in
                **options) -> list[Path]:
     """Every shard embedded (finished ones from an earlier try reused); returns the HDF5 paths.
     `kept_in`: where the embeddings are published on success (--keep-embeddings), else None."""
-    from virnucpro.embed import ROLES, embed, embedding_widths
+    from virnucpro.embed import ROLES, embed, embedding_widths, unloaded_widths
     from virnucpro.predict import check_classifier_fits
 
     identity = setup.model_set.identity(ROLES)
     embeddings = [work / "embeddings" / Path(shard["file"]).with_suffix(".h5").name for shard in manifest["shards"]]
     pending = {h5 for shard, h5 in zip(manifest["shards"], embeddings)
                if not _embedded_before(prepared / shard["file"], h5, identity, setup.precision)}
-    if pending:  # loads the models, which the first embed needs anyway
-        check_classifier_fits(setup.classifier_model, setup.classifier,
-                              embedding_widths(setup.model_set, setup.device, setup.precision, setup.compiling))
+    if pending:  # loads the models when a shard has records: the first embed needs them anyway
+        computing = any(shard["records"] for shard, h5 in zip(manifest["shards"], embeddings) if h5 in pending)
+        widths = (embedding_widths(setup.model_set, setup.device, setup.precision, setup.compiling) if computing
+                  else unloaded_widths(setup.model_set))
+        check_classifier_fits(setup.classifier_model, setup.classifier, widths)
     for shard, h5 in zip(manifest["shards"], embeddings):
         if h5 not in pending:
             info(f"embed: {h5.name} already done, reusing it")

@@ -201,6 +201,13 @@ def _config(folder: Path) -> dict:
     return sizes
 
 
+def configured_width(folder: Path) -> int:
+    """The vector width (hidden_size) config.json gives, checked as loading checks it; no weights read."""
+    if not Path(folder).is_dir():
+        raise ModelsError(f"DNABERT-S: model folder {folder} is missing", hint=_refetch(Path(folder)))
+    return _config(Path(folder))["hidden_size"]
+
+
 def _config_value(path: Path, cfg: dict, key: str, default: int | float | None) -> int | float:
     """One config.json value: a positive integer within bounds, or for layer_norm_eps a positive number."""
     if key not in cfg:

@@ -316,11 +316,23 @@ def _strip_prefixes(state: Mapping) -> dict:
     return {pattern.sub("", k): v for k, v in state.items()}
 
 
-def _checked_mapping(path: Path, data: Mapping) -> tuple[tuple[int, int, int, bool], dict[str, torch.Tensor]]:
-    """((layers, dim, heads, token_dropout), our state dict) of a fair-esm checkpoint, checked."""
+def configured_width(path: Path) -> int:
+    """The vector width (embed dim) of a fair-esm checkpoint, from its settings checked against the shape
+    of its token embeddings; the weights are memory-mapped by torch.load, not read."""
+    data = _read_checkpoint(Path(path))
+    return _architecture(Path(path), data, _fair_esm_state(Path(path), data))[1]
+
+
+def _fair_esm_state(path: Path, data: Mapping) -> dict:
+    """The state dict of a fair-esm checkpoint, its keys without fair-esm's prefixes."""
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
         raise ModelsError(f"ESM-2: {path} is not a fair-esm checkpoint (no 'model' state dict)")
-    state = _strip_prefixes(data["model"])
+    return _strip_prefixes(data["model"])
+
+
+def _checked_mapping(path: Path, data: Mapping) -> tuple[tuple[int, int, int, bool], dict[str, torch.Tensor]]:
+    """((layers, dim, heads, token_dropout), our state dict) of a fair-esm checkpoint, checked."""
+    state = _fair_esm_state(path, data)
     architecture = _architecture(path, data, state)
     return architecture, _map_state(path, state, architecture[0])
 

@@ -1,0 +1,80 @@
+"""A sample with no ORF flows through embed and predict (CONTRACTS.md) without either encoder loaded:
+its shard has no record to embed, and loading ESM-2 3B for it cost tens of seconds, gigabytes and, at
+fp16, a 5.6 GB copy written into the models folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+
+from virnucpro import embed as embed_module
+
+ALL_N = ">a\n" + "N" * 400 + "\n>b\nAC\n"  # no ORF: all N, and shorter than a codon
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any load of the encoders fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("an encoder was loaded for a shard without records")
+
+    monkeypatch.setattr(embed_module, "_load_encoders_cached", refuse)
+
+
+def configured_widths(models: Path) -> tuple[int, int]:
+    """The widths the tiny models are built with, read as their writer recorded them."""
+    import torch
+
+    config = json.loads(next(models.glob("*/config.json")).read_text())
+    weights = next(path for path in models.glob("*.pt") if "contact" not in path.name)
+    state = torch.load(weights, map_location="cpu", weights_only=False, mmap=True)["model"]
+    return config["hidden_size"], next(value.shape[1] for key, value in state.items() if key.endswith("embed_tokens.weight"))
+
+
+def test_embed_writes_a_shard_without_records_with_the_models_widths_and_loads_neither(
+        tmp_path, run_cli, tiny_models, no_model_loads):
+    reads = tmp_path / "allN.fa"
+    reads.write_text(ALL_N)
+    assert run_cli("prepare", reads, "--outdir", tmp_path / "prep")[0] == 0
+    code, message = run_cli("embed", tmp_path / "prep" / "shards" / "shard_00000.tsv", "--models", tiny_models,
+                            "--out", tmp_path / "e.h5", "--device", "cpu")
+    assert code == 0 and "no model loaded" in message, message
+    with h5py.File(tmp_path / "e.h5") as handle:
+        widths = (handle["dnabert_s"].shape[1], handle["esm2"].shape[1])
+        assert handle["ids"].shape == (0,) and handle.attrs["attention"] == "" and handle.attrs["device"] == "cpu"
+    assert widths == configured_widths(tiny_models)
+    code, message = run_cli("predict", "--prepared", tmp_path / "prep", "--embeddings", tmp_path / "e.h5",
+                            "--models", tiny_models, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    rows = (tmp_path / "out" / "sequences.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[0] for row in rows] == ["a", "b"] and all("no_orf" in row for row in rows), rows
+
+
+def test_run_of_a_sample_without_orfs_loads_neither_model_and_records_no_attention_path(
+        tmp_path, run_cli, tiny_models, no_model_loads):
+    reads = tmp_path / "allN.fa"
+    reads.write_text(ALL_N)
+    code, message = run_cli("run", reads, "--models", tiny_models, "--outdir", tmp_path / "out", "--device", "cpu")
+    assert code == 0 and "no model loaded" in message, message
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert info["attention_path"] == [] and info["device"] == ["cpu"] and info["counts"]["orfs"] == 0, info
+
+
+def test_a_shard_without_records_is_still_refused_for_damaged_models(tmp_path, run_cli, models, no_model_loads):
+    """Widths read from the settings are checked as loading checks them: a config.json without
+    hidden_size is exit 4 naming it, not an HDF5 of another width."""
+    reads = tmp_path / "allN.fa"
+    reads.write_text(ALL_N)
+    assert run_cli("prepare", reads, "--outdir", tmp_path / "prep")[0] == 0
+    config = next(models.glob("*/config.json"))
+    settings = json.loads(config.read_text())
+    del settings["hidden_size"]
+    config.chmod(0o644)
+    config.write_text(json.dumps(settings))
+    code, message = run_cli("embed", tmp_path / "prep" / "shards" / "shard_00000.tsv", "--models", models,
+                            "--out", tmp_path / "e.h5", "--device", "cpu")
+    assert code == 4 and "config.json" in message, message
+    assert not (tmp_path / "e.h5").exists()
