@@ -54,15 +54,16 @@ def groovy():
 
 def _embed_closure(groovy, key: str, attempt: int = 1, previous_exit: int | None = None,
                    engine: str | None = None, checkpoint_dir: str = "/ckpt", profile: str = "standard",
-                   previous_script: str | None = None, executor: str | None = None, **params) -> str:
-    """One closure of EMBED's withName block, evaluated for one task attempt; the previous attempt's
-    trace holds its exit status and its script (Nextflow's task.previousTrace)."""
+                   previous_script: str | None = None, executor: str | None = None, meta: dict | None = None,
+                   **params) -> str:
+    """One closure of EMBED's withName block, evaluated for one task attempt (of a shard of sample
+    `meta`); the previous attempt's trace holds its exit status and its script (Nextflow's task.previousTrace)."""
     body = selector_blocks(MODULES_CONFIG, "withName")["VIRNUCPRO_EMBED"][0]
     previous = {"exit": previous_exit, "script": previous_script}
     task = {"attempt": attempt, "executor": executor,
             **({"previousTrace": previous} if previous_exit is not None else {})}
     bindings = {"params": {**PARAMS, **params}, "task": task, "checkpoint_dir": checkpoint_dir,
-                "workflow": {"containerEngine": engine, "profile": profile}}
+                "workflow": {"containerEngine": engine, "profile": profile}, "meta": meta or {"id": "s1"}}
     return groovy.evaluate(bindings, [(key, assignments(body)[key], True)])[key]
 
 
@@ -233,17 +234,18 @@ def test_error_strategy_retries_embed_on_the_cli_codes_and_scheduler_kills(groov
     assert _error_strategy(groovy, gpu, int(ExitCode.BAD_INPUT)) == "finish"
 
 
-def _gpu_requests(groovy, directive: str, exits: list) -> list:
+def _gpu_requests(groovy, directive: str, exits: list, meta: dict | None = None) -> list:
     """EMBED's `directive` request on each attempt of a task whose attempts failed with `exits` in
     turn, in GB or hours: the previous attempt's trace holds what that attempt asked for (Nextflow
     records memory in bytes and time in ms; plain numbers of one unit here)."""
     body = selector_blocks(BASE_CONFIG, "withLabel")["process_gpu"][0]
     code = re.sub(r"(\d+)\.(GB|h)(\.(toBytes|toMillis)\(\))?", r"\1", assignments(body)[directive])
-    requests = [groovy.evaluate({"task": {"attempt": 1}}, [(directive, code, True)])[directive]]
+    meta = meta or {"id": "s1"}
+    requests = [groovy.evaluate({"task": {"attempt": 1}, "meta": meta}, [(directive, code, True)])[directive]]
     for attempt, code_before in enumerate(exits, start=2):
         previous = {"exit": code_before, directive: requests[-1]}
         task = {"attempt": attempt, "previousTrace": previous}
-        requests.append(groovy.evaluate({"task": task}, [(directive, code, True)])[directive])
+        requests.append(groovy.evaluate({"task": task, "meta": meta}, [(directive, code, True)])[directive])
     return requests
 
 
@@ -392,10 +394,36 @@ def test_slurm_sends_only_embed_to_the_gpu_queue_and_warns_only_embed_before_its
     for label, gpu_queue in (("process_gpu", "gpu"), ("process_low", "gpu"), ("process_gpu", "")):
         params = {**PARAMS, "slurm_queue": "cpu", "slurm_gpu_queue": gpu_queue, "device": "cpu"}
         found[label, gpu_queue] = groovy.evaluate({"params": params, "task": {"label": [label]},
-                                                   "workflow": {"profile": "slurm"}}, closures)
+                                                   "workflow": {"profile": "slurm"}, "meta": {"id": "s1"}}, closures)
     assert [found[key]["queue"] for key in found] == ["gpu", "cpu", "cpu"]
     assert [(found[key]["options"] or "").split() for key in found] == [["--signal=B:USR2@60"], [],
                                                                          ["--signal=B:USR2@60"]]
+
+
+def test_the_shard_of_a_sample_with_no_orf_asks_for_no_gpu_anywhere(groovy):
+    """Embed writes it without a model (`meta.no_orf`, set by the workflow from the shard): no GPU
+    from SLURM, the cloud executors or the container, no GPU queue, the CPU, one CPU and a CPU task's
+    memory and time; a shard with records of the same sample asks for all of it."""
+    slurm = (REPO / "conf" / "slurm.config").read_text()
+    closures = [("queue", re.search(r"queue    = (\{.*?\n    \})", slurm, re.S).group(1), True),
+                ("options", re.search(r"clusterOptions = (\{.*?\n    \})", slurm, re.S).group(1), True),
+                ("accelerator", assignments(BASE_CONFIG)["accelerator"], True)]
+    gpu_block = assignments(selector_blocks(BASE_CONFIG, "withLabel")["process_gpu"][0])
+    params = {**PARAMS, "slurm_queue": "cpu", "slurm_gpu_queue": "gpu", "device": "cuda"}
+    for meta, gpu in (({"id": "s1", "no_orf": True}, False), ({"id": "s1"}, True)):
+        bindings = {"params": params, "task": {"label": ["process_gpu"], "attempt": 1},
+                    "workflow": {"profile": "slurm,gpu"}, "meta": meta}
+        found = groovy.evaluate(bindings, [*closures, ("cpus", gpu_block["cpus"], True)])
+        assert (found["queue"], "--gres=gpu:1" in found["options"], found["accelerator"], found["cpus"]) == (
+            ("gpu", True, 1, 8) if gpu else ("cpu", False, None, 1)), found
+        options = _embed_closure(groovy, "containerOptions", engine="docker", device="cuda", meta=meta)
+        assert ("--gpus all" in options) == gpu, options
+        assert _embed_closure(groovy, "ext.device", device="cuda", meta=meta) == ("cuda" if gpu else "cpu")
+        machine = _base_closure(groovy, "machineType", {"label": ["process_gpu"], "executor": "google-batch"},
+                                profile="google,gpu", meta=meta, device="cuda", gpu_type="nvidia-l4")
+        assert (machine is not None) == gpu, machine
+    assert _gpu_requests(groovy, "memory", [137], meta={"id": "s1", "no_orf": True}) == [6, 12]
+    assert _gpu_requests(groovy, "time", [140], meta={"id": "s1", "no_orf": True}) == [4, 8]
 
 
 def test_task_shell_is_the_configured_one():
@@ -1181,7 +1209,7 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
     slurm = (REPO / "conf" / "slurm.config").read_text()
     closure = re.search(r"clusterOptions = (\{.*?\n    \})", slurm, re.S).group(1)
     bindings = {"params": {**PARAMS, "device": device}, "task": {"label": ["process_gpu"]},
-                "workflow": {"profile": profile}}
+                "workflow": {"profile": profile}, "meta": {"id": "s1"}}
     options = groovy.evaluate(bindings, [("options", closure, True)])["options"] or ""
     assert ("--gres=gpu:1" in options.split()) == bool(gres), options
     gpus = _embed_closure(groovy, "containerOptions", engine="apptainer", device=device, profile=profile)
@@ -1640,9 +1668,10 @@ def test_a_checkpoint_folder_that_is_outdir_keeps_its_own_names_from_the_samples
 # Cloud batch executors (awsbatch and google profiles): what Nextflow 24.10 does there
 # --------------------------------------------------------------------------------------------------
 
-def _base_closure(groovy, key: str, task: dict, profile: str = "standard", **params):
-    """A process-scope closure of conf/base.config, evaluated for one task."""
-    bindings = {"params": {**PARAMS, **params}, "task": task, "workflow": {"profile": profile, "containerEngine": None}}
+def _base_closure(groovy, key: str, task: dict, profile: str = "standard", meta: dict | None = None, **params):
+    """A process-scope closure of conf/base.config, evaluated for one task (of sample `meta`)."""
+    bindings = {"params": {**PARAMS, **params}, "task": task, "workflow": {"profile": profile, "containerEngine": None},
+                "meta": meta or {"id": "s1"}}
     return groovy.evaluate(bindings, [(key, assignments(BASE_CONFIG)[key], True)])[key]
 
 

@@ -10,7 +10,7 @@ include { VIRNUCPRO_PREDICT         } from '../modules/local/virnucpro/predict'
 include { VIRNUCPRO_SUMMARY         } from '../modules/local/virnucpro/summary'
 include { VIRNUCPRO_VERSIONS        } from '../modules/local/virnucpro/versions'
 include { MULTIQC                   } from '../modules/local/multiqc'
-include { versionsToYaml ; classifierFiles ; userClassifierFiles ; classifierSha256 ; modelsCacheKey ; encoderPins } from '../subworkflows/local/utils_virnucpro_pipeline'
+include { versionsToYaml ; shardHasNoRecords ; classifierFiles ; userClassifierFiles ; classifierSha256 ; modelsCacheKey ; encoderPins } from '../subworkflows/local/utils_virnucpro_pipeline'
 
 workflow VIRNUCPRO {
     take:
@@ -49,9 +49,12 @@ workflow VIRNUCPRO {
     VIRNUCPRO_PREPARE(ch_samples)
     ch_versions = ch_versions.mix(VIRNUCPRO_PREPARE.out.versions_virnucpro)
 
-    // One EMBED task per shard; each carries the number of shards of its sample
+    // One EMBED task per shard; each carries the number of shards of its sample, and the shard of a
+    // sample with no ORF (its only one) no_orf: it asks for no GPU (conf/base.config)
     def ch_shards = VIRNUCPRO_PREPARE.out.shards.flatMap { meta, shards ->
-        shards.collect { shard -> [meta + [n_shards: shards.size()], shard] }
+        shards.collect { shard ->
+            [meta + [n_shards: shards.size()] + (shardHasNoRecords(shard) ? [no_orf: true] : [:]), shard]
+        }
     }
     // Checkpoints outside the task work directories: a retried or resumed EMBED continues mid-shard
     // The models folder as it is at the start (pins: its manifest's encoder entries, read once): EMBED

@@ -924,6 +924,21 @@ def test_twins_no_orf_and_same_named_files_come_through_whole(tmp_path):
                                                  "lanes": [data / "run1" / "reads.fa", data / "run2" / "reads.fa"]})
 
 
+def test_a_sample_with_no_orf_asks_for_no_gpu_and_loads_no_model(tmp_path):
+    """Its only shard has no record: EMBED writes it on the CPU, one CPU, no model loaded, under the
+    gpu profile too (which here, with no GPU, fails every EMBED that asks for one: exit 8)."""
+    reads = tmp_path / "no_orf.fa"
+    reads.write_text(">only_n\n" + "N" * 120 + "\n>too_short\nAC\n")
+    run = run_pipeline(tmp_path / "launch", "-profile", "test,gpu", "--input", str(reads), "--skip_multiqc")
+    run.assert_ok()
+    (task,) = run.tasks("VIRNUCPRO_EMBED")
+    script = (Path(task["workdir"]) / ".command.sh").read_text()
+    assert "--device cpu" in script and "--threads 1 " in script, script
+    assert "no model loaded" in (Path(task["workdir"]) / ".command.err").read_text()
+    rows = read_tsv(run.outdir / "no_orf" / "sequences.tsv")
+    assert [(row["sequence_id"], row["call"]) for row in rows] == [("only_n", "no_orf"), ("too_short", "no_orf")]
+
+
 def assert_inputs_table_leads_to_the_files(run, files: dict) -> None:
     """Each sample's run_info.json names its inputs as PREPARE staged them (input/N/name), relative to
     PREPARE's task folder (inputs_working_directory, where the staged links lead to the files); the

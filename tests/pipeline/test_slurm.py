@@ -145,13 +145,21 @@ def test_concurrent_embed_jobs_are_granted_distinct_gpus_and_use_them(tmp_path):
     launch = tmp_path / "launch"
     config = write_config(launch, ONE_CPU_EMBED % "")
     # auto: the cluster's GPUs are GRES entries without hardware, so embed falls back to the CPU
-    # (--device cpu asks SLURM for no GPU at all)
+    # (--device cpu asks SLURM for no GPU at all); a sample with no ORF asks for none either
+    no_orf = tmp_path / "no_orf.fa"
+    no_orf.write_text(">only_n\n" + "N" * 120 + "\n")
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text(f"sample,file\nsample_a,{TEST_INPUTS / 'sample_a.fasta'}\nsample_b,{TEST_INPUTS / 'sample_b.fastq'}\n"
+                     f"no_orf,{no_orf}\n")
     run = run_pipeline(launch, "-profile", "test,slurm,gpu", "-c", str(config), "--device", "auto",
-                       "--skip_multiqc")
+                       "--input", str(sheet), "--skip_multiqc")
     run.assert_ok()
     granted = {}
     for row in run.tasks("VIRNUCPRO_EMBED"):
         log = (Path(row["workdir"]) / ".command.err").read_text()
+        if row["tag"].startswith("no_orf:"):
+            assert "--gres" not in (Path(row["workdir"]) / ".command.run").read_text() and "no model loaded" in log
+            continue
         found = re.search(r"gpu_slot: CUDA_VISIBLE_DEVICES=(\S+) \(granted by the scheduler", log)
         assert found, f"{row['name']}: no GPU granted:\n{log}"
         assert "--gres=gpu:1" in (Path(row["workdir"]) / ".command.run").read_text()

@@ -1477,6 +1477,13 @@ def isModelsBookkeeping(rel) {
         ['.part', '.tmp', '.fp16.safetensors'].any { ending -> names.last().endsWith(ending) }
 }
 
+// Whether a PREPARE shard holds no ORF record (the only shard of a sample with no ORF): its first two
+// lines are the format line and the column header (CONTRACTS.md), so a third is a record. Reads three
+// lines at most, whatever the shard's size.
+def shardHasNoRecords(shard) {
+    return shard.withReader('UTF-8') { reader -> reader.readLine(); reader.readLine(); reader.readLine() == null }
+}
+
 // The versions ([process, tool, version] tuples) as YAML: one block per process, sorted.
 def versionsToYaml(List rows) {
     def lines = []
