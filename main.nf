@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkClassifierRecord ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; writeParamsFile ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkClassifierRecord ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markStubRun ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; writeParamsFile ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
 include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -74,6 +74,7 @@ workflow {
         def embed_settings = [checkpoint_dir: checkpoint_dir, token_budget: params.token_budget, compile: params.compile]
         def embed_record = embedSettingsRecord()
         warnIfEmbedKeyChanged(embed_record, embed_settings)
+        markStubRun(asText(params.outdir))
         markUnfinished(asText(params.outdir))
         VIRNUCPRO(
             PIPELINE_INITIALISATION.out.samples,

@@ -1224,7 +1224,7 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
 
 def _foreign_check(groovy, outdir, *own) -> str:
     folders = ", ".join(f"'{folder}'" for folder in own)
-    return _startup_check(groovy, ["refuseForeignOutdir", "quoted", "canonicalPath"],
+    return _startup_check(groovy, ["refuseForeignOutdir", "resultEntries", "quoted", "canonicalPath"],
                           f"refuseForeignOutdir(file('{outdir}'), [{folders}])")
 
 

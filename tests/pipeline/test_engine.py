@@ -215,6 +215,20 @@ def test_stub_run_creates_every_declared_output(tmp_path):
     run.assert_ok()
     assert {row["process"].split(":")[-1] for row in run.trace() if row["status"] == "COMPLETED"} >= {
         "VIRNUCPRO_MODELS_TINY", "VIRNUCPRO_PREPARE", "VIRNUCPRO_EMBED", "VIRNUCPRO_PREDICT", "VIRNUCPRO_SUMMARY"}
+    # its placeholders never mix with a real run's results
+    real = run_pipeline(tmp_path / "real", "-profile", "test", "--skip_multiqc", outdir=str(run.outdir))
+    assert_refused_before_any_task(real, "holds the placeholder results of a stub run", "give this run a new --outdir")
+
+
+def test_a_stub_run_is_refused_into_a_real_runs_results_and_leaves_them_as_they_are(test_run, tmp_path):
+    """A reviewer's case: -stub-run into a real run's --outdir replaced its tables by header-only ones,
+    its summary by one of no rows, and removed embedding shards, then said it succeeded."""
+    before = {path: path.read_bytes() for path in test_run.outdir.rglob("*") if path.is_file()}
+    run = run_pipeline(tmp_path, "-profile", "test", "-stub-run", "--save_embeddings", outdir=str(test_run.outdir))
+    assert_refused_before_any_task(run, "-stub-run writes placeholders in place of results", "sample_a",
+                                   "give the stub run a new --outdir")
+    after = {path: path.read_bytes() for path in test_run.outdir.rglob("*") if path.is_file() and path in before}
+    assert after == before
 
 
 def test_a_resume_with_another_checkpoint_dir_says_what_it_costs_and_how_to_keep_the_shards(tmp_path):

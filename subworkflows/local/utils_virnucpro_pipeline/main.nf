@@ -388,6 +388,44 @@ def lockOutdir(String outdir, String checkpointDir) {
     }
     // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
     workflow.onComplete { lock.release() }
+    refuseStubAndRealResultsMixed(dir, [workflow.workDir, checkpointDir])
+}
+
+// A stub run (-stub-run) publishes placeholders where results go (header-only tables, fake embedding
+// files, a summary of no rows): never into a folder that holds a real run's results, which it would
+// replace (and an earlier run's extra shards removed with them), nor a real run into a folder of
+// placeholders, which would mix with its results. pipeline_info/.virnucpro-stub-run marks a stub run's
+// folder (markStubRun); called once the run holds the folder's lock.
+def refuseStubAndRealResultsMixed(dir, List ownFolders) {
+    def mark = stubRunMark(dir)
+    def marked = java.nio.file.Files.exists(mark, java.nio.file.LinkOption.NOFOLLOW_LINKS)
+    if (!workflow.stubRun && marked) {
+        error("--outdir ${dir} holds the placeholder results of a stub run (-stub-run; it has ${mark}): give this run a new --outdir, or delete that folder first")
+    }
+    if (!workflow.stubRun || marked) {
+        return
+    }
+    def held = resultEntries(dir, ownFolders)
+    if (held) {
+        error("-stub-run writes placeholders in place of results, and --outdir ${dir} holds a run's results (${quoted(held.take(5))}${held.size() > 5 ? " and ${held.size() - 5} more" : ''}): give the stub run a new --outdir")
+    }
+}
+
+def stubRunMark(dir) {
+    return dir.resolve('pipeline_info').resolve('.virnucpro-stub-run')
+}
+
+// The mark of a stub run's --outdir (refuseStubAndRealResultsMixed), written once the start-up checks
+// passed, just before its tasks start: a stub run refused at start-up has published nothing.
+def markStubRun(String outdir) {
+    def dir = outdir ? file(outdir, glob: false) : null
+    if (!workflow.stubRun || dir == null || dir.toUri().getScheme() != 'file') {
+        return
+    }
+    def mark = stubRunMark(dir)
+    if (!java.nio.file.Files.exists(mark, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+        mark.text = "A stub run (-stub-run) of virnucpro wrote the files of this folder: placeholders, not results. Runs without -stub-run refuse this folder.\n"
+    }
 }
 
 // nextflow.config sends the reports of a run that will be refused for its --outdir to .nextflow/,
@@ -414,17 +452,24 @@ def refuseForeignOutdir(dir, List ownFolders) {
     if (!java.nio.file.Files.isDirectory(dir) || dir.resolve('pipeline_info').resolve('.virnucpro-run.lock').exists()) {
         return
     }
+    def held = resultEntries(dir, ownFolders)
+    if (held) {
+        def shown = quoted(held.take(5)) + (held.size() > 5 ? " and ${held.size() - 5} more" : '')
+        error("--outdir ${dir} already holds ${shown}, and no run of this pipeline wrote it (it has no pipeline_info/.virnucpro-run.lock): this run would replace those of its files that have the name of one of its results; give a new or empty --outdir")
+    }
+}
+
+// The entries of --outdir `dir` that a run's results may be: not hidden ones (.nextflow, .DS_Store),
+// lost+found, pipeline_info/ (where this run's Nextflow has already opened its reports), nor this run's
+// own folders inside it (`ownFolders`: the work directory, the checkpoint folder). Sorted names.
+def resultEntries(dir, List ownFolders) {
     def real = file(canonicalPath(dir), glob: false)
     def own = ownFolders.findAll { folder -> folder }
         .collect { folder -> file(canonicalPath(file(folder.toString(), glob: false)), glob: false) }
         .findAll { folder -> folder != real && folder.startsWith(real) }
         .collect { folder -> real.relativize(folder).getName(0).toString() }
-    def held = ((dir.toFile().list() ?: []) as List)
+    return ((dir.toFile().list() ?: []) as List)
         .findAll { name -> !name.startsWith('.') && !(name in ['pipeline_info', 'lost+found'] + own) }.sort()
-    if (held) {
-        def shown = quoted(held.take(5)) + (held.size() > 5 ? " and ${held.size() - 5} more" : '')
-        error("--outdir ${dir} already holds ${shown}, and no run of this pipeline wrote it (it has no pipeline_info/.virnucpro-run.lock): this run would replace those of its files that have the name of one of its results; give a new or empty --outdir")
-    }
 }
 
 // A run that has not completed successfully (failed, stopped, or some of its tasks failed and were
