@@ -91,6 +91,10 @@ def test_the_parameters_the_run_took_are_recorded_in_pipeline_info(test_run):
     values = json.loads(recorded.read_text())
     assert values["shard_size"] == 8 and values["precision"] == "fp32" and values["tiny_models"] is True, values
     assert values["outdir"] == str(test_run.outdir) and "trace-report-suffix" not in values, values
+    # the file's name has it: given to -params-file, the record named the new run's reports after this
+    # one's (a reviewer's case: "Trace file already exists", and the overwrite Nextflow suggests truncated it)
+    traces = {path.name[len("execution_trace_"):-len(".txt")] for path in recorded.parent.glob("execution_trace_*.txt")}
+    assert "trace_report_suffix" not in values and recorded.name[len("params_"):-len(".json")] in traces, values
 
 
 def test_test_profile_tables_equal_virnucpro_run(test_run, tmp_path):

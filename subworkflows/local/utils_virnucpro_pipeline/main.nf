@@ -113,7 +113,10 @@ def writeParamsFile(String outdir, String runStart, Map values) {
     if (workflow.preview) {
         return
     }
-    def plain = values.findAll { name, _value -> !name.toString().contains('-') }.collectEntries { name, value ->
+    // not trace_report_suffix, the file's own <start>: given back with -params-file, the record would
+    // name the reports of the new run after this one's, and Nextflow stops on "Trace file already
+    // exists" (its suggested trace.overwrite truncates this run's trace)
+    def plain = values.findAll { name, _value -> !name.toString().contains('-') && name != 'trace_report_suffix' }.collectEntries { name, value ->
         [(name.toString()): value == null || value instanceof Number || value instanceof Boolean ? value : value.toString()]
     }.sort()
     def json = file("${outdir}/pipeline_info/params_${runStart}.json", glob: false)
