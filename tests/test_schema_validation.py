@@ -46,6 +46,9 @@ workflow {
         if (c.kind == 'params') {
             results[c.name] = attempt { validateParameters(c.params, '%(schema)s'); 'valid' }
         }
+        else if (c.kind == 'yaml') { // a -params-file in YAML, read as Nextflow reads it (SnakeYAML)
+            results[c.name] = attempt { validateParameters(c.params + new org.yaml.snakeyaml.Yaml().load(c.yaml), '%(schema)s'); 'valid' }
+        }
         else if (c.kind == 'sheet') {
             results[c.name] = attempt {
                 samplesheetToList(c.sheet, '%(sheet_schema)s').collect { row -> [row[0], row[1].toString()] }
@@ -172,6 +175,9 @@ def _paths(tmp: Path):
     return sheets
 
 
+NON_FINITE_YAML = [".nan", ".inf", "-.inf", "1e400"]  # YAML's not-a-number and infinities; 1e400 overflows a double
+
+
 def _cases(tmp: Path):
     base = dict(_schema_defaults(), input=str(tmp / "reads" / "p1.fa"), outdir=str(tmp / "results"))
     (tmp / "my models").mkdir(exist_ok=True)
@@ -233,6 +239,8 @@ def _cases(tmp: Path):
     _tilde_paths(tmp)
     cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
     cases += _profile_cases(tmp)
+    cases += [{"kind": "yaml", "name": f"yaml_{value}", "params": base, "yaml": f"threshold: {value}\ntoken_budget: -5\n"}
+              for value in NON_FINITE_YAML]
     cases += [{"kind": "sheet", "name": name, "sheet": name} for name in [*_paths(tmp), "tilde_exists.csv"]]
     cases += [
         {"kind": "sheet", "name": "tilde_sheet_exists", "sheet": "~/sheet.csv"},
@@ -289,6 +297,15 @@ def _refused(results, name):
 @pytest.mark.parametrize("name", ["good", "good_types", "site_values", "safetensors_classifier"])
 def test_valid_parameters_pass(results, name):
     assert results[name] == {"ok": True, "value": "valid"}
+
+
+@pytest.mark.parametrize("value", NON_FINITE_YAML)
+def test_a_number_no_parameter_can_take_in_a_params_file_is_named_with_the_other_problems(results, value):
+    """A reviewer's case: `threshold: .nan` stopped validation with a Java error naming no parameter
+    (BigDecimal of NaN), and hid the file's other problems."""
+    message = _refused(results, f"yaml_{value}")
+    assert "* --threshold:" in message and "is not a number" in message and "* --token_budget:" in message, message
+    assert "(2 problems" in message, message
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -245,7 +245,9 @@ def convertToType(value, String type, boolean fromText) {
     }
     if (type == 'number') {
         if (value instanceof Number) {
-            return [true, value]
+            // YAML's .nan and .inf, and 1e400 (infinite as a double): no number a parameter takes
+            def finite = !((value instanceof Double || value instanceof Float) && (value.isNaN() || value.isInfinite()))
+            return finite ? [true, value] : [false, null]
         }
         return text != null && text ==~ /[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/ ? [true, new BigDecimal(text)] : [false, null]
     }
