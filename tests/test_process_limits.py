@@ -5,6 +5,7 @@ table, no traceback; never a bug report, nor a hint to redo sound work."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -344,3 +345,62 @@ def test_weights_out_of_open_files_name_the_limit_not_corrupt_models(tiny_models
         esm2._read_checkpoint(next(Path(tiny_models).glob("esm2_tiny.pt")))
     assert raised.value.errno == errno.EMFILE
 
+
+
+# ------------------------------------------------------------------ 6. a limit met as prepare's workers start
+
+
+def test_prepare_whose_pool_thread_cannot_start_after_its_workers_forked_prepares_here(
+        reference_dir, tmp_path, monkeypatch, capsys):
+    """A reviewer's case (`ulimit -u` with room for the workers, not for the pool's own thread): the
+    RuntimeError was a bug report, and Python's exit then waited for ever on the forked workers,
+    stop signals ignored. Now the workers are killed and this process prepares, as for a failed fork."""
+    import multiprocessing
+    from concurrent.futures import process
+
+    import virnucpro.seqio
+    from virnucpro.prepare import prepare
+
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(virnucpro.seqio, "BLOCK", 8192)  # many record groups: workers would be used
+    monkeypatch.setattr(process._ExecutorManagerThread, "start", refused)
+    prepare([reference_dir / "golden/mixed.fa"], tmp_path / "p", chunk_size=300, shard_size=100, threads=3)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "ulimit -u" in err and "/dev/shm" not in err, err
+    assert not multiprocessing.active_children()
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["counts"]["sequences"] > 0
+
+
+def test_prepare_under_a_real_limit_met_by_its_pools_thread_ends(tmp_path):
+    """The reported runs: room for prepare and its two workers, not for the pool's two threads (its
+    manager's, then its queue feeder's, started by the manager). It hung for ever after its error
+    (Ctrl-C ignored), or without one; it now prepares in this process."""
+    prefix = _as_nobody()
+    reads = tmp_path / "big.fa"
+    reads.write_text("".join(f">r{i}\n{'ATGAAACCCGGGTTTAAC' * 28}\n" for i in range(6000)))  # groups beyond the first
+    for room in (4, 5):
+        limit = _threads_of(NOBODY) + room
+
+        def limited(limit=limit):
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+
+        done = subprocess.run([*prefix, *CLI, "prepare", str(reads), "--outdir", str(tmp_path / f"p{room}"),
+                               "--threads", "2"], capture_output=True, text=True, timeout=120, preexec_fn=limited)
+        _no_traceback(done.stderr)
+        assert done.returncode == 0 and "ulimit -u" in done.stderr, done.stderr[-3000:]
+
+
+def test_an_error_is_reported_with_its_code_when_no_thread_can_start(tmp_path):
+    """The guard that ends the process should its last message block is a thread: refused, it turned
+    a missing input (exit 3) into a traceback and exit 1."""
+    code = ("import threading, sys\n"
+            "def refused(self):\n    raise RuntimeError(\"can't start new thread\")\n"
+            "threading.Timer.start = refused\n"
+            "from virnucpro.cli import main\n"
+            "main(['prepare', sys.argv[1], '--outdir', sys.argv[2]], exiting=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.fa"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == ExitCode.BAD_INPUT == 3 and "missing.fa" in done.stderr, done.stderr
+    _no_traceback(done.stderr)

@@ -425,7 +425,21 @@ def _exit_anyway_after_the_report(code: int) -> None:
     signal (which it ignores from its first one on)."""
     timer = threading.Timer(REPORT_SECONDS, os._exit, args=(code,))
     timer.daemon = True
-    timer.start()
+    try:
+        timer.start()
+    except RuntimeError:  # no thread can start (`ulimit -u`): the message goes out without this guard
+        pass
+
+
+def _end_leftover_workers() -> None:
+    """Kill the worker processes a failed command left behind (prepare's pool, when the failure came
+    as it started): Python's exit waits for each, and one blocked on its pool held the exit for ever,
+    stop signals ignored. No process outlives its command."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=5)
 
 
 ONLY_WRITES_FAIL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # errnos a read never meets
@@ -460,6 +474,15 @@ def main(argv: Optional[List[str]] = None, exiting: bool = False) -> None:
     """
     _written.clear()
     store.forget_verified()  # a command verifies the models it reads itself
+    try:
+        _run_app(argv, exiting)
+    finally:
+        if exiting:
+            _end_leftover_workers()
+
+
+def _run_app(argv: Optional[List[str]], exiting: bool) -> None:
+    """`main`'s command, every failure mapped to its exit code (see `main`)."""
     try:
         with stop_signals_exit_interrupted(exiting):
             app(args=argv, prog_name="virnucpro")

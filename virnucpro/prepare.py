@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
 import stat
 import sys
 import time
@@ -34,7 +35,7 @@ import numpy as np
 from virnucpro import prepared as fmt
 from virnucpro.calls import FRAMES, chunk_id_of
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
+from virnucpro.errors import (shell_word, process_limit, OPEN_FILE_LIMITS, STOP_SIGNALS, THREAD_LIMIT, BadInputError, HostOutOfMemory,
                              UsageError, VirnucproError, check_stop, naming, open_output, output_errors, stop_keeps_nothing,
                              stop_signals_blocked, stop_signals_deferred)
 from virnucpro.outdir import claim, fresh_work_folder, remove_written, work_pattern
@@ -451,6 +452,23 @@ class InlineExecutor:
         pass
 
 
+def _room_for_threads(count: int) -> None:
+    """The RuntimeError of a thread that cannot start, unless `count` more threads can run at once: a
+    process pool forks its workers, then starts the two threads it runs on (each worker and thread
+    takes a slot of `ulimit -u`), and a thread refused then left the workers waiting for ever."""
+    release = threading.Event()
+    started = []
+    try:
+        for _ in range(count):
+            thread = threading.Thread(target=release.wait, daemon=True)
+            thread.start()
+            started.append(thread)
+    finally:
+        release.set()
+        for thread in started:
+            thread.join()
+
+
 class SamplePreparer:
     """Sends groups of records to workers and writes their results strictly in input order, so
     outputs do not depend on the number of workers; at most a few groups are in flight.
@@ -496,11 +514,14 @@ class SamplePreparer:
         `group` included, as `run` does (slower, same outputs); only its own results are written."""
         with stop_signals_blocked():  # the first submit forks every worker
             try:
+                _room_for_threads(self.workers + 2)
                 self.executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_setup,
                                                     initargs=(os.getpid(),),
                                                     mp_context=multiprocessing.get_context("fork"))
                 return self.executor.submit(prepare_group, group, self.chunk_size)
-            except (OSError, NotImplementedError) as exc:
+            except (OSError, NotImplementedError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and process_limit(exc) is None:
+                    raise  # not the pool's thread refused (`ulimit -u`) after its workers forked: a bug
                 self._prepare_here(exc)
                 return None
 
@@ -574,7 +595,7 @@ def _why_no_workers(exc: BaseException) -> str:
     names: open files or processes run out, or semaphores without a usable /dev/shm (`docker
     --ipc=none`, a read-only mount); an errno naming neither gets both guesses."""
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    code = getattr(exc, "errno", None)
+    code = errno.EAGAIN if isinstance(exc, RuntimeError) else getattr(exc, "errno", None)  # the pool's thread refused
     if code in WORKER_START_CAUSES:
         return f"{reason}: {WORKER_START_CAUSES[code]}"
     if code in SEMAPHORE_ERRNOS or isinstance(exc, NotImplementedError):
