@@ -180,8 +180,9 @@ class ProcessLimitError(VirnucproError):
 
 THREAD_LIMIT = ("cannot start another thread or process: this process reached its limit on processes and "
                 "threads (`ulimit -u`, or a container's or job's pids limit)")
-THREAD_LIMIT_HINT = ("use fewer threads (--threads 1 starts the fewest) or raise the limit (`ulimit -u`; "
-                     "`docker run --pids-limit`), then rerun (embed resumes from its checkpoints)")
+THREAD_LIMIT_HINT = ("raise the limit (`ulimit -u`; `docker run --pids-limit`) or, if --threads was more than 1, "
+                     "use fewer threads (--threads 1 starts the fewest), then rerun (embed and run resume from their "
+                     "checkpoints)")
 OPEN_FILE_LIMITS = {
     errno.EMFILE: ("this process reached its limit on open files (`ulimit -n`)",
                    "raise it (`ulimit -n 4096`; in a container or job, its nofile limit), then rerun"),
