@@ -185,11 +185,20 @@ _BLANK_NOTES: list[tuple[str, str]] = []  # (input, warning) not yet taken by `t
 INVISIBLE_IN_ID = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
                              "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
                              "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-# in an id, beside those: characters with no glyph of their own in any font (format characters,
-# private use, noncharacters) and the braille blank, which shows as a space; unassigned code points
-# stay accepted, as a newer Python may know them as letters or emoji (the same input, another verdict)
-UNSHOWN_CATEGORIES = frozenset({"Cf", "Co", "Cs"})
-BLANK_LOOKING = "\u2800"
+# in an id, beside those: characters with no glyph of their own in any font (Unicode's format
+# characters, as of Unicode 14.0, written out so that every Python gives one verdict; private use;
+# noncharacters) and the braille blank, which shows as a space. Unassigned code points stay accepted,
+# as a newer Unicode may make them letters or emoji.
+_UNSHOWN_RANGES = ((0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F),
+                   (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E), (0x200B, 0x200F), (0x202A, 0x202E),
+                   (0x2060, 0x2064), (0x2066, 0x206F), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD),
+                   (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                   (0xE0001, 0xE0001), (0xE0020, 0xE007F),  # format characters (Cf)
+                   (0x2800, 0x2800),  # the braille blank
+                   (0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD),  # private use
+                   (0xFDD0, 0xFDEF), *((plane + 0xFFFE, plane + 0xFFFF) for plane in range(0, 0x110000, 0x10000)))
+UNSHOWN_IN_ID = re.compile("[" + "".join(f"{re.escape(chr(first))}-{re.escape(chr(last))}"
+                                         for first, last in _UNSHOWN_RANGES) + "]")
 UTF8_BOM = b"\xef\xbb\xbf"
 
 # The longest header line accepted, in bytes with its '>' or '@' (64 KiB). Real headers (an id and a
@@ -616,10 +625,10 @@ def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
                             "shown as nothing (zero-width, text-direction mark, soft hyphen, variation selector...): ids "
                             "that differ only by it would look the same in every table", "remove it from the id (a "
                             "description, after a space, may keep it)")
-    unshown = None if rid.isascii() else _unshown_in_id(rid)
+    unshown = None if rid.isascii() else UNSHOWN_IN_ID.search(rid)
     if unshown:
-        shown = printable(rid[:60]).replace(unshown, ascii(unshown)[1:-1])
-        raise BadInputError(f"{path}, line {line}: the id '{shown}' holds U+{ord(unshown):04X}, a "
+        shown = printable(rid[:60]).replace(unshown.group(), ascii(unshown.group())[1:-1])
+        raise BadInputError(f"{path}, line {line}: the id '{shown}' holds U+{ord(unshown.group()):04X}, a "
                             "character no font shows as itself (format character, private use, noncharacter, braille "
                             "blank): ids that differ only by it would look the same in every table",
                             "remove it from the id (a description, after a space, may keep it)")
@@ -628,16 +637,6 @@ def _check_header_text(header: str, rid: str, path: Path, line: int) -> None:
                             "readers of the output tables (pandas, R, Python's csv) take for the start of a "
                             "quoted field: they would merge or lose rows", "rename the sequence: drop or replace the "
                             "leading quote (and check that the ids stay distinct)")
-
-
-def _unshown_in_id(rid: str) -> str | None:
-    """The first character of `rid` that shows as nothing or as another one (see UNSHOWN_CATEGORIES), if any."""
-    for character in rid:
-        point = ord(character)
-        if (unicodedata.category(character) in UNSHOWN_CATEGORIES or character in BLANK_LOOKING
-                or 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE):
-            return character
-    return None
 
 
 def _fasta_record(text: str, path: Path, line: int) -> Record:
