@@ -404,3 +404,23 @@ def test_an_error_is_reported_with_its_code_when_no_thread_can_start(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == ExitCode.BAD_INPUT == 3 and "missing.fa" in done.stderr, done.stderr
     _no_traceback(done.stderr)
+
+
+def test_worker_processes_a_failed_command_left_behind_are_ended_with_it(tmp_path):
+    """No process outlives its command: a worker left running by a failure (prepare's pool, when the
+    failure came as it started) held Python's exit for ever, which waits for every worker."""
+    code = ("import multiprocessing, sys, time\n"
+            "from virnucpro import cli\n"
+            "from virnucpro.errors import BadInputError\n"
+            "def command(args, prog_name):\n"
+            "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(3600,))\n"
+            "    worker.start()\n"
+            "    open(sys.argv[1], 'w').write(str(worker.pid))\n"
+            "    raise BadInputError('a failure while the worker runs', 'none')\n"
+            "cli.app = command\n"
+            "cli.main(['prepare'], exiting=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "pid")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == ExitCode.BAD_INPUT and "a failure while the worker runs" in done.stderr, done.stderr
+    worker = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]

@@ -896,8 +896,12 @@ def test_version_is_printed_and_a_preview_writes_nothing_of_ours(tmp_path):
     (tmp_path / "dated.yml").write_text("checkpoint_dir: 2024-01-01\n")  # YAML reads it as a date
     dated = run_pipeline(tmp_path / "dated", "-profile", "test", "-preview", "-params-file", str(tmp_path / "dated.yml"))
     assert dated.returncode != 0 and "read it as a date; quote it" in dated.output, dated.output[-3000:]
-    ours = [path.name for path in preview.outdir.rglob("*") if "virnucpro" in path.name or "inputs_" in path.name]
-    assert ours == [], f"-preview wrote {ours} into --outdir"
+    # a stub run's preview neither: it marked the folder as a stub run's (a real run's results too)
+    stub = run_pipeline(tmp_path / "stub", "-profile", "test", "-stub-run", "-preview")
+    stub.assert_ok()
+    for run in (preview, stub):
+        ours = [path.name for path in run.outdir.rglob("*") if "virnucpro" in path.name or "inputs_" in path.name]
+        assert ours == [], f"-preview wrote {ours} into --outdir"
     assert not (preview.workdir / "virnucpro-checkpoints").exists()
 
 

@@ -383,6 +383,7 @@ def lockOutdir(String outdir, String checkpointDir) {
     catch (IOException e) {
         log.warn("--outdir ${outdir} not locked for this run (${e.message}): give each run its own --outdir")
         channel.close()
+        refuseStubAndRealResultsMixed(dir, [workflow.workDir, checkpointDir])
         return
     }
     if (lock == null) {
@@ -422,8 +423,8 @@ def stubRunMark(dir) {
 // passed, just before its tasks start: a stub run refused at start-up has published nothing.
 def markStubRun(String outdir) {
     def dir = outdir ? file(outdir, glob: false) : null
-    if (!workflow.stubRun || dir == null || dir.toUri().getScheme() != 'file') {
-        return
+    if (!workflow.stubRun || workflow.preview || dir == null || dir.toUri().getScheme() != 'file') {
+        return  // -preview runs no task: nothing of it to mark (and it was not checked, lockOutdir)
     }
     def mark = stubRunMark(dir)
     if (!java.nio.file.Files.exists(mark, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
