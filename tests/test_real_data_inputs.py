@@ -192,6 +192,11 @@ def test_the_fix_given_reads_a_byte_order_mark_a_blank_after_the_marker_and_a_na
         mates = (1, 2) if len(paths) == 1 else (number,)
         text = "".join(record(form, f" read{i} c{mate}") for i in range(3) for mate in mates)
         path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert ids_after_the_printed_fix(tmp_path, run_cli, paths) == mate_ids(3, len(paths))
+
+
+def ids_after_the_printed_fix(tmp_path: Path, run_cli, paths: list[Path]) -> list[str]:
+    """The ids prepare reads from mate files `paths` once the awk commands its refusal prints have run."""
     code, message = run_cli("prepare", *paths, "--outdir", tmp_path / "refused")
     assert code == 3 and "paired-end" in message, message
     renamed = []
@@ -200,8 +205,13 @@ def test_the_fix_given_reads_a_byte_order_mark_a_blank_after_the_marker_and_a_na
         renamed.append(tmp_path / command.rsplit("> ", 1)[1])
     code, message = run_cli("prepare", *renamed, "--outdir", tmp_path / "out")
     assert code == 0, message
-    mates = sorted(((i, m) for i in range(3) for m in (1, 2)), key=lambda pair: pair[1] if len(paths) == 2 else 0)
-    assert sequence_ids(tmp_path / "out") == [f"read{i}/{m}" for i, m in mates]
+    return sequence_ids(tmp_path / "out")
+
+
+def mate_ids(reads: int, files: int) -> list[str]:
+    """read<i>/1 and read<i>/2 of `reads` pairs, in input order: interleaved in one file, else all of R1 first."""
+    mates = sorted(((i, m) for i in range(reads) for m in (1, 2)), key=lambda pair: pair[1] if files == 2 else 0)
+    return [f"read{i}/{m}" for i, m in mates]
 
 
 @pytest.mark.skipif(shutil.which("reformat.sh") is None, reason="no BBTools here")
@@ -273,16 +283,7 @@ def test_the_fix_given_cuts_ids_where_prepare_cut_them_at_an_unusual_blank(tmp_p
         mates = (1, 2) if len(paths) == 1 else (number,)
         path.write_text("".join(record(form, f"read{i}{blank}{mate}:N:0") for i, blank in enumerate(blanks)
                                 for mate in mates), encoding="utf-8")
-    code, message = run_cli("prepare", *paths, "--outdir", tmp_path / "refused")
-    assert code == 3 and "paired-end" in message, message
-    renamed = []
-    for command in awk_commands(message):
-        subprocess.run(command, shell=True, check=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=60)
-        renamed.append(tmp_path / command.rsplit("> ", 1)[1])
-    code, message = run_cli("prepare", *renamed, "--outdir", tmp_path / "out")
-    assert code == 0, message
-    mates = sorted(((i, m) for i in range(len(blanks)) for m in (1, 2)), key=lambda pair: pair[1] if len(paths) == 2 else 0)
-    assert sequence_ids(tmp_path / "out") == [f"read{i}/{m}" for i, m in mates]
+    assert ids_after_the_printed_fix(tmp_path, run_cli, paths) == mate_ids(len(blanks), len(paths))
 
 
 def test_the_fix_given_is_short_where_no_id_was_cut_at_an_unusual_blank(tmp_path, run_cli):
