@@ -380,8 +380,11 @@ def test_a_loop_of_links_given_as_a_path_is_exit_3_naming_it(tmp_path, run_cli, 
     names = {"IN": fasta, "S": prepared / "shards" / "shard_00000.tsv", "P": prepared, "H": h5, "M": tiny_models,
              "OUT": tmp_path / "out"}
     args, option = LOOPED[case]
-    words = [str(names[word]) if word in names else word.replace("L", str(loop), 1) if word.startswith("L")
-             else word for word in args]
+    def path_of(word: str) -> str:  # L, L/sub, OUT/e.h5: a path under this test's own folders
+        head, slash, rest = word.partition("/")
+        return str(loop if head == "L" else names[head]) + slash + rest if head in ("L", "OUT") else word
+
+    words = [str(names[word]) if word in names else path_of(word) for word in args]
     code, message = run_cli(*words)
     assert code == 3, message
     assert "loop of symbolic links" in message and option in message and str(loop) in message, message
@@ -422,3 +425,16 @@ def test_a_models_folder_below_a_loop_is_named_a_loop_not_missing(tmp_path, run_
     code, message = run_cli("models", "check", loop / "sub")
     assert code == 4, message
     assert "loop of symbolic links" in message and "download" not in message, message
+
+
+def test_a_loop_is_named_where_resolve_returns_a_path_as_python_3_13_does(tmp_path, monkeypatch):
+    """Python 3.13's non-strict resolve returns a path through a loop as if it were a missing folder
+    (3.11 raised): the output folders' checks then said "cannot create" or let it through."""
+    from virnucpro.errors import BadInputError, resolved
+
+    loop = _loop(tmp_path)
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: Path(os.path.abspath(self)))
+    for path in (loop, loop / "sub"):
+        with pytest.raises(BadInputError, match="loop of symbolic links"):
+            resolved(path, "--outdir")
+    assert resolved(tmp_path / "missing" / "x", "--outdir") == tmp_path / "missing" / "x"

@@ -759,15 +759,19 @@ def _user_name(uid: int) -> str:
 
 def resolved(path: Path, what: str, refused: type[VirnucproError] = BadInputError) -> Path:
     """`path` absolute with every link followed. A loop of symbolic links on its way can never be
-    followed (Python 3.11's `resolve` raised RuntimeError, a crash report): `refused` naming it."""
+    followed: `refused` naming it (Python 3.11's `resolve` raised RuntimeError, a crash report, and
+    3.13's returns a path as if the loop were a missing folder: the kernel is asked instead)."""
     try:
-        return Path(path).resolve()
+        real = Path(path).resolve()
     except RuntimeError:
         raise link_loop(path, what, refused) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise link_loop(path, what, refused) from None
         raise
+    if is_link_loop(path):
+        raise link_loop(path, what, refused)
+    return real
 
 
 def is_link_loop(path: Path) -> bool:
