@@ -362,6 +362,19 @@ def test_an_id_in_two_unicode_spellings_is_a_duplicate(tmp_path, run_cli):
     assert "caf\\xe9" in message and "cafe\\u0301" in message, message
 
 
+def test_ids_of_marks_newer_than_unicode_3_2_get_one_verdict_on_every_python(tmp_path, run_cli):
+    """Normalized with each Python's own tables, `x` + U+0898 + U+0316 and the other order were one id
+    on 3.11 to 3.13 and two on 3.10 (U+0898 is Unicode 14's): text holding a character Unicode 3.2 did
+    not have is compared as written; older text normalizes alike everywhere (Ångström sign and Å)."""
+    path = tmp_path / "ids.fa"
+    path.write_text(f">x\u0898\u0316\n{BASES}\n>x\u0316\u0898\n{BASES}\n>a\u0316\u0301\n{BASES}\n", encoding="utf-8")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0, message
+    path.write_text(f">\u212b\n{BASES}\n>\u00c5\n{BASES}\n", encoding="utf-8")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "again")
+    assert code == 3 and "two Unicode spellings" in message, message
+
+
 def test_distinct_non_ascii_ids_are_no_duplicates(tmp_path, run_cli):
     path = tmp_path / "ids.fa"
     path.write_text(f">café\n{BASES}\n>cafè\n{BASES}\n>Δ1\n{BASES}\n", encoding="utf-8")

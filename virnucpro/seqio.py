@@ -186,13 +186,13 @@ INVISIBLE_IN_ID = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-
                              "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
                              "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 # in an id, beside those: characters with no glyph of their own in any font (Unicode's format
-# characters, as of Unicode 14.0, written out so that every Python gives one verdict; private use;
+# characters, as of Unicode 15.1, written out so that every Python gives one verdict; private use;
 # noncharacters) and the braille blank, which shows as a space. Unassigned code points stay accepted,
 # as a newer Unicode may make them letters or emoji.
 _UNSHOWN_RANGES = ((0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F),
                    (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E), (0x200B, 0x200F), (0x202A, 0x202E),
                    (0x2060, 0x2064), (0x2066, 0x206F), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD),
-                   (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                   (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
                    (0xE0001, 0xE0001), (0xE0020, 0xE007F),  # format characters (Cf)
                    (0x2800, 0x2800),  # the braille blank
                    (0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD),  # private use
