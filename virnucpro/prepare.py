@@ -517,7 +517,7 @@ class SamplePreparer:
                 _room_for_threads(self.workers + 2)
                 self.executor = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_setup,
                                                     initargs=(os.getpid(),),
-                                                    mp_context=multiprocessing.get_context("fork"))
+                                                    mp_context=_WorkerContext())
                 return self.executor.submit(prepare_group, group, self.chunk_size)
             except (OSError, NotImplementedError, RuntimeError) as exc:
                 if isinstance(exc, RuntimeError) and process_limit(exc) is None:
@@ -672,6 +672,21 @@ def _dead_worker_signals(executor, wait: float = 1.0) -> set[int]:
 
 
 PR_SET_PDEATHSIG = 1
+
+
+class _Worker(multiprocessing.context.ForkProcess):
+    """A prepare worker process: the pool's `terminate` kills it, as its SIGTERM is ignored (see
+    `_worker_setup`). A pool whose worker died terminates the others, then waits for its queue's
+    feeder (Python 3.12 and later), which the live ones kept blocked: prepare hung for ever."""
+
+    def terminate(self) -> None:
+        self.kill()
+
+
+class _WorkerContext(multiprocessing.context.ForkContext):
+    """The fork context, making `_Worker` processes."""
+
+    Process = _Worker
 
 
 def _worker_setup(parent: int) -> None:
