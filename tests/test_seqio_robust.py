@@ -215,6 +215,16 @@ def test_a_stray_letter_in_dna_is_refused_as_such_not_as_protein(tmp_path, run_c
     assert f"'r1' (line 1) has 1 of 1,001 characters that are no nucleotide code: '{stray}'" in message, message
     assert "protein" in message and "looks like a protein" not in message and "mask them as N" in message
 
+
+@pytest.mark.parametrize("read", ["ACGTACGTACGZACGTACGTAC", "ACGTAC1GTACGTACGTACGTA", "ACGTEFACGT"])
+def test_one_or_two_stray_letters_in_a_short_read_are_not_called_protein(tmp_path, run_cli, read):
+    """A reviewer's case: the share test alone called one 'Z' in a 22-base read a protein."""
+    path = tmp_path / "short.fa"
+    path.write_text(f">good\n{'ACGT' * 60}\n>r1\n{read}\n")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3, message
+    assert "'r1' (line 3)" in message and "looks like a protein" not in message and "mask them as N" in message
+
 # --- bounded memory whatever the input (blank-line, header and binary bombs) -------------------------
 
 BOMB = 48 << 20  # bytes of filler: bounds below are a few blocks, the old reader held the filler (2x-16x)
