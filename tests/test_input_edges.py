@@ -267,6 +267,14 @@ def test_a_duplicate_on_standard_input_is_named(tmp_path):
     assert "duplicate sequence id 's1'" in done.stderr and "standard input" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_an_empty_standard_input_is_named_as_such(tmp_path, text):
+    """A reviewer's case: the message said "- is empty", a name no user gave."""
+    done = virnucpro("prepare", "-", "--outdir", tmp_path / "out", input=text)
+    assert done.returncode == 3
+    assert "standard input ('-') is empty (no records)" in done.stderr, done.stderr
+
+
 def test_a_file_size_limit_is_exit_10_saying_so(tmp_path):
     """Under `ulimit -f`, a write past the limit fails with EFBIG (Python ignores SIGXFSZ): exit 10
     naming where it wrote and the limit to raise, not 'free space'."""

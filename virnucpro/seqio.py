@@ -1077,7 +1077,8 @@ def record_groups(stream: HashingTextStream) -> Iterator[RecordGroup]:
     blocks = stream.text_blocks()
     first = next((b for b in blocks if b.text.strip()), None)
     if first is None:
-        raise BadInputError(f"{stream.path} is empty (no records)", "give a FASTA or FASTQ file with sequences")
+        name = "standard input ('-')" if str(stream.path) == STDIN else stream.path
+        raise BadInputError(f"{name} is empty (no records)", "give a FASTA or FASTQ file with sequences")
     marker = first.text.lstrip()[0]
     if marker == ">":
         stream.text.header_marks, stream.format = b">", "fasta"
