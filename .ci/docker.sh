@@ -85,6 +85,13 @@ cmd_up() {
     fi
     mkdir -p "$STATE_DIR"
     log "starting dockerd (log: $DOCKERD_LOG)"
+    # A failed or stopped start stops the dockerd it started: setsid keeps the caller's Ctrl-C from
+    # reaching dockerd, so nothing else would (a stop signal is an exit with 128 + the signal: the
+    # EXIT trap would see status 0 otherwise)
+    trap 'on_up_exit $?' EXIT
+    trap 'exit 143' TERM
+    trap 'exit 130' INT
+    trap 'exit 129' HUP
     # setsid: its own session, so that the caller's Ctrl-C or job control does not reach it
     setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
     pid=$!
@@ -95,6 +102,7 @@ cmd_up() {
             # sure on 'down' that it went away with dockerd
             pgrep -P "$pid" >"$CHILDREN_FILE" || true
             log "dockerd answers (pid $pid) after $(($(now) - t0)) s"
+            trap - EXIT TERM INT HUP
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -105,7 +113,15 @@ cmd_up() {
         sleep 1
     done
     tail -n 30 "$DOCKERD_LOG" >&2 || true
-    die "dockerd (pid $pid) did not answer 'docker info' within ${DAEMON_WAIT_S} s (log above; '$0 down' stops it)"
+    die "dockerd (pid $pid) did not answer 'docker info' within ${DAEMON_WAIT_S} s (log above); stopping it"
+}
+
+# On a failed or stopped `up` (status $1), stop the dockerd it started.
+on_up_exit() {
+    [[ "$1" -eq 0 ]] && return 0
+    trap '' TERM INT HUP  # a second stop must not cut the clean-up short
+    log "'up' failed: stopping the dockerd it started"
+    cmd_down
 }
 
 cmd_down() {

@@ -13,6 +13,11 @@
 set -euo pipefail
 
 STATE=${VIRNUCPRO_SLURM_STATE:-/tmp/virnucpro-ci/slurm}
+case $STATE in
+    *[[:space:]]*)
+        echo "slurm.sh: VIRNUCPRO_SLURM_STATE='$STATE' holds a blank, which slurm.conf cannot hold; give a state folder path without blanks" >&2
+        exit 2 ;;
+esac
 LOCK=$(dirname "$STATE")/slurm.lock
 TIMEOUT=${VIRNUCPRO_SLURM_TIMEOUT:-60}
 CONF=/etc/slurm/slurm.conf
