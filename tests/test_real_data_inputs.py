@@ -375,6 +375,18 @@ def test_ids_of_marks_newer_than_unicode_3_2_get_one_verdict_on_every_python(tmp
     assert code == 3 and "two Unicode spellings" in message, message
 
 
+@pytest.mark.parametrize("pair", [("caf\u00e9\U0001f9a0", "cafe\u0301\U0001f9a0"),
+                                  ("\U0001f9a0\u00e9", "\U0001f9a0e\u0301"),
+                                  ("a\u0898\u212b", "a\u0898\u00c5")])
+def test_two_spellings_are_one_id_beside_a_character_newer_than_unicode_3_2(tmp_path, run_cli, pair):
+    """A reviewer's case: an emoji (Unicode 11) in the id made it skip normalization altogether, and
+    'café🦠' in two spellings passed as two ids. The older characters around it are normalized."""
+    path = tmp_path / "ids.fa"
+    path.write_text(f">{pair[0]}\n{BASES}\n>{pair[1]}\n{BASES}\n", encoding="utf-8")
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 3 and "two Unicode spellings" in message, message
+
+
 def test_distinct_non_ascii_ids_are_no_duplicates(tmp_path, run_cli):
     path = tmp_path / "ids.fa"
     path.write_text(f">café\n{BASES}\n>cafè\n{BASES}\n>Δ1\n{BASES}\n", encoding="utf-8")

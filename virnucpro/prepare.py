@@ -771,13 +771,22 @@ def id_key(record_id: str) -> str:
     """What makes two ids one: their text in Unicode normal form C. An accented letter written as
     one character (as most keyboards type it) or as a letter and a combining accent (as macOS file
     names give it) looks the same in every table, so it is one id. ASCII ids, nearly all real ones,
-    are their own normal form: only the others pay for normalizing. An id holding a character that
-    Unicode 3.2 did not have is its own key: each Python normalizes with its own tables (13.0 on 3.10,
-    15.1 on 3.13), and two ids of marks added since were one id on one Python, two on another; text of
-    3.2's characters normalizes alike in every version (Unicode's stability policy)."""
-    if record_id.isascii() or any(unicodedata.ucd_3_2_0.category(character) == "Cn" for character in record_id):
+    are their own normal form: only the others pay for normalizing.
+
+    Each Python normalizes with its own tables (13.0 on 3.10, 15.1 on 3.13), and two ids of marks
+    added since were one id on one Python, two on another. So only the runs of characters Unicode 3.2
+    had are normalized (they normalize alike in every version: Unicode's stability policy); a
+    character added since is kept as written, and 'café' with an emoji after it is still one id in
+    both spellings."""
+    if record_id.isascii():
         return record_id
-    return unicodedata.normalize("NFC", record_id)
+    return "".join("".join(run) if newer else unicodedata.normalize("NFC", "".join(run))
+                   for newer, run in itertools.groupby(record_id, key=_newer_than_unicode_3_2))
+
+
+def _newer_than_unicode_3_2(character: str) -> bool:
+    """Whether Unicode 3.2 lacked this character (unassigned then, or a noncharacter)."""
+    return unicodedata.ucd_3_2_0.category(character) == "Cn"
 
 
 class _Read(NamedTuple):
