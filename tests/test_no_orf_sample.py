@@ -11,6 +11,7 @@ import h5py
 import pytest
 
 from virnucpro import embed as embed_module
+from virnucpro.models import store
 
 ALL_N = ">a\n" + "N" * 400 + "\n>b\nAC\n"  # no ORF: all N, and shorter than a codon
 
@@ -63,18 +64,50 @@ def test_run_of_a_sample_without_orfs_loads_neither_model_and_records_no_attenti
     assert info["attention_path"] == [] and info["device"] == ["cpu"] and info["counts"]["orfs"] == 0, info
 
 
-def test_a_shard_without_records_is_still_refused_for_damaged_models(tmp_path, run_cli, models, no_model_loads):
-    """Widths read from the settings are checked as loading checks them: a config.json without
-    hidden_size is exit 4 naming it, not an HDF5 of another width."""
+def damage_dnabert_config(models: Path, change) -> None:
+    """config.json changed by `change`, and recorded in the manifest as a new download would record it
+    (so that the check under test, not the checksum, refuses it)."""
+    config = next(models.glob("*/config.json"))
+    settings = json.loads(config.read_text())
+    change(settings)
+    config.chmod(0o644)
+    config.write_text(json.dumps(settings))
+    manifest = store.read_manifest(models)
+    manifest["models"]["dnabert_s"]["sha256"][f"{config.parent.name}/config.json"] = store.sha256_file(config)
+    store.write_manifest(models, manifest)
+
+
+def damage_esm2_settings(models: Path) -> None:
+    """ESM-2's embed dim set to a width its weights do not have, recorded in the manifest."""
+    import torch
+
+    weights = next(path for path in models.glob("*.pt") if "contact" not in path.name)
+    data = torch.load(weights, map_location="cpu", weights_only=False)
+    data["cfg"]["model"].encoder_embed_dim += 8
+    weights.chmod(0o644)
+    torch.save(data, weights)
+    manifest = store.read_manifest(models)
+    manifest["models"]["esm2"]["sha256"][weights.name] = store.sha256_file(weights)
+    store.write_manifest(models, manifest)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda models: damage_dnabert_config(models, lambda settings: settings.pop("hidden_size")),
+     "config.json lacks the key hidden_size"),
+    (lambda models: damage_dnabert_config(models, lambda settings: settings.update(hidden_size=36)),
+     "config.json implies (64, 36)"),
+    (damage_esm2_settings, "embed_tokens.weight has shape"),
+], ids=["dnabert-no-width", "dnabert-width-not-the-weights", "esm2-width-not-the-weights"])
+def test_a_shard_without_records_is_still_refused_for_damaged_models(tmp_path, run_cli, models, no_model_loads,
+                                                                      damage, expected):
+    """Widths read from the settings are checked as loading checks them, and against the weights'
+    shapes (read from their headers): exit 4 naming the file, not an HDF5 of a width the models do not
+    have (predict then blamed the classifier)."""
     reads = tmp_path / "allN.fa"
     reads.write_text(ALL_N)
     assert run_cli("prepare", reads, "--outdir", tmp_path / "prep")[0] == 0
-    config = next(models.glob("*/config.json"))
-    settings = json.loads(config.read_text())
-    del settings["hidden_size"]
-    config.chmod(0o644)
-    config.write_text(json.dumps(settings))
+    damage(models)
     code, message = run_cli("embed", tmp_path / "prep" / "shards" / "shard_00000.tsv", "--models", models,
                             "--out", tmp_path / "e.h5", "--device", "cpu")
-    assert code == 4 and "config.json" in message, message
+    assert code == 4 and expected in message and "checksum" not in message, message
     assert not (tmp_path / "e.h5").exists()

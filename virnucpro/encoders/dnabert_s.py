@@ -202,10 +202,48 @@ def _config(folder: Path) -> dict:
 
 
 def configured_width(folder: Path) -> int:
-    """The vector width (hidden_size) config.json gives, checked as loading checks it; no weights read."""
-    if not Path(folder).is_dir():
-        raise ModelsError(f"DNABERT-S: model folder {folder} is missing", hint=_refetch(Path(folder)))
-    return _config(Path(folder))["hidden_size"]
+    """The vector width (hidden_size) config.json gives, checked as loading checks it and against the
+    token embeddings' shape in the weights file; no weights read (a width the weights do not have
+    would give an empty shard that predict then blames on the classifier)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelsError(f"DNABERT-S: model folder {folder} is missing", hint=_refetch(folder))
+    cfg = _config(folder)
+    weights, shape = _word_embedding_shape(folder)
+    expected = (cfg["vocab_size"], cfg["hidden_size"])
+    if shape != expected:
+        what = f"lacks {WORD_EMBEDDINGS}" if shape is None else f"has {WORD_EMBEDDINGS} of shape {shape}"
+        raise ModelsError(f"DNABERT-S: {weights} {what}, config.json implies {expected}", hint=_refetch(folder))
+    return cfg["hidden_size"]
+
+
+WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
+
+
+def _word_embedding_shape(folder: Path) -> tuple[Path, tuple[int, ...] | None]:
+    """The weights file and the shape of its token embeddings (None: absent), from the safetensors
+    header or a memory-mapped pytorch_model.bin: no weight is read."""
+    st = folder / "model.safetensors"
+    if not st.is_file():
+        path, state = _weights(folder)
+        key = next((k for k in state if _bare(k) == WORD_EMBEDDINGS), None)
+        return path, None if key is None else tuple(state[key].shape)
+    try:
+        from safetensors import safe_open
+        with store.verified_name(st) as name, safe_open(name, framework="pt") as weights:
+            key = next((k for k in weights.keys() if _bare(k) == WORD_EMBEDDINGS), None)
+            return st, None if key is None else tuple(weights.get_slice(key).get_shape())
+    except VirnucproError:
+        raise  # ours, a stop signal's included: no fault of the file
+    except Exception as exc:  # corrupt, truncated or not weights at all
+        _raise_if_at_the_limit(exc, st)
+        raise ModelsError(f"DNABERT-S: cannot read weights {st}: {describe_load_error(exc)}",
+                          hint=_refetch(folder)) from exc
+
+
+def _bare(key: str) -> str:
+    """A checkpoint key without the optional "bert." prefix."""
+    return key[len("bert."):] if key.startswith("bert.") else key
 
 
 def _config_value(path: Path, cfg: dict, key: str, default: int | float | None) -> int | float:
@@ -291,7 +329,7 @@ def _map_state(path: Path, state: dict, n_layers: int) -> dict[str, torch.Tensor
     mapped: dict[str, torch.Tensor] = {}
     unexpected = []
     for key, tensor in state.items():
-        bare = key[len("bert."):] if key.startswith("bert.") else key
+        bare = _bare(key)
         if bare in wanted:
             mapped[wanted[bare]] = tensor
         elif not (key.startswith(_UNUSED_PREFIXES) or bare.startswith(_UNUSED_PREFIXES)
