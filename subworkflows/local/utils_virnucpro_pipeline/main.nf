@@ -374,7 +374,17 @@ def lockOutdir(String outdir, String checkpointDir) {
     if (workflow.preview) {
         return
     }
-    def lockFile = dir.resolve('pipeline_info').resolve('.virnucpro-run.lock')
+    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'))
+    if (lock != null) {
+        // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
+        workflow.onComplete { lock.release() }
+    }
+    refuseStubAndRealResultsMixed(dir, [workflow.workDir, checkpointDir])
+}
+
+// The run's lock on lockFile; an error when another run holds it; null, with a warning, on a file
+// system that has no locks (the run goes on: nothing else could tell two runs apart there).
+def takeRunLock(String outdir, lockFile) {
     def channel = openRunLock(outdir, lockFile)
     def lock = null
     try {
@@ -383,16 +393,13 @@ def lockOutdir(String outdir, String checkpointDir) {
     catch (IOException e) {
         log.warn("--outdir ${outdir} not locked for this run (${e.message}): give each run its own --outdir")
         channel.close()
-        refuseStubAndRealResultsMixed(dir, [workflow.workDir, checkpointDir])
-        return
+        return null
     }
     if (lock == null) {
         channel.close()
         error("--outdir ${outdir} is in use by another run of this pipeline (it holds ${lockFile}); wait for it to end, or give this run another --outdir")
     }
-    // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
-    workflow.onComplete { lock.release() }
-    refuseStubAndRealResultsMixed(dir, [workflow.workDir, checkpointDir])
+    return lock
 }
 
 // A stub run (-stub-run) publishes placeholders where results go (header-only tables, fake embedding
