@@ -543,6 +543,49 @@ def test_a_killed_worker_is_said_plainly_not_reported_as_a_bug(tmp_path, large_f
     assert not (out / ".virnucpro-partial").exists()
 
 
+def _ignore_sigterm_and_wait(ready) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a prepare worker does (_worker_setup)
+    ready.set()
+    time.sleep(120)
+
+
+def test_the_pool_s_terminate_kills_a_worker_that_ignores_sigterm():
+    """Python 3.12 and later: a pool whose worker was killed terminates the others, then waits on its
+    queue; they ignore SIGTERM by design, and prepare hung for ever. Its workers' terminate kills them
+    (this holds on every Python, where the hang itself shows on 3.12+ only)."""
+    from virnucpro.prepare import _WorkerContext
+
+    context = _WorkerContext()
+    ready = context.Event()
+    worker = context.Process(target=_ignore_sigterm_and_wait, args=(ready,))
+    worker.start()
+    try:
+        assert ready.wait(30)
+        worker.terminate()
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGKILL
+    finally:
+        worker.kill()  # no-op once it is gone; a failed check leaves no sleeper behind
+        worker.join()
+
+
+def test_prepare_s_pool_makes_workers_that_terminate_kills(tmp_path, run_cli, monkeypatch):
+    import virnucpro.prepare as prepare
+
+    contexts = []
+
+    def recording(*args, **kwargs):
+        contexts.append(kwargs.get("mp_context"))
+        return real(*args, **kwargs)
+
+    real = prepare.ProcessPoolExecutor
+    monkeypatch.setattr(prepare, "ProcessPoolExecutor", recording)
+    reads = write_fasta(tmp_path / "reads.fa", 40_000)  # three groups of records: a pool of two workers
+    code, message = run_cli("prepare", reads, "--outdir", tmp_path / "out", "--threads", "2")
+    assert code == 0, message
+    assert contexts and all(isinstance(context, prepare._WorkerContext) for context in contexts), contexts
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fasta, attempt):
     """A stop, then a worker's death (the out-of-memory killer, a kill -9) while prepare waits for the
