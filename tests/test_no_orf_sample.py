@@ -111,3 +111,55 @@ def test_a_shard_without_records_is_still_refused_for_damaged_models(tmp_path, r
                             "--out", tmp_path / "e.h5", "--device", "cpu")
     assert code == 4 and expected in message and "checksum" not in message, message
     assert not (tmp_path / "e.h5").exists()
+
+def as_bert_bin(models: Path, embeddings=None) -> None:
+    """DNABERT-S's weights as the pinned real model has them: pytorch_model.bin with "bert."-prefixed
+    keys (its token embeddings replaced by `embeddings` when given), recorded in the manifest."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = next(models.glob("*/config.json")).parent
+    state = {f"bert.{key}": value for key, value in load_file(folder / "model.safetensors").items()}
+    if embeddings is not None:
+        state["bert.embeddings.word_embeddings.weight"] = embeddings
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    manifest = store.read_manifest(models)
+    entry, old, new = manifest["models"]["dnabert_s"], f"{folder.name}/model.safetensors", f"{folder.name}/pytorch_model.bin"
+    entry["files"] = [new if name == old else name for name in entry["files"]]
+    del entry["sha256"][old]
+    entry["sha256"][new] = store.sha256_file(folder / "pytorch_model.bin")
+    store.write_manifest(models, manifest)
+
+
+def embed_all_n(tmp_path: Path, run_cli, models: Path, reads: str = ALL_N) -> tuple[int, str]:
+    (tmp_path / "r.fa").write_text(reads)
+    assert run_cli("prepare", tmp_path / "r.fa", "--outdir", tmp_path / "prep")[0] == 0
+    return run_cli("embed", tmp_path / "prep" / "shards" / "shard_00000.tsv", "--models", models,
+                   "--out", tmp_path / "e.h5", "--device", "cpu")
+
+
+def test_the_width_of_a_bert_prefixed_pytorch_model_bin_is_read_from_its_weights(tmp_path, run_cli, models,
+                                                                                  no_model_loads):
+    width = configured_widths(models)[0]
+    as_bert_bin(models)
+    code, message = embed_all_n(tmp_path, run_cli, models)
+    assert code == 0 and "no model loaded" in message, message
+    with h5py.File(tmp_path / "e.h5") as handle:
+        assert handle["dnabert_s"].shape == (0, width)
+
+
+@pytest.mark.parametrize("records", [ALL_N, ">c\n" + "ATGAAACCCGGGTTTAAA" * 10 + "\n"], ids=["no-orf", "orfs"])
+@pytest.mark.parametrize("embeddings, expected", [("wider", "config.json implies"), (5, "holds a int, not a tensor")])
+def test_a_pytorch_model_bin_whose_token_embeddings_do_not_fit_is_exit_4(tmp_path, run_cli, models, records,
+                                                                         embeddings, expected):
+    """Read from the .bin (memory-mapped) for an empty shard, from the loaded weights otherwise: a
+    width config.json does not give, or no tensor at all, is exit 4 naming the file, never a crash."""
+    import torch
+
+    vocab, width = 64, configured_widths(models)[0]
+    as_bert_bin(models, torch.zeros(vocab, 2 * width) if embeddings == "wider" else embeddings)
+    code, message = embed_all_n(tmp_path, run_cli, models, records)
+    assert code == 4 and "pytorch_model.bin" in message and "word" in message and "Traceback" not in message, message
+    assert expected in message or (records != ALL_N and embeddings == "wider" and "has shape (64, 96)" in message), message
+    assert not (tmp_path / "e.h5").exists()

@@ -96,8 +96,12 @@ def key_mismatch(missing: Sequence[str], unexpected: Sequence[str]) -> str:
 def load_checked(module, mapped: dict, model: str, path, implied_by: str):
     """Load `mapped` into a module built on the meta device, after checking every tensor's shape
     against the architecture (a mismatch is a ModelsError naming the tensor); returns the module."""
+    import torch
+
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     for key, tensor in mapped.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelsError(f"{model}: {path}: {key} holds a {type(tensor).__name__}, not a tensor")
         if tuple(tensor.shape) != expected[key]:
             raise ModelsError(f"{model}: {path}: tensor for {key} has shape {tuple(tensor.shape)}, "
                               f"{implied_by} {expected[key]}")

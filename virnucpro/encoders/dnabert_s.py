@@ -227,6 +227,9 @@ def _word_embedding_shape(folder: Path) -> tuple[Path, tuple[int, ...] | None]:
     if not st.is_file():
         path, state = _weights(folder)
         key = next((k for k in state if _bare(k) == WORD_EMBEDDINGS), None)
+        if key is not None and not isinstance(state[key], torch.Tensor):
+            raise ModelsError(f"DNABERT-S: {path}: {key} holds a {type(state[key]).__name__}, not a tensor",
+                              hint=_refetch(folder))
         return path, None if key is None else tuple(state[key].shape)
     try:
         from safetensors import safe_open

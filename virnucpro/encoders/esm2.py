@@ -235,8 +235,9 @@ def _architecture(path: Path, data: Mapping, state: Mapping) -> tuple[int, int, 
         raise ModelsError(f"ESM-2: {path}: configuration lacks the number of attention heads")
     heads = _bounded(path, "attention heads", heads, MAX_SIZE)
     emb = state.get("embed_tokens.weight")
-    if emb is None:
-        raise ModelsError(f"ESM-2: {path}: missing key embed_tokens.weight")
+    if not isinstance(emb, torch.Tensor):
+        what = "missing key" if emb is None else f"a {type(emb).__name__}, not a tensor, under"
+        raise ModelsError(f"ESM-2: {path}: {what} embed_tokens.weight")
     found_layers = {int(m.group(1)) for k in state for m in [re.match(r"layers\.(\d+)\.", k)] if m}
     layers = _field(cfg, "encoder_layers", "layers")
     dim = _field(cfg, "encoder_embed_dim", "embed_dim")
