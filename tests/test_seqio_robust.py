@@ -193,7 +193,7 @@ def test_tabs_and_utf8_in_headers_stay_accepted(tmp_path, run_cli):
 
 # --- point 14: X is masked DNA, protein is still refused ---------------------------------------------
 
-@pytest.mark.parametrize("protein", ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MXXKLLEEPQXXX", "xxxxflipqe"])
+@pytest.mark.parametrize("protein", ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MXXKLLEEPQXXX", "xxxxflipqe", "MEF"])
 def test_protein_is_refused_with_or_without_x(tmp_path, run_cli, protein):
     path = tmp_path / "protein.fa"
     path.write_text(f">dna\nACGTXXXXNNNNacgtxxxx\n>p1 a protein\n{protein}\n")

@@ -915,13 +915,14 @@ def letters_refusal(path: Path, rid: str, line: int, bad: str, letters: int) -> 
 def _what_the_letters_suggest(bad: str, letters: int) -> str:
     """What characters that are no nucleotide code most likely are, for the refusal's message: protein
     only when letters no DNA holds make a share of the sequence that a protein's do (E, F, I, L, P, Q
-    are over a third of a protein's residues) and are at least three (one Z in a 22-base read is a
-    stray letter, not a protein), a stray letter in DNA otherwise."""
+    are over a third of a protein's residues) and are at least three or a third of it (one Z in a
+    22-base read is a stray letter; 'MEF' is a peptide), a stray letter in DNA otherwise."""
     if BYTE_ORDER_MARK in bad:
         return " - a byte-order mark inside the file (files joined with cat?): remove it"
     if ";" in bad:
         return " - a ';' comment line? FASTA has no comments: remove it"
-    if sum(c in PROTEIN_LIKE for c in bad) >= max(3, letters // 20):
+    protein_like = sum(c in PROTEIN_LIKE for c in bad)
+    if protein_like >= max(1, letters // 20) and (protein_like >= 3 or 3 * protein_like >= letters):
         return " - this looks like a protein sequence"
     return (" - not a protein (too few of them), but no base either: the original silently dropped each codon "
             "holding one; mask them as N if the record is good otherwise")
