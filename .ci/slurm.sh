@@ -14,8 +14,8 @@ set -euo pipefail
 
 STATE=${VIRNUCPRO_SLURM_STATE:-/tmp/virnucpro-ci/slurm}
 case $STATE in
-    *[[:space:]]*)
-        echo "slurm.sh: VIRNUCPRO_SLURM_STATE='$STATE' holds a blank, which slurm.conf cannot hold; give a state folder path without blanks" >&2
+    *[[:space:]#]*)
+        echo "slurm.sh: VIRNUCPRO_SLURM_STATE='$STATE' holds a blank or '#', which slurm.conf cannot hold; give a state folder path without blanks or '#'" >&2
         exit 2 ;;
 esac
 LOCK=$(dirname "$STATE")/slurm.lock
