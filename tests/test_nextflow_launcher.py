@@ -89,9 +89,9 @@ def test_launchers_resolving_nextflow_at_once_take_turns(tmp_path):
     finding the cache being resolved waits for the lock, then uses what was resolved."""
     import fcntl
 
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    env = dict(_environment(), VIRNUCPRO_NXF_CACHE=str(cache))
+    cache = tmp_path / "xdg" / "virnucpro-nextflow" / "24.10.0"
+    cache.mkdir(parents=True)
+    env = dict(_environment(), XDG_CACHE_HOME=str(tmp_path / "xdg"))
     said = tmp_path / "stderr"
     with open(cache / ".lock", "w") as held, open(said, "w") as stderr:
         fcntl.flock(held, fcntl.LOCK_EX)  # what a launcher resolving Nextflow holds
@@ -108,16 +108,16 @@ def test_launchers_resolving_nextflow_at_once_take_turns(tmp_path):
 def test_a_relative_or_missing_cache_home_never_resolves_into_the_checkout(tmp_path):
     """A relative XDG_CACHE_HOME made Maven resolve 40 MB of jars into scripts/nextflow/rel/ (it
     reads a relative folder against pom.xml's), then fail; an unset HOME stopped on `unbound
-    variable`. A relative XDG_CACHE_HOME is ignored (as XDG says), a relative VIRNUCPRO_NXF_CACHE
-    is the current folder's, and no absolute HOME is said in one line."""
+    variable`. A relative XDG_CACHE_HOME is ignored (as XDG says), and no absolute HOME is said in
+    one line."""
     env = _environment()
     done = subprocess.run([str(LAUNCHER), "-version"], cwd=tmp_path, env=dict(env, XDG_CACHE_HOME="rel"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "24.10.0" in done.stdout, done.stderr
     assert not (LAUNCHER.parent / "rel").exists() and not (tmp_path / "rel").exists()
-    homeless = {key: value for key, value in env.items() if key not in ("HOME", "XDG_CACHE_HOME", "VIRNUCPRO_NXF_CACHE")}
+    homeless = {key: value for key, value in env.items() if key not in ("HOME", "XDG_CACHE_HOME")}
     for home in ({}, {"HOME": ""}, {"HOME": "relative"}):
         done = subprocess.run([str(LAUNCHER), "-version"], cwd=tmp_path, env=dict(homeless, **home),
                               capture_output=True, text=True, timeout=60)
-        assert done.returncode == 1 and "set VIRNUCPRO_NXF_CACHE" in done.stderr, done.stderr
+        assert done.returncode == 1 and "set XDG_CACHE_HOME to an absolute folder" in done.stderr, done.stderr
         assert "unbound variable" not in done.stderr
