@@ -757,20 +757,20 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def resolved(path: Path, what: str, refused: type[VirnucproError] = BadInputError) -> Path:
+def resolved(path: Path, what: str) -> Path:
     """`path` absolute with every link followed. A loop of symbolic links on its way can never be
-    followed: `refused` naming it (Python 3.11's `resolve` raised RuntimeError, a crash report, and
+    followed: exit 3 naming it (Python 3.11's `resolve` raised RuntimeError, a crash report, and
     3.13's returns a path as if the loop were a missing folder: the kernel is asked instead)."""
     try:
         real = Path(path).resolve()
     except RuntimeError:
-        raise link_loop(path, what, refused) from None
+        raise link_loop(path, what) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise link_loop(path, what, refused) from None
+            raise link_loop(path, what) from None
         raise
     if is_link_loop(path):
-        raise link_loop(path, what, refused)
+        raise link_loop(path, what)
     return real
 
 

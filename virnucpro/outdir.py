@@ -1468,14 +1468,14 @@ def rename_new(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def claim(folder: Path, kind: str, names: Iterable[str], what: str = "--outdir") -> Iterator[OutputFolder]:
+def claim(folder: Path, kind: str, names: Iterable[str]) -> Iterator[OutputFolder]:
     """Lock `folder`, check that it may be written, and hand out the `OutputFolder` to publish into.
 
     When the command is refused or fails before publishing anything, it takes back what it added
     (see `_undone_unless_published`) and removes the folders it created, parents included, while
     empty (`remove_made_folders`): a mistyped input leaves nothing behind.
     """
-    folder = Path(folder)
+    folder, what = Path(folder), "--outdir"
     refuse_nesting(folder, what)
     made: list[Path] = []
     try:
