@@ -145,6 +145,24 @@ def test_a_shard_cut_at_a_line_end_in_its_prepare_folder_is_exit_5_before_any_wo
     assert _embed(run_cli, alone, tiny_models, tmp_path / "alone.h5")[0] == 0
 
 
+def test_a_leftover_shard_its_manifest_does_not_list_is_exit_5_before_any_work(tmp_path, tiny_models, run_cli):
+    """A reviewer's case: an earlier prepare's folder synced over by a later one (`rsync -a` without
+    --delete) keeps the earlier shards the later one did not write; embed spent the work on them and
+    only predict refused the result. The manifest's list is checked first."""
+    reads = tmp_path / "r.fa"
+    reads.write_text("".join(f">r{i}\n{'ATGAAACCCGGGTTTAAA' * 8}\n" for i in range(12)))
+    assert run_cli("prepare", reads, "--outdir", tmp_path / "many", "--shard-size", "7")[0] == 0
+    assert run_cli("prepare", reads, "--outdir", tmp_path / "few", "--shard-size", "100000")[0] == 0
+    synced = Path(shutil.copytree(tmp_path / "many", tmp_path / "synced"))
+    shutil.copytree(tmp_path / "few", synced, dirs_exist_ok=True)
+    leftover = sorted((synced / "shards").glob("*.tsv"))[-1]
+    code, message = _embed(run_cli, leftover, tiny_models, tmp_path / "s.h5")
+    assert code == 5, message
+    assert f"{leftover} is not one of the 1 shard(s) {synced / fmt.MANIFEST} lists" in message, message
+    assert "rsync --delete" in message and "loading DNABERT-S" not in message and not (tmp_path / "s.h5").exists()
+    assert _embed(run_cli, synced / "shards" / "shard_00000.tsv", tiny_models, tmp_path / "listed.h5")[0] == 0
+
+
 def test_the_manifest_of_a_prepare_folder_is_read_once_for_all_its_shards(golden_prepared, monkeypatch):
     """`run` embeds every shard of its prepare folder: the manifest (which lists them all) is read once."""
     reads = []

@@ -322,3 +322,18 @@ def test_a_librarys_words_for_the_system_wide_limit_are_not_taken_for_the_proces
     from virnucpro.errors import open_files_limit_in_text
 
     assert open_files_limit_in_text(text) == code
+
+
+def test_a_shard_without_read_permission_names_who_may_read_it(tmp_path, golden_prepared, tiny_models):
+    """A reviewer's case: a shard copied as another user was "cannot read shard ...: Permission denied,
+    fix: check the path"; the path was right. As predict says it: the mode, and who can change it."""
+    prefix = unprivileged()
+    prepared = Path(shutil.copytree(golden_prepared, tmp_path / "prepared"))
+    shard = prepared / fmt.load_manifest(prepared)["shards"][0]["file"]
+    shard.chmod(0)
+    done = subprocess.run([*prefix, *CLI, "embed", str(shard), "--models", str(tiny_models), "--out",
+                           str(tmp_path / "s.h5"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr[-3000:]
+    assert f"cannot read {shard}: permission denied" in done.stderr and "chmod u+r" in done.stderr, done.stderr
+    assert "check the path" not in done.stderr
+    _no_traceback(done.stderr)

@@ -260,15 +260,19 @@ def shard_info(path: Path) -> ShardInfo:
     except OSError as exc:
         if open_file_limit(exc):
             raise  # the CLI names the limit (see `open_file_limit`)
+        if exc.errno in PERMISSION_ERRNOS:  # the path is right: who may read it is said
+            raise unreadable(path, exc) from None
         raise BadInputError(f"cannot read shard {path}: {exc.strerror}", "check the path") from None
     return ShardInfo(path, values["chunk_size"], values["index"], values["of"], digest)
 
 
 def check_against_its_manifest(info: ShardInfo) -> None:
-    """A shard in its prepare folder (`shards/` beside the manifest) is the file prepare wrote: the
-    sha256 its manifest records for it (exit 5). A shard cut at a line's end reads as a sound, shorter
-    one: embed spent the GPU hours on it, and only predict refused the result. A shard on its own (as
-    the pipeline stages it), or beside a manifest that cannot be read or does not list it, is taken."""
+    """A shard in its prepare folder (`shards/` beside the manifest) is a file prepare wrote there:
+    listed by its manifest, with the sha256 recorded for it (exit 5). A shard cut at a line's end reads
+    as a sound, shorter one, and a leftover of an earlier prepare (a copy synced over another without
+    deleting) as a sound shard: embed spent the GPU hours on either, and only predict refused the
+    result. A shard on its own (as the pipeline stages it), or beside a manifest that cannot be read
+    (predict names what is wrong with it), is taken."""
     folder = Path(info.path).parent.parent
     try:
         stamp = os.stat(folder / MANIFEST)
@@ -276,23 +280,31 @@ def check_against_its_manifest(info: ShardInfo) -> None:
         return
     if Path(info.path).parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode):
         return
-    recorded = _recorded_shards(str(folder), (stamp.st_ino, stamp.st_size, stamp.st_mtime_ns)).get(Path(info.path).name)
-    if recorded is not None and recorded != info.sha256:
+    listed = _recorded_shards(str(folder), (stamp.st_ino, stamp.st_size, stamp.st_mtime_ns))
+    if listed is None:
+        return
+    recorded = listed.get(Path(info.path).name)
+    if recorded is None:
+        raise InconsistentInputsError(
+            f"{info.path} is not one of the {len(listed):,} shard(s) {folder / MANIFEST} lists (its first line "
+            f"says shard {info.index + 1:,} of {info.of:,}): a leftover of an earlier prepare into that folder, "
+            "or a copy synced over another", "embed the shards the manifest lists; delete the others (sync "
+            "prepare folders with `rsync --delete`, or into a new folder)")
+    if recorded != info.sha256:
         raise InconsistentInputsError(f"{info.path} changed after prepare: its sha256 is not the one {folder / MANIFEST} "
                                       "records for it (cut short, or edited?)", REPAIR_HINT)
 
 
 @functools.lru_cache(maxsize=4)
-def _recorded_shards(folder: str, _stamp: tuple) -> dict[str, str]:
+def _recorded_shards(folder: str, _stamp: tuple) -> dict[str, str] | None:
     """Shard file name -> the sha256 the manifest of the prepare folder records; read once per
-    manifest as it is (`_stamp`), not once per shard of a `run`. Empty when it cannot be read:
-    predict names what is wrong with it."""
+    manifest as it is (`_stamp`), not once per shard of a `run`. None when it cannot be read."""
     try:
         manifest = load_manifest(Path(folder))
     except InterruptedByUser:
         raise
     except VirnucproError:
-        return {}
+        return None
     return {Path(entry["file"]).name: entry["sha256"] for entry in manifest["shards"]}
 
 
