@@ -396,7 +396,7 @@ def test_standard_input_from_a_file_read_partly_before_is_read_from_where_it_sta
         with reads.open("rb") as stdin:
             stdin.seek(past, os.SEEK_END)
             done = virnucpro("prepare", "-", "--outdir", tmp_path / f"none{past}", "--threads", "1", stdin=stdin)
-        assert done.returncode == 3 and "- is empty" in done.stderr, done.stderr[-3000:]
+        assert done.returncode == 3 and "standard input ('-') is empty" in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("outer, inner", [("gzip", "gzip"), ("gzip", "bzip2"), ("bzip2", "xz")])
