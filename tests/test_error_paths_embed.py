@@ -334,6 +334,37 @@ def test_a_shard_without_read_permission_names_who_may_read_it(tmp_path, golden_
     done = subprocess.run([*prefix, *CLI, "embed", str(shard), "--models", str(tiny_models), "--out",
                            str(tmp_path / "s.h5"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert done.returncode == ExitCode.BAD_INPUT, done.stderr[-3000:]
-    assert f"cannot read {shard}: permission denied" in done.stderr and "chmod u+r" in done.stderr, done.stderr
+    assert f"cannot read shard {shard}: permission denied" in done.stderr and "chmod u+r" in done.stderr, done.stderr
     assert "check the path" not in done.stderr
     _no_traceback(done.stderr)
+
+
+@pytest.mark.parametrize("command", ["prepare", "embed"])
+def test_a_file_that_cannot_be_opened_is_named_with_the_fault_and_its_fix(tmp_path, golden_prepared, tiny_models,
+                                                                          command):
+    """A reviewer's cases: one hint for every reason ("check the path", "check the file permissions")
+    was wrong for most: a file in a folder that cannot be entered, a dangling link, a file on the way."""
+    source = golden_prepared / fmt.load_manifest(golden_prepared)["shards"][0]["file"]
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    shutil.copy(source, closed / "s.tsv")
+    (tmp_path / "dangling.tsv").symlink_to(tmp_path / "gone.tsv")
+    (tmp_path / "plain").write_text("x")
+    what = "input file" if command == "prepare" else "shard"
+
+    def refusal(path: Path, *prefix: str) -> str:
+        args = [command, str(path), *(["--outdir", str(tmp_path / "o")] if command == "prepare" else
+                                      ["--models", str(tiny_models), "--out", str(tmp_path / "s.h5")])]
+        done = subprocess.run([*prefix, *CLI, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == ExitCode.BAD_INPUT, done.stderr[-3000:]
+        _no_traceback(done.stderr)
+        return done.stderr
+
+    said = refusal(tmp_path / "dangling.tsv")
+    assert f"{what} {tmp_path / 'dangling.tsv'} is a symbolic link to a missing path ({tmp_path / 'gone.tsv'})" in said
+    said = refusal(tmp_path / "plain" / "s.tsv")
+    assert "a part of its path is a file, not a folder" in said and "permission" not in said, said
+    closed.chmod(0o700)
+    os.chown(closed, 65534, 65534)
+    said = refusal(closed / "s.tsv", *unprivileged())
+    assert f"permission denied on its folder {closed}" in said and "chmod" in said and "check the" not in said, said

@@ -147,7 +147,7 @@ def test_an_unreadable_shard_is_exit_3_naming_it(tmp_path, golden_prepared, tiny
     shard = Path(shutil.copy(golden_prepared / "shards" / fmt.shard_name(0), tmp_path / "s.tsv"))
     shard.chmod(0)
     done = _run("embed", shard, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu")
-    assert done.returncode == ExitCode.BAD_INPUT and f"cannot read {shard}: permission denied" in done.stderr, done.stderr
+    assert done.returncode == ExitCode.BAD_INPUT and f"cannot read shard {shard}: permission denied" in done.stderr, done.stderr
 
 
 def test_an_unreadable_embedding_shard_is_exit_3_naming_it(tmp_path, golden_prepared, tiny_models):

@@ -734,8 +734,6 @@ def folder_refused(path: Path, folder: Path, refused: type[VirnucproError], what
 def access_hint(path: Path, rights: str, wanted: str = "make it readable") -> str:
     """How this user gets `rights` ("r", "rx") on `path`: `chmod u+...` when it is theirs; else only
     its owner (or root) can change its mode, so the hint names the owner and what they can run."""
-    import shlex
-
     try:
         owner = os.stat(path, follow_symlinks=False).st_uid
     except OSError:
@@ -789,6 +787,31 @@ def link_loop(path: Path, what: str, refused: type[VirnucproError] = BadInputErr
     return refused(f"{what} {path} goes through a loop of symbolic links (they point at each other, "
                    "so no file or folder is ever reached)",
                    "point the link at a real folder or file (`ls -l` shows where each points), or choose another path")
+
+
+def unopenable_file(path: Path, exc: OSError, what: str) -> VirnucproError:
+    """Exit 3 for a file the user named (`what`: "input file", "shard") that cannot be opened, naming
+    the fault and its own fix: a missing file or a link to a missing path, a file where a folder
+    should be on its way, a folder on its way that cannot be entered, the file's own mode, a loop of
+    links; any other reason as the system words it. One hint for all sent users the wrong way."""
+    path = Path(path)
+    if exc.errno == errno.ELOOP:
+        return link_loop(path, what)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        folder = denied_folder(path)
+        if folder is not None:
+            return folder_refused(path, folder, BadInputError, f"{what} ")
+        return BadInputError(f"cannot read {what} {path}: permission denied", access_hint(path, "r"))
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return BadInputError(f"{what} {path} is a symbolic link to a missing path ({os.readlink(path)})",
+                             "point the link at the file, or give the file itself")
+    if exc.errno == errno.ENOENT:
+        return BadInputError(f"{what} not found: {path}", "check the path")
+    if exc.errno == errno.ENOTDIR:
+        return BadInputError(f"{what} {path} cannot be reached: a part of its path is a file, not a folder",
+                             "check the path")
+    return BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}",
+                         "give a regular file this user can read")
 
 
 def not_a_folder(path: Path, option: str) -> BadInputError:

@@ -23,7 +23,7 @@ from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
 from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, VirnucproError, access_hint,
                              denied_folder, folder_refused, naming, open_file_limit, open_output, other_format,
-                             path_mode)
+                             path_mode, unopenable_file)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -260,9 +260,7 @@ def shard_info(path: Path) -> ShardInfo:
     except OSError as exc:
         if open_file_limit(exc):
             raise  # the CLI names the limit (see `open_file_limit`)
-        if exc.errno in PERMISSION_ERRNOS:  # the path is right: who may read it is said
-            raise unreadable(path, exc) from None
-        raise BadInputError(f"cannot read shard {path}: {exc.strerror}", "check the path") from None
+        raise unopenable_file(path, exc, "shard") from None
     return ShardInfo(path, values["chunk_size"], values["index"], values["of"], digest)
 
 

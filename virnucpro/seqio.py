@@ -12,7 +12,6 @@ bytes that are no text) and the fix.
 from __future__ import annotations
 
 import bz2
-import errno
 import hashlib
 import itertools
 import lzma
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from virnucpro.errors import (shell_word, BadInputError, link_loop, name_too_long, open_file_limit, path_too_long,
+from virnucpro.errors import (shell_word, BadInputError, name_too_long, unopenable_file, open_file_limit, path_too_long,
                               printable)
 
 BLOCK = 1 << 20
@@ -414,8 +413,6 @@ class HashingTextStream:
         self.bytes_read = 0
         try:
             self._raw = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")
-        except FileNotFoundError:
-            raise BadInputError(f"input file not found: {path}", "check the path") from None
         except IsADirectoryError:
             raise BadInputError(f"input is a directory, not a file: {path}",
                                 "give the FASTA/FASTQ files inside it") from None
@@ -424,10 +421,7 @@ class HashingTextStream:
                 raise path_too_long(exc, Path(path)) from None
             if open_file_limit(exc):
                 raise  # no fault of the file: the CLI names the limit
-            if exc.errno == errno.ELOOP:
-                raise link_loop(path, "input file") from None
-            raise BadInputError(f"cannot read input file {path}: {exc.strerror}",
-                                "check the file permissions") from None
+            raise unopenable_file(path, exc, "input file") from None
         self._opened = os.fstat(self._raw.fileno())
         self._stream = not stat.S_ISREG(self._opened.st_mode)
         # where reading starts: a file given as standard input may have been read partly before us
