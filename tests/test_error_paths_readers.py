@@ -144,3 +144,22 @@ def test_load_classifier_names_a_folder_that_cannot_be_entered(shut_classifier):
     finally:
         folder.chmod(0o755)
     assert done.returncode == 4 and f"permission denied on its folder {folder}" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("mode", [0o704, 0o701])
+def test_an_embeddings_folder_that_cannot_be_listed_and_entered_asks_for_both(tmp_path, small_sample, tiny_models,
+                                                                             mode):
+    """A reviewer's case: a folder others may list but not enter (o+r, no x) was "cannot read embedding
+    shard FOLDER", fix `chmod o+r FOLDER`, which brought the same error back."""
+    prepared, h5 = small_sample
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    shutil.copy(h5, folder)
+    shutil.chown(folder, 65534, 65534)
+    folder.chmod(mode)
+    done = subprocess.run([*unprivileged(), *CLI, "predict", "--prepared", str(prepared), "--embeddings", str(folder),
+                           "--outdir", str(tmp_path / "out"), "--models", str(tiny_models)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert f"cannot read embedding folder {folder}: permission denied" in done.stderr, done.stderr
+    assert "o+rx" in done.stderr and "Traceback" not in done.stderr, done.stderr

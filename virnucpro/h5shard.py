@@ -496,6 +496,9 @@ def shard_files(paths: Sequence[Path]) -> list[Path]:
             expand = path.is_dir() and not path.name.endswith(".ckpt")  # embed's checkpoint folder: refused
             found = sorted(p for p in path.iterdir() if _named_as_shard(p)) if expand else [path]
         except PermissionError:
+            if denied_folder(path) is None and os.path.isdir(path):  # the folder itself: listed, then entered
+                raise BadInputError(f"cannot read embedding folder {path}: permission denied",
+                                    access_hint(path, "rx", "make the folder readable and searchable")) from None
             raise _permission_denied(path) from None
         if not found:
             raise BadInputError(f"embedding folder {path} holds no .h5 file",
