@@ -181,10 +181,19 @@ def _cell(value: object) -> str:
 
 
 def write_table(rows: list[dict], path: Path, header: str = "") -> None:
-    """The rows as a plain tab-separated table (no quoting), preceded by `header` (MultiQC's comments)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(header + "\t".join(COLUMNS) + "\n")
-        handle.writelines("\t".join(_cell(row[column]) for column in COLUMNS) + "\n" for row in rows)
+    """The rows as a plain tab-separated table (no quoting), preceded by `header` (MultiQC's comments).
+    A failed write (a full disk) names the file, and leaves no part of it behind."""
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as handle:
+            try:
+                handle.write(header + "\t".join(COLUMNS) + "\n")
+                handle.writelines("\t".join(_cell(row[column]) for column in COLUMNS) + "\n" for row in rows)
+            except BaseException:
+                path.unlink(missing_ok=True)  # ours: just created (or emptied) by this open
+                raise
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)  # a write or close says no file name
+        raise
 
 
 # --- run_info.json ----------------------------------------------------------------------------------
@@ -735,9 +744,22 @@ def write_failed(exc: OSError) -> int:
         print(f"virnucpro summary: cannot write {exc.filename}: the file name is too long for the file system\n"
               "  fix: give a shorter --out name (in the pipeline: a shorter sample name)", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n"
-          "  fix: free space or choose a writable output folder", file=sys.stderr)
-    return ExitCode.OUTPUT_WRITE
+    fix, code = WRITE_FIXES.get(exc.errno, ("free space or choose a writable output folder", ExitCode.OUTPUT_WRITE))
+    print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n  fix: {fix}", file=sys.stderr)
+    return code
+
+
+# errno of a failed --out/--mqc -> (the fix, the exit code): a path that is wrong is the caller's (3)
+WRITE_FIXES = {
+    errno.ENOSPC: ("free space there, or choose an output folder with room", ExitCode.OUTPUT_WRITE),
+    errno.EDQUOT: ("free space there or raise your quota, or choose another output folder", ExitCode.OUTPUT_WRITE),
+    errno.EROFS: ("choose an output folder on a writable file system", ExitCode.OUTPUT_WRITE),
+    errno.EACCES: ("make its folder writable by this user, or choose another output folder", ExitCode.OUTPUT_WRITE),
+    errno.EPERM: ("make its folder writable by this user, or choose another output folder", ExitCode.OUTPUT_WRITE),
+    errno.EISDIR: ("it is a folder: give a file path", ExitCode.BAD_INPUT),
+    errno.ENOENT: ("its folder does not exist: create it, or give another path", ExitCode.BAD_INPUT),
+    errno.ENOTDIR: ("a part of its path is a file, not a folder: give another path", ExitCode.BAD_INPUT),
+}
 
 
 if __name__ == "__main__":

@@ -503,3 +503,33 @@ def test_a_prepared_folder_holds_only_the_names_the_pipeline_recognises(golden_p
     names = {path.name for path in golden_prepared.iterdir()}
     assert ".virnucpro.json" in names and names <= set(ast.literal_eval(f"[{allowed}]"))
     assert all(re.fullmatch(fmt.SHARD_PATTERN, path.name) for path in (golden_prepared / fmt.SHARD_DIR).iterdir())
+
+
+# --- outputs that cannot be written: the file named, the fix for the cause, nothing half written ------
+
+@pytest.mark.parametrize("where, code, fix", [("a folder", 3, "it is a folder: give a file path"),
+                                              ("no folder", 3, "its folder does not exist"),
+                                              ("a file on the way", 3, "a part of its path is a file")])
+def test_an_out_that_cannot_be_written_names_it_and_the_fix_for_its_cause(good_row, tmp_path, where, code, fix):
+    """A reviewer's case: every cause got "free space or choose a writable output folder", exit 10."""
+    out = {"a folder": tmp_path, "no folder": tmp_path / "none" / "all.tsv",
+           "a file on the way": good_row / "all.tsv"}[where]
+    result = summary("merge", good_row, "--out", out, "--mqc", tmp_path / "mqc.tsv")
+    assert result.returncode == code and f"cannot write {out}" in result.stderr and fix in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_part_of_it(good_row, tmp_path):
+    """It said "cannot write None" (a failed write names no file) and left an empty table behind."""
+    from mount_helpers import tmpfs
+
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    for index in range(400):  # a table larger than the file system below
+        shutil.copy(good_row, rows / f"s{index}.summary.tsv")
+        edit_cell(rows / f"s{index}.summary.tsv", "sample", f"s{index}")
+    with tmpfs(tmp_path / "full", "8k") as full:
+        result = summary("merge", rows, "--out", full / "all.tsv", "--mqc", full / "mqc.tsv")
+        assert result.returncode == 10, result.stderr
+        assert f"cannot write {full / 'all.tsv'}: No space left on device" in result.stderr, result.stderr
+        assert "free space" in result.stderr and not (full / "all.tsv").exists()
