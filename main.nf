@@ -48,7 +48,7 @@ workflow {
         }
         if (params.classifier) {
             checkClassifierRecord(asText(params.classifier))
-            checkClassifierChunkSize(asText(params.classifier), chunk_size)
+            checkClassifierChunkSize(asText(params.classifier), chunk_size, asText(params.models))
             if (params.models) {
                 checkClassifierEncoders(asText(params.classifier), asText(params.models))
             }

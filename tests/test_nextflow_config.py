@@ -527,13 +527,14 @@ def test_a_sample_folder_that_is_a_virnucpro_command_output_is_refused(groovy, t
 
 
 def _models_check(groovy, models, chunk_size) -> str:
-    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles", "checkManifestClassifier", "readModelsManifest"],
+    return _startup_check(groovy, ["checkModelsDirectory", "missingModelFiles", "checkManifestClassifier", "readModelsManifest",
+                                   "checkManifestFiles", "sha256Of", "quoted"],
                           f"checkModelsDirectory('{models}', {chunk_size if chunk_size else 'null'})")
 
 
-def _classifier_check(groovy, classifier, chunk_size) -> str:
-    return _startup_check(groovy, ["checkClassifierChunkSize", "sha256Of", "readModelsManifest"],
-                          f"checkClassifierChunkSize('{classifier}', {chunk_size})")
+def _classifier_check(groovy, classifier, chunk_size, models=None) -> str:
+    return _startup_check(groovy, ["checkClassifierChunkSize", "sha256Of", "readModelsManifest", "recordsClassifierOfSize"],
+                          f"checkClassifierChunkSize('{classifier}', {chunk_size}, {repr(str(models)) if models else 'null'})")
 
 
 def test_a_classifier_its_manifest_records_for_the_other_chunk_size_is_refused_at_start_up(groovy, tiny_models,
@@ -557,6 +558,44 @@ def test_a_classifier_its_manifest_records_for_the_other_chunk_size_is_refused_a
     manifest["models"]["classifier_300"]["sha256"] = {k: v.upper() for k, v in manifest["models"]["classifier_300"]["sha256"].items()}
     (upper / "manifest.json").write_text(json.dumps(manifest))
     assert "is the classifier for 300-bp chunks" in _classifier_check(groovy, upper / "300_model_tiny.pth", 500)
+
+
+def test_a_models_folder_lacking_a_file_its_manifest_lists_is_refused_at_start_up(groovy, tiny_models, tmp_path):
+    """A reviewer's case: found by EMBED after PREPARE (an encoder file) or by PREDICT after every EMBED
+    task (the classifier), each named by its path inside the task; a file the run does not use is no
+    matter (the classifier of the other chunk size, or any with --classifier)."""
+    models = Path(shutil.copytree(tiny_models, tmp_path / "models"))
+    (models / "500_model_tiny.pth").unlink()
+    message = _models_check(groovy, models, 500)
+    assert f"--models {models}: its manifest.json lists '500_model_tiny.pth', which the folder lacks" in message, message
+    assert _models_check(groovy, models, 300) == "passed" and _models_check(groovy, models, None) == "passed"
+    (models / "esm2_tiny.pt").unlink()
+    assert "lists 'esm2_tiny.pt', which the folder lacks" in _models_check(groovy, models, None)
+
+
+def test_a_damaged_classifier_in_the_models_folder_is_refused_at_start_up(groovy, tiny_models, tmp_path):
+    """A reviewer's case: start-up hashed it for PREDICT, and PREDICT refused it after every EMBED task."""
+    models = Path(shutil.copytree(tiny_models, tmp_path / "models"))
+    with open(models / "500_model_tiny.pth", "r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 1]))
+    message = _models_check(groovy, models, 500)
+    assert f"--models {models}: 500_model_tiny.pth has sha256" in message and "a corrupt or replaced file" in message
+    assert _models_check(groovy, models, 300) == "passed"
+
+
+def test_a_copied_classifier_the_models_manifest_records_for_the_other_chunk_size_is_refused(groovy, tiny_models,
+                                                                                             tmp_path):
+    """A reviewer's case: a copy of the 300-bp classifier with no manifest beside it, at --chunk_size
+    500 with the --models whose manifest records it: the pipeline scored every sample with it (PREDICT
+    is not given --models), where `virnucpro run` refuses it."""
+    (tmp_path / "copy").mkdir()
+    copy = Path(shutil.copy(tiny_models / "300_model_tiny.pth", tmp_path / "copy"))
+    message = _classifier_check(groovy, copy, 500, tiny_models)
+    assert f"--classifier {copy} is the classifier for 300-bp chunks ({tiny_models / 'manifest.json'} records it)" in message
+    assert _classifier_check(groovy, copy, 300, tiny_models) == "passed"
+    assert _classifier_check(groovy, copy, 500) == "passed"  # nothing records it: PREDICT checks the published ones
 
 
 def _record_check(groovy, classifier) -> str:
@@ -634,6 +673,7 @@ def test_a_models_folder_with_a_manifest_or_the_standard_names_passes(groovy, tm
     manifest = tmp_path / "manifest"
     manifest.mkdir()
     (manifest / "manifest.json").write_text('{"models": {"classifier_500": {"files": ["500_model.pth"]}}}')
+    (manifest / "500_model.pth").write_text("")
     assert _models_check(groovy, manifest, 500) == "passed"
     assert _models_check(groovy, manifest, None) == "passed"
     staged = tmp_path / "staged"
@@ -649,8 +689,7 @@ def test_a_models_folder_with_a_manifest_or_the_standard_names_passes(groovy, tm
 def test_a_models_manifest_without_the_chunk_sizes_classifier_is_refused_at_start_up(groovy, tiny_models, tmp_path):
     """Found when the workflow picked the classifier, it was said twice, after the tasks had started."""
     import json
-    models = tmp_path / "models"
-    models.mkdir()
+    models = Path(shutil.copytree(tiny_models, tmp_path / "models"))
     manifest = json.loads((tiny_models / "manifest.json").read_text())
     del manifest["models"]["classifier_500"]
     (models / "manifest.json").write_text(json.dumps(manifest))

@@ -953,8 +953,28 @@ def checkModelsDirectory(String models, chunk_size) {
     if (missing) {
         error("--models ${models} is not a models directory: it has no manifest.json, nor ${missing.join(', ')} (the standard file names of a hand-staged copy); `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
     }
+    if (dir.resolve('manifest.json').exists()) {
+        checkManifestFiles(models, dir, chunk_size)
+    }
     if (chunk_size && dir.resolve('manifest.json').exists()) {
         checkManifestClassifier(models, dir.resolve('manifest.json'), chunk_size)
+    }
+}
+
+// The files a --models manifest.json lists for what the run uses (both encoders, and the classifier
+// of the chunk size unless --classifier replaces it) are there: a missing one was found by EMBED after
+// PREPARE ran, or by PREDICT after every EMBED task, and named by its path inside the task. A
+// manifest that cannot be read is said by checkManifestClassifier, or by the tasks.
+def checkManifestFiles(String models, dir, chunk_size) {
+    def read = readModelsManifest(dir.resolve('manifest.json'))
+    if (read.problem) {
+        return
+    }
+    def roles = ['esm2', 'dnabert_s'] + (chunk_size ? ["classifier_${chunk_size}".toString()] : [])
+    def listed = roles.findResults { role -> read.models[role] instanceof Map && read.models[role].files instanceof List ? read.models[role].files : null }.flatten()
+    def missing = listed.collect { name -> name.toString() }.findAll { name -> !java.nio.file.Files.exists(dir.resolve(name)) }
+    if (missing) {
+        error("--models ${models}: its manifest.json lists ${quoted(missing.take(5))}${missing.size() > 5 ? " and ${missing.size() - 5} more" : ''}, which the folder lacks (or a link to a missing path); `virnucpro models check ${models}` says how to put it right")
     }
 }
 
@@ -966,10 +986,20 @@ def checkManifestClassifier(String models, manifest, chunk_size) {
         error("--models ${models}: its manifest.json ${read.problem}; `virnucpro models check ${models}` says what is wrong, `virnucpro models download` writes a complete one")
     }
     def roles = read.models
-    if (!(roles["classifier_${chunk_size}".toString()] instanceof Map)) {
+    def entry = roles["classifier_${chunk_size}".toString()]
+    if (!(entry instanceof Map)) {
         def sizes = roles.keySet().findAll { role -> role ==~ /classifier_\d+/ }.collect { role -> role - 'classifier_' }.sort()
         def other = sizes ? "it has the classifier for --chunk_size ${sizes.join(' and ')} only; give that --chunk_size, or" : 'give'
         error("--models ${models} has no classifier for --chunk_size ${chunk_size} (its manifest.json records none): ${other} a --classifier for ${chunk_size}-bp chunks; `virnucpro models check ${models}` says what the folder holds")
+    }
+    // the classifier (a few MB, hashed here anyway for PREDICT) as recorded: a damaged one was found by
+    // PREDICT after every EMBED task; the encoders (gigabytes) are checked by each EMBED task
+    (entry.sha256 instanceof Map ? entry.sha256 : [:]).each { name, recorded ->
+        def path = manifest.resolveSibling(name.toString())
+        def digest = java.nio.file.Files.isRegularFile(path) ? sha256Of(path) : null
+        if (digest && digest != recorded.toString().toLowerCase()) {
+            error("--models ${models}: ${name} has sha256 ${digest}, but its manifest.json records ${recorded.toString().toLowerCase()} (a corrupt or replaced file); `virnucpro models check ${models}` says how to put it right")
+        }
     }
 }
 
@@ -1374,24 +1404,33 @@ def classifierFiles(models_dir, chunk_size) {
     return [manifest] + entry.files.collect { name -> models_dir.resolve(name) }
 }
 
-// A --classifier that the manifest.json of its folder records as the classifier of the other
-// standard chunk size (by checksum) stops the run at start, not after every EMBED task: PREDICT
-// would refuse it (as `virnucpro predict` does) once the GPU hours are spent. A manifest that
+// A --classifier that a models manifest records as the classifier of the other standard chunk size
+// (by checksum: the manifest of its folder, of the folder a link to it leads into, or of --models)
+// stops the run at start, not after every EMBED task: PREDICT would refuse it (as `virnucpro
+// predict` does) once the GPU hours are spent, or, given no --models, score with it. A manifest that
 // cannot be read is left to PREDICT, which says what is wrong with it.
-def checkClassifierChunkSize(String classifier, chunk_size) {
+def checkClassifierChunkSize(String classifier, chunk_size, String models = null) {
     def standard = [300, 500]
     def path = file(classifier, glob: false)
-    def manifest = path.resolveSibling('manifest.json')
-    if (!(chunk_size in standard) || path.name == 'manifest.json' || !java.nio.file.Files.isRegularFile(manifest)) {
+    if (!(chunk_size in standard) || path.name == 'manifest.json' || !java.nio.file.Files.isRegularFile(path)) {
         return
     }
     def other = (standard - [chunk_size])[0]
-    def read = readModelsManifest(manifest)
-    def entry = read.models ? read.models["classifier_${other}".toString()] : null
-    def recorded = entry instanceof Map ? entry.sha256 : null
-    if (recorded instanceof Map && sha256Of(path) in recorded.values().collect { digest -> digest.toString().toLowerCase() }) {
+    def folders = [path.toAbsolutePath().parent, path.toRealPath().parent] + (models ? [file(models, glob: false)] : [])
+    def manifests = folders.unique().collect { folder -> folder.resolve('manifest.json') }.findAll { manifest -> java.nio.file.Files.isRegularFile(manifest) }
+    def digest = manifests ? sha256Of(path) : null
+    def manifest = manifests.find { candidate -> recordsClassifierOfSize(candidate, other, digest) }
+    if (manifest) {
         error("--classifier ${classifier} is the classifier for ${other}-bp chunks (${manifest} records it), but --chunk_size is ${chunk_size}: give the ${chunk_size}-bp classifier, or --chunk_size ${other}")
     }
+}
+
+// Whether a models manifest records a classifier file of this sha256 for `size`-bp chunks
+def recordsClassifierOfSize(manifest, size, String digest) {
+    def read = readModelsManifest(manifest)
+    def entry = read.models ? read.models["classifier_${size}".toString()] : null
+    def recorded = entry instanceof Map ? entry.sha256 : null
+    return recorded instanceof Map && digest in recorded.values().collect { sha -> sha.toString().toLowerCase() }
 }
 
 // A --classifier that a models manifest records (that of its folder, of the folder a link to it
