@@ -744,21 +744,21 @@ def write_failed(exc: OSError) -> int:
         print(f"virnucpro summary: cannot write {exc.filename}: the file name is too long for the file system\n"
               "  fix: give a shorter --out name (in the pipeline: a shorter sample name)", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    fix, code = WRITE_FIXES.get(exc.errno, ("free space or choose a writable output folder", ExitCode.OUTPUT_WRITE))
+    fix = WRITE_FIXES.get(exc.errno, "free space or choose a writable output folder")
     print(f"virnucpro summary: cannot write {exc.filename}: {exc.strerror or exc}\n  fix: {fix}", file=sys.stderr)
-    return code
+    return ExitCode.OUTPUT_WRITE
 
 
-# errno of a failed --out/--mqc -> (the fix, the exit code): a path that is wrong is the caller's (3)
+# errno of a failed --out/--mqc -> its fix (each exit 10, as any output not written)
 WRITE_FIXES = {
-    errno.ENOSPC: ("free space there, or choose an output folder with room", ExitCode.OUTPUT_WRITE),
-    errno.EDQUOT: ("free space there or raise your quota, or choose another output folder", ExitCode.OUTPUT_WRITE),
-    errno.EROFS: ("choose an output folder on a writable file system", ExitCode.OUTPUT_WRITE),
-    errno.EACCES: ("make its folder writable by this user, or choose another output folder", ExitCode.OUTPUT_WRITE),
-    errno.EPERM: ("make its folder writable by this user, or choose another output folder", ExitCode.OUTPUT_WRITE),
-    errno.EISDIR: ("it is a folder: give a file path", ExitCode.BAD_INPUT),
-    errno.ENOENT: ("its folder does not exist: create it, or give another path", ExitCode.BAD_INPUT),
-    errno.ENOTDIR: ("a part of its path is a file, not a folder: give another path", ExitCode.BAD_INPUT),
+    errno.ENOSPC: "free space there, or choose an output folder with room",
+    errno.EDQUOT: "free space there or raise your quota, or choose another output folder",
+    errno.EROFS: "choose an output folder on a writable file system",
+    errno.EACCES: "make its folder writable by this user, or choose another output folder",
+    errno.EPERM: "make its folder writable by this user, or choose another output folder",
+    errno.EISDIR: "it is a folder: give a file path",
+    errno.ENOENT: "its folder does not exist: create it, or give another path",
+    errno.ENOTDIR: "a part of its path is a file, not a folder: give another path",
 }
 
 

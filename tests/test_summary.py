@@ -507,9 +507,9 @@ def test_a_prepared_folder_holds_only_the_names_the_pipeline_recognises(golden_p
 
 # --- outputs that cannot be written: the file named, the fix for the cause, nothing half written ------
 
-@pytest.mark.parametrize("where, code, fix", [("a folder", 3, "it is a folder: give a file path"),
-                                              ("no folder", 3, "its folder does not exist"),
-                                              ("a file on the way", 3, "a part of its path is a file")])
+@pytest.mark.parametrize("where, code, fix", [("a folder", 10, "it is a folder: give a file path"),
+                                              ("no folder", 10, "its folder does not exist"),
+                                              ("a file on the way", 10, "a part of its path is a file")])
 def test_an_out_that_cannot_be_written_names_it_and_the_fix_for_its_cause(good_row, tmp_path, where, code, fix):
     """A reviewer's case: every cause got "free space or choose a writable output folder", exit 10."""
     out = {"a folder": tmp_path, "no folder": tmp_path / "none" / "all.tsv",
