@@ -760,3 +760,25 @@ def test_a_marker_that_cannot_be_replaced_leaves_no_temporary_behind(tmp_path):
     assert done.stdout.startswith(f"exit {int(ExitCode.OUTPUT_WRITE)}: cannot write {folder / od.MARKER_NAME}:"), \
         done.stdout + done.stderr
     assert sorted(p.name for p in folder.iterdir()) == [od.MARKER_NAME]
+
+
+@pytest.mark.parametrize("blocker", ["file", "dangling link"])
+def test_an_output_path_through_a_file_or_a_dangling_link_names_that_part(tmp_path, run_cli, golden_prepared,
+                                                                          tiny_models, blocker):
+    """A reviewer's cases: "cannot create --outdir x/sub: Not a directory, fix: choose a writable
+    location" (the same for --checkpoint-dir) sent users looking for a permission."""
+    part = tmp_path / "part"
+    if blocker == "file":
+        part.write_text("x")
+        said, fix = f"{part} on its way is a file, not a folder", "choose another path"
+    else:
+        part.symlink_to(tmp_path / "gone")
+        said, fix = f"{part} on its way is a symbolic link to a missing path ({tmp_path / 'gone'})", "create the folder"
+    reads = tmp_path / "r.fa"
+    reads.write_text(">a\nATGAAACCCGGGTTTAAA\n")
+    code, message = run_cli("prepare", reads, "--outdir", part / "sub")
+    assert code == 3 and f"cannot create --outdir {part / 'sub'}: {said}" in message and fix in message, message
+    shard = golden_prepared / "shards" / "shard_00000.tsv"
+    code, message = run_cli("embed", shard, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu",
+                            "--checkpoint-dir", part / "ck")
+    assert code == 3 and said in message and "writable" not in message, message

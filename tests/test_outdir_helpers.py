@@ -96,9 +96,9 @@ def test_make_folder_creates_parents_and_refuses_a_file_in_the_way(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInputError, match="--outdir .* is a file"):
         od.make_folder(tmp_path / "file", "--outdir")
-    with pytest.raises(BadInputError, match="cannot create --outdir .*: Not a directory") as refused:
+    with pytest.raises(BadInputError, match="cannot create --outdir .*: .*file on its way is a file, not a folder") as refused:
         od.make_folder(tmp_path / "file" / "sub", "--outdir")
-    assert refused.value.hint == "choose a writable location"
+    assert refused.value.hint == "choose another path"
 
 
 def test_embed_out_in_a_folder_that_cannot_be_created_is_a_storage_failure(small_sample, tmp_path, monkeypatch):

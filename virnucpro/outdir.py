@@ -321,7 +321,24 @@ def make_folder(folder: Path, what: str, made: list[Path] | None = None) -> None
             _refuse_name(exc, folder)
             problem = exc
             break
-    raise BadInputError(f"cannot create {what} {folder}: {problem.strerror}", "choose a writable location")
+    raise _blocking_part(folder, what) or BadInputError(f"cannot create {what} {folder}: {problem.strerror}",
+                                                        "choose a writable location")
+
+
+def _blocking_part(folder: Path, what: str) -> BadInputError | None:
+    """Exit 3 naming the part of `folder`'s path that is no folder (a file, or a link to a missing
+    path) when one is: "choose a writable location" sent users to look for a permission."""
+    for part in (*reversed(folder.parents), folder):
+        try:
+            if os.path.islink(part) and not os.path.exists(part):
+                return BadInputError(f"cannot create {what} {folder}: {part} on its way is a symbolic link to a "
+                                     f"missing path ({os.readlink(part)})", "create the folder it points to, or choose another path")
+            if os.path.exists(part) and not stat.S_ISDIR(os.stat(part).st_mode):
+                return BadInputError(f"cannot create {what} {folder}: {part} on its way is a file, not a folder",
+                                     "choose another path")
+        except OSError:
+            return None
+    return None
 
 
 def _make_each(folder: Path, made: list[Path]) -> None:
