@@ -163,3 +163,18 @@ def test_an_embeddings_folder_that_cannot_be_listed_and_entered_asks_for_both(tm
     assert done.returncode == ExitCode.BAD_INPUT, done.stderr
     assert f"cannot read embedding folder {folder}: permission denied" in done.stderr, done.stderr
     assert "o+rx" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_stage_path_through_a_file_is_a_wrong_path_exit_3_not_a_damaged_folder(tmp_path, small_sample, tiny_models,
+                                                                                 run_cli):
+    """A reviewer's cases: `--prepared a.fa/x` was "the prepare folder was edited or damaged" and
+    `--embeddings a.fa/x` "cannot be read as an HDF5 embedding shard", both exit 5."""
+    prepared, h5 = small_sample
+    plain = tmp_path / "a.fa"
+    plain.write_text(">a\nACGT\n")
+    code, message = run_cli("predict", "--prepared", plain / "x", "--embeddings", h5, "--outdir", tmp_path / "o1",
+                            "--models", tiny_models)
+    assert code == ExitCode.BAD_INPUT and "a part of its path is a file, not a folder" in message, message
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", plain / "x", "--outdir", tmp_path / "o2",
+                            "--models", tiny_models)
+    assert code == ExitCode.BAD_INPUT and f"embedding shard {plain / 'x'} cannot be reached" in message, message

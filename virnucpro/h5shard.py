@@ -530,6 +530,9 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     except DAMAGED as exc:
         if getattr(exc, "errno", None) == errno.ELOOP:
             raise link_loop(path, "embedding shard") from None
+        if getattr(exc, "errno", None) == errno.ENOTDIR:  # the path given is wrong, not the file
+            raise BadInputError(f"embedding shard {path} cannot be reached: a part of its path is a file, not a "
+                                "folder", "check the path") from None
         if open_file_limit(exc) or getattr(exc, "errno", None) == errno.ENAMETOOLONG:
             raise  # no fault of the file: the CLI names the limit or the name
         raise InconsistentInputsError(f"{path} cannot be read as an HDF5 embedding shard ({exc})",

@@ -421,6 +421,8 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
         if folder is not None:
             return folder_refused(path, folder, BadInputError)
         return BadInputError(f"cannot read {path}: permission denied", access_hint(path, "r"))
+    if exc.errno == errno.ENOTDIR:  # the folder given is wrong (a file on its way), not damaged
+        return BadInputError(f"cannot read {path}: a part of its path is a file, not a folder", "check the path")
     return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
 
 
