@@ -438,3 +438,17 @@ def test_a_loop_is_named_where_resolve_returns_a_path_as_python_3_13_does(tmp_pa
         with pytest.raises(BadInputError, match="loop of symbolic links"):
             resolved(path, "--outdir")
     assert resolved(tmp_path / "missing" / "x", "--outdir") == tmp_path / "missing" / "x"
+
+
+@pytest.mark.parametrize("blocker", ["file", "dangling link"])
+def test_a_models_folder_below_a_file_or_a_dangling_link_says_so_not_download(tmp_path, run_cli, blocker):
+    """A reviewer's case: "does not exist, fix: virnucpro models download --dest ..." into a path where
+    a download fails too ("cannot create ...: Not a directory")."""
+    part = tmp_path / "part"
+    if blocker == "file":
+        part.write_text("x")
+    else:
+        part.symlink_to(tmp_path / "gone")
+    code, message = run_cli("models", "check", part / "models")
+    assert code == 4, message
+    assert f"{part} on its way is a" in message and "download" not in message, message

@@ -1401,11 +1401,25 @@ def _no_such_folder(directory: Path, roles: list[str] | None) -> ModelsError:
     origin = ("" if variable is None else " (from VIRNUCPRO_MODELS)" if variable == str(directory)
               else f" (VIRNUCPRO_MODELS={shell_word(variable)})")
     hint = download_command(directory, roles)
-    if variable is None and _is_default_folder(directory):  # nothing named it: maybe the models are elsewhere
+    blocker = _part_that_is_no_folder(directory)
+    if blocker is not None:  # a download there fails too ("cannot create ...: Not a directory")
+        hint = f"{blocker} on its way is {'a link to a missing path' if blocker.is_symlink() else 'a file'}: give the models folder's real path"
+    elif variable is None and _is_default_folder(directory):  # nothing named it: maybe the models are elsewhere
         hint = (f"name the folder that holds the models (--models DIR, or VIRNUCPRO_MODELS=DIR; in a container, a "
                 f"folder mounted into it), or download them into this default folder: {hint}")
     return ModelsError(f"models directory {shell_word(str(directory))}{origin} does not exist"
                        f"{_whitespace_note(directory, variable)}", hint=hint)
+
+
+def _part_that_is_no_folder(directory: Path) -> Path | None:
+    """The folder above `directory` that is a file or a link to a missing path, if one is."""
+    for part in reversed(Path(directory).parents):
+        try:
+            if part.is_symlink() and not part.exists() or part.exists() and not part.is_dir():
+                return part
+        except OSError:
+            return None
+    return None
 
 
 def _is_default_folder(directory: Path) -> bool:
