@@ -182,17 +182,18 @@ def _cell(value: object) -> str:
 
 def write_table(rows: list[dict], path: Path, header: str = "") -> None:
     """The rows as a plain tab-separated table (no quoting), preceded by `header` (MultiQC's comments).
-    A failed write (a full disk) names the file, and leaves no part of it behind."""
+    A failed write (a full disk, found at the last flush for a small table) names the file, and
+    leaves no part of it behind when this call created it (anything there before is not ours)."""
+    created = not os.path.lexists(path)
     try:
         with open(path, "w", encoding="utf-8", newline="\n") as handle:
-            try:
-                handle.write(header + "\t".join(COLUMNS) + "\n")
-                handle.writelines("\t".join(_cell(row[column]) for column in COLUMNS) + "\n" for row in rows)
-            except BaseException:
-                path.unlink(missing_ok=True)  # ours: just created (or emptied) by this open
-                raise
-    except OSError as exc:
-        exc.filename = exc.filename or str(path)  # a write or close says no file name
+            handle.write(header + "\t".join(COLUMNS) + "\n")
+            handle.writelines("\t".join(_cell(row[column]) for column in COLUMNS) + "\n" for row in rows)
+    except BaseException as exc:
+        if created and os.path.lexists(path):
+            path.unlink()
+        if isinstance(exc, OSError):
+            exc.filename = exc.filename or str(path)  # a write or close says no file name
         raise
 
 

@@ -145,7 +145,8 @@ def test_a_shard_cut_at_a_line_end_in_its_prepare_folder_is_exit_5_before_any_wo
     assert _embed(run_cli, alone, tiny_models, tmp_path / "alone.h5")[0] == 0
 
 
-def test_a_leftover_shard_its_manifest_does_not_list_is_exit_5_before_any_work(tmp_path, tiny_models, run_cli):
+def test_a_leftover_shard_its_manifest_does_not_list_is_exit_5_before_any_work(tmp_path, tiny_models, run_cli,
+                                                                               monkeypatch):
     """A reviewer's case: an earlier prepare's folder synced over by a later one (`rsync -a` without
     --delete) keeps the earlier shards the later one did not write; embed spent the work on them and
     only predict refused the result. The manifest's list is checked first."""
@@ -161,6 +162,9 @@ def test_a_leftover_shard_its_manifest_does_not_list_is_exit_5_before_any_work(t
     assert f"{leftover} is not one of the 1 shard(s) {synced / fmt.MANIFEST} lists" in message, message
     assert "rsync --delete" in message and "loading DNABERT-S" not in message and not (tmp_path / "s.h5").exists()
     assert _embed(run_cli, synced / "shards" / "shard_00000.tsv", tiny_models, tmp_path / "listed.h5")[0] == 0
+    monkeypatch.chdir(synced / "shards")  # a review's case: named from inside shards/, it skipped the check
+    code, message = _embed(run_cli, Path(leftover.name), tiny_models, tmp_path / "inside.h5")
+    assert code == 5 and "is not one of the 1 shard(s)" in message, message
 
 
 def test_the_manifest_of_a_prepare_folder_is_read_once_for_all_its_shards(golden_prepared, monkeypatch):

@@ -178,3 +178,19 @@ def test_a_stage_path_through_a_file_is_a_wrong_path_exit_3_not_a_damaged_folder
     code, message = run_cli("predict", "--prepared", prepared, "--embeddings", plain / "x", "--outdir", tmp_path / "o2",
                             "--models", tiny_models)
     assert code == ExitCode.BAD_INPUT and f"embedding shard {plain / 'x'} cannot be reached" in message, message
+
+
+def test_an_input_linked_into_a_folder_that_cannot_be_entered_names_that_folder(tmp_path):
+    """A review of the fix: `pub/link.fa -> ../secret/x.fa` named `pub` (open to all) as the folder to
+    open; the folder at fault is `secret`, on the way to where the link leads."""
+    secret, pub = tmp_path / "secret", tmp_path / "pub"
+    secret.mkdir()
+    pub.mkdir()
+    (secret / "x.fa").write_text(">a\nATGAAACCCGGGTTTAAA\n")
+    (pub / "link.fa").symlink_to("../secret/x.fa")
+    shutil.chown(secret, 65534, 65534)
+    secret.chmod(0o700)
+    done = subprocess.run([*unprivileged(), *CLI, "prepare", str(pub / "link.fa"), "--outdir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert f"permission denied on its folder {secret}" in done.stderr and f"folder {pub}" not in done.stderr, done.stderr

@@ -533,3 +533,20 @@ def test_a_full_disk_names_the_file_and_leaves_no_part_of_it(good_row, tmp_path)
         assert result.returncode == 10, result.stderr
         assert f"cannot write {full / 'all.tsv'}: No space left on device" in result.stderr, result.stderr
         assert "free space" in result.stderr and not (full / "all.tsv").exists()
+
+
+def test_a_full_disk_with_a_small_table_leaves_none_and_never_removes_what_was_there(good_row, tmp_path):
+    """A review of the fix: a small table fails at its last flush (outside the write), and was left
+    empty; and removing the table on failure must never remove a link or file that was there before."""
+    from mount_helpers import tmpfs
+
+    with tmpfs(tmp_path / "full", "4k") as full:
+        (full / "filler").write_bytes(b"x" * 4096)
+        result = summary("merge", good_row, "--out", full / "all.tsv", "--mqc", full / "mqc.tsv")
+        assert result.returncode == 10 and f"cannot write {full / 'all.tsv'}" in result.stderr, result.stderr
+        assert not (full / "all.tsv").exists()
+        (full / "target.tsv").touch()
+        (full / "link.tsv").symlink_to(full / "target.tsv")
+        result = summary("merge", good_row, "--out", full / "link.tsv", "--mqc", tmp_path / "mqc.tsv")
+        assert result.returncode == 10 and f"cannot write {full / 'link.tsv'}" in result.stderr, result.stderr
+        assert (full / "link.tsv").is_symlink() and (full / "target.tsv").exists()

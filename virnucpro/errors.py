@@ -712,8 +712,11 @@ def path_mode(path: Path, refused: type[VirnucproError] = BadInputError) -> int 
 
 def denied_folder(path: Path) -> Path | None:
     """The folder on the way to `path` that this user may not enter (search), looked for from the
-    top down; None when every step can be looked up (the fault, if any, is the file's own mode)."""
+    top down; None when every step can be looked up (the fault, if any, is the file's own mode). A
+    link on the way is followed first: the folder at fault is on the way to where it leads."""
     path = Path(path)
+    if os.path.realpath(path) != os.path.abspath(path):
+        path = Path(os.path.realpath(path))
     for step in (*reversed(path.parents), path):
         try:
             os.stat(step)

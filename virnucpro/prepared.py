@@ -271,17 +271,18 @@ def check_against_its_manifest(info: ShardInfo) -> None:
     deleting) as a sound shard: embed spent the GPU hours on either, and only predict refused the
     result. A shard on its own (as the pipeline stages it), or beside a manifest that cannot be read
     (predict names what is wrong with it), is taken."""
-    folder = Path(info.path).parent.parent
+    shard = Path(os.path.abspath(info.path))  # `shard_00001.tsv` given from inside shards/ is checked too
+    folder = shard.parent.parent
     try:
         stamp = os.stat(folder / MANIFEST)
     except OSError:
         return
-    if Path(info.path).parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode):
+    if shard.parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode):
         return
     listed = _recorded_shards(str(folder), (stamp.st_ino, stamp.st_size, stamp.st_mtime_ns))
     if listed is None:
         return
-    recorded = listed.get(Path(info.path).name)
+    recorded = listed.get(shard.name)
     if recorded is None:
         raise InconsistentInputsError(
             f"{info.path} is not one of the {len(listed):,} shard(s) {folder / MANIFEST} lists (its first line "
