@@ -74,6 +74,21 @@ def test_a_shard_written_by_its_header_and_lines_reads_back(tmp_path):
     assert (info.chunk_size, info.index, info.of, info.sha256) == (500, 0, 1, fmt.sha256_of(shard))
 
 
+def test_a_shard_read_as_docs_output_says_keeps_ids_that_hold_a_hash(tmp_path):
+    """docs/output.md: skip the format line, then plain tab-separated text with a header; `comment="#"`
+    would drop `#h_chunk_1F1` and cut `m#h_chunk_1F1`."""
+    import csv
+
+    ids = ["#h_chunk_1F1", "m#h_chunk_1F1"]
+    shard = tmp_path / fmt.shard_name(0)
+    shard.write_text(fmt.shard_header(500, 0, 1) + "".join(fmt.orf_lines(ids, ["ATG", "ATG"], ["M", "M"])), newline="\n")
+    with shard.open(newline="") as handle:
+        assert handle.readline().startswith(fmt.SHARD_MAGIC)
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert [row["id"] for row in rows] == ids
+    assert "skiprows=1" in (ROOT / "docs" / "output.md").read_text("utf-8")
+
+
 def test_a_manifest_built_here_passes_its_own_checks(tmp_path):
     for name in fmt.TABLES:
         (tmp_path / name).write_text(name)
