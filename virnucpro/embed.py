@@ -36,7 +36,7 @@ from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite, non_finite_hint
-from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
+from virnucpro.errors import (errno_codes, shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
                               StoppedWithOutputsInPlace,
                               VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_inodes, note_stop,
@@ -73,9 +73,9 @@ NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.li
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
 # how reading a part fails when the part is not to blame (the process's limits, its permissions, the
 # storage): the part is kept and the command stops; only what its bytes hold may discard it
-READ_FAILURES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EACCES, errno.EPERM,
-                           errno.EIO, errno.EREMOTEIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
-                           errno.ECONNRESET, errno.ENOLINK, errno.ENXIO, errno.ENODEV, errno.EBUSY, errno.EAGAIN})
+READ_FAILURES = errno_codes("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EACCES", "EPERM", "EIO", "EREMOTEIO", "ESTALE",
+                            "ENOTCONN", "ETIMEDOUT", "EHOSTDOWN", "ECONNRESET", "ENOLINK", "ENXIO", "ENODEV", "EBUSY",
+                            "EAGAIN")
 PARTS_KEPT = "then rerun: the checkpoint parts are kept and the rerun resumes from them"
 
 

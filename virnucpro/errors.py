@@ -142,6 +142,12 @@ class HostOutOfMemory(VirnucproError):
     code = ExitCode.OUT_OF_MEMORY
 
 
+def errno_codes(*names: str) -> frozenset[int]:
+    """The error numbers named, those this system has: EREMOTEIO is Linux's alone, and a name macOS
+    lacks, read from the errno module at import, stopped every command there with a traceback."""
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
 # errors of the storage an output goes to, not of virnucpro or its inputs
 STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                   errno.EROFS: "the file system is read-only", errno.EIO: "an I/O error occurred",

@@ -69,7 +69,7 @@ from stat import S_IMODE, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Iterable, Iterator
 
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
+from virnucpro.errors import (errno_codes, shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
                               InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, is_link_loop,
                               link_loop, name_too_long,
                               path_too_long, printable, stop_signals_deferred)
@@ -105,8 +105,8 @@ LEGACY_PICKLES = 5
 _CACHE_MIN_BYTES = 64 * 1024 * 1024
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 HASH_PROGRESS_BYTES = 256 * 1024 * 1024  # a file this large is hashed with progress shown
-STORAGE_READ_FAILURES = frozenset({errno.EIO, errno.EREMOTEIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT,
-                                   errno.EHOSTDOWN, errno.ENXIO, errno.ENODEV})  # the storage's fault, not the mode's
+STORAGE_READ_FAILURES = errno_codes("EIO", "EREMOTEIO", "ESTALE", "ENOTCONN", "ETIMEDOUT", "EHOSTDOWN", "ENXIO",
+                                    "ENODEV")  # the storage's fault, not the mode's
 READ_FAILED_HINT = ("the storage failed to read it (see `dmesg`, or the state of the network file system): "
                     "rerun once it reads again, or copy the models to other storage")
 HASH_TRIES = 3  # a file replaced or written while it is hashed is hashed again, at most this often in all
