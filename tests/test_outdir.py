@@ -608,10 +608,26 @@ def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fast
     assert not any(alive(pid) for pid in workers)
 
 
-def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
-    out = tmp_path / "out"
+NO_PRCTL = """import ctypes
+class _NoPrctl(ctypes.CDLL):
+    def __getattr__(self, name):
+        if name == "prctl":
+            raise AttributeError(name)
+        return super().__getattr__(name)
+ctypes.CDLL = _NoPrctl
+"""
+
+
+@pytest.mark.parametrize("prctl", [True, False], ids=["linux", "no-prctl"])
+def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta, prctl):
+    """Where no parent-death signal exists (macOS), each worker watches for its parent's end: they
+    outlived a SIGKILLed prepare there, holding the output folder's lock."""
+    out, env = tmp_path / "out", dict(os.environ)
+    if not prctl:
+        (tmp_path / "sitecustomize.py").write_text(NO_PRCTL)
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     workers = children_of(process.pid)
     process.kill()
@@ -620,6 +636,9 @@ def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers)
+    done = subprocess.run(CLI + ["prepare", str(large_fasta), "--outdir", str(out), "--threads", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the folder's lock went with them
 
 
 def test_stop_signal_during_run_prepare_is_exit_6_and_resumable(tmp_path, tiny_models):

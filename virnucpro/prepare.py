@@ -700,12 +700,26 @@ def _worker_setup(parent: int) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the main process for the fork
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the main process still ends its workers on every way out it sees
+    if not _killed_with_parent():
+        threading.Thread(target=_exit_once_orphaned, args=(parent,), daemon=True).start()
     if os.getppid() != parent:  # the main process died before the line above took effect
         os._exit(1)
+
+
+def _killed_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; False where it cannot (macOS has no
+    prctl): there a worker outlived a main process killed with SIGKILL, holding its folder's lock."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_once_orphaned(parent: int, every: float = 0.5) -> None:
+    """A worker's watch where no parent-death signal exists: exit as soon as the main process is gone."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 # --- duplicate ids ---------------------------------------------------------------------------
