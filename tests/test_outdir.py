@@ -641,6 +641,34 @@ def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta, prctl):
     assert done.returncode == 0, done.stderr  # the folder's lock went with them
 
 
+def _worker_sending(pid: int) -> int | None:
+    """A child of `pid` blocked writing to a pipe (sending its result), if one is."""
+    for child in children_of(pid):
+        try:
+            if "pipe_write" in Path(f"/proc/{child}/wchan").read_text():
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def test_a_worker_killed_while_it_sends_its_result_is_exit_137_not_a_hang(tmp_path, large_fasta):
+    """Half a result in the pipe: the pool's reader waited for the rest for ever, and so did prepare."""
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(tmp_path / "out"), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, victim = time.monotonic() + 60, None
+    while victim is None and process.poll() is None and time.monotonic() < deadline:
+        victim = _worker_sending(process.pid)
+    assert victim is not None, "no worker was seen sending a result"
+    os.kill(victim, signal.SIGKILL)
+    try:
+        _, err = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("prepare hung after a worker died sending its result")
+    assert process.returncode == 137 and "killed by SIGKILL" in err and "Traceback" not in err, err
+
+
 def test_stop_signal_during_run_prepare_is_exit_6_and_resumable(tmp_path, tiny_models):
     out = tmp_path / "res"
     with holding(tmp_path, "run", out, "--models", str(tiny_models), "--device", "cpu") as (process, fifo):

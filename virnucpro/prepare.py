@@ -24,6 +24,7 @@ import unicodedata
 from array import array
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as ResultNotYet
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
@@ -603,6 +604,8 @@ def _why_no_workers(exc: BaseException) -> str:
     return f"{reason}: their semaphores need a writable /dev/shm, and a limit on processes stops them too"
 
 
+WORKER_LOOK_SECONDS = 1.0  # while a result is awaited, how often the workers are looked at (one may have died)
+POOL_CLOSES_SECONDS = 5.0  # how long the pool's thread is given to close its pipes itself, once unwedged
 POOL_UNWEDGE_SECONDS = 30.0  # after a dead worker is dealt with, how long the pool's threads may take
 
 
@@ -611,8 +614,10 @@ def _stop_pool(executor: ProcessPoolExecutor) -> None:
     dies meanwhile (the out-of-memory killer, a kill -9) may die sending its result, holding the
     result pipe's lock with half a message in it: the pool's reader then waits for the rest, the
     other workers for the lock, its feeder for them, and the command would hang. So a
-    dead worker unwedges the pool: the others are killed and this process's ends of the two pipes
-    closed, so that the pool's threads see end-of-file and a broken pipe, and finish."""
+    dead worker unwedges the pool: the others are killed and this process's end of the result pipe
+    closed, so that the pool's reader sees end-of-file. The pool then closes the end of the other pipe
+    itself (Python 3.11 and later); only where it has not after a while is it closed here, never
+    while the pool's thread may close it too (a close from each at once printed a traceback)."""
     thread = getattr(executor, "_executor_manager_thread", None)  # None when no group was submitted
     workers = list((getattr(executor, "_processes", None) or {}).values())
     results, calls = getattr(executor, "_result_queue", None), getattr(executor, "_call_queue", None)
@@ -622,19 +627,27 @@ def _stop_pool(executor: ProcessPoolExecutor) -> None:
         if any(worker.exitcode not in (None, 0) for worker in workers):
             for worker in multiprocessing.active_children():
                 worker.kill()
-            for end in (getattr(results, "_writer", None), getattr(calls, "_reader", None)):
-                if end is not None:
+            for end, after in ((getattr(results, "_writer", None), POOL_CLOSES_SECONDS),
+                               (getattr(calls, "_reader", None), POOL_UNWEDGE_SECONDS)):
+                if end is not None and thread.is_alive():
                     end.close()
-            thread.join(timeout=POOL_UNWEDGE_SECONDS)
+                    thread.join(timeout=after)
             return
 
 
 def _result_of(future: Future, path: Path, executor) -> "GroupResult":
-    """A group's result, or the error of a worker that died (see `_worker_died`)."""
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise _worker_died(path, executor) from None
+    """A group's result, or the error of a worker that died (see `_worker_died`). A worker killed while
+    it sends a result leaves the pool's reader waiting for the rest of that message, and the pool never
+    says it is broken (prepare waited for ever): so the workers are looked at while the result is awaited."""
+    while True:
+        try:
+            return future.result(timeout=WORKER_LOOK_SECONDS)
+        except ResultNotYet:
+            workers = list((getattr(executor, "_processes", None) or {}).values())
+            if any(worker.exitcode not in (None, 0) for worker in workers):
+                raise _worker_died(path, executor) from None
+        except BrokenProcessPool:
+            raise _worker_died(path, executor) from None
 
 
 def _worker_died(path: Path, executor) -> VirnucproError:
