@@ -273,9 +273,45 @@ def test_a_vector_dataset_linked_to_another_file_is_refused(tmp_path):
 
 
 def test_an_oversized_attribute_is_refused_before_it_is_read(tmp_path):
-    path = write_crafted(tmp_path / "s.h5", attrs={"padding": np.zeros(300_000)})
+    path = write_crafted(tmp_path / "s.h5", attrs={"padding": np.bytes_(b"x" * 2_400_000)})
     result = refused_read(path)
     assert result["code"] == 5 and "attribute 'padding' holds 2,400,000 bytes" in result["message"], result
+
+
+def test_an_array_attribute_is_refused_before_it_is_read(tmp_path):
+    """Its variable-length strings were counted 16 bytes each: 3,000 naming one 1 MB string cost 6 GB."""
+    path = write_crafted(tmp_path / "s.h5", attrs={"note": ["a", "b"], "sizes": np.zeros(3)})
+    result = refused_read(path)
+    assert result["code"] == 5 and "is an array of shape" in result["message"], result
+
+
+def _ids_naming_one_string(path: Path, length: int) -> Path:
+    """A sealed shard whose /ids rows all name the heap string of its first row, `length` bytes."""
+    import h5py
+
+    from virnucpro import h5shard
+
+    write_crafted(path, ids=lambda h, name: h.create_dataset(
+        name, data=np.array(["x" * length] + IDS[1:], dtype=object), dtype=h5py.string_dtype("utf-8")))
+    with h5py.File(path, "r") as handle:
+        offset = handle["ids"].id.get_offset()
+    with open(path, "r+b") as raw:
+        raw.seek(offset)
+        first = raw.read(16)
+        raw.seek(offset)
+        raw.write(first * len(IDS))
+    h5shard.seal_file(path)
+    return path
+
+
+@pytest.mark.parametrize("length, words", [(100_000, "by row 4"), (300_000, "an id of 300,000 bytes")])
+def test_ids_longer_than_the_file_could_hold_are_refused_before_they_are_read(tmp_path, length, words):
+    """Rows naming one long string made a 2 MB shard cost gigabytes before the ids were compared."""
+    path = _ids_naming_one_string(tmp_path / "s.h5", length)
+    assert path.stat().st_size < 4 * length
+    result = refused_read(path)
+    assert result["code"] == 5 and "/ids names strings longer than the file could hold" in result["message"], result
+    assert words in result["message"], result
 
 
 def test_vectors_wider_than_any_model_are_refused(tmp_path):

@@ -552,6 +552,8 @@ MANIFEST_DAMAGE = {
     "shard file outside the folder": (_shard_entry("file", "../elsewhere.tsv"), "elsewhere.tsv"),
     "shard file absolute": (_shard_entry("file", "/etc/hostname"), "/etc/hostname"),
     "shard file a number": (_shard_entry("file", 1), "file"),
+    "shard file holding NUL": (_shard_entry("file", "shards/a\u0000b"), "shards[1].file"),
+    "shard file the folder itself": (_shard_entry("file", "."), "shards[1].file"),
     "working_directory relative": (_manifest(lambda m: m.__setitem__("working_directory", "not/absolute")),
                                    "working_directory must be an absolute path or null"),
     "working_directory a number": (_manifest(lambda m: m.__setitem__("working_directory", 1)), "working_directory"),
@@ -744,3 +746,11 @@ def test_a_manifest_that_miscounts_a_shard_blames_the_prepare_folder(sample, run
     code, message = sample.predict(run_cli)
     assert_refused(sample, code, message, "says shards/shard_00001.tsv holds 61 records, but it holds 60",
                    f"{sample.embeddings[1]} has 60 rows")
+
+
+def test_an_id_a_message_names_is_cut_short():
+    """A crafted shard's 1 MB id was printed whole in the exit-5 message."""
+    from virnucpro import predict
+
+    shown = predict._id_text("x" * 1_000_000)
+    assert len(shown) <= 60 and shown.startswith("'xxx"), shown

@@ -77,7 +77,7 @@ class Seal:
 @contextmanager
 def open_h5(path: Path, seal: Seal | None = None):
     """A shard opened for reading once its seal holds (see `_sealed`)."""
-    with _sealed(path, seal) as (handle, _):
+    with _sealed(path, seal) as (handle, _, _):
         yield handle
 
 
@@ -93,7 +93,7 @@ def _sealed(path: Path, seal: Seal | None = None):
                                           "rerun once nothing else writes that file")
         raw.seek(0)
         with _h5py().File(raw, "r") as handle:
-            yield handle, found
+            yield handle, found, raw
 
 
 def _rechecked(path: Path, raw, seal: Seal | None) -> Seal:
@@ -520,8 +520,9 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     try:
         if path.is_dir():  # raises PermissionError when a folder on the way cannot be entered
             raise BadInputError(f"embedding shard {path} is a directory", _folder_hint(path))
-        with _sealed(path) as (handle, seal):
+        with _sealed(path) as (handle, seal, raw):
             records, widths = _check_datasets(path, handle)
+            _check_id_lengths(path, handle["ids"], raw)
             attrs = _read_attributes(path, handle)
     except FileNotFoundError:
         raise BadInputError(f"embedding shard not found: {path}", "check the path") from None
@@ -603,6 +604,32 @@ def _check_datasets(path: Path, handle) -> tuple[int, tuple[int, int]]:
     return ids.shape[0], (widths[0], widths[1])
 
 
+VLEN_ROW = np.dtype([("length", "<u4"), ("collection", "<u8"), ("index", "<u4")])  # a stored /ids row
+VLEN_ID_MAX_BYTES = (1 << 18) + 64  # an ORF id prepare writes: a header's id (64 Ki characters) and its suffix
+VLEN_ROWS_PER_READ = 1 << 16
+
+
+def _check_id_lengths(path: Path, ids, raw) -> None:
+    """Each variable-length id no longer than prepare writes one, and all of them together no more than
+    the file holds (embed stores each id once): 3,000 rows naming one 1 MB string made a 2 MB shard
+    cost gigabytes once read. The lengths come from the stored rows themselves, before any id is read."""
+    if _h5py().check_string_dtype(ids.dtype).length is not None or not ids.shape[0]:
+        return  # fixed-length ids are bounded by MAX_ID_BYTES
+    total, size = 0, os.fstat(raw.fileno()).st_size
+    raw.seek(ids.id.get_offset())
+    for start in range(0, ids.shape[0], VLEN_ROWS_PER_READ):
+        wanted = min(VLEN_ROWS_PER_READ, ids.shape[0] - start) * VLEN_ROW.itemsize
+        block = raw.read(wanted)
+        if len(block) != wanted:
+            raise malformed(path, "/ids is cut short")
+        lengths = np.frombuffer(block, dtype=VLEN_ROW)["length"].astype(np.int64)
+        total += int(lengths.sum())
+        if int(lengths.max()) > VLEN_ID_MAX_BYTES or total > size:
+            raise malformed(path, f"/ids names strings longer than the file could hold once each (an id of "
+                                  f"{int(lengths.max()):,} bytes; {total:,} bytes by row {start + len(lengths):,} "
+                                  f"of a {size:,}-byte file): embed never writes that")
+
+
 def _check_storage(path: Path, data, name: str, row_bytes: int) -> None:
     """The dataset's rows are all stored in this file, contiguously, as embed writes them: chunked,
     compressed, compact, external and virtual storage are refused, and so are rows declared but not
@@ -640,8 +667,12 @@ def _read_attributes(path: Path, handle) -> dict:
 
 
 def _check_attribute_sizes(path: Path, handle) -> None:
-    """Every attribute is small, as embed writes them, before any is read (its data is allocated whole)."""
+    """Every attribute is one small value, as embed writes them, before any is read (its data is
+    allocated whole; an array of strings all naming one long string cost gigabytes, counted 16 bytes each)."""
     for name in handle.attrs:
+        if handle.attrs.get_id(name).shape != ():
+            raise malformed(path, f"attribute {shown(name)} is an array of shape {handle.attrs.get_id(name).shape} "
+                                  "(embed writes single values)")
         size = handle.attrs.get_id(name).get_storage_size()
         if size > ATTRIBUTE_MAX_BYTES:
             raise malformed(path, f"attribute {shown(name)} holds {size:,} bytes (embed writes at most "

@@ -166,15 +166,16 @@ def _check_shard_ids(prepared: Path, shard_file: Path, shard: h5shard.EmbeddingS
                 f"is {_id_text(expected)}", "embed this shard again from this prepared folder")
         chunk_id, line = next(walk, (None, None))
         if chunk_id is None or orf_chunk_id(expected) != chunk_id:
-            where = f"line {line} gives an ORF of {chunk_id!r} here" if chunk_id else "lists no more ORFs"
-            raise InconsistentInputsError(f"the prepared tables do not reconcile: ORF {expected!r} is record "
+            where = f"line {line} gives an ORF of {fmt.shown(chunk_id)} here" if chunk_id else "lists no more ORFs"
+            raise InconsistentInputsError(f"the prepared tables do not reconcile: ORF {fmt.shown(expected)} is record "
                                           f"{row + 1} of {shard_file} but {prepared / fmt.CHUNKS} {where}",
                                           fmt.REPAIR_HINT)
     progress.advance(row + 1 - counted)
 
 
 def _id_text(value: str | None) -> str:
-    return "missing (no more rows)" if value is None else repr(value)
+    """An id as a message shows it: cut to 60 characters (a shard's id may be any length)."""
+    return "missing (no more rows)" if value is None else fmt.shown(value)
 
 
 # --- per-ORF scores and per-chunk maxima, streamed in input order ----------------------------------

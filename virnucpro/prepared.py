@@ -498,11 +498,12 @@ def _is_digest(value: object) -> bool:
 
 
 def _is_inner_path(value: object) -> bool:
-    """A relative path that stays inside the prepare folder."""
-    if not isinstance(value, str) or not value or "\\" in value:
+    """A relative path that stays inside the prepare folder and names something in it (not `.`); no
+    NUL, which no path holds (it stopped predict with a traceback)."""
+    if not isinstance(value, str) or not value or "\\" in value or "\0" in value:
         return False
     path = PurePosixPath(value)
-    return not path.is_absolute() and ".." not in path.parts
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
 
 
 def _field(path: Path, owner: object, key: str, label: str, valid: Callable[[object], bool],
