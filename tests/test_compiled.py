@@ -481,11 +481,11 @@ def test_the_default_cache_is_per_user_and_private(tmp_path, monkeypatch):
     assert [oct(path.stat().st_mode & 0o777) for path in (xdg, folder.parent, folder)] == ["0o700"] * 3
 
 
-@pytest.fixture
-def temporary_folder(tmp_path, monkeypatch) -> Path:
-    """tempfile's folder (the fallback's home) inside tmp_path."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
+@pytest.fixture(autouse=True)
+def temporary_folder(tmp_path_factory, monkeypatch) -> Path:
+    """tempfile's folder (the fallback's home) of the test's own, for every test: a fallback cache made
+    in the machine's /tmp outlived the suite there (`virnucpro-<uid>`, for a uid a test pretends to be)."""
+    folder = tmp_path_factory.mktemp("tmp")
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     compiled._one_off.cache_clear()
     return folder

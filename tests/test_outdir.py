@@ -432,6 +432,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.fixture
+def leftover_workers() -> Iterator[set[int]]:
+    """The worker pids a test saw: any still running a virnucpro at its end is killed (they ignore stop
+    signals, and a failing test left them running for ever)."""
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        try:
+            if alive(pid) and b"virnucpro" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+
+
 @pytest.fixture(scope="module")
 def large_fasta(tmp_path_factory) -> Path:
     """About 60 MB: prepare with workers runs several seconds on it."""
@@ -587,7 +601,7 @@ def test_prepare_s_pool_makes_workers_that_terminate_kills(tmp_path, run_cli, mo
 
 
 @pytest.mark.parametrize("attempt", range(3))
-def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fasta, attempt):
+def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fasta, attempt, leftover_workers):
     """A stop, then a worker's death (the out-of-memory killer, a kill -9) while prepare waits for the
     groups in flight: the worker may die sending its result, wedging the pool's threads on half a
     message; prepare hung for ever. It ends (exit 6: the stop came first) with every worker gone."""
@@ -597,6 +611,7 @@ def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fast
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     time.sleep(0.1 * attempt)
     workers = children_of(process.pid)
+    leftover_workers.update(workers)
     process.send_signal(signal.SIGTERM)
     os.kill(min(workers), signal.SIGKILL)
     try:
@@ -619,7 +634,7 @@ ctypes.CDLL = _NoPrctl
 
 
 @pytest.mark.parametrize("prctl", [True, False], ids=["linux", "no-prctl"])
-def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta, prctl):
+def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta, prctl, leftover_workers):
     """Where no parent-death signal exists (macOS), each worker watches for its parent's end: they
     outlived a SIGKILLed prepare there, holding the output folder's lock."""
     out, env = tmp_path / "out", dict(os.environ)
@@ -630,6 +645,7 @@ def test_workers_die_with_a_killed_prepare(tmp_path, large_fasta, prctl):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
     workers = children_of(process.pid)
+    leftover_workers.update(workers)
     process.kill()
     process.communicate(timeout=60)  # the workers held the pipes too: this returns once they are gone
     deadline = time.monotonic() + 30
@@ -652,7 +668,7 @@ def _worker_sending(pid: int) -> int | None:
     return None
 
 
-def test_a_worker_killed_while_it_sends_its_result_is_exit_137_not_a_hang(tmp_path, large_fasta):
+def test_a_worker_killed_while_it_sends_its_result_is_exit_137_not_a_hang(tmp_path, large_fasta, leftover_workers):
     """Half a result in the pipe: the pool's reader waited for the rest for ever, and so did prepare."""
     process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(tmp_path / "out"), "--threads", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -660,6 +676,7 @@ def test_a_worker_killed_while_it_sends_its_result_is_exit_137_not_a_hang(tmp_pa
     while victim is None and process.poll() is None and time.monotonic() < deadline:
         victim = _worker_sending(process.pid)
     assert victim is not None, "no worker was seen sending a result"
+    leftover_workers.update(children_of(process.pid))
     os.kill(victim, signal.SIGKILL)
     try:
         _, err = process.communicate(timeout=90)

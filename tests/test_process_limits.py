@@ -153,9 +153,12 @@ def test_embed_under_a_real_limit_on_processes_says_so(tmp_path, small_sample, t
         resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
 
     prepared, _ = small_sample
+    private = tmp_path / "tmp"  # the CPU's torch cache folder is made in it, not in the machine's /tmp
+    private.mkdir()
     done = subprocess.run([*prefix, *CLI, "embed", str(prepared / "shards" / fmt.shard_name(0)), "--models",
                            str(tiny_models), "--out", str(tmp_path / "s.h5"), "--device", "cpu", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+                          capture_output=True, text=True, timeout=300, preexec_fn=limited,
+                          env={**os.environ, "TMPDIR": str(private)})
     assert done.returncode == 10, done.stderr[-3000:]
     last = done.stderr[done.stderr.rindex("error:"):]
     assert all(word in last for word in THREAD_LIMIT_WORDS), done.stderr[-3000:]
