@@ -111,6 +111,7 @@ def _no_temporary_folder(*args, **kwargs):
 
 
 def test_the_bug_report_without_a_writable_temporary_folder_prints_its_traceback(monkeypatch, capsys):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the bug is raised from tests/: not a PYTHONPATH module's fault
     monkeypatch.setattr(crash.tempfile, "mkstemp", _no_temporary_folder)
     try:
         raise ValueError("boom")
@@ -137,6 +138,7 @@ def test_the_bug_report_on_a_full_disk_prints_its_traceback_and_leaves_no_file(m
 
 
 def test_the_bug_report_in_a_container_prints_its_traceback_too(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the bug is raised from tests/: not a PYTHONPATH module's fault
     monkeypatch.setattr(crash, "CONTAINER_MARKERS", (str(tmp_path / ".dockerenv"),))
     (tmp_path / ".dockerenv").write_text("")
     monkeypatch.setattr(crash.tempfile, "tempdir", str(tmp_path))
@@ -160,6 +162,7 @@ def test_the_bug_report_outside_a_container_only_names_the_saved_file(monkeypatc
 
 
 def test_a_bug_through_the_command_line_without_a_temporary_folder_is_exit_1(run_cli, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the bug is raised from tests/: not a PYTHONPATH module's fault
     from virnucpro.models import store
 
     monkeypatch.setattr(crash.tempfile, "mkstemp", _no_temporary_folder)
