@@ -52,3 +52,19 @@ def test_every_module_imports_and_the_cli_answers_without_linux_only_error_names
         done = subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert done.stdout.startswith("virnucpro "), done.stdout
+
+
+def test_auto_on_a_mac_with_an_apple_gpu_says_it_is_not_used(monkeypatch, capsys):
+    """torch sees MPS there: 'no GPU visible' read as a fault of the machine's GPU."""
+    import torch
+
+    from virnucpro.embed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cpu"
+    warned = " ".join(capsys.readouterr().err.split())
+    assert "no CUDA GPU visible: embedding on the CPU" in warned and "does not use Apple GPUs (MPS)" in warned
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    assert "no GPU visible: embedding on the CPU" in " ".join(capsys.readouterr().err.split())

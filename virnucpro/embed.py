@@ -92,8 +92,15 @@ def resolve_device(requested: str):
         raise DeviceError("--device cuda was requested but no GPU is visible to this process",
                           "check CUDA_VISIBLE_DEVICES / the job's GPU request, or use --device cpu")
     if requested == "auto" and not has_gpu:
-        warn("no GPU visible: embedding on the CPU (slow for real models; use a GPU for real data)")
+        warn(f"no {'CUDA ' if _apple_gpu(torch) else ''}GPU visible: embedding on the CPU (slow for real models; "
+             f"{'virnucpro does not use Apple GPUs (MPS); ' if _apple_gpu(torch) else ''}use a GPU for real data)")
     return torch.device("cuda" if requested != "cpu" and has_gpu else "cpu")
+
+
+def _apple_gpu(torch) -> bool:
+    """Whether torch sees an Apple GPU (MPS), which virnucpro does not use: said, not left to wonder about."""
+    backend = getattr(getattr(torch, "backends", None), "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def resolve_precision(requested: str, device) -> str:
