@@ -68,3 +68,21 @@ def test_auto_on_a_mac_with_an_apple_gpu_says_it_is_not_used(monkeypatch, capsys
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu"
     assert "no GPU visible: embedding on the CPU" in " ".join(capsys.readouterr().err.split())
+
+
+def test_models_under_a_path_that_is_no_utf8_without_proc_say_so(tmp_path, tiny_models, run_cli, monkeypatch):
+    """Without /proc (macOS) the library's error on such a path read as a damaged weights file, and
+    the fix offered (`models tiny` into it) met the same error."""
+    import os
+    import shutil
+
+    models = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9-models"))
+    shutil.copytree(tiny_models, models)
+    seen = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\n" + "ATGAAACCCGGGTTTAAA" * 20 + "\n")
+    code, message = run_cli("run", fasta, "--outdir", tmp_path / "out", "--models", models, "--device", "cpu")
+    flat = " ".join(message.split())
+    assert code == 4 and "is no UTF-8 text" in flat and "corrupt" not in flat, message
+    assert "move or copy the models to a folder whose path is UTF-8 text" in flat, message

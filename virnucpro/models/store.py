@@ -493,11 +493,16 @@ def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
     """`path` as safetensors and tokenizers (Rust) take it: UTF-8 text. A path with bytes that are not
     UTF-8 (a folder named in Latin-1) goes by a descriptor under /proc/self/fd, whose name is ASCII:
     the file's own to read it, its folder's to write a file of ours (named by us) in it; elsewhere
-    it stays as it is."""
+    it stays as it is. Without /proc (macOS) such a path is exit 4 saying so: the library's own
+    error read as a damaged weights file."""
     text = str(path)
-    if _encodable(text) or not os.path.isdir("/proc/self/fd"):
+    if _encodable(text):
         yield text
         return
+    if not os.path.isdir("/proc/self/fd"):
+        raise ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, tokenizers) "
+                          "need, and this system has no /proc/self/fd to reach it by",
+                          "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
     folder_flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # O_PATH: no read right needed
     fd = os.open(path.parent if writing else path, folder_flags if writing else os.O_RDONLY)
     try:
