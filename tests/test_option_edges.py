@@ -237,3 +237,30 @@ def test_run_compile_cache_in_outdir_is_refused_at_start(tmp_path, run_cli, tiny
     assert code == 3, message
     assert "--compile-cache" in message and "--outdir" in message and "Traceback" not in message, message
     assert not os.path.lexists(tmp_path / "r"), "the run started"
+
+
+@pytest.mark.parametrize("option", ["--outdir", "--out", "--checkpoint-dir", "--compile-cache"])
+def test_dash_as_an_output_is_a_usage_error(tmp_path, run_cli, small_sample, tiny_models, option, monkeypatch):
+    """`-` reads as standard output: `--out -` wrote an HDF5 file named `-`, `--outdir -` a folder."""
+    monkeypatch.chdir(tmp_path)
+    prepared, _ = small_sample
+    if option == "--outdir":
+        args = ("prepare", EXAMPLE, "--outdir", "-")
+    else:
+        defaults = {"--out": tmp_path / "a.h5", "--checkpoint-dir": tmp_path / "c", "--compile-cache": tmp_path / "k"}
+        defaults[option] = "-"
+        args = ("embed", shard(prepared), "--models", tiny_models, "--device", "cpu",
+                *(part for pair in defaults.items() for part in pair))
+    code, message = run_cli(*args)
+    assert code == 2 and option in message and "would be standard output" in " ".join(message.split()), message
+    assert not (tmp_path / "-").exists() and not (tmp_path / "a.h5").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "predict"])
+def test_dash_as_a_shard_says_this_command_reads_no_standard_input(tmp_path, run_cli, small_sample, command):
+    prepared, embedded = small_sample
+    args = (("embed", "-", "--out", tmp_path / "a.h5", "--device", "cpu") if command == "embed" else
+            ("predict", "--prepared", prepared, "--embeddings", "-", "--outdir", tmp_path / "p"))
+    code, message = run_cli(*args)
+    flat = " ".join(message.split())
+    assert code == 3 and "'-': this command reads no standard input" in flat and "not found" not in flat, message

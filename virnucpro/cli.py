@@ -87,6 +87,15 @@ def _path(value: str) -> Path:
     return _home_expanded(value)
 
 
+def _output_path(value: str) -> Path:
+    """An output path (--outdir, --out, --checkpoint-dir, --compile-cache): as `_path`, but `-`, which
+    reads as standard output elsewhere, is a usage error (it made a file or folder named `-`)."""
+    if value == STDIN:
+        raise typer.BadParameter("'-' would be standard output, where no folder or HDF5 file can go; give a "
+                                 "path (./- for one named '-')")
+    return _path(value)
+
+
 def _home_expanded(value: str) -> Path:
     """`value` with a leading `~` or `~user` expanded as the shell would (as --models always was): the
     shell leaves `--outdir=~/x` alone, which made a folder named `~` in the current one. A home that
@@ -217,7 +226,7 @@ NoCompileOption = typer.Option(False, "--no-compile", help="On a GPU, do not com
                                "elementwise work: less compile time at start-up, slower embedding (also the "
                                "automatic fallback when compiling fails). FlexAttention, where a fast path "
                                "uses it (ESM-2 at fp32 or on torch before 2.10), is compiled either way.")
-CompileCacheOption = typer.Option(None, "--compile-cache", parser=_path, metavar="DIR",
+CompileCacheOption = typer.Option(None, "--compile-cache", parser=_output_path, metavar="DIR",
                                   help="Folder for compiled GPU kernels, reused by "
                                   "later runs and tasks (default: $TORCHINDUCTOR_CACHE_DIR when set, else "
                                   "$XDG_CACHE_HOME/virnucpro-<uid>/torch-compile, ~/.cache/... without it; "
@@ -263,7 +272,7 @@ def _say_nothing_to_resume(ctx: typer.Context) -> None:
 @app.command()
 def prepare(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, metavar="DIR",
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_output_path, metavar="DIR",
                                 help="Output directory for shards and tables." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
@@ -284,10 +293,10 @@ def prepare(
 def embed(
     shard: Path = typer.Argument(..., parser=_path, metavar="SHARD", help="A prepare shard (shards/shard_NNNNN.tsv)."),
     models: Optional[Path] = ModelsOption,
-    out: Path = typer.Option(..., "--out", parser=_path, metavar="FILE", help="HDF5 embedding shard to write (locked through .OUT.lock "
+    out: Path = typer.Option(..., "--out", parser=_output_path, metavar="FILE", help="HDF5 embedding shard to write (locked through .OUT.lock "
                              "beside it while embed runs; an existing file is replaced only if it is "
                              "a virnucpro embedding)."),
-    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", parser=_path, metavar="DIR", help="Where resumable "
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", parser=_output_path, metavar="DIR", help="Where resumable "
                                                   "checkpoints live, one folder per shard, removed when the "
                                                   "shard is written (default: OUT.ckpt/, removed too; a "
                                                   "folder given here stays)."),
@@ -320,7 +329,7 @@ def predict(
     more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5", parser=_path,
                                                            help="More embedding shards after --embeddings "
                                                                 "(a shell glob: --embeddings emb/*.h5)."),
-    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, metavar="DIR",
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_output_path, metavar="DIR",
                                 help="Output directory for tables and report." + OUTDIR_RULES),
     classifier: Optional[Path] = ClassifierOption,
     models: Optional[Path] = ModelsOption,
@@ -339,7 +348,7 @@ def predict(
 @app.command()
 def run(
     inputs: List[Path] = InputsArgument,
-    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_path, metavar="DIR", help="Output directory." + OUTDIR_RULES),
+    outdir: Path = typer.Option(..., "--outdir", "-o", parser=_output_path, metavar="DIR", help="Output directory." + OUTDIR_RULES),
     chunk_size: int = ChunkSizeOption,
     allow_any_chunk_size: bool = AllowAnyChunkSizeOption,
     models: Optional[Path] = ModelsOption,
