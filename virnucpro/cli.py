@@ -214,7 +214,7 @@ InputsArgument = typer.Argument(..., parser=_path, metavar="INPUT", help="FASTA/
 ClassifierOption = typer.Option(None, "--classifier", parser=_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", parser=_threshold, metavar="FLOAT", help="Fraction (0 to 1) of a sequence's scored "
-                                                                          "chunks that must be virus to call it virus.")
+                                                                          "chunks that must be virus to call it virus (at least; 0 calls every scored sequence virus).")
 TokenBudgetOption = typer.Option(None, "--token-budget", min=1, help="Tokens per forward (default: 4096 on "
                                  "CPU, 65536 on GPU); halved automatically on GPU out-of-memory.")
 CheckpointEveryOption = typer.Option(2000, "--checkpoint-every", min=1, help="Save a checkpoint every N records "
