@@ -86,3 +86,21 @@ def test_models_under_a_path_that_is_no_utf8_without_proc_say_so(tmp_path, tiny_
     flat = " ".join(message.split())
     assert code == 4 and "is no UTF-8 text" in flat and "corrupt" not in flat, message
     assert "move or copy the models to a folder whose path is UTF-8 text" in flat, message
+
+
+def test_a_classifier_torch_reads_under_such_a_path_still_loads_without_proc(tmp_path, tiny_models, small_sample,
+                                                                             run_cli, monkeypatch):
+    """torch.load opens the file with Python's own functions: only a name given to safetensors or
+    tokenizers is refused there (the refusal first took in every models file)."""
+    import os
+    import shutil
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    classifier = Path(shutil.copy(tiny_models / "500_model_tiny.pth", folder))
+    seen = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    prepared, embedded = small_sample
+    code, message = run_cli("predict", "--prepared", prepared, "--embeddings", embedded, "--outdir", tmp_path / "p",
+                            "--classifier", classifier)
+    assert code == 0, message

@@ -489,20 +489,21 @@ def _encodable(text: str) -> bool:
 
 
 @contextmanager
-def utf8_name(path: Path, writing: bool = False) -> Iterator[str]:
+def utf8_name(path: Path, writing: bool = False, to_rust: bool = False) -> Iterator[str]:
     """`path` as safetensors and tokenizers (Rust) take it: UTF-8 text. A path with bytes that are not
     UTF-8 (a folder named in Latin-1) goes by a descriptor under /proc/self/fd, whose name is ASCII:
     the file's own to read it, its folder's to write a file of ours (named by us) in it; elsewhere
-    it stays as it is. Without /proc (macOS) such a path is exit 4 saying so: the library's own
-    error read as a damaged weights file."""
+    it stays as it is, which Python's own file functions (torch.load's) take. `to_rust`: the name goes
+    to safetensors or tokenizers, so without /proc (macOS) such a path is exit 4 saying so (their
+    error read as a damaged weights file)."""
     text = str(path)
-    if _encodable(text):
+    if _encodable(text) or not os.path.isdir("/proc/self/fd"):
+        if to_rust and not _encodable(text):
+            raise ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, "
+                              "tokenizers) need, and this system has no /proc/self/fd to reach it by",
+                              "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
         yield text
         return
-    if not os.path.isdir("/proc/self/fd"):
-        raise ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, tokenizers) "
-                          "need, and this system has no /proc/self/fd to reach it by",
-                          "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
     folder_flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # O_PATH: no read right needed
     fd = os.open(path.parent if writing else path, folder_flags if writing else os.O_RDONLY)
     try:
@@ -545,14 +546,14 @@ def forget_verified() -> None:
 
 
 @contextmanager
-def verified_name(path: Path) -> Iterator[str]:
-    """`path` for a loader (`utf8_name`), for a block that reads it: the file must be the version
+def verified_name(path: Path, to_rust: bool = False) -> Iterator[str]:
+    """`path` for a loader (`utf8_name`, `to_rust` as there), for a block that reads it: the file must be the version
     this command verified when the block starts, if it verified one, and the same file, unwritten,
     when the block ends; otherwise exit 4 (`_unchanged_file`)."""
     path = Path(path)
     verified = verified_stamps.get(os.path.abspath(path), (None,))[0]
     before = _unchanged_file(path, verified, "after virnucpro verified it")
-    with utf8_name(path) as name:
+    with utf8_name(path, to_rust=to_rust) as name:
         yield name
     _unchanged_file(path, _version(before), "while virnucpro read it")
 
