@@ -419,3 +419,36 @@ def test_a_staging_name_taken_by_a_link_or_file_is_exit_3_and_untouched(
     assert str(staging) + (" is a symbolic link" if kind == "link" else " is a file") in err
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"] and (victim / "keep.txt").read_text() == "mine"
     assert staging.is_symlink() if kind == "link" else staging.read_text() == "mine"
+
+
+def _format_version_naming_one_string(path: Path, rows: int, length: int) -> Path:
+    """An unsealed HDF5 file whose `format_version` attribute is `rows` strings, all naming its first
+    one, `length` bytes: found by scanning for the first two stored rows (16 bytes each)."""
+    import struct
+
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.attrs.create("format_version", np.array(["B" * length] + [f"c{i:04d}" for i in range(rows - 1)],
+                                                       dtype=object), dtype=h5py.string_dtype("utf-8"))
+    data = bytearray(path.read_bytes())
+    start = next(offset for offset in range(len(data) - 32)
+                 if struct.unpack_from("<II", data, offset)[0] == length and struct.unpack_from("<I", data, offset + 16)[0] == 5)
+    data[start + 16:start + 16 * rows] = bytes(data[start:start + 16]) * (rows - 1)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_older_format_check_reads_no_attribute_that_is_no_whole_number(tmp_path):
+    """The check for an older virnucpro's unsealed file read `format_version` whole: 1,500 strings
+    naming one 1 MB string made a 1 MB file cost 3.4 GB before exit 5."""
+    from memory_helpers import traced_peak
+
+    from virnucpro import h5shard
+
+    path = _format_version_naming_one_string(tmp_path / "older.h5", 40, 1 << 20)
+    assert path.stat().st_size < 2 << 20
+    _, peak = traced_peak(lambda: h5shard._refuse_older_format(path, path.read_bytes()[:8]))
+    assert peak < 8 << 20, peak
+    result = refused_read(path)
+    assert result["code"] == 5 and "seal" in result["message"], result

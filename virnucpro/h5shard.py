@@ -168,7 +168,10 @@ def _refuse_older_format(path: Path, head: bytes) -> None:
         return
     try:
         with _h5py().File(path, "r") as handle:
-            found = handle.attrs.get("format_version")
+            attribute = handle.attrs.get_id("format_version") if "format_version" in handle.attrs else None
+            if attribute is None or attribute.shape != () or attribute.get_storage_size() > 8:
+                return  # no whole number: never read (an array of strings naming one long one cost gigabytes)
+            found = handle.attrs["format_version"]
     except Exception:  # noqa: BLE001 - damaged or not ours: the caller's refusal says so
         return
     if isinstance(found, (int, np.integer)) and int(found) < FORMAT_VERSION:
