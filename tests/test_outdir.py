@@ -623,6 +623,27 @@ def test_a_worker_killed_while_prepare_stops_cannot_hang_it(tmp_path, large_fast
     assert not any(alive(pid) for pid in workers)
 
 
+def test_a_stop_with_a_worker_stopped_by_sigstop_ends_all_the_same(tmp_path, large_fasta, leftover_workers):
+    """A worker frozen by hand (SIGSTOP, Ctrl-Z) never finishes its group: a stop then waited for ever.
+    The wait is shortened here (POOL_ABORT_SECONDS) for the test's sake."""
+    (tmp_path / "sitecustomize.py").write_text("import virnucpro.prepare\nvirnucpro.prepare.POOL_ABORT_SECONDS = 2.0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(CLI + ["prepare", str(large_fasta), "--outdir", str(tmp_path / "out"), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers")
+    workers = children_of(process.pid)
+    leftover_workers.update(workers)
+    os.kill(min(workers), signal.SIGSTOP)
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("prepare waited for ever for a stopped worker")
+    assert process.returncode == 6 and "Traceback" not in err, err
+    assert not any(alive(pid) for pid in workers)
+
+
 NO_PRCTL = """import ctypes
 class _NoPrctl(ctypes.CDLL):
     def __getattr__(self, name):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # macOS's <sys/errno.h>: the error names Python has there
@@ -59,12 +61,18 @@ def test_auto_on_a_mac_with_an_apple_gpu_says_it_is_not_used(monkeypatch, capsys
     import torch
 
     from virnucpro.embed import resolve_device
+    from virnucpro.errors import DeviceError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("auto").type == "cpu"
     warned = " ".join(capsys.readouterr().err.split())
     assert "no CUDA GPU visible: embedding on the CPU" in warned and "does not use Apple GPUs (MPS)" in warned
+    assert "use a CUDA GPU for real data" in warned, warned
+    with pytest.raises(DeviceError) as refused:
+        resolve_device("cuda")
+    assert "no CUDA GPU is visible" in str(refused.value) and "MPS" in str(refused.value), str(refused.value)
+    assert "CUDA_VISIBLE_DEVICES" not in str(refused.value)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu"
     assert "no GPU visible: embedding on the CPU" in " ".join(capsys.readouterr().err.split())

@@ -88,12 +88,15 @@ def resolve_device(requested: str):
     if requested not in ("auto", "cpu", "cuda"):
         raise DeviceError(f"unknown --device {requested}", "use auto, cpu or cuda")
     has_gpu = torch.cuda.is_available()
+    apple = _apple_gpu(torch) and not has_gpu
     if requested == "cuda" and not has_gpu:
-        raise DeviceError("--device cuda was requested but no GPU is visible to this process",
+        raise DeviceError(f"--device cuda was requested but no {'CUDA ' if apple else ''}GPU is visible to this "
+                          f"process{' (virnucpro does not use Apple GPUs, MPS)' if apple else ''}",
+                          "use --device cpu" if apple else
                           "check CUDA_VISIBLE_DEVICES / the job's GPU request, or use --device cpu")
     if requested == "auto" and not has_gpu:
-        warn(f"no {'CUDA ' if _apple_gpu(torch) else ''}GPU visible: embedding on the CPU (slow for real models; "
-             f"{'virnucpro does not use Apple GPUs (MPS); ' if _apple_gpu(torch) else ''}use a GPU for real data)")
+        warn(f"no {'CUDA ' if apple else ''}GPU visible: embedding on the CPU (slow for real models; "
+             f"{'virnucpro does not use Apple GPUs (MPS); use a CUDA' if apple else 'use a'} GPU for real data)")
     return torch.device("cuda" if requested != "cpu" and has_gpu else "cpu")
 
 

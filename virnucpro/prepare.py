@@ -605,6 +605,7 @@ def _why_no_workers(exc: BaseException) -> str:
 
 
 WORKER_LOOK_SECONDS = 1.0  # while a result is awaited, how often the workers are looked at (one may have died)
+POOL_ABORT_SECONDS = 30.0  # how long aborting waits for the workers to finish the groups they hold
 POOL_CLOSES_SECONDS = 5.0  # how long the pool's thread is given to close its pipes itself, once unwedged
 POOL_UNWEDGE_SECONDS = 30.0  # after a dead worker is dealt with, how long the pool's threads may take
 
@@ -617,14 +618,17 @@ def _stop_pool(executor: ProcessPoolExecutor) -> None:
     dead worker unwedges the pool: the others are killed and this process's end of the result pipe
     closed, so that the pool's reader sees end-of-file. The pool then closes the end of the other pipe
     itself (Python 3.11 and later); only where it has not after a while is it closed here, never
-    while the pool's thread may close it too (a close from each at once printed a traceback)."""
+    while the pool's thread may close it too (a close from each at once printed a traceback). Workers
+    that have not finished after POOL_ABORT_SECONDS (one stopped with SIGSTOP never does) are dealt
+    with as dead ones: their groups' results are not wanted."""
     thread = getattr(executor, "_executor_manager_thread", None)  # None when no group was submitted
     workers = list((getattr(executor, "_processes", None) or {}).values())
     results, calls = getattr(executor, "_result_queue", None), getattr(executor, "_call_queue", None)
     executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + POOL_ABORT_SECONDS
     while thread is not None and thread.is_alive():
         thread.join(timeout=0.1)
-        if any(worker.exitcode not in (None, 0) for worker in workers):
+        if any(worker.exitcode not in (None, 0) for worker in workers) or time.monotonic() > deadline:
             for worker in multiprocessing.active_children():
                 worker.kill()
             for end, after in ((getattr(results, "_writer", None), POOL_CLOSES_SECONDS),
