@@ -319,8 +319,23 @@ def zip_of_reads(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def tar_of_reads(path: Path, mode: str = "w") -> bytes:
+    """A tar archive (gzip-compressed with mode "w:gz") holding one FASTQ file."""
+    import io
+    import tarfile
+
+    data = fastq(["r1"]).encode()
+    with tarfile.open(path, mode) as archive:
+        entry = tarfile.TarInfo("reads.fastq")
+        entry.size = len(data)
+        archive.addfile(entry, io.BytesIO(data))
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("kind, content, expected", [
     ("BAM", lambda path: bam(), ["is a BAM file", "samtools fastq"]),
+    ("tar", tar_of_reads, ["is a tar archive", "tar xf"]),
+    ("tar.gz", lambda path: tar_of_reads(path, "w:gz"), ["is a tar archive", "tar xOf"]),
     ("CRAM", lambda path: b"CRAM\x03\x01" + b"\x00" * 20 + bytes(range(40)), ["is a CRAM file", "samtools fastq", "--reference"]),
     ("SRA", lambda path: b"NCBI.sra\x88\x19\x03\x05\x01\x00\x00\x00" + bytes(range(64)), ["is an SRA run file", "fasterq-dump"]),
     ("ZIP", zip_of_reads, ["is a ZIP archive", "unzip"]),

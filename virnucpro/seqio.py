@@ -119,14 +119,22 @@ KNOWN_BINARY = (
 )
 
 
+TAR_MAGIC_AT = 257  # a tar header's "ustar" (POSIX and GNU tar), after the name, mode, owner, size, ...
+TAR_HINT = ("extract it first (tar xf {path}) and give the FASTA/FASTQ files inside, or stream one: "
+            "tar xOf {path} reads.fastq | virnucpro prepare - ...")
+
+
 def _known_binary(head: bytes, path: Path) -> BadInputError | None:
-    """The refusal of an input whose first bytes `head` show a known file of reads that is no text
-    (BAM, CRAM, SRA, ZIP), with the command that converts it; None for anything else."""
-    for magic, what, hint in KNOWN_BINARY:
-        if head.startswith(magic):
-            return BadInputError(f"{path} is {what}, not FASTA/FASTQ text",
-                                 hint.format(path=shell_word(str(path))))
-    return None
+    """The refusal of an input whose first bytes `head` (up to 512) show a known file of reads that is
+    no text (BAM, CRAM, SRA, ZIP, a tar archive: "damaged or padded" sent users downloading it again),
+    with the command that converts it; None for anything else."""
+    found = [(what, hint) for magic, what, hint in KNOWN_BINARY if head.startswith(magic)]
+    if head[TAR_MAGIC_AT:TAR_MAGIC_AT + 5] == b"ustar":
+        found.append(("a tar archive", TAR_HINT))
+    if not found:
+        return None
+    what, hint = found[0]
+    return BadInputError(f"{path} is {what}, not FASTA/FASTQ text", hint.format(path=shell_word(str(path))))
 
 
 def _compressed_again(head: bytes, path: Path) -> BadInputError | None:
@@ -360,7 +368,7 @@ class UniversalText:
         """The error for the first byte of `rest`; `before` is what precedes it since a line start
         (the start of the input when nothing was decoded yet: a BAM shows itself there, see KNOWN_BINARY)."""
         if self.pending_offset == 0:  # the start of a decompressed input: which reads file it is
-            head = (before[:16] + rest[:16])[:16]
+            head = (before[:512] + rest[:512])[:512]
             known = _known_binary(head, self.path) or _compressed_again(head, self.path)
             if known is not None:
                 return known
