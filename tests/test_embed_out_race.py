@@ -78,12 +78,14 @@ def test_a_file_that_appears_at_out_while_embed_runs_is_not_replaced(tmp_path, r
 
 
 def earlier_embedding(out: Path, prepared: Path, models: Path) -> None:
-    """A virnucpro embedding at `out` that embed replaces (sealed, but its last byte damaged)."""
+    """A virnucpro embedding at `out` that embed replaces: as it wrote it (its seal holds), but its last
+    byte does not read back sound (a file whose bytes changed since embed sealed them is not replaced)."""
     virnucpro.embed.embed(shard(prepared), out, models=models, device="cpu", threads=1)
     data = bytearray(out.read_bytes())
     data[-1] ^= 0xFF
     out.write_bytes(bytes(data))
-    assert h5shard.is_sealed_shard(out)
+    h5shard.seal_file(out)
+    assert h5shard.seal_holds(out)
 
 
 def overwritten_in_place_time_kept(out: Path) -> None:
@@ -170,3 +172,18 @@ def test_folders_made_for_out_are_taken_back_when_embed_fails(tmp_path, run_cli,
     code, message = run_cli(*command(golden_prepared, tmp_path / "no-models", out))
     assert code == 4, message
     assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()
+
+
+def test_a_kept_shard_a_user_added_data_to_is_not_replaced(tmp_path, run_cli, tiny_models, golden_prepared):
+    """A dataset added with h5py (append mode) breaks the seal: embed replaced the file, the dataset lost."""
+    import h5py
+
+    out = tmp_path / "s.h5"
+    virnucpro.embed.embed(shard(golden_prepared), out, models=tiny_models, device="cpu", threads=1)
+    with h5py.File(out, "a") as handle:
+        handle["cluster"] = np.arange(3)
+    theirs = out.read_bytes()
+    code, message = run_cli(*command(golden_prepared, tiny_models, out))
+    flat = " ".join(message.split())
+    assert code == 3 and "was written by virnucpro embed but changed since" in flat and "move it away" in flat, message
+    assert out.read_bytes() == theirs

@@ -121,7 +121,8 @@ def test_a_vector_name_that_is_no_dataset_is_the_files_error(tmp_path):
 
 def test_a_shard_without_the_seal_or_with_a_broken_one_is_refused_before_hdf5_reads_it(tmp_path):
     """A file h5py wrote (no seal) and a sealed file edited afterwards are each exit 5 naming the
-    file, and `embed` still recognises the edited one as its own output (it may replace it)."""
+    file; the edited one still starts with the seal, but its seal no longer holds (embed does not
+    replace it: see test_embed_out_race)."""
     import h5py
     import numpy as np
     import pytest
@@ -141,6 +142,7 @@ def test_a_shard_without_the_seal_or_with_a_broken_one_is_refused_before_hdf5_re
     h5shard.check_seal(edited)
     with h5py.File(edited, "a") as handle:
         handle.attrs["note"] = "edited"
-    with pytest.raises(InconsistentInputsError, match="edited.h5 changed after embed wrote it"):
+    with pytest.raises(InconsistentInputsError, match="edited.h5 changed after embed wrote it") as refused:
         h5shard.read_info(edited)
-    assert h5shard.is_sealed_shard(edited)
+    assert "a byte copy" in refused.value.hint and "h5repack" in refused.value.hint
+    assert h5shard.is_sealed_shard(edited) and not h5shard.seal_holds(edited)

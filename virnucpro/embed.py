@@ -1468,8 +1468,8 @@ def _check_output(shard: Path, out: Path) -> None:
 
 
 def _check_replaceable(out: Path) -> None:
-    """An existing `--out` is replaced only when virnucpro wrote it (it starts with embed's seal, even
-    when the rest is damaged)."""
+    """An existing `--out` is replaced only when virnucpro wrote it as it is (it starts with embed's seal,
+    which still holds: a kept shard a user added a dataset to was replaced, the dataset lost)."""
     if out.is_symlink():
         raise BadInputError(f"--out {out} is a symbolic link: writing would replace the link, which virnucpro "
                             "did not write", "give the path of a new file, or of the link's target")
@@ -1482,6 +1482,11 @@ def _check_replaceable(out: Path) -> None:
                             "replaces only files it can tell it wrote",
                             "move or delete it (an older virnucpro's output is embedded again), or choose "
                             "another --out")
+    if out.exists() and not h5shard.seal_holds(out):
+        raise BadInputError(f"--out {out} was written by virnucpro embed but changed since (its bytes differ from its "
+                            "seal: edited, e.g. a dataset or attribute added, rewritten by h5repack, or damaged): "
+                            "virnucpro replaces only files as it wrote them",
+                            "move it away (what was added stays in it) or delete it, then rerun; or choose another --out")
 
 
 def _restore(checkpoints: CheckpointStore, known: dict, done: dict) -> MadeBy:

@@ -51,6 +51,10 @@ UNKNOWN_DEVICE = "unknown"  # also the settings entry of vectors computed by a v
 # what h5py raises on a damaged file, depending on where the damage is (a header, an attribute, a name)
 DAMAGED = (OSError, RuntimeError, TypeError, ValueError, KeyError)
 REEMBED_HINT = "the file was edited or damaged: rerun `virnucpro embed` for this shard"
+# a sealed file whose bytes changed since: embed does not replace it (it may hold a user's additions)
+CHANGED_HINT = ("any rewrite counts, the vectors unchanged or not (h5py in append mode, h5repack, an attribute "
+                "added): give the file as embed wrote it (a byte copy: cp, rsync) and keep your own data in a file "
+                "of its own; if it was damaged, move it away and rerun `virnucpro embed` for this shard")
 # embed replaces only a file that starts with its seal (`is_sealed_shard`): one without it must go first
 UNSEALED_HINT = ("if it is an embedding file cut short (or one of an older virnucpro), delete it, then rerun "
                  "`virnucpro embed` for this shard (embed replaces only files that start with its seal); "
@@ -137,6 +141,15 @@ def is_sealed_shard(path: Path) -> bool:
         return False
 
 
+def seal_holds(path: Path) -> bool:
+    """Whether a sealed file's bytes are still exactly those `embed` sealed (False: edited or damaged)."""
+    try:
+        check_seal(path)
+    except InconsistentInputsError:
+        return False
+    return True
+
+
 def check_seal(path: Path) -> bytes:
     """The file's bytes are exactly those `embed` sealed (exit 5 otherwise); returns the seal."""
     with _open_regular(path) as handle:
@@ -156,7 +169,7 @@ def _checked_seal(path: Path, handle) -> bytes:
         raise InconsistentInputsError(f"{path} is not a valid virnucpro embedding shard: {what}", UNSEALED_HINT)
     if block != _seal_block(handle):
         raise InconsistentInputsError(f"{path} changed after embed wrote it (its sha256 or size differs from "
-                                      "the seal embed wrote in its first bytes)", REEMBED_HINT)
+                                      "the seal embed wrote in its first bytes)", CHANGED_HINT)
     return block
 
 
