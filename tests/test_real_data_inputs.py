@@ -461,3 +461,23 @@ def test_mates_named_alike_get_commands_into_two_new_files_never_over_a_file(tmp
         subprocess.run(command, shell=True, check=True, cwd=tmp_path)
     assert (tmp_path / "m.ids.fq").read_text() == "the user's own file\n"
     assert run_cli("prepare", *written, "--outdir", tmp_path / "out")[0] == 0
+
+
+def test_a_fasta_with_ustar_where_a_tar_header_has_it_is_read(tmp_path, run_cli):
+    """"Indian mustard" in a header put "ustar" at byte 257, where tar's magic is: refused as a tar."""
+    first = ">MZ000001.1 Turnip mosaic virus\n" + "ACGT" * 40 + "\n"
+    start = ">MZ000002.1 Turnip mosaic virus isolate from"
+    header = start + " " * (257 - len(first) - len(start) - len(" Indian m")) + " Indian mustard, complete genome\n"
+    path = tmp_path / "mustard.fa"
+    path.write_text(first + header + "ACGT" * 60 + "\n")
+    assert path.read_bytes()[257:262] == b"ustar"
+    code, message = run_cli("prepare", path, "--outdir", tmp_path / "out")
+    assert code == 0 and "tar archive" not in message, message
+
+
+def test_a_tar_archive_on_standard_input_is_named_with_a_fix_that_works_there(tmp_path):
+    archive = tmp_path / "reads.tgz"
+    done = subprocess.run([sys.executable, "-m", "virnucpro", "prepare", "-", "--outdir", str(tmp_path / "out")],
+                          input=tar_of_reads(archive, "w:gz"), capture_output=True, timeout=300)
+    err = done.stderr.decode()
+    assert done.returncode == 3 and "is a tar archive" in err and "tar xf ARCHIVE" in err and "xOf -" not in err, err

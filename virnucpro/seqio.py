@@ -119,22 +119,32 @@ KNOWN_BINARY = (
 )
 
 
-TAR_MAGIC_AT = 257  # a tar header's "ustar" (POSIX and GNU tar), after the name, mode, owner, size, ...
-TAR_HINT = ("extract it first (tar xf {path}) and give the FASTA/FASTQ files inside, or stream one: "
-            "tar xOf {path} reads.fastq | virnucpro prepare - ...")
-
-
 def _known_binary(head: bytes, path: Path) -> BadInputError | None:
-    """The refusal of an input whose first bytes `head` (up to 512) show a known file of reads that is
-    no text (BAM, CRAM, SRA, ZIP, a tar archive: "damaged or padded" sent users downloading it again),
-    with the command that converts it; None for anything else."""
-    found = [(what, hint) for magic, what, hint in KNOWN_BINARY if head.startswith(magic)]
-    if head[TAR_MAGIC_AT:TAR_MAGIC_AT + 5] == b"ustar":
-        found.append(("a tar archive", TAR_HINT))
-    if not found:
+    """The refusal of an input whose first bytes `head` show a known file of reads that is no text
+    (BAM, CRAM, SRA, ZIP), with the command that converts it; None for anything else."""
+    for magic, what, hint in KNOWN_BINARY:
+        if head.startswith(magic):
+            return BadInputError(f"{path} is {what}, not FASTA/FASTQ text", hint.format(path=shell_word(str(path))))
+    return None
+
+
+TAR_MAGIC_AT = 257  # a tar header's magic, after the name, mode, owner, size, ... fields
+TAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")  # POSIX (with its version) and GNU tar
+
+
+def _tar_archive(head: bytes, path: Path) -> BadInputError | None:
+    """The refusal of an input whose first 512 bytes are a tar header ("damaged or padded" sent users
+    downloading it again), with the tar command; only once a control character was found: a FASTA
+    header may hold "ustar" at that offset ("mustard")."""
+    if head[TAR_MAGIC_AT:TAR_MAGIC_AT + 8] not in TAR_MAGICS:
         return None
-    what, hint = found[0]
-    return BadInputError(f"{path} is {what}, not FASTA/FASTQ text", hint.format(path=shell_word(str(path))))
+    if str(path) == STDIN:
+        hint = "extract the archive first (tar xf ARCHIVE) and give the FASTA/FASTQ files inside"
+    else:
+        quoted = shell_word(str(path))
+        hint = (f"extract it first (tar xf {quoted}) and give the FASTA/FASTQ files inside, or stream one: "
+                f"tar xOf {quoted} reads.fastq | virnucpro prepare - ...")
+    return BadInputError(f"{path} is a tar archive, not FASTA/FASTQ text", hint)
 
 
 def _compressed_again(head: bytes, path: Path) -> BadInputError | None:
@@ -369,7 +379,7 @@ class UniversalText:
         (the start of the input when nothing was decoded yet: a BAM shows itself there, see KNOWN_BINARY)."""
         if self.pending_offset == 0:  # the start of a decompressed input: which reads file it is
             head = (before[:512] + rest[:512])[:512]
-            known = _known_binary(head, self.path) or _compressed_again(head, self.path)
+            known = _known_binary(head, self.path) or _compressed_again(head, self.path) or _tar_archive(head, self.path)
             if known is not None:
                 return known
         offset = self.pending_offset + len(before)
