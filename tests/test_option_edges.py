@@ -264,3 +264,12 @@ def test_dash_as_a_shard_says_this_command_reads_no_standard_input(tmp_path, run
     code, message = run_cli(*args)
     flat = " ".join(message.split())
     assert code == 3 and "'-': this command reads no standard input" in flat and "not found" not in flat, message
+
+
+@pytest.mark.parametrize("args", [("models", "tiny", "-"), ("models", "download", "--dest", "-"),
+                                  ("models", "check", "-")])
+def test_dash_as_a_models_folder_is_a_usage_error(tmp_path, run_cli, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    code, message = run_cli(*args)
+    assert code == 2 and "'-' is no models folder" in " ".join(message.split()), message
+    assert not (tmp_path / "-").exists()

@@ -98,8 +98,8 @@ def test_models_under_a_path_that_is_no_utf8_without_proc_say_so(tmp_path, tiny_
 
 def test_a_classifier_torch_reads_under_such_a_path_still_loads_without_proc(tmp_path, tiny_models, small_sample,
                                                                              run_cli, monkeypatch):
-    """torch.load opens the file with Python's own functions: only a name given to safetensors or
-    tokenizers is refused there (the refusal first took in every models file)."""
+    """torch.load opens the file with Python's own functions: only a name given to a library that takes
+    UTF-8 text only is refused there (the refusal first took in every models file)."""
     import os
     import shutil
 
@@ -112,3 +112,21 @@ def test_a_classifier_torch_reads_under_such_a_path_still_loads_without_proc(tmp
     code, message = run_cli("predict", "--prepared", prepared, "--embeddings", embedded, "--outdir", tmp_path / "p",
                             "--classifier", classifier)
     assert code == 0, message
+
+
+def test_esm2_memory_mapped_under_such_a_path_without_proc_says_so(tmp_path, tiny_models, monkeypatch):
+    """torch's memory map takes the name as UTF-8: its error read as a damaged checkpoint."""
+    import os
+    import shutil
+
+    from virnucpro.encoders import esm2
+    from virnucpro.errors import ModelsError
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe9ls"))
+    folder.mkdir()
+    checkpoint = Path(shutil.copy(tiny_models / "esm2_tiny.pt", folder))
+    seen = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    with pytest.raises(ModelsError) as refused:
+        esm2._read_checkpoint(checkpoint)
+    assert "is no UTF-8 text" in str(refused.value) and "corrupt" not in str(refused.value), str(refused.value)

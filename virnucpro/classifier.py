@@ -421,7 +421,7 @@ def _load_safetensors(path: Path) -> MLPClassifier:
     from virnucpro.models.store import utf8_name
 
     try:
-        with utf8_name(path, to_rust=True) as name:
+        with utf8_name(path, utf8_only=True) as name:
             return _build(load_file(name, device="cpu"), path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None

@@ -70,6 +70,9 @@ def _models_path(value: str) -> Path:
     says where an unknown user came from."""
     if isinstance(value, Path):
         return value
+    if value == STDIN:  # `models tiny -` made a folder named '-'
+        raise typer.BadParameter("'-' is no models folder ('-' stands for standard input or output); give a path "
+                                 "(./- for a folder named '-')")
     if value == "":
         return _path(value)
     return Path(value) if value.startswith("~") else _literal(value)

@@ -233,7 +233,7 @@ def _word_embedding_shape(folder: Path) -> tuple[Path, tuple[int, ...] | None]:
         return path, None if key is None else tuple(state[key].shape)
     try:
         from safetensors import safe_open
-        with store.verified_name(st, to_rust=True) as name, safe_open(name, framework="pt") as weights:
+        with store.verified_name(st, utf8_only=True) as name, safe_open(name, framework="pt") as weights:
             key = next((k for k in weights.keys() if _bare(k) == WORD_EMBEDDINGS), None)
             return st, None if key is None else tuple(weights.get_slice(key).get_shape())
     except VirnucproError:
@@ -277,10 +277,10 @@ def _weights(folder: Path) -> tuple[Path, dict]:
     try:
         if st.is_file():
             from safetensors.torch import load_file
-            with store.verified_name(st, to_rust=True) as name:
+            with store.verified_name(st, utf8_only=True) as name:
                 return st, load_file(name, device="cpu")
         if binfile.is_file():
-            with store.verified_name(binfile) as name:
+            with store.verified_name(binfile, utf8_only=True) as name:
                 try:
                     state = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
                 except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
@@ -353,7 +353,7 @@ def _tokenizer(folder: Path, vocab: int):
     if not path.is_file():
         raise ModelsError(f"DNABERT-S: {path} is missing", hint=_refetch(folder))
     try:
-        with store.verified_name(path, to_rust=True) as name:
+        with store.verified_name(path, utf8_only=True) as name:
             tok = Tokenizer.from_file(name)
     except VirnucproError:
         raise

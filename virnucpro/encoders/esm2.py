@@ -204,7 +204,7 @@ def _read_checkpoint(path: Path) -> dict:
         raise ModelsError(f"ESM-2: checkpoint {path} is missing",
                           hint=store.refetch_hint(path.parent, "esm2"))
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]), store.verified_name(path) as name:
+        with torch.serialization.safe_globals([argparse.Namespace]), store.verified_name(path, utf8_only=True) as name:
             try:
                 data = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:
@@ -569,14 +569,14 @@ def _read_fp16_copy(path: Path, device) -> tuple[tuple[int, int, int, bool], dic
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with store.verified_name(path, to_rust=True) as name, safe_open(name, framework="pt") as handle:
+    with store.verified_name(path, utf8_only=True) as name, safe_open(name, framework="pt") as handle:
         metadata = json.loads((handle.metadata() or {}).get("virnucpro", "{}"))
     if metadata.get("format") != FP16_FORMAT:
         raise ModelsError(f"it is not a {FP16_FORMAT} copy")
     layers, dim, heads, token_dropout = (metadata[key] for key in _ARCHITECTURE_KEYS)
     architecture = (_bounded(path, "layers", layers, MAX_LAYERS), _bounded(path, "embed dim", dim, MAX_SIZE),
                     _bounded(path, "attention heads", heads, MAX_SIZE), bool(token_dropout))
-    with store.verified_name(path, to_rust=True) as name:
+    with store.verified_name(path, utf8_only=True) as name:
         return architecture, load_file(name, device=str(torch.device(device)))
 
 

@@ -489,16 +489,17 @@ def _encodable(text: str) -> bool:
 
 
 @contextmanager
-def utf8_name(path: Path, writing: bool = False, to_rust: bool = False) -> Iterator[str]:
+def utf8_name(path: Path, writing: bool = False, utf8_only: bool = False) -> Iterator[str]:
     """`path` as safetensors and tokenizers (Rust) take it: UTF-8 text. A path with bytes that are not
     UTF-8 (a folder named in Latin-1) goes by a descriptor under /proc/self/fd, whose name is ASCII:
     the file's own to read it, its folder's to write a file of ours (named by us) in it; elsewhere
-    it stays as it is, which Python's own file functions (torch.load's) take. `to_rust`: the name goes
-    to safetensors or tokenizers, so without /proc (macOS) such a path is exit 4 saying so (their
-    error read as a damaged weights file)."""
+    it stays as it is, which Python's own file functions (torch.load's, without mmap) take. `utf8_only`:
+    the name goes to a library that takes UTF-8 text only (safetensors, tokenizers, torch's memory
+    map), so without /proc (macOS) such a path is exit 4 saying so (their error read as a damaged
+    weights file)."""
     text = str(path)
     if _encodable(text) or not os.path.isdir("/proc/self/fd"):
-        if to_rust and not _encodable(text):
+        if utf8_only and not _encodable(text):
             raise ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, "
                               "tokenizers) need, and this system has no /proc/self/fd to reach it by",
                               "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
@@ -546,14 +547,14 @@ def forget_verified() -> None:
 
 
 @contextmanager
-def verified_name(path: Path, to_rust: bool = False) -> Iterator[str]:
-    """`path` for a loader (`utf8_name`, `to_rust` as there), for a block that reads it: the file must be the version
+def verified_name(path: Path, utf8_only: bool = False) -> Iterator[str]:
+    """`path` for a loader (`utf8_name`, `utf8_only` as there), for a block that reads it: the file must be the version
     this command verified when the block starts, if it verified one, and the same file, unwritten,
     when the block ends; otherwise exit 4 (`_unchanged_file`)."""
     path = Path(path)
     verified = verified_stamps.get(os.path.abspath(path), (None,))[0]
     before = _unchanged_file(path, verified, "after virnucpro verified it")
-    with utf8_name(path, to_rust=to_rust) as name:
+    with utf8_name(path, utf8_only=utf8_only) as name:
         yield name
     _unchanged_file(path, _version(before), "while virnucpro read it")
 
