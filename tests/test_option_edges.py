@@ -273,3 +273,14 @@ def test_dash_as_a_models_folder_is_a_usage_error(tmp_path, run_cli, monkeypatch
     code, message = run_cli(*args)
     assert code == 2 and "'-' is no models folder" in " ".join(message.split()), message
     assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("option", ["--prepared", "--classifier"])
+def test_dash_as_a_stage_file_is_a_usage_error(tmp_path, run_cli, small_sample, option):
+    prepared, embedded = small_sample
+    values = {"--prepared": prepared, "--classifier": None}
+    values[option] = "-"
+    args = ["predict", "--embeddings", embedded, "--outdir", tmp_path / "p"]
+    args += [part for name, value in values.items() if value is not None for part in (name, value)]
+    code, message = run_cli(*args)
+    assert code == 2 and option in message and "stands for standard input" in " ".join(message.split()), message

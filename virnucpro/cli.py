@@ -99,6 +99,15 @@ def _output_path(value: str) -> Path:
     return _path(value)
 
 
+def _stage_path(value: str) -> Path:
+    """A file or folder option no command reads from standard input (--prepared, --classifier): as
+    `_path`, but `-` is a usage error (it was looked for as a file named '-')."""
+    if value == STDIN:
+        raise typer.BadParameter("'-' stands for standard input, which this option does not read; give a path "
+                                 "(./- for one named '-')")
+    return _path(value)
+
+
 def _home_expanded(value: str) -> Path:
     """`value` with a leading `~` or `~user` expanded as the shell would (as --models always was): the
     shell leaves `--outdir=~/x` alone, which made a folder named `~` in the current one. A home that
@@ -214,7 +223,7 @@ DeviceOption = typer.Option(Device.auto, "--device", help="auto = first visible 
 PrecisionOption = typer.Option(Precision.auto, "--precision", help="auto = fp32 on CPU, fp16 on GPU.")
 InputsArgument = typer.Argument(..., parser=_path, metavar="INPUT", help="FASTA/FASTQ files (plain, gzip, bzip2 or xz; `-` is standard "
                                          "input, read once like any pipe, from where it stands; `./-` a file named -); several files form one sample.")
-ClassifierOption = typer.Option(None, "--classifier", parser=_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
+ClassifierOption = typer.Option(None, "--classifier", parser=_stage_path, metavar="FILE", help="Classifier .pth/.safetensors (default: the "
                                                            "original one for the chunk size).")
 ThresholdOption = typer.Option(0.5, "--threshold", parser=_threshold, metavar="FLOAT", help="Fraction (0 to 1) of a sequence's scored "
                                                                           "chunks that must be virus to call it virus (at least; 0 calls every scored sequence virus).")
@@ -325,7 +334,7 @@ def embed(
 
 @app.command()
 def predict(
-    prepared: Path = typer.Option(..., "--prepared", parser=_path, metavar="DIR", help="The prepare output directory."),
+    prepared: Path = typer.Option(..., "--prepared", parser=_stage_path, metavar="DIR", help="The prepare output directory."),
     embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, metavar="FILE|DIR", help="Every embedding shard of "
                                           "the sample (.h5), in any order: --embeddings a.h5 b.h5 ..., or the "
                                           "folder holding them (its .h5 files: no limit on their number)."),
