@@ -130,3 +130,25 @@ def test_esm2_memory_mapped_under_such_a_path_without_proc_says_so(tmp_path, tin
     with pytest.raises(ModelsError) as refused:
         esm2._read_checkpoint(checkpoint)
     assert "is no UTF-8 text" in str(refused.value) and "corrupt" not in str(refused.value), str(refused.value)
+
+
+def test_run_refuses_such_a_models_path_before_it_prepares(tmp_path, tiny_models, run_cli, monkeypatch):
+    """The refusal came once the models loaded: the finished prepare was thrown away with the run."""
+    import os
+    import shutil
+
+    models = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe9ls"))
+    shutil.copytree(tiny_models, models)
+    seen = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\n" + "ATGAAACCCGGGTTTAAA" * 20 + "\n")
+    code, message = run_cli("run", fasta, "--outdir", tmp_path / "out", "--models", models, "--device", "cpu")
+    assert code == 4 and "is no UTF-8 text" in " ".join(message.split()) and "prepared" not in message, message
+
+
+def test_dash_as_the_models_variable_is_refused(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VIRNUCPRO_MODELS", "-")
+    code, message = run_cli("models", "check")
+    assert code == 2 and "VIRNUCPRO_MODELS is '-'" in message and not (tmp_path / "-").exists(), message

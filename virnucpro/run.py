@@ -108,7 +108,7 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, torch_
            offline: bool, compiling) -> Setup:
     from virnucpro.classifier import load_classifier
     from virnucpro.embed import resolve_precision
-    from virnucpro.models import download
+    from virnucpro.models import download, store
     from virnucpro.predict import refuse_classifier_of_other_chunk_size, refuse_classifier_unlike_its_record
 
     check_stop()  # a stop during torch's first import is only noted (torch catches every Exception there)
@@ -118,6 +118,7 @@ def _setup(models: Path | None, classifier: Path | None, chunk_size: int, torch_
         refuse_classifier_of_other_chunk_size(Path(classifier), chunk_size, models)
         given = load_classifier(Path(classifier))
     model_set = download.ensure(models, roles=_roles(classifier, chunk_size), offline=offline)
+    store.refuse_out_of_reach([model_set.dnabert_s, model_set.esm2])
     if given is not None:
         _refuse_classifier_of_other_encoders(Path(classifier), models, model_set)
     classifier = Path(classifier) if classifier else model_set.classifier(chunk_size)
@@ -206,10 +207,22 @@ def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, kept_in
         if h5 not in pending:
             info(f"embed: {h5.name} already done, reusing it")
             continue
+        _forget_if_damaged(h5)
         embed(prepared / shard["file"], h5, checkpoint_dir=work / "checkpoints", device=setup.device.type,
               precision=setup.precision, model_set=setup.model_set, compiling=setup.compiling,
               reported_as=_where_embeddings_end(h5, kept_in), **options)
     return embeddings
+
+
+def _forget_if_damaged(h5: Path) -> None:
+    """Remove an embedding file of the run's own work folder whose bytes changed since embed sealed them
+    (nobody else writes there: damaged), said so, for embed to compute it again; embed itself replaces
+    no such file, which elsewhere may hold what a user added."""
+    from virnucpro import h5shard
+
+    if h5.is_file() and h5shard.is_sealed_shard(h5) and not h5shard.seal_holds(h5):
+        info(f"embed: {h5.name} changed since embed wrote it (damaged): computing it again")
+        h5.unlink()
 
 
 def _where_embeddings_end(h5: Path, kept_in: Path | None) -> str:

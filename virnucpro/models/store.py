@@ -181,6 +181,9 @@ def models_dir(explicit: Path | str | None = None, where: str = "--models") -> P
     if explicit:
         return _expanded(explicit, where)
     env = os.environ.get("VIRNUCPRO_MODELS")
+    if env == "-":  # as for --models: it made a folder named '-' in the current one
+        raise ModelsPathError("VIRNUCPRO_MODELS is '-', which is no models folder ('-' stands for standard input "
+                              "or output)", hint="set it to the models folder's path (./- for a folder named '-')")
     if env:
         return _expanded(env, "VIRNUCPRO_MODELS")
     return _user_data_dir(where) / "models"
@@ -501,7 +504,8 @@ def utf8_name(path: Path, writing: bool = False, utf8_only: bool = False) -> Ite
     if _encodable(text) or not os.path.isdir("/proc/self/fd"):
         if utf8_only and not _encodable(text):
             raise ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, "
-                              "tokenizers) need, and this system has no /proc/self/fd to reach it by",
+                              "tokenizers, torch's memory map) need, and this system has no /proc/self/fd to reach "
+                              "it by",
                               "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
         yield text
         return
@@ -511,6 +515,14 @@ def utf8_name(path: Path, writing: bool = False, utf8_only: bool = False) -> Ite
         yield f"/proc/self/fd/{fd}/{path.name}" if writing else f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
+
+
+def refuse_out_of_reach(paths: Iterable[Path]) -> None:
+    """Exit 4 at start-up for encoder files whose names the libraries cannot take (`utf8_name`): without
+    /proc, a path that is no UTF-8 text was refused only when the models loaded, after prepare."""
+    for path in paths:
+        with utf8_name(Path(path), utf8_only=True):
+            pass
 
 
 #: The version (`_version`) and sha256 of each models file this command hashed or found in the
