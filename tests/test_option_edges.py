@@ -257,13 +257,13 @@ def test_dash_as_an_output_is_a_usage_error(tmp_path, run_cli, small_sample, tin
 
 
 @pytest.mark.parametrize("command", ["embed", "predict"])
-def test_dash_as_a_shard_says_this_command_reads_no_standard_input(tmp_path, run_cli, small_sample, command):
+def test_dash_as_a_shard_is_a_usage_error(tmp_path, run_cli, small_sample, command):
     prepared, embedded = small_sample
     args = (("embed", "-", "--out", tmp_path / "a.h5", "--device", "cpu") if command == "embed" else
             ("predict", "--prepared", prepared, "--embeddings", "-", "--outdir", tmp_path / "p"))
     code, message = run_cli(*args)
     flat = " ".join(message.split())
-    assert code == 3 and "'-': this command reads no standard input" in flat and "not found" not in flat, message
+    assert code == 2 and "stands for standard input" in flat and "not found" not in flat, message
 
 
 @pytest.mark.parametrize("args", [("models", "tiny", "-"), ("models", "download", "--dest", "-"),

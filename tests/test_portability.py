@@ -152,3 +152,27 @@ def test_dash_as_the_models_variable_is_refused(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("VIRNUCPRO_MODELS", "-")
     code, message = run_cli("models", "check")
     assert code == 2 and "VIRNUCPRO_MODELS is '-'" in message and not (tmp_path / "-").exists(), message
+
+
+def test_a_models_folder_to_download_into_is_refused_before_prepare(tmp_path, run_cli, monkeypatch):
+    """Models still to download: the check came after prepare and the download (gigabytes into a
+    folder the libraries cannot use)."""
+    import os
+
+    models = Path(os.fsdecode(bytes(tmp_path) + b"/empt\xe9"))
+    seen = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\n" + "ATGAAACCCGGGTTTAAA" * 20 + "\n")
+    code, message = run_cli("run", fasta, "--outdir", tmp_path / "out", "--models", models, "--device", "cpu")
+    assert code == 4 and "is no UTF-8 text" in " ".join(message.split()) and "prepared" not in message, message
+
+
+def test_with_proc_no_models_path_is_opened_to_check_it():
+    """The check opened the DNABERT-S folder, which a shared install may not let be listed (exit 10)."""
+    import os
+
+    from virnucpro.models import store
+
+    assert os.path.isdir("/proc/self/fd")
+    store.refuse_out_of_reach([Path(os.fsdecode(b"/nonexistent/mod\xe9ls"))])

@@ -209,14 +209,15 @@ def test_an_embedding_written_by_another_virnucpro_is_not_reused(stopped_run, ru
     assert "written by virnucpro 0.1.0" in _said(message), message  # why it is embedded again
 
 
-def test_a_damaged_embedding_in_the_work_folder_is_computed_again(stopped_run, run_cli):
-    """Its seal no longer holds: embed refuses to replace such a file (a user's additions may be in it),
+@pytest.mark.parametrize("damage", ["last byte", "first byte", "emptied"])
+def test_a_damaged_embedding_in_the_work_folder_is_computed_again(stopped_run, run_cli, damage):
+    """Not as embed sealed it: embed refuses to replace such a file (a user's additions may be in it),
     but the run's own work folder is nobody else's: the rerun computes it again, said so."""
     args, prepared = stopped_run("_predict_and_publish")
     h5 = prepared.parent / "embeddings" / "shard_00000.h5"
     data = bytearray(h5.read_bytes())
-    data[-1] ^= 0xFF
-    h5.write_bytes(bytes(data))
+    data[{"last byte": -1, "first byte": 0}.get(damage, 0)] ^= 0xFF
+    h5.write_bytes(b"" if damage == "emptied" else bytes(data))
     code, message = run_cli(*args)
     assert code == 0 and "shard_00000.h5 changed since embed wrote it (damaged): computing it again" in _said(message), message
 

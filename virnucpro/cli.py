@@ -100,7 +100,8 @@ def _output_path(value: str) -> Path:
 
 
 def _stage_path(value: str) -> Path:
-    """A file or folder option no command reads from standard input (--prepared, --classifier): as
+    """A file or folder no command reads from standard input (a shard, --prepared, --embeddings,
+    --classifier): as
     `_path`, but `-` is a usage error (it was looked for as a file named '-')."""
     if value == STDIN:
         raise typer.BadParameter("'-' stands for standard input, which this option does not read; give a path "
@@ -303,7 +304,7 @@ def prepare(
 
 @app.command()
 def embed(
-    shard: Path = typer.Argument(..., parser=_path, metavar="SHARD", help="A prepare shard (shards/shard_NNNNN.tsv)."),
+    shard: Path = typer.Argument(..., parser=_stage_path, metavar="SHARD", help="A prepare shard (shards/shard_NNNNN.tsv)."),
     models: Optional[Path] = ModelsOption,
     out: Path = typer.Option(..., "--out", parser=_output_path, metavar="FILE", help="HDF5 embedding shard to write (locked through .OUT.lock "
                              "beside it while embed runs; an existing file is replaced only if it is "
@@ -335,10 +336,10 @@ def embed(
 @app.command()
 def predict(
     prepared: Path = typer.Option(..., "--prepared", parser=_stage_path, metavar="DIR", help="The prepare output directory."),
-    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_path, metavar="FILE|DIR", help="Every embedding shard of "
+    embeddings: List[Path] = typer.Option(..., "--embeddings", parser=_stage_path, metavar="FILE|DIR", help="Every embedding shard of "
                                           "the sample (.h5), in any order: --embeddings a.h5 b.h5 ..., or the "
                                           "folder holding them (its .h5 files: no limit on their number)."),
-    more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5", parser=_path,
+    more_embeddings: Optional[List[Path]] = typer.Argument(None, metavar="MORE.h5", parser=_stage_path,
                                                            help="More embedding shards after --embeddings "
                                                                 "(a shell glob: --embeddings emb/*.h5)."),
     outdir: Path = typer.Option(..., "--outdir", "-o", parser=_output_path, metavar="DIR",

@@ -798,13 +798,6 @@ def link_loop(path: Path, what: str, refused: type[VirnucproError] = BadInputErr
                    "point the link at a real folder or file (`ls -l` shows where each points), or choose another path")
 
 
-def no_standard_input(what: str) -> BadInputError:
-    """Exit 3 for `-` given as a file only prepare and run read from standard input: "not found: -"
-    sent users looking for a file."""
-    return BadInputError(f"{what} '-': this command reads no standard input (only prepare and run do, as '-')",
-                         f"give the {what}'s path (./- for a file named '-')")
-
-
 def unopenable_file(path: Path, exc: OSError, what: str) -> VirnucproError:
     """Exit 3 for a file the user named (`what`: "input file", "shard") that cannot be opened, naming
     the fault and its own fix: a missing file or a link to a missing path, a file where a folder
@@ -818,8 +811,6 @@ def unopenable_file(path: Path, exc: OSError, what: str) -> VirnucproError:
         if folder is not None:
             return folder_refused(path, folder, BadInputError, f"{what} ")
         return BadInputError(f"cannot read {what} {path}: permission denied", access_hint(path, "r"))
-    if exc.errno == errno.ENOENT and str(path) == "-":
-        return no_standard_input(what)
     if exc.errno == errno.ENOENT and os.path.islink(path):
         return BadInputError(f"{what} {path} is a symbolic link to a missing path ({os.readlink(path)})",
                              "point the link at the file, or give the file itself")

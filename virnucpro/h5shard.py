@@ -30,7 +30,7 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
                               access_hint, denied_folder, folder_refused, link_loop, name_too_long, open_file_limit,
-                              no_standard_input, note_inodes, other_format,
+                              note_inodes, other_format,
                               stop_signals_deferred, storage_error, storage_failure, storage_hint)
 from virnucpro.outdir import new_temporary_file, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
@@ -541,8 +541,6 @@ def read_info(path: Path) -> EmbeddingShardInfo:
             _check_id_lengths(path, handle["ids"], raw)
             attrs = _read_attributes(path, handle)
     except FileNotFoundError:
-        if str(path) == "-":
-            raise no_standard_input("embedding shard") from None
         raise BadInputError(f"embedding shard not found: {path}", "check the path") from None
     except PermissionError:  # the file's mode, not its content: bad input like an unreadable FASTA
         raise _permission_denied(path) from None

@@ -214,13 +214,22 @@ def _embed_all(manifest: dict, prepared: Path, work: Path, setup: Setup, kept_in
     return embeddings
 
 
+def _refuse_models_out_of_reach(models: Path | None) -> None:
+    """A models folder the libraries cannot take by name (`store.refuse_out_of_reach`) is exit 4 before
+    a prepare, and before a download into it."""
+    from virnucpro.models import store
+
+    store.refuse_out_of_reach([store.models_dir(models)])
+
+
 def _forget_if_damaged(h5: Path) -> None:
-    """Remove an embedding file of the run's own work folder whose bytes changed since embed sealed them
-    (nobody else writes there: damaged), said so, for embed to compute it again; embed itself replaces
-    no such file, which elsewhere may hold what a user added."""
+    """Remove an embedding file of the run's own work folder that is not as embed sealed it (nobody else
+    writes there: damaged, its seal included, or emptied), said so, for embed to compute it again; embed
+    itself replaces no such file, which elsewhere may hold what a user added. Only a file itself, in
+    the folder itself: never a link's target."""
     from virnucpro import h5shard
 
-    if h5.is_file() and h5shard.is_sealed_shard(h5) and not h5shard.seal_holds(h5):
+    if is_regular(h5) and not h5.parent.is_symlink() and not (h5shard.is_sealed_shard(h5) and h5shard.seal_holds(h5)):
         info(f"embed: {h5.name} changed since embed wrote it (damaged): computing it again")
         h5.unlink()
 
@@ -233,9 +242,11 @@ def _where_embeddings_end(h5: Path, kept_in: Path | None) -> str:
     return "(intermediate: removed when the run succeeds; --keep-embeddings keeps them)"
 
 
-def _refuse_cache_in_outdir(cache: Path | None, outdir: Path) -> None:
-    """Exit 3 at start-up for a --compile-cache that is --outdir or inside it: a cache outlives the run,
-    which owns its folder (on a GPU it was refused only once the models loaded, after prepare)."""
+def _refuse_folders_out_of_place(cache: Path | None, outdir: Path, models: Path | None) -> None:
+    """At start-up: a models folder the libraries cannot take by name (`_refuse_models_out_of_reach`),
+    and a --compile-cache that is --outdir or inside it (exit 3: a cache outlives the run, which owns
+    its folder; on a GPU it was refused only once the models loaded, after prepare)."""
+    _refuse_models_out_of_reach(models)
     if cache is None:
         return
     real, output = Path(os.path.realpath(cache)), Path(os.path.realpath(outdir))
@@ -253,12 +264,12 @@ def run(inputs: Sequence[Path], outdir: Path, chunk_size: int = 500, models: Pat
     """All stages for one sample; returns the output directory (`compiling`: virnucpro.embed.Compiling).
 
     Everything that can be checked before hours of work is checked first: the inputs, the output
-    directory (the compile cache outside it), torch's cache folder, the models and the classifier;
-    when models must be downloaded, the inputs are prepared (checked to the last record) first."""
+    directory (the compile cache outside it), torch's cache folder, the models (their folder's name
+    first) and the classifier; models to download come after a prepare (which checks every record)."""
     from virnucpro.prepare import check_inputs
 
     inputs, outdir = [Path(p) for p in inputs], Path(outdir)
-    _refuse_cache_in_outdir(compiling.cache if compiling is not None else None, outdir)
+    _refuse_folders_out_of_place(compiling.cache if compiling is not None else None, outdir, models)
     check_inputs(inputs, work_folders=[outdir / WORK])
     with claim(outdir, "run", _outputs()) as output, output_errors(outdir), _work_kept_if_resumable(outdir / WORK):
         from virnucpro.embed import Compiling

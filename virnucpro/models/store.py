@@ -503,10 +503,7 @@ def utf8_name(path: Path, writing: bool = False, utf8_only: bool = False) -> Ite
     text = str(path)
     if _encodable(text) or not os.path.isdir("/proc/self/fd"):
         if utf8_only and not _encodable(text):
-            raise ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, "
-                              "tokenizers, torch's memory map) need, and this system has no /proc/self/fd to reach "
-                              "it by",
-                              "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
+            raise _out_of_reach(text)
         yield text
         return
     folder_flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # O_PATH: no read right needed
@@ -517,12 +514,21 @@ def utf8_name(path: Path, writing: bool = False, utf8_only: bool = False) -> Ite
         os.close(fd)
 
 
+def _out_of_reach(text: str) -> ModelsError:
+    return ModelsError(f"{printable(text)} is no UTF-8 text, which the model libraries (safetensors, tokenizers, "
+                       "torch's memory map) need, and this system has no /proc/self/fd to reach it by",
+                       "move or copy the models to a folder whose path is UTF-8 text, and give that folder")
+
+
 def refuse_out_of_reach(paths: Iterable[Path]) -> None:
-    """Exit 4 at start-up for encoder files whose names the libraries cannot take (`utf8_name`): without
-    /proc, a path that is no UTF-8 text was refused only when the models loaded, after prepare."""
+    """Exit 4 at start-up for models paths the libraries cannot take (see `utf8_name`: no UTF-8 text,
+    and no /proc): they were refused only when the models loaded, after prepare (and a download).
+    Nothing is opened: with /proc every path is reached."""
+    if os.path.isdir("/proc/self/fd"):
+        return
     for path in paths:
-        with utf8_name(Path(path), utf8_only=True):
-            pass
+        if not _encodable(str(path)):
+            raise _out_of_reach(str(path))
 
 
 #: The version (`_version`) and sha256 of each models file this command hashed or found in the
