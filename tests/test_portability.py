@@ -30,6 +30,14 @@ for _name in [n for n in dir(errno) if n.startswith("E") and n not in {names!r}]
 """
 
 
+def without_proc(monkeypatch) -> None:
+    """As on a Mac: no /proc/self/fd to reach a path that is no UTF-8 text by."""
+    import os
+
+    seen = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+
+
 def _sources() -> list[Path]:
     return sorted([*(ROOT / "virnucpro").rglob("*.py"), *(ROOT / "bin").glob("*.py")])
 
@@ -86,14 +94,14 @@ def test_models_under_a_path_that_is_no_utf8_without_proc_say_so(tmp_path, tiny_
 
     models = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9-models"))
     shutil.copytree(tiny_models, models)
-    seen = os.path.isdir
-    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    without_proc(monkeypatch)
     fasta = tmp_path / "a.fa"
     fasta.write_text(">a\n" + "ATGAAACCCGGGTTTAAA" * 20 + "\n")
     code, message = run_cli("run", fasta, "--outdir", tmp_path / "out", "--models", models, "--device", "cpu")
     flat = " ".join(message.split())
     assert code == 4 and "is no UTF-8 text" in flat and "corrupt" not in flat, message
     assert "move or copy the models to a folder whose path is UTF-8 text" in flat, message
+    assert "prepared" not in message, message  # refused before prepare, whose work was thrown away
 
 
 def test_a_classifier_torch_reads_under_such_a_path_still_loads_without_proc(tmp_path, tiny_models, small_sample,
@@ -106,8 +114,7 @@ def test_a_classifier_torch_reads_under_such_a_path_still_loads_without_proc(tmp
     folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
     folder.mkdir()
     classifier = Path(shutil.copy(tiny_models / "500_model_tiny.pth", folder))
-    seen = os.path.isdir
-    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    without_proc(monkeypatch)
     prepared, embedded = small_sample
     code, message = run_cli("predict", "--prepared", prepared, "--embeddings", embedded, "--outdir", tmp_path / "p",
                             "--classifier", classifier)
@@ -125,26 +132,10 @@ def test_esm2_memory_mapped_under_such_a_path_without_proc_says_so(tmp_path, tin
     folder = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe9ls"))
     folder.mkdir()
     checkpoint = Path(shutil.copy(tiny_models / "esm2_tiny.pt", folder))
-    seen = os.path.isdir
-    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    without_proc(monkeypatch)
     with pytest.raises(ModelsError) as refused:
         esm2._read_checkpoint(checkpoint)
     assert "is no UTF-8 text" in str(refused.value) and "corrupt" not in str(refused.value), str(refused.value)
-
-
-def test_run_refuses_such_a_models_path_before_it_prepares(tmp_path, tiny_models, run_cli, monkeypatch):
-    """The refusal came once the models loaded: the finished prepare was thrown away with the run."""
-    import os
-    import shutil
-
-    models = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe9ls"))
-    shutil.copytree(tiny_models, models)
-    seen = os.path.isdir
-    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
-    fasta = tmp_path / "a.fa"
-    fasta.write_text(">a\n" + "ATGAAACCCGGGTTTAAA" * 20 + "\n")
-    code, message = run_cli("run", fasta, "--outdir", tmp_path / "out", "--models", models, "--device", "cpu")
-    assert code == 4 and "is no UTF-8 text" in " ".join(message.split()) and "prepared" not in message, message
 
 
 def test_dash_as_the_models_variable_is_refused(tmp_path, run_cli, monkeypatch):
@@ -160,8 +151,7 @@ def test_a_models_folder_to_download_into_is_refused_before_prepare(tmp_path, ru
     import os
 
     models = Path(os.fsdecode(bytes(tmp_path) + b"/empt\xe9"))
-    seen = os.path.isdir
-    monkeypatch.setattr(os.path, "isdir", lambda path: False if path == "/proc/self/fd" else seen(path))
+    without_proc(monkeypatch)
     fasta = tmp_path / "a.fa"
     fasta.write_text(">a\n" + "ATGAAACCCGGGTTTAAA" * 20 + "\n")
     code, message = run_cli("run", fasta, "--outdir", tmp_path / "out", "--models", models, "--device", "cpu")
