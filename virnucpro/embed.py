@@ -44,7 +44,8 @@ from virnucpro.errors import (errno_codes, shell_word, OPEN_FILE_LIMITS, STOP_SI
                               storage_failure, storage_hint)
 from virnucpro.models import store
 from virnucpro.outdir import (NO_FOLLOW, OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
-                              is_regular, make_folder, not_ours, refuse_nesting, remove_made_folders)
+                              is_regular, make_folder, not_ours, on_disk_spelling, refuse_nesting,
+                              remove_made_folders)
 from virnucpro.threads import limit_threads
 
 ROLES = ("dnabert_s", "esm2")  # the order of the features, as the original concatenates them
@@ -1476,6 +1477,13 @@ def _check_replaceable(out: Path) -> None:
     if out.exists() and not out.is_file():
         raise BadInputError(f"--out {out} is not a regular file (a pipe, FIFO or device): virnucpro writes its "
                             "embedding file under a temporary name and renames it", "give the path of a file")
+    listed = on_disk_spelling(out).name
+    if out.exists() and listed != out.name:
+        raise BadInputError(f"--out {out} finds the file {printable(listed)}: this file system does not tell names "
+                            "apart by case, and writing would replace a file named otherwise than asked (maybe "
+                            "the embedding of another shard)",
+                            f"give --out {shell_word(str(out.with_name(listed)))} to mean that file, or choose a "
+                            "name that differs in more than case")
     if out.exists() and not h5shard.is_sealed_shard(out):
         raise BadInputError(f"--out {out} exists and does not start with the seal virnucpro embed writes (another "
                             "program's file, or an embedding file of a virnucpro before format 3): virnucpro "

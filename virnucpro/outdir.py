@@ -445,7 +445,8 @@ def _write_holder(fd: int, **extra: str) -> None:
     data = (json.dumps({**_holder(), **extra}) + "\n").encode()
     try:  # padded over the old details: stopped before the cut, the file still reads as one holder's
         os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
-        os.ftruncate(fd, len(data))
+        if os.fstat(fd).st_size != len(data):  # some FUSE file systems refuse any ftruncate (EPERM)
+            os.ftruncate(fd, len(data))
     except OSError as exc:
         if exc.errno != errno.EBADF:  # opened read-only
             raise
@@ -672,11 +673,42 @@ def _open_existing_lock(lock: Path) -> int | None:
         raise
 
 
-def _open_and_flock(lock: Path, subject: Path, what: str) -> tuple[int, bool, bool]:
-    """(fd, created, flocked): the lock file opened and flocked, or flocked False where the file
-    system has no flock. A file removed by its holder before we got the flock is dropped for the
-    file now at the path (see HeldLock.remove_if_created)."""
+def on_disk_spelling(path: Path) -> Path:
+    """`path` with each part that exists spelled as its folder lists it. On a case-insensitive file
+    system `out` and `OUT` name one folder, but some (exFAT through FUSE) give each spelling its own
+    inode, and flocks taken through two spellings then do not see each other: locks go through this
+    one spelling. Unchanged (and cheap: one lstat a part) where no part has another spelling."""
+    path = Path(path)
+    folder = Path(path.anchor) if path.is_absolute() else Path()
+    changed = False
+    for name in path.parts[1:] if path.is_absolute() else path.parts:
+        listed = _listed_spelling(folder, name)
+        changed = changed or listed != name
+        folder = folder / listed
+    return folder if changed else path
+
+
+def _listed_spelling(folder: Path, name: str) -> str:
+    """How `folder` lists the entry that `name` finds: `name` itself, unless the file system matched it
+    to an entry spelled in other case (tried only where the name with its case swapped finds one)."""
+    swapped = name.swapcase()
+    if swapped == name or not (os.path.lexists(folder / swapped) and os.path.lexists(folder / name)):
+        return name
+    try:
+        with os.scandir(folder) as entries:
+            listed = [entry.name for entry in entries if entry.name.casefold() == name.casefold()]
+    except OSError:
+        return name
+    return listed[0] if name not in listed and len(listed) == 1 else name
+
+
+def _open_and_flock(lock: Path, subject: Path, what: str) -> tuple[Path, int, bool, bool]:
+    """(lock, fd, created, flocked): the lock file, as its folder spells it (`on_disk_spelling`),
+    opened and flocked, or flocked False where the file system has no flock. A file removed by its
+    holder, or made under another spelling, before we got the flock is dropped for the file now at
+    the path (see HeldLock.remove_if_created)."""
     for _attempt in range(LOCK_ATTEMPTS):
+        lock = on_disk_spelling(lock)
         with output_errors(lock):
             opened = _open_lock_file(lock)
         if opened is None:
@@ -684,8 +716,8 @@ def _open_and_flock(lock: Path, subject: Path, what: str) -> tuple[int, bool, bo
         fd, created = opened
         try:
             flocked = _try_flock(fd, subject, what)
-            if not flocked or _names_same_file(lock, fd):
-                return fd, created, flocked
+            if not flocked or _names_same_file(on_disk_spelling(lock), fd):
+                return lock, fd, created, flocked
         except BaseException:
             os.close(fd)
             raise
@@ -701,7 +733,7 @@ def _hold(lock: Path, subject: Path, what: str) -> Iterator[HeldLock]:
     deferred = ExitStack()
     deferred.enter_context(stop_signals_deferred())
     try:
-        fd, created, flocked = _open_and_flock(lock, subject, what)
+        lock, fd, created, flocked = _open_and_flock(lock, subject, what)
     except BaseException:
         deferred.close()  # a stop that arrived meanwhile is the answer, else this error
         raise
@@ -894,7 +926,7 @@ def lock_holder(folder: Path) -> str | None:
     writing anything (a command that only reads the folder says why its files are not all in place);
     None when nobody holds it. Where there is no flock, a fallback lock file tells: a regular file
     (never read through a link) that is not stale."""
-    holder = _flock_holder(Path(folder) / LOCK_NAME)
+    holder = _flock_holder(on_disk_spelling(Path(folder) / LOCK_NAME))
     fallback = Path(folder) / FALLBACK_LOCK_NAME
     if holder is None and is_regular(fallback) and not _is_stale(fallback):
         holder = _holder_text(_read_text_or_empty(fallback))
@@ -1031,13 +1063,23 @@ def _matches(recorded: object, now: list[int] | None) -> bool:
     return 0 <= recorded[1] - now[1] < step
 
 
+def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk, raising for a folder it cannot list: os.walk skips one, and a publish then moved none of
+    its files (and removed them), or a check found nothing to refuse, and said so nowhere."""
+    return os.walk(folder, onerror=_raise)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
     """Relative paths of the regular files (and other non-folders) at or under `names`, and of empty
     folders: a folder where a file of ours was is no file of ours (publishing over it failed midway)."""
     for name in names:
         path = folder / name
         if path.is_dir() and not path.is_symlink():
-            for root, dirs, files in os.walk(path):
+            for root, dirs, files in _walk(path):
                 linked = [d for d in dirs if (Path(root) / d).is_symlink()]  # never written through
                 for file in files + linked:
                     yield (Path(root) / file).relative_to(folder).as_posix()
@@ -1411,7 +1453,7 @@ def _signature_or_none(path: Path) -> list[int] | None:
 def _merge_folder(source: Path, target: Path, ours: dict[str, list[int]], under: str) -> None:
     """Move every file of `source` into `target` (our own files of the same name replaced: `ours`
     records them by their path `under` the output folder), then drop `source`."""
-    for root, _dirs, files in os.walk(source):
+    for root, _dirs, files in _walk(source):
         relative = Path(root).relative_to(source)
         destination = target / relative
         destination.mkdir(parents=True, exist_ok=True)
@@ -1602,7 +1644,7 @@ def fresh_work_folder(folder: Path, ours: re.Pattern, what: str) -> Path:
 def _strays(folder: Path, ours: re.Pattern) -> Iterator[str]:
     """Relative paths under `folder` that are not a regular file or folder matching `ours` (links
     are listed, never followed)."""
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in _walk(folder):
         for name in sorted(dirs + files):
             path = Path(root) / name
             rel = path.relative_to(folder).as_posix()
