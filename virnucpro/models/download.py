@@ -140,7 +140,24 @@ def _to_download(directory: Path | None, roles: list[str], offline: bool
         why = "--offline" if offline else f"HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE'].strip()}"
         raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; not downloading ({why})",
                           hint=store.staging_hint(directory, missing))
+    _refuse_unwritable(directory, missing)
     return directory, statuses, missing
+
+
+def _refuse_unwritable(directory: Path, missing: list[str]) -> None:
+    """Exit 4 at once when missing models could not be written into `directory` (a read-only mount,
+    a shared folder of another user): `run` would otherwise prepare all its inputs first, then fail
+    to write the folder's lock file."""
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return
+    raise ModelsError(f"models missing in {directory}: {', '.join(missing)}; they cannot be downloaded into it: "
+                      f"this user cannot write {existing} (permissions, or a read-only file system)",
+                      hint="download them into a folder you can write (`virnucpro models download --dest DIR`), "
+                           f"then point runs at it with --models DIR or VIRNUCPRO_MODELS=DIR; or ask whoever "
+                           f"manages {directory} to add them")
 
 
 def _refuse_incomplete_tiny(directory: Path, statuses: list[store.RoleStatus]) -> None:
