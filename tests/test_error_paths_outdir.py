@@ -782,3 +782,62 @@ def test_an_output_path_through_a_file_or_a_dangling_link_names_that_part(tmp_pa
     code, message = run_cli("embed", shard, "--models", tiny_models, "--out", tmp_path / "s.h5", "--device", "cpu",
                             "--checkpoint-dir", part / "ck")
     assert code == 3 and said in message and "writable" not in message, message
+
+
+@pytest.mark.parametrize("earlier, listed", [
+    (False, "out/shards"),  # listing what was published, to record it: the record left the shard out
+    (True, "out/.virnucpro-partial/shards"),  # merging into an earlier output: the new shard was removed unmoved
+])
+def test_a_folder_that_cannot_be_listed_while_prepare_publishes_is_a_failed_write(tmp_path, run_cli, monkeypatch,
+                                                                                  earlier, listed):
+    """os.walk skips a folder it cannot list: prepare said it succeeded over a folder whose manifest named
+    a shard it did not hold, or whose record left its shard out (its rerun refused the folder). Exit 10
+    naming the folder; the rerun then publishes a whole result."""
+    out = tmp_path / "out"
+    if earlier:
+        assert run_cli("prepare", write_reads(tmp_path / "first.fa", 6), "--outdir", out)[0] == 0
+    real = os.scandir
+
+    def failing(path="."):
+        if str(path) == str(tmp_path / listed):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real(path)
+
+    reads = write_reads(tmp_path / "second.fa", 3)
+    monkeypatch.setattr(os, "scandir", failing)
+    code, message = run_cli("prepare", reads, "--outdir", out)
+    monkeypatch.undo()
+    assert code == ExitCode.OUTPUT_WRITE and f"{tmp_path / listed}: an I/O error occurred" in message, message
+    code, message = run_cli("prepare", reads, "--outdir", out)
+    assert code == 0, message
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["sequences"] == 3, manifest
+    fmt.check_files(out, manifest)
+
+
+def write_reads(path: Path, count: int) -> Path:
+    """`count` coding reads."""
+    path.write_text("".join(f">r{i}\n{'ATGAAACCCGGGTTT' * (20 + i)}TAA\n" for i in range(count)))
+    return path
+
+
+@pytest.mark.parametrize("code, words", [(errno.EIO, "an I/O error occurred"),
+                                         (errno.ESTALE, "the storage went away under this command")])
+def test_a_storage_failure_reading_a_prepare_folder_is_said_so_not_called_damage(tmp_path, run_cli, monkeypatch,
+                                                                                 small_sample, tiny_models, code,
+                                                                                 words):
+    """An I/O error is no damaged folder: "rerun prepare into a new folder" (exit 5) was the wrong fix."""
+    prepared, shard = small_sample
+    real = os.open
+
+    def failing(path, *args, **kwargs):
+        if str(path).endswith(fmt.SEQUENCES):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing)
+    code_seen, message = run_cli("predict", "--prepared", prepared, "--embeddings", shard, "--outdir", tmp_path / "o",
+                                 "--models", tiny_models)
+    monkeypatch.undo()
+    assert code_seen == ExitCode.BAD_INPUT and f"{fmt.SEQUENCES}: {words}" in message, message
+    assert "rerun `virnucpro prepare`" not in message, message

@@ -21,9 +21,9 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
-from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, VirnucproError, access_hint,
-                             denied_folder, folder_refused, naming, open_file_limit, open_output, other_format,
-                             path_mode, unopenable_file)
+from virnucpro.errors import (STORAGE_ERRNOS, STORAGE_WENT_AWAY_HINT, BadInputError, InconsistentInputsError,
+                             InterruptedByUser, VirnucproError, access_hint, denied_folder, folder_refused, naming,
+                             open_file_limit, open_output, other_format, path_mode, unopenable_file)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -410,11 +410,15 @@ def _damaged_shard(path: Path, number: int, what: str) -> InconsistentInputsErro
     return InconsistentInputsError(f"{path}, line {number}: {what}", SHARD_REPAIR_HINT)
 
 
+READ_STORAGE_HINTS = {errno.EIO: "check the storage (`dmesg` may say more), then rerun",
+                      errno.ENOTCONN: STORAGE_WENT_AWAY_HINT, errno.ESTALE: STORAGE_WENT_AWAY_HINT}
+
+
 def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsError | OSError:
-    """A file of the prepare folder that cannot be read: for want of permission it is exit 3 (the
-    file is sound, its mode is the fault); a limit on open files is `exc` itself, for the CLI to name
-    (see `open_file_limit`: "rerun prepare" would only redo sound work); any other failure means a
-    damaged folder, exit 5."""
+    """A file of the prepare folder that cannot be read: for want of permission, or when the storage
+    fails (an I/O error, a mount gone), it is exit 3 (the file may be sound); a limit on open files is
+    `exc` itself, for the CLI to name (see `open_file_limit`: "rerun prepare" would only redo sound
+    work); any other failure means a damaged folder, exit 5."""
     if open_file_limit(exc):
         return exc
     if exc.errno in PERMISSION_ERRNOS:
@@ -424,7 +428,10 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
         return BadInputError(f"cannot read {path}: permission denied", access_hint(path, "r"))
     if exc.errno == errno.ENOTDIR:  # the folder given is wrong (a file on its way), not damaged
         return BadInputError(f"cannot read {path}: a part of its path is a file, not a folder", "check the path")
+    if exc.errno in READ_STORAGE_HINTS:  # the storage failed, not the folder: redoing prepare would not help
+        return BadInputError(f"cannot read {path}: {STORAGE_ERRNOS[exc.errno]}", READ_STORAGE_HINTS[exc.errno])
     return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
+
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
