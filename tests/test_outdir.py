@@ -644,6 +644,45 @@ def test_a_stop_with_a_worker_stopped_by_sigstop_ends_all_the_same(tmp_path, lar
     assert not any(alive(pid) for pid in workers)
 
 
+STOPPED_BEFORE_CLOSE = """import os, signal
+import virnucpro.prepare as prepare
+prepare.POOL_ABORT_SECONDS = 2.0
+real = prepare.SamplePreparer.finish
+def finish(self):
+    while self.in_flight:
+        self._apply(*self.in_flight.popleft())
+    workers = sorted(getattr(self.executor, "_processes", None) or {})
+    if workers:
+        os.kill(workers[0], signal.SIGSTOP)
+        with open(os.environ["STOPPED_WORKER_FILE"], "w") as note:
+            note.write(str(workers[0]))
+    return real(self)
+prepare.SamplePreparer.finish = finish
+"""
+
+
+def test_prepare_finishes_with_every_result_in_though_a_worker_was_then_stopped_by_sigstop(tmp_path, leftover_workers):
+    """A worker frozen by hand once every group was done: closing the pool waited for ever for it to
+    exit. Every result is in, so it is not waited for (POOL_ABORT_SECONDS, shortened here)."""
+    (tmp_path / "sitecustomize.py").write_text(STOPPED_BEFORE_CLOSE)
+    stopped = tmp_path / "stopped_worker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "STOPPED_WORKER_FILE": str(stopped)}
+    reads = write_fasta(tmp_path / "reads.fa", 40_000)  # three groups of records: a pool of two workers
+    process = subprocess.Popen(CLI + ["prepare", str(reads), "--outdir", str(tmp_path / "out"), "--threads", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("prepare waited for ever for a worker stopped after every group was done")
+    finally:
+        leftover_workers.update([int(stopped.read_text())] if stopped.exists() else [])
+    assert stopped.exists() and process.returncode == 0, err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["sequences"] == 40_000
+    assert not any(alive(pid) for pid in leftover_workers)
+
+
 NO_PRCTL = """import ctypes
 class _NoPrctl(ctypes.CDLL):
     def __getattr__(self, name):

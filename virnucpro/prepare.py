@@ -570,13 +570,11 @@ class SamplePreparer:
             warn(f"{self.rna_warnings:,} records contain U (RNA?) in all, the first 3 named above")
         return self.shards.finish(self.chunk_size)
 
-    def close(self, abort: bool = False) -> None:
-        """Stop the workers and close the tables. When aborting (a signal or an error) no queued group
-        starts; the few groups already handed to workers finish (each is bounded): see `_stop_pool`."""
-        if abort:
-            _stop_pool(self.executor)
-        else:
-            self.executor.shutdown(wait=True)
+    def close(self) -> None:
+        """Stop the workers and close the tables. Aborting (a signal or an error), no queued group
+        starts; the few groups already handed to workers finish (each is bounded). Finishing, every
+        result is in, and a worker frozen with SIGSTOP is not waited for: see `_stop_pool`."""
+        _stop_pool(self.executor)
         self.sequences.close()
         self.chunks.close()
 
@@ -1131,7 +1129,7 @@ def _prepare_into(work: Path, inputs: list[Path], chunk_size: int, shard_size: i
                 summary.format = stream.format
             shards = preparer.finish()
     except BaseException:
-        preparer.close(abort=True)
+        preparer.close()
         raise
     for summary in summaries:
         if summary.records == 0:
