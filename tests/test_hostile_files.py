@@ -285,6 +285,14 @@ def test_an_array_attribute_is_refused_before_it_is_read(tmp_path):
     assert result["code"] == 5 and "is an array of shape" in result["message"], result
 
 
+def test_variable_length_string_attributes_are_refused_once_together_larger_than_embed_writes(tmp_path):
+    """Each counts 16 bytes stored; many naming one long string in the file cost gigabytes once read."""
+    path = write_crafted(tmp_path / "s.h5", attrs={f"note{i}": "x" * 400_000 for i in range(3)})
+    result = refused_read(path)
+    assert result["code"] == 5 and "its attributes hold more than 1,048,576 bytes by attribute 'note2'" in \
+        result["message"], result
+
+
 def _ids_naming_one_string(path: Path, length: int) -> Path:
     """A sealed shard whose /ids rows all name the heap string of its first row, `length` bytes."""
     import h5py

@@ -671,7 +671,7 @@ def _layout(data, plist) -> str:
 def _read_attributes(path: Path, handle) -> dict:
     try:
         _check_attribute_sizes(path, handle)
-        attrs = {name: handle.attrs[name] for name in handle.attrs}
+        attrs = _attributes_one_by_one(path, handle)
     except DAMAGED as exc:
         if open_file_limit(exc):
             raise
@@ -693,6 +693,21 @@ def _check_attribute_sizes(path: Path, handle) -> None:
         if size > ATTRIBUTE_MAX_BYTES:
             raise malformed(path, f"attribute {shown(name)} holds {size:,} bytes (embed writes at most "
                                   f"{ATTRIBUTE_MAX_BYTES:,})")
+
+
+def _attributes_one_by_one(path: Path, handle) -> dict:
+    """Every attribute read, refused at once when they come to more than embed ever writes: a
+    variable-length string counts 16 bytes before it is read, and many attributes naming one long
+    string in the file made a 30 MB shard cost gigabytes once all were read."""
+    attrs, total = {}, 0
+    for name in handle.attrs:
+        value = handle.attrs[name]
+        total += len(value) if isinstance(value, (str, bytes)) else getattr(value, "nbytes", 0)
+        if total > ATTRIBUTE_MAX_BYTES:
+            raise malformed(path, f"its attributes hold more than {ATTRIBUTE_MAX_BYTES:,} bytes by attribute "
+                                  f"{shown(name)} (embed writes a few hundred)")
+        attrs[name] = value
+    return attrs
 
 
 def _shard_info(path: Path, attrs: dict, records: int, widths: tuple[int, int]) -> EmbeddingShardInfo:
