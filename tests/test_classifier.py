@@ -279,3 +279,29 @@ def test_a_classifier_with_non_finite_weights_is_exit_4_at_load_naming_them(tmp_
     save_original_way(model, path) if kind == "original" else save_file(model.state_dict(), str(path))
     with pytest.raises(ModelsError, match="nan.* holds NaN/Inf values in output_layer.bias"):
         load_classifier(path)
+
+
+def test_a_whole_model_in_torchs_legacy_format_is_named_so_with_how_to_save_its_weights(tmp_path, monkeypatch):
+    """torch before 1.6 (or _use_new_zipfile_serialization=False) pickles a whole model in a form the
+    safe loader cannot read: it was called "not an original .pth", which it may well be."""
+    from functools import partial
+
+    from virnucpro.classifier import save_original_way
+
+    model = MLPClassifier(input_dim=8)
+    path = tmp_path / "legacy.pth"
+    with monkeypatch.context() as patched:
+        patched.setattr(torch, "save", partial(torch.save, _use_new_zipfile_serialization=False))
+        save_original_way(model, path)
+    with pytest.raises(ModelsError) as refused:
+        load_classifier(path)
+    assert "a whole model saved in torch's legacy format" in str(refused.value), refused.value
+    assert "torch.save(model.state_dict(), 'classifier.pth')" in refused.value.hint, refused.value.hint
+
+
+def test_a_state_dict_in_torchs_legacy_format_loads(tmp_path):
+    model = MLPClassifier(input_dim=8)
+    path = tmp_path / "legacy_state.pth"
+    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    loaded = load_classifier(path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -524,3 +524,22 @@ def test_a_unicode_blank_before_or_after_the_whole_id_is_warned_of_too(tmp_path,
     code, message = run_cli("prepare", tmp_path / "in.fa", "--outdir", tmp_path / "out")
     assert code == 0, message
     assert f"the id '{rid}' {where} U+" in message, message
+
+
+# --- the original VirNucPro's command shape: `prediction.py in.fa 500 500_model.pth` -------------------
+
+def test_the_originals_length_argument_as_an_input_points_to_chunk_size(tmp_path):
+    (tmp_path / "in.fa").write_text(DNA)
+    done = virnucpro("run", tmp_path / "in.fa", "500", "--outdir", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 3 and "input file not found: 500" in done.stderr, done.stderr
+    assert "here it is --chunk-size 500" in done.stderr, done.stderr
+
+
+def test_a_saved_torch_model_given_as_reads_points_to_classifier(tmp_path):
+    """A ZIP, the hint said to unzip it and stream a FASTQ from inside: wrong for a model."""
+    import torch
+
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "500_model.pth")
+    done = virnucpro("prepare", tmp_path / "500_model.pth", "--outdir", tmp_path / "out")
+    assert done.returncode == 3 and "is a PyTorch file" in done.stderr and "--classifier FILE" in done.stderr, \
+        done.stderr

@@ -202,3 +202,15 @@ def test_a_failed_models_command_leaves_a_users_folder_as_it_found_it(tmp_path, 
     code, err = run_cli("models", "tiny", folder)
     assert code == ExitCode.BAD_INPUT, err
     assert sorted(p.name for p in folder.iterdir()) == ["esm2_tiny.pt", "notes.txt"]
+
+
+def test_an_own_classifier_under_the_published_name_is_pointed_to_classifier_option(tmp_path):
+    """The original's README has users train their own model.pth and pass it in place of 500_model.pth:
+    dropped into the models folder under that name, the fix said only to move it and download."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "500_model.pth").write_bytes(b"my own trained classifier")
+    with pytest.raises(ModelsError) as refused:
+        store.locate(folder, ["classifier_500"])
+    assert "is not the published model" in str(refused.value), refused.value
+    assert "give it with --classifier FILE" in refused.value.hint, refused.value.hint

@@ -128,3 +128,33 @@ def test_workers_that_cannot_start_say_what_errors_says_of_the_limit(code, words
     from virnucpro.prepare import _why_no_workers
 
     assert _why_no_workers(OSError(code, os.strerror(code))) == f"{os.strerror(code)}: {words}"
+
+
+def test_the_migration_guides_awk_gives_the_originals_orf_fasta(tmp_path, reference_dir):
+    """docs/migrating.md turns prepare's shards into the original's *_identified_*.fa files: the same
+    ids and sequences, in the same order, as the original wrote for the vanilla reference input."""
+    import re
+    import subprocess
+
+    from virnucpro.prepare import prepare
+
+    guide = (ROOT / "docs" / "migrating.md").read_text("utf-8")
+    commands = re.findall(r"^awk .*?> (identified_\w+\.fa\w?)$", guide, flags=re.M)
+    assert sorted(commands) == ["identified_nucleotide.fa", "identified_protein.faa"], commands
+    prepare([reference_dir / "vanilla" / "test_with_orfs.fa"], tmp_path / "prepared", chunk_size=500, shard_size=2)
+    for line in re.findall(r"^awk .*$", guide, flags=re.M):
+        subprocess.run(line, shell=True, cwd=tmp_path, check=True)
+    for name in commands:
+        original = reference_dir / "vanilla" / f"test_with_orfs_{name}"
+        assert fasta_records(tmp_path / name) == fasta_records(original), name
+
+
+def fasta_records(path: Path) -> list[tuple[str, str]]:
+    """(id, sequence) of each FASTA record, lines joined."""
+    records = []
+    for line in path.read_text().splitlines():
+        if line.startswith(">"):
+            records.append((line[1:].split()[0], ""))
+        elif line:
+            records[-1] = (records[-1][0], records[-1][1] + line.strip())
+    return records

@@ -224,7 +224,7 @@ def _refuse(path: Path, offending: list[str]) -> ModelsError:
         f"classifier {path} refused: it holds objects other than tensors ({names}, not part of "
         f"an MLPClassifier checkpoint); loading it could run code",
         hint="use the original 300_model.pth/500_model.pth (`virnucpro models download`) or a "
-             "state_dict/.safetensors file")
+             f"state_dict/.safetensors file: {STATE_DICT_HINT}")
 
 
 def _tensor(value: Any, what: str, path: Path) -> torch.Tensor:
@@ -457,10 +457,29 @@ def _unpickle_weights_only(path: Path) -> Any:
         first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
         if "weights_only" in first_line:
             first_line = type(exc).__name__
+        if _legacy_format(path):
+            raise ModelsError(f"cannot load classifier {path}: a whole model saved in torch's legacy format (torch "
+                              "before 1.6, or _use_new_zipfile_serialization=False), which cannot be read without "
+                              "running its code", hint=STATE_DICT_HINT) from None
         raise ModelsError(f"cannot load classifier {path}: not an original .pth, a state_dict or a "
                           f"safetensors file ({first_line})",
                           hint="give the 300_model.pth/500_model.pth of VirNucPro or a file saved from "
                                "virnucpro's MLPClassifier") from None
+
+
+# how torch before 1.6 began a saved file: its magic number, pickled (protocol 2, a 10-byte long)
+LEGACY_TORCH_START = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+STATE_DICT_HINT = ("where the model's class can be imported, load it and save its weights alone: "
+                   "torch.save(model.state_dict(), 'classifier.pth'); then give --classifier classifier.pth")
+
+
+def _legacy_format(path: Path) -> bool:
+    """Whether `path` starts as torch's legacy (pre-zip) format does."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(LEGACY_TORCH_START)) == LEGACY_TORCH_START
+    except OSError:
+        return False
 
 
 def _model_from_unpickled(obj: Any, path: Path) -> MLPClassifier:

@@ -815,7 +815,9 @@ def unopenable_file(path: Path, exc: OSError, what: str) -> VirnucproError:
         return BadInputError(f"{what} {path} is a symbolic link to a missing path ({os.readlink(path)})",
                              "point the link at the file, or give the file itself")
     if exc.errno == errno.ENOENT:
-        return BadInputError(f"{what} not found: {path}", "check the path")
+        length = what == "input file" and str(path) in ("300", "500")  # the original's command: `in.fa 500 500_model.pth`
+        return BadInputError(f"{what} not found: {path}", "check the path" + (
+            f" ({path} reads as the original VirNucPro's length argument: here it is --chunk-size {path})" if length else ""))
     if exc.errno == errno.ENOTDIR:
         return BadInputError(f"{what} {path} cannot be reached: a part of its path is a file, not a folder",
                              "check the path")

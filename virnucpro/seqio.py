@@ -122,6 +122,10 @@ KNOWN_BINARY = (
 def _known_binary(head: bytes, path: Path) -> BadInputError | None:
     """The refusal of an input whose first bytes `head` show a known file of reads that is no text
     (BAM, CRAM, SRA, ZIP), with the command that converts it; None for anything else."""
+    if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:300]:  # torch.save's zip: its pickle first
+        return BadInputError(f"{path} is a PyTorch file (a saved model, such as the original's 500_model.pth), not "
+                             "FASTA/FASTQ text", "a classifier of your own is given with --classifier FILE; the "
+                             "inputs are files of reads (see docs/migrating.md)")
     for magic, what, hint in KNOWN_BINARY:
         if head.startswith(magic):
             return BadInputError(f"{path} is {what}, not FASTA/FASTQ text", hint.format(path=shell_word(str(path))))

@@ -1413,6 +1413,9 @@ def problems(directory: Path, statuses: list[RoleStatus]) -> ModelsError | None:
     if any(s.unpublished for s in failing) and not is_tiny_folder(directory):
         hint += ("; for tests, `virnucpro models tiny DIR` writes tiny random models, which every "
                  "output marks as tiny")
+    if any(s.unpublished and s.role.startswith("classifier") for s in failing):
+        hint += ("; a classifier of your own (one you trained) is not put in the models folder: keep it "
+                 "elsewhere and give it with --classifier FILE")
     error = ModelsError("\n".join(printable(line) for line in lines), hint=hint)
     error.multiline = True  # one problem per line
     return error
