@@ -12,7 +12,7 @@
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
 include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkClassifierRecord ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markStubRun ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; writeParamsFile ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
-include { paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
+include { commandLineWords ; paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
     main:
@@ -29,7 +29,7 @@ workflow {
         refuseUnusedArguments(args)
         // Every problem with the parameters at once, before any task
         if (params.validate_params != false) { // a blank (null) validate_params is refused by it, not skipped
-            validateParameters(params, schema)
+            validateParameters(params, schema, commandLineWords(workflow.commandLine))
         }
         log.info(paramsSummaryLog(params, schema, workflow))
         // Paths a task's shell script would misread ($, globs, control characters), the work and

@@ -66,7 +66,7 @@ workflow {
 """
 
 CLI_PIPELINE = """
-include { validateParameters } from '%(functions)s'
+include { commandLineWords; validateParameters } from '%(functions)s'
 
 process TOUCH {
     output:
@@ -77,7 +77,7 @@ process TOUCH {
 }
 
 workflow {
-    validateParameters(params, '%(schema)s')
+    validateParameters(params, '%(schema)s', commandLineWords(workflow.commandLine))
     TOUCH()
 }
 """
@@ -235,6 +235,13 @@ def _cases(tmp: Path):
         "tilde_input_exists": {"input": "~/reads_*.fa"},
         "tilde_input_file_exists": {"input": "~/reads_1.fa"},
         "blank_outdir": {"outdir": str(tmp / "results") + " "},
+        # passed on as written: `--shard-size 8` then a line break split the task's command line, and
+        # a retry's arithmetic on a token budget of '+100' stopped the run
+        "blank_integer": {"shard_size": "8\n"},
+        "plus_integer": {"token_budget": "+100"},
+        "plus_number": {"threshold": " 0.5"},
+        # a text parameter as a number, not typed so on the command line: the text was changed
+        "number_for_text": {"slurm_account": 34},
     })
     _tilde_paths(tmp)
     cases = [{"kind": "params", "name": name, "params": dict(base, **extra)} for name, extra in params.items()]
@@ -316,6 +323,10 @@ def test_a_number_no_parameter_can_take_in_a_params_file_is_named_with_the_other
     ("over_maximum", ["* --threshold: 1.5 is greater than the maximum 1"]),
     ("not_an_integer", ["* --shard_size: 'abc' is not an integer"]),
     ("decimal_integer", ["* --chunk_size: 500.0 is not an integer"]),
+    ("blank_integer", ["* --shard_size: '8\\n' is not an integer"]),
+    ("plus_integer", ["* --token_budget: '+100' is not an integer"]),
+    ("plus_number", ["* --threshold: ' 0.5' is not a number"]),
+    ("number_for_text", ["* --slurm_account: 34 is a number, not text", "quote it"]),
     ("quoted_boolean", ["* --compile: 'false' is a quoted string, not a boolean: write false without quotes"]),
     ("required", ["* --input: required"]),
     ("no_such_input", ["* --input: no file matches", "*.fq"]),
@@ -367,7 +378,7 @@ def test_every_problem_is_reported_at_once(results):
     message = _refused(results, "several")
     problems = [line for line in message.splitlines() if line.startswith("* --")]
     assert len(problems) == 5, message
-    for name in ("--precision", "--chunksize", "--threshold", "--shard_size", "--outdir: expected a string, but no value"):
+    for name in ("--precision", "--chunksize", "--threshold", "--shard_size", "--outdir: expected a string, but found true (what a lone --option"):
         assert any(name in line for line in problems), message
 
 
@@ -593,6 +604,30 @@ def test_command_line_errors_stop_the_run_before_any_task(tmp_path):
     assert "* --threshold: 'abc' is not a number" in output, output
     tasks = [p for p in (tmp_path / "work").glob("*/*")] if (tmp_path / "work").exists() else []
     assert not tasks, f"a task started: {tasks}"
+
+
+@pytest.mark.parametrize("params_file, text", [
+    ("p.yml", "shard_size: 10\nthreshold: 0.5\nshard_size: 20\n"),
+    ("p.json", '{"shard_size": 10, "threshold": 0.5, "shard_size": 20}'),
+])
+def test_a_parameter_given_twice_or_a_number_nextflow_changed_stops_the_run(tmp_path, params_file, text):
+    """Nextflow keeps the last of a repeated --input (the records of the first were in no output, and
+    the run said every read reconciled) and of a params file's repeated key; it reads `--outdir 010`
+    as 10 (the results went to 10/). `--google_project 123` reads back as typed: kept."""
+    for name in ("a.fa", "b.fa"):
+        (tmp_path / name).write_text(">a\nACGT\n")
+    (tmp_path / params_file).write_text(text)
+    (tmp_path / "main.nf").write_text(CLI_PIPELINE % {"functions": FUNCTIONS, "schema": SCHEMA})
+    status, output = _nextflow(["--input", "a.fa", "--input", "b.fa", "--outdir", "010", "--google_project", "123",
+                                "--chunk_size", "300", "--chunk_size=300", "-params-file", params_file], tmp_path)
+    assert status != 0 and "Invalid parameters (4 problems; see --help)" in output, output
+    assert "* --input: given 2 times ('a.fa', 'b.fa'), and Nextflow keeps only the last: the records of the " \
+           "others would be missing" in output, output
+    assert "* --chunk_size: given 2 times ('300', '300')" in output, output
+    assert f"* -params-file {params_file}: found duplicate key shard_size" in output, output
+    assert "* --outdir: Nextflow reads '010' on the command line as the number 10" in output, output
+    assert "google_project" not in output.split("Invalid parameters")[1], output
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").glob("*/*")), "a task started"
 
 
 @pytest.mark.parametrize("sheet", ["repeated_key.yml", "repeated_key.json"])

@@ -3,7 +3,8 @@
  * pipeline's JSON schemas (nextflow_schema.json, assets/schema_input.json), without any plugin.
  *
  * Functions only, in the strict Nextflow syntax (no imports, classes, loops or switch):
- *   validateParameters(params, schemaPath)        every problem of the parameters at once, then error()
+ *   validateParameters(params, schemaPath, words) every problem of the parameters at once, then error()
+ *   commandLineWords(workflow.commandLine)        the words of the command line, for validateParameters
  *   samplesheetToList(sheetPath, schemaPath)      a CSV/TSV/YAML/JSON sheet as [meta, file, ...] rows
  *   paramsSummaryLog(params, schemaPath, workflow) the parameters that differ from their defaults
  *   paramsHelp(schemaPath, params, command)       the --help, --help <param> and --help_full text
@@ -21,7 +22,9 @@
  * YAML/JSON samplesheet cell of a text column may not be read as a number, boolean or date (`010`
  * as 8); a CSV/TSV header may not name a schema column twice, nor
  * end a line with a lone CR. A parameter with a default may not be given as blank or null (a params
- * file's `threshold:`); a path may not start or end with a blank or line break, nor start with `~`
+ * file's `threshold:`); nor any parameter twice (Nextflow keeps the last: an earlier --input's records
+ * were missing), on the command line or as a key of the -params-file; nor a text parameter as a
+ * number whose text Nextflow changed (`--outdir 010` wrote into 10/); a path may not start or end with a blank or line break, nor start with `~`
  * (Nextflow does not expand it), even where a folder `~` in the launch directory holds it. A
  * `pattern`'s `$` ends the text, as in JSON schema. Files are read as UTF-8 whatever the locale; a
  * path holding characters other than ASCII is refused where Java's file-name encoding is not UTF-8
@@ -32,14 +35,17 @@
 // Parameters
 // ================================================================================================
 
-// Checks every parameter against the schema and stops the run (before any task) listing every problem.
-def validateParameters(Map parameters, String schemaPath) {
+// Checks every parameter against the schema and stops the run (before any task) listing every problem;
+// `words`, the command line's (commandLineWords), tell what was typed and how many times.
+def validateParameters(Map parameters, String schemaPath, List words = []) {
     def schema = loadJsonSchema(schemaPath)
     def properties = schemaProperties(schema)
     def required = schemaRequired(schema)
-    def problems = unknownParameterProblems(parameters, properties.keySet())
+    def typed = commandLineParameters(words)
+    def problems = repeatedParameterProblems(typed) + paramsFileProblems(words)
+    problems.addAll(unknownParameterProblems(parameters, properties.keySet()))
     properties.each { name, spec ->
-        parameterProblems(parameters, name.toString(), spec as Map, name in required).each { problem ->
+        parameterProblems(parameters, name.toString(), spec as Map, name in required, typed[name.toString()]).each { problem ->
             problems << "* --${name}: ${problem}".toString()
         }
     }
@@ -51,16 +57,114 @@ def validateParameters(Map parameters, String schemaPath) {
 // The problems of one parameter. Unset, it may be left so unless required; but a parameter given as
 // blank or null (a params file's `chunk_size:`) that has a default would reach the tasks as
 // `--chunk-size null` in place of that default, so it is refused, naming the default.
-def parameterProblems(Map parameters, String name, Map spec, boolean required) {
+def parameterProblems(Map parameters, String name, Map spec, boolean required, List typed) {
     def value = parameters[name]
     if (!isMissing(value)) {
-        return checkValue(value, spec, false)
+        def changed = numberForTextProblem(value, spec, typed)
+        return changed ? [changed] : checkValue(value, spec, false)
     }
     if (required) {
         return ['required, but not given']
     }
     if (parameters.containsKey(name) && !isMissing(spec['default'])) {
         return ["given without a value (blank or null); leave it out to get the default ${describe(spec['default'])}".toString()]
+    }
+    return []
+}
+
+// A text parameter that arrived as a number, unless the number reads as what was typed
+// (`--google_project 123`): Nextflow reads `--outdir 010` as 10 and `1.10` as 1.1, and a params file
+// or config its unquoted 010 as 8 (octal), and a run went on with the changed text.
+def numberForTextProblem(value, Map spec, List typed) {
+    def types = spec.type instanceof List ? spec.type.collect { type -> type.toString() } : [spec.type?.toString()]
+    if (!(value instanceof Number) || !('string' in types) || 'number' in types || 'integer' in types) {
+        return null
+    }
+    def raw = typed ? typed.last() : null
+    if (raw != null && raw == value.toString()) {
+        return null
+    }
+    if (raw != null) {
+        return "Nextflow reads '${visible(raw)}' on the command line as the number ${value}: give it quoted in a -params-file, or a path as ./${visible(raw)}".toString()
+    }
+    return "${value} is a number, not text (a params file or config reads an unquoted 010 as 8, 1.10 as 1.1): quote it".toString()
+}
+
+// The words of the command line, from Nextflow's record of it (workflow.commandLine): a word with a
+// blank in single quotes, a quote outside them escaped by a backslash.
+def commandLineWords(String line) {
+    def words = []
+    def word = new StringBuilder()
+    def state = [quoted: false, started: false, escaped: false]
+    (line ?: '').each { c ->
+        if (state.escaped || (state.quoted && c != "'")) {
+            word.append(c)
+            state.escaped = false
+        }
+        else if (c == '\\') {
+            state.escaped = state.started = true
+        }
+        else if (c == "'") {
+            state.quoted = !state.quoted
+            state.started = true
+        }
+        else if (c == ' ') {
+            if (state.started) {
+                words << word.toString()
+            }
+            word.setLength(0)
+            state.started = false
+        }
+        else {
+            word.append(c)
+            state.started = true
+        }
+    }
+    return state.started ? words + [word.toString()] : words
+}
+
+// Each parameter the command line gives (`--name value`, `--name=value`, a lone `--name`: null), with
+// the text of each time it is given.
+def commandLineParameters(List words) {
+    def given = [:]
+    words.eachWithIndex { word, i ->
+        if (word.startsWith('--') && word.length() > 2) {
+            def parts = word.substring(2).split('=', 2)
+            def next = i + 1 < words.size() ? words[i + 1] : null
+            def value = parts.size() == 2 ? parts[1] : (next != null && !(next ==~ /-[^\d.].*/) ? next : null)
+            given[parts[0]] = (given[parts[0]] ?: []) + [value]
+        }
+    }
+    return given
+}
+
+// A parameter given more than once on the command line: Nextflow keeps the last, silently.
+def repeatedParameterProblems(Map typed) {
+    return typed.findAll { _name, values -> values.size() > 1 }.collect { name, values ->
+        def shown = values.collect { value -> value == null ? 'no value' : "'${visible(value.toString())}'" }.join(', ')
+        def lost = name == 'input' ? ": the records of the others would be missing; give several files as one quoted glob (--input 'reads/*.fa') or a samplesheet" : '; give it once'
+        "* --${name}: given ${values.size()} times (${shown}), and Nextflow keeps only the last${lost}".toString()
+    }
+}
+
+// A key repeated in the -params-file (Nextflow keeps the last, silently), found by reading it again
+// with the samplesheets' strict readers; a file Nextflow read but these cannot is left to Nextflow.
+def paramsFileProblems(List words) {
+    def at = words.indexOf('-params-file')
+    def name = at >= 0 && at + 1 < words.size() ? words[at + 1] : null
+    if (name == null || name ==~ /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/.*/) {
+        return []
+    }
+    try {
+        def text = utf8Text(file(name, glob: false), "-params-file ${name}")
+        name.toLowerCase(Locale.ROOT).endsWith('.json') ? strictJson(text) : strictYaml(text)
+    }
+    catch (org.yaml.snakeyaml.constructor.DuplicateKeyException e) {
+        def line = e.problemMark ? " (line ${e.problemMark.line + 1})" : ''
+        return ["* -params-file ${name}: ${e.problem}${line}, and Nextflow keeps only the last value; give each parameter once".toString()]
+    }
+    catch (Exception _e) {
+        return []
     }
     return []
 }
@@ -231,7 +335,10 @@ def checkValue(value, Map spec, boolean fromText) {
 
 // [true, value as that type] when `value` is of (or, from text or the command line, converts to) `type`, else [false, null].
 def convertToType(value, String type, boolean fromText) {
-    def text = value instanceof CharSequence ? value.toString().trim() : null
+    // a parameter's text is passed on as it is: a blank around it (`"8\n"` in a params file) or a
+    // `+` (`"+100"`) would pass here and break the task's command line or a retry's arithmetic
+    def text = value instanceof CharSequence ? (fromText ? value.toString().trim() : value.toString()) : null
+    def sign = fromText ? /[+-]?/ : /-?/
     if (type == 'string') {
         // a number on the command line (`--google_project 123`) arrives as a number; a lone flag as true
         return value instanceof CharSequence || value instanceof Number ? [true, value.toString()] : [false, null]
@@ -241,7 +348,7 @@ def convertToType(value, String type, boolean fromText) {
         if (value instanceof Integer || value instanceof Long || value instanceof Short || value instanceof BigInteger) {
             return [true, value]
         }
-        return text != null && text ==~ /[+-]?\d+/ ? [true, new BigInteger(text.replaceFirst(/^\+/, ''))] : [false, null]
+        return text != null && text ==~ /${sign}\d+/ ? [true, new BigInteger(text.replaceFirst(/^\+/, ''))] : [false, null]
     }
     if (type == 'number') {
         if (value instanceof Number) {
@@ -249,7 +356,7 @@ def convertToType(value, String type, boolean fromText) {
             def finite = !((value instanceof Double || value instanceof Float) && (value.isNaN() || value.isInfinite()))
             return finite ? [true, value] : [false, null]
         }
-        return text != null && text ==~ /[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/ ? [true, new BigDecimal(text)] : [false, null]
+        return text != null && text ==~ /${sign}(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/ ? [true, new BigDecimal(text)] : [false, null]
     }
     if (type == 'boolean') {
         if (value instanceof Boolean) {
@@ -275,7 +382,7 @@ def convertToType(value, String type, boolean fromText) {
 def typeProblem(value, List types) {
     def expected = types.collect { type -> type ==~ /[aeiou].*/ ? "an ${type}" : "a ${type}" }.join(' or ')
     if (value == true && !('boolean' in types)) {
-        return "expected ${expected}, but no value was given".toString()
+        return "expected ${expected}, but found true (what a lone --option with no value after it gives)".toString()
     }
     if ('boolean' in types && value instanceof CharSequence && value.toString().trim().toLowerCase(Locale.ROOT) in ['true', 'false']) {
         return "${describe(value)} is a quoted string, not a boolean: write ${value.toString().trim().toLowerCase(Locale.ROOT)} without quotes".toString()
