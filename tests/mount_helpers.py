@@ -3,6 +3,8 @@ lets us mount one (root), else the test is skipped."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,27 +34,35 @@ def remount_read_only(point: Path) -> None:
 
 
 @contextmanager
-def exfat(point: Path, image: Path) -> Iterator[Path]:
-    """An exFAT file system (case-insensitive, through FUSE: each spelling of a name gets its own
-    inode) mounted at `point` while the block runs; skipped where exfatprogs and exfat-fuse are not
-    installed or this user cannot mount."""
-    point.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+def fuse_file_system(kind: str, tmp_path: Path) -> Iterator[Path]:
+    """A fresh NTFS (ntfs-3g with windows_names: refuses `:?*` in names with EINVAL) or exFAT
+    (exfat-fuse on a loop device: refuses `:` with ENOENT; case-insensitive, each spelling of a name
+    its own inode) file system mounted while the block runs."""
+    tools = {"ntfs": ["mkntfs", "ntfs-3g"], "exfat": ["mkfs.exfat", "mount.exfat-fuse", "losetup"]}[kind]
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists() or not all(map(shutil.which, tools)):
+        pytest.skip(f"needs root, /dev/fuse and {', '.join(tools)}")
+    image, point = tmp_path / f"{kind}.img", tmp_path / kind
+    point.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(32 * 2**20)
+    if kind == "ntfs":
+        subprocess.run(["mkntfs", "-q", "-F", "-f", str(image)], check=True, capture_output=True)
+        device, mount = None, ["ntfs-3g", "-o", "windows_names", str(image), str(point)]
+    else:
+        subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+        attached = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+        if attached.returncode != 0:
+            pytest.skip(f"no loop device: {attached.stderr}")
+        device = attached.stdout.strip()
+        mount = ["mount.exfat-fuse", device, str(point)]
     try:
-        made = subprocess.run(["mkfs.exfat", str(image)], capture_output=True)
-        loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mkfs.exfat or losetup here (packages exfatprogs, mount)")
-    if made.returncode != 0 or loop.returncode != 0:
-        pytest.skip("cannot make a loop device here (needs root)")
-    device = loop.stdout.strip()
-    try:
-        mounted = subprocess.run(["mount.exfat-fuse", device, str(point)], capture_output=True)
+        mounted = subprocess.run(mount, capture_output=True, text=True)
         if mounted.returncode != 0:
-            pytest.skip(f"cannot mount exFAT through FUSE here: {mounted.stderr.decode(errors='replace').strip()}")
+            pytest.skip(f"cannot mount {kind} here: {mounted.stderr}")
         try:
             yield point
         finally:
             subprocess.run(["umount", "-l", str(point)], check=True)
     finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+        if device:
+            subprocess.run(["losetup", "-d", device], check=True)

@@ -25,6 +25,7 @@ from typing import Iterator
 
 import pytest
 
+from mount_helpers import fuse_file_system
 from virnucpro import outdir as od
 from virnucpro import prepared as fmt
 from virnucpro.errors import ExitCode, OutputWriteError, storage_failure
@@ -228,40 +229,6 @@ def test_a_stop_just_after_a_temporary_is_made_leaves_no_temporary(tmp_path):
 
 
 # --- 4. names the file system refuses ---------------------------------------------------------------
-
-@contextmanager
-def fuse_file_system(kind: str, tmp_path: Path) -> Iterator[Path]:
-    """A fresh NTFS (ntfs-3g with windows_names: refuses `:?*` in names with EINVAL) or exFAT
-    (exfat-fuse on a loop device: ENOENT) file system mounted while the block runs."""
-    tools = {"ntfs": ["mkntfs", "ntfs-3g"], "exfat": ["mkfs.exfat", "mount.exfat-fuse", "losetup"]}[kind]
-    if os.geteuid() != 0 or not Path("/dev/fuse").exists() or not all(map(shutil.which, tools)):
-        pytest.skip(f"needs root, /dev/fuse and {', '.join(tools)}")
-    image, point = tmp_path / f"{kind}.img", tmp_path / kind
-    point.mkdir()
-    with open(image, "wb") as handle:
-        handle.truncate(32 * 2**20)
-    if kind == "ntfs":
-        subprocess.run(["mkntfs", "-q", "-F", "-f", str(image)], check=True, capture_output=True)
-        device, mount = None, ["ntfs-3g", "-o", "windows_names", str(image), str(point)]
-    else:
-        subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
-        attached = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-        if attached.returncode != 0:
-            pytest.skip(f"no loop device: {attached.stderr}")
-        device = attached.stdout.strip()
-        mount = ["mount.exfat-fuse", device, str(point)]
-    try:
-        mounted = subprocess.run(mount, capture_output=True, text=True)
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot mount {kind} here: {mounted.stderr}")
-        try:
-            yield point
-        finally:
-            subprocess.run(["umount", "-l", str(point)], check=True)
-    finally:
-        if device:
-            subprocess.run(["losetup", "-d", device], check=True)
-
 
 @pytest.mark.parametrize("kind, char", [("ntfs", ":"), ("ntfs", "?"), ("ntfs", "*"), ("exfat", ":")])
 def test_embed_out_with_a_character_the_file_system_refuses_is_exit_3(tmp_path, small_sample, tiny_models, kind,

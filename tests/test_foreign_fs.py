@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import exfat, remount_read_only, tmpfs
+from mount_helpers import fuse_file_system, remount_read_only, tmpfs
 from virnucpro import prepared as fmt
 from virnucpro.errors import ExitCode
 from virnucpro.outdir import file_lock, folder_lock, on_disk_spelling
@@ -28,7 +28,7 @@ def virnucpro(*args: object, env: dict[str, str] | None = None) -> subprocess.Co
 @pytest.fixture
 def case_insensitive(tmp_path) -> Path:
     """A folder on an exFAT file system mounted through FUSE."""
-    with exfat(tmp_path / "mnt", tmp_path / "exfat.img") as point:
+    with fuse_file_system("exfat", tmp_path) as point:
         yield point
 
 
