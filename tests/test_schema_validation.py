@@ -619,8 +619,10 @@ def test_a_parameter_given_twice_or_a_number_nextflow_changed_stops_the_run(tmp_
     (tmp_path / params_file).write_text(text)
     (tmp_path / "main.nf").write_text(CLI_PIPELINE % {"functions": FUNCTIONS, "schema": SCHEMA})
     status, output = _nextflow(["--input", "a.fa", "--input", "b.fa", "--outdir", "010", "--google_project", "123",
-                                "--chunk_size", "300", "--chunk_size=300", "-params-file", params_file], tmp_path)
-    assert status != 0 and "Invalid parameters (4 problems; see --help)" in output, output
+                                "--chunk_size", "300", "--chunk_size=300", "--token_budget", "99999999999999999999",
+                                "--threshold", "0.50", "-params-file", params_file], tmp_path)
+    assert status != 0 and "Invalid parameters (5 problems; see --help)" in output, output
+    assert "* --token_budget: 99999999999999999999 is greater than the maximum" in output, output
     assert "* --input: given 2 times ('a.fa', 'b.fa'), and Nextflow keeps only the last: the records of the " \
            "others would be missing" in output, output
     assert "* --chunk_size: given 2 times ('300', '300')" in output, output

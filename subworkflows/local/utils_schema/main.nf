@@ -61,7 +61,9 @@ def parameterProblems(Map parameters, String name, Map spec, boolean required, L
     def value = parameters[name]
     if (!isMissing(value)) {
         def changed = numberForTextProblem(value, spec, typed)
-        return changed ? [changed] : checkValue(value, spec, false)
+        // a number is checked as typed: Nextflow reads 99999999999999999999 as 1.0E20
+        def raw = value instanceof Number && typed && typed.last() != null ? typed.last() : value
+        return changed ? [changed] : checkValue(raw, spec, false)
     }
     if (required) {
         return ['required, but not given']
