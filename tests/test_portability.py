@@ -166,3 +166,17 @@ def test_with_proc_no_models_path_is_opened_to_check_it():
 
     assert os.path.isdir("/proc/self/fd")
     store.refuse_out_of_reach([Path(os.fsdecode(b"/nonexistent/mod\xe9ls"))])
+
+
+@pytest.mark.parametrize("command", [["models", "check"], ["models", "tiny"], ["models", "download", "--dest"]])
+def test_models_commands_refuse_a_folder_the_libraries_cannot_take_without_proc(tmp_path, run_cli, monkeypatch,
+                                                                                  command):
+    """`models check` said "all models present and verified", and `models tiny` wrote them, under a path
+    embed and run then refused (exit 4): every models command refuses it at once."""
+    import os
+
+    without_proc(monkeypatch)
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe9"))
+    code, message = run_cli(*command, folder)
+    assert code == 4 and "is no UTF-8 text" in " ".join(message.split()), message
+    assert not folder.exists(), message

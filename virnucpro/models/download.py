@@ -82,6 +82,7 @@ def download(dest: Path | None = None, only: str | None = None, mirror: str | No
         raise UsageError(f"unknown model {only!r} for --only; choose one of {', '.join(store.ROLES)}")
     check_mirror(mirror)
     directory = store.models_dir(dest, "--dest")
+    store.refuse_out_of_reach([directory])  # gigabytes no command could load
     roles = [only] if only else list(store.ROLES)
     try:
         download_roles(directory, roles, mirror=mirror)

@@ -1639,6 +1639,7 @@ def check(directory: Path | None = None) -> None:
     restricted loader refuses).
     """
     directory, statuses = scan(directory, ROLES, full=True, where=CHECK_ARGUMENT)
+    refuse_out_of_reach([directory])  # "verified" would promise models embed cannot load
     _note_fp16_copy(statuses)
     info(f"models directory: {shell_word(str(directory))}"
          + ("" if (directory / MANIFEST).is_file() else " (no manifest.json: standard file names)"))

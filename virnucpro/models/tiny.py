@@ -282,6 +282,7 @@ def make_tiny(directory: Path) -> None:
     checked again, so no other command can write it meanwhile.
     """
     directory = store.models_dir(directory, store.TINY_ARGUMENT)
+    store.refuse_out_of_reach([directory])  # models no command could load
     refuse_nesting(directory, "tiny models folder", itself=True)
     _refuse_other_models(directory)
     with held_folder(directory, "models folder"):
