@@ -808,3 +808,23 @@ def test_a_storage_failure_reading_a_prepare_folder_is_said_so_not_called_damage
     monkeypatch.undo()
     assert code_seen == ExitCode.BAD_INPUT and f"{fmt.SEQUENCES}: {words}" in message, message
     assert "rerun `virnucpro prepare`" not in message, message
+
+
+def test_a_folder_in_the_way_that_this_user_cannot_list_is_named_not_a_failed_write(tmp_path, run_cli, monkeypatch):
+    """Naming a stranger's files in an --outdir (a mount's lost+found, another user's private folder): an
+    unlistable folder among them made the refusal exit 10, "fix the permissions" of a folder never
+    written to. Exit 3 naming what is in the way."""
+    out = tmp_path / "out"
+    (out / "locked").mkdir(parents=True)
+    (out / "note.txt").write_text("mine")
+    real = os.scandir
+
+    def denied(path="."):
+        if str(path) == str(out / "locked"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    code, message = run_cli("prepare", write_reads(tmp_path / "r.fa", 2), "--outdir", out)
+    assert code == ExitCode.BAD_INPUT and "which virnucpro did not write" in message, message
+    assert "note.txt" in message and "permission denied" not in message, message

@@ -1063,23 +1063,25 @@ def _matches(recorded: object, now: list[int] | None) -> bool:
     return 0 <= recorded[1] - now[1] < step
 
 
-def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
-    """os.walk, raising for a folder it cannot list: os.walk skips one, and a publish then moved none of
-    its files (and removed them), or a check found nothing to refuse, and said so nowhere."""
-    return os.walk(folder, onerror=_raise)
+def _walk(folder: Path, strict: bool = True) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk, raising for a folder it cannot list (`strict`): os.walk skips one, and a publish then
+    moved none of its files (and removed them), or a check found nothing to refuse, and said so
+    nowhere. Not strict (naming a stranger's files in the way), one is skipped: named whole instead."""
+    return os.walk(folder, onerror=_raise if strict else None)
 
 
 def _raise(exc: OSError) -> None:
     raise exc
 
 
-def _files_under(folder: Path, names: Iterable[str]) -> Iterator[str]:
+def _files_under(folder: Path, names: Iterable[str], strict: bool = True) -> Iterator[str]:
     """Relative paths of the regular files (and other non-folders) at or under `names`, and of empty
-    folders: a folder where a file of ours was is no file of ours (publishing over it failed midway)."""
+    folders: a folder where a file of ours was is no file of ours (publishing over it failed midway).
+    `strict`: see `_walk`."""
     for name in names:
         path = folder / name
         if path.is_dir() and not path.is_symlink():
-            for root, dirs, files in _walk(path):
+            for root, dirs, files in _walk(path, strict):
                 linked = [d for d in dirs if (Path(root) / d).is_symlink()]  # never written through
                 for file in files + linked:
                     yield (Path(root) / file).relative_to(folder).as_posix()
@@ -1174,7 +1176,7 @@ class OutputFolder:
                   and not (self.folder / e).is_symlink()]
         ours = [name for name in self.names if name in entries]
         ordered = [e for e in entries if e not in ours and e not in hidden] + ours
-        walked = list(islice(_files_under(self.folder, ordered), WALKED_MAX))
+        walked = list(islice(_files_under(self.folder, ordered, strict=False), WALKED_MAX))
         return (walked or ordered) + hidden  # `or`: gone meanwhile
 
     def _refuse_unproven(self, why: str, written_by: object = None) -> None:
