@@ -650,3 +650,14 @@ def test_a_fifo_or_device_in_a_sheet_is_refused_at_start_up(results):
     message = _refused(results, "fifo.csv")
     assert f"'{results['tmp'] / 'fifo' / 'pipe.fa'}' is neither a file nor a directory" in message, message
     assert "'/dev/null' is neither a file nor a directory" in message and "(2 problems)" in message, message
+
+
+def test_a_command_line_inherited_from_another_launch_is_not_read_as_this_ones(tmp_path, monkeypatch):
+    """Nextflow builds workflow.commandLine from NXF_CLI: one left by another launch (a task of a pipeline
+    that runs this one) made its --input count as a second one here. The launcher sets it afresh."""
+    (tmp_path / "a.fa").write_text(">a\nACGT\n")
+    (tmp_path / "main.nf").write_text(CLI_PIPELINE % {"functions": FUNCTIONS, "schema": SCHEMA})
+    monkeypatch.setenv("NXF_CLI", "nextflow run other.nf --input elsewhere.fa --outdir elsewhere")
+    status, output = _nextflow(["--input", "a.fa", "--outdir", "results", "--precision", "fp8"], tmp_path)
+    assert status != 0 and "Invalid parameters (1 problem; see --help)" in output, output
+    assert "given 2 times" not in output and "* --precision: 'fp8' is not one of" in output, output
