@@ -535,11 +535,13 @@ def test_the_originals_length_argument_as_an_input_points_to_chunk_size(tmp_path
     assert "here it is --chunk-size 500" in done.stderr, done.stderr
 
 
-def test_a_saved_torch_model_given_as_reads_points_to_classifier(tmp_path):
-    """A ZIP, the hint said to unzip it and stream a FASTQ from inside: wrong for a model."""
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_saved_torch_model_given_as_reads_points_to_classifier(tmp_path, zipped):
+    """A ZIP, the hint said to unzip it and stream a FASTQ from inside; in torch's legacy format, that the
+    file was damaged: wrong for a model."""
     import torch
 
-    torch.save({"weight": torch.zeros(2)}, tmp_path / "500_model.pth")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "500_model.pth", _use_new_zipfile_serialization=zipped)
     done = virnucpro("prepare", tmp_path / "500_model.pth", "--outdir", tmp_path / "out")
     assert done.returncode == 3 and "is a PyTorch file" in done.stderr and "--classifier FILE" in done.stderr, \
         done.stderr

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelsError, NumericalError, VirnucproError, is_link_loop, link_loop, path_mode
+from virnucpro.seqio import LEGACY_TORCH_START
 
 #: The state_dict keys of the original classifier (``num_batches_tracked`` may be absent).
 STATE_KEYS = (
@@ -467,8 +468,6 @@ def _unpickle_weights_only(path: Path) -> Any:
                                "virnucpro's MLPClassifier") from None
 
 
-# how torch before 1.6 began a saved file: its magic number, pickled (protocol 2, a 10-byte long)
-LEGACY_TORCH_START = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 STATE_DICT_HINT = ("where the model's class can be imported, load it and save its weights alone: "
                    "torch.save(model.state_dict(), 'classifier.pth'); then give --classifier classifier.pth")
 

@@ -102,6 +102,10 @@ def _decompressor(kind: str):
     return bz2.BZ2Decompressor()
 
 
+# how torch before 1.6 (or _use_new_zipfile_serialization=False) began a saved file: its magic number,
+# pickled (protocol 2, a 10-byte long)
+LEGACY_TORCH_START = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
 # Files of reads that are no FASTA/FASTQ text, by their first bytes (a BAM's once its BGZF, a gzip,
 # is inflated): what each is, and the command that gives FASTQ (`{path}`: the input, shell-quoted).
 KNOWN_BINARY = (
@@ -122,7 +126,8 @@ KNOWN_BINARY = (
 def _known_binary(head: bytes, path: Path) -> BadInputError | None:
     """The refusal of an input whose first bytes `head` show a known file of reads that is no text
     (BAM, CRAM, SRA, ZIP), with the command that converts it; None for anything else."""
-    if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:300]:  # torch.save's zip: its pickle first
+    zipped = head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:300]  # torch.save's zip: its pickle first
+    if zipped or head.startswith(LEGACY_TORCH_START):
         return BadInputError(f"{path} is a PyTorch file (a saved model, such as the original's 500_model.pth), not "
                              "FASTA/FASTQ text", "a classifier of your own is given with --classifier FILE; the "
                              "inputs are files of reads (see docs/migrating.md)")
