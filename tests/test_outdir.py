@@ -1185,3 +1185,46 @@ def test_a_folder_left_empty_by_moving_its_files_is_called_a_folder(tmp_path, ru
     assert "move that folder" in message and "that file" not in message, message
     (out / fmt.SHARD_DIR).rmdir()
     assert run_cli("prepare", fasta, "--outdir", out)[0] == 0
+
+
+HOLD_POSIX_LOCK = """import fcntl, sys, time
+handle = open(sys.argv[1], "r+")
+fcntl.lockf(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def pipeline_running(outdir: Path, own: list[Path]) -> Iterator[None]:
+    """`outdir` as a pipeline run holds it: pipeline_info/.virnucpro-run.lock, naming the run's own folders
+    there, under a POSIX lock (what Java's FileChannel.tryLock takes) of another process."""
+    lock = outdir / "pipeline_info" / ".virnucpro-run.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"own_folders": [str(path) for path in own]}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_POSIX_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_command_into_a_sample_folder_of_a_running_pipeline_is_refused(tmp_path):
+    """The pipeline's start-up check had passed: its publishing then replaced the command's tables (and a
+    whole prepare folder) without a word. Its own tasks, in its work folder there, still write."""
+    results = tmp_path / "results"
+    reads = write_fasta(tmp_path / "reads.fa", 3)
+    with pipeline_running(results, [results / "work"]):
+        refused = subprocess.run(CLI + ["prepare", str(reads), "--outdir", str(results / "sample_a" / "prepared")],
+                                 capture_output=True, text=True)
+        task = subprocess.run(CLI + ["prepare", str(reads), "--outdir", str(results / "work" / "ab" / "prepared")],
+                              capture_output=True, text=True)
+    assert refused.returncode == 3 and "the --outdir of a run of the pipeline still going" in refused.stderr, \
+        refused.stderr
+    assert not (results / "sample_a").exists()
+    assert task.returncode == 0, task.stderr
+    after = subprocess.run(CLI + ["prepare", str(reads), "--outdir", str(results / "sample_a" / "prepared")],
+                           capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr  # the run has ended: its folder is no longer held

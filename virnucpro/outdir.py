@@ -499,13 +499,14 @@ def _is_stale(path: Path) -> bool:
     return age > STALE_SECONDS  # unreadable (being written, or its writer was killed first) included
 
 
-def _read_regular(path: Path) -> str:
-    """The text of a small regular file of ours, never read through a link or from a FIFO (OSError)."""
+def _read_regular(path: Path, limit: int = 4096) -> str:
+    """The text of a small regular file of ours (its first `limit` bytes), never read through a link or
+    from a FIFO (OSError)."""
     fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        return os.pread(fd, limit, 0).decode("utf-8", "replace")
     finally:
         os.close(fd)
 
@@ -1033,12 +1034,49 @@ def refuse_nesting(target: Path, what: str, itself: bool = False, held_too: bool
     for parent in ([resolved] if itself else []) + list(resolved.parents):
         if parent in _held and not held_too:
             return
+        _refuse_running_pipelines_outdir(parent, resolved, target, what)
         kind = marker_kind(parent)
         if kind is not None or parent in _held:
             where = "is" if parent == resolved else f"is inside {parent},"
             output = "this command's own output" if parent in _held else _output_text(kind)
             raise BadInputError(f"{what} {target} {where} {output}: writing there would change that "
                                 "output (or one still being written)", "choose a folder outside it")
+
+
+PIPELINE_RUN_LOCK = Path("pipeline_info") / ".virnucpro-run.lock"  # main.nf's lock on its --outdir
+
+
+def _refuse_running_pipelines_outdir(folder: Path, resolved: Path, target: Path, what: str) -> None:
+    """Exit 3 for an output under `folder` while a run of the pipeline holds it as its --outdir (Java's
+    lock: POSIX, not flock), outside the run's own folders there (its work and checkpoint folders,
+    which its lock file names): its publishing replaced what a command wrote into a sample's folder."""
+    lock = folder / PIPELINE_RUN_LOCK
+    if not is_regular(lock) or not _posix_locked(lock):
+        return
+    try:
+        own = json.loads(_read_regular(lock, limit=1 << 16) or "{}").get("own_folders") or []
+    except (OSError, ValueError, AttributeError):
+        own = []
+    if any(isinstance(path, str) and resolved.is_relative_to(Path(path).resolve()) for path in own):
+        return
+    raise BadInputError(f"{what} {target} is inside {folder}, the --outdir of a run of the pipeline still going "
+                        f"(it holds {lock}): that run's publishing would replace what this command writes",
+                        "wait for that run to end, or choose a folder outside it")
+
+
+def _posix_locked(path: Path) -> bool:
+    """Whether another process holds a POSIX lock on `path` (as Java's FileChannel.tryLock takes one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # releases the shared lock: this process's POSIX locks on the file go with any close
 
 
 # --- ownership -----------------------------------------------------------------------------------

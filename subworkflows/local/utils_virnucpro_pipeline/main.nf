@@ -374,7 +374,7 @@ def lockOutdir(String outdir, String checkpointDir) {
     if (workflow.preview) {
         return
     }
-    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'))
+    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'), [workflow.workDir, checkpointDir])
     if (lock != null) {
         // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
         workflow.onComplete { lock.release() }
@@ -383,8 +383,11 @@ def lockOutdir(String outdir, String checkpointDir) {
 }
 
 // The run's lock on lockFile; an error when another run holds it; null, with a warning, on a file
-// system that has no locks (the run goes on: nothing else could tell two runs apart there).
-def takeRunLock(String outdir, lockFile) {
+// system that has no locks (the run goes on: nothing else could tell two runs apart there). The
+// locked file names this run's own folders inside --outdir (`ownFolders`: the work and checkpoint
+// folders), where its tasks' `virnucpro` commands write: a command is refused anywhere else under a
+// held --outdir, whose publishing would replace what it writes (outdir.refuse_nesting).
+def takeRunLock(String outdir, lockFile, List ownFolders) {
     def channel = openRunLock(outdir, lockFile)
     def lock = null
     try {
@@ -399,6 +402,9 @@ def takeRunLock(String outdir, lockFile) {
         channel.close()
         error("--outdir ${outdir} is in use by another run of this pipeline (it holds ${lockFile}); wait for it to end, or give this run another --outdir")
     }
+    def own = ownFolders.findAll { folder -> folder }.collect { folder -> canonicalPath(file(folder.toString(), glob: false)) }
+    channel.truncate(0)
+    channel.write(java.nio.ByteBuffer.wrap(groovy.json.JsonOutput.toJson([own_folders: own]).getBytes('UTF-8')), 0)
     return lock
 }
 
