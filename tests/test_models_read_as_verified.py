@@ -160,3 +160,40 @@ def test_a_prepare_shard_given_as_an_embedding_is_named_so(tmp_path, golden_prep
     said = " ".join(message.split())
     assert code == 5 and "written by `virnucpro prepare`, not its embedding" in said, message
     assert "delete" not in said and shard.is_file()
+
+
+def _reads_fail_after(monkeypatch, name: str, successes: int) -> None:
+    """Every open of a file called `name` fails with an I/O error once `successes` opens of it worked (a
+    disk or network file system failing while the models are read)."""
+    import builtins
+    import errno
+
+    real, opened = builtins.open, []
+
+    def failing(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).endswith(name):
+            opened.append(file)
+            if len(opened) > successes:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing)
+
+
+def test_an_encoder_checkpoint_the_storage_fails_to_read_is_no_damaged_file_to_replace(models, monkeypatch):
+    """Scanning its pickles, a read error was "not a readable torch checkpoint ... replace it" (11 GB of
+    ESM-2 downloaded again for a flaky disk), or, hidden by zipfile.is_zipfile, "it holds no pickle"."""
+    _reads_fail_after(monkeypatch, "esm2_tiny.pt", 0)
+    with pytest.raises(store.ModelsReadError) as refused:
+        store.code_in_weights(models / "esm2_tiny.pt")
+    assert "Input/output error" in str(refused.value) and refused.value.hint == store.READ_FAILED_HINT
+
+
+@pytest.mark.parametrize("successes", [1, 2, 3])
+def test_a_classifier_the_storage_fails_to_read_is_said_so_at_each_step_of_loading(models, monkeypatch, successes):
+    """Past its checksum, a read error was exit 10 "choose another output location", or "not an original
+    .pth" refused by the loader, with `virnucpro models tiny` (writing over the folder) as the fix."""
+    _reads_fail_after(monkeypatch, "500_model_tiny.pth", successes)
+    with pytest.raises(store.ModelsReadError) as refused:
+        classifier_module.load_classifier(models / "500_model_tiny.pth")
+    assert refused.value.hint == store.READ_FAILED_HINT, refused.value

@@ -380,7 +380,8 @@ def load_classifier(path: Path) -> MLPClassifier:
 
     path = Path(path)
     _refuse_not_a_classifier_file(path)
-    with store.verified_name(path):  # the file hashed is the file scanned and loaded
+    # a read the storage (or the mode) refused is said so: never a damaged file to replace, nor exit 10
+    with store.reading(path), store.verified_name(path):  # the file hashed is the file scanned and loaded
         digest = store.verified_digest(path) or store.sha256_file(path)
         if _is_safetensors(path):
             model = _load_safetensors(path)
@@ -424,7 +425,11 @@ def _load_safetensors(path: Path) -> MLPClassifier:
     try:
         with utf8_name(path, utf8_only=True) as name:
             return _build(load_file(name, device="cpu"), path)
-    except (SafetensorError, OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the system's read failed: `store.reading` says so
+        raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None
+    except (SafetensorError, ValueError) as exc:
         raise ModelsError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
@@ -449,6 +454,10 @@ def _unpickle_weights_only(path: Path) -> Any:
             return torch.load(name, map_location="cpu", weights_only=True)
     except VirnucproError:
         raise  # ours, a stop signal's included: no fault of the file
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the system's read failed, not the file: `store.reading` says so
+        raise ModelsError(f"cannot load classifier {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - every failure of an untrusted file is exit 4
         message = str(exc)
         match = _GLOBAL_IN_MESSAGE.search(message)

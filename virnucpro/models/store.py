@@ -834,6 +834,10 @@ def _role_order(role: str) -> tuple[int, str]:
 # Hashing
 # --------------------------------------------------------------------------------------------
 
+class ModelsReadError(ModelsError):
+    """A models file that the storage (or its mode) would not let be read: no fault of the file."""
+
+
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Inside the block, an OSError is a models file that cannot be read: exit 4 naming it (and the
@@ -849,7 +853,7 @@ def reading(path: Path) -> Iterator[None]:
         if folder is not None:  # the file itself may be readable
             raise folder_refused(where, folder, ModelsError) from None
         hint = READ_FAILED_HINT if exc.errno in STORAGE_READ_FAILURES else access_hint(where, "r")
-        raise ModelsError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}", hint=hint) from None
+        raise ModelsReadError(f"cannot read {_shortened(str(where), 300)}: {exc.strerror or exc}", hint=hint) from None
 
 
 def sha256_file(path: Path, git_sha1: bool = False) -> str | tuple[str, str]:
@@ -1048,9 +1052,9 @@ def code_in_weights(path: Path) -> list[str]:
     from virnucpro.classifier import pickle_globals
 
     try:
-        data = _pickle_bytes(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, NotImplementedError,
-            RuntimeError) as exc:
+        with reading(path):  # a read the storage (or the mode) refused: no damaged file to replace
+            data = _pickle_bytes(path)
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
         raise ModelsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})",
                           hint="replace it: `virnucpro models download` fetches the original") from None
     allowed = _tensor_globals()
@@ -1063,13 +1067,15 @@ def _pickle_bytes(path: Path) -> bytes:
     classifier loader's bound (`CLASSIFIER_MAX_BYTES`), since it is read into memory."""
     from virnucpro.classifier import CLASSIFIER_MAX_BYTES as limit
 
-    if zipfile.is_zipfile(path):
-        data = _zip_pickles(path, limit)
-    else:
-        with open(path, "rb") as handle:
+    with open(path, "rb") as handle:  # zipfile.is_zipfile took a failed read for "no zip archive"
+        zipped = handle.read(4) == b"PK\x03\x04"
+        if not zipped:
+            handle.seek(0)
             end = _legacy_pickles_end(handle)
             handle.seek(0)
             data = handle.read(min(end, limit + 1))
+    if zipped:
+        data = _zip_pickles(path, limit)
     if len(data) > limit:
         raise ValueError(f"its pickle part is larger than {limit:,} bytes, far more than a checkpoint holds")
     if not data:
@@ -1739,6 +1745,8 @@ def _classifier_refusal(s: RoleStatus) -> str | None:
 
     try:
         width = load_classifier(s.path).input_dim
+    except ModelsReadError:
+        raise  # the storage's fault, with its own fix: no refusal, and no other file to fetch
     except ModelsError as exc:
         return f"{s.role}: {exc.message}"
     s.notes.append(f"restricted loader: MLPClassifier, input width {width}")
