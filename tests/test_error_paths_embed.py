@@ -189,6 +189,34 @@ def test_a_part_without_read_permission_is_kept_and_named(tmp_path, kept_parts, 
     assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
 
 
+FAILING_OPEN_OF_PARTS = """
+import builtins, errno, io, os, sys
+real, code = builtins.open, getattr(errno, sys.argv.pop(1))
+def failing(file, *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and os.path.basename(os.fspath(file)).startswith("part_"):
+        raise OSError(code, "injected", os.fspath(file))
+    return real(file, *args, **kwargs)
+builtins.open = io.open = failing  # zipfile opens through io.open
+from virnucpro.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("code", ["EINVAL", "EOVERFLOW"])
+def test_a_part_whose_read_fails_with_any_system_error_is_kept(tmp_path, kept_parts, golden_prepared, tiny_models,
+                                                               code):
+    """Only a listed set of errors kept the part: any other failed read (an errno that list lacked) had it
+    deleted as "damaged", its vectors computed again."""
+    parts = _copied_parts(kept_parts, tmp_path)
+    done = subprocess.run([sys.executable, "-c", FAILING_OPEN_OF_PARTS, code,
+                           *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr[-3000:]
+    assert "cannot read checkpoint part" in done.stderr and "damaged" not in done.stderr, done.stderr[-3000:]
+    _no_traceback(done.stderr)
+    assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
+
+
 # ------------------------------------------------------------------ 2. the checkpoint writer at the limit
 
 

@@ -36,7 +36,7 @@ from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite, non_finite_hint
-from virnucpro.errors import (errno_codes, shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
+from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
                               StoppedWithOutputsInPlace,
                               VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_inodes, note_stop,
@@ -72,11 +72,9 @@ SETTINGS_CHARACTERS = 65536  # longest settings text of a part (a few entries; a
 UNKNOWN = h5shard.UNKNOWN_DEVICE  # the device and paths of a part written without a record (an older virnucpro)
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 65536}
-# how reading a part fails when the part is not to blame (the process's limits, its permissions, the
-# storage): the part is kept and the command stops; only what its bytes hold may discard it
-READ_FAILURES = errno_codes("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EACCES", "EPERM", "EIO", "EREMOTEIO", "ESTALE",
-                            "ENOTCONN", "ETIMEDOUT", "EHOSTDOWN", "ECONNRESET", "ENOLINK", "ENXIO", "ENODEV", "EBUSY",
-                            "EAGAIN")
+# how reading a part fails when its bytes are to blame: every other failed system call (the process's
+# limits, its permissions, the storage) keeps the part and stops the command
+NOT_A_READ_FAILURE = (None, errno.ENOENT)  # no system call's errno; the part gone meanwhile
 PARTS_KEPT = "then rerun: the checkpoint parts are kept and the rerun resumes from them"
 
 
@@ -591,9 +589,9 @@ def _write_npz(handle, arrays: dict[str, np.ndarray]) -> None:
 
 def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, int]) -> Part:
     """One part, named as `PART_NAME` (`load` reads no other), checked completely: checksum, key, then
-    each role's arrays (raises DamagedPart). A part that cannot be read (`READ_FAILURES`: a limit of the
-    process, its permissions, the storage) is no damaged part: the command stops (`_unreadable_part`)
-    and every part stays for the rerun."""
+    each role's arrays (raises DamagedPart). A part that cannot be read (a failed system call: a limit
+    of the process, its permissions, the storage) is no damaged part: the command stops
+    (`_unreadable_part`) and every part stays for the rerun."""
     match = PART_NAME.fullmatch(path.name)
     try:
         if path.is_symlink() or not path.is_file():
@@ -609,7 +607,7 @@ def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, in
     except (DamagedPart, VirnucproError, MemoryError):
         raise  # a stop signal landing meanwhile (InterruptedByUser), or memory running out, is no damage to the part
     except OSError as exc:
-        if exc.errno in READ_FAILURES:
+        if exc.errno not in NOT_A_READ_FAILURE:
             raise _unreadable_part(path, exc) from None
         raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # whatever these bytes make the reader fail on, they are not a sound part
