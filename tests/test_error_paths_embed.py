@@ -396,3 +396,26 @@ def test_a_file_that_cannot_be_opened_is_named_with_the_fault_and_its_fix(tmp_pa
     os.chown(closed, 65534, 65534)
     said = refusal(closed / "s.tsv", *unprivileged())
     assert f"permission denied on its folder {closed}" in said and "chmod" in said and "check the" not in said, said
+
+
+def test_a_failed_write_of_the_checkpoint_identity_names_that_file_and_leaves_none(tmp_path, monkeypatch):
+    """A full disk while the folder's identity was written said "cannot write checkpoint part .part_…tmp",
+    a file never begun; the identity's temporary file stayed."""
+    import errno
+
+    import numpy as np
+
+    from virnucpro import embed
+    from virnucpro.errors import OutputWriteError
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    folder = tmp_path / "ckpt" / ("0" * 64)
+    store = embed.CheckpointStore(folder, identity={"key": "k"})
+    monkeypatch.setattr(embed.json, "dump", full)
+    store.save({role: ([0], [np.zeros((1, 4), np.float32)]) for role in embed.ROLES})
+    with pytest.raises(OutputWriteError) as failed:
+        store.flush()
+    assert f"cannot write checkpoint identity file {folder}/.identity." in str(failed.value), failed.value
+    assert "the disk is full" in str(failed.value) and not list(folder.glob(".*.tmp*")), failed.value

@@ -340,26 +340,41 @@ class CheckpointStore:
             digest = fmt.sha256_of(tmp)
             os.replace(tmp, self.folder / f"part_{number:05d}.{digest}.npz")
         except OSError as exc:
-            note_inodes(exc, tmp)  # before the file goes: it may have taken the last inode
+            # the file that failed: the part's, or the folder's identity written first (`_write_identity`)
+            failed = Path(os.fsdecode(exc.filename)) if exc.filename else tmp
+            note_inodes(exc, failed)  # before the file goes: it may have taken the last inode
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            if name_too_long(exc):
-                raise storage_failure(exc, tmp) from None
-            if open_files_errno(exc) is not None:
-                raise _open_files_limit(exc, f"cannot write checkpoint part {tmp}") from None
-            kept = "; a rerun resumes from the parts already written" if any(self.folder.glob("part_*.npz")) else ""
-            raise OutputWriteError(f"cannot write checkpoint part {tmp}: {storage_error(exc) or exc.strerror or exc}",
-                                   f"{storage_hint(exc)}{kept}") from None
+            raise self._write_failed(exc, failed) from None
+
+    def _write_failed(self, exc: OSError, failed: Path) -> VirnucproError:
+        """The error of a checkpoint file that could not be written, naming it."""
+        if name_too_long(exc):
+            return storage_failure(exc, failed)
+        what = "checkpoint identity file" if failed.name.startswith(".identity.") else "checkpoint part"
+        if open_files_errno(exc) is not None:
+            return _open_files_limit(exc, f"cannot write {what} {failed}")
+        kept = "; a rerun resumes from the parts already written" if any(self.folder.glob("part_*.npz")) else ""
+        return OutputWriteError(f"cannot write {what} {failed}: {storage_error(exc) or exc.strerror or exc}",
+                                f"{storage_hint(exc)}{kept}")
 
     def _write_identity(self) -> None:
-        """The folder's identity, once, beside its parts (never through a link: created exclusively)."""
+        """The folder's identity, once, beside its parts (never through a link: created exclusively); a
+        failure removes its temporary file and names it."""
         path = self.folder / IDENTITY_NAME
         if self.identity is None or os.path.lexists(path):
             return
         tmp = self.folder / f".identity.{secrets.token_hex(4)}.tmp"
-        with open(tmp, "w", encoding="utf-8", opener=lambda name, _flags: create_exclusive(Path(name), PART_TMP_WHAT)) as handle:
-            json.dump(self.identity, handle, sort_keys=True)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8",
+                      opener=lambda name, _flags: create_exclusive(Path(name), PART_TMP_WHAT)) as handle:
+                json.dump(self.identity, handle, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            exc.filename = exc.filename or str(tmp)
+            raise
 
     def raise_failed(self) -> None:
         """Raise the failure of a part write that has finished, without waiting for those still running."""
