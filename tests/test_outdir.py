@@ -1228,3 +1228,17 @@ def test_a_command_into_a_sample_folder_of_a_running_pipeline_is_refused(tmp_pat
     after = subprocess.run(CLI + ["prepare", str(reads), "--outdir", str(results / "sample_a" / "prepared")],
                            capture_output=True, text=True)
     assert after.returncode == 0, after.stderr  # the run has ended: its folder is no longer held
+
+
+def test_a_run_whose_checkpoint_folder_is_its_outdir_exempts_only_where_its_tasks_write(tmp_path):
+    """`--checkpoint_dir` may be --outdir itself: the lock named it as the run's own, and a command into a
+    sample's folder went ahead, its tables then replaced by the run's."""
+    results = tmp_path / "results"
+    reads = write_fasta(tmp_path / "reads.fa", 3)
+    with pipeline_running(results, [results / "samples", results / "compile-cache", results]):
+        refused = subprocess.run(CLI + ["prepare", str(reads), "--outdir", str(results / "sample_a")],
+                                 capture_output=True, text=True)
+        task = subprocess.run(CLI + ["prepare", str(reads), "--outdir", str(results / "samples" / "a" / "p")],
+                              capture_output=True, text=True)
+    assert refused.returncode == 3 and "still going" in refused.stderr, refused.stderr
+    assert task.returncode == 0, task.stderr

@@ -1048,17 +1048,19 @@ PIPELINE_RUN_LOCK = Path("pipeline_info") / ".virnucpro-run.lock"  # main.nf's l
 
 def _refuse_running_pipelines_outdir(folder: Path, resolved: Path, target: Path, what: str) -> None:
     """Exit 3 for an output under `folder` while a run of the pipeline holds it as its --outdir (Java's
-    lock: POSIX, not flock), outside the run's own folders there (its work and checkpoint folders,
-    which its lock file names): its publishing replaced what a command wrote into a sample's folder."""
+    lock: POSIX, not flock), outside the folders where the run's tasks write (its work folder, EMBED's
+    in its checkpoint folder: its lock file names them): its publishing replaced what a command wrote
+    into a sample's folder."""
     lock = folder / PIPELINE_RUN_LOCK
     if not is_regular(lock) or not _posix_locked(lock):
         return
     try:
         own = json.loads(_read_regular(lock, limit=1 << 16) or "{}").get("own_folders") or []
-    except (OSError, ValueError, AttributeError):
+        own = [Path(path).resolve() for path in own if isinstance(path, str)]
+    except (OSError, ValueError, AttributeError, TypeError):
         own = []
-    if any(isinstance(path, str) and resolved.is_relative_to(Path(path).resolve()) for path in own):
-        return
+    if any(resolved.is_relative_to(path) for path in own if path.is_relative_to(folder) and path != folder):
+        return  # inside a folder of the run's own tasks (never --outdir itself, nor one above it)
     raise BadInputError(f"{what} {target} is inside {folder}, the --outdir of a run of the pipeline still going "
                         f"(it holds {lock}): that run's publishing would replace what this command writes",
                         "wait for that run to end, or choose a folder outside it")

@@ -1061,6 +1061,9 @@ def code_in_weights(path: Path) -> list[str]:
     return list(dict.fromkeys(g for g in pickle_globals(data) if g not in allowed))
 
 
+ZIP_END_BYTES = 65_557  # a zip's end record (22 bytes) and the longest comment it may hold
+
+
 def _pickle_bytes(path: Path) -> bytes:
     """The pickle part of a torch checkpoint, without reading its tensor data. A file without one
     (garbage, a zip without data.pkl) is ValueError, and so is a pickle part larger than the
@@ -1069,7 +1072,10 @@ def _pickle_bytes(path: Path) -> bytes:
 
     with open(path, "rb") as handle:  # zipfile.is_zipfile took a failed read for "no zip archive"
         zipped = handle.read(4) == b"PK\x03\x04"
-        if not zipped:
+        if zipped:  # its end (the zip's directory) read here first: zipfile takes a failed read there for
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - ZIP_END_BYTES))  # "not a zip file"
+            handle.read()
+        else:
             handle.seek(0)
             end = _legacy_pickles_end(handle)
             handle.seek(0)

@@ -374,7 +374,10 @@ def lockOutdir(String outdir, String checkpointDir) {
     if (workflow.preview) {
         return
     }
-    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'), [workflow.workDir, checkpointDir])
+    // where this run's tasks write with `virnucpro`: the work folder, and in the checkpoint folder (which
+    // may be --outdir itself) EMBED's --checkpoint-dir and --compile-cache (modules/local/virnucpro/embed)
+    def taskFolders = [workflow.workDir] + (checkpointDir ? ['samples', 'compile-cache'].collect { name -> "${checkpointDir}/${name}" } : [])
+    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'), taskFolders)
     if (lock != null) {
         // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
         workflow.onComplete { lock.release() }
@@ -384,9 +387,9 @@ def lockOutdir(String outdir, String checkpointDir) {
 
 // The run's lock on lockFile; an error when another run holds it; null, with a warning, on a file
 // system that has no locks (the run goes on: nothing else could tell two runs apart there). The
-// locked file names this run's own folders inside --outdir (`ownFolders`: the work and checkpoint
-// folders), where its tasks' `virnucpro` commands write: a command is refused anywhere else under a
-// held --outdir, whose publishing would replace what it writes (outdir.refuse_nesting).
+// locked file names the folders where this run's tasks write with `virnucpro` (`ownFolders`): a
+// command is refused anywhere else under a held --outdir, whose publishing would replace what it
+// writes (outdir.refuse_nesting).
 def takeRunLock(String outdir, lockFile, List ownFolders) {
     def channel = openRunLock(outdir, lockFile)
     def lock = null
