@@ -104,7 +104,8 @@ def commandLineWords(String line) {
             state.escaped = false
         }
         else if (c == '\\') {
-            state.escaped = state.started = true
+            state.escaped = true
+            state.started = true
         }
         else if (c == "'") {
             state.quoted = !state.quoted
@@ -340,7 +341,7 @@ def convertToType(value, String type, boolean fromText) {
     // a parameter's text is passed on as it is: a blank around it (`"8\n"` in a params file) or a
     // `+` (`"+100"`) would pass here and break the task's command line or a retry's arithmetic
     def text = value instanceof CharSequence ? (fromText ? value.toString().trim() : value.toString()) : null
-    def sign = fromText ? /[+-]?/ : /-?/
+    def sign = fromText ? '[+-]?' : '-?'
     if (type == 'string') {
         // a number on the command line (`--google_project 123`) arrives as a number; a lone flag as true
         return value instanceof CharSequence || value instanceof Number ? [true, value.toString()] : [false, null]
@@ -350,7 +351,7 @@ def convertToType(value, String type, boolean fromText) {
         if (value instanceof Integer || value instanceof Long || value instanceof Short || value instanceof BigInteger) {
             return [true, value]
         }
-        return text != null && text ==~ /${sign}\d+/ ? [true, new BigInteger(text.replaceFirst(/^\+/, ''))] : [false, null]
+        return text != null && text ==~ (sign + /\d+/) ? [true, new BigInteger(text.replaceFirst(/^\+/, ''))] : [false, null]
     }
     if (type == 'number') {
         if (value instanceof Number) {
@@ -358,7 +359,7 @@ def convertToType(value, String type, boolean fromText) {
             def finite = !((value instanceof Double || value instanceof Float) && (value.isNaN() || value.isInfinite()))
             return finite ? [true, value] : [false, null]
         }
-        return text != null && text ==~ /${sign}(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/ ? [true, new BigDecimal(text)] : [false, null]
+        return text != null && text ==~ (sign + /(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/) ? [true, new BigDecimal(text)] : [false, null]
     }
     if (type == 'boolean') {
         if (value instanceof Boolean) {
