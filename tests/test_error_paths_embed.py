@@ -217,6 +217,45 @@ def test_a_part_whose_read_fails_with_any_system_error_is_kept(tmp_path, kept_pa
     assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
 
 
+FAILING_ZIP_END_OF_PARTS = """
+import builtins, errno, io, os
+real = builtins.open
+class FailingEnd:
+    def __init__(self, handle):
+        self.handle, self.size = handle, os.fstat(handle.fileno()).st_size
+    def read(self, size=-1):
+        if 0 <= size <= 1024 and self.handle.tell() >= self.size - 1024:  # zipfile's read of the end record
+            raise OSError(errno.EIO, "injected")
+        return self.handle.read(size)
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.handle.close()
+def opened(file, mode="r", *args, **kwargs):
+    handle = real(file, mode, *args, **kwargs)
+    named = isinstance(file, (str, os.PathLike)) and os.path.basename(os.fspath(file)).startswith("part_")
+    return FailingEnd(handle) if named else handle
+builtins.open = io.open = opened
+from virnucpro.entry import main
+main()
+"""
+
+
+def test_a_part_whose_zip_end_the_storage_fails_to_read_is_kept(tmp_path, kept_parts, golden_prepared, tiny_models):
+    """zipfile calls a failed read of an archive's end "File is not a zip file": the part was deleted as
+    damaged, its vectors computed again."""
+    parts = _copied_parts(kept_parts, tmp_path)
+    done = subprocess.run([sys.executable, "-c", FAILING_ZIP_END_OF_PARTS,
+                           *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr[-3000:]
+    assert "cannot read checkpoint part" in done.stderr and "damaged" not in done.stderr, done.stderr[-3000:]
+    _no_traceback(done.stderr)
+    assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
+
+
 # ------------------------------------------------------------------ 2. the checkpoint writer at the limit
 
 

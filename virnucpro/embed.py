@@ -36,7 +36,7 @@ from virnucpro import __version__, h5shard
 from virnucpro import prepared as fmt
 from virnucpro.console import Progress, info, warn
 from virnucpro.encoders import FAST_COMPILED, REFERENCE_COMPILED, check_finite, non_finite_hint
-from virnucpro.errors import (shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
+from virnucpro.errors import (os_cause, shell_word, OPEN_FILE_LIMITS, STOP_SIGNALS, BadInputError, DeviceError, GpuOutOfMemory,
                               InterruptedByUser, NumericalError, OutputWriteError, ProcessLimitError,
                               StoppedWithOutputsInPlace,
                               VirnucproError, check_stop, ignore_stop_signals, name_too_long, note_inodes, note_stop,
@@ -621,11 +621,10 @@ def _read_part(path: Path, key: str, sizes: dict[str, int], widths: dict[str, in
                         else _read_record(archive, vectors, names == PART_ARRAYS))
     except (DamagedPart, VirnucproError, MemoryError):
         raise  # a stop signal landing meanwhile (InterruptedByUser), or memory running out, is no damage to the part
-    except OSError as exc:
-        if exc.errno not in NOT_A_READ_FAILURE:
-            raise _unreadable_part(path, exc) from None
-        raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # whatever these bytes make the reader fail on, they are not a sound part
+        cause = os_cause(exc)  # but a failed read is no damage (zipfile calls one "not a zip file")
+        if cause is not None and cause.errno not in NOT_A_READ_FAILURE:
+            raise _unreadable_part(path, cause) from None
         raise DamagedPart(f"not a readable .npz archive: {type(exc).__name__}: {exc}") from None
 
 

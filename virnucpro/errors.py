@@ -281,6 +281,35 @@ def shell_word(text: str) -> str:
     return "$'" + "".join(escaped) + "'"
 
 
+# how the storage fails a read (a disk's I/O error, a network file system gone or timing out): an input
+# that cannot be read so is no damaged file, and no output to write elsewhere
+READ_STORAGE_ERRNOS = errno_codes("EIO", "EREMOTEIO", "ESTALE", "ENOTCONN", "ETIMEDOUT", "EHOSTDOWN", "ENXIO",
+                                  "ENODEV", "EAGAIN", "ECONNRESET", "ENOLINK")
+READ_STORAGE_HINT = ("the storage failed to read it (see `dmesg`, or the state of the network file system): "
+                     "rerun once it reads again")
+
+
+def os_cause(exc: BaseException) -> OSError | None:
+    """The failed system call behind `exc`: itself, or the OSError a library turned into its own error
+    (zipfile's "File is not a zip file" for a read that failed); None when there is none."""
+    for candidate in (exc, exc.__context__):
+        if isinstance(candidate, OSError) and candidate.errno is not None:
+            return candidate
+    return None
+
+
+def storage_read_failure(path: Path, exc: BaseException) -> BadInputError | None:
+    """Exit 3 for an input that the storage failed to read (READ_STORAGE_ERRNOS, in HDF5's text too),
+    naming it; None for any other failure."""
+    cause = os_cause(exc)
+    code = cause.errno if cause is not None and cause.errno in READ_STORAGE_ERRNOS else next(
+        (code for code in READ_STORAGE_ERRNOS if f"errno = {code}," in str(exc)), None)
+    if code is None:
+        return None
+    hint = STORAGE_WENT_AWAY_HINT if code in (errno.ENOTCONN, errno.ESTALE) else READ_STORAGE_HINT
+    return BadInputError(f"cannot read {path}: {STORAGE_ERRNOS.get(code) or os.strerror(code)}", hint)
+
+
 def storage_errno(exc: BaseException) -> int | None:
     """The errno of STORAGE_ERRNOS that `exc` reports, if any (HDF5 gives it in its text only)."""
     if not isinstance(exc, OSError):
@@ -821,8 +850,8 @@ def unopenable_file(path: Path, exc: OSError, what: str) -> VirnucproError:
     if exc.errno == errno.ENOTDIR:
         return BadInputError(f"{what} {path} cannot be reached: a part of its path is a file, not a folder",
                              "check the path")
-    return BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}",
-                         "give a regular file this user can read")
+    return storage_read_failure(path, exc) or BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}",
+                                                            "give a regular file this user can read")
 
 
 def not_a_folder(path: Path, option: str) -> BadInputError:

@@ -31,7 +31,8 @@ from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, InconsistentInputsError, NumericalError, OutputWriteError, VirnucproError,
                               access_hint, denied_folder, folder_refused, link_loop, name_too_long, open_file_limit,
                               note_inodes, other_format,
-                              stop_signals_deferred, storage_error, storage_failure, storage_hint)
+                              stop_signals_deferred, storage_error, storage_failure, storage_hint,
+                              storage_read_failure)
 from virnucpro.outdir import new_temporary_file, rename_new
 from virnucpro.prepared import NOT_REGULAR, SHA256_TEXT, SHARD_MAGIC, open_regular, shown
 
@@ -545,6 +546,7 @@ def read_info(path: Path) -> EmbeddingShardInfo:
     except PermissionError:  # the file's mode, not its content: bad input like an unreadable FASTA
         raise _permission_denied(path) from None
     except DAMAGED as exc:
+        _refuse_storage_failure(path, exc)
         if getattr(exc, "errno", None) == errno.ELOOP:
             raise link_loop(path, "embedding shard") from None
         if getattr(exc, "errno", None) == errno.ENOTDIR:  # the path given is wrong, not the file
@@ -673,6 +675,7 @@ def _read_attributes(path: Path, handle) -> dict:
         _check_attribute_sizes(path, handle)
         attrs = _attributes_one_by_one(path, handle)
     except DAMAGED as exc:
+        _refuse_storage_failure(path, exc)
         if open_file_limit(exc):
             raise
         raise malformed(path, f"its attributes cannot be read ({exc})") from None
@@ -819,13 +822,23 @@ def _models(path: Path, attrs: dict) -> dict:
 
 @contextmanager
 def _reading(path: Path) -> Iterator[None]:
-    """A read that fails part-way (damaged file, undecodable id) is exit 5 naming the file."""
+    """A read that fails part-way (damaged file, undecodable id) is exit 5 naming the file; one the
+    storage failed is exit 3 saying so (`_refuse_storage_failure`)."""
     try:
         yield
     except DAMAGED as exc:
+        _refuse_storage_failure(path, exc)
         if open_file_limit(exc):
             raise
         raise InconsistentInputsError(f"{path} cannot be read to the end ({exc})", REEMBED_HINT) from None
+
+
+def _refuse_storage_failure(path: Path, exc: BaseException) -> None:
+    """Exit 3 for a shard that the storage failed to read (an I/O error, a network file system gone):
+    calling it damaged sent users to compute its embeddings again."""
+    failed = storage_read_failure(path, exc)
+    if failed is not None:
+        raise failed from None
 
 
 def _decoded(values) -> list[str]:

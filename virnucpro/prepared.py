@@ -21,9 +21,9 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
-from virnucpro.errors import (STORAGE_ERRNOS, STORAGE_WENT_AWAY_HINT, BadInputError, InconsistentInputsError,
-                             InterruptedByUser, VirnucproError, access_hint, denied_folder, folder_refused, naming,
-                             open_file_limit, open_output, other_format, path_mode, unopenable_file)
+from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, VirnucproError, access_hint,
+                             denied_folder, folder_refused, naming, open_file_limit, open_output, other_format,
+                             path_mode, storage_read_failure, unopenable_file)
 
 FORMAT_VERSION = 2  # 2: the manifest holds the sha256 of sequences.tsv and chunks.tsv
 MANIFEST = "manifest.json"
@@ -360,19 +360,26 @@ def read_shard(path: Path, links: bool = True, digest=None) -> Iterator[tuple[st
     except OSError as exc:
         raise unreadable(path, exc) from None
     with handle:
-        lines = _HashedLines(handle, digest) if digest is not None else handle
-        _parse_first_line(path, _text_line(path, 1, lines.readline()))
-        header = _text_line(path, 2, lines.readline()).rstrip("\n").split("\t")
-        if tuple(header) != SHARD_COLUMNS:
-            raise InconsistentInputsError(f"{path}: expected columns {SHARD_COLUMNS}, found {tuple(header)}",
-                                          SHARD_REPAIR_HINT)
-        seen: set[str] = set()
-        for number, line in enumerate(lines, start=3):
-            record = _shard_record(path, number, _text_line(path, number, line))
-            if record[0] in seen:
-                raise _damaged_shard(path, number, f"ORF id {shown(record[0])} a second time")
-            seen.add(record[0])
-            yield record
+        try:
+            yield from _shard_records(path, _HashedLines(handle, digest) if digest is not None else handle)
+        except OSError as exc:  # a read that failed part-way: the shard's fault only when its bytes are
+            raise unreadable(path, exc) from None
+
+
+def _shard_records(path: Path, lines) -> Iterator[tuple[str, str, str]]:
+    """The checked records of a shard's `lines` (see `read_shard`)."""
+    _parse_first_line(path, _text_line(path, 1, lines.readline()))
+    header = _text_line(path, 2, lines.readline()).rstrip("\n").split("\t")
+    if tuple(header) != SHARD_COLUMNS:
+        raise InconsistentInputsError(f"{path}: expected columns {SHARD_COLUMNS}, found {tuple(header)}",
+                                      SHARD_REPAIR_HINT)
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=3):
+        record = _shard_record(path, number, _text_line(path, number, line))
+        if record[0] in seen:
+            raise _damaged_shard(path, number, f"ORF id {shown(record[0])} a second time")
+        seen.add(record[0])
+        yield record
 
 
 def _text_line(path: Path, number: int, raw: bytes) -> str:
@@ -410,10 +417,6 @@ def _damaged_shard(path: Path, number: int, what: str) -> InconsistentInputsErro
     return InconsistentInputsError(f"{path}, line {number}: {what}", SHARD_REPAIR_HINT)
 
 
-READ_STORAGE_HINTS = {errno.EIO: "check the storage (`dmesg` may say more), then rerun",
-                      errno.ENOTCONN: STORAGE_WENT_AWAY_HINT, errno.ESTALE: STORAGE_WENT_AWAY_HINT}
-
-
 def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsError | OSError:
     """A file of the prepare folder that cannot be read: for want of permission, or when the storage
     fails (an I/O error, a mount gone), it is exit 3 (the file may be sound); a limit on open files is
@@ -428,8 +431,9 @@ def unreadable(path: Path, exc: OSError) -> BadInputError | InconsistentInputsEr
         return BadInputError(f"cannot read {path}: permission denied", access_hint(path, "r"))
     if exc.errno == errno.ENOTDIR:  # the folder given is wrong (a file on its way), not damaged
         return BadInputError(f"cannot read {path}: a part of its path is a file, not a folder", "check the path")
-    if exc.errno in READ_STORAGE_HINTS:  # the storage failed, not the folder: redoing prepare would not help
-        return BadInputError(f"cannot read {path}: {STORAGE_ERRNOS[exc.errno]}", READ_STORAGE_HINTS[exc.errno])
+    failed = storage_read_failure(path, exc)
+    if failed is not None:  # the storage failed, not the folder: redoing prepare would not help
+        return failed
     return InconsistentInputsError(f"cannot read {path}: {exc.strerror or exc}", REPAIR_HINT)
 
 

@@ -69,10 +69,10 @@ from stat import S_IMODE, S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Iterable, Iterator
 
 from virnucpro.console import Progress, info, warn
-from virnucpro.errors import (errno_codes, shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
+from virnucpro.errors import (shell_word, NAME_MAX_DEFAULT, PATH_MAX_DEFAULT, BadInputError, ModelsError, UsageError, VirnucproError,
                               InterruptedByUser, access_hint, check_stop, denied_folder, folder_refused, home_expanded, is_link_loop,
                               link_loop, name_too_long,
-                              path_too_long, printable, stop_signals_deferred)
+                              READ_STORAGE_ERRNOS, os_cause, path_too_long, printable, stop_signals_deferred)
 from virnucpro.outdir import NO_FOLLOW, lock_holder, marker_kind, new_temporary_file, refuse_unless_regular, sync_folder
 from virnucpro.models import pins
 
@@ -105,8 +105,7 @@ LEGACY_PICKLES = 5
 _CACHE_MIN_BYTES = 64 * 1024 * 1024
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 HASH_PROGRESS_BYTES = 256 * 1024 * 1024  # a file this large is hashed with progress shown
-STORAGE_READ_FAILURES = errno_codes("EIO", "EREMOTEIO", "ESTALE", "ENOTCONN", "ETIMEDOUT", "EHOSTDOWN", "ENXIO",
-                                    "ENODEV")  # the storage's fault, not the mode's
+STORAGE_READ_FAILURES = READ_STORAGE_ERRNOS  # the storage's fault, not the mode's
 READ_FAILED_HINT = ("the storage failed to read it (see `dmesg`, or the state of the network file system): "
                     "rerun once it reads again, or copy the models to other storage")
 HASH_TRIES = 3  # a file replaced or written while it is hashed is hashed again, at most this often in all
@@ -1055,13 +1054,14 @@ def code_in_weights(path: Path) -> list[str]:
         with reading(path):  # a read the storage (or the mode) refused: no damaged file to replace
             data = _pickle_bytes(path)
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
+        cause = os_cause(exc)  # zipfile calls a failed read of the archive's end "not a zip file"
+        if cause is not None and cause.errno in READ_STORAGE_ERRNOS:
+            with reading(path):
+                raise cause from None
         raise ModelsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})",
                           hint="replace it: `virnucpro models download` fetches the original") from None
     allowed = _tensor_globals()
     return list(dict.fromkeys(g for g in pickle_globals(data) if g not in allowed))
-
-
-ZIP_END_BYTES = 65_557  # a zip's end record (22 bytes) and the longest comment it may hold
 
 
 def _pickle_bytes(path: Path) -> bytes:
@@ -1072,10 +1072,7 @@ def _pickle_bytes(path: Path) -> bytes:
 
     with open(path, "rb") as handle:  # zipfile.is_zipfile took a failed read for "no zip archive"
         zipped = handle.read(4) == b"PK\x03\x04"
-        if zipped:  # its end (the zip's directory) read here first: zipfile takes a failed read there for
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - ZIP_END_BYTES))  # "not a zip file"
-            handle.read()
-        else:
+        if not zipped:
             handle.seek(0)
             end = _legacy_pickles_end(handle)
             handle.seek(0)
