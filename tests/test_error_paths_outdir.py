@@ -905,3 +905,11 @@ def test_a_prepare_shard_the_storage_fails_to_read_part_way_is_an_input_not_read
     code, message = run_cli("embed", shard, "--out", tmp_path / "e.h5", "--models", tiny_models, "--device", "cpu")
     assert code == ExitCode.BAD_INPUT and f"cannot read {shard}: an I/O error occurred" in message, message
     assert "cannot write" not in message, message
+
+
+def test_a_storage_failure_no_table_names_is_not_sent_to_fix_permissions():
+    """EAGAIN while sealing an output said "fix the permissions"."""
+    from virnucpro.errors import storage_hint
+
+    assert "permissions" not in storage_hint(OSError(errno.EAGAIN, "Resource temporarily unavailable"))
+    assert "permissions" in storage_hint(OSError(errno.EACCES, "Permission denied"))

@@ -469,7 +469,11 @@ def storage_hint(exc: OSError) -> str:
     another place."""
     if getattr(exc, "no_inodes", False):
         return NO_INODES_HINT
-    return STORAGE_HINTS.get(storage_errno(exc), "fix the permissions or choose another output location")
+    code = storage_errno(exc)
+    if code in (errno.EACCES, errno.EPERM):
+        return "fix the permissions or choose another output location"
+    return STORAGE_HINTS.get(code, "check the storage (`dmesg` may say more), then rerun, or choose another output "
+                                   "location")  # a failure no table names (EAGAIN): no permission to fix
 
 
 def too_long(path: str) -> str:
