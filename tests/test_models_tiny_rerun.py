@@ -172,3 +172,26 @@ def test_no_writable_temporary_folder_is_exit_10_not_a_bug(tmp_path, monkeypatch
     assert code == ExitCode.OUTPUT_WRITE, err
     assert "no writable temporary folder for the tiny models" in err and "TMPDIR" in err, err
     assert "Traceback" not in err and "bug" not in err, err
+
+
+def test_a_scratch_folder_that_cannot_be_removed_afterwards_does_not_fail_the_models_written(tmp_path, run_cli,
+                                                                                              monkeypatch):
+    """The storage going away while the scratch folder was removed made `models tiny` exit 10, "rerun: it
+    resumes", with its models written and nothing to resume."""
+    import errno
+    import os
+
+    real = os.unlink
+
+    def failing(path, *args, **kwargs):
+        if kwargs.get("dir_fd") is not None or "virnucpro-tiny-" in os.fspath(path):
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN), os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(os, "unlink", failing)
+    code, message = run_cli("models", "tiny", tmp_path / "models")
+    monkeypatch.undo()
+    assert code == 0, message
+    assert run_cli("models", "check", tmp_path / "models")[0] == 0

@@ -311,7 +311,9 @@ def _private_scratch() -> Iterator[str]:
     from virnucpro.encoders.compiled import temporary_folder
 
     try:  # never the current folder (tempfile's last resort), nor /tmp in place of a TMPDIR that fails
-        scratch = tempfile.TemporaryDirectory(prefix="virnucpro-tiny-", dir=temporary_folder())
+        # a failure to remove it afterwards (the storage went away) does not fail the models written
+        scratch = tempfile.TemporaryDirectory(prefix="virnucpro-tiny-", dir=temporary_folder(),
+                                              ignore_cleanup_errors=True)
     except OSError as exc:  # no writable temporary folder at all
         raise OutputWriteError(f"no writable temporary folder for the tiny models: {exc.strerror or exc}",
                                "set TMPDIR to a folder of yours") from None
