@@ -377,20 +377,20 @@ def lockOutdir(String outdir, String checkpointDir) {
     // where this run's tasks write with `virnucpro`: the work folder, and in the checkpoint folder (which
     // may be --outdir itself) EMBED's --checkpoint-dir and --compile-cache (modules/local/virnucpro/embed)
     def taskFolders = [workflow.workDir] + (checkpointDir ? ['samples', 'compile-cache'].collect { name -> "${checkpointDir}/${name}" } : [])
-    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'), taskFolders)
+    def lock = takeRunLock(outdir, dir.resolve('pipeline_info').resolve('.virnucpro-run.lock'))
     if (lock != null) {
         // the closure keeps the lock reachable (not garbage-collected, so not released) until the run ends
         workflow.onComplete { lock.release() }
     }
     refuseStubAndRealResultsMixed(dir, [workflow.workDir, checkpointDir])
+    if (lock != null) { // once the run goes ahead: a run refused leaves the file as it found it
+        recordTaskFolders(lock.channel(), taskFolders)
+    }
 }
 
 // The run's lock on lockFile; an error when another run holds it; null, with a warning, on a file
-// system that has no locks (the run goes on: nothing else could tell two runs apart there). The
-// locked file names the folders where this run's tasks write with `virnucpro` (`ownFolders`): a
-// command is refused anywhere else under a held --outdir, whose publishing would replace what it
-// writes (outdir.refuse_nesting).
-def takeRunLock(String outdir, lockFile, List ownFolders) {
+// system that has no locks (the run goes on: nothing else could tell two runs apart there).
+def takeRunLock(String outdir, lockFile) {
     def channel = openRunLock(outdir, lockFile)
     def lock = null
     try {
@@ -405,10 +405,16 @@ def takeRunLock(String outdir, lockFile, List ownFolders) {
         channel.close()
         error("--outdir ${outdir} is in use by another run of this pipeline (it holds ${lockFile}); wait for it to end, or give this run another --outdir")
     }
+    return lock
+}
+
+// The locked file names the folders where this run's tasks write with `virnucpro` (`ownFolders`): a
+// command is refused anywhere else under a held --outdir, whose publishing would replace what it
+// writes (outdir.refuse_nesting in the package).
+def recordTaskFolders(channel, List ownFolders) {
     def own = ownFolders.findAll { folder -> folder }.collect { folder -> canonicalPath(file(folder.toString(), glob: false)) }
     channel.truncate(0)
     channel.write(java.nio.ByteBuffer.wrap(groovy.json.JsonOutput.toJson([own_folders: own]).getBytes('UTF-8')), 0)
-    return lock
 }
 
 // A stub run (-stub-run) publishes placeholders where results go (header-only tables, fake embedding
