@@ -25,6 +25,7 @@ from typing import Iterator
 
 import pytest
 
+from fault_helpers import ReadsFailPast
 from mount_helpers import fuse_file_system
 from virnucpro import outdir as od
 from virnucpro import prepared as fmt
@@ -830,43 +831,6 @@ def test_a_folder_in_the_way_that_this_user_cannot_list_is_named_not_a_failed_wr
     assert "note.txt" in message and "permission denied" not in message, message
 
 
-class _FailsPast:
-    """A file whose bytes past `good` the storage fails to read (EIO)."""
-
-    def __init__(self, handle, good: int):
-        self.handle, self.good = handle, good
-
-    def _check(self, size: int) -> None:
-        if self.handle.tell() + max(size, 1) > self.good:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    def read(self, size=-1):
-        self._check(size if size and size > 0 else 1 << 30)
-        return self.handle.read(size)
-
-    def readinto(self, buffer):
-        self._check(len(buffer))
-        return self.handle.readinto(buffer)
-
-    def readline(self, size=-1):
-        line = self.handle.readline(size)
-        if self.handle.tell() > self.good:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return line
-
-    def __iter__(self):
-        return iter(self.readline, b"")
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
-
-
 @pytest.mark.parametrize("good", [600, 4000, 20_000])
 def test_an_embedding_shard_the_storage_fails_to_read_is_said_so_not_called_damaged(tmp_path, run_cli, monkeypatch,
                                                                                    small_sample, tiny_models, good):
@@ -876,7 +840,7 @@ def test_an_embedding_shard_the_storage_fails_to_read_is_said_so_not_called_dama
 
     prepared, shard = small_sample
     real = h5shard.open_regular
-    monkeypatch.setattr(h5shard, "open_regular", lambda path, *args: _FailsPast(real(path, *args), good))
+    monkeypatch.setattr(h5shard, "open_regular", lambda path, *args: ReadsFailPast(real(path, *args), good))
     code, message = run_cli("predict", "--prepared", prepared, "--embeddings", shard, "--outdir", tmp_path / "o",
                             "--models", tiny_models)
     assert code == ExitCode.BAD_INPUT and f"cannot read {shard}: an I/O error occurred" in message, message
@@ -899,7 +863,7 @@ def test_a_prepare_shard_the_storage_fails_to_read_part_way_is_an_input_not_read
     def opened(path, *args):
         opens.append(path)
         handle = real(path, *args)
-        return _FailsPast(handle, good) if len(opens) == failing_open else handle
+        return ReadsFailPast(handle, good) if len(opens) == failing_open else handle
 
     monkeypatch.setattr(prepared_module, "open_regular", opened)
     code, message = run_cli("embed", shard, "--out", tmp_path / "e.h5", "--models", tiny_models, "--device", "cpu")

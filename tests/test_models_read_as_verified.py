@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from fault_helpers import ReadsFailPast
 
 from virnucpro import classifier as classifier_module
 from virnucpro import embed as embed_module
@@ -199,31 +200,6 @@ def test_a_classifier_the_storage_fails_to_read_is_said_so_at_each_step_of_loadi
     assert refused.value.hint == store.READ_FAILED_HINT, refused.value
 
 
-class _FailingEnd:
-    """A file whose last bytes the storage fails to read (EIO), its other reads served."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.size = os.fstat(handle.fileno()).st_size
-
-    def read(self, size=-1):
-        import errno
-
-        stop = self.size if size is None or size < 0 else self.handle.tell() + size
-        if stop > self.size - 100:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return self.handle.read(size)
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
-
-
 def test_an_encoder_checkpoint_whose_end_the_storage_fails_to_read_is_no_damaged_file(models, monkeypatch):
     """zipfile takes a failed read of a zip's end record for "File is not a zip file": the checkpoint was
     called damaged, to be replaced."""
@@ -235,7 +211,7 @@ def test_an_encoder_checkpoint_whose_end_the_storage_fails_to_read_is_no_damaged
     def opened(file, mode="r", *args, **kwargs):
         handle = real(file, mode, *args, **kwargs)
         named = isinstance(file, (str, os.PathLike)) and os.fspath(file).endswith("esm2_tiny.pt")
-        return _FailingEnd(handle) if named and "b" in mode else handle
+        return ReadsFailPast(handle, os.fstat(handle.fileno()).st_size - 100) if named and "b" in mode else handle
 
     monkeypatch.setattr(builtins, "open", opened)
     monkeypatch.setattr(io, "open", opened)
