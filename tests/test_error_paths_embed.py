@@ -165,14 +165,21 @@ def test_a_resume_at_the_open_files_limit_keeps_every_part_and_names_the_limit(t
     """Under `prlimit --nofile` during a resume every part failed to open and was deleted as
     "damaged" (228 parts became 41): hours of GPU work lost to a limit of the process."""
     parts = _copied_parts(kept_parts, tmp_path)
-    done = subprocess.run([sys.executable, "-c", LIMIT_AT_THE_FIRST_PART,
-                           *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
+    _resume_keeps_every_part(parts, [sys.executable, "-c", LIMIT_AT_THE_FIRST_PART], ["ulimit -n"], tmp_path,
+                             golden_prepared, tiny_models)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def _resume_keeps_every_part(parts: list[Path], command: list[str], words: list[str], tmp_path: Path,
+                             golden_prepared: Path, tiny_models: Path) -> None:
+    """Resume an embed over `parts` (`command`: how it starts, a fault planted or a limit set): exit 10
+    saying `words`, no traceback, and no part called damaged or deleted."""
+    done = subprocess.run([*command, *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr[-3000:]
-    assert "ulimit -n" in done.stderr and "damaged" not in done.stderr, done.stderr[-3000:]
+    assert all(word in done.stderr for word in words) and "damaged" not in done.stderr, done.stderr[-3000:]
     _no_traceback(done.stderr)
-    assert all(part.is_file() for part in parts), "a part that could not be opened was deleted"
-    assert not (tmp_path / "s.h5").exists()
+    assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
 
 
 def test_a_part_without_read_permission_is_kept_and_named(tmp_path, kept_parts, golden_prepared, tiny_models):
@@ -180,13 +187,8 @@ def test_a_part_without_read_permission_is_kept_and_named(tmp_path, kept_parts, 
     prefix = unprivileged()
     parts = _copied_parts(kept_parts, tmp_path)
     parts[1].chmod(0)
-    done = subprocess.run([*prefix, *CLI, *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr[-3000:]
-    assert f"cannot read checkpoint part {parts[1]}: permission denied" in done.stderr, done.stderr[-3000:]
-    assert "chmod u+r" in done.stderr and "damaged" not in done.stderr, done.stderr[-3000:]
-    _no_traceback(done.stderr)
-    assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
+    _resume_keeps_every_part(parts, [*prefix, *CLI], [f"cannot read checkpoint part {parts[1]}: permission denied",
+                                                      "chmod u+r"], tmp_path, golden_prepared, tiny_models)
 
 
 FAILING_OPEN_OF_PARTS = """
@@ -208,13 +210,8 @@ def test_a_part_whose_read_fails_with_any_system_error_is_kept(tmp_path, kept_pa
     """Only a listed set of errors kept the part: any other failed read (an errno that list lacked) had it
     deleted as "damaged", its vectors computed again."""
     parts = _copied_parts(kept_parts, tmp_path)
-    done = subprocess.run([sys.executable, "-c", FAILING_OPEN_OF_PARTS, code,
-                           *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr[-3000:]
-    assert "cannot read checkpoint part" in done.stderr and "damaged" not in done.stderr, done.stderr[-3000:]
-    _no_traceback(done.stderr)
-    assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
+    _resume_keeps_every_part(parts, [sys.executable, "-c", FAILING_OPEN_OF_PARTS, code], ["cannot read checkpoint part"],
+                             tmp_path, golden_prepared, tiny_models)
 
 
 FAILING_ZIP_END_OF_PARTS = """
@@ -241,13 +238,8 @@ def test_a_part_whose_zip_end_the_storage_fails_to_read_is_kept(tmp_path, kept_p
     """zipfile calls a failed read of an archive's end "File is not a zip file": the part was deleted as
     damaged, its vectors computed again."""
     parts = _copied_parts(kept_parts, tmp_path)
-    done = subprocess.run([sys.executable, "-c", FAILING_ZIP_END_OF_PARTS,
-                           *_embed_args(golden_prepared, tmp_path / "s.h5", tiny_models)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == ExitCode.OUTPUT_WRITE, done.stderr[-3000:]
-    assert "cannot read checkpoint part" in done.stderr and "damaged" not in done.stderr, done.stderr[-3000:]
-    _no_traceback(done.stderr)
-    assert all(part.is_file() for part in parts), "a part that could not be read was deleted"
+    _resume_keeps_every_part(parts, [sys.executable, "-c", FAILING_ZIP_END_OF_PARTS], ["cannot read checkpoint part"],
+                             tmp_path, golden_prepared, tiny_models)
 
 
 # ------------------------------------------------------------------ 2. the checkpoint writer at the limit

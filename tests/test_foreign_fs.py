@@ -44,20 +44,20 @@ def test_the_spelling_a_case_insensitive_file_system_lists_is_the_one_locked(cas
     assert on_disk_spelling(case_insensitive / "sAMPLE" / ".lock") == case_insensitive / "Sample" / ".lock"
 
 
-def test_two_spellings_of_one_outdir_are_one_folder_a_second_command_is_refused(case_insensitive):
-    with folder_lock(case_insensitive / "Out", "--outdir"):
-        second = virnucpro("prepare", EXAMPLE, "--outdir", case_insensitive / "out")
-    assert second.returncode == ExitCode.BAD_INPUT, second.stderr
-    assert "is in use by another virnucpro command" in second.stderr, second.stderr
-
-
-def test_two_spellings_of_one_embed_out_are_one_file_a_second_embed_is_refused(case_insensitive, small_sample,
-                                                                                tiny_models):
-    prepared, _ = small_sample
-    shard = prepared / "shards" / fmt.shard_name(0)
-    with file_lock(case_insensitive / "S.h5", "--out"):
-        second = virnucpro("embed", shard, "--out", case_insensitive / "s.h5", "--models", tiny_models,
-                           "--device", "cpu", "--threads", "1")
+@pytest.mark.parametrize("output", ["outdir", "embed_out"])
+def test_two_spellings_of_one_output_are_one_a_second_command_is_refused(case_insensitive, small_sample, tiny_models,
+                                                                          output):
+    """An output folder held as `Out` (a file as `S.h5`), a second command given `out` (`s.h5`)."""
+    shard = small_sample[0] / "shards" / fmt.shard_name(0)
+    held, command = {
+        "outdir": (lambda: folder_lock(case_insensitive / "Out", "--outdir"),
+                   ["prepare", EXAMPLE, "--outdir", case_insensitive / "out"]),
+        "embed_out": (lambda: file_lock(case_insensitive / "S.h5", "--out"),
+                      ["embed", shard, "--out", case_insensitive / "s.h5", "--models", tiny_models, "--device", "cpu",
+                       "--threads", "1"]),
+    }[output]
+    with held():
+        second = virnucpro(*command)
     assert second.returncode == ExitCode.BAD_INPUT, second.stderr
     assert "is in use by another virnucpro command" in second.stderr, second.stderr
 

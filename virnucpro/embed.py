@@ -43,8 +43,8 @@ from virnucpro.errors import (os_cause, shell_word, OPEN_FILE_LIMITS, STOP_SIGNA
                               open_files_errno, output_errors, printable, resolved, stop_signals_deferred, storage_error,
                               storage_failure, storage_hint)
 from virnucpro.models import store
-from virnucpro.outdir import (NO_FOLLOW, OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
-                              is_regular, make_folder, not_ours, on_disk_spelling, refuse_nesting,
+from virnucpro.outdir import (OURS, FolderBusy, HeldLock, create_exclusive, file_lock, folder_lock,
+                              held_by_another, is_regular, make_folder, not_ours, on_disk_spelling, refuse_nesting,
                               remove_made_folders)
 from virnucpro.threads import limit_threads
 
@@ -543,19 +543,13 @@ def _live_waiters(folder: Path) -> bool:
 
 def _waiter_alive(note: Path) -> bool:
     """A note still flocked by its waiter; without flock, one renewed lately."""
-    try:
-        fd = os.open(note, os.O_RDONLY | NO_FOLLOW)
+    held = held_by_another(note)
+    if held is not None:
+        return held
+    try:  # no flock on this file system (or the note is gone)
+        return time.time() - note.lstat().st_mtime < WAITING_FRESH_SECONDS
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False  # nobody holds it: its waiter is gone
-    except BlockingIOError:
-        return True
-    except OSError:  # no flock on this file system
-        return time.time() - os.fstat(fd).st_mtime < WAITING_FRESH_SECONDS
-    finally:
-        os.close(fd)
 
 
 def _delete_own_files(folder: Path) -> None:

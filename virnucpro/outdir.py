@@ -49,7 +49,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, naming, not_a_folder,
@@ -935,22 +935,28 @@ def lock_holder(folder: Path) -> str | None:
 
 
 def _flock_holder(lock: Path) -> str | None:
-    """The holder named in the lock file `lock` while another process holds its flock (a shared flock
-    cannot be had); None when nobody does, there is no such file, or the file system has no flock."""
+    """The holder named in the lock file `lock` while another process holds its flock; None when nobody
+    does, there is no such file, or the file system has no flock (the fallback lock file tells)."""
+    return _holder_text(_read_text_or_empty(lock)) if held_by_another(lock) else None
+
+
+def held_by_another(path: Path, lock: Callable[[int, int], None] = fcntl.flock) -> bool | None:
+    """Whether another process holds a lock on `path` (`lock`: fcntl.flock, or fcntl.lockf for the POSIX
+    locks Java's FileChannel takes), tried with a shared one that is never waited for and dropped at
+    once; None when the file cannot be opened (never through a link) or its file system has no such
+    lock. A process's POSIX locks on a file go with any close of it: this one holds none."""
     try:
-        fd = os.open(lock, os.O_RDONLY | NO_FOLLOW)
+        fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    except BlockingIOError:
-        return _holder_text(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-    except OSError:
-        pass  # no flock here: the fallback lock file tells
+        lock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        lock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError as exc:
+        return True if exc.errno in (errno.EAGAIN, errno.EACCES) else None
     finally:
         os.close(fd)
-    return None
 
 
 @contextmanager
@@ -1052,7 +1058,7 @@ def _refuse_running_pipelines_outdir(folder: Path, resolved: Path, target: Path,
     in its checkpoint folder: its lock file names them): its publishing replaced what a command wrote
     into a sample's folder."""
     lock = folder / PIPELINE_RUN_LOCK
-    if not is_regular(lock) or not _posix_locked(lock):
+    if not is_regular(lock) or not held_by_another(lock, fcntl.lockf):
         return
     try:
         own = json.loads(_read_regular(lock, limit=1 << 16) or "{}").get("own_folders") or []
@@ -1064,21 +1070,6 @@ def _refuse_running_pipelines_outdir(folder: Path, resolved: Path, target: Path,
     raise BadInputError(f"{what} {target} is inside {folder}, the --outdir of a run of the pipeline still going "
                         f"(it holds {lock}): that run's publishing would replace what this command writes",
                         "wait for that run to end, or choose a folder outside it")
-
-
-def _posix_locked(path: Path) -> bool:
-    """Whether another process holds a POSIX lock on `path` (as Java's FileChannel.tryLock takes one)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError as exc:
-        return exc.errno in (errno.EAGAIN, errno.EACCES)
-    finally:
-        os.close(fd)  # releases the shared lock: this process's POSIX locks on the file go with any close
 
 
 # --- ownership -----------------------------------------------------------------------------------
