@@ -940,11 +940,12 @@ def _flock_holder(lock: Path) -> str | None:
     return _holder_text(_read_text_or_empty(lock)) if held_by_another(lock) else None
 
 
-def held_by_another(path: Path, lock: Callable[[int, int], None] = fcntl.flock) -> bool | None:
+def held_by_another(path: Path, lock: Callable[[int, int], None] | None = None) -> bool | None:
     """Whether another process holds a lock on `path` (`lock`: fcntl.flock, or fcntl.lockf for the POSIX
     locks Java's FileChannel takes), tried with a shared one that is never waited for and dropped at
     once; None when the file cannot be opened (never through a link) or its file system has no such
     lock. A process's POSIX locks on a file go with any close of it: this one holds none."""
+    lock = lock or fcntl.flock  # looked up at each call, not bound once
     try:
         fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
     except OSError:
