@@ -249,13 +249,16 @@ def test_resources_scale_with_the_attempt_within_limits():
 def test_standard_cache_and_local_storedir_download():
     # 'lenient' (path and size) would reuse a task whose input was edited in place to the same size;
     # EMBED's inputs are a shard in PREPARE's work folder (its path names that task) and the models
-    # folder, keyed by the names, sizes and times of its files (models_key, modelsCacheKey)
+    # folder, keyed by the names, sizes and times of its files (models_key, modelsCacheKey); PREPARE's,
+    # the user's reads, by their content ('deep': one changed in place with its time restored was reused)
     for path, text in CONFIG_TEXTS.items():
         assert not re.search(r"^\s*(process\.)?cache\s*=", text, re.M), f"{path} sets a cache mode"
     for process in PROCESSES.values():
         text = process.path.read_text()
         if process.name == "VIRNUCPRO_EMBED":
             assert re.search(r"^\s*cache 'lenient'$", text, re.M) and "val(models_key)" in text
+        elif process.name == "VIRNUCPRO_PREPARE":
+            assert re.search(r"^\s*cache 'deep'$", text, re.M)
         else:
             assert not re.search(r"^\s*cache\s", text, re.M), f"{process.name} sets a cache mode"
 

@@ -4,6 +4,11 @@
 process VIRNUCPRO_PREPARE {
     tag "${meta.id}"
     label 'process_medium'
+    // Keyed by the content of the reads, not their size and modification time: an input changed in
+    // place with its time restored (or two samples' files swapped) was reused with its old results,
+    // and one fetched again unchanged (a new time) was prepared and embedded again. Costs one read of
+    // each input per launch, on the machine running Nextflow.
+    cache 'deep'
 
     input:
     tuple val(meta), path(reads, stageAs: 'input/?/*')
