@@ -11,7 +11,7 @@
  */
 
 include { VIRNUCPRO                                       } from './workflows/virnucpro'
-include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkClassifierRecord ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markStubRun ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; writeParamsFile ; refuseLinksAcrossFileSystems ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
+include { PIPELINE_INITIALISATION ; asChunkSize ; asText ; checkClassifierChunkSize ; checkClassifierEncoders ; checkClassifierRecord ; checkModelsDirectory ; checkParameterPaths ; checkpointDir ; checkGoogleGpuType ; checkSlurmGpuType ; checkSlurmQueues ; embedSettingsRecord ; lockOutdir ; markStubRun ; markUnfinished ; recordEmbedSettings ; refuseUnusedArguments ; removeEarlierShards ; writeParamsFile ; refuseLinksAcrossFileSystems ; refusePublishingUnlikeParams ; warnIfEmbedKeyChanged ; warnIfMultiqcMissing ; warnIfReportCutShort ; warnIfReportsElsewhere } from './subworkflows/local/utils_virnucpro_pipeline'
 include { commandLineWords ; paramsHelp ; paramsSummaryLog ; validateParameters } from './subworkflows/local/utils_schema'
 
 workflow {
@@ -35,6 +35,8 @@ workflow {
         // Paths a task's shell script would misread ($, globs, control characters), the work and
         // launch folders included: before any use
         checkParameterPaths(params)
+        refusePublishingUnlikeParams(workflow.session.config.process, asText(params.publish_dir_mode),
+            [VIRNUCPRO_PREPARE: params.save_prepared as boolean, VIRNUCPRO_EMBED: params.save_embeddings as boolean])
         checkSlurmQueues([slurm_queue: params.slurm_queue, slurm_gpu_queue: params.slurm_gpu_queue])
         checkGoogleGpuType(params.gpu_type, asText(params.device), asText(params.google_machine_type))
         checkSlurmGpuType(params.gpu_type, asText(params.device), params.slurm_gpu_queue ?: params.slurm_queue)

@@ -544,7 +544,7 @@ def config_literal(raw: str, project_dir: Path = REPO) -> Any:
         if "$" in value:
             raise ConfigValueError(f"interpolation other than ${{projectDir}} in {raw}")
         return value
-    if re.fullmatch(r"new java\.util\.Date\(\)\.format\('[^']*'\)", raw):
+    if re.fullmatch(r"new java\.util\.Date\(\)\.format\('[^']*'(, java\.util\.TimeZone\.getTimeZone\('UTC'\))?\)", raw):
         return None  # the launch time: no default known before the run
     raise ConfigValueError(f"not a literal: {raw}")
 

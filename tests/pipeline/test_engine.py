@@ -339,6 +339,32 @@ def test_resume_embeds_again_when_a_model_file_changed_and_only_then(tmp_path):
     assert_same_tables(again.outdir / "reads", virnucpro_run([reads], models, tmp_path / "single"))
 
 
+def test_resume_prepares_again_inputs_changed_in_place_and_reuses_one_fetched_again(tmp_path):
+    """PREPARE is keyed by its inputs' content (cache 'deep'). Two samples' files swapped, each keeping
+    its size and modification time, are prepared again: with Nextflow's standard key (path, size,
+    time) a -resume published each sample's results of the other's reads. The same reads written
+    again with a new modification time (fetched again) reuse every task."""
+    reads_a = coding_reads(tmp_path / "a.fa", 6, seed=1, prefix="a")
+    reads_b = coding_reads(tmp_path / "b.fa", 6, seed=2, prefix="b")
+    sheet = write_samplesheet(tmp_path / "sheet.csv", [("sa", reads_a), ("sb", reads_b)])
+    args = ("-profile", "test", "--input", str(sheet))
+    run_pipeline(tmp_path / "launch", *args).assert_ok()
+    contents, times = {}, {}
+    for reads in (reads_a, reads_b):
+        contents[reads], times[reads] = reads.read_bytes(), (reads.stat().st_atime_ns, reads.stat().st_mtime_ns)
+    for reads, other in ((reads_a, reads_b), (reads_b, reads_a)):
+        reads.write_bytes(contents[other])
+        os.utime(reads, ns=times[reads])
+    swapped = run_pipeline(tmp_path / "launch", *args, "-resume")
+    swapped.assert_ok()
+    assert {row["status"] for row in swapped.tasks("VIRNUCPRO_PREPARE")} == {"COMPLETED"}, swapped.trace()
+    for sample, prefix in (("sa", "b_"), ("sb", "a_")):
+        ids = {row["sequence_id"] for row in read_tsv(swapped.outdir / sample / "sequences.tsv")}
+        assert ids == {f"{prefix}{i}" for i in range(6)}, (sample, ids)
+    reads_a.write_bytes(reads_a.read_bytes())
+    os.utime(reads_a, ns=(times[reads_a][0], times[reads_a][1] + 10**10))
+    assert_nothing_rerun(run_pipeline(tmp_path / "launch", *args, "-resume"))
+
 def test_a_virnucpro_of_another_version_stops_the_first_task_naming_both(tmp_path):
     """The virnucpro on the PATH (no container) is another version than the pipeline: the first task
     stops with exit 5 naming both versions, instead of running modules written for another CLI."""
@@ -672,6 +698,40 @@ def test_an_outdir_no_run_of_the_pipeline_wrote_is_refused_and_left_as_it_is(tmp
     assert folder_state(launch / "results") == before and not (launch / "results" / "pipeline_info").exists()
 
 
+
+def test_publishing_set_in_a_config_file_unlike_the_parameters_is_refused_before_any_task(tmp_path):
+    """A review's case: --save_prepared, --save_embeddings and --publish_dir_mode set among a -c file's
+    params were recorded and checked, but conf/modules.config had read them before that file: no
+    prepared/ nor embeddings/ were published, files were copied where links were recorded (exit 0).
+    A -c file's own publishDir in mode 'link' failed only once every task had run."""
+    late = tmp_path / "late.config"
+    late.write_text("params.save_prepared = true\nparams.publish_dir_mode = 'symlink'\n")
+    run = run_pipeline(tmp_path / "late", "-profile", "test", "-c", str(late))
+    assert_refused_before_any_task(run, "withName:VIRNUCPRO_PREPARE does not publish its files, --save_prepared is true",
+                                   "withName:VIRNUCPRO_PREDICT publishes in mode 'copy', --publish_dir_mode is 'symlink'",
+                                   "-params-file")
+    own = tmp_path / "own.config"
+    own.write_text("process { withName: 'VIRNUCPRO_PREDICT' { publishDir = [path: { params.outdir }, mode: 'link'] } }\n")
+    run = run_pipeline(tmp_path / "own", "-profile", "test", "-c", str(own))
+    assert_refused_before_any_task(run, "withName:VIRNUCPRO_PREDICT publishes in mode 'link', --publish_dir_mode is 'copy'")
+    # the same settings as parameters are what the configuration holds: the run starts
+    run = run_pipeline(tmp_path / "given", "-profile", "test", "-stub-run", "--save_prepared", "--publish_dir_mode", "symlink")
+    run.assert_ok()
+
+
+def test_reports_a_run_writes_into_its_new_outdir_are_its_own_not_a_strangers(tmp_path):
+    """A review's case: `-with-trace <outdir>/trace.txt` made the run refuse its new --outdir for the
+    trace Nextflow had opened there for this very run (and every later run, for the file left)."""
+    outdir = tmp_path / "launch" / "results"
+    run = run_pipeline(tmp_path / "launch", "-profile", "test", "-stub-run", "-with-trace", str(outdir / "trace.txt"),
+                       "-with-report", str(outdir / "reports" / "report.html"))
+    run.assert_ok()
+    assert (outdir / "trace.txt").is_file() and (outdir / "reports" / "report.html").is_file()
+    (tmp_path / "other" / "results" / "mine").mkdir(parents=True)
+    (tmp_path / "other" / "results" / "mine" / "notes.txt").write_text("a user's file\n")
+    run = run_pipeline(tmp_path / "other", "-profile", "test", "-stub-run", "-with-trace",
+                       str(tmp_path / "other" / "results" / "mine" / "trace.txt"))
+    assert_refused_before_any_task(run, "already holds 'mine'", "no run of this pipeline wrote it")
 
 def test_files_of_the_users_at_the_names_the_run_writes_in_pipeline_info_are_refused_and_kept(tmp_path):
     """A reviewer's case: a new --outdir holding only pipeline_info/ is taken (Nextflow writes its

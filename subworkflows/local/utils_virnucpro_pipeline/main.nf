@@ -486,16 +486,40 @@ def refuseForeignOutdir(dir, List ownFolders) {
 }
 
 // The entries of --outdir `dir` that a run's results may be: not hidden ones (.nextflow, .DS_Store),
-// lost+found, pipeline_info/ (where this run's Nextflow has already opened its reports), nor this run's
-// own folders inside it (`ownFolders`: the work directory, the checkpoint folder). Sorted names.
+// lost+found, pipeline_info/ (where this run's Nextflow has already opened its reports), this run's
+// own folders inside it (`ownFolders`: the work directory, the checkpoint folder), nor what holds
+// only the reports this run's Nextflow opened elsewhere in it (-with-trace <outdir>/trace.txt: the
+// run refused the new folder for the file, and every later run too). Sorted names.
 def resultEntries(dir, List ownFolders) {
     def real = file(canonicalPath(dir), glob: false)
     def own = ownFolders.findAll { folder -> folder }
         .collect { folder -> file(canonicalPath(file(folder.toString(), glob: false)), glob: false) }
         .findAll { folder -> folder != real && folder.startsWith(real) }
         .collect { folder -> real.relativize(folder).getName(0).toString() }
+    def reports = thisRunsReports()
     return ((dir.toFile().list() ?: []) as List)
-        .findAll { name -> !name.startsWith('.') && !(name in ['pipeline_info', 'lost+found'] + own) }.sort()
+        .findAll { name -> !name.startsWith('.') && !(name in ['pipeline_info', 'lost+found'] + own) }
+        .findAll { name -> !(reports && holdsOnlyReports(dir.resolve(name), reports)) }.sort()
+}
+
+// The report files this run's Nextflow opened before the start-up checks (trace, report, timeline,
+// DAG: as the configuration or -with-trace and the like set them) that exist, as canonical paths.
+def thisRunsReports() {
+    def config = workflow.session.config
+    return ['trace', 'report', 'timeline', 'dag'].findAll { scope -> config[scope] instanceof Map && config[scope].enabled && config[scope].file }
+        .collect { scope -> file(config[scope].file.toString(), glob: false) }
+        .findAll { path -> path.toUri().getScheme() == 'file' && path.exists() }
+        .collect { path -> canonicalPath(path) }
+}
+
+// Whether `path` is one of `reports`, or a folder holding files that all are (and at least one).
+def holdsOnlyReports(path, List reports) {
+    def nofollow = java.nio.file.LinkOption.NOFOLLOW_LINKS
+    if (java.nio.file.Files.isRegularFile(path, nofollow)) {
+        return canonicalPath(path) in reports
+    }
+    def entries = java.nio.file.Files.isDirectory(path, nofollow) ? ((path.toFile().list() ?: []) as List) : []
+    return entries && entries.every { name -> holdsOnlyReports(path.resolve(name), reports) }
 }
 
 // A run that has not completed successfully (failed, stopped, or some of its tasks failed and were
@@ -567,6 +591,44 @@ def refuseLinksAcrossFileSystems(String outdir, String mode) {
     if (stores[0] != stores[1]) {
         error("--publish_dir_mode link makes hard links from the work directory ${workflow.workDir} into --outdir ${outdir}, and the two are on different file systems (${stores[1]}, ${stores[0]}): publishing would fail once every task has run; give --publish_dir_mode copy (or symlink), or an --outdir on the work directory's file system")
     }
+}
+
+// Publishing as the configuration holds it, against the parameters the start-up checks, the summary
+// and params_<start>.json go by. conf/modules.config reads --publish_dir_mode, --save_prepared and
+// --save_embeddings when nextflow.config is read, before any -c file: set among a -c file's params,
+// they were recorded and checked but not used (files copied though 'symlink' was recorded, no
+// prepared/ or embeddings/ though asked for). A -c file's own publishDir in another mode escaped the
+// checks made for the mode given (hard links across file systems failed once every task had run).
+def refusePublishingUnlikeParams(processConfig, String mode, Map saved) {
+    def problems = publishingProblems(processConfig, mode, saved)
+    if (problems) {
+        error("the configuration publishes otherwise than the parameters say: ${problems.join('; ')}. Give --publish_dir_mode, --save_prepared and --save_embeddings on the command line or in a -params-file (conf/modules.config reads them before a -c file's params), and leave publishDir out of -c files: the pipeline's checks of --outdir go by those parameters")
+    }
+}
+
+// What publishes otherwise than --publish_dir_mode and the save switches (saved: process name ->
+// whether its files are asked for) say: each process selector's publishDir and the process scope's
+// own, in their mode (Nextflow's default, symlink, when they give none) and, for PREPARE and EMBED,
+// whether they publish at all.
+def publishingProblems(processConfig, String mode, Map saved) {
+    def allowed = [mode, mode == 'move' ? 'copy' : mode].unique()
+    def problems = []
+    (processConfig instanceof Map ? processConfig : [:]).each { selector, settings ->
+        def where = selector.toString() == 'publishDir' ? 'process.publishDir' : "${selector}".toString()
+        def entries = selector.toString() == 'publishDir' ? settings : (settings instanceof Map ? settings.publishDir : null)
+        (entries instanceof Map ? [entries] : (entries instanceof List ? entries : [])).findAll { entry -> entry instanceof Map }.each { entry ->
+            def entryMode = entry.mode == null ? 'symlink' : entry.mode.toString()
+            if (!(entryMode in allowed)) {
+                problems << "${where} publishes in mode '${entryMode}', --publish_dir_mode is '${mode}'".toString()
+            }
+            def name = where.startsWith('withName:') ? where - 'withName:' : null
+            def enabled = entry.enabled == null ? true : entry.enabled as boolean
+            if (saved.containsKey(name) && enabled != saved[name]) {
+                problems << "${where} ${enabled ? 'publishes' : 'does not publish'} its files, --save_${name == 'VIRNUCPRO_PREPARE' ? 'prepared' : 'embeddings'} is ${saved[name]}".toString()
+            }
+        }
+    }
+    return problems
 }
 
 // --outdir and its pipeline_info/ (made unless -preview) must be folders this user can write into.
