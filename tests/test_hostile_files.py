@@ -456,7 +456,7 @@ def test_an_older_format_check_reads_no_attribute_that_is_no_whole_number(tmp_pa
 
     path = _format_version_naming_one_string(tmp_path / "older.h5", 40, 1 << 20)
     assert path.stat().st_size < 2 << 20
-    _, peak = traced_peak(lambda: h5shard._refuse_older_format(path, path.read_bytes()[:8]))
+    _, peak = traced_peak(lambda: h5shard._refuse_other_format(path, path.read_bytes()[:8]))
     assert peak < 8 << 20, peak
     result = refused_read(path)
     assert result["code"] == 5 and "seal" in result["message"], result

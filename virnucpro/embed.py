@@ -1492,10 +1492,10 @@ def _check_replaceable(out: Path) -> None:
                             "name that differs in more than case")
     if out.exists() and not h5shard.is_sealed_shard(out):
         raise BadInputError(f"--out {out} exists and does not start with the seal virnucpro embed writes (another "
-                            "program's file, or an embedding file of a virnucpro before format 3): virnucpro "
-                            "replaces only files it can tell it wrote",
-                            "move or delete it (an older virnucpro's output is embedded again), or choose "
-                            "another --out")
+                            "program's file, or an embedding file of another virnucpro format: before format "
+                            "3, or a newer one): virnucpro replaces only files it can tell it wrote",
+                            "move it away, delete it if it is an older virnucpro's output (it is embedded "
+                            "again), or choose another --out")
     if out.exists() and not h5shard.seal_holds(out):
         raise BadInputError(f"--out {out} was written by virnucpro embed but changed since (its bytes differ from its "
                             "seal: edited, e.g. a dataset or attribute added, rewritten by h5repack, or damaged): "

@@ -163,7 +163,7 @@ def _checked_seal(path: Path, handle) -> bytes:
     block = handle.read(SEAL_BYTES)
     if not block.startswith(SEAL_MAGIC):
         _refuse_prepare_shard(path, block)
-        _refuse_older_format(path, block)
+        _refuse_other_format(path, block)
         what = "it is empty" if not block else ("it does not start with the seal virnucpro embed writes "
                                                 "(cut short, or written by another program or an older "
                                                 "virnucpro)")
@@ -174,22 +174,33 @@ def _checked_seal(path: Path, handle) -> bytes:
     return block
 
 
-def _refuse_older_format(path: Path, head: bytes) -> None:
-    """Exit 5 naming the format version of an embedding file an older virnucpro wrote, before files were
-    sealed (format 3): an HDF5 file from its first byte, its version in an attribute. A file that
-    does not read so is left to the caller's refusal."""
-    if not head.startswith(HDF5_SIGNATURE):
-        return
+def _refuse_other_format(path: Path, head: bytes) -> None:
+    """Exit 5 naming the format of an embedding file another virnucpro version wrote: a seal of another
+    version (a newer virnucpro's), or an HDF5 file from its first byte (before files were sealed,
+    format 3) whose version attribute is not this one's. A file that does not read so is left to the
+    caller's refusal (cut short, or not ours)."""
+    if head.startswith(SEAL_MAGIC[:SEAL_MAGIC.rindex(b" ") + 1]):
+        version = head[SEAL_MAGIC.rindex(b" ") + 1:head.find(b"\n")]
+        reads = int(SEAL_MAGIC.split()[-1])
+        if version.isdigit() and version.isascii() and int(version) != reads:
+            raise other_format(path, "seal ", int(version), reads, "rerun `virnucpro embed`")
+    if head.startswith(HDF5_SIGNATURE):
+        found = _unsealed_format_version(path)
+        if found is not None and found != FORMAT_VERSION:
+            raise other_format(path, "", found, FORMAT_VERSION, "rerun `virnucpro embed`")
+
+
+def _unsealed_format_version(path: Path) -> int | None:
+    """The whole-number format_version attribute of an unsealed HDF5 file, or None."""
     try:
         with _h5py().File(path, "r") as handle:
             attribute = handle.attrs.get_id("format_version") if "format_version" in handle.attrs else None
             if attribute is None or attribute.shape != () or attribute.get_storage_size() > 8:
-                return  # no whole number: never read (an array of strings naming one long one cost gigabytes)
+                return None  # no whole number: never read (an array of strings naming one long one cost gigabytes)
             found = handle.attrs["format_version"]
     except Exception:  # noqa: BLE001 - damaged or not ours: the caller's refusal says so
-        return
-    if isinstance(found, (int, np.integer)) and int(found) < FORMAT_VERSION:
-        raise other_format(path, "", int(found), FORMAT_VERSION, "rerun `virnucpro embed`")
+        return None
+    return int(found) if isinstance(found, (int, np.integer)) and not isinstance(found, bool) else None
 
 
 def _refuse_prepare_shard(path: Path, head: bytes) -> None:
