@@ -145,6 +145,22 @@ def test_a_shard_cut_at_a_line_end_in_its_prepare_folder_is_exit_5_before_any_wo
     assert _embed(run_cli, alone, tiny_models, tmp_path / "alone.h5")[0] == 0
 
 
+@pytest.mark.parametrize("manifest_text, said", [
+    ('{"format_version": %d}' % (fmt.FORMAT_VERSION + 1), "a newer virnucpro wrote it"),
+    ("{not json", "manifest.json"),
+])
+def test_a_shard_beside_a_manifest_that_cannot_be_read_is_exit_5_before_any_work(golden_prepared, tiny_models,
+                                                                                  run_cli, tmp_path, manifest_text,
+                                                                                  said):
+    """A version-skew review's case: beside a manifest of another format (or a damaged one) the shard
+    was taken unchecked, an edited shard embedded (GPU hours), and only predict refused the folder."""
+    prepared = Path(shutil.copytree(golden_prepared, tmp_path / "prepared"))
+    shard = prepared / fmt.load_manifest(prepared)["shards"][0]["file"]
+    (prepared / fmt.MANIFEST).write_text(manifest_text)
+    code, message = _embed(run_cli, shard, tiny_models, tmp_path / "s.h5")
+    assert code == 5 and said in message and str(prepared / fmt.MANIFEST) in message, message
+    assert "loading DNABERT-S" not in message and not (tmp_path / "s.h5").exists()
+
 def test_a_leftover_shard_its_manifest_does_not_list_is_exit_5_before_any_work(tmp_path, tiny_models, run_cli,
                                                                                monkeypatch):
     """A reviewer's case: an earlier prepare's folder synced over by a later one (`rsync -a` without

@@ -122,6 +122,25 @@ def test_predict_says_when_it_scores_embeddings_another_version_wrote(sample, ti
     assert other["stage_versions"] == {"prepare": __version__, "embed": sorted(["0.1.0", __version__])}, other
 
 
+def test_predict_says_when_it_scores_a_prepare_folder_another_version_wrote(sample, tiny_models, tmp_path, run_cli):
+    """A version-skew review's case: a prepare folder of 0.1.0 (which let through ids that only look
+    alike, refused since) was scored without a word, where embedding files of another version are
+    named."""
+    prepared, embeddings = sample
+    common = ["--prepared", prepared, "--embeddings", *embeddings, "--models", tiny_models]
+    code, err = run_cli("predict", *common, "--outdir", tmp_path / "same")
+    assert code == 0 and "was prepared by virnucpro" not in err, err
+    _set_manifest_field(prepared, "virnucpro_version", "0.1.0")
+    code, err = run_cli("predict", *common, "--outdir", tmp_path / "other")
+    said = " ".join(err.split())
+    assert code == 0 and f"{prepared} was prepared by virnucpro 0.1.0, this is {__version__}" in said, err
+    assert "prepare the input again with this version" in said, err
+
+
+def _set_manifest_field(prepared: Path, key: str, value) -> None:
+    manifest = json.loads((prepared / fmt.MANIFEST).read_text())
+    (prepared / fmt.MANIFEST).write_text(json.dumps({**manifest, key: value}))
+
 def test_an_older_embedding_file_is_refused_naming_its_format(tmp_path, run_cli, sample, tiny_models):
     """An upgrade review's case: an embedding file of a virnucpro before sealed files (format 1 or 2:
     HDF5 from its first byte) was "not a valid virnucpro embedding shard", no format named, though the
@@ -143,6 +162,30 @@ def test_an_older_embedding_file_is_refused_naming_its_format(tmp_path, run_cli,
                         "--models", tiny_models)
     assert code == 5 and "older virnucpro wrote it" not in err and "does not start with the seal" in err, err
 
+
+def test_an_embedding_file_of_a_newer_virnucpro_is_named_so_never_one_to_delete(tmp_path, run_cli, sample,
+                                                                              tiny_models):
+    """A version-skew review's case: a newer virnucpro's embedding file (a seal of another version, or
+    an unsealed file of a newer format) was called cut short or an older one's, and the fix said to
+    delete it; it needs the virnucpro that wrote it."""
+    import h5py
+
+    prepared, embeddings = sample
+    unsealed = tmp_path / "unsealed.h5"
+    with h5py.File(unsealed, "w") as handle:
+        handle.attrs["format_version"] = h5shard.FORMAT_VERSION + 1
+    newer_seal = tmp_path / "newer_seal.h5"
+    data = bytearray(embeddings[0].read_bytes())
+    assert data.startswith(h5shard.SEAL_MAGIC)
+    data[len(h5shard.SEAL_MAGIC) - 2:len(h5shard.SEAL_MAGIC) - 1] = b"2"
+    newer_seal.write_bytes(bytes(data))
+    for path, what in ((unsealed, f"has format_version {h5shard.FORMAT_VERSION + 1}"),
+                       (newer_seal, "has seal format_version 2")):
+        code, err = run_cli("predict", "--prepared", prepared, "--embeddings", path, "--outdir", tmp_path / "out",
+                            "--models", tiny_models)
+        said = " ".join(err.split())
+        assert code == 5 and f"{path} {what}: a newer virnucpro wrote it" in said, err
+        assert "use the virnucpro that wrote it" in said and "delete" not in said, err
 
 def test_a_run_work_folder_holding_an_older_checkpoint_lock_is_resumed(tmp_path, run_cli, reference_dir,
                                                                        tiny_models, monkeypatch):

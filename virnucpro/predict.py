@@ -132,6 +132,16 @@ def _warn_other_versions(shards: list[h5shard.EmbeddingShardInfo]) -> None:
              "version to be sure)")
 
 
+def _warn_prepared_by_another_version(prepared: Path, manifest: dict) -> None:
+    """A prepare folder another virnucpro version wrote (in this format) is scored, said so: its ids
+    and records passed that version's checks, which this one may make stricter (an older one let
+    through ids that only look alike)."""
+    if manifest["virnucpro_version"] != __version__:
+        warn(f"{prepared} was prepared by virnucpro {manifest['virnucpro_version']}, this is {__version__}: its "
+             "records are scored as that version read and checked them (prepare the input again with this "
+             "version to be sure)")
+
+
 # --- ids and counts from the input records to the embedding rows ----------------------------------
 
 def check_stage_files(prepared: Path, manifest: dict, shards: list[h5shard.EmbeddingShardInfo]) -> None:
@@ -531,6 +541,7 @@ def _checked_inputs(prepared: Path, embeddings: Sequence[Path], classifier: Path
 
     check_stop()  # a stop during torch's first import is only noted (torch catches every Exception there)
     manifest = fmt.load_manifest(prepared)
+    _warn_prepared_by_another_version(prepared, manifest)
     require_own_classifier(manifest["chunk_size"], classifier)
     shards = order_shards(manifest, embeddings, prepared)
     tiny, given = any(s.tiny for s in shards), classifier is not None

@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
-from virnucpro.errors import (BadInputError, InconsistentInputsError, InterruptedByUser, VirnucproError, access_hint,
+from virnucpro.errors import (BadInputError, InconsistentInputsError, access_hint,
                              denied_folder, folder_refused, naming, open_file_limit, open_output, other_format,
                              path_mode, storage_read_failure, unopenable_file)
 
@@ -269,8 +269,8 @@ def check_against_its_manifest(info: ShardInfo) -> None:
     listed by its manifest, with the sha256 recorded for it (exit 5). A shard cut at a line's end reads
     as a sound, shorter one, and a leftover of an earlier prepare (a copy synced over another without
     deleting) as a sound shard: embed spent the GPU hours on either, and only predict refused the
-    result. A shard on its own (as the pipeline stages it), or beside a manifest that cannot be read
-    (predict names what is wrong with it), is taken."""
+    result. A shard on its own (as the pipeline stages it) is taken; one beside a manifest that cannot
+    be read is refused with the manifest's own error (another format, damaged), as predict would."""
     shard = Path(os.path.abspath(info.path))  # `shard_00001.tsv` given from inside shards/ is checked too
     folder = shard.parent.parent
     try:
@@ -280,8 +280,6 @@ def check_against_its_manifest(info: ShardInfo) -> None:
     if shard.parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode):
         return
     listed = _recorded_shards(str(folder), (stamp.st_ino, stamp.st_size, stamp.st_mtime_ns))
-    if listed is None:
-        return
     recorded = listed.get(shard.name)
     if recorded is None:
         raise InconsistentInputsError(
@@ -295,15 +293,10 @@ def check_against_its_manifest(info: ShardInfo) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _recorded_shards(folder: str, _stamp: tuple) -> dict[str, str] | None:
+def _recorded_shards(folder: str, _stamp: tuple) -> dict[str, str]:
     """Shard file name -> the sha256 the manifest of the prepare folder records; read once per
-    manifest as it is (`_stamp`), not once per shard of a `run`. None when it cannot be read."""
-    try:
-        manifest = load_manifest(Path(folder))
-    except InterruptedByUser:
-        raise
-    except VirnucproError:
-        return None
+    manifest as it is (`_stamp`), not once per shard of a `run`."""
+    manifest = load_manifest(Path(folder))
     return {Path(entry["file"]).name: entry["sha256"] for entry in manifest["shards"]}
 
 
