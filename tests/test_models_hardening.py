@@ -390,10 +390,21 @@ def test_tiny_stopped_before_writing_leaves_no_folder_behind(tmp_path, monkeypat
     assert existing.is_dir() and not any(existing.iterdir())
 
 
-@pytest.mark.parametrize("version", ["true", "1.0"])
-def test_a_format_version_that_only_equals_1_in_python_is_refused(models, run_cli, version):
-    """`true == 1 == 1.0` in Python: such a manifest was read as version 1."""
+@pytest.mark.parametrize("version, kind", [("true", "a boolean"), ("1.0", "a float"), ('"1"', "a string")])
+def test_a_format_version_that_only_equals_1_in_python_is_refused(models, run_cli, version, kind):
+    """`true == 1 == 1.0` in Python: such a manifest was read as version 1. A review's case: "1" was
+    refused as "format_version '1'; this virnucpro reads version 1", which reads as a contradiction."""
     manifest = models / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"format_version": 1', f'"format_version": {version}', 1))
     code, err = run_cli("models", "check", models)
-    assert code == ExitCode.MODELS and f"format_version {version.title()}" in err, err
+    said = " ".join(err.split())
+    assert code == ExitCode.MODELS and f"`format_version` is {kind}, not a whole number" in said, err
+
+
+@pytest.mark.parametrize("version, side", [(2, "a newer"), (0, "an older")])
+def test_a_models_manifest_of_another_format_says_which_side_is_newer(models, run_cli, version, side):
+    manifest = models / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 1', f'"format_version": {version}', 1))
+    code, err = run_cli("models", "check", models)
+    said = " ".join(err.split())
+    assert code == ExitCode.MODELS and f"has format_version {version}: {side} virnucpro wrote it" in said, err

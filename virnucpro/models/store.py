@@ -393,10 +393,13 @@ def _check_manifest(path: Path, manifest: object, where: str) -> None:
         raise _malformed(path, "(top level)", f"is {_kind(manifest)}, not an object")
     _refuse_other_manifest(path, manifest, where)
     version = manifest.get("format_version", FORMAT_VERSION)
-    if type(version) is not int or version != FORMAT_VERSION:  # `true` and `1.0` equal 1 in Python
-        raise ModelsError(f"{path} has format_version {version!r}; this virnucpro reads version "
-                          f"{FORMAT_VERSION}", hint=f"use the virnucpro version that wrote it, or download "
-                                                    f"the models into a new folder: {NEW_FOLDER_HINT}")
+    if type(version) is not int:  # `true` and `1.0` equal 1 in Python
+        raise _malformed(path, "format_version", f"is {_kind(version)}, not a whole number")
+    if version != FORMAT_VERSION:
+        side = "a newer" if version > FORMAT_VERSION else "an older"
+        raise ModelsError(f"{path} has format_version {version}: {side} virnucpro wrote it; this virnucpro reads "
+                          f"version {FORMAT_VERSION}", hint=f"use the virnucpro version that wrote it, or download "
+                                                            f"the models into a new folder: {NEW_FOLDER_HINT}")
     roles = manifest.get("models", {})
     if not isinstance(roles, dict):
         raise _malformed(path, "models", f"is {_kind(roles)}, not an object of roles")
