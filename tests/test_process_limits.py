@@ -166,6 +166,35 @@ def test_embed_under_a_real_limit_on_processes_says_so(tmp_path, small_sample, t
     _no_traceback(done.stderr)
 
 
+def test_openblas_meeting_the_limit_on_processes_is_the_limit_not_a_stop(tmp_path, small_sample, tiny_models):
+    """A resource-limit review's case: numpy's OpenBLAS, unable to start its threads, sends SIGINT to
+    its own process; predict (and embed, prepare) said "SIGINT received: stopped", exit 6, which the
+    pipeline retries under the same limit."""
+    prefix = _as_nobody()
+    limit = _threads_of(NOBODY) + 1
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+
+    prepared, shard = small_sample
+    done = subprocess.run([*prefix, *CLI, "predict", "--prepared", str(prepared), "--embeddings", str(shard),
+                           "--models", str(tiny_models), "--outdir", str(tmp_path / "out"), "--threads", "2"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    assert done.returncode == 10, done.stderr[-3000:]
+    assert "SIGINT" not in done.stderr and all(word in done.stderr for word in THREAD_LIMIT_WORDS), done.stderr
+    _no_traceback(done.stderr)
+
+
+def test_a_stop_during_numpys_import_is_still_a_stop(tmp_path):
+    """The SIGINT held while numpy loads is delivered when threads can still start: a user's stop."""
+    fake = tmp_path / "numpy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from virnucpro.threads import limit_threads\n"
+            "try:\n    limit_threads(1)\nexcept KeyboardInterrupt:\n    print('stopped')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stdout + done.stderr
+
 # ------------------------------------------------------------------ 2. locales that are not UTF-8
 
 
@@ -222,6 +251,19 @@ def test_embed_out_of_open_files_reading_its_shard_names_the_limit(tmp_path, sma
                         "--out", tmp_path / "s.h5", "--device", "cpu")
     assert code == 10 and "ulimit -n" in err and "check the path" not in err, err
 
+
+def test_out_of_open_files_making_a_lock_names_the_limit_not_the_folder(tmp_path, small_sample, tiny_models, run_cli,
+                                                                        monkeypatch):
+    """A resource-limit review's case (`ulimit -n 5` on embed): exit 3, "choose an output location in a
+    folder you can write", for a folder nothing was wrong with."""
+    from virnucpro import outdir
+
+    prepared, _ = small_sample
+    _refuse_opening(monkeypatch, outdir, "_create_or_open_lock", outdir.LOCK_NAME)
+    code, err = run_cli("embed", prepared / "shards" / fmt.shard_name(0), "--models", tiny_models,
+                        "--out", tmp_path / "s.h5", "--device", "cpu")
+    assert code == 10 and "ulimit -n" in err and "folder you can write" not in err, err
+    _no_traceback(err)
 
 def test_the_system_table_of_open_files_full_is_named_too(tmp_path):
     from virnucpro.errors import process_limit

@@ -53,7 +53,7 @@ from typing import Callable, Iterable, Iterator
 
 from virnucpro import __version__
 from virnucpro.errors import (shell_word, BadInputError, OutputWriteError, check_stop, name_limit, naming, not_a_folder,
-                              output_errors, outputs_in_place, printable, refused_name,
+                              open_file_limit, output_errors, outputs_in_place, printable, refused_name,
                               stop_signals_deferred, storage_errno, storage_failure)
 from virnucpro.errors import resolved as resolved_path
 
@@ -622,8 +622,8 @@ def _open_lock_file(lock: Path) -> tuple[int, bool] | None:
             return None
     except OSError as exc:
         _refuse_name(exc, lock)  # a name the file system refuses (`:` on NTFS or exFAT)
-        if storage_errno(exc) is not None or _folder_gone(exc, lock):
-            raise
+        if storage_errno(exc) is not None or _folder_gone(exc, lock) or open_file_limit(exc):
+            raise  # the CLI names the limit on open files and its fix: no folder to blame
         raise lock_not_created(lock, exc) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

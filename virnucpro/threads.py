@@ -104,9 +104,50 @@ def limit_threads(threads: int | None) -> int:
         os.environ[name] = str(count)
     import sys
 
+    if "numpy" not in sys.modules:
+        _import_numpy_starting_its_threads()
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(count)
     return count
+
+
+def _import_numpy_starting_its_threads() -> None:
+    """Imports numpy, whose OpenBLAS starts its thread pool as it loads. A thread it cannot start
+    (`ulimit -u`, a container's pids limit) makes OpenBLAS send SIGINT to this very process, which read
+    as a user's stop: exit 6, "rerun to resume", retried by the pipeline under the same limit. A SIGINT
+    during the import is held: when no thread can be started then, it was the limit (exit 10);
+    otherwise it is delivered as the stop it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        import numpy  # noqa: F401 - signal handlers belong to the main thread
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        import numpy  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and not _can_start_a_thread():
+        from virnucpro.errors import THREAD_LIMIT, THREAD_LIMIT_HINT, ProcessLimitError
+
+        raise ProcessLimitError(f"{THREAD_LIMIT} (numpy's OpenBLAS could not start its threads)", THREAD_LIMIT_HINT)
+    if held:
+        signal.raise_signal(signal.SIGINT)
+
+
+def _can_start_a_thread() -> bool:
+    """Whether this process may start one more thread now."""
+    import threading
+
+    thread = threading.Thread(target=lambda: None)
+    try:
+        thread.start()
+    except RuntimeError:  # "can't start new thread"
+        return False
+    thread.join()
+    return True
 
 
 def _within_cpus(threads: int | None) -> int:
