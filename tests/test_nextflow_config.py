@@ -469,10 +469,12 @@ def _utils_functions(*names: str, source: Path = UTILS) -> str:
     return "\n".join(found)
 
 
-def _startup_check(groovy, functions, call: str, work_dir: str = "/work-of-no-run") -> str:
-    """'passed', or the message the check stops the run with."""
+def _startup_check(groovy, functions, call: str, work_dir: str = "/work-of-no-run", reports: str = "") -> str:
+    """'passed', or the message the check stops the run with (`reports`: the Groovy map of the run's
+    report settings, trace, report, timeline and dag, as Nextflow's configuration holds them)."""
     code = "\n".join([NEXTFLOW_STAND_INS, _utils_functions(*functions),
-                      f"workflow = [workDir: file('{work_dir}')]", f"outcome {{ {call} }}"])
+                      f"workflow = [workDir: file('{work_dir}'), session: [config: {reports or '[:]'}]]",
+                      f"outcome {{ {call} }}"])
     return groovy.evaluate({}, [("outcome", code, False)])["outcome"]
 
 
@@ -1261,10 +1263,30 @@ def test_slurm_asks_for_a_gpu_when_the_container_gets_one(groovy, profile, devic
     assert (asked == 1) == bool(gres), asked
 
 
-def _foreign_check(groovy, outdir, *own) -> str:
+def _foreign_check(groovy, outdir, *own, reports: str = "") -> str:
     folders = ", ".join(f"'{folder}'" for folder in own)
-    return _startup_check(groovy, ["refuseForeignOutdir", "resultEntries", "quoted", "canonicalPath"],
-                          f"refuseForeignOutdir(file('{outdir}'), [{folders}])")
+    return _startup_check(groovy, ["refuseForeignOutdir", "resultEntries", "thisRunsReports", "holdsOnlyReports",
+                                   "quoted", "canonicalPath"],
+                          f"refuseForeignOutdir(file('{outdir}'), [{folders}])", reports=reports)
+
+
+def test_what_holds_only_this_runs_reports_is_not_a_strangers(groovy, tmp_path):
+    """-with-trace <outdir>/trace.txt: Nextflow opens it for this run before the start-up checks, which
+    refused the new --outdir for it. Only files the configuration names as this run's are skipped."""
+    outdir = tmp_path / "results"
+    (outdir / "reports").mkdir(parents=True)
+    for name in ("trace.txt", "reports/report.html", "reports/timeline.html"):
+        (outdir / name).write_text("")
+    reports = (f"[trace: [enabled: true, file: '{outdir / 'trace.txt'}'], report: [enabled: true, file: "
+               f"'{outdir / 'reports/report.html'}'], timeline: [enabled: false, file: '{outdir / 'reports/timeline.html'}']]")
+    assert "already holds 'reports'" in _foreign_check(groovy, outdir, reports=reports)  # a disabled one is no report
+    (outdir / "reports" / "timeline.html").unlink()
+    assert _foreign_check(groovy, outdir, reports=reports) == "passed"
+    (outdir / "reports" / "empty").mkdir()  # a folder of nothing is no report of this run's
+    assert "already holds 'reports'" in _foreign_check(groovy, outdir, reports=reports)
+    (outdir / "reports" / "empty").rmdir()
+    (outdir / "trace.html").write_text("")
+    assert "already holds 'trace.html'" in _foreign_check(groovy, outdir, reports=reports)
 
 
 def test_an_outdir_holding_files_no_run_of_the_pipeline_wrote_is_refused(groovy, tmp_path):
