@@ -946,8 +946,10 @@ def test_a_marker_cut_short_by_a_kill_does_not_block_the_rerun(tmp_path, run_cli
 @pytest.mark.parametrize("raised", [MemoryError("Unable to allocate 64.0 GiB for an array"),
                                     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
                                                  "not enough memory: you tried to allocate 68719476736 bytes."),
-                                    ImportError("libtorch_cpu.so: failed to map segment from shared object")],
-                         ids=["numpy", "torch", "library under ulimit -v"])
+                                    ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+                                    ImportError("\n\nIMPORTANT: PLEASE READ THIS FOR ADVICE\n\n"
+                                                "Cannot allocate memory")],
+                         ids=["numpy", "torch", "library under ulimit -v", "numpy's advice on many lines"])
 def test_host_memory_running_out_is_said_plainly_not_reported_as_a_bug(tmp_path, run_cli, monkeypatch, raised):
     import virnucpro.prepare
 
@@ -961,6 +963,7 @@ def test_host_memory_running_out_is_said_plainly_not_reported_as_a_bug(tmp_path,
     assert code == 137 and "out of memory: this machine's RAM, or the memory limit" in message and "bug" not in message, message
     assert "--token-budget" in message and len(message.strip().splitlines()) == 2
     assert "longest sequence needs alone" in message, "a budget cannot shrink one sequence's need"
+    assert "prepare holds one record of its input at a time" in message, message
 
 
 def test_fallback_lock_whose_writer_died_before_writing_it_is_taken_over_once_old(tmp_path):

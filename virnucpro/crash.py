@@ -40,9 +40,10 @@ def report_bug(exc: BaseException) -> int:
     a limit on open files or threads is said plainly too (`process_limit`)."""
     if _out_of_host_memory(exc):
         error(f"out of memory: this machine's RAM, or the memory limit of this process (`ulimit -v`), ran out "
-              f"({type(exc).__name__}: {str(exc)[:200]})\n  fix: give the command more memory (the task's memory "
-              "in Nextflow); a smaller --token-budget makes embed need less, down to what its longest sequence needs "
-              "alone, which grows with the square of the chunk size")
+              f"({type(exc).__name__}: {' '.join(str(exc)[:200].split())})\n  fix: give the command more memory "
+              "(the task's memory in Nextflow): prepare holds one record of its input at a time (a genome-sized "
+              "one needs its size several times over); a smaller --token-budget makes embed need less, down to "
+              "what its longest sequence needs alone, which grows with the square of the chunk size")
         return ExitCode.OUT_OF_MEMORY
     limit = process_limit(exc)
     if limit is not None:
