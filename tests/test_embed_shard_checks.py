@@ -161,6 +161,18 @@ def test_a_shard_beside_a_manifest_that_cannot_be_read_is_exit_5_before_any_work
     assert code == 5 and said in message and str(prepared / fmt.MANIFEST) in message, message
     assert "loading DNABERT-S" not in message and not (tmp_path / "s.h5").exists()
 
+def test_a_shard_beside_a_manifest_of_a_folder_no_virnucpro_command_wrote_is_taken(golden_prepared, tiny_models,
+                                                                                   run_cli, tmp_path):
+    """A review of the fix above: a shard copied into a project's shards/ folder, beside that project's
+    own manifest.json, was refused as a damaged prepare folder (exit 5, "rerun prepare")."""
+    project = tmp_path / "project"
+    (project / "shards").mkdir(parents=True)
+    shard = Path(shutil.copy(golden_prepared / fmt.load_manifest(golden_prepared)["shards"][0]["file"],
+                             project / "shards"))
+    (project / fmt.MANIFEST).write_text('{"project": "delivery-2026", "files": ["reads.fa"]}')
+    code, message = _embed(run_cli, shard, tiny_models, tmp_path / "s.h5")
+    assert code == 0, message
+
 def test_a_leftover_shard_its_manifest_does_not_list_is_exit_5_before_any_work(tmp_path, tiny_models, run_cli,
                                                                                monkeypatch):
     """A reviewer's case: an earlier prepare's folder synced over by a later one (`rsync -a` without

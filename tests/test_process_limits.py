@@ -166,10 +166,13 @@ def test_embed_under_a_real_limit_on_processes_says_so(tmp_path, small_sample, t
     _no_traceback(done.stderr)
 
 
-def test_openblas_meeting_the_limit_on_processes_is_the_limit_not_a_stop(tmp_path, small_sample, tiny_models):
+@pytest.mark.parametrize("command", ["predict", "run", "models check"])
+def test_openblas_meeting_the_limit_on_processes_is_the_limit_not_a_stop(tmp_path, small_sample, tiny_models,
+                                                                         command):
     """A resource-limit review's case: numpy's OpenBLAS, unable to start its threads, sends SIGINT to
     its own process; predict (and embed, prepare) said "SIGINT received: stopped", exit 6, which the
-    pipeline retries under the same limit."""
+    pipeline retries under the same limit. `run` loaded numpy before sizing the pools, and the models
+    commands never sized them."""
     prefix = _as_nobody()
     limit = _threads_of(NOBODY) + 1
 
@@ -177,12 +180,32 @@ def test_openblas_meeting_the_limit_on_processes_is_the_limit_not_a_stop(tmp_pat
         resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
 
     prepared, shard = small_sample
-    done = subprocess.run([*prefix, *CLI, "predict", "--prepared", str(prepared), "--embeddings", str(shard),
-                           "--models", str(tiny_models), "--outdir", str(tmp_path / "out"), "--threads", "2"],
-                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    arguments = {"predict": ["predict", "--prepared", str(prepared), "--embeddings", str(shard), "--models",
+                             str(tiny_models), "--outdir", str(tmp_path / "out"), "--threads", "2"],
+                 "run": ["run", str(_fasta(tmp_path / "a.fa")), "--models", str(tiny_models), "--outdir",
+                         str(tmp_path / "out"), "--device", "cpu", "--threads", "2"],
+                 "models check": ["models", "check", str(tiny_models)]}[command]
+    done = subprocess.run([*prefix, *CLI, *arguments], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limited, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 10, done.stderr[-3000:]
     assert "SIGINT" not in done.stderr and all(word in done.stderr for word in THREAD_LIMIT_WORDS), done.stderr
     _no_traceback(done.stderr)
+
+
+def test_a_stop_during_torchs_first_import_waits_for_the_import_to_end(tmp_path):
+    """A review's case: a Ctrl-C raised inside torch's C++ start-up aborted the process (exit 134, a
+    C++ trace, the output folder's lock left). The stop is held until torch is imported whole."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                      "time.sleep(0.2)\ncompleted = True\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from virnucpro.errors import InterruptedByUser, stop_signals_exit_interrupted\n"
+            "from virnucpro.threads import import_torch_whole\n"
+            "try:\n    with stop_signals_exit_interrupted():\n        import_torch_whole()\n"
+            "except InterruptedByUser:\n    print('stopped', sys.modules['torch'].completed)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped True", done.stdout + done.stderr
 
 
 def test_a_stop_during_numpys_import_is_still_a_stop(tmp_path):

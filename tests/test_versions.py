@@ -186,6 +186,11 @@ def test_an_embedding_file_of_a_newer_virnucpro_is_named_so_never_one_to_delete(
         said = " ".join(err.split())
         assert code == 5 and f"{path} {what}: a newer virnucpro wrote it" in said, err
         assert "use the virnucpro that wrote it" in said and "delete" not in said, err
+    cut = tmp_path / "cut.h5"  # a seal line cut before its line's end: no version read from it
+    cut.write_bytes(h5shard.SEAL_MAGIC[:-2] + b"23")
+    code, err = run_cli("predict", "--prepared", prepared, "--embeddings", cut, "--outdir", tmp_path / "out",
+                        "--models", tiny_models)
+    assert code == 5 and "newer" not in err and "does not start with the seal" in " ".join(err.split()), err
 
 def test_a_run_work_folder_holding_an_older_checkpoint_lock_is_resumed(tmp_path, run_cli, reference_dir,
                                                                        tiny_models, monkeypatch):

@@ -26,7 +26,7 @@ from virnucpro.errors import (BadInputError, OutputWriteError, VirnucproError, a
 from virnucpro.models import store
 from virnucpro.models.pins import CLASSIFIER_CHUNK_SIZES
 from virnucpro.seqio import STDIN
-from virnucpro.threads import limit_threads
+from virnucpro.threads import import_torch_whole, limit_threads
 
 OUTDIR_RULES = (" Locked while the command runs (flock, or an O_EXCL lock file with pid and host where "
                 "the file system has no flock); written only if it is new, empty or an earlier output "
@@ -324,6 +324,7 @@ def embed(
 ) -> None:
     """Embed one shard with DNABERT-S and ESM-2 into one HDF5 file (resumable)."""
     threads = limit_threads(threads)
+    import_torch_whole()
     from virnucpro.embed import Compiling, embed as run_embed
 
     _writes(checkpoint_dir, compile_cache, file=out)
@@ -351,6 +352,7 @@ def predict(
 ) -> None:
     """Classify every ORF and write the original tables, per-chunk/per-sequence tables and a report."""
     limit_threads(threads)
+    import_torch_whole()
     from virnucpro.predict import predict as run_predict
 
     _writes(outdir)
@@ -381,10 +383,11 @@ def run(
 ) -> None:
     """Everything in one process: prepare, embed, predict (resumable; the default on one machine)."""
     _check_chunk_size(chunk_size, allow_any_chunk_size, "run")
+    threads = limit_threads(threads)  # before numpy loads (predict's module): its OpenBLAS pool is sized then
     from virnucpro.predict import require_own_classifier
 
     require_own_classifier(chunk_size, classifier, why="this run cuts the sequences")
-    threads = limit_threads(threads)
+    import_torch_whole()
     from virnucpro.embed import Compiling
     from virnucpro.run import run as run_all
 
@@ -404,6 +407,7 @@ def models_download(
                                          "host (site mirrors)."),
 ) -> None:
     """Download ESM-2 3B, DNABERT-S and the original classifiers (resumable, verified)."""
+    limit_threads(None)
     from virnucpro.models import download
 
     _writes(dest)
@@ -413,13 +417,15 @@ def models_download(
 @models_app.command("check")
 def models_check(directory: Optional[Path] = typer.Argument(None, parser=_models_path, metavar="DIR", help="Models directory.")) -> None:
     """Report which models are present and whether their checksums hold."""
-
+    limit_threads(None)
     store.check(directory)
 
 
 @models_app.command("tiny")
 def models_tiny(directory: Path = typer.Argument(..., parser=_models_path, metavar="DIR", help="Directory to create.")) -> None:
     """Write tiny random models in the real formats (tests, the Nextflow test profile)."""
+    limit_threads(None)
+    import_torch_whole()
     from virnucpro.models import tiny
 
     _writes(directory)

@@ -180,7 +180,8 @@ def _refuse_other_format(path: Path, head: bytes) -> None:
     format 3) whose version attribute is not this one's. A file that does not read so is left to the
     caller's refusal (cut short, or not ours)."""
     if head.startswith(SEAL_MAGIC[:SEAL_MAGIC.rindex(b" ") + 1]):
-        version = head[SEAL_MAGIC.rindex(b" ") + 1:head.find(b"\n")]
+        end = head.find(b"\n")  # none: no whole seal line (cut short), the caller's refusal
+        version = head[SEAL_MAGIC.rindex(b" ") + 1:end] if end >= 0 else b""
         reads = int(SEAL_MAGIC.split()[-1])
         if version.isdigit() and version.isascii() and int(version) != reads:
             raise other_format(path, "seal ", int(version), reads, "rerun `virnucpro embed`")

@@ -21,6 +21,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from virnucpro import __version__
 from virnucpro.calls import chunk_id_of, header_line
+from virnucpro.outdir import MARKER_NAME
 from virnucpro.errors import (BadInputError, InconsistentInputsError, access_hint,
                              denied_folder, folder_refused, naming, open_file_limit, open_output, other_format,
                              path_mode, storage_read_failure, unopenable_file)
@@ -269,15 +270,17 @@ def check_against_its_manifest(info: ShardInfo) -> None:
     listed by its manifest, with the sha256 recorded for it (exit 5). A shard cut at a line's end reads
     as a sound, shorter one, and a leftover of an earlier prepare (a copy synced over another without
     deleting) as a sound shard: embed spent the GPU hours on either, and only predict refused the
-    result. A shard on its own (as the pipeline stages it) is taken; one beside a manifest that cannot
-    be read is refused with the manifest's own error (another format, damaged), as predict would."""
+    result. A shard on its own (as the pipeline stages it), or in a folder no virnucpro command wrote
+    (its `.virnucpro.json` missing: a manifest.json there may be anything), is taken; one in a prepare
+    folder whose manifest cannot be read is refused with the manifest's own error (another format,
+    damaged), as predict would."""
     shard = Path(os.path.abspath(info.path))  # `shard_00001.tsv` given from inside shards/ is checked too
     folder = shard.parent.parent
     try:
         stamp = os.stat(folder / MANIFEST)
     except OSError:
         return
-    if shard.parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode):
+    if shard.parent.name != SHARD_DIR or not S_ISREG(stamp.st_mode) or not os.path.lexists(folder / MARKER_NAME):
         return
     listed = _recorded_shards(str(folder), (stamp.st_ino, stamp.st_size, stamp.st_mtime_ns))
     recorded = listed.get(shard.name)

@@ -132,9 +132,35 @@ def _import_numpy_starting_its_threads() -> None:
     if held and not _can_start_a_thread():
         from virnucpro.errors import THREAD_LIMIT, THREAD_LIMIT_HINT, ProcessLimitError
 
-        raise ProcessLimitError(f"{THREAD_LIMIT} (numpy's OpenBLAS could not start its threads)", THREAD_LIMIT_HINT)
+        raise ProcessLimitError(f"{THREAD_LIMIT} (numpy's OpenBLAS could not start its threads{_address_space_note()})",
+                                THREAD_LIMIT_HINT)
     if held:
         signal.raise_signal(signal.SIGINT)
+
+
+def _address_space_note() -> str:
+    """Under a memory limit (`ulimit -v`) a thread's stack may not fit either: said with the number."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    return (f"; or the memory limit of this process, `ulimit -v` {soft // 1024:,} kB, left no room for their "
+            "stacks: then raise that")
+
+
+def import_torch_whole() -> None:
+    """Imports torch with stop signals held until it is done: a stop raised inside torch's C++
+    start-up (a Ctrl-C as the first `import torch` ran) aborted the process, exit 134 and a C++ trace,
+    its output folder's lock left behind. Commands that use torch call this first; a stop then ends
+    them as any other (exit 6)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        from virnucpro.errors import stop_signals_deferred
+
+        with stop_signals_deferred():
+            import torch  # noqa: F401
 
 
 def _can_start_a_thread() -> bool:
