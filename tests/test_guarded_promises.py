@@ -9,6 +9,7 @@ Each test runs the real command on real files; the mutation each one kills is na
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -184,6 +185,21 @@ def test_models_check_rehashes_a_file_the_hash_cache_calls_good(tmp_path, run_cl
     code, message = run_cli("models", "check", models)
     assert code == 4 and "checksum mismatch" in message and rel in message, message
 
+
+def test_a_cache_entry_for_a_file_smaller_than_the_cache_is_for_is_not_believed(tmp_path, tiny_models):
+    """A trust review's case: a models folder came with a hash cache whose entries, stamped for its
+    files, vouched for a classifier that was never hashed (pinned hashes of other weights). Files
+    under 64 MB are never cached, so an entry for one is ignored and the file hashed."""
+    from virnucpro.models import store
+
+    models = Path(shutil.copytree(tiny_models, tmp_path / "models"))
+    rel = "300_model_tiny.pth"
+    path = models / rel
+    assert path.stat().st_size < store._CACHE_MIN_BYTES
+    forged = {rel: {**store._stamp(path.stat()), "sha256": "0" * 64, "git_sha1": "0" * 40}}
+    (models / store.HASH_CACHE).write_text(json.dumps(forged))
+    store.remembered_hashes.clear()
+    assert store.HashCache(models).sha256(models, rel) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 # --- a publish over an earlier output hides its completion file first (outdir.publish) ---------
 

@@ -1003,9 +1003,11 @@ class HashCache:
         return None
 
     def _cached(self, rel: str, stat: os.stat_result) -> dict | None:
-        """The cache entry of a file whose stamp is unchanged, if allowed and valid."""
+        """The cache entry of a file whose stamp is unchanged, if allowed and valid: only of a file
+        as large as those the cache is for (a smaller one costs little to hash, and an entry the
+        folder's files came with vouched for a classifier never hashed)."""
         entry = self.entries.get(rel)
-        if (self.use and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+        if (self.use and stat.st_size >= _CACHE_MIN_BYTES and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
                 and all(entry.get(name) == value for name, value in _stamp(stat).items())):
             return entry
         return None
