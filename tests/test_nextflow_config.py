@@ -1270,6 +1270,48 @@ def _foreign_check(groovy, outdir, *own, reports: str = "") -> str:
                           f"refuseForeignOutdir(file('{outdir}'), [{folders}])", reports=reports)
 
 
+def _publishing(groovy, process_config: str, mode: str, prepared: bool = False, embeddings: bool = False) -> str:
+    return _startup_check(groovy, ["refusePublishingUnlikeParams", "publishingProblems", "pipelinePublishing",
+                                   "publishDirSettings"],
+                          f"refusePublishingUnlikeParams({process_config}, '{mode}', [VIRNUCPRO_PREPARE: "
+                          f"{str(prepared).lower()}, VIRNUCPRO_EMBED: {str(embeddings).lower()}])")
+
+
+PIPELINE_PUBLISHING = ("'withName:VIRNUCPRO_PREPARE': [publishDir: [mode: '{copied}', enabled: {prepared}]], "
+                       "'withName:VIRNUCPRO_EMBED': [publishDir: [mode: '{copied}', enabled: false]], "
+                       "'withName:VIRNUCPRO_PREDICT': [publishDir: [mode: '{mode}']], "
+                       "'withName:VIRNUCPRO_VERSIONS': [publishDir: [mode: '{copied}']], "
+                       "'withName:MULTIQC': [publishDir: [mode: '{mode}']]")
+
+
+def _as_configured(mode: str, prepared: bool = False, extra: str = "") -> str:
+    copied = "copy" if mode == "move" else mode
+    return "[" + PIPELINE_PUBLISHING.format(mode=mode, copied=copied, prepared=str(prepared).lower()) + extra + "]"
+
+
+@pytest.mark.parametrize("mode", ["copy", "move", "symlink", "link"])
+def test_publishing_as_the_parameters_say_passes(groovy, mode):
+    assert _publishing(groovy, _as_configured(mode, prepared=True), mode, prepared=True) == "passed"
+    extra = ", 'withLabel:process_gpu': [cpus: 8, 'withName:VIRNUCPRO_EMBED': [memory: '8 GB']]"  # resources only
+    assert _publishing(groovy, _as_configured(mode, extra=extra), mode) == "passed"
+
+
+def test_publishing_unlike_the_parameters_or_of_a_config_files_own_is_named(groovy):
+    """A review's cases: a -c file's params read after conf/modules.config ('move' there left every
+    mode 'copy'), and publishDir set under a process's full name, a pattern, a label or nested
+    selectors (Nextflow applies them over the pipeline's), which turned publishing off unseen."""
+    message = _publishing(groovy, _as_configured("copy"), "move")
+    assert "withName:VIRNUCPRO_PREDICT publishes in mode 'copy', --publish_dir_mode 'move' gives 'move'" in message
+    assert "VIRNUCPRO_PREPARE publishes in mode" not in message, message  # copied under move, as configured
+    message = _publishing(groovy, _as_configured("copy"), "copy", prepared=True)
+    assert "withName:VIRNUCPRO_PREPARE does not publish its files, --save_prepared is true" in message
+    for selector in ("'withName:VIRNUCPRO:VIRNUCPRO_EMBED': [publishDir: [mode: 'copy']]",
+                     "'withName:VIRNUCPRO_PREPARE|VIRNUCPRO_EMBED': [publishDir: [mode: 'copy', enabled: false]]",
+                     "'withLabel:process_gpu': ['withName:VIRNUCPRO_EMBED': [publishDir: [[mode: 'copy']]]]",
+                     "publishDir: [mode: 'copy']"):
+        message = _publishing(groovy, _as_configured("copy", extra=", " + selector), "copy")
+        assert "sets a publishDir of its own" in message and "leave publishDir out of -c files" in message, message
+
 def test_what_holds_only_this_runs_reports_is_not_a_strangers(groovy, tmp_path):
     """-with-trace <outdir>/trace.txt: Nextflow opens it for this run before the start-up checks, which
     refused the new --outdir for it. Only files the configuration names as this run's are skipped."""

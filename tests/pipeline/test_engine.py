@@ -708,12 +708,13 @@ def test_publishing_set_in_a_config_file_unlike_the_parameters_is_refused_before
     late.write_text("params.save_prepared = true\nparams.publish_dir_mode = 'symlink'\n")
     run = run_pipeline(tmp_path / "late", "-profile", "test", "-c", str(late))
     assert_refused_before_any_task(run, "withName:VIRNUCPRO_PREPARE does not publish its files, --save_prepared is true",
-                                   "withName:VIRNUCPRO_PREDICT publishes in mode 'copy', --publish_dir_mode is 'symlink'",
+                                   "withName:VIRNUCPRO_PREDICT publishes in mode 'copy', --publish_dir_mode 'symlink' "
+                                   "gives 'symlink'",
                                    "-params-file")
     own = tmp_path / "own.config"
-    own.write_text("process { withName: 'VIRNUCPRO_PREDICT' { publishDir = [path: { params.outdir }, mode: 'link'] } }\n")
+    own.write_text("process { withName: 'VIRNUCPRO:VIRNUCPRO_PREDICT' { publishDir = [path: { params.outdir }, mode: 'link'] } }\n")
     run = run_pipeline(tmp_path / "own", "-profile", "test", "-c", str(own))
-    assert_refused_before_any_task(run, "withName:VIRNUCPRO_PREDICT publishes in mode 'link', --publish_dir_mode is 'copy'")
+    assert_refused_before_any_task(run, "withName:VIRNUCPRO:VIRNUCPRO_PREDICT sets a publishDir of its own")
     # the same settings as parameters are what the configuration holds: the run starts
     run = run_pipeline(tmp_path / "given", "-profile", "test", "-stub-run", "--save_prepared", "--publish_dir_mode", "symlink")
     run.assert_ok()

@@ -607,28 +607,56 @@ def refusePublishingUnlikeParams(processConfig, String mode, Map saved) {
 }
 
 // What publishes otherwise than --publish_dir_mode and the save switches (saved: process name ->
-// whether its files are asked for) say: each process selector's publishDir and the process scope's
-// own, in their mode (Nextflow's default, symlink, when they give none) and, for PREPARE and EMBED,
-// whether they publish at all.
+// whether its files are asked for) say. conf/modules.config's selectors publish in the mode those
+// parameters give (PREPARE's folder, EMBED's shards and the versions are copied under 'move': later
+// tasks read them) and PREPARE and EMBED only when asked; a publishDir of any other selector
+// (a process's full name, a pattern, a label, the process scope, nested ones) is a -c file's own,
+// which Nextflow applies over the pipeline's.
 def publishingProblems(processConfig, String mode, Map saved) {
-    def allowed = [mode, mode == 'move' ? 'copy' : mode].unique()
     def problems = []
-    (processConfig instanceof Map ? processConfig : [:]).each { selector, settings ->
-        def where = selector.toString() == 'publishDir' ? 'process.publishDir' : "${selector}".toString()
-        def entries = selector.toString() == 'publishDir' ? settings : (settings instanceof Map ? settings.publishDir : null)
-        (entries instanceof Map ? [entries] : (entries instanceof List ? entries : [])).findAll { entry -> entry instanceof Map }.each { entry ->
-            def entryMode = entry.mode == null ? 'symlink' : entry.mode.toString()
-            if (!(entryMode in allowed)) {
-                problems << "${where} publishes in mode '${entryMode}', --publish_dir_mode is '${mode}'".toString()
-            }
-            def name = where.startsWith('withName:') ? where - 'withName:' : null
-            def enabled = entry.enabled == null ? true : entry.enabled as boolean
-            if (saved.containsKey(name) && enabled != saved[name]) {
-                problems << "${where} ${enabled ? 'publishes' : 'does not publish'} its files, --save_${name == 'VIRNUCPRO_PREPARE' ? 'prepared' : 'embeddings'} is ${saved[name]}".toString()
-            }
+    publishDirSettings(processConfig, []).each { selectors, entry ->
+        def where = selectors ? selectors.join(' ') : 'process'
+        def name = selectors.size() == 1 && selectors[0] in pipelinePublishing() ? selectors[0] - 'withName:' : null
+        if (name == null) {
+            problems << "${where} sets a publishDir of its own".toString()
+            return
+        }
+        def expected = mode == 'move' && name in ['VIRNUCPRO_PREPARE', 'VIRNUCPRO_EMBED', 'VIRNUCPRO_VERSIONS'] ? 'copy' : mode
+        def entryMode = entry.mode == null ? 'symlink' : entry.mode.toString()
+        if (entryMode != expected) {
+            problems << "${where} publishes in mode '${entryMode}', --publish_dir_mode '${mode}' gives '${expected}'".toString()
+        }
+        def enabled = entry.enabled == null ? true : entry.enabled as boolean
+        if (saved.containsKey(name) && enabled != saved[name]) {
+            problems << "${where} ${enabled ? 'publishes' : 'does not publish'} its files, --save_${name == 'VIRNUCPRO_PREPARE' ? 'prepared' : 'embeddings'} is ${saved[name]}".toString()
         }
     }
     return problems
+}
+
+// The selectors conf/modules.config publishes with.
+def pipelinePublishing() {
+    return ['VIRNUCPRO_PREPARE', 'VIRNUCPRO_EMBED', 'VIRNUCPRO_PREDICT', 'VIRNUCPRO_SUMMARY', 'VIRNUCPRO_VERSIONS', 'MULTIQC']
+        .collect { name -> "withName:${name}".toString() }
+}
+
+// Every publishDir entry in the process scope of the configuration, with the selectors it is under
+// (withName:..., withLabel:..., nested), as [selectors, entry] pairs.
+def publishDirSettings(settings, List selectors) {
+    if (!(settings instanceof Map)) {
+        return []
+    }
+    def found = []
+    settings.each { key, value ->
+        if (key.toString() == 'publishDir') {
+            def entries = value instanceof Map ? [value] : (value instanceof List ? value : [])
+            found += entries.findAll { entry -> entry instanceof Map }.collect { entry -> [selectors, entry] }
+        }
+        else if (key.toString().startsWith('withName:') || key.toString().startsWith('withLabel:')) {
+            found += publishDirSettings(value, selectors + [key.toString()])
+        }
+    }
+    return found
 }
 
 // --outdir and its pipeline_info/ (made unless -preview) must be folders this user can write into.
