@@ -106,7 +106,7 @@ def limit_threads(threads: int | None) -> int:
 
     if "numpy" not in sys.modules:
         _import_numpy_starting_its_threads()
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:  # None: marked missing; the import that needs it says so
         sys.modules["torch"].set_num_threads(count)
     return count
 
